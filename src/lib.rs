@@ -1,0 +1,6 @@
+//! mmr1-fast: the MMR1 recipe (cold-start SFT, then GRPO with Variance-Aware Sampling) for
+//! Qwen2-family models. See `../shared/DESIGN.md` for the map; `docs/` for the details.
+
+pub mod backend;
+pub mod model;
+pub mod rl;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("mmr1-fast: under construction");
+}

@@ -1,0 +1,1 @@
+//! The Qwen2 decoder, written once against `Backend`.

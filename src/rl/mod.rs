@@ -1,0 +1,1 @@
+//! Reinforcement learning: rollouts, rewards, GRPO, Variance-Aware Sampling.
