@@ -1,1 +1,239 @@
-//! Numeric backends: the `Backend` trait, its CPU reference, and (feature `cuda`) the GPU.
+//! Numeric backends: the `Backend` trait (the whole op set the model needs), its CPU
+//! reference (`cpu`), and, behind features, the CUDA backend.
+//!
+//! Conventions shared by every implementation:
+//! - Buffers hold logical f32 values, row-major. A backend may store them differently
+//!   (the CUDA backend keeps bf16 activations), but the values it returns are f32.
+//! - An op writes every element of its output (never relies on it being zeroed) unless its
+//!   doc says it accumulates (`+=`). Tests poison outputs to hold every backend to this.
+//! - Token ids and positions are host slices: they are tiny next to the activations, and the
+//!   CUDA backend uploads them per call.
+
+pub mod cpu;
+
+/// One sequence of a packed batch, as attention sees it.
+///
+/// Queries are rows `q_start .. q_start + q_len` of `q`/`out`; keys and values are rows
+/// `kv_start .. kv_start + kv_len` of `k`/`v`. The queries are the LAST `q_len` positions of
+/// the sequence, so query `i` sits at position `kv_len - q_len + i` and sees keys `0..=` that.
+/// A full forward has `q_len == kv_len`; a decode step against a KV cache has `q_len == 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnSpan {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub kv_start: usize,
+    pub kv_len: usize,
+}
+
+/// Head geometry of grouped-query attention: query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// How `matmul` reads an operand: as stored (`N`) or transposed (`T`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tr {
+    N,
+    T,
+}
+
+/// The op set of a Qwen2-family decoder, forward and backward, plus the optimizer step.
+///
+/// Model code is written once against this trait; it never knows which backend runs it.
+pub trait Backend {
+    type Buf;
+
+    /// Short human name, e.g. "cpu" or "cuda:0 (NVIDIA H100)".
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------
+    /// A buffer of `n` zeros.
+    fn zeros(&self, n: usize) -> Self::Buf;
+    fn upload(&self, host: &[f32]) -> Self::Buf;
+    fn download(&self, buf: &Self::Buf) -> Vec<f32>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// `dst[dst_off .. dst_off + n] = src[src_off .. src_off + n]`.
+    fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, n: usize);
+    fn fill(&self, dst: &mut Self::Buf, value: f32);
+
+    // ---- dense algebra --------------------------------------------------------------------
+    /// `out[m,n] = op_a(a)[m,k] @ op_b(b)[k,n] + beta * out`. With `beta == 0` the old
+    /// contents of `out` are ignored (NaN included). `a` is stored `[m,k]` for `Tr::N` and
+    /// `[k,m]` for `Tr::T`; `b` is stored `[k,n]` for `Tr::N` and `[n,k]` for `Tr::T`
+    /// (a Hugging Face `Linear` weight `[out,in]` is used as `Tr::T`).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        out: &mut Self::Buf,
+        a: &Self::Buf,
+        ta: Tr,
+        b: &Self::Buf,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    );
+    /// `x[r, :] += bias` for every row of `x` `[rows, n]`.
+    fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
+    /// `dbias += sum over rows of dy[rows, n]` (accumulates).
+    fn bias_backward(&self, dbias: &mut Self::Buf, dy: &Self::Buf, rows: usize, n: usize);
+    /// `x += y` elementwise.
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf);
+    /// `x *= s` elementwise.
+    fn scale(&self, x: &mut Self::Buf, s: f32);
+    /// Sum of squares, accumulated in f64 (gradient norms).
+    fn sum_squares(&self, x: &Self::Buf) -> f64;
+
+    // ---- decoder ops ----------------------------------------------------------------------
+    /// `out[t, :] = table[ids[t], :]`, rows of width `dim`. Ids are checked by the caller.
+    fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], dim: usize);
+    /// `dtable[ids[t], :] += dout[t, :]` (accumulates).
+    fn embedding_backward(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &[u32], dim: usize);
+
+    /// RMSNorm as Qwen2 computes it: `out = x * rsqrt(mean(x^2) + eps) * w`, per row of
+    /// width `dim`. Writes the per-row `rstd` for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    );
+    /// Writes `dx` (overwrites) and accumulates `dw += ...`.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        rows: usize,
+        dim: usize,
+    );
+
+    /// Rotary embedding in place on `x[t, head, head_dim]` (`n_heads` heads per row), the
+    /// "rotate half" layout of Hugging Face Llama/Qwen2: pair `(i, i + head_dim/2)` turns by
+    /// `positions[t] * theta^(-2i/head_dim)`. `inverse` turns the other way, which is the
+    /// backward pass (the rotation is orthogonal).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        positions: &[u32],
+        n_heads: usize,
+        head_dim: usize,
+        theta: f32,
+        inverse: bool,
+    );
+
+    /// Causal grouped-query attention over packed sequences (see `AttnSpan`), softmax scale
+    /// `1/sqrt(head_dim)`. `q`/`out` are `[rows, n_heads, head_dim]`, `k`/`v` are
+    /// `[rows, n_kv_heads, head_dim]`. Writes `lse[q_row * n_heads + h]`, the log-sum-exp of
+    /// the scaled scores, for the backward pass. Rows of `out` not covered by a span are left
+    /// untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    );
+    /// Gradients of `attention`: overwrites `dq` rows covered by spans, and overwrites `dk`,
+    /// `dv` rows covered by spans (full-sequence training: each kv row belongs to one span).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    );
+
+    /// `out = silu(gate) * up`, elementwise.
+    fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf);
+    /// Overwrites `dgate` and `dup`.
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    );
+
+    /// Per row of `logits[rows, vocab]`: `lp[r] = log_softmax(logits[r] * inv_temp)[targets[r]]`,
+    /// and the entropy of that tempered distribution in `entropy[r]`.
+    #[allow(clippy::too_many_arguments)]
+    fn logprobs(
+        &self,
+        lp: &mut Self::Buf,
+        entropy: &mut Self::Buf,
+        logits: &Self::Buf,
+        targets: &[u32],
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    );
+    /// Overwrites `dlogits[rows, vocab]` with d(loss)/d(logits) given `dlp[r]` =
+    /// d(loss)/d(lp[r]) and `dent[r]` = d(loss)/d(entropy[r]).
+    #[allow(clippy::too_many_arguments)]
+    fn logprobs_backward(
+        &self,
+        dlogits: &mut Self::Buf,
+        logits: &Self::Buf,
+        targets: &[u32],
+        dlp: &Self::Buf,
+        dent: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    );
+
+    // ---- optimizer ------------------------------------------------------------------------
+    /// One AdamW step (decoupled weight decay, bias correction) as `torch.optim.AdamW`:
+    /// `p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    /// p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`. `grad_scale` multiplies `g`
+    /// first (gradient clipping folded in).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: AdamwStep,
+    );
+}
+
+/// Hyper-parameters of one AdamW step; `step` counts from 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamwStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step: u64,
+    pub grad_scale: f32,
+}

@@ -1,0 +1,456 @@
+//! The CPU reference backend: f32 storage, f64 where a reduction needs it. Written to be
+//! obviously right (it is the oracle every kernel is checked against), with a real GEMM
+//! (`matrixmultiply`) and rayon threads so tests and the demo stay quick.
+
+use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+/// Rows of a span's queries/keys for one head, as (row, head) -> flat offset.
+#[inline]
+fn at(row: usize, head: usize, heads: usize, hd: usize) -> usize {
+    (row * heads + head) * hd
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Inverse frequencies of rotary embedding, as Hugging Face computes them:
+/// `1 / theta^(2i/d)` with the exponent formed in f32 (`arange(0, d, 2).float() / d`).
+pub fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let e = (2 * i) as f32 / head_dim as f32;
+            1.0 / (theta as f64).powf(e as f64) as f32
+        })
+        .collect()
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn zeros(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+    fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn copy(&self, dst: &mut Vec<f32>, dst_off: usize, src: &Vec<f32>, src_off: usize, n: usize) {
+        dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
+    }
+    fn fill(&self, dst: &mut Vec<f32>, value: f32) {
+        dst.fill(value);
+    }
+
+    fn matmul(
+        &self,
+        out: &mut Vec<f32>,
+        a: &Vec<f32>,
+        ta: Tr,
+        b: &Vec<f32>,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) {
+        assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "matmul: buffer too small");
+        if beta == 0.0 {
+            // matrixmultiply skips reading C when beta == 0, but be explicit: NaN poison must not leak.
+            out[..m * n].fill(0.0);
+        }
+        let (rsa, csa) = match ta {
+            Tr::N => (k as isize, 1),
+            Tr::T => (1, m as isize),
+        };
+        let (rsb, csb) = match tb {
+            Tr::N => (n as isize, 1),
+            Tr::T => (1, k as isize),
+        };
+        if m == 0 || n == 0 {
+            return;
+        }
+        // SAFETY: the strides above address exactly the m*k, k*n and m*n elements checked above.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                beta,
+                out.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, n: usize) {
+        for row in x[..rows * n].chunks_mut(n) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+    fn bias_backward(&self, dbias: &mut Vec<f32>, dy: &Vec<f32>, rows: usize, n: usize) {
+        for j in 0..n {
+            let s: f64 = (0..rows).map(|r| dy[r * n + j] as f64).sum();
+            dbias[j] += s as f32;
+        }
+    }
+    fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
+        assert_eq!(x.len(), y.len(), "add_assign: length mismatch");
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    }
+    fn scale(&self, x: &mut Vec<f32>, s: f32) {
+        x.iter_mut().for_each(|a| *a *= s);
+    }
+    fn sum_squares(&self, x: &Vec<f32>) -> f64 {
+        x.iter().map(|&a| (a as f64) * (a as f64)).sum()
+    }
+
+    fn embedding(&self, out: &mut Vec<f32>, table: &Vec<f32>, ids: &[u32], dim: usize) {
+        for (t, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            out[t * dim..(t + 1) * dim].copy_from_slice(&table[id * dim..(id + 1) * dim]);
+        }
+    }
+    fn embedding_backward(&self, dtable: &mut Vec<f32>, dout: &Vec<f32>, ids: &[u32], dim: usize) {
+        for (t, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            for j in 0..dim {
+                dtable[id * dim + j] += dout[t * dim + j];
+            }
+        }
+    }
+
+    fn rmsnorm(
+        &self,
+        out: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        out[..rows * dim]
+            .par_chunks_mut(dim)
+            .zip(rstd[..rows].par_iter_mut())
+            .enumerate()
+            .for_each(|(r, (o, rs))| {
+                let xr = &x[r * dim..(r + 1) * dim];
+                let ms = xr.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / dim as f64;
+                let s = (1.0 / (ms + eps as f64).sqrt()) as f32;
+                *rs = s;
+                for j in 0..dim {
+                    o[j] = xr[j] * s * w[j];
+                }
+            });
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dw: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rstd: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+    ) {
+        // y_j = x_j s w_j with s = (mean x^2 + eps)^-1/2:
+        // dx_j = s (g_j w_j) - x_j s^3 / dim * sum_i g_i w_i x_i ;  dw_j += g_j x_j s.
+        let mut dwacc = vec![0.0f64; dim];
+        for r in 0..rows {
+            let (xr, gr) = (&x[r * dim..(r + 1) * dim], &dout[r * dim..(r + 1) * dim]);
+            let s = rstd[r] as f64;
+            let dot: f64 = (0..dim).map(|i| (gr[i] * w[i] * xr[i]) as f64).sum();
+            for j in 0..dim {
+                let gw = (gr[j] * w[j]) as f64;
+                dx[r * dim + j] = (s * gw - xr[j] as f64 * s * s * s * dot / dim as f64) as f32;
+                dwacc[j] += (gr[j] * xr[j]) as f64 * s;
+            }
+        }
+        for j in 0..dim {
+            dw[j] += dwacc[j] as f32;
+        }
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], n_heads: usize, head_dim: usize, theta: f32, inverse: bool) {
+        let inv = rope_inv_freq(head_dim, theta);
+        let half = head_dim / 2;
+        let sign = if inverse { -1.0f32 } else { 1.0 };
+        x[..positions.len() * n_heads * head_dim]
+            .par_chunks_mut(n_heads * head_dim)
+            .zip(positions.par_iter())
+            .for_each(|(row, &pos)| {
+                for (i, &f) in inv.iter().enumerate() {
+                    // Angle in f32 like HF (positions.float() @ inv_freq), cos/sin of it.
+                    let ang = pos as f32 * f;
+                    let (s, c) = ang.sin_cos();
+                    let s = s * sign;
+                    for h in 0..n_heads {
+                        let base = h * head_dim;
+                        let (a, b) = (row[base + i], row[base + i + half]);
+                        row[base + i] = a * c - b * s;
+                        row[base + i + half] = b * c + a * s;
+                    }
+                }
+            });
+    }
+
+    fn attention(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+        let group = h / hkv;
+        let scale = 1.0 / (d as f64).sqrt();
+        // Work items: one (query row, head) each; results gathered then written.
+        let items: Vec<(usize, usize, usize)> = spans
+            .iter()
+            .flat_map(|sp| {
+                (0..sp.q_len).flat_map(move |i| (0..h).map(move |hh| (sp.q_start + i, hh, sp.kv_start + sp.kv_len - sp.q_len + i)))
+            })
+            .collect();
+        let span_of_row = |qrow: usize| spans.iter().find(|s| qrow >= s.q_start && qrow < s.q_start + s.q_len).unwrap();
+        let results: Vec<(usize, usize, Vec<f32>, f32)> = items
+            .par_iter()
+            .map(|&(qrow, hh, last_kv)| {
+                let sp = span_of_row(qrow);
+                let kvh = hh / group;
+                let qv = &q[at(qrow, hh, h, d)..at(qrow, hh, h, d) + d];
+                let scores: Vec<f64> = (sp.kv_start..=last_kv)
+                    .map(|kr| {
+                        let kk = &k[at(kr, kvh, hkv, d)..at(kr, kvh, hkv, d) + d];
+                        qv.iter().zip(kk).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * scale
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - mx).exp()).sum();
+                let mut o = vec![0.0f64; d];
+                for (j, kr) in (sp.kv_start..=last_kv).enumerate() {
+                    let p = (scores[j] - mx).exp() / z;
+                    let vv = &v[at(kr, kvh, hkv, d)..at(kr, kvh, hkv, d) + d];
+                    for c in 0..d {
+                        o[c] += p * vv[c] as f64;
+                    }
+                }
+                (qrow, hh, o.into_iter().map(|x| x as f32).collect(), (mx + z.ln()) as f32)
+            })
+            .collect();
+        for (qrow, hh, o, l) in results {
+            out[at(qrow, hh, h, d)..at(qrow, hh, h, d) + d].copy_from_slice(&o);
+            lse[qrow * h + hh] = l;
+        }
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+        let group = h / hkv;
+        let scale = 1.0 / (d as f64).sqrt();
+        // One work item per (span, kv head): it owns its dk/dv rows and the dq rows of its
+        // query heads, so items never write the same element.
+        struct Grad {
+            sp: AttnSpan,
+            kvh: usize,
+            dq: Vec<f64>, // [q_len, group, d]
+            dk: Vec<f64>, // [kv_len, d]
+            dv: Vec<f64>,
+        }
+        let items: Vec<(AttnSpan, usize)> = spans.iter().flat_map(|&sp| (0..hkv).map(move |g| (sp, g))).collect();
+        let grads: Vec<Grad> = items
+            .par_iter()
+            .map(|&(sp, kvh)| {
+                let mut gq = vec![0.0f64; sp.q_len * group * d];
+                let mut gk = vec![0.0f64; sp.kv_len * d];
+                let mut gv = vec![0.0f64; sp.kv_len * d];
+                for gi in 0..group {
+                    let hh = kvh * group + gi;
+                    for i in 0..sp.q_len {
+                        let qrow = sp.q_start + i;
+                        let n_keys = sp.kv_len - sp.q_len + i + 1;
+                        let qv = &q[at(qrow, hh, h, d)..][..d];
+                        let dov = &dout[at(qrow, hh, h, d)..][..d];
+                        let ov = &out[at(qrow, hh, h, d)..][..d];
+                        let l = lse[qrow * h + hh] as f64;
+                        // D = dO . O  (= sum_j P_j dP_j)
+                        let dd: f64 = dov.iter().zip(ov).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                        for j in 0..n_keys {
+                            let kr = sp.kv_start + j;
+                            let kk = &k[at(kr, kvh, hkv, d)..][..d];
+                            let vv = &v[at(kr, kvh, hkv, d)..][..d];
+                            let s: f64 = qv.iter().zip(kk).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * scale;
+                            let p = (s - l).exp();
+                            let dp: f64 = dov.iter().zip(vv).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                            let ds = p * (dp - dd) * scale;
+                            for c in 0..d {
+                                gv[j * d + c] += p * dov[c] as f64;
+                                gk[j * d + c] += ds * qv[c] as f64;
+                                gq[(i * group + gi) * d + c] += ds * kk[c] as f64;
+                            }
+                        }
+                    }
+                }
+                Grad { sp, kvh, dq: gq, dk: gk, dv: gv }
+            })
+            .collect();
+        for g in grads {
+            let sp = g.sp;
+            for i in 0..sp.q_len {
+                for gi in 0..group {
+                    let hh = g.kvh * group + gi;
+                    let dst = at(sp.q_start + i, hh, h, d);
+                    for c in 0..d {
+                        dq[dst + c] = g.dq[(i * group + gi) * d + c] as f32;
+                    }
+                }
+            }
+            for j in 0..sp.kv_len {
+                let dst = at(sp.kv_start + j, g.kvh, hkv, d);
+                for c in 0..d {
+                    dk[dst + c] = g.dk[j * d + c] as f32;
+                    dv[dst + c] = g.dv[j * d + c] as f32;
+                }
+            }
+        }
+    }
+
+    fn swiglu(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) {
+        out.par_iter_mut().zip(gate.par_iter().zip(up.par_iter())).for_each(|(o, (g, u))| *o = silu(*g) * u);
+    }
+    fn swiglu_backward(&self, dgate: &mut Vec<f32>, dup: &mut Vec<f32>, dout: &Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) {
+        dgate
+            .par_iter_mut()
+            .zip(dup.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (dg, du))| {
+                let g = gate[i];
+                let sig = 1.0 / (1.0 + (-g).exp());
+                *du = dout[i] * g * sig;
+                // d silu(g)/dg = sig * (1 + g (1 - sig))
+                *dg = dout[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
+            });
+    }
+
+    fn logprobs(
+        &self,
+        lp: &mut Vec<f32>,
+        entropy: &mut Vec<f32>,
+        logits: &Vec<f32>,
+        targets: &[u32],
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
+        let res: Vec<(f32, f32)> = (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                let (lse, ent) = row_lse_entropy(row, inv_temp);
+                (((row[targets[r] as usize] * inv_temp) as f64 - lse) as f32, ent as f32)
+            })
+            .collect();
+        for (r, (l, e)) in res.into_iter().enumerate() {
+            lp[r] = l;
+            entropy[r] = e;
+        }
+    }
+    fn logprobs_backward(
+        &self,
+        dlogits: &mut Vec<f32>,
+        logits: &Vec<f32>,
+        targets: &[u32],
+        dlp: &Vec<f32>,
+        dent: &Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
+        dlogits[..rows * vocab].par_chunks_mut(vocab).enumerate().for_each(|(r, dl)| {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let (lse, ent) = row_lse_entropy(row, inv_temp);
+            let (g, ge) = (dlp[r] as f64, dent[r] as f64);
+            let t = inv_temp as f64;
+            for (j, o) in dl.iter_mut().enumerate() {
+                let zj = (row[j] * inv_temp) as f64;
+                let p = (zj - lse).exp();
+                // d lp / d z_j = [j == target] - p_j ; d H / d z_j = -p_j (log p_j + H)
+                let onehot = if j == targets[r] as usize { 1.0 } else { 0.0 };
+                let dz = g * (onehot - p) + ge * (-p * ((zj - lse) + ent));
+                *o = (dz * t) as f32;
+            }
+        });
+    }
+
+    fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, hp: AdamwStep) {
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(hp.step as i32);
+        let bc2 = 1.0 - (hp.beta2 as f64).powi(hp.step as i32);
+        p.par_iter_mut()
+            .zip(g.par_iter())
+            .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+            .for_each(|((p, &g), (m, v))| {
+                let g = g * hp.grad_scale;
+                *p -= hp.lr * hp.weight_decay * *p;
+                *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+                *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+                let mhat = *m as f64 / bc1;
+                let vhat = *v as f64 / bc2;
+                *p -= (hp.lr as f64 * mhat / (vhat.sqrt() + hp.eps as f64)) as f32;
+            });
+    }
+}
+
+/// Log-sum-exp and entropy of `softmax(row * inv_temp)`, in f64.
+pub fn row_lse_entropy(row: &[f32], inv_temp: f32) -> (f64, f64) {
+    let mx = row.iter().map(|&x| (x * inv_temp) as f64).fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = row.iter().map(|&x| ((x * inv_temp) as f64 - mx).exp()).sum();
+    let lse = mx + z.ln();
+    let ent = -row
+        .iter()
+        .map(|&x| {
+            let lp = (x * inv_temp) as f64 - lse;
+            lp.exp() * lp
+        })
+        .sum::<f64>();
+    (lse, ent)
+}
