@@ -2,5 +2,7 @@
 //! Qwen2-family models. See `../shared/DESIGN.md` for the map; `docs/` for the details.
 
 pub mod backend;
+pub mod commands;
 pub mod model;
 pub mod rl;
+pub mod tokenizer;

@@ -1,1 +1,62 @@
-//! The Qwen2 decoder, written once against `Backend`.
+//! The Qwen2 decoder, written once against `Backend`: loading, the full-sequence forward
+//! (keeping the activations the backward pass needs), chunked log-probs over the vocabulary,
+//! and incremental decoding with a KV cache.
+
+pub mod config;
+pub mod forward;
+pub mod init;
+pub mod kv_cache;
+pub mod params;
+pub mod safetensors_io;
+
+pub use config::Qwen2Config;
+pub use forward::{Acts, Packed};
+pub use kv_cache::KvCache;
+pub use params::ParamLayout;
+
+use crate::backend::{AttnShape, Backend};
+use anyhow::{bail, Result};
+use std::path::Path;
+
+/// A Qwen2 model on a backend: config, parameter layout, and one buffer per parameter.
+pub struct Qwen2<B: Backend> {
+    pub cfg: Qwen2Config,
+    pub layout: ParamLayout,
+    pub params: Vec<B::Buf>,
+}
+
+impl<B: Backend> Qwen2<B> {
+    /// Loads `dir/config.json` and the safetensors weights onto `be`.
+    pub fn load(be: &B, dir: &Path) -> Result<Self> {
+        let cfg = Qwen2Config::load(dir)?;
+        let layout = ParamLayout::new(&cfg);
+        let host = safetensors_io::load_params(dir, &layout)?;
+        Ok(Self::from_host(be, cfg, layout, &host))
+    }
+
+    pub fn from_host(be: &B, cfg: Qwen2Config, layout: ParamLayout, host: &[Vec<f32>]) -> Self {
+        let params = host.iter().map(|h| be.upload(h)).collect();
+        Qwen2 { cfg, layout, params }
+    }
+
+    /// Copies every parameter back to the host, in layout order.
+    pub fn to_host(&self, be: &B) -> Vec<Vec<f32>> {
+        self.params.iter().map(|p| be.download(p)).collect()
+    }
+
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_heads: self.cfg.num_attention_heads,
+            n_kv_heads: self.cfg.n_kv_heads(),
+            head_dim: self.cfg.head_dim(),
+        }
+    }
+
+    /// Every id must index the vocabulary; the error names the offending id and position.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.cfg.vocab_size) {
+            bail!("token id {id} at position {i} is out of range (vocab_size {})", self.cfg.vocab_size);
+        }
+        Ok(())
+    }
+}

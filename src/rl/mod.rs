@@ -1,1 +1,3 @@
 //! Reinforcement learning: rollouts, rewards, GRPO, Variance-Aware Sampling.
+
+pub mod rollout;

@@ -1,0 +1,70 @@
+//! `mmr1-fast generate`: a completion for one prompt, with the KV cache.
+
+use crate::backend::cpu::Cpu;
+use crate::model::Qwen2;
+use crate::rl::rollout::{generate, SamplingParams};
+use crate::tokenizer::{apply_chat_template, Message, Tokenizer, QWEN25_DEFAULT_SYSTEM};
+use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The user's message (wrapped in the Qwen chat template unless --raw).
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// System prompt (default: Qwen2.5's).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Feed the prompt text as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: super::device::Device,
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    super::device::resolve(args.device)?;
+    let be = Cpu;
+    let model = Qwen2::load(&be, &args.model)?;
+    let tok = Tokenizer::from_dir(&args.model)?;
+    let text = if args.raw {
+        args.prompt.clone()
+    } else {
+        let sys = args.system.as_deref().unwrap_or(QWEN25_DEFAULT_SYSTEM);
+        apply_chat_template(&[Message::new("system", sys), Message::new("user", &args.prompt)], None, true)
+    };
+    let ids = tok.encode(&text)?;
+    let mut stop_ids = tok.stop_ids();
+    stop_ids.extend(model.cfg.eos_ids());
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        max_new_tokens: args.max_new_tokens,
+        stop_ids,
+        stop_strings: vec![],
+    };
+    let out = generate(&model, &be, &[ids], 1, &params, args.seed, Some(&tok), |_| {})?;
+    let r = &out[0];
+    let body: Vec<u32> = r.tokens.iter().copied().filter(|t| !params.stop_ids.contains(t)).collect();
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{}", tok.decode(&body, false)?)?;
+    eprintln!("[{} tokens, stop: {:?}]", r.tokens.len(), r.stop);
+    Ok(())
+}

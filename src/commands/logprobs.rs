@@ -1,0 +1,70 @@
+//! `mmr1-fast logprobs`: teacher-forced log-probs of token sequences, written to safetensors.
+
+use crate::backend::cpu::Cpu;
+use crate::model::safetensors_io::{save_tensors, SaveDtype};
+use crate::model::{Packed, Qwen2};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct LogprobsArgs {
+    /// Hugging Face model directory (config.json + *.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON file holding a list of token-id sequences, e.g. [[151644, 872, 198], [9707, 11]].
+    #[arg(long)]
+    pub tokens: PathBuf,
+    /// Output safetensors file: `logprobs.{i}` [len_i - 1] (log p(token t+1 | prefix)) and
+    /// `last_logits.{i}` [vocab] (logits after the final token), f32.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Divide logits by this temperature before the log-softmax (as GRPO does).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value = "auto")]
+    pub device: super::device::Device,
+}
+
+pub fn run(args: &LogprobsArgs) -> Result<()> {
+    super::device::resolve(args.device)?;
+    if !(args.temperature > 0.0) {
+        bail!("--temperature must be positive (got {})", args.temperature);
+    }
+    let text = std::fs::read_to_string(&args.tokens).with_context(|| format!("cannot read {}", args.tokens.display()))?;
+    let seqs: Vec<Vec<u32>> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON list of lists of token ids", args.tokens.display()))?;
+    if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
+        bail!("{}: sequence {i} is empty", args.tokens.display());
+    }
+    let be = Cpu;
+    let model = Qwen2::load(&be, &args.model)?;
+    for (i, s) in seqs.iter().enumerate() {
+        model.check_ids(s).with_context(|| format!("{}: sequence {i}", args.tokens.display()))?;
+    }
+    let batch = Packed::new(&seqs);
+    let mut acts = None;
+    model.forward(&be, &batch, &mut acts)?;
+    let acts = acts.expect("forward planned the activations");
+    let (targets, _) = batch.next_token_targets();
+    let (lp, _) = model.token_logprobs(&be, &acts, &targets, 1.0 / args.temperature);
+    let last_rows: Vec<usize> = batch.spans.iter().map(|s| s.q_start + s.q_len - 1).collect();
+    let last_logits = model.logits_of_rows(&be, &acts.xn_f, &last_rows);
+    let v = model.cfg.vocab_size;
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    for (i, sp) in batch.spans.iter().enumerate() {
+        let n = sp.q_len - 1;
+        tensors.push((format!("logprobs.{i}"), vec![n], &lp[sp.q_start..sp.q_start + n]));
+        tensors.push((format!("last_logits.{i}"), vec![v], &last_logits[i * v..(i + 1) * v]));
+    }
+    save_tensors(&args.out, &tensors, SaveDtype::F32, None)?;
+    let total: f64 = lp.iter().zip(batch.next_token_targets().1).filter(|(_, h)| *h).map(|(x, _)| *x as f64).sum();
+    let n_pred = batch.tokens() - seqs.len();
+    println!(
+        "{} sequences, {} predicted tokens, mean log-prob {:.4}; wrote {}",
+        seqs.len(),
+        n_pred,
+        if n_pred > 0 { total / n_pred as f64 } else { 0.0 },
+        args.out.display()
+    );
+    Ok(())
+}

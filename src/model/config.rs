@@ -1,0 +1,129 @@
+//! `config.json` of a Qwen2-family checkpoint, as Hugging Face writes it.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The fields of a Qwen2 config the engine uses. Unknown keys are kept in `extra` so a
+/// config written back is the one read, plus what training changed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Qwen2Config {
+    #[serde(default = "default_arch")]
+    pub architectures: Vec<String>,
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// Released Qwen2.5 checkpoints write `rope_theta` at the top level; transformers 5.x
+    /// writes it inside `rope_parameters`. Either is accepted; `rope_theta()` resolves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_arch() -> Vec<String> {
+    vec!["Qwen2ForCausalLM".into()]
+}
+fn default_model_type() -> String {
+    "qwen2".into()
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    32768
+}
+
+impl Qwen2Config {
+    /// Reads and validates `dir/config.json`; every error names the file and the field.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: Qwen2Config =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a valid Qwen2 config", path.display()))?;
+        cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.model_type != "qwen2" {
+            bail!("model_type is {:?}; this engine runs Qwen2-family decoders (model_type \"qwen2\")", self.model_type);
+        }
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("vocab_size", self.vocab_size),
+            ("num_key_value_heads", self.n_kv_heads()),
+        ] {
+            if v == 0 {
+                bail!("field {name} must be positive");
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if self.num_attention_heads % self.n_kv_heads() != 0 {
+            bail!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.n_kv_heads()
+            );
+        }
+        if self.head_dim() % 2 != 0 {
+            bail!("head_dim {} must be even for rotary embeddings", self.head_dim());
+        }
+        let theta = self.rope_theta();
+        if !(theta.is_finite() && theta > 0.0) {
+            bail!("rope_theta {theta} must be a positive number");
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            bail!("rms_norm_eps {} must be a non-negative number", self.rms_norm_eps);
+        }
+        Ok(())
+    }
+
+    pub fn n_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+    /// `rope_theta` from the top level, else `rope_parameters.rope_theta`, else Qwen2's 10000.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+            .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
+            .unwrap_or(10000.0)
+    }
+    /// End-of-sequence ids (the field may be a number or a list).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            _ => vec![],
+        }
+    }
+}

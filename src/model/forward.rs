@@ -1,0 +1,240 @@
+//! The full-sequence forward pass over a packed batch (sequences concatenated, no padding),
+//! llm.c style: every activation the backward pass needs is kept in an `Acts` planned once
+//! per token count and reused across steps.
+
+use super::{KvCache, Qwen2};
+use crate::backend::{AttnSpan, Backend, Tr};
+use anyhow::Result;
+
+/// Sequences packed back to back: ids, their positions (restarting at 0 per sequence), and
+/// one attention span per sequence. A sequence's result never depends on its neighbours.
+#[derive(Clone, Debug, Default)]
+pub struct Packed {
+    pub ids: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub spans: Vec<AttnSpan>,
+}
+
+impl Packed {
+    pub fn new<S: AsRef<[u32]>>(seqs: &[S]) -> Self {
+        let mut p = Packed::default();
+        for s in seqs {
+            let s = s.as_ref();
+            let start = p.ids.len();
+            p.ids.extend_from_slice(s);
+            p.positions.extend(0..s.len() as u32);
+            p.spans.push(AttnSpan { q_start: start, q_len: s.len(), kv_start: start, kv_len: s.len() });
+        }
+        p
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Next-token targets per packed row; the last row of each sequence has none (target 0,
+    /// `false` in the mask).
+    pub fn next_token_targets(&self) -> (Vec<u32>, Vec<bool>) {
+        let mut targets = vec![0u32; self.ids.len()];
+        let mut has = vec![false; self.ids.len()];
+        for sp in &self.spans {
+            for i in 0..sp.q_len.saturating_sub(1) {
+                targets[sp.q_start + i] = self.ids[sp.q_start + i + 1];
+                has[sp.q_start + i] = true;
+            }
+        }
+        (targets, has)
+    }
+}
+
+/// One layer's saved activations. `x_in` of layer l is the residual stream entering it.
+pub struct LayerActs<B: Backend> {
+    pub rstd1: B::Buf,
+    pub xn1: B::Buf,
+    pub q: B::Buf,
+    pub k: B::Buf,
+    pub v: B::Buf,
+    pub att: B::Buf,
+    pub lse: B::Buf,
+    pub x_mid: B::Buf,
+    pub rstd2: B::Buf,
+    pub xn2: B::Buf,
+    pub gate: B::Buf,
+    pub up: B::Buf,
+    pub act: B::Buf,
+}
+
+/// All activations of one forward pass over `t` tokens.
+pub struct Acts<B: Backend> {
+    pub t: usize,
+    /// `resid[l]` enters layer l; `resid[n_layers]` leaves the last layer.
+    pub resid: Vec<B::Buf>,
+    pub layers: Vec<LayerActs<B>>,
+    pub rstd_f: B::Buf,
+    /// The final normalized hidden states, input of the output projection.
+    pub xn_f: B::Buf,
+    /// Scratch `[t, hidden]` for projection outputs before the residual add.
+    pub tmp: B::Buf,
+}
+
+impl<B: Backend> Qwen2<B> {
+    /// Plans the activation memory for `t` tokens.
+    pub fn alloc_acts(&self, be: &B, t: usize) -> Acts<B> {
+        let c = &self.cfg;
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        let kvd = c.n_kv_heads() * c.head_dim();
+        let h = c.num_attention_heads;
+        Acts {
+            t,
+            resid: (0..=c.num_hidden_layers).map(|_| be.zeros(t * d)).collect(),
+            layers: (0..c.num_hidden_layers)
+                .map(|_| LayerActs {
+                    rstd1: be.zeros(t),
+                    xn1: be.zeros(t * d),
+                    q: be.zeros(t * d),
+                    k: be.zeros(t * kvd),
+                    v: be.zeros(t * kvd),
+                    att: be.zeros(t * d),
+                    lse: be.zeros(t * h),
+                    x_mid: be.zeros(t * d),
+                    rstd2: be.zeros(t),
+                    xn2: be.zeros(t * d),
+                    gate: be.zeros(t * i),
+                    up: be.zeros(t * i),
+                    act: be.zeros(t * i),
+                })
+                .collect(),
+            rstd_f: be.zeros(t),
+            xn_f: be.zeros(t * d),
+            tmp: be.zeros(t * d),
+        }
+    }
+
+    /// Full forward of a packed batch. Reuses `acts` when it was planned for this many tokens.
+    pub fn forward(&self, be: &B, batch: &Packed, acts: &mut Option<Acts<B>>) -> Result<()> {
+        self.check_ids(&batch.ids)?;
+        let t = batch.tokens();
+        if acts.as_ref().map(|a| a.t) != Some(t) {
+            *acts = Some(self.alloc_acts(be, t));
+        }
+        self.run(be, batch, acts.as_mut().expect("planned above"), None);
+        Ok(())
+    }
+
+    /// Embedding, every layer, final norm: the body shared by `forward` and `decode_step`.
+    pub(crate) fn run(&self, be: &B, batch: &Packed, a: &mut Acts<B>, mut cache: Option<(&mut KvCache<B>, &[usize])>) {
+        let (t, d) = (batch.tokens(), self.cfg.hidden_size);
+        be.embedding(&mut a.resid[0], &self.params[self.layout.embed], &batch.ids, d);
+        for l in 0..self.cfg.num_hidden_layers {
+            let (before, after) = a.resid.split_at_mut(l + 1);
+            let kv = cache.as_mut().map(|(c, rows)| (&mut c.k[l], &mut c.v[l], *rows));
+            self.layer_forward(be, l, &before[l], &mut after[0], &mut a.layers[l], &mut a.tmp, batch, kv);
+        }
+        let eps = self.cfg.rms_norm_eps as f32;
+        let last = &a.resid[self.cfg.num_hidden_layers];
+        be.rmsnorm(&mut a.xn_f, &mut a.rstd_f, last, &self.params[self.layout.final_norm], t, d, eps);
+    }
+
+    /// One decoder layer: `x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(.))`.
+    /// With `cache`, the new keys/values are written to the cache rows given and attention
+    /// reads the cache (the spans then address cache rows); without, it reads `la.k`/`la.v`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn layer_forward(
+        &self,
+        be: &B,
+        l: usize,
+        x_in: &B::Buf,
+        x_out: &mut B::Buf,
+        la: &mut LayerActs<B>,
+        tmp: &mut B::Buf,
+        batch: &Packed,
+        cache: Option<(&mut B::Buf, &mut B::Buf, &[usize])>,
+    ) {
+        let c = &self.cfg;
+        let t = batch.tokens();
+        let (d, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
+        let kvd = c.n_kv_heads() * hd;
+        let eps = c.rms_norm_eps as f32;
+        let theta = c.rope_theta() as f32;
+        let w = &self.layout.layers[l];
+        let p = &self.params;
+
+        be.rmsnorm(&mut la.xn1, &mut la.rstd1, x_in, &p[w.input_norm], t, d, eps);
+        be.matmul(&mut la.q, &la.xn1, Tr::N, &p[w.q_w], Tr::T, t, d, d, 0.0);
+        be.add_bias(&mut la.q, &p[w.q_b], t, d);
+        be.matmul(&mut la.k, &la.xn1, Tr::N, &p[w.k_w], Tr::T, t, kvd, d, 0.0);
+        be.add_bias(&mut la.k, &p[w.k_b], t, kvd);
+        be.matmul(&mut la.v, &la.xn1, Tr::N, &p[w.v_w], Tr::T, t, kvd, d, 0.0);
+        be.add_bias(&mut la.v, &p[w.v_b], t, kvd);
+        be.rope(&mut la.q, &batch.positions, c.num_attention_heads, hd, theta, false);
+        be.rope(&mut la.k, &batch.positions, c.n_kv_heads(), hd, theta, false);
+        match cache {
+            None => be.attention(&mut la.att, &mut la.lse, &la.q, &la.k, &la.v, &batch.spans, self.attn_shape()),
+            Some((ck, cv, rows)) => {
+                // Contiguous runs of destination rows are copied at once (a prefill is one run).
+                let mut s = 0;
+                while s < t {
+                    let mut e = s + 1;
+                    while e < t && rows[e] == rows[e - 1] + 1 {
+                        e += 1;
+                    }
+                    be.copy(ck, rows[s] * kvd, &la.k, s * kvd, (e - s) * kvd);
+                    be.copy(cv, rows[s] * kvd, &la.v, s * kvd, (e - s) * kvd);
+                    s = e;
+                }
+                be.attention(&mut la.att, &mut la.lse, &la.q, ck, cv, &batch.spans, self.attn_shape());
+            }
+        }
+        be.matmul(tmp, &la.att, Tr::N, &p[w.o_w], Tr::T, t, d, d, 0.0);
+        be.copy(&mut la.x_mid, 0, x_in, 0, t * d);
+        be.add_assign(&mut la.x_mid, tmp);
+
+        be.rmsnorm(&mut la.xn2, &mut la.rstd2, &la.x_mid, &p[w.post_norm], t, d, eps);
+        be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
+        be.matmul(&mut la.up, &la.xn2, Tr::N, &p[w.up_w], Tr::T, t, i, d, 0.0);
+        be.swiglu(&mut la.act, &la.gate, &la.up);
+        be.matmul(tmp, &la.act, Tr::N, &p[w.down_w], Tr::T, t, d, i, 0.0);
+        be.copy(x_out, 0, &la.x_mid, 0, t * d);
+        be.add_assign(x_out, tmp);
+    }
+
+    /// Rows of the logit matrix per chunk, so that a chunk holds at most ~16M floats
+    /// whatever the vocabulary: `[tokens x vocab]` is never materialized whole.
+    pub fn logit_chunk_rows(&self) -> usize {
+        (16_777_216 / self.cfg.vocab_size).max(1)
+    }
+
+    /// Logits `[rows.len(), vocab]` (host) of the given rows of `hidden` `[t, hidden_size]`.
+    pub fn logits_of_rows(&self, be: &B, hidden: &B::Buf, rows: &[usize]) -> Vec<f32> {
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let mut h = be.zeros(rows.len() * d);
+        for (j, &r) in rows.iter().enumerate() {
+            be.copy(&mut h, j * d, hidden, r * d, d);
+        }
+        let mut logits = be.zeros(rows.len() * v);
+        be.matmul(&mut logits, &h, Tr::N, &self.params[self.layout.head()], Tr::T, rows.len(), v, d, 0.0);
+        be.download(&logits)
+    }
+
+    /// Per packed row: log-prob of `targets[row]` under `softmax(logits * inv_temp)`, and the
+    /// entropy of that distribution. Computed chunk by chunk over rows.
+    pub fn token_logprobs(&self, be: &B, acts: &Acts<B>, targets: &[u32], inv_temp: f32) -> (Vec<f32>, Vec<f32>) {
+        let (d, v, t) = (self.cfg.hidden_size, self.cfg.vocab_size, acts.t);
+        let chunk = self.logit_chunk_rows().min(t.max(1));
+        let mut lp_all = Vec::with_capacity(t);
+        let mut ent_all = Vec::with_capacity(t);
+        let mut h = be.zeros(chunk * d);
+        let mut logits = be.zeros(chunk * v);
+        let mut lp = be.zeros(chunk);
+        let mut ent = be.zeros(chunk);
+        for r0 in (0..t).step_by(chunk) {
+            let n = chunk.min(t - r0);
+            be.copy(&mut h, 0, &acts.xn_f, r0 * d, n * d);
+            be.matmul(&mut logits, &h, Tr::N, &self.params[self.layout.head()], Tr::T, n, v, d, 0.0);
+            be.logprobs(&mut lp, &mut ent, &logits, &targets[r0..r0 + n], n, v, inv_temp);
+            lp_all.extend_from_slice(&be.download(&lp)[..n]);
+            ent_all.extend_from_slice(&be.download(&ent)[..n]);
+        }
+        (lp_all, ent_all)
+    }
+}

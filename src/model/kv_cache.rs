@@ -1,0 +1,73 @@
+//! Incremental decoding with a KV cache. The cache holds `slots` sequences of up to `cap`
+//! tokens each; slot `s` owns rows `s*cap .. (s+1)*cap` of every layer's key and value
+//! buffers. A step feeds any number of new tokens to any set of slots (a prefill is a step
+//! with the whole prompt) and returns the logits of each slot's last new token; the same
+//! layer code as the full forward runs, so both give the same logits.
+
+use super::{Packed, Qwen2};
+use crate::backend::{AttnSpan, Backend};
+use anyhow::{bail, Result};
+
+pub struct KvCache<B: Backend> {
+    pub k: Vec<B::Buf>,
+    pub v: Vec<B::Buf>,
+    pub cap: usize,
+    /// Tokens held per slot.
+    pub lens: Vec<usize>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn reset(&mut self, slot: usize) {
+        self.lens[slot] = 0;
+    }
+}
+
+impl<B: Backend> Qwen2<B> {
+    pub fn new_cache(&self, be: &B, slots: usize, cap: usize) -> KvCache<B> {
+        let kvd = self.cfg.n_kv_heads() * self.cfg.head_dim();
+        let n = self.cfg.num_hidden_layers;
+        KvCache {
+            k: (0..n).map(|_| be.zeros(slots * cap * kvd)).collect(),
+            v: (0..n).map(|_| be.zeros(slots * cap * kvd)).collect(),
+            cap,
+            lens: vec![0; slots],
+        }
+    }
+
+    /// Appends `tokens` to each listed slot and returns the logits `[inputs.len(), vocab]`
+    /// (host, row-major) of each slot's last new token.
+    pub fn decode_step(&self, be: &B, cache: &mut KvCache<B>, inputs: &[(usize, &[u32])]) -> Result<Vec<f32>> {
+        let mut batch = Packed::default();
+        let mut rows = Vec::new();
+        let mut last_rows = Vec::with_capacity(inputs.len());
+        for &(slot, toks) in inputs {
+            if slot >= cache.lens.len() {
+                bail!("KV cache slot {slot} does not exist ({} slots)", cache.lens.len());
+            }
+            if toks.is_empty() {
+                bail!("decode step for slot {slot} has no tokens");
+            }
+            let start = cache.lens[slot];
+            let end = start + toks.len();
+            if end > cache.cap {
+                bail!("sequence in slot {slot} would reach {end} tokens; the KV cache holds {}", cache.cap);
+            }
+            if end > self.cfg.max_position_embeddings {
+                bail!("sequence would reach {end} tokens, past max_position_embeddings {}", self.cfg.max_position_embeddings);
+            }
+            let q_start = batch.ids.len();
+            batch.ids.extend_from_slice(toks);
+            batch.positions.extend(start as u32..end as u32);
+            batch.spans.push(AttnSpan { q_start, q_len: toks.len(), kv_start: slot * cache.cap, kv_len: end });
+            rows.extend((start..end).map(|p| slot * cache.cap + p));
+            last_rows.push(batch.ids.len() - 1);
+        }
+        self.check_ids(&batch.ids)?;
+        let mut a = self.alloc_acts(be, batch.tokens());
+        self.run(be, &batch, &mut a, Some((&mut *cache, rows.as_slice())));
+        for &(slot, toks) in inputs {
+            cache.lens[slot] += toks.len();
+        }
+        Ok(self.logits_of_rows(be, &a.xn_f, &last_rows))
+    }
+}

@@ -1,0 +1,206 @@
+//! Batched generation with the KV cache: G responses for each of B prompts (the RL rollout),
+//! and the plain `generate` command as the case B = G = 1.
+//!
+//! Every response has its own seeded RNG (`ChaCha8Rng`), so any rollout can be reproduced
+//! alone, whatever else was in its batch. Sampling happens on the host from each step's
+//! last-token logits; those are `[active sequences x vocab]`, small next to the model.
+
+use crate::backend::Backend;
+use crate::model::Qwen2;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f32,
+    /// Keep the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    /// Token ids that end a response (included in it, as verl keeps the EOS token).
+    pub stop_ids: Vec<u32>,
+    /// Strings that end a response once its decoded text contains them (needs a tokenizer).
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        // MMR1's rollout setting: temperature 0.6, top_p 1.0 (../shared/MMR1.md).
+        SamplingParams { temperature: 0.6, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop_ids: vec![], stop_strings: vec![] }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!("temperature must be >= 0 (got {})", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("top_p must be in (0, 1] (got {})", self.top_p);
+        }
+        if self.max_new_tokens == 0 {
+            bail!("max_new_tokens must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum StopReason {
+    StopToken,
+    StopString,
+    MaxTokens,
+}
+
+/// One generated response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rollout {
+    pub prompt_index: usize,
+    pub seed: u64,
+    pub tokens: Vec<u32>,
+    /// Log-prob of each sampled token under the sampling distribution `softmax(logits / T)`
+    /// (T = 1 when greedy), before top-p/top-k truncation.
+    pub logprobs: Vec<f32>,
+    pub stop: StopReason,
+}
+
+/// Samples one token id from `logits` with uniform draw `u` in [0, 1); returns it with its
+/// log-prob under `softmax(logits / T)`.
+pub fn sample_token(logits: &[f32], p: &SamplingParams, u: f64) -> (u32, f32) {
+    let t = if p.temperature > 0.0 { p.temperature as f64 } else { 1.0 };
+    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
+    let lse = mx + logits.iter().map(|&x| (x as f64 / t - mx).exp()).sum::<f64>().ln();
+    let lp = |i: usize| (logits[i] as f64 / t - lse) as f32;
+    if p.temperature == 0.0 {
+        // First maximal index, so ties break the same way everywhere.
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        return (best as u32, lp(best));
+    }
+    // Candidates by descending probability (index order breaks ties: deterministic).
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    let need_sort = p.top_p < 1.0 || p.top_k > 0;
+    if need_sort {
+        idx.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        if p.top_k > 0 {
+            idx.truncate(p.top_k);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = idx.len();
+            for (j, &i) in idx.iter().enumerate() {
+                acc += (lp(i) as f64).exp();
+                if acc >= p.top_p as f64 {
+                    keep = j + 1;
+                    break;
+                }
+            }
+            idx.truncate(keep);
+        }
+    }
+    let weights: Vec<f64> = idx.iter().map(|&i| (lp(i) as f64).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut target = u * total;
+    for (j, &w) in weights.iter().enumerate() {
+        if target < w {
+            return (idx[j] as u32, lp(idx[j]));
+        }
+        target -= w;
+    }
+    let last = *idx.last().expect("vocabulary is not empty");
+    (last as u32, lp(last))
+}
+
+/// Generates `group` responses for every prompt. Response `g` of prompt `i` uses seed
+/// `base_seed + (i * group + g)` (mixed), so it can be regenerated on its own.
+pub fn generate<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    prompts: &[Vec<u32>],
+    group: usize,
+    params: &SamplingParams,
+    base_seed: u64,
+    tokenizer: Option<&Tokenizer>,
+    mut on_token: impl FnMut(usize),
+) -> Result<Vec<Rollout>> {
+    params.validate()?;
+    if !params.stop_strings.is_empty() && tokenizer.is_none() {
+        bail!("stop strings need a tokenizer");
+    }
+    let n = prompts.len() * group;
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            bail!("prompt {i} is empty");
+        }
+        model.check_ids(p)?;
+    }
+    let cap = prompts.iter().map(|p| p.len()).max().unwrap_or(0) + params.max_new_tokens;
+    let mut cache = model.new_cache(be, n, cap);
+    let mut outs: Vec<Rollout> = (0..n)
+        .map(|s| Rollout {
+            prompt_index: s / group,
+            seed: mix_seed(base_seed, s as u64),
+            tokens: vec![],
+            logprobs: vec![],
+            stop: StopReason::MaxTokens,
+        })
+        .collect();
+    let mut rngs: Vec<ChaCha8Rng> = outs.iter().map(|o| ChaCha8Rng::seed_from_u64(o.seed)).collect();
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut feed: Vec<Vec<u32>> = (0..n).map(|s| prompts[s / group].clone()).collect();
+    let vocab = model.cfg.vocab_size;
+    while !active.is_empty() {
+        let inputs: Vec<(usize, &[u32])> = active.iter().map(|&s| (s, feed[s].as_slice())).collect();
+        let logits = model.decode_step(be, &mut cache, &inputs)?;
+        let mut still = Vec::with_capacity(active.len());
+        for (j, &s) in active.iter().enumerate() {
+            let u: f64 = rngs[s].gen();
+            let (tok, lp) = sample_token(&logits[j * vocab..(j + 1) * vocab], params, u);
+            let o = &mut outs[s];
+            o.tokens.push(tok);
+            o.logprobs.push(lp);
+            on_token(s);
+            if params.stop_ids.contains(&tok) {
+                o.stop = StopReason::StopToken;
+            } else if hits_stop_string(o, params, tokenizer)? {
+                o.stop = StopReason::StopString;
+            } else if o.tokens.len() < params.max_new_tokens {
+                feed[s] = vec![tok];
+                still.push(s);
+            }
+        }
+        active = still;
+    }
+    Ok(outs)
+}
+
+fn hits_stop_string(o: &Rollout, p: &SamplingParams, tok: Option<&Tokenizer>) -> Result<bool> {
+    let Some(tok) = tok else { return Ok(false) };
+    if p.stop_strings.is_empty() {
+        return Ok(false);
+    }
+    // Only the tail can hold a string that just appeared; 64 tokens cover any sane stop string.
+    let tail = &o.tokens[o.tokens.len().saturating_sub(64)..];
+    let text = tok.decode(tail, true)?;
+    Ok(p.stop_strings.iter().any(|s| text.contains(s.as_str())))
+}
+
+/// SplitMix64 of `base + index`: well-spread per-response seeds from one run seed.
+pub fn mix_seed(base: u64, index: u64) -> u64 {
+    let mut z = base.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
