@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod commands;
+pub mod data;
 pub mod model;
 pub mod rl;
 pub mod tokenizer;

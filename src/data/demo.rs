@@ -1,0 +1,144 @@
+//! The built-in demo: a synthetic verifiable task (sums of single digits, chain of thought
+//! in MMR1's `<think>`/`<answer>`/`\boxed{}` format), a character-level tokenizer built in
+//! code with the `tokenizers` crate, and a tiny Qwen2 config. No downloads.
+
+use super::rl_items::RlItem;
+use crate::model::Qwen2Config;
+use crate::tokenizer::{apply_chat_template, Message, Tokenizer};
+use anyhow::Result;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+/// Chat special tokens (one id each, dropped when decoding without specials).
+pub const SPECIAL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+/// MMR1's format tags, one id each so the tiny model learns the template quickly.
+pub const TAGS: [&str; 5] = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{"];
+
+/// A character-level tokenizer: every printable ASCII character and the newline is a token,
+/// plus the special tokens and tags above. Saved as a standard tokenizer.json.
+pub fn demo_tokenizer() -> Result<Tokenizer> {
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    vocab.insert("<unk>".into(), 0);
+    for c in std::iter::once('\n').chain((32u8..127).map(|b| b as char)) {
+        let n = vocab.len() as u32;
+        vocab.insert(c.to_string(), n);
+    }
+    for t in SPECIAL.iter().chain(TAGS.iter()) {
+        let n = vocab.len() as u32;
+        vocab.insert(t.to_string(), n);
+    }
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(|e| anyhow::anyhow!("demo tokenizer: {e}"))?;
+    let mut tok = tokenizers::Tokenizer::new(model);
+    let split = Split::new(SplitPattern::Regex(r"(?s).".into()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| anyhow::anyhow!("demo tokenizer: {e}"))?;
+    tok.with_pre_tokenizer(Some(split));
+    tok.with_decoder(Some(Fuse::new()));
+    tok.add_special_tokens(&SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>());
+    tok.add_tokens(&TAGS.iter().map(|s| AddedToken::from(*s, false)).collect::<Vec<_>>());
+    Ok(Tokenizer::from_inner(tok))
+}
+
+/// The demo model: small enough to train on two CPU cores in a minute or two.
+pub fn demo_config(vocab_size: usize) -> Qwen2Config {
+    let json = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": vocab_size,
+        "tie_word_embeddings": true, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 256, "torch_dtype": "float32",
+        "bos_token_id": null, "eos_token_id": vocab_size as u64 - (TAGS.len() + 1) as u64,
+    });
+    serde_json::from_value(json).expect("demo config is valid")
+}
+
+/// The task: add `terms` single digits. Harder items have more terms.
+#[derive(Clone, Copy, Debug)]
+pub struct DemoTask {
+    pub min_terms: usize,
+    pub max_terms: usize,
+}
+
+impl Default for DemoTask {
+    fn default() -> Self {
+        DemoTask { min_terms: 2, max_terms: 5 }
+    }
+}
+
+impl DemoTask {
+    fn draw(&self, rng: &mut ChaCha8Rng) -> Vec<u32> {
+        let n = rng.gen_range(self.min_terms..=self.max_terms);
+        (0..n).map(|_| rng.gen_range(1..=9)).collect()
+    }
+
+    /// `count` items with ids `{prefix}{i}`, deterministic in `seed`.
+    pub fn items(&self, count: usize, seed: u64, prefix: &str) -> Vec<RlItem> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..count)
+            .map(|i| {
+                let terms = self.draw(&mut rng);
+                let expr: Vec<String> = terms.iter().map(|t| t.to_string()).collect();
+                RlItem {
+                    id: Some(format!("{prefix}{i}")),
+                    problem: format!("Add {}", expr.join("+")),
+                    answer: Some(terms.iter().sum::<u32>().to_string()),
+                    images: vec![],
+                    options: None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The worked solution the cold-start SFT phase imitates: running sums, then the answer.
+pub fn demo_solution(item: &RlItem) -> String {
+    let terms: Vec<u32> = item.problem.trim_start_matches("Add ").split('+').filter_map(|t| t.parse().ok()).collect();
+    let mut steps = Vec::new();
+    let mut acc = terms[0];
+    for t in &terms[1..] {
+        steps.push(format!("{acc}+{t}={}", acc + t));
+        acc += t;
+    }
+    format!("<think>{}</think><answer>\\boxed{{{acc}}}</answer>", steps.join(" "))
+}
+
+/// The prompt a demo item is asked with (chat template, no system turn: short sequences).
+pub fn demo_prompt(item: &RlItem) -> String {
+    apply_chat_template(&[Message::new("user", &item.problem)], None, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_round_trips_and_keeps_tags_whole() {
+        let tok = demo_tokenizer().unwrap();
+        let item = &DemoTask::default().items(1, 3, "t")[0];
+        let text = format!("{}{}<|im_end|>", demo_prompt(item), demo_solution(item));
+        let ids = tok.encode(&text).unwrap();
+        assert_eq!(tok.decode(&ids, true).unwrap(), text);
+        for t in TAGS.iter().chain(SPECIAL.iter()) {
+            assert_eq!(tok.encode(t).unwrap().len(), 1, "{t} must be one token");
+        }
+        assert!(!ids.contains(&0), "no unknown tokens in demo text");
+        let cfg = demo_config(tok.vocab_size());
+        assert_eq!(cfg.eos_ids(), vec![tok.token_id("<|im_end|>").unwrap()]);
+    }
+
+    #[test]
+    fn solutions_are_correct() {
+        for it in DemoTask::default().items(50, 1, "x") {
+            let sol = demo_solution(&it);
+            assert!(sol.ends_with(&format!("\\boxed{{{}}}</answer>", it.answer.as_ref().unwrap())), "{sol}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Reading JSONL files line by line with errors that name the file and the line.
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+/// What to do with a line that does not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadLines {
+    /// Stop with an error naming the line (the default: data problems should be seen).
+    #[default]
+    Stop,
+    /// Skip the line, count it, and report the count.
+    Skip,
+}
+
+/// Parsed records with their 1-based line numbers, and how many lines were skipped.
+pub struct Lines<T> {
+    pub records: Vec<(usize, T)>,
+    pub skipped: usize,
+}
+
+/// Reads every non-blank line of `path` as a `T`; `check` may reject a parsed record.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path, bad: BadLines, check: impl Fn(&T) -> Result<()>) -> Result<Lines<T>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out = Lines { records: vec![], skipped: 0 };
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("{}:{n}: cannot read line", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<T>(&line).map_err(anyhow::Error::from).and_then(|r| check(&r).map(|_| r));
+        match (parsed, bad) {
+            (Ok(r), _) => out.records.push((n, r)),
+            (Err(e), BadLines::Stop) => bail!("{}:{n}: {e:#}", path.display()),
+            (Err(_), BadLines::Skip) => out.skipped += 1,
+        }
+    }
+    if out.skipped > 0 {
+        eprintln!("warning: {}: skipped {} malformed line(s)", path.display(), out.skipped);
+    }
+    Ok(out)
+}

@@ -1,0 +1,5 @@
+//! Datasets: RL items in the MMR1 schema, and the built-in demo task.
+
+pub mod demo;
+pub mod jsonl;
+pub mod rl_items;
