@@ -5,5 +5,6 @@ pub mod backend;
 pub mod commands;
 pub mod data;
 pub mod model;
+pub mod pipeline;
 pub mod rl;
 pub mod tokenizer;
