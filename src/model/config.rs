@@ -96,6 +96,11 @@ impl Qwen2Config {
         if self.head_dim() % 2 != 0 {
             bail!("head_dim {} must be even for rotary embeddings", self.head_dim());
         }
+        if let Some(act) = self.extra.get("hidden_act").and_then(|v| v.as_str()) {
+            if act != "silu" {
+                bail!("hidden_act is {act:?}; Qwen2 uses \"silu\"");
+            }
+        }
         let theta = self.rope_theta();
         if !(theta.is_finite() && theta > 0.0) {
             bail!("rope_theta {theta} must be a positive number");

@@ -43,3 +43,31 @@ pub fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.gen_range(0..vocab as u32)).collect()
 }
+
+/// Tensors of a golden safetensors file, as f32 (int64 token ids converted).
+pub struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    pub fn open(path: &std::path::Path) -> Self {
+        Golden { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
+    }
+    fn st(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap()
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.st().tensor(name).is_ok()
+    }
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        let st = self.st();
+        let v = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        mmr1_fast::model::safetensors_io::to_f32(&v).unwrap()
+    }
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let st = self.st();
+        let v = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        assert_eq!(v.dtype(), safetensors::Dtype::I64);
+        v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+    }
+}

@@ -1,0 +1,129 @@
+//! The CPU reference against Hugging Face `transformers` (fixtures made by
+//! scripts/make_golden.py): full-forward logits and log-probs, KV-cache decode, and the
+//! tokenizer, on a tied model (f32 on disk) and a GQA-4 model with odd sizes (bf16, sharded).
+
+mod common;
+use common::*;
+use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::model::{Packed, Qwen2};
+use mmr1_fast::tokenizer::Tokenizer;
+
+const TOL: f64 = 1e-4;
+
+fn sequences(g: &Golden) -> Vec<Vec<u32>> {
+    (0..3).map(|i| g.ids(&format!("tokens.{i}"))).collect()
+}
+
+/// Log-probs (at `inv_temp`) and all logits of the packed sequences.
+fn run(model: &Qwen2<Cpu>, seqs: &[Vec<u32>], inv_temp: f32) -> (Packed, Vec<f32>, Vec<f32>) {
+    let batch = Packed::new(seqs);
+    let mut acts = None;
+    model.forward(&Cpu, &batch, &mut acts).unwrap();
+    let acts = acts.unwrap();
+    let (targets, _) = batch.next_token_targets();
+    let (lp, _) = model.token_logprobs(&Cpu, &acts, &targets, inv_temp);
+    let rows: Vec<usize> = (0..batch.tokens()).collect();
+    let logits = model.logits_of_rows(&Cpu, &acts.xn_f, &rows);
+    (batch, lp, logits)
+}
+
+fn check_model(name: &str) {
+    let dir = fixture(name);
+    let g = Golden::open(&dir.join("golden.safetensors"));
+    let model = Qwen2::load(&Cpu, &dir).unwrap();
+    let v = model.cfg.vocab_size;
+    let seqs = sequences(&g);
+    for (inv_temp, key) in [(1.0f32, "logprobs"), (1.0 / 0.7, "logprobs_t07")] {
+        let (batch, lp, logits) = run(&model, &seqs, inv_temp);
+        for (i, sp) in batch.spans.iter().enumerate() {
+            let want = g.f32(&format!("{key}.{i}"));
+            let got = &lp[sp.q_start..sp.q_start + sp.q_len - 1];
+            let e = rel_l2(got, &want);
+            assert!(e <= TOL, "{name} {key}.{i}: rel L2 {e:.2e}");
+            let want = g.f32(&format!("logits.{i}"));
+            let got = &logits[sp.q_start * v..(sp.q_start + sp.q_len) * v];
+            let e = rel_l2(got, &want);
+            assert!(e <= TOL, "{name} logits.{i}: rel L2 {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn tied_f32_model_matches_transformers() {
+    check_model("tiny-tied");
+}
+
+#[test]
+fn gqa_bf16_sharded_model_matches_transformers() {
+    check_model("tiny-gqa");
+}
+
+#[test]
+fn kv_cache_decode_matches_transformers() {
+    for name in ["tiny-tied", "tiny-gqa"] {
+        let dir = fixture(name);
+        let g = Golden::open(&dir.join("golden.safetensors"));
+        let model = Qwen2::load(&Cpu, &dir).unwrap();
+        let v = model.cfg.vocab_size;
+        let seqs = sequences(&g);
+        let mut cache = model.new_cache(&Cpu, seqs.len(), 32);
+        let want: Vec<Vec<f32>> = (0..seqs.len()).map(|i| g.f32(&format!("logits.{i}"))).collect();
+        // Prefill two tokens, then one at a time; all sequences decode together.
+        let mut pos = vec![0usize; seqs.len()];
+        loop {
+            let inputs: Vec<(usize, &[u32])> = (0..seqs.len())
+                .filter(|&s| pos[s] < seqs[s].len())
+                .map(|s| (s, &seqs[s][pos[s]..pos[s] + if pos[s] == 0 { 2 } else { 1 }]))
+                .collect();
+            if inputs.is_empty() {
+                break;
+            }
+            let logits = model.decode_step(&Cpu, &mut cache, &inputs).unwrap();
+            for (j, &(s, toks)) in inputs.iter().enumerate() {
+                pos[s] += toks.len();
+                let r = pos[s] - 1;
+                let e = rel_l2(&logits[j * v..(j + 1) * v], &want[s][r * v..(r + 1) * v]);
+                assert!(e <= TOL, "{name} seq {s} position {r}: rel L2 {e:.2e}");
+            }
+        }
+    }
+}
+
+/// The fixtures are sensitive: a plausible bug (the wrong rope_theta) fails the tolerance
+/// by orders of magnitude, so passing at 1e-4 means something.
+#[test]
+fn a_broken_variant_fails_the_golden_test() {
+    let dir = fixture("tiny-tied");
+    let g = Golden::open(&dir.join("golden.safetensors"));
+    let mut model = Qwen2::load(&Cpu, &dir).unwrap();
+    model.cfg.rope_parameters = None;
+    model.cfg.rope_theta = Some(1e6);
+    let seqs = sequences(&g);
+    let (batch, lp, _) = run(&model, &seqs, 1.0);
+    let sp = batch.spans[1];
+    let e = rel_l2(&lp[sp.q_start..sp.q_start + sp.q_len - 1], &g.f32("logprobs.1"));
+    assert!(e > 100.0 * TOL, "wrong rope_theta only moved log-probs by {e:.2e}");
+}
+
+#[test]
+fn tokenizer_matches_python() {
+    let tok = Tokenizer::from_file(&fixture("tokenizer.json")).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer_cases.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 8);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "ids of {text:?}");
+        assert_eq!(tok.decode(&want, true).unwrap(), text, "decode of {text:?}");
+    }
+}
+
+#[test]
+fn chat_template_tokens_match_python() {
+    // Sequence 0 of tiny-tied is transformers' encoding of a one-turn chat.
+    let dir = fixture("tiny-tied");
+    let g = Golden::open(&dir.join("golden.safetensors"));
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let text = "<|im_start|>user\nHi<|im_end|>\n";
+    assert_eq!(tok.encode(text).unwrap(), g.ids("tokens.0"));
+}
