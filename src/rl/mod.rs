@@ -1,1 +1,5 @@
 //! Reinforcement learning: rollouts, rewards, GRPO, Variance-Aware Sampling.
+
+pub mod advantage;
+pub mod grpo;
+pub mod vas;
