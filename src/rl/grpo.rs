@@ -88,7 +88,7 @@ pub struct KlConfig {
 /// How per-token losses are reduced to a scalar (verl `loss_agg_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Aggregation {
-    /// Mean over all active tokens of the (global) batch. verl `token-mean`, TRL `bnpo`/`dapo`,
+    /// Mean over all active tokens of the (global) batch. verl `token-mean`, TRL `bnpo`,
     /// EasyR1 `token`. MMR1's setting.
     TokenMean,
     /// Mean over responses of each response's token mean. verl `seq-mean-token-mean`, TRL
@@ -147,8 +147,8 @@ impl LossConfig {
     }
 
     /// TRL `GRPOConfig` shape: eps 0.2/0.2, no dual clip, no clamps, `loss_type="grpo"`
-    /// (seq-mean-token-mean). TRL's `beta` default changed across versions (0.04, later 0.0);
-    /// set `kl` explicitly when reproducing a given run.
+    /// (seq-mean-token-mean). TRL's `beta` default differs across versions; set `kl`
+    /// explicitly when reproducing a given run.
     pub fn trl() -> Self {
         Self {
             clip_eps_low: 0.2,
