@@ -1,3 +1,6 @@
 //! Reinforcement learning: rollouts, rewards, GRPO, Variance-Aware Sampling.
 
+pub mod advantage;
+pub mod grpo;
 pub mod rollout;
+pub mod vas;
