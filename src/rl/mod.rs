@@ -1,1 +1,2 @@
 //! Reinforcement learning: rollouts, rewards, GRPO, Variance-Aware Sampling.
+pub mod reward;
