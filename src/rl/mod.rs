@@ -2,5 +2,6 @@
 
 pub mod advantage;
 pub mod grpo;
+pub mod reward;
 pub mod rollout;
 pub mod vas;

@@ -1,0 +1,242 @@
+//! Final-answer extraction and the MMR1 format check.
+//!
+//! Everything here works on ASCII patterns found with `str::find`, so every slice index lands on
+//! a UTF-8 boundary: no input can make these functions panic.
+
+/// For every byte index holding an unescaped `{`, the index of its matching `}` (one linear
+/// stack pass, so many unbalanced `\boxed{` cannot make extraction quadratic).
+///
+/// A backslash escapes the next character, so `\{` / `\}` (literal set braces) do not group and
+/// `\\{` does.
+pub(crate) fn brace_matches(s: &str) -> Vec<Option<usize>> {
+    let b = s.as_bytes();
+    let mut out = vec![None; b.len()];
+    let mut stack = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'{' => stack.push(i),
+            b'}' => {
+                if let Some(open) = stack.pop() {
+                    out[open] = Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Trims whitespace but keeps a space that a trailing backslash escapes (`a\ `), so that
+/// re-boxing an extracted answer gives back the same answer.
+pub(crate) fn trim_answer(s: &str) -> &str {
+    let s = s.trim_start();
+    let t = s.trim_end();
+    let trailing_backslashes = t.bytes().rev().take_while(|&c| c == b'\\').count();
+    if trailing_backslashes % 2 == 1 && t.len() < s.len() {
+        // `t` ends in a lone backslash that escaped the whitespace we just cut: keep one char.
+        let next = s[t.len()..].chars().next().map_or(0, char::len_utf8);
+        &s[..t.len() + next]
+    } else {
+        t
+    }
+}
+
+/// Whether every unescaped brace of `s` has its partner.
+fn balanced(s: &str) -> bool {
+    let matches = brace_matches(s);
+    let b = s.as_bytes();
+    let (mut opens, mut closes, mut i) = (0usize, 0usize, 0);
+    while i < b.len() {
+        match b[i] {
+            // A final lone backslash would escape whatever closes a re-boxed answer.
+            b'\\' if i + 1 == b.len() => return false,
+            b'\\' => i += 1,
+            b'{' => opens += 1,
+            b'}' => closes += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    opens == closes && matches.iter().filter(|m| m.is_some()).count() == opens
+}
+
+/// Result of scanning for `\boxed{..}` / `\fbox{..}`.
+enum Boxed<'a> {
+    /// No box command at all.
+    Absent,
+    /// The last box is cut off (`\boxed{12` at the end of a truncated response).
+    Unbalanced,
+    Found(&'a str),
+}
+
+/// The last *outermost* box, so `\boxed{\boxed{5}}` yields `\boxed{5}` (normalization unwraps
+/// it later) and re-boxing an extracted answer round-trips.
+fn last_boxed(s: &str) -> Boxed<'_> {
+    const CMDS: [&str; 2] = ["\\boxed", "\\fbox"];
+    let b = s.as_bytes();
+    let matches = brace_matches(s);
+    let mut result = Boxed::Absent;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(cmd) = CMDS.iter().find(|c| b[i..].starts_with(c.as_bytes())) else {
+            // Skip the escaped character so `\\boxed` text and `\{` are not misread.
+            i += 2;
+            continue;
+        };
+        let mut j = i + cmd.len();
+        if b.get(j).is_some_and(|c| c.is_ascii_alphabetic()) {
+            i = j; // `\boxedfoo` is another command
+            continue;
+        }
+        while b.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
+            j += 1;
+        }
+        match b.get(j) {
+            Some(b'{') => match matches[j] {
+                Some(close) => {
+                    result = Boxed::Found(&s[j + 1..close]);
+                    i = close + 1;
+                }
+                None => {
+                    result = Boxed::Unbalanced;
+                    i = j + 1;
+                }
+            },
+            // TeX also accepts `\boxed 5` / `\boxed5`: the argument is the next token.
+            Some(_) => {
+                let end = s[j..]
+                    .find(|c: char| c.is_whitespace() || c == '$')
+                    .map_or(s.len(), |k| j + k);
+                result = Boxed::Found(&s[j..end]);
+                i = end;
+            }
+            None => {
+                result = Boxed::Unbalanced;
+                i = j;
+            }
+        }
+    }
+    result
+}
+
+/// Byte offset of the last case-insensitive occurrence of ASCII `pat` in `s`.
+fn rfind_ascii_ci(s: &str, pat: &str) -> Option<usize> {
+    let (h, p) = (s.as_bytes(), pat.as_bytes());
+    if p.len() > h.len() {
+        return None;
+    }
+    (0..=h.len() - p.len())
+        .rev()
+        .find(|&i| h[i..i + p.len()].eq_ignore_ascii_case(p))
+}
+
+/// "... the answer is X" / "Answer: X": the rest of the line after the last such phrase.
+fn answer_phrase(s: &str) -> Option<&str> {
+    let at = ["answer is", "answer:"]
+        .iter()
+        .filter_map(|p| rfind_ascii_ci(s, p).map(|i| (i, p.len())))
+        .max_by_key(|&(i, _)| i)?;
+    let rest = &s[at.0 + at.1..];
+    let line = rest.split('\n').next().unwrap_or("");
+    // Markdown emphasis (`**Answer:** 5`) and a colon after "is" carry no content.
+    let line = line.trim_start_matches(|c: char| c == ':' || c == '*' || c.is_whitespace());
+    let line = line.trim_end_matches(|c: char| c == '*' || c.is_whitespace());
+    let line = trim_answer(line);
+    (!line.is_empty()).then_some(line)
+}
+
+/// The content of the last `<answer>` block; a missing `</answer>` (stop string eaten by the
+/// sampler, or truncation) takes the rest of the text.
+fn answer_block(s: &str) -> Option<&str> {
+    let open = s.rfind("<answer>")? + "<answer>".len();
+    let rest = &s[open..];
+    Some(rest.find("</answer>").map_or(rest, |k| &rest[..k]))
+}
+
+/// Extracts the final answer from a model response.
+///
+/// Order (the convention of verl's `math` reward and Math-Verify's boxed-first extraction,
+/// MMR1 arXiv 2509.21268 §"Rewards"):
+/// 1. the scan region is the text after the last `</think>` when there is one (the reasoning is
+///    scratch work: a box inside `<think>` does not count once thinking is closed), else the
+///    whole text;
+/// 2. the last outermost `\boxed{..}` / `\fbox{..}` (nested braces honoured). If the last box is
+///    unbalanced (`\boxed{12` in a truncated response) the answer is `None`: no fallback to an
+///    earlier box or to later rules;
+/// 3. else the last `<answer>..</answer>` block: its "answer is X" phrase if it has one, else its
+///    whole content;
+/// 4. else the last "answer is X" / "Answer: X" line.
+///
+/// The result is trimmed; empty answers (`\boxed{}`) and answers with unbalanced braces are
+/// `None`.
+pub fn extract_answer(text: &str) -> Option<String> {
+    let region = match text.rfind("</think>") {
+        Some(k) => &text[k + "</think>".len()..],
+        None => text,
+    };
+    let found = match last_boxed(region) {
+        Boxed::Found(x) => Some(x),
+        Boxed::Unbalanced => None,
+        Boxed::Absent => match answer_block(region) {
+            Some(block) => Some(answer_phrase(block).unwrap_or(block)),
+            None => answer_phrase(region),
+        },
+    }?;
+    let found = trim_answer(found);
+    // Unbalanced braces (`answer is \frac{1}{2`) are a malformed answer, like an unclosed box;
+    // rejecting them also makes every extracted answer survive being boxed again.
+    (!found.is_empty() && balanced(found)).then(|| found.to_string())
+}
+
+/// The MMR1 output template: `<think> reasoning </think>` then `<answer> .. \boxed{..} .. </answer>`
+/// (arXiv 2509.21268, training system prompt).
+///
+/// Precisely: optional whitespace, `<think>`, anything, `</think>`, optional whitespace,
+/// `<answer>`, content containing a brace-balanced `\boxed{..}` (an empty box is still the
+/// template; accuracy judges the content), `</answer>`, optional whitespace. "Whitespace" is
+/// any Unicode whitespace. Each of the four tags must occur exactly once (no nested or repeated
+/// blocks), tags are exact lowercase with no attributes, and nothing else may sit outside the
+/// two blocks.
+pub fn format_ok(text: &str) -> bool {
+    const TAGS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
+    if TAGS.iter().any(|t| text.matches(t).count() != 1) {
+        return false;
+    }
+    let Some(rest) = text.trim_start().strip_prefix("<think>") else {
+        return false;
+    };
+    let Some((_, rest)) = rest.split_once("</think>") else {
+        return false;
+    };
+    let Some(rest) = rest.trim_start().strip_prefix("<answer>") else {
+        return false;
+    };
+    let Some((answer, tail)) = rest.split_once("</answer>") else {
+        return false;
+    };
+    if !tail.trim().is_empty() {
+        return false;
+    }
+    // Only a complete box counts; a bare `\boxed 5` is not the template's `\boxed{}`.
+    let b = answer.as_bytes();
+    let matches = brace_matches(answer);
+    let mut from = 0;
+    while let Some(k) = answer[from..].find("\\boxed") {
+        let mut j = from + k + "\\boxed".len();
+        while b.get(j).is_some_and(|c| c.is_ascii_whitespace()) {
+            j += 1;
+        }
+        if b.get(j) == Some(&b'{') && matches[j].is_some() {
+            return true;
+        }
+        from = from + k + 1;
+    }
+    false
+}

@@ -1,0 +1,268 @@
+//! Hand-written reward cases: answer equivalence, extraction, format, and whole-response grading.
+//! Each case has a name so a failure says which convention broke.
+
+use mmr1_fast::rl::reward::{extract_answer, format_ok, is_equivalent, RewardConfig, RewardItem};
+
+/// (name, predicted answer, reference, equivalent?)
+#[rustfmt::skip]
+const EQUIV: &[(&str, &str, &str, bool)] = &[
+    // numbers and fractions
+    ("frac_half_vs_decimal", r"\frac{1}{2}", "0.5", true),
+    ("boxed_half_vs_decimal", r"\boxed{\frac{1}{2}}", "0.5", true),
+    ("twelve_vs_121", "12", "121", false),
+    ("thousands_braced", r"1{,}000", "1000", true),
+    ("thousands_plain", "1,000", "1000", true),
+    ("thousands_million", "12,345,678", "12345678", true),
+    ("comma_list_is_not_thousands", "1,2", "12", false),
+    ("frac_short_form", r"\frac34", "0.75", true),
+    ("dfrac_vs_slash", r"\dfrac{3}{4}", "3/4", true),
+    ("tfrac_vs_frac", r"\tfrac{3}{4}", r"\frac{3}{4}", true),
+    ("negative_frac_placement", r"-\frac{3}{4}", r"\frac{-3}{4}", true),
+    ("leading_dot_decimal", ".5", "0.5", true),
+    ("integer_vs_decimal", "5.0", "5", true),
+    ("scientific_times", r"1.5\times10^{3}", "1500", true),
+    ("two_dots_not_a_number", "1.5.3", "1.5", false),
+    ("relative_tolerance_pass", "1000000.5", "1000000", true),
+    ("relative_tolerance_fail", "1.001", "1", false),
+    ("absolute_tolerance_near_zero", "0.0000000001", "0", true),
+    ("small_but_not_zero", "0.00001", "0", false),
+    ("unicode_minus", "\u{2212}3", "-3", true),
+    ("sign_matters", "3", "-3", false),
+    ("div_by_zero_vs_zero", "1/0", "0", false),
+    ("div_by_zero_is_not_infinity", "1/0", r"\infty", false),
+    ("overflow_is_not_equal_to_overflow", "10^{1000}", "10^{1001}", false),
+    ("infinity", r"-\infty", r"- \infty", true),
+    // surds and pi
+    ("nested_frac_sqrt", r"\frac{\sqrt{3}}{2}", r"\frac{1}{2}\sqrt{3}", true),
+    ("surd_simplified", r"2\sqrt{3}", r"\sqrt{12}", true),
+    ("surd_different", r"2\sqrt{3}", r"\sqrt{13}", false),
+    ("unicode_sqrt", "\u{221A}3", r"\sqrt{3}", true),
+    ("cube_root", r"\sqrt[3]{27}", "3", true),
+    ("pi_short_decimal", "3.14", r"\pi", false),
+    ("pi_long_decimal", "3.14159265358979", r"\pi", false),
+    ("pi_multiple_forms", r"\frac{\pi}{2}", r"0.5\pi", true),
+    ("unicode_pi", "2\u{03C0}", r"2\pi", true),
+    ("pi_inside_function_is_a_number", r"\cos\pi", "-1", true),
+    // symbolic
+    ("symbolic_half_x", r"\frac{x}{2}", "0.5x", true),
+    ("symbolic_square", "(x+1)^2", "x^2+2x+1", true),
+    ("symbolic_wrong_sign", "x^2+1", "x^2-1", false),
+    ("symbolic_different_variables", "2a", "2b", false),
+    ("symbolic_pi_r", r"2\pi r", r"2r\pi", true),
+    // assignments and relations
+    ("assignment_stripped", "x = 5", "5", true),
+    ("assignment_in_reference", "5", "x=5", true),
+    ("assignment_with_subscript", "a_1 = 3", "3", true),
+    ("relation_is_not_assignment", r"x \le 5", "5", false),
+    ("equation_kept_when_two_equals", "x = y = 5", "5", false),
+    // multiple choice
+    ("choice_paren", "(B)", "B", true),
+    ("choice_dot", "B.", "B", true),
+    ("choice_close_paren", "B)", "B", true),
+    ("choice_text_wrapper", r"\text{B}", "B", true),
+    ("choice_option_word", "Option B", "B", true),
+    ("choice_lowercase", "b", "B", true),
+    ("choice_reference_in_parens", "B", "(B)", true),
+    ("choice_wrong_letter", "B", "C", false),
+    ("choice_with_option_text", "(C) 12 cm", "C", true),
+    ("choice_number_vs_letter", "12", "B", false),
+    ("bare_letter_past_j_is_case_sensitive", "k", "K", false),
+    // text
+    ("text_yes_vs_Yes", r"\text{yes}", "Yes", true),
+    ("text_phrase_case", r"\text{North East}", "north east", true),
+    ("words_are_not_products", "no", "on", false),
+    // degrees, units, currency, percent
+    ("degrees_circ", r"90^\circ", "90", true),
+    ("degrees_braced_circ", r"90^{\circ}", "90", true),
+    ("degrees_unicode", "90\u{00B0}", "90", true),
+    ("degrees_word", "90 degrees", r"90^\circ", true),
+    ("unit_cm", "5 cm", "5", true),
+    ("unit_glued", "5cm", "5", true),
+    ("unit_text_wrapped", r"5\text{ cm}", "5", true),
+    ("unit_squared", r"12 \mathrm{cm}^2", "12", true),
+    ("unit_wrong_value", "6 cm", "5", false),
+    ("unit_after_fraction", r"\frac{1}{2} m", "0.5", true),
+    ("dollar_sign", r"\$5.00", "5", true),
+    ("dollar_word", "5 dollars", "5", true),
+    ("percent_vs_number", r"50\%", "50", true),
+    ("percent_prediction_vs_fraction", "50%", "0.5", false),
+    ("percent_reference_accepts_fraction", "0.5", r"50\%", true),
+    // tuples, intervals, sets
+    ("tuple_left_right", r"\left(1, 2\right)", "(1,2)", true),
+    ("tuple_numeric_elements", r"(0.5, 2)", r"(\frac{1}{2}, 2)", true),
+    ("tuple_order_matters", "(2, 1)", "(1, 2)", false),
+    ("tuple_length_matters", "(1, 2, 3)", "(1, 2)", false),
+    ("interval_brackets_matter", "[1, 2)", "[1, 2]", false),
+    ("interval_infinity", r"(-\infty, 3]", r"(-\infty,3]", true),
+    ("set_order_free", r"\{2, 1\}", r"\{1,2\}", true),
+    ("set_vs_bare_list", "1, 2", r"\{2, 1\}", true),
+    ("set_different", r"\{1, 3\}", r"\{1,2\}", false),
+    // wrappers and junk
+    ("surrounding_dollars", "$5$", "5", true),
+    ("trailing_period", "5.", "5", true),
+    ("inner_boxed", r"\boxed{5}", "5", true),
+    ("empty_prediction", "", "5", false),
+    ("unbalanced_fraction", r"\frac{1}{", "1", false),
+];
+
+/// (name, response, extracted answer)
+#[rustfmt::skip]
+const EXTRACT: &[(&str, &str, Option<&str>)] = &[
+    ("last_box_wins", r"first \boxed{1}, then \boxed{2}", Some("2")),
+    ("fbox", r"so \fbox{7}", Some("7")),
+    ("nested_braces", r"\boxed{\frac{\sqrt{3}}{2}}", Some(r"\frac{\sqrt{3}}{2}")),
+    ("thousands_in_box", r"\boxed{1{,}000}", Some(r"1{,}000")),
+    ("empty_box", r"\boxed{}", None),
+    ("unbalanced_box", r"\boxed{12", None),
+    ("unbalanced_after_good_box", r"\boxed{3} but wait \boxed{12", None),
+    ("think_box_then_answer_box", r"<think>\boxed{3}</think><answer>\boxed{5}</answer>", Some("5")),
+    ("think_box_then_plain_answer", r"<think>\boxed{3}</think><answer>5</answer>", Some("5")),
+    ("answer_block_phrase", "<answer>The answer is 7.</answer>", Some("7.")),
+    ("answer_block_unclosed", "<answer> 42 ", Some("42")),
+    ("answer_is_phrase", "so the answer is 12.\nDone", Some("12.")),
+    ("answer_colon", "Answer: (B)", Some("(B)")),
+    ("markdown_answer", "**Answer:** 5", Some("5")),
+    ("no_answer", "I am not sure.", None),
+    ("space_before_brace", r"\boxed {4}", Some("4")),
+    ("boxed_token_form", r"\boxed 4 is it", Some("4")),
+    ("escaped_set_braces", r"\boxed{\{1,2\}}", Some(r"\{1,2\}")),
+    ("outermost_of_nested_boxes", r"\boxed{\boxed{5}}", Some(r"\boxed{5}")),
+    ("other_command_is_not_a_box", r"\boxedfoo{3} Answer: 4", Some("4")),
+    ("unclosed_think_still_graded", r"<think> long \boxed{9}", Some("9")),
+    ("closed_think_and_nothing_after", r"<think>\boxed{3}</think>", None),
+    ("unicode_around", "答案 \\boxed{−3} 🙂", Some("−3")),
+];
+
+/// (name, response, expected format_ok)
+#[rustfmt::skip]
+const FORMAT: &[(&str, &str, bool)] = &[
+    ("minimal", r"<think>r</think><answer>\boxed{1}</answer>", true),
+    ("whitespace_between_and_around", "\n <think>\nr\n</think>\n\n<answer> x \\boxed{1} \n</answer>\n", true),
+    ("empty_box_is_still_template", r"<think>r</think><answer>\boxed{}</answer>", true),
+    ("empty_think_allowed", r"<think></think><answer>\boxed{1}</answer>", true),
+    ("no_box", "<think>r</think><answer>1</answer>", false),
+    ("box_only_in_think", r"<think>\boxed{1}</think><answer>1</answer>", false),
+    ("unbalanced_box", r"<think>r</think><answer>\boxed{1</answer>", false),
+    ("text_before_think", r"Sure! <think>r</think><answer>\boxed{1}</answer>", false),
+    ("text_between_blocks", r"<think>r</think> so <answer>\boxed{1}</answer>", false),
+    ("text_after_answer", r"<think>r</think><answer>\boxed{1}</answer> bye", false),
+    ("missing_answer_close", r"<think>r</think><answer>\boxed{1}", false),
+    ("missing_think", r"<answer>\boxed{1}</answer>", false),
+    ("two_answer_blocks", r"<think>r</think><answer>\boxed{1}</answer><answer>\boxed{2}</answer>", false),
+    ("nested_think", r"<think><think>r</think></think><answer>\boxed{1}</answer>", false),
+    ("uppercase_tags", r"<THINK>r</THINK><ANSWER>\boxed{1}</ANSWER>", false),
+    ("blocks_swapped", r"<answer>\boxed{1}</answer><think>r</think>", false),
+];
+
+/// (name, response, reference, options, accuracy, format)
+#[rustfmt::skip]
+type GradeCase = (&'static str, &'static str, &'static str, Option<&'static [&'static str]>, f32, f32);
+#[rustfmt::skip]
+const GRADE: &[GradeCase] = &[
+    ("mmr1_correct", r"<think>area = 3*4</think><answer>The area is \boxed{12} cm^2.</answer>", "12", None, 1.0, 1.0),
+    ("mmr1_wrong", r"<think>area = 3*5</think><answer>\boxed{15}</answer>", "12", None, 0.0, 1.0),
+    ("correct_without_template", r"The answer is \boxed{12}.", "12", None, 1.0, 0.0),
+    ("no_answer_at_all", "<think>hmm</think><answer></answer>", "12", None, 0.0, 0.0),
+    ("think_box_ignored", r"<think>\boxed{3}</think><answer>\boxed{5}</answer>", "3", None, 0.0, 1.0),
+    ("option_text_for_letter", r"<think>r</think><answer>\boxed{5 cm}</answer>", "B", Some(&["A. 3 cm", "B. 5 cm"]), 1.0, 1.0),
+    ("letter_for_option_text", r"\boxed{B}", "5 cm", Some(&["3 cm", "5 cm"]), 1.0, 0.0),
+    ("wrong_letter_with_options", r"\boxed{A}", "B", Some(&["3 cm", "5 cm"]), 0.0, 0.0),
+    ("wrong_option_text", r"\boxed{3}", "B", Some(&["(A) 3", "(B) 5"]), 0.0, 0.0),
+    ("very_long_garbage", "", "5", None, 0.0, 0.0), // the response is generated below
+];
+
+#[test]
+fn equivalence_cases() {
+    let failed: Vec<String> = EQUIV
+        .iter()
+        .filter(|(_, p, r, want)| is_equivalent(p, r) != *want)
+        .map(|(name, p, r, want)| format!("{name}: is_equivalent({p:?}, {r:?}) should be {want}"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failures:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn extraction_cases() {
+    let failed: Vec<String> = EXTRACT
+        .iter()
+        .filter(|(_, text, want)| extract_answer(text).as_deref() != *want)
+        .map(|(name, text, want)| {
+            format!(
+                "{name}: extract_answer({text:?}) = {:?}, want {want:?}",
+                extract_answer(text)
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failures:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn format_cases() {
+    let failed: Vec<String> = FORMAT
+        .iter()
+        .filter(|(_, text, want)| format_ok(text) != *want)
+        .map(|(name, text, want)| format!("{name}: format_ok({text:?}) should be {want}"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failures:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn grade_cases() {
+    let cfg = RewardConfig::default();
+    let garbage: String = "\\boxed{{<answer>}\\frac{".repeat(20_000) + &"é中🙂".repeat(10_000);
+    let mut failed = Vec::new();
+    for &(name, response, answer, options, acc, fmt) in GRADE {
+        let response = if name == "very_long_garbage" {
+            garbage.as_str()
+        } else {
+            response
+        };
+        let item = RewardItem {
+            answer: answer.to_string(),
+            options: options.map(|o| o.iter().map(|s| s.to_string()).collect()),
+        };
+        let v = cfg.grade(response, &item);
+        if (v.accuracy, v.format) != (acc, fmt) {
+            failed.push(format!(
+                "{name}: got {v:?}, want accuracy {acc} format {fmt}"
+            ));
+        }
+        assert_eq!(cfg.reward(response, &item), acc + fmt, "{name}: total");
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failures:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+/// Every answer extracted from the cases, boxed again, extracts to itself and is equivalent to
+/// itself.
+#[test]
+fn extracted_answers_roundtrip() {
+    let texts = EXTRACT.iter().map(|c| c.1).chain(GRADE.iter().map(|c| c.1));
+    let answers = EQUIV.iter().flat_map(|c| [c.1, c.2]);
+    for text in texts.chain(answers) {
+        if let Some(x) = extract_answer(text) {
+            let again = extract_answer(&format!("\\boxed{{{x}}}"));
+            assert_eq!(again.as_deref(), Some(x.as_str()), "roundtrip of {text:?}");
+            assert!(is_equivalent(&x, &x), "{x:?} not equivalent to itself");
+        }
+    }
+}
