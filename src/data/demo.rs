@@ -4,7 +4,8 @@
 
 use super::rl_items::RlItem;
 use crate::model::Qwen2Config;
-use crate::tokenizer::{apply_chat_template, Message, Tokenizer};
+use super::prompt::{render_prompt, PromptStyle};
+use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -110,9 +111,9 @@ pub fn demo_solution(item: &RlItem) -> String {
     format!("<think>{}</think><answer>\\boxed{{{acc}}}</answer>", steps.join(" "))
 }
 
-/// The prompt a demo item is asked with (chat template, no system turn: short sequences).
+/// The prompt a demo item is asked with (no instruction and no system turn: short sequences).
 pub fn demo_prompt(item: &RlItem) -> String {
-    apply_chat_template(&[Message::new("user", &item.problem)], None, true)
+    render_prompt(&item.problem, PromptStyle::Plain)
 }
 
 #[cfg(test)]

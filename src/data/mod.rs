@@ -2,4 +2,5 @@
 
 pub mod demo;
 pub mod jsonl;
+pub mod prompt;
 pub mod rl_items;

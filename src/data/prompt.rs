@@ -1,0 +1,37 @@
+//! How an RL item becomes a prompt: one place, shared by training, scoring and evaluation.
+
+use crate::tokenizer::{apply_chat_template, Message};
+use serde::{Deserialize, Serialize};
+
+/// MMR1's training instruction, prepended to the user's text (not a system turn). Our
+/// wording of the instruction described in the MMR1 report (../shared/MMR1.md, "Data and
+/// prompts"): reason step by step with reflection, answer in the think/answer/boxed format.
+pub const MMR1_INSTRUCTION: &str = "You FIRST think about the reasoning process step by step, checking and reflecting on \
+your work, and THEN give the final answer. The reasoning process MUST be enclosed within <think> </think> tags, and the \
+final answer MUST be enclosed within <answer> </answer> tags, with the answer itself in \\boxed{}.";
+
+/// MMR1's evaluation instruction.
+pub const MMR1_EVAL_INSTRUCTION: &str = "Solve the problem step by step and put your final answer in one \\boxed{}. \
+For a multiple-choice question, put only the letter of the choice inside the \\boxed{}.";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptStyle {
+    /// The MMR1 training instruction, then the problem, as one user turn.
+    #[default]
+    Mmr1,
+    /// The MMR1 evaluation instruction, then the problem.
+    Mmr1Eval,
+    /// The problem alone as the user turn (the built-in demo).
+    Plain,
+}
+
+/// The chat-templated prompt text for `problem`, ending with the assistant's turn opening.
+pub fn render_prompt(problem: &str, style: PromptStyle) -> String {
+    let user = match style {
+        PromptStyle::Mmr1 => format!("{MMR1_INSTRUCTION}\n\n{problem}"),
+        PromptStyle::Mmr1Eval => format!("{MMR1_EVAL_INSTRUCTION}\n\n{problem}"),
+        PromptStyle::Plain => problem.to_string(),
+    };
+    apply_chat_template(&[Message::new("user", &user)], None, true)
+}
