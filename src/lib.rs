@@ -3,6 +3,9 @@
 
 pub mod backend;
 pub mod commands;
+pub mod data;
 pub mod model;
+pub mod optim;
 pub mod rl;
 pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,3 @@
+//! Datasets: JSONL readers and their tokenization.
+
+pub mod sft_data;
