@@ -5,6 +5,8 @@ pub mod backend;
 pub mod commands;
 pub mod data;
 pub mod model;
+pub mod optim;
 pub mod pipeline;
 pub mod rl;
 pub mod tokenizer;
+pub mod train;

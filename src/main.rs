@@ -17,6 +17,8 @@ enum Command {
     Logprobs(commands::logprobs::LogprobsArgs),
     /// Complete one prompt with the model (greedy with --temperature 0).
     Generate(commands::generate::GenerateArgs),
+    /// Cold-start supervised fine-tuning on JSONL conversations (assistant tokens only).
+    Sft(commands::sft::SftArgs),
 }
 
 fn main() -> ExitCode {
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Logprobs(a) => commands::logprobs::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Sft(a) => commands::sft::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

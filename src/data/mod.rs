@@ -1,6 +1,7 @@
-//! Datasets: RL items in the MMR1 schema, and the built-in demo task.
+//! Datasets: RL items in the MMR1 schema, SFT conversations, the built-in demo task.
 
 pub mod demo;
 pub mod jsonl;
 pub mod prompt;
 pub mod rl_items;
+pub mod sft_data;

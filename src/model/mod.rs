@@ -2,6 +2,7 @@
 //! (keeping the activations the backward pass needs), chunked log-probs over the vocabulary,
 //! and incremental decoding with a KV cache.
 
+pub mod backward;
 pub mod config;
 pub mod forward;
 pub mod init;
@@ -10,6 +11,7 @@ pub mod params;
 pub mod safetensors_io;
 
 pub use config::Qwen2Config;
+pub use backward::GradScratch;
 pub use forward::{Acts, Packed};
 pub use kv_cache::KvCache;
 pub use params::ParamLayout;

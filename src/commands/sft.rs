@@ -1,0 +1,211 @@
+//! `mmr1-fast sft`: cold-start supervised fine-tuning on JSONL conversations.
+
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use crate::data::sft_data::load_sft_dataset;
+use crate::model::safetensors_io::SaveDtype;
+use crate::model::Qwen2;
+use crate::optim::AdamwConfig;
+use crate::tokenizer::{Tokenizer, QWEN25_DEFAULT_SYSTEM};
+use crate::train::checkpoint::{latest_checkpoint, write_model_files};
+use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SftArgs {
+    /// Hugging Face model directory to start from (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL training data: `messages`, ShareGPT `conversations`, or `problem`/`solution` per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Peak learning rate (MMR1 cold start: 1e-5).
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f32,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f32,
+    /// Constant learning rate after warm-up instead of cosine decay.
+    #[arg(long)]
+    pub constant_lr: bool,
+    /// Sequences per optimizer step (MMR1 cold start: 32).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Tokens per packed micro-batch (gradients accumulate over the step's micro-batches).
+    #[arg(long, default_value_t = 16384)]
+    pub micro_batch_tokens: usize,
+    /// Sequences are cut to this many tokens (MMR1 cold start: 16384).
+    #[arg(long, default_value_t = 16384)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Global gradient-norm bound (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f32,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f32,
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f32,
+    /// Data-order seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Save a checkpoint every N optimizer steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: u64,
+    /// Weight dtype of saved models (optimizer state and master weights stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub save_dtype: SaveDtype,
+    /// Do not insert Qwen2.5's default system prompt into conversations without one.
+    #[arg(long)]
+    pub no_default_system: bool,
+    /// Continue a run: from OUT/latest when given without a value, else from the checkpoint
+    /// directory given. The run's saved settings are used; data must be the same.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    pub resume: Option<String>,
+    /// Stop after this many optimizer steps in this invocation (the run can be resumed).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long, default_value = "auto")]
+    pub device: super::device::Device,
+}
+
+impl SftArgs {
+    pub fn config(&self) -> SftConfig {
+        SftConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            micro_batch_tokens: self.micro_batch_tokens,
+            max_len: self.max_len,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup_ratio: self.warmup_ratio,
+            cosine: !self.constant_lr,
+            adamw: AdamwConfig {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+                max_grad_norm: (self.grad_clip > 0.0).then_some(self.grad_clip),
+            },
+            seed: self.seed,
+        }
+    }
+}
+
+pub fn run(args: &SftArgs) -> Result<()> {
+    super::device::resolve(args.device)?;
+    run_on(&Cpu, args)
+}
+
+/// The SFT command on any backend (tests call this directly).
+pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
+    let resume_dir = match args.resume.as_deref() {
+        None => None,
+        Some("latest") => Some(
+            latest_checkpoint(&args.out)?
+                .with_context(|| format!("--resume: {} has no `latest` checkpoint", args.out.display()))?,
+        ),
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    // The tokenizer of the checkpoint when resuming (it is a copy), else the model's.
+    let tok_path = resume_dir
+        .as_ref()
+        .map(|d| d.join("tokenizer.json"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| args.model.join("tokenizer.json"));
+    let tok = Tokenizer::from_file(&tok_path)?;
+    let system = (!args.no_default_system).then_some(QWEN25_DEFAULT_SYSTEM);
+
+    let mut trainer = match &resume_dir {
+        Some(dir) => {
+            let st: crate::train::sft::SftState = serde_json::from_str(
+                &std::fs::read_to_string(dir.join(crate::train::checkpoint::TRAINER_STATE))
+                    .with_context(|| format!("--resume: {} is not a checkpoint", dir.display()))?,
+            )
+            .with_context(|| format!("{}: invalid trainer state", dir.display()))?;
+            let (data, _) = load_sft_dataset(&args.data, &tok, system, st.config.max_len)?;
+            let t = SftTrainer::resume(be, dir, data)?;
+            eprintln!(
+                "resuming {} at step {}/{} (epoch {}, example {}); the run's saved settings apply",
+                dir.display(),
+                t.state.step,
+                t.state.total_steps,
+                t.state.epoch,
+                t.state.cursor
+            );
+            t
+        }
+        None => {
+            let cfg = args.config();
+            cfg.validate()?;
+            let (data, dropped) = load_sft_dataset(&args.data, &tok, system, cfg.max_len)?;
+            if dropped > 0 {
+                eprintln!("note: {dropped} examples have no assistant token within --max-len {}; skipped", cfg.max_len);
+            }
+            let model = Qwen2::load(be, &args.model)?;
+            SftTrainer::new(be, model, data, cfg)?
+        }
+    };
+    let n_tok: usize = trainer.data.iter().map(|e| e.ids.len()).sum();
+    eprintln!(
+        "sft: {} examples ({} tokens), {} steps of {} sequences, lr {:?}",
+        trainer.data.len(),
+        n_tok,
+        trainer.state.total_steps,
+        trainer.state.config.batch_size,
+        trainer.state.schedule
+    );
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    let mut done_here = 0u64;
+    while !trainer.done() && args.max_steps.is_none_or(|m| done_here < m) {
+        let m = trainer.step(be)?;
+        done_here += 1;
+        report(&m, trainer.state.total_steps);
+        writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        if args.save_every > 0 && m.step % args.save_every == 0 && !trainer.done() {
+            let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
+            eprintln!("saved {}", dir.display());
+        }
+    }
+    let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
+    eprintln!("saved {}", dir.display());
+    if trainer.done() {
+        // The finished model, loadable from OUT itself (e.g. as GRPO's starting point).
+        write_final(&args.out, &trainer, be, args.save_dtype, &tok_path)?;
+        eprintln!("final model written to {}", args.out.display());
+    }
+    Ok(())
+}
+
+fn write_final<B: Backend>(out: &Path, t: &SftTrainer<B>, be: &B, dtype: SaveDtype, tok: &Path) -> Result<()> {
+    write_model_files(out, &t.model.cfg, &t.model.layout, &t.model.to_host(be), dtype, Some(tok))
+}
+
+fn report(m: &SftStepMetrics, total: u64) {
+    let skip = if m.skipped { "  SKIPPED (non-finite grad norm)" } else { "" };
+    eprintln!(
+        "step {}/{}  epoch {:.3}  loss {:.4}  lr {:.3e}  grad_norm {:.4}  tokens {}  {:.0} tok/s{}",
+        m.step, total, m.epoch, m.loss, m.lr, m.grad_norm, m.tokens, m.tokens_per_s, skip
+    );
+    if m.skipped {
+        // verl prints a warning and skips; keep it visible.
+        eprintln!("warning: step {} skipped: gradient norm is {}", m.step, m.grad_norm);
+    }
+}

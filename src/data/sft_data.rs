@@ -1,0 +1,195 @@
+//! Supervised fine-tuning data: JSONL conversations, rendered with the Qwen chat template
+//! and tokenized with a per-token mask of what is trained (assistant turns only).
+//!
+//! Accepted line forms (one JSON object per line, blank lines skipped):
+//! - `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`
+//! - ShareGPT, MMR1's cold-start form: `{"conversations": [{"from": "human"|"gpt"|"system",
+//!   "value": "..."}, ...]}` (`images` and other keys are ignored: text-only engine)
+//! - `{"problem": "...", "solution": "..."}`: one user turn, one assistant turn.
+
+use crate::tokenizer::{apply_chat_template, Message, Tokenizer};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// A tokenized conversation: `ids`, and `trained[i]` true when token `i` is a target of the
+/// loss (it lies in an assistant turn: the content and its closing `<|im_end|>\n`, as
+/// LLaMA-Factory's Qwen template trains; the `<|im_start|>assistant\n` header is prompt).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SftExample {
+    pub ids: Vec<u32>,
+    pub trained: Vec<bool>,
+}
+
+impl SftExample {
+    /// Trained targets: positions 1.. whose token is trained (token 0 is never predicted).
+    pub fn trained_targets(&self) -> usize {
+        self.trained.iter().skip(1).filter(|&&b| b).count()
+    }
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+    match v.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => bail!("field {key:?} must be a string, found {}", kind(other)),
+        None => bail!("missing field {key:?}"),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The conversation of one JSON record, in any of the accepted forms.
+pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
+    if !v.is_object() {
+        bail!("expected a JSON object, found {}", kind(v));
+    }
+    let msgs: Vec<Message> = if let Some(list) = v.get("messages") {
+        let list = list.as_array().ok_or_else(|| anyhow!("\"messages\" must be a list"))?;
+        list.iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = str_field(m, "role").with_context(|| format!("messages[{i}]"))?;
+                if !matches!(role, "system" | "user" | "assistant") {
+                    bail!("messages[{i}]: role {role:?} is not system, user or assistant");
+                }
+                Ok(Message::new(role, str_field(m, "content").with_context(|| format!("messages[{i}]"))?))
+            })
+            .collect::<Result<_>>()?
+    } else if let Some(list) = v.get("conversations") {
+        let list = list.as_array().ok_or_else(|| anyhow!("\"conversations\" must be a list"))?;
+        list.iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let from = str_field(m, "from").with_context(|| format!("conversations[{i}]"))?;
+                let role = match from {
+                    "human" | "user" => "user",
+                    "gpt" | "assistant" => "assistant",
+                    "system" => "system",
+                    other => bail!("conversations[{i}]: \"from\" is {other:?}; expected human, gpt or system"),
+                };
+                Ok(Message::new(role, str_field(m, "value").with_context(|| format!("conversations[{i}]"))?))
+            })
+            .collect::<Result<_>>()?
+    } else if v.get("problem").is_some() || v.get("solution").is_some() {
+        vec![Message::new("user", str_field(v, "problem")?), Message::new("assistant", str_field(v, "solution")?)]
+    } else {
+        bail!("expected a \"messages\", \"conversations\" or \"problem\"/\"solution\" record");
+    };
+    if !msgs.iter().any(|m| m.role == "assistant") {
+        bail!("the conversation has no assistant turn: nothing to train on");
+    }
+    Ok(msgs)
+}
+
+/// Reads a JSONL file of conversations. Errors name the file and the 1-based line.
+pub fn load_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: not valid JSON ({e})", path.display(), i + 1))?;
+        let msgs = parse_record(&v).map_err(|e| anyhow!("{}:{}: {e:#}", path.display(), i + 1))?;
+        out.push(msgs);
+    }
+    if out.is_empty() {
+        bail!("{}: no examples", path.display());
+    }
+    Ok(out)
+}
+
+/// Renders `messages` exactly as `apply_chat_template(messages, default_system, false)` and
+/// returns the text with the byte ranges of the assistant turns (content + `<|im_end|>\n`).
+pub fn render_with_spans(messages: &[Message], default_system: Option<&str>) -> (String, Vec<std::ops::Range<usize>>) {
+    let mut s = String::new();
+    let mut spans = Vec::new();
+    if let Some(sys) = default_system {
+        if messages.first().map(|m| m.role.as_str()) != Some("system") {
+            s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+        }
+    }
+    for m in messages {
+        s.push_str(&format!("<|im_start|>{}\n", m.role));
+        let start = s.len();
+        s.push_str(&m.content);
+        s.push_str("<|im_end|>\n");
+        if m.role == "assistant" {
+            spans.push(start..s.len());
+        }
+    }
+    // One renderer is the truth; this one only adds the spans.
+    debug_assert_eq!(s, apply_chat_template(messages, default_system, false));
+    (s, spans)
+}
+
+/// Tokenizes a conversation and marks the trained tokens: a token is trained when its first
+/// byte lies in an assistant span. Truncates to `max_len` tokens (the tail goes).
+pub fn tokenize(tok: &Tokenizer, messages: &[Message], default_system: Option<&str>, max_len: usize) -> Result<SftExample> {
+    let (text, spans) = render_with_spans(messages, default_system);
+    let enc = tok.inner().encode(text.as_str(), false).map_err(|e| anyhow!("tokenizing failed: {e}"))?;
+    let mut ids = enc.get_ids().to_vec();
+    let mut trained: Vec<bool> = enc
+        .get_offsets()
+        .iter()
+        .map(|&(a, _)| spans.iter().any(|r| r.contains(&a)))
+        .collect();
+    ids.truncate(max_len);
+    trained.truncate(max_len);
+    Ok(SftExample { ids, trained })
+}
+
+/// Loads, renders and tokenizes a JSONL file. Examples left with no trained target after
+/// truncation are dropped; the count dropped is returned beside the examples.
+pub fn load_sft_dataset(
+    path: &Path,
+    tok: &Tokenizer,
+    default_system: Option<&str>,
+    max_len: usize,
+) -> Result<(Vec<SftExample>, usize)> {
+    let convs = load_jsonl(path)?;
+    let mut out = Vec::with_capacity(convs.len());
+    let mut dropped = 0;
+    for (i, c) in convs.iter().enumerate() {
+        let ex = tokenize(tok, c, default_system, max_len).with_context(|| format!("{}: example {}", path.display(), i + 1))?;
+        if ex.trained_targets() == 0 {
+            dropped += 1;
+        } else {
+            out.push(ex);
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no example has a trained token within --max-len {max_len}", path.display());
+    }
+    Ok((out, dropped))
+}
+
+/// A fingerprint of a tokenized dataset (FNV-1a over ids and masks), stored in checkpoints
+/// so a resumed run can check it sees the same data in the same order.
+pub fn fingerprint(examples: &[SftExample]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |x: u64| {
+        for b in x.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    eat(examples.len() as u64);
+    for e in examples {
+        eat(e.ids.len() as u64);
+        for (&id, &t) in e.ids.iter().zip(&e.trained) {
+            eat(((id as u64) << 1) | t as u64);
+        }
+    }
+    format!("{h:016x}")
+}

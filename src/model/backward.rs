@@ -1,0 +1,247 @@
+//! The manual backward pass of the packed forward (llm.c style: explicit gradient buffers,
+//! one explicit backward per layer, no autograd tape).
+//!
+//! Input: d(loss)/d(log-prob of each packed row's target) and optionally d(loss)/d(entropy)
+//! of each row's tempered distribution. Output: parameter gradients, ACCUMULATED (`+=`) into
+//! buffers in layout order, so micro-batches of one optimizer step simply add up.
+//!
+//! The output projection is never materialized as `[tokens x vocab]`: logits are recomputed
+//! chunk by chunk from `acts.xn_f`, and only rows with a non-zero upstream gradient are
+//! visited (prompt rows of SFT cost nothing here).
+
+use super::forward::{Acts, Packed};
+use super::Qwen2;
+use crate::backend::{Backend, Tr};
+
+/// Gradient scratch for `t` tokens, planned once and reused across steps (like `Acts`).
+pub struct GradScratch<B: Backend> {
+    pub t: usize,
+    /// d(loss)/d(residual stream) at the current depth.
+    dresid: B::Buf,
+    /// `[t, hidden]` work buffers: gradient of a norm output, and of a norm input.
+    dxn: B::Buf,
+    dnorm_in: B::Buf,
+    datt: B::Buf,
+    dq: B::Buf,
+    dk: B::Buf,
+    dv: B::Buf,
+    dgate: B::Buf,
+    dup: B::Buf,
+    dact: B::Buf,
+    // Output-projection chunk: `rows` rows of hidden states, logits and their gradients.
+    chunk: usize,
+    h: B::Buf,
+    logits: B::Buf,
+    dlogits: B::Buf,
+    dh: B::Buf,
+    dlp: B::Buf,
+    dent: B::Buf,
+}
+
+impl<B: Backend> Qwen2<B> {
+    /// One zeroed gradient buffer per parameter, in layout order.
+    pub fn zero_grads(&self, be: &B) -> Vec<B::Buf> {
+        self.layout.specs.iter().map(|s| be.zeros(s.numel())).collect()
+    }
+
+    /// Plans the backward scratch for `t` tokens.
+    pub fn alloc_grad_scratch(&self, be: &B, t: usize) -> GradScratch<B> {
+        let c = &self.cfg;
+        let (d, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let kvd = c.n_kv_heads() * c.head_dim();
+        let chunk = self.logit_chunk_rows().min(t.max(1));
+        GradScratch {
+            t,
+            dresid: be.zeros(t * d),
+            dxn: be.zeros(t * d),
+            dnorm_in: be.zeros(t * d),
+            datt: be.zeros(t * d),
+            dq: be.zeros(t * d),
+            dk: be.zeros(t * kvd),
+            dv: be.zeros(t * kvd),
+            dgate: be.zeros(t * i),
+            dup: be.zeros(t * i),
+            dact: be.zeros(t * i),
+            chunk,
+            h: be.zeros(chunk * d),
+            logits: be.zeros(chunk * v),
+            dlogits: be.zeros(chunk * v),
+            dh: be.zeros(chunk * d),
+            dlp: be.zeros(chunk),
+            dent: be.zeros(chunk),
+        }
+    }
+
+    /// Accumulates into `grads` (layout order) the gradient of a loss whose derivative with
+    /// respect to each packed row's target log-prob is `dlp[row]` (0 on rows without a
+    /// target) and, optionally, with respect to each row's entropy `dent[row]`. Log-probs and
+    /// entropies are those of `softmax(logits * inv_temp)`, as `token_logprobs` computes.
+    /// `acts` must hold the forward of `batch`. Allocates its scratch; training loops use
+    /// `backward_with` to reuse it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &Acts<B>,
+        targets: &[u32],
+        dlp: &[f32],
+        dent: Option<&[f32]>,
+        inv_temp: f32,
+        grads: &mut [B::Buf],
+    ) {
+        let mut scratch = None;
+        self.backward_with(be, batch, acts, targets, dlp, dent, inv_temp, grads, &mut scratch);
+    }
+
+    /// `backward` with a reusable scratch: re-planned only when the token count changes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &Acts<B>,
+        targets: &[u32],
+        dlp: &[f32],
+        dent: Option<&[f32]>,
+        inv_temp: f32,
+        grads: &mut [B::Buf],
+        scratch: &mut Option<GradScratch<B>>,
+    ) {
+        let t = batch.tokens();
+        assert_eq!(acts.t, t, "backward: activations are for {} tokens, the batch has {t}", acts.t);
+        assert_eq!(targets.len(), t, "backward: one target per packed row");
+        assert_eq!(dlp.len(), t, "backward: one dlp per packed row");
+        if let Some(de) = dent {
+            assert_eq!(de.len(), t, "backward: one dent per packed row");
+        }
+        assert_eq!(grads.len(), self.params.len(), "backward: one gradient buffer per parameter");
+        if scratch.as_ref().map(|s| s.t) != Some(t) {
+            *scratch = Some(self.alloc_grad_scratch(be, t));
+        }
+        let s = scratch.as_mut().expect("planned above");
+        let c = &self.cfg;
+        let d = c.hidden_size;
+
+        // Output projection: fills s.dxn with d(loss)/d(xn_f).
+        self.head_backward(be, acts, targets, dlp, dent, inv_temp, grads, s);
+
+        // Final norm: xn_f = rmsnorm(resid[L]).
+        let lf = &self.layout;
+        be.rmsnorm_backward(
+            &mut s.dresid,
+            &mut grads[lf.final_norm],
+            &s.dxn,
+            &acts.resid[c.num_hidden_layers],
+            &self.params[lf.final_norm],
+            &acts.rstd_f,
+            t,
+            d,
+        );
+        for l in (0..c.num_hidden_layers).rev() {
+            self.layer_backward(be, l, batch, acts, grads, s);
+        }
+        be.embedding_backward(&mut grads[lf.embed], &s.dresid, &batch.ids, d);
+    }
+
+    /// Chunked output projection backward: for each chunk of rows with a non-zero upstream
+    /// gradient, recompute logits = h W^T, turn (dlp, dent) into dlogits, then
+    /// dh = dlogits W and dW += dlogits^T h. Rows without gradient get dh = 0.
+    #[allow(clippy::too_many_arguments)]
+    fn head_backward(
+        &self,
+        be: &B,
+        acts: &Acts<B>,
+        targets: &[u32],
+        dlp: &[f32],
+        dent: Option<&[f32]>,
+        inv_temp: f32,
+        grads: &mut [B::Buf],
+        s: &mut GradScratch<B>,
+    ) {
+        let (d, v, t) = (self.cfg.hidden_size, self.cfg.vocab_size, acts.t);
+        let head = self.layout.head();
+        be.fill(&mut s.dxn, 0.0);
+        let active: Vec<usize> =
+            (0..t).filter(|&r| dlp[r] != 0.0 || dent.is_some_and(|de| de[r] != 0.0)).collect();
+        for rows in active.chunks(s.chunk) {
+            let n = rows.len();
+            // Gather the rows (contiguous runs in one copy: a whole response is one run).
+            let mut j = 0;
+            while j < n {
+                let mut e = j + 1;
+                while e < n && rows[e] == rows[e - 1] + 1 {
+                    e += 1;
+                }
+                be.copy(&mut s.h, j * d, &acts.xn_f, rows[j] * d, (e - j) * d);
+                j = e;
+            }
+            let tg: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
+            let g: Vec<f32> = rows.iter().map(|&r| dlp[r]).collect();
+            let ge: Vec<f32> = rows.iter().map(|&r| dent.map_or(0.0, |de| de[r])).collect();
+            be.copy(&mut s.dlp, 0, &be.upload(&g), 0, n);
+            be.copy(&mut s.dent, 0, &be.upload(&ge), 0, n);
+            be.matmul(&mut s.logits, &s.h, Tr::N, &self.params[head], Tr::T, n, v, d, 0.0);
+            be.logprobs_backward(&mut s.dlogits, &s.logits, &tg, &s.dlp, &s.dent, n, v, inv_temp);
+            // dh [n,d] = dlogits [n,v] @ W [v,d]
+            be.matmul(&mut s.dh, &s.dlogits, Tr::N, &self.params[head], Tr::N, n, d, v, 0.0);
+            // dW [v,d] += dlogits^T [v,n] @ h [n,d]
+            be.matmul(&mut grads[head], &s.dlogits, Tr::T, &s.h, Tr::N, v, d, n, 1.0);
+            for (j, &r) in rows.iter().enumerate() {
+                be.copy(&mut s.dxn, r * d, &s.dh, j * d, d);
+            }
+        }
+    }
+
+    /// One decoder layer in reverse. On entry `s.dresid` is d(loss)/d(x_out); on exit it is
+    /// d(loss)/d(x_in). Forward (see `layer_forward`):
+    /// `x_mid = x_in + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))`, `n1 = rmsnorm(x_in)`;
+    /// `x_out = x_mid + down(silu(gate(n2)) * up(n2))`, `n2 = rmsnorm(x_mid)`.
+    fn layer_backward(&self, be: &B, l: usize, batch: &Packed, acts: &Acts<B>, grads: &mut [B::Buf], s: &mut GradScratch<B>) {
+        let c = &self.cfg;
+        let t = batch.tokens();
+        let (d, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
+        let kvd = c.n_kv_heads() * hd;
+        let theta = c.rope_theta() as f32;
+        let w = &self.layout.layers[l];
+        let p = &self.params;
+        let la = &acts.layers[l];
+        let x_in = &acts.resid[l];
+
+        // ---- MLP: the residual passes dresid straight through to x_mid; the branch gets it too.
+        // down: y = act @ Wd^T (Wd [d,i]):  dact = dy @ Wd ; dWd += dy^T @ act.
+        be.matmul(&mut s.dact, &s.dresid, Tr::N, &p[w.down_w], Tr::N, t, i, d, 0.0);
+        be.matmul(&mut grads[w.down_w], &s.dresid, Tr::T, &la.act, Tr::N, d, i, t, 1.0);
+        be.swiglu_backward(&mut s.dgate, &mut s.dup, &s.dact, &la.gate, &la.up);
+        // gate/up: dxn2 = dgate @ Wg + dup @ Wu ; dWg += dgate^T @ xn2 ; dWu += dup^T @ xn2.
+        be.matmul(&mut s.dxn, &s.dgate, Tr::N, &p[w.gate_w], Tr::N, t, d, i, 0.0);
+        be.matmul(&mut s.dxn, &s.dup, Tr::N, &p[w.up_w], Tr::N, t, d, i, 1.0);
+        be.matmul(&mut grads[w.gate_w], &s.dgate, Tr::T, &la.xn2, Tr::N, i, d, t, 1.0);
+        be.matmul(&mut grads[w.up_w], &s.dup, Tr::T, &la.xn2, Tr::N, i, d, t, 1.0);
+        be.rmsnorm_backward(&mut s.dnorm_in, &mut grads[w.post_norm], &s.dxn, &la.x_mid, &p[w.post_norm], &la.rstd2, t, d);
+        be.add_assign(&mut s.dresid, &s.dnorm_in); // now d(loss)/d(x_mid)
+
+        // ---- attention
+        // o_proj: datt = dx_mid @ Wo ; dWo += dx_mid^T @ att.
+        be.matmul(&mut s.datt, &s.dresid, Tr::N, &p[w.o_w], Tr::N, t, d, d, 0.0);
+        be.matmul(&mut grads[w.o_w], &s.dresid, Tr::T, &la.att, Tr::N, d, d, t, 1.0);
+        // la.q / la.k hold the rotated q, k (rope is applied in place), which is what the
+        // attention saw; the gradients come back with respect to them.
+        be.attention_backward(&mut s.dq, &mut s.dk, &mut s.dv, &s.datt, &la.q, &la.k, &la.v, &la.att, &la.lse, &batch.spans, self.attn_shape());
+        // Rope is an orthogonal rotation: its backward is the inverse rotation.
+        be.rope(&mut s.dq, &batch.positions, c.num_attention_heads, hd, theta, true);
+        be.rope(&mut s.dk, &batch.positions, c.n_kv_heads(), hd, theta, true);
+        be.bias_backward(&mut grads[w.q_b], &s.dq, t, d);
+        be.bias_backward(&mut grads[w.k_b], &s.dk, t, kvd);
+        be.bias_backward(&mut grads[w.v_b], &s.dv, t, kvd);
+        // q/k/v: dxn1 = dq @ Wq + dk @ Wk + dv @ Wv ; dW* += d*^T @ xn1.
+        be.matmul(&mut s.dxn, &s.dq, Tr::N, &p[w.q_w], Tr::N, t, d, d, 0.0);
+        be.matmul(&mut s.dxn, &s.dk, Tr::N, &p[w.k_w], Tr::N, t, d, kvd, 1.0);
+        be.matmul(&mut s.dxn, &s.dv, Tr::N, &p[w.v_w], Tr::N, t, d, kvd, 1.0);
+        be.matmul(&mut grads[w.q_w], &s.dq, Tr::T, &la.xn1, Tr::N, d, d, t, 1.0);
+        be.matmul(&mut grads[w.k_w], &s.dk, Tr::T, &la.xn1, Tr::N, kvd, d, t, 1.0);
+        be.matmul(&mut grads[w.v_w], &s.dv, Tr::T, &la.xn1, Tr::N, kvd, d, t, 1.0);
+        be.rmsnorm_backward(&mut s.dnorm_in, &mut grads[w.input_norm], &s.dxn, x_in, &p[w.input_norm], &la.rstd1, t, d);
+        be.add_assign(&mut s.dresid, &s.dnorm_in); // now d(loss)/d(x_in)
+    }
+}

@@ -1,0 +1,206 @@
+//! Checkpoints as Hugging Face model directories plus the trainer's own state:
+//!
+//! ```text
+//! OUT/checkpoint-{step}/config.json            the model's config, re-serialized
+//!                       model.safetensors      weights (f32, or bf16 on request); tied models have no lm_head
+//!                       tokenizer.json         copied from the source model, when it has one
+//!                       trainer_state.json     step, epoch, data cursor, RNG state, schedule, ...
+//!                       optimizer.safetensors  AdamW exp_avg.* / exp_avg_sq.* (+ master.* f32 weights
+//!                                              when the model file is bf16), step count in metadata
+//! OUT/latest                                   "checkpoint-{step}", written atomically
+//! ```
+//!
+//! Crash safety: every file is written atomically, the directory is assembled under a temporary
+//! name and renamed into place, and `latest` moves only after that. A kill at any point leaves
+//! the previous checkpoint and `latest` intact.
+
+use crate::backend::Backend;
+use crate::model::safetensors_io::{load_params, save_tensors, to_f32, write_atomic, SaveDtype};
+use crate::model::{ParamLayout, Qwen2, Qwen2Config};
+use crate::optim::{AdamW, AdamwConfig};
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::SafeTensors;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub const TRAINER_STATE: &str = "trainer_state.json";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+const OPT_FORMAT: &str = "mmr1-fast adamw v1";
+
+/// fsync a directory so that renames inside it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+/// Writes a Hugging Face model directory's files (config.json, model.safetensors,
+/// tokenizer.json when `tokenizer` is given) into `dir`, which must exist.
+pub fn write_model_files(
+    dir: &Path,
+    cfg: &Qwen2Config,
+    layout: &ParamLayout,
+    host: &[Vec<f32>],
+    dtype: SaveDtype,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    let json = serde_json::to_vec_pretty(cfg)?;
+    write_atomic(&dir.join("config.json"), &json)?;
+    let tensors: Vec<(String, Vec<usize>, &[f32])> =
+        layout.specs.iter().zip(host).map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice())).collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    save_tensors(&dir.join("model.safetensors"), &tensors, dtype, Some(meta))?;
+    if let Some(src) = tokenizer {
+        let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+        write_atomic(&dir.join("tokenizer.json"), &data)?;
+        // tokenizer_config.json carries the chat template for transformers; copy it if present.
+        let tc = src.with_file_name("tokenizer_config.json");
+        if tc.exists() {
+            write_atomic(&dir.join("tokenizer_config.json"), &std::fs::read(&tc)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Saves a full training checkpoint as `out/checkpoint-{step}` and points `out/latest` at it.
+/// Returns the checkpoint directory.
+#[allow(clippy::too_many_arguments)]
+pub fn save_checkpoint<B: Backend, S: Serialize>(
+    be: &B,
+    out: &Path,
+    step: u64,
+    model: &Qwen2<B>,
+    opt: &AdamW<B>,
+    trainer_state: &S,
+    dtype: SaveDtype,
+    tokenizer: Option<&Path>,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let name = format!("checkpoint-{step}");
+    let final_dir = out.join(&name);
+    let tmp = out.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove stale {}", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+
+    let host = model.to_host(be);
+    write_model_files(&tmp, &model.cfg, &model.layout, &host, dtype, tokenizer)?;
+
+    let m: Vec<Vec<f32>> = opt.m.iter().map(|b| be.download(b)).collect();
+    let v: Vec<Vec<f32>> = opt.v.iter().map(|b| be.download(b)).collect();
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    for (i, s) in model.layout.specs.iter().enumerate() {
+        tensors.push((format!("exp_avg.{}", s.name), s.shape.clone(), &m[i]));
+        tensors.push((format!("exp_avg_sq.{}", s.name), s.shape.clone(), &v[i]));
+        if dtype != SaveDtype::F32 {
+            // The model file is rounded; exact resumption needs the f32 master weights.
+            tensors.push((format!("master.{}", s.name), s.shape.clone(), &host[i]));
+        }
+    }
+    let meta = HashMap::from([
+        ("format".to_string(), OPT_FORMAT.to_string()),
+        ("step".to_string(), opt.step.to_string()),
+        ("config".to_string(), serde_json::to_string(&opt.cfg)?),
+    ]);
+    save_tensors(&tmp.join(OPTIMIZER), &tensors, SaveDtype::F32, Some(meta))?;
+    write_atomic(&tmp.join(TRAINER_STATE), &serde_json::to_vec_pretty(trainer_state)?)?;
+    sync_dir(&tmp)?;
+
+    // Move into place. A checkpoint of the same step (a re-run) is replaced, never merged.
+    if final_dir.exists() {
+        let old = out.join(format!(".{name}.old"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(&final_dir, &old)?;
+        std::fs::rename(&tmp, &final_dir)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&tmp, &final_dir)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+    }
+    sync_dir(out)?;
+    write_atomic(&out.join("latest"), format!("{name}\n").as_bytes())?;
+    Ok(final_dir)
+}
+
+/// The checkpoint `out/latest` points at, or `None` when there is no `latest` file.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    let p = out.join("latest");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let name = name.trim();
+    if name.is_empty() || name.contains('/') || name.contains("..") {
+        bail!("{}: does not name a checkpoint directory ({name:?})", p.display());
+    }
+    let dir = out.join(name);
+    if !dir.is_dir() {
+        bail!("{} points at {}, which does not exist", p.display(), dir.display());
+    }
+    Ok(Some(dir))
+}
+
+/// Everything a checkpoint holds, loaded and checked.
+pub struct LoadedCheckpoint<B: Backend, S> {
+    pub model: Qwen2<B>,
+    pub opt: AdamW<B>,
+    pub state: S,
+}
+
+/// Loads a checkpoint directory written by `save_checkpoint`: the model (f32 master weights
+/// when the model file is bf16), the AdamW state and the trainer state. Every tensor must be
+/// present with the layout's shape and finite; errors name the file and the tensor.
+pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(be: &B, dir: &Path) -> Result<LoadedCheckpoint<B, S>> {
+    let cfg = Qwen2Config::load(dir)?;
+    let layout = ParamLayout::new(&cfg);
+    let state_path = dir.join(TRAINER_STATE);
+    let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
+    let state: S = serde_json::from_str(&text).with_context(|| format!("{}: not a valid trainer state", state_path.display()))?;
+
+    let opt_path = dir.join(OPTIMIZER);
+    let bytes = std::fs::read(&opt_path).with_context(|| format!("cannot read {}", opt_path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", opt_path.display()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e}", opt_path.display()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(OPT_FORMAT) {
+        bail!("{}: not an mmr1-fast optimizer state (format {:?})", opt_path.display(), meta.get("format"));
+    }
+    let step: u64 = meta
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("{}: metadata has no valid \"step\"", opt_path.display()))?;
+    let opt_cfg: AdamwConfig = serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
+        .with_context(|| format!("{}: metadata has no valid \"config\"", opt_path.display()))?;
+    let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let view = st.tensor(name).map_err(|_| anyhow!("{}: tensor {name} is missing", opt_path.display()))?;
+        if view.shape() != shape {
+            bail!("{}: tensor {name} has shape {:?}, the config implies {:?}", opt_path.display(), view.shape(), shape);
+        }
+        let data = to_f32(&view).with_context(|| format!("{}: tensor {name}", opt_path.display()))?;
+        if data.iter().any(|x| !x.is_finite()) {
+            bail!("{}: tensor {name} holds NaN or infinite values", opt_path.display());
+        }
+        Ok(data)
+    };
+    let has_master = st.names().iter().any(|n| n.starts_with("master."));
+    let host = if has_master {
+        layout.specs.iter().map(|s| get(&format!("master.{}", s.name), &s.shape)).collect::<Result<Vec<_>>>()?
+    } else {
+        load_params(dir, &layout)?
+    };
+    let mut m = Vec::with_capacity(layout.specs.len());
+    let mut v = Vec::with_capacity(layout.specs.len());
+    for s in &layout.specs {
+        m.push(be.upload(&get(&format!("exp_avg.{}", s.name), &s.shape)?));
+        let vv = get(&format!("exp_avg_sq.{}", s.name), &s.shape)?;
+        if vv.iter().any(|&x| x < 0.0) {
+            bail!("{}: tensor exp_avg_sq.{} has negative entries", opt_path.display(), s.name);
+        }
+        v.push(be.upload(&vv));
+    }
+    let model = Qwen2::from_host(be, cfg, layout, &host);
+    Ok(LoadedCheckpoint { model, opt: AdamW { cfg: opt_cfg, m, v, step }, state })
+}

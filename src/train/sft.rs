@@ -1,0 +1,299 @@
+//! Cold-start supervised fine-tuning: epochs over a shuffled dataset, `batch_size` sequences
+//! per optimizer step packed padding-free into micro-batches of at most `micro_batch_tokens`,
+//! gradients accumulated, loss normalized by the step's response-token count (so the result
+//! does not depend on the micro-batching), AdamW with clipping and a schedule.
+//!
+//! Everything the next step depends on is in `SftState` + the model + the optimizer, so a
+//! run saved after step k and resumed is bit-identical to one that never stopped (CPU).
+
+use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::{micro_step, SftLoss, Workspace};
+use crate::backend::Backend;
+use crate::data::sft_data::{fingerprint, SftExample};
+use crate::model::safetensors_io::SaveDtype;
+use crate::model::{Packed, Qwen2};
+use crate::optim::{AdamW, AdamwConfig, LrSchedule};
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Hyper-parameters of an SFT run. Defaults: MMR1's cold-start recipe (lr 1e-5, cosine,
+/// warm-up ratio 0.1, weight decay 0, effective batch 32; see ../shared/MMR1.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SftConfig {
+    pub epochs: usize,
+    /// Sequences per optimizer step.
+    pub batch_size: usize,
+    /// Upper bound on the tokens of one packed micro-batch (a longer sequence goes alone).
+    pub micro_batch_tokens: usize,
+    pub max_len: usize,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup_ratio: f64,
+    /// Cosine decay after warm-up (true) or constant.
+    pub cosine: bool,
+    pub adamw: AdamwConfig,
+    pub seed: u64,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            epochs: 1,
+            batch_size: 32,
+            micro_batch_tokens: 16384,
+            max_len: 16384,
+            lr: 1e-5,
+            min_lr: 0.0,
+            warmup_ratio: 0.1,
+            cosine: true,
+            adamw: AdamwConfig { weight_decay: 0.0, ..AdamwConfig::default() },
+            seed: 0,
+        }
+    }
+}
+
+impl SftConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.micro_batch_tokens == 0 || self.max_len < 2 {
+            bail!("epochs, batch size and micro-batch tokens must be positive and max length at least 2");
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            bail!("learning rate must be >= 0 and min lr in [0, lr] (got lr {}, min {})", self.lr, self.min_lr);
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            bail!("warm-up ratio must be in [0, 1] (got {})", self.warmup_ratio);
+        }
+        if let Some(c) = self.adamw.max_grad_norm {
+            if !(c > 0.0) {
+                bail!("grad clip must be positive (got {c})");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The dataset a state belongs to, checked on resume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub examples: usize,
+    pub fingerprint: String,
+}
+
+/// `trainer_state.json` of an SFT run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SftState {
+    pub kind: String,
+    /// Optimizer steps done (skipped non-finite steps included).
+    pub step: u64,
+    pub total_steps: u64,
+    pub skipped_steps: u64,
+    /// Current epoch (0-based) and the next position in its shuffled order.
+    pub epoch: usize,
+    pub cursor: usize,
+    /// The RNG as it was before shuffling the current epoch: order = shuffle(clone of it).
+    pub epoch_rng: ChaCha8Rng,
+    pub schedule: LrSchedule,
+    pub config: SftConfig,
+    pub data: DataInfo,
+}
+
+/// What one optimizer step did (also one line of metrics.jsonl).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SftStepMetrics {
+    pub step: u64,
+    pub epoch: f64,
+    /// Mean token cross-entropy over the step's response tokens.
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f64,
+    pub clip_scale: f32,
+    pub skipped: bool,
+    pub sequences: usize,
+    pub tokens: usize,
+    pub trained_tokens: usize,
+    pub micro_batches: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+pub struct SftTrainer<B: Backend> {
+    pub model: Qwen2<B>,
+    pub opt: AdamW<B>,
+    pub grads: Vec<B::Buf>,
+    pub data: Vec<SftExample>,
+    pub state: SftState,
+    ws: Workspace<B>,
+    order: Vec<usize>,
+    next_epoch_rng: ChaCha8Rng,
+}
+
+/// Shuffled order of an epoch from the RNG state at its start; returns the advanced RNG.
+fn epoch_order(n: usize, rng: &ChaCha8Rng) -> (Vec<usize>, ChaCha8Rng) {
+    let mut r = rng.clone();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut r);
+    (order, r)
+}
+
+/// Splits sequences (in order) into packed micro-batches of at most `max_tokens` tokens.
+pub fn pack_micro_batches(lens: &[usize], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &l) in lens.iter().enumerate() {
+        if i > start && tokens + l > max_tokens {
+            out.push(start..i);
+            start = i;
+            tokens = 0;
+        }
+        tokens += l;
+    }
+    if start < lens.len() {
+        out.push(start..lens.len());
+    }
+    out
+}
+
+impl<B: Backend> SftTrainer<B> {
+    /// A fresh run on `model`.
+    pub fn new(be: &B, model: Qwen2<B>, data: Vec<SftExample>, cfg: SftConfig) -> Result<Self> {
+        cfg.validate()?;
+        if data.is_empty() {
+            bail!("the SFT dataset is empty");
+        }
+        for (i, e) in data.iter().enumerate() {
+            model.check_ids(&e.ids).map_err(|err| anyhow::anyhow!("example {}: {err}", i + 1))?;
+        }
+        let steps_per_epoch = data.len().div_ceil(cfg.batch_size) as u64;
+        let total_steps = steps_per_epoch * cfg.epochs as u64;
+        let warmup_steps = LrSchedule::warmup_steps_for(total_steps, cfg.warmup_ratio);
+        let schedule = if cfg.cosine {
+            LrSchedule::Cosine { lr: cfg.lr, warmup_steps, total_steps, min_lr: cfg.min_lr }
+        } else {
+            LrSchedule::Constant { lr: cfg.lr, warmup_steps }
+        };
+        let epoch_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let state = SftState {
+            kind: "sft".into(),
+            step: 0,
+            total_steps,
+            skipped_steps: 0,
+            epoch: 0,
+            cursor: 0,
+            epoch_rng,
+            schedule,
+            data: DataInfo { examples: data.len(), fingerprint: fingerprint(&data) },
+            config: cfg.clone(),
+        };
+        let opt = AdamW::new(be, &model.params, cfg.adamw);
+        Ok(Self::assemble(be, model, opt, data, state))
+    }
+
+    fn assemble(be: &B, model: Qwen2<B>, opt: AdamW<B>, data: Vec<SftExample>, state: SftState) -> Self {
+        let (order, next_epoch_rng) = epoch_order(data.len(), &state.epoch_rng);
+        let grads = model.zero_grads(be);
+        SftTrainer { model, opt, grads, data, state, ws: Workspace::default(), order, next_epoch_rng }
+    }
+
+    /// Continues the run saved in checkpoint directory `dir`; `data` must be the dataset it
+    /// was trained on (same examples, same tokenization), which is checked.
+    pub fn resume(be: &B, dir: &Path, data: Vec<SftExample>) -> Result<Self> {
+        let ck = load_checkpoint::<B, SftState>(be, dir)?;
+        let st = ck.state;
+        if st.kind != "sft" {
+            bail!("{}: trainer state is of kind {:?}, not an SFT run", dir.display(), st.kind);
+        }
+        let info = DataInfo { examples: data.len(), fingerprint: fingerprint(&data) };
+        if info != st.data {
+            bail!(
+                "{}: the checkpoint was trained on other data ({} examples, fingerprint {}) than given now ({} examples, fingerprint {}); \
+                 resume needs the same file, --max-len and chat settings",
+                dir.display(),
+                st.data.examples,
+                st.data.fingerprint,
+                info.examples,
+                info.fingerprint
+            );
+        }
+        if st.cursor > data.len() || st.step > st.total_steps {
+            bail!("{}: trainer state is inconsistent (cursor {}, step {} of {})", dir.display(), st.cursor, st.step, st.total_steps);
+        }
+        Ok(Self::assemble(be, ck.model, ck.opt, data, st))
+    }
+
+    pub fn done(&self) -> bool {
+        self.state.step >= self.state.total_steps
+    }
+
+    /// One optimizer step: the next `batch_size` sequences of the epoch (fewer at its end).
+    pub fn step(&mut self, be: &B) -> Result<SftStepMetrics> {
+        let t0 = std::time::Instant::now();
+        let n = self.data.len();
+        if self.state.cursor >= n {
+            self.state.epoch += 1;
+            self.state.cursor = 0;
+            self.state.epoch_rng = self.next_epoch_rng.clone();
+            let (order, next) = epoch_order(n, &self.state.epoch_rng);
+            self.order = order;
+            self.next_epoch_rng = next;
+        }
+        let cfg = &self.state.config;
+        let end = (self.state.cursor + cfg.batch_size).min(n);
+        let idx: Vec<usize> = self.order[self.state.cursor..end].to_vec();
+        let seqs: Vec<&SftExample> = idx.iter().map(|&i| &self.data[i]).collect();
+        // The loss of the step is the mean over ALL its response tokens: normalize globally.
+        let step_tokens: usize = seqs.iter().map(|e| e.trained_targets()).sum();
+        let lens: Vec<usize> = seqs.iter().map(|e| e.ids.len()).collect();
+        let micro = pack_micro_batches(&lens, cfg.micro_batch_tokens);
+        for g in &mut self.grads {
+            be.fill(g, 0.0);
+        }
+        let mut loss = 0.0;
+        for r in &micro {
+            let part = &seqs[r.clone()];
+            let ids: Vec<&[u32]> = part.iter().map(|e| e.ids.as_slice()).collect();
+            let batch = Packed::new(&ids);
+            // Row i of a sequence predicts token i+1: trained when that token is.
+            let mut trained = vec![false; batch.tokens()];
+            for (e, sp) in part.iter().zip(&batch.spans) {
+                for i in 0..sp.q_len - 1 {
+                    trained[sp.q_start + i] = e.trained[i + 1];
+                }
+            }
+            let lossfn = SftLoss::new(&trained, step_tokens);
+            loss += micro_step(be, &self.model, &batch, &lossfn, &mut self.ws, &mut self.grads)?;
+        }
+        let lr = self.state.schedule.lr_at(self.state.step);
+        let rep = self.opt.step(be, &mut self.model.params, &self.grads, lr);
+        self.state.step += 1;
+        self.state.cursor = end;
+        if rep.skipped {
+            self.state.skipped_steps += 1;
+        }
+        let tokens: usize = lens.iter().sum();
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(SftStepMetrics {
+            step: self.state.step,
+            epoch: self.state.epoch as f64 + end as f64 / n as f64,
+            loss,
+            lr,
+            grad_norm: rep.grad_norm,
+            clip_scale: rep.clip_scale,
+            skipped: rep.skipped,
+            sequences: seqs.len(),
+            tokens,
+            trained_tokens: step_tokens,
+            micro_batches: micro.len(),
+            seconds: secs,
+            tokens_per_s: tokens as f64 / secs.max(1e-9),
+        })
+    }
+
+    /// Saves `out/checkpoint-{step}` (and moves `out/latest`).
+    pub fn save(&self, be: &B, out: &Path, dtype: SaveDtype, tokenizer: Option<&Path>) -> Result<PathBuf> {
+        save_checkpoint(be, out, self.state.step, &self.model, &self.opt, &self.state, dtype, tokenizer)
+    }
+}
