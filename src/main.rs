@@ -19,6 +19,9 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Cold-start supervised fine-tuning on JSONL conversations (assistant tokens only).
     Sft(commands::sft::SftArgs),
+    /// The MMR1 pipeline: cold-start SFT, then GRPO with Variance-Aware Sampling. With no
+    /// arguments: the built-in demo (a tiny model learns multi-digit sums, no downloads).
+    Train(commands::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Command::Logprobs(a) => commands::logprobs::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Sft(a) => commands::sft::run(a),
+        Command::Train(a) => commands::train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

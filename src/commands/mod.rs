@@ -4,3 +4,4 @@ pub mod device;
 pub mod generate;
 pub mod logprobs;
 pub mod sft;
+pub mod train;

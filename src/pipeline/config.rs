@@ -5,6 +5,7 @@
 //! the built-in demo starts from `TrainConfig::demo()` instead, sized for two CPU cores.
 
 use crate::data::jsonl::BadLines;
+use crate::data::prompt::PromptStyle;
 use crate::model::safetensors_io::SaveDtype;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -45,21 +46,27 @@ pub struct DataSection {
     pub eval: PathBuf,
     /// What a malformed JSONL line does: "stop" with its line number, or "skip" and count it.
     pub bad_lines: BadLines,
+    /// How RL/eval items become prompts: "mmr1" (MMR1's instruction + problem), "mmr1-eval",
+    /// or "plain" (the problem alone).
+    pub prompt_style: PromptStyle,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
     pub dir: PathBuf,
-    /// Save a checkpoint every this many RL steps (0: only at the end).
+    /// Save a checkpoint every this many steps of each phase (0: only at the end).
     pub checkpoint_every: usize,
+    /// Checkpoints kept per phase (older ones are deleted after a save).
+    pub keep_checkpoints: usize,
     pub save_dtype: SaveDtype,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftSection {
-    pub steps: usize,
+    /// Passes over the SFT data (0: no SFT phase).
+    pub epochs: usize,
     /// Sequences per optimizer step.
     pub batch_size: usize,
     pub lr: f32,
@@ -122,6 +129,11 @@ pub struct VasSection {
     pub beta: f32,
     /// Rollouts per item when scoring.
     pub score_rollouts: usize,
+    /// Score every item with the starting policy before the first step (Algorithm 1, line 1).
+    /// Off: items start at the unscored prior and are scored from training rollouts.
+    pub initial_scoring: bool,
+    /// At each refresh, also score the items no training rollout has reached yet.
+    pub score_unseen: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -147,11 +159,17 @@ impl Default for TrainConfig {
         TrainConfig {
             seed: 1,
             model: ModelSection { dir: PathBuf::new(), device: "auto".into() },
-            data: DataSection { sft: PathBuf::new(), rl: PathBuf::new(), eval: PathBuf::new(), bad_lines: BadLines::Stop },
-            output: OutputSection { dir: PathBuf::from("runs/mmr1"), checkpoint_every: 50, save_dtype: SaveDtype::Bf16 },
+            data: DataSection {
+                sft: PathBuf::new(),
+                rl: PathBuf::new(),
+                eval: PathBuf::new(),
+                bad_lines: BadLines::Stop,
+                prompt_style: PromptStyle::Mmr1,
+            },
+            output: OutputSection { dir: PathBuf::from("runs/mmr1"), checkpoint_every: 50, keep_checkpoints: 2, save_dtype: SaveDtype::Bf16 },
             // MMR1 cold start: lr 1e-5, cosine, warmup 0.1, weight decay 0, batch 32.
             sft: SftSection {
-                steps: 1000,
+                epochs: 1,
                 batch_size: 32,
                 lr: 1e-5,
                 warmup_ratio: 0.1,
@@ -189,7 +207,16 @@ impl Default for TrainConfig {
                 dynamic_filter: false,
             },
             // VPS = 0.8 OVS + 0.2 TDS, lambda 0.5, T_update 14 (ablation best), N = 8.
-            vas: VasSection { enabled: true, lambda: 0.5, t_update: 14, alpha: 0.8, beta: 0.2, score_rollouts: 8 },
+            vas: VasSection {
+                enabled: true,
+                lambda: 0.5,
+                t_update: 14,
+                alpha: 0.8,
+                beta: 0.2,
+                score_rollouts: 8,
+                initial_scoring: true,
+                score_unseen: false,
+            },
             reward: RewardSection { accuracy_weight: 1.0, format_weight: 1.0 },
             eval: EvalSection { every: 0, max_items: 0, temperature: 0.0 },
         }
@@ -215,9 +242,9 @@ impl TrainConfig {
     pub fn demo() -> Self {
         let mut c = TrainConfig::default();
         c.output.dir = PathBuf::from("runs/demo");
-        c.output.checkpoint_every = 10;
+        c.output.checkpoint_every = 50;
         c.output.save_dtype = SaveDtype::F32;
-        c.sft = SftSection { steps: 150, batch_size: 32, lr: 3e-3, warmup_ratio: 0.1, min_lr_ratio: 0.1, weight_decay: 0.0, grad_clip: 1.0, max_len: 128 };
+        c.sft = SftSection { epochs: 1, batch_size: 32, lr: 3e-3, warmup_ratio: 0.1, min_lr_ratio: 0.1, weight_decay: 0.0, grad_clip: 1.0, max_len: 128 };
         c.rl.steps = 30;
         c.rl.batch_size = 16;
         c.rl.group_size = 8;
@@ -228,6 +255,7 @@ impl TrainConfig {
         c.rl.temperature = 1.0;
         c.rl.kl_coef = 0.0;
         c.vas.t_update = 10;
+        c.data.prompt_style = PromptStyle::Plain;
         c.eval.max_items = 200;
         c
     }

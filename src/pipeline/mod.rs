@@ -2,3 +2,8 @@
 //! demo, evaluation and the run report.
 
 pub mod config;
+pub mod metrics;
+pub mod demo_setup;
+pub mod rl_phase;
+pub mod run;
+pub mod ablation;

@@ -5,3 +5,4 @@ pub mod grpo;
 pub mod reward;
 pub mod rollout;
 pub mod vas;
+pub mod trainer;

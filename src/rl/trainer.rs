@@ -1,0 +1,328 @@
+//! One GRPO step, in two halves: `collect` (rollouts, rewards, group advantages) and
+//! `update` (old/reference log-probs, then PPO epochs of the clipped policy loss, backward and
+//! AdamW). The sampler, VPS refreshes, checkpoints and metrics live in the pipeline above.
+//!
+//! Batch invariance is what makes `logp_old` exact: it is computed by the same forward, on
+//! the same micro-batches, as the first PPO epoch, so the first epoch's ratio is exactly 1.
+
+use super::advantage::{broadcast_to_tokens, group_advantages, AdvantageConfig, GroupStats};
+use super::grpo::{policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer};
+use super::reward::{RewardConfig, RewardItem, Verdict};
+use super::rollout::{generate, SamplingParams};
+use crate::backend::Backend;
+use crate::data::rl_items::RlItem;
+use crate::model::backward::GradScratch;
+use crate::model::{Acts, Packed, Qwen2};
+use crate::optim::{AdamW, StepReport};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// Everything a GRPO step needs to know, resolved from the run configuration.
+#[derive(Clone, Debug)]
+pub struct GrpoSettings {
+    pub group_size: usize,
+    pub sampling: SamplingParams,
+    pub loss: LossConfig,
+    pub adv: AdvantageConfig,
+    pub reward: RewardConfig,
+    pub ppo_epochs: usize,
+    pub mini_batches: usize,
+    pub micro_batch_tokens: usize,
+}
+
+/// The rollouts of one step: `G` responses for each of the batch's prompts, group-major.
+#[derive(Clone, Debug, Default)]
+pub struct Experience {
+    /// Item index of each group.
+    pub items: Vec<usize>,
+    /// Prompt ids of each group.
+    pub prompts: Vec<Vec<u32>>,
+    pub responses: Vec<Vec<u32>>,
+    pub verdicts: Vec<Verdict>,
+    pub rewards: Vec<f32>,
+    pub advantages: Vec<f32>,
+    pub group_size: usize,
+}
+
+impl Experience {
+    pub fn accuracy(&self) -> Vec<f32> {
+        self.verdicts.iter().map(|v| v.accuracy).collect()
+    }
+    pub fn response_tokens(&self) -> usize {
+        self.responses.iter().map(|r| r.len()).sum()
+    }
+    /// Keeps only the groups with `keep[g]` (dynamic filtering), then recomputes nothing:
+    /// advantages are per group, so they stay valid.
+    pub fn retain_groups(&mut self, keep: &[bool]) {
+        let g = self.group_size;
+        retain_indexed(&mut self.items, |i| keep[i]);
+        retain_indexed(&mut self.prompts, |i| keep[i]);
+        retain_indexed(&mut self.responses, |i| keep[i / g]);
+        retain_indexed(&mut self.verdicts, |i| keep[i / g]);
+        retain_indexed(&mut self.rewards, |i| keep[i / g]);
+        retain_indexed(&mut self.advantages, |i| keep[i / g]);
+    }
+    /// Appends another step's groups (dynamic-filter refills).
+    pub fn extend(&mut self, other: Experience) {
+        self.items.extend(other.items);
+        self.prompts.extend(other.prompts);
+        self.responses.extend(other.responses);
+        self.verdicts.extend(other.verdicts);
+        self.rewards.extend(other.rewards);
+        self.advantages.extend(other.advantages);
+    }
+}
+
+fn retain_indexed<T>(v: &mut Vec<T>, keep: impl Fn(usize) -> bool) {
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        keep(i - 1)
+    });
+}
+
+/// Rollouts for `indices` (one group each), graded and turned into group advantages.
+#[allow(clippy::too_many_arguments)]
+pub fn collect<B: Backend>(
+    policy: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    prompt_ids: &[Vec<u32>],
+    indices: &[usize],
+    s: &GrpoSettings,
+    seed: u64,
+    on_token: impl FnMut(usize),
+) -> Result<(Experience, GroupStats)> {
+    let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
+    let rollouts = generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?;
+    let mut verdicts = Vec::with_capacity(rollouts.len());
+    for r in &rollouts {
+        // The stop token ends the turn; it is not part of the answer the format reward reads.
+        let body = match r.tokens.last() {
+            Some(t) if s.sampling.stop_ids.contains(t) => &r.tokens[..r.tokens.len() - 1],
+            _ => &r.tokens[..],
+        };
+        let text = tok.decode(body, true)?;
+        let item = &items[indices[r.prompt_index]];
+        let ri = RewardItem { answer: item.answer.clone().unwrap_or_default(), options: item.options.clone() };
+        verdicts.push(s.reward.grade(&text, &ri));
+    }
+    let rewards: Vec<f32> = verdicts.iter().map(|v| s.reward.total(v)).collect();
+    let (advantages, stats) = group_advantages(&rewards, s.group_size, &s.adv);
+    let exp = Experience {
+        items: indices.to_vec(),
+        prompts,
+        responses: rollouts.into_iter().map(|r| r.tokens).collect(),
+        verdicts,
+        rewards,
+        advantages,
+        group_size: s.group_size,
+    };
+    Ok((exp, stats))
+}
+
+/// What one `update` did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpdateReport {
+    pub loss: f64,
+    pub metrics: LossMetrics,
+    /// Per optimizer step.
+    pub steps: Vec<StepReport>,
+    /// Largest |ratio - 1| over the first micro-batch pass of the first epoch: 0 when the
+    /// log-prob path is batch-invariant (it must be).
+    pub first_epoch_max_ratio_dev: f64,
+}
+
+/// Model-side buffers reused across micro-batches and steps.
+pub struct UpdateState<B: Backend> {
+    pub grads: Vec<B::Buf>,
+    acts: Option<Acts<B>>,
+    scratch: Option<GradScratch<B>>,
+}
+
+impl<B: Backend> UpdateState<B> {
+    pub fn new(policy: &Qwen2<B>, be: &B) -> Self {
+        UpdateState { grads: policy.zero_grads(be), acts: None, scratch: None }
+    }
+}
+
+/// Prompt + response of response `r`, and the packed rows that predict its tokens.
+fn sequence(exp: &Experience, r: usize) -> Vec<u32> {
+    let mut s = exp.prompts[r / exp.group_size].clone();
+    s.extend_from_slice(&exp.responses[r]);
+    s
+}
+
+/// Contiguous runs of responses whose sequences total at most `budget` tokens (a longer
+/// single response gets a run of its own). Responses are never split.
+pub fn micro_batches(lens: &[usize], range: Range<usize>, budget: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = range.start;
+    let mut acc = 0;
+    for r in range.clone() {
+        if r > start && acc + lens[r] > budget {
+            out.push(start..r);
+            start = r;
+            acc = 0;
+        }
+        acc += lens[r];
+    }
+    if start < range.end {
+        out.push(start..range.end);
+    }
+    out
+}
+
+/// Forward of responses `rs`; returns the packed batch, per-row targets, and the packed row
+/// of every response token (in response order).
+fn forward_responses<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    exp: &Experience,
+    rs: Range<usize>,
+    acts: &mut Option<Acts<B>>,
+) -> Result<(Packed, Vec<u32>, Vec<usize>)> {
+    let seqs: Vec<Vec<u32>> = rs.clone().map(|r| sequence(exp, r)).collect();
+    let batch = Packed::new(&seqs);
+    model.forward(be, &batch, acts)?;
+    let (targets, _) = batch.next_token_targets();
+    let mut rows = Vec::new();
+    for (j, r) in rs.enumerate() {
+        let sp = batch.spans[j];
+        let p = exp.prompts[r / exp.group_size].len();
+        // Row p-1 predicts the first response token.
+        rows.extend((sp.q_start + p - 1)..(sp.q_start + sp.q_len - 1));
+    }
+    Ok((batch, targets, rows))
+}
+
+/// Log-probs (at `inv_temp`) of every response token of the experience, response order.
+pub fn response_logprobs<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    exp: &Experience,
+    micro: &[Range<usize>],
+    inv_temp: f32,
+    acts: &mut Option<Acts<B>>,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(exp.response_tokens());
+    for rs in micro {
+        let (_, targets, rows) = forward_responses(model, be, exp, rs.clone(), acts)?;
+        let (lp, _) = model.token_logprobs(be, acts.as_ref().expect("forward ran"), &targets, inv_temp);
+        out.extend(rows.iter().map(|&r| lp[r]));
+    }
+    Ok(out)
+}
+
+/// The policy update of one rollout batch: old and reference log-probs, then `ppo_epochs`
+/// passes over `mini_batches` mini-batches, one AdamW step each.
+#[allow(clippy::too_many_arguments)]
+pub fn update<B: Backend>(
+    policy: &mut Qwen2<B>,
+    reference: Option<&Qwen2<B>>,
+    opt: &mut AdamW<B>,
+    be: &B,
+    exp: &Experience,
+    s: &GrpoSettings,
+    lr: f32,
+    st: &mut UpdateState<B>,
+) -> Result<UpdateReport> {
+    let n = exp.responses.len();
+    let inv_temp = 1.0 / s.sampling.temperature;
+    let lens: Vec<usize> = (0..n).map(|r| exp.prompts[r / exp.group_size].len() + exp.responses[r].len()).collect();
+    let mut offsets = vec![0usize];
+    for r in &exp.responses {
+        offsets.push(offsets.last().unwrap() + r.len());
+    }
+    // Mini-batches are whole groups; micro-batches split them by token budget.
+    let groups = n / exp.group_size;
+    let per_mini = groups.div_ceil(s.mini_batches.max(1));
+    let minis: Vec<Range<usize>> = (0..groups)
+        .step_by(per_mini.max(1))
+        .map(|g0| g0 * exp.group_size..((g0 + per_mini).min(groups)) * exp.group_size)
+        .collect();
+    let micro_of: Vec<Vec<Range<usize>>> = minis.iter().map(|m| micro_batches(&lens, m.clone(), s.micro_batch_tokens)).collect();
+    let all_micro: Vec<Range<usize>> = micro_of.iter().flatten().cloned().collect();
+
+    let logp_old = response_logprobs(policy, be, exp, &all_micro, inv_temp, &mut st.acts)?;
+    let ref_logp = match (reference, &s.loss.kl) {
+        (Some(m), Some(_)) => Some(response_logprobs(m, be, exp, &all_micro, inv_temp, &mut st.acts)?),
+        _ => None,
+    };
+    let adv_tok = broadcast_to_tokens(&exp.advantages, &offsets);
+    let mask = vec![1.0f32; logp_old.len()];
+    let max_len = s.sampling.max_new_tokens;
+    let mut report = UpdateReport::default();
+    let mut all_metrics = Vec::new();
+    for epoch in 0..s.ppo_epochs {
+        for (mi, mini) in minis.iter().enumerate() {
+            let (t0, t1) = (offsets[mini.start], offsets[mini.end]);
+            let norm = Normalizer::count(&mask[t0..t1], &rebase(&offsets[mini.start..=mini.end]), max_len);
+            for g in st.grads.iter_mut() {
+                be.fill(g, 0.0);
+            }
+            for rs in &micro_of[mi] {
+                let (batch, targets, rows) = forward_responses(policy, be, exp, rs.clone(), &mut st.acts)?;
+                let acts = st.acts.as_ref().expect("forward ran");
+                let (lp, ent) = policy.token_logprobs(be, acts, &targets, inv_temp);
+                let (a, b) = (offsets[rs.start], offsets[rs.end]);
+                let logp: Vec<f32> = rows.iter().map(|&r| lp[r]).collect();
+                let entropy: Vec<f32> = rows.iter().map(|&r| ent[r]).collect();
+                if epoch == 0 {
+                    let dev = logp.iter().zip(&logp_old[a..b]).map(|(x, y)| ((x - y) as f64).exp() - 1.0).fold(0.0f64, |m, d| m.max(d.abs()));
+                    report.first_epoch_max_ratio_dev = report.first_epoch_max_ratio_dev.max(dev);
+                }
+                let local_off = rebase(&offsets[rs.start..=rs.end]);
+                let inputs = LossInputs {
+                    logp: &logp,
+                    logp_old: &logp_old[a..b],
+                    advantages: &adv_tok[a..b],
+                    mask: &mask[a..b],
+                    ref_logp: ref_logp.as_ref().map(|r| &r[a..b]),
+                    entropy: (s.loss.entropy_coef != 0.0).then_some(entropy.as_slice()),
+                    offsets: &local_off,
+                };
+                let out = policy_loss(&inputs, &s.loss, norm);
+                report.loss += out.loss;
+                let mut dlp = vec![0.0f32; batch.tokens()];
+                for (k, &r) in rows.iter().enumerate() {
+                    dlp[r] = out.dlogp[k];
+                }
+                let dent = out.dentropy.as_ref().map(|de| {
+                    let mut v = vec![0.0f32; batch.tokens()];
+                    for (k, &r) in rows.iter().enumerate() {
+                        v[r] = de[k];
+                    }
+                    v
+                });
+                policy.backward_with(be, &batch, acts, &targets, &dlp, dent.as_deref(), inv_temp, &mut st.grads, &mut st.scratch);
+                all_metrics.push(out.metrics);
+            }
+            report.steps.push(opt.step(be, &mut policy.params, &st.grads, lr));
+        }
+    }
+    report.loss /= (s.ppo_epochs * minis.len()).max(1) as f64;
+    report.metrics = LossMetrics::merge(&all_metrics);
+    Ok(report)
+}
+
+/// Offsets shifted to start at 0.
+fn rebase(offsets: &[usize]) -> Vec<usize> {
+    offsets.iter().map(|o| o - offsets[0]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batches_respect_the_budget_and_never_split() {
+        let lens = [5, 5, 5, 20, 1, 1];
+        assert_eq!(micro_batches(&lens, 0..6, 10), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(micro_batches(&lens, 2..5, 100), vec![2..5]);
+        assert_eq!(micro_batches(&lens, 3..3, 10), Vec::<Range<usize>>::new());
+    }
+}
