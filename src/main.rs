@@ -17,6 +17,19 @@ enum Command {
     Logprobs(commands::logprobs::LogprobsArgs),
     /// Complete one prompt with the model (greedy with --temperature 0).
     Generate(commands::generate::GenerateArgs),
+    /// Grade responses made anywhere (vLLM, transformers, another run) with the MMR1 rewards.
+    ///
+    /// Each response gets `accuracy` (its final answer, the last \boxed{} or the <answer>
+    /// block, matches the item's reference) and `format` (the response is
+    /// <think>..</think><answer>..\boxed{}..</answer>); `reward` is accuracy_weight * accuracy
+    /// + format_weight * format, 1 and 1 in MMR1. Example:
+    ///
+    ///   mmr1-fast reward --data items.jsonl --responses responses.jsonl --out verdicts.jsonl
+    ///
+    /// responses.jsonl: {"id": "q17", "response": "<think>..</think><answer>\boxed{4}</answer>"}
+    /// per line, any number per id. The summary counts items by pass rate: items in (0, 1)
+    /// are the ones whose rollouts keep GRPO's reward variance.
+    Reward(commands::reward::RewardArgs),
 }
 
 fn main() -> ExitCode {
@@ -24,6 +37,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Logprobs(a) => commands::logprobs::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Reward(a) => commands::reward::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,3 +3,4 @@
 pub mod device;
 pub mod generate;
 pub mod logprobs;
+pub mod reward;
