@@ -30,6 +30,21 @@ enum Command {
     /// per line, any number per id. The summary counts items by pass rate: items in (0, 1)
     /// are the ones whose rollouts keep GRPO's reward variance.
     Reward(commands::reward::RewardArgs),
+    /// Score items for Variance-Aware Sampling: pass rate, OVS, TDS and VPS per item.
+    ///
+    /// N rollouts per item are graded by accuracy; pass rate p = the fraction correct,
+    /// OVS = p (1 - p) (outcome variance, 0.25 at p = 0.5, 0 when all agree), TDS = 1 -
+    /// self-BLEU-4 of the rollouts' token ids (0 identical, 1 nothing shared), VPS = alpha OVS
+    /// + beta TDS. High-VPS items are those GRPO still learns from; use the scores to filter or
+    /// weight a dataset. With a model:
+    ///
+    ///   mmr1-fast score --model DIR --data items.jsonl --out scores.jsonl --rollouts-out r.jsonl
+    ///
+    /// or from rollouts made elsewhere ({"id", "tokens", "reward" or "accuracy"} per line; the
+    /// --rollouts-out file is one):
+    ///
+    ///   mmr1-fast score --from-rollouts rollouts.jsonl --out scores.jsonl
+    Score(commands::score::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +53,7 @@ fn main() -> ExitCode {
         Command::Logprobs(a) => commands::logprobs::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Reward(a) => commands::reward::run(a),
+        Command::Score(a) => commands::score::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,4 +3,6 @@
 pub mod device;
 pub mod generate;
 pub mod logprobs;
+pub mod progress;
 pub mod reward;
+pub mod score;

@@ -1,9 +1,8 @@
 //! `mmr1-fast reward`: grades responses produced anywhere (vLLM, transformers, another run)
 //! with the MMR1 verifiable rewards, one verdict per response.
 
-use crate::data::jsonl::{id_string, read_jsonl, BadLines};
+use crate::data::jsonl::{id_string, read_jsonl, write_jsonl, BadLines};
 use crate::data::rl_items::load_rl_items;
-use crate::model::safetensors_io::write_atomic;
 use crate::rl::graded::reward_item;
 use crate::rl::reward::RewardConfig;
 use anyhow::{bail, Result};
@@ -73,7 +72,7 @@ pub fn run(args: &RewardArgs) -> Result<()> {
     if lines.records.is_empty() {
         bail!("{}: no responses", args.responses.display());
     }
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(lines.records.len());
     // Per item: (responses so far, correct ones), for the index column and the pass rates.
     let mut seen = vec![(0usize, 0usize); items.len()];
     let (mut acc_sum, mut fmt_sum, mut reward_sum) = (0f64, 0f64, 0f64);
@@ -84,13 +83,11 @@ pub fn run(args: &RewardArgs) -> Result<()> {
         acc_sum += v.accuracy as f64;
         fmt_sum += v.format as f64;
         reward_sum += reward as f64;
-        let line = VerdictLine { id: &r.id, index: seen[i].0, extracted: v.extracted, accuracy: v.accuracy, format: v.format, reward };
-        out.push_str(&serde_json::to_string(&line)?);
-        out.push('\n');
+        out.push(VerdictLine { id: &r.id, index: seen[i].0, extracted: v.extracted, accuracy: v.accuracy, format: v.format, reward });
         seen[i].0 += 1;
         seen[i].1 += (v.accuracy >= 1.0) as usize;
     }
-    write_atomic(&args.out, out.as_bytes())?;
+    write_jsonl(&args.out, &out)?;
     let n = lines.records.len() as f64;
     let (mut none, mut wrong, mut mixed, mut right) = (0, 0, 0, 0);
     for &(k, c) in &seen {

@@ -56,3 +56,13 @@ pub fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<
         other => Err(D::Error::custom(format!("\"id\" must be a string or an integer, not {other}"))),
     }
 }
+
+/// Writes one JSON object per line, atomically (a reader never sees half a file).
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut s = String::new();
+    for r in records {
+        s.push_str(&serde_json::to_string(r)?);
+        s.push('\n');
+    }
+    crate::model::safetensors_io::write_atomic(path, s.as_bytes())
+}
