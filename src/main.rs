@@ -45,6 +45,16 @@ enum Command {
     ///
     ///   mmr1-fast score --from-rollouts rollouts.jsonl --out scores.jsonl
     Score(commands::score::ScoreArgs),
+    /// Accuracy of a model on held-out items (greedy by default; pass@k with --k and a
+    /// temperature).
+    ///
+    /// Each item is prompted as in training (--prompt-style), answered, and graded like the
+    /// reward's accuracy term; the summary gives accuracy (pass@k for k > 1: any of k samples
+    /// correct), the accuracy over all responses, and the rate of MMR1-formatted responses.
+    /// Example:
+    ///
+    ///   mmr1-fast eval --model runs/demo/final --data heldout.jsonl --out results.jsonl
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +64,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Reward(a) => commands::reward::run(a),
         Command::Score(a) => commands::score::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
