@@ -29,8 +29,8 @@ pub struct RewardArgs {
     /// Weight of format in the reward (MMR1: 1).
     #[arg(long, default_value_t = 1.0)]
     pub format_weight: f32,
-    /// A malformed line, or a response to an unknown id: stop with its line number, or skip it
-    /// and count it.
+    /// A malformed line (in either file) or a response to an unknown id: stop with its line
+    /// number, or skip it and count it.
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]
     pub bad_lines: BadLines,
 }

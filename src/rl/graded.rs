@@ -79,9 +79,9 @@ pub fn encode_prompts<B: Backend>(
         .collect()
 }
 
-/// `params.per_item` graded responses for every item, in item order, with `on_item(done)` called
-/// after each batch of items. Batch b (items `b * batch_items ..`) generates with seed
-/// `mix_seed(seed, first item index)`: results are reproducible for a fixed seed and
+/// `params.per_item` graded responses for every item, in item order; `on_progress(done)` is
+/// called after each batch with the number of items finished. A batch generates with seed
+/// `mix_seed(seed, index of its first item)`: results are reproducible for a fixed seed and
 /// `batch_items`.
 pub fn sample_and_grade<B: Backend>(
     model: &Qwen2<B>,
@@ -89,7 +89,7 @@ pub fn sample_and_grade<B: Backend>(
     tok: &Tokenizer,
     items: &[RlItem],
     params: &GradeParams,
-    mut on_item: impl FnMut(usize),
+    mut on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<GradedRollout>>> {
     if params.per_item == 0 || params.batch_items == 0 {
         bail!("responses per item and items per batch must be positive");
@@ -127,7 +127,7 @@ pub fn sample_and_grade<B: Backend>(
             }
             out.push(graded);
         }
-        on_item(end);
+        on_progress(end);
     }
     Ok(out)
 }
