@@ -22,6 +22,44 @@ enum Command {
     /// The MMR1 pipeline: cold-start SFT, then GRPO with Variance-Aware Sampling. With no
     /// arguments: the built-in demo (a tiny model learns multi-digit sums, no downloads).
     Train(commands::train::TrainArgs),
+    /// Grade responses made anywhere (vLLM, transformers, another run) with the MMR1 rewards.
+    ///
+    /// Each response gets `accuracy` (its final answer, the last \boxed{} or the <answer>
+    /// block, matches the item's reference) and `format` (the response is
+    /// <think>..</think><answer>..\boxed{}..</answer>); `reward` is accuracy_weight * accuracy
+    /// + format_weight * format, 1 and 1 in MMR1. Example:
+    ///
+    ///   mmr1-fast reward --data items.jsonl --responses responses.jsonl --out verdicts.jsonl
+    ///
+    /// responses.jsonl: {"id": "q17", "response": "<think>..</think><answer>\boxed{4}</answer>"}
+    /// per line, any number per id. The summary counts items by pass rate: items in (0, 1)
+    /// are the ones whose rollouts keep GRPO's reward variance.
+    Reward(commands::reward::RewardArgs),
+    /// Score items for Variance-Aware Sampling: pass rate, OVS, TDS and VPS per item.
+    ///
+    /// N rollouts per item are graded by accuracy; pass rate p = the fraction correct,
+    /// OVS = p (1 - p) (outcome variance, 0.25 at p = 0.5, 0 when all agree), TDS = 1 -
+    /// self-BLEU-4 of the rollouts' token ids (0 identical, 1 nothing shared), VPS = alpha OVS
+    /// + beta TDS. High-VPS items are those GRPO still learns from; use the scores to filter or
+    /// weight a dataset. With a model:
+    ///
+    ///   mmr1-fast score --model DIR --data items.jsonl --out scores.jsonl --rollouts-out r.jsonl
+    ///
+    /// or from rollouts made elsewhere ({"id", "tokens", "reward" or "accuracy"} per line; the
+    /// --rollouts-out file is one):
+    ///
+    ///   mmr1-fast score --from-rollouts rollouts.jsonl --out scores.jsonl
+    Score(commands::score::ScoreArgs),
+    /// Accuracy of a model on held-out items (greedy by default; pass@k with --k and a
+    /// temperature).
+    ///
+    /// Each item is prompted as in training (--prompt-style), answered, and graded like the
+    /// reward's accuracy term; the summary gives accuracy (pass@k for k > 1: any of k samples
+    /// correct), the accuracy over all responses, and the rate of MMR1-formatted responses.
+    /// Example:
+    ///
+    ///   mmr1-fast eval --model runs/demo/final --data heldout.jsonl --out results.jsonl
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +69,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Sft(a) => commands::sft::run(a),
         Command::Train(a) => commands::train::run(a),
+        Command::Reward(a) => commands::reward::run(a),
+        Command::Score(a) => commands::score::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

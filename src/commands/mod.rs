@@ -1,7 +1,11 @@
 //! One file per CLI command; `main.rs` only parses arguments and dispatches here.
 
 pub mod device;
+pub mod eval;
 pub mod generate;
 pub mod logprobs;
+pub mod progress;
+pub mod reward;
+pub mod score;
 pub mod sft;
 pub mod train;

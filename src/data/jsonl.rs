@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -40,7 +41,28 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path, bad: BadLines, check: impl F
         }
     }
     if out.skipped > 0 {
-        eprintln!("warning: {}: skipped {} malformed line(s)", path.display(), out.skipped);
+        eprintln!("warning: {}: skipped {} bad line(s)", path.display(), out.skipped);
     }
     Ok(out)
+}
+
+/// Deserializes an item id written as a string or an integer (items without an `id` are
+/// named by their 0-based index, which users naturally write as a number).
+pub fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        other => Err(D::Error::custom(format!("\"id\" must be a string or an integer, not {other}"))),
+    }
+}
+
+/// Writes one JSON object per line, atomically (a reader never sees half a file).
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut s = String::new();
+    for r in records {
+        s.push_str(&serde_json::to_string(r)?);
+        s.push('\n');
+    }
+    crate::model::safetensors_io::write_atomic(path, s.as_bytes())
 }

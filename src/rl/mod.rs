@@ -1,8 +1,11 @@
 //! Reinforcement learning: rollouts, rewards, GRPO, Variance-Aware Sampling.
 
 pub mod advantage;
+pub mod evaluate;
+pub mod graded;
 pub mod grpo;
 pub mod reward;
 pub mod rollout;
+pub mod scoring;
 pub mod vas;
 pub mod trainer;

@@ -225,6 +225,28 @@ fn distinct_n(rollouts: &[&[u32]], max_n: usize) -> f64 {
     }
 }
 
+/// Pass rate, OVS, TDS and VPS of one item's rollouts.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutScores {
+    /// Number of rollouts scored.
+    pub n: usize,
+    pub pass_rate: f32,
+    pub ovs: f32,
+    pub tds: f32,
+    pub vps: f32,
+}
+
+/// Scores one item from its N rollouts: `correctness[i]` of rollout i (binary in the paper)
+/// and their exact-length token ids (normally one slice per rollout; `n` counts the
+/// correctness values). The one place an item's VAS scores are computed, so the trainer's
+/// refresh ([`VpsTable::refresh`]) and the `score` command cannot drift apart.
+pub fn score_item(correctness: &[f32], rollouts_tokens: &[&[u32]], alpha: f32, beta: f32, metric: TdsMetric) -> RolloutScores {
+    let p = pass_rate(correctness);
+    let o = ovs(p);
+    let t = tds_with(rollouts_tokens, metric);
+    RolloutScores { n: correctness.len(), pass_rate: p, ovs: o, tds: t, vps: vps(o, t, alpha, beta) }
+}
+
 /// Score state of one dataset item.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct ItemScore {
@@ -330,15 +352,13 @@ impl VpsTable {
     /// partial credit is accepted but then p(1-p) is not the reward variance) and their exact
     /// token ids.
     pub fn refresh(&mut self, item: usize, correctness: &[f32], rollouts_tokens: &[&[u32]], step: u64) {
-        let p = pass_rate(correctness);
-        let o = ovs(p);
-        let t = tds_with(rollouts_tokens, self.tds_metric);
+        let s = score_item(correctness, rollouts_tokens, self.alpha, self.beta, self.tds_metric);
         self.items[item] = ItemScore {
-            vps: Some(vps(o, t, self.alpha, self.beta)),
-            pass_rate: p,
-            ovs: o,
-            tds: t,
-            num_rollouts: correctness.len() as u32,
+            vps: Some(s.vps),
+            pass_rate: s.pass_rate,
+            ovs: s.ovs,
+            tds: s.tds,
+            num_rollouts: s.n as u32,
             last_step: step,
         };
     }

@@ -71,3 +71,49 @@ impl Golden {
         v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
     }
 }
+
+/// Runs the `mmr1-fast` binary.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast")).args(args).output().unwrap()
+}
+
+/// stderr of a run that must fail cleanly: non-zero exit and no panic.
+pub fn cli_err(args: &[&str]) -> String {
+    let o = cli(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{args:?} should fail; stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    err
+}
+
+/// stdout of a run that must succeed.
+pub fn cli_ok(args: &[&str]) -> String {
+    let o = cli(args);
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A random demo-sized model with the demo tokenizer, saved as a Hugging Face directory.
+pub fn demo_model_dir(dir: &std::path::Path, seed: u64) {
+    use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
+    let tok = demo_tokenizer().unwrap();
+    let m = random_model(demo_config(tok.vocab_size()), seed);
+    m.save_pretrained(&Cpu, dir, mmr1_fast::model::safetensors_io::SaveDtype::F32).unwrap();
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+}
+
+/// Writes `lines` as a JSONL file `dir/name` and returns its path as a string.
+pub fn write_lines(dir: &std::path::Path, name: &str, lines: &[&str]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// The JSON objects of a JSONL file.
+pub fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -101,6 +101,21 @@ fn tds_bounded_on_random_rollouts() {
 }
 
 #[test]
+fn score_item_is_what_refresh_stores() {
+    let (a, b): (&[u32], &[u32]) = (&[1, 2, 3], &[7, 8, 9, 10]);
+    let s = score_item(&[1.0, 0.0, 1.0], &[a, b, a], 0.8, 0.2, BLEU);
+    assert_eq!(s.n, 3);
+    assert!((s.pass_rate - 2.0 / 3.0).abs() < 1e-6);
+    assert!((s.ovs - 2.0 / 9.0).abs() < 1e-6);
+    assert!(s.tds > 0.0 && s.tds < 1.0, "two of three identical: {}", s.tds);
+    assert_eq!(s.vps, vps(s.ovs, s.tds, 0.8, 0.2));
+    let mut t = VpsTable::new(1);
+    t.refresh(0, &[1.0, 0.0, 1.0], &[a, b, a], 3);
+    let it = t.item(0);
+    assert_eq!((it.pass_rate, it.ovs, it.tds, it.vps, it.num_rollouts), (s.pass_rate, s.ovs, s.tds, Some(s.vps), 3));
+}
+
+#[test]
 fn refresh_and_serde_roundtrip() {
     let mut t = VpsTable::new(3);
     assert_eq!(t.num_scored(), 0);

@@ -1,0 +1,176 @@
+//! `mmr1-fast score`: the Variance-Aware Sampling scoring pass as a data-curation tool. Each
+//! item gets its pass rate, OVS, TDS and VPS, from fresh rollouts of a model or from
+//! rollouts made elsewhere.
+
+use crate::backend::cpu::Cpu;
+use crate::data::jsonl::{id_string, read_jsonl, write_jsonl, BadLines};
+use crate::data::prompt::PromptStyle;
+use crate::data::rl_items::load_rl_items;
+use crate::model::Qwen2;
+use crate::rl::graded::GradeParams;
+use crate::rl::reward::RewardConfig;
+use crate::rl::rollout::SamplingParams;
+use crate::rl::scoring::{score_rollouts, score_with_model, ScoreRecord, VpsParams};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    /// Hugging Face model directory that makes the rollouts (with --data).
+    #[arg(long, required_unless_present = "from_rollouts", requires = "data")]
+    pub model: Option<PathBuf>,
+    /// RL items to score (JSONL, MMR1 schema).
+    #[arg(long, requires = "model")]
+    pub data: Option<PathBuf>,
+    /// Score rollouts made elsewhere instead (no model): JSONL lines {"id": .., "tokens":
+    /// [ids], "reward": r} or with "accuracy" (0..1). Without "accuracy", a rollout counts as
+    /// correct when reward >= 0.5, which suits a 0/1 accuracy reward; give "accuracy" when the
+    /// reward also holds a format term.
+    #[arg(long, conflicts_with_all = ["model", "data", "rollouts_out"])]
+    pub from_rollouts: Option<PathBuf>,
+    /// Scores (JSONL), one line per item: id, n, pass_rate, ovs, tds, vps.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write every rollout (JSONL: id, response, tokens, reward, accuracy), to re-score
+    /// later with --from-rollouts.
+    #[arg(long)]
+    pub rollouts_out: Option<PathBuf>,
+    /// Rollouts per item, N (MMR1: 8; 16 and 32 scored about the same).
+    #[arg(long, default_value_t = 8)]
+    pub rollouts_per_item: usize,
+    /// Rollout temperature (MMR1: 0.6). Must be positive: greedy rollouts are identical.
+    #[arg(long, default_value_t = 0.6)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = PromptStyle::Mmr1)]
+    pub prompt_style: PromptStyle,
+    /// Items decoded together (memory grows with batch-items * rollouts-per-item).
+    #[arg(long, default_value_t = 8)]
+    pub batch_items: usize,
+    /// Weight of OVS in VPS (MMR1: 0.8).
+    #[arg(long, default_value_t = 0.8)]
+    pub alpha: f32,
+    /// Weight of TDS in VPS (MMR1: 0.2).
+    #[arg(long, default_value_t = 0.2)]
+    pub beta: f32,
+    /// A malformed line in --data or --from-rollouts: stop with its line number, or skip it.
+    #[arg(long, value_enum, default_value_t = BadLines::Stop)]
+    pub bad_lines: BadLines,
+    #[arg(long, default_value = "auto")]
+    pub device: super::device::Device,
+}
+
+#[derive(Deserialize)]
+struct RolloutLine {
+    #[serde(deserialize_with = "id_string")]
+    id: String,
+    tokens: Vec<u32>,
+    #[serde(default)]
+    reward: Option<f32>,
+    #[serde(default)]
+    accuracy: Option<f32>,
+}
+
+impl RolloutLine {
+    fn check(&self) -> Result<()> {
+        match (self.accuracy, self.reward) {
+            (Some(a), _) if !(0.0..=1.0).contains(&a) => bail!("\"accuracy\" must be in [0, 1] (got {a})"),
+            (None, Some(r)) if !r.is_finite() => bail!("\"reward\" must be a finite number (got {r})"),
+            (None, None) => bail!("rollout has neither \"accuracy\" nor \"reward\""),
+            _ => Ok(()),
+        }
+    }
+
+    fn correctness(&self) -> f32 {
+        self.accuracy.unwrap_or_else(|| if self.reward.unwrap_or(0.0) >= 0.5 { 1.0 } else { 0.0 })
+    }
+}
+
+pub fn run(args: &ScoreArgs) -> Result<()> {
+    for (name, w) in [("--alpha", args.alpha), ("--beta", args.beta)] {
+        if !(w >= 0.0 && w.is_finite()) {
+            bail!("{name} must be a finite number >= 0 (got {w})");
+        }
+    }
+    let vps = VpsParams { alpha: args.alpha, beta: args.beta, ..VpsParams::default() };
+    let scores = match (&args.from_rollouts, &args.model, &args.data) {
+        (Some(path), _, _) => from_rollouts(path, args.bad_lines, vps)?,
+        (None, Some(model), Some(data)) => with_model(args, model, data, vps)?,
+        _ => bail!("give --model and --data, or --from-rollouts"),
+    };
+    write_jsonl(&args.out, &scores)?;
+    let n = scores.len() as f64;
+    let mean = |f: fn(&ScoreRecord) -> f32| scores.iter().map(|s| f(s) as f64).sum::<f64>() / n;
+    println!(
+        "{} items, {} rollouts: mean pass rate {:.4}, mean VPS {:.4}, {} items with outcome variance (0 < pass rate < 1); wrote {}",
+        scores.len(),
+        scores.iter().map(|s| s.n).sum::<usize>(),
+        mean(|s| s.pass_rate),
+        mean(|s| s.vps),
+        scores.iter().filter(|s| s.ovs > 0.0).count(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn from_rollouts(path: &Path, bad: BadLines, vps: VpsParams) -> Result<Vec<ScoreRecord>> {
+    let lines = read_jsonl::<RolloutLine>(path, bad, RolloutLine::check)?;
+    if lines.records.is_empty() {
+        bail!("{}: no rollouts", path.display());
+    }
+    let scores = score_rollouts(lines.records.iter().map(|(_, r)| (r.id.as_str(), r.correctness(), r.tokens.as_slice())), vps);
+    let single = scores.iter().filter(|s| s.n < 2).count();
+    if single > 0 {
+        eprintln!("warning: {}: {single} item(s) have a single rollout: their TDS is 0 and their pass rate one sample", path.display());
+    }
+    Ok(scores)
+}
+
+fn with_model(args: &ScoreArgs, model_dir: &Path, data: &Path, vps: VpsParams) -> Result<Vec<ScoreRecord>> {
+    if args.rollouts_per_item < 2 {
+        bail!("--rollouts-per-item must be at least 2 (got {}): OVS and TDS measure spread across rollouts", args.rollouts_per_item);
+    }
+    if !(args.temperature > 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature must be > 0 for scoring (got {}): greedy rollouts are identical", args.temperature);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1] (got {})", args.top_p);
+    }
+    if args.max_new_tokens == 0 || args.batch_items == 0 {
+        bail!("--max-new-tokens and --batch-items must be positive");
+    }
+    super::device::resolve(args.device)?;
+    let items = load_rl_items(data, args.bad_lines)?;
+    let be = Cpu;
+    let model = Qwen2::load(&be, model_dir)?;
+    let tok = Tokenizer::from_dir(model_dir)?;
+    let grade = GradeParams {
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: 0,
+            max_new_tokens: args.max_new_tokens,
+            stop_ids: vec![], // the model's and tokenizer's, filled in by sample_and_grade
+            stop_strings: vec![],
+        },
+        per_item: args.rollouts_per_item,
+        prompt_style: args.prompt_style,
+        batch_items: args.batch_items,
+        seed: args.seed,
+        reward: RewardConfig::default(),
+    };
+    let pb = super::progress::items_bar(items.len(), "scoring");
+    let (scores, rollouts) = score_with_model(&model, &be, &tok, &items, &grade, vps, |done| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    if let Some(p) = &args.rollouts_out {
+        write_jsonl(p, &rollouts)?;
+    }
+    Ok(scores)
+}

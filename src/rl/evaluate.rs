@@ -1,0 +1,162 @@
+//! Accuracy of a model on RL items: the `eval` command, and the trainer before and after each
+//! phase. k responses per item; an item passes when any is correct (pass@k with n = k samples,
+//! where the unbiased estimator 1 - C(n-c, k) / C(n, k) reduces to "c > 0"). Greedy decoding
+//! with temperature 0 and k = 1.
+
+use crate::backend::Backend;
+use crate::data::prompt::PromptStyle;
+use crate::data::rl_items::RlItem;
+use crate::model::Qwen2;
+use crate::rl::graded::{sample_and_grade, GradeParams};
+use crate::rl::reward::RewardConfig;
+use crate::rl::rollout::SamplingParams;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalParams {
+    /// Responses per item (pass@k).
+    pub k: usize,
+    /// 0 is greedy (then k must be 1: greedy responses are all the same).
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    pub prompt_style: PromptStyle,
+    pub seed: u64,
+    /// Evaluate only the first `max_items` items (0: all).
+    pub max_items: usize,
+    /// Items decoded together.
+    pub batch_items: usize,
+}
+
+impl Default for EvalParams {
+    /// Greedy, one response, MMR1 training prompt (so the format rate means something).
+    fn default() -> Self {
+        EvalParams {
+            k: 1,
+            temperature: 0.0,
+            top_p: 1.0,
+            max_new_tokens: 512,
+            prompt_style: PromptStyle::default(),
+            seed: 0,
+            max_items: 0,
+            batch_items: 8,
+        }
+    }
+}
+
+impl EvalParams {
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 {
+            bail!("k must be at least 1");
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!("temperature must be >= 0 (got {})", self.temperature);
+        }
+        if self.temperature == 0.0 && self.k > 1 {
+            bail!("k = {} with temperature 0: greedy responses are identical; use a temperature > 0 for pass@k", self.k);
+        }
+        if self.batch_items == 0 {
+            bail!("batch_items must be positive");
+        }
+        self.sampling().validate()
+    }
+
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: 0,
+            max_new_tokens: self.max_new_tokens,
+            stop_ids: vec![],
+            stop_strings: vec![],
+        }
+    }
+}
+
+/// The evaluation of one item: one line of the results file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    pub id: String,
+    pub answer: String,
+    pub responses: Vec<String>,
+    pub extracted: Vec<Option<String>>,
+    pub correct: Vec<bool>,
+    pub format_ok: Vec<bool>,
+    /// Any response correct (pass@k).
+    pub pass: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub items: usize,
+    pub k: usize,
+    /// Fraction of items passed (pass@k; plain accuracy for k = 1).
+    pub accuracy: f64,
+    /// Fraction of all responses that are correct (the pass@1 estimate when k > 1).
+    pub response_accuracy: f64,
+    /// Fraction of all responses in the MMR1 format.
+    pub format_rate: f64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    pub results: Vec<ItemResult>,
+}
+
+/// Evaluates `items` (the first `max_items` of them when set). See [`evaluate_with_progress`].
+pub fn evaluate<B: Backend>(model: &Qwen2<B>, be: &B, tok: &Tokenizer, items: &[RlItem], params: &EvalParams) -> Result<EvalReport> {
+    evaluate_with_progress(model, be, tok, items, params, |_| {})
+}
+
+/// [`evaluate`], calling `on_progress(done)` with the number of items finished so far.
+pub fn evaluate_with_progress<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &EvalParams,
+    on_progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    params.validate()?;
+    let t0 = Instant::now();
+    let items = if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
+    let grade = GradeParams {
+        sampling: params.sampling(),
+        per_item: params.k,
+        prompt_style: params.prompt_style,
+        batch_items: params.batch_items,
+        seed: params.seed,
+        // Accuracy is what is reported; the weights only matter for a total nobody reads here.
+        reward: RewardConfig::default(),
+    };
+    let graded = sample_and_grade(model, be, tok, items, &grade, on_progress)?;
+    let mut results = Vec::with_capacity(items.len());
+    let (mut correct, mut formatted, mut responses) = (0usize, 0usize, 0usize);
+    for (i, (item, rs)) in items.iter().zip(graded).enumerate() {
+        let c: Vec<bool> = rs.iter().map(|r| r.verdict.accuracy >= 1.0).collect();
+        let f: Vec<bool> = rs.iter().map(|r| r.verdict.format >= 1.0).collect();
+        correct += c.iter().filter(|&&x| x).count();
+        formatted += f.iter().filter(|&&x| x).count();
+        responses += rs.len();
+        results.push(ItemResult {
+            id: item.id_or(i),
+            answer: item.answer.clone().unwrap_or_default(),
+            extracted: rs.iter().map(|r| r.verdict.extracted.clone()).collect(),
+            responses: rs.into_iter().map(|r| r.text).collect(),
+            pass: c.iter().any(|&x| x),
+            correct: c,
+            format_ok: f,
+        });
+    }
+    let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(EvalReport {
+        items: results.len(),
+        k: params.k,
+        accuracy: frac(results.iter().filter(|r| r.pass).count(), results.len()),
+        response_accuracy: frac(correct, responses),
+        format_rate: frac(formatted, responses),
+        seconds: t0.elapsed().as_secs_f64(),
+        results,
+    })
+}

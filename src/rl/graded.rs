@@ -1,0 +1,133 @@
+//! Rollouts of RL items, decoded and graded: the first half shared by VAS scoring
+//! (`rl::scoring`), evaluation (`rl::evaluate`) and the RL step.
+
+use crate::backend::Backend;
+use crate::data::prompt::{render_prompt, PromptStyle};
+use crate::data::rl_items::RlItem;
+use crate::model::Qwen2;
+use crate::rl::reward::{RewardConfig, RewardItem, Verdict};
+use crate::rl::rollout::{generate, mix_seed, SamplingParams, StopReason};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+
+/// One response to an item, with its grading.
+#[derive(Clone, Debug)]
+pub struct GradedRollout {
+    /// The generated ids, exact length, the stop token included (as verl keeps the EOS).
+    pub tokens: Vec<u32>,
+    /// The decoded response without the stop token and special tokens: what is graded.
+    pub text: String,
+    pub verdict: Verdict,
+    /// `reward.total(&verdict)`.
+    pub reward: f32,
+    pub stop: StopReason,
+}
+
+/// How items are sampled and graded.
+#[derive(Clone, Debug)]
+pub struct GradeParams {
+    /// Temperature, top-p, top-k and length; stop ids are filled in by [`stop_ids`] when empty.
+    pub sampling: SamplingParams,
+    /// Responses per item.
+    pub per_item: usize,
+    pub prompt_style: PromptStyle,
+    /// Items whose rollouts are decoded together (the KV cache holds `batch_items * per_item`).
+    pub batch_items: usize,
+    pub seed: u64,
+    pub reward: RewardConfig,
+}
+
+/// The ids that end a response: the tokenizer's end-of-turn ids and the config's EOS ids.
+pub fn stop_ids<B: Backend>(model: &Qwen2<B>, tok: &Tokenizer) -> Vec<u32> {
+    let mut ids = tok.stop_ids();
+    ids.extend(model.cfg.eos_ids());
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The reference an item is graded against (`load_rl_items` guarantees an answer).
+pub fn reward_item(item: &RlItem) -> RewardItem {
+    RewardItem { answer: item.answer.clone().unwrap_or_default(), options: item.options.clone() }
+}
+
+/// Token ids of every item's prompt; an item whose prompt plus `max_new_tokens` would not fit
+/// the model's positions is an error naming it, before any time is spent generating.
+pub fn encode_prompts<B: Backend>(
+    model: &Qwen2<B>,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    style: PromptStyle,
+    max_new_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let limit = model.cfg.max_position_embeddings;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let id = it.id_or(i);
+            let ids = tok.encode(&render_prompt(&it.problem, style)).with_context(|| format!("item {id:?}"))?;
+            model.check_ids(&ids).with_context(|| format!("item {id:?}: the tokenizer does not match the model"))?;
+            if ids.len() + max_new_tokens > limit {
+                bail!(
+                    "item {id:?}: prompt of {} tokens + {max_new_tokens} new tokens exceeds the model's max_position_embeddings {limit}",
+                    ids.len()
+                );
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// `params.per_item` graded responses for every item, in item order; `on_progress(done)` is
+/// called after each batch with the number of items finished. A batch generates with seed
+/// `mix_seed(seed, index of its first item)`: results are reproducible for a fixed seed and
+/// `batch_items`.
+pub fn sample_and_grade<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &GradeParams,
+    mut on_progress: impl FnMut(usize),
+) -> Result<Vec<Vec<GradedRollout>>> {
+    if params.per_item == 0 || params.batch_items == 0 {
+        bail!("responses per item and items per batch must be positive");
+    }
+    let mut sampling = params.sampling.clone();
+    if sampling.stop_ids.is_empty() {
+        sampling.stop_ids = stop_ids(model, tok);
+    }
+    sampling.validate()?;
+    let prompts = encode_prompts(model, tok, items, params.prompt_style, sampling.max_new_tokens)?;
+    let mut out = Vec::with_capacity(items.len());
+    for start in (0..items.len()).step_by(params.batch_items) {
+        let end = (start + params.batch_items).min(items.len());
+        let rollouts = generate(
+            model,
+            be,
+            &prompts[start..end],
+            params.per_item,
+            &sampling,
+            mix_seed(params.seed, start as u64),
+            Some(tok),
+            |_| {},
+        )?;
+        let mut it = rollouts.into_iter();
+        for (k, item) in items[start..end].iter().enumerate() {
+            let reference = reward_item(item);
+            let mut graded = Vec::with_capacity(params.per_item);
+            for r in it.by_ref().take(params.per_item) {
+                debug_assert_eq!(r.prompt_index, k);
+                let body: Vec<u32> = r.tokens.iter().copied().filter(|t| !sampling.stop_ids.contains(t)).collect();
+                let text = tok.decode(&body, false)?;
+                let verdict = params.reward.grade(&text, &reference);
+                let reward = params.reward.total(&verdict);
+                graded.push(GradedRollout { tokens: r.tokens, text, verdict, reward, stop: r.stop });
+            }
+            out.push(graded);
+        }
+        on_progress(end);
+    }
+    Ok(out)
+}

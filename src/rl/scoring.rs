@@ -1,0 +1,109 @@
+//! The VAS scoring pass over a dataset (MMR1 Algorithm 1's "initial VPS for every prompt"):
+//! N rollouts per item with the policy, graded by accuracy, scored by [`score_item`]. Used
+//! by the `score` command and by the trainer; the JSONL record types are the command's files.
+
+use crate::backend::Backend;
+use crate::data::rl_items::RlItem;
+use crate::model::Qwen2;
+use crate::rl::graded::{sample_and_grade, GradeParams};
+use crate::rl::vas::{score_item, RolloutScores, TdsMetric};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// One line of a scores file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRecord {
+    pub id: String,
+    pub n: usize,
+    pub pass_rate: f32,
+    pub ovs: f32,
+    pub tds: f32,
+    pub vps: f32,
+}
+
+impl ScoreRecord {
+    pub fn new(id: String, s: RolloutScores) -> Self {
+        ScoreRecord { id, n: s.n, pass_rate: s.pass_rate, ovs: s.ovs, tds: s.tds, vps: s.vps }
+    }
+}
+
+/// One line of a rollouts file: written by `score --rollouts-out`, read by
+/// `score --from-rollouts` (which needs only `id`, `tokens` and `accuracy` or `reward`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub response: String,
+    /// Generated ids, exact length, stop token included: what TDS is computed on.
+    pub tokens: Vec<u32>,
+    pub reward: f32,
+    pub accuracy: f32,
+}
+
+/// VPS weights and diversity measure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VpsParams {
+    pub alpha: f32,
+    pub beta: f32,
+    pub tds_metric: TdsMetric,
+}
+
+impl Default for VpsParams {
+    /// The paper's alpha 0.8, beta 0.2, TDS = 1 - self-BLEU-4.
+    fn default() -> Self {
+        VpsParams { alpha: 0.8, beta: 0.2, tds_metric: TdsMetric::default() }
+    }
+}
+
+/// Scores every item from `grade.per_item` fresh rollouts (correctness = the binary accuracy
+/// verdict, as the paper's P(x)); returns the scores and the rollouts, both in item order.
+/// `on_progress(done)` is called with the number of items finished so far.
+pub fn score_with_model<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    grade: &GradeParams,
+    vps: VpsParams,
+    on_progress: impl FnMut(usize),
+) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
+    let graded = sample_and_grade(model, be, tok, items, grade, on_progress)?;
+    let mut scores = Vec::with_capacity(items.len());
+    let mut rollouts = Vec::with_capacity(items.len() * grade.per_item);
+    for (i, (item, rs)) in items.iter().zip(graded).enumerate() {
+        let id = item.id_or(i);
+        let correct: Vec<f32> = rs.iter().map(|r| r.verdict.accuracy).collect();
+        let toks: Vec<&[u32]> = rs.iter().map(|r| r.tokens.as_slice()).collect();
+        scores.push(ScoreRecord::new(id.clone(), score_item(&correct, &toks, vps.alpha, vps.beta, vps.tds_metric)));
+        rollouts.extend(rs.into_iter().map(|r| RolloutRecord {
+            id: id.clone(),
+            response: r.text,
+            tokens: r.tokens,
+            reward: r.reward,
+            accuracy: r.verdict.accuracy,
+        }));
+    }
+    Ok((scores, rollouts))
+}
+
+/// Scores given rollouts: `(id, correctness, tokens)` grouped by id in order of first
+/// appearance, one record per id.
+pub fn score_rollouts<'a>(rollouts: impl IntoIterator<Item = (&'a str, f32, &'a [u32])>, vps: VpsParams) -> Vec<ScoreRecord> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut groups: std::collections::HashMap<&str, (Vec<f32>, Vec<&[u32]>)> = Default::default();
+    for (id, c, t) in rollouts {
+        let g = groups.entry(id).or_insert_with(|| {
+            order.push(id);
+            Default::default()
+        });
+        g.0.push(c);
+        g.1.push(t);
+    }
+    order
+        .into_iter()
+        .map(|id| {
+            let (c, t) = &groups[id];
+            ScoreRecord::new(id.to_string(), score_item(c, t, vps.alpha, vps.beta, vps.tds_metric))
+        })
+        .collect()
+}
