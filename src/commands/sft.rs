@@ -179,13 +179,16 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         done_here += 1;
         report(&m, trainer.state.total_steps);
         writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write {}", metrics_path.display()))?;
-        if args.save_every > 0 && m.step % args.save_every == 0 && !trainer.done() {
+        if args.save_every > 0 && m.step % args.save_every == 0 {
             let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
             eprintln!("saved {}", dir.display());
         }
     }
-    let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
-    eprintln!("saved {}", dir.display());
+    // Always end on a checkpoint (unless the last step just wrote one).
+    if latest_checkpoint(&args.out)? != Some(args.out.join(format!("checkpoint-{}", trainer.state.step))) {
+        let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
+        eprintln!("saved {}", dir.display());
+    }
     if trainer.done() {
         // The finished model, loadable from OUT itself (e.g. as GRPO's starting point).
         write_final(&args.out, &trainer, be, args.save_dtype, &tok_path)?;

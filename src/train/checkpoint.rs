@@ -44,7 +44,18 @@ pub fn write_model_files(
     dtype: SaveDtype,
     tokenizer: Option<&Path>,
 ) -> Result<()> {
-    let json = serde_json::to_vec_pretty(cfg)?;
+    // The dtype key (transformers 4: torch_dtype, 5: dtype) says what the file holds.
+    let mut cfg = cfg.clone();
+    let name = match dtype {
+        SaveDtype::F32 => "float32",
+        SaveDtype::Bf16 => "bfloat16",
+    };
+    for key in ["torch_dtype", "dtype"] {
+        if let Some(v) = cfg.extra.get_mut(key) {
+            *v = serde_json::Value::String(name.into());
+        }
+    }
+    let json = serde_json::to_vec_pretty(&cfg)?;
     write_atomic(&dir.join("config.json"), &json)?;
     let tensors: Vec<(String, Vec<usize>, &[f32])> =
         layout.specs.iter().zip(host).map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice())).collect();
