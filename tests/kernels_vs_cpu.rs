@@ -49,6 +49,8 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
         den += (*b as f64).powi(2);
     }
     let err = num.sqrt() / (den.sqrt() + 1e-6);
+    // Read by scripts/gpu-check.sh for its error column.
+    println!("ERR {what}: {err:.3e}");
     assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.0e}");
 }
 
