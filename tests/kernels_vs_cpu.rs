@@ -360,6 +360,7 @@ fn attention<B: Backend>(b: &B) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn logprobs_case<B: Backend>(b: &B, logits: &[f32], targets: &[u32], rows: usize, vocab: usize, inv_temp: f32, dlp: &[f32], dent: &[f32]) -> [Vec<f32>; 3] {
     let lg = b.upload(logits);
     let (mut lp, mut ent) = (poisoned(b, rows), poisoned(b, rows));

@@ -140,7 +140,7 @@ pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
 
 fn attn_check(shape: AttnShape) {
     assert!(shape.head_dim <= 256, "attention kernels support head_dim <= 256");
-    assert!(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+    assert!(shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads), "n_heads must be a multiple of n_kv_heads");
 }
 
 /// Per query row: (row, first kv row, number of visible keys, 0).
