@@ -10,6 +10,8 @@
 //!   CUDA backend uploads them per call.
 
 pub mod cpu;
+// The kernel backend; its GPU and emulator devices are behind the `cuda` and `emu` features.
+pub mod cuda;
 
 /// One sequence of a packed batch, as attention sees it.
 ///

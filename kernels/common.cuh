@@ -1,0 +1,65 @@
+// Shared device helpers: element type, warp and block reductions.
+#pragma once
+
+// Storage type of activations. f32 for now; bf16 storage is a later change of this typedef
+// plus load/store helpers.
+typedef float real;
+
+#ifndef CUDA_EMU
+// Dynamic shared memory, spelled as a macro so the emulator can provide its own.
+#define DYN_SMEM(T, name) \
+    extern __shared__ __align__(16) unsigned char dyn_smem_raw_[]; \
+    T* name = reinterpret_cast<T*>(dyn_smem_raw_)
+#endif
+
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Block-wide reductions over a 1-D block whose size is a multiple of 32 (<= 1024). Every
+// thread must call them and every thread gets the result. `scratch` is 32 elements of shared
+// memory. The tree is fixed by the block size alone, so results are deterministic.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); // scratch may still be read by a previous reduction
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : 0.0f;
+    return warp_sum(v); // every warp folds the partials itself: no broadcast barrier needed
+}
+__device__ __forceinline__ double block_sum_d(double v, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : 0.0;
+    return warp_sum_d(v);
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : neg_inf();
+    return warp_max(v);
+}
+
+// Grid-stride loop over [0, n).
+#define GRID_STRIDE(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

@@ -1,0 +1,58 @@
+// Elementwise ops: fill, copy, add, scale, bias, SwiGLU. Memory-bound; grid-stride loops.
+#include "common.cuh"
+
+extern "C" __global__ void fill_f32(real* x, long long n, float v) {
+    GRID_STRIDE(i, n) x[i] = v;
+}
+
+extern "C" __global__ void copy_f32(real* dst, long long dst_off, const real* src, long long src_off, long long n) {
+    GRID_STRIDE(i, n) dst[dst_off + i] = src[src_off + i];
+}
+
+extern "C" __global__ void add_assign_f32(real* x, const real* y, long long n) {
+    GRID_STRIDE(i, n) x[i] += y[i];
+}
+
+extern "C" __global__ void scale_f32(real* x, float s, long long n) {
+    GRID_STRIDE(i, n) x[i] *= s;
+}
+
+extern "C" __global__ void add_bias_f32(real* x, const real* bias, long long total, int n) {
+    GRID_STRIDE(i, total) x[i] += bias[i % n];
+}
+
+extern "C" __global__ void swiglu_f32(real* out, const real* gate, const real* up, long long n) {
+    GRID_STRIDE(i, n) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" __global__ void swiglu_bwd_f32(real* dgate, real* dup, const real* dout, const real* gate,
+                                          const real* up, long long n) {
+    GRID_STRIDE(i, n) {
+        float g = gate[i], d = dout[i];
+        float sig = 1.0f / (1.0f + expf(-g));
+        dup[i] = d * g * sig;
+        // d silu(g)/dg = sig * (1 + g (1 - sig))
+        dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+// AdamW as torch.optim.AdamW; the bias corrections come precomputed from the host
+// (rbc1 = 1/(1-b1^t), rbc2 = 1/(1-b2^t)).
+extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long long n, float lr,
+                                     float b1, float b2, float eps, float wd, float rbc1, float rbc2,
+                                     float grad_scale) {
+    GRID_STRIDE(i, n) {
+        float gi = g[i] * grad_scale;
+        float pi = p[i];
+        pi -= lr * wd * pi;
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        pi -= lr * (mi * rbc1) / (sqrtf(vi * rbc2) + eps);
+        p[i] = pi;
+    }
+}

@@ -1,0 +1,97 @@
+// Per-token log-probabilities and entropy of a tempered softmax over the vocabulary, forward
+// and backward. One block per row; a single online pass keeps (max, sum, weighted sum) so
+// nothing of size [rows, vocab] is written besides the input logits (and dlogits in backward).
+#include "common.cuh"
+
+// Softmax statistics of a set of logits z, relative to its max m:
+//   s = sum exp(z - m),  t = sum exp(z - m) (z - m).
+// Then lse = m + log s and entropy = log s - t / s.
+struct SoftStat {
+    float m, s, t;
+};
+
+__device__ __forceinline__ SoftStat stat_merge(SoftStat a, SoftStat b) {
+    if (a.s == 0.0f) return b; // empty sides carry m = -inf; skip them to avoid inf - inf
+    if (b.s == 0.0f) return a;
+    const float m = fmaxf(a.m, b.m);
+    const float ea = expf(a.m - m), eb = expf(b.m - m);
+    SoftStat r;
+    r.m = m;
+    r.s = a.s * ea + b.s * eb;
+    r.t = ea * (a.t + a.s * (a.m - m)) + eb * (b.t + b.s * (b.m - m));
+    return r;
+}
+
+__device__ __forceinline__ SoftStat stat_push(SoftStat a, float z) {
+    if (a.s == 0.0f) {
+        a.m = z; a.s = 1.0f; a.t = 0.0f;
+    } else if (z <= a.m) {
+        const float d = z - a.m, e = expf(d);
+        a.s += e;
+        a.t += e * d;
+    } else {
+        const float d = a.m - z, r = expf(d);
+        a.t = r * (a.t + a.s * d);
+        a.s = a.s * r + 1.0f;
+        a.m = z;
+    }
+    return a;
+}
+
+__device__ __forceinline__ SoftStat stat_shfl(SoftStat a, int o) {
+    SoftStat b;
+    b.m = __shfl_xor_sync(FULL_MASK, a.m, o);
+    b.s = __shfl_xor_sync(FULL_MASK, a.s, o);
+    b.t = __shfl_xor_sync(FULL_MASK, a.t, o);
+    return b;
+}
+
+// Softmax statistics of row z = logits * inv_temp, reduced over the block in a fixed tree
+// (batch-invariant: a row's result depends on that row alone).
+__device__ SoftStat row_stat(const real* row, int vocab, float inv_temp) {
+    __shared__ float sm[32], ss[32], st[32];
+    SoftStat a = {neg_inf(), 0.0f, 0.0f};
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) a = stat_push(a, row[j] * inv_temp);
+    for (int o = 16; o > 0; o >>= 1) a = stat_merge(a, stat_shfl(a, o));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) { sm[warp] = a.m; ss[warp] = a.s; st[warp] = a.t; }
+    __syncthreads();
+    SoftStat b = {neg_inf(), 0.0f, 0.0f};
+    if (lane < nw) { b.m = sm[lane]; b.s = ss[lane]; b.t = st[lane]; }
+    for (int o = 16; o > 0; o >>= 1) b = stat_merge(b, stat_shfl(b, o));
+    return b;
+}
+
+extern "C" __global__ void logprobs_f32(float* lp, float* entropy, const real* logits, const unsigned* targets,
+                                        int rows, int vocab, float inv_temp) {
+    const long long r = blockIdx.x;
+    const real* row = logits + r * vocab;
+    const SoftStat a = row_stat(row, vocab, inv_temp);
+    if (threadIdx.x == 0) {
+        const float logs = logf(a.s);
+        const float lse = a.m + logs;
+        lp[r] = row[targets[r]] * inv_temp - lse;
+        entropy[r] = logs - a.t / a.s;
+    }
+}
+
+// d lp / d z_j = [j == target] - p_j ;  d H / d z_j = -p_j (log p_j + H) ; dz/dlogit = inv_temp.
+extern "C" __global__ void logprobs_bwd_f32(real* dlogits, const real* logits, const unsigned* targets,
+                                            const float* dlp, const float* dent, int rows, int vocab,
+                                            float inv_temp) {
+    const long long r = blockIdx.x;
+    const real* row = logits + r * vocab;
+    const SoftStat a = row_stat(row, vocab, inv_temp);
+    const float logs = logf(a.s);
+    const float lse = a.m + logs, ent = logs - a.t / a.s;
+    const float g = dlp[r], ge = dent[r];
+    const int tgt = (int)targets[r];
+    real* out = dlogits + r * vocab;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+        const float lpj = row[j] * inv_temp - lse;
+        const float p = expf(lpj);
+        const float dz = g * ((j == tgt ? 1.0f : 0.0f) - p) - ge * p * (lpj + ent);
+        out[j] = dz * inv_temp;
+    }
+}

@@ -1,0 +1,51 @@
+//! The launch interface the CUDA backend is written against, so the same buffer management,
+//! launch configurations and argument packing run on the real GPU (cudarc) and on the CUDA
+//! emulator (kernels compiled for the host).
+
+use crate::backend::Tr;
+
+/// One kernel argument, in the order of the kernel's parameters.
+pub enum Arg<'a, M> {
+    /// Device memory (the kernel receives its base address).
+    Ptr(&'a M),
+    /// A null pointer (optional inputs).
+    Null,
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    F32(f32),
+}
+
+/// A device that can hold memory and run the kernels of `kernels/`.
+pub trait Device {
+    /// Raw device memory.
+    type Mem;
+    fn name(&self) -> String;
+    /// Memory of `bytes` bytes with unspecified contents.
+    fn alloc(&self, bytes: usize) -> Self::Mem;
+    fn upload(&self, host: &[u8]) -> Self::Mem;
+    /// Overwrites the first `host.len()` bytes of `mem`.
+    fn write(&self, mem: &mut Self::Mem, host: &[u8]);
+    /// The first `bytes` bytes of `mem` (waits for queued work).
+    fn download(&self, mem: &Self::Mem, bytes: usize) -> Vec<u8>;
+    /// Queues kernel `name` over `grid` blocks of `block` threads. Panics on launch errors
+    /// (they are bugs, not conditions to recover from).
+    fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: u32, args: &[Arg<'_, Self::Mem>]);
+    /// A library GEMM (row-major, f32, see `Backend::matmul`); returns false when the device
+    /// has none, and the backend then runs its own kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        out: &mut Self::Mem,
+        a: &Self::Mem,
+        ta: Tr,
+        b: &Self::Mem,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) -> bool;
+    /// Waits for all queued work.
+    fn synchronize(&self);
+}

@@ -1,0 +1,229 @@
+//! The real GPU through cudarc: driver API for memory and launches (PTX embedded by build.rs,
+//! or compiled at first use by NVRTC when the build had none), cuBLAS for GEMM.
+
+use super::device::{Arg, Device};
+use super::CudaBackend;
+use crate::backend::Tr;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+mod kernels {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// Checks for a driver and a device without panicking (cudarc panics when libcuda is absent).
+pub fn probe(ordinal: usize) -> Result<String, String> {
+    // SAFETY: only tries to open the library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("no CUDA driver (libcuda.so not found)".into());
+    }
+    cudarc::driver::result::init().map_err(|e| format!("CUDA driver failed to initialize: {e:?}"))?;
+    let n = cudarc::driver::result::device::get_count().map_err(|e| format!("cannot count CUDA devices: {e:?}"))?;
+    if ordinal >= n as usize {
+        return Err(if n == 0 { "no CUDA device".into() } else { format!("no CUDA device {ordinal} ({n} present)") });
+    }
+    let dev = cudarc::driver::result::device::get(ordinal as i32).map_err(|e| format!("{e:?}"))?;
+    let name = cudarc::driver::result::device::get_name(dev).map_err(|e| format!("{e:?}"))?;
+    Ok(format!("cuda:{ordinal} ({name})"))
+}
+
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    funcs: Mutex<HashMap<String, CudaFunction>>,
+    blas: Option<cudarc::cublas::CudaBlas>,
+    name: String,
+}
+
+// SAFETY: the cuBLAS handle is only used on this device's single stream; the CUDA driver API
+// and cuBLAS are thread-safe for that use.
+unsafe impl Send for CudaDevice {}
+unsafe impl Sync for CudaDevice {}
+
+fn cache_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("MMR1_CACHE_DIR") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("mmr1-fast")
+}
+
+/// PTX for `arch`: embedded at build time, else compiled now by NVRTC and cached on disk.
+fn ptx_for(arch: &'static str) -> Result<String, String> {
+    if let Some((_, p)) = kernels::PTX.iter().find(|(a, _)| *a == arch) {
+        return Ok(p.to_string());
+    }
+    // FNV-1a of the source: a stable cache key across builds.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in kernels::SOURCE.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    let path = cache_dir().join(format!("kernels-{h:016x}-{arch}.ptx"));
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        return Ok(p);
+    }
+    // SAFETY: only tries to open the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("the binary holds no PTX (built without NVRTC) and NVRTC is not available to compile the kernels".into());
+    }
+    let include: Vec<String> = std::env::var("CUDA_INCLUDE_DIR")
+        .ok()
+        .into_iter()
+        .chain(["/usr/local/cuda/include".to_string()])
+        .filter(|d| std::path::Path::new(d).is_dir())
+        .collect();
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        include_paths: include,
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernels::SOURCE, opts).map_err(|e| format!("NVRTC failed: {e:?}"))?;
+    let text = ptx.to_src();
+    let _ = std::fs::create_dir_all(path.parent().unwrap());
+    let _ = std::fs::write(&path, &text);
+    Ok(text)
+}
+
+impl CudaDevice {
+    pub fn new(ordinal: usize) -> Result<Self, String> {
+        let name = probe(ordinal)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot create a CUDA context: {e:?}"))?;
+        let (major, _) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
+        if major < 8 {
+            return Err(format!("{name}: compute capability {major}.x is below the 8.0 the kernels need"));
+        }
+        let arch = if major >= 9 { "compute_90" } else { "compute_80" };
+        let ptx = ptx_for(arch)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| format!("cannot load the kernels ({arch}) on {name}: {e:?}"))?;
+        let stream = ctx.default_stream();
+        // SAFETY: only tries to open the library.
+        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } { cudarc::cublas::CudaBlas::new(stream.clone()).ok() } else { None };
+        Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), blas, name })
+    }
+    pub fn has_cublas(&self) -> bool {
+        self.blas.is_some()
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    fn func(&self, name: &str) -> CudaFunction {
+        let mut f = self.funcs.lock().unwrap();
+        f.entry(name.to_string())
+            .or_insert_with(|| self.module.load_function(name).unwrap_or_else(|e| panic!("no kernel {name}: {e:?}")))
+            .clone()
+    }
+}
+
+impl Device for CudaDevice {
+    type Mem = CudaSlice<u8>;
+    fn name(&self) -> String {
+        let blas = if self.blas.is_some() { "cuBLAS sgemm" } else { "gemm_f32 kernel" };
+        format!("{} [{blas}]", self.name)
+    }
+    fn alloc(&self, bytes: usize) -> CudaSlice<u8> {
+        // SAFETY: callers treat the contents as unspecified.
+        unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.expect("cuda alloc")
+    }
+    fn upload(&self, host: &[u8]) -> CudaSlice<u8> {
+        self.stream.clone_htod(host).expect("cuda upload")
+    }
+    fn write(&self, mem: &mut CudaSlice<u8>, host: &[u8]) {
+        let mut view = mem.slice_mut(0..host.len());
+        self.stream.memcpy_htod(host, &mut view).expect("cuda write");
+    }
+    fn download(&self, mem: &CudaSlice<u8>, bytes: usize) -> Vec<u8> {
+        self.stream.clone_dtoh(&mem.slice(0..bytes)).expect("cuda download")
+    }
+    fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: u32, args: &[Arg<'_, CudaSlice<u8>>]) {
+        let f = self.func(name);
+        // Device addresses first, so the builder can borrow them.
+        let mut guards = Vec::new();
+        let ptrs: Vec<u64> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(m) => {
+                    let (p, g) = m.device_ptr(&self.stream);
+                    guards.push(g);
+                    p
+                }
+                _ => 0,
+            })
+            .collect();
+        let mut b = self.stream.launch_builder(&f);
+        for (a, p) in args.iter().zip(&ptrs) {
+            match a {
+                Arg::Ptr(_) | Arg::Null => b.arg(p),
+                Arg::I32(v) => b.arg(v),
+                Arg::U32(v) => b.arg(v),
+                Arg::I64(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: shared_bytes };
+        // SAFETY: argument lists match the kernels' signatures (checked by the test suite).
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("launch of {name} failed: {e:?}"));
+        drop(guards);
+    }
+    fn gemm(&self, out: &mut CudaSlice<u8>, a: &CudaSlice<u8>, ta: Tr, b: &CudaSlice<u8>, tb: Tr, m: usize, n: usize, k: usize, beta: f32) -> bool {
+        let Some(blas) = &self.blas else { return false };
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let (opb, ldb_) = match tb {
+            Tr::N => (CUBLAS_OP_N, n),
+            Tr::T => (CUBLAS_OP_T, k),
+        };
+        let (opa, lda_) = match ta {
+            Tr::N => (CUBLAS_OP_N, k),
+            Tr::T => (CUBLAS_OP_T, m),
+        };
+        let alpha = 1.0f32;
+        let (pa, _ga) = a.device_ptr(&self.stream);
+        let (pb, _gb) = b.device_ptr(&self.stream);
+        let (pc, _gc) = out.device_ptr(&self.stream);
+        // SAFETY: the backend checked the buffer sizes; the pointers live on this stream.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *blas.handle(),
+                opb,
+                opa,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha,
+                pb as *const f32,
+                ldb_ as i32,
+                pa as *const f32,
+                lda_ as i32,
+                &beta,
+                pc as *mut f32,
+                n as i32,
+            )
+        }
+        .expect("cublasSgemm");
+        true
+    }
+    fn synchronize(&self) {
+        self.stream.synchronize().expect("cuda synchronize");
+    }
+}
+
+impl CudaBackend<CudaDevice> {
+    /// The backend on GPU `ordinal`, or a one-line reason why there is none.
+    pub fn new(ordinal: usize) -> Result<Self, String> {
+        Ok(CudaBackend::with_device(CudaDevice::new(ordinal)?))
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        let _ = self.ctx.synchronize();
+    }
+}

@@ -1,0 +1,573 @@
+//! The CUDA backend: the kernels of `kernels/` driven through a small `Device` interface.
+//!
+//! `CudaBackend<D>` holds all the Rust side (buffers, launch configurations, argument packing,
+//! host-side work lists) once; `D` is the real GPU through cudarc (feature `cuda`) or the CUDA
+//! execution-model emulator (feature `emu`), so the test suite exercises this code and the
+//! kernels without a GPU.
+//!
+//! Storage is f32 for now. Matmul goes to cuBLAS SGEMM (f32) on the GPU, to the CPU GEMM on
+//! the emulator, and to the `gemm_f32` kernel when no library GEMM is available.
+
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod driver;
+#[cfg(feature = "emu")]
+pub mod emu;
+
+use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
+use device::{Arg, Device};
+
+/// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
+/// or `Err(reason)`. Never panics, also when the driver library is missing.
+pub fn available(ordinal: usize) -> Result<String, String> {
+    #[cfg(feature = "cuda")]
+    {
+        driver::probe(ordinal)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        Err("this binary was built without the `cuda` feature".into())
+    }
+}
+
+/// A buffer of `len` f32 values in device memory.
+pub struct DevBuf<M> {
+    mem: M,
+    len: usize,
+}
+
+pub struct CudaBackend<D: Device> {
+    dev: D,
+}
+
+const BLOCK: u32 = 256;
+
+/// Blocks for a grid-stride loop over `n` elements.
+fn grid_for(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, 4096) as u32
+}
+
+impl<D: Device> CudaBackend<D> {
+    pub fn with_device(dev: D) -> Self {
+        CudaBackend { dev }
+    }
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    fn upload_u32(&self, v: &[u32]) -> D::Mem {
+        self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0u32] } else { v }))
+    }
+    fn upload_i32(&self, v: &[i32]) -> D::Mem {
+        self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0i32] } else { v }))
+    }
+    fn new_buf(&self, len: usize) -> DevBuf<D::Mem> {
+        DevBuf { mem: self.dev.alloc(len.max(1) * 4), len }
+    }
+
+    fn elementwise(&self, name: &str, n: usize, args: &[Arg<'_, D::Mem>]) {
+        if n > 0 {
+            self.dev.launch(name, [grid_for(n), 1, 1], [BLOCK, 1, 1], 0, args);
+        }
+    }
+
+    /// `out[j] += sum_r a[r,j] * b[r,j] * rowscale[r]` (b, rowscale optional), deterministic.
+    fn col_reduce(&self, out: &mut DevBuf<D::Mem>, a: &D::Mem, b: Option<&D::Mem>, rowscale: Option<&D::Mem>, rows: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.dev.launch(
+            "col_reduce_f32",
+            [n.div_ceil(32) as u32, 1, 1],
+            [32, 32, 1],
+            0,
+            &[Arg::Ptr(&out.mem), Arg::Ptr(a), opt_arg(b), opt_arg(rowscale), Arg::I32(rows as i32), Arg::I32(n as i32)],
+        );
+    }
+
+    /// Matmul through the `gemm_f32` kernel, whatever library the device has (tests use it to
+    /// check the kernel itself).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_kernel(&self, out: &mut DevBuf<D::Mem>, a: &DevBuf<D::Mem>, ta: Tr, b: &DevBuf<D::Mem>, tb: Tr, m: usize, n: usize, k: usize, beta: f32) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (a_rs, a_cs) = match ta {
+            Tr::N => (k as i64, 1),
+            Tr::T => (1, m as i64),
+        };
+        let (b_rs, b_cs) = match tb {
+            Tr::N => (n as i64, 1),
+            Tr::T => (1, k as i64),
+        };
+        self.dev.launch(
+            "gemm_f32",
+            [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1],
+            [32, 8, 1],
+            0,
+            &[
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(&a.mem),
+                Arg::Ptr(&b.mem),
+                Arg::I32(m as i32),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::I64(a_rs),
+                Arg::I64(a_cs),
+                Arg::I64(b_rs),
+                Arg::I64(b_cs),
+                Arg::F32(beta),
+            ],
+        );
+    }
+
+    /// `out = x` rounded through bf16 (`f16 == false`) or f16, round-to-nearest-even.
+    pub fn round_16(&self, out: &mut DevBuf<D::Mem>, x: &DevBuf<D::Mem>, f16: bool) {
+        let name = if f16 { "round_f16_f32" } else { "round_bf16_f32" };
+        self.elementwise(name, x.len, &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::I64(x.len as i64)]);
+    }
+}
+
+fn opt_arg<M>(m: Option<&M>) -> Arg<'_, M> {
+    m.map_or(Arg::Null, Arg::Ptr)
+}
+
+/// Little-endian bytes to f32 values (device memory is untyped bytes).
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn attn_check(shape: AttnShape) {
+    assert!(shape.head_dim <= 256, "attention kernels support head_dim <= 256");
+    assert!(shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads), "n_heads must be a multiple of n_kv_heads");
+}
+
+/// Per query row: (row, first kv row, number of visible keys, 0).
+fn q_items(spans: &[AttnSpan]) -> Vec<i32> {
+    let mut v = Vec::new();
+    for s in spans {
+        for i in 0..s.q_len {
+            v.extend_from_slice(&[(s.q_start + i) as i32, s.kv_start as i32, (s.kv_len - s.q_len + i + 1) as i32, 0]);
+        }
+    }
+    v
+}
+
+impl<D: Device> Backend for CudaBackend<D> {
+    type Buf = DevBuf<D::Mem>;
+
+    fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn zeros(&self, n: usize) -> Self::Buf {
+        let mut b = self.new_buf(n);
+        self.fill(&mut b, 0.0);
+        b
+    }
+    fn upload(&self, host: &[f32]) -> Self::Buf {
+        let mem = self.dev.upload(bytemuck::cast_slice(if host.is_empty() { &[0.0f32] } else { host }));
+        DevBuf { mem, len: host.len() }
+    }
+    fn download(&self, buf: &Self::Buf) -> Vec<f32> {
+        f32s(&self.dev.download(&buf.mem, buf.len * 4))
+    }
+    fn len(&self, buf: &Self::Buf) -> usize {
+        buf.len
+    }
+    fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, n: usize) {
+        assert!(dst_off + n <= dst.len && src_off + n <= src.len, "copy: out of range");
+        self.elementwise(
+            "copy_f32",
+            n,
+            &[Arg::Ptr(&dst.mem), Arg::I64(dst_off as i64), Arg::Ptr(&src.mem), Arg::I64(src_off as i64), Arg::I64(n as i64)],
+        );
+    }
+    fn fill(&self, dst: &mut Self::Buf, value: f32) {
+        self.elementwise("fill_f32", dst.len, &[Arg::Ptr(&dst.mem), Arg::I64(dst.len as i64), Arg::F32(value)]);
+    }
+
+    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, ta: Tr, b: &Self::Buf, tb: Tr, m: usize, n: usize, k: usize, beta: f32) {
+        assert!(a.len >= m * k && b.len >= k * n && out.len >= m * n, "matmul: buffer too small");
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            // A product over nothing: out = beta * out (0 when beta == 0, ignoring NaN).
+            if beta == 0.0 {
+                self.elementwise("fill_f32", m * n, &[Arg::Ptr(&out.mem), Arg::I64((m * n) as i64), Arg::F32(0.0)]);
+            } else {
+                self.elementwise("scale_f32", m * n, &[Arg::Ptr(&out.mem), Arg::F32(beta), Arg::I64((m * n) as i64)]);
+            }
+            return;
+        }
+        if !self.dev.gemm(&mut out.mem, &a.mem, ta, &b.mem, tb, m, n, k, beta) {
+            self.matmul_kernel(out, a, ta, b, tb, m, n, k, beta);
+        }
+    }
+    fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize) {
+        self.elementwise(
+            "add_bias_f32",
+            rows * n,
+            &[Arg::Ptr(&x.mem), Arg::Ptr(&bias.mem), Arg::I64((rows * n) as i64), Arg::I32(n as i32)],
+        );
+    }
+    fn bias_backward(&self, dbias: &mut Self::Buf, dy: &Self::Buf, rows: usize, n: usize) {
+        self.col_reduce(dbias, &dy.mem, None, None, rows, n);
+    }
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) {
+        assert_eq!(x.len, y.len, "add_assign: length mismatch");
+        self.elementwise("add_assign_f32", x.len, &[Arg::Ptr(&x.mem), Arg::Ptr(&y.mem), Arg::I64(x.len as i64)]);
+    }
+    fn scale(&self, x: &mut Self::Buf, s: f32) {
+        self.elementwise("scale_f32", x.len, &[Arg::Ptr(&x.mem), Arg::F32(s), Arg::I64(x.len as i64)]);
+    }
+    fn sum_squares(&self, x: &Self::Buf) -> f64 {
+        if x.len == 0 {
+            return 0.0;
+        }
+        // Two passes with a grid fixed by the length alone: deterministic.
+        let blocks = x.len.div_ceil(BLOCK as usize).clamp(1, 1024);
+        let partial = self.dev.alloc(blocks * 8);
+        let total = self.dev.alloc(8);
+        self.dev.launch(
+            "sumsq_partial_f32",
+            [blocks as u32, 1, 1],
+            [BLOCK, 1, 1],
+            0,
+            &[Arg::Ptr(&x.mem), Arg::I64(x.len as i64), Arg::Ptr(&partial)],
+        );
+        self.dev.launch("sum_partials_f64", [1, 1, 1], [BLOCK, 1, 1], 0, &[Arg::Ptr(&partial), Arg::I32(blocks as i32), Arg::Ptr(&total)]);
+        let b = self.dev.download(&total, 8);
+        f64::from_le_bytes(b[..8].try_into().unwrap())
+    }
+
+    fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], dim: usize) {
+        if ids.is_empty() || dim == 0 {
+            return;
+        }
+        let d_ids = self.upload_u32(ids);
+        self.elementwise(
+            "embedding_f32",
+            ids.len() * dim,
+            &[Arg::Ptr(&out.mem), Arg::Ptr(&table.mem), Arg::Ptr(&d_ids), Arg::I32(ids.len() as i32), Arg::I32(dim as i32)],
+        );
+    }
+    fn embedding_backward(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &[u32], dim: usize) {
+        if ids.is_empty() || dim == 0 {
+            return;
+        }
+        // Group token positions by id on the host (CSR), tokens ascending within an id, so the
+        // kernel adds them in token order with no atomics.
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_by_key(|&t| (ids[t as usize], t));
+        let (mut uniq, mut offsets) = (Vec::new(), Vec::new());
+        for (p, &t) in order.iter().enumerate() {
+            if uniq.last() != Some(&ids[t as usize]) {
+                uniq.push(ids[t as usize]);
+                offsets.push(p as u32);
+            }
+        }
+        offsets.push(order.len() as u32);
+        let (d_u, d_o, d_ord) = (self.upload_u32(&uniq), self.upload_u32(&offsets), self.upload_u32(&order));
+        let threads = (dim.next_multiple_of(32)).min(BLOCK as usize) as u32;
+        self.dev.launch(
+            "embedding_bwd_f32",
+            [uniq.len() as u32, 1, 1],
+            [threads, 1, 1],
+            0,
+            &[Arg::Ptr(&dtable.mem), Arg::Ptr(&dout.mem), Arg::Ptr(&d_u), Arg::Ptr(&d_o), Arg::Ptr(&d_ord), Arg::I32(dim as i32)],
+        );
+    }
+
+    fn rmsnorm(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, rows: usize, dim: usize, eps: f32) {
+        if rows == 0 {
+            return;
+        }
+        self.dev.launch(
+            "rmsnorm_f32",
+            [rows as u32, 1, 1],
+            [BLOCK, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(&rstd.mem),
+                Arg::Ptr(&x.mem),
+                Arg::Ptr(&w.mem),
+                Arg::I32(rows as i32),
+                Arg::I32(dim as i32),
+                Arg::F32(eps),
+            ],
+        );
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        rows: usize,
+        dim: usize,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        self.dev.launch(
+            "rmsnorm_bwd_dx_f32",
+            [rows as u32, 1, 1],
+            [BLOCK, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&dx.mem),
+                Arg::Ptr(&dout.mem),
+                Arg::Ptr(&x.mem),
+                Arg::Ptr(&w.mem),
+                Arg::Ptr(&rstd.mem),
+                Arg::I32(rows as i32),
+                Arg::I32(dim as i32),
+            ],
+        );
+        self.col_reduce(dw, &dout.mem, Some(&x.mem), Some(&rstd.mem), rows, dim);
+    }
+
+    fn rope(&self, x: &mut Self::Buf, positions: &[u32], n_heads: usize, head_dim: usize, theta: f32, inverse: bool) {
+        if positions.is_empty() || head_dim < 2 {
+            return;
+        }
+        // Frequencies computed on the host exactly as the reference does.
+        let inv = self.upload(&cpu::rope_inv_freq(head_dim, theta));
+        let pos = self.upload_u32(positions);
+        self.elementwise(
+            "rope_f32",
+            positions.len() * n_heads * (head_dim / 2),
+            &[
+                Arg::Ptr(&x.mem),
+                Arg::Ptr(&pos),
+                Arg::Ptr(&inv.mem),
+                Arg::I32(positions.len() as i32),
+                Arg::I32(n_heads as i32),
+                Arg::I32(head_dim as i32),
+                Arg::F32(if inverse { -1.0 } else { 1.0 }),
+            ],
+        );
+    }
+
+    fn attention(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, spans: &[AttnSpan], shape: AttnShape) {
+        attn_check(shape);
+        let items = q_items(spans);
+        if items.is_empty() {
+            return;
+        }
+        let d_items = self.upload_i32(&items);
+        let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
+        self.dev.launch(
+            "attn_fwd_f32",
+            [(items.len() / 4) as u32, shape.n_heads as u32, 1],
+            [128, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(&lse.mem),
+                Arg::Ptr(&q.mem),
+                Arg::Ptr(&k.mem),
+                Arg::Ptr(&v.mem),
+                Arg::Ptr(&d_items),
+                Arg::I32(shape.n_heads as i32),
+                Arg::I32(shape.n_kv_heads as i32),
+                Arg::I32(shape.head_dim as i32),
+                Arg::F32(scale),
+            ],
+        );
+    }
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        attn_check(shape);
+        let items = q_items(spans);
+        if items.is_empty() {
+            return;
+        }
+        let (h, hkv, d) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
+        let mut kv_items = Vec::new();
+        for s in spans {
+            let off = s.kv_len - s.q_len; // keys every query sees
+            for j in 0..s.kv_len {
+                kv_items.extend_from_slice(&[(s.kv_start + j) as i32, s.q_start as i32, s.q_len as i32, j.saturating_sub(off) as i32]);
+            }
+        }
+        let nq = (items.len() / 4) as u32;
+        let d_items = self.upload_i32(&items);
+        let d_kv = self.upload_i32(&kv_items);
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let dsum = self.dev.alloc(lse.len.max(1) * 4);
+        self.dev.launch(
+            "attn_bwd_dot_f32",
+            [nq, h as u32, 1],
+            [32, 1, 1],
+            0,
+            &[Arg::Ptr(&dsum), Arg::Ptr(&dout.mem), Arg::Ptr(&out.mem), Arg::Ptr(&d_items), Arg::I32(h as i32), Arg::I32(d as i32)],
+        );
+        let common = |a: &mut Vec<Arg<'_, D::Mem>>| {
+            a.extend([Arg::I32(h as i32), Arg::I32(hkv as i32), Arg::I32(d as i32), Arg::F32(scale)]);
+        };
+        let mut a = vec![
+            Arg::Ptr(&dq.mem),
+            Arg::Ptr(&dout.mem),
+            Arg::Ptr(&q.mem),
+            Arg::Ptr(&k.mem),
+            Arg::Ptr(&v.mem),
+            Arg::Ptr(&lse.mem),
+            Arg::Ptr(&dsum),
+            Arg::Ptr(&d_items),
+        ];
+        common(&mut a);
+        self.dev.launch("attn_bwd_dq_f32", [nq, h as u32, 1], [128, 1, 1], 0, &a);
+        if !kv_items.is_empty() {
+            let mut a = vec![
+                Arg::Ptr(&dk.mem),
+                Arg::Ptr(&dv.mem),
+                Arg::Ptr(&dout.mem),
+                Arg::Ptr(&q.mem),
+                Arg::Ptr(&k.mem),
+                Arg::Ptr(&v.mem),
+                Arg::Ptr(&lse.mem),
+                Arg::Ptr(&dsum),
+                Arg::Ptr(&d_kv),
+            ];
+            common(&mut a);
+            self.dev.launch("attn_bwd_dkv_f32", [(kv_items.len() / 4) as u32, hkv as u32, 1], [128, 1, 1], 0, &a);
+        }
+    }
+
+    fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
+        self.elementwise(
+            "swiglu_f32",
+            out.len,
+            &[Arg::Ptr(&out.mem), Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(out.len as i64)],
+        );
+    }
+    fn swiglu_backward(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
+        self.elementwise(
+            "swiglu_bwd_f32",
+            dgate.len,
+            &[
+                Arg::Ptr(&dgate.mem),
+                Arg::Ptr(&dup.mem),
+                Arg::Ptr(&dout.mem),
+                Arg::Ptr(&gate.mem),
+                Arg::Ptr(&up.mem),
+                Arg::I64(dgate.len as i64),
+            ],
+        );
+    }
+
+    fn logprobs(&self, lp: &mut Self::Buf, entropy: &mut Self::Buf, logits: &Self::Buf, targets: &[u32], rows: usize, vocab: usize, inv_temp: f32) {
+        if rows == 0 {
+            return;
+        }
+        let t = self.upload_u32(&targets[..rows]);
+        self.dev.launch(
+            "logprobs_f32",
+            [rows as u32, 1, 1],
+            [logprob_block(vocab), 1, 1],
+            0,
+            &[
+                Arg::Ptr(&lp.mem),
+                Arg::Ptr(&entropy.mem),
+                Arg::Ptr(&logits.mem),
+                Arg::Ptr(&t),
+                Arg::I32(rows as i32),
+                Arg::I32(vocab as i32),
+                Arg::F32(inv_temp),
+            ],
+        );
+    }
+    fn logprobs_backward(
+        &self,
+        dlogits: &mut Self::Buf,
+        logits: &Self::Buf,
+        targets: &[u32],
+        dlp: &Self::Buf,
+        dent: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let t = self.upload_u32(&targets[..rows]);
+        self.dev.launch(
+            "logprobs_bwd_f32",
+            [rows as u32, 1, 1],
+            [logprob_block(vocab), 1, 1],
+            0,
+            &[
+                Arg::Ptr(&dlogits.mem),
+                Arg::Ptr(&logits.mem),
+                Arg::Ptr(&t),
+                Arg::Ptr(&dlp.mem),
+                Arg::Ptr(&dent.mem),
+                Arg::I32(rows as i32),
+                Arg::I32(vocab as i32),
+                Arg::F32(inv_temp),
+            ],
+        );
+    }
+
+    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, hp: AdamwStep) {
+        let rbc1 = (1.0 / (1.0 - (hp.beta1 as f64).powi(hp.step as i32))) as f32;
+        let rbc2 = (1.0 / (1.0 - (hp.beta2 as f64).powi(hp.step as i32))) as f32;
+        self.elementwise(
+            "adamw_f32",
+            p.len,
+            &[
+                Arg::Ptr(&p.mem),
+                Arg::Ptr(&g.mem),
+                Arg::Ptr(&m.mem),
+                Arg::Ptr(&v.mem),
+                Arg::I64(p.len as i64),
+                Arg::F32(hp.lr),
+                Arg::F32(hp.beta1),
+                Arg::F32(hp.beta2),
+                Arg::F32(hp.eps),
+                Arg::F32(hp.weight_decay),
+                Arg::F32(rbc1),
+                Arg::F32(rbc2),
+                Arg::F32(hp.grad_scale),
+            ],
+        );
+    }
+}
+
+/// Threads per logprobs row: a full block for real vocabularies, a small one for tiny rows.
+/// A function of `vocab` alone, so a row's result never depends on its batch.
+fn logprob_block(vocab: usize) -> u32 {
+    if vocab >= 16384 {
+        1024
+    } else {
+        BLOCK
+    }
+}
+
+#[cfg(feature = "emu")]
+impl CudaBackend<emu::EmuDevice> {
+    /// The backend on the CUDA emulator.
+    pub fn emulator() -> Self {
+        CudaBackend::with_device(emu::EmuDevice)
+    }
+}
