@@ -70,7 +70,7 @@ pub struct DemoTask {
 
 impl Default for DemoTask {
     fn default() -> Self {
-        DemoTask { min_terms: 2, max_terms: 5 }
+        DemoTask { min_terms: 2, max_terms: 3 }
     }
 }
 
@@ -99,14 +99,26 @@ impl DemoTask {
     }
 }
 
-/// The worked solution the cold-start SFT phase imitates: running sums, then the answer.
+/// The worked solution of an item: running sums, then the boxed total.
 pub fn demo_solution(item: &RlItem) -> String {
+    teacher_solution(item, 0.0, 0)
+}
+
+/// A worked solution from an imperfect teacher, the kind of cold-start data SFT imitates:
+/// at an addition that carries (crosses a multiple of ten) it drops the carry with
+/// probability `slip` (deterministic in `seed` and the item), and goes on from the wrong
+/// sum. SFT learns the slips along with the method; only a verifiable reward (RL) can tell
+/// the model they are wrong, which is what the demo shows.
+pub fn teacher_solution(item: &RlItem, slip: f64, seed: u64) -> String {
     let terms: Vec<u32> = item.problem.trim_start_matches("Add ").split('+').filter_map(|t| t.parse().ok()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ crate::rl::rollout::mix_seed(0, item.problem.len() as u64 * 1_000_003 + terms.iter().fold(7, |h, &t| h * 31 + t as u64)));
     let mut steps = Vec::new();
     let mut acc = terms[0];
     for t in &terms[1..] {
-        steps.push(format!("{acc}+{t}={}", acc + t));
-        acc += t;
+        let carries = acc % 10 + t >= 10;
+        let next = if carries && rng.gen_bool(slip) { acc + t - 10 } else { acc + t };
+        steps.push(format!("{acc}+{t}={next}"));
+        acc = next;
     }
     format!("<think>{}</think><answer>\\boxed{{{acc}}}</answer>", steps.join(" "))
 }

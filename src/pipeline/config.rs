@@ -244,11 +244,11 @@ impl TrainConfig {
         c.output.dir = PathBuf::from("runs/demo");
         c.output.checkpoint_every = 50;
         c.output.save_dtype = SaveDtype::F32;
-        c.sft = SftSection { epochs: 1, batch_size: 32, lr: 3e-3, warmup_ratio: 0.1, min_lr_ratio: 0.1, weight_decay: 0.0, grad_clip: 1.0, max_len: 128 };
-        c.rl.steps = 30;
+        c.sft = SftSection { epochs: 3, batch_size: 32, lr: 3e-3, warmup_ratio: 0.1, min_lr_ratio: 0.1, weight_decay: 0.0, grad_clip: 1.0, max_len: 128 };
+        c.rl.steps = 40;
         c.rl.batch_size = 16;
         c.rl.group_size = 8;
-        c.rl.lr = 5e-4;
+        c.rl.lr = 1e-4;
         c.rl.micro_batch_tokens = 4096;
         c.rl.max_prompt_len = 64;
         c.rl.max_new_tokens = 48;

@@ -3,7 +3,7 @@
 //! written under `OUT/demo/`. The pipeline then runs on those files like on any user's.
 
 use super::config::TrainConfig;
-use crate::data::demo::{demo_config, demo_solution, demo_tokenizer, DemoTask};
+use crate::data::demo::{demo_config, demo_tokenizer, teacher_solution, DemoTask};
 use crate::data::rl_items::RlItem;
 use crate::model::init::{init_params, Init};
 use crate::model::safetensors_io::write_atomic;
@@ -16,6 +16,8 @@ use std::path::Path;
 pub const DEMO_SFT_EXAMPLES: usize = 4800;
 pub const DEMO_RL_ITEMS: usize = 256;
 pub const DEMO_EVAL_ITEMS: usize = 200;
+/// How often the demo's SFT teacher drops a carry (see `teacher_solution`).
+pub const DEMO_TEACHER_SLIP: f64 = 0.5;
 
 fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut s = String::new();
@@ -43,7 +45,7 @@ pub fn materialize_demo(cfg: &mut TrainConfig, out: &Path) -> Result<()> {
     let sft: Vec<serde_json::Value> = task
         .items(DEMO_SFT_EXAMPLES, cfg.seed.wrapping_add(1), "sft-")
         .iter()
-        .map(|it| serde_json::json!({"problem": it.problem, "solution": demo_solution(it)}))
+        .map(|it| serde_json::json!({"problem": it.problem, "solution": teacher_solution(it, DEMO_TEACHER_SLIP, cfg.seed)}))
         .collect();
     let rl: Vec<RlItem> = task.items(DEMO_RL_ITEMS, cfg.seed.wrapping_add(2), "rl-");
     let eval: Vec<RlItem> = task.items(DEMO_EVAL_ITEMS, cfg.seed.wrapping_add(3), "eval-");

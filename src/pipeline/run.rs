@@ -189,8 +189,15 @@ pub fn run_pipeline(inputs: &RunInputs, resume: bool) -> Result<RunReport> {
     } else {
         let model = Qwen2::load(&be, &cfg.model.dir)?;
         if sft_ck.is_none() {
-            report.before_sft = inputs.evaluate(&be, &model)?;
-            log_eval(&mut log, "sft", 0, "before SFT", &report.before_sft)?;
+            // Without an SFT phase the starting model is what RL starts from: report it so.
+            let e = inputs.evaluate(&be, &model)?;
+            if want_sft {
+                report.before_sft = e;
+                log_eval(&mut log, "sft", 0, "before SFT", &report.before_sft)?;
+            } else {
+                report.after_sft = e;
+                log_eval(&mut log, "sft", 0, "start", &report.after_sft)?;
+            }
         }
         if want_sft {
             let (data, dropped) = load_sft_dataset(&cfg.data.sft, &inputs.tok, None, cfg.sft.max_len)?;
@@ -293,7 +300,7 @@ pub fn report_from_metrics(records: &[serde_json::Value]) -> RunReport {
                 let e = Some(EvalResult { accuracy: f("accuracy"), format: f("format"), items: f("items") as usize });
                 match v.get("label").and_then(|l| l.as_str()) {
                     Some("before SFT") => r.before_sft = e,
-                    Some("after SFT") => r.after_sft = e,
+                    Some("after SFT") | Some("start") => r.after_sft = e,
                     Some("after RL") => r.after_rl = e,
                     _ => {}
                 }
@@ -315,7 +322,7 @@ pub fn format_report(r: &RunReport) -> String {
     let f = |e: &Option<EvalResult>| e.map_or("   -  ".to_string(), |e| format!("{:.3}", e.accuracy));
     let mut s = String::new();
     s.push_str("| stage | eval accuracy |\n|---|---|\n");
-    s.push_str(&format!("| before SFT | {} |\n| after SFT | {} |\n| after RL | {} |\n", f(&r.before_sft), f(&r.after_sft), f(&r.after_rl)));
+    s.push_str(&format!("| before SFT | {} |\n| after SFT (RL start) | {} |\n| after RL | {} |\n", f(&r.before_sft), f(&r.after_sft), f(&r.after_rl)));
     if !r.rl_steps.is_empty() {
         let zv: Vec<String> = r.rl_steps.iter().map(|x| format!("{:.2}", x.zero_var_frac)).collect();
         s.push_str(&format!("\nzero-variance-group fraction per RL step: {}\n", zv.join(" ")));
