@@ -60,6 +60,20 @@ enum Command {
     ///
     ///   mmr1-fast eval --model runs/demo/final --data heldout.jsonl --out results.jsonl
     Eval(commands::eval::EvalArgs),
+    /// Draw a run's training curves from OUT_DIR/metrics.jsonl to a PNG grid of panels.
+    ///
+    /// Panels: SFT loss and learning rate; RL reward mean and accuracy (they part when the
+    /// format term pays); the fraction of zero-variance groups (all rollouts right or all
+    /// wrong: no GRPO advantage, what Variance-Aware Sampling keeps low); RL grad norm; the
+    /// fraction of clipped probability ratios and the KL to the reference model (how far
+    /// updates move the policy); eval accuracy before SFT, after SFT and after RL on one step
+    /// axis; response length. Panels without data are left out. Example:
+    ///
+    ///   mmr1-fast plot runs/demo            # writes runs/demo/curves.png
+    ///
+    /// Titles and labels need a TTF font (found on the system, or --font); without one the
+    /// curves are drawn unlabelled and the panel order is printed.
+    Plot(commands::plot::PlotArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +86,7 @@ fn main() -> ExitCode {
         Command::Reward(a) => commands::reward::run(a),
         Command::Score(a) => commands::score::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Plot(a) => commands::plot::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

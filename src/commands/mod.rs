@@ -4,6 +4,7 @@ pub mod device;
 pub mod eval;
 pub mod generate;
 pub mod logprobs;
+pub mod plot;
 pub mod progress;
 pub mod reward;
 pub mod score;

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod plot;
 pub mod demo_setup;
 pub mod rl_phase;
 pub mod run;

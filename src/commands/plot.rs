@@ -1,0 +1,85 @@
+//! `mmr1-fast plot`: draws a run's training curves (`metrics.jsonl`) to a PNG.
+
+use crate::pipeline::metrics::read_metrics;
+use crate::pipeline::plot::{draw, grid, panels, register_font, text_legend};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// Run directory holding metrics.jsonl (the --out of `train`).
+    #[arg(value_name = "OUT_DIR")]
+    pub dir: PathBuf,
+    /// PNG to write [default: OUT_DIR/curves.png].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1600)]
+    pub width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 900)]
+    pub height: u32,
+    /// TrueType/OpenType font for titles and labels [default: a common system sans font].
+    #[arg(long, conflicts_with = "no_text")]
+    pub font: Option<PathBuf>,
+    /// Draw curves only: no titles, labels or tick values (as when no font is found).
+    #[arg(long)]
+    pub no_text: bool,
+}
+
+pub fn run(args: &PlotArgs) -> Result<()> {
+    if !args.dir.is_dir() {
+        bail!("{} is not a directory (expected a run directory holding metrics.jsonl)", args.dir.display());
+    }
+    let metrics = args.dir.join("metrics.jsonl");
+    if !metrics.is_file() {
+        bail!("{} not found: is {} a training run's output directory?", metrics.display(), args.dir.display());
+    }
+    let out = args.out.clone().unwrap_or_else(|| args.dir.join("curves.png"));
+    // The bitmap backend picks the encoder from the extension; only PNG is meant here.
+    if !out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        bail!("--out {} must end in .png", out.display());
+    }
+    for (name, v) in [("--width", args.width), ("--height", args.height)] {
+        if !(200..=10_000).contains(&v) {
+            bail!("{name} must be between 200 and 10000 pixels (got {v})");
+        }
+    }
+
+    let text = std::fs::read_to_string(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if lines == 0 {
+        bail!("{} is empty: no steps logged yet", metrics.display());
+    }
+    let records = read_metrics(&metrics)?;
+    if records.is_empty() {
+        bail!("{}: none of its {lines} lines is a JSON object; is it a metrics file?", metrics.display());
+    }
+    if records.len() < lines {
+        // A torn last line after a crash is normal; say so rather than fail.
+        eprintln!("note: skipped {} malformed line(s) of {}", lines - records.len(), metrics.display());
+    }
+    let panels = panels(&records);
+    if panels.is_empty() {
+        bail!("{}: no SFT, RL or eval steps with values to plot", metrics.display());
+    }
+
+    let with_text = if args.no_text {
+        false
+    } else {
+        match register_font(args.font.as_deref())? {
+            Ok(_) => true,
+            Err(why) => {
+                eprintln!("note: labels omitted: {why}; install fonts-dejavu-core or pass --font FILE.ttf");
+                false
+            }
+        }
+    };
+    if !with_text {
+        eprint!("{}", text_legend(&panels));
+    }
+    draw(&panels, &out, (args.width, args.height), with_text)?;
+    let (cols, rows) = grid(panels.len());
+    println!("wrote {} ({} panels, {cols}x{rows})", out.display(), panels.len());
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! Training curves from `metrics.jsonl`: a grid of small panels drawn to a PNG with plotters.
+//!
+//! plotters is built without font-kit (which links freetype and fontconfig), so text needs a
+//! TTF registered at run time; without one the curves are drawn with no text at all, because
+//! any text drawn with no font registered fails the whole plot.
+
+use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// One line (or set of points) of a panel.
+pub struct Series {
+    pub name: &'static str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One small chart: a title, what x counts, and its series (each in its own color).
+pub struct Panel {
+    pub title: &'static str,
+    pub x_desc: &'static str,
+    pub series: Vec<Series>,
+    /// Markers instead of lines: evaluations are a few points, not a curve.
+    pub points_only: bool,
+    /// An x position to mark with a vertical rule (where RL starts on the eval panel).
+    pub rule_x: Option<f64>,
+}
+
+/// Series colors in order; the text legend names them, so they must stay in step with it.
+const COLORS: [(RGBColor, &str); 3] =
+    [(RGBColor(31, 119, 180), "blue"), (RGBColor(214, 39, 40), "red"), (RGBColor(44, 160, 44), "green")];
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64).filter(|x| x.is_finite())
+}
+
+/// Builds the panels from metrics records, in display order, leaving out panels with no data.
+/// Records with an `event` key (e.g. the initial VAS scoring) are not steps and are ignored.
+pub fn panels(records: &[Value]) -> Vec<Panel> {
+    let steps = |phase: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|r| r.get("event").is_none() && r.get("phase").and_then(Value::as_str) == Some(phase))
+            .filter(|r| num(r, "step").is_some())
+            .collect()
+    };
+    let (sft, rl, evals) = (steps("sft"), steps("rl"), steps("eval"));
+    let curve = |rs: &[&Value], key: &'static str| -> Series {
+        let mut points: Vec<(f64, f64)> =
+            rs.iter().filter_map(|r| Some((num(r, "step")?, num(r, key)?))).collect();
+        // Lines must run left to right even if the log holds steps out of order.
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Series { name: key, points }
+    };
+
+    // Evaluations sit on one run-wide axis: SFT steps, then RL steps after the last SFT step.
+    let of = |r: &Value| r.get("of").and_then(Value::as_str).unwrap_or("sft").to_string();
+    let sft_end = sft
+        .iter()
+        .copied()
+        .chain(evals.iter().copied().filter(|r| of(r) == "sft"))
+        .filter_map(|r| num(r, "step"))
+        .fold(0.0, f64::max);
+    let eval_x = |r: &Value| num(r, "step").map(|s| if of(r) == "rl" { sft_end + s } else { s });
+    let eval_series = |key: &'static str| Series {
+        name: key,
+        points: evals.iter().filter_map(|r| Some((eval_x(r)?, num(r, key)?))).collect(),
+    };
+    let any_rl_eval = evals.iter().any(|r| of(r) == "rl");
+
+    let line = |title, x_desc, series| Panel { title, x_desc, series, points_only: false, rule_x: None };
+    let all = vec![
+        line("SFT loss", "SFT step", vec![curve(&sft, "loss")]),
+        line("SFT learning rate", "SFT step", vec![curve(&sft, "lr")]),
+        line("RL reward mean & accuracy", "RL step", vec![curve(&rl, "reward_mean"), curve(&rl, "accuracy")]),
+        line("RL zero-variance group fraction", "RL step", vec![curve(&rl, "zero_var_frac")]),
+        line("RL grad norm", "RL step", vec![curve(&rl, "grad_norm")]),
+        line("RL clip fraction & KL", "RL step", vec![curve(&rl, "clip_frac"), curve(&rl, "kl")]),
+        Panel {
+            title: "Eval accuracy & format",
+            x_desc: "step (SFT, then RL)",
+            series: vec![eval_series("accuracy"), eval_series("format")],
+            points_only: true,
+            rule_x: (any_rl_eval && sft_end > 0.0).then_some(sft_end),
+        },
+        line("RL response length (tokens)", "RL step", vec![curve(&rl, "response_len")]),
+    ];
+    all.into_iter()
+        .map(|mut p| {
+            // A series with no data would still take a color and a legend entry.
+            p.series.retain(|s| !s.points.is_empty());
+            p
+        })
+        .filter(|p| !p.series.is_empty())
+        .collect()
+}
+
+/// Columns and rows for `n` panels: wider than tall, like the default image.
+pub fn grid(n: usize) -> (usize, usize) {
+    let cols = match n {
+        0..=2 => n.max(1),
+        3..=4 => 2,
+        5..=6 => 3,
+        _ => 4,
+    };
+    (cols, n.div_ceil(cols))
+}
+
+/// Registers a sans-serif TTF for plot text: `explicit` if given (its failure is an error),
+/// else the first usable of a few common system paths and `fc-match sans`. Returns the font's
+/// path, or (inner Err) why none was found, for the user.
+pub fn register_font(explicit: Option<&Path>) -> Result<std::result::Result<PathBuf, String>> {
+    if let Some(p) = explicit {
+        let bytes = std::fs::read(p).with_context(|| format!("cannot read font {}", p.display()))?;
+        return match register(bytes) {
+            true => Ok(Ok(p.to_path_buf())),
+            false => bail!("{} is not a TrueType/OpenType font plotters can use", p.display()),
+        };
+    }
+    const COMMON: &[&str] = &[
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+        "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+        "/usr/share/fonts/noto/NotoSans-Regular.ttf",
+        "/System/Library/Fonts/Supplemental/Arial.ttf",
+        "/Library/Fonts/Arial.ttf",
+        "C:\\Windows\\Fonts\\arial.ttf",
+    ];
+    let mut candidates: Vec<PathBuf> = COMMON.iter().map(PathBuf::from).collect();
+    // fc-match knows fonts in places the list misses; it is optional, so failure is silent.
+    let fc = std::process::Command::new("fc-match").args(["-f", "%{file}", "sans"]).output();
+    if let Some(o) = fc.as_ref().ok().filter(|o| o.status.success()) {
+        let f = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if !f.is_empty() {
+            candidates.push(PathBuf::from(f));
+        }
+    }
+    for p in &candidates {
+        if let Ok(bytes) = std::fs::read(p) {
+            if register(bytes) {
+                return Ok(Ok(p.clone()));
+            }
+        }
+    }
+    let fc_note = if fc.is_ok() { "fc-match found none usable" } else { "fc-match is not installed" };
+    Ok(Err(format!("no TTF font in the usual places ({} paths such as {}) and {fc_note}", COMMON.len(), COMMON[0])))
+}
+
+/// Registers font bytes as plotters' "sans-serif"; false if they do not parse.
+fn register(bytes: Vec<u8>) -> bool {
+    // plotters keeps fonts for the process's life and wants &'static; one font per run.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+}
+
+/// The text legend for a plot drawn without text: panels in drawing order with series colors.
+pub fn text_legend(panels: &[Panel]) -> String {
+    let (cols, _) = grid(panels.len());
+    let mut s = format!("panels, left to right then top to bottom ({cols} per row):\n");
+    for (i, p) in panels.iter().enumerate() {
+        let series: Vec<String> =
+            p.series.iter().zip(COLORS.iter().cycle()).map(|(s, (_, c))| format!("{} {c}", s.name)).collect();
+        s.push_str(&format!("  {}. {} (x: {}): {}\n", i + 1, p.title, p.x_desc, series.join(", ")));
+    }
+    s
+}
+
+/// Draws `panels` to a PNG at `out`, `size` pixels; `text` false draws no text at all.
+pub fn draw(panels: &[Panel], out: &Path, size: (u32, u32), text: bool) -> Result<()> {
+    // Drawn in memory and written whole at the end: plotters' file backend saves whatever it
+    // holds when dropped, so a failed draw would leave a half-drawn PNG behind.
+    let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", out.display());
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (cols, rows) = grid(panels.len());
+        let areas = root.split_evenly((rows, cols));
+        // Text sized for the default 400x450 panels, shrunk with smaller ones so titles fit.
+        let (pw, ph) = (size.0 as f64 / cols as f64, size.1 as f64 / rows as f64);
+        let scale = (pw / 400.0).min(ph / 450.0).clamp(0.5, 1.5);
+        for (p, area) in panels.iter().zip(&areas) {
+            draw_panel(area, p, text, scale).map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    let mut png_bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut png_bytes, size.0, size.1);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    // Flat colors and thin lines: adaptive filtering with strong deflate makes the file
+    // several times smaller for little time.
+    enc.set_compression(png::Compression::Best);
+    enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
+    enc.write_header().and_then(|mut w| w.write_image_data(&rgb)).context("encoding PNG")?;
+    crate::model::safetensors_io::write_atomic(out, &png_bytes)
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    text: bool,
+    scale: f64,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let all = p.series.iter().flat_map(|s| &s.points);
+    // Lines fill the x range; markers need room at the ends to be seen whole.
+    let (x0, x1) = pad(all.clone().map(|q| q.0), if p.points_only { 0.04 } else { 0.0 });
+    let (y0, y1) = pad(all.map(|q| q.1), 0.05);
+
+    let px = |n: f64| (n * scale).round() as u32;
+    let mut b = ChartBuilder::on(area);
+    b.margin(px(8.0));
+    if text {
+        // Tick marks and gaps do not shrink with the text, so the label areas keep a floor.
+        b.caption(p.title, ("sans-serif", px(16.0)))
+            .x_label_area_size(px(32.0).max(26))
+            .y_label_area_size(px(52.0).max(34));
+    }
+    let mut chart = b.build_cartesian_2d(x0..x1, y0..y1)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(RGBColor(235, 235, 235)).x_labels(6).y_labels(5);
+    if text {
+        mesh.x_desc(p.x_desc).y_label_formatter(&tick).x_label_formatter(&tick);
+        mesh.label_style(("sans-serif", px(11.0))).axis_desc_style(("sans-serif", px(12.0)));
+    }
+    mesh.draw()?;
+    if !text {
+        // No axes are drawn without label areas; a frame keeps panels apart.
+        let (xr, yr) = (chart.x_range(), chart.y_range());
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(xr.start, yr.start), (xr.end, yr.end)],
+            RGBColor(150, 150, 150).stroke_width(1),
+        )))?;
+    }
+    if let Some(x) = p.rule_x {
+        chart.draw_series(LineSeries::new([(x, y0), (x, y1)], RGBColor(160, 160, 160)))?;
+    }
+    for (i, (s, (color, _))) in p.series.iter().zip(COLORS.iter().cycle()).enumerate() {
+        let color = *color;
+        // Series often coincide (reward mean = accuracy when no format is earned): the first
+        // is drawn wider and larger so it still shows around the ones drawn over it.
+        let (width, radius) = if i == 0 && p.series.len() > 1 { (4, 5) } else { (2, 4) };
+        let drawn = if p.points_only {
+            chart.draw_series(s.points.iter().map(|&q| Circle::new(q, radius, color.filled())))?
+        } else {
+            chart.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(width)))?
+        };
+        if text && p.series.len() > 1 {
+            if p.points_only {
+                drawn.label(s.name).legend(move |(x, y)| Circle::new((x + 8, y), radius, color.filled()));
+            } else {
+                drawn.label(s.name).legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(width)));
+            }
+        }
+    }
+    if text && p.series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(RGBColor(200, 200, 200))
+            .label_font(("sans-serif", px(11.0)))
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// A value range with `frac` of its span added at both ends, never empty.
+fn pad(vals: impl Iterator<Item = f64>, frac: f64) -> (f64, f64) {
+    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if hi > lo {
+        let d = (hi - lo) * frac;
+        (lo - d, hi + d)
+    } else {
+        // One value (or one step): centre it in a range that is visible at its scale.
+        let d = if lo.abs() > 0.0 { lo.abs() * 0.1 } else { 1.0 };
+        (lo - d, lo + d)
+    }
+}
+
+fn tick(v: &f64) -> String {
+    short(*v)
+}
+
+/// Tick text: 3 significant digits, scientific where plain decimals get long (learning rates).
+fn short(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.1e}")
+    } else {
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.decimals$}");
+        // "0.150" reads as "0.15"; the digits kept are the significant ones.
+        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn panels_skip_empty_and_place_evals_on_one_axis() {
+        let recs = vec![
+            json!({"phase": "sft", "step": 1, "loss": 2.0, "lr": 0.0}),
+            json!({"phase": "sft", "step": 4, "loss": 1.0, "lr": 1e-4}),
+            json!({"event": "initial_scoring", "phase": "rl", "step": 0}),
+            json!({"phase": "eval", "of": "sft", "step": 4, "accuracy": 0.2, "format": 0.0}),
+            json!({"phase": "eval", "of": "rl", "step": 3, "accuracy": 0.5, "format": null}),
+        ];
+        let ps = panels(&recs);
+        let titles: Vec<_> = ps.iter().map(|p| p.title).collect();
+        assert_eq!(titles, ["SFT loss", "SFT learning rate", "Eval accuracy & format"]);
+        let eval = &ps[2];
+        assert_eq!(eval.series[0].points, [(4.0, 0.2), (7.0, 0.5)]);
+        assert_eq!(eval.series[1].points, [(4.0, 0.0)], "null format is no point");
+        assert_eq!(eval.rule_x, Some(4.0));
+    }
+
+    #[test]
+    fn grid_and_ticks() {
+        assert_eq!(grid(1), (1, 1));
+        assert_eq!(grid(3), (2, 2));
+        assert_eq!(grid(8), (4, 2));
+        assert_eq!(short(0.15), "0.15");
+        assert_eq!(short(123.456), "123");
+        assert_eq!(short(0.0001875), "1.9e-4");
+        assert_eq!(short(-2.5), "-2.5");
+        assert_eq!(pad([3.0].into_iter(), 0.05), (2.7, 3.3));
+    }
+}
