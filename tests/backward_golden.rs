@@ -5,14 +5,14 @@
 mod common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::Backend;
 use mmr1_fast::model::safetensors_io::to_f32;
 use mmr1_fast::model::{Packed, Qwen2};
 use safetensors::{Dtype, SafeTensors};
 
-fn golden_grads(name: &str) {
-    let be = Cpu;
+fn golden_grads<B: Backend>(be: &B, name: &str) {
     let dir = fixture(name);
-    let model = Qwen2::load(&be, &dir).unwrap();
+    let model = Qwen2::load(be, &dir).unwrap();
     let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
     let g = SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |n: &str| to_f32(&g.tensor(n).unwrap_or_else(|_| panic!("{name}: golden has no {n}"))).unwrap();
@@ -36,21 +36,21 @@ fn golden_grads(name: &str) {
     }
     let inv_temp = 1.0 / 0.7;
     let mut acts = None;
-    model.forward(&be, &batch, &mut acts).unwrap();
+    model.forward(be, &batch, &mut acts).unwrap();
     let acts = acts.unwrap();
-    let (lp, _) = model.token_logprobs(&be, &acts, &targets, inv_temp);
+    let (lp, _) = model.token_logprobs(be, &acts, &targets, inv_temp);
     let loss: f64 = lp.iter().zip(&dlp).map(|(l, w)| *l as f64 * *w as f64).sum();
     let want_loss = f32s("loss")[0] as f64;
     assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0), "{name}: loss {loss} vs golden {want_loss}");
     let masked: Vec<f32> = lp.iter().zip(&dlp).map(|(l, w)| if *w != 0.0 { *l } else { 0.0 }).collect();
     assert!(rel_l2(&masked, &want_lp) < 1e-5, "{name}: log-probs differ");
 
-    let mut grads = model.zero_grads(&be);
-    model.backward(&be, &batch, &acts, &targets, &dlp, None, inv_temp, &mut grads);
+    let mut grads = model.zero_grads(be);
+    model.backward(be, &batch, &acts, &targets, &dlp, None, inv_temp, &mut grads);
     let mut worst = (0.0f64, String::new());
     for (spec, gr) in model.layout.specs.iter().zip(&grads) {
         let want = f32s(&format!("grad.{}", spec.name));
-        let e = rel_l2(gr, &want);
+        let e = rel_l2(&be.download(gr), &want);
         assert!(e <= 1e-4, "{name}: grad of {} rel L2 {e:e}", spec.name);
         if e > worst.0 {
             worst = (e, spec.name.clone());
@@ -66,10 +66,33 @@ fn golden_grads(name: &str) {
 
 #[test]
 fn grads_match_pytorch_tiny_tied() {
-    golden_grads("tiny-tied");
+    golden_grads(&Cpu, "tiny-tied");
 }
 
 #[test]
 fn grads_match_pytorch_tiny_gqa() {
-    golden_grads("tiny-gqa");
+    golden_grads(&Cpu, "tiny-gqa");
+}
+
+/// The whole model (forward, chunked log-probs, backward) on the CUDA kernels, run by the
+/// emulator, against the same PyTorch goldens: every kernel in its real context.
+#[cfg(feature = "emu")]
+#[test]
+fn grads_match_pytorch_on_the_cuda_emulator() {
+    let be = mmr1_fast::backend::cuda::CudaBackend::emulator();
+    golden_grads(&be, "tiny-tied");
+    golden_grads(&be, "tiny-gqa");
+}
+
+/// The same on a real GPU when one is present.
+#[cfg(feature = "cuda")]
+#[test]
+fn grads_match_pytorch_on_the_gpu() {
+    match mmr1_fast::backend::cuda::CudaBackend::new(0) {
+        Ok(be) => {
+            golden_grads(&be, "tiny-tied");
+            golden_grads(&be, "tiny-gqa");
+        }
+        Err(why) => eprintln!("SKIPPED: no CUDA device ({why})"),
+    }
 }

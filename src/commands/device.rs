@@ -25,15 +25,38 @@ impl FromStr for Device {
     }
 }
 
-/// The backend a command will run on. Until a GPU backend is compiled in, `auto` says in
-/// one line that it runs on the CPU and `cuda` is an error.
+/// The backend a command will run on, said in one line. `auto` takes GPU 0 when this build
+/// has the CUDA backend and a driver and device answer, else the CPU. `cuda[:N]` without a
+/// usable GPU is an error (never a panic: the driver library is probed first).
 pub fn resolve(dev: Device) -> Result<Device> {
+    let gpu = |n: usize| crate::backend::cuda::available(n);
     match dev {
         Device::Cpu => Ok(Device::Cpu),
-        Device::Auto => {
-            eprintln!("note: running on the CPU (no CUDA backend in this build)");
-            Ok(Device::Cpu)
-        }
-        Device::Cuda(n) => bail!("device cuda:{n} requested, but this build has no CUDA backend (build with --features cuda)"),
+        Device::Auto => match gpu(0) {
+            Ok(name) => {
+                eprintln!("note: running on {name}");
+                Ok(Device::Cuda(0))
+            }
+            Err(why) => {
+                eprintln!("note: running on the CPU ({why})");
+                Ok(Device::Cpu)
+            }
+        },
+        Device::Cuda(n) => match gpu(n) {
+            Ok(name) => {
+                eprintln!("note: running on {name}");
+                Ok(Device::Cuda(n))
+            }
+            Err(why) => bail!("device cuda:{n} is not usable: {why}"),
+        },
     }
+}
+
+/// For commands that run on the CPU only so far: `auto` quietly means the CPU, an explicit
+/// `cuda` is an error that says so.
+pub fn cpu_only(dev: Device, command: &str) -> Result<()> {
+    if let Device::Cuda(n) = dev {
+        bail!("`{command}` runs on the CPU in this version (asked for cuda:{n}); `train` runs on the GPU");
+    }
+    Ok(())
 }

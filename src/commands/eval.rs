@@ -79,7 +79,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
     params.validate()?;
-    super::device::resolve(args.device)?;
+    super::device::cpu_only(args.device, "eval")?;
     let items = load_rl_items(&args.data, args.bad_lines)?;
     let be = Cpu;
     let model = Qwen2::load(&be, &args.model)?;

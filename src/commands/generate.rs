@@ -39,7 +39,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    super::device::resolve(args.device)?;
+    super::device::cpu_only(args.device, "generate")?;
     let be = Cpu;
     let model = Qwen2::load(&be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;

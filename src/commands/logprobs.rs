@@ -26,7 +26,7 @@ pub struct LogprobsArgs {
 }
 
 pub fn run(args: &LogprobsArgs) -> Result<()> {
-    super::device::resolve(args.device)?;
+    super::device::cpu_only(args.device, "logprobs")?;
     if !(args.temperature > 0.0) {
         bail!("--temperature must be positive (got {})", args.temperature);
     }

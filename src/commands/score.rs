@@ -146,7 +146,7 @@ fn with_model(args: &ScoreArgs, model_dir: &Path, data: &Path, vps: VpsParams) -
     if args.max_new_tokens == 0 || args.batch_items == 0 {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
-    super::device::resolve(args.device)?;
+    super::device::cpu_only(args.device, "score")?;
     let items = load_rl_items(data, args.bad_lines)?;
     let be = Cpu;
     let model = Qwen2::load(&be, model_dir)?;

@@ -104,7 +104,7 @@ impl SftArgs {
 }
 
 pub fn run(args: &SftArgs) -> Result<()> {
-    super::device::resolve(args.device)?;
+    super::device::cpu_only(args.device, "sft")?;
     run_on(&Cpu, args)
 }
 

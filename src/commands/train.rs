@@ -57,13 +57,24 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(d) = &args.resume {
         cfg.output.dir = d.clone();
     }
-    super::device::resolve(cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?)?;
+    let device = super::device::resolve(cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?)?;
+    match device {
+        #[cfg(feature = "cuda")]
+        super::device::Device::Cuda(n) => {
+            let be = crate::backend::cuda::CudaBackend::new(n).map_err(|e| anyhow::anyhow!("cuda:{n}: {e}"))?;
+            run_on(&be, cfg, args)
+        }
+        _ => run_on(&crate::backend::cpu::Cpu, cfg, args),
+    }
+}
+
+fn run_on<B: crate::backend::Backend>(be: &B, cfg: TrainConfig, args: &TrainArgs) -> Result<()> {
     if args.demo_ablation {
-        return crate::pipeline::ablation::run_ablation(cfg);
+        return crate::pipeline::ablation::run_ablation(be, cfg);
     }
     let inputs = RunInputs::prepare(cfg)?;
     eprintln!("output: {}", inputs.out.display());
-    let report = run_pipeline(&inputs, args.resume.is_some())?;
+    let report = run_pipeline(be, &inputs, args.resume.is_some())?;
     println!("{}", format_report(&report));
     println!("metrics: {}", inputs.out.join("metrics.jsonl").display());
     Ok(())

@@ -8,14 +8,14 @@ use crate::model::safetensors_io::write_atomic;
 use crate::train::checkpoint::latest_checkpoint;
 use anyhow::{Context, Result};
 
-pub fn run_ablation(cfg: TrainConfig) -> Result<()> {
+pub fn run_ablation<B: crate::backend::Backend>(be: &B, cfg: TrainConfig) -> Result<()> {
     let out = cfg.output.dir.clone();
     // One SFT run shared by both arms.
     let mut sft_cfg = cfg.clone();
     sft_cfg.rl.steps = 0;
     let sft_inputs = RunInputs::prepare(sft_cfg)?;
     eprintln!("ablation: cold-start SFT into {}", out.display());
-    let sft_report = run_pipeline(&sft_inputs, false)?;
+    let sft_report = run_pipeline(be, &sft_inputs, false)?;
     let start = latest_checkpoint(&out.join("sft"))?.context("the SFT phase left no checkpoint")?;
     let mut arms: Vec<(f32, RunReport)> = Vec::new();
     for lambda in [0.0f32, 1.0] {
@@ -27,7 +27,7 @@ pub fn run_ablation(cfg: TrainConfig) -> Result<()> {
         c.vas.lambda = lambda;
         eprintln!("ablation: GRPO with lambda = {lambda} into {}", c.output.dir.display());
         let inputs = RunInputs::prepare(c)?;
-        arms.push((lambda, run_pipeline(&inputs, false)?));
+        arms.push((lambda, run_pipeline(be, &inputs, false)?));
     }
     let table = format_ablation(&sft_report, &arms);
     write_atomic(&out.join("ablation.md"), table.as_bytes())?;

@@ -6,7 +6,6 @@ use super::config::TrainConfig;
 use super::demo_setup::materialize_demo;
 use super::metrics::{read_metrics, MetricsLog};
 use super::rl_phase::{bar, grpo_settings, RlPhase, RlStepSummary};
-use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::data::prompt::render_prompt;
 use crate::data::rl_items::{load_rl_items, RlItem};
@@ -162,9 +161,8 @@ fn sft_config(cfg: &TrainConfig) -> SftConfig {
     }
 }
 
-/// Runs (or, with `resume`, continues) the pipeline on the CPU backend.
-pub fn run_pipeline(inputs: &RunInputs, resume: bool) -> Result<RunReport> {
-    let be = Cpu;
+/// Runs (or, with `resume`, continues) the pipeline on backend `be`.
+pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Result<RunReport> {
     let t0 = Instant::now();
     let cfg = &inputs.cfg;
     let out = &inputs.out;
@@ -187,10 +185,10 @@ pub fn run_pipeline(inputs: &RunInputs, resume: bool) -> Result<RunReport> {
     let (mut policy, rl_start_dir) = if rl_ck.is_some() {
         (None, None)
     } else {
-        let model = Qwen2::load(&be, &cfg.model.dir)?;
+        let model = Qwen2::load(be, &cfg.model.dir)?;
         if sft_ck.is_none() {
             // Without an SFT phase the starting model is what RL starts from: report it so.
-            let e = inputs.evaluate(&be, &model)?;
+            let e = inputs.evaluate(be, &model)?;
             if want_sft {
                 report.before_sft = e;
                 log_eval(&mut log, "sft", 0, "before SFT", &report.before_sft)?;
@@ -205,13 +203,13 @@ pub fn run_pipeline(inputs: &RunInputs, resume: bool) -> Result<RunReport> {
                 eprintln!("note: {dropped} SFT example(s) had no trained token within sft.max_len and were dropped");
             }
             let mut tr = match &sft_ck {
-                Some(ck) => SftTrainer::resume(&be, ck, data)?,
-                None => SftTrainer::new(&be, model, data, sft_config(cfg))?,
+                Some(ck) => SftTrainer::resume(be, ck, data)?,
+                None => SftTrainer::new(be, model, data, sft_config(cfg))?,
             };
             let pb = bar(tr.state.total_steps, "cold-start SFT");
             pb.set_position(tr.state.step);
             while !tr.done() {
-                let m = tr.step(&be)?;
+                let m = tr.step(be)?;
                 if !m.loss.is_finite() || m.skipped {
                     bail!("SFT step {}: the loss or gradient is not finite; stopping. Last good checkpoint: {:?}", m.step, latest_checkpoint(&sft_dir)?);
                 }
@@ -224,12 +222,12 @@ pub fn run_pipeline(inputs: &RunInputs, resume: bool) -> Result<RunReport> {
                 }
                 let every = cfg.output.checkpoint_every as u64;
                 if (every > 0 && m.step % every == 0) || tr.done() {
-                    tr.save(&be, &sft_dir, cfg.output.save_dtype, Some(&inputs.tokenizer_path))?;
+                    tr.save(be, &sft_dir, cfg.output.save_dtype, Some(&inputs.tokenizer_path))?;
                     prune_checkpoints(&sft_dir, cfg.output.keep_checkpoints)?;
                 }
             }
             pb.finish_and_clear();
-            report.after_sft = inputs.evaluate(&be, &tr.model)?;
+            report.after_sft = inputs.evaluate(be, &tr.model)?;
             log_eval(&mut log, "sft", tr.state.step, "after SFT", &report.after_sft)?;
             let dir = latest_checkpoint(&sft_dir)?.context("SFT finished without a checkpoint")?;
             (Some(tr.model), Some(dir))
@@ -242,10 +240,10 @@ pub fn run_pipeline(inputs: &RunInputs, resume: bool) -> Result<RunReport> {
     if cfg.rl.steps > 0 && !inputs.rl_items.is_empty() {
         let settings = match &policy {
             Some(p) => inputs.settings(p),
-            None => inputs.settings(&Qwen2::<Cpu>::load(&be, &cfg.model.dir)?),
+            None => inputs.settings(&Qwen2::<B>::load(be, &cfg.model.dir)?),
         };
         let phase = RlPhase {
-            be: &be,
+            be,
             cfg,
             tok: &inputs.tok,
             tokenizer_path: &inputs.tokenizer_path,
@@ -260,7 +258,7 @@ pub fn run_pipeline(inputs: &RunInputs, resume: bool) -> Result<RunReport> {
         };
         let steps = phase.run(&mut run, &mut log, |_m, _s| Ok(()))?;
         report.rl_steps.extend(steps);
-        report.after_rl = inputs.evaluate(&be, &run.policy)?;
+        report.after_rl = inputs.evaluate(be, &run.policy)?;
         log_eval(&mut log, "rl", run.state.step, "after RL", &report.after_rl)?;
     }
     report.seconds += t0.elapsed().as_secs_f64();
