@@ -18,6 +18,9 @@ pub struct TrainArgs {
     /// Override any key, e.g. --set rl.lr=1e-6 --set model.dir=/models/qwen (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub sets: Vec<String>,
+    /// auto | cpu | cuda | cuda:N (same as --set model.device=...).
+    #[arg(long)]
+    pub device: Option<String>,
     /// Output directory (same as --set output.dir=...).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -51,6 +54,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         (None, None) => TrainConfig::demo(),
     };
     cfg.apply_overrides(&args.sets)?;
+    if let Some(d) = &args.device {
+        cfg.model.device = d.clone();
+    }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();
     }

@@ -123,6 +123,14 @@ impl Qwen2Config {
             .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
             .unwrap_or(10000.0)
     }
+    /// Every id must index the vocabulary; the error names the offending id and position.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.vocab_size) {
+            bail!("token id {id} at position {i} is out of range (vocab_size {})", self.vocab_size);
+        }
+        Ok(())
+    }
+
     /// End-of-sequence ids (the field may be a number or a list).
     pub fn eos_ids(&self) -> Vec<u32> {
         match &self.eos_token_id {

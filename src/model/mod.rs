@@ -17,7 +17,7 @@ pub use kv_cache::KvCache;
 pub use params::ParamLayout;
 
 use crate::backend::{AttnShape, Backend};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::Path;
 
 /// A Qwen2 model on a backend: config, parameter layout, and one buffer per parameter.
@@ -56,10 +56,7 @@ impl<B: Backend> Qwen2<B> {
 
     /// Every id must index the vocabulary; the error names the offending id and position.
     pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.cfg.vocab_size) {
-            bail!("token id {id} at position {i} is out of range (vocab_size {})", self.cfg.vocab_size);
-        }
-        Ok(())
+        self.cfg.check_ids(ids)
     }
 }
 

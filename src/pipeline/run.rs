@@ -7,13 +7,14 @@ use super::demo_setup::materialize_demo;
 use super::metrics::{read_metrics, MetricsLog};
 use super::rl_phase::{bar, grpo_settings, RlPhase, RlStepSummary};
 use crate::backend::Backend;
-use crate::data::prompt::render_prompt;
 use crate::data::rl_items::{load_rl_items, RlItem};
 use crate::data::sft_data::load_sft_dataset;
 use crate::model::safetensors_io::write_atomic;
-use crate::model::Qwen2;
+use crate::model::{Qwen2, Qwen2Config};
 use crate::optim::AdamwConfig;
-use crate::rl::trainer::{collect, GrpoSettings};
+use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
+use crate::rl::graded::{encode_prompts, stop_ids};
+use crate::rl::trainer::GrpoSettings;
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::latest_checkpoint;
 use crate::train::sft::{SftConfig, SftTrainer};
@@ -50,21 +51,16 @@ pub struct RunInputs {
     pub rl_items: Vec<RlItem>,
     pub rl_prompts: Vec<Vec<u32>>,
     pub eval_items: Vec<RlItem>,
-    pub eval_prompts: Vec<Vec<u32>>,
 }
 
-/// Tokenized prompts of `items`; a prompt longer than `max_len` is an error naming the item.
-fn prompts_of(tok: &Tokenizer, items: &[RlItem], cfg: &TrainConfig) -> Result<Vec<Vec<u32>>> {
-    items
-        .iter()
-        .map(|it| {
-            let ids = tok.encode(&render_prompt(&it.problem, cfg.data.prompt_style))?;
-            if ids.len() > cfg.rl.max_prompt_len {
-                bail!("item {:?}: prompt has {} tokens, over rl.max_prompt_len {}", it.id_or(0), ids.len(), cfg.rl.max_prompt_len);
-            }
-            Ok(ids)
-        })
-        .collect()
+/// Tokenized prompts of `items`; a prompt longer than `rl.max_prompt_len` is an error naming
+/// the item.
+fn prompts_of(model: &Qwen2Config, tok: &Tokenizer, items: &[RlItem], cfg: &TrainConfig) -> Result<Vec<Vec<u32>>> {
+    let prompts = encode_prompts(model, tok, items, cfg.data.prompt_style, cfg.rl.max_new_tokens)?;
+    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() > cfg.rl.max_prompt_len) {
+        bail!("item {:?}: prompt has {} tokens, over rl.max_prompt_len {}", items[i].id_or(i), p.len(), cfg.rl.max_prompt_len);
+    }
+    Ok(prompts)
 }
 
 impl RunInputs {
@@ -93,22 +89,16 @@ impl RunInputs {
         if !rl_items.is_empty() && cfg.rl.batch_size > rl_items.len() {
             bail!("rl.batch_size {} is larger than the {} RL items in {}", cfg.rl.batch_size, rl_items.len(), cfg.data.rl.display());
         }
-        let rl_prompts = prompts_of(&tok, &rl_items, &cfg)?;
-        let eval_prompts = prompts_of(&tok, &eval_items, &cfg)?;
+        // The model's config bounds prompt lengths; its weights are loaded by the phases.
+        let mcfg = Qwen2Config::load(&cfg.model.dir)?;
+        let rl_prompts = prompts_of(&mcfg, &tok, &rl_items, &cfg)?;
+        prompts_of(&mcfg, &tok, &eval_items, &cfg)?;
         write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-        Ok(RunInputs { cfg, out, tok, tokenizer_path, rl_items, rl_prompts, eval_items, eval_prompts })
-    }
-
-    fn stop_ids(&self, model: &Qwen2<impl Backend>) -> Vec<u32> {
-        let mut ids = self.tok.stop_ids();
-        ids.extend(model.cfg.eos_ids());
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        Ok(RunInputs { cfg, out, tok, tokenizer_path, rl_items, rl_prompts, eval_items })
     }
 
     pub fn settings(&self, model: &Qwen2<impl Backend>) -> GrpoSettings {
-        grpo_settings(&self.cfg, self.stop_ids(model))
+        grpo_settings(&self.cfg, stop_ids(model, &self.tok))
     }
 
     /// Accuracy of `model` on the eval items (greedy unless eval.temperature > 0).
@@ -116,24 +106,20 @@ impl RunInputs {
         if self.eval_items.is_empty() {
             return Ok(None);
         }
-        let mut s = self.settings(model);
-        s.group_size = 1;
-        s.sampling.temperature = self.cfg.eval.temperature;
-        let idx: Vec<usize> = (0..self.eval_items.len()).collect();
-        let pb = bar(idx.len() as u64, "evaluating");
-        let mut verdicts = Vec::new();
-        for part in idx.chunks(64) {
-            let (exp, _) = collect(model, be, &self.tok, &self.eval_items, &self.eval_prompts, part, &s, self.cfg.seed ^ 0xe7a1, |_| {})?;
-            verdicts.extend(exp.verdicts);
-            pb.inc(part.len() as u64);
-        }
+        let params = EvalParams {
+            k: 1,
+            temperature: self.cfg.eval.temperature,
+            top_p: 1.0,
+            max_new_tokens: self.cfg.rl.max_new_tokens,
+            prompt_style: self.cfg.data.prompt_style,
+            seed: self.cfg.seed ^ 0xe7a1,
+            max_items: 0,
+            batch_items: 64,
+        };
+        let pb = bar(self.eval_items.len() as u64, "evaluating");
+        let r = evaluate_with_progress(model, be, &self.tok, &self.eval_items, &params, |done| pb.set_position(done as u64))?;
         pb.finish_and_clear();
-        let n = verdicts.len().max(1) as f64;
-        Ok(Some(EvalResult {
-            accuracy: verdicts.iter().map(|v| v.accuracy as f64).sum::<f64>() / n,
-            format: verdicts.iter().map(|v| v.format as f64).sum::<f64>() / n,
-            items: verdicts.len(),
-        }))
+        Ok(Some(EvalResult { accuracy: r.accuracy, format: r.format_rate, items: r.items }))
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::data::prompt::{render_prompt, PromptStyle};
 use crate::data::rl_items::RlItem;
-use crate::model::Qwen2;
+use crate::model::{Qwen2, Qwen2Config};
 use crate::rl::reward::{RewardConfig, RewardItem, Verdict};
 use crate::rl::rollout::{generate, mix_seed, SamplingParams, StopReason};
 use crate::tokenizer::Tokenizer;
@@ -53,14 +53,14 @@ pub fn reward_item(item: &RlItem) -> RewardItem {
 
 /// Token ids of every item's prompt; an item whose prompt plus `max_new_tokens` would not fit
 /// the model's positions is an error naming it, before any time is spent generating.
-pub fn encode_prompts<B: Backend>(
-    model: &Qwen2<B>,
+pub fn encode_prompts(
+    model: &Qwen2Config,
     tok: &Tokenizer,
     items: &[RlItem],
     style: PromptStyle,
     max_new_tokens: usize,
 ) -> Result<Vec<Vec<u32>>> {
-    let limit = model.cfg.max_position_embeddings;
+    let limit = model.max_position_embeddings;
     items
         .iter()
         .enumerate()
@@ -77,6 +77,22 @@ pub fn encode_prompts<B: Backend>(
             Ok(ids)
         })
         .collect()
+}
+
+/// Grades one response: the text is the decoded tokens without stop ids and special tokens
+/// (the stop token ends the turn; it is not part of the answer the format reward reads).
+pub fn grade_tokens(
+    tok: &Tokenizer,
+    tokens: &[u32],
+    stop_ids: &[u32],
+    reward: &RewardConfig,
+    reference: &RewardItem,
+) -> Result<(String, Verdict, f32)> {
+    let body: Vec<u32> = tokens.iter().copied().filter(|t| !stop_ids.contains(t)).collect();
+    let text = tok.decode(&body, false)?;
+    let verdict = reward.grade(&text, reference);
+    let total = reward.total(&verdict);
+    Ok((text, verdict, total))
 }
 
 /// `params.per_item` graded responses for every item, in item order; `on_progress(done)` is
@@ -99,7 +115,7 @@ pub fn sample_and_grade<B: Backend>(
         sampling.stop_ids = stop_ids(model, tok);
     }
     sampling.validate()?;
-    let prompts = encode_prompts(model, tok, items, params.prompt_style, sampling.max_new_tokens)?;
+    let prompts = encode_prompts(&model.cfg, tok, items, params.prompt_style, sampling.max_new_tokens)?;
     let mut out = Vec::with_capacity(items.len());
     for start in (0..items.len()).step_by(params.batch_items) {
         let end = (start + params.batch_items).min(items.len());
@@ -119,10 +135,7 @@ pub fn sample_and_grade<B: Backend>(
             let mut graded = Vec::with_capacity(params.per_item);
             for r in it.by_ref().take(params.per_item) {
                 debug_assert_eq!(r.prompt_index, k);
-                let body: Vec<u32> = r.tokens.iter().copied().filter(|t| !sampling.stop_ids.contains(t)).collect();
-                let text = tok.decode(&body, false)?;
-                let verdict = params.reward.grade(&text, &reference);
-                let reward = params.reward.total(&verdict);
+                let (text, verdict, reward) = grade_tokens(tok, &r.tokens, &sampling.stop_ids, &params.reward, &reference)?;
                 graded.push(GradedRollout { tokens: r.tokens, text, verdict, reward, stop: r.stop });
             }
             out.push(graded);

@@ -7,7 +7,8 @@
 
 use super::advantage::{broadcast_to_tokens, group_advantages, AdvantageConfig, GroupStats};
 use super::grpo::{policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer};
-use super::reward::{RewardConfig, RewardItem, Verdict};
+use super::graded::{grade_tokens, reward_item};
+use super::reward::{RewardConfig, Verdict};
 use super::rollout::{generate, SamplingParams};
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
@@ -99,18 +100,13 @@ pub fn collect<B: Backend>(
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
     let rollouts = generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?;
     let mut verdicts = Vec::with_capacity(rollouts.len());
+    let mut rewards = Vec::with_capacity(rollouts.len());
     for r in &rollouts {
-        // The stop token ends the turn; it is not part of the answer the format reward reads.
-        let body = match r.tokens.last() {
-            Some(t) if s.sampling.stop_ids.contains(t) => &r.tokens[..r.tokens.len() - 1],
-            _ => &r.tokens[..],
-        };
-        let text = tok.decode(body, true)?;
-        let item = &items[indices[r.prompt_index]];
-        let ri = RewardItem { answer: item.answer.clone().unwrap_or_default(), options: item.options.clone() };
-        verdicts.push(s.reward.grade(&text, &ri));
+        let reference = reward_item(&items[indices[r.prompt_index]]);
+        let (_, verdict, reward) = grade_tokens(tok, &r.tokens, &s.sampling.stop_ids, &s.reward, &reference)?;
+        verdicts.push(verdict);
+        rewards.push(reward);
     }
-    let rewards: Vec<f32> = verdicts.iter().map(|v| s.reward.total(v)).collect();
     let (advantages, stats) = group_advantages(&rewards, s.group_size, &s.adv);
     let exp = Experience {
         items: indices.to_vec(),
