@@ -197,6 +197,8 @@ fn sft_command_trains_saves_and_resumes() {
     assert!(lines.iter().all(|l| l["loss"].as_f64().unwrap() > 0.0 && l["grad_norm"].as_f64().unwrap() > 0.0));
     // The finished model is written to OUT itself (bf16) and loads.
     let m = Qwen2::load(&Cpu, &out).unwrap();
-    assert_eq!(m.cfg, small_config(16));
+    let mut want = small_config(16);
+    want.extra.insert("torch_dtype".into(), "bfloat16".into()); // says what the file holds
+    assert_eq!(m.cfg, want);
     assert_eq!(std::fs::read_to_string(out.join("latest")).unwrap().trim(), "checkpoint-4");
 }

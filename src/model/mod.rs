@@ -66,26 +66,6 @@ impl<B: Backend> Qwen2<B> {
     pub fn save_pretrained(&self, be: &B, dir: &Path, dtype: safetensors_io::SaveDtype) -> Result<()> {
         use anyhow::Context;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut cfg = self.cfg.clone();
-        let dtype_name = match dtype {
-            safetensors_io::SaveDtype::F32 => "float32",
-            safetensors_io::SaveDtype::Bf16 => "bfloat16",
-        };
-        // Released checkpoints say `torch_dtype`, transformers 5 says `dtype`: keep whichever
-        // the config had, and set the one we write.
-        let key = if cfg.extra.contains_key("dtype") { "dtype" } else { "torch_dtype" };
-        cfg.extra.insert(key.into(), dtype_name.into());
-        let json = serde_json::to_string_pretty(&cfg)?;
-        safetensors_io::write_atomic(&dir.join("config.json"), json.as_bytes())?;
-        let host = self.to_host(be);
-        let tensors: Vec<(String, Vec<usize>, &[f32])> = self
-            .layout
-            .specs
-            .iter()
-            .zip(&host)
-            .map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice()))
-            .collect();
-        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors_io::save_tensors(&dir.join("model.safetensors"), &tensors, dtype, Some(meta))
+        safetensors_io::write_model_files(dir, &self.cfg, &self.layout, &self.to_host(be), dtype, None)
     }
 }

@@ -2,6 +2,7 @@
 //! shards listed by `model.safetensors.index.json`; f32, f16 and bf16 on disk. Files are
 //! memory-mapped (memmap2) so loading a large model does not copy it twice.
 
+use super::config::Qwen2Config;
 use super::params::ParamLayout;
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -135,5 +136,46 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
     drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Writes a Hugging Face model directory's files (config.json, model.safetensors,
+/// tokenizer.json when `tokenizer` is given) into `dir`, which must exist.
+pub fn write_model_files(
+    dir: &Path,
+    cfg: &Qwen2Config,
+    layout: &ParamLayout,
+    host: &[Vec<f32>],
+    dtype: SaveDtype,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    // The dtype key (transformers 4: torch_dtype, 5: dtype) says what the file holds.
+    let mut cfg = cfg.clone();
+    let name = match dtype {
+        SaveDtype::F32 => "float32",
+        SaveDtype::Bf16 => "bfloat16",
+    };
+    // Keep whichever key the config had; a config with neither gets torch_dtype (what
+    // released checkpoints use).
+    let key = if cfg.extra.contains_key("dtype") { "dtype" } else { "torch_dtype" };
+    cfg.extra.insert(key.into(), serde_json::Value::String(name.into()));
+    if key == "dtype" {
+        cfg.extra.remove("torch_dtype");
+    }
+    let json = serde_json::to_vec_pretty(&cfg)?;
+    write_atomic(&dir.join("config.json"), &json)?;
+    let tensors: Vec<(String, Vec<usize>, &[f32])> =
+        layout.specs.iter().zip(host).map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice())).collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    save_tensors(&dir.join("model.safetensors"), &tensors, dtype, Some(meta))?;
+    if let Some(src) = tokenizer {
+        let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+        write_atomic(&dir.join("tokenizer.json"), &data)?;
+        // tokenizer_config.json carries the chat template for transformers; copy it if present.
+        let tc = src.with_file_name("tokenizer_config.json");
+        if tc.exists() {
+            write_atomic(&dir.join("tokenizer_config.json"), &std::fs::read(&tc)?)?;
+        }
+    }
     Ok(())
 }

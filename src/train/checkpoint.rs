@@ -34,44 +34,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
-/// Writes a Hugging Face model directory's files (config.json, model.safetensors,
-/// tokenizer.json when `tokenizer` is given) into `dir`, which must exist.
-pub fn write_model_files(
-    dir: &Path,
-    cfg: &Qwen2Config,
-    layout: &ParamLayout,
-    host: &[Vec<f32>],
-    dtype: SaveDtype,
-    tokenizer: Option<&Path>,
-) -> Result<()> {
-    // The dtype key (transformers 4: torch_dtype, 5: dtype) says what the file holds.
-    let mut cfg = cfg.clone();
-    let name = match dtype {
-        SaveDtype::F32 => "float32",
-        SaveDtype::Bf16 => "bfloat16",
-    };
-    for key in ["torch_dtype", "dtype"] {
-        if let Some(v) = cfg.extra.get_mut(key) {
-            *v = serde_json::Value::String(name.into());
-        }
-    }
-    let json = serde_json::to_vec_pretty(&cfg)?;
-    write_atomic(&dir.join("config.json"), &json)?;
-    let tensors: Vec<(String, Vec<usize>, &[f32])> =
-        layout.specs.iter().zip(host).map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice())).collect();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    save_tensors(&dir.join("model.safetensors"), &tensors, dtype, Some(meta))?;
-    if let Some(src) = tokenizer {
-        let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
-        write_atomic(&dir.join("tokenizer.json"), &data)?;
-        // tokenizer_config.json carries the chat template for transformers; copy it if present.
-        let tc = src.with_file_name("tokenizer_config.json");
-        if tc.exists() {
-            write_atomic(&dir.join("tokenizer_config.json"), &std::fs::read(&tc)?)?;
-        }
-    }
-    Ok(())
-}
 
 /// Saves a full training checkpoint as `out/checkpoint-{step}` and points `out/latest` at it.
 /// Returns the checkpoint directory.
@@ -96,7 +58,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
     let host = model.to_host(be);
-    write_model_files(&tmp, &model.cfg, &model.layout, &host, dtype, tokenizer)?;
+    crate::model::safetensors_io::write_model_files(&tmp, &model.cfg, &model.layout, &host, dtype, tokenizer)?;
 
     let m: Vec<Vec<f32>> = opt.m.iter().map(|b| be.download(b)).collect();
     let v: Vec<Vec<f32>> = opt.v.iter().map(|b| be.download(b)).collect();

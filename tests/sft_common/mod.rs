@@ -5,7 +5,7 @@
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::safetensors_io::SaveDtype;
 use mmr1_fast::model::{ParamLayout, Qwen2Config};
-use mmr1_fast::train::checkpoint::write_model_files;
+use mmr1_fast::model::safetensors_io::write_model_files;
 use std::path::{Path, PathBuf};
 
 pub fn tokenizer_path() -> PathBuf {
