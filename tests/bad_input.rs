@@ -130,3 +130,31 @@ fn cli_errors_exit_nonzero_without_panic() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("/nonexistent/dir") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn f16_weights_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = random_model(tiny_config(40, false), 3);
+    m.save_pretrained(&Cpu, tmp.path(), SaveDtype::F32).unwrap();
+    let wpath = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&wpath).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let f = mmr1_fast::model::safetensors_io::to_f32(&v).unwrap();
+            (name, v.shape().to_vec(), f.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())
+        })
+        .collect();
+    let views: std::collections::BTreeMap<_, _> = halves
+        .iter()
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(&wpath, safetensors::serialize(views, None).unwrap()).unwrap();
+    let back = Qwen2::load(&Cpu, tmp.path()).unwrap();
+    for (a, b) in back.params.iter().zip(&m.params) {
+        let e = rel_l2(a, b);
+        assert!(e > 0.0 && e < 1e-3, "f16 round trip error {e}");
+    }
+}

@@ -63,6 +63,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(d) = &args.resume {
         cfg.output.dir = d.clone();
     }
+    cfg.validate()?;
     let device = super::device::resolve(cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?)?;
     match device {
         #[cfg(feature = "cuda")]
