@@ -15,6 +15,7 @@ use crate::data::rl_items::RlItem;
 use crate::model::backward::GradScratch;
 use crate::model::{Acts, Packed, Qwen2};
 use crate::optim::{AdamW, StepReport};
+use crate::train::pack_ranges;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -152,26 +153,6 @@ fn sequence(exp: &Experience, r: usize) -> Vec<u32> {
     s
 }
 
-/// Contiguous runs of responses whose sequences total at most `budget` tokens (a longer
-/// single response gets a run of its own). Responses are never split.
-pub fn micro_batches(lens: &[usize], range: Range<usize>, budget: usize) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = range.start;
-    let mut acc = 0;
-    for r in range.clone() {
-        if r > start && acc + lens[r] > budget {
-            out.push(start..r);
-            start = r;
-            acc = 0;
-        }
-        acc += lens[r];
-    }
-    if start < range.end {
-        out.push(start..range.end);
-    }
-    out
-}
-
 /// Forward of responses `rs`; returns the packed batch, per-row targets, and the packed row
 /// of every response token (in response order).
 fn forward_responses<B: Backend>(
@@ -240,7 +221,7 @@ pub fn update<B: Backend>(
         .step_by(per_mini.max(1))
         .map(|g0| g0 * exp.group_size..((g0 + per_mini).min(groups)) * exp.group_size)
         .collect();
-    let micro_of: Vec<Vec<Range<usize>>> = minis.iter().map(|m| micro_batches(&lens, m.clone(), s.micro_batch_tokens)).collect();
+    let micro_of: Vec<Vec<Range<usize>>> = minis.iter().map(|m| pack_ranges(&lens, m.clone(), s.micro_batch_tokens)).collect();
     let all_micro: Vec<Range<usize>> = micro_of.iter().flatten().cloned().collect();
 
     let logp_old = response_logprobs(policy, be, exp, &all_micro, inv_temp, &mut st.acts)?;
@@ -308,17 +289,4 @@ pub fn update<B: Backend>(
 /// Offsets shifted to start at 0.
 fn rebase(offsets: &[usize]) -> Vec<usize> {
     offsets.iter().map(|o| o - offsets[0]).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn micro_batches_respect_the_budget_and_never_split() {
-        let lens = [5, 5, 5, 20, 1, 1];
-        assert_eq!(micro_batches(&lens, 0..6, 10), vec![0..2, 2..3, 3..4, 4..6]);
-        assert_eq!(micro_batches(&lens, 2..5, 100), vec![2..5]);
-        assert_eq!(micro_batches(&lens, 3..3, 10), Vec::<Range<usize>>::new());
-    }
 }

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod sft;
 
 use crate::backend::Backend;
+use std::ops::Range;
 use crate::model::{Acts, GradScratch, Packed, Qwen2};
 use anyhow::Result;
 
@@ -93,4 +94,38 @@ pub fn micro_step<B: Backend>(
     let g = loss.eval(&lp, &ent);
     model.backward_with(be, batch, acts, &targets, &g.dlp, g.dent.as_deref(), inv_temp, grads, &mut ws.scratch);
     Ok(g.loss)
+}
+
+/// Contiguous runs of `range` whose lengths total at most `budget` tokens (a longer single
+/// sequence gets a run of its own); sequences are never split. SFT packs examples with it,
+/// GRPO the responses of a mini-batch.
+pub fn pack_ranges(lens: &[usize], range: Range<usize>, budget: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut acc) = (range.start, 0);
+    for r in range.clone() {
+        if r > start && acc + lens[r] > budget {
+            out.push(start..r);
+            start = r;
+            acc = 0;
+        }
+        acc += lens[r];
+    }
+    if start < range.end {
+        out.push(start..range.end);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_ranges;
+    use std::ops::Range;
+
+    #[test]
+    fn pack_ranges_respects_the_budget_and_never_splits() {
+        let lens = [5, 5, 5, 20, 1, 1];
+        assert_eq!(pack_ranges(&lens, 0..6, 10), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(pack_ranges(&lens, 2..5, 100), vec![2..5]);
+        assert_eq!(pack_ranges(&lens, 3..3, 10), Vec::<Range<usize>>::new());
+    }
 }

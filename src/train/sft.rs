@@ -141,20 +141,7 @@ fn epoch_order(n: usize, rng: &ChaCha8Rng) -> (Vec<usize>, ChaCha8Rng) {
 
 /// Splits sequences (in order) into packed micro-batches of at most `max_tokens` tokens.
 pub fn pack_micro_batches(lens: &[usize], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut tokens) = (0, 0);
-    for (i, &l) in lens.iter().enumerate() {
-        if i > start && tokens + l > max_tokens {
-            out.push(start..i);
-            start = i;
-            tokens = 0;
-        }
-        tokens += l;
-    }
-    if start < lens.len() {
-        out.push(start..lens.len());
-    }
-    out
+    super::pack_ranges(lens, 0..lens.len(), max_tokens)
 }
 
 impl<B: Backend> SftTrainer<B> {
