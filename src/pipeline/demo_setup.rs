@@ -6,7 +6,7 @@ use super::config::TrainConfig;
 use crate::data::demo::{demo_config, demo_tokenizer, teacher_solution, DemoTask};
 use crate::data::rl_items::RlItem;
 use crate::model::init::{init_params, Init};
-use crate::model::safetensors_io::write_atomic;
+use crate::data::jsonl::write_jsonl;
 use crate::model::{ParamLayout, Qwen2};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -18,15 +18,6 @@ pub const DEMO_RL_ITEMS: usize = 256;
 pub const DEMO_EVAL_ITEMS: usize = 200;
 /// How often the demo's SFT teacher drops a carry (see `teacher_solution`).
 pub const DEMO_TEACHER_SLIP: f64 = 0.5;
-
-fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut s = String::new();
-    for r in rows {
-        s.push_str(&serde_json::to_string(r)?);
-        s.push('\n');
-    }
-    write_atomic(path, s.as_bytes())
-}
 
 /// Writes the demo's model and data under `out/demo` and points `cfg` at them.
 pub fn materialize_demo(cfg: &mut TrainConfig, out: &Path) -> Result<()> {
