@@ -7,6 +7,7 @@ pub mod data;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
+pub mod progress;
 pub mod rl;
 pub mod tokenizer;
 pub mod train;

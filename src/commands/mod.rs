@@ -5,7 +5,6 @@ pub mod eval;
 pub mod generate;
 pub mod logprobs;
 pub mod plot;
-pub mod progress;
 pub mod reward;
 pub mod score;
 pub mod sft;

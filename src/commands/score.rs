@@ -166,7 +166,7 @@ fn with_model(args: &ScoreArgs, model_dir: &Path, data: &Path, vps: VpsParams) -
         seed: args.seed,
         reward: RewardConfig::default(),
     };
-    let pb = super::progress::items_bar(items.len(), "scoring");
+    let pb = crate::progress::bar(items.len() as u64, "scoring");
     let (scores, rollouts) = score_with_model(&model, &be, &tok, &items, &grade, vps, |done| pb.set_position(done as u64))?;
     pb.finish_and_clear();
     if let Some(p) = &args.rollouts_out {

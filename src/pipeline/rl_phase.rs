@@ -18,7 +18,7 @@ use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::progress::bar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -328,12 +328,4 @@ fn vps_summary(t: &VpsTable) -> serde_json::Value {
 
 fn mean(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64).sum::<f64>() / x.len().max(1) as f64
-}
-
-/// A progress bar on stderr (hidden when stderr is not a terminal).
-pub fn bar(len: u64, label: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "));
-    pb.set_message(label.to_string());
-    pb
 }

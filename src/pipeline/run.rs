@@ -5,7 +5,8 @@
 use super::config::TrainConfig;
 use super::demo_setup::materialize_demo;
 use super::metrics::{read_metrics, MetricsLog};
-use super::rl_phase::{bar, grpo_settings, RlPhase, RlStepSummary};
+use super::rl_phase::{grpo_settings, RlPhase, RlStepSummary};
+use crate::progress::bar;
 use crate::backend::Backend;
 use crate::data::rl_items::{load_rl_items, RlItem};
 use crate::data::sft_data::load_sft_dataset;
