@@ -45,7 +45,7 @@ pub fn run(args: &LogprobsArgs) -> Result<()> {
     let mut acts = None;
     model.forward(&be, &batch, &mut acts)?;
     let acts = acts.expect("forward planned the activations");
-    let (targets, _) = batch.next_token_targets();
+    let (targets, has_target) = batch.next_token_targets();
     let (lp, _) = model.token_logprobs(&be, &acts, &targets, 1.0 / args.temperature);
     let last_rows: Vec<usize> = batch.spans.iter().map(|s| s.q_start + s.q_len - 1).collect();
     let last_logits = model.logits_of_rows(&be, &acts.xn_f, &last_rows);
@@ -57,7 +57,7 @@ pub fn run(args: &LogprobsArgs) -> Result<()> {
         tensors.push((format!("last_logits.{i}"), vec![v], &last_logits[i * v..(i + 1) * v]));
     }
     save_tensors(&args.out, &tensors, SaveDtype::F32, None)?;
-    let total: f64 = lp.iter().zip(batch.next_token_targets().1).filter(|(_, h)| *h).map(|(x, _)| *x as f64).sum();
+    let total: f64 = lp.iter().zip(&has_target).filter(|(_, h)| **h).map(|(x, _)| *x as f64).sum();
     let n_pred = batch.tokens() - seqs.len();
     println!(
         "{} sequences, {} predicted tokens, mean log-prob {:.4}; wrote {}",
