@@ -67,14 +67,22 @@ fn main() {
 
 /// `OUT_DIR/kernels.rs`: the kernel source always, PTX per architecture when NVRTC ran.
 fn write_kernels_rs(out: &Path, ptx: Option<&[(&str, String)]>) {
-    let mut rs = String::from("/// All kernels as one CUDA C++ source (compiled at run time when no PTX is embedded).\n");
-    rs.push_str("pub const SOURCE: &str = include_str!(concat!(env!(\"OUT_DIR\"), \"/kernels_all.cu\"));\n");
+    let mut rs = String::from(
+        "/// All kernels as one CUDA C++ source (compiled at run time when no PTX is embedded).\n",
+    );
+    rs.push_str(
+        "pub const SOURCE: &str = include_str!(concat!(env!(\"OUT_DIR\"), \"/kernels_all.cu\"));\n",
+    );
     rs.push_str("/// Embedded PTX as (virtual architecture, text), e.g. (\"compute_90\", ...).\npub const PTX: &[(&str, &str)] = &[\n");
     if let Some(ptx) = ptx {
         for (arch, text) in ptx {
             let file = format!("kernels_{arch}.ptx");
             fs::write(out.join(&file), text).unwrap();
-            writeln!(rs, "    (\"{arch}\", include_str!(concat!(env!(\"OUT_DIR\"), \"/{file}\"))),").unwrap();
+            writeln!(
+                rs,
+                "    (\"{arch}\", include_str!(concat!(env!(\"OUT_DIR\"), \"/{file}\"))),"
+            )
+            .unwrap();
         }
     }
     rs.push_str("];\n");
@@ -137,7 +145,9 @@ fn nvrtc_build(root: &Path, out: &Path, all: &str) {
             Ok(p) => ptx.push((arch, p.to_src())),
             Err(e) => {
                 let msg = match &e {
-                    cudarc::nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+                    cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+                        log.to_string_lossy().into_owned()
+                    }
                     other => format!("{other:?}"),
                 };
                 panic!("NVRTC failed to compile the kernels for {arch}:\n{msg}");

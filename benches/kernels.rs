@@ -60,14 +60,19 @@ mod gpu {
             .sample_size(10)
             .configure_from_args();
         let mut r = ChaCha8Rng::seed_from_u64(0);
-        let (t, d, ffn, h, hkv, hd, vocab) = (4096usize, 1536usize, 8960usize, 12usize, 2usize, 128usize, 151936usize);
+        let (t, d, ffn, h, hkv, hd, vocab) =
+            (4096usize, 1536usize, 8960usize, 12usize, 2usize, 128usize, 151936usize);
 
         // ---- memory-bound elementwise ops
         let n = 64 << 20;
         let mut x = rand_buf(&b, &mut r, n, 1.0);
         let y = rand_buf(&b, &mut r, n, 1.0);
         let mut g = c.benchmark_group("elementwise");
-        let bench = |g: &mut criterion::BenchmarkGroup<_>, meta: &mut Meta, id: &str, bytes: usize, f: &mut dyn FnMut()| {
+        let bench = |g: &mut criterion::BenchmarkGroup<_>,
+                     meta: &mut Meta,
+                     id: &str,
+                     bytes: usize,
+                     f: &mut dyn FnMut()| {
             g.throughput(Throughput::Bytes(bytes as u64));
             g.bench_function(id, |bch| bch.iter_custom(|it| timed(&b, it, &mut *f)));
             meta.record(id, bytes as f64, 0.0);
@@ -81,19 +86,35 @@ mod gpu {
             std::hint::black_box(b.sum_squares(&y));
         });
         let (mut pm, mut pv) = (b.zeros(n), b.zeros(n));
-        let hp = AdamwStep { lr: 1e-5, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01, step: 3, grad_scale: 1.0 };
-        bench(&mut g, &mut meta, "adamw", 28 * n, &mut || b.adamw(&mut z, &y, &mut pm, &mut pv, hp));
+        let hp = AdamwStep {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            step: 3,
+            grad_scale: 1.0,
+        };
+        bench(&mut g, &mut meta, "adamw", 28 * n, &mut || {
+            b.adamw(&mut z, &y, &mut pm, &mut pv, hp)
+        });
         drop((pm, pv, x));
         let nf = t * ffn;
         let (gate, up) = (rand_buf(&b, &mut r, nf, 3.0), rand_buf(&b, &mut r, nf, 1.0));
         let (mut o1, mut o2) = (b.zeros(nf), b.zeros(nf));
         bench(&mut g, &mut meta, "swiglu", 12 * nf, &mut || b.swiglu(&mut o1, &gate, &up));
-        bench(&mut g, &mut meta, "swiglu_backward", 20 * nf, &mut || b.swiglu_backward(&mut o1, &mut o2, &y, &gate, &up));
+        bench(&mut g, &mut meta, "swiglu_backward", 20 * nf, &mut || {
+            b.swiglu_backward(&mut o1, &mut o2, &y, &gate, &up)
+        });
         let mut xb = rand_buf(&b, &mut r, t * ffn, 1.0);
         let bias = rand_buf(&b, &mut r, ffn, 1.0);
-        bench(&mut g, &mut meta, "add_bias", 8 * t * ffn, &mut || b.add_bias(&mut xb, &bias, t, ffn));
+        bench(&mut g, &mut meta, "add_bias", 8 * t * ffn, &mut || {
+            b.add_bias(&mut xb, &bias, t, ffn)
+        });
         let mut dbias = b.zeros(ffn);
-        bench(&mut g, &mut meta, "bias_backward", 4 * t * ffn, &mut || b.bias_backward(&mut dbias, &xb, t, ffn));
+        bench(&mut g, &mut meta, "bias_backward", 4 * t * ffn, &mut || {
+            b.bias_backward(&mut dbias, &xb, t, ffn)
+        });
         g.finish();
         drop((gate, up, o1, o2, xb, z, y));
 
@@ -101,25 +122,38 @@ mod gpu {
         let mut g = c.benchmark_group("decoder");
         let xs = rand_buf(&b, &mut r, t * d, 2.0);
         let w = rand_buf(&b, &mut r, d, 1.0);
-        let (mut out, mut rstd, mut dx, mut dw) = (b.zeros(t * d), b.zeros(t), b.zeros(t * d), b.zeros(d));
-        bench(&mut g, &mut meta, "rmsnorm", 8 * t * d, &mut || b.rmsnorm(&mut out, &mut rstd, &xs, &w, t, d, 1e-6));
-        bench(&mut g, &mut meta, "rmsnorm_backward", 16 * t * d, &mut || b.rmsnorm_backward(&mut dx, &mut dw, &out, &xs, &w, &rstd, t, d));
+        let (mut out, mut rstd, mut dx, mut dw) =
+            (b.zeros(t * d), b.zeros(t), b.zeros(t * d), b.zeros(d));
+        bench(&mut g, &mut meta, "rmsnorm", 8 * t * d, &mut || {
+            b.rmsnorm(&mut out, &mut rstd, &xs, &w, t, d, 1e-6)
+        });
+        bench(&mut g, &mut meta, "rmsnorm_backward", 16 * t * d, &mut || {
+            b.rmsnorm_backward(&mut dx, &mut dw, &out, &xs, &w, &rstd, t, d)
+        });
         let table = rand_buf(&b, &mut r, 32768 * d, 1.0);
         let ids: Vec<u32> = (0..t).map(|_| r.gen_range(0..32768)).collect();
-        bench(&mut g, &mut meta, "embedding", 8 * t * d, &mut || b.embedding(&mut out, &table, &ids, d));
+        bench(&mut g, &mut meta, "embedding", 8 * t * d, &mut || {
+            b.embedding(&mut out, &table, &ids, d)
+        });
         let mut dtable = b.zeros(32768 * d);
-        bench(&mut g, &mut meta, "embedding_backward", 12 * t * d, &mut || b.embedding_backward(&mut dtable, &xs, &ids, d));
+        bench(&mut g, &mut meta, "embedding_backward", 12 * t * d, &mut || {
+            b.embedding_backward(&mut dtable, &xs, &ids, d)
+        });
         drop((table, dtable));
         let mut qx = rand_buf(&b, &mut r, t * h * hd, 1.0);
         let pos: Vec<u32> = (0..t as u32).collect();
-        bench(&mut g, &mut meta, "rope", 8 * t * h * hd, &mut || b.rope(&mut qx, &pos, h, hd, 1e6, false));
+        bench(&mut g, &mut meta, "rope", 8 * t * h * hd, &mut || {
+            b.rope(&mut qx, &pos, h, hd, 1e6, false)
+        });
 
         // logprobs over a real vocabulary: 1024 rows x 151936
         let rows = 1024;
         let logits = rand_buf(&b, &mut r, rows * vocab, 4.0);
         let targets: Vec<u32> = (0..rows).map(|_| r.gen_range(0..vocab as u32)).collect();
         let (mut lp, mut ent) = (b.zeros(rows), b.zeros(rows));
-        bench(&mut g, &mut meta, "logprobs", 4 * rows * vocab, &mut || b.logprobs(&mut lp, &mut ent, &logits, &targets, rows, vocab, 1.0));
+        bench(&mut g, &mut meta, "logprobs", 4 * rows * vocab, &mut || {
+            b.logprobs(&mut lp, &mut ent, &logits, &targets, rows, vocab, 1.0)
+        });
         let mut dlog = b.zeros(rows * vocab);
         bench(&mut g, &mut meta, "logprobs_backward", 8 * rows * vocab, &mut || {
             b.logprobs_backward(&mut dlog, &logits, &targets, &lp, &ent, rows, vocab, 1.0)
@@ -129,30 +163,46 @@ mod gpu {
 
         // ---- FLOP-bound: attention (4 sequences of 1024) and matmul
         let mut g = c.benchmark_group("flops");
-        let fbench = |g: &mut criterion::BenchmarkGroup<_>, meta: &mut Meta, id: &str, flops: f64, f: &mut dyn FnMut()| {
+        let fbench = |g: &mut criterion::BenchmarkGroup<_>,
+                      meta: &mut Meta,
+                      id: &str,
+                      flops: f64,
+                      f: &mut dyn FnMut()| {
             g.throughput(Throughput::Elements(flops as u64));
             g.bench_function(id, |bch| bch.iter_custom(|it| timed(&b, it, &mut *f)));
             meta.record(id, 0.0, flops);
         };
-        let spans: Vec<AttnSpan> = (0..4).map(|i| AttnSpan { q_start: i * 1024, q_len: 1024, kv_start: i * 1024, kv_len: 1024 }).collect();
+        let spans: Vec<AttnSpan> = (0..4)
+            .map(|i| AttnSpan { q_start: i * 1024, q_len: 1024, kv_start: i * 1024, kv_len: 1024 })
+            .collect();
         let shape = AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: hd };
         let q = rand_buf(&b, &mut r, t * h * hd, 1.0);
-        let (k, v) = (rand_buf(&b, &mut r, t * hkv * hd, 1.0), rand_buf(&b, &mut r, t * hkv * hd, 1.0));
+        let (k, v) =
+            (rand_buf(&b, &mut r, t * hkv * hd, 1.0), rand_buf(&b, &mut r, t * hkv * hd, 1.0));
         let (mut ao, mut lse) = (b.zeros(t * h * hd), b.zeros(t * h));
         // causal, per sequence and head: QK^T and PV each 2 hd flops for L(L+1)/2 (query, key) pairs
         let fwd_flops = 4.0 * h as f64 * 2.0 * (1024.0 * 1025.0 / 2.0) * 2.0 * hd as f64;
-        fbench(&mut g, &mut meta, "attention", fwd_flops, &mut || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape));
-        let (mut dq, mut dk, mut dv) = (b.zeros(t * h * hd), b.zeros(t * hkv * hd), b.zeros(t * hkv * hd));
+        fbench(&mut g, &mut meta, "attention", fwd_flops, &mut || {
+            b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape)
+        });
+        let (mut dq, mut dk, mut dv) =
+            (b.zeros(t * h * hd), b.zeros(t * hkv * hd), b.zeros(t * hkv * hd));
         let dout = rand_buf(&b, &mut r, t * h * hd, 1.0);
         fbench(&mut g, &mut meta, "attention_backward", fwd_flops * 2.5, &mut || {
-            b.attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &ao, &lse, &spans, shape)
+            b.attention_backward(
+                &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &ao, &lse, &spans, shape,
+            )
         });
         for (m, n, kk) in [(4096usize, 4096usize, 4096usize), (4096, 8960, 1536)] {
             let (a, bm) = (rand_buf(&b, &mut r, m * kk, 1.0), rand_buf(&b, &mut r, kk * n, 1.0));
             let mut cm = b.zeros(m * n);
             let fl = 2.0 * (m * n * kk) as f64;
-            fbench(&mut g, &mut meta, &format!("matmul_{m}x{n}x{kk}_NT"), fl, &mut || b.matmul(&mut cm, &a, Tr::N, &bm, Tr::T, m, n, kk, 0.0));
-            fbench(&mut g, &mut meta, &format!("gemm_kernel_{m}x{n}x{kk}_NT"), fl, &mut || b.matmul_kernel(&mut cm, &a, Tr::N, &bm, Tr::T, m, n, kk, 0.0));
+            fbench(&mut g, &mut meta, &format!("matmul_{m}x{n}x{kk}_NT"), fl, &mut || {
+                b.matmul(&mut cm, &a, Tr::N, &bm, Tr::T, m, n, kk, 0.0)
+            });
+            fbench(&mut g, &mut meta, &format!("gemm_kernel_{m}x{n}x{kk}_NT"), fl, &mut || {
+                b.matmul_kernel(&mut cm, &a, Tr::N, &bm, Tr::T, m, n, kk, 0.0)
+            });
         }
         g.finish();
         c.final_summary();

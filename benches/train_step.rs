@@ -23,7 +23,8 @@ fn bench(c: &mut Criterion) {
     let be = Cpu;
     let mut model = Qwen2::from_host(&be, cfg, layout, &host);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let seqs: Vec<Vec<u32>> = (0..8).map(|_| (0..128).map(|_| rng.gen_range(0..2048)).collect()).collect();
+    let seqs: Vec<Vec<u32>> =
+        (0..8).map(|_| (0..128).map(|_| rng.gen_range(0..2048)).collect()).collect();
     let batch = Packed::new(&seqs);
     let (_, has) = batch.next_token_targets();
     let loss = SftLoss::new(&has, has.iter().filter(|&&h| h).count());

@@ -23,7 +23,13 @@ pub struct AdamwConfig {
 impl Default for AdamwConfig {
     /// torch defaults except the grad clip of 1.0 that both MMR1 stages use.
     fn default() -> Self {
-        AdamwConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: Some(1.0) }
+        AdamwConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+        }
     }
 }
 
@@ -134,7 +140,8 @@ impl LrSchedule {
                 if step < warmup_steps {
                     return (lr as f64 * step as f64 / warmup_steps.max(1) as f64) as f32;
                 }
-                let progress = (step - warmup_steps) as f64 / total_steps.saturating_sub(warmup_steps).max(1) as f64;
+                let progress = (step - warmup_steps) as f64
+                    / total_steps.saturating_sub(warmup_steps).max(1) as f64;
                 let cos = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
                 (min_lr as f64 + (lr as f64 - min_lr as f64) * cos) as f32
             }

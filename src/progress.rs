@@ -7,9 +7,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub fn bar(len: u64, label: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     // The template is a constant; the default bar is a harmless fallback rather than a panic.
-    let style = ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
     pb.set_message(label.to_string());
     pb

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The system prompt Qwen2.5's template inserts when a conversation has none.
-pub const QWEN25_DEFAULT_SYSTEM: &str = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+pub const QWEN25_DEFAULT_SYSTEM: &str =
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Message {
@@ -46,7 +47,10 @@ impl Tokenizer {
 
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) map to their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -81,7 +85,11 @@ impl Tokenizer {
 /// `default_system` is given and the conversation has none, and `<|im_start|>assistant\n`
 /// at the end when `add_generation_prompt`. Matches `apply_chat_template` of Qwen2.5
 /// (text-only turns, no tools).
-pub fn apply_chat_template(messages: &[Message], default_system: Option<&str>, add_generation_prompt: bool) -> String {
+pub fn apply_chat_template(
+    messages: &[Message],
+    default_system: Option<&str>,
+    add_generation_prompt: bool,
+) -> String {
     let mut s = String::new();
     if let Some(sys) = default_system {
         if messages.first().map(|m| m.role.as_str()) != Some("system") {

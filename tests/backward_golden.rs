@@ -15,12 +15,17 @@ fn golden_grads<B: Backend>(be: &B, name: &str) {
     let model = Qwen2::load(be, &dir).unwrap();
     let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
     let g = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| to_f32(&g.tensor(n).unwrap_or_else(|_| panic!("{name}: golden has no {n}"))).unwrap();
+    let f32s = |n: &str| {
+        to_f32(&g.tensor(n).unwrap_or_else(|_| panic!("{name}: golden has no {n}"))).unwrap()
+    };
     let seqs: Vec<Vec<u32>> = (0..3)
         .map(|i| {
             let t = g.tensor(&format!("tokens.{i}")).unwrap();
             assert_eq!(t.dtype(), Dtype::I64);
-            t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+            t.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect()
         })
         .collect();
     let batch = Packed::new(&seqs);
@@ -41,8 +46,12 @@ fn golden_grads<B: Backend>(be: &B, name: &str) {
     let (lp, _) = model.token_logprobs(be, &acts, &targets, inv_temp);
     let loss: f64 = lp.iter().zip(&dlp).map(|(l, w)| *l as f64 * *w as f64).sum();
     let want_loss = f32s("loss")[0] as f64;
-    assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0), "{name}: loss {loss} vs golden {want_loss}");
-    let masked: Vec<f32> = lp.iter().zip(&dlp).map(|(l, w)| if *w != 0.0 { *l } else { 0.0 }).collect();
+    assert!(
+        (loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0),
+        "{name}: loss {loss} vs golden {want_loss}"
+    );
+    let masked: Vec<f32> =
+        lp.iter().zip(&dlp).map(|(l, w)| if *w != 0.0 { *l } else { 0.0 }).collect();
     assert!(rel_l2(&masked, &want_lp) < 1e-5, "{name}: log-probs differ");
 
     let mut grads = model.zero_grads(be);
@@ -61,7 +70,10 @@ fn golden_grads<B: Backend>(be: &B, name: &str) {
         model.layout.specs.len(),
         "{name}: the golden has gradients of parameters the model does not"
     );
-    eprintln!("{name}: loss {loss:.6} (golden {want_loss:.6}); worst grad rel L2 {:.2e} ({})", worst.0, worst.1);
+    eprintln!(
+        "{name}: loss {loss:.6} (golden {want_loss:.6}); worst grad rel L2 {:.2e} ({})",
+        worst.0, worst.1
+    );
 }
 
 #[test]

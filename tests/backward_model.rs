@@ -23,18 +23,36 @@ fn loss(model: &Qwen2<Cpu>, batch: &Packed, a: &[f32], b: &[f32], inv_temp: f32)
 fn check_model(tied: bool, seed: u64) {
     let be = Cpu;
     let mut model = random_model(tiny_config(97, tied), seed);
-    let seqs = [random_ids(9, 97, seed + 1), random_ids(4, 97, seed + 2), random_ids(12, 97, seed + 3)];
+    let seqs =
+        [random_ids(9, 97, seed + 1), random_ids(4, 97, seed + 2), random_ids(12, 97, seed + 3)];
     let batch = Packed::new(&seqs);
     let (targets, has) = batch.next_token_targets();
     let mut rng = ChaCha8Rng::seed_from_u64(seed + 4);
-    let a: Vec<f32> = normal(&mut rng, batch.tokens(), 1.0).iter().zip(&has).map(|(x, h)| if *h { *x } else { 0.0 }).collect();
-    let b: Vec<f32> = normal(&mut rng, batch.tokens(), 1.0).iter().zip(&has).map(|(x, h)| if *h { *x } else { 0.0 }).collect();
+    let a: Vec<f32> = normal(&mut rng, batch.tokens(), 1.0)
+        .iter()
+        .zip(&has)
+        .map(|(x, h)| if *h { *x } else { 0.0 })
+        .collect();
+    let b: Vec<f32> = normal(&mut rng, batch.tokens(), 1.0)
+        .iter()
+        .zip(&has)
+        .map(|(x, h)| if *h { *x } else { 0.0 })
+        .collect();
     let inv_temp = 1.0 / 0.7;
 
     let mut acts = None;
     model.forward(&be, &batch, &mut acts).unwrap();
     let mut grads = model.zero_grads(&be);
-    model.backward(&be, &batch, acts.as_ref().unwrap(), &targets, &a, Some(&b), inv_temp, &mut grads);
+    model.backward(
+        &be,
+        &batch,
+        acts.as_ref().unwrap(),
+        &targets,
+        &a,
+        Some(&b),
+        inv_temp,
+        &mut grads,
+    );
 
     for pi in 0..model.params.len() {
         let name = model.layout.specs[pi].name.clone();
@@ -56,7 +74,10 @@ fn check_model(tied: bool, seed: u64) {
         model.params[pi] = p0;
         // f32 rounding leaves ~1e-3 absolute noise in `numeric`; derivatives here are O(1..100).
         let err = (analytic - numeric).abs();
-        assert!(err < 2e-3 * analytic.abs().max(numeric.abs()) + 5e-3, "{name} (tied={tied}): analytic {analytic:.6} numeric {numeric:.6} abs err {err:.2e}");
+        assert!(
+            err < 2e-3 * analytic.abs().max(numeric.abs()) + 5e-3,
+            "{name} (tied={tied}): analytic {analytic:.6} numeric {numeric:.6} abs err {err:.2e}"
+        );
     }
 }
 
@@ -77,7 +98,8 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
     let seqs = [random_ids(7, 61, 32), random_ids(10, 61, 33), random_ids(5, 61, 34)];
     // Train on the second half of each sequence (a "response").
     let trained_of = |s: &[u32]| (0..s.len()).map(|i| i >= s.len() / 2).collect::<Vec<bool>>();
-    let step_tokens: usize = seqs.iter().map(|s| trained_of(s).iter().skip(1).filter(|&&b| b).count()).sum();
+    let step_tokens: usize =
+        seqs.iter().map(|s| trained_of(s).iter().skip(1).filter(|&&b| b).count()).sum();
     let run = |groups: &[&[Vec<u32>]]| {
         let mut grads = model.zero_grads(&be);
         let mut ws = Workspace::default();
@@ -91,7 +113,15 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
                     trained[sp.q_start + i] = tr[i + 1];
                 }
             }
-            total += micro_step(&be, &model, &batch, &SftLoss::new(&trained, step_tokens), &mut ws, &mut grads).unwrap();
+            total += micro_step(
+                &be,
+                &model,
+                &batch,
+                &SftLoss::new(&trained, step_tokens),
+                &mut ws,
+                &mut grads,
+            )
+            .unwrap();
         }
         (total, grads)
     };
@@ -100,7 +130,11 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
     assert!((l1 - l2).abs() < 1e-6 * l1.abs(), "loss {l1} vs {l2}");
     for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
         let e = rel_l2(a, b);
-        assert!(e < 1e-5, "{}: micro-batched gradient differs, rel {e:e}", model.layout.specs[i].name);
+        assert!(
+            e < 1e-5,
+            "{}: micro-batched gradient differs, rel {e:e}",
+            model.layout.specs[i].name
+        );
     }
     // Accumulation: a second backward adds the same gradient again.
     let batch = Packed::new(&seqs);

@@ -40,7 +40,12 @@ fn fd_grad(x: &[f32], eps: f32, f: impl Fn(&[f32]) -> f64) -> Vec<f32> {
 
 fn check(name: &str, analytic: &[f32], numeric: &[f32], tol: f64) {
     let e = rel_l2(analytic, numeric);
-    assert!(e < tol, "{name}: rel L2 error {e:e} (tol {tol:e})\n analytic {:?}\n numeric  {:?}", &analytic[..analytic.len().min(8)], &numeric[..numeric.len().min(8)]);
+    assert!(
+        e < tol,
+        "{name}: rel L2 error {e:e} (tol {tol:e})\n analytic {:?}\n numeric  {:?}",
+        &analytic[..analytic.len().min(8)],
+        &numeric[..numeric.len().min(8)]
+    );
 }
 
 const TOL: f64 = 2e-3;
@@ -199,7 +204,8 @@ fn attention_backward_gqa_ragged() {
     };
     let (mut out, mut lse) = (vec![0.0; t * qd], vec![0.0; t * shape.n_heads]);
     be.attention(&mut out, &mut lse, &q, &k, &v, &spans, shape);
-    let (mut dq, mut dk, mut dv) = (vec![f32::NAN; t * qd], vec![f32::NAN; t * kvd], vec![f32::NAN; t * kvd]);
+    let (mut dq, mut dk, mut dv) =
+        (vec![f32::NAN; t * qd], vec![f32::NAN; t * kvd], vec![f32::NAN; t * kvd]);
     be.attention_backward(&mut dq, &mut dk, &mut dv, &c, &q, &k, &v, &out, &lse, &spans, shape);
     check("attn dq", &dq, &fd_grad(&q, 3e-3, |x| f(x, &k, &v)), TOL);
     check("attn dk", &dk, &fd_grad(&k, 3e-3, |x| f(&q, x, &v)), TOL);

@@ -46,7 +46,8 @@ fn missing_or_malformed_config() {
     let e = load_err(tmp.path());
     assert!(e.contains("intermediate_size"), "a missing field is named: {e}");
     saved_model(tmp.path());
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("config.json")).unwrap()).unwrap();
     cfg["num_key_value_heads"] = 4.into(); // 6 heads are not a multiple of 4
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
     let e = load_err(tmp.path());
@@ -99,7 +100,10 @@ fn wrong_dtype_is_named() {
     let mut views = std::collections::BTreeMap::new();
     for (name, v) in st.tensors() {
         let dt = if name == "model.norm.weight" { safetensors::Dtype::I32 } else { v.dtype() };
-        views.insert(name.clone(), safetensors::tensor::TensorView::new(dt, v.shape().to_vec(), v.data()).unwrap());
+        views.insert(
+            name.clone(),
+            safetensors::tensor::TensorView::new(dt, v.shape().to_vec(), v.data()).unwrap(),
+        );
     }
     std::fs::write(&wpath, safetensors::serialize(views, None).unwrap()).unwrap();
     let e = load_err(tmp.path());
@@ -118,17 +122,41 @@ fn cli_errors_exit_nonzero_without_panic() {
     let toks = tmp.path().join("toks.json");
     let out = tmp.path().join("out.safetensors");
     std::fs::write(&toks, "[[1, 2, 3], [4, 40]]").unwrap();
-    let o = cli(&["logprobs", "--model", model, "--tokens", toks.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let o = cli(&[
+        "logprobs",
+        "--model",
+        model,
+        "--tokens",
+        toks.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "out-of-range id must fail");
-    assert!(err.contains("token id 40") && err.contains("sequence 1") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("token id 40") && err.contains("sequence 1") && !err.contains("panicked"),
+        "{err}"
+    );
     std::fs::write(&toks, "[[1, 2], \"x\"]").unwrap();
-    let o = cli(&["logprobs", "--model", model, "--tokens", toks.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = cli(&[
+        "logprobs",
+        "--model",
+        model,
+        "--tokens",
+        toks.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("toks.json") && !err.contains("panicked"), "{err}");
     let o = cli(&["generate", "--model", "/nonexistent/dir", "--prompt", "hi"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("/nonexistent/dir") && !err.contains("panicked"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("/nonexistent/dir") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,12 +172,22 @@ fn f16_weights_load() {
         .into_iter()
         .map(|(name, v)| {
             let f = mmr1_fast::model::safetensors_io::to_f32(&v).unwrap();
-            (name, v.shape().to_vec(), f.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())
+            (
+                name,
+                v.shape().to_vec(),
+                f.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            )
         })
         .collect();
     let views: std::collections::BTreeMap<_, _> = halves
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
     std::fs::write(&wpath, safetensors::serialize(views, None).unwrap()).unwrap();
     let back = Qwen2::load(&Cpu, tmp.path()).unwrap();

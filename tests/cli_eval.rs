@@ -36,7 +36,12 @@ fn greedy_eval_runs_and_is_deterministic() {
         (out, stdout)
     };
     let (out, stdout) = run("a");
-    let acc: f64 = stdout.strip_prefix("accuracy ").and_then(|s| s.split(',').next()).unwrap().parse().unwrap();
+    let acc: f64 = stdout
+        .strip_prefix("accuracy ")
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((0.0..=1.0).contains(&acc), "{stdout}");
     assert!(stdout.contains("3 items x 1 responses"), "{stdout}");
     let r = read_lines(&out);
@@ -48,10 +53,26 @@ fn greedy_eval_runs_and_is_deterministic() {
         assert_eq!(l["pass"], l["correct"][0]);
     }
     let (out2, _) = run("b");
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&out2).unwrap(), "greedy is deterministic");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&out2).unwrap(),
+        "greedy is deterministic"
+    );
 
     // --max-items, and no --out: summary only.
-    let s = cli_ok(&["eval", "--model", &m, "--data", &items, "--max-new-tokens", "4", "--prompt-style", "plain", "--max-items", "2"]);
+    let s = cli_ok(&[
+        "eval",
+        "--model",
+        &m,
+        "--data",
+        &items,
+        "--max-new-tokens",
+        "4",
+        "--prompt-style",
+        "plain",
+        "--max-items",
+        "2",
+    ]);
     assert!(s.contains("2 items x 1 responses") && !s.contains("wrote"), "{s}");
 }
 
@@ -62,19 +83,34 @@ fn library_pass_at_k_with_sampling() {
     let model = Qwen2::load(&Cpu, dir).unwrap();
     let tok = Tokenizer::from_dir(dir).unwrap();
     let items: Vec<RlItem> = ITEMS.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let p = EvalParams { k: 3, temperature: 1.0, max_new_tokens: 8, prompt_style: PromptStyle::Plain, seed: 3, ..EvalParams::default() };
+    let p = EvalParams {
+        k: 3,
+        temperature: 1.0,
+        max_new_tokens: 8,
+        prompt_style: PromptStyle::Plain,
+        seed: 3,
+        ..EvalParams::default()
+    };
     let a = evaluate(&model, &Cpu, &tok, &items, &p).unwrap();
     assert_eq!((a.items, a.k, a.results.len()), (3, 3, 3));
     for r in &a.results {
-        assert_eq!((r.responses.len(), r.extracted.len(), r.correct.len(), r.format_ok.len()), (3, 3, 3, 3));
+        assert_eq!(
+            (r.responses.len(), r.extracted.len(), r.correct.len(), r.format_ok.len()),
+            (3, 3, 3, 3)
+        );
         assert_eq!(r.pass, r.correct.iter().any(|&c| c));
     }
     assert!(a.response_accuracy <= a.accuracy && (0.0..=1.0).contains(&a.format_rate));
     let b = evaluate(&model, &Cpu, &tok, &items, &p).unwrap();
     assert_eq!(a.results, b.results, "fixed seed, same samples");
-    let all: std::collections::HashSet<&String> = a.results.iter().flat_map(|r| &r.responses).collect();
+    let all: std::collections::HashSet<&String> =
+        a.results.iter().flat_map(|r| &r.responses).collect();
     assert!(all.len() > 3, "sampling gives different responses");
-    assert!(evaluate(&model, &Cpu, &tok, &items, &EvalParams { k: 2, ..EvalParams::default() }).is_err(), "greedy k > 1");
+    assert!(
+        evaluate(&model, &Cpu, &tok, &items, &EvalParams { k: 2, ..EvalParams::default() })
+            .is_err(),
+        "greedy k > 1"
+    );
 }
 
 #[test]
@@ -90,13 +126,16 @@ fn bad_flags_and_files_fail_cleanly() {
     assert!(e.contains("--k 4") && e.contains("--temperature"), "{e}");
     let e = cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--top-p", "0"]);
     assert!(e.contains("--top-p"), "{e}");
-    let e = cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--max-new-tokens", "0"]);
+    let e =
+        cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--max-new-tokens", "0"]);
     assert!(e.contains("--max-new-tokens"), "{e}");
-    let e = cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--prompt-style", "chat"]);
+    let e =
+        cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--prompt-style", "chat"]);
     assert!(e.contains("--prompt-style"), "{e}");
     let e = cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--device", "tpu"]);
     assert!(e.contains("tpu"), "{e}");
-    let e = cli_err(&["eval", "--model", "/nonexistent/model", "--data", &items, "--device", "cpu"]);
+    let e =
+        cli_err(&["eval", "--model", "/nonexistent/model", "--data", &items, "--device", "cpu"]);
     assert!(e.contains("/nonexistent/model"), "{e}");
     let e = cli_err(&["eval", "--model", &m, "--data", "/nonexistent/items.jsonl"]);
     assert!(e.contains("/nonexistent/items.jsonl"), "{e}");

@@ -9,7 +9,10 @@ use std::path::Path;
 /// A small run: SFT steps, the initial scoring event, RL steps (entropy null, as when not computed),
 /// evaluations, and a torn last line as a crash leaves it.
 fn write_run(dir: &Path) {
-    let mut lines = vec![r#"{"phase":"eval","of":"sft","step":0,"label":"before SFT","accuracy":0.0,"format":0.0}"#.to_string()];
+    let mut lines = vec![
+        r#"{"phase":"eval","of":"sft","step":0,"label":"before SFT","accuracy":0.0,"format":0.0}"#
+            .to_string(),
+    ];
     for s in 1..=12 {
         let f = s as f64;
         lines.push(
@@ -17,7 +20,10 @@ fn write_run(dir: &Path) {
                 .to_string(),
         );
     }
-    lines.push(r#"{"phase":"eval","of":"sft","step":12,"label":"after SFT","accuracy":0.3,"format":0.5}"#.into());
+    lines.push(
+        r#"{"phase":"eval","of":"sft","step":12,"label":"after SFT","accuracy":0.3,"format":0.5}"#
+            .into(),
+    );
     lines.push(r#"{"event":"initial_scoring","phase":"rl","step":0,"items":8,"vps":{"mean":0.1,"min":0.0,"max":0.2}}"#.into());
     for s in 1..=6 {
         let f = s as f64;
@@ -29,7 +35,10 @@ fn write_run(dir: &Path) {
             .to_string(),
         );
     }
-    lines.push(r#"{"phase":"eval","of":"rl","step":6,"label":"after RL","accuracy":0.6,"format":0.9}"#.into());
+    lines.push(
+        r#"{"phase":"eval","of":"rl","step":6,"label":"after RL","accuracy":0.6,"format":0.9}"#
+            .into(),
+    );
     lines.push(r#"{"phase":"rl","step":7,"rew"#.into());
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     write_lines(dir, "metrics.jsonl", &refs);
@@ -73,7 +82,11 @@ fn draws_panels_at_the_requested_size() {
     assert_eq!(png_size(&bytes), (640, 360));
     let c = colors(&png);
     // White, grid greys, and the series colors (blue and red lines, antialiased).
-    assert!(c.contains(&[255, 255, 255]) && c.contains(&[31, 119, 180]) && c.contains(&[214, 39, 40]), "{}", c.len());
+    assert!(
+        c.contains(&[255, 255, 255]) && c.contains(&[31, 119, 180]) && c.contains(&[214, 39, 40]),
+        "{}",
+        c.len()
+    );
 
     // With text if this machine has a font, without otherwise; either way a PNG, elsewhere.
     let other = tmp.path().join("other.png");
@@ -94,13 +107,19 @@ fn bad_input_is_refused_cleanly() {
     assert!(cli_err(&["plot", dir]).contains("is empty"));
     write_lines(tmp.path(), "metrics.jsonl", &["not json", "{\"phase\":"]);
     assert!(cli_err(&["plot", dir]).contains("none of its 2 lines"));
-    write_lines(tmp.path(), "metrics.jsonl", &[r#"{"event":"initial_scoring","step":0}"#, r#"{"phase":"sft","step":1}"#]);
+    write_lines(
+        tmp.path(),
+        "metrics.jsonl",
+        &[r#"{"event":"initial_scoring","step":0}"#, r#"{"phase":"sft","step":1}"#],
+    );
     assert!(cli_err(&["plot", dir]).contains("no SFT, RL or eval steps"));
 
     write_run(tmp.path());
-    assert!(cli_err(&["plot", dir, "--out", tmp.path().join("c.jpg").to_str().unwrap()]).contains("must end in .png"));
+    assert!(cli_err(&["plot", dir, "--out", tmp.path().join("c.jpg").to_str().unwrap()])
+        .contains("must end in .png"));
     assert!(cli_err(&["plot", dir, "--width", "10"]).contains("--width"));
     let unwritable = tmp.path().join("no/such/dir/c.png");
-    assert!(cli_err(&["plot", dir, "--no-text", "--out", unwritable.to_str().unwrap()]).contains("cannot create"));
+    assert!(cli_err(&["plot", dir, "--no-text", "--out", unwritable.to_str().unwrap()])
+        .contains("cannot create"));
     assert!(!tmp.path().join("curves.png").exists(), "nothing written on error");
 }

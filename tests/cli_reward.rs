@@ -25,7 +25,8 @@ fn exact_verdicts_and_summary() {
     let items = write_lines(tmp.path(), "items.jsonl", ITEMS);
     let resp = write_lines(tmp.path(), "responses.jsonl", RESPONSES);
     let out = tmp.path().join("verdicts.jsonl");
-    let stdout = cli_ok(&["reward", "--data", &items, "--responses", &resp, "--out", out.to_str().unwrap()]);
+    let stdout =
+        cli_ok(&["reward", "--data", &items, "--responses", &resp, "--out", out.to_str().unwrap()]);
     let v = read_lines(&out);
     let expect = [
         json!({"id": "a", "index": 0, "extracted": "2", "accuracy": 1.0, "format": 1.0, "reward": 2.0}),
@@ -36,12 +37,29 @@ fn exact_verdicts_and_summary() {
     ];
     assert_eq!(v, expect);
     // a: 2 of 3 right (mixed); b and "2": all right; d: no responses.
-    assert!(stdout.starts_with("5 responses: accuracy 0.8000, format 0.6000, reward 1.4000"), "{stdout}");
-    assert!(stdout.contains("0 pass rate 0, 1 in (0, 1), 2 pass rate 1, 1 without responses"), "{stdout}");
+    assert!(
+        stdout.starts_with("5 responses: accuracy 0.8000, format 0.6000, reward 1.4000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 pass rate 0, 1 in (0, 1), 2 pass rate 1, 1 without responses"),
+        "{stdout}"
+    );
 
     // Weights change the total only.
-    cli_ok(&["reward", "--data", &items, "--responses", &resp, "--out", out.to_str().unwrap(), "--format-weight", "0.5"]);
-    let rewards: Vec<f64> = read_lines(&out).iter().map(|l| l["reward"].as_f64().unwrap()).collect();
+    cli_ok(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        out.to_str().unwrap(),
+        "--format-weight",
+        "0.5",
+    ]);
+    let rewards: Vec<f64> =
+        read_lines(&out).iter().map(|l| l["reward"].as_f64().unwrap()).collect();
     assert_eq!(rewards, vec![1.5, 0.0, 1.5, 1.5, 1.0]);
 }
 
@@ -51,12 +69,20 @@ fn unknown_id_and_malformed_line_are_named_or_skipped() {
     let items = write_lines(tmp.path(), "items.jsonl", ITEMS);
     let out = tmp.path().join("verdicts.jsonl");
     let out_s = out.to_str().unwrap();
-    let unknown = write_lines(tmp.path(), "unknown.jsonl", &[RESPONSES[0], RESPONSES[1], r#"{"id": "zz", "response": "x"}"#]);
+    let unknown = write_lines(
+        tmp.path(),
+        "unknown.jsonl",
+        &[RESPONSES[0], RESPONSES[1], r#"{"id": "zz", "response": "x"}"#],
+    );
     let e = cli_err(&["reward", "--data", &items, "--responses", &unknown, "--out", out_s]);
     assert!(e.contains("unknown.jsonl:3") && e.contains("unknown id \"zz\""), "{e}");
     assert!(!out.exists(), "no output on error");
 
-    let broken = write_lines(tmp.path(), "broken.jsonl", &[RESPONSES[0], r#"{"id": "a", "response": "#, RESPONSES[2]]);
+    let broken = write_lines(
+        tmp.path(),
+        "broken.jsonl",
+        &[RESPONSES[0], r#"{"id": "a", "response": "#, RESPONSES[2]],
+    );
     let e = cli_err(&["reward", "--data", &items, "--responses", &broken, "--out", out_s]);
     assert!(e.contains("broken.jsonl:2"), "{e}");
     let no_text = write_lines(tmp.path(), "no_text.jsonl", &[r#"{"id": "a"}"#]);
@@ -64,10 +90,27 @@ fn unknown_id_and_malformed_line_are_named_or_skipped() {
     assert!(e.contains("no_text.jsonl:1") && e.contains("response"), "{e}");
     let bad_id = write_lines(tmp.path(), "bad_id.jsonl", &[r#"{"id": [1], "response": "x"}"#]);
     let e = cli_err(&["reward", "--data", &items, "--responses", &bad_id, "--out", out_s]);
-    assert!(e.contains("bad_id.jsonl:1") && e.contains("\"id\" must be a string or an integer"), "{e}");
+    assert!(
+        e.contains("bad_id.jsonl:1") && e.contains("\"id\" must be a string or an integer"),
+        "{e}"
+    );
 
-    let both = write_lines(tmp.path(), "both.jsonl", &[RESPONSES[0], "not json", RESPONSES[2], r#"{"id": "zz", "response": "x"}"#]);
-    let o = cli(&["reward", "--data", &items, "--responses", &both, "--out", out_s, "--bad-lines", "skip"]);
+    let both = write_lines(
+        tmp.path(),
+        "both.jsonl",
+        &[RESPONSES[0], "not json", RESPONSES[2], r#"{"id": "zz", "response": "x"}"#],
+    );
+    let o = cli(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &both,
+        "--out",
+        out_s,
+        "--bad-lines",
+        "skip",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.starts_with("2 responses") && stdout.contains("2 line(s) skipped"), "{stdout}");
@@ -82,17 +125,61 @@ fn bad_files_and_flags_fail_cleanly() {
     let resp = write_lines(tmp.path(), "responses.jsonl", RESPONSES);
     let out = tmp.path().join("v.jsonl");
     let out_s = out.to_str().unwrap();
-    let e = cli_err(&["reward", "--data", "/nonexistent/items.jsonl", "--responses", &resp, "--out", out_s]);
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        "/nonexistent/items.jsonl",
+        "--responses",
+        &resp,
+        "--out",
+        out_s,
+    ]);
     assert!(e.contains("/nonexistent/items.jsonl"), "{e}");
-    let e = cli_err(&["reward", "--data", &items, "--responses", "/nonexistent/r.jsonl", "--out", out_s]);
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        "/nonexistent/r.jsonl",
+        "--out",
+        out_s,
+    ]);
     assert!(e.contains("/nonexistent/r.jsonl"), "{e}");
-    let e = cli_err(&["reward", "--data", &items, "--responses", &resp, "--out", out_s, "--accuracy-weight", "nan"]);
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        out_s,
+        "--accuracy-weight",
+        "nan",
+    ]);
     assert!(e.contains("--accuracy-weight"), "{e}");
-    let e = cli_err(&["reward", "--data", &items, "--responses", &resp, "--out", out_s, "--bad-lines", "ignore"]);
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        out_s,
+        "--bad-lines",
+        "ignore",
+    ]);
     assert!(e.contains("--bad-lines"), "{e}");
     let empty = write_lines(tmp.path(), "empty.jsonl", &[""]);
     let e = cli_err(&["reward", "--data", &items, "--responses", &empty, "--out", out_s]);
     assert!(e.contains("empty.jsonl") && e.contains("no responses"), "{e}");
-    let e = cli_err(&["reward", "--data", &items, "--responses", &resp, "--out", "/nonexistent/dir/v.jsonl"]);
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        "/nonexistent/dir/v.jsonl",
+    ]);
     assert!(e.contains("/nonexistent/dir"), "{e}");
 }

@@ -23,14 +23,21 @@ fn from_rollouts_exact_scores() {
     }
     // "mixed": 4 of 8 correct (interleaved with the other items' lines), all different.
     for i in 0..8u32 {
-        lines.push(rollout("mixed", &[100 + i, 200 + i, 300 + i, 7], if i % 2 == 0 { 1.0 } else { 0.0 }));
+        lines.push(rollout(
+            "mixed",
+            &[100 + i, 200 + i, 300 + i, 7],
+            if i % 2 == 0 { 1.0 } else { 0.0 },
+        ));
         if i == 3 {
             lines.push(rollout("same", &[5, 6, 7, 8, 9], 1.0));
         }
     }
     // "explicit": accuracy wins over reward (a format-only reward of 1 is not correct).
     lines.push(json!({"id": 3, "tokens": [1, 2], "reward": 1.0, "accuracy": 0.0}).to_string());
-    lines.push(json!({"id": 3, "tokens": [1, 2], "reward": 2.0, "accuracy": 1.0, "response": "ignored"}).to_string());
+    lines.push(
+        json!({"id": 3, "tokens": [1, 2], "reward": 2.0, "accuracy": 1.0, "response": "ignored"})
+            .to_string(),
+    );
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let r = write_lines(tmp.path(), "rollouts.jsonl", &refs);
     let out = tmp.path().join("scores.jsonl");
@@ -39,17 +46,34 @@ fn from_rollouts_exact_scores() {
     assert_eq!(s.len(), 3, "one line per item: {s:?}");
     let ids: Vec<&str> = s.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["same", "mixed", "3"], "order of first appearance");
-    assert_eq!(s[0], json!({"id": "same", "n": 5, "pass_rate": 1.0, "ovs": 0.0, "tds": 0.0, "vps": 0.0}));
+    assert_eq!(
+        s[0],
+        json!({"id": "same", "n": 5, "pass_rate": 1.0, "ovs": 0.0, "tds": 0.0, "vps": 0.0})
+    );
     assert_eq!((s[1]["n"].as_u64(), f(&s[1], "pass_rate"), f(&s[1], "ovs")), (Some(8), 0.5, 0.25));
     let tds = f(&s[1], "tds");
     assert!(tds > 0.5 && tds <= 1.0, "distinct rollouts are diverse: {tds}");
     assert!((f(&s[1], "vps") - (0.8 * 0.25 + 0.2 * tds)).abs() < 1e-6);
     assert_eq!((f(&s[2], "pass_rate"), f(&s[2], "ovs"), f(&s[2], "tds")), (0.5, 0.25, 0.0));
     assert!((f(&s[2], "vps") - 0.2).abs() < 1e-6);
-    assert!(stdout.starts_with("3 items, 15 rollouts") && stdout.contains("2 items with outcome variance"), "{stdout}");
+    assert!(
+        stdout.starts_with("3 items, 15 rollouts")
+            && stdout.contains("2 items with outcome variance"),
+        "{stdout}"
+    );
 
     // Other weights: VPS = alpha OVS + beta TDS.
-    cli_ok(&["score", "--from-rollouts", &r, "--out", out.to_str().unwrap(), "--alpha", "1", "--beta", "0.5"]);
+    cli_ok(&[
+        "score",
+        "--from-rollouts",
+        &r,
+        "--out",
+        out.to_str().unwrap(),
+        "--alpha",
+        "1",
+        "--beta",
+        "0.5",
+    ]);
     let s = read_lines(&out);
     assert!((f(&s[1], "vps") - (0.25 + 0.5 * tds)).abs() < 1e-6);
 }
@@ -65,7 +89,11 @@ fn from_rollouts_bad_input() {
     let p = write_lines(tmp.path(), "no_tokens.jsonl", &[&ok, r#"{"id": "a", "reward": 1}"#]);
     let e = cli_err(&["score", "--from-rollouts", &p, "--out", o]);
     assert!(e.contains("no_tokens.jsonl:2") && e.contains("tokens"), "{e}");
-    let p = write_lines(tmp.path(), "acc.jsonl", &[&ok, &ok, r#"{"id": "a", "tokens": [1], "accuracy": 2}"#]);
+    let p = write_lines(
+        tmp.path(),
+        "acc.jsonl",
+        &[&ok, &ok, r#"{"id": "a", "tokens": [1], "accuracy": 2}"#],
+    );
     let e = cli_err(&["score", "--from-rollouts", &p, "--out", o]);
     assert!(e.contains("acc.jsonl:3") && e.contains("accuracy"), "{e}");
     let p = write_lines(tmp.path(), "neither.jsonl", &[r#"{"id": "a", "tokens": [1]}"#]);
@@ -111,7 +139,10 @@ fn with_model_runs_in_range_deterministic_and_rescores_the_same() {
         assert_eq!(l["id"], id);
         assert_eq!(l["n"], 4);
         let (p, o, t, v) = (f(l, "pass_rate"), f(l, "ovs"), f(l, "tds"), f(l, "vps"));
-        assert!((0.0..=1.0).contains(&p) && (0.0..=0.25).contains(&o) && (0.0..=1.0).contains(&t), "{l}");
+        assert!(
+            (0.0..=1.0).contains(&p) && (0.0..=0.25).contains(&o) && (0.0..=1.0).contains(&t),
+            "{l}"
+        );
         assert!((o - p * (1.0 - p)).abs() < 1e-6 && (v - (0.8 * o + 0.2 * t)).abs() < 1e-6, "{l}");
     }
     let r = read_lines(&ro);
@@ -122,12 +153,21 @@ fn with_model_runs_in_range_deterministic_and_rescores_the_same() {
         assert!((1..=12).contains(&n), "{l}");
         assert!(l["response"].is_string() && (0.0..=1.0).contains(&f(l, "accuracy")), "{l}");
     }
-    let distinct: std::collections::HashSet<String> = r.iter().map(|l| l["tokens"].to_string()).collect();
+    let distinct: std::collections::HashSet<String> =
+        r.iter().map(|l| l["tokens"].to_string()).collect();
     assert!(distinct.len() > 1, "sampled rollouts differ");
 
     let (out2, ro2) = run("b");
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&out2).unwrap(), "same seed, same scores");
-    assert_eq!(std::fs::read(&ro).unwrap(), std::fs::read(&ro2).unwrap(), "same seed, same rollouts");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&out2).unwrap(),
+        "same seed, same scores"
+    );
+    assert_eq!(
+        std::fs::read(&ro).unwrap(),
+        std::fs::read(&ro2).unwrap(),
+        "same seed, same rollouts"
+    );
 
     let re = tmp.path().join("rescored.jsonl");
     cli_ok(&["score", "--from-rollouts", ro.to_str().unwrap(), "--out", re.to_str().unwrap()]);
@@ -143,8 +183,22 @@ fn with_model_bad_flags_and_files() {
     let items = write_lines(tmp.path(), "items.jsonl", ITEMS);
     let out = tmp.path().join("s.jsonl");
     let o = out.to_str().unwrap();
-    let base = ["score", "--model", m, "--data", &items, "--out", o, "--prompt-style", "plain", "--max-new-tokens", "4"];
-    let with = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let base = [
+        "score",
+        "--model",
+        m,
+        "--data",
+        &items,
+        "--out",
+        o,
+        "--prompt-style",
+        "plain",
+        "--max-new-tokens",
+        "4",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
     let err = |extra: &[&str]| {
         let a = with(extra);
         cli_err(&a.iter().map(String::as_str).collect::<Vec<_>>())
@@ -163,13 +217,46 @@ fn with_model_bad_flags_and_files() {
     assert!(e.contains("--alpha"), "{e}");
     let e = err(&["--rollouts-per-item", "two"]);
     assert!(e.contains("--rollouts-per-item"), "{e}");
-    let e = cli_err(&["score", "--model", m, "--data", &items, "--out", o, "--prompt-style", "plain", "--max-new-tokens", "400"]);
+    let e = cli_err(&[
+        "score",
+        "--model",
+        m,
+        "--data",
+        &items,
+        "--out",
+        o,
+        "--prompt-style",
+        "plain",
+        "--max-new-tokens",
+        "400",
+    ]);
     assert!(e.contains("p0") && e.contains("max_position_embeddings"), "{e}");
-    let e = cli_err(&["score", "--model", "/nonexistent/model", "--data", &items, "--out", o, "--device", "cpu"]);
+    let e = cli_err(&[
+        "score",
+        "--model",
+        "/nonexistent/model",
+        "--data",
+        &items,
+        "--out",
+        o,
+        "--device",
+        "cpu",
+    ]);
     assert!(e.contains("/nonexistent/model"), "{e}");
-    let e = cli_err(&["score", "--model", m, "--data", "/nonexistent/items.jsonl", "--out", o, "--device", "cpu"]);
+    let e = cli_err(&[
+        "score",
+        "--model",
+        m,
+        "--data",
+        "/nonexistent/items.jsonl",
+        "--out",
+        o,
+        "--device",
+        "cpu",
+    ]);
     assert!(e.contains("/nonexistent/items.jsonl"), "{e}");
-    let no_answer = write_lines(tmp.path(), "no_answer.jsonl", &[ITEMS[0], r#"{"problem": "Add 1+1"}"#]);
+    let no_answer =
+        write_lines(tmp.path(), "no_answer.jsonl", &[ITEMS[0], r#"{"problem": "Add 1+1"}"#]);
     let e = cli_err(&["score", "--model", m, "--data", &no_answer, "--out", o, "--device", "cpu"]);
     assert!(e.contains("no_answer.jsonl:2") && e.contains("answer"), "{e}");
     assert!(!out.exists());

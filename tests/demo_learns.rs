@@ -23,7 +23,17 @@ fn rl_steps_logged(out: &Path) -> Vec<u64> {
 fn demo_rl_beats_sft_and_survives_a_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let args = ["train", "--out", out.to_str().unwrap(), "--set", "rl.steps=16", "--set", "output.checkpoint_every=4", "--set", "eval.max_items=100"];
+    let args = [
+        "train",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "rl.steps=16",
+        "--set",
+        "output.checkpoint_every=4",
+        "--set",
+        "eval.max_items=100",
+    ];
     let mut child = bin().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Kill it once a few RL steps are logged (past a checkpoint at step 4).
     let t0 = Instant::now();
@@ -44,13 +54,20 @@ fn demo_rl_beats_sft_and_survives_a_kill() {
     assert!(o.status.success(), "resume failed: {stderr}");
     let steps = rl_steps_logged(&out);
     assert_eq!(steps, (1..=16).collect::<Vec<u64>>(), "every RL step exactly once, in order");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    let acc = |k: &str| report[k]["accuracy"].as_f64().unwrap_or_else(|| panic!("report lacks {k}: {report}"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let acc = |k: &str| {
+        report[k]["accuracy"].as_f64().unwrap_or_else(|| panic!("report lacks {k}: {report}"))
+    };
     let (before, sft, rl) = (acc("before_sft"), acc("after_sft"), acc("after_rl"));
     assert!(sft > before, "SFT must teach something: {before} -> {sft}");
     assert!(rl > sft + 0.1, "RL must beat SFT clearly: after SFT {sft}, after RL {rl}");
     // The saved policy is a Hugging Face directory the other commands load.
     let ck = std::fs::read_to_string(out.join("rl/latest")).unwrap();
     let ck_dir = out.join("rl").join(ck.trim());
-    assert!(ck_dir.join("config.json").exists() && ck_dir.join("model.safetensors").exists() && ck_dir.join("tokenizer.json").exists());
+    assert!(
+        ck_dir.join("config.json").exists()
+            && ck_dir.join("model.safetensors").exists()
+            && ck_dir.join("tokenizer.json").exists()
+    );
 }

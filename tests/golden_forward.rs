@@ -108,11 +108,14 @@ fn a_broken_variant_fails_the_golden_test() {
 #[test]
 fn tokenizer_matches_python() {
     let tok = Tokenizer::from_file(&fixture("tokenizer.json")).unwrap();
-    let cases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer_cases.json")).unwrap()).unwrap();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer_cases.json")).unwrap())
+            .unwrap();
     assert!(cases.len() >= 8);
     for c in cases {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> =
+            c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         assert_eq!(tok.encode(text).unwrap(), want, "ids of {text:?}");
         assert_eq!(tok.decode(&want, true).unwrap(), text, "decode of {text:?}");
     }

@@ -27,15 +27,27 @@ fn settings(micro_batch_tokens: usize) -> GrpoSettings {
 }
 
 /// Toy reward: the fraction of response tokens below 10 (a quarter of the vocabulary).
-fn toy_experience(model: &mmr1_fast::model::Qwen2<Cpu>, s: &GrpoSettings, prompts: &[Vec<u32>], seed: u64) -> Experience {
-    let rolls = generate(model, &Cpu, prompts, s.group_size, &s.sampling, seed, None, |_| {}).unwrap();
-    let rewards: Vec<f32> = rolls.iter().map(|r| r.tokens.iter().filter(|&&t| t < 10).count() as f32 / r.tokens.len() as f32).collect();
+fn toy_experience(
+    model: &mmr1_fast::model::Qwen2<Cpu>,
+    s: &GrpoSettings,
+    prompts: &[Vec<u32>],
+    seed: u64,
+) -> Experience {
+    let rolls =
+        generate(model, &Cpu, prompts, s.group_size, &s.sampling, seed, None, |_| {}).unwrap();
+    let rewards: Vec<f32> = rolls
+        .iter()
+        .map(|r| r.tokens.iter().filter(|&&t| t < 10).count() as f32 / r.tokens.len() as f32)
+        .collect();
     let (advantages, _) = group_advantages(&rewards, s.group_size, &s.adv);
     Experience {
         items: (0..prompts.len()).collect(),
         prompts: prompts.to_vec(),
         responses: rolls.into_iter().map(|r| r.tokens).collect(),
-        verdicts: rewards.iter().map(|&r| Verdict { extracted: None, accuracy: r, format: 0.0 }).collect(),
+        verdicts: rewards
+            .iter()
+            .map(|&r| Verdict { extracted: None, accuracy: r, format: 0.0 })
+            .collect(),
         rewards,
         advantages,
         group_size: s.group_size,

@@ -87,7 +87,8 @@ fn elementwise<B: Backend>(b: &B) {
     let mut r = rng(2);
     for (rows, n) in [(1usize, 1usize), (3, 7), (17, 65), (33, 300)] {
         let len = rows * n;
-        let (xh, yh, bias) = (rand_vec(&mut r, len, 2.0), rand_vec(&mut r, len, 2.0), rand_vec(&mut r, n, 1.0));
+        let (xh, yh, bias) =
+            (rand_vec(&mut r, len, 2.0), rand_vec(&mut r, len, 2.0), rand_vec(&mut r, n, 1.0));
         // add_bias
         let (mut xc, mut xg) = (xh.clone(), b.upload(&xh));
         Cpu.add_bias(&mut xc, &bias, rows, n);
@@ -111,7 +112,8 @@ fn elementwise<B: Backend>(b: &B) {
         let (sc, sg) = (Cpu.sum_squares(&xh), b.sum_squares(&b.upload(&xh)));
         assert!(((sg - sc) / sc).abs() < 1e-9, "sum_squares {sg} vs {sc}");
         // swiglu and backward
-        let (gate, up, dout) = (rand_vec(&mut r, len, 4.0), rand_vec(&mut r, len, 2.0), rand_vec(&mut r, len, 1.0));
+        let (gate, up, dout) =
+            (rand_vec(&mut r, len, 4.0), rand_vec(&mut r, len, 2.0), rand_vec(&mut r, len, 1.0));
         let mut oc = vec![0.0; len];
         Cpu.swiglu(&mut oc, &gate, &up);
         let mut og = poisoned(b, len);
@@ -130,8 +132,17 @@ fn elementwise<B: Backend>(b: &B) {
 fn adamw<B: Backend>(b: &B) {
     let mut r = rng(3);
     for (n, step) in [(1usize, 1u64), (1000, 1), (4099, 7)] {
-        let hp = AdamwStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.5 };
-        let (p, g, m) = (rand_vec(&mut r, n, 1.0), rand_vec(&mut r, n, 1.0), rand_vec(&mut r, n, 0.1));
+        let hp = AdamwStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+            grad_scale: 0.5,
+        };
+        let (p, g, m) =
+            (rand_vec(&mut r, n, 1.0), rand_vec(&mut r, n, 1.0), rand_vec(&mut r, n, 0.1));
         let v: Vec<f32> = rand_vec(&mut r, n, 0.01).iter().map(|x| x.abs()).collect();
         let (mut pc, mut mc, mut vc) = (p.clone(), m.clone(), v.clone());
         Cpu.adamw(&mut pc, &g, &mut mc, &mut vc, hp);
@@ -149,12 +160,21 @@ fn matmul<B: Backend>(b: &B) {
         for ta in [Tr::N, Tr::T] {
             for tb in [Tr::N, Tr::T] {
                 for beta in [0.0f32, 0.5] {
-                    let (a, bb, c0) = (rand_vec(&mut r, m * k, 1.0), rand_vec(&mut r, k * n, 1.0), rand_vec(&mut r, m * n, 1.0));
+                    let (a, bb, c0) = (
+                        rand_vec(&mut r, m * k, 1.0),
+                        rand_vec(&mut r, k * n, 1.0),
+                        rand_vec(&mut r, m * n, 1.0),
+                    );
                     let mut cc = c0.clone();
                     Cpu.matmul(&mut cc, &a, ta, &bb, tb, m, n, k, beta);
                     let mut cg = if beta == 0.0 { poisoned(b, m * n) } else { b.upload(&c0) };
                     b.matmul(&mut cg, &b.upload(&a), ta, &b.upload(&bb), tb, m, n, k, beta);
-                    assert_close(&format!("matmul {m}x{n}x{k} {ta:?}{tb:?} beta {beta}"), &b.download(&cg), &cc, TOL);
+                    assert_close(
+                        &format!("matmul {m}x{n}x{k} {ta:?}{tb:?} beta {beta}"),
+                        &b.download(&cg),
+                        &cc,
+                        TOL,
+                    );
                 }
             }
         }
@@ -168,12 +188,21 @@ fn gemm_kernel<D: Device>(b: &CudaBackend<D>) {
         for ta in [Tr::N, Tr::T] {
             for tb in [Tr::N, Tr::T] {
                 for beta in [0.0f32, 0.5] {
-                    let (a, bb, c0) = (rand_vec(&mut r, m * k, 1.0), rand_vec(&mut r, k * n, 1.0), rand_vec(&mut r, m * n, 1.0));
+                    let (a, bb, c0) = (
+                        rand_vec(&mut r, m * k, 1.0),
+                        rand_vec(&mut r, k * n, 1.0),
+                        rand_vec(&mut r, m * n, 1.0),
+                    );
                     let mut cc = c0.clone();
                     Cpu.matmul(&mut cc, &a, ta, &bb, tb, m, n, k, beta);
                     let mut cg = if beta == 0.0 { poisoned(b, m * n) } else { b.upload(&c0) };
                     b.matmul_kernel(&mut cg, &b.upload(&a), ta, &b.upload(&bb), tb, m, n, k, beta);
-                    assert_close(&format!("gemm_f32 {m}x{n}x{k} {ta:?}{tb:?} beta {beta}"), &b.download(&cg), &cc, TOL);
+                    assert_close(
+                        &format!("gemm_f32 {m}x{n}x{k} {ta:?}{tb:?} beta {beta}"),
+                        &b.download(&cg),
+                        &cc,
+                        TOL,
+                    );
                 }
             }
         }
@@ -189,7 +218,19 @@ fn conversions<D: Device>(b: &CudaBackend<D>) {
         .map(|(i, x)| x * 2f32.powi((i % 60) as i32 - 30))
         .collect();
     // ties, subnormals, overflow, specials
-    xs.extend([1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 65520.0, 65519.0, 1e-7, 3e-8, 2.98e-8, -0.0, f32::INFINITY, 3.4e38, 1e-40]);
+    xs.extend([
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        65520.0,
+        65519.0,
+        1e-7,
+        3e-8,
+        2.98e-8,
+        -0.0,
+        f32::INFINITY,
+        3.4e38,
+        1e-40,
+    ]);
     let x = b.upload(&xs);
     let mut o = poisoned(b, xs.len());
     b.round_16(&mut o, &x, false);
@@ -238,7 +279,16 @@ fn rmsnorm<B: Backend>(b: &B) {
         let (mut dxc, mut dwc) = (vec![0.0; rows * dim], dw0.clone());
         Cpu.rmsnorm_backward(&mut dxc, &mut dwc, &dout, &x, &w, &rc, rows, dim);
         let (mut dxg, mut dwg) = (poisoned(b, rows * dim), b.upload(&dw0));
-        b.rmsnorm_backward(&mut dxg, &mut dwg, &b.upload(&dout), &xg, &wg, &b.upload(&rc), rows, dim);
+        b.rmsnorm_backward(
+            &mut dxg,
+            &mut dwg,
+            &b.upload(&dout),
+            &xg,
+            &wg,
+            &b.upload(&rc),
+            rows,
+            dim,
+        );
         assert_close(&format!("rmsnorm_backward dx {rows}x{dim}"), &b.download(&dxg), &dxc, TOL);
         assert_close("rmsnorm_backward dw", &b.download(&dwg), &dwc, TOL);
     }
@@ -285,7 +335,12 @@ struct AttnCase {
 fn attn_cases() -> Vec<AttnCase> {
     let mut cases = Vec::new();
     let sh = |h, hkv, d| AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d };
-    for (lens, shape) in [(vec![1usize, 7, 33], sh(4, 2, 16)), (vec![5, 1], sh(2, 1, 24)), (vec![130], sh(2, 2, 8)), (vec![3, 9], sh(3, 3, 64))] {
+    for (lens, shape) in [
+        (vec![1usize, 7, 33], sh(4, 2, 16)),
+        (vec![5, 1], sh(2, 1, 24)),
+        (vec![130], sh(2, 2, 8)),
+        (vec![3, 9], sh(3, 3, 64)),
+    ] {
         let n: usize = lens.iter().sum();
         cases.push(AttnCase { spans: packed(&lens), shape, q_rows: n, kv_rows: n });
     }
@@ -322,19 +377,47 @@ fn rows_of(v: &[f32], mask: &[bool], width: usize) -> Vec<f32> {
 type AttnOut = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// Forward then backward on a backend; returns (out, lse, dq, dk, dv).
-fn run_attention<B: Backend>(b: &B, c: &AttnCase, q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> AttnOut {
+fn run_attention<B: Backend>(
+    b: &B,
+    c: &AttnCase,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+) -> AttnOut {
     let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
     let (qg, kg, vg) = (b.upload(q), b.upload(k), b.upload(v));
     let (mut og, mut lg) = (poisoned(b, c.q_rows * h * d), poisoned(b, c.q_rows * h));
     b.attention(&mut og, &mut lg, &qg, &kg, &vg, &c.spans, c.shape);
-    let (mut dq, mut dk, mut dv) = (poisoned(b, c.q_rows * h * d), poisoned(b, c.kv_rows * hkv * d), poisoned(b, c.kv_rows * hkv * d));
-    b.attention_backward(&mut dq, &mut dk, &mut dv, &b.upload(dout), &qg, &kg, &vg, &og, &lg, &c.spans, c.shape);
+    let (mut dq, mut dk, mut dv) = (
+        poisoned(b, c.q_rows * h * d),
+        poisoned(b, c.kv_rows * hkv * d),
+        poisoned(b, c.kv_rows * hkv * d),
+    );
+    b.attention_backward(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &b.upload(dout),
+        &qg,
+        &kg,
+        &vg,
+        &og,
+        &lg,
+        &c.spans,
+        c.shape,
+    );
     (b.download(&og), b.download(&lg), b.download(&dq), b.download(&dk), b.download(&dv))
 }
 
 fn attn_inputs(r: &mut ChaCha8Rng, c: &AttnCase) -> [Vec<f32>; 4] {
     let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
-    [rand_vec(r, c.q_rows * h * d, 1.0), rand_vec(r, c.kv_rows * hkv * d, 1.0), rand_vec(r, c.kv_rows * hkv * d, 1.0), rand_vec(r, c.q_rows * h * d, 1.0)]
+    [
+        rand_vec(r, c.q_rows * h * d, 1.0),
+        rand_vec(r, c.kv_rows * hkv * d, 1.0),
+        rand_vec(r, c.kv_rows * hkv * d, 1.0),
+        rand_vec(r, c.q_rows * h * d, 1.0),
+    ]
 }
 
 fn attention<B: Backend>(b: &B) {
@@ -345,34 +428,86 @@ fn attention<B: Backend>(b: &B) {
         let want = run_attention(&Cpu, &c, &q, &k, &v, &dout);
         let got = run_attention(b, &c, &q, &k, &v, &dout);
         let (qm, kvm) = covered(&c);
-        let tag = format!("{:?} {:?}", c.shape, c.spans.iter().map(|s| (s.q_len, s.kv_len)).collect::<Vec<_>>());
-        assert_close(&format!("attention out {tag}"), &rows_of(&got.0, &qm, h * d), &rows_of(&want.0, &qm, h * d), TOL);
-        assert_close(&format!("attention lse {tag}"), &rows_of(&got.1, &qm, h), &rows_of(&want.1, &qm, h), TOL);
-        assert_close(&format!("attention dq {tag}"), &rows_of(&got.2, &qm, h * d), &rows_of(&want.2, &qm, h * d), TOL);
-        assert_close(&format!("attention dk {tag}"), &rows_of(&got.3, &kvm, hkv * d), &rows_of(&want.3, &kvm, hkv * d), TOL);
-        assert_close(&format!("attention dv {tag}"), &rows_of(&got.4, &kvm, hkv * d), &rows_of(&want.4, &kvm, hkv * d), TOL);
+        let tag = format!(
+            "{:?} {:?}",
+            c.shape,
+            c.spans.iter().map(|s| (s.q_len, s.kv_len)).collect::<Vec<_>>()
+        );
+        assert_close(
+            &format!("attention out {tag}"),
+            &rows_of(&got.0, &qm, h * d),
+            &rows_of(&want.0, &qm, h * d),
+            TOL,
+        );
+        assert_close(
+            &format!("attention lse {tag}"),
+            &rows_of(&got.1, &qm, h),
+            &rows_of(&want.1, &qm, h),
+            TOL,
+        );
+        assert_close(
+            &format!("attention dq {tag}"),
+            &rows_of(&got.2, &qm, h * d),
+            &rows_of(&want.2, &qm, h * d),
+            TOL,
+        );
+        assert_close(
+            &format!("attention dk {tag}"),
+            &rows_of(&got.3, &kvm, hkv * d),
+            &rows_of(&want.3, &kvm, hkv * d),
+            TOL,
+        );
+        assert_close(
+            &format!("attention dv {tag}"),
+            &rows_of(&got.4, &kvm, hkv * d),
+            &rows_of(&want.4, &kvm, hkv * d),
+            TOL,
+        );
         // Rows outside every span are left untouched (still the NaN poison).
         for (i, m) in qm.iter().enumerate() {
             if !m {
-                assert!(got.0[i * h * d..(i + 1) * h * d].iter().all(|x| x.is_nan()), "attention wrote an uncovered row");
+                assert!(
+                    got.0[i * h * d..(i + 1) * h * d].iter().all(|x| x.is_nan()),
+                    "attention wrote an uncovered row"
+                );
             }
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn logprobs_case<B: Backend>(b: &B, logits: &[f32], targets: &[u32], rows: usize, vocab: usize, inv_temp: f32, dlp: &[f32], dent: &[f32]) -> [Vec<f32>; 3] {
+fn logprobs_case<B: Backend>(
+    b: &B,
+    logits: &[f32],
+    targets: &[u32],
+    rows: usize,
+    vocab: usize,
+    inv_temp: f32,
+    dlp: &[f32],
+    dent: &[f32],
+) -> [Vec<f32>; 3] {
     let lg = b.upload(logits);
     let (mut lp, mut ent) = (poisoned(b, rows), poisoned(b, rows));
     b.logprobs(&mut lp, &mut ent, &lg, targets, rows, vocab, inv_temp);
     let mut dl = poisoned(b, rows * vocab);
-    b.logprobs_backward(&mut dl, &lg, targets, &b.upload(dlp), &b.upload(dent), rows, vocab, inv_temp);
+    b.logprobs_backward(
+        &mut dl,
+        &lg,
+        targets,
+        &b.upload(dlp),
+        &b.upload(dent),
+        rows,
+        vocab,
+        inv_temp,
+    );
     [b.download(&lp), b.download(&ent), b.download(&dl)]
 }
 
 fn logprobs<B: Backend>(b: &B) {
     let mut r = rng(11);
-    for (rows, vocab, inv_temp) in [(1usize, 1usize, 1.0f32), (5, 7, 1.0), (13, 1000, 0.7), (3, 3001, 1.0), (2, 20000, 1.3)] {
+    for (rows, vocab, inv_temp) in
+        [(1usize, 1usize, 1.0f32), (5, 7, 1.0), (13, 1000, 0.7), (3, 3001, 1.0), (2, 20000, 1.3)]
+    {
         let logits = rand_vec(&mut r, rows * vocab, 4.0);
         let targets: Vec<u32> = (0..rows).map(|_| r.gen_range(0..vocab as u32)).collect();
         let (dlp, dent) = (rand_vec(&mut r, rows, 1.0), rand_vec(&mut r, rows, 1.0));
@@ -409,7 +544,11 @@ fn determinism<B: Backend>(b: &B) {
     assert_eq!(b.sum_squares(&x).to_bits(), b.sum_squares(&x).to_bits(), "sum_squares");
     // Reductions into accumulators: rmsnorm dw, bias and embedding gradients.
     let (rows, dim) = (37, 129);
-    let (xh, w, g) = (rand_vec(&mut r, rows * dim, 1.0), rand_vec(&mut r, dim, 1.0), rand_vec(&mut r, rows * dim, 1.0));
+    let (xh, w, g) = (
+        rand_vec(&mut r, rows * dim, 1.0),
+        rand_vec(&mut r, dim, 1.0),
+        rand_vec(&mut r, rows * dim, 1.0),
+    );
     let ids: Vec<u32> = (0..rows).map(|_| r.gen_range(0..5)).collect();
     let run = || {
         let (xg, wg) = (b.upload(&xh), b.upload(&w));
@@ -439,10 +578,23 @@ fn batch_invariance<B: Backend>(b: &B) {
     let (dlp, dent) = (rand_vec(&mut r, rows, 1.0), rand_vec(&mut r, rows, 1.0));
     let all = logprobs_case(b, &logits, &targets, rows, vocab, 1.0, &dlp, &dent);
     for row in [0usize, 4] {
-        let one = logprobs_case(b, &logits[row * vocab..(row + 1) * vocab], &targets[row..row + 1], 1, vocab, 1.0, &dlp[row..row + 1], &dent[row..row + 1]);
+        let one = logprobs_case(
+            b,
+            &logits[row * vocab..(row + 1) * vocab],
+            &targets[row..row + 1],
+            1,
+            vocab,
+            1.0,
+            &dlp[row..row + 1],
+            &dent[row..row + 1],
+        );
         assert_eq!(one[0][0].to_bits(), all[0][row].to_bits(), "logprobs depends on the batch");
         assert_eq!(one[1][0].to_bits(), all[1][row].to_bits(), "entropy depends on the batch");
-        assert_eq!(bits(&one[2]), bits(&all[2][row * vocab..(row + 1) * vocab]), "logprobs_backward depends on the batch");
+        assert_eq!(
+            bits(&one[2]),
+            bits(&all[2][row * vocab..(row + 1) * vocab]),
+            "logprobs_backward depends on the batch"
+        );
     }
     // attention: the middle sequence alone vs packed between neighbours.
     let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 16 };
@@ -455,7 +607,11 @@ fn batch_invariance<B: Backend>(b: &B) {
     let c1 = AttnCase { spans: packed(&[33]), shape, q_rows: 33, kv_rows: 33 };
     let one = run_attention(b, &c1, &sub(&q, w), &sub(&k, wk), &sub(&v, wk), &sub(&dout, w));
     assert_eq!(bits(&one.0), bits(&sub(&all.0, w)), "attention out depends on the batch");
-    assert_eq!(bits(&one.1), bits(&sub(&all.1, shape.n_heads)), "attention lse depends on the batch");
+    assert_eq!(
+        bits(&one.1),
+        bits(&sub(&all.1, shape.n_heads)),
+        "attention lse depends on the batch"
+    );
     assert_eq!(bits(&one.2), bits(&sub(&all.2, w)), "attention dq depends on the batch");
     assert_eq!(bits(&one.3), bits(&sub(&all.3, wk)), "attention dk depends on the batch");
     assert_eq!(bits(&one.4), bits(&sub(&all.4, wk)), "attention dv depends on the batch");

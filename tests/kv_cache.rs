@@ -63,7 +63,11 @@ fn logprobs_are_batch_invariant() {
     let alone = run(&[&a]);
     let packed = run(&[&b, &a, &c]);
     let off = b.len();
-    assert_eq!(&packed[off..off + a.len() - 1], &alone[..a.len() - 1], "log-probs of a sequence changed with its neighbours");
+    assert_eq!(
+        &packed[off..off + a.len() - 1],
+        &alone[..a.len() - 1],
+        "log-probs of a sequence changed with its neighbours"
+    );
 }
 
 #[test]

@@ -21,7 +21,8 @@ fn golden() -> impl Fn(&str) -> Vec<f32> {
 fn three_adamw_steps_match_torch() {
     let g = golden();
     let be = Cpu;
-    let cfg = AdamwConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, max_grad_norm: None };
+    let cfg =
+        AdamwConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, max_grad_norm: None };
     let mut params = vec![g("p0")];
     let mut opt = AdamW::new(&be, &params, cfg);
     for s in 1..=3 {
@@ -63,7 +64,13 @@ fn clipping_matches_torch() {
 fn clipped_step_equals_step_on_clipped_gradient() {
     let g = golden();
     let be = Cpu;
-    let cfg = AdamwConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, max_grad_norm: Some(1.0) };
+    let cfg = AdamwConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        max_grad_norm: Some(1.0),
+    };
     let mut p1 = vec![g("p0")];
     let mut o1 = AdamW::new(&be, &p1, cfg);
     let rep = o1.step(&be, &mut p1, &[g("clip_g")], 1e-2);

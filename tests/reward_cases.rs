@@ -178,12 +178,7 @@ fn equivalence_cases() {
         .filter(|(_, p, r, want)| is_equivalent(p, r) != *want)
         .map(|(name, p, r, want)| format!("{name}: is_equivalent({p:?}, {r:?}) should be {want}"))
         .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failures:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert!(failed.is_empty(), "{} failures:\n{}", failed.len(), failed.join("\n"));
 }
 
 #[test]
@@ -192,18 +187,10 @@ fn extraction_cases() {
         .iter()
         .filter(|(_, text, want)| extract_answer(text).as_deref() != *want)
         .map(|(name, text, want)| {
-            format!(
-                "{name}: extract_answer({text:?}) = {:?}, want {want:?}",
-                extract_answer(text)
-            )
+            format!("{name}: extract_answer({text:?}) = {:?}, want {want:?}", extract_answer(text))
         })
         .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failures:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert!(failed.is_empty(), "{} failures:\n{}", failed.len(), failed.join("\n"));
 }
 
 #[test]
@@ -213,12 +200,7 @@ fn format_cases() {
         .filter(|(_, text, want)| format_ok(text) != *want)
         .map(|(name, text, want)| format!("{name}: format_ok({text:?}) should be {want}"))
         .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failures:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert!(failed.is_empty(), "{} failures:\n{}", failed.len(), failed.join("\n"));
 }
 
 #[test]
@@ -227,29 +209,18 @@ fn grade_cases() {
     let garbage: String = "\\boxed{{<answer>}\\frac{".repeat(20_000) + &"é中🙂".repeat(10_000);
     let mut failed = Vec::new();
     for &(name, response, answer, options, acc, fmt) in GRADE {
-        let response = if name == "very_long_garbage" {
-            garbage.as_str()
-        } else {
-            response
-        };
+        let response = if name == "very_long_garbage" { garbage.as_str() } else { response };
         let item = RewardItem {
             answer: answer.to_string(),
             options: options.map(|o| o.iter().map(|s| s.to_string()).collect()),
         };
         let v = cfg.grade(response, &item);
         if (v.accuracy, v.format) != (acc, fmt) {
-            failed.push(format!(
-                "{name}: got {v:?}, want accuracy {acc} format {fmt}"
-            ));
+            failed.push(format!("{name}: got {v:?}, want accuracy {acc} format {fmt}"));
         }
         assert_eq!(cfg.reward(response, &item), acc + fmt, "{name}: total");
     }
-    assert!(
-        failed.is_empty(),
-        "{} failures:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert!(failed.is_empty(), "{} failures:\n{}", failed.len(), failed.join("\n"));
 }
 
 /// Every answer extracted from the cases, boxed again, extracts to itself and is equivalent to

@@ -46,7 +46,13 @@ fn only_assistant_turns_are_trained() {
         }
     }
     let texts: Vec<String> = runs.iter().map(|r| t.decode(r, true).unwrap()).collect();
-    assert_eq!(texts, vec!["<think>x</think><answer>\\boxed{2}</answer><|im_end|>\n".to_string(), "ok<|im_end|>\n".to_string()]);
+    assert_eq!(
+        texts,
+        vec![
+            "<think>x</think><answer>\\boxed{2}</answer><|im_end|>\n".to_string(),
+            "ok<|im_end|>\n".to_string()
+        ]
+    );
     // Truncation keeps the head.
     let short = tokenize(&t, &msgs, Some(QWEN25_DEFAULT_SYSTEM), 20).unwrap();
     assert_eq!(short.ids, ex.ids[..20]);
@@ -72,7 +78,8 @@ fn bad_lines_are_reported_with_file_and_line() {
     }
     std::fs::write(&p, "\n").unwrap();
     assert!(format!("{:#}", load_jsonl(&p).unwrap_err()).contains("no examples"));
-    assert!(format!("{:#}", load_jsonl(&dir.path().join("missing.jsonl")).unwrap_err()).contains("cannot read"));
+    assert!(format!("{:#}", load_jsonl(&dir.path().join("missing.jsonl")).unwrap_err())
+        .contains("cannot read"));
 }
 
 #[test]

@@ -59,7 +59,12 @@ fn sft_lowers_the_loss() {
     for w in win.windows(2) {
         assert!(w[1] < w[0] || w[1] < 0.1, "smoothed loss rose: {win:?}");
     }
-    assert!(*win.last().unwrap() < 0.2 * losses[0], "final {:?} vs initial {}", win.last(), losses[0]);
+    assert!(
+        *win.last().unwrap() < 0.2 * losses[0],
+        "final {:?} vs initial {}",
+        win.last(),
+        losses[0]
+    );
 }
 
 #[test]
@@ -92,8 +97,14 @@ fn resumed_run_is_bit_identical() {
         assert_eq!(second.opt.step, straight.opt.step);
         for i in 0..straight.model.params.len() {
             let name = &straight.model.layout.specs[i].name;
-            assert!(second.model.params[i] == straight.model.params[i], "{dtype:?}: {name} differs after resume");
-            assert!(second.opt.m[i] == straight.opt.m[i] && second.opt.v[i] == straight.opt.v[i], "{dtype:?}: moments of {name}");
+            assert!(
+                second.model.params[i] == straight.model.params[i],
+                "{dtype:?}: {name} differs after resume"
+            );
+            assert!(
+                second.opt.m[i] == straight.opt.m[i] && second.opt.v[i] == straight.opt.v[i],
+                "{dtype:?}: moments of {name}"
+            );
         }
     }
     // Other data is refused.
@@ -134,7 +145,8 @@ fn checkpoints_survive_interrupted_saves_and_bad_files_are_errors() {
     let bad = tmp.path().join("bad");
     let copy = |name: &str| {
         std::fs::create_dir_all(&bad).unwrap();
-        for f in ["config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"] {
+        for f in ["config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+        {
             std::fs::copy(good.join(f), bad.join(f)).unwrap();
         }
         std::fs::write(bad.join(name), b"{").unwrap();
@@ -193,8 +205,13 @@ fn sft_command_trains_saves_and_resumes() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-    assert!(lines.iter().all(|l| l["loss"].as_f64().unwrap() > 0.0 && l["grad_norm"].as_f64().unwrap() > 0.0));
+    assert_eq!(
+        lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["loss"].as_f64().unwrap() > 0.0 && l["grad_norm"].as_f64().unwrap() > 0.0));
     // The finished model is written to OUT itself (bf16) and loads.
     let m = Qwen2::load(&Cpu, &out).unwrap();
     let mut want = small_config(16);

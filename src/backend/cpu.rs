@@ -67,7 +67,10 @@ impl Backend for Cpu {
         k: usize,
         beta: f32,
     ) {
-        assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "matmul: buffer too small");
+        assert!(
+            a.len() >= m * k && b.len() >= k * n && out.len() >= m * n,
+            "matmul: buffer too small"
+        );
         if beta == 0.0 {
             // matrixmultiply skips reading C when beta == 0, but be explicit: NaN poison must not leak.
             out[..m * n].fill(0.0);
@@ -196,7 +199,15 @@ impl Backend for Cpu {
         }
     }
 
-    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], n_heads: usize, head_dim: usize, theta: f32, inverse: bool) {
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        positions: &[u32],
+        n_heads: usize,
+        head_dim: usize,
+        theta: f32,
+        inverse: bool,
+    ) {
         let inv = rope_inv_freq(head_dim, theta);
         let half = head_dim / 2;
         let sign = if inverse { -1.0f32 } else { 1.0 };
@@ -236,10 +247,15 @@ impl Backend for Cpu {
         let items: Vec<(usize, usize, usize)> = spans
             .iter()
             .flat_map(|sp| {
-                (0..sp.q_len).flat_map(move |i| (0..h).map(move |hh| (sp.q_start + i, hh, sp.kv_start + sp.kv_len - sp.q_len + i)))
+                (0..sp.q_len).flat_map(move |i| {
+                    (0..h)
+                        .map(move |hh| (sp.q_start + i, hh, sp.kv_start + sp.kv_len - sp.q_len + i))
+                })
             })
             .collect();
-        let span_of_row = |qrow: usize| spans.iter().find(|s| qrow >= s.q_start && qrow < s.q_start + s.q_len).unwrap();
+        let span_of_row = |qrow: usize| {
+            spans.iter().find(|s| qrow >= s.q_start && qrow < s.q_start + s.q_len).unwrap()
+        };
         let results: Vec<(usize, usize, Vec<f32>, f32)> = items
             .par_iter()
             .map(|&(qrow, hh, last_kv)| {
@@ -249,7 +265,8 @@ impl Backend for Cpu {
                 let scores: Vec<f64> = (sp.kv_start..=last_kv)
                     .map(|kr| {
                         let kk = &k[at(kr, kvh, hkv, d)..at(kr, kvh, hkv, d) + d];
-                        qv.iter().zip(kk).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * scale
+                        qv.iter().zip(kk).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>()
+                            * scale
                     })
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -297,7 +314,8 @@ impl Backend for Cpu {
             dk: Vec<f64>, // [kv_len, d]
             dv: Vec<f64>,
         }
-        let items: Vec<(AttnSpan, usize)> = spans.iter().flat_map(|&sp| (0..hkv).map(move |g| (sp, g))).collect();
+        let items: Vec<(AttnSpan, usize)> =
+            spans.iter().flat_map(|&sp| (0..hkv).map(move |g| (sp, g))).collect();
         let grads: Vec<Grad> = items
             .par_iter()
             .map(|&(sp, kvh)| {
@@ -314,14 +332,21 @@ impl Backend for Cpu {
                         let ov = &out[at(qrow, hh, h, d)..][..d];
                         let l = lse[qrow * h + hh] as f64;
                         // D = dO . O  (= sum_j P_j dP_j)
-                        let dd: f64 = dov.iter().zip(ov).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                        let dd: f64 =
+                            dov.iter().zip(ov).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
                         for j in 0..n_keys {
                             let kr = sp.kv_start + j;
                             let kk = &k[at(kr, kvh, hkv, d)..][..d];
                             let vv = &v[at(kr, kvh, hkv, d)..][..d];
-                            let s: f64 = qv.iter().zip(kk).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * scale;
+                            let s: f64 = qv
+                                .iter()
+                                .zip(kk)
+                                .map(|(a, b)| (*a as f64) * (*b as f64))
+                                .sum::<f64>()
+                                * scale;
                             let p = (s - l).exp();
-                            let dp: f64 = dov.iter().zip(vv).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                            let dp: f64 =
+                                dov.iter().zip(vv).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
                             let ds = p * (dp - dd) * scale;
                             for c in 0..d {
                                 gv[j * d + c] += p * dov[c] as f64;
@@ -356,20 +381,25 @@ impl Backend for Cpu {
     }
 
     fn swiglu(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) {
-        out.par_iter_mut().zip(gate.par_iter().zip(up.par_iter())).for_each(|(o, (g, u))| *o = silu(*g) * u);
+        out.par_iter_mut()
+            .zip(gate.par_iter().zip(up.par_iter()))
+            .for_each(|(o, (g, u))| *o = silu(*g) * u);
     }
-    fn swiglu_backward(&self, dgate: &mut Vec<f32>, dup: &mut Vec<f32>, dout: &Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) {
-        dgate
-            .par_iter_mut()
-            .zip(dup.par_iter_mut())
-            .enumerate()
-            .for_each(|(i, (dg, du))| {
-                let g = gate[i];
-                let sig = 1.0 / (1.0 + (-g).exp());
-                *du = dout[i] * g * sig;
-                // d silu(g)/dg = sig * (1 + g (1 - sig))
-                *dg = dout[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
-            });
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+    ) {
+        dgate.par_iter_mut().zip(dup.par_iter_mut()).enumerate().for_each(|(i, (dg, du))| {
+            let g = gate[i];
+            let sig = 1.0 / (1.0 + (-g).exp());
+            *du = dout[i] * g * sig;
+            // d silu(g)/dg = sig * (1 + g (1 - sig))
+            *dg = dout[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
+        });
     }
 
     fn logprobs(
@@ -422,13 +452,18 @@ impl Backend for Cpu {
         });
     }
 
-    fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, hp: AdamwStep) {
+    fn adamw(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        hp: AdamwStep,
+    ) {
         let bc1 = 1.0 - (hp.beta1 as f64).powi(hp.step as i32);
         let bc2 = 1.0 - (hp.beta2 as f64).powi(hp.step as i32);
-        p.par_iter_mut()
-            .zip(g.par_iter())
-            .zip(m.par_iter_mut().zip(v.par_iter_mut()))
-            .for_each(|((p, &g), (m, v))| {
+        p.par_iter_mut().zip(g.par_iter()).zip(m.par_iter_mut().zip(v.par_iter_mut())).for_each(
+            |((p, &g), (m, v))| {
                 let g = g * hp.grad_scale;
                 *p -= hp.lr * hp.weight_decay * *p;
                 *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
@@ -436,7 +471,8 @@ impl Backend for Cpu {
                 let mhat = *m as f64 / bc1;
                 let vhat = *v as f64 / bc2;
                 *p -= (hp.lr as f64 * mhat / (vhat.sqrt() + hp.eps as f64)) as f32;
-            });
+            },
+        );
     }
 }
 

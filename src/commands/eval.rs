@@ -86,7 +86,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let tok = Tokenizer::from_dir(&args.model)?;
     let n = if args.max_items > 0 { args.max_items.min(items.len()) } else { items.len() };
     let pb = crate::progress::bar(n as u64, "evaluating");
-    let report = evaluate_with_progress(&model, &be, &tok, &items, &params, |done| pb.set_position(done as u64))?;
+    let report = evaluate_with_progress(&model, &be, &tok, &items, &params, |done| {
+        pb.set_position(done as u64)
+    })?;
     pb.finish_and_clear();
     if let Some(out) = &args.out {
         write_jsonl(out, &report.results)?;

@@ -47,7 +47,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         args.prompt.clone()
     } else {
         let sys = args.system.as_deref().unwrap_or(QWEN25_DEFAULT_SYSTEM);
-        apply_chat_template(&[Message::new("system", sys), Message::new("user", &args.prompt)], None, true)
+        apply_chat_template(
+            &[Message::new("system", sys), Message::new("user", &args.prompt)],
+            None,
+            true,
+        )
     };
     let ids = tok.encode(&text)?;
     let mut stop_ids = tok.stop_ids();
@@ -62,7 +66,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
     let out = generate(&model, &be, &[ids], 1, &params, args.seed, Some(&tok), |_| {})?;
     let r = &out[0];
-    let body: Vec<u32> = r.tokens.iter().copied().filter(|t| !params.stop_ids.contains(t)).collect();
+    let body: Vec<u32> =
+        r.tokens.iter().copied().filter(|t| !params.stop_ids.contains(t)).collect();
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", tok.decode(&body, false)?)?;
     eprintln!("[{} tokens, stop: {:?}]", r.tokens.len(), r.stop);

@@ -30,9 +30,11 @@ pub fn run(args: &LogprobsArgs) -> Result<()> {
     if !(args.temperature > 0.0) {
         bail!("--temperature must be positive (got {})", args.temperature);
     }
-    let text = std::fs::read_to_string(&args.tokens).with_context(|| format!("cannot read {}", args.tokens.display()))?;
-    let seqs: Vec<Vec<u32>> = serde_json::from_str(&text)
-        .with_context(|| format!("{}: expected a JSON list of lists of token ids", args.tokens.display()))?;
+    let text = std::fs::read_to_string(&args.tokens)
+        .with_context(|| format!("cannot read {}", args.tokens.display()))?;
+    let seqs: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| {
+        format!("{}: expected a JSON list of lists of token ids", args.tokens.display())
+    })?;
     if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
         bail!("{}: sequence {i} is empty", args.tokens.display());
     }

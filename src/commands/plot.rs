@@ -29,11 +29,18 @@ pub struct PlotArgs {
 
 pub fn run(args: &PlotArgs) -> Result<()> {
     if !args.dir.is_dir() {
-        bail!("{} is not a directory (expected a run directory holding metrics.jsonl)", args.dir.display());
+        bail!(
+            "{} is not a directory (expected a run directory holding metrics.jsonl)",
+            args.dir.display()
+        );
     }
     let metrics = args.dir.join("metrics.jsonl");
     if !metrics.is_file() {
-        bail!("{} not found: is {} a training run's output directory?", metrics.display(), args.dir.display());
+        bail!(
+            "{} not found: is {} a training run's output directory?",
+            metrics.display(),
+            args.dir.display()
+        );
     }
     let out = args.out.clone().unwrap_or_else(|| args.dir.join("curves.png"));
     // The bitmap backend picks the encoder from the extension; only PNG is meant here.
@@ -46,18 +53,26 @@ pub fn run(args: &PlotArgs) -> Result<()> {
         }
     }
 
-    let text = std::fs::read_to_string(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
+    let text = std::fs::read_to_string(&metrics)
+        .with_context(|| format!("cannot read {}", metrics.display()))?;
     let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
     if lines == 0 {
         bail!("{} is empty: no steps logged yet", metrics.display());
     }
     let records = read_metrics(&metrics)?;
     if records.is_empty() {
-        bail!("{}: none of its {lines} lines is a JSON object; is it a metrics file?", metrics.display());
+        bail!(
+            "{}: none of its {lines} lines is a JSON object; is it a metrics file?",
+            metrics.display()
+        );
     }
     if records.len() < lines {
         // A torn last line after a crash is normal; say so rather than fail.
-        eprintln!("note: skipped {} malformed line(s) of {}", lines - records.len(), metrics.display());
+        eprintln!(
+            "note: skipped {} malformed line(s) of {}",
+            lines - records.len(),
+            metrics.display()
+        );
     }
     let panels = panels(&records);
     if panels.is_empty() {

@@ -54,14 +54,18 @@ struct VerdictLine<'a> {
 }
 
 pub fn run(args: &RewardArgs) -> Result<()> {
-    for (name, w) in [("--accuracy-weight", args.accuracy_weight), ("--format-weight", args.format_weight)] {
+    for (name, w) in
+        [("--accuracy-weight", args.accuracy_weight), ("--format-weight", args.format_weight)]
+    {
         if !w.is_finite() {
             bail!("{name} must be a finite number (got {w})");
         }
     }
-    let cfg = RewardConfig { accuracy_weight: args.accuracy_weight, format_weight: args.format_weight };
+    let cfg =
+        RewardConfig { accuracy_weight: args.accuracy_weight, format_weight: args.format_weight };
     let items = load_rl_items(&args.data, args.bad_lines)?;
-    let by_id: HashMap<String, usize> = items.iter().enumerate().map(|(i, it)| (it.id_or(i), i)).collect();
+    let by_id: HashMap<String, usize> =
+        items.iter().enumerate().map(|(i, it)| (it.id_or(i), i)).collect();
     let data = args.data.display().to_string();
     let lines = read_jsonl::<ResponseLine>(&args.responses, args.bad_lines, |r| {
         if !by_id.contains_key(&r.id) {
@@ -83,7 +87,14 @@ pub fn run(args: &RewardArgs) -> Result<()> {
         acc_sum += v.accuracy as f64;
         fmt_sum += v.format as f64;
         reward_sum += reward as f64;
-        out.push(VerdictLine { id: &r.id, index: seen[i].0, extracted: v.extracted, accuracy: v.accuracy, format: v.format, reward });
+        out.push(VerdictLine {
+            id: &r.id,
+            index: seen[i].0,
+            extracted: v.extracted,
+            accuracy: v.accuracy,
+            format: v.format,
+            reward,
+        });
         seen[i].0 += 1;
         seen[i].1 += (v.accuracy >= 1.0) as usize;
     }

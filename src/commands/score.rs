@@ -81,8 +81,12 @@ struct RolloutLine {
 impl RolloutLine {
     fn check(&self) -> Result<()> {
         match (self.accuracy, self.reward) {
-            (Some(a), _) if !(0.0..=1.0).contains(&a) => bail!("\"accuracy\" must be in [0, 1] (got {a})"),
-            (None, Some(r)) if !r.is_finite() => bail!("\"reward\" must be a finite number (got {r})"),
+            (Some(a), _) if !(0.0..=1.0).contains(&a) => {
+                bail!("\"accuracy\" must be in [0, 1] (got {a})")
+            }
+            (None, Some(r)) if !r.is_finite() => {
+                bail!("\"reward\" must be a finite number (got {r})")
+            }
             (None, None) => bail!("rollout has neither \"accuracy\" nor \"reward\""),
             _ => Ok(()),
         }
@@ -125,7 +129,10 @@ fn from_rollouts(path: &Path, bad: BadLines, vps: VpsParams) -> Result<Vec<Score
     if lines.records.is_empty() {
         bail!("{}: no rollouts", path.display());
     }
-    let scores = score_rollouts(lines.records.iter().map(|(_, r)| (r.id.as_str(), r.correctness(), r.tokens.as_slice())), vps);
+    let scores = score_rollouts(
+        lines.records.iter().map(|(_, r)| (r.id.as_str(), r.correctness(), r.tokens.as_slice())),
+        vps,
+    );
     let single = scores.iter().filter(|s| s.n < 2).count();
     if single > 0 {
         eprintln!("warning: {}: {single} item(s) have a single rollout: their TDS is 0 and their pass rate one sample", path.display());
@@ -133,12 +140,20 @@ fn from_rollouts(path: &Path, bad: BadLines, vps: VpsParams) -> Result<Vec<Score
     Ok(scores)
 }
 
-fn with_model(args: &ScoreArgs, model_dir: &Path, data: &Path, vps: VpsParams) -> Result<Vec<ScoreRecord>> {
+fn with_model(
+    args: &ScoreArgs,
+    model_dir: &Path,
+    data: &Path,
+    vps: VpsParams,
+) -> Result<Vec<ScoreRecord>> {
     if args.rollouts_per_item < 2 {
         bail!("--rollouts-per-item must be at least 2 (got {}): OVS and TDS measure spread across rollouts", args.rollouts_per_item);
     }
     if !(args.temperature > 0.0 && args.temperature.is_finite()) {
-        bail!("--temperature must be > 0 for scoring (got {}): greedy rollouts are identical", args.temperature);
+        bail!(
+            "--temperature must be > 0 for scoring (got {}): greedy rollouts are identical",
+            args.temperature
+        );
     }
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1] (got {})", args.top_p);
@@ -167,7 +182,9 @@ fn with_model(args: &ScoreArgs, model_dir: &Path, data: &Path, vps: VpsParams) -
         reward: RewardConfig::default(),
     };
     let pb = crate::progress::bar(items.len() as u64, "scoring");
-    let (scores, rollouts) = score_with_model(&model, &be, &tok, &items, &grade, vps, |done| pb.set_position(done as u64))?;
+    let (scores, rollouts) = score_with_model(&model, &be, &tok, &items, &grade, vps, |done| {
+        pb.set_position(done as u64)
+    })?;
     pb.finish_and_clear();
     if let Some(p) = &args.rollouts_out {
         write_jsonl(p, &rollouts)?;

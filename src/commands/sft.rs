@@ -3,11 +3,11 @@
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::data::sft_data::load_sft_dataset;
+use crate::model::safetensors_io::write_model_files;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
 use crate::tokenizer::{Tokenizer, QWEN25_DEFAULT_SYSTEM};
-use crate::model::safetensors_io::write_model_files;
 use crate::train::checkpoint::latest_checkpoint;
 use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
 use anyhow::{Context, Result};
@@ -113,10 +113,9 @@ pub fn run(args: &SftArgs) -> Result<()> {
 pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     let resume_dir = match args.resume.as_deref() {
         None => None,
-        Some("latest") => Some(
-            latest_checkpoint(&args.out)?
-                .with_context(|| format!("--resume: {} has no `latest` checkpoint", args.out.display()))?,
-        ),
+        Some("latest") => Some(latest_checkpoint(&args.out)?.with_context(|| {
+            format!("--resume: {} has no `latest` checkpoint", args.out.display())
+        })?),
         Some(dir) => Some(PathBuf::from(dir)),
     };
     // The tokenizer of the checkpoint when resuming (it is a copy), else the model's.
@@ -152,7 +151,10 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
             cfg.validate()?;
             let (data, dropped) = load_sft_dataset(&args.data, &tok, system, cfg.max_len)?;
             if dropped > 0 {
-                eprintln!("note: {dropped} examples have no assistant token within --max-len {}; skipped", cfg.max_len);
+                eprintln!(
+                    "note: {dropped} examples have no assistant token within --max-len {}; skipped",
+                    cfg.max_len
+                );
             }
             let model = Qwen2::load(be, &args.model)?;
             SftTrainer::new(be, model, data, cfg)?
@@ -167,7 +169,8 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         trainer.state.config.batch_size,
         trainer.state.schedule
     );
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -179,14 +182,17 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         let m = trainer.step(be)?;
         done_here += 1;
         report(&m, trainer.state.total_steps);
-        writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        writeln!(metrics, "{}", serde_json::to_string(&m)?)
+            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
         if args.save_every > 0 && m.step % args.save_every == 0 {
             let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
             eprintln!("saved {}", dir.display());
         }
     }
     // Always end on a checkpoint (unless the last step just wrote one).
-    if latest_checkpoint(&args.out)? != Some(args.out.join(format!("checkpoint-{}", trainer.state.step))) {
+    if latest_checkpoint(&args.out)?
+        != Some(args.out.join(format!("checkpoint-{}", trainer.state.step)))
+    {
         let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
         eprintln!("saved {}", dir.display());
     }
@@ -198,7 +204,13 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_final<B: Backend>(out: &Path, t: &SftTrainer<B>, be: &B, dtype: SaveDtype, tok: &Path) -> Result<()> {
+fn write_final<B: Backend>(
+    out: &Path,
+    t: &SftTrainer<B>,
+    be: &B,
+    dtype: SaveDtype,
+    tok: &Path,
+) -> Result<()> {
     write_model_files(out, &t.model.cfg, &t.model.layout, &t.model.to_host(be), dtype, Some(tok))
 }
 

@@ -2,9 +2,9 @@
 //! in MMR1's `<think>`/`<answer>`/`\boxed{}` format), a character-level tokenizer built in
 //! code with the `tokenizers` crate, and a tiny Qwen2 config. No downloads.
 
+use super::prompt::{render_prompt, PromptStyle};
 use super::rl_items::RlItem;
 use crate::model::Qwen2Config;
-use super::prompt::{render_prompt, PromptStyle};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
@@ -39,8 +39,9 @@ pub fn demo_tokenizer() -> Result<Tokenizer> {
         .build()
         .map_err(|e| anyhow::anyhow!("demo tokenizer: {e}"))?;
     let mut tok = tokenizers::Tokenizer::new(model);
-    let split = Split::new(SplitPattern::Regex(r"(?s).".into()), SplitDelimiterBehavior::Isolated, false)
-        .map_err(|e| anyhow::anyhow!("demo tokenizer: {e}"))?;
+    let split =
+        Split::new(SplitPattern::Regex(r"(?s).".into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| anyhow::anyhow!("demo tokenizer: {e}"))?;
     tok.with_pre_tokenizer(Some(split));
     tok.with_decoder(Some(Fuse::new()));
     tok.add_special_tokens(&SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>());
@@ -110,8 +111,14 @@ pub fn demo_solution(item: &RlItem) -> String {
 /// sum. SFT learns the slips along with the method; only a verifiable reward (RL) can tell
 /// the model they are wrong, which is what the demo shows.
 pub fn teacher_solution(item: &RlItem, slip: f64, seed: u64) -> String {
-    let terms: Vec<u32> = item.problem.trim_start_matches("Add ").split('+').filter_map(|t| t.parse().ok()).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ crate::rl::rollout::mix_seed(0, item.problem.len() as u64 * 1_000_003 + terms.iter().fold(7, |h, &t| h * 31 + t as u64)));
+    let terms: Vec<u32> =
+        item.problem.trim_start_matches("Add ").split('+').filter_map(|t| t.parse().ok()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed ^ crate::rl::rollout::mix_seed(
+            0,
+            item.problem.len() as u64 * 1_000_003 + terms.iter().fold(7, |h, &t| h * 31 + t as u64),
+        ),
+    );
     let mut steps = Vec::new();
     let mut acc = terms[0];
     for t in &terms[1..] {
@@ -151,7 +158,10 @@ mod tests {
     fn solutions_are_correct() {
         for it in DemoTask::default().items(50, 1, "x") {
             let sol = demo_solution(&it);
-            assert!(sol.ends_with(&format!("\\boxed{{{}}}</answer>", it.answer.as_ref().unwrap())), "{sol}");
+            assert!(
+                sol.ends_with(&format!("\\boxed{{{}}}</answer>", it.answer.as_ref().unwrap())),
+                "{sol}"
+            );
         }
     }
 }

@@ -7,7 +7,17 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// What to do with a line that does not parse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BadLines {
     /// Stop with an error naming the line (the default: data problems should be seen).
@@ -24,7 +34,11 @@ pub struct Lines<T> {
 }
 
 /// Reads every non-blank line of `path` as a `T`; `check` may reject a parsed record.
-pub fn read_jsonl<T: DeserializeOwned>(path: &Path, bad: BadLines, check: impl Fn(&T) -> Result<()>) -> Result<Lines<T>> {
+pub fn read_jsonl<T: DeserializeOwned>(
+    path: &Path,
+    bad: BadLines,
+    check: impl Fn(&T) -> Result<()>,
+) -> Result<Lines<T>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = Lines { records: vec![], skipped: 0 };
     for (i, line) in BufReader::new(f).lines().enumerate() {
@@ -33,7 +47,9 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path, bad: BadLines, check: impl F
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<T>(&line).map_err(anyhow::Error::from).and_then(|r| check(&r).map(|_| r));
+        let parsed = serde_json::from_str::<T>(&line)
+            .map_err(anyhow::Error::from)
+            .and_then(|r| check(&r).map(|_| r));
         match (parsed, bad) {
             (Ok(r), _) => out.records.push((n, r)),
             (Err(e), BadLines::Stop) => bail!("{}:{n}: {e:#}", path.display()),
@@ -53,7 +69,9 @@ pub fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::String(s) => Ok(s),
         serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        other => Err(D::Error::custom(format!("\"id\" must be a string or an integer, not {other}"))),
+        other => {
+            Err(D::Error::custom(format!("\"id\" must be a string or an integer, not {other}")))
+        }
     }
 }
 

@@ -11,7 +11,8 @@ your work, and THEN give the final answer. The reasoning process MUST be enclose
 final answer MUST be enclosed within <answer> </answer> tags, with the answer itself in \\boxed{}.";
 
 /// MMR1's evaluation instruction.
-pub const MMR1_EVAL_INSTRUCTION: &str = "Solve the problem step by step and put your final answer in one \\boxed{}. \
+pub const MMR1_EVAL_INSTRUCTION: &str =
+    "Solve the problem step by step and put your final answer in one \\boxed{}. \
 For a multiple-choice question, put only the letter of the choice inside the \\boxed{}.";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -61,7 +61,10 @@ pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
                 if !matches!(role, "system" | "user" | "assistant") {
                     bail!("messages[{i}]: role {role:?} is not system, user or assistant");
                 }
-                Ok(Message::new(role, str_field(m, "content").with_context(|| format!("messages[{i}]"))?))
+                Ok(Message::new(
+                    role,
+                    str_field(m, "content").with_context(|| format!("messages[{i}]"))?,
+                ))
             })
             .collect::<Result<_>>()?
     } else if let Some(list) = v.get("conversations") {
@@ -74,13 +77,21 @@ pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
                     "human" | "user" => "user",
                     "gpt" | "assistant" => "assistant",
                     "system" => "system",
-                    other => bail!("conversations[{i}]: \"from\" is {other:?}; expected human, gpt or system"),
+                    other => bail!(
+                        "conversations[{i}]: \"from\" is {other:?}; expected human, gpt or system"
+                    ),
                 };
-                Ok(Message::new(role, str_field(m, "value").with_context(|| format!("conversations[{i}]"))?))
+                Ok(Message::new(
+                    role,
+                    str_field(m, "value").with_context(|| format!("conversations[{i}]"))?,
+                ))
             })
             .collect::<Result<_>>()?
     } else if v.get("problem").is_some() || v.get("solution").is_some() {
-        vec![Message::new("user", str_field(v, "problem")?), Message::new("assistant", str_field(v, "solution")?)]
+        vec![
+            Message::new("user", str_field(v, "problem")?),
+            Message::new("assistant", str_field(v, "solution")?),
+        ]
     } else {
         bail!("expected a \"messages\", \"conversations\" or \"problem\"/\"solution\" record");
     };
@@ -92,14 +103,15 @@ pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
 
 /// Reads a JSONL file of conversations. Errors name the file and the 1-based line.
 pub fn load_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: not valid JSON ({e})", path.display(), i + 1))?;
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| anyhow!("{}:{}: not valid JSON ({e})", path.display(), i + 1))?;
         let msgs = parse_record(&v).map_err(|e| anyhow!("{}:{}: {e:#}", path.display(), i + 1))?;
         out.push(msgs);
     }
@@ -111,7 +123,10 @@ pub fn load_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
 
 /// Renders `messages` exactly as `apply_chat_template(messages, default_system, false)` and
 /// returns the text with the byte ranges of the assistant turns (content + `<|im_end|>\n`).
-pub fn render_with_spans(messages: &[Message], default_system: Option<&str>) -> (String, Vec<std::ops::Range<usize>>) {
+pub fn render_with_spans(
+    messages: &[Message],
+    default_system: Option<&str>,
+) -> (String, Vec<std::ops::Range<usize>>) {
     let mut s = String::new();
     let mut spans = Vec::new();
     if let Some(sys) = default_system {
@@ -135,15 +150,18 @@ pub fn render_with_spans(messages: &[Message], default_system: Option<&str>) -> 
 
 /// Tokenizes a conversation and marks the trained tokens: a token is trained when its first
 /// byte lies in an assistant span. Truncates to `max_len` tokens (the tail goes).
-pub fn tokenize(tok: &Tokenizer, messages: &[Message], default_system: Option<&str>, max_len: usize) -> Result<SftExample> {
+pub fn tokenize(
+    tok: &Tokenizer,
+    messages: &[Message],
+    default_system: Option<&str>,
+    max_len: usize,
+) -> Result<SftExample> {
     let (text, spans) = render_with_spans(messages, default_system);
-    let enc = tok.inner().encode(text.as_str(), false).map_err(|e| anyhow!("tokenizing failed: {e}"))?;
+    let enc =
+        tok.inner().encode(text.as_str(), false).map_err(|e| anyhow!("tokenizing failed: {e}"))?;
     let mut ids = enc.get_ids().to_vec();
-    let mut trained: Vec<bool> = enc
-        .get_offsets()
-        .iter()
-        .map(|&(a, _)| spans.iter().any(|r| r.contains(&a)))
-        .collect();
+    let mut trained: Vec<bool> =
+        enc.get_offsets().iter().map(|&(a, _)| spans.iter().any(|r| r.contains(&a))).collect();
     ids.truncate(max_len);
     trained.truncate(max_len);
     Ok(SftExample { ids, trained })
@@ -161,7 +179,8 @@ pub fn load_sft_dataset(
     let mut out = Vec::with_capacity(convs.len());
     let mut dropped = 0;
     for (i, c) in convs.iter().enumerate() {
-        let ex = tokenize(tok, c, default_system, max_len).with_context(|| format!("{}: example {}", path.display(), i + 1))?;
+        let ex = tokenize(tok, c, default_system, max_len)
+            .with_context(|| format!("{}: example {}", path.display(), i + 1))?;
         if ex.trained_targets() == 0 {
             dropped += 1;
         } else {

@@ -197,7 +197,15 @@ impl<B: Backend> Qwen2<B> {
     /// d(loss)/d(x_in). Forward (see `layer_forward`):
     /// `x_mid = x_in + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))`, `n1 = rmsnorm(x_in)`;
     /// `x_out = x_mid + down(silu(gate(n2)) * up(n2))`, `n2 = rmsnorm(x_mid)`.
-    fn layer_backward(&self, be: &B, l: usize, batch: &Packed, acts: &Acts<B>, grads: &mut [B::Buf], s: &mut GradScratch<B>) {
+    fn layer_backward(
+        &self,
+        be: &B,
+        l: usize,
+        batch: &Packed,
+        acts: &Acts<B>,
+        grads: &mut [B::Buf],
+        s: &mut GradScratch<B>,
+    ) {
         let c = &self.cfg;
         let t = batch.tokens();
         let (d, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
@@ -218,7 +226,16 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut s.dxn, &s.dup, Tr::N, &p[w.up_w], Tr::N, t, d, i, 1.0);
         be.matmul(&mut grads[w.gate_w], &s.dgate, Tr::T, &la.xn2, Tr::N, i, d, t, 1.0);
         be.matmul(&mut grads[w.up_w], &s.dup, Tr::T, &la.xn2, Tr::N, i, d, t, 1.0);
-        be.rmsnorm_backward(&mut s.dnorm_in, &mut grads[w.post_norm], &s.dxn, &la.x_mid, &p[w.post_norm], &la.rstd2, t, d);
+        be.rmsnorm_backward(
+            &mut s.dnorm_in,
+            &mut grads[w.post_norm],
+            &s.dxn,
+            &la.x_mid,
+            &p[w.post_norm],
+            &la.rstd2,
+            t,
+            d,
+        );
         be.add_assign(&mut s.dresid, &s.dnorm_in); // now d(loss)/d(x_mid)
 
         // ---- attention
@@ -227,7 +244,19 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut grads[w.o_w], &s.dresid, Tr::T, &la.att, Tr::N, d, d, t, 1.0);
         // la.q / la.k hold the rotated q, k (rope is applied in place), which is what the
         // attention saw; the gradients come back with respect to them.
-        be.attention_backward(&mut s.dq, &mut s.dk, &mut s.dv, &s.datt, &la.q, &la.k, &la.v, &la.att, &la.lse, &batch.spans, self.attn_shape());
+        be.attention_backward(
+            &mut s.dq,
+            &mut s.dk,
+            &mut s.dv,
+            &s.datt,
+            &la.q,
+            &la.k,
+            &la.v,
+            &la.att,
+            &la.lse,
+            &batch.spans,
+            self.attn_shape(),
+        );
         // Rope is an orthogonal rotation: its backward is the inverse rotation.
         be.rope(&mut s.dq, &batch.positions, c.num_attention_heads, hd, theta, true);
         be.rope(&mut s.dk, &batch.positions, c.n_kv_heads(), hd, theta, true);
@@ -241,7 +270,16 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut grads[w.q_w], &s.dq, Tr::T, &la.xn1, Tr::N, d, d, t, 1.0);
         be.matmul(&mut grads[w.k_w], &s.dk, Tr::T, &la.xn1, Tr::N, kvd, d, t, 1.0);
         be.matmul(&mut grads[w.v_w], &s.dv, Tr::T, &la.xn1, Tr::N, kvd, d, t, 1.0);
-        be.rmsnorm_backward(&mut s.dnorm_in, &mut grads[w.input_norm], &s.dxn, x_in, &p[w.input_norm], &la.rstd1, t, d);
+        be.rmsnorm_backward(
+            &mut s.dnorm_in,
+            &mut grads[w.input_norm],
+            &s.dxn,
+            x_in,
+            &p[w.input_norm],
+            &la.rstd1,
+            t,
+            d,
+        );
         be.add_assign(&mut s.dresid, &s.dnorm_in); // now d(loss)/d(x_in)
     }
 }

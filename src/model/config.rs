@@ -56,16 +56,20 @@ impl Qwen2Config {
     /// Reads and validates `dir/config.json`; every error names the file and the field.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let cfg: Qwen2Config =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a valid Qwen2 config", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: Qwen2Config = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid Qwen2 config", path.display()))?;
         cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.model_type != "qwen2" {
-            bail!("model_type is {:?}; this engine runs Qwen2-family decoders (model_type \"qwen2\")", self.model_type);
+            bail!(
+                "model_type is {:?}; this engine runs Qwen2-family decoders (model_type \"qwen2\")",
+                self.model_type
+            );
         }
         for (name, v) in [
             ("hidden_size", self.hidden_size),
@@ -125,7 +129,9 @@ impl Qwen2Config {
     }
     /// Every id must index the vocabulary; the error names the offending id and position.
     pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.vocab_size) {
+        if let Some((i, &id)) =
+            ids.iter().enumerate().find(|(_, &id)| id as usize >= self.vocab_size)
+        {
             bail!("token id {id} at position {i} is out of range (vocab_size {})", self.vocab_size);
         }
         Ok(())
@@ -134,8 +140,12 @@ impl Qwen2Config {
     /// End-of-sequence ids (the field may be a number or a list).
     pub fn eos_ids(&self) -> Vec<u32> {
         match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+            }
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
+            }
             _ => vec![],
         }
     }

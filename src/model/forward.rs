@@ -23,7 +23,12 @@ impl Packed {
             let start = p.ids.len();
             p.ids.extend_from_slice(s);
             p.positions.extend(0..s.len() as u32);
-            p.spans.push(AttnSpan { q_start: start, q_len: s.len(), kv_start: start, kv_len: s.len() });
+            p.spans.push(AttnSpan {
+                q_start: start,
+                q_len: s.len(),
+                kv_start: start,
+                kv_len: s.len(),
+            });
         }
         p
     }
@@ -122,17 +127,40 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// Embedding, every layer, final norm: the body shared by `forward` and `decode_step`.
-    pub(crate) fn run(&self, be: &B, batch: &Packed, a: &mut Acts<B>, mut cache: Option<(&mut KvCache<B>, &[usize])>) {
+    pub(crate) fn run(
+        &self,
+        be: &B,
+        batch: &Packed,
+        a: &mut Acts<B>,
+        mut cache: Option<(&mut KvCache<B>, &[usize])>,
+    ) {
         let (t, d) = (batch.tokens(), self.cfg.hidden_size);
         be.embedding(&mut a.resid[0], &self.params[self.layout.embed], &batch.ids, d);
         for l in 0..self.cfg.num_hidden_layers {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let kv = cache.as_mut().map(|(c, rows)| (&mut c.k[l], &mut c.v[l], *rows));
-            self.layer_forward(be, l, &before[l], &mut after[0], &mut a.layers[l], &mut a.tmp, batch, kv);
+            self.layer_forward(
+                be,
+                l,
+                &before[l],
+                &mut after[0],
+                &mut a.layers[l],
+                &mut a.tmp,
+                batch,
+                kv,
+            );
         }
         let eps = self.cfg.rms_norm_eps as f32;
         let last = &a.resid[self.cfg.num_hidden_layers];
-        be.rmsnorm(&mut a.xn_f, &mut a.rstd_f, last, &self.params[self.layout.final_norm], t, d, eps);
+        be.rmsnorm(
+            &mut a.xn_f,
+            &mut a.rstd_f,
+            last,
+            &self.params[self.layout.final_norm],
+            t,
+            d,
+            eps,
+        );
     }
 
     /// One decoder layer: `x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(.))`.
@@ -169,7 +197,15 @@ impl<B: Backend> Qwen2<B> {
         be.rope(&mut la.q, &batch.positions, c.num_attention_heads, hd, theta, false);
         be.rope(&mut la.k, &batch.positions, c.n_kv_heads(), hd, theta, false);
         match cache {
-            None => be.attention(&mut la.att, &mut la.lse, &la.q, &la.k, &la.v, &batch.spans, self.attn_shape()),
+            None => be.attention(
+                &mut la.att,
+                &mut la.lse,
+                &la.q,
+                &la.k,
+                &la.v,
+                &batch.spans,
+                self.attn_shape(),
+            ),
             Some((ck, cv, rows)) => {
                 // Contiguous runs of destination rows are copied at once (a prefill is one run).
                 let mut s = 0;
@@ -182,7 +218,15 @@ impl<B: Backend> Qwen2<B> {
                     be.copy(cv, rows[s] * kvd, &la.v, s * kvd, (e - s) * kvd);
                     s = e;
                 }
-                be.attention(&mut la.att, &mut la.lse, &la.q, ck, cv, &batch.spans, self.attn_shape());
+                be.attention(
+                    &mut la.att,
+                    &mut la.lse,
+                    &la.q,
+                    ck,
+                    cv,
+                    &batch.spans,
+                    self.attn_shape(),
+                );
             }
         }
         be.matmul(tmp, &la.att, Tr::N, &p[w.o_w], Tr::T, t, d, d, 0.0);
@@ -212,13 +256,29 @@ impl<B: Backend> Qwen2<B> {
             be.copy(&mut h, j * d, hidden, r * d, d);
         }
         let mut logits = be.zeros(rows.len() * v);
-        be.matmul(&mut logits, &h, Tr::N, &self.params[self.layout.head()], Tr::T, rows.len(), v, d, 0.0);
+        be.matmul(
+            &mut logits,
+            &h,
+            Tr::N,
+            &self.params[self.layout.head()],
+            Tr::T,
+            rows.len(),
+            v,
+            d,
+            0.0,
+        );
         be.download(&logits)
     }
 
     /// Per packed row: log-prob of `targets[row]` under `softmax(logits * inv_temp)`, and the
     /// entropy of that distribution. Computed chunk by chunk over rows.
-    pub fn token_logprobs(&self, be: &B, acts: &Acts<B>, targets: &[u32], inv_temp: f32) -> (Vec<f32>, Vec<f32>) {
+    pub fn token_logprobs(
+        &self,
+        be: &B,
+        acts: &Acts<B>,
+        targets: &[u32],
+        inv_temp: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
         let (d, v, t) = (self.cfg.hidden_size, self.cfg.vocab_size, acts.t);
         let chunk = self.logit_chunk_rows().min(t.max(1));
         let mut lp_all = Vec::with_capacity(t);
@@ -230,7 +290,17 @@ impl<B: Backend> Qwen2<B> {
         for r0 in (0..t).step_by(chunk) {
             let n = chunk.min(t - r0);
             be.copy(&mut h, 0, &acts.xn_f, r0 * d, n * d);
-            be.matmul(&mut logits, &h, Tr::N, &self.params[self.layout.head()], Tr::T, n, v, d, 0.0);
+            be.matmul(
+                &mut logits,
+                &h,
+                Tr::N,
+                &self.params[self.layout.head()],
+                Tr::T,
+                n,
+                v,
+                d,
+                0.0,
+            );
             be.logprobs(&mut lp, &mut ent, &logits, &targets[r0..r0 + n], n, v, inv_temp);
             lp_all.extend_from_slice(&be.download(&lp)[..n]);
             ent_all.extend_from_slice(&be.download(&ent)[..n]);

@@ -43,7 +43,9 @@ pub fn init_params(layout: &ParamLayout, init: Init, seed: u64) -> Vec<Vec<f32>>
                 Init::HuggingFace { .. } if is_norm => vec![1.0; n],
                 Init::HuggingFace { .. } if is_bias => vec![0.0; n],
                 Init::HuggingFace { std } => normal(&mut rng, n, std),
-                Init::Sensitive { std } if is_norm => normal(&mut rng, n, std / 2.0).into_iter().map(|x| 1.0 + x).collect(),
+                Init::Sensitive { std } if is_norm => {
+                    normal(&mut rng, n, std / 2.0).into_iter().map(|x| 1.0 + x).collect()
+                }
                 Init::Sensitive { std } => normal(&mut rng, n, std),
             }
         })

@@ -36,7 +36,12 @@ impl<B: Backend> Qwen2<B> {
 
     /// Appends `tokens` to each listed slot and returns the logits `[inputs.len(), vocab]`
     /// (host, row-major) of each slot's last new token.
-    pub fn decode_step(&self, be: &B, cache: &mut KvCache<B>, inputs: &[(usize, &[u32])]) -> Result<Vec<f32>> {
+    pub fn decode_step(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        inputs: &[(usize, &[u32])],
+    ) -> Result<Vec<f32>> {
         let mut batch = Packed::default();
         let mut rows = Vec::new();
         let mut last_rows = Vec::with_capacity(inputs.len());
@@ -50,15 +55,26 @@ impl<B: Backend> Qwen2<B> {
             let start = cache.lens[slot];
             let end = start + toks.len();
             if end > cache.cap {
-                bail!("sequence in slot {slot} would reach {end} tokens; the KV cache holds {}", cache.cap);
+                bail!(
+                    "sequence in slot {slot} would reach {end} tokens; the KV cache holds {}",
+                    cache.cap
+                );
             }
             if end > self.cfg.max_position_embeddings {
-                bail!("sequence would reach {end} tokens, past max_position_embeddings {}", self.cfg.max_position_embeddings);
+                bail!(
+                    "sequence would reach {end} tokens, past max_position_embeddings {}",
+                    self.cfg.max_position_embeddings
+                );
             }
             let q_start = batch.ids.len();
             batch.ids.extend_from_slice(toks);
             batch.positions.extend(start as u32..end as u32);
-            batch.spans.push(AttnSpan { q_start, q_len: toks.len(), kv_start: slot * cache.cap, kv_len: end });
+            batch.spans.push(AttnSpan {
+                q_start,
+                q_len: toks.len(),
+                kv_start: slot * cache.cap,
+                kv_len: end,
+            });
             rows.extend((start..end).map(|p| slot * cache.cap + p));
             last_rows.push(batch.ids.len() - 1);
         }

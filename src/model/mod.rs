@@ -10,8 +10,8 @@ pub mod kv_cache;
 pub mod params;
 pub mod safetensors_io;
 
-pub use config::Qwen2Config;
 pub use backward::GradScratch;
+pub use config::Qwen2Config;
 pub use forward::{Acts, Packed};
 pub use kv_cache::KvCache;
 pub use params::ParamLayout;
@@ -63,9 +63,21 @@ impl<B: Backend> Qwen2<B> {
 impl<B: Backend> Qwen2<B> {
     /// Writes `dir/config.json` and `dir/model.safetensors` as Hugging Face does (tied models
     /// have no `lm_head.weight`), each file atomically. The directory is created if needed.
-    pub fn save_pretrained(&self, be: &B, dir: &Path, dtype: safetensors_io::SaveDtype) -> Result<()> {
+    pub fn save_pretrained(
+        &self,
+        be: &B,
+        dir: &Path,
+        dtype: safetensors_io::SaveDtype,
+    ) -> Result<()> {
         use anyhow::Context;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        safetensors_io::write_model_files(dir, &self.cfg, &self.layout, &self.to_host(be), dtype, None)
+        safetensors_io::write_model_files(
+            dir,
+            &self.cfg,
+            &self.layout,
+            &self.to_host(be),
+            dtype,
+            None,
+        )
     }
 }

@@ -16,9 +16,15 @@ use std::path::{Path, PathBuf};
 pub fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>> {
     let b = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F32 => {
+            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        Dtype::F16 => {
+            b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        Dtype::BF16 => {
+            b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
         other => bail!("dtype {other:?} is not supported (expected F32, F16 or BF16)"),
     })
 }
@@ -31,14 +37,16 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", index.display()))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
             .with_context(|| format!("{}: no \"weight_map\" object", index.display()))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> =
+            map.values().filter_map(|f| f.as_str().map(String::from)).collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -53,7 +61,8 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
     for f in &files {
         let file = File::open(f).with_context(|| format!("cannot open {}", f.display()))?;
         // SAFETY: the file is opened read-only and not modified while mapped by this process.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", f.display()))?;
+        let mmap =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", f.display()))?;
         maps.push(mmap);
     }
     let mut parsed = Vec::with_capacity(files.len());
@@ -83,7 +92,8 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
                 spec.shape
             );
         }
-        let data = to_f32(&view).with_context(|| format!("{}: tensor {}", files[fi].display(), spec.name))?;
+        let data = to_f32(&view)
+            .with_context(|| format!("{}: tensor {}", files[fi].display(), spec.name))?;
         if data.iter().any(|x| !x.is_finite()) {
             bail!("{}: tensor {} holds NaN or infinite values", files[fi].display(), spec.name);
         }
@@ -93,7 +103,9 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
 }
 
 /// Storage dtype of a written checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum SaveDtype {
     F32,
     Bf16,
@@ -111,7 +123,9 @@ pub fn save_tensors(
         .iter()
         .map(|(_, _, d)| match dtype {
             SaveDtype::F32 => bytemuck::cast_slice::<f32, u8>(d).to_vec(),
-            SaveDtype::Bf16 => d.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+            SaveDtype::Bf16 => {
+                d.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
+            }
         })
         .collect();
     let st_dtype = match dtype {
@@ -120,22 +134,26 @@ pub fn save_tensors(
     };
     let mut views = BTreeMap::new();
     for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
-        let view = TensorView::new(st_dtype, shape.clone(), b).map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
+        let view = TensorView::new(st_dtype, shape.clone(), b)
+            .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
         views.insert(name.clone(), view);
     }
-    let data = safetensors::serialize(views, metadata).map_err(|e| anyhow::anyhow!("serializing {}: {e}", path.display()))?;
+    let data = safetensors::serialize(views, metadata)
+        .map_err(|e| anyhow::anyhow!("serializing {}: {e}", path.display()))?;
     write_atomic(path, &data)
 }
 
 /// Writes `data` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("file")));
+    let tmp =
+        dir.join(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("file")));
     let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(data).with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
     f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
     drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -164,8 +182,12 @@ pub fn write_model_files(
     }
     let json = serde_json::to_vec_pretty(&cfg)?;
     write_atomic(&dir.join("config.json"), &json)?;
-    let tensors: Vec<(String, Vec<usize>, &[f32])> =
-        layout.specs.iter().zip(host).map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice())).collect();
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = layout
+        .specs
+        .iter()
+        .zip(host)
+        .map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice()))
+        .collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     save_tensors(&dir.join("model.safetensors"), &tensors, dtype, Some(meta))?;
     if let Some(src) = tokenizer {

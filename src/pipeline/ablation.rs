@@ -42,10 +42,18 @@ fn format_ablation(sft: &RunReport, arms: &[(f32, RunReport)]) -> String {
     for (a, b) in u.rl_steps.iter().zip(&v.rl_steps) {
         s.push_str(&format!(
             "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.3} | {:.3} |\n",
-            a.step, a.accuracy, b.accuracy, a.zero_var_frac, b.zero_var_frac, a.grad_norm, b.grad_norm
+            a.step,
+            a.accuracy,
+            b.accuracy,
+            a.zero_var_frac,
+            b.zero_var_frac,
+            a.grad_norm,
+            b.grad_norm
         ));
     }
-    let mean = |r: &RunReport, f: fn(&super::rl_phase::RlStepSummary) -> f64| r.rl_steps.iter().map(f).sum::<f64>() / r.rl_steps.len().max(1) as f64;
+    let mean = |r: &RunReport, f: fn(&super::rl_phase::RlStepSummary) -> f64| {
+        r.rl_steps.iter().map(f).sum::<f64>() / r.rl_steps.len().max(1) as f64
+    };
     s.push_str(&format!(
         "| **mean** | {:.3} | {:.3} | {:.2} | {:.2} | {:.3} | {:.3} |\n",
         mean(u, |x| x.accuracy),
@@ -55,7 +63,8 @@ fn format_ablation(sft: &RunReport, arms: &[(f32, RunReport)]) -> String {
         mean(u, |x| x.grad_norm),
         mean(v, |x| x.grad_norm)
     ));
-    let acc = |r: &Option<super::run::EvalResult>| r.map_or("-".into(), |e| format!("{:.3}", e.accuracy));
+    let acc =
+        |r: &Option<super::run::EvalResult>| r.map_or("-".into(), |e| format!("{:.3}", e.accuracy));
     s.push_str(&format!(
         "\neval accuracy: after SFT {}; after RL uniform (lambda 0) {}; after RL VAS (lambda 1) {}\n",
         acc(&sft.after_sft),

@@ -166,7 +166,12 @@ impl Default for TrainConfig {
                 bad_lines: BadLines::Stop,
                 prompt_style: PromptStyle::Mmr1,
             },
-            output: OutputSection { dir: PathBuf::from("runs/mmr1"), checkpoint_every: 50, keep_checkpoints: 2, save_dtype: SaveDtype::Bf16 },
+            output: OutputSection {
+                dir: PathBuf::from("runs/mmr1"),
+                checkpoint_every: 50,
+                keep_checkpoints: 2,
+                save_dtype: SaveDtype::Bf16,
+            },
             // MMR1 cold start: lr 1e-5, cosine, warmup 0.1, weight decay 0, batch 32.
             sft: SftSection {
                 epochs: 1,
@@ -244,7 +249,16 @@ impl TrainConfig {
         c.output.dir = PathBuf::from("runs/demo");
         c.output.checkpoint_every = 50;
         c.output.save_dtype = SaveDtype::F32;
-        c.sft = SftSection { epochs: 3, batch_size: 32, lr: 3e-3, warmup_ratio: 0.1, min_lr_ratio: 0.1, weight_decay: 0.0, grad_clip: 1.0, max_len: 128 };
+        c.sft = SftSection {
+            epochs: 3,
+            batch_size: 32,
+            lr: 3e-3,
+            warmup_ratio: 0.1,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            max_len: 128,
+        };
         c.rl.steps = 40;
         c.rl.batch_size = 16;
         c.rl.group_size = 8;
@@ -262,8 +276,10 @@ impl TrainConfig {
 
     /// Reads a TOML file; unknown keys are errors naming the key.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: TrainConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
 
@@ -286,10 +302,9 @@ impl TrainConfig {
             let (path, leaf) = key.rsplit_once('.').map_or(("", key), |(a, b)| (a, b));
             let mut table = doc.as_table_mut().expect("config is a table");
             for p in path.split('.').filter(|p| !p.is_empty()) {
-                table = table
-                    .get_mut(p)
-                    .and_then(|v| v.as_table_mut())
-                    .with_context(|| format!("--set {key}: unknown section {p:?} (see --print-config)"))?;
+                table = table.get_mut(p).and_then(|v| v.as_table_mut()).with_context(|| {
+                    format!("--set {key}: unknown section {p:?} (see --print-config)")
+                })?;
             }
             if !table.contains_key(leaf) {
                 bail!("--set {key}: unknown key {leaf:?} (see --print-config)");
@@ -309,33 +324,78 @@ impl TrainConfig {
                 errs.push(msg)
             }
         };
-        check(r.group_size >= 2, format!("rl.group_size must be >= 2 (got {}): GRPO needs a group to compare", r.group_size));
+        check(
+            r.group_size >= 2,
+            format!(
+                "rl.group_size must be >= 2 (got {}): GRPO needs a group to compare",
+                r.group_size
+            ),
+        );
         check(r.batch_size >= 1, format!("rl.batch_size must be >= 1 (got {})", r.batch_size));
         check(r.lr > 0.0 && r.lr.is_finite(), format!("rl.lr must be positive (got {})", r.lr));
-        check(r.temperature > 0.0, format!("rl.temperature must be > 0 for sampling (got {})", r.temperature));
-        check(r.top_p > 0.0 && r.top_p <= 1.0, format!("rl.top_p must be in (0, 1] (got {})", r.top_p));
+        check(
+            r.temperature > 0.0,
+            format!("rl.temperature must be > 0 for sampling (got {})", r.temperature),
+        );
+        check(
+            r.top_p > 0.0 && r.top_p <= 1.0,
+            format!("rl.top_p must be in (0, 1] (got {})", r.top_p),
+        );
         check(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1".into());
         check(r.micro_batch_tokens >= 1, "rl.micro_batch_tokens must be >= 1".into());
-        check(r.ppo_epochs >= 1 && r.mini_batches >= 1, "rl.ppo_epochs and rl.mini_batches must be >= 1".into());
-        check(r.clip_eps_low > 0.0 && r.clip_eps_low < 1.0, format!("rl.clip_eps_low must be in (0, 1) (got {})", r.clip_eps_low));
-        check(r.clip_eps_high > 0.0, format!("rl.clip_eps_high must be > 0 (got {})", r.clip_eps_high));
-        check(r.dual_clip == 0.0 || r.dual_clip > 1.0, format!("rl.dual_clip must be 0 (off) or > 1 (got {})", r.dual_clip));
+        check(
+            r.ppo_epochs >= 1 && r.mini_batches >= 1,
+            "rl.ppo_epochs and rl.mini_batches must be >= 1".into(),
+        );
+        check(
+            r.clip_eps_low > 0.0 && r.clip_eps_low < 1.0,
+            format!("rl.clip_eps_low must be in (0, 1) (got {})", r.clip_eps_low),
+        );
+        check(
+            r.clip_eps_high > 0.0,
+            format!("rl.clip_eps_high must be > 0 (got {})", r.clip_eps_high),
+        );
+        check(
+            r.dual_clip == 0.0 || r.dual_clip > 1.0,
+            format!("rl.dual_clip must be 0 (off) or > 1 (got {})", r.dual_clip),
+        );
         check(r.kl_coef >= 0.0, format!("rl.kl_coef must be >= 0 (got {})", r.kl_coef));
-        check(matches!(r.kl_estimator.as_str(), "k1" | "k3"), format!("rl.kl_estimator must be \"k1\" or \"k3\" (got {:?})", r.kl_estimator));
+        check(
+            matches!(r.kl_estimator.as_str(), "k1" | "k3"),
+            format!("rl.kl_estimator must be \"k1\" or \"k3\" (got {:?})", r.kl_estimator),
+        );
         check(
             matches!(r.loss_agg.as_str(), "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum-norm"),
             format!("rl.loss_agg must be token-mean, seq-mean-token-mean or seq-mean-token-sum-norm (got {:?})", r.loss_agg),
         );
-        check(matches!(r.convention.as_str(), "verl" | "trl"), format!("rl.convention must be \"verl\" or \"trl\" (got {:?})", r.convention));
+        check(
+            matches!(r.convention.as_str(), "verl" | "trl"),
+            format!("rl.convention must be \"verl\" or \"trl\" (got {:?})", r.convention),
+        );
         let v = &self.vas;
-        check((0.0..=1.0).contains(&v.lambda), format!("vas.lambda must be in [0, 1] (got {})", v.lambda));
+        check(
+            (0.0..=1.0).contains(&v.lambda),
+            format!("vas.lambda must be in [0, 1] (got {})", v.lambda),
+        );
         check(v.t_update >= 1, "vas.t_update must be >= 1".into());
-        check(v.alpha >= 0.0 && v.beta >= 0.0 && v.alpha + v.beta > 0.0, format!("vas.alpha and vas.beta must be >= 0, not both 0 (got {}, {})", v.alpha, v.beta));
-        check(v.score_rollouts >= 2, format!("vas.score_rollouts must be >= 2 (got {})", v.score_rollouts));
+        check(
+            v.alpha >= 0.0 && v.beta >= 0.0 && v.alpha + v.beta > 0.0,
+            format!(
+                "vas.alpha and vas.beta must be >= 0, not both 0 (got {}, {})",
+                v.alpha, v.beta
+            ),
+        );
+        check(
+            v.score_rollouts >= 2,
+            format!("vas.score_rollouts must be >= 2 (got {})", v.score_rollouts),
+        );
         let s = &self.sft;
         check(s.batch_size >= 1, "sft.batch_size must be >= 1".into());
         check(s.lr > 0.0 && s.lr.is_finite(), format!("sft.lr must be positive (got {})", s.lr));
-        check((0.0..1.0).contains(&s.warmup_ratio), format!("sft.warmup_ratio must be in [0, 1) (got {})", s.warmup_ratio));
+        check(
+            (0.0..1.0).contains(&s.warmup_ratio),
+            format!("sft.warmup_ratio must be in [0, 1) (got {})", s.warmup_ratio),
+        );
         check(s.max_len >= 2, "sft.max_len must be >= 2".into());
         check(self.eval.temperature >= 0.0, "eval.temperature must be >= 0".into());
         check(
@@ -366,8 +426,16 @@ mod tests {
     #[test]
     fn overrides_and_errors_name_the_key() {
         let mut c = TrainConfig::default();
-        c.apply_overrides(&["rl.group_size=4".into(), "model.dir=/tmp/m".into(), "vas.lambda=0.8".into()]).unwrap();
-        assert_eq!((c.rl.group_size, c.model.dir.to_str().unwrap(), c.vas.lambda), (4, "/tmp/m", 0.8));
+        c.apply_overrides(&[
+            "rl.group_size=4".into(),
+            "model.dir=/tmp/m".into(),
+            "vas.lambda=0.8".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.rl.group_size, c.model.dir.to_str().unwrap(), c.vas.lambda),
+            (4, "/tmp/m", 0.8)
+        );
         let e = c.apply_overrides(&["rl.grup_size=4".into()]).unwrap_err().to_string();
         assert!(e.contains("grup_size"), "{e}");
         let e = c.apply_overrides(&["rl.group_size=\"x\"".into()]).unwrap_err().to_string();
@@ -377,7 +445,10 @@ mod tests {
         bad.vas.lambda = 1.5;
         bad.rl.batch_size = 0;
         let e = bad.validate().unwrap_err().to_string();
-        assert!(e.contains("rl.group_size") && e.contains("vas.lambda") && e.contains("rl.batch_size"), "{e}");
+        assert!(
+            e.contains("rl.group_size") && e.contains("vas.lambda") && e.contains("rl.batch_size"),
+            "{e}"
+        );
         let e = toml::from_str::<TrainConfig>("[rl]\nbogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

@@ -4,9 +4,9 @@
 
 use super::config::TrainConfig;
 use crate::data::demo::{demo_config, demo_tokenizer, teacher_solution, DemoTask};
+use crate::data::jsonl::write_jsonl;
 use crate::data::rl_items::RlItem;
 use crate::model::init::{init_params, Init};
-use crate::data::jsonl::write_jsonl;
 use crate::model::{ParamLayout, Qwen2};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -23,14 +23,19 @@ pub const DEMO_TEACHER_SLIP: f64 = 0.5;
 pub fn materialize_demo(cfg: &mut TrainConfig, out: &Path) -> Result<()> {
     let dir = out.join("demo");
     let model_dir = dir.join("model");
-    std::fs::create_dir_all(&model_dir).with_context(|| format!("cannot create {}", model_dir.display()))?;
+    std::fs::create_dir_all(&model_dir)
+        .with_context(|| format!("cannot create {}", model_dir.display()))?;
     let tok = demo_tokenizer()?;
     tok.save(&model_dir.join("tokenizer.json"))?;
     let mcfg = demo_config(tok.vocab_size());
     let layout = ParamLayout::new(&mcfg);
     let host = init_params(&layout, Init::HuggingFace { std: 0.02 }, cfg.seed);
     let model = Qwen2::from_host(&crate::backend::cpu::Cpu, mcfg, layout, &host);
-    model.save_pretrained(&crate::backend::cpu::Cpu, &model_dir, crate::model::safetensors_io::SaveDtype::F32)?;
+    model.save_pretrained(
+        &crate::backend::cpu::Cpu,
+        &model_dir,
+        crate::model::safetensors_io::SaveDtype::F32,
+    )?;
 
     let task = DemoTask::default();
     let sft: Vec<serde_json::Value> = task

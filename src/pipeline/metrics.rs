@@ -70,5 +70,9 @@ fn after(v: &Value, (phase, step): (&str, u64)) -> bool {
 /// Reads every record of a metrics file (for plots and reports).
 pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(BufReader::new(f).lines().map_while(|l| l.ok()).filter_map(|l| serde_json::from_str(&l).ok()).collect())
+    Ok(BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect())
 }

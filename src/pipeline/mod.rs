@@ -1,10 +1,10 @@
 //! The `train` pipeline: configuration, the cold-start SFT phase, the GRPO + VAS phase, the
 //! demo, evaluation and the run report.
 
+pub mod ablation;
 pub mod config;
+pub mod demo_setup;
 pub mod metrics;
 pub mod plot;
-pub mod demo_setup;
 pub mod rl_phase;
 pub mod run;
-pub mod ablation;

@@ -28,8 +28,11 @@ pub struct Panel {
 }
 
 /// Series colors in order; the text legend names them, so they must stay in step with it.
-const COLORS: [(RGBColor, &str); 3] =
-    [(RGBColor(31, 119, 180), "blue"), (RGBColor(214, 39, 40), "red"), (RGBColor(44, 160, 44), "green")];
+const COLORS: [(RGBColor, &str); 3] = [
+    (RGBColor(31, 119, 180), "blue"),
+    (RGBColor(214, 39, 40), "red"),
+    (RGBColor(44, 160, 44), "green"),
+];
 
 fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64).filter(|x| x.is_finite())
@@ -41,7 +44,9 @@ pub fn panels(records: &[Value]) -> Vec<Panel> {
     let steps = |phase: &str| -> Vec<&Value> {
         records
             .iter()
-            .filter(|r| r.get("event").is_none() && r.get("phase").and_then(Value::as_str) == Some(phase))
+            .filter(|r| {
+                r.get("event").is_none() && r.get("phase").and_then(Value::as_str) == Some(phase)
+            })
             .filter(|r| num(r, "step").is_some())
             .collect()
     };
@@ -69,11 +74,16 @@ pub fn panels(records: &[Value]) -> Vec<Panel> {
     };
     let any_rl_eval = evals.iter().any(|r| of(r) == "rl");
 
-    let line = |title, x_desc, series| Panel { title, x_desc, series, points_only: false, rule_x: None };
+    let line =
+        |title, x_desc, series| Panel { title, x_desc, series, points_only: false, rule_x: None };
     let all = vec![
         line("SFT loss", "SFT step", vec![curve(&sft, "loss")]),
         line("SFT learning rate", "SFT step", vec![curve(&sft, "lr")]),
-        line("RL reward mean & accuracy", "RL step", vec![curve(&rl, "reward_mean"), curve(&rl, "accuracy")]),
+        line(
+            "RL reward mean & accuracy",
+            "RL step",
+            vec![curve(&rl, "reward_mean"), curve(&rl, "accuracy")],
+        ),
         line("RL zero-variance group fraction", "RL step", vec![curve(&rl, "zero_var_frac")]),
         line("RL grad norm", "RL step", vec![curve(&rl, "grad_norm")]),
         line("RL clip fraction & KL", "RL step", vec![curve(&rl, "clip_frac"), curve(&rl, "kl")]),
@@ -112,7 +122,8 @@ pub fn grid(n: usize) -> (usize, usize) {
 /// path, or (inner Err) why none was found, for the user.
 pub fn register_font(explicit: Option<&Path>) -> Result<std::result::Result<PathBuf, String>> {
     if let Some(p) = explicit {
-        let bytes = std::fs::read(p).with_context(|| format!("cannot read font {}", p.display()))?;
+        let bytes =
+            std::fs::read(p).with_context(|| format!("cannot read font {}", p.display()))?;
         return match register(bytes) {
             true => Ok(Ok(p.to_path_buf())),
             false => bail!("{} is not a TrueType/OpenType font plotters can use", p.display()),
@@ -146,8 +157,13 @@ pub fn register_font(explicit: Option<&Path>) -> Result<std::result::Result<Path
             }
         }
     }
-    let fc_note = if fc.is_ok() { "fc-match found none usable" } else { "fc-match is not installed" };
-    Ok(Err(format!("no TTF font in the usual places ({} paths such as {}) and {fc_note}", COMMON.len(), COMMON[0])))
+    let fc_note =
+        if fc.is_ok() { "fc-match found none usable" } else { "fc-match is not installed" };
+    Ok(Err(format!(
+        "no TTF font in the usual places ({} paths such as {}) and {fc_note}",
+        COMMON.len(),
+        COMMON[0]
+    )))
 }
 
 /// Registers font bytes as plotters' "sans-serif"; false if they do not parse.
@@ -162,8 +178,12 @@ pub fn text_legend(panels: &[Panel]) -> String {
     let (cols, _) = grid(panels.len());
     let mut s = format!("panels, left to right then top to bottom ({cols} per row):\n");
     for (i, p) in panels.iter().enumerate() {
-        let series: Vec<String> =
-            p.series.iter().zip(COLORS.iter().cycle()).map(|(s, (_, c))| format!("{} {c}", s.name)).collect();
+        let series: Vec<String> = p
+            .series
+            .iter()
+            .zip(COLORS.iter().cycle())
+            .map(|(s, (_, c))| format!("{} {c}", s.name))
+            .collect();
         s.push_str(&format!("  {}. {} (x: {}): {}\n", i + 1, p.title, p.x_desc, series.join(", ")));
     }
     s
@@ -247,13 +267,18 @@ fn draw_panel<DB: DrawingBackend>(
         let drawn = if p.points_only {
             chart.draw_series(s.points.iter().map(|&q| Circle::new(q, radius, color.filled())))?
         } else {
-            chart.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(width)))?
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(width)))?
         };
         if text && p.series.len() > 1 {
             if p.points_only {
-                drawn.label(s.name).legend(move |(x, y)| Circle::new((x + 8, y), radius, color.filled()));
+                drawn
+                    .label(s.name)
+                    .legend(move |(x, y)| Circle::new((x + 8, y), radius, color.filled()));
             } else {
-                drawn.label(s.name).legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(width)));
+                drawn.label(s.name).legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(width))
+                });
             }
         }
     }
@@ -270,7 +295,8 @@ fn draw_panel<DB: DrawingBackend>(
 
 /// A value range with `frac` of its span added at both ends, never empty.
 fn pad(vals: impl Iterator<Item = f64>, frac: f64) -> (f64, f64) {
-    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) =
+        vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if hi > lo {
         let d = (hi - lo) * frac;
         (lo - d, hi + d)
@@ -296,7 +322,11 @@ fn short(v: f64) -> String {
         let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
         let s = format!("{v:.decimals$}");
         // "0.150" reads as "0.15"; the digits kept are the significant ones.
-        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig};
+use crate::progress::bar;
 use crate::rl::advantage::{AdvantageConfig, Convention};
 use crate::rl::grpo::{informative_groups, Aggregation, KlConfig, KlEstimator, LossConfig};
 use crate::rl::reward::RewardConfig;
@@ -18,7 +19,6 @@ use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use anyhow::{bail, Result};
-use crate::progress::bar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,11 @@ pub struct RlState {
 pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
     let r = &cfg.rl;
     let convention = if r.convention == "trl" { Convention::Trl } else { Convention::Verl };
-    let mut adv = if convention == Convention::Trl { AdvantageConfig::trl() } else { AdvantageConfig::verl() };
+    let mut adv = if convention == Convention::Trl {
+        AdvantageConfig::trl()
+    } else {
+        AdvantageConfig::verl()
+    };
     adv.norm_by_std = r.norm_adv_by_std;
     let agg = match r.loss_agg.as_str() {
         "seq-mean-token-mean" => Aggregation::SeqMeanTokenMean,
@@ -84,7 +88,10 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
         },
         loss,
         adv,
-        reward: RewardConfig { accuracy_weight: cfg.reward.accuracy_weight, format_weight: cfg.reward.format_weight },
+        reward: RewardConfig {
+            accuracy_weight: cfg.reward.accuracy_weight,
+            format_weight: cfg.reward.format_weight,
+        },
         ppo_epochs: r.ppo_epochs,
         mini_batches: r.mini_batches,
         micro_batch_tokens: r.micro_batch_tokens,
@@ -124,14 +131,33 @@ pub struct RlStepSummary {
 impl<'a, B: Backend> RlPhase<'a, B> {
     fn adamw(&self) -> AdamwConfig {
         let r = &self.cfg.rl;
-        AdamwConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: r.weight_decay, max_grad_norm: Some(r.grad_clip) }
+        AdamwConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: r.weight_decay,
+            max_grad_norm: Some(r.grad_clip),
+        }
     }
 
     /// A fresh phase starting from `policy` (whose files are in `start_dir`).
     pub fn start(&self, policy: Qwen2<B>, start_dir: &Path) -> Result<RlRun<B>> {
         let v = &self.cfg.vas;
-        let table = VpsTable::with_params(self.items.len(), v.alpha, v.beta, TdsMetric::default(), UnscoredPrior::Optimistic);
-        let reference = self.settings.loss.kl.is_some().then(|| Qwen2::from_host(self.be, policy.cfg.clone(), policy.layout.clone(), &policy.to_host(self.be)));
+        let table = VpsTable::with_params(
+            self.items.len(),
+            v.alpha,
+            v.beta,
+            TdsMetric::default(),
+            UnscoredPrior::Optimistic,
+        );
+        let reference = self.settings.loss.kl.is_some().then(|| {
+            Qwen2::from_host(
+                self.be,
+                policy.cfg.clone(),
+                policy.layout.clone(),
+                &policy.to_host(self.be),
+            )
+        });
         let opt = AdamW::new(self.be, &policy.params, self.adamw());
         let state = RlState {
             kind: "rl".into(),
@@ -150,9 +176,18 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         let loaded = load_checkpoint::<B, RlState>(self.be, ck)?;
         let state = loaded.state;
         if state.kind != "rl" || state.items != self.items.len() {
-            bail!("{}: not an RL checkpoint of this data ({} items expected, state has {})", ck.display(), self.items.len(), state.items);
+            bail!(
+                "{}: not an RL checkpoint of this data ({} items expected, state has {})",
+                ck.display(),
+                self.items.len(),
+                state.items
+            );
         }
-        let reference = if self.settings.loss.kl.is_some() { Some(load_reference(self.be, &state.reference_dir)?) } else { None };
+        let reference = if self.settings.loss.kl.is_some() {
+            Some(load_reference(self.be, &state.reference_dir)?)
+        } else {
+            None
+        };
         Ok(RlRun { policy: loaded.model, opt: loaded.opt, reference, state })
     }
 
@@ -166,7 +201,17 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         let pb = bar(indices.len() as u64, label);
         for (c, part) in indices.chunks(chunk).enumerate() {
             let seed = mix_seed(self.cfg.seed, 0x5c0e_0000 + run.state.step * 1000 + c as u64);
-            let (exp, _) = collect(&run.policy, self.be, self.tok, self.items, self.prompt_ids, part, &s, seed, |_| {})?;
+            let (exp, _) = collect(
+                &run.policy,
+                self.be,
+                self.tok,
+                self.items,
+                self.prompt_ids,
+                part,
+                &s,
+                seed,
+                |_| {},
+            )?;
             apply_scores(&mut run.state.table, &exp, run.state.step);
             pb.inc(part.len() as u64);
         }
@@ -175,13 +220,22 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     }
 
     /// Runs steps until `rl.steps`, checkpointing and logging; returns per-step summaries.
-    pub fn run(&self, run: &mut RlRun<B>, log: &mut MetricsLog, mut on_eval: impl FnMut(&Qwen2<B>, u64) -> Result<()>) -> Result<Vec<RlStepSummary>> {
+    pub fn run(
+        &self,
+        run: &mut RlRun<B>,
+        log: &mut MetricsLog,
+        mut on_eval: impl FnMut(&Qwen2<B>, u64) -> Result<()>,
+    ) -> Result<Vec<RlStepSummary>> {
         let c = self.cfg;
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
         let mut st = UpdateState::new(&run.policy, self.be);
         let mut summaries = Vec::new();
-        if run.state.step == 0 && c.vas.enabled && c.vas.initial_scoring && run.state.table.num_scored() == 0 {
+        if run.state.step == 0
+            && c.vas.enabled
+            && c.vas.initial_scoring
+            && run.state.table.num_scored() == 0
+        {
             let all: Vec<usize> = (0..self.items.len()).collect();
             let secs = self.score_items(run, &all, "initial VPS scoring")?;
             log.write(&json!({"phase": "rl", "step": 0, "event": "initial_scoring", "items": all.len(), "seconds": secs, "vps": vps_summary(&run.state.table)}))?;
@@ -198,7 +252,17 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             indices.extend(parts.uniform);
             let t0 = Instant::now();
             let seed = mix_seed(c.seed, 0x9000_0000 + step);
-            let (mut exp, stats) = collect(&run.policy, self.be, self.tok, self.items, self.prompt_ids, &indices, &self.settings, seed, |_| {})?;
+            let (mut exp, stats) = collect(
+                &run.policy,
+                self.be,
+                self.tok,
+                self.items,
+                self.prompt_ids,
+                &indices,
+                &self.settings,
+                seed,
+                |_| {},
+            )?;
             let rollout_secs = t0.elapsed().as_secs_f64();
             let raw_acc: Vec<f32> = exp.accuracy();
             let acc_mean = mean(&raw_acc);
@@ -208,7 +272,11 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             // Scores from this step's rollouts wait for the next refresh (Algorithm 1).
             for (g, &item) in exp.items.iter().enumerate() {
                 let r = g * exp.group_size..(g + 1) * exp.group_size;
-                run.state.pending.push(PendingScore { item, correctness: raw_acc[r.clone()].to_vec(), tokens: exp.responses[r].to_vec() });
+                run.state.pending.push(PendingScore {
+                    item,
+                    correctness: raw_acc[r.clone()].to_vec(),
+                    tokens: exp.responses[r].to_vec(),
+                });
             }
             let mut filtered = 0;
             if c.rl.dynamic_filter {
@@ -218,9 +286,23 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                 let mut refill_round = 0;
                 while exp.items.len() < b && refill_round < 3 {
                     refill_round += 1;
-                    let more = sampler.sample_batch(&run.state.table, b - exp.items.len(), &mut run.state.sampler_rng);
+                    let more = sampler.sample_batch(
+                        &run.state.table,
+                        b - exp.items.len(),
+                        &mut run.state.sampler_rng,
+                    );
                     let seed = mix_seed(c.seed, 0xA000_0000 + step * 8 + refill_round);
-                    let (mut e2, _) = collect(&run.policy, self.be, self.tok, self.items, self.prompt_ids, &more, &self.settings, seed, |_| {})?;
+                    let (mut e2, _) = collect(
+                        &run.policy,
+                        self.be,
+                        self.tok,
+                        self.items,
+                        self.prompt_ids,
+                        &more,
+                        &self.settings,
+                        seed,
+                        |_| {},
+                    )?;
                     let keep = informative_groups(&e2.accuracy(), e2.group_size);
                     filtered += keep.iter().filter(|k| !**k).count();
                     e2.retain_groups(&keep);
@@ -232,7 +314,16 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             let report = if exp.items.is_empty() {
                 None
             } else {
-                Some(update(&mut run.policy, run.reference.as_ref(), &mut run.opt, self.be, &exp, &self.settings, c.rl.lr, &mut st)?)
+                Some(update(
+                    &mut run.policy,
+                    run.reference.as_ref(),
+                    &mut run.opt,
+                    self.be,
+                    &exp,
+                    &self.settings,
+                    c.rl.lr,
+                    &mut st,
+                )?)
             };
             let update_secs = t1.elapsed().as_secs_f64();
             if let Some(rep) = &report {
@@ -257,13 +348,16 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                 }
                 scoring_secs = t2.elapsed().as_secs_f64();
                 if c.vas.score_unseen {
-                    let unseen: Vec<usize> = (0..self.items.len()).filter(|&i| run.state.table.item(i).vps.is_none()).collect();
+                    let unseen: Vec<usize> = (0..self.items.len())
+                        .filter(|&i| run.state.table.item(i).vps.is_none())
+                        .collect();
                     if !unseen.is_empty() {
                         scoring_secs += self.score_items(run, &unseen, "scoring unseen items")?;
                     }
                 }
             }
-            let grad_norm = report.as_ref().and_then(|r| r.steps.last()).map_or(0.0, |s| s.grad_norm);
+            let grad_norm =
+                report.as_ref().and_then(|r| r.steps.last()).map_or(0.0, |s| s.grad_norm);
             let m = report.as_ref().map(|r| r.metrics).unwrap_or_default();
             let secs = t_step.elapsed().as_secs_f64();
             log.write(&json!({
@@ -283,13 +377,30 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                 "rl {:>4}/{total}  reward {reward_mean:.3}  acc {acc_mean:.3}  zero-var {zero_var_frac:.2}  grad {grad_norm:.3}  clip {:.3}  {secs:.1}s",
                 run.state.step, m.clip_frac
             ));
-            summaries.push(RlStepSummary { step: run.state.step, accuracy: acc_mean, zero_var_frac, grad_norm });
+            summaries.push(RlStepSummary {
+                step: run.state.step,
+                accuracy: acc_mean,
+                zero_var_frac,
+                grad_norm,
+            });
             let every = c.output.checkpoint_every as u64;
             if (every > 0 && run.state.step % every == 0) || run.state.step == total {
-                save_checkpoint(self.be, &self.dir, run.state.step, &run.policy, &run.opt, &run.state, c.output.save_dtype, Some(self.tokenizer_path))?;
+                save_checkpoint(
+                    self.be,
+                    &self.dir,
+                    run.state.step,
+                    &run.policy,
+                    &run.opt,
+                    &run.state,
+                    c.output.save_dtype,
+                    Some(self.tokenizer_path),
+                )?;
                 super::run::prune_checkpoints(&self.dir, c.output.keep_checkpoints)?;
             }
-            if c.eval.every > 0 && run.state.step % c.eval.every as u64 == 0 && run.state.step < total {
+            if c.eval.every > 0
+                && run.state.step % c.eval.every as u64 == 0
+                && run.state.step < total
+            {
                 on_eval(&run.policy, run.state.step)?;
             }
         }

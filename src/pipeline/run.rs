@@ -6,13 +6,13 @@ use super::config::TrainConfig;
 use super::demo_setup::materialize_demo;
 use super::metrics::{read_metrics, MetricsLog};
 use super::rl_phase::{grpo_settings, RlPhase, RlStepSummary};
-use crate::progress::bar;
 use crate::backend::Backend;
 use crate::data::rl_items::{load_rl_items, RlItem};
 use crate::data::sft_data::load_sft_dataset;
 use crate::model::safetensors_io::write_atomic;
 use crate::model::{Qwen2, Qwen2Config};
 use crate::optim::AdamwConfig;
+use crate::progress::bar;
 use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
 use crate::rl::graded::{encode_prompts, stop_ids};
 use crate::rl::trainer::GrpoSettings;
@@ -56,10 +56,21 @@ pub struct RunInputs {
 
 /// Tokenized prompts of `items`; a prompt longer than `rl.max_prompt_len` is an error naming
 /// the item.
-fn prompts_of(model: &Qwen2Config, tok: &Tokenizer, items: &[RlItem], cfg: &TrainConfig) -> Result<Vec<Vec<u32>>> {
+fn prompts_of(
+    model: &Qwen2Config,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    cfg: &TrainConfig,
+) -> Result<Vec<Vec<u32>>> {
     let prompts = encode_prompts(model, tok, items, cfg.data.prompt_style, cfg.rl.max_new_tokens)?;
-    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() > cfg.rl.max_prompt_len) {
-        bail!("item {:?}: prompt has {} tokens, over rl.max_prompt_len {}", items[i].id_or(i), p.len(), cfg.rl.max_prompt_len);
+    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() > cfg.rl.max_prompt_len)
+    {
+        bail!(
+            "item {:?}: prompt has {} tokens, over rl.max_prompt_len {}",
+            items[i].id_or(i),
+            p.len(),
+            cfg.rl.max_prompt_len
+        );
     }
     Ok(prompts)
 }
@@ -69,9 +80,11 @@ impl RunInputs {
     pub fn prepare(mut cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
         let out = cfg.output.dir.clone();
-        std::fs::create_dir_all(&out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create output directory {}", out.display()))?;
         // Fail early on an unwritable output directory, not after an hour of training.
-        write_atomic(&out.join(".write-test"), b"ok").with_context(|| format!("output directory {} is not writable", out.display()))?;
+        write_atomic(&out.join(".write-test"), b"ok")
+            .with_context(|| format!("output directory {} is not writable", out.display()))?;
         let _ = std::fs::remove_file(out.join(".write-test"));
         if cfg.model.dir.as_os_str().is_empty() {
             if !cfg.data.rl.as_os_str().is_empty() || !cfg.data.sft.as_os_str().is_empty() {
@@ -81,14 +94,25 @@ impl RunInputs {
         }
         let tokenizer_path = cfg.model.dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&tokenizer_path)?;
-        let load = |p: &Path| -> Result<Vec<RlItem>> { if p.as_os_str().is_empty() { Ok(vec![]) } else { load_rl_items(p, cfg.data.bad_lines) } };
+        let load = |p: &Path| -> Result<Vec<RlItem>> {
+            if p.as_os_str().is_empty() {
+                Ok(vec![])
+            } else {
+                load_rl_items(p, cfg.data.bad_lines)
+            }
+        };
         let rl_items = load(&cfg.data.rl)?;
         let mut eval_items = load(&cfg.data.eval)?;
         if cfg.eval.max_items > 0 {
             eval_items.truncate(cfg.eval.max_items);
         }
         if !rl_items.is_empty() && cfg.rl.batch_size > rl_items.len() {
-            bail!("rl.batch_size {} is larger than the {} RL items in {}", cfg.rl.batch_size, rl_items.len(), cfg.data.rl.display());
+            bail!(
+                "rl.batch_size {} is larger than the {} RL items in {}",
+                cfg.rl.batch_size,
+                rl_items.len(),
+                cfg.data.rl.display()
+            );
         }
         // The model's config bounds prompt lengths; its weights are loaded by the phases.
         let mcfg = Qwen2Config::load(&cfg.model.dir)?;
@@ -118,15 +142,26 @@ impl RunInputs {
             batch_items: 64,
         };
         let pb = bar(self.eval_items.len() as u64, "evaluating");
-        let r = evaluate_with_progress(model, be, &self.tok, &self.eval_items, &params, |done| pb.set_position(done as u64))?;
+        let r = evaluate_with_progress(model, be, &self.tok, &self.eval_items, &params, |done| {
+            pb.set_position(done as u64)
+        })?;
         pb.finish_and_clear();
         Ok(Some(EvalResult { accuracy: r.accuracy, format: r.format_rate, items: r.items }))
     }
 }
 
-fn log_eval(log: &mut MetricsLog, of: &str, step: u64, label: &str, r: &Option<EvalResult>) -> Result<()> {
+fn log_eval(
+    log: &mut MetricsLog,
+    of: &str,
+    step: u64,
+    label: &str,
+    r: &Option<EvalResult>,
+) -> Result<()> {
     if let Some(r) = r {
-        eprintln!("eval {label:>10}: accuracy {:.3}  format {:.3}  ({} items)", r.accuracy, r.format, r.items);
+        eprintln!(
+            "eval {label:>10}: accuracy {:.3}  format {:.3}  ({} items)",
+            r.accuracy, r.format, r.items
+        );
         log.write(&json!({"phase": "eval", "of": of, "step": step, "label": label, "accuracy": r.accuracy, "format": r.format, "items": r.items}))?;
     }
     Ok(())
@@ -143,7 +178,11 @@ fn sft_config(cfg: &TrainConfig) -> SftConfig {
         min_lr: s.lr * s.min_lr_ratio,
         warmup_ratio: s.warmup_ratio as f64,
         cosine: true,
-        adamw: AdamwConfig { weight_decay: s.weight_decay, max_grad_norm: Some(s.grad_clip), ..AdamwConfig::default() },
+        adamw: AdamwConfig {
+            weight_decay: s.weight_decay,
+            max_grad_norm: Some(s.grad_clip),
+            ..AdamwConfig::default()
+        },
         seed: cfg.seed,
     }
 }
@@ -159,13 +198,17 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Res
     let keep = match (&rl_ck, &sft_ck) {
         (Some(p), _) => Some(("rl", step_of(p))),
         (None, Some(p)) => Some(("sft", step_of(p))),
-        (None, None) if resume => bail!("{}: nothing to resume (no checkpoint under sft/ or rl/)", out.display()),
+        (None, None) if resume => {
+            bail!("{}: nothing to resume (no checkpoint under sft/ or rl/)", out.display())
+        }
         _ => None,
     };
-    let mut log = MetricsLog::open(out, if resume { keep.map(|(p, s)| (p, s)) } else { Some(("sft", 0)) })?;
+    let mut log =
+        MetricsLog::open(out, if resume { keep.map(|(p, s)| (p, s)) } else { Some(("sft", 0)) })?;
     // The metrics log is the record of what already happened: a resumed run's report is
     // rebuilt from it (it was just trimmed to the checkpoint).
-    let mut report = if resume { report_from_metrics(&read_metrics(log.path())?) } else { RunReport::default() };
+    let mut report =
+        if resume { report_from_metrics(&read_metrics(log.path())?) } else { RunReport::default() };
 
     // ---- cold-start SFT ---------------------------------------------------------------
     let want_sft = cfg.sft.epochs > 0 && !cfg.data.sft.as_os_str().is_empty();
@@ -185,7 +228,8 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Res
             }
         }
         if want_sft {
-            let (data, dropped) = load_sft_dataset(&cfg.data.sft, &inputs.tok, None, cfg.sft.max_len)?;
+            let (data, dropped) =
+                load_sft_dataset(&cfg.data.sft, &inputs.tok, None, cfg.sft.max_len)?;
             if dropped > 0 {
                 eprintln!("note: {dropped} SFT example(s) had no trained token within sft.max_len and were dropped");
             }
@@ -205,7 +249,12 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Res
                 log.write(&v)?;
                 pb.set_position(tr.state.step);
                 if m.step % 10 == 0 || tr.done() {
-                    pb.suspend(|| eprintln!("sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s", m.step, tr.state.total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s));
+                    pb.suspend(|| {
+                        eprintln!(
+                            "sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s",
+                            m.step, tr.state.total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s
+                        )
+                    });
                 }
                 let every = cfg.output.checkpoint_every as u64;
                 if (every > 0 && m.step % every == 0) || tr.done() {
@@ -241,7 +290,10 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Res
         };
         let mut run = match &rl_ck {
             Some(ck) => phase.resume(ck)?,
-            None => phase.start(policy.take().expect("policy loaded above"), rl_start_dir.as_deref().expect("start dir set above"))?,
+            None => phase.start(
+                policy.take().expect("policy loaded above"),
+                rl_start_dir.as_deref().expect("start dir set above"),
+            )?,
         };
         let steps = phase.run(&mut run, &mut log, |_m, _s| Ok(()))?;
         report.rl_steps.extend(steps);
@@ -259,20 +311,30 @@ pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
     let latest = latest_checkpoint(dir)?;
     let mut cks: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("checkpoint-"))
+        })
         .collect();
     cks.sort_by_key(|p| step_of(p));
     let n = cks.len();
     for p in cks.into_iter().take(n.saturating_sub(keep.max(1))) {
         if Some(&p) != latest.as_ref() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
+            std::fs::remove_dir_all(&p)
+                .with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
         }
     }
     Ok(())
 }
 
 pub fn step_of(ck: &Path) -> u64 {
-    ck.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse().ok()).unwrap_or(0)
+    ck.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("checkpoint-"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Rebuilds a report from metrics records (evaluations by label, RL step records).
@@ -282,7 +344,11 @@ pub fn report_from_metrics(records: &[serde_json::Value]) -> RunReport {
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
         match v.get("phase").and_then(|p| p.as_str()) {
             Some("eval") => {
-                let e = Some(EvalResult { accuracy: f("accuracy"), format: f("format"), items: f("items") as usize });
+                let e = Some(EvalResult {
+                    accuracy: f("accuracy"),
+                    format: f("format"),
+                    items: f("items") as usize,
+                });
                 match v.get("label").and_then(|l| l.as_str()) {
                     Some("before SFT") => r.before_sft = e,
                     Some("after SFT") | Some("start") => r.after_sft = e,
@@ -304,12 +370,19 @@ pub fn report_from_metrics(records: &[serde_json::Value]) -> RunReport {
 
 /// The report as text: accuracy per phase and the zero-variance fraction over RL steps.
 pub fn format_report(r: &RunReport) -> String {
-    let f = |e: &Option<EvalResult>| e.map_or("   -  ".to_string(), |e| format!("{:.3}", e.accuracy));
+    let f =
+        |e: &Option<EvalResult>| e.map_or("   -  ".to_string(), |e| format!("{:.3}", e.accuracy));
     let mut s = String::new();
     s.push_str("| stage | eval accuracy |\n|---|---|\n");
-    s.push_str(&format!("| before SFT | {} |\n| after SFT (RL start) | {} |\n| after RL | {} |\n", f(&r.before_sft), f(&r.after_sft), f(&r.after_rl)));
+    s.push_str(&format!(
+        "| before SFT | {} |\n| after SFT (RL start) | {} |\n| after RL | {} |\n",
+        f(&r.before_sft),
+        f(&r.after_sft),
+        f(&r.after_rl)
+    ));
     if !r.rl_steps.is_empty() {
-        let zv: Vec<String> = r.rl_steps.iter().map(|x| format!("{:.2}", x.zero_var_frac)).collect();
+        let zv: Vec<String> =
+            r.rl_steps.iter().map(|x| format!("{:.2}", x.zero_var_frac)).collect();
         s.push_str(&format!("\nzero-variance-group fraction per RL step: {}\n", zv.join(" ")));
     }
     s.push_str(&format!("\ntotal time {:.0} s\n", r.seconds));

@@ -170,7 +170,11 @@ pub fn group_advantages_ragged(
 /// `offsets[r]..offsets[r + 1]`) gets `per_response[r]`. verl multiplies by the response mask
 /// afterwards; here masked tokens simply carry the value and the loss mask removes them.
 pub fn broadcast_to_tokens(per_response: &[f32], offsets: &[usize]) -> Vec<f32> {
-    assert_eq!(offsets.len(), per_response.len() + 1, "offsets must have one entry per response + 1");
+    assert_eq!(
+        offsets.len(),
+        per_response.len() + 1,
+        "offsets must have one entry per response + 1"
+    );
     let mut out = vec![0f32; *offsets.last().unwrap_or(&0)];
     for (r, w) in offsets.windows(2).enumerate() {
         out[w[0]..w[1]].fill(per_response[r]);

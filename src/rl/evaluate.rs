@@ -105,7 +105,13 @@ pub struct EvalReport {
 }
 
 /// Evaluates `items` (the first `max_items` of them when set). See [`evaluate_with_progress`].
-pub fn evaluate<B: Backend>(model: &Qwen2<B>, be: &B, tok: &Tokenizer, items: &[RlItem], params: &EvalParams) -> Result<EvalReport> {
+pub fn evaluate<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &EvalParams,
+) -> Result<EvalReport> {
     evaluate_with_progress(model, be, tok, items, params, |_| {})
 }
 
@@ -120,7 +126,8 @@ pub fn evaluate_with_progress<B: Backend>(
 ) -> Result<EvalReport> {
     params.validate()?;
     let t0 = Instant::now();
-    let items = if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
+    let items =
+        if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
     let grade = GradeParams {
         sampling: params.sampling(),
         per_item: params.k,

@@ -115,7 +115,8 @@ pub fn sample_and_grade<B: Backend>(
         sampling.stop_ids = stop_ids(model, tok);
     }
     sampling.validate()?;
-    let prompts = encode_prompts(&model.cfg, tok, items, params.prompt_style, sampling.max_new_tokens)?;
+    let prompts =
+        encode_prompts(&model.cfg, tok, items, params.prompt_style, sampling.max_new_tokens)?;
     let mut out = Vec::with_capacity(items.len());
     for start in (0..items.len()).step_by(params.batch_items) {
         let end = (start + params.batch_items).min(items.len());
@@ -135,8 +136,15 @@ pub fn sample_and_grade<B: Backend>(
             let mut graded = Vec::with_capacity(params.per_item);
             for r in it.by_ref().take(params.per_item) {
                 debug_assert_eq!(r.prompt_index, k);
-                let (text, verdict, reward) = grade_tokens(tok, &r.tokens, &sampling.stop_ids, &params.reward, &reference)?;
-                graded.push(GradedRollout { tokens: r.tokens, text, verdict, reward, stop: r.stop });
+                let (text, verdict, reward) =
+                    grade_tokens(tok, &r.tokens, &sampling.stop_ids, &params.reward, &reference)?;
+                graded.push(GradedRollout {
+                    tokens: r.tokens,
+                    text,
+                    verdict,
+                    reward,
+                    stop: r.stop,
+                });
             }
             out.push(graded);
         }

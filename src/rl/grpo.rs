@@ -215,7 +215,11 @@ impl Normalizer {
     }
 
     /// Counts of one piece of the batch.
-    pub fn count<T: Copy + Into<f64>>(mask: &[T], offsets: &[usize], max_response_len: usize) -> Self {
+    pub fn count<T: Copy + Into<f64>>(
+        mask: &[T],
+        offsets: &[usize],
+        max_response_len: usize,
+    ) -> Self {
         check_offsets(offsets, mask.len());
         let mut tokens = 0f64;
         let mut seqs = 0f64;
@@ -527,7 +531,12 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
     } else {
         m.entropy = inputs.entropy.map(|_| 0.0);
     }
-    LossOutputF64 { loss: m.pg_loss + m.kl_loss + m.entropy_loss, dlogp, dentropy: dent, metrics: m }
+    LossOutputF64 {
+        loss: m.pg_loss + m.kl_loss + m.entropy_loss,
+        dlogp,
+        dentropy: dent,
+        metrics: m,
+    }
 }
 
 /// DAPO-style dynamic-sampling filter (arXiv 2503.14476, Sec. 3.2 "Dynamic Sampling"): keep a

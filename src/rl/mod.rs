@@ -7,5 +7,5 @@ pub mod grpo;
 pub mod reward;
 pub mod rollout;
 pub mod scoring;
-pub mod vas;
 pub mod trainer;
+pub mod vas;

@@ -38,10 +38,7 @@ pub struct RewardItem {
 
 impl RewardItem {
     pub fn new(answer: impl Into<String>) -> Self {
-        Self {
-            answer: answer.into(),
-            options: None,
-        }
+        Self { answer: answer.into(), options: None }
     }
 }
 
@@ -113,20 +110,14 @@ pub struct RewardConfig {
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        Self {
-            accuracy_weight: 1.0,
-            format_weight: 1.0,
-        }
+        Self { accuracy_weight: 1.0, format_weight: 1.0 }
     }
 }
 
 impl RewardConfig {
     /// The weighted components, for callers that log or sum them generically.
     pub fn components(&self) -> [(&'static dyn RewardFn, f32); 2] {
-        [
-            (&Accuracy, self.accuracy_weight),
-            (&Format, self.format_weight),
-        ]
+        [(&Accuracy, self.accuracy_weight), (&Format, self.format_weight)]
     }
 
     /// Grades one response (extracting the answer once).
@@ -165,40 +156,20 @@ mod tests {
         assert_eq!(v.extracted.as_deref(), Some(r"\frac{1}{2}"));
         assert_eq!((v.accuracy, v.format), (1.0, 1.0));
         assert_eq!(cfg.total(&v), 2.0);
-        let sum: f32 = cfg
-            .components()
-            .iter()
-            .map(|(f, w)| w * f.score(r, &item))
-            .sum();
+        let sum: f32 = cfg.components().iter().map(|(f, w)| w * f.score(r, &item)).sum();
         assert_eq!(sum, cfg.reward(r, &item));
-        assert_eq!(
-            cfg.components().map(|(f, _)| f.name()),
-            ["accuracy", "format"]
-        );
-        let cfg2 = RewardConfig {
-            accuracy_weight: 1.0,
-            format_weight: 0.5,
-        };
+        assert_eq!(cfg.components().map(|(f, _)| f.name()), ["accuracy", "format"]);
+        let cfg2 = RewardConfig { accuracy_weight: 1.0, format_weight: 0.5 };
         assert_eq!(cfg2.reward(r"\boxed{0.5}", &item), 1.0);
     }
 
     #[test]
     fn serde_roundtrip() {
-        let v = Verdict {
-            extracted: Some("5".into()),
-            accuracy: 1.0,
-            format: 0.0,
-        };
+        let v = Verdict { extracted: Some("5".into()), accuracy: 1.0, format: 0.0 };
         let s = serde_json::to_string(&v).unwrap();
         assert_eq!(serde_json::from_str::<Verdict>(&s).unwrap(), v);
         let c: RewardConfig = serde_json::from_str(r#"{"format_weight": 0.5}"#).unwrap();
-        assert_eq!(
-            c,
-            RewardConfig {
-                accuracy_weight: 1.0,
-                format_weight: 0.5
-            }
-        );
+        assert_eq!(c, RewardConfig { accuracy_weight: 1.0, format_weight: 0.5 });
         let item: RewardItem = serde_json::from_str(r#"{"answer": "B"}"#).unwrap();
         assert_eq!(item, RewardItem::new("B"));
     }
@@ -267,21 +238,14 @@ mod tests {
 
     fn check_no_panic_and_roundtrip(s: &str) {
         let cfg = RewardConfig::default();
-        let item = RewardItem {
-            answer: s.to_string(),
-            options: Some(vec![s.to_string()]),
-        };
+        let item = RewardItem { answer: s.to_string(), options: Some(vec![s.to_string()]) };
         let v = cfg.grade(s, &item);
         let _ = is_equivalent(s, "1/2");
         let _ = is_equivalent("(B)", s);
         if let Some(x) = &v.extracted {
             // An extracted answer, boxed again, extracts to itself and equals itself.
             let boxed = format!("\\boxed{{{x}}}");
-            assert_eq!(
-                extract_answer(&boxed).as_deref(),
-                Some(x.as_str()),
-                "input {s:?}"
-            );
+            assert_eq!(extract_answer(&boxed).as_deref(), Some(x.as_str()), "input {s:?}");
             assert!(is_equivalent(x, x), "reflexive on {x:?}");
         }
     }
@@ -294,9 +258,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
             check_no_panic_and_roundtrip(&String::from_utf8_lossy(&bytes));
             let n = rng.gen_range(0..40);
-            let s: String = (0..n)
-                .map(|_| PIECES[rng.gen_range(0..PIECES.len())])
-                .collect();
+            let s: String = (0..n).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect();
             check_no_panic_and_roundtrip(&s);
         }
     }

@@ -31,7 +31,14 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     fn default() -> Self {
         // MMR1's rollout setting: temperature 0.6, top_p 1.0 (../shared/MMR1.md).
-        SamplingParams { temperature: 0.6, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop_ids: vec![], stop_strings: vec![] }
+        SamplingParams {
+            temperature: 0.6,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+            stop_ids: vec![],
+            stop_strings: vec![],
+        }
     }
 }
 
@@ -90,7 +97,9 @@ pub fn sample_token(logits: &[f32], p: &SamplingParams, u: f64) -> (u32, f32) {
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     let need_sort = p.top_p < 1.0 || p.top_k > 0;
     if need_sort {
-        idx.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        idx.sort_by(|&a, &b| {
+            logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+        });
         if p.top_k > 0 {
             idx.truncate(p.top_k);
         }
@@ -157,12 +166,14 @@ pub fn generate<B: Backend>(
             stop: StopReason::MaxTokens,
         })
         .collect();
-    let mut rngs: Vec<ChaCha8Rng> = outs.iter().map(|o| ChaCha8Rng::seed_from_u64(o.seed)).collect();
+    let mut rngs: Vec<ChaCha8Rng> =
+        outs.iter().map(|o| ChaCha8Rng::seed_from_u64(o.seed)).collect();
     let mut active: Vec<usize> = (0..n).collect();
     let mut feed: Vec<Vec<u32>> = (0..n).map(|s| prompts[s / group].clone()).collect();
     let vocab = model.cfg.vocab_size;
     while !active.is_empty() {
-        let inputs: Vec<(usize, &[u32])> = active.iter().map(|&s| (s, feed[s].as_slice())).collect();
+        let inputs: Vec<(usize, &[u32])> =
+            active.iter().map(|&s| (s, feed[s].as_slice())).collect();
         let logits = model.decode_step(be, &mut cache, &inputs)?;
         let mut still = Vec::with_capacity(active.len());
         for (j, &s) in active.iter().enumerate() {

@@ -74,7 +74,10 @@ pub fn score_with_model<B: Backend>(
         let id = item.id_or(i);
         let correct: Vec<f32> = rs.iter().map(|r| r.verdict.accuracy).collect();
         let toks: Vec<&[u32]> = rs.iter().map(|r| r.tokens.as_slice()).collect();
-        scores.push(ScoreRecord::new(id.clone(), score_item(&correct, &toks, vps.alpha, vps.beta, vps.tds_metric)));
+        scores.push(ScoreRecord::new(
+            id.clone(),
+            score_item(&correct, &toks, vps.alpha, vps.beta, vps.tds_metric),
+        ));
         rollouts.extend(rs.into_iter().map(|r| RolloutRecord {
             id: id.clone(),
             response: r.text,
@@ -88,7 +91,10 @@ pub fn score_with_model<B: Backend>(
 
 /// Scores given rollouts: `(id, correctness, tokens)` grouped by id in order of first
 /// appearance, one record per id.
-pub fn score_rollouts<'a>(rollouts: impl IntoIterator<Item = (&'a str, f32, &'a [u32])>, vps: VpsParams) -> Vec<ScoreRecord> {
+pub fn score_rollouts<'a>(
+    rollouts: impl IntoIterator<Item = (&'a str, f32, &'a [u32])>,
+    vps: VpsParams,
+) -> Vec<ScoreRecord> {
     let mut order: Vec<&str> = Vec::new();
     let mut groups: std::collections::HashMap<&str, (Vec<f32>, Vec<&[u32]>)> = Default::default();
     for (id, c, t) in rollouts {

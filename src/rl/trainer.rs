@@ -6,8 +6,8 @@
 //! the same micro-batches, as the first PPO epoch, so the first epoch's ratio is exactly 1.
 
 use super::advantage::{broadcast_to_tokens, group_advantages, AdvantageConfig, GroupStats};
-use super::grpo::{policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer};
 use super::graded::{grade_tokens, reward_item};
+use super::grpo::{policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer};
 use super::reward::{RewardConfig, Verdict};
 use super::rollout::{generate, SamplingParams};
 use crate::backend::Backend;
@@ -15,8 +15,8 @@ use crate::data::rl_items::RlItem;
 use crate::model::backward::GradScratch;
 use crate::model::{Acts, Packed, Qwen2};
 use crate::optim::{AdamW, StepReport};
-use crate::train::pack_ranges;
 use crate::tokenizer::Tokenizer;
+use crate::train::pack_ranges;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -99,12 +99,14 @@ pub fn collect<B: Backend>(
     on_token: impl FnMut(usize),
 ) -> Result<(Experience, GroupStats)> {
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
-    let rollouts = generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?;
+    let rollouts =
+        generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?;
     let mut verdicts = Vec::with_capacity(rollouts.len());
     let mut rewards = Vec::with_capacity(rollouts.len());
     for r in &rollouts {
         let reference = reward_item(&items[indices[r.prompt_index]]);
-        let (_, verdict, reward) = grade_tokens(tok, &r.tokens, &s.sampling.stop_ids, &s.reward, &reference)?;
+        let (_, verdict, reward) =
+            grade_tokens(tok, &r.tokens, &s.sampling.stop_ids, &s.reward, &reference)?;
         verdicts.push(verdict);
         rewards.push(reward);
     }
@@ -188,7 +190,8 @@ pub fn response_logprobs<B: Backend>(
     let mut out = Vec::with_capacity(exp.response_tokens());
     for rs in micro {
         let (_, targets, rows) = forward_responses(model, be, exp, rs.clone(), acts)?;
-        let (lp, _) = model.token_logprobs(be, acts.as_ref().expect("forward ran"), &targets, inv_temp);
+        let (lp, _) =
+            model.token_logprobs(be, acts.as_ref().expect("forward ran"), &targets, inv_temp);
         out.extend(rows.iter().map(|&r| lp[r]));
     }
     Ok(out)
@@ -209,7 +212,8 @@ pub fn update<B: Backend>(
 ) -> Result<UpdateReport> {
     let n = exp.responses.len();
     let inv_temp = 1.0 / s.sampling.temperature;
-    let lens: Vec<usize> = (0..n).map(|r| exp.prompts[r / exp.group_size].len() + exp.responses[r].len()).collect();
+    let lens: Vec<usize> =
+        (0..n).map(|r| exp.prompts[r / exp.group_size].len() + exp.responses[r].len()).collect();
     let mut offsets = vec![0usize];
     for r in &exp.responses {
         offsets.push(offsets.last().unwrap() + r.len());
@@ -221,12 +225,15 @@ pub fn update<B: Backend>(
         .step_by(per_mini.max(1))
         .map(|g0| g0 * exp.group_size..((g0 + per_mini).min(groups)) * exp.group_size)
         .collect();
-    let micro_of: Vec<Vec<Range<usize>>> = minis.iter().map(|m| pack_ranges(&lens, m.clone(), s.micro_batch_tokens)).collect();
+    let micro_of: Vec<Vec<Range<usize>>> =
+        minis.iter().map(|m| pack_ranges(&lens, m.clone(), s.micro_batch_tokens)).collect();
     let all_micro: Vec<Range<usize>> = micro_of.iter().flatten().cloned().collect();
 
     let logp_old = response_logprobs(policy, be, exp, &all_micro, inv_temp, &mut st.acts)?;
     let ref_logp = match (reference, &s.loss.kl) {
-        (Some(m), Some(_)) => Some(response_logprobs(m, be, exp, &all_micro, inv_temp, &mut st.acts)?),
+        (Some(m), Some(_)) => {
+            Some(response_logprobs(m, be, exp, &all_micro, inv_temp, &mut st.acts)?)
+        }
         _ => None,
     };
     let adv_tok = broadcast_to_tokens(&exp.advantages, &offsets);
@@ -237,19 +244,25 @@ pub fn update<B: Backend>(
     for epoch in 0..s.ppo_epochs {
         for (mi, mini) in minis.iter().enumerate() {
             let (t0, t1) = (offsets[mini.start], offsets[mini.end]);
-            let norm = Normalizer::count(&mask[t0..t1], &rebase(&offsets[mini.start..=mini.end]), max_len);
+            let norm =
+                Normalizer::count(&mask[t0..t1], &rebase(&offsets[mini.start..=mini.end]), max_len);
             for g in st.grads.iter_mut() {
                 be.fill(g, 0.0);
             }
             for rs in &micro_of[mi] {
-                let (batch, targets, rows) = forward_responses(policy, be, exp, rs.clone(), &mut st.acts)?;
+                let (batch, targets, rows) =
+                    forward_responses(policy, be, exp, rs.clone(), &mut st.acts)?;
                 let acts = st.acts.as_ref().expect("forward ran");
                 let (lp, ent) = policy.token_logprobs(be, acts, &targets, inv_temp);
                 let (a, b) = (offsets[rs.start], offsets[rs.end]);
                 let logp: Vec<f32> = rows.iter().map(|&r| lp[r]).collect();
                 let entropy: Vec<f32> = rows.iter().map(|&r| ent[r]).collect();
                 if epoch == 0 {
-                    let dev = logp.iter().zip(&logp_old[a..b]).map(|(x, y)| ((x - y) as f64).exp() - 1.0).fold(0.0f64, |m, d| m.max(d.abs()));
+                    let dev = logp
+                        .iter()
+                        .zip(&logp_old[a..b])
+                        .map(|(x, y)| ((x - y) as f64).exp() - 1.0)
+                        .fold(0.0f64, |m, d| m.max(d.abs()));
                     report.first_epoch_max_ratio_dev = report.first_epoch_max_ratio_dev.max(dev);
                 }
                 let local_off = rebase(&offsets[rs.start..=rs.end]);
@@ -275,7 +288,17 @@ pub fn update<B: Backend>(
                     }
                     v
                 });
-                policy.backward_with(be, &batch, acts, &targets, &dlp, dent.as_deref(), inv_temp, &mut st.grads, &mut st.scratch);
+                policy.backward_with(
+                    be,
+                    &batch,
+                    acts,
+                    &targets,
+                    &dlp,
+                    dent.as_deref(),
+                    inv_temp,
+                    &mut st.grads,
+                    &mut st.scratch,
+                );
                 all_metrics.push(out.metrics);
             }
             report.steps.push(opt.step(be, &mut policy.params, &st.grads, lr));

@@ -141,7 +141,8 @@ pub fn self_bleu(rollouts: &[&[u32]], max_n: usize) -> f64 {
     let mut log_p = vec![0f64; k];
     let mut zero = vec![false; k];
     for n in 1..=max_n {
-        let counts: Vec<HashMap<&[u32], u32>> = rollouts.iter().map(|r| ngram_counts(r, n)).collect();
+        let counts: Vec<HashMap<&[u32], u32>> =
+            rollouts.iter().map(|r| ngram_counts(r, n)).collect();
         let mut top: HashMap<&[u32], Top2> = HashMap::new();
         for (i, c) in counts.iter().enumerate() {
             for (&g, &cnt) in c {
@@ -150,10 +151,8 @@ pub fn self_bleu(rollouts: &[&[u32]], max_n: usize) -> f64 {
         }
         for i in 0..k {
             let total = rollouts[i].len().saturating_sub(n - 1) as f64;
-            let matched: u64 = counts[i]
-                .iter()
-                .map(|(g, &c)| c.min(top[g].max_excluding(i)) as u64)
-                .sum();
+            let matched: u64 =
+                counts[i].iter().map(|(g, &c)| c.min(top[g].max_excluding(i)) as u64).sum();
             let p = if n == 1 {
                 if total == 0.0 {
                     // empty hypothesis: handled by the brevity penalty below
@@ -240,11 +239,23 @@ pub struct RolloutScores {
 /// and their exact-length token ids (normally one slice per rollout; `n` counts the
 /// correctness values). The one place an item's VAS scores are computed, so the trainer's
 /// refresh ([`VpsTable::refresh`]) and the `score` command cannot drift apart.
-pub fn score_item(correctness: &[f32], rollouts_tokens: &[&[u32]], alpha: f32, beta: f32, metric: TdsMetric) -> RolloutScores {
+pub fn score_item(
+    correctness: &[f32],
+    rollouts_tokens: &[&[u32]],
+    alpha: f32,
+    beta: f32,
+    metric: TdsMetric,
+) -> RolloutScores {
     let p = pass_rate(correctness);
     let o = ovs(p);
     let t = tds_with(rollouts_tokens, metric);
-    RolloutScores { n: correctness.len(), pass_rate: p, ovs: o, tds: t, vps: vps(o, t, alpha, beta) }
+    RolloutScores {
+        n: correctness.len(),
+        pass_rate: p,
+        ovs: o,
+        tds: t,
+        vps: vps(o, t, alpha, beta),
+    }
 }
 
 /// Score state of one dataset item.
@@ -351,7 +362,13 @@ impl VpsTable {
     /// Re-score `item` from N fresh rollouts: correctness per rollout (binary in the paper;
     /// partial credit is accepted but then p(1-p) is not the reward variance) and their exact
     /// token ids.
-    pub fn refresh(&mut self, item: usize, correctness: &[f32], rollouts_tokens: &[&[u32]], step: u64) {
+    pub fn refresh(
+        &mut self,
+        item: usize,
+        correctness: &[f32],
+        rollouts_tokens: &[&[u32]],
+        step: u64,
+    ) {
         let s = score_item(correctness, rollouts_tokens, self.alpha, self.beta, self.tds_metric);
         self.items[item] = ItemScore {
             vps: Some(s.vps),
@@ -365,7 +382,13 @@ impl VpsTable {
 }
 
 /// Free-function form of [`VpsTable::refresh`].
-pub fn refresh(table: &mut VpsTable, item: usize, correctness: &[f32], rollouts_tokens: &[&[u32]], step: u64) {
+pub fn refresh(
+    table: &mut VpsTable,
+    item: usize,
+    correctness: &[f32],
+    rollouts_tokens: &[&[u32]],
+    step: u64,
+) {
     table.refresh(item, correctness, rollouts_tokens, step)
 }
 
@@ -413,12 +436,22 @@ impl VasSampler {
     /// ceil(lambda B) weighted draws without replacement, no min-max normalisation.
     pub fn new(lambda: f32) -> Self {
         assert!((0.0..=1.0).contains(&lambda), "lambda must be in [0, 1]");
-        Self { lambda, weighted_count: WeightedCount::Ceil, with_replacement: false, minmax_normalize: false }
+        Self {
+            lambda,
+            weighted_count: WeightedCount::Ceil,
+            with_replacement: false,
+            minmax_normalize: false,
+        }
     }
 
     /// The MMR1 reference code's sampler: floor, with replacement, min-max normalised VPS.
     pub fn reference_compat(lambda: f32) -> Self {
-        Self { weighted_count: WeightedCount::Floor, with_replacement: true, minmax_normalize: true, ..Self::new(lambda) }
+        Self {
+            weighted_count: WeightedCount::Floor,
+            with_replacement: true,
+            minmax_normalize: true,
+            ..Self::new(lambda)
+        }
     }
 
     /// Number of weighted draws for a batch of `batch_size`.
@@ -434,7 +467,12 @@ impl VasSampler {
 
     /// Item indices of one batch: the weighted part (in draw order) followed by the uniform
     /// part. Panics without replacement if `batch_size > table.len()`.
-    pub fn sample_batch(&self, table: &VpsTable, batch_size: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    pub fn sample_batch(
+        &self,
+        table: &VpsTable,
+        batch_size: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<usize> {
         let p = self.sample_batch_parts(table, batch_size, rng);
         let mut out = p.weighted;
         out.extend(p.uniform);
@@ -449,7 +487,12 @@ impl VasSampler {
     /// draws. Without replacement, if fewer than `num_weighted` items have positive weight, the
     /// weighted part takes all of them and the uniform part fills the rest. With lambda = 0 the
     /// weighted path is skipped entirely (no weights read, no random numbers drawn for it).
-    pub fn sample_batch_parts(&self, table: &VpsTable, batch_size: usize, rng: &mut ChaCha8Rng) -> BatchParts {
+    pub fn sample_batch_parts(
+        &self,
+        table: &VpsTable,
+        batch_size: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> BatchParts {
         let n = table.len();
         if batch_size == 0 {
             return BatchParts { weighted: vec![], uniform: vec![] };

@@ -31,9 +31,10 @@ const OPT_FORMAT: &str = "mmr1-fast adamw v1";
 
 /// fsync a directory so that renames inside it are durable.
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync directory {}", dir.display()))
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
-
 
 /// Saves a full training checkpoint as `out/checkpoint-{step}` and points `out/latest` at it.
 /// Returns the checkpoint directory.
@@ -53,12 +54,20 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     let final_dir = out.join(&name);
     let tmp = out.join(format!(".{name}.tmp"));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove stale {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove stale {}", tmp.display()))?;
     }
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
     let host = model.to_host(be);
-    crate::model::safetensors_io::write_model_files(&tmp, &model.cfg, &model.layout, &host, dtype, tokenizer)?;
+    crate::model::safetensors_io::write_model_files(
+        &tmp,
+        &model.cfg,
+        &model.layout,
+        &host,
+        dtype,
+        tokenizer,
+    )?;
 
     let m: Vec<Vec<f32>> = opt.m.iter().map(|b| be.download(b)).collect();
     let v: Vec<Vec<f32>> = opt.v.iter().map(|b| be.download(b)).collect();
@@ -90,8 +99,9 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
         std::fs::rename(&tmp, &final_dir)?;
         std::fs::remove_dir_all(&old)?;
     } else {
-        std::fs::rename(&tmp, &final_dir)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+        std::fs::rename(&tmp, &final_dir).with_context(|| {
+            format!("cannot rename {} to {}", tmp.display(), final_dir.display())
+        })?;
     }
     sync_dir(out)?;
     write_atomic(&out.join("latest"), format!("{name}\n").as_bytes())?;
@@ -104,7 +114,8 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
     if !p.exists() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let name =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let name = name.trim();
     if name.is_empty() || name.contains('/') || name.contains("..") {
         bail!("{}: does not name a checkpoint directory ({name:?})", p.display());
@@ -126,33 +137,54 @@ pub struct LoadedCheckpoint<B: Backend, S> {
 /// Loads a checkpoint directory written by `save_checkpoint`: the model (f32 master weights
 /// when the model file is bf16), the AdamW state and the trainer state. Every tensor must be
 /// present with the layout's shape and finite; errors name the file and the tensor.
-pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(be: &B, dir: &Path) -> Result<LoadedCheckpoint<B, S>> {
+pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
+    be: &B,
+    dir: &Path,
+) -> Result<LoadedCheckpoint<B, S>> {
     let cfg = Qwen2Config::load(dir)?;
     let layout = ParamLayout::new(&cfg);
     let state_path = dir.join(TRAINER_STATE);
-    let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
-    let state: S = serde_json::from_str(&text).with_context(|| format!("{}: not a valid trainer state", state_path.display()))?;
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("cannot read {}", state_path.display()))?;
+    let state: S = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a valid trainer state", state_path.display()))?;
 
     let opt_path = dir.join(OPTIMIZER);
-    let bytes = std::fs::read(&opt_path).with_context(|| format!("cannot read {}", opt_path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", opt_path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e}", opt_path.display()))?;
+    let bytes =
+        std::fs::read(&opt_path).with_context(|| format!("cannot read {}", opt_path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", opt_path.display()))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e}", opt_path.display()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(OPT_FORMAT) {
-        bail!("{}: not an mmr1-fast optimizer state (format {:?})", opt_path.display(), meta.get("format"));
+        bail!(
+            "{}: not an mmr1-fast optimizer state (format {:?})",
+            opt_path.display(),
+            meta.get("format")
+        );
     }
     let step: u64 = meta
         .get("step")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("{}: metadata has no valid \"step\"", opt_path.display()))?;
-    let opt_cfg: AdamwConfig = serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
-        .with_context(|| format!("{}: metadata has no valid \"config\"", opt_path.display()))?;
+    let opt_cfg: AdamwConfig =
+        serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
+            .with_context(|| format!("{}: metadata has no valid \"config\"", opt_path.display()))?;
     let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let view = st.tensor(name).map_err(|_| anyhow!("{}: tensor {name} is missing", opt_path.display()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|_| anyhow!("{}: tensor {name} is missing", opt_path.display()))?;
         if view.shape() != shape {
-            bail!("{}: tensor {name} has shape {:?}, the config implies {:?}", opt_path.display(), view.shape(), shape);
+            bail!(
+                "{}: tensor {name} has shape {:?}, the config implies {:?}",
+                opt_path.display(),
+                view.shape(),
+                shape
+            );
         }
-        let data = to_f32(&view).with_context(|| format!("{}: tensor {name}", opt_path.display()))?;
+        let data =
+            to_f32(&view).with_context(|| format!("{}: tensor {name}", opt_path.display()))?;
         if data.iter().any(|x| !x.is_finite()) {
             bail!("{}: tensor {name} holds NaN or infinite values", opt_path.display());
         }
@@ -160,7 +192,11 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(be: &B, dir: &Path) -> R
     };
     let has_master = st.names().iter().any(|n| n.starts_with("master."));
     let host = if has_master {
-        layout.specs.iter().map(|s| get(&format!("master.{}", s.name), &s.shape)).collect::<Result<Vec<_>>>()?
+        layout
+            .specs
+            .iter()
+            .map(|s| get(&format!("master.{}", s.name), &s.shape))
+            .collect::<Result<Vec<_>>>()?
     } else {
         load_params(dir, &layout)?
     };

@@ -9,9 +9,9 @@ pub mod checkpoint;
 pub mod sft;
 
 use crate::backend::Backend;
-use std::ops::Range;
 use crate::model::{Acts, GradScratch, Packed, Qwen2};
 use anyhow::Result;
+use std::ops::Range;
 
 /// A loss's value on one micro-batch and its gradient per packed row.
 #[derive(Clone, Debug, Default)]
@@ -58,7 +58,13 @@ impl SftLoss {
 impl TokenLoss for SftLoss {
     fn eval(&self, lp: &[f32], _ent: &[f32]) -> LossGrad {
         assert_eq!(lp.len(), self.weights.len(), "SftLoss: one weight per packed row");
-        let loss = -self.weights.iter().zip(lp).filter(|(w, _)| **w != 0.0).map(|(w, l)| *w as f64 * *l as f64).sum::<f64>();
+        let loss = -self
+            .weights
+            .iter()
+            .zip(lp)
+            .filter(|(w, _)| **w != 0.0)
+            .map(|(w, l)| *w as f64 * *l as f64)
+            .sum::<f64>();
         LossGrad { loss, dlp: self.weights.iter().map(|w| -w).collect(), dent: None }
     }
 }
@@ -92,7 +98,17 @@ pub fn micro_step<B: Backend>(
     let inv_temp = loss.inv_temp();
     let (lp, ent) = model.token_logprobs(be, acts, &targets, inv_temp);
     let g = loss.eval(&lp, &ent);
-    model.backward_with(be, batch, acts, &targets, &g.dlp, g.dent.as_deref(), inv_temp, grads, &mut ws.scratch);
+    model.backward_with(
+        be,
+        batch,
+        acts,
+        &targets,
+        &g.dlp,
+        g.dent.as_deref(),
+        inv_temp,
+        grads,
+        &mut ws.scratch,
+    );
     Ok(g.loss)
 }
 

@@ -58,11 +58,20 @@ impl Default for SftConfig {
 
 impl SftConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 || self.micro_batch_tokens == 0 || self.max_len < 2 {
+        if self.epochs == 0
+            || self.batch_size == 0
+            || self.micro_batch_tokens == 0
+            || self.max_len < 2
+        {
             bail!("epochs, batch size and micro-batch tokens must be positive and max length at least 2");
         }
-        if !(self.lr.is_finite() && self.lr >= 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            bail!("learning rate must be >= 0 and min lr in [0, lr] (got lr {}, min {})", self.lr, self.min_lr);
+        if !(self.lr.is_finite() && self.lr >= 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr)
+        {
+            bail!(
+                "learning rate must be >= 0 and min lr in [0, lr] (got lr {}, min {})",
+                self.lr,
+                self.min_lr
+            );
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             bail!("warm-up ratio must be in [0, 1] (got {})", self.warmup_ratio);
@@ -179,10 +188,25 @@ impl<B: Backend> SftTrainer<B> {
         Ok(Self::assemble(be, model, opt, data, state))
     }
 
-    fn assemble(be: &B, model: Qwen2<B>, opt: AdamW<B>, data: Vec<SftExample>, state: SftState) -> Self {
+    fn assemble(
+        be: &B,
+        model: Qwen2<B>,
+        opt: AdamW<B>,
+        data: Vec<SftExample>,
+        state: SftState,
+    ) -> Self {
         let (order, next_epoch_rng) = epoch_order(data.len(), &state.epoch_rng);
         let grads = model.zero_grads(be);
-        SftTrainer { model, opt, grads, data, state, ws: Workspace::default(), order, next_epoch_rng }
+        SftTrainer {
+            model,
+            opt,
+            grads,
+            data,
+            state,
+            ws: Workspace::default(),
+            order,
+            next_epoch_rng,
+        }
     }
 
     /// Continues the run saved in checkpoint directory `dir`; `data` must be the dataset it
@@ -206,7 +230,13 @@ impl<B: Backend> SftTrainer<B> {
             );
         }
         if st.cursor > data.len() || st.step > st.total_steps {
-            bail!("{}: trainer state is inconsistent (cursor {}, step {} of {})", dir.display(), st.cursor, st.step, st.total_steps);
+            bail!(
+                "{}: trainer state is inconsistent (cursor {}, step {} of {})",
+                dir.display(),
+                st.cursor,
+                st.step,
+                st.total_steps
+            );
         }
         Ok(Self::assemble(be, ck.model, ck.opt, data, st))
     }
@@ -280,7 +310,22 @@ impl<B: Backend> SftTrainer<B> {
     }
 
     /// Saves `out/checkpoint-{step}` (and moves `out/latest`).
-    pub fn save(&self, be: &B, out: &Path, dtype: SaveDtype, tokenizer: Option<&Path>) -> Result<PathBuf> {
-        save_checkpoint(be, out, self.state.step, &self.model, &self.opt, &self.state, dtype, tokenizer)
+    pub fn save(
+        &self,
+        be: &B,
+        out: &Path,
+        dtype: SaveDtype,
+        tokenizer: Option<&Path>,
+    ) -> Result<PathBuf> {
+        save_checkpoint(
+            be,
+            out,
+            self.state.step,
+            &self.model,
+            &self.opt,
+            &self.state,
+            dtype,
+            tokenizer,
+        )
     }
 }

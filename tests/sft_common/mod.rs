@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use mmr1_fast::model::init::{init_params, Init};
+use mmr1_fast::model::safetensors_io::write_model_files;
 use mmr1_fast::model::safetensors_io::SaveDtype;
 use mmr1_fast::model::{ParamLayout, Qwen2Config};
-use mmr1_fast::model::safetensors_io::write_model_files;
 use std::path::{Path, PathBuf};
 
 pub fn tokenizer_path() -> PathBuf {
@@ -36,14 +36,21 @@ pub fn write_tiny_model(dir: &Path, hidden: usize, seed: u64) {
 /// A memorizable synthetic task: "reverse <word>" -> the word reversed, in the three
 /// accepted JSONL forms in turn.
 pub fn synthetic_jsonl(n: usize) -> String {
-    let words = ["cat", "dog", "bird", "fish", "lion", "wolf", "bear", "frog", "crab", "duck", "goat", "mole"];
+    let words = [
+        "cat", "dog", "bird", "fish", "lion", "wolf", "bear", "frog", "crab", "duck", "goat",
+        "mole",
+    ];
     let mut s = String::new();
     for i in 0..n {
         let w = words[i % words.len()];
         let r: String = w.chars().rev().collect();
         let line = match i % 3 {
-            0 => serde_json::json!({"messages": [{"role": "user", "content": format!("reverse {w}")}, {"role": "assistant", "content": r}]}),
-            1 => serde_json::json!({"conversations": [{"from": "human", "value": format!("reverse {w}")}, {"from": "gpt", "value": r}], "images": []}),
+            0 => {
+                serde_json::json!({"messages": [{"role": "user", "content": format!("reverse {w}")}, {"role": "assistant", "content": r}]})
+            }
+            1 => {
+                serde_json::json!({"conversations": [{"from": "human", "value": format!("reverse {w}")}, {"from": "gpt", "value": r}], "images": []})
+            }
             _ => serde_json::json!({"problem": format!("reverse {w}"), "solution": r}),
         };
         s.push_str(&line.to_string());

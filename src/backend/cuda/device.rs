@@ -30,7 +30,14 @@ pub trait Device {
     fn download(&self, mem: &Self::Mem, bytes: usize) -> Vec<u8>;
     /// Queues kernel `name` over `grid` blocks of `block` threads. Panics on launch errors
     /// (they are bugs, not conditions to recover from).
-    fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: u32, args: &[Arg<'_, Self::Mem>]);
+    fn launch(
+        &self,
+        name: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        args: &[Arg<'_, Self::Mem>],
+    );
     /// A library GEMM (row-major, f32, see `Backend::matmul`); returns false when the device
     /// has none, and the backend then runs its own kernel.
     #[allow(clippy::too_many_arguments)]

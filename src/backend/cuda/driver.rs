@@ -4,7 +4,10 @@
 use super::device::{Arg, Device};
 use super::CudaBackend;
 use crate::backend::Tr;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -18,10 +21,16 @@ pub fn probe(ordinal: usize) -> Result<String, String> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("no CUDA driver (libcuda.so not found)".into());
     }
-    cudarc::driver::result::init().map_err(|e| format!("CUDA driver failed to initialize: {e:?}"))?;
-    let n = cudarc::driver::result::device::get_count().map_err(|e| format!("cannot count CUDA devices: {e:?}"))?;
+    cudarc::driver::result::init()
+        .map_err(|e| format!("CUDA driver failed to initialize: {e:?}"))?;
+    let n = cudarc::driver::result::device::get_count()
+        .map_err(|e| format!("cannot count CUDA devices: {e:?}"))?;
     if ordinal >= n as usize {
-        return Err(if n == 0 { "no CUDA device".into() } else { format!("no CUDA device {ordinal} ({n} present)") });
+        return Err(if n == 0 {
+            "no CUDA device".into()
+        } else {
+            format!("no CUDA device {ordinal} ({n} present)")
+        });
     }
     let dev = cudarc::driver::result::device::get(ordinal as i32).map_err(|e| format!("{e:?}"))?;
     let name = cudarc::driver::result::device::get_name(dev).map_err(|e| format!("{e:?}"))?;
@@ -83,7 +92,8 @@ fn ptx_for(arch: &'static str) -> Result<String, String> {
         options: vec!["--std=c++17".into()],
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernels::SOURCE, opts).map_err(|e| format!("NVRTC failed: {e:?}"))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernels::SOURCE, opts)
+        .map_err(|e| format!("NVRTC failed: {e:?}"))?;
     let text = ptx.to_src();
     let _ = std::fs::create_dir_all(path.parent().unwrap());
     let _ = std::fs::write(&path, &text);
@@ -93,10 +103,13 @@ fn ptx_for(arch: &'static str) -> Result<String, String> {
 impl CudaDevice {
     pub fn new(ordinal: usize) -> Result<Self, String> {
         let name = probe(ordinal)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot create a CUDA context: {e:?}"))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| format!("cannot create a CUDA context: {e:?}"))?;
         let (major, _) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
         if major < 8 {
-            return Err(format!("{name}: compute capability {major}.x is below the 8.0 the kernels need"));
+            return Err(format!(
+                "{name}: compute capability {major}.x is below the 8.0 the kernels need"
+            ));
         }
         let arch = if major >= 9 { "compute_90" } else { "compute_80" };
         let ptx = ptx_for(arch)?;
@@ -105,7 +118,11 @@ impl CudaDevice {
             .map_err(|e| format!("cannot load the kernels ({arch}) on {name}: {e:?}"))?;
         let stream = ctx.default_stream();
         // SAFETY: only tries to open the library.
-        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } { cudarc::cublas::CudaBlas::new(stream.clone()).ok() } else { None };
+        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            cudarc::cublas::CudaBlas::new(stream.clone()).ok()
+        } else {
+            None
+        };
         Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), blas, name })
     }
     pub fn has_cublas(&self) -> bool {
@@ -117,7 +134,11 @@ impl CudaDevice {
     fn func(&self, name: &str) -> CudaFunction {
         let mut f = self.funcs.lock().unwrap();
         f.entry(name.to_string())
-            .or_insert_with(|| self.module.load_function(name).unwrap_or_else(|e| panic!("no kernel {name}: {e:?}")))
+            .or_insert_with(|| {
+                self.module
+                    .load_function(name)
+                    .unwrap_or_else(|e| panic!("no kernel {name}: {e:?}"))
+            })
             .clone()
     }
 }
@@ -142,7 +163,14 @@ impl Device for CudaDevice {
     fn download(&self, mem: &CudaSlice<u8>, bytes: usize) -> Vec<u8> {
         self.stream.clone_dtoh(&mem.slice(0..bytes)).expect("cuda download")
     }
-    fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: u32, args: &[Arg<'_, CudaSlice<u8>>]) {
+    fn launch(
+        &self,
+        name: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        args: &[Arg<'_, CudaSlice<u8>>],
+    ) {
         let f = self.func(name);
         // Device addresses first, so the builder can borrow them.
         let mut guards = Vec::new();
@@ -167,12 +195,27 @@ impl Device for CudaDevice {
                 Arg::F32(v) => b.arg(v),
             };
         }
-        let cfg = LaunchConfig { grid_dim: (grid[0], grid[1], grid[2]), block_dim: (block[0], block[1], block[2]), shared_mem_bytes: shared_bytes };
+        let cfg = LaunchConfig {
+            grid_dim: (grid[0], grid[1], grid[2]),
+            block_dim: (block[0], block[1], block[2]),
+            shared_mem_bytes: shared_bytes,
+        };
         // SAFETY: argument lists match the kernels' signatures (checked by the test suite).
         unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("launch of {name} failed: {e:?}"));
         drop(guards);
     }
-    fn gemm(&self, out: &mut CudaSlice<u8>, a: &CudaSlice<u8>, ta: Tr, b: &CudaSlice<u8>, tb: Tr, m: usize, n: usize, k: usize, beta: f32) -> bool {
+    fn gemm(
+        &self,
+        out: &mut CudaSlice<u8>,
+        a: &CudaSlice<u8>,
+        ta: Tr,
+        b: &CudaSlice<u8>,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) -> bool {
         let Some(blas) = &self.blas else { return false };
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
         use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};

@@ -78,7 +78,14 @@ impl Device for EmuDevice {
         // SAFETY: bounds checked above.
         unsafe { std::slice::from_raw_parts(mem.ptr as *const u8, bytes).to_vec() }
     }
-    fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: u32, args: &[Arg<'_, EmuMem>]) {
+    fn launch(
+        &self,
+        name: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        args: &[Arg<'_, EmuMem>],
+    ) {
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
         let mut vals: Vec<u64> = args
@@ -92,7 +99,8 @@ impl Device for EmuDevice {
                 Arg::F32(v) => v.to_bits() as u64,
             })
             .collect();
-        let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        let mut ptrs: Vec<*mut c_void> =
+            vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         let cname = CString::new(name).unwrap();
         let mut err = vec![0 as c_char; 512];
         // SAFETY: args point at live values; buffers outlive the synchronous launch.
@@ -117,9 +125,21 @@ impl Device for EmuDevice {
             panic!("emulated kernel {name} failed: {msg}");
         }
     }
-    fn gemm(&self, out: &mut EmuMem, a: &EmuMem, ta: Tr, b: &EmuMem, tb: Tr, m: usize, n: usize, k: usize, beta: f32) -> bool {
+    fn gemm(
+        &self,
+        out: &mut EmuMem,
+        a: &EmuMem,
+        ta: Tr,
+        b: &EmuMem,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) -> bool {
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
-        let f = |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
+        let f =
+            |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
         let (av, bv) = (f(a, m * k), f(b, k * n));
         let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
         Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);

@@ -73,7 +73,15 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// `out[j] += sum_r a[r,j] * b[r,j] * rowscale[r]` (b, rowscale optional), deterministic.
-    fn col_reduce(&self, out: &mut DevBuf<D::Mem>, a: &D::Mem, b: Option<&D::Mem>, rowscale: Option<&D::Mem>, rows: usize, n: usize) {
+    fn col_reduce(
+        &self,
+        out: &mut DevBuf<D::Mem>,
+        a: &D::Mem,
+        b: Option<&D::Mem>,
+        rowscale: Option<&D::Mem>,
+        rows: usize,
+        n: usize,
+    ) {
         if n == 0 {
             return;
         }
@@ -82,14 +90,32 @@ impl<D: Device> CudaBackend<D> {
             [n.div_ceil(32) as u32, 1, 1],
             [32, 32, 1],
             0,
-            &[Arg::Ptr(&out.mem), Arg::Ptr(a), opt_arg(b), opt_arg(rowscale), Arg::I32(rows as i32), Arg::I32(n as i32)],
+            &[
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(a),
+                opt_arg(b),
+                opt_arg(rowscale),
+                Arg::I32(rows as i32),
+                Arg::I32(n as i32),
+            ],
         );
     }
 
     /// Matmul through the `gemm_f32` kernel, whatever library the device has (tests use it to
     /// check the kernel itself).
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul_kernel(&self, out: &mut DevBuf<D::Mem>, a: &DevBuf<D::Mem>, ta: Tr, b: &DevBuf<D::Mem>, tb: Tr, m: usize, n: usize, k: usize, beta: f32) {
+    pub fn matmul_kernel(
+        &self,
+        out: &mut DevBuf<D::Mem>,
+        a: &DevBuf<D::Mem>,
+        ta: Tr,
+        b: &DevBuf<D::Mem>,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) {
         if m == 0 || n == 0 {
             return;
         }
@@ -125,7 +151,11 @@ impl<D: Device> CudaBackend<D> {
     /// `out = x` rounded through bf16 (`f16 == false`) or f16, round-to-nearest-even.
     pub fn round_16(&self, out: &mut DevBuf<D::Mem>, x: &DevBuf<D::Mem>, f16: bool) {
         let name = if f16 { "round_f16_f32" } else { "round_bf16_f32" };
-        self.elementwise(name, x.len, &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::I64(x.len as i64)]);
+        self.elementwise(
+            name,
+            x.len,
+            &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::I64(x.len as i64)],
+        );
     }
 }
 
@@ -140,7 +170,10 @@ pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
 
 fn attn_check(shape: AttnShape) {
     assert!(shape.head_dim <= 256, "attention kernels support head_dim <= 256");
-    assert!(shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads), "n_heads must be a multiple of n_kv_heads");
+    assert!(
+        shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
+        "n_heads must be a multiple of n_kv_heads"
+    );
 }
 
 /// Per query row: (row, first kv row, number of visible keys, 0).
@@ -148,7 +181,12 @@ fn q_items(spans: &[AttnSpan]) -> Vec<i32> {
     let mut v = Vec::new();
     for s in spans {
         for i in 0..s.q_len {
-            v.extend_from_slice(&[(s.q_start + i) as i32, s.kv_start as i32, (s.kv_len - s.q_len + i + 1) as i32, 0]);
+            v.extend_from_slice(&[
+                (s.q_start + i) as i32,
+                s.kv_start as i32,
+                (s.kv_len - s.q_len + i + 1) as i32,
+                0,
+            ]);
         }
     }
     v
@@ -167,7 +205,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         b
     }
     fn upload(&self, host: &[f32]) -> Self::Buf {
-        let mem = self.dev.upload(bytemuck::cast_slice(if host.is_empty() { &[0.0f32] } else { host }));
+        let mem =
+            self.dev.upload(bytemuck::cast_slice(if host.is_empty() { &[0.0f32] } else { host }));
         DevBuf { mem, len: host.len() }
     }
     fn download(&self, buf: &Self::Buf) -> Vec<f32> {
@@ -181,14 +220,35 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.elementwise(
             "copy_f32",
             n,
-            &[Arg::Ptr(&dst.mem), Arg::I64(dst_off as i64), Arg::Ptr(&src.mem), Arg::I64(src_off as i64), Arg::I64(n as i64)],
+            &[
+                Arg::Ptr(&dst.mem),
+                Arg::I64(dst_off as i64),
+                Arg::Ptr(&src.mem),
+                Arg::I64(src_off as i64),
+                Arg::I64(n as i64),
+            ],
         );
     }
     fn fill(&self, dst: &mut Self::Buf, value: f32) {
-        self.elementwise("fill_f32", dst.len, &[Arg::Ptr(&dst.mem), Arg::I64(dst.len as i64), Arg::F32(value)]);
+        self.elementwise(
+            "fill_f32",
+            dst.len,
+            &[Arg::Ptr(&dst.mem), Arg::I64(dst.len as i64), Arg::F32(value)],
+        );
     }
 
-    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, ta: Tr, b: &Self::Buf, tb: Tr, m: usize, n: usize, k: usize, beta: f32) {
+    fn matmul(
+        &self,
+        out: &mut Self::Buf,
+        a: &Self::Buf,
+        ta: Tr,
+        b: &Self::Buf,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) {
         assert!(a.len >= m * k && b.len >= k * n && out.len >= m * n, "matmul: buffer too small");
         if m == 0 || n == 0 {
             return;
@@ -196,9 +256,17 @@ impl<D: Device> Backend for CudaBackend<D> {
         if k == 0 {
             // A product over nothing: out = beta * out (0 when beta == 0, ignoring NaN).
             if beta == 0.0 {
-                self.elementwise("fill_f32", m * n, &[Arg::Ptr(&out.mem), Arg::I64((m * n) as i64), Arg::F32(0.0)]);
+                self.elementwise(
+                    "fill_f32",
+                    m * n,
+                    &[Arg::Ptr(&out.mem), Arg::I64((m * n) as i64), Arg::F32(0.0)],
+                );
             } else {
-                self.elementwise("scale_f32", m * n, &[Arg::Ptr(&out.mem), Arg::F32(beta), Arg::I64((m * n) as i64)]);
+                self.elementwise(
+                    "scale_f32",
+                    m * n,
+                    &[Arg::Ptr(&out.mem), Arg::F32(beta), Arg::I64((m * n) as i64)],
+                );
             }
             return;
         }
@@ -210,7 +278,12 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.elementwise(
             "add_bias_f32",
             rows * n,
-            &[Arg::Ptr(&x.mem), Arg::Ptr(&bias.mem), Arg::I64((rows * n) as i64), Arg::I32(n as i32)],
+            &[
+                Arg::Ptr(&x.mem),
+                Arg::Ptr(&bias.mem),
+                Arg::I64((rows * n) as i64),
+                Arg::I32(n as i32),
+            ],
         );
     }
     fn bias_backward(&self, dbias: &mut Self::Buf, dy: &Self::Buf, rows: usize, n: usize) {
@@ -218,10 +291,18 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) {
         assert_eq!(x.len, y.len, "add_assign: length mismatch");
-        self.elementwise("add_assign_f32", x.len, &[Arg::Ptr(&x.mem), Arg::Ptr(&y.mem), Arg::I64(x.len as i64)]);
+        self.elementwise(
+            "add_assign_f32",
+            x.len,
+            &[Arg::Ptr(&x.mem), Arg::Ptr(&y.mem), Arg::I64(x.len as i64)],
+        );
     }
     fn scale(&self, x: &mut Self::Buf, s: f32) {
-        self.elementwise("scale_f32", x.len, &[Arg::Ptr(&x.mem), Arg::F32(s), Arg::I64(x.len as i64)]);
+        self.elementwise(
+            "scale_f32",
+            x.len,
+            &[Arg::Ptr(&x.mem), Arg::F32(s), Arg::I64(x.len as i64)],
+        );
     }
     fn sum_squares(&self, x: &Self::Buf) -> f64 {
         if x.len == 0 {
@@ -238,7 +319,13 @@ impl<D: Device> Backend for CudaBackend<D> {
             0,
             &[Arg::Ptr(&x.mem), Arg::I64(x.len as i64), Arg::Ptr(&partial)],
         );
-        self.dev.launch("sum_partials_f64", [1, 1, 1], [BLOCK, 1, 1], 0, &[Arg::Ptr(&partial), Arg::I32(blocks as i32), Arg::Ptr(&total)]);
+        self.dev.launch(
+            "sum_partials_f64",
+            [1, 1, 1],
+            [BLOCK, 1, 1],
+            0,
+            &[Arg::Ptr(&partial), Arg::I32(blocks as i32), Arg::Ptr(&total)],
+        );
         let b = self.dev.download(&total, 8);
         f64::from_le_bytes(b[..8].try_into().unwrap())
     }
@@ -251,10 +338,22 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.elementwise(
             "embedding_f32",
             ids.len() * dim,
-            &[Arg::Ptr(&out.mem), Arg::Ptr(&table.mem), Arg::Ptr(&d_ids), Arg::I32(ids.len() as i32), Arg::I32(dim as i32)],
+            &[
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(&table.mem),
+                Arg::Ptr(&d_ids),
+                Arg::I32(ids.len() as i32),
+                Arg::I32(dim as i32),
+            ],
         );
     }
-    fn embedding_backward(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &[u32], dim: usize) {
+    fn embedding_backward(
+        &self,
+        dtable: &mut Self::Buf,
+        dout: &Self::Buf,
+        ids: &[u32],
+        dim: usize,
+    ) {
         if ids.is_empty() || dim == 0 {
             return;
         }
@@ -270,18 +369,35 @@ impl<D: Device> Backend for CudaBackend<D> {
             }
         }
         offsets.push(order.len() as u32);
-        let (d_u, d_o, d_ord) = (self.upload_u32(&uniq), self.upload_u32(&offsets), self.upload_u32(&order));
+        let (d_u, d_o, d_ord) =
+            (self.upload_u32(&uniq), self.upload_u32(&offsets), self.upload_u32(&order));
         let threads = (dim.next_multiple_of(32)).min(BLOCK as usize) as u32;
         self.dev.launch(
             "embedding_bwd_f32",
             [uniq.len() as u32, 1, 1],
             [threads, 1, 1],
             0,
-            &[Arg::Ptr(&dtable.mem), Arg::Ptr(&dout.mem), Arg::Ptr(&d_u), Arg::Ptr(&d_o), Arg::Ptr(&d_ord), Arg::I32(dim as i32)],
+            &[
+                Arg::Ptr(&dtable.mem),
+                Arg::Ptr(&dout.mem),
+                Arg::Ptr(&d_u),
+                Arg::Ptr(&d_o),
+                Arg::Ptr(&d_ord),
+                Arg::I32(dim as i32),
+            ],
         );
     }
 
-    fn rmsnorm(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, rows: usize, dim: usize, eps: f32) {
+    fn rmsnorm(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
         if rows == 0 {
             return;
         }
@@ -333,7 +449,15 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.col_reduce(dw, &dout.mem, Some(&x.mem), Some(&rstd.mem), rows, dim);
     }
 
-    fn rope(&self, x: &mut Self::Buf, positions: &[u32], n_heads: usize, head_dim: usize, theta: f32, inverse: bool) {
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        positions: &[u32],
+        n_heads: usize,
+        head_dim: usize,
+        theta: f32,
+        inverse: bool,
+    ) {
         if positions.is_empty() || head_dim < 2 {
             return;
         }
@@ -355,7 +479,16 @@ impl<D: Device> Backend for CudaBackend<D> {
         );
     }
 
-    fn attention(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, spans: &[AttnSpan], shape: AttnShape) {
+    fn attention(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
         attn_check(shape);
         let items = q_items(spans);
         if items.is_empty() {
@@ -406,7 +539,12 @@ impl<D: Device> Backend for CudaBackend<D> {
         for s in spans {
             let off = s.kv_len - s.q_len; // keys every query sees
             for j in 0..s.kv_len {
-                kv_items.extend_from_slice(&[(s.kv_start + j) as i32, s.q_start as i32, s.q_len as i32, j.saturating_sub(off) as i32]);
+                kv_items.extend_from_slice(&[
+                    (s.kv_start + j) as i32,
+                    s.q_start as i32,
+                    s.q_len as i32,
+                    j.saturating_sub(off) as i32,
+                ]);
             }
         }
         let nq = (items.len() / 4) as u32;
@@ -419,10 +557,22 @@ impl<D: Device> Backend for CudaBackend<D> {
             [nq, h as u32, 1],
             [32, 1, 1],
             0,
-            &[Arg::Ptr(&dsum), Arg::Ptr(&dout.mem), Arg::Ptr(&out.mem), Arg::Ptr(&d_items), Arg::I32(h as i32), Arg::I32(d as i32)],
+            &[
+                Arg::Ptr(&dsum),
+                Arg::Ptr(&dout.mem),
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(&d_items),
+                Arg::I32(h as i32),
+                Arg::I32(d as i32),
+            ],
         );
         let common = |a: &mut Vec<Arg<'_, D::Mem>>| {
-            a.extend([Arg::I32(h as i32), Arg::I32(hkv as i32), Arg::I32(d as i32), Arg::F32(scale)]);
+            a.extend([
+                Arg::I32(h as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(d as i32),
+                Arg::F32(scale),
+            ]);
         };
         let mut a = vec![
             Arg::Ptr(&dq.mem),
@@ -449,7 +599,13 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::Ptr(&d_kv),
             ];
             common(&mut a);
-            self.dev.launch("attn_bwd_dkv_f32", [(kv_items.len() / 4) as u32, hkv as u32, 1], [128, 1, 1], 0, &a);
+            self.dev.launch(
+                "attn_bwd_dkv_f32",
+                [(kv_items.len() / 4) as u32, hkv as u32, 1],
+                [128, 1, 1],
+                0,
+                &a,
+            );
         }
     }
 
@@ -460,7 +616,14 @@ impl<D: Device> Backend for CudaBackend<D> {
             &[Arg::Ptr(&out.mem), Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(out.len as i64)],
         );
     }
-    fn swiglu_backward(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    ) {
         self.elementwise(
             "swiglu_bwd_f32",
             dgate.len,
@@ -475,7 +638,16 @@ impl<D: Device> Backend for CudaBackend<D> {
         );
     }
 
-    fn logprobs(&self, lp: &mut Self::Buf, entropy: &mut Self::Buf, logits: &Self::Buf, targets: &[u32], rows: usize, vocab: usize, inv_temp: f32) {
+    fn logprobs(
+        &self,
+        lp: &mut Self::Buf,
+        entropy: &mut Self::Buf,
+        logits: &Self::Buf,
+        targets: &[u32],
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
         if rows == 0 {
             return;
         }
@@ -529,7 +701,14 @@ impl<D: Device> Backend for CudaBackend<D> {
         );
     }
 
-    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, hp: AdamwStep) {
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: AdamwStep,
+    ) {
         let rbc1 = (1.0 / (1.0 - (hp.beta1 as f64).powi(hp.step as i32))) as f32;
         let rbc2 = (1.0 / (1.0 - (hp.beta2 as f64).powi(hp.step as i32))) as f32;
         self.elementwise(

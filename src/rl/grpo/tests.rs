@@ -202,11 +202,13 @@ const FD_LOG_RATIO_CLAMP: f32 = 1.9;
 fn random_delta(rng: &mut ChaCha8Rng, clamp: f64) -> f64 {
     let (lo, hi) = (0.8f64, 1.28f64);
     let r = match rng.gen_range(0..5) {
-        0 => rng.gen_range(lo + MARGIN..hi - MARGIN),    // unclipped
-        1 => rng.gen_range(hi + MARGIN..2.9),            // above the upper clip
-        2 => rng.gen_range(0.3..lo - MARGIN),            // below the lower clip
-        3 => rng.gen_range(3.0 + MARGIN..6.0),           // above the dual-clip constant
-        _ => return rng.gen_range(clamp + MARGIN..clamp + 2.0) * if rng.gen() { 1.0 } else { -1.0 },
+        0 => rng.gen_range(lo + MARGIN..hi - MARGIN), // unclipped
+        1 => rng.gen_range(hi + MARGIN..2.9),         // above the upper clip
+        2 => rng.gen_range(0.3..lo - MARGIN),         // below the lower clip
+        3 => rng.gen_range(3.0 + MARGIN..6.0),        // above the dual-clip constant
+        _ => {
+            return rng.gen_range(clamp + MARGIN..clamp + 2.0) * if rng.gen() { 1.0 } else { -1.0 }
+        }
     };
     r.ln()
 }
@@ -277,7 +279,8 @@ fn naive_loss(b: &Batch, cfg: &LossConfig) -> f64 {
             let ratio = negkl.exp();
             let a = b.adv[t];
             let pg1 = -a * ratio;
-            let pg2 = -a * ratio.max(1.0 - cfg.clip_eps_low as f64).min(1.0 + cfg.clip_eps_high as f64);
+            let pg2 =
+                -a * ratio.max(1.0 - cfg.clip_eps_low as f64).min(1.0 + cfg.clip_eps_high as f64);
             let clip1 = if pg1 > pg2 { pg1 } else { pg2 };
             let pg = match cfg.dual_clip_c {
                 Some(c) if a < 0.0 => clip1.min(-a * c as f64),
@@ -345,7 +348,9 @@ fn configs() -> Vec<LossConfig> {
     let k1 = Some(KlConfig { estimator: KlEstimator::K1, coef: 0.05 });
     let k3 = Some(KlConfig { estimator: KlEstimator::K3, coef: 0.01 });
     let mut v = vec![];
-    for agg in [Aggregation::TokenMean, Aggregation::SeqMeanTokenMean, Aggregation::SeqMeanTokenSumNorm] {
+    for agg in
+        [Aggregation::TokenMean, Aggregation::SeqMeanTokenMean, Aggregation::SeqMeanTokenSumNorm]
+    {
         v.push(LossConfig { agg, ..LossConfig::mmr1() });
         v.push(LossConfig { agg, k3_clamp: None, ..LossConfig::mmr1() });
         v.push(LossConfig {
@@ -399,12 +404,20 @@ fn gradient_matches_finite_differences() {
                     n_low += tt.clip_low as usize;
                     n_high += tt.clip_high as usize;
                     n_dual += tt.dual as usize;
-                    n_unclipped += (!tt.clip_low && !tt.clip_high && !tt.dual && b.adv[t] != 0.0) as usize;
-                    n_logclamp += ((b.logp[t] - b.old[t]).abs() > FD_LOG_RATIO_CLAMP as f64 && cfg.log_ratio_clamp.is_some()) as usize;
+                    n_unclipped +=
+                        (!tt.clip_low && !tt.clip_high && !tt.dual && b.adv[t] != 0.0) as usize;
+                    n_logclamp += ((b.logp[t] - b.old[t]).abs() > FD_LOG_RATIO_CLAMP as f64
+                        && cfg.log_ratio_clamp.is_some())
+                        as usize;
                     let x = b.refl[t] - b.logp[t];
                     if cfg.kl.map(|k| k.estimator) == Some(KlEstimator::K3) {
-                        n_k3inner += (x.abs() > 20.0 && cfg.convention == Convention::Verl && cfg.k3_clamp.is_none()) as usize;
-                        n_k3clamp += (x.abs() < 20.0 && x.exp() - x - 1.0 > 10.0 && cfg.k3_clamp.is_some()) as usize;
+                        n_k3inner += (x.abs() > 20.0
+                            && cfg.convention == Convention::Verl
+                            && cfg.k3_clamp.is_none())
+                            as usize;
+                        n_k3clamp +=
+                            (x.abs() < 20.0 && x.exp() - x - 1.0 > 10.0 && cfg.k3_clamp.is_some())
+                                as usize;
                         n_k3free += (x.exp() - x - 1.0 < 10.0) as usize;
                     }
                 }
@@ -461,7 +474,8 @@ fn micro_batch_split_invariance() {
     let n_resp = b.offsets.len() - 1;
     // f32 inputs, as in production.
     let f = |v: &Vec<f64>| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
-    let (lp, old, adv, mask, refl, ent) = (f(&b.logp), f(&b.old), f(&b.adv), f(&b.mask), f(&b.refl), f(&b.ent));
+    let (lp, old, adv, mask, refl, ent) =
+        (f(&b.logp), f(&b.old), f(&b.adv), f(&b.mask), f(&b.refl), f(&b.ent));
     let full_in = |r0: usize, r1: usize| -> (usize, usize, Vec<usize>) {
         let (a, e) = (b.offsets[r0], b.offsets[r1]);
         (a, e, b.offsets[r0..=r1].iter().map(|&o| o - a).collect())
@@ -470,9 +484,9 @@ fn micro_batch_split_invariance() {
     cuts_random.insert(0, 0);
     cuts_random.push(n_resp);
     let splits: Vec<Vec<usize>> = vec![
-        (0..=n_resp).collect(),         // one response per micro-batch
-        vec![0, n_resp / 2, n_resp],    // two halves
-        cuts_random,                    // random cut points
+        (0..=n_resp).collect(),      // one response per micro-batch
+        vec![0, n_resp / 2, n_resp], // two halves
+        cuts_random,                 // random cut points
     ];
     for cfg in configs() {
         let norm = Normalizer::count(&mask, &b.offsets, b.max_len);

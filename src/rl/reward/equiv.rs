@@ -46,11 +46,7 @@ fn thousands(s: &str) -> Option<String> {
         return None;
     }
     for (i, _) in s.match_indices(',') {
-        let before = b[..i]
-            .iter()
-            .rev()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
+        let before = b[..i].iter().rev().take_while(|c| c.is_ascii_digit()).count();
         let after = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
         let group_start = i - before;
         let first_group = group_start == 0 || b[group_start - 1] != b',';
@@ -82,11 +78,7 @@ fn wraps_whole(s: &str) -> bool {
 fn shape(s: &str) -> Shape {
     let s = s.trim();
     if let Some(inner) = s.strip_prefix("\\{").and_then(|x| x.strip_suffix("\\}")) {
-        return Shape::Set(if inner.trim().is_empty() {
-            vec![]
-        } else {
-            split_top(inner)
-        });
+        return Shape::Set(if inner.trim().is_empty() { vec![] } else { split_top(inner) });
     }
     let (first, last) = (s.chars().next(), s.chars().last());
     if let (Some(o @ ('(' | '[')), Some(c @ (')' | ']'))) = (first, last) {
@@ -116,8 +108,7 @@ fn key(s: &str) -> String {
 /// value, since as a product of variables `no` would equal `on`.
 fn is_words(s: &str) -> bool {
     s.chars().filter(|c| c.is_alphabetic()).count() >= 2
-        && s.chars()
-            .all(|c| c.is_alphabetic() || c == ' ' || c == '-' || c == '\'')
+        && s.chars().all(|c| c.is_alphabetic() || c == ' ' || c == '-' || c == '\'')
 }
 
 fn scalar_equal(a: &str, b: &str) -> bool {

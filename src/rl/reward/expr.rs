@@ -123,10 +123,8 @@ impl Parser {
         match self.peek() {
             Some(c) if c.is_ascii_alphabetic() || c == '(' || c == '{' => true,
             Some('\\') => {
-                let name: String = self.c[self.pos + 1..]
-                    .iter()
-                    .take_while(|c| c.is_ascii_alphabetic())
-                    .collect();
+                let name: String =
+                    self.c[self.pos + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
                 !name.is_empty() && !matches!(name.as_str(), "le" | "ge" | "ne" | "in" | "to")
             }
             _ => false,
@@ -150,11 +148,7 @@ impl Parser {
         let base = self.atom()?;
         if self.eat('^') {
             self.enter()?;
-            let exp = if self.eat('-') {
-                Expr::Neg(Box::new(self.arg()?))
-            } else {
-                self.arg()?
-            };
+            let exp = if self.eat('-') { Expr::Neg(Box::new(self.arg()?)) } else { self.arg()? };
             self.leave();
             return Some(Expr::Bin(Op::Pow, Box::new(base), Box::new(exp)));
         }
@@ -280,11 +274,7 @@ pub(crate) fn parse(s: &str) -> Option<Expr> {
     if s.chars().count() > MAX_PARSE_CHARS {
         return None;
     }
-    let mut p = Parser {
-        c: s.chars().collect(),
-        pos: 0,
-        depth: 0,
-    };
+    let mut p = Parser { c: s.chars().collect(), pos: 0, depth: 0 };
     let e = p.expr()?;
     p.skip_ws();
     (p.pos == p.c.len()).then_some(e)
@@ -294,10 +284,7 @@ impl Expr {
     fn eval(&self, env: &[(String, f64)]) -> f64 {
         match self {
             Expr::Num(x) => *x,
-            Expr::Var(v) => env
-                .iter()
-                .find(|(n, _)| n == v)
-                .map_or(f64::NAN, |(_, x)| *x),
+            Expr::Var(v) => env.iter().find(|(n, _)| n == v).map_or(f64::NAN, |(_, x)| *x),
             Expr::Pi => std::f64::consts::PI,
             Expr::Inf => f64::INFINITY,
             Expr::Neg(a) => -a.eval(env),
@@ -390,9 +377,7 @@ pub(crate) fn close(x: f64, y: f64) -> bool {
 
 /// Sample values for free variables: irrational-looking, positive (so `\sqrt{x}` and `\ln x`
 /// stay real), and different per variable and per point.
-const SAMPLES: [f64; 9] = [
-    0.5772, 1.3247, 2.2361, 0.6931, 1.6180, 2.7183, 0.4142, 1.2021, 3.3219,
-];
+const SAMPLES: [f64; 9] = [0.5772, 1.3247, 2.2361, 0.6931, 1.6180, 2.7183, 0.4142, 1.2021, 3.3219];
 
 /// Equality of two parsed expressions.
 ///
@@ -418,12 +403,7 @@ pub(crate) fn expr_equal(a: &Expr, b: &Expr) -> bool {
         let env: Vec<(String, f64)> = va
             .iter()
             .enumerate()
-            .map(|(j, v)| {
-                (
-                    v.clone(),
-                    SAMPLES[(3 * j + k) % SAMPLES.len()] + 0.1 * j as f64,
-                )
-            })
+            .map(|(j, v)| (v.clone(), SAMPLES[(3 * j + k) % SAMPLES.len()] + 0.1 * j as f64))
             .collect();
         let (x, y) = (a.eval(&env), b.eval(&env));
         if x.is_nan() && y.is_nan() {

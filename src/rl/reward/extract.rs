@@ -111,9 +111,8 @@ fn last_boxed(s: &str) -> Boxed<'_> {
             },
             // TeX also accepts `\boxed 5` / `\boxed5`: the argument is the next token.
             Some(_) => {
-                let end = s[j..]
-                    .find(|c: char| c.is_whitespace() || c == '$')
-                    .map_or(s.len(), |k| j + k);
+                let end =
+                    s[j..].find(|c: char| c.is_whitespace() || c == '$').map_or(s.len(), |k| j + k);
                 result = Boxed::Found(&s[j..end]);
                 i = end;
             }
@@ -132,9 +131,7 @@ fn rfind_ascii_ci(s: &str, pat: &str) -> Option<usize> {
     if p.len() > h.len() {
         return None;
     }
-    (0..=h.len() - p.len())
-        .rev()
-        .find(|&i| h[i..i + p.len()].eq_ignore_ascii_case(p))
+    (0..=h.len() - p.len()).rev().find(|&i| h[i..i + p.len()].eq_ignore_ascii_case(p))
 }
 
 /// "... the answer is X" / "Answer: X": the rest of the line after the last such phrase.

@@ -170,12 +170,7 @@ fn unwrap_styles(s: &str) -> String {
             i += 1;
             continue;
         }
-        let name_end = i
-            + 1
-            + b[i + 1..]
-                .iter()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .count();
+        let name_end = i + 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
         if name_end == i + 1 {
             i += 2; // escaped character
             continue;
@@ -196,12 +191,7 @@ fn unwrap_styles(s: &str) -> String {
         i = name_end;
     }
     // Only ASCII bytes were dropped, so the rest is still valid UTF-8.
-    let bytes: Vec<u8> = b
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|(c, _)| *c)
-        .collect();
+    let bytes: Vec<u8> = b.iter().zip(&keep).filter(|(_, k)| **k).map(|(c, _)| *c).collect();
     String::from_utf8(bytes).unwrap_or_default()
 }
 
@@ -313,10 +303,7 @@ fn strip_assignment(s: &str) -> &str {
     let sub_ok = match sub {
         None => true,
         Some(x) => {
-            let x = x
-                .strip_prefix('{')
-                .and_then(|x| x.strip_suffix('}'))
-                .unwrap_or(x);
+            let x = x.strip_prefix('{').and_then(|x| x.strip_suffix('}')).unwrap_or(x);
             !x.is_empty() && x.len() <= 3 && x.bytes().all(|c| c.is_ascii_alphanumeric())
         }
     };
@@ -377,11 +364,8 @@ fn strip_units(s: &str) -> (String, bool) {
                 break;
             }
         }
-        let word_len = body
-            .bytes()
-            .rev()
-            .take_while(|c| c.is_ascii_alphabetic() || *c == b'/')
-            .count();
+        let word_len =
+            body.bytes().rev().take_while(|c| c.is_ascii_alphabetic() || *c == b'/').count();
         if word_len == 0 {
             break;
         }
@@ -389,9 +373,7 @@ fn strip_units(s: &str) -> (String, bool) {
         let lower = word.to_ascii_lowercase();
         // Inside a rate (`km/h`) `h` is unambiguous.
         let rate = lower.contains('/');
-        let is_unit = lower
-            .split('/')
-            .all(|w| UNITS.contains(&w) || (rate && w == "h"));
+        let is_unit = lower.split('/').all(|w| UNITS.contains(&w) || (rate && w == "h"));
         if !is_unit || rest.ends_with('\\') || rest.trim().is_empty() {
             break;
         }
@@ -425,10 +407,7 @@ pub(crate) fn normalize(s: &str) -> Norm {
         percent = true;
         s = s.replace('%', "");
     }
-    let mut t = trim_periods(&s)
-        .trim_end_matches('^')
-        .trim_end()
-        .to_string();
+    let mut t = trim_periods(&s).trim_end_matches('^').trim_end().to_string();
     t = strip_assignment(&t).to_string();
     let (u, unit_percent) = strip_units(&t);
     percent |= unit_percent;

@@ -112,7 +112,10 @@ fn score_item_is_what_refresh_stores() {
     let mut t = VpsTable::new(1);
     t.refresh(0, &[1.0, 0.0, 1.0], &[a, b, a], 3);
     let it = t.item(0);
-    assert_eq!((it.pass_rate, it.ovs, it.tds, it.vps, it.num_rollouts), (s.pass_rate, s.ovs, s.tds, Some(s.vps), 3));
+    assert_eq!(
+        (it.pass_rate, it.ovs, it.tds, it.vps, it.num_rollouts),
+        (s.pass_rate, s.ovs, s.tds, Some(s.vps), 3)
+    );
 }
 
 #[test]
