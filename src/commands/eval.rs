@@ -48,7 +48,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]
     pub bad_lines: BadLines,
     #[arg(long, default_value = "auto")]
-    pub device: super::device::Device,
+    pub device: crate::backend::select::DeviceChoice,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -79,7 +79,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
     params.validate()?;
-    super::device::cpu_only(args.device, "eval")?;
+    crate::backend::select::cpu_only(args.device, "eval")?;
     let items = load_rl_items(&args.data, args.bad_lines)?;
     let be = Cpu;
     let model = Qwen2::load(&be, &args.model)?;

@@ -35,11 +35,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub raw: bool,
     #[arg(long, default_value = "auto")]
-    pub device: super::device::Device,
+    pub device: crate::backend::select::DeviceChoice,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    super::device::cpu_only(args.device, "generate")?;
+    crate::backend::select::cpu_only(args.device, "generate")?;
     let be = Cpu;
     let model = Qwen2::load(&be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;

@@ -22,11 +22,11 @@ pub struct LogprobsArgs {
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
     #[arg(long, default_value = "auto")]
-    pub device: super::device::Device,
+    pub device: crate::backend::select::DeviceChoice,
 }
 
 pub fn run(args: &LogprobsArgs) -> Result<()> {
-    super::device::cpu_only(args.device, "logprobs")?;
+    crate::backend::select::cpu_only(args.device, "logprobs")?;
     if !(args.temperature > 0.0) {
         bail!("--temperature must be positive (got {})", args.temperature);
     }

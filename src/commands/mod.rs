@@ -1,6 +1,5 @@
 //! One file per CLI command; `main.rs` only parses arguments and dispatches here.
 
-pub mod device;
 pub mod eval;
 pub mod generate;
 pub mod logprobs;

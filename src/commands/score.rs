@@ -64,7 +64,7 @@ pub struct ScoreArgs {
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]
     pub bad_lines: BadLines,
     #[arg(long, default_value = "auto")]
-    pub device: super::device::Device,
+    pub device: crate::backend::select::DeviceChoice,
 }
 
 #[derive(Deserialize)]
@@ -161,7 +161,7 @@ fn with_model(
     if args.max_new_tokens == 0 || args.batch_items == 0 {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
-    super::device::cpu_only(args.device, "score")?;
+    crate::backend::select::cpu_only(args.device, "score")?;
     let items = load_rl_items(data, args.bad_lines)?;
     let be = Cpu;
     let model = Qwen2::load(&be, model_dir)?;

@@ -78,7 +78,7 @@ pub struct SftArgs {
     #[arg(long)]
     pub max_steps: Option<u64>,
     #[arg(long, default_value = "auto")]
-    pub device: super::device::Device,
+    pub device: crate::backend::select::DeviceChoice,
 }
 
 impl SftArgs {
@@ -105,7 +105,7 @@ impl SftArgs {
 }
 
 pub fn run(args: &SftArgs) -> Result<()> {
-    super::device::cpu_only(args.device, "sft")?;
+    crate::backend::select::cpu_only(args.device, "sft")?;
     run_on(&Cpu, args)
 }
 

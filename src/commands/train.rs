@@ -64,11 +64,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.output.dir = d.clone();
     }
     cfg.validate()?;
-    let device =
-        super::device::resolve(cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?)?;
+    let device = crate::backend::select::resolve(
+        cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+    )?;
     match device {
         #[cfg(feature = "cuda")]
-        super::device::Device::Cuda(n) => {
+        crate::backend::select::DeviceChoice::Cuda(n) => {
             let be = crate::backend::cuda::CudaBackend::new(n)
                 .map_err(|e| anyhow::anyhow!("cuda:{n}: {e}"))?;
             run_on(&be, cfg, args)

@@ -82,5 +82,5 @@ pub fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()
         s.push_str(&serde_json::to_string(r)?);
         s.push('\n');
     }
-    crate::model::safetensors_io::write_atomic(path, s.as_bytes())
+    crate::fs::write_atomic(path, s.as_bytes())
 }

@@ -4,12 +4,12 @@
 
 use super::config::Qwen2Config;
 use super::params::ParamLayout;
+use crate::fs::write_atomic;
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Converts a tensor's bytes to f32, whatever of f32/f16/bf16 it is stored as.
@@ -141,20 +141,6 @@ pub fn save_tensors(
     let data = safetensors::serialize(views, metadata)
         .map_err(|e| anyhow::anyhow!("serializing {}: {e}", path.display()))?;
     write_atomic(path, &data)
-}
-
-/// Writes `data` to `path` through a temporary file, fsync and rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp =
-        dir.join(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("file")));
-    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(data).with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
-    f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }
 
 /// Writes a Hugging Face model directory's files (config.json, model.safetensors,

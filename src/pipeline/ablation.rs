@@ -4,7 +4,7 @@
 
 use super::config::TrainConfig;
 use super::run::{run_pipeline, RunInputs, RunReport};
-use crate::model::safetensors_io::write_atomic;
+use crate::fs::write_atomic;
 use crate::train::checkpoint::latest_checkpoint;
 use anyhow::{Context, Result};
 

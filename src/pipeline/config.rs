@@ -399,7 +399,7 @@ impl TrainConfig {
         check(s.max_len >= 2, "sft.max_len must be >= 2".into());
         check(self.eval.temperature >= 0.0, "eval.temperature must be >= 0".into());
         check(
-            self.model.device.parse::<crate::commands::device::Device>().is_ok(),
+            self.model.device.parse::<crate::backend::select::DeviceChoice>().is_ok(),
             format!("model.device must be auto, cpu, cuda or cuda:N (got {:?})", self.model.device),
         );
         if errs.is_empty() {

@@ -30,7 +30,7 @@ impl MetricsLog {
                     kept.push('\n');
                 }
             }
-            crate::model::safetensors_io::write_atomic(&path, kept.as_bytes())?;
+            crate::fs::write_atomic(&path, kept.as_bytes())?;
         }
         let file = OpenOptions::new()
             .create(true)

@@ -217,7 +217,7 @@ pub fn draw(panels: &[Panel], out: &Path, size: (u32, u32), text: bool) -> Resul
     enc.set_compression(png::Compression::Best);
     enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
     enc.write_header().and_then(|mut w| w.write_image_data(&rgb)).context("encoding PNG")?;
-    crate::model::safetensors_io::write_atomic(out, &png_bytes)
+    crate::fs::write_atomic(out, &png_bytes)
 }
 
 fn draw_panel<DB: DrawingBackend>(

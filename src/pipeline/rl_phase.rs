@@ -395,7 +395,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                     c.output.save_dtype,
                     Some(self.tokenizer_path),
                 )?;
-                super::run::prune_checkpoints(&self.dir, c.output.keep_checkpoints)?;
+                crate::train::checkpoint::prune_checkpoints(&self.dir, c.output.keep_checkpoints)?;
             }
             if c.eval.every > 0
                 && run.state.step % c.eval.every as u64 == 0

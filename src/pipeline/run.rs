@@ -9,7 +9,7 @@ use super::rl_phase::{grpo_settings, RlPhase, RlStepSummary};
 use crate::backend::Backend;
 use crate::data::rl_items::{load_rl_items, RlItem};
 use crate::data::sft_data::load_sft_dataset;
-use crate::model::safetensors_io::write_atomic;
+use crate::fs::write_atomic;
 use crate::model::{Qwen2, Qwen2Config};
 use crate::optim::AdamwConfig;
 use crate::progress::bar;
@@ -17,7 +17,7 @@ use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
 use crate::rl::graded::{encode_prompts, stop_ids};
 use crate::rl::trainer::GrpoSettings;
 use crate::tokenizer::Tokenizer;
-use crate::train::checkpoint::latest_checkpoint;
+use crate::train::checkpoint::{latest_checkpoint, prune_checkpoints, step_of};
 use crate::train::sft::{SftConfig, SftTrainer};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -303,38 +303,6 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Res
     report.seconds += t0.elapsed().as_secs_f64();
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(report)
-}
-
-/// Deletes all but the newest `keep` checkpoints of a phase directory (the one `latest`
-/// names is always kept).
-pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
-    let latest = latest_checkpoint(dir)?;
-    let mut cks: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("checkpoint-"))
-        })
-        .collect();
-    cks.sort_by_key(|p| step_of(p));
-    let n = cks.len();
-    for p in cks.into_iter().take(n.saturating_sub(keep.max(1))) {
-        if Some(&p) != latest.as_ref() {
-            std::fs::remove_dir_all(&p)
-                .with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
-        }
-    }
-    Ok(())
-}
-
-pub fn step_of(ck: &Path) -> u64 {
-    ck.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("checkpoint-"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Rebuilds a report from metrics records (evaluations by label, RL step records).

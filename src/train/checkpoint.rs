@@ -15,7 +15,8 @@
 //! the previous checkpoint and `latest` intact.
 
 use crate::backend::Backend;
-use crate::model::safetensors_io::{load_params, save_tensors, to_f32, write_atomic, SaveDtype};
+use crate::fs::write_atomic;
+use crate::model::safetensors_io::{load_params, save_tensors, to_f32, SaveDtype};
 use crate::model::{ParamLayout, Qwen2, Qwen2Config};
 use crate::optim::{AdamW, AdamwConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -212,4 +213,37 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
     }
     let model = Qwen2::from_host(be, cfg, layout, &host);
     Ok(LoadedCheckpoint { model, opt: AdamW { cfg: opt_cfg, m, v, step }, state })
+}
+
+/// Deletes all but the newest `keep` checkpoints of a phase directory (the one `latest`
+/// names is always kept).
+pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
+    let latest = latest_checkpoint(dir)?;
+    let mut cks: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("checkpoint-"))
+        })
+        .collect();
+    cks.sort_by_key(|p| step_of(p));
+    let n = cks.len();
+    for p in cks.into_iter().take(n.saturating_sub(keep.max(1))) {
+        if Some(&p) != latest.as_ref() {
+            std::fs::remove_dir_all(&p)
+                .with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The step number in a `checkpoint-N` directory name (0 when it has none).
+pub fn step_of(ck: &Path) -> u64 {
+    ck.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("checkpoint-"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

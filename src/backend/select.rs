@@ -1,24 +1,25 @@
-//! `--device auto|cpu|cuda[:N]`: which backend runs a command.
+//! `--device auto|cpu|cuda[:N]`: which backend runs a command (named `DeviceChoice` so it is
+//! not confused with the CUDA launch trait `backend::cuda::device::Device`).
 
 use anyhow::{bail, Result};
 use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
+pub enum DeviceChoice {
     Auto,
     Cpu,
     Cuda(usize),
 }
 
-impl FromStr for Device {
+impl FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
-                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
                 _ => Err(format!("unknown device {s:?}: use auto, cpu, cuda or cuda:N")),
             },
         }
@@ -28,24 +29,24 @@ impl FromStr for Device {
 /// The backend a command will run on, said in one line. `auto` takes GPU 0 when this build
 /// has the CUDA backend and a driver and device answer, else the CPU. `cuda[:N]` without a
 /// usable GPU is an error (never a panic: the driver library is probed first).
-pub fn resolve(dev: Device) -> Result<Device> {
+pub fn resolve(dev: DeviceChoice) -> Result<DeviceChoice> {
     let gpu = |n: usize| crate::backend::cuda::available(n);
     match dev {
-        Device::Cpu => Ok(Device::Cpu),
-        Device::Auto => match gpu(0) {
+        DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
+        DeviceChoice::Auto => match gpu(0) {
             Ok(name) => {
                 eprintln!("note: running on {name}");
-                Ok(Device::Cuda(0))
+                Ok(DeviceChoice::Cuda(0))
             }
             Err(why) => {
                 eprintln!("note: running on the CPU ({why})");
-                Ok(Device::Cpu)
+                Ok(DeviceChoice::Cpu)
             }
         },
-        Device::Cuda(n) => match gpu(n) {
+        DeviceChoice::Cuda(n) => match gpu(n) {
             Ok(name) => {
                 eprintln!("note: running on {name}");
-                Ok(Device::Cuda(n))
+                Ok(DeviceChoice::Cuda(n))
             }
             Err(why) => bail!("device cuda:{n} is not usable: {why}"),
         },
@@ -54,8 +55,8 @@ pub fn resolve(dev: Device) -> Result<Device> {
 
 /// For commands that run on the CPU only so far: `auto` quietly means the CPU, an explicit
 /// `cuda` is an error that says so.
-pub fn cpu_only(dev: Device, command: &str) -> Result<()> {
-    if let Device::Cuda(n) = dev {
+pub fn cpu_only(dev: DeviceChoice, command: &str) -> Result<()> {
+    if let DeviceChoice::Cuda(n) = dev {
         bail!("`{command}` runs on the CPU in this version (asked for cuda:{n}); `train` runs on the GPU");
     }
     Ok(())
