@@ -161,32 +161,47 @@ fn nvrtc_build(root: &Path, out: &Path, all: &str) {
 #[cfg(feature = "emu")]
 fn emu_build(root: &Path, out: &Path, files: &[PathBuf]) {
     let kdir = root.join("kernels");
+    // The kernels plus the emulator's own planted-bug kernels (tests/emu_strict.rs), which
+    // never reach the GPU build.
+    let planted = kdir.join("emu/planted_bugs.cu");
     let mut cpp = String::new();
     writeln!(cpp, "#include \"{}\"", kdir.join("emu/cuda_emu.h").display()).unwrap();
-    let mut names = Vec::new();
-    for f in files {
+    let mut kernels = Vec::new();
+    for f in files.iter().chain([&planted]) {
         writeln!(cpp, "#include \"{}\"", f.display()).unwrap();
         let src = fs::read_to_string(f).unwrap();
-        names.extend(entry_points(&src));
+        if let Some((line, text)) = bare_shared(&src) {
+            panic!(
+                "{}:{line}: `{text}`: declare shared arrays with SHARED(T, name, dims) \
+                 (kernels/common.cuh), so that the emulator can poison them per block",
+                f.display()
+            );
+        }
+        kernels.extend(entry_points(&src));
         println!("cargo:rerun-if-changed={}", f.display());
     }
     println!("cargo:rerun-if-changed={}", kdir.join("emu").display());
-    // Registry: name -> thunk that unpacks cuLaunchKernel-style arguments.
-    cpp.push_str("\nnamespace {\nstruct EmuKernel { const char* name; void (*thunk)(void**); };\n");
-    for n in &names {
+    // Registry: name -> thunk that unpacks cuLaunchKernel-style arguments, and the kernel's
+    // __launch_bounds__ (0 = none).
+    cpp.push_str("\nnamespace {\nstruct EmuKernel { const char* name; void (*thunk)(void**); unsigned bounds; };\n");
+    for (n, _) in &kernels {
         writeln!(cpp, "void thunk_{n}(void** a) {{ emu::invoke(&{n}, a); }}").unwrap();
     }
     cpp.push_str("const EmuKernel kernels[] = {\n");
-    for n in &names {
-        writeln!(cpp, "    {{\"{n}\", thunk_{n}}},").unwrap();
+    for (n, bounds) in &kernels {
+        writeln!(cpp, "    {{\"{n}\", thunk_{n}, {bounds}}},").unwrap();
     }
     cpp.push_str("};\n}\n");
     cpp.push_str(
         r#"
 extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                          unsigned bz, size_t shmem, void** args, char* err, size_t errlen) {
+                          unsigned bz, size_t shmem, void** args, int order, unsigned long long seed,
+                          size_t dyn_optin, char* err, size_t errlen) {
     for (const EmuKernel& k : kernels)
-        if (strcmp(k.name, name) == 0) return emu::launch(k.thunk, dim3(gx, gy, gz), dim3(bx, by, bz), shmem, args, err, errlen);
+        if (strcmp(k.name, name) == 0) {
+            emu::LaunchOpts o{k.name, k.bounds, order, seed, dyn_optin};
+            return emu::launch(k.thunk, dim3(gx, gy, gz), dim3(bx, by, bz), shmem, args, o, err, errlen);
+        }
     snprintf(err, errlen, "no kernel named %s", name);
     return 1;
 }
@@ -208,14 +223,38 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
         .compile("mmr1_emu_kernels");
 }
 
-/// Names of `extern "C" __global__ void NAME(` entry points in a kernel source.
+/// The first line (1-based) that declares a static shared array with a bare `__shared__`
+/// instead of `SHARED(...)`: the emulator could not poison it. `extern __shared__` (dynamic
+/// shared memory, spelled through DYN_SMEM) and comments are allowed.
 #[cfg(feature = "emu")]
-fn entry_points(src: &str) -> Vec<String> {
+fn bare_shared(src: &str) -> Option<(usize, String)> {
+    src.lines().enumerate().find_map(|(i, l)| {
+        let code = l.split("//").next().unwrap_or("").trim();
+        (code.contains("__shared__")
+            && !code.starts_with('#')
+            && !code.contains("extern __shared__"))
+        .then(|| (i + 1, code.to_string()))
+    })
+}
+
+/// `(name, max threads)` of each `extern "C" __global__ void [__launch_bounds__(N)] NAME(`
+/// entry point in a kernel source; max threads is 0 without `__launch_bounds__`.
+#[cfg(feature = "emu")]
+fn entry_points(src: &str) -> Vec<(String, u32)> {
     let key = "extern \"C\" __global__ void ";
     src.match_indices(key)
         .map(|(i, _)| {
-            let rest = &src[i + key.len()..];
-            rest[..rest.find('(').expect("kernel signature")].trim().to_string()
+            let mut rest = src[i + key.len()..].trim_start();
+            let mut bounds = 0;
+            if let Some(r) = rest.strip_prefix("__launch_bounds__(") {
+                let close = r.find(')').expect("__launch_bounds__(...)");
+                let first = r[..close].split(',').next().unwrap().trim();
+                bounds = first.parse().unwrap_or_else(|_| {
+                    panic!("__launch_bounds__({first}): write the thread count as a number")
+                });
+                rest = r[close + 1..].trim_start();
+            }
+            (rest[..rest.find('(').expect("kernel signature")].trim().to_string(), bounds)
         })
         .collect()
 }

@@ -14,9 +14,9 @@
 
 extern "C" __global__ void attn_fwd_f32(real* out, float* lse, const real* q, const real* k, const real* v,
                                         const int* items, int n_heads, int n_kv, int d, float scale) {
-    __shared__ float qs[ATT_MAXD];
-    __shared__ float ps[ATT_TILE];
-    __shared__ float scratch[32];
+    SHARED(float, qs, [ATT_MAXD]);
+    SHARED(float, ps, [ATT_TILE]);
+    SHARED(float, scratch, [32]);
     const int it = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     const long long qrow = items[4 * it];
     const long long kv0 = items[4 * it + 1];
@@ -77,9 +77,9 @@ extern "C" __global__ void attn_bwd_dot_f32(float* dsum, const real* dout, const
 extern "C" __global__ void attn_bwd_dq_f32(real* dq, const real* dout, const real* q, const real* k,
                                            const real* v, const float* lse, const float* dsum, const int* items,
                                            int n_heads, int n_kv, int d, float scale) {
-    __shared__ float qs[ATT_MAXD];
-    __shared__ float dos[ATT_MAXD];
-    __shared__ float dss[ATT_TILE];
+    SHARED(float, qs, [ATT_MAXD]);
+    SHARED(float, dos, [ATT_MAXD]);
+    SHARED(float, dss, [ATT_TILE]);
     const int it = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     const long long qrow = items[4 * it];
     const long long kv0 = items[4 * it + 1];
@@ -131,10 +131,10 @@ extern "C" __global__ void attn_bwd_dq_f32(real* dq, const real* dout, const rea
 extern "C" __global__ void attn_bwd_dkv_f32(real* dk, real* dv, const real* dout, const real* q, const real* k,
                                             const real* v, const float* lse, const float* dsum,
                                             const int* kv_items, int n_heads, int n_kv, int d, float scale) {
-    __shared__ float ks[ATT_MAXD];
-    __shared__ float vs[ATT_MAXD];
-    __shared__ float ps[ATT_TILE];
-    __shared__ float dss[ATT_TILE];
+    SHARED(float, ks, [ATT_MAXD]);
+    SHARED(float, vs, [ATT_MAXD]);
+    SHARED(float, ps, [ATT_TILE]);
+    SHARED(float, dss, [ATT_TILE]);
     const int it = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x;
     const long long kvrow = kv_items[4 * it];
     const long long q0 = kv_items[4 * it + 1];

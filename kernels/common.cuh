@@ -12,6 +12,25 @@ typedef float real;
     T* name = reinterpret_cast<T*>(dyn_smem_raw_)
 #endif
 
+// Shared arrays: SHARED(float, red, [32]); SHARED(float, tile, [64][65]);
+// Declare every static shared array with it (build.rs rejects a bare __shared__ in
+// kernels/*.cu for the emulator build): on the GPU it is `__shared__ T name dims`; the emulator
+// (kernels/emu/cuda_emu.h defines it first) poisons the array at the start of every block, so
+// a read before the write shows up as NaN.
+#ifndef SHARED
+#define SHARED(T, name, dims) __shared__ T name dims
+#endif
+
+// A device-side check of an input the kernel trusts (an id, an index): on the GPU a failed
+// check traps (the launch fails and the launcher reports the kernel by name); the emulator
+// reports the condition, file and line.
+#ifndef DEVICE_CHECK
+#define DEVICE_CHECK(cond) \
+    do { \
+        if (!(cond)) __trap(); \
+    } while (0)
+#endif
+
 #define FULL_MASK 0xffffffffu
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }

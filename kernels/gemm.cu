@@ -6,8 +6,8 @@
 
 extern "C" __global__ void gemm_f32(float* C, const float* A, const float* B, int M, int N, int K,
                                     long long a_rs, long long a_cs, long long b_rs, long long b_cs, float beta) {
-    __shared__ float As[32][33];
-    __shared__ float Bs[32][33];
+    SHARED(float, As, [32][33]);
+    SHARED(float, Bs, [32][33]);
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int row0 = blockIdx.y * 32, col0 = blockIdx.x * 32;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};

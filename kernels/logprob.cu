@@ -1,6 +1,11 @@
 // Per-token log-probabilities and entropy of a tempered softmax over the vocabulary, forward
 // and backward. One block per row; a single online pass keeps (max, sum, weighted sum) so
 // nothing of size [rows, vocab] is written besides the input logits (and dlogits in backward).
+//
+// -inf logits (top-k/top-p masks, banned tokens) have probability 0: they are skipped in the
+// running statistics (so no -inf - (-inf)), and 0 log 0 = 0 in the entropy and its gradient.
+// A row whose logits are all -inf has lp = -inf, entropy 0 and zero gradient. The CPU
+// reference (src/backend/cpu.rs, row_lse_entropy) follows the same conventions.
 #include "common.cuh"
 
 // Softmax statistics of a set of logits z, relative to its max m:
@@ -23,6 +28,7 @@ __device__ __forceinline__ SoftStat stat_merge(SoftStat a, SoftStat b) {
 }
 
 __device__ __forceinline__ SoftStat stat_push(SoftStat a, float z) {
+    if (z == neg_inf()) return a; // probability 0: contributes nothing to s or t
     if (a.s == 0.0f) {
         a.m = z; a.s = 1.0f; a.t = 0.0f;
     } else if (z <= a.m) {
@@ -49,7 +55,9 @@ __device__ __forceinline__ SoftStat stat_shfl(SoftStat a, int o) {
 // Softmax statistics of row z = logits * inv_temp, reduced over the block in a fixed tree
 // (batch-invariant: a row's result depends on that row alone).
 __device__ SoftStat row_stat(const real* row, int vocab, float inv_temp) {
-    __shared__ float sm[32], ss[32], st[32];
+    SHARED(float, sm, [32]);
+    SHARED(float, ss, [32]);
+    SHARED(float, st, [32]);
     SoftStat a = {neg_inf(), 0.0f, 0.0f};
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) a = stat_push(a, row[j] * inv_temp);
     for (int o = 16; o > 0; o >>= 1) a = stat_merge(a, stat_shfl(a, o));
@@ -63,12 +71,18 @@ __device__ SoftStat row_stat(const real* row, int vocab, float inv_temp) {
     return b;
 }
 
-extern "C" __global__ void logprobs_f32(float* lp, float* entropy, const real* logits, const unsigned* targets,
+extern "C" __global__ void __launch_bounds__(1024) logprobs_f32(float* lp, float* entropy, const real* logits, const unsigned* targets,
                                         int rows, int vocab, float inv_temp) {
     const long long r = blockIdx.x;
     const real* row = logits + r * vocab;
+    DEVICE_CHECK(targets[r] < (unsigned)vocab);
     const SoftStat a = row_stat(row, vocab, inv_temp);
     if (threadIdx.x == 0) {
+        if (a.s == 0.0f) { // every logit is -inf
+            lp[r] = neg_inf();
+            entropy[r] = 0.0f;
+            return;
+        }
         const float logs = logf(a.s);
         const float lse = a.m + logs;
         lp[r] = row[targets[r]] * inv_temp - lse;
@@ -77,21 +91,28 @@ extern "C" __global__ void logprobs_f32(float* lp, float* entropy, const real* l
 }
 
 // d lp / d z_j = [j == target] - p_j ;  d H / d z_j = -p_j (log p_j + H) ; dz/dlogit = inv_temp.
-extern "C" __global__ void logprobs_bwd_f32(real* dlogits, const real* logits, const unsigned* targets,
+// For p_j = 0 (z_j = -inf) the entropy term is 0 (p log p -> 0), not 0 * -inf.
+extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_f32(real* dlogits, const real* logits, const unsigned* targets,
                                             const float* dlp, const float* dent, int rows, int vocab,
                                             float inv_temp) {
     const long long r = blockIdx.x;
     const real* row = logits + r * vocab;
+    DEVICE_CHECK(targets[r] < (unsigned)vocab);
     const SoftStat a = row_stat(row, vocab, inv_temp);
+    real* out = dlogits + r * vocab;
+    if (a.s == 0.0f) { // every logit is -inf: no distribution, no gradient
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) out[j] = 0.0f;
+        return;
+    }
     const float logs = logf(a.s);
     const float lse = a.m + logs, ent = logs - a.t / a.s;
     const float g = dlp[r], ge = dent[r];
     const int tgt = (int)targets[r];
-    real* out = dlogits + r * vocab;
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
         const float lpj = row[j] * inv_temp - lse;
         const float p = expf(lpj);
-        const float dz = g * ((j == tgt ? 1.0f : 0.0f) - p) - ge * p * (lpj + ent);
+        const float dh = p > 0.0f ? ge * p * (lpj + ent) : 0.0f;
+        const float dz = g * ((j == tgt ? 1.0f : 0.0f) - p) - dh;
         out[j] = dz * inv_temp;
     }
 }

@@ -4,7 +4,7 @@
 
 extern "C" __global__ void rmsnorm_f32(real* out, float* rstd, const real* x, const real* w, int rows, int dim,
                                        float eps) {
-    __shared__ float scratch[32];
+    SHARED(float, scratch, [32]);
     const long long r = blockIdx.x;
     const real* xr = x + r * dim;
     float ss = 0.0f;
@@ -24,7 +24,7 @@ extern "C" __global__ void rmsnorm_f32(real* out, float* rstd, const real* x, co
 // in f64, as the reference does; the kernel stays memory-bound.
 extern "C" __global__ void rmsnorm_bwd_dx_f32(real* dx, const real* dout, const real* x, const real* w,
                                               const float* rstd, int rows, int dim) {
-    __shared__ double scratch[32];
+    SHARED(double, scratch, [32]);
     const long long r = blockIdx.x;
     const real* xr = x + r * dim;
     const real* gr = dout + r * dim;

@@ -6,9 +6,9 @@
 // out[j] += sum_r a[r,j] * (b ? b[r,j] : 1) * (rowscale ? rowscale[r] : 1).
 // Block (32, 32): threadIdx.x picks the column, threadIdx.y strides over rows; the 32 partial
 // sums of a column are then added in a fixed order.
-extern "C" __global__ void col_reduce_f32(float* out, const real* a, const real* b, const float* rowscale,
+extern "C" __global__ void __launch_bounds__(1024) col_reduce_f32(float* out, const real* a, const real* b, const float* rowscale,
                                           int rows, int n) {
-    __shared__ float part[32][33];
+    SHARED(float, part, [32][33]);
     const int j = blockIdx.x * 32 + threadIdx.x;
     float s = 0.0f;
     if (j < n) {
@@ -30,7 +30,7 @@ extern "C" __global__ void col_reduce_f32(float* out, const real* a, const real*
 
 // Pass 1 of sum of squares: one f64 partial per block (the grid size is chosen from n alone).
 extern "C" __global__ void sumsq_partial_f32(const real* x, long long n, double* partial) {
-    __shared__ double scratch[32];
+    SHARED(double, scratch, [32]);
     double s = 0.0;
     GRID_STRIDE(i, n) {
         double v = x[i];
@@ -42,7 +42,7 @@ extern "C" __global__ void sumsq_partial_f32(const real* x, long long n, double*
 
 // Pass 2: one block folds the partials in a fixed order.
 extern "C" __global__ void sum_partials_f64(const double* partial, int count, double* out) {
-    __shared__ double scratch[32];
+    SHARED(double, scratch, [32]);
     double s = 0.0;
     for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
     s = block_sum_d(s, scratch);

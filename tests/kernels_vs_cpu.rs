@@ -1,8 +1,11 @@
 //! Every op of the CUDA backend against the CPU reference, on random inputs at ragged shapes,
 //! outputs poisoned with NaN first; plus determinism and batch invariance.
 //!
-//! Runs on the CUDA emulator with `--features emu` and on the real GPU with `--features cuda`
-//! (where a machine without a GPU prints "SKIPPED: no CUDA device" and returns).
+//! Runs on the CUDA emulator with `--features emu`, every launch under each schedule of
+//! `Schedule::CI` (forward, reverse, random, a starved warp) with bit-identical results
+//! demanded (`MMR1_EMU_SCHEDULE` overrides the list), and on the real GPU with
+//! `--features cuda`: those tests are `#[ignore]`d (reported as ignored where there is no GPU)
+//! and scripts/gpu-check.sh runs them with `--include-ignored`.
 #![cfg(any(feature = "emu", feature = "cuda"))]
 
 use mmr1_fast::backend::cpu::Cpu;
@@ -520,6 +523,80 @@ fn logprobs<B: Backend>(b: &B) {
     }
 }
 
+/// Logits masked to -inf (top-k/top-p, banned tokens): a partly or mostly masked row gives
+/// the log-prob, entropy and gradient of the same row with the masked tokens removed (and a
+/// zero gradient on them); a row masked entirely gives lp = -inf, entropy 0, gradient 0.
+/// The first logit of each row is masked: a thread whose first element is -inf once computed
+/// -inf - (-inf).
+fn logprobs_masked<B: Backend>(b: &B) {
+    let mut r = rng(14);
+    for (vocab, keep, inv_temp) in
+        [(7usize, 0.5f64, 1.0f32), (1000, 0.5, 0.7), (3001, 0.01, 1.0), (20000, 0.002, 1.3)]
+    {
+        let rows = 3;
+        let mut logits = rand_vec(&mut r, rows * vocab, 4.0);
+        let mut kept: Vec<Vec<usize>> = Vec::new();
+        for row in 0..rows {
+            let mut k: Vec<usize> = (1..vocab).filter(|_| r.gen_bool(keep)).collect();
+            if k.is_empty() {
+                k.push(r.gen_range(1..vocab));
+            }
+            for j in 0..vocab {
+                if !k.contains(&j) {
+                    logits[row * vocab + j] = f32::NEG_INFINITY;
+                }
+            }
+            kept.push(k);
+        }
+        let targets: Vec<u32> = kept.iter().map(|k| k[r.gen_range(0..k.len())] as u32).collect();
+        let (dlp, dent) = (rand_vec(&mut r, rows, 1.0), rand_vec(&mut r, rows, 1.0));
+        let got = logprobs_case(b, &logits, &targets, rows, vocab, inv_temp, &dlp, &dent);
+        // The reference: each row alone with its masked tokens removed, on the CPU.
+        let (mut lp, mut ent, mut dl) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows * vocab]);
+        for (row, k) in kept.iter().enumerate() {
+            let compact: Vec<f32> = k.iter().map(|&j| logits[row * vocab + j]).collect();
+            let t = k.iter().position(|&j| j == targets[row] as usize).unwrap() as u32;
+            let w = logprobs_case(
+                &Cpu,
+                &compact,
+                &[t],
+                1,
+                k.len(),
+                inv_temp,
+                &dlp[row..row + 1],
+                &dent[row..row + 1],
+            );
+            (lp[row], ent[row]) = (w[0][0], w[1][0]);
+            for (c, &j) in k.iter().enumerate() {
+                dl[row * vocab + j] = w[2][c];
+            }
+        }
+        let tag =
+            format!("vocab {vocab}, {:?} kept", kept.iter().map(|k| k.len()).collect::<Vec<_>>());
+        assert_close(&format!("masked logprobs lp {tag}"), &got[0], &lp, TOL);
+        assert_close(&format!("masked logprobs entropy {tag}"), &got[1], &ent, TOL);
+        assert_close(&format!("masked logprobs_backward {tag}"), &got[2], &dl, TOL);
+        let masked_grad = got[2].iter().zip(&logits).filter(|(_, l)| l.is_infinite());
+        assert!(masked_grad.clone().all(|(g, _)| *g == 0.0), "gradient on a -inf logit");
+    }
+    // A row of only -inf logits between two ordinary rows.
+    let vocab = 300;
+    let mut logits = rand_vec(&mut r, 3 * vocab, 4.0);
+    logits[vocab..2 * vocab].fill(f32::NEG_INFINITY);
+    let (targets, dlp, dent) = ([3u32, 7, 11], [0.5f32, -1.0, 0.25], [1.0f32, 2.0, -0.5]);
+    let got = logprobs_case(b, &logits, &targets, 3, vocab, 1.0, &dlp, &dent);
+    assert_eq!(got[0][1], f32::NEG_INFINITY, "lp of an all -inf row");
+    assert_eq!(got[1][1].to_bits(), 0.0f32.to_bits(), "entropy of an all -inf row");
+    assert!(got[2][vocab..2 * vocab].iter().all(|g| *g == 0.0), "gradient of an all -inf row");
+    assert!(got[0][0].is_finite() && got[0][2].is_finite(), "neighbours of an all -inf row");
+}
+
+/// The CPU reference follows the same -inf conventions.
+#[test]
+fn cpu_logprobs_masked() {
+    logprobs_masked(&Cpu);
+}
+
 // ---- determinism and batch invariance ---------------------------------------------------------
 
 fn determinism<B: Backend>(b: &B) {
@@ -623,26 +700,36 @@ macro_rules! suite {
     ($($t:ident),* ; $($k:ident),*) => {
         #[cfg(feature = "emu")]
         mod emu {
-            use mmr1_fast::backend::cuda::CudaBackend;
-            $( #[test] fn $t() { super::$t(&CudaBackend::emulator()); } )*
-            $( #[test] fn $k() { super::$k(&CudaBackend::emulator()); } )*
+            use mmr1_fast::backend::cuda::{emu::{EmuDevice, Schedule}, CudaBackend};
+            /// Every launch under each CI schedule (or those of MMR1_EMU_SCHEDULE), results
+            /// bit-identical across them.
+            fn emulator() -> CudaBackend<EmuDevice> {
+                match std::env::var("MMR1_EMU_SCHEDULE") {
+                    Ok(_) => CudaBackend::emulator(),
+                    Err(_) => CudaBackend::emulator_with(&Schedule::CI),
+                }
+            }
+            $( #[test] fn $t() { super::$t(&emulator()); } )*
+            $( #[test] fn $k() { super::$k(&emulator()); } )*
         }
         #[cfg(feature = "cuda")]
         mod gpu {
             use mmr1_fast::backend::cuda::{driver::CudaDevice, CudaBackend};
             use std::sync::OnceLock;
-            /// One context for the whole suite; None (with the reason printed) without a GPU.
-            fn gpu() -> Option<&'static CudaBackend<CudaDevice>> {
-                static B: OnceLock<Option<CudaBackend<CudaDevice>>> = OnceLock::new();
-                B.get_or_init(|| match CudaBackend::new(0) {
-                    Ok(b) => Some(b),
-                    Err(e) => { eprintln!("no GPU: {e}"); None }
-                }).as_ref()
+            /// One context for the whole suite. The tests are #[ignore]d, so they run only when
+            /// asked for (`--include-ignored`, as scripts/gpu-check.sh does): then a missing GPU
+            /// is a failure, never a pass.
+            fn gpu() -> &'static CudaBackend<CudaDevice> {
+                static B: OnceLock<Result<CudaBackend<CudaDevice>, String>> = OnceLock::new();
+                match B.get_or_init(|| CudaBackend::new(0)) {
+                    Ok(b) => b,
+                    Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
+                }
             }
-            $( #[test] fn $t() { match gpu() { Some(b) => super::$t(b), None => println!("SKIPPED: no CUDA device") } } )*
-            $( #[test] fn $k() { match gpu() { Some(b) => super::$k(b), None => println!("SKIPPED: no CUDA device") } } )*
+            $( #[test] #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"] fn $t() { super::$t(gpu()); } )*
+            $( #[test] #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"] fn $k() { super::$k(gpu()); } )*
         }
     };
 }
 
-suite!(memory_ops, elementwise, adamw, matmul, embedding, rmsnorm, rope, attention, logprobs, determinism, batch_invariance; gemm_kernel, conversions);
+suite!(memory_ops, elementwise, adamw, matmul, embedding, rmsnorm, rope, attention, logprobs, logprobs_masked, determinism, batch_invariance; gemm_kernel, conversions);

@@ -4,10 +4,30 @@
 // Model: blocks of a grid run one after another on the calling OS thread; the threads of a
 // block are cooperative fibers. A fiber runs until it reaches a barrier (__syncthreads, or a
 // warp-synchronous op: shuffle, vote, __syncwarp) and then yields to the block scheduler, which
-// releases a barrier only when every live thread it covers has arrived. Divergent barriers
-// (some threads exited or waiting elsewhere) are reported as errors instead of hanging, so
-// the emulator catches the barrier bugs that a GPU would turn into silent garbage.
-// Races and speed it cannot see.
+// releases a barrier only when every live thread it covers has arrived.
+//
+// It is meant to be a hostile GPU, so that CI sees the bugs a GPU would turn into silent
+// garbage:
+// - Schedules. Between two yields the ready fibers of a block run in an order chosen per
+//   launch: forward (thread 0 first), reverse, seeded random (a new permutation every round
+//   and block), or "starve" (one warp is held back until nothing else can run). A race such as
+//   "thread 0 writes shared memory, the others read it with no barrier between" gives right
+//   answers in one order and wrong ones in another; the Rust side (src/backend/cuda/emu.rs)
+//   can run every launch under several schedules and demand bit-identical results.
+// - Poison. Static shared arrays (declared with SHARED(T, name, dims)) and dynamic shared
+//   memory are filled with 0xFF bytes (NaN for floats) at the start of every block, so a read
+//   before the write shows up in the outputs.
+// - Strict warp ops. A shuffle from a lane outside the block or not named in the mask returns
+//   poison; a mask without the caller's own bit, a width that is not a power of two, lanes
+//   named in a mask that exited, and lanes of one warp meeting at different ops, masks or
+//   widths are errors.
+// - sm_90 launch limits: block <= 1024 threads, blockDim.z <= 64, gridDim.y/z <= 65535,
+//   static shared <= 48 KB, dynamic shared above 48 KB only when the launcher opted in (as
+//   cudaFuncAttributeMaxDynamicSharedMemorySize), __launch_bounds__ honoured; a warning for a
+//   1024-thread launch of a kernel without __launch_bounds__.
+// - Divergent barriers (some threads exited or waiting elsewhere) are errors, not hangs.
+// What it cannot see: races inside one segment between yields (fibers never interleave
+// there), stale values that a GPU would keep in registers or L1, and speed.
 #pragma once
 #define CUDA_EMU 1
 
@@ -16,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <utility>
 #include <vector>
 #if !defined(__x86_64__)
@@ -33,10 +54,13 @@ typedef dim3 uint3;
 #define __host__
 #define __forceinline__ inline
 #define __noinline__
+// build.rs reads the bounds from the source and hands them to the launcher's limit checks.
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 // Static shared memory is per block; blocks of one launch run sequentially on one OS thread,
-// so a thread_local static is exactly "one copy per running block".
+// so a thread_local static is exactly "one copy per running block". Kernels declare shared
+// arrays with SHARED (below), which also poisons them per block; build.rs rejects a bare
+// __shared__ in kernels/*.cu.
 #define __shared__ static thread_local
 #define __restrict__ __restrict
 #define warpSize 32
@@ -44,6 +68,20 @@ typedef dim3 uint3;
 namespace emu {
 
 enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
+// Orders in which the ready fibers of a block run between yields (see the top of the file).
+enum Order { FORWARD = 0, REVERSE = 1, RANDOM = 2, STARVE = 3 };
+// Warp-synchronous operations; the lanes that meet must agree on the op, mask and width.
+enum WarpOp { OP_OTHER, OP_SHFL, OP_SHFL_XOR, OP_SHFL_UP, OP_SHFL_DOWN, OP_BALLOT, OP_SYNCWARP };
+inline const char* op_name(int op) {
+    static const char* names[] = {"warp op", "__shfl_sync", "__shfl_xor_sync", "__shfl_up_sync",
+                                  "__shfl_down_sync", "__ballot/__any/__all_sync", "__syncwarp"};
+    return names[op];
+}
+
+// sm_90 limits (CUDA C++ Programming Guide, "Technical Specifications per Compute Capability").
+constexpr unsigned kMaxThreads = 1024, kMaxBlockXY = 1024, kMaxBlockZ = 64, kMaxGridYZ = 65535;
+constexpr unsigned kMaxGridX = 2147483647u;
+constexpr size_t kStaticSmem = 48 * 1024, kMaxSmem = 227 * 1024;
 
 struct Fiber {
 #if defined(__x86_64__)
@@ -54,6 +92,19 @@ struct Fiber {
     dim3 tid;
     unsigned linear;
     State st;
+    // The warp op this lane waits at (state WAIT_WARP).
+    int wop;
+    unsigned wmask;
+    int wwidth;
+};
+
+// Per-launch choices made by the Rust side.
+struct LaunchOpts {
+    const char* name;       // kernel name, for messages
+    unsigned launch_bounds; // max threads from __launch_bounds__, 0 = none
+    int order;              // Order
+    uint64_t seed;          // RANDOM: permutation seed; STARVE: which warp (plus the block index)
+    size_t dyn_optin;       // the kernel's opted-in max dynamic shared memory (bytes)
 };
 
 struct Block {
@@ -65,11 +116,19 @@ struct Block {
 #else
     ucontext_t sched;
 #endif
-    std::vector<uint64_t> xchg;   // one slot per thread for shuffles and votes
+    std::vector<uint64_t> xchg;     // one slot per thread for shuffles and votes
     std::vector<unsigned char> dyn; // dynamic shared memory
+    size_t dyn_bytes = 0;
+    std::vector<std::pair<void*, size_t>> statics; // static shared arrays seen in this block
+    size_t static_bytes = 0;
+    std::vector<unsigned> order;    // run order of one round
+    int sched = FORWARD;
+    uint64_t seed = 0;
+    unsigned block_linear = 0;
     void (*thunk)(void**) = nullptr;
     void** args = nullptr;
     const char* error = nullptr;
+    char msg[320];
 };
 
 inline thread_local Block* g_block = nullptr;
@@ -131,24 +190,154 @@ inline void fiber_entry_uc() { fiber_entry(); }
 
 inline void barrier(State s) {
     g_cur->st = s;
+    if (s == WAIT_WARP) {
+        // A bare warp barrier (e.g. from another emulation header): a full-warp meeting.
+        g_cur->wop = OP_OTHER;
+        g_cur->wmask = 0xffffffffu;
+        g_cur->wwidth = 32;
+    }
     yield_to_scheduler();
 }
 
+// Ends the launch with an error from inside a fiber; the message names the thread.
 inline void fail(const char* msg) {
-    if (!g_block->error) g_block->error = msg;
-    barrier(WAIT_BLOCK); // the scheduler sees the error and abandons the launch
+    Block& b = *g_block;
+    if (!b.error) {
+        const dim3 t = g_cur->tid;
+        snprintf(b.msg, sizeof b.msg, "%s (thread %u,%u,%u)", msg, t.x, t.y, t.z);
+        b.error = b.msg;
+    }
+    g_cur->st = WAIT_BLOCK;
+    yield_to_scheduler(); // the scheduler sees the error and abandons the launch
+    std::abort();         // never resumed
+}
+// DEVICE_CHECK (kernels/common.cuh) on the emulator.
+inline void fail_check(const char* cond, const char* file, int line) {
+    char m[240];
+    const char* base = strrchr(file, '/');
+    snprintf(m, sizeof m, "device check failed: %s (%s:%d)", cond, base ? base + 1 : file, line);
+    fail(m);
+}
+
+inline unsigned nthreads() { return g_blockDim.x * g_blockDim.y * g_blockDim.z; }
+// Lanes of warp w that exist in the block.
+inline unsigned live_mask(unsigned n, unsigned w) {
+    const unsigned cnt = n - w * 32 >= 32 ? 32 : n - w * 32;
+    return cnt == 32 ? 0xffffffffu : ((1u << cnt) - 1);
+}
+
+// A static shared array reached by a thread: the first thread of the block to reach it
+// poisons it and counts it against the 48 KB static limit.
+inline void shared_decl(void* p, size_t bytes) {
+    Block& b = *g_block;
+    for (auto& r : b.statics)
+        if (r.first == p) return;
+    b.statics.push_back({p, bytes});
+    b.static_bytes += bytes;
+    if (b.static_bytes > kStaticSmem) {
+        char m[160];
+        snprintf(m, sizeof m, "static shared memory %zu bytes exceeds the 48 KB static limit of sm_90", b.static_bytes);
+        fail(m);
+    }
+    if (b.static_bytes + b.dyn_bytes > kMaxSmem) {
+        char m[160];
+        snprintf(m, sizeof m, "static %zu + dynamic %zu bytes of shared memory exceed the 227 KB of sm_90",
+                 b.static_bytes, b.dyn_bytes);
+        fail(m);
+    }
+    memset(p, 0xFF, bytes);
+}
+
+inline uint64_t splitmix(uint64_t& s) {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+inline void run_fiber(Block& b, unsigned i) {
+    g_cur = &b.th[i];
+#if defined(__x86_64__)
+    emu_switch(&b.sched_sp, b.th[i].sp);
+#else
+    swapcontext(&b.sched, &b.th[i].ctx);
+#endif
+}
+
+// Releases every group of lanes whose warp op is complete; returns an error or nullptr.
+inline const char* release_warps(Block& b, unsigned n, bool& released) {
+    for (unsigned w = 0; w * 32 < n; w++) {
+        const unsigned lo = w * 32, live = live_mask(n, w);
+        for (unsigned l = 0; l < 32; l++) {
+            if (!(live >> l & 1)) break;
+            const Fiber& f = b.th[lo + l];
+            if (f.st != WAIT_WARP) continue;
+            const unsigned m = f.wmask & live;
+            bool ok = true;
+            for (unsigned j = 0; j < 32; j++) {
+                if (!(m >> j & 1)) continue;
+                const Fiber& g = b.th[lo + j];
+                if (g.st == DONE) {
+                    snprintf(b.msg, sizeof b.msg,
+                             "%s with mask %08x in warp %u: lane %u is named in the mask but has exited (lane %u waits)",
+                             op_name(f.wop), f.wmask, w, j, l);
+                    return b.msg;
+                }
+                ok = ok && g.st == WAIT_WARP && g.wop == f.wop && g.wmask == f.wmask && g.wwidth == f.wwidth;
+            }
+            if (!ok) continue;
+            for (unsigned j = 0; j < 32; j++)
+                if (m >> j & 1) b.th[lo + j].st = READY;
+            released = true;
+        }
+    }
+    return nullptr;
+}
+
+// Nothing can run and nothing can be released: say why, as precisely as possible.
+inline const char* diagnose_deadlock(Block& b, unsigned n) {
+    for (unsigned w = 0; w * 32 < n; w++) {
+        const unsigned lo = w * 32, live = live_mask(n, w);
+        for (unsigned l = 0; l < 32; l++) {
+            if (!(live >> l & 1)) break;
+            const Fiber& f = b.th[lo + l];
+            if (f.st != WAIT_WARP) continue;
+            for (unsigned j = 0; j < 32; j++) {
+                if (!((f.wmask & live) >> j & 1)) continue;
+                const Fiber& g = b.th[lo + j];
+                if (g.st == WAIT_WARP && (g.wop != f.wop || g.wmask != f.wmask || g.wwidth != f.wwidth)) {
+                    snprintf(b.msg, sizeof b.msg,
+                             "lanes of warp %u meet at different warp ops: lane %u at %s(mask %08x, width %d), "
+                             "lane %u at %s(mask %08x, width %d)",
+                             w, l, op_name(f.wop), f.wmask, f.wwidth, j, op_name(g.wop), g.wmask, g.wwidth);
+                    return b.msg;
+                }
+                if (g.st == WAIT_BLOCK) {
+                    snprintf(b.msg, sizeof b.msg,
+                             "warp %u: lane %u waits at %s while lane %u (named in its mask) waits at __syncthreads",
+                             w, l, op_name(f.wop), j);
+                    return b.msg;
+                }
+            }
+        }
+    }
+    return "deadlock: threads wait at barriers that can never be released";
 }
 
 // Runs one block to completion; returns an error message or nullptr.
 inline const char* run_block(Block& b) {
-    const unsigned n = g_blockDim.x * g_blockDim.y * g_blockDim.z;
+    const unsigned n = g_blockDim.x * g_blockDim.y * g_blockDim.z, nw = (n + 31) / 32;
     b.th.resize(n);
+    b.order.resize(n);
     b.error = nullptr;
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = b.th[i];
         f.linear = i;
         f.tid = dim3(i % g_blockDim.x, (i / g_blockDim.x) % g_blockDim.y, i / (g_blockDim.x * g_blockDim.y));
         f.st = READY;
+        f.wop = OP_OTHER;
+        f.wmask = 0;
+        f.wwidth = 0;
         char* top = b.stacks.data() + (size_t)(i + 1) * b.stack_size;
 #if defined(__x86_64__)
         // Initial frame popped by emu_switch: mxcsr/fpucw, r15..rbp, then "return" into
@@ -170,58 +359,96 @@ inline const char* run_block(Block& b) {
         makecontext(&f.ctx, fiber_entry_uc, 0);
 #endif
     }
+    // The starved warp differs from block to block, so a multi-block launch starves each warp.
+    const unsigned starved = (unsigned)((b.seed + b.block_linear) % nw);
+    uint64_t rng = b.seed * 0xD1B54A32D192ED03ull + b.block_linear;
     for (;;) {
-        for (unsigned i = 0; i < n; i++) {
-            if (b.th[i].st != READY) continue;
-            g_cur = &b.th[i];
-#if defined(__x86_64__)
-            emu_switch(&b.sched_sp, b.th[i].sp);
-#else
-            swapcontext(&b.sched, &b.th[i].ctx);
-#endif
+        // One round: every chosen ready fiber runs to its next yield, in the schedule's order.
+        unsigned cnt = 0;
+        if (b.sched == STARVE) {
+            bool others = false;
+            for (unsigned i = 0; i < n && !others; i++) others = b.th[i].st == READY && i / 32 != starved;
+            for (unsigned i = 0; i < n; i++)
+                if (b.th[i].st == READY && (i / 32 != starved) == others) b.order[cnt++] = i;
+        } else {
+            for (unsigned i = 0; i < n; i++)
+                if (b.th[i].st == READY) b.order[cnt++] = i;
+            if (b.sched == REVERSE) {
+                for (unsigned i = 0; i < cnt / 2; i++) std::swap(b.order[i], b.order[cnt - 1 - i]);
+            } else if (b.sched == RANDOM) {
+                for (unsigned i = cnt; i > 1; i--) std::swap(b.order[i - 1], b.order[splitmix(rng) % i]);
+            }
+        }
+        for (unsigned k = 0; k < cnt; k++) {
+            run_fiber(b, b.order[k]);
             if (b.error) return b.error;
         }
-        // Every thread now waits at a barrier or has exited: release what may be released.
-        unsigned done = 0, wblock = 0;
+        bool released = false;
+        if (const char* e = release_warps(b, n, released)) return e;
+        unsigned done = 0, wblock = 0, ready = 0;
         for (unsigned i = 0; i < n; i++) {
             done += b.th[i].st == DONE;
             wblock += b.th[i].st == WAIT_BLOCK;
+            ready += b.th[i].st == READY;
         }
         if (done == n) return nullptr;
-        bool released = false;
-        for (unsigned w = 0; w * 32 < n; w++) {
-            unsigned lo = w * 32, hi = lo + 32 < n ? lo + 32 : n, ww = 0, wd = 0;
-            for (unsigned i = lo; i < hi; i++) {
-                ww += b.th[i].st == WAIT_WARP;
-                wd += b.th[i].st == DONE;
-            }
-            if (ww == 0) continue;
-            if (ww + wd != hi - lo) continue; // some lanes wait at __syncthreads: maybe later
-            if (wd) return "warp-synchronous op (shuffle/vote/__syncwarp) with exited lanes in the warp";
-            for (unsigned i = lo; i < hi; i++) b.th[i].st = READY;
-            released = true;
-        }
-        if (released) continue;
+        if (ready) continue;
         if (wblock + done == n) {
             if (done) return "__syncthreads reached after some threads of the block exited";
             for (unsigned i = 0; i < n; i++) b.th[i].st = READY;
             continue;
         }
-        return "deadlock: threads of a warp wait at different barriers (divergent __syncthreads or shuffle)";
+        return diagnose_deadlock(b, n);
     }
 }
 
 inline thread_local Block* tl_block = nullptr;
 
-inline int launch(void (*thunk)(void**), dim3 grid, dim3 block, size_t shmem, void** args, char* err, size_t errlen) {
-    unsigned n = block.x * block.y * block.z;
-    if (n == 0 || n > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
-        snprintf(err, errlen, "invalid launch configuration: grid (%u,%u,%u) block (%u,%u,%u)", grid.x, grid.y, grid.z, block.x, block.y, block.z);
+inline int launch(void (*thunk)(void**), dim3 grid, dim3 block, size_t shmem, void** args, const LaunchOpts& o,
+                  char* err, size_t errlen) {
+    const unsigned long long n = (unsigned long long)block.x * block.y * block.z;
+    if (n == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
+        snprintf(err, errlen, "invalid launch configuration: a zero dimension");
         return 1;
     }
-    if (shmem > 227 * 1024) {
-        snprintf(err, errlen, "dynamic shared memory %zu bytes exceeds the device limit", shmem);
+    if (n > kMaxThreads || block.x > kMaxBlockXY || block.y > kMaxBlockXY || block.z > kMaxBlockZ) {
+        snprintf(err, errlen, "block of %llu threads exceeds the sm_90 limits (<= 1024 threads, x/y <= 1024, z <= 64)", n);
         return 1;
+    }
+    if (grid.x > kMaxGridX || grid.y > kMaxGridYZ || grid.z > kMaxGridYZ) {
+        snprintf(err, errlen, "grid exceeds the sm_90 limits (x <= 2^31-1, y and z <= 65535)");
+        return 1;
+    }
+    if (o.launch_bounds && n > o.launch_bounds) {
+        snprintf(err, errlen, "block of %llu threads exceeds the kernel's __launch_bounds__(%u)", n, o.launch_bounds);
+        return 1;
+    }
+    if (shmem > kStaticSmem && shmem > o.dyn_optin) {
+        snprintf(err, errlen,
+                 "%zu bytes of dynamic shared memory: above 48 KB a launch needs the opt-in attribute "
+                 "(Device::set_max_dynamic_shared, cudaFuncAttributeMaxDynamicSharedMemorySize), set to %zu",
+                 shmem, o.dyn_optin);
+        return 1;
+    }
+    if (shmem > kMaxSmem) {
+        snprintf(err, errlen, "dynamic shared memory %zu bytes exceeds the 227 KB of sm_90", shmem);
+        return 1;
+    }
+    if (n == 1024 && !o.launch_bounds) {
+        // Without __launch_bounds__ the compiler may give a thread more than the 64 registers a
+        // 1024-thread block can have on sm_90, and the launch then fails on the GPU.
+        static std::mutex mu;
+        static std::vector<const char*> warned;
+        std::lock_guard<std::mutex> g(mu);
+        bool seen = false;
+        for (const char* w : warned) seen |= strcmp(w, o.name) == 0;
+        if (!seen) {
+            warned.push_back(o.name);
+            fprintf(stderr,
+                    "warning: kernel %s launched with 1024 threads but has no __launch_bounds__(1024): on the GPU it "
+                    "may fail with too many registers per thread\n",
+                    o.name);
+        }
     }
     if (!tl_block) tl_block = new Block(); // kept per OS thread: stacks are reused across launches
     Block& b = *tl_block;
@@ -231,14 +458,20 @@ inline int launch(void (*thunk)(void**), dim3 grid, dim3 block, size_t shmem, vo
     b.xchg.assign(n, 0);
     b.thunk = thunk;
     b.args = args;
+    b.sched = o.order;
+    b.seed = o.seed;
+    b.dyn_bytes = shmem;
     g_gridDim = grid;
     g_blockDim = block;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
-                // Fresh, poisoned dynamic shared memory per block: reading it before writing
-                // shows up as NaN in the outputs.
+                // Fresh, poisoned shared memory per block: reading it before writing shows up
+                // as NaN in the outputs. Static arrays are poisoned when first reached.
                 b.dyn.assign(shmem + 16, 0xFF);
+                b.statics.clear();
+                b.static_bytes = 0;
+                b.block_linear = x + grid.x * (y + grid.y * z);
                 g_blockIdx = dim3(x, y, z);
                 g_block = &b;
                 const char* e = run_block(b);
@@ -257,24 +490,46 @@ inline void* dyn_smem() {
     return (void*)((p + 15) & ~(uintptr_t)15);
 }
 
-// Warp exchange: every lane publishes a value, all lanes of the warp meet, each reads its
-// source, and all meet again before a slot may be overwritten.
+// Checks a warp op's mask and width when a lane reaches it.
+inline void check_warp_op(unsigned mask, int width) {
+    if (!(mask >> (g_cur->linear & 31) & 1)) fail("warp op with a mask that does not name the calling lane");
+    if (width < 1 || width > 32 || (width & (width - 1))) fail("warp op width is not a power of two in 1..32");
+}
+// Meets the lanes named in `mask` at warp op `op`.
+inline void warp_meet(int op, unsigned mask, int width) {
+    g_cur->wop = op;
+    g_cur->wmask = mask;
+    g_cur->wwidth = width;
+    g_cur->st = WAIT_WARP;
+    yield_to_scheduler();
+}
+// Whether lane `src` of the caller's warp exists and is named in `mask`.
+inline bool lane_ok(unsigned mask, unsigned src_lane) {
+    const unsigned base = g_cur->linear & ~31u;
+    return src_lane < 32 && (mask >> src_lane & 1) && base + src_lane < nthreads();
+}
+
+// Warp exchange: every lane publishes a value, the lanes of the mask meet, each reads its
+// source lane's value (poison when that lane is outside the block or the mask), and all meet
+// again before a slot may be overwritten.
 template <class T>
-inline T exchange(T v, unsigned src_linear) {
+inline T exchange(T v, unsigned src_lane, int op, unsigned mask, int width) {
     static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof(T));
     g_block->xchg[g_cur->linear] = bits;
-    barrier(WAIT_WARP);
+    warp_meet(op, mask, width);
+    uint64_t got = ~0ull; // poison: NaN for floats
+    if (lane_ok(mask, src_lane)) got = g_block->xchg[(g_cur->linear & ~31u) + src_lane];
     T r;
-    uint64_t got = g_block->xchg[src_linear];
     memcpy(&r, &got, sizeof(T));
-    barrier(WAIT_WARP);
+    warp_meet(op, mask, width);
     return r;
 }
-inline unsigned nthreads() { return g_blockDim.x * g_blockDim.y * g_blockDim.z; }
-inline void check_mask(unsigned mask) {
-    if (mask != 0xffffffffu) fail("emulator supports only full-warp masks");
+// Full-warp exchange by linear thread index (for other emulation headers).
+template <class T>
+inline T exchange(T v, unsigned src_linear) {
+    return exchange(v, src_linear & 31u, OP_OTHER, 0xffffffffu, 32);
 }
 
 template <class T>
@@ -298,62 +553,71 @@ inline void invoke(void (*f)(A...), void** args) {
 #define blockDim (emu::g_blockDim)
 #define gridDim (emu::g_gridDim)
 #define DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(emu::dyn_smem())
+// SHARED(T, name, dims) (kernels/common.cuh) on the emulator: a per-block array, poisoned.
+#define SHARED(T, name, dims) \
+    static thread_local T name dims; \
+    ::emu::shared_decl((void*)&name, sizeof(name))
+#define DEVICE_CHECK(cond) \
+    do { \
+        if (!(cond)) ::emu::fail_check(#cond, __FILE__, __LINE__); \
+    } while (0)
 
 inline void __syncthreads() { emu::barrier(emu::WAIT_BLOCK); }
+inline void __trap() { emu::fail("__trap()"); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
-    emu::check_mask(mask);
-    emu::barrier(emu::WAIT_WARP);
+    emu::check_warp_op(mask, 32);
+    emu::warp_meet(emu::OP_SYNCWARP, mask, 32);
 }
 
+// Source lanes follow the CUDA C++ Programming Guide, "Warp Shuffle Functions": a lane reads
+// within its segment of `width` lanes; __shfl_up/down/xor sources outside the segment give the
+// lane's own value.
 template <class T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-    emu::check_mask(mask);
-    unsigned me = emu::g_cur->linear, lane = me & 31, base = me - lane;
-    unsigned s = base + (lane & ~(unsigned)(width - 1)) + ((unsigned)src & (unsigned)(width - 1));
-    return emu::exchange(v, s < emu::nthreads() ? s : me);
+    emu::check_warp_op(mask, width);
+    const unsigned lane = emu::g_cur->linear & 31;
+    const unsigned sl = (lane & ~(unsigned)(width - 1)) + ((unsigned)src & (unsigned)(width - 1));
+    return emu::exchange(v, sl, emu::OP_SHFL, mask, width);
 }
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
-    emu::check_mask(mask);
-    unsigned me = emu::g_cur->linear, lane = me & 31, base = me - lane;
-    unsigned sl = lane ^ (unsigned)lane_mask;
-    // Sources outside the lane's width segment return the lane's own value, as on the device.
+    emu::check_warp_op(mask, width);
+    const unsigned lane = emu::g_cur->linear & 31;
+    unsigned sl = (lane ^ (unsigned)lane_mask) & 31;
     if ((sl & ~(unsigned)(width - 1)) != (lane & ~(unsigned)(width - 1))) sl = lane;
-    unsigned s = base + sl;
-    return emu::exchange(v, s < emu::nthreads() ? s : me);
+    return emu::exchange(v, sl, emu::OP_SHFL_XOR, mask, width);
 }
 template <class T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    emu::check_mask(mask);
-    unsigned me = emu::g_cur->linear, lane = me & 31, base = me - lane;
+    emu::check_warp_op(mask, width);
+    const unsigned lane = emu::g_cur->linear & 31;
     unsigned sl = lane + delta;
     if ((sl & ~(unsigned)(width - 1)) != (lane & ~(unsigned)(width - 1))) sl = lane;
-    unsigned s = base + sl;
-    return emu::exchange(v, s < emu::nthreads() ? s : me);
+    return emu::exchange(v, sl, emu::OP_SHFL_DOWN, mask, width);
 }
 template <class T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    emu::check_mask(mask);
-    unsigned me = emu::g_cur->linear, lane = me & 31, base = me - lane;
-    unsigned seg = lane & ~(unsigned)(width - 1);
-    unsigned sl = (lane >= seg + delta) ? lane - delta : lane;
-    return emu::exchange(v, base + sl);
+    emu::check_warp_op(mask, width);
+    const unsigned lane = emu::g_cur->linear & 31;
+    const unsigned seg = lane & ~(unsigned)(width - 1);
+    const unsigned sl = (lane >= seg + delta) ? lane - delta : lane;
+    return emu::exchange(v, sl, emu::OP_SHFL_UP, mask, width);
 }
+// Votes count the lanes named in the mask that exist.
 inline unsigned __ballot_sync(unsigned mask, int pred) {
-    emu::check_mask(mask);
-    unsigned me = emu::g_cur->linear, lane = me & 31, base = me - lane;
+    emu::check_warp_op(mask, 32);
+    const unsigned me = emu::g_cur->linear, base = me & ~31u;
     emu::g_block->xchg[me] = pred ? 1 : 0;
-    emu::barrier(emu::WAIT_WARP);
+    emu::warp_meet(emu::OP_BALLOT, mask, 32);
     unsigned bits = 0;
-    for (unsigned l = 0; l < 32 && base + l < emu::nthreads(); l++)
-        if (emu::g_block->xchg[base + l]) bits |= 1u << l;
-    emu::barrier(emu::WAIT_WARP);
+    for (unsigned l = 0; l < 32; l++)
+        if (emu::lane_ok(mask, l) && emu::g_block->xchg[base + l]) bits |= 1u << l;
+    emu::warp_meet(emu::OP_BALLOT, mask, 32);
     return bits;
 }
 inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 inline int __all_sync(unsigned mask, int pred) {
-    unsigned me = emu::g_cur->linear, base = me - (me & 31);
-    unsigned live = emu::nthreads() - base >= 32 ? 0xffffffffu : ((1u << (emu::nthreads() - base)) - 1);
+    const unsigned live = mask & emu::live_mask(emu::nthreads(), emu::g_cur->linear / 32);
     return __ballot_sync(mask, pred) == live;
 }
 

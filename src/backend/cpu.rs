@@ -417,6 +417,9 @@ impl Backend for Cpu {
             .map(|r| {
                 let row = &logits[r * vocab..(r + 1) * vocab];
                 let (lse, ent) = row_lse_entropy(row, inv_temp);
+                if lse == f64::NEG_INFINITY {
+                    return (f32::NEG_INFINITY, 0.0); // no token is possible
+                }
                 (((row[targets[r] as usize] * inv_temp) as f64 - lse) as f32, ent as f32)
             })
             .collect();
@@ -439,6 +442,10 @@ impl Backend for Cpu {
         dlogits[..rows * vocab].par_chunks_mut(vocab).enumerate().for_each(|(r, dl)| {
             let row = &logits[r * vocab..(r + 1) * vocab];
             let (lse, ent) = row_lse_entropy(row, inv_temp);
+            if lse == f64::NEG_INFINITY {
+                dl.fill(0.0); // no distribution, no gradient
+                return;
+            }
             let (g, ge) = (dlp[r] as f64, dent[r] as f64);
             let t = inv_temp as f64;
             for (j, o) in dl.iter_mut().enumerate() {
@@ -446,7 +453,9 @@ impl Backend for Cpu {
                 let p = (zj - lse).exp();
                 // d lp / d z_j = [j == target] - p_j ; d H / d z_j = -p_j (log p_j + H)
                 let onehot = if j == targets[r] as usize { 1.0 } else { 0.0 };
-                let dz = g * (onehot - p) + ge * (-p * ((zj - lse) + ent));
+                // p log p -> 0 as p -> 0: a -inf logit adds nothing to dH (not 0 * -inf).
+                let dh = if p > 0.0 { -p * ((zj - lse) + ent) } else { 0.0 };
+                let dz = g * (onehot - p) + ge * dh;
                 *o = (dz * t) as f32;
             }
         });
@@ -477,12 +486,20 @@ impl Backend for Cpu {
 }
 
 /// Log-sum-exp and entropy of `softmax(row * inv_temp)`, in f64.
+///
+/// -inf logits (masked or banned tokens) have probability 0 and add nothing, with
+/// 0 log 0 = 0 in the entropy; a row of only -inf logits gives (-inf, 0). kernels/logprob.cu
+/// follows the same conventions.
 pub fn row_lse_entropy(row: &[f32], inv_temp: f32) -> (f64, f64) {
     let mx = row.iter().map(|&x| (x * inv_temp) as f64).fold(f64::NEG_INFINITY, f64::max);
+    if mx == f64::NEG_INFINITY {
+        return (f64::NEG_INFINITY, 0.0);
+    }
     let z: f64 = row.iter().map(|&x| ((x * inv_temp) as f64 - mx).exp()).sum();
     let lse = mx + z.ln();
     let ent = -row
         .iter()
+        .filter(|&&x| x * inv_temp != f32::NEG_INFINITY)
         .map(|&x| {
             let lp = (x * inv_temp) as f64 - lse;
             lp.exp() * lp

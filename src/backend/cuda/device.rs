@@ -28,8 +28,14 @@ pub trait Device {
     fn write(&self, mem: &mut Self::Mem, host: &[u8]);
     /// The first `bytes` bytes of `mem` (waits for queued work).
     fn download(&self, mem: &Self::Mem, bytes: usize) -> Vec<u8>;
+    /// Lets kernel `name` take up to `bytes` of dynamic shared memory: above 48 KB a launch
+    /// needs this opt-in (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES on the GPU; the
+    /// emulator refuses such a launch without it). Call it once, before the first launch.
+    fn set_max_dynamic_shared(&self, name: &str, bytes: u32);
     /// Queues kernel `name` over `grid` blocks of `block` threads. Panics on launch errors
-    /// (they are bugs, not conditions to recover from).
+    /// (they are bugs, not conditions to recover from), naming the kernel and its shape; in
+    /// debug and test builds it also waits for the kernel, so a fault inside it is reported
+    /// the same way (release builds: set MMR1_SYNC_LAUNCHES=1).
     fn launch(
         &self,
         name: &str,

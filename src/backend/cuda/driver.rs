@@ -62,6 +62,15 @@ fn cache_dir() -> std::path::PathBuf {
     base.join("mmr1-fast")
 }
 
+/// Whether each launch is checked and waited for: always in debug and test builds, in
+/// release builds when MMR1_SYNC_LAUNCHES=1 (it costs the overlap of host and device).
+fn check_launches() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        cfg!(debug_assertions) || std::env::var("MMR1_SYNC_LAUNCHES").is_ok_and(|v| v == "1")
+    })
+}
+
 /// PTX for `arch`: embedded at build time, else compiled now by NVRTC and cached on disk.
 fn ptx_for(arch: &'static str) -> Result<String, String> {
     if let Some((_, p)) = kernels::PTX.iter().find(|(a, _)| *a == arch) {
@@ -163,6 +172,14 @@ impl Device for CudaDevice {
     fn download(&self, mem: &CudaSlice<u8>, bytes: usize) -> Vec<u8> {
         self.stream.clone_dtoh(&mem.slice(0..bytes)).expect("cuda download")
     }
+    fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {
+        use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        self.func(name)
+            .set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+            .unwrap_or_else(|e| {
+                panic!("kernel {name}: cannot allow {bytes} bytes of dynamic shared memory: {e:?}")
+            });
+    }
     fn launch(
         &self,
         name: &str,
@@ -172,6 +189,23 @@ impl Device for CudaDevice {
         args: &[Arg<'_, CudaSlice<u8>>],
     ) {
         let f = self.func(name);
+        let shape = format!(
+            "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
+            grid[0], grid[1], grid[2], block[0], block[1], block[2]
+        );
+        if check_launches() {
+            // The register-limited block size of this kernel (what __launch_bounds__ or its
+            // absence left): a larger block fails as "too many resources" otherwise.
+            if let Ok(max) = f.max_threads_per_block() {
+                let threads = block[0] * block[1] * block[2];
+                if threads as i64 > max as i64 {
+                    panic!(
+                        "kernel {name} [{shape}]: {threads} threads per block, but the compiled \
+                         kernel allows at most {max} (registers); give it __launch_bounds__({threads})"
+                    );
+                }
+            }
+        }
         // Device addresses first, so the builder can borrow them.
         let mut guards = Vec::new();
         let ptrs: Vec<u64> = args
@@ -201,8 +235,16 @@ impl Device for CudaDevice {
             shared_mem_bytes: shared_bytes,
         };
         // SAFETY: argument lists match the kernels' signatures (checked by the test suite).
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("launch of {name} failed: {e:?}"));
+        unsafe { b.launch(cfg) }
+            .unwrap_or_else(|e| panic!("launch of kernel {name} [{shape}] failed: {e:?}"));
         drop(guards);
+        if check_launches() {
+            // A fault inside the kernel (illegal address, trap from DEVICE_CHECK) surfaces here
+            // with the kernel's name instead of at some later download.
+            self.stream
+                .synchronize()
+                .unwrap_or_else(|e| panic!("kernel {name} [{shape}] faulted: {e:?}"));
+        }
     }
     fn gemm(
         &self,

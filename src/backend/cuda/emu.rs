@@ -1,9 +1,18 @@
 //! The emulator device: kernels compiled for the host with `kernels/emu/cuda_emu.h` (see
 //! build.rs), memory in host allocations, launches run synchronously.
+//!
+//! The emulator is a hostile GPU (see the top of cuda_emu.h): each launch runs the threads of
+//! a block in a [`Schedule`] chosen here, and a device with several schedules runs every
+//! launch under each of them from the same inputs and fails unless all give the same bits.
+//! `MMR1_EMU_SCHEDULE` (e.g. `forward`, `reverse,random:7`, `ci`) sets the schedules of
+//! [`EmuDevice::from_env`]; without it, plain forward order.
 
 use super::device::{Arg, Device};
 use crate::backend::{cpu::Cpu, Backend, Tr};
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::fmt;
+use std::sync::Mutex;
 
 extern "C" {
     fn emu_launch(
@@ -16,6 +25,9 @@ extern "C" {
         bz: u32,
         shmem: usize,
         args: *mut *mut c_void,
+        order: c_int,
+        seed: u64,
+        dyn_optin: usize,
         err: *mut c_char,
         errlen: usize,
     ) -> c_int;
@@ -51,14 +63,231 @@ impl Drop for EmuMem {
     }
 }
 
+/// The order in which the ready threads of a block run between two yields (barriers,
+/// shuffles, votes). Race-free kernels give the same bits under every schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Thread 0 first: hides "thread 0 writes, the others read, no barrier".
+    Forward,
+    /// The last thread first: hides the same race with the writer above its readers.
+    Reverse,
+    /// A seeded permutation, new for every round of every block.
+    Random(u64),
+    /// One warp (`(seed + block index) mod warps`) held back until nothing else can run.
+    Starve(u64),
+}
+
+impl Schedule {
+    /// The schedules CI runs the kernel suite under: both directions, a random order and a
+    /// starved warp.
+    pub const CI: [Schedule; 4] =
+        [Schedule::Forward, Schedule::Reverse, Schedule::Random(1), Schedule::Starve(0)];
+
+    /// `forward`, `reverse`, `random[:SEED]`, `starve[:SEED]`.
+    pub fn parse(s: &str) -> Result<Schedule, String> {
+        let (kind, seed) = match s.trim().split_once(':') {
+            Some((k, v)) => {
+                let seed = v.trim().parse::<u64>().map_err(|_| {
+                    format!("schedule `{s}`: `{v}` is not an unsigned integer seed")
+                })?;
+                (k.trim(), Some(seed))
+            }
+            None => (s.trim(), None),
+        };
+        match (kind, seed) {
+            ("forward", None) => Ok(Schedule::Forward),
+            ("reverse", None) => Ok(Schedule::Reverse),
+            ("random", s) => Ok(Schedule::Random(s.unwrap_or(1))),
+            ("starve", s) => Ok(Schedule::Starve(s.unwrap_or(0))),
+            _ => Err(format!(
+                "unknown emulator schedule `{s}`: expected forward, reverse, random[:SEED] or starve[:SEED]"
+            )),
+        }
+    }
+
+    /// A comma-separated list; `ci` stands for [`Schedule::CI`].
+    pub fn parse_list(s: &str) -> Result<Vec<Schedule>, String> {
+        let mut v = Vec::new();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            if part.trim() == "ci" {
+                v.extend(Schedule::CI);
+            } else {
+                v.push(Schedule::parse(part)?);
+            }
+        }
+        if v.is_empty() {
+            return Err(format!("no emulator schedule in `{s}`"));
+        }
+        Ok(v)
+    }
+
+    fn code(self) -> (c_int, u64) {
+        match self {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Random(s) => (2, s),
+            Schedule::Starve(s) => (3, s),
+        }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Forward => write!(f, "forward"),
+            Schedule::Reverse => write!(f, "reverse"),
+            Schedule::Random(s) => write!(f, "random:{s}"),
+            Schedule::Starve(s) => write!(f, "starve:{s}"),
+        }
+    }
+}
+
 /// The CUDA execution-model emulator as a `Device`.
-#[derive(Default)]
-pub struct EmuDevice;
+pub struct EmuDevice {
+    schedules: Vec<Schedule>,
+    /// Opted-in maximum dynamic shared memory per kernel (bytes), as the GPU's
+    /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
+    dyn_optin: Mutex<HashMap<String, usize>>,
+}
+
+impl Default for EmuDevice {
+    fn default() -> Self {
+        EmuDevice::from_env()
+    }
+}
+
+impl EmuDevice {
+    /// Every launch runs under each schedule, from the same inputs; results must agree bit
+    /// for bit.
+    pub fn with_schedules(schedules: &[Schedule]) -> Self {
+        assert!(!schedules.is_empty(), "an emulator needs at least one schedule");
+        EmuDevice { schedules: schedules.to_vec(), dyn_optin: Mutex::new(HashMap::new()) }
+    }
+    /// Schedules from `MMR1_EMU_SCHEDULE` (see [`Schedule::parse_list`]), forward without it.
+    /// Panics on a malformed value, naming the variable.
+    pub fn from_env() -> Self {
+        match std::env::var("MMR1_EMU_SCHEDULE") {
+            Ok(v) => EmuDevice::with_schedules(
+                &Schedule::parse_list(&v).unwrap_or_else(|e| panic!("MMR1_EMU_SCHEDULE: {e}")),
+            ),
+            Err(_) => EmuDevice::with_schedules(&[Schedule::Forward]),
+        }
+    }
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
+    }
+
+    /// One launch under one schedule; Err(message) on a fault.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_once(
+        &self,
+        name: &CStr,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        vals: &[u64],
+        schedule: Schedule,
+        dyn_optin: usize,
+    ) -> Result<(), String> {
+        // The kernel thunk reads each argument through a pointer to its 8-byte slot.
+        let mut vals = vals.to_vec();
+        let mut ptrs: Vec<*mut c_void> =
+            vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        let mut err = vec![0 as c_char; 512];
+        let (order, seed) = schedule.code();
+        // SAFETY: args point at live values; buffers outlive the synchronous launch.
+        let rc = unsafe {
+            emu_launch(
+                name.as_ptr(),
+                grid[0],
+                grid[1],
+                grid[2],
+                block[0],
+                block[1],
+                block[2],
+                shared_bytes as usize,
+                ptrs.as_mut_ptr(),
+                order,
+                seed,
+                dyn_optin,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // SAFETY: the emulator wrote a NUL-terminated message into err.
+        Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+    }
+}
+
+/// The buffers a launch may write: every pointer argument, once each.
+fn distinct_buffers<'a>(args: &[Arg<'a, EmuMem>]) -> Vec<&'a EmuMem> {
+    let mut v: Vec<&EmuMem> = Vec::new();
+    for a in args {
+        if let Arg::Ptr(m) = a {
+            if !v.iter().any(|x| std::ptr::eq(x.ptr, m.ptr)) {
+                v.push(m);
+            }
+        }
+    }
+    v
+}
+
+fn snapshot(bufs: &[&EmuMem]) -> Vec<Vec<u8>> {
+    // SAFETY: each buffer is `bytes()` long; no launch runs during the copy.
+    bufs.iter()
+        .map(|m| unsafe { std::slice::from_raw_parts(m.ptr as *const u8, m.bytes()).to_vec() })
+        .collect()
+}
+
+fn restore(bufs: &[&EmuMem], snap: &[Vec<u8>]) {
+    for (m, s) in bufs.iter().zip(snap) {
+        // SAFETY: the snapshot was taken from this buffer, same length.
+        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), m.ptr as *mut u8, s.len()) };
+    }
+}
+
+/// The first difference between two snapshots, as a sentence, or None.
+fn first_difference(
+    args: &[Arg<'_, EmuMem>],
+    bufs: &[&EmuMem],
+    a: &[Vec<u8>],
+    b: &[Vec<u8>],
+) -> Option<String> {
+    for ((m, x), y) in bufs.iter().zip(a).zip(b) {
+        if x == y {
+            continue;
+        }
+        let words = |v: &[u8]| -> Vec<u32> {
+            v.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+        };
+        let (wx, wy) = (words(x), words(y));
+        let diff: Vec<usize> = (0..wx.len()).filter(|&i| wx[i] != wy[i]).collect();
+        let arg = args
+            .iter()
+            .position(|a| matches!(a, Arg::Ptr(p) if std::ptr::eq(p.ptr, m.ptr)))
+            .unwrap_or(0);
+        let i = diff[0];
+        return Some(format!(
+            "argument {arg}: {} of {} 32-bit words differ, first at index {i} ({:e} vs {:e}, bits {:08x} vs {:08x})",
+            diff.len(),
+            wx.len(),
+            f32::from_bits(wx[i]),
+            f32::from_bits(wy[i]),
+            wx[i],
+            wy[i]
+        ));
+    }
+    None
+}
 
 impl Device for EmuDevice {
     type Mem = EmuMem;
     fn name(&self) -> String {
-        "cuda-emu (kernels on the host)".into()
+        let s: Vec<String> = self.schedules.iter().map(|s| s.to_string()).collect();
+        format!("cuda-emu (kernels on the host; schedules {})", s.join(","))
     }
     fn alloc(&self, bytes: usize) -> EmuMem {
         EmuMem::new(bytes)
@@ -78,6 +307,9 @@ impl Device for EmuDevice {
         // SAFETY: bounds checked above.
         unsafe { std::slice::from_raw_parts(mem.ptr as *const u8, bytes).to_vec() }
     }
+    fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {
+        self.dyn_optin.lock().unwrap().insert(name.to_string(), bytes as usize);
+    }
     fn launch(
         &self,
         name: &str,
@@ -88,7 +320,7 @@ impl Device for EmuDevice {
     ) {
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
-        let mut vals: Vec<u64> = args
+        let vals: Vec<u64> = args
             .iter()
             .map(|a| match a {
                 Arg::Ptr(m) => m.ptr as u64,
@@ -99,30 +331,38 @@ impl Device for EmuDevice {
                 Arg::F32(v) => v.to_bits() as u64,
             })
             .collect();
-        let mut ptrs: Vec<*mut c_void> =
-            vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         let cname = CString::new(name).unwrap();
-        let mut err = vec![0 as c_char; 512];
-        // SAFETY: args point at live values; buffers outlive the synchronous launch.
-        let rc = unsafe {
-            emu_launch(
-                cname.as_ptr(),
-                grid[0],
-                grid[1],
-                grid[2],
-                block[0],
-                block[1],
-                block[2],
-                shared_bytes as usize,
-                ptrs.as_mut_ptr(),
-                err.as_mut_ptr(),
-                err.len(),
+        let optin = self.dyn_optin.lock().unwrap().get(name).copied().unwrap_or(0);
+        let shape = format!(
+            "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
+            grid[0], grid[1], grid[2], block[0], block[1], block[2]
+        );
+        let run = |s: Schedule| {
+            self.launch_once(&cname, grid, block, shared_bytes, &vals, s, optin).unwrap_or_else(
+                |msg| panic!("emulated kernel {name} failed [{shape}, schedule {s}]: {msg}"),
             )
         };
-        if rc != 0 {
-            // SAFETY: the emulator wrote a NUL-terminated message into err.
-            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-            panic!("emulated kernel {name} failed: {msg}");
+        if self.schedules.len() == 1 {
+            run(self.schedules[0]);
+            return;
+        }
+        // Several schedules: run each from the same inputs and compare every buffer the
+        // kernel could write.
+        let bufs = distinct_buffers(args);
+        let before = snapshot(&bufs);
+        run(self.schedules[0]);
+        let first = snapshot(&bufs);
+        for &s in &self.schedules[1..] {
+            restore(&bufs, &before);
+            run(s);
+            let now = snapshot(&bufs);
+            if let Some(d) = first_difference(args, &bufs, &first, &now) {
+                panic!(
+                    "emulated kernel {name} [{shape}] is schedule-dependent (a race?): schedule {} \
+                     and schedule {s} differ in {d}",
+                    self.schedules[0]
+                );
+            }
         }
     }
     fn gemm(

@@ -344,6 +344,7 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::Ptr(&d_ids),
                 Arg::I32(ids.len() as i32),
                 Arg::I32(dim as i32),
+                Arg::I32((table.len / dim) as i32),
             ],
         );
     }
@@ -384,6 +385,7 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::Ptr(&d_o),
                 Arg::Ptr(&d_ord),
                 Arg::I32(dim as i32),
+                Arg::I32((dtable.len / dim) as i32),
             ],
         );
     }
@@ -745,8 +747,14 @@ fn logprob_block(vocab: usize) -> u32 {
 
 #[cfg(feature = "emu")]
 impl CudaBackend<emu::EmuDevice> {
-    /// The backend on the CUDA emulator.
+    /// The backend on the CUDA emulator, with the schedules of `MMR1_EMU_SCHEDULE` (forward
+    /// order without it).
     pub fn emulator() -> Self {
-        CudaBackend::with_device(emu::EmuDevice)
+        CudaBackend::with_device(emu::EmuDevice::from_env())
+    }
+    /// The backend on the CUDA emulator running every launch under each of `schedules` and
+    /// failing unless all give the same bits (see `emu::Schedule`).
+    pub fn emulator_with(schedules: &[emu::Schedule]) -> Self {
+        CudaBackend::with_device(emu::EmuDevice::with_schedules(schedules))
     }
 }

@@ -1,0 +1,75 @@
+// Kernels with planted bugs, compiled only into the emulator (build.rs), so that
+// tests/emu_strict.rs can prove the emulator reports each kind of bug a GPU would turn into
+// silent garbage. Every kernel takes `fixed`: 1 runs the correct variant, which must pass under
+// every schedule (so a report is about the bug, not about the emulator).
+#include "common.cuh"
+
+// One thread writes a shared value, the others read it. The bug: no barrier between.
+// writer = 0 is the "writer below the readers" case (hidden by forward order), writer =
+// blockDim.x - 1 the "writer above" case (hidden by reverse order).
+extern "C" __global__ void __launch_bounds__(1024) planted_missing_barrier(float* out, const float* in, int writer, int fixed) {
+    SHARED(float, v, [1]);
+    if ((int)threadIdx.x == writer) v[0] = in[0];
+    if (fixed) __syncthreads();
+    out[threadIdx.x] = v[0] + (float)threadIdx.x;
+}
+
+// A shared buffer reused for a second phase. The bug: no barrier between the last read of
+// phase one and the first write of phase two.
+extern "C" __global__ void planted_reuse_without_barrier(float* out, const float* in, int fixed) {
+    SHARED(float, buf, [1024]);
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    buf[t] = in[t];
+    __syncthreads();
+    const float a = buf[(t + 1) % n];
+    if (fixed) __syncthreads();
+    buf[t] = 2.0f * a;
+    __syncthreads();
+    out[t] = buf[(t + 1) % n] + a;
+}
+
+// Lanes in `mask` read lane `src` of their warp. Poison when src does not exist in the block
+// (a partial last warp) or is not in the mask.
+extern "C" __global__ void planted_shuffle(float* out, const float* in, unsigned mask, int src) {
+    const unsigned t = threadIdx.x, lane = t & 31;
+    if (mask >> lane & 1) out[t] = __shfl_sync(mask, in[t], src);
+}
+
+// Lanes of one warp at different shuffles (op = 0) or at one shuffle with different widths
+// (op = 1). fixed = 1: every lane runs the same shuffle.
+extern "C" __global__ void planted_divergent_shuffle(float* out, const float* in, int op, int fixed) {
+    const unsigned t = threadIdx.x;
+    float v = in[t];
+    if (fixed || (t & 31) < 16) {
+        v = __shfl_xor_sync(FULL_MASK, v, 1, 32);
+    } else if (op == 0) {
+        v = __shfl_down_sync(FULL_MASK, v, 1, 32);
+    } else {
+        v = __shfl_xor_sync(FULL_MASK, v, 1, 16);
+    }
+    out[t] = v;
+}
+
+// Reads shared memory that only some threads wrote (static, or dynamic when dynamic = 1).
+extern "C" __global__ void planted_unwritten_shared(float* out, const float* in, int dynamic, int fixed) {
+    SHARED(float, st, [64]);
+    DYN_SMEM(float, dy);
+    float* s = dynamic ? dy : st;
+    const unsigned t = threadIdx.x; // 64 threads
+    if (fixed || t < 32) s[t] = in[t];
+    __syncthreads();
+    out[t] = s[63 - t];
+}
+
+// Static shared memory above the 48 KB an sm_90 kernel may declare.
+extern "C" __global__ void planted_big_static_shared(float* out) {
+    SHARED(float, big, [13 * 1024]);
+    big[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = big[threadIdx.x];
+}
+
+// A kernel that promises at most 128 threads.
+extern "C" __global__ void __launch_bounds__(128) planted_bounded(float* out) {
+    out[threadIdx.x] = 1.0f;
+}

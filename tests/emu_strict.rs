@@ -1,0 +1,294 @@
+//! The CUDA emulator is a hostile GPU (kernels/emu/cuda_emu.h): each bug planted in
+//! kernels/emu/planted_bugs.cu is reported under at least one of the CI schedules, and each
+//! fixed variant passes them all. Also the sm_90 launch limits and the device-side id checks.
+//! Run with `--nocapture` to see how many outputs each schedule gets wrong.
+#![cfg(feature = "emu")]
+
+use mmr1_fast::backend::cuda::device::{Arg, Device};
+use mmr1_fast::backend::cuda::emu::{EmuDevice, EmuMem, Schedule};
+use mmr1_fast::backend::cuda::CudaBackend;
+use mmr1_fast::backend::Backend;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+fn up(d: &EmuDevice, v: &[f32]) -> EmuMem {
+    d.upload(bytemuck::cast_slice(v))
+}
+fn down(d: &EmuDevice, m: &EmuMem, n: usize) -> Vec<f32> {
+    bytemuck::cast_slice(&d.download(m, n * 4)).to_vec()
+}
+thread_local!(static EXPECTING_PANIC: Cell<bool> = const { Cell::new(false) });
+
+/// The panic message of `f`, or None when it returned. The expected panic is not printed.
+fn panic_of(f: impl FnOnce()) -> Option<String> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !EXPECTING_PANIC.with(|e| e.get()) {
+                default(info)
+            }
+        }));
+    });
+    EXPECTING_PANIC.with(|e| e.set(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    EXPECTING_PANIC.with(|e| e.set(false));
+    r.err().map(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
+}
+fn single(s: Schedule) -> EmuDevice {
+    EmuDevice::with_schedules(&[s])
+}
+/// A few more random seeds than CI's, for the measurements printed.
+fn measured() -> Vec<Schedule> {
+    let mut v = Schedule::CI.to_vec();
+    v.extend([Schedule::Random(2), Schedule::Random(3), Schedule::Starve(1)]);
+    v
+}
+
+/// Runs a planted kernel under every schedule of `measured()`, prints the number of wrong
+/// outputs of each, and checks that CI's schedules report it: some single schedule gives
+/// wrong outputs, and the multi-schedule device (as kernels_vs_cpu runs) fails the launch as
+/// schedule-dependent. The fixed variant is right under every schedule.
+fn check_race(what: &str, run: &dyn Fn(&EmuDevice, i32) -> usize) {
+    let counts: Vec<(String, usize)> =
+        measured().iter().map(|&s| (s.to_string(), run(&single(s), 0))).collect();
+    eprintln!("{what}: wrong outputs per schedule {counts:?}");
+    assert!(
+        counts[..Schedule::CI.len()].iter().any(|c| c.1 > 0),
+        "{what}: no CI schedule shows the race"
+    );
+    let all = EmuDevice::with_schedules(&Schedule::CI);
+    let msg = panic_of(|| {
+        run(&all, 0);
+    })
+    .unwrap_or_else(|| panic!("{what}: the multi-schedule emulator did not report the race"));
+    assert!(msg.contains("schedule-dependent"), "{what}: {msg}");
+    for s in measured() {
+        assert_eq!(run(&single(s), 1), 0, "{what}: the fixed kernel is wrong under {s}");
+    }
+    assert_eq!(run(&all, 1), 0);
+}
+
+#[test]
+fn missing_barrier_writer_below_and_above_the_readers() {
+    let n = 1024u32;
+    for writer in [0, n as i32 - 1] {
+        check_race(&format!("missing barrier, writer thread {writer} of {n}"), &|d, fixed| {
+            let input = up(d, &[3.25]);
+            let out = d.alloc(n as usize * 4);
+            d.launch(
+                "planted_missing_barrier",
+                [1, 1, 1],
+                [n, 1, 1],
+                0,
+                &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(writer), Arg::I32(fixed)],
+            );
+            let o = down(d, &out, n as usize);
+            o.iter().enumerate().filter(|(t, v)| **v != 3.25 + *t as f32).count()
+        });
+    }
+}
+
+#[test]
+fn shared_buffer_reused_without_barrier() {
+    let n = 256usize;
+    let x: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 0.5).collect();
+    check_race("shared buffer reused without a barrier, 256 threads", &|d, fixed| {
+        let input = up(d, &x);
+        let out = d.alloc(n * 4);
+        d.launch(
+            "planted_reuse_without_barrier",
+            [1, 1, 1],
+            [n as u32, 1, 1],
+            0,
+            &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(fixed)],
+        );
+        let o = down(d, &out, n);
+        (0..n).filter(|&t| o[t] != 2.0 * x[(t + 2) % n] + x[(t + 1) % n]).count()
+    });
+}
+
+fn shuffle(d: &EmuDevice, threads: u32, mask: u32, src: i32) -> Vec<f32> {
+    let x: Vec<f32> = (0..threads).map(|i| i as f32 + 0.5).collect();
+    let (input, out) = (up(d, &x), d.alloc(threads as usize * 4));
+    d.launch(
+        "planted_shuffle",
+        [1, 1, 1],
+        [threads, 1, 1],
+        0,
+        &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::U32(mask), Arg::I32(src)],
+    );
+    down(d, &out, threads as usize)
+}
+
+#[test]
+fn shuffle_from_a_missing_lane_or_one_outside_the_mask_is_poison() {
+    for s in Schedule::CI {
+        let d = single(s);
+        // 48 threads: the second warp has lanes 0..15 only, lane 31 does not exist.
+        let o = shuffle(&d, 48, u32::MAX, 31);
+        assert!(o[..32].iter().all(|v| *v == 31.5), "{s}: {o:?}");
+        assert!(o[32..].iter().all(|v| v.is_nan()), "{s}: read a lane outside the block: {o:?}");
+        // Lanes 0..15 shuffle among themselves; lane 20 is not in their mask.
+        let o = shuffle(&d, 64, 0xffff, 20);
+        for w in 0..2 {
+            assert!(
+                o[32 * w..32 * w + 16].iter().all(|v| v.is_nan()),
+                "{s}: lane outside the mask"
+            );
+        }
+        // The fixed variant: a source inside block and mask.
+        let o = shuffle(&d, 64, 0xffff, 5);
+        for t in [0usize, 15, 32, 47] {
+            assert_eq!(o[t], (t / 32 * 32) as f32 + 5.5, "{s}: thread {t}");
+        }
+    }
+}
+
+#[test]
+fn lanes_at_different_warp_ops_or_widths_are_an_error() {
+    for s in Schedule::CI {
+        let d = single(s);
+        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let run = |op: i32, fixed: i32| {
+            let (input, out) = (up(&d, &x), d.alloc(64 * 4));
+            d.launch(
+                "planted_divergent_shuffle",
+                [1, 1, 1],
+                [64, 1, 1],
+                0,
+                &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(op), Arg::I32(fixed)],
+            );
+            down(&d, &out, 64)
+        };
+        for op in [0, 1] {
+            let msg = panic_of(|| {
+                run(op, 0);
+            })
+            .unwrap_or_else(|| panic!("{s}: divergent warp op {op} not reported"));
+            assert!(msg.contains("different warp ops"), "{s}: {msg}");
+            assert!(msg.contains("planted_divergent_shuffle"), "the error names the kernel: {msg}");
+        }
+        let o = run(0, 1);
+        assert_eq!(o[0], 1.0);
+        assert_eq!(o[1], 0.0);
+    }
+}
+
+#[test]
+fn read_of_unwritten_shared_memory_is_poison() {
+    for s in Schedule::CI {
+        let d = single(s);
+        let x: Vec<f32> = (0..64).map(|i| i as f32 + 1.0).collect();
+        for dynamic in [0, 1] {
+            let run = |fixed: i32| {
+                let (input, out) = (up(&d, &x), d.alloc(64 * 4));
+                d.launch(
+                    "planted_unwritten_shared",
+                    [2, 1, 1],
+                    [64, 1, 1],
+                    256,
+                    &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(dynamic), Arg::I32(fixed)],
+                );
+                down(&d, &out, 64)
+            };
+            let o = run(0);
+            assert_eq!(o.iter().filter(|v| v.is_nan()).count(), 32, "{s} dynamic={dynamic}: {o:?}");
+            let o = run(1);
+            assert!((0..64).all(|t| o[t] == x[63 - t]), "{s} dynamic={dynamic}: {o:?}");
+        }
+    }
+}
+
+#[test]
+fn sm90_launch_limits() {
+    let d = single(Schedule::Forward);
+    let out = d.alloc(4 * 1024);
+    let fill = |grid: [u32; 3], block: [u32; 3]| {
+        panic_of(|| {
+            d.launch("fill_f32", grid, block, 0, &[Arg::Ptr(&out), Arg::I64(1), Arg::F32(1.0)])
+        })
+    };
+    let msg = fill([1, 70_000, 1], [32, 1, 1]).expect("oversize grid y accepted");
+    assert!(msg.contains("grid") && msg.contains("fill_f32") && msg.contains("70000"), "{msg}");
+    assert!(fill([1, 1, 65_536], [32, 1, 1]).is_some(), "oversize grid z accepted");
+    assert!(fill([1, 1, 1], [1, 1, 65]).is_some(), "blockDim.z 65 accepted");
+    assert!(fill([1, 1, 1], [1025, 1, 1]).is_some(), "1025 threads accepted");
+    assert!(fill([1, 1, 1], [64, 32, 1]).is_some(), "2048 threads accepted");
+    assert!(fill([1, 65_535, 1], [1, 1, 1]).is_none(), "the largest grid y refused");
+    // Static shared memory above 48 KB.
+    let msg = panic_of(|| {
+        d.launch("planted_big_static_shared", [1, 1, 1], [32, 1, 1], 0, &[Arg::Ptr(&out)])
+    })
+    .expect("52 KB of static shared memory accepted");
+    assert!(msg.contains("48 KB"), "{msg}");
+    // __launch_bounds__(128).
+    let bounded = |t: u32| {
+        panic_of(|| d.launch("planted_bounded", [1, 1, 1], [t, 1, 1], 0, &[Arg::Ptr(&out)]))
+    };
+    assert!(bounded(256)
+        .expect("256 threads past __launch_bounds__(128)")
+        .contains("__launch_bounds__"));
+    assert!(bounded(128).is_none());
+    // Dynamic shared memory above 48 KB needs the opt-in.
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let input = up(&d, &x);
+    let dynamic = |bytes: u32| {
+        panic_of(|| {
+            d.launch(
+                "planted_unwritten_shared",
+                [1, 1, 1],
+                [64, 1, 1],
+                bytes,
+                &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(1), Arg::I32(1)],
+            )
+        })
+    };
+    assert!(dynamic(64 * 1024).expect("64 KB dynamic without opt-in").contains("opt-in"));
+    d.set_max_dynamic_shared("planted_unwritten_shared", 100 * 1024);
+    assert!(dynamic(64 * 1024).is_none());
+    assert!(dynamic(101 * 1024).is_some(), "more than the opted-in size accepted");
+}
+
+#[test]
+fn ids_out_of_range_are_reported_by_the_kernel() {
+    let b = CudaBackend::emulator();
+    let (vocab, dim) = (5usize, 3usize);
+    let table = b.upload(&(0..vocab * dim).map(|i| i as f32).collect::<Vec<_>>());
+    let mut out = b.zeros(2 * dim);
+    b.embedding(&mut out, &table, &[4, 1], dim);
+    assert_eq!(b.download(&out), vec![12.0, 13.0, 14.0, 3.0, 4.0, 5.0]);
+    let msg = panic_of(|| b.embedding(&mut out, &table, &[1, 5], dim)).expect("id 5 of 5 accepted");
+    assert!(msg.contains("embedding_f32") && msg.contains("device check failed"), "{msg}");
+    let mut dt = b.zeros(vocab * dim);
+    let g = b.upload(&[1.0; 6]);
+    let msg = panic_of(|| b.embedding_backward(&mut dt, &g, &[0, 7], dim)).expect("id 7 accepted");
+    assert!(msg.contains("embedding_bwd_f32"), "{msg}");
+    let logits = b.upload(&[0.5f32; 2 * 10]);
+    let (mut lp, mut ent) = (b.zeros(2), b.zeros(2));
+    let msg = panic_of(|| b.logprobs(&mut lp, &mut ent, &logits, &[3, 10], 2, 10, 1.0))
+        .expect("target 10 of 10 accepted");
+    assert!(msg.contains("logprobs_f32") && msg.contains("targets"), "{msg}");
+}
+
+#[test]
+fn schedules_parse() {
+    assert_eq!(Schedule::parse("random:7"), Ok(Schedule::Random(7)));
+    assert_eq!(Schedule::parse(" starve "), Ok(Schedule::Starve(0)));
+    assert_eq!(Schedule::parse_list("ci").unwrap(), Schedule::CI.to_vec());
+    assert_eq!(
+        Schedule::parse_list("forward,reverse").unwrap(),
+        vec![Schedule::Forward, Schedule::Reverse]
+    );
+    assert!(Schedule::parse("sideways").unwrap_err().contains("sideways"));
+    assert!(Schedule::parse("random:x").is_err());
+    for s in Schedule::CI {
+        assert_eq!(Schedule::parse(&s.to_string()), Ok(s));
+    }
+}
