@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # GPU check: builds with --features cuda (release), runs the kernel equivalence suite on the
-# real GPU, runs the kernel benches, and writes a table (kernel, max error, time, GB/s or
-# TFLOP/s, fraction of roofline) to docs/gpu-check.md and to the end of the output.
+# real GPU (its tests are #[ignore]d where there is no GPU: run here with --include-ignored),
+# runs the same suite under compute-sanitizer (memcheck, racecheck, synccheck, initcheck), runs
+# the kernel benches, and writes two tables (sanitizer verdicts; kernel, max error, time, GB/s
+# or TFLOP/s, fraction of roofline) to docs/gpu-check.md and to the end of the output.
 #
 #   scripts/gpu-check.sh                # build here, then run
 #   scripts/gpu-check.sh --prebuilt DIR # run binaries built elsewhere (DIR/kernels_vs_cpu, DIR/kernels)
+#
+# SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them); SANITIZER_TIMEOUT
+# (seconds, default 1200) bounds each tool's run. The exit code is non-zero when the suite fails
+# or a sanitizer reports an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prebuilt=""
@@ -27,12 +33,58 @@ fi
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
 echo "== GPU: $gpu"
 
+# Release binaries: wait for every launch, so a fault is reported with its kernel's name.
+export MMR1_SYNC_LAUNCHES=1
+
 echo "== equivalence suite on the GPU"
 set +e
-"$tests" gpu:: --test-threads=1 --nocapture > "$log/tests.log" 2>&1
+"$tests" gpu:: --include-ignored --test-threads=1 --nocapture > "$log/tests.log" 2>&1
 trc=$?
 set -e
-grep -E "test result|SKIPPED|panicked|relative L2 error .* >" "$log/tests.log" || true
+grep -E "test result|panicked|relative L2 error .* >" "$log/tests.log" || true
+
+# compute-sanitizer over the same suite, one tool at a time. A verdict per tool goes to
+# $log/sanitizers.tsv (tool, verdict, errors, exit code, log) for the table below.
+echo "== compute-sanitizer on the kernel suite"
+san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+: > "$log/sanitizers.tsv"
+src=0
+for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
+    slog="$log/sanitizer-$tool.log"
+    if [ -z "$san" ]; then
+        printf '%s\t%s\t-\t-\t-\n' "$tool" "not run: compute-sanitizer not found" >> "$log/sanitizers.tsv"
+        continue
+    fi
+    extra=""
+    case "$tool" in
+        racecheck) extra="--racecheck-report all" ;;      # hazards and analysis summary
+        initcheck) extra="--track-unused-memory no" ;;    # uninitialized reads only
+    esac
+    echo "-- $tool"
+    set +e
+    # shellcheck disable=SC2086
+    timeout "${SANITIZER_TIMEOUT:-1200}" "$san" --tool "$tool" $extra --error-exitcode 86 \
+        "$tests" gpu:: --include-ignored --test-threads=1 > "$slog" 2>&1
+    rc=$?
+    set -e
+    errors=$(grep -Eo "ERROR SUMMARY: [0-9]+" "$slog" | tail -1 | grep -Eo "[0-9]+$" || true)
+    tests_ok=$(grep -Ec "^test result: ok" "$slog" || true)
+    if [ "$rc" = 124 ]; then
+        verdict="TIMEOUT after ${SANITIZER_TIMEOUT:-1200} s"
+    elif [ -z "$errors" ]; then
+        verdict="NO SUMMARY (sanitizer did not finish; see log)"
+    elif [ "$errors" != 0 ]; then
+        verdict="FAIL: $errors errors"
+    elif [ "$rc" != 0 ] || [ "$tests_ok" = 0 ]; then
+        verdict="clean, but the suite failed under the tool (exit $rc)"
+    else
+        verdict="PASS: 0 errors"
+    fi
+    case "$verdict" in PASS*) ;; *) src=1 ;; esac
+    echo "   $verdict"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$slog" | tail -3 || true
+    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$verdict" "${errors:--}" "$rc" "$slog" >> "$log/sanitizers.tsv"
+done
 
 echo "== kernel benches"
 set +e
@@ -44,6 +96,7 @@ grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" | head -120 || 
 python3 - "$log" "$gpu" "$trc" "$brc" <<'PY'
 import json, re, sys, os, glob
 log, gpu, trc, brc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+san = [l.rstrip("\n").split("\t") for l in open(os.path.join(log, "sanitizers.tsv")) if l.strip()]
 hbm = 4.8e12 if "H200" in gpu else 3.35e12           # datasheet HBM bandwidth
 f32_peak = 67e12                                      # H100/H200 SXM FP32 (non-tensor)
 bf16_peak = 990e12                                    # H100 SXM dense bf16
@@ -79,8 +132,12 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
        "Times: median per call, criterion, calls queued back to back between synchronizations; host-side id uploads included.", "",
        "| kernel | max error | time | rate | fraction of roofline |", "| --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in rows]
+out += ["", "compute-sanitizer over the kernel equivalence suite (every kernel, every shape of the suite):", "",
+        "| tool | verdict | errors | exit code | log |", "| --- | --- | --- | --- | --- |"]
+out += [f"| {' | '.join(r)} |" for r in san] or ["| - | not run (SANITIZERS empty) | - | - | - |"]
 text = "\n".join(out) + "\n"
 open("docs/gpu-check.md", "w").write(text)
 print(text)
 PY
-exit $trc
+if [ "$trc" != 0 ]; then exit "$trc"; fi
+exit $src
