@@ -114,6 +114,62 @@ fn shared_buffer_reused_without_barrier() {
     });
 }
 
+#[test]
+fn syncwarp_where_syncthreads_is_needed() {
+    let x: Vec<f32> = (0..32).map(|i| i as f32 - 7.5).collect();
+    check_race("__syncwarp instead of __syncthreads between warps, 64 threads", &|d, fixed| {
+        let input = up(d, &x);
+        let out = d.alloc(32 * 4);
+        d.launch(
+            "planted_syncwarp_for_syncthreads",
+            [1, 1, 1],
+            [64, 1, 1],
+            0,
+            &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(fixed)],
+        );
+        let o = down(d, &out, 32);
+        (0..32).filter(|&t| o[t] != x[t]).count()
+    });
+}
+
+#[test]
+fn exited_lanes_and_divergent_syncthreads_are_errors() {
+    for s in Schedule::CI {
+        let d = single(s);
+        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let (input, out) = (up(&d, &x), d.alloc(64 * 4));
+        let exited = |fixed: i32| {
+            panic_of(|| {
+                d.launch(
+                    "planted_exited_lane",
+                    [1, 1, 1],
+                    [64, 1, 1],
+                    0,
+                    &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(fixed)],
+                )
+            })
+        };
+        let msg =
+            exited(0).unwrap_or_else(|| panic!("{s}: shuffle naming an exited lane accepted"));
+        assert!(msg.contains("exited"), "{s}: {msg}");
+        assert!(exited(1).is_none());
+        let sync = |fixed: i32| {
+            panic_of(|| {
+                d.launch(
+                    "planted_divergent_syncthreads",
+                    [1, 1, 1],
+                    [64, 1, 1],
+                    0,
+                    &[Arg::Ptr(&out), Arg::I32(fixed)],
+                )
+            })
+        };
+        let msg = sync(0).unwrap_or_else(|| panic!("{s}: divergent __syncthreads accepted"));
+        assert!(msg.contains("__syncthreads"), "{s}: {msg}");
+        assert!(sync(1).is_none());
+    }
+}
+
 fn shuffle(d: &EmuDevice, threads: u32, mask: u32, src: i32) -> Vec<f32> {
     let x: Vec<f32> = (0..threads).map(|i| i as f32 + 0.5).collect();
     let (input, out) = (up(d, &x), d.alloc(threads as usize * 4));

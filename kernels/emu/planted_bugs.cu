@@ -73,3 +73,28 @@ extern "C" __global__ void planted_big_static_shared(float* out) {
 extern "C" __global__ void __launch_bounds__(128) planted_bounded(float* out) {
     out[threadIdx.x] = 1.0f;
 }
+
+// Warp 0 fills shared memory for warp 1. The bug: __syncwarp where __syncthreads is needed.
+// Forward, reverse and random orders all let warp 0 write before warp 1's read (both warps
+// meet their __syncwarp in the same round); only a starved warp 0 shows it.
+extern "C" __global__ void planted_syncwarp_for_syncthreads(float* out, const float* in, int fixed) {
+    SHARED(float, s, [32]);
+    const unsigned t = threadIdx.x, lane = t & 31; // 64 threads
+    if (t < 32) s[lane] = in[lane];
+    if (fixed) __syncthreads(); else __syncwarp();
+    if (t >= 32) out[lane] = s[lane];
+}
+
+// A shuffle whose mask names a lane that has already returned (fixed = 1: no lane returns).
+extern "C" __global__ void planted_exited_lane(float* out, const float* in, int fixed) {
+    const unsigned t = threadIdx.x;
+    if (!fixed && t == 31) return;
+    out[t] = __shfl_xor_sync(FULL_MASK, in[t], 1);
+}
+
+// __syncthreads inside a branch that only some threads take (fixed = 1: all take it).
+extern "C" __global__ void planted_divergent_syncthreads(float* out, int fixed) {
+    const unsigned t = threadIdx.x;
+    if (fixed || t < 32) __syncthreads();
+    out[t] = 1.0f;
+}
