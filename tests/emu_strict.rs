@@ -77,8 +77,7 @@ fn check_race(what: &str, run: &dyn Fn(&EmuDevice, i32) -> usize) {
 
 #[test]
 fn missing_barrier_writer_below_and_above_the_readers() {
-    let n = 1024u32;
-    for writer in [0, n as i32 - 1] {
+    for (n, writer) in [(1024u32, 0i32), (1024, 1023), (32, 0), (32, 31)] {
         check_race(&format!("missing barrier, writer thread {writer} of {n}"), &|d, fixed| {
             let input = up(d, &[3.25]);
             let out = d.alloc(n as usize * 4);

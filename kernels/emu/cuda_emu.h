@@ -10,7 +10,8 @@
 // garbage:
 // - Schedules. Between two yields the ready fibers of a block run in an order chosen per
 //   launch: forward (thread 0 first), reverse, seeded random (a new permutation every round
-//   and block), or "starve" (one warp is held back until nothing else can run). A race such as
+//   and block), or "starve" (one warp -- one lane in a one-warp block -- is held back until
+//   nothing else can run). A race such as
 //   "thread 0 writes shared memory, the others read it with no barrier between" gives right
 //   answers in one order and wrong ones in another; the Rust side (src/backend/cuda/emu.rs)
 //   can run every launch under several schedules and demand bit-identical results.
@@ -360,16 +361,19 @@ inline const char* run_block(Block& b) {
 #endif
     }
     // The starved warp differs from block to block, so a multi-block launch starves each warp.
-    const unsigned starved = (unsigned)((b.seed + b.block_linear) % nw);
+    // A block of one warp starves one lane instead (lanes are scheduled independently since
+    // Volta).
+    const unsigned starved = (unsigned)((b.seed + b.block_linear) % (nw > 1 ? nw : n));
+    auto is_starved = [&](unsigned i) { return (nw > 1 ? i / 32 : i) == starved; };
     uint64_t rng = b.seed * 0xD1B54A32D192ED03ull + b.block_linear;
     for (;;) {
         // One round: every chosen ready fiber runs to its next yield, in the schedule's order.
         unsigned cnt = 0;
         if (b.sched == STARVE) {
             bool others = false;
-            for (unsigned i = 0; i < n && !others; i++) others = b.th[i].st == READY && i / 32 != starved;
+            for (unsigned i = 0; i < n && !others; i++) others = b.th[i].st == READY && !is_starved(i);
             for (unsigned i = 0; i < n; i++)
-                if (b.th[i].st == READY && (i / 32 != starved) == others) b.order[cnt++] = i;
+                if (b.th[i].st == READY && !is_starved(i) == others) b.order[cnt++] = i;
         } else {
             for (unsigned i = 0; i < n; i++)
                 if (b.th[i].st == READY) b.order[cnt++] = i;

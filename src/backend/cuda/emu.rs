@@ -73,7 +73,8 @@ pub enum Schedule {
     Reverse,
     /// A seeded permutation, new for every round of every block.
     Random(u64),
-    /// One warp (`(seed + block index) mod warps`) held back until nothing else can run.
+    /// One warp (`(seed + block index) mod warps`; in a block of one warp, one lane) held back
+    /// until nothing else can run.
     Starve(u64),
 }
 
