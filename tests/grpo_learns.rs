@@ -23,6 +23,7 @@ fn settings(micro_batch_tokens: usize) -> GrpoSettings {
         ppo_epochs: 1,
         mini_batches: 1,
         micro_batch_tokens,
+        extras: Default::default(),
     }
 }
 
