@@ -252,7 +252,7 @@ impl Default for TrainConfig {
                 clip_cov_lb: 1.0,
                 clip_cov_ub: 5.0,
                 kl_cov_ratio: 0.0002,
-                ppo_kl_coef: 1.0,
+                ppo_kl_coef: 0.1,
                 top_entropy_quantile: 1.0,
                 overlong_buffer_len: 0,
                 overlong_penalty_factor: 1.0,

@@ -65,16 +65,17 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
         Convention::Trl => LossConfig::trl(),
     };
     loss.policy = r.policy_loss;
-    loss.clip_eps_low = r.clip_eps_low;
-    loss.clip_eps_high = r.clip_eps_high;
-    loss.dual_clip_c = (r.dual_clip > 0.0).then_some(r.dual_clip);
-    loss.trl_delta = (r.delta > 0.0).then_some(r.delta);
-    loss.kl = (r.kl_coef > 0.0).then_some(KlConfig { estimator: r.kl_estimator, coef: r.kl_coef });
+    loss.clip_eps_low = r.clip_eps_low as f64;
+    loss.clip_eps_high = r.clip_eps_high as f64;
+    loss.dual_clip_c = (r.dual_clip > 0.0).then_some(r.dual_clip as f64);
+    loss.trl_delta = (r.delta > 0.0).then_some(r.delta as f64);
+    loss.kl =
+        (r.kl_coef > 0.0).then_some(KlConfig { estimator: r.kl_estimator, coef: r.kl_coef as f64 });
     loss.kl_ratio_weighted = r.use_bias_correction_kl;
-    loss.entropy_coef = r.entropy_coef;
+    loss.entropy_coef = r.entropy_coef as f64;
     loss.agg = r.loss_agg;
-    loss.sapo_tau_pos = r.tau_pos;
-    loss.sapo_tau_neg = r.tau_neg;
+    loss.sapo_tau_pos = r.tau_pos as f64;
+    loss.sapo_tau_neg = r.tau_neg as f64;
     loss.cov = CovParams {
         clip_cov_ratio: r.clip_cov_ratio as f64,
         clip_cov_lb: r.clip_cov_lb as f64,

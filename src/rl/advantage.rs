@@ -1,25 +1,13 @@
-//! Group-relative outcome advantages (GRPO).
+//! Outcome advantages: GRPO (group / batch / no scaling = Dr. GRPO), RLOO, REINFORCE++ with
+//! baseline and GPG.
 //!
 //! One scalar reward per response; responses of one prompt form a *group* and are stored
-//! consecutively. The advantage of response `i` in group `g` is
-//!
-//! ```text
-//! A_i = (r_i - mean_g) / (std_g + eps)      (norm_by_std = true, GRPO)
-//! A_i =  r_i - mean_g                       (norm_by_std = false, Dr. GRPO)
-//! ```
-//!
-//! Sources:
-//! - verl `verl/trainer/ppo/core_algos.py::compute_grpo_outcome_advantage` (volcengine/verl,
-//!   commit 012be9d): `torch.std` (unbiased, N-1), `epsilon = 1e-6`, a group of one response gets
-//!   mean 0 and std 1 (so `A = r / (1 + eps)`), `norm_adv_by_std_in_grpo = False` is Dr. GRPO.
-//! - TRL `trl/trainer/grpo_trainer.py::GRPOTrainer._generate_and_score_completions`
-//!   (huggingface/trl, commit d2b69d7): `rewards.view(-1, G).std(dim=1)` (unbiased),
-//!   `advantages / (std + 1e-4)` when `scale_rewards`; TRL's `nanstd` helper is used only for
-//!   logging per-reward-function statistics, never for the advantage.
-//! - MMR1 paper (arXiv 2509.21268), Sec. 3 (GRPO preliminaries): `A = (r - mean) / std` over the
-//!   group; the released code (EasyR1 fork) follows the verl form above.
-//!
-//! See `docs/algorithm.md` for the full comparison.
+//! consecutively. Sources, pinned by `tests/parity_upstream.rs` against fixtures written by the
+//! upstream code: verl 0.9.1 `verl/trainer/ppo/core_algos.py` (`compute_grpo_outcome_advantage`,
+//! `compute_rloo_outcome_advantage`, `compute_reinforce_plus_plus_baseline_outcome_advantage`,
+//! `compute_gpg_outcome_advantage`, `verl_F.masked_whiten`); TRL 1.16.0
+//! `GRPOTrainer._generate_and_score_completions` (`scale_rewards`, `nanstd`, `+ 1e-4`); MMR1
+//! d8161a0 `compute_grpo_outcome_advantage` (= verl's GRPO). See `docs/algorithm.md` section 1.
 
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +86,7 @@ pub struct AdvantageConfig {
     /// GRPO's scaling. `None` = Dr. GRPO (mean-centred only).
     pub scale: ScaleRewards,
     /// Added to the std before dividing: verl 1e-6, TRL 1e-4.
-    pub eps: f32,
+    pub eps: f64,
     /// Singleton-group behaviour (see [`group_advantages_ragged`]).
     pub convention: Convention,
 }
@@ -234,9 +222,9 @@ pub fn advantages_f64(
             let c = r - mean;
             *o = match cfg.estimator {
                 AdvEstimator::Grpo => match cfg.scale {
-                    ScaleRewards::Group => c / (std + cfg.eps as f64),
+                    ScaleRewards::Group => c / (std + cfg.eps),
                     // TRL: the batch std; a singleton group still has A = 0 there.
-                    ScaleRewards::Batch => c / (batch_std + cfg.eps as f64),
+                    ScaleRewards::Batch => c / (batch_std + cfg.eps),
                     ScaleRewards::None => c,
                 },
                 AdvEstimator::Rloo if n > 1 => {

@@ -1,68 +1,29 @@
-//! GRPO / PPO-clip policy loss on packed responses, with its analytic gradient.
+//! GRPO-family policy losses on packed responses, with their analytic gradients.
 //!
 //! CPU reference for the CUDA loss kernel: flat slices, one entry per token, responses packed
 //! back to back (`offsets[r]..offsets[r + 1]` are the tokens of response `r`), a 0/1 loss mask
-//! per token (f32, used as a multiplicative weight), per-token values in f64, reductions in f64.
+//! per token (used as a multiplicative weight), per-token values and reductions in f64.
 //!
-//! Per active token t (mask m_t = 1) with advantage A, delta = logp - logp_old:
+//! Every surrogate of verl 0.9.1 and TRL 1.16.0 that users pick ([`PolicyLoss`]), every KL
+//! estimator ([`KlEstimator`]) and every verl `loss_agg_mode` ([`Aggregation`]), each with its
+//! gradient w.r.t. the log-probs and the metrics upstream logs. The formulas, their sources
+//! and the differences between verl, TRL and MMR1's released code are in `docs/algorithm.md`
+//! (sections 0 and 2); `tests/parity_upstream.rs` pins every loss, gradient and metric to
+//! fixtures written by the upstream functions themselves (`scripts/make_parity_fixtures.py`).
 //!
-//! ```text
-//! delta'  = clamp(delta, -C, C)                      (log_ratio_clamp, verl C = 20)
-//! ratio   = exp(delta')
-//! l1      = -A * ratio
-//! l2      = -A * clamp(ratio, 1 - eps_low, 1 + eps_high)
-//! l_clip  = max(l1, l2)
-//! pg      = min(l_clip, -A * c)   if dual_clip_c = Some(c) and A < 0     (dual-clip PPO)
-//!         = l_clip                otherwise
-//! kl      = k1: logp - ref
-//!           k3: x = clamp(ref - logp, -20, 20) [verl only]; k = e^x - x - 1; clamp(k, -K, K)
-//! loss    = sum_t w_t * (pg_t + beta * kl_t)  -  entropy_coef * sum_t w_t * H_t
-//! ```
-//!
-//! Sources:
-//! - verl `verl/trainer/ppo/core_algos.py` (volcengine/verl commit 012be9d):
-//!   `compute_policy_loss_vanilla` (log-ratio clamp +-20, clip-higher via `clip_ratio_low/high`,
-//!   dual clip `clip_ratio_c = 3.0` applied where `advantages < 0`, `pg_clipfrac =
-//!   mean(pg_losses2 > pg_losses1)`, `pg_clipfrac_lower` = dual-clip fraction,
-//!   `ppo_kl = mean(-(logp - logp_old))`), `kl_penalty` (`low_var_kl`/`k3`: `kl = ref - logp`
-//!   clamped to +-20, `exp(kl) - kl - 1` clamped to +-10; `kl`/`k1`: `logp - ref`), `agg_loss`
-//!   (token-mean, seq-mean-token-mean, seq-mean-token-sum-norm).
-//! - EasyR1 / MMR1 reference code `verl/trainer/core_algos.py::compute_policy_loss`
-//!   (hiyouga/EasyR1 commit 2a319e3, which MMR1 forks): clipped ratio written as
-//!   `exp(clamp(log_ratio, log(1 - eps_low), log(1 + eps_high)))`.
-//! - TRL `trl/trainer/grpo_trainer.py::GRPOTrainer._compute_loss` (huggingface/trl commit
-//!   d2b69d7): `-min(coef_1 * A, coef_2 * A)` (= `max(l1, l2)` above), k3 KL
-//!   `exp(ref - logp) - (ref - logp) - 1` without clamps added as `beta * kl` to the per-token
-//!   loss *before* aggregation, `loss_type` grpo (seq-mean-token-mean), bnpo (token-mean),
-//!   dr_grpo (`sum / (B * max_completion_length)`); clip metrics `low_clip = ratio < 1-eps_low
-//!   & A < 0`, `high_clip = ratio > 1+eps_high & A > 0`.
-//! - MMR1 paper (arXiv 2509.21268) Sec. 3, Eq. for the GRPO objective: clipped surrogate with
-//!   eps = 0.2 and a KL term to the reference policy (k3 estimator, beta = 0.01 in the code).
-//! - Dual clip: Ye et al. 2019 (arXiv 1912.09729); clip-higher: DAPO (arXiv 2503.14476);
-//!   k3 estimator: J. Schulman, "Approximating KL divergence" (2020).
-//!
-//! **Clamped log-ratio form = clamped ratio.** exp is strictly increasing, so
-//! `exp(clamp(d, log(1-e_l), log(1+e_h))) = clamp(exp(d), 1-e_l, 1+e_h)` for every d, and both
-//! have derivative exp(d) inside the interval and 0 outside. The extra `clamp(d, -20, 20)` on
-//! the unclipped ratio does not change the clipped branch either (log(1-e_l) > -20,
-//! log(1+e_h) < 20). So MMR1's form is exactly the PPO clipped ratio (up to 1 ulp of
-//! `exp(log(1+e))` vs `1+e`).
-//!
-//! **Normalisation independent of the micro-batch split.** The weight `w_t` of each token
-//! uses *global* counts supplied by the caller through [`Normalizer`]:
+//! Per active token, with `d = logp - logp_old`, `r = exp(d)`, weights `w_t` from
+//! [`token_weight`] and the global [`Normalizer`]:
 //!
 //! ```text
-//! TokenMean           w_t = m_t / N_tokens_global
-//! SeqMeanTokenMean    w_t = m_t / (n_i * N_seqs_global)      n_i = sum of mask over t's response
-//! SeqMeanTokenSumNorm w_t = m_t / (L_max * N_seqs_global)    L_max a constant (Dr. GRPO)
+//! loss = sum_t w_pg_t pg_mask_t pg_t  +  beta sum_t w_t kl_t  -  entropy_coef sum_t w_t H_t
 //! ```
 //!
-//! A response must not be split across calls (n_i is computed locally). With these weights the
-//! losses and gradients of any partition of the batch into calls sum to the full-batch values,
-//! and each token's gradient is bit-identical whatever the split. verl's `dp_actor` instead
-//! scales each micro-batch's *local* token-mean by `1 / grad_accum` (or `micro_bsz /
-//! mini_bsz`), which makes token-mean depend on the split; newer verl passes a global
-//! `batch_num_tokens` / `global_batch_size` to `agg_loss` for the same reason as here.
+//! **Normalisation independent of the micro-batch split.** The weights use *global* counts
+//! supplied by the caller, and batch-level selections (Clip-Cov, KL-Cov, the entropy mask) are
+//! computed once per batch ([`cov_selection`], [`high_entropy_mask`]). With these, the losses
+//! and gradients of any partition of the batch into calls sum to the full-batch values, and
+//! each token's gradient is bit-identical whatever the split (a response must not be split).
+//! verl 0.9.1 reaches the same with `global_batch_info`; TRL 1.16 only for `loss_type="dapo"`.
 
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +41,7 @@ pub use policy::{cov_selection, high_entropy_mask, token_covariance, CovParams, 
 pub struct KlConfig {
     pub estimator: KlEstimator,
     /// beta: verl `kl_loss_coef`; MMR1 0.01.
-    pub coef: f32,
+    pub coef: f64,
 }
 
 /// Policy-loss configuration. `Default` is MMR1's released code ([`LossConfig::mmr1`]).
@@ -89,38 +50,38 @@ pub struct LossConfig {
     /// The surrogate (verl `loss_mode`).
     pub policy: PolicyLoss,
     /// Lower clip: ratio floor 1 - eps_low (for A < 0).
-    pub clip_eps_low: f32,
+    pub clip_eps_low: f64,
     /// Upper clip: ratio ceiling 1 + eps_high (for A > 0); > eps_low is DAPO clip-higher. For
     /// CISPO under [`Convention::Trl`] it is the absolute cap of the ratio (TRL `epsilon_high`).
-    pub clip_eps_high: f32,
+    pub clip_eps_high: f64,
     /// Dual-clip constant c > 1: for A < 0 the loss is capped at -A*c (verl `clip_ratio_c`;
     /// vanilla only).
-    pub dual_clip_c: Option<f32>,
+    pub dual_clip_c: Option<f64>,
     /// TRL `delta` (INTELLECT-2 two-sided clip): the unclipped ratio is capped at delta.
-    pub trl_delta: Option<f32>,
+    pub trl_delta: Option<f64>,
     /// KL penalty to the reference policy; needs `ref_logp`.
     pub kl: Option<KlConfig>,
     /// TRL `use_bias_correction_kl`: the KL term is multiplied by the importance ratio.
     pub kl_ratio_weighted: bool,
     /// Entropy bonus coefficient: loss -= entropy_coef * agg(entropy). Needs `entropy`.
-    pub entropy_coef: f32,
+    pub entropy_coef: f64,
     pub agg: Aggregation,
     /// Rounding-level conventions (denominators, sequence counts, GSPO/GMPO forms, CISPO's
     /// bounds); see [`agg`] and the module doc.
     pub convention: Convention,
     /// Clamp of `logp - logp_old` before exp, where verl applies it (vanilla, sapo, cispo;
     /// verl 20; none in MMR1's released code and TRL).
-    pub log_ratio_clamp: Option<f32>,
+    pub log_ratio_clamp: Option<f64>,
     /// Clamp of `ref - logp` before exp in k3 (verl 20; none in MMR1 and TRL).
-    pub k3_inner_clamp: Option<f32>,
+    pub k3_inner_clamp: Option<f64>,
     /// Clamp of the k3 value to [-K, K] (verl and MMR1 10; none in TRL).
-    pub k3_clamp: Option<f32>,
+    pub k3_clamp: Option<f64>,
     /// Cap of GSPO's sequence log-ratio (verl 10; none in TRL).
-    pub gspo_log_ratio_cap: Option<f32>,
+    pub gspo_log_ratio_cap: Option<f64>,
     /// SAPO gate temperatures for A > 0 and A <= 0 (verl `tau_pos`/`tau_neg`, TRL
     /// `sapo_temperature_pos/neg`: 1.0 / 1.05).
-    pub sapo_tau_pos: f32,
-    pub sapo_tau_neg: f32,
+    pub sapo_tau_pos: f64,
+    pub sapo_tau_neg: f64,
     /// Clip-Cov / KL-Cov parameters.
     pub cov: CovParams,
 }
@@ -186,13 +147,11 @@ impl LossConfig {
         K3Clamps { inner: self.k3_inner_clamp, value: self.k3_clamp }
     }
 
-    /// The aggregation of the policy term: verl's gspo and sapo always use
-    /// seq-mean-token-mean for it (the KL term keeps `agg`).
+    /// The aggregation of the policy term: verl 0.9.1's sapo always uses seq-mean-token-mean
+    /// for it (the KL and entropy terms keep `agg`; verl <= 0.8.0 forced it for gspo too).
     pub fn pg_aggregation(&self) -> Aggregation {
         match (self.convention, self.policy) {
-            (Convention::Verl, PolicyLoss::Gspo | PolicyLoss::Sapo) => {
-                Aggregation::SeqMeanTokenMean
-            }
+            (Convention::Verl, PolicyLoss::Sapo) => Aggregation::SeqMeanTokenMean,
             _ => self.agg,
         }
     }
@@ -369,8 +328,8 @@ pub(crate) fn check_offsets(offsets: &[usize], n: usize) {
 }
 
 /// `clamp(x, -c, c)` with its derivative (torch: 1 inside, 0 where clamped).
-fn clamp_sym(x: f64, c: Option<f32>) -> (f64, f64) {
-    match c.map(|c| c as f64) {
+fn clamp_sym(x: f64, c: Option<f64>) -> (f64, f64) {
+    match c {
         Some(c) if x > c => (c, 0.0),
         Some(c) if x < -c => (-c, 0.0),
         _ => (x, 1.0),
@@ -394,9 +353,9 @@ struct PgTerm {
 /// PPO clip of a ratio `r` (derivative `dr` w.r.t. logp) with advantage `a`; TRL's `delta` caps
 /// the unclipped ratio, verl's dual clip caps the loss for A < 0.
 fn ppo_clip(r: f64, dr: f64, a: f64, cfg: &LossConfig, t: &mut PgTerm) {
-    let lo = 1.0 - cfg.clip_eps_low as f64;
-    let hi = 1.0 + cfg.clip_eps_high as f64;
-    let (r1, dr1) = match cfg.trl_delta.map(|d| d as f64) {
+    let lo = 1.0 - cfg.clip_eps_low;
+    let hi = 1.0 + cfg.clip_eps_high;
+    let (r1, dr1) = match cfg.trl_delta {
         Some(d) if r > d => (d, 0.0),
         _ => (r, dr),
     };
@@ -409,7 +368,7 @@ fn ppo_clip(r: f64, dr: f64, a: f64, cfg: &LossConfig, t: &mut PgTerm) {
     let (lc, dlc) = if l2 > l1 { (l2, 0.0) } else { (l1, -a * dr1) };
     (t.pg, t.dpg) = match cfg.dual_clip_c {
         Some(c) if a < 0.0 && cfg.policy == PolicyLoss::Vanilla => {
-            let l3 = -a * c as f64;
+            let l3 = -a * c;
             if lc > l3 {
                 t.dual = true;
                 (l3, 0.0)
@@ -457,8 +416,8 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
         assert!(c > 1.0, "dual_clip_c must be > 1 (verl asserts the same)");
     }
     let f = |s: &[T], t: usize| -> f64 { s[t].into() };
-    let beta = cfg.kl.map(|k| k.coef as f64).unwrap_or(0.0);
-    let ent_coef = cfg.entropy_coef as f64;
+    let beta = cfg.kl.map(|k| k.coef).unwrap_or(0.0);
+    let ent_coef = cfg.entropy_coef;
     let conv = cfg.convention;
     let pg_agg = cfg.pg_aggregation();
 
@@ -485,7 +444,7 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
         // Sequence ratio of GSPO (value, d/d own logp per unit) and, for TRL, the spread of
         // the gradient over the response: d s / d logp_t = s m_t / n'.
         let (gspo_s, gspo_ds) = {
-            let (l, dl) = match cfg.gspo_log_ratio_cap.map(|c| c as f64) {
+            let (l, dl) = match cfg.gspo_log_ratio_cap {
                 Some(c) if seq_lr > c => (c, 0.0),
                 _ => (seq_lr, 1.0),
             };
@@ -535,7 +494,7 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
                     ppo_clip(r, 0.0, adv, cfg, &mut tt);
                     tt.dual = false;
                     if !tt.clipped {
-                        let dcoef = match cfg.trl_delta.map(|d| d as f64) {
+                        let dcoef = match cfg.trl_delta {
                             Some(d) if r > d => 0.0,
                             _ => 1.0,
                         };
@@ -573,8 +532,8 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
                     tt.ratio = r;
                     tt.akl = -d;
                     let (lo, hi) = match conv {
-                        Convention::Trl => (f64::NEG_INFINITY, cfg.clip_eps_high as f64),
-                        _ => (1.0 - cfg.clip_eps_low as f64, 1.0 + cfg.clip_eps_high as f64),
+                        Convention::Trl => (f64::NEG_INFINITY, cfg.clip_eps_high),
+                        _ => (1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high),
                     };
                     let c = r.clamp(lo, hi);
                     tt.clipped = r != c;
@@ -587,15 +546,14 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
                     let r = d.exp();
                     tt.ratio = r;
                     tt.akl = -d;
-                    let tau =
-                        if adv > 0.0 { cfg.sapo_tau_pos as f64 } else { cfg.sapo_tau_neg as f64 };
+                    let tau = if adv > 0.0 { cfg.sapo_tau_pos } else { cfg.sapo_tau_neg };
                     let sg = 1.0 / (1.0 + (-(tau * (r - 1.0))).exp());
                     tt.pg = -sg * 4.0 / tau * adv;
                     tt.dpg = -adv * 4.0 * sg * (1.0 - sg) * r * dd;
                 }
                 PolicyLoss::GeoMean => {
-                    let lo = -(cfg.clip_eps_low as f64);
-                    let hi = cfg.clip_eps_high as f64;
+                    let lo = -(cfg.clip_eps_low);
+                    let hi = cfg.clip_eps_high;
                     tt.ratio = delta.exp();
                     tt.akl = -delta;
                     let clipped = delta != delta.clamp(lo, hi);
@@ -699,7 +657,7 @@ fn geo_mean_response<T: Copy + Into<f64>>(
     m: &mut LossMetrics,
 ) {
     let f = |s: &[T], t: usize| -> f64 { s[t].into() };
-    let (lo, hi) = (-(cfg.clip_eps_low as f64), cfg.clip_eps_high as f64);
+    let (lo, hi) = (-(cfg.clip_eps_low), cfg.clip_eps_high);
     let den = match cfg.convention {
         Convention::Trl => n_i.max(1.0),
         _ => n_i + 1e-8,

@@ -302,8 +302,8 @@ pub fn update<B: Backend>(
                     &old,
                     &old,
                     &f64s(&mask[t0..t1]),
-                    s.loss.clip_eps_low as f64,
-                    s.loss.clip_eps_high as f64,
+                    s.loss.clip_eps_low,
+                    s.loss.clip_eps_high,
                     s.extras.seed ^ ((epoch * minis.len() + mi) as u64),
                 )
             });

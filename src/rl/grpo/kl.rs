@@ -55,9 +55,9 @@ impl KlEstimator {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct K3Clamps {
     /// X: clamp of `ref - logp` before exp (verl 20).
-    pub inner: Option<f32>,
+    pub inner: Option<f64>,
     /// K: clamp of the value (verl, MMR1 10).
-    pub value: Option<f32>,
+    pub value: Option<f64>,
 }
 
 /// (value, d value / d logp) of one token's estimator.
@@ -70,14 +70,14 @@ pub fn kl_term(est: KlEstimator, logp: f64, reflp: f64, clamps: K3Clamps) -> (f6
             KlEstimator::K2 => (0.5 * d * d, d),
             KlEstimator::K3 | KlEstimator::K3Plus => {
                 let x0 = -d;
-                let (x, dx) = match clamps.inner.map(|c| c as f64) {
+                let (x, dx) = match clamps.inner {
                     Some(c) if x0 > c => (c, 0.0),
                     Some(c) if x0 < -c => (-c, 0.0),
                     _ => (x0, -1.0),
                 };
                 let ex = x.exp();
                 let (k, dk) = (ex - x - 1.0, (ex - 1.0) * dx);
-                match clamps.value.map(|c| c as f64) {
+                match clamps.value {
                     Some(c) if k > c => (c, 0.0),
                     Some(c) if k < -c => (-c, 0.0),
                     _ => (k, dk),

@@ -65,7 +65,7 @@ pub struct CovParams {
     pub clip_cov_ub: f64,
     /// Fraction of active tokens that get the KL term in KL-Cov (verl `kl_cov_ratio` 0.0002).
     pub kl_cov_ratio: f64,
-    /// Coefficient of `|log ratio|` in KL-Cov (verl `ppo_kl_coef` 1).
+    /// Coefficient of `|log ratio|` in KL-Cov (verl 0.9.1 `PolicyLossConfig.ppo_kl_coef` 0.1).
     pub ppo_kl_coef: f64,
 }
 
@@ -76,7 +76,7 @@ impl Default for CovParams {
             clip_cov_lb: 1.0,
             clip_cov_ub: 5.0,
             kl_cov_ratio: 0.0002,
-            ppo_kl_coef: 1.0,
+            ppo_kl_coef: 0.1,
         }
     }
 }
