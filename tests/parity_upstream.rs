@@ -366,3 +366,29 @@ fn self_bleu_matches_nltk_method2() {
         .unwrap();
     check(self_bleu(&[a, a, b], 4), want, F64, "issue example");
 }
+
+/// The mode names are validated when the configuration is parsed: an unknown name is an error
+/// that names the key and lists the choices, verl's and TRL's names alike.
+#[test]
+fn train_rejects_unknown_mode_names_with_the_choices() {
+    for (set, choices) in [
+        ("rl.loss_agg=bogus", &["token-mean", "seq-mean-token-sum-norm", "dr_grpo"][..]),
+        ("rl.kl_estimator=k4", &["low_var_kl", "k3+", "mse"][..]),
+        ("rl.policy_loss=ppo2", &["gspo", "clip_cov", "geo_mean", "cispo", "sapo"][..]),
+        ("rl.adv_estimator=y", &["rloo", "reinforce_plus_plus_baseline"][..]),
+        ("rl.scale_rewards=z", &["group", "batch", "none"][..]),
+        ("rl.convention=x", &["mmr1", "verl", "trl"][..]),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast"))
+            .args(["train", "--set", set])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !err.contains("panicked"), "{set}: {err}");
+        let key = set.split('=').next().unwrap();
+        assert!(err.contains(key), "{set}: the error names the key: {err}");
+        for c in choices {
+            assert!(err.contains(&format!("`{c}`")), "{set}: the error lists {c}: {err}");
+        }
+    }
+}
