@@ -607,9 +607,8 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
         // The sequence-level ratio carries the gradient of the mean log-ratio to every token:
         // d s / d logp_t = s [log s below the cap] m_t / max(n_i, 1).
         if cfg.policy == PolicyLoss::Gspo {
-            for t in a0..b0 {
-                let mt = f(inputs.mask, t);
-                dlogp[t] += gspo_ds * mt / n_i.max(1.0) * (spread_pg + beta * spread_kl);
+            for (t, g) in dlogp.iter_mut().enumerate().take(b0).skip(a0) {
+                *g += gspo_ds * f(inputs.mask, t) / n_i.max(1.0) * (spread_pg + beta * spread_kl);
             }
         }
     }
@@ -709,7 +708,10 @@ fn geo_mean_response<T: Copy + Into<f64>>(
 /// `GroupStats`/reward equality instead if that matters.
 pub fn informative_groups(accuracy: &[f32], group_size: usize) -> Vec<bool> {
     assert!(group_size > 0, "group_size must be positive");
-    assert!(accuracy.len() % group_size == 0, "accuracy.len() not a multiple of group_size");
+    assert!(
+        accuracy.len().is_multiple_of(group_size),
+        "accuracy.len() not a multiple of group_size"
+    );
     accuracy
         .chunks(group_size)
         .map(|g| !(g.iter().all(|&a| a <= 0.0) || g.iter().all(|&a| a >= 1.0)))

@@ -136,7 +136,9 @@ pub fn cov_selection(
                     let r = (logp[t] - logp_old[t]).exp();
                     let l1 = -adv[t] * r;
                     let l2 = -adv[t] * r.clamp(1.0 - eps_low, 1.0 + eps_high);
-                    !(l2 > l1) && cov[t] > p.clip_cov_lb && cov[t] < p.clip_cov_ub
+                    // verl: `cov_all[pg_losses2 > pg_losses1] = -inf` (already clipped).
+                    let clipped = l2 > l1;
+                    !clipped && cov[t] > p.clip_cov_lb && cov[t] < p.clip_cov_ub
                 })
                 .collect();
             let k = ((p.clip_cov_ratio * n) as usize).max(1);

@@ -302,11 +302,11 @@ fn all_configs() -> Vec<LossConfig> {
                     policy,
                     kl: Some(KlConfig { estimator: *est, coef: 0.05 }),
                     agg: aggs[(i + j) % aggs.len()],
-                    clip_eps_high: if i % 2 == 0 { 0.28 } else { 0.2 },
-                    dual_clip_c: if i % 3 == 0 { Some(3.0) } else { base.dual_clip_c },
+                    clip_eps_high: if i.is_multiple_of(2) { 0.28 } else { 0.2 },
+                    dual_clip_c: if i.is_multiple_of(3) { Some(3.0) } else { base.dual_clip_c },
                     trl_delta: if i % 4 == 1 { Some(1.5) } else { None },
                     kl_ratio_weighted: base.convention == Convention::Trl && i % 2 == 1,
-                    entropy_coef: if i % 5 == 0 { 0.01 } else { 0.0 },
+                    entropy_coef: if i.is_multiple_of(5) { 0.01 } else { 0.0 },
                     clip_eps_low: 0.2,
                     cov: CovParams {
                         clip_cov_ratio: 0.2,
@@ -329,8 +329,8 @@ fn selection(b: &Batch, cfg: &LossConfig) -> Vec<bool> {
         &b.logp,
         &b.old,
         &b.mask,
-        cfg.clip_eps_low as f64,
-        cfg.clip_eps_high as f64,
+        cfg.clip_eps_low,
+        cfg.clip_eps_high,
         5,
     );
     if s.iter().all(|x| !x) {
