@@ -104,7 +104,8 @@ pub struct RlSection {
     pub clip_eps_high: f32,
     /// Dual-clip constant for negative advantages (0: off; verl's vanilla loss uses 3).
     pub dual_clip: f32,
-    /// TRL `delta`: cap of the unclipped ratio, two-sided clipping (0: off).
+    /// TRL `delta`: cap of the unclipped ratio, two-sided clipping (0: off; TRL recommends a
+    /// value above 1 + clip_eps_high).
     pub delta: f32,
     /// Policy loss (verl `loss_mode`): vanilla (ppo, grpo), gspo, gpg, clip_cov, kl_cov,
     /// geo_mean (gmpo), cispo, sapo.
@@ -408,8 +409,8 @@ impl TrainConfig {
         );
         check(r.kl_coef >= 0.0, format!("rl.kl_coef must be >= 0 (got {})", r.kl_coef));
         check(
-            r.delta == 0.0 || r.delta > 1.0 + r.clip_eps_high,
-            format!("rl.delta must be 0 (off) or > 1 + rl.clip_eps_high (got {})", r.delta),
+            r.delta >= 0.0 && r.delta.is_finite(),
+            format!("rl.delta must be 0 (off) or positive; TRL recommends > 1 + rl.clip_eps_high (got {})", r.delta),
         );
         check(
             r.tau_pos > 0.0 && r.tau_neg > 0.0,
