@@ -32,10 +32,13 @@ fn from_rollouts_exact_scores() {
             lines.push(rollout("same", &[5, 6, 7, 8, 9], 1.0));
         }
     }
-    // "explicit": accuracy wins over reward (a format-only reward of 1 is not correct).
-    lines.push(json!({"id": 3, "tokens": [1, 2], "reward": 1.0, "accuracy": 0.0}).to_string());
+    // "explicit": accuracy wins over reward (a format-only reward of 1 is not correct). Two
+    // identical rollouts of 4 tokens: self-BLEU-4 1, TDS 0 (nltk scores identical rollouts
+    // shorter than 4 tokens below 1).
+    lines
+        .push(json!({"id": 3, "tokens": [1, 2, 3, 4], "reward": 1.0, "accuracy": 0.0}).to_string());
     lines.push(
-        json!({"id": 3, "tokens": [1, 2], "reward": 2.0, "accuracy": 1.0, "response": "ignored"})
+        json!({"id": 3, "tokens": [1, 2, 3, 4], "reward": 2.0, "accuracy": 1.0, "response": "ignored"})
             .to_string(),
     );
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();

@@ -6,7 +6,7 @@ use common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::optim::{AdamW, AdamwConfig};
 use mmr1_fast::rl::advantage::{group_advantages, AdvantageConfig};
-use mmr1_fast::rl::grpo::LossConfig;
+use mmr1_fast::rl::grpo::{CovParams, LossConfig, PolicyLoss};
 use mmr1_fast::rl::reward::{RewardConfig, Verdict};
 use mmr1_fast::rl::rollout::{generate, SamplingParams};
 use mmr1_fast::rl::trainer::{update, Experience, GrpoSettings, UpdateState};
@@ -23,6 +23,7 @@ fn settings(micro_batch_tokens: usize) -> GrpoSettings {
         ppo_epochs: 1,
         mini_batches: 1,
         micro_batch_tokens,
+        extras: Default::default(),
     }
 }
 
@@ -70,21 +71,41 @@ fn first_epoch_ratio_is_exactly_one_whatever_the_micro_batching() {
     }
 }
 
+/// End to end through `update`, for the default loss and for the modes that need batch-level
+/// selections (Clip-Cov, KL-Cov, the entropy mask) or sequence-level ratios (GSPO, GMPO).
 #[test]
 fn the_loss_gradient_does_not_depend_on_micro_batching() {
     let prompts = vec![random_ids(5, VOCAB, 1), random_ids(9, VOCAB, 2)];
-    let mut grads = Vec::new();
-    for budget in [13, 10_000] {
-        let mut model = random_model(tiny_config(VOCAB, true), 7);
-        let s = settings(budget);
-        let exp = toy_experience(&model, &s, &prompts, 5);
-        let mut opt = AdamW::new(&Cpu, &model.params, AdamwConfig::default());
-        let mut st = UpdateState::new(&model, &Cpu);
-        update(&mut model, None, &mut opt, &Cpu, &exp, &s, 1e-3, &mut st).unwrap();
-        grads.push(st.grads.concat());
+    let cov = CovParams {
+        clip_cov_ratio: 0.3,
+        clip_cov_lb: -5.0,
+        kl_cov_ratio: 0.3,
+        ..Default::default()
+    };
+    let modes: Vec<(LossConfig, Option<f32>)> = vec![
+        (LossConfig { kl: None, ..LossConfig::mmr1() }, None),
+        (LossConfig { kl: None, policy: PolicyLoss::ClipCov, cov, ..LossConfig::verl() }, None),
+        (LossConfig { kl: None, policy: PolicyLoss::KlCov, cov, ..LossConfig::verl() }, None),
+        (LossConfig { kl: None, policy: PolicyLoss::Gspo, ..LossConfig::verl() }, Some(0.5)),
+        (LossConfig { kl: None, policy: PolicyLoss::GeoMean, ..LossConfig::verl() }, None),
+    ];
+    for (loss, quantile) in modes {
+        let mut grads = Vec::new();
+        for budget in [13, 10_000] {
+            let mut model = random_model(tiny_config(VOCAB, true), 7);
+            let mut s = settings(budget);
+            s.loss = loss;
+            s.extras.top_entropy_quantile = quantile;
+            let exp = toy_experience(&model, &s, &prompts, 5);
+            let mut opt = AdamW::new(&Cpu, &model.params, AdamwConfig::default());
+            let mut st = UpdateState::new(&model, &Cpu);
+            update(&mut model, None, &mut opt, &Cpu, &exp, &s, 1e-3, &mut st).unwrap();
+            grads.push(st.grads.concat());
+        }
+        let e = rel_l2(&grads[0], &grads[1]);
+        assert!(e < 1e-5, "{:?}: gradients differ across micro-batch splits: {e:.2e}", loss.policy);
+        assert!(grads[0].iter().any(|&g| g != 0.0), "{:?}: no gradient", loss.policy);
     }
-    let e = rel_l2(&grads[0], &grads[1]);
-    assert!(e < 1e-5, "gradients differ across micro-batch splits: {e:.2e}");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 use crate::data::jsonl::BadLines;
 use crate::data::prompt::PromptStyle;
 use crate::model::safetensors_io::SaveDtype;
+use crate::rl::advantage::{AdvEstimator, Convention, ScaleRewards};
+use crate::rl::grpo::{Aggregation, KlEstimator, PolicyLoss};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -100,19 +102,50 @@ pub struct RlSection {
     pub max_new_tokens: usize,
     pub clip_eps_low: f32,
     pub clip_eps_high: f32,
-    /// Dual-clip constant for negative advantages (0: off).
+    /// Dual-clip constant for negative advantages (0: off; verl's vanilla loss uses 3).
     pub dual_clip: f32,
+    /// TRL `delta`: cap of the unclipped ratio, two-sided clipping (0: off; TRL recommends a
+    /// value above 1 + clip_eps_high).
+    pub delta: f32,
+    /// Policy loss (verl `loss_mode`): vanilla (ppo, grpo), gspo, gpg, clip_cov, kl_cov,
+    /// geo_mean (gmpo), cispo, sapo.
+    pub policy_loss: PolicyLoss,
     /// KL penalty to the starting policy (0: off, and no reference model is kept).
     pub kl_coef: f32,
-    /// "k3" (low_var_kl, MMR1/verl) or "k1".
-    pub kl_estimator: String,
+    /// verl `kl_loss_type`: k1 (kl), abs, k2 (mse), k3 (low_var_kl), k1+, abs+, k3+.
+    pub kl_estimator: KlEstimator,
+    /// TRL `use_bias_correction_kl`: weight the KL term by the importance ratio.
+    pub use_bias_correction_kl: bool,
     pub entropy_coef: f32,
-    /// "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum-norm"
-    pub loss_agg: String,
-    /// false = Dr. GRPO (no std normalization of advantages).
+    /// verl `loss_agg_mode`: token-mean, token-sum, seq-mean-token-sum, seq-mean-token-mean,
+    /// seq-mean-token-sum-norm; TRL `loss_type` names dapo, bnpo, grpo, dr_grpo also work.
+    pub loss_agg: Aggregation,
+    /// verl `adv_estimator`: grpo, rloo, reinforce_plus_plus_baseline, gpg.
+    pub adv_estimator: AdvEstimator,
+    /// false = Dr. GRPO (no std normalization of advantages; verl `norm_adv_by_std_in_grpo`).
     pub norm_adv_by_std: bool,
-    /// "verl" | "trl" numerical conventions.
-    pub convention: String,
+    /// TRL `scale_rewards`: group, batch or none (none = Dr. GRPO).
+    pub scale_rewards: ScaleRewards,
+    /// Whose code to match at rounding level: mmr1 (MMR1's released code), verl (0.9.1), trl
+    /// (1.16). Picks clamps and denominators; every other loss setting is the keys here.
+    pub convention: Convention,
+    /// SAPO gate temperatures (verl `tau_pos`/`tau_neg`, TRL `sapo_temperature_pos/neg`).
+    pub tau_pos: f32,
+    pub tau_neg: f32,
+    /// Clip-Cov: fraction of tokens detached, covariance window (verl defaults).
+    pub clip_cov_ratio: f32,
+    pub clip_cov_lb: f32,
+    pub clip_cov_ub: f32,
+    /// KL-Cov: fraction of tokens penalised and the coefficient of |log ratio|.
+    pub kl_cov_ratio: f32,
+    pub ppo_kl_coef: f32,
+    /// TRL `top_entropy_quantile`: train the policy term on this top fraction of tokens by
+    /// entropy only (1: all tokens).
+    pub top_entropy_quantile: f32,
+    /// DAPO overlong reward shaping: penalty ramp length in tokens before max_new_tokens
+    /// (0: off) and its size (verl `overlong_buffer.len` / `penalty_factor`).
+    pub overlong_buffer_len: usize,
+    pub overlong_penalty_factor: f32,
     /// DAPO-style: drop groups whose accuracy is all 0 or all 1 and refill the batch.
     pub dynamic_filter: bool,
 }
@@ -203,12 +236,27 @@ impl Default for TrainConfig {
                 clip_eps_low: 0.2,
                 clip_eps_high: 0.2,
                 dual_clip: 0.0,
+                delta: 0.0,
+                policy_loss: PolicyLoss::Vanilla,
                 kl_coef: 0.01,
-                kl_estimator: "k3".into(),
+                kl_estimator: KlEstimator::K3,
+                use_bias_correction_kl: false,
                 entropy_coef: 0.0,
-                loss_agg: "token-mean".into(),
+                loss_agg: Aggregation::TokenMean,
+                adv_estimator: AdvEstimator::Grpo,
                 norm_adv_by_std: true,
-                convention: "verl".into(),
+                scale_rewards: ScaleRewards::Group,
+                convention: Convention::Mmr1,
+                tau_pos: 1.0,
+                tau_neg: 1.05,
+                clip_cov_ratio: 0.0002,
+                clip_cov_lb: 1.0,
+                clip_cov_ub: 5.0,
+                kl_cov_ratio: 0.0002,
+                ppo_kl_coef: 0.1,
+                top_entropy_quantile: 1.0,
+                overlong_buffer_len: 0,
+                overlong_penalty_factor: 1.0,
                 dynamic_filter: false,
             },
             // VPS = 0.8 OVS + 0.2 TDS, lambda 0.5, T_update 14 (ablation best), N = 8.
@@ -361,16 +409,28 @@ impl TrainConfig {
         );
         check(r.kl_coef >= 0.0, format!("rl.kl_coef must be >= 0 (got {})", r.kl_coef));
         check(
-            matches!(r.kl_estimator.as_str(), "k1" | "k3"),
-            format!("rl.kl_estimator must be \"k1\" or \"k3\" (got {:?})", r.kl_estimator),
+            r.delta >= 0.0 && r.delta.is_finite(),
+            format!("rl.delta must be 0 (off) or positive; TRL recommends > 1 + rl.clip_eps_high (got {})", r.delta),
         );
         check(
-            matches!(r.loss_agg.as_str(), "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum-norm"),
-            format!("rl.loss_agg must be token-mean, seq-mean-token-mean or seq-mean-token-sum-norm (got {:?})", r.loss_agg),
+            r.tau_pos > 0.0 && r.tau_neg > 0.0,
+            format!("rl.tau_pos and rl.tau_neg must be > 0 (got {}, {})", r.tau_pos, r.tau_neg),
         );
         check(
-            matches!(r.convention.as_str(), "verl" | "trl"),
-            format!("rl.convention must be \"verl\" or \"trl\" (got {:?})", r.convention),
+            r.clip_cov_ratio > 0.0 && r.kl_cov_ratio > 0.0 && r.clip_cov_lb < r.clip_cov_ub,
+            "rl.clip_cov_ratio and rl.kl_cov_ratio must be > 0 and rl.clip_cov_lb < rl.clip_cov_ub"
+                .into(),
+        );
+        check(
+            r.top_entropy_quantile > 0.0 && r.top_entropy_quantile <= 1.0,
+            format!("rl.top_entropy_quantile must be in (0, 1] (got {})", r.top_entropy_quantile),
+        );
+        check(
+            r.overlong_buffer_len < r.max_new_tokens,
+            format!(
+                "rl.overlong_buffer_len must be < rl.max_new_tokens (got {} >= {})",
+                r.overlong_buffer_len, r.max_new_tokens
+            ),
         );
         let v = &self.vas;
         check(

@@ -10,11 +10,12 @@ use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig};
 use crate::progress::bar;
-use crate::rl::advantage::{AdvantageConfig, Convention};
-use crate::rl::grpo::{informative_groups, Aggregation, KlConfig, KlEstimator, LossConfig};
+use crate::rl::advantage::{AdvantageConfig, Convention, ScaleRewards};
+use crate::rl::grpo::{informative_groups, CovParams, KlConfig, LossConfig};
+use crate::rl::overlong::OverlongPenalty;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::{mix_seed, SamplingParams};
-use crate::rl::trainer::{collect, update, Experience, GrpoSettings, UpdateState};
+use crate::rl::trainer::{collect, update, Experience, GrpoExtras, GrpoSettings, UpdateState};
 use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
@@ -48,34 +49,49 @@ pub struct RlState {
     pub items: usize,
 }
 
-/// Resolves the run configuration into GRPO settings.
+/// Resolves the run configuration into GRPO settings: the convention's preset, then every
+/// configured key on top.
 pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
     let r = &cfg.rl;
-    let convention = if r.convention == "trl" { Convention::Trl } else { Convention::Verl };
-    let mut adv = if convention == Convention::Trl {
-        AdvantageConfig::trl()
-    } else {
-        AdvantageConfig::verl()
+    let mut adv = match r.convention {
+        Convention::Trl => AdvantageConfig::trl(),
+        Convention::Verl | Convention::Mmr1 => AdvantageConfig::verl(),
     };
-    adv.norm_by_std = r.norm_adv_by_std;
-    let agg = match r.loss_agg.as_str() {
-        "seq-mean-token-mean" => Aggregation::SeqMeanTokenMean,
-        "seq-mean-token-sum-norm" => Aggregation::SeqMeanTokenSumNorm,
-        _ => Aggregation::TokenMean,
+    adv.estimator = r.adv_estimator;
+    adv.scale = if r.norm_adv_by_std { r.scale_rewards } else { ScaleRewards::None };
+    let mut loss = match r.convention {
+        Convention::Mmr1 => LossConfig::mmr1(),
+        Convention::Verl => LossConfig::verl(),
+        Convention::Trl => LossConfig::trl(),
     };
-    let estimator = if r.kl_estimator == "k1" { KlEstimator::K1 } else { KlEstimator::K3 };
-    let mut loss = LossConfig::mmr1();
-    loss.clip_eps_low = r.clip_eps_low;
-    loss.clip_eps_high = r.clip_eps_high;
-    loss.dual_clip_c = (r.dual_clip > 0.0).then_some(r.dual_clip);
-    loss.kl = (r.kl_coef > 0.0).then_some(KlConfig { estimator, coef: r.kl_coef });
-    loss.entropy_coef = r.entropy_coef;
-    loss.agg = agg;
-    loss.convention = convention;
-    if convention == Convention::Trl {
-        loss.log_ratio_clamp = None;
-        loss.k3_clamp = None;
-    }
+    loss.policy = r.policy_loss;
+    loss.clip_eps_low = r.clip_eps_low as f64;
+    loss.clip_eps_high = r.clip_eps_high as f64;
+    loss.dual_clip_c = (r.dual_clip > 0.0).then_some(r.dual_clip as f64);
+    loss.trl_delta = (r.delta > 0.0).then_some(r.delta as f64);
+    loss.kl =
+        (r.kl_coef > 0.0).then_some(KlConfig { estimator: r.kl_estimator, coef: r.kl_coef as f64 });
+    loss.kl_ratio_weighted = r.use_bias_correction_kl;
+    loss.entropy_coef = r.entropy_coef as f64;
+    loss.agg = r.loss_agg;
+    loss.sapo_tau_pos = r.tau_pos as f64;
+    loss.sapo_tau_neg = r.tau_neg as f64;
+    loss.cov = CovParams {
+        clip_cov_ratio: r.clip_cov_ratio as f64,
+        clip_cov_lb: r.clip_cov_lb as f64,
+        clip_cov_ub: r.clip_cov_ub as f64,
+        kl_cov_ratio: r.kl_cov_ratio as f64,
+        ppo_kl_coef: r.ppo_kl_coef as f64,
+    };
+    let extras = GrpoExtras {
+        overlong: (r.overlong_buffer_len > 0).then_some(OverlongPenalty {
+            buffer_len: r.overlong_buffer_len,
+            penalty_factor: r.overlong_penalty_factor,
+            max_response_len: r.max_new_tokens,
+        }),
+        top_entropy_quantile: (r.top_entropy_quantile < 1.0).then_some(r.top_entropy_quantile),
+        seed: mix_seed(cfg.seed, 0xc0f),
+    };
     GrpoSettings {
         group_size: r.group_size,
         sampling: SamplingParams {
@@ -95,6 +111,7 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
         ppo_epochs: r.ppo_epochs,
         mini_batches: r.mini_batches,
         micro_batch_tokens: r.micro_batch_tokens,
+        extras,
     }
 }
 

@@ -1,61 +1,113 @@
-//! Group-relative outcome advantages (GRPO).
+//! Outcome advantages: GRPO (group / batch / no scaling = Dr. GRPO), RLOO, REINFORCE++ with
+//! baseline and GPG.
 //!
 //! One scalar reward per response; responses of one prompt form a *group* and are stored
-//! consecutively. The advantage of response `i` in group `g` is
-//!
-//! ```text
-//! A_i = (r_i - mean_g) / (std_g + eps)      (norm_by_std = true, GRPO)
-//! A_i =  r_i - mean_g                       (norm_by_std = false, Dr. GRPO)
-//! ```
-//!
-//! Sources:
-//! - verl `verl/trainer/ppo/core_algos.py::compute_grpo_outcome_advantage` (volcengine/verl,
-//!   commit 012be9d): `torch.std` (unbiased, N-1), `epsilon = 1e-6`, a group of one response gets
-//!   mean 0 and std 1 (so `A = r / (1 + eps)`), `norm_adv_by_std_in_grpo = False` is Dr. GRPO.
-//! - TRL `trl/trainer/grpo_trainer.py::GRPOTrainer._generate_and_score_completions`
-//!   (huggingface/trl, commit d2b69d7): `rewards.view(-1, G).std(dim=1)` (unbiased),
-//!   `advantages / (std + 1e-4)` when `scale_rewards`; TRL's `nanstd` helper is used only for
-//!   logging per-reward-function statistics, never for the advantage.
-//! - MMR1 paper (arXiv 2509.21268), Sec. 3 (GRPO preliminaries): `A = (r - mean) / std` over the
-//!   group; the released code (EasyR1 fork) follows the verl form above.
-//!
-//! See `docs/algorithm.md` for the full comparison.
+//! consecutively. Sources, pinned by `tests/parity_upstream.rs` against fixtures written by the
+//! upstream code: verl 0.9.1 `verl/trainer/ppo/core_algos.py` (`compute_grpo_outcome_advantage`,
+//! `compute_rloo_outcome_advantage`, `compute_reinforce_plus_plus_baseline_outcome_advantage`,
+//! `compute_gpg_outcome_advantage`, `verl_F.masked_whiten`); TRL 1.16.0
+//! `GRPOTrainer._generate_and_score_completions` (`scale_rewards`, `nanstd`, `+ 1e-4`); MMR1
+//! d8161a0 `compute_grpo_outcome_advantage` (= verl's GRPO). See `docs/algorithm.md` section 1.
 
 use serde::{Deserialize, Serialize};
 
-/// Whose numeric conventions to reproduce.
+/// Whose numeric conventions to reproduce (`rl.convention`). It picks the presets
+/// (`LossConfig::{mmr1, verl, trl}`, `AdvantageConfig::{verl, trl}`) and the rounding-level
+/// details that no other setting names: denominators (`+1e-8` or `clamp(min=1)`), whether fully
+/// masked responses count as sequences, TRL's singleton groups, TRL's GSPO/CISPO forms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Convention {
-    /// verl / EasyR1 / MMR1 reference code.
+    /// MMR1's released code (LengSicong/MMR1 d8161a0, an EasyR1 fork of verl).
     #[default]
+    #[serde(rename = "mmr1", alias = "easyr1")]
+    Mmr1,
+    /// verl 0.9.1 (`verl/trainer/ppo/core_algos.py`).
+    #[serde(rename = "verl")]
     Verl,
-    /// Hugging Face TRL `GRPOTrainer`.
+    /// Hugging Face TRL 1.16 `GRPOTrainer`.
+    #[serde(rename = "trl")]
     Trl,
 }
 
-/// How group advantages are computed.
+impl Convention {
+    pub const NAMES: &'static str = "mmr1 (easyr1), verl, trl";
+}
+
+/// Advantage estimator (verl `algorithm.adv_estimator`; serde names are verl's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AdvEstimator {
+    /// `(r - mean_g) / (std_g + eps)` (scaled per [`ScaleRewards`]); Dr. GRPO without scaling.
+    #[default]
+    #[serde(rename = "grpo")]
+    Grpo,
+    /// RLOO (arXiv 2402.14740): `r - mean of the others = (r - mean_g) n / (n - 1)`; a
+    /// singleton keeps `A = r` (verl `compute_rloo_outcome_advantage`).
+    #[serde(rename = "rloo")]
+    Rloo,
+    /// REINFORCE++ with baseline (arXiv 2501.03262): `r - mean_g` broadcast to the response's
+    /// tokens, then whitened over all active tokens of the batch (verl
+    /// `compute_reinforce_plus_plus_baseline_outcome_advantage`, `masked_whiten`).
+    #[serde(rename = "reinforce_plus_plus_baseline")]
+    ReinforcePlusPlusBaseline,
+    /// GPG (arXiv 2504.02546): `alpha (r - mean_g)`, `alpha = B / max(#nonzero rewards, 1)`
+    /// (verl `compute_gpg_outcome_advantage`, f_norm 1).
+    #[serde(rename = "gpg")]
+    Gpg,
+}
+
+impl AdvEstimator {
+    pub const NAMES: &'static str = "grpo, rloo, reinforce_plus_plus_baseline, gpg";
+}
+
+/// What GRPO divides the centred reward by (TRL `scale_rewards`; verl
+/// `norm_adv_by_std_in_grpo` = group / none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ScaleRewards {
+    /// The group's unbiased std (GRPO).
+    #[default]
+    #[serde(rename = "group", alias = "true")]
+    Group,
+    /// The unbiased std of all rewards of the batch (PPO-Lite, arXiv 2508.08221).
+    #[serde(rename = "batch")]
+    Batch,
+    /// No scaling (Dr. GRPO, arXiv 2503.20783).
+    #[serde(rename = "none", alias = "false")]
+    None,
+}
+
+impl ScaleRewards {
+    pub const NAMES: &'static str = "group, batch, none";
+}
+
+/// How advantages are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdvantageConfig {
-    /// Divide by the group std (GRPO). `false` = Dr. GRPO (mean-centred only).
-    pub norm_by_std: bool,
+    pub estimator: AdvEstimator,
+    /// GRPO's scaling. `None` = Dr. GRPO (mean-centred only).
+    pub scale: ScaleRewards,
     /// Added to the std before dividing: verl 1e-6, TRL 1e-4.
-    pub eps: f32,
-    /// Singleton-group behaviour (see [`group_advantages`]).
+    pub eps: f64,
+    /// Singleton-group behaviour (see [`group_advantages_ragged`]).
     pub convention: Convention,
 }
 
 impl AdvantageConfig {
     /// verl `compute_grpo_outcome_advantage` defaults (what MMR1 runs).
     pub fn verl() -> Self {
-        Self { norm_by_std: true, eps: 1e-6, convention: Convention::Verl }
+        Self {
+            estimator: AdvEstimator::Grpo,
+            scale: ScaleRewards::Group,
+            eps: 1e-6,
+            convention: Convention::Verl,
+        }
     }
-    /// TRL `GRPOTrainer` defaults (`scale_rewards=True`).
+    /// TRL 1.16 `GRPOTrainer` defaults (`scale_rewards="group"`).
     pub fn trl() -> Self {
-        Self { norm_by_std: true, eps: 1e-4, convention: Convention::Trl }
+        Self { eps: 1e-4, convention: Convention::Trl, ..Self::verl() }
     }
     /// Dr. GRPO (arXiv 2503.20783): no std division, verl singleton handling.
     pub fn dr_grpo() -> Self {
-        Self { norm_by_std: false, eps: 1e-6, convention: Convention::Verl }
+        Self { scale: ScaleRewards::None, ..Self::verl() }
     }
 }
 
@@ -72,8 +124,7 @@ pub struct GroupStats {
     /// Number of groups.
     pub num_groups: usize,
     /// Groups whose rewards are all exactly equal (this includes singleton groups): they carry
-    /// no group-relative learning signal (all advantages 0 in every convention except a verl
-    /// singleton, where A = r / (1 + eps)).
+    /// no group-relative learning signal.
     pub num_zero_variance: usize,
     /// Mean of all rewards in the batch.
     pub reward_mean: f64,
@@ -94,7 +145,7 @@ pub fn group_advantages(
 ) -> (Vec<f32>, GroupStats) {
     assert!(group_size > 0, "group_size must be positive");
     assert!(
-        rewards.len() % group_size == 0,
+        rewards.len().is_multiple_of(group_size),
         "rewards.len() = {} is not a multiple of group_size = {}",
         rewards.len(),
         group_size
@@ -104,28 +155,45 @@ pub fn group_advantages(
 }
 
 /// Group advantages with ragged groups: group `g` is `rewards[offsets[g]..offsets[g + 1]]`.
-///
-/// `offsets` must start at 0, be non-decreasing and end at `rewards.len()`. Empty groups are
-/// allowed and contribute nothing (they are not counted in `num_groups`).
-///
-/// Per group of size n (all reductions in f64):
-/// - n >= 2: `mean = sum/n`, `std = sqrt(sum (r - mean)^2 / (n - 1))` (torch.std default, both
-///   conventions).
-/// - n == 1, [`Convention::Verl`]: mean 0, std 1 (verl's explicit special case), so
-///   `A = r / (1 + eps)` with std normalisation and `A = r` without.
-/// - n == 1, [`Convention::Trl`]: TRL computes `torch.std` of one element, which is NaN, and
-///   the advantage becomes NaN with `scale_rewards`; we return 0 instead (the response is
-///   compared with itself) and document the divergence.
+/// REINFORCE++-baseline needs response lengths: use [`advantages_f64`].
 pub fn group_advantages_ragged(
     rewards: &[f32],
     offsets: &[usize],
     cfg: &AdvantageConfig,
 ) -> (Vec<f32>, GroupStats) {
+    let r: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
+    let (a, s) = advantages_f64(&r, offsets, None, cfg);
+    (a.iter().map(|&x| x as f32).collect(), s)
+}
+
+/// Advantages in f64 with ragged groups (`offsets` start at 0, are non-decreasing and end at
+/// `rewards.len()`; empty groups are allowed and not counted).
+///
+/// GRPO per group of size n (reductions in f64):
+/// - n >= 2: `mean = sum/n`, `std = sqrt(sum (r - mean)^2 / (n - 1))` (torch.std, TRL nanstd).
+/// - n == 1, verl/mmr1: mean 0, std 1 (verl's explicit special case), so `A = r / (1 + eps)`
+///   with std scaling and `A = r` without.
+/// - n == 1, [`Convention::Trl`]: TRL 1.16 uses std 0 for `num_generations == 1` and the group
+///   mean is the reward itself, so `A = 0`.
+///
+/// `lengths` (active tokens per response) is required by REINFORCE++-baseline, whose
+/// whitening is token-weighted: mean and unbiased variance over all active tokens of the batch,
+/// `(x - mean) / sqrt(var + 1e-8)` (verl `masked_whiten`, masked means with `+1e-8`).
+pub fn advantages_f64(
+    rewards: &[f64],
+    offsets: &[usize],
+    lengths: Option<&[usize]>,
+    cfg: &AdvantageConfig,
+) -> (Vec<f64>, GroupStats) {
     assert!(!offsets.is_empty() && offsets[0] == 0, "offsets must start at 0");
     assert_eq!(*offsets.last().unwrap(), rewards.len(), "offsets must end at rewards.len()");
-    let mut adv = vec![0f32; rewards.len()];
+    let mut adv = vec![0f64; rewards.len()];
     let mut stats = GroupStats::default();
     let mut sum_group_std = 0f64;
+    let (batch_mean, batch_var) = mean_var_unbiased(rewards);
+    let batch_std = if rewards.len() > 1 { batch_var.sqrt() } else { 0.0 };
+    let nonzero = rewards.iter().filter(|&&r| r != 0.0).count();
+    let gpg_alpha = rewards.len() as f64 / nonzero.max(1) as f64;
     for w in offsets.windows(2) {
         let (a, b) = (w[0], w[1]);
         assert!(a <= b, "offsets must be non-decreasing");
@@ -135,15 +203,15 @@ pub fn group_advantages_ragged(
         }
         stats.num_groups += 1;
         let g = &rewards[a..b];
-        let all_equal = g.iter().all(|&r| r == g[0]);
-        if all_equal {
+        if g.iter().all(|&r| r == g[0]) {
             stats.num_zero_variance += 1;
         }
+        let singleton_trl = n == 1 && cfg.convention == Convention::Trl;
         let (mean, std) = if n == 1 {
-            match cfg.convention {
-                Convention::Verl => (0.0f64, 1.0f64),
-                // TRL: mean = r, std = NaN; we use std 0 so A = 0 / eps = 0 (see doc).
-                Convention::Trl => (g[0] as f64, 0.0f64),
+            if singleton_trl {
+                (g[0], 0.0)
+            } else {
+                (0.0, 1.0)
             }
         } else {
             let (m, v) = mean_var_unbiased(g);
@@ -151,19 +219,62 @@ pub fn group_advantages_ragged(
             (m, v.sqrt())
         };
         for (o, &r) in adv[a..b].iter_mut().zip(g) {
-            let c = r as f64 - mean;
-            *o = if cfg.norm_by_std { (c / (std + cfg.eps as f64)) as f32 } else { c as f32 };
+            let c = r - mean;
+            *o = match cfg.estimator {
+                AdvEstimator::Grpo => match cfg.scale {
+                    ScaleRewards::Group => c / (std + cfg.eps),
+                    // TRL: the batch std; a singleton group still has A = 0 there.
+                    ScaleRewards::Batch => c / (batch_std + cfg.eps),
+                    ScaleRewards::None => c,
+                },
+                AdvEstimator::Rloo if n > 1 => {
+                    let k = n as f64 / (n as f64 - 1.0);
+                    r * k - mean * k
+                }
+                AdvEstimator::Rloo => r,
+                AdvEstimator::ReinforcePlusPlusBaseline | AdvEstimator::Gpg if n == 1 => {
+                    if cfg.estimator == AdvEstimator::Gpg {
+                        gpg_alpha * r
+                    } else {
+                        r
+                    }
+                }
+                AdvEstimator::ReinforcePlusPlusBaseline => c,
+                AdvEstimator::Gpg => gpg_alpha * c,
+            };
         }
     }
+    if cfg.estimator == AdvEstimator::ReinforcePlusPlusBaseline {
+        let len = lengths.expect("reinforce_plus_plus_baseline needs response lengths");
+        assert_eq!(len.len(), rewards.len(), "lengths: one per response");
+        whiten_token_weighted(&mut adv, len);
+    }
     if !rewards.is_empty() {
-        let (m, v) = mean_var_unbiased(rewards);
-        stats.reward_mean = m;
-        stats.reward_std = if rewards.len() > 1 { v.sqrt() } else { 0.0 };
+        stats.reward_mean = batch_mean;
+        stats.reward_std = batch_std;
     }
     if stats.num_groups > 0 {
         stats.mean_group_std = sum_group_std / stats.num_groups as f64;
     }
     (adv, stats)
+}
+
+/// verl `masked_whiten` of per-response values broadcast over `len[i]` tokens each: masked
+/// mean and Bessel-corrected masked variance (`masked_mean` divides by `mask.sum() + 1e-8`),
+/// then `(x - mean) / sqrt(var + 1e-8)`. Fewer than 2 tokens: verl raises; here unchanged.
+fn whiten_token_weighted(x: &mut [f64], len: &[usize]) {
+    let n: f64 = len.iter().map(|&l| l as f64).sum();
+    if n < 2.0 {
+        return;
+    }
+    let mean = x.iter().zip(len).map(|(&v, &l)| v * l as f64).sum::<f64>() / (n + 1e-8);
+    let var = x.iter().zip(len).map(|(&v, &l)| (v - mean).powi(2) * l as f64).sum::<f64>()
+        / (n + 1e-8)
+        * (n / (n - 1.0));
+    let inv = 1.0 / (var + 1e-8).sqrt();
+    for v in x.iter_mut() {
+        *v = (*v - mean) * inv;
+    }
 }
 
 /// Broadcast one value per response to its tokens: token `t` of response `r` (packed at
@@ -183,13 +294,16 @@ pub fn broadcast_to_tokens(per_response: &[f32], offsets: &[usize]) -> Vec<f32> 
 }
 
 /// (mean, unbiased variance) in f64; variance is 0 for a single value.
-fn mean_var_unbiased(x: &[f32]) -> (f64, f64) {
+fn mean_var_unbiased(x: &[f64]) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mean = x.iter().sum::<f64>() / n;
     if x.len() < 2 {
         return (mean, 0.0);
     }
-    let ss = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
+    let ss = x.iter().map(|&v| (v - mean).powi(2)).sum::<f64>();
     (mean, ss / (n - 1.0))
 }
 

@@ -1,165 +1,158 @@
-//! GRPO / PPO-clip policy loss on packed responses, with its analytic gradient.
+//! GRPO-family policy losses on packed responses, with their analytic gradients.
 //!
 //! CPU reference for the CUDA loss kernel: flat slices, one entry per token, responses packed
 //! back to back (`offsets[r]..offsets[r + 1]` are the tokens of response `r`), a 0/1 loss mask
-//! per token (f32, used as a multiplicative weight), per-token values in f64, reductions in f64.
+//! per token (used as a multiplicative weight), per-token values and reductions in f64.
 //!
-//! Per active token t (mask m_t = 1) with advantage A, delta = logp - logp_old:
+//! Every surrogate of verl 0.9.1 and TRL 1.16.0 that users pick ([`PolicyLoss`]), every KL
+//! estimator ([`KlEstimator`]) and every verl `loss_agg_mode` ([`Aggregation`]), each with its
+//! gradient w.r.t. the log-probs and the metrics upstream logs. The formulas, their sources
+//! and the differences between verl, TRL and MMR1's released code are in `docs/algorithm.md`
+//! (sections 0 and 2); `tests/parity_upstream.rs` pins every loss, gradient and metric to
+//! fixtures written by the upstream functions themselves (`scripts/make_parity_fixtures.py`).
 //!
-//! ```text
-//! delta'  = clamp(delta, -C, C)                      (log_ratio_clamp, verl C = 20)
-//! ratio   = exp(delta')
-//! l1      = -A * ratio
-//! l2      = -A * clamp(ratio, 1 - eps_low, 1 + eps_high)
-//! l_clip  = max(l1, l2)
-//! pg      = min(l_clip, -A * c)   if dual_clip_c = Some(c) and A < 0     (dual-clip PPO)
-//!         = l_clip                otherwise
-//! kl      = k1: logp - ref
-//!           k3: x = clamp(ref - logp, -20, 20) [verl only]; k = e^x - x - 1; clamp(k, -K, K)
-//! loss    = sum_t w_t * (pg_t + beta * kl_t)  -  entropy_coef * sum_t w_t * H_t
-//! ```
-//!
-//! Sources:
-//! - verl `verl/trainer/ppo/core_algos.py` (volcengine/verl commit 012be9d):
-//!   `compute_policy_loss_vanilla` (log-ratio clamp +-20, clip-higher via `clip_ratio_low/high`,
-//!   dual clip `clip_ratio_c = 3.0` applied where `advantages < 0`, `pg_clipfrac =
-//!   mean(pg_losses2 > pg_losses1)`, `pg_clipfrac_lower` = dual-clip fraction,
-//!   `ppo_kl = mean(-(logp - logp_old))`), `kl_penalty` (`low_var_kl`/`k3`: `kl = ref - logp`
-//!   clamped to +-20, `exp(kl) - kl - 1` clamped to +-10; `kl`/`k1`: `logp - ref`), `agg_loss`
-//!   (token-mean, seq-mean-token-mean, seq-mean-token-sum-norm).
-//! - EasyR1 / MMR1 reference code `verl/trainer/core_algos.py::compute_policy_loss`
-//!   (hiyouga/EasyR1 commit 2a319e3, which MMR1 forks): clipped ratio written as
-//!   `exp(clamp(log_ratio, log(1 - eps_low), log(1 + eps_high)))`.
-//! - TRL `trl/trainer/grpo_trainer.py::GRPOTrainer._compute_loss` (huggingface/trl commit
-//!   d2b69d7): `-min(coef_1 * A, coef_2 * A)` (= `max(l1, l2)` above), k3 KL
-//!   `exp(ref - logp) - (ref - logp) - 1` without clamps added as `beta * kl` to the per-token
-//!   loss *before* aggregation, `loss_type` grpo (seq-mean-token-mean), bnpo (token-mean),
-//!   dr_grpo (`sum / (B * max_completion_length)`); clip metrics `low_clip = ratio < 1-eps_low
-//!   & A < 0`, `high_clip = ratio > 1+eps_high & A > 0`.
-//! - MMR1 paper (arXiv 2509.21268) Sec. 3, Eq. for the GRPO objective: clipped surrogate with
-//!   eps = 0.2 and a KL term to the reference policy (k3 estimator, beta = 0.01 in the code).
-//! - Dual clip: Ye et al. 2019 (arXiv 1912.09729); clip-higher: DAPO (arXiv 2503.14476);
-//!   k3 estimator: J. Schulman, "Approximating KL divergence" (2020).
-//!
-//! **Clamped log-ratio form = clamped ratio.** exp is strictly increasing, so
-//! `exp(clamp(d, log(1-e_l), log(1+e_h))) = clamp(exp(d), 1-e_l, 1+e_h)` for every d, and both
-//! have derivative exp(d) inside the interval and 0 outside. The extra `clamp(d, -20, 20)` on
-//! the unclipped ratio does not change the clipped branch either (log(1-e_l) > -20,
-//! log(1+e_h) < 20). So MMR1's form is exactly the PPO clipped ratio (up to 1 ulp of
-//! `exp(log(1+e))` vs `1+e`).
-//!
-//! **Normalisation independent of the micro-batch split.** The weight `w_t` of each token
-//! uses *global* counts supplied by the caller through [`Normalizer`]:
+//! Per active token, with `d = logp - logp_old`, `r = exp(d)`, weights `w_t` from
+//! [`token_weight`] and the global [`Normalizer`]:
 //!
 //! ```text
-//! TokenMean           w_t = m_t / N_tokens_global
-//! SeqMeanTokenMean    w_t = m_t / (n_i * N_seqs_global)      n_i = sum of mask over t's response
-//! SeqMeanTokenSumNorm w_t = m_t / (L_max * N_seqs_global)    L_max a constant (Dr. GRPO)
+//! loss = sum_t w_pg_t pg_mask_t pg_t  +  beta sum_t w_t kl_t  -  entropy_coef sum_t w_t H_t
 //! ```
 //!
-//! A response must not be split across calls (n_i is computed locally). With these weights the
-//! losses and gradients of any partition of the batch into calls sum to the full-batch values,
-//! and each token's gradient is bit-identical whatever the split. verl's `dp_actor` instead
-//! scales each micro-batch's *local* token-mean by `1 / grad_accum` (or `micro_bsz /
-//! mini_bsz`), which makes token-mean depend on the split; newer verl passes a global
-//! `batch_num_tokens` / `global_batch_size` to `agg_loss` for the same reason as here.
+//! **Normalisation independent of the micro-batch split.** The weights use *global* counts
+//! supplied by the caller, and batch-level selections (Clip-Cov, KL-Cov, the entropy mask) are
+//! computed once per batch ([`cov_selection`], [`high_entropy_mask`]). With these, the losses
+//! and gradients of any partition of the batch into calls sum to the full-batch values, and
+//! each token's gradient is bit-identical whatever the split (a response must not be split).
+//! verl 0.9.1 reaches the same with `global_batch_info`; TRL 1.16 only for `loss_type="dapo"`.
 
 use serde::{Deserialize, Serialize};
 
-pub use super::advantage::Convention;
+mod agg;
+mod kl;
+mod policy;
 
-/// KL estimator for the penalty to the reference policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KlEstimator {
-    /// `logp - ref_logp` (verl `kl`/`k1`). Unbiased but can be negative per token.
-    K1,
-    /// `exp(ref - logp) - (ref - logp) - 1` (verl `low_var_kl`/`k3`, TRL's only form). >= 0.
-    K3,
-}
+pub use super::advantage::Convention;
+pub use agg::{seq_token_denom, token_weight, Aggregation, Normalizer};
+pub use kl::{kl_term, K3Clamps, KlEstimator};
+pub use policy::{cov_selection, high_entropy_mask, token_covariance, CovParams, PolicyLoss};
 
 /// KL penalty in the loss (verl `use_kl_loss`, TRL `beta`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KlConfig {
     pub estimator: KlEstimator,
     /// beta: verl `kl_loss_coef`; MMR1 0.01.
-    pub coef: f32,
+    pub coef: f64,
 }
 
-/// How per-token losses are reduced to a scalar (verl `loss_agg_mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Aggregation {
-    /// Mean over all active tokens of the (global) batch. verl `token-mean`, TRL `bnpo`,
-    /// EasyR1 `token`. MMR1's setting.
-    TokenMean,
-    /// Mean over responses of each response's token mean. verl `seq-mean-token-mean`, TRL
-    /// `grpo`, EasyR1 `seq`, the original GRPO paper.
-    SeqMeanTokenMean,
-    /// Sum over tokens / (L_max * number of responses). Dr. GRPO; TRL `dr_grpo`; newer verl
-    /// `seq-mean-token-sum-norm` (older verl divides by L_max only, see docs/algorithm.md).
-    SeqMeanTokenSumNorm,
-}
-
-/// Policy-loss configuration. `Default` is MMR1's setting ([`LossConfig::mmr1`]).
+/// Policy-loss configuration. `Default` is MMR1's released code ([`LossConfig::mmr1`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossConfig {
+    /// The surrogate (verl `loss_mode`).
+    pub policy: PolicyLoss,
     /// Lower clip: ratio floor 1 - eps_low (for A < 0).
-    pub clip_eps_low: f32,
-    /// Upper clip: ratio ceiling 1 + eps_high (for A > 0); > eps_low is DAPO clip-higher.
-    pub clip_eps_high: f32,
-    /// Dual-clip constant c > 1: for A < 0 the loss is capped at -A*c (verl `clip_ratio_c`).
-    pub dual_clip_c: Option<f32>,
+    pub clip_eps_low: f64,
+    /// Upper clip: ratio ceiling 1 + eps_high (for A > 0); > eps_low is DAPO clip-higher. For
+    /// CISPO under [`Convention::Trl`] it is the absolute cap of the ratio (TRL `epsilon_high`).
+    pub clip_eps_high: f64,
+    /// Dual-clip constant c > 1: for A < 0 the loss is capped at -A*c (verl `clip_ratio_c`;
+    /// vanilla only).
+    pub dual_clip_c: Option<f64>,
+    /// TRL `delta` (INTELLECT-2 two-sided clip): the unclipped ratio is capped at delta.
+    pub trl_delta: Option<f64>,
     /// KL penalty to the reference policy; needs `ref_logp`.
     pub kl: Option<KlConfig>,
+    /// TRL `use_bias_correction_kl`: the KL term is multiplied by the importance ratio.
+    pub kl_ratio_weighted: bool,
     /// Entropy bonus coefficient: loss -= entropy_coef * agg(entropy). Needs `entropy`.
-    pub entropy_coef: f32,
+    pub entropy_coef: f64,
     pub agg: Aggregation,
-    /// Verl: the k3 exponent `ref - logp` is clamped to +-20 before exp (verl `kl_penalty`).
-    /// Trl: no inner clamp. Other differences are expressed by the explicit fields below and
-    /// the presets [`LossConfig::verl`] / [`LossConfig::trl`].
+    /// Rounding-level conventions (denominators, sequence counts, GSPO/GMPO forms, CISPO's
+    /// bounds); see [`agg`] and the module doc.
     pub convention: Convention,
-    /// Clamp of `logp - logp_old` before exp for the unclipped ratio (verl/EasyR1 20).
-    pub log_ratio_clamp: Option<f32>,
-    /// Clamp of the k3 value to [-K, K] (verl/EasyR1 10).
-    pub k3_clamp: Option<f32>,
+    /// Clamp of `logp - logp_old` before exp, where verl applies it (vanilla, sapo, cispo;
+    /// verl 20; none in MMR1's released code and TRL).
+    pub log_ratio_clamp: Option<f64>,
+    /// Clamp of `ref - logp` before exp in k3 (verl 20; none in MMR1 and TRL).
+    pub k3_inner_clamp: Option<f64>,
+    /// Clamp of the k3 value to [-K, K] (verl and MMR1 10; none in TRL).
+    pub k3_clamp: Option<f64>,
+    /// Cap of GSPO's sequence log-ratio (verl 10; none in TRL).
+    pub gspo_log_ratio_cap: Option<f64>,
+    /// SAPO gate temperatures for A > 0 and A <= 0 (verl `tau_pos`/`tau_neg`, TRL
+    /// `sapo_temperature_pos/neg`: 1.0 / 1.05).
+    pub sapo_tau_pos: f64,
+    pub sapo_tau_neg: f64,
+    /// Clip-Cov / KL-Cov parameters.
+    pub cov: CovParams,
 }
 
 impl LossConfig {
-    /// MMR1 (MMR1.md, EasyR1 defaults): eps 0.2/0.2, no dual clip, k3 KL beta 0.01,
-    /// token-mean, no entropy bonus, verl clamps.
+    /// MMR1's released code (LengSicong/MMR1 d8161a0, an EasyR1 fork,
+    /// `verl/trainer/core_algos.py::compute_policy_loss` and `kl_penalty`): eps 0.2/0.2, no
+    /// dual clip, **no log-ratio clamp**, k3 (`low_var_kl`) beta 0.01 with only the +-10 value
+    /// clamp, token-mean over the micro-batch with `+1e-8`, no entropy bonus.
     pub fn mmr1() -> Self {
         Self {
+            policy: PolicyLoss::Vanilla,
             clip_eps_low: 0.2,
             clip_eps_high: 0.2,
             dual_clip_c: None,
+            trl_delta: None,
             kl: Some(KlConfig { estimator: KlEstimator::K3, coef: 0.01 }),
+            kl_ratio_weighted: false,
             entropy_coef: 0.0,
             agg: Aggregation::TokenMean,
-            convention: Convention::Verl,
-            log_ratio_clamp: Some(20.0),
+            convention: Convention::Mmr1,
+            log_ratio_clamp: None,
+            k3_inner_clamp: None,
             k3_clamp: Some(10.0),
+            gspo_log_ratio_cap: None,
+            sapo_tau_pos: 1.0,
+            sapo_tau_neg: 1.05,
+            cov: CovParams::default(),
         }
     }
 
-    /// verl actor defaults (`clip_ratio 0.2`, `clip_ratio_c 3.0`, token-mean); the dual clip is
-    /// always active in verl's vanilla loss. KL loss off unless `use_kl_loss`.
+    /// verl 0.9.1 actor defaults (`clip_ratio 0.2`, `clip_ratio_c 3.0`, token-mean, log-ratio
+    /// clamp +-20, k3 clamps 20/10, GSPO cap 10, SAPO tau 1.0/1.05); the dual clip is always
+    /// active in verl's vanilla loss. KL loss off unless `use_kl_loss`.
     pub fn verl() -> Self {
-        Self { dual_clip_c: Some(3.0), kl: None, ..Self::mmr1() }
+        Self {
+            dual_clip_c: Some(3.0),
+            kl: None,
+            convention: Convention::Verl,
+            log_ratio_clamp: Some(20.0),
+            k3_inner_clamp: Some(20.0),
+            gspo_log_ratio_cap: Some(10.0),
+            ..Self::mmr1()
+        }
     }
 
-    /// TRL `GRPOConfig` shape: eps 0.2/0.2, no dual clip, no clamps, `loss_type="grpo"`
-    /// (seq-mean-token-mean). TRL's `beta` default differs across versions; set `kl`
-    /// explicitly when reproducing a given run.
+    /// TRL 1.16 `GRPOConfig` defaults: eps 0.2/0.2, no dual clip, no clamps, `loss_type="dapo"`
+    /// (token-mean over the global batch), `beta = 0` (no KL), k3 when beta > 0.
     pub fn trl() -> Self {
         Self {
-            clip_eps_low: 0.2,
-            clip_eps_high: 0.2,
             dual_clip_c: None,
             kl: None,
-            entropy_coef: 0.0,
-            agg: Aggregation::SeqMeanTokenMean,
             convention: Convention::Trl,
             log_ratio_clamp: None,
+            k3_inner_clamp: None,
             k3_clamp: None,
+            gspo_log_ratio_cap: None,
+            ..Self::mmr1()
+        }
+    }
+
+    fn k3_clamps(&self) -> K3Clamps {
+        K3Clamps { inner: self.k3_inner_clamp, value: self.k3_clamp }
+    }
+
+    /// The aggregation of the policy term: verl 0.9.1's sapo always uses seq-mean-token-mean
+    /// for it (the KL and entropy terms keep `agg`; verl <= 0.8.0 forced it for gspo too).
+    pub fn pg_aggregation(&self) -> Aggregation {
+        match (self.convention, self.policy) {
+            (Convention::Verl, PolicyLoss::Sapo) => Aggregation::SeqMeanTokenMean,
+            _ => self.agg,
         }
     }
 }
@@ -188,58 +181,34 @@ pub struct LossInputs<'a, T = f32> {
     pub ref_logp: Option<&'a [T]>,
     /// Per-token entropies from the model; required when `cfg.entropy_coef != 0`.
     pub entropy: Option<&'a [T]>,
+    /// Multiplier of the policy term only (TRL's entropy mask, [`high_entropy_mask`]); the
+    /// normaliser and the KL term keep `mask`.
+    pub pg_mask: Option<&'a [T]>,
+    /// Clip-Cov / KL-Cov token selection ([`cov_selection`]); required for those losses.
+    pub selected: Option<&'a [bool]>,
     /// Response boundaries.
     pub offsets: &'a [usize],
 }
 
-/// Global counts that fix the loss scale independently of the micro-batch split.
-///
-/// Build it once from the full batch (all micro-batches, all data-parallel ranks), e.g. by
-/// [`Normalizer::count`] on each piece and [`Normalizer::merge`], then pass the same value to
-/// every [`policy_loss`] call of that optimizer step.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Normalizer {
-    /// Sum of the loss mask over the global batch (token-mean denominator).
-    pub global_tokens: f64,
-    /// Number of responses with at least one active token in the global batch (fully masked
-    /// responses are excluded, as newer verl's `agg_loss` does).
-    pub global_seqs: f64,
-    /// Constant L_max for [`Aggregation::SeqMeanTokenSumNorm`] (e.g. the configured max
-    /// response length; verl uses `loss_mask.shape[-1]`, TRL `max_completion_length`).
-    pub max_response_len: f64,
-}
-
-impl Normalizer {
-    pub fn new(global_tokens: f64, global_seqs: f64, max_response_len: f64) -> Self {
-        Self { global_tokens, global_seqs, max_response_len }
-    }
-
-    /// Counts of one piece of the batch.
-    pub fn count<T: Copy + Into<f64>>(
-        mask: &[T],
-        offsets: &[usize],
-        max_response_len: usize,
+impl<'a, T> LossInputs<'a, T> {
+    /// Inputs without KL, entropy, policy mask or selection.
+    pub fn new(
+        logp: &'a [T],
+        logp_old: &'a [T],
+        advantages: &'a [T],
+        mask: &'a [T],
+        offsets: &'a [usize],
     ) -> Self {
-        check_offsets(offsets, mask.len());
-        let mut tokens = 0f64;
-        let mut seqs = 0f64;
-        for w in offsets.windows(2) {
-            let n: f64 = mask[w[0]..w[1]].iter().map(|&m| m.into()).sum();
-            tokens += n;
-            if n > 0.0 {
-                seqs += 1.0;
-            }
-        }
-        Self { global_tokens: tokens, global_seqs: seqs, max_response_len: max_response_len as f64 }
-    }
-
-    /// Sum of the counts of two disjoint pieces (same `max_response_len`).
-    pub fn merge(&self, other: &Self) -> Self {
-        assert_eq!(self.max_response_len, other.max_response_len, "pieces disagree on L_max");
         Self {
-            global_tokens: self.global_tokens + other.global_tokens,
-            global_seqs: self.global_seqs + other.global_seqs,
-            max_response_len: self.max_response_len,
+            logp,
+            logp_old,
+            advantages,
+            mask,
+            ref_logp: None,
+            entropy: None,
+            pg_mask: None,
+            selected: None,
+            offsets,
         }
     }
 }
@@ -256,23 +225,25 @@ pub struct LossMetrics {
     pub kl_loss: f64,
     /// This call's contribution of `-entropy_coef * agg(entropy)` (sums across calls).
     pub entropy_loss: f64,
-    /// Fraction of tokens with A < 0 and ratio < 1 - eps_low (clipped branch active; TRL
-    /// `clip_ratio/low_mean`).
+    /// TRL `clip_ratio/low_mean`: A < 0 and ratio < 1 - eps_low (vanilla, gspo).
     pub clip_frac_low: f64,
-    /// Fraction of tokens with A > 0 and ratio > 1 + eps_high (TRL `clip_ratio/high_mean`).
+    /// TRL `clip_ratio/high_mean`: A > 0 and ratio > 1 + eps_high (vanilla, gspo); for TRL's
+    /// cispo its `cispo_clip_ratio` (A > 0 and ratio > eps_high).
     pub clip_frac_high: f64,
-    /// clip_frac_low + clip_frac_high = verl `pg_clipfrac` (`pg_losses2 > pg_losses1`), TRL
-    /// `clip_ratio/region_mean`.
+    /// verl `actor/pg_clipfrac` as each loss defines it (vanilla, gspo: `pg_losses2 >
+    /// pg_losses1`; cispo: ratio outside the clip; geo_mean: clipped with A > 0; clip_cov:
+    /// detached tokens; 0 for gpg, kl_cov, sapo).
     pub clip_frac: f64,
-    /// Fraction of tokens where the dual clip caps the loss (verl `pg_clipfrac_lower`).
+    /// verl `actor/pg_clipfrac_lower` (vanilla: the dual clip caps the loss; geo_mean: clipped
+    /// with A < 0).
     pub dual_clip_frac: f64,
-    /// Mean of `logp_old - logp'` where `logp' - logp_old` is the (clamped) log-ratio: the k1
-    /// estimate of KL(old || new), verl `ppo_kl`. Not the k3 value.
+    /// verl `actor/ppo_kl`: mean of `logp_old - logp` (with the loss's log-ratio clamp); for
+    /// kl_cov the mean of `|logp - logp_old|`.
     pub approx_kl: f64,
-    /// Mean of the KL-penalty estimator value (k1 or k3, after clamps) to the reference
-    /// policy; 0 when no KL is configured.
+    /// Mean of the KL-penalty estimator value to the reference policy (after clamps and the
+    /// ratio weighting); 0 when no KL is configured.
     pub kl: f64,
-    /// Mean of the (clamped) importance ratio exp(logp - logp_old).
+    /// Mean of the importance ratio the loss uses (token or sequence level).
     pub mean_ratio: f64,
     /// Mean entropy, when entropies were provided.
     pub entropy: Option<f64>,
@@ -334,8 +305,8 @@ pub struct LossOutputF64 {
 
 /// Policy loss of one call (micro-batch or full batch) with its analytic gradient.
 ///
-/// Panics on inconsistent lengths, invalid offsets, a missing `ref_logp` when `cfg.kl` is set or
-/// missing `entropy` when `cfg.entropy_coef != 0`.
+/// Panics on inconsistent lengths, invalid offsets, a missing `ref_logp` when `cfg.kl` is set,
+/// missing `entropy` when `cfg.entropy_coef != 0`, or a missing selection for clip_cov/kl_cov.
 pub fn policy_loss<T: Copy + Into<f64>>(
     inputs: &LossInputs<'_, T>,
     cfg: &LossConfig,
@@ -350,52 +321,54 @@ pub fn policy_loss<T: Copy + Into<f64>>(
     }
 }
 
-/// Value and derivative of one token's policy-gradient and KL terms.
+pub(crate) fn check_offsets(offsets: &[usize], n: usize) {
+    assert!(!offsets.is_empty() && offsets[0] == 0, "offsets must start at 0");
+    assert_eq!(*offsets.last().unwrap(), n, "offsets must end at the token count");
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "offsets must be non-decreasing");
+}
+
+/// `clamp(x, -c, c)` with its derivative (torch: 1 inside, 0 where clamped).
+fn clamp_sym(x: f64, c: Option<f64>) -> (f64, f64) {
+    match c {
+        Some(c) if x > c => (c, 0.0),
+        Some(c) if x < -c => (-c, 0.0),
+        _ => (x, 1.0),
+    }
+}
+
+/// Value and derivative (w.r.t. this token's logp) of one token's policy term, with flags.
 #[derive(Clone, Copy, Debug, Default)]
-struct TokenTerm {
+struct PgTerm {
     pg: f64,
     dpg: f64,
-    kl: f64,
-    dkl: f64,
     ratio: f64,
-    log_ratio: f64,
-    clip_low: bool,
-    clip_high: bool,
+    /// verl `ppo_kl` summand.
+    akl: f64,
+    low: bool,
+    high: bool,
+    clipped: bool,
     dual: bool,
 }
 
-/// Per-token math (see the module doc for the formulas and their sources).
-fn token_term(logp: f64, old: f64, adv: f64, reflp: Option<f64>, cfg: &LossConfig) -> TokenTerm {
-    let mut t = TokenTerm::default();
-    // Log-ratio clamp (verl/EasyR1 +-20): zero gradient outside.
-    let delta = logp - old;
-    let (d, dd) = match cfg.log_ratio_clamp {
-        Some(c) if delta > c as f64 => (c as f64, 0.0),
-        Some(c) if delta < -(c as f64) => (-(c as f64), 0.0),
-        _ => (delta, 1.0),
+/// PPO clip of a ratio `r` (derivative `dr` w.r.t. logp) with advantage `a`; TRL's `delta` caps
+/// the unclipped ratio, verl's dual clip caps the loss for A < 0.
+fn ppo_clip(r: f64, dr: f64, a: f64, cfg: &LossConfig, t: &mut PgTerm) {
+    let lo = 1.0 - cfg.clip_eps_low;
+    let hi = 1.0 + cfg.clip_eps_high;
+    let (r1, dr1) = match cfg.trl_delta {
+        Some(d) if r > d => (d, 0.0),
+        _ => (r, dr),
     };
-    let ratio = d.exp();
-    t.ratio = ratio;
-    t.log_ratio = d;
-    let lo = 1.0 - cfg.clip_eps_low as f64;
-    let hi = 1.0 + cfg.clip_eps_high as f64;
-    let l1 = -adv * ratio;
-    let l2 = -adv * ratio.clamp(lo, hi);
-    // max(l1, l2): l2 > l1 only when the ratio is outside [lo, hi] on the side the advantage
-    // favours, where clamp() has zero derivative.
-    let (lc, dlc) = if l2 > l1 {
-        if adv > 0.0 {
-            t.clip_high = true;
-        } else {
-            t.clip_low = true;
-        }
-        (l2, 0.0)
-    } else {
-        (l1, -adv * ratio * dd)
-    };
-    let (pg, dpg) = match cfg.dual_clip_c {
-        Some(c) if adv < 0.0 => {
-            let l3 = -adv * c as f64;
+    let l1 = -a * r1;
+    let l2 = -a * r.clamp(lo, hi);
+    t.low = r1 < lo && a < 0.0;
+    t.high = r1 > hi && a > 0.0;
+    t.clipped = l2 > l1;
+    // max(l1, l2): l2 > l1 only where clamp() is flat, so the clipped branch has slope 0.
+    let (lc, dlc) = if l2 > l1 { (l2, 0.0) } else { (l1, -a * dr1) };
+    (t.pg, t.dpg) = match cfg.dual_clip_c {
+        Some(c) if a < 0.0 && cfg.policy == PolicyLoss::Vanilla => {
+            let l3 = -a * c;
             if lc > l3 {
                 t.dual = true;
                 (l3, 0.0)
@@ -405,43 +378,9 @@ fn token_term(logp: f64, old: f64, adv: f64, reflp: Option<f64>, cfg: &LossConfi
         }
         _ => (lc, dlc),
     };
-    t.pg = pg;
-    t.dpg = dpg;
-    if let (Some(kc), Some(r)) = (cfg.kl, reflp) {
-        match kc.estimator {
-            KlEstimator::K1 => {
-                t.kl = logp - r;
-                t.dkl = 1.0;
-            }
-            KlEstimator::K3 => {
-                let x0 = r - logp;
-                let (x, dx) = match cfg.convention {
-                    Convention::Verl if x0 > 20.0 => (20.0, 0.0),
-                    Convention::Verl if x0 < -20.0 => (-20.0, 0.0),
-                    _ => (x0, -1.0), // dx/dlogp
-                };
-                let ex = x.exp();
-                let (k, dk) = (ex - x - 1.0, (ex - 1.0) * dx);
-                let (k, dk) = match cfg.k3_clamp {
-                    Some(c) if k > c as f64 => (c as f64, 0.0),
-                    Some(c) if k < -(c as f64) => (-(c as f64), 0.0),
-                    _ => (k, dk),
-                };
-                t.kl = k;
-                t.dkl = dk;
-            }
-        }
-    }
-    t
 }
 
-fn check_offsets(offsets: &[usize], n: usize) {
-    assert!(!offsets.is_empty() && offsets[0] == 0, "offsets must start at 0");
-    assert_eq!(*offsets.last().unwrap(), n, "offsets must end at the token count");
-    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "offsets must be non-decreasing");
-}
-
-/// [`policy_loss`] with f64 gradients.
+/// [`policy_loss`] with f64 gradients. See the module doc for the formulas and sources.
 pub fn policy_loss_f64<T: Copy + Into<f64>>(
     inputs: &LossInputs<'_, T>,
     cfg: &LossConfig,
@@ -466,63 +405,218 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
     if let Some(e) = inputs.entropy {
         assert_eq!(e.len(), n, "entropy length");
     }
+    if let Some(p) = inputs.pg_mask {
+        assert_eq!(p.len(), n, "pg_mask length");
+    }
+    if cfg.policy.needs_selection() {
+        let s = inputs.selected.expect("clip_cov / kl_cov need inputs.selected (cov_selection)");
+        assert_eq!(s.len(), n, "selected length");
+    }
     if let Some(c) = cfg.dual_clip_c {
         assert!(c > 1.0, "dual_clip_c must be > 1 (verl asserts the same)");
     }
-    let beta = cfg.kl.map(|k| k.coef as f64).unwrap_or(0.0);
-    let ent_coef = cfg.entropy_coef as f64;
+    let f = |s: &[T], t: usize| -> f64 { s[t].into() };
+    let beta = cfg.kl.map(|k| k.coef).unwrap_or(0.0);
+    let ent_coef = cfg.entropy_coef;
+    let conv = cfg.convention;
+    let pg_agg = cfg.pg_aggregation();
 
     let mut dlogp = vec![0f64; n];
     let mut dent = inputs.entropy.map(|_| vec![0f64; n]);
     let mut m = LossMetrics::default();
-    let (mut s_low, mut s_high, mut s_dual, mut s_akl, mut s_kl, mut s_ratio, mut s_ent) =
+    let (mut s_low, mut s_high, mut s_clip, mut s_dual, mut s_akl, mut s_kl, mut s_ratio) =
         (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
+    let mut s_ent = 0f64;
 
     for w in inputs.offsets.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        let n_i: f64 = inputs.mask[a..b].iter().map(|&x| x.into()).sum();
-        // Per-token weight denominator for this response.
-        let denom = match cfg.agg {
-            Aggregation::TokenMean => norm.global_tokens,
-            Aggregation::SeqMeanTokenMean => n_i * norm.global_seqs,
-            Aggregation::SeqMeanTokenSumNorm => norm.max_response_len * norm.global_seqs,
+        let (a0, b0) = (w[0], w[1]);
+        let n_i: f64 = (a0..b0).map(|t| f(inputs.mask, t)).sum();
+        let w_agg = token_weight(cfg.agg, n_i, &norm, conv);
+        let w_pg = token_weight(pg_agg, n_i, &norm, conv);
+        let pgm = |t: usize| inputs.pg_mask.map_or(1.0, |p| f(p, t));
+
+        // Sequence-level quantities.
+        // GSPO: mean log-ratio over the response (both verl and TRL clamp the length to >= 1).
+        let seq_lr: f64 = (a0..b0)
+            .map(|t| f(inputs.mask, t) * (f(inputs.logp, t) - f(inputs.logp_old, t)))
+            .sum::<f64>()
+            / n_i.max(1.0);
+        // Sequence ratio of GSPO (value, d/d own logp per unit) and, for TRL, the spread of
+        // the gradient over the response: d s / d logp_t = s m_t / n'.
+        let (gspo_s, gspo_ds) = {
+            let (l, dl) = match cfg.gspo_log_ratio_cap {
+                Some(c) if seq_lr > c => (c, 0.0),
+                _ => (seq_lr, 1.0),
+            };
+            (l.exp(), l.exp() * dl)
         };
-        for t in a..b {
-            let mt: f64 = inputs.mask[t].into();
+        // Accumulators for the TRL sequence-level gradient spread: sum_u w_u m_u pgm_u for the
+        // policy term and sum_u w_u m_u k_u for the ratio-weighted KL.
+        let mut spread_pg = 0f64;
+        let mut spread_kl = 0f64;
+
+        if cfg.policy == PolicyLoss::GeoMean {
+            geo_mean_response(inputs, cfg, &norm, a0, b0, n_i, &mut dlogp, &mut m);
+        }
+
+        for t in a0..b0 {
+            let mt = f(inputs.mask, t);
+            let lp = f(inputs.logp, t);
+            let old = f(inputs.logp_old, t);
+            let adv = f(inputs.advantages, t);
+            let delta = lp - old;
+            let mut tt = PgTerm::default();
+            match cfg.policy {
+                PolicyLoss::Vanilla | PolicyLoss::ClipCov => {
+                    let c =
+                        if cfg.policy == PolicyLoss::Vanilla { cfg.log_ratio_clamp } else { None };
+                    let (d, dd) = clamp_sym(delta, c);
+                    let r = d.exp();
+                    tt.ratio = r;
+                    tt.akl = -d;
+                    ppo_clip(r, r * dd, adv, cfg, &mut tt);
+                    if cfg.policy == PolicyLoss::ClipCov && inputs.selected.unwrap()[t] {
+                        tt.pg = 0.0;
+                        tt.dpg = 0.0;
+                        tt.clipped = true; // verl pg_clipfrac = mean(corr == 0)
+                    } else if cfg.policy == PolicyLoss::ClipCov {
+                        tt.clipped = false;
+                    }
+                }
+                PolicyLoss::Gspo => {
+                    // The ratio's gradient reaches every token of the response (spread below).
+                    // verl writes it with stop-gradients (`logp - sg(logp) + sg(log s)`), which
+                    // gives the same gradient whenever the per-token weights of a response are
+                    // equal, as they are in every aggregation.
+                    let r = gspo_s;
+                    tt.ratio = r;
+                    tt.akl = -delta;
+                    ppo_clip(r, 0.0, adv, cfg, &mut tt);
+                    tt.dual = false;
+                    if !tt.clipped {
+                        let dcoef = match cfg.trl_delta {
+                            Some(d) if r > d => 0.0,
+                            _ => 1.0,
+                        };
+                        spread_pg += w_pg * mt * pgm(t) * (-adv) * dcoef;
+                    }
+                }
+                PolicyLoss::Gpg => {
+                    tt.pg = -lp * adv;
+                    tt.dpg = -adv;
+                    tt.ratio = delta.exp();
+                    tt.akl = -delta;
+                }
+                PolicyLoss::KlCov => {
+                    let r = delta.exp();
+                    tt.ratio = r;
+                    tt.akl = delta.abs();
+                    tt.pg = -adv * r;
+                    tt.dpg = -adv * r;
+                    if inputs.selected.unwrap()[t] {
+                        let k = cfg.cov.ppo_kl_coef;
+                        let sg = if delta > 0.0 {
+                            1.0
+                        } else if delta < 0.0 {
+                            -1.0
+                        } else {
+                            0.0
+                        };
+                        tt.pg += k * delta.abs();
+                        tt.dpg += k * sg;
+                    }
+                }
+                PolicyLoss::Cispo => {
+                    let (d, _) = clamp_sym(delta, cfg.log_ratio_clamp);
+                    let r = d.exp();
+                    tt.ratio = r;
+                    tt.akl = -d;
+                    let (lo, hi) = match conv {
+                        Convention::Trl => (f64::NEG_INFINITY, cfg.clip_eps_high),
+                        _ => (1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high),
+                    };
+                    let c = r.clamp(lo, hi);
+                    tt.clipped = r != c;
+                    tt.high = r > hi && adv > 0.0;
+                    tt.pg = -c * adv * lp;
+                    tt.dpg = -c * adv;
+                }
+                PolicyLoss::Sapo => {
+                    let (d, dd) = clamp_sym(delta, cfg.log_ratio_clamp);
+                    let r = d.exp();
+                    tt.ratio = r;
+                    tt.akl = -d;
+                    let tau = if adv > 0.0 { cfg.sapo_tau_pos } else { cfg.sapo_tau_neg };
+                    let sg = 1.0 / (1.0 + (-(tau * (r - 1.0))).exp());
+                    tt.pg = -sg * 4.0 / tau * adv;
+                    tt.dpg = -adv * 4.0 * sg * (1.0 - sg) * r * dd;
+                }
+                PolicyLoss::GeoMean => {
+                    let lo = -(cfg.clip_eps_low);
+                    let hi = cfg.clip_eps_high;
+                    tt.ratio = delta.exp();
+                    tt.akl = -delta;
+                    let clipped = delta != delta.clamp(lo, hi);
+                    tt.clipped = clipped && adv > 0.0;
+                    tt.dual = clipped && adv < 0.0;
+                }
+            }
             if mt == 0.0 {
                 continue;
             }
-            let wt = if denom > 0.0 { mt / denom } else { 0.0 };
-            let tt = token_term(
-                inputs.logp[t].into(),
-                inputs.logp_old[t].into(),
-                inputs.advantages[t].into(),
-                reflp.map(|r| r[t].into()),
-                cfg,
-            );
-            m.pg_loss += wt * tt.pg;
-            m.kl_loss += wt * beta * tt.kl;
-            dlogp[t] = wt * (tt.dpg + beta * tt.dkl);
+            let pm = pgm(t);
+            if cfg.policy != PolicyLoss::GeoMean {
+                m.pg_loss += w_pg * mt * pm * tt.pg;
+                dlogp[t] += w_pg * mt * pm * tt.dpg;
+            }
+            if let (Some(kc), Some(r)) = (cfg.kl, reflp) {
+                let (k, dk) = kl_term(kc.estimator, lp, f(r, t), cfg.k3_clamps());
+                let (kv, dkv) = if cfg.kl_ratio_weighted {
+                    // TRL multiplies by coef_1 (token or sequence ratio, unclamped).
+                    match cfg.policy {
+                        PolicyLoss::Gspo => {
+                            spread_kl += w_agg * mt * k;
+                            (k * gspo_s, dk * gspo_s)
+                        }
+                        _ => {
+                            let r = delta.exp();
+                            (k * r, dk * r + k * r)
+                        }
+                    }
+                } else {
+                    (k, dk)
+                };
+                m.kl_loss += w_agg * mt * beta * kv;
+                dlogp[t] += w_agg * mt * beta * dkv;
+                s_kl += mt * kv;
+            }
             if let (Some(e), Some(de)) = (inputs.entropy, dent.as_mut()) {
-                let h: f64 = e[t].into();
-                m.entropy_loss -= wt * ent_coef * h;
-                de[t] = -ent_coef * wt;
+                let h = f(e, t);
+                m.entropy_loss -= w_agg * mt * ent_coef * h;
+                de[t] = -ent_coef * w_agg * mt;
                 s_ent += mt * h;
             }
             m.active_tokens += mt;
-            s_low += mt * tt.clip_low as u8 as f64;
-            s_high += mt * tt.clip_high as u8 as f64;
+            s_low += mt * tt.low as u8 as f64;
+            s_high += mt * tt.high as u8 as f64;
+            s_clip += mt * tt.clipped as u8 as f64;
             s_dual += mt * tt.dual as u8 as f64;
-            s_akl += mt * -tt.log_ratio;
-            s_kl += mt * tt.kl;
+            s_akl += mt * tt.akl;
             s_ratio += mt * tt.ratio;
+        }
+        // The sequence-level ratio carries the gradient of the mean log-ratio to every token:
+        // d s / d logp_t = s [log s below the cap] m_t / max(n_i, 1).
+        if cfg.policy == PolicyLoss::Gspo {
+            for (t, g) in dlogp.iter_mut().enumerate().take(b0).skip(a0) {
+                *g += gspo_ds * f(inputs.mask, t) / n_i.max(1.0) * (spread_pg + beta * spread_kl);
+            }
         }
     }
     if m.active_tokens > 0.0 {
         let c = m.active_tokens;
         m.clip_frac_low = s_low / c;
         m.clip_frac_high = s_high / c;
-        m.clip_frac = (s_low + s_high) / c;
+        m.clip_frac = s_clip / c;
         m.dual_clip_frac = s_dual / c;
         m.approx_kl = s_akl / c;
         m.kl = s_kl / c;
@@ -539,6 +633,74 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
     }
 }
 
+/// GMPO (verl 0.9.1 `compute_policy_loss_geo_mean`): per response,
+///
+/// ```text
+/// d_t   = logp_t - old_t,  s = sign(A_t)
+/// dmin  = s * min(s d_t, s clamp(d_t, -eps_low, eps_high))
+/// ratio = exp( sum_t m_t dmin_t / (n_i + 1e-8) ),  A_i = sum_t m_t A_t / (n_i + 1e-8)
+/// pg_i  = -A_i ratio;   loss = mean over all rows of pg_i  (torch.mean: fully masked rows count)
+/// ```
+///
+/// d dmin_t / d logp_t: 1 where the unclamped term is strictly smaller, 0 where the clamped one
+/// is, 1/2 + 1/2 * [inside the clamp] at ties (torch.minimum splits ties) = 1 inside the clamp.
+#[allow(clippy::too_many_arguments)]
+fn geo_mean_response<T: Copy + Into<f64>>(
+    inputs: &LossInputs<'_, T>,
+    cfg: &LossConfig,
+    norm: &Normalizer,
+    a0: usize,
+    b0: usize,
+    n_i: f64,
+    dlogp: &mut [f64],
+    m: &mut LossMetrics,
+) {
+    let f = |s: &[T], t: usize| -> f64 { s[t].into() };
+    let (lo, hi) = (-(cfg.clip_eps_low), cfg.clip_eps_high);
+    let den = match cfg.convention {
+        Convention::Trl => n_i.max(1.0),
+        _ => n_i + 1e-8,
+    };
+    let mut sum = 0f64;
+    let mut sum_a = 0f64;
+    let mut dmin = vec![0f64; b0 - a0];
+    for t in a0..b0 {
+        let mt = f(inputs.mask, t);
+        let d = f(inputs.logp, t) - f(inputs.logp_old, t);
+        let a = f(inputs.advantages, t);
+        let s = if a > 0.0 {
+            1.0
+        } else if a < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
+        let dc = d.clamp(lo, hi);
+        let inside = if d == dc { 1.0 } else { 0.0 };
+        let (u, c) = (s * d, s * dc);
+        let (v, g) = if u < c {
+            (u, 1.0)
+        } else if c < u {
+            (c, inside)
+        } else {
+            (u, 0.5 + 0.5 * inside)
+        };
+        sum += mt * s * v;
+        sum_a += mt * a;
+        // d(s * v)/d logp = s * s * g = g when s != 0.
+        dmin[t - a0] = s * s * g;
+    }
+    let ratio = (sum / den).exp();
+    let adv = sum_a / den;
+    let rows = norm.global_rows;
+    let wr = if rows > 0.0 { 1.0 / rows } else { 0.0 };
+    m.pg_loss += wr * -adv * ratio;
+    for t in a0..b0 {
+        let mt = f(inputs.mask, t);
+        dlogp[t] += wr * -adv * ratio * mt * dmin[t - a0] / den;
+    }
+}
+
 /// DAPO-style dynamic-sampling filter (arXiv 2503.14476, Sec. 3.2 "Dynamic Sampling"): keep a
 /// group unless its raw accuracies are all 0 or all 1 (such groups have zero advantage under
 /// binary rewards and only dilute the batch). One flag per consecutive group of `group_size`.
@@ -546,7 +708,10 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
 /// `GroupStats`/reward equality instead if that matters.
 pub fn informative_groups(accuracy: &[f32], group_size: usize) -> Vec<bool> {
     assert!(group_size > 0, "group_size must be positive");
-    assert!(accuracy.len() % group_size == 0, "accuracy.len() not a multiple of group_size");
+    assert!(
+        accuracy.len().is_multiple_of(group_size),
+        "accuracy.len() not a multiple of group_size"
+    );
     accuracy
         .chunks(group_size)
         .map(|g| !(g.iter().all(|&a| a <= 0.0) || g.iter().all(|&a| a >= 1.0)))

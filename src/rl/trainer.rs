@@ -5,9 +5,12 @@
 //! Batch invariance is what makes `logp_old` exact: it is computed by the same forward, on
 //! the same micro-batches, as the first PPO epoch, so the first epoch's ratio is exactly 1.
 
-use super::advantage::{broadcast_to_tokens, group_advantages, AdvantageConfig, GroupStats};
+use super::advantage::{advantages_f64, broadcast_to_tokens, AdvantageConfig, GroupStats};
 use super::graded::{grade_tokens, reward_item};
-use super::grpo::{policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer};
+use super::grpo::{
+    cov_selection, high_entropy_mask, policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer,
+};
+use super::overlong::OverlongPenalty;
 use super::reward::{RewardConfig, Verdict};
 use super::rollout::{generate, SamplingParams};
 use crate::backend::Backend;
@@ -32,6 +35,21 @@ pub struct GrpoSettings {
     pub ppo_epochs: usize,
     pub mini_batches: usize,
     pub micro_batch_tokens: usize,
+    /// Reward shaping and token selection beyond the loss itself.
+    pub extras: GrpoExtras,
+}
+
+/// Optional DAPO / TRL additions to a GRPO step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpoExtras {
+    /// DAPO overlong reward shaping (added to the reward before the advantages).
+    pub overlong: Option<OverlongPenalty>,
+    /// TRL `top_entropy_quantile`: the policy term only sees the top fraction of tokens by
+    /// entropy (1 or 0 = off). The threshold is taken over the whole mini-batch, from the
+    /// entropies of the `logp_old` pass (equal to the first epoch's on-policy).
+    pub top_entropy_quantile: Option<f32>,
+    /// Seed of Clip-Cov's random choice of tokens.
+    pub seed: u64,
 }
 
 /// The rollouts of one step: `G` responses for each of the batch's prompts, group-major.
@@ -108,9 +126,18 @@ pub fn collect<B: Backend>(
         let (_, verdict, reward) =
             grade_tokens(tok, &r.tokens, &s.sampling.stop_ids, &s.reward, &reference)?;
         verdicts.push(verdict);
-        rewards.push(reward);
+        let shaped = match s.extras.overlong {
+            Some(p) => (reward as f64 + p.penalty(r.tokens.len())) as f32,
+            None => reward,
+        };
+        rewards.push(shaped);
     }
-    let (advantages, stats) = group_advantages(&rewards, s.group_size, &s.adv);
+    let r64: Vec<f64> = rewards.iter().map(|&r| r as f64).collect();
+    let lens: Vec<usize> = rollouts.iter().map(|r| r.tokens.len()).collect();
+    let offsets: Vec<usize> =
+        (0..=rewards.len() / s.group_size).map(|g| g * s.group_size).collect();
+    let (adv, stats) = advantages_f64(&r64, &offsets, Some(&lens), &s.adv);
+    let advantages: Vec<f32> = adv.iter().map(|&a| a as f32).collect();
     let exp = Experience {
         items: indices.to_vec(),
         prompts,
@@ -187,14 +214,28 @@ pub fn response_logprobs<B: Backend>(
     inv_temp: f32,
     acts: &mut Option<Acts<B>>,
 ) -> Result<Vec<f32>> {
+    Ok(response_logprobs_entropy(model, be, exp, micro, inv_temp, acts)?.0)
+}
+
+/// [`response_logprobs`] and the entropies of the same distributions.
+pub fn response_logprobs_entropy<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    exp: &Experience,
+    micro: &[Range<usize>],
+    inv_temp: f32,
+    acts: &mut Option<Acts<B>>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut out = Vec::with_capacity(exp.response_tokens());
+    let mut ents = Vec::with_capacity(exp.response_tokens());
     for rs in micro {
         let (_, targets, rows) = forward_responses(model, be, exp, rs.clone(), acts)?;
-        let (lp, _) =
+        let (lp, ent) =
             model.token_logprobs(be, acts.as_ref().expect("forward ran"), &targets, inv_temp);
         out.extend(rows.iter().map(|&r| lp[r]));
+        ents.extend(rows.iter().map(|&r| ent[r]));
     }
-    Ok(out)
+    Ok((out, ents))
 }
 
 /// The policy update of one rollout batch: old and reference log-probs, then `ppo_epochs`
@@ -229,7 +270,8 @@ pub fn update<B: Backend>(
         minis.iter().map(|m| pack_ranges(&lens, m.clone(), s.micro_batch_tokens)).collect();
     let all_micro: Vec<Range<usize>> = micro_of.iter().flatten().cloned().collect();
 
-    let logp_old = response_logprobs(policy, be, exp, &all_micro, inv_temp, &mut st.acts)?;
+    let (logp_old, ent_old) =
+        response_logprobs_entropy(policy, be, exp, &all_micro, inv_temp, &mut st.acts)?;
     let ref_logp = match (reference, &s.loss.kl) {
         (Some(m), Some(_)) => {
             Some(response_logprobs(m, be, exp, &all_micro, inv_temp, &mut st.acts)?)
@@ -249,6 +291,29 @@ pub fn update<B: Backend>(
             for g in st.grads.iter_mut() {
                 be.fill(g, 0.0);
             }
+            // Batch-level selections, once per mini-batch (see GrpoExtras and cov_selection).
+            let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+            let selected: Option<Vec<bool>> = s.loss.policy.needs_selection().then(|| {
+                let old = f64s(&logp_old[t0..t1]);
+                cov_selection(
+                    s.loss.policy,
+                    &s.loss.cov,
+                    &f64s(&adv_tok[t0..t1]),
+                    &old,
+                    &old,
+                    &f64s(&mask[t0..t1]),
+                    s.loss.clip_eps_low,
+                    s.loss.clip_eps_high,
+                    s.extras.seed ^ ((epoch * minis.len() + mi) as u64),
+                )
+            });
+            let pg_mask: Option<Vec<f32>> =
+                s.extras.top_entropy_quantile.filter(|&q| q > 0.0 && q < 1.0).map(|q| {
+                    high_entropy_mask(&f64s(&ent_old[t0..t1]), &f64s(&mask[t0..t1]), q as f64)
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect()
+                });
             for rs in &micro_of[mi] {
                 let (batch, targets, rows) =
                     forward_responses(policy, be, exp, rs.clone(), &mut st.acts)?;
@@ -273,6 +338,8 @@ pub fn update<B: Backend>(
                     mask: &mask[a..b],
                     ref_logp: ref_logp.as_ref().map(|r| &r[a..b]),
                     entropy: (s.loss.entropy_coef != 0.0).then_some(entropy.as_slice()),
+                    pg_mask: pg_mask.as_ref().map(|p| &p[a - t0..b - t0]),
+                    selected: selected.as_ref().map(|p| &p[a - t0..b - t0]),
                     offsets: &local_off,
                 };
                 let out = policy_loss(&inputs, &s.loss, norm);

@@ -52,10 +52,14 @@ pub enum TdsMetric {
     /// `1 - self-BLEU`: each rollout is scored by sentence BLEU-`max_n` against all the others
     /// as references (clipped n-gram counts against the per-n-gram max over references,
     /// geometric mean of precisions with uniform weights, brevity penalty with the closest
-    /// reference length, shorter on ties). Smoothing: add-one on numerator and denominator for
-    /// n >= 2 (Lin & Och 2004, "ORANGE"), none for unigrams, so identical rollouts score
-    /// exactly 1, rollouts without a shared token score 0, and short rollouts (fewer than n
-    /// tokens) are not zeroed by empty higher orders. self-BLEU is the mean over rollouts.
+    /// reference length, shorter on ties), exactly as nltk 3.9.1 `sentence_bleu` with
+    /// `SmoothingFunction().method2` computes it (add-one on numerator and denominator for
+    /// n >= 2, Lin & Och 2004; n-gram denominators at least 1; no unigram match or an empty
+    /// rollout gives 0), so values agree with the diversity literature's self-BLEU (which
+    /// scores each text against all the others with nltk; Texygen, Zhu et al. 2018, uses
+    /// nltk's method1). Identical rollouts of at least `max_n` tokens score 1, rollouts
+    /// without a shared token 0; an order a rollout is too short for counts as precision 1/2
+    /// (nltk), so identical short rollouts score below 1. self-BLEU is the mean over rollouts.
     InverseSelfBleu { max_n: usize },
     /// Normalised distinct-n, averaged over orders 1..=max_n:
     /// `(U - max_i D_i) / (sum_i D_i - max_i D_i)` with U the number of distinct n-grams of the
@@ -150,16 +154,15 @@ pub fn self_bleu(rollouts: &[&[u32]], max_n: usize) -> f64 {
             }
         }
         for i in 0..k {
-            let total = rollouts[i].len().saturating_sub(n - 1) as f64;
+            // nltk `modified_precision`: the denominator is max(1, number of n-grams), so an
+            // order the rollout is too short for has precision 0/1 (then 1/2 after smoothing).
+            let total = rollouts[i].len().saturating_sub(n - 1).max(1) as f64;
             let matched: u64 =
                 counts[i].iter().map(|(g, &c)| c.min(top[g].max_excluding(i)) as u64).sum();
+            // nltk `SmoothingFunction().method2`: +1 on numerator and denominator for n >= 2;
+            // no unigram match means BLEU 0 (corpus_bleu returns 0 before smoothing).
             let p = if n == 1 {
-                if total == 0.0 {
-                    // empty hypothesis: handled by the brevity penalty below
-                    1.0
-                } else {
-                    matched as f64 / total
-                }
+                matched as f64 / total
             } else {
                 (matched as f64 + 1.0) / (total + 1.0)
             };
@@ -179,14 +182,11 @@ pub fn self_bleu(rollouts: &[&[u32]], max_n: usize) -> f64 {
             .map(|j| rollouts[j].len())
             .min_by_key(|&l| ((l as i64 - c as i64).abs(), l))
             .unwrap();
+        // nltk `brevity_penalty`: 1 if longer than the closest reference, 0 if empty.
         let bp = if c > r {
             1.0
         } else if c == 0 {
-            if r == 0 {
-                1.0
-            } else {
-                0.0
-            }
+            0.0
         } else {
             (1.0 - r as f64 / c as f64).exp()
         };

@@ -41,11 +41,12 @@ fn tds_identical_disjoint_and_hand_computed() {
     // n=3: U=3, D=[2,2] -> 1/2; n=4: U=2, D=[1,1] -> 1. Mean = 25/48.
     assert!((tds_with(&[x, y], DIST) as f64 - 25.0 / 48.0).abs() < 1e-6);
     // Brevity penalty: a strict prefix is penalised, [1,2] vs [1,2,3,4]:
-    // hyp [1,2]: p = 1, 1, (0+1)/(0+1), 1 -> BLEU = exp(1 - 4/2) = e^-1;
+    // hyp [1,2]: p = 1, (1+1)/(1+1), (0+1)/(1+1), (0+1)/(1+1) (nltk's n-gram denominators are
+    // at least 1) -> BLEU = exp(1 - 4/2) * (1/4)^(1/4);
     // hyp [1,2,3,4]: p1 = 2/4, p2 = (1+1)/(3+1), p3 = 1/3, p4 = 1/2, BP 1.
     let (x, y): (&[u32], &[u32]) = (&[1, 2], &[1, 2, 3, 4]);
     let b2 = (0.5f64 * 0.5 * (1.0 / 3.0) * 0.5).powf(0.25);
-    let want = 1.0 - ((-1f64).exp() + b2) / 2.0;
+    let want = 1.0 - ((-1f64).exp() * 0.25f64.powf(0.25) + b2) / 2.0;
     assert!((tds_with(&[x, y], BLEU) as f64 - want).abs() < 1e-6);
 }
 
@@ -93,10 +94,11 @@ fn tds_bounded_on_random_rollouts() {
             assert!((0.0..=1.0).contains(&t) && t.is_finite(), "{t} for {rolls:?}");
         }
     }
-    // Empty rollouts.
+    // Empty rollouts: nltk scores an empty hypothesis 0 (brevity penalty 0), even against an
+    // empty reference.
     let e: &[u32] = &[];
     let x: &[u32] = &[1, 2];
-    assert_eq!(tds_with(&[e, e], BLEU), 0.0);
+    assert_eq!(tds_with(&[e, e], BLEU), 1.0);
     assert_eq!(tds_with(&[e, x], BLEU), 1.0);
 }
 
@@ -123,7 +125,7 @@ fn refresh_and_serde_roundtrip() {
     let mut t = VpsTable::new(3);
     assert_eq!(t.num_scored(), 0);
     assert!((t.prior_score() - 0.4).abs() < 1e-7); // 0.8 * 0.25 + 0.2 * 1
-    let (a, b): (&[u32], &[u32]) = (&[1, 2, 3], &[4, 5, 6]);
+    let (a, b): (&[u32], &[u32]) = (&[1, 2, 3, 4], &[5, 6, 7, 8]);
     refresh(&mut t, 1, &[1.0, 0.0, 0.0, 1.0], &[a, b, a, b], 17);
     let it = *t.item(1);
     assert_eq!(it.pass_rate, 0.5);
