@@ -37,6 +37,13 @@ pub struct DevBuf<M> {
     len: usize,
 }
 
+impl<M> DevBuf<M> {
+    /// The device memory, for launching a kernel on it directly (kernel tests and benches).
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+}
+
 pub struct CudaBackend<D: Device> {
     dev: D,
 }
