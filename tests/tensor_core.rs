@@ -19,7 +19,9 @@ fn bf16_round(x: f32) -> f32 {
 fn mma_layouts<D: Device>(b: &CudaBackend<D>) {
     let mut r = ChaCha8Rng::seed_from_u64(21);
     // Exact multiples of the tile and ragged edges in every dimension.
-    for (m, n, k) in [(16usize, 8usize, 16usize), (16, 8, 32), (37, 21, 50), (5, 3, 7), (48, 40, 96)] {
+    for (m, n, k) in
+        [(16usize, 8usize, 16usize), (16, 8, 32), (37, 21, 50), (5, 3, 7), (48, 40, 96)]
+    {
         let a: Vec<f32> = (0..m * k).map(|_| r.gen_range(-2.0f32..2.0)).collect();
         let bm: Vec<f32> = (0..k * n).map(|_| r.gen_range(-2.0f32..2.0)).collect();
         let c: Vec<f32> = (0..m * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
