@@ -13,9 +13,11 @@ pub mod device;
 pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
+pub mod flash;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
+pub use flash::AttnKernel;
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
 /// or `Err(reason)`. Never panics, also when the driver library is missing.
@@ -46,6 +48,7 @@ impl<M> DevBuf<M> {
 
 pub struct CudaBackend<D: Device> {
     dev: D,
+    attn: AttnKernel,
 }
 
 const BLOCK: u32 = 256;
@@ -56,8 +59,25 @@ fn grid_for(n: usize) -> u32 {
 }
 
 impl<D: Device> CudaBackend<D> {
+    /// The backend on `dev`, attention kernels chosen by `MMR1_ATTENTION` (default: the f32
+    /// reference kernels; an unknown value panics with the accepted ones).
     pub fn with_device(dev: D) -> Self {
-        CudaBackend { dev }
+        let attn = AttnKernel::from_env().unwrap_or_else(|e| panic!("{e}"));
+        CudaBackend { dev, attn }
+    }
+    /// Selects the attention kernels (the flash kernels run where they support the head dim).
+    pub fn with_attention(mut self, attn: AttnKernel) -> Self {
+        self.attn = attn;
+        self
+    }
+    pub fn set_attention(&mut self, attn: AttnKernel) {
+        self.attn = attn;
+    }
+    pub fn attention_kernel(&self) -> AttnKernel {
+        self.attn
+    }
+    fn use_flash(&self, shape: AttnShape) -> bool {
+        self.attn == AttnKernel::Flash && flash::flash_supports(shape.head_dim)
     }
     pub fn device(&self) -> &D {
         &self.dev
@@ -497,6 +517,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         shape: AttnShape,
     ) {
         attn_check(shape);
+        if self.use_flash(shape) {
+            self.flash_forward(out, lse, q, k, v, spans, shape);
+            return;
+        }
         let items = q_items(spans);
         if items.is_empty() {
             return;
@@ -573,6 +597,10 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::I32(d as i32),
             ],
         );
+        if self.use_flash(shape) {
+            self.flash_backward(dq, dk, dv, dout, q, k, v, lse, &dsum, spans, shape);
+            return;
+        }
         let common = |a: &mut Vec<Arg<'_, D::Mem>>| {
             a.extend([
                 Arg::I32(h as i32),
