@@ -403,3 +403,131 @@ extern "C" __global__ void flash_bwd_dkv_d128(real* dk, real* dv, const real* do
                                           int n_heads, int n_kv, float scale) {
     flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
+
+// ---- decode: one query per sequence against its KV cache, split over the keys -------------
+// (flash-decoding: Dao et al. 2023, "Flash-Decoding for long-context inference"). Each warp
+// takes a chunk of DEC_CHUNK keys of one sequence and one kv head and serves all the query
+// heads of its group, so each K/V row is read once per group; a second kernel merges the
+// chunks of a sequence in order (deterministic). f32 throughout: decode is bound by reading
+// the cache, not by arithmetic.
+//   split items   (4 ints): query row, first kv row of the chunk, keys in the chunk, 0
+//   combine items (4 ints): query row, first split item of the sequence, number of splits, 0
+// Partials: part_ml[(item * n_heads + h) * 2 + {0, 1}] = running max (log2 units), sum;
+// part_o[(item * n_heads + h) * d + c] = unnormalized output.
+#define DEC_CHUNK 128
+#define DEC_MAXG 8
+#define DEC_MAXD 256
+#define DEC_WARPS 4
+
+struct __align__(16) dec_f4 {
+    float x, y, z, w;
+};
+
+extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, const real* q, const real* k,
+                                              const real* v, const int* items, int n_items, int n_heads, int n_kv,
+                                              int d, float scale) {
+    SHARED(float, sQ, [DEC_WARPS][DEC_MAXG * DEC_MAXD]);
+    SHARED(float, sP, [DEC_WARPS][DEC_MAXG][32]);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int it = blockIdx.x * DEC_WARPS + warp, kvh = blockIdx.y, group = n_heads / n_kv;
+    if (it >= n_items) return; // whole warp: no block-wide barrier below
+    const long long qrow = items[4 * it], kv0 = items[4 * it + 1];
+    const int nkeys = items[4 * it + 2];
+    const float sl2 = scale * FA_LOG2E;
+    float* qs = sQ[warp];
+    for (int c = lane; c < group * d; c += 32) qs[c] = q[(qrow * n_heads + kvh * group) * d + c] * sl2;
+    __syncwarp();
+    float m[DEC_MAXG], l[DEC_MAXG], o[DEC_MAXG][DEC_MAXD / 32];
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) {
+        m[g] = neg_inf();
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DEC_MAXD / 32; e++) o[g][e] = 0.0f;
+    }
+    for (int t0 = 0; t0 < nkeys; t0 += 32) {
+        // Scores: one key per lane, its row read in 16-byte pieces.
+        const int key = t0 + lane;
+        const bool valid = key < nkeys;
+        float s[DEC_MAXG];
+#pragma unroll
+        for (int g = 0; g < DEC_MAXG; g++) s[g] = 0.0f;
+        if (valid) {
+            const dec_f4* kr = reinterpret_cast<const dec_f4*>(k + ((kv0 + key) * n_kv + kvh) * d);
+            for (int c4 = 0; c4 < d / 4; c4++) {
+                const dec_f4 kk = kr[c4];
+#pragma unroll
+                for (int g = 0; g < DEC_MAXG; g++)
+                    if (g < group) {
+                        const float* qg = qs + g * d + 4 * c4;
+                        s[g] += qg[0] * kk.x + qg[1] * kk.y + qg[2] * kk.z + qg[3] * kk.w;
+                    }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < DEC_MAXG; g++) {
+            if (g >= group) break;
+            const float mnew = fmaxf(m[g], warp_max(valid ? s[g] : neg_inf())); // key t0 is valid: finite
+            const float corr = exp2f(m[g] - mnew);
+            const float p = valid ? exp2f(s[g] - mnew) : 0.0f;
+            l[g] = l[g] * corr + warp_sum(p);
+            m[g] = mnew;
+            sP[warp][g][lane] = p;
+#pragma unroll
+            for (int e = 0; e < DEC_MAXD / 32; e++) o[g][e] *= corr;
+        }
+        __syncwarp();
+        // Values: lanes split the head dim, keys in order.
+        const int nt = fa_imin(32, nkeys - t0);
+        for (int jj = 0; jj < nt; jj++) {
+            const real* vr = v + ((kv0 + t0 + jj) * n_kv + kvh) * d;
+#pragma unroll
+            for (int e = 0; e < DEC_MAXD / 32; e++) {
+                const int c = lane + 32 * e;
+                if (c < d) {
+                    const float vv = vr[c];
+#pragma unroll
+                    for (int g = 0; g < DEC_MAXG; g++)
+                        if (g < group) o[g][e] += sP[warp][g][jj] * vv;
+                }
+            }
+        }
+        __syncwarp(); // sP is rewritten by the next keys
+    }
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) {
+        if (g >= group) break;
+        const long long ph = (long long)it * n_heads + kvh * group + g;
+        if (lane == 0) {
+            part_ml[2 * ph] = m[g];
+            part_ml[2 * ph + 1] = l[g];
+        }
+#pragma unroll
+        for (int e = 0; e < DEC_MAXD / 32; e++) {
+            const int c = lane + 32 * e;
+            if (c < d) part_o[ph * d + c] = o[g][e];
+        }
+    }
+}
+
+extern "C" __global__ void flash_decode_combine(real* out, float* lse, const float* part_o, const float* part_ml,
+                                                const int* items, int n_heads, int d) {
+    const long long qrow = items[4 * blockIdx.x];
+    const int first = items[4 * blockIdx.x + 1], n = items[4 * blockIdx.x + 2], h = blockIdx.y;
+    float mx = neg_inf();
+    for (int p = 0; p < n; p++) mx = fmaxf(mx, part_ml[2 * ((long long)(first + p) * n_heads + h)]);
+    float L = 0.0f;
+    for (int p = 0; p < n; p++) {
+        const long long ph = (long long)(first + p) * n_heads + h;
+        L += part_ml[2 * ph + 1] * exp2f(part_ml[2 * ph] - mx);
+    }
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int p = 0; p < n; p++) {
+            const long long ph = (long long)(first + p) * n_heads + h;
+            acc += part_o[ph * d + c] * exp2f(part_ml[2 * ph] - mx);
+        }
+        out[(qrow * n_heads + h) * d + c] = acc / L;
+    }
+    if (threadIdx.x == 0) lse[qrow * n_heads + h] = (mx + log2f(L)) * 0.6931471805599453f;
+}

@@ -198,6 +198,47 @@ fn flash_deterministic<Dv: Device>(b: &mut CudaBackend<Dv>) {
     assert_ne!(bits(&exact[0]), bits(&all[0]), "the flash kernels did not run");
 }
 
+/// Decode steps (one query per sequence, the last position) go to the split kernel, which
+/// computes in f32: it is held to the f32 tolerance. GQA groups of 7 and 4, chunks of 128
+/// keys split and merged (129, 300 keys), a one-key sequence, and a query row in no span.
+fn decode_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
+    let mut r = ChaCha8Rng::seed_from_u64(32);
+    for (lens, shape) in
+        [(vec![1usize, 5, 128, 129, 300], sh(14, 2, 64)), (vec![200, 3], sh(8, 2, 128))]
+    {
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+        let (mut spans, mut at) = (Vec::new(), 0);
+        for (i, &l) in lens.iter().enumerate() {
+            // q row i + 1: row 0 is in no span
+            spans.push(AttnSpan { q_start: i + 1, q_len: 1, kv_start: at, kv_len: l });
+            at += l;
+        }
+        let (q_rows, kv_rows) = (lens.len() + 1, at);
+        let q = rand_vec(&mut r, q_rows * h * d, 3.0);
+        let (k, v) =
+            (rand_vec(&mut r, kv_rows * hkv * d, 1.0), rand_vec(&mut r, kv_rows * hkv * d, 1.0));
+        let fwd = |be: &dyn Fn(&mut Vec<f32>, &mut Vec<f32>)| {
+            let (mut o, mut l) = (vec![f32::NAN; q_rows * h * d], vec![f32::NAN; q_rows * h]);
+            be(&mut o, &mut l);
+            (o, l)
+        };
+        let want = fwd(&|o, l| Cpu.attention(o, l, &q, &k, &v, &spans, shape));
+        let got = fwd(&|o, l| {
+            let (qg, kg, vg) = (b.upload(&q), b.upload(&k), b.upload(&v));
+            let (mut og, mut lg) = (b.upload(o), b.upload(l));
+            b.attention(&mut og, &mut lg, &qg, &kg, &vg, &spans, shape);
+            *o = b.download(&og);
+            *l = b.download(&lg);
+        });
+        assert!(got.0[..h * d].iter().all(|x| x.is_nan()), "decode wrote the uncovered row");
+        let tag = format!("{shape:?} {lens:?}");
+        let e = rel_l2(&format!("decode out {tag}"), &got.0[h * d..], &want.0[h * d..]);
+        assert!(e <= 1e-5, "decode out {tag}: relative L2 error {e:.3e}");
+        let e = rel_l2(&format!("decode lse {tag}"), &got.1[h..], &want.1[h..]);
+        assert!(e <= 1e-5, "decode lse {tag}: relative L2 error {e:.3e}");
+    }
+}
+
 #[cfg(feature = "emu")]
 mod emu {
     use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend};
@@ -208,6 +249,10 @@ mod emu {
     #[test]
     fn flash_deterministic() {
         super::flash_deterministic(&mut CudaBackend::emulator().with_attention(AttnKernel::Flash));
+    }
+    #[test]
+    fn decode_vs_cpu() {
+        super::decode_vs_cpu(&CudaBackend::emulator().with_attention(AttnKernel::Flash));
     }
 }
 
@@ -227,5 +272,9 @@ mod gpu {
     #[test]
     fn flash_deterministic() {
         with_gpu(|b| super::flash_deterministic(b));
+    }
+    #[test]
+    fn decode_vs_cpu() {
+        with_gpu(|b| super::decode_vs_cpu(&*b));
     }
 }

@@ -82,7 +82,102 @@ fn kv_tiles(spans: &[AttnSpan]) -> Vec<i32> {
     v
 }
 
+/// Keys per decode split (= DEC_CHUNK), and the decode kernel's limits (DEC_MAXG, DEC_MAXD).
+const DEC_CHUNK: usize = 128;
+const DEC_WARPS: usize = 4;
+
+/// Whether a call is a decode step the split kernel serves: one query per sequence (the last
+/// position), at most 8 query heads per kv head, head dim a multiple of 4 up to 256.
+pub fn decode_supports(spans: &[AttnSpan], shape: AttnShape) -> bool {
+    !spans.is_empty()
+        && spans.iter().all(|s| s.q_len == 1)
+        && shape.n_heads / shape.n_kv_heads <= 8
+        && shape.head_dim.is_multiple_of(4)
+        && shape.head_dim <= 256
+}
+
+/// Decode work: split items (query row, first kv row, keys, 0) and per-sequence combine items
+/// (query row, first split, splits, 0).
+fn decode_items(spans: &[AttnSpan]) -> (Vec<i32>, Vec<i32>) {
+    let (mut split, mut comb) = (Vec::new(), Vec::new());
+    for s in spans {
+        let first = split.len() / 4;
+        for c0 in (0..s.kv_len).step_by(DEC_CHUNK) {
+            split.extend_from_slice(&[
+                s.q_start as i32,
+                (s.kv_start + c0) as i32,
+                DEC_CHUNK.min(s.kv_len - c0) as i32,
+                0,
+            ]);
+        }
+        comb.extend_from_slice(&[
+            s.q_start as i32,
+            first as i32,
+            (split.len() / 4 - first) as i32,
+            0,
+        ]);
+    }
+    (split, comb)
+}
+
 impl<D: Device> CudaBackend<D> {
+    /// Flash-decoding forward (f32): see `decode_supports`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn flash_decode(
+        &self,
+        out: &mut DevBuf<D::Mem>,
+        lse: &mut DevBuf<D::Mem>,
+        q: &DevBuf<D::Mem>,
+        k: &DevBuf<D::Mem>,
+        v: &DevBuf<D::Mem>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        let (h, hkv, d) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
+        let (split, comb) = decode_items(spans);
+        let n_items = split.len() / 4;
+        if n_items == 0 {
+            return;
+        }
+        let (d_split, d_comb) = (self.upload_i32(&split), self.upload_i32(&comb));
+        let part_o = self.dev.alloc(n_items * h * d * 4);
+        let part_ml = self.dev.alloc(n_items * h * 2 * 4);
+        self.dev.launch(
+            "flash_decode_split",
+            [n_items.div_ceil(DEC_WARPS) as u32, hkv as u32, 1],
+            [32 * DEC_WARPS as u32, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&part_o),
+                Arg::Ptr(&part_ml),
+                Arg::Ptr(&q.mem),
+                Arg::Ptr(&k.mem),
+                Arg::Ptr(&v.mem),
+                Arg::Ptr(&d_split),
+                Arg::I32(n_items as i32),
+                Arg::I32(h as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(d as i32),
+                Arg::F32((1.0 / (d as f64).sqrt()) as f32),
+            ],
+        );
+        self.dev.launch(
+            "flash_decode_combine",
+            [(comb.len() / 4) as u32, h as u32, 1],
+            [d.next_multiple_of(32).min(256) as u32, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(&lse.mem),
+                Arg::Ptr(&part_o),
+                Arg::Ptr(&part_ml),
+                Arg::Ptr(&d_comb),
+                Arg::I32(h as i32),
+                Arg::I32(d as i32),
+            ],
+        );
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn flash_forward(
         &self,
@@ -203,5 +298,12 @@ mod tests {
         assert_eq!(kv.len(), 8 * 5);
         assert_eq!(&kv[24..32], &[200, 64, 0, 130, 1, 64, 0, 0]);
         assert_eq!(&kv[32..40], &[264, 1, 64, 130, 1, 64, 0, 0]);
+        let (split, comb) = decode_items(&spans[1..]);
+        assert_eq!(split, vec![130, 200, 65, 0]);
+        assert_eq!(comb, vec![130, 0, 1, 0]);
+        let long = [AttnSpan { q_start: 3, q_len: 1, kv_start: 10, kv_len: 300 }];
+        let (split, comb) = decode_items(&long);
+        assert_eq!(split, vec![3, 10, 128, 0, 3, 138, 128, 0, 3, 266, 44, 0]);
+        assert_eq!(comb, vec![3, 0, 3, 0]);
     }
 }

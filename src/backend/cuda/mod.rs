@@ -517,6 +517,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         shape: AttnShape,
     ) {
         attn_check(shape);
+        if self.attn == AttnKernel::Flash && flash::decode_supports(spans, shape) {
+            self.flash_decode(out, lse, q, k, v, spans, shape);
+            return;
+        }
         if self.use_flash(shape) {
             self.flash_forward(out, lse, q, k, v, spans, shape);
             return;
