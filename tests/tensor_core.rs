@@ -101,6 +101,28 @@ fn mma_test_can_fail<D: Device>(b: &CudaBackend<D>) {
     assert_ne!(run(&bm), run(&swapped), "swapping two k rows of B did not change the product");
 }
 
+/// The `f32_to_bf16` kernel (operands of the bf16 GEMM) rounds to nearest even like `half`.
+fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
+    let mut r = ChaCha8Rng::seed_from_u64(22);
+    let mut x: Vec<f32> = (0..1001).map(|_| r.gen_range(-100.0f32..100.0)).collect();
+    // ties both ways, infinities, a subnormal, the largest finite, signed zero
+    x.extend([1.00390625f32, 1.01171875, f32::INFINITY, -f32::INFINITY, 1e-40, f32::MAX, -0.0]);
+    let xg = b.upload(&x);
+    let out = b.device().alloc(x.len() * 2);
+    b.device().launch(
+        "f32_to_bf16",
+        [4, 1, 1],
+        [256, 1, 1],
+        0,
+        &[Arg::Ptr(&out), Arg::Ptr(xg.mem()), Arg::I64(x.len() as i64)],
+    );
+    let got = b.device().download(&out, x.len() * 2);
+    for (i, v) in x.iter().enumerate() {
+        let g = u16::from_le_bytes([got[2 * i], got[2 * i + 1]]);
+        assert_eq!(g, half::bf16::from_f32(*v).to_bits(), "f32_to_bf16({v})");
+    }
+}
+
 #[cfg(feature = "emu")]
 mod emu {
     use mmr1_fast::backend::cuda::CudaBackend;
@@ -111,6 +133,10 @@ mod emu {
     #[test]
     fn mma_test_can_fail() {
         super::mma_test_can_fail(&CudaBackend::emulator());
+    }
+    #[test]
+    fn bf16_conversion() {
+        super::bf16_conversion(&CudaBackend::emulator());
     }
 }
 
@@ -130,5 +156,42 @@ mod gpu {
     #[test]
     fn mma_test_can_fail() {
         with_gpu(|b| super::mma_test_can_fail(b));
+    }
+    #[test]
+    fn bf16_conversion() {
+        with_gpu(|b| super::bf16_conversion(b));
+    }
+
+    /// `Backend::matmul` through cuBLAS GemmEx with bf16 operands (`MMR1_GEMM=bf16`) against
+    /// the CPU on bf16-rounded inputs, every transpose, ragged shapes, beta != 0.
+    #[test]
+    fn gemm_bf16_vs_cpu() {
+        use mmr1_fast::backend::cpu::Cpu;
+        use mmr1_fast::backend::{Backend, Tr};
+        use rand::{Rng, SeedableRng};
+        let Ok(mut b) = CudaBackend::new(0) else {
+            println!("SKIPPED: no CUDA device");
+            return;
+        };
+        b.device_mut().set_gemm_bf16(true);
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+        for (m, n, k) in [(37usize, 21usize, 50usize), (128, 96, 64), (5, 3, 7), (256, 300, 129)] {
+            for (ta, tb) in [(Tr::N, Tr::N), (Tr::N, Tr::T), (Tr::T, Tr::N), (Tr::T, Tr::T)] {
+                let a: Vec<f32> = (0..m * k).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+                let bm: Vec<f32> = (0..k * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+                let c: Vec<f32> = (0..m * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+                let round = |v: &[f32]| v.iter().map(|x| super::bf16_round(*x)).collect::<Vec<_>>();
+                let mut want = c.clone();
+                Cpu.matmul(&mut want, &round(&a), ta, &round(&bm), tb, m, n, k, 0.5);
+                let mut cg = b.upload(&c);
+                b.matmul(&mut cg, &b.upload(&a), ta, &b.upload(&bm), tb, m, n, k, 0.5);
+                let got = b.download(&cg);
+                let num: f64 = got.iter().zip(&want).map(|(g, w)| ((g - w) as f64).powi(2)).sum();
+                let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+                let err = (num / den).sqrt();
+                println!("ERR gemm_bf16 {m}x{n}x{k} {ta:?}{tb:?}: {err:.3e}");
+                assert!(err < 1e-5, "bf16 GEMM {m}x{n}x{k} {ta:?}{tb:?}: rel L2 {err:.3e}");
+            }
+        }
     }
 }

@@ -82,6 +82,9 @@ impl<D: Device> CudaBackend<D> {
     pub fn device(&self) -> &D {
         &self.dev
     }
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.dev
+    }
 
     fn upload_u32(&self, v: &[u32]) -> D::Mem {
         self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0u32] } else { v }))
