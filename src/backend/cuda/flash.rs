@@ -45,12 +45,15 @@ pub fn flash_supports(head_dim: usize) -> bool {
     matches!(head_dim, 16 | 32 | 64 | 128)
 }
 
-/// Query tiles: (first query row, rows, span's first kv row, position of the first query).
+/// Query tiles: (first query row, rows, span's first kv row, position of the first query),
+/// the most keys first: under causal masking the last tiles of long sequences are the longest
+/// blocks, and starting them first shortens the grid's tail. Blocks are independent, so the
+/// order changes no result.
 fn q_tiles(spans: &[AttnSpan]) -> Vec<i32> {
-    let mut v = Vec::new();
+    let mut t: Vec<[i32; 4]> = Vec::new();
     for s in spans {
         for i0 in (0..s.q_len).step_by(TILE) {
-            v.extend_from_slice(&[
+            t.push([
                 (s.q_start + i0) as i32,
                 TILE.min(s.q_len - i0) as i32,
                 s.kv_start as i32,
@@ -58,16 +61,17 @@ fn q_tiles(spans: &[AttnSpan]) -> Vec<i32> {
             ]);
         }
     }
-    v
+    t.sort_by_key(|x| std::cmp::Reverse(x[3] + x[1])); // keys seen by the tile's last row
+    t.concat()
 }
 
 /// Key tiles: (first kv row, keys, index of the first key, span's q_start, q_len, position of
-/// its first query, 0, 0).
+/// its first query, 0, 0), the most queries first (see `q_tiles`).
 fn kv_tiles(spans: &[AttnSpan]) -> Vec<i32> {
-    let mut v = Vec::new();
+    let mut v: Vec<[i32; 8]> = Vec::new();
     for s in spans {
         for j0 in (0..s.kv_len).step_by(TILE) {
-            v.extend_from_slice(&[
+            v.push([
                 (s.kv_start + j0) as i32,
                 TILE.min(s.kv_len - j0) as i32,
                 j0 as i32,
@@ -79,7 +83,9 @@ fn kv_tiles(spans: &[AttnSpan]) -> Vec<i32> {
             ]);
         }
     }
-    v
+    // queries that see the tile's first key: q_len - max(0, j0 - (kv_len - q_len))
+    v.sort_by_key(|x| std::cmp::Reverse(x[4] - (x[2] - x[5]).max(0)));
+    v.concat()
 }
 
 /// Keys per decode split (= DEC_CHUNK), and the decode kernel's limits (DEC_MAXG, DEC_MAXD).
@@ -293,9 +299,12 @@ mod tests {
             AttnSpan { q_start: 130, q_len: 1, kv_start: 200, kv_len: 65 },
         ];
         let q = q_tiles(&spans);
-        assert_eq!(q, vec![0, 64, 0, 0, 64, 64, 0, 64, 128, 2, 0, 128, 130, 1, 200, 64]);
+        assert_eq!(q, vec![128, 2, 0, 128, 64, 64, 0, 64, 130, 1, 200, 64, 0, 64, 0, 0]);
         let kv = kv_tiles(&spans);
         assert_eq!(kv.len(), 8 * 5);
+        assert_eq!(&kv[..8], &[0, 64, 0, 0, 130, 0, 0, 0]);
+        assert_eq!(&kv[8..16], &[64, 64, 64, 0, 130, 0, 0, 0]);
+        assert_eq!(&kv[16..24], &[128, 2, 128, 0, 130, 0, 0, 0]);
         assert_eq!(&kv[24..32], &[200, 64, 0, 130, 1, 64, 0, 0]);
         assert_eq!(&kv[32..40], &[264, 1, 64, 130, 1, 64, 0, 0]);
         let (split, comb) = decode_items(&spans[1..]);
