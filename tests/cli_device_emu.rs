@@ -46,6 +46,22 @@ fn logprobs_on_the_emulator_match_transformers() {
 }
 
 #[test]
+fn unknown_attention_kernel_is_an_error() {
+    let e =
+        cli_err(&["logprobs", "--model", "x", "--tokens", "y", "--out", "z", "--device", "emu"]);
+    assert!(!e.is_empty());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast"))
+        .args(["generate", "--model", fixture("tiny-tied").to_str().unwrap(), "--prompt", "hi"])
+        .args(["--device", "emu"])
+        .env("MMR1_ATTENTION", "fast")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("MMR1_ATTENTION") && err.contains("flash"), "{err}");
+}
+
+#[test]
 fn unknown_device_names_the_choices() {
     let e = cli_err(&["generate", "--model", "x", "--prompt", "hi", "--device", "tpu"]);
     assert!(e.contains("emu") && e.contains("cuda:N"), "{e}");

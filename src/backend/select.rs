@@ -79,7 +79,9 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "emu")]
             $crate::backend::select::DeviceChoice::Emu => {
-                let backend = $crate::backend::cuda::CudaBackend::emulator();
+                let backend = $crate::backend::cuda::CudaBackend::emulator()
+                    .attention_from_env()
+                    .map_err(|e| anyhow::anyhow!(e))?;
                 let $be = &backend;
                 $body
             }

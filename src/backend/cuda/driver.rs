@@ -371,9 +371,10 @@ impl Device for CudaDevice {
 }
 
 impl CudaBackend<CudaDevice> {
-    /// The backend on GPU `ordinal`, or a one-line reason why there is none.
+    /// The backend on GPU `ordinal` (attention kernels from `MMR1_ATTENTION`, GEMM precision
+    /// from `MMR1_GEMM`), or a one-line reason why there is none.
     pub fn new(ordinal: usize) -> Result<Self, String> {
-        Ok(CudaBackend::with_device(CudaDevice::new(ordinal)?))
+        CudaBackend::with_device(CudaDevice::new(ordinal)?).attention_from_env()
     }
 }
 

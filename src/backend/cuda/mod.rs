@@ -59,11 +59,15 @@ fn grid_for(n: usize) -> u32 {
 }
 
 impl<D: Device> CudaBackend<D> {
-    /// The backend on `dev`, attention kernels chosen by `MMR1_ATTENTION` (default: the f32
-    /// reference kernels; an unknown value panics with the accepted ones).
+    /// The backend on `dev` with the f32 reference attention kernels.
     pub fn with_device(dev: D) -> Self {
-        let attn = AttnKernel::from_env().unwrap_or_else(|e| panic!("{e}"));
-        CudaBackend { dev, attn }
+        CudaBackend { dev, attn: AttnKernel::Reference }
+    }
+    /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
+    /// an unknown value is an error naming the accepted ones.
+    pub fn attention_from_env(mut self) -> Result<Self, String> {
+        self.attn = AttnKernel::from_env()?;
+        Ok(self)
     }
     /// Selects the attention kernels (the flash kernels run where they support the head dim).
     pub fn with_attention(mut self, attn: AttnKernel) -> Self {
