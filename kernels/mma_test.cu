@@ -83,3 +83,19 @@ extern "C" __global__ void mma_test_bf16(float* C, const float* A, const float* 
         if (r < M && c < N) C[(long long)r * N + c] = d[i];
     }
 }
+
+// cp.async round trip: each thread copies 16 bytes global -> shared asynchronously (two commit
+// groups: wait_group 1 then wait_all), then shared -> out. n is a multiple of 4 floats.
+extern "C" __global__ void cp_async_test(float* out, const float* in, int n) {
+    SHARED(bf16x8, stage, [2][128]); // 16-byte slots, one per thread and group
+    const int t = threadIdx.x;
+    const int c0 = 4 * t, c1 = 4 * (t + blockDim.x);
+    if (c0 < n) cp_async_16(&stage[0][t], in + c0);
+    cp_async_commit();
+    if (c1 < n) cp_async_16(&stage[1][t], in + c1);
+    cp_async_commit();
+    cp_async_wait<1>(); // the first group has landed
+    if (c0 < n) memcpy(out + c0, &stage[0][t], 16);
+    cp_async_wait_all();
+    if (c1 < n) memcpy(out + c1, &stage[1][t], 16);
+}

@@ -123,6 +123,27 @@ fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
+/// cp.async (with commit groups and both waits) copies every byte.
+fn cp_async_copies<D: Device>(b: &CudaBackend<D>) {
+    let mut r = ChaCha8Rng::seed_from_u64(24);
+    let n = 4 * 200; // 200 16-byte pieces over 128 threads: both groups, a partial second one
+    let x: Vec<f32> = (0..n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+    let (xg, out) = (b.upload(&x), b.upload(&vec![f32::NAN; n]));
+    b.device().launch(
+        "cp_async_test",
+        [1, 1, 1],
+        [128, 1, 1],
+        0,
+        &[Arg::Ptr(out.mem()), Arg::Ptr(xg.mem()), Arg::I32(n as i32)],
+    );
+    let got = b.download(&out);
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "cp.async round trip"
+    );
+}
+
 #[cfg(feature = "emu")]
 mod emu {
     use mmr1_fast::backend::cuda::CudaBackend;
@@ -137,6 +158,10 @@ mod emu {
     #[test]
     fn bf16_conversion() {
         super::bf16_conversion(&CudaBackend::emulator());
+    }
+    #[test]
+    fn cp_async_copies() {
+        super::cp_async_copies(&CudaBackend::emulator());
     }
 }
 
@@ -160,6 +185,10 @@ mod gpu {
     #[test]
     fn bf16_conversion() {
         with_gpu(|b| super::bf16_conversion(b));
+    }
+    #[test]
+    fn cp_async_copies() {
+        with_gpu(|b| super::cp_async_copies(b));
     }
 
     /// `Backend::matmul` through cuBLAS GemmEx with bf16 operands (`MMR1_GEMM=bf16`) against
