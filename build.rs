@@ -37,14 +37,27 @@ fn main() {
     let common = fs::read_to_string(kdir.join("common.cuh")).unwrap();
     let mut all = String::new();
     writeln!(all, "#line 1 \"kernels/common.cuh\"\n{common}").unwrap();
+    let mut inlined: Vec<String> = Vec::new();
     for f in &files {
         let src = fs::read_to_string(f).unwrap();
         let name = f.file_name().unwrap().to_string_lossy();
         writeln!(all, "#line 1 \"kernels/{name}\"").unwrap();
-        for line in src.lines() {
-            // Keep line numbers: blank out the include instead of dropping the line.
-            if line.trim_start().starts_with("#include \"common.cuh\"") {
+        for (ln, line) in src.lines().enumerate() {
+            // Keep line numbers: blank out the include instead of dropping the line. Other
+            // kernels/*.cuh headers are inlined at their first include (NVRTC gets no include
+            // callback), then blanked.
+            let t = line.trim_start();
+            if t.starts_with("#include \"common.cuh\"") {
                 all.push('\n');
+            } else if let Some(h) = local_header(t) {
+                if !inlined.contains(&h) {
+                    let text = fs::read_to_string(kdir.join(&h)).expect("kernels/ header");
+                    writeln!(all, "#line 1 \"kernels/{h}\"\n{text}").unwrap();
+                    writeln!(all, "#line {} \"kernels/{name}\"", ln + 2).unwrap();
+                    inlined.push(h);
+                } else {
+                    all.push('\n');
+                }
             } else {
                 all.push_str(line);
                 all.push('\n');
@@ -63,6 +76,13 @@ fn main() {
         #[cfg(feature = "emu")]
         emu_build(&root, &out, &files);
     }
+}
+
+/// `NAME.cuh` when `line` is `#include "NAME.cuh"` (a header of kernels/).
+fn local_header(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("#include \"")?;
+    let name = &rest[..rest.find('"')?];
+    (name.ends_with(".cuh") && !name.contains('/')).then(|| name.to_string())
 }
 
 /// `OUT_DIR/kernels.rs`: the kernel source always, PTX per architecture when NVRTC ran.

@@ -10,7 +10,7 @@
 mod gpu {
     use criterion::{Criterion, Throughput};
     use mmr1_fast::backend::cuda::device::Device;
-    use mmr1_fast::backend::cuda::{driver::CudaDevice, CudaBackend};
+    use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend};
     use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -44,7 +44,7 @@ mod gpu {
     }
 
     pub fn main() {
-        let b = match CudaBackend::new(0) {
+        let mut b = match CudaBackend::new(0) {
             Ok(b) => b,
             Err(e) => {
                 println!("SKIPPED: no CUDA device ({e})");
@@ -204,6 +204,106 @@ mod gpu {
                 b.matmul_kernel(&mut cm, &a, Tr::N, &bm, Tr::T, m, n, kk, 0.0)
             });
         }
+        g.finish();
+
+        // ---- tensor cores: bf16 GEMM (cuBLAS GemmEx, f32 accumulation) on bf16 operands
+        // converted once, at 4096^3 and at Qwen2.5-1.5B's shapes over 4096 tokens (forward
+        // X W^T, and the two backward GEMMs of the MLP up projection); flash attention.
+        let mut g = c.benchmark_group("tensor");
+        let dev = b.device();
+        let gemms: [(&str, usize, usize, usize, Tr, Tr); 8] = [
+            ("4096x4096x4096_NT", 4096, 4096, 4096, Tr::N, Tr::T),
+            ("qkv_4096x2048x1536_NT", t, 2048, d, Tr::N, Tr::T),
+            ("o_4096x1536x1536_NT", t, d, d, Tr::N, Tr::T),
+            ("up_4096x8960x1536_NT", t, ffn, d, Tr::N, Tr::T),
+            ("down_4096x1536x8960_NT", t, d, ffn, Tr::N, Tr::T),
+            ("lmhead_4096x151936x1536_NT", t, vocab, d, Tr::N, Tr::T),
+            ("up_dx_4096x1536x8960_NN", t, d, ffn, Tr::N, Tr::N),
+            ("up_dw_8960x1536x4096_TN", ffn, d, t, Tr::T, Tr::N),
+        ];
+        for (name, m, n, kk, ta, tb) in gemms {
+            let a16 = dev.to_bf16(rand_buf(&b, &mut r, m * kk, 1.0).mem(), m * kk);
+            let b16 = dev.to_bf16(rand_buf(&b, &mut r, kk * n, 1.0).mem(), kk * n);
+            let mut out = dev.alloc(m * n * 4);
+            let fl = 2.0 * (m * n * kk) as f64;
+            let id = format!("gemm_bf16_{name}");
+            g.throughput(Throughput::Elements(fl as u64));
+            g.bench_function(&id, |bch| {
+                bch.iter_custom(|it| {
+                    timed(&b, it, || {
+                        dev.gemm_bf16(&mut out, false, &a16, ta, &b16, tb, m, n, kk, 0.0).unwrap()
+                    })
+                })
+            });
+            meta.record(&id, 0.0, fl);
+        }
+        g.finish();
+        b.set_attention(AttnKernel::Flash);
+        let mut g = c.benchmark_group("tensor");
+        // (sequences, length, heads, kv heads): torch's comparison shape, then the model's.
+        for (ns, len, hh, hk) in [(2usize, 4096usize, 16usize, 16usize), (4, 1024, h, hkv)] {
+            let tt = ns * len;
+            let spans: Vec<AttnSpan> = (0..ns)
+                .map(|i| AttnSpan { q_start: i * len, q_len: len, kv_start: i * len, kv_len: len })
+                .collect();
+            let shape = AttnShape { n_heads: hh, n_kv_heads: hk, head_dim: hd };
+            let q = rand_buf(&b, &mut r, tt * hh * hd, 1.0);
+            let (k, v) =
+                (rand_buf(&b, &mut r, tt * hk * hd, 1.0), rand_buf(&b, &mut r, tt * hk * hd, 1.0));
+            let (mut ao, mut lse) = (b.zeros(tt * hh * hd), b.zeros(tt * hh));
+            let fl = ns as f64
+                * hh as f64
+                * 2.0
+                * (len as f64 * (len as f64 + 1.0) / 2.0)
+                * 2.0
+                * hd as f64;
+            let tag = format!("{ns}x{len}_h{hh}kv{hk}_d{hd}");
+            let id = format!("flash_fwd_{tag}");
+            g.throughput(Throughput::Elements(fl as u64));
+            g.bench_function(&id, |bch| {
+                bch.iter_custom(|it| {
+                    timed(&b, it, || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape))
+                })
+            });
+            meta.record(&id, 0.0, fl);
+            let (mut dq, mut dk, mut dv) =
+                (b.zeros(tt * hh * hd), b.zeros(tt * hk * hd), b.zeros(tt * hk * hd));
+            let dout = rand_buf(&b, &mut r, tt * hh * hd, 1.0);
+            let id = format!("flash_bwd_{tag}");
+            g.throughput(Throughput::Elements((fl * 2.5) as u64));
+            g.bench_function(&id, |bch| {
+                bch.iter_custom(|it| {
+                    timed(&b, it, || {
+                        b.attention_backward(
+                            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &ao, &lse, &spans, shape,
+                        )
+                    })
+                })
+            });
+            meta.record(&id, 0.0, fl * 2.5);
+        }
+        // Decode: 32 sequences with 4096 cached keys each, one new query each; the bytes are
+        // the K and V cache rows read (f32 storage).
+        let (ns, len) = (32usize, 4096usize);
+        let spans: Vec<AttnSpan> = (0..ns)
+            .map(|i| AttnSpan { q_start: i, q_len: 1, kv_start: i * len, kv_len: len })
+            .collect();
+        let shape = AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: hd };
+        let q = rand_buf(&b, &mut r, ns * h * hd, 1.0);
+        let (k, v) = (
+            rand_buf(&b, &mut r, ns * len * hkv * hd, 1.0),
+            rand_buf(&b, &mut r, ns * len * hkv * hd, 1.0),
+        );
+        let (mut ao, mut lse) = (b.zeros(ns * h * hd), b.zeros(ns * h));
+        let bytes = 2 * ns * len * hkv * hd * 4;
+        let id = format!("flash_decode_{ns}x{len}_h{h}kv{hkv}_d{hd}");
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(&id, |bch| {
+            bch.iter_custom(|it| {
+                timed(&b, it, || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape))
+            })
+        });
+        meta.record(&id, bytes as f64, 0.0);
         g.finish();
         c.final_summary();
     }

@@ -11,3 +11,10 @@ extern "C" __global__ void round_bf16_f32(float* out, const float* x, long long 
 extern "C" __global__ void round_f16_f32(float* out, const float* x, long long n) {
     GRID_STRIDE(i, n) out[i] = __half2float(__float2half(x[i]));
 }
+
+// f32 -> bf16 bits (round to nearest even): operands of the bf16 tensor-core GEMM (cuBLAS
+// GemmEx) while activations are stored in f32.
+#include "mma.cuh"
+extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* x, long long n) {
+    GRID_STRIDE(i, n) out[i] = bf16_bits(x[i]);
+}

@@ -1,34 +1,53 @@
 #!/usr/bin/env bash
-# GPU check: builds with --features cuda (release), runs the kernel equivalence suite on the
-# real GPU (its tests are #[ignore]d where there is no GPU: run here with --include-ignored),
-# runs the same suite under compute-sanitizer (memcheck, racecheck, synccheck, initcheck), runs
-# the kernel benches, and writes two tables (sanitizer verdicts; kernel, max error, time, GB/s
-# or TFLOP/s, fraction of roofline) to docs/gpu-check.md and to the end of the output.
+# GPU check: the kernel equivalence suites on the real GPU (kernels_vs_cpu, tensor_core,
+# flash_attention), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
+# shapes, flash attention forward/backward/decode), PyTorch doing the same GEMMs and causal
+# attention (scaled_dot_product_attention, bf16) in the same run, and a table (kernel, max
+# error, time, rate, fraction of roofline, PyTorch time, speed vs PyTorch) written to
+# docs/gpu-check.md and to the end of the output. The suites also run under compute-sanitizer
+# (memcheck, racecheck, synccheck, initcheck), one verdict per tool in a second table. GPU tests
+# are #[ignore]d where there is no GPU, so they run here with --include-ignored.
 #
-#   scripts/gpu-check.sh                # build here, then run
-#   scripts/gpu-check.sh --prebuilt DIR # run binaries built elsewhere (DIR/kernels_vs_cpu, DIR/kernels)
+#   scripts/gpu-check.sh                    # build here, then run
+#   scripts/gpu-check.sh --build-only DIR   # build release binaries into DIR (no GPU needed)
+#   scripts/gpu-check.sh --prebuilt DIR     # run binaries built elsewhere (DIR/kernels_vs_cpu,
+#                                           # DIR/tensor_core, DIR/flash_attention, DIR/kernels)
 #
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them); SANITIZER_TIMEOUT
-# (seconds, default 1200) bounds each tool's run. The exit code is non-zero when the suite fails
+# (seconds, default 1200) bounds each tool's run. The exit code is non-zero when a suite fails
 # or a sanitizer reports an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-prebuilt=""
-if [ "${1:-}" = "--prebuilt" ]; then prebuilt="$2"; fi
+mode="" dir=""
+case "${1:-}" in
+    --prebuilt | --build-only) mode="$1" dir="$2" ;;
+esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
+suites="kernels_vs_cpu tensor_core flash_attention"
 
-if [ -z "$prebuilt" ]; then
+# Executable of a cargo target, from cargo's JSON messages.
+exe_of() {
+    python3 -c 'import sys,json;[print(j["executable"]) for l in sys.stdin for j in [json.loads(l)] if j.get("executable") and j["target"]["name"]==sys.argv[1]]' "$1"
+}
+if [ "$mode" != "--prebuilt" ]; then
     [ -d .nvrtc ] || ./scripts/setup-nvrtc.sh >/dev/null
     eval "$(./scripts/setup-nvrtc.sh)"
     cargo build --release --features cuda --tests --benches
-    tests=$(cargo test --release --features cuda --test kernels_vs_cpu --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import sys,json;[print(j["executable"]) for l in sys.stdin for j in [json.loads(l)] if j.get("executable") and j["target"]["name"]=="kernels_vs_cpu"]')
-    bench=$(cargo bench --features cuda --bench kernels --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import sys,json;[print(j["executable"]) for l in sys.stdin for j in [json.loads(l)] if j.get("executable") and j["target"]["name"]=="kernels"]')
+    declare -A exe
+    for t in $suites; do
+        exe[$t]=$(cargo test --release --features cuda --test "$t" --no-run --message-format=json 2>/dev/null | exe_of "$t")
+    done
+    exe[kernels]=$(cargo bench --features cuda --bench kernels --no-run --message-format=json 2>/dev/null | exe_of kernels)
+    if [ "$mode" = "--build-only" ]; then
+        mkdir -p "$dir"
+        for t in $suites kernels; do cp "${exe[$t]}" "$dir/$t"; done
+        echo "built into $dir: $suites kernels"
+        exit 0
+    fi
 else
-    tests="$prebuilt/kernels_vs_cpu"
-    bench="$prebuilt/kernels"
+    declare -A exe
+    for t in $suites kernels; do exe[$t]="$dir/$t"; done
 fi
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
 echo "== GPU: $gpu"
@@ -36,16 +55,23 @@ echo "== GPU: $gpu"
 # Release binaries: wait for every launch, so a fault is reported with its kernel's name.
 export MMR1_SYNC_LAUNCHES=1
 
-echo "== equivalence suite on the GPU"
+echo "== equivalence suites on the GPU"
+: > "$log/tests.log"
+trc=0
 set +e
-"$tests" gpu:: --include-ignored --test-threads=1 --nocapture > "$log/tests.log" 2>&1
-trc=$?
+for t in $suites; do
+    if [ -x "${exe[$t]}" ]; then
+        "${exe[$t]}" gpu:: --include-ignored --test-threads=1 --nocapture >> "$log/tests.log" 2>&1 || trc=1
+    else
+        echo "MISSING: ${exe[$t]}" | tee -a "$log/tests.log"; trc=1
+    fi
+done
 set -e
-grep -E "test result|panicked|relative L2 error .* >" "$log/tests.log" || true
+grep -E "test result|SKIPPED|MISSING|panicked|relative L2 error .* >" "$log/tests.log" || true
 
 # compute-sanitizer over the same suite, one tool at a time. A verdict per tool goes to
 # $log/sanitizers.tsv (tool, verdict, errors, exit code, log) for the table below.
-echo "== compute-sanitizer on the kernel suite"
+echo "== compute-sanitizer on the equivalence suites"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
 : > "$log/sanitizers.tsv"
 src=0
@@ -63,12 +89,13 @@ for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
     echo "-- $tool"
     set +e
     # shellcheck disable=SC2086
-    timeout "${SANITIZER_TIMEOUT:-1200}" "$san" --tool "$tool" $extra --error-exitcode 86 \
-        "$tests" gpu:: --include-ignored --test-threads=1 > "$slog" 2>&1
+    timeout "${SANITIZER_TIMEOUT:-1200}" "$san" --tool "$tool" $extra --error-exitcode 86 --target-processes all \
+        bash -c 'rc=0; for x in "$@"; do "$x" gpu:: --include-ignored --test-threads=1 || rc=$?; done; exit $rc' _ \
+        $(for s in $suites; do echo "${exe[$s]}"; done) > "$slog" 2>&1
     rc=$?
     set -e
     errors=$(grep -Eo "ERROR SUMMARY: [0-9]+" "$slog" | tail -1 | grep -Eo "[0-9]+$" || true)
-    tests_ok=$(grep -Ec "^test result: ok" "$slog" || true)
+    tests_ok=$(grep -Ec "^test result: ok" "$slog" || true)  # one line per suite
     if [ "$rc" = 124 ]; then
         verdict="TIMEOUT after ${SANITIZER_TIMEOUT:-1200} s"
     elif [ -z "$errors" ]; then
@@ -88,15 +115,69 @@ done
 
 echo "== kernel benches"
 set +e
-"$bench" --bench > "$log/bench.log" 2>&1
+"${exe[kernels]}" --bench > "$log/bench.log" 2>&1
 brc=$?
 set -e
-grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" | head -120 || true
+grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" | head -160 || true
+
+echo "== PyTorch on the same shapes (bf16: matmul, scaled_dot_product_attention causal)"
+set +e
+python3 - "$log/torch.json" <<'PY' 2>&1 | tail -20
+# Same ids, shapes and FLOP counts as benches/kernels.rs. Median of CUDA-event timings.
+import json, sys
+try:
+    import torch
+    import torch.nn.functional as F
+except Exception as e:  # no torch: the table says so
+    json.dump({"error": f"no torch: {e}"}, open(sys.argv[1], "w")); print("no torch:", e); sys.exit(0)
+dev, bf = "cuda", torch.bfloat16
+def bench(f, iters=20):
+    for _ in range(3): f()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); f(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e) * 1e-3)
+    return sorted(ts)[len(ts) // 2]
+res = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}
+t, d, ffn, vocab = 4096, 1536, 8960, 151936
+for name, m, n, k, ta, tb in [("4096x4096x4096_NT", 4096, 4096, 4096, 0, 1), ("qkv_4096x2048x1536_NT", t, 2048, d, 0, 1),
+        ("o_4096x1536x1536_NT", t, d, d, 0, 1), ("up_4096x8960x1536_NT", t, ffn, d, 0, 1),
+        ("down_4096x1536x8960_NT", t, d, ffn, 0, 1), ("lmhead_4096x151936x1536_NT", t, vocab, d, 0, 1),
+        ("up_dx_4096x1536x8960_NN", t, d, ffn, 0, 0), ("up_dw_8960x1536x4096_TN", ffn, d, t, 1, 0)]:
+    a = torch.randn((k, m) if ta else (m, k), device=dev, dtype=bf)
+    b = torch.randn((n, k) if tb else (k, n), device=dev, dtype=bf)
+    a, b = (a.t() if ta else a), (b.t() if tb else b)
+    res[f"gemm_bf16_{name}"] = bench(lambda: torch.matmul(a, b))
+    del a, b
+for ns, ln, h, hk in [(2, 4096, 16, 16), (4, 1024, 12, 2)]:
+    q = torch.randn(ns, h, ln, 128, device=dev, dtype=bf, requires_grad=True)
+    k = torch.randn(ns, hk, ln, 128, device=dev, dtype=bf, requires_grad=True)
+    v = torch.randn(ns, hk, ln, 128, device=dev, dtype=bf, requires_grad=True)
+    kw = {"is_causal": True}
+    if hk != h: kw["enable_gqa"] = True  # torch >= 2.5
+    try:
+        o = F.scaled_dot_product_attention(q, k, v, **kw)
+    except TypeError as e:
+        print("skipping GQA sdpa:", e); continue
+    do = torch.randn_like(o)
+    tag = f"{ns}x{ln}_h{h}kv{hk}_d128"
+    tf = bench(lambda: F.scaled_dot_product_attention(q, k, v, **kw))
+    tfb = bench(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, **kw), (q, k, v), do))
+    res[f"flash_fwd_{tag}"], res[f"flash_bwd_{tag}"] = tf, tfb - tf
+json.dump(res, open(sys.argv[1], "w"), indent=1)
+print(json.dumps(res, indent=1))
+PY
+set -e
 
 python3 - "$log" "$gpu" "$trc" "$brc" <<'PY'
 import json, re, sys, os, glob
 log, gpu, trc, brc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 san = [l.rstrip("\n").split("\t") for l in open(os.path.join(log, "sanitizers.tsv")) if l.strip()]
+try:
+    torch_res = json.load(open(os.path.join(log, "torch.json")))
+except Exception as e:
+    torch_res = {"error": str(e)}
 hbm = 4.8e12 if "H200" in gpu else 3.35e12           # datasheet HBM bandwidth
 f32_peak = 67e12                                      # H100/H200 SXM FP32 (non-tensor)
 bf16_peak = 990e12                                    # H100 SXM dense bf16
@@ -118,6 +199,12 @@ for mtd in meta:
     name = mtd["id"]
     fam = name.split("_")[0] if name.startswith(("matmul", "gemm")) else name
     fam = {"gemm": "gemm_f32", "sum": "sum_squares"}.get(fam, fam)
+    if name.startswith("gemm_bf16"):
+        fam = "gemm_bf16"
+    elif name.startswith("flash_decode"):
+        fam = "decode"
+    elif name.startswith("flash"):
+        fam = "flash"
     err = errs.get(fam.replace("_backward", ""), None)
     if mtd["bytes"]:
         rate = mtd["bytes"] / (ns * 1e-9)
@@ -125,14 +212,19 @@ for mtd in meta:
     else:
         rate = mtd["flops"] / (ns * 1e-9)
         perf, frac = f"{rate/1e12:.1f} TFLOP/s", f"{rate/f32_peak:.0%} of f32 / {rate/bf16_peak:.1%} of bf16"
-    rows.append((name, "-" if err is None else f"{err:.1e}", f"{ns/1e3:.1f} us", perf, frac))
+    tt = torch_res.get(name)
+    tcol = "-" if not isinstance(tt, float) else f"{tt*1e6:.1f} us"
+    ratio = "-" if not isinstance(tt, float) else f"{tt*1e9/ns:.2f}x"
+    rows.append((name, "-" if err is None else f"{err:.1e}", f"{ns/1e3:.1f} us", perf, frac, tcol, ratio))
 out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code {brc}.",
        f"Roofline: HBM {hbm/1e12:.2f} TB/s (datasheet), FP32 {f32_peak/1e12:.0f} TFLOP/s, bf16 dense {bf16_peak/1e12:.0f} TFLOP/s.",
        "Max error: largest relative L2 error against the CPU reference over the suite's shapes for that op, forward and backward together (f32 storage; '-': checked bit-exactly or by another test).",
        "Times: median per call, criterion, calls queued back to back between synchronizations; host-side id uploads included.", "",
-       "| kernel | max error | time | rate | fraction of roofline |", "| --- | --- | --- | --- | --- |"]
+       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 converted to bf16 in the tile loads (f32 storage), PyTorch's are bf16.",
+       "", "| kernel | max error | time | rate | fraction of roofline | PyTorch | speed vs PyTorch |",
+       "| --- | --- | --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in rows]
-out += ["", "compute-sanitizer over the kernel equivalence suite (every kernel, every shape of the suite):", "",
+out += ["", "compute-sanitizer over the equivalence suites (every kernel, every shape of the suites):", "",
         "| tool | verdict | errors | exit code | log |", "| --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in san] or ["| - | not run (SANITIZERS empty) | - | - | - |"]
 text = "\n".join(out) + "\n"

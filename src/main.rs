@@ -74,6 +74,15 @@ enum Command {
     /// Titles and labels need a TTF font (found on the system, or --font); without one the
     /// curves are drawn unlabelled and the panel order is printed.
     Plot(commands::plot::PlotArgs),
+    /// Write a Qwen2.5-shaped model with random weights (published shapes, Hugging Face
+    /// layout): benchmarks and tests at real sizes without a download. Example:
+    ///
+    ///   mmr1-fast init-model --arch qwen2.5-0.5b --out models/q05
+    ///
+    /// Sizes: qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b (0.49B to 7.6B parameters;
+    /// the host holds them in f32 while writing, 30 GB for 7B). --layers N keeps the widths
+    /// with fewer layers.
+    InitModel(commands::init_model::InitModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +96,7 @@ fn main() -> ExitCode {
         Command::Score(a) => commands::score::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Plot(a) => commands::plot::run(a),
+        Command::InitModel(a) => commands::init_model::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -707,3 +707,5 @@ inline float __half2float(__half h) {
     }
     return __uint_as_float(sign | ((e + 112) << 23) | (m << 13));
 }
+
+#include "tensor_core.h" // mma.sync / ldmatrix / cp.async as warp-collective operations

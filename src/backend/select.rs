@@ -1,4 +1,4 @@
-//! `--device auto|cpu|cuda[:N]`: which backend runs a command (named `DeviceChoice` so it is
+//! `--device auto|cpu|cuda[:N]|emu`: which backend runs a command (named `DeviceChoice` so it is
 //! not confused with the CUDA launch trait `backend::cuda::device::Device`).
 
 use anyhow::{bail, Result};
@@ -9,6 +9,9 @@ pub enum DeviceChoice {
     Auto,
     Cpu,
     Cuda(usize),
+    /// The CUDA backend on the host emulator (builds with `--features emu`): the GPU's
+    /// kernels, slow and exact, for checking the GPU path end to end without a GPU.
+    Emu,
 }
 
 impl FromStr for DeviceChoice {
@@ -18,9 +21,10 @@ impl FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" => Ok(DeviceChoice::Cuda(0)),
+            "emu" => Ok(DeviceChoice::Emu),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
-                _ => Err(format!("unknown device {s:?}: use auto, cpu, cuda or cuda:N")),
+                _ => Err(format!("unknown device {s:?}: use auto, cpu, cuda, cuda:N or emu")),
             },
         }
     }
@@ -33,6 +37,11 @@ pub fn resolve(dev: DeviceChoice) -> Result<DeviceChoice> {
     let gpu = |n: usize| crate::backend::cuda::available(n);
     match dev {
         DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
+        DeviceChoice::Emu if cfg!(feature = "emu") => {
+            eprintln!("note: running on the CUDA emulator (kernels on the host; slow)");
+            Ok(DeviceChoice::Emu)
+        }
+        DeviceChoice::Emu => bail!("--device emu needs a build with `--features emu`"),
         DeviceChoice::Auto => match gpu(0) {
             Ok(name) => {
                 eprintln!("note: running on {name}");
@@ -53,11 +62,33 @@ pub fn resolve(dev: DeviceChoice) -> Result<DeviceChoice> {
     }
 }
 
-/// For commands that run on the CPU only so far: `auto` quietly means the CPU, an explicit
-/// `cuda` is an error that says so.
-pub fn cpu_only(dev: DeviceChoice, command: &str) -> Result<()> {
-    if let DeviceChoice::Cuda(n) = dev {
-        bail!("`{command}` runs on the CPU in this version (asked for cuda:{n}); `train` runs on the GPU");
-    }
-    Ok(())
+/// Runs `$body` with `$be` bound to (a reference to) the backend `$dev` resolves to, one copy
+/// of the body per backend type, so a command written once against `Backend` runs on each.
+/// Evaluates to the body's value; errors of resolution and device setup are returned with `?`
+/// (use it in a function returning `anyhow::Result`).
+#[macro_export]
+macro_rules! with_backend {
+    ($dev:expr, $be:ident => $body:expr) => {{
+        match $crate::backend::select::resolve($dev)? {
+            #[cfg(feature = "cuda")]
+            $crate::backend::select::DeviceChoice::Cuda(n) => {
+                let backend = $crate::backend::cuda::CudaBackend::new(n)
+                    .map_err(|e| anyhow::anyhow!("cuda:{n}: {e}"))?;
+                let $be = &backend;
+                $body
+            }
+            #[cfg(feature = "emu")]
+            $crate::backend::select::DeviceChoice::Emu => {
+                let backend = $crate::backend::cuda::CudaBackend::emulator()
+                    .attention_from_env()
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let $be = &backend;
+                $body
+            }
+            _ => {
+                let $be = &$crate::backend::cpu::Cpu;
+                $body
+            }
+        }
+    }};
 }

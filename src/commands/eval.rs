@@ -1,10 +1,10 @@
 //! `mmr1-fast eval`: accuracy of a model on RL items (greedy by default, pass@k when
 //! sampling), with per-item results for inspection.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::data::jsonl::{write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
-use crate::data::rl_items::load_rl_items;
+use crate::data::rl_items::{load_rl_items, RlItem};
 use crate::model::Qwen2;
 use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
 use crate::tokenizer::Tokenizer;
@@ -47,6 +47,8 @@ pub struct EvalArgs {
     pub batch_items: usize,
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]
     pub bad_lines: BadLines,
+    /// Backend: auto (GPU 0 when usable, else the CPU), cpu, cuda, cuda:N, or emu (the CUDA
+    /// kernels on the host emulator: slow, exact; a build with --features emu).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::select::DeviceChoice,
 }
@@ -79,14 +81,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
     params.validate()?;
-    crate::backend::select::cpu_only(args.device, "eval")?;
     let items = load_rl_items(&args.data, args.bad_lines)?;
-    let be = Cpu;
-    let model = Qwen2::load(&be, &args.model)?;
+    crate::with_backend!(args.device, be => run_on(be, args, &items, &params))
+}
+
+fn run_on<B: Backend>(
+    be: &B,
+    args: &EvalArgs,
+    items: &[RlItem],
+    params: &EvalParams,
+) -> Result<()> {
+    let model = Qwen2::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     let n = if args.max_items > 0 { args.max_items.min(items.len()) } else { items.len() };
     let pb = crate::progress::bar(n as u64, "evaluating");
-    let report = evaluate_with_progress(&model, &be, &tok, &items, &params, |done| {
+    let report = evaluate_with_progress(&model, be, &tok, items, params, |done| {
         pb.set_position(done as u64)
     })?;
     pb.finish_and_clear();

@@ -1,6 +1,6 @@
 //! `mmr1-fast generate`: a completion for one prompt, with the KV cache.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::model::Qwen2;
 use crate::rl::rollout::{generate, SamplingParams};
 use crate::tokenizer::{apply_chat_template, Message, Tokenizer, QWEN25_DEFAULT_SYSTEM};
@@ -34,14 +34,18 @@ pub struct GenerateArgs {
     /// Feed the prompt text as is, without the chat template.
     #[arg(long)]
     pub raw: bool,
+    /// Backend: auto (GPU 0 when usable, else the CPU), cpu, cuda, cuda:N, or emu (the CUDA
+    /// kernels on the host emulator: slow, exact; a build with --features emu).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::select::DeviceChoice,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    crate::backend::select::cpu_only(args.device, "generate")?;
-    let be = Cpu;
-    let model = Qwen2::load(&be, &args.model)?;
+    crate::with_backend!(args.device, be => run_on(be, args))
+}
+
+fn run_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
+    let model = Qwen2::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     let text = if args.raw {
         args.prompt.clone()
@@ -64,7 +68,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         stop_ids,
         stop_strings: vec![],
     };
-    let out = generate(&model, &be, &[ids], 1, &params, args.seed, Some(&tok), |_| {})?;
+    let out = generate(&model, be, &[ids], 1, &params, args.seed, Some(&tok), |_| {})?;
     let r = &out[0];
     let body: Vec<u32> =
         r.tokens.iter().copied().filter(|t| !params.stop_ids.contains(t)).collect();

@@ -1,6 +1,6 @@
 //! `mmr1-fast logprobs`: teacher-forced log-probs of token sequences, written to safetensors.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::model::safetensors_io::{save_tensors, SaveDtype};
 use crate::model::{Packed, Qwen2};
 use anyhow::{bail, Context, Result};
@@ -21,13 +21,14 @@ pub struct LogprobsArgs {
     /// Divide logits by this temperature before the log-softmax (as GRPO does).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Backend: auto (GPU 0 when usable, else the CPU), cpu, cuda, cuda:N, or emu (the CUDA
+    /// kernels on the host emulator: slow, exact; a build with --features emu).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::select::DeviceChoice,
 }
 
 pub fn run(args: &LogprobsArgs) -> Result<()> {
-    crate::backend::select::cpu_only(args.device, "logprobs")?;
-    if !(args.temperature > 0.0) {
+    if args.temperature.is_nan() || args.temperature <= 0.0 {
         bail!("--temperature must be positive (got {})", args.temperature);
     }
     let text = std::fs::read_to_string(&args.tokens)
@@ -38,19 +39,22 @@ pub fn run(args: &LogprobsArgs) -> Result<()> {
     if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
         bail!("{}: sequence {i} is empty", args.tokens.display());
     }
-    let be = Cpu;
-    let model = Qwen2::load(&be, &args.model)?;
+    crate::with_backend!(args.device, be => run_on(be, args, &seqs))
+}
+
+fn run_on<B: Backend>(be: &B, args: &LogprobsArgs, seqs: &[Vec<u32>]) -> Result<()> {
+    let model = Qwen2::load(be, &args.model)?;
     for (i, s) in seqs.iter().enumerate() {
         model.check_ids(s).with_context(|| format!("{}: sequence {i}", args.tokens.display()))?;
     }
-    let batch = Packed::new(&seqs);
+    let batch = Packed::new(seqs);
     let mut acts = None;
-    model.forward(&be, &batch, &mut acts)?;
+    model.forward(be, &batch, &mut acts)?;
     let acts = acts.expect("forward planned the activations");
     let (targets, has_target) = batch.next_token_targets();
-    let (lp, _) = model.token_logprobs(&be, &acts, &targets, 1.0 / args.temperature);
+    let (lp, _) = model.token_logprobs(be, &acts, &targets, 1.0 / args.temperature);
     let last_rows: Vec<usize> = batch.spans.iter().map(|s| s.q_start + s.q_len - 1).collect();
-    let last_logits = model.logits_of_rows(&be, &acts.xn_f, &last_rows);
+    let last_logits = model.logits_of_rows(be, &acts.xn_f, &last_rows);
     let v = model.cfg.vocab_size;
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
     for (i, sp) in batch.spans.iter().enumerate() {

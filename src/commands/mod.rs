@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod generate;
+pub mod init_model;
 pub mod logprobs;
 pub mod plot;
 pub mod reward;

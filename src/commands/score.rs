@@ -2,10 +2,10 @@
 //! item gets its pass rate, OVS, TDS and VPS, from fresh rollouts of a model or from
 //! rollouts made elsewhere.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::data::jsonl::{id_string, read_jsonl, write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
-use crate::data::rl_items::load_rl_items;
+use crate::data::rl_items::{load_rl_items, RlItem};
 use crate::model::Qwen2;
 use crate::rl::graded::GradeParams;
 use crate::rl::reward::RewardConfig;
@@ -63,6 +63,8 @@ pub struct ScoreArgs {
     /// A malformed line in --data or --from-rollouts: stop with its line number, or skip it.
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]
     pub bad_lines: BadLines,
+    /// Backend: auto (GPU 0 when usable, else the CPU), cpu, cuda, cuda:N, or emu (the CUDA
+    /// kernels on the host emulator: slow, exact; a build with --features emu).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::select::DeviceChoice,
 }
@@ -161,10 +163,18 @@ fn with_model(
     if args.max_new_tokens == 0 || args.batch_items == 0 {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
-    crate::backend::select::cpu_only(args.device, "score")?;
     let items = load_rl_items(data, args.bad_lines)?;
-    let be = Cpu;
-    let model = Qwen2::load(&be, model_dir)?;
+    crate::with_backend!(args.device, be => score_on(be, args, model_dir, &items, vps))
+}
+
+fn score_on<B: Backend>(
+    be: &B,
+    args: &ScoreArgs,
+    model_dir: &Path,
+    items: &[RlItem],
+    vps: VpsParams,
+) -> Result<Vec<ScoreRecord>> {
+    let model = Qwen2::load(be, model_dir)?;
     let tok = Tokenizer::from_dir(model_dir)?;
     let grade = GradeParams {
         sampling: SamplingParams {
@@ -182,7 +192,7 @@ fn with_model(
         reward: RewardConfig::default(),
     };
     let pb = crate::progress::bar(items.len() as u64, "scoring");
-    let (scores, rollouts) = score_with_model(&model, &be, &tok, &items, &grade, vps, |done| {
+    let (scores, rollouts) = score_with_model(&model, be, &tok, items, &grade, vps, |done| {
         pb.set_position(done as u64)
     })?;
     pb.finish_and_clear();

@@ -1,6 +1,5 @@
 //! `mmr1-fast sft`: cold-start supervised fine-tuning on JSONL conversations.
 
-use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::data::sft_data::load_sft_dataset;
 use crate::model::safetensors_io::write_model_files;
@@ -77,6 +76,8 @@ pub struct SftArgs {
     /// Stop after this many optimizer steps in this invocation (the run can be resumed).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Backend: auto (GPU 0 when usable, else the CPU), cpu, cuda, cuda:N, or emu (the CUDA
+    /// kernels on the host emulator: slow, exact; a build with --features emu).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::select::DeviceChoice,
 }
@@ -105,8 +106,7 @@ impl SftArgs {
 }
 
 pub fn run(args: &SftArgs) -> Result<()> {
-    crate::backend::select::cpu_only(args.device, "sft")?;
-    run_on(&Cpu, args)
+    crate::with_backend!(args.device, be => run_on(be, args))
 }
 
 /// The SFT command on any backend (tests call this directly).

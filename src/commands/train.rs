@@ -18,7 +18,7 @@ pub struct TrainArgs {
     /// Override any key, e.g. --set rl.lr=1e-6 --set model.dir=/models/qwen (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub sets: Vec<String>,
-    /// auto | cpu | cuda | cuda:N (same as --set model.device=...).
+    /// auto | cpu | cuda | cuda:N | emu (same as --set model.device=...).
     #[arg(long)]
     pub device: Option<String>,
     /// Output directory (same as --set output.dir=...).
@@ -67,15 +67,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let device = crate::backend::select::resolve(
         cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
     )?;
-    match device {
-        #[cfg(feature = "cuda")]
-        crate::backend::select::DeviceChoice::Cuda(n) => {
-            let be = crate::backend::cuda::CudaBackend::new(n)
-                .map_err(|e| anyhow::anyhow!("cuda:{n}: {e}"))?;
-            run_on(&be, cfg, args)
-        }
-        _ => run_on(&crate::backend::cpu::Cpu, cfg, args),
-    }
+    crate::with_backend!(device, be => run_on(be, cfg, args))
 }
 
 fn run_on<B: crate::backend::Backend>(be: &B, cfg: TrainConfig, args: &TrainArgs) -> Result<()> {

@@ -43,6 +43,9 @@ pub struct CudaDevice {
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<String, CudaFunction>>,
     blas: Option<cudarc::cublas::CudaBlas>,
+    /// Matmuls as bf16 tensor-core GEMMs (operands rounded to bf16, f32 accumulation and
+    /// output) instead of f32 SGEMM. From `MMR1_GEMM=bf16`; `set_gemm_bf16` overrides.
+    gemm_bf16: bool,
     name: String,
 }
 
@@ -132,10 +135,108 @@ impl CudaDevice {
         } else {
             None
         };
-        Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), blas, name })
+        let gemm_bf16 = match std::env::var("MMR1_GEMM").as_deref() {
+            Err(_) | Ok("") | Ok("f32") => false,
+            Ok("bf16") => true,
+            Ok(other) => return Err(format!("MMR1_GEMM={other:?}: expected \"f32\" or \"bf16\"")),
+        };
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            module,
+            funcs: Mutex::new(HashMap::new()),
+            blas,
+            gemm_bf16,
+            name,
+        })
     }
     pub fn has_cublas(&self) -> bool {
         self.blas.is_some()
+    }
+    /// Runs `Backend::matmul` as bf16 GEMMs (see the field) or f32 SGEMM.
+    pub fn set_gemm_bf16(&mut self, on: bool) {
+        self.gemm_bf16 = on;
+    }
+    pub fn gemm_bf16_enabled(&self) -> bool {
+        self.gemm_bf16
+    }
+
+    /// `x` (f32, `n` values) as bf16 bits in new device memory.
+    pub fn to_bf16(&self, x: &CudaSlice<u8>, n: usize) -> CudaSlice<u8> {
+        let out = self.alloc(n * 2);
+        if n > 0 {
+            self.launch(
+                "f32_to_bf16",
+                [n.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
+                [256, 1, 1],
+                0,
+                &[Arg::Ptr(&out), Arg::Ptr(x), Arg::I64(n as i64)],
+            );
+        }
+        out
+    }
+
+    /// Row-major `out = op(A) op(B) + beta out` with bf16 `a`, `b` through cublasGemmEx,
+    /// CUBLAS_COMPUTE_32F (f32 accumulation); `out` is f32, or bf16 when `out_bf16`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16(
+        &self,
+        out: &mut CudaSlice<u8>,
+        out_bf16: bool,
+        a: &CudaSlice<u8>,
+        ta: Tr,
+        b: &CudaSlice<u8>,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) -> Result<(), String> {
+        let blas = self.blas.as_ref().ok_or("cuBLAS is not available")?;
+        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        use cudarc::cublas::sys::{
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F},
+        };
+        // Column-major view, operands swapped, as in `gemm`.
+        let (opb, ldb_) = match tb {
+            Tr::N => (CUBLAS_OP_N, n),
+            Tr::T => (CUBLAS_OP_T, k),
+        };
+        let (opa, lda_) = match ta {
+            Tr::N => (CUBLAS_OP_N, k),
+            Tr::T => (CUBLAS_OP_T, m),
+        };
+        let alpha = 1.0f32;
+        let (pa, _ga) = a.device_ptr(&self.stream);
+        let (pb, _gb) = b.device_ptr(&self.stream);
+        let (pc, _gc) = out.device_ptr(&self.stream);
+        // SAFETY: callers pass buffers of at least m*k, k*n bf16 and m*n outputs on this stream.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                opb,
+                opa,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                pb as *const _,
+                CUDA_R_16BF,
+                ldb_ as i32,
+                pa as *const _,
+                CUDA_R_16BF,
+                lda_ as i32,
+                &beta as *const f32 as *const _,
+                pc as *mut _,
+                if out_bf16 { CUDA_R_16BF } else { CUDA_R_32F },
+                n as i32,
+                CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| format!("cublasGemmEx (bf16): {e:?}"))
     }
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
@@ -155,7 +256,11 @@ impl CudaDevice {
 impl Device for CudaDevice {
     type Mem = CudaSlice<u8>;
     fn name(&self) -> String {
-        let blas = if self.blas.is_some() { "cuBLAS sgemm" } else { "gemm_f32 kernel" };
+        let blas = match (&self.blas, self.gemm_bf16) {
+            (Some(_), true) => "cuBLAS bf16 GemmEx",
+            (Some(_), false) => "cuBLAS sgemm",
+            (None, _) => "gemm_f32 kernel",
+        };
         format!("{} [{blas}]", self.name)
     }
     fn alloc(&self, bytes: usize) -> CudaSlice<u8> {
@@ -259,6 +364,13 @@ impl Device for CudaDevice {
         beta: f32,
     ) -> bool {
         let Some(blas) = &self.blas else { return false };
+        if self.gemm_bf16 {
+            // Operands rounded to bf16 on the way in (a pass each while storage is f32).
+            let (a16, b16) = (self.to_bf16(a, m * k), self.to_bf16(b, k * n));
+            self.gemm_bf16(out, false, &a16, ta, &b16, tb, m, n, k, beta)
+                .unwrap_or_else(|e| panic!("{e}"));
+            return true;
+        }
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
         use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         let (opb, ldb_) = match tb {
@@ -301,9 +413,10 @@ impl Device for CudaDevice {
 }
 
 impl CudaBackend<CudaDevice> {
-    /// The backend on GPU `ordinal`, or a one-line reason why there is none.
+    /// The backend on GPU `ordinal` (attention kernels from `MMR1_ATTENTION`, GEMM precision
+    /// from `MMR1_GEMM`), or a one-line reason why there is none.
     pub fn new(ordinal: usize) -> Result<Self, String> {
-        Ok(CudaBackend::with_device(CudaDevice::new(ordinal)?))
+        CudaBackend::with_device(CudaDevice::new(ordinal)?).attention_from_env()
     }
 }
 

@@ -13,9 +13,11 @@ pub mod device;
 pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
+pub mod flash;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
+pub use flash::AttnKernel;
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
 /// or `Err(reason)`. Never panics, also when the driver library is missing.
@@ -37,8 +39,16 @@ pub struct DevBuf<M> {
     len: usize,
 }
 
+impl<M> DevBuf<M> {
+    /// The device memory, for launching a kernel on it directly (kernel tests and benches).
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+}
+
 pub struct CudaBackend<D: Device> {
     dev: D,
+    attn: AttnKernel,
 }
 
 const BLOCK: u32 = 256;
@@ -49,11 +59,35 @@ fn grid_for(n: usize) -> u32 {
 }
 
 impl<D: Device> CudaBackend<D> {
+    /// The backend on `dev` with the f32 reference attention kernels.
     pub fn with_device(dev: D) -> Self {
-        CudaBackend { dev }
+        CudaBackend { dev, attn: AttnKernel::Reference }
+    }
+    /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
+    /// an unknown value is an error naming the accepted ones.
+    pub fn attention_from_env(mut self) -> Result<Self, String> {
+        self.attn = AttnKernel::from_env()?;
+        Ok(self)
+    }
+    /// Selects the attention kernels (the flash kernels run where they support the head dim).
+    pub fn with_attention(mut self, attn: AttnKernel) -> Self {
+        self.attn = attn;
+        self
+    }
+    pub fn set_attention(&mut self, attn: AttnKernel) {
+        self.attn = attn;
+    }
+    pub fn attention_kernel(&self) -> AttnKernel {
+        self.attn
+    }
+    fn use_flash(&self, shape: AttnShape) -> bool {
+        self.attn == AttnKernel::Flash && flash::flash_supports(shape.head_dim)
     }
     pub fn device(&self) -> &D {
         &self.dev
+    }
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.dev
     }
 
     fn upload_u32(&self, v: &[u32]) -> D::Mem {
@@ -492,6 +526,14 @@ impl<D: Device> Backend for CudaBackend<D> {
         shape: AttnShape,
     ) {
         attn_check(shape);
+        if self.attn == AttnKernel::Flash && flash::decode_supports(spans, shape) {
+            self.flash_decode(out, lse, q, k, v, spans, shape);
+            return;
+        }
+        if self.use_flash(shape) {
+            self.flash_forward(out, lse, q, k, v, spans, shape);
+            return;
+        }
         let items = q_items(spans);
         if items.is_empty() {
             return;
@@ -568,6 +610,10 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::I32(d as i32),
             ],
         );
+        if self.use_flash(shape) {
+            self.flash_backward(dq, dk, dv, dout, q, k, v, lse, &dsum, spans, shape);
+            return;
+        }
         let common = |a: &mut Vec<Arg<'_, D::Mem>>| {
             a.extend([
                 Arg::I32(h as i32),

@@ -1,0 +1,136 @@
+// Tensor-core instructions on the CUDA emulator, as warp-collective operations: the same
+// device functions that kernels/mma.cuh implements with inline PTX on the GPU.
+//
+//   mma_bf16_16816   mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (D = A B + D)
+//   ldmatrix_x{1,2,4}[_trans]   ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
+//   cp_async_16, cp_async_commit, cp_async_wait_all   cp.async.cg (a plain 16-byte copy here)
+//
+// Fragment layouts follow the PTX ISA, section "Warp-level matrix fragment mma.m16n8k16"
+// (floating point types) and "ldmatrix": with lane = 4 * group + tig (tig = thread in group),
+//   A (16x16, row-major) a[r]: rows group (+8 for r = 1, 3), cols 2*tig, 2*tig+1 (+8 for r >= 2)
+//   B (16x8, "col")      b[r]: rows (k) 2*tig, 2*tig+1 (+8 for r = 1), col (n) group
+//   C/D (16x8, f32)      c[i]: row group (+8 for i >= 2), col 2*tig + (i & 1)
+//   ldmatrix: lanes 8m..8m+7 give the row addresses of matrix m; register m of lane l holds
+//     row l/4, cols 2*(l%4), +1 of matrix m (.trans: rows 2*(l%4), +1 of col l/4).
+// Each 32-bit register holds two bf16, the lower-numbered column in the low half.
+//
+// Written against the public CUDA surface only (threadIdx, blockDim, __syncwarp), so it does
+// not depend on the scheduler's internals. The exchange slots are per OS thread, like
+// __shared__: the threads of a block are fibers of one OS thread.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace emu_tc {
+
+struct Slot {
+    unsigned w[8];
+    const void* p;
+};
+inline Slot* slots() {
+    static thread_local Slot s[1024];
+    return s;
+}
+inline unsigned linear_tid() {
+    return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+inline float bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
+inline float bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+inline uint16_t read_b16(const void* row, unsigned col) {
+    uint16_t v;
+    memcpy(&v, (const char*)row + 2 * col, 2);
+    return v;
+}
+
+// Every lane publishes its slot, the warp meets, each lane reads what it needs, the warp meets
+// again before any slot may be overwritten.
+template <class F>
+inline void warp_collective(const Slot& mine, F&& read) {
+    const unsigned me = linear_tid(), base = me & ~31u;
+    slots()[me] = mine;
+    __syncwarp();
+    read(slots() + base, me & 31u);
+    __syncwarp();
+}
+
+template <int N, bool TRANS>
+inline void ldmatrix(unsigned* r, const void* row_addr) {
+    Slot s{};
+    s.p = row_addr;
+    warp_collective(s, [&](const Slot* w, unsigned lane) {
+        const unsigned g = lane >> 2, t = lane & 3;
+        for (int m = 0; m < N; m++) {
+            uint16_t lo, hi;
+            if (!TRANS) {
+                const void* row = w[8 * m + g].p;
+                lo = read_b16(row, 2 * t);
+                hi = read_b16(row, 2 * t + 1);
+            } else {
+                lo = read_b16(w[8 * m + 2 * t].p, g);
+                hi = read_b16(w[8 * m + 2 * t + 1].p, g);
+            }
+            r[m] = (unsigned)lo | ((unsigned)hi << 16);
+        }
+    });
+}
+
+} // namespace emu_tc
+
+inline void ldmatrix_x1(unsigned r[1], const void* p) { emu_tc::ldmatrix<1, false>(r, p); }
+inline void ldmatrix_x2(unsigned r[2], const void* p) { emu_tc::ldmatrix<2, false>(r, p); }
+inline void ldmatrix_x4(unsigned r[4], const void* p) { emu_tc::ldmatrix<4, false>(r, p); }
+inline void ldmatrix_x1_trans(unsigned r[1], const void* p) { emu_tc::ldmatrix<1, true>(r, p); }
+inline void ldmatrix_x2_trans(unsigned r[2], const void* p) { emu_tc::ldmatrix<2, true>(r, p); }
+inline void ldmatrix_x4_trans(unsigned r[4], const void* p) { emu_tc::ldmatrix<4, true>(r, p); }
+
+// d += A b, products exact in f32 (bf16 x bf16), summed in k order in f32.
+inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+    emu_tc::Slot s{};
+    for (int i = 0; i < 4; i++) s.w[i] = a[i];
+    s.w[4] = b[0];
+    s.w[5] = b[1];
+    float out[4];
+    emu_tc::warp_collective(s, [&](const emu_tc::Slot* w, unsigned lane) {
+        const unsigned g = lane >> 2, t = lane & 3;
+        float arow[2][16], bcol[2][16];
+        for (unsigned tt = 0; tt < 4; tt++) {
+            const unsigned* aw = w[4 * g + tt].w;
+            arow[0][2 * tt] = emu_tc::bf16_lo(aw[0]);
+            arow[0][2 * tt + 1] = emu_tc::bf16_hi(aw[0]);
+            arow[1][2 * tt] = emu_tc::bf16_lo(aw[1]);
+            arow[1][2 * tt + 1] = emu_tc::bf16_hi(aw[1]);
+            arow[0][2 * tt + 8] = emu_tc::bf16_lo(aw[2]);
+            arow[0][2 * tt + 9] = emu_tc::bf16_hi(aw[2]);
+            arow[1][2 * tt + 8] = emu_tc::bf16_lo(aw[3]);
+            arow[1][2 * tt + 9] = emu_tc::bf16_hi(aw[3]);
+            for (unsigned j = 0; j < 2; j++) {
+                const unsigned* bw = w[4 * (2 * t + j) + tt].w;
+                bcol[j][2 * tt] = emu_tc::bf16_lo(bw[4]);
+                bcol[j][2 * tt + 1] = emu_tc::bf16_hi(bw[4]);
+                bcol[j][2 * tt + 8] = emu_tc::bf16_lo(bw[5]);
+                bcol[j][2 * tt + 9] = emu_tc::bf16_hi(bw[5]);
+            }
+        }
+        for (int i = 0; i < 4; i++) {
+            float acc = d[i];
+            for (int k = 0; k < 16; k++) acc += arow[i >> 1][k] * bcol[i & 1][k];
+            out[i] = acc;
+        }
+    });
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+
+// Two floats to a bf16 pair (round to nearest even), `lo` in the low half.
+inline unsigned pack_bf16x2(float lo, float hi) {
+    return (unsigned)__float2bfloat16(lo).x | ((unsigned)__float2bfloat16(hi).x << 16);
+}
+
+inline unsigned short bf16_bits(float f) { return __float2bfloat16(f).x; }
+
+// cp.async: the copy happens at once; commit and wait have nothing left to do. A kernel that
+// reads the destination before its wait is still correct here, a race the emulator cannot see.
+inline void cp_async_16(void* smem, const void* gmem) { memcpy(smem, gmem, 16); }
+inline void cp_async_commit() {}
+inline void cp_async_wait_all() {}
+template <int N>
+inline void cp_async_wait() {}

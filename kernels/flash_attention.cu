@@ -1,0 +1,533 @@
+// Flash attention (FlashAttention-2 scheme: Dao 2023, arXiv:2307.08691, Algorithms 1 and 2) on
+// bf16 tensor cores through kernels/mma.cuh: causal, grouped-query heads, packed sequences of
+// any lengths, head dims 16/32/64/128. Scores, softmax statistics and every accumulator are
+// f32; Q, K, V, P, dO and dS enter the tensor cores rounded to bf16. The per-query kernels of
+// attention.cu stay beside these as the exact f32 baseline.
+//
+// Storage is `real` (f32 today): tiles are converted to bf16 as they are loaded into shared
+// memory. With bf16 storage the loads become cp.async copies (cp_async_16).
+//
+// Block: 4 warps; a warp owns 16 rows (queries in the forward and dQ kernels, keys in the
+// dK/dV kernel) of a 64-row tile and walks the other side in tiles of 64.
+//
+// Work lists (host-built, see src/backend/cuda/flash.rs):
+//   q tiles  (4 ints): first query row, rows in the tile (<= 64), span's first kv row,
+//                      position in its sequence of the tile's first query
+//   kv tiles (8 ints): first kv row, keys in the tile (<= 64), index in the sequence of the
+//                      tile's first key, span's first query row, span's q_len, position of the
+//                      span's first query, 0, 0
+#ifndef SHARED
+#define SHARED(T, name, dims) __shared__ T name dims
+#endif
+#include "common.cuh"
+#include "mma.cuh"
+
+#define FA_ROWS 64
+#define FA_THREADS 128
+#define FA_LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ int fa_imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int fa_imax(int a, int b) { return a > b ? a : b; }
+
+// Rows [0, 64) of head `h` of a [rows, heads, D] tensor from row `row0` into a bf16 tile;
+// rows >= nvalid become zeros (never read out of the span).
+template <int D>
+__device__ __forceinline__ void fa_load(bf16x8 (*s)[D / 8 + 1], const real* src, long long row0, int nvalid,
+                                        int heads, int h) {
+    for (int c = threadIdx.x; c < FA_ROWS * (D / 8); c += FA_THREADS) {
+        const int r = c / (D / 8), cc = c % (D / 8);
+        bf16x8 v;
+        if (r < nvalid) {
+            const real* p = src + ((row0 + r) * heads + h) * D + cc * 8;
+#pragma unroll
+            for (int e = 0; e < 8; e++) v.h[e] = bf16_bits(p[e]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) v.h[e] = 0;
+        }
+        s[r][cc] = v;
+    }
+}
+
+// A fragments (16 rows x D) of the warp's rows of tile s, one per 16-column chunk.
+template <int D>
+__device__ __forceinline__ void fa_frag_a(unsigned f[D / 16][4], bf16x8 (*s)[D / 8 + 1], int row0) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc++)
+        ldmatrix_x4(f[kc], &s[row0 + (lane & 7) + 8 * ((lane >> 3) & 1)][2 * kc + (lane >> 4)]);
+}
+
+// acc[8][4] (16 x 64) = A (16 x D, fragments) . T^T where T is a 64 x D tile: rows of T are
+// the columns of the product (keys for S = Q K^T, queries for S^T = K Q^T).
+template <int D>
+__device__ __forceinline__ void fa_mm_abt(float acc[8][4], const unsigned a[D / 16][4], bf16x8 (*s)[D / 8 + 1]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            // matrices: (rows np*16+0..7, cols kc*16+0..7), (same rows, +8 cols),
+            //           (rows +8, cols +0), (rows +8, cols +8)
+            unsigned b[4];
+            ldmatrix_x4(b, &s[np * 16 + (lane & 7) + 8 * (lane >> 4)][2 * kc + ((lane >> 3) & 1)]);
+            mma_bf16_16816(acc[2 * np], a[kc], b);
+            mma_bf16_16816(acc[2 * np + 1], a[kc], b + 2);
+        }
+}
+
+// acc[D/8][4] (16 x D) += P (16 x 64, f32 accumulator layout) . T where T is a 64 x D tile
+// (V for O += P V, dO for dV += P^T dO, Q for dK += dS^T Q, K for dQ += dS K).
+template <int D>
+__device__ __forceinline__ void fa_mm_pt(float acc[D / 8][4], const float p[8][4], bf16x8 (*s)[D / 8 + 1]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int kc = 0; kc < 4; kc++) {
+        // The accumulator layout of two n-tiles is the A layout of one 16-wide k chunk.
+        unsigned a[4];
+        a[0] = pack_bf16x2(p[2 * kc][0], p[2 * kc][1]);
+        a[1] = pack_bf16x2(p[2 * kc][2], p[2 * kc][3]);
+        a[2] = pack_bf16x2(p[2 * kc + 1][0], p[2 * kc + 1][1]);
+        a[3] = pack_bf16x2(p[2 * kc + 1][2], p[2 * kc + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            // matrices (transposed): (rows kc*16+0..7, cols dp*16+0..7), (rows +8, cols +0),
+            //                        (rows +0, cols +8), (rows +8, cols +8)
+            unsigned b[4];
+            ldmatrix_x4_trans(b, &s[kc * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)][2 * dp + (lane >> 4)]);
+            mma_bf16_16816(acc[2 * dp], a, b);
+            mma_bf16_16816(acc[2 * dp + 1], a, b + 2);
+        }
+    }
+}
+
+__device__ __forceinline__ float fa_quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 1));
+    return fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 2));
+}
+__device__ __forceinline__ float fa_quad_sum(float v) {
+    v += __shfl_xor_sync(FULL_MASK, v, 1);
+    return v + __shfl_xor_sync(FULL_MASK, v, 2);
+}
+
+// ---- forward ------------------------------------------------------------------------------
+
+template <int D>
+__device__ void flash_fwd(real* out, float* lse, const real* q, const real* k, const real* v, const int* items,
+                          int n_heads, int n_kv, float scale) {
+    SHARED(bf16x8, sK, [FA_ROWS][D / 8 + 1]);
+    SHARED(bf16x8, sV, [FA_ROWS][D / 8 + 1]);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
+    const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
+    const int nrows = items[4 * blockIdx.x + 1], pos0 = items[4 * blockIdx.x + 3];
+    const int nkeys = pos0 + nrows; // keys the tile's last query sees
+    const bool active = warp * 16 < nrows;
+    const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
+
+    fa_load<D>(sK, q, qrow0, nrows, n_heads, h); // Q passes through sK into registers
+    __syncthreads();
+    unsigned qf[D / 16][4];
+    fa_frag_a<D>(qf, sK, warp * 16);
+
+    const float sl2 = scale * FA_LOG2E;
+    float o[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[nt][i] = 0.0f;
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS) {
+        const int nk = fa_imin(FA_ROWS, nkeys - j0);
+        __syncthreads(); // the previous tile (or Q) has been read
+        fa_load<D>(sK, k, kv0 + j0, nk, n_kv, kvh);
+        fa_load<D>(sV, v, kv0 + j0, nk, n_kv, kvh);
+        __syncthreads();
+        if (!active || j0 > wlast) continue; // warp-uniform: nothing of this tile is visible
+        float s[8][4];
+        fa_mm_abt<D>(s, qf, sK);
+        float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
+                if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
+                mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
+            }
+        float corr[2], mb[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const float mnew = fmaxf(m[r], fa_quad_max(mx[r]));
+            mb[r] = mnew == neg_inf() ? 0.0f : mnew * sl2; // a row with nothing visible yet
+            corr[r] = exp2f(m[r] * sl2 - mb[r]);           // 0 on a row's first visible tile
+            m[r] = mnew;
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float p = exp2f(s[nt][i] * sl2 - mb[i >> 1]);
+                s[nt][i] = p;
+                l[i >> 1] += p; // this lane's partial row sum; the quad is summed at the end
+            }
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[nt][i] *= corr[i >> 1];
+        fa_mm_pt<D>(o, s, sV);
+    }
+    if (!active) return;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] = fa_quad_sum(l[r]);
+        const int row = warp * 16 + g + 8 * r;
+        if (row < nrows && t == 0) lse[(qrow0 + row) * n_heads + h] = m[r] * scale + logf(l[r]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = warp * 16 + g + 8 * (i >> 1);
+            if (row < nrows) out[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = o[nt][i] / l[i >> 1];
+        }
+}
+
+// ---- backward: dQ (one block per q tile and head, walks the keys) -------------------------
+
+template <int D>
+__device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const real* k, const real* v,
+                             const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+                             float scale) {
+    SHARED(bf16x8, sK, [FA_ROWS][D / 8 + 1]);
+    SHARED(bf16x8, sV, [FA_ROWS][D / 8 + 1]);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
+    const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
+    const int nrows = items[4 * blockIdx.x + 1], pos0 = items[4 * blockIdx.x + 3];
+    const int nkeys = pos0 + nrows;
+    const bool active = warp * 16 < nrows;
+    const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
+
+    fa_load<D>(sK, q, qrow0, nrows, n_heads, h);
+    fa_load<D>(sV, dout, qrow0, nrows, n_heads, h);
+    __syncthreads();
+    unsigned qf[D / 16][4], df[D / 16][4];
+    fa_frag_a<D>(qf, sK, warp * 16);
+    fa_frag_a<D>(df, sV, warp * 16);
+    float L2[2], Dd[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = warp * 16 + g + 8 * r;
+        // Rows outside the tile get P = 0: L = +inf.
+        L2[r] = row < nrows ? lse[(qrow0 + row) * n_heads + h] * FA_LOG2E : __int_as_float(0x7f800000);
+        Dd[r] = row < nrows ? dsum[(qrow0 + row) * n_heads + h] : 0.0f;
+    }
+    const float sl2 = scale * FA_LOG2E;
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS) {
+        const int nk = fa_imin(FA_ROWS, nkeys - j0);
+        __syncthreads();
+        fa_load<D>(sK, k, kv0 + j0, nk, n_kv, kvh);
+        fa_load<D>(sV, v, kv0 + j0, nk, n_kv, kvh);
+        __syncthreads();
+        if (!active || j0 > wlast) continue;
+        float s[8][4], dp[8][4];
+        fa_mm_abt<D>(s, qf, sK);
+        fa_mm_abt<D>(dp, df, sV);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
+                const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
+                s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
+            }
+        fa_mm_pt<D>(acc, s, sK);
+    }
+    if (!active) return;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = warp * 16 + g + 8 * (i >> 1);
+            if (row < nrows) dq[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = acc[nt][i];
+        }
+}
+
+// ---- backward: dK, dV (one block per kv tile and kv head, walks the queries of every head
+// of its group in a fixed order: deterministic, no atomics) -------------------------------
+
+template <int D>
+__device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* q, const real* k, const real* v,
+                              const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+                              float scale) {
+    SHARED(bf16x8, sQ, [FA_ROWS][D / 8 + 1]);
+    SHARED(bf16x8, sO, [FA_ROWS][D / 8 + 1]); // dO
+    SHARED(float, sL, [FA_ROWS]);
+    SHARED(float, sD, [FA_ROWS]);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int kvh = blockIdx.y, group = n_heads / n_kv;
+    const int* it = items + 8 * blockIdx.x;
+    const long long kvrow0 = it[0], q_start = it[3];
+    const int nk = it[1], j0 = it[2], q_len = it[4], qpos0 = it[5];
+    const bool active = warp * 16 < nk;
+    const int wfirst = j0 + warp * 16; // first key of the warp
+
+    fa_load<D>(sQ, k, kvrow0, nk, n_kv, kvh);
+    fa_load<D>(sO, v, kvrow0, nk, n_kv, kvh);
+    __syncthreads();
+    unsigned kf[D / 16][4], vf[D / 16][4];
+    fa_frag_a<D>(kf, sQ, warp * 16);
+    fa_frag_a<D>(vf, sO, warp * 16);
+    const float sl2 = scale * FA_LOG2E;
+    float gk[D / 8][4], gv[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) gk[nt][i] = gv[nt][i] = 0.0f;
+    const int i_first = fa_imax(0, j0 - qpos0); // first query that sees key j0
+    for (int gi = 0; gi < group; gi++) {
+        const int h = kvh * group + gi;
+        for (int i0 = i_first; i0 < q_len; i0 += FA_ROWS) {
+            const int nq = fa_imin(FA_ROWS, q_len - i0);
+            __syncthreads();
+            fa_load<D>(sQ, q, q_start + i0, nq, n_heads, h);
+            fa_load<D>(sO, dout, q_start + i0, nq, n_heads, h);
+            for (int r = tid; r < FA_ROWS; r += FA_THREADS) {
+                const long long qi = (q_start + i0 + r) * n_heads + h;
+                sL[r] = r < nq ? lse[qi] * FA_LOG2E : __int_as_float(0x7f800000);
+                sD[r] = r < nq ? dsum[qi] : 0.0f;
+            }
+            __syncthreads();
+            if (!active || wfirst > qpos0 + i0 + nq - 1) continue; // no query here sees the warp's keys
+            float s[8][4], dp[8][4];
+            fa_mm_abt<D>(s, kf, sQ);  // S^T: keys x queries
+            fa_mm_abt<D>(dp, vf, sO); // dP^T
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
+                    const bool vis = c < nq && row < nk && j0 + row <= qpos0 + i0 + c;
+                    const float p = vis ? exp2f(s[nt][i] * sl2 - sL[c]) : 0.0f;
+                    s[nt][i] = p;
+                    dp[nt][i] = p * (dp[nt][i] - sD[c]) * scale; // dS^T
+                }
+            fa_mm_pt<D>(gv, s, sO);  // dV += P^T dO
+            fa_mm_pt<D>(gk, dp, sQ); // dK += dS^T Q
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = warp * 16 + g + 8 * (i >> 1);
+            if (row < nk) {
+                const long long o = ((kvrow0 + row) * n_kv + kvh) * D + nt * 8 + 2 * t + (i & 1);
+                dk[o] = gk[nt][i];
+                dv[o] = gv[nt][i];
+            }
+        }
+}
+
+// ---- entry points, one per head dim -------------------------------------------------------
+
+// Spelled out, not macro-generated: build.rs finds the entry points by their declaration text.
+extern "C" __global__ void flash_fwd_d16(real* out, float* lse, const real* q, const real* k, const real* v,
+                                      const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<16>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dq_d16(real* dq, const real* dout, const real* q, const real* k, const real* v,
+                                         const float* lse, const float* dsum, const int* items, int n_heads,
+                                         int n_kv, float scale) {
+    flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dkv_d16(real* dk, real* dv, const real* dout, const real* q, const real* k,
+                                          const real* v, const float* lse, const float* dsum, const int* items,
+                                          int n_heads, int n_kv, float scale) {
+    flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+
+extern "C" __global__ void flash_fwd_d32(real* out, float* lse, const real* q, const real* k, const real* v,
+                                      const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<32>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dq_d32(real* dq, const real* dout, const real* q, const real* k, const real* v,
+                                         const float* lse, const float* dsum, const int* items, int n_heads,
+                                         int n_kv, float scale) {
+    flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dkv_d32(real* dk, real* dv, const real* dout, const real* q, const real* k,
+                                          const real* v, const float* lse, const float* dsum, const int* items,
+                                          int n_heads, int n_kv, float scale) {
+    flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+
+extern "C" __global__ void flash_fwd_d64(real* out, float* lse, const real* q, const real* k, const real* v,
+                                      const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<64>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dq_d64(real* dq, const real* dout, const real* q, const real* k, const real* v,
+                                         const float* lse, const float* dsum, const int* items, int n_heads,
+                                         int n_kv, float scale) {
+    flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dkv_d64(real* dk, real* dv, const real* dout, const real* q, const real* k,
+                                          const real* v, const float* lse, const float* dsum, const int* items,
+                                          int n_heads, int n_kv, float scale) {
+    flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+
+extern "C" __global__ void flash_fwd_d128(real* out, float* lse, const real* q, const real* k, const real* v,
+                                      const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<128>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dq_d128(real* dq, const real* dout, const real* q, const real* k, const real* v,
+                                         const float* lse, const float* dsum, const int* items, int n_heads,
+                                         int n_kv, float scale) {
+    flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void flash_bwd_dkv_d128(real* dk, real* dv, const real* dout, const real* q, const real* k,
+                                          const real* v, const float* lse, const float* dsum, const int* items,
+                                          int n_heads, int n_kv, float scale) {
+    flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+
+// ---- decode: one query per sequence against its KV cache, split over the keys -------------
+// (flash-decoding: Dao et al. 2023, "Flash-Decoding for long-context inference"). Each warp
+// takes a chunk of DEC_CHUNK keys of one sequence and one kv head and serves all the query
+// heads of its group, so each K/V row is read once per group; a second kernel merges the
+// chunks of a sequence in order (deterministic). f32 throughout: decode is bound by reading
+// the cache, not by arithmetic.
+//   split items   (4 ints): query row, first kv row of the chunk, keys in the chunk, 0
+//   combine items (4 ints): query row, first split item of the sequence, number of splits, 0
+// Partials: part_ml[(item * n_heads + h) * 2 + {0, 1}] = running max (log2 units), sum;
+// part_o[(item * n_heads + h) * d + c] = unnormalized output.
+#define DEC_CHUNK 128
+#define DEC_MAXG 8
+#define DEC_MAXD 256
+#define DEC_WARPS 4
+
+struct __align__(16) dec_f4 {
+    float x, y, z, w;
+};
+
+extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, const real* q, const real* k,
+                                              const real* v, const int* items, int n_items, int n_heads, int n_kv,
+                                              int d, float scale) {
+    SHARED(float, sQ, [DEC_WARPS][DEC_MAXG * DEC_MAXD]);
+    SHARED(float, sP, [DEC_WARPS][DEC_MAXG][32]);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int it = blockIdx.x * DEC_WARPS + warp, kvh = blockIdx.y, group = n_heads / n_kv;
+    if (it >= n_items) return; // whole warp: no block-wide barrier below
+    const long long qrow = items[4 * it], kv0 = items[4 * it + 1];
+    const int nkeys = items[4 * it + 2];
+    const float sl2 = scale * FA_LOG2E;
+    float* qs = sQ[warp];
+    for (int c = lane; c < group * d; c += 32) qs[c] = q[(qrow * n_heads + kvh * group) * d + c] * sl2;
+    __syncwarp();
+    float m[DEC_MAXG], l[DEC_MAXG], o[DEC_MAXG][DEC_MAXD / 32];
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) {
+        m[g] = neg_inf();
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DEC_MAXD / 32; e++) o[g][e] = 0.0f;
+    }
+    for (int t0 = 0; t0 < nkeys; t0 += 32) {
+        // Scores: one key per lane, its row read in 16-byte pieces.
+        const int key = t0 + lane;
+        const bool valid = key < nkeys;
+        float s[DEC_MAXG];
+#pragma unroll
+        for (int g = 0; g < DEC_MAXG; g++) s[g] = 0.0f;
+        if (valid) {
+            const dec_f4* kr = reinterpret_cast<const dec_f4*>(k + ((kv0 + key) * n_kv + kvh) * d);
+            for (int c4 = 0; c4 < d / 4; c4++) {
+                const dec_f4 kk = kr[c4];
+#pragma unroll
+                for (int g = 0; g < DEC_MAXG; g++)
+                    if (g < group) {
+                        const float* qg = qs + g * d + 4 * c4;
+                        s[g] += qg[0] * kk.x + qg[1] * kk.y + qg[2] * kk.z + qg[3] * kk.w;
+                    }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < DEC_MAXG; g++) {
+            if (g >= group) break;
+            const float mnew = fmaxf(m[g], warp_max(valid ? s[g] : neg_inf())); // key t0 is valid: finite
+            const float corr = exp2f(m[g] - mnew);
+            const float p = valid ? exp2f(s[g] - mnew) : 0.0f;
+            l[g] = l[g] * corr + warp_sum(p);
+            m[g] = mnew;
+            sP[warp][g][lane] = p;
+#pragma unroll
+            for (int e = 0; e < DEC_MAXD / 32; e++) o[g][e] *= corr;
+        }
+        __syncwarp();
+        // Values: lanes split the head dim, keys in order.
+        const int nt = fa_imin(32, nkeys - t0);
+        for (int jj = 0; jj < nt; jj++) {
+            const real* vr = v + ((kv0 + t0 + jj) * n_kv + kvh) * d;
+#pragma unroll
+            for (int e = 0; e < DEC_MAXD / 32; e++) {
+                const int c = lane + 32 * e;
+                if (c < d) {
+                    const float vv = vr[c];
+#pragma unroll
+                    for (int g = 0; g < DEC_MAXG; g++)
+                        if (g < group) o[g][e] += sP[warp][g][jj] * vv;
+                }
+            }
+        }
+        __syncwarp(); // sP is rewritten by the next keys
+    }
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) {
+        if (g >= group) break;
+        const long long ph = (long long)it * n_heads + kvh * group + g;
+        if (lane == 0) {
+            part_ml[2 * ph] = m[g];
+            part_ml[2 * ph + 1] = l[g];
+        }
+#pragma unroll
+        for (int e = 0; e < DEC_MAXD / 32; e++) {
+            const int c = lane + 32 * e;
+            if (c < d) part_o[ph * d + c] = o[g][e];
+        }
+    }
+}
+
+extern "C" __global__ void flash_decode_combine(real* out, float* lse, const float* part_o, const float* part_ml,
+                                                const int* items, int n_heads, int d) {
+    const long long qrow = items[4 * blockIdx.x];
+    const int first = items[4 * blockIdx.x + 1], n = items[4 * blockIdx.x + 2], h = blockIdx.y;
+    float mx = neg_inf();
+    for (int p = 0; p < n; p++) mx = fmaxf(mx, part_ml[2 * ((long long)(first + p) * n_heads + h)]);
+    float L = 0.0f;
+    for (int p = 0; p < n; p++) {
+        const long long ph = (long long)(first + p) * n_heads + h;
+        L += part_ml[2 * ph + 1] * exp2f(part_ml[2 * ph] - mx);
+    }
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int p = 0; p < n; p++) {
+            const long long ph = (long long)(first + p) * n_heads + h;
+            acc += part_o[ph * d + c] * exp2f(part_ml[2 * ph] - mx);
+        }
+        out[(qrow * n_heads + h) * d + c] = acc / L;
+    }
+    if (threadIdx.x == 0) lse[qrow * n_heads + h] = (mx + log2f(L)) * 0.6931471805599453f;
+}

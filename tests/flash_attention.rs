@@ -1,0 +1,285 @@
+//! Flash attention (bf16 tensor cores, `AttnKernel::Flash`) against the f32 CPU reference:
+//! ragged packed sequences, GQA groups 1/2/4, head dims 16/32/64/128, decode-style spans
+//! (queries the last positions of longer sequences), outputs poisoned with NaN first.
+//!
+//! Tolerance: relative L2 <= 1e-2 against f32 (Q, K, V, P, dO, dS are rounded to bf16 at the
+//! tensor cores, 8 significant bits; accumulation is f32). Measured errors are printed as
+//! `ERR` lines (about 2e-3 to 5e-3 at these shapes).
+//!
+//! Runs on the CUDA emulator with `--features emu` and on the GPU with `--features cuda`.
+#![cfg(any(feature = "emu", feature = "cuda"))]
+
+use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::cuda::device::Device;
+use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend};
+use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TOL: f64 = 1e-2;
+
+struct Case {
+    spans: Vec<AttnSpan>,
+    shape: AttnShape,
+    q_rows: usize,
+    kv_rows: usize,
+}
+
+fn sh(h: usize, hkv: usize, d: usize) -> AttnShape {
+    AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d }
+}
+
+fn packed(lens: &[usize], shape: AttnShape) -> Case {
+    let mut at = 0;
+    let spans = lens
+        .iter()
+        .map(|&l| {
+            let s = AttnSpan { q_start: at, q_len: l, kv_start: at, kv_len: l };
+            at += l;
+            s
+        })
+        .collect();
+    Case { spans, shape, q_rows: at, kv_rows: at }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // GQA 2, head dim 64: a one-token sequence, a ragged one, one over a tile boundary.
+        packed(&[1, 37, 70], sh(4, 2, 64)),
+        // GQA 4, head dim 128, three query tiles in one sequence.
+        packed(&[13, 130], sh(4, 1, 128)),
+        packed(&[9, 20], sh(2, 1, 16)),
+        packed(&[66], sh(2, 2, 32)),
+        // Decode-style: queries are the last q_len positions; q row 2 is in no span.
+        Case {
+            spans: vec![
+                AttnSpan { q_start: 0, q_len: 1, kv_start: 0, kv_len: 90 },
+                AttnSpan { q_start: 3, q_len: 3, kv_start: 90, kv_len: 10 },
+                AttnSpan { q_start: 1, q_len: 1, kv_start: 100, kv_len: 1 },
+                AttnSpan { q_start: 6, q_len: 70, kv_start: 101, kv_len: 75 },
+            ],
+            shape: sh(4, 2, 64),
+            q_rows: 76,
+            kv_rows: 176,
+        },
+    ]
+}
+
+fn rand_vec(r: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| loop {
+            let v: f32 = r.gen_range(-scale..scale);
+            if v != 0.0 {
+                break v;
+            }
+        })
+        .collect()
+}
+
+fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
+    b.upload(&vec![f32::NAN; n])
+}
+
+type Out = [Vec<f32>; 5];
+
+fn run<B: Backend>(b: &B, c: &Case, x: &[Vec<f32>; 4]) -> Out {
+    let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
+    let (q, k, v) = (b.upload(&x[0]), b.upload(&x[1]), b.upload(&x[2]));
+    let (mut o, mut lse) = (poisoned(b, c.q_rows * h * d), poisoned(b, c.q_rows * h));
+    b.attention(&mut o, &mut lse, &q, &k, &v, &c.spans, c.shape);
+    let mut dq = poisoned(b, c.q_rows * h * d);
+    let (mut dk, mut dv) = (poisoned(b, c.kv_rows * hkv * d), poisoned(b, c.kv_rows * hkv * d));
+    let dout = b.upload(&x[3]);
+    b.attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &c.spans, c.shape);
+    [b.download(&o), b.download(&lse), b.download(&dq), b.download(&dk), b.download(&dv)]
+}
+
+fn inputs(r: &mut ChaCha8Rng, c: &Case) -> [Vec<f32>; 4] {
+    let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
+    [
+        // Large queries: peaked softmax rows whose maximum moves from tile to tile.
+        rand_vec(r, c.q_rows * h * d, 3.0),
+        rand_vec(r, c.kv_rows * hkv * d, 1.0),
+        rand_vec(r, c.kv_rows * hkv * d, 1.0),
+        rand_vec(r, c.q_rows * h * d, 1.0),
+    ]
+}
+
+fn covered(c: &Case) -> (Vec<bool>, Vec<bool>) {
+    let (mut q, mut kv) = (vec![false; c.q_rows], vec![false; c.kv_rows]);
+    for s in &c.spans {
+        q[s.q_start..s.q_start + s.q_len].iter_mut().for_each(|x| *x = true);
+        kv[s.kv_start..s.kv_start + s.kv_len].iter_mut().for_each(|x| *x = true);
+    }
+    (q, kv)
+}
+
+fn rows_of(v: &[f32], mask: &[bool], width: usize) -> Vec<f32> {
+    v.chunks(width).zip(mask).filter(|(_, m)| **m).flat_map(|(r, _)| r.iter().copied()).collect()
+}
+
+fn rel_l2(what: &str, got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{what}: element {i} is {} (reference {})", got[i], want[i]);
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (a, b) in got.iter().zip(want) {
+        num += ((*a as f64) - (*b as f64)).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    let err = num.sqrt() / (den.sqrt() + 1e-6);
+    println!("ERR {what}: {err:.3e}");
+    err
+}
+
+fn flash_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
+    let mut r = ChaCha8Rng::seed_from_u64(30);
+    for c in cases() {
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
+        let x = inputs(&mut r, &c);
+        let want = run(&Cpu, &c, &x);
+        let got = run(b, &c, &x);
+        let (qm, kvm) = covered(&c);
+        let tag = format!(
+            "{:?} {:?}",
+            c.shape,
+            c.spans.iter().map(|s| (s.q_len, s.kv_len)).collect::<Vec<_>>()
+        );
+        let widths = [h * d, h, h * d, hkv * d, hkv * d];
+        for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+            let m = if i < 3 { &qm } else { &kvm };
+            let err = rel_l2(
+                &format!("flash {name} {tag}"),
+                &rows_of(&got[i], m, widths[i]),
+                &rows_of(&want[i], m, widths[i]),
+            );
+            assert!(err <= TOL, "flash {name} {tag}: relative L2 error {err:.3e} > {TOL:.0e}");
+        }
+        for (i, m) in qm.iter().enumerate() {
+            if !m {
+                assert!(
+                    got[0][i * h * d..(i + 1) * h * d].iter().all(|x| x.is_nan()),
+                    "flash attention wrote an uncovered row"
+                );
+            }
+        }
+    }
+}
+
+/// Bit-reproducible from run to run, independent of the neighbours in the batch, and really
+/// the flash kernels (their bf16 rounding differs from the f32 reference in the last bits).
+fn flash_deterministic<Dv: Device>(b: &mut CudaBackend<Dv>) {
+    let mut r = ChaCha8Rng::seed_from_u64(31);
+    let shape = sh(4, 2, 64);
+    let c = packed(&[5, 70, 7], shape);
+    let x = inputs(&mut r, &c);
+    let all = run(b, &c, &x);
+    let again = run(b, &c, &x);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for i in 0..5 {
+        assert_eq!(bits(&all[i]), bits(&again[i]), "flash output {i} is not bit-reproducible");
+    }
+    let (w, wk) = (shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim);
+    let sub = |v: &[f32], width: usize| v[5 * width..75 * width].to_vec();
+    let c1 = packed(&[70], shape);
+    let x1 = [sub(&x[0], w), sub(&x[1], wk), sub(&x[2], wk), sub(&x[3], w)];
+    let one = run(b, &c1, &x1);
+    for (i, width) in [w, shape.n_heads, w, wk, wk].into_iter().enumerate() {
+        assert_eq!(
+            bits(&one[i]),
+            bits(&sub(&all[i], width)),
+            "flash output {i} depends on the batch"
+        );
+    }
+    b.set_attention(AttnKernel::Reference);
+    let exact = run(&*b, &c, &x);
+    b.set_attention(AttnKernel::Flash);
+    assert_ne!(bits(&exact[0]), bits(&all[0]), "the flash kernels did not run");
+}
+
+/// Decode steps (one query per sequence, the last position) go to the split kernel, which
+/// computes in f32: it is held to the f32 tolerance. GQA groups of 7 and 4, chunks of 128
+/// keys split and merged (129, 300 keys), a one-key sequence, and a query row in no span.
+fn decode_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
+    let mut r = ChaCha8Rng::seed_from_u64(32);
+    for (lens, shape) in
+        [(vec![1usize, 5, 128, 129, 300], sh(14, 2, 64)), (vec![200, 3], sh(8, 2, 128))]
+    {
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+        let (mut spans, mut at) = (Vec::new(), 0);
+        for (i, &l) in lens.iter().enumerate() {
+            // q row i + 1: row 0 is in no span
+            spans.push(AttnSpan { q_start: i + 1, q_len: 1, kv_start: at, kv_len: l });
+            at += l;
+        }
+        let (q_rows, kv_rows) = (lens.len() + 1, at);
+        let q = rand_vec(&mut r, q_rows * h * d, 3.0);
+        let (k, v) =
+            (rand_vec(&mut r, kv_rows * hkv * d, 1.0), rand_vec(&mut r, kv_rows * hkv * d, 1.0));
+        let fwd = |be: &dyn Fn(&mut Vec<f32>, &mut Vec<f32>)| {
+            let (mut o, mut l) = (vec![f32::NAN; q_rows * h * d], vec![f32::NAN; q_rows * h]);
+            be(&mut o, &mut l);
+            (o, l)
+        };
+        let want = fwd(&|o, l| Cpu.attention(o, l, &q, &k, &v, &spans, shape));
+        let got = fwd(&|o, l| {
+            let (qg, kg, vg) = (b.upload(&q), b.upload(&k), b.upload(&v));
+            let (mut og, mut lg) = (b.upload(o), b.upload(l));
+            b.attention(&mut og, &mut lg, &qg, &kg, &vg, &spans, shape);
+            *o = b.download(&og);
+            *l = b.download(&lg);
+        });
+        assert!(got.0[..h * d].iter().all(|x| x.is_nan()), "decode wrote the uncovered row");
+        let tag = format!("{shape:?} {lens:?}");
+        let e = rel_l2(&format!("decode out {tag}"), &got.0[h * d..], &want.0[h * d..]);
+        assert!(e <= 1e-5, "decode out {tag}: relative L2 error {e:.3e}");
+        let e = rel_l2(&format!("decode lse {tag}"), &got.1[h..], &want.1[h..]);
+        assert!(e <= 1e-5, "decode lse {tag}: relative L2 error {e:.3e}");
+    }
+}
+
+#[cfg(feature = "emu")]
+mod emu {
+    use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend};
+    #[test]
+    fn flash_vs_cpu() {
+        super::flash_vs_cpu(&CudaBackend::emulator().with_attention(AttnKernel::Flash));
+    }
+    #[test]
+    fn flash_deterministic() {
+        super::flash_deterministic(&mut CudaBackend::emulator().with_attention(AttnKernel::Flash));
+    }
+    #[test]
+    fn decode_vs_cpu() {
+        super::decode_vs_cpu(&CudaBackend::emulator().with_attention(AttnKernel::Flash));
+    }
+}
+
+#[cfg(feature = "cuda")]
+/// GPU tests are #[ignore]d: reported as ignored where there is no GPU, run by
+/// scripts/gpu-check.sh with --include-ignored (then a missing GPU is a failure).
+mod gpu {
+    use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend};
+    fn with_gpu(f: impl FnOnce(&mut CudaBackend<CudaDevice>)) {
+        match CudaBackend::new(0) {
+            Ok(b) => f(&mut b.with_attention(AttnKernel::Flash)),
+            Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
+        }
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_vs_cpu() {
+        with_gpu(|b| super::flash_vs_cpu(&*b));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_deterministic() {
+        with_gpu(|b| super::flash_deterministic(b));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn decode_vs_cpu() {
+        with_gpu(|b| super::decode_vs_cpu(&*b));
+    }
+}

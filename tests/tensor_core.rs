@@ -1,0 +1,231 @@
+//! The tensor-core building blocks of kernels/mma.cuh (mma.sync m16n8k16 bf16, ldmatrix
+//! x1/x2/x4 and .trans) against a CPU matmul: the `mma_test_bf16` kernel builds its fragments
+//! five ways, one of them straight from the PTX ISA's documented layout, so a wrong lane map
+//! in the emulator (or in a kernel's use of it) shows up as a wrong product.
+//!
+//! Runs on the CUDA emulator with `--features emu` and on the GPU with `--features cuda`.
+#![cfg(any(feature = "emu", feature = "cuda"))]
+
+use mmr1_fast::backend::cuda::device::{Arg, Device};
+use mmr1_fast::backend::cuda::CudaBackend;
+use mmr1_fast::backend::Backend;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn bf16_round(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+fn mma_layouts<D: Device>(b: &CudaBackend<D>) {
+    let mut r = ChaCha8Rng::seed_from_u64(21);
+    // Exact multiples of the tile and ragged edges in every dimension.
+    for (m, n, k) in
+        [(16usize, 8usize, 16usize), (16, 8, 32), (37, 21, 50), (5, 3, 7), (48, 40, 96)]
+    {
+        let a: Vec<f32> = (0..m * k).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+        let bm: Vec<f32> = (0..k * n).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+        let c: Vec<f32> = (0..m * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+        // Reference in f64 from the bf16-rounded inputs (the products are exact in f32).
+        let mut want = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = c[i * n + j] as f64;
+                for kk in 0..k {
+                    s += bf16_round(a[i * k + kk]) as f64 * bf16_round(bm[kk * n + j]) as f64;
+                }
+                want[i * n + j] = s as f32;
+            }
+        }
+        let (ag, bg) = (b.upload(&a), b.upload(&bm));
+        for mode in 0..5 {
+            let cg = b.upload(&c);
+            b.device().launch(
+                "mma_test_bf16",
+                [n.div_ceil(8) as u32, m.div_ceil(16) as u32, 1],
+                [32, 1, 1],
+                0,
+                &[
+                    Arg::Ptr(cg.mem()),
+                    Arg::Ptr(ag.mem()),
+                    Arg::Ptr(bg.mem()),
+                    Arg::I32(m as i32),
+                    Arg::I32(n as i32),
+                    Arg::I32(k as i32),
+                    Arg::I32(mode),
+                ],
+            );
+            let got = b.download(&cg);
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.is_finite(), "mode {mode} ({m}x{n}x{k}): non-finite output");
+                num += (*g as f64 - *w as f64).powi(2);
+                den += (*w as f64).powi(2);
+            }
+            let err = num.sqrt() / den.sqrt();
+            println!("ERR mma_bf16 mode {mode} {m}x{n}x{k}: {err:.3e}");
+            // f32 accumulation of exact products: only summation order differs.
+            assert!(err < 1e-6, "mode {mode} ({m}x{n}x{k}): relative L2 error {err:.3e}");
+        }
+    }
+}
+
+/// The test above must be able to fail: a B operand with two k rows swapped gives a wrong
+/// product, so the check is sensitive to a one-lane layout slip.
+fn mma_test_can_fail<D: Device>(b: &CudaBackend<D>) {
+    let (m, n, k) = (16usize, 8usize, 16usize);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
+    let bm: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
+    let mut swapped = bm.clone();
+    for j in 0..n {
+        swapped.swap(2 * n + j, 3 * n + j);
+    }
+    let run = |bv: &[f32]| {
+        let (ag, bg, cg) = (b.upload(&a), b.upload(bv), b.upload(&vec![0.0; m * n]));
+        b.device().launch(
+            "mma_test_bf16",
+            [1, 1, 1],
+            [32, 1, 1],
+            0,
+            &[
+                Arg::Ptr(cg.mem()),
+                Arg::Ptr(ag.mem()),
+                Arg::Ptr(bg.mem()),
+                Arg::I32(m as i32),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::I32(1),
+            ],
+        );
+        b.download(&cg)
+    };
+    assert_ne!(run(&bm), run(&swapped), "swapping two k rows of B did not change the product");
+}
+
+/// The `f32_to_bf16` kernel (operands of the bf16 GEMM) rounds to nearest even like `half`.
+fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
+    let mut r = ChaCha8Rng::seed_from_u64(22);
+    let mut x: Vec<f32> = (0..1001).map(|_| r.gen_range(-100.0f32..100.0)).collect();
+    // ties both ways, infinities, a subnormal, the largest finite, signed zero
+    x.extend([1.00390625f32, 1.01171875, f32::INFINITY, -f32::INFINITY, 1e-40, f32::MAX, -0.0]);
+    let xg = b.upload(&x);
+    let out = b.device().alloc(x.len() * 2);
+    b.device().launch(
+        "f32_to_bf16",
+        [4, 1, 1],
+        [256, 1, 1],
+        0,
+        &[Arg::Ptr(&out), Arg::Ptr(xg.mem()), Arg::I64(x.len() as i64)],
+    );
+    let got = b.device().download(&out, x.len() * 2);
+    for (i, v) in x.iter().enumerate() {
+        let g = u16::from_le_bytes([got[2 * i], got[2 * i + 1]]);
+        assert_eq!(g, half::bf16::from_f32(*v).to_bits(), "f32_to_bf16({v})");
+    }
+}
+
+/// cp.async (with commit groups and both waits) copies every byte.
+fn cp_async_copies<D: Device>(b: &CudaBackend<D>) {
+    let mut r = ChaCha8Rng::seed_from_u64(24);
+    let n = 4 * 200; // 200 16-byte pieces over 128 threads: both groups, a partial second one
+    let x: Vec<f32> = (0..n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+    let (xg, out) = (b.upload(&x), b.upload(&vec![f32::NAN; n]));
+    b.device().launch(
+        "cp_async_test",
+        [1, 1, 1],
+        [128, 1, 1],
+        0,
+        &[Arg::Ptr(out.mem()), Arg::Ptr(xg.mem()), Arg::I32(n as i32)],
+    );
+    let got = b.download(&out);
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "cp.async round trip"
+    );
+}
+
+#[cfg(feature = "emu")]
+mod emu {
+    use mmr1_fast::backend::cuda::CudaBackend;
+    #[test]
+    fn mma_layouts() {
+        super::mma_layouts(&CudaBackend::emulator());
+    }
+    #[test]
+    fn mma_test_can_fail() {
+        super::mma_test_can_fail(&CudaBackend::emulator());
+    }
+    #[test]
+    fn bf16_conversion() {
+        super::bf16_conversion(&CudaBackend::emulator());
+    }
+    #[test]
+    fn cp_async_copies() {
+        super::cp_async_copies(&CudaBackend::emulator());
+    }
+}
+
+#[cfg(feature = "cuda")]
+/// GPU tests are #[ignore]d: reported as ignored where there is no GPU, run by
+/// scripts/gpu-check.sh with --include-ignored (then a missing GPU is a failure).
+mod gpu {
+    use mmr1_fast::backend::cuda::CudaBackend;
+    fn with_gpu(f: impl FnOnce(&CudaBackend<mmr1_fast::backend::cuda::driver::CudaDevice>)) {
+        match CudaBackend::new(0) {
+            Ok(b) => f(&b),
+            Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
+        }
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn mma_layouts() {
+        with_gpu(|b| super::mma_layouts(b));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn mma_test_can_fail() {
+        with_gpu(|b| super::mma_test_can_fail(b));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn bf16_conversion() {
+        with_gpu(|b| super::bf16_conversion(b));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn cp_async_copies() {
+        with_gpu(|b| super::cp_async_copies(b));
+    }
+
+    /// `Backend::matmul` through cuBLAS GemmEx with bf16 operands (`MMR1_GEMM=bf16`) against
+    /// the CPU on bf16-rounded inputs, every transpose, ragged shapes, beta != 0.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn gemm_bf16_vs_cpu() {
+        use mmr1_fast::backend::cpu::Cpu;
+        use mmr1_fast::backend::{Backend, Tr};
+        use rand::{Rng, SeedableRng};
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+        for (m, n, k) in [(37usize, 21usize, 50usize), (128, 96, 64), (5, 3, 7), (256, 300, 129)] {
+            for (ta, tb) in [(Tr::N, Tr::N), (Tr::N, Tr::T), (Tr::T, Tr::N), (Tr::T, Tr::T)] {
+                let a: Vec<f32> = (0..m * k).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+                let bm: Vec<f32> = (0..k * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+                let c: Vec<f32> = (0..m * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+                let round = |v: &[f32]| v.iter().map(|x| super::bf16_round(*x)).collect::<Vec<_>>();
+                let mut want = c.clone();
+                Cpu.matmul(&mut want, &round(&a), ta, &round(&bm), tb, m, n, k, 0.5);
+                let mut cg = b.upload(&c);
+                b.matmul(&mut cg, &b.upload(&a), ta, &b.upload(&bm), tb, m, n, k, 0.5);
+                let got = b.download(&cg);
+                let num: f64 = got.iter().zip(&want).map(|(g, w)| ((g - w) as f64).powi(2)).sum();
+                let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+                let err = (num / den).sqrt();
+                println!("ERR gemm_bf16 {m}x{n}x{k} {ta:?}{tb:?}: {err:.3e}");
+                assert!(err < 1e-5, "bf16 GEMM {m}x{n}x{k} {ta:?}{tb:?}: rel L2 {err:.3e}");
+            }
+        }
+    }
+}
