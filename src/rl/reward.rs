@@ -19,6 +19,7 @@ mod equiv;
 mod expr;
 mod extract;
 mod normalize;
+mod relation;
 
 pub use equiv::{is_equivalent, is_equivalent_with_options};
 pub use extract::{extract_answer, format_ok};
