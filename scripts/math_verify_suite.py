@@ -235,11 +235,104 @@ def run(args):
     print(f"speed: mmr1-fast {ours_rate:.0f} answers/s ({args.bin}, {args.repeat}x input, one process)"
           + (f"; Math-Verify {mv_rate:.1f} answers/s" if mv_sent else "")
           + f"; load average {load[0]:.2f} on {os.cpu_count()} cores")
+    if args.cross:
+        cross_check(args, cases, sent)
     if args.show_misses:
         for c, s, g, x, m in zip(cases, sent, ours, extracted, mv_sent or [None] * len(cases)):
             if g != c["expected"]:
                 print(json.dumps({"id": c["id"], "gold": c["gold"], "sent": s, "extracted": x,
                                   "expected": c["expected"], "mv": m}, ensure_ascii=False))
+
+
+def cross_check(args, cases, sent):
+    """False-positive stress: each prediction graded against the gold of another, random case
+    (seeded). Such pairs are wrong unless the two golds happen to agree, so every acceptance
+    is printed with Math-Verify's verdict on the same pair for a judgement."""
+    import random
+
+    rng = random.Random(1234)
+    pairs = []
+    while len(pairs) < args.cross:
+        i, j = rng.randrange(len(cases)), rng.randrange(len(cases))
+        if cases[i]["gold"] != cases[j]["gold"]:
+            pairs.append((i, j))
+    cross = [dict(cases[i], pred=sent[j]) for i, j in pairs]
+    got, _, _ = run_mmr1(args.bin, cross, [c["pred"] for c in cross], 1)
+    accepted = [(c, (i, j)) for c, g, (i, j) in zip(cross, got, pairs) if g == 1]
+    print(f"cross pairs: {len(cross)} (gold of one case, prediction of another); "
+          f"mmr1-fast accepts {len(accepted)}")
+    for c, (i, j) in accepted:
+        mv = None if args.no_math_verify else math_verify_grade(c["gold"], c["pred"], cases[i]["options"], args.timeout)
+        print("    " + json.dumps({"gold": c["gold"][:80], "pred": c["pred"][:80], "gold_of_pred": cases[j]["gold"][:80],
+                                   "math_verify": mv}, ensure_ascii=False))
+
+
+_RUST_LIT = re.compile(r'r(#*)"(.*?)"\1|"((?:[^"\\]|\\.)*)"', re.S)
+
+
+def _rust_string(m):
+    if m.group(2) is not None and m.group(0).startswith("r"):
+        return m.group(2)
+    body = m.group(3)
+    body = re.sub(r"\\u\{([0-9A-Fa-f]+)\}", lambda u: chr(int(u.group(1), 16)), body)
+    return re.sub(r"\\(.)", lambda e: {"n": "\n", "t": "\t", "0": "\0"}.get(e.group(1), e.group(1)), body)
+
+
+def project_cases(path):
+    """The project's own (prediction, reference, verdict) cases: `EQUIV` of
+    tests/reward_cases.rs (the prediction, an extracted answer, sent boxed) and the `GRADE`
+    cases without options (whole responses, sent as they are)."""
+    src = open(path).read()
+    out = []
+    for table, boxed in (("EQUIV", True), ("GRADE", False)):
+        body = src[src.index(f"const {table}"):]
+        body = body[body.index("= &[") : body.index("\n];")]
+        for line in body.splitlines():
+            line = line.strip()
+            if not line.startswith('("'):
+                continue
+            lits = [_rust_string(m) for m in _RUST_LIT.finditer(line)]
+            if table == "EQUIV":
+                name, pred, ref = lits[:3]
+                verdict = int(line.rstrip("),").rstrip().endswith("true"))
+            else:
+                if "Some(&[" in line or "very_long_garbage" in line:
+                    continue  # options are the project's extension; garbage is built in Rust
+                name, pred, ref = lits[:3]
+                verdict = int(re.findall(r"(\d\.\d)", line)[-2] == "1.0")
+            out.append({"id": f"{table}::{name}", "gold": ref,
+                        "pred": pred, "sent": ("\\boxed{" + pred + "}") if boxed else pred,
+                        "expected": verdict, "options": {"default": True}})
+    return out
+
+
+def project(args):
+    cases = [c for c in project_cases(args.cases_rs) if c["gold"].strip()]
+    # References in `$..$`, as Math-Verify's own tests write them (its default extraction reads
+    # LaTeX only between delimiters); both graders get the same strings.
+    for c in cases:
+        if "$" not in c["gold"] and "\\boxed" not in c["gold"]:
+            c["gold"] = "$" + c["gold"] + "$"
+    sent = [c["sent"] for c in cases]
+    ours, _, rate = run_mmr1(args.bin, cases, sent, args.repeat)
+    t0 = time.perf_counter()
+    mv = [math_verify_grade(c["gold"], s, c["options"], args.timeout) for c, s in zip(cases, sent)]
+    mv_rate = len(cases) / (time.perf_counter() - t0)
+    pos = sum(c["expected"] for c in cases)
+    print(f"{len(cases)} project cases ({pos} expected correct, {len(cases) - pos} expected wrong)")
+    for name, got in (("mmr1-fast reward", ours), ("Math-Verify (default parse/verify)", mv)):
+        agree = sum(g == c["expected"] for g, c in zip(got, cases))
+        fp = [c for g, c in zip(got, cases) if g == 1 and c["expected"] == 0]
+        print(f"{name:<34} agree {agree}/{len(cases)} ({100 * agree / len(cases):.1f}%)  "
+              f"false positives {len(fp)}  false negatives {sum(1 for g, c in zip(got, cases) if g == 0 and c['expected'] == 1)}")
+        if args.show_misses:
+            for g, c in zip(got, cases):
+                if g != c["expected"]:
+                    print("    " + json.dumps({"id": c["id"], "gold": c["gold"][:60], "sent": c["sent"][:60],
+                                               "expected": c["expected"]}, ensure_ascii=False))
+    load = os.getloadavg()
+    print(f"speed: mmr1-fast {rate:.0f} answers/s ({args.repeat}x input); Math-Verify {mv_rate:.1f} answers/s;"
+          f" load average {load[0]:.2f} on {os.cpu_count()} cores")
 
 
 def main():
@@ -256,12 +349,21 @@ def main():
     r.add_argument("--timeout", type=int, default=5, help="Math-Verify's per-call timeout (s)")
     r.add_argument("--filter", help="only cases whose id contains this")
     r.add_argument("--no-math-verify", action="store_true", help="grade with mmr1-fast only")
+    r.add_argument("--cross", type=int, default=0, help="also grade this many mismatched pairs (false-positive stress)")
     r.add_argument("--show-misses", action="store_true", help="print every case mmr1-fast gets wrong")
+    q = sub.add_parser("project", help="grade the project's own reward cases with both graders")
+    q.add_argument("--cases-rs", default=os.path.join(ROOT, "tests", "reward_cases.rs"))
+    q.add_argument("--bin", default=os.path.join(ROOT, "target", "debug", "mmr1-fast"))
+    q.add_argument("--repeat", type=int, default=20)
+    q.add_argument("--timeout", type=int, default=5)
+    q.add_argument("--show-misses", action="store_true")
     a = ap.parse_args()
     if a.cmd == "extract":
         if not (a.tests or a.git_dir):
             sys.exit("extract: give --tests or --git-dir")
         extract(a)
+    elif a.cmd == "project":
+        project(a)
     else:
         run(a)
 

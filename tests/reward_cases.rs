@@ -22,7 +22,11 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     ("integer_vs_decimal", "5.0", "5", true),
     ("scientific_times", r"1.5\times10^{3}", "1500", true),
     ("two_dots_not_a_number", "1.5.3", "1.5", false),
-    ("relative_tolerance_pass", "1000000.5", "1000000", true),
+    // Written numbers compare as written; the relative tolerance is for computed values.
+    ("written_numbers_compare_exactly", "1000000.5", "1000000", false),
+    ("cents_differ", "16386.16", "16386.17", false),
+    ("relative_tolerance_computed", "1000000.4", "2000001/2", true),
+    ("relative_tolerance_surd", "1.41421356", r"\sqrt{2}", true),
     ("relative_tolerance_fail", "1.001", "1", false),
     ("absolute_tolerance_near_zero", "0.0000000001", "0", true),
     ("small_but_not_zero", "0.00001", "0", false),
@@ -210,7 +214,9 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     ("identity_near_miss_small_offset", r"\sin x + 0.001", r"\sin x", false),
     ("abs_is_not_identity", "|x|", "x", false),
     ("sqrt_square_is_not_x", r"\sqrt{x^2}", "x", false),
-    ("inverse_function_not_read", r"\sin^{-1} x", r"\arcsin x", false),
+    ("inverse_function_notation", r"\sin^{-1} x", r"\arcsin x", true),
+    ("inverse_is_not_reciprocal", r"\sin^{-1} x", r"\frac{1}{\sin x}", false),
+    ("negative_power_of_log_not_read", r"\ln^{-2} x", r"\frac{1}{(\ln x)^2}", false),
     ("log_domains_disjoint", r"\ln(x-4)", r"\ln(-x-4)", false),
 ];
 

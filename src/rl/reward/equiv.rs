@@ -265,6 +265,12 @@ fn scalar_equal(a: &str, b: &str) -> bool {
         return true;
     }
     if let (Some(x), Some(y)) = (parse(va), parse(vb)) {
+        // Two written numbers are compared as written (absolute 1e-9, no relative tolerance):
+        // `16386.16` is not `16386.17`, although they agree to 6e-7 relative. The relative
+        // tolerance is for computed values (`1.41421356` for `\sqrt{2}`).
+        if let (Some(p), Some(q)) = (x.literal(), y.literal()) {
+            return (p - q).abs() <= 1e-9;
+        }
         return expr_equal(&x, &y);
     }
     relations_equal(a, b)
@@ -412,15 +418,27 @@ fn norms_equal(p: &Norm, r: &Norm) -> bool {
 /// Whether a predicted answer is equivalent to the reference answer.
 ///
 /// In order:
+/// 0. identical text (whitespace aside) is equal; a reference holding a `\boxed{}` is a whole
+///    solution and its boxed answer is the reference (so is the "final answer is X" of a long
+///    reference);
 /// 1. if the reference is a choice letter (bare A-J, or marked `(K)` / `Option K`), the
 ///    prediction's letter (`B`, `(B)`, `B.`, `B)`, `\text{B}`, `Option B`, `(B) 12 cm`) must be
 ///    the same letter, case-insensitively;
-/// 2. normalized strings equal (see `normalize`: whitespace, `\left`/`\right`, `\dfrac`, `\text`
-///    wrappers, units, degrees, `%`, `$`, trailing period, a leading `x =`);
+/// 2. normalized strings equal (see `normalize`: whitespace, `\left`/`\right`, `\dfrac`/`\tfrac`,
+///    `\text` wrappers, units, degrees, `%`/`pct`, currency, `\!`, trailing period, a leading
+///    `x =`, `\approx`, relations spelled `<=` / `>=` / `!=`);
 /// 3. words only: case-insensitive (`\text{yes}` = `Yes`);
-/// 4. same shape (scalar, tuple/interval with the same brackets, set or bare list order-free)
-///    and every element equal by value, 1e-6 relative / 1e-9 absolute, `\pi` required on both
-///    sides or neither, free variables compared at sample points (Math-Verify-style).
+/// 4. same shape and every element equal: scalar; tuple / interval with the same brackets; set
+///    (`\{..\}`, `{..}`, a bare list split at `,` `;` "and" "or", `\pm`) compared as sets;
+///    union of intervals order-free; matrix (`pmatrix` = `bmatrix` = `array`) cell by cell.
+///    Elements may state their value (`x = 2`, `AB = 4`, `x = 1+1 = 2`). Numbers: two written
+///    numbers within 1e-9 (`16386.16` != `16386.17`); computed values 1e-6 relative / 1e-9
+///    absolute; decimal commas (`1,5`, never a spaced `1, 5`) and thousands separators
+///    (`1,000`, `1 000`); `\pi` required on both sides or neither; free variables compared at
+///    seeded sample points (Math-Verify-style);
+/// 5. relations: the same inequality or equation after moving all to one side (`5 >= x` =
+///    `x <= 5`, `2x + 4y - 3 = 0` = `y = -x/2 + 3/4`); a reference `a < x <= b` also accepts
+///    `(a, b]` (not the reverse).
 ///
 /// Percent: `%` is stripped like a unit, so `50%` = `50`; `50%` (prediction) != `0.5`; but a
 /// reference `50%` also accepts `0.5`.

@@ -291,15 +291,27 @@ impl Parser {
             g if GREEK.contains(&g) => return Some(Expr::Var(name.clone())),
             _ => None,
         }?;
-        // `\sin^2 x` is `(\sin x)^2`; `\sin^{-1}` (the inverse) is not read at all.
+        // `\sin^2 x` is `(\sin x)^2`; `\sin^{-1} x` is the inverse, `\arcsin x` (any other
+        // negative power of a function is not read).
+        let mut f = f;
         let exponent = if self.eat('^') {
             self.enter()?;
             let e = self.arg()?;
             self.leave();
-            if matches!(e, Expr::Neg(_)) {
-                return None;
+            match (&e, f) {
+                (Expr::Neg(one), Func::Sin | Func::Cos | Func::Tan)
+                    if one.literal() == Some(1.0) =>
+                {
+                    f = match f {
+                        Func::Sin => Func::Asin,
+                        Func::Cos => Func::Acos,
+                        _ => Func::Atan,
+                    };
+                    None
+                }
+                (Expr::Neg(_), _) => return None,
+                _ => Some(e),
             }
-            Some(e)
         } else {
             None
         };
@@ -325,6 +337,15 @@ pub(crate) fn parse(s: &str) -> Option<Expr> {
 }
 
 impl Expr {
+    /// The value of a plain number (`16386.17`, `-5`), written as such.
+    pub(crate) fn literal(&self) -> Option<f64> {
+        match self {
+            Expr::Num(x) => Some(*x),
+            Expr::Neg(a) => a.literal().map(|x| -x),
+            _ => None,
+        }
+    }
+
     fn eval(&self, env: &[(String, f64)]) -> f64 {
         match self {
             Expr::Num(x) => *x,
@@ -431,9 +452,11 @@ pub(crate) fn close(x: f64, y: f64) -> bool {
 
 /// Points at which expressions with free variables are compared: the same for every call
 /// (SplitMix64 from a fixed seed), irrational-looking and different per variable and per
-/// point. [`POINTS`] of them lie in (0.3, 3.3), where `\sqrt{x}` and `\ln x` are real; the
-/// next [`NEGATIVE_POINTS`] are their negatives, so `|x|` (or `\sqrt{x^2}`) never equals `x`.
-const POINTS: usize = 8;
+/// point. The first [`POINTS`] are positive, so `\sqrt{x}` and `\ln x` are real there:
+/// alternately in (0.05, 0.95), where `\arcsin x` is defined, and in (0.3, 3.3). The next
+/// [`NEGATIVE_POINTS`] are negatives of the first ones, so `|x|` (or `\sqrt{x^2}`) never
+/// equals `x`.
+const POINTS: usize = 10;
 const NEGATIVE_POINTS: usize = 4;
 /// Positive points where both sides are defined needed before two expressions are called
 /// equal (points where either side is undefined are skipped).
@@ -446,7 +469,8 @@ fn sample(point: usize, var: usize) -> f64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
-    sign * (0.3 + 3.0 * ((z >> 11) as f64 / (1u64 << 53) as f64))
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    sign * if p % 2 == 0 { 0.05 + 0.9 * u } else { 0.3 + 3.0 * u }
 }
 
 /// The shared variables of `a` and `b`, or `None` when they differ.
