@@ -260,6 +260,8 @@ const EXTRACT: &[(&str, &str, Option<&str>)] = &[
     ("inline_math_not_across_lines", "Answer $ \n 9 \n $", None),
     ("escaped_dollar_inside_math", r"Answer $ \frac{1}{2} \$ = \frac{10}{9} $", Some(r"\frac{1}{2} \$ = \frac{10}{9}")),
     ("lone_dollar_is_no_math", "it costs $5 today", None),
+    ("cut_off_in_thinking_no_math_fallback", r"<think> so $x = 5$ and then", None),
+    ("closed_thinking_math_fallback", r"<think> so $x = 4$</think> The area is $5$.", Some("5")),
     ("doubled_backslashes", r"\\boxed{\\frac{1}{2}}", Some(r"\frac{1}{2}")),
 ];
 

@@ -326,7 +326,7 @@ pub(crate) fn reference_answer(reference: &str) -> std::borrow::Cow<'_, str> {
 /// 4. else the last "answer is X" / "Answer: X" line (its last math span when the line ends
 ///    with one);
 /// 5. else the last math span (`$..$`, `\(..\)`, `\[..\]`, `$$..$$`), as Math-Verify falls
-///    back to the last LaTeX expression.
+///    back to the last LaTeX expression; not when the response was cut off inside `<think>`.
 ///
 /// Boxes joined only by connectors (`\boxed{2}, \boxed{3}`, `\boxed{6} and \boxed{8}`) are
 /// one answer, `2, 3`. Text written with doubled backslashes throughout is undoubled first.
@@ -354,7 +354,12 @@ pub fn extract_answer(text: &str) -> Option<String> {
         Boxed::Unbalanced => None,
         Boxed::Absent => match answer_block(region) {
             Some(block) => Some(answer_phrase(block).unwrap_or(block)),
-            None => answer_phrase(region).or_else(|| math_spans(region).last().copied()),
+            // The last math span only of a finished response: in reasoning cut off inside
+            // `<think>` it is scratch work.
+            None => answer_phrase(region).or_else(|| {
+                let cut_in_thinking = text.contains("<think>") && !text.contains("</think>");
+                (!cut_in_thinking).then(|| math_spans(region).last().copied()).flatten()
+            }),
         },
     }?;
     let found = trim_answer(found);
