@@ -103,8 +103,15 @@ fn is_constant(s: &str) -> bool {
             while i < b.len() && b[i].is_ascii_alphabetic() {
                 i += 1;
             }
-            if &s[start..i] == "text" {
-                return false;
+            match &s[start..i] {
+                "text" => return false,
+                // An environment name (`\begin{pmatrix}`) is no variable.
+                "begin" | "end" if b.get(i) == Some(&b'{') => {
+                    while i < b.len() && b[i] != b'}' {
+                        i += 1;
+                    }
+                }
+                _ => {}
             }
             continue;
         }
@@ -132,8 +139,9 @@ pub(crate) fn stated_value(s: &str) -> &str {
     }
     let last = sides[sides.len() - 1];
     let chain = sides.len() > 2 && is_constant(last);
-    let labelled = sides.len() == 2 && is_label(sides[0]) && is_constant(last);
-    if chain || labelled {
+    // `|AB| = 1`, and a computation `A + B = C` of plain values (Math-Verify's "last `=`").
+    let labelled = sides.len() == 2 && (is_label(sides[0]) || is_constant(sides[0]));
+    if chain || (labelled && is_constant(last)) {
         last
     } else {
         s
@@ -202,6 +210,13 @@ mod tests {
         assert_eq!(stated_value("(p,q)=(3,2)"), "(3,2)");
         assert_eq!(stated_value("x \\in [-2,7]"), "[-2,7]");
         assert_eq!(stated_value("2x+4y-3=0"), "2x+4y-3=0");
+        assert_eq!(stated_value("1+2 = 3"), "3");
+        assert_eq!(
+            stated_value(
+                r"\begin{pmatrix}1\end{pmatrix} + \begin{pmatrix}2\end{pmatrix} = \begin{pmatrix}3\end{pmatrix}"
+            ),
+            r"\begin{pmatrix}3\end{pmatrix}"
+        );
         assert_eq!(stated_value("y = x + 1"), "y = x + 1");
         assert_eq!(double_inequality_interval("-2 <= x < 7").as_deref(), Some("[-2, 7)"));
         assert_eq!(double_inequality_interval("7 > x >= -2").as_deref(), Some("[-2, 7)"));
