@@ -282,10 +282,15 @@ fn set_equal(a: &[String], b: &[String], depth: usize) -> bool {
     if a.is_empty() || b.is_empty() || a.len() > MAX_ELEMENTS || b.len() > MAX_ELEMENTS {
         return a.is_empty() && b.is_empty();
     }
-    let within = |x: &[String], y: &[String]| {
-        x.iter().all(|p| y.iter().any(|q| shape_equal(p, q, depth + 1)))
+    // Identical texts first (one key per element), the structural comparison only for the rest.
+    let (ka, kb): (Vec<String>, Vec<String>) =
+        (a.iter().map(|x| key(x)).collect(), b.iter().map(|x| key(x)).collect());
+    let within = |x: &[String], kx: &[String], y: &[String], ky: &[String]| {
+        x.iter()
+            .zip(kx)
+            .all(|(p, kp)| ky.contains(kp) || y.iter().any(|q| shape_equal(p, q, depth + 1)))
     };
-    within(a, b) && within(b, a)
+    within(a, &ka, b, &kb) && within(b, &kb, a, &ka)
 }
 
 /// Structural equality: same shape, elements equal (recursively, so sets of tuples and unions

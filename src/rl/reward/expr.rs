@@ -482,19 +482,29 @@ fn shared_vars(a: &Expr, b: &Expr) -> Option<Vec<String>> {
 }
 
 /// `(a, b)` at each sample point where both are finite, and how many of those are positive
-/// points.
-fn sampled(a: &Expr, b: &Expr, vars: &[String]) -> (Vec<(f64, f64)>, usize) {
+/// points. Stops at the first point where `stop` holds (then the values are incomplete).
+fn sampled(
+    a: &Expr,
+    b: &Expr,
+    vars: &[String],
+    stop: impl Fn(f64, f64) -> bool,
+) -> (Vec<(f64, f64)>, usize) {
+    let mut env: Vec<(String, f64)> = vars.iter().map(|v| (v.clone(), 0.0)).collect();
+    let mut values = Vec::with_capacity(POINTS + NEGATIVE_POINTS);
     let mut positive = 0;
-    let values = (0..POINTS + NEGATIVE_POINTS)
-        .filter_map(|k| {
-            let env: Vec<(String, f64)> =
-                vars.iter().enumerate().map(|(j, v)| (v.clone(), sample(k, j))).collect();
-            let (x, y) = (a.eval(&env), b.eval(&env));
-            let ok = x.is_finite() && y.is_finite();
-            positive += (ok && k < POINTS) as usize;
-            ok.then_some((x, y))
-        })
-        .collect();
+    for k in 0..POINTS + NEGATIVE_POINTS {
+        for (j, e) in env.iter_mut().enumerate() {
+            e.1 = sample(k, j);
+        }
+        let (x, y) = (a.eval(&env), b.eval(&env));
+        if x.is_finite() && y.is_finite() {
+            positive += (k < POINTS) as usize;
+            values.push((x, y));
+            if stop(x, y) {
+                break;
+            }
+        }
+    }
     (values, positive)
 }
 
@@ -518,7 +528,7 @@ pub(crate) fn expr_equal(a: &Expr, b: &Expr) -> bool {
     if vars.is_empty() {
         return close(a.eval(&[]), b.eval(&[]));
     }
-    let (values, positive) = sampled(a, b, &vars);
+    let (values, positive) = sampled(a, b, &vars, |x, y| !close(x, y));
     positive >= MIN_VALID && values.iter().all(|&(x, y)| close(x, y))
 }
 
@@ -530,7 +540,7 @@ pub(crate) fn proportional(a: &Expr, b: &Expr, positive: bool) -> bool {
     if vars.is_empty() {
         return false;
     }
-    let (values, valid) = sampled(a, b, &vars);
+    let (values, valid) = sampled(a, b, &vars, |_, _| false);
     if valid < MIN_VALID {
         return false;
     }
