@@ -183,3 +183,49 @@ fn bad_files_and_flags_fail_cleanly() {
     ]);
     assert!(e.contains("/nonexistent/dir"), "{e}");
 }
+
+/// Math-Verify-style answers through the command: a whole-solution reference (its box is the
+/// answer), several boxed solutions, a relation, an unboxed "answer is" line, and near misses.
+#[test]
+fn whole_solution_references_and_several_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(
+        tmp.path(),
+        "items.jsonl",
+        &[
+            r#"{"id": "sol", "problem": "p", "answer": "Thus $x-p=\\boxed{2-2p}$."}"#,
+            r#"{"id": "roots", "problem": "p", "answer": "x = 2 \\text{ or } x = 3"}"#,
+            r#"{"id": "rel", "problem": "p", "answer": "x \\leq 5"}"#,
+        ],
+    );
+    let resp = write_lines(
+        tmp.path(),
+        "responses.jsonl",
+        &[
+            r#"{"id": "sol", "response": "<think>r</think><answer>\\boxed{2-2p}</answer>"}"#,
+            r#"{"id": "sol", "response": "\\boxed{2+2p}"}"#,
+            r#"{"id": "roots", "response": "\\(\\boxed{3}\\) and \\(\\boxed{2}\\)"}"#,
+            r#"{"id": "roots", "response": "\\boxed{2}"}"#,
+            r#"{"id": "rel", "response": "so the answer is $5 \\geq x$."}"#,
+            r#"{"id": "rel", "response": "\\boxed{x < 5}"}"#,
+        ],
+    );
+    let out = tmp.path().join("verdicts.jsonl");
+    cli_ok(&["reward", "--data", &items, "--responses", &resp, "--out", out.to_str().unwrap()]);
+    let got: Vec<(String, f64)> = read_lines(&out)
+        .iter()
+        .map(|l| {
+            (l["extracted"].as_str().unwrap_or("").to_string(), l["accuracy"].as_f64().unwrap())
+        })
+        .collect();
+    let want = [
+        ("2-2p", 1.0),
+        ("2+2p", 0.0),
+        ("3, 2", 1.0),
+        ("2", 0.0),
+        (r"5 \geq x", 1.0),
+        ("x < 5", 0.0),
+    ];
+    let want: Vec<(String, f64)> = want.iter().map(|(x, a)| (x.to_string(), *a)).collect();
+    assert_eq!(got, want);
+}

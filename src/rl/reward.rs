@@ -19,6 +19,7 @@ mod equiv;
 mod expr;
 mod extract;
 mod normalize;
+mod relation;
 
 pub use equiv::{is_equivalent, is_equivalent_with_options};
 pub use extract::{extract_answer, format_ok};
@@ -234,6 +235,32 @@ mod tests {
         "e",
         "Option ",
         "(B)",
+        "\\cup",
+        "\\pm",
+        "<",
+        ">",
+        "\\le",
+        "\\geq",
+        "\\approx",
+        "\\in ",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        "\\begin{array}{cc}",
+        "\\end{array}",
+        "&",
+        " and ",
+        " or ",
+        ";",
+        "|",
+        "\\sec",
+        "^{-1}",
+        "\u{20AC}",
+        "\\!",
+        "\\(",
+        "\\)",
+        "$$",
+        "final answer is ",
+        "y",
     ];
 
     fn check_no_panic_and_roundtrip(s: &str) {

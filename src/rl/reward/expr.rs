@@ -41,9 +41,19 @@ pub(crate) enum Func {
     Sin,
     Cos,
     Tan,
+    Sec,
+    Csc,
+    Cot,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Tanh,
     Ln,
     Log,
     Exp,
+    Abs,
 }
 
 struct Parser {
@@ -221,6 +231,15 @@ impl Parser {
                 e
             }
             '\\' => self.command()?,
+            // `|x|`: the inner expression stops at the closing bar (a bar never multiplies).
+            '|' => {
+                self.pos += 1;
+                let e = self.expr()?;
+                if !self.eat('|') {
+                    return None;
+                }
+                Expr::Func(Func::Abs, Box::new(e))
+            }
             _ => return None,
         };
         self.leave();
@@ -257,15 +276,52 @@ impl Parser {
             "sin" => Some(Func::Sin),
             "cos" => Some(Func::Cos),
             "tan" => Some(Func::Tan),
+            "sec" => Some(Func::Sec),
+            "csc" => Some(Func::Csc),
+            "cot" => Some(Func::Cot),
+            "arcsin" => Some(Func::Asin),
+            "arccos" => Some(Func::Acos),
+            "arctan" => Some(Func::Atan),
+            "sinh" => Some(Func::Sinh),
+            "cosh" => Some(Func::Cosh),
+            "tanh" => Some(Func::Tanh),
             "ln" => Some(Func::Ln),
             "log" => Some(Func::Log),
             "exp" => Some(Func::Exp),
             g if GREEK.contains(&g) => return Some(Expr::Var(name.clone())),
             _ => None,
         }?;
+        // `\sin^2 x` is `(\sin x)^2`; `\sin^{-1} x` is the inverse, `\arcsin x` (any other
+        // negative power of a function is not read).
+        let mut f = f;
+        let exponent = if self.eat('^') {
+            self.enter()?;
+            let e = self.arg()?;
+            self.leave();
+            match (&e, f) {
+                (Expr::Neg(one), Func::Sin | Func::Cos | Func::Tan)
+                    if one.literal() == Some(1.0) =>
+                {
+                    f = match f {
+                        Func::Sin => Func::Asin,
+                        Func::Cos => Func::Acos,
+                        _ => Func::Atan,
+                    };
+                    None
+                }
+                (Expr::Neg(_), _) => return None,
+                _ => Some(e),
+            }
+        } else {
+            None
+        };
         // `\sin x`, `\sin(x)`, `\sin{x}`, `\sin 2x` is read as `\sin(2) x`, like most graders.
         let a = self.power()?;
-        Some(Expr::Func(f, Box::new(a)))
+        let f = Expr::Func(f, Box::new(a));
+        Some(match exponent {
+            Some(e) => Expr::Bin(Op::Pow, Box::new(f), Box::new(e)),
+            None => f,
+        })
     }
 }
 
@@ -281,6 +337,15 @@ pub(crate) fn parse(s: &str) -> Option<Expr> {
 }
 
 impl Expr {
+    /// The value of a plain number (`16386.17`, `-5`), written as such.
+    pub(crate) fn literal(&self) -> Option<f64> {
+        match self {
+            Expr::Num(x) => Some(*x),
+            Expr::Neg(a) => a.literal().map(|x| -x),
+            _ => None,
+        }
+    }
+
     fn eval(&self, env: &[(String, f64)]) -> f64 {
         match self {
             Expr::Num(x) => *x,
@@ -322,9 +387,19 @@ impl Expr {
                     Func::Sin => x.sin(),
                     Func::Cos => x.cos(),
                     Func::Tan => x.tan(),
+                    Func::Sec => 1.0 / x.cos(),
+                    Func::Csc => 1.0 / x.sin(),
+                    Func::Cot => 1.0 / x.tan(),
+                    Func::Asin => x.asin(),
+                    Func::Acos => x.acos(),
+                    Func::Atan => x.atan(),
+                    Func::Sinh => x.sinh(),
+                    Func::Cosh => x.cosh(),
+                    Func::Tanh => x.tanh(),
                     Func::Ln => x.ln(),
                     Func::Log => x.log10(),
                     Func::Exp => x.exp(),
+                    Func::Abs => x.abs(),
                 }
             }
         }
@@ -375,9 +450,63 @@ pub(crate) fn close(x: f64, y: f64) -> bool {
     d <= 1e-9 || d <= 1e-6 * x.abs().max(y.abs())
 }
 
-/// Sample values for free variables: irrational-looking, positive (so `\sqrt{x}` and `\ln x`
-/// stay real), and different per variable and per point.
-const SAMPLES: [f64; 9] = [0.5772, 1.3247, 2.2361, 0.6931, 1.6180, 2.7183, 0.4142, 1.2021, 3.3219];
+/// Points at which expressions with free variables are compared: the same for every call
+/// (SplitMix64 from a fixed seed), irrational-looking and different per variable and per
+/// point. The first [`POINTS`] are positive, so `\sqrt{x}` and `\ln x` are real there:
+/// alternately in (0.05, 0.95), where `\arcsin x` is defined, and in (0.3, 3.3). The next
+/// [`NEGATIVE_POINTS`] are negatives of the first ones, so `|x|` (or `\sqrt{x^2}`) never
+/// equals `x`.
+const POINTS: usize = 10;
+const NEGATIVE_POINTS: usize = 4;
+/// Positive points where both sides are defined needed before two expressions are called
+/// equal (points where either side is undefined are skipped).
+const MIN_VALID: usize = 5;
+
+fn sample(point: usize, var: usize) -> f64 {
+    let (p, sign) = if point < POINTS { (point, 1.0) } else { (point - POINTS, -1.0) };
+    let mut z = 0x6d6d_7231_u64
+        .wrapping_add((p as u64 * 64 + var as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    sign * if p % 2 == 0 { 0.05 + 0.9 * u } else { 0.3 + 3.0 * u }
+}
+
+/// The shared variables of `a` and `b`, or `None` when they differ.
+fn shared_vars(a: &Expr, b: &Expr) -> Option<Vec<String>> {
+    let (mut va, mut vb) = (BTreeSet::new(), BTreeSet::new());
+    a.vars(&mut va);
+    b.vars(&mut vb);
+    (va == vb).then(|| va.into_iter().collect())
+}
+
+/// `(a, b)` at each sample point where both are finite, and how many of those are positive
+/// points. Stops at the first point where `stop` holds (then the values are incomplete).
+fn sampled(
+    a: &Expr,
+    b: &Expr,
+    vars: &[String],
+    stop: impl Fn(f64, f64) -> bool,
+) -> (Vec<(f64, f64)>, usize) {
+    let mut env: Vec<(String, f64)> = vars.iter().map(|v| (v.clone(), 0.0)).collect();
+    let mut values = Vec::with_capacity(POINTS + NEGATIVE_POINTS);
+    let mut positive = 0;
+    for k in 0..POINTS + NEGATIVE_POINTS {
+        for (j, e) in env.iter_mut().enumerate() {
+            e.1 = sample(k, j);
+        }
+        let (x, y) = (a.eval(&env), b.eval(&env));
+        if x.is_finite() && y.is_finite() {
+            positive += (k < POINTS) as usize;
+            values.push((x, y));
+            if stop(x, y) {
+                break;
+            }
+        }
+    }
+    (values, positive)
+}
 
 /// Equality of two parsed expressions.
 ///
@@ -385,36 +514,45 @@ const SAMPLES: [f64; 9] = [0.5772, 1.3247, 2.2361, 0.6931, 1.6180, 2.7183, 0.414
 /// 3.1416) never matches an exact answer in `\pi`, whatever its digits. Surds get no such
 /// rule (`\sqrt{4}` must equal 2), so a decimal within the tolerance of a surd
 /// (`1.41421356` for `\sqrt{2}`) is accepted.
+///
+/// With free variables (the same on both sides) both are evaluated at fixed pseudo-random
+/// points ([`sample`]), as Math-Verify falls back to numeric evaluation when SymPy cannot
+/// simplify: points where either side is undefined are skipped, every other point must agree
+/// ([`close`]), and at least [`MIN_VALID`] positive points must remain. That decides identities with no closed
+/// form in this parser (`\tan^2 y + 1` = `\sec^2 y`).
 pub(crate) fn expr_equal(a: &Expr, b: &Expr) -> bool {
     if a.has_free_pi() != b.has_free_pi() {
         return false;
     }
-    let (mut va, mut vb) = (BTreeSet::new(), BTreeSet::new());
-    a.vars(&mut va);
-    b.vars(&mut vb);
-    if va != vb {
-        return false;
-    }
-    if va.is_empty() {
+    let Some(vars) = shared_vars(a, b) else { return false };
+    if vars.is_empty() {
         return close(a.eval(&[]), b.eval(&[]));
     }
-    let mut valid = 0;
-    for k in 0..3 {
-        let env: Vec<(String, f64)> = va
-            .iter()
-            .enumerate()
-            .map(|(j, v)| (v.clone(), SAMPLES[(3 * j + k) % SAMPLES.len()] + 0.1 * j as f64))
-            .collect();
-        let (x, y) = (a.eval(&env), b.eval(&env));
-        if x.is_nan() && y.is_nan() {
-            continue; // outside both domains at this point
-        }
-        if !close(x, y) {
-            return false;
-        }
-        valid += 1;
+    let (values, positive) = sampled(a, b, &vars, |x, y| !close(x, y));
+    positive >= MIN_VALID && values.iter().all(|&(x, y)| close(x, y))
+}
+
+/// Whether `a = c * b` for one constant `c` (positive when `positive`), at the sample points:
+/// the relation test of `relation::relations_equal`. Needs free variables (a constant
+/// relation is decided by its values, not here), both sides non-zero at [`MIN_VALID`] points.
+pub(crate) fn proportional(a: &Expr, b: &Expr, positive: bool) -> bool {
+    let Some(vars) = shared_vars(a, b) else { return false };
+    if vars.is_empty() {
+        return false;
     }
-    valid >= 2
+    let (values, valid) = sampled(a, b, &vars, |_, _| false);
+    if valid < MIN_VALID {
+        return false;
+    }
+    let tiny = |v: f64| v.abs() <= 1e-9;
+    if values.iter().any(|&(x, y)| tiny(x) != tiny(y)) {
+        return false;
+    }
+    let ratios: Vec<f64> =
+        values.iter().filter(|(x, y)| !tiny(*x) && !tiny(*y)).map(|(x, y)| x / y).collect();
+    ratios.len() >= MIN_VALID
+        && (!positive || ratios[0] > 0.0)
+        && ratios.iter().all(|&r| close(r, ratios[0]))
 }
 
 #[cfg(test)]

@@ -69,16 +69,32 @@ enum Boxed<'a> {
     Absent,
     /// The last box is cut off (`\boxed{12` at the end of a truncated response).
     Unbalanced,
-    Found(&'a str),
+    /// The last box, with the boxes just before it that only connectors separate
+    /// (`\boxed{1}, \boxed{2}`, `\(\boxed{6}\) and \(\boxed{8}\)`), in order.
+    Found(Vec<&'a str>),
+}
+
+/// Whether the text between two boxes only joins them: whitespace, math delimiters,
+/// punctuation and the words "and" / "or" (bare or in `\text{}`), `\quad`.
+fn connector(gap: &str) -> bool {
+    let mut t = gap.to_string();
+    for token in ["\\text{", "\\qquad", "\\quad", "\\(", "\\)", "\\[", "\\]", "\\,", "\\ "] {
+        t = t.replace(token, " ");
+    }
+    t.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '$' | '}' | '.'))
+        .all(|w| w.is_empty() || w == "and" || w == "or")
 }
 
 /// The last *outermost* box, so `\boxed{\boxed{5}}` yields `\boxed{5}` (normalization unwraps
-/// it later) and re-boxing an extracted answer round-trips.
+/// it later) and re-boxing an extracted answer round-trips; with the boxes joined to it by
+/// connectors only (several answers boxed one by one).
 fn last_boxed(s: &str) -> Boxed<'_> {
     const CMDS: [&str; 2] = ["\\boxed", "\\fbox"];
     let b = s.as_bytes();
     let matches = brace_matches(s);
-    let mut result = Boxed::Absent;
+    // (start of the command, content, end of the box)
+    let mut found: Vec<(usize, &str, usize)> = Vec::new();
+    let mut unbalanced_last = false;
     let mut i = 0;
     while i < b.len() {
         if b[i] != b'\\' {
@@ -90,6 +106,7 @@ fn last_boxed(s: &str) -> Boxed<'_> {
             i += 2;
             continue;
         };
+        let begin = i;
         let mut j = i + cmd.len();
         if b.get(j).is_some_and(|c| c.is_ascii_alphabetic()) {
             i = j; // `\boxedfoo` is another command
@@ -101,11 +118,12 @@ fn last_boxed(s: &str) -> Boxed<'_> {
         match b.get(j) {
             Some(b'{') => match matches[j] {
                 Some(close) => {
-                    result = Boxed::Found(&s[j + 1..close]);
+                    found.push((begin, &s[j + 1..close], close + 1));
+                    unbalanced_last = false;
                     i = close + 1;
                 }
                 None => {
-                    result = Boxed::Unbalanced;
+                    unbalanced_last = true;
                     i = j + 1;
                 }
             },
@@ -113,16 +131,74 @@ fn last_boxed(s: &str) -> Boxed<'_> {
             Some(_) => {
                 let end =
                     s[j..].find(|c: char| c.is_whitespace() || c == '$').map_or(s.len(), |k| j + k);
-                result = Boxed::Found(&s[j..end]);
+                found.push((begin, &s[j..end], end));
+                unbalanced_last = false;
                 i = end;
             }
             None => {
-                result = Boxed::Unbalanced;
+                unbalanced_last = true;
                 i = j;
             }
         }
     }
-    result
+    if unbalanced_last {
+        return Boxed::Unbalanced;
+    }
+    let Some(&(mut first, _, _)) = found.last() else { return Boxed::Absent };
+    let mut k = found.len() - 1;
+    while k > 0 && connector(&s[found[k - 1].2..first]) {
+        k -= 1;
+        first = found[k].0;
+    }
+    let mut group: Vec<&str> = Vec::new();
+    for &(_, x, _) in &found[k..] {
+        // The same answer boxed twice in a row is one answer.
+        if group.last().is_none_or(|y| y.trim() != x.trim()) {
+            group.push(x);
+        }
+    }
+    Boxed::Found(group)
+}
+
+/// The math spans of `s` (`$..$`, `$$..$$`, `\(..\)`, `\[..\]`), in order. Inline spans
+/// (`$`, `\(`) do not cross a line break, as in LaTeX.
+fn math_spans(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        let rest = &s[i..];
+        let (open, close, inline) = if rest.starts_with("$$") {
+            ("$$", "$$", false)
+        } else if rest.starts_with('$') {
+            ("$", "$", true)
+        } else if rest.starts_with("\\(") {
+            ("\\(", "\\)", true)
+        } else if rest.starts_with("\\[") {
+            ("\\[", "\\]", false)
+        } else if rest.starts_with('\\') {
+            i += rest.chars().nth(1).map_or(1, |c| 1 + c.len_utf8()); // `\$` is no delimiter
+            continue;
+        } else {
+            i += rest.chars().next().map_or(1, char::len_utf8);
+            continue;
+        };
+        let body = &rest[open.len()..];
+        // The closing delimiter is not an escaped `\$` inside the span.
+        let end = body
+            .match_indices(close)
+            .map(|(k, _)| k)
+            .find(|&k| !(close == "$" && body[..k].ends_with('\\')));
+        match end {
+            Some(k) if !(inline && body[..k].contains('\n')) => {
+                if !body[..k].trim().is_empty() {
+                    out.push(body[..k].trim());
+                }
+                i += open.len() + k + close.len();
+            }
+            _ => i += open.len(),
+        }
+    }
+    out
 }
 
 /// Byte offset of the last case-insensitive occurrence of ASCII `pat` in `s`.
@@ -146,7 +222,41 @@ fn answer_phrase(s: &str) -> Option<&str> {
     let line = line.trim_start_matches(|c: char| c == ':' || c == '*' || c.is_whitespace());
     let line = line.trim_end_matches(|c: char| c == '*' || c.is_whitespace());
     let line = trim_answer(line);
-    (!line.is_empty()).then_some(line)
+    (!line.is_empty()).then(|| phrase_value(line))
+}
+
+/// The answer inside a phrase's line: its last math span when the line ends with one
+/// (`$28\%$. I hope it is correct.` -> `28\%`), else the line up to a following sentence
+/// (`(-6, 10). I hope it is correct.` -> `(-6, 10).`).
+fn phrase_value(line: &str) -> &str {
+    let line = match line.find(". ") {
+        Some(k) if line[k + 2..].starts_with(|c: char| c.is_ascii_uppercase()) => &line[..k + 1],
+        _ => line,
+    };
+    if let Some(last) = math_spans(line).last() {
+        let end = last.as_ptr() as usize - line.as_ptr() as usize + last.len();
+        let tail = line[end..].trim_start_matches(['$', ')', ']', '\\']);
+        if tail.trim().trim_end_matches('.').is_empty() {
+            return last;
+        }
+    }
+    // "The largest $n$ is 34." -> `34.`: a single token after the last " is ".
+    if let Some(k) = line.rfind(" is ") {
+        let value = line[k + 4..].trim();
+        if !value.is_empty() && !value.contains(char::is_whitespace) {
+            return value;
+        }
+    }
+    line
+}
+
+/// The "final answer is X" phrase that follows the box whose content is `boxed` (a slice of
+/// `region`), if any.
+fn phrase_after<'a>(region: &'a str, boxed: &str) -> Option<&'a str> {
+    let end = boxed.as_ptr() as usize - region.as_ptr() as usize + boxed.len();
+    let tail = region.get(end..)?;
+    rfind_ascii_ci(tail, "final answer")?;
+    answer_phrase(tail)
 }
 
 /// The content of the last `<answer>` block; a missing `</answer>` (stop string eaten by the
@@ -155,6 +265,50 @@ fn answer_block(s: &str) -> Option<&str> {
     let open = s.rfind("<answer>")? + "<answer>".len();
     let rest = &s[open..];
     Some(rest.find("</answer>").map_or(rest, |k| &rest[..k]))
+}
+
+/// Over-escaped text (`\\frac{1}{2}`, `\\boxed{5}` from a JSON or Python string written with
+/// doubled backslashes) with its backslashes undoubled. Only when no single-backslash command
+/// occurs at all, so a real line break `\\` before a letter in a matrix is left alone.
+pub(crate) fn undouble_backslashes(s: &str) -> std::borrow::Cow<'_, str> {
+    let b = s.as_bytes();
+    let (mut doubled, mut single) = (false, false);
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'\\') {
+                doubled |= b.get(i + 2).is_some_and(u8::is_ascii_alphabetic);
+                i += 2;
+                continue;
+            }
+            single |= b.get(i + 1).is_some_and(u8::is_ascii_alphabetic);
+        }
+        i += 1;
+    }
+    if doubled && !single {
+        std::borrow::Cow::Owned(s.replace("\\\\", "\\"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// The answer a reference states. References are usually bare answers and are used as they
+/// are; a reference holding a box is a whole solution (MATH-style), and its boxed answer is
+/// the reference, as is the "The answer is X" of a long reference.
+pub(crate) fn reference_answer(reference: &str) -> std::borrow::Cow<'_, str> {
+    let r = undouble_backslashes(reference);
+    let found = if r.contains("\\boxed") || r.contains("\\fbox") {
+        extract_answer(&r)
+    } else if r.len() > 120 {
+        // Only the phrase: the last math span of a long reference need not be all of it.
+        answer_phrase(&r).map(|x| trim_answer(x).to_string())
+    } else {
+        None
+    };
+    match found {
+        Some(x) => std::borrow::Cow::Owned(x),
+        None => r,
+    }
 }
 
 /// Extracts the final answer from a model response.
@@ -169,21 +323,43 @@ fn answer_block(s: &str) -> Option<&str> {
 ///    earlier box or to later rules;
 /// 3. else the last `<answer>..</answer>` block: its "answer is X" phrase if it has one, else its
 ///    whole content;
-/// 4. else the last "answer is X" / "Answer: X" line.
+/// 4. else the last "answer is X" / "Answer: X" line (its last math span when the line ends
+///    with one);
+/// 5. else the last math span (`$..$`, `\(..\)`, `\[..\]`, `$$..$$`), as Math-Verify falls
+///    back to the last LaTeX expression; not when the response was cut off inside `<think>`.
+///
+/// Boxes joined only by connectors (`\boxed{2}, \boxed{3}`, `\boxed{6} and \boxed{8}`) are
+/// one answer, `2, 3`. Text written with doubled backslashes throughout is undoubled first.
 ///
 /// The result is trimmed; empty answers (`\boxed{}`) and answers with unbalanced braces are
 /// `None`.
 pub fn extract_answer(text: &str) -> Option<String> {
+    let text = undouble_backslashes(text);
     let region = match text.rfind("</think>") {
         Some(k) => &text[k + "</think>".len()..],
-        None => text,
+        None => &text,
     };
+    let joined;
     let found = match last_boxed(region) {
-        Boxed::Found(x) => Some(x),
+        // A final-answer phrase after the last box restates the answer (a box can hold an
+        // intermediate result: `.. = \boxed{255}. .. The final answer is $10,455$.`).
+        Boxed::Found(x) if phrase_after(region, x[x.len() - 1]).is_some() => {
+            phrase_after(region, x[x.len() - 1])
+        }
+        Boxed::Found(x) if x.len() == 1 => Some(x[0]),
+        Boxed::Found(x) => {
+            joined = x.iter().map(|a| trim_answer(a)).collect::<Vec<_>>().join(", ");
+            Some(joined.as_str())
+        }
         Boxed::Unbalanced => None,
         Boxed::Absent => match answer_block(region) {
             Some(block) => Some(answer_phrase(block).unwrap_or(block)),
-            None => answer_phrase(region),
+            // The last math span only of a finished response: in reasoning cut off inside
+            // `<think>` it is scratch work.
+            None => answer_phrase(region).or_else(|| {
+                let cut_in_thinking = text.contains("<think>") && !text.contains("</think>");
+                (!cut_in_thinking).then(|| math_spans(region).last().copied()).flatten()
+            }),
         },
     }?;
     let found = trim_answer(found);

@@ -4,13 +4,15 @@
 //! MATH benchmark's grader) and Math-Verify's LaTeX normalization, as named in MMR1
 //! (arXiv 2509.21268, "units, `\text`, degrees, fractions, case").
 
-use super::extract::brace_matches;
+use super::extract::{brace_matches, undouble_backslashes};
 
 /// A normalized answer: canonical text plus whether a percent sign was removed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Norm {
     pub text: String,
     pub percent: bool,
+    /// `text` before a leading assignment was stripped (`y = 2x`), for comparing equations.
+    pub full: String,
 }
 
 /// Commands whose single braced argument is kept and the command dropped.
@@ -128,6 +130,8 @@ const UNITS: &[&str] = &[
     "mph",
     "kmh",
     "percent",
+    "percentage",
+    "pct",
     "point",
     "points",
     "times",
@@ -151,6 +155,11 @@ fn map_unicode(s: &str) -> String {
             '\u{FF09}' => out.push(')'),
             '\u{FF0C}' => out.push(','),
             '\u{FF05}' => out.push('%'),
+            // Currency signs are units, like `\$`.
+            '\u{20AC}' | '\u{00A3}' | '\u{00A5}' => {}
+            '\u{2264}' => out.push_str("<="),
+            '\u{2265}' => out.push_str(">="),
+            '\u{2260}' => out.push_str("!="),
             '\u{FF1A}' => out.push(':'),
             c if c.is_whitespace() => out.push(' '),
             c => out.push(c),
@@ -226,7 +235,15 @@ fn map_commands(s: &str) -> String {
             // Single-character command.
             match chars.get(start) {
                 None => out.push('\\'),
-                Some(',' | '!' | ';' | ':' | ' ') => out.push(' '),
+                // `\!` is a negative space: `16,\!386` is one number, so it joins what follows.
+                Some('!') => {
+                    i = start + 1;
+                    while chars.get(i).is_some_and(|c| c.is_whitespace()) {
+                        i += 1;
+                    }
+                    continue;
+                }
+                Some(',' | ';' | ':' | ' ') => out.push(' '),
                 Some('(' | ')' | '[' | ']' | '$') => {}
                 Some('%') => out.push('%'),
                 Some(&other) => {
@@ -253,9 +270,12 @@ fn map_commands(s: &str) -> String {
             "circ" | "degree" => "",
             "cdot" | "times" | "ast" => "*",
             "div" => "/",
-            "leq" | "leqslant" => "\\le",
-            "geq" | "geqslant" => "\\ge",
-            "neq" => "\\ne",
+            // Relations get their ASCII spelling, so `x \geq 5` = `x >= 5`.
+            "le" | "leq" | "leqslant" => "<=",
+            "ge" | "geq" | "geqslant" => ">=",
+            "ne" | "neq" => "!=",
+            "lt" => "<",
+            "gt" => ">",
             "varnothing" => "\\emptyset",
             "ldots" | "cdots" => "\\dots",
             "lbrace" => "\\{",
@@ -377,7 +397,7 @@ fn strip_units(s: &str) -> (String, bool) {
         if !is_unit || rest.ends_with('\\') || rest.trim().is_empty() {
             break;
         }
-        percent |= lower == "percent";
+        percent |= matches!(lower.as_str(), "percent" | "percentage" | "pct");
         t = rest.trim_end();
     }
     let quantity_end =
@@ -396,10 +416,10 @@ fn trim_periods(s: &str) -> &str {
 /// Normalizes one answer string. Order matters: wrappers are removed before units (so
 /// `\text{ cm}` becomes a unit word) and before the assignment strip.
 pub(crate) fn normalize(s: &str) -> Norm {
-    let s = map_unicode(s);
+    let s = map_unicode(&undouble_backslashes(s));
     let s = unwrap_styles(&s);
     let mut s = map_commands(&s);
-    s = s.replace("{,}", ",");
+    s = s.replace("{,}", ",").replace("{, }", ",");
     // A removed `\circ` leaves `90^{}` or `90^`.
     s = s.replace("^{}", "").replace("^{ }", "");
     let mut percent = false;
@@ -407,13 +427,24 @@ pub(crate) fn normalize(s: &str) -> Norm {
         percent = true;
         s = s.replace('%', "");
     }
+    // `x = \frac13 \approx 0.33` states `\frac13`; `x \approx 0.33` states 0.33.
+    if let Some(k) = s.find("\\approx") {
+        s = if s[..k].contains('=') {
+            s[..k].to_string()
+        } else if s[..k].trim().is_empty() {
+            s[k + "\\approx".len()..].to_string()
+        } else {
+            s.replacen("\\approx", "=", 1)
+        };
+    }
     let mut t = trim_periods(&s).trim_end_matches('^').trim_end().to_string();
+    let full = t.split_whitespace().collect::<Vec<_>>().join(" ");
     t = strip_assignment(&t).to_string();
     let (u, unit_percent) = strip_units(&t);
     percent |= unit_percent;
     let t = trim_periods(&u);
     let text = t.split_whitespace().collect::<Vec<_>>().join(" ");
-    Norm { text, percent }
+    Norm { text, percent, full }
 }
 
 #[cfg(test)]
