@@ -7,6 +7,7 @@ use crate::model::safetensors_io::write_model_files;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
+use crate::ranges::Checks;
 use crate::tokenizer::{Tokenizer, QWEN25_DEFAULT_SYSTEM};
 use crate::train::checkpoint::latest_checkpoint;
 use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
@@ -25,38 +26,38 @@ pub struct SftArgs {
     /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SftConfig::default().epochs)]
     pub epochs: usize,
     /// Peak learning rate (MMR1 cold start: 1e-5).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = SftConfig::default().lr)]
     pub lr: f32,
     /// Final learning rate of the cosine decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SftConfig::default().min_lr)]
     pub min_lr: f32,
     /// Constant learning rate after warm-up instead of cosine decay.
     #[arg(long)]
     pub constant_lr: bool,
     /// Sequences per optimizer step (MMR1 cold start: 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = SftConfig::default().batch_size)]
     pub batch_size: usize,
     /// Tokens per packed micro-batch (gradients accumulate over the step's micro-batches).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = SftConfig::default().micro_batch_tokens)]
     pub micro_batch_tokens: usize,
     /// Sequences are cut to this many tokens (MMR1 cold start: 16384).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = SftConfig::default().max_len)]
     pub max_len: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = SftConfig::default().warmup_ratio)]
     pub warmup_ratio: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SftConfig::default().adamw.weight_decay)]
     pub weight_decay: f32,
     /// Global gradient-norm bound (0 disables clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SftConfig::default().adamw.max_grad_norm.unwrap_or(0.0))]
     pub grad_clip: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = AdamwConfig::default().beta1)]
     pub beta1: f32,
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = AdamwConfig::default().beta2)]
     pub beta2: f32,
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = AdamwConfig::default().eps)]
     pub eps: f32,
     /// Data-order seed.
     #[arg(long, default_value_t = 0)]
@@ -82,6 +83,24 @@ pub struct SftArgs {
 }
 
 impl SftArgs {
+    /// Range checks of every numeric flag, named as typed, before any work.
+    pub fn validate(&self) -> Result<()> {
+        let mut c = Checks::new();
+        c.at_least("--epochs", self.epochs as u64, 1);
+        c.positive("--lr", self.lr as f64);
+        c.closed("--min-lr", self.min_lr as f64, 0.0, self.lr as f64);
+        c.at_least("--batch-size", self.batch_size as u64, 1);
+        c.at_least("--micro-batch-tokens", self.micro_batch_tokens as u64, 1);
+        c.at_least("--max-len", self.max_len as u64, 2);
+        c.closed_open("--warmup-ratio", self.warmup_ratio, 0.0, 1.0);
+        c.non_negative("--weight-decay", self.weight_decay as f64);
+        c.non_negative("--grad-clip", self.grad_clip as f64);
+        c.closed_open("--beta1", self.beta1 as f64, 0.0, 1.0);
+        c.closed_open("--beta2", self.beta2 as f64, 0.0, 1.0);
+        c.positive("--eps", self.eps as f64);
+        c.finish("sft arguments")
+    }
+
     pub fn config(&self) -> SftConfig {
         SftConfig {
             epochs: self.epochs,
@@ -111,6 +130,7 @@ pub fn run(args: &SftArgs) -> Result<()> {
 
 /// The SFT command on any backend (tests call this directly).
 pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
+    args.validate()?;
     let resume_dir = match args.resume.as_deref() {
         None => None,
         Some("latest") => Some(latest_checkpoint(&args.out)?.with_context(|| {

@@ -55,7 +55,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     cfg.apply_overrides(&args.sets)?;
     if let Some(d) = &args.device {
-        cfg.model.device = d.clone();
+        cfg.model.device =
+            d.parse().map_err(|e: String| anyhow::anyhow!("--device (model.device): {e}"))?;
     }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();
@@ -64,9 +65,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.output.dir = d.clone();
     }
     cfg.validate()?;
-    let device = crate::backend::select::resolve(
-        cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
-    )?;
+    let device = crate::backend::select::resolve(cfg.model.device)?;
     match device {
         #[cfg(feature = "cuda")]
         crate::backend::select::DeviceChoice::Cuda(n) => {

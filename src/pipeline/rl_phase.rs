@@ -132,11 +132,9 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     fn adamw(&self) -> AdamwConfig {
         let r = &self.cfg.rl;
         AdamwConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
             weight_decay: r.weight_decay,
-            max_grad_norm: Some(r.grad_clip),
+            max_grad_norm: (r.grad_clip > 0.0).then_some(r.grad_clip),
+            ..AdamwConfig::default()
         }
     }
 

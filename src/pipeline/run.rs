@@ -180,7 +180,7 @@ fn sft_config(cfg: &TrainConfig) -> SftConfig {
         cosine: true,
         adamw: AdamwConfig {
             weight_decay: s.weight_decay,
-            max_grad_norm: Some(s.grad_clip),
+            max_grad_norm: (s.grad_clip > 0.0).then_some(s.grad_clip),
             ..AdamwConfig::default()
         },
         seed: cfg.seed,
