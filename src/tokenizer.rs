@@ -72,6 +72,21 @@ impl Tokenizer {
         ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|t| self.token_id(t)).collect()
     }
 
+    /// Refuses a tokenizer that cannot belong to `model`: one with ids past the model's
+    /// vocabulary (a model may have more rows than its tokenizer has tokens, as Qwen2.5 pads
+    /// to 151936; the reverse means some token has no embedding). `path` names the tokenizer.
+    pub fn check_matches(&self, path: &Path, model: &crate::model::Qwen2Config) -> Result<()> {
+        let n = self.vocab_size();
+        if n > model.vocab_size {
+            anyhow::bail!(
+                "{}: the tokenizer has {n} tokens but the model's vocab_size is {}: this tokenizer does not belong to this model",
+                path.display(),
+                model.vocab_size
+            );
+        }
+        Ok(())
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         self.inner
             .save(path, false)

@@ -27,8 +27,8 @@ pub struct LogprobsArgs {
 
 pub fn run(args: &LogprobsArgs) -> Result<()> {
     crate::backend::select::cpu_only(args.device, "logprobs")?;
-    if !(args.temperature > 0.0) {
-        bail!("--temperature must be positive (got {})", args.temperature);
+    if !(args.temperature > 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature must be a finite number > 0 (got {})", args.temperature);
     }
     let text = std::fs::read_to_string(&args.tokens)
         .with_context(|| format!("cannot read {}", args.tokens.display()))?;

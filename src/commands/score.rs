@@ -166,6 +166,7 @@ fn with_model(
     let be = Cpu;
     let model = Qwen2::load(&be, model_dir)?;
     let tok = Tokenizer::from_dir(model_dir)?;
+    tok.check_matches(&model_dir.join("tokenizer.json"), &model.cfg)?;
     let grade = GradeParams {
         sampling: SamplingParams {
             temperature: args.temperature,

@@ -7,12 +7,13 @@ use crate::model::safetensors_io::write_model_files;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
+use crate::pipeline::metrics::{MetricsLog, Phase, Record};
+use crate::pipeline::run_dir::RunLock;
 use crate::ranges::Checks;
 use crate::tokenizer::{Tokenizer, QWEN25_DEFAULT_SYSTEM};
-use crate::train::checkpoint::latest_checkpoint;
+use crate::train::checkpoint::{latest_checkpoint, resume_checkpoint};
 use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -133,8 +134,8 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     args.validate()?;
     let resume_dir = match args.resume.as_deref() {
         None => None,
-        Some("latest") => Some(latest_checkpoint(&args.out)?.with_context(|| {
-            format!("--resume: {} has no `latest` checkpoint", args.out.display())
+        Some("latest") => Some(resume_checkpoint(&args.out)?.with_context(|| {
+            format!("--resume: {} has no complete checkpoint", args.out.display())
         })?),
         Some(dir) => Some(PathBuf::from(dir)),
     };
@@ -177,6 +178,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
                 );
             }
             let model = Qwen2::load(be, &args.model)?;
+            tok.check_matches(&tok_path, &model.cfg)?;
             SftTrainer::new(be, model, data, cfg)?
         }
     };
@@ -191,19 +193,17 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let metrics_path = args.out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    let _lock = RunLock::acquire(&args.out)?;
+    // A resumed run's log is cut back to its checkpoint, so no step is logged twice; a fresh
+    // run starts a new log.
+    let keep = resume_dir.is_some().then_some((Phase::Sft, trainer.state.step));
+    let mut metrics = MetricsLog::open(&args.out, keep)?;
     let mut done_here = 0u64;
     while !trainer.done() && args.max_steps.is_none_or(|m| done_here < m) {
         let m = trainer.step(be)?;
         done_here += 1;
         report(&m, trainer.state.total_steps);
-        writeln!(metrics, "{}", serde_json::to_string(&m)?)
-            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        metrics.write(&Record::Sft(m.clone()))?;
         if args.save_every > 0 && m.step % args.save_every == 0 {
             let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
             eprintln!("saved {}", dir.display());

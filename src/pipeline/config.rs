@@ -276,6 +276,34 @@ fn scalar(v: &toml::Value) -> String {
     }
 }
 
+/// Keys a resumed run may change: where it runs, how often it saves and evaluates, how long RL
+/// goes on. Everything else is fixed by the checkpoints.
+pub const RESUME_MAY_CHANGE: &[&str] = &[
+    "model.device",
+    "output.checkpoint_every",
+    "output.keep_checkpoints",
+    "output.save_dtype",
+    "eval.every",
+    "eval.max_items",
+    "eval.temperature",
+    "rl.steps",
+];
+
+/// Every `section.key` (or top-level key) with its value.
+fn flat(c: &TrainConfig) -> Vec<(String, toml::Value)> {
+    let doc = toml::Value::try_from(c).expect("config serializes");
+    let mut out = Vec::new();
+    for (k, v) in doc.as_table().expect("config is a table") {
+        match v {
+            toml::Value::Table(t) => {
+                out.extend(t.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2.clone())))
+            }
+            _ => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
 impl TrainConfig {
     /// The built-in demo: a tiny model, sized to finish in minutes on two CPU cores.
     pub fn demo() -> Self {
@@ -366,6 +394,33 @@ impl TrainConfig {
         }
         *self = doc.try_into().map_err(|e| anyhow::anyhow!("--set: {e}"))?;
         Ok(())
+    }
+
+    /// The configuration a resumed run trains with: `self` is what the run was started with
+    /// (its config.toml), `wanted` the same with this invocation's overrides. A key that only
+    /// steers what happens from now on may change; any other change is refused, naming the
+    /// key, because the checkpoint was built with the old value (an optimizer, a schedule, a
+    /// data order) and would quietly go on with it.
+    pub fn resumed_with(&self, wanted: TrainConfig) -> Result<TrainConfig> {
+        let (old, new) = (flat(self), flat(&wanted));
+        let mut refused = Vec::new();
+        for (key, v) in &new {
+            let before = old.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            if before != Some(v) && !RESUME_MAY_CHANGE.contains(&key.as_str()) {
+                let was = before.map_or("unset".into(), scalar);
+                refused.push(format!("{key} ({was} -> {})", scalar(v)));
+            }
+        }
+        if !refused.is_empty() {
+            bail!(
+                "a resumed run keeps the settings its checkpoints were made with; cannot change {}. \
+                 A resume may change only {}. To train with the new values, start a fresh run \
+                 (--overwrite, or another --out)",
+                refused.join(", "),
+                RESUME_MAY_CHANGE.join(", ")
+            );
+        }
+        Ok(wanted)
     }
 
     /// Range checks of every setting, before any work; each message names the key, and NaN

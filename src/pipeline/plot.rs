@@ -294,15 +294,25 @@ fn draw_panel<DB: DrawingBackend>(
 }
 
 /// A value range with `frac` of its span added at both ends, never empty.
+///
+/// Values are clamped to +-1e300 and a span too small to split into ticks (relative to the
+/// values) counts as one value: plotters' tick search never ends on an infinite or
+/// denormal-sized range, and a metric may hold anything from 1e-308 to 1e308.
 fn pad(vals: impl Iterator<Item = f64>, frac: f64) -> (f64, f64) {
-    let (lo, hi) =
-        vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if hi > lo {
+    const BIG: f64 = 1e300;
+    let (lo, hi) = vals
+        .map(|v| v.clamp(-BIG, BIG))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !(lo <= hi) {
+        return (0.0, 1.0);
+    }
+    let scale = lo.abs().max(hi.abs());
+    if hi - lo > scale * 1e-9 && hi - lo > 1e-200 {
         let d = (hi - lo) * frac;
         (lo - d, hi + d)
     } else {
         // One value (or one step): centre it in a range that is visible at its scale.
-        let d = if lo.abs() > 0.0 { lo.abs() * 0.1 } else { 1.0 };
+        let d = if lo.abs() > 1e-200 { lo.abs() * 0.1 } else { 1.0 };
         (lo - d, lo + d)
     }
 }

@@ -6,7 +6,7 @@
 //! Everything the next step depends on is in `SftState` + the model + the optimizer, so a
 //! run saved after step k and resumed is bit-identical to one that never stopped (CPU).
 
-use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::checkpoint::{load_checkpoint, save_checkpoint, StateKind};
 use super::{micro_step, SftLoss, Workspace};
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
@@ -84,7 +84,7 @@ pub struct DataInfo {
 /// `trainer_state.json` of an SFT run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SftState {
-    pub kind: String,
+    pub kind: StateKind,
     /// Optimizer steps done (skipped non-finite steps included).
     pub step: u64,
     pub total_steps: u64,
@@ -100,7 +100,7 @@ pub struct SftState {
 }
 
 /// What one optimizer step did (also one line of metrics.jsonl).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SftStepMetrics {
     pub step: u64,
     pub epoch: f64,
@@ -162,7 +162,7 @@ impl<B: Backend> SftTrainer<B> {
         };
         let epoch_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let state = SftState {
-            kind: "sft".into(),
+            kind: StateKind::Sft,
             step: 0,
             total_steps,
             skipped_steps: 0,
@@ -203,7 +203,7 @@ impl<B: Backend> SftTrainer<B> {
     pub fn resume(be: &B, dir: &Path, data: Vec<SftExample>) -> Result<Self> {
         let ck = load_checkpoint::<B, SftState>(be, dir)?;
         let st = ck.state;
-        if st.kind != "sft" {
+        if st.kind != StateKind::Sft {
             bail!("{}: trainer state is of kind {:?}, not an SFT run", dir.display(), st.kind);
         }
         let info = DataInfo { examples: data.len(), fingerprint: fingerprint(&data) };
