@@ -76,11 +76,13 @@ impl Tokenizer {
     /// vocabulary (a model may have more rows than its tokenizer has tokens, as Qwen2.5 pads
     /// to 151936; the reverse means some token has no embedding). `path` names the tokenizer.
     pub fn check_matches(&self, path: &Path, model: &crate::model::Qwen2Config) -> Result<()> {
-        let n = self.vocab_size();
+        // The largest id, not the count: ids may have gaps.
+        let n = self.inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
         if n > model.vocab_size {
             anyhow::bail!(
-                "{}: the tokenizer has {n} tokens but the model's vocab_size is {}: this tokenizer does not belong to this model",
+                "{}: the tokenizer has token ids up to {} but the model's vocab_size is {}: this tokenizer does not belong to this model",
                 path.display(),
+                n - 1,
                 model.vocab_size
             );
         }

@@ -1,7 +1,7 @@
 //! What a run says when its numbers stop being finite: which step, which checkpoint produced
 //! it (set aside, never resumed from), and plainly which checkpoint to resume from.
 
-use crate::train::checkpoint::set_aside_diverged;
+use crate::train::checkpoint::{set_aside_diverged, NonFiniteWeights};
 use anyhow::{anyhow, Error};
 use std::path::Path;
 
@@ -9,8 +9,21 @@ use std::path::Path;
 /// did. The weights that step started from are those saved as `checkpoint-{step - 1}`, if
 /// any; that checkpoint is set aside and `latest` moved to the newest good one.
 pub fn diverged(phase: &str, dir: &Path, out: &Path, step: u64, what: &str) -> Error {
+    stop(phase, dir, out, step, what, step.saturating_sub(1))
+}
+
+/// A save that `save_checkpoint` refused because the weights after the step are not finite
+/// becomes the same plain message (the checkpoints before it are good); other errors pass.
+pub fn unless_weights_diverged(phase: &str, dir: &Path, out: &Path, e: Error) -> Error {
+    match e.downcast_ref::<NonFiniteWeights>() {
+        // The set-aside step is one no checkpoint has: nothing good is renamed.
+        Some(nf) => stop(phase, dir, out, nf.step, &nf.to_string(), nf.step),
+        None => e,
+    }
+}
+
+fn stop(phase: &str, dir: &Path, out: &Path, step: u64, what: &str, before: u64) -> Error {
     let key = phase.to_lowercase();
-    let before = step.saturating_sub(1);
     let bad = dir.join(format!("checkpoint-{before}"));
     let had_bad = bad.is_dir();
     let good = match set_aside_diverged(dir, before) {

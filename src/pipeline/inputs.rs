@@ -97,9 +97,6 @@ impl RunInputs {
         }
         let tokenizer_path = cfg.model.dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&tokenizer_path)?;
-        // The model's config bounds ids and prompt lengths; its weights are loaded by the phases.
-        let mcfg = Qwen2Config::load(&cfg.model.dir)?;
-        tok.check_matches(&tokenizer_path, &mcfg)?;
         let load = |p: &Path| -> Result<Vec<RlItem>> {
             if p.as_os_str().is_empty() {
                 Ok(vec![])
@@ -120,6 +117,9 @@ impl RunInputs {
                 cfg.data.rl.display()
             );
         }
+        // The model's config bounds ids and prompt lengths; its weights are loaded by the phases.
+        let mcfg = Qwen2Config::load(&cfg.model.dir)?;
+        tok.check_matches(&tokenizer_path, &mcfg)?;
         let rl_prompts = prompts_of(&mcfg, &tok, &rl_items, &cfg)?;
         prompts_of(&mcfg, &tok, &eval_items, &cfg)?;
         write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;

@@ -4,7 +4,7 @@
 //! Its whole state (step, sampler RNG, VPS table, pending scores) is saved in checkpoints.
 
 use super::config::TrainConfig;
-use super::diverged::diverged;
+use super::diverged::{diverged, unless_weights_diverged};
 use super::inputs::RunInputs;
 use super::metrics::{
     EvalLabel, MetricsLog, Phase, Record, RlStepRecord, RlStepTimes, ScoringRecord, VpsSummary,
@@ -413,8 +413,10 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         let bad = rep.steps.iter().find(|s| s.skipped || !s.grad_norm.is_finite());
         if !rep.loss.is_finite() || bad.is_some() {
             let what = match bad {
-                Some(s) if rep.loss.is_finite() => format!("the gradient norm is {}", s.grad_norm),
-                _ => format!("the loss is {}", rep.loss),
+                Some(s) if rep.loss.is_finite() => {
+                    format!("the gradient norm is not finite ({})", s.grad_norm)
+                }
+                _ => format!("the loss is not finite ({})", rep.loss),
             };
             let step = run.state.step + 1;
             return Err(diverged("RL", &self.dir, &self.inputs.out, step, &what));
@@ -506,7 +508,8 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                 &run.state,
                 o.save_dtype,
                 Some(&self.inputs.tokenizer_path),
-            )?;
+            )
+            .map_err(|e| unless_weights_diverged("RL", &self.dir, &self.inputs.out, e))?;
             prune_checkpoints(&self.dir, o.keep_checkpoints)?;
         }
         Ok(())

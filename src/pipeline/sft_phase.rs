@@ -4,7 +4,7 @@
 //! does around it.
 
 use super::config::TrainConfig;
-use super::diverged::diverged;
+use super::diverged::{diverged, unless_weights_diverged};
 use super::inputs::RunInputs;
 use super::metrics::{EvalLabel, MetricsLog, Phase, Record};
 use crate::backend::Backend;
@@ -97,9 +97,9 @@ impl<'a, B: Backend> SftPhase<'a, B> {
             return Ok(());
         }
         let what = if m.loss.is_finite() {
-            format!("the gradient norm is {}", m.grad_norm)
+            format!("the gradient norm is not finite ({})", m.grad_norm)
         } else {
-            format!("the loss is {}", m.loss)
+            format!("the loss is not finite ({})", m.loss)
         };
         Err(diverged("SFT", &self.dir, &self.inputs.out, m.step, &what))
     }
@@ -120,7 +120,8 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         let cfg = &self.inputs.cfg;
         let every = cfg.output.checkpoint_every as u64;
         if (every > 0 && step % every == 0) || tr.done() {
-            tr.save(self.be, &self.dir, cfg.output.save_dtype, Some(&self.inputs.tokenizer_path))?;
+            tr.save(self.be, &self.dir, cfg.output.save_dtype, Some(&self.inputs.tokenizer_path))
+                .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
             prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;
         }
         Ok(())

@@ -45,6 +45,25 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
+/// Why `save_checkpoint` refused to save: the weights after `step` are not finite.
+#[derive(Debug)]
+pub struct NonFiniteWeights {
+    pub step: u64,
+    pub tensor: String,
+}
+
+impl std::fmt::Display for NonFiniteWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the weights after step {} are not finite (tensor {}); checkpoint-{} was not saved",
+            self.step, self.tensor, self.step
+        )
+    }
+}
+
+impl std::error::Error for NonFiniteWeights {}
+
 /// Saves a full training checkpoint as `out/checkpoint-{step}` and points `out/latest` at it.
 /// Returns the checkpoint directory.
 #[allow(clippy::too_many_arguments)]
@@ -73,10 +92,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     for (spec, h) in model.layout.specs.iter().zip(&host) {
         if h.iter().any(|x| !x.is_finite()) {
             std::fs::remove_dir_all(&tmp).ok();
-            bail!(
-                "not saving checkpoint-{step}: weight {} holds NaN or infinite values",
-                spec.name
-            );
+            return Err(NonFiniteWeights { step, tensor: spec.name.clone() }.into());
         }
     }
     crate::model::safetensors_io::write_model_files(
