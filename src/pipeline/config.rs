@@ -151,7 +151,8 @@ pub struct RewardSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSection {
-    /// Evaluate every this many RL steps (0: only before and after).
+    /// Also evaluate every this many steps of each phase, SFT and RL (0: only before and
+    /// after each phase). Logged to metrics.jsonl with label "periodic" and plotted.
     pub every: usize,
     /// Items evaluated (0: all).
     pub max_items: usize,

@@ -204,6 +204,6 @@ impl RunInputs {
     /// the phase's closing evaluation covers it).
     pub fn periodic_eval_due(&self, step: u64, last: u64) -> bool {
         let every = self.cfg.eval.every as u64;
-        every > 0 && step % every == 0 && step < last && !self.eval_items.is_empty()
+        every > 0 && step.is_multiple_of(every) && step < last && !self.eval_items.is_empty()
     }
 }

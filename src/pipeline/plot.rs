@@ -309,7 +309,7 @@ fn pad(vals: impl Iterator<Item = f64>, frac: f64) -> (f64, f64) {
     let (lo, hi) = vals
         .map(|v| v.clamp(-PLOT_LIMIT, PLOT_LIMIT))
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if !(lo <= hi) {
+    if lo > hi || lo.is_nan() || hi.is_nan() {
         return (0.0, 1.0);
     }
     let scale = lo.abs().max(hi.abs());

@@ -428,7 +428,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     /// with `vas.score_unseen`, items never rolled out are scored). Returns the seconds spent.
     fn refresh_vps(&self, run: &mut RlRun<B>) -> Result<f64> {
         let v = &self.cfg().vas;
-        if !(v.enabled && run.state.step % v.t_update as u64 == 0) {
+        if !(v.enabled && run.state.step.is_multiple_of(v.t_update as u64)) {
             return Ok(0.0);
         }
         let t0 = Instant::now();
@@ -498,7 +498,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     fn checkpoint_if_due(&self, run: &RlRun<B>, total: u64) -> Result<()> {
         let o = &self.cfg().output;
         let every = o.checkpoint_every as u64;
-        if (every > 0 && run.state.step % every == 0) || run.state.step == total {
+        if (every > 0 && run.state.step.is_multiple_of(every)) || run.state.step == total {
             save_checkpoint(
                 self.be,
                 &self.dir,

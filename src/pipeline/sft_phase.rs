@@ -106,7 +106,7 @@ impl<'a, B: Backend> SftPhase<'a, B> {
 
     fn show(&self, pb: &ProgressBar, m: &SftStepMetrics, tr: &SftTrainer<B>) {
         pb.set_position(tr.state.step);
-        if m.step % 10 == 0 || tr.done() {
+        if m.step.is_multiple_of(10) || tr.done() {
             pb.suspend(|| {
                 eprintln!(
                     "sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s",
@@ -119,7 +119,7 @@ impl<'a, B: Backend> SftPhase<'a, B> {
     fn checkpoint_if_due(&self, tr: &SftTrainer<B>, step: u64) -> Result<()> {
         let cfg = &self.inputs.cfg;
         let every = cfg.output.checkpoint_every as u64;
-        if (every > 0 && step % every == 0) || tr.done() {
+        if (every > 0 && step.is_multiple_of(every)) || tr.done() {
             tr.save(self.be, &self.dir, cfg.output.save_dtype, Some(&self.inputs.tokenizer_path))
                 .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
             prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;
