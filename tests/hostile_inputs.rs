@@ -459,6 +459,8 @@ fn the_sft_command_logs_each_step_once_across_resumes() {
     // Killed before the save at step 3: checkpoint 2 is the newest.
     std::fs::remove_dir_all(out.join("checkpoint-3")).unwrap();
     std::fs::write(out.join("latest"), "checkpoint-2\n").unwrap();
+    // A training flag that differs from the run's own is refused, not silently ignored.
+    fails_with(&run(&[&base[..], &["--resume", "--lr", "0.5"]].concat()), &["lr", "0.5"]);
     succeeds(&run(&[&base[..], &["--resume"]].concat()));
     let steps = steps_of(&records(&out), "sft");
     assert_eq!(steps, (1..=5).collect::<Vec<u64>>(), "20 examples / 4 = 5 steps, each once");

@@ -13,7 +13,7 @@ use crate::ranges::Checks;
 use crate::tokenizer::{Tokenizer, QWEN25_DEFAULT_SYSTEM};
 use crate::train::checkpoint::{latest_checkpoint, resume_checkpoint};
 use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -72,8 +72,9 @@ pub struct SftArgs {
     /// Do not insert Qwen2.5's default system prompt into conversations without one.
     #[arg(long)]
     pub no_default_system: bool,
-    /// Continue a run: from OUT/latest when given without a value, else from the checkpoint
-    /// directory given. The run's saved settings are used; data must be the same.
+    /// Continue a run: from its newest complete checkpoint when given without a value, else
+    /// from the checkpoint directory given. The run's saved settings are used (a training
+    /// flag that differs from them is refused); data must be the same.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     pub resume: Option<String>,
     /// Stop after this many optimizer steps in this invocation (the run can be resumed).
@@ -155,6 +156,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
                     .with_context(|| format!("--resume: {} is not a checkpoint", dir.display()))?,
             )
             .with_context(|| format!("{}: invalid trainer state", dir.display()))?;
+            refuse_changed_settings(args, &st.config)?;
             let (data, _) = load_sft_dataset(&args.data, &tok, system, st.config.max_len)?;
             let t = SftTrainer::resume(be, dir, data)?;
             eprintln!(
@@ -220,6 +222,44 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         // The finished model, loadable from OUT itself (e.g. as GRPO's starting point).
         write_final(&args.out, &trainer, be, args.save_dtype, &tok_path)?;
         eprintln!("final model written to {}", args.out.display());
+    }
+    Ok(())
+}
+
+/// A resumed run trains with the settings saved in its checkpoint. A flag given now that
+/// differs from them would be silently ignored, so it is refused, named. (A flag is taken as
+/// given when it differs from its default.)
+fn refuse_changed_settings(args: &SftArgs, saved: &SftConfig) -> Result<()> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: SftArgs,
+    }
+    let d = <Defaults as clap::Parser>::parse_from(["sft", "--model=m", "--data=d", "--out=o"]);
+    let flat = |c: &SftConfig| -> Vec<(String, serde_json::Value)> {
+        let v = serde_json::to_value(c).expect("config serializes");
+        let mut out = Vec::new();
+        for (k, x) in v.as_object().expect("a struct") {
+            match x.as_object() {
+                Some(o) => out.extend(o.iter().map(|(k2, y)| (k2.clone(), y.clone()))),
+                None => out.push((k.clone(), x.clone())),
+            }
+        }
+        out
+    };
+    let (now, default, then) = (flat(&args.config()), flat(&d.args.config()), flat(saved));
+    let mut changed = Vec::new();
+    for (((k, v), (_, dv)), (_, sv)) in now.iter().zip(&default).zip(&then) {
+        if v != dv && v != sv {
+            changed.push(format!("{k} (the run has {sv}, given {v})"));
+        }
+    }
+    if !changed.is_empty() {
+        bail!(
+            "--resume continues with the settings the run was started with; these flags differ: {}. \
+             Drop them, or start a new run in another --out",
+            changed.join(", ")
+        );
     }
     Ok(())
 }
