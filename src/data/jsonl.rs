@@ -37,7 +37,7 @@ pub struct Lines<T> {
 /// is an `Err` saying where it breaks (so `--bad-lines skip` can skip it like any bad line).
 /// A UTF-8 byte-order mark at the start of the file (as some Windows editors write) is dropped.
 pub fn text_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String, String>)>> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
         let n = i + 1;
