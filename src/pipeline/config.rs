@@ -588,6 +588,19 @@ mod tests {
     }
 
     #[test]
+    fn a_resume_applies_forward_looking_keys_and_refuses_the_rest_by_name() {
+        let saved = TrainConfig::demo();
+        let mut wanted = saved.clone();
+        wanted.apply_overrides(&["eval.every=5".into(), "rl.steps=80".into()]).unwrap();
+        let got = saved.resumed_with(wanted).unwrap();
+        assert_eq!((got.eval.every, got.rl.steps), (5, 80));
+        let mut wanted = saved.clone();
+        wanted.apply_overrides(&["sft.lr=1e-3".into(), "vas.lambda=1".into()]).unwrap();
+        let e = saved.resumed_with(wanted).unwrap_err().to_string();
+        assert!(e.contains("sft.lr (0.003 -> 0.001)") && e.contains("vas.lambda"), "{e}");
+    }
+
+    #[test]
     fn overrides_and_errors_name_the_key() {
         let mut c = TrainConfig::default();
         c.apply_overrides(&[
