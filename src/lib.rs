@@ -9,6 +9,7 @@ pub mod model;
 pub mod optim;
 pub mod pipeline;
 pub mod progress;
+pub mod ranges;
 pub mod rl;
 pub mod tokenizer;
 pub mod train;

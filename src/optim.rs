@@ -33,6 +33,20 @@ impl Default for AdamwConfig {
     }
 }
 
+impl AdamwConfig {
+    /// Range checks, keys named `{prefix}beta1` etc. A clip bound must be positive (`None`
+    /// is how clipping is turned off); betas in [0, 1) (beta1 = 2 would amplify, not average).
+    pub fn check(&self, c: &mut crate::ranges::Checks, prefix: &str) {
+        c.closed_open(&format!("{prefix}beta1"), self.beta1 as f64, 0.0, 1.0);
+        c.closed_open(&format!("{prefix}beta2"), self.beta2 as f64, 0.0, 1.0);
+        c.positive(&format!("{prefix}eps"), self.eps as f64);
+        c.non_negative(&format!("{prefix}weight_decay"), self.weight_decay as f64);
+        if let Some(g) = self.max_grad_norm {
+            c.positive(&format!("{prefix}grad_clip"), g as f64);
+        }
+    }
+}
+
 /// What one `AdamW::step` did.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {

@@ -72,6 +72,23 @@ impl Tokenizer {
         ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|t| self.token_id(t)).collect()
     }
 
+    /// Refuses a tokenizer that cannot belong to `model`: one with ids past the model's
+    /// vocabulary (a model may have more rows than its tokenizer has tokens, as Qwen2.5 pads
+    /// to 151936; the reverse means some token has no embedding). `path` names the tokenizer.
+    pub fn check_matches(&self, path: &Path, model: &crate::model::Qwen2Config) -> Result<()> {
+        // The largest id, not the count: ids may have gaps.
+        let n = self.inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        if n > model.vocab_size {
+            anyhow::bail!(
+                "{}: the tokenizer has token ids up to {} but the model's vocab_size is {}: this tokenizer does not belong to this model",
+                path.display(),
+                n - 1,
+                model.vocab_size
+            );
+        }
+        Ok(())
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         self.inner
             .save(path, false)

@@ -93,6 +93,7 @@ fn run_on<B: Backend>(
 ) -> Result<()> {
     let model = Qwen2::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
+    tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;
     let n = if args.max_items > 0 { args.max_items.min(items.len()) } else { items.len() };
     let pb = crate::progress::bar(n as u64, "evaluating");
     let report = evaluate_with_progress(&model, be, &tok, items, params, |done| {

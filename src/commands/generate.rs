@@ -16,6 +16,8 @@ pub struct GenerateArgs {
     /// The user's message (wrapped in the Qwen chat template unless --raw).
     #[arg(long)]
     pub prompt: String,
+    /// At most this many new tokens (prompt + new tokens must fit the model's
+    /// max_position_embeddings).
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
@@ -47,6 +49,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 fn run_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
     let model = Qwen2::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
+    tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;
     let text = if args.raw {
         args.prompt.clone()
     } else {

@@ -28,8 +28,8 @@ pub struct LogprobsArgs {
 }
 
 pub fn run(args: &LogprobsArgs) -> Result<()> {
-    if args.temperature.is_nan() || args.temperature <= 0.0 {
-        bail!("--temperature must be positive (got {})", args.temperature);
+    if !(args.temperature > 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature must be a finite number > 0 (got {})", args.temperature);
     }
     let text = std::fs::read_to_string(&args.tokens)
         .with_context(|| format!("cannot read {}", args.tokens.display()))?;

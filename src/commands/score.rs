@@ -55,10 +55,10 @@ pub struct ScoreArgs {
     #[arg(long, default_value_t = 8)]
     pub batch_items: usize,
     /// Weight of OVS in VPS (MMR1: 0.8).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = crate::rl::vas::PAPER_ALPHA)]
     pub alpha: f32,
     /// Weight of TDS in VPS (MMR1: 0.2).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = crate::rl::vas::PAPER_BETA)]
     pub beta: f32,
     /// A malformed line in --data or --from-rollouts: stop with its line number, or skip it.
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]
@@ -176,6 +176,7 @@ fn score_on<B: Backend>(
 ) -> Result<Vec<ScoreRecord>> {
     let model = Qwen2::load(be, model_dir)?;
     let tok = Tokenizer::from_dir(model_dir)?;
+    tok.check_matches(&model_dir.join("tokenizer.json"), &model.cfg)?;
     let grade = GradeParams {
         sampling: SamplingParams {
             temperature: args.temperature,

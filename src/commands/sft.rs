@@ -6,11 +6,13 @@ use crate::model::safetensors_io::write_model_files;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
+use crate::pipeline::metrics::{MetricsLog, Phase, Record};
+use crate::pipeline::run_dir::RunLock;
+use crate::ranges::Checks;
 use crate::tokenizer::{Tokenizer, QWEN25_DEFAULT_SYSTEM};
-use crate::train::checkpoint::latest_checkpoint;
+use crate::train::checkpoint::{latest_checkpoint, resume_checkpoint};
 use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
-use anyhow::{Context, Result};
-use std::io::Write;
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -24,38 +26,38 @@ pub struct SftArgs {
     /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SftConfig::default().epochs)]
     pub epochs: usize,
     /// Peak learning rate (MMR1 cold start: 1e-5).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = SftConfig::default().lr)]
     pub lr: f32,
     /// Final learning rate of the cosine decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SftConfig::default().min_lr)]
     pub min_lr: f32,
     /// Constant learning rate after warm-up instead of cosine decay.
     #[arg(long)]
     pub constant_lr: bool,
     /// Sequences per optimizer step (MMR1 cold start: 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = SftConfig::default().batch_size)]
     pub batch_size: usize,
     /// Tokens per packed micro-batch (gradients accumulate over the step's micro-batches).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = SftConfig::default().micro_batch_tokens)]
     pub micro_batch_tokens: usize,
     /// Sequences are cut to this many tokens (MMR1 cold start: 16384).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = SftConfig::default().max_len)]
     pub max_len: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = SftConfig::default().warmup_ratio)]
     pub warmup_ratio: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SftConfig::default().adamw.weight_decay)]
     pub weight_decay: f32,
     /// Global gradient-norm bound (0 disables clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SftConfig::default().adamw.max_grad_norm.unwrap_or(0.0))]
     pub grad_clip: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = AdamwConfig::default().beta1)]
     pub beta1: f32,
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = AdamwConfig::default().beta2)]
     pub beta2: f32,
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = AdamwConfig::default().eps)]
     pub eps: f32,
     /// Data-order seed.
     #[arg(long, default_value_t = 0)]
@@ -69,8 +71,9 @@ pub struct SftArgs {
     /// Do not insert Qwen2.5's default system prompt into conversations without one.
     #[arg(long)]
     pub no_default_system: bool,
-    /// Continue a run: from OUT/latest when given without a value, else from the checkpoint
-    /// directory given. The run's saved settings are used; data must be the same.
+    /// Continue a run: from its newest complete checkpoint when given without a value, else
+    /// from the checkpoint directory given. The run's saved settings are used (a training
+    /// flag that differs from them is refused); data must be the same.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     pub resume: Option<String>,
     /// Stop after this many optimizer steps in this invocation (the run can be resumed).
@@ -83,6 +86,24 @@ pub struct SftArgs {
 }
 
 impl SftArgs {
+    /// Range checks of every numeric flag, named as typed, before any work.
+    pub fn validate(&self) -> Result<()> {
+        let mut c = Checks::new();
+        c.at_least("--epochs", self.epochs as u64, 1);
+        c.positive("--lr", self.lr as f64);
+        c.closed("--min-lr", self.min_lr as f64, 0.0, self.lr as f64);
+        c.at_least("--batch-size", self.batch_size as u64, 1);
+        c.at_least("--micro-batch-tokens", self.micro_batch_tokens as u64, 1);
+        c.at_least("--max-len", self.max_len as u64, 2);
+        c.closed_open("--warmup-ratio", self.warmup_ratio, 0.0, 1.0);
+        c.non_negative("--weight-decay", self.weight_decay as f64);
+        c.non_negative("--grad-clip", self.grad_clip as f64);
+        c.closed_open("--beta1", self.beta1 as f64, 0.0, 1.0);
+        c.closed_open("--beta2", self.beta2 as f64, 0.0, 1.0);
+        c.positive("--eps", self.eps as f64);
+        c.finish("sft arguments")
+    }
+
     pub fn config(&self) -> SftConfig {
         SftConfig {
             epochs: self.epochs,
@@ -111,10 +132,11 @@ pub fn run(args: &SftArgs) -> Result<()> {
 
 /// The SFT command on any backend (tests call this directly).
 pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
+    args.validate()?;
     let resume_dir = match args.resume.as_deref() {
         None => None,
-        Some("latest") => Some(latest_checkpoint(&args.out)?.with_context(|| {
-            format!("--resume: {} has no `latest` checkpoint", args.out.display())
+        Some("latest") => Some(resume_checkpoint(&args.out)?.with_context(|| {
+            format!("--resume: {} has no complete checkpoint", args.out.display())
         })?),
         Some(dir) => Some(PathBuf::from(dir)),
     };
@@ -134,6 +156,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
                     .with_context(|| format!("--resume: {} is not a checkpoint", dir.display()))?,
             )
             .with_context(|| format!("{}: invalid trainer state", dir.display()))?;
+            refuse_changed_settings(args, &st.config)?;
             let (data, _) = load_sft_dataset(&args.data, &tok, system, st.config.max_len)?;
             let t = SftTrainer::resume(be, dir, data)?;
             eprintln!(
@@ -157,6 +180,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
                 );
             }
             let model = Qwen2::load(be, &args.model)?;
+            tok.check_matches(&tok_path, &model.cfg)?;
             SftTrainer::new(be, model, data, cfg)?
         }
     };
@@ -171,19 +195,17 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let metrics_path = args.out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    let _lock = RunLock::acquire(&args.out)?;
+    // A resumed run's log is cut back to its checkpoint, so no step is logged twice; a fresh
+    // run starts a new log.
+    let keep = resume_dir.is_some().then_some((Phase::Sft, trainer.state.step));
+    let mut metrics = MetricsLog::open(&args.out, keep)?;
     let mut done_here = 0u64;
     while !trainer.done() && args.max_steps.is_none_or(|m| done_here < m) {
         let m = trainer.step(be)?;
         done_here += 1;
         report(&m, trainer.state.total_steps);
-        writeln!(metrics, "{}", serde_json::to_string(&m)?)
-            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        metrics.write(&Record::Sft(m.clone()))?;
         if args.save_every > 0 && m.step % args.save_every == 0 {
             let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
             eprintln!("saved {}", dir.display());
@@ -200,6 +222,44 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         // The finished model, loadable from OUT itself (e.g. as GRPO's starting point).
         write_final(&args.out, &trainer, be, args.save_dtype, &tok_path)?;
         eprintln!("final model written to {}", args.out.display());
+    }
+    Ok(())
+}
+
+/// A resumed run trains with the settings saved in its checkpoint. A flag given now that
+/// differs from them would be silently ignored, so it is refused, named. (A flag is taken as
+/// given when it differs from its default.)
+fn refuse_changed_settings(args: &SftArgs, saved: &SftConfig) -> Result<()> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: SftArgs,
+    }
+    let d = <Defaults as clap::Parser>::parse_from(["sft", "--model=m", "--data=d", "--out=o"]);
+    let flat = |c: &SftConfig| -> Vec<(String, serde_json::Value)> {
+        let v = serde_json::to_value(c).expect("config serializes");
+        let mut out = Vec::new();
+        for (k, x) in v.as_object().expect("a struct") {
+            match x.as_object() {
+                Some(o) => out.extend(o.iter().map(|(k2, y)| (k2.clone(), y.clone()))),
+                None => out.push((k.clone(), x.clone())),
+            }
+        }
+        out
+    };
+    let (now, default, then) = (flat(&args.config()), flat(&d.args.config()), flat(saved));
+    let mut changed = Vec::new();
+    for (((k, v), (_, dv)), (_, sv)) in now.iter().zip(&default).zip(&then) {
+        if v != dv && v != sv {
+            changed.push(format!("{k} (the run has {sv}, given {v})"));
+        }
+    }
+    if !changed.is_empty() {
+        bail!(
+            "--resume continues with the settings the run was started with; these flags differ: {}. \
+             Drop them, or start a new run in another --out",
+            changed.join(", ")
+        );
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `mmr1-fast train`: the whole MMR1 pipeline. With no arguments it runs the built-in demo.
 
 use crate::pipeline::config::TrainConfig;
-use crate::pipeline::run::{format_report, run_pipeline, RunInputs};
+use crate::pipeline::inputs::{RunInputs, Start};
+use crate::pipeline::run::{format_report, run_pipeline};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -24,10 +25,15 @@ pub struct TrainArgs {
     /// Output directory (same as --set output.dir=...).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in this output directory from its last checkpoint (its config.toml
-    /// is used; --set still overrides).
+    /// Continue the run in this output directory from its newest complete checkpoint, with
+    /// its config.toml. --set may change only what does not alter the checkpoints' meaning
+    /// (model.device, output.*, eval.*, rl.steps); other changes are refused.
     #[arg(long, value_name = "OUT_DIR", conflicts_with = "config")]
     pub resume: Option<PathBuf>,
+    /// Replace the run (checkpoints, metrics, report) already in the output directory.
+    /// Without it, a fresh run into a directory holding another run's checkpoints is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Print the full default configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -42,41 +48,54 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         print!("{}", TrainConfig::default().to_toml());
         return Ok(());
     }
-    let mut cfg = match (&args.resume, &args.config) {
-        (Some(dir), _) => {
+    let mut cfg = match &args.config {
+        Some(p) => TrainConfig::from_toml_file(p)?,
+        None => TrainConfig::demo(),
+    };
+    let saved = match &args.resume {
+        Some(dir) => {
             let p = dir.join("config.toml");
             if !p.exists() {
                 bail!("{}: no config.toml; is this the output directory of a run?", dir.display());
             }
-            TrainConfig::from_toml_file(&p)?
+            let saved = TrainConfig::from_toml_file(&p)?;
+            cfg = saved.clone();
+            Some(saved)
         }
-        (None, Some(p)) => TrainConfig::from_toml_file(p)?,
-        (None, None) => TrainConfig::demo(),
+        None => None,
     };
     cfg.apply_overrides(&args.sets)?;
     if let Some(d) = &args.device {
-        cfg.model.device = d.clone();
+        cfg.model.device =
+            d.parse().map_err(|e: String| anyhow::anyhow!("--device (model.device): {e}"))?;
     }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();
     }
-    if let Some(d) = &args.resume {
+    if let (Some(d), Some(saved)) = (&args.resume, &saved) {
         cfg.output.dir = d.clone();
+        // The directory may have moved since the run started: where it is now is no change.
+        let mut saved = saved.clone();
+        saved.output.dir = d.clone();
+        cfg = saved.resumed_with(cfg)?;
     }
     cfg.validate()?;
-    let device = crate::backend::select::resolve(
-        cfg.model.device.parse().map_err(|e: String| anyhow::anyhow!(e))?,
-    )?;
+    let device = crate::backend::select::resolve(cfg.model.device)?;
     crate::with_backend!(device, be => run_on(be, cfg, args))
 }
 
 fn run_on<B: crate::backend::Backend>(be: &B, cfg: TrainConfig, args: &TrainArgs) -> Result<()> {
     if args.demo_ablation {
-        return crate::pipeline::ablation::run_ablation(be, cfg);
+        return crate::pipeline::ablation::run_ablation(be, cfg, args.overwrite);
     }
-    let inputs = RunInputs::prepare(cfg)?;
+    let start = if args.resume.is_some() {
+        Start::Resume
+    } else {
+        Start::Fresh { overwrite: args.overwrite }
+    };
+    let inputs = RunInputs::prepare(cfg, start)?;
     eprintln!("output: {}", inputs.out.display());
-    let report = run_pipeline(be, &inputs, args.resume.is_some())?;
+    let report = run_pipeline(be, &inputs)?;
     println!("{}", format_report(&report));
     println!("metrics: {}", inputs.out.join("metrics.jsonl").display());
     Ok(())

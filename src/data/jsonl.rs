@@ -33,22 +33,40 @@ pub struct Lines<T> {
     pub skipped: usize,
 }
 
+/// The non-blank lines of a text file with their 1-based numbers; a line that is not UTF-8
+/// is an `Err` saying where it breaks (so `--bad-lines skip` can skip it like any bad line).
+/// A UTF-8 byte-order mark at the start of the file (as some Windows editors write) is dropped.
+pub fn text_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String, String>)>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
+        let n = i + 1;
+        let mut line = line.with_context(|| format!("{}:{n}: cannot read line", path.display()))?;
+        if n == 1 && line.starts_with(b"\xEF\xBB\xBF") {
+            line.drain(..3);
+        }
+        let text = String::from_utf8(line).map_err(|e| {
+            format!("not valid UTF-8 (at byte {} of the line)", e.utf8_error().valid_up_to())
+        });
+        if text.as_ref().is_ok_and(|t| t.trim().is_empty()) {
+            continue;
+        }
+        out.push((n, text));
+    }
+    Ok(out)
+}
+
 /// Reads every non-blank line of `path` as a `T`; `check` may reject a parsed record.
 pub fn read_jsonl<T: DeserializeOwned>(
     path: &Path,
     bad: BadLines,
     check: impl Fn(&T) -> Result<()>,
 ) -> Result<Lines<T>> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = Lines { records: vec![], skipped: 0 };
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("{}:{n}: cannot read line", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<T>(&line)
-            .map_err(anyhow::Error::from)
+    for (n, line) in text_lines(path)? {
+        let parsed = line
+            .map_err(anyhow::Error::msg)
+            .and_then(|l| serde_json::from_str::<T>(&l).map_err(anyhow::Error::from))
             .and_then(|r| check(&r).map(|_| r));
         match (parsed, bad) {
             (Ok(r), _) => out.records.push((n, r)),

@@ -103,16 +103,12 @@ pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
 
 /// Reads a JSONL file of conversations. Errors name the file and the 1-based line.
 pub fn load_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| anyhow!("{}:{}: not valid JSON ({e})", path.display(), i + 1))?;
-        let msgs = parse_record(&v).map_err(|e| anyhow!("{}:{}: {e:#}", path.display(), i + 1))?;
+    for (n, line) in crate::data::jsonl::text_lines(path)? {
+        let line = line.map_err(|e| anyhow!("{}:{n}: {e}", path.display()))?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| anyhow!("{}:{n}: not valid JSON ({e})", path.display()))?;
+        let msgs = parse_record(&v).map_err(|e| anyhow!("{}:{n}: {e:#}", path.display()))?;
         out.push(msgs);
     }
     if out.is_empty() {

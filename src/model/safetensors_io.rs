@@ -106,8 +106,12 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
+#[serde(rename_all = "lowercase")]
 pub enum SaveDtype {
+    // The aliases read config.toml files written before the names were lower-case.
+    #[serde(alias = "F32")]
     F32,
+    #[serde(alias = "Bf16")]
     Bf16,
 }
 

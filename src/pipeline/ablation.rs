@@ -3,19 +3,25 @@
 //! group fraction and accuracy per step (MMR1's Figure 2 in miniature).
 
 use super::config::TrainConfig;
-use super::run::{run_pipeline, RunInputs, RunReport};
+use super::inputs::{EvalResult, RunInputs, Start};
+use super::run::{run_pipeline, RunReport};
 use crate::fs::write_atomic;
 use crate::train::checkpoint::latest_checkpoint;
 use anyhow::{Context, Result};
 
-pub fn run_ablation<B: crate::backend::Backend>(be: &B, cfg: TrainConfig) -> Result<()> {
+/// `overwrite`: replace the checkpoints of an earlier ablation in the same directories.
+pub fn run_ablation<B: crate::backend::Backend>(
+    be: &B,
+    cfg: TrainConfig,
+    overwrite: bool,
+) -> Result<()> {
     let out = cfg.output.dir.clone();
     // One SFT run shared by both arms.
     let mut sft_cfg = cfg.clone();
     sft_cfg.rl.steps = 0;
-    let sft_inputs = RunInputs::prepare(sft_cfg)?;
+    let sft_inputs = RunInputs::prepare(sft_cfg, Start::Fresh { overwrite })?;
     eprintln!("ablation: cold-start SFT into {}", out.display());
-    let sft_report = run_pipeline(be, &sft_inputs, false)?;
+    let sft_report = run_pipeline(be, &sft_inputs)?;
     let start = latest_checkpoint(&out.join("sft"))?.context("the SFT phase left no checkpoint")?;
     let mut arms: Vec<(f32, RunReport)> = Vec::new();
     for lambda in [0.0f32, 1.0] {
@@ -26,8 +32,8 @@ pub fn run_ablation<B: crate::backend::Backend>(be: &B, cfg: TrainConfig) -> Res
         c.data.sft = Default::default();
         c.vas.lambda = lambda;
         eprintln!("ablation: GRPO with lambda = {lambda} into {}", c.output.dir.display());
-        let inputs = RunInputs::prepare(c)?;
-        arms.push((lambda, run_pipeline(be, &inputs, false)?));
+        let inputs = RunInputs::prepare(c, Start::Fresh { overwrite })?;
+        arms.push((lambda, run_pipeline(be, &inputs)?));
     }
     let table = format_ablation(&sft_report, &arms);
     write_atomic(&out.join("ablation.md"), table.as_bytes())?;
@@ -63,8 +69,7 @@ fn format_ablation(sft: &RunReport, arms: &[(f32, RunReport)]) -> String {
         mean(u, |x| x.grad_norm),
         mean(v, |x| x.grad_norm)
     ));
-    let acc =
-        |r: &Option<super::run::EvalResult>| r.map_or("-".into(), |e| format!("{:.3}", e.accuracy));
+    let acc = |r: &Option<EvalResult>| r.map_or("-".into(), |e| format!("{:.3}", e.accuracy));
     s.push_str(&format!(
         "\neval accuracy: after SFT {}; after RL uniform (lambda 0) {}; after RL VAS (lambda 1) {}\n",
         acc(&sft.after_sft),

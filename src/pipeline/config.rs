@@ -4,11 +4,14 @@
 //! Defaults are the MMR1 paper's where it states one (../shared/MMR1.md, docs/algorithm.md);
 //! the built-in demo starts from `TrainConfig::demo()` instead, sized for two CPU cores.
 
+use crate::backend::select::DeviceChoice;
 use crate::data::jsonl::BadLines;
 use crate::data::prompt::PromptStyle;
 use crate::model::safetensors_io::SaveDtype;
+use crate::ranges::Checks;
 use crate::rl::advantage::{AdvEstimator, Convention, ScaleRewards};
 use crate::rl::grpo::{Aggregation, KlEstimator, PolicyLoss};
+use crate::train::sft::SftConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -34,7 +37,7 @@ pub struct ModelSection {
     /// Hugging Face model directory. Empty: build the demo model from scratch.
     pub dir: PathBuf,
     /// auto | cpu | cuda | cuda:N
-    pub device: String,
+    pub device: DeviceChoice,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -75,6 +78,7 @@ pub struct SftSection {
     pub warmup_ratio: f32,
     pub min_lr_ratio: f32,
     pub weight_decay: f32,
+    /// Global gradient-norm bound (0: no clipping).
     pub grad_clip: f32,
     pub max_len: usize,
 }
@@ -89,6 +93,7 @@ pub struct RlSection {
     pub group_size: usize,
     pub lr: f32,
     pub weight_decay: f32,
+    /// Global gradient-norm bound (0: no clipping).
     pub grad_clip: f32,
     /// Optimizer steps per rollout batch (PPO epochs x mini-batches); MMR1 uses 1.
     pub ppo_epochs: usize,
@@ -179,7 +184,8 @@ pub struct RewardSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSection {
-    /// Evaluate every this many RL steps (0: only before and after).
+    /// Also evaluate every this many steps of each phase, SFT and RL (0: only before and
+    /// after each phase). Logged to metrics.jsonl with label "periodic" and plotted.
     pub every: usize,
     /// Items evaluated (0: all).
     pub max_items: usize,
@@ -191,7 +197,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             seed: 1,
-            model: ModelSection { dir: PathBuf::new(), device: "auto".into() },
+            model: ModelSection { dir: PathBuf::new(), device: DeviceChoice::Auto },
             data: DataSection {
                 sft: PathBuf::new(),
                 rl: PathBuf::new(),
@@ -205,17 +211,9 @@ impl Default for TrainConfig {
                 keep_checkpoints: 2,
                 save_dtype: SaveDtype::Bf16,
             },
-            // MMR1 cold start: lr 1e-5, cosine, warmup 0.1, weight decay 0, batch 32.
-            sft: SftSection {
-                epochs: 1,
-                batch_size: 32,
-                lr: 1e-5,
-                warmup_ratio: 0.1,
-                min_lr_ratio: 0.0,
-                weight_decay: 0.0,
-                grad_clip: 1.0,
-                max_len: 16384,
-            },
+            // MMR1 cold start (lr 1e-5, cosine, warmup 0.1, weight decay 0, batch 32): the
+            // defaults of `SftConfig`, their one home.
+            sft: SftSection::from(&SftConfig::default()),
             // MMR1 GRPO: 512 prompts x 8, lr 1e-6, wd 0.01, clip 0.2/0.2, k3 KL 0.01,
             // temperature 0.6, token-mean, one optimizer step per rollout batch.
             rl: RlSection {
@@ -264,14 +262,29 @@ impl Default for TrainConfig {
                 enabled: true,
                 lambda: 0.5,
                 t_update: 14,
-                alpha: 0.8,
-                beta: 0.2,
+                alpha: crate::rl::vas::PAPER_ALPHA,
+                beta: crate::rl::vas::PAPER_BETA,
                 score_rollouts: 8,
                 initial_scoring: true,
                 score_unseen: false,
             },
             reward: RewardSection { accuracy_weight: 1.0, format_weight: 1.0 },
             eval: EvalSection { every: 0, max_items: 0, temperature: 0.0 },
+        }
+    }
+}
+
+impl From<&SftConfig> for SftSection {
+    fn from(d: &SftConfig) -> Self {
+        SftSection {
+            epochs: d.epochs,
+            batch_size: d.batch_size,
+            lr: d.lr,
+            warmup_ratio: d.warmup_ratio as f32,
+            min_lr_ratio: if d.lr > 0.0 { d.min_lr / d.lr } else { 0.0 },
+            weight_decay: d.adamw.weight_decay,
+            grad_clip: d.adamw.max_grad_norm.unwrap_or(0.0),
+            max_len: d.max_len,
         }
     }
 }
@@ -289,6 +302,56 @@ macro_rules! section_default {
 }
 section_default!(ModelSection => model, DataSection => data, OutputSection => output, SftSection => sft,
     RlSection => rl, VasSection => vas, RewardSection => reward, EvalSection => eval);
+
+/// One TOML value as written in a config file. Every float of the configuration is an f32, so
+/// a float is printed through the f32's shortest round-trip form: 1e-5, 0.6, 0.2.
+fn scalar(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Float(x) if (*x as f32) as f64 == *x && x.is_finite() => {
+            let f = *x as f32;
+            let a = f.abs();
+            if a != 0.0 && !(1e-3..1e6).contains(&a) {
+                format!("{f:e}")
+            } else {
+                let s = format!("{f}");
+                if s.contains(['.', 'e']) {
+                    s
+                } else {
+                    s + ".0"
+                }
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Keys a resumed run may change: where it runs, how often it saves and evaluates, how long RL
+/// goes on. Everything else is fixed by the checkpoints.
+pub const RESUME_MAY_CHANGE: &[&str] = &[
+    "model.device",
+    "output.checkpoint_every",
+    "output.keep_checkpoints",
+    "output.save_dtype",
+    "eval.every",
+    "eval.max_items",
+    "eval.temperature",
+    "rl.steps",
+];
+
+/// Every `section.key` (or top-level key) with its value.
+fn flat(c: &TrainConfig) -> Vec<(String, toml::Value)> {
+    let doc = toml::Value::try_from(c).expect("config serializes");
+    let mut out = Vec::new();
+    for (k, v) in doc.as_table().expect("config is a table") {
+        match v {
+            toml::Value::Table(t) => {
+                out.extend(t.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2.clone())))
+            }
+            _ => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
 
 impl TrainConfig {
     /// The built-in demo: a tiny model, sized to finish in minutes on two CPU cores.
@@ -331,8 +394,25 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// The configuration as TOML, numbers as a person writes them (`lr = 1e-5`, not the f32's
+    /// binary expansion `0.000009999999747378752`).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
+        let doc = toml::Value::try_from(self).expect("config serializes");
+        let table = doc.as_table().expect("config is a table");
+        let mut out = String::new();
+        let mut sections = String::new();
+        for (k, v) in table {
+            match v {
+                toml::Value::Table(t) => {
+                    sections.push_str(&format!("\n[{k}]\n"));
+                    for (k2, v2) in t {
+                        sections.push_str(&format!("{k2} = {}\n", scalar(v2)));
+                    }
+                }
+                _ => out.push_str(&format!("{k} = {}\n", scalar(v))),
+            }
+        }
+        out + &sections
     }
 
     /// Applies `section.key=value` overrides; the value is parsed as TOML, falling back to a
@@ -358,74 +438,110 @@ impl TrainConfig {
                 bail!("--set {key}: unknown key {leaf:?} (see --print-config)");
             }
             table.insert(leaf.to_string(), value);
+            // Checked one at a time, so the error names the key that does not fit.
+            doc.clone().try_into::<TrainConfig>().map_err(|e| anyhow::anyhow!("--set {s}: {e}"))?;
         }
         *self = doc.try_into().map_err(|e| anyhow::anyhow!("--set: {e}"))?;
         Ok(())
     }
 
-    /// Range checks; each message names the key.
-    pub fn validate(&self) -> Result<()> {
-        let r = &self.rl;
-        let mut errs = Vec::new();
-        let mut check = |ok: bool, msg: String| {
-            if !ok {
-                errs.push(msg)
+    /// The configuration a resumed run trains with: `self` is what the run was started with
+    /// (its config.toml), `wanted` the same with this invocation's overrides. A key that only
+    /// steers what happens from now on may change; any other change is refused, naming the
+    /// key, because the checkpoint was built with the old value (an optimizer, a schedule, a
+    /// data order) and would quietly go on with it.
+    pub fn resumed_with(&self, wanted: TrainConfig) -> Result<TrainConfig> {
+        let (old, new) = (flat(self), flat(&wanted));
+        let mut refused = Vec::new();
+        for (key, v) in &new {
+            let before = old.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            if before != Some(v) && !RESUME_MAY_CHANGE.contains(&key.as_str()) {
+                let was = before.map_or("unset".into(), scalar);
+                refused.push(format!("{key} ({was} -> {})", scalar(v)));
             }
-        };
-        check(
+        }
+        if !refused.is_empty() {
+            bail!(
+                "a resumed run keeps the settings its checkpoints were made with; cannot change {}. \
+                 A resume may change only {}. To train with the new values, start a fresh run \
+                 (--overwrite, or another --out)",
+                refused.join(", "),
+                RESUME_MAY_CHANGE.join(", ")
+            );
+        }
+        Ok(wanted)
+    }
+
+    /// Range checks of every setting, before any work; each message names the key, and NaN
+    /// is never valid.
+    pub fn validate(&self) -> Result<()> {
+        let mut c = Checks::new();
+        let o = &self.output;
+        c.at_least("output.keep_checkpoints", o.keep_checkpoints as u64, 1);
+        let s = &self.sft;
+        c.at_least("sft.batch_size", s.batch_size as u64, 1);
+        c.positive("sft.lr", s.lr as f64);
+        c.closed_open("sft.warmup_ratio", s.warmup_ratio as f64, 0.0, 1.0);
+        c.closed("sft.min_lr_ratio", s.min_lr_ratio as f64, 0.0, 1.0);
+        c.non_negative("sft.weight_decay", s.weight_decay as f64);
+        c.non_negative("sft.grad_clip", s.grad_clip as f64);
+        c.at_least("sft.max_len", s.max_len as u64, 2);
+        let r = &self.rl;
+        c.at_least("rl.batch_size", r.batch_size as u64, 1);
+        c.require(
             r.group_size >= 2,
             format!(
                 "rl.group_size must be >= 2 (got {}): GRPO needs a group to compare",
                 r.group_size
             ),
         );
-        check(r.batch_size >= 1, format!("rl.batch_size must be >= 1 (got {})", r.batch_size));
-        check(r.lr > 0.0 && r.lr.is_finite(), format!("rl.lr must be positive (got {})", r.lr));
-        check(
-            r.temperature > 0.0,
-            format!("rl.temperature must be > 0 for sampling (got {})", r.temperature),
+        c.positive("rl.lr", r.lr as f64);
+        c.non_negative("rl.weight_decay", r.weight_decay as f64);
+        c.non_negative("rl.grad_clip", r.grad_clip as f64);
+        c.at_least("rl.ppo_epochs", r.ppo_epochs as u64, 1);
+        c.at_least("rl.mini_batches", r.mini_batches as u64, 1);
+        c.require(
+            r.mini_batches <= r.batch_size.max(1),
+            format!(
+                "rl.mini_batches ({}) must not exceed rl.batch_size ({})",
+                r.mini_batches, r.batch_size
+            ),
         );
-        check(
-            r.top_p > 0.0 && r.top_p <= 1.0,
-            format!("rl.top_p must be in (0, 1] (got {})", r.top_p),
+        c.at_least("rl.micro_batch_tokens", r.micro_batch_tokens as u64, 1);
+        c.require(
+            r.temperature > 0.0 && r.temperature.is_finite(),
+            format!(
+                "rl.temperature must be a finite number > 0 for sampling (got {})",
+                r.temperature
+            ),
         );
-        check(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1".into());
-        check(r.micro_batch_tokens >= 1, "rl.micro_batch_tokens must be >= 1".into());
-        check(
-            r.ppo_epochs >= 1 && r.mini_batches >= 1,
-            "rl.ppo_epochs and rl.mini_batches must be >= 1".into(),
+        c.open_closed("rl.top_p", r.top_p as f64, 0.0, 1.0);
+        c.at_least("rl.max_prompt_len", r.max_prompt_len as u64, 1);
+        c.at_least("rl.max_new_tokens", r.max_new_tokens as u64, 1);
+        c.open("rl.clip_eps_low", r.clip_eps_low as f64, 0.0, 1.0);
+        c.positive("rl.clip_eps_high", r.clip_eps_high as f64);
+        c.require(
+            r.dual_clip == 0.0 || (r.dual_clip > 1.0 && r.dual_clip.is_finite()),
+            format!("rl.dual_clip must be 0 (off) or a finite number > 1 (got {})", r.dual_clip),
         );
-        check(
-            r.clip_eps_low > 0.0 && r.clip_eps_low < 1.0,
-            format!("rl.clip_eps_low must be in (0, 1) (got {})", r.clip_eps_low),
+        c.non_negative("rl.kl_coef", r.kl_coef as f64);
+        c.non_negative("rl.entropy_coef", r.entropy_coef as f64);
+        c.non_negative("rl.delta", r.delta as f64);
+        c.positive("rl.tau_pos", r.tau_pos as f64);
+        c.positive("rl.tau_neg", r.tau_neg as f64);
+        c.positive("rl.clip_cov_ratio", r.clip_cov_ratio as f64);
+        c.positive("rl.kl_cov_ratio", r.kl_cov_ratio as f64);
+        c.non_negative("rl.ppo_kl_coef", r.ppo_kl_coef as f64);
+        c.require(
+            r.clip_cov_lb < r.clip_cov_ub,
+            format!(
+                "rl.clip_cov_lb must be < rl.clip_cov_ub (got {} >= {})",
+                r.clip_cov_lb, r.clip_cov_ub
+            ),
         );
-        check(
-            r.clip_eps_high > 0.0,
-            format!("rl.clip_eps_high must be > 0 (got {})", r.clip_eps_high),
-        );
-        check(
-            r.dual_clip == 0.0 || r.dual_clip > 1.0,
-            format!("rl.dual_clip must be 0 (off) or > 1 (got {})", r.dual_clip),
-        );
-        check(r.kl_coef >= 0.0, format!("rl.kl_coef must be >= 0 (got {})", r.kl_coef));
-        check(
-            r.delta >= 0.0 && r.delta.is_finite(),
-            format!("rl.delta must be 0 (off) or positive; TRL recommends > 1 + rl.clip_eps_high (got {})", r.delta),
-        );
-        check(
-            r.tau_pos > 0.0 && r.tau_neg > 0.0,
-            format!("rl.tau_pos and rl.tau_neg must be > 0 (got {}, {})", r.tau_pos, r.tau_neg),
-        );
-        check(
-            r.clip_cov_ratio > 0.0 && r.kl_cov_ratio > 0.0 && r.clip_cov_lb < r.clip_cov_ub,
-            "rl.clip_cov_ratio and rl.kl_cov_ratio must be > 0 and rl.clip_cov_lb < rl.clip_cov_ub"
-                .into(),
-        );
-        check(
-            r.top_entropy_quantile > 0.0 && r.top_entropy_quantile <= 1.0,
-            format!("rl.top_entropy_quantile must be in (0, 1] (got {})", r.top_entropy_quantile),
-        );
-        check(
+        c.open_closed("rl.top_entropy_quantile", r.top_entropy_quantile as f64, 0.0, 1.0);
+        c.non_negative("rl.overlong_penalty_factor", r.overlong_penalty_factor as f64);
+        c.require(
             r.overlong_buffer_len < r.max_new_tokens,
             format!(
                 "rl.overlong_buffer_len must be < rl.max_new_tokens (got {} >= {})",
@@ -433,40 +549,20 @@ impl TrainConfig {
             ),
         );
         let v = &self.vas;
-        check(
-            (0.0..=1.0).contains(&v.lambda),
-            format!("vas.lambda must be in [0, 1] (got {})", v.lambda),
+        c.closed("vas.lambda", v.lambda as f64, 0.0, 1.0);
+        c.at_least("vas.t_update", v.t_update as u64, 1);
+        c.non_negative("vas.alpha", v.alpha as f64);
+        c.non_negative("vas.beta", v.beta as f64);
+        c.require(
+            v.alpha + v.beta > 0.0,
+            format!("vas.alpha and vas.beta must not both be 0 (got {}, {})", v.alpha, v.beta),
         );
-        check(v.t_update >= 1, "vas.t_update must be >= 1".into());
-        check(
-            v.alpha >= 0.0 && v.beta >= 0.0 && v.alpha + v.beta > 0.0,
-            format!(
-                "vas.alpha and vas.beta must be >= 0, not both 0 (got {}, {})",
-                v.alpha, v.beta
-            ),
-        );
-        check(
-            v.score_rollouts >= 2,
-            format!("vas.score_rollouts must be >= 2 (got {})", v.score_rollouts),
-        );
-        let s = &self.sft;
-        check(s.batch_size >= 1, "sft.batch_size must be >= 1".into());
-        check(s.lr > 0.0 && s.lr.is_finite(), format!("sft.lr must be positive (got {})", s.lr));
-        check(
-            (0.0..1.0).contains(&s.warmup_ratio),
-            format!("sft.warmup_ratio must be in [0, 1) (got {})", s.warmup_ratio),
-        );
-        check(s.max_len >= 2, "sft.max_len must be >= 2".into());
-        check(self.eval.temperature >= 0.0, "eval.temperature must be >= 0".into());
-        check(
-            self.model.device.parse::<crate::backend::select::DeviceChoice>().is_ok(),
-            format!("model.device must be auto, cpu, cuda or cuda:N (got {:?})", self.model.device),
-        );
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            bail!("invalid configuration:\n  {}", errs.join("\n  "))
-        }
+        c.at_least("vas.score_rollouts", v.score_rollouts as u64, 2);
+        let w = &self.reward;
+        c.non_negative("reward.accuracy_weight", w.accuracy_weight as f64);
+        c.non_negative("reward.format_weight", w.format_weight as f64);
+        c.non_negative("eval.temperature", self.eval.temperature as f64);
+        c.finish("configuration")
     }
 }
 
@@ -481,6 +577,85 @@ mod tests {
             let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
             assert_eq!(back, c);
         }
+    }
+
+    #[test]
+    fn print_config_writes_numbers_and_names_as_a_person_would() {
+        let t = TrainConfig::default().to_toml();
+        for line in [
+            "lr = 1e-5",
+            "lr = 1e-6",
+            "temperature = 0.6",
+            "alpha = 0.8",
+            "beta = 0.2",
+            "warmup_ratio = 0.1",
+            "save_dtype = \"bf16\"",
+            "device = \"auto\"",
+            "grad_clip = 1.0",
+            "batch_size = 512",
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line:?} not in:\n{t}");
+        }
+        // Old files with the variant names still load.
+        let c: TrainConfig = toml::from_str("[output]\nsave_dtype = \"Bf16\"\n").unwrap();
+        assert_eq!(c.output.save_dtype, SaveDtype::Bf16);
+    }
+
+    #[test]
+    fn every_numeric_setting_is_range_checked_by_name() {
+        // (key, bad value): each alone must fail naming the key; NaN is never valid.
+        let cases: &[(&str, &str)] = &[
+            ("sft.grad_clip", "-1"),
+            ("sft.min_lr_ratio", "2"),
+            ("sft.lr", "nan"),
+            ("sft.warmup_ratio", "1"),
+            ("sft.weight_decay", "-0.1"),
+            ("sft.batch_size", "0"),
+            ("sft.max_len", "1"),
+            ("rl.grad_clip", "-1"),
+            ("rl.grad_clip", "nan"),
+            ("rl.lr", "inf"),
+            ("rl.weight_decay", "nan"),
+            ("rl.temperature", "nan"),
+            ("rl.top_p", "nan"),
+            ("rl.clip_eps_low", "nan"),
+            ("rl.clip_eps_high", "inf"),
+            ("rl.dual_clip", "nan"),
+            ("rl.kl_coef", "nan"),
+            ("rl.entropy_coef", "-1"),
+            ("rl.mini_batches", "0"),
+            ("rl.max_prompt_len", "0"),
+            ("vas.lambda", "nan"),
+            ("vas.alpha", "nan"),
+            ("vas.beta", "-1"),
+            ("reward.accuracy_weight", "nan"),
+            ("reward.format_weight", "-1"),
+            ("eval.temperature", "nan"),
+            ("output.keep_checkpoints", "0"),
+        ];
+        for (key, bad) in cases {
+            let mut c = TrainConfig::default();
+            c.apply_overrides(&[format!("{key}={bad}")]).unwrap();
+            let e = c.validate().expect_err(&format!("{key}={bad} must be refused")).to_string();
+            assert!(e.contains(key), "{key}={bad}: {e}");
+        }
+        // 0 turns clipping off; it is not an error.
+        let mut c = TrainConfig::default();
+        c.apply_overrides(&["rl.grad_clip=0".into(), "sft.grad_clip=0".into()]).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_resume_applies_forward_looking_keys_and_refuses_the_rest_by_name() {
+        let saved = TrainConfig::demo();
+        let mut wanted = saved.clone();
+        wanted.apply_overrides(&["eval.every=5".into(), "rl.steps=80".into()]).unwrap();
+        let got = saved.resumed_with(wanted).unwrap();
+        assert_eq!((got.eval.every, got.rl.steps), (5, 80));
+        let mut wanted = saved.clone();
+        wanted.apply_overrides(&["sft.lr=1e-3".into(), "vas.lambda=1".into()]).unwrap();
+        let e = saved.resumed_with(wanted).unwrap_err().to_string();
+        assert!(e.contains("sft.lr (0.003 -> 0.001)") && e.contains("vas.lambda"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,11 @@
 pub mod ablation;
 pub mod config;
 pub mod demo_setup;
+pub mod diverged;
+pub mod inputs;
 pub mod metrics;
 pub mod plot;
 pub mod rl_phase;
 pub mod run;
+pub mod run_dir;
+pub mod sft_phase;

@@ -34,8 +34,15 @@ const COLORS: [(RGBColor, &str); 3] = [
     (RGBColor(44, 160, 44), "green"),
 ];
 
+/// Values beyond this are drawn at it: plotters maps points to pixels with arithmetic that
+/// overflows near the ends of the f64 range.
+const PLOT_LIMIT: f64 = 1e300;
+
 fn num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64).filter(|x| x.is_finite())
+    v.get(key)
+        .and_then(Value::as_f64)
+        .filter(|x| x.is_finite())
+        .map(|x| x.clamp(-PLOT_LIMIT, PLOT_LIMIT))
 }
 
 /// Builds the panels from metrics records, in display order, leaving out panels with no data.
@@ -294,15 +301,24 @@ fn draw_panel<DB: DrawingBackend>(
 }
 
 /// A value range with `frac` of its span added at both ends, never empty.
+///
+/// Values are clamped to +-PLOT_LIMIT and a span too small to split into ticks (relative to the
+/// values) counts as one value: plotters' tick search never ends on an infinite or
+/// denormal-sized range, and a metric may hold anything from 1e-308 to 1e308.
 fn pad(vals: impl Iterator<Item = f64>, frac: f64) -> (f64, f64) {
-    let (lo, hi) =
-        vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if hi > lo {
+    let (lo, hi) = vals
+        .map(|v| v.clamp(-PLOT_LIMIT, PLOT_LIMIT))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi || lo.is_nan() || hi.is_nan() {
+        return (0.0, 1.0);
+    }
+    let scale = lo.abs().max(hi.abs());
+    if hi - lo > scale * 1e-9 && hi - lo > 1e-200 {
         let d = (hi - lo) * frac;
         (lo - d, hi + d)
     } else {
         // One value (or one step): centre it in a range that is visible at its scale.
-        let d = if lo.abs() > 0.0 { lo.abs() * 0.1 } else { 1.0 };
+        let d = if lo.abs() > 1e-200 { lo.abs() * 0.1 } else { 1.0 };
         (lo - d, lo + d)
     }
 }

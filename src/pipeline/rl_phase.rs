@@ -4,26 +4,30 @@
 //! Its whole state (step, sampler RNG, VPS table, pending scores) is saved in checkpoints.
 
 use super::config::TrainConfig;
-use super::metrics::MetricsLog;
+use super::diverged::{diverged, unless_weights_diverged};
+use super::inputs::RunInputs;
+use super::metrics::{
+    EvalLabel, MetricsLog, Phase, Record, RlStepRecord, RlStepTimes, ScoringRecord, VpsSummary,
+};
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig};
 use crate::progress::bar;
-use crate::rl::advantage::{AdvantageConfig, Convention, ScaleRewards};
+use crate::rl::advantage::{AdvantageConfig, Convention, GroupStats, ScaleRewards};
 use crate::rl::grpo::{informative_groups, CovParams, KlConfig, LossConfig};
 use crate::rl::overlong::OverlongPenalty;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::{mix_seed, SamplingParams};
-use crate::rl::trainer::{collect, update, Experience, GrpoExtras, GrpoSettings, UpdateState};
+use crate::rl::trainer::{
+    collect, update, Experience, GrpoExtras, GrpoSettings, UpdateReport, UpdateState,
+};
 use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
-use crate::tokenizer::Tokenizer;
-use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::train::checkpoint::{load_checkpoint, prune_checkpoints, save_checkpoint, StateKind};
 use anyhow::{bail, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,7 +42,7 @@ pub struct PendingScore {
 /// `trainer_state.json` of the RL phase.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RlState {
-    pub kind: String,
+    pub kind: StateKind,
     /// RL steps done.
     pub step: u64,
     pub sampler_rng: ChaCha8Rng,
@@ -118,11 +122,7 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
 /// Everything the RL phase works on.
 pub struct RlPhase<'a, B: Backend> {
     pub be: &'a B,
-    pub cfg: &'a TrainConfig,
-    pub tok: &'a Tokenizer,
-    pub tokenizer_path: &'a Path,
-    pub items: &'a [RlItem],
-    pub prompt_ids: &'a [Vec<u32>],
+    pub inputs: &'a RunInputs,
     pub settings: GrpoSettings,
     /// `OUT/rl`: checkpoints of this phase.
     pub dir: PathBuf,
@@ -145,23 +145,52 @@ pub struct RlStepSummary {
     pub grad_norm: f64,
 }
 
+/// The prompts of one step: `weighted` drawn by VPS, then `uniform` ones.
+struct Batch {
+    indices: Vec<usize>,
+    weighted: usize,
+    uniform: usize,
+}
+
+/// One step's graded rollouts (after the dynamic filter, when on) and their numbers.
+struct Rollouts {
+    exp: Experience,
+    stats: GroupStats,
+    accuracy: f64,
+    format: f64,
+    filtered_groups: usize,
+    seconds: f64,
+}
+
+/// What the policy update did (None: no group left to learn from).
+struct Updated {
+    report: Option<UpdateReport>,
+    seconds: f64,
+}
+
 impl<'a, B: Backend> RlPhase<'a, B> {
+    fn cfg(&self) -> &TrainConfig {
+        &self.inputs.cfg
+    }
+
     fn adamw(&self) -> AdamwConfig {
-        let r = &self.cfg.rl;
+        let r = &self.cfg().rl;
         AdamwConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
             weight_decay: r.weight_decay,
-            max_grad_norm: Some(r.grad_clip),
+            max_grad_norm: (r.grad_clip > 0.0).then_some(r.grad_clip),
+            ..AdamwConfig::default()
         }
+    }
+
+    fn items(&self) -> &[RlItem] {
+        &self.inputs.rl_items
     }
 
     /// A fresh phase starting from `policy` (whose files are in `start_dir`).
     pub fn start(&self, policy: Qwen2<B>, start_dir: &Path) -> Result<RlRun<B>> {
-        let v = &self.cfg.vas;
+        let v = &self.cfg().vas;
         let table = VpsTable::with_params(
-            self.items.len(),
+            self.items().len(),
             v.alpha,
             v.beta,
             TdsMetric::default(),
@@ -177,13 +206,13 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         });
         let opt = AdamW::new(self.be, &policy.params, self.adamw());
         let state = RlState {
-            kind: "rl".into(),
+            kind: StateKind::Rl,
             step: 0,
-            sampler_rng: ChaCha8Rng::seed_from_u64(mix_seed(self.cfg.seed, 0x5a4d)),
+            sampler_rng: ChaCha8Rng::seed_from_u64(mix_seed(self.cfg().seed, 0x5a4d)),
             table,
             pending: vec![],
             reference_dir: start_dir.to_path_buf(),
-            items: self.items.len(),
+            items: self.items().len(),
         };
         Ok(RlRun { policy, opt, reference, state })
     }
@@ -192,11 +221,11 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     pub fn resume(&self, ck: &Path) -> Result<RlRun<B>> {
         let loaded = load_checkpoint::<B, RlState>(self.be, ck)?;
         let state = loaded.state;
-        if state.kind != "rl" || state.items != self.items.len() {
+        if state.kind != StateKind::Rl || state.items != self.items().len() {
             bail!(
                 "{}: not an RL checkpoint of this data ({} items expected, state has {})",
                 ck.display(),
-                self.items.len(),
+                self.items().len(),
                 state.items
             );
         }
@@ -208,27 +237,37 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         Ok(RlRun { policy: loaded.model, opt: loaded.opt, reference, state })
     }
 
+    fn collect(
+        &self,
+        run: &RlRun<B>,
+        indices: &[usize],
+        s: &GrpoSettings,
+        seed: u64,
+    ) -> Result<(Experience, GroupStats)> {
+        collect(
+            &run.policy,
+            self.be,
+            &self.inputs.tok,
+            self.items(),
+            &self.inputs.rl_prompts,
+            indices,
+            s,
+            seed,
+            |_| {},
+        )
+    }
+
     /// Rollouts of every listed item (`score_rollouts` each) with the current policy, graded,
     /// applied to the VPS table.
     pub fn score_items(&self, run: &mut RlRun<B>, indices: &[usize], label: &str) -> Result<f64> {
         let t0 = Instant::now();
         let mut s = self.settings.clone();
-        s.group_size = self.cfg.vas.score_rollouts;
-        let chunk = self.cfg.rl.batch_size.max(1);
+        s.group_size = self.cfg().vas.score_rollouts;
+        let chunk = self.cfg().rl.batch_size.max(1);
         let pb = bar(indices.len() as u64, label);
         for (c, part) in indices.chunks(chunk).enumerate() {
-            let seed = mix_seed(self.cfg.seed, 0x5c0e_0000 + run.state.step * 1000 + c as u64);
-            let (exp, _) = collect(
-                &run.policy,
-                self.be,
-                self.tok,
-                self.items,
-                self.prompt_ids,
-                part,
-                &s,
-                seed,
-                |_| {},
-            )?;
+            let seed = mix_seed(self.cfg().seed, 0x5c0e_0000 + run.state.step * 1000 + c as u64);
+            let (exp, _) = self.collect(run, part, &s, seed)?;
             apply_scores(&mut run.state.table, &exp, run.state.step);
             pb.inc(part.len() as u64);
         }
@@ -237,192 +276,262 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     }
 
     /// Runs steps until `rl.steps`, checkpointing and logging; returns per-step summaries.
-    pub fn run(
-        &self,
-        run: &mut RlRun<B>,
-        log: &mut MetricsLog,
-        mut on_eval: impl FnMut(&Qwen2<B>, u64) -> Result<()>,
-    ) -> Result<Vec<RlStepSummary>> {
-        let c = self.cfg;
+    /// Each step: draw a batch, roll out and grade, update the policy, refresh VPS, log,
+    /// evaluate when due, checkpoint when due.
+    pub fn run(&self, run: &mut RlRun<B>, log: &mut MetricsLog) -> Result<Vec<RlStepSummary>> {
+        let c = self.cfg();
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
         let mut st = UpdateState::new(&run.policy, self.be);
         let mut summaries = Vec::new();
-        if run.state.step == 0
-            && c.vas.enabled
-            && c.vas.initial_scoring
-            && run.state.table.num_scored() == 0
-        {
-            let all: Vec<usize> = (0..self.items.len()).collect();
-            let secs = self.score_items(run, &all, "initial VPS scoring")?;
-            log.write(&json!({"phase": "rl", "step": 0, "event": "initial_scoring", "items": all.len(), "seconds": secs, "vps": vps_summary(&run.state.table)}))?;
-        }
+        self.initial_scoring(run, log)?;
         let pb = bar(total, "GRPO + VAS");
         pb.set_position(run.state.step);
         while run.state.step < total {
-            let step = run.state.step;
             let t_step = Instant::now();
-            let b = c.rl.batch_size.min(self.items.len());
-            let parts = sampler.sample_batch_parts(&run.state.table, b, &mut run.state.sampler_rng);
-            let (n_weighted, n_uniform) = (parts.weighted.len(), parts.uniform.len());
-            let mut indices = parts.weighted;
-            indices.extend(parts.uniform);
-            let t0 = Instant::now();
-            let seed = mix_seed(c.seed, 0x9000_0000 + step);
-            let (mut exp, stats) = collect(
-                &run.policy,
-                self.be,
-                self.tok,
-                self.items,
-                self.prompt_ids,
-                &indices,
-                &self.settings,
-                seed,
-                |_| {},
-            )?;
-            let rollout_secs = t0.elapsed().as_secs_f64();
-            let raw_acc: Vec<f32> = exp.accuracy();
-            let acc_mean = mean(&raw_acc);
-            let fmt_mean = mean(&exp.verdicts.iter().map(|v| v.format).collect::<Vec<_>>());
-            let (reward_mean, reward_std) = (stats.reward_mean, stats.reward_std);
-            let zero_var_frac = stats.num_zero_variance as f64 / stats.num_groups.max(1) as f64;
-            // Scores from this step's rollouts wait for the next refresh (Algorithm 1).
-            for (g, &item) in exp.items.iter().enumerate() {
-                let r = g * exp.group_size..(g + 1) * exp.group_size;
-                run.state.pending.push(PendingScore {
-                    item,
-                    correctness: raw_acc[r.clone()].to_vec(),
-                    tokens: exp.responses[r].to_vec(),
-                });
-            }
-            let mut filtered = 0;
-            if c.rl.dynamic_filter {
-                let keep = informative_groups(&raw_acc, exp.group_size);
-                filtered = keep.iter().filter(|k| !**k).count();
-                exp.retain_groups(&keep);
-                let mut refill_round = 0;
-                while exp.items.len() < b && refill_round < 3 {
-                    refill_round += 1;
-                    let more = sampler.sample_batch(
-                        &run.state.table,
-                        b - exp.items.len(),
-                        &mut run.state.sampler_rng,
-                    );
-                    let seed = mix_seed(c.seed, 0xA000_0000 + step * 8 + refill_round);
-                    let (mut e2, _) = collect(
-                        &run.policy,
-                        self.be,
-                        self.tok,
-                        self.items,
-                        self.prompt_ids,
-                        &more,
-                        &self.settings,
-                        seed,
-                        |_| {},
-                    )?;
-                    let keep = informative_groups(&e2.accuracy(), e2.group_size);
-                    filtered += keep.iter().filter(|k| !**k).count();
-                    e2.retain_groups(&keep);
-                    exp.extend(e2);
-                }
-            }
-            let t1 = Instant::now();
-            let tokens = exp.response_tokens();
-            let report = if exp.items.is_empty() {
-                None
-            } else {
-                Some(update(
-                    &mut run.policy,
-                    run.reference.as_ref(),
-                    &mut run.opt,
-                    self.be,
-                    &exp,
-                    &self.settings,
-                    c.rl.lr,
-                    &mut st,
-                )?)
-            };
-            let update_secs = t1.elapsed().as_secs_f64();
-            if let Some(rep) = &report {
-                let bad = rep.steps.iter().find(|s| s.skipped || !s.grad_norm.is_finite());
-                if !rep.loss.is_finite() || bad.is_some() {
-                    bail!(
-                        "RL step {}: the loss or gradient is not finite (loss {}, grad norm {:?}); stopping. The last good checkpoint is {}",
-                        step + 1,
-                        rep.loss,
-                        bad.map(|s| s.grad_norm),
-                        crate::train::checkpoint::latest_checkpoint(&self.dir)?.map_or("none (no RL checkpoint yet)".into(), |p| p.display().to_string())
-                    );
-                }
-            }
+            let batch = self.draw_batch(&sampler, run);
+            let rolled = self.roll_out(&sampler, run, &batch)?;
+            let updated = self.update_policy(run, &rolled.exp, &mut st)?;
             run.state.step += 1;
-            let mut scoring_secs = 0.0;
-            if c.vas.enabled && run.state.step % c.vas.t_update as u64 == 0 {
-                let t2 = Instant::now();
-                for p in std::mem::take(&mut run.state.pending) {
-                    let toks: Vec<&[u32]> = p.tokens.iter().map(|t| t.as_slice()).collect();
-                    run.state.table.refresh(p.item, &p.correctness, &toks, run.state.step);
-                }
-                scoring_secs = t2.elapsed().as_secs_f64();
-                if c.vas.score_unseen {
-                    let unseen: Vec<usize> = (0..self.items.len())
-                        .filter(|&i| run.state.table.item(i).vps.is_none())
-                        .collect();
-                    if !unseen.is_empty() {
-                        scoring_secs += self.score_items(run, &unseen, "scoring unseen items")?;
-                    }
-                }
-            }
-            let grad_norm =
-                report.as_ref().and_then(|r| r.steps.last()).map_or(0.0, |s| s.grad_norm);
-            let m = report.as_ref().map(|r| r.metrics).unwrap_or_default();
-            let secs = t_step.elapsed().as_secs_f64();
-            log.write(&json!({
-                "phase": "rl", "step": run.state.step,
-                "reward_mean": reward_mean, "reward_std": reward_std, "accuracy": acc_mean, "format": fmt_mean,
-                "zero_var_frac": zero_var_frac, "groups": stats.num_groups, "filtered_groups": filtered,
-                "weighted_prompts": n_weighted, "uniform_prompts": n_uniform, "vps": vps_summary(&run.state.table),
-                "loss": report.as_ref().map(|r| r.loss), "pg_loss": m.pg_loss, "kl": m.kl, "approx_kl": m.approx_kl,
-                "entropy": m.entropy, "clip_frac": m.clip_frac, "clip_frac_low": m.clip_frac_low, "clip_frac_high": m.clip_frac_high,
-                "mean_ratio": m.mean_ratio, "grad_norm": grad_norm, "lr": c.rl.lr,
-                "response_len": tokens as f64 / exp.responses.len().max(1) as f64,
-                "tokens_per_s": tokens as f64 / (rollout_secs + update_secs).max(1e-9),
-                "time": {"rollout_and_reward": rollout_secs, "update": update_secs, "scoring": scoring_secs, "step": secs},
-            }))?;
+            let scoring_secs = self.refresh_vps(run)?;
+            let rec = self.record(run, &batch, &rolled, &updated, scoring_secs, t_step);
+            log.write(&Record::Rl(rec.clone()))?;
             pb.set_position(run.state.step);
             pb.suspend(|| eprintln!(
-                "rl {:>4}/{total}  reward {reward_mean:.3}  acc {acc_mean:.3}  zero-var {zero_var_frac:.2}  grad {grad_norm:.3}  clip {:.3}  {secs:.1}s",
-                run.state.step, m.clip_frac
+                "rl {:>4}/{total}  reward {:.3}  acc {:.3}  zero-var {:.2}  grad {:.3}  clip {:.3}  {:.1}s",
+                rec.step, rec.reward_mean, rec.accuracy, rec.zero_var_frac, rec.grad_norm, rec.clip_frac, rec.time.step
             ));
             summaries.push(RlStepSummary {
-                step: run.state.step,
-                accuracy: acc_mean,
-                zero_var_frac,
-                grad_norm,
+                step: rec.step,
+                accuracy: rec.accuracy,
+                zero_var_frac: rec.zero_var_frac,
+                grad_norm: rec.grad_norm,
             });
-            let every = c.output.checkpoint_every as u64;
-            if (every > 0 && run.state.step % every == 0) || run.state.step == total {
-                save_checkpoint(
+            if self.inputs.periodic_eval_due(run.state.step, total) {
+                let step = run.state.step;
+                self.inputs.eval_and_log(
                     self.be,
-                    &self.dir,
-                    run.state.step,
                     &run.policy,
-                    &run.opt,
-                    &run.state,
-                    c.output.save_dtype,
-                    Some(self.tokenizer_path),
+                    log,
+                    Phase::Rl,
+                    step,
+                    EvalLabel::Periodic,
                 )?;
-                crate::train::checkpoint::prune_checkpoints(&self.dir, c.output.keep_checkpoints)?;
             }
-            if c.eval.every > 0
-                && run.state.step % c.eval.every as u64 == 0
-                && run.state.step < total
-            {
-                on_eval(&run.policy, run.state.step)?;
-            }
+            // After the periodic eval: a checkpoint at a step means its records are all written.
+            self.checkpoint_if_due(run, total)?;
         }
         pb.finish_and_clear();
         Ok(summaries)
+    }
+
+    /// Algorithm 1, line 1: every item scored with the starting policy before step 1.
+    fn initial_scoring(&self, run: &mut RlRun<B>, log: &mut MetricsLog) -> Result<()> {
+        let v = &self.cfg().vas;
+        if run.state.step == 0
+            && v.enabled
+            && v.initial_scoring
+            && run.state.table.num_scored() == 0
+        {
+            let all: Vec<usize> = (0..self.items().len()).collect();
+            let seconds = self.score_items(run, &all, "initial VPS scoring")?;
+            log.write(&Record::InitialScoring(ScoringRecord {
+                step: 0,
+                items: all.len(),
+                seconds,
+                vps: vps_summary(&run.state.table),
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// lambda*B prompts by VPS weight, the rest uniform.
+    fn draw_batch(&self, sampler: &VasSampler, run: &mut RlRun<B>) -> Batch {
+        let b = self.cfg().rl.batch_size.min(self.items().len());
+        let parts = sampler.sample_batch_parts(&run.state.table, b, &mut run.state.sampler_rng);
+        let (weighted, uniform) = (parts.weighted.len(), parts.uniform.len());
+        let mut indices = parts.weighted;
+        indices.extend(parts.uniform);
+        Batch { indices, weighted, uniform }
+    }
+
+    /// G rollouts per prompt, graded; their scores wait for the next VPS refresh. With
+    /// `rl.dynamic_filter`, groups without outcome variance are dropped and the batch refilled
+    /// (up to 3 rounds).
+    fn roll_out(
+        &self,
+        sampler: &VasSampler,
+        run: &mut RlRun<B>,
+        batch: &Batch,
+    ) -> Result<Rollouts> {
+        let c = self.cfg();
+        let step = run.state.step;
+        let t0 = Instant::now();
+        let seed = mix_seed(c.seed, 0x9000_0000 + step);
+        let (mut exp, stats) = self.collect(run, &batch.indices, &self.settings, seed)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let raw_acc: Vec<f32> = exp.accuracy();
+        let accuracy = mean(&raw_acc);
+        let format = mean(&exp.verdicts.iter().map(|v| v.format).collect::<Vec<_>>());
+        // Scores from this step's rollouts wait for the next refresh (Algorithm 1).
+        for (g, &item) in exp.items.iter().enumerate() {
+            let r = g * exp.group_size..(g + 1) * exp.group_size;
+            run.state.pending.push(PendingScore {
+                item,
+                correctness: raw_acc[r.clone()].to_vec(),
+                tokens: exp.responses[r].to_vec(),
+            });
+        }
+        let mut filtered_groups = 0;
+        if c.rl.dynamic_filter {
+            let b = batch.indices.len();
+            let keep = informative_groups(&raw_acc, exp.group_size);
+            filtered_groups = keep.iter().filter(|k| !**k).count();
+            exp.retain_groups(&keep);
+            let mut refill_round = 0;
+            while exp.items.len() < b && refill_round < 3 {
+                refill_round += 1;
+                let more = sampler.sample_batch(
+                    &run.state.table,
+                    b - exp.items.len(),
+                    &mut run.state.sampler_rng,
+                );
+                let seed = mix_seed(c.seed, 0xA000_0000 + step * 8 + refill_round);
+                let (mut e2, _) = self.collect(run, &more, &self.settings, seed)?;
+                let keep = informative_groups(&e2.accuracy(), e2.group_size);
+                filtered_groups += keep.iter().filter(|k| !**k).count();
+                e2.retain_groups(&keep);
+                exp.extend(e2);
+            }
+        }
+        Ok(Rollouts { exp, stats, accuracy, format, filtered_groups, seconds })
+    }
+
+    /// The GRPO update on the step's rollouts; stops the run if the loss or a gradient is not
+    /// finite.
+    fn update_policy(
+        &self,
+        run: &mut RlRun<B>,
+        exp: &Experience,
+        st: &mut UpdateState<B>,
+    ) -> Result<Updated> {
+        let t0 = Instant::now();
+        if exp.items.is_empty() {
+            return Ok(Updated { report: None, seconds: 0.0 });
+        }
+        let rep = update(
+            &mut run.policy,
+            run.reference.as_ref(),
+            &mut run.opt,
+            self.be,
+            exp,
+            &self.settings,
+            self.cfg().rl.lr,
+            st,
+        )?;
+        let bad = rep.steps.iter().find(|s| s.skipped || !s.grad_norm.is_finite());
+        if !rep.loss.is_finite() || bad.is_some() {
+            let what = match bad {
+                Some(s) if rep.loss.is_finite() => {
+                    format!("the gradient norm is not finite ({})", s.grad_norm)
+                }
+                _ => format!("the loss is not finite ({})", rep.loss),
+            };
+            let step = run.state.step + 1;
+            return Err(diverged("RL", &self.dir, &self.inputs.out, step, &what));
+        }
+        Ok(Updated { report: Some(rep), seconds: t0.elapsed().as_secs_f64() })
+    }
+
+    /// Every `vas.t_update` steps: the pending rollout scores go into the VPS table (and,
+    /// with `vas.score_unseen`, items never rolled out are scored). Returns the seconds spent.
+    fn refresh_vps(&self, run: &mut RlRun<B>) -> Result<f64> {
+        let v = &self.cfg().vas;
+        if !(v.enabled && run.state.step.is_multiple_of(v.t_update as u64)) {
+            return Ok(0.0);
+        }
+        let t0 = Instant::now();
+        for p in std::mem::take(&mut run.state.pending) {
+            let toks: Vec<&[u32]> = p.tokens.iter().map(|t| t.as_slice()).collect();
+            run.state.table.refresh(p.item, &p.correctness, &toks, run.state.step);
+        }
+        let mut secs = t0.elapsed().as_secs_f64();
+        if v.score_unseen {
+            let unseen: Vec<usize> = (0..self.items().len())
+                .filter(|&i| run.state.table.item(i).vps.is_none())
+                .collect();
+            if !unseen.is_empty() {
+                secs += self.score_items(run, &unseen, "scoring unseen items")?;
+            }
+        }
+        Ok(secs)
+    }
+
+    /// The step's metrics line.
+    fn record(
+        &self,
+        run: &RlRun<B>,
+        batch: &Batch,
+        r: &Rollouts,
+        u: &Updated,
+        scoring: f64,
+        t_step: Instant,
+    ) -> RlStepRecord {
+        let report = u.report.as_ref();
+        let m = report.map(|r| r.metrics).unwrap_or_default();
+        let tokens = r.exp.response_tokens();
+        RlStepRecord {
+            step: run.state.step,
+            reward_mean: r.stats.reward_mean,
+            reward_std: r.stats.reward_std,
+            accuracy: r.accuracy,
+            format: r.format,
+            zero_var_frac: r.stats.num_zero_variance as f64 / r.stats.num_groups.max(1) as f64,
+            groups: r.stats.num_groups,
+            filtered_groups: r.filtered_groups,
+            weighted_prompts: batch.weighted,
+            uniform_prompts: batch.uniform,
+            vps: vps_summary(&run.state.table),
+            loss: report.map(|r| r.loss),
+            pg_loss: m.pg_loss,
+            kl: m.kl,
+            approx_kl: m.approx_kl,
+            entropy: m.entropy,
+            clip_frac: m.clip_frac,
+            clip_frac_low: m.clip_frac_low,
+            clip_frac_high: m.clip_frac_high,
+            mean_ratio: m.mean_ratio,
+            grad_norm: report.and_then(|r| r.steps.last()).map_or(0.0, |s| s.grad_norm),
+            lr: self.cfg().rl.lr,
+            response_len: tokens as f64 / r.exp.responses.len().max(1) as f64,
+            tokens_per_s: tokens as f64 / (r.seconds + u.seconds).max(1e-9),
+            time: RlStepTimes {
+                rollout_and_reward: r.seconds,
+                update: u.seconds,
+                scoring,
+                step: t_step.elapsed().as_secs_f64(),
+            },
+        }
+    }
+
+    fn checkpoint_if_due(&self, run: &RlRun<B>, total: u64) -> Result<()> {
+        let o = &self.cfg().output;
+        let every = o.checkpoint_every as u64;
+        if (every > 0 && run.state.step.is_multiple_of(every)) || run.state.step == total {
+            save_checkpoint(
+                self.be,
+                &self.dir,
+                run.state.step,
+                &run.policy,
+                &run.opt,
+                &run.state,
+                o.save_dtype,
+                Some(&self.inputs.tokenizer_path),
+            )
+            .map_err(|e| unless_weights_diverged("RL", &self.dir, &self.inputs.out, e))?;
+            prune_checkpoints(&self.dir, o.keep_checkpoints)?;
+        }
+        Ok(())
     }
 }
 
@@ -445,13 +554,13 @@ fn load_reference<B: Backend>(be: &B, dir: &Path) -> Result<Qwen2<B>> {
     }
 }
 
-fn vps_summary(t: &VpsTable) -> serde_json::Value {
+fn vps_summary(t: &VpsTable) -> VpsSummary {
     let w = t.weights();
     let n = w.len().max(1) as f64;
     let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n;
     let min = w.iter().cloned().fold(f32::INFINITY, f32::min);
     let max = w.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    json!({"scored": t.num_scored(), "mean": mean, "min": min, "max": max})
+    VpsSummary { scored: t.num_scored(), mean, min, max }
 }
 
 fn mean(x: &[f32]) -> f64 {

@@ -155,7 +155,18 @@ pub fn generate<B: Backend>(
         }
         model.check_ids(p)?;
     }
-    let cap = prompts.iter().map(|p| p.len()).max().unwrap_or(0) + params.max_new_tokens;
+    // Checked before any memory is sized by it: positions past max_position_embeddings have
+    // no meaning for the model, and a huge max_new_tokens would abort on allocation.
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let limit = model.cfg.max_position_embeddings;
+    let cap = longest.checked_add(params.max_new_tokens).filter(|&c| c <= limit);
+    let Some(cap) = cap else {
+        bail!(
+            "a prompt of {longest} tokens + max_new_tokens {} exceeds the model's max_position_embeddings {limit}; lower max_new_tokens to at most {}",
+            params.max_new_tokens,
+            limit.saturating_sub(longest)
+        );
+    };
     let mut cache = model.new_cache(be, n, cap);
     let mut outs: Vec<Rollout> = (0..n)
         .map(|s| Rollout {

@@ -51,7 +51,11 @@ pub struct VpsParams {
 impl Default for VpsParams {
     /// The paper's alpha 0.8, beta 0.2, TDS = 1 - self-BLEU-4.
     fn default() -> Self {
-        VpsParams { alpha: 0.8, beta: 0.2, tds_metric: TdsMetric::default() }
+        VpsParams {
+            alpha: super::vas::PAPER_ALPHA,
+            beta: super::vas::PAPER_BETA,
+            tds_metric: TdsMetric::default(),
+        }
     }
 }
 

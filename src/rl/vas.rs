@@ -40,6 +40,11 @@ pub fn ovs(p: f32) -> f32 {
     p * (1.0 - p)
 }
 
+/// The paper's weight of OVS in VPS (MMR1 Sec. 3; the one home of this default).
+pub const PAPER_ALPHA: f32 = 0.8;
+/// The paper's weight of TDS in VPS.
+pub const PAPER_BETA: f32 = 0.2;
+
 /// Variance promotion score `alpha * ovs + beta * tds` (paper: alpha 0.8, beta 0.2).
 pub fn vps(ovs: f32, tds: f32, alpha: f32, beta: f32) -> f32 {
     alpha * ovs + beta * tds
@@ -299,7 +304,13 @@ impl VpsTable {
     /// `num_items` unscored items, paper weights alpha 0.8 / beta 0.2, 1 - self-BLEU-4,
     /// optimistic prior.
     pub fn new(num_items: usize) -> Self {
-        Self::with_params(num_items, 0.8, 0.2, TdsMetric::default(), UnscoredPrior::Optimistic)
+        Self::with_params(
+            num_items,
+            PAPER_ALPHA,
+            PAPER_BETA,
+            TdsMetric::default(),
+            UnscoredPrior::Optimistic,
+        )
     }
 
     pub fn with_params(

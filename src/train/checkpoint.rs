@@ -21,7 +21,7 @@ use crate::model::{ParamLayout, Qwen2, Qwen2Config};
 use crate::optim::{AdamW, AdamwConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::SafeTensors;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,12 +30,39 @@ pub const TRAINER_STATE: &str = "trainer_state.json";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 const OPT_FORMAT: &str = "mmr1-fast adamw v1";
 
+/// Which trainer wrote a checkpoint's `trainer_state.json` (its `kind`), checked on resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    Sft,
+    Rl,
+}
+
 /// fsync a directory so that renames inside it are durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
+
+/// Why `save_checkpoint` refused to save: the weights after `step` are not finite.
+#[derive(Debug)]
+pub struct NonFiniteWeights {
+    pub step: u64,
+    pub tensor: String,
+}
+
+impl std::fmt::Display for NonFiniteWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the weights after step {} are not finite (tensor {}); checkpoint-{} was not saved",
+            self.step, self.tensor, self.step
+        )
+    }
+}
+
+impl std::error::Error for NonFiniteWeights {}
 
 /// Saves a full training checkpoint as `out/checkpoint-{step}` and points `out/latest` at it.
 /// Returns the checkpoint directory.
@@ -61,6 +88,13 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
     let host = model.to_host(be);
+    // A checkpoint is something to resume from: never keep weights that have blown up.
+    for (spec, h) in model.layout.specs.iter().zip(&host) {
+        if h.iter().any(|x| !x.is_finite()) {
+            std::fs::remove_dir_all(&tmp).ok();
+            return Err(NonFiniteWeights { step, tensor: spec.name.clone() }.into());
+        }
+    }
     crate::model::safetensors_io::write_model_files(
         &tmp,
         &model.cfg,
@@ -126,6 +160,73 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
         bail!("{} points at {}, which does not exist", p.display(), dir.display());
     }
     Ok(Some(dir))
+}
+
+/// The step of a complete checkpoint directory's name, `checkpoint-N` exactly (directories
+/// being assembled are `.checkpoint-N.tmp`, set-aside ones `checkpoint-N.diverged`).
+fn complete_step(p: &Path) -> Option<u64> {
+    let n = p.file_name()?.to_str()?.strip_prefix("checkpoint-")?;
+    let step = n.parse().ok()?;
+    (p.join(TRAINER_STATE).is_file() && p.join(OPTIMIZER).is_file()).then_some(step)
+}
+
+/// The complete checkpoints of a phase directory, oldest first.
+pub fn complete_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(out) else { return vec![] };
+    let mut v: Vec<(u64, PathBuf)> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .filter_map(|p| Some((complete_step(&p)?, p)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The checkpoint to resume from: the newest complete checkpoint directory. That is the one
+/// `latest` names, unless the run was killed between moving a checkpoint into place and
+/// moving `latest` (or `latest` was lost): then it is newer, and a note says so.
+pub fn resume_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    let newest = complete_checkpoints(out).pop().map(|(_, p)| p);
+    let latest = latest_checkpoint(out).ok().flatten();
+    if let Some(n) = &newest {
+        if latest.as_ref() != Some(n) {
+            eprintln!(
+                "note: {}: resuming from {}, the newest complete checkpoint (`latest` {})",
+                out.display(),
+                n.display(),
+                latest.map_or("is missing".into(), |l| format!("names {}", l.display()))
+            );
+        }
+    }
+    Ok(newest)
+}
+
+/// A run diverged on the step after `step`: the weights of `checkpoint-{step}`, if it was
+/// saved, are what produced the non-finite numbers, so it is renamed
+/// `checkpoint-{step}.diverged` (kept for inspection, never resumed from) and `latest` moves
+/// to the newest remaining checkpoint. Returns that checkpoint: the one to resume from.
+pub fn set_aside_diverged(out: &Path, step: u64) -> Result<Option<PathBuf>> {
+    let bad = out.join(format!("checkpoint-{step}"));
+    if bad.is_dir() {
+        let to = out.join(format!("checkpoint-{step}.diverged"));
+        if to.exists() {
+            std::fs::remove_dir_all(&to)?;
+        }
+        std::fs::rename(&bad, &to)
+            .with_context(|| format!("cannot rename {} to {}", bad.display(), to.display()))?;
+    }
+    let good = complete_checkpoints(out).pop().map(|(_, p)| p);
+    let latest = out.join("latest");
+    match &good {
+        Some(p) => {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            write_atomic(&latest, format!("{name}\n").as_bytes())?;
+        }
+        None if latest.exists() => std::fs::remove_file(&latest)?,
+        None => {}
+    }
+    Ok(good)
 }
 
 /// Everything a checkpoint holds, loaded and checked.
@@ -219,16 +320,7 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
 /// names is always kept).
 pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
     let latest = latest_checkpoint(dir)?;
-    let mut cks: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("checkpoint-"))
-        })
-        .collect();
-    cks.sort_by_key(|p| step_of(p));
+    let cks: Vec<PathBuf> = complete_checkpoints(dir).into_iter().map(|(_, p)| p).collect();
     let n = cks.len();
     for p in cks.into_iter().take(n.saturating_sub(keep.max(1))) {
         if Some(&p) != latest.as_ref() {

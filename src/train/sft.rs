@@ -6,13 +6,14 @@
 //! Everything the next step depends on is in `SftState` + the model + the optimizer, so a
 //! run saved after step k and resumed is bit-identical to one that never stopped (CPU).
 
-use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::checkpoint::{load_checkpoint, save_checkpoint, StateKind};
 use super::{micro_step, SftLoss, Workspace};
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::{Packed, Qwen2};
 use crate::optim::{AdamW, AdamwConfig, LrSchedule};
+use crate::ranges::Checks;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -57,31 +58,19 @@ impl Default for SftConfig {
 }
 
 impl SftConfig {
+    /// Range checks of every field (the `train` and `sft` commands check their own keys and
+    /// flags first, by the names users write; this guards every other caller).
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0
-            || self.batch_size == 0
-            || self.micro_batch_tokens == 0
-            || self.max_len < 2
-        {
-            bail!("epochs, batch size and micro-batch tokens must be positive and max length at least 2");
-        }
-        if !(self.lr.is_finite() && self.lr >= 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr)
-        {
-            bail!(
-                "learning rate must be >= 0 and min lr in [0, lr] (got lr {}, min {})",
-                self.lr,
-                self.min_lr
-            );
-        }
-        if !(0.0..=1.0).contains(&self.warmup_ratio) {
-            bail!("warm-up ratio must be in [0, 1] (got {})", self.warmup_ratio);
-        }
-        if let Some(c) = self.adamw.max_grad_norm {
-            if !(c > 0.0) {
-                bail!("grad clip must be positive (got {c})");
-            }
-        }
-        Ok(())
+        let mut c = Checks::new();
+        c.at_least("epochs", self.epochs as u64, 1);
+        c.at_least("batch_size", self.batch_size as u64, 1);
+        c.at_least("micro_batch_tokens", self.micro_batch_tokens as u64, 1);
+        c.at_least("max_len", self.max_len as u64, 2);
+        c.positive("lr", self.lr as f64);
+        c.closed("min_lr", self.min_lr as f64, 0.0, self.lr as f64);
+        c.closed_open("warmup_ratio", self.warmup_ratio, 0.0, 1.0);
+        self.adamw.check(&mut c, "");
+        c.finish("SFT settings")
     }
 }
 
@@ -95,7 +84,7 @@ pub struct DataInfo {
 /// `trainer_state.json` of an SFT run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SftState {
-    pub kind: String,
+    pub kind: StateKind,
     /// Optimizer steps done (skipped non-finite steps included).
     pub step: u64,
     pub total_steps: u64,
@@ -111,7 +100,7 @@ pub struct SftState {
 }
 
 /// What one optimizer step did (also one line of metrics.jsonl).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SftStepMetrics {
     pub step: u64,
     pub epoch: f64,
@@ -173,7 +162,7 @@ impl<B: Backend> SftTrainer<B> {
         };
         let epoch_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let state = SftState {
-            kind: "sft".into(),
+            kind: StateKind::Sft,
             step: 0,
             total_steps,
             skipped_steps: 0,
@@ -214,7 +203,7 @@ impl<B: Backend> SftTrainer<B> {
     pub fn resume(be: &B, dir: &Path, data: Vec<SftExample>) -> Result<Self> {
         let ck = load_checkpoint::<B, SftState>(be, dir)?;
         let st = ck.state;
-        if st.kind != "sft" {
+        if st.kind != StateKind::Sft {
             bail!("{}: trainer state is of kind {:?}, not an SFT run", dir.display(), st.kind);
         }
         let info = DataInfo { examples: data.len(), fingerprint: fingerprint(&data) };

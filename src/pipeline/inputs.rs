@@ -1,0 +1,209 @@
+//! What a run works from, prepared once before any training: the validated configuration,
+//! the locked output directory, the tokenizer, the RL and eval items and their prompts. The
+//! phases share it, and it evaluates a model on the eval items.
+
+use super::config::TrainConfig;
+use super::demo_setup::materialize_demo;
+use super::metrics::{EvalLabel, EvalRecord, MetricsLog, Phase, Record};
+use super::rl_phase::grpo_settings;
+use super::run_dir::{prepare_fresh, RunLock};
+use crate::backend::Backend;
+use crate::data::rl_items::{load_rl_items, RlItem};
+use crate::fs::write_atomic;
+use crate::model::{Qwen2, Qwen2Config};
+use crate::progress::bar;
+use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
+use crate::rl::graded::{encode_prompts, stop_ids};
+use crate::rl::trainer::GrpoSettings;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Accuracy and format rate of one evaluation.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub accuracy: f64,
+    pub format: f64,
+    pub items: usize,
+}
+
+/// How a run meets its output directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new run; `overwrite` replaces another run's checkpoints found there.
+    Fresh { overwrite: bool },
+    /// Continue the run in the directory from its newest complete checkpoint.
+    Resume,
+}
+
+/// Inputs of a run, loaded once.
+pub struct RunInputs {
+    pub cfg: TrainConfig,
+    pub out: PathBuf,
+    pub tok: Tokenizer,
+    pub tokenizer_path: PathBuf,
+    pub rl_items: Vec<RlItem>,
+    pub rl_prompts: Vec<Vec<u32>>,
+    pub eval_items: Vec<RlItem>,
+    pub start: Start,
+    /// Held for the run's life: no second run writes into the same directory.
+    _lock: RunLock,
+}
+
+/// Tokenized prompts of `items`; a prompt longer than `rl.max_prompt_len` is an error naming
+/// the item.
+fn prompts_of(
+    model: &Qwen2Config,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    cfg: &TrainConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let prompts = encode_prompts(model, tok, items, cfg.data.prompt_style, cfg.rl.max_new_tokens)?;
+    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() > cfg.rl.max_prompt_len)
+    {
+        bail!(
+            "item {:?}: prompt has {} tokens, over rl.max_prompt_len {}",
+            items[i].id_or(i),
+            p.len(),
+            cfg.rl.max_prompt_len
+        );
+    }
+    Ok(prompts)
+}
+
+impl RunInputs {
+    /// Validates the config, locks the output directory (and, for a fresh run, checks it
+    /// holds no other run), materializes the demo when no model is given, loads the data,
+    /// and writes `OUT/config.toml`: the configuration that runs.
+    pub fn prepare(mut cfg: TrainConfig, start: Start) -> Result<Self> {
+        cfg.validate()?;
+        let out = cfg.output.dir.clone();
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create output directory {}", out.display()))?;
+        // Fail early on an unwritable output directory, not after an hour of training.
+        write_atomic(&out.join(".write-test"), b"ok")
+            .with_context(|| format!("output directory {} is not writable", out.display()))?;
+        let _ = std::fs::remove_file(out.join(".write-test"));
+        let lock = RunLock::acquire(&out)?;
+        if let Start::Fresh { overwrite } = start {
+            prepare_fresh(&out, overwrite)?;
+        }
+        if cfg.model.dir.as_os_str().is_empty() {
+            if !cfg.data.rl.as_os_str().is_empty() || !cfg.data.sft.as_os_str().is_empty() {
+                bail!("model.dir is empty but data was given: set model.dir to a Hugging Face Qwen2 model directory");
+            }
+            materialize_demo(&mut cfg, &out)?;
+        }
+        let tokenizer_path = cfg.model.dir.join("tokenizer.json");
+        let tok = Tokenizer::from_file(&tokenizer_path)?;
+        let load = |p: &Path| -> Result<Vec<RlItem>> {
+            if p.as_os_str().is_empty() {
+                Ok(vec![])
+            } else {
+                load_rl_items(p, cfg.data.bad_lines)
+            }
+        };
+        let rl_items = load(&cfg.data.rl)?;
+        let mut eval_items = load(&cfg.data.eval)?;
+        if cfg.eval.max_items > 0 {
+            eval_items.truncate(cfg.eval.max_items);
+        }
+        if !rl_items.is_empty() && cfg.rl.batch_size > rl_items.len() {
+            bail!(
+                "rl.batch_size {} is larger than the {} RL items in {}",
+                cfg.rl.batch_size,
+                rl_items.len(),
+                cfg.data.rl.display()
+            );
+        }
+        // The model's config bounds ids and prompt lengths; its weights are loaded by the phases.
+        let mcfg = Qwen2Config::load(&cfg.model.dir)?;
+        tok.check_matches(&tokenizer_path, &mcfg)?;
+        let rl_prompts = prompts_of(&mcfg, &tok, &rl_items, &cfg)?;
+        prompts_of(&mcfg, &tok, &eval_items, &cfg)?;
+        write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        Ok(RunInputs {
+            cfg,
+            out,
+            tok,
+            tokenizer_path,
+            rl_items,
+            rl_prompts,
+            eval_items,
+            start,
+            _lock: lock,
+        })
+    }
+
+    pub fn settings(&self, model: &Qwen2<impl Backend>) -> GrpoSettings {
+        grpo_settings(&self.cfg, stop_ids(model, &self.tok))
+    }
+
+    /// Accuracy of `model` on the eval items (greedy unless eval.temperature > 0).
+    pub fn evaluate<B: Backend>(&self, be: &B, model: &Qwen2<B>) -> Result<Option<EvalResult>> {
+        if self.eval_items.is_empty() {
+            return Ok(None);
+        }
+        let params = EvalParams {
+            k: 1,
+            temperature: self.cfg.eval.temperature,
+            top_p: 1.0,
+            max_new_tokens: self.cfg.rl.max_new_tokens,
+            prompt_style: self.cfg.data.prompt_style,
+            seed: self.cfg.seed ^ 0xe7a1,
+            max_items: 0,
+            batch_items: 64,
+        };
+        let pb = bar(self.eval_items.len() as u64, "evaluating");
+        let r = evaluate_with_progress(model, be, &self.tok, &self.eval_items, &params, |done| {
+            pb.set_position(done as u64)
+        })?;
+        pb.finish_and_clear();
+        Ok(Some(EvalResult { accuracy: r.accuracy, format: r.format_rate, items: r.items }))
+    }
+
+    /// Evaluates `model` at `step` of phase `of`, prints and logs the result.
+    pub fn eval_and_log<B: Backend>(
+        &self,
+        be: &B,
+        model: &Qwen2<B>,
+        log: &mut MetricsLog,
+        of: Phase,
+        step: u64,
+        label: EvalLabel,
+    ) -> Result<Option<EvalResult>> {
+        let r = self.evaluate(be, model)?;
+        if let Some(r) = &r {
+            let name = match label {
+                EvalLabel::BeforeSft => "before SFT".to_string(),
+                EvalLabel::Start => "start".to_string(),
+                EvalLabel::AfterSft => "after SFT".to_string(),
+                EvalLabel::AfterRl => "after RL".to_string(),
+                EvalLabel::Periodic => {
+                    format!("{} {step}", if of == Phase::Sft { "sft" } else { "rl" })
+                }
+            };
+            eprintln!(
+                "eval {name:>10}: accuracy {:.3}  format {:.3}  ({} items)",
+                r.accuracy, r.format, r.items
+            );
+            log.write(&Record::Eval(EvalRecord {
+                of,
+                step,
+                label,
+                accuracy: r.accuracy,
+                format: r.format,
+                items: r.items,
+            }))?;
+        }
+        Ok(r)
+    }
+
+    /// `eval.every` says an evaluation is due after `step` (not after a phase's last step:
+    /// the phase's closing evaluation covers it).
+    pub fn periodic_eval_due(&self, step: u64, last: u64) -> bool {
+        let every = self.cfg.eval.every as u64;
+        every > 0 && step.is_multiple_of(every) && step < last && !self.eval_items.is_empty()
+    }
+}

@@ -1,0 +1,129 @@
+//! The cold-start SFT phase of a run: train (or continue training) the starting model on
+//! `data.sft`, one named stage per optimizer step: step, finite check, log, periodic eval,
+//! checkpoint. The loop itself is `train::sft::SftTrainer`; this file is what the pipeline
+//! does around it.
+
+use super::config::TrainConfig;
+use super::diverged::{diverged, unless_weights_diverged};
+use super::inputs::RunInputs;
+use super::metrics::{EvalLabel, MetricsLog, Phase, Record};
+use crate::backend::Backend;
+use crate::data::sft_data::load_sft_dataset;
+use crate::model::Qwen2;
+use crate::optim::AdamwConfig;
+use crate::progress::bar;
+use crate::train::checkpoint::prune_checkpoints;
+use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
+use anyhow::Result;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+
+/// The run configuration's SFT section as trainer settings.
+pub fn sft_config(cfg: &TrainConfig) -> SftConfig {
+    let s = &cfg.sft;
+    SftConfig {
+        epochs: s.epochs,
+        batch_size: s.batch_size,
+        micro_batch_tokens: cfg.rl.micro_batch_tokens,
+        max_len: s.max_len,
+        lr: s.lr,
+        min_lr: s.lr * s.min_lr_ratio,
+        warmup_ratio: s.warmup_ratio as f64,
+        cosine: true,
+        adamw: AdamwConfig {
+            weight_decay: s.weight_decay,
+            max_grad_norm: (s.grad_clip > 0.0).then_some(s.grad_clip),
+            ..AdamwConfig::default()
+        },
+        seed: cfg.seed,
+    }
+}
+
+pub struct SftPhase<'a, B: Backend> {
+    pub be: &'a B,
+    pub inputs: &'a RunInputs,
+    /// `OUT/sft`: checkpoints of this phase.
+    pub dir: PathBuf,
+}
+
+impl<'a, B: Backend> SftPhase<'a, B> {
+    /// Trains `model` from the start, or continues from checkpoint `ck`, to the end of the
+    /// phase; the phase always ends on a checkpoint. Returns the trainer (its model is the
+    /// phase's result).
+    pub fn run(
+        &self,
+        model: Qwen2<B>,
+        ck: Option<&Path>,
+        log: &mut MetricsLog,
+    ) -> Result<SftTrainer<B>> {
+        let cfg = &self.inputs.cfg;
+        let (data, dropped) =
+            load_sft_dataset(&cfg.data.sft, &self.inputs.tok, None, cfg.sft.max_len)?;
+        if dropped > 0 {
+            eprintln!("note: {dropped} SFT example(s) had no trained token within sft.max_len and were dropped");
+        }
+        let mut tr = match ck {
+            Some(ck) => SftTrainer::resume(self.be, ck, data)?,
+            None => SftTrainer::new(self.be, model, data, sft_config(cfg))?,
+        };
+        let pb = bar(tr.state.total_steps, "cold-start SFT");
+        pb.set_position(tr.state.step);
+        while !tr.done() {
+            let m = tr.step(self.be)?;
+            self.check_finite(&m)?;
+            log.write(&Record::Sft(m.clone()))?;
+            self.show(&pb, &m, &tr);
+            let total = tr.state.total_steps;
+            if self.inputs.periodic_eval_due(m.step, total) {
+                let (be, model) = (self.be, &tr.model);
+                self.inputs.eval_and_log(
+                    be,
+                    model,
+                    log,
+                    Phase::Sft,
+                    m.step,
+                    EvalLabel::Periodic,
+                )?;
+            }
+            // After the periodic eval: a checkpoint at a step means its records are all written.
+            self.checkpoint_if_due(&tr, m.step)?;
+        }
+        pb.finish_and_clear();
+        Ok(tr)
+    }
+
+    fn check_finite(&self, m: &SftStepMetrics) -> Result<()> {
+        if m.loss.is_finite() && !m.skipped {
+            return Ok(());
+        }
+        let what = if m.loss.is_finite() {
+            format!("the gradient norm is not finite ({})", m.grad_norm)
+        } else {
+            format!("the loss is not finite ({})", m.loss)
+        };
+        Err(diverged("SFT", &self.dir, &self.inputs.out, m.step, &what))
+    }
+
+    fn show(&self, pb: &ProgressBar, m: &SftStepMetrics, tr: &SftTrainer<B>) {
+        pb.set_position(tr.state.step);
+        if m.step.is_multiple_of(10) || tr.done() {
+            pb.suspend(|| {
+                eprintln!(
+                    "sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s",
+                    m.step, tr.state.total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s
+                )
+            });
+        }
+    }
+
+    fn checkpoint_if_due(&self, tr: &SftTrainer<B>, step: u64) -> Result<()> {
+        let cfg = &self.inputs.cfg;
+        let every = cfg.output.checkpoint_every as u64;
+        if (every > 0 && step.is_multiple_of(every)) || tr.done() {
+            tr.save(self.be, &self.dir, cfg.output.save_dtype, Some(&self.inputs.tokenizer_path))
+                .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
+            prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;
+        }
+        Ok(())
+    }
+}
