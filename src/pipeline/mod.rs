@@ -8,3 +8,4 @@ pub mod metrics;
 pub mod plot;
 pub mod rl_phase;
 pub mod run;
+pub mod vps_log;

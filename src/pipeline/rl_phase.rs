@@ -5,6 +5,7 @@
 
 use super::config::TrainConfig;
 use super::metrics::MetricsLog;
+use super::vps_log::{item_bins, vps_record, VpsLog};
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
@@ -224,20 +225,31 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         &self,
         run: &mut RlRun<B>,
         log: &mut MetricsLog,
-        mut on_eval: impl FnMut(&Qwen2<B>, u64) -> Result<()>,
+        mut on_eval: impl FnMut(&Qwen2<B>, u64, &mut MetricsLog) -> Result<()>,
     ) -> Result<Vec<RlStepSummary>> {
         let c = self.cfg;
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
         let mut st = UpdateState::new(&run.policy, self.be);
         let mut summaries = Vec::new();
+        // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
+        // every refresh; bins before a change are the table's state before it.
+        let mut vps_log = c
+            .vas
+            .enabled
+            .then(|| VpsLog::open(self.dir.parent().unwrap_or(&self.dir), run.state.step))
+            .transpose()?;
         if run.state.step == 0
             && c.vas.enabled
             && c.vas.initial_scoring
             && run.state.table.num_scored() == 0
         {
             let all: Vec<usize> = (0..self.items.len()).collect();
+            let before = item_bins(&run.state.table);
             let secs = self.score_items(run, &all, "initial VPS scoring")?;
+            if let Some(v) = vps_log.as_mut() {
+                v.write(&vps_record(&run.state.table, &before, 0, "initial_scoring"))?;
+            }
             log.write(&json!({"phase": "rl", "step": 0, "event": "initial_scoring", "items": all.len(), "seconds": secs, "vps": vps_summary(&run.state.table)}))?;
         }
         let pb = bar(total, "GRPO + VAS");
@@ -342,6 +354,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             let mut scoring_secs = 0.0;
             if c.vas.enabled && run.state.step % c.vas.t_update as u64 == 0 {
                 let t2 = Instant::now();
+                let before = item_bins(&run.state.table);
                 for p in std::mem::take(&mut run.state.pending) {
                     let toks: Vec<&[u32]> = p.tokens.iter().map(|t| t.as_slice()).collect();
                     run.state.table.refresh(p.item, &p.correctness, &toks, run.state.step);
@@ -354,6 +367,9 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                     if !unseen.is_empty() {
                         scoring_secs += self.score_items(run, &unseen, "scoring unseen items")?;
                     }
+                }
+                if let Some(v) = vps_log.as_mut() {
+                    v.write(&vps_record(&run.state.table, &before, run.state.step, "refresh"))?;
                 }
             }
             let grad_norm =
@@ -401,7 +417,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                 && run.state.step % c.eval.every as u64 == 0
                 && run.state.step < total
             {
-                on_eval(&run.policy, run.state.step)?;
+                on_eval(&run.policy, run.state.step, log)?;
             }
         }
         pb.finish_and_clear();

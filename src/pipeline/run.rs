@@ -295,7 +295,11 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Res
                 rl_start_dir.as_deref().expect("start dir set above"),
             )?,
         };
-        let steps = phase.run(&mut run, &mut log, |_m, _s| Ok(()))?;
+        // Validation every eval.every steps: the curve the ablation compares.
+        let steps = phase.run(&mut run, &mut log, |m, step, log| {
+            let r = inputs.evaluate(be, m)?;
+            log_eval(log, "rl", step, "during RL", &r)
+        })?;
         report.rl_steps.extend(steps);
         report.after_rl = inputs.evaluate(be, &run.policy)?;
         log_eval(&mut log, "rl", run.state.step, "after RL", &report.after_rl)?;
