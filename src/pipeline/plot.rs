@@ -112,12 +112,16 @@ pub fn panels(records: &[Value]) -> Vec<Panel> {
 /// MMR1's Figure 2 from an ablation report: one panel per metric, one line per setting
 /// (mean over seeds) with its 95% interval as a band.
 pub fn ablation_panels(r: &crate::pipeline::ablation::AblationReport) -> Vec<Panel> {
+    // Series names are static; the settings are the fixed ablation::LAMBDAS.
     let name = |l: f32| -> &'static str {
-        match l {
-            l if l == 0.0 => "lambda 0 (uniform)",
-            l if l == 0.5 => "lambda 0.5",
-            l if l == 1.0 => "lambda 1",
-            _ => "lambda",
+        if l == 0.0 {
+            "lambda 0 (uniform)"
+        } else if l == 0.5 {
+            "lambda 0.5 (VAS)"
+        } else if l == 1.0 {
+            "lambda 1 (VAS)"
+        } else {
+            "lambda"
         }
     };
     let panel = |metric: &str, title: &'static str| Panel {
