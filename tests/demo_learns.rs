@@ -1,6 +1,7 @@
 //! The built-in demo end to end, as a user runs it: SFT on an imperfect teacher's solutions
-//! (sums with 0 to 4 carries, each carry dropped half the time), then GRPO + VAS. RL must raise eval accuracy over SFT. The run is killed mid-RL and
-//! resumed: it finishes with every step in the metrics exactly once.
+//! (sums with 0 to 4 carries, each carry dropped half the time), then GRPO + VAS. RL must
+//! raise eval accuracy well over SFT. The run is killed mid-RL and resumed: it finishes with
+//! every step in the metrics exactly once.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
