@@ -560,6 +560,42 @@ mod tests {
     }
 
     #[test]
+    fn vps_heatmaps_show_distributions_and_row_normalized_transitions() {
+        use crate::pipeline::vps_log::{item_bins, vps_record};
+        use crate::rl::vas::VpsTable;
+        let mut t = VpsTable::new(4);
+        let r: Vec<&[u32]> = vec![&[1, 2, 3, 4, 5]; 4];
+        let mut recs = vec![];
+        let b0 = item_bins(&t);
+        t.refresh(0, &[1.0, 0.0, 0.0, 0.0], &r, 0);
+        t.refresh(1, &[1.0; 4], &r, 0);
+        recs.push(vps_record(&t, &b0, 0, "initial_scoring"));
+        let b1 = item_bins(&t);
+        t.refresh(1, &[1.0, 1.0, 0.0, 0.0], &r, 5);
+        recs.push(vps_record(&t, &b1, 5, "refresh"));
+        let maps = vps_heatmaps(&recs);
+        assert_eq!(maps.len(), 2, "the distribution, then one transition matrix");
+        let d = &maps[0];
+        assert_eq!((d.x_ticks.len(), d.y_ticks.len()), (2, recs[0].counts.len()));
+        for col in 0..2 {
+            let s: f64 = d.shade.iter().map(|row| row[col]).sum();
+            assert!((s - 1.0).abs() < 1e-12, "each record's fractions sum to 1");
+        }
+        assert_eq!(d.y_ticks.last().unwrap(), "unscored");
+        let m = &maps[1];
+        assert!(m.title.contains("0 -> 5"), "{}", m.title);
+        for (row, counts) in m.shade.iter().zip(&m.counts) {
+            let s: f64 = row.iter().sum();
+            let n: usize = counts.iter().sum();
+            assert!(if n == 0 { s == 0.0 } else { (s - 1.0).abs() < 1e-12 });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("vps.png");
+        draw_heatmaps(&maps, &png, (600, 300), false).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 100);
+    }
+
+    #[test]
     fn grid_and_ticks() {
         assert_eq!(grid(1), (1, 1));
         assert_eq!(grid(3), (2, 2));
