@@ -5,8 +5,9 @@ use crate::pipeline::run::{format_report, run_pipeline, RunInputs};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
-/// Seeds per setting of `--demo-ablation` by default: 3 settings x 4 seeds of the demo fit
-/// in about 15 minutes on two CPU cores (docs/demo-ablation.md).
+/// Seeds per setting of `--demo-ablation` by default: 3 settings x 4 seeds of the demo took
+/// 443 s of CPU time on two cores (about 8 minutes wall when idle; 36 minutes at load ~20),
+/// docs/demo-ablation.md.
 pub const DEFAULT_ABLATION_SEEDS: usize = 4;
 
 #[derive(clap::Args, Debug)]
