@@ -1,6 +1,7 @@
-//! The built-in demo end to end, as a user runs it: SFT on an imperfect teacher's solutions,
-//! then GRPO + VAS. RL must raise eval accuracy over SFT. The run is killed mid-RL and
-//! resumed: it finishes with every step in the metrics exactly once.
+//! The built-in demo end to end, as a user runs it: SFT on an imperfect teacher's solutions
+//! (sums with 0 to 4 carries, each carry dropped half the time), then GRPO + VAS. RL must
+//! raise eval accuracy well over SFT. The run is killed mid-RL and resumed: it finishes with
+//! every step in the metrics exactly once.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -60,8 +61,14 @@ fn demo_rl_beats_sft_and_survives_a_kill() {
         report[k]["accuracy"].as_f64().unwrap_or_else(|| panic!("report lacks {k}: {report}"))
     };
     let (before, sft, rl) = (acc("before_sft"), acc("after_sft"), acc("after_rl"));
+    eprintln!(
+        "eval accuracy: before SFT {before:.3}, after SFT {sft:.3}, after 16 RL steps {rl:.3}"
+    );
     assert!(sft > before, "SFT must teach something: {before} -> {sft}");
-    assert!(rl > sft + 0.1, "RL must beat SFT clearly: after SFT {sft}, after RL {rl}");
+    // Measured (seed 1, 100 eval items): 0.000 -> 0.370 after SFT -> 0.930 after 16 RL steps.
+    // The teacher drops half the carries and most items have one or more, so SFT alone stays
+    // below one half; RL must close most of the rest.
+    assert!(rl > sft + 0.3, "RL must beat SFT clearly: after SFT {sft}, after RL {rl}");
     // The saved policy is a Hugging Face directory the other commands load.
     let ck = std::fs::read_to_string(out.join("rl/latest")).unwrap();
     let ck_dir = out.join("rl").join(ck.trim());

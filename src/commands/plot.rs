@@ -1,7 +1,11 @@
-//! `mmr1-fast plot`: draws a run's training curves (`metrics.jsonl`) to a PNG.
+//! `mmr1-fast plot`: draws a run's training curves (`metrics.jsonl`) to a PNG, and when the
+//! run logged VPS refreshes (`vps.jsonl`), their distributions and transitions to a second.
 
 use crate::pipeline::metrics::read_metrics;
-use crate::pipeline::plot::{draw, grid, panels, register_font, text_legend};
+use crate::pipeline::plot::{
+    draw, draw_heatmaps, grid, panels, register_font, text_legend, vps_heatmaps,
+};
+use crate::pipeline::vps_log::read_vps;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -10,7 +14,8 @@ pub struct PlotArgs {
     /// Run directory holding metrics.jsonl (the --out of `train`).
     #[arg(value_name = "OUT_DIR")]
     pub dir: PathBuf,
-    /// PNG to write [default: OUT_DIR/curves.png].
+    /// PNG to write [default: OUT_DIR/curves.png]. With a vps.jsonl in OUT_DIR, the VPS
+    /// distribution and transition heatmaps (MMR1 Figure 3) go beside it as NAME-vps.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Image width in pixels.
@@ -96,5 +101,22 @@ pub fn run(args: &PlotArgs) -> Result<()> {
     draw(&panels, &out, (args.width, args.height), with_text)?;
     let (cols, rows) = grid(panels.len());
     println!("wrote {} ({} panels, {cols}x{rows})", out.display(), panels.len());
+    // MMR1's Figure 3 when the run logged VPS refreshes: a second PNG beside the first.
+    let vps = args.dir.join("vps.jsonl");
+    if vps.is_file() {
+        let maps = vps_heatmaps(&read_vps(&vps)?);
+        if !maps.is_empty() {
+            let vps_out = out.with_file_name(format!(
+                "{}-vps.png",
+                out.file_stem().map_or("curves".into(), |s| s.to_string_lossy())
+            ));
+            draw_heatmaps(&maps, &vps_out, (args.width, args.height), with_text)?;
+            println!(
+                "wrote {} (VPS distribution and {} transition matrices)",
+                vps_out.display(),
+                maps.len() - 1
+            );
+        }
+    }
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! The built-in demo: a synthetic verifiable task (sums of single digits, chain of thought
-//! in MMR1's `<think>`/`<answer>`/`\boxed{}` format), a character-level tokenizer built in
-//! code with the `tokenizers` crate, and a tiny Qwen2 config. No downloads.
+//! The built-in demo: a synthetic verifiable task (sums of single digits with 0 to 4 carries,
+//! chain of thought in MMR1's `<think>`/`<answer>`/`\boxed{}` format), a character-level
+//! tokenizer built in code with the `tokenizers` crate, and a tiny Qwen2 config. No downloads.
 
 use super::prompt::{render_prompt, PromptStyle};
 use super::rl_items::RlItem;
@@ -62,23 +62,46 @@ pub fn demo_config(vocab_size: usize) -> Qwen2Config {
     serde_json::from_value(json).expect("demo config is valid")
 }
 
-/// The task: add `terms` single digits. Harder items have more terms.
+/// The task: add single digits, with a chosen number of carries (additions whose running
+/// sum crosses a multiple of ten). Difficulty is the carry count, drawn uniformly from
+/// `0..=max_carries`, so the item pool is mixed the way MMR1's data is: the imperfect teacher
+/// (see [`teacher_solution`]) never errs without a carry, so after SFT carry-free items are
+/// always solved, while items with many carries are almost never solved, and only the items
+/// in between give a GRPO group reward variance. This is the situation VAS is built for.
 #[derive(Clone, Copy, Debug)]
 pub struct DemoTask {
-    pub min_terms: usize,
-    pub max_terms: usize,
+    pub max_carries: usize,
 }
 
 impl Default for DemoTask {
     fn default() -> Self {
-        DemoTask { min_terms: 2, max_terms: 3 }
+        DemoTask { max_carries: 4 }
     }
 }
 
+/// Number of additions in `terms` (left to right) whose running sum crosses a multiple of ten.
+pub fn carries(terms: &[u32]) -> usize {
+    let mut acc = terms[0];
+    let mut k = 0;
+    for &t in &terms[1..] {
+        k += usize::from(acc % 10 + t >= 10);
+        acc += t;
+    }
+    k
+}
+
 impl DemoTask {
+    /// Terms of one item: `k` carries, `k + 1` or `k + 2` terms (at least 2), digits 1-9
+    /// drawn until the carry count is `k` (a few tries: about half of all additions carry).
     fn draw(&self, rng: &mut ChaCha8Rng) -> Vec<u32> {
-        let n = rng.gen_range(self.min_terms..=self.max_terms);
-        (0..n).map(|_| rng.gen_range(1..=9)).collect()
+        let k = rng.gen_range(0..=self.max_carries);
+        let n = rng.gen_range((k + 1).max(2)..=k + 2);
+        loop {
+            let terms: Vec<u32> = (0..n).map(|_| rng.gen_range(1..=9)).collect();
+            if carries(&terms) == k {
+                return terms;
+            }
+        }
     }
 
     /// `count` items with ids `{prefix}{i}`, deterministic in `seed`.
@@ -152,6 +175,26 @@ mod tests {
         assert!(!ids.contains(&0), "no unknown tokens in demo text");
         let cfg = demo_config(tok.vocab_size());
         assert_eq!(cfg.eos_ids(), vec![tok.token_id("<|im_end|>").unwrap()]);
+    }
+
+    #[test]
+    fn difficulty_is_the_carry_count_and_is_mixed() {
+        assert_eq!(carries(&[7, 8, 6]), 2);
+        assert_eq!(carries(&[1, 2, 3]), 0);
+        let task = DemoTask::default();
+        let mut seen = vec![0usize; task.max_carries + 1];
+        for it in task.items(500, 9, "x") {
+            let terms: Vec<u32> = it
+                .problem
+                .trim_start_matches("Add ")
+                .split('+')
+                .map(|t| t.parse().unwrap())
+                .collect();
+            assert!(terms.len() >= 2 && terms.len() <= carries(&terms) + 2, "{}", it.problem);
+            seen[carries(&terms)] += 1;
+        }
+        // Uniform over 0..=max_carries: every level holds a fair share of the pool.
+        assert!(seen.iter().all(|&c| c > 500 / (task.max_carries + 1) / 2), "{seen:?}");
     }
 
     #[test]

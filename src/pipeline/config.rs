@@ -376,7 +376,11 @@ impl TrainConfig {
         c.rl.lr = 1e-4;
         c.rl.micro_batch_tokens = 4096;
         c.rl.max_prompt_len = 64;
-        c.rl.max_new_tokens = 48;
+        c.rl.max_new_tokens = 64;
+        // Four optimizer steps per rollout batch (PPO mini-batches, as MMR1's verl setup
+        // trains): after the first, the policy has moved, so the ratio leaves 1 and the
+        // clip fraction measures something.
+        c.rl.mini_batches = 4;
         c.rl.temperature = 1.0;
         c.rl.kl_coef = 0.0;
         c.vas.t_update = 10;

@@ -12,3 +12,4 @@ pub mod rl_phase;
 pub mod run;
 pub mod run_dir;
 pub mod sft_phase;
+pub mod vps_log;

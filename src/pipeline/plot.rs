@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct Series {
     pub name: &'static str,
     pub points: Vec<(f64, f64)>,
+    /// An interval drawn as a shaded band under the line: (x, low, high); empty for none.
+    pub band: Vec<(f64, f64, f64)>,
 }
 
 /// One small chart: a title, what x counts, and its series (each in its own color).
@@ -63,7 +65,7 @@ pub fn panels(records: &[Value]) -> Vec<Panel> {
             rs.iter().filter_map(|r| Some((num(r, "step")?, num(r, key)?))).collect();
         // Lines must run left to right even if the log holds steps out of order.
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Series { name: key, points }
+        Series { name: key, points, band: vec![] }
     };
 
     // Evaluations sit on one run-wide axis: SFT steps, then RL steps after the last SFT step.
@@ -78,6 +80,7 @@ pub fn panels(records: &[Value]) -> Vec<Panel> {
     let eval_series = |key: &'static str| Series {
         name: key,
         points: evals.iter().filter_map(|r| Some((eval_x(r)?, num(r, key)?))).collect(),
+        band: vec![],
     };
     let any_rl_eval = evals.iter().any(|r| of(r) == "rl");
 
@@ -111,6 +114,194 @@ pub fn panels(records: &[Value]) -> Vec<Panel> {
         })
         .filter(|p| !p.series.is_empty())
         .collect()
+}
+
+/// MMR1's Figure 2 from an ablation report: one panel per metric, one line per setting
+/// (mean over seeds) with its 95% interval as a band.
+pub fn ablation_panels(r: &crate::pipeline::ablation::AblationReport) -> Vec<Panel> {
+    // Series names are static; the settings are the fixed ablation::LAMBDAS.
+    let name = |l: f32| -> &'static str {
+        if l == 0.0 {
+            "lambda 0 (uniform)"
+        } else if l == 0.5 {
+            "lambda 0.5 (VAS)"
+        } else if l == 1.0 {
+            "lambda 1 (VAS)"
+        } else {
+            "lambda"
+        }
+    };
+    let panel = |metric: &str, title: &'static str| Panel {
+        title,
+        x_desc: "RL step",
+        series: r
+            .settings
+            .iter()
+            .filter_map(|st| {
+                let c = st.curves.iter().find(|c| c.metric == metric)?;
+                let xs = c.x.iter().map(|&x| x as f64);
+                Some(Series {
+                    name: name(st.lambda),
+                    points: xs.clone().zip(&c.y).map(|(x, iv)| (x, iv.mean)).collect(),
+                    band: xs.zip(&c.y).map(|(x, iv)| (x, iv.lo, iv.hi)).collect(),
+                })
+            })
+            .collect(),
+        points_only: false,
+        rule_x: None,
+    };
+    vec![
+        panel("zero_var_frac", "Zero-variance group fraction"),
+        panel("grad_norm", "Gradient norm"),
+        panel("clip_frac", "Clip fraction"),
+        panel("val_accuracy", "Validation accuracy (greedy)"),
+    ]
+}
+
+/// Draws [`ablation_panels`] to `out` (text when a font is found).
+pub fn draw_ablation(r: &crate::pipeline::ablation::AblationReport, out: &Path) -> Result<()> {
+    let text = register_font(None)?.is_ok();
+    draw(&ablation_panels(r), out, (1600, 1000), text)
+}
+
+/// A grid of cells shaded by a value in [0, 1] (white to blue), with the counts written in
+/// the cells when text is drawn: VPS distributions and transition matrices (MMR1 Figure 3).
+pub struct Heatmap {
+    pub title: String,
+    pub x_desc: &'static str,
+    pub y_desc: &'static str,
+    /// Tick text at the left edge of each column / the bottom of each row.
+    pub x_ticks: Vec<String>,
+    pub y_ticks: Vec<String>,
+    /// `shade[row][col]` in [0, 1]; rows bottom to top.
+    pub shade: Vec<Vec<f64>>,
+    pub counts: Vec<Vec<usize>>,
+}
+
+/// Figure 3 from vps.jsonl: the VPS distribution at each record (columns: records by step,
+/// rows: VPS bins, shade: fraction of items), then the transition matrix into each refresh
+/// (rows: bin before, columns: bin after, shade: fraction of the row), the last few shown.
+pub fn vps_heatmaps(recs: &[crate::pipeline::vps_log::VpsRecord]) -> Vec<Heatmap> {
+    let Some(first) = recs.first() else { return vec![] };
+    let nb = first.counts.len();
+    let bin_ticks: Vec<String> = (0..nb)
+        .map(|b| if b + 1 == nb { "unscored".into() } else { short(first.bin_edges[b]) })
+        .collect();
+    let total = |r: &crate::pipeline::vps_log::VpsRecord| r.counts.iter().sum::<usize>().max(1);
+    let mut maps = vec![Heatmap {
+        title: "VPS distribution over items at each refresh".into(),
+        x_desc: "RL step of the record",
+        y_desc: "VPS bin",
+        x_ticks: recs.iter().map(|r| r.step.to_string()).collect(),
+        y_ticks: bin_ticks.clone(),
+        shade: (0..nb)
+            .map(|b| recs.iter().map(|r| r.counts[b] as f64 / total(r) as f64).collect())
+            .collect(),
+        counts: (0..nb).map(|b| recs.iter().map(|r| r.counts[b]).collect()).collect(),
+    }];
+    // The first record's transitions are all from "unscored": nothing to show.
+    let transitions: Vec<_> = recs.iter().skip(1).collect();
+    for r in transitions.iter().skip(transitions.len().saturating_sub(7)) {
+        let prev_step = recs
+            .iter()
+            .take_while(|q| q.step < r.step)
+            .last()
+            .map_or("start".to_string(), |q| q.step.to_string());
+        maps.push(Heatmap {
+            title: format!("VPS bin transitions, step {prev_step} -> {}", r.step),
+            x_desc: "bin after",
+            y_desc: "bin before",
+            x_ticks: bin_ticks.clone(),
+            y_ticks: bin_ticks.clone(),
+            shade: r
+                .transition
+                .iter()
+                .map(|row| {
+                    let n = row.iter().sum::<usize>().max(1) as f64;
+                    row.iter().map(|&c| c as f64 / n).collect()
+                })
+                .collect(),
+            counts: r.transition.clone(),
+        });
+    }
+    maps
+}
+
+/// Draws heatmaps in a grid to a PNG at `out` (see [`draw`] for `text`).
+pub fn draw_heatmaps(maps: &[Heatmap], out: &Path, size: (u32, u32), text: bool) -> Result<()> {
+    let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", out.display());
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (cols, rows) = grid(maps.len());
+        let areas = root.split_evenly((rows, cols));
+        let (pw, ph) = (size.0 as f64 / cols as f64, size.1 as f64 / rows as f64);
+        let scale = (pw / 400.0).min(ph / 450.0).clamp(0.5, 1.5);
+        for (m, area) in maps.iter().zip(&areas) {
+            draw_heatmap(area, m, text, scale).map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    write_png(out, size, &rgb)
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    m: &Heatmap,
+    text: bool,
+    scale: f64,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (nx, ny) = (m.x_ticks.len().max(1), m.y_ticks.len().max(1));
+    let px = |n: f64| (n * scale).round() as u32;
+    let mut b = ChartBuilder::on(area);
+    b.margin(px(8.0));
+    if text {
+        b.caption(&m.title, ("sans-serif", px(14.0)))
+            .x_label_area_size(px(40.0).max(26))
+            .y_label_area_size(px(60.0).max(34));
+    }
+    let mut chart = b.build_cartesian_2d(0.0..nx as f64, 0.0..ny as f64)?;
+    let tick_of = |ticks: &[String], v: f64| -> String {
+        let i = v.round();
+        if (v - i).abs() < 1e-6 && i >= 0.0 {
+            ticks.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let xf = |v: &f64| tick_of(&m.x_ticks, *v);
+    let yf = |v: &f64| tick_of(&m.y_ticks, *v);
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_mesh().x_labels(nx + 1).y_labels(ny + 1);
+    if text {
+        mesh.x_desc(m.x_desc).y_desc(m.y_desc).x_label_formatter(&xf).y_label_formatter(&yf);
+        mesh.label_style(("sans-serif", px(10.0))).axis_desc_style(("sans-serif", px(11.0)));
+    }
+    mesh.draw()?;
+    for (r, row) in m.shade.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            let v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
+            // White (0) to the first series color (1).
+            let mixc = |w: u8, t: u8| (w as f64 + (t as f64 - w as f64) * v).round() as u8;
+            let color = RGBColor(mixc(255, 31), mixc(255, 119), mixc(255, 180));
+            let (x, y) = (c as f64, r as f64);
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x, y), (x + 1.0, y + 1.0)],
+                color.filled(),
+            )))?;
+            let n = m.counts.get(r).and_then(|row| row.get(c)).copied().unwrap_or(0);
+            if text && n > 0 && nx <= 12 {
+                let ink = if v > 0.5 { WHITE } else { BLACK };
+                chart.draw_series(std::iter::once(Text::new(
+                    n.to_string(),
+                    (x + 0.3, y + 0.7),
+                    ("sans-serif", px(9.0)).into_font().color(&ink),
+                )))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Columns and rows for `n` panels: wider than tall, like the default image.
@@ -215,6 +406,11 @@ pub fn draw(panels: &[Panel], out: &Path, size: (u32, u32), text: bool) -> Resul
         }
         root.present().map_err(|e| err(&e))?;
     }
+    write_png(out, size, &rgb)
+}
+
+/// Encodes an RGB buffer as PNG and writes it atomically.
+fn write_png(out: &Path, size: (u32, u32), rgb: &[u8]) -> Result<()> {
     let mut png_bytes = Vec::new();
     let mut enc = png::Encoder::new(&mut png_bytes, size.0, size.1);
     enc.set_color(png::ColorType::Rgb);
@@ -223,7 +419,7 @@ pub fn draw(panels: &[Panel], out: &Path, size: (u32, u32), text: bool) -> Resul
     // several times smaller for little time.
     enc.set_compression(png::Compression::Best);
     enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
-    enc.write_header().and_then(|mut w| w.write_image_data(&rgb)).context("encoding PNG")?;
+    enc.write_header().and_then(|mut w| w.write_image_data(rgb)).context("encoding PNG")?;
     crate::fs::write_atomic(out, &png_bytes)
 }
 
@@ -234,9 +430,11 @@ fn draw_panel<DB: DrawingBackend>(
     scale: f64,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let all = p.series.iter().flat_map(|s| &s.points);
+    let bands = p.series.iter().flat_map(|s| &s.band);
     // Lines fill the x range; markers need room at the ends to be seen whole.
     let (x0, x1) = pad(all.clone().map(|q| q.0), if p.points_only { 0.04 } else { 0.0 });
-    let (y0, y1) = pad(all.map(|q| q.1), 0.05);
+    let ys = all.map(|q| q.1).chain(bands.flat_map(|b| [b.1, b.2])).filter(|y| y.is_finite());
+    let (y0, y1) = pad(ys, 0.05);
 
     let px = |n: f64| (n * scale).round() as u32;
     let mut b = ChartBuilder::on(area);
@@ -265,6 +463,14 @@ fn draw_panel<DB: DrawingBackend>(
     }
     if let Some(x) = p.rule_x {
         chart.draw_series(LineSeries::new([(x, y0), (x, y1)], RGBColor(160, 160, 160)))?;
+    }
+    // Bands first, translucent, so every line stays visible over them.
+    for (s, (color, _)) in p.series.iter().zip(COLORS.iter().cycle()) {
+        if s.band.len() >= 2 {
+            let mut outline: Vec<(f64, f64)> = s.band.iter().map(|b| (b.0, b.2)).collect();
+            outline.extend(s.band.iter().rev().map(|b| (b.0, b.1)));
+            chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled())))?;
+        }
     }
     for (i, (s, (color, _))) in p.series.iter().zip(COLORS.iter().cycle()).enumerate() {
         let color = *color;
@@ -367,6 +573,42 @@ mod tests {
         assert_eq!(eval.series[0].points, [(4.0, 0.2), (7.0, 0.5)]);
         assert_eq!(eval.series[1].points, [(4.0, 0.0)], "null format is no point");
         assert_eq!(eval.rule_x, Some(4.0));
+    }
+
+    #[test]
+    fn vps_heatmaps_show_distributions_and_row_normalized_transitions() {
+        use crate::pipeline::vps_log::{item_bins, vps_record};
+        use crate::rl::vas::VpsTable;
+        let mut t = VpsTable::new(4);
+        let r: Vec<&[u32]> = vec![&[1, 2, 3, 4, 5]; 4];
+        let mut recs = vec![];
+        let b0 = item_bins(&t);
+        t.refresh(0, &[1.0, 0.0, 0.0, 0.0], &r, 0);
+        t.refresh(1, &[1.0; 4], &r, 0);
+        recs.push(vps_record(&t, &b0, 0, "initial_scoring"));
+        let b1 = item_bins(&t);
+        t.refresh(1, &[1.0, 1.0, 0.0, 0.0], &r, 5);
+        recs.push(vps_record(&t, &b1, 5, "refresh"));
+        let maps = vps_heatmaps(&recs);
+        assert_eq!(maps.len(), 2, "the distribution, then one transition matrix");
+        let d = &maps[0];
+        assert_eq!((d.x_ticks.len(), d.y_ticks.len()), (2, recs[0].counts.len()));
+        for col in 0..2 {
+            let s: f64 = d.shade.iter().map(|row| row[col]).sum();
+            assert!((s - 1.0).abs() < 1e-12, "each record's fractions sum to 1");
+        }
+        assert_eq!(d.y_ticks.last().unwrap(), "unscored");
+        let m = &maps[1];
+        assert!(m.title.contains("0 -> 5"), "{}", m.title);
+        for (row, counts) in m.shade.iter().zip(&m.counts) {
+            let s: f64 = row.iter().sum();
+            let n: usize = counts.iter().sum();
+            assert!(if n == 0 { s == 0.0 } else { (s - 1.0).abs() < 1e-12 });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("vps.png");
+        draw_heatmaps(&maps, &png, (600, 300), false).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 100);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::inputs::RunInputs;
 use super::metrics::{
     EvalLabel, MetricsLog, Phase, Record, RlStepRecord, RlStepTimes, ScoringRecord, VpsSummary,
 };
+use super::vps_log::{item_bins, vps_record, VpsLog};
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
@@ -284,7 +285,11 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
         let mut st = UpdateState::new(&run.policy, self.be);
         let mut summaries = Vec::new();
-        self.initial_scoring(run, log)?;
+        // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
+        // every refresh.
+        let mut vps_log =
+            c.vas.enabled.then(|| VpsLog::open(&self.inputs.out, run.state.step)).transpose()?;
+        self.initial_scoring(run, log, &mut vps_log)?;
         let pb = bar(total, "GRPO + VAS");
         pb.set_position(run.state.step);
         while run.state.step < total {
@@ -293,7 +298,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             let rolled = self.roll_out(&sampler, run, &batch)?;
             let updated = self.update_policy(run, &rolled.exp, &mut st)?;
             run.state.step += 1;
-            let scoring_secs = self.refresh_vps(run)?;
+            let scoring_secs = self.refresh_vps(run, &mut vps_log)?;
             let rec = self.record(run, &batch, &rolled, &updated, scoring_secs, t_step);
             log.write(&Record::Rl(rec.clone()))?;
             pb.set_position(run.state.step);
@@ -326,7 +331,12 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     }
 
     /// Algorithm 1, line 1: every item scored with the starting policy before step 1.
-    fn initial_scoring(&self, run: &mut RlRun<B>, log: &mut MetricsLog) -> Result<()> {
+    fn initial_scoring(
+        &self,
+        run: &mut RlRun<B>,
+        log: &mut MetricsLog,
+        vps_log: &mut Option<VpsLog>,
+    ) -> Result<()> {
         let v = &self.cfg().vas;
         if run.state.step == 0
             && v.enabled
@@ -334,7 +344,11 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             && run.state.table.num_scored() == 0
         {
             let all: Vec<usize> = (0..self.items().len()).collect();
+            let before = item_bins(&run.state.table);
             let seconds = self.score_items(run, &all, "initial VPS scoring")?;
+            if let Some(v) = vps_log.as_mut() {
+                v.write(&vps_record(&run.state.table, &before, 0, "initial_scoring"))?;
+            }
             log.write(&Record::InitialScoring(ScoringRecord {
                 step: 0,
                 items: all.len(),
@@ -445,12 +459,13 @@ impl<'a, B: Backend> RlPhase<'a, B> {
 
     /// Every `vas.t_update` steps: the pending rollout scores go into the VPS table (and,
     /// with `vas.score_unseen`, items never rolled out are scored). Returns the seconds spent.
-    fn refresh_vps(&self, run: &mut RlRun<B>) -> Result<f64> {
+    fn refresh_vps(&self, run: &mut RlRun<B>, vps_log: &mut Option<VpsLog>) -> Result<f64> {
         let v = &self.cfg().vas;
         if !(v.enabled && run.state.step.is_multiple_of(v.t_update as u64)) {
             return Ok(0.0);
         }
         let t0 = Instant::now();
+        let before = item_bins(&run.state.table);
         for p in std::mem::take(&mut run.state.pending) {
             let toks: Vec<&[u32]> = p.tokens.iter().map(|t| t.as_slice()).collect();
             run.state.table.refresh(p.item, &p.correctness, &toks, run.state.step);
@@ -463,6 +478,9 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             if !unseen.is_empty() {
                 secs += self.score_items(run, &unseen, "scoring unseen items")?;
             }
+        }
+        if let Some(l) = vps_log.as_mut() {
+            l.write(&vps_record(&run.state.table, &before, run.state.step, "refresh"))?;
         }
         Ok(secs)
     }
