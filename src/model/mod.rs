@@ -9,12 +9,17 @@ pub mod init;
 pub mod kv_cache;
 pub mod params;
 pub mod safetensors_io;
+pub mod vision_config;
+pub mod vision_params;
+pub mod vl;
 
 pub use backward::GradScratch;
 pub use config::Qwen2Config;
 pub use forward::{Acts, Packed};
 pub use kv_cache::KvCache;
 pub use params::ParamLayout;
+pub use vision_config::{Qwen2VlConfig, VisionConfig};
+pub use vision_params::VisionLayout;
 
 use crate::backend::{AttnShape, Backend};
 use anyhow::Result;
