@@ -2,14 +2,18 @@
 """Golden fixtures for the Qwen2.5-VL side of mmr1-fast (tests/fixtures/tiny-vl/, overwritten).
 
 What it makes:
-  images/img{0..3}.{png,png,webp,jpg}  small generated images of different sizes and modes
-                          (RGB PNG, grayscale PNG, lossless WebP, JPEG), chosen so that the
+  images/img{0..4}.{png,png,webp,jpg,png}  small generated images of different sizes and modes
+                          (RGB PNG, grayscale PNG, lossless WebP, JPEG, RGBA PNG), chosen so that the
                           "smart resize" rule rounds half to even (70/28 = 2.5), scales down
                           past max_pixels and scales up past min_pixels.
   preprocessor_config.json  Qwen2VLImageProcessor(min_pixels=56*56, max_pixels=28*28*16).
   preprocess.safetensors  pixel_values.{i} f32 [patches, 3*2*14*14], grid_thw.{i} i64 [3] from the
                           PIL image processor (Qwen2VLImageProcessorPil, PIL bicubic: the
                           reference). The script prints how far the torchvision processor is from it.
+  windows.safetensors     the vision tower's bookkeeping for the fixture images' grids packed in
+                          one batch (grids.{i} i64 [3]): position_ids i64 [patches, 2] (h, w),
+                          window_index i64 [merged units], cu_window_seqlens i32, cu_seqlens i32,
+                          from transformers.vision_utils (window_size 56, patch 14, merge 2).
   config.json, model.safetensors   a tiny random Qwen2_5_VLForConditionalGeneration, float32,
                           as transformers 5 writes it (nested text_config / vision_config,
                           rope_parameters with mrope_section).
@@ -68,10 +72,11 @@ def make_images():
         ("img1.png", 150, 97, "L"),  # grayscale -> RGB
         ("img2.webp", 200, 160, "RGB"),  # past max_pixels: scaled down
         ("img3.jpg", 20, 30, "RGB"),  # under min_pixels: scaled up
+        ("img4.png", 33, 40, "RGBA"),  # alpha composited onto white
     ]
     paths = []
     for name, h, w, mode in specs:
-        arr = smooth_noise(rng, h, w, 1 if mode == "L" else 3)
+        arr = smooth_noise(rng, h, w, {"L": 1, "RGB": 3, "RGBA": 4}[mode])
         img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode=mode)
         path = os.path.join(OUT, "images", name)
         if name.endswith(".webp"):
@@ -90,6 +95,7 @@ def make_preprocess(paths):
     tv_proc = Qwen2VLImageProcessor(**kw)
     pil_proc.save_pretrained(OUT)
     tensors = {}
+    grids = []
     for i, p in enumerate(paths):
         img = Image.open(p)
         img.load()
@@ -97,11 +103,29 @@ def make_preprocess(paths):
         b = tv_proc(images=[img], return_tensors="pt")
         tensors[f"pixel_values.{i}"] = a["pixel_values"].float().contiguous()
         tensors[f"grid_thw.{i}"] = a["image_grid_thw"][0].long().contiguous()
+        grids.append(a["image_grid_thw"][0].tolist())
         d = (a["pixel_values"].float() - b["pixel_values"].float()).abs().max().item()
         print(f"{os.path.basename(p)}: size {img.size} grid {a['image_grid_thw'][0].tolist()}; "
               f"PIL vs torchvision max |diff| {d:.4f}")
     save_file(tensors, os.path.join(OUT, "preprocess.safetensors"),
               metadata={"meta": json.dumps({"versions": VERSIONS, **kw})})
+    return grids
+
+
+def make_windows(grids):
+    from transformers.vision_utils import (get_vision_cu_seqlens, get_vision_position_ids,
+                                           get_vision_window_index)
+    g = torch.tensor(grids, dtype=torch.long)
+    wi, cu_w = get_vision_window_index(g, spatial_merge_size=2, window_size=56, patch_size=14)
+    t = {
+        "position_ids": get_vision_position_ids(g, 2).long().contiguous(),
+        "window_index": wi.long().contiguous(),
+        "cu_window_seqlens": cu_w.int().contiguous(),
+        "cu_seqlens": get_vision_cu_seqlens(g).int().contiguous(),
+    }
+    for i, gr in enumerate(grids):
+        t[f"grids.{i}"] = torch.tensor(gr, dtype=torch.long)
+    save_file(t, os.path.join(OUT, "windows.safetensors"))
 
 
 def make_model():
@@ -158,6 +182,7 @@ def make_model():
 
 if __name__ == "__main__":
     paths = make_images()
-    make_preprocess(paths)
+    grids = make_preprocess(paths)
+    make_windows(grids)
     make_model()
     print("wrote", OUT)

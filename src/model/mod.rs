@@ -11,6 +11,8 @@ pub mod params;
 pub mod safetensors_io;
 pub mod vision_config;
 pub mod vision_params;
+pub mod vision_preprocess;
+pub mod vision_windows;
 pub mod vl;
 
 pub use backward::GradScratch;
