@@ -91,7 +91,7 @@ impl VisionConfig {
                 bail!("vision_config.{name} must be positive");
             }
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             bail!(
                 "vision_config.hidden_size {} is not a multiple of num_heads {}",
                 self.hidden_size,
@@ -99,11 +99,11 @@ impl VisionConfig {
             );
         }
         // The 2D rotary embedding gives each of the two axes a quarter of head_dim in pairs.
-        if self.head_dim() % 4 != 0 {
+        if !self.head_dim().is_multiple_of(4) {
             bail!("vision_config head_dim {} must be a multiple of 4 (2D rotary)", self.head_dim());
         }
         let unit = self.patch_size * self.spatial_merge_size;
-        if self.window_size % unit != 0 {
+        if !self.window_size.is_multiple_of(unit) {
             bail!(
                 "vision_config.window_size {} is not a multiple of patch_size * spatial_merge_size = {unit}",
                 self.window_size

@@ -42,7 +42,7 @@ impl Default for PreprocessorConfig {
             max_pixels: 28 * 28 * 1280,
             // OPENAI_CLIP_MEAN / OPENAI_CLIP_STD.
             image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
+            image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
             rescale_factor: 1.0 / 255.0,
             do_resize: true,
             do_rescale: true,
@@ -375,7 +375,7 @@ pub fn preprocess(img: &Rgb8, cfg: &PreprocessorConfig) -> Result<ImagePatches> 
         img.clone()
     };
     let (h, w) = (img.height, img.width);
-    if h % (ps * m) != 0 || w % (ps * m) != 0 {
+    if !h.is_multiple_of(ps * m) || !w.is_multiple_of(ps * m) {
         bail!("image of {w}x{h} is not a multiple of patch_size * merge_size = {}", ps * m);
     }
     // Rescale then normalize per channel, as numpy does it: x * factor in f64, to f32, then
