@@ -14,6 +14,9 @@ What it makes:
                           one batch (grids.{i} i64 [3]): position_ids i64 [patches, 2] (h, w),
                           window_index i64 [merged units], cu_window_seqlens i32, cu_seqlens i32,
                           from transformers.vision_utils (window_size 56, patch 14, merge 2).
+  mrope.safetensors       M-RoPE positions of one sequence with two images (grids [1,4,4], [1,10,6]):
+                          input_ids i64 [L], position_ids i64 [3, L], delta i64 [1], grids i64 [2, 3],
+                          from Qwen2_5_VLModel.get_rope_index.
   config.json, model.safetensors   a tiny random Qwen2_5_VLForConditionalGeneration, float32,
                           as transformers 5 writes it (nested text_config / vision_config,
                           rope_parameters with mrope_section).
@@ -180,9 +183,21 @@ def make_model():
     return model
 
 
+def make_mrope(model):
+    grids = torch.tensor([[1, 4, 4], [1, 10, 6]])
+    img, vs, ve = 410, 408, 409
+    ids = [5, 17, 33, vs] + [img] * 4 + [ve, 40, 41, 42, 43, 44, vs] + [img] * 15 + [ve, 7, 8, 9, 10]
+    input_ids = torch.tensor([ids])
+    mm = (input_ids == img).int()
+    pos, delta = model.model.get_rope_index(input_ids, mm, image_grid_thw=grids)
+    save_file({"input_ids": input_ids[0].contiguous(), "position_ids": pos[:, 0].contiguous(),
+               "delta": delta[0].long().contiguous(), "grids": grids.contiguous()},
+              os.path.join(OUT, "mrope.safetensors"))
+
+
 if __name__ == "__main__":
     paths = make_images()
     grids = make_preprocess(paths)
     make_windows(grids)
-    make_model()
+    make_mrope(make_model())
     print("wrote", OUT)

@@ -7,6 +7,7 @@ pub mod config;
 pub mod forward;
 pub mod init;
 pub mod kv_cache;
+pub mod mrope;
 pub mod params;
 pub mod safetensors_io;
 pub mod vision_config;
