@@ -17,6 +17,11 @@ What it makes:
   mrope.safetensors       M-RoPE positions of one sequence with two images (grids [1,4,4], [1,10,6]):
                           input_ids i64 [L], position_ids i64 [3, L], delta i64 [1], grids i64 [2, 3],
                           from Qwen2_5_VLModel.get_rope_index.
+  vision.safetensors      the vision tower of the tiny model (eager attention, f32) on img0 and img2
+                          packed (grids [1,4,4] and [1,8,6]; blocks 0 and 2 windowed, block 1 full):
+                          pixel_values f32 [64, 1176], grid_thw i64 [2, 3], patch_embed f32 [64, 32],
+                          block.{b} f32 [64, 32] (each block's output, in window order),
+                          features f32 [16, 64] (merger output, image order: the golden).
   config.json, model.safetensors   a tiny random Qwen2_5_VLForConditionalGeneration, float32,
                           as transformers 5 writes it (nested text_config / vision_config,
                           rope_parameters with mrope_section).
@@ -183,6 +188,29 @@ def make_model():
     return model
 
 
+def make_vision(model):
+    from safetensors.torch import load_file
+    pre = load_file(os.path.join(OUT, "preprocess.safetensors"))
+    pv = torch.cat([pre["pixel_values.0"], pre["pixel_values.2"]])
+    grids = torch.stack([pre["grid_thw.0"], pre["grid_thw.2"]])
+    model.config.vision_config._attn_implementation = "eager"
+    visual = model.model.visual
+    visual.config._attn_implementation = "eager"
+    rec = {}
+    hooks = [visual.patch_embed.register_forward_hook(lambda m, i, o: rec.__setitem__("patch_embed", o))]
+    for b, blk in enumerate(visual.blocks):
+        hooks.append(blk.register_forward_hook(lambda m, i, o, b=b: rec.__setitem__(f"block.{b}", o)))
+    with torch.no_grad():
+        out = visual(pv, grid_thw=grids)
+    for h in hooks:
+        h.remove()
+    t = {"pixel_values": pv.contiguous(), "grid_thw": grids.contiguous(),
+         "features": out.pooler_output.float().contiguous()}
+    t.update({k: v.float().contiguous() for k, v in rec.items()})
+    save_file(t, os.path.join(OUT, "vision.safetensors"),
+              metadata={"meta": json.dumps({"versions": VERSIONS})})
+
+
 def make_mrope(model):
     grids = torch.tensor([[1, 4, 4], [1, 10, 6]])
     img, vs, ve = 410, 408, 409
@@ -199,5 +227,7 @@ if __name__ == "__main__":
     paths = make_images()
     grids = make_preprocess(paths)
     make_windows(grids)
-    make_mrope(make_model())
+    model = make_model()
+    make_mrope(model)
+    make_vision(model)
     print("wrote", OUT)
