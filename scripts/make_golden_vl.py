@@ -22,6 +22,9 @@ What it makes:
                           pixel_values f32 [64, 1176], grid_thw i64 [2, 3], patch_embed f32 [64, 32],
                           block.{b} f32 [64, 32] (each block's output, in window order),
                           features f32 [16, 64] (merger output, image order: the golden).
+  rope.safetensors        rotary tables as transformers builds them: vision_cos/vision_sin f32 [64, 16]
+                          (Qwen2_5_VLVisionRotaryEmbedding on the vision.safetensors images, patch order),
+                          text_cos/text_sin f32 [35, 16] (Qwen2_5_VLRotaryEmbedding on mrope's positions).
   config.json, model.safetensors   a tiny random Qwen2_5_VLForConditionalGeneration, float32,
                           as transformers 5 writes it (nested text_config / vision_config,
                           rope_parameters with mrope_section).
@@ -211,6 +214,20 @@ def make_vision(model):
               metadata={"meta": json.dumps({"versions": VERSIONS})})
 
 
+def make_rope(model):
+    from safetensors.torch import load_file
+    from transformers.vision_utils import get_vision_position_ids
+    v = load_file(os.path.join(OUT, "vision.safetensors"))
+    m = load_file(os.path.join(OUT, "mrope.safetensors"))
+    x = torch.zeros(1, dtype=torch.float32)
+    with torch.no_grad():
+        vc, vs = model.model.visual.rotary_pos_emb(x, get_vision_position_ids(v["grid_thw"], 2))
+        tc, ts = model.model.language_model.rotary_emb(x, m["position_ids"][:, None, :])
+    save_file({"vision_cos": vc.contiguous(), "vision_sin": vs.contiguous(),
+               "text_cos": tc[0].contiguous(), "text_sin": ts[0].contiguous()},
+              os.path.join(OUT, "rope.safetensors"))
+
+
 def make_mrope(model):
     grids = torch.tensor([[1, 4, 4], [1, 10, 6]])
     img, vs, ve = 410, 408, 409
@@ -230,4 +247,5 @@ if __name__ == "__main__":
     model = make_model()
     make_mrope(model)
     make_vision(model)
+    make_rope(model)
     print("wrote", OUT)

@@ -9,6 +9,7 @@ pub mod init;
 pub mod kv_cache;
 pub mod mrope;
 pub mod params;
+pub mod rope_tables;
 pub mod safetensors_io;
 pub mod vision_config;
 pub mod vision_params;
