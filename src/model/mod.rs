@@ -7,14 +7,23 @@ pub mod config;
 pub mod forward;
 pub mod init;
 pub mod kv_cache;
+pub mod mrope;
 pub mod params;
+pub mod rope_tables;
 pub mod safetensors_io;
+pub mod vision_config;
+pub mod vision_params;
+pub mod vision_preprocess;
+pub mod vision_windows;
+pub mod vl;
 
 pub use backward::GradScratch;
 pub use config::Qwen2Config;
 pub use forward::{Acts, Packed};
 pub use kv_cache::KvCache;
 pub use params::ParamLayout;
+pub use vision_config::{Qwen2VlConfig, VisionConfig};
+pub use vision_params::VisionLayout;
 
 use crate::backend::{AttnShape, Backend};
 use anyhow::Result;

@@ -56,6 +56,12 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Loads every tensor the layout names from `dir`, as f32, checking names and shapes.
 pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
+    load_specs(dir, &layout.specs)
+}
+
+/// Loads the named tensors (any parameter set: decoder, vision tower) from `dir`, as f32, in
+/// the order given, checking that each exists, has the expected shape and is finite.
+pub fn load_specs(dir: &Path, specs: &[super::params::ParamSpec]) -> Result<Vec<Vec<f32>>> {
     let files = weight_files(dir)?;
     let mut maps = Vec::with_capacity(files.len());
     for f in &files {
@@ -77,8 +83,8 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
             where_is.insert(name.to_string(), i);
         }
     }
-    let mut out = Vec::with_capacity(layout.specs.len());
-    for spec in &layout.specs {
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
         let Some(&fi) = where_is.get(&spec.name) else {
             bail!("{}: tensor {} is missing", dir.display(), spec.name);
         };

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Golden fixtures for the Qwen2.5-VL side of mmr1-fast (tests/fixtures/tiny-vl/, overwritten).
+
+What it makes:
+  images/img{0..4}.{png,png,webp,jpg,png}  small generated images of different sizes and modes
+                          (RGB PNG, grayscale PNG, lossless WebP, JPEG, RGBA PNG), chosen so that the
+                          "smart resize" rule rounds half to even (70/28 = 2.5), scales down
+                          past max_pixels and scales up past min_pixels.
+  preprocessor_config.json  Qwen2VLImageProcessor(min_pixels=56*56, max_pixels=28*28*16).
+  preprocess.safetensors  pixel_values.{i} f32 [patches, 3*2*14*14], grid_thw.{i} i64 [3] from the
+                          PIL image processor (Qwen2VLImageProcessorPil, PIL bicubic: the
+                          reference). The script prints how far the torchvision processor is from it.
+  windows.safetensors     the vision tower's bookkeeping for the fixture images' grids packed in
+                          one batch (grids.{i} i64 [3]): position_ids i64 [patches, 2] (h, w),
+                          window_index i64 [merged units], cu_window_seqlens i32, cu_seqlens i32,
+                          from transformers.vision_utils (window_size 56, patch 14, merge 2).
+  mrope.safetensors       M-RoPE positions of one sequence with two images (grids [1,4,4], [1,10,6]):
+                          input_ids i64 [L], position_ids i64 [3, L], delta i64 [1], grids i64 [2, 3],
+                          from Qwen2_5_VLModel.get_rope_index.
+  vision.safetensors      the vision tower of the tiny model (eager attention, f32) on img0 and img2
+                          packed (grids [1,4,4] and [1,8,6]; blocks 0 and 2 windowed, block 1 full):
+                          pixel_values f32 [64, 1176], grid_thw i64 [2, 3], patch_embed f32 [64, 32],
+                          block.{b} f32 [64, 32] (each block's output, in window order),
+                          features f32 [16, 64] (merger output, image order: the golden).
+  rope.safetensors        rotary tables as transformers builds them: vision_cos/vision_sin f32 [64, 16]
+                          (Qwen2_5_VLVisionRotaryEmbedding on the vision.safetensors images, patch order),
+                          text_cos/text_sin f32 [35, 16] (Qwen2_5_VLRotaryEmbedding on mrope's positions).
+  config.json, model.safetensors   a tiny random Qwen2_5_VLForConditionalGeneration, float32,
+                          as transformers 5 writes it (nested text_config / vision_config,
+                          rope_parameters with mrope_section).
+  config_flat.json        the same model in the flat layout of the published checkpoints (text keys
+                          at the top level, rope_scaling {type: mrope, mrope_section}, torch_dtype).
+
+Rerun from the repository root (torch, transformers, pillow, torchvision, safetensors):
+  /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py
+Written against transformers 5.24.0 / torch 2.15.0 / pillow 13.0.0 / torchvision 0.29.2.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import PIL
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "tiny-vl")
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 28 * 28 * 16
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+VERSIONS = {
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+    "pillow": PIL.__version__,
+    "python": sys.version.split()[0],
+}
+
+
+def smooth_noise(rng, h, w, c):
+    """Gradients plus noise: every pixel differs, and resampling is not trivially exact."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros((h, w, c))
+    for ch in range(c):
+        a, b, p = rng.uniform(0.02, 0.2, 3)
+        out[..., ch] = 127 + 90 * np.sin(a * yy + b * xx + p * 7) + rng.normal(0, 25, (h, w))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def make_images():
+    rng = np.random.default_rng(7)
+    os.makedirs(os.path.join(OUT, "images"), exist_ok=True)
+    specs = [
+        ("img0.png", 50, 70, "RGB"),  # 70/28 = 2.5 rounds to 2 (half to even)
+        ("img1.png", 150, 97, "L"),  # grayscale -> RGB
+        ("img2.webp", 200, 160, "RGB"),  # past max_pixels: scaled down
+        ("img3.jpg", 20, 30, "RGB"),  # under min_pixels: scaled up
+        ("img4.png", 33, 40, "RGBA"),  # alpha composited onto white
+    ]
+    paths = []
+    for name, h, w, mode in specs:
+        arr = smooth_noise(rng, h, w, {"L": 1, "RGB": 3, "RGBA": 4}[mode])
+        img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode=mode)
+        path = os.path.join(OUT, "images", name)
+        if name.endswith(".webp"):
+            img.save(path, lossless=True)
+        elif name.endswith(".jpg"):
+            img.save(path, quality=90)
+        else:
+            img.save(path)
+        paths.append(path)
+    return paths
+
+
+def make_preprocess(paths):
+    kw = dict(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    pil_proc = Qwen2VLImageProcessorPil(**kw)
+    tv_proc = Qwen2VLImageProcessor(**kw)
+    pil_proc.save_pretrained(OUT)
+    tensors = {}
+    grids = []
+    for i, p in enumerate(paths):
+        img = Image.open(p)
+        img.load()
+        a = pil_proc(images=[img], return_tensors="pt")
+        b = tv_proc(images=[img], return_tensors="pt")
+        tensors[f"pixel_values.{i}"] = a["pixel_values"].float().contiguous()
+        tensors[f"grid_thw.{i}"] = a["image_grid_thw"][0].long().contiguous()
+        grids.append(a["image_grid_thw"][0].tolist())
+        d = (a["pixel_values"].float() - b["pixel_values"].float()).abs().max().item()
+        print(f"{os.path.basename(p)}: size {img.size} grid {a['image_grid_thw'][0].tolist()}; "
+              f"PIL vs torchvision max |diff| {d:.4f}")
+    save_file(tensors, os.path.join(OUT, "preprocess.safetensors"),
+              metadata={"meta": json.dumps({"versions": VERSIONS, **kw})})
+    return grids
+
+
+def make_windows(grids):
+    from transformers.vision_utils import (get_vision_cu_seqlens, get_vision_position_ids,
+                                           get_vision_window_index)
+    g = torch.tensor(grids, dtype=torch.long)
+    wi, cu_w = get_vision_window_index(g, spatial_merge_size=2, window_size=56, patch_size=14)
+    t = {
+        "position_ids": get_vision_position_ids(g, 2).long().contiguous(),
+        "window_index": wi.long().contiguous(),
+        "cu_window_seqlens": cu_w.int().contiguous(),
+        "cu_seqlens": get_vision_cu_seqlens(g).int().contiguous(),
+    }
+    for i, gr in enumerate(grids):
+        t[f"grids.{i}"] = torch.tensor(gr, dtype=torch.long)
+    save_file(t, os.path.join(OUT, "windows.safetensors"))
+
+
+def make_model():
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=420, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+            max_position_embeddings=512,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=10000.0,
+            initializer_range=0.2, bos_token_id=397, eos_token_id=399,
+        ),
+        vision_config=dict(
+            depth=3, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+            fullatt_block_indexes=[1], initializer_range=0.2,
+        ),
+        image_token_id=410, video_token_id=411, vision_start_token_id=408,
+        vision_end_token_id=409, tie_word_embeddings=False,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(cfg).float().eval()
+    # Large weights so goldens are sensitive (see make_golden.py); norms 1 + N(0, 0.1).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_q" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    model.save_pretrained(OUT, safe_serialization=True)
+    # The flat layout of the published checkpoints (e.g. Qwen2.5-VL-3B-Instruct/config.json).
+    nested = json.load(open(os.path.join(OUT, "config.json")))
+    text, vision = nested["text_config"], nested["vision_config"]
+    flat = {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "torch_dtype": "float32",
+        "image_token_id": nested["image_token_id"],
+        "video_token_id": nested["video_token_id"],
+        "vision_start_token_id": nested["vision_start_token_id"],
+        "vision_end_token_id": nested["vision_end_token_id"],
+        "tie_word_embeddings": nested["tie_word_embeddings"],
+        "rope_theta": text["rope_parameters"]["rope_theta"],
+        "rope_scaling": {"type": "mrope", "mrope_section": text["rope_parameters"]["mrope_section"]},
+        "vision_config": {k: v for k, v in vision.items() if k not in ("dtype",)},
+    }
+    for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "hidden_act",
+              "max_position_embeddings", "bos_token_id", "eos_token_id", "use_sliding_window",
+              "sliding_window", "max_window_layers", "attention_dropout"):
+        if k in text:
+            flat[k] = text[k]
+    json.dump(flat, open(os.path.join(OUT, "config_flat.json"), "w"), indent=2)
+    return model
+
+
+def make_vision(model):
+    from safetensors.torch import load_file
+    pre = load_file(os.path.join(OUT, "preprocess.safetensors"))
+    pv = torch.cat([pre["pixel_values.0"], pre["pixel_values.2"]])
+    grids = torch.stack([pre["grid_thw.0"], pre["grid_thw.2"]])
+    model.config.vision_config._attn_implementation = "eager"
+    visual = model.model.visual
+    visual.config._attn_implementation = "eager"
+    rec = {}
+    hooks = [visual.patch_embed.register_forward_hook(lambda m, i, o: rec.__setitem__("patch_embed", o))]
+    for b, blk in enumerate(visual.blocks):
+        hooks.append(blk.register_forward_hook(lambda m, i, o, b=b: rec.__setitem__(f"block.{b}", o)))
+    with torch.no_grad():
+        out = visual(pv, grid_thw=grids)
+    for h in hooks:
+        h.remove()
+    t = {"pixel_values": pv.contiguous(), "grid_thw": grids.contiguous(),
+         "features": out.pooler_output.float().contiguous()}
+    t.update({k: v.float().contiguous() for k, v in rec.items()})
+    save_file(t, os.path.join(OUT, "vision.safetensors"),
+              metadata={"meta": json.dumps({"versions": VERSIONS})})
+
+
+def make_rope(model):
+    from safetensors.torch import load_file
+    from transformers.vision_utils import get_vision_position_ids
+    v = load_file(os.path.join(OUT, "vision.safetensors"))
+    m = load_file(os.path.join(OUT, "mrope.safetensors"))
+    x = torch.zeros(1, dtype=torch.float32)
+    with torch.no_grad():
+        vc, vs = model.model.visual.rotary_pos_emb(x, get_vision_position_ids(v["grid_thw"], 2))
+        tc, ts = model.model.language_model.rotary_emb(x, m["position_ids"][:, None, :])
+    save_file({"vision_cos": vc.contiguous(), "vision_sin": vs.contiguous(),
+               "text_cos": tc[0].contiguous(), "text_sin": ts[0].contiguous()},
+              os.path.join(OUT, "rope.safetensors"))
+
+
+def make_mrope(model):
+    grids = torch.tensor([[1, 4, 4], [1, 10, 6]])
+    img, vs, ve = 410, 408, 409
+    ids = [5, 17, 33, vs] + [img] * 4 + [ve, 40, 41, 42, 43, 44, vs] + [img] * 15 + [ve, 7, 8, 9, 10]
+    input_ids = torch.tensor([ids])
+    mm = (input_ids == img).int()
+    pos, delta = model.model.get_rope_index(input_ids, mm, image_grid_thw=grids)
+    save_file({"input_ids": input_ids[0].contiguous(), "position_ids": pos[:, 0].contiguous(),
+               "delta": delta[0].long().contiguous(), "grids": grids.contiguous()},
+              os.path.join(OUT, "mrope.safetensors"))
+
+
+if __name__ == "__main__":
+    paths = make_images()
+    grids = make_preprocess(paths)
+    make_windows(grids)
+    model = make_model()
+    make_mrope(model)
+    make_vision(model)
+    make_rope(model)
+    print("wrote", OUT)
