@@ -143,10 +143,8 @@ fn stop_ids_and_stop_strings_end_a_response_with_the_right_reason() {
     let (tok, model) = demo_setup();
     let x = tok.token_id("x").unwrap();
     let q = tok.token_id("q").unwrap();
-    let prompts: Vec<Vec<u32>> = ["1+2=", "hello", "<think>"]
-        .iter()
-        .map(|p| tok.encode(p).unwrap())
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        ["1+2=", "hello", "<think>"].iter().map(|p| tok.encode(p).unwrap()).collect();
     let p = SamplingParams {
         temperature: 4.0,
         max_new_tokens: 24,
