@@ -108,6 +108,66 @@ fn hand_computed_verl_token_mean_dual_clip() {
     assert_close(o.dlogp[1], -0.9 / 32.0, HAND_TOL, "sum-norm dlogp[1]");
 }
 
+/// Asymmetric clip bounds (clip-higher), so a swap of eps_low and eps_high cannot pass. The hand
+/// batch with response 1's advantage set to -2 (t2; t3 is masked):
+///
+/// | t | A    | ratio | eps_low 0.15 / eps_high 0.35      | eps_low 0.35 / eps_high 0.15     |
+/// |---|------|-------|-----------------------------------|----------------------------------|
+/// | 0 | +1   | 1.5   | clipped high at 1.35: pg = -1.35  | clipped high at 1.15: -1.15      |
+/// | 1 | +1   | 0.9   | unclipped: -0.9                   | unclipped: -0.9                  |
+/// | 2 | -2   | 0.5   | clipped low at 0.85: pg = 1.7     | clipped low at 0.65: 1.3         |
+/// | 4 | +0.5 | 1.0   | -0.5                              | -0.5                             |
+/// | 5 | -0.5 | 4.0   | unclipped (A < 0): 2.0            | 2.0                              |
+/// | 6 | -0.5 | 1.1   | unclipped: 0.55                   | 0.55                             |
+///
+/// pg sums 1.5 and 1.3; k3 KL as in `hand` (sum 0.5, beta 0.01); token-mean over 6 tokens.
+#[test]
+fn hand_computed_asymmetric_clip_bounds() {
+    let mut h = hand();
+    h.adv[2] = -2.0;
+    h.adv[3] = -2.0;
+    let norm = Normalizer::count(&h.mask, &h.offsets, 8);
+    for (el, eh, pg_sum) in [(0.15f32, 0.35f32, 1.5), (0.35, 0.15, 1.3)] {
+        let cfg = LossConfig { clip_eps_low: el, clip_eps_high: eh, ..LossConfig::mmr1() };
+        let o = policy_loss_f64(&h.inputs(), &cfg, norm);
+        let what = format!("eps_low {el} eps_high {eh}");
+        // eps as f32: 0.15f32 etc. differ from the decimals by ~1e-9.
+        let tol = 1e-7;
+        assert_close(o.metrics.pg_loss, pg_sum / 6.0, tol, &format!("{what}: pg"));
+        assert_close(o.loss, (pg_sum + 0.005) / 6.0, tol, &format!("{what}: loss"));
+        // Clipped tokens (t0, t2) carry only the KL gradient.
+        let want = [-0.01 / 6.0, -0.9 / 6.0, 0.005 / 6.0, 0.0, -0.5 / 6.0, 2.0 / 6.0, 0.55 / 6.0];
+        for (t, (&g, &w)) in o.dlogp.iter().zip(&want).enumerate() {
+            assert_close(g, w, tol, &format!("{what}: dlogp[{t}]"));
+        }
+        assert_close(o.metrics.clip_frac_low, 1.0 / 6.0, tol, &format!("{what}: clip low"));
+        assert_close(o.metrics.clip_frac_high, 1.0 / 6.0, tol, &format!("{what}: clip high"));
+    }
+    // A ratio between the two bounds: 0.8 with A < 0 is clipped by eps_low 0.15 (floor 0.85)
+    // but not by eps_low 0.35 (floor 0.65), whatever eps_high is.
+    let one = |el: f32, eh: f32| {
+        let (lp, old, adv, mask) = ([0.8f64.ln()], [0.0f64], [-1.0f64], [1.0f64]);
+        let inp = LossInputs {
+            logp: &lp,
+            logp_old: &old,
+            advantages: &adv,
+            mask: &mask,
+            ref_logp: None,
+            entropy: None,
+            offsets: &[0, 1],
+        };
+        let cfg =
+            LossConfig { clip_eps_low: el, clip_eps_high: eh, kl: None, ..LossConfig::mmr1() };
+        policy_loss_f64(&inp, &cfg, Normalizer::new(1.0, 1.0, 1.0))
+    };
+    let clipped = one(0.15, 0.35);
+    assert_close(clipped.loss, 0.85, 1e-7, "ratio 0.8, floor 0.85");
+    assert_eq!(clipped.dlogp[0], 0.0);
+    let free = one(0.35, 0.15);
+    assert_close(free.loss, 0.8, 1e-7, "ratio 0.8, floor 0.65");
+    assert_close(free.dlogp[0], 0.8, 1e-7, "unclipped gradient -A r");
+}
+
 #[test]
 fn hand_computed_trl_seq_mean_token_mean() {
     let h = hand();
@@ -164,6 +224,7 @@ fn conventions_differ_on_k3_inner_clamp() {
 // Random batches
 // ---------------------------------------------------------------------------------------------
 
+#[derive(Clone)]
 struct Batch {
     logp: Vec<f64>,
     old: Vec<f64>,
@@ -421,13 +482,12 @@ fn gradient_matches_finite_differences() {
                         n_k3free += (x.exp() - x - 1.0 < 10.0) as usize;
                     }
                 }
-                let mut lp = b.logp.clone();
-                lp[t] = b.logp[t] + h;
-                let inp = LossInputs { logp: &lp, ..b.inputs() };
-                let up = policy_loss_f64(&inp, &cfg, norm).loss;
-                lp[t] = b.logp[t] - h;
-                let inp = LossInputs { logp: &lp, ..b.inputs() };
-                let dn = policy_loss_f64(&inp, &cfg, norm).loss;
+                // Differences of the independent naive reference, not of the code under test.
+                let mut bb = b.clone();
+                bb.logp[t] = b.logp[t] + h;
+                let up = naive_loss(&bb, &cfg);
+                bb.logp[t] = b.logp[t] - h;
+                let dn = naive_loss(&bb, &cfg);
                 let fd = (up - dn) / (2.0 * h);
                 let g = o.dlogp[t];
                 assert!(
@@ -442,11 +502,13 @@ fn gradient_matches_finite_differences() {
             if cfg.entropy_coef != 0.0 {
                 let de = o.dentropy.as_ref().unwrap();
                 for t in (0..b.ent.len()).step_by(7) {
-                    let mut e = b.ent.clone();
-                    e[t] += 1e-3;
-                    let inp = LossInputs { entropy: Some(&e), ..b.inputs() };
-                    let up = policy_loss_f64(&inp, &cfg, norm).loss;
-                    assert!(((up - o.loss) / 1e-3 - de[t]).abs() < 1e-9, "dentropy[{t}]");
+                    let mut bb = b.clone();
+                    bb.ent[t] += 1e-3;
+                    let up = naive_loss(&bb, &cfg);
+                    assert!(
+                        ((up - naive_loss(&b, &cfg)) / 1e-3 - de[t]).abs() < 1e-9,
+                        "dentropy[{t}]"
+                    );
                 }
             }
         }
@@ -532,6 +594,19 @@ fn micro_batch_split_invariance() {
             }
             assert_eq!(merged_norm.unwrap(), norm, "normalizer counts merge to the full batch");
             assert_close(loss, whole.loss, 1e-12, "summed loss");
+            // Anchored outside the code under test: the naive padded reference on the f32
+            // inputs (rounded back to f64).
+            let g = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+            let b32 = Batch {
+                logp: g(&lp),
+                old: g(&old),
+                adv: g(&adv),
+                mask: g(&mask),
+                refl: g(&refl),
+                ent: g(&ent),
+                ..b.clone()
+            };
+            assert_close(loss, naive_loss(&b32, &cfg), 1e-6, "summed loss vs naive reference");
             assert_eq!(grads, whole.dlogp, "per-token gradients identical");
             assert_eq!(&dents, whole.dentropy.as_ref().unwrap());
             let m = LossMetrics::merge(&mets);
