@@ -155,3 +155,86 @@ fn resaving_the_latest_step_replaces_it_and_a_failure_never_mixes_the_two() {
         assert_latest_is_clean(out.path());
     }
 }
+
+// ---- the `latest` pointer, pruning and damaged optimizer state -----------------------------
+
+#[test]
+fn latest_must_name_a_checkpoint_directory_inside_the_phase_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path();
+    assert!(latest_checkpoint(o).unwrap().is_none(), "no latest file: no checkpoint");
+    std::fs::create_dir(o.join("checkpoint-1")).unwrap();
+    std::fs::create_dir(o.join("sub")).unwrap();
+    std::fs::create_dir(o.join("sub/checkpoint-1")).unwrap();
+    std::fs::write(o.join("latest"), "checkpoint-1\n").unwrap();
+    assert_eq!(latest_checkpoint(o).unwrap().unwrap(), o.join("checkpoint-1"));
+    // Each rule alone: empty, a path with '/', a parent reference without '/'.
+    for bad in ["\n", "sub/checkpoint-1\n", "..\n", "checkpoint-1/..\n"] {
+        std::fs::write(o.join("latest"), bad).unwrap();
+        let e = format!("{:#}", latest_checkpoint(o).unwrap_err());
+        assert!(e.contains("does not name a checkpoint directory"), "{bad:?}: {e}");
+    }
+    std::fs::write(o.join("latest"), "checkpoint-7\n").unwrap();
+    let e = format!("{:#}", latest_checkpoint(o).unwrap_err());
+    assert!(e.contains("does not exist"), "{e}");
+    // A file where the directory should be is not a checkpoint either.
+    std::fs::write(o.join("checkpoint-7"), "x").unwrap();
+    assert!(latest_checkpoint(o).is_err());
+}
+
+#[test]
+fn prune_keeps_the_newest_by_step_number_and_always_the_latest() {
+    use mmr1_fast::train::checkpoint::{prune_checkpoints, step_of};
+    assert_eq!(step_of(Path::new("/x/checkpoint-12")), 12);
+    assert_eq!(step_of(Path::new("/x/checkpoint-abc")), 0);
+    assert_eq!(step_of(Path::new("/x/other-3")), 0);
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path();
+    // Name order (10 < 2 < 3 < 9) differs from step order (2 < 3 < 9 < 10).
+    for s in [2, 3, 9, 10] {
+        std::fs::create_dir(o.join(format!("checkpoint-{s}"))).unwrap();
+    }
+    std::fs::create_dir(o.join("other")).unwrap();
+    std::fs::write(o.join("checkpoint-1.txt"), "a file, not a checkpoint").unwrap();
+    std::fs::write(o.join("latest"), "checkpoint-2\n").unwrap();
+    prune_checkpoints(o, 2).unwrap();
+    let left = |o: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(o)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        left(o),
+        ["checkpoint-1.txt", "checkpoint-10", "checkpoint-2", "checkpoint-9", "latest", "other"],
+        "keep the 2 newest steps (9, 10) and the one `latest` names (2)"
+    );
+    // keep 0 is treated as 1; latest moved to 10.
+    std::fs::write(o.join("latest"), "checkpoint-10\n").unwrap();
+    prune_checkpoints(o, 0).unwrap();
+    assert_eq!(left(o), ["checkpoint-1.txt", "checkpoint-10", "latest", "other"]);
+}
+
+#[test]
+fn damaged_optimizer_moments_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    // exp_avg_sq must be >= 0 (zeros are fine: a fresh optimizer).
+    let mut s = snapshot(5);
+    s.opt.v[1][3] = -1e-3;
+    let dir = save(out.path(), 1, &s, None).unwrap();
+    let e = format!("{:#}", load_checkpoint::<Cpu, Value>(&Cpu, &dir).err().unwrap());
+    assert!(e.contains("negative") && e.contains("exp_avg_sq"), "{e}");
+    let mut s = snapshot(5);
+    s.opt.m[2][0] = f32::NAN;
+    let dir = save(out.path(), 2, &s, None).unwrap();
+    let e = format!("{:#}", load_checkpoint::<Cpu, Value>(&Cpu, &dir).err().unwrap());
+    assert!(e.contains("NaN") && e.contains("exp_avg"), "{e}");
+    // A positive second moment loads.
+    let mut s = snapshot(5);
+    s.opt.v[1][3] = 1e-3;
+    let dir = save(out.path(), 3, &s, None).unwrap();
+    let ck = load_checkpoint::<Cpu, Value>(&Cpu, &dir).unwrap();
+    assert_eq!(ck.opt.v[1][3], 1e-3);
+}
