@@ -70,7 +70,7 @@ fn slow_logprobs(m: &Qwen2<Cpu>, exp: &Experience) -> Vec<Vec<f64>> {
     for (r, resp) in exp.responses.iter().enumerate() {
         let prompt = &exp.prompts[r / exp.group_size];
         let seq: Vec<u32> = prompt.iter().chain(resp).cloned().collect();
-        let batch = Packed::new(&[seq.clone()]);
+        let batch = Packed::new(std::slice::from_ref(&seq));
         let mut acts = None;
         m.forward(&Cpu, &batch, &mut acts).unwrap();
         let rows: Vec<usize> = (prompt.len() - 1..seq.len() - 1).collect();
@@ -231,7 +231,7 @@ fn slow_update(
                 let a = exp.advantages[r] as f64;
                 let prompt = &exp.prompts[r / g];
                 let seq: Vec<u32> = prompt.iter().chain(&exp.responses[r]).cloned().collect();
-                let batch = Packed::new(&[seq.clone()]);
+                let batch = Packed::new(std::slice::from_ref(&seq));
                 let (targets, _) = batch.next_token_targets();
                 let mut dlp = vec![0f32; seq.len()];
                 for (k, (&lp, &lo)) in now[r].iter().zip(&old[r]).enumerate() {
