@@ -148,3 +148,71 @@ fn bad_flags_and_files_fail_cleanly() {
     assert!(e.contains("tokenizer.json"), "{e}");
     assert!(!out.exists());
 }
+
+/// A demo-vocabulary model whose greedy answer to any chat prompt is `\boxed{7}<|im_end|>`:
+/// attention and MLP outputs are zeroed (the residual stream is the current token's
+/// embedding), the tied embedding holds a chain `\n -> \boxed{ -> 7 -> } -> <|im_end|>` whose
+/// rows grow so that each row's dot product with its predecessor beats the predecessor's own
+/// norm, and every other row is zero (logit 0).
+fn boxed_seven_model(dir: &std::path::Path) {
+    use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
+    use mmr1_fast::model::safetensors_io::SaveDtype;
+    let tok = demo_tokenizer().unwrap();
+    let m = random_model(demo_config(tok.vocab_size()), 3);
+    let (d, l) = (m.cfg.hidden_size, &m.layout);
+    let mut host = m.to_host(&Cpu);
+    for ly in &l.layers {
+        host[ly.o_w].iter_mut().for_each(|x| *x = 0.0);
+        host[ly.down_w].iter_mut().for_each(|x| *x = 0.0);
+    }
+    host[l.final_norm].iter_mut().for_each(|x| *x = 1.0);
+    let e = &mut host[l.embed];
+    e.iter_mut().for_each(|x| *x = 0.0);
+    let chain = ["\n", "\\boxed{", "7", "}", "<|im_end|>"].map(|t| tok.token_id(t).unwrap());
+    // row k = alpha_k e_k + e_{k+1}: self score alpha_k^2 + 1 < next score alpha_{k+1}.
+    let alpha = [1.0f32, 3.0, 11.0, 130.0, 17_000.0];
+    for (k, &t) in chain.iter().enumerate() {
+        let row = &mut e[t as usize * d..(t as usize + 1) * d];
+        row[k] = alpha[k];
+        if k + 1 < chain.len() {
+            row[k + 1] = 1.0;
+        }
+    }
+    let m = Qwen2::from_host(&Cpu, m.cfg.clone(), m.layout.clone(), &host);
+    m.save_pretrained(&Cpu, dir, SaveDtype::F32).unwrap();
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+}
+
+/// The accuracy `eval` prints and writes equals a count made here: the model answers 7 to
+/// everything, so exactly the items whose reference is 7 (in any equivalent spelling) pass.
+#[test]
+fn eval_accuracy_equals_an_independent_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    boxed_seven_model(&model);
+    let lines = [
+        r#"{"id": "a", "problem": "Add 3+4", "answer": "7"}"#,
+        r#"{"id": "b", "problem": "Add 4+5", "answer": "9"}"#,
+        r#"{"id": "c", "problem": "Add 1+6", "answer": "7.0"}"#,
+        r#"{"id": "d", "problem": "Add 2+2", "answer": "4"}"#,
+        r#"{"id": "e", "problem": "Add 5+2", "answer": "$7$"}"#,
+    ];
+    let items = write_lines(tmp.path(), "items.jsonl", &lines);
+    let out = tmp.path().join("r.jsonl");
+    #[rustfmt::skip]
+    let stdout = cli_ok(&["eval", "--model", model.to_str().unwrap(), "--data", &items,
+        "--out", out.to_str().unwrap(), "--max-new-tokens", "8", "--prompt-style", "plain", "--device", "cpu"]);
+    let r = read_lines(&out);
+    let want_pass = [true, false, true, false, true];
+    for (l, want) in r.iter().zip(want_pass) {
+        assert_eq!(l["responses"][0], "\\boxed{7}", "the rigged model answers 7: {l}");
+        assert_eq!(l["pass"], want, "{l}");
+    }
+    let acc: f64 = stdout
+        .strip_prefix("accuracy ")
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .parse()
+        .unwrap();
+    assert_eq!(acc, 3.0 / 5.0, "{stdout}");
+}

@@ -9,6 +9,92 @@ fn rollout(id: &str, tokens: &[u32], reward: f32) -> String {
     json!({"id": id, "tokens": tokens, "reward": reward}).to_string()
 }
 
+/// 1 - self-BLEU-4 of token sequences, written here from the definition `score` documents
+/// (`rl::vas::TdsMetric::InverseSelfBleu`): each rollout is a hypothesis against all the others
+/// as references; clipped n-gram counts against the largest count in any one reference;
+/// precision p_1 unsmoothed, p_n = (matched + 1) / (total + 1) for n >= 2; geometric mean with
+/// weights 1/4; brevity penalty exp(1 - r / c) when c <= r, r the closest reference length
+/// (the shorter on ties); BLEU 0 when p_1 = 0. Naive O(K^2 L) loops.
+fn tds_ref(rs: &[Vec<u32>]) -> f64 {
+    let k = rs.len();
+    if k < 2 {
+        return 0.0;
+    }
+    let grams = |s: &[u32], n: usize| -> Vec<Vec<u32>> {
+        if s.len() < n {
+            vec![]
+        } else {
+            s.windows(n).map(|w| w.to_vec()).collect()
+        }
+    };
+    let count = |v: &[Vec<u32>], g: &[u32]| v.iter().filter(|x| x.as_slice() == g).count();
+    let mut total_bleu = 0.0;
+    for i in 0..k {
+        let mut log_sum = 0.0;
+        let mut zero = false;
+        for n in 1..=4 {
+            let hyp = grams(&rs[i], n);
+            let mut distinct: Vec<Vec<u32>> = hyp.clone();
+            distinct.sort();
+            distinct.dedup();
+            let mut matched = 0usize;
+            for g in &distinct {
+                let best = (0..k).filter(|&j| j != i).map(|j| count(&grams(&rs[j], n), g)).max();
+                matched += count(&hyp, g).min(best.unwrap_or(0));
+            }
+            let total = hyp.len();
+            let p = if n == 1 {
+                if total == 0 {
+                    1.0
+                } else {
+                    matched as f64 / total as f64
+                }
+            } else {
+                (matched as f64 + 1.0) / (total as f64 + 1.0)
+            };
+            if p == 0.0 {
+                zero = true;
+            } else {
+                log_sum += p.ln() / 4.0;
+            }
+        }
+        let c = rs[i].len();
+        let mut best: Option<usize> = None;
+        for j in (0..k).filter(|&j| j != i) {
+            let l = rs[j].len();
+            let d = (l as i64 - c as i64).abs();
+            best = match best {
+                Some(b) if ((b as i64 - c as i64).abs(), b) <= (d, l) => Some(b),
+                _ => Some(l),
+            };
+        }
+        let r = best.unwrap();
+        let bp = if c > r {
+            1.0
+        } else if c == 0 {
+            if r == 0 {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            (1.0 - r as f64 / c as f64).exp()
+        };
+        total_bleu += if zero { 0.0 } else { bp * log_sum.exp() };
+    }
+    1.0 - total_bleu / k as f64
+}
+
+#[test]
+fn tds_reference_hand_values() {
+    // Identical rollouts: BLEU 1, TDS 0. Disjoint: p_1 = 0, TDS 1.
+    assert!(tds_ref(&[vec![1, 2, 3], vec![1, 2, 3]]).abs() < 1e-12);
+    assert!((tds_ref(&[vec![1, 2, 3], vec![4, 5, 6]]) - 1.0).abs() < 1e-12);
+    // The "mixed" item below, by hand: p = 1/4, 1/4, 1/3, 1/2, BP 1 => BLEU = 96^(-1/4).
+    let mixed: Vec<Vec<u32>> = (0..8u32).map(|i| vec![100 + i, 200 + i, 300 + i, 7]).collect();
+    assert!((tds_ref(&mixed) - (1.0 - 96f64.powf(-0.25))).abs() < 1e-12);
+}
+
 fn f(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
@@ -54,8 +140,10 @@ fn from_rollouts_exact_scores() {
         json!({"id": "same", "n": 5, "pass_rate": 1.0, "ovs": 0.0, "tds": 0.0, "vps": 0.0})
     );
     assert_eq!((s[1]["n"].as_u64(), f(&s[1], "pass_rate"), f(&s[1], "ovs")), (Some(8), 0.5, 0.25));
-    let tds = f(&s[1], "tds");
-    assert!(tds > 0.5 && tds <= 1.0, "distinct rollouts are diverse: {tds}");
+    // Each "mixed" rollout shares only the token 7 with the others: by hand (see
+    // tds_reference_hand_values) TDS = 1 - 96^(-1/4) = 0.680528...
+    let tds = 1.0 - 96f64.powf(-0.25);
+    assert!((f(&s[1], "tds") - tds).abs() < 1e-6, "tds {} vs {tds}", f(&s[1], "tds"));
     assert!((f(&s[1], "vps") - (0.8 * 0.25 + 0.2 * tds)).abs() < 1e-6);
     assert_eq!((f(&s[2], "pass_rate"), f(&s[2], "ovs"), f(&s[2], "tds")), (0.5, 0.25, 0.0));
     assert!((f(&s[2], "vps") - 0.2).abs() < 1e-6);
@@ -149,6 +237,22 @@ fn with_model_runs_in_range_deterministic_and_rescores_the_same() {
         assert!((o - p * (1.0 - p)).abs() < 1e-6 && (v - (0.8 * o + 0.2 * t)).abs() < 1e-6, "{l}");
     }
     let r = read_lines(&ro);
+    // Pass rate and TDS recomputed here from the rollouts the tool wrote.
+    for (l, id) in s.iter().zip(["p0", "p1", "p2"]) {
+        let mine: Vec<&Value> = r.iter().filter(|x| x["id"] == id).collect();
+        let toks: Vec<Vec<u32>> = mine
+            .iter()
+            .map(|x| {
+                x["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+            })
+            .collect();
+        let p = mine.iter().map(|x| f(x, "accuracy")).sum::<f64>() / mine.len() as f64;
+        let t = tds_ref(&toks);
+        assert!((f(l, "pass_rate") - p).abs() < 1e-6, "{id}: pass rate {l} vs {p}");
+        assert!((f(l, "tds") - t).abs() < 1e-5, "{id}: tds {} vs {t}", f(l, "tds"));
+        assert!(t > 0.0, "{id}: sampled rollouts should differ");
+        assert!((f(l, "vps") - (0.8 * p * (1.0 - p) + 0.2 * t)).abs() < 1e-5, "{id}: vps");
+    }
     assert_eq!(r.len(), 12, "4 rollouts per item");
     for (k, l) in r.iter().enumerate() {
         assert_eq!(l["id"], ["p0", "p1", "p2"][k / 4]);

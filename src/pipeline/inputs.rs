@@ -136,6 +136,34 @@ impl RunInputs {
         })
     }
 
+    /// Inputs made in code (tests, embedders): the items and prompts as given, the output
+    /// directory `cfg.output.dir` locked for the value's life. Nothing is read or written.
+    pub fn from_parts(
+        cfg: TrainConfig,
+        tok: Tokenizer,
+        tokenizer_path: PathBuf,
+        rl_items: Vec<RlItem>,
+        rl_prompts: Vec<Vec<u32>>,
+        eval_items: Vec<RlItem>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let out = cfg.output.dir.clone();
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create output directory {}", out.display()))?;
+        let lock = RunLock::acquire(&out)?;
+        Ok(RunInputs {
+            cfg,
+            out,
+            tok,
+            tokenizer_path,
+            rl_items,
+            rl_prompts,
+            eval_items,
+            start: Start::Fresh { overwrite: false },
+            _lock: lock,
+        })
+    }
+
     pub fn settings(&self, model: &Qwen2<impl Backend>) -> GrpoSettings {
         grpo_settings(&self.cfg, stop_ids(model, &self.tok))
     }

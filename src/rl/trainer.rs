@@ -157,8 +157,9 @@ pub struct UpdateReport {
     pub metrics: LossMetrics,
     /// Per optimizer step.
     pub steps: Vec<StepReport>,
-    /// Largest |ratio - 1| over the first micro-batch pass of the first epoch: 0 when the
-    /// log-prob path is batch-invariant (it must be).
+    /// Largest |ratio - 1| over the first mini-batch of the first epoch (before any optimizer
+    /// step; later mini-batches see a moved policy): 0 when the log-prob path is
+    /// batch-invariant (it must be).
     pub first_epoch_max_ratio_dev: f64,
 }
 
@@ -322,7 +323,7 @@ pub fn update<B: Backend>(
                 let (a, b) = (offsets[rs.start], offsets[rs.end]);
                 let logp: Vec<f32> = rows.iter().map(|&r| lp[r]).collect();
                 let entropy: Vec<f32> = rows.iter().map(|&r| ent[r]).collect();
-                if epoch == 0 {
+                if epoch == 0 && mi == 0 {
                     let dev = logp
                         .iter()
                         .zip(&logp_old[a..b])

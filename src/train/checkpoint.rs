@@ -12,10 +12,13 @@
 //!
 //! Crash safety: every file is written atomically, the directory is assembled under a temporary
 //! name and renamed into place, and `latest` moves only after that. A kill at any point leaves
-//! the previous checkpoint and `latest` intact.
+//! the previous checkpoint and `latest` intact. Re-saving the step `latest` names moves the old
+//! directory aside first; a kill between that and the new one's rename is rolled back by
+//! [`latest_checkpoint`]. `tests/checkpoint_faults.rs` injects a failure at every step
+//! ([`crate::fs::fault`]) to prove it.
 
 use crate::backend::Backend;
-use crate::fs::write_atomic;
+use crate::fs::{fault, rename, sync_dir, write_atomic};
 use crate::model::safetensors_io::{load_params, save_tensors, to_f32, SaveDtype};
 use crate::model::{ParamLayout, Qwen2, Qwen2Config};
 use crate::optim::{AdamW, AdamwConfig};
@@ -23,7 +26,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::SafeTensors;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub const TRAINER_STATE: &str = "trainer_state.json";
@@ -36,13 +38,6 @@ const OPT_FORMAT: &str = "mmr1-fast adamw v1";
 pub enum StateKind {
     Sft,
     Rl,
-}
-
-/// fsync a directory so that renames inside it are durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
 /// Why `save_checkpoint` refused to save: the weights after `step` are not finite.
@@ -85,6 +80,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("cannot remove stale {}", tmp.display()))?;
     }
+    fault::point("create dir", &tmp)?;
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
     let host = model.to_host(be);
@@ -130,13 +126,12 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
         if old.exists() {
             std::fs::remove_dir_all(&old)?;
         }
-        std::fs::rename(&final_dir, &old)?;
-        std::fs::rename(&tmp, &final_dir)?;
+        rename(&final_dir, &old)?;
+        rename(&tmp, &final_dir)?;
+        fault::point("remove", &old)?;
         std::fs::remove_dir_all(&old)?;
     } else {
-        std::fs::rename(&tmp, &final_dir).with_context(|| {
-            format!("cannot rename {} to {}", tmp.display(), final_dir.display())
-        })?;
+        rename(&tmp, &final_dir)?;
     }
     sync_dir(out)?;
     write_atomic(&out.join("latest"), format!("{name}\n").as_bytes())?;
@@ -156,6 +151,12 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
         bail!("{}: does not name a checkpoint directory ({name:?})", p.display());
     }
     let dir = out.join(name);
+    let moved_aside = out.join(format!(".{name}.old"));
+    if !dir.exists() && moved_aside.is_dir() {
+        // A re-save of this step was killed between moving the old directory aside and
+        // renaming the new one into place: put the old one back.
+        rename(&moved_aside, &dir)?;
+    }
     if !dir.is_dir() {
         bail!("{} points at {}, which does not exist", p.display(), dir.display());
     }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Mutation testing of the RL core with cargo-mutants (https://mutants.rs): every mutant of the
+# listed files (a function body replaced, an operator flipped, ...) must make some test fail.
+# Prints, per file and in total, "N caught, M missed, K unviable" (+ timeouts); the missed
+# mutants are listed in OUT/<file>/mutants.out/missed.txt. Not part of CI: each mutant rebuilds
+# the crate and runs that file's tests (minutes each on 2 cores). docs/testing.md has the score.
+#
+# Usage: scripts/mutants.sh [FILE...]        (default: the files below, smallest first)
+# Env:   MUTANTS_OUT (default target/mutants), MUTANTS_TIMEOUT (test timeout, s, default 300),
+#        MUTANTS_JOBS (default 1), MUTANTS_IN_PLACE=1 to mutate this tree in place (use it in a
+#        scratch clone: `git clone . /tmp/m && cp -a target /tmp/m/ && cd /tmp/m && MUTANTS_IN_PLACE=1
+#        scripts/mutants.sh`; cargo-mutants' own copy of target/ loses the mtimes and rebuilds
+#        every dependency, ~20 min on 2 cores).
+# Needs: cargo install cargo-mutants --locked
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-mutants >/dev/null || {
+    echo "cargo-mutants is not installed: cargo install cargo-mutants --locked" >&2
+    exit 2
+}
+out_root=${MUTANTS_OUT:-target/mutants}
+timeout=${MUTANTS_TIMEOUT:-300}
+jobs=${MUTANTS_JOBS:-1}
+where="--copy-target true --jobs $jobs"
+[ "${MUTANTS_IN_PLACE:-0}" = 1 ] && where="--in-place"
+
+# The tests that exercise each file (running only these keeps a mutant to one build + a few
+# test binaries; a mutant these miss is a gap in these tests).
+tests_for() {
+    case "$1" in
+    src/train/checkpoint.rs) echo "--test checkpoint_faults --test sft_train" ;;
+    src/optim.rs) echo "--lib --test optim_adamw --test rl_update" ;;
+    src/rl/advantage.rs) echo "--lib --test rl_update --test grpo_learns" ;;
+    src/rl/trainer.rs) echo "--test rl_update --test grpo_learns" ;;
+    src/rl/rollout.rs) echo "--lib --test sampling --test kv_cache" ;;
+    src/rl/grpo.rs) echo "--lib --test rl_update" ;;
+    src/rl/vas.rs) echo "--lib --test vas_in_loop --test cli_score" ;;
+    *) echo "--lib" ;;
+    esac
+}
+
+files=("$@")
+if [ ${#files[@]} -eq 0 ]; then
+    files=(src/train/checkpoint.rs src/optim.rs src/rl/advantage.rs src/rl/trainer.rs
+        src/rl/rollout.rs src/rl/grpo.rs src/rl/vas.rs)
+fi
+
+tc=0 tm=0 tu=0 tt=0
+for f in "${files[@]}"; do
+    o="$out_root/$(echo "$f" | tr / _)"
+    mkdir -p "$o"
+    # shellcheck disable=SC2046
+    cargo mutants --file "$f" --timeout "$timeout" --build-timeout 1800 \
+        --baseline skip $where --no-shuffle --features emu --output "$o" \
+        -- $(tests_for "$f") >"$o/log.txt" 2>&1 || true
+    count() { [ -f "$o/mutants.out/$1.txt" ] && wc -l <"$o/mutants.out/$1.txt" || echo 0; }
+    c=$(count caught) m=$(count missed) u=$(count unviable) t=$(count timeout)
+    echo "$f: $c caught, $m missed, $u unviable, $t timeouts"
+    tc=$((tc + c)) tm=$((tm + m)) tu=$((tu + u)) tt=$((tt + t))
+done
+echo "total: $tc caught, $tm missed, $tu unviable, $tt timeouts"

@@ -1,0 +1,206 @@
+//! Sampling as distributions: `sample_token` with temperature, top-k and top-p, checked by a
+//! chi-square test against the exact truncated distribution computed here independently; and
+//! `generate`: stop ids vs stop strings and the reported stop reason, seeds reproducible and
+//! independent of the rest of the batch.
+
+mod common;
+use common::*;
+use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
+use mmr1_fast::rl::rollout::{generate, sample_token, SamplingParams, StopReason};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The distribution sampling must follow, written from the definitions: p = softmax(l / T);
+/// top-k keeps the k most probable; top-p then keeps the shortest most-probable prefix whose
+/// (untruncated) mass reaches top_p; what is kept is renormalised.
+fn exact(logits: &[f32], t: f64, top_k: usize, top_p: f64) -> Vec<f64> {
+    let z: Vec<f64> = logits.iter().map(|&l| l as f64 / t).collect();
+    let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = z.iter().map(|x| (x - m).exp()).sum();
+    let p: Vec<f64> = z.iter().map(|x| (x - m).exp() / sum).collect();
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap());
+    let k = if top_k == 0 { p.len() } else { top_k.min(p.len()) };
+    let mut kept = Vec::new();
+    let mut mass = 0.0;
+    for &i in &order[..k] {
+        kept.push(i);
+        mass += p[i];
+        if mass >= top_p {
+            break;
+        }
+    }
+    let z: f64 = kept.iter().map(|&i| p[i]).sum();
+    let mut q = vec![0.0; p.len()];
+    for &i in &kept {
+        q[i] = p[i] / z;
+    }
+    q
+}
+
+/// Pearson chi-square of `counts` against `q` over the support of `q`; panics on any draw
+/// outside the support.
+fn chi_square(counts: &[u64], q: &[f64], n: u64, ctx: &str) -> (f64, usize) {
+    let mut x2 = 0.0;
+    let mut df = 0;
+    for (i, (&c, &qi)) in counts.iter().zip(q).enumerate() {
+        if qi == 0.0 {
+            assert_eq!(c, 0, "{ctx}: token {i} is outside the truncated support, drawn {c} times");
+            continue;
+        }
+        let e = qi * n as f64;
+        x2 += (c as f64 - e).powi(2) / e;
+        df += 1;
+    }
+    (x2, df.max(2) - 1)
+}
+
+fn random_logits(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // Distinct values (no ties), spread enough that truncation matters.
+    (0..n).map(|i| rng.gen_range(-2.0f32..2.0) + i as f32 * 1e-3).collect()
+}
+
+#[test]
+fn temperature_top_k_top_p_follow_the_exact_truncated_distribution() {
+    const N: u64 = 20_000;
+    let cases: &[(f32, usize, f32)] = &[
+        (1.0, 0, 1.0),
+        (0.6, 0, 1.0),
+        (1.7, 0, 1.0),
+        (1.0, 5, 1.0),
+        (0.8, 0, 0.7),
+        (1.3, 0, 0.5),
+        (1.0, 6, 0.8),
+        (0.9, 3, 0.95),
+    ];
+    for (c, &(t, top_k, top_p)) in cases.iter().enumerate() {
+        let logits = random_logits(13, 40 + c as u64);
+        let p = SamplingParams { temperature: t, top_k, top_p, ..Default::default() };
+        let q = exact(&logits, t as f64, top_k, top_p as f64);
+        let support = q.iter().filter(|&&x| x > 0.0).count();
+        if top_k > 0 || top_p < 1.0 {
+            assert!(support < logits.len(), "case {c}: the case does not truncate");
+        }
+        let mut counts = vec![0u64; logits.len()];
+        // Many seeds: each draw's uniform comes from its own seeded generator.
+        for s in 0..N {
+            let u: f64 = ChaCha8Rng::seed_from_u64(s * 7919 + c as u64).gen();
+            let (tok, lp) = sample_token(&logits, &p, u);
+            counts[tok as usize] += 1;
+            // The reported log-prob is under softmax(l / T), before truncation.
+            let full = exact(&logits, t as f64, 0, 1.0);
+            assert!((lp as f64 - full[tok as usize].ln()).abs() < 1e-5, "case {c}: log-prob");
+        }
+        let ctx = format!("case {c} (T {t}, top_k {top_k}, top_p {top_p})");
+        let (x2, df) = chi_square(&counts, &q, N, &ctx);
+        // Upper 1e-6 tail of chi-square(df <= 12) is below 50; a wrong temperature or a missing
+        // truncation gives hundreds to thousands here.
+        assert!(x2 < 50.0, "{ctx}: chi-square {x2:.1} with {df} dof; counts {counts:?}");
+    }
+}
+
+#[test]
+fn a_wrong_distribution_fails_the_chi_square_check() {
+    // The check itself has power: the same draws against T = 1.15 instead of 1.
+    const N: u64 = 20_000;
+    let logits = random_logits(13, 7);
+    let p = SamplingParams { temperature: 1.0, ..Default::default() };
+    let mut counts = vec![0u64; logits.len()];
+    for s in 0..N {
+        let u: f64 = ChaCha8Rng::seed_from_u64(s).gen();
+        counts[sample_token(&logits, &p, u).0 as usize] += 1;
+    }
+    let (x2, _) = chi_square(&counts, &exact(&logits, 1.15, 0, 1.0), N, "T 1.15");
+    assert!(x2 > 50.0, "chi-square cannot tell T 1 from T 1.15 ({x2:.1})");
+}
+
+#[test]
+fn greedy_takes_the_first_maximum_and_top_p_keeps_at_least_one_token() {
+    let mut logits = random_logits(11, 3);
+    logits[4] = 9.0;
+    logits[9] = 9.0;
+    let g = SamplingParams { temperature: 0.0, ..Default::default() };
+    for u in [0.0, 0.5, 0.999] {
+        assert_eq!(sample_token(&logits, &g, u).0, 4);
+        // top_p below the largest probability keeps only the most probable token.
+        let p = SamplingParams { temperature: 1.0, top_p: 1e-3, ..Default::default() };
+        assert_eq!(sample_token(&logits, &p, u).0, 4);
+        let k = SamplingParams { temperature: 1.0, top_k: 1, ..Default::default() };
+        assert_eq!(sample_token(&logits, &k, u).0, 4);
+    }
+}
+
+fn demo_setup() -> (mmr1_fast::tokenizer::Tokenizer, mmr1_fast::model::Qwen2<Cpu>) {
+    let tok = demo_tokenizer().unwrap();
+    let model = random_model(demo_config(tok.vocab_size()), 5);
+    (tok, model)
+}
+
+#[test]
+fn stop_ids_and_stop_strings_end_a_response_with_the_right_reason() {
+    let (tok, model) = demo_setup();
+    let x = tok.token_id("x").unwrap();
+    let q = tok.token_id("q").unwrap();
+    let prompts: Vec<Vec<u32>> =
+        ["1+2=", "hello", "<think>"].iter().map(|p| tok.encode(p).unwrap()).collect();
+    let p = SamplingParams {
+        temperature: 4.0,
+        max_new_tokens: 24,
+        stop_ids: vec![x, q],
+        stop_strings: vec!["5".into(), "ab".into(), "e ".into()],
+        ..Default::default()
+    };
+    let outs = generate(&model, &Cpu, &prompts, 40, &p, 9, Some(&tok), |_| {}).unwrap();
+    let mut seen = [0usize; 3];
+    for o in &outs {
+        let body = &o.tokens[..o.tokens.len() - 1];
+        let last = *o.tokens.last().unwrap();
+        assert!(body.iter().all(|t| !p.stop_ids.contains(t)), "stop id inside {:?}", o.tokens);
+        let text = |ids: &[u32]| tok.decode(ids, true).unwrap();
+        let has_stop = |s: &str| p.stop_strings.iter().any(|x| s.contains(x.as_str()));
+        assert!(!has_stop(&text(body)), "a stop string before the end: {:?}", text(&o.tokens));
+        match o.stop {
+            StopReason::StopToken => {
+                seen[0] += 1;
+                assert!(p.stop_ids.contains(&last), "StopToken without a stop id");
+            }
+            StopReason::StopString => {
+                seen[1] += 1;
+                assert!(!p.stop_ids.contains(&last));
+                assert!(has_stop(&text(&o.tokens)), "StopString without a stop string");
+            }
+            StopReason::MaxTokens => {
+                seen[2] += 1;
+                assert_eq!(o.tokens.len(), p.max_new_tokens);
+                assert!(!p.stop_ids.contains(&last) && !has_stop(&text(&o.tokens)));
+            }
+        }
+        assert_eq!(o.logprobs.len(), o.tokens.len());
+    }
+    assert!(seen.iter().all(|&n| n > 0), "every stop reason must occur: {seen:?}");
+    // Without a tokenizer, stop strings cannot be checked: an error, not silence.
+    assert!(generate(&model, &Cpu, &prompts, 1, &p, 9, None, |_| {}).is_err());
+}
+
+#[test]
+fn seeds_reproduce_rollouts_whatever_else_is_in_the_batch() {
+    let (tok, model) = demo_setup();
+    let prompts: Vec<Vec<u32>> =
+        ["3+4=", "9+9+1="].iter().map(|p| tok.encode(p).unwrap()).collect();
+    let p = SamplingParams { temperature: 1.5, max_new_tokens: 12, ..Default::default() };
+    let a = generate(&model, &Cpu, &prompts, 3, &p, 77, None, |_| {}).unwrap();
+    let b = generate(&model, &Cpu, &prompts, 3, &p, 77, None, |_| {}).unwrap();
+    let toks = |v: &[mmr1_fast::rl::rollout::Rollout]| -> Vec<Vec<u32>> {
+        v.iter().map(|r| r.tokens.clone()).collect()
+    };
+    assert_eq!(toks(&a), toks(&b), "same seed, different rollouts");
+    // Prompt 0's group alone (a smaller batch) samples the same responses.
+    let alone = generate(&model, &Cpu, &prompts[..1], 3, &p, 77, None, |_| {}).unwrap();
+    assert_eq!(toks(&alone), toks(&a[..3]), "a rollout depends on the rest of its batch");
+    let c = generate(&model, &Cpu, &prompts, 3, &p, 78, None, |_| {}).unwrap();
+    assert_ne!(toks(&a), toks(&c), "another seed gave the same rollouts");
+    // Within a group the responses differ (each has its own stream).
+    assert!(a[0].tokens != a[1].tokens || a[1].tokens != a[2].tokens);
+}
