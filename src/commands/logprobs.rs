@@ -27,7 +27,7 @@ pub struct LogprobsArgs {
 
 pub fn run(args: &LogprobsArgs) -> Result<()> {
     crate::backend::select::cpu_only(args.device, "logprobs")?;
-    if !(args.temperature > 0.0) {
+    if args.temperature.is_nan() || args.temperature <= 0.0 {
         bail!("--temperature must be positive (got {})", args.temperature);
     }
     let text = std::fs::read_to_string(&args.tokens)

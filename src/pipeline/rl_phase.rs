@@ -340,7 +340,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             }
             run.state.step += 1;
             let mut scoring_secs = 0.0;
-            if c.vas.enabled && run.state.step % c.vas.t_update as u64 == 0 {
+            if c.vas.enabled && run.state.step.is_multiple_of(c.vas.t_update as u64) {
                 let t2 = Instant::now();
                 for p in std::mem::take(&mut run.state.pending) {
                     let toks: Vec<&[u32]> = p.tokens.iter().map(|t| t.as_slice()).collect();
@@ -384,7 +384,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                 grad_norm,
             });
             let every = c.output.checkpoint_every as u64;
-            if (every > 0 && run.state.step % every == 0) || run.state.step == total {
+            if (every > 0 && run.state.step.is_multiple_of(every)) || run.state.step == total {
                 save_checkpoint(
                     self.be,
                     &self.dir,
@@ -398,7 +398,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
                 crate::train::checkpoint::prune_checkpoints(&self.dir, c.output.keep_checkpoints)?;
             }
             if c.eval.every > 0
-                && run.state.step % c.eval.every as u64 == 0
+                && run.state.step.is_multiple_of(c.eval.every as u64)
                 && run.state.step < total
             {
                 on_eval(&run.policy, run.state.step)?;

@@ -203,8 +203,7 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs, resume: bool) -> Res
         }
         _ => None,
     };
-    let mut log =
-        MetricsLog::open(out, if resume { keep.map(|(p, s)| (p, s)) } else { Some(("sft", 0)) })?;
+    let mut log = MetricsLog::open(out, if resume { keep } else { Some(("sft", 0)) })?;
     // The metrics log is the record of what already happened: a resumed run's report is
     // rebuilt from it (it was just trimmed to the checkpoint).
     let mut report =

@@ -94,7 +94,7 @@ pub fn group_advantages(
 ) -> (Vec<f32>, GroupStats) {
     assert!(group_size > 0, "group_size must be positive");
     assert!(
-        rewards.len() % group_size == 0,
+        rewards.len().is_multiple_of(group_size),
         "rewards.len() = {} is not a multiple of group_size = {}",
         rewards.len(),
         group_size

@@ -1,6 +1,7 @@
 //! GRPO / PPO-clip policy loss on packed responses, with its analytic gradient.
 //!
-//! CPU reference for the CUDA loss kernel: flat slices, one entry per token, responses packed
+//! Runs on the host for every backend (there is no CUDA loss kernel yet; a future one would be
+//! checked against this): flat slices, one entry per token, responses packed
 //! back to back (`offsets[r]..offsets[r + 1]` are the tokens of response `r`), a 0/1 loss mask
 //! per token (f32, used as a multiplicative weight), per-token values in f64, reductions in f64.
 //!
@@ -546,7 +547,10 @@ pub fn policy_loss_f64<T: Copy + Into<f64>>(
 /// `GroupStats`/reward equality instead if that matters.
 pub fn informative_groups(accuracy: &[f32], group_size: usize) -> Vec<bool> {
     assert!(group_size > 0, "group_size must be positive");
-    assert!(accuracy.len() % group_size == 0, "accuracy.len() not a multiple of group_size");
+    assert!(
+        accuracy.len().is_multiple_of(group_size),
+        "accuracy.len() not a multiple of group_size"
+    );
     accuracy
         .chunks(group_size)
         .map(|g| !(g.iter().all(|&a| a <= 0.0) || g.iter().all(|&a| a >= 1.0)))

@@ -77,7 +77,7 @@ impl SftConfig {
             bail!("warm-up ratio must be in [0, 1] (got {})", self.warmup_ratio);
         }
         if let Some(c) = self.adamw.max_grad_norm {
-            if !(c > 0.0) {
+            if c.is_nan() || c <= 0.0 {
                 bail!("grad clip must be positive (got {c})");
             }
         }

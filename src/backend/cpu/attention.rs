@@ -245,7 +245,8 @@ mod tests {
             if lens.iter().any(|(a, b)| a != b) {
                 continue;
             }
-            let grads = |f: &dyn Fn(&mut [f32], &mut [f32], &mut [f32])| {
+            type Grads<'a> = &'a dyn Fn(&mut [f32], &mut [f32], &mut [f32]);
+            let grads = |f: Grads<'_>| {
                 let mut g =
                     (vec![f32::NAN; q.len()], vec![f32::NAN; k.len()], vec![f32::NAN; v.len()]);
                 f(&mut g.0, &mut g.1, &mut g.2);

@@ -11,7 +11,6 @@ pub enum Arg<'a, M> {
     /// A null pointer (optional inputs).
     Null,
     I32(i32),
-    U32(u32),
     I64(i64),
     F32(f32),
 }

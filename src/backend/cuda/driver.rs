@@ -125,12 +125,6 @@ impl CudaDevice {
         };
         Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), blas, name })
     }
-    pub fn has_cublas(&self) -> bool {
-        self.blas.is_some()
-    }
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
     fn func(&self, name: &str) -> CudaFunction {
         let mut f = self.funcs.lock().unwrap();
         f.entry(name.to_string())
@@ -190,7 +184,6 @@ impl Device for CudaDevice {
             match a {
                 Arg::Ptr(_) | Arg::Null => b.arg(p),
                 Arg::I32(v) => b.arg(v),
-                Arg::U32(v) => b.arg(v),
                 Arg::I64(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
             };

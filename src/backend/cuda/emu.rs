@@ -94,7 +94,6 @@ impl Device for EmuDevice {
                 Arg::Ptr(m) => m.ptr as u64,
                 Arg::Null => 0,
                 Arg::I32(v) => *v as u32 as u64,
-                Arg::U32(v) => *v as u64,
                 Arg::I64(v) => *v as u64,
                 Arg::F32(v) => v.to_bits() as u64,
             })

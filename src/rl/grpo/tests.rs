@@ -293,7 +293,7 @@ fn naive_loss(b: &Batch, cfg: &LossConfig) -> f64 {
                     KlEstimator::K3 => {
                         let mut x = b.refl[t] - b.logp[t];
                         if cfg.convention == Convention::Verl {
-                            x = x.max(-20.0).min(20.0);
+                            x = x.clamp(-20.0, 20.0);
                         }
                         let mut v = x.exp() - x - 1.0;
                         if let Some(c) = cfg.k3_clamp {
