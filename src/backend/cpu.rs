@@ -372,6 +372,32 @@ fn sgemm(
     }
     assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "sgemm: A too small");
     assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "sgemm: B too small");
+    // Batch invariance: the gemm crate sends small products (m * n <= 256, m and n <= 64, or
+    // a single row) to other kernels (horizontal dot products, gemv, another k blocking) that
+    // round differently from its main kernel, so a row's result would depend on how many rows
+    // came with it (a sequence's log-probs on its neighbours). Pad such products with zero rows
+    // up to a size the main kernel takes; they are small, so the copies cost nothing.
+    let min_rows = (256 / n + 1).max(if n <= 64 { 65 } else { 2 });
+    if m < min_rows {
+        let mp = min_rows;
+        let mut ap = vec![0.0f32; mp * k];
+        for (i, row) in ap.chunks_mut(k).take(m).enumerate() {
+            for (p, x) in row.iter_mut().enumerate() {
+                *x = a[i * rsa + p * csa];
+            }
+        }
+        let mut dp = vec![0.0f32; mp * n];
+        if alpha != 0.0 {
+            for i in 0..m {
+                dp[i * n..(i + 1) * n].copy_from_slice(&dst[i * dst_rs..i * dst_rs + n]);
+            }
+        }
+        sgemm(&mut dp, n, alpha, &ap, (k, 1), b, (rsb, csb), (mp, n, k), threads);
+        for i in 0..m {
+            dst[i * dst_rs..i * dst_rs + n].copy_from_slice(&dp[i * n..(i + 1) * n]);
+        }
+        return;
+    }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above keep every addressed element inside its slice; `dst` is
     // exclusively borrowed and does not overlap `a` or `b`.
