@@ -7,7 +7,7 @@ Model: transformers' Qwen2ForCausalLM (attn_implementation="sdpa"), i.e. the ord
 PyTorch way. Threads: torch.set_num_threads(os.cpu_count()) unless --threads is given.
 
 Usage: python benches/train_step_torch.py [--iters 10] [--threads N]
-(torch and transformers are needed; /work/wt/golden/.venv has both).
+(needs `pip install torch transformers`; the CPU is enough).
 """
 import argparse
 import os

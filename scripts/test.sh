@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
 # The project's test command (README: "Run the tests"). On a machine with no GPU:
-#  1. every CPU test (golden vs transformers, gradients vs PyTorch, RL math, CLI end to end)
-#     and every CUDA kernel against the CPU reference on the CUDA emulator (feature emu); the
+#  1. formatting (`cargo fmt --check`) and lints (`cargo clippy`, warnings are errors);
+#  2. one build of the whole test suite with features `emu` and `cuda` together: every CPU test
+#     (golden vs transformers, gradients vs PyTorch, RL math, upstream parity, CLI end to end),
+#     every CUDA kernel against the CPU reference on the CUDA emulator, and the kernels
+#     compiled to PTX by NVRTC from pip (a kernel that does not compile fails the build). The
 #     kernel suite (tests/kernels_vs_cpu.rs) runs every launch under four schedules (forward,
 #     reverse, random, a starved warp) and demands bit-identical results; tests/emu_strict.rs
-#     proves the emulator reports planted races, poison reads, bad shuffles and launch limits;
-#  2. NVRTC from pip compiles every kernel to PTX (feature cuda): a kernel that does not
-#     compile fails here; the GPU tests of that build are #[ignore]d and show as "ignored"
-#     (scripts/gpu-check.sh runs them on a GPU with --include-ignored).
-#     Then to CUBIN (scripts/cubin-check.py), which assembles the inline PTX as well.
+#     proves the emulator reports planted races, poison reads, bad shuffles and launch limits.
+#     The GPU tests of that build are #[ignore]d and show as "ignored" (scripts/gpu-check.sh
+#     runs them on a GPU with --include-ignored);
+#  3. NVRTC to CUBIN for sm_80/sm_90 (scripts/cubin-check.py), which assembles the inline PTX
+#     of kernels/mma.cuh as well.
 # Extra arguments go to cargo test (e.g. a test name filter).
+# Time goes to compiling: no incremental state (CI builds from scratch once), and
+# Cargo.toml keeps debug info small in the dev/test profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== CPU reference + CUDA emulator suite"
-cargo test --features emu "$@"
-echo "== NVRTC compile of every kernel, GPU suite (skips without a GPU)"
+export CARGO_INCREMENTAL=0
+t0=$SECONDS
+step() { echo "== $1 (at $((SECONDS - t0)) s)"; }
+step "format"
+cargo fmt --check
+step "clippy (all targets, features emu)"
+cargo clippy --all-targets --features emu -- -D warnings
+step "NVRTC from pip"
 eval "$(bash scripts/setup-nvrtc.sh)"
-cargo test --features cuda --test kernels_vs_cpu --test backward_golden --test tensor_core \
-    --test flash_attention "$@"
-echo "== NVRTC to CUBIN for sm_80/sm_90 (ptxas checks the inline PTX of kernels/mma.cuh)"
+step "tests: CPU reference, CUDA emulator, NVRTC compile, GPU suite (ignored without a GPU)"
+cargo test --features emu,cuda "$@"
+step "NVRTC to CUBIN for sm_80/sm_90 (ptxas checks the inline PTX of kernels/mma.cuh)"
 python3 scripts/cubin-check.py flash
+step "done"

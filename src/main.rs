@@ -39,9 +39,9 @@ enum Command {
     ///
     /// N rollouts per item are graded by accuracy; pass rate p = the fraction correct,
     /// OVS = p (1 - p) (outcome variance, 0.25 at p = 0.5, 0 when all agree), TDS = 1 -
-    /// self-BLEU-4 of the rollouts' token ids (0 identical, 1 nothing shared), VPS = alpha OVS
-    /// + beta TDS. High-VPS items are those GRPO still learns from; use the scores to filter or
-    /// weight a dataset. With a model:
+    /// self-BLEU-4 of the rollouts' token ids (0 identical, 1 nothing shared),
+    /// VPS = alpha OVS + beta TDS. High-VPS items are those GRPO still learns from; use the
+    /// scores to filter or weight a dataset. With a model:
     ///
     ///   mmr1-fast score --model DIR --data items.jsonl --out scores.jsonl --rollouts-out r.jsonl
     ///

@@ -54,11 +54,11 @@ fn check_model(tied: bool, seed: u64) {
         &mut grads,
     );
 
-    for pi in 0..model.params.len() {
+    for (pi, grad) in grads.iter().enumerate() {
         let name = model.layout.specs[pi].name.clone();
         let n = model.params[pi].len();
         let u = normal(&mut rng, n, 1.0);
-        let analytic: f64 = grads[pi].iter().zip(&u).map(|(g, x)| *g as f64 * *x as f64).sum();
+        let analytic: f64 = grad.iter().zip(&u).map(|(g, x)| *g as f64 * *x as f64).sum();
         let p0 = model.params[pi].clone();
         let mut central = |eps: f32| {
             model.params[pi] = p0.iter().zip(&u).map(|(p, x)| p + eps * x).collect();

@@ -218,7 +218,7 @@ fn slow_update(
     let g = exp.group_size;
     let groups = exp.prompts.len();
     let per = groups.div_ceil(s.mini_batches);
-    let (el, eh) = (s.loss.clip_eps_low as f64, s.loss.clip_eps_high as f64);
+    let (el, eh) = (s.loss.clip_eps_low, s.loss.clip_eps_high);
     let (mut clip_low, mut clip_high, mut tokens) = (0usize, 0usize, 0usize);
     let mut losses = Vec::new();
     for _epoch in 0..s.ppo_epochs {

@@ -106,7 +106,9 @@ fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
     let mut r = ChaCha8Rng::seed_from_u64(22);
     let mut x: Vec<f32> = (0..1001).map(|_| r.gen_range(-100.0f32..100.0)).collect();
     // ties both ways, infinities, a subnormal, the largest finite, signed zero
-    x.extend([1.00390625f32, 1.01171875, f32::INFINITY, -f32::INFINITY, 1e-40, f32::MAX, -0.0]);
+    // 1 + 2^-8 and 1 + 3 * 2^-8: exact f32 values halfway between two bf16 values.
+    let (tie_down, tie_up) = (1.0f32 + 2f32.powi(-8), 1.0f32 + 3.0 * 2f32.powi(-8));
+    x.extend([tie_down, tie_up, f32::INFINITY, -f32::INFINITY, 1e-40, f32::MAX, -0.0]);
     let xg = b.upload(&x);
     let out = b.device().alloc(x.len() * 2);
     b.device().launch(

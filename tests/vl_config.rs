@@ -72,7 +72,8 @@ fn mis_shaped_or_missing_visual_tensors_are_named() {
 
 #[test]
 fn bad_configs_are_clear_errors() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "nested mrope sum",
             Box::new(|c| {

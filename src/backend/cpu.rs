@@ -1,6 +1,6 @@
 //! The CPU reference backend: f32 storage, f64 where a reduction needs it. Written to be
-//! obviously right (it is the oracle every kernel is checked against), with a real GEMM
-//! (`matrixmultiply`) and rayon threads so tests and the demo stay quick.
+//! obviously right (it is the oracle every kernel is checked against), with a SIMD GEMM
+//! (the `gemm` crate) and rayon threads so tests and the demo stay quick.
 
 use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use rayon::prelude::*;
@@ -8,11 +8,8 @@ use rayon::prelude::*;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
-/// Rows of a span's queries/keys for one head, as (row, head) -> flat offset.
-#[inline]
-fn at(row: usize, head: usize, heads: usize, hd: usize) -> usize {
-    (row * heads + head) * hd
-}
+mod attention;
+pub mod attention_ref;
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -71,40 +68,15 @@ impl Backend for Cpu {
             a.len() >= m * k && b.len() >= k * n && out.len() >= m * n,
             "matmul: buffer too small"
         );
-        if beta == 0.0 {
-            // matrixmultiply skips reading C when beta == 0, but be explicit: NaN poison must not leak.
-            out[..m * n].fill(0.0);
-        }
-        let (rsa, csa) = match ta {
-            Tr::N => (k as isize, 1),
-            Tr::T => (1, m as isize),
+        let sa = match ta {
+            Tr::N => (k, 1),
+            Tr::T => (1, m),
         };
-        let (rsb, csb) = match tb {
-            Tr::N => (n as isize, 1),
-            Tr::T => (1, k as isize),
+        let sb = match tb {
+            Tr::N => (n, 1),
+            Tr::T => (1, k),
         };
-        if m == 0 || n == 0 {
-            return;
-        }
-        // SAFETY: the strides above address exactly the m*k, k*n and m*n elements checked above.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                beta,
-                out.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
+        sgemm(out, n, beta, a, sa, b, sb, (m, n, k), rayon::current_num_threads());
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, n: usize) {
@@ -240,52 +212,7 @@ impl Backend for Cpu {
         spans: &[AttnSpan],
         shape: AttnShape,
     ) {
-        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
-        let group = h / hkv;
-        let scale = 1.0 / (d as f64).sqrt();
-        // Work items: one (query row, head) each; results gathered then written.
-        let items: Vec<(usize, usize, usize)> = spans
-            .iter()
-            .flat_map(|sp| {
-                (0..sp.q_len).flat_map(move |i| {
-                    (0..h)
-                        .map(move |hh| (sp.q_start + i, hh, sp.kv_start + sp.kv_len - sp.q_len + i))
-                })
-            })
-            .collect();
-        let span_of_row = |qrow: usize| {
-            spans.iter().find(|s| qrow >= s.q_start && qrow < s.q_start + s.q_len).unwrap()
-        };
-        let results: Vec<(usize, usize, Vec<f32>, f32)> = items
-            .par_iter()
-            .map(|&(qrow, hh, last_kv)| {
-                let sp = span_of_row(qrow);
-                let kvh = hh / group;
-                let qv = &q[at(qrow, hh, h, d)..at(qrow, hh, h, d) + d];
-                let scores: Vec<f64> = (sp.kv_start..=last_kv)
-                    .map(|kr| {
-                        let kk = &k[at(kr, kvh, hkv, d)..at(kr, kvh, hkv, d) + d];
-                        qv.iter().zip(kk).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>()
-                            * scale
-                    })
-                    .collect();
-                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = scores.iter().map(|s| (s - mx).exp()).sum();
-                let mut o = vec![0.0f64; d];
-                for (j, kr) in (sp.kv_start..=last_kv).enumerate() {
-                    let p = (scores[j] - mx).exp() / z;
-                    let vv = &v[at(kr, kvh, hkv, d)..at(kr, kvh, hkv, d) + d];
-                    for c in 0..d {
-                        o[c] += p * vv[c] as f64;
-                    }
-                }
-                (qrow, hh, o.into_iter().map(|x| x as f32).collect(), (mx + z.ln()) as f32)
-            })
-            .collect();
-        for (qrow, hh, o, l) in results {
-            out[at(qrow, hh, h, d)..at(qrow, hh, h, d) + d].copy_from_slice(&o);
-            lse[qrow * h + hh] = l;
-        }
+        attention::forward(out, lse, q, k, v, spans, shape)
     }
 
     fn attention_backward(
@@ -302,82 +229,7 @@ impl Backend for Cpu {
         spans: &[AttnSpan],
         shape: AttnShape,
     ) {
-        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
-        let group = h / hkv;
-        let scale = 1.0 / (d as f64).sqrt();
-        // One work item per (span, kv head): it owns its dk/dv rows and the dq rows of its
-        // query heads, so items never write the same element.
-        struct Grad {
-            sp: AttnSpan,
-            kvh: usize,
-            dq: Vec<f64>, // [q_len, group, d]
-            dk: Vec<f64>, // [kv_len, d]
-            dv: Vec<f64>,
-        }
-        let items: Vec<(AttnSpan, usize)> =
-            spans.iter().flat_map(|&sp| (0..hkv).map(move |g| (sp, g))).collect();
-        let grads: Vec<Grad> = items
-            .par_iter()
-            .map(|&(sp, kvh)| {
-                let mut gq = vec![0.0f64; sp.q_len * group * d];
-                let mut gk = vec![0.0f64; sp.kv_len * d];
-                let mut gv = vec![0.0f64; sp.kv_len * d];
-                for gi in 0..group {
-                    let hh = kvh * group + gi;
-                    for i in 0..sp.q_len {
-                        let qrow = sp.q_start + i;
-                        let n_keys = sp.kv_len - sp.q_len + i + 1;
-                        let qv = &q[at(qrow, hh, h, d)..][..d];
-                        let dov = &dout[at(qrow, hh, h, d)..][..d];
-                        let ov = &out[at(qrow, hh, h, d)..][..d];
-                        let l = lse[qrow * h + hh] as f64;
-                        // D = dO . O  (= sum_j P_j dP_j)
-                        let dd: f64 =
-                            dov.iter().zip(ov).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
-                        for j in 0..n_keys {
-                            let kr = sp.kv_start + j;
-                            let kk = &k[at(kr, kvh, hkv, d)..][..d];
-                            let vv = &v[at(kr, kvh, hkv, d)..][..d];
-                            let s: f64 = qv
-                                .iter()
-                                .zip(kk)
-                                .map(|(a, b)| (*a as f64) * (*b as f64))
-                                .sum::<f64>()
-                                * scale;
-                            let p = (s - l).exp();
-                            let dp: f64 =
-                                dov.iter().zip(vv).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
-                            let ds = p * (dp - dd) * scale;
-                            for c in 0..d {
-                                gv[j * d + c] += p * dov[c] as f64;
-                                gk[j * d + c] += ds * qv[c] as f64;
-                                gq[(i * group + gi) * d + c] += ds * kk[c] as f64;
-                            }
-                        }
-                    }
-                }
-                Grad { sp, kvh, dq: gq, dk: gk, dv: gv }
-            })
-            .collect();
-        for g in grads {
-            let sp = g.sp;
-            for i in 0..sp.q_len {
-                for gi in 0..group {
-                    let hh = g.kvh * group + gi;
-                    let dst = at(sp.q_start + i, hh, h, d);
-                    for c in 0..d {
-                        dq[dst + c] = g.dq[(i * group + gi) * d + c] as f32;
-                    }
-                }
-            }
-            for j in 0..sp.kv_len {
-                let dst = at(sp.kv_start + j, g.kvh, hkv, d);
-                for c in 0..d {
-                    dk[dst + c] = g.dk[j * d + c] as f32;
-                    dv[dst + c] = g.dv[j * d + c] as f32;
-                }
-            }
-        }
+        attention::backward(dq, dk, dv, dout, q, k, v, out, lse, spans, shape)
     }
 
     fn swiglu(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) {
@@ -506,4 +358,109 @@ pub fn row_lse_entropy(row: &[f32], inv_temp: f32) -> (f64, f64) {
         })
         .sum::<f64>();
     (lse, ent)
+}
+
+/// `dst[m, n] = alpha * dst + A @ B` with `dst` rows `dst_rs` apart, `A[i, p]` at
+/// `a[i * rsa + p * csa]` and `B[p, j]` at `b[p * rsb + j * csb]` (so a transpose is a swap of
+/// strides). With `alpha == 0` the old `dst` is never read: NaN poison does not leak. On more
+/// than one thread the `gemm` crate splits rows/columns of `dst`; its k loop stays sequential,
+/// so an element's sum order does not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    dst: &mut [f32],
+    dst_rs: usize,
+    alpha: f32,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + n <= dst.len(), "sgemm: output too small");
+    if k == 0 {
+        for row in dst.chunks_mut(dst_rs).take(m) {
+            row[..n].iter_mut().for_each(|x| *x = if alpha == 0.0 { 0.0 } else { *x * alpha });
+        }
+        return;
+    }
+    assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "sgemm: A too small");
+    assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "sgemm: B too small");
+    // Batch invariance: the gemm crate sends small products (m * n <= 256, m and n <= 64, or
+    // a single row) to other kernels (horizontal dot products, gemv, another k blocking) that
+    // round differently from its main kernel, so a row's result would depend on how many rows
+    // came with it (a sequence's log-probs on its neighbours). Pad such products with zero rows
+    // up to a size the main kernel takes; they are small, so the copies cost nothing.
+    let min_rows = (256 / n + 1).max(if n <= 64 { 65 } else { 2 });
+    if m < min_rows {
+        let mp = min_rows;
+        let mut ap = vec![0.0f32; mp * k];
+        for (i, row) in ap.chunks_mut(k).take(m).enumerate() {
+            for (p, x) in row.iter_mut().enumerate() {
+                *x = a[i * rsa + p * csa];
+            }
+        }
+        let mut dp = vec![0.0f32; mp * n];
+        if alpha != 0.0 {
+            for i in 0..m {
+                dp[i * n..(i + 1) * n].copy_from_slice(&dst[i * dst_rs..i * dst_rs + n]);
+            }
+        }
+        sgemm(&mut dp, n, alpha, &ap, (k, 1), b, (rsb, csb), (mp, n, k), threads);
+        for i in 0..m {
+            dst[i * dst_rs..i * dst_rs + n].copy_from_slice(&dp[i * n..(i + 1) * n]);
+        }
+        return;
+    }
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above keep every addressed element inside its slice; `dst` is
+    // exclusively borrowed and does not overlap `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            alpha != 0.0,
+            a.as_ptr(),
+            csa as isize,
+            rsa as isize,
+            b.as_ptr(),
+            csb as isize,
+            rsb as isize,
+            alpha,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Single-threaded `sgemm` for work already split over rayon tasks: `dst = A @ B`, or
+/// `dst += A @ B` when `acc`. Arguments in the order dst, its row stride, acc, A and its
+/// (row, column) strides, B and its strides, then m, n, k.
+#[allow(clippy::too_many_arguments)]
+fn gemm_st(
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let alpha = if acc { 1.0 } else { 0.0 };
+    sgemm(dst, dst_rs, alpha, a, (rsa, csa), b, (rsb, csb), (m, n, k), 1);
 }

@@ -2,8 +2,8 @@
 //! reference (`cpu`), and, behind features, the CUDA backend.
 //!
 //! Conventions shared by every implementation:
-//! - Buffers hold logical f32 values, row-major. A backend may store them differently
-//!   (the CUDA backend keeps bf16 activations), but the values it returns are f32.
+//! - Buffers hold logical f32 values, row-major. Both backends store f32 today; one that
+//!   stored another type would still take and return f32 values.
 //! - An op writes every element of its output (never relies on it being zeroed) unless its
 //!   doc says it accumulates (`+=`). Tests poison outputs to hold every backend to this.
 //! - Token ids and positions are host slices: they are tiny next to the activations, and the
@@ -128,7 +128,6 @@ pub trait Backend {
     /// "rotate half" layout of Hugging Face Llama/Qwen2: pair `(i, i + head_dim/2)` turns by
     /// `positions[t] * theta^(-2i/head_dim)`. `inverse` turns the other way, which is the
     /// backward pass (the rotation is orthogonal).
-    #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         x: &mut Self::Buf,
@@ -218,7 +217,6 @@ pub trait Backend {
     /// `p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     /// p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`. `grad_scale` multiplies `g`
     /// first (gradient clipping folded in).
-    #[allow(clippy::too_many_arguments)]
     fn adamw(
         &self,
         p: &mut Self::Buf,

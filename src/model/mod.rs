@@ -80,13 +80,8 @@ impl<B: Backend> Qwen2<B> {
     ) -> Result<()> {
         use anyhow::Context;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        safetensors_io::write_model_files(
-            dir,
-            &self.cfg,
-            &self.layout,
-            &self.to_host(be),
-            dtype,
-            None,
-        )
+        // One parameter at a time: saving holds at most one tensor beyond the model.
+        let tensor = |i: usize| Ok(std::borrow::Cow::Owned(be.download(&self.params[i])));
+        safetensors_io::write_model_files_from(dir, &self.cfg, &self.layout, tensor, dtype, None)
     }
 }

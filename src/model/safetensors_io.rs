@@ -4,27 +4,31 @@
 
 use super::config::Qwen2Config;
 use super::params::ParamLayout;
-use crate::fs::write_atomic;
+use crate::fs::{write_atomic, AtomicFile};
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// Converts a tensor's bytes to f32, whatever of f32/f16/bf16 it is stored as.
+/// Converts a tensor's bytes to f32, whatever of f32/f16/bf16 it is stored as, on all threads
+/// (the bytes are usually a memory-mapped file: this is where loading spends its time).
 pub fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>> {
     let b = view.data();
     Ok(match view.dtype() {
         Dtype::F32 => {
-            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            b.par_chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         }
         Dtype::F16 => {
-            b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            b.par_chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
         }
-        Dtype::BF16 => {
-            b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-        }
+        Dtype::BF16 => b
+            .par_chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         other => bail!("dtype {other:?} is not supported (expected F32, F16 or BF16)"),
     })
 }
@@ -100,7 +104,7 @@ pub fn load_specs(dir: &Path, specs: &[super::params::ParamSpec]) -> Result<Vec<
         }
         let data = to_f32(&view)
             .with_context(|| format!("{}: tensor {}", files[fi].display(), spec.name))?;
-        if data.iter().any(|x| !x.is_finite()) {
+        if data.par_iter().any(|x| !x.is_finite()) {
             bail!("{}: tensor {} holds NaN or infinite values", files[fi].display(), spec.name);
         }
         out.push(data);
@@ -121,36 +125,101 @@ pub enum SaveDtype {
     Bf16,
 }
 
-/// Writes tensors to `path` atomically: a temporary file in the same directory, fsync, rename.
-/// A process killed mid-write leaves the old file (or none), never a truncated one.
+/// Elements converted per step when a tensor is stored as bf16: the only copy saving makes.
+const CONVERT_CHUNK: usize = 1 << 16;
+
+/// Writes a safetensors file to `path` atomically (temporary file, fsync, rename), streaming:
+/// `data(i)` gives the f32 values of tensor `i` of `tensors` (name, shape) when it is its turn,
+/// and they go to the file converted chunk by chunk, so saving holds at most one tensor beyond
+/// what the caller already has. The layout is the one `safetensors::serialize` makes (tensors
+/// sorted by name, header padded with spaces to 8 bytes), so the files are byte-identical:
+/// an 8-byte little-endian header length, the JSON header (`__metadata__`, then per tensor
+/// `dtype`, `shape`, `data_offsets` into the data section), then the raw little-endian data.
+pub fn write_safetensors<'a>(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    dtype: SaveDtype,
+    metadata: Option<&HashMap<String, String>>,
+    mut data: impl FnMut(usize) -> Result<Cow<'a, [f32]>>,
+) -> Result<()> {
+    let (dtype_name, elem_bytes) = match dtype {
+        SaveDtype::F32 => ("F32", 4),
+        SaveDtype::Bf16 => ("BF16", 2),
+    };
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&a, &b| tensors[a].0.cmp(&tensors[b].0));
+    if let Some(w) = order.windows(2).find(|w| tensors[w[0]].0 == tensors[w[1]].0) {
+        bail!("{}: tensor {} given twice", path.display(), tensors[w[0]].0);
+    }
+    let mut json = String::from("{");
+    if let Some(meta) = metadata {
+        let sorted: BTreeMap<&String, &String> = meta.iter().collect();
+        json += &format!("\"__metadata__\":{}", serde_json::to_string(&sorted)?);
+    }
+    let mut offset = 0usize;
+    for &i in &order {
+        let (name, shape) = &tensors[i];
+        let bytes = shape.iter().product::<usize>() * elem_bytes;
+        if json.len() > 1 {
+            json.push(',');
+        }
+        // Field order as the safetensors crate writes it.
+        json += &format!(
+            "{}:{{\"dtype\":\"{dtype_name}\",\"shape\":{},\"data_offsets\":[{offset},{}]}}",
+            serde_json::to_string(name)?,
+            serde_json::to_string(shape)?,
+            offset + bytes
+        );
+        offset += bytes;
+    }
+    json.push('}');
+    let mut json = json.into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(&(json.len() as u64).to_le_bytes())?;
+    f.write_all(&json)?;
+    let mut chunk: Vec<u8> = Vec::new();
+    for &i in &order {
+        let (name, shape) = &tensors[i];
+        let values = data(i)?;
+        let n: usize = shape.iter().product();
+        if values.len() != n {
+            bail!("tensor {name}: {} values for shape {shape:?}", values.len());
+        }
+        match dtype {
+            SaveDtype::F32 if cfg!(target_endian = "little") => {
+                f.write_all(bytemuck::cast_slice::<f32, u8>(&values))?
+            }
+            _ => {
+                for part in values.chunks(CONVERT_CHUNK) {
+                    chunk.clear();
+                    match dtype {
+                        SaveDtype::F32 => {
+                            part.iter().for_each(|x| chunk.extend_from_slice(&x.to_le_bytes()))
+                        }
+                        SaveDtype::Bf16 => part.iter().for_each(|x| {
+                            chunk.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())
+                        }),
+                    }
+                    f.write_all(&chunk)?;
+                }
+            }
+        }
+    }
+    f.finish()
+}
+
+/// Writes tensors held in memory to `path` atomically; see `write_safetensors`.
 pub fn save_tensors(
     path: &Path,
     tensors: &[(String, Vec<usize>, &[f32])],
     dtype: SaveDtype,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, d)| match dtype {
-            SaveDtype::F32 => bytemuck::cast_slice::<f32, u8>(d).to_vec(),
-            SaveDtype::Bf16 => {
-                d.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
-            }
-        })
-        .collect();
-    let st_dtype = match dtype {
-        SaveDtype::F32 => Dtype::F32,
-        SaveDtype::Bf16 => Dtype::BF16,
-    };
-    let mut views = BTreeMap::new();
-    for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
-        let view = TensorView::new(st_dtype, shape.clone(), b)
-            .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
-        views.insert(name.clone(), view);
-    }
-    let data = safetensors::serialize(views, metadata)
-        .map_err(|e| anyhow::anyhow!("serializing {}: {e}", path.display()))?;
-    write_atomic(path, &data)
+    let heads: Vec<(String, Vec<usize>)> =
+        tensors.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    write_safetensors(path, &heads, dtype, metadata.as_ref(), |i| Ok(Cow::Borrowed(tensors[i].2)))
 }
 
 /// Writes a Hugging Face model directory's files (config.json, model.safetensors,
@@ -160,6 +229,20 @@ pub fn write_model_files(
     cfg: &Qwen2Config,
     layout: &ParamLayout,
     host: &[Vec<f32>],
+    dtype: SaveDtype,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    let tensor = |i: usize| Ok(Cow::Borrowed(host[i].as_slice()));
+    write_model_files_from(dir, cfg, layout, tensor, dtype, tokenizer)
+}
+
+/// `write_model_files` with the weights fetched one at a time (`tensor(i)` is parameter `i` of
+/// `layout`), so a model on a device is saved without a host copy of all of it.
+pub fn write_model_files_from<'a>(
+    dir: &Path,
+    cfg: &Qwen2Config,
+    layout: &ParamLayout,
+    tensor: impl FnMut(usize) -> Result<Cow<'a, [f32]>>,
     dtype: SaveDtype,
     tokenizer: Option<&Path>,
 ) -> Result<()> {
@@ -178,14 +261,10 @@ pub fn write_model_files(
     }
     let json = serde_json::to_vec_pretty(&cfg)?;
     write_atomic(&dir.join("config.json"), &json)?;
-    let tensors: Vec<(String, Vec<usize>, &[f32])> = layout
-        .specs
-        .iter()
-        .zip(host)
-        .map(|(s, h)| (s.name.clone(), s.shape.clone(), h.as_slice()))
-        .collect();
+    let heads: Vec<(String, Vec<usize>)> =
+        layout.specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    save_tensors(&dir.join("model.safetensors"), &tensors, dtype, Some(meta))?;
+    write_safetensors(&dir.join("model.safetensors"), &heads, dtype, Some(&meta), tensor)?;
     if let Some(src) = tokenizer {
         let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
         write_atomic(&dir.join("tokenizer.json"), &data)?;
@@ -196,4 +275,89 @@ pub fn write_model_files(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The streaming writer makes exactly the bytes `safetensors::serialize` makes (names given
+    /// out of order, ragged shapes, a scalar-like [1] tensor, f32 and bf16), and the crate
+    /// reads them back to the same values.
+    #[test]
+    fn streamed_file_is_the_crates_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let shapes: [(&str, Vec<usize>); 4] = [
+            ("model.norm.weight", vec![7]),
+            ("lm_head.weight", vec![3, 5]),
+            ("b", vec![1]),
+            ("model.layers.0.mlp.up_proj.weight", vec![70_001]),
+        ];
+        let values: Vec<Vec<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(t, (_, s))| {
+                let n: usize = s.iter().product();
+                (0..n).map(|i| ((i * 37 + t * 11) % 101) as f32 * 0.173 - 8.1).collect()
+            })
+            .collect();
+        for dtype in [SaveDtype::F32, SaveDtype::Bf16] {
+            let path = dir.path().join("t.safetensors");
+            let tensors: Vec<(String, Vec<usize>, &[f32])> = shapes
+                .iter()
+                .zip(&values)
+                .map(|((n, s), v)| (n.to_string(), s.clone(), v.as_slice()))
+                .collect();
+            let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+            save_tensors(&path, &tensors, dtype, Some(meta.clone())).unwrap();
+            let got = std::fs::read(&path).unwrap();
+
+            let (st_dtype, bytes): (Dtype, Vec<Vec<u8>>) = match dtype {
+                SaveDtype::F32 => (
+                    Dtype::F32,
+                    values.iter().map(|v| bytemuck::cast_slice::<f32, u8>(v).to_vec()).collect(),
+                ),
+                SaveDtype::Bf16 => (
+                    Dtype::BF16,
+                    values
+                        .iter()
+                        .map(|v| {
+                            v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
+                        })
+                        .collect(),
+                ),
+            };
+            let views: Vec<(String, TensorView<'_>)> = shapes
+                .iter()
+                .zip(&bytes)
+                .map(|((n, s), b)| {
+                    (n.to_string(), TensorView::new(st_dtype, s.clone(), b).unwrap())
+                })
+                .collect();
+            let want = safetensors::serialize(views, Some(meta)).unwrap();
+            assert_eq!(got, want, "{dtype:?}: the streamed file differs from the crate's");
+
+            let st = SafeTensors::deserialize(&got).unwrap();
+            for ((n, s), v) in shapes.iter().zip(&values) {
+                let view = st.tensor(n).unwrap();
+                assert_eq!(view.shape(), s.as_slice());
+                let back = to_f32(&view).unwrap();
+                let tol = if dtype == SaveDtype::F32 { 0.0 } else { 0.01 };
+                assert!(back.iter().zip(v).all(|(a, b)| (a - b).abs() <= tol * b.abs()), "{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_tensor_of_the_wrong_size_fails_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let heads = vec![("a".to_string(), vec![2, 3])];
+        let err = write_safetensors(&path, &heads, SaveDtype::F32, None, |_| {
+            Ok(Cow::Owned(vec![1.0; 5]))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("tensor a: 5 values for shape [2, 3]"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a file was left behind");
+    }
 }

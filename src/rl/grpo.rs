@@ -1,6 +1,7 @@
 //! GRPO-family policy losses on packed responses, with their analytic gradients.
 //!
-//! CPU reference for the CUDA loss kernel: flat slices, one entry per token, responses packed
+//! Runs on the host for every backend (there is no CUDA loss kernel yet; a future one would be
+//! checked against this): flat slices, one entry per token, responses packed
 //! back to back (`offsets[r]..offsets[r + 1]` are the tokens of response `r`), a 0/1 loss mask
 //! per token (used as a multiplicative weight), per-token values and reductions in f64.
 //!

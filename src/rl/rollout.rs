@@ -131,6 +131,7 @@ pub fn sample_token(logits: &[f32], p: &SamplingParams, u: f64) -> (u32, f32) {
 
 /// Generates `group` responses for every prompt. Response `g` of prompt `i` uses seed
 /// `base_seed + (i * group + g)` (mixed), so it can be regenerated on its own.
+#[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
     model: &Qwen2<B>,
     be: &B,

@@ -392,17 +392,6 @@ impl VpsTable {
     }
 }
 
-/// Free-function form of [`VpsTable::refresh`].
-pub fn refresh(
-    table: &mut VpsTable,
-    item: usize,
-    correctness: &[f32],
-    rollouts_tokens: &[&[u32]],
-    step: u64,
-) {
-    table.refresh(item, correctness, rollouts_tokens, step)
-}
-
 /// How lambda * B is rounded to the number of weighted draws.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WeightedCount {

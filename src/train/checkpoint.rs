@@ -19,13 +19,18 @@
 
 use crate::backend::Backend;
 use crate::fs::{fault, rename, sync_dir, write_atomic};
-use crate::model::safetensors_io::{load_params, save_tensors, to_f32, SaveDtype};
+use crate::model::safetensors_io::{
+    load_params, to_f32, write_model_files_from, write_safetensors, SaveDtype,
+};
 use crate::model::{ParamLayout, Qwen2, Qwen2Config};
 use crate::optim::{AdamW, AdamwConfig};
 use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use safetensors::SafeTensors;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub const TRAINER_STATE: &str = "trainer_state.json";
@@ -83,32 +88,40 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     fault::point("create dir", &tmp)?;
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
-    let host = model.to_host(be);
-    // A checkpoint is something to resume from: never keep weights that have blown up.
-    for (spec, h) in model.layout.specs.iter().zip(&host) {
+    // Every tensor is fetched from the backend when the writer reaches it and dropped after:
+    // saving holds at most one tensor beyond what training holds. A checkpoint is something
+    // to resume from: never keep weights that have blown up.
+    let param = |i: usize| {
+        let h = be.download(&model.params[i]);
         if h.iter().any(|x| !x.is_finite()) {
-            std::fs::remove_dir_all(&tmp).ok();
-            return Err(NonFiniteWeights { step, tensor: spec.name.clone() }.into());
+            let tensor = model.layout.specs[i].name.clone();
+            return Err(NonFiniteWeights { step, tensor }.into());
         }
+        Ok(Cow::Owned(h))
+    };
+    if let Err(e) = write_model_files_from(&tmp, &model.cfg, &model.layout, param, dtype, tokenizer)
+    {
+        std::fs::remove_dir_all(&tmp).ok();
+        return Err(e);
     }
-    crate::model::safetensors_io::write_model_files(
-        &tmp,
-        &model.cfg,
-        &model.layout,
-        &host,
-        dtype,
-        tokenizer,
-    )?;
 
-    let m: Vec<Vec<f32>> = opt.m.iter().map(|b| be.download(b)).collect();
-    let v: Vec<Vec<f32>> = opt.v.iter().map(|b| be.download(b)).collect();
-    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    // Optimizer file: (name, shape) of each tensor and where its values live.
+    enum Src {
+        M,
+        V,
+        Master,
+    }
+    let mut heads: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut srcs: Vec<(Src, usize)> = Vec::new();
     for (i, s) in model.layout.specs.iter().enumerate() {
-        tensors.push((format!("exp_avg.{}", s.name), s.shape.clone(), &m[i]));
-        tensors.push((format!("exp_avg_sq.{}", s.name), s.shape.clone(), &v[i]));
+        heads.push((format!("exp_avg.{}", s.name), s.shape.clone()));
+        srcs.push((Src::M, i));
+        heads.push((format!("exp_avg_sq.{}", s.name), s.shape.clone()));
+        srcs.push((Src::V, i));
         if dtype != SaveDtype::F32 {
             // The model file is rounded; exact resumption needs the f32 master weights.
-            tensors.push((format!("master.{}", s.name), s.shape.clone(), &host[i]));
+            heads.push((format!("master.{}", s.name), s.shape.clone()));
+            srcs.push((Src::Master, i));
         }
     }
     let meta = HashMap::from([
@@ -116,7 +129,16 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
         ("step".to_string(), opt.step.to_string()),
         ("config".to_string(), serde_json::to_string(&opt.cfg)?),
     ]);
-    save_tensors(&tmp.join(OPTIMIZER), &tensors, SaveDtype::F32, Some(meta))?;
+    let opt_tensor = |j: usize| {
+        let (src, i) = &srcs[j];
+        let buf = match src {
+            Src::M => &opt.m[*i],
+            Src::V => &opt.v[*i],
+            Src::Master => &model.params[*i],
+        };
+        Ok(Cow::Owned(be.download(buf)))
+    };
+    write_safetensors(&tmp.join(OPTIMIZER), &heads, SaveDtype::F32, Some(&meta), opt_tensor)?;
     write_atomic(&tmp.join(TRAINER_STATE), &serde_json::to_vec_pretty(trainer_state)?)?;
     sync_dir(&tmp)?;
 
@@ -253,8 +275,11 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
         .with_context(|| format!("{}: not a valid trainer state", state_path.display()))?;
 
     let opt_path = dir.join(OPTIMIZER);
-    let bytes =
-        std::fs::read(&opt_path).with_context(|| format!("cannot read {}", opt_path.display()))?;
+    let file =
+        File::open(&opt_path).with_context(|| format!("cannot open {}", opt_path.display()))?;
+    // SAFETY: opened read-only; checkpoints are not modified while a run reads them.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("cannot map {}", opt_path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", opt_path.display()))?;
     let (_, meta) =
@@ -288,7 +313,7 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
         }
         let data =
             to_f32(&view).with_context(|| format!("{}: tensor {name}", opt_path.display()))?;
-        if data.iter().any(|x| !x.is_finite()) {
+        if data.par_iter().any(|x| !x.is_finite()) {
             bail!("{}: tensor {name} holds NaN or infinite values", opt_path.display());
         }
         Ok(data)

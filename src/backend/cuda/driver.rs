@@ -150,9 +150,6 @@ impl CudaDevice {
             name,
         })
     }
-    pub fn has_cublas(&self) -> bool {
-        self.blas.is_some()
-    }
     /// Runs `Backend::matmul` as bf16 GEMMs (see the field) or f32 SGEMM.
     pub fn set_gemm_bf16(&mut self, on: bool) {
         self.gemm_bf16 = on;

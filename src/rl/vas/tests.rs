@@ -126,7 +126,7 @@ fn refresh_and_serde_roundtrip() {
     assert_eq!(t.num_scored(), 0);
     assert!((t.prior_score() - 0.4).abs() < 1e-7); // 0.8 * 0.25 + 0.2 * 1
     let (a, b): (&[u32], &[u32]) = (&[1, 2, 3, 4], &[5, 6, 7, 8]);
-    refresh(&mut t, 1, &[1.0, 0.0, 0.0, 1.0], &[a, b, a, b], 17);
+    t.refresh(1, &[1.0, 0.0, 0.0, 1.0], &[a, b, a, b], 17);
     let it = *t.item(1);
     assert_eq!(it.pass_rate, 0.5);
     assert_eq!(it.ovs, 0.25);

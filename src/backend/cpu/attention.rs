@@ -1,0 +1,272 @@
+//! Causal grouped-query attention on the CPU in f32, blocked so that the work is GEMM: for a
+//! block of query rows, `S = Q K^T` over the keys the block can see, a row softmax with the
+//! causal mask, `O = P V`; the backward recomputes `P` from the saved log-sum-exp (as flash
+//! attention does, Dao et al. 2022, Algorithm 2) and forms `dV += P^T dO`, `dP = dO V^T`,
+//! `dS = P (dP - rowsum(dO * O))`, `dQ = dS K`, `dK += dS^T Q`. Memory per work item is one
+//! `[BLOCK x keys]` score block, never `[tokens x tokens]` for the batch.
+//!
+//! `attention_ref` holds the scalar f64 version this one is tested against.
+
+use super::gemm_st;
+use crate::backend::{AttnShape, AttnSpan};
+use rayon::prelude::*;
+
+/// Query rows per block: large enough that the GEMMs run at speed, small enough that the
+/// score block of a long sequence stays in cache-sized pieces.
+const BLOCK: usize = 64;
+
+/// Forward: fills `out` and `lse` for every query row of every span (see `Backend::attention`).
+pub fn forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    spans: &[AttnSpan],
+    shape: AttnShape,
+) {
+    let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+    let group = h / hkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    // One work item per (span, head, block of query rows).
+    let items: Vec<(AttnSpan, usize, usize)> = spans
+        .iter()
+        .flat_map(|&sp| {
+            (0..h).flat_map(move |hh| (0..sp.q_len).step_by(BLOCK).map(move |i0| (sp, hh, i0)))
+        })
+        .collect();
+    let results: Vec<(Vec<f32>, Vec<f32>)> = items
+        .par_iter()
+        .map(|&(sp, hh, i0)| {
+            let rows = BLOCK.min(sp.q_len - i0);
+            let kvh = hh / group;
+            // Query i of the span sits at position kv_len - q_len + i and sees that many + 1 keys.
+            let first_pos = sp.kv_len - sp.q_len + i0;
+            let n_keys = first_pos + rows;
+            let qb = &q[((sp.q_start + i0) * h + hh) * d..];
+            let kb = &k[(sp.kv_start * hkv + kvh) * d..];
+            let vb = &v[(sp.kv_start * hkv + kvh) * d..];
+            // S = Q K^T : [rows, n_keys]
+            let mut p = vec![0.0f32; rows * n_keys];
+            gemm_st(&mut p, n_keys, false, qb, h * d, 1, kb, 1, hkv * d, rows, n_keys, d);
+            let mut l = vec![0.0f32; rows];
+            for (r, (row, lr)) in p.chunks_mut(n_keys).zip(l.iter_mut()).enumerate() {
+                let seen = first_pos + r + 1;
+                let mx = row[..seen].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
+                let mut z = 0.0f64;
+                for s in &mut row[..seen] {
+                    *s = (*s * scale - mx).exp();
+                    z += *s as f64;
+                }
+                let inv = (1.0 / z) as f32;
+                row[..seen].iter_mut().for_each(|s| *s *= inv);
+                row[seen..].fill(0.0);
+                *lr = mx + (z.ln() as f32);
+            }
+            // O = P V : [rows, d]
+            let mut o = vec![0.0f32; rows * d];
+            gemm_st(&mut o, d, false, &p, n_keys, 1, vb, hkv * d, 1, rows, d, n_keys);
+            (o, l)
+        })
+        .collect();
+    for (&(sp, hh, i0), (o, l)) in items.iter().zip(results) {
+        for (r, (orow, lr)) in o.chunks(d).zip(l).enumerate() {
+            let row = sp.q_start + i0 + r;
+            out[(row * h + hh) * d..][..d].copy_from_slice(orow);
+            lse[row * h + hh] = lr;
+        }
+    }
+}
+
+/// Backward: overwrites `dq`, `dk`, `dv` rows covered by spans (see `Backend::attention_backward`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    spans: &[AttnSpan],
+    shape: AttnShape,
+) {
+    let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+    let group = h / hkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    // One work item per (span, kv head): it owns that head's dk/dv rows and the dq rows of
+    // its query heads, so no two items write the same element.
+    let items: Vec<(AttnSpan, usize)> =
+        spans.iter().flat_map(|&sp| (0..hkv).map(move |g| (sp, g))).collect();
+    struct Grad {
+        dq: Vec<f32>, // [group, q_len, d]
+        dk: Vec<f32>, // [kv_len, d]
+        dv: Vec<f32>,
+    }
+    let grads: Vec<Grad> = items
+        .par_iter()
+        .map(|&(sp, kvh)| {
+            let mut gq = vec![0.0f32; group * sp.q_len * d];
+            let mut gk = vec![0.0f32; sp.kv_len * d];
+            let mut gv = vec![0.0f32; sp.kv_len * d];
+            let kb = &k[(sp.kv_start * hkv + kvh) * d..];
+            let vb = &v[(sp.kv_start * hkv + kvh) * d..];
+            let mut p = Vec::new();
+            let mut dp = Vec::new();
+            for gi in 0..group {
+                let hh = kvh * group + gi;
+                for i0 in (0..sp.q_len).step_by(BLOCK) {
+                    let rows = BLOCK.min(sp.q_len - i0);
+                    let first_pos = sp.kv_len - sp.q_len + i0;
+                    let n_keys = first_pos + rows;
+                    let row0 = sp.q_start + i0;
+                    let qb = &q[(row0 * h + hh) * d..];
+                    let dob = &dout[(row0 * h + hh) * d..];
+                    p.resize(rows * n_keys, 0.0);
+                    dp.resize(rows * n_keys, 0.0);
+                    // P = exp(Q K^T * scale - lse), masked; dP = dO V^T.
+                    gemm_st(&mut p, n_keys, false, qb, h * d, 1, kb, 1, hkv * d, rows, n_keys, d);
+                    gemm_st(&mut dp, n_keys, false, dob, h * d, 1, vb, 1, hkv * d, rows, n_keys, d);
+                    for r in 0..rows {
+                        let at = ((row0 + r) * h + hh) * d;
+                        let l = lse[(row0 + r) * h + hh];
+                        // D = dO . O (= sum_j P_j dP_j)
+                        let dd: f32 =
+                            dout[at..at + d].iter().zip(&out[at..at + d]).map(|(a, b)| a * b).sum();
+                        let seen = first_pos + r + 1;
+                        let (pr, dpr) =
+                            (&mut p[r * n_keys..][..n_keys], &mut dp[r * n_keys..][..n_keys]);
+                        for (s, g) in pr[..seen].iter_mut().zip(&mut dpr[..seen]) {
+                            *s = (*s * scale - l).exp();
+                            // dS, with the softmax scale folded in
+                            *g = *s * (*g - dd) * scale;
+                        }
+                        pr[seen..].fill(0.0);
+                        dpr[seen..].fill(0.0);
+                    }
+                    // dV[0..n_keys] += P^T dO ; dK[0..n_keys] += dS^T Q ; dQ = dS K
+                    gemm_st(&mut gv, d, true, &p, 1, n_keys, dob, h * d, 1, n_keys, d, rows);
+                    gemm_st(&mut gk, d, true, &dp, 1, n_keys, qb, h * d, 1, n_keys, d, rows);
+                    let gqb = &mut gq[(gi * sp.q_len + i0) * d..];
+                    gemm_st(gqb, d, false, &dp, n_keys, 1, kb, hkv * d, 1, rows, d, n_keys);
+                }
+            }
+            Grad { dq: gq, dk: gk, dv: gv }
+        })
+        .collect();
+    for (&(sp, kvh), g) in items.iter().zip(grads) {
+        for gi in 0..group {
+            let hh = kvh * group + gi;
+            for i in 0..sp.q_len {
+                let dst = ((sp.q_start + i) * h + hh) * d;
+                dq[dst..dst + d].copy_from_slice(&g.dq[(gi * sp.q_len + i) * d..][..d]);
+            }
+        }
+        for j in 0..sp.kv_len {
+            let dst = ((sp.kv_start + j) * hkv + kvh) * d;
+            dk[dst..dst + d].copy_from_slice(&g.dk[j * d..][..d]);
+            dv[dst..dst + d].copy_from_slice(&g.dv[j * d..][..d]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::attention_ref;
+    use crate::backend::{AttnShape, AttnSpan};
+    use rand::{Rng, SeedableRng};
+
+    fn rand_vec(r: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| r.gen_range(0.05f32..1.0) * if r.gen() { 1.0 } else { -1.0 }).collect()
+    }
+
+    fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+        assert!(got.iter().all(|x| x.is_finite()), "non-finite output");
+        let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        num.sqrt() / den.sqrt()
+    }
+
+    /// Packed spans of the given (q_len, kv_len), laid out back to back like the model does.
+    fn spans_of(lens: &[(usize, usize)]) -> (Vec<AttnSpan>, usize, usize) {
+        let (mut qs, mut ks) = (0, 0);
+        let mut spans = Vec::new();
+        for &(q_len, kv_len) in lens {
+            spans.push(AttnSpan { q_start: qs, q_len, kv_start: ks, kv_len });
+            qs += q_len;
+            ks += kv_len;
+        }
+        (spans, qs, ks)
+    }
+
+    /// The blocked f32 attention against the scalar f64 oracle, forward and backward, on
+    /// ragged packed spans (lengths around the block size, a one-token span, decode-style
+    /// spans with fewer queries than keys) and grouped-query heads; outputs poisoned with NaN,
+    /// and a row no span covers must stay as it was.
+    #[test]
+    fn blocked_matches_f64_reference() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let cases: [(AttnShape, &[(usize, usize)]); 3] = [
+            (
+                AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 24 },
+                &[(1, 1), (63, 63), (130, 130), (5, 5)],
+            ),
+            (AttnShape { n_heads: 4, n_kv_heads: 4, head_dim: 8 }, &[(65, 65), (2, 2)]),
+            (AttnShape { n_heads: 4, n_kv_heads: 1, head_dim: 16 }, &[(1, 9), (70, 100), (3, 3)]),
+        ];
+        for (shape, lens) in cases {
+            let (spans, q_rows, kv_rows) = spans_of(lens);
+            let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+            // One extra query row no span covers.
+            let (q, k, v) = (
+                rand_vec(&mut r, (q_rows + 1) * h * d),
+                rand_vec(&mut r, kv_rows * hkv * d),
+                rand_vec(&mut r, kv_rows * hkv * d),
+            );
+            let dout = rand_vec(&mut r, (q_rows + 1) * h * d);
+            let mut want_o = vec![f32::NAN; q.len()];
+            let mut want_l = vec![f32::NAN; (q_rows + 1) * h];
+            attention_ref::forward(&mut want_o, &mut want_l, &q, &k, &v, &spans, shape);
+            let mut o = vec![f32::NAN; q.len()];
+            let mut l = vec![f32::NAN; (q_rows + 1) * h];
+            let tail = q_rows * h * d;
+            o[tail..].fill(3.0);
+            super::forward(&mut o, &mut l, &q, &k, &v, &spans, shape);
+            assert!(o[tail..].iter().all(|&x| x == 3.0), "a row outside every span was written");
+            let (o, l) = (&o[..tail], &l[..q_rows * h]);
+            let e = rel_l2(o, &want_o[..tail]);
+            assert!(e < 1e-5, "{shape:?}: out rel L2 {e:.2e}");
+            let e = rel_l2(l, &want_l[..q_rows * h]);
+            assert!(e < 1e-6, "{shape:?}: lse rel L2 {e:.2e}");
+
+            // Backward is only defined for full spans (every kv row belongs to one span's queries).
+            if lens.iter().any(|(a, b)| a != b) {
+                continue;
+            }
+            type Grads<'a> = &'a dyn Fn(&mut [f32], &mut [f32], &mut [f32]);
+            let grads = |f: Grads<'_>| {
+                let mut g =
+                    (vec![f32::NAN; q.len()], vec![f32::NAN; k.len()], vec![f32::NAN; v.len()]);
+                f(&mut g.0, &mut g.1, &mut g.2);
+                g
+            };
+            let want = grads(&|dq, dk, dv| {
+                attention_ref::backward(
+                    dq, dk, dv, &dout, &q, &k, &v, &want_o, &want_l, &spans, shape,
+                )
+            });
+            let got = grads(&|dq, dk, dv| {
+                super::backward(dq, dk, dv, &dout, &q, &k, &v, &want_o, &want_l, &spans, shape)
+            });
+            for (name, g, w) in
+                [("dq", &got.0, &want.0), ("dk", &got.1, &want.1), ("dv", &got.2, &want.2)]
+            {
+                let n = if name == "dq" { tail } else { w.len() };
+                let e = rel_l2(&g[..n], &w[..n]);
+                assert!(e < 1e-5, "{shape:?}: {name} rel L2 {e:.2e}");
+            }
+        }
+    }
+}
