@@ -87,6 +87,8 @@ fn bad_inputs_name_the_file() {
             &format!("data.rl={it}"),
             "--set",
             "rl.batch_size=2",
+            "--set",
+            "rl.mini_batches=1",
         ]),
         &["config.json", "model_type"],
     );
