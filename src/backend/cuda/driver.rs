@@ -190,21 +190,13 @@ impl CudaDevice {
         beta: f32,
     ) -> Result<(), String> {
         let blas = self.blas.as_ref().ok_or("cuBLAS is not available")?;
-        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         use cudarc::cublas::sys::{
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
             cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F},
         };
         // Column-major view, operands swapped, as in `gemm`.
-        let (opb, ldb_) = match tb {
-            Tr::N => (CUBLAS_OP_N, n),
-            Tr::T => (CUBLAS_OP_T, k),
-        };
-        let (opa, lda_) = match ta {
-            Tr::N => (CUBLAS_OP_N, k),
-            Tr::T => (CUBLAS_OP_T, m),
-        };
+        let ((opa, lda_), (opb, ldb_)) = (blas_op(ta, k, m), blas_op(tb, n, k));
         let alpha = 1.0f32;
         let (pa, _ga) = a.device_ptr(&self.stream);
         let (pb, _gb) = b.device_ptr(&self.stream);
@@ -369,15 +361,7 @@ impl Device for CudaDevice {
             return true;
         }
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        let (opb, ldb_) = match tb {
-            Tr::N => (CUBLAS_OP_N, n),
-            Tr::T => (CUBLAS_OP_T, k),
-        };
-        let (opa, lda_) = match ta {
-            Tr::N => (CUBLAS_OP_N, k),
-            Tr::T => (CUBLAS_OP_T, m),
-        };
+        let ((opa, lda_), (opb, ldb_)) = (blas_op(ta, k, m), blas_op(tb, n, k));
         let alpha = 1.0f32;
         let (pa, _ga) = a.device_ptr(&self.stream);
         let (pb, _gb) = b.device_ptr(&self.stream);
@@ -420,5 +404,17 @@ impl CudaBackend<CudaDevice> {
 impl Drop for CudaDevice {
     fn drop(&mut self) {
         let _ = self.ctx.synchronize();
+    }
+}
+
+/// cuBLAS's view of a row-major operand stored `[rows, cols]` as given (`Tr::N`, leading
+/// dimension `cols`) or transposed (`Tr::T`, stored `[cols, rows]`, leading dimension `rows`).
+/// Shared by the f32 and bf16 GEMMs, which both run row-major C = op(A) op(B) as column-major
+/// C^T = op(B)^T op(A)^T with the operands swapped.
+fn blas_op(t: Tr, cols: usize, rows: usize) -> (cudarc::cublas::sys::cublasOperation_t, usize) {
+    use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    match t {
+        Tr::N => (CUBLAS_OP_N, cols),
+        Tr::T => (CUBLAS_OP_T, rows),
     }
 }
