@@ -236,6 +236,8 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
         .include(&kdir)
         .flag_if_supported("-std=c++17")
         .flag_if_supported("-fno-strict-aliasing")
+        // Separate multiply and add, as Rust computes them (the kernels' CPU references).
+        .flag_if_supported("-ffp-contract=off")
         // The emulator runs every thread as a fiber: optimize it even in debug builds.
         .opt_level(2)
         .debug(false)

@@ -656,6 +656,14 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+// Round-to-nearest arithmetic that the GPU compiler never contracts into an FMA (kernels use
+// them where a result must match the host's separate multiply and add bit for bit). The host
+// build has no FMA contraction on baseline x86-64, so plain operators are the same thing.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
 using ::expf; using ::logf; using ::sqrtf; using ::fmaxf; using ::fminf; using ::fabsf; using ::sincosf;
 using ::tanhf; using ::powf; using ::exp2f; using ::log2f; using ::log1pf; using ::erff;
 

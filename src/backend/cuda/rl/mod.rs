@@ -1,0 +1,60 @@
+//! The RL hot path as device kernels: the fused GRPO-family loss (`grpo_loss`), group
+//! advantages (`advantage`) and batched VAS scores (`vas_score`). Each is a method of
+//! [`CudaBackend`](super::CudaBackend), so it runs on the GPU and on the emulator, and each
+//! is held to its CPU reference in `src/rl/` by `tests/rl_kernels.rs`.
+//!
+//! The kernels know nothing of the trainer: they take flat device buffers plus the same
+//! configuration types the CPU code takes (`LossConfig`, `Normalizer`, `AdvantageConfig`), and
+//! return the same summaries (`LossMetrics`, `GroupStats`). Only the scalars of a summary
+//! travel to the host; per-token outputs stay on the device.
+
+pub mod advantage;
+pub mod grpo_loss;
+pub mod vas_score;
+
+use super::device::Device;
+use super::{CudaBackend, DevBuf};
+
+impl<D: Device> CudaBackend<D> {
+    /// `out[c] = sum_r m[r, c]` of a row-major [rows, cols] f64 matrix in device memory, in a
+    /// fixed order (one block), downloaded.
+    fn reduce_rows_f64(&self, m: &D::Mem, rows: usize, cols: usize) -> Vec<f64> {
+        let out = self.dev.alloc(cols.max(1) * 8);
+        self.dev.launch(
+            "reduce_rows_f64",
+            [1, 1, 1],
+            [256, 1, 1],
+            0,
+            &[
+                super::device::Arg::Ptr(m),
+                super::device::Arg::I64(rows as i64),
+                super::device::Arg::I32(cols as i32),
+                super::device::Arg::Ptr(&out),
+            ],
+        );
+        f64s(&self.dev.download(&out, cols * 8))
+    }
+    fn upload_f64(&self, v: &[f64]) -> D::Mem {
+        self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0f64] } else { v }))
+    }
+    fn upload_i64(&self, v: &[i64]) -> D::Mem {
+        self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0i64] } else { v }))
+    }
+}
+
+/// Little-endian bytes to f64 values.
+fn f64s(bytes: &[u8]) -> Vec<f64> {
+    bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// Offsets as the kernels read them (i64), checked like the CPU code checks them.
+fn offsets_i64(offsets: &[usize], n: usize, what: &str) -> Vec<i64> {
+    assert!(!offsets.is_empty() && offsets[0] == 0, "{what}: offsets must start at 0");
+    assert_eq!(*offsets.last().unwrap(), n, "{what}: offsets must end at the element count");
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{what}: offsets must be non-decreasing");
+    offsets.iter().map(|&o| o as i64).collect()
+}
+
+fn buf_len<M>(b: &DevBuf<M>) -> usize {
+    b.len
+}

@@ -1,0 +1,585 @@
+//! The RL kernels (src/backend/cuda/rl/) against their CPU references in src/rl/: the fused
+//! GRPO-family loss against `policy_loss_f64`, group advantages against `advantages_f64`,
+//! VAS scores against `score_item`. Random ragged batches (group sizes 1, 2, 3, 8, 16),
+//! fully masked rows, log-ratios beyond +-20, both advantage signs, outputs poisoned with NaN.
+//!
+//! Runs on the CUDA emulator with `--features emu`, every launch under each schedule of
+//! `Schedule::CI` with bit-identical results demanded, and on the real GPU with
+//! `--features cuda` (#[ignore]d; scripts/gpu-check.sh runs them with --include-ignored).
+#![cfg(any(feature = "emu", feature = "cuda"))]
+
+use mmr1_fast::backend::cuda::device::Device;
+use mmr1_fast::backend::cuda::rl::grpo_loss::{DeviceAdvantages, DeviceLossInputs};
+use mmr1_fast::backend::cuda::CudaBackend;
+use mmr1_fast::backend::Backend;
+use mmr1_fast::rl::advantage::{broadcast_to_tokens, Convention};
+use mmr1_fast::rl::grpo::{
+    policy_loss_f64, Aggregation, KlConfig, KlEstimator, LossConfig, LossInputs, LossMetrics,
+    Normalizer, PolicyLoss,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn poisoned<D: Device>(b: &CudaBackend<D>, n: usize) -> <CudaBackend<D> as Backend>::Buf {
+    let mut x = b.zeros(n);
+    b.fill(&mut x, f32::NAN);
+    x
+}
+
+/// One ragged batch: prompts with group sizes drawn from {1, 2, 3, 8}, responses of 0..40
+/// tokens, some fully masked, log-ratios mostly small with a tail beyond +-20, advantages of
+/// both signs (never exactly 0, except a few exact zeros to hit the `A == 0` branches).
+struct Batch {
+    logp: Vec<f32>,
+    old: Vec<f32>,
+    refl: Vec<f32>,
+    ent: Vec<f32>,
+    mask: Vec<f32>,
+    pg_mask: Vec<f32>,
+    selected: Vec<bool>,
+    adv_resp: Vec<f32>,
+    offsets: Vec<usize>,
+}
+
+fn batch(seed: u64) -> Batch {
+    let mut r = rng(seed);
+    let mut lens = Vec::new();
+    for g in [1usize, 2, 3, 8, 1, 8, 3, 2] {
+        for _ in 0..g {
+            lens.push(r.gen_range(0..40usize));
+        }
+    }
+    let mut offsets = vec![0usize];
+    for l in &lens {
+        offsets.push(offsets.last().unwrap() + l);
+    }
+    let n = *offsets.last().unwrap();
+    let fully_masked: Vec<bool> = (0..lens.len()).map(|i| i % 7 == 3).collect();
+    let (mut logp, mut old, mut refl, mut ent, mut mask, mut pg_mask, mut selected) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (i, w) in offsets.windows(2).enumerate() {
+        for _ in w[0]..w[1] {
+            let lp: f32 = r.gen_range(-8.0..-0.01);
+            // 1 token in 12 has a log-ratio beyond +-20 (clamps, overflowing ratios).
+            let d: f32 = if r.gen_range(0..12) == 0 {
+                if r.gen_bool(0.5) {
+                    r.gen_range(20.5..30.0)
+                } else {
+                    -r.gen_range(20.5..30.0)
+                }
+            } else {
+                r.gen_range(-0.6..0.6)
+            };
+            logp.push(lp);
+            old.push(lp - d);
+            let kd: f32 = if r.gen_range(0..10) == 0 {
+                r.gen_range(-25.0..25.0)
+            } else {
+                r.gen_range(-1.0..1.0)
+            };
+            refl.push(lp + kd);
+            ent.push(r.gen_range(0.01..5.0));
+            mask.push(if fully_masked[i] || r.gen_range(0..6) == 0 { 0.0 } else { 1.0 });
+            pg_mask.push(if r.gen_range(0..4) == 0 { 0.0 } else { 1.0 });
+            selected.push(r.gen_range(0..3) == 0);
+        }
+    }
+    let adv_resp: Vec<f32> = (0..lens.len())
+        .map(|i| if i % 11 == 5 { 0.0 } else { r.gen_range(-2.0f32..2.0) })
+        .collect();
+    assert_eq!(logp.len(), n);
+    Batch { logp, old, refl, ent, mask, pg_mask, selected, adv_resp, offsets }
+}
+
+const POLICIES: [PolicyLoss; 8] = [
+    PolicyLoss::Vanilla,
+    PolicyLoss::Gspo,
+    PolicyLoss::Gpg,
+    PolicyLoss::ClipCov,
+    PolicyLoss::KlCov,
+    PolicyLoss::GeoMean,
+    PolicyLoss::Cispo,
+    PolicyLoss::Sapo,
+];
+const AGGS: [Aggregation; 5] = [
+    Aggregation::TokenMean,
+    Aggregation::TokenSum,
+    Aggregation::SeqMeanTokenSum,
+    Aggregation::SeqMeanTokenMean,
+    Aggregation::SeqMeanTokenSumNorm,
+];
+const KLS: [KlEstimator; 7] = [
+    KlEstimator::K1,
+    KlEstimator::Abs,
+    KlEstimator::K2,
+    KlEstimator::K3,
+    KlEstimator::K1Plus,
+    KlEstimator::AbsPlus,
+    KlEstimator::K3Plus,
+];
+
+/// Options of one case beyond policy / aggregation / convention.
+#[derive(Clone, Copy)]
+struct Extras {
+    kl: Option<KlEstimator>,
+    ratio_weighted_kl: bool,
+    entropy: bool,
+    pg_mask: bool,
+    per_token_adv: bool,
+    trl_delta: bool,
+}
+
+fn config(policy: PolicyLoss, agg: Aggregation, conv: Convention, x: Extras) -> LossConfig {
+    let mut c = match conv {
+        Convention::Mmr1 => LossConfig::mmr1(),
+        Convention::Verl => LossConfig::verl(),
+        Convention::Trl => LossConfig::trl(),
+    };
+    c.policy = policy;
+    c.agg = agg;
+    c.clip_eps_high = 0.28; // clip-higher: low and high bounds differ
+    c.kl = x.kl.map(|estimator| KlConfig { estimator, coef: 0.03 });
+    c.kl_ratio_weighted = x.ratio_weighted_kl;
+    c.entropy_coef = if x.entropy { 0.007 } else { 0.0 };
+    c.trl_delta = if x.trl_delta { Some(1.7) } else { None };
+    c.cov.ppo_kl_coef = 0.3;
+    c
+}
+
+struct Got {
+    loss: f64,
+    metrics: LossMetrics,
+    dlogp: Vec<f32>,
+    dent: Option<Vec<f32>>,
+}
+
+/// The loss on the device for responses `rows` of the batch (a micro-batch), with `norm`.
+fn device_loss<D: Device>(
+    b: &CudaBackend<D>,
+    bt: &Batch,
+    rows: std::ops::Range<usize>,
+    cfg: &LossConfig,
+    norm: Normalizer,
+    x: Extras,
+) -> Got {
+    let (t0, t1) = (bt.offsets[rows.start], bt.offsets[rows.end]);
+    let n = t1 - t0;
+    let offsets: Vec<usize> = bt.offsets[rows.start..=rows.end].iter().map(|o| o - t0).collect();
+    let up = |v: &[f32]| b.upload(&v[t0..t1]);
+    let (logp, old, refl, ent, mask, pgm) =
+        (up(&bt.logp), up(&bt.old), up(&bt.refl), up(&bt.ent), up(&bt.mask), up(&bt.pg_mask));
+    let adv_resp = b.upload(&bt.adv_resp[rows.clone()]);
+    let adv_tok = b.upload(&broadcast_to_tokens(&bt.adv_resp, &bt.offsets)[t0..t1]);
+    let inputs = DeviceLossInputs {
+        logp: &logp,
+        logp_old: &old,
+        advantages: if x.per_token_adv {
+            DeviceAdvantages::PerToken(&adv_tok)
+        } else {
+            DeviceAdvantages::PerResponse(&adv_resp)
+        },
+        mask: &mask,
+        ref_logp: x.kl.map(|_| &refl),
+        entropy: x.entropy.then_some(&ent),
+        pg_mask: x.pg_mask.then_some(&pgm),
+        selected: Some(&bt.selected[t0..t1]),
+        offsets: &offsets,
+    };
+    let mut dlogp = poisoned(b, n);
+    let mut dent = poisoned(b, n);
+    let out = b.grpo_loss(&inputs, cfg, norm, &mut dlogp, x.entropy.then_some(&mut dent));
+    Got {
+        loss: out.loss,
+        metrics: out.metrics,
+        dlogp: b.download(&dlogp),
+        dent: x.entropy.then(|| b.download(&dent)),
+    }
+}
+
+/// Per-token gradients: the kernel evaluates the reference's formulas in f64, in the same
+/// order, and rounds to f32 as `policy_loss` does; only the order of the per-response sums
+/// (n_i is exact; GSPO's and GMPO's log-ratio sums and GSPO's gradient spread are not) and the
+/// device's exp/log (<= 1-2 ulp in f64) differ. Those move a value by ~1e-15 relative before
+/// the f32 rounding, so each element may differ by one f32 rounding step: 2 ulp (2^-22
+/// relative) plus 1e-12 of the batch's largest gradient for values that cancel to ~0.
+fn assert_grad(what: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: token {i} is {g} (reference {w})");
+        let tol = 2.0 * f32::EPSILON as f64 * w.abs() + 1e-12 * scale;
+        assert!(((g as f64) - w).abs() <= tol, "{what}: token {i}: {g:e} vs reference {w:e}");
+    }
+}
+
+/// Sums in f64 in another order: relative 1e-12 (of the value, or of 1 for values near 0;
+/// per-token terms are O(1) and up to e^30 with unclamped ratios, and a few hundred of them are
+/// summed, so reordering moves a sum by ~1e-14 relative to its largest term).
+fn assert_sum(what: &str, got: f64, want: f64) {
+    assert!(got.is_finite(), "{what}: {got}");
+    assert!(
+        (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+        "{what}: {got:.17e} vs reference {want:.17e}"
+    );
+}
+
+fn assert_metrics(what: &str, got: &LossMetrics, want: &LossMetrics) {
+    assert_eq!(got.active_tokens, want.active_tokens, "{what}: active tokens");
+    // Fractions of 0/1 counts are exact in both.
+    assert_eq!(got.clip_frac_low, want.clip_frac_low, "{what}: clip_frac_low");
+    assert_eq!(got.clip_frac_high, want.clip_frac_high, "{what}: clip_frac_high");
+    assert_eq!(got.clip_frac, want.clip_frac, "{what}: clip_frac");
+    assert_eq!(got.dual_clip_frac, want.dual_clip_frac, "{what}: dual_clip_frac");
+    assert_sum(&format!("{what}: pg_loss"), got.pg_loss, want.pg_loss);
+    assert_sum(&format!("{what}: kl_loss"), got.kl_loss, want.kl_loss);
+    assert_sum(&format!("{what}: entropy_loss"), got.entropy_loss, want.entropy_loss);
+    assert_sum(&format!("{what}: approx_kl"), got.approx_kl, want.approx_kl);
+    assert_sum(&format!("{what}: kl"), got.kl, want.kl);
+    assert_sum(&format!("{what}: mean_ratio"), got.mean_ratio, want.mean_ratio);
+    match (got.entropy, want.entropy) {
+        (Some(g), Some(w)) => assert_sum(&format!("{what}: entropy"), g, w),
+        (g, w) => assert_eq!(g.is_some(), w.is_some(), "{what}: entropy present"),
+    }
+}
+
+fn check_case<D: Device>(b: &CudaBackend<D>, bt: &Batch, cfg: &LossConfig, x: Extras, what: &str) {
+    let adv_tok = broadcast_to_tokens(&bt.adv_resp, &bt.offsets);
+    let norm = Normalizer::count(&bt.mask, &bt.offsets, 48);
+    let mut inp = LossInputs::new(&bt.logp, &bt.old, &adv_tok, &bt.mask, &bt.offsets);
+    inp.ref_logp = x.kl.map(|_| bt.refl.as_slice());
+    inp.entropy = x.entropy.then_some(bt.ent.as_slice());
+    inp.pg_mask = x.pg_mask.then_some(bt.pg_mask.as_slice());
+    inp.selected = Some(&bt.selected);
+    let want = policy_loss_f64(&inp, cfg, norm);
+    let rows = bt.offsets.len() - 1;
+    let got = device_loss(b, bt, 0..rows, cfg, norm, x);
+    assert_grad(&format!("{what}: dlogp"), &got.dlogp, &want.dlogp);
+    if let (Some(g), Some(w)) = (&got.dent, &want.dentropy) {
+        assert_grad(&format!("{what}: dentropy"), g, w);
+    }
+    assert_sum(&format!("{what}: loss"), got.loss, want.loss);
+    assert_metrics(what, &got.metrics, &want.metrics);
+}
+
+/// Every policy loss x aggregation x convention, with the KL estimator, ratio weighting,
+/// entropy bonus, policy mask, per-token advantages and TRL's delta cycling through the cases.
+fn grpo_loss_every_mode<D: Device>(b: &CudaBackend<D>) {
+    let bt = batch(11);
+    let mut case = 0usize;
+    for policy in POLICIES {
+        for agg in AGGS {
+            for conv in [Convention::Mmr1, Convention::Verl, Convention::Trl] {
+                let x = Extras {
+                    kl: (case % 8 != 7).then(|| KLS[case % 7]),
+                    ratio_weighted_kl: case % 3 == 1,
+                    entropy: case % 2 == 0,
+                    pg_mask: case % 5 == 2,
+                    per_token_adv: case % 4 == 3,
+                    trl_delta: case % 6 == 4,
+                };
+                let cfg = config(policy, agg, conv, x);
+                check_case(b, &bt, &cfg, x, &format!("{policy:?}/{agg:?}/{conv:?} case {case}"));
+                case += 1;
+            }
+        }
+    }
+}
+
+/// Each KL estimator with each policy loss (ratio-weighted or not), on a second batch.
+fn grpo_loss_every_kl<D: Device>(b: &CudaBackend<D>) {
+    let bt = batch(12);
+    for (i, est) in KLS.into_iter().enumerate() {
+        for (j, policy) in POLICIES.into_iter().enumerate() {
+            let x = Extras {
+                kl: Some(est),
+                ratio_weighted_kl: (i + j) % 2 == 0,
+                entropy: j % 3 == 0,
+                pg_mask: false,
+                per_token_adv: false,
+                trl_delta: false,
+            };
+            let conv = [Convention::Mmr1, Convention::Verl, Convention::Trl][(i + j) % 3];
+            let cfg = config(policy, AGGS[(i + 2 * j) % 5], conv, x);
+            check_case(b, &bt, &cfg, x, &format!("{est:?}/{policy:?}"));
+        }
+    }
+}
+
+/// Micro-batching never changes the loss: with the global normaliser, the calls of any split
+/// into whole responses give each token's gradient bit for bit and losses that sum to the
+/// full batch's.
+fn grpo_loss_split_invariant<D: Device>(b: &CudaBackend<D>) {
+    let bt = batch(13);
+    let rows = bt.offsets.len() - 1;
+    let norm = Normalizer::count(&bt.mask, &bt.offsets, 48);
+    for policy in POLICIES {
+        let x = Extras {
+            kl: Some(KlEstimator::K3),
+            ratio_weighted_kl: policy == PolicyLoss::Gspo,
+            entropy: true,
+            pg_mask: false,
+            per_token_adv: false,
+            trl_delta: false,
+        };
+        let cfg = config(policy, Aggregation::SeqMeanTokenMean, Convention::Verl, x);
+        let full = device_loss(b, &bt, 0..rows, &cfg, norm, x);
+        let cuts = [0, 1, 5, 6, 17, rows];
+        let mut loss = 0f64;
+        let mut parts = Vec::new();
+        for w in cuts.windows(2) {
+            let part = device_loss(b, &bt, w[0]..w[1], &cfg, norm, x);
+            let (t0, t1) = (bt.offsets[w[0]], bt.offsets[w[1]]);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&part.dlogp),
+                bits(&full.dlogp[t0..t1]),
+                "{policy:?}: dlogp of rows {w:?} depends on the split"
+            );
+            loss += part.loss;
+            parts.push(part.metrics);
+        }
+        assert_sum(&format!("{policy:?}: split loss"), loss, full.loss);
+        let merged = LossMetrics::merge(&parts);
+        assert_eq!(merged.active_tokens, full.metrics.active_tokens);
+        assert_sum(
+            &format!("{policy:?}: split clip_frac"),
+            merged.clip_frac,
+            full.metrics.clip_frac,
+        );
+    }
+}
+
+/// No responses, and responses with no tokens: nothing written, a zero loss.
+fn grpo_loss_empty<D: Device>(b: &CudaBackend<D>) {
+    let cfg = LossConfig::verl();
+    let norm = Normalizer::new(0.0, 0.0, 8.0);
+    let e = b.upload(&[]);
+    let adv = b.upload(&[0.5, -0.5]);
+    for (offsets, a) in [(vec![0usize], &e), (vec![0, 0, 0], &adv)] {
+        let mut d = b.upload(&[]);
+        let inputs = DeviceLossInputs {
+            logp: &e,
+            logp_old: &e,
+            advantages: DeviceAdvantages::PerResponse(a),
+            mask: &e,
+            ref_logp: None,
+            entropy: None,
+            pg_mask: None,
+            selected: None,
+            offsets: &offsets,
+        };
+        let out = b.grpo_loss(&inputs, &cfg, norm, &mut d, None);
+        assert_eq!(out.loss, 0.0);
+        assert_eq!(out.metrics.active_tokens, 0.0);
+    }
+}
+
+// ---- group advantages ------------------------------------------------------------------------
+
+/// Ragged groups (sizes 1, 2, 3, 8, 16, empty), binary, continuous and constant rewards.
+fn adv_batch(seed: u64) -> (Vec<f32>, Vec<usize>, Vec<usize>) {
+    let mut r = rng(seed);
+    let sizes = [1usize, 2, 3, 8, 16, 0, 8, 8, 1, 3, 2, 16, 8, 5];
+    let (mut rewards, mut offsets) = (Vec::new(), vec![0usize]);
+    for (g, &n) in sizes.iter().enumerate() {
+        for _ in 0..n {
+            rewards.push(match g % 4 {
+                0 => r.gen_range(0..2) as f32,              // binary accuracy
+                1 => r.gen_range(-1.5f32..2.5),             // graded / shaped
+                2 => 0.1,                                   // constant: zero variance
+                _ => [0.0f32, 1.0, 1.1][r.gen_range(0..3)], // accuracy + format bonus
+            });
+        }
+        offsets.push(rewards.len());
+    }
+    let lengths = (0..rewards.len()).map(|_| r.gen_range(0..50usize)).collect();
+    (rewards, offsets, lengths)
+}
+
+fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::rl::advantage::{advantages_f64, AdvEstimator, AdvantageConfig, ScaleRewards};
+    let (rewards, offsets, lengths) = adv_batch(21);
+    let r64: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
+    let d_r = b.upload(&rewards);
+    for est in [
+        AdvEstimator::Grpo,
+        AdvEstimator::Rloo,
+        AdvEstimator::ReinforcePlusPlusBaseline,
+        AdvEstimator::Gpg,
+    ] {
+        for scale in [ScaleRewards::Group, ScaleRewards::Batch, ScaleRewards::None] {
+            for base in [AdvantageConfig::verl(), AdvantageConfig::trl()] {
+                let cfg = AdvantageConfig { estimator: est, scale, ..base };
+                let what = format!("{est:?}/{scale:?}/{:?}", cfg.convention);
+                let (want, ws) = advantages_f64(&r64, &offsets, Some(&lengths), &cfg);
+                let mut adv = poisoned(b, rewards.len());
+                let gs = b.group_advantages(&d_r, &offsets, Some(&lengths), &cfg, &mut adv);
+                // f64 throughout; group sums in another order move a value by ~1e-16
+                // relative, so the f32 results may differ by one rounding step. Constant
+                // groups centre to ~1e-17 (a mean that is not exact in binary), which std
+                // scaling lifts to ~1e-11: an absolute 1e-9 covers that and nothing more.
+                let got = b.download(&adv);
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let tol = 2.0 * f32::EPSILON as f64 * w.abs() + 1e-9;
+                    assert!(
+                        g.is_finite() && ((g as f64) - w).abs() <= tol,
+                        "{what}: adv {i}: {g} vs {w}"
+                    );
+                }
+                assert_eq!(gs.num_groups, ws.num_groups, "{what}: groups");
+                assert_eq!(gs.num_zero_variance, ws.num_zero_variance, "{what}: zero variance");
+                assert_sum(&format!("{what}: reward_mean"), gs.reward_mean, ws.reward_mean);
+                assert_sum(&format!("{what}: reward_std"), gs.reward_std, ws.reward_std);
+                assert_sum(
+                    &format!("{what}: mean_group_std"),
+                    gs.mean_group_std,
+                    ws.mean_group_std,
+                );
+            }
+        }
+    }
+    // No rewards at all, and one singleton.
+    for (rw, off) in [(vec![], vec![0usize]), (vec![0.7f32], vec![0, 1])] {
+        let cfg = AdvantageConfig::verl();
+        let r64: Vec<f64> = rw.iter().map(|&x| x as f64).collect();
+        let (want, ws) = advantages_f64(&r64, &off, None, &cfg);
+        let mut adv = poisoned(b, rw.len());
+        let gs = b.group_advantages(&b.upload(&rw), &off, None, &cfg, &mut adv);
+        let got = b.download(&adv);
+        assert_eq!(got.len(), want.len());
+        assert!(got.iter().zip(&want).all(|(g, w)| (*g as f64 - w).abs() < 1e-7));
+        assert_eq!(gs, ws);
+    }
+}
+
+// ---- VAS scores ----------------------------------------------------------------------------
+
+/// Items with 0, 1, 2, 3, 8 and 16 rollouts; rollouts of 0..60 tokens over a small alphabet
+/// (n-grams repeat within and across rollouts) or a real-sized vocabulary, with exact
+/// duplicates, short rollouts (< 4 tokens) and empty ones.
+fn vas_batch(seed: u64) -> (Vec<Vec<Vec<u32>>>, Vec<Vec<f32>>) {
+    let mut r = rng(seed);
+    let mut items = Vec::new();
+    let mut correct = Vec::new();
+    for (i, &k) in [0usize, 1, 2, 3, 8, 16, 8, 2, 3, 8, 5, 16].iter().enumerate() {
+        let vocab = if i % 3 == 2 { 151_936 } else { 3 + i as u32 % 4 };
+        let mut rolls: Vec<Vec<u32>> = Vec::new();
+        for j in 0..k {
+            let len = match (i + j) % 9 {
+                0 => 0,
+                1 => r.gen_range(1..4),
+                _ => r.gen_range(4..60),
+            };
+            if j > 0 && (i + j) % 5 == 0 {
+                let dup = rolls[j - 1].clone(); // an exact duplicate
+                rolls.push(dup);
+            } else {
+                rolls.push((0..len).map(|_| r.gen_range(0..vocab)).collect());
+            }
+        }
+        let c: Vec<f32> = (0..k)
+            .map(|j| {
+                if i % 4 == 1 {
+                    [0.0, 0.5, 1.0][(j * 7 + i) % 3]
+                } else {
+                    r.gen_range(0..2) as f32
+                }
+            })
+            .collect();
+        items.push(rolls);
+        correct.push(c);
+    }
+    (items, correct)
+}
+
+fn vas_scores_match_cpu<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::backend::cuda::rl::vas_score::DeviceRollouts;
+    use mmr1_fast::rl::vas::{score_item, TdsMetric};
+    let (items, correct) = vas_batch(31);
+    let (mut tokens, mut roll_off, mut item_off, mut corr) =
+        (vec![], vec![0usize], vec![0usize], vec![]);
+    for (rolls, c) in items.iter().zip(&correct) {
+        for t in rolls {
+            tokens.extend_from_slice(t);
+            roll_off.push(tokens.len());
+        }
+        corr.extend_from_slice(c);
+        item_off.push(roll_off.len() - 1);
+    }
+    let d_tok = b.upload_tokens(&tokens);
+    let d_corr = b.upload(&corr);
+    let dr =
+        DeviceRollouts { tokens: &d_tok, rollouts: &roll_off, items: &item_off, correct: &d_corr };
+    for metric in [
+        TdsMetric::InverseSelfBleu { max_n: 4 },
+        TdsMetric::InverseSelfBleu { max_n: 1 },
+        TdsMetric::InverseSelfBleu { max_n: 2 },
+        TdsMetric::DistinctN { max_n: 4 },
+        TdsMetric::DistinctN { max_n: 3 },
+    ] {
+        let got = b.vas_scores(&dr, 0.8, 0.2, metric);
+        assert_eq!(got.len(), items.len());
+        let mut max_err = 0f32;
+        for (i, ((rolls, c), g)) in items.iter().zip(&correct).zip(&got).enumerate() {
+            let toks: Vec<&[u32]> = rolls.iter().map(|t| t.as_slice()).collect();
+            let w = score_item(c, &toks, 0.8, 0.2, metric);
+            let what = format!("{metric:?} item {i} ({} rollouts)", rolls.len());
+            // Pass rate and OVS are the same f64 sum and f32 products: bit for bit. TDS is
+            // an f64 formula of exact integer counts, rounded to f32; only the device's log
+            // and exp (<= 2 ulp in f64) differ, so one f32 rounding step at most: 1e-6.
+            assert_eq!(g.n, w.n, "{what}: n");
+            assert_eq!(g.pass_rate.to_bits(), w.pass_rate.to_bits(), "{what}: pass rate");
+            assert_eq!(g.ovs.to_bits(), w.ovs.to_bits(), "{what}: ovs");
+            assert!((g.tds - w.tds).abs() <= 1e-6, "{what}: tds {} vs {}", g.tds, w.tds);
+            assert!((g.vps - w.vps).abs() <= 1e-6, "{what}: vps {} vs {}", g.vps, w.vps);
+            max_err = max_err.max((g.tds - w.tds).abs());
+        }
+        println!("ERR vas tds {metric:?}: {max_err:.3e}");
+    }
+    // The items' TDS must not be trivial: some 0, some strictly between 0 and 1.
+    let t: Vec<f32> =
+        b.vas_scores(&dr, 0.8, 0.2, TdsMetric::default()).iter().map(|s| s.tds).collect();
+    assert!(t.iter().any(|&x| x > 0.05 && x < 0.95), "{t:?}");
+}
+
+macro_rules! suite {
+    ($($t:ident),*) => {
+        #[cfg(feature = "emu")]
+        mod emu {
+            use mmr1_fast::backend::cuda::{emu::{EmuDevice, Schedule}, CudaBackend};
+            fn emulator() -> CudaBackend<EmuDevice> {
+                match std::env::var("MMR1_EMU_SCHEDULE") {
+                    Ok(_) => CudaBackend::emulator(),
+                    Err(_) => CudaBackend::emulator_with(&Schedule::CI),
+                }
+            }
+            $( #[test] fn $t() { super::$t(&emulator()); } )*
+        }
+        #[cfg(feature = "cuda")]
+        mod gpu {
+            use mmr1_fast::backend::cuda::{driver::CudaDevice, CudaBackend};
+            use std::sync::OnceLock;
+            fn gpu() -> &'static CudaBackend<CudaDevice> {
+                static B: OnceLock<Result<CudaBackend<CudaDevice>, String>> = OnceLock::new();
+                match B.get_or_init(|| CudaBackend::new(0)) {
+                    Ok(b) => b,
+                    Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
+                }
+            }
+            $( #[test] #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"] fn $t() { super::$t(gpu()); } )*
+        }
+    };
+}
+
+suite!(
+    grpo_loss_every_mode,
+    grpo_loss_every_kl,
+    grpo_loss_split_invariant,
+    grpo_loss_empty,
+    group_advantages_every_mode,
+    vas_scores_match_cpu
+);
