@@ -341,10 +341,12 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
 
     // Pass A: the response's sums (active tokens, GSPO's log-ratio sum, GMPO's sums).
     double sa[4] = {0.0, 0.0, 0.0, 0.0};
+    const bool seq_level = p.policy == POL_GSPO || p.policy == POL_GEO_MEAN;
     for (long long t = a0 + threadIdx.x; t < b0; t += blockDim.x) {
         const double mt = mask[t];
-        const double d = (double)logp[t] - (double)logp_old[t];
         sa[0] += mt;
+        if (!seq_level) continue; // token-level losses need only n_i: read the mask alone
+        const double d = (double)logp[t] - (double)logp_old[t];
         sa[1] += mt * d;
         if (p.policy == POL_GEO_MEAN) {
             const double at = adv[adv_per_token ? t : r];

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # GPU check: the kernel equivalence suites on the real GPU (kernels_vs_cpu, tensor_core,
-# flash_attention), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
+# flash_attention, rl_kernels), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
 # shapes, flash attention forward/backward/decode), PyTorch doing the same GEMMs and causal
 # attention (scaled_dot_product_attention, bf16) in the same run, and a table (kernel, max
 # error, time, rate, fraction of roofline, PyTorch time, speed vs PyTorch) written to
-# docs/gpu-check.md and to the end of the output. The suites also run under compute-sanitizer
+# docs/gpu-check.md and to the end of the output; the RL kernels (GRPO loss, advantages, VAS
+# scores) against PyTorch eager in docs/rl-kernels-gpu.md. The suites also run under compute-sanitizer
 # (memcheck, racecheck, synccheck, initcheck), one verdict per tool in a second table. GPU tests
 # are #[ignore]d where there is no GPU, so they run here with --include-ignored.
 #
 #   scripts/gpu-check.sh                    # build here, then run
 #   scripts/gpu-check.sh --build-only DIR   # build release binaries into DIR (no GPU needed)
 #   scripts/gpu-check.sh --prebuilt DIR     # run binaries built elsewhere (DIR/kernels_vs_cpu,
-#                                           # DIR/tensor_core, DIR/flash_attention, DIR/kernels)
+#                                           # DIR/tensor_core, DIR/flash_attention, DIR/rl_kernels,
+#                                           # DIR/kernels, DIR/rl_bench)
 #
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them); SANITIZER_TIMEOUT
 # (seconds, default 1200) bounds each tool's run. The exit code is non-zero when a suite fails
@@ -24,7 +26,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels"
 
 # Executable of a cargo target, from cargo's JSON messages.
 exe_of() {
@@ -39,15 +41,16 @@ if [ "$mode" != "--prebuilt" ]; then
         exe[$t]=$(cargo test --release --features cuda --test "$t" --no-run --message-format=json 2>/dev/null | exe_of "$t")
     done
     exe[kernels]=$(cargo bench --features cuda --bench kernels --no-run --message-format=json 2>/dev/null | exe_of kernels)
+    exe[rl_bench]=$(cargo bench --features cuda --bench rl_kernels --no-run --message-format=json 2>/dev/null | exe_of rl_kernels)
     if [ "$mode" = "--build-only" ]; then
         mkdir -p "$dir"
-        for t in $suites kernels; do cp "${exe[$t]}" "$dir/$t"; done
-        echo "built into $dir: $suites kernels"
+        for t in $suites kernels rl_bench; do cp "${exe[$t]}" "$dir/$t"; done
+        echo "built into $dir: $suites kernels rl_bench"
         exit 0
     fi
 else
     declare -A exe
-    for t in $suites kernels; do exe[$t]="$dir/$t"; done
+    for t in $suites kernels rl_bench; do exe[$t]="$dir/$t"; done
 fi
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
 echo "== GPU: $gpu"
@@ -167,6 +170,36 @@ for ns, ln, h, hk in [(2, 4096, 16, 16), (4, 1024, 12, 2)]:
     res[f"flash_fwd_{tag}"], res[f"flash_bwd_{tag}"] = tf, tfb - tf
 json.dump(res, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(res, indent=1))
+PY
+set -e
+
+echo "== RL kernels (benches/rl_kernels.rs) and PyTorch eager on the same work (benches/rl_kernels_torch.py)"
+set +e
+"${exe[rl_bench]}" > "$log/rl-bench.log" 2>&1
+cat "$log/rl-bench.log"
+python3 benches/rl_kernels_torch.py "$log/rl-torch.json" 2>&1 | tail -5
+python3 - "$log" "$gpu" <<'PY'
+# docs/rl-kernels-gpu.md: each RL kernel's median time, bandwidth, fraction of HBM and speed
+# against PyTorch eager doing the same work (loss + backward; advantages).
+import json, os, sys
+log, gpu = sys.argv[1], sys.argv[2]
+hbm = 4.8e12 if "H200" in gpu else 3.35e12
+rows = [json.loads(l.split(" ", 1)[1]) for l in open(os.path.join(log, "rl-bench.log")) if l.startswith("RLBENCH ")]
+try:
+    torch_res = json.load(open(os.path.join(log, "rl-torch.json")))
+except Exception as e:
+    torch_res = {"error": str(e)}
+out = ["# RL kernels on the GPU", "", f"GPU: {gpu}. PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))} (eager, f32).",
+       "Bytes: the minimum a call must move (inputs read once, outputs written once).", "",
+       "| kernel | time | bandwidth | fraction of HBM | PyTorch eager | speed vs PyTorch |", "| --- | --- | --- | --- | --- | --- |"]
+for r in rows:
+    t = torch_res.get(r["id"])
+    bw = r["bytes"] / r["s"] if r["bytes"] else 0
+    out.append(f"| {r['id']} | {r['s']*1e6:.1f} us | {bw/1e9:.0f} GB/s | {bw/hbm:.0%} | "
+               + ("-" if not isinstance(t, float) else f"{t*1e6:.1f} us") + " | "
+               + ("-" if not isinstance(t, float) else f"{t/r['s']:.1f}x") + " |")
+open("docs/rl-kernels-gpu.md", "w").write("\n".join(out) + "\n")
+print("\n".join(out))
 PY
 set -e
 

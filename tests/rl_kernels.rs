@@ -9,8 +9,8 @@
 #![cfg(any(feature = "emu", feature = "cuda"))]
 
 use mmr1_fast::backend::cuda::device::Device;
-use mmr1_fast::backend::cuda::rl::grpo_loss::{DeviceAdvantages, DeviceLossInputs};
 use mmr1_fast::backend::cuda::CudaBackend;
+use mmr1_fast::backend::rl_ops::{AdvBuf, LossBufs};
 use mmr1_fast::backend::Backend;
 use mmr1_fast::rl::advantage::{broadcast_to_tokens, Convention};
 use mmr1_fast::rl::grpo::{
@@ -174,13 +174,13 @@ fn device_loss<D: Device>(
         (up(&bt.logp), up(&bt.old), up(&bt.refl), up(&bt.ent), up(&bt.mask), up(&bt.pg_mask));
     let adv_resp = b.upload(&bt.adv_resp[rows.clone()]);
     let adv_tok = b.upload(&broadcast_to_tokens(&bt.adv_resp, &bt.offsets)[t0..t1]);
-    let inputs = DeviceLossInputs {
+    let inputs = LossBufs {
         logp: &logp,
         logp_old: &old,
         advantages: if x.per_token_adv {
-            DeviceAdvantages::PerToken(&adv_tok)
+            AdvBuf::PerToken(&adv_tok)
         } else {
-            DeviceAdvantages::PerResponse(&adv_resp)
+            AdvBuf::PerResponse(&adv_resp)
         },
         mask: &mask,
         ref_logp: x.kl.map(|_| &refl),
@@ -246,7 +246,13 @@ fn assert_metrics(what: &str, got: &LossMetrics, want: &LossMetrics) {
     }
 }
 
-fn check_case<D: Device>(b: &CudaBackend<D>, bt: &Batch, cfg: &LossConfig, x: Extras, what: &str) {
+fn check_case<D: Device>(
+    b: &CudaBackend<D>,
+    bt: &Batch,
+    cfg: &LossConfig,
+    x: Extras,
+    what: &str,
+) -> LossMetrics {
     let adv_tok = broadcast_to_tokens(&bt.adv_resp, &bt.offsets);
     let norm = Normalizer::count(&bt.mask, &bt.offsets, 48);
     let mut inp = LossInputs::new(&bt.logp, &bt.old, &adv_tok, &bt.mask, &bt.offsets);
@@ -263,6 +269,7 @@ fn check_case<D: Device>(b: &CudaBackend<D>, bt: &Batch, cfg: &LossConfig, x: Ex
     }
     assert_sum(&format!("{what}: loss"), got.loss, want.loss);
     assert_metrics(what, &got.metrics, &want.metrics);
+    want.metrics
 }
 
 /// Every policy loss x aggregation x convention, with the KL estimator, ratio weighting,
@@ -270,9 +277,12 @@ fn check_case<D: Device>(b: &CudaBackend<D>, bt: &Batch, cfg: &LossConfig, x: Ex
 fn grpo_loss_every_mode<D: Device>(b: &CudaBackend<D>) {
     let bt = batch(11);
     let mut case = 0usize;
+    let mut seen = LossMetrics::default();
     for policy in POLICIES {
         for agg in AGGS {
-            for conv in [Convention::Mmr1, Convention::Verl, Convention::Trl] {
+            // Each policy meets every convention as the cases advance.
+            {
+                let conv = [Convention::Mmr1, Convention::Verl, Convention::Trl][case % 3];
                 let x = Extras {
                     kl: (case % 8 != 7).then(|| KLS[case % 7]),
                     ratio_weighted_kl: case % 3 == 1,
@@ -282,18 +292,38 @@ fn grpo_loss_every_mode<D: Device>(b: &CudaBackend<D>) {
                     trl_delta: case % 6 == 4,
                 };
                 let cfg = config(policy, agg, conv, x);
-                check_case(b, &bt, &cfg, x, &format!("{policy:?}/{agg:?}/{conv:?} case {case}"));
+                let m = check_case(
+                    b,
+                    &bt,
+                    &cfg,
+                    x,
+                    &format!("{policy:?}/{agg:?}/{conv:?} case {case}"),
+                );
+                seen.clip_frac_low += m.clip_frac_low;
+                seen.clip_frac_high += m.clip_frac_high;
+                seen.clip_frac += m.clip_frac;
+                seen.dual_clip_frac += m.dual_clip_frac;
                 case += 1;
             }
         }
     }
+    // The batch reaches every clip branch (else the comparison above proves little).
+    assert!(
+        seen.clip_frac_low > 0.0
+            && seen.clip_frac_high > 0.0
+            && seen.clip_frac > 0.0
+            && seen.dual_clip_frac > 0.0,
+        "{seen:?}"
+    );
 }
 
 /// Each KL estimator with each policy loss (ratio-weighted or not), on a second batch.
 fn grpo_loss_every_kl<D: Device>(b: &CudaBackend<D>) {
     let bt = batch(12);
     for (i, est) in KLS.into_iter().enumerate() {
-        for (j, policy) in POLICIES.into_iter().enumerate() {
+        // Four policies per estimator, all eight across two estimators.
+        for j in (0..4).map(|q| (i + 2 * q) % 8) {
+            let policy = POLICIES[j];
             let x = Extras {
                 kl: Some(est),
                 ratio_weighted_kl: (i + j) % 2 == 0,
@@ -361,10 +391,10 @@ fn grpo_loss_empty<D: Device>(b: &CudaBackend<D>) {
     let adv = b.upload(&[0.5, -0.5]);
     for (offsets, a) in [(vec![0usize], &e), (vec![0, 0, 0], &adv)] {
         let mut d = b.upload(&[]);
-        let inputs = DeviceLossInputs {
+        let inputs = LossBufs {
             logp: &e,
             logp_old: &e,
-            advantages: DeviceAdvantages::PerResponse(a),
+            advantages: AdvBuf::PerResponse(a),
             mask: &e,
             ref_logp: None,
             entropy: None,
@@ -546,6 +576,100 @@ fn vas_scores_match_cpu<D: Device>(b: &CudaBackend<D>) {
     assert!(t.iter().any(|&x| x > 0.05 && x < 0.95), "{t:?}");
 }
 
+// ---- the RlOps trait -----------------------------------------------------------------------
+
+/// The trait a trainer would call gives the same results on the CPU backend (the reference
+/// functions) and on the device (the kernels).
+fn rl_ops_cpu_and_device_agree<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::backend::cpu::Cpu;
+    use mmr1_fast::backend::rl_ops::{RlOps, RolloutBatch};
+    use mmr1_fast::rl::advantage::AdvantageConfig;
+    use mmr1_fast::rl::vas::TdsMetric;
+    let bt = batch(41);
+    let n = bt.logp.len();
+    let norm = Normalizer::count(&bt.mask, &bt.offsets, 48);
+    let x = Extras {
+        kl: Some(KlEstimator::K3),
+        ratio_weighted_kl: false,
+        entropy: true,
+        pg_mask: false,
+        per_token_adv: false,
+        trl_delta: false,
+    };
+    let cfg = config(PolicyLoss::Vanilla, Aggregation::TokenMean, Convention::Verl, x);
+    let (mut dc, mut ec) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+    let cpu = Cpu.rl_loss(
+        &LossBufs {
+            logp: &bt.logp,
+            logp_old: &bt.old,
+            advantages: AdvBuf::PerResponse(&bt.adv_resp),
+            mask: &bt.mask,
+            ref_logp: Some(&bt.refl),
+            entropy: Some(&bt.ent),
+            pg_mask: None,
+            selected: None,
+            offsets: &bt.offsets,
+        },
+        &cfg,
+        norm,
+        &mut dc,
+        Some(&mut ec),
+    );
+    let up = |v: &[f32]| b.upload(v);
+    let (lp, old, refl, ent, mask, adv) =
+        (up(&bt.logp), up(&bt.old), up(&bt.refl), up(&bt.ent), up(&bt.mask), up(&bt.adv_resp));
+    let (mut dd, mut ed) = (poisoned(b, n), poisoned(b, n));
+    let dev = b.rl_loss(
+        &LossBufs {
+            logp: &lp,
+            logp_old: &old,
+            advantages: AdvBuf::PerResponse(&adv),
+            mask: &mask,
+            ref_logp: Some(&refl),
+            entropy: Some(&ent),
+            pg_mask: None,
+            selected: None,
+            offsets: &bt.offsets,
+        },
+        &cfg,
+        norm,
+        &mut dd,
+        Some(&mut ed),
+    );
+    assert_sum("trait loss", dev.loss, cpu.loss);
+    assert_metrics("trait", &dev.metrics, &cpu.metrics);
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    assert_grad("trait dlogp", &b.download(&dd), &f64s(&dc));
+    assert_grad("trait dentropy", &b.download(&ed), &f64s(&ec));
+
+    let (rw, off, lens) = adv_batch(42);
+    let acfg = AdvantageConfig::trl();
+    let mut ac = vec![f32::NAN; rw.len()];
+    let sc = Cpu.rl_advantages(&rw, &off, Some(&lens), &acfg, &mut ac);
+    let mut ad = poisoned(b, rw.len());
+    let sd = b.rl_advantages(&b.upload(&rw), &off, Some(&lens), &acfg, &mut ad);
+    assert_eq!(sd.num_zero_variance, sc.num_zero_variance);
+    assert_grad("trait advantages", &b.download(&ad), &f64s(&ac));
+
+    let (items, correct) = vas_batch(43);
+    let (mut tokens, mut roll, mut it, mut corr) = (vec![], vec![0usize], vec![0usize], vec![]);
+    for (rolls, c) in items.iter().zip(&correct) {
+        for t in rolls {
+            tokens.extend_from_slice(t);
+            roll.push(tokens.len());
+        }
+        corr.extend_from_slice(c);
+        it.push(roll.len() - 1);
+    }
+    let rb = RolloutBatch { tokens: &tokens, rollouts: &roll, items: &it, correct: &corr };
+    let m = TdsMetric::default();
+    for (g, w) in b.rl_vas_scores(&rb, 0.8, 0.2, m).iter().zip(Cpu.rl_vas_scores(&rb, 0.8, 0.2, m))
+    {
+        assert_eq!((g.n, g.pass_rate, g.ovs), (w.n, w.pass_rate, w.ovs));
+        assert!((g.tds - w.tds).abs() <= 1e-6 && (g.vps - w.vps).abs() <= 1e-6, "{g:?} vs {w:?}");
+    }
+}
+
 macro_rules! suite {
     ($($t:ident),*) => {
         #[cfg(feature = "emu")]
@@ -581,5 +705,6 @@ suite!(
     grpo_loss_split_invariant,
     grpo_loss_empty,
     group_advantages_every_mode,
-    vas_scores_match_cpu
+    vas_scores_match_cpu,
+    rl_ops_cpu_and_device_agree
 );

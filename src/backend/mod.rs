@@ -12,6 +12,8 @@
 pub mod cpu;
 // The kernel backend; its GPU and emulator devices are behind the `cuda` and `emu` features.
 pub mod cuda;
+// The RL step's batch ops (GRPO loss, advantages, VAS scores) on either backend.
+pub mod rl_ops;
 pub mod select;
 
 /// One sequence of a packed batch, as attention sees it.

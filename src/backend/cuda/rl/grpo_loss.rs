@@ -10,7 +10,7 @@
 //! What stays on the host: the batch-level token selections of Clip-Cov and KL-Cov
 //! ([`cov_selection`](crate::rl::grpo::cov_selection): a random draw and a top-k over the whole
 //! optimizer-step batch, computed once per batch and passed to every call as
-//! [`DeviceLossInputs::selected`]) and TRL's entropy mask
+//! [`LossBufs::selected`]) and TRL's entropy mask
 //! ([`high_entropy_mask`](crate::rl::grpo::high_entropy_mask), a quantile), passed as
 //! `pg_mask`. GSPO's sequence ratio and GMPO's geometric mean are per-response reductions and
 //! run inside the kernel.
@@ -18,50 +18,12 @@
 use super::{buf_len, offsets_i64};
 use crate::backend::cuda::device::{Arg, Device};
 use crate::backend::cuda::{CudaBackend, DevBuf};
+use crate::backend::rl_ops::{AdvBuf, LossBufs, LossSummary};
 use crate::rl::advantage::Convention;
 use crate::rl::grpo::{Aggregation, KlEstimator, LossConfig, LossMetrics, Normalizer, PolicyLoss};
 
 /// Threads per response block (GRPO_THREADS in the kernel).
 const THREADS: u32 = 256;
-
-/// Advantages as the loss reads them.
-#[derive(Clone, Copy)]
-pub enum DeviceAdvantages<'a, M> {
-    /// One value per response, broadcast to its tokens inside the kernel (outcome rewards).
-    PerResponse(&'a DevBuf<M>),
-    /// One value per token.
-    PerToken(&'a DevBuf<M>),
-}
-
-/// The token arrays of one loss call, on the device, packed as in
-/// [`LossInputs`](crate::rl::grpo::LossInputs): response `r` is tokens
-/// `offsets[r]..offsets[r + 1]`, `mask` is a 0/1 weight per token.
-#[derive(Clone, Copy)]
-pub struct DeviceLossInputs<'a, M> {
-    pub logp: &'a DevBuf<M>,
-    pub logp_old: &'a DevBuf<M>,
-    pub advantages: DeviceAdvantages<'a, M>,
-    pub mask: &'a DevBuf<M>,
-    /// Required when `cfg.kl` is set.
-    pub ref_logp: Option<&'a DevBuf<M>>,
-    /// Required when `cfg.entropy_coef != 0`; with it the call also writes d loss / d entropy.
-    pub entropy: Option<&'a DevBuf<M>>,
-    /// Multiplier of the policy term only (TRL's entropy mask, computed on the host).
-    pub pg_mask: Option<&'a DevBuf<M>>,
-    /// Clip-Cov / KL-Cov selection of the whole batch (host: `cov_selection`), this call's
-    /// tokens; uploaded per call (1 byte a token).
-    pub selected: Option<&'a [bool]>,
-    pub offsets: &'a [usize],
-}
-
-/// The scalars of one call (the per-token gradients are in the caller's buffers).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DeviceLossOutput {
-    /// This call's contribution to the full-batch loss.
-    pub loss: f64,
-    /// As [`LossMetrics`] of the CPU reference (merge calls with `LossMetrics::merge`).
-    pub metrics: LossMetrics,
-}
 
 // Slots of the parameter array: kernels/grpo_loss.cu `GrpoParam`, in order.
 const GP_POLICY: usize = 0;
@@ -213,12 +175,12 @@ impl<D: Device> CudaBackend<D> {
     /// reference panics on (lengths, offsets, a missing ref_logp / entropy / selection).
     pub fn grpo_loss(
         &self,
-        inputs: &DeviceLossInputs<'_, D::Mem>,
+        inputs: &LossBufs<'_, DevBuf<D::Mem>>,
         cfg: &LossConfig,
         norm: Normalizer,
         dlogp: &mut DevBuf<D::Mem>,
         dentropy: Option<&mut DevBuf<D::Mem>>,
-    ) -> DeviceLossOutput {
+    ) -> LossSummary {
         let n = buf_len(inputs.logp);
         let rows = inputs.offsets.len().saturating_sub(1);
         let offsets = offsets_i64(inputs.offsets, n, "grpo_loss");
@@ -226,11 +188,11 @@ impl<D: Device> CudaBackend<D> {
         assert_eq!(buf_len(inputs.mask), n, "mask length");
         assert_eq!(buf_len(dlogp), n, "dlogp length");
         let (adv, per_token) = match inputs.advantages {
-            DeviceAdvantages::PerResponse(a) => {
+            AdvBuf::PerResponse(a) => {
                 assert_eq!(buf_len(a), rows, "advantages: one per response");
                 (a, 0)
             }
-            DeviceAdvantages::PerToken(a) => {
+            AdvBuf::PerToken(a) => {
                 assert_eq!(buf_len(a), n, "advantages length");
                 (a, 1)
             }
@@ -269,7 +231,7 @@ impl<D: Device> CudaBackend<D> {
         }
         let has_entropy = inputs.entropy.is_some();
         if rows == 0 {
-            return DeviceLossOutput { loss: 0.0, metrics: metrics(&[0.0; GS_COUNT], has_entropy) };
+            return LossSummary { loss: 0.0, metrics: metrics(&[0.0; GS_COUNT], has_entropy) };
         }
         let prm = self.upload_f64(&params(cfg, &norm));
         let d_off = self.upload_i64(&offsets);
@@ -302,6 +264,6 @@ impl<D: Device> CudaBackend<D> {
         );
         let s = self.reduce_rows_f64(&partials, rows, GS_COUNT);
         let m = metrics(&s, has_entropy);
-        DeviceLossOutput { loss: m.pg_loss + m.kl_loss + m.entropy_loss, metrics: m }
+        LossSummary { loss: m.pg_loss + m.kl_loss + m.entropy_loss, metrics: m }
     }
 }

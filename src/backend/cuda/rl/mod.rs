@@ -14,6 +14,53 @@ pub mod vas_score;
 
 use super::device::Device;
 use super::{CudaBackend, DevBuf};
+use crate::backend::rl_ops::{LossBufs, LossSummary, RlOps, RolloutBatch};
+use crate::rl::advantage::{AdvantageConfig, GroupStats};
+use crate::rl::grpo::{LossConfig, Normalizer};
+use crate::rl::vas::{RolloutScores, TdsMetric};
+
+impl<D: Device> RlOps for CudaBackend<D> {
+    fn rl_loss(
+        &self,
+        x: &LossBufs<'_, DevBuf<D::Mem>>,
+        cfg: &LossConfig,
+        norm: Normalizer,
+        dlogp: &mut DevBuf<D::Mem>,
+        dentropy: Option<&mut DevBuf<D::Mem>>,
+    ) -> LossSummary {
+        self.grpo_loss(x, cfg, norm, dlogp, dentropy)
+    }
+    fn rl_advantages(
+        &self,
+        rewards: &DevBuf<D::Mem>,
+        offsets: &[usize],
+        lengths: Option<&[usize]>,
+        cfg: &AdvantageConfig,
+        adv: &mut DevBuf<D::Mem>,
+    ) -> GroupStats {
+        self.group_advantages(rewards, offsets, lengths, cfg, adv)
+    }
+    /// Uploads the token ids and correctness; callers whose rollouts are already in device
+    /// memory call [`CudaBackend::vas_scores`] directly.
+    fn rl_vas_scores(
+        &self,
+        r: &RolloutBatch<'_>,
+        alpha: f32,
+        beta: f32,
+        metric: TdsMetric,
+    ) -> Vec<RolloutScores> {
+        use crate::backend::Backend;
+        let tokens = self.upload_tokens(r.tokens);
+        let correct = self.upload(r.correct);
+        let d = vas_score::DeviceRollouts {
+            tokens: &tokens,
+            rollouts: r.rollouts,
+            items: r.items,
+            correct: &correct,
+        };
+        self.vas_scores(&d, alpha, beta, metric)
+    }
+}
 
 impl<D: Device> CudaBackend<D> {
     /// `out[c] = sum_r m[r, c]` of a row-major [rows, cols] f64 matrix in device memory, in a
