@@ -286,7 +286,7 @@ fn grpo_loss_every_mode<D: Device>(b: &CudaBackend<D>) {
                 let x = Extras {
                     kl: (case % 8 != 7).then(|| KLS[case % 7]),
                     ratio_weighted_kl: case % 3 == 1,
-                    entropy: case % 2 == 0,
+                    entropy: case.is_multiple_of(2),
                     pg_mask: case % 5 == 2,
                     per_token_adv: case % 4 == 3,
                     trl_delta: case % 6 == 4,
@@ -326,8 +326,8 @@ fn grpo_loss_every_kl<D: Device>(b: &CudaBackend<D>) {
             let policy = POLICIES[j];
             let x = Extras {
                 kl: Some(est),
-                ratio_weighted_kl: (i + j) % 2 == 0,
-                entropy: j % 3 == 0,
+                ratio_weighted_kl: (i + j).is_multiple_of(2),
+                entropy: j.is_multiple_of(3),
                 pg_mask: false,
                 per_token_adv: false,
                 trl_delta: false,
