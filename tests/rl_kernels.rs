@@ -670,6 +670,111 @@ fn rl_ops_cpu_and_device_agree<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
+// ---- chunked log-probs from hidden states and lm_head ---------------------------------------
+
+/// f64 host oracle: (lp, entropy, d hidden, d head) of softmax(inv_temp h W^T).
+#[allow(clippy::type_complexity)]
+fn head_oracle(
+    h: &[f32],
+    w: &[f32],
+    tg: &[u32],
+    g: &[f32],
+    ge: &[f32],
+    (rows, d, v): (usize, usize, usize),
+    inv_temp: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut lp, mut ent, mut dh, mut dw) =
+        (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows * d], vec![0.0; v * d]);
+    for t in 0..rows {
+        let z: Vec<f64> = (0..v)
+            .map(|j| {
+                inv_temp * (0..d).map(|k| h[t * d + k] as f64 * w[j * d + k] as f64).sum::<f64>()
+            })
+            .collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        let p: Vec<f64> = z.iter().map(|x| (x - lse).exp()).collect();
+        lp[t] = z[tg[t] as usize] - lse;
+        ent[t] = -(0..v).map(|j| p[j] * (z[j] - lse)).sum::<f64>();
+        for j in 0..v {
+            let dz = g[t] as f64 * ((j == tg[t] as usize) as u8 as f64 - p[j])
+                - ge[t] as f64 * p[j] * ((z[j] - lse) + ent[t]);
+            let dl = dz * inv_temp;
+            for k in 0..d {
+                dh[t * d + k] += dl * w[j * d + k] as f64;
+                dw[j * d + k] += dl * h[t * d + k] as f64;
+            }
+        }
+    }
+    (lp, ent, dh, dw)
+}
+
+fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|x| x.is_finite()), "non-finite output");
+    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    num.sqrt() / (den.sqrt() + 1e-12)
+}
+
+/// Chunked log-probs, entropies, d hidden and d lm_head equal the unchunked path (chunk =
+/// rows) and an f64 oracle, at chunk sizes that do and do not divide the rows.
+fn chunked_head<B: Backend>(b: &B) {
+    use mmr1_fast::backend::chunked_logprob::{
+        chunked_logprobs, chunked_logprobs_backward, HeadShape,
+    };
+    let mut r = rng(51);
+    let (rows, d, v, inv_temp) = (11usize, 16usize, 37usize, 1.0f32 / 0.7);
+    let mut rv = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| r.gen_range(-s..s)).collect() };
+    let (h, w, g, ge) = (rv(rows * d, 1.0), rv(v * d, 0.6), rv(rows, 1.0), rv(rows, 0.5));
+    let tg: Vec<u32> = (0..rows).map(|t| ((t * 13 + 5) % v) as u32).collect();
+    let (olp, oent, odh, odw) = head_oracle(&h, &w, &tg, &g, &ge, (rows, d, v), inv_temp as f64);
+    let dw0 = rv(v * d, 0.1); // d head accumulates onto this
+    let odw: Vec<f64> = odw.iter().zip(&dw0).map(|(a, &b)| a + b as f64).collect();
+    let (hb, wb, gb, geb) = (b.upload(&h), b.upload(&w), b.upload(&g), b.upload(&ge));
+    let mut runs = Vec::new();
+    for chunk in [rows, 1, 3, 7] {
+        let s = HeadShape { rows, dim: d, vocab: v, chunk, inv_temp };
+        let nan = |n: usize| b.upload(&vec![f32::NAN; n]);
+        let (mut lp, mut ent, mut dh) = (nan(rows), nan(rows), nan(rows * d));
+        let mut dw = b.upload(&dw0);
+        chunked_logprobs(b, &mut lp, &mut ent, &hb, &wb, &tg, s);
+        chunked_logprobs_backward(b, &mut dh, &mut dw, &hb, &wb, &tg, &gb, &geb, s);
+        let got = [b.download(&lp), b.download(&ent), b.download(&dh), b.download(&dw)];
+        // f32 GEMMs over 16-37 terms against f64: ~1e-7 relative.
+        for (what, x, o) in [
+            ("lp", &got[0], &olp),
+            ("entropy", &got[1], &oent),
+            ("dhidden", &got[2], &odh),
+            ("dhead", &got[3], &odw),
+        ] {
+            let e = rel_l2(x, o);
+            println!("ERR chunked_head {what} chunk {chunk}: {e:.3e}");
+            assert!(
+                e <= 1e-5,
+                "{what}, chunk {chunk}: relative L2 error {e:.3e} against the f64 oracle"
+            );
+        }
+        runs.push(got);
+    }
+    // Chunking changes only which rows share a GEMM (and the order d head sums its rows in).
+    for (c, got) in runs.iter().enumerate().skip(1) {
+        for (k, what) in ["lp", "entropy", "dhidden", "dhead"].iter().enumerate() {
+            let unchunked: Vec<f64> = runs[0][k].iter().map(|&x| x as f64).collect();
+            let e = rel_l2(&got[k], &unchunked);
+            assert!(
+                e <= 1e-6,
+                "{what}: chunked run {c} differs from the unchunked path by {e:.3e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cpu_chunked_head() {
+    chunked_head(&mmr1_fast::backend::cpu::Cpu);
+}
+
 macro_rules! suite {
     ($($t:ident),*) => {
         #[cfg(feature = "emu")]
@@ -706,5 +811,6 @@ suite!(
     grpo_loss_empty,
     group_advantages_every_mode,
     vas_scores_match_cpu,
-    rl_ops_cpu_and_device_agree
+    rl_ops_cpu_and_device_agree,
+    chunked_head
 );

@@ -9,6 +9,7 @@
 //! - Token ids and positions are host slices: they are tiny next to the activations, and the
 //!   CUDA backend uploads them per call.
 
+pub mod chunked_logprob;
 pub mod cpu;
 // The kernel backend; its GPU and emulator devices are behind the `cuda` and `emu` features.
 pub mod cuda;

@@ -1,0 +1,103 @@
+//! Per-token log-probs and entropies from the final hidden states and the lm_head weight,
+//! chunked over tokens, forward and backward, written against [`Backend`] ops so it runs on
+//! every backend and the results stay in backend buffers.
+//!
+//! ```text
+//! z_t  = inv_temp * (h_t . W^T)         logits of token t (W: [vocab, dim], HF lm_head layout)
+//! lp_t = z_t[target_t] - logsumexp(z_t),   H_t = entropy of softmax(z_t)
+//! ```
+//!
+//! No [tokens x vocab] buffer exists beyond one chunk: the forward keeps `chunk x vocab` logits,
+//! the backward recomputes them per chunk (as llm.c's fused classifier does) and keeps `chunk x
+//! vocab` logits and their gradient, giving d hidden (overwritten) and d lm_head (accumulated)
+//! directly. Peak extra memory: `chunk * (2 vocab + 2 dim + 4)` floats.
+
+use super::{Backend, Tr};
+
+/// Shapes of one call.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadShape {
+    pub rows: usize,
+    pub dim: usize,
+    pub vocab: usize,
+    /// Rows per chunk (>= 1).
+    pub chunk: usize,
+    /// Softmax temperature's inverse (GRPO divides logits by the rollout temperature).
+    pub inv_temp: f32,
+}
+
+impl HeadShape {
+    fn check<B: Backend>(&self, be: &B, hidden: &B::Buf, head: &B::Buf, targets: &[u32]) {
+        assert!(self.chunk >= 1, "chunk must be >= 1");
+        assert!(be.len(hidden) >= self.rows * self.dim, "hidden: fewer than rows x dim values");
+        assert_eq!(be.len(head), self.vocab * self.dim, "head: vocab x dim values");
+        assert!(targets.len() >= self.rows, "targets: one per row");
+        assert!(
+            targets[..self.rows].iter().all(|&t| (t as usize) < self.vocab),
+            "targets: an id >= vocab ({})",
+            self.vocab
+        );
+    }
+}
+
+/// `lp[t]`, `entropy[t]` for every row `t` (both overwritten, `rows` values each).
+pub fn chunked_logprobs<B: Backend>(
+    be: &B,
+    lp: &mut B::Buf,
+    entropy: &mut B::Buf,
+    hidden: &B::Buf,
+    head: &B::Buf,
+    targets: &[u32],
+    s: HeadShape,
+) {
+    s.check(be, hidden, head, targets);
+    let (d, v) = (s.dim, s.vocab);
+    let c = s.chunk.min(s.rows.max(1));
+    let (mut h, mut logits) = (be.zeros(c * d), be.zeros(c * v));
+    let (mut lpc, mut entc) = (be.zeros(c), be.zeros(c));
+    for r0 in (0..s.rows).step_by(c) {
+        let n = c.min(s.rows - r0);
+        be.copy(&mut h, 0, hidden, r0 * d, n * d);
+        be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
+        be.logprobs(&mut lpc, &mut entc, &logits, &targets[r0..r0 + n], n, v, s.inv_temp);
+        be.copy(lp, r0, &lpc, 0, n);
+        be.copy(entropy, r0, &entc, 0, n);
+    }
+}
+
+/// Backward of [`chunked_logprobs`] given `dlp[t]` = d loss / d lp[t] and `dent[t]` =
+/// d loss / d entropy[t]: overwrites `dhidden` (`rows x dim`) and adds to `dhead`
+/// (`vocab x dim`).
+#[allow(clippy::too_many_arguments)]
+pub fn chunked_logprobs_backward<B: Backend>(
+    be: &B,
+    dhidden: &mut B::Buf,
+    dhead: &mut B::Buf,
+    hidden: &B::Buf,
+    head: &B::Buf,
+    targets: &[u32],
+    dlp: &B::Buf,
+    dent: &B::Buf,
+    s: HeadShape,
+) {
+    s.check(be, hidden, head, targets);
+    assert_eq!(be.len(dhead), s.vocab * s.dim, "dhead: vocab x dim values");
+    let (d, v) = (s.dim, s.vocab);
+    let c = s.chunk.min(s.rows.max(1));
+    let (mut h, mut logits, mut dlogits) = (be.zeros(c * d), be.zeros(c * v), be.zeros(c * v));
+    let (mut dh, mut g, mut ge) = (be.zeros(c * d), be.zeros(c), be.zeros(c));
+    for r0 in (0..s.rows).step_by(c) {
+        let n = c.min(s.rows - r0);
+        be.copy(&mut h, 0, hidden, r0 * d, n * d);
+        be.copy(&mut g, 0, dlp, r0, n);
+        be.copy(&mut ge, 0, dent, r0, n);
+        be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
+        let tg = &targets[r0..r0 + n];
+        be.logprobs_backward(&mut dlogits, &logits, tg, &g, &ge, n, v, s.inv_temp);
+        // d h [n, d] = d logits [n, v] @ W [v, d]
+        be.matmul(&mut dh, &dlogits, Tr::N, head, Tr::N, n, d, v, 0.0);
+        be.copy(dhidden, r0 * d, &dh, 0, n * d);
+        // d W [v, d] += d logits^T [v, n] @ h [n, d]
+        be.matmul(dhead, &dlogits, Tr::T, &h, Tr::N, v, d, n, 1.0);
+    }
+}
