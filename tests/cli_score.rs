@@ -368,3 +368,46 @@ fn with_model_bad_flags_and_files() {
     assert!(e.contains("no_answer.jsonl:2") && e.contains("answer"), "{e}");
     assert!(!out.exists());
 }
+
+/// `score --from-rollouts --device emu` runs the VAS scoring kernel (kernels/vas_score.cu on
+/// the CUDA emulator) and writes the same scores as `--device cpu`: ids, n, pass rate and OVS
+/// exactly, TDS and VPS within 1e-6 (the kernel's TDS is the same f64 formula of exact n-gram
+/// counts; only the device's log/exp round differently, tests/rl_kernels.rs).
+#[cfg(feature = "emu")]
+#[test]
+fn from_rollouts_device_emu_equals_cpu() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut lines = Vec::new();
+    for item in 0..12 {
+        let k = [1usize, 2, 3, 8, 5, 16][item % 6];
+        for j in 0..k {
+            let len = if j == 2 { 2 } else { r.gen_range(0..30) };
+            let toks: Vec<u32> = (0..len).map(|_| r.gen_range(0..(3 + item as u32))).collect();
+            lines.push(rollout(&format!("item{item}"), &toks, r.gen_range(0..2) as f32));
+        }
+    }
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let p = write_lines(tmp.path(), "rollouts.jsonl", &refs);
+    let run = |dev: &str| {
+        let out = tmp.path().join(format!("scores-{dev}.jsonl"));
+        cli_ok(&["score", "--from-rollouts", &p, "--out", out.to_str().unwrap(), "--device", dev]);
+        read_lines(&out)
+    };
+    let (cpu, emu) = (run("cpu"), run("emu"));
+    assert_eq!(cpu.len(), 12);
+    assert_eq!(emu.len(), cpu.len());
+    let mut varied = 0;
+    for (c, e) in cpu.iter().zip(&emu) {
+        assert_eq!(
+            (&c["id"], &c["n"], &c["pass_rate"], &c["ovs"]),
+            (&e["id"], &e["n"], &e["pass_rate"], &e["ovs"])
+        );
+        for k in ["tds", "vps"] {
+            assert!((f(c, k) - f(e, k)).abs() <= 1e-6, "{k}: cpu {c} vs emu {e}");
+        }
+        varied += (f(c, "tds") > 0.0) as usize;
+    }
+    assert!(varied >= 6, "most items have diverse rollouts: {cpu:?}");
+}

@@ -209,11 +209,16 @@ fn device_loss<D: Device>(
 fn assert_grad(what: &str, got: &[f32], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let mut worst = 0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         assert!(g.is_finite(), "{what}: token {i} is {g} (reference {w})");
         let tol = 2.0 * f32::EPSILON as f64 * w.abs() + 1e-12 * scale;
-        assert!(((g as f64) - w).abs() <= tol, "{what}: token {i}: {g:e} vs reference {w:e}");
+        let err = ((g as f64) - w).abs();
+        assert!(err <= tol, "{what}: token {i}: {g:e} vs reference {w:e}");
+        worst = worst.max(err / (w.abs() + 1e-12 * scale).max(f64::MIN_POSITIVE));
     }
+    // Largest error relative to the element (read with --nocapture).
+    println!("ERR grpo {what}: {worst:.3e}");
 }
 
 /// Sums in f64 in another order: relative 1e-12 (of the value, or of 1 for values near 0;
@@ -453,13 +458,16 @@ fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
                 // groups centre to ~1e-17 (a mean that is not exact in binary), which std
                 // scaling lifts to ~1e-11: an absolute 1e-9 covers that and nothing more.
                 let got = b.download(&adv);
+                let mut worst = 0f64;
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                     let tol = 2.0 * f32::EPSILON as f64 * w.abs() + 1e-9;
                     assert!(
                         g.is_finite() && ((g as f64) - w).abs() <= tol,
                         "{what}: adv {i}: {g} vs {w}"
                     );
+                    worst = worst.max(((g as f64) - w).abs() / w.abs().max(1e-9));
                 }
+                println!("ERR advantages {what}: {worst:.3e}");
                 assert_eq!(gs.num_groups, ws.num_groups, "{what}: groups");
                 assert_eq!(gs.num_zero_variance, ws.num_zero_variance, "{what}: zero variance");
                 assert_sum(&format!("{what}: reward_mean"), gs.reward_mean, ws.reward_mean);

@@ -79,6 +79,10 @@ pub trait RlOps: Backend {
         cfg: &AdvantageConfig,
         adv: &mut Self::Buf,
     ) -> GroupStats;
+    /// Most rollouts one item may have in [`RlOps::rl_vas_scores`] (None: no limit).
+    fn rl_vas_max_rollouts(&self) -> Option<usize> {
+        None
+    }
     /// VAS scores of every item (see `rl::vas::score_item`).
     fn rl_vas_scores(
         &self,

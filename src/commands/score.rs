@@ -10,7 +10,7 @@ use crate::model::Qwen2;
 use crate::rl::graded::GradeParams;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
-use crate::rl::scoring::{score_rollouts, score_with_model, ScoreRecord, VpsParams};
+use crate::rl::scoring::{score_rollouts_on, score_with_model, ScoreRecord, VpsParams};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use serde::Deserialize;
@@ -107,7 +107,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     }
     let vps = VpsParams { alpha: args.alpha, beta: args.beta, ..VpsParams::default() };
     let scores = match (&args.from_rollouts, &args.model, &args.data) {
-        (Some(path), _, _) => from_rollouts(path, args.bad_lines, vps)?,
+        (Some(path), _, _) => from_rollouts(path, args, vps)?,
         (None, Some(model), Some(data)) => with_model(args, model, data, vps)?,
         _ => bail!("give --model and --data, or --from-rollouts"),
     };
@@ -126,15 +126,16 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn from_rollouts(path: &Path, bad: BadLines, vps: VpsParams) -> Result<Vec<ScoreRecord>> {
-    let lines = read_jsonl::<RolloutLine>(path, bad, RolloutLine::check)?;
+/// Scores a rollouts file on `--device` (cuda / emu: the VAS scoring kernel).
+fn from_rollouts(path: &Path, args: &ScoreArgs, vps: VpsParams) -> Result<Vec<ScoreRecord>> {
+    let lines = read_jsonl::<RolloutLine>(path, args.bad_lines, RolloutLine::check)?;
     if lines.records.is_empty() {
         bail!("{}: no rollouts", path.display());
     }
-    let scores = score_rollouts(
-        lines.records.iter().map(|(_, r)| (r.id.as_str(), r.correctness(), r.tokens.as_slice())),
-        vps,
-    );
+    let rollouts =
+        || lines.records.iter().map(|(_, r)| (r.id.as_str(), r.correctness(), r.tokens.as_slice()));
+    let scores = crate::with_backend!(args.device, be => score_rollouts_on(be, rollouts(), vps))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let single = scores.iter().filter(|s| s.n < 2).count();
     if single > 0 {
         eprintln!("warning: {}: {single} item(s) have a single rollout: their TDS is 0 and their pass rate one sample", path.display());

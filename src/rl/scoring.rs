@@ -2,6 +2,7 @@
 //! N rollouts per item with the policy, graded by accuracy, scored by [`score_item`]. Used
 //! by the `score` command and by the trainer; the JSONL record types are the command's files.
 
+use crate::backend::rl_ops::{RlOps, RolloutBatch};
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
@@ -99,6 +100,18 @@ pub fn score_rollouts<'a>(
     rollouts: impl IntoIterator<Item = (&'a str, f32, &'a [u32])>,
     vps: VpsParams,
 ) -> Vec<ScoreRecord> {
+    score_rollouts_on(&crate::backend::cpu::Cpu, rollouts, vps)
+        .expect("the CPU backend scores items of any size")
+}
+
+/// [`score_rollouts`] on a backend: the CPU reference, or the VAS scoring kernel of the CUDA
+/// backend (kernels/vas_score.cu). An error names an item with more rollouts than the backend
+/// scores at once.
+pub fn score_rollouts_on<'a, B: RlOps>(
+    be: &B,
+    rollouts: impl IntoIterator<Item = (&'a str, f32, &'a [u32])>,
+    vps: VpsParams,
+) -> Result<Vec<ScoreRecord>> {
     let mut order: Vec<&str> = Vec::new();
     let mut groups: std::collections::HashMap<&str, (Vec<f32>, Vec<&[u32]>)> = Default::default();
     for (id, c, t) in rollouts {
@@ -109,11 +122,25 @@ pub fn score_rollouts<'a>(
         g.0.push(c);
         g.1.push(t);
     }
-    order
-        .into_iter()
-        .map(|id| {
-            let (c, t) = &groups[id];
-            ScoreRecord::new(id.to_string(), score_item(c, t, vps.alpha, vps.beta, vps.tds_metric))
-        })
-        .collect()
+    // Packed in item order: item i owns rollouts items[i]..items[i + 1].
+    let (mut tokens, mut offs, mut items, mut correct) = (vec![], vec![0], vec![0], vec![]);
+    for id in &order {
+        let (c, t) = &groups[id];
+        if let Some(max) = be.rl_vas_max_rollouts().filter(|&m| c.len() > m) {
+            anyhow::bail!(
+                "item {id} has {} rollouts; {} scores at most {max} per item (use --device cpu)",
+                c.len(),
+                be.name()
+            );
+        }
+        for r in t {
+            tokens.extend_from_slice(r);
+            offs.push(tokens.len());
+        }
+        correct.extend_from_slice(c);
+        items.push(correct.len());
+    }
+    let batch = RolloutBatch { tokens: &tokens, rollouts: &offs, items: &items, correct: &correct };
+    let s = be.rl_vas_scores(&batch, vps.alpha, vps.beta, vps.tds_metric);
+    Ok(order.into_iter().zip(s).map(|(id, s)| ScoreRecord::new(id.to_string(), s)).collect())
 }

@@ -40,6 +40,9 @@ impl<D: Device> RlOps for CudaBackend<D> {
     ) -> GroupStats {
         self.group_advantages(rewards, offsets, lengths, cfg, adv)
     }
+    fn rl_vas_max_rollouts(&self) -> Option<usize> {
+        Some(vas_score::MAX_ROLLOUTS_PER_ITEM)
+    }
     /// Uploads the token ids and correctness; callers whose rollouts are already in device
     /// memory call [`CudaBackend::vas_scores`] directly.
     fn rl_vas_scores(
