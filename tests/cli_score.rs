@@ -411,3 +411,35 @@ fn from_rollouts_device_emu_equals_cpu() {
     }
     assert!(varied >= 6, "most items have diverse rollouts: {cpu:?}");
 }
+
+/// `score --model ... --device emu` generates on the emulator and scores with the VAS kernel;
+/// re-scoring the rollouts it wrote on the CPU reference gives the same scores (n, pass rate
+/// and OVS exactly, TDS and VPS within 1e-6).
+#[cfg(feature = "emu")]
+#[test]
+fn with_model_on_emu_scores_like_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    demo_model_dir(&model, 7);
+    let items = write_lines(tmp.path(), "items.jsonl", ITEMS);
+    let (out, ro, re) =
+        (tmp.path().join("s.jsonl"), tmp.path().join("r.jsonl"), tmp.path().join("re.jsonl"));
+    #[rustfmt::skip]
+    cli_ok(&["score", "--model", model.to_str().unwrap(), "--data", &items, "--rollouts-per-item", "4",
+        "--out", out.to_str().unwrap(), "--rollouts-out", ro.to_str().unwrap(), "--temperature", "1",
+        "--max-new-tokens", "8", "--prompt-style", "plain", "--seed", "5", "--device", "emu"]);
+    #[rustfmt::skip]
+    cli_ok(&["score", "--from-rollouts", ro.to_str().unwrap(), "--out", re.to_str().unwrap(), "--device", "cpu"]);
+    let (d, c) = (read_lines(&out), read_lines(&re));
+    assert_eq!(d.len(), 3);
+    assert_eq!(d.len(), c.len());
+    for (d, c) in d.iter().zip(&c) {
+        assert_eq!(
+            (&d["id"], &d["n"], &d["pass_rate"], &d["ovs"]),
+            (&c["id"], &c["n"], &c["pass_rate"], &c["ovs"])
+        );
+        for k in ["tds", "vps"] {
+            assert!((f(d, k) - f(c, k)).abs() <= 1e-6, "{k}: emu {d} vs cpu {c}");
+        }
+    }
+}

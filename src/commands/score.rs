@@ -2,7 +2,7 @@
 //! item gets its pass rate, OVS, TDS and VPS, from fresh rollouts of a model or from
 //! rollouts made elsewhere.
 
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::data::jsonl::{id_string, read_jsonl, write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::{load_rl_items, RlItem};
@@ -168,7 +168,7 @@ fn with_model(
     crate::with_backend!(args.device, be => score_on(be, args, model_dir, &items, vps))
 }
 
-fn score_on<B: Backend>(
+fn score_on<B: RlOps>(
     be: &B,
     args: &ScoreArgs,
     model_dir: &Path,

@@ -3,11 +3,10 @@
 //! by the `score` command and by the trainer; the JSONL record types are the command's files.
 
 use crate::backend::rl_ops::{RlOps, RolloutBatch};
-use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
 use crate::rl::graded::{sample_and_grade, GradeParams};
-use crate::rl::vas::{score_item, RolloutScores, TdsMetric};
+use crate::rl::vas::{RolloutScores, TdsMetric};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -62,8 +61,9 @@ impl Default for VpsParams {
 
 /// Scores every item from `grade.per_item` fresh rollouts (correctness = the binary accuracy
 /// verdict, as the paper's P(x)); returns the scores and the rollouts, both in item order.
-/// `on_progress(done)` is called with the number of items finished so far.
-pub fn score_with_model<B: Backend>(
+/// `on_progress(done)` is called with the number of items finished so far. The scores are
+/// computed on `be` (the VAS kernel on the CUDA backend).
+pub fn score_with_model<B: RlOps>(
     model: &Qwen2<B>,
     be: &B,
     tok: &Tokenizer,
@@ -73,16 +73,21 @@ pub fn score_with_model<B: Backend>(
     on_progress: impl FnMut(usize),
 ) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
     let graded = sample_and_grade(model, be, tok, items, grade, on_progress)?;
-    let mut scores = Vec::with_capacity(items.len());
+    let ids: Vec<String> = (0..items.len()).map(|i| items[i].id_or(i)).collect();
+    let groups: Vec<(Vec<f32>, Vec<&[u32]>)> = graded
+        .iter()
+        .map(|rs| {
+            (
+                rs.iter().map(|r| r.verdict.accuracy).collect(),
+                rs.iter().map(|r| r.tokens.as_slice()).collect(),
+            )
+        })
+        .collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let scores = score_groups_on(be, &id_refs, &groups, vps)?;
+    drop(groups);
     let mut rollouts = Vec::with_capacity(items.len() * grade.per_item);
-    for (i, (item, rs)) in items.iter().zip(graded).enumerate() {
-        let id = item.id_or(i);
-        let correct: Vec<f32> = rs.iter().map(|r| r.verdict.accuracy).collect();
-        let toks: Vec<&[u32]> = rs.iter().map(|r| r.tokens.as_slice()).collect();
-        scores.push(ScoreRecord::new(
-            id.clone(),
-            score_item(&correct, &toks, vps.alpha, vps.beta, vps.tds_metric),
-        ));
+    for (id, rs) in ids.iter().zip(graded) {
         rollouts.extend(rs.into_iter().map(|r| RolloutRecord {
             id: id.clone(),
             response: r.text,
@@ -122,10 +127,22 @@ pub fn score_rollouts_on<'a, B: RlOps>(
         g.0.push(c);
         g.1.push(t);
     }
+    let groups: Vec<(Vec<f32>, Vec<&[u32]>)> =
+        order.iter().map(|id| groups.remove(id).unwrap()).collect();
+    score_groups_on(be, &order, &groups, vps)
+}
+
+/// Score records of items given as (correctness, token ids) per rollout, on `be`, packed in
+/// one batch. An error names an item with more rollouts than the backend scores at once.
+fn score_groups_on<B: RlOps>(
+    be: &B,
+    ids: &[&str],
+    groups: &[(Vec<f32>, Vec<&[u32]>)],
+    vps: VpsParams,
+) -> Result<Vec<ScoreRecord>> {
     // Packed in item order: item i owns rollouts items[i]..items[i + 1].
     let (mut tokens, mut offs, mut items, mut correct) = (vec![], vec![0], vec![0], vec![]);
-    for id in &order {
-        let (c, t) = &groups[id];
+    for (id, (c, t)) in ids.iter().zip(groups) {
         if let Some(max) = be.rl_vas_max_rollouts().filter(|&m| c.len() > m) {
             anyhow::bail!(
                 "item {id} has {} rollouts; {} scores at most {max} per item (use --device cpu)",
@@ -142,5 +159,5 @@ pub fn score_rollouts_on<'a, B: RlOps>(
     }
     let batch = RolloutBatch { tokens: &tokens, rollouts: &offs, items: &items, correct: &correct };
     let s = be.rl_vas_scores(&batch, vps.alpha, vps.beta, vps.tds_metric);
-    Ok(order.into_iter().zip(s).map(|(id, s)| ScoreRecord::new(id.to_string(), s)).collect())
+    Ok(ids.iter().zip(s).map(|(id, s)| ScoreRecord::new(id.to_string(), s)).collect())
 }
