@@ -12,6 +12,7 @@ pub mod params;
 pub mod rope_tables;
 pub mod safetensors_io;
 pub mod vision_config;
+pub mod vision_forward;
 pub mod vision_params;
 pub mod vision_preprocess;
 pub mod vision_windows;
