@@ -11,6 +11,7 @@ pub mod mrope;
 pub mod params;
 pub mod rope_tables;
 pub mod safetensors_io;
+pub mod vision_backward;
 pub mod vision_config;
 pub mod vision_forward;
 pub mod vision_params;
