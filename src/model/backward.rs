@@ -210,7 +210,6 @@ impl<B: Backend> Qwen2<B> {
         let t = batch.tokens();
         let (d, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let kvd = c.n_kv_heads() * hd;
-        let theta = c.rope_theta() as f32;
         let w = &self.layout.layers[l];
         let p = &self.params;
         let la = &acts.layers[l];
@@ -258,8 +257,8 @@ impl<B: Backend> Qwen2<B> {
             self.attn_shape(),
         );
         // Rope is an orthogonal rotation: its backward is the inverse rotation.
-        be.rope(&mut s.dq, &batch.positions, c.num_attention_heads, hd, theta, true);
-        be.rope(&mut s.dk, &batch.positions, c.n_kv_heads(), hd, theta, true);
+        self.rotate(be, &mut s.dq, batch, c.num_attention_heads, true);
+        self.rotate(be, &mut s.dk, batch, c.n_kv_heads(), true);
         be.bias_backward(&mut grads[w.q_b], &s.dq, t, d);
         be.bias_backward(&mut grads[w.k_b], &s.dk, t, kvd);
         be.bias_backward(&mut grads[w.v_b], &s.dv, t, kvd);

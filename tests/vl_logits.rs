@@ -1,0 +1,129 @@
+//! A Qwen2.5-VL forward end to end against transformers
+//! (tests/fixtures/tiny-vl/vl_logits.safetensors, scripts/make_golden_vl.py): one sequence
+//! holding two images of different sizes (img0 [1,4,4], img2 [1,8,6]); the placeholder
+//! embeddings replaced by the vision features, M-RoPE positions; logits and per-token log-probs
+//! on the CPU reference and the CUDA backend (emulator), from both config layouts.
+
+mod common;
+
+use common::{fixture, rel_l2};
+use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::Backend;
+use mmr1_fast::model::vl_forward::VlModel;
+use safetensors::SafeTensors;
+use std::path::Path;
+
+fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn i64s(st: &SafeTensors, name: &str) -> Vec<i64> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+struct Golden {
+    ids: Vec<u32>,
+    grids: Vec<[usize; 3]>,
+    pixels: Vec<f32>,
+    logits: Vec<f32>,
+    logprobs: Vec<f32>,
+}
+
+fn golden() -> Golden {
+    let lb = std::fs::read(fixture("tiny-vl/vl_logits.safetensors")).unwrap();
+    let l = SafeTensors::deserialize(&lb).unwrap();
+    let vb = std::fs::read(fixture("tiny-vl/vision.safetensors")).unwrap();
+    let v = SafeTensors::deserialize(&vb).unwrap();
+    let g = i64s(&l, "grid_thw");
+    Golden {
+        ids: i64s(&l, "input_ids").iter().map(|&x| x as u32).collect(),
+        grids: g.chunks(3).map(|c| [c[0] as usize, c[1] as usize, c[2] as usize]).collect(),
+        pixels: f32s(&v, "pixel_values"),
+        logits: f32s(&l, "logits"),
+        logprobs: f32s(&l, "logprobs"),
+    }
+}
+
+/// Logits of every row and log-probs of every next token; returns their rel L2 errors.
+fn run<B: Backend>(be: &B, dir: &Path) -> (f64, f64) {
+    let g = golden();
+    let m = VlModel::load(be, dir).unwrap();
+    let batch = m.pack(&[(&g.ids, &g.grids)]).unwrap();
+    let mut acts = None;
+    m.forward(be, &batch, Some(&be.upload(&g.pixels)), &mut acts).unwrap();
+    let acts = acts.unwrap();
+    let t = g.ids.len();
+    let rows: Vec<usize> = (0..t).collect();
+    let logits = m.text.logits_of_rows(be, &acts.xn_f, &rows);
+    let (targets, _) = batch.packed.next_token_targets();
+    let (lp, _) = m.text.token_logprobs(be, &acts, &targets, 1.0);
+    let e_logits = rel_l2(&logits, &g.logits);
+    let e_lp = rel_l2(&lp[..t - 1], &g.logprobs);
+    println!("{}: logits rel L2 {e_logits:.3e}, logprobs rel L2 {e_lp:.3e}", be.name());
+    (e_logits, e_lp)
+}
+
+#[test]
+fn cpu_vl_logits_match_transformers() {
+    let (a, b) = run(&Cpu, &fixture("tiny-vl"));
+    assert!(a < 1e-5 && b < 1e-5, "logits {a:.2e}, logprobs {b:.2e}");
+}
+
+/// The flat config layout of the published checkpoints gives the same model.
+#[test]
+fn flat_config_layout_gives_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.safetensors", "preprocessor_config.json"] {
+        std::fs::copy(fixture("tiny-vl").join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::copy(fixture("tiny-vl/config_flat.json"), dir.path().join("config.json")).unwrap();
+    let (a, b) = run(&Cpu, dir.path());
+    assert!(a < 1e-5 && b < 1e-5, "logits {a:.2e}, logprobs {b:.2e}");
+}
+
+#[cfg(feature = "emu")]
+#[test]
+fn emulated_cuda_vl_logits_match_transformers() {
+    use mmr1_fast::backend::cuda::CudaBackend;
+    let (a, b) = run(&CudaBackend::emulator(), &fixture("tiny-vl"));
+    assert!(a < 1e-5 && b < 1e-5, "logits {a:.2e}, logprobs {b:.2e}");
+}
+
+/// The golden sees the two things this forward adds: with 1D positions instead of M-RoPE, or
+/// with the placeholder embeddings left in place of the image features, logits move far.
+#[test]
+fn golden_catches_missing_mrope_and_missing_features() {
+    let g = golden();
+    let m = VlModel::load(&Cpu, &fixture("tiny-vl")).unwrap();
+    let mut batch = m.pack(&[(&g.ids, &g.grids)]).unwrap();
+    let logits_of = |batch: &mmr1_fast::model::vl_forward::VlBatch, pixels: &[f32]| {
+        let mut acts = None;
+        m.forward(&Cpu, batch, Some(&pixels.to_vec()), &mut acts).unwrap();
+        let rows: Vec<usize> = (0..g.ids.len()).collect();
+        m.text.logits_of_rows(&Cpu, &acts.unwrap().xn_f, &rows)
+    };
+    assert!(rel_l2(&logits_of(&batch, &g.pixels), &g.logits) < 1e-5);
+    // Other pixels: the features reach the logits.
+    let other: Vec<f32> = g.pixels.iter().map(|x| -x).collect();
+    let e = rel_l2(&logits_of(&batch, &other), &g.logits);
+    assert!(e > 1e-2, "image features do not reach the logits: {e:.2e}");
+    // 1D RoPE instead of M-RoPE.
+    batch.packed.rope_angles = None;
+    let e = rel_l2(&logits_of(&batch, &g.pixels), &g.logits);
+    assert!(e > 1e-3, "M-RoPE makes no difference: {e:.2e}");
+}
+
+/// A placeholder run of the wrong length is an error naming the sequence and the image.
+#[test]
+fn wrong_placeholder_count_names_sequence_and_image() {
+    let g = golden();
+    let m = VlModel::load(&Cpu, &fixture("tiny-vl")).unwrap();
+    let mut ids = g.ids.clone();
+    let at = ids.iter().rposition(|&x| x == m.cfg.image_token_id).unwrap();
+    ids.remove(at);
+    let err = m.pack(&[(&g.ids, &g.grids), (&ids, &g.grids)]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("sequence 1") && msg.contains("image 2"), "{msg}");
+}
