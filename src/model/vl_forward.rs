@@ -122,3 +122,67 @@ impl<B: Backend> VlModel<B> {
         Ok(vision)
     }
 }
+
+impl<B: Backend> VlModel<B> {
+    /// Zeroed gradients: (decoder, vision tower), each in its layout order.
+    pub fn zero_grads(&self, be: &B) -> (Vec<B::Buf>, Vec<B::Buf>) {
+        (self.text.zero_grads(be), self.vision.zero_grads(be))
+    }
+
+    /// Accumulates the gradients of a loss with d(loss)/d(target log-prob of row) = `dlp[row]`
+    /// (and optionally d/d(entropy) `dent`), as `Qwen2::backward` defines them, through the
+    /// decoder and, via the image rows of the input embeddings, through the vision tower
+    /// (`vision_grads`; `None` keeps the tower frozen and skips its backward). The embedding
+    /// table gets nothing from image rows: transformers overwrites them (`masked_scatter`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        be: &B,
+        batch: &VlBatch,
+        pixels: Option<&B::Buf>,
+        acts: &Acts<B>,
+        vision_acts: Option<&VisionActs<B>>,
+        targets: &[u32],
+        dlp: &[f32],
+        dent: Option<&[f32]>,
+        inv_temp: f32,
+        text_grads: &mut [B::Buf],
+        vision_grads: Option<&mut [B::Buf]>,
+    ) -> Result<()> {
+        let d = self.cfg.text.hidden_size;
+        let mut scratch = None;
+        let p = &batch.packed;
+        self.text.backward_to_embeddings(
+            be,
+            p,
+            acts,
+            targets,
+            dlp,
+            dent,
+            inv_temp,
+            text_grads,
+            &mut scratch,
+        );
+        let s = scratch.as_mut().expect("planned by backward_to_embeddings");
+        let n_img: usize = batch.image_rows.iter().map(|r| r.1).sum();
+        let mut dfeat = be.zeros(n_img * d);
+        let zeros = be.zeros(batch.image_rows.iter().map(|r| r.1).max().unwrap_or(0) * d);
+        let mut f = 0;
+        for &(row, len) in &batch.image_rows {
+            be.copy(&mut dfeat, f * d, s.dembed(), row * d, len * d);
+            be.copy(s.dembed_mut(), row * d, &zeros, 0, len * d);
+            f += len;
+        }
+        let embed = self.text.layout.embed;
+        be.embedding_backward(&mut text_grads[embed], s.dembed(), &p.ids, d);
+        if let Some(vg) = vision_grads {
+            if n_img > 0 {
+                let va = vision_acts.context("vision backward needs the forward's VisionActs")?;
+                let pixels = pixels.context("vision backward needs the pixel values")?;
+                let plan = VisionPlan::new(&self.vision.cfg, &batch.grids)?;
+                self.vision.backward(be, pixels, &plan, va, &dfeat, vg);
+            }
+        }
+        Ok(())
+    }
+}
