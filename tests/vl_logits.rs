@@ -127,3 +127,63 @@ fn wrong_placeholder_count_names_sequence_and_image() {
     let msg = format!("{err:#}");
     assert!(msg.contains("sequence 1") && msg.contains("image 2"), "{msg}");
 }
+
+/// KV-cache decoding with M-RoPE gives the full forward's logits: a prefill holding both
+/// images, then the remaining tokens one at a time (positions continue at index + delta), in
+/// slot 1 of a two-slot cache while slot 0 decodes a text-only sequence beside it.
+#[test]
+fn vl_kv_cache_decode_matches_full_forward() {
+    use mmr1_fast::model::vl_decode::VlStep;
+    let g = golden();
+    let m = VlModel::load(&Cpu, &fixture("tiny-vl")).unwrap();
+    let v = m.text.cfg.vocab_size;
+    let mut cache = m.text.new_cache(&Cpu, 2, 40);
+    let mut deltas = vec![0i64; 2];
+    let prefill = 26; // both images and their <|vision_end|>
+    let text: Vec<u32> = vec![5, 9, 13, 200, 31, 7];
+    let logits = m
+        .decode_step(
+            &Cpu,
+            &mut cache,
+            &[
+                VlStep { slot: 0, tokens: &text[..2], grids: &[] },
+                VlStep { slot: 1, tokens: &g.ids[..prefill], grids: &g.grids },
+            ],
+            &mut deltas,
+            Some(&g.pixels),
+        )
+        .unwrap();
+    assert!(deltas[1] < 0, "images compress positions: delta {}", deltas[1]);
+    let mut got = logits[v..2 * v].to_vec();
+    for i in prefill..g.ids.len() {
+        let j = 2 + i - prefill;
+        let l = m
+            .decode_step(
+                &Cpu,
+                &mut cache,
+                &[
+                    VlStep { slot: 1, tokens: &g.ids[i..i + 1], grids: &[] },
+                    VlStep { slot: 0, tokens: &text[j.min(5)..j.min(5) + 1], grids: &[] },
+                ],
+                &mut deltas,
+                None,
+            )
+            .unwrap();
+        got.extend_from_slice(&l[..v]);
+    }
+    let want = &g.logits[(prefill - 1) * v..];
+    let e = rel_l2(&got, want);
+    println!("decode vs transformers: rel L2 {e:.3e}");
+    assert!(e < 1e-5, "decode logits rel L2 {e:.2e}");
+    // Images after the prefill are refused.
+    let err = m
+        .decode_step(
+            &Cpu,
+            &mut cache,
+            &[VlStep { slot: 1, tokens: &[410], grids: &[[1, 2, 2]] }],
+            &mut deltas,
+            None,
+        )
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("first step"), "{err:#}");
+}

@@ -129,7 +129,7 @@ impl<B: Backend> Qwen2<B> {
         Ok(())
     }
 
-    /// Embedding, every layer, final norm: the body shared by `forward` and `decode_step`.
+    /// Embedding, every layer, final norm: the body of `forward`.
     pub(crate) fn run(
         &self,
         be: &B,

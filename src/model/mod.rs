@@ -18,6 +18,7 @@ pub mod vision_params;
 pub mod vision_preprocess;
 pub mod vision_windows;
 pub mod vl;
+pub mod vl_decode;
 pub mod vl_forward;
 
 pub use backward::GradScratch;
