@@ -187,3 +187,33 @@ fn vl_kv_cache_decode_matches_full_forward() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("first step"), "{err:#}");
 }
+
+/// Packing is invisible: the two-image sequence packed after a text-only sequence and before a
+/// one-image sequence gives the same logits as alone (and as transformers).
+#[test]
+fn packed_vl_sequences_match_single_runs() {
+    let g = golden();
+    let m = VlModel::load(&Cpu, &fixture("tiny-vl")).unwrap();
+    let v = m.text.cfg.vocab_size;
+    let text: Vec<u32> = vec![4, 8, 15, 16, 23, 42, 99];
+    // img0 alone: grid [1,4,4], its pixels are the first 16 rows.
+    let pd = m.vision.cfg.patch_dim();
+    let one: Vec<u32> = [vec![1, 408], vec![410; 4], vec![409, 300, 301]].concat();
+    let batch = m.pack(&[(&text, &[]), (&g.ids, &g.grids), (&one, &[[1, 4, 4]])]).unwrap();
+    let pixels: Vec<f32> = [g.pixels.clone(), g.pixels[..16 * pd].to_vec()].concat();
+    let mut acts = None;
+    m.forward(&Cpu, &batch, Some(&pixels), &mut acts).unwrap();
+    let rows: Vec<usize> = (0..batch.packed.tokens()).collect();
+    let all = m.text.logits_of_rows(&Cpu, &acts.unwrap().xn_f, &rows);
+    let (t0, t1) = (text.len(), g.ids.len());
+    let e = rel_l2(&all[t0 * v..(t0 + t1) * v], &g.logits);
+    assert!(e < 1e-5, "packed two-image sequence vs transformers: {e:.2e}");
+    // The one-image sequence alone.
+    let single = m.pack(&[(&one, &[[1, 4, 4]])]).unwrap();
+    let mut acts = None;
+    m.forward(&Cpu, &single, Some(&g.pixels[..16 * pd].to_vec()), &mut acts).unwrap();
+    let rows: Vec<usize> = (0..one.len()).collect();
+    let alone = m.text.logits_of_rows(&Cpu, &acts.unwrap().xn_f, &rows);
+    let e = rel_l2(&all[(t0 + t1) * v..], &alone);
+    assert!(e < 1e-6, "packed vs alone: {e:.2e}");
+}
