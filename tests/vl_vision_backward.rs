@@ -78,3 +78,69 @@ fn vision_gradients_accumulate() {
         assert!(rel_l2(b, &doubled) < 1e-6);
     }
 }
+
+/// The published models' geometry (head_dim 80, window 112 = 4x4 merged units, full attention
+/// at the last block), on a grid with partial windows at both edges and a second image: the
+/// CUDA backend (emulator) against the CPU reference, forward and every gradient.
+#[cfg(feature = "emu")]
+#[test]
+fn emulated_cuda_tower_at_published_geometry_matches_cpu() {
+    use mmr1_fast::backend::cuda::CudaBackend;
+    use mmr1_fast::model::vision_config::VisionConfig;
+    use mmr1_fast::model::vision_params::VisionLayout;
+    use rand::{Rng, SeedableRng};
+    let cfg: VisionConfig = serde_json::from_value(serde_json::json!({
+        "depth": 2, "hidden_size": 160, "intermediate_size": 72, "num_heads": 2,
+        "out_hidden_size": 48, "window_size": 112, "fullatt_block_indexes": [1]
+    }))
+    .unwrap();
+    cfg.validate().unwrap();
+    let layout = VisionLayout::new(&cfg);
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let host: Vec<Vec<f32>> = layout
+        .specs
+        .iter()
+        .map(|s| {
+            let norm = s.name.contains("norm") || s.name.contains("ln_q");
+            (0..s.numel())
+                .map(
+                    |_| if norm { 1.0 + r.gen_range(-0.1..0.1) } else { r.gen_range(-0.1f32..0.1) },
+                )
+                .collect()
+        })
+        .collect();
+    let grids = [[1, 10, 18], [1, 4, 2]];
+    let plan = VisionPlan::new(&cfg, &grids).unwrap();
+    // 10x18 patches = 5x9 merged units in windows of 4x4 units: 2x3 windows, partial at the
+    // bottom and right edges; the 4x2 image is one window.
+    assert_eq!(plan.window_spans.len(), 2 * 3 + 1);
+    let pixels: Vec<f32> =
+        (0..plan.n * cfg.patch_dim()).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+    let probe: Vec<f32> = (0..plan.merged_rows(&cfg) * cfg.out_hidden_size)
+        .map(|_| r.gen_range(-1.0f32..1.0))
+        .collect();
+    fn go<B: Backend>(
+        be: &B,
+        cfg: &VisionConfig,
+        layout: &VisionLayout,
+        host: &[Vec<f32>],
+        plan: &VisionPlan,
+        pixels: &[f32],
+        probe: &[f32],
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let tower = VisionTower::from_host(be, cfg.clone(), layout.clone(), host);
+        let px = be.upload(pixels);
+        let acts = tower.forward(be, &px, plan).unwrap();
+        let mut grads = tower.zero_grads(be);
+        tower.backward(be, &px, plan, &acts, &be.upload(probe), &mut grads);
+        (be.download(&acts.features), grads.iter().map(|g| be.download(g)).collect())
+    }
+    let want = go(&Cpu, &cfg, &layout, &host, &plan, &pixels, &probe);
+    let got = go(&CudaBackend::emulator(), &cfg, &layout, &host, &plan, &pixels, &probe);
+    let e = rel_l2(&got.0, &want.0);
+    assert!(e < 1e-5, "features: {e:.2e}");
+    for ((spec, g), w) in layout.specs.iter().zip(&got.1).zip(&want.1) {
+        let e = rel_l2(g, w);
+        assert!(e < 1e-5, "{}: {e:.2e}", spec.name);
+    }
+}
