@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: the kernel equivalence suites on the real GPU (kernels_vs_cpu, tensor_core,
-# flash_attention, rl_kernels), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
+# flash_attention, rl_kernels, vision_ops), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
 # shapes, flash attention forward/backward/decode), PyTorch doing the same GEMMs and causal
 # attention (scaled_dot_product_attention, bf16) in the same run, and a table (kernel, max
 # error, time, rate, fraction of roofline, PyTorch time, speed vs PyTorch) written to
@@ -26,7 +26,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops"
 
 # Executable of a cargo target, from cargo's JSON messages.
 exe_of() {

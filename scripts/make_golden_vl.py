@@ -25,6 +25,16 @@ What it makes:
   rope.safetensors        rotary tables as transformers builds them: vision_cos/vision_sin f32 [64, 16]
                           (Qwen2_5_VLVisionRotaryEmbedding on the vision.safetensors images, patch order),
                           text_cos/text_sin f32 [35, 16] (Qwen2_5_VLRotaryEmbedding on mrope's positions).
+  vision_grads.safetensors  gradients of the vision tower for loss = sum(features * probe) on the
+                          vision.safetensors images: probe f32 [16, 64] (seeded normal), grad.<name> for
+                          every visual.* parameter (checkpoint names), f32, eager attention.
+  vl_logits.safetensors   the full model on one sequence holding img0 and img2 (text, <|vision_start|>,
+                          image tokens, <|vision_end|>, ...): input_ids i64 [L], grid_thw i64 [2, 3],
+                          position_ids i64 [3, L] (get_rope_index), logits f32 [L, vocab], logprobs f32
+                          [L-1] (log-softmax of row i at token i+1).
+  vl_grads.safetensors    gradients of every parameter (checkpoint names) for
+                          loss = sum_i weights[i] * logprobs[i] on the vl_logits.safetensors sequence:
+                          weights f32 [L-1] (seeded normal), grad.<name> f32.
   config.json, model.safetensors   a tiny random Qwen2_5_VLForConditionalGeneration, float32,
                           as transformers 5 writes it (nested text_config / vision_config,
                           rope_parameters with mrope_section).
@@ -33,6 +43,8 @@ What it makes:
 
 Rerun from the repository root (torch, transformers, pillow, torchvision, safetensors):
   /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py
+  /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py --only grads,logits,vlgrads
+(the second form loads the committed model and images and rewrites only those files).
 Written against transformers 5.24.0 / torch 2.15.0 / pillow 13.0.0 / torchvision 0.29.2.
 """
 
@@ -240,7 +252,99 @@ def make_mrope(model):
               os.path.join(OUT, "mrope.safetensors"))
 
 
+def pixels_and_grids():
+    from safetensors.torch import load_file
+    pre = load_file(os.path.join(OUT, "preprocess.safetensors"))
+    pv = torch.cat([pre["pixel_values.0"], pre["pixel_values.2"]])
+    grids = torch.stack([pre["grid_thw.0"], pre["grid_thw.2"]])
+    return pv, grids
+
+
+def make_vision_grads(model):
+    pv, grids = pixels_and_grids()
+    model.config.vision_config._attn_implementation = "eager"
+    visual = model.model.visual
+    visual.config._attn_implementation = "eager"
+    model.zero_grad()
+    out = visual(pv, grid_thw=grids).pooler_output
+    g = torch.Generator().manual_seed(1234)
+    probe = torch.randn(out.shape, generator=g, dtype=torch.float32)
+    (out * probe).sum().backward()
+    t = {"probe": probe.contiguous()}
+    for name, p in visual.named_parameters():
+        t[f"grad.visual.{name}"] = p.grad.float().contiguous()
+    model.zero_grad()
+    save_file(t, os.path.join(OUT, "vision_grads.safetensors"),
+              metadata={"meta": json.dumps({"versions": VERSIONS})})
+
+
+def vl_sequence(grids):
+    img, vs, ve = 410, 408, 409
+    n0, n1 = (int(g.prod()) // 4 for g in grids)
+    return [3, 57, 101, vs] + [img] * n0 + [ve, 12, 250, 7, vs] + [img] * n1 + [ve, 33, 390, 200, 5]
+
+
+def checkpoint_name(name):
+    """transformers 5 module path -> the published checkpoint's tensor name."""
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    if name.startswith("model.visual."):
+        return name[len("model."):]
+    return name
+
+
+def make_vl_grads(model):
+    pv, grids = pixels_and_grids()
+    for c in (model.config, model.config.text_config, model.config.vision_config):
+        c._attn_implementation = "eager"
+    input_ids = torch.tensor([vl_sequence(grids)])
+    mm = (input_ids == 410).int()
+    model.zero_grad()
+    logits = model(input_ids=input_ids, pixel_values=pv, image_grid_thw=grids,
+                   mm_token_type_ids=mm).logits[0]
+    lp = torch.log_softmax(logits[:-1], -1).gather(1, input_ids[0, 1:, None])[:, 0]
+    g = torch.Generator().manual_seed(4321)
+    w = torch.randn(lp.shape, generator=g, dtype=torch.float32)
+    (lp * w).sum().backward()
+    t = {"weights": w.contiguous()}
+    for name, p in model.named_parameters():
+        t[f"grad.{checkpoint_name(name)}"] = p.grad.float().contiguous()
+    model.zero_grad()
+    save_file(t, os.path.join(OUT, "vl_grads.safetensors"),
+              metadata={"meta": json.dumps({"versions": VERSIONS})})
+
+
+def make_vl_logits(model):
+    pv, grids = pixels_and_grids()
+    model.config._attn_implementation = "eager"
+    model.config.text_config._attn_implementation = "eager"
+    model.config.vision_config._attn_implementation = "eager"
+    input_ids = torch.tensor([vl_sequence(grids)])
+    mm = (input_ids == 410).int()
+    with torch.no_grad():
+        pos, _ = model.model.get_rope_index(input_ids, mm, image_grid_thw=grids)
+        logits = model(input_ids=input_ids, pixel_values=pv, image_grid_thw=grids,
+                       mm_token_type_ids=mm).logits[0].float()
+    lp = torch.log_softmax(logits[:-1].double(), -1).gather(1, input_ids[0, 1:, None])[:, 0].float()
+    save_file({"input_ids": input_ids[0].contiguous(), "grid_thw": grids.contiguous(),
+               "position_ids": pos[:, 0].contiguous(), "logits": logits.contiguous(),
+               "logprobs": lp.contiguous()},
+              os.path.join(OUT, "vl_logits.safetensors"),
+              metadata={"meta": json.dumps({"versions": VERSIONS})})
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--only":
+        parts = sys.argv[2].split(",")
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(OUT, dtype=torch.float32).eval()
+        if "grads" in parts:
+            make_vision_grads(model)
+        if "logits" in parts:
+            make_vl_logits(model)
+        if "vlgrads" in parts:
+            make_vl_grads(model)
+        print("wrote", parts, "in", OUT)
+        sys.exit(0)
     paths = make_images()
     grids = make_preprocess(paths)
     make_windows(grids)
@@ -248,4 +352,7 @@ if __name__ == "__main__":
     make_mrope(model)
     make_vision(model)
     make_rope(model)
+    make_vision_grads(model)
+    make_vl_logits(model)
+    make_vl_grads(model)
     print("wrote", OUT)

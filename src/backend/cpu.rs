@@ -10,6 +10,7 @@ pub struct Cpu;
 
 mod attention;
 pub mod attention_ref;
+pub mod vision_ops;
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -230,6 +231,52 @@ impl Backend for Cpu {
         shape: AttnShape,
     ) {
         attention::backward(dq, dk, dv, dout, q, k, v, out, lse, spans, shape)
+    }
+
+    fn attention_bidir(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        attention::forward_masked(out, lse, q, k, v, spans, shape, false)
+    }
+    fn attention_bidir_backward(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        attention::backward_masked(dq, dk, dv, dout, q, k, v, out, lse, spans, shape, false)
+    }
+    fn rope_table(
+        &self,
+        x: &mut Vec<f32>,
+        angles: &Vec<f32>,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    ) {
+        vision_ops::rope_table(x, angles, rows, n_heads, head_dim, inverse)
+    }
+    fn gelu(&self, out: &mut Vec<f32>, x: &Vec<f32>) {
+        vision_ops::gelu(out, x)
+    }
+    fn gelu_backward(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, x: &Vec<f32>) {
+        vision_ops::gelu_backward(dx, dout, x)
     }
 
     fn swiglu(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) {

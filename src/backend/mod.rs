@@ -187,6 +187,56 @@ pub trait Backend {
         up: &Self::Buf,
     );
 
+    // ---- vision tower (Qwen2.5-VL) ------------------------------------------------------------
+    /// `attention` without the causal mask: every query of a span sees all `kv_len` keys of
+    /// its span (the vision tower's window and full attention). Same layouts and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bidir(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    );
+    /// Gradients of `attention_bidir`, with `attention_backward`'s contract.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bidir_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    );
+    /// Rotary embedding from a per-row angle table, in place on `x[rows, n_heads, head_dim]`:
+    /// pair `(i, i + head_dim/2)` of every head of row `t` turns by `angles[t, i]`
+    /// (`angles` is `[rows, head_dim/2]`, e.g. from `model::rope_tables`: the vision tower's
+    /// 2D rope and M-RoPE). cos/sin are taken in f32 as transformers does. `inverse` turns
+    /// the other way: the backward pass.
+    fn rope_table(
+        &self,
+        x: &mut Self::Buf,
+        angles: &Self::Buf,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    );
+    /// `out = gelu(x)`, the exact (erf) GELU of `torch.nn.GELU()`:
+    /// `x / 2 * (1 + erf(x / sqrt 2))`.
+    fn gelu(&self, out: &mut Self::Buf, x: &Self::Buf);
+    /// Overwrites `dx = dout * gelu'(x)`.
+    fn gelu_backward(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf);
+
     /// Per row of `logits[rows, vocab]`: `lp[r] = log_softmax(logits[r] * inv_temp)[targets[r]]`,
     /// and the entropy of that tempered distribution in `entropy[r]`.
     #[allow(clippy::too_many_arguments)]

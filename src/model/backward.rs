@@ -38,6 +38,16 @@ pub struct GradScratch<B: Backend> {
     dent: B::Buf,
 }
 
+impl<B: Backend> GradScratch<B> {
+    /// d(loss)/d(input embeddings) `[t, hidden]` after `Qwen2::backward_to_embeddings`.
+    pub fn dembed(&self) -> &B::Buf {
+        &self.dresid
+    }
+    pub fn dembed_mut(&mut self) -> &mut B::Buf {
+        &mut self.dresid
+    }
+}
+
 impl<B: Backend> Qwen2<B> {
     /// One zeroed gradient buffer per parameter, in layout order.
     pub fn zero_grads(&self, be: &B) -> Vec<B::Buf> {
@@ -108,6 +118,28 @@ impl<B: Backend> Qwen2<B> {
         grads: &mut [B::Buf],
         scratch: &mut Option<GradScratch<B>>,
     ) {
+        self.backward_to_embeddings(be, batch, acts, targets, dlp, dent, inv_temp, grads, scratch);
+        let s = scratch.as_ref().expect("planned by backward_to_embeddings");
+        let d = self.cfg.hidden_size;
+        be.embedding_backward(&mut grads[self.layout.embed], &s.dresid, &batch.ids, d);
+    }
+
+    /// `backward_with` up to, not including, the embedding table: on return
+    /// `scratch.dembed()` holds d(loss)/d(input embeddings) `[t, hidden]` (a vision-language
+    /// model takes its image rows from there before the table's gradient).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_to_embeddings(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &Acts<B>,
+        targets: &[u32],
+        dlp: &[f32],
+        dent: Option<&[f32]>,
+        inv_temp: f32,
+        grads: &mut [B::Buf],
+        scratch: &mut Option<GradScratch<B>>,
+    ) {
         let t = batch.tokens();
         assert_eq!(acts.t, t, "backward: activations are for {} tokens, the batch has {t}", acts.t);
         assert_eq!(targets.len(), t, "backward: one target per packed row");
@@ -141,7 +173,6 @@ impl<B: Backend> Qwen2<B> {
         for l in (0..c.num_hidden_layers).rev() {
             self.layer_backward(be, l, batch, acts, grads, s);
         }
-        be.embedding_backward(&mut grads[lf.embed], &s.dresid, &batch.ids, d);
     }
 
     /// Chunked output projection backward: for each chunk of rows with a non-zero upstream
@@ -210,7 +241,6 @@ impl<B: Backend> Qwen2<B> {
         let t = batch.tokens();
         let (d, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let kvd = c.n_kv_heads() * hd;
-        let theta = c.rope_theta() as f32;
         let w = &self.layout.layers[l];
         let p = &self.params;
         let la = &acts.layers[l];
@@ -258,8 +288,8 @@ impl<B: Backend> Qwen2<B> {
             self.attn_shape(),
         );
         // Rope is an orthogonal rotation: its backward is the inverse rotation.
-        be.rope(&mut s.dq, &batch.positions, c.num_attention_heads, hd, theta, true);
-        be.rope(&mut s.dk, &batch.positions, c.n_kv_heads(), hd, theta, true);
+        self.rotate(be, &mut s.dq, batch, c.num_attention_heads, true);
+        self.rotate(be, &mut s.dk, batch, c.n_kv_heads(), true);
         be.bias_backward(&mut grads[w.q_b], &s.dq, t, d);
         be.bias_backward(&mut grads[w.k_b], &s.dk, t, kvd);
         be.bias_backward(&mut grads[w.v_b], &s.dv, t, kvd);

@@ -13,6 +13,9 @@ pub struct Packed {
     pub ids: Vec<u32>,
     pub positions: Vec<u32>,
     pub spans: Vec<AttnSpan>,
+    /// Rotary angles per row `[tokens, head_dim/2]` when they are not `positions` times the
+    /// inverse frequencies: Qwen2.5-VL's M-RoPE (`rope_tables::mrope_angles`). `None`: 1D RoPE.
+    pub rope_angles: Option<Vec<f32>>,
 }
 
 impl Packed {
@@ -126,8 +129,22 @@ impl<B: Backend> Qwen2<B> {
         Ok(())
     }
 
-    /// Embedding, every layer, final norm: the body shared by `forward` and `decode_step`.
+    /// Embedding, every layer, final norm: the body of `forward`.
     pub(crate) fn run(
+        &self,
+        be: &B,
+        batch: &Packed,
+        a: &mut Acts<B>,
+        cache: Option<(&mut KvCache<B>, &[usize])>,
+    ) {
+        let d = self.cfg.hidden_size;
+        be.embedding(&mut a.resid[0], &self.params[self.layout.embed], &batch.ids, d);
+        self.run_layers(be, batch, a, cache);
+    }
+
+    /// Every layer and the final norm on the embeddings already in `a.resid[0]` (a
+    /// vision-language model puts image features there first).
+    pub(crate) fn run_layers(
         &self,
         be: &B,
         batch: &Packed,
@@ -135,7 +152,6 @@ impl<B: Backend> Qwen2<B> {
         mut cache: Option<(&mut KvCache<B>, &[usize])>,
     ) {
         let (t, d) = (batch.tokens(), self.cfg.hidden_size);
-        be.embedding(&mut a.resid[0], &self.params[self.layout.embed], &batch.ids, d);
         for l in 0..self.cfg.num_hidden_layers {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let kv = cache.as_mut().map(|(c, rows)| (&mut c.k[l], &mut c.v[l], *rows));
@@ -163,6 +179,32 @@ impl<B: Backend> Qwen2<B> {
         );
     }
 
+    /// Rotary embedding of `x` `[tokens, n_heads, head_dim]` for the batch's rows: 1D RoPE of
+    /// `batch.positions`, or the batch's own angle table (M-RoPE). `inverse` for the backward.
+    pub(crate) fn rotate(
+        &self,
+        be: &B,
+        x: &mut B::Buf,
+        batch: &Packed,
+        n_heads: usize,
+        inverse: bool,
+    ) {
+        let hd = self.cfg.head_dim();
+        match &batch.rope_angles {
+            None => {
+                be.rope(x, &batch.positions, n_heads, hd, self.cfg.rope_theta() as f32, inverse)
+            }
+            Some(angles) => {
+                assert_eq!(
+                    angles.len(),
+                    batch.tokens() * (hd / 2),
+                    "rope_angles: [tokens, head_dim/2]"
+                );
+                be.rope_table(x, &be.upload(angles), batch.tokens(), n_heads, hd, inverse)
+            }
+        }
+    }
+
     /// One decoder layer: `x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(.))`.
     /// With `cache`, the new keys/values are written to the cache rows given and attention
     /// reads the cache (the spans then address cache rows); without, it reads `la.k`/`la.v`.
@@ -183,7 +225,6 @@ impl<B: Backend> Qwen2<B> {
         let (d, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let kvd = c.n_kv_heads() * hd;
         let eps = c.rms_norm_eps as f32;
-        let theta = c.rope_theta() as f32;
         let w = &self.layout.layers[l];
         let p = &self.params;
 
@@ -194,8 +235,8 @@ impl<B: Backend> Qwen2<B> {
         be.add_bias(&mut la.k, &p[w.k_b], t, kvd);
         be.matmul(&mut la.v, &la.xn1, Tr::N, &p[w.v_w], Tr::T, t, kvd, d, 0.0);
         be.add_bias(&mut la.v, &p[w.v_b], t, kvd);
-        be.rope(&mut la.q, &batch.positions, c.num_attention_heads, hd, theta, false);
-        be.rope(&mut la.k, &batch.positions, c.n_kv_heads(), hd, theta, false);
+        self.rotate(be, &mut la.q, batch, c.num_attention_heads, false);
+        self.rotate(be, &mut la.k, batch, c.n_kv_heads(), false);
         match cache {
             None => be.attention(
                 &mut la.att,

@@ -42,6 +42,19 @@ impl<B: Backend> Qwen2<B> {
         cache: &mut KvCache<B>,
         inputs: &[(usize, &[u32])],
     ) -> Result<Vec<f32>> {
+        self.decode_step_with(be, cache, inputs, |_, _| Ok(()))
+    }
+
+    /// `decode_step` with a hook that runs once the batch is planned and its token embeddings
+    /// are in place, before the layers: it may set the batch's rotary angles and overwrite
+    /// embedding rows (a vision-language model's M-RoPE and image features).
+    pub(crate) fn decode_step_with(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        inputs: &[(usize, &[u32])],
+        hook: impl FnOnce(&mut Packed, &mut B::Buf) -> Result<()>,
+    ) -> Result<Vec<f32>> {
         let mut batch = Packed::default();
         let mut rows = Vec::new();
         let mut last_rows = Vec::with_capacity(inputs.len());
@@ -80,7 +93,10 @@ impl<B: Backend> Qwen2<B> {
         }
         self.check_ids(&batch.ids)?;
         let mut a = self.alloc_acts(be, batch.tokens());
-        self.run(be, &batch, &mut a, Some((&mut *cache, rows.as_slice())));
+        let d = self.cfg.hidden_size;
+        be.embedding(&mut a.resid[0], &self.params[self.layout.embed], &batch.ids, d);
+        hook(&mut batch, &mut a.resid[0])?;
+        self.run_layers(be, &batch, &mut a, Some((&mut *cache, rows.as_slice())));
         for &(slot, toks) in inputs {
             cache.lens[slot] += toks.len();
         }

@@ -11,11 +11,15 @@ pub mod mrope;
 pub mod params;
 pub mod rope_tables;
 pub mod safetensors_io;
+pub mod vision_backward;
 pub mod vision_config;
+pub mod vision_forward;
 pub mod vision_params;
 pub mod vision_preprocess;
 pub mod vision_windows;
 pub mod vl;
+pub mod vl_decode;
+pub mod vl_forward;
 
 pub use backward::GradScratch;
 pub use config::Qwen2Config;

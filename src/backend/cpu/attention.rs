@@ -1,4 +1,4 @@
-//! Causal grouped-query attention on the CPU in f32, blocked so that the work is GEMM: for a
+//! Causal (or, for the vision tower, bidirectional) grouped-query attention on the CPU in f32, blocked so that the work is GEMM: for a
 //! block of query rows, `S = Q K^T` over the keys the block can see, a row softmax with the
 //! causal mask, `O = P V`; the backward recomputes `P` from the saved log-sum-exp (as flash
 //! attention does, Dao et al. 2022, Algorithm 2) and forms `dV += P^T dO`, `dP = dO V^T`,
@@ -25,6 +25,22 @@ pub fn forward(
     spans: &[AttnSpan],
     shape: AttnShape,
 ) {
+    forward_masked(out, lse, q, k, v, spans, shape, true)
+}
+
+/// `forward` with the mask chosen: `causal == false` lets every query of a span see all of
+/// the span's keys (`Backend::attention_bidir`, the vision tower's window/full attention).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_masked(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    spans: &[AttnSpan],
+    shape: AttnShape,
+    causal: bool,
+) {
     let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
     let group = h / hkv;
     let scale = 1.0 / (d as f32).sqrt();
@@ -42,7 +58,7 @@ pub fn forward(
             let kvh = hh / group;
             // Query i of the span sits at position kv_len - q_len + i and sees that many + 1 keys.
             let first_pos = sp.kv_len - sp.q_len + i0;
-            let n_keys = first_pos + rows;
+            let n_keys = if causal { first_pos + rows } else { sp.kv_len };
             let qb = &q[((sp.q_start + i0) * h + hh) * d..];
             let kb = &k[(sp.kv_start * hkv + kvh) * d..];
             let vb = &v[(sp.kv_start * hkv + kvh) * d..];
@@ -51,7 +67,7 @@ pub fn forward(
             gemm_st(&mut p, n_keys, false, qb, h * d, 1, kb, 1, hkv * d, rows, n_keys, d);
             let mut l = vec![0.0f32; rows];
             for (r, (row, lr)) in p.chunks_mut(n_keys).zip(l.iter_mut()).enumerate() {
-                let seen = first_pos + r + 1;
+                let seen = if causal { first_pos + r + 1 } else { n_keys };
                 let mx = row[..seen].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
                 let mut z = 0.0f64;
                 for s in &mut row[..seen] {
@@ -93,6 +109,25 @@ pub fn backward(
     spans: &[AttnSpan],
     shape: AttnShape,
 ) {
+    backward_masked(dq, dk, dv, dout, q, k, v, out, lse, spans, shape, true)
+}
+
+/// `backward` with the mask chosen (see `forward_masked`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_masked(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    spans: &[AttnSpan],
+    shape: AttnShape,
+    causal: bool,
+) {
     let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
     let group = h / hkv;
     let scale = 1.0 / (d as f32).sqrt();
@@ -120,7 +155,7 @@ pub fn backward(
                 for i0 in (0..sp.q_len).step_by(BLOCK) {
                     let rows = BLOCK.min(sp.q_len - i0);
                     let first_pos = sp.kv_len - sp.q_len + i0;
-                    let n_keys = first_pos + rows;
+                    let n_keys = if causal { first_pos + rows } else { sp.kv_len };
                     let row0 = sp.q_start + i0;
                     let qb = &q[(row0 * h + hh) * d..];
                     let dob = &dout[(row0 * h + hh) * d..];
@@ -135,7 +170,7 @@ pub fn backward(
                         // D = dO . O (= sum_j P_j dP_j)
                         let dd: f32 =
                             dout[at..at + d].iter().zip(&out[at..at + d]).map(|(a, b)| a * b).sum();
-                        let seen = first_pos + r + 1;
+                        let seen = if causal { first_pos + r + 1 } else { n_keys };
                         let (pr, dpr) =
                             (&mut p[r * n_keys..][..n_keys], &mut dp[r * n_keys..][..n_keys]);
                         for (s, g) in pr[..seen].iter_mut().zip(&mut dpr[..seen]) {

@@ -21,6 +21,22 @@ pub fn forward(
     spans: &[AttnSpan],
     shape: AttnShape,
 ) {
+    forward_masked(out, lse, q, k, v, spans, shape, true)
+}
+
+/// `forward` with the mask chosen: `causal == false` is `Backend::attention_bidir` (every
+/// query of a span sees all of its keys).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_masked(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    spans: &[AttnSpan],
+    shape: AttnShape,
+    causal: bool,
+) {
     let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
     let group = h / hkv;
     let scale = 1.0 / (d as f64).sqrt();
@@ -29,7 +45,10 @@ pub fn forward(
         .iter()
         .flat_map(|sp| {
             (0..sp.q_len).flat_map(move |i| {
-                (0..h).map(move |hh| (sp.q_start + i, hh, sp.kv_start + sp.kv_len - sp.q_len + i))
+                (0..h).map(move |hh| {
+                    let last = if causal { sp.kv_len - sp.q_len + i } else { sp.kv_len - 1 };
+                    (sp.q_start + i, hh, sp.kv_start + last)
+                })
             })
         })
         .collect();
@@ -82,6 +101,25 @@ pub fn backward(
     spans: &[AttnSpan],
     shape: AttnShape,
 ) {
+    backward_masked(dq, dk, dv, dout, q, k, v, out, lse, spans, shape, true)
+}
+
+/// `backward` with the mask chosen (see `forward_masked`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_masked(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    spans: &[AttnSpan],
+    shape: AttnShape,
+    causal: bool,
+) {
     let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
     let group = h / hkv;
     let scale = 1.0 / (d as f64).sqrt();
@@ -106,7 +144,7 @@ pub fn backward(
                 let hh = kvh * group + gi;
                 for i in 0..sp.q_len {
                     let qrow = sp.q_start + i;
-                    let n_keys = sp.kv_len - sp.q_len + i + 1;
+                    let n_keys = if causal { sp.kv_len - sp.q_len + i + 1 } else { sp.kv_len };
                     let qv = &q[at(qrow, hh, h, d)..][..d];
                     let dov = &dout[at(qrow, hh, h, d)..][..d];
                     let ov = &out[at(qrow, hh, h, d)..][..d];

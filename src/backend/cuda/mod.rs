@@ -8,6 +8,7 @@
 //! Storage is f32 for now. Matmul goes to cuBLAS SGEMM (f32) on the GPU, to the CPU GEMM on
 //! the emulator, and to the `gemm_f32` kernel when no library GEMM is available.
 
+mod attention;
 pub mod device;
 #[cfg(feature = "cuda")]
 pub mod driver;
@@ -15,6 +16,7 @@ pub mod driver;
 pub mod emu;
 pub mod flash;
 pub mod rl;
+mod vision_ops;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
@@ -209,22 +211,6 @@ fn attn_check(shape: AttnShape) {
         shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
         "n_heads must be a multiple of n_kv_heads"
     );
-}
-
-/// Per query row: (row, first kv row, number of visible keys, 0).
-fn q_items(spans: &[AttnSpan]) -> Vec<i32> {
-    let mut v = Vec::new();
-    for s in spans {
-        for i in 0..s.q_len {
-            v.extend_from_slice(&[
-                (s.q_start + i) as i32,
-                s.kv_start as i32,
-                (s.kv_len - s.q_len + i + 1) as i32,
-                0,
-            ]);
-        }
-    }
-    v
 }
 
 impl<D: Device> Backend for CudaBackend<D> {
@@ -526,39 +512,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         spans: &[AttnSpan],
         shape: AttnShape,
     ) {
-        attn_check(shape);
-        if self.attn == AttnKernel::Flash && flash::decode_supports(spans, shape) {
-            self.flash_decode(out, lse, q, k, v, spans, shape);
-            return;
-        }
-        if self.use_flash(shape) {
-            self.flash_forward(out, lse, q, k, v, spans, shape);
-            return;
-        }
-        let items = q_items(spans);
-        if items.is_empty() {
-            return;
-        }
-        let d_items = self.upload_i32(&items);
-        let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
-        self.dev.launch(
-            "attn_fwd_f32",
-            [(items.len() / 4) as u32, shape.n_heads as u32, 1],
-            [128, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&lse.mem),
-                Arg::Ptr(&q.mem),
-                Arg::Ptr(&k.mem),
-                Arg::Ptr(&v.mem),
-                Arg::Ptr(&d_items),
-                Arg::I32(shape.n_heads as i32),
-                Arg::I32(shape.n_kv_heads as i32),
-                Arg::I32(shape.head_dim as i32),
-                Arg::F32(scale),
-            ],
-        );
+        self.attend(out, lse, q, k, v, spans, shape, true)
     }
     fn attention_backward(
         &self,
@@ -574,88 +528,52 @@ impl<D: Device> Backend for CudaBackend<D> {
         spans: &[AttnSpan],
         shape: AttnShape,
     ) {
-        attn_check(shape);
-        let items = q_items(spans);
-        if items.is_empty() {
-            return;
-        }
-        let (h, hkv, d) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
-        let mut kv_items = Vec::new();
-        for s in spans {
-            let off = s.kv_len - s.q_len; // keys every query sees
-            for j in 0..s.kv_len {
-                kv_items.extend_from_slice(&[
-                    (s.kv_start + j) as i32,
-                    s.q_start as i32,
-                    s.q_len as i32,
-                    j.saturating_sub(off) as i32,
-                ]);
-            }
-        }
-        let nq = (items.len() / 4) as u32;
-        let d_items = self.upload_i32(&items);
-        let d_kv = self.upload_i32(&kv_items);
-        let scale = (1.0 / (d as f64).sqrt()) as f32;
-        let dsum = self.dev.alloc(lse.len.max(1) * 4);
-        self.dev.launch(
-            "attn_bwd_dot_f32",
-            [nq, h as u32, 1],
-            [32, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&dsum),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&d_items),
-                Arg::I32(h as i32),
-                Arg::I32(d as i32),
-            ],
-        );
-        if self.use_flash(shape) {
-            self.flash_backward(dq, dk, dv, dout, q, k, v, lse, &dsum, spans, shape);
-            return;
-        }
-        let common = |a: &mut Vec<Arg<'_, D::Mem>>| {
-            a.extend([
-                Arg::I32(h as i32),
-                Arg::I32(hkv as i32),
-                Arg::I32(d as i32),
-                Arg::F32(scale),
-            ]);
-        };
-        let mut a = vec![
-            Arg::Ptr(&dq.mem),
-            Arg::Ptr(&dout.mem),
-            Arg::Ptr(&q.mem),
-            Arg::Ptr(&k.mem),
-            Arg::Ptr(&v.mem),
-            Arg::Ptr(&lse.mem),
-            Arg::Ptr(&dsum),
-            Arg::Ptr(&d_items),
-        ];
-        common(&mut a);
-        self.dev.launch("attn_bwd_dq_f32", [nq, h as u32, 1], [128, 1, 1], 0, &a);
-        if !kv_items.is_empty() {
-            let mut a = vec![
-                Arg::Ptr(&dk.mem),
-                Arg::Ptr(&dv.mem),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&q.mem),
-                Arg::Ptr(&k.mem),
-                Arg::Ptr(&v.mem),
-                Arg::Ptr(&lse.mem),
-                Arg::Ptr(&dsum),
-                Arg::Ptr(&d_kv),
-            ];
-            common(&mut a);
-            self.dev.launch(
-                "attn_bwd_dkv_f32",
-                [(kv_items.len() / 4) as u32, hkv as u32, 1],
-                [128, 1, 1],
-                0,
-                &a,
-            );
-        }
+        self.attend_backward(dq, dk, dv, dout, q, k, v, out, lse, spans, shape, true)
+    }
+    fn attention_bidir(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        self.attend(out, lse, q, k, v, spans, shape, false)
+    }
+    fn attention_bidir_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        self.attend_backward(dq, dk, dv, dout, q, k, v, out, lse, spans, shape, false)
+    }
+    fn rope_table(
+        &self,
+        x: &mut Self::Buf,
+        angles: &Self::Buf,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    ) {
+        self.rope_from_table(x, angles, rows, n_heads, head_dim, inverse)
+    }
+    fn gelu(&self, out: &mut Self::Buf, x: &Self::Buf) {
+        self.gelu_fwd(out, x)
+    }
+    fn gelu_backward(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf) {
+        self.gelu_bwd(dx, dout, x)
     }
 
     fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
