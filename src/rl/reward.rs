@@ -19,6 +19,7 @@ mod equiv;
 mod expr;
 mod extract;
 mod normalize;
+mod prose;
 mod relation;
 
 pub use equiv::{is_equivalent, is_equivalent_with_options};
