@@ -227,6 +227,12 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     ("braced_list_reversed_is_not_pair", "{1,3}", "(3,1)", false),
     ("set_is_not_pair", r"\{1,3\}", "(1,3)", false),
     ("braced_list_is_not_closed_interval", "{1,3}", "[1,3]", false),
+    // arithmetic on constant matrices left in the answer is compared by value
+    ("matrix_sum_value", r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} + \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}", r"\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}", true),
+    ("matrix_product_value", r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} \begin{pmatrix}0 & 1 \\ 1 & 0\end{pmatrix}", r"\begin{bmatrix}2 & 1 \\ 4 & 3\end{bmatrix}", true),
+    ("matrix_product_order_matters", r"\begin{pmatrix}0 & 1 \\ 1 & 0\end{pmatrix} \begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}", r"\begin{bmatrix}2 & 1 \\ 4 & 3\end{bmatrix}", false),
+    ("matrix_difference_is_not_sum", r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} - \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}", r"\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}", false),
+    ("matrix_shapes_mismatch", r"\begin{pmatrix}1 & 2\end{pmatrix} + \begin{pmatrix}1 \\ 2\end{pmatrix}", r"\begin{pmatrix}2 & 4\end{pmatrix}", false),
     // solutions as `;`-separated groups of the same assignments are tuples
     ("assignment_groups_are_tuples", "(5,2),(7,2)", "p=5,q=2;p=7,q=2", true),
     ("assignment_groups_order_kept", "(2,5),(2,7)", "p=5,q=2;p=7,q=2", false),
@@ -351,6 +357,7 @@ const GRADE: &[GradeCase] = &[
     ("answer_stated_without_box", r"so the answer is $\frac12$.", "0.5", None, 1.0, 0.0),
     ("prose_number_graded", "the number is not 10 which is 1,000.99\u{20AC}", "1000.99", None, 1.0, 0.0),
     ("prose_earlier_number_not_graded", "the number is 10 which is not 1,000.99\u{20AC}", "10", None, 0.0, 0.0),
+    ("matrix_sum_in_prose", r"The sum is $\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} + \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}$", r"\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}", None, 1.0, 0.0),
     ("turn_after_answer", "So the answer is 2/3. <|im_start|>user Is it 5?", "2/3", None, 1.0, 0.0),
     ("turn_after_answer_not_read", "So the answer is 2/3. <|im_start|>user Is it 5?", "5", None, 0.0, 0.0),
     ("very_long_garbage", "", "5", None, 0.0, 0.0), // the response is generated below

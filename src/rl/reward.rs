@@ -18,6 +18,7 @@
 mod equiv;
 mod expr;
 mod extract;
+mod matrix;
 mod normalize;
 mod prose;
 mod relation;

@@ -1,8 +1,9 @@
 //! Answer equivalence: multiple-choice letters, then normalized strings, then structure
 //! (tuples, intervals, sets) and value.
 
-use super::expr::{expr_equal, parse, MAX_PARSE_CHARS};
+use super::expr::{close, expr_equal, parse, MAX_PARSE_CHARS};
 use super::extract::reference_answer;
+use super::matrix::{constant_cells, matrix_expression};
 use super::normalize::{normalize, strip_assignment, Norm};
 use super::relation::{double_inequality_interval, is_label, relations_equal, stated_value};
 
@@ -215,7 +216,7 @@ fn wraps_whole(s: &str) -> bool {
 /// The rows and cells of a matrix environment filling all of `s` (optionally inside one pair
 /// of brackets: `\left[\begin{array}{cc}..\end{array}\right]`). `vmatrix` (a determinant) is
 /// not a matrix.
-fn matrix(s: &str) -> Option<Vec<Vec<String>>> {
+pub(crate) fn matrix(s: &str) -> Option<Vec<Vec<String>>> {
     let mut s = s.trim();
     if s.len() >= 2 && s.starts_with(['(', '[']) && wraps_whole(s) {
         s = s[1..s.len() - 1].trim();
@@ -390,6 +391,9 @@ fn shape_equal(a: &str, b: &str, depth: usize) -> bool {
                     r.len() == q.len() && r.iter().zip(q).all(|(p, q)| scalar_equal(p, q))
                 })
         }
+        // Arithmetic on constant matrices left in the answer (`A + B`, `A B`) by its value.
+        (Shape::Scalar(x), Shape::Matrix(y)) => matrix_value_equal(&x, &y),
+        (Shape::Matrix(x), Shape::Scalar(y)) => matrix_value_equal(&y, &x),
         // A list written in order answers an ordered pair (`{1, 3}` or `1, 3` for `(1, 3)`).
         (Shape::Set(_), Shape::Tuple('(', ')', y)) => in_order(a, &y, depth),
         (Shape::Tuple('(', ')', x), Shape::Set(_)) => in_order(b, &x, depth),
@@ -398,6 +402,15 @@ fn shape_equal(a: &str, b: &str, depth: usize) -> bool {
         (Shape::Scalar(x), Shape::Set(_)) => decimal_comma(b).is_some_and(|y| scalar_equal(&x, &y)),
         _ => false,
     }
+}
+
+/// Whether `expr` is arithmetic on constant matrices whose value is the constant matrix `m`.
+fn matrix_value_equal(expr: &str, m: &[Vec<String>]) -> bool {
+    let (Some(v), Some(w)) = (matrix_expression(expr), constant_cells(m)) else { return false };
+    v.len() == w.len()
+        && v.iter()
+            .zip(&w)
+            .all(|(r, q)| r.len() == q.len() && r.iter().zip(q).all(|(a, b)| close(*a, *b)))
 }
 
 /// Whether `list` is written as a plain list whose elements equal `tuple`'s in order.

@@ -165,11 +165,17 @@ pub(crate) fn numbers(s: &str) -> Vec<Found> {
 }
 
 /// The number that ends last in `s` (the longest of those ending there), as Math-Verify picks
-/// the rightmost match; none inside the byte ranges `math` (math spans, read as LaTeX).
+/// the rightmost match; none inside the sorted, disjoint byte ranges `math` (math spans, read
+/// as LaTeX).
 pub(crate) fn last_number(s: &str, math: &[(usize, usize)]) -> Option<Found> {
     let mut best: Option<Found> = None;
+    // `math` is sorted and disjoint (as `extract::math_regions` gives it): walk it alongside.
+    let mut region = 0;
     for (i, _) in s.char_indices() {
-        if math.iter().any(|&(a, b)| a <= i && i < b) {
+        while math.get(region).is_some_and(|&(_, b)| b <= i) {
+            region += 1;
+        }
+        if math.get(region).is_some_and(|&(a, _)| a <= i) {
             continue;
         }
         if let Some(f) = found_at(s, i) {
