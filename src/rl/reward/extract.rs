@@ -571,12 +571,20 @@ pub fn extract_answer(text: &str) -> Option<String> {
 const TURN_MARKERS: [&str; 5] =
     ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"];
 
-/// `text` up to its first turn marker, when something precedes it.
+/// `text` up to its first turn marker after some content (markers that open the text, as
+/// `<|im_start|>assistant`, are skipped).
 fn this_turn(text: &str) -> &str {
-    let first = TURN_MARKERS.iter().filter_map(|m| text.find(m)).min();
-    match first {
-        Some(k) if !text[..k].trim().is_empty() => &text[..k],
-        _ => text,
+    let mut start = 0;
+    loop {
+        let rest = text[start..].trim_start();
+        match TURN_MARKERS.iter().find(|m| rest.starts_with(*m)) {
+            Some(m) => start = text.len() - rest.len() + m.len(),
+            None => break,
+        }
+    }
+    match TURN_MARKERS.iter().filter_map(|m| text[start..].find(m)).min() {
+        Some(k) => &text[..start + k],
+        None => text,
     }
 }
 
@@ -637,6 +645,17 @@ mod tests {
         // A real single-backslash command (`\neq`) means the text is not over-escaped.
         assert_eq!(undouble_backslashes(r"\\frac{1}{2} \neq 0"), r"\\frac{1}{2} \neq 0");
         assert_eq!(undouble_backslashes(r"\\frac{1}{2} \\neq 0"), r"\frac{1}{2} \neq 0");
+    }
+
+    #[test]
+    fn cuts_at_the_end_of_the_turn() {
+        assert_eq!(this_turn("is 2/3. <|im_start|>user 5"), "is 2/3. ");
+        assert_eq!(
+            this_turn("<|im_start|>assistant is 4<|im_end|> 5"),
+            "<|im_start|>assistant is 4"
+        );
+        assert_eq!(this_turn("no marker"), "no marker");
+        assert_eq!(this_turn("<|im_end|>"), "<|im_end|>");
     }
 
     #[test]

@@ -99,10 +99,11 @@ fn expression_end(s: &str, i: usize) -> Option<usize> {
     }
     let mut end = i;
     for (n, c) in s[i..].char_indices() {
-        if n > MAX_RUN
-            || !(c.is_ascii_digit() || c == '.' || c == ' ' || c == '\t' || OPERATORS.contains(&c))
-        {
+        if !(c.is_ascii_digit() || c == '.' || c == ' ' || c == '\t' || OPERATORS.contains(&c)) {
             break;
+        }
+        if n >= MAX_RUN {
+            return None; // too long to be an answer; a later start reads its tail
         }
         end = i + n + c.len_utf8();
     }
@@ -212,6 +213,12 @@ mod tests {
         assert_eq!(last("so 3/4x"), Some("3")); // the expression needs a suffix, the number not
         assert_eq!(last("I am not sure."), None);
         assert_eq!(last("é 中 5 🙂"), Some("5"));
+        let long = "(1/2) * ".repeat(100);
+        let got = last(&long).unwrap_or_default();
+        assert!(
+            got.len() <= MAX_RUN && got.starts_with("(1/2)") && got.ends_with("(1/2)"),
+            "{got}"
+        );
         assert_eq!(last_number("5 $x = 6$", &[(2, 9)]), Some(Found { start: 0, end: 1 }));
         let n = numbers("Jane started 3 hours ago, 2 days");
         assert_eq!(n.len(), 2);
