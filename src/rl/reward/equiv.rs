@@ -528,7 +528,9 @@ fn norms_equal(p: &Norm, r: &Norm) -> bool {
 /// 3. words only: case-insensitive (`\text{yes}` = `Yes`);
 /// 4. same shape and every element equal: scalar; tuple / interval with the same brackets; set
 ///    (`\{..\}`, `{..}`, a bare list split at `,` `;` "and" "or", `\pm`) compared as sets;
-///    union of intervals order-free; matrix (`pmatrix` = `bmatrix` = `array`) cell by cell.
+///    union of intervals order-free; matrix (`pmatrix` = `bmatrix` = `array`) cell by cell,
+///    or by value for arithmetic on constant matrices (`A + B`, `A B`); a list written in
+///    order (`{1, 3}`, `1, 3`) answers the pair `(1, 3)`; `p=5,q=2;p=7,q=2` is `(5,2),(7,2)`.
 ///    Elements may state their value (`x = 2`, `AB = 4`, `x = 1+1 = 2`). Numbers: two written
 ///    numbers within 1e-9 (`16386.16` != `16386.17`); computed values 1e-6 relative / 1e-9
 ///    absolute; decimal commas (`1,5`, never a spaced `1, 5`) and thousands separators
