@@ -293,6 +293,9 @@ const EXTRACT: &[(&str, &str, Option<&str>)] = &[
     ("prose_expression", "the probability that Alice wins is 2/3.", Some("2/3")),
     ("prose_percent", "so the error increases by 100%.", Some("100%")),
     ("prose_number_glued_to_letters", "AZYUK2A", None),
+    ("prose_number_under_a_word_is_not_read", "so x is the square root of 2", None),
+    ("prose_negative_word_is_not_read", "so the result is negative 3.", None),
+    ("phrase_sentence_modified_number", "Final Answer: It is the square root of 2.", Some("It is the square root of 2.")),
     ("broken_inline_math_is_not_prose", "Answer $ \n 9 \n $", None),
     ("cut_off_in_thinking_no_number", "<think> so x is 5 and", None),
     // a chat-template turn marker ends the response

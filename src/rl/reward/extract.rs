@@ -407,7 +407,9 @@ fn phrase_value(line: &str) -> Cow<'_, str> {
     // A sentence with one number and no math states that number.
     if spans.is_empty() && word_count(line) >= 2 {
         if let [one] = prose::numbers(line)[..] {
-            return Cow::Borrowed(&line[one.start..one.end]);
+            if !prose::modified(line, one) {
+                return Cow::Borrowed(&line[one.start..one.end]);
+            }
         }
     }
     Cow::Borrowed(line)
@@ -551,6 +553,7 @@ pub fn extract_answer(text: &str) -> Option<String> {
                 }
                 let span = math_spans(region).last().map(|x| (offset(region, x) + x.len(), *x));
                 let number = prose::last_number(region, &math_regions(region))
+                    .filter(|&f| !prose::modified(region, f))
                     .map(|f| (f.end, &region[f.start..f.end]));
                 // The rightmost wins; a number inside the last span ends with it (or earlier).
                 match (span, number) {

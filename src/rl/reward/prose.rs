@@ -132,6 +132,69 @@ fn expression_end(s: &str, i: usize) -> Option<usize> {
     (has_op && suffix_ok && body.ends_with(|c: char| c.is_ascii_digit() || c == ')')).then_some(end)
 }
 
+/// Words that change the value of the number they stand next to.
+const MODIFIERS: &[&str] = &[
+    "root",
+    "roots",
+    "sqrt",
+    "square",
+    "squared",
+    "cube",
+    "cubed",
+    "power",
+    "log",
+    "ln",
+    "sin",
+    "cos",
+    "tan",
+    "pi",
+    "times",
+    "over",
+    "divided",
+    "plus",
+    "minus",
+    "negative",
+    "inverse",
+    "reciprocal",
+    "half",
+    "halves",
+    "third",
+    "thirds",
+    "quarter",
+    "quarters",
+    "fifths",
+    "dozen",
+    "hundred",
+    "hundreds",
+    "thousand",
+    "thousands",
+    "million",
+    "millions",
+    "billion",
+    "billions",
+    "factorial",
+    "e",
+];
+
+/// Whether a word next to `f` in `s` changes its value: the word after it, or the word before
+/// it (skipping `of`, `the`, `a`): `square root of 2`, `negative 3`, `2 squared`, `3 dozen`.
+pub(crate) fn modified(s: &str, f: Found) -> bool {
+    let word = |w: &str| MODIFIERS.contains(&w.to_ascii_lowercase().as_str());
+    let letters = |c: char| !c.is_alphabetic();
+    let after = s[f.end..].split(letters).find(|w| !w.is_empty());
+    let gap_after =
+        s[f.end..].find(|c: char| c.is_alphabetic()).map_or("", |k| &s[f.end..f.end + k]);
+    if gap_after.trim().is_empty() && after.is_some_and(word) {
+        return true;
+    }
+    let before = s[..f.start]
+        .rsplit(letters)
+        .filter(|w| !w.is_empty())
+        .find(|w| !matches!(w.to_ascii_lowercase().as_str(), "of" | "the" | "a"));
+    let tail = s[..f.start].trim_end_matches(|c: char| c.is_whitespace() || CURRENCY.contains(&c));
+    before.is_some_and(|w| word(w) && !tail.ends_with(|c: char| !c.is_alphabetic()))
+}
+
 /// The number or expression that starts at `i`, if one does (the longer reading wins).
 fn found_at(s: &str, i: usize) -> Option<Found> {
     if !prefix_ok(s, i) {
@@ -220,6 +283,14 @@ mod tests {
             "{got}"
         );
         assert_eq!(last_number("5 $x = 6$", &[(2, 9)]), Some(Found { start: 0, end: 1 }));
+        let m = |s: &str| last_number(s, &[]).is_some_and(|f| modified(s, f));
+        assert!(m("so x is the square root of 2"));
+        assert!(m("the result is negative 3."));
+        assert!(m("it is 2 squared"));
+        assert!(m("it is 2 pi"));
+        assert!(!m("there are 2 apples"));
+        assert!(!m("the angle is 90 degrees"));
+        assert!(!m("the root is at x, 2"));
         let n = numbers("Jane started 3 hours ago, 2 days");
         assert_eq!(n.len(), 2);
     }
