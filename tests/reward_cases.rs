@@ -237,6 +237,8 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     ("assignment_groups_are_tuples", "(5,2),(7,2)", "p=5,q=2;p=7,q=2", true),
     ("assignment_groups_order_kept", "(2,5),(2,7)", "p=5,q=2;p=7,q=2", false),
     ("assignment_groups_value_wrong", "(5,2),(7,3)", "p=5,q=2;p=7,q=2", false),
+    ("assignment_groups_are_not_one_tuple", "(5,2,7,2)", "p=5,q=2;p=7,q=2", false),
+    ("assignments_in_order_answer_pair", "x = 1, y = 3", "(1, 3)", true),
     ("assignment_groups_other_names", "(5,2),(7,2)", "p=5,q=2;q=7,p=2", false),
     // list elements may assign one name an expression (`y_1 = ..`)
     ("labelled_expressions_in_list", r"-2(x - 1)^2 + 5, 3(x + 2)^2 - 2", r"y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10", true),

@@ -128,7 +128,11 @@ fn assignment_groups(s: &str) -> Option<Vec<String>> {
 fn listed_in_order(s: &str) -> Option<Vec<String>> {
     let s = s.trim();
     let inner = if s.starts_with('{') && wraps_whole(s) { &s[1..s.len() - 1] } else { s };
-    if inner.starts_with("\\{") || inner.contains(" or ") || inner.contains(" and ") {
+    if inner.starts_with("\\{")
+        || inner.contains(" or ")
+        || inner.contains(" and ")
+        || assignment_groups(inner).is_some()
+    {
         return None;
     }
     let parts = split_top(inner);
