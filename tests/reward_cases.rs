@@ -313,6 +313,8 @@ const EXTRACT: &[(&str, &str, Option<&str>)] = &[
     ("boxes_for_parts", r"$$\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}$$", Some("(3, 3), (1, 1)")),
     ("boxes_labelled", r"\(y_1 = \boxed{x+1} \) and \( y_2 = \boxed{x-1} \)", Some("x+1, x-1")),
     ("boxes_punctuation_only", r"\boxed{35} ++++++ \boxed{4}", Some("35, 4")),
+    ("boxes_linked_by_relation", r"\boxed{\frac12} = \boxed{0.5}", Some("0.5")),
+    ("boxes_linked_by_arrow", r"\boxed{3} -> \boxed{4}", Some("4")),
     ("boxes_words_no_separator", r"\boxed{1} no no no no no \boxed{2}", Some("2")),
     ("boxes_revised", r"\boxed{3}, wait, \boxed{4}", Some("4")),
     ("boxes_sentence_between", r"\boxed{3} and that is all. Next \boxed{4}", Some("4")),

@@ -125,8 +125,12 @@ fn joins(gap: &str, before: &str, after: &str) -> bool {
     if gap.len() >= 70 || before.trim() == after.trim() {
         return false;
     }
-    if gap.len() < 10 && !gap.contains(|c: char| c.is_alphanumeric() || c == '\\') {
-        return true; // `\boxed{35 cm} ++++++ \boxed{4}`
+    // `\boxed{35 cm} ++++++ \boxed{4}`; but a relation or arrow links one value to the next
+    // (`\boxed{\frac12} = \boxed{0.5}`, `\boxed{3} -> \boxed{4}`).
+    if gap.len() < 10
+        && !gap.contains(|c: char| c.is_alphanumeric() || matches!(c, '\\' | '=' | '<' | '>' | '→'))
+    {
+        return true;
     }
     let sentence_break = gap.contains(['!', '?', '\n'])
         || gap
