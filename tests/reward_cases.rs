@@ -221,6 +221,28 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     ("inverse_is_not_reciprocal", r"\sin^{-1} x", r"\frac{1}{\sin x}", false),
     ("inverse_is_not_negative_power", r"\sin^{-1} x", r"(\sin x)^{-1}", false),
     ("log_domains_disjoint", r"\ln(x-4)", r"\ln(-x-4)", false),
+    // a list written in order answers an ordered pair; a set, another order, a closed interval do not
+    ("braced_list_answers_pair", "{1,3}", "(1,3)", true),
+    ("bare_list_answers_pair", "1, 3", "(1, 3)", true),
+    ("braced_list_reversed_is_not_pair", "{1,3}", "(3,1)", false),
+    ("set_is_not_pair", r"\{1,3\}", "(1,3)", false),
+    ("braced_list_is_not_closed_interval", "{1,3}", "[1,3]", false),
+    // arithmetic on constant matrices left in the answer is compared by value
+    ("matrix_sum_value", r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} + \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}", r"\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}", true),
+    ("matrix_product_value", r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} \begin{pmatrix}0 & 1 \\ 1 & 0\end{pmatrix}", r"\begin{bmatrix}2 & 1 \\ 4 & 3\end{bmatrix}", true),
+    ("matrix_product_order_matters", r"\begin{pmatrix}0 & 1 \\ 1 & 0\end{pmatrix} \begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}", r"\begin{bmatrix}2 & 1 \\ 4 & 3\end{bmatrix}", false),
+    ("matrix_difference_is_not_sum", r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} - \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}", r"\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}", false),
+    ("matrix_shapes_mismatch", r"\begin{pmatrix}1 & 2\end{pmatrix} + \begin{pmatrix}1 \\ 2\end{pmatrix}", r"\begin{pmatrix}2 & 4\end{pmatrix}", false),
+    // solutions as `;`-separated groups of the same assignments are tuples
+    ("assignment_groups_are_tuples", "(5,2),(7,2)", "p=5,q=2;p=7,q=2", true),
+    ("assignment_groups_order_kept", "(2,5),(2,7)", "p=5,q=2;p=7,q=2", false),
+    ("assignment_groups_value_wrong", "(5,2),(7,3)", "p=5,q=2;p=7,q=2", false),
+    ("assignment_groups_are_not_one_tuple", "(5,2,7,2)", "p=5,q=2;p=7,q=2", false),
+    ("assignments_in_order_answer_pair", "x = 1, y = 3", "(1, 3)", true),
+    ("assignment_groups_other_names", "(5,2),(7,2)", "p=5,q=2;q=7,p=2", false),
+    // list elements may assign one name an expression (`y_1 = ..`)
+    ("labelled_expressions_in_list", r"-2(x - 1)^2 + 5, 3(x + 2)^2 - 2", r"y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10", true),
+    ("labelled_expressions_one_wrong", r"-2(x - 1)^2 + 5, 3(x + 2)^2", r"y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10", false),
 ];
 
 /// (name, response, extracted answer)
@@ -262,10 +284,43 @@ const EXTRACT: &[(&str, &str, Option<&str>)] = &[
     ("display_math_across_lines", "Answer \\[ \n 9 \n \\]", Some("9")),
     ("inline_math_not_across_lines", "Answer $ \n 9 \n $", None),
     ("escaped_dollar_inside_math", r"Answer $ \frac{1}{2} \$ = \frac{10}{9} $", Some(r"\frac{1}{2} \$ = \frac{10}{9}")),
-    ("lone_dollar_is_no_math", "it costs $5 today", None),
+    ("lone_dollar_is_currency", "it costs $5 today", Some("5")),
     ("cut_off_in_thinking_no_math_fallback", r"<think> so $x = 5$ and then", None),
     ("closed_thinking_math_fallback", r"<think> so $x = 4$</think> The area is $5$.", Some("5")),
     ("doubled_backslashes", r"\\boxed{\\frac{1}{2}}", Some(r"\frac{1}{2}")),
+    // numbers in prose (Math-Verify's rightmost number), never inside broken math or glued to letters
+    ("prose_last_number", "the number is not 10 which is 1,000.99\u{20AC}", Some("1,000.99")),
+    ("prose_number_after_last_math", r"so $d = \frac{90}{n}$. Hence there are 12 sequences.", Some("12")),
+    ("prose_math_after_last_number", r"there are 12 sequences with $d = \frac{90}{n}$.", Some(r"d = \frac{90}{n}")),
+    ("prose_expression", "the probability that Alice wins is 2/3.", Some("2/3")),
+    ("prose_percent", "so the error increases by 100%.", Some("100%")),
+    ("prose_number_glued_to_letters", "AZYUK2A", None),
+    ("prose_number_under_a_word_is_not_read", "so x is the square root of 2", None),
+    ("prose_negative_word_is_not_read", "so the result is negative 3.", None),
+    ("phrase_sentence_modified_number", "Final Answer: It is the square root of 2.", Some("It is the square root of 2.")),
+    ("broken_inline_math_is_not_prose", "Answer $ \n 9 \n $", None),
+    ("cut_off_in_thinking_no_number", "<think> so x is 5 and", None),
+    // a chat-template turn marker ends the response
+    ("turn_marker_ends_response", "so the answer is 2/3. <|im_start|>user Is it 5?", Some("2/3.")),
+    ("turn_marker_number_fallback", "so it is 7 <|im_end|> 8", Some("7")),
+    // answer phrases holding a sentence or several math spans
+    ("phrase_sentence_one_number", "Final Answer: Jane started growing Sphere 3 hours ago. I hope it is correct.", Some("3")),
+    ("phrase_sentence_two_numbers", "Final Answer: Jane waited 3 hours and 5 minutes.", Some("Jane waited 3 hours and 5 minutes.")),
+    ("phrase_math_spans_listed", r#"The final answer is \"$12 $ and $13 $\". I hope it is correct."#, Some("12, 13")),
+    ("phrase_math_spans_with_words", r"Final Answer: $12$ apples, not $13$", Some("13")),
+    // boxes listing answers with a few words between them; revisions and sentences keep the last
+    ("boxes_with_words_and", r"\boxed{1} papers and \boxed{2} bins", Some("1, 2")),
+    ("boxes_for_parts", r"$$\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}$$", Some("(3, 3), (1, 1)")),
+    ("boxes_labelled", r"\(y_1 = \boxed{x+1} \) and \( y_2 = \boxed{x-1} \)", Some("x+1, x-1")),
+    ("boxes_punctuation_only", r"\boxed{35} ++++++ \boxed{4}", Some("35, 4")),
+    ("boxes_linked_by_relation", r"\boxed{\frac12} = \boxed{0.5}", Some("0.5")),
+    ("boxes_linked_by_arrow", r"\boxed{3} -> \boxed{4}", Some("4")),
+    ("boxes_words_no_separator", r"\boxed{1} no no no no no \boxed{2}", Some("2")),
+    ("boxes_revised", r"\boxed{3}, wait, \boxed{4}", Some("4")),
+    ("boxes_sentence_between", r"\boxed{3} and that is all. Next \boxed{4}", Some("4")),
+    ("boxes_many_words_between", r"\boxed{3} is what we get for a and for b we get \boxed{4}", Some("4")),
+    // an over-escaped string with literal `\n` line breaks
+    ("doubled_backslashes_literal_newlines", r"so \\boxed{004}.\n\nBut check: \\boxed{004} is it.\n\n**Final Answer**\n\\boxed{004}", Some("004")),
 ];
 
 /// (name, response, expected format_ok)
@@ -307,6 +362,11 @@ const GRADE: &[GradeCase] = &[
     ("reference_solution_wrong_answer", r"\boxed{2+2p}", r"Since $x<2$, it follows that $|x-2|=2-x$. If $2-x=p$, then $x=2-p$. Thus $x-p=\boxed{2-2p}$.", None, 0.0, 0.0),
     ("reference_solution_matrix", r"\boxed{\begin{bmatrix} 0 & 3 \\ 0 & -1 \end{bmatrix}}", "\\boxed{\n\\begin{pmatrix} 0 & 3 \\\\ 0 & -1 \\end{pmatrix}\n}.\n\\end{align*}", None, 1.0, 0.0),
     ("answer_stated_without_box", r"so the answer is $\frac12$.", "0.5", None, 1.0, 0.0),
+    ("prose_number_graded", "the number is not 10 which is 1,000.99\u{20AC}", "1000.99", None, 1.0, 0.0),
+    ("prose_earlier_number_not_graded", "the number is 10 which is not 1,000.99\u{20AC}", "10", None, 0.0, 0.0),
+    ("matrix_sum_in_prose", r"The sum is $\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} + \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}$", r"\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}", None, 1.0, 0.0),
+    ("turn_after_answer", "So the answer is 2/3. <|im_start|>user Is it 5?", "2/3", None, 1.0, 0.0),
+    ("turn_after_answer_not_read", "So the answer is 2/3. <|im_start|>user Is it 5?", "5", None, 0.0, 0.0),
     ("very_long_garbage", "", "5", None, 0.0, 0.0), // the response is generated below
 ];
 

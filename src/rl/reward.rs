@@ -18,7 +18,9 @@
 mod equiv;
 mod expr;
 mod extract;
+mod matrix;
 mod normalize;
+mod prose;
 mod relation;
 
 pub use equiv::{is_equivalent, is_equivalent_with_options};

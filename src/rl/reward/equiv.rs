@@ -1,10 +1,11 @@
 //! Answer equivalence: multiple-choice letters, then normalized strings, then structure
 //! (tuples, intervals, sets) and value.
 
-use super::expr::{expr_equal, parse, MAX_PARSE_CHARS};
+use super::expr::{close, expr_equal, parse, MAX_PARSE_CHARS};
 use super::extract::reference_answer;
-use super::normalize::{normalize, Norm};
-use super::relation::{double_inequality_interval, relations_equal, stated_value};
+use super::matrix::{constant_cells, matrix_expression};
+use super::normalize::{normalize, strip_assignment, Norm};
+use super::relation::{double_inequality_interval, is_label, relations_equal, stated_value};
 
 /// Most elements compared in a tuple / set; longer lists are compared as strings only.
 const MAX_ELEMENTS: usize = 64;
@@ -67,6 +68,75 @@ fn split_top(s: &str) -> Vec<String> {
         i += len;
     }
     parts.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+}
+
+/// Splits on a top-level `sep` only.
+fn split_at(s: &str, sep: u8) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, &c) in s.as_bytes().iter().enumerate() {
+        match c {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            c if c == sep && depth == 0 => {
+                parts.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim());
+    parts
+}
+
+/// `p=5,q=2;p=7,q=2`: solutions separated by `;`, each assigning the same names in the same
+/// order, as the set of tuples `(5, 2), (7, 2)`. `None` for anything else.
+fn assignment_groups(s: &str) -> Option<Vec<String>> {
+    let groups = split_at(s, b';');
+    if groups.len() < 2 {
+        return None;
+    }
+    let mut names: Option<Vec<&str>> = None;
+    let mut tuples = Vec::with_capacity(groups.len());
+    for g in groups {
+        let items = split_at(g, b',');
+        if items.len() < 2 {
+            return None;
+        }
+        let mut these = Vec::with_capacity(items.len());
+        let mut values = Vec::with_capacity(items.len());
+        for item in items {
+            let (name, value) = item.split_once('=')?;
+            let (name, value) = (name.trim(), value.trim());
+            if !is_label(name) || value.is_empty() || value.contains(['=', '<', '>']) {
+                return None;
+            }
+            these.push(name);
+            values.push(value);
+        }
+        if names.get_or_insert_with(|| these.clone()) != &these {
+            return None;
+        }
+        tuples.push(format!("({})", values.join(", ")));
+    }
+    Some(tuples)
+}
+
+/// The elements of an answer written as a plain list in order: a bare `1, 3`, or one in
+/// LaTeX grouping braces `{1, 3}` (which typeset as `1, 3`), not a set `\{1, 3\}`. Such a list
+/// also answers an ordered pair `(1, 3)`, element by element in order.
+fn listed_in_order(s: &str) -> Option<Vec<String>> {
+    let s = s.trim();
+    let inner = if s.starts_with('{') && wraps_whole(s) { &s[1..s.len() - 1] } else { s };
+    if inner.starts_with("\\{")
+        || inner.contains(" or ")
+        || inner.contains(" and ")
+        || assignment_groups(inner).is_some()
+    {
+        return None;
+    }
+    let parts = split_top(inner);
+    (parts.len() > 1).then_some(parts)
 }
 
 /// Splits on top-level `\cup`.
@@ -150,7 +220,7 @@ fn wraps_whole(s: &str) -> bool {
 /// The rows and cells of a matrix environment filling all of `s` (optionally inside one pair
 /// of brackets: `\left[\begin{array}{cc}..\end{array}\right]`). `vmatrix` (a determinant) is
 /// not a matrix.
-fn matrix(s: &str) -> Option<Vec<Vec<String>>> {
+pub(crate) fn matrix(s: &str) -> Option<Vec<Vec<String>>> {
     let mut s = s.trim();
     if s.len() >= 2 && s.starts_with(['(', '[']) && wraps_whole(s) {
         s = s[1..s.len() - 1].trim();
@@ -207,6 +277,9 @@ fn shape(s: &str) -> Shape {
             }
         }
     }
+    if let Some(tuples) = assignment_groups(s) {
+        return Shape::Set(tuples);
+    }
     let parts = split_top(s);
     if parts.len() > 1 {
         return match thousands(s) {
@@ -227,11 +300,13 @@ fn shape(s: &str) -> Shape {
 }
 
 /// The shape of what `s` states: an element may state its value (`x = 2`, `AB = 4`,
-/// `(x, y) = (5, 8)`).
+/// `(x, y) = (5, 8)`), or assign one name (`y_1 = -2x^2 + 4x + 3`, as a whole answer's
+/// `y = ..` is stripped by `normalize`).
 fn value_shape(s: &str) -> Shape {
     match shape(s) {
         Shape::Scalar(x) => {
             let v = stated_value(&x);
+            let v = if v.len() < x.len() { v } else { strip_assignment(&x) };
             if v.len() < x.len() {
                 shape(v)
             } else {
@@ -320,11 +395,33 @@ fn shape_equal(a: &str, b: &str, depth: usize) -> bool {
                     r.len() == q.len() && r.iter().zip(q).all(|(p, q)| scalar_equal(p, q))
                 })
         }
+        // Arithmetic on constant matrices left in the answer (`A + B`, `A B`) by its value.
+        (Shape::Scalar(x), Shape::Matrix(y)) => matrix_value_equal(&x, &y),
+        (Shape::Matrix(x), Shape::Scalar(y)) => matrix_value_equal(&y, &x),
+        // A list written in order answers an ordered pair (`{1, 3}` or `1, 3` for `(1, 3)`).
+        (Shape::Set(_), Shape::Tuple('(', ')', y)) => in_order(a, &y, depth),
+        (Shape::Tuple('(', ')', x), Shape::Set(_)) => in_order(b, &x, depth),
         // A decimal comma on either side (`1,5` for 1.5); a spaced `1, 5` stays a list.
         (Shape::Set(_), Shape::Scalar(y)) => decimal_comma(a).is_some_and(|x| scalar_equal(&x, &y)),
         (Shape::Scalar(x), Shape::Set(_)) => decimal_comma(b).is_some_and(|y| scalar_equal(&x, &y)),
         _ => false,
     }
+}
+
+/// Whether `expr` is arithmetic on constant matrices whose value is the constant matrix `m`.
+fn matrix_value_equal(expr: &str, m: &[Vec<String>]) -> bool {
+    let (Some(v), Some(w)) = (matrix_expression(expr), constant_cells(m)) else { return false };
+    v.len() == w.len()
+        && v.iter()
+            .zip(&w)
+            .all(|(r, q)| r.len() == q.len() && r.iter().zip(q).all(|(a, b)| close(*a, *b)))
+}
+
+/// Whether `list` is written as a plain list whose elements equal `tuple`'s in order.
+fn in_order(list: &str, tuple: &[String], depth: usize) -> bool {
+    listed_in_order(list).is_some_and(|x| {
+        x.len() == tuple.len() && x.iter().zip(tuple).all(|(p, q)| shape_equal(p, q, depth + 1))
+    })
 }
 
 fn normalized_equal(a: &str, b: &str) -> bool {
@@ -435,7 +532,9 @@ fn norms_equal(p: &Norm, r: &Norm) -> bool {
 /// 3. words only: case-insensitive (`\text{yes}` = `Yes`);
 /// 4. same shape and every element equal: scalar; tuple / interval with the same brackets; set
 ///    (`\{..\}`, `{..}`, a bare list split at `,` `;` "and" "or", `\pm`) compared as sets;
-///    union of intervals order-free; matrix (`pmatrix` = `bmatrix` = `array`) cell by cell.
+///    union of intervals order-free; matrix (`pmatrix` = `bmatrix` = `array`) cell by cell,
+///    or by value for arithmetic on constant matrices (`A + B`, `A B`); a list written in
+///    order (`{1, 3}`, `1, 3`) answers the pair `(1, 3)`; `p=5,q=2;p=7,q=2` is `(5,2),(7,2)`.
 ///    Elements may state their value (`x = 2`, `AB = 4`, `x = 1+1 = 2`). Numbers: two written
 ///    numbers within 1e-9 (`16386.16` != `16386.17`); computed values 1e-6 relative / 1e-9
 ///    absolute; decimal commas (`1,5`, never a spaced `1, 5`) and thousands separators

@@ -346,7 +346,7 @@ impl Expr {
         }
     }
 
-    fn eval(&self, env: &[(String, f64)]) -> f64 {
+    pub(crate) fn eval(&self, env: &[(String, f64)]) -> f64 {
         match self {
             Expr::Num(x) => *x,
             Expr::Var(v) => env.iter().find(|(n, _)| n == v).map_or(f64::NAN, |(_, x)| *x),
@@ -416,7 +416,7 @@ impl Expr {
         }
     }
 
-    fn vars(&self, out: &mut BTreeSet<String>) {
+    pub(crate) fn vars(&self, out: &mut BTreeSet<String>) {
         match self {
             Expr::Var(v) => {
                 out.insert(v.clone());

@@ -300,7 +300,7 @@ fn map_commands(s: &str) -> String {
 
 /// `x = 5` -> `5`: a single-variable assignment (one letter, optional subscript, or a Greek
 /// command) with exactly one `=`. Relations (`\le`, `<=`, `!=`) are left alone.
-fn strip_assignment(s: &str) -> &str {
+pub(crate) fn strip_assignment(s: &str) -> &str {
     if s.matches('=').count() != 1 {
         return s;
     }

@@ -68,7 +68,7 @@ pub(crate) fn split(s: &str) -> Option<(Vec<&str>, Vec<Rel>)> {
 
 /// Whether `s` reads as a name rather than a value: no digit outside subscripts, and at least
 /// one letter (`|AB|`, `f(x)`, `(p, q)`, `V_{1} : V_{2}`, `\frac{NO}{BO}`).
-fn is_label(s: &str) -> bool {
+pub(crate) fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     let mut i = 0;
     let mut letters = 0;
