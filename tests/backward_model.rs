@@ -101,8 +101,7 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
     let step_tokens: usize =
         seqs.iter().map(|s| trained_of(s).iter().skip(1).filter(|&&b| b).count()).sum();
     let run = |groups: &[&[Vec<u32>]]| {
-        let mut grads = model.zero_grads(&be);
-        let mut ws = Workspace::default();
+        let mut ws = Workspace::new(&model, &be);
         let mut total = 0.0;
         for g in groups {
             let batch = Packed::new(g);
@@ -113,17 +112,11 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
                     trained[sp.q_start + i] = tr[i + 1];
                 }
             }
-            total += micro_step(
-                &be,
-                &model,
-                &batch,
-                &SftLoss::new(&trained, step_tokens),
-                &mut ws,
-                &mut grads,
-            )
-            .unwrap();
+            total +=
+                micro_step(&be, &model, &batch, &mut SftLoss::new(&trained, step_tokens), &mut ws)
+                    .unwrap();
         }
-        (total, grads)
+        (total, ws.grads)
     };
     let (l1, g1) = run(&[&seqs[..]]);
     let (l2, g2) = run(&[&seqs[..1], &seqs[1..]]);
