@@ -14,6 +14,7 @@ use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig, LrSchedule};
 use crate::ranges::Checks;
+use crate::serde_float::nan_if_null;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -99,22 +100,35 @@ pub struct SftState {
     pub data: DataInfo,
 }
 
-/// What one optimizer step did (also one line of metrics.jsonl).
+/// What one optimizer step did (also one line of metrics.jsonl). `step`, `loss` and `lr` are
+/// required when read back; the rest default, so a hand-written or older file still reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SftStepMetrics {
     pub step: u64,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub epoch: f64,
     /// Mean token cross-entropy over the step's response tokens.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f32,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub grad_norm: f64,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub clip_scale: f32,
+    #[serde(default)]
     pub skipped: bool,
+    #[serde(default)]
     pub sequences: usize,
+    #[serde(default)]
     pub tokens: usize,
+    #[serde(default)]
     pub trained_tokens: usize,
+    #[serde(default)]
     pub micro_batches: usize,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub seconds: f64,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub tokens_per_s: f64,
 }
 
