@@ -92,9 +92,13 @@ pub fn micro_step<B: Backend>(
     ws: &mut Workspace<B>,
 ) -> Result<f64> {
     let inv_temp = loss.inv_temp();
-    let (targets, lp, ent) = forward_logprobs(be, model, batch, inv_temp, ws)?;
-    let g = loss.eval(&lp, &ent);
+    model.forward(be, batch, &mut ws.acts)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
+    let (targets, _) = batch.next_token_targets();
+    // As `forward_logprobs`, but the logits may stay in the scratch for the backward.
+    let (lp, ent) =
+        model.token_logprobs_for_backward(be, acts, &targets, inv_temp, &mut ws.scratch);
+    let g = loss.eval(&lp, &ent);
     model.backward_with(
         be,
         batch,
