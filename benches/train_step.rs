@@ -27,21 +27,18 @@ fn bench(c: &mut Criterion) {
         (0..8).map(|_| (0..128).map(|_| rng.gen_range(0..2048)).collect()).collect();
     let batch = Packed::new(&seqs);
     let (_, has) = batch.next_token_targets();
-    let loss = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    let mut loss = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
     let mut opt = AdamW::new(&be, &model.params, AdamwConfig::default());
-    let mut grads = model.zero_grads(&be);
-    let mut ws = Workspace::default();
+    let mut ws = Workspace::new(&model, &be);
 
     let mut g = c.benchmark_group("train_step");
     g.sample_size(10);
     g.throughput(Throughput::Elements(batch.tokens() as u64));
     g.bench_function("cpu_h256_l4_v2048_8x128", |b| {
         b.iter(|| {
-            for gr in grads.iter_mut() {
-                gr.fill(0.0);
-            }
-            let l = micro_step(&be, &model, &batch, &loss, &mut ws, &mut grads).unwrap();
-            let rep = opt.step(&be, &mut model.params, &grads, 1e-4);
+            ws.zero_grads(&be);
+            let l = micro_step(&be, &model, &batch, &mut loss, &mut ws).unwrap();
+            let rep = opt.step(&be, &mut model.params, &ws.grads, 1e-4);
             std::hint::black_box((l, rep));
         })
     });

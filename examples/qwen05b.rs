@@ -119,13 +119,12 @@ fn main() -> anyhow::Result<()> {
             let seqs = vec![tokens(881, 151936)];
             let batch = Packed::new(&seqs);
             let (_, has) = batch.next_token_targets();
-            let loss = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+            let mut loss = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
             let mut opt = AdamW::new(&be, &m.params, AdamwConfig::default());
-            let mut grads = m.zero_grads(&be);
-            let mut ws = Workspace::default();
+            let mut ws = Workspace::new(&m, &be);
             let mut m = m;
-            let l = micro_step(&be, &m, &batch, &loss, &mut ws, &mut grads)?;
-            opt.step(&be, &mut m.params, &grads, 1e-5);
+            let l = micro_step(&be, &m, &batch, &mut loss, &mut ws)?;
+            opt.step(&be, &mut m.params, &ws.grads, 1e-5);
             let (rss, peak) = rss_mib();
             println!("after one step (loss {l:?}): rss {rss:.0} MiB, peak {peak:.0} MiB");
             let t = std::time::Instant::now();

@@ -11,5 +11,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod ranges;
 pub mod rl;
+pub mod serde_float;
 pub mod tokenizer;
 pub mod train;

@@ -101,8 +101,7 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
     let step_tokens: usize =
         seqs.iter().map(|s| trained_of(s).iter().skip(1).filter(|&&b| b).count()).sum();
     let run = |groups: &[&[Vec<u32>]]| {
-        let mut grads = model.zero_grads(&be);
-        let mut ws = Workspace::default();
+        let mut ws = Workspace::new(&model, &be);
         let mut total = 0.0;
         for g in groups {
             let batch = Packed::new(g);
@@ -113,17 +112,11 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
                     trained[sp.q_start + i] = tr[i + 1];
                 }
             }
-            total += micro_step(
-                &be,
-                &model,
-                &batch,
-                &SftLoss::new(&trained, step_tokens),
-                &mut ws,
-                &mut grads,
-            )
-            .unwrap();
+            total +=
+                micro_step(&be, &model, &batch, &mut SftLoss::new(&trained, step_tokens), &mut ws)
+                    .unwrap();
         }
-        (total, grads)
+        (total, ws.grads)
     };
     let (l1, g1) = run(&[&seqs[..]]);
     let (l2, g2) = run(&[&seqs[..1], &seqs[1..]]);
@@ -149,5 +142,65 @@ fn backward_accumulates_and_micro_batching_does_not_change_gradients() {
     for (a, b) in g.iter().zip(&once) {
         let twice: Vec<f32> = b.iter().map(|x| 2.0 * x).collect();
         assert!(rel_l2(a, &twice) < 1e-6);
+    }
+}
+
+/// A loss with fixed gradients: `dlp`, `dent` as given, at temperature `1 / inv_temp`.
+struct Fixed {
+    dlp: Vec<f32>,
+    dent: Vec<f32>,
+    inv_temp: f32,
+}
+
+impl mmr1_fast::train::TokenLoss for Fixed {
+    fn inv_temp(&self) -> f32 {
+        self.inv_temp
+    }
+    fn eval(&mut self, _lp: &[f32], _ent: &[f32]) -> mmr1_fast::train::LossGrad {
+        mmr1_fast::train::LossGrad {
+            loss: 0.0,
+            dlp: self.dlp.clone(),
+            dent: Some(self.dent.clone()),
+        }
+    }
+}
+
+/// `micro_step` keeps the forward's logits for the backward when they fit one chunk; the
+/// gradient must be bit-identical to `backward`'s, which recomputes them for the active rows
+/// (here a ragged subset: prompt-like rows and each sequence's last row have no gradient).
+#[test]
+fn kept_logits_give_the_gradient_of_recomputed_ones_bit_for_bit() {
+    let be = Cpu;
+    for tied in [false, true] {
+        let model = random_model(tiny_config(53, tied), 71);
+        let seqs = [random_ids(6, 53, 72), random_ids(11, 53, 73), random_ids(3, 53, 74)];
+        let batch = Packed::new(&seqs);
+        let (targets, has) = batch.next_token_targets();
+        let mut rng = ChaCha8Rng::seed_from_u64(75);
+        let mut dlp = normal(&mut rng, batch.tokens(), 1.0);
+        let dent = normal(&mut rng, batch.tokens(), 0.5);
+        for (r, g) in dlp.iter_mut().enumerate() {
+            if !has[r] || r % 4 == 1 {
+                *g = 0.0;
+            }
+        }
+        let dent: Vec<f32> =
+            dent.iter().zip(&dlp).map(|(e, g)| if *g == 0.0 { 0.0 } else { *e }).collect();
+        let inv_temp = 1.0 / 0.7;
+        let mut ws = Workspace::new(&model, &be);
+        let mut fixed = Fixed { dlp: dlp.clone(), dent: dent.clone(), inv_temp };
+        micro_step(&be, &model, &batch, &mut fixed, &mut ws).unwrap();
+
+        let mut acts = None;
+        model.forward(&be, &batch, &mut acts).unwrap();
+        let mut grads = model.zero_grads(&be);
+        let a = acts.as_ref().unwrap();
+        model.backward(&be, &batch, a, &targets, &dlp, Some(&dent), inv_temp, &mut grads);
+        for (i, (k, r)) in ws.grads.iter().zip(&grads).enumerate() {
+            let same = k.iter().zip(r).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "tied {tied}: {} differs", model.layout.specs[i].name);
+            assert!(k.iter().all(|x| x.is_finite()));
+        }
+        assert!(grads.iter().flatten().any(|&g| g != 0.0));
     }
 }

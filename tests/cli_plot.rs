@@ -123,3 +123,66 @@ fn bad_input_is_refused_cleanly() {
         .contains("cannot create"));
     assert!(!tmp.path().join("curves.png").exists(), "nothing written on error");
 }
+
+/// Every line a real run writes (SFT steps, the initial VAS scoring, RL steps, periodic and
+/// closing evaluations) reads back as a typed record that writes out to the same line (so no
+/// key is dropped or renamed on the way), and the plot draws a curve from each kind.
+#[test]
+fn metrics_written_by_the_trainer_round_trip_through_the_plot_reader() {
+    use mmr1_fast::pipeline::metrics::{read_metrics_file, Record};
+    use mmr1_fast::pipeline::plot::panels;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let b = base.to_str().unwrap();
+    // Materialize the demo (model and data) with nothing to train, then train on a few items.
+    cli_ok(&["train", "--out", b, "--set", "sft.epochs=0", "--set", "rl.steps=0"]);
+    let head = |name: &str, n: usize| -> String {
+        let text = std::fs::read_to_string(base.join("demo").join(name)).unwrap();
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        write_lines(tmp.path(), name, &lines)
+    };
+    let (sft, rl, eval) = (head("sft.jsonl", 8), head("rl.jsonl", 4), head("eval.jsonl", 2));
+    let run = tmp.path().join("run");
+    let config = base.join("config.toml");
+    let sets = [
+        format!("data.sft={sft}"),
+        format!("data.rl={rl}"),
+        format!("data.eval={eval}"),
+        "sft.epochs=1".into(),
+        "sft.batch_size=4".into(),
+        "rl.steps=2".into(),
+        "rl.batch_size=2".into(),
+        "rl.group_size=2".into(),
+        "rl.mini_batches=1".into(),
+        "rl.max_new_tokens=8".into(),
+        "vas.score_rollouts=2".into(),
+        "vas.t_update=1".into(),
+        "eval.every=1".into(),
+        "eval.max_items=2".into(),
+    ];
+    let mut args = vec!["train", "--config", config.to_str().unwrap(), "--out"];
+    args.push(run.to_str().unwrap());
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    cli_ok(&args);
+
+    let path = run.join("metrics.jsonl");
+    let lines = read_lines(&path);
+    let file = read_metrics_file(&path).unwrap();
+    assert_eq!((file.lines, file.not_json, file.unknown), (lines.len(), 0, 0));
+    assert_eq!(file.records.len(), lines.len());
+    for (line, rec) in lines.iter().zip(&file.records) {
+        assert_eq!(&rec.to_json(), line, "a record must write back the line it was read from");
+    }
+    let count = |f: fn(&Record) -> bool| file.records.iter().filter(|r| f(r)).count();
+    assert_eq!(count(|r| matches!(r, Record::Sft(_))), 2);
+    assert_eq!(count(|r| matches!(r, Record::Rl(_))), 2);
+    assert_eq!(count(|r| matches!(r, Record::InitialScoring(_))), 1);
+    assert!(count(|r| matches!(r, Record::Eval(_))) >= 4, "periodic and closing evaluations");
+
+    let titles: Vec<&str> = panels(&file.records).iter().map(|p| p.title).collect();
+    assert_eq!(titles.len(), 8, "a curve of every panel: {titles:?}");
+    let stdout = cli_ok(&["plot", run.to_str().unwrap(), "--no-text"]);
+    assert!(stdout.contains("8 panels"), "{stdout}");
+}

@@ -9,7 +9,8 @@ use mmr1_fast::rl::advantage::{group_advantages, AdvantageConfig};
 use mmr1_fast::rl::grpo::{CovParams, LossConfig, PolicyLoss};
 use mmr1_fast::rl::reward::{RewardConfig, Verdict};
 use mmr1_fast::rl::rollout::{generate, SamplingParams};
-use mmr1_fast::rl::trainer::{update, Experience, GrpoSettings, UpdateState};
+use mmr1_fast::rl::trainer::{update, Experience, GrpoSettings};
+use mmr1_fast::train::Workspace;
 
 const VOCAB: usize = 40;
 
@@ -63,7 +64,7 @@ fn first_epoch_ratio_is_exactly_one_whatever_the_micro_batching() {
         let s = settings(budget);
         let exp = toy_experience(&model, &s, &prompts, 11);
         let mut opt = AdamW::new(&Cpu, &model.params, AdamwConfig::default());
-        let mut st = UpdateState::new(&model, &Cpu);
+        let mut st = Workspace::new(&model, &Cpu);
         let rep = update(&mut model, None, &mut opt, &Cpu, &exp, &s, 1e-3, &mut st).unwrap();
         assert_eq!(rep.first_epoch_max_ratio_dev, 0.0, "budget {budget}: ratio must be exactly 1");
         assert_eq!(rep.metrics.clip_frac, 0.0);
@@ -98,7 +99,7 @@ fn the_loss_gradient_does_not_depend_on_micro_batching() {
             s.extras.top_entropy_quantile = quantile;
             let exp = toy_experience(&model, &s, &prompts, 5);
             let mut opt = AdamW::new(&Cpu, &model.params, AdamwConfig::default());
-            let mut st = UpdateState::new(&model, &Cpu);
+            let mut st = Workspace::new(&model, &Cpu);
             update(&mut model, None, &mut opt, &Cpu, &exp, &s, 1e-3, &mut st).unwrap();
             grads.push(st.grads.concat());
         }
@@ -114,7 +115,7 @@ fn grpo_moves_the_policy_toward_higher_reward() {
     let s = settings(4096);
     let prompts: Vec<Vec<u32>> = (0..6).map(|i| random_ids(4, VOCAB, 100 + i)).collect();
     let mut opt = AdamW::new(&Cpu, &model.params, AdamwConfig::default());
-    let mut st = UpdateState::new(&model, &Cpu);
+    let mut st = Workspace::new(&model, &Cpu);
     let mut curve = Vec::new();
     for step in 0..25 {
         let exp = toy_experience(&model, &s, &prompts, 1000 + step);

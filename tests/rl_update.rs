@@ -15,7 +15,8 @@ use mmr1_fast::rl::advantage::AdvantageConfig;
 use mmr1_fast::rl::grpo::{KlConfig, KlEstimator, LossConfig};
 use mmr1_fast::rl::reward::{RewardConfig, Verdict};
 use mmr1_fast::rl::rollout::{generate, SamplingParams};
-use mmr1_fast::rl::trainer::{update, Experience, GrpoSettings, UpdateState};
+use mmr1_fast::rl::trainer::{update, Experience, GrpoSettings};
+use mmr1_fast::train::Workspace;
 
 const VOCAB: usize = 37;
 const TEMP: f32 = 0.8;
@@ -126,7 +127,7 @@ fn reference_logprobs_come_from_the_frozen_reference_model() {
     let want = mean_kl(&slow_logprobs(&policy, &exp), &slow_logprobs(&reference, &exp));
     assert!(want > 0.05, "the two models must differ for this test to mean anything ({want})");
     let mut opt = AdamW::new(&Cpu, &policy.params, AdamwConfig::default());
-    let mut st = UpdateState::new(&policy, &Cpu);
+    let mut st = Workspace::new(&policy, &Cpu);
     let rep =
         update(&mut policy, Some(&reference), &mut opt, &Cpu, &exp, &s, 0.0, &mut st).unwrap();
     let got = rep.metrics.kl;
@@ -141,7 +142,7 @@ fn kl_is_zero_at_the_start_and_grows_once_the_policy_moves() {
     let s = settings(kl_cfg(0.01), 1, 1, 10_000);
     let exp = experience(&policy, &s, &prompts());
     let mut opt = AdamW::new(&Cpu, &policy.params, AdamwConfig::default());
-    let mut st = UpdateState::new(&policy, &Cpu);
+    let mut st = Workspace::new(&policy, &Cpu);
     let first =
         update(&mut policy, Some(&reference), &mut opt, &Cpu, &exp, &s, 1e-4, &mut st).unwrap();
     assert_eq!(first.metrics.kl, 0.0, "KL to an identical reference must be exactly 0");
@@ -177,7 +178,7 @@ fn kl_gradient_through_the_trainer_matches_finite_differences() {
     exp.advantages.iter_mut().for_each(|a| *a = 0.0);
     let mut policy = copy(&policy0);
     let mut opt = AdamW::new(&Cpu, &policy.params, AdamwConfig::default());
-    let mut st = UpdateState::new(&policy, &Cpu);
+    let mut st = Workspace::new(&policy, &Cpu);
     update(&mut policy, Some(&reference), &mut opt, &Cpu, &exp, &s, 0.0, &mut st).unwrap();
     let ref_lp = slow_logprobs(&reference, &exp);
     let loss_at = |host: &[Vec<f32>]| {
@@ -283,7 +284,7 @@ fn ppo_epochs_and_mini_batches_match_a_slow_reference_loop() {
 
     let mut fast = copy(&start);
     let mut opt = AdamW::new(&Cpu, &fast.params, cfg);
-    let mut st = UpdateState::new(&fast, &Cpu);
+    let mut st = Workspace::new(&fast, &Cpu);
     let rep = update(&mut fast, None, &mut opt, &Cpu, &exp, &s, lr, &mut st).unwrap();
 
     let mut slow = copy(&start);

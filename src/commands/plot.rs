@@ -1,12 +1,12 @@
 //! `mmr1-fast plot`: draws a run's training curves (`metrics.jsonl`) to a PNG, and when the
 //! run logged VPS refreshes (`vps.jsonl`), their distributions and transitions to a second.
 
-use crate::pipeline::metrics::read_metrics;
+use crate::pipeline::metrics::read_metrics_file;
 use crate::pipeline::plot::{
     draw, draw_heatmaps, grid, panels, register_font, text_legend, vps_heatmaps,
 };
 use crate::pipeline::vps_log::read_vps;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -58,28 +58,28 @@ pub fn run(args: &PlotArgs) -> Result<()> {
         }
     }
 
-    let text = std::fs::read_to_string(&metrics)
-        .with_context(|| format!("cannot read {}", metrics.display()))?;
-    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    let file = read_metrics_file(&metrics)?;
+    let lines = file.lines;
     if lines == 0 {
         bail!("{} is empty: no steps logged yet", metrics.display());
     }
-    let records = read_metrics(&metrics)?;
-    if records.is_empty() {
+    if file.not_json == lines {
         bail!(
             "{}: none of its {lines} lines is a JSON object; is it a metrics file?",
             metrics.display()
         );
     }
-    if records.len() < lines {
+    let skipped = lines - file.records.len();
+    if skipped > 0 {
         // A torn last line after a crash is normal; say so rather than fail.
         eprintln!(
-            "note: skipped {} malformed line(s) of {}",
-            lines - records.len(),
-            metrics.display()
+            "note: skipped {skipped} malformed line(s) of {} ({} not JSON, {} not a metrics record this version reads)",
+            metrics.display(),
+            file.not_json,
+            file.unknown
         );
     }
-    let panels = panels(&records);
+    let panels = panels(&file.records);
     if panels.is_empty() {
         bail!("{}: no SFT, RL or eval steps with values to plot", metrics.display());
     }

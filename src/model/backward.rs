@@ -36,6 +36,9 @@ pub struct GradScratch<B: Backend> {
     dh: B::Buf,
     dlp: B::Buf,
     dent: B::Buf,
+    /// `logits` holds the logits of all `t` rows, left by `token_logprobs_for_backward` for
+    /// the next `backward_with` (which takes it), so the output projection is not run twice.
+    logits_kept: bool,
 }
 
 impl<B: Backend> GradScratch<B> {
@@ -79,7 +82,49 @@ impl<B: Backend> Qwen2<B> {
             dh: be.zeros(chunk * d),
             dlp: be.zeros(chunk),
             dent: be.zeros(chunk),
+            logits_kept: false,
         }
+    }
+
+    /// [`Qwen2::token_logprobs`] for a training step: when the batch fits one logit chunk,
+    /// the logits stay in `scratch` for the `backward_with` that follows (same forward, same
+    /// parameters), which then skips recomputing them. Otherwise the same as `token_logprobs`.
+    pub fn token_logprobs_for_backward(
+        &self,
+        be: &B,
+        acts: &Acts<B>,
+        targets: &[u32],
+        inv_temp: f32,
+        scratch: &mut Option<GradScratch<B>>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let t = acts.t;
+        if scratch.as_ref().map(|s| s.t) != Some(t) {
+            *scratch = Some(self.alloc_grad_scratch(be, t));
+        }
+        let s = scratch.as_mut().expect("planned above");
+        s.logits_kept = false;
+        if t == 0 || t > s.chunk {
+            return self.token_logprobs(be, acts, targets, inv_temp);
+        }
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        // The rows of one chunk, as `token_logprobs` computes them (a GEMM's row does not
+        // depend on the other rows: the CPU GEMM is batch-invariant, see backend::cpu).
+        be.copy(&mut s.h, 0, &acts.xn_f, 0, t * d);
+        be.matmul(
+            &mut s.logits,
+            &s.h,
+            Tr::N,
+            &self.params[self.layout.head()],
+            Tr::T,
+            t,
+            v,
+            d,
+            0.0,
+        );
+        let (mut lp, mut ent) = (be.zeros(t), be.zeros(t));
+        be.logprobs(&mut lp, &mut ent, &s.logits, targets, t, v, inv_temp);
+        s.logits_kept = true;
+        (be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec())
     }
 
     /// Accumulates into `grads` (layout order) the gradient of a loss whose derivative with
@@ -176,7 +221,8 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// Chunked output projection backward: for each chunk of rows with a non-zero upstream
-    /// gradient, recompute logits = h W^T, turn (dlp, dent) into dlogits, then
+    /// gradient, recompute logits = h W^T (or gather them, when kept by
+    /// `token_logprobs_for_backward`), turn (dlp, dent) into dlogits, then
     /// dh = dlogits W and dW += dlogits^T h. Rows without gradient get dh = 0.
     #[allow(clippy::too_many_arguments)]
     fn head_backward(
@@ -192,6 +238,8 @@ impl<B: Backend> Qwen2<B> {
     ) {
         let (d, v, t) = (self.cfg.hidden_size, self.cfg.vocab_size, acts.t);
         let head = self.layout.head();
+        // Kept logits serve this backward only (one chunk: t <= s.chunk).
+        let kept = std::mem::take(&mut s.logits_kept);
         be.fill(&mut s.dxn, 0.0);
         let active: Vec<usize> =
             (0..t).filter(|&r| dlp[r] != 0.0 || dent.is_some_and(|de| de[r] != 0.0)).collect();
@@ -212,7 +260,22 @@ impl<B: Backend> Qwen2<B> {
             let ge: Vec<f32> = rows.iter().map(|&r| dent.map_or(0.0, |de| de[r])).collect();
             be.copy(&mut s.dlp, 0, &be.upload(&g), 0, n);
             be.copy(&mut s.dent, 0, &be.upload(&ge), 0, n);
-            be.matmul(&mut s.logits, &s.h, Tr::N, &self.params[head], Tr::T, n, v, d, 0.0);
+            if kept {
+                // The active rows' logits, gathered from those of every row (kept by
+                // `token_logprobs_for_backward`) in runs, then swapped into place.
+                let mut j = 0;
+                while j < n {
+                    let mut e = j + 1;
+                    while e < n && rows[e] == rows[e - 1] + 1 {
+                        e += 1;
+                    }
+                    be.copy(&mut s.dlogits, j * v, &s.logits, rows[j] * v, (e - j) * v);
+                    j = e;
+                }
+                std::mem::swap(&mut s.logits, &mut s.dlogits);
+            } else {
+                be.matmul(&mut s.logits, &s.h, Tr::N, &self.params[head], Tr::T, n, v, d, 0.0);
+            }
             be.logprobs_backward(&mut s.dlogits, &s.logits, &tg, &s.dlp, &s.dent, n, v, inv_temp);
             // dh [n,d] = dlogits [n,v] @ W [v,d]
             be.matmul(&mut s.dh, &s.dlogits, Tr::N, &self.params[head], Tr::N, n, d, v, 0.0);

@@ -8,13 +8,12 @@
 
 use super::config::TrainConfig;
 use super::inputs::{RunInputs, Start};
-use super::metrics::read_metrics;
+use super::metrics::{read_records, Phase, Record};
 use super::run::run_pipeline;
 use crate::fs::write_atomic;
 use crate::train::checkpoint::latest_checkpoint;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -204,8 +203,7 @@ fn runs_of(runs: &[ArmRun], lambda: f32) -> Vec<&ArmRun> {
 /// Reads one run's curves back from its metrics.jsonl and config.toml.
 fn read_run(dir: &Path, lambda: f32, seed: u64, start_hash: String, secs: f64) -> Result<ArmRun> {
     let cfg = TrainConfig::from_toml_file(&dir.join("config.toml"))?;
-    let recs = read_metrics(&dir.join("metrics.jsonl"))?;
-    let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let recs = read_records(&dir.join("metrics.jsonl"))?;
     let mut r = ArmRun {
         lambda,
         seed,
@@ -221,23 +219,21 @@ fn read_run(dir: &Path, lambda: f32, seed: u64, start_hash: String, secs: f64) -
         eval_accuracy: vec![],
         seconds: secs,
     };
-    for v in &recs {
-        let step = v.get("step").and_then(Value::as_u64).unwrap_or(0);
-        match v.get("phase").and_then(Value::as_str) {
-            Some("rl") if v.get("event").is_none() => {
-                r.steps.push(step);
-                r.zero_var_frac.push(f(v, "zero_var_frac"));
-                r.grad_norm.push(f(v, "grad_norm"));
-                r.clip_frac.push(f(v, "clip_frac"));
-                r.batch_accuracy.push(f(v, "accuracy"));
+    for rec in &recs {
+        match rec {
+            Record::Rl(m) => {
+                r.steps.push(m.step);
+                r.zero_var_frac.push(m.zero_var_frac);
+                r.grad_norm.push(m.grad_norm);
+                r.clip_frac.push(m.clip_frac);
+                r.batch_accuracy.push(m.accuracy);
             }
-            Some("eval") => {
+            Record::Eval(e) => {
                 // The start model is evaluated as step 0 of SFT; RL evaluations by RL step.
-                let of_rl = v.get("of").and_then(Value::as_str) == Some("rl");
-                r.eval_steps.push(if of_rl { step } else { 0 });
-                r.eval_accuracy.push(f(v, "accuracy"));
+                r.eval_steps.push(if e.of == Phase::Rl { e.step } else { 0 });
+                r.eval_accuracy.push(e.accuracy);
             }
-            _ => {}
+            Record::Sft(_) | Record::InitialScoring(_) => {}
         }
     }
     if r.steps.is_empty() {

@@ -10,6 +10,7 @@
 //! them still read.
 
 use super::run_dir::RunClock;
+use crate::serde_float::nan_if_null;
 use crate::train::sft::SftStepMetrics;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -58,8 +59,9 @@ pub struct EvalRecord {
     pub of: Phase,
     pub step: u64,
     pub label: EvalLabel,
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
-    #[serde(default)]
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub format: f64,
     #[serde(default)]
     pub items: usize,
@@ -70,8 +72,11 @@ pub struct EvalRecord {
 #[serde(default)]
 pub struct VpsSummary {
     pub scored: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f32,
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f32,
 }
 
@@ -79,9 +84,13 @@ pub struct VpsSummary {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RlStepTimes {
+    #[serde(deserialize_with = "nan_if_null")]
     pub rollout_and_reward: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub update: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub scoring: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub step: f64,
 }
 
@@ -90,10 +99,15 @@ pub struct RlStepTimes {
 #[serde(default)]
 pub struct RlStepRecord {
     pub step: u64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub reward_mean: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub reward_std: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub format: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub zero_var_frac: f64,
     pub groups: usize,
     pub filtered_groups: usize,
@@ -102,17 +116,28 @@ pub struct RlStepRecord {
     pub vps: VpsSummary,
     /// None when the step had no informative group to learn from.
     pub loss: Option<f64>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub pg_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub kl: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub approx_kl: f64,
     pub entropy: Option<f64>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub clip_frac: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub clip_frac_low: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub clip_frac_high: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_ratio: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f32,
+    #[serde(deserialize_with = "nan_if_null")]
     pub response_len: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
     pub time: RlStepTimes,
 }
@@ -123,6 +148,7 @@ pub struct RlStepRecord {
 pub struct ScoringRecord {
     pub step: u64,
     pub items: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
     pub vps: VpsSummary,
 }
@@ -266,19 +292,42 @@ fn kept_lines(path: &Path, k: (Phase, u64)) -> Result<String> {
     Ok(kept)
 }
 
-/// Every JSON object of a metrics file, known kinds or not (for plots).
-pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
+/// A metrics file as read back: its records in order, and what of it was not a record.
+#[derive(Debug, Default)]
+pub struct MetricsFile {
+    pub records: Vec<Record>,
+    /// Non-blank lines.
+    pub lines: usize,
+    /// Lines that are not JSON (a torn last line after a crash).
+    pub not_json: usize,
+    /// JSON lines of a kind or shape this version does not read.
+    pub unknown: usize,
+}
+
+/// Reads every record of a metrics file (see [`MetricsFile`] for what is left out).
+pub fn read_metrics_file(path: &Path) -> Result<MetricsFile> {
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(BufReader::new(f)
-        .split(b'\n')
-        .map_while(|l| l.ok())
-        .filter_map(|l| serde_json::from_slice(&l).ok())
-        .collect())
+    let mut out = MetricsFile::default();
+    for line in BufReader::new(f).split(b'\n') {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        out.lines += 1;
+        match serde_json::from_slice::<Value>(&line) {
+            Err(_) => out.not_json += 1,
+            Ok(v) => match Record::from_json(&v) {
+                Some(r) => out.records.push(r),
+                None => out.unknown += 1,
+            },
+        }
+    }
+    Ok(out)
 }
 
 /// The records of a metrics file, in order (lines of unknown kinds are left out).
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    Ok(read_metrics(path)?.iter().filter_map(Record::from_json).collect())
+    Ok(read_metrics_file(path)?.records)
 }
 
 #[cfg(test)]

@@ -4,10 +4,11 @@
 //! TTF registered at run time; without one the curves are drawn with no text at all, because
 //! any text drawn with no font registered fails the whole plot.
 
+use super::metrics::{EvalRecord, Phase, Record, RlStepRecord};
+use crate::train::sft::SftStepMetrics;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// One line (or set of points) of a panel.
@@ -40,71 +41,98 @@ const COLORS: [(RGBColor, &str); 3] = [
 /// overflows near the ends of the f64 range.
 const PLOT_LIMIT: f64 = 1e300;
 
-fn num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key)
-        .and_then(Value::as_f64)
-        .filter(|x| x.is_finite())
-        .map(|x| x.clamp(-PLOT_LIMIT, PLOT_LIMIT))
+/// A value to draw: finite, clamped to +-PLOT_LIMIT; None for NaN and infinities.
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then(|| x.clamp(-PLOT_LIMIT, PLOT_LIMIT))
+}
+
+/// A curve over steps: `y` of each record (non-finite values are no point), sorted by step so
+/// that lines run left to right even if the log holds steps out of order.
+fn curve<T>(
+    rs: &[&T],
+    name: &'static str,
+    step: impl Fn(&T) -> u64,
+    y: impl Fn(&T) -> f64,
+) -> Series {
+    let mut points: Vec<(f64, f64)> =
+        rs.iter().filter_map(|r| Some((step(r) as f64, finite(y(r))?))).collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Series { name, points, band: vec![] }
 }
 
 /// Builds the panels from metrics records, in display order, leaving out panels with no data.
-/// Records with an `event` key (e.g. the initial VAS scoring) are not steps and are ignored.
-pub fn panels(records: &[Value]) -> Vec<Panel> {
-    let steps = |phase: &str| -> Vec<&Value> {
-        records
-            .iter()
-            .filter(|r| {
-                r.get("event").is_none() && r.get("phase").and_then(Value::as_str) == Some(phase)
-            })
-            .filter(|r| num(r, "step").is_some())
-            .collect()
-    };
-    let (sft, rl, evals) = (steps("sft"), steps("rl"), steps("eval"));
-    let curve = |rs: &[&Value], key: &'static str| -> Series {
-        let mut points: Vec<(f64, f64)> =
-            rs.iter().filter_map(|r| Some((num(r, "step")?, num(r, key)?))).collect();
-        // Lines must run left to right even if the log holds steps out of order.
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Series { name: key, points, band: vec![] }
-    };
+/// The values are read through the record types' fields (a renamed field fails to compile
+/// here rather than silently losing its curve). The initial VAS scoring is not a step and is
+/// not drawn.
+pub fn panels(records: &[Record]) -> Vec<Panel> {
+    let mut sft: Vec<&SftStepMetrics> = vec![];
+    let mut rl: Vec<&RlStepRecord> = vec![];
+    let mut evals: Vec<&EvalRecord> = vec![];
+    for r in records {
+        match r {
+            Record::Sft(m) => sft.push(m),
+            Record::Rl(m) => rl.push(m),
+            Record::Eval(m) => evals.push(m),
+            Record::InitialScoring(_) => {}
+        }
+    }
+    let sft_curve = |name, y: fn(&SftStepMetrics) -> f64| curve(&sft, name, |m| m.step, y);
+    let rl_curve = |name, y: fn(&RlStepRecord) -> f64| curve(&rl, name, |m| m.step, y);
 
     // Evaluations sit on one run-wide axis: SFT steps, then RL steps after the last SFT step.
-    let of = |r: &Value| r.get("of").and_then(Value::as_str).unwrap_or("sft").to_string();
     let sft_end = sft
         .iter()
-        .copied()
-        .chain(evals.iter().copied().filter(|r| of(r) == "sft"))
-        .filter_map(|r| num(r, "step"))
-        .fold(0.0, f64::max);
-    let eval_x = |r: &Value| num(r, "step").map(|s| if of(r) == "rl" { sft_end + s } else { s });
-    let eval_series = |key: &'static str| Series {
-        name: key,
-        points: evals.iter().filter_map(|r| Some((eval_x(r)?, num(r, key)?))).collect(),
+        .map(|m| m.step)
+        .chain(evals.iter().filter(|e| e.of == Phase::Sft).map(|e| e.step))
+        .max()
+        .unwrap_or(0) as f64;
+    let eval_x = |e: &EvalRecord| match e.of {
+        Phase::Sft => e.step as f64,
+        Phase::Rl => sft_end + e.step as f64,
+    };
+    let eval_series = |name, y: fn(&EvalRecord) -> f64| Series {
+        name,
+        points: evals.iter().filter_map(|e| Some((eval_x(e), finite(y(e))?))).collect(),
         band: vec![],
     };
-    let any_rl_eval = evals.iter().any(|r| of(r) == "rl");
+    let any_rl_eval = evals.iter().any(|e| e.of == Phase::Rl);
 
     let line =
         |title, x_desc, series| Panel { title, x_desc, series, points_only: false, rule_x: None };
     let all = vec![
-        line("SFT loss", "SFT step", vec![curve(&sft, "loss")]),
-        line("SFT learning rate", "SFT step", vec![curve(&sft, "lr")]),
+        line("SFT loss", "SFT step", vec![sft_curve("loss", |m| m.loss)]),
+        line("SFT learning rate", "SFT step", vec![sft_curve("lr", |m| m.lr as f64)]),
         line(
             "RL reward mean & accuracy",
             "RL step",
-            vec![curve(&rl, "reward_mean"), curve(&rl, "accuracy")],
+            vec![rl_curve("reward_mean", |m| m.reward_mean), rl_curve("accuracy", |m| m.accuracy)],
         ),
-        line("RL zero-variance group fraction", "RL step", vec![curve(&rl, "zero_var_frac")]),
-        line("RL grad norm", "RL step", vec![curve(&rl, "grad_norm")]),
-        line("RL clip fraction & KL", "RL step", vec![curve(&rl, "clip_frac"), curve(&rl, "kl")]),
+        line(
+            "RL zero-variance group fraction",
+            "RL step",
+            vec![rl_curve("zero_var_frac", |m| m.zero_var_frac)],
+        ),
+        line("RL grad norm", "RL step", vec![rl_curve("grad_norm", |m| m.grad_norm)]),
+        line(
+            "RL clip fraction & KL",
+            "RL step",
+            vec![rl_curve("clip_frac", |m| m.clip_frac), rl_curve("kl", |m| m.kl)],
+        ),
         Panel {
             title: "Eval accuracy & format",
             x_desc: "step (SFT, then RL)",
-            series: vec![eval_series("accuracy"), eval_series("format")],
+            series: vec![
+                eval_series("accuracy", |e| e.accuracy),
+                eval_series("format", |e| e.format),
+            ],
             points_only: true,
             rule_x: (any_rl_eval && sft_end > 0.0).then_some(sft_end),
         },
-        line("RL response length (tokens)", "RL step", vec![curve(&rl, "response_len")]),
+        line(
+            "RL response length (tokens)",
+            "RL step",
+            vec![rl_curve("response_len", |m| m.response_len)],
+        ),
     ];
     all.into_iter()
         .map(|mut p| {
@@ -559,13 +587,14 @@ mod tests {
 
     #[test]
     fn panels_skip_empty_and_place_evals_on_one_axis() {
-        let recs = vec![
+        let lines = [
             json!({"phase": "sft", "step": 1, "loss": 2.0, "lr": 0.0}),
             json!({"phase": "sft", "step": 4, "loss": 1.0, "lr": 1e-4}),
             json!({"event": "initial_scoring", "phase": "rl", "step": 0}),
-            json!({"phase": "eval", "of": "sft", "step": 4, "accuracy": 0.2, "format": 0.0}),
-            json!({"phase": "eval", "of": "rl", "step": 3, "accuracy": 0.5, "format": null}),
+            json!({"phase": "eval", "of": "sft", "step": 4, "label": "after SFT", "accuracy": 0.2, "format": 0.0}),
+            json!({"phase": "eval", "of": "rl", "step": 3, "label": "periodic", "accuracy": 0.5, "format": null}),
         ];
+        let recs: Vec<Record> = lines.iter().map(|v| Record::from_json(v).unwrap()).collect();
         let ps = panels(&recs);
         let titles: Vec<_> = ps.iter().map(|p| p.title).collect();
         assert_eq!(titles, ["SFT loss", "SFT learning rate", "Eval accuracy & format"]);

@@ -20,11 +20,10 @@ use crate::rl::grpo::{informative_groups, CovParams, KlConfig, LossConfig};
 use crate::rl::overlong::OverlongPenalty;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::{mix_seed, SamplingParams};
-use crate::rl::trainer::{
-    collect, update, Experience, GrpoExtras, GrpoSettings, UpdateReport, UpdateState,
-};
+use crate::rl::trainer::{collect, update, Experience, GrpoExtras, GrpoSettings, UpdateReport};
 use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
 use crate::train::checkpoint::{load_checkpoint, prune_checkpoints, save_checkpoint, StateKind};
+use crate::train::Workspace;
 use anyhow::{bail, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -283,7 +282,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         let c = self.cfg();
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
-        let mut st = UpdateState::new(&run.policy, self.be);
+        let mut st = Workspace::new(&run.policy, self.be);
         let mut summaries = Vec::new();
         // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
         // every refresh.
@@ -427,7 +426,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         &self,
         run: &mut RlRun<B>,
         exp: &Experience,
-        st: &mut UpdateState<B>,
+        st: &mut Workspace<B>,
     ) -> Result<Updated> {
         let t0 = Instant::now();
         if exp.items.is_empty() {

@@ -4,6 +4,7 @@ pub mod advantage;
 pub mod evaluate;
 pub mod graded;
 pub mod grpo;
+pub mod grpo_token_loss;
 pub mod overlong;
 pub mod reward;
 pub mod rollout;

@@ -8,18 +8,18 @@
 use super::advantage::{advantages_f64, broadcast_to_tokens, AdvantageConfig, GroupStats};
 use super::graded::{grade_tokens, reward_item};
 use super::grpo::{
-    cov_selection, high_entropy_mask, policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer,
+    cov_selection, high_entropy_mask, LossConfig, LossInputs, LossMetrics, Normalizer,
 };
+use super::grpo_token_loss::GrpoTokenLoss;
 use super::overlong::OverlongPenalty;
 use super::reward::{RewardConfig, Verdict};
 use super::rollout::{generate, SamplingParams};
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
-use crate::model::backward::GradScratch;
-use crate::model::{Acts, Packed, Qwen2};
+use crate::model::Qwen2;
 use crate::optim::{AdamW, StepReport};
 use crate::tokenizer::Tokenizer;
-use crate::train::pack_ranges;
+use crate::train::{forward_logprobs, micro_step, pack_ranges, LossBatch, Workspace};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -163,47 +163,19 @@ pub struct UpdateReport {
     pub first_epoch_max_ratio_dev: f64,
 }
 
-/// Model-side buffers reused across micro-batches and steps.
-pub struct UpdateState<B: Backend> {
-    pub grads: Vec<B::Buf>,
-    acts: Option<Acts<B>>,
-    scratch: Option<GradScratch<B>>,
-}
-
-impl<B: Backend> UpdateState<B> {
-    pub fn new(policy: &Qwen2<B>, be: &B) -> Self {
-        UpdateState { grads: policy.zero_grads(be), acts: None, scratch: None }
-    }
-}
-
-/// Prompt + response of response `r`, and the packed rows that predict its tokens.
+/// Prompt + response of response `r`.
 fn sequence(exp: &Experience, r: usize) -> Vec<u32> {
     let mut s = exp.prompts[r / exp.group_size].clone();
     s.extend_from_slice(&exp.responses[r]);
     s
 }
 
-/// Forward of responses `rs`; returns the packed batch, per-row targets, and the packed row
-/// of every response token (in response order).
-fn forward_responses<B: Backend>(
-    model: &Qwen2<B>,
-    be: &B,
-    exp: &Experience,
-    rs: Range<usize>,
-    acts: &mut Option<Acts<B>>,
-) -> Result<(Packed, Vec<u32>, Vec<usize>)> {
+/// Responses `rs` packed as prompt + response each; the loss rows are those that predict the
+/// response tokens (in response order).
+fn pack_responses(exp: &Experience, rs: Range<usize>) -> LossBatch {
     let seqs: Vec<Vec<u32>> = rs.clone().map(|r| sequence(exp, r)).collect();
-    let batch = Packed::new(&seqs);
-    model.forward(be, &batch, acts)?;
-    let (targets, _) = batch.next_token_targets();
-    let mut rows = Vec::new();
-    for (j, r) in rs.enumerate() {
-        let sp = batch.spans[j];
-        let p = exp.prompts[r / exp.group_size].len();
-        // Row p-1 predicts the first response token.
-        rows.extend((sp.q_start + p - 1)..(sp.q_start + sp.q_len - 1));
-    }
-    Ok((batch, targets, rows))
+    let prompt_len = |j: usize| exp.prompts[(rs.start + j) / exp.group_size].len();
+    LossBatch::pack(&seqs, |j, pos| pos >= prompt_len(j))
 }
 
 /// Log-probs (at `inv_temp`) of every response token of the experience, response order.
@@ -213,9 +185,9 @@ pub fn response_logprobs<B: Backend>(
     exp: &Experience,
     micro: &[Range<usize>],
     inv_temp: f32,
-    acts: &mut Option<Acts<B>>,
+    ws: &mut Workspace<B>,
 ) -> Result<Vec<f32>> {
-    Ok(response_logprobs_entropy(model, be, exp, micro, inv_temp, acts)?.0)
+    Ok(response_logprobs_entropy(model, be, exp, micro, inv_temp, ws)?.0)
 }
 
 /// [`response_logprobs`] and the entropies of the same distributions.
@@ -225,16 +197,15 @@ pub fn response_logprobs_entropy<B: Backend>(
     exp: &Experience,
     micro: &[Range<usize>],
     inv_temp: f32,
-    acts: &mut Option<Acts<B>>,
+    ws: &mut Workspace<B>,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut out = Vec::with_capacity(exp.response_tokens());
     let mut ents = Vec::with_capacity(exp.response_tokens());
     for rs in micro {
-        let (_, targets, rows) = forward_responses(model, be, exp, rs.clone(), acts)?;
-        let (lp, ent) =
-            model.token_logprobs(be, acts.as_ref().expect("forward ran"), &targets, inv_temp);
-        out.extend(rows.iter().map(|&r| lp[r]));
-        ents.extend(rows.iter().map(|&r| ent[r]));
+        let lb = pack_responses(exp, rs.clone());
+        let (_, lp, ent) = forward_logprobs(be, model, &lb.batch, inv_temp, ws)?;
+        out.extend(lb.rows.iter().map(|&r| lp[r]));
+        ents.extend(lb.rows.iter().map(|&r| ent[r]));
     }
     Ok((out, ents))
 }
@@ -250,7 +221,7 @@ pub fn update<B: Backend>(
     exp: &Experience,
     s: &GrpoSettings,
     lr: f32,
-    st: &mut UpdateState<B>,
+    ws: &mut Workspace<B>,
 ) -> Result<UpdateReport> {
     let n = exp.responses.len();
     let inv_temp = 1.0 / s.sampling.temperature;
@@ -271,12 +242,9 @@ pub fn update<B: Backend>(
         minis.iter().map(|m| pack_ranges(&lens, m.clone(), s.micro_batch_tokens)).collect();
     let all_micro: Vec<Range<usize>> = micro_of.iter().flatten().cloned().collect();
 
-    let (logp_old, ent_old) =
-        response_logprobs_entropy(policy, be, exp, &all_micro, inv_temp, &mut st.acts)?;
+    let (logp_old, ent_old) = response_logprobs_entropy(policy, be, exp, &all_micro, inv_temp, ws)?;
     let ref_logp = match (reference, &s.loss.kl) {
-        (Some(m), Some(_)) => {
-            Some(response_logprobs(m, be, exp, &all_micro, inv_temp, &mut st.acts)?)
-        }
+        (Some(m), Some(_)) => Some(response_logprobs(m, be, exp, &all_micro, inv_temp, ws)?),
         _ => None,
     };
     let adv_tok = broadcast_to_tokens(&exp.advantages, &offsets);
@@ -289,9 +257,7 @@ pub fn update<B: Backend>(
             let (t0, t1) = (offsets[mini.start], offsets[mini.end]);
             let norm =
                 Normalizer::count(&mask[t0..t1], &rebase(&offsets[mini.start..=mini.end]), max_len);
-            for g in st.grads.iter_mut() {
-                be.fill(g, 0.0);
-            }
+            ws.zero_grads(be);
             // Batch-level selections, once per mini-batch (see GrpoExtras and cov_selection).
             let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
             let selected: Option<Vec<bool>> = s.loss.policy.needs_selection().then(|| {
@@ -316,60 +282,24 @@ pub fn update<B: Backend>(
                         .collect()
                 });
             for rs in &micro_of[mi] {
-                let (batch, targets, rows) =
-                    forward_responses(policy, be, exp, rs.clone(), &mut st.acts)?;
-                let acts = st.acts.as_ref().expect("forward ran");
-                let (lp, ent) = policy.token_logprobs(be, acts, &targets, inv_temp);
+                let lb = pack_responses(exp, rs.clone());
                 let (a, b) = (offsets[rs.start], offsets[rs.end]);
-                let logp: Vec<f32> = rows.iter().map(|&r| lp[r]).collect();
-                let entropy: Vec<f32> = rows.iter().map(|&r| ent[r]).collect();
-                if epoch == 0 && mi == 0 {
-                    let dev = logp
-                        .iter()
-                        .zip(&logp_old[a..b])
-                        .map(|(x, y)| ((x - y) as f64).exp() - 1.0)
-                        .fold(0.0f64, |m, d| m.max(d.abs()));
-                    report.first_epoch_max_ratio_dev = report.first_epoch_max_ratio_dev.max(dev);
-                }
                 let local_off = rebase(&offsets[rs.start..=rs.end]);
                 let inputs = LossInputs {
-                    logp: &logp,
-                    logp_old: &logp_old[a..b],
-                    advantages: &adv_tok[a..b],
-                    mask: &mask[a..b],
                     ref_logp: ref_logp.as_ref().map(|r| &r[a..b]),
-                    entropy: (s.loss.entropy_coef != 0.0).then_some(entropy.as_slice()),
                     pg_mask: pg_mask.as_ref().map(|p| &p[a - t0..b - t0]),
                     selected: selected.as_ref().map(|p| &p[a - t0..b - t0]),
-                    offsets: &local_off,
+                    ..LossInputs::new(&[], &logp_old[a..b], &adv_tok[a..b], &mask[a..b], &local_off)
                 };
-                let out = policy_loss(&inputs, &s.loss, norm);
-                report.loss += out.loss;
-                let mut dlp = vec![0.0f32; batch.tokens()];
-                for (k, &r) in rows.iter().enumerate() {
-                    dlp[r] = out.dlogp[k];
+                let mut lossfn = GrpoTokenLoss::new(&lb.rows, inputs, &s.loss, norm, inv_temp);
+                report.loss += micro_step(be, policy, &lb.batch, &mut lossfn, ws)?;
+                if epoch == 0 && mi == 0 {
+                    report.first_epoch_max_ratio_dev =
+                        report.first_epoch_max_ratio_dev.max(lossfn.max_ratio_dev);
                 }
-                let dent = out.dentropy.as_ref().map(|de| {
-                    let mut v = vec![0.0f32; batch.tokens()];
-                    for (k, &r) in rows.iter().enumerate() {
-                        v[r] = de[k];
-                    }
-                    v
-                });
-                policy.backward_with(
-                    be,
-                    &batch,
-                    acts,
-                    &targets,
-                    &dlp,
-                    dent.as_deref(),
-                    inv_temp,
-                    &mut st.grads,
-                    &mut st.scratch,
-                );
-                all_metrics.push(out.metrics);
+                all_metrics.push(lossfn.metrics);
             }
-            report.steps.push(opt.step(be, &mut policy.params, &st.grads, lr));
+            report.steps.push(opt.step(be, &mut policy.params, &ws.grads, lr));
         }
     }
     report.loss /= (s.ppo_epochs * minis.len()).max(1) as f64;

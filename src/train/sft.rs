@@ -7,13 +7,14 @@
 //! run saved after step k and resumed is bit-identical to one that never stopped (CPU).
 
 use super::checkpoint::{load_checkpoint, save_checkpoint, StateKind};
-use super::{micro_step, SftLoss, Workspace};
+use super::{micro_step, LossBatch, SftLoss, Workspace};
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
 use crate::model::safetensors_io::SaveDtype;
-use crate::model::{Packed, Qwen2};
+use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig, LrSchedule};
 use crate::ranges::Checks;
+use crate::serde_float::nan_if_null;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -99,32 +100,45 @@ pub struct SftState {
     pub data: DataInfo,
 }
 
-/// What one optimizer step did (also one line of metrics.jsonl).
+/// What one optimizer step did (also one line of metrics.jsonl). `step`, `loss` and `lr` are
+/// required when read back; the rest default, so a hand-written or older file still reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SftStepMetrics {
     pub step: u64,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub epoch: f64,
     /// Mean token cross-entropy over the step's response tokens.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f32,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub grad_norm: f64,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub clip_scale: f32,
+    #[serde(default)]
     pub skipped: bool,
+    #[serde(default)]
     pub sequences: usize,
+    #[serde(default)]
     pub tokens: usize,
+    #[serde(default)]
     pub trained_tokens: usize,
+    #[serde(default)]
     pub micro_batches: usize,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub seconds: f64,
+    #[serde(deserialize_with = "nan_if_null", default)]
     pub tokens_per_s: f64,
 }
 
 pub struct SftTrainer<B: Backend> {
     pub model: Qwen2<B>,
     pub opt: AdamW<B>,
-    pub grads: Vec<B::Buf>,
     pub data: Vec<SftExample>,
     pub state: SftState,
-    ws: Workspace<B>,
+    /// Activations, gradient scratch and the gradients of the current step.
+    pub ws: Workspace<B>,
     order: Vec<usize>,
     next_epoch_rng: ChaCha8Rng,
 }
@@ -185,17 +199,8 @@ impl<B: Backend> SftTrainer<B> {
         state: SftState,
     ) -> Self {
         let (order, next_epoch_rng) = epoch_order(data.len(), &state.epoch_rng);
-        let grads = model.zero_grads(be);
-        SftTrainer {
-            model,
-            opt,
-            grads,
-            data,
-            state,
-            ws: Workspace::default(),
-            order,
-            next_epoch_rng,
-        }
+        let ws = Workspace::new(&model, be);
+        SftTrainer { model, opt, data, state, ws, order, next_epoch_rng }
     }
 
     /// Continues the run saved in checkpoint directory `dir`; `data` must be the dataset it
@@ -254,26 +259,17 @@ impl<B: Backend> SftTrainer<B> {
         let step_tokens: usize = seqs.iter().map(|e| e.trained_targets()).sum();
         let lens: Vec<usize> = seqs.iter().map(|e| e.ids.len()).collect();
         let micro = pack_micro_batches(&lens, cfg.micro_batch_tokens);
-        for g in &mut self.grads {
-            be.fill(g, 0.0);
-        }
+        self.ws.zero_grads(be);
         let mut loss = 0.0;
         for r in &micro {
             let part = &seqs[r.clone()];
             let ids: Vec<&[u32]> = part.iter().map(|e| e.ids.as_slice()).collect();
-            let batch = Packed::new(&ids);
-            // Row i of a sequence predicts token i+1: trained when that token is.
-            let mut trained = vec![false; batch.tokens()];
-            for (e, sp) in part.iter().zip(&batch.spans) {
-                for i in 0..sp.q_len - 1 {
-                    trained[sp.q_start + i] = e.trained[i + 1];
-                }
-            }
-            let lossfn = SftLoss::new(&trained, step_tokens);
-            loss += micro_step(be, &self.model, &batch, &lossfn, &mut self.ws, &mut self.grads)?;
+            let lb = LossBatch::pack(&ids, |j, pos| part[j].trained[pos]);
+            let mut lossfn = SftLoss::new(&lb.row_mask(), step_tokens);
+            loss += micro_step(be, &self.model, &lb.batch, &mut lossfn, &mut self.ws)?;
         }
         let lr = self.state.schedule.lr_at(self.state.step);
-        let rep = self.opt.step(be, &mut self.model.params, &self.grads, lr);
+        let rep = self.opt.step(be, &mut self.model.params, &self.ws.grads, lr);
         self.state.step += 1;
         self.state.cursor = end;
         if rep.skipped {

@@ -1,0 +1,160 @@
+//! The one micro-step path of SFT and GRPO: pack sequences into a micro-batch
+//! ([`LossBatch`]), then forward, per-row log-probs, a [`TokenLoss`], backward, and
+//! gradient accumulation ([`micro_step`]) in a reusable [`Workspace`]. GRPO's `logp_old` /
+//! reference passes use the same forward ([`forward_logprobs`]), which is what makes its
+//! first PPO epoch's ratio exactly 1.
+
+use super::TokenLoss;
+use crate::backend::Backend;
+use crate::model::{Acts, GradScratch, Packed, Qwen2};
+use anyhow::Result;
+use std::ops::Range;
+
+/// Reusable memory of micro-batch steps: activations and gradient scratch (re-planned only
+/// when the token count changes) and the gradient accumulators of the optimizer step.
+pub struct Workspace<B: Backend> {
+    pub acts: Option<Acts<B>>,
+    pub scratch: Option<GradScratch<B>>,
+    /// One buffer per parameter of the model the workspace was made for; `micro_step` adds to
+    /// them, [`Workspace::zero_grads`] starts an optimizer step.
+    pub grads: Vec<B::Buf>,
+}
+
+impl<B: Backend> Workspace<B> {
+    pub fn new(model: &Qwen2<B>, be: &B) -> Self {
+        Workspace { acts: None, scratch: None, grads: model.zero_grads(be) }
+    }
+
+    /// Clears the gradient accumulators (the start of an optimizer step).
+    pub fn zero_grads(&mut self, be: &B) {
+        for g in &mut self.grads {
+            be.fill(g, 0.0);
+        }
+    }
+}
+
+/// A packed micro-batch and the rows a loss trains.
+pub struct LossBatch {
+    pub batch: Packed,
+    /// Packed rows whose next-token target is trained, in sequence order then position
+    /// order (row `r` of a sequence predicts its token `r + 1`).
+    pub rows: Vec<usize>,
+}
+
+impl LossBatch {
+    /// Packs `seqs` padding-free; `trained(j, pos)` says whether token `pos` (>= 1) of
+    /// sequence `j` is a trained target.
+    pub fn pack<S: AsRef<[u32]>>(seqs: &[S], trained: impl Fn(usize, usize) -> bool) -> Self {
+        let batch = Packed::new(seqs);
+        let mut rows = Vec::new();
+        for (j, sp) in batch.spans.iter().enumerate() {
+            rows.extend(
+                (1..sp.q_len).filter(|&pos| trained(j, pos)).map(|pos| sp.q_start + pos - 1),
+            );
+        }
+        LossBatch { batch, rows }
+    }
+
+    /// `rows` as one flag per packed row.
+    pub fn row_mask(&self) -> Vec<bool> {
+        let mut m = vec![false; self.batch.tokens()];
+        for &r in &self.rows {
+            m[r] = true;
+        }
+        m
+    }
+}
+
+/// Forward of a packed batch; returns the next-token targets and, per packed row, the target's
+/// log-prob and the entropy of the distribution at `inv_temp` (rows without a target hold
+/// junk). The activations stay in `ws` for a backward.
+pub fn forward_logprobs<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    batch: &Packed,
+    inv_temp: f32,
+    ws: &mut Workspace<B>,
+) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
+    model.forward(be, batch, &mut ws.acts)?;
+    let acts = ws.acts.as_ref().expect("forward planned the activations");
+    let (targets, _) = batch.next_token_targets();
+    let (lp, ent) = model.token_logprobs(be, acts, &targets, inv_temp);
+    Ok((targets, lp, ent))
+}
+
+/// Forward, per-row log-probs, the loss, and backward of one packed micro-batch; gradients
+/// are ACCUMULATED into `ws.grads`. Returns the loss contribution (see `LossGrad::loss`).
+pub fn micro_step<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    batch: &Packed,
+    loss: &mut dyn TokenLoss,
+    ws: &mut Workspace<B>,
+) -> Result<f64> {
+    let inv_temp = loss.inv_temp();
+    model.forward(be, batch, &mut ws.acts)?;
+    let acts = ws.acts.as_ref().expect("forward planned the activations");
+    let (targets, _) = batch.next_token_targets();
+    // As `forward_logprobs`, but the logits may stay in the scratch for the backward.
+    let (lp, ent) =
+        model.token_logprobs_for_backward(be, acts, &targets, inv_temp, &mut ws.scratch);
+    let g = loss.eval(&lp, &ent);
+    model.backward_with(
+        be,
+        batch,
+        acts,
+        &targets,
+        &g.dlp,
+        g.dent.as_deref(),
+        inv_temp,
+        &mut ws.grads,
+        &mut ws.scratch,
+    );
+    Ok(g.loss)
+}
+
+/// Contiguous runs of `range` whose lengths total at most `budget` tokens (a longer single
+/// sequence gets a run of its own); sequences are never split. SFT packs examples with it,
+/// GRPO the responses of a mini-batch.
+pub fn pack_ranges(lens: &[usize], range: Range<usize>, budget: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut acc) = (range.start, 0);
+    for r in range.clone() {
+        if r > start && acc + lens[r] > budget {
+            out.push(start..r);
+            start = r;
+            acc = 0;
+        }
+        acc += lens[r];
+    }
+    if start < range.end {
+        out.push(start..range.end);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pack_ranges, LossBatch};
+    use std::ops::Range;
+
+    #[test]
+    fn pack_ranges_respects_the_budget_and_never_splits() {
+        let lens = [5, 5, 5, 20, 1, 1];
+        assert_eq!(pack_ranges(&lens, 0..6, 10), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(pack_ranges(&lens, 2..5, 100), vec![2..5]);
+        assert_eq!(pack_ranges(&lens, 3..3, 10), Vec::<Range<usize>>::new());
+    }
+
+    #[test]
+    fn loss_batch_rows_are_the_rows_that_predict_trained_tokens() {
+        let seqs = [vec![7u32, 8, 9, 10], vec![1, 2, 3]];
+        // Sequence 0 trains tokens 2.., sequence 1 only token 1.
+        let lb = LossBatch::pack(&seqs, |j, pos| if j == 0 { pos >= 2 } else { pos == 1 });
+        assert_eq!(lb.rows, vec![1, 2, 4]);
+        let (targets, _) = lb.batch.next_token_targets();
+        let picked: Vec<u32> = lb.rows.iter().map(|&r| targets[r]).collect();
+        assert_eq!(picked, vec![9, 10, 2]);
+        assert_eq!(lb.row_mask(), vec![false, true, true, false, true, false, false]);
+    }
+}
