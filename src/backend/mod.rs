@@ -12,6 +12,7 @@
 pub mod cpu;
 // The kernel backend; its GPU and emulator devices are behind the `cuda` and `emu` features.
 pub mod cuda;
+pub mod memory;
 pub mod select;
 
 /// One sequence of a packed batch, as attention sees it.
@@ -51,6 +52,11 @@ pub trait Backend {
 
     /// Short human name, e.g. "cpu" or "cuda:0 (NVIDIA H100)".
     fn name(&self) -> String;
+    /// The counters of the backend's device memory manager (peak bytes, cache hits); None for
+    /// a backend without one (the CPU, whose buffers are host `Vec`s).
+    fn memory_stats(&self) -> Option<memory::MemoryStats> {
+        None
+    }
 
     // ---- memory -------------------------------------------------------------------------
     /// A buffer of `n` zeros.

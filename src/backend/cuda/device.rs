@@ -2,7 +2,7 @@
 //! launch configurations and argument packing run on the real GPU (cudarc) and on the CUDA
 //! emulator (kernels compiled for the host).
 
-use crate::backend::Tr;
+use crate::backend::{memory::MemoryStats, Tr};
 
 /// One kernel argument, in the order of the kernel's parameters.
 pub enum Arg<'a, M> {
@@ -61,4 +61,8 @@ pub trait Device {
     ) -> bool;
     /// Waits for all queued work.
     fn synchronize(&self);
+    /// The counters of the device's caching allocator (`alloc`), if it has one.
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        None
+    }
 }

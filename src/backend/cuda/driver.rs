@@ -1,8 +1,10 @@
 //! The real GPU through cudarc: driver API for memory and launches (PTX embedded by build.rs,
 //! or compiled at first use by NVRTC when the build had none), cuBLAS for GEMM.
 
+use super::alloc::{self, Pool};
 use super::device::{Arg, Device};
 use super::CudaBackend;
+use crate::backend::memory::MemoryStats;
 use crate::backend::Tr;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
@@ -37,6 +39,37 @@ pub fn probe(ordinal: usize) -> Result<String, String> {
     Ok(format!("cuda:{ordinal} ({name})"))
 }
 
+/// Device memory from the caching allocator: derefs to the cudarc slice (of the size class's
+/// length, at least the bytes asked for) and goes back to the device's free lists when dropped.
+pub struct CudaMem {
+    slice: Option<CudaSlice<u8>>,
+    class: usize,
+    pool: Arc<Pool<CudaSlice<u8>>>,
+}
+
+impl std::ops::Deref for CudaMem {
+    type Target = CudaSlice<u8>;
+    fn deref(&self) -> &CudaSlice<u8> {
+        self.slice.as_ref().expect("CudaMem holds its slice until dropped")
+    }
+}
+
+impl std::ops::DerefMut for CudaMem {
+    fn deref_mut(&mut self) -> &mut CudaSlice<u8> {
+        self.slice.as_mut().expect("CudaMem holds its slice until dropped")
+    }
+}
+
+impl Drop for CudaMem {
+    fn drop(&mut self) {
+        if let Some(s) = self.slice.take() {
+            // Every op runs on the device's one stream, so work queued on this memory is
+            // ordered before any later user's: no event is needed before reuse.
+            self.pool.give_back(self.class, s);
+        }
+    }
+}
+
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -46,6 +79,8 @@ pub struct CudaDevice {
     /// Matmuls as bf16 tensor-core GEMMs (operands rounded to bf16, f32 accumulation and
     /// output) instead of f32 SGEMM. From `MMR1_GEMM=bf16`; `set_gemm_bf16` overrides.
     gemm_bf16: bool,
+    /// The caching allocator of this device's memory.
+    pool: Arc<Pool<CudaSlice<u8>>>,
     name: String,
 }
 
@@ -147,6 +182,7 @@ impl CudaDevice {
             funcs: Mutex::new(HashMap::new()),
             blas,
             gemm_bf16,
+            pool: Pool::new(alloc::caching_from_env()),
             name,
         })
     }
@@ -159,7 +195,7 @@ impl CudaDevice {
     }
 
     /// `x` (f32, `n` values) as bf16 bits in new device memory.
-    pub fn to_bf16(&self, x: &CudaSlice<u8>, n: usize) -> CudaSlice<u8> {
+    pub fn to_bf16(&self, x: &CudaMem, n: usize) -> CudaMem {
         let out = self.alloc(n * 2);
         if n > 0 {
             self.launch(
@@ -178,11 +214,11 @@ impl CudaDevice {
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16(
         &self,
-        out: &mut CudaSlice<u8>,
+        out: &mut CudaMem,
         out_bf16: bool,
-        a: &CudaSlice<u8>,
+        a: &CudaMem,
         ta: Tr,
-        b: &CudaSlice<u8>,
+        b: &CudaMem,
         tb: Tr,
         m: usize,
         n: usize,
@@ -243,7 +279,7 @@ impl CudaDevice {
 }
 
 impl Device for CudaDevice {
-    type Mem = CudaSlice<u8>;
+    type Mem = CudaMem;
     fn name(&self) -> String {
         let blas = match (&self.blas, self.gemm_bf16) {
             (Some(_), true) => "cuBLAS bf16 GemmEx",
@@ -252,18 +288,41 @@ impl Device for CudaDevice {
         };
         format!("{} [{blas}]", self.name)
     }
-    fn alloc(&self, bytes: usize) -> CudaSlice<u8> {
-        // SAFETY: callers treat the contents as unspecified.
-        unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.expect("cuda alloc")
+    fn alloc(&self, bytes: usize) -> CudaMem {
+        let class = alloc::size_class(bytes);
+        let (slice, _cached) = self.pool.take(class, |c| {
+            // SAFETY: callers treat the contents as unspecified.
+            let fresh = || unsafe { self.stream.alloc::<u8>(c) };
+            // Out of memory with blocks cached: give them back to the device and try again.
+            match fresh().or_else(|_| {
+                let _ = self.stream.synchronize();
+                self.pool.empty_cache();
+                fresh()
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    let st = self.pool.stats();
+                    panic!(
+                        "cuda alloc of {} failed ({e:?}); {} in use, {} reserved by this process",
+                        crate::backend::memory::human_bytes(c as u64),
+                        crate::backend::memory::human_bytes(st.in_use_bytes),
+                        crate::backend::memory::human_bytes(st.reserved_bytes)
+                    )
+                }
+            }
+        });
+        CudaMem { slice: Some(slice), class, pool: self.pool.clone() }
     }
-    fn upload(&self, host: &[u8]) -> CudaSlice<u8> {
-        self.stream.clone_htod(host).expect("cuda upload")
+    fn upload(&self, host: &[u8]) -> CudaMem {
+        let mut m = self.alloc(host.len());
+        self.write(&mut m, host);
+        m
     }
-    fn write(&self, mem: &mut CudaSlice<u8>, host: &[u8]) {
+    fn write(&self, mem: &mut CudaMem, host: &[u8]) {
         let mut view = mem.slice_mut(0..host.len());
         self.stream.memcpy_htod(host, &mut view).expect("cuda write");
     }
-    fn download(&self, mem: &CudaSlice<u8>, bytes: usize) -> Vec<u8> {
+    fn download(&self, mem: &CudaMem, bytes: usize) -> Vec<u8> {
         self.stream.clone_dtoh(&mem.slice(0..bytes)).expect("cuda download")
     }
     fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {
@@ -280,7 +339,7 @@ impl Device for CudaDevice {
         grid: [u32; 3],
         block: [u32; 3],
         shared_bytes: u32,
-        args: &[Arg<'_, CudaSlice<u8>>],
+        args: &[Arg<'_, CudaMem>],
     ) {
         let f = self.func(name);
         let shape = format!(
@@ -342,10 +401,10 @@ impl Device for CudaDevice {
     }
     fn gemm(
         &self,
-        out: &mut CudaSlice<u8>,
-        a: &CudaSlice<u8>,
+        out: &mut CudaMem,
+        a: &CudaMem,
         ta: Tr,
-        b: &CudaSlice<u8>,
+        b: &CudaMem,
         tb: Tr,
         m: usize,
         n: usize,
@@ -390,6 +449,9 @@ impl Device for CudaDevice {
     }
     fn synchronize(&self) {
         self.stream.synchronize().expect("cuda synchronize");
+    }
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.pool.stats())
     }
 }
 

@@ -7,12 +7,13 @@
 //! `MMR1_EMU_SCHEDULE` (e.g. `forward`, `reverse,random:7`, `ci`) sets the schedules of
 //! [`EmuDevice::from_env`]; without it, plain forward order.
 
+use super::alloc::{self, Pool};
 use super::device::{Arg, Device};
-use crate::backend::{cpu::Cpu, Backend, Tr};
+use crate::backend::{cpu::Cpu, memory::MemoryStats, Backend, Tr};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 extern "C" {
     fn emu_launch(
@@ -34,23 +35,49 @@ extern "C" {
 }
 
 /// Host memory standing in for device memory. Kernels write through raw pointers, so it is
-/// held as a raw allocation rather than a Rust slice.
+/// held as a raw allocation rather than a Rust slice. Memory from an `EmuDevice` goes back to
+/// the device's caching allocator when dropped (see `alloc`).
 pub struct EmuMem {
     ptr: *mut u64,
     words: usize,
+    /// The pool this memory returns to, and its size class; None: freed on drop.
+    home: Option<(Arc<Pool<EmuBlock>>, usize)>,
 }
 
 // SAFETY: EmuMem owns its allocation; access goes through &/&mut like any buffer.
 unsafe impl Send for EmuMem {}
 unsafe impl Sync for EmuMem {}
 
-impl EmuMem {
+/// A host allocation of `words` u64, as it sits in the allocator's free lists.
+pub struct EmuBlock {
+    ptr: *mut u64,
+    words: usize,
+}
+
+// SAFETY: EmuBlock owns its allocation and nothing else refers to it while it is cached.
+unsafe impl Send for EmuBlock {}
+
+impl EmuBlock {
     fn new(bytes: usize) -> Self {
-        // Fresh memory reads as NaN (all ones), like poison: unwritten outputs show up.
         let words = bytes.div_ceil(8).max(1);
         let v = vec![u64::MAX; words].into_boxed_slice();
-        EmuMem { ptr: Box::into_raw(v) as *mut u64, words }
+        EmuBlock { ptr: Box::into_raw(v) as *mut u64, words }
     }
+    /// All ones: every f32 reads as NaN, so an output an op did not write shows up.
+    fn poison(&mut self) {
+        // SAFETY: ptr holds `words` u64 owned by this block.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.words) }.fill(u64::MAX);
+    }
+}
+
+impl Drop for EmuBlock {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from Box<[u64]> of `words` elements in `new`.
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.words))) };
+    }
+}
+
+impl EmuMem {
     fn bytes(&self) -> usize {
         self.words * 8
     }
@@ -58,8 +85,10 @@ impl EmuMem {
 
 impl Drop for EmuMem {
     fn drop(&mut self) {
-        // SAFETY: ptr came from Box<[u64]> of `words` elements in `new`.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.words))) };
+        let block = EmuBlock { ptr: self.ptr, words: self.words };
+        if let Some((pool, class)) = self.home.take() {
+            pool.give_back(class, block);
+        } // else `block` frees the memory here
     }
 }
 
@@ -149,6 +178,8 @@ pub struct EmuDevice {
     /// Opted-in maximum dynamic shared memory per kernel (bytes), as the GPU's
     /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
     dyn_optin: Mutex<HashMap<String, usize>>,
+    /// The caching allocator (reused memory is poisoned with NaN before it is handed out).
+    pool: Arc<Pool<EmuBlock>>,
 }
 
 impl Default for EmuDevice {
@@ -162,7 +193,11 @@ impl EmuDevice {
     /// for bit.
     pub fn with_schedules(schedules: &[Schedule]) -> Self {
         assert!(!schedules.is_empty(), "an emulator needs at least one schedule");
-        EmuDevice { schedules: schedules.to_vec(), dyn_optin: Mutex::new(HashMap::new()) }
+        EmuDevice {
+            schedules: schedules.to_vec(),
+            dyn_optin: Mutex::new(HashMap::new()),
+            pool: Pool::new(alloc::caching_from_env()),
+        }
     }
     /// Schedules from `MMR1_EMU_SCHEDULE` (see [`Schedule::parse_list`]), forward without it.
     /// Panics on a malformed value, naming the variable.
@@ -173,6 +208,12 @@ impl EmuDevice {
             ),
             Err(_) => EmuDevice::with_schedules(&[Schedule::Forward]),
         }
+    }
+    /// With the caching allocator on or off (default: `MMR1_CACHING_ALLOCATOR`, on); call it
+    /// before allocating anything.
+    pub fn with_caching(mut self, on: bool) -> Self {
+        self.pool = Pool::new(on);
+        self
     }
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules
@@ -291,10 +332,20 @@ impl Device for EmuDevice {
         format!("cuda-emu (kernels on the host; schedules {})", s.join(","))
     }
     fn alloc(&self, bytes: usize) -> EmuMem {
-        EmuMem::new(bytes)
+        let (mut block, cached) = self.pool.take(alloc::size_class(bytes), EmuBlock::new);
+        if cached {
+            // Stale data must not leak into results: it reads as NaN, like fresh memory.
+            block.poison();
+        }
+        let block = std::mem::ManuallyDrop::new(block);
+        EmuMem {
+            ptr: block.ptr,
+            words: block.words,
+            home: Some((self.pool.clone(), alloc::size_class(bytes))),
+        }
     }
     fn upload(&self, host: &[u8]) -> EmuMem {
-        let mut m = EmuMem::new(host.len());
+        let mut m = self.alloc(host.len());
         self.write(&mut m, host);
         m
     }
@@ -388,4 +439,7 @@ impl Device for EmuDevice {
         true
     }
     fn synchronize(&self) {}
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.pool.stats())
+    }
 }

@@ -8,6 +8,7 @@
 //! Storage is f32 for now. Matmul goes to cuBLAS SGEMM (f32) on the GPU, to the CPU GEMM on
 //! the emulator, and to the `gemm_f32` kernel when no library GEMM is available.
 
+pub mod alloc;
 pub mod device;
 #[cfg(feature = "cuda")]
 pub mod driver;
@@ -231,6 +232,9 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn name(&self) -> String {
         self.dev.name()
+    }
+    fn memory_stats(&self) -> Option<crate::backend::memory::MemoryStats> {
+        self.dev.memory_stats()
     }
 
     fn zeros(&self, n: usize) -> Self::Buf {

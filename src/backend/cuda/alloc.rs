@@ -1,0 +1,171 @@
+//! The caching device allocator behind both CUDA devices (GPU and emulator).
+//!
+//! Freed buffers go back to a free list of their size class and the next allocation of that
+//! class takes one, so a training step that repeats the shapes of the one before allocates
+//! nothing from the device (device allocation synchronizes and costs microseconds to
+//! milliseconds per call; a step makes thousands). The same idea as PyTorch's
+//! CUDACachingAllocator, much simplified: one stream (every op of the backend is ordered on
+//! it, so a block freed by one op can be handed to the next without an event), no block
+//! splitting, and size classes instead of best fit.
+//!
+//! Size classes: 512 bytes and below share one class; above, 8 classes per power of two
+//! (`2^k * (1 + j/8)`), so at most 12.5% of a buffer is rounding.
+//!
+//! `MMR1_CACHING_ALLOCATOR=0` turns the cache off (every free returns memory to the device,
+//! every allocation is fresh; statistics are still kept), to measure what the cache buys.
+
+use crate::backend::memory::MemoryStats;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The smallest size class, bytes.
+pub const MIN_CLASS: usize = 512;
+
+/// The size class (bytes actually reserved) of an allocation of `bytes`.
+pub fn size_class(bytes: usize) -> usize {
+    if bytes <= MIN_CLASS {
+        return MIN_CLASS;
+    }
+    // base < bytes <= 2 * base; round up to a multiple of base / 8.
+    let base = 1usize << (usize::BITS - 1 - (bytes - 1).leading_zeros());
+    let step = base / 8;
+    bytes.div_ceil(step) * step
+}
+
+/// Whether freed memory is cached, from `MMR1_CACHING_ALLOCATOR` (`1`/unset: on, `0`: off).
+/// Panics on another value, naming the variable.
+pub fn caching_from_env() -> bool {
+    match std::env::var("MMR1_CACHING_ALLOCATOR").as_deref() {
+        Err(_) | Ok("") | Ok("1") | Ok("on") => true,
+        Ok("0") | Ok("off") => false,
+        Ok(v) => panic!("MMR1_CACHING_ALLOCATOR={v:?}: expected 1 (cache freed memory) or 0"),
+    }
+}
+
+/// Free lists of blocks `R` (device memory that frees itself when dropped) by size class,
+/// with the statistics. Shared (`Arc`) by the device and every buffer it handed out, so a
+/// buffer can come home whenever it is dropped.
+pub struct Pool<R> {
+    caching: bool,
+    state: Mutex<State<R>>,
+}
+
+struct State<R> {
+    free: HashMap<usize, Vec<R>>,
+    stats: MemoryStats,
+}
+
+impl<R> Pool<R> {
+    pub fn new(caching: bool) -> Arc<Self> {
+        Arc::new(Pool {
+            caching,
+            state: Mutex::new(State { free: HashMap::new(), stats: MemoryStats::default() }),
+        })
+    }
+
+    pub fn caching(&self) -> bool {
+        self.caching
+    }
+
+    /// A block of size class `class`: a cached one, else `fresh(class)`. The second value
+    /// says whether it was cached (its contents are whatever its last user left).
+    pub fn take(&self, class: usize, fresh: impl FnOnce(usize) -> R) -> (R, bool) {
+        let mut st = self.state.lock().unwrap();
+        let cached = st.free.get_mut(&class).and_then(Vec::pop);
+        let s = &mut st.stats;
+        s.in_use_bytes += class as u64;
+        s.peak_in_use_bytes = s.peak_in_use_bytes.max(s.in_use_bytes);
+        match cached {
+            Some(r) => {
+                s.cached_allocs += 1;
+                (r, true)
+            }
+            None => {
+                s.fresh_allocs += 1;
+                s.reserved_bytes += class as u64;
+                s.peak_reserved_bytes = s.peak_reserved_bytes.max(s.reserved_bytes);
+                drop(st);
+                (fresh(class), false)
+            }
+        }
+    }
+
+    /// Returns a block of size class `class` (the buffer holding it was dropped).
+    pub fn give_back(&self, class: usize, r: R) {
+        let mut st = self.state.lock().unwrap();
+        st.stats.in_use_bytes -= class as u64;
+        if self.caching {
+            st.free.entry(class).or_default().push(r);
+        } else {
+            st.stats.reserved_bytes -= class as u64;
+            drop(st);
+            drop(r);
+        }
+    }
+
+    pub fn stats(&self) -> MemoryStats {
+        self.state.lock().unwrap().stats
+    }
+
+    /// Frees every cached block (the device keeps only memory in use); returns the bytes freed.
+    pub fn empty_cache(&self) -> u64 {
+        let blocks: Vec<(usize, Vec<R>)> = {
+            let mut st = self.state.lock().unwrap();
+            let freed: u64 = st.free.iter().map(|(c, v)| (*c * v.len()) as u64).sum();
+            st.stats.reserved_bytes -= freed;
+            st.free.drain().collect()
+        };
+        blocks.iter().map(|(c, v)| (*c * v.len()) as u64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_cover_the_request_with_at_most_an_eighth_of_rounding() {
+        for bytes in (1..5000).chain([1 << 20, (1 << 20) + 1, 3 << 29, usize::MAX >> 8]) {
+            let c = size_class(bytes);
+            assert!(c >= bytes, "{bytes} -> {c}");
+            assert!(c == MIN_CLASS || (c - bytes) * 8 <= bytes, "{bytes} -> {c}");
+            assert_eq!(size_class(c), c, "a class is its own class");
+        }
+        assert_eq!(size_class(513), 576);
+        assert_eq!(size_class(1024), 1024);
+        assert_eq!(size_class(1025), 1152);
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_by_class_and_counted() {
+        let pool = Pool::<Vec<u8>>::new(true);
+        let (a, hit) = pool.take(1024, |c| vec![0; c]);
+        assert!(!hit);
+        let (b, _) = pool.take(2048, |c| vec![0; c]);
+        pool.give_back(1024, a);
+        let (_, hit) = pool.take(2048, |c| vec![0; c]);
+        assert!(!hit, "another class is not reused");
+        let (_, hit) = pool.take(1024, |c| vec![0; c]);
+        assert!(hit);
+        pool.give_back(2048, b);
+        let s = pool.stats();
+        assert_eq!((s.fresh_allocs, s.cached_allocs), (3, 1));
+        assert_eq!(s.in_use_bytes, 1024 + 2048);
+        assert_eq!(s.peak_in_use_bytes, 1024 + 2048 + 2048);
+        assert_eq!(s.reserved_bytes, 1024 + 2048 + 2048);
+        assert_eq!(pool.empty_cache(), 2048);
+        assert_eq!(pool.stats().reserved_bytes, 1024 + 2048);
+    }
+
+    #[test]
+    fn without_caching_every_allocation_is_fresh() {
+        let pool = Pool::<Vec<u8>>::new(false);
+        let (a, _) = pool.take(1024, |c| vec![0; c]);
+        pool.give_back(1024, a);
+        let (_, hit) = pool.take(1024, |c| vec![0; c]);
+        assert!(!hit);
+        let s = pool.stats();
+        assert_eq!((s.fresh_allocs, s.cached_allocs, s.reserved_bytes), (2, 0, 1024));
+        assert_eq!(s.peak_reserved_bytes, 1024);
+    }
+}
