@@ -117,3 +117,38 @@ fn a_reused_block_reads_as_nan() {
     assert!(back.iter().all(|x| x.is_nan()), "stale data leaked: {:?}", &back[..4]);
     assert_eq!(d.memory_stats().unwrap().cached_allocs, 1);
 }
+
+#[test]
+fn sft_steps_report_peak_device_memory_and_the_cpu_reports_none() {
+    use mmr1_fast::backend::cpu::Cpu;
+    use mmr1_fast::data::sft_data::SftExample;
+    use mmr1_fast::pipeline::metrics::Record;
+    use mmr1_fast::train::sft::{SftConfig, SftTrainer};
+    fn steps<B: Backend>(be: &B) -> Vec<mmr1_fast::train::sft::SftStepMetrics> {
+        let cfg = tiny_config(97, true);
+        let layout = ParamLayout::new(&cfg);
+        let host = init_params(&layout, Init::Sensitive { std: 0.2 }, 3);
+        let model = Qwen2::from_host(be, cfg, layout, &host);
+        let data: Vec<SftExample> = (0..4)
+            .map(|i| {
+                let ids = random_ids(9 + 3 * i, 97, 20 + i as u64);
+                let trained = (0..ids.len()).map(|j| j >= 4).collect();
+                SftExample { ids, trained }
+            })
+            .collect();
+        let c = SftConfig { batch_size: 2, epochs: 1, ..Default::default() };
+        let mut tr = SftTrainer::new(be, model, data, c).unwrap();
+        (0..2).map(|_| tr.step(be).unwrap()).collect()
+    }
+    let emu = steps(&CudaBackend::emulator());
+    let m = emu[1].device_memory.expect("the emulator reports device memory");
+    assert!(m.peak_reserved_bytes >= m.peak_in_use_bytes && m.peak_in_use_bytes > 0);
+    let line = Record::Sft(emu[1].clone()).to_json();
+    let peak = &line["device_memory"]["peak_reserved_bytes"];
+    assert_eq!(peak.as_u64(), Some(m.peak_reserved_bytes), "{line}");
+    assert_eq!(Record::from_json(&line), Some(Record::Sft(emu[1].clone())));
+    let cpu = steps(&Cpu);
+    assert_eq!(cpu[1].device_memory, None);
+    let line = Record::Sft(cpu[1].clone()).to_json();
+    assert!(line.get("device_memory").is_none(), "{line}");
+}
