@@ -13,6 +13,7 @@ pub mod cpu;
 // The kernel backend; its GPU and emulator devices are behind the `cuda` and `emu` features.
 pub mod cuda;
 pub mod memory;
+pub mod precision;
 pub mod select;
 
 /// One sequence of a packed batch, as attention sees it.

@@ -61,6 +61,20 @@ pub trait Device {
     ) -> bool;
     /// Waits for all queued work.
     fn synchronize(&self);
+    /// Makes `gemm` a bf16 GEMM (operands rounded to bf16 round-to-nearest-even, f32
+    /// accumulation and f32 output, as cuBLAS GemmEx with CUBLAS_COMPUTE_32F) or f32 again.
+    /// Err when the device has no bf16 GEMM.
+    fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
+        if bf16 {
+            Err("this device has no bf16 GEMM".into())
+        } else {
+            Ok(())
+        }
+    }
+    /// Whether `gemm` rounds its operands to bf16 (see `set_gemm_precision`).
+    fn gemm_precision_bf16(&self) -> bool {
+        false
+    }
     /// The counters of the device's caching allocator (`alloc`), if it has one.
     fn memory_stats(&self) -> Option<MemoryStats> {
         None

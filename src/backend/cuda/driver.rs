@@ -453,6 +453,16 @@ impl Device for CudaDevice {
     fn memory_stats(&self) -> Option<MemoryStats> {
         Some(self.pool.stats())
     }
+    fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
+        if bf16 && self.blas.is_none() {
+            return Err("bf16 GEMM needs cuBLAS (libcublas.so), which did not load".into());
+        }
+        self.gemm_bf16 = bf16;
+        Ok(())
+    }
+    fn gemm_precision_bf16(&self) -> bool {
+        self.gemm_bf16
+    }
 }
 
 impl CudaBackend<CudaDevice> {

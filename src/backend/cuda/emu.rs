@@ -180,6 +180,8 @@ pub struct EmuDevice {
     dyn_optin: Mutex<HashMap<String, usize>>,
     /// The caching allocator (reused memory is poisoned with NaN before it is handed out).
     pool: Arc<Pool<EmuBlock>>,
+    /// `gemm` rounds its operands to bf16 as the GPU's GemmEx path does (`--precision bf16`).
+    gemm_bf16: bool,
 }
 
 impl Default for EmuDevice {
@@ -197,6 +199,7 @@ impl EmuDevice {
             schedules: schedules.to_vec(),
             dyn_optin: Mutex::new(HashMap::new()),
             pool: Pool::new(alloc::caching_from_env()),
+            gemm_bf16: false,
         }
     }
     /// Schedules from `MMR1_EMU_SCHEDULE` (see [`Schedule::parse_list`]), forward without it.
@@ -432,7 +435,15 @@ impl Device for EmuDevice {
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
         let f =
             |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
-        let (av, bv) = (f(a, m * k), f(b, k * n));
+        let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
+        if self.gemm_bf16 {
+            // What GemmEx with bf16 A and B reads: each operand rounded to bf16 (nearest
+            // even, as the f32_to_bf16 kernel the GPU path converts with); the products and
+            // sums stay f32, as CUBLAS_COMPUTE_32F accumulates.
+            for x in av.iter_mut().chain(bv.iter_mut()) {
+                *x = half::bf16::from_f32(*x).to_f32();
+            }
+        }
         let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
         Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
         self.write(out, bytemuck::cast_slice(&ov));
@@ -441,5 +452,12 @@ impl Device for EmuDevice {
     fn synchronize(&self) {}
     fn memory_stats(&self) -> Option<MemoryStats> {
         Some(self.pool.stats())
+    }
+    fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
+        self.gemm_bf16 = bf16;
+        Ok(())
+    }
+    fn gemm_precision_bf16(&self) -> bool {
+        self.gemm_bf16
     }
 }

@@ -15,6 +15,7 @@ pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
 pub mod flash;
+pub mod precision;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
