@@ -11,6 +11,7 @@
 mod common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::precision::Precision;
 use mmr1_fast::backend::{Backend, Tr};
@@ -61,7 +62,7 @@ fn step<B: Backend>(be: &B) -> Step {
     Step { lp, loss, grads: grads_host, params: model.to_host(be) }
 }
 
-fn emu(p: Precision) -> CudaBackend<mmr1_fast::backend::cuda::emu::EmuDevice> {
+fn emu(p: Precision) -> CudaBackend<EmuDevice> {
     CudaBackend::emulator().with_precision(p).unwrap()
 }
 
@@ -133,4 +134,104 @@ fn random_f32(n: usize, seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// bf16 with the weights' bf16 shadows (made once per optimizer step) or without (both GEMM
+/// operands converted on every call).
+fn emu_shadows(on: bool) -> CudaBackend<EmuDevice> {
+    CudaBackend::with_device(EmuDevice::with_schedules(&[Schedule::Forward]).with_bf16_shadows(on))
+        .with_precision(Precision::Bf16)
+        .unwrap()
+}
+
+/// The losses of `n` SFT steps and the parameters after them.
+fn train_steps<B: Backend>(be: &B, n: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
+    let cfg = config();
+    let layout = ParamLayout::new(&cfg);
+    let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 9);
+    let mut model = Qwen2::from_host(be, cfg, layout, &host);
+    let seqs = [random_ids(21, 97, 4), random_ids(8, 97, 5)];
+    let batch = Packed::new(&seqs);
+    let (_, has) = batch.next_token_targets();
+    let loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
+    let mut grads = model.zero_grads(be);
+    let mut ws = Workspace::default();
+    let mut losses = Vec::new();
+    for _ in 0..n {
+        for g in &mut grads {
+            be.fill(g, 0.0);
+        }
+        losses.push(micro_step(be, &model, &batch, &loss_fn, &mut ws, &mut grads).unwrap());
+        opt.step(be, &mut model.params, &grads, 1e-2);
+    }
+    (losses, model.to_host(be))
+}
+
+#[test]
+fn bf16_weight_shadows_give_the_bits_of_converting_per_call() {
+    let (on, off) = (emu_shadows(true), emu_shadows(false));
+    let (a, b) = (train_steps(&on, 3), train_steps(&off, 3));
+    assert_eq!(a.0, b.0, "losses differ");
+    for (i, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
+        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "parameter {i} differs");
+    }
+    let hits = on.memory_stats().unwrap().shadow_hits;
+    println!("bf16 GEMM operands read from shadows over 3 steps: {hits}");
+    // Steps 2 and 3 read every projection weight (7 per layer, forward: one operand each;
+    // backward dX: one each) and the head from shadows.
+    assert!(hits >= 2 * 2 * (7 * 2 + 1), "only {hits} shadow hits");
+    assert_eq!(off.memory_stats().unwrap().shadow_hits, 0);
+    assert_eq!(off.device().bf16_shadow_count(), 0);
+}
+
+#[test]
+fn a_weight_written_or_freed_after_the_optimizer_loses_its_shadow() {
+    let (m, n, k) = (5, 9, 16);
+    let x = random_f32(m * k, 3);
+    let w0 = random_f32(n * k, 4);
+    let run = |be: &CudaBackend<EmuDevice>| -> Vec<Vec<f32>> {
+        let dx = be.upload(&x);
+        let mut w = be.upload(&w0);
+        let (g, mut mo, mut v) =
+            (be.upload(&random_f32(n * k, 5)), be.zeros(n * k), be.zeros(n * k));
+        let hp = mmr1_fast::backend::AdamwStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+            grad_scale: 1.0,
+        };
+        let mut outs = Vec::new();
+        let product = |w: &mmr1_fast::backend::cuda::DevBuf<_>| {
+            let mut out = be.upload(&vec![f32::NAN; m * n]);
+            be.matmul(&mut out, &dx, Tr::N, w, Tr::T, m, n, k, 0.0);
+            be.download(&out)
+        };
+        be.adamw(&mut w, &g, &mut mo, &mut v, hp); // shadow made
+        outs.push(product(&w));
+        be.scale(&mut w, 3.0); // written by another kernel: the shadow must go
+        outs.push(product(&w));
+        be.adamw(&mut w, &g, &mut mo, &mut v, hp);
+        drop(w); // freed: its memory (and address) comes back for the next buffer
+        let w2 = be.upload(&random_f32(n * k, 6));
+        outs.push(product(&w2));
+        outs
+    };
+    let (on, off) = (emu_shadows(true), emu_shadows(false));
+    let (a, b) = (run(&on), run(&off));
+    assert_eq!(
+        on.memory_stats().unwrap().shadow_hits,
+        1,
+        "only the first product reads the shadow"
+    );
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "product {i} used a stale shadow"
+        );
+    }
+    assert_eq!(on.device().bf16_shadow_count(), 0, "freed buffers keep no shadow");
 }

@@ -20,6 +20,8 @@ pub struct MemoryStats {
     pub peak_in_use_bytes: u64,
     pub reserved_bytes: u64,
     pub peak_reserved_bytes: u64,
+    /// bf16 GEMM operands read from a weight's bf16 shadow instead of being converted.
+    pub shadow_hits: u64,
 }
 
 impl MemoryStats {

@@ -16,6 +16,7 @@
 
 use crate::backend::memory::MemoryStats;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The smallest size class, bytes.
@@ -48,6 +49,18 @@ pub fn caching_from_env() -> bool {
 pub struct Pool<R> {
     caching: bool,
     state: Mutex<State<R>>,
+    /// bf16 shadow copies of f32 buffers by the f32 buffer's address (see `shadow_*`).
+    shadows: Mutex<HashMap<u64, Shadow<R>>>,
+    /// How many shadows exist: lets the common case (none) skip the lock.
+    n_shadows: AtomicUsize,
+}
+
+/// A bf16 copy of the first `elems` values of an f32 buffer, made right after the buffer was
+/// last written (by the optimizer), and valid until anything else touches that buffer.
+pub struct Shadow<R> {
+    pub block: R,
+    class: usize,
+    pub elems: usize,
 }
 
 struct State<R> {
@@ -60,6 +73,8 @@ impl<R> Pool<R> {
         Arc::new(Pool {
             caching,
             state: Mutex::new(State { free: HashMap::new(), stats: MemoryStats::default() }),
+            shadows: Mutex::new(HashMap::new()),
+            n_shadows: AtomicUsize::new(0),
         })
     }
 
@@ -101,6 +116,54 @@ impl<R> Pool<R> {
             drop(st);
             drop(r);
         }
+    }
+
+    /// Records `block` (size class `class`, from `take`) as the bf16 shadow of the buffer at
+    /// `addr`, holding its first `elems` values; a previous shadow of it is freed.
+    pub fn shadow_insert(&self, addr: u64, block: R, class: usize, elems: usize) {
+        let old = self.shadows.lock().unwrap().insert(addr, Shadow { block, class, elems });
+        match old {
+            Some(o) => self.give_back(o.class, o.block),
+            None => {
+                self.n_shadows.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets (and frees) the shadow of the buffer at `addr`, if any: the buffer is being
+    /// written, or freed.
+    pub fn shadow_forget(&self, addr: u64) {
+        if self.n_shadows.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let old = self.shadows.lock().unwrap().remove(&addr);
+        if let Some(o) = old {
+            self.n_shadows.fetch_sub(1, Ordering::Relaxed);
+            self.give_back(o.class, o.block);
+        }
+    }
+
+    /// Runs `f` on the shadows of the buffers at `keys[i].0` that cover `keys[i].1` values
+    /// (None where there is none), counting the hits.
+    pub fn with_shadows<T, const N: usize>(
+        &self,
+        keys: [(u64, usize); N],
+        f: impl FnOnce([Option<&R>; N]) -> T,
+    ) -> T {
+        if self.n_shadows.load(Ordering::Relaxed) == 0 {
+            return f([None; N]);
+        }
+        let map = self.shadows.lock().unwrap();
+        let found =
+            keys.map(|(addr, elems)| map.get(&addr).filter(|s| s.elems >= elems).map(|s| &s.block));
+        let hits = found.iter().filter(|s| s.is_some()).count() as u64;
+        self.state.lock().unwrap().stats.shadow_hits += hits;
+        f(found)
+    }
+
+    /// How many buffers have a bf16 shadow now.
+    pub fn shadow_count(&self) -> usize {
+        self.n_shadows.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> MemoryStats {
@@ -155,6 +218,23 @@ mod tests {
         assert_eq!(s.reserved_bytes, 1024 + 2048 + 2048);
         assert_eq!(pool.empty_cache(), 2048);
         assert_eq!(pool.stats().reserved_bytes, 1024 + 2048);
+    }
+
+    #[test]
+    fn a_shadow_is_found_until_forgotten_and_its_memory_comes_back() {
+        let pool = Pool::<Vec<u8>>::new(true);
+        let (b, _) = pool.take(512, |c| vec![7; c]);
+        pool.shadow_insert(0x1000, b, 512, 100);
+        let found = pool
+            .with_shadows([(0x1000, 100), (0x1000, 101), (0x2000, 1)], |s| s.map(|x| x.is_some()));
+        assert_eq!(found, [true, false, false], "found, too short, absent");
+        assert_eq!(pool.stats().shadow_hits, 1);
+        let (b2, _) = pool.take(512, |c| vec![8; c]);
+        pool.shadow_insert(0x1000, b2, 512, 100);
+        assert_eq!((pool.shadow_count(), pool.stats().in_use_bytes), (1, 512));
+        pool.shadow_forget(0x1000);
+        assert_eq!((pool.shadow_count(), pool.stats().in_use_bytes), (0, 0));
+        assert!(pool.with_shadows([(0x1000, 1)], |[s]| s.is_none()));
     }
 
     #[test]

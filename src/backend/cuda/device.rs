@@ -4,6 +4,26 @@
 
 use crate::backend::{memory::MemoryStats, Tr};
 
+/// Kernel arguments that a kernel only reads although they may be weights (by kernel name
+/// and argument index): passing them does not end a bf16 shadow (`refresh_bf16_shadow`).
+/// Every other pointer argument is treated as possibly written.
+pub const READ_ONLY_ARGS: &[(&str, usize)] = &[("embedding_f32", 1)];
+
+/// Whether pointer argument `index` of kernel `name` may be written (see `READ_ONLY_ARGS`).
+pub fn may_write(name: &str, index: usize) -> bool {
+    !READ_ONLY_ARGS.contains(&(name, index))
+}
+
+/// Whether bf16 shadows of weights are kept, from `MMR1_BF16_SHADOWS` (`1`/unset: on, `0`:
+/// off, every bf16 GEMM converts both operands). Panics on another value, naming it.
+pub fn shadows_from_env() -> bool {
+    match std::env::var("MMR1_BF16_SHADOWS").as_deref() {
+        Err(_) | Ok("") | Ok("1") => true,
+        Ok("0") => false,
+        Ok(v) => panic!("MMR1_BF16_SHADOWS={v:?}: expected 1 (keep bf16 copies of weights) or 0"),
+    }
+}
+
 /// One kernel argument, in the order of the kernel's parameters.
 pub enum Arg<'a, M> {
     /// Device memory (the kernel receives its base address).
@@ -74,6 +94,14 @@ pub trait Device {
     /// Whether `gemm` rounds its operands to bf16 (see `set_gemm_precision`).
     fn gemm_precision_bf16(&self) -> bool {
         false
+    }
+    /// Keeps a bf16 copy of the first `n` f32 values of `mem`, which `gemm` in bf16 then reads
+    /// instead of converting `mem` on every call, until `mem` is next passed to a kernel (any
+    /// argument but a known read-only one), written or freed. The optimizer calls it right
+    /// after updating a weight, so each weight is converted once a step. A no-op unless the
+    /// GEMM is bf16 (and shadows are on: `MMR1_BF16_SHADOWS=0` turns them off).
+    fn refresh_bf16_shadow(&self, mem: &Self::Mem, n: usize) {
+        let _ = (mem, n);
     }
     /// The counters of the device's caching allocator (`alloc`), if it has one.
     fn memory_stats(&self) -> Option<MemoryStats> {

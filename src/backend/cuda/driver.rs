@@ -45,6 +45,15 @@ pub struct CudaMem {
     slice: Option<CudaSlice<u8>>,
     class: usize,
     pool: Arc<Pool<CudaSlice<u8>>>,
+    /// The device address (the key of this memory's bf16 shadow, if it gets one).
+    addr: u64,
+}
+
+impl CudaMem {
+    /// The device address of the first byte.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
 }
 
 impl std::ops::Deref for CudaMem {
@@ -63,6 +72,7 @@ impl std::ops::DerefMut for CudaMem {
 impl Drop for CudaMem {
     fn drop(&mut self) {
         if let Some(s) = self.slice.take() {
+            self.pool.shadow_forget(self.addr);
             // Every op runs on the device's one stream, so work queued on this memory is
             // ordered before any later user's: no event is needed before reuse.
             self.pool.give_back(self.class, s);
@@ -81,6 +91,8 @@ pub struct CudaDevice {
     gemm_bf16: bool,
     /// The caching allocator of this device's memory.
     pool: Arc<Pool<CudaSlice<u8>>>,
+    /// Keep bf16 shadows of weights (`refresh_bf16_shadow`; `MMR1_BF16_SHADOWS`).
+    bf16_shadows: bool,
     name: String,
 }
 
@@ -183,6 +195,7 @@ impl CudaDevice {
             blas,
             gemm_bf16,
             pool: Pool::new(alloc::caching_from_env()),
+            bf16_shadows: super::device::shadows_from_env(),
             name,
         })
     }
@@ -214,11 +227,11 @@ impl CudaDevice {
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16(
         &self,
-        out: &mut CudaMem,
+        out: &mut CudaSlice<u8>,
         out_bf16: bool,
-        a: &CudaMem,
+        a: &CudaSlice<u8>,
         ta: Tr,
-        b: &CudaMem,
+        b: &CudaSlice<u8>,
         tb: Tr,
         m: usize,
         n: usize,
@@ -311,7 +324,11 @@ impl Device for CudaDevice {
                 }
             }
         });
-        CudaMem { slice: Some(slice), class, pool: self.pool.clone() }
+        let addr = {
+            let (addr, _sync) = slice.device_ptr(&self.stream);
+            addr
+        };
+        CudaMem { slice: Some(slice), class, pool: self.pool.clone(), addr }
     }
     fn upload(&self, host: &[u8]) -> CudaMem {
         let mut m = self.alloc(host.len());
@@ -319,6 +336,7 @@ impl Device for CudaDevice {
         m
     }
     fn write(&self, mem: &mut CudaMem, host: &[u8]) {
+        self.pool.shadow_forget(mem.addr);
         let mut view = mem.slice_mut(0..host.len());
         self.stream.memcpy_htod(host, &mut view).expect("cuda write");
     }
@@ -360,6 +378,13 @@ impl Device for CudaDevice {
             }
         }
         // Device addresses first, so the builder can borrow them.
+        // A buffer the kernel may write loses its bf16 shadow.
+        let written = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
+        for (i, m) in written.enumerate() {
+            if super::device::may_write(name, i) {
+                self.pool.shadow_forget(m.addr);
+            }
+        }
         let mut guards = Vec::new();
         let ptrs: Vec<u64> = args
             .iter()
@@ -412,10 +437,20 @@ impl Device for CudaDevice {
         beta: f32,
     ) -> bool {
         let Some(blas) = &self.blas else { return false };
+        self.pool.shadow_forget(out.addr);
         if self.gemm_bf16 {
-            // Operands rounded to bf16 on the way in (a pass each while storage is f32).
-            let (a16, b16) = (self.to_bf16(a, m * k), self.to_bf16(b, k * n));
-            self.gemm_bf16(out, false, &a16, ta, &b16, tb, m, n, k, beta)
+            // Operands rounded to bf16 on the way in (a pass each while storage is f32),
+            // unless the operand is a weight with a bf16 shadow from the last optimizer step.
+            let keys = [(a.addr, m * k), (b.addr, k * n)];
+            let [sa, sb] = self.pool.with_shadows(keys, |[sa, sb]| [sa.is_some(), sb.is_some()]);
+            let a16 = (!sa).then(|| self.to_bf16(a, m * k));
+            let b16 = (!sb).then(|| self.to_bf16(b, k * n));
+            self.pool
+                .with_shadows(keys, |[ha, hb]| {
+                    let a = a16.as_deref().or(ha).expect("a converted or shadowed operand");
+                    let b = b16.as_deref().or(hb).expect("a converted or shadowed operand");
+                    self.gemm_bf16(out, false, a, ta, b, tb, m, n, k, beta)
+                })
                 .unwrap_or_else(|e| panic!("{e}"));
             return true;
         }
@@ -462,6 +497,22 @@ impl Device for CudaDevice {
     }
     fn gemm_precision_bf16(&self) -> bool {
         self.gemm_bf16
+    }
+    fn refresh_bf16_shadow(&self, mem: &CudaMem, n: usize) {
+        if !(self.gemm_bf16 && self.bf16_shadows) || n == 0 {
+            return;
+        }
+        // Converted into pooled memory that the shadow registry then owns.
+        let mut tmp = self.alloc(n * 2);
+        self.launch(
+            "f32_to_bf16",
+            [n.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
+            [256, 1, 1],
+            0,
+            &[Arg::Ptr(&tmp), Arg::Ptr(mem), Arg::I64(n as i64)],
+        );
+        let block = tmp.slice.take().expect("fresh memory holds its slice");
+        self.pool.shadow_insert(mem.addr, block, tmp.class, n);
     }
 }
 

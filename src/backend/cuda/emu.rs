@@ -87,6 +87,7 @@ impl Drop for EmuMem {
     fn drop(&mut self) {
         let block = EmuBlock { ptr: self.ptr, words: self.words };
         if let Some((pool, class)) = self.home.take() {
+            pool.shadow_forget(self.ptr as u64);
             pool.give_back(class, block);
         } // else `block` frees the memory here
     }
@@ -182,6 +183,8 @@ pub struct EmuDevice {
     pool: Arc<Pool<EmuBlock>>,
     /// `gemm` rounds its operands to bf16 as the GPU's GemmEx path does (`--precision bf16`).
     gemm_bf16: bool,
+    /// Keep bf16 shadows of weights (`refresh_bf16_shadow`).
+    bf16_shadows: bool,
 }
 
 impl Default for EmuDevice {
@@ -200,6 +203,7 @@ impl EmuDevice {
             dyn_optin: Mutex::new(HashMap::new()),
             pool: Pool::new(alloc::caching_from_env()),
             gemm_bf16: false,
+            bf16_shadows: super::device::shadows_from_env(),
         }
     }
     /// Schedules from `MMR1_EMU_SCHEDULE` (see [`Schedule::parse_list`]), forward without it.
@@ -217,6 +221,15 @@ impl EmuDevice {
     pub fn with_caching(mut self, on: bool) -> Self {
         self.pool = Pool::new(on);
         self
+    }
+    /// With bf16 shadows of weights on or off (default: `MMR1_BF16_SHADOWS`, on).
+    pub fn with_bf16_shadows(mut self, on: bool) -> Self {
+        self.bf16_shadows = on;
+        self
+    }
+    /// How many buffers have a bf16 shadow now.
+    pub fn bf16_shadow_count(&self) -> usize {
+        self.pool.shadow_count()
     }
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules
@@ -354,6 +367,7 @@ impl Device for EmuDevice {
     }
     fn write(&self, mem: &mut EmuMem, host: &[u8]) {
         assert!(host.len() <= mem.bytes(), "emu write past the end of a buffer");
+        self.pool.shadow_forget(mem.ptr as u64);
         // SAFETY: bounds checked above; the regions do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), mem.ptr as *mut u8, host.len()) };
     }
@@ -373,6 +387,13 @@ impl Device for EmuDevice {
         shared_bytes: u32,
         args: &[Arg<'_, EmuMem>],
     ) {
+        // A buffer the kernel may write loses its bf16 shadow.
+        let ptrs = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
+        for (i, m) in ptrs.enumerate() {
+            if super::device::may_write(name, i) {
+                self.pool.shadow_forget(m.ptr as u64);
+            }
+        }
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
         let vals: Vec<u64> = args
@@ -433,16 +454,36 @@ impl Device for EmuDevice {
         beta: f32,
     ) -> bool {
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
+        self.pool.shadow_forget(out.ptr as u64);
         let f =
             |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
         let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
         if self.gemm_bf16 {
             // What GemmEx with bf16 A and B reads: each operand rounded to bf16 (nearest
-            // even, as the f32_to_bf16 kernel the GPU path converts with); the products and
-            // sums stay f32, as CUBLAS_COMPUTE_32F accumulates.
-            for x in av.iter_mut().chain(bv.iter_mut()) {
-                *x = half::bf16::from_f32(*x).to_f32();
-            }
+            // even, as the f32_to_bf16 kernel the GPU path converts with), or the operand's
+            // bf16 shadow as it is; the products and sums stay f32, as CUBLAS_COMPUTE_32F
+            // accumulates.
+            let keys = [(a.ptr as u64, m * k), (b.ptr as u64, k * n)];
+            self.pool.with_shadows(keys, |found| {
+                for (v, sh) in [&mut av, &mut bv].into_iter().zip(found) {
+                    match sh {
+                        // SAFETY: a shadow block holds at least `v.len()` bf16 values.
+                        Some(blk) => {
+                            let bits = unsafe {
+                                std::slice::from_raw_parts(blk.ptr as *const u16, v.len())
+                            };
+                            for (x, b) in v.iter_mut().zip(bits) {
+                                *x = half::bf16::from_bits(*b).to_f32();
+                            }
+                        }
+                        None => {
+                            for x in v.iter_mut() {
+                                *x = half::bf16::from_f32(*x).to_f32();
+                            }
+                        }
+                    }
+                }
+            });
         }
         let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
         Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
@@ -459,5 +500,19 @@ impl Device for EmuDevice {
     }
     fn gemm_precision_bf16(&self) -> bool {
         self.gemm_bf16
+    }
+    fn refresh_bf16_shadow(&self, mem: &EmuMem, n: usize) {
+        if !(self.gemm_bf16 && self.bf16_shadows) || n == 0 {
+            return;
+        }
+        let class = alloc::size_class(n * 2);
+        let (block, _) = self.pool.take(class, EmuBlock::new);
+        let vals = super::f32s(&self.download(mem, n * 4));
+        // SAFETY: the block holds `class >= 2n` bytes; nothing else refers to it.
+        let bits = unsafe { std::slice::from_raw_parts_mut(block.ptr as *mut u16, n) };
+        for (b, x) in bits.iter_mut().zip(&vals) {
+            *b = half::bf16::from_f32(*x).to_bits();
+        }
+        self.pool.shadow_insert(mem.ptr as u64, block, class, n);
     }
 }

@@ -783,6 +783,8 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::F32(hp.grad_scale),
             ],
         );
+        // Weights change only here: a bf16 GEMM reads this copy until p is touched again.
+        self.dev.refresh_bf16_shadow(&p.mem, p.len);
     }
 }
 
