@@ -222,11 +222,10 @@ fn a_weight_written_or_freed_after_the_optimizer_loses_its_shadow() {
     };
     let (on, off) = (emu_shadows(true), emu_shadows(false));
     let (a, b) = (run(&on), run(&off));
-    assert_eq!(
-        on.memory_stats().unwrap().shadow_hits,
-        1,
-        "only the first product reads the shadow"
-    );
+    // x (uploaded, never written) is converted at its first product and read from its shadow
+    // in the next two; w's shadow from the optimizer serves the first product only; w2, a
+    // new upload at w's old address, gets a fresh shadow of its own at its first use.
+    assert_eq!(on.memory_stats().unwrap().shadow_hits, 3);
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert!(
             x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
@@ -234,4 +233,31 @@ fn a_weight_written_or_freed_after_the_optimizer_loses_its_shadow() {
         );
     }
     assert_eq!(on.device().bf16_shadow_count(), 0, "freed buffers keep no shadow");
+}
+
+#[test]
+fn loaded_weights_are_converted_once_for_inference_too() {
+    let seqs = [random_ids(11, 97, 7), random_ids(6, 97, 8)];
+    let forward_twice = |be: &CudaBackend<EmuDevice>| {
+        let cfg = config();
+        let layout = ParamLayout::new(&cfg);
+        let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 2);
+        let model = Qwen2::from_host(be, cfg, layout, &host);
+        let batch = Packed::new(&seqs);
+        let (targets, _) = batch.next_token_targets();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let mut acts = None;
+            model.forward(be, &batch, &mut acts).unwrap();
+            out.push(model.token_logprobs(be, acts.as_ref().unwrap(), &targets, 1.0).0);
+        }
+        out
+    };
+    let (on, off) = (emu_shadows(true), emu_shadows(false));
+    let (a, b) = (forward_twice(&on), forward_twice(&off));
+    assert_eq!(a, b);
+    // The second forward reads all 7 projections of both layers and the head from shadows.
+    let hits = on.memory_stats().unwrap().shadow_hits;
+    println!("shadow hits over two forwards: {hits}");
+    assert!(hits >= 2 * 7 + 1, "{hits} shadow hits");
 }

@@ -56,9 +56,11 @@ pub struct Pool<R> {
 }
 
 /// A bf16 copy of the first `elems` values of an f32 buffer, made right after the buffer was
-/// last written (by the optimizer), and valid until anything else touches that buffer.
+/// last written (by the optimizer) or on first use of an uploaded buffer no kernel has written
+/// (a loaded weight), and valid until anything else touches that buffer. `block` is None for
+/// such an uploaded buffer before its first bf16 use ("pristine").
 pub struct Shadow<R> {
-    pub block: R,
+    pub block: Option<R>,
     class: usize,
     pub elems: usize,
 }
@@ -121,9 +123,26 @@ impl<R> Pool<R> {
     /// Records `block` (size class `class`, from `take`) as the bf16 shadow of the buffer at
     /// `addr`, holding its first `elems` values; a previous shadow of it is freed.
     pub fn shadow_insert(&self, addr: u64, block: R, class: usize, elems: usize) {
-        let old = self.shadows.lock().unwrap().insert(addr, Shadow { block, class, elems });
+        self.shadow_entry(addr, Shadow { block: Some(block), class, elems });
+    }
+
+    /// Marks the buffer at `addr` as uploaded and not written since: its first bf16 GEMM
+    /// converts it into a shadow that later GEMMs reuse.
+    pub fn mark_pristine(&self, addr: u64) {
+        self.shadow_entry(addr, Shadow { block: None, class: 0, elems: 0 });
+    }
+
+    /// Whether the buffer at `addr` is pristine (see `mark_pristine`) with no shadow yet.
+    pub fn is_pristine(&self, addr: u64) -> bool {
+        self.n_shadows.load(Ordering::Relaxed) > 0
+            && self.shadows.lock().unwrap().get(&addr).is_some_and(|s| s.block.is_none())
+    }
+
+    fn shadow_entry(&self, addr: u64, entry: Shadow<R>) {
+        let old = self.shadows.lock().unwrap().insert(addr, entry);
         match old {
-            Some(o) => self.give_back(o.class, o.block),
+            Some(Shadow { block: Some(b), class, .. }) => self.give_back(class, b),
+            Some(_) => {}
             None => {
                 self.n_shadows.fetch_add(1, Ordering::Relaxed);
             }
@@ -139,31 +158,40 @@ impl<R> Pool<R> {
         let old = self.shadows.lock().unwrap().remove(&addr);
         if let Some(o) = old {
             self.n_shadows.fetch_sub(1, Ordering::Relaxed);
-            self.give_back(o.class, o.block);
+            if let Some(b) = o.block {
+                self.give_back(o.class, b);
+            }
         }
     }
 
     /// Runs `f` on the shadows of the buffers at `keys[i].0` that cover `keys[i].1` values
-    /// (None where there is none), counting the hits.
+    /// (None where there is none), counting the hits in the statistics when `count`.
     pub fn with_shadows<T, const N: usize>(
         &self,
         keys: [(u64, usize); N],
+        count: bool,
         f: impl FnOnce([Option<&R>; N]) -> T,
     ) -> T {
         if self.n_shadows.load(Ordering::Relaxed) == 0 {
             return f([None; N]);
         }
         let map = self.shadows.lock().unwrap();
-        let found =
-            keys.map(|(addr, elems)| map.get(&addr).filter(|s| s.elems >= elems).map(|s| &s.block));
-        let hits = found.iter().filter(|s| s.is_some()).count() as u64;
-        self.state.lock().unwrap().stats.shadow_hits += hits;
+        let found = keys.map(|(addr, elems)| {
+            map.get(&addr).filter(|s| s.elems >= elems).and_then(|s| s.block.as_ref())
+        });
+        if count {
+            let hits = found.iter().filter(|s| s.is_some()).count() as u64;
+            self.state.lock().unwrap().stats.shadow_hits += hits;
+        }
         f(found)
     }
 
     /// How many buffers have a bf16 shadow now.
     pub fn shadow_count(&self) -> usize {
-        self.n_shadows.load(Ordering::Relaxed)
+        if self.n_shadows.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.shadows.lock().unwrap().values().filter(|s| s.block.is_some()).count()
     }
 
     pub fn stats(&self) -> MemoryStats {
@@ -225,16 +253,21 @@ mod tests {
         let pool = Pool::<Vec<u8>>::new(true);
         let (b, _) = pool.take(512, |c| vec![7; c]);
         pool.shadow_insert(0x1000, b, 512, 100);
-        let found = pool
-            .with_shadows([(0x1000, 100), (0x1000, 101), (0x2000, 1)], |s| s.map(|x| x.is_some()));
+        pool.mark_pristine(0x3000);
+        assert!(pool.is_pristine(0x3000) && !pool.is_pristine(0x1000));
+        let found = pool.with_shadows([(0x1000, 100), (0x1000, 101), (0x3000, 1)], true, |s| {
+            s.map(|x| x.is_some())
+        });
         assert_eq!(found, [true, false, false], "found, too short, absent");
         assert_eq!(pool.stats().shadow_hits, 1);
         let (b2, _) = pool.take(512, |c| vec![8; c]);
         pool.shadow_insert(0x1000, b2, 512, 100);
         assert_eq!((pool.shadow_count(), pool.stats().in_use_bytes), (1, 512));
+        pool.shadow_forget(0x3000);
+        assert!(!pool.is_pristine(0x3000));
         pool.shadow_forget(0x1000);
         assert_eq!((pool.shadow_count(), pool.stats().in_use_bytes), (0, 0));
-        assert!(pool.with_shadows([(0x1000, 1)], |[s]| s.is_none()));
+        assert!(pool.with_shadows([(0x1000, 1)], true, |[s]| s.is_none()));
     }
 
     #[test]

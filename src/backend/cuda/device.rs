@@ -98,8 +98,10 @@ pub trait Device {
     /// Keeps a bf16 copy of the first `n` f32 values of `mem`, which `gemm` in bf16 then reads
     /// instead of converting `mem` on every call, until `mem` is next passed to a kernel (any
     /// argument but a known read-only one), written or freed. The optimizer calls it right
-    /// after updating a weight, so each weight is converted once a step. A no-op unless the
-    /// GEMM is bf16 (and shadows are on: `MMR1_BF16_SHADOWS=0` turns them off).
+    /// after updating a weight, so each weight is converted once a step; an uploaded buffer
+    /// that no kernel has written since (a loaded weight) gets its shadow at its first bf16
+    /// GEMM. A no-op unless the GEMM is bf16 (and shadows are on: `MMR1_BF16_SHADOWS=0` turns
+    /// them off).
     fn refresh_bf16_shadow(&self, mem: &Self::Mem, n: usize) {
         let _ = (mem, n);
     }

@@ -333,6 +333,10 @@ impl Device for CudaDevice {
     fn upload(&self, host: &[u8]) -> CudaMem {
         let mut m = self.alloc(host.len());
         self.write(&mut m, host);
+        if self.gemm_bf16 && self.bf16_shadows {
+            // Maybe a weight: its first bf16 GEMM keeps the converted copy.
+            self.pool.mark_pristine(m.addr);
+        }
         m
     }
     fn write(&self, mem: &mut CudaMem, host: &[u8]) {
@@ -442,11 +446,17 @@ impl Device for CudaDevice {
             // Operands rounded to bf16 on the way in (a pass each while storage is f32),
             // unless the operand is a weight with a bf16 shadow from the last optimizer step.
             let keys = [(a.addr, m * k), (b.addr, k * n)];
-            let [sa, sb] = self.pool.with_shadows(keys, |[sa, sb]| [sa.is_some(), sb.is_some()]);
+            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
+            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
+                if !had && self.pool.is_pristine(mem.addr) {
+                    self.refresh_bf16_shadow(mem, len);
+                }
+            }
+            let [sa, sb] = self.pool.with_shadows(keys, false, |f| f.map(|s| s.is_some()));
             let a16 = (!sa).then(|| self.to_bf16(a, m * k));
             let b16 = (!sb).then(|| self.to_bf16(b, k * n));
             self.pool
-                .with_shadows(keys, |[ha, hb]| {
+                .with_shadows(keys, false, |[ha, hb]| {
                     let a = a16.as_deref().or(ha).expect("a converted or shadowed operand");
                     let b = b16.as_deref().or(hb).expect("a converted or shadowed operand");
                     self.gemm_bf16(out, false, a, ta, b, tb, m, n, k, beta)

@@ -363,6 +363,10 @@ impl Device for EmuDevice {
     fn upload(&self, host: &[u8]) -> EmuMem {
         let mut m = self.alloc(host.len());
         self.write(&mut m, host);
+        if self.gemm_bf16 && self.bf16_shadows {
+            // Maybe a weight: its first bf16 GEMM keeps the converted copy.
+            self.pool.mark_pristine(m.ptr as u64);
+        }
         m
     }
     fn write(&self, mem: &mut EmuMem, host: &[u8]) {
@@ -464,7 +468,13 @@ impl Device for EmuDevice {
             // bf16 shadow as it is; the products and sums stay f32, as CUBLAS_COMPUTE_32F
             // accumulates.
             let keys = [(a.ptr as u64, m * k), (b.ptr as u64, k * n)];
-            self.pool.with_shadows(keys, |found| {
+            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
+            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
+                if !had && self.pool.is_pristine(mem.ptr as u64) {
+                    self.refresh_bf16_shadow(mem, len);
+                }
+            }
+            self.pool.with_shadows(keys, false, |found| {
                 for (v, sh) in [&mut av, &mut bv].into_iter().zip(found) {
                     match sh {
                         // SAFETY: a shadow block holds at least `v.len()` bf16 values.
