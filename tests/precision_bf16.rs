@@ -259,5 +259,5 @@ fn loaded_weights_are_converted_once_for_inference_too() {
     // The second forward reads all 7 projections of both layers and the head from shadows.
     let hits = on.memory_stats().unwrap().shadow_hits;
     println!("shadow hits over two forwards: {hits}");
-    assert!(hits >= 2 * 7 + 1, "{hits} shadow hits");
+    assert!(hits > 2 * 7, "{hits} shadow hits");
 }
