@@ -1,6 +1,7 @@
 //! SFT training steps on a device, for `scripts/gpu-check.sh`: the step time and the device
 //! memory at `--precision bf16` vs `f32`, and with the caching allocator on or off
-//! (`MMR1_CACHING_ALLOCATOR=0`). Prints one JSON line (plus the per-step lines on stderr).
+//! (`MMR1_CACHING_ALLOCATOR=0`), and with the weights' bf16 shadows on or off
+//! (`MMR1_BF16_SHADOWS=0`). Prints one JSON line (plus the per-step lines on stderr).
 //!
 //! ```text
 //! cargo run --release --features cuda --example device_step -- \
@@ -126,6 +127,8 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
         "device": be.name(),
         "precision": o.precision.to_string(),
         "caching": std::env::var("MMR1_CACHING_ALLOCATOR").map_or(true, |v| v != "0" && v != "off"),
+        "bf16_shadows": std::env::var("MMR1_BF16_SHADOWS").map_or(true, |v| v != "0"),
+        "shadow_hits": mem.map(|m| m.shadow_hits),
         "shape": o.shape, "params": n_params, "tokens": tokens,
         "step_s_median": median, "step_s_first": secs[0],
         "tokens_per_s": tokens as f64 / median,

@@ -8,7 +8,8 @@
 # (memcheck, racecheck, synccheck, initcheck), one verdict per tool in a second table. GPU tests
 # are #[ignore]d where there is no GPU, so they run here with --include-ignored.
 # Then SFT training steps at Qwen2.5-0.5B widths (examples/device_step.rs): --precision bf16
-# vs f32, and bf16 with the caching allocator off (MMR1_CACHING_ALLOCATOR=0): step time,
+# vs f32, bf16 with the caching allocator off (MMR1_CACHING_ALLOCATOR=0) and bf16 without the
+# weights' bf16 shadows (MMR1_BF16_SHADOWS=0, every GEMM converts both operands): step time,
 # tokens/s, peak device memory, fresh allocations per steady step (a third table).
 #
 #   scripts/gpu-check.sh                    # build here, then run
@@ -132,11 +133,12 @@ echo "== training steps: --precision bf16 vs f32, caching allocator on vs off"
 # are not synchronized here (timings), unlike the suites above.
 : > "$log/steps.jsonl"
 : > "$log/steps.log"
-for run in "bf16 1" "f32 1" "bf16 0"; do
-    read -r prec cache <<< "$run"
-    echo "-- precision $prec, caching allocator $cache" | tee -a "$log/steps.log"
+for run in "bf16 1 1" "f32 1 1" "bf16 0 1" "bf16 1 0"; do
+    read -r prec cache shadows <<< "$run"
+    echo "-- precision $prec, caching allocator $cache, bf16 shadows $shadows" | tee -a "$log/steps.log"
     set +e
-    out=$(env -u MMR1_SYNC_LAUNCHES MMR1_CACHING_ALLOCATOR="$cache" timeout "${STEP_TIMEOUT:-300}" \
+    out=$(env -u MMR1_SYNC_LAUNCHES MMR1_CACHING_ALLOCATOR="$cache" MMR1_BF16_SHADOWS="$shadows" \
+        timeout "${STEP_TIMEOUT:-300}" \
         "${exe[device_step]}" --device cuda --precision "$prec" --shape qwen2.5-0.5b \
         --layers "${STEP_LAYERS:-24}" --seqs "${STEP_SEQS:-4}" --len "${STEP_LEN:-1024}" --steps 6 \
         2>> "$log/steps.log")
@@ -145,8 +147,9 @@ for run in "bf16 1" "f32 1" "bf16 0"; do
     if [ "$rc" = 0 ] && [ -n "$out" ]; then
         echo "$out" | tail -1 >> "$log/steps.jsonl"
     else
-        printf '{"error": "exit %s", "precision": "%s", "caching": %s}\n' "$rc" "$prec" \
-            "$([ "$cache" = 1 ] && echo true || echo false)" >> "$log/steps.jsonl"
+        printf '{"error": "exit %s", "precision": "%s", "caching": %s, "bf16_shadows": %s}\n' "$rc" "$prec" \
+            "$([ "$cache" = 1 ] && echo true || echo false)" \
+            "$([ "$shadows" = 1 ] && echo true || echo false)" >> "$log/steps.jsonl"
     fi
     tail -2 "$log/steps.log"
 done
@@ -261,17 +264,17 @@ out += ["", "SFT training steps (examples/device_step.rs; Qwen2.5-0.5B widths, t
         "forward, log-probs, cross-entropy, backward, clip, AdamW; median of the steps after the first). "
         "MFU: 6 x parameters x tokens per second over the bf16 dense peak (the f32 row too). "
         "Fresh allocations: device allocations per steady step (0: all from the cache).", "",
-        "| precision | caching allocator | tokens | step (median) | first step | tokens/s | MFU (bf16 peak) | peak in use | peak reserved | fresh allocs / steady step | loss first -> last |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "| precision | caching allocator | bf16 weight shadows | tokens | step (median) | first step | tokens/s | MFU (bf16 peak) | peak in use | peak reserved | fresh allocs / steady step | loss first -> last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 for r in steps:
     if "error" in r:
-        out.append(f"| {r.get('precision')} | {'on' if r.get('caching') else 'off'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
+        out.append(f"| {r.get('precision')} | {'on' if r.get('caching') else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
         continue
-    out.append(f"| {r['precision']} | {'on' if r['caching'] else 'off'} | {r['tokens']} | {r['step_s_median']*1e3:.0f} ms | {r['step_s_first']*1e3:.0f} ms | "
+    out.append(f"| {r['precision']} | {'on' if r['caching'] else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | {r['tokens']} | {r['step_s_median']*1e3:.0f} ms | {r['step_s_first']*1e3:.0f} ms | "
                f"{r['tokens_per_s']:.0f} | {r['model_tflops']*1e12/bf16_peak:.1%} | {gib(r['peak_in_use_bytes'])} | {gib(r['peak_reserved_bytes'])} | "
                f"{r['fresh_allocs_per_steady_step']:.1f} | {r['loss_first']:.4f} -> {r['loss_last']:.4f} |")
 if not steps:
-    out.append("| - | - | not run | - | - | - | - | - | - | - | - |")
+    out.append("| - | - | - | not run | - | - | - | - | - | - | - | - |")
 out += ["", "compute-sanitizer over the equivalence suites (every kernel, every shape of the suites):", "",
         "| tool | verdict | errors | exit code | log |", "| --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in san] or ["| - | not run (SANITIZERS empty) | - | - | - |"]
