@@ -15,7 +15,7 @@
 //! every allocation is fresh; statistics are still kept), to measure what the cache buys.
 
 use crate::backend::memory::MemoryStats;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -66,7 +66,7 @@ pub struct Shadow<R> {
 }
 
 struct State<R> {
-    free: HashMap<usize, Vec<R>>,
+    free: BTreeMap<usize, Vec<R>>,
     stats: MemoryStats,
 }
 
@@ -74,7 +74,7 @@ impl<R> Pool<R> {
     pub fn new(caching: bool) -> Arc<Self> {
         Arc::new(Pool {
             caching,
-            state: Mutex::new(State { free: HashMap::new(), stats: MemoryStats::default() }),
+            state: Mutex::new(State { free: BTreeMap::new(), stats: MemoryStats::default() }),
             shadows: Mutex::new(HashMap::new()),
             n_shadows: AtomicUsize::new(0),
         })
@@ -84,25 +84,33 @@ impl<R> Pool<R> {
         self.caching
     }
 
-    /// A block of size class `class`: a cached one, else `fresh(class)`. The second value
-    /// says whether it was cached (its contents are whatever its last user left).
-    pub fn take(&self, class: usize, fresh: impl FnOnce(usize) -> R) -> (R, bool) {
+    /// A block for a request of size class `class`: a cached block of that class, else a
+    /// cached one of the smallest larger class up to twice the size (a step whose shapes
+    /// vary, or whose workspace took blocks its temporaries freed, then still allocates
+    /// nothing), else `fresh(class)`. Returns the block, its class (give it back under that
+    /// class) and whether it was cached (its contents are whatever its last user left).
+    pub fn take(&self, class: usize, fresh: impl FnOnce(usize) -> R) -> (R, usize, bool) {
         let mut st = self.state.lock().unwrap();
-        let cached = st.free.get_mut(&class).and_then(Vec::pop);
+        let cached = st
+            .free
+            .range_mut(class..=class.saturating_mul(2))
+            .find(|(_, v)| !v.is_empty())
+            .map(|(c, v)| (v.pop().unwrap(), *c));
         let s = &mut st.stats;
-        s.in_use_bytes += class as u64;
+        let got = cached.as_ref().map_or(class, |(_, c)| *c);
+        s.in_use_bytes += got as u64;
         s.peak_in_use_bytes = s.peak_in_use_bytes.max(s.in_use_bytes);
         match cached {
-            Some(r) => {
+            Some((r, c)) => {
                 s.cached_allocs += 1;
-                (r, true)
+                (r, c, true)
             }
             None => {
                 s.fresh_allocs += 1;
                 s.reserved_bytes += class as u64;
                 s.peak_reserved_bytes = s.peak_reserved_bytes.max(s.reserved_bytes);
                 drop(st);
-                (fresh(class), false)
+                (fresh(class), class, false)
             }
         }
     }
@@ -204,7 +212,7 @@ impl<R> Pool<R> {
             let mut st = self.state.lock().unwrap();
             let freed: u64 = st.free.iter().map(|(c, v)| (*c * v.len()) as u64).sum();
             st.stats.reserved_bytes -= freed;
-            st.free.drain().collect()
+            std::mem::take(&mut st.free).into_iter().collect()
         };
         blocks.iter().map(|(c, v)| (*c * v.len()) as u64).sum()
     }
@@ -230,13 +238,13 @@ mod tests {
     #[test]
     fn freed_blocks_are_reused_by_class_and_counted() {
         let pool = Pool::<Vec<u8>>::new(true);
-        let (a, hit) = pool.take(1024, |c| vec![0; c]);
+        let (a, _, hit) = pool.take(1024, |c| vec![0; c]);
         assert!(!hit);
-        let (b, _) = pool.take(2048, |c| vec![0; c]);
+        let (b, _, _) = pool.take(2048, |c| vec![0; c]);
         pool.give_back(1024, a);
-        let (_, hit) = pool.take(2048, |c| vec![0; c]);
+        let (_, _, hit) = pool.take(2048, |c| vec![0; c]);
         assert!(!hit, "another class is not reused");
-        let (_, hit) = pool.take(1024, |c| vec![0; c]);
+        let (_, _, hit) = pool.take(1024, |c| vec![0; c]);
         assert!(hit);
         pool.give_back(2048, b);
         let s = pool.stats();
@@ -251,7 +259,7 @@ mod tests {
     #[test]
     fn a_shadow_is_found_until_forgotten_and_its_memory_comes_back() {
         let pool = Pool::<Vec<u8>>::new(true);
-        let (b, _) = pool.take(512, |c| vec![7; c]);
+        let (b, _, _) = pool.take(512, |c| vec![7; c]);
         pool.shadow_insert(0x1000, b, 512, 100);
         pool.mark_pristine(0x3000);
         assert!(pool.is_pristine(0x3000) && !pool.is_pristine(0x1000));
@@ -260,7 +268,7 @@ mod tests {
         });
         assert_eq!(found, [true, false, false], "found, too short, absent");
         assert_eq!(pool.stats().shadow_hits, 1);
-        let (b2, _) = pool.take(512, |c| vec![8; c]);
+        let (b2, _, _) = pool.take(512, |c| vec![8; c]);
         pool.shadow_insert(0x1000, b2, 512, 100);
         assert_eq!((pool.shadow_count(), pool.stats().in_use_bytes), (1, 512));
         pool.shadow_forget(0x3000);
@@ -271,11 +279,25 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_free_block_up_to_twice_the_size_serves_a_request() {
+        let pool = Pool::<Vec<u8>>::new(true);
+        let (a, _, _) = pool.take(2048, |c| vec![0; c]);
+        pool.give_back(2048, a);
+        let (_, class, hit) = pool.take(512, |c| vec![0; c]);
+        assert!(!hit && class == 512, "4x larger is not used");
+        let (b, class, hit) = pool.take(1152, |c| vec![0; c]);
+        assert!(hit && class == 2048 && b.len() == 2048);
+        assert_eq!(pool.stats().in_use_bytes, 512 + 2048);
+        pool.give_back(class, b);
+        assert_eq!(pool.stats().reserved_bytes, 512 + 2048);
+    }
+
+    #[test]
     fn without_caching_every_allocation_is_fresh() {
         let pool = Pool::<Vec<u8>>::new(false);
-        let (a, _) = pool.take(1024, |c| vec![0; c]);
+        let (a, _, _) = pool.take(1024, |c| vec![0; c]);
         pool.give_back(1024, a);
-        let (_, hit) = pool.take(1024, |c| vec![0; c]);
+        let (_, _, hit) = pool.take(1024, |c| vec![0; c]);
         assert!(!hit);
         let s = pool.stats();
         assert_eq!((s.fresh_allocs, s.cached_allocs, s.reserved_bytes), (2, 0, 1024));

@@ -303,7 +303,7 @@ impl Device for CudaDevice {
     }
     fn alloc(&self, bytes: usize) -> CudaMem {
         let class = alloc::size_class(bytes);
-        let (slice, _cached) = self.pool.take(class, |c| {
+        let (slice, class, _cached) = self.pool.take(class, |c| {
             // SAFETY: callers treat the contents as unspecified.
             let fresh = || unsafe { self.stream.alloc::<u8>(c) };
             // Out of memory with blocks cached: give them back to the device and try again.

@@ -348,17 +348,13 @@ impl Device for EmuDevice {
         format!("cuda-emu (kernels on the host; schedules {})", s.join(","))
     }
     fn alloc(&self, bytes: usize) -> EmuMem {
-        let (mut block, cached) = self.pool.take(alloc::size_class(bytes), EmuBlock::new);
+        let (mut block, class, cached) = self.pool.take(alloc::size_class(bytes), EmuBlock::new);
         if cached {
             // Stale data must not leak into results: it reads as NaN, like fresh memory.
             block.poison();
         }
         let block = std::mem::ManuallyDrop::new(block);
-        EmuMem {
-            ptr: block.ptr,
-            words: block.words,
-            home: Some((self.pool.clone(), alloc::size_class(bytes))),
-        }
+        EmuMem { ptr: block.ptr, words: block.words, home: Some((self.pool.clone(), class)) }
     }
     fn upload(&self, host: &[u8]) -> EmuMem {
         let mut m = self.alloc(host.len());
@@ -515,8 +511,7 @@ impl Device for EmuDevice {
         if !(self.gemm_bf16 && self.bf16_shadows) || n == 0 {
             return;
         }
-        let class = alloc::size_class(n * 2);
-        let (block, _) = self.pool.take(class, EmuBlock::new);
+        let (block, class, _) = self.pool.take(alloc::size_class(n * 2), EmuBlock::new);
         let vals = super::f32s(&self.download(mem, n * 4));
         // SAFETY: the block holds `class >= 2n` bytes; nothing else refers to it.
         let bits = unsafe { std::slice::from_raw_parts_mut(block.ptr as *mut u16, n) };
