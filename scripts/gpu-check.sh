@@ -8,16 +8,21 @@
 # scores) against PyTorch eager in docs/rl-kernels-gpu.md. The suites also run under compute-sanitizer
 # (memcheck, racecheck, synccheck, initcheck), one verdict per tool in a second table. GPU tests
 # are #[ignore]d where there is no GPU, so they run here with --include-ignored.
+# Then SFT training steps at Qwen2.5-0.5B widths (examples/device_step.rs): --precision bf16
+# vs f32, bf16 with the caching allocator off (MMR1_CACHING_ALLOCATOR=0) and bf16 without the
+# weights' bf16 shadows (MMR1_BF16_SHADOWS=0, every GEMM converts both operands): step time,
+# tokens/s, peak device memory, fresh allocations per steady step (a third table).
 #
 #   scripts/gpu-check.sh                    # build here, then run
 #   scripts/gpu-check.sh --build-only DIR   # build release binaries into DIR (no GPU needed)
 #   scripts/gpu-check.sh --prebuilt DIR     # run binaries built elsewhere (DIR/kernels_vs_cpu,
 #                                           # DIR/tensor_core, DIR/flash_attention, DIR/rl_kernels,
-#                                           # DIR/kernels, DIR/rl_bench)
+#                                           # DIR/kernels, DIR/rl_bench, DIR/device_step)
 #
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them); SANITIZER_TIMEOUT
 # (seconds, default 1200) bounds each tool's run. The exit code is non-zero when a suite fails
-# or a sanitizer reports an error.
+# or a sanitizer reports an error. STEP_LAYERS (default 24), STEP_SEQS x STEP_LEN (default
+# 4 x 1024 tokens) and STEP_TIMEOUT (seconds per run, default 300) size the training steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="" dir=""
@@ -42,15 +47,17 @@ if [ "$mode" != "--prebuilt" ]; then
     done
     exe[kernels]=$(cargo bench --features cuda --bench kernels --no-run --message-format=json 2>/dev/null | exe_of kernels)
     exe[rl_bench]=$(cargo bench --features cuda --bench rl_kernels --no-run --message-format=json 2>/dev/null | exe_of rl_kernels)
+    cargo build --release --features cuda --example device_step
+    exe[device_step]=target/release/examples/device_step
     if [ "$mode" = "--build-only" ]; then
         mkdir -p "$dir"
-        for t in $suites kernels rl_bench; do cp "${exe[$t]}" "$dir/$t"; done
-        echo "built into $dir: $suites kernels rl_bench"
+        for t in $suites kernels rl_bench device_step; do cp "${exe[$t]}" "$dir/$t"; done
+        echo "built into $dir: $suites kernels rl_bench device_step"
         exit 0
     fi
 else
     declare -A exe
-    for t in $suites kernels rl_bench; do exe[$t]="$dir/$t"; done
+    for t in $suites kernels rl_bench device_step; do exe[$t]="$dir/$t"; done
 fi
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
 echo "== GPU: $gpu"
@@ -122,6 +129,32 @@ set +e
 brc=$?
 set -e
 grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" | head -160 || true
+
+echo "== training steps: --precision bf16 vs f32, caching allocator on vs off"
+# One JSON line per run in $log/steps.jsonl (an {"error": ...} line when a run fails). Launches
+# are not synchronized here (timings), unlike the suites above.
+: > "$log/steps.jsonl"
+: > "$log/steps.log"
+for run in "bf16 1 1" "f32 1 1" "bf16 0 1" "bf16 1 0"; do
+    read -r prec cache shadows <<< "$run"
+    echo "-- precision $prec, caching allocator $cache, bf16 shadows $shadows" | tee -a "$log/steps.log"
+    set +e
+    out=$(env -u MMR1_SYNC_LAUNCHES MMR1_CACHING_ALLOCATOR="$cache" MMR1_BF16_SHADOWS="$shadows" \
+        timeout "${STEP_TIMEOUT:-300}" \
+        "${exe[device_step]}" --device cuda --precision "$prec" --shape qwen2.5-0.5b \
+        --layers "${STEP_LAYERS:-24}" --seqs "${STEP_SEQS:-4}" --len "${STEP_LEN:-1024}" --steps 6 \
+        2>> "$log/steps.log")
+    rc=$?
+    set -e
+    if [ "$rc" = 0 ] && [ -n "$out" ]; then
+        echo "$out" | tail -1 >> "$log/steps.jsonl"
+    else
+        printf '{"error": "exit %s", "precision": "%s", "caching": %s, "bf16_shadows": %s}\n' "$rc" "$prec" \
+            "$([ "$cache" = 1 ] && echo true || echo false)" \
+            "$([ "$shadows" = 1 ] && echo true || echo false)" >> "$log/steps.jsonl"
+    fi
+    tail -2 "$log/steps.log"
+done
 
 echo "== PyTorch on the same shapes (bf16: matmul, scaled_dot_product_attention causal)"
 set +e
@@ -257,6 +290,23 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
        "", "| kernel | max error | time | rate | fraction of roofline | PyTorch | speed vs PyTorch |",
        "| --- | --- | --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in rows]
+steps = [json.loads(l) for l in open(os.path.join(log, "steps.jsonl")) if l.strip()] if os.path.exists(os.path.join(log, "steps.jsonl")) else []
+gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"
+out += ["", "SFT training steps (examples/device_step.rs; Qwen2.5-0.5B widths, tied, random weights, one packed batch; "
+        "forward, log-probs, cross-entropy, backward, clip, AdamW; median of the steps after the first). "
+        "MFU: 6 x parameters x tokens per second over the bf16 dense peak (the f32 row too). "
+        "Fresh allocations: device allocations per steady step (0: all from the cache).", "",
+        "| precision | caching allocator | bf16 weight shadows | tokens | step (median) | first step | tokens/s | MFU (bf16 peak) | peak in use | peak reserved | fresh allocs / steady step | loss first -> last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+for r in steps:
+    if "error" in r:
+        out.append(f"| {r.get('precision')} | {'on' if r.get('caching') else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
+        continue
+    out.append(f"| {r['precision']} | {'on' if r['caching'] else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | {r['tokens']} | {r['step_s_median']*1e3:.0f} ms | {r['step_s_first']*1e3:.0f} ms | "
+               f"{r['tokens_per_s']:.0f} | {r['model_tflops']*1e12/bf16_peak:.1%} | {gib(r['peak_in_use_bytes'])} | {gib(r['peak_reserved_bytes'])} | "
+               f"{r['fresh_allocs_per_steady_step']:.1f} | {r['loss_first']:.4f} -> {r['loss_last']:.4f} |")
+if not steps:
+    out.append("| - | - | - | not run | - | - | - | - | - | - | - | - |")
 out += ["", "compute-sanitizer over the equivalence suites (every kernel, every shape of the suites):", "",
         "| tool | verdict | errors | exit code | log |", "| --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in san] or ["| - | not run (SANITIZERS empty) | - | - | - |"]

@@ -1,7 +1,8 @@
 //! `--device emu` through the CLI: `logprobs` runs the CUDA kernels on the emulator and
-//! matches the transformers goldens (f32 kernels: 1e-4; with MMR1_ATTENTION=flash, bf16
-//! tensor-core attention: 1e-2). `generate` and `eval`-style commands share the dispatch
-//! (`with_backend!`), so one command end to end proves the wiring.
+//! matches the transformers goldens (`--precision f32`: 1e-4; `--precision bf16`, bf16 GEMM
+//! operands and flash attention: 1e-2, the documented bf16 tolerance; MMR1_ATTENTION=flash
+//! alone, bf16 attention in an f32 run: 1e-2). `generate` and `eval`-style commands share the
+//! dispatch (`with_backend!`), so one command end to end proves the wiring.
 #![cfg(feature = "emu")]
 
 mod common;
@@ -9,7 +10,7 @@ use common::*;
 
 /// Runs `logprobs --device emu` on a fixture's golden sequences; returns the worst relative
 /// L2 error against the goldens at temperature 0.7.
-fn emu_logprobs(name: &str, flash: bool) -> f64 {
+fn emu_logprobs(name: &str, precision: &str, flash: bool) -> f64 {
     let dir = fixture(name);
     let g = Golden::open(&dir.join("golden.safetensors"));
     let seqs: Vec<Vec<u32>> = (0..3).map(|i| g.ids(&format!("tokens.{i}"))).collect();
@@ -20,12 +21,14 @@ fn emu_logprobs(name: &str, flash: bool) -> f64 {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast"))
         .args(["logprobs", "--model", dir.to_str().unwrap(), "--tokens", toks.to_str().unwrap()])
         .args(["--out", out.to_str().unwrap(), "--temperature", "0.7", "--device", "emu"])
-        .env("MMR1_ATTENTION", if flash { "flash" } else { "reference" })
+        .args(["--precision", precision])
+        .envs(flash.then_some(("MMR1_ATTENTION", "flash")))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("CUDA emulator"), "did not say it runs on the emulator: {err}");
+    assert!(err.contains(&format!("precision {precision}")), "did not say its precision: {err}");
     let got = Golden::open(&out);
     (0..3)
         .map(|i| rel_l2(&got.f32(&format!("logprobs.{i}")), &g.f32(&format!("logprobs_t07.{i}"))))
@@ -35,14 +38,52 @@ fn emu_logprobs(name: &str, flash: bool) -> f64 {
 #[test]
 fn logprobs_on_the_emulator_match_transformers() {
     for name in ["tiny-tied", "tiny-gqa"] {
-        let e = emu_logprobs(name, false);
-        println!("ERR emu logprobs {name}: {e:.3e}");
+        let e = emu_logprobs(name, "f32", false);
+        println!("ERR emu f32 logprobs {name}: {e:.3e}");
         assert!(e <= 1e-4, "{name}: rel L2 {e:.2e}");
+        // tiny-tied has head dim 16: the flash kernels run (tiny-gqa's 10 falls back to the
+        // f32 attention; its GEMMs are still bf16).
+        let e = emu_logprobs(name, "bf16", false);
+        println!("ERR emu bf16 logprobs {name}: {e:.3e}");
+        assert!(e <= 1e-2, "{name} bf16: rel L2 {e:.2e}");
+        assert!(e > 1e-6, "{name}: --precision bf16 gave the f32 numbers ({e:.1e})");
     }
-    // tiny-tied has head dim 16: the flash kernels run (tiny-gqa's 10 falls back).
-    let e = emu_logprobs("tiny-tied", true);
-    println!("ERR emu flash logprobs tiny-tied: {e:.3e}");
+    // The attention override alone: flash attention in an otherwise f32 run.
+    let e = emu_logprobs("tiny-tied", "f32", true);
+    println!("ERR emu f32 + flash logprobs tiny-tied: {e:.3e}");
     assert!(e <= 1e-2, "flash: rel L2 {e:.2e}");
+}
+
+#[test]
+fn bf16_on_the_cpu_is_an_error_that_says_what_to_do() {
+    let dir = fixture("tiny-tied");
+    let e = cli_err(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(e.contains("--precision f32") && e.contains("CPU"), "{e}");
+    let e = cli_err(&["generate", "--model", "x", "--prompt", "hi", "--precision", "fp16"]);
+    assert!(e.contains("auto, bf16 or f32"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let e = cli_err(&[
+        "train",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("--precision f32"), "{e}");
+    assert!(!out.join("metrics.jsonl").exists(), "refused before anything ran");
 }
 
 #[test]

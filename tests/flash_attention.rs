@@ -275,7 +275,7 @@ mod gpu {
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_deterministic() {
-        with_gpu(|b| super::flash_deterministic(b));
+        with_gpu(super::flash_deterministic);
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

@@ -193,6 +193,7 @@ fn sft_command_trains_saves_and_resumes() {
         resume: None,
         max_steps: Some(2),
         device: "cpu".parse().unwrap(),
+        precision: Default::default(),
     };
     run_on(&Cpu, &args).unwrap();
     assert!(out.join("checkpoint-1").is_dir() && out.join("checkpoint-2").is_dir());

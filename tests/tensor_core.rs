@@ -181,22 +181,22 @@ mod gpu {
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn mma_layouts() {
-        with_gpu(|b| super::mma_layouts(b));
+        with_gpu(super::mma_layouts);
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn mma_test_can_fail() {
-        with_gpu(|b| super::mma_test_can_fail(b));
+        with_gpu(super::mma_test_can_fail);
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn bf16_conversion() {
-        with_gpu(|b| super::bf16_conversion(b));
+        with_gpu(super::bf16_conversion);
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn cp_async_copies() {
-        with_gpu(|b| super::cp_async_copies(b));
+        with_gpu(super::cp_async_copies);
     }
 
     /// `Backend::matmul` through cuBLAS GemmEx with bf16 operands (`MMR1_GEMM=bf16`) against

@@ -14,6 +14,8 @@ pub mod cpu;
 // The kernel backend; its GPU and emulator devices are behind the `cuda` and `emu` features.
 pub mod cuda;
 // The RL step's batch ops (GRPO loss, advantages, VAS scores) on either backend.
+pub mod memory;
+pub mod precision;
 pub mod rl_ops;
 pub mod select;
 
@@ -54,6 +56,11 @@ pub trait Backend {
 
     /// Short human name, e.g. "cpu" or "cuda:0 (NVIDIA H100)".
     fn name(&self) -> String;
+    /// The counters of the backend's device memory manager (peak bytes, cache hits); None for
+    /// a backend without one (the CPU, whose buffers are host `Vec`s).
+    fn memory_stats(&self) -> Option<memory::MemoryStats> {
+        None
+    }
 
     // ---- memory -------------------------------------------------------------------------
     /// A buffer of `n` zeros.

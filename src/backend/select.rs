@@ -89,28 +89,39 @@ pub fn resolve(dev: DeviceChoice) -> Result<DeviceChoice> {
 
 /// Runs `$body` with `$be` bound to (a reference to) the backend `$dev` resolves to, one copy
 /// of the body per backend type, so a command written once against `Backend` runs on each.
-/// Evaluates to the body's value; errors of resolution and device setup are returned with `?`
-/// (use it in a function returning `anyhow::Result`).
+/// `precision = P` (a `PrecisionChoice`, see `backend::precision`) sets the arithmetic of
+/// the CUDA backend; without it, the device's default. Evaluates to the body's value; errors
+/// of resolution and device setup are returned with `?` (use it in a function returning
+/// `anyhow::Result`).
 #[macro_export]
 macro_rules! with_backend {
-    ($dev:expr, $be:ident => $body:expr) => {{
-        match $crate::backend::select::resolve($dev)? {
+    ($dev:expr, $be:ident => $body:expr) => {
+        $crate::with_backend!($dev, precision = $crate::backend::precision::PrecisionChoice::Auto, $be => $body)
+    };
+    ($dev:expr, precision = $prec:expr, $be:ident => $body:expr) => {{
+        let device = $crate::backend::select::resolve($dev)?;
+        let precision = $crate::backend::precision::resolve(device, $prec)?;
+        match device {
             #[cfg(feature = "cuda")]
             $crate::backend::select::DeviceChoice::Cuda(n) => {
                 let backend = $crate::backend::cuda::CudaBackend::new(n)
+                    .and_then(|b| b.with_precision(precision))
                     .map_err(|e| anyhow::anyhow!("cuda:{n}: {e}"))?;
+                eprintln!("note: precision {precision}: {}", backend.precision_summary());
                 let $be = &backend;
                 $body
             }
             #[cfg(feature = "emu")]
             $crate::backend::select::DeviceChoice::Emu => {
                 let backend = $crate::backend::cuda::CudaBackend::emulator()
-                    .attention_from_env()
+                    .with_precision(precision)
                     .map_err(|e| anyhow::anyhow!(e))?;
+                eprintln!("note: precision {precision}: {}", backend.precision_summary());
                 let $be = &backend;
                 $body
             }
             _ => {
+                let _ = precision; // the CPU computes f32 (bf16 was refused above)
                 let $be = &$crate::backend::cpu::Cpu;
                 $body
             }

@@ -67,6 +67,12 @@ pub struct ScoreArgs {
     /// kernels on the host emulator: slow, exact; a build with --features emu).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::select::DeviceChoice,
+    /// Arithmetic of matmuls and attention: auto (bf16 on a GPU and on emu, f32 on the CPU),
+    /// bf16 (bf16 tensor-core GEMMs with f32 accumulation, flash attention; norms, softmax,
+    /// log-probs, loss and optimizer stay f32), or f32 (SGEMM, reference attention: matches
+    /// the CPU to f32 rounding). The CPU runs f32 only. See docs/perf.md.
+    #[arg(long, default_value = "auto")]
+    pub precision: crate::backend::precision::PrecisionChoice,
 }
 
 #[derive(Deserialize)]
@@ -165,7 +171,7 @@ fn with_model(
         bail!("--max-new-tokens and --batch-items must be positive");
     }
     let items = load_rl_items(data, args.bad_lines)?;
-    crate::with_backend!(args.device, be => score_on(be, args, model_dir, &items, vps))
+    crate::with_backend!(args.device, precision = args.precision, be => score_on(be, args, model_dir, &items, vps))
 }
 
 fn score_on<B: RlOps>(

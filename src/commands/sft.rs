@@ -83,6 +83,12 @@ pub struct SftArgs {
     /// kernels on the host emulator: slow, exact; a build with --features emu).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::select::DeviceChoice,
+    /// Arithmetic of matmuls and attention: auto (bf16 on a GPU and on emu, f32 on the CPU),
+    /// bf16 (bf16 tensor-core GEMMs with f32 accumulation, flash attention; norms, softmax,
+    /// log-probs, loss and optimizer stay f32), or f32 (SGEMM, reference attention: matches
+    /// the CPU to f32 rounding). The CPU runs f32 only. See docs/perf.md.
+    #[arg(long, default_value = "auto")]
+    pub precision: crate::backend::precision::PrecisionChoice,
 }
 
 impl SftArgs {
@@ -127,7 +133,7 @@ impl SftArgs {
 }
 
 pub fn run(args: &SftArgs) -> Result<()> {
-    crate::with_backend!(args.device, be => run_on(be, args))
+    crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args))
 }
 
 /// The SFT command on any backend (tests call this directly).

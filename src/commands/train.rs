@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// auto | cpu | cuda | cuda:N | emu (same as --set model.device=...).
     #[arg(long)]
     pub device: Option<String>,
+    /// auto | bf16 | f32 (same as --set model.precision=...): the arithmetic of matmuls and
+    /// attention; auto is bf16 on a GPU and on emu, f32 on the CPU (which runs f32 only).
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Output directory (same as --set output.dir=...).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -80,6 +84,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.model.device =
             d.parse().map_err(|e: String| anyhow::anyhow!("--device (model.device): {e}"))?;
     }
+    if let Some(p) = &args.precision {
+        cfg.model.precision =
+            p.parse().map_err(|e: String| anyhow::anyhow!("--precision (model.precision): {e}"))?;
+    }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();
     }
@@ -92,7 +100,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     cfg.validate()?;
     let device = crate::backend::select::resolve(cfg.model.device)?;
-    crate::with_backend!(device, be => run_on(be, cfg, args))
+    crate::with_backend!(device, precision = cfg.model.precision, be => run_on(be, cfg, args))
 }
 
 fn run_on<B: crate::backend::Backend>(be: &B, cfg: TrainConfig, args: &TrainArgs) -> Result<()> {

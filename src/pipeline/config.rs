@@ -4,6 +4,7 @@
 //! Defaults are the MMR1 paper's where it states one (../shared/MMR1.md, docs/algorithm.md);
 //! the built-in demo starts from `TrainConfig::demo()` instead, sized for two CPU cores.
 
+use crate::backend::precision::PrecisionChoice;
 use crate::backend::select::DeviceChoice;
 use crate::data::jsonl::BadLines;
 use crate::data::prompt::PromptStyle;
@@ -38,6 +39,9 @@ pub struct ModelSection {
     pub dir: PathBuf,
     /// auto | cpu | cuda | cuda:N
     pub device: DeviceChoice,
+    /// auto | bf16 | f32: matmuls and attention in bf16 (tensor cores, f32 accumulation) or
+    /// f32; auto is bf16 on a GPU and on emu, f32 on the CPU.
+    pub precision: PrecisionChoice,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -197,7 +201,11 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             seed: 1,
-            model: ModelSection { dir: PathBuf::new(), device: DeviceChoice::Auto },
+            model: ModelSection {
+                dir: PathBuf::new(),
+                device: DeviceChoice::Auto,
+                precision: PrecisionChoice::Auto,
+            },
             data: DataSection {
                 sft: PathBuf::new(),
                 rl: PathBuf::new(),
@@ -329,6 +337,7 @@ fn scalar(v: &toml::Value) -> String {
 /// goes on. Everything else is fixed by the checkpoints.
 pub const RESUME_MAY_CHANGE: &[&str] = &[
     "model.device",
+    "model.precision",
     "output.checkpoint_every",
     "output.keep_checkpoints",
     "output.save_dtype",

@@ -10,6 +10,7 @@
 //! them still read.
 
 use super::run_dir::RunClock;
+use crate::backend::memory::MemoryStats;
 use crate::serde_float::nan_if_null;
 use crate::train::sft::SftStepMetrics;
 use anyhow::{Context, Result};
@@ -140,6 +141,10 @@ pub struct RlStepRecord {
     #[serde(deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
     pub time: RlStepTimes,
+    /// The device allocator's counters after the step (peaks since the process started);
+    /// absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<MemoryStats>,
 }
 
 /// `{"phase": "rl", "event": "initial_scoring", ...}`: the VPS scoring before step 1.
@@ -151,6 +156,14 @@ pub struct ScoringRecord {
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
     pub vps: VpsSummary,
+}
+
+/// `"  peak mem 1.2 GiB"` for a progress line (the device memory reserved at the peak), or
+/// nothing on the CPU.
+pub fn peak_note(m: Option<MemoryStats>) -> String {
+    m.map_or(String::new(), |m| {
+        format!("  peak mem {}", crate::backend::memory::human_bytes(m.peak_reserved_bytes))
+    })
 }
 
 /// One line of `metrics.jsonl`.

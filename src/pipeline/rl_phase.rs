@@ -7,7 +7,8 @@ use super::config::TrainConfig;
 use super::diverged::{diverged, unless_weights_diverged};
 use super::inputs::RunInputs;
 use super::metrics::{
-    EvalLabel, MetricsLog, Phase, Record, RlStepRecord, RlStepTimes, ScoringRecord, VpsSummary,
+    peak_note, EvalLabel, MetricsLog, Phase, Record, RlStepRecord, RlStepTimes, ScoringRecord,
+    VpsSummary,
 };
 use super::vps_log::{item_bins, vps_record, VpsLog};
 use crate::backend::Backend;
@@ -302,8 +303,9 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             log.write(&Record::Rl(rec.clone()))?;
             pb.set_position(run.state.step);
             pb.suspend(|| eprintln!(
-                "rl {:>4}/{total}  reward {:.3}  acc {:.3}  zero-var {:.2}  grad {:.3}  clip {:.3}  {:.1}s",
-                rec.step, rec.reward_mean, rec.accuracy, rec.zero_var_frac, rec.grad_norm, rec.clip_frac, rec.time.step
+                "rl {:>4}/{total}  reward {:.3}  acc {:.3}  zero-var {:.2}  grad {:.3}  clip {:.3}  {:.1}s{}",
+                rec.step, rec.reward_mean, rec.accuracy, rec.zero_var_frac, rec.grad_norm, rec.clip_frac, rec.time.step,
+                peak_note(rec.device_memory)
             ));
             summaries.push(RlStepSummary {
                 step: rec.step,
@@ -520,6 +522,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
             mean_ratio: m.mean_ratio,
             grad_norm: report.and_then(|r| r.steps.last()).map_or(0.0, |s| s.grad_norm),
             lr: self.cfg().rl.lr,
+            device_memory: self.be.memory_stats(),
             response_len: tokens as f64 / r.exp.responses.len().max(1) as f64,
             tokens_per_s: tokens as f64 / (r.seconds + u.seconds).max(1e-9),
             time: RlStepTimes {

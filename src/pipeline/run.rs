@@ -8,6 +8,7 @@ use super::metrics::{read_records, EvalLabel, MetricsLog, Phase, Record};
 use super::rl_phase::{RlPhase, RlStepSummary};
 use super::run_dir::RunClock;
 use super::sft_phase::SftPhase;
+use crate::backend::memory::MemoryStats;
 use crate::backend::Backend;
 use crate::fs::write_atomic;
 use crate::model::Qwen2;
@@ -25,6 +26,10 @@ pub struct RunReport {
     pub rl_steps: Vec<RlStepSummary>,
     /// Wall time of the whole run, summed over every invocation that worked on it.
     pub seconds: f64,
+    /// The device allocator's counters at the end of the run (peaks of this invocation; a
+    /// resumed run reports its own); absent on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<MemoryStats>,
 }
 
 /// Runs (or, when `inputs.start` is `Resume`, continues) the pipeline on backend `be`.
@@ -106,6 +111,7 @@ pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs) -> Result<RunReport>
         )?;
     }
     report.seconds = log.seconds();
+    report.device_memory = be.memory_stats();
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     Ok(report)
 }
@@ -154,5 +160,8 @@ pub fn format_report(r: &RunReport) -> String {
         s.push_str(&format!("\nzero-variance-group fraction per RL step: {}\n", zv.join(" ")));
     }
     s.push_str(&format!("\ntotal time {:.0} s\n", r.seconds));
+    if let Some(m) = &r.device_memory {
+        s.push_str(&format!("device memory: {}\n", m.summary()));
+    }
     s
 }

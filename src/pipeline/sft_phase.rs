@@ -109,8 +109,14 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         if m.step.is_multiple_of(10) || tr.done() {
             pb.suspend(|| {
                 eprintln!(
-                    "sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s",
-                    m.step, tr.state.total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s
+                    "sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s{}",
+                    m.step,
+                    tr.state.total_steps,
+                    m.loss,
+                    m.lr,
+                    m.grad_norm,
+                    m.tokens_per_s,
+                    super::metrics::peak_note(m.device_memory)
                 )
             });
         }

@@ -8,6 +8,7 @@
 
 use super::checkpoint::{load_checkpoint, save_checkpoint, StateKind};
 use super::{micro_step, LossBatch, SftLoss, Workspace};
+use crate::backend::memory::MemoryStats;
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
 use crate::model::safetensors_io::SaveDtype;
@@ -130,6 +131,10 @@ pub struct SftStepMetrics {
     pub seconds: f64,
     #[serde(deserialize_with = "nan_if_null", default)]
     pub tokens_per_s: f64,
+    /// The device allocator's counters after the step (peak bytes since the run started);
+    /// absent on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<MemoryStats>,
 }
 
 pub struct SftTrainer<B: Backend> {
@@ -291,6 +296,7 @@ impl<B: Backend> SftTrainer<B> {
             micro_batches: micro.len(),
             seconds: secs,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
+            device_memory: be.memory_stats(),
         })
     }
 

@@ -91,6 +91,12 @@ pub fn micro_step<B: Backend>(
     loss: &mut dyn TokenLoss,
     ws: &mut Workspace<B>,
 ) -> Result<f64> {
+    // The backward scratch is planned before the forward, where it stays in the steady
+    // state: planned after, it would take device blocks the forward's temporaries had freed,
+    // and the next step would have to allocate those temporaries anew.
+    if ws.scratch.as_ref().map(|s| s.t) != Some(batch.tokens()) {
+        ws.scratch = Some(model.alloc_grad_scratch(be, batch.tokens()));
+    }
     let inv_temp = loss.inv_temp();
     model.forward(be, batch, &mut ws.acts)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");

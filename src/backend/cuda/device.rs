@@ -2,7 +2,27 @@
 //! launch configurations and argument packing run on the real GPU (cudarc) and on the CUDA
 //! emulator (kernels compiled for the host).
 
-use crate::backend::Tr;
+use crate::backend::{memory::MemoryStats, Tr};
+
+/// Kernel arguments that a kernel only reads although they may be weights (by kernel name
+/// and argument index): passing them does not end a bf16 shadow (`refresh_bf16_shadow`).
+/// Every other pointer argument is treated as possibly written.
+pub const READ_ONLY_ARGS: &[(&str, usize)] = &[("embedding_f32", 1)];
+
+/// Whether pointer argument `index` of kernel `name` may be written (see `READ_ONLY_ARGS`).
+pub fn may_write(name: &str, index: usize) -> bool {
+    !READ_ONLY_ARGS.contains(&(name, index))
+}
+
+/// Whether bf16 shadows of weights are kept, from `MMR1_BF16_SHADOWS` (`1`/unset: on, `0`:
+/// off, every bf16 GEMM converts both operands). Panics on another value, naming it.
+pub fn shadows_from_env() -> bool {
+    match std::env::var("MMR1_BF16_SHADOWS").as_deref() {
+        Err(_) | Ok("") | Ok("1") => true,
+        Ok("0") => false,
+        Ok(v) => panic!("MMR1_BF16_SHADOWS={v:?}: expected 1 (keep bf16 copies of weights) or 0"),
+    }
+}
 
 /// One kernel argument, in the order of the kernel's parameters.
 pub enum Arg<'a, M> {
@@ -61,4 +81,32 @@ pub trait Device {
     ) -> bool;
     /// Waits for all queued work.
     fn synchronize(&self);
+    /// Makes `gemm` a bf16 GEMM (operands rounded to bf16 round-to-nearest-even, f32
+    /// accumulation and f32 output, as cuBLAS GemmEx with CUBLAS_COMPUTE_32F) or f32 again.
+    /// Err when the device has no bf16 GEMM.
+    fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
+        if bf16 {
+            Err("this device has no bf16 GEMM".into())
+        } else {
+            Ok(())
+        }
+    }
+    /// Whether `gemm` rounds its operands to bf16 (see `set_gemm_precision`).
+    fn gemm_precision_bf16(&self) -> bool {
+        false
+    }
+    /// Keeps a bf16 copy of the first `n` f32 values of `mem`, which `gemm` in bf16 then reads
+    /// instead of converting `mem` on every call, until `mem` is next passed to a kernel (any
+    /// argument but a known read-only one), written or freed. The optimizer calls it right
+    /// after updating a weight, so each weight is converted once a step; an uploaded buffer
+    /// that no kernel has written since (a loaded weight) gets its shadow at its first bf16
+    /// GEMM. A no-op unless the GEMM is bf16 (and shadows are on: `MMR1_BF16_SHADOWS=0` turns
+    /// them off).
+    fn refresh_bf16_shadow(&self, mem: &Self::Mem, n: usize) {
+        let _ = (mem, n);
+    }
+    /// The counters of the device's caching allocator (`alloc`), if it has one.
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        None
+    }
 }

@@ -1,8 +1,10 @@
 //! The real GPU through cudarc: driver API for memory and launches (PTX embedded by build.rs,
 //! or compiled at first use by NVRTC when the build had none), cuBLAS for GEMM.
 
+use super::alloc::{self, Pool};
 use super::device::{Arg, Device};
 use super::CudaBackend;
+use crate::backend::memory::MemoryStats;
 use crate::backend::Tr;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
@@ -37,6 +39,47 @@ pub fn probe(ordinal: usize) -> Result<String, String> {
     Ok(format!("cuda:{ordinal} ({name})"))
 }
 
+/// Device memory from the caching allocator: derefs to the cudarc slice (of the size class's
+/// length, at least the bytes asked for) and goes back to the device's free lists when dropped.
+pub struct CudaMem {
+    slice: Option<CudaSlice<u8>>,
+    class: usize,
+    pool: Arc<Pool<CudaSlice<u8>>>,
+    /// The device address (the key of this memory's bf16 shadow, if it gets one).
+    addr: u64,
+}
+
+impl CudaMem {
+    /// The device address of the first byte.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+impl std::ops::Deref for CudaMem {
+    type Target = CudaSlice<u8>;
+    fn deref(&self) -> &CudaSlice<u8> {
+        self.slice.as_ref().expect("CudaMem holds its slice until dropped")
+    }
+}
+
+impl std::ops::DerefMut for CudaMem {
+    fn deref_mut(&mut self) -> &mut CudaSlice<u8> {
+        self.slice.as_mut().expect("CudaMem holds its slice until dropped")
+    }
+}
+
+impl Drop for CudaMem {
+    fn drop(&mut self) {
+        if let Some(s) = self.slice.take() {
+            self.pool.shadow_forget(self.addr);
+            // Every op runs on the device's one stream, so work queued on this memory is
+            // ordered before any later user's: no event is needed before reuse.
+            self.pool.give_back(self.class, s);
+        }
+    }
+}
+
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -46,6 +89,10 @@ pub struct CudaDevice {
     /// Matmuls as bf16 tensor-core GEMMs (operands rounded to bf16, f32 accumulation and
     /// output) instead of f32 SGEMM. From `MMR1_GEMM=bf16`; `set_gemm_bf16` overrides.
     gemm_bf16: bool,
+    /// The caching allocator of this device's memory.
+    pool: Arc<Pool<CudaSlice<u8>>>,
+    /// Keep bf16 shadows of weights (`refresh_bf16_shadow`; `MMR1_BF16_SHADOWS`).
+    bf16_shadows: bool,
     name: String,
 }
 
@@ -147,6 +194,8 @@ impl CudaDevice {
             funcs: Mutex::new(HashMap::new()),
             blas,
             gemm_bf16,
+            pool: Pool::new(alloc::caching_from_env()),
+            bf16_shadows: super::device::shadows_from_env(),
             name,
         })
     }
@@ -159,7 +208,7 @@ impl CudaDevice {
     }
 
     /// `x` (f32, `n` values) as bf16 bits in new device memory.
-    pub fn to_bf16(&self, x: &CudaSlice<u8>, n: usize) -> CudaSlice<u8> {
+    pub fn to_bf16(&self, x: &CudaMem, n: usize) -> CudaMem {
         let out = self.alloc(n * 2);
         if n > 0 {
             self.launch(
@@ -243,7 +292,7 @@ impl CudaDevice {
 }
 
 impl Device for CudaDevice {
-    type Mem = CudaSlice<u8>;
+    type Mem = CudaMem;
     fn name(&self) -> String {
         let blas = match (&self.blas, self.gemm_bf16) {
             (Some(_), true) => "cuBLAS bf16 GemmEx",
@@ -252,18 +301,50 @@ impl Device for CudaDevice {
         };
         format!("{} [{blas}]", self.name)
     }
-    fn alloc(&self, bytes: usize) -> CudaSlice<u8> {
-        // SAFETY: callers treat the contents as unspecified.
-        unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.expect("cuda alloc")
+    fn alloc(&self, bytes: usize) -> CudaMem {
+        let class = alloc::size_class(bytes);
+        let (slice, class, _cached) = self.pool.take(class, |c| {
+            // SAFETY: callers treat the contents as unspecified.
+            let fresh = || unsafe { self.stream.alloc::<u8>(c) };
+            // Out of memory with blocks cached: give them back to the device and try again.
+            match fresh().or_else(|_| {
+                let _ = self.stream.synchronize();
+                self.pool.empty_cache();
+                fresh()
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    let st = self.pool.stats();
+                    panic!(
+                        "cuda alloc of {} failed ({e:?}); {} in use, {} reserved by this process",
+                        crate::backend::memory::human_bytes(c as u64),
+                        crate::backend::memory::human_bytes(st.in_use_bytes),
+                        crate::backend::memory::human_bytes(st.reserved_bytes)
+                    )
+                }
+            }
+        });
+        let addr = {
+            let (addr, _sync) = slice.device_ptr(&self.stream);
+            addr
+        };
+        CudaMem { slice: Some(slice), class, pool: self.pool.clone(), addr }
     }
-    fn upload(&self, host: &[u8]) -> CudaSlice<u8> {
-        self.stream.clone_htod(host).expect("cuda upload")
+    fn upload(&self, host: &[u8]) -> CudaMem {
+        let mut m = self.alloc(host.len());
+        self.write(&mut m, host);
+        if self.gemm_bf16 && self.bf16_shadows {
+            // Maybe a weight: its first bf16 GEMM keeps the converted copy.
+            self.pool.mark_pristine(m.addr);
+        }
+        m
     }
-    fn write(&self, mem: &mut CudaSlice<u8>, host: &[u8]) {
+    fn write(&self, mem: &mut CudaMem, host: &[u8]) {
+        self.pool.shadow_forget(mem.addr);
         let mut view = mem.slice_mut(0..host.len());
         self.stream.memcpy_htod(host, &mut view).expect("cuda write");
     }
-    fn download(&self, mem: &CudaSlice<u8>, bytes: usize) -> Vec<u8> {
+    fn download(&self, mem: &CudaMem, bytes: usize) -> Vec<u8> {
         self.stream.clone_dtoh(&mem.slice(0..bytes)).expect("cuda download")
     }
     fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {
@@ -280,7 +361,7 @@ impl Device for CudaDevice {
         grid: [u32; 3],
         block: [u32; 3],
         shared_bytes: u32,
-        args: &[Arg<'_, CudaSlice<u8>>],
+        args: &[Arg<'_, CudaMem>],
     ) {
         let f = self.func(name);
         let shape = format!(
@@ -301,6 +382,13 @@ impl Device for CudaDevice {
             }
         }
         // Device addresses first, so the builder can borrow them.
+        // A buffer the kernel may write loses its bf16 shadow.
+        let written = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
+        for (i, m) in written.enumerate() {
+            if super::device::may_write(name, i) {
+                self.pool.shadow_forget(m.addr);
+            }
+        }
         let mut guards = Vec::new();
         let ptrs: Vec<u64> = args
             .iter()
@@ -342,10 +430,10 @@ impl Device for CudaDevice {
     }
     fn gemm(
         &self,
-        out: &mut CudaSlice<u8>,
-        a: &CudaSlice<u8>,
+        out: &mut CudaMem,
+        a: &CudaMem,
         ta: Tr,
-        b: &CudaSlice<u8>,
+        b: &CudaMem,
         tb: Tr,
         m: usize,
         n: usize,
@@ -353,10 +441,26 @@ impl Device for CudaDevice {
         beta: f32,
     ) -> bool {
         let Some(blas) = &self.blas else { return false };
+        self.pool.shadow_forget(out.addr);
         if self.gemm_bf16 {
-            // Operands rounded to bf16 on the way in (a pass each while storage is f32).
-            let (a16, b16) = (self.to_bf16(a, m * k), self.to_bf16(b, k * n));
-            self.gemm_bf16(out, false, &a16, ta, &b16, tb, m, n, k, beta)
+            // Operands rounded to bf16 on the way in (a pass each while storage is f32),
+            // unless the operand is a weight with a bf16 shadow from the last optimizer step.
+            let keys = [(a.addr, m * k), (b.addr, k * n)];
+            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
+            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
+                if !had && self.pool.is_pristine(mem.addr) {
+                    self.refresh_bf16_shadow(mem, len);
+                }
+            }
+            let [sa, sb] = self.pool.with_shadows(keys, false, |f| f.map(|s| s.is_some()));
+            let a16 = (!sa).then(|| self.to_bf16(a, m * k));
+            let b16 = (!sb).then(|| self.to_bf16(b, k * n));
+            self.pool
+                .with_shadows(keys, false, |[ha, hb]| {
+                    let a = a16.as_deref().or(ha).expect("a converted or shadowed operand");
+                    let b = b16.as_deref().or(hb).expect("a converted or shadowed operand");
+                    self.gemm_bf16(out, false, a, ta, b, tb, m, n, k, beta)
+                })
                 .unwrap_or_else(|e| panic!("{e}"));
             return true;
         }
@@ -390,6 +494,35 @@ impl Device for CudaDevice {
     }
     fn synchronize(&self) {
         self.stream.synchronize().expect("cuda synchronize");
+    }
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.pool.stats())
+    }
+    fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
+        if bf16 && self.blas.is_none() {
+            return Err("bf16 GEMM needs cuBLAS (libcublas.so), which did not load".into());
+        }
+        self.gemm_bf16 = bf16;
+        Ok(())
+    }
+    fn gemm_precision_bf16(&self) -> bool {
+        self.gemm_bf16
+    }
+    fn refresh_bf16_shadow(&self, mem: &CudaMem, n: usize) {
+        if !(self.gemm_bf16 && self.bf16_shadows) || n == 0 {
+            return;
+        }
+        // Converted into pooled memory that the shadow registry then owns.
+        let mut tmp = self.alloc(n * 2);
+        self.launch(
+            "f32_to_bf16",
+            [n.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
+            [256, 1, 1],
+            0,
+            &[Arg::Ptr(&tmp), Arg::Ptr(mem), Arg::I64(n as i64)],
+        );
+        let block = tmp.slice.take().expect("fresh memory holds its slice");
+        self.pool.shadow_insert(mem.addr, block, tmp.class, n);
     }
 }
 

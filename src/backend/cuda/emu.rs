@@ -7,12 +7,13 @@
 //! `MMR1_EMU_SCHEDULE` (e.g. `forward`, `reverse,random:7`, `ci`) sets the schedules of
 //! [`EmuDevice::from_env`]; without it, plain forward order.
 
+use super::alloc::{self, Pool};
 use super::device::{Arg, Device};
-use crate::backend::{cpu::Cpu, Backend, Tr};
+use crate::backend::{cpu::Cpu, memory::MemoryStats, Backend, Tr};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 extern "C" {
     fn emu_launch(
@@ -34,23 +35,49 @@ extern "C" {
 }
 
 /// Host memory standing in for device memory. Kernels write through raw pointers, so it is
-/// held as a raw allocation rather than a Rust slice.
+/// held as a raw allocation rather than a Rust slice. Memory from an `EmuDevice` goes back to
+/// the device's caching allocator when dropped (see `alloc`).
 pub struct EmuMem {
     ptr: *mut u64,
     words: usize,
+    /// The pool this memory returns to, and its size class; None: freed on drop.
+    home: Option<(Arc<Pool<EmuBlock>>, usize)>,
 }
 
 // SAFETY: EmuMem owns its allocation; access goes through &/&mut like any buffer.
 unsafe impl Send for EmuMem {}
 unsafe impl Sync for EmuMem {}
 
-impl EmuMem {
+/// A host allocation of `words` u64, as it sits in the allocator's free lists.
+pub struct EmuBlock {
+    ptr: *mut u64,
+    words: usize,
+}
+
+// SAFETY: EmuBlock owns its allocation and nothing else refers to it while it is cached.
+unsafe impl Send for EmuBlock {}
+
+impl EmuBlock {
     fn new(bytes: usize) -> Self {
-        // Fresh memory reads as NaN (all ones), like poison: unwritten outputs show up.
         let words = bytes.div_ceil(8).max(1);
         let v = vec![u64::MAX; words].into_boxed_slice();
-        EmuMem { ptr: Box::into_raw(v) as *mut u64, words }
+        EmuBlock { ptr: Box::into_raw(v) as *mut u64, words }
     }
+    /// All ones: every f32 reads as NaN, so an output an op did not write shows up.
+    fn poison(&mut self) {
+        // SAFETY: ptr holds `words` u64 owned by this block.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.words) }.fill(u64::MAX);
+    }
+}
+
+impl Drop for EmuBlock {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from Box<[u64]> of `words` elements in `new`.
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.words))) };
+    }
+}
+
+impl EmuMem {
     fn bytes(&self) -> usize {
         self.words * 8
     }
@@ -58,8 +85,11 @@ impl EmuMem {
 
 impl Drop for EmuMem {
     fn drop(&mut self) {
-        // SAFETY: ptr came from Box<[u64]> of `words` elements in `new`.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.words))) };
+        let block = EmuBlock { ptr: self.ptr, words: self.words };
+        if let Some((pool, class)) = self.home.take() {
+            pool.shadow_forget(self.ptr as u64);
+            pool.give_back(class, block);
+        } // else `block` frees the memory here
     }
 }
 
@@ -149,6 +179,12 @@ pub struct EmuDevice {
     /// Opted-in maximum dynamic shared memory per kernel (bytes), as the GPU's
     /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
     dyn_optin: Mutex<HashMap<String, usize>>,
+    /// The caching allocator (reused memory is poisoned with NaN before it is handed out).
+    pool: Arc<Pool<EmuBlock>>,
+    /// `gemm` rounds its operands to bf16 as the GPU's GemmEx path does (`--precision bf16`).
+    gemm_bf16: bool,
+    /// Keep bf16 shadows of weights (`refresh_bf16_shadow`).
+    bf16_shadows: bool,
 }
 
 impl Default for EmuDevice {
@@ -162,7 +198,13 @@ impl EmuDevice {
     /// for bit.
     pub fn with_schedules(schedules: &[Schedule]) -> Self {
         assert!(!schedules.is_empty(), "an emulator needs at least one schedule");
-        EmuDevice { schedules: schedules.to_vec(), dyn_optin: Mutex::new(HashMap::new()) }
+        EmuDevice {
+            schedules: schedules.to_vec(),
+            dyn_optin: Mutex::new(HashMap::new()),
+            pool: Pool::new(alloc::caching_from_env()),
+            gemm_bf16: false,
+            bf16_shadows: super::device::shadows_from_env(),
+        }
     }
     /// Schedules from `MMR1_EMU_SCHEDULE` (see [`Schedule::parse_list`]), forward without it.
     /// Panics on a malformed value, naming the variable.
@@ -173,6 +215,21 @@ impl EmuDevice {
             ),
             Err(_) => EmuDevice::with_schedules(&[Schedule::Forward]),
         }
+    }
+    /// With the caching allocator on or off (default: `MMR1_CACHING_ALLOCATOR`, on); call it
+    /// before allocating anything.
+    pub fn with_caching(mut self, on: bool) -> Self {
+        self.pool = Pool::new(on);
+        self
+    }
+    /// With bf16 shadows of weights on or off (default: `MMR1_BF16_SHADOWS`, on).
+    pub fn with_bf16_shadows(mut self, on: bool) -> Self {
+        self.bf16_shadows = on;
+        self
+    }
+    /// How many buffers have a bf16 shadow now.
+    pub fn bf16_shadow_count(&self) -> usize {
+        self.pool.shadow_count()
     }
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules
@@ -291,15 +348,26 @@ impl Device for EmuDevice {
         format!("cuda-emu (kernels on the host; schedules {})", s.join(","))
     }
     fn alloc(&self, bytes: usize) -> EmuMem {
-        EmuMem::new(bytes)
+        let (mut block, class, cached) = self.pool.take(alloc::size_class(bytes), EmuBlock::new);
+        if cached {
+            // Stale data must not leak into results: it reads as NaN, like fresh memory.
+            block.poison();
+        }
+        let block = std::mem::ManuallyDrop::new(block);
+        EmuMem { ptr: block.ptr, words: block.words, home: Some((self.pool.clone(), class)) }
     }
     fn upload(&self, host: &[u8]) -> EmuMem {
-        let mut m = EmuMem::new(host.len());
+        let mut m = self.alloc(host.len());
         self.write(&mut m, host);
+        if self.gemm_bf16 && self.bf16_shadows {
+            // Maybe a weight: its first bf16 GEMM keeps the converted copy.
+            self.pool.mark_pristine(m.ptr as u64);
+        }
         m
     }
     fn write(&self, mem: &mut EmuMem, host: &[u8]) {
         assert!(host.len() <= mem.bytes(), "emu write past the end of a buffer");
+        self.pool.shadow_forget(mem.ptr as u64);
         // SAFETY: bounds checked above; the regions do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), mem.ptr as *mut u8, host.len()) };
     }
@@ -319,6 +387,13 @@ impl Device for EmuDevice {
         shared_bytes: u32,
         args: &[Arg<'_, EmuMem>],
     ) {
+        // A buffer the kernel may write loses its bf16 shadow.
+        let ptrs = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
+        for (i, m) in ptrs.enumerate() {
+            if super::device::may_write(name, i) {
+                self.pool.shadow_forget(m.ptr as u64);
+            }
+        }
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
         let vals: Vec<u64> = args
@@ -379,13 +454,70 @@ impl Device for EmuDevice {
         beta: f32,
     ) -> bool {
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
+        self.pool.shadow_forget(out.ptr as u64);
         let f =
             |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
-        let (av, bv) = (f(a, m * k), f(b, k * n));
+        let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
+        if self.gemm_bf16 {
+            // What GemmEx with bf16 A and B reads: each operand rounded to bf16 (nearest
+            // even, as the f32_to_bf16 kernel the GPU path converts with), or the operand's
+            // bf16 shadow as it is; the products and sums stay f32, as CUBLAS_COMPUTE_32F
+            // accumulates.
+            let keys = [(a.ptr as u64, m * k), (b.ptr as u64, k * n)];
+            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
+            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
+                if !had && self.pool.is_pristine(mem.ptr as u64) {
+                    self.refresh_bf16_shadow(mem, len);
+                }
+            }
+            self.pool.with_shadows(keys, false, |found| {
+                for (v, sh) in [&mut av, &mut bv].into_iter().zip(found) {
+                    match sh {
+                        // SAFETY: a shadow block holds at least `v.len()` bf16 values.
+                        Some(blk) => {
+                            let bits = unsafe {
+                                std::slice::from_raw_parts(blk.ptr as *const u16, v.len())
+                            };
+                            for (x, b) in v.iter_mut().zip(bits) {
+                                *x = half::bf16::from_bits(*b).to_f32();
+                            }
+                        }
+                        None => {
+                            for x in v.iter_mut() {
+                                *x = half::bf16::from_f32(*x).to_f32();
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
         Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
         self.write(out, bytemuck::cast_slice(&ov));
         true
     }
     fn synchronize(&self) {}
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.pool.stats())
+    }
+    fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
+        self.gemm_bf16 = bf16;
+        Ok(())
+    }
+    fn gemm_precision_bf16(&self) -> bool {
+        self.gemm_bf16
+    }
+    fn refresh_bf16_shadow(&self, mem: &EmuMem, n: usize) {
+        if !(self.gemm_bf16 && self.bf16_shadows) || n == 0 {
+            return;
+        }
+        let (block, class, _) = self.pool.take(alloc::size_class(n * 2), EmuBlock::new);
+        let vals = super::f32s(&self.download(mem, n * 4));
+        // SAFETY: the block holds `class >= 2n` bytes; nothing else refers to it.
+        let bits = unsafe { std::slice::from_raw_parts_mut(block.ptr as *mut u16, n) };
+        for (b, x) in bits.iter_mut().zip(&vals) {
+            *b = half::bf16::from_f32(*x).to_bits();
+        }
+        self.pool.shadow_insert(mem.ptr as u64, block, class, n);
+    }
 }

@@ -8,6 +8,7 @@
 //! Storage is f32 for now. Matmul goes to cuBLAS SGEMM (f32) on the GPU, to the CPU GEMM on
 //! the emulator, and to the `gemm_f32` kernel when no library GEMM is available.
 
+pub mod alloc;
 mod attention;
 pub mod device;
 #[cfg(feature = "cuda")]
@@ -15,6 +16,7 @@ pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
 pub mod flash;
+pub mod precision;
 pub mod rl;
 mod vision_ops;
 
@@ -218,6 +220,9 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn name(&self) -> String {
         self.dev.name()
+    }
+    fn memory_stats(&self) -> Option<crate::backend::memory::MemoryStats> {
+        self.dev.memory_stats()
     }
 
     fn zeros(&self, n: usize) -> Self::Buf {
@@ -697,6 +702,8 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::F32(hp.grad_scale),
             ],
         );
+        // Weights change only here: a bf16 GEMM reads this copy until p is touched again.
+        self.dev.refresh_bf16_shadow(&p.mem, p.len);
     }
 }
 

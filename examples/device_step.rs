@@ -1,0 +1,146 @@
+//! SFT training steps on a device, for `scripts/gpu-check.sh`: the step time and the device
+//! memory at `--precision bf16` vs `f32`, and with the caching allocator on or off
+//! (`MMR1_CACHING_ALLOCATOR=0`), and with the weights' bf16 shadows on or off
+//! (`MMR1_BF16_SHADOWS=0`). Prints one JSON line (plus the per-step lines on stderr).
+//!
+//! ```text
+//! cargo run --release --features cuda --example device_step -- \
+//!     --device cuda --precision bf16 [--shape qwen2.5-0.5b|tiny] [--layers N] \
+//!     [--seqs 4] [--len 1024] [--steps 6]
+//! ```
+//! Steps: forward, per-token log-probs, token cross-entropy, backward, clip, AdamW, on one
+//! packed batch of `--seqs` random sequences of `--len` tokens; the first step is a warm-up
+//! (it fills the allocator's cache and compiles nothing: kernels are loaded at start).
+//! Reported: median step seconds over the steps after the first, tokens/s, peak device memory
+//! in use and reserved, and the allocations per steady step that were fresh (0 with the cache).
+
+use anyhow::{bail, Result};
+use mmr1_fast::backend::precision::PrecisionChoice;
+use mmr1_fast::backend::select::DeviceChoice;
+use mmr1_fast::backend::Backend;
+use mmr1_fast::model::init::{init_params, Init};
+use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
+use mmr1_fast::optim::{AdamW, AdamwConfig};
+use mmr1_fast::train::{micro_step, SftLoss, Workspace};
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+struct Opts {
+    device: DeviceChoice,
+    precision: PrecisionChoice,
+    shape: String,
+    layers: Option<usize>,
+    seqs: usize,
+    len: usize,
+    steps: usize,
+}
+
+fn parse() -> Result<Opts> {
+    let mut o = Opts {
+        device: DeviceChoice::Auto,
+        precision: PrecisionChoice::Auto,
+        shape: "qwen2.5-0.5b".into(),
+        layers: None,
+        seqs: 4,
+        len: 1024,
+        steps: 6,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for kv in args.chunks(2) {
+        let [k, v] = kv else { bail!("expected --key value pairs, got {args:?}") };
+        let e = |x: String| anyhow::anyhow!("{k}: {x}");
+        match k.as_str() {
+            "--device" => o.device = v.parse().map_err(e)?,
+            "--precision" => o.precision = v.parse().map_err(e)?,
+            "--shape" => o.shape = v.clone(),
+            "--layers" => o.layers = Some(v.parse()?),
+            "--seqs" => o.seqs = v.parse()?,
+            "--len" => o.len = v.parse()?,
+            "--steps" => o.steps = v.parse()?,
+            _ => bail!("unknown option {k} (see the top of examples/device_step.rs)"),
+        }
+    }
+    if o.steps < 2 {
+        bail!("--steps must be at least 2 (the first is a warm-up)");
+    }
+    Ok(o)
+}
+
+/// Qwen2.5-0.5B's widths (head dim 64: the flash kernels run) or a tiny model for smoke runs.
+fn config(o: &Opts) -> Result<Qwen2Config> {
+    let (d, i, l, h, kv, v) = match o.shape.as_str() {
+        "qwen2.5-0.5b" => (896, 4864, 24, 14, 2, 151936),
+        "tiny" => (64, 72, 2, 4, 2, 97),
+        s => bail!("unknown --shape {s}: qwen2.5-0.5b or tiny"),
+    };
+    Ok(serde_json::from_value(serde_json::json!({
+        "hidden_size": d, "intermediate_size": i, "num_hidden_layers": o.layers.unwrap_or(l),
+        "num_attention_heads": h, "num_key_value_heads": kv, "vocab_size": v,
+        "tie_word_embeddings": true, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 32768
+    }))?)
+}
+
+fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
+    let cfg = config(o)?;
+    let vocab = cfg.vocab_size as u32;
+    let layout = ParamLayout::new(&cfg);
+    let n_params: usize = layout.specs.iter().map(|s| s.numel()).sum();
+    let host = init_params(&layout, Init::HuggingFace { std: 0.02 }, 0);
+    let mut model = Qwen2::from_host(be, cfg, layout, &host);
+    drop(host);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let seqs: Vec<Vec<u32>> =
+        (0..o.seqs).map(|_| (0..o.len).map(|_| rng.gen_range(0..vocab)).collect()).collect();
+    let batch = Packed::new(&seqs);
+    let (_, has) = batch.next_token_targets();
+    let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
+    let mut ws = Workspace::new(&model, be);
+    let (mut secs, mut fresh, mut losses) = (Vec::new(), Vec::new(), Vec::new());
+    for s in 0..o.steps {
+        let t = Instant::now();
+        ws.zero_grads(be);
+        let loss = micro_step(be, &model, &batch, &mut loss_fn, &mut ws)?;
+        let rep = opt.step(be, &mut model.params, &ws.grads, 1e-5);
+        // grad_norm and the loss came back to the host: the step's work is done.
+        let dt = t.elapsed().as_secs_f64();
+        let f = be.memory_stats().map_or(0, |m| m.fresh_allocs);
+        eprintln!(
+            "step {s}: {dt:.3} s, loss {loss:.4}, grad norm {:.3}, fresh allocations so far {f}",
+            rep.grad_norm
+        );
+        secs.push(dt);
+        fresh.push(f);
+        losses.push(loss);
+    }
+    let mut steady = secs[1..].to_vec();
+    steady.sort_by(f64::total_cmp);
+    let median = steady[steady.len() / 2];
+    let tokens = batch.tokens();
+    let mem = be.memory_stats();
+    let fresh_per_step = (fresh[o.steps - 1] - fresh[1]) as f64 / (o.steps - 2).max(1) as f64;
+    let line = serde_json::json!({
+        "device": be.name(),
+        "precision": o.precision.to_string(),
+        "caching": std::env::var("MMR1_CACHING_ALLOCATOR").map_or(true, |v| v != "0" && v != "off"),
+        "bf16_shadows": std::env::var("MMR1_BF16_SHADOWS").map_or(true, |v| v != "0"),
+        "shadow_hits": mem.map(|m| m.shadow_hits),
+        "shape": o.shape, "params": n_params, "tokens": tokens,
+        "step_s_median": median, "step_s_first": secs[0],
+        "tokens_per_s": tokens as f64 / median,
+        "model_tflops": 6.0 * n_params as f64 * tokens as f64 / median / 1e12,
+        "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
+        "peak_reserved_bytes": mem.map(|m| m.peak_reserved_bytes),
+        "fresh_allocs_first_step": fresh[0],
+        "fresh_allocs_per_steady_step": fresh_per_step,
+        "loss_first": losses[0], "loss_last": losses[o.steps - 1],
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let o = parse()?;
+    mmr1_fast::with_backend!(o.device, precision = o.precision, be => run(be, &o))
+}

@@ -1,0 +1,53 @@
+//! `--precision` on the CUDA backend (GPU and emulator alike): which GEMM and which attention
+//! kernels run. See `backend::precision` for what each choice means.
+
+use super::device::Device;
+use super::{AttnKernel, CudaBackend};
+use crate::backend::precision::Precision;
+
+/// `MMR1_GEMM` (`f32` or `bf16`) when set: overrides the GEMM part of a precision (benches).
+fn gemm_override() -> Result<Option<bool>, String> {
+    match std::env::var("MMR1_GEMM").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok("f32") => Ok(Some(false)),
+        Ok("bf16") => Ok(Some(true)),
+        Ok(other) => Err(format!("MMR1_GEMM={other:?}: expected \"f32\" or \"bf16\"")),
+    }
+}
+
+/// `MMR1_ATTENTION` when set: overrides the attention part of a precision (benches).
+fn attention_override() -> Result<Option<AttnKernel>, String> {
+    match std::env::var("MMR1_ATTENTION").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        _ => AttnKernel::from_env().map(Some),
+    }
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// The backend at precision `p` (bf16: bf16 GEMM + flash attention; f32: SGEMM + the
+    /// reference attention), with `MMR1_GEMM` / `MMR1_ATTENTION` overriding either part.
+    pub fn with_precision(mut self, p: Precision) -> Result<Self, String> {
+        let bf16 = p == Precision::Bf16;
+        let gemm = gemm_override()?.unwrap_or(bf16);
+        self.device_mut().set_gemm_precision(gemm)?;
+        let attn = attention_override()?.unwrap_or(if bf16 {
+            AttnKernel::Flash
+        } else {
+            AttnKernel::Reference
+        });
+        self.set_attention(attn);
+        Ok(self)
+    }
+
+    /// What runs, in words: `"bf16 GEMM, flash attention"`.
+    pub fn precision_summary(&self) -> String {
+        let gemm = if self.device().gemm_precision_bf16() { "bf16 GEMM" } else { "f32 GEMM" };
+        let attn = match self.attention_kernel() {
+            AttnKernel::Flash => {
+                "flash attention (bf16 tensor cores; f32 where the head dim has no flash kernel)"
+            }
+            AttnKernel::Reference => "f32 reference attention",
+        };
+        format!("{gemm}, {attn}")
+    }
+}

@@ -1,0 +1,259 @@
+//! `--precision bf16` on the emulator (bf16 GEMM operands as cuBLAS GemmEx reads them, flash
+//! attention on bf16 tensor cores, everything else f32) against the f32 CPU reference, on a
+//! tiny model: the tolerances docs/perf.md states for bf16.
+//!
+//! Tolerances (relative L2 against the CPU in f32; measured values are printed as ERR lines):
+//! per-token log-probs <= 1e-2, the step's loss <= 1e-2 (relative), every parameter's
+//! gradient <= 3e-2, parameters after one AdamW step <= 1e-2. `--precision f32` on the
+//! emulator stays within 1e-5 of the CPU.
+#![cfg(feature = "emu")]
+
+mod common;
+use common::*;
+use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+use mmr1_fast::backend::cuda::CudaBackend;
+use mmr1_fast::backend::precision::Precision;
+use mmr1_fast::backend::{Backend, Tr};
+use mmr1_fast::model::init::{init_params, Init};
+use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
+use mmr1_fast::optim::{AdamW, AdamwConfig};
+use mmr1_fast::train::{micro_step, SftLoss, Workspace};
+
+/// Head dim 16 (the flash kernels run), GQA 2, odd MLP width, untied head.
+fn config() -> Qwen2Config {
+    serde_json::from_value(serde_json::json!({
+        "hidden_size": 64, "intermediate_size": 72, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97,
+        "tie_word_embeddings": false, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 256
+    }))
+    .unwrap()
+}
+
+struct Step {
+    lp: Vec<f32>,
+    loss: f64,
+    grads: Vec<Vec<f32>>,
+    params: Vec<Vec<f32>>,
+}
+
+/// Log-probs, the SFT loss and its gradients on a ragged packed batch (one sequence crosses
+/// a 64-row attention tile), then the parameters after one AdamW step.
+fn step<B: Backend>(be: &B) -> Step {
+    let cfg = config();
+    let layout = ParamLayout::new(&cfg);
+    let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 5);
+    let mut model = Qwen2::from_host(be, cfg, layout, &host);
+    let seqs = [random_ids(13, 97, 1), random_ids(70, 97, 2), random_ids(5, 97, 3)];
+    let batch = Packed::new(&seqs);
+    let (targets, has) = batch.next_token_targets();
+    let mut acts = None;
+    model.forward(be, &batch, &mut acts).unwrap();
+    let (lp, _) = model.token_logprobs(be, acts.as_ref().unwrap(), &targets, 1.0);
+    drop(acts);
+    let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    let mut ws = Workspace::new(&model, be);
+    let loss = micro_step(be, &model, &batch, &mut loss_fn, &mut ws).unwrap();
+    let grads_host = ws.grads.iter().map(|g| be.download(g)).collect();
+    let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
+    opt.step(be, &mut model.params, &ws.grads, 1e-3);
+    Step { lp, loss, grads: grads_host, params: model.to_host(be) }
+}
+
+fn emu(p: Precision) -> CudaBackend<EmuDevice> {
+    CudaBackend::emulator().with_precision(p).unwrap()
+}
+
+#[test]
+fn bf16_step_on_the_emulator_is_within_the_documented_tolerance_of_the_cpu() {
+    let cpu = step(&Cpu);
+    let bf = step(&emu(Precision::Bf16));
+    let e_lp = rel_l2(&bf.lp, &cpu.lp);
+    let e_loss = ((bf.loss - cpu.loss) / cpu.loss).abs();
+    let names: Vec<String> =
+        ParamLayout::new(&config()).specs.iter().map(|s| s.name.clone()).collect();
+    let mut worst = (0.0f64, String::new());
+    for ((n, a), b) in names.iter().zip(&bf.grads).zip(&cpu.grads) {
+        let e = rel_l2(a, b);
+        if e > worst.0 {
+            worst = (e, n.clone());
+        }
+        assert!(e <= 3e-2, "bf16 gradient of {n}: rel L2 {e:.3e}");
+    }
+    let e_p = bf.params.iter().zip(&cpu.params).map(|(a, b)| rel_l2(a, b)).fold(0.0, f64::max);
+    println!("ERR bf16 vs cpu f32: log-probs {e_lp:.3e}, loss {e_loss:.3e}, worst gradient {:.3e} ({}), params after AdamW {e_p:.3e}", worst.0, worst.1);
+    assert!(e_lp <= 1e-2, "log-probs rel L2 {e_lp:.3e}");
+    assert!(e_loss <= 1e-2, "loss relative error {e_loss:.3e}");
+    // Adam's first step moves each weight by about lr * sign(gradient): a gradient element near
+    // zero that bf16 noise flips moves its weight 2 lr the other way, hence the looser bound.
+    assert!(e_p <= 1e-2, "parameters after one step: rel L2 {e_p:.3e}");
+    // bf16 is really on: the log-probs are not the f32 ones.
+    assert!(e_lp > 1e-5, "bf16 log-probs equal the f32 ones ({e_lp:.1e}): is bf16 running?");
+}
+
+#[test]
+fn f32_step_on_the_emulator_matches_the_cpu() {
+    let cpu = step(&Cpu);
+    let f = step(&emu(Precision::F32));
+    let e_lp = rel_l2(&f.lp, &cpu.lp);
+    let e_g = f.grads.iter().zip(&cpu.grads).map(|(a, b)| rel_l2(a, b)).fold(0.0, f64::max);
+    println!("ERR f32 emu vs cpu: log-probs {e_lp:.3e}, worst gradient {e_g:.3e}");
+    assert!(e_lp <= 1e-5 && e_g <= 1e-5, "log-probs {e_lp:.3e}, gradients {e_g:.3e}");
+}
+
+#[test]
+fn bf16_gemm_on_the_emulator_rounds_the_operands_as_gemmex_reads_them() {
+    let (m, n, k) = (7, 19, 33);
+    let a = random_f32(m * k, 1);
+    let b = random_f32(n * k, 2);
+    let round = |v: &[f32]| v.iter().map(|x| half::bf16::from_f32(*x).to_f32()).collect::<Vec<_>>();
+    let mut want = vec![0.0; m * n];
+    Cpu.matmul(&mut want, &round(&a), Tr::N, &round(&b), Tr::T, m, n, k, 0.0);
+    let mut exact = vec![0.0; m * n];
+    Cpu.matmul(&mut exact, &a, Tr::N, &b, Tr::T, m, n, k, 0.0);
+    let be = emu(Precision::Bf16);
+    let (da, db) = (be.upload(&a), be.upload(&b));
+    let mut out = be.upload(&vec![f32::NAN; m * n]);
+    be.matmul(&mut out, &da, Tr::N, &db, Tr::T, m, n, k, 0.0);
+    let got = be.download(&out);
+    assert!(
+        got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "not the product of the rounded operands"
+    );
+    assert!(rel_l2(&got, &exact) > 1e-4, "bf16 rounding had no effect");
+    let f = emu(Precision::F32);
+    let (da, db) = (f.upload(&a), f.upload(&b));
+    let mut out = f.upload(&vec![f32::NAN; m * n]);
+    f.matmul(&mut out, &da, Tr::N, &db, Tr::T, m, n, k, 0.0);
+    assert_eq!(f.download(&out), exact);
+}
+
+fn random_f32(n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// bf16 with the weights' bf16 shadows (made once per optimizer step) or without (both GEMM
+/// operands converted on every call).
+fn emu_shadows(on: bool) -> CudaBackend<EmuDevice> {
+    CudaBackend::with_device(EmuDevice::with_schedules(&[Schedule::Forward]).with_bf16_shadows(on))
+        .with_precision(Precision::Bf16)
+        .unwrap()
+}
+
+/// The losses of `n` SFT steps and the parameters after them.
+fn train_steps<B: Backend>(be: &B, n: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
+    let cfg = config();
+    let layout = ParamLayout::new(&cfg);
+    let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 9);
+    let mut model = Qwen2::from_host(be, cfg, layout, &host);
+    let seqs = [random_ids(21, 97, 4), random_ids(8, 97, 5)];
+    let batch = Packed::new(&seqs);
+    let (_, has) = batch.next_token_targets();
+    let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
+    let mut ws = Workspace::new(&model, be);
+    let mut losses = Vec::new();
+    for _ in 0..n {
+        ws.zero_grads(be);
+        losses.push(micro_step(be, &model, &batch, &mut loss_fn, &mut ws).unwrap());
+        opt.step(be, &mut model.params, &ws.grads, 1e-2);
+    }
+    (losses, model.to_host(be))
+}
+
+#[test]
+fn bf16_weight_shadows_give_the_bits_of_converting_per_call() {
+    let (on, off) = (emu_shadows(true), emu_shadows(false));
+    let (a, b) = (train_steps(&on, 3), train_steps(&off, 3));
+    assert_eq!(a.0, b.0, "losses differ");
+    for (i, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
+        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "parameter {i} differs");
+    }
+    let hits = on.memory_stats().unwrap().shadow_hits;
+    println!("bf16 GEMM operands read from shadows over 3 steps: {hits}");
+    // Steps 2 and 3 read every projection weight (7 per layer, forward: one operand each;
+    // backward dX: one each) and the head from shadows.
+    assert!(hits >= 2 * 2 * (7 * 2 + 1), "only {hits} shadow hits");
+    assert_eq!(off.memory_stats().unwrap().shadow_hits, 0);
+    assert_eq!(off.device().bf16_shadow_count(), 0);
+}
+
+#[test]
+fn a_weight_written_or_freed_after_the_optimizer_loses_its_shadow() {
+    let (m, n, k) = (5, 9, 16);
+    let x = random_f32(m * k, 3);
+    let w0 = random_f32(n * k, 4);
+    let run = |be: &CudaBackend<EmuDevice>| -> Vec<Vec<f32>> {
+        let dx = be.upload(&x);
+        let mut w = be.upload(&w0);
+        let (g, mut mo, mut v) =
+            (be.upload(&random_f32(n * k, 5)), be.zeros(n * k), be.zeros(n * k));
+        let hp = mmr1_fast::backend::AdamwStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+            grad_scale: 1.0,
+        };
+        let mut outs = Vec::new();
+        let product = |w: &mmr1_fast::backend::cuda::DevBuf<_>| {
+            let mut out = be.upload(&vec![f32::NAN; m * n]);
+            be.matmul(&mut out, &dx, Tr::N, w, Tr::T, m, n, k, 0.0);
+            be.download(&out)
+        };
+        be.adamw(&mut w, &g, &mut mo, &mut v, hp); // shadow made
+        outs.push(product(&w));
+        be.scale(&mut w, 3.0); // written by another kernel: the shadow must go
+        outs.push(product(&w));
+        be.adamw(&mut w, &g, &mut mo, &mut v, hp);
+        drop(w); // freed: its memory (and address) comes back for the next buffer
+        let w2 = be.upload(&random_f32(n * k, 6));
+        outs.push(product(&w2));
+        outs
+    };
+    let (on, off) = (emu_shadows(true), emu_shadows(false));
+    let (a, b) = (run(&on), run(&off));
+    // x (uploaded, never written) is converted at its first product and read from its shadow
+    // in the next two; w's shadow from the optimizer serves the first product only; w2, a
+    // new upload at w's old address, gets a fresh shadow of its own at its first use.
+    assert_eq!(on.memory_stats().unwrap().shadow_hits, 3);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "product {i} used a stale shadow"
+        );
+    }
+    assert_eq!(on.device().bf16_shadow_count(), 0, "freed buffers keep no shadow");
+}
+
+#[test]
+fn loaded_weights_are_converted_once_for_inference_too() {
+    let seqs = [random_ids(11, 97, 7), random_ids(6, 97, 8)];
+    let forward_twice = |be: &CudaBackend<EmuDevice>| {
+        let cfg = config();
+        let layout = ParamLayout::new(&cfg);
+        let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 2);
+        let model = Qwen2::from_host(be, cfg, layout, &host);
+        let batch = Packed::new(&seqs);
+        let (targets, _) = batch.next_token_targets();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let mut acts = None;
+            model.forward(be, &batch, &mut acts).unwrap();
+            out.push(model.token_logprobs(be, acts.as_ref().unwrap(), &targets, 1.0).0);
+        }
+        out
+    };
+    let (on, off) = (emu_shadows(true), emu_shadows(false));
+    let (a, b) = (forward_twice(&on), forward_twice(&off));
+    assert_eq!(a, b);
+    // The second forward reads all 7 projections of both layers and the head from shadows.
+    let hits = on.memory_stats().unwrap().shadow_hits;
+    println!("shadow hits over two forwards: {hits}");
+    assert!(hits > 2 * 7, "{hits} shadow hits");
+}
