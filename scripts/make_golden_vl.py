@@ -35,6 +35,16 @@ What it makes:
   vl_grads.safetensors    gradients of every parameter (checkpoint names) for
                           loss = sum_i weights[i] * logprobs[i] on the vl_logits.safetensors sequence:
                           weights f32 [L-1] (seeded normal), grad.<name> f32.
+  tokenizer.json          the tiny byte-level BPE of tests/fixtures/tokenizer.json (ids 0..399) with
+                          added special tokens <|reserved_0..7|> (400..407, fillers so ids stay
+                          contiguous), <|vision_start|> 408, <|vision_end|> 409, <|image_pad|> 410,
+                          <|video_pad|> 411: the model's special ids.
+  generate.safetensors    greedy generation (transformers' generate, eager attention) for the
+                          chat prompt of `mmr1-fast generate --image images/img0.png --prompt
+                          "Describe it."` as Qwen2_5_VLProcessor builds it (text from the Qwen2.5-VL
+                          chat template, placeholder expanded by the processor): prompt_ids i64 [L],
+                          grid_thw i64 [1, 3], tokens i64 [n] (the new tokens, at most 8, ending
+                          at <|im_end|> 399 if reached). The prompt text is in the metadata.
   config.json, model.safetensors   a tiny random Qwen2_5_VLForConditionalGeneration, float32,
                           as transformers 5 writes it (nested text_config / vision_config,
                           rope_parameters with mrope_section).
@@ -44,6 +54,7 @@ What it makes:
 Rerun from the repository root (torch, transformers, pillow, torchvision, safetensors):
   /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py
   /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py --only grads,logits,vlgrads
+  /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py --only tokenizer,generate
 (the second form loads the committed model and images and rewrites only those files).
 Written against transformers 5.24.0 / torch 2.15.0 / pillow 13.0.0 / torchvision 0.29.2.
 """
@@ -333,6 +344,51 @@ def make_vl_logits(model):
               metadata={"meta": json.dumps({"versions": VERSIONS})})
 
 
+VL_SPECIALS = [f"<|reserved_{i}|>" for i in range(8)] + [
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer
+    tok = json.load(open(os.path.join(ROOT, "tests", "fixtures", "tokenizer.json")))
+    assert max(a["id"] for a in tok["added_tokens"]) == 399
+    for i, content in enumerate(VL_SPECIALS):
+        tok["added_tokens"].append({"id": 400 + i, "content": content, "single_word": False,
+                                    "lstrip": False, "rstrip": False, "normalized": False,
+                                    "special": True})
+    path = os.path.join(OUT, "tokenizer.json")
+    json.dump(tok, open(path, "w"), ensure_ascii=False, indent=2)
+    t = Tokenizer.from_file(path)
+    ids = t.encode("<|vision_start|><|image_pad|><|vision_end|>hi", add_special_tokens=False).ids
+    assert ids[:3] == [408, 410, 409], ids
+
+
+def make_generate(model):
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(OUT, "tokenizer.json"))
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    proc = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessorPil.from_pretrained(OUT),
+                               tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
+    # Qwen2.5-VL's chat template for [system default, user [image, text]], generation prompt.
+    text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe it.<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    img = Image.open(os.path.join(OUT, "images", "img0.png"))
+    inputs = proc(text=[text], images=[img], return_tensors="pt")
+    for c in (model.config, model.config.text_config, model.config.vision_config):
+        c._attn_implementation = "eager"
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=399,
+                             pad_token_id=397)
+    new = out[0, inputs["input_ids"].shape[1]:]
+    print("generate: prompt", inputs["input_ids"].shape[1], "tokens, new", new.tolist())
+    save_file({"prompt_ids": inputs["input_ids"][0].long().contiguous(),
+               "grid_thw": inputs["image_grid_thw"].long().contiguous(),
+               "tokens": new.long().contiguous()},
+              os.path.join(OUT, "generate.safetensors"),
+              metadata={"meta": json.dumps({"versions": VERSIONS, "prompt": text})})
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--only":
         parts = sys.argv[2].split(",")
@@ -343,6 +399,10 @@ if __name__ == "__main__":
             make_vl_logits(model)
         if "vlgrads" in parts:
             make_vl_grads(model)
+        if "tokenizer" in parts:
+            make_tokenizer()
+        if "generate" in parts:
+            make_generate(model)
         print("wrote", parts, "in", OUT)
         sys.exit(0)
     paths = make_images()
@@ -355,4 +415,6 @@ if __name__ == "__main__":
     make_vision_grads(model)
     make_vl_logits(model)
     make_vl_grads(model)
+    make_tokenizer()
+    make_generate(model)
     print("wrote", OUT)

@@ -1,21 +1,34 @@
 //! `mmr1-fast generate`: a completion for one prompt, with the KV cache.
 
 use crate::backend::Backend;
+use crate::model::vl_forward::VlModel;
+use crate::model::vl_prompt::{
+    expand_image_placeholders, is_vl_checkpoint, VlImages, IMAGE_PLACEHOLDER,
+    QWEN25_VL_DEFAULT_SYSTEM,
+};
 use crate::model::Qwen2;
-use crate::rl::rollout::{generate, SamplingParams};
+use crate::rl::rollout::{generate, Rollout, SamplingParams};
+use crate::rl::vl_rollout::generate_vl;
 use crate::tokenizer::{apply_chat_template, Message, Tokenizer, QWEN25_DEFAULT_SYSTEM};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json): a Qwen2 or a
+    /// Qwen2.5-VL checkpoint (the latter also reads preprocessor_config.json when given --image).
     #[arg(long)]
     pub model: PathBuf,
-    /// The user's message (wrapped in the Qwen chat template unless --raw).
+    /// The user's message (wrapped in the Qwen chat template unless --raw). With --image the
+    /// template puts one <|vision_start|><|image_pad|><|vision_end|> per image before it; with
+    /// --raw write those yourself, one per image, in the order of the images.
     #[arg(long)]
     pub prompt: String,
+    /// An image (PNG, JPEG or WebP) for a Qwen2.5-VL checkpoint; repeat for several. Example:
+    /// --image photo.jpg --prompt "What is in the picture?"
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
     /// At most this many new tokens (prompt + new tokens must fit the model's
     /// max_position_embeddings).
     #[arg(long, default_value_t = 128)]
@@ -30,7 +43,8 @@ pub struct GenerateArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// System prompt (default: Qwen2.5's).
+    /// System prompt (default: Qwen2.5's; for a Qwen2.5-VL checkpoint "You are a helpful
+    /// assistant.", as its chat template writes).
     #[arg(long)]
     pub system: Option<String>,
     /// Feed the prompt text as is, without the chat template.
@@ -49,40 +63,76 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args))
+    if is_vl_checkpoint(&args.model)? {
+        crate::with_backend!(args.device, precision = args.precision, be => run_vl(be, args))
+    } else {
+        if let Some(p) = args.images.first() {
+            bail!(
+                "--image {}: {} is not a vision-language checkpoint (config.json model_type is not \"qwen2_5_vl\"); images need a Qwen2.5-VL model",
+                p.display(),
+                args.model.display()
+            );
+        }
+        crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args))
+    }
 }
 
-fn run_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
-    let model = Qwen2::load(be, &args.model)?;
-    let tok = Tokenizer::from_dir(&args.model)?;
-    tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;
-    let text = if args.raw {
-        args.prompt.clone()
-    } else {
-        let sys = args.system.as_deref().unwrap_or(QWEN25_DEFAULT_SYSTEM);
-        apply_chat_template(
-            &[Message::new("system", sys), Message::new("user", &args.prompt)],
-            None,
-            true,
-        )
-    };
-    let ids = tok.encode(&text)?;
+/// The prompt text: the chat template (system, user with `n_images` image blocks first,
+/// assistant header) unless --raw.
+fn prompt_text(args: &GenerateArgs, default_system: &str, n_images: usize) -> String {
+    if args.raw {
+        return args.prompt.clone();
+    }
+    let sys = args.system.as_deref().unwrap_or(default_system);
+    let user = format!("{}{}", IMAGE_PLACEHOLDER.repeat(n_images), args.prompt);
+    apply_chat_template(&[Message::new("system", sys), Message::new("user", &user)], None, true)
+}
+
+fn sampling(args: &GenerateArgs, tok: &Tokenizer, eos: Vec<u32>) -> SamplingParams {
     let mut stop_ids = tok.stop_ids();
-    stop_ids.extend(model.cfg.eos_ids());
-    let params = SamplingParams {
+    stop_ids.extend(eos);
+    SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
         max_new_tokens: args.max_new_tokens,
         stop_ids,
         stop_strings: vec![],
-    };
-    let out = generate(&model, be, &[ids], 1, &params, args.seed, Some(&tok), |_| {})?;
-    let r = &out[0];
+    }
+}
+
+fn print_response(tok: &Tokenizer, r: &Rollout, params: &SamplingParams) -> Result<()> {
     let body: Vec<u32> =
         r.tokens.iter().copied().filter(|t| !params.stop_ids.contains(t)).collect();
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", tok.decode(&body, false)?)?;
     eprintln!("[{} tokens, stop: {:?}]", r.tokens.len(), r.stop);
     Ok(())
+}
+
+fn run_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
+    let model = Qwen2::load(be, &args.model)?;
+    let tok = Tokenizer::from_dir(&args.model)?;
+    tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;
+    let ids = tok.encode(&prompt_text(args, QWEN25_DEFAULT_SYSTEM, 0))?;
+    let params = sampling(args, &tok, model.cfg.eos_ids());
+    let out = generate(&model, be, &[ids], 1, &params, args.seed, Some(&tok), |_| {})?;
+    print_response(&tok, &out[0], &params)
+}
+
+/// A Qwen2.5-VL checkpoint: the images preprocessed, their placeholders expanded, then the
+/// VL decode (M-RoPE; without images the same tokens as a text model).
+fn run_vl<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
+    let model = VlModel::load(be, &args.model)?;
+    let tok = Tokenizer::from_dir(&args.model)?;
+    tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg.text)?;
+    let images = VlImages::load(&args.images, &args.model, &model.cfg.vision)?;
+    let ids = tok.encode(&prompt_text(args, QWEN25_VL_DEFAULT_SYSTEM, args.images.len()))?;
+    let counts = images.token_counts(model.cfg.vision.spatial_merge_size);
+    let mut e = expand_image_placeholders(&[ids], model.cfg.image_token_id, &counts)?;
+    let ids = e.seqs.remove(0);
+    let params = sampling(args, &tok, model.cfg.text.eos_ids());
+    let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels));
+    let r = generate_vl(&model, be, &ids, &images.grids, pixels.as_ref(), &params, args.seed)?;
+    print_response(&tok, &r, &params)
 }

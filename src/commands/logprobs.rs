@@ -2,20 +2,32 @@
 
 use crate::backend::Backend;
 use crate::model::safetensors_io::{save_tensors, SaveDtype};
-use crate::model::{Packed, Qwen2};
+use crate::model::vl_forward::VlModel;
+use crate::model::vl_prompt::{expand_image_placeholders, is_vl_checkpoint, VlImages};
+use crate::model::{Acts, Packed, Qwen2};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct LogprobsArgs {
-    /// Hugging Face model directory (config.json + *.safetensors).
+    /// Hugging Face model directory (config.json + *.safetensors): a Qwen2 or a Qwen2.5-VL
+    /// checkpoint (the latter also reads preprocessor_config.json when given --image).
     #[arg(long)]
     pub model: PathBuf,
     /// JSON file holding a list of token-id sequences, e.g. [[151644, 872, 198], [9707, 11]].
+    /// With --image, each image token (<|image_pad|>, 151655 in Qwen2.5-VL) is one image and
+    /// is expanded to the image's merged patch count, as the Hugging Face processor does:
+    /// write [..., 151652, 151655, 151653, ...] (vision_start, image_pad, vision_end) per image.
     #[arg(long)]
     pub tokens: PathBuf,
+    /// An image (PNG, JPEG or WebP) for a Qwen2.5-VL checkpoint; repeat for several. The images
+    /// fill the sequences' image tokens in order, across sequences. Example:
+    /// --image cat.png --image chart.jpg
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
     /// Output safetensors file: `logprobs.{i}` [len_i - 1] (log p(token t+1 | prefix)) and
-    /// `last_logits.{i}` [vocab] (logits after the final token), f32.
+    /// `last_logits.{i}` [vocab] (logits after the final token), f32. With images, len_i is
+    /// the length after the image tokens are expanded.
     #[arg(long)]
     pub out: PathBuf,
     /// Divide logits by this temperature before the log-softmax (as GRPO does).
@@ -45,7 +57,18 @@ pub fn run(args: &LogprobsArgs) -> Result<()> {
     if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
         bail!("{}: sequence {i} is empty", args.tokens.display());
     }
-    crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args, &seqs))
+    if is_vl_checkpoint(&args.model)? {
+        crate::with_backend!(args.device, precision = args.precision, be => run_vl(be, args, &seqs))
+    } else {
+        if let Some(p) = args.images.first() {
+            bail!(
+                "--image {}: {} is not a vision-language checkpoint (config.json model_type is not \"qwen2_5_vl\"); images need a Qwen2.5-VL model",
+                p.display(),
+                args.model.display()
+            );
+        }
+        crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args, &seqs))
+    }
 }
 
 fn run_on<B: Backend>(be: &B, args: &LogprobsArgs, seqs: &[Vec<u32>]) -> Result<()> {
@@ -57,8 +80,41 @@ fn run_on<B: Backend>(be: &B, args: &LogprobsArgs, seqs: &[Vec<u32>]) -> Result<
     let mut acts = None;
     model.forward(be, &batch, &mut acts)?;
     let acts = acts.expect("forward planned the activations");
+    write_out(be, args, &model, &batch, &acts, seqs.len())
+}
+
+/// A Qwen2.5-VL checkpoint: images preprocessed, placeholders expanded, the VL forward (M-RoPE;
+/// without images it is the text model's forward).
+fn run_vl<B: Backend>(be: &B, args: &LogprobsArgs, seqs: &[Vec<u32>]) -> Result<()> {
+    let model = VlModel::load(be, &args.model)?;
+    let images = VlImages::load(&args.images, &args.model, &model.cfg.vision)?;
+    let counts = images.token_counts(model.cfg.vision.spatial_merge_size);
+    let e = expand_image_placeholders(seqs, model.cfg.image_token_id, &counts)
+        .with_context(|| format!("{}", args.tokens.display()))?;
+    let with_grids: Vec<(&[u32], &[[usize; 3]])> = e
+        .seqs
+        .iter()
+        .zip(&e.images)
+        .map(|(s, r)| (s.as_slice(), &images.grids[r.clone()]))
+        .collect();
+    let batch = model.pack(&with_grids).with_context(|| format!("{}", args.tokens.display()))?;
+    let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels));
+    let mut acts = None;
+    model.forward(be, &batch, pixels.as_ref(), &mut acts)?;
+    let acts = acts.expect("forward planned the activations");
+    write_out(be, args, &model.text, &batch.packed, &acts, e.seqs.len())
+}
+
+fn write_out<B: Backend>(
+    be: &B,
+    args: &LogprobsArgs,
+    model: &Qwen2<B>,
+    batch: &Packed,
+    acts: &Acts<B>,
+    n_seqs: usize,
+) -> Result<()> {
     let (targets, has_target) = batch.next_token_targets();
-    let (lp, _) = model.token_logprobs(be, &acts, &targets, 1.0 / args.temperature);
+    let (lp, _) = model.token_logprobs(be, acts, &targets, 1.0 / args.temperature);
     let last_rows: Vec<usize> = batch.spans.iter().map(|s| s.q_start + s.q_len - 1).collect();
     let last_logits = model.logits_of_rows(be, &acts.xn_f, &last_rows);
     let v = model.cfg.vocab_size;
@@ -70,10 +126,10 @@ fn run_on<B: Backend>(be: &B, args: &LogprobsArgs, seqs: &[Vec<u32>]) -> Result<
     }
     save_tensors(&args.out, &tensors, SaveDtype::F32, None)?;
     let total: f64 = lp.iter().zip(&has_target).filter(|(_, h)| **h).map(|(x, _)| *x as f64).sum();
-    let n_pred = batch.tokens() - seqs.len();
+    let n_pred = batch.tokens() - n_seqs;
     println!(
         "{} sequences, {} predicted tokens, mean log-prob {:.4}; wrote {}",
-        seqs.len(),
+        n_seqs,
         n_pred,
         if n_pred > 0 { total / n_pred as f64 } else { 0.0 },
         args.out.display()

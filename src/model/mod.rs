@@ -20,6 +20,7 @@ pub mod vision_windows;
 pub mod vl;
 pub mod vl_decode;
 pub mod vl_forward;
+pub mod vl_prompt;
 
 pub use backward::GradScratch;
 pub use config::Qwen2Config;

@@ -11,3 +11,4 @@ pub mod rollout;
 pub mod scoring;
 pub mod trainer;
 pub mod vas;
+pub mod vl_rollout;

@@ -1,0 +1,234 @@
+//! `logprobs` and `generate` with `--image` on a Qwen2.5-VL checkpoint (tests/fixtures/tiny-vl,
+//! scripts/make_golden_vl.py): images read from PNG/WebP files and preprocessed, placeholders
+//! expanded as transformers' Qwen2_5_VLProcessor does, against transformers' log-probs
+//! (vl_logits.safetensors) and greedy generation (generate.safetensors); and the errors.
+
+mod common;
+
+use common::{cli, cli_err, cli_ok, fixture, rel_l2, Golden};
+use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::model::vl_forward::VlModel;
+use mmr1_fast::model::vl_prompt::VlImages;
+use mmr1_fast::rl::rollout::{generate, SamplingParams};
+use mmr1_fast::rl::vl_rollout::generate_vl;
+use mmr1_fast::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+const IMAGE: u32 = 410;
+
+fn img(name: &str) -> String {
+    fixture("tiny-vl/images").join(name).to_str().unwrap().to_string()
+}
+
+/// The golden sequence with each image's placeholder run collapsed to one `<|image_pad|>`, as
+/// a user writes it.
+fn collapsed(ids: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    for &t in ids {
+        if !(t == IMAGE && out.last() == Some(&IMAGE)) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+fn write_tokens(dir: &Path, seqs: &[Vec<u32>]) -> String {
+    let p = dir.join("tokens.json");
+    std::fs::write(&p, serde_json::to_string(seqs).unwrap()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// `logprobs --image A --image B` on the collapsed golden sequence (transformers ran img0.png
+/// then img2.webp); returns (rel L2 of logprobs.0 against transformers, its length).
+fn logprobs_vs_golden(device: &str, images: [&str; 2]) -> (f64, usize) {
+    let g = Golden::open(&fixture("tiny-vl/vl_logits.safetensors"));
+    let ids = g.ids("input_ids");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(dir.path(), &[collapsed(&ids)]);
+    let out = dir.path().join("lp.safetensors");
+    let model = fixture("tiny-vl");
+    cli_ok(&[
+        "logprobs",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        &tokens,
+        "--image",
+        &img(images[0]),
+        "--image",
+        &img(images[1]),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        device,
+        "--precision",
+        "f32",
+    ]);
+    let got = Golden::open(&out).f32("logprobs.0");
+    let want = g.f32("logprobs");
+    assert_eq!(got.len(), ids.len() - 1, "placeholders expanded to the golden's total length");
+    let e = rel_l2(&got, &want);
+    println!("{device}: logprobs rel L2 vs transformers {e:.3e}");
+    (e, got.len())
+}
+
+#[test]
+fn cpu_logprobs_with_images_match_transformers() {
+    let (e, _) = logprobs_vs_golden("cpu", ["img0.png", "img2.webp"]);
+    assert!(e < 1e-5, "rel L2 {e:.2e}");
+    // The images fill the placeholders in the order given: swapped, the log-probs move.
+    let (e, _) = logprobs_vs_golden("cpu", ["img2.webp", "img0.png"]);
+    assert!(e > 1e-2, "image order makes no difference: rel L2 {e:.2e}");
+}
+
+#[cfg(feature = "emu")]
+#[test]
+fn emu_logprobs_with_images_match_transformers() {
+    let (e, _) = logprobs_vs_golden("emu", ["img0.png", "img2.webp"]);
+    assert!(e < 1e-5, "rel L2 {e:.2e}");
+}
+
+/// Without images a VL checkpoint runs as text: the tokens before the first image give the
+/// golden's first log-probs (the causal prefix, text positions 0..3 on all M-RoPE axes).
+#[test]
+fn vl_checkpoint_without_images_runs_as_text() {
+    let g = Golden::open(&fixture("tiny-vl/vl_logits.safetensors"));
+    let ids = g.ids("input_ids");
+    let first = ids.iter().position(|&t| t == IMAGE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(dir.path(), &[ids[..first].to_vec()]);
+    let out = dir.path().join("lp.safetensors");
+    let model = fixture("tiny-vl");
+    let args = ["logprobs", "--model", model.to_str().unwrap(), "--tokens", &tokens];
+    cli_ok(&[&args[..], &["--out", out.to_str().unwrap(), "--device", "cpu"]].concat());
+    let got = Golden::open(&out).f32("logprobs.0");
+    let want = &g.f32("logprobs")[..first - 1];
+    let e = rel_l2(&got, want);
+    assert!(e < 1e-5, "rel L2 {e:.2e}");
+}
+
+#[test]
+fn logprobs_image_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let vl = fixture("tiny-vl");
+    let vl = vl.to_str().unwrap();
+    let out = dir.path().join("lp.safetensors");
+    let out = out.to_str().unwrap();
+    let one = write_tokens(dir.path(), &[vec![3, 408, IMAGE, 409, 5]]);
+    // A text-only checkpoint refuses images.
+    let text = fixture("tiny-tied");
+    let err = cli_err(&[
+        "logprobs",
+        "--model",
+        text.to_str().unwrap(),
+        "--tokens",
+        &one,
+        "--image",
+        &img("img0.png"),
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("not a vision-language checkpoint"), "{err}");
+    // A missing image file is named.
+    let missing = dir.path().join("nope.png");
+    let args = ["logprobs", "--model", vl, "--tokens", &one, "--out", out, "--device", "cpu"];
+    let err = cli_err(&[&args[..], &["--image", missing.to_str().unwrap()]].concat());
+    assert!(err.contains("nope.png"), "{err}");
+    // Not an image.
+    let err = cli_err(&[&args[..], &["--image", &one]].concat());
+    assert!(err.contains("tokens.json"), "{err}");
+    // More images than placeholders, and placeholders without images.
+    let err =
+        cli_err(&[&args[..], &["--image", &img("img0.png"), "--image", &img("img1.png")]].concat());
+    assert!(err.contains("1 image placeholder(s)") && err.contains("2 image(s)"), "{err}");
+    let err = cli_err(&args);
+    assert!(err.contains("0 image(s)") || err.contains("no pixel"), "{err}");
+}
+
+fn golden_generation() -> (Vec<u32>, Vec<u32>) {
+    let g = Golden::open(&fixture("tiny-vl/generate.safetensors"));
+    (g.ids("prompt_ids"), g.ids("tokens"))
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: n,
+        stop_ids: vec![397, 399],
+        ..SamplingParams::default()
+    }
+}
+
+/// The KV-cache generation with an image gives transformers' greedy tokens for the prompt the
+/// processor built.
+#[test]
+fn generate_vl_matches_transformers_greedy() {
+    let (prompt, want) = golden_generation();
+    let m = VlModel::load(&Cpu, &fixture("tiny-vl")).unwrap();
+    let imgs =
+        VlImages::load(&[PathBuf::from(img("img0.png"))], &fixture("tiny-vl"), &m.cfg.vision)
+            .unwrap();
+    let r = generate_vl(&m, &Cpu, &prompt, &imgs.grids, Some(&imgs.pixels), &greedy(8), 0).unwrap();
+    assert_eq!(r.tokens, want);
+}
+
+/// Without images the VL generation is the text model's (same seed mixing, same tokens).
+#[test]
+fn generate_vl_without_images_equals_text_generation() {
+    let m = VlModel::load(&Cpu, &fixture("tiny-vl")).unwrap();
+    let prompt: Vec<u32> = vec![398, 371, 198, 39, 72, 399, 198, 398, 100];
+    let p = SamplingParams { temperature: 0.9, max_new_tokens: 6, ..SamplingParams::default() };
+    let vl = generate_vl(&m, &Cpu, &prompt, &[], None, &p, 11).unwrap();
+    let text = generate(&m.text, &Cpu, &[prompt], 1, &p, 11, None, |_| {}).unwrap();
+    assert_eq!(vl.tokens, text[0].tokens);
+}
+
+/// `generate --image`: the chat template with the image block before the text, the processor's
+/// expansion, then greedy decoding print transformers' tokens.
+#[test]
+fn generate_cli_with_image_prints_transformers_tokens() {
+    let (_, want) = golden_generation();
+    let tok = Tokenizer::from_dir(&fixture("tiny-vl")).unwrap();
+    let want_text = tok.decode(&want, false).unwrap();
+    let model = fixture("tiny-vl");
+    for device in ["cpu", "emu"] {
+        if device == "emu" && !cfg!(feature = "emu") {
+            continue;
+        }
+        let o = cli(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            &img("img0.png"),
+            "--prompt",
+            "Describe it.",
+            "--max-new-tokens",
+            "8",
+            "--device",
+            device,
+            "--precision",
+            "f32",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{device}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'),
+            want_text,
+            "{device}"
+        );
+        assert!(err.contains("[8 tokens"), "{device}: {err}");
+    }
+    // A text-only checkpoint with --image is an error.
+    let text = fixture("tiny-tied");
+    let err = cli_err(&[
+        "generate",
+        "--model",
+        text.to_str().unwrap(),
+        "--image",
+        &img("img0.png"),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(err.contains("not a vision-language checkpoint"), "{err}");
+}
