@@ -232,3 +232,61 @@ fn generate_cli_with_image_prints_transformers_tokens() {
     ]);
     assert!(err.contains("not a vision-language checkpoint"), "{err}");
 }
+
+/// `eval` of a Qwen2.5-VL checkpoint reads `image` / `images` relative to the JSONL file; an
+/// item's response is what `generate` gives for the same prompt.
+#[test]
+fn eval_reads_image_items_relative_to_the_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("imgs")).unwrap();
+    std::fs::copy(img("img0.png"), dir.path().join("imgs/a.png")).unwrap();
+    std::fs::copy(img("img2.webp"), dir.path().join("imgs/b.webp")).unwrap();
+    let data = common::write_lines(
+        dir.path(),
+        "items.jsonl",
+        &[
+            r#"{"id": "one", "problem": "Describe it.", "answer": "4", "image": "imgs/a.png"}"#,
+            r#"{"id": "two", "problem": "<image> or <image>?", "answer": "5", "images": ["imgs/a.png", "imgs/b.webp"]}"#,
+            r#"{"id": "text", "problem": "hi", "answer": "1"}"#,
+        ],
+    );
+    let out = dir.path().join("res.jsonl");
+    let model = fixture("tiny-vl");
+    let model = model.to_str().unwrap();
+    let common_args = ["--max-new-tokens", "8", "--device", "cpu"];
+    let args = ["eval", "--model", model, "--data", &data, "--prompt-style", "plain"];
+    let so = cli_ok(&[&args[..], &common_args, &["--out", out.to_str().unwrap()]].concat());
+    assert!(so.contains("3 items x 1 responses"), "{so}");
+    let res = common::read_lines(&out);
+    assert_eq!(res.len(), 3);
+    let raw = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe it.<|im_end|>\n<|im_start|>assistant\n";
+    let gen = ["generate", "--model", model, "--raw", "--prompt", raw, "--image", &img("img0.png")];
+    let want = cli_ok(&[&gen[..], &common_args].concat());
+    assert!(!want.trim().is_empty(), "an empty response compares nothing");
+    assert_eq!(res[0]["responses"][0].as_str().unwrap(), want.trim_end_matches('\n'));
+    // Two images in one item, <image> markers in place: a different prompt, its own response.
+    assert_eq!(res[1]["id"], "two");
+
+    // A missing image names its line; markers must match the images.
+    let bad = common::write_lines(
+        dir.path(),
+        "bad.jsonl",
+        &[
+            r#"{"problem": "x", "answer": "1", "image": "imgs/a.png"}"#,
+            r#"{"problem": "y", "answer": "2", "images": ["imgs/a.png", "imgs/gone.png"]}"#,
+        ],
+    );
+    let err = cli_err(&["eval", "--model", model, "--data", &bad, "--device", "cpu"]);
+    assert!(err.contains("bad.jsonl:2") && err.contains("gone.png"), "{err}");
+    let marks = common::write_lines(
+        dir.path(),
+        "marks.jsonl",
+        &[r#"{"id": "m", "problem": "<image><image>", "answer": "1", "image": "imgs/a.png"}"#],
+    );
+    let err = cli_err(&[&["eval", "--model", model, "--data", &marks][..], &common_args].concat());
+    assert!(err.contains("\"m\"") && err.contains("2 <image> marker(s)"), "{err}");
+    // A text-only checkpoint refuses image items.
+    let text = fixture("tiny-tied");
+    let err = cli_err(&["eval", "--model", text.to_str().unwrap(), "--data", &data]);
+    assert!(err.contains("items.jsonl:1") && err.contains("text-only"), "{err}");
+}

@@ -4,19 +4,29 @@
 use crate::backend::Backend;
 use crate::data::jsonl::{write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
-use crate::data::rl_items::{load_rl_items, RlItem};
+use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
+use crate::model::vl_forward::VlModel;
+use crate::model::vl_prompt::is_vl_checkpoint;
 use crate::model::Qwen2;
-use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
+use crate::rl::evaluate::{
+    evaluate_vl_with_progress, evaluate_with_progress, EvalParams, EvalReport,
+};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json): a Qwen2 or a
+    /// Qwen2.5-VL checkpoint (the latter reads items with images).
     #[arg(long)]
     pub model: PathBuf,
-    /// Held-out RL items (JSONL, MMR1 schema).
+    /// Held-out RL items (JSONL, MMR1 schema), one per line, e.g.
+    /// {"id": "q1", "problem": "What is 2+3?", "answer": "5"}. With a Qwen2.5-VL checkpoint an
+    /// item may name images, relative to the JSONL file's folder:
+    /// {"problem": "<image>How many cats?", "answer": "3", "image": "imgs/cats.png"} or
+    /// "images": ["a.png", "b.jpg"]; each <image> marker of the problem is one image (without
+    /// markers the images go before the problem). A missing image is an error naming its line.
     #[arg(long)]
     pub data: PathBuf,
     /// Per-item results (JSONL): id, answer, responses, extracted, correct, format_ok, pass.
@@ -42,7 +52,8 @@ pub struct EvalArgs {
     /// Evaluate only the first N items (0: all).
     #[arg(long, default_value_t = 0)]
     pub max_items: usize,
-    /// Items decoded together.
+    /// Items decoded together (text checkpoints; a Qwen2.5-VL checkpoint decodes items one by
+    /// one).
     #[arg(long, default_value_t = 8)]
     pub batch_items: usize,
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]
@@ -87,8 +98,30 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
     params.validate()?;
+    if is_vl_checkpoint(&args.model)? {
+        let items = load_rl_items_with_images(&args.data, args.bad_lines)?;
+        return crate::with_backend!(args.device, precision = args.precision, be => run_vl(be, args, &items, &params));
+    }
     let items = load_rl_items(&args.data, args.bad_lines)?;
     crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args, &items, &params))
+}
+
+fn run_vl<B: Backend>(
+    be: &B,
+    args: &EvalArgs,
+    items: &[RlItem],
+    params: &EvalParams,
+) -> Result<()> {
+    let model = VlModel::load(be, &args.model)?;
+    let tok = Tokenizer::from_dir(&args.model)?;
+    tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg.text)?;
+    let n = if args.max_items > 0 { args.max_items.min(items.len()) } else { items.len() };
+    let pb = crate::progress::bar(n as u64, "evaluating");
+    let report = evaluate_vl_with_progress(&model, &args.model, be, &tok, items, params, |done| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    report_out(args, &report)
 }
 
 fn run_on<B: Backend>(
@@ -106,6 +139,10 @@ fn run_on<B: Backend>(
         pb.set_position(done as u64)
     })?;
     pb.finish_and_clear();
+    report_out(args, &report)
+}
+
+fn report_out(args: &EvalArgs, report: &EvalReport) -> Result<()> {
     if let Some(out) = &args.out {
         write_jsonl(out, &report.results)?;
     }

@@ -36,3 +36,26 @@ pub fn render_prompt(problem: &str, style: PromptStyle) -> String {
     };
     apply_chat_template(&[Message::new("user", &user)], None, true)
 }
+
+/// [`render_prompt`] for an item with `n_images` images (Qwen2.5-VL): each `<image>` marker of
+/// the problem (verl's and MMR1's data convention) becomes one
+/// `<|vision_start|><|image_pad|><|vision_end|>` block; without markers the blocks go before
+/// the problem, in image order. Markers and images must be as many.
+pub fn render_prompt_with_images(
+    problem: &str,
+    style: PromptStyle,
+    n_images: usize,
+) -> anyhow::Result<String> {
+    use crate::model::vl_prompt::IMAGE_PLACEHOLDER;
+    let markers = problem.matches("<image>").count();
+    let problem = if markers == 0 {
+        format!("{}{problem}", IMAGE_PLACEHOLDER.repeat(n_images))
+    } else if markers == n_images {
+        problem.replace("<image>", IMAGE_PLACEHOLDER)
+    } else {
+        anyhow::bail!(
+            "the problem has {markers} <image> marker(s) but the item has {n_images} image(s)"
+        );
+    };
+    Ok(render_prompt(&problem, style))
+}

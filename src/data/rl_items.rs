@@ -1,10 +1,10 @@
-//! RL items in the MMR1 schema: `problem` (or `question`), `answer`, optional `images`,
-//! `id` and multiple-choice `options`.
+//! RL items in the MMR1 schema: `problem` (or `question`), `answer`, optional `images` (or
+//! `image`: one path or a list), `id` and multiple-choice `options`.
 
 use super::jsonl::{read_jsonl, BadLines};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RlItem {
@@ -15,7 +15,8 @@ pub struct RlItem {
     pub problem: String,
     #[serde(default)]
     pub answer: Option<String>,
-    #[serde(default)]
+    /// Image files; `load_rl_items_with_images` resolves them relative to the JSONL file.
+    #[serde(default, alias = "image", deserialize_with = "one_or_many")]
     pub images: Vec<String>,
     #[serde(default)]
     pub options: Option<Vec<String>>,
@@ -27,9 +28,43 @@ impl RlItem {
     }
 }
 
+/// `"image": "a.png"` or `"images": ["a.png", "b.png"]` (or null).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => vec![],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
+}
+
 /// Loads RL items; an item without an answer (or with an empty one) is an error naming
-/// its line, as is a duplicate id. Image items are refused until the vision tower exists.
+/// its line, as is a duplicate id. Items with images are refused: this is the loader of the
+/// text-only paths (training, scoring); `eval` of a Qwen2.5-VL checkpoint uses
+/// [`load_rl_items_with_images`].
 pub fn load_rl_items(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
+    load(path, bad, false)
+}
+
+/// [`load_rl_items`] accepting `images`: each path is resolved relative to the JSONL file's
+/// folder (absolute paths stay) and must be an existing file; a missing one is an error naming
+/// the line, before any model time is spent.
+pub fn load_rl_items_with_images(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
+    load(path, bad, true)
+}
+
+fn resolve_image(jsonl: &Path, image: &str) -> PathBuf {
+    jsonl.parent().unwrap_or(Path::new("")).join(image)
+}
+
+fn load(path: &Path, bad: BadLines, allow_images: bool) -> Result<Vec<RlItem>> {
     let lines = read_jsonl::<RlItem>(path, bad, |it| {
         match &it.answer {
             None => bail!("item has no \"answer\""),
@@ -39,8 +74,14 @@ pub fn load_rl_items(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
         if it.problem.trim().is_empty() {
             bail!("item has an empty \"problem\"");
         }
-        if !it.images.is_empty() {
-            bail!("item has images; this build trains text-only Qwen2 models (Qwen2.5-VL support is planned)");
+        if !it.images.is_empty() && !allow_images {
+            bail!("item has images; this command runs text-only (Qwen2.5-VL items are read by `eval` with a Qwen2.5-VL checkpoint)");
+        }
+        for im in &it.images {
+            let p = resolve_image(path, im);
+            if !p.is_file() {
+                bail!("image {im:?} not found (looked for {})", p.display());
+            }
         }
         Ok(())
     })?;
@@ -52,6 +93,9 @@ pub fn load_rl_items(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
             bail!("{}:{line}: id {id:?} already used on line {prev}", path.display());
         }
         it.id = Some(id);
+        for im in &mut it.images {
+            *im = resolve_image(path, im).to_string_lossy().into_owned();
+        }
         items.push(it);
     }
     if items.is_empty() {

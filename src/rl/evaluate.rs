@@ -6,13 +6,16 @@
 use crate::backend::Backend;
 use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::RlItem;
+use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
-use crate::rl::graded::{sample_and_grade, GradeParams};
+use crate::rl::graded::{sample_and_grade, GradeParams, GradedRollout};
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
+use crate::rl::vl_rollout::sample_and_grade_vl;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::Instant;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +65,18 @@ impl EvalParams {
             bail!("batch_items must be positive");
         }
         self.sampling().validate()
+    }
+
+    fn grade(&self) -> GradeParams {
+        GradeParams {
+            sampling: self.sampling(),
+            per_item: self.k,
+            prompt_style: self.prompt_style,
+            batch_items: self.batch_items,
+            seed: self.seed,
+            // Accuracy is what is reported; the weights only matter for a total nobody reads here.
+            reward: RewardConfig::default(),
+        }
     }
 
     fn sampling(&self) -> SamplingParams {
@@ -128,16 +143,37 @@ pub fn evaluate_with_progress<B: Backend>(
     let t0 = Instant::now();
     let items =
         if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
-    let grade = GradeParams {
-        sampling: params.sampling(),
-        per_item: params.k,
-        prompt_style: params.prompt_style,
-        batch_items: params.batch_items,
-        seed: params.seed,
-        // Accuracy is what is reported; the weights only matter for a total nobody reads here.
-        reward: RewardConfig::default(),
-    };
-    let graded = sample_and_grade(model, be, tok, items, &grade, on_progress)?;
+    let graded = sample_and_grade(model, be, tok, items, &params.grade(), on_progress)?;
+    Ok(summarize(items, graded, params.k, t0))
+}
+
+/// [`evaluate_with_progress`] for a Qwen2.5-VL model (items may hold images, their paths
+/// resolved; `model_dir` holds preprocessor_config.json). Items decode one at a time.
+pub fn evaluate_vl_with_progress<B: Backend>(
+    model: &VlModel<B>,
+    model_dir: &Path,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &EvalParams,
+    on_progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    params.validate()?;
+    let t0 = Instant::now();
+    let items =
+        if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
+    let graded =
+        sample_and_grade_vl(model, model_dir, be, tok, items, &params.grade(), on_progress)?;
+    Ok(summarize(items, graded, params.k, t0))
+}
+
+/// Accuracy, pass@k and format rate of graded responses, one result per item.
+fn summarize(
+    items: &[RlItem],
+    graded: Vec<Vec<GradedRollout>>,
+    k: usize,
+    t0: Instant,
+) -> EvalReport {
     let mut results = Vec::with_capacity(items.len());
     let (mut correct, mut formatted, mut responses) = (0usize, 0usize, 0usize);
     for (i, (item, rs)) in items.iter().zip(graded).enumerate() {
@@ -157,13 +193,13 @@ pub fn evaluate_with_progress<B: Backend>(
         });
     }
     let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    Ok(EvalReport {
+    EvalReport {
         items: results.len(),
-        k: params.k,
+        k,
         accuracy: frac(results.iter().filter(|r| r.pass).count(), results.len()),
         response_accuracy: frac(correct, responses),
         format_rate: frac(formatted, responses),
         seconds: t0.elapsed().as_secs_f64(),
         results,
-    })
+    }
 }

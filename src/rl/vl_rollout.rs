@@ -4,13 +4,19 @@
 //! `rollout::generate` samples (same seed mixing, so a prompt without images gives the same
 //! tokens as the text path).
 
+use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
 use super::rollout::{mix_seed, sample_token, Rollout, SamplingParams, StopReason};
 use crate::backend::Backend;
+use crate::data::prompt::render_prompt_with_images;
+use crate::data::rl_items::RlItem;
 use crate::model::vl_decode::VlStep;
 use crate::model::vl_forward::VlModel;
-use anyhow::{bail, Result};
+use crate::model::vl_prompt::{expand_image_placeholders, VlImages};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
 
 /// Generates one response to `prompt` (expanded placeholders; `grids` its images in order,
 /// `pixels` their patch rows). Stop strings are not supported here (no tokenizer is taken).
@@ -69,6 +75,61 @@ pub fn generate_vl<B: Backend>(
         last = [tok];
         step = VlStep { slot: 0, tokens: &last, grids: &[] };
         pix = None;
+    }
+    Ok(out)
+}
+
+/// [`crate::rl::graded::sample_and_grade`] for a Qwen2.5-VL model: each item's images (paths
+/// already resolved) are preprocessed, its prompt rendered with one image block per image
+/// ([`render_prompt_with_images`]) and expanded, and `per_item` responses generated one at a
+/// time (response `r` of item `i` uses seed `mix_seed(seed, i * per_item + r)`), then graded.
+/// `batch_items` is not used: images make every prefill different, so items decode alone.
+/// `model_dir` holds the checkpoint's preprocessor_config.json.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_and_grade_vl<B: Backend>(
+    model: &VlModel<B>,
+    model_dir: &Path,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &GradeParams,
+    mut on_progress: impl FnMut(usize),
+) -> Result<Vec<Vec<GradedRollout>>> {
+    if params.per_item == 0 {
+        bail!("responses per item must be positive");
+    }
+    let mut sampling = params.sampling.clone();
+    if sampling.stop_ids.is_empty() {
+        sampling.stop_ids = stop_ids(&model.text, tok);
+    }
+    sampling.validate()?;
+    let merge = model.cfg.vision.spatial_merge_size;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let id = item.id_or(i);
+        let ctx = || format!("item {id:?}");
+        let paths: Vec<PathBuf> = item.images.iter().map(PathBuf::from).collect();
+        let images = VlImages::load(&paths, model_dir, &model.cfg.vision).with_context(ctx)?;
+        let text = render_prompt_with_images(&item.problem, params.prompt_style, paths.len())
+            .with_context(ctx)?;
+        let ids = tok.encode(&text).with_context(ctx)?;
+        let counts = images.token_counts(merge);
+        let mut e = expand_image_placeholders(&[ids], model.cfg.image_token_id, &counts)
+            .with_context(ctx)?;
+        let ids = e.seqs.remove(0);
+        let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels));
+        let reference = reward_item(item);
+        let mut graded = Vec::with_capacity(params.per_item);
+        for r in 0..params.per_item {
+            let seed = mix_seed(params.seed, (i * params.per_item + r) as u64);
+            let ro = generate_vl(model, be, &ids, &images.grids, pixels.as_ref(), &sampling, seed)
+                .with_context(ctx)?;
+            let (text, verdict, reward) =
+                grade_tokens(tok, &ro.tokens, &sampling.stop_ids, &params.reward, &reference)?;
+            graded.push(GradedRollout { tokens: ro.tokens, text, verdict, reward, stop: ro.stop });
+        }
+        out.push(graded);
+        on_progress(i + 1);
     }
     Ok(out)
 }
