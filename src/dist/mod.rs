@@ -15,6 +15,7 @@
 //! Reductions are deterministic: a sum over ranks is taken in rank order, so a run with a fixed
 //! world size is bit-reproducible and every rank holds bit-identical results.
 
+pub mod launch;
 mod single;
 mod thread_group;
 
