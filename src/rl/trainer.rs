@@ -421,10 +421,13 @@ fn gather_tokens<B: Backend>(
     for (q, vals) in got.iter().enumerate() {
         let mut k = 0;
         for rs in &order[q] {
-            for t in offsets[rs.start]..offsets[rs.end] {
-                out[t] = vals[k] as f32;
-                k += 1;
+            let (a, b) = (offsets[rs.start], offsets[rs.end]);
+            let src = vals.get(k..k + (b - a));
+            let src = src.ok_or_else(|| anyhow::anyhow!("rank {q} sent too few token values"))?;
+            for (o, v) in out[a..b].iter_mut().zip(src) {
+                *o = *v as f32;
             }
+            k += b - a;
         }
         ensure!(k == vals.len(), "rank {q} sent {} token values, its shard has {k}", vals.len());
     }
