@@ -85,7 +85,7 @@ enum Command {
     InitModel(commands::init_model::InitModelArgs),
 }
 
-/// Refuses a multi-rank `mpirun` / `srun` launch of a training command (see `dist::launch`).
+/// Refuses a multi-rank `mpirun` (or PMI) launch of a training command (see `dist::launch`).
 fn check_launch() -> anyhow::Result<()> {
     mmr1_fast::dist::launch::check_launch(|k| std::env::var(k).ok())
 }
