@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod commands;
 pub mod data;
+pub mod dist;
 pub mod fs;
 pub mod model;
 pub mod optim;

@@ -85,13 +85,18 @@ enum Command {
     InitModel(commands::init_model::InitModelArgs),
 }
 
+/// Refuses a multi-rank `mpirun` (or PMI) launch of a training command (see `dist::launch`).
+fn check_launch() -> anyhow::Result<()> {
+    mmr1_fast::dist::launch::check_launch(|k| std::env::var(k).ok())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Logprobs(a) => commands::logprobs::run(a),
         Command::Generate(a) => commands::generate::run(a),
-        Command::Sft(a) => commands::sft::run(a),
-        Command::Train(a) => commands::train::run(a),
+        Command::Sft(a) => check_launch().and_then(|()| commands::sft::run(a)),
+        Command::Train(a) => check_launch().and_then(|()| commands::train::run(a)),
         Command::Reward(a) => commands::reward::run(a),
         Command::Score(a) => commands::score::run(a),
         Command::Eval(a) => commands::eval::run(a),

@@ -16,11 +16,12 @@ use super::reward::{RewardConfig, Verdict};
 use super::rollout::{generate, SamplingParams};
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
+use crate::dist::{shard, Collective, Single};
 use crate::model::Qwen2;
 use crate::optim::{AdamW, StepReport};
 use crate::tokenizer::Tokenizer;
 use crate::train::{forward_logprobs, micro_step, pack_ranges, LossBatch, Workspace};
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -223,6 +224,29 @@ pub fn update<B: Backend>(
     lr: f32,
     ws: &mut Workspace<B>,
 ) -> Result<UpdateReport> {
+    update_with(policy, reference, opt, be, exp, s, lr, ws, &Single)
+}
+
+/// [`update`] as rank `comm.rank()` of a data-parallel group. Every rank holds the whole
+/// experience (rollouts are small next to the model); of each mini-batch, a rank computes
+/// the groups of its contiguous shard (`dist::shard` over the mini-batch's groups, so a
+/// prompt's responses stay on one rank). The per-token old / reference log-probs and
+/// entropies are all-gathered, so the mini-batch-wide choices (normalizer counts, Clip-Cov
+/// and top-entropy selections) are made on the whole mini-batch, identically on every rank;
+/// gradients are summed over ranks before each (identical) optimizer step. With [`Single`]
+/// this is exactly the single-process update.
+#[allow(clippy::too_many_arguments)]
+pub fn update_with<B: Backend>(
+    policy: &mut Qwen2<B>,
+    reference: Option<&Qwen2<B>>,
+    opt: &mut AdamW<B>,
+    be: &B,
+    exp: &Experience,
+    s: &GrpoSettings,
+    lr: f32,
+    ws: &mut Workspace<B>,
+    comm: &dyn Collective<B>,
+) -> Result<UpdateReport> {
     let n = exp.responses.len();
     let inv_temp = 1.0 / s.sampling.temperature;
     let lens: Vec<usize> =
@@ -231,22 +255,44 @@ pub fn update<B: Backend>(
     for r in &exp.responses {
         offsets.push(offsets.last().unwrap() + r.len());
     }
-    // Mini-batches are whole groups; micro-batches split them by token budget.
-    let groups = n / exp.group_size;
+    // Mini-batches are whole groups; a rank takes a shard of each mini-batch's groups, and
+    // micro-batches split the shard by token budget.
+    let g_size = exp.group_size;
+    let groups = n / g_size;
     let per_mini = groups.div_ceil(s.mini_batches.max(1));
     let minis: Vec<Range<usize>> = (0..groups)
         .step_by(per_mini.max(1))
-        .map(|g0| g0 * exp.group_size..((g0 + per_mini).min(groups)) * exp.group_size)
+        .map(|g0| g0 * g_size..((g0 + per_mini).min(groups)) * g_size)
         .collect();
-    let micro_of: Vec<Vec<Range<usize>>> =
-        minis.iter().map(|m| pack_ranges(&lens, m.clone(), s.micro_batch_tokens)).collect();
+    let world = comm.world();
+    let micro_of_rank = |rank: usize| -> Vec<Vec<Range<usize>>> {
+        minis
+            .iter()
+            .map(|m| {
+                let sh = shard(m.len() / g_size, rank, world);
+                let mine = m.start + sh.start * g_size..m.start + sh.end * g_size;
+                pack_ranges(&lens, mine, s.micro_batch_tokens)
+            })
+            .collect()
+    };
+    let micro_of = micro_of_rank(comm.rank());
     let all_micro: Vec<Range<usize>> = micro_of.iter().flatten().cloned().collect();
 
-    let (logp_old, ent_old) = response_logprobs_entropy(policy, be, exp, &all_micro, inv_temp, ws)?;
-    let ref_logp = match (reference, &s.loss.kl) {
+    let (mut logp_old, mut ent_old) =
+        response_logprobs_entropy(policy, be, exp, &all_micro, inv_temp, ws)?;
+    let mut ref_logp = match (reference, &s.loss.kl) {
         (Some(m), Some(_)) => Some(response_logprobs(m, be, exp, &all_micro, inv_temp, ws)?),
         _ => None,
     };
+    if world > 1 {
+        let order: Vec<Vec<Range<usize>>> =
+            (0..world).map(|q| micro_of_rank(q).into_iter().flatten().collect()).collect();
+        logp_old = gather_tokens(comm, &logp_old, &order, &offsets)?;
+        ent_old = gather_tokens(comm, &ent_old, &order, &offsets)?;
+        if let Some(r) = ref_logp.as_mut() {
+            *r = gather_tokens(comm, r, &order, &offsets)?;
+        }
+    }
     let adv_tok = broadcast_to_tokens(&exp.advantages, &offsets);
     let mask = vec![1.0f32; logp_old.len()];
     let max_len = s.sampling.max_new_tokens;
@@ -299,12 +345,93 @@ pub fn update<B: Backend>(
                 }
                 all_metrics.push(lossfn.metrics);
             }
+            comm.all_reduce_sum(be, &mut ws.grads)?;
             report.steps.push(opt.step(be, &mut policy.params, &ws.grads, lr));
         }
+    }
+    if world > 1 {
+        // Every rank reports the whole update: losses add up, the ratio deviation is the
+        // largest of any rank, and the metrics merge every rank's micro-batches.
+        let mut loss = [report.loss];
+        comm.all_reduce_sum_host(&mut loss)?;
+        report.loss = loss[0];
+        let devs = comm.all_gather_host(&[report.first_epoch_max_ratio_dev])?;
+        report.first_epoch_max_ratio_dev = devs.iter().map(|d| d[0]).fold(0.0, f64::max);
+        all_metrics = gather_metrics(comm, &all_metrics)?;
     }
     report.loss /= (s.ppo_epochs * minis.len()).max(1) as f64;
     report.metrics = LossMetrics::merge(&all_metrics);
     Ok(report)
+}
+
+/// Every rank's loss metrics, each rank's micro-batches merged first (a rank without
+/// micro-batches contributes nothing, so an absent entropy is not invented).
+fn gather_metrics<B: Backend>(
+    comm: &dyn Collective<B>,
+    parts: &[LossMetrics],
+) -> Result<Vec<LossMetrics>> {
+    let m = LossMetrics::merge(parts);
+    let mine = [
+        parts.len() as f64,
+        m.active_tokens,
+        m.pg_loss,
+        m.kl_loss,
+        m.entropy_loss,
+        m.clip_frac_low,
+        m.clip_frac_high,
+        m.clip_frac,
+        m.dual_clip_frac,
+        m.approx_kl,
+        m.kl,
+        m.mean_ratio,
+        f64::from(u8::from(m.entropy.is_some())),
+        m.entropy.unwrap_or(0.0),
+    ];
+    let all = comm.all_gather_host(&mine)?;
+    Ok(all
+        .iter()
+        .filter(|v| v[0] > 0.0)
+        .map(|v| LossMetrics {
+            active_tokens: v[1],
+            pg_loss: v[2],
+            kl_loss: v[3],
+            entropy_loss: v[4],
+            clip_frac_low: v[5],
+            clip_frac_high: v[6],
+            clip_frac: v[7],
+            dual_clip_frac: v[8],
+            approx_kl: v[9],
+            kl: v[10],
+            mean_ratio: v[11],
+            entropy: (v[12] != 0.0).then_some(v[13]),
+        })
+        .collect())
+}
+
+/// Per-response-token values computed by every rank on its micro-batches (`order[q]`: rank
+/// q's micro-batches, in the order it computed them) gathered into response-token order.
+fn gather_tokens<B: Backend>(
+    comm: &dyn Collective<B>,
+    mine: &[f32],
+    order: &[Vec<Range<usize>>],
+    offsets: &[usize],
+) -> Result<Vec<f32>> {
+    let got = comm.all_gather_host(&mine.iter().map(|&x| x as f64).collect::<Vec<f64>>())?;
+    let mut out = vec![f32::NAN; *offsets.last().unwrap_or(&0)];
+    for (q, vals) in got.iter().enumerate() {
+        let mut k = 0;
+        for rs in &order[q] {
+            let (a, b) = (offsets[rs.start], offsets[rs.end]);
+            let src = vals.get(k..k + (b - a));
+            let src = src.ok_or_else(|| anyhow::anyhow!("rank {q} sent too few token values"))?;
+            for (o, v) in out[a..b].iter_mut().zip(src) {
+                *o = *v as f32;
+            }
+            k += b - a;
+        }
+        ensure!(k == vals.len(), "rank {q} sent {} token values, its shard has {k}", vals.len());
+    }
+    Ok(out)
 }
 
 /// Offsets shifted to start at 0.

@@ -11,6 +11,7 @@ use super::{micro_step, LossBatch, SftLoss, Workspace};
 use crate::backend::memory::MemoryStats;
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
+use crate::dist::{shard, Collective, Single};
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig, LrSchedule};
@@ -246,6 +247,15 @@ impl<B: Backend> SftTrainer<B> {
 
     /// One optimizer step: the next `batch_size` sequences of the epoch (fewer at its end).
     pub fn step(&mut self, be: &B) -> Result<SftStepMetrics> {
+        self.step_with(be, &Single)
+    }
+
+    /// One optimizer step as rank `comm.rank()` of a data-parallel group: every rank walks
+    /// the same epoch order (same data, same seed), takes its contiguous shard of the step's
+    /// sequences (`dist::shard`), normalizes by the trained-token count of the WHOLE step,
+    /// and the ranks sum their gradients before the (identical) optimizer step. With
+    /// [`Single`] this is exactly the single-process step.
+    pub fn step_with(&mut self, be: &B, comm: &dyn Collective<B>) -> Result<SftStepMetrics> {
         let t0 = std::time::Instant::now();
         let n = self.data.len();
         if self.state.cursor >= n {
@@ -260,10 +270,12 @@ impl<B: Backend> SftTrainer<B> {
         let end = (self.state.cursor + cfg.batch_size).min(n);
         let idx: Vec<usize> = self.order[self.state.cursor..end].to_vec();
         let seqs: Vec<&SftExample> = idx.iter().map(|&i| &self.data[i]).collect();
-        // The loss of the step is the mean over ALL its response tokens: normalize globally.
+        // The loss of the step is the mean over ALL its response tokens: normalize globally
+        // (over every rank's shard: each rank sees the whole step's sequences).
         let step_tokens: usize = seqs.iter().map(|e| e.trained_targets()).sum();
         let lens: Vec<usize> = seqs.iter().map(|e| e.ids.len()).collect();
-        let micro = pack_micro_batches(&lens, cfg.micro_batch_tokens);
+        let mine = shard(seqs.len(), comm.rank(), comm.world());
+        let micro = super::pack_ranges(&lens, mine.clone(), cfg.micro_batch_tokens);
         self.ws.zero_grads(be);
         let mut loss = 0.0;
         for r in &micro {
@@ -273,6 +285,22 @@ impl<B: Backend> SftTrainer<B> {
             let mut lossfn = SftLoss::new(&lb.row_mask(), step_tokens);
             loss += micro_step(be, &self.model, &lb.batch, &mut lossfn, &mut self.ws)?;
         }
+        // Sum over ranks: the loss, the trained tokens the shards saw (which must add up to
+        // the normalizer: ranks that disagree on the data would silently train on a wrong
+        // gradient), the micro-batches; then the gradients.
+        let my_tokens: usize = seqs[mine].iter().map(|e| e.trained_targets()).sum();
+        let mut sums = [loss, my_tokens as f64, micro.len() as f64];
+        comm.all_reduce_sum_host(&mut sums)?;
+        if sums[1] != step_tokens as f64 {
+            bail!(
+                "step {}: the ranks' shards hold {} trained tokens, this rank expected {step_tokens}; \
+                 every rank needs the same dataset, settings and seed",
+                self.state.step + 1,
+                sums[1]
+            );
+        }
+        let [loss, _, micro_batches] = sums;
+        comm.all_reduce_sum(be, &mut self.ws.grads)?;
         let lr = self.state.schedule.lr_at(self.state.step);
         let rep = self.opt.step(be, &mut self.model.params, &self.ws.grads, lr);
         self.state.step += 1;
@@ -293,7 +321,7 @@ impl<B: Backend> SftTrainer<B> {
             sequences: seqs.len(),
             tokens,
             trained_tokens: step_tokens,
-            micro_batches: micro.len(),
+            micro_batches: micro_batches as usize,
             seconds: secs,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
             device_memory: be.memory_stats(),

@@ -1,0 +1,100 @@
+//! Data parallelism: the collective operations the trainer needs, behind one trait.
+//!
+//! N ranks each hold a full copy of the model and optimizer. Each takes its shard of an
+//! optimizer step's sequences, accumulates gradients with losses normalized by step-GLOBAL
+//! counts (see `train::SftLoss`, `rl::grpo::agg::Normalizer`), then the ranks SUM their
+//! gradients: the sum is the gradient one process computes on the whole batch, up to the order
+//! of the f32 additions. Every rank then takes the same optimizer step on the same gradient, so
+//! the replicas stay identical without exchanging weights.
+//!
+//! Implementations: [`Single`] (world 1, every operation a no-op: the plain single-process
+//! path) and [`ThreadGroup`] (N ranks as threads of one process, for tests of the sharded
+//! trainer with no launcher). The multi-process ones (MPI for the CPU backend, NCCL for CUDA
+//! device buffers, bootstrapped over MPI) are not built yet: see docs/distributed.md.
+//!
+//! Reductions are deterministic: a sum over ranks is taken in rank order, so a run with a fixed
+//! world size is bit-reproducible and every rank holds bit-identical results.
+
+pub mod launch;
+mod single;
+mod thread_group;
+
+pub use single::Single;
+pub use thread_group::ThreadGroup;
+
+use crate::backend::Backend;
+use crate::model::Qwen2;
+use crate::optim::AdamW;
+use anyhow::Result;
+use std::ops::Range;
+
+/// The collective operations of data-parallel training over the buffers of backend `B`.
+/// Every rank of a group must make the same calls in the same order with buffers of the same
+/// lengths (as with MPI and NCCL); a call is a synchronization point.
+pub trait Collective<B: Backend> {
+    /// This process's rank in `0..world()`.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn world(&self) -> usize;
+    /// Element-wise sum over ranks of every buffer in `bufs` (each rank passes buffers of the
+    /// same lengths); every rank receives the same sum, added in rank order.
+    fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()>;
+    /// Overwrites every buffer on every rank with rank `root`'s.
+    fn broadcast(&self, be: &B, bufs: &mut [B::Buf], root: usize) -> Result<()>;
+    /// Element-wise sum over ranks of small host values (token counts for the global
+    /// normalizer, metrics), in f64 and in rank order: integer counts below 2^53 are exact.
+    fn all_reduce_sum_host(&self, xs: &mut [f64]) -> Result<()>;
+    /// Every rank's `xs` (which may differ in length), indexed by rank.
+    fn all_gather_host(&self, xs: &[f64]) -> Result<Vec<Vec<f64>>>;
+}
+
+/// The contiguous block of `0..n` that `rank` of `world` takes: sizes differ by at most one,
+/// lower ranks take the larger blocks, blocks are in rank order (so rank r's sequences precede
+/// rank r+1's, and world 1 takes everything). Some blocks are empty when `n < world`.
+pub fn shard(n: usize, rank: usize, world: usize) -> Range<usize> {
+    assert!(world >= 1 && rank < world, "shard: rank {rank} of world {world}");
+    let (q, r) = (n / world, n % world);
+    let start = rank * q + rank.min(r);
+    start..start + q + usize::from(rank < r)
+}
+
+/// Makes every rank a replica of rank 0: its parameters, AdamW moments and step count. Call it
+/// once after building or resuming the model and optimizer on every rank, so that ranks which
+/// initialized or loaded independently cannot start apart (afterwards identical gradients and
+/// identical optimizer steps keep them identical).
+pub fn sync_replicas<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    model: &mut Qwen2<B>,
+    opt: &mut AdamW<B>,
+) -> Result<()> {
+    comm.broadcast(be, &mut model.params, 0)?;
+    comm.broadcast(be, &mut opt.m, 0)?;
+    comm.broadcast(be, &mut opt.v, 0)?;
+    let step = comm.all_gather_host(&[opt.step as f64])?[0][0];
+    opt.step = step as u64;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard;
+
+    #[test]
+    fn shards_tile_the_range_in_rank_order() {
+        for n in 0..12 {
+            for world in 1..5 {
+                let blocks: Vec<_> = (0..world).map(|r| shard(n, r, world)).collect();
+                assert_eq!(blocks[0].start, 0);
+                assert_eq!(blocks[world - 1].end, n);
+                for w in blocks.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                    assert!(w[0].len() >= w[1].len() && w[0].len() <= w[1].len() + 1);
+                }
+            }
+        }
+        assert_eq!(shard(7, 0, 3), 0..3);
+        assert_eq!(shard(7, 2, 3), 5..7);
+        assert_eq!(shard(1, 1, 2), 1..1);
+    }
+}

@@ -1,0 +1,31 @@
+//! World size 1: the single-process path, every collective a no-op.
+
+use super::Collective;
+use crate::backend::Backend;
+use anyhow::{ensure, Result};
+
+/// The only rank of a world of one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Single;
+
+impl<B: Backend> Collective<B> for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _be: &B, _bufs: &mut [B::Buf]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _be: &B, _bufs: &mut [B::Buf], root: usize) -> Result<()> {
+        ensure!(root == 0, "broadcast from rank {root} in a world of 1");
+        Ok(())
+    }
+    fn all_reduce_sum_host(&self, _xs: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather_host(&self, xs: &[f64]) -> Result<Vec<Vec<f64>>> {
+        Ok(vec![xs.to_vec()])
+    }
+}

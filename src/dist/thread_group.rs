@@ -1,0 +1,204 @@
+//! N ranks as threads of one process: the collective the data-parallel tests run on, with no
+//! launcher and no network. Each operation deposits the rank's values in its slot, waits for
+//! every rank, reads all slots (summing in rank order, so every rank computes the very same
+//! bits), and waits again before a slot may be reused.
+//!
+//! A rank that panics leaves the others waiting at the barrier forever (as a dead MPI rank
+//! does); the tests join their threads, so a failure there shows as a hang plus the panic
+//! message, not as a wrong result.
+
+use super::Collective;
+use crate::backend::Backend;
+use anyhow::{bail, ensure, Result};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+
+struct Shared {
+    world: usize,
+    barrier: Barrier,
+    f32_slots: Mutex<Vec<Vec<f32>>>,
+    f64_slots: Mutex<Vec<Vec<f64>>>,
+}
+
+/// One rank's handle on a group of threads; make the group with [`ThreadGroup::new`] and move
+/// handle `r` to the thread of rank `r`.
+pub struct ThreadGroup {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A rank that panicked while holding the lock wrote nothing half-way that we rely on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ThreadGroup {
+    /// Handles of the `world` ranks of a new group, in rank order.
+    pub fn new(world: usize) -> Vec<ThreadGroup> {
+        assert!(world >= 1, "a thread group needs at least one rank");
+        let shared = Arc::new(Shared {
+            world,
+            barrier: Barrier::new(world),
+            f32_slots: Mutex::new(vec![Vec::new(); world]),
+            f64_slots: Mutex::new(vec![Vec::new(); world]),
+        });
+        (0..world).map(|rank| ThreadGroup { rank, shared: shared.clone() }).collect()
+    }
+
+    /// Every rank's `xs`, by rank (the one exchange all operations are made of).
+    fn exchange<T: Clone>(&self, slots: &Mutex<Vec<Vec<T>>>, xs: &[T]) -> Vec<Vec<T>> {
+        lock(slots)[self.rank] = xs.to_vec();
+        self.shared.barrier.wait();
+        let all = lock(slots).clone();
+        // No rank may deposit the next operation's values before all have read these.
+        self.shared.barrier.wait();
+        all
+    }
+
+    /// Sum over ranks in rank order, starting from rank 0's values (so a world of one returns
+    /// its input bit for bit, -0.0 included). Every rank sees the same lengths, so a mismatch
+    /// makes every rank fail alike instead of leaving some waiting.
+    fn sum_in_rank_order<T: Copy + std::ops::AddAssign>(all: Vec<Vec<T>>) -> Result<Vec<T>> {
+        let n = all[0].len();
+        if let Some((r, v)) = all.iter().enumerate().find(|(_, v)| v.len() != n) {
+            bail!("all-reduce: rank {r} passed {} values, rank 0 passed {n}", v.len());
+        }
+        let mut it = all.into_iter();
+        let mut acc = it.next().expect("a group has a rank 0");
+        for v in it {
+            for (a, x) in acc.iter_mut().zip(v) {
+                *a += x;
+            }
+        }
+        Ok(acc)
+    }
+}
+
+/// Flattens buffers to one host vector.
+fn download_all<B: Backend>(be: &B, bufs: &[B::Buf]) -> Vec<f32> {
+    let mut host = Vec::with_capacity(bufs.iter().map(|b| be.len(b)).sum());
+    for b in bufs {
+        host.extend(be.download(b));
+    }
+    host
+}
+
+/// Writes a flat host vector back over buffers of the same total length.
+fn upload_all<B: Backend>(be: &B, bufs: &mut [B::Buf], host: &[f32]) {
+    let mut off = 0;
+    for b in bufs.iter_mut() {
+        let n = be.len(b);
+        *b = be.upload(&host[off..off + n]);
+        off += n;
+    }
+}
+
+impl<B: Backend> Collective<B> for ThreadGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.shared.world
+    }
+    fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()> {
+        let host = download_all(be, bufs);
+        let sum = Self::sum_in_rank_order(self.exchange(&self.shared.f32_slots, &host))?;
+        upload_all(be, bufs, &sum);
+        Ok(())
+    }
+    fn broadcast(&self, be: &B, bufs: &mut [B::Buf], root: usize) -> Result<()> {
+        ensure!(
+            root < self.shared.world,
+            "broadcast from rank {root} in a world of {}",
+            self.shared.world
+        );
+        // Only the root's values travel; the others deposit nothing.
+        let host = if self.rank == root { download_all(be, bufs) } else { Vec::new() };
+        let mut all = self.exchange(&self.shared.f32_slots, &host);
+        let src = std::mem::take(&mut all[root]);
+        let n: usize = bufs.iter().map(|b| be.len(b)).sum();
+        ensure!(
+            src.len() == n,
+            "broadcast: rank {} holds {n} values, root {root} sent {}",
+            self.rank,
+            src.len()
+        );
+        upload_all(be, bufs, &src);
+        Ok(())
+    }
+    fn all_reduce_sum_host(&self, xs: &mut [f64]) -> Result<()> {
+        let sum = Self::sum_in_rank_order(self.exchange(&self.shared.f64_slots, xs))?;
+        xs.copy_from_slice(&sum);
+        Ok(())
+    }
+    fn all_gather_host(&self, xs: &[f64]) -> Result<Vec<Vec<f64>>> {
+        Ok(self.exchange(&self.shared.f64_slots, xs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ThreadGroup;
+    use crate::backend::cpu::Cpu;
+    use crate::backend::Backend;
+    use crate::dist::Collective;
+
+    /// Runs `f(rank handle)` on one thread per rank and returns the results by rank.
+    fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> =
+                ThreadGroup::new(world).into_iter().map(|g| s.spawn(|| f(g))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn all_reduce_sums_in_rank_order_on_every_rank() {
+        // Values whose f32 sum depends on the order: rank order is ((a + b) + c).
+        let vals = [[1.0e8f32, 1.0, -3.5], [-1.0e8, 0.25, 7.0], [1.0, 0.5, 1e-3]];
+        let out = on_ranks(3, |g| {
+            let be = Cpu;
+            let r = Collective::<Cpu>::rank(&g);
+            let mut bufs = vec![be.upload(&vals[r][..1]), be.upload(&vals[r][1..])];
+            g.all_reduce_sum(&be, &mut bufs).unwrap();
+            let mut h = [r as f64, 0.5];
+            Collective::<Cpu>::all_reduce_sum_host(&g, &mut h).unwrap();
+            (bufs.iter().flat_map(|b| be.download(b)).collect::<Vec<f32>>(), h)
+        });
+        let want: Vec<f32> = (0..3).map(|i| (vals[0][i] + vals[1][i]) + vals[2][i]).collect();
+        for (v, h) in &out {
+            assert_eq!(
+                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(h, &[3.0, 1.5]);
+        }
+    }
+
+    #[test]
+    fn broadcast_copies_the_roots_buffers() {
+        let out = on_ranks(3, |g| {
+            let be = Cpu;
+            let r = Collective::<Cpu>::rank(&g) as f32;
+            let mut bufs = vec![be.upload(&[r, r + 0.5]), be.upload(&[-r])];
+            g.broadcast(&be, &mut bufs, 1).unwrap();
+            let gathered =
+                Collective::<Cpu>::all_gather_host(&g, &vec![r as f64; r as usize]).unwrap();
+            (bufs.iter().flat_map(|b| be.download(b)).collect::<Vec<f32>>(), gathered)
+        });
+        for (v, gathered) in out {
+            assert_eq!(v, vec![1.0, 1.5, -1.0]);
+            assert_eq!(gathered, vec![vec![], vec![1.0], vec![2.0, 2.0]]);
+        }
+    }
+
+    #[test]
+    fn mismatched_lengths_fail_on_every_rank() {
+        let out = on_ranks(2, |g| {
+            let mut xs = vec![1.0; 1 + Collective::<Cpu>::rank(&g)];
+            Collective::<Cpu>::all_reduce_sum_host(&g, &mut xs).map_err(|e| e.to_string())
+        });
+        for r in out {
+            assert!(r.unwrap_err().contains("rank 1 passed 2 values"));
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Data-parallel GRPO update on in-process ranks (`dist::ThreadGroup`, CPU backend): with the
+//! groups of each mini-batch sharded over 2 and 3 ranks, the update (reference KL, a
+//! top-entropy token selection made over the whole mini-batch, 2 PPO epochs x 2 mini-batches)
+//! ends at the weights of one process, every rank at the same bits; a group of one rank is
+//! the plain `update` bit for bit.
+//!
+//! Tolerance: as in tests/dp_sft.rs, the summed gradient differs from the single-process one
+//! only in the order of its f32 additions: the first optimizer step's gradient norm agrees to
+//! ~2e-9 relative (bound 1e-7). After that the ranks' weights differ from one process's by
+//! those roundings, which this deliberately sensitive model (init std 0.2, a chaotic regime
+//! the PPO clip and KL both act in) amplifies step by step: measured (stderr `MEASURED`)
+//! gradient norms of later steps within 3e-6 relative (bound 1e-4), weights within 6.5e-6
+//! after 4 AdamW steps at lr 1e-2 (bound lr * 1e-3 per step = 4e-5; the weights move 4e-2,
+//! 1000x the measured difference, 100x the bound, checked), loss within 6e-6 relative (a
+//! difference of a KL and a policy term of similar size; bound 1e-4), metrics 1e-4.
+
+mod common;
+use common::*;
+use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::dist::{Collective, Single, ThreadGroup};
+use mmr1_fast::model::Qwen2;
+use mmr1_fast::optim::{AdamW, AdamwConfig};
+use mmr1_fast::rl::advantage::AdvantageConfig;
+use mmr1_fast::rl::grpo::{KlConfig, KlEstimator, LossConfig};
+use mmr1_fast::rl::reward::{RewardConfig, Verdict};
+use mmr1_fast::rl::rollout::{generate, SamplingParams};
+use mmr1_fast::rl::trainer::{
+    update, update_with, Experience, GrpoExtras, GrpoSettings, UpdateReport,
+};
+use mmr1_fast::train::Workspace;
+
+const VOCAB: usize = 37;
+const LR: f32 = 1e-2;
+
+fn settings() -> GrpoSettings {
+    GrpoSettings {
+        group_size: 3,
+        sampling: SamplingParams { temperature: 0.8, max_new_tokens: 6, ..Default::default() },
+        loss: LossConfig {
+            kl: Some(KlConfig { estimator: KlEstimator::K3, coef: 0.05 }),
+            clip_eps_low: 0.2,
+            clip_eps_high: 0.28,
+            ..LossConfig::mmr1()
+        },
+        adv: AdvantageConfig::verl(),
+        reward: RewardConfig::default(),
+        ppo_epochs: 2,
+        mini_batches: 2,
+        micro_batch_tokens: 23,
+        extras: GrpoExtras { top_entropy_quantile: Some(0.6), ..Default::default() },
+    }
+}
+
+/// 5 ragged prompts x 3 responses; mini-batches of 3 and 2 groups, so 2 and 3 ranks get
+/// uneven shards and some ranks none of a mini-batch.
+fn experience(model: &Qwen2<Cpu>, s: &GrpoSettings) -> Experience {
+    let prompts: Vec<Vec<u32>> = [4, 7, 3, 5, 6]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| random_ids(n, VOCAB, i as u64 + 1))
+        .collect();
+    let rolls =
+        generate(model, &Cpu, &prompts, s.group_size, &s.sampling, 21, None, |_| {}).unwrap();
+    let n = rolls.len();
+    Experience {
+        items: (0..prompts.len()).collect(),
+        prompts,
+        responses: rolls.into_iter().map(|r| r.tokens).collect(),
+        verdicts: vec![Verdict { extracted: None, accuracy: 0.0, format: 0.0 }; n],
+        rewards: vec![0.0; n],
+        advantages: (0..n).map(|i| [1.3, -0.9, 0.4, -1.6, 0.7, 0.2, -0.3][i % 7]).collect(),
+        group_size: s.group_size,
+    }
+}
+
+fn run(comm: Option<&dyn Collective<Cpu>>) -> (Vec<f32>, UpdateReport) {
+    let start = random_model(tiny_config(VOCAB, true), 17);
+    let reference = random_model(tiny_config(VOCAB, true), 17);
+    let s = settings();
+    let exp = experience(&start, &s);
+    let mut policy = start;
+    let mut opt = AdamW::new(&Cpu, &policy.params, AdamwConfig::default());
+    let mut ws = Workspace::new(&policy, &Cpu);
+    let rep = match comm {
+        None => update(&mut policy, Some(&reference), &mut opt, &Cpu, &exp, &s, LR, &mut ws),
+        Some(c) => {
+            update_with(&mut policy, Some(&reference), &mut opt, &Cpu, &exp, &s, LR, &mut ws, c)
+        }
+    }
+    .unwrap();
+    (policy.to_host(&Cpu).concat(), rep)
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-30)
+}
+
+fn check_world(world: usize) {
+    let (one, one_rep) = run(None);
+    let init = random_model(tiny_config(VOCAB, true), 17).to_host(&Cpu).concat();
+    let ranks: Vec<(Vec<f32>, UpdateReport)> = std::thread::scope(|s| {
+        let hs: Vec<_> =
+            ThreadGroup::new(world).into_iter().map(|g| s.spawn(move || run(Some(&g)))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (r, (w, rep)) in ranks.iter().enumerate() {
+        assert!(
+            w.iter().zip(&ranks[0].0).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "rank {r} holds other weights than rank 0"
+        );
+        assert_eq!(rep.loss.to_bits(), ranks[0].1.loss.to_bits(), "rank {r} reports another loss");
+    }
+    let (dp, rep) = &ranks[0];
+    if world == 1 {
+        assert!(dp.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(rep.loss.to_bits(), one_rep.loss.to_bits());
+        let single = run(Some(&Single));
+        assert!(single.0.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    let steps = one_rep.steps.len();
+    assert_eq!(steps, 4);
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+    };
+    let (w_err, travel) = (diff(dp, &one), diff(&one, &init));
+    let (m, m1) = (&rep.metrics, &one_rep.metrics);
+    eprintln!(
+        "MEASURED world {world}: weights max|diff| {w_err:.3e} after {steps} steps (lr {LR}), \
+         moved {travel:.3e}; loss {:.6e} vs {:.6e}; kl {:.4e} vs {:.4e}; clip_frac {:.4} vs {:.4}",
+        rep.loss, one_rep.loss, m.kl, m1.kl, m.clip_frac, m1.clip_frac
+    );
+    let gn: Vec<String> = rep
+        .steps
+        .iter()
+        .zip(&one_rep.steps)
+        .map(|(a, b)| format!("{:.1e}", rel(a.grad_norm, b.grad_norm)))
+        .collect();
+    eprintln!("MEASURED world {world}: grad-norm rel diff per step {gn:?}");
+    let tol = LR as f64 * 1e-3 * steps as f64;
+    assert!(w_err < tol, "weights differ by {w_err:e} > {tol:e}");
+    assert!(travel > 1e2 * tol, "the weights barely moved ({travel:e})");
+    assert!(m1.kl > 0.0 && m1.clip_frac > 0.0, "the KL term and the clip must run: {m1:?}");
+    assert_eq!(m.active_tokens, m1.active_tokens);
+    for (a, b, what) in [
+        (rep.loss, one_rep.loss, "loss"),
+        (m.kl, m1.kl, "kl"),
+        (m.pg_loss, m1.pg_loss, "pg_loss"),
+        (m.clip_frac, m1.clip_frac, "clip_frac"),
+    ] {
+        assert!(rel(a, b) < 1e-4, "{what}: {a} vs {b}");
+    }
+    for (i, (a, b)) in rep.steps.iter().zip(&one_rep.steps).enumerate() {
+        let bound = if i == 0 { 1e-7 } else { 1e-4 };
+        assert!(rel(a.grad_norm, b.grad_norm) < bound, "step {i}: grad norms {a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn grpo_group_of_one_is_the_plain_update_bit_for_bit() {
+    check_world(1);
+}
+
+#[test]
+fn grpo_two_ranks_match_one_process() {
+    check_world(2);
+}
+
+#[test]
+fn grpo_three_ranks_match_one_process() {
+    check_world(3);
+}
