@@ -11,7 +11,8 @@
 #        scratch clone: `git clone . /tmp/m && cp -a target /tmp/m/ && cd /tmp/m && MUTANTS_IN_PLACE=1
 #        scripts/mutants.sh`; cargo-mutants' own copy of target/ loses the mtimes and rebuilds
 #        every dependency, ~20 min on 2 cores), MUTANTS_FAST=0 to build mutants with the
-#        plain dev profile (see below).
+#        plain dev profile (see below), MUTANTS_ARGS: more cargo-mutants options, e.g.
+#        MUTANTS_ARGS="--re clip_scale" to rerun the mutants a new test should kill.
 # Speed: a mutant changes one function, so by default our crate is built incrementally at
 # opt-level 0 without debug info (dependencies keep dev's opt-level 3, so their compiled copies
 # in target/debug are reused; the settings are env overrides of the dev profile, not a new
@@ -68,11 +69,11 @@ tc=0 tm=0 tu=0 tt=0
 for f in "${files[@]}"; do
     o="$out_root/$(echo "$f" | tr / _)"
     mkdir -p "$o"
-    # shellcheck disable=SC2046
+    # shellcheck disable=SC2046,SC2086
     # nice: the machine is shared; mutation runs must never starve other builds.
     nice -n 19 cargo mutants --file "$f" --timeout "$timeout" --build-timeout 1800 \
         --baseline skip $where --no-shuffle --features emu --output "$o" \
-        $(target_args "$f") >"$o/log.txt" 2>&1 || true
+        $(target_args "$f") ${MUTANTS_ARGS:-} >"$o/log.txt" 2>&1 || true
     count() { [ -f "$o/mutants.out/$1.txt" ] && wc -l <"$o/mutants.out/$1.txt" || echo 0; }
     c=$(count caught) m=$(count missed) u=$(count unviable) t=$(count timeout)
     echo "$f: $c caught, $m missed, $u unviable, $t timeouts"
