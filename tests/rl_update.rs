@@ -323,3 +323,35 @@ fn ppo_epochs_and_mini_batches_match_a_slow_reference_loop() {
         "trainer and reference loop end at different weights: {e:.2e} (moved {moved:.2e})"
     );
 }
+
+/// Dynamic filtering's bookkeeping (`Experience::retain_groups` / `extend`, used by the RL
+/// phase): whole groups kept or appended, every per-response field moved together.
+#[test]
+fn experience_keeps_and_appends_whole_groups() {
+    let group = |g: usize| {
+        let v = |r: usize| Verdict { extracted: None, accuracy: (g * 2 + r) as f32, format: 1.0 };
+        Experience {
+            items: vec![10 + g],
+            prompts: vec![vec![g as u32; g + 1]],
+            responses: vec![vec![g as u32; g + 2], vec![g as u32 + 100; 1]],
+            verdicts: vec![v(0), v(1)],
+            rewards: vec![g as f32, g as f32 + 0.5],
+            advantages: vec![-(g as f32), g as f32 + 0.25],
+            group_size: 2,
+        }
+    };
+    let mut exp = group(0);
+    exp.extend(group(1));
+    exp.extend(group(2));
+    assert_eq!(exp.items, [10, 11, 12]);
+    assert_eq!(exp.accuracy(), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(exp.response_tokens(), (2 + 1) + (3 + 1) + (4 + 1));
+    exp.retain_groups(&[true, false, true]);
+    let (g0, g2) = (group(0), group(2));
+    assert_eq!(exp.items, [10, 12]);
+    assert_eq!(exp.prompts, [g0.prompts[0].clone(), g2.prompts[0].clone()]);
+    assert_eq!(exp.responses, [&g0.responses[..], &g2.responses[..]].concat());
+    assert_eq!(exp.accuracy(), [0.0, 1.0, 4.0, 5.0]);
+    assert_eq!(exp.rewards, [0.0, 0.5, 2.0, 2.5]);
+    assert_eq!(exp.advantages, [-0.0, 0.25, -2.0, 2.25]);
+}
