@@ -355,3 +355,62 @@ fn experience_keeps_and_appends_whole_groups() {
     assert_eq!(exp.rewards, [0.0, 0.5, 2.0, 2.5]);
     assert_eq!(exp.advantages, [-0.0, 0.25, -2.0, 2.25]);
 }
+
+/// `collect`: the groups follow `indices` (not the item order), each response is graded
+/// against its own item, DAPO's overlong penalty is added to the reward, and the advantages
+/// are the groups' (here they differ only through the penalty, so a wrong grouping shows).
+#[test]
+fn collect_grades_shapes_and_groups_the_rollouts() {
+    use mmr1_fast::data::demo::{demo_prompt, demo_tokenizer};
+    use mmr1_fast::data::rl_items::RlItem;
+    use mmr1_fast::rl::advantage::advantages_f64;
+    use mmr1_fast::rl::graded::{grade_tokens, reward_item};
+    use mmr1_fast::rl::overlong::OverlongPenalty;
+    use mmr1_fast::rl::trainer::collect;
+
+    let tok = demo_tokenizer().unwrap();
+    let model = random_model(tiny_config(tok.vocab_size(), false), 17);
+    let items: Vec<RlItem> = ["Add 1+2", "Add 4+5+6", "Add 7+8"]
+        .iter()
+        .map(|p| RlItem {
+            id: None,
+            problem: p.to_string(),
+            answer: Some("3".into()),
+            images: vec![],
+            options: None,
+        })
+        .collect();
+    let prompt_ids: Vec<Vec<u32>> =
+        items.iter().map(|it| tok.encode(&demo_prompt(it)).unwrap()).collect();
+    let mut s = settings(None, 1, 1, 64);
+    // Many stop ids: responses of many lengths, so the penalty varies within a group.
+    s.sampling.stop_ids = (1..40).collect();
+    s.sampling.max_new_tokens = 6;
+    let pen = OverlongPenalty { buffer_len: 4, penalty_factor: 1.0, max_response_len: 6 };
+    s.extras.overlong = Some(pen);
+    let indices = [2usize, 0];
+    let (exp, stats) =
+        collect(&model, &Cpu, &tok, &items, &prompt_ids, &indices, &s, 5, |_| {}).unwrap();
+
+    let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
+    let rolls =
+        generate(&model, &Cpu, &prompts, s.group_size, &s.sampling, 5, Some(&tok), |_| {}).unwrap();
+    let mut rewards = Vec::new();
+    for r in &rolls {
+        let reference = reward_item(&items[indices[r.prompt_index]]);
+        let (_, _, reward) =
+            grade_tokens(&tok, &r.tokens, &s.sampling.stop_ids, &s.reward, &reference).unwrap();
+        rewards.push(reward as f64 + pen.penalty(r.tokens.len()));
+    }
+    let lens: Vec<usize> = rolls.iter().map(|r| r.tokens.len()).collect();
+    let (adv, want_stats) = advantages_f64(&rewards, &[0, 3, 6], Some(&lens), &s.adv);
+    assert_eq!(exp.items, indices);
+    assert_eq!(exp.prompts, prompts);
+    assert_eq!(exp.responses, rolls.iter().map(|r| r.tokens.clone()).collect::<Vec<_>>());
+    assert_eq!(exp.rewards, rewards.iter().map(|&r| r as f32).collect::<Vec<_>>());
+    assert_eq!(exp.advantages, adv.iter().map(|&a| a as f32).collect::<Vec<_>>());
+    assert_eq!(stats.num_groups, want_stats.num_groups);
+    assert_eq!(stats.reward_mean, want_stats.reward_mean);
+    assert!(rewards.iter().any(|&r| r < 0.0), "no response was penalised: {rewards:?}");
+    assert!(adv.iter().any(|&a| a.abs() > 0.1), "the advantages do not depend on the grouping");
+}
