@@ -414,3 +414,51 @@ fn collect_grades_shapes_and_groups_the_rollouts() {
     assert!(rewards.iter().any(|&r| r < 0.0), "no response was penalised: {rewards:?}");
     assert!(adv.iter().any(|&a| a.abs() > 0.1), "the advantages do not depend on the grouping");
 }
+
+/// The options that reach `update` only through a mask or an extra term change the update
+/// when on and leave it bit-identical when off (top_entropy_quantile 0 and 1 are off), with 2
+/// mini-batches so each mini-batch's slice of the masks must line up (a shifted slice panics).
+#[test]
+fn entropy_mask_entropy_bonus_and_clip_cov_reach_the_update() {
+    use mmr1_fast::backend::Backend;
+    use mmr1_fast::rl::grpo::{CovParams, PolicyLoss};
+    let start = random_model(tiny_config(VOCAB, true), 23);
+    let base = settings(None, 1, 2, 10_000);
+    let exp = experience(&start, &base, &prompts());
+    let run = |s: &GrpoSettings| -> Vec<f32> {
+        let mut policy = copy(&start);
+        let mut opt = AdamW::new(&Cpu, &policy.params, AdamwConfig::default());
+        let mut st = UpdateState::new(&policy, &Cpu);
+        update(&mut policy, None, &mut opt, &Cpu, &exp, s, 1e-2, &mut st).unwrap();
+        policy.params.iter().flat_map(|p| Cpu.download(p)).collect()
+    };
+    let plain = run(&base);
+    let with = |f: &dyn Fn(&mut GrpoSettings)| {
+        let mut s = base.clone();
+        f(&mut s);
+        run(&s)
+    };
+    for q in [0.0, 1.0] {
+        let off = with(&|s| s.extras.top_entropy_quantile = Some(q));
+        assert!(off == plain, "top_entropy_quantile {q} must be off");
+    }
+    let differs = |what: &str, w: Vec<f32>| {
+        let e = rel_l2(&w, &plain);
+        assert!(e > 1e-4, "{what} did not change the update (rel L2 {e:e})");
+    };
+    differs("top_entropy_quantile 0.5", with(&|s| s.extras.top_entropy_quantile = Some(0.5)));
+    differs("entropy_coef 0.1", with(&|s| s.loss.entropy_coef = 0.1));
+    let cov = CovParams {
+        clip_cov_ratio: 0.3,
+        clip_cov_lb: -1e9,
+        clip_cov_ub: 1e9,
+        ..Default::default()
+    };
+    differs(
+        "Clip-Cov",
+        with(&|s| {
+            s.loss.policy = PolicyLoss::ClipCov;
+            s.loss.cov = cov;
+        }),
+    );
+}
