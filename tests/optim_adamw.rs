@@ -7,6 +7,7 @@ use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::Backend;
 use mmr1_fast::model::safetensors_io::to_f32;
 use mmr1_fast::optim::{clip_scale, grad_norm, AdamW, AdamwConfig, LrSchedule};
+use mmr1_fast::ranges::Checks;
 use safetensors::SafeTensors;
 
 fn golden() -> impl Fn(&str) -> Vec<f32> {
@@ -58,6 +59,31 @@ fn clipping_matches_torch() {
     }
     // Below the bound nothing changes.
     assert_eq!(clip_scale(0.5, 1.0), 1.0);
+    // torch adds 1e-6 to the norm: visible only at norms near 1e-6 (the fixture's norm of 5
+    // cannot tell `+ 1e-6` from `- 1e-6`): 1e-6 / (3e-6 + 1e-6) = 0.25, not 1e-6 / 2e-6.
+    assert!((clip_scale(3e-6, 1e-6) - 0.25).abs() < 1e-6, "{}", clip_scale(3e-6, 1e-6));
+}
+
+#[test]
+fn config_check_names_every_bad_key() {
+    let check = |cfg: AdamwConfig| {
+        let mut c = Checks::new();
+        cfg.check(&mut c, "rl.");
+        c.finish("optimizer").err().map(|e| e.to_string())
+    };
+    assert_eq!(check(AdamwConfig::default()), None);
+    assert_eq!(check(AdamwConfig { max_grad_norm: None, ..AdamwConfig::default() }), None);
+    let bad = AdamwConfig {
+        beta1: 1.0,
+        beta2: -0.1,
+        eps: 0.0,
+        weight_decay: f32::NAN,
+        max_grad_norm: Some(0.0),
+    };
+    let msg = check(bad).expect("every field is out of range");
+    for key in ["rl.beta1", "rl.beta2", "rl.eps", "rl.weight_decay", "rl.grad_clip"] {
+        assert!(msg.contains(key), "{key} not named in: {msg}");
+    }
 }
 
 #[test]
@@ -115,6 +141,9 @@ fn schedules_follow_hugging_face() {
         assert!(s.lr_at(k) <= prev, "cosine must not increase after warm-up");
         prev = s.lr_at(k);
     }
+    // No warm-up: step 0 already runs at the full rate (a `<=` warm-up test would give 0).
+    let nw = LrSchedule::Cosine { lr: 1e-3, warmup_steps: 0, total_steps: 10, min_lr: 0.0 };
+    assert_eq!(nw.lr_at(0), 1e-3);
     let c = LrSchedule::Constant { lr: 1e-6, warmup_steps: 0 };
     assert!((0..50).all(|k| c.lr_at(k) == 1e-6));
     let cw = LrSchedule::Constant { lr: 1.0, warmup_steps: 4 };

@@ -324,3 +324,142 @@ fn ppo_epochs_and_mini_batches_match_a_slow_reference_loop() {
         "trainer and reference loop end at different weights: {e:.2e} (moved {moved:.2e})"
     );
 }
+
+/// Dynamic filtering's bookkeeping (`Experience::retain_groups` / `extend`, used by the RL
+/// phase): whole groups kept or appended, every per-response field moved together.
+#[test]
+fn experience_keeps_and_appends_whole_groups() {
+    let group = |g: usize| {
+        let v = |r: usize| Verdict { extracted: None, accuracy: (g * 2 + r) as f32, format: 1.0 };
+        Experience {
+            items: vec![10 + g],
+            prompts: vec![vec![g as u32; g + 1]],
+            responses: vec![vec![g as u32; g + 2], vec![g as u32 + 100; 1]],
+            verdicts: vec![v(0), v(1)],
+            rewards: vec![g as f32, g as f32 + 0.5],
+            advantages: vec![-(g as f32), g as f32 + 0.25],
+            group_size: 2,
+        }
+    };
+    let mut exp = group(0);
+    exp.extend(group(1));
+    exp.extend(group(2));
+    assert_eq!(exp.items, [10, 11, 12]);
+    assert_eq!(exp.accuracy(), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(exp.response_tokens(), (2 + 1) + (3 + 1) + (4 + 1));
+    exp.retain_groups(&[true, false, true]);
+    let (g0, g2) = (group(0), group(2));
+    assert_eq!(exp.items, [10, 12]);
+    assert_eq!(exp.prompts, [g0.prompts[0].clone(), g2.prompts[0].clone()]);
+    assert_eq!(exp.responses, [&g0.responses[..], &g2.responses[..]].concat());
+    assert_eq!(exp.accuracy(), [0.0, 1.0, 4.0, 5.0]);
+    assert_eq!(exp.rewards, [0.0, 0.5, 2.0, 2.5]);
+    assert_eq!(exp.advantages, [-0.0, 0.25, -2.0, 2.25]);
+}
+
+/// `collect`: the groups follow `indices` (not the item order), each response is graded
+/// against its own item, DAPO's overlong penalty is added to the reward, and the advantages
+/// are the groups' (here they differ only through the penalty, so a wrong grouping shows).
+#[test]
+fn collect_grades_shapes_and_groups_the_rollouts() {
+    use mmr1_fast::data::demo::{demo_prompt, demo_tokenizer};
+    use mmr1_fast::data::rl_items::RlItem;
+    use mmr1_fast::rl::advantage::advantages_f64;
+    use mmr1_fast::rl::graded::{grade_tokens, reward_item};
+    use mmr1_fast::rl::overlong::OverlongPenalty;
+    use mmr1_fast::rl::trainer::collect;
+
+    let tok = demo_tokenizer().unwrap();
+    let model = random_model(tiny_config(tok.vocab_size(), false), 17);
+    let items: Vec<RlItem> = ["Add 1+2", "Add 4+5+6", "Add 7+8"]
+        .iter()
+        .map(|p| RlItem {
+            id: None,
+            problem: p.to_string(),
+            answer: Some("3".into()),
+            images: vec![],
+            options: None,
+        })
+        .collect();
+    let prompt_ids: Vec<Vec<u32>> =
+        items.iter().map(|it| tok.encode(&demo_prompt(it)).unwrap()).collect();
+    let mut s = settings(None, 1, 1, 64);
+    // Many stop ids: responses of many lengths, so the penalty varies within a group.
+    s.sampling.stop_ids = (1..40).collect();
+    s.sampling.max_new_tokens = 6;
+    let pen = OverlongPenalty { buffer_len: 4, penalty_factor: 1.0, max_response_len: 6 };
+    s.extras.overlong = Some(pen);
+    let indices = [2usize, 0];
+    let (exp, stats) =
+        collect(&model, &Cpu, &tok, &items, &prompt_ids, &indices, &s, 5, |_| {}).unwrap();
+
+    let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
+    let rolls =
+        generate(&model, &Cpu, &prompts, s.group_size, &s.sampling, 5, Some(&tok), |_| {}).unwrap();
+    let mut rewards = Vec::new();
+    for r in &rolls {
+        let reference = reward_item(&items[indices[r.prompt_index]]);
+        let (_, _, reward) =
+            grade_tokens(&tok, &r.tokens, &s.sampling.stop_ids, &s.reward, &reference).unwrap();
+        rewards.push(reward as f64 + pen.penalty(r.tokens.len()));
+    }
+    let lens: Vec<usize> = rolls.iter().map(|r| r.tokens.len()).collect();
+    let (adv, want_stats) = advantages_f64(&rewards, &[0, 3, 6], Some(&lens), &s.adv);
+    assert_eq!(exp.items, indices);
+    assert_eq!(exp.prompts, prompts);
+    assert_eq!(exp.responses, rolls.iter().map(|r| r.tokens.clone()).collect::<Vec<_>>());
+    assert_eq!(exp.rewards, rewards.iter().map(|&r| r as f32).collect::<Vec<_>>());
+    assert_eq!(exp.advantages, adv.iter().map(|&a| a as f32).collect::<Vec<_>>());
+    assert_eq!(stats.num_groups, want_stats.num_groups);
+    assert_eq!(stats.reward_mean, want_stats.reward_mean);
+    assert!(rewards.iter().any(|&r| r < 0.0), "no response was penalised: {rewards:?}");
+    assert!(adv.iter().any(|&a| a.abs() > 0.1), "the advantages do not depend on the grouping");
+}
+
+/// The options that reach `update` only through a mask or an extra term change the update
+/// when on and leave it bit-identical when off (top_entropy_quantile 0 and 1 are off), with 2
+/// mini-batches so each mini-batch's slice of the masks must line up (a shifted slice panics).
+#[test]
+fn entropy_mask_entropy_bonus_and_clip_cov_reach_the_update() {
+    use mmr1_fast::backend::Backend;
+    use mmr1_fast::rl::grpo::{CovParams, PolicyLoss};
+    let start = random_model(tiny_config(VOCAB, true), 23);
+    let base = settings(None, 1, 2, 10_000);
+    let exp = experience(&start, &base, &prompts());
+    let run = |s: &GrpoSettings| -> Vec<f32> {
+        let mut policy = copy(&start);
+        let mut opt = AdamW::new(&Cpu, &policy.params, AdamwConfig::default());
+        let mut st = Workspace::new(&policy, &Cpu);
+        update(&mut policy, None, &mut opt, &Cpu, &exp, s, 1e-2, &mut st).unwrap();
+        policy.params.iter().flat_map(|p| Cpu.download(p)).collect()
+    };
+    let plain = run(&base);
+    let with = |f: &dyn Fn(&mut GrpoSettings)| {
+        let mut s = base.clone();
+        f(&mut s);
+        run(&s)
+    };
+    for q in [0.0, 1.0] {
+        let off = with(&|s| s.extras.top_entropy_quantile = Some(q));
+        assert!(off == plain, "top_entropy_quantile {q} must be off");
+    }
+    let differs = |what: &str, w: Vec<f32>| {
+        let e = rel_l2(&w, &plain);
+        assert!(e > 1e-4, "{what} did not change the update (rel L2 {e:e})");
+    };
+    differs("top_entropy_quantile 0.5", with(&|s| s.extras.top_entropy_quantile = Some(0.5)));
+    differs("entropy_coef 0.1", with(&|s| s.loss.entropy_coef = 0.1));
+    let cov = CovParams {
+        clip_cov_ratio: 0.3,
+        clip_cov_lb: -1e9,
+        clip_cov_ub: 1e9,
+        ..Default::default()
+    };
+    differs(
+        "Clip-Cov",
+        with(&|s| {
+            s.loss.policy = PolicyLoss::ClipCov;
+            s.loss.cov = cov;
+        }),
+    );
+}

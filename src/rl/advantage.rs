@@ -191,7 +191,9 @@ pub fn advantages_f64(
     let mut stats = GroupStats::default();
     let mut sum_group_std = 0f64;
     let (batch_mean, batch_var) = mean_var_unbiased(rewards);
-    let batch_std = if rewards.len() > 1 { batch_var.sqrt() } else { 0.0 };
+    // mean_var_unbiased gives variance 0 below 2 values, so no length test here (one was an
+    // equivalent mutant: `> 1` and `>= 1` could not be told apart).
+    let batch_std = batch_var.sqrt();
     let nonzero = rewards.iter().filter(|&&r| r != 0.0).count();
     let gpg_alpha = rewards.len() as f64 / nonzero.max(1) as f64;
     for w in offsets.windows(2) {
@@ -361,6 +363,55 @@ mod tests {
         assert_eq!(a[0], 0.7);
         let (a, _) = group_advantages_ragged(&r, &off, &AdvantageConfig::trl());
         assert_eq!(a[0], 0.0);
+    }
+
+    /// A singleton group keeps `A = r` under RLOO, REINFORCE++-baseline and GPG whatever the
+    /// convention: TRL's singleton rule (mean = the reward, so A = 0) is GRPO's only.
+    #[test]
+    fn singletons_of_the_other_estimators_ignore_the_trl_rule() {
+        let r = [0.7f64, 1.0, 0.0];
+        let off = [0usize, 1, 3];
+        let lens = [1usize, 1, 1];
+        let trl = |estimator| AdvantageConfig { estimator, ..AdvantageConfig::trl() };
+        let (a, _) = advantages_f64(&r, &off, None, &trl(AdvEstimator::Gpg));
+        // alpha = B / #nonzero = 3 / 2.
+        assert!((a[0] - 1.5 * 0.7).abs() < 1e-12, "{a:?}");
+        let (a, _) = advantages_f64(&r, &off, None, &trl(AdvEstimator::Rloo));
+        assert_eq!(a[0], 0.7);
+        // REINFORCE++: [0.7, 0.5, -0.5] before whitening over 3 one-token responses.
+        let (a, _) =
+            advantages_f64(&r, &off, Some(&lens), &trl(AdvEstimator::ReinforcePlusPlusBaseline));
+        let x = [0.7f64, 0.5, -0.5];
+        let m = x.iter().sum::<f64>() / 3.0;
+        let v = x.iter().map(|y| (y - m).powi(2)).sum::<f64>() / 2.0;
+        assert!((a[0] - (0.7 - m) / v.sqrt()).abs() < 1e-6, "{a:?}");
+    }
+
+    /// REINFORCE++ whitening at its edge: 2 active tokens are whitened (unbiased variance over
+    /// 2 values), fewer are left as they are (verl raises there).
+    #[test]
+    fn reinforce_whitening_needs_two_tokens() {
+        let cfg = AdvantageConfig {
+            estimator: AdvEstimator::ReinforcePlusPlusBaseline,
+            ..AdvantageConfig::verl()
+        };
+        let (r, off) = ([1.0f64, 0.0], [0usize, 2]);
+        // Centred [0.5, -0.5]; over 2 tokens mean 0, unbiased var 0.5.
+        let (a, _) = advantages_f64(&r, &off, Some(&[1, 1]), &cfg);
+        let w = 0.5 / 0.5f64.sqrt();
+        assert!((a[0] - w).abs() < 1e-6 && (a[1] + w).abs() < 1e-6, "{a:?}");
+        for lens in [[1usize, 0], [0, 0]] {
+            let (a, _) = advantages_f64(&r, &off, Some(&lens), &cfg);
+            assert_eq!(a, [0.5, -0.5], "{lens:?} active tokens: not whitened");
+        }
+    }
+
+    /// An empty batch has no groups: statistics 0, not 0/0.
+    #[test]
+    fn empty_batch_has_zero_statistics() {
+        let (a, s) = advantages_f64(&[], &[0], None, &AdvantageConfig::verl());
+        assert!(a.is_empty());
+        assert_eq!(s, GroupStats::default());
     }
 
     #[test]

@@ -171,6 +171,14 @@ fn sequence(exp: &Experience, r: usize) -> Vec<u32> {
     s
 }
 
+/// Tokens of response `r`'s sequence: the size the micro-batches are packed by. It changes
+/// only how the work is split (and the memory each forward takes), never the result: the
+/// update is invariant to the micro-batching (`tests/grpo_learns.rs`). Its mutants are
+/// excluded in `.cargo/mutants.toml` for that reason.
+fn sequence_len(exp: &Experience, r: usize) -> usize {
+    exp.prompts[r / exp.group_size].len() + exp.responses[r].len()
+}
+
 /// Responses `rs` packed as prompt + response each; the loss rows are those that predict the
 /// response tokens (in response order).
 fn pack_responses(exp: &Experience, rs: Range<usize>) -> LossBatch {
@@ -249,8 +257,7 @@ pub fn update_with<B: Backend>(
 ) -> Result<UpdateReport> {
     let n = exp.responses.len();
     let inv_temp = 1.0 / s.sampling.temperature;
-    let lens: Vec<usize> =
-        (0..n).map(|r| exp.prompts[r / exp.group_size].len() + exp.responses[r].len()).collect();
+    let lens: Vec<usize> = (0..n).map(|r| sequence_len(exp, r)).collect();
     let mut offsets = vec![0usize];
     for r in &exp.responses {
         offsets.push(offsets.last().unwrap() + r.len());
