@@ -12,50 +12,15 @@ use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+#[macro_use]
+#[path = "common/kernel_check.rs"]
+mod kernel_check;
+use kernel_check::*;
+
 const TOL: f64 = 1e-5;
-
-fn rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
-}
-
-/// Uniform in (-scale, scale), never exactly zero.
-fn rand_vec(r: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| loop {
-            let v: f32 = r.gen_range(-scale..scale);
-            if v != 0.0 {
-                break v;
-            }
-        })
-        .collect()
-}
-
-fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
-    let mut x = b.zeros(n);
-    b.fill(&mut x, f32::NAN);
-    x
-}
-
-/// Relative L2 error; NaN or infinity anywhere fails. A small absolute floor keeps all-zero
-/// references (entropy of a one-token vocabulary) meaningful.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{what}: element {i} is {} (reference {})", got[i], want[i]);
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (a, b) in got.iter().zip(want) {
-        num += ((*a as f64) - (*b as f64)).powi(2);
-        den += (*b as f64).powi(2);
-    }
-    let err = num.sqrt() / (den.sqrt() + 1e-6);
-    // Read by scripts/gpu-check.sh for its error column.
-    println!("ERR {what}: {err:.3e}");
-    assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.0e}");
-}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()

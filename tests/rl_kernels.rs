@@ -17,18 +17,12 @@ use mmr1_fast::rl::grpo::{
     policy_loss_f64, Aggregation, KlConfig, KlEstimator, LossConfig, LossInputs, LossMetrics,
     Normalizer, PolicyLoss,
 };
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
-fn rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
-}
-
-fn poisoned<D: Device>(b: &CudaBackend<D>, n: usize) -> <CudaBackend<D> as Backend>::Buf {
-    let mut x = b.zeros(n);
-    b.fill(&mut x, f32::NAN);
-    x
-}
+#[macro_use]
+#[path = "common/kernel_check.rs"]
+mod kernel_check;
+use kernel_check::*;
 
 /// One ragged batch: prompts with group sizes drawn from {1, 2, 3, 8}, responses of 0..40
 /// tokens, some fully masked, log-ratios mostly small with a tail beyond +-20, advantages of
@@ -783,36 +777,7 @@ fn cpu_chunked_head() {
     chunked_head(&mmr1_fast::backend::cpu::Cpu);
 }
 
-macro_rules! suite {
-    ($($t:ident),*) => {
-        #[cfg(feature = "emu")]
-        mod emu {
-            use mmr1_fast::backend::cuda::{emu::{EmuDevice, Schedule}, CudaBackend};
-            fn emulator() -> CudaBackend<EmuDevice> {
-                match std::env::var("MMR1_EMU_SCHEDULE") {
-                    Ok(_) => CudaBackend::emulator(),
-                    Err(_) => CudaBackend::emulator_with(&Schedule::CI),
-                }
-            }
-            $( #[test] fn $t() { super::$t(&emulator()); } )*
-        }
-        #[cfg(feature = "cuda")]
-        mod gpu {
-            use mmr1_fast::backend::cuda::{driver::CudaDevice, CudaBackend};
-            use std::sync::OnceLock;
-            fn gpu() -> &'static CudaBackend<CudaDevice> {
-                static B: OnceLock<Result<CudaBackend<CudaDevice>, String>> = OnceLock::new();
-                match B.get_or_init(|| CudaBackend::new(0)) {
-                    Ok(b) => b,
-                    Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
-                }
-            }
-            $( #[test] #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"] fn $t() { super::$t(gpu()); } )*
-        }
-    };
-}
-
-suite!(
+backend_suite!(
     grpo_loss_every_mode,
     grpo_loss_every_kl,
     grpo_loss_split_invariant,

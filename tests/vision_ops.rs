@@ -9,48 +9,14 @@
 
 use mmr1_fast::backend::cpu::{attention_ref, vision_ops, Cpu};
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+#[macro_use]
+#[path = "common/kernel_check.rs"]
+mod kernel_check;
+use kernel_check::*;
+
 const TOL: f64 = 1e-5;
-
-fn rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
-}
-
-/// Uniform in (-scale, scale), never exactly zero.
-fn rand_vec(r: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| loop {
-            let v: f32 = r.gen_range(-scale..scale);
-            if v != 0.0 {
-                break v;
-            }
-        })
-        .collect()
-}
-
-fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
-    let mut x = b.zeros(n);
-    b.fill(&mut x, f32::NAN);
-    x
-}
-
-/// Relative L2 error; NaN or infinity anywhere fails.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{what}: element {i} is {} (reference {})", got[i], want[i]);
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (a, b) in got.iter().zip(want) {
-        num += ((*a as f64) - (*b as f64)).powi(2);
-        den += (*b as f64).powi(2);
-    }
-    let err = num.sqrt() / (den.sqrt() + 1e-6);
-    println!("ERR {what}: {err:.3e}");
-    assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.0e}");
-}
 
 /// Spans of full sequences of the given lengths, back to back, starting at row `first`
 /// (rows before it belong to no span).
@@ -311,33 +277,4 @@ fn gelu_vs_cpu<B: Backend>(b: &B) {
     }
 }
 
-macro_rules! suite {
-    ($($t:ident),*) => {
-        #[cfg(feature = "emu")]
-        mod emu {
-            use mmr1_fast::backend::cuda::{emu::{EmuDevice, Schedule}, CudaBackend};
-            fn emulator() -> CudaBackend<EmuDevice> {
-                match std::env::var("MMR1_EMU_SCHEDULE") {
-                    Ok(_) => CudaBackend::emulator(),
-                    Err(_) => CudaBackend::emulator_with(&Schedule::CI),
-                }
-            }
-            $( #[test] fn $t() { super::$t(&emulator()); } )*
-        }
-        #[cfg(feature = "cuda")]
-        mod gpu {
-            use mmr1_fast::backend::cuda::{driver::CudaDevice, CudaBackend};
-            use std::sync::OnceLock;
-            fn gpu() -> &'static CudaBackend<CudaDevice> {
-                static B: OnceLock<Result<CudaBackend<CudaDevice>, String>> = OnceLock::new();
-                match B.get_or_init(|| CudaBackend::new(0)) {
-                    Ok(b) => b,
-                    Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
-                }
-            }
-            $( #[test] #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"] fn $t() { super::$t(gpu()); } )*
-        }
-    };
-}
-
-suite!(bidir_vs_cpu, rope_table_vs_cpu, gelu_vs_cpu);
+backend_suite!(bidir_vs_cpu, rope_table_vs_cpu, gelu_vs_cpu);
