@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
-use mmr1_fast::rl::rollout::{generate, sample_token, SamplingParams, StopReason};
+use mmr1_fast::rl::rollout::{generate, mix_seed, sample_token, SamplingParams, StopReason};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -196,6 +196,9 @@ fn seeds_reproduce_rollouts_whatever_else_is_in_the_batch() {
         v.iter().map(|r| r.tokens.clone()).collect()
     };
     assert_eq!(toks(&a), toks(&b), "same seed, different rollouts");
+    // Each prompt's group of 3 responses comes together, in prompt order, and says whose it is.
+    let owners: Vec<usize> = a.iter().map(|r| r.prompt_index).collect();
+    assert_eq!(owners, [0, 0, 0, 1, 1, 1], "prompt_index of each rollout");
     // Prompt 0's group alone (a smaller batch) samples the same responses.
     let alone = generate(&model, &Cpu, &prompts[..1], 3, &p, 77, None, |_| {}).unwrap();
     assert_eq!(toks(&alone), toks(&a[..3]), "a rollout depends on the rest of its batch");
@@ -203,4 +206,144 @@ fn seeds_reproduce_rollouts_whatever_else_is_in_the_batch() {
     assert_ne!(toks(&a), toks(&c), "another seed gave the same rollouts");
     // Within a group the responses differ (each has its own stream).
     assert!(a[0].tokens != a[1].tokens || a[1].tokens != a[2].tokens);
+}
+
+/// The largest f64 below 1: the top of the range of a uniform draw in [0, 1).
+const U_MAX: f64 = 1.0 - f64::EPSILON / 2.0;
+
+#[test]
+fn validate_names_each_bad_value_and_accepts_the_boundaries() {
+    let ok = SamplingParams::default();
+    let good = [
+        SamplingParams { temperature: 0.0, ..ok.clone() },
+        SamplingParams { temperature: 1e-6, ..ok.clone() },
+        SamplingParams { top_p: 1.0, ..ok.clone() },
+        SamplingParams { top_p: f32::MIN_POSITIVE, ..ok.clone() },
+        SamplingParams { max_new_tokens: 1, ..ok.clone() },
+    ];
+    for p in &good {
+        p.validate().unwrap_or_else(|e| panic!("{p:?} rejected: {e}"));
+    }
+    let bad = [
+        (SamplingParams { temperature: -1e-3, ..ok.clone() }, "temperature"),
+        (SamplingParams { temperature: f32::INFINITY, ..ok.clone() }, "temperature"),
+        (SamplingParams { temperature: f32::NEG_INFINITY, ..ok.clone() }, "temperature"),
+        (SamplingParams { temperature: f32::NAN, ..ok.clone() }, "temperature"),
+        (SamplingParams { top_p: 0.0, ..ok.clone() }, "top_p"),
+        (SamplingParams { top_p: -0.5, ..ok.clone() }, "top_p"),
+        (SamplingParams { top_p: 1.0 + f32::EPSILON, ..ok.clone() }, "top_p"),
+        (SamplingParams { top_p: 1.5, ..ok.clone() }, "top_p"),
+        (SamplingParams { top_p: f32::NAN, ..ok.clone() }, "top_p"),
+        (SamplingParams { max_new_tokens: 0, ..ok.clone() }, "max_new_tokens"),
+    ];
+    for (p, key) in &bad {
+        let e = p.validate().expect_err(&format!("{p:?} accepted")).to_string();
+        assert!(e.contains(key), "error for a bad {key} does not name it: {e}");
+    }
+}
+
+#[test]
+fn log_probs_stay_exact_for_large_logits_and_greedy_reports_them_at_t1() {
+    // Logits near +-1000 overflow or underflow exp unless l / T is shifted by its own maximum;
+    // greedy (T = 0) reports log-probs under softmax(l), i.e. T = 1.
+    let base = random_logits(9, 11);
+    for shift in [1000.0f32, -1000.0, 0.0] {
+        let logits: Vec<f32> = base.iter().map(|x| x + shift).collect();
+        for t in [0.0f32, 0.5, 1.0, 2.5] {
+            let p = SamplingParams { temperature: t, ..Default::default() };
+            let full = exact(&logits, if t == 0.0 { 1.0 } else { t as f64 }, 0, 1.0);
+            for u in [0.0, 0.3, 0.9] {
+                let (tok, lp) = sample_token(&logits, &p, u);
+                let want = full[tok as usize].ln();
+                assert!(
+                    (lp as f64 - want).abs() < 1e-4,
+                    "shift {shift}, T {t}, u {u}: token {tok} log-prob {lp}, exact {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn masked_tokens_are_never_drawn_even_at_u_zero() {
+    let mut logits = random_logits(10, 21);
+    logits[0] = f32::NEG_INFINITY;
+    logits[6] = f32::NEG_INFINITY;
+    for (t, top_k, top_p) in [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 4, 1.0), (1.3, 0, 0.8)] {
+        let p = SamplingParams { temperature: t, top_k, top_p, ..Default::default() };
+        for u in [0.0, 0.25, 0.5, 0.75] {
+            let (tok, lp) = sample_token(&logits, &p, u);
+            assert!(tok != 0 && tok != 6, "T {t} top_k {top_k} top_p {top_p} u {u}: drew {tok}");
+            assert!(lp.is_finite());
+        }
+    }
+}
+
+#[test]
+fn draws_near_one_reach_the_least_likely_token_and_top_p_one_drops_nothing() {
+    // A token of probability ~1e-11 among 9: with top_p = 1 nothing is truncated, so the very
+    // top of the u range must still reach it. Without truncation the draw is the inverse CDF
+    // over token ids (no sort, so u = 0 gives id 0 and u near 1 the last id); with top-k it is
+    // over descending probability, so u near 1 gives the least likely kept token.
+    for seed in 0..64u64 {
+        let mut logits = random_logits(9, 100 + seed);
+        let rare = (seed % 8) as usize;
+        logits[rare] = -25.0;
+        let full = SamplingParams { temperature: 1.0, ..Default::default() };
+        assert_eq!(sample_token(&logits, &full, 0.0).0, 0, "seed {seed}: u = 0, no truncation");
+        assert_eq!(sample_token(&logits, &full, U_MAX).0, 8, "seed {seed}: u -> 1, no truncation");
+        let all_k = SamplingParams { temperature: 1.0, top_k: 9, ..Default::default() };
+        let most = (0..9).max_by(|&a, &b| logits[a].partial_cmp(&logits[b]).unwrap()).unwrap();
+        assert_eq!(sample_token(&logits, &all_k, 0.0).0 as usize, most, "seed {seed}: u = 0");
+        assert_eq!(
+            sample_token(&logits, &all_k, U_MAX).0 as usize,
+            rare,
+            "seed {seed}: top_k = vocab, top_p = 1 dropped the least likely token"
+        );
+    }
+}
+
+#[test]
+fn mixed_seeds_are_distinct_balanced_and_avalanche() {
+    // Distinct: every (run seed, response index) pair of a realistic grid gets its own seed.
+    let mut seen = std::collections::HashSet::new();
+    let mut ones = [0u64; 64];
+    for base in 0..64u64 {
+        for i in 0..2048u64 {
+            let s = mix_seed(base, i);
+            assert!(seen.insert(s), "mix_seed({base}, {i}) repeats an earlier seed");
+            for (b, n) in ones.iter_mut().enumerate() {
+                *n += (s >> b) & 1;
+            }
+        }
+    }
+    // Balanced: each output bit is set in half the seeds (6 sigma of a fair coin).
+    let n = seen.len() as f64;
+    for (b, &c) in ones.iter().enumerate() {
+        assert!((c as f64 - n / 2.0).abs() < 6.0 * n.sqrt() / 2.0, "bit {b} set {c} of {n}");
+    }
+    // Avalanche: flipping any one bit of the run seed, or the next index, flips every output bit
+    // with probability about 1/2 (256 random trials: sigma 0.03, bounds at 8 sigma).
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    const TRIALS: usize = 256;
+    let mut flips = vec![[0usize; 64]; 65];
+    for _ in 0..TRIALS {
+        let base: u64 = rng.gen();
+        let i: u64 = rng.gen_range(0..1 << 20);
+        let h = mix_seed(base, i);
+        for (input, row) in flips.iter_mut().enumerate() {
+            let other =
+                if input < 64 { mix_seed(base ^ (1 << input), i) } else { mix_seed(base, i + 1) };
+            let d = h ^ other;
+            for (b, f) in row.iter_mut().enumerate() {
+                *f += ((d >> b) & 1) as usize;
+            }
+        }
+    }
+    for (input, row) in flips.iter().enumerate() {
+        for (b, &f) in row.iter().enumerate() {
+            let rate = f as f64 / TRIALS as f64;
+            assert!((0.25..=0.75).contains(&rate), "input {input} flips output bit {b} at {rate}");
+        }
+    }
 }
