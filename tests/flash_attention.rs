@@ -16,6 +16,11 @@ use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+#[macro_use]
+#[path = "common/kernel_check.rs"]
+mod kernel_check;
+use kernel_check::{poisoned, rel_err};
+
 const TOL: f64 = 1e-2;
 
 struct Case {
@@ -76,10 +81,6 @@ fn rand_vec(r: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
-    b.upload(&vec![f32::NAN; n])
-}
-
 type Out = [Vec<f32>; 5];
 
 fn run<B: Backend>(b: &B, c: &Case, x: &[Vec<f32>; 4]) -> Out {
@@ -118,21 +119,6 @@ fn rows_of(v: &[f32], mask: &[bool], width: usize) -> Vec<f32> {
     v.chunks(width).zip(mask).filter(|(_, m)| **m).flat_map(|(r, _)| r.iter().copied()).collect()
 }
 
-fn rel_l2(what: &str, got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{what}: element {i} is {} (reference {})", got[i], want[i]);
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (a, b) in got.iter().zip(want) {
-        num += ((*a as f64) - (*b as f64)).powi(2);
-        den += (*b as f64).powi(2);
-    }
-    let err = num.sqrt() / (den.sqrt() + 1e-6);
-    println!("ERR {what}: {err:.3e}");
-    err
-}
-
 fn flash_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
     let mut r = ChaCha8Rng::seed_from_u64(30);
     for c in cases() {
@@ -149,7 +135,7 @@ fn flash_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
         let widths = [h * d, h, h * d, hkv * d, hkv * d];
         for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
             let m = if i < 3 { &qm } else { &kvm };
-            let err = rel_l2(
+            let err = rel_err(
                 &format!("flash {name} {tag}"),
                 &rows_of(&got[i], m, widths[i]),
                 &rows_of(&want[i], m, widths[i]),
@@ -232,9 +218,9 @@ fn decode_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
         });
         assert!(got.0[..h * d].iter().all(|x| x.is_nan()), "decode wrote the uncovered row");
         let tag = format!("{shape:?} {lens:?}");
-        let e = rel_l2(&format!("decode out {tag}"), &got.0[h * d..], &want.0[h * d..]);
+        let e = rel_err(&format!("decode out {tag}"), &got.0[h * d..], &want.0[h * d..]);
         assert!(e <= 1e-5, "decode out {tag}: relative L2 error {e:.3e}");
-        let e = rel_l2(&format!("decode lse {tag}"), &got.1[h..], &want.1[h..]);
+        let e = rel_err(&format!("decode lse {tag}"), &got.1[h..], &want.1[h..]);
         assert!(e <= 1e-5, "decode lse {tag}: relative L2 error {e:.3e}");
     }
 }

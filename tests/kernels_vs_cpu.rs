@@ -661,40 +661,19 @@ fn batch_invariance<B: Backend>(b: &B) {
 
 // ---- the two devices -----------------------------------------------------------------------------
 
-macro_rules! suite {
-    ($($t:ident),* ; $($k:ident),*) => {
-        #[cfg(feature = "emu")]
-        mod emu {
-            use mmr1_fast::backend::cuda::{emu::{EmuDevice, Schedule}, CudaBackend};
-            /// Every launch under each CI schedule (or those of MMR1_EMU_SCHEDULE), results
-            /// bit-identical across them.
-            fn emulator() -> CudaBackend<EmuDevice> {
-                match std::env::var("MMR1_EMU_SCHEDULE") {
-                    Ok(_) => CudaBackend::emulator(),
-                    Err(_) => CudaBackend::emulator_with(&Schedule::CI),
-                }
-            }
-            $( #[test] fn $t() { super::$t(&emulator()); } )*
-            $( #[test] fn $k() { super::$k(&emulator()); } )*
-        }
-        #[cfg(feature = "cuda")]
-        mod gpu {
-            use mmr1_fast::backend::cuda::{driver::CudaDevice, CudaBackend};
-            use std::sync::OnceLock;
-            /// One context for the whole suite. The tests are #[ignore]d, so they run only when
-            /// asked for (`--include-ignored`, as scripts/gpu-check.sh does): then a missing GPU
-            /// is a failure, never a pass.
-            fn gpu() -> &'static CudaBackend<CudaDevice> {
-                static B: OnceLock<Result<CudaBackend<CudaDevice>, String>> = OnceLock::new();
-                match B.get_or_init(|| CudaBackend::new(0)) {
-                    Ok(b) => b,
-                    Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
-                }
-            }
-            $( #[test] #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"] fn $t() { super::$t(gpu()); } )*
-            $( #[test] #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"] fn $k() { super::$k(gpu()); } )*
-        }
-    };
-}
-
-suite!(memory_ops, elementwise, adamw, matmul, embedding, rmsnorm, rope, attention, logprobs, logprobs_masked, determinism, batch_invariance; gemm_kernel, conversions);
+backend_suite!(
+    memory_ops,
+    elementwise,
+    adamw,
+    matmul,
+    embedding,
+    rmsnorm,
+    rope,
+    attention,
+    logprobs,
+    logprobs_masked,
+    determinism,
+    batch_invariance,
+    gemm_kernel,
+    conversions
+);

@@ -32,9 +32,10 @@ pub fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
     x
 }
 
-/// Relative L2 error; NaN or infinity anywhere fails. A small absolute floor keeps all-zero
-/// references (entropy of a one-token vocabulary) meaningful.
-pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+/// Relative L2 error of `got` against `want`, printed as an `ERR` line that
+/// scripts/gpu-check.sh reads for its error column; NaN or infinity anywhere fails. A small
+/// absolute floor keeps all-zero references (entropy of a one-token vocabulary) meaningful.
+pub fn rel_err(what: &str, got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: length");
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
         panic!("{what}: element {i} is {} (reference {})", got[i], want[i]);
@@ -45,8 +46,13 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
         den += (*b as f64).powi(2);
     }
     let err = num.sqrt() / (den.sqrt() + 1e-6);
-    // Read by scripts/gpu-check.sh for its error column.
     println!("ERR {what}: {err:.3e}");
+    err
+}
+
+/// `rel_err(..) <= tol`, or a failure naming the quantity.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let err = rel_err(what, got, want);
     assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.0e}");
 }
 
@@ -58,6 +64,8 @@ macro_rules! backend_suite {
         #[cfg(feature = "emu")]
         mod emu {
             use mmr1_fast::backend::cuda::{emu::{EmuDevice, Schedule}, CudaBackend};
+            /// Every launch under each CI schedule (or those of MMR1_EMU_SCHEDULE), results
+            /// bit-identical across them.
             fn emulator() -> CudaBackend<EmuDevice> {
                 match std::env::var("MMR1_EMU_SCHEDULE") {
                     Ok(_) => CudaBackend::emulator(),
@@ -70,6 +78,9 @@ macro_rules! backend_suite {
         mod gpu {
             use mmr1_fast::backend::cuda::{driver::CudaDevice, CudaBackend};
             use std::sync::OnceLock;
+            /// One context for the whole suite. The tests are #[ignore]d, so they run only when
+            /// asked for (`--include-ignored`, as scripts/gpu-check.sh does): then a missing GPU
+            /// is a failure, never a pass.
             fn gpu() -> &'static CudaBackend<CudaDevice> {
                 static B: OnceLock<Result<CudaBackend<CudaDevice>, String>> = OnceLock::new();
                 match B.get_or_init(|| CudaBackend::new(0)) {
