@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! cargo run --release --features cuda --example device_step -- \
-//!     --device cuda --precision bf16 [--shape qwen2.5-0.5b|tiny] [--layers N] \
-//!     [--seqs 4] [--len 1024] [--steps 6]
+//!     --device cuda --precision bf16 [--shape qwen2.5-0.5b|1.5b|3b|7b|tiny] [--layers N] \
+//!     [--seqs 4] [--len 1024] [--steps 6] [--mode train|logprobs]
 //! ```
+//! `--mode logprobs` times the log-prob pass instead (forward and per-token log-probs, no
+//! backward: what GRPO's old-policy and reference passes cost).
 //! Steps: forward, per-token log-probs, token cross-entropy, backward, clip, AdamW, on one
 //! packed batch of `--seqs` random sequences of `--len` tokens; the first step is a warm-up
 //! (it fills the allocator's cache and compiles nothing: kernels are loaded at start).
@@ -18,10 +20,11 @@ use anyhow::{bail, Result};
 use mmr1_fast::backend::precision::PrecisionChoice;
 use mmr1_fast::backend::select::DeviceChoice;
 use mmr1_fast::backend::Backend;
+use mmr1_fast::commands::init_model::Arch;
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
 use mmr1_fast::optim::{AdamW, AdamwConfig};
-use mmr1_fast::train::{micro_step, SftLoss, Workspace};
+use mmr1_fast::train::{forward_logprobs, micro_step, SftLoss, Workspace};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
@@ -33,6 +36,7 @@ struct Opts {
     seqs: usize,
     len: usize,
     steps: usize,
+    logprobs_only: bool,
 }
 
 fn parse() -> Result<Opts> {
@@ -44,6 +48,7 @@ fn parse() -> Result<Opts> {
         seqs: 4,
         len: 1024,
         steps: 6,
+        logprobs_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for kv in args.chunks(2) {
@@ -57,6 +62,13 @@ fn parse() -> Result<Opts> {
             "--seqs" => o.seqs = v.parse()?,
             "--len" => o.len = v.parse()?,
             "--steps" => o.steps = v.parse()?,
+            "--mode" => {
+                o.logprobs_only = match v.as_str() {
+                    "train" => false,
+                    "logprobs" => true,
+                    m => bail!("--mode {m}: train or logprobs"),
+                }
+            }
             _ => bail!("unknown option {k} (see the top of examples/device_step.rs)"),
         }
     }
@@ -66,19 +78,26 @@ fn parse() -> Result<Opts> {
     Ok(o)
 }
 
-/// Qwen2.5-0.5B's widths (head dim 64: the flash kernels run) or a tiny model for smoke runs.
+/// A published Qwen2.5 shape (`init-model`'s table; `--layers` overrides the depth) or a tiny
+/// model for smoke runs.
 fn config(o: &Opts) -> Result<Qwen2Config> {
-    let (d, i, l, h, kv, v) = match o.shape.as_str() {
-        "qwen2.5-0.5b" => (896, 4864, 24, 14, 2, 151936),
-        "tiny" => (64, 72, 2, 4, 2, 97),
-        s => bail!("unknown --shape {s}: qwen2.5-0.5b or tiny"),
+    let mut cfg = if o.shape == "tiny" {
+        serde_json::from_value(serde_json::json!({
+            "hidden_size": 64, "intermediate_size": 72, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97,
+            "tie_word_embeddings": true, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 32768
+        }))?
+    } else {
+        let arch = <Arch as clap::ValueEnum>::from_str(&o.shape, true).map_err(|_| {
+            anyhow::anyhow!("unknown --shape {}: qwen2.5-0.5b|1.5b|3b|7b or tiny", o.shape)
+        })?;
+        arch.config()
     };
-    Ok(serde_json::from_value(serde_json::json!({
-        "hidden_size": d, "intermediate_size": i, "num_hidden_layers": o.layers.unwrap_or(l),
-        "num_attention_heads": h, "num_key_value_heads": kv, "vocab_size": v,
-        "tie_word_embeddings": true, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 32768
-    }))?)
+    if let Some(l) = o.layers {
+        cfg.num_hidden_layers = l;
+    }
+    Ok(cfg)
 }
 
 fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
@@ -95,13 +114,26 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
     let batch = Packed::new(&seqs);
     let (_, has) = batch.next_token_targets();
     let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
-    let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
+    // The log-prob pass needs no optimizer state (and its peak memory should not count one).
+    let mut opt = (!o.logprobs_only).then(|| AdamW::new(be, &model.params, AdamwConfig::default()));
     let mut ws = Workspace::new(&model, be);
     let (mut secs, mut fresh, mut losses) = (Vec::new(), Vec::new(), Vec::new());
     for s in 0..o.steps {
         let t = Instant::now();
+        if o.logprobs_only {
+            // The log-probs came back to the host: the pass is done.
+            let (_, lp, _) = forward_logprobs(be, &model, &batch, 1.0, &mut ws)?;
+            let dt = t.elapsed().as_secs_f64();
+            let mean = -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64;
+            eprintln!("pass {s}: {dt:.3} s, mean -log p {mean:.4}");
+            secs.push(dt);
+            fresh.push(be.memory_stats().map_or(0, |m| m.fresh_allocs));
+            losses.push(mean);
+            continue;
+        }
         ws.zero_grads(be);
         let loss = micro_step(be, &model, &batch, &mut loss_fn, &mut ws)?;
+        let opt = opt.as_mut().expect("train mode has an optimizer");
         let rep = opt.step(be, &mut model.params, &ws.grads, 1e-5);
         // grad_norm and the loss came back to the host: the step's work is done.
         let dt = t.elapsed().as_secs_f64();
@@ -126,10 +158,13 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
         "caching": std::env::var("MMR1_CACHING_ALLOCATOR").map_or(true, |v| v != "0" && v != "off"),
         "bf16_shadows": std::env::var("MMR1_BF16_SHADOWS").map_or(true, |v| v != "0"),
         "shadow_hits": mem.map(|m| m.shadow_hits),
-        "shape": o.shape, "params": n_params, "tokens": tokens,
+        "shape": o.shape, "layers": model.cfg.num_hidden_layers,
+        "mode": if o.logprobs_only { "logprobs" } else { "train" },
+        "params": n_params, "tokens": tokens,
         "step_s_median": median, "step_s_first": secs[0],
         "tokens_per_s": tokens as f64 / median,
-        "model_tflops": 6.0 * n_params as f64 * tokens as f64 / median / 1e12,
+        // 6 N per trained token, 2 N per token of a forward-only pass.
+        "model_tflops": if o.logprobs_only { 2.0 } else { 6.0 } * n_params as f64 * tokens as f64 / median / 1e12,
         "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
         "peak_reserved_bytes": mem.map(|m| m.peak_reserved_bytes),
         "fresh_allocs_first_step": fresh[0],
