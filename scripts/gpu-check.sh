@@ -1,28 +1,27 @@
 #!/usr/bin/env bash
-# GPU check: the kernel equivalence suites on the real GPU (kernels_vs_cpu, tensor_core,
-# flash_attention, rl_kernels, vision_ops), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
-# shapes, flash attention forward/backward/decode), PyTorch doing the same GEMMs and causal
-# attention (scaled_dot_product_attention, bf16) in the same run, and a table (kernel, max
-# error, time, rate, fraction of roofline, PyTorch time, speed vs PyTorch) written to
-# docs/gpu-check.md and to the end of the output; the RL kernels (GRPO loss, advantages, VAS
-# scores) against PyTorch eager in docs/rl-kernels-gpu.md. The suites also run under compute-sanitizer
-# (memcheck, racecheck, synccheck, initcheck), one verdict per tool in a second table. GPU tests
-# are #[ignore]d where there is no GPU, so they run here with --include-ignored.
-# Then SFT training steps at Qwen2.5-0.5B widths (examples/device_step.rs): --precision bf16
-# vs f32, bf16 with the caching allocator off (MMR1_CACHING_ALLOCATOR=0) and bf16 without the
-# weights' bf16 shadows (MMR1_BF16_SHADOWS=0, every GEMM converts both operands): step time,
-# tokens/s, peak device memory, fresh allocations per steady step (a third table).
+# GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
+# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops); training steps at real
+# Qwen2.5 shapes (examples/device_step.rs) side by side with PyTorch + transformers doing the same
+# work in the same run (benches/train_step_gpu_torch.py: SDPA, bf16 autocast, fused AdamW):
+# step time, tokens/s, MFU, peak memory, the log-prob pass, the largest shape that trains; the
+# kernel benches (bf16 cuBLAS GEMM at 4096^3 and the model's shapes, flash attention fwd/bwd/decode,
+# the f32 kernels) with PyTorch on the same GEMMs and attention; the RL kernels against PyTorch
+# eager (docs/rl-kernels-gpu.md); the built-in demo on the GPU; then compute-sanitizer (memcheck,
+# racecheck, synccheck, initcheck) over the suites with the time that is left. Tables go to
+# docs/gpu-check.md and to the end of the output. GPU tests are #[ignore]d where there is no GPU,
+# so they run here with --include-ignored.
 #
 #   scripts/gpu-check.sh                    # build here, then run
-#   scripts/gpu-check.sh --build-only DIR   # build release binaries into DIR (no GPU needed)
-#   scripts/gpu-check.sh --prebuilt DIR     # run binaries built elsewhere (DIR/kernels_vs_cpu,
-#                                           # DIR/tensor_core, DIR/flash_attention, DIR/rl_kernels,
-#                                           # DIR/kernels, DIR/rl_bench, DIR/device_step)
+#   scripts/gpu-check.sh --build-only DIR   # build release binaries into DIR/bin.tar.gz (no GPU
+#                                           # needed; stripped and packed to fit a device call)
+#   scripts/gpu-check.sh --prebuilt DIR     # run binaries built elsewhere (DIR/bin.tar.gz or
+#                                           # DIR/{kernels_vs_cpu,...,device_step,mmr1-fast})
 #
-# SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them); SANITIZER_TIMEOUT
-# (seconds, default 1200) bounds each tool's run. The exit code is non-zero when a suite fails
-# or a sanitizer reports an error. STEP_LAYERS (default 24), STEP_SEQS x STEP_LEN (default
-# 4 x 1024 tokens) and STEP_TIMEOUT (seconds per run, default 300) size the training steps.
+# GPU_CHECK_BUDGET (seconds, default 0 = none) bounds the whole run: each section is cut to the
+# time left, later sections are skipped and say so, and the tables are always written.
+# SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them). STEP_SEQS x STEP_LEN
+# (default 4 x 1024 tokens) sizes the 0.5B steps. GPU_CHECK_LOG (default target/gpu-check) holds
+# the logs; GPU_CHECK_OUT, when set, receives the tables and a tarball of the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="" dir=""
@@ -32,35 +31,60 @@ esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
 suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops"
+bins="$suites kernels rl_bench device_step mmr1-fast"
+budget=${GPU_CHECK_BUDGET:-0}
+t0=$SECONDS
+# Seconds left of the budget (a large number without one).
+left() { if [ "$budget" = 0 ]; then echo 100000; else echo $((budget - (SECONDS - t0))); fi; }
+# cap N: the timeout for a section that wants N seconds, keeping RESERVE for the tables.
+cap() { local l=$(($(left) - ${RESERVE:-20})); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+# enough N: whether N seconds are left for a section (else it is skipped, and says so).
+enough() { if [ "$(cap "$1")" -ge "$1" ]; then return 0; fi; echo "SKIPPED (budget: $(left) s left, wanted $1): $2" | tee -a "$log/skipped.log"; return 1; }
 
-# Executable of a cargo target, from cargo's JSON messages.
+# Executable of a cargo target of a kind (test, bench, example, bin), from cargo's JSON messages.
 exe_of() {
-    python3 -c 'import sys,json;[print(j["executable"]) for l in sys.stdin for j in [json.loads(l)] if j.get("executable") and j["target"]["name"]==sys.argv[1]]' "$1"
+    python3 -c 'import sys,json;[print(j["executable"]) for l in sys.stdin for j in [json.loads(l)] if j.get("executable") and j["target"]["name"]==sys.argv[1] and sys.argv[2] in j["target"]["kind"]]' "$1" "$2"
 }
+declare -A exe
 if [ "$mode" != "--prebuilt" ]; then
     [ -d .nvrtc ] || ./scripts/setup-nvrtc.sh >/dev/null
     eval "$(./scripts/setup-nvrtc.sh)"
-    cargo build --release --features cuda --tests --benches
-    declare -A exe
-    for t in $suites; do
-        exe[$t]=$(cargo test --release --features cuda --test "$t" --no-run --message-format=json 2>/dev/null | exe_of "$t")
-    done
-    exe[kernels]=$(cargo bench --features cuda --bench kernels --no-run --message-format=json 2>/dev/null | exe_of kernels)
-    exe[rl_bench]=$(cargo bench --features cuda --bench rl_kernels --no-run --message-format=json 2>/dev/null | exe_of rl_kernels)
-    cargo build --release --features cuda --example device_step
-    exe[device_step]=target/release/examples/device_step
+    targets=(--bin mmr1-fast --example device_step --bench kernels --bench rl_kernels)
+    for t in $suites; do targets+=(--test "$t"); done
+    cargo build --release --features cuda "${targets[@]}"
+    msgs=$(cargo build --release --features cuda "${targets[@]}" --message-format=json 2>/dev/null)
+    for t in $suites; do exe[$t]=$(exe_of "$t" test <<< "$msgs"); done
+    exe[kernels]=$(exe_of kernels bench <<< "$msgs")
+    exe[rl_bench]=$(exe_of rl_kernels bench <<< "$msgs")
+    exe[device_step]=$(exe_of device_step example <<< "$msgs")
+    exe[mmr1-fast]=$(exe_of mmr1-fast bin <<< "$msgs")
     if [ "$mode" = "--build-only" ]; then
+        stage=$(mktemp -d)
+        for t in $bins; do cp "${exe[$t]}" "$stage/$t"; done
+        strip --strip-debug "$stage"/*   # symbols stay (backtraces name functions)
         mkdir -p "$dir"
-        for t in $suites kernels rl_bench device_step; do cp "${exe[$t]}" "$dir/$t"; done
-        echo "built into $dir: $suites kernels rl_bench device_step"
+        pwd > "$stage/manifest_dir"   # the tests read fixtures at the path they were built in
+        tar -C "$stage" -czf "$dir/bin.tar.gz" $bins manifest_dir
+        rm -rf "$stage"
+        echo "built into $dir/bin.tar.gz ($(du -h "$dir/bin.tar.gz" | cut -f1)): $bins"
         exit 0
     fi
 else
-    declare -A exe
-    for t in $suites kernels rl_bench device_step; do exe[$t]="$dir/$t"; done
+    if [ -f "$dir/bin.tar.gz" ]; then
+        unpacked=$(mktemp -d)
+        tar -C "$unpacked" -xzf "$dir/bin.tar.gz"
+        dir=$unpacked
+    fi
+    for t in $bins; do exe[$t]="$dir/$t"; done
+    # Tests find tests/fixtures through the path they were built in: point it here.
+    built=$(cat "$dir/manifest_dir" 2>/dev/null || true)
+    if [ -n "$built" ] && [ "$built" != "$PWD" ] && [ ! -e "$built" ]; then
+        mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"
+    fi
 fi
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
-echo "== GPU: $gpu"
+echo "== GPU: $gpu (budget ${budget} s)"
+: > "$log/skipped.log"
 
 # Release binaries: wait for every launch, so a fault is reported with its kernel's name.
 export MMR1_SYNC_LAUNCHES=1
@@ -70,95 +94,79 @@ echo "== equivalence suites on the GPU"
 trc=0
 set +e
 for t in $suites; do
-    if [ -x "${exe[$t]}" ]; then
-        "${exe[$t]}" gpu:: --include-ignored --test-threads=1 --nocapture >> "$log/tests.log" 2>&1 || trc=1
-    else
+    if [ ! -x "${exe[$t]}" ]; then
         echo "MISSING: ${exe[$t]}" | tee -a "$log/tests.log"; trc=1
+    elif enough 15 "suite $t"; then
+        timeout "$(cap 240)" "${exe[$t]}" gpu:: --include-ignored --test-threads=1 --nocapture >> "$log/tests.log" 2>&1 || trc=1
+    else
+        trc=1
     fi
 done
 set -e
 grep -E "test result|SKIPPED|MISSING|panicked|relative L2 error .* >" "$log/tests.log" || true
 
-# compute-sanitizer over the same suite, one tool at a time. A verdict per tool goes to
-# $log/sanitizers.tsv (tool, verdict, errors, exit code, log) for the table below.
-echo "== compute-sanitizer on the equivalence suites"
-san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
-: > "$log/sanitizers.tsv"
-src=0
-for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
-    slog="$log/sanitizer-$tool.log"
-    if [ -z "$san" ]; then
-        printf '%s\t%s\t-\t-\t-\n' "$tool" "not run: compute-sanitizer not found" >> "$log/sanitizers.tsv"
-        continue
-    fi
-    extra=""
-    case "$tool" in
-        racecheck) extra="--racecheck-report all" ;;      # hazards and analysis summary
-        initcheck) extra="--track-unused-memory no" ;;    # uninitialized reads only
-    esac
-    echo "-- $tool"
-    set +e
-    # shellcheck disable=SC2086
-    timeout "${SANITIZER_TIMEOUT:-1200}" "$san" --tool "$tool" $extra --error-exitcode 86 --target-processes all \
-        bash -c 'rc=0; for x in "$@"; do "$x" gpu:: --include-ignored --test-threads=1 || rc=$?; done; exit $rc' _ \
-        $(for s in $suites; do echo "${exe[$s]}"; done) > "$slog" 2>&1
-    rc=$?
-    set -e
-    errors=$(grep -Eo "ERROR SUMMARY: [0-9]+" "$slog" | tail -1 | grep -Eo "[0-9]+$" || true)
-    tests_ok=$(grep -Ec "^test result: ok" "$slog" || true)  # one line per suite
-    if [ "$rc" = 124 ]; then
-        verdict="TIMEOUT after ${SANITIZER_TIMEOUT:-1200} s"
-    elif [ -z "$errors" ]; then
-        verdict="NO SUMMARY (sanitizer did not finish; see log)"
-    elif [ "$errors" != 0 ]; then
-        verdict="FAIL: $errors errors"
-    elif [ "$rc" != 0 ] || [ "$tests_ok" = 0 ]; then
-        verdict="clean, but the suite failed under the tool (exit $rc)"
-    else
-        verdict="PASS: 0 errors"
-    fi
-    case "$verdict" in PASS*) ;; *) src=1 ;; esac
-    echo "   $verdict"
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$slog" | tail -3 || true
-    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$verdict" "${errors:--}" "$rc" "$slog" >> "$log/sanitizers.tsv"
-done
-
-echo "== kernel benches"
-set +e
-"${exe[kernels]}" --bench > "$log/bench.log" 2>&1
-brc=$?
-set -e
-grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" | head -160 || true
-
-echo "== training steps: --precision bf16 vs f32, caching allocator on vs off"
-# One JSON line per run in $log/steps.jsonl (an {"error": ...} line when a run fails). Launches
-# are not synchronized here (timings), unlike the suites above.
+echo "== training steps: ours (examples/device_step.rs) and PyTorch + transformers (benches/train_step_gpu_torch.py)"
+# One JSON line per run in $log/steps.jsonl, tagged with who ran it ({"error": ...} when a run
+# fails, e.g. out of memory). Launches are not synchronized here (timings), unlike the suites.
 : > "$log/steps.jsonl"
 : > "$log/steps.log"
-for run in "bf16 1 1" "f32 1 1" "bf16 0 1" "bf16 1 0"; do
-    read -r prec cache shadows <<< "$run"
-    echo "-- precision $prec, caching allocator $cache, bf16 shadows $shadows" | tee -a "$log/steps.log"
+# step WHO TIMEOUT ARGS...: WHO is ours (device_step) or torch (python); env vars before WHO pass on.
+step() {
+    local who=$1 want=$2; shift 2
+    enough "$want" "step $who $*" || { printf '{"who": "%s", "args": "%s", "error": "skipped: budget"}\n' "$who" "$*" >> "$log/steps.jsonl"; return 0; }
+    echo "-- $who $*" | tee -a "$log/steps.log"
+    local out rc
     set +e
-    out=$(env -u MMR1_SYNC_LAUNCHES MMR1_CACHING_ALLOCATOR="$cache" MMR1_BF16_SHADOWS="$shadows" \
-        timeout "${STEP_TIMEOUT:-300}" \
-        "${exe[device_step]}" --device cuda --precision "$prec" --shape qwen2.5-0.5b \
-        --layers "${STEP_LAYERS:-24}" --seqs "${STEP_SEQS:-4}" --len "${STEP_LEN:-1024}" --steps 6 \
-        2>> "$log/steps.log")
+    if [ "$who" = torch ]; then
+        out=$(timeout "$(cap "$want")" python3 benches/train_step_gpu_torch.py "$@" 2>> "$log/steps.log")
+    else
+        out=$(env -u MMR1_SYNC_LAUNCHES timeout "$(cap "$want")" "${exe[device_step]}" --device cuda "$@" 2>> "$log/steps.log")
+    fi
     rc=$?
     set -e
+    out=$(echo "$out" | grep '^{' | tail -1 || true)
     if [ "$rc" = 0 ] && [ -n "$out" ]; then
-        echo "$out" | tail -1 >> "$log/steps.jsonl"
+        python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(who=sys.argv[2], args=sys.argv[3], env=sys.argv[4]); print(json.dumps(d))' \
+            "$out" "$who" "$*" "${STEP_ENV:-}" >> "$log/steps.jsonl"
     else
-        printf '{"error": "exit %s", "precision": "%s", "caching": %s, "bf16_shadows": %s}\n' "$rc" "$prec" \
-            "$([ "$cache" = 1 ] && echo true || echo false)" \
-            "$([ "$shadows" = 1 ] && echo true || echo false)" >> "$log/steps.jsonl"
+        printf '{"who": "%s", "args": "%s", "env": "%s", "error": "exit %s"}\n' "$who" "$*" "${STEP_ENV:-}" "$rc" >> "$log/steps.jsonl"
     fi
     tail -2 "$log/steps.log"
-done
+}
+tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
+# shellcheck disable=SC2086
+{
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
+    step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
+    step torch 90 --arch qwen2.5-0.5b $tok --steps 6 --mode logprobs
+    step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
+    # The largest published shape: 3B (7B needs ~122 GB for f32 weights, grads and moments).
+    step ours 180 --precision bf16 --shape qwen2.5-3b --seqs 2 --len 1024 --steps 3
+    if tail -1 "$log/steps.jsonl" | grep -q '"error"'; then   # out of memory: half the tokens
+        step ours 150 --precision bf16 --shape qwen2.5-3b --seqs 1 --len 1024 --steps 3
+    fi
+    step torch 150 --arch qwen2.5-3b --seqs 2 --len 1024 --steps 3
+    step ours 150 --precision bf16 --shape qwen2.5-1.5b $tok --steps 4
+    STEP_ENV=MMR1_CACHING_ALLOCATOR=0 MMR1_CACHING_ALLOCATOR=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    STEP_ENV=MMR1_BF16_SHADOWS=0 MMR1_BF16_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+}
+
+echo "== kernel benches"
+brc=0
+set +e
+if enough 150 "kernel benches"; then
+    timeout "$(cap 240)" "${exe[kernels]}" --bench > "$log/bench.log" 2>&1
+    brc=$?
+else
+    brc=skipped
+fi
+set -e
+grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" 2>/dev/null | head -160 || true
 
 echo "== PyTorch on the same shapes (bf16: matmul, scaled_dot_product_attention causal)"
 set +e
-python3 - "$log/torch.json" <<'PY' 2>&1 | tail -20
+enough 60 "PyTorch GEMM/attention" && timeout "$(cap 120)" python3 - "$log/torch.json" <<'PY' 2>&1 | tail -20
 # Same ids, shapes and FLOP counts as benches/kernels.rs. Median of CUDA-event timings.
 import json, sys
 try:
@@ -208,9 +216,12 @@ set -e
 
 echo "== RL kernels (benches/rl_kernels.rs) and PyTorch eager on the same work (benches/rl_kernels_torch.py)"
 set +e
-"${exe[rl_bench]}" > "$log/rl-bench.log" 2>&1
-cat "$log/rl-bench.log"
-python3 benches/rl_kernels_torch.py "$log/rl-torch.json" 2>&1 | tail -5
+if enough 60 "RL kernel benches"; then
+    timeout "$(cap 120)" "${exe[rl_bench]}" > "$log/rl-bench.log" 2>&1
+    cat "$log/rl-bench.log"
+    timeout "$(cap 90)" python3 benches/rl_kernels_torch.py "$log/rl-torch.json" 2>&1 | tail -5
+fi
+touch "$log/rl-bench.log"
 python3 - "$log" "$gpu" <<'PY'
 # docs/rl-kernels-gpu.md: each RL kernel's median time, bandwidth, fraction of HBM and speed
 # against PyTorch eager doing the same work (loss + backward; advantages).
@@ -236,9 +247,66 @@ print("\n".join(out))
 PY
 set -e
 
+echo "== the built-in demo on the GPU (mmr1-fast train --device cuda, --precision auto = bf16)"
+set +e
+if enough 60 "demo on the GPU"; then
+    env -u MMR1_SYNC_LAUNCHES timeout "$(cap 120)" "${exe[mmr1-fast]}" train --device cuda --out "$log/demo" --overwrite > "$log/demo.log" 2>&1
+    echo "demo exit code $?" >> "$log/demo.log"
+    tail -12 "$log/demo.log"
+fi
+set -e
+
+# compute-sanitizer over the same suite, one tool at a time. A verdict per tool goes to
+# $log/sanitizers.tsv (tool, verdict, errors, exit code, log) for the table below.
+echo "== compute-sanitizer on the equivalence suites"
+san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+: > "$log/sanitizers.tsv"
+src=0
+for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
+    slog="$log/sanitizer-$tool.log"
+    if ! enough 45 "compute-sanitizer $tool"; then
+        printf '%s\t%s\t-\t-\t-\n' "$tool" "not run: budget" >> "$log/sanitizers.tsv"
+        continue
+    fi
+    if [ -z "$san" ]; then
+        printf '%s\t%s\t-\t-\t-\n' "$tool" "not run: compute-sanitizer not found" >> "$log/sanitizers.tsv"
+        continue
+    fi
+    extra=""
+    case "$tool" in
+        racecheck) extra="--racecheck-report all" ;;      # hazards and analysis summary
+        initcheck) extra="--track-unused-memory no" ;;    # uninitialized reads only
+    esac
+    echo "-- $tool"
+    set +e
+    # shellcheck disable=SC2086
+    timeout "$(cap "${SANITIZER_TIMEOUT:-1200}")" "$san" --tool "$tool" $extra --error-exitcode 86 --target-processes all \
+        bash -c 'rc=0; for x in "$@"; do "$x" gpu:: --include-ignored --test-threads=1 || rc=$?; done; exit $rc' _ \
+        $(for s in $suites; do echo "${exe[$s]}"; done) > "$slog" 2>&1
+    rc=$?
+    set -e
+    errors=$(grep -Eo "ERROR SUMMARY: [0-9]+" "$slog" | tail -1 | grep -Eo "[0-9]+$" || true)
+    tests_ok=$(grep -Ec "^test result: ok" "$slog" || true)  # one line per suite
+    if [ "$rc" = 124 ]; then
+        verdict="TIMEOUT (cut to the budget or SANITIZER_TIMEOUT)"
+    elif [ -z "$errors" ]; then
+        verdict="NO SUMMARY (sanitizer did not finish; see log)"
+    elif [ "$errors" != 0 ]; then
+        verdict="FAIL: $errors errors"
+    elif [ "$rc" != 0 ] || [ "$tests_ok" = 0 ]; then
+        verdict="clean, but the suite failed under the tool (exit $rc)"
+    else
+        verdict="PASS: 0 errors"
+    fi
+    case "$verdict" in PASS*) ;; *) src=1 ;; esac
+    echo "   $verdict"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$slog" | tail -3 || true
+    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$verdict" "${errors:--}" "$rc" "$slog" >> "$log/sanitizers.tsv"
+done
+
 python3 - "$log" "$gpu" "$trc" "$brc" <<'PY'
 import json, re, sys, os, glob
-log, gpu, trc, brc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+log, gpu, trc, brc = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 san = [l.rstrip("\n").split("\t") for l in open(os.path.join(log, "sanitizers.tsv")) if l.strip()]
 try:
     torch_res = json.load(open(os.path.join(log, "torch.json")))
@@ -292,21 +360,45 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
 out += [f"| {' | '.join(r)} |" for r in rows]
 steps = [json.loads(l) for l in open(os.path.join(log, "steps.jsonl")) if l.strip()] if os.path.exists(os.path.join(log, "steps.jsonl")) else []
 gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"
-out += ["", "SFT training steps (examples/device_step.rs; Qwen2.5-0.5B widths, tied, random weights, one packed batch; "
-        "forward, log-probs, cross-entropy, backward, clip, AdamW; median of the steps after the first). "
-        "MFU: 6 x parameters x tokens per second over the bf16 dense peak (the f32 row too). "
-        "Fresh allocations: device allocations per steady step (0: all from the cache).", "",
-        "| precision | caching allocator | bf16 weight shadows | tokens | step (median) | first step | tokens/s | MFU (bf16 peak) | peak in use | peak reserved | fresh allocs / steady step | loss first -> last |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+out += ["", "Training steps and log-prob passes, ours (examples/device_step.rs: one packed batch, forward, log-probs, "
+        "cross-entropy, backward, clip, AdamW; f32 master weights and moments, bf16 GEMM operands and flash attention at bf16) "
+        "and PyTorch + transformers on the same tokens (benches/train_step_gpu_torch.py: SDPA, bf16 autocast over f32 weights, "
+        "fused AdamW, clip_grad_norm_). Random weights at the published shapes; median of the steps after the first. "
+        "MFU: 6 (train) or 2 (log-probs) x parameters x tokens/s over the bf16 dense peak. "
+        "Peak: ours = our allocator's bytes in use / reserved; PyTorch = max_memory_allocated / max_memory_reserved. "
+        "Fresh allocs: our device allocations per steady step (0: all from the cache).", "",
+        "| who | shape | mode | precision / env | tokens | step (median) | first | tokens/s | MFU | peak in use | peak reserved | fresh allocs / step | loss first -> last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 for r in steps:
+    who, args = r.get("who", "ours"), r.get("args", "")
     if "error" in r:
-        out.append(f"| {r.get('precision')} | {'on' if r.get('caching') else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
+        out.append(f"| {who} | `{args}` | - | {r.get('env') or '-'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
         continue
-    out.append(f"| {r['precision']} | {'on' if r['caching'] else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | {r['tokens']} | {r['step_s_median']*1e3:.0f} ms | {r['step_s_first']*1e3:.0f} ms | "
-               f"{r['tokens_per_s']:.0f} | {r['model_tflops']*1e12/bf16_peak:.1%} | {gib(r['peak_in_use_bytes'])} | {gib(r['peak_reserved_bytes'])} | "
-               f"{r['fresh_allocs_per_steady_step']:.1f} | {r['loss_first']:.4f} -> {r['loss_last']:.4f} |")
+    mfu = r.get("mfu", r.get("model_tflops", 0) * 1e12 / bf16_peak)
+    prec = r.get("precision", "autocast bf16") + (f", {r['env']}" if r.get("env") else "")
+    fresh = r.get("fresh_allocs_per_steady_step")
+    out.append(f"| {who} | {r.get('shape', r.get('arch'))} ({r.get('layers', '?')} layers, {r['params']/1e9:.2f} B) | {r.get('mode', 'train')} | {prec} | {r['tokens']} | "
+               f"{r['step_s_median']*1e3:.1f} ms | {r['step_s_first']*1e3:.0f} ms | {r['tokens_per_s']:.0f} | {mfu:.1%} | "
+               f"{gib(r.get('peak_in_use_bytes', r.get('peak_allocated_bytes')))} | {gib(r.get('peak_reserved_bytes'))} | "
+               f"{'-' if fresh is None else f'{fresh:.1f}'} | {r['loss_first']:.4f} -> {r['loss_last']:.4f} |")
 if not steps:
-    out.append("| - | - | - | not run | - | - | - | - | - | - | - | - |")
+    out.append("| - | - | - | - | not run | - | - | - | - | - | - | - | - |")
+# Side by side: ours / PyTorch for the same shape, mode and tokens.
+pairs = []
+for o in steps:
+    if o.get("who") != "ours" or "error" in o or o.get("env") or o.get("precision") != "bf16":
+        continue
+    for t in steps:
+        if t.get("who") == "torch" and "error" not in t and t.get("arch") == o.get("shape") and t.get("mode") == o.get("mode") and t.get("tokens") == o.get("tokens"):
+            pairs.append(f"| {o['shape']} | {o['mode']} | {o['tokens']} | {o['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | **{o['tokens_per_s']/t['tokens_per_s']:.2f}x** | "
+                         f"{gib(o.get('peak_in_use_bytes'))} vs {gib(t.get('peak_allocated_bytes'))} |")
+if pairs:
+    out += ["", "Side by side (bf16): our tokens/s over PyTorch's (> 1: faster than PyTorch).", "",
+            "| shape | mode | tokens | ours tokens/s | PyTorch tokens/s | speed vs PyTorch | peak memory ours vs PyTorch |",
+            "| --- | --- | --- | --- | --- | --- | --- |"] + pairs
+skipped = [l.strip() for l in open(os.path.join(log, "skipped.log"))] if os.path.exists(os.path.join(log, "skipped.log")) else []
+if skipped:
+    out += ["", "Skipped for the time budget:", ""] + [f"- {l}" for l in skipped]
 out += ["", "compute-sanitizer over the equivalence suites (every kernel, every shape of the suites):", "",
         "| tool | verdict | errors | exit code | log |", "| --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in san] or ["| - | not run (SANITIZERS empty) | - | - | - |"]
@@ -314,5 +406,11 @@ text = "\n".join(out) + "\n"
 open("docs/gpu-check.md", "w").write(text)
 print(text)
 PY
+if [ -n "${GPU_CHECK_OUT:-}" ]; then
+    mkdir -p "$GPU_CHECK_OUT"
+    cp docs/gpu-check.md docs/rl-kernels-gpu.md "$GPU_CHECK_OUT/" 2>/dev/null || true
+    cp target/kernel-bench-meta.jsonl "$GPU_CHECK_OUT/" 2>/dev/null || true
+    tar -czf "$GPU_CHECK_OUT/logs.tar.gz" "$log" target/criterion 2>/dev/null || true
+fi
 if [ "$trc" != 0 ]; then exit "$trc"; fi
 exit $src
