@@ -15,11 +15,13 @@
 //! (it fills the allocator's cache and compiles nothing: kernels are loaded at start).
 //! Reported: median step seconds over the steps after the first, tokens/s, peak device memory
 //! in use and reserved, and the allocations per steady step that were fresh (0 with the cache).
+//! With `MMR1_PROFILE=1`: the device time of each kernel and GEMM shape per steady step (a
+//! table on stderr, the top 40 in the JSON line).
 
 use anyhow::{bail, Result};
 use mmr1_fast::backend::precision::PrecisionChoice;
 use mmr1_fast::backend::select::DeviceChoice;
-use mmr1_fast::backend::Backend;
+use mmr1_fast::backend::{profile, Backend};
 use mmr1_fast::commands::init_model::Arch;
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
@@ -118,7 +120,11 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
     let mut opt = (!o.logprobs_only).then(|| AdamW::new(be, &model.params, AdamwConfig::default()));
     let mut ws = Workspace::new(&model, be);
     let (mut secs, mut fresh, mut losses) = (Vec::new(), Vec::new(), Vec::new());
+    let mut warm_profile = Vec::new();
     for s in 0..o.steps {
+        if s == 1 {
+            warm_profile = be.kernel_profile(); // the steady steps' kernels are what follows
+        }
         let t = Instant::now();
         if o.logprobs_only {
             // The log-probs came back to the host: the pass is done.
@@ -152,6 +158,21 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
     let tokens = batch.tokens();
     let mem = be.memory_stats();
     let fresh_per_step = (fresh[o.steps - 1] - fresh[1]) as f64 / (o.steps - 2).max(1) as f64;
+    // MMR1_PROFILE=1: device time per kernel over the steady steps (CUDA events; they add a
+    // little host work per launch, so the step times of a profiled run read slightly high).
+    let profile = profile::since(&warm_profile, &be.kernel_profile());
+    let per = o.steps - 1;
+    if !profile.is_empty() {
+        eprint!("device time per steady step, by kernel:\n{}", profile::table(&profile, per, 40));
+    }
+    let profile_top: Vec<_> = profile
+        .iter()
+        .take(40)
+        .map(|k| {
+            serde_json::json!({"name": k.name, "calls_per_step": k.calls as f64 / per as f64,
+                               "ms_per_step": k.seconds * 1e3 / per as f64})
+        })
+        .collect();
     let line = serde_json::json!({
         "device": be.name(),
         "precision": o.precision.to_string(),
@@ -170,6 +191,8 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
         "fresh_allocs_first_step": fresh[0],
         "fresh_allocs_per_steady_step": fresh_per_step,
         "loss_first": losses[0], "loss_last": losses[o.steps - 1],
+        "profile_ms_per_step_total": profile.iter().map(|k| k.seconds).sum::<f64>() * 1e3 / per as f64,
+        "profile": profile_top,
     });
     println!("{line}");
     Ok(())

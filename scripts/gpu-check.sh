@@ -138,6 +138,8 @@ tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
 {
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
+    # Where our step's time goes: device time per kernel and GEMM shape (CUDA events).
+    STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step torch 90 --arch qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
@@ -275,7 +277,7 @@ for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
     extra=""
     case "$tool" in
         racecheck) extra="--racecheck-report all" ;;      # hazards and analysis summary
-        initcheck) extra="--track-unused-memory no" ;;    # uninitialized reads only
+        initcheck) extra="" ;;    # (--track-unused-memory no made 2025.x read "no" as the program)
     esac
     echo "-- $tool"
     set +e
@@ -285,7 +287,8 @@ for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
         $(for s in $suites; do echo "${exe[$s]}"; done) > "$slog" 2>&1
     rc=$?
     set -e
-    errors=$(grep -Eo "ERROR SUMMARY: [0-9]+" "$slog" | tail -1 | grep -Eo "[0-9]+$" || true)
+    # racecheck ends with "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".
+    errors=$( (grep -Eo "ERROR SUMMARY: [0-9]+" "$slog" || grep -Eo "RACECHECK SUMMARY: .*\(([0-9]+) errors" "$slog" | grep -Eo "[0-9]+ errors" | grep -Eo "[0-9]+") | tail -1 | grep -Eo "[0-9]+$" || true)
     tests_ok=$(grep -Ec "^test result: ok" "$slog" || true)  # one line per suite
     if [ "$rc" = 124 ]; then
         verdict="TIMEOUT (cut to the budget or SANITIZER_TIMEOUT)"
@@ -396,6 +399,15 @@ if pairs:
     out += ["", "Side by side (bf16): our tokens/s over PyTorch's (> 1: faster than PyTorch).", "",
             "| shape | mode | tokens | ours tokens/s | PyTorch tokens/s | speed vs PyTorch | peak memory ours vs PyTorch |",
             "| --- | --- | --- | --- | --- | --- | --- |"] + pairs
+prof = [r for r in steps if r.get("profile")]
+if prof:
+    r = prof[-1]
+    total = r["profile_ms_per_step_total"]
+    out += ["", f"Where our step goes ({r['shape']}, {r['tokens']} tokens, {r['precision']}): device time per steady step by kernel "
+            f"and GEMM shape (MMR1_PROFILE=1, CUDA events around each launch); kernels total {total:.1f} ms of a "
+            f"{r['step_s_median']*1e3:.1f} ms step (the rest: host work and launch gaps).", "",
+            "| kernel | calls / step | ms / step | share of kernel time |", "| --- | --- | --- | --- |"]
+    out += [f"| {k['name']} | {k['calls_per_step']:.0f} | {k['ms_per_step']:.2f} | {k['ms_per_step']/total:.1%} |" for k in r["profile"][:25]]
 skipped = [l.strip() for l in open(os.path.join(log, "skipped.log"))] if os.path.exists(os.path.join(log, "skipped.log")) else []
 if skipped:
     out += ["", "Skipped for the time budget:", ""] + [f"- {l}" for l in skipped]

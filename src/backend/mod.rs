@@ -16,6 +16,7 @@ pub mod cuda;
 // The RL step's batch ops (GRPO loss, advantages, VAS scores) on either backend.
 pub mod memory;
 pub mod precision;
+pub mod profile;
 pub mod rl_ops;
 pub mod select;
 
@@ -60,6 +61,11 @@ pub trait Backend {
     /// a backend without one (the CPU, whose buffers are host `Vec`s).
     fn memory_stats(&self) -> Option<memory::MemoryStats> {
         None
+    }
+    /// Device time per kernel since the backend was created, largest first, when
+    /// `MMR1_PROFILE=1` (see `profile`); empty otherwise and on the CPU.
+    fn kernel_profile(&self) -> Vec<profile::KernelTime> {
+        Vec::new()
     }
 
     // ---- memory -------------------------------------------------------------------------

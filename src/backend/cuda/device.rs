@@ -109,4 +109,15 @@ pub trait Device {
     fn memory_stats(&self) -> Option<MemoryStats> {
         None
     }
+    /// Time per kernel and GEMM shape (named by `gemm_name`) when `MMR1_PROFILE=1`
+    /// (`backend::profile`).
+    fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {
+        Vec::new()
+    }
+}
+
+/// A library GEMM's name in the kernel profile: precision, shape and operand layouts.
+pub fn gemm_name(bf16: bool, m: usize, n: usize, k: usize, ta: Tr, tb: Tr) -> String {
+    let t = |t: Tr| if t == Tr::N { "N" } else { "T" };
+    format!("gemm_{} {m}x{n}x{k} {}{}", if bf16 { "bf16" } else { "f32" }, t(ta), t(tb))
 }

@@ -94,6 +94,15 @@ pub struct CudaDevice {
     /// Keep bf16 shadows of weights (`refresh_bf16_shadow`; `MMR1_BF16_SHADOWS`).
     bf16_shadows: bool,
     name: String,
+    /// Per-kernel times when `MMR1_PROFILE=1`.
+    profile: Option<GpuProfile>,
+}
+
+/// CUDA events recorded around each launch and GEMM, read (and summed per name) only when
+/// the profile is asked for, so profiling adds no synchronization to the step.
+struct GpuProfile {
+    pending: Mutex<Vec<(String, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>,
+    totals: crate::backend::profile::Totals,
 }
 
 // SAFETY: the cuBLAS handle is only used on this device's single stream; the CUDA driver API
@@ -197,6 +206,10 @@ impl CudaDevice {
             pool: Pool::new(alloc::caching_from_env()),
             bf16_shadows: super::device::shadows_from_env(),
             name,
+            profile: crate::backend::profile::enabled().then(|| GpuProfile {
+                pending: Mutex::new(Vec::new()),
+                totals: Default::default(),
+            }),
         })
     }
     /// Runs `Backend::matmul` as bf16 GEMMs (see the field) or f32 SGEMM.
@@ -250,8 +263,9 @@ impl CudaDevice {
         let (pa, _ga) = a.device_ptr(&self.stream);
         let (pb, _gb) = b.device_ptr(&self.stream);
         let (pc, _gc) = out.device_ptr(&self.stream);
+        let name = || super::device::gemm_name(true, m, n, k, ta, tb);
         // SAFETY: callers pass buffers of at least m*k, k*n bf16 and m*n outputs on this stream.
-        unsafe {
+        self.timed(name, || unsafe {
             cudarc::cublas::result::gemm_ex(
                 *blas.handle(),
                 opb,
@@ -273,11 +287,21 @@ impl CudaDevice {
                 CUBLAS_COMPUTE_32F,
                 CUBLAS_GEMM_DFALT,
             )
-        }
+        })
         .map_err(|e| format!("cublasGemmEx (bf16): {e:?}"))
     }
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+    /// Runs `f` (which queues device work) between two timing events when profiling.
+    fn timed<R>(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+        let Some(p) = &self.profile else { return f() };
+        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = self.stream.record_event(Some(CU_EVENT_DEFAULT)).expect("profile event");
+        let r = f();
+        let end = self.stream.record_event(Some(CU_EVENT_DEFAULT)).expect("profile event");
+        p.pending.lock().expect("profile").push((name(), start, end));
+        r
     }
     fn func(&self, name: &str) -> CudaFunction {
         let mut f = self.funcs.lock().unwrap();
@@ -417,7 +441,7 @@ impl Device for CudaDevice {
             shared_mem_bytes: shared_bytes,
         };
         // SAFETY: argument lists match the kernels' signatures (checked by the test suite).
-        unsafe { b.launch(cfg) }
+        self.timed(|| name.to_string(), || unsafe { b.launch(cfg) })
             .unwrap_or_else(|e| panic!("launch of kernel {name} [{shape}] failed: {e:?}"));
         drop(guards);
         if check_launches() {
@@ -470,8 +494,9 @@ impl Device for CudaDevice {
         let (pa, _ga) = a.device_ptr(&self.stream);
         let (pb, _gb) = b.device_ptr(&self.stream);
         let (pc, _gc) = out.device_ptr(&self.stream);
+        let name = || super::device::gemm_name(false, m, n, k, ta, tb);
         // SAFETY: the backend checked the buffer sizes; the pointers live on this stream.
-        unsafe {
+        self.timed(name, || unsafe {
             cudarc::cublas::result::sgemm(
                 *blas.handle(),
                 opb,
@@ -488,7 +513,7 @@ impl Device for CudaDevice {
                 pc as *mut f32,
                 n as i32,
             )
-        }
+        })
         .expect("cublasSgemm");
         true
     }
@@ -497,6 +522,16 @@ impl Device for CudaDevice {
     }
     fn memory_stats(&self) -> Option<MemoryStats> {
         Some(self.pool.stats())
+    }
+    fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {
+        let Some(p) = &self.profile else { return Vec::new() };
+        let pending = std::mem::take(&mut *p.pending.lock().expect("profile"));
+        for (name, start, end) in pending {
+            // elapsed_ms waits for both events.
+            let ms = start.elapsed_ms(&end).expect("profile event timing");
+            p.totals.add(&name, ms as f64 * 1e-3);
+        }
+        p.totals.sorted()
     }
     fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
         if bf16 && self.blas.is_none() {

@@ -185,6 +185,8 @@ pub struct EmuDevice {
     gemm_bf16: bool,
     /// Keep bf16 shadows of weights (`refresh_bf16_shadow`).
     bf16_shadows: bool,
+    /// Host time per kernel and GEMM when `MMR1_PROFILE=1` (or `with_profile`).
+    profile: Option<crate::backend::profile::Totals>,
 }
 
 impl Default for EmuDevice {
@@ -204,6 +206,7 @@ impl EmuDevice {
             pool: Pool::new(alloc::caching_from_env()),
             gemm_bf16: false,
             bf16_shadows: super::device::shadows_from_env(),
+            profile: crate::backend::profile::enabled().then(Default::default),
         }
     }
     /// Schedules from `MMR1_EMU_SCHEDULE` (see [`Schedule::parse_list`]), forward without it.
@@ -227,6 +230,20 @@ impl EmuDevice {
         self.bf16_shadows = on;
         self
     }
+    /// With per-kernel timing on (as `MMR1_PROFILE=1` turns it on); the emulator's times are
+    /// the host's, useful to check what a step launches, not how fast a GPU runs it.
+    pub fn with_profile(mut self) -> Self {
+        self.profile = Some(Default::default());
+        self
+    }
+    /// Runs `f` and adds its host time to `name` when profiling.
+    fn timed<R>(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+        let Some(p) = &self.profile else { return f() };
+        let t = std::time::Instant::now();
+        let r = f();
+        p.add(&name(), t.elapsed().as_secs_f64());
+        r
+    }
     /// How many buffers have a bf16 shadow now.
     pub fn bf16_shadow_count(&self) -> usize {
         self.pool.shadow_count()
@@ -235,6 +252,124 @@ impl EmuDevice {
         &self.schedules
     }
 
+    fn launch_untimed(
+        &self,
+        name: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        args: &[Arg<'_, EmuMem>],
+    ) {
+        // A buffer the kernel may write loses its bf16 shadow.
+        let ptrs = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
+        for (i, m) in ptrs.enumerate() {
+            if super::device::may_write(name, i) {
+                self.pool.shadow_forget(m.ptr as u64);
+            }
+        }
+        // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
+        // its parameter type from the front, as cuLaunchKernel's argument array is read.
+        let vals: Vec<u64> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(m) => m.ptr as u64,
+                Arg::Null => 0,
+                Arg::I32(v) => *v as u32 as u64,
+                Arg::U32(v) => *v as u64,
+                Arg::I64(v) => *v as u64,
+                Arg::F32(v) => v.to_bits() as u64,
+            })
+            .collect();
+        let cname = CString::new(name).unwrap();
+        let optin = self.dyn_optin.lock().unwrap().get(name).copied().unwrap_or(0);
+        let shape = format!(
+            "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
+            grid[0], grid[1], grid[2], block[0], block[1], block[2]
+        );
+        let run = |s: Schedule| {
+            self.launch_once(&cname, grid, block, shared_bytes, &vals, s, optin).unwrap_or_else(
+                |msg| panic!("emulated kernel {name} failed [{shape}, schedule {s}]: {msg}"),
+            )
+        };
+        if self.schedules.len() == 1 {
+            run(self.schedules[0]);
+            return;
+        }
+        // Several schedules: run each from the same inputs and compare every buffer the
+        // kernel could write.
+        let bufs = distinct_buffers(args);
+        let before = snapshot(&bufs);
+        run(self.schedules[0]);
+        let first = snapshot(&bufs);
+        for &s in &self.schedules[1..] {
+            restore(&bufs, &before);
+            run(s);
+            let now = snapshot(&bufs);
+            if let Some(d) = first_difference(args, &bufs, &first, &now) {
+                panic!(
+                    "emulated kernel {name} [{shape}] is schedule-dependent (a race?): schedule {} \
+                     and schedule {s} differ in {d}",
+                    self.schedules[0]
+                );
+            }
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_untimed(
+        &self,
+        out: &mut EmuMem,
+        a: &EmuMem,
+        ta: Tr,
+        b: &EmuMem,
+        tb: Tr,
+        m: usize,
+        n: usize,
+        k: usize,
+        beta: f32,
+    ) -> bool {
+        // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
+        self.pool.shadow_forget(out.ptr as u64);
+        let f =
+            |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
+        let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
+        if self.gemm_bf16 {
+            // What GemmEx with bf16 A and B reads: each operand rounded to bf16 (nearest
+            // even, as the f32_to_bf16 kernel the GPU path converts with), or the operand's
+            // bf16 shadow as it is; the products and sums stay f32, as CUBLAS_COMPUTE_32F
+            // accumulates.
+            let keys = [(a.ptr as u64, m * k), (b.ptr as u64, k * n)];
+            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
+            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
+                if !had && self.pool.is_pristine(mem.ptr as u64) {
+                    self.refresh_bf16_shadow(mem, len);
+                }
+            }
+            self.pool.with_shadows(keys, false, |found| {
+                for (v, sh) in [&mut av, &mut bv].into_iter().zip(found) {
+                    match sh {
+                        // SAFETY: a shadow block holds at least `v.len()` bf16 values.
+                        Some(blk) => {
+                            let bits = unsafe {
+                                std::slice::from_raw_parts(blk.ptr as *const u16, v.len())
+                            };
+                            for (x, b) in v.iter_mut().zip(bits) {
+                                *x = half::bf16::from_bits(*b).to_f32();
+                            }
+                        }
+                        None => {
+                            for x in v.iter_mut() {
+                                *x = half::bf16::from_f32(*x).to_f32();
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
+        Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
+        self.write(out, bytemuck::cast_slice(&ov));
+        true
+    }
     /// One launch under one schedule; Err(message) on a fault.
     #[allow(clippy::too_many_arguments)]
     fn launch_once(
@@ -387,59 +522,10 @@ impl Device for EmuDevice {
         shared_bytes: u32,
         args: &[Arg<'_, EmuMem>],
     ) {
-        // A buffer the kernel may write loses its bf16 shadow.
-        let ptrs = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
-        for (i, m) in ptrs.enumerate() {
-            if super::device::may_write(name, i) {
-                self.pool.shadow_forget(m.ptr as u64);
-            }
-        }
-        // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
-        // its parameter type from the front, as cuLaunchKernel's argument array is read.
-        let vals: Vec<u64> = args
-            .iter()
-            .map(|a| match a {
-                Arg::Ptr(m) => m.ptr as u64,
-                Arg::Null => 0,
-                Arg::I32(v) => *v as u32 as u64,
-                Arg::U32(v) => *v as u64,
-                Arg::I64(v) => *v as u64,
-                Arg::F32(v) => v.to_bits() as u64,
-            })
-            .collect();
-        let cname = CString::new(name).unwrap();
-        let optin = self.dyn_optin.lock().unwrap().get(name).copied().unwrap_or(0);
-        let shape = format!(
-            "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
-            grid[0], grid[1], grid[2], block[0], block[1], block[2]
-        );
-        let run = |s: Schedule| {
-            self.launch_once(&cname, grid, block, shared_bytes, &vals, s, optin).unwrap_or_else(
-                |msg| panic!("emulated kernel {name} failed [{shape}, schedule {s}]: {msg}"),
-            )
-        };
-        if self.schedules.len() == 1 {
-            run(self.schedules[0]);
-            return;
-        }
-        // Several schedules: run each from the same inputs and compare every buffer the
-        // kernel could write.
-        let bufs = distinct_buffers(args);
-        let before = snapshot(&bufs);
-        run(self.schedules[0]);
-        let first = snapshot(&bufs);
-        for &s in &self.schedules[1..] {
-            restore(&bufs, &before);
-            run(s);
-            let now = snapshot(&bufs);
-            if let Some(d) = first_difference(args, &bufs, &first, &now) {
-                panic!(
-                    "emulated kernel {name} [{shape}] is schedule-dependent (a race?): schedule {} \
-                     and schedule {s} differ in {d}",
-                    self.schedules[0]
-                );
-            }
-        }
+        self.timed(
+            || name.to_string(),
+            || self.launch_untimed(name, grid, block, shared_bytes, args),
+        )
     }
     fn gemm(
         &self,
@@ -453,52 +539,15 @@ impl Device for EmuDevice {
         k: usize,
         beta: f32,
     ) -> bool {
-        // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
-        self.pool.shadow_forget(out.ptr as u64);
-        let f =
-            |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
-        let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
-        if self.gemm_bf16 {
-            // What GemmEx with bf16 A and B reads: each operand rounded to bf16 (nearest
-            // even, as the f32_to_bf16 kernel the GPU path converts with), or the operand's
-            // bf16 shadow as it is; the products and sums stay f32, as CUBLAS_COMPUTE_32F
-            // accumulates.
-            let keys = [(a.ptr as u64, m * k), (b.ptr as u64, k * n)];
-            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
-            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
-                if !had && self.pool.is_pristine(mem.ptr as u64) {
-                    self.refresh_bf16_shadow(mem, len);
-                }
-            }
-            self.pool.with_shadows(keys, false, |found| {
-                for (v, sh) in [&mut av, &mut bv].into_iter().zip(found) {
-                    match sh {
-                        // SAFETY: a shadow block holds at least `v.len()` bf16 values.
-                        Some(blk) => {
-                            let bits = unsafe {
-                                std::slice::from_raw_parts(blk.ptr as *const u16, v.len())
-                            };
-                            for (x, b) in v.iter_mut().zip(bits) {
-                                *x = half::bf16::from_bits(*b).to_f32();
-                            }
-                        }
-                        None => {
-                            for x in v.iter_mut() {
-                                *x = half::bf16::from_f32(*x).to_f32();
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
-        Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
-        self.write(out, bytemuck::cast_slice(&ov));
-        true
+        let name = || super::device::gemm_name(self.gemm_bf16, m, n, k, ta, tb);
+        self.timed(name, || self.gemm_untimed(out, a, ta, b, tb, m, n, k, beta))
     }
     fn synchronize(&self) {}
     fn memory_stats(&self) -> Option<MemoryStats> {
         Some(self.pool.stats())
+    }
+    fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {
+        self.profile.as_ref().map_or_else(Vec::new, |p| p.sorted())
     }
     fn set_gemm_precision(&mut self, bf16: bool) -> Result<(), String> {
         self.gemm_bf16 = bf16;

@@ -224,6 +224,9 @@ impl<D: Device> Backend for CudaBackend<D> {
     fn memory_stats(&self) -> Option<crate::backend::memory::MemoryStats> {
         self.dev.memory_stats()
     }
+    fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {
+        self.dev.kernel_profile()
+    }
 
     fn zeros(&self, n: usize) -> Self::Buf {
         let mut b = self.new_buf(n);
