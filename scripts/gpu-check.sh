@@ -19,6 +19,9 @@
 #
 # GPU_CHECK_BUDGET (seconds, default 0 = none) bounds the whole run: each section is cut to the
 # time left, later sections are skipped and say so, and the tables are always written.
+# GPU_CHECK_SECTIONS picks sections (suites steps benches torch rl demo sanitizers; default all),
+# STEPS=quick the short list of training steps, BENCH_FILTER a part of the kernel benches,
+# SANITIZER_SUITES the suites under compute-sanitizer.
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them). STEP_SEQS x STEP_LEN
 # (default 4 x 1024 tokens) sizes the 0.5B steps. GPU_CHECK_LOG (default target/gpu-check) holds
 # the logs; GPU_CHECK_OUT, when set, receives the tables and a tarball of the logs.
@@ -40,6 +43,12 @@ left() { if [ "$budget" = 0 ]; then echo 100000; else echo $((budget - (SECONDS 
 cap() { local l=$(($(left) - ${RESERVE:-20})); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 # enough N: whether N seconds are left for a section (else it is skipped, and says so).
 enough() { if [ "$(cap "$1")" -ge "$1" ]; then return 0; fi; echo "SKIPPED (budget: $(left) s left, wanted $1): $2" | tee -a "$log/skipped.log"; return 1; }
+
+# GPU_CHECK_SECTIONS picks sections (default all): suites steps benches torch rl demo sanitizers.
+sections=" ${GPU_CHECK_SECTIONS:-suites steps benches torch rl demo sanitizers} "
+want() { [[ "$sections" == *" $1 "* ]]; }
+# A run of some sections writes its tables beside the logs, leaving docs/ to full runs.
+if [ -n "${GPU_CHECK_SECTIONS:-}" ]; then report_dir=$log; else report_dir=docs; fi
 
 # Executable of a cargo target of a kind (test, bench, example, bin), from cargo's JSON messages.
 exe_of() {
@@ -93,7 +102,7 @@ echo "== equivalence suites on the GPU"
 : > "$log/tests.log"
 trc=0
 set +e
-for t in $suites; do
+for t in $(want suites && echo "$suites"); do
     if [ ! -x "${exe[$t]}" ]; then
         echo "MISSING: ${exe[$t]}" | tee -a "$log/tests.log"; trc=1
     elif enough 15 "suite $t"; then
@@ -134,8 +143,13 @@ step() {
     tail -2 "$log/steps.log"
 }
 tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
+# STEPS=quick: the 0.5B pair and the profiled step only.
 # shellcheck disable=SC2086
-{
+if want steps && [ "${STEPS:-full}" = quick ]; then
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+elif want steps; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     # Where our step's time goes: device time per kernel and GEMM shape (CUDA events).
@@ -152,13 +166,15 @@ tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
     step ours 150 --precision bf16 --shape qwen2.5-1.5b $tok --steps 4
     STEP_ENV=MMR1_CACHING_ALLOCATOR=0 MMR1_CACHING_ALLOCATOR=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV=MMR1_BF16_SHADOWS=0 MMR1_BF16_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
-}
+fi
 
 echo "== kernel benches"
 brc=0
 set +e
-if enough 150 "kernel benches"; then
-    timeout "$(cap 240)" "${exe[kernels]}" --bench > "$log/bench.log" 2>&1
+# BENCH_FILTER (a criterion filter, e.g. "flash") runs part of them.
+if want benches && enough 150 "kernel benches"; then
+    # shellcheck disable=SC2086
+    timeout "$(cap 240)" "${exe[kernels]}" --bench ${BENCH_FILTER:-} > "$log/bench.log" 2>&1
     brc=$?
 else
     brc=skipped
@@ -168,7 +184,7 @@ grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" 2>/dev/null | h
 
 echo "== PyTorch on the same shapes (bf16: matmul, scaled_dot_product_attention causal)"
 set +e
-enough 60 "PyTorch GEMM/attention" && timeout "$(cap 120)" python3 - "$log/torch.json" <<'PY' 2>&1 | tail -20
+want torch && enough 60 "PyTorch GEMM/attention" && timeout "$(cap 120)" python3 - "$log/torch.json" <<'PY' 2>&1 | tail -20
 # Same ids, shapes and FLOP counts as benches/kernels.rs. Median of CUDA-event timings.
 import json, sys
 try:
@@ -218,17 +234,17 @@ set -e
 
 echo "== RL kernels (benches/rl_kernels.rs) and PyTorch eager on the same work (benches/rl_kernels_torch.py)"
 set +e
-if enough 60 "RL kernel benches"; then
+if want rl && enough 60 "RL kernel benches"; then
     timeout "$(cap 120)" "${exe[rl_bench]}" > "$log/rl-bench.log" 2>&1
     cat "$log/rl-bench.log"
     timeout "$(cap 90)" python3 benches/rl_kernels_torch.py "$log/rl-torch.json" 2>&1 | tail -5
 fi
 touch "$log/rl-bench.log"
-python3 - "$log" "$gpu" <<'PY'
+want rl && python3 - "$log" "$gpu" "$report_dir" <<'PY'
 # docs/rl-kernels-gpu.md: each RL kernel's median time, bandwidth, fraction of HBM and speed
 # against PyTorch eager doing the same work (loss + backward; advantages).
 import json, os, sys
-log, gpu = sys.argv[1], sys.argv[2]
+log, gpu, report_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 hbm = 4.8e12 if "H200" in gpu else 3.35e12
 rows = [json.loads(l.split(" ", 1)[1]) for l in open(os.path.join(log, "rl-bench.log")) if l.startswith("RLBENCH ")]
 try:
@@ -244,14 +260,14 @@ for r in rows:
     out.append(f"| {r['id']} | {r['s']*1e6:.1f} us | {bw/1e9:.0f} GB/s | {bw/hbm:.0%} | "
                + ("-" if not isinstance(t, float) else f"{t*1e6:.1f} us") + " | "
                + ("-" if not isinstance(t, float) else f"{t/r['s']:.1f}x") + " |")
-open("docs/rl-kernels-gpu.md", "w").write("\n".join(out) + "\n")
+open(os.path.join(report_dir, "rl-kernels-gpu.md"), "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
 set -e
 
 echo "== the built-in demo on the GPU (mmr1-fast train --device cuda, --precision auto = bf16)"
 set +e
-if enough 60 "demo on the GPU"; then
+if want demo && enough 60 "demo on the GPU"; then
     env -u MMR1_SYNC_LAUNCHES timeout "$(cap 120)" "${exe[mmr1-fast]}" train --device cuda --out "$log/demo" --overwrite > "$log/demo.log" 2>&1
     echo "demo exit code $?" >> "$log/demo.log"
     tail -12 "$log/demo.log"
@@ -264,7 +280,8 @@ echo "== compute-sanitizer on the equivalence suites"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
 : > "$log/sanitizers.tsv"
 src=0
-for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
+# SANITIZER_SUITES (default: every suite) picks the suites they run.
+for tool in $(want sanitizers && echo "${SANITIZERS-memcheck racecheck synccheck initcheck}"); do
     slog="$log/sanitizer-$tool.log"
     if ! enough 45 "compute-sanitizer $tool"; then
         printf '%s\t%s\t-\t-\t-\n' "$tool" "not run: budget" >> "$log/sanitizers.tsv"
@@ -284,7 +301,7 @@ for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
     # shellcheck disable=SC2086
     timeout "$(cap "${SANITIZER_TIMEOUT:-1200}")" "$san" --tool "$tool" $extra --error-exitcode 86 --target-processes all \
         bash -c 'rc=0; for x in "$@"; do "$x" gpu:: --include-ignored --test-threads=1 || rc=$?; done; exit $rc' _ \
-        $(for s in $suites; do echo "${exe[$s]}"; done) > "$slog" 2>&1
+        $(for s in ${SANITIZER_SUITES:-$suites}; do echo "${exe[$s]}"; done) > "$slog" 2>&1
     rc=$?
     set -e
     # racecheck ends with "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".
@@ -307,9 +324,9 @@ for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
     printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$verdict" "${errors:--}" "$rc" "$slog" >> "$log/sanitizers.tsv"
 done
 
-python3 - "$log" "$gpu" "$trc" "$brc" <<'PY'
+python3 - "$log" "$gpu" "$trc" "$brc" "$report_dir" <<'PY'
 import json, re, sys, os, glob
-log, gpu, trc, brc = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+log, gpu, trc, brc, report_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 san = [l.rstrip("\n").split("\t") for l in open(os.path.join(log, "sanitizers.tsv")) if l.strip()]
 try:
     torch_res = json.load(open(os.path.join(log, "torch.json")))
@@ -415,12 +432,12 @@ out += ["", "compute-sanitizer over the equivalence suites (every kernel, every 
         "| tool | verdict | errors | exit code | log |", "| --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in san] or ["| - | not run (SANITIZERS empty) | - | - | - |"]
 text = "\n".join(out) + "\n"
-open("docs/gpu-check.md", "w").write(text)
+open(os.path.join(report_dir, "gpu-check.md"), "w").write(text)
 print(text)
 PY
 if [ -n "${GPU_CHECK_OUT:-}" ]; then
     mkdir -p "$GPU_CHECK_OUT"
-    cp docs/gpu-check.md docs/rl-kernels-gpu.md "$GPU_CHECK_OUT/" 2>/dev/null || true
+    cp "$report_dir/gpu-check.md" "$report_dir/rl-kernels-gpu.md" "$GPU_CHECK_OUT/" 2>/dev/null || true
     cp target/kernel-bench-meta.jsonl "$GPU_CHECK_OUT/" 2>/dev/null || true
     tar -czf "$GPU_CHECK_OUT/logs.tar.gz" "$log" target/criterion 2>/dev/null || true
 fi
