@@ -165,11 +165,11 @@ impl mmr1_fast::train::TokenLoss for Fixed {
     }
 }
 
-/// `micro_step` keeps the forward's logits for the backward when they fit one chunk; the
-/// gradient must be bit-identical to `backward`'s, which recomputes them for the active rows
-/// (here a ragged subset: prompt-like rows and each sequence's last row have no gradient).
+/// `micro_step` (log-probs and their gradient in backend buffers, the head through the chunked
+/// path) gives `backward`'s gradient bit for bit, on a ragged subset of active rows (prompt-like
+/// rows and each sequence's last row have no gradient).
 #[test]
-fn kept_logits_give_the_gradient_of_recomputed_ones_bit_for_bit() {
+fn micro_step_gives_the_gradient_of_backward_bit_for_bit() {
     let be = Cpu;
     for tied in [false, true] {
         let model = random_model(tiny_config(53, tied), 71);
