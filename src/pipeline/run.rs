@@ -33,7 +33,10 @@ pub struct RunReport {
 }
 
 /// Runs (or, when `inputs.start` is `Resume`, continues) the pipeline on backend `be`.
-pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
+pub fn run_pipeline<B: crate::backend::rl_ops::RlOps>(
+    be: &B,
+    inputs: &RunInputs,
+) -> Result<RunReport> {
     let resume = inputs.start == Start::Resume;
     let cfg = &inputs.cfg;
     let out = &inputs.out;

@@ -103,7 +103,7 @@ pub fn micro_step<B: Backend>(
     be: &B,
     model: &Qwen2<B>,
     batch: &Packed,
-    loss: &mut dyn TokenLoss,
+    loss: &mut dyn TokenLoss<B>,
     ws: &mut Workspace<B>,
 ) -> Result<f64> {
     // The backward scratch is planned before the forward, where it stays in the steady
@@ -116,15 +116,10 @@ pub fn micro_step<B: Backend>(
     model.forward(be, batch, &mut ws.acts)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
-    let t = batch.tokens();
     let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
-    let g = loss.eval(&be.download(&lp)[..t], &be.download(&ent)[..t]);
+    let g = loss.eval(be, &lp, &ent);
     drop((lp, ent));
-    let rows: Vec<usize> = (0..t)
-        .filter(|&r| g.dlp[r] != 0.0 || g.dent.as_ref().is_some_and(|de| de[r] != 0.0))
-        .collect();
-    let (dlp, dent) = (be.upload(&g.dlp), g.dent.as_deref().map(|de| be.upload(de)));
-    let rg = RowGrads { dlp: &dlp, dent: dent.as_ref(), rows: &rows };
+    let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
     let chunk = ws.logit_chunk;
     model.backward_with_buf(
         be,
