@@ -31,9 +31,7 @@ fn step<B: Backend>(be: &B, model: &Qwen2<B>, batch: &Packed, chunk: usize) -> V
     // Rows 0..3 of every sequence are an untrained prompt.
     let mut trained = has.clone();
     for sp in &batch.spans {
-        for r in sp.q_start..sp.q_start + 3.min(sp.q_len) {
-            trained[r] = false;
-        }
+        trained[sp.q_start..sp.q_start + 3.min(sp.q_len)].fill(false);
     }
     let mut loss = SftLoss::new(&trained, 50);
     let l = micro_step(be, model, batch, &mut loss, &mut ws).unwrap();
