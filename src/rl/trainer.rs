@@ -120,8 +120,11 @@ pub fn collect<B: RlOps>(
     on_token: impl FnMut(usize),
 ) -> Result<(Experience, GroupStats)> {
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
-    let rollouts =
-        generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?;
+    let rollouts = {
+        let _r = crate::profile::range(c"rollout");
+        generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?
+    };
+    let reward_range = crate::profile::range(c"reward");
     let mut verdicts = Vec::with_capacity(rollouts.len());
     let mut rewards = Vec::with_capacity(rollouts.len());
     for r in &rollouts {
@@ -135,6 +138,7 @@ pub fn collect<B: RlOps>(
         };
         rewards.push(shaped);
     }
+    drop(reward_range);
     let lens: Vec<usize> = rollouts.iter().map(|r| r.tokens.len()).collect();
     let offsets: Vec<usize> =
         (0..=rewards.len() / s.group_size).map(|g| g * s.group_size).collect();
