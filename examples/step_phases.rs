@@ -5,6 +5,7 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release --example step_phases [-- N]`
 
+use mmr1_fast::backend::chunked_logprob::RowGrads;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::{Backend, Tr};
 use mmr1_fast::model::init::{init_params, Init};
@@ -50,16 +51,19 @@ fn main() {
         let t2 = Instant::now();
         let (targets, lp, ent) = forward_logprobs_only(&be, &model, &ws, &batch);
         let t3 = Instant::now();
-        let g = loss.eval(&lp, &ent);
+        let g = TokenLoss::<Cpu>::eval(&mut loss, &be, &lp, &ent);
         let acts = ws.acts.as_ref().unwrap();
-        model.backward_with(
+        let rows = TokenLoss::<Cpu>::rows(&loss);
+        let rg = RowGrads { dlp: &g.dlp, dent: None, rows };
+        let chunk = ws.logit_chunk;
+        model.backward_with_buf(
             &be,
             &batch,
             acts,
             &targets,
-            &g.dlp,
-            None,
+            rg,
             1.0,
+            chunk,
             &mut ws.grads,
             &mut ws.scratch,
         );
@@ -225,7 +229,8 @@ fn ops(be: &Cpu, model: &Qwen2<Cpu>, batch: &Packed, n: usize) {
     println!("{:>28}: {total:7.2} ms", "other ops of a step");
 }
 
-/// The log-probs half of `forward_logprobs` (the forward already ran).
+/// The log-probs half of `forward_logprobs` (the forward already ran), left in buffers as
+/// `micro_step` leaves them.
 fn forward_logprobs_only(
     be: &Cpu,
     model: &Qwen2<Cpu>,
@@ -233,7 +238,8 @@ fn forward_logprobs_only(
     batch: &Packed,
 ) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
     let (targets, _) = batch.next_token_targets();
-    let (lp, ent) = model.token_logprobs(be, ws.acts.as_ref().unwrap(), &targets, 1.0);
+    let acts = ws.acts.as_ref().unwrap();
+    let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, 1.0, ws.logit_chunk);
     let _ = forward_logprobs::<Cpu>;
     (targets, lp, ent)
 }

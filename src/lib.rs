@@ -9,6 +9,7 @@ pub mod fs;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
+pub mod profile;
 pub mod progress;
 pub mod ranges;
 pub mod rl;

@@ -150,13 +150,22 @@ struct Fixed {
     dlp: Vec<f32>,
     dent: Vec<f32>,
     inv_temp: f32,
+    rows: Vec<usize>,
 }
 
-impl mmr1_fast::train::TokenLoss for Fixed {
+impl mmr1_fast::train::TokenLoss<Cpu> for Fixed {
     fn inv_temp(&self) -> f32 {
         self.inv_temp
     }
-    fn eval(&mut self, _lp: &[f32], _ent: &[f32]) -> mmr1_fast::train::LossGrad {
+    fn rows(&self) -> &[usize] {
+        &self.rows
+    }
+    fn eval(
+        &mut self,
+        _be: &Cpu,
+        _lp: &Vec<f32>,
+        _ent: &Vec<f32>,
+    ) -> mmr1_fast::train::LossGrad<Cpu> {
         mmr1_fast::train::LossGrad {
             loss: 0.0,
             dlp: self.dlp.clone(),
@@ -165,11 +174,11 @@ impl mmr1_fast::train::TokenLoss for Fixed {
     }
 }
 
-/// `micro_step` keeps the forward's logits for the backward when they fit one chunk; the
-/// gradient must be bit-identical to `backward`'s, which recomputes them for the active rows
-/// (here a ragged subset: prompt-like rows and each sequence's last row have no gradient).
+/// `micro_step` (log-probs and their gradient in backend buffers, the head through the chunked
+/// path) gives `backward`'s gradient bit for bit, on a ragged subset of active rows (prompt-like
+/// rows and each sequence's last row have no gradient).
 #[test]
-fn kept_logits_give_the_gradient_of_recomputed_ones_bit_for_bit() {
+fn micro_step_gives_the_gradient_of_backward_bit_for_bit() {
     let be = Cpu;
     for tied in [false, true] {
         let model = random_model(tiny_config(53, tied), 71);
@@ -188,7 +197,8 @@ fn kept_logits_give_the_gradient_of_recomputed_ones_bit_for_bit() {
             dent.iter().zip(&dlp).map(|(e, g)| if *g == 0.0 { 0.0 } else { *e }).collect();
         let inv_temp = 1.0 / 0.7;
         let mut ws = Workspace::new(&model, &be);
-        let mut fixed = Fixed { dlp: dlp.clone(), dent: dent.clone(), inv_temp };
+        let rows = (0..dlp.len()).filter(|&r| dlp[r] != 0.0).collect();
+        let mut fixed = Fixed { dlp: dlp.clone(), dent: dent.clone(), inv_temp, rows };
         micro_step(&be, &model, &batch, &mut fixed, &mut ws).unwrap();
 
         let mut acts = None;

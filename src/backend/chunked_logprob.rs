@@ -67,7 +67,7 @@ pub fn chunked_logprobs<B: Backend>(
 
 /// Backward of [`chunked_logprobs`] given `dlp[t]` = d loss / d lp[t] and `dent[t]` =
 /// d loss / d entropy[t]: overwrites `dhidden` (`rows x dim`) and adds to `dhead`
-/// (`vocab x dim`).
+/// (`vocab x dim`). Every row is visited ([`chunked_logprobs_backward_rows`] skips rows).
 #[allow(clippy::too_many_arguments)]
 pub fn chunked_logprobs_backward<B: Backend>(
     be: &B,
@@ -80,24 +80,89 @@ pub fn chunked_logprobs_backward<B: Backend>(
     dent: &B::Buf,
     s: HeadShape,
 ) {
+    let rows: Vec<usize> = (0..s.rows).collect();
+    let g = RowGrads { dlp, dent: Some(dent), rows: &rows };
+    chunked_logprobs_backward_rows(be, dhidden, dhead, hidden, head, targets, g, s);
+}
+
+/// The gradient that reaches the head: d loss / d lp and (optionally) d loss / d entropy per
+/// row, in backend buffers, and the rows where either may be non-zero.
+#[derive(Clone, Copy)]
+pub struct RowGrads<'a, B: Backend> {
+    pub dlp: &'a B::Buf,
+    pub dent: Option<&'a B::Buf>,
+    /// Ascending rows whose gradient may be non-zero; every other row is skipped (its d hidden
+    /// is 0). SFT's prompt rows and a response's last row cost nothing this way.
+    pub rows: &'a [usize],
+}
+
+/// Maximal runs of consecutive values of ascending `rows`, as (position in `rows`, first
+/// value, length): a response's tokens are one run, so gathers are a copy per response.
+fn runs(rows: &[usize]) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    while j < rows.len() {
+        let mut e = j + 1;
+        while e < rows.len() && rows[e] == rows[e - 1] + 1 {
+            e += 1;
+        }
+        out.push((j, rows[j], e - j));
+        j = e;
+    }
+    out
+}
+
+/// [`chunked_logprobs_backward`] on the rows of `g.rows` only, in chunks of `s.chunk` of
+/// those rows (gathered, so a chunk's GEMMs run on rows that carry gradient): overwrites
+/// `dhidden` (`s.rows x dim`, 0 on every other row) and adds to `dhead`. `g.dent` None
+/// means no entropy term.
+#[allow(clippy::too_many_arguments)]
+pub fn chunked_logprobs_backward_rows<B: Backend>(
+    be: &B,
+    dhidden: &mut B::Buf,
+    dhead: &mut B::Buf,
+    hidden: &B::Buf,
+    head: &B::Buf,
+    targets: &[u32],
+    g: RowGrads<'_, B>,
+    s: HeadShape,
+) {
     s.check(be, hidden, head, targets);
     assert_eq!(be.len(dhead), s.vocab * s.dim, "dhead: vocab x dim values");
+    assert!(be.len(dhidden) >= s.rows * s.dim, "dhidden: fewer than rows x dim values");
+    assert!(be.len(g.dlp) >= s.rows, "dlp: one value per row");
+    assert!(g.dent.is_none_or(|e| be.len(e) >= s.rows), "dent: one value per row");
+    assert!(g.rows.windows(2).all(|w| w[0] < w[1]), "rows: ascending, no repeats");
+    assert!(g.rows.last().is_none_or(|&r| r < s.rows), "rows: a row >= {}", s.rows);
     let (d, v) = (s.dim, s.vocab);
-    let c = s.chunk.min(s.rows.max(1));
+    be.fill(dhidden, 0.0);
+    if g.rows.is_empty() {
+        return;
+    }
+    let c = s.chunk.min(g.rows.len());
     let (mut h, mut logits, mut dlogits) = (be.zeros(c * d), be.zeros(c * v), be.zeros(c * v));
-    let (mut dh, mut g, mut ge) = (be.zeros(c * d), be.zeros(c), be.zeros(c));
-    for r0 in (0..s.rows).step_by(c) {
-        let n = c.min(s.rows - r0);
-        be.copy(&mut h, 0, hidden, r0 * d, n * d);
-        be.copy(&mut g, 0, dlp, r0, n);
-        be.copy(&mut ge, 0, dent, r0, n);
+    let (mut dh, mut gl) = (be.zeros(c * d), be.zeros(c));
+    // Without an entropy term the chunk's d entropy is 0 throughout.
+    let mut ge = be.zeros(c);
+    for rows in g.rows.chunks(c) {
+        let n = rows.len();
+        let rn = runs(rows);
+        for &(j, r, len) in &rn {
+            be.copy(&mut h, j * d, hidden, r * d, len * d);
+            be.copy(&mut gl, j, g.dlp, r, len);
+            if let Some(e) = g.dent {
+                be.copy(&mut ge, j, e, r, len);
+            }
+        }
+        let tg: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
         be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
-        let tg = &targets[r0..r0 + n];
-        be.logprobs_backward(&mut dlogits, &logits, tg, &g, &ge, n, v, s.inv_temp);
+        be.logprobs_backward(&mut dlogits, &logits, &tg, &gl, &ge, n, v, s.inv_temp);
         // d h [n, d] = d logits [n, v] @ W [v, d]
         be.matmul(&mut dh, &dlogits, Tr::N, head, Tr::N, n, d, v, 0.0);
-        be.copy(dhidden, r0 * d, &dh, 0, n * d);
         // d W [v, d] += d logits^T [v, n] @ h [n, d]
         be.matmul(dhead, &dlogits, Tr::T, &h, Tr::N, v, d, n, 1.0);
+        for &(j, r, len) in &rn {
+            be.copy(dhidden, r * d, &dh, j * d, len * d);
+        }
     }
 }

@@ -103,7 +103,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     crate::with_backend!(device, precision = cfg.model.precision, be => run_on(be, cfg, args))
 }
 
-fn run_on<B: crate::backend::Backend>(be: &B, cfg: TrainConfig, args: &TrainArgs) -> Result<()> {
+fn run_on<B: crate::backend::rl_ops::RlOps>(
+    be: &B,
+    cfg: TrainConfig,
+    args: &TrainArgs,
+) -> Result<()> {
     if args.demo_ablation {
         return crate::pipeline::ablation::run_ablation(be, cfg, args.seeds, args.overwrite)
             .map(|_| ());

@@ -6,11 +6,14 @@
 //! buffers in layout order, so micro-batches of one optimizer step simply add up.
 //!
 //! The output projection is never materialized as `[tokens x vocab]`: logits are recomputed
-//! chunk by chunk from `acts.xn_f`, and only rows with a non-zero upstream gradient are
-//! visited (prompt rows of SFT cost nothing here).
+//! chunk by chunk from `acts.xn_f` (`model::head`, through `backend::chunked_logprob`), and
+//! only the rows the loss trains are visited (prompt rows of SFT cost nothing here). The
+//! `*_buf` entry points take the upstream gradient in backend buffers (the training step's
+//! path: it never visits the host); the slice ones upload it (tests, tools).
 
 use super::forward::{Acts, Packed};
 use super::Qwen2;
+use crate::backend::chunked_logprob::RowGrads;
 use crate::backend::{Backend, Tr};
 
 /// Gradient scratch for `t` tokens, planned once and reused across steps (like `Acts`).
@@ -28,17 +31,6 @@ pub struct GradScratch<B: Backend> {
     dgate: B::Buf,
     dup: B::Buf,
     dact: B::Buf,
-    // Output-projection chunk: `rows` rows of hidden states, logits and their gradients.
-    chunk: usize,
-    h: B::Buf,
-    logits: B::Buf,
-    dlogits: B::Buf,
-    dh: B::Buf,
-    dlp: B::Buf,
-    dent: B::Buf,
-    /// `logits` holds the logits of all `t` rows, left by `token_logprobs_for_backward` for
-    /// the next `backward_with` (which takes it), so the output projection is not run twice.
-    logits_kept: bool,
 }
 
 impl<B: Backend> GradScratch<B> {
@@ -60,9 +52,8 @@ impl<B: Backend> Qwen2<B> {
     /// Plans the backward scratch for `t` tokens.
     pub fn alloc_grad_scratch(&self, be: &B, t: usize) -> GradScratch<B> {
         let c = &self.cfg;
-        let (d, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (d, i) = (c.hidden_size, c.intermediate_size);
         let kvd = c.n_kv_heads() * c.head_dim();
-        let chunk = self.logit_chunk_rows().min(t.max(1));
         GradScratch {
             t,
             dresid: be.zeros(t * d),
@@ -75,56 +66,7 @@ impl<B: Backend> Qwen2<B> {
             dgate: be.zeros(t * i),
             dup: be.zeros(t * i),
             dact: be.zeros(t * i),
-            chunk,
-            h: be.zeros(chunk * d),
-            logits: be.zeros(chunk * v),
-            dlogits: be.zeros(chunk * v),
-            dh: be.zeros(chunk * d),
-            dlp: be.zeros(chunk),
-            dent: be.zeros(chunk),
-            logits_kept: false,
         }
-    }
-
-    /// [`Qwen2::token_logprobs`] for a training step: when the batch fits one logit chunk,
-    /// the logits stay in `scratch` for the `backward_with` that follows (same forward, same
-    /// parameters), which then skips recomputing them. Otherwise the same as `token_logprobs`.
-    pub fn token_logprobs_for_backward(
-        &self,
-        be: &B,
-        acts: &Acts<B>,
-        targets: &[u32],
-        inv_temp: f32,
-        scratch: &mut Option<GradScratch<B>>,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let t = acts.t;
-        if scratch.as_ref().map(|s| s.t) != Some(t) {
-            *scratch = Some(self.alloc_grad_scratch(be, t));
-        }
-        let s = scratch.as_mut().expect("planned above");
-        s.logits_kept = false;
-        if t == 0 || t > s.chunk {
-            return self.token_logprobs(be, acts, targets, inv_temp);
-        }
-        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        // The rows of one chunk, as `token_logprobs` computes them (a GEMM's row does not
-        // depend on the other rows: the CPU GEMM is batch-invariant, see backend::cpu).
-        be.copy(&mut s.h, 0, &acts.xn_f, 0, t * d);
-        be.matmul(
-            &mut s.logits,
-            &s.h,
-            Tr::N,
-            &self.params[self.layout.head()],
-            Tr::T,
-            t,
-            v,
-            d,
-            0.0,
-        );
-        let (mut lp, mut ent) = (be.zeros(t), be.zeros(t));
-        be.logprobs(&mut lp, &mut ent, &s.logits, targets, t, v, inv_temp);
-        s.logits_kept = true;
-        (be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec())
     }
 
     /// Accumulates into `grads` (layout order) the gradient of a loss whose derivative with
@@ -186,12 +128,60 @@ impl<B: Backend> Qwen2<B> {
         scratch: &mut Option<GradScratch<B>>,
     ) {
         let t = batch.tokens();
-        assert_eq!(acts.t, t, "backward: activations are for {} tokens, the batch has {t}", acts.t);
-        assert_eq!(targets.len(), t, "backward: one target per packed row");
         assert_eq!(dlp.len(), t, "backward: one dlp per packed row");
         if let Some(de) = dent {
             assert_eq!(de.len(), t, "backward: one dent per packed row");
         }
+        let rows: Vec<usize> =
+            (0..t).filter(|&r| dlp[r] != 0.0 || dent.is_some_and(|de| de[r] != 0.0)).collect();
+        let (dlp_b, dent_b) = (be.upload(dlp), dent.map(|de| be.upload(de)));
+        let g = RowGrads { dlp: &dlp_b, dent: dent_b.as_ref(), rows: &rows };
+        let chunk = self.logit_chunk_rows();
+        self.backward_to_embeddings_buf(
+            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch,
+        );
+    }
+
+    /// [`Qwen2::backward_with`] with the upstream gradient in backend buffers (`g.rows`: the
+    /// rows it may be non-zero on), the head run in chunks of `chunk` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with_buf(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &Acts<B>,
+        targets: &[u32],
+        g: RowGrads<'_, B>,
+        inv_temp: f32,
+        chunk: usize,
+        grads: &mut [B::Buf],
+        scratch: &mut Option<GradScratch<B>>,
+    ) {
+        self.backward_to_embeddings_buf(
+            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch,
+        );
+        let s = scratch.as_ref().expect("planned by backward_to_embeddings_buf");
+        let d = self.cfg.hidden_size;
+        be.embedding_backward(&mut grads[self.layout.embed], &s.dresid, &batch.ids, d);
+    }
+
+    /// [`Qwen2::backward_to_embeddings`] with the upstream gradient in backend buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_to_embeddings_buf(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &Acts<B>,
+        targets: &[u32],
+        g: RowGrads<'_, B>,
+        inv_temp: f32,
+        chunk: usize,
+        grads: &mut [B::Buf],
+        scratch: &mut Option<GradScratch<B>>,
+    ) {
+        let t = batch.tokens();
+        assert_eq!(acts.t, t, "backward: activations are for {} tokens, the batch has {t}", acts.t);
+        assert_eq!(targets.len(), t, "backward: one target per packed row");
         assert_eq!(grads.len(), self.params.len(), "backward: one gradient buffer per parameter");
         if scratch.as_ref().map(|s| s.t) != Some(t) {
             *scratch = Some(self.alloc_grad_scratch(be, t));
@@ -201,7 +191,8 @@ impl<B: Backend> Qwen2<B> {
         let d = c.hidden_size;
 
         // Output projection: fills s.dxn with d(loss)/d(xn_f).
-        self.head_backward(be, acts, targets, dlp, dent, inv_temp, grads, s);
+        let head = self.layout.head();
+        self.head_backward_buf(be, acts, targets, g, inv_temp, chunk, &mut s.dxn, &mut grads[head]);
 
         // Final norm: xn_f = rmsnorm(resid[L]).
         let lf = &self.layout;
@@ -217,73 +208,6 @@ impl<B: Backend> Qwen2<B> {
         );
         for l in (0..c.num_hidden_layers).rev() {
             self.layer_backward(be, l, batch, acts, grads, s);
-        }
-    }
-
-    /// Chunked output projection backward: for each chunk of rows with a non-zero upstream
-    /// gradient, recompute logits = h W^T (or gather them, when kept by
-    /// `token_logprobs_for_backward`), turn (dlp, dent) into dlogits, then
-    /// dh = dlogits W and dW += dlogits^T h. Rows without gradient get dh = 0.
-    #[allow(clippy::too_many_arguments)]
-    fn head_backward(
-        &self,
-        be: &B,
-        acts: &Acts<B>,
-        targets: &[u32],
-        dlp: &[f32],
-        dent: Option<&[f32]>,
-        inv_temp: f32,
-        grads: &mut [B::Buf],
-        s: &mut GradScratch<B>,
-    ) {
-        let (d, v, t) = (self.cfg.hidden_size, self.cfg.vocab_size, acts.t);
-        let head = self.layout.head();
-        // Kept logits serve this backward only (one chunk: t <= s.chunk).
-        let kept = std::mem::take(&mut s.logits_kept);
-        be.fill(&mut s.dxn, 0.0);
-        let active: Vec<usize> =
-            (0..t).filter(|&r| dlp[r] != 0.0 || dent.is_some_and(|de| de[r] != 0.0)).collect();
-        for rows in active.chunks(s.chunk) {
-            let n = rows.len();
-            // Gather the rows (contiguous runs in one copy: a whole response is one run).
-            let mut j = 0;
-            while j < n {
-                let mut e = j + 1;
-                while e < n && rows[e] == rows[e - 1] + 1 {
-                    e += 1;
-                }
-                be.copy(&mut s.h, j * d, &acts.xn_f, rows[j] * d, (e - j) * d);
-                j = e;
-            }
-            let tg: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
-            let g: Vec<f32> = rows.iter().map(|&r| dlp[r]).collect();
-            let ge: Vec<f32> = rows.iter().map(|&r| dent.map_or(0.0, |de| de[r])).collect();
-            be.copy(&mut s.dlp, 0, &be.upload(&g), 0, n);
-            be.copy(&mut s.dent, 0, &be.upload(&ge), 0, n);
-            if kept {
-                // The active rows' logits, gathered from those of every row (kept by
-                // `token_logprobs_for_backward`) in runs, then swapped into place.
-                let mut j = 0;
-                while j < n {
-                    let mut e = j + 1;
-                    while e < n && rows[e] == rows[e - 1] + 1 {
-                        e += 1;
-                    }
-                    be.copy(&mut s.dlogits, j * v, &s.logits, rows[j] * v, (e - j) * v);
-                    j = e;
-                }
-                std::mem::swap(&mut s.logits, &mut s.dlogits);
-            } else {
-                be.matmul(&mut s.logits, &s.h, Tr::N, &self.params[head], Tr::T, n, v, d, 0.0);
-            }
-            be.logprobs_backward(&mut s.dlogits, &s.logits, &tg, &s.dlp, &s.dent, n, v, inv_temp);
-            // dh [n,d] = dlogits [n,v] @ W [v,d]
-            be.matmul(&mut s.dh, &s.dlogits, Tr::N, &self.params[head], Tr::N, n, d, v, 0.0);
-            // dW [v,d] += dlogits^T [v,n] @ h [n,d]
-            be.matmul(&mut grads[head], &s.dlogits, Tr::T, &s.h, Tr::N, v, d, n, 1.0);
-            for (j, &r) in rows.iter().enumerate() {
-                be.copy(&mut s.dxn, r * d, &s.dh, j * d, d);
-            }
         }
     }
 

@@ -312,7 +312,8 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// Per packed row: log-prob of `targets[row]` under `softmax(logits * inv_temp)`, and the
-    /// entropy of that distribution. Computed chunk by chunk over rows.
+    /// entropy of that distribution, on the host. Computed chunk by chunk over rows
+    /// ([`Qwen2::token_logprobs_buf`], which a training step uses to keep them on the device).
     pub fn token_logprobs(
         &self,
         be: &B,
@@ -320,32 +321,9 @@ impl<B: Backend> Qwen2<B> {
         targets: &[u32],
         inv_temp: f32,
     ) -> (Vec<f32>, Vec<f32>) {
-        let (d, v, t) = (self.cfg.hidden_size, self.cfg.vocab_size, acts.t);
-        let chunk = self.logit_chunk_rows().min(t.max(1));
-        let mut lp_all = Vec::with_capacity(t);
-        let mut ent_all = Vec::with_capacity(t);
-        let mut h = be.zeros(chunk * d);
-        let mut logits = be.zeros(chunk * v);
-        let mut lp = be.zeros(chunk);
-        let mut ent = be.zeros(chunk);
-        for r0 in (0..t).step_by(chunk) {
-            let n = chunk.min(t - r0);
-            be.copy(&mut h, 0, &acts.xn_f, r0 * d, n * d);
-            be.matmul(
-                &mut logits,
-                &h,
-                Tr::N,
-                &self.params[self.layout.head()],
-                Tr::T,
-                n,
-                v,
-                d,
-                0.0,
-            );
-            be.logprobs(&mut lp, &mut ent, &logits, &targets[r0..r0 + n], n, v, inv_temp);
-            lp_all.extend_from_slice(&be.download(&lp)[..n]);
-            ent_all.extend_from_slice(&be.download(&ent)[..n]);
-        }
-        (lp_all, ent_all)
+        let t = acts.t;
+        let (lp, ent) =
+            self.token_logprobs_buf(be, acts, targets, inv_temp, self.logit_chunk_rows());
+        (be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec())
     }
 }

@@ -5,6 +5,7 @@
 pub mod backward;
 pub mod config;
 pub mod forward;
+pub mod head;
 pub mod init;
 pub mod kv_cache;
 pub mod mrope;

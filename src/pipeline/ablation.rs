@@ -113,7 +113,7 @@ pub const SUMMARIES: [&str; 5] = [
 
 /// Runs the ablation with `seeds` seeds (cfg.seed, cfg.seed + 1, ...) and writes the report.
 /// `overwrite`: replace the checkpoints of an earlier ablation in the same directories.
-pub fn run_ablation<B: crate::backend::Backend>(
+pub fn run_ablation<B: crate::backend::rl_ops::RlOps>(
     be: &B,
     cfg: TrainConfig,
     seeds: usize,

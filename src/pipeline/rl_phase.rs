@@ -11,6 +11,7 @@ use super::metrics::{
     VpsSummary,
 };
 use super::vps_log::{item_bins, vps_record, VpsLog};
+use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::model::Qwen2;
@@ -121,7 +122,7 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
 }
 
 /// Everything the RL phase works on.
-pub struct RlPhase<'a, B: Backend> {
+pub struct RlPhase<'a, B: RlOps> {
     pub be: &'a B,
     pub inputs: &'a RunInputs,
     pub settings: GrpoSettings,
@@ -130,7 +131,7 @@ pub struct RlPhase<'a, B: Backend> {
 }
 
 /// The state of a phase in progress: policy, optimizer, reference, sampler state.
-pub struct RlRun<B: Backend> {
+pub struct RlRun<B: RlOps> {
     pub policy: Qwen2<B>,
     pub opt: AdamW<B>,
     pub reference: Option<Qwen2<B>>,
@@ -169,7 +170,7 @@ struct Updated {
     seconds: f64,
 }
 
-impl<'a, B: Backend> RlPhase<'a, B> {
+impl<'a, B: RlOps> RlPhase<'a, B> {
     fn cfg(&self) -> &TrainConfig {
         &self.inputs.cfg
     }
@@ -465,6 +466,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
         if !(v.enabled && run.state.step.is_multiple_of(v.t_update as u64)) {
             return Ok(0.0);
         }
+        let _r = crate::profile::range(c"scoring");
         let t0 = Instant::now();
         let before = item_bins(&run.state.table);
         for p in std::mem::take(&mut run.state.pending) {

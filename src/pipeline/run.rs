@@ -9,7 +9,7 @@ use super::rl_phase::{RlPhase, RlStepSummary};
 use super::run_dir::RunClock;
 use super::sft_phase::SftPhase;
 use crate::backend::memory::MemoryStats;
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::fs::write_atomic;
 use crate::model::Qwen2;
 use crate::train::checkpoint::{resume_checkpoint, step_of};
@@ -33,7 +33,7 @@ pub struct RunReport {
 }
 
 /// Runs (or, when `inputs.start` is `Resume`, continues) the pipeline on backend `be`.
-pub fn run_pipeline<B: Backend>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
+pub fn run_pipeline<B: RlOps>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
     let resume = inputs.start == Start::Resume;
     let cfg = &inputs.cfg;
     let out = &inputs.out;

@@ -1,26 +1,37 @@
-//! GRPO's policy loss ([`policy_loss`]) as a [`TokenLoss`], so that a GRPO micro-batch runs
-//! through the same `train::micro_step` as an SFT one. The loss is defined on response
-//! tokens (one entry per token, responses back to back); the packed micro-batch has a row per
-//! token of prompt + response. `rows` maps one to the other: the log-probs of the response
-//! tokens are gathered from their rows, and the gradient is scattered back (0 on every other
-//! row: prompt tokens and each sequence's last row).
+//! GRPO's policy loss as a [`TokenLoss`], so that a GRPO micro-batch runs through the same
+//! `train::micro_step` as an SFT one. The loss is defined on response tokens (one entry per
+//! token, responses back to back); the packed micro-batch has a row per token of prompt +
+//! response. `rows` maps one to the other: the log-probs of the response tokens are gathered
+//! from their rows, and the gradient is scattered back (0 on every other row: prompt tokens
+//! and each sequence's last row).
+//!
+//! The loss runs through [`RlOps::rl_loss`] on the backend's buffers: the fused kernel
+//! (kernels/grpo_loss.cu) on CUDA and the emulator, `rl::grpo::policy_loss` on the CPU. The
+//! gather, the loss and the scatter stay on the device; the per-token inputs (`logp_old`,
+//! advantages, mask, reference log-probs, TRL's entropy mask) are uploaded, and only the
+//! loss and its metrics come back.
 
-use super::grpo::{policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer};
+use super::grpo::{LossConfig, LossInputs, LossMetrics, Normalizer};
+use crate::backend::rl_ops::{AdvBuf, LossBufs, RlOps};
 use crate::train::{LossGrad, TokenLoss};
 
 pub struct GrpoTokenLoss<'a> {
-    /// Packed row of each response token (`train::LossBatch::rows`).
+    /// Packed row of each response token (`train::LossBatch::rows`), ascending.
     rows: &'a [usize],
-    /// The micro-batch's per-token inputs except `logp` and `entropy`, which `eval` fills from
-    /// the model (`entropy` only when the loss has an entropy bonus).
+    /// `rows` as maximal runs of consecutive rows: (first response token, first row, length).
+    runs: Vec<(usize, usize, usize)>,
+    /// The micro-batch's per-token inputs except `logp` and `entropy`, which `eval` takes
+    /// from the model (`entropy` only when the loss has an entropy bonus).
     inputs: LossInputs<'a>,
     cfg: &'a LossConfig,
     norm: Normalizer,
     inv_temp: f32,
+    track_ratio_dev: bool,
     /// After `eval`: the loss's diagnostics for this micro-batch.
     pub metrics: LossMetrics,
-    /// After `eval`: the largest |exp(logp - logp_old) - 1| over this micro-batch (0 on the
-    /// first PPO epoch's first mini-batch when the log-prob path is batch-invariant).
+    /// After `eval`, when asked for by [`GrpoTokenLoss::tracking_ratio_dev`]: the largest
+    /// |exp(logp - logp_old) - 1| over this micro-batch (0 on the first PPO epoch's first
+    /// mini-batch when the log-prob path is batch-invariant). 0 otherwise.
     pub max_ratio_dev: f64,
 }
 
@@ -35,49 +46,93 @@ impl<'a> GrpoTokenLoss<'a> {
         inv_temp: f32,
     ) -> Self {
         assert_eq!(inputs.logp_old.len(), rows.len(), "GrpoTokenLoss: one row per response token");
+        assert!(rows.windows(2).all(|w| w[0] < w[1]), "GrpoTokenLoss: rows ascending");
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for (k, &r) in rows.iter().enumerate() {
+            match runs.last_mut() {
+                Some((_, r0, len)) if *r0 + *len == r => *len += 1,
+                _ => runs.push((k, r, 1)),
+            }
+        }
         GrpoTokenLoss {
             rows,
+            runs,
             inputs,
             cfg,
             norm,
             inv_temp,
+            track_ratio_dev: false,
             metrics: LossMetrics::default(),
             max_ratio_dev: 0.0,
         }
     }
+
+    /// Also measure `max_ratio_dev` (the only per-token values this loss brings to the host:
+    /// the response tokens' log-probs, for the first-epoch batch-invariance check).
+    pub fn tracking_ratio_dev(mut self) -> Self {
+        self.track_ratio_dev = true;
+        self
+    }
 }
 
-impl TokenLoss for GrpoTokenLoss<'_> {
+impl<B: RlOps> TokenLoss<B> for GrpoTokenLoss<'_> {
     fn inv_temp(&self) -> f32 {
         self.inv_temp
     }
 
-    fn eval(&mut self, lp: &[f32], ent: &[f32]) -> LossGrad {
-        let logp: Vec<f32> = self.rows.iter().map(|&r| lp[r]).collect();
-        let entropy: Vec<f32> = self.rows.iter().map(|&r| ent[r]).collect();
-        self.max_ratio_dev = logp
-            .iter()
-            .zip(self.inputs.logp_old)
-            .map(|(x, y)| ((x - y) as f64).exp() - 1.0)
-            .fold(0.0f64, |m, d| m.max(d.abs()));
-        let inputs = LossInputs {
-            logp: &logp,
-            entropy: (self.cfg.entropy_coef != 0.0).then_some(entropy.as_slice()),
-            ..self.inputs
-        };
-        let out = policy_loss(&inputs, self.cfg, self.norm);
-        self.metrics = out.metrics;
-        let scatter = |per_token: &[f32]| {
-            let mut v = vec![0.0f32; lp.len()];
-            for (k, &r) in self.rows.iter().enumerate() {
-                v[r] = per_token[k];
+    fn rows(&self) -> &[usize] {
+        self.rows
+    }
+
+    fn eval(&mut self, be: &B, lp: &B::Buf, ent: &B::Buf) -> LossGrad<B> {
+        let (n, t) = (self.rows.len(), be.len(lp));
+        assert!(self.rows.last().is_none_or(|&r| r < t), "GrpoTokenLoss: a row past the batch");
+        // Response tokens from their packed rows, one copy per response.
+        let gather = |src: &B::Buf| {
+            let mut out = be.zeros(n);
+            for &(k, r, len) in &self.runs {
+                be.copy(&mut out, k, src, r, len);
             }
-            v
+            out
         };
-        LossGrad {
-            loss: out.loss,
-            dlp: scatter(&out.dlogp),
-            dent: out.dentropy.as_deref().map(scatter),
+        let logp = gather(lp);
+        let with_entropy = self.cfg.entropy_coef != 0.0;
+        let entropy = with_entropy.then(|| gather(ent));
+        let x = &self.inputs;
+        let (old, adv, mask) = (be.upload(x.logp_old), be.upload(x.advantages), be.upload(x.mask));
+        let ref_logp = x.ref_logp.map(|v| be.upload(v));
+        let pg_mask = x.pg_mask.map(|v| be.upload(v));
+        let bufs = LossBufs {
+            logp: &logp,
+            logp_old: &old,
+            advantages: AdvBuf::PerToken(&adv),
+            mask: &mask,
+            ref_logp: ref_logp.as_ref(),
+            entropy: entropy.as_ref(),
+            pg_mask: pg_mask.as_ref(),
+            selected: x.selected,
+            offsets: x.offsets,
+        };
+        let mut dlogp = be.zeros(n);
+        let mut dentropy = entropy.as_ref().map(|_| be.zeros(n));
+        let out = be.rl_loss(&bufs, self.cfg, self.norm, &mut dlogp, dentropy.as_mut());
+        self.metrics = out.metrics;
+        if self.track_ratio_dev {
+            self.max_ratio_dev = be
+                .download(&logp)
+                .iter()
+                .zip(x.logp_old)
+                .map(|(a, b)| ((a - b) as f64).exp() - 1.0)
+                .fold(0.0f64, |m, d| m.max(d.abs()));
         }
+        // Back to the packed rows: 0 on every row the loss does not train.
+        let scatter = |per_token: &B::Buf| {
+            let mut out = be.zeros(t);
+            for &(k, r, len) in &self.runs {
+                be.copy(&mut out, r, per_token, k, len);
+            }
+            out
+        };
+        LossGrad { loss: out.loss, dlp: scatter(&dlogp), dent: dentropy.as_ref().map(scatter) }
     }
 }

@@ -5,7 +5,7 @@
 //! Batch invariance is what makes `logp_old` exact: it is computed by the same forward, on
 //! the same micro-batches, as the first PPO epoch, so the first epoch's ratio is exactly 1.
 
-use super::advantage::{advantages_f64, broadcast_to_tokens, AdvantageConfig, GroupStats};
+use super::advantage::{broadcast_to_tokens, AdvantageConfig, GroupStats};
 use super::graded::{grade_tokens, reward_item};
 use super::grpo::{
     cov_selection, high_entropy_mask, LossConfig, LossInputs, LossMetrics, Normalizer,
@@ -14,6 +14,7 @@ use super::grpo_token_loss::GrpoTokenLoss;
 use super::overlong::OverlongPenalty;
 use super::reward::{RewardConfig, Verdict};
 use super::rollout::{generate, SamplingParams};
+use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::dist::{shard, Collective, Single};
@@ -104,9 +105,10 @@ fn retain_indexed<T>(v: &mut Vec<T>, keep: impl Fn(usize) -> bool) {
     });
 }
 
-/// Rollouts for `indices` (one group each), graded and turned into group advantages.
+/// Rollouts for `indices` (one group each), graded and turned into group advantages
+/// (`RlOps::rl_advantages`: the advantage kernel on CUDA, the `rl/` reference on the CPU).
 #[allow(clippy::too_many_arguments)]
-pub fn collect<B: Backend>(
+pub fn collect<B: RlOps>(
     policy: &Qwen2<B>,
     be: &B,
     tok: &Tokenizer,
@@ -118,8 +120,11 @@ pub fn collect<B: Backend>(
     on_token: impl FnMut(usize),
 ) -> Result<(Experience, GroupStats)> {
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
-    let rollouts =
-        generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?;
+    let rollouts = {
+        let _r = crate::profile::range(c"rollout");
+        generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?
+    };
+    let reward_range = crate::profile::range(c"reward");
     let mut verdicts = Vec::with_capacity(rollouts.len());
     let mut rewards = Vec::with_capacity(rollouts.len());
     for r in &rollouts {
@@ -133,12 +138,13 @@ pub fn collect<B: Backend>(
         };
         rewards.push(shaped);
     }
-    let r64: Vec<f64> = rewards.iter().map(|&r| r as f64).collect();
+    drop(reward_range);
     let lens: Vec<usize> = rollouts.iter().map(|r| r.tokens.len()).collect();
     let offsets: Vec<usize> =
         (0..=rewards.len() / s.group_size).map(|g| g * s.group_size).collect();
-    let (adv, stats) = advantages_f64(&r64, &offsets, Some(&lens), &s.adv);
-    let advantages: Vec<f32> = adv.iter().map(|&a| a as f32).collect();
+    let mut adv = be.zeros(rewards.len());
+    let stats = be.rl_advantages(&be.upload(&rewards), &offsets, Some(&lens), &s.adv, &mut adv);
+    let advantages = be.download(&adv)[..rewards.len()].to_vec();
     let exp = Experience {
         items: indices.to_vec(),
         prompts,
@@ -222,7 +228,7 @@ pub fn response_logprobs_entropy<B: Backend>(
 /// The policy update of one rollout batch: old and reference log-probs, then `ppo_epochs`
 /// passes over `mini_batches` mini-batches, one AdamW step each.
 #[allow(clippy::too_many_arguments)]
-pub fn update<B: Backend>(
+pub fn update<B: RlOps>(
     policy: &mut Qwen2<B>,
     reference: Option<&Qwen2<B>>,
     opt: &mut AdamW<B>,
@@ -244,7 +250,7 @@ pub fn update<B: Backend>(
 /// gradients are summed over ranks before each (identical) optimizer step. With [`Single`]
 /// this is exactly the single-process update.
 #[allow(clippy::too_many_arguments)]
-pub fn update_with<B: Backend>(
+pub fn update_with<B: RlOps>(
     policy: &mut Qwen2<B>,
     reference: Option<&Qwen2<B>>,
     opt: &mut AdamW<B>,
@@ -345,6 +351,9 @@ pub fn update_with<B: Backend>(
                     ..LossInputs::new(&[], &logp_old[a..b], &adv_tok[a..b], &mask[a..b], &local_off)
                 };
                 let mut lossfn = GrpoTokenLoss::new(&lb.rows, inputs, &s.loss, norm, inv_temp);
+                if epoch == 0 && mi == 0 {
+                    lossfn = lossfn.tracking_ratio_dev();
+                }
                 report.loss += micro_step(be, policy, &lb.batch, &mut lossfn, ws)?;
                 if epoch == 0 && mi == 0 {
                     report.first_epoch_max_ratio_dev =

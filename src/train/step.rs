@@ -3,8 +3,13 @@
 //! gradient accumulation ([`micro_step`]) in a reusable [`Workspace`]. GRPO's `logp_old` /
 //! reference passes use the same forward ([`forward_logprobs`]), which is what makes its
 //! first PPO epoch's ratio exactly 1.
+//!
+//! The head runs through the chunked log-prob path (`model::head`): the log-probs and their
+//! gradient are backend buffers and no `[tokens x vocab]` buffer exists beyond one chunk of
+//! `Workspace::logit_chunk` rows.
 
 use super::TokenLoss;
+use crate::backend::chunked_logprob::RowGrads;
 use crate::backend::Backend;
 use crate::model::{Acts, GradScratch, Packed, Qwen2};
 use anyhow::Result;
@@ -18,11 +23,20 @@ pub struct Workspace<B: Backend> {
     /// One buffer per parameter of the model the workspace was made for; `micro_step` adds to
     /// them, [`Workspace::zero_grads`] starts an optimizer step.
     pub grads: Vec<B::Buf>,
+    /// Rows of the output head per chunk: its logits (and, in the backward, their gradient)
+    /// take `logit_chunk x vocab` floats each. `Qwen2::logit_chunk_rows` by default; the
+    /// result does not depend on it (the CPU GEMM is batch-invariant, `tests/head_chunk.rs`).
+    pub logit_chunk: usize,
 }
 
 impl<B: Backend> Workspace<B> {
     pub fn new(model: &Qwen2<B>, be: &B) -> Self {
-        Workspace { acts: None, scratch: None, grads: model.zero_grads(be) }
+        Workspace {
+            acts: None,
+            scratch: None,
+            grads: model.zero_grads(be),
+            logit_chunk: model.logit_chunk_rows(),
+        }
     }
 
     /// Clears the gradient accumulators (the start of an optimizer step).
@@ -75,11 +89,13 @@ pub fn forward_logprobs<B: Backend>(
     inv_temp: f32,
     ws: &mut Workspace<B>,
 ) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
+    let _r = crate::profile::range(c"forward");
     model.forward(be, batch, &mut ws.acts)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
-    let (lp, ent) = model.token_logprobs(be, acts, &targets, inv_temp);
-    Ok((targets, lp, ent))
+    let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
+    let t = batch.tokens();
+    Ok((targets, be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec()))
 }
 
 /// Forward, per-row log-probs, the loss, and backward of one packed micro-batch; gradients
@@ -88,7 +104,7 @@ pub fn micro_step<B: Backend>(
     be: &B,
     model: &Qwen2<B>,
     batch: &Packed,
-    loss: &mut dyn TokenLoss,
+    loss: &mut dyn TokenLoss<B>,
     ws: &mut Workspace<B>,
 ) -> Result<f64> {
     // The backward scratch is planned before the forward, where it stays in the steady
@@ -98,21 +114,28 @@ pub fn micro_step<B: Backend>(
         ws.scratch = Some(model.alloc_grad_scratch(be, batch.tokens()));
     }
     let inv_temp = loss.inv_temp();
+    let forward = crate::profile::range(c"forward");
     model.forward(be, batch, &mut ws.acts)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
-    // As `forward_logprobs`, but the logits may stay in the scratch for the backward.
-    let (lp, ent) =
-        model.token_logprobs_for_backward(be, acts, &targets, inv_temp, &mut ws.scratch);
-    let g = loss.eval(&lp, &ent);
-    model.backward_with(
+    let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
+    drop(forward);
+    let g = {
+        let _r = crate::profile::range(c"loss");
+        loss.eval(be, &lp, &ent)
+    };
+    drop((lp, ent));
+    let _r = crate::profile::range(c"backward");
+    let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
+    let chunk = ws.logit_chunk;
+    model.backward_with_buf(
         be,
         batch,
         acts,
         &targets,
-        &g.dlp,
-        g.dent.as_deref(),
+        rg,
         inv_temp,
+        chunk,
         &mut ws.grads,
         &mut ws.scratch,
     );

@@ -1,33 +1,40 @@
 //! The token-level loss interface that SFT and GRPO share, and SFT's cross-entropy.
 //!
-//! A `TokenLoss` sees only per-row log-probs (and entropies) of a packed micro-batch and returns
-//! d(loss)/d(log-prob) per row (and d(loss)/d(entropy)); the model turns that into parameter
-//! gradients (`Qwen2::backward_with`). A loss therefore never touches logits or parameters.
-//! GRPO's policy loss implements it in `rl::grpo_token_loss`.
+//! A `TokenLoss` sees only per-row log-probs (and entropies) of a packed micro-batch, in the
+//! backend's buffers, and returns d(loss)/d(log-prob) per row (and d(loss)/d(entropy)) in
+//! backend buffers; the model turns that into parameter gradients
+//! (`Qwen2::backward_with_buf`). A loss therefore never touches logits or parameters, and on a
+//! device only its scalars reach the host. GRPO's policy loss implements it in
+//! `rl::grpo_token_loss` (through `RlOps::rl_loss`: the fused kernel on CUDA, the `rl/`
+//! reference on the CPU).
 
-/// A loss's value on one micro-batch and its gradient per packed row.
-#[derive(Clone, Debug, Default)]
-pub struct LossGrad {
+use crate::backend::Backend;
+
+/// A loss's value on one micro-batch and its gradient per packed row, in backend buffers.
+pub struct LossGrad<B: Backend> {
     /// This micro-batch's contribution to the step's loss (losses of micro-batches add up).
     pub loss: f64,
-    /// d(loss)/d(lp[row]); 0 on rows the loss ignores.
-    pub dlp: Vec<f32>,
+    /// d(loss)/d(lp[row]) for every packed row; 0 on rows the loss ignores.
+    pub dlp: B::Buf,
     /// d(loss)/d(entropy[row]), when the loss uses entropies.
-    pub dent: Option<Vec<f32>>,
+    pub dent: Option<B::Buf>,
 }
 
 /// A loss that is a function of the per-row target log-probs (and entropies) of a packed
 /// micro-batch, normalized so that the micro-batches of one optimizer step ADD UP to the
 /// step's loss (normalize by step-global counts, never per micro-batch).
-pub trait TokenLoss {
+pub trait TokenLoss<B: Backend> {
     /// Multiplier of the logits before the softmax: 1 for SFT, 1/T for GRPO's rollout T.
     fn inv_temp(&self) -> f32 {
         1.0
     }
+    /// The packed rows whose gradient may be non-zero, ascending: the head's backward visits
+    /// only these (prompt rows cost nothing).
+    fn rows(&self) -> &[usize];
     /// `lp[row]`, `ent[row]` for every packed row (rows without a target hold junk and must
     /// get zero gradient). `&mut self`: a loss may keep what it saw for the caller's metrics
     /// (GRPO's clip fractions, KL, ratio deviation).
-    fn eval(&mut self, lp: &[f32], ent: &[f32]) -> LossGrad;
+    fn eval(&mut self, be: &B, lp: &B::Buf, ent: &B::Buf) -> LossGrad<B>;
 }
 
 /// Supervised fine-tuning: cross-entropy on response tokens only. `weights[row]` is
@@ -37,6 +44,7 @@ pub trait TokenLoss {
 #[derive(Clone, Debug)]
 pub struct SftLoss {
     pub weights: Vec<f32>,
+    rows: Vec<usize>,
 }
 
 impl SftLoss {
@@ -44,20 +52,26 @@ impl SftLoss {
     /// token) is trained; `step_tokens` counts trained targets in the whole optimizer step.
     pub fn new(trained: &[bool], step_tokens: usize) -> Self {
         let w = 1.0 / step_tokens.max(1) as f32;
-        SftLoss { weights: trained.iter().map(|&b| if b { w } else { 0.0 }).collect() }
+        SftLoss {
+            weights: trained.iter().map(|&b| if b { w } else { 0.0 }).collect(),
+            rows: (0..trained.len()).filter(|&r| trained[r]).collect(),
+        }
     }
 }
 
-impl TokenLoss for SftLoss {
-    fn eval(&mut self, lp: &[f32], _ent: &[f32]) -> LossGrad {
-        assert_eq!(lp.len(), self.weights.len(), "SftLoss: one weight per packed row");
-        let loss = -self
-            .weights
-            .iter()
-            .zip(lp)
-            .filter(|(w, _)| **w != 0.0)
-            .map(|(w, l)| *w as f64 * *l as f64)
-            .sum::<f64>();
-        LossGrad { loss, dlp: self.weights.iter().map(|w| -w).collect(), dent: None }
+impl<B: Backend> TokenLoss<B> for SftLoss {
+    fn rows(&self) -> &[usize] {
+        &self.rows
+    }
+    /// The gradient is the constant `-weights` (uploaded); the loss value needs the
+    /// log-probs, so they come to the host (4 bytes a token; there is no dot product among
+    /// the backend's ops, and the sum is kept in f64 as the reference does).
+    fn eval(&mut self, be: &B, lp: &B::Buf, _ent: &B::Buf) -> LossGrad<B> {
+        let n = self.weights.len();
+        assert!(be.len(lp) >= n, "SftLoss: one weight per packed row");
+        let lp = be.download(lp);
+        let loss = -self.rows.iter().map(|&r| self.weights[r] as f64 * lp[r] as f64).sum::<f64>();
+        let neg: Vec<f32> = self.weights.iter().map(|w| -w).collect();
+        LossGrad { loss, dlp: be.upload(&neg), dent: None }
     }
 }

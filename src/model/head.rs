@@ -1,0 +1,64 @@
+//! The output head of a training step, forward and backward, through the chunked log-prob
+//! path of `backend::chunked_logprob`: per-row log-probs and entropies stay in backend
+//! buffers, d(loss)/d(log-prob) arrives in a backend buffer, and no `[tokens x vocab]` buffer
+//! exists beyond one chunk of rows (allocated for the call, so it is not held through the
+//! rest of the forward or backward).
+
+use super::forward::Acts;
+use super::Qwen2;
+use crate::backend::chunked_logprob::{
+    chunked_logprobs, chunked_logprobs_backward_rows, HeadShape, RowGrads,
+};
+use crate::backend::Backend;
+
+impl<B: Backend> Qwen2<B> {
+    /// The head's shapes for `rows` rows, `chunk` rows per chunk (`logit_chunk_rows()` unless a
+    /// caller bounds memory further).
+    pub fn head_shape(&self, rows: usize, chunk: usize, inv_temp: f32) -> HeadShape {
+        HeadShape {
+            rows,
+            dim: self.cfg.hidden_size,
+            vocab: self.cfg.vocab_size,
+            chunk: chunk.max(1),
+            inv_temp,
+        }
+    }
+
+    /// Per packed row of `acts`: the log-prob of `targets[row]` under
+    /// `softmax(logits * inv_temp)` and that distribution's entropy, in backend buffers of
+    /// `max(t, 1)` values (rows without a target hold junk).
+    pub fn token_logprobs_buf(
+        &self,
+        be: &B,
+        acts: &Acts<B>,
+        targets: &[u32],
+        inv_temp: f32,
+        chunk: usize,
+    ) -> (B::Buf, B::Buf) {
+        let t = acts.t;
+        let (mut lp, mut ent) = (be.zeros(t.max(1)), be.zeros(t.max(1)));
+        let s = self.head_shape(t, chunk, inv_temp);
+        let head = &self.params[self.layout.head()];
+        chunked_logprobs(be, &mut lp, &mut ent, &acts.xn_f, head, targets, s);
+        (lp, ent)
+    }
+
+    /// Head backward: overwrites `dxn` (`[t, hidden]`, d loss / d final-norm output; 0 on rows
+    /// outside `g.rows`) and accumulates the lm_head gradient into `dhead`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn head_backward_buf(
+        &self,
+        be: &B,
+        acts: &Acts<B>,
+        targets: &[u32],
+        g: RowGrads<'_, B>,
+        inv_temp: f32,
+        chunk: usize,
+        dxn: &mut B::Buf,
+        dhead: &mut B::Buf,
+    ) {
+        let s = self.head_shape(acts.t, chunk, inv_temp);
+        let head = &self.params[self.layout.head()];
+        chunked_logprobs_backward_rows(be, dxn, dhead, &acts.xn_f, head, targets, g, s);
+    }
+}
