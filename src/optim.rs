@@ -93,7 +93,7 @@ impl<B: Backend> AdamW<B> {
     /// are and the report says `skipped` (verl's `dp_actor` does the same). Gradients are
     /// not modified (clipping is folded into the update as `grad_scale`).
     pub fn step(&mut self, be: &B, params: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> StepReport {
-        let _r = crate::profile::range(c"optimizer");
+        let _r = crate::nvtx_ranges::range(c"optimizer");
         assert_eq!(params.len(), grads.len(), "AdamW::step: params and grads differ in count");
         assert_eq!(params.len(), self.m.len(), "AdamW::step: optimizer state is for another model");
         let norm = grad_norm(be, grads);

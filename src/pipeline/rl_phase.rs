@@ -466,7 +466,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         if !(v.enabled && run.state.step.is_multiple_of(v.t_update as u64)) {
             return Ok(0.0);
         }
-        let _r = crate::profile::range(c"scoring");
+        let _r = crate::nvtx_ranges::range(c"scoring");
         let t0 = Instant::now();
         let before = item_bins(&run.state.table);
         for p in std::mem::take(&mut run.state.pending) {

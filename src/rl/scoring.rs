@@ -158,7 +158,7 @@ fn score_groups_on<B: RlOps>(
         items.push(correct.len());
     }
     let batch = RolloutBatch { tokens: &tokens, rollouts: &offs, items: &items, correct: &correct };
-    let _r = crate::profile::range(c"scoring");
+    let _r = crate::nvtx_ranges::range(c"scoring");
     let s = be.rl_vas_scores(&batch, vps.alpha, vps.beta, vps.tds_metric);
     Ok(ids.iter().zip(s).map(|(id, s)| ScoreRecord::new(id.to_string(), s)).collect())
 }

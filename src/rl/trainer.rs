@@ -121,10 +121,10 @@ pub fn collect<B: RlOps>(
 ) -> Result<(Experience, GroupStats)> {
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
     let rollouts = {
-        let _r = crate::profile::range(c"rollout");
+        let _r = crate::nvtx_ranges::range(c"rollout");
         generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?
     };
-    let reward_range = crate::profile::range(c"reward");
+    let reward_range = crate::nvtx_ranges::range(c"reward");
     let mut verdicts = Vec::with_capacity(rollouts.len());
     let mut rewards = Vec::with_capacity(rollouts.len());
     for r in &rollouts {

@@ -77,7 +77,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     dtype: SaveDtype,
     tokenizer: Option<&Path>,
 ) -> Result<PathBuf> {
-    let _r = crate::profile::range(c"checkpoint");
+    let _r = crate::nvtx_ranges::range(c"checkpoint");
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let name = format!("checkpoint-{step}");
     let final_dir = out.join(&name);

@@ -89,7 +89,7 @@ pub fn forward_logprobs<B: Backend>(
     inv_temp: f32,
     ws: &mut Workspace<B>,
 ) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
-    let _r = crate::profile::range(c"forward");
+    let _r = crate::nvtx_ranges::range(c"forward");
     model.forward(be, batch, &mut ws.acts)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
@@ -114,18 +114,18 @@ pub fn micro_step<B: Backend>(
         ws.scratch = Some(model.alloc_grad_scratch(be, batch.tokens()));
     }
     let inv_temp = loss.inv_temp();
-    let forward = crate::profile::range(c"forward");
+    let forward = crate::nvtx_ranges::range(c"forward");
     model.forward(be, batch, &mut ws.acts)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
     let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
     drop(forward);
     let g = {
-        let _r = crate::profile::range(c"loss");
+        let _r = crate::nvtx_ranges::range(c"loss");
         loss.eval(be, &lp, &ent)
     };
     drop((lp, ent));
-    let _r = crate::profile::range(c"backward");
+    let _r = crate::nvtx_ranges::range(c"backward");
     let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
     let chunk = ws.logit_chunk;
     model.backward_with_buf(
