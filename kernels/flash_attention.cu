@@ -4,16 +4,21 @@
 // f32; Q, K, V, P, dO and dS enter the tensor cores rounded to bf16. The per-query kernels of
 // attention.cu stay beside these as the exact f32 baseline.
 //
-// Storage is `real` (f32 today): tiles are converted to bf16 as they are loaded into shared
-// memory. With bf16 storage the loads become cp.async copies (cp_async_16).
+// Storage is `real` (f32 today): tiles are converted to bf16 on their way into shared memory.
 //
-// Block: 4 warps; a warp owns 16 rows (queries in the forward and dQ kernels, keys in the
-// dK/dV kernel) of a 64-row tile and walks the other side in tiles of 64.
+// Block: FA_WARPS = 8 warps; a warp owns 16 rows (queries in the forward and dQ kernels, keys
+// in the dK/dV kernel), so a block owns FA_OWN = 128 rows, whose bf16 A fragments it reads
+// straight from global memory into registers once. It walks the other side in tiles of
+// FA_ROWS = 64 rows that all 8 warps share (one K/V read per 128 queries), pipelined:
+//   f32 global --cp.async--> f32 stage (shared) --convert--> bf16 tile (shared, 2 buffers)
+// While the warps compute on tile i from one bf16 buffer, tile i+1 is in flight into the stage;
+// each thread then converts the pieces it copied itself into the other buffer, and one barrier
+// per tile publishes it. Shared memory is dynamic (fa_smem below, mirrored in flash.rs).
 //
 // Work lists (host-built, see src/backend/cuda/flash.rs):
-//   q tiles  (4 ints): first query row, rows in the tile (<= 64), span's first kv row,
+//   q tiles  (4 ints): first query row, rows in the tile (<= 128), span's first kv row,
 //                      position in its sequence of the tile's first query
-//   kv tiles (8 ints): first kv row, keys in the tile (<= 64), index in the sequence of the
+//   kv tiles (8 ints): first kv row, keys in the tile (<= 128), index in the sequence of the
 //                      tile's first key, span's first query row, span's q_len, position of the
 //                      span's first query, 0, 0
 #ifndef SHARED
@@ -23,39 +28,115 @@
 #include "mma.cuh"
 
 #define FA_ROWS 64
-#define FA_THREADS 128
+#define FA_WARPS 8
+#define FA_THREADS (32 * FA_WARPS)
+#define FA_OWN (16 * FA_WARPS)
 #define FA_LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ int fa_imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int fa_imax(int a, int b) { return a > b ? a : b; }
 
-// Rows [0, 64) of head `h` of a [rows, heads, D] tensor from row `row0` into a bf16 tile;
-// rows >= nvalid become zeros (never read out of the span).
+// Tile loads. A piece is 4 consecutive f32 of a row (16 bytes). Consecutive threads take
+// consecutive pieces of a row (thread tid: row tid / (D/4), columns 4 * (tid % (D/4)) .. +3,
+// then the rows R = FA_THREADS / (D/4) further down), so a warp's copy covers 512 contiguous
+// bytes (one or more whole rows of the head), every sector fully used. (The first version read
+// 8 scalar floats per thread at a 32-byte stride: 8x the L1 wavefronts per useful byte, and
+// the kernel was bound by L1 at 83%.) Each piece becomes 4 bf16 stored as one 8-byte word at
+// its place in the padded row: a half-warp's stores are 128 contiguous bytes (or two rows'
+// worth 16 bytes apart in bank terms), so they meet no bank conflict, and rows stay D/8 + 1
+// units of 16 bytes apart, which keeps the ldmatrix reads conflict-free (8 rows of 16 bytes
+// land on 8 different 4-bank groups). The f32 stage is unpadded: its 16-byte writes and reads
+// by consecutive threads are consecutive.
+static_assert(sizeof(real) == 4, "the flash tile loads read f32 storage in 16-byte pieces");
+struct __align__(16) fa_f4 {
+    float x, y, z, w;
+};
+struct __align__(8) fa_u2 {
+    unsigned x, y;
+};
+struct __align__(8) fa_f2 {
+    float x, y;
+};
+
 template <int D>
-__device__ __forceinline__ void fa_load(bf16x8 (*s)[D / 8 + 1], const real* src, long long row0, int nvalid,
-                                        int heads, int h) {
-    for (int c = threadIdx.x; c < FA_ROWS * (D / 8); c += FA_THREADS) {
-        const int r = c / (D / 8), cc = c % (D / 8);
-        bf16x8 v;
-        if (r < nvalid) {
-            const real* p = src + ((row0 + r) * heads + h) * D + cc * 8;
-#pragma unroll
-            for (int e = 0; e < 8; e++) v.h[e] = bf16_bits(p[e]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < 8; e++) v.h[e] = 0;
-        }
-        s[r][cc] = v;
+using fa_tile_ptr = bf16x8 (*)[D / 8 + 1];
+
+// One piece into the bf16 tile (round to nearest even, as everywhere else).
+template <int D>
+__device__ __forceinline__ void fa_put(fa_tile_ptr<D> s, int row, int c4, fa_f4 v) {
+    const fa_u2 u = {pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w)};
+    *reinterpret_cast<fa_u2*>(reinterpret_cast<char*>(&s[row][c4 >> 1]) + 8 * (c4 & 1)) = u;
+}
+
+// ---- the pipeline of the walked side --------------------------------------------------------
+
+// Dynamic shared memory of a kernel, in bytes: 4 bf16 tiles (two buffers of a tile pair) and
+// the f32 stage of a tile pair; the dK/dV kernel adds FA_DKV_EXTRA after them. flash.rs
+// (`walk_smem`) computes the same sum.
+template <int D>
+struct fa_smem {
+    static constexpr int tile = FA_ROWS * (D / 8 + 1) * 16;
+    static constexpr int stage = FA_ROWS * D * 4;
+    static constexpr int walk = 4 * tile + 2 * stage;
+};
+
+// This thread's pieces of a 64-row tile (see "Tile loads"). The loops stay rolled: cp.async
+// needs no registers to wait in, and unrolled, the compiler kept every piece's addresses live
+// across the whole kernel (207 -> 246 registers in the forward at D = 128).
+template <int D>
+struct fa_walk {
+    static constexpr int R = FA_THREADS / (D / 4);
+    static_assert(R * (D / 4) == FA_THREADS && FA_ROWS % R == 0, "tile pieces must split evenly over threads");
+};
+
+// Starts copying this thread's pieces of rows [0, 64) of head `h` of a [rows, heads, D] tensor
+// from row `row0` into an f32 stage [64][D]; rows >= nvalid are written as zeros at once.
+// Complete after cp_async_wait_all.
+template <int D>
+__device__ __forceinline__ void fa_issue(float* stage, const real* src, long long row0, int nvalid, int heads,
+                                         int h) {
+    constexpr int R = fa_walk<D>::R;
+    const int r0 = threadIdx.x / (D / 4), col = 4 * (threadIdx.x % (D / 4));
+    const real* p = src + ((row0 + r0) * heads + h) * D + col;
+    float* dst = stage + r0 * D + col;
+#pragma unroll 1
+    for (int row = r0; row < FA_ROWS; row += R, p += (long long)R * heads * D, dst += R * D) {
+        if (row < nvalid)
+            cp_async_16(dst, p);
+        else
+            *reinterpret_cast<fa_f4*>(dst) = fa_f4{0.0f, 0.0f, 0.0f, 0.0f};
     }
 }
 
-// A fragments (16 rows x D) of the warp's rows of tile s, one per 16-column chunk.
+// After cp_async_wait_all: converts this thread's own pieces of the stage into a bf16 tile.
+// Only the thread that copied a piece reads it, so no barrier is needed between the two.
 template <int D>
-__device__ __forceinline__ void fa_frag_a(unsigned f[D / 16][4], bf16x8 (*s)[D / 8 + 1], int row0) {
-    const int lane = threadIdx.x & 31;
+__device__ __forceinline__ void fa_land(fa_tile_ptr<D> s, const float* stage) {
+    constexpr int R = fa_walk<D>::R;
+    const int r0 = threadIdx.x / (D / 4), c4 = threadIdx.x % (D / 4);
+#pragma unroll 1
+    for (int row = r0; row < FA_ROWS; row += R)
+        fa_put<D>(s, row, c4, *reinterpret_cast<const fa_f4*>(stage + row * D + 4 * c4));
+}
+
+// The 16 x D A fragments of rows [row0, row0 + 16) of head `h`, read from global memory in
+// 8-byte pairs (a quad of lanes reads one 32-byte sector); rows >= nvalid are zeros.
+template <int D>
+__device__ __forceinline__ void fa_frag_a_global(unsigned f[D / 16][4], const real* src, long long row0, int nvalid,
+                                                 int heads, int h) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int kc = 0; kc < D / 16; kc++)
-        ldmatrix_x4(f[kc], &s[row0 + (lane & 7) + 8 * ((lane >> 3) & 1)][2 * kc + (lane >> 4)]);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int row = g + 8 * (r & 1), col = kc * 16 + 2 * t + 8 * (r >> 1);
+            if (row < nvalid) {
+                const fa_f2 p = *reinterpret_cast<const fa_f2*>(src + ((row0 + row) * heads + h) * D + col);
+                f[kc][r] = pack_bf16x2(p.x, p.y);
+            } else {
+                f[kc][r] = 0u;
+            }
+        }
 }
 
 // acc[8][4] (16 x 64) = A (16 x D, fragments) . T^T where T is a 64 x D tile: rows of T are
@@ -119,8 +200,13 @@ __device__ __forceinline__ float fa_quad_sum(float v) {
 template <int D>
 __device__ void flash_fwd(real* out, float* lse, const real* q, const real* k, const real* v, const int* items,
                           int n_heads, int n_kv, float scale) {
-    SHARED(bf16x8, sK, [FA_ROWS][D / 8 + 1]);
-    SHARED(bf16x8, sV, [FA_ROWS][D / 8 + 1]);
+    DYN_SMEM(unsigned char, smem);
+    using S = fa_smem<D>;
+    // Buffer b: K at tile 2b, V at tile 2b + 1 (computed, not indexed: no local memory).
+    auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * S::tile); };
+    auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * S::tile); };
+    float* const stk = reinterpret_cast<float*>(smem + 4 * S::tile);
+    float* const stv = stk + FA_ROWS * D;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
     const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
@@ -129,10 +215,16 @@ __device__ void flash_fwd(real* out, float* lse, const real* q, const real* k, c
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
 
-    fa_load<D>(sK, q, qrow0, nrows, n_heads, h); // Q passes through sK into registers
-    __syncthreads();
+    // The first K/V tile is in flight while Q goes to registers.
+    fa_issue<D>(stk, k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fa_issue<D>(stv, v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    cp_async_commit();
     unsigned qf[D / 16][4];
-    fa_frag_a<D>(qf, sK, warp * 16);
+    fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+    cp_async_wait_all();
+    fa_land<D>(tk(0), stk);
+    fa_land<D>(tv(0), stv);
+    __syncthreads();
 
     const float sl2 = scale * FA_LOG2E;
     float o[D / 8][4];
@@ -141,46 +233,55 @@ __device__ void flash_fwd(real* out, float* lse, const real* q, const real* k, c
 #pragma unroll
         for (int i = 0; i < 4; i++) o[nt][i] = 0.0f;
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
-    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS) {
-        const int nk = fa_imin(FA_ROWS, nkeys - j0);
-        __syncthreads(); // the previous tile (or Q) has been read
-        fa_load<D>(sK, k, kv0 + j0, nk, n_kv, kvh);
-        fa_load<D>(sV, v, kv0 + j0, nk, n_kv, kvh);
-        __syncthreads();
-        if (!active || j0 > wlast) continue; // warp-uniform: nothing of this tile is visible
-        float s[8][4];
-        fa_mm_abt<D>(s, qf, sK);
-        float mx[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
-                if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
-                mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
-            }
-        float corr[2], mb[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const float mnew = fmaxf(m[r], fa_quad_max(mx[r]));
-            mb[r] = mnew == neg_inf() ? 0.0f : mnew * sl2; // a row with nothing visible yet
-            corr[r] = exp2f(m[r] * sl2 - mb[r]);           // 0 on a row's first visible tile
-            m[r] = mnew;
-            l[r] *= corr[r];
+    int buf = 0;
+    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS, buf ^= 1) {
+        const bool more = j0 + FA_ROWS < nkeys;
+        if (more) { // tile j0 + 64 in flight during this tile's arithmetic
+            fa_issue<D>(stk, k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fa_issue<D>(stv, v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            cp_async_commit();
         }
+        if (active && j0 <= wlast) { // warp-uniform: something of this tile is visible
+            float s[8][4];
+            fa_mm_abt<D>(s, qf, tk(buf));
+            float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float p = exp2f(s[nt][i] * sl2 - mb[i >> 1]);
-                s[nt][i] = p;
-                l[i >> 1] += p; // this lane's partial row sum; the quad is summed at the end
+                for (int i = 0; i < 4; i++) {
+                    const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
+                    if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
+                    mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
+                }
+            float corr[2], mb[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const float mnew = fmaxf(m[r], fa_quad_max(mx[r]));
+                mb[r] = mnew == neg_inf() ? 0.0f : mnew * sl2; // a row with nothing visible yet
+                corr[r] = exp2f(m[r] * sl2 - mb[r]);           // 0 on a row's first visible tile
+                m[r] = mnew;
+                l[r] *= corr[r];
             }
 #pragma unroll
-        for (int nt = 0; nt < D / 8; nt++)
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) o[nt][i] *= corr[i >> 1];
-        fa_mm_pt<D>(o, s, sV);
+                for (int i = 0; i < 4; i++) {
+                    const float p = exp2f(s[nt][i] * sl2 - mb[i >> 1]);
+                    s[nt][i] = p;
+                    l[i >> 1] += p; // this lane's partial row sum; the quad is summed at the end
+                }
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) o[nt][i] *= corr[i >> 1];
+            fa_mm_pt<D>(o, s, tv(buf));
+        }
+        if (more) { // the other buffer was last read before the previous barrier
+            cp_async_wait_all();
+            fa_land<D>(tk(buf ^ 1), stk);
+            fa_land<D>(tv(buf ^ 1), stv);
+        }
+        __syncthreads(); // the next tile is complete, and this one is no longer read
     }
     if (!active) return;
 #pragma unroll
@@ -204,8 +305,13 @@ template <int D>
 __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const real* k, const real* v,
                              const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
                              float scale) {
-    SHARED(bf16x8, sK, [FA_ROWS][D / 8 + 1]);
-    SHARED(bf16x8, sV, [FA_ROWS][D / 8 + 1]);
+    DYN_SMEM(unsigned char, smem);
+    using S = fa_smem<D>;
+    // Buffer b: K at tile 2b, V at tile 2b + 1 (computed, not indexed: no local memory).
+    auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * S::tile); };
+    auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * S::tile); };
+    float* const stk = reinterpret_cast<float*>(smem + 4 * S::tile);
+    float* const stv = stk + FA_ROWS * D;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
     const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
@@ -214,12 +320,12 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
 
-    fa_load<D>(sK, q, qrow0, nrows, n_heads, h);
-    fa_load<D>(sV, dout, qrow0, nrows, n_heads, h);
-    __syncthreads();
+    fa_issue<D>(stk, k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fa_issue<D>(stv, v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    cp_async_commit();
     unsigned qf[D / 16][4], df[D / 16][4];
-    fa_frag_a<D>(qf, sK, warp * 16);
-    fa_frag_a<D>(df, sV, warp * 16);
+    fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+    fa_frag_a_global<D>(df, dout, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
     float L2[2], Dd[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -228,31 +334,45 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
         L2[r] = row < nrows ? lse[(qrow0 + row) * n_heads + h] * FA_LOG2E : __int_as_float(0x7f800000);
         Dd[r] = row < nrows ? dsum[(qrow0 + row) * n_heads + h] : 0.0f;
     }
+    cp_async_wait_all();
+    fa_land<D>(tk(0), stk);
+    fa_land<D>(tv(0), stv);
+    __syncthreads();
+
     const float sl2 = scale * FA_LOG2E;
     float acc[D / 8][4];
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
-    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS) {
-        const int nk = fa_imin(FA_ROWS, nkeys - j0);
-        __syncthreads();
-        fa_load<D>(sK, k, kv0 + j0, nk, n_kv, kvh);
-        fa_load<D>(sV, v, kv0 + j0, nk, n_kv, kvh);
-        __syncthreads();
-        if (!active || j0 > wlast) continue;
-        float s[8][4], dp[8][4];
-        fa_mm_abt<D>(s, qf, sK);
-        fa_mm_abt<D>(dp, df, sV);
+    int buf = 0;
+    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS, buf ^= 1) {
+        const bool more = j0 + FA_ROWS < nkeys;
+        if (more) {
+            fa_issue<D>(stk, k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fa_issue<D>(stv, v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            cp_async_commit();
+        }
+        if (active && j0 <= wlast) {
+            float s[8][4], dp[8][4];
+            fa_mm_abt<D>(s, qf, tk(buf));
+            fa_mm_abt<D>(dp, df, tv(buf));
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
-                const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
-                s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
-            }
-        fa_mm_pt<D>(acc, s, sK);
+                for (int i = 0; i < 4; i++) {
+                    const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
+                    const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
+                    s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
+                }
+            fa_mm_pt<D>(acc, s, tk(buf));
+        }
+        if (more) {
+            cp_async_wait_all();
+            fa_land<D>(tk(buf ^ 1), stk);
+            fa_land<D>(tv(buf ^ 1), stv);
+        }
+        __syncthreads();
     }
     if (!active) return;
 #pragma unroll
@@ -264,68 +384,115 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
         }
 }
 
-// ---- backward: dK, dV (one block per kv tile and kv head, walks the queries of every head
-// of its group in a fixed order: deterministic, no atomics) -------------------------------
+// ---- backward: dK, dV (one block per kv tile, kv head and slice of the group's heads; walks
+// the queries of each head of its slice in a fixed order: deterministic, no atomics) -------
+// Unsplit (heads_per_block = group, part_stride = 0) a block writes dK, dV. Split, slice z
+// writes its partial sums at dk + z * part_stride (same for dv) and flash_dkv_sum adds the
+// slices in order: with GQA and few sequences the kv tiles alone are too few blocks to fill
+// the GPU (4 x 1024 tokens, 2 kv heads: 64 blocks of 8 warps for 132 SMs).
+
+// Bytes of dynamic shared memory after the walk buffers: lse and D of two query tiles.
+#define FA_DKV_EXTRA (4 * FA_ROWS * 4)
 
 template <int D>
 __device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* q, const real* k, const real* v,
                               const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-                              float scale) {
-    SHARED(bf16x8, sQ, [FA_ROWS][D / 8 + 1]);
-    SHARED(bf16x8, sO, [FA_ROWS][D / 8 + 1]); // dO
-    SHARED(float, sL, [FA_ROWS]);
-    SHARED(float, sD, [FA_ROWS]);
+                              float scale, long long part_stride, int heads_per_block) {
+    DYN_SMEM(unsigned char, smem);
+    using S = fa_smem<D>;
+    // Buffer b: Q at tile 2b, dO at tile 2b + 1.
+    auto tq = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * S::tile); };
+    auto to = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * S::tile); };
+    float* const stq = reinterpret_cast<float*>(smem + 4 * S::tile);
+    float* const sto = stq + FA_ROWS * D;
+    float* const sL = reinterpret_cast<float*>(smem + S::walk); // [2][64], log2 units
+    float* const sD = sL + 2 * FA_ROWS;                         // [2][64]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int kvh = blockIdx.y, group = n_heads / n_kv;
+    const int g_lo = blockIdx.z * heads_per_block, g_hi = fa_imin(group, g_lo + heads_per_block);
+    dk += blockIdx.z * part_stride;
+    dv += blockIdx.z * part_stride;
     const int* it = items + 8 * blockIdx.x;
     const long long kvrow0 = it[0], q_start = it[3];
     const int nk = it[1], j0 = it[2], q_len = it[4], qpos0 = it[5];
     const bool active = warp * 16 < nk;
     const int wfirst = j0 + warp * 16; // first key of the warp
+    const int i_first = fa_imax(0, j0 - qpos0); // first query that sees key j0 (< q_len)
 
-    fa_load<D>(sQ, k, kvrow0, nk, n_kv, kvh);
-    fa_load<D>(sO, v, kvrow0, nk, n_kv, kvh);
-    __syncthreads();
+    // Query tiles in order (head gi of the group, g_lo <= gi < g_hi, first query i0). lse and D of a tile go
+    // straight into their buffer by 4-byte cp.async (threads 0..63, one row each); the thread
+    // that copied an lse turns it into log2 units when it lands.
+    auto issue = [&](int gi, int i0, int b) {
+        const int h = kvh * group + gi, nq = fa_imin(FA_ROWS, q_len - i0);
+        fa_issue<D>(stq, q, q_start + i0, nq, n_heads, h);
+        fa_issue<D>(sto, dout, q_start + i0, nq, n_heads, h);
+        if (tid < FA_ROWS) {
+            if (tid < nq) {
+                const long long qi = (q_start + i0 + tid) * n_heads + h;
+                cp_async_4(sL + b * FA_ROWS + tid, lse + qi);
+                cp_async_4(sD + b * FA_ROWS + tid, dsum + qi);
+            } else {
+                sL[b * FA_ROWS + tid] = __int_as_float(0x7f800000); // P = 0 past the span
+                sD[b * FA_ROWS + tid] = 0.0f;
+            }
+        }
+        cp_async_commit();
+    };
+    auto land = [&](int b) {
+        cp_async_wait_all();
+        fa_land<D>(tq(b), stq);
+        fa_land<D>(to(b), sto);
+        if (tid < FA_ROWS) sL[b * FA_ROWS + tid] *= FA_LOG2E; // +inf stays +inf
+    };
+
+    issue(g_lo, i_first, 0);
     unsigned kf[D / 16][4], vf[D / 16][4];
-    fa_frag_a<D>(kf, sQ, warp * 16);
-    fa_frag_a<D>(vf, sO, warp * 16);
+    fa_frag_a_global<D>(kf, k, kvrow0 + warp * 16, nk - warp * 16, n_kv, kvh);
+    fa_frag_a_global<D>(vf, v, kvrow0 + warp * 16, nk - warp * 16, n_kv, kvh);
+    land(0);
+    __syncthreads();
+
     const float sl2 = scale * FA_LOG2E;
     float gk[D / 8][4], gv[D / 8][4];
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) gk[nt][i] = gv[nt][i] = 0.0f;
-    const int i_first = fa_imax(0, j0 - qpos0); // first query that sees key j0
-    for (int gi = 0; gi < group; gi++) {
-        const int h = kvh * group + gi;
-        for (int i0 = i_first; i0 < q_len; i0 += FA_ROWS) {
-            const int nq = fa_imin(FA_ROWS, q_len - i0);
-            __syncthreads();
-            fa_load<D>(sQ, q, q_start + i0, nq, n_heads, h);
-            fa_load<D>(sO, dout, q_start + i0, nq, n_heads, h);
-            for (int r = tid; r < FA_ROWS; r += FA_THREADS) {
-                const long long qi = (q_start + i0 + r) * n_heads + h;
-                sL[r] = r < nq ? lse[qi] * FA_LOG2E : __int_as_float(0x7f800000);
-                sD[r] = r < nq ? dsum[qi] : 0.0f;
-            }
-            __syncthreads();
-            if (!active || wfirst > qpos0 + i0 + nq - 1) continue; // no query here sees the warp's keys
+    int gi = g_lo, i0 = i_first, buf = 0;
+    for (;;) {
+        int ngi = gi, ni0 = i0 + FA_ROWS;
+        if (ni0 >= q_len) {
+            ngi++;
+            ni0 = i_first;
+        }
+        const bool more = ngi < g_hi;
+        if (more) issue(ngi, ni0, buf ^ 1);
+        const int nq = fa_imin(FA_ROWS, q_len - i0);
+        if (active && wfirst <= qpos0 + i0 + nq - 1) { // some query here sees the warp's keys
+            const float* L = sL + buf * FA_ROWS;
+            const float* Dv = sD + buf * FA_ROWS;
             float s[8][4], dp[8][4];
-            fa_mm_abt<D>(s, kf, sQ);  // S^T: keys x queries
-            fa_mm_abt<D>(dp, vf, sO); // dP^T
+            fa_mm_abt<D>(s, kf, tq(buf));  // S^T: keys x queries
+            fa_mm_abt<D>(dp, vf, to(buf)); // dP^T
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                     const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
                     const bool vis = c < nq && row < nk && j0 + row <= qpos0 + i0 + c;
-                    const float p = vis ? exp2f(s[nt][i] * sl2 - sL[c]) : 0.0f;
+                    const float p = vis ? exp2f(s[nt][i] * sl2 - L[c]) : 0.0f;
                     s[nt][i] = p;
-                    dp[nt][i] = p * (dp[nt][i] - sD[c]) * scale; // dS^T
+                    dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
                 }
-            fa_mm_pt<D>(gv, s, sO);  // dV += P^T dO
-            fa_mm_pt<D>(gk, dp, sQ); // dK += dS^T Q
+            fa_mm_pt<D>(gv, s, to(buf));  // dV += P^T dO
+            fa_mm_pt<D>(gk, dp, tq(buf)); // dK += dS^T Q
         }
+        if (more) land(buf ^ 1);
+        __syncthreads();
+        if (!more) break;
+        gi = ngi;
+        i0 = ni0;
+        buf ^= 1;
     }
     if (!active) return;
 #pragma unroll
@@ -344,64 +511,84 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* 
 // ---- entry points, one per head dim -------------------------------------------------------
 
 // Spelled out, not macro-generated: build.rs finds the entry points by their declaration text.
-extern "C" __global__ void flash_fwd_d16(real* out, float* lse, const real* q, const real* k, const real* v,
-                                      const int* items, int n_heads, int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d16(real* out, float* lse, const real* q, const real* k,
+    const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<16>(out, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dq_d16(real* dq, const real* dout, const real* q, const real* k, const real* v,
-                                         const float* lse, const float* dsum, const int* items, int n_heads,
-                                         int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d16(real* dq, const real* dout, const real* q,
+    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+    float scale) {
     flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dkv_d16(real* dk, real* dv, const real* dout, const real* q, const real* k,
-                                          const real* v, const float* lse, const float* dsum, const int* items,
-                                          int n_heads, int n_kv, float scale) {
-    flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d16(real* dk, real* dv, const real* dout, const real* q,
+    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+    float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
 }
 
-extern "C" __global__ void flash_fwd_d32(real* out, float* lse, const real* q, const real* k, const real* v,
-                                      const int* items, int n_heads, int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d32(real* out, float* lse, const real* q, const real* k,
+    const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<32>(out, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dq_d32(real* dq, const real* dout, const real* q, const real* k, const real* v,
-                                         const float* lse, const float* dsum, const int* items, int n_heads,
-                                         int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d32(real* dq, const real* dout, const real* q,
+    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+    float scale) {
     flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dkv_d32(real* dk, real* dv, const real* dout, const real* q, const real* k,
-                                          const real* v, const float* lse, const float* dsum, const int* items,
-                                          int n_heads, int n_kv, float scale) {
-    flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d32(real* dk, real* dv, const real* dout, const real* q,
+    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+    float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
 }
 
-extern "C" __global__ void flash_fwd_d64(real* out, float* lse, const real* q, const real* k, const real* v,
-                                      const int* items, int n_heads, int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d64(real* out, float* lse, const real* q, const real* k,
+    const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<64>(out, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dq_d64(real* dq, const real* dout, const real* q, const real* k, const real* v,
-                                         const float* lse, const float* dsum, const int* items, int n_heads,
-                                         int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d64(real* dq, const real* dout, const real* q,
+    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+    float scale) {
     flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dkv_d64(real* dk, real* dv, const real* dout, const real* q, const real* k,
-                                          const real* v, const float* lse, const float* dsum, const int* items,
-                                          int n_heads, int n_kv, float scale) {
-    flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d64(real* dk, real* dv, const real* dout, const real* q,
+    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+    float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
 }
 
-extern "C" __global__ void flash_fwd_d128(real* out, float* lse, const real* q, const real* k, const real* v,
-                                      const int* items, int n_heads, int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d128(real* out, float* lse, const real* q, const real* k,
+    const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<128>(out, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dq_d128(real* dq, const real* dout, const real* q, const real* k, const real* v,
-                                         const float* lse, const float* dsum, const int* items, int n_heads,
-                                         int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d128(real* dq, const real* dout, const real* q,
+    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+    float scale) {
     flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void flash_bwd_dkv_d128(real* dk, real* dv, const real* dout, const real* q, const real* k,
-                                          const real* v, const float* lse, const float* dsum, const int* items,
-                                          int n_heads, int n_kv, float scale) {
-    flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d128(real* dk, real* dv, const real* dout,
+    const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads,
+    int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
+}
+
+// dK, dV of a split backward: the slices' partials summed in slice order (deterministic), on
+// the rows of the kv tiles only (rows in no span keep what they held).
+extern "C" __global__ void __launch_bounds__(256) flash_dkv_sum(real* dk, real* dv, const float* pk, const float* pv,
+                                                                const int* items, int n_kv, int d,
+                                                                long long part_stride, int parts) {
+    const int* it = items + 8 * blockIdx.x;
+    const long long row0 = it[0];
+    const int nk = it[1], kvh = blockIdx.y;
+    for (int c = threadIdx.x; c < nk * d; c += blockDim.x) {
+        const long long o = ((row0 + c / d) * n_kv + kvh) * d + c % d;
+        float a = 0.0f, b = 0.0f;
+        for (int z = 0; z < parts; z++) {
+            a += pk[z * part_stride + o];
+            b += pv[z * part_stride + o];
+        }
+        dk[o] = a;
+        dv[o] = b;
+    }
 }
 
 // ---- decode: one query per sequence against its KV cache, split over the keys -------------
@@ -418,6 +605,8 @@ extern "C" __global__ void flash_bwd_dkv_d128(real* dk, real* dv, const real* do
 #define DEC_MAXG 8
 #define DEC_MAXD 256
 #define DEC_WARPS 4
+#define DEC_KB 8 // 16-byte K pieces per lane loaded as one batch
+#define DEC_VB 4 // keys whose V rows a lane loads as one batch
 
 struct __align__(16) dec_f4 {
     float x, y, z, w;
@@ -453,15 +642,23 @@ extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, con
 #pragma unroll
         for (int g = 0; g < DEC_MAXG; g++) s[g] = 0.0f;
         if (valid) {
+            // DEC_KB pieces in flight per lane: loaded as a batch with nothing between them
+            // (one load, then a chain of branches per piece left one load in flight per warp
+            // and the kernel at 22% of HBM).
             const dec_f4* kr = reinterpret_cast<const dec_f4*>(k + ((kv0 + key) * n_kv + kvh) * d);
-            for (int c4 = 0; c4 < d / 4; c4++) {
-                const dec_f4 kk = kr[c4];
+            for (int c0 = 0; c0 < d / 4; c0 += DEC_KB) {
+                dec_f4 kk[DEC_KB];
 #pragma unroll
-                for (int g = 0; g < DEC_MAXG; g++)
-                    if (g < group) {
-                        const float* qg = qs + g * d + 4 * c4;
-                        s[g] += qg[0] * kk.x + qg[1] * kk.y + qg[2] * kk.z + qg[3] * kk.w;
-                    }
+                for (int u = 0; u < DEC_KB; u++)
+                    kk[u] = c0 + u < d / 4 ? kr[c0 + u] : dec_f4{0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int u = 0; u < DEC_KB; u++)
+#pragma unroll
+                    for (int g = 0; g < DEC_MAXG; g++)
+                        if (g < group && c0 + u < d / 4) {
+                            const float* qg = qs + g * d + 4 * (c0 + u);
+                            s[g] += qg[0] * kk[u].x + qg[1] * kk[u].y + qg[2] * kk[u].z + qg[3] * kk[u].w;
+                        }
             }
         }
 #pragma unroll
@@ -479,18 +676,25 @@ extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, con
         __syncwarp();
         // Values: lanes split the head dim, keys in order.
         const int nt = fa_imin(32, nkeys - t0);
-        for (int jj = 0; jj < nt; jj++) {
-            const real* vr = v + ((kv0 + t0 + jj) * n_kv + kvh) * d;
+        // DEC_VB keys' values in flight per lane, loaded before any is used (see above).
+        for (int j0 = 0; j0 < nt; j0 += DEC_VB) {
+            float vv[DEC_VB][DEC_MAXD / 32];
 #pragma unroll
-            for (int e = 0; e < DEC_MAXD / 32; e++) {
-                const int c = lane + 32 * e;
-                if (c < d) {
-                    const float vv = vr[c];
+            for (int u = 0; u < DEC_VB; u++) {
+                const real* vr = v + ((kv0 + t0 + j0 + u) * n_kv + kvh) * d;
 #pragma unroll
-                    for (int g = 0; g < DEC_MAXG; g++)
-                        if (g < group) o[g][e] += sP[warp][g][jj] * vv;
+                for (int e = 0; e < DEC_MAXD / 32; e++) {
+                    const int c = lane + 32 * e;
+                    vv[u][e] = j0 + u < nt && c < d ? vr[c] : 0.0f;
                 }
             }
+#pragma unroll
+            for (int u = 0; u < DEC_VB; u++)
+#pragma unroll
+                for (int e = 0; e < DEC_MAXD / 32; e++)
+#pragma unroll
+                    for (int g = 0; g < DEC_MAXG; g++)
+                        if (g < group && j0 + u < nt && lane + 32 * e < d) o[g][e] += sP[warp][g][j0 + u] * vv[u][e];
         }
         __syncwarp(); // sP is rewritten by the next keys
     }

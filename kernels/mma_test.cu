@@ -85,14 +85,16 @@ extern "C" __global__ void mma_test_bf16(float* C, const float* A, const float* 
 }
 
 // cp.async round trip: each thread copies 16 bytes global -> shared asynchronously (two commit
-// groups: wait_group 1 then wait_all), then shared -> out. n is a multiple of 4 floats.
+// groups: wait_group 1 then wait_all; the first as one 16-byte copy, the second as four
+// 4-byte copies), then shared -> out. n is a multiple of 4 floats.
 extern "C" __global__ void cp_async_test(float* out, const float* in, int n) {
     SHARED(bf16x8, stage, [2][128]); // 16-byte slots, one per thread and group
     const int t = threadIdx.x;
     const int c0 = 4 * t, c1 = 4 * (t + blockDim.x);
     if (c0 < n) cp_async_16(&stage[0][t], in + c0);
     cp_async_commit();
-    if (c1 < n) cp_async_16(&stage[1][t], in + c1);
+    if (c1 < n)
+        for (int e = 0; e < 4; e++) cp_async_4(reinterpret_cast<char*>(&stage[1][t]) + 4 * e, in + c1 + e);
     cp_async_commit();
     cp_async_wait<1>(); // the first group has landed
     if (c0 < n) memcpy(out + c0, &stage[0][t], 16);

@@ -125,7 +125,7 @@ fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
-/// cp.async (with commit groups and both waits) copies every byte.
+/// cp.async, 16-byte and 4-byte (with commit groups and both waits), copies every byte.
 fn cp_async_copies<D: Device>(b: &CudaBackend<D>) {
     let mut r = ChaCha8Rng::seed_from_u64(24);
     let n = 4 * 200; // 200 16-byte pieces over 128 threads: both groups, a partial second one

@@ -3,7 +3,7 @@
 //
 //   mma_bf16_16816   mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (D = A B + D)
 //   ldmatrix_x{1,2,4}[_trans]   ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
-//   cp_async_16, cp_async_commit, cp_async_wait_all   cp.async.cg (a plain 16-byte copy here)
+//   cp_async_16, cp_async_4, cp_async_commit, cp_async_wait[_all]   cp.async.cg / .ca (plain copies here)
 //
 // Fragment layouts follow the PTX ISA, section "Warp-level matrix fragment mma.m16n8k16"
 // (floating point types) and "ldmatrix": with lane = 4 * group + tig (tig = thread in group),
@@ -130,6 +130,7 @@ inline unsigned short bf16_bits(float f) { return __float2bfloat16(f).x; }
 // cp.async: the copy happens at once; commit and wait have nothing left to do. A kernel that
 // reads the destination before its wait is still correct here, a race the emulator cannot see.
 inline void cp_async_16(void* smem, const void* gmem) { memcpy(smem, gmem, 16); }
+inline void cp_async_4(void* smem, const void* gmem) { memcpy(smem, gmem, 4); }
 inline void cp_async_commit() {}
 inline void cp_async_wait_all() {}
 template <int N>

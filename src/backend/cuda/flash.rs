@@ -35,10 +35,22 @@ impl AttnKernel {
     }
 }
 
-/// Rows of a tile (queries or keys), = the kernels' FA_ROWS.
-const TILE: usize = 64;
-/// Threads per block, = FA_THREADS.
-const THREADS: u32 = 128;
+/// Rows a block owns (queries in the forward and dQ kernels, keys in dK/dV), = FA_OWN.
+const TILE: usize = 128;
+/// Threads per block (8 warps of 16 owned rows each), = FA_THREADS.
+const THREADS: u32 = 256;
+/// Rows of the tiles a block walks through shared memory, = FA_ROWS.
+const WALK: usize = 64;
+
+/// Dynamic shared memory of the fwd / dQ / dK-dV kernels (`fa_smem<D>::walk` in the kernel
+/// source, plus `FA_DKV_EXTRA` for dK/dV): two buffers of a bf16 tile pair, rows padded by 16
+/// bytes, and the f32 stage of the tile pair in flight. 132 KB at head dim 128: more than the
+/// 48 KB a launch gets without the opt-in, so every launch sets the kernel's limit first.
+fn walk_smem(head_dim: usize, dkv: bool) -> u32 {
+    let tile = WALK * (head_dim / 8 + 1) * 16;
+    let stage = WALK * head_dim * 4;
+    (4 * tile + 2 * stage + if dkv { 4 * WALK * 4 } else { 0 }) as u32
+}
 
 /// Whether the flash kernels exist for this head dim.
 pub fn flash_supports(head_dim: usize) -> bool {
@@ -201,11 +213,14 @@ impl<D: Device> CudaBackend<D> {
         }
         let d_items = self.upload_i32(&items);
         let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
+        let (name, smem) =
+            (format!("flash_fwd_d{}", shape.head_dim), walk_smem(shape.head_dim, false));
+        self.dev.set_max_dynamic_shared(&name, smem);
         self.dev.launch(
-            &format!("flash_fwd_d{}", shape.head_dim),
+            &name,
             [(items.len() / 4) as u32, shape.n_heads as u32, 1],
             [THREADS, 1, 1],
-            0,
+            smem,
             &[
                 Arg::Ptr(&out.mem),
                 Arg::Ptr(&lse.mem),
@@ -241,11 +256,13 @@ impl<D: Device> CudaBackend<D> {
         let qt = q_tiles(spans);
         if !qt.is_empty() {
             let d_qt = self.upload_i32(&qt);
+            let (name, smem) = (format!("flash_bwd_dq_d{d}"), walk_smem(d, false));
+            self.dev.set_max_dynamic_shared(&name, smem);
             self.dev.launch(
-                &format!("flash_bwd_dq_d{d}"),
+                &name,
                 [(qt.len() / 4) as u32, h as u32, 1],
                 [THREADS, 1, 1],
-                0,
+                smem,
                 &[
                     Arg::Ptr(&dq.mem),
                     Arg::Ptr(&dout.mem),
@@ -264,14 +281,26 @@ impl<D: Device> CudaBackend<D> {
         let kt = kv_tiles(spans);
         if !kt.is_empty() {
             let d_kt = self.upload_i32(&kt);
+            let tiles = kt.len() / 8;
+            let parts = dkv_parts(tiles * hkv, h / hkv);
+            let (name, smem) = (format!("flash_bwd_dkv_d{d}"), walk_smem(d, true));
+            self.dev.set_max_dynamic_shared(&name, smem);
+            // Split: slice z of the group's heads writes partials z; flash_dkv_sum adds them.
+            let stride = if parts > 1 { dk.len } else { 0 };
+            let partials = (parts > 1)
+                .then(|| [self.dev.alloc(parts * stride * 4), self.dev.alloc(parts * stride * 4)]);
+            let (out_k, out_v) = match &partials {
+                Some([pk, pv]) => (pk, pv),
+                None => (&dk.mem, &dv.mem),
+            };
             self.dev.launch(
-                &format!("flash_bwd_dkv_d{d}"),
-                [(kt.len() / 8) as u32, hkv as u32, 1],
+                &name,
+                [tiles as u32, hkv as u32, parts as u32],
                 [THREADS, 1, 1],
-                0,
+                smem,
                 &[
-                    Arg::Ptr(&dk.mem),
-                    Arg::Ptr(&dv.mem),
+                    Arg::Ptr(out_k),
+                    Arg::Ptr(out_v),
                     Arg::Ptr(&dout.mem),
                     Arg::Ptr(&q.mem),
                     Arg::Ptr(&k.mem),
@@ -282,9 +311,46 @@ impl<D: Device> CudaBackend<D> {
                     Arg::I32(h as i32),
                     Arg::I32(hkv as i32),
                     Arg::F32(scale),
+                    Arg::I64(stride as i64),
+                    Arg::I32((h / hkv / parts) as i32),
                 ],
             );
+            if let Some([pk, pv]) = &partials {
+                self.dev.launch(
+                    "flash_dkv_sum",
+                    [tiles as u32, hkv as u32, 1],
+                    [THREADS, 1, 1],
+                    0,
+                    &[
+                        Arg::Ptr(&dk.mem),
+                        Arg::Ptr(&dv.mem),
+                        Arg::Ptr(pk),
+                        Arg::Ptr(pv),
+                        Arg::Ptr(&d_kt),
+                        Arg::I32(hkv as i32),
+                        Arg::I32(d as i32),
+                        Arg::I64(stride as i64),
+                        Arg::I32(parts as i32),
+                    ],
+                );
+            }
         }
+    }
+}
+
+/// Blocks below which the dK/dV kernel splits each kv head's group over blocks: a few hundred
+/// blocks of 8 warps (one per SM at head dim 128) keep a 132-SM GPU busy through the causal
+/// tail; fewer leave SMs idle (4 x 1024 tokens with 2 kv heads: 64 blocks).
+const DKV_SPLIT_BELOW: usize = 512;
+
+/// Slices of the group's heads for the dK/dV kernel: one per head (then summed by
+/// `flash_dkv_sum`) when the kv tiles alone give too few blocks, else 1 (no partials).
+/// The split costs `group` partial copies of dK and dV written and read once.
+fn dkv_parts(blocks: usize, group: usize) -> usize {
+    if blocks < DKV_SPLIT_BELOW {
+        group
+    } else {
+        1
     }
 }
 
@@ -299,14 +365,14 @@ mod tests {
             AttnSpan { q_start: 130, q_len: 1, kv_start: 200, kv_len: 65 },
         ];
         let q = q_tiles(&spans);
-        assert_eq!(q, vec![128, 2, 0, 128, 64, 64, 0, 64, 130, 1, 200, 64, 0, 64, 0, 0]);
+        assert_eq!(q, vec![128, 2, 0, 128, 0, 128, 0, 0, 130, 1, 200, 64]);
         let kv = kv_tiles(&spans);
-        assert_eq!(kv.len(), 8 * 5);
-        assert_eq!(&kv[..8], &[0, 64, 0, 0, 130, 0, 0, 0]);
-        assert_eq!(&kv[8..16], &[64, 64, 64, 0, 130, 0, 0, 0]);
-        assert_eq!(&kv[16..24], &[128, 2, 128, 0, 130, 0, 0, 0]);
-        assert_eq!(&kv[24..32], &[200, 64, 0, 130, 1, 64, 0, 0]);
-        assert_eq!(&kv[32..40], &[264, 1, 64, 130, 1, 64, 0, 0]);
+        assert_eq!(kv.len(), 8 * 3);
+        assert_eq!(&kv[..8], &[0, 128, 0, 0, 130, 0, 0, 0]);
+        assert_eq!(&kv[8..16], &[128, 2, 128, 0, 130, 0, 0, 0]);
+        assert_eq!(&kv[16..24], &[200, 65, 0, 130, 1, 64, 0, 0]);
+        assert_eq!(walk_smem(128, false), 4 * 64 * 17 * 16 + 2 * 64 * 128 * 4);
+        assert_eq!((dkv_parts(64, 6), dkv_parts(64, 1), dkv_parts(1024, 6)), (6, 1, 1));
         let (split, comb) = decode_items(&spans[1..]);
         assert_eq!(split, vec![130, 200, 65, 0]);
         assert_eq!(comb, vec![130, 0, 1, 0]);
