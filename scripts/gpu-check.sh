@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: the kernel equivalence suites on the real GPU (kernels_vs_cpu, tensor_core,
-# flash_attention, rl_kernels, vision_ops), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
+# flash_attention, rl_kernels, vision_ops, philox, sample_kernel), the kernel benches (f32 kernels, bf16 cuBLAS GEMM at 4096^3 and the model's
 # shapes, flash attention forward/backward/decode), PyTorch doing the same GEMMs and causal
 # attention (scaled_dot_product_attention, bf16) in the same run, and a table (kernel, max
 # error, time, rate, fraction of roofline, PyTorch time, speed vs PyTorch) written to
@@ -31,7 +31,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel"
 
 # Executable of a cargo target, from cargo's JSON messages.
 exe_of() {
@@ -122,6 +122,9 @@ for tool in ${SANITIZERS-memcheck racecheck synccheck initcheck}; do
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$slog" | tail -3 || true
     printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$verdict" "${errors:--}" "$rc" "$slog" >> "$log/sanitizers.tsv"
 done
+
+echo "== sampling kernel at vocab 151,936 (tests/sample_kernel.rs real_vocab::speed)"
+"${exe[sample_kernel]}" real_vocab::speed --include-ignored --nocapture 2>&1 | grep -E "^SAMPLE|panicked" | tee "$log/sample-speed.log" || true
 
 echo "== kernel benches"
 set +e

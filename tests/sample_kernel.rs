@@ -221,3 +221,72 @@ backend_suite!(
     greedy_takes_the_first_maximum_and_sampling_varies_with_the_draw,
     unsampleable_rows_are_flagged
 );
+
+/// At the real Qwen2.5 vocabulary (151,936) on the GPU: ids and log-probs against the CPU for
+/// a few rows and every kind of rule (`real_vocab::gpu::*`, run by scripts/gpu-check.sh with
+/// the other `gpu::` tests and under compute-sanitizer).
+#[cfg(feature = "cuda")]
+mod real_vocab {
+    pub const VOCAB: usize = 151_936;
+    pub fn rules() -> [(&'static str, super::SampleRule); 4] {
+        use super::SampleRule;
+        [
+            ("greedy", SampleRule { temperature: 0.0, top_k: 0, top_p: 1.0 }),
+            ("T0.6", SampleRule { temperature: 0.6, top_k: 0, top_p: 1.0 }),
+            ("T1 top_p0.9", SampleRule { temperature: 1.0, top_k: 0, top_p: 0.9 }),
+            ("T0.7 top_k50", SampleRule { temperature: 0.7, top_k: 50, top_p: 1.0 }),
+        ]
+    }
+    pub fn gpu() -> super::CudaBackend<mmr1_fast::backend::cuda::driver::CudaDevice> {
+        match super::CudaBackend::new(0) {
+            Ok(b) => b,
+            Err(e) => panic!("GPU test asked for, but there is no GPU: {e}"),
+        }
+    }
+    mod gpu {
+        use super::super::*;
+        use super::{gpu, rules, VOCAB};
+        #[test]
+        #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+        fn matches_cpu() {
+            let b = gpu();
+            let rows = 6;
+            let x = logits(rows, VOCAB, 31);
+            let d = draws(rows, 3);
+            for (name, rule) in &rules() {
+                let want = Cpu.rl_sample(&x, VOCAB, &d, rule);
+                assert_same(&b, &device_sample(&b, &x, VOCAB, &d, rule), &want, name);
+            }
+        }
+    }
+    /// The time of one call per rule at 64 and 512 rows, printed as `SAMPLE` lines (nothing
+    /// is asserted about time). Not under `gpu::`, so compute-sanitizer does not run it.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn speed() {
+        use super::*;
+        let b = gpu();
+        for rows in [64usize, 512] {
+            let mut r = rng(rows as u64);
+            let x: Vec<f32> = rand_vec(&mut r, rows * VOCAB, 4.0);
+            let lg = b.upload(&x);
+            let d = draws(rows, 5);
+            let (mut tok, mut lp) = (b.zeros(rows), b.zeros(rows));
+            for (name, rule) in &rules() {
+                b.sample_tokens_into(&lg, VOCAB, &d, rule, &mut tok, &mut lp); // warm-up
+                b.device().synchronize();
+                let reps = 5;
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps {
+                    b.sample_tokens_into(&lg, VOCAB, &d, rule, &mut tok, &mut lp);
+                }
+                b.device().synchronize();
+                let us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                let gbs = (rows * VOCAB * 4) as f64 / (us * 1e-6) / 1e9;
+                println!(
+                    "SAMPLE {name} rows {rows} vocab {VOCAB}: {us:.0} us per call ({gbs:.0} GB/s of logits read once)"
+                );
+            }
+        }
+    }
+}
