@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
-# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops); training steps at real
+# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops, philox, sample_kernel);
+# training steps at real
 # Qwen2.5 shapes (examples/device_step.rs) side by side with PyTorch + transformers doing the same
 # work in the same run (benches/train_step_gpu_torch.py: SDPA, bf16 autocast, fused AdamW):
 # step time, tokens/s, MFU, peak memory, the log-prob pass, the largest shape that trains; the
@@ -33,7 +34,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel"
 bins="$suites kernels rl_bench device_step mmr1-fast"
 budget=${GPU_CHECK_BUDGET:-0}
 t0=$SECONDS
@@ -166,6 +167,11 @@ elif want steps; then
     step ours 150 --precision bf16 --shape qwen2.5-1.5b $tok --steps 4
     STEP_ENV=MMR1_CACHING_ALLOCATOR=0 MMR1_CACHING_ALLOCATOR=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV=MMR1_BF16_SHADOWS=0 MMR1_BF16_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+fi
+
+if want suites; then
+    echo "== sampling kernel at vocab 151,936 (tests/sample_kernel.rs real_vocab::speed)"
+    timeout "$(cap 60)" "${exe[sample_kernel]}" real_vocab::speed --include-ignored --nocapture 2>&1 | grep -E "^SAMPLE|panicked" | tee "$log/sample-speed.log" || true
 fi
 
 echo "== kernel benches"

@@ -7,7 +7,10 @@ mod common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
-use mmr1_fast::rl::rollout::{generate, mix_seed, sample_token, SamplingParams, StopReason};
+use mmr1_fast::rl::rollout::{
+    draw_token, generate, mix_seed, sample_token, SamplingParams, StopReason,
+};
+use mmr1_fast::rl::sampling::{kept_ids, SampleRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -281,26 +284,94 @@ fn masked_tokens_are_never_drawn_even_at_u_zero() {
 
 #[test]
 fn draws_near_one_reach_the_least_likely_token_and_top_p_one_drops_nothing() {
-    // A token of probability ~1e-11 among 9: with top_p = 1 nothing is truncated, so the very
-    // top of the u range must still reach it. Without truncation the draw is the inverse CDF
-    // over token ids (no sort, so u = 0 gives id 0 and u near 1 the last id); with top-k it is
-    // over descending probability, so u near 1 gives the least likely kept token.
+    // A token of probability ~1e-11 among 9: when nothing is truncated (top_p = 1, top_k 0 or
+    // >= vocab), the very top of the u range must still reach it. The draw is the inverse CDF
+    // in lane-major order, which for 9 tokens is id order: u = 0 gives the first id, u near 1
+    // the last, so the rare token is planted first or last.
     for seed in 0..64u64 {
         let mut logits = random_logits(9, 100 + seed);
-        let rare = (seed % 8) as usize;
+        let rare = if seed % 2 == 0 { 8 } else { 0 };
         logits[rare] = -25.0;
-        let full = SamplingParams { temperature: 1.0, ..Default::default() };
-        assert_eq!(sample_token(&logits, &full, 0.0).0, 0, "seed {seed}: u = 0, no truncation");
-        assert_eq!(sample_token(&logits, &full, U_MAX).0, 8, "seed {seed}: u -> 1, no truncation");
-        let all_k = SamplingParams { temperature: 1.0, top_k: 9, ..Default::default() };
-        let most = (0..9).max_by(|&a, &b| logits[a].partial_cmp(&logits[b]).unwrap()).unwrap();
-        assert_eq!(sample_token(&logits, &all_k, 0.0).0 as usize, most, "seed {seed}: u = 0");
-        assert_eq!(
-            sample_token(&logits, &all_k, U_MAX).0 as usize,
-            rare,
-            "seed {seed}: top_k = vocab, top_p = 1 dropped the least likely token"
-        );
+        for top_k in [0, 9, 1000] {
+            let p = SamplingParams { temperature: 1.0, top_k, ..Default::default() };
+            let (u, other, other_id) = if rare == 8 { (U_MAX, 0.0, 0) } else { (0.0, U_MAX, 8) };
+            assert_eq!(
+                sample_token(&logits, &p, u).0 as usize,
+                rare,
+                "seed {seed}, top_k {top_k}: the least likely token was dropped"
+            );
+            assert_eq!(sample_token(&logits, &p, other).0, other_id, "seed {seed}: u = {other}");
+        }
     }
+}
+
+/// The kept set written the obvious way: sort by descending logit (ties by index), cut at
+/// top-k, then at the first prefix whose untruncated mass (summed in rank order) reaches top_p;
+/// the mass of a token from its log-prob rounded to f32, as the sampler before Philox did.
+fn kept_by_sorting(logits: &[f32], t: f64, top_k: usize, top_p: f64) -> Vec<usize> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
+    let lse = m + logits.iter().map(|&x| (x as f64 / t - m).exp()).sum::<f64>().ln();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap().then(a.cmp(&b)));
+    if top_k > 0 {
+        idx.truncate(top_k);
+    }
+    if top_p >= 1.0 {
+        return idx; // as the old sampler: no nucleus pass at top_p = 1
+    }
+    let mut acc = 0.0;
+    for j in 0..idx.len() {
+        acc += ((logits[idx[j]] as f64 / t - lse) as f32 as f64).exp();
+        if acc >= top_p {
+            idx.truncate(j + 1);
+            break;
+        }
+    }
+    idx
+}
+
+#[test]
+fn the_kept_set_is_the_sorted_prefix_with_ties_broken_by_index() {
+    // Random rows of odd sizes, many with exact ties (values drawn from a few levels, -0 and
+    // +0 among them): the lane-sum threshold rule keeps exactly what sorting keeps.
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut cases = 0;
+    for n in [1usize, 2, 5, 13, 255, 256, 257, 700] {
+        for trial in 0..12 {
+            let levels = if trial % 2 == 0 { 4 } else { 1000 };
+            let logits: Vec<f32> = (0..n)
+                .map(|_| match rng.gen_range(0..levels) {
+                    0 => 0.0,
+                    1 => -0.0,
+                    l => (l as f32 - levels as f32 / 2.0) * 0.37,
+                })
+                .collect();
+            for (t, top_k, top_p) in [(1.0, 0, 0.5), (0.7, 7, 1.0), (1.3, 20, 0.9), (1.0, 0, 0.999)]
+            {
+                let rule = SampleRule { temperature: t, top_k, top_p };
+                let want = kept_by_sorting(&logits, t as f64, top_k, top_p as f64);
+                assert_eq!(kept_ids(&logits, &rule), want, "n {n}, trial {trial}, {rule:?}");
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 8 * 12 * 4);
+}
+
+#[test]
+fn rollout_draws_are_philox_of_seed_and_step() {
+    // Step t of a response uses the Philox4x32-10 uniform of (its seed, 0, t): the token can
+    // be recomputed from the logits, the seed and the step alone.
+    let logits = random_logits(50, 77);
+    let p = SamplingParams { temperature: 0.9, top_p: 0.8, ..Default::default() };
+    for (seed, step) in [(0u64, 0usize), (5, 1), (u64::MAX, 4000)] {
+        let want = sample_token(&logits, &p, mmr1_fast::rl::philox::uniform(seed, 0, step as u32));
+        assert_eq!(draw_token(&logits, &p, seed, step).unwrap(), want);
+    }
+    let mut bad = logits.clone();
+    bad[3] = f32::NAN;
+    let e = draw_token(&bad, &p, 1, 7).unwrap_err().to_string();
+    assert!(e.contains("decode step 7") && e.contains("NaN"), "{e}");
 }
 
 #[test]

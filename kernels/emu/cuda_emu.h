@@ -664,6 +664,12 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+// High 32 (64) bits of the full unsigned product (Philox, kernels/philox.cuh).
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
 using ::expf; using ::logf; using ::sqrtf; using ::fmaxf; using ::fminf; using ::fabsf; using ::sincosf;
 using ::tanhf; using ::powf; using ::exp2f; using ::log2f; using ::log1pf; using ::erff;
 

@@ -1,6 +1,6 @@
 //! The RL step's batch ops behind one trait, so that a trainer written against [`RlOps`] runs
 //! them where its buffers live: on the device for the CUDA backend (kernels/grpo_loss.cu,
-//! advantage.cu, vas_score.cu, launched by `backend::cuda::rl`), and through the reference
+//! advantage.cu, vas_score.cu, sample.cu, launched by `backend::cuda::rl`), and through the reference
 //! functions of `rl/` for the CPU backend. Both take the same configuration types and return
 //! the same summaries, so swapping the backend changes nothing else.
 
@@ -8,6 +8,7 @@ use super::cpu::Cpu;
 use super::Backend;
 use crate::rl::advantage::{advantages_f64, broadcast_to_tokens, AdvantageConfig, GroupStats};
 use crate::rl::grpo::{policy_loss, LossConfig, LossInputs, LossMetrics, Normalizer};
+use crate::rl::sampling::{sample_rows, RowDraw, SampleRule};
 use crate::rl::vas::{score_item, RolloutScores, TdsMetric};
 
 /// Advantages as the loss reads them.
@@ -58,7 +59,7 @@ pub struct LossSummary {
     pub metrics: LossMetrics,
 }
 
-/// GRPO loss, group advantages and VAS scores on a backend's buffers.
+/// GRPO loss, group advantages, VAS scores and token sampling on a backend's buffers.
 pub trait RlOps: Backend {
     /// The policy loss of one call (see `rl::grpo::policy_loss`): writes d loss / d logp to
     /// `dlogp` and, with `x.entropy`, d loss / d entropy to `dentropy`.
@@ -91,6 +92,16 @@ pub trait RlOps: Backend {
         beta: f32,
         metric: TdsMetric,
     ) -> Vec<RolloutScores>;
+    /// One token per row of `logits` (`[draws.len() x vocab]`), by `rl::sampling::sample_row`
+    /// with the Philox uniform of the row's [`RowDraw`]: (token id, log-prob) per row. Only
+    /// these leave the backend's memory.
+    fn rl_sample(
+        &self,
+        logits: &Self::Buf,
+        vocab: usize,
+        draws: &[RowDraw],
+        rule: &SampleRule,
+    ) -> Vec<(u32, f32)>;
 }
 
 impl RlOps for Cpu {
@@ -153,5 +164,14 @@ impl RlOps for Cpu {
                 score_item(&r.correct[w[0]..w[1]], &toks, alpha, beta, metric)
             })
             .collect()
+    }
+    fn rl_sample(
+        &self,
+        logits: &Vec<f32>,
+        vocab: usize,
+        draws: &[RowDraw],
+        rule: &SampleRule,
+    ) -> Vec<(u32, f32)> {
+        sample_rows(logits, vocab, draws, rule)
     }
 }

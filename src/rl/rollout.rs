@@ -1,16 +1,17 @@
 //! Batched generation with the KV cache: G responses for each of B prompts (the RL rollout),
 //! and the plain `generate` command as the case B = G = 1.
 //!
-//! Every response has its own seeded RNG (`ChaCha8Rng`), so any rollout can be reproduced
-//! alone, whatever else was in its batch. Sampling happens on the host from each step's
-//! last-token logits; those are `[active sequences x vocab]`, small next to the model.
+//! Every response has its own seed, and step t of it draws the counter-based Philox4x32-10
+//! uniform of (seed, 0, t) (`rl::philox`), so any rollout can be reproduced alone, whatever
+//! else was in its batch, and the device sampler (`RlOps::rl_sample`) draws the same tokens
+//! from the same logits. Sampling happens on the host from each step's last-token logits;
+//! those are `[active sequences x vocab]`, small next to the model.
 
 use crate::backend::Backend;
 use crate::model::Qwen2;
+use crate::rl::sampling::{sample_row, RowDraw, SampleRule, INVALID_TOKEN};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -43,6 +44,10 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// What the sampler itself needs (temperature, top-k, top-p).
+    pub fn rule(&self) -> SampleRule {
+        SampleRule { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+    }
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             bail!("temperature must be >= 0 (got {})", self.temperature);
@@ -77,56 +82,29 @@ pub struct Rollout {
 }
 
 /// Samples one token id from `logits` with uniform draw `u` in [0, 1); returns it with its
-/// log-prob under `softmax(logits / T)`.
+/// log-prob under `softmax(logits / T)`. The rule (and the device kernel that follows it bit for
+/// bit) is `rl::sampling::sample_row`; a row with a NaN or +inf logit, or none finite, gives
+/// `(INVALID_TOKEN, NaN)`.
 pub fn sample_token(logits: &[f32], p: &SamplingParams, u: f64) -> (u32, f32) {
-    let t = if p.temperature > 0.0 { p.temperature as f64 } else { 1.0 };
-    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
-    let lse = mx + logits.iter().map(|&x| (x as f64 / t - mx).exp()).sum::<f64>().ln();
-    let lp = |i: usize| (logits[i] as f64 / t - lse) as f32;
-    if p.temperature == 0.0 {
-        // First maximal index, so ties break the same way everywhere.
-        let mut best = 0;
-        for (i, &x) in logits.iter().enumerate() {
-            if x > logits[best] {
-                best = i;
-            }
-        }
-        return (best as u32, lp(best));
+    sample_row(logits, &p.rule(), u)
+}
+
+/// The token of decode step `step` of the response with seed `seed`: [`sample_token`] with the
+/// Philox4x32-10 uniform of (seed, sequence 0, step), so a response is a function of its own
+/// seed and logits, and the device sampler draws the same token from the same logits. Bad
+/// logits are an error naming the step.
+pub fn draw_token(
+    logits: &[f32],
+    p: &SamplingParams,
+    seed: u64,
+    step: usize,
+) -> Result<(u32, f32)> {
+    let draw = RowDraw { seed, seq: 0, step: step as u32 };
+    let (tok, lp) = sample_token(logits, p, draw.uniform());
+    if tok == INVALID_TOKEN {
+        bail!("decode step {step} (response seed {seed}): the logits hold NaN or +inf, or no finite value");
     }
-    // Candidates by descending probability (index order breaks ties: deterministic).
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    let need_sort = p.top_p < 1.0 || p.top_k > 0;
-    if need_sort {
-        idx.sort_by(|&a, &b| {
-            logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
-        });
-        if p.top_k > 0 {
-            idx.truncate(p.top_k);
-        }
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = idx.len();
-            for (j, &i) in idx.iter().enumerate() {
-                acc += (lp(i) as f64).exp();
-                if acc >= p.top_p as f64 {
-                    keep = j + 1;
-                    break;
-                }
-            }
-            idx.truncate(keep);
-        }
-    }
-    let weights: Vec<f64> = idx.iter().map(|&i| (lp(i) as f64).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let mut target = u * total;
-    for (j, &w) in weights.iter().enumerate() {
-        if target < w {
-            return (idx[j] as u32, lp(idx[j]));
-        }
-        target -= w;
-    }
-    let last = *idx.last().expect("vocabulary is not empty");
-    (last as u32, lp(last))
+    Ok((tok, lp))
 }
 
 /// Generates `group` responses for every prompt. Response `g` of prompt `i` uses seed
@@ -178,8 +156,6 @@ pub fn generate<B: Backend>(
             stop: StopReason::MaxTokens,
         })
         .collect();
-    let mut rngs: Vec<ChaCha8Rng> =
-        outs.iter().map(|o| ChaCha8Rng::seed_from_u64(o.seed)).collect();
     let mut active: Vec<usize> = (0..n).collect();
     let mut feed: Vec<Vec<u32>> = (0..n).map(|s| prompts[s / group].clone()).collect();
     let vocab = model.cfg.vocab_size;
@@ -189,9 +165,9 @@ pub fn generate<B: Backend>(
         let logits = model.decode_step(be, &mut cache, &inputs)?;
         let mut still = Vec::with_capacity(active.len());
         for (j, &s) in active.iter().enumerate() {
-            let u: f64 = rngs[s].gen();
-            let (tok, lp) = sample_token(&logits[j * vocab..(j + 1) * vocab], params, u);
             let o = &mut outs[s];
+            let row = &logits[j * vocab..(j + 1) * vocab];
+            let (tok, lp) = draw_token(row, params, o.seed, o.tokens.len())?;
             o.tokens.push(tok);
             o.logprobs.push(lp);
             on_token(s);

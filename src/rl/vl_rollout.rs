@@ -1,11 +1,11 @@
 //! One response from a Qwen2.5-VL model for a prompt holding images: the prompt (image
 //! placeholders already expanded) is the KV cache's prefill with the vision features in place
 //! of the placeholders (`VlModel::decode_step`), then one token per step, sampled as
-//! `rollout::generate` samples (same seed mixing, so a prompt without images gives the same
+//! `rollout::generate` samples (same seed mixing and Philox draws, so a prompt without images gives the same
 //! tokens as the text path).
 
 use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
-use super::rollout::{mix_seed, sample_token, Rollout, SamplingParams, StopReason};
+use super::rollout::{draw_token, mix_seed, Rollout, SamplingParams, StopReason};
 use crate::backend::Backend;
 use crate::data::prompt::render_prompt_with_images;
 use crate::data::rl_items::RlItem;
@@ -14,8 +14,6 @@ use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::{expand_image_placeholders, VlImages};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 
 /// Generates one response to `prompt` (expanded placeholders; `grids` its images in order,
@@ -54,15 +52,13 @@ pub fn generate_vl<B: Backend>(
         logprobs: vec![],
         stop: StopReason::MaxTokens,
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(out.seed);
     let vocab = model.cfg.text.vocab_size;
     let mut step = VlStep { slot: 0, tokens: prompt, grids };
     let mut last;
     let mut pix = pixels;
     loop {
         let logits = model.decode_step(be, &mut cache, &[step], &mut deltas, pix)?;
-        let u: f64 = rng.gen();
-        let (tok, lp) = sample_token(&logits[..vocab], params, u);
+        let (tok, lp) = draw_token(&logits[..vocab], params, out.seed, out.tokens.len())?;
         out.tokens.push(tok);
         out.logprobs.push(lp);
         if params.stop_ids.contains(&tok) {

@@ -1,5 +1,5 @@
 //! The RL hot path as device kernels: the fused GRPO-family loss (`grpo_loss`), group
-//! advantages (`advantage`) and batched VAS scores (`vas_score`). Each is a method of
+//! advantages (`advantage`), batched VAS scores (`vas_score`) and token sampling (`sample`). Each is a method of
 //! [`CudaBackend`](super::CudaBackend), so it runs on the GPU and on the emulator, and each
 //! is held to its CPU reference in `src/rl/` by `tests/rl_kernels.rs`.
 //!
@@ -10,6 +10,7 @@
 
 pub mod advantage;
 pub mod grpo_loss;
+pub mod sample;
 pub mod vas_score;
 
 use super::device::Device;
@@ -17,6 +18,7 @@ use super::{CudaBackend, DevBuf};
 use crate::backend::rl_ops::{LossBufs, LossSummary, RlOps, RolloutBatch};
 use crate::rl::advantage::{AdvantageConfig, GroupStats};
 use crate::rl::grpo::{LossConfig, Normalizer};
+use crate::rl::sampling::{RowDraw, SampleRule};
 use crate::rl::vas::{RolloutScores, TdsMetric};
 
 impl<D: Device> RlOps for CudaBackend<D> {
@@ -62,6 +64,15 @@ impl<D: Device> RlOps for CudaBackend<D> {
             correct: &correct,
         };
         self.vas_scores(&d, alpha, beta, metric)
+    }
+    fn rl_sample(
+        &self,
+        logits: &DevBuf<D::Mem>,
+        vocab: usize,
+        draws: &[RowDraw],
+        rule: &SampleRule,
+    ) -> Vec<(u32, f32)> {
+        self.sample_tokens(logits, vocab, draws, rule)
     }
 }
 
