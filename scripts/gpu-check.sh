@@ -271,13 +271,15 @@ print("\n".join(out))
 PY
 set -e
 
-echo "== the built-in demo on the GPU (mmr1-fast train --device cuda, --precision auto = bf16)"
+echo "== the built-in demo on the GPU (mmr1-fast train --device cuda; DEMO_PRECISIONS, default auto = bf16)"
 set +e
-if want demo && enough 60 "demo on the GPU"; then
-    env -u MMR1_SYNC_LAUNCHES timeout "$(cap 120)" "${exe[mmr1-fast]}" train --device cuda --out "$log/demo" --overwrite > "$log/demo.log" 2>&1
-    echo "demo exit code $?" >> "$log/demo.log"
-    tail -12 "$log/demo.log"
-fi
+for prec in $(want demo && echo "${DEMO_PRECISIONS:-auto}"); do
+    enough 40 "demo on the GPU, --precision $prec" || continue
+    env -u MMR1_SYNC_LAUNCHES timeout "$(cap 120)" "${exe[mmr1-fast]}" train --device cuda --precision "$prec" \
+        --out "$log/demo-$prec" --overwrite > "$log/demo-$prec.log" 2>&1
+    echo "demo (--precision $prec) exit code $?" >> "$log/demo-$prec.log"
+    grep -E "^\| (before|after)|total time|exit code" "$log/demo-$prec.log"
+done
 set -e
 
 # compute-sanitizer over the same suite, one tool at a time. A verdict per tool goes to
