@@ -22,7 +22,7 @@
 # time left, later sections are skipped and say so, and the tables are always written.
 # GPU_CHECK_SECTIONS picks sections (suites steps benches torch rl demo sanitizers; default all),
 # STEPS=quick the short list of training steps, BENCH_FILTER a part of the kernel benches,
-# SANITIZER_SUITES the suites under compute-sanitizer.
+# SUITES the equivalence suites to run, SANITIZER_SUITES those under compute-sanitizer.
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them). STEP_SEQS x STEP_LEN
 # (default 4 x 1024 tokens) sizes the 0.5B steps. GPU_CHECK_LOG (default target/gpu-check) holds
 # the logs; GPU_CHECK_OUT, when set, receives the tables and a tarball of the logs.
@@ -103,7 +103,7 @@ echo "== equivalence suites on the GPU"
 : > "$log/tests.log"
 trc=0
 set +e
-for t in $(want suites && echo "$suites"); do
+for t in $(want suites && echo "${SUITES:-$suites}"); do
     if [ ! -x "${exe[$t]}" ]; then
         echo "MISSING: ${exe[$t]}" | tee -a "$log/tests.log"; trc=1
     elif enough 15 "suite $t"; then

@@ -283,10 +283,14 @@ impl<B: Backend> Qwen2<B> {
         be.add_assign(x_out, tmp);
     }
 
-    /// Rows of the logit matrix per chunk, so that a chunk holds at most ~16M floats
-    /// whatever the vocabulary: `[tokens x vocab]` is never materialized whole.
+    /// Rows of the logit matrix per chunk, so that a chunk holds at most 256M floats (1 GiB)
+    /// whatever the vocabulary: `[tokens x vocab]` is never materialized whole at long
+    /// batches. Not smaller: every chunk's lm_head weight gradient is a GEMM that reads and
+    /// writes the whole `[vocab x hidden]` gradient, so small chunks make the head memory-bound
+    /// (measured on an H100 at Qwen2.5-0.5B, 4,096 tokens: 16M-float chunks of 110 rows cost
+    /// 37 such GEMMs, 20.7 ms of a 120 ms step; docs/perf.md).
     pub fn logit_chunk_rows(&self) -> usize {
-        (16_777_216 / self.cfg.vocab_size).max(1)
+        (268_435_456 / self.cfg.vocab_size).max(1)
     }
 
     /// Logits `[rows.len(), vocab]` (host) of the given rows of `hidden` `[t, hidden_size]`.
