@@ -52,9 +52,9 @@ What it makes:
                           at the top level, rope_scaling {type: mrope, mrope_section}, torch_dtype).
 
 Rerun from the repository root (torch, transformers, pillow, torchvision, safetensors):
-  /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py
-  /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py --only grads,logits,vlgrads
-  /work/wt/.venv-torch/bin/python scripts/make_golden_vl.py --only tokenizer,generate
+  python scripts/make_golden_vl.py
+  python scripts/make_golden_vl.py --only grads,logits,vlgrads
+  python scripts/make_golden_vl.py --only tokenizer,generate
 (the second form loads the committed model and images and rewrites only those files).
 Written against transformers 5.24.0 / torch 2.15.0 / pillow 13.0.0 / torchvision 0.29.2.
 """

@@ -191,6 +191,7 @@ fn sft_command_trains_saves_and_resumes() {
         save_dtype: SaveDtype::Bf16,
         no_default_system: true,
         resume: None,
+        overwrite: false,
         max_steps: Some(2),
         device: "cpu".parse().unwrap(),
         precision: Default::default(),

@@ -63,6 +63,12 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
+    // Sampling flags by name, before a model is loaded (the sampler checks them again, unnamed).
+    let mut c = crate::ranges::Checks::new();
+    c.non_negative("--temperature", args.temperature as f64);
+    c.open_closed("--top-p", args.top_p as f64, 0.0, 1.0);
+    c.at_least("--max-new-tokens", args.max_new_tokens as u64, 1);
+    c.finish("generate arguments")?;
     if is_vl_checkpoint(&args.model)? {
         crate::with_backend!(args.device, precision = args.precision, be => run_vl(be, args))
     } else {

@@ -7,7 +7,7 @@ use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
 use crate::pipeline::metrics::{MetricsLog, Phase, Record};
-use crate::pipeline::run_dir::RunLock;
+use crate::pipeline::run_dir::{prepare_fresh_sft, RunLock};
 use crate::ranges::Checks;
 use crate::tokenizer::{Tokenizer, QWEN25_DEFAULT_SYSTEM};
 use crate::train::checkpoint::{latest_checkpoint, resume_checkpoint};
@@ -76,6 +76,10 @@ pub struct SftArgs {
     /// flag that differs from them is refused); data must be the same.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     pub resume: Option<String>,
+    /// Replace the run (checkpoints, `latest`, metrics.jsonl) already in --out. Without it, a
+    /// fresh run into a directory holding another run's checkpoints is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Stop after this many optimizer steps in this invocation (the run can be resumed).
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -139,6 +143,13 @@ pub fn run(args: &SftArgs) -> Result<()> {
 /// The SFT command on any backend (tests call this directly).
 pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     args.validate()?;
+    // One run per directory, locked before its checkpoints or metrics are read.
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let _lock = RunLock::acquire(&args.out)?;
+    if args.resume.is_none() {
+        prepare_fresh_sft(&args.out, args.overwrite)?;
+    }
     let resume_dir = match args.resume.as_deref() {
         None => None,
         Some("latest") => Some(resume_checkpoint(&args.out)?.with_context(|| {
@@ -199,9 +210,6 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         trainer.state.config.batch_size,
         trainer.state.schedule
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let _lock = RunLock::acquire(&args.out)?;
     // A resumed run's log is cut back to its checkpoint, so no step is logged twice; a fresh
     // run starts a new log.
     let keep = resume_dir.is_some().then_some((Phase::Sft, trainer.state.step));

@@ -92,6 +92,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg.output.dir = o.clone();
     }
     if let (Some(d), Some(saved)) = (&args.resume, &saved) {
+        // A resumed run continues where its checkpoints are; another place would be ignored.
+        if cfg.output.dir != saved.output.dir && cfg.output.dir != *d {
+            bail!(
+                "--out / output.dir {}: a resumed run continues in its own directory {}; to train into another directory, start a fresh run there",
+                cfg.output.dir.display(),
+                d.display()
+            );
+        }
         cfg.output.dir = d.clone();
         // The directory may have moved since the run started: where it is now is no change.
         let mut saved = saved.clone();

@@ -16,6 +16,7 @@ use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
 use crate::rl::graded::{encode_prompts, stop_ids};
 use crate::rl::trainer::GrpoSettings;
 use crate::tokenizer::Tokenizer;
+use crate::train::checkpoint::complete_checkpoints;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -72,6 +73,21 @@ fn prompts_of(
     Ok(prompts)
 }
 
+/// A resume may lengthen RL (`rl.steps`) but not cut it below the steps already taken: the run
+/// would stop with more steps done than its config.toml says.
+fn refuse_fewer_rl_steps(out: &Path, cfg: &TrainConfig) -> Result<()> {
+    if let Some((done, ck)) = complete_checkpoints(&out.join("rl")).pop() {
+        if done > cfg.rl.steps as u64 {
+            bail!(
+                "rl.steps = {} is below the {done} RL steps this run has already taken ({}); a resume can only extend RL (rl.steps >= {done}). To train fewer steps, start a fresh run (--overwrite, or another --out)",
+                cfg.rl.steps,
+                ck.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl RunInputs {
     /// Validates the config, locks the output directory (and, for a fresh run, checks it
     /// holds no other run), materializes the demo when no model is given, loads the data,
@@ -86,8 +102,9 @@ impl RunInputs {
             .with_context(|| format!("output directory {} is not writable", out.display()))?;
         let _ = std::fs::remove_file(out.join(".write-test"));
         let lock = RunLock::acquire(&out)?;
-        if let Start::Fresh { overwrite } = start {
-            prepare_fresh(&out, overwrite)?;
+        match start {
+            Start::Fresh { overwrite } => prepare_fresh(&out, overwrite)?,
+            Start::Resume => refuse_fewer_rl_steps(&out, &cfg)?,
         }
         if cfg.model.dir.as_os_str().is_empty() {
             if !cfg.data.rl.as_os_str().is_empty() || !cfg.data.sft.as_os_str().is_empty() {

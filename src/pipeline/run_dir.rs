@@ -69,10 +69,11 @@ impl RunLock {
 /// What a fresh run may find in its output directory and replace with `--overwrite`.
 const RUN_OUTPUTS: &[&str] = &["sft", "rl", "metrics.jsonl", "report.json", TIME_FILE];
 
-/// The checkpoint directories or `latest` pointers of another run in `out`, if any.
-fn checkpoints_in(out: &Path) -> Vec<PathBuf> {
+/// The checkpoint directories or `latest` pointers of another run under `out`'s `phases`
+/// (`""`: `out` itself), if any.
+fn checkpoints_in(out: &Path, phases: &[&str]) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for phase in ["sft", "rl"] {
+    for phase in phases {
         let Ok(rd) = std::fs::read_dir(out.join(phase)) else { continue };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -88,7 +89,7 @@ fn checkpoints_in(out: &Path) -> Vec<PathBuf> {
 /// A fresh run into `out`: refuses when another run's checkpoints are there, unless
 /// `overwrite`, which first removes that run's outputs (checkpoints, metrics, report).
 pub fn prepare_fresh(out: &Path, overwrite: bool) -> Result<()> {
-    let found = checkpoints_in(out);
+    let found = checkpoints_in(out, &["sft", "rl"]);
     if found.is_empty() && !overwrite {
         return Ok(());
     }
@@ -103,6 +104,38 @@ pub fn prepare_fresh(out: &Path, overwrite: bool) -> Result<()> {
     for name in RUN_OUTPUTS {
         let p = out.join(name);
         let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("--overwrite: cannot remove {}", p.display()))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A fresh `mmr1-fast sft` run into `out`, which keeps its checkpoints in `out` itself: refused
+/// when another run's checkpoints are there (the new run would truncate that run's
+/// metrics.jsonl and leave its later checkpoints beside the new ones, for a resume to pick up),
+/// unless `overwrite`, which first removes them and the metrics. The final model files
+/// (config.json, model.safetensors) are left alone: `out` may also be the input model, and a
+/// finished run replaces them.
+pub fn prepare_fresh_sft(out: &Path, overwrite: bool) -> Result<()> {
+    let found = checkpoints_in(out, &[""]);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        bail!(
+            "{} holds another run's checkpoints ({}); continue it with --resume, choose another --out, or pass --overwrite to replace it",
+            out.display(),
+            found[0].display()
+        );
+    }
+    for p in found.iter().chain([&out.join("metrics.jsonl")]) {
+        let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
         match r {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -1,8 +1,8 @@
 //! GRPO-family policy losses on packed responses, with their analytic gradients.
 //!
-//! Runs on the host for every backend (there is no CUDA loss kernel yet; a future one would be
-//! checked against this): flat slices, one entry per token, responses packed
-//! back to back (`offsets[r]..offsets[r + 1]` are the tokens of response `r`), a 0/1 loss mask
+//! The host reference of these losses (the CUDA kernel in kernels/grpo_loss.cu, reached through
+//! `backend::rl_ops::RlOps`, is held to this code by tests/rl_kernels.rs): flat slices, one
+//! entry per token, responses packed back to back (`offsets[r]..offsets[r + 1]` are the tokens of response `r`), a 0/1 loss mask
 //! per token (used as a multiplicative weight), per-token values and reductions in f64.
 //!
 //! Every surrogate of verl 0.9.1 and TRL 1.16.0 that users pick ([`PolicyLoss`]), every KL

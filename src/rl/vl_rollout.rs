@@ -81,7 +81,6 @@ pub fn generate_vl<B: Backend>(
 /// time (response `r` of item `i` uses seed `mix_seed(seed, i * per_item + r)`), then graded.
 /// `batch_items` is not used: images make every prefill different, so items decode alone.
 /// `model_dir` holds the checkpoint's preprocessor_config.json.
-#[allow(clippy::too_many_arguments)]
 pub fn sample_and_grade_vl<B: Backend>(
     model: &VlModel<B>,
     model_dir: &Path,

@@ -290,9 +290,6 @@ impl CudaDevice {
         })
         .map_err(|e| format!("cublasGemmEx (bf16): {e:?}"))
     }
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
     /// Runs `f` (which queues device work) between two timing events when profiling.
     fn timed<R>(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
         let Some(p) = &self.profile else { return f() };
