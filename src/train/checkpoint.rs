@@ -19,6 +19,7 @@
 
 use crate::backend::Backend;
 use crate::fs::{fault, rename, sync_dir, write_atomic};
+use crate::model::params::ParamSpec;
 use crate::model::safetensors_io::{
     load_params, to_f32, write_model_files_from, write_safetensors, SaveDtype,
 };
@@ -77,6 +78,55 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     dtype: SaveDtype,
     tokenizer: Option<&Path>,
 ) -> Result<PathBuf> {
+    // Every tensor is fetched from the backend when the writer reaches it and dropped after:
+    // saving holds at most one tensor beyond what training holds.
+    let param = |i: usize| finite_param(be, step, &model.layout.specs[i].name, &model.params[i]);
+    let write_model = |tmp: &Path| {
+        write_model_files_from(tmp, &model.cfg, &model.layout, param, dtype, tokenizer)
+    };
+    let trained: Vec<(&ParamSpec, &B::Buf)> =
+        model.layout.specs.iter().zip(&model.params).collect();
+    save_checkpoint_with(be, out, step, write_model, &trained, opt, trainer_state, dtype)
+}
+
+/// A parameter downloaded for saving, refused when not finite: a checkpoint is something to
+/// resume from, never keep weights that have blown up.
+pub fn finite_param<B: Backend>(
+    be: &B,
+    step: u64,
+    name: &str,
+    buf: &B::Buf,
+) -> Result<Cow<'static, [f32]>> {
+    let h = be.download(buf);
+    if h.iter().any(|x| !x.is_finite()) {
+        return Err(NonFiniteWeights { step, tensor: name.to_string() }.into());
+    }
+    Ok(Cow::Owned(h))
+}
+
+/// [`save_checkpoint`] for any model: `write_model(dir)` writes the Hugging Face files of the
+/// model into the checkpoint directory being assembled; `trained` are the parameters the
+/// optimizer holds state for, in the optimizer's order (frozen parameters are not among
+/// them), whose moments (and f32 master weights when `dtype` is not f32) go to the optimizer
+/// file under their names.
+#[allow(clippy::too_many_arguments)]
+pub fn save_checkpoint_with<B: Backend, S: Serialize>(
+    be: &B,
+    out: &Path,
+    step: u64,
+    write_model: impl FnOnce(&Path) -> Result<()>,
+    trained: &[(&ParamSpec, &B::Buf)],
+    opt: &AdamW<B>,
+    trainer_state: &S,
+    dtype: SaveDtype,
+) -> Result<PathBuf> {
+    if trained.len() != opt.m.len() {
+        bail!(
+            "save_checkpoint: {} trained parameters but optimizer state for {}",
+            trained.len(),
+            opt.m.len()
+        );
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let name = format!("checkpoint-{step}");
     let final_dir = out.join(&name);
@@ -88,19 +138,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     fault::point("create dir", &tmp)?;
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
-    // Every tensor is fetched from the backend when the writer reaches it and dropped after:
-    // saving holds at most one tensor beyond what training holds. A checkpoint is something
-    // to resume from: never keep weights that have blown up.
-    let param = |i: usize| {
-        let h = be.download(&model.params[i]);
-        if h.iter().any(|x| !x.is_finite()) {
-            let tensor = model.layout.specs[i].name.clone();
-            return Err(NonFiniteWeights { step, tensor }.into());
-        }
-        Ok(Cow::Owned(h))
-    };
-    if let Err(e) = write_model_files_from(&tmp, &model.cfg, &model.layout, param, dtype, tokenizer)
-    {
+    if let Err(e) = write_model(&tmp) {
         std::fs::remove_dir_all(&tmp).ok();
         return Err(e);
     }
@@ -113,7 +151,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     }
     let mut heads: Vec<(String, Vec<usize>)> = Vec::new();
     let mut srcs: Vec<(Src, usize)> = Vec::new();
-    for (i, s) in model.layout.specs.iter().enumerate() {
+    for (i, (s, _)) in trained.iter().enumerate() {
         heads.push((format!("exp_avg.{}", s.name), s.shape.clone()));
         srcs.push((Src::M, i));
         heads.push((format!("exp_avg_sq.{}", s.name), s.shape.clone()));
@@ -134,7 +172,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
         let buf = match src {
             Src::M => &opt.m[*i],
             Src::V => &opt.v[*i],
-            Src::Master => &model.params[*i],
+            Src::Master => trained[*i].1,
         };
         Ok(Cow::Owned(be.download(buf)))
     };
