@@ -249,7 +249,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
 /// A resumed run trains with the settings saved in its checkpoint. A flag given now that
 /// differs from them would be silently ignored, so it is refused, named. (A flag is taken as
 /// given when it differs from its default.)
-fn refuse_changed_settings(args: &SftArgs, saved: &SftConfig) -> Result<()> {
+pub(super) fn refuse_changed_settings(args: &SftArgs, saved: &SftConfig) -> Result<()> {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]

@@ -11,22 +11,37 @@
 //! (`visual.merger.*`) and is frozen with it. Unfrozen, one AdamW step covers both parameter
 //! sets, so gradient clipping sees the global norm of all of them.
 
-use super::checkpoint::{finite_param, save_checkpoint_with};
-use super::sft::{epoch_order, SftConfig, SftState, SftStepMetrics};
+use super::checkpoint::{
+    finite_param, load_optimizer, read_trainer_state, save_checkpoint_with, StateKind,
+};
+use super::sft::{epoch_order, DataInfo, SftConfig, SftState, SftStepMetrics};
 use super::{LossBatch, SftLoss, TokenLoss};
 use crate::backend::Backend;
-use crate::data::sft_data::SftExample;
+use crate::data::sft_data::{fingerprint, SftExample};
 use crate::data::vl_sft_data::VlSftExample;
 use crate::model::params::ParamSpec;
 use crate::model::safetensors_io::SaveDtype;
+use crate::model::vision_forward::VisionTower;
+use crate::model::vl::VlHost;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::VlImages;
 use crate::model::vl_save::write_vl_model_files_from;
 use crate::model::Acts;
+use crate::model::Qwen2;
 use crate::optim::AdamW;
 use anyhow::{bail, Context, Result};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// `trainer_state.json` of a Qwen2.5-VL SFT run: the text run's state and whether the vision
+/// tower is frozen (which fixes what the optimizer state covers). Nested, not flattened:
+/// serde's flatten cannot carry the RNG state's u128.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VlSftState {
+    pub sft: SftState,
+    pub freeze_vision: bool,
+}
 
 pub struct VlSftTrainer<B: Backend> {
     pub model: VlModel<B>,
@@ -82,6 +97,76 @@ impl<B: Backend> VlSftTrainer<B> {
             freeze_vision,
             data,
             state,
+            acts: None,
+            grads,
+            order,
+            next_epoch_rng,
+        })
+    }
+
+    /// Continues the run saved in checkpoint directory `dir` (written by [`Self::save`]: a
+    /// Qwen2.5-VL directory with its processor files, which then serve as the model
+    /// directory); `data` must be the dataset it was trained on, which is checked. The f32
+    /// master weights are used when the model file is bf16.
+    pub fn resume(be: &B, dir: &Path, data: Vec<VlSftExample>) -> Result<Self> {
+        let st: VlSftState = read_trainer_state(dir)?;
+        if st.sft.kind != StateKind::Sft {
+            bail!("{}: trainer state is of kind {:?}, not an SFT run", dir.display(), st.sft.kind);
+        }
+        let plain: Vec<SftExample> = data.iter().map(|e| e.ex.clone()).collect();
+        let info = DataInfo { examples: data.len(), fingerprint: fingerprint(&plain) };
+        if info != st.sft.data {
+            bail!(
+                "{}: the checkpoint was trained on other data ({} examples, fingerprint {}) than given now ({} examples, fingerprint {}); \
+                 resume needs the same file, images, --max-len and chat settings",
+                dir.display(),
+                st.sft.data.examples,
+                st.sft.data.fingerprint,
+                info.examples,
+                info.fingerprint
+            );
+        }
+        if st.sft.cursor > data.len() || st.sft.step > st.sft.total_steps {
+            bail!(
+                "{}: trainer state is inconsistent (cursor {}, step {} of {})",
+                dir.display(),
+                st.sft.cursor,
+                st.sft.step,
+                st.sft.total_steps
+            );
+        }
+        let h = VlHost::load(dir)?;
+        let text_specs: Vec<&ParamSpec> = h.text_layout.specs.iter().collect();
+        let vision_specs: Vec<&ParamSpec> = h.vision_layout.specs.iter().collect();
+        let (trained, frozen) = if st.freeze_vision {
+            (text_specs, vision_specs)
+        } else {
+            ([text_specs, vision_specs].concat(), vec![])
+        };
+        let (opt, masters) = load_optimizer(be, dir, &trained, &frozen)?;
+        let (mut text, mut vision) = (h.text, h.vision);
+        if let Some(mut all) = masters {
+            // Masters come in (trained, frozen) order: decoder first either way.
+            vision = all.split_off(text.len());
+            text = all;
+        }
+        let model = VlModel {
+            text: Qwen2::from_host(be, h.cfg.text.clone(), h.text_layout, &text),
+            vision: VisionTower::from_host(be, h.cfg.vision.clone(), h.vision_layout, &vision),
+            cfg: h.cfg,
+        };
+        let mut grads = model.text.zero_grads(be);
+        if !st.freeze_vision {
+            grads.extend(model.vision.zero_grads(be));
+        }
+        let (order, next_epoch_rng) = epoch_order(data.len(), &st.sft.epoch_rng);
+        Ok(VlSftTrainer {
+            model,
+            model_dir: dir.to_path_buf(),
+            opt,
+            freeze_vision: st.freeze_vision,
+            data,
+            state: st.sft,
             acts: None,
             grads,
             order,
@@ -173,15 +258,20 @@ impl<B: Backend> VlSftTrainer<B> {
         rep
     }
 
-    /// The trained parameters, in the optimizer's order, with their names.
-    fn trained(&self) -> Vec<(&ParamSpec, &B::Buf)> {
+    /// The trained parameters, in the optimizer's order, and the frozen ones, with names.
+    #[allow(clippy::type_complexity)]
+    fn param_sets(&self) -> (Vec<(&ParamSpec, &B::Buf)>, Vec<(&ParamSpec, &B::Buf)>) {
         let m = &self.model;
-        let mut v: Vec<(&ParamSpec, &B::Buf)> =
+        let mut trained: Vec<(&ParamSpec, &B::Buf)> =
             m.text.layout.specs.iter().zip(&m.text.params).collect();
-        if !self.freeze_vision {
-            v.extend(m.vision.layout.specs.iter().zip(&m.vision.params));
+        let vision: Vec<(&ParamSpec, &B::Buf)> =
+            m.vision.layout.specs.iter().zip(&m.vision.params).collect();
+        if self.freeze_vision {
+            (trained, vision)
+        } else {
+            trained.extend(vision);
+            (trained, vec![])
         }
-        v
     }
 
     /// Saves `out/checkpoint-{step}` (a Qwen2.5-VL Hugging Face directory with the processor
@@ -189,8 +279,19 @@ impl<B: Backend> VlSftTrainer<B> {
     pub fn save(&self, be: &B, out: &Path, dtype: SaveDtype) -> Result<PathBuf> {
         let step = self.state.step;
         let write_model = |dir: &Path| self.write_model(be, dir, dtype, step);
-        let trained = self.trained();
-        save_checkpoint_with(be, out, step, write_model, &trained, &self.opt, &self.state, dtype)
+        let (trained, frozen) = self.param_sets();
+        let state = VlSftState { sft: self.state.clone(), freeze_vision: self.freeze_vision };
+        save_checkpoint_with(
+            be,
+            out,
+            step,
+            write_model,
+            &trained,
+            &frozen,
+            &self.opt,
+            &state,
+            dtype,
+        )
     }
 
     /// Writes the model's Hugging Face files into `dir` (e.g. the finished model into OUT).
