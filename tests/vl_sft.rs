@@ -119,6 +119,26 @@ fn data_places_and_expands_images() {
     let text = tok.decode(&data[1].ex.ids, true).unwrap();
     assert!(text.contains("<|im_start|>user\n<|vision_start|><|image_pad|>"), "{text}");
     assert!(text.starts_with(&format!("<|im_start|>system\n{QWEN25_VL_DEFAULT_SYSTEM}")), "{text}");
+
+    // --max-len never splits an image's run: a cut inside the second image of the two-image
+    // conversation moves to that run's start and drops the image; the first stays whole.
+    use mmr1_fast::data::sft_data::load_jsonl_with_images;
+    use mmr1_fast::data::vl_sft_data::tokenize_vl;
+    let recs = load_jsonl_with_images(&d.path().join("data.jsonl")).unwrap();
+    let (two, full) = (&recs[2], &data[2]);
+    let vl = Qwen2VlConfig::load(&fixture("tiny-vl")).unwrap();
+    let second = full.ex.ids.iter().rposition(|&t| t == IMAGE).unwrap(); // last image token
+    let run2 = full.grids[1].iter().product::<usize>() / 4;
+    let start2 = second + 1 - run2;
+    let sys = Some(QWEN25_VL_DEFAULT_SYSTEM);
+    for cut in [start2 + 1, second] {
+        let e = tokenize_vl(&tok, &two.messages, &two.images, &full.grids, sys, cut, &vl).unwrap();
+        assert_eq!(e.ex.ids, full.ex.ids[..start2], "cut at {cut}");
+        assert_eq!((e.images.len(), e.grids.len()), (1, 1));
+    }
+    let e =
+        tokenize_vl(&tok, &two.messages, &two.images, &full.grids, sys, second + 1, &vl).unwrap();
+    assert_eq!((e.ex.ids.len(), e.images.len()), (second + 1, 2), "a whole run stays");
 }
 
 /// Full-data mean token cross-entropy of a model (one forward).
