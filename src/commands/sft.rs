@@ -22,8 +22,8 @@ pub struct SftArgs {
     pub model: PathBuf,
     /// JSONL training data: `messages`, ShareGPT `conversations`, or `problem`/`solution` per line.
     /// With a Qwen2.5-VL `--model`, a line may name images, relative to the JSONL file's
-    /// folder: "image": "a.png" or "images": ["a.png", "b.jpg"]; each <image> marker of a user
-    /// turn is one image (without markers they open the first user turn).
+    /// folder: "image": "a.png" or "images": ["a.png", "b.jpg"]; each <image> marker of a
+    /// user or system turn is one image (without markers they open the first user turn).
     #[arg(long)]
     pub data: PathBuf,
     /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.
@@ -152,6 +152,12 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         && crate::model::vl_prompt::is_vl_checkpoint(&args.model)?
     {
         return super::sft_vl::run_on(be, args);
+    }
+    if !args.freeze_vision {
+        bail!(
+            "--freeze-vision false: {} is a text model, it has no vision tower",
+            args.model.display()
+        );
     }
     let resume_dir = match args.resume.as_deref() {
         None => None,
