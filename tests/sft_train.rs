@@ -190,6 +190,7 @@ fn sft_command_trains_saves_and_resumes() {
         save_every: 1,
         save_dtype: SaveDtype::Bf16,
         no_default_system: true,
+        freeze_vision: true,
         resume: None,
         overwrite: false,
         max_steps: Some(2),

@@ -290,3 +290,92 @@ fn eval_reads_image_items_relative_to_the_jsonl() {
     let err = cli_err(&["eval", "--model", text.to_str().unwrap(), "--data", &data]);
     assert!(err.contains("items.jsonl:1") && err.contains("text-only"), "{err}");
 }
+
+/// `score` of a Qwen2.5-VL checkpoint on items with images: N rollouts per item through
+/// `rl::vl_rollout` (the same tokens as `sample_and_grade_vl` called directly with the same
+/// seed), scored as `score --from-rollouts` scores the written rollouts; the images reach the
+/// model (swapping the two images of an item changes its rollouts). A text checkpoint refuses.
+#[test]
+fn score_reads_image_items_and_scores_vl_rollouts() {
+    use mmr1_fast::data::jsonl::BadLines;
+    use mmr1_fast::data::prompt::PromptStyle;
+    use mmr1_fast::data::rl_items::load_rl_items_with_images;
+    use mmr1_fast::rl::graded::GradeParams;
+    use mmr1_fast::rl::reward::RewardConfig;
+    use mmr1_fast::rl::vl_rollout::sample_and_grade_vl;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(img("img0.png"), dir.path().join("a.png")).unwrap();
+    std::fs::copy(img("img2.webp"), dir.path().join("b.webp")).unwrap();
+    let items = [
+        r#"{"id": "one", "problem": "Describe it.", "answer": "4", "image": "a.png"}"#,
+        r#"{"id": "two", "problem": "<image> or <image>?", "answer": "5", "images": ["a.png", "b.webp"]}"#,
+        r#"{"id": "swapped", "problem": "<image> or <image>?", "answer": "5", "images": ["b.webp", "a.png"]}"#,
+    ];
+    let data = common::write_lines(dir.path(), "items.jsonl", &items);
+    let (out, ro) = (dir.path().join("s.jsonl"), dir.path().join("r.jsonl"));
+    let model = fixture("tiny-vl");
+    let m = model.to_str().unwrap();
+    #[rustfmt::skip]
+    let so = cli_ok(&[
+        "score", "--model", m, "--data", &data, "--out", out.to_str().unwrap(),
+        "--rollouts-out", ro.to_str().unwrap(), "--rollouts-per-item", "4", "--temperature", "1.0",
+        "--max-new-tokens", "6", "--seed", "7", "--prompt-style", "plain", "--device", "cpu",
+    ]);
+    assert!(so.contains("3 items, 12 rollouts"), "{so}");
+    let scores = common::read_lines(&out);
+    let rollouts = common::read_lines(&ro);
+    assert_eq!(scores.iter().map(|s| s["n"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 4, 4]);
+
+    // The same rollouts from the library call.
+    let vl = VlModel::load(&Cpu, &model).unwrap();
+    let tok = Tokenizer::from_dir(&model).unwrap();
+    let its = load_rl_items_with_images(Path::new(&data), BadLines::Stop).unwrap();
+    let params = GradeParams {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 6,
+            stop_ids: vec![],
+            stop_strings: vec![],
+        },
+        per_item: 4,
+        prompt_style: PromptStyle::Plain,
+        batch_items: 8,
+        seed: 7,
+        reward: RewardConfig::default(),
+    };
+    let graded = sample_and_grade_vl(&vl, &model, &Cpu, &tok, &its, &params, |_| {}).unwrap();
+    let want: Vec<Vec<u32>> = graded.iter().flatten().map(|r| r.tokens.clone()).collect();
+    let got: Vec<Vec<u32>> =
+        rollouts.iter().map(|r| serde_json::from_value(r["tokens"].clone()).unwrap()).collect();
+    assert_eq!(got, want);
+    assert_ne!(got[4..8], got[8..12], "swapping the images changed nothing");
+
+    // Re-scoring the written rollouts gives the same scores.
+    let again = dir.path().join("s2.jsonl");
+    cli_ok(&[
+        "score",
+        "--from-rollouts",
+        ro.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(common::read_lines(&again), scores);
+
+    // A text-only checkpoint refuses image items, naming the line.
+    let text = fixture("tiny-tied");
+    let err = cli_err(&[
+        "score",
+        "--model",
+        text.to_str().unwrap(),
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("items.jsonl:1") && err.contains("text-only"), "{err}");
+}

@@ -8,4 +8,5 @@ pub mod plot;
 pub mod reward;
 pub mod score;
 pub mod sft;
+mod sft_vl;
 pub mod train;

@@ -5,12 +5,16 @@
 use crate::backend::rl_ops::RlOps;
 use crate::data::jsonl::{id_string, read_jsonl, write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
-use crate::data::rl_items::{load_rl_items, RlItem};
+use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
+use crate::model::vl_forward::VlModel;
+use crate::model::vl_prompt::is_vl_checkpoint;
 use crate::model::Qwen2;
 use crate::rl::graded::GradeParams;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
-use crate::rl::scoring::{score_rollouts_on, score_with_model, ScoreRecord, VpsParams};
+use crate::rl::scoring::{
+    score_rollouts_on, score_with_model, score_with_vl_model, ScoreRecord, VpsParams,
+};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use serde::Deserialize;
@@ -21,7 +25,9 @@ pub struct ScoreArgs {
     /// Hugging Face model directory that makes the rollouts (with --data).
     #[arg(long, required_unless_present = "from_rollouts", requires = "data")]
     pub model: Option<PathBuf>,
-    /// RL items to score (JSONL, MMR1 schema).
+    /// RL items to score (JSONL, MMR1 schema). With a Qwen2.5-VL --model, items may name
+    /// images ("image": "a.png" or "images": [...], relative to the JSONL file); each <image>
+    /// marker of the problem is one image (without markers the images go before it).
     #[arg(long, requires = "model")]
     pub data: Option<PathBuf>,
     /// Score rollouts made elsewhere instead (no model): JSONL lines {"id": .., "tokens":
@@ -170,20 +176,25 @@ fn with_model(
     if args.max_new_tokens == 0 || args.batch_items == 0 {
         bail!("--max-new-tokens and --batch-items must be positive");
     }
-    let items = load_rl_items(data, args.bad_lines)?;
-    crate::with_backend!(args.device, precision = args.precision, be => score_on(be, args, model_dir, &items, vps))
+    // Items with images are read (and their files checked) only for a Qwen2.5-VL model.
+    let vl = is_vl_checkpoint(model_dir)?;
+    let items = if vl {
+        load_rl_items_with_images(data, args.bad_lines)?
+    } else {
+        load_rl_items(data, args.bad_lines)?
+    };
+    crate::with_backend!(args.device, precision = args.precision, be => score_on(be, args, model_dir, vl, &items, vps))
 }
 
 fn score_on<B: RlOps>(
     be: &B,
     args: &ScoreArgs,
     model_dir: &Path,
+    vl: bool,
     items: &[RlItem],
     vps: VpsParams,
 ) -> Result<Vec<ScoreRecord>> {
-    let model = Qwen2::load(be, model_dir)?;
     let tok = Tokenizer::from_dir(model_dir)?;
-    tok.check_matches(&model_dir.join("tokenizer.json"), &model.cfg)?;
     let grade = GradeParams {
         sampling: SamplingParams {
             temperature: args.temperature,
@@ -200,9 +211,17 @@ fn score_on<B: RlOps>(
         reward: RewardConfig::default(),
     };
     let pb = crate::progress::bar(items.len() as u64, "scoring");
-    let (scores, rollouts) = score_with_model(&model, be, &tok, items, &grade, vps, |done| {
-        pb.set_position(done as u64)
-    })?;
+    let progress = |done: usize| pb.set_position(done as u64);
+    let (scores, rollouts) = if vl {
+        // Items with images decode one at a time (rl::vl_rollout); --batch-items is not used.
+        let model = VlModel::load(be, model_dir)?;
+        tok.check_matches(&model_dir.join("tokenizer.json"), &model.cfg.text)?;
+        score_with_vl_model(&model, model_dir, be, &tok, items, &grade, vps, progress)?
+    } else {
+        let model = Qwen2::load(be, model_dir)?;
+        tok.check_matches(&model_dir.join("tokenizer.json"), &model.cfg)?;
+        score_with_model(&model, be, &tok, items, &grade, vps, progress)?
+    };
     pb.finish_and_clear();
     if let Some(p) = &args.rollouts_out {
         write_jsonl(p, &rollouts)?;

@@ -21,6 +21,9 @@ pub struct SftArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL training data: `messages`, ShareGPT `conversations`, or `problem`/`solution` per line.
+    /// With a Qwen2.5-VL `--model`, a line may name images, relative to the JSONL file's
+    /// folder: "image": "a.png" or "images": ["a.png", "b.jpg"]; each <image> marker of a
+    /// user or system turn is one image (without markers they open the first user turn).
     #[arg(long)]
     pub data: PathBuf,
     /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.
@@ -68,9 +71,15 @@ pub struct SftArgs {
     /// Weight dtype of saved models (optimizer state and master weights stay f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub save_dtype: SaveDtype,
-    /// Do not insert Qwen2.5's default system prompt into conversations without one.
+    /// Do not insert the default system prompt (Qwen2.5's; Qwen2.5-VL's for a VL checkpoint)
+    /// into conversations without one.
     #[arg(long)]
     pub no_default_system: bool,
+    /// Qwen2.5-VL checkpoints: train the language model only; the vision tower (and its
+    /// merger) gets no gradient and no optimizer state (LLaMA-Factory's default, with which
+    /// MMR1's cold-start data is laid out). `--freeze-vision false` trains it too.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub freeze_vision: bool,
     /// Continue a run: from its newest complete checkpoint when given without a value, else
     /// from the checkpoint directory given. The run's saved settings are used (a training
     /// flag that differs from them is refused); data must be the same.
@@ -143,6 +152,17 @@ pub fn run(args: &SftArgs) -> Result<()> {
 /// The SFT command on any backend (tests call this directly).
 pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     args.validate()?;
+    if args.model.join("config.json").is_file()
+        && crate::model::vl_prompt::is_vl_checkpoint(&args.model)?
+    {
+        return super::sft_vl::run_on(be, args);
+    }
+    if !args.freeze_vision {
+        bail!(
+            "--freeze-vision false: {} is a text model, it has no vision tower",
+            args.model.display()
+        );
+    }
     // One run per directory, locked before its checkpoints or metrics are read.
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -243,7 +263,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
 /// A resumed run trains with the settings saved in its checkpoint. A flag given now that
 /// differs from them would be silently ignored, so it is refused, named. (A flag is taken as
 /// given when it differs from its default.)
-fn refuse_changed_settings(args: &SftArgs, saved: &SftConfig) -> Result<()> {
+pub(super) fn refuse_changed_settings(args: &SftArgs, saved: &SftConfig) -> Result<()> {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]
@@ -288,7 +308,7 @@ fn write_final<B: Backend>(
     write_model_files(out, &t.model.cfg, &t.model.layout, &t.model.to_host(be), dtype, Some(tok))
 }
 
-fn report(m: &SftStepMetrics, total: u64) {
+pub(super) fn report(m: &SftStepMetrics, total: u64) {
     let skip = if m.skipped { "  SKIPPED (non-finite grad norm)" } else { "" };
     eprintln!(
         "step {}/{}  epoch {:.3}  loss {:.4}  lr {:.3e}  grad_norm {:.4}  tokens {}  {:.0} tok/s{}",

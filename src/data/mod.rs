@@ -5,3 +5,4 @@ pub mod jsonl;
 pub mod prompt;
 pub mod rl_items;
 pub mod sft_data;
+pub mod vl_sft_data;

@@ -75,7 +75,7 @@ fn load(path: &Path, bad: BadLines, allow_images: bool) -> Result<Vec<RlItem>> {
             bail!("item has an empty \"problem\"");
         }
         if !it.images.is_empty() && !allow_images {
-            bail!("item has images; this command runs text-only (Qwen2.5-VL items are read by `eval` with a Qwen2.5-VL checkpoint)");
+            bail!("item has images; this command runs text-only here (items with images are read by `eval` and `score` with a Qwen2.5-VL checkpoint)");
         }
         for im in &it.images {
             let p = resolve_image(path, im);

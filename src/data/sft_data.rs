@@ -4,7 +4,12 @@
 //! Accepted line forms (one JSON object per line, blank lines skipped):
 //! - `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`
 //! - ShareGPT, MMR1's cold-start form: `{"conversations": [{"from": "human"|"gpt"|"system",
-//!   "value": "..."}, ...]}` (`images` and other keys are ignored: text-only engine)
+//!   "value": "..."}, ...]}`
+//!
+//! Any form may carry images, `"image": "a.png"` or `"images": [...]` (paths relative to the
+//! JSONL file): [`load_jsonl_with_images`] reads them for a Qwen2.5-VL model
+//! (`data::vl_sft_data`); [`load_jsonl`], the text path, refuses a record with images, naming
+//! the file and line. Other keys are ignored.
 //! - `{"problem": "...", "solution": "..."}`: one user turn, one assistant turn.
 
 use crate::tokenizer::{apply_chat_template, Message, Tokenizer};
@@ -101,15 +106,84 @@ pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
     Ok(msgs)
 }
 
-/// Reads a JSONL file of conversations. Errors name the file and the 1-based line.
-pub fn load_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
+/// The image files a record names: `"image": "a.png"` or `"images": ["a.png", ...]` (null or
+/// absent: none), as written (not yet resolved).
+pub fn record_images(v: &Value) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    for key in ["image", "images"] {
+        match v.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => out.push(s.clone()),
+            Some(Value::Array(list)) => {
+                for (i, x) in list.iter().enumerate() {
+                    match x {
+                        Value::String(s) => out.push(s.clone()),
+                        other => {
+                            bail!("{key}[{i}] must be a path (a string), found {}", kind(other))
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                bail!("{key:?} must be a path or a list of paths, found {}", kind(other))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One conversation and its image files (resolved relative to the JSONL file's folder).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SftRecord {
+    pub messages: Vec<Message>,
+    pub images: Vec<std::path::PathBuf>,
+    /// 1-based line of the JSONL file, for error messages.
+    pub line: usize,
+}
+
+/// Reads a JSONL file of conversations (text only). A record naming images is an error
+/// naming the file and line: a text model cannot train on them. Errors name the file and the
+/// 1-based line.
+pub fn load_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
+    Ok(load_records(path, false)?.into_iter().map(|r| r.messages).collect())
+}
+
+/// [`load_jsonl`] for a Qwen2.5-VL model: records may name images, each resolved relative to
+/// the JSONL file's folder (absolute paths stay) and required to be an existing file; a
+/// missing one is an error naming the file, the line and the path, before any model time.
+pub fn load_jsonl_with_images(path: &Path) -> Result<Vec<SftRecord>> {
+    load_records(path, true)
+}
+
+fn load_records(path: &Path, allow_images: bool) -> Result<Vec<SftRecord>> {
+    let mut out = Vec::new();
+    let folder = path.parent().unwrap_or(Path::new(""));
     for (n, line) in crate::data::jsonl::text_lines(path)? {
         let line = line.map_err(|e| anyhow!("{}:{n}: {e}", path.display()))?;
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| anyhow!("{}:{n}: not valid JSON ({e})", path.display()))?;
-        let msgs = parse_record(&v).map_err(|e| anyhow!("{}:{n}: {e:#}", path.display()))?;
-        out.push(msgs);
+        let messages = parse_record(&v).map_err(|e| anyhow!("{}:{n}: {e:#}", path.display()))?;
+        let names = record_images(&v).map_err(|e| anyhow!("{}:{n}: {e:#}", path.display()))?;
+        if !names.is_empty() && !allow_images {
+            bail!(
+                "{}:{n}: the example has images ({}); a text model cannot train on them (give a Qwen2.5-VL checkpoint, model_type \"qwen2_5_vl\")",
+                path.display(),
+                names.join(", ")
+            );
+        }
+        let mut images = Vec::with_capacity(names.len());
+        for im in &names {
+            let p = folder.join(im);
+            if !p.is_file() {
+                bail!(
+                    "{}:{n}: image {im:?} not found (looked for {})",
+                    path.display(),
+                    p.display()
+                );
+            }
+            images.push(p);
+        }
+        out.push(SftRecord { messages, images, line: n });
     }
     if out.is_empty() {
         bail!("{}: no examples", path.display());

@@ -22,6 +22,7 @@ pub mod vl;
 pub mod vl_decode;
 pub mod vl_forward;
 pub mod vl_prompt;
+pub mod vl_save;
 
 pub use backward::GradScratch;
 pub use config::Qwen2Config;

@@ -9,13 +9,14 @@
 
 use super::config::Qwen2Config;
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
 
 /// The vision tower's hyper-parameters (`vision_config`), as transformers'
-/// `Qwen2_5_VLVisionConfig` names them; defaults are transformers'.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// `Qwen2_5_VLVisionConfig` names them; defaults are transformers'. Unknown keys are kept in
+/// `extra` so a config written back (`vl_save`) is the one read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct VisionConfig {
     pub depth: usize,
     pub hidden_size: usize,
@@ -38,6 +39,8 @@ pub struct VisionConfig {
     pub hidden_act: String,
     #[serde(default = "d_tps")]
     pub tokens_per_second: usize,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 fn d_in_channels() -> usize {
@@ -200,10 +203,24 @@ impl Qwen2VlConfig {
             let theta = rope.get("rope_theta").cloned().unwrap_or(Value::from(1_000_000.0));
             t.insert("rope_theta".into(), theta);
         }
-        // The decoder is Qwen2's: read it as one. The VL-only keys stay out of its `extra`.
-        for k in
-            ["rope_scaling", "rope_parameters", "text_config", "vision_config", "architectures"]
-        {
+        // The decoder is Qwen2's: read it as one. The VL-only keys (and the storage dtype,
+        // which the writer sets at the top level) stay out of its `extra`, so both layouts
+        // read to the same config and a config written back (`vl_save`) reads as the one read.
+        for k in [
+            "rope_scaling",
+            "rope_parameters",
+            "text_config",
+            "vision_config",
+            "architectures",
+            "image_token_id",
+            "video_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+            "vision_token_id",
+            "dtype",
+            "torch_dtype",
+            "transformers_version",
+        ] {
             t.remove(k);
         }
         t.insert("model_type".into(), Value::from("qwen2"));

@@ -4,12 +4,15 @@
 
 use crate::backend::rl_ops::{RlOps, RolloutBatch};
 use crate::data::rl_items::RlItem;
+use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
-use crate::rl::graded::{sample_and_grade, GradeParams};
+use crate::rl::graded::{sample_and_grade, GradeParams, GradedRollout};
 use crate::rl::vas::{RolloutScores, TdsMetric};
+use crate::rl::vl_rollout::sample_and_grade_vl;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// One line of a scores file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +76,34 @@ pub fn score_with_model<B: RlOps>(
     on_progress: impl FnMut(usize),
 ) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
     let graded = sample_and_grade(model, be, tok, items, grade, on_progress)?;
+    score_graded(be, items, graded, vps)
+}
+
+/// [`score_with_model`] for a Qwen2.5-VL model: items may hold images (paths resolved), whose
+/// rollouts come from [`sample_and_grade_vl`] (`model_dir` holds the checkpoint's
+/// preprocessor_config.json); scoring is the same.
+#[allow(clippy::too_many_arguments)]
+pub fn score_with_vl_model<B: RlOps>(
+    model: &VlModel<B>,
+    model_dir: &Path,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    grade: &GradeParams,
+    vps: VpsParams,
+    on_progress: impl FnMut(usize),
+) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
+    let graded = sample_and_grade_vl(model, model_dir, be, tok, items, grade, on_progress)?;
+    score_graded(be, items, graded, vps)
+}
+
+/// Scores and rollout records of graded rollouts (one group per item, in item order).
+fn score_graded<B: RlOps>(
+    be: &B,
+    items: &[RlItem],
+    graded: Vec<Vec<GradedRollout>>,
+    vps: VpsParams,
+) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
     let ids: Vec<String> = (0..items.len()).map(|i| items[i].id_or(i)).collect();
     let groups: Vec<(Vec<f32>, Vec<&[u32]>)> = graded
         .iter()
@@ -86,7 +117,7 @@ pub fn score_with_model<B: RlOps>(
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let scores = score_groups_on(be, &id_refs, &groups, vps)?;
     drop(groups);
-    let mut rollouts = Vec::with_capacity(items.len() * grade.per_item);
+    let mut rollouts = Vec::with_capacity(graded.iter().map(Vec::len).sum());
     for (id, rs) in ids.iter().zip(graded) {
         rollouts.extend(rs.into_iter().map(|r| RolloutRecord {
             id: id.clone(),

@@ -19,6 +19,7 @@
 
 use crate::backend::Backend;
 use crate::fs::{fault, rename, sync_dir, write_atomic};
+use crate::model::params::ParamSpec;
 use crate::model::safetensors_io::{
     load_params, to_f32, write_model_files_from, write_safetensors, SaveDtype,
 };
@@ -77,7 +78,57 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     dtype: SaveDtype,
     tokenizer: Option<&Path>,
 ) -> Result<PathBuf> {
+    // Every tensor is fetched from the backend when the writer reaches it and dropped after:
+    // saving holds at most one tensor beyond what training holds.
+    let param = |i: usize| finite_param(be, step, &model.layout.specs[i].name, &model.params[i]);
+    let write_model = |tmp: &Path| {
+        write_model_files_from(tmp, &model.cfg, &model.layout, param, dtype, tokenizer)
+    };
+    let trained: Vec<(&ParamSpec, &B::Buf)> =
+        model.layout.specs.iter().zip(&model.params).collect();
+    save_checkpoint_with(be, out, step, write_model, &trained, &[], opt, trainer_state, dtype)
+}
+
+/// A parameter downloaded for saving, refused when not finite: a checkpoint is something to
+/// resume from, never keep weights that have blown up.
+pub fn finite_param<B: Backend>(
+    be: &B,
+    step: u64,
+    name: &str,
+    buf: &B::Buf,
+) -> Result<Cow<'static, [f32]>> {
+    let h = be.download(buf);
+    if h.iter().any(|x| !x.is_finite()) {
+        return Err(NonFiniteWeights { step, tensor: name.to_string() }.into());
+    }
+    Ok(Cow::Owned(h))
+}
+
+/// [`save_checkpoint`] for any model: `write_model(dir)` writes the Hugging Face files of the
+/// model into the checkpoint directory being assembled; `trained` are the parameters the
+/// optimizer holds state for, in the optimizer's order, whose moments go to the optimizer
+/// file under their names; `frozen` the model's other parameters. When `dtype` is not f32 the
+/// f32 master weights of both go there too (a frozen tensor must come back bit-identical).
+#[allow(clippy::too_many_arguments)]
+pub fn save_checkpoint_with<B: Backend, S: Serialize>(
+    be: &B,
+    out: &Path,
+    step: u64,
+    write_model: impl FnOnce(&Path) -> Result<()>,
+    trained: &[(&ParamSpec, &B::Buf)],
+    frozen: &[(&ParamSpec, &B::Buf)],
+    opt: &AdamW<B>,
+    trainer_state: &S,
+    dtype: SaveDtype,
+) -> Result<PathBuf> {
     let _r = crate::nvtx_ranges::range(c"checkpoint");
+    if trained.len() != opt.m.len() {
+        bail!(
+            "save_checkpoint: {} trained parameters but optimizer state for {}",
+            trained.len(),
+            opt.m.len()
+        );
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let name = format!("checkpoint-{step}");
     let final_dir = out.join(&name);
@@ -89,19 +140,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     fault::point("create dir", &tmp)?;
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
-    // Every tensor is fetched from the backend when the writer reaches it and dropped after:
-    // saving holds at most one tensor beyond what training holds. A checkpoint is something
-    // to resume from: never keep weights that have blown up.
-    let param = |i: usize| {
-        let h = be.download(&model.params[i]);
-        if h.iter().any(|x| !x.is_finite()) {
-            let tensor = model.layout.specs[i].name.clone();
-            return Err(NonFiniteWeights { step, tensor }.into());
-        }
-        Ok(Cow::Owned(h))
-    };
-    if let Err(e) = write_model_files_from(&tmp, &model.cfg, &model.layout, param, dtype, tokenizer)
-    {
+    if let Err(e) = write_model(&tmp) {
         std::fs::remove_dir_all(&tmp).ok();
         return Err(e);
     }
@@ -114,11 +153,14 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
     }
     let mut heads: Vec<(String, Vec<usize>)> = Vec::new();
     let mut srcs: Vec<(Src, usize)> = Vec::new();
-    for (i, s) in model.layout.specs.iter().enumerate() {
-        heads.push((format!("exp_avg.{}", s.name), s.shape.clone()));
-        srcs.push((Src::M, i));
-        heads.push((format!("exp_avg_sq.{}", s.name), s.shape.clone()));
-        srcs.push((Src::V, i));
+    let all: Vec<&(&ParamSpec, &B::Buf)> = trained.iter().chain(frozen).collect();
+    for (i, (s, _)) in all.iter().enumerate() {
+        if i < trained.len() {
+            heads.push((format!("exp_avg.{}", s.name), s.shape.clone()));
+            srcs.push((Src::M, i));
+            heads.push((format!("exp_avg_sq.{}", s.name), s.shape.clone()));
+            srcs.push((Src::V, i));
+        }
         if dtype != SaveDtype::F32 {
             // The model file is rounded; exact resumption needs the f32 master weights.
             heads.push((format!("master.{}", s.name), s.shape.clone()));
@@ -135,7 +177,7 @@ pub fn save_checkpoint<B: Backend, S: Serialize>(
         let buf = match src {
             Src::M => &opt.m[*i],
             Src::V => &opt.v[*i],
-            Src::Master => &model.params[*i],
+            Src::Master => all[*i].1,
         };
         Ok(Cow::Owned(be.download(buf)))
     };
@@ -269,12 +311,40 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
 ) -> Result<LoadedCheckpoint<B, S>> {
     let cfg = Qwen2Config::load(dir)?;
     let layout = ParamLayout::new(&cfg);
+    let state = read_trainer_state(dir)?;
+    let specs: Vec<&ParamSpec> = layout.specs.iter().collect();
+    let (opt, masters) = load_optimizer(be, dir, &specs, &[])?;
+    let host = match masters {
+        Some(h) => h,
+        None => load_params(dir, &layout)?,
+    };
+    let model = Qwen2::from_host(be, cfg, layout, &host);
+    Ok(LoadedCheckpoint { model, opt, state })
+}
+
+/// Parameter values on the host, one `Vec` per tensor.
+pub type HostParams = Vec<Vec<f32>>;
+
+/// `dir/trainer_state.json`, parsed; errors name the file.
+pub fn read_trainer_state<S: DeserializeOwned>(dir: &Path) -> Result<S> {
     let state_path = dir.join(TRAINER_STATE);
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("cannot read {}", state_path.display()))?;
-    let state: S = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a valid trainer state", state_path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a valid trainer state", state_path.display()))
+}
 
+/// The AdamW state of `dir/optimizer.safetensors` for the `trained` parameters (in the
+/// optimizer's order), and, when the file holds f32 master weights (the model file is
+/// rounded), those of `trained` then `frozen`, in that order (`None` otherwise: the model
+/// file is exact). Every tensor must be present with its shape and finite; errors name the
+/// file and the tensor.
+pub fn load_optimizer<B: Backend>(
+    be: &B,
+    dir: &Path,
+    trained: &[&ParamSpec],
+    frozen: &[&ParamSpec],
+) -> Result<(AdamW<B>, Option<HostParams>)> {
     let opt_path = dir.join(OPTIMIZER);
     let file =
         File::open(&opt_path).with_context(|| format!("cannot open {}", opt_path.display()))?;
@@ -320,18 +390,15 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
         Ok(data)
     };
     let has_master = st.names().iter().any(|n| n.starts_with("master."));
-    let host = if has_master {
-        layout
-            .specs
-            .iter()
-            .map(|s| get(&format!("master.{}", s.name), &s.shape))
-            .collect::<Result<Vec<_>>>()?
+    let masters = if has_master {
+        let all = trained.iter().chain(frozen);
+        Some(all.map(|s| get(&format!("master.{}", s.name), &s.shape)).collect::<Result<_>>()?)
     } else {
-        load_params(dir, &layout)?
+        None
     };
-    let mut m = Vec::with_capacity(layout.specs.len());
-    let mut v = Vec::with_capacity(layout.specs.len());
-    for s in &layout.specs {
+    let mut m = Vec::with_capacity(trained.len());
+    let mut v = Vec::with_capacity(trained.len());
+    for s in trained {
         m.push(be.upload(&get(&format!("exp_avg.{}", s.name), &s.shape)?));
         let vv = get(&format!("exp_avg_sq.{}", s.name), &s.shape)?;
         if vv.iter().any(|&x| x < 0.0) {
@@ -339,8 +406,7 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
         }
         v.push(be.upload(&vv));
     }
-    let model = Qwen2::from_host(be, cfg, layout, &host);
-    Ok(LoadedCheckpoint { model, opt: AdamW { cfg: opt_cfg, m, v, step }, state })
+    Ok((AdamW { cfg: opt_cfg, m, v, step }, masters))
 }
 
 /// Deletes all but the newest `keep` checkpoints of a phase directory (the one `latest`

@@ -102,6 +102,33 @@ pub struct SftState {
     pub data: DataInfo,
 }
 
+impl SftState {
+    /// The state of a fresh run of `cfg` over `data` (any trainer: text or vision-language).
+    pub fn fresh(data: &[SftExample], cfg: &SftConfig) -> SftState {
+        let steps_per_epoch = data.len().div_ceil(cfg.batch_size) as u64;
+        let total_steps = steps_per_epoch * cfg.epochs as u64;
+        let warmup_steps = LrSchedule::warmup_steps_for(total_steps, cfg.warmup_ratio);
+        let schedule = if cfg.cosine {
+            LrSchedule::Cosine { lr: cfg.lr, warmup_steps, total_steps, min_lr: cfg.min_lr }
+        } else {
+            LrSchedule::Constant { lr: cfg.lr, warmup_steps }
+        };
+        let epoch_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        SftState {
+            kind: StateKind::Sft,
+            step: 0,
+            total_steps,
+            skipped_steps: 0,
+            epoch: 0,
+            cursor: 0,
+            epoch_rng,
+            schedule,
+            data: DataInfo { examples: data.len(), fingerprint: fingerprint(data) },
+            config: cfg.clone(),
+        }
+    }
+}
+
 /// What one optimizer step did (also one line of metrics.jsonl). `step`, `loss` and `lr` are
 /// required when read back; the rest default, so a hand-written or older file still reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,7 +177,7 @@ pub struct SftTrainer<B: Backend> {
 }
 
 /// Shuffled order of an epoch from the RNG state at its start; returns the advanced RNG.
-fn epoch_order(n: usize, rng: &ChaCha8Rng) -> (Vec<usize>, ChaCha8Rng) {
+pub(crate) fn epoch_order(n: usize, rng: &ChaCha8Rng) -> (Vec<usize>, ChaCha8Rng) {
     let mut r = rng.clone();
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut r);
@@ -172,27 +199,7 @@ impl<B: Backend> SftTrainer<B> {
         for (i, e) in data.iter().enumerate() {
             model.check_ids(&e.ids).map_err(|err| anyhow::anyhow!("example {}: {err}", i + 1))?;
         }
-        let steps_per_epoch = data.len().div_ceil(cfg.batch_size) as u64;
-        let total_steps = steps_per_epoch * cfg.epochs as u64;
-        let warmup_steps = LrSchedule::warmup_steps_for(total_steps, cfg.warmup_ratio);
-        let schedule = if cfg.cosine {
-            LrSchedule::Cosine { lr: cfg.lr, warmup_steps, total_steps, min_lr: cfg.min_lr }
-        } else {
-            LrSchedule::Constant { lr: cfg.lr, warmup_steps }
-        };
-        let epoch_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let state = SftState {
-            kind: StateKind::Sft,
-            step: 0,
-            total_steps,
-            skipped_steps: 0,
-            epoch: 0,
-            cursor: 0,
-            epoch_rng,
-            schedule,
-            data: DataInfo { examples: data.len(), fingerprint: fingerprint(&data) },
-            config: cfg.clone(),
-        };
+        let state = SftState::fresh(&data, &cfg);
         let opt = AdamW::new(be, &model.params, cfg.adamw);
         Ok(Self::assemble(be, model, opt, data, state))
     }
