@@ -10,8 +10,9 @@
 # are #[ignore]d where there is no GPU, so they run here with --include-ignored.
 # Then SFT training steps at Qwen2.5-0.5B widths (examples/device_step.rs): --precision bf16
 # vs f32, bf16 with the caching allocator off (MMR1_CACHING_ALLOCATOR=0) and bf16 without the
-# weights' bf16 shadows (MMR1_BF16_SHADOWS=0, every GEMM converts both operands): step time,
-# tokens/s, peak device memory, fresh allocations per steady step (a third table).
+# weights' bf16 shadows (MMR1_BF16_SHADOWS=0, every GEMM converts both operands), bf16 with
+# activation recomputation (--recompute on), and Qwen2.5-3B at full depth with recomputation:
+# step time, tokens/s, peak device memory, fresh allocations per steady step (a third table).
 #
 #   scripts/gpu-check.sh                    # build here, then run
 #   scripts/gpu-check.sh --build-only DIR   # build release binaries into DIR (no GPU needed)
@@ -130,28 +131,35 @@ brc=$?
 set -e
 grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" | head -160 || true
 
-echo "== training steps: --precision bf16 vs f32, caching allocator on vs off"
+echo "== training steps: --precision bf16 vs f32, caching allocator on vs off, shadows, recompute"
 # One JSON line per run in $log/steps.jsonl (an {"error": ...} line when a run fails). Launches
 # are not synchronized here (timings), unlike the suites above.
 : > "$log/steps.jsonl"
 : > "$log/steps.log"
-for run in "bf16 1 1" "f32 1 1" "bf16 0 1" "bf16 1 0"; do
-    read -r prec cache shadows <<< "$run"
-    echo "-- precision $prec, caching allocator $cache, bf16 shadows $shadows" | tee -a "$log/steps.log"
+# The last two runs: activation recomputation on at 0.5B widths (memory and time against the
+# first run), and Qwen2.5-3B at full depth with recomputation (docs/perf.md estimates it fits
+# 80 GB only with it; without, ~78 GiB: at the edge).
+for run in "bf16 1 1 off qwen2.5-0.5b ${STEP_LAYERS:-24}" "f32 1 1 off qwen2.5-0.5b ${STEP_LAYERS:-24}" \
+    "bf16 0 1 off qwen2.5-0.5b ${STEP_LAYERS:-24}" "bf16 1 0 off qwen2.5-0.5b ${STEP_LAYERS:-24}" \
+    "bf16 1 1 on qwen2.5-0.5b ${STEP_LAYERS:-24}" "bf16 1 1 on qwen2.5-3b 36"; do
+    read -r prec cache shadows recompute shape layers <<< "$run"
+    echo "-- $shape x $layers layers, precision $prec, caching allocator $cache, bf16 shadows $shadows, recompute $recompute" | tee -a "$log/steps.log"
     set +e
     out=$(env -u MMR1_SYNC_LAUNCHES MMR1_CACHING_ALLOCATOR="$cache" MMR1_BF16_SHADOWS="$shadows" \
         timeout "${STEP_TIMEOUT:-300}" \
-        "${exe[device_step]}" --device cuda --precision "$prec" --shape qwen2.5-0.5b \
-        --layers "${STEP_LAYERS:-24}" --seqs "${STEP_SEQS:-4}" --len "${STEP_LEN:-1024}" --steps 6 \
-        2>> "$log/steps.log")
+        "${exe[device_step]}" --device cuda --precision "$prec" --shape "$shape" \
+        --layers "$layers" --seqs "${STEP_SEQS:-4}" --len "${STEP_LEN:-1024}" --steps 6 \
+        --recompute "$recompute" 2>> "$log/steps.log")
     rc=$?
     set -e
     if [ "$rc" = 0 ] && [ -n "$out" ]; then
         echo "$out" | tail -1 >> "$log/steps.jsonl"
     else
-        printf '{"error": "exit %s", "precision": "%s", "caching": %s, "bf16_shadows": %s}\n' "$rc" "$prec" \
+        printf '{"error": "exit %s", "precision": "%s", "caching": %s, "bf16_shadows": %s, "recompute": %s, "shape": "%s", "layers": %s}\n' \
+            "$rc" "$prec" \
             "$([ "$cache" = 1 ] && echo true || echo false)" \
-            "$([ "$shadows" = 1 ] && echo true || echo false)" >> "$log/steps.jsonl"
+            "$([ "$shadows" = 1 ] && echo true || echo false)" \
+            "$([ "$recompute" = on ] && echo true || echo false)" "$shape" "$layers" >> "$log/steps.jsonl"
     fi
     tail -2 "$log/steps.log"
 done
@@ -292,21 +300,21 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
 out += [f"| {' | '.join(r)} |" for r in rows]
 steps = [json.loads(l) for l in open(os.path.join(log, "steps.jsonl")) if l.strip()] if os.path.exists(os.path.join(log, "steps.jsonl")) else []
 gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"
-out += ["", "SFT training steps (examples/device_step.rs; Qwen2.5-0.5B widths, tied, random weights, one packed batch; "
+out += ["", "SFT training steps (examples/device_step.rs; Qwen2.5 widths, random weights, one packed batch; "
         "forward, log-probs, cross-entropy, backward, clip, AdamW; median of the steps after the first). "
         "MFU: 6 x parameters x tokens per second over the bf16 dense peak (the f32 row too). "
         "Fresh allocations: device allocations per steady step (0: all from the cache).", "",
-        "| precision | caching allocator | bf16 weight shadows | tokens | step (median) | first step | tokens/s | MFU (bf16 peak) | peak in use | peak reserved | fresh allocs / steady step | loss first -> last |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "| shape x layers | precision | caching allocator | bf16 weight shadows | recompute | tokens | step (median) | first step | tokens/s | MFU (bf16 peak) | peak in use | peak reserved | fresh allocs / steady step | loss first -> last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 for r in steps:
     if "error" in r:
-        out.append(f"| {r.get('precision')} | {'on' if r.get('caching') else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
+        out.append(f"| {r.get('shape')} x {r.get('layers')} | {r.get('precision')} | {'on' if r.get('caching') else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | {'on' if r.get('recompute') else 'off'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
         continue
-    out.append(f"| {r['precision']} | {'on' if r['caching'] else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | {r['tokens']} | {r['step_s_median']*1e3:.0f} ms | {r['step_s_first']*1e3:.0f} ms | "
+    out.append(f"| {r.get('shape')} x {r.get('layers')} | {r['precision']} | {'on' if r['caching'] else 'off'} | {'on' if r.get('bf16_shadows') else 'off'} | {'on' if r.get('recompute') else 'off'} | {r['tokens']} | {r['step_s_median']*1e3:.0f} ms | {r['step_s_first']*1e3:.0f} ms | "
                f"{r['tokens_per_s']:.0f} | {r['model_tflops']*1e12/bf16_peak:.1%} | {gib(r['peak_in_use_bytes'])} | {gib(r['peak_reserved_bytes'])} | "
                f"{r['fresh_allocs_per_steady_step']:.1f} | {r['loss_first']:.4f} -> {r['loss_last']:.4f} |")
 if not steps:
-    out.append("| - | - | - | not run | - | - | - | - | - | - | - | - |")
+    out.append("| - | - | - | - | - | not run | - | - | - | - | - | - | - | - |")
 out += ["", "compute-sanitizer over the equivalence suites (every kernel, every shape of the suites):", "",
         "| tool | verdict | errors | exit code | log |", "| --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in san] or ["| - | not run (SANITIZERS empty) | - | - | - |"]
