@@ -1,5 +1,6 @@
 //! The manual backward pass of the packed forward (llm.c style: explicit gradient buffers,
-//! one explicit backward per layer, no autograd tape).
+//! one explicit backward per layer, no autograd tape). With activation recomputation the
+//! layer's forward runs again, from its kept input, just before its backward.
 //!
 //! Input: d(loss)/d(log-prob of each packed row's target) and optionally d(loss)/d(entropy)
 //! of each row's tempered distribution. Output: parameter gradients, ACCUMULATED (`+=`) into

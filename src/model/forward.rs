@@ -1,6 +1,7 @@
 //! The full-sequence forward pass over a packed batch (sequences concatenated, no padding),
 //! llm.c style: every activation the backward pass needs is kept in an `Acts` planned once
-//! per token count and reused across steps.
+//! per token count and reused across steps, or, with activation recomputation, only each
+//! layer's input (the backward re-runs the layer: `LayerStore::Recomputed`).
 
 use super::{KvCache, Qwen2};
 use crate::backend::{AttnSpan, Backend, Tr};
