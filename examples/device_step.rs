@@ -1,12 +1,13 @@
 //! SFT training steps on a device, for `scripts/gpu-check.sh`: the step time and the device
 //! memory at `--precision bf16` vs `f32`, and with the caching allocator on or off
 //! (`MMR1_CACHING_ALLOCATOR=0`), and with the weights' bf16 shadows on or off
-//! (`MMR1_BF16_SHADOWS=0`). Prints one JSON line (plus the per-step lines on stderr).
+//! (`MMR1_BF16_SHADOWS=0`), and with activation recomputation on or off (`--recompute`).
+//! Prints one JSON line (plus the per-step lines on stderr).
 //!
 //! ```text
 //! cargo run --release --features cuda --example device_step -- \
 //!     --device cuda --precision bf16 [--shape qwen2.5-0.5b|1.5b|3b|7b|tiny] [--layers N] \
-//!     [--seqs 4] [--len 1024] [--steps 6] [--mode train|logprobs]
+//!     [--seqs 4] [--len 1024] [--steps 6] [--mode train|logprobs] [--recompute on|off]
 //! ```
 //! `--mode logprobs` times the log-prob pass instead (forward and per-token log-probs, no
 //! backward: what GRPO's old-policy and reference passes cost).
@@ -39,6 +40,7 @@ struct Opts {
     len: usize,
     steps: usize,
     logprobs_only: bool,
+    recompute: bool,
 }
 
 fn parse() -> Result<Opts> {
@@ -51,6 +53,7 @@ fn parse() -> Result<Opts> {
         len: 1024,
         steps: 6,
         logprobs_only: false,
+        recompute: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for kv in args.chunks(2) {
@@ -69,6 +72,13 @@ fn parse() -> Result<Opts> {
                     "train" => false,
                     "logprobs" => true,
                     m => bail!("--mode {m}: train or logprobs"),
+                }
+            }
+            "--recompute" => {
+                o.recompute = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    r => bail!("--recompute {r}: on or off"),
                 }
             }
             _ => bail!("unknown option {k} (see the top of examples/device_step.rs)"),
@@ -118,7 +128,7 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
     let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
     // The log-prob pass needs no optimizer state (and its peak memory should not count one).
     let mut opt = (!o.logprobs_only).then(|| AdamW::new(be, &model.params, AdamwConfig::default()));
-    let mut ws = Workspace::new(&model, be);
+    let mut ws = Workspace::new(&model, be).with_recompute(o.recompute);
     let (mut secs, mut fresh, mut losses) = (Vec::new(), Vec::new(), Vec::new());
     let mut warm_profile = Vec::new();
     for s in 0..o.steps {
@@ -181,6 +191,7 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
         "shadow_hits": mem.map(|m| m.shadow_hits),
         "shape": o.shape, "layers": model.cfg.num_hidden_layers,
         "mode": if o.logprobs_only { "logprobs" } else { "train" },
+        "recompute": o.recompute,
         "params": n_params, "tokens": tokens,
         "step_s_median": median, "step_s_first": secs[0],
         "tokens_per_s": tokens as f64 / median,

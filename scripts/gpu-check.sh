@@ -165,6 +165,9 @@ elif want steps; then
     fi
     step torch 150 --arch qwen2.5-3b --seqs 2 --len 1024 --steps 3
     step ours 150 --precision bf16 --shape qwen2.5-1.5b $tok --steps 4
+    # Activation recomputation: the 0.5B step's cost, and 3B at the full 4x1024 tokens.
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4 --recompute on
+    step ours 180 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
     STEP_ENV=MMR1_CACHING_ALLOCATOR=0 MMR1_CACHING_ALLOCATOR=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV=MMR1_BF16_SHADOWS=0 MMR1_BF16_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
 fi
@@ -403,7 +406,7 @@ for r in steps:
         out.append(f"| {who} | `{args}` | - | {r.get('env') or '-'} | failed: {r['error']} (see steps.log) | - | - | - | - | - | - | - | - |")
         continue
     mfu = r.get("mfu", r.get("model_tflops", 0) * 1e12 / bf16_peak)
-    prec = r.get("precision", "autocast bf16") + (f", {r['env']}" if r.get("env") else "")
+    prec = r.get("precision", "autocast bf16") + (", recompute" if r.get("recompute") else "") + (f", {r['env']}" if r.get("env") else "")
     fresh = r.get("fresh_allocs_per_steady_step")
     out.append(f"| {who} | {r.get('shape', r.get('arch'))} ({r.get('layers', '?')} layers, {r['params']/1e9:.2f} B) | {r.get('mode', 'train')} | {prec} | {r['tokens']} | "
                f"{r['step_s_median']*1e3:.1f} ms | {r['step_s_first']*1e3:.0f} ms | {r['tokens_per_s']:.0f} | {mfu:.1%} | "
@@ -414,7 +417,7 @@ if not steps:
 # Side by side: ours / PyTorch for the same shape, mode and tokens.
 pairs = []
 for o in steps:
-    if o.get("who") != "ours" or "error" in o or o.get("env") or o.get("precision") != "bf16":
+    if o.get("who") != "ours" or "error" in o or o.get("env") or o.get("precision") != "bf16" or o.get("recompute"):
         continue
     for t in steps:
         if t.get("who") == "torch" and "error" not in t and t.get("arch") == o.get("shape") and t.get("mode") == o.get("mode") and t.get("tokens") == o.get("tokens"):

@@ -196,12 +196,15 @@ fn sft_command_trains_saves_and_resumes() {
         max_steps: Some(2),
         device: "cpu".parse().unwrap(),
         precision: Default::default(),
+        recompute: false,
     };
     run_on(&Cpu, &args).unwrap();
     assert!(out.join("checkpoint-1").is_dir() && out.join("checkpoint-2").is_dir());
     assert!(!out.join("model.safetensors").exists(), "not finished: no final model yet");
     args.resume = Some("latest".into());
     args.max_steps = None;
+    // Recomputation changes no result, so a resumed run may switch it on.
+    args.recompute = true;
     run_on(&Cpu, &args).unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()

@@ -32,6 +32,11 @@ pub struct TrainArgs {
     /// attention; auto is bf16 on a GPU and on emu, f32 on the CPU (which runs f32 only).
     #[arg(long)]
     pub precision: Option<String>,
+    /// Activation recomputation (same as --set model.recompute=true): keep only each layer's
+    /// input in the forward and re-run the layer in the backward; less device memory, about
+    /// 20-25% more compute, the same results.
+    #[arg(long)]
+    pub recompute: bool,
     /// Output directory (same as --set output.dir=...).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -87,6 +92,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(p) = &args.precision {
         cfg.model.precision =
             p.parse().map_err(|e: String| anyhow::anyhow!("--precision (model.precision): {e}"))?;
+    }
+    if args.recompute {
+        cfg.model.recompute = true;
     }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();

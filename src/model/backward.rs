@@ -1,5 +1,6 @@
 //! The manual backward pass of the packed forward (llm.c style: explicit gradient buffers,
-//! one explicit backward per layer, no autograd tape).
+//! one explicit backward per layer, no autograd tape). With activation recomputation the
+//! layer's forward runs again, from its kept input, just before its backward.
 //!
 //! Input: d(loss)/d(log-prob of each packed row's target) and optionally d(loss)/d(entropy)
 //! of each row's tempered distribution. Output: parameter gradients, ACCUMULATED (`+=`) into
@@ -11,7 +12,7 @@
 //! `*_buf` entry points take the upstream gradient in backend buffers (the training step's
 //! path: it never visits the host); the slice ones upload it (tests, tools).
 
-use super::forward::{Acts, Packed};
+use super::forward::{Acts, LayerActs, LayerStore, Packed};
 use super::Qwen2;
 use crate::backend::chunked_logprob::RowGrads;
 use crate::backend::{Backend, Tr};
@@ -207,7 +208,19 @@ impl<B: Backend> Qwen2<B> {
             d,
         );
         for l in (0..c.num_hidden_layers).rev() {
-            self.layer_backward(be, l, batch, acts, grads, s);
+            let x_in = &acts.resid[l];
+            match &acts.layers {
+                LayerStore::Kept(v) => self.layer_backward(be, l, batch, x_in, &v[l], grads, s),
+                LayerStore::Recomputed(cell) => {
+                    // Activation recomputation: the same layer forward on the same input
+                    // (same kernels, same order: the same bits as a kept forward), then the
+                    // same layer backward. `s.dxn` and `s.dnorm_in` are free until the
+                    // layer backward writes them; the projection scratch is `s.dxn`.
+                    let mut la = cell.borrow_mut();
+                    self.layer_forward(be, l, x_in, None, &mut la, &mut s.dxn, batch, None);
+                    self.layer_backward(be, l, batch, x_in, &la, grads, s);
+                }
+            }
         }
     }
 
@@ -215,12 +228,15 @@ impl<B: Backend> Qwen2<B> {
     /// d(loss)/d(x_in). Forward (see `layer_forward`):
     /// `x_mid = x_in + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))`, `n1 = rmsnorm(x_in)`;
     /// `x_out = x_mid + down(silu(gate(n2)) * up(n2))`, `n2 = rmsnorm(x_mid)`.
+    /// `x_in` is the layer's input and `la` its activations (kept or recomputed).
+    #[allow(clippy::too_many_arguments)]
     fn layer_backward(
         &self,
         be: &B,
         l: usize,
         batch: &Packed,
-        acts: &Acts<B>,
+        x_in: &B::Buf,
+        la: &LayerActs<B>,
         grads: &mut [B::Buf],
         s: &mut GradScratch<B>,
     ) {
@@ -230,8 +246,6 @@ impl<B: Backend> Qwen2<B> {
         let kvd = c.n_kv_heads() * hd;
         let w = &self.layout.layers[l];
         let p = &self.params;
-        let la = &acts.layers[l];
-        let x_in = &acts.resid[l];
 
         // ---- MLP: the residual passes dresid straight through to x_mid; the branch gets it too.
         // down: y = act @ Wd^T (Wd [d,i]):  dact = dy @ Wd ; dWd += dy^T @ act.

@@ -1,10 +1,12 @@
 //! The full-sequence forward pass over a packed batch (sequences concatenated, no padding),
 //! llm.c style: every activation the backward pass needs is kept in an `Acts` planned once
-//! per token count and reused across steps.
+//! per token count and reused across steps, or, with activation recomputation, only each
+//! layer's input (the backward re-runs the layer: `LayerStore::Recomputed`).
 
 use super::{KvCache, Qwen2};
 use crate::backend::{AttnSpan, Backend, Tr};
 use anyhow::Result;
+use std::cell::RefCell;
 
 /// Sequences packed back to back: ids, their positions (restarting at 0 per sequence), and
 /// one attention span per sequence. A sequence's result never depends on its neighbours.
@@ -72,12 +74,24 @@ pub struct LayerActs<B: Backend> {
     pub act: B::Buf,
 }
 
+/// Where the per-layer activations of a forward live.
+pub enum LayerStore<B: Backend> {
+    /// Every layer's activations, kept from the forward for the backward.
+    Kept(Vec<LayerActs<B>>),
+    /// Activation recomputation: one layer's buffers, which every layer's forward fills in
+    /// turn and the backward refills for each layer (`Qwen2::backward_to_embeddings` re-runs
+    /// the layer from its input `resid[l]`). The backward takes `&Acts`, so the buffers sit
+    /// in a cell; only the forward and that recomputation ever borrow them.
+    Recomputed(RefCell<LayerActs<B>>),
+}
+
 /// All activations of one forward pass over `t` tokens.
 pub struct Acts<B: Backend> {
     pub t: usize,
-    /// `resid[l]` enters layer l; `resid[n_layers]` leaves the last layer.
+    /// `resid[l]` enters layer l; `resid[n_layers]` leaves the last layer. Always kept: with
+    /// recomputation these are the only per-layer activations that outlive the forward.
     pub resid: Vec<B::Buf>,
-    pub layers: Vec<LayerActs<B>>,
+    pub layers: LayerStore<B>,
     pub rstd_f: B::Buf,
     /// The final normalized hidden states, input of the output projection.
     pub xn_f: B::Buf,
@@ -85,45 +99,87 @@ pub struct Acts<B: Backend> {
     pub tmp: B::Buf,
 }
 
+impl<B: Backend> Acts<B> {
+    /// Whether the backward re-runs each layer's forward (see [`LayerStore::Recomputed`]).
+    pub fn recomputes(&self) -> bool {
+        matches!(self.layers, LayerStore::Recomputed(_))
+    }
+}
+
 impl<B: Backend> Qwen2<B> {
-    /// Plans the activation memory for `t` tokens.
+    /// Plans the activation memory for `t` tokens, every layer's activations kept.
     pub fn alloc_acts(&self, be: &B, t: usize) -> Acts<B> {
+        self.alloc_acts_with(be, t, false)
+    }
+
+    /// Plans the activation memory for `t` tokens; with `recompute`, one layer's buffers
+    /// instead of `num_hidden_layers` (the backward recomputes each layer from its input).
+    pub fn alloc_acts_with(&self, be: &B, t: usize, recompute: bool) -> Acts<B> {
         let c = &self.cfg;
-        let (d, i) = (c.hidden_size, c.intermediate_size);
-        let kvd = c.n_kv_heads() * c.head_dim();
-        let h = c.num_attention_heads;
+        let d = c.hidden_size;
+        let layers = if recompute {
+            LayerStore::Recomputed(RefCell::new(self.alloc_layer_acts(be, t)))
+        } else {
+            LayerStore::Kept(
+                (0..c.num_hidden_layers).map(|_| self.alloc_layer_acts(be, t)).collect(),
+            )
+        };
         Acts {
             t,
             resid: (0..=c.num_hidden_layers).map(|_| be.zeros(t * d)).collect(),
-            layers: (0..c.num_hidden_layers)
-                .map(|_| LayerActs {
-                    rstd1: be.zeros(t),
-                    xn1: be.zeros(t * d),
-                    q: be.zeros(t * d),
-                    k: be.zeros(t * kvd),
-                    v: be.zeros(t * kvd),
-                    att: be.zeros(t * d),
-                    lse: be.zeros(t * h),
-                    x_mid: be.zeros(t * d),
-                    rstd2: be.zeros(t),
-                    xn2: be.zeros(t * d),
-                    gate: be.zeros(t * i),
-                    up: be.zeros(t * i),
-                    act: be.zeros(t * i),
-                })
-                .collect(),
+            layers,
             rstd_f: be.zeros(t),
             xn_f: be.zeros(t * d),
             tmp: be.zeros(t * d),
         }
     }
 
-    /// Full forward of a packed batch. Reuses `acts` when it was planned for this many tokens.
+    /// One decoder layer's activation buffers for `t` tokens (what recomputation saves per
+    /// layer it does not keep).
+    pub fn alloc_layer_acts(&self, be: &B, t: usize) -> LayerActs<B> {
+        let c = &self.cfg;
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        let kvd = c.n_kv_heads() * c.head_dim();
+        let h = c.num_attention_heads;
+        LayerActs {
+            rstd1: be.zeros(t),
+            xn1: be.zeros(t * d),
+            q: be.zeros(t * d),
+            k: be.zeros(t * kvd),
+            v: be.zeros(t * kvd),
+            att: be.zeros(t * d),
+            lse: be.zeros(t * h),
+            x_mid: be.zeros(t * d),
+            rstd2: be.zeros(t),
+            xn2: be.zeros(t * d),
+            gate: be.zeros(t * i),
+            up: be.zeros(t * i),
+            act: be.zeros(t * i),
+        }
+    }
+
+    /// Full forward of a packed batch, every layer's activations kept. Reuses `acts` when it
+    /// was planned for this many tokens the same way.
     pub fn forward(&self, be: &B, batch: &Packed, acts: &mut Option<Acts<B>>) -> Result<()> {
+        self.forward_with(be, batch, acts, false)
+    }
+
+    /// [`Qwen2::forward`]; with `recompute`, only each layer's input is kept (plus the final
+    /// norm's output for the head) and the backward re-runs each layer's forward. The
+    /// results, and the gradients of the backward, are the same bits either way.
+    pub fn forward_with(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &mut Option<Acts<B>>,
+        recompute: bool,
+    ) -> Result<()> {
         self.check_ids(&batch.ids)?;
         let t = batch.tokens();
-        if acts.as_ref().map(|a| a.t) != Some(t) {
-            *acts = Some(self.alloc_acts(be, t));
+        if acts.as_ref().map(|a| (a.t, a.recomputes())) != Some((t, recompute)) {
+            // Drop the old plan first, so that its memory can serve the new one.
+            *acts = None;
+            *acts = Some(self.alloc_acts_with(be, t, recompute));
         }
         self.run(be, batch, acts.as_mut().expect("planned above"), None);
         Ok(())
@@ -155,16 +211,11 @@ impl<B: Backend> Qwen2<B> {
         for l in 0..self.cfg.num_hidden_layers {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let kv = cache.as_mut().map(|(c, rows)| (&mut c.k[l], &mut c.v[l], *rows));
-            self.layer_forward(
-                be,
-                l,
-                &before[l],
-                &mut after[0],
-                &mut a.layers[l],
-                &mut a.tmp,
-                batch,
-                kv,
-            );
+            let la = match &mut a.layers {
+                LayerStore::Kept(v) => &mut v[l],
+                LayerStore::Recomputed(cell) => cell.get_mut(),
+            };
+            self.layer_forward(be, l, &before[l], Some(&mut after[0]), la, &mut a.tmp, batch, kv);
         }
         let eps = self.cfg.rms_norm_eps as f32;
         let last = &a.resid[self.cfg.num_hidden_layers];
@@ -208,13 +259,15 @@ impl<B: Backend> Qwen2<B> {
     /// One decoder layer: `x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(.))`.
     /// With `cache`, the new keys/values are written to the cache rows given and attention
     /// reads the cache (the spans then address cache rows); without, it reads `la.k`/`la.v`.
+    /// Without `x_out` (the backward's recomputation, which needs only `la`), the layer stops
+    /// after the MLP activation: the down projection and the residual add are skipped.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn layer_forward(
         &self,
         be: &B,
         l: usize,
         x_in: &B::Buf,
-        x_out: &mut B::Buf,
+        x_out: Option<&mut B::Buf>,
         la: &mut LayerActs<B>,
         tmp: &mut B::Buf,
         batch: &Packed,
@@ -278,6 +331,7 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
         be.matmul(&mut la.up, &la.xn2, Tr::N, &p[w.up_w], Tr::T, t, i, d, 0.0);
         be.swiglu(&mut la.act, &la.gate, &la.up);
+        let Some(x_out) = x_out else { return };
         be.matmul(tmp, &la.act, Tr::N, &p[w.down_w], Tr::T, t, d, i, 0.0);
         be.copy(x_out, 0, &la.x_mid, 0, t * d);
         be.add_assign(x_out, tmp);

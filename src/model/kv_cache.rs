@@ -92,7 +92,8 @@ impl<B: Backend> Qwen2<B> {
             last_rows.push(batch.ids.len() - 1);
         }
         self.check_ids(&batch.ids)?;
-        let mut a = self.alloc_acts(be, batch.tokens());
+        // No backward follows: one layer's activation buffers serve every layer in turn.
+        let mut a = self.alloc_acts_with(be, batch.tokens(), true);
         let d = self.cfg.hidden_size;
         be.embedding(&mut a.resid[0], &self.params[self.layout.embed], &batch.ids, d);
         hook(&mut batch, &mut a.resid[0])?;

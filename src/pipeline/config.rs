@@ -42,6 +42,10 @@ pub struct ModelSection {
     /// auto | bf16 | f32: matmuls and attention in bf16 (tensor cores, f32 accumulation) or
     /// f32; auto is bf16 on a GPU and on emu, f32 on the CPU.
     pub precision: PrecisionChoice,
+    /// Activation recomputation in SFT and GRPO updates: keep only each layer's input in the
+    /// forward, re-run the layer in the backward. Less device memory (the activations of all
+    /// layers but one), more compute, the same results.
+    pub recompute: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -205,6 +209,7 @@ impl Default for TrainConfig {
                 dir: PathBuf::new(),
                 device: DeviceChoice::Auto,
                 precision: PrecisionChoice::Auto,
+                recompute: false,
             },
             data: DataSection {
                 sft: PathBuf::new(),
@@ -338,6 +343,7 @@ fn scalar(v: &toml::Value) -> String {
 pub const RESUME_MAY_CHANGE: &[&str] = &[
     "model.device",
     "model.precision",
+    "model.recompute",
     "output.checkpoint_every",
     "output.keep_checkpoints",
     "output.save_dtype",

@@ -284,7 +284,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let c = self.cfg();
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
-        let mut st = Workspace::new(&run.policy, self.be);
+        let mut st = Workspace::new(&run.policy, self.be).with_recompute(c.model.recompute);
         let mut summaries = Vec::new();
         // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
         // every refresh.

@@ -66,6 +66,7 @@ impl<'a, B: Backend> SftPhase<'a, B> {
             Some(ck) => SftTrainer::resume(self.be, ck, data)?,
             None => SftTrainer::new(self.be, model, data, sft_config(cfg))?,
         };
+        tr.ws.recompute = cfg.model.recompute;
         let pb = bar(tr.state.total_steps, "cold-start SFT");
         pb.set_position(tr.state.step);
         while !tr.done() {

@@ -18,6 +18,11 @@ use std::ops::Range;
 /// Reusable memory of micro-batch steps: activations and gradient scratch (re-planned only
 /// when the token count changes) and the gradient accumulators of the optimizer step.
 pub struct Workspace<B: Backend> {
+    /// Activation recomputation (`--recompute`, `model.recompute`): the forward keeps only
+    /// each layer's input and the backward re-runs each layer's forward first. Less memory
+    /// (one layer's activations instead of all), one more forward of the layers per step,
+    /// the same bits. Off by default.
+    pub recompute: bool,
     pub acts: Option<Acts<B>>,
     pub scratch: Option<GradScratch<B>>,
     /// One buffer per parameter of the model the workspace was made for; `micro_step` adds to
@@ -32,11 +37,18 @@ pub struct Workspace<B: Backend> {
 impl<B: Backend> Workspace<B> {
     pub fn new(model: &Qwen2<B>, be: &B) -> Self {
         Workspace {
+            recompute: false,
             acts: None,
             scratch: None,
             grads: model.zero_grads(be),
             logit_chunk: model.logit_chunk_rows(),
         }
+    }
+
+    /// The workspace with activation recomputation on or off (see `recompute`).
+    pub fn with_recompute(mut self, on: bool) -> Self {
+        self.recompute = on;
+        self
     }
 
     /// Clears the gradient accumulators (the start of an optimizer step).
@@ -90,7 +102,7 @@ pub fn forward_logprobs<B: Backend>(
     ws: &mut Workspace<B>,
 ) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
     let _r = crate::nvtx_ranges::range(c"forward");
-    model.forward(be, batch, &mut ws.acts)?;
+    model.forward_with(be, batch, &mut ws.acts, ws.recompute)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
     let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
@@ -115,7 +127,7 @@ pub fn micro_step<B: Backend>(
     }
     let inv_temp = loss.inv_temp();
     let forward = crate::nvtx_ranges::range(c"forward");
-    model.forward(be, batch, &mut ws.acts)?;
+    model.forward_with(be, batch, &mut ws.acts, ws.recompute)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
     let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);

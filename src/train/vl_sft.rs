@@ -351,8 +351,12 @@ fn micro_step<B: Backend>(
     let va = m.forward(be, &batch, pixels.as_ref(), acts_slot)?;
     let acts = acts_slot.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.packed.next_token_targets();
-    let (lp, ent) = m.text.token_logprobs(be, acts, &targets, lossfn.inv_temp());
-    let g = lossfn.eval(&lp, &ent);
+    let (lp, ent) = m.text.token_logprobs(be, acts, &targets, TokenLoss::<B>::inv_temp(&lossfn));
+    // The VL backward takes host gradients per row; the loss works on backend buffers.
+    let g = lossfn.eval(be, &be.upload(&lp), &be.upload(&ent));
+    let rows_n = targets.len();
+    let dlp = be.download(&g.dlp)[..rows_n].to_vec();
+    let dent = g.dent.as_ref().map(|d| be.download(d)[..rows_n].to_vec());
     let (text_grads, vision_grads) = grads.split_at_mut(m.text.params.len());
     m.backward(
         be,
@@ -361,9 +365,9 @@ fn micro_step<B: Backend>(
         acts,
         va.as_ref(),
         &targets,
-        &g.dlp,
-        g.dent.as_deref(),
-        lossfn.inv_temp(),
+        &dlp,
+        dent.as_deref(),
+        TokenLoss::<B>::inv_temp(&lossfn),
         text_grads,
         (!freeze_vision).then_some(vision_grads),
     )?;
