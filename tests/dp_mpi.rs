@@ -9,7 +9,9 @@
 //!   then GRPO + VAS with refreshes) end at the weights of the same command in one plain
 //!   process, log each step exactly once, and (`train`) hold the same VPS table as the one
 //!   process (every rank checks its table against rank 0's after each refresh: a rank that
-//!   drifts fails the run).
+//!   drifts fails the run). A third 2-rank `train` has rank 1 killed (SIGKILL) once RL step
+//!   2 is logged (rank 0 is then writing rl/checkpoint-2), is resumed by a new `mpirun -np 2
+//!   ... --resume`, logs every step once and ends at the uninterrupted run's bits.
 //!
 //! Tolerance, as in docs/distributed.md: the ranks' summed gradient is the one-process
 //! gradient with its f32 additions in another order, so weights agree to f32 rounding
@@ -144,6 +146,59 @@ fn rank_body() {
 
 // ---- the commands --------------------------------------------------------------------------
 
+/// Starts `launch` (an `mpirun -np 2 ... train` into `out`), and once RL step 2 is logged
+/// kills rank 1 (SIGKILL; Open MPI's ranks are mpirun's children, rank in their environment);
+/// mpirun then ends the job. Returns the last RL step logged before the kill.
+fn kill_rank_1_during_rl(launch: &mut Command, out: &Path) -> u64 {
+    use std::time::{Duration, Instant};
+    let mut child = launch
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rank_1 = |parent: u32| -> Option<u32> {
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(|v| v.trim());
+            if ppid != Some(&parent.to_string()) {
+                continue;
+            }
+            let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            if env.split(|&b| b == 0).any(|v| v == b"OMPI_COMM_WORLD_RANK=1") {
+                return Some(pid);
+            }
+        }
+        None
+    };
+    let t0 = Instant::now();
+    loop {
+        // Read while rank 0 appends: a line may be torn.
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+        let logged: Vec<u64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["phase"] == "rl" && v.get("event").is_none())
+            .filter_map(|v| v["step"].as_u64())
+            .collect();
+        // After step 2 is logged, rank 0 writes rl/checkpoint-2: the kill may land during
+        // the write (atomic: the resume starts from it or from the SFT checkpoint).
+        if let Some(&last) = logged.last().filter(|&&l| l >= 2) {
+            let pid = rank_1(child.id()).expect("rank 1 of the launch");
+            let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+            assert!(killed.success());
+            let status = child.wait().unwrap();
+            assert!(!status.success(), "mpirun reports the killed rank");
+            return last;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed after RL step 2");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(600), "no RL step logged in 10 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Steps of `phase` ("sft" / "rl") in metrics.jsonl, in order (RL: step records only).
 fn steps_logged(out: &Path, phase: &str) -> Vec<u64> {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
@@ -229,7 +284,7 @@ fn train_on_two_ranks_matches_one_process() {
         "model.device=\"cpu\"".into(),
         "sft.epochs=1".into(),
         "sft.batch_size=16".into(),
-        "rl.steps=3".into(),
+        "rl.steps=4".into(),
         "rl.batch_size=4".into(),
         "rl.group_size=4".into(),
         "rl.max_new_tokens=24".into(),
@@ -258,10 +313,19 @@ fn train_on_two_ranks_matches_one_process() {
     );
     let err = ok(&mpirun(2).arg(bin()).args(args(&two)).output().unwrap(), "mpirun -np 2 train");
     assert!(err.contains("data parallel: 2 ranks"), "{err}");
-    for out in [&one, &two] {
+    // The same 2-rank run, rank 1 killed during RL, then resumed by a new 2-rank launch.
+    let three = tmp.path().join("three");
+    let killed_at = kill_rank_1_during_rl(mpirun(2).arg(bin()).args(args(&three)), &three);
+    let resume = ["train".to_string(), "--resume".into(), three.to_str().unwrap().into()];
+    ok(&mpirun(2).arg(bin()).args(resume).output().unwrap(), "mpirun -np 2 train --resume");
+    eprintln!("MEASURED train: rank 1 killed after RL step {killed_at} was logged");
+    for out in [&one, &two, &three] {
         assert_eq!(steps_logged(out, "sft"), vec![1, 2, 3], "{}", out.display());
-        assert_eq!(steps_logged(out, "rl"), vec![1, 2, 3], "{}", out.display());
+        assert_eq!(steps_logged(out, "rl"), vec![1, 2, 3, 4], "{}", out.display());
     }
+    // Resuming is exact (CPU): the killed and resumed run ends at the uninterrupted run's bits.
+    let (w2, w3) = (weights(&two.join("rl/checkpoint-4")), weights(&three.join("rl/checkpoint-4")));
+    assert!(w2.iter().zip(&w3).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed run differs");
     // The groups had reward variance (a real policy gradient, not only the KL term).
     let text = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
     let zero_var: Vec<f64> = text
@@ -272,18 +336,18 @@ fn train_on_two_ranks_matches_one_process() {
         .collect();
     assert!(zero_var.iter().all(|&z| z < 1.0), "zero-variance fractions {zero_var:?}");
     let state = |out: &Path| -> serde_json::Value {
-        let p = out.join("rl/checkpoint-3/trainer_state.json");
+        let p = out.join("rl/checkpoint-4/trainer_state.json");
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
     };
     let (s1, s2) = (state(&one), state(&two));
     assert_eq!(s1["table"], s2["table"], "the VPS table of 2 ranks is the one process's");
     assert_eq!(s1["sampler_rng"], s2["sampler_rng"]);
-    let (a, b) = (weights(&one.join("rl/checkpoint-3")), weights(&two.join("rl/checkpoint-3")));
+    let (a, b) = (weights(&one.join("rl/checkpoint-4")), weights(&two.join("rl/checkpoint-4")));
     let (sa, sb) = (weights(&one.join("sft/checkpoint-3")), weights(&two.join("sft/checkpoint-3")));
     // SFT: 3 steps at sft.lr, bound lr * 1e-4 per step as tests/dp_sft.rs.
     let (d_sft, _) = compare(&sa, &sb, &sa);
     let bound_sft = cfg.sft.lr * 3.0 * 1e-4;
-    // GRPO: 3 steps x 2 mini-batches at rl.lr, from the SFT result. AdamW's first steps move
+    // GRPO: 4 steps x 2 mini-batches at rl.lr, from the SFT result. AdamW's first steps move
     // every weight by about lr whatever its gradient's size, so a weight whose gradient nearly
     // cancels carries the rounding difference at a visible fraction of lr (one weight of
     // 213,696 differs by 4.4e-6 = 0.04 lr here): bound the largest difference by 0.05 lr per
@@ -293,7 +357,7 @@ fn train_on_two_ranks_matches_one_process() {
         x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt()
     };
     let rel = l2(&a, &b) / l2(&a, &sa);
-    let bound = cfg.rl.lr * 6.0 * 0.05;
+    let bound = cfg.rl.lr * 8.0 * 0.05;
     eprintln!(
         "MEASURED train 2 ranks vs 1 process: after SFT max weight diff {d_sft:.3e} (bound \
          {bound_sft:.1e}); after GRPO max diff {d:.3e} (bound {bound:.1e}), L2 diff / L2 \
@@ -303,5 +367,5 @@ fn train_on_two_ranks_matches_one_process() {
     assert!(d <= bound, "GRPO weights differ by {d} > {bound}");
     assert!(rel <= 1e-3, "GRPO weights differ by {rel} of their movement");
     // Adam moves weights by about lr a step: a run that did not train cannot pass.
-    assert!(moved > cfg.rl.lr * 6.0 * 0.5, "GRPO moved the weights only {moved}");
+    assert!(moved > cfg.rl.lr * 8.0 * 0.5, "GRPO moved the weights only {moved}");
 }
