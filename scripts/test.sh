@@ -12,6 +12,9 @@
 #     runs them on a GPU with --include-ignored);
 #  3. NVRTC to CUBIN for sm_80/sm_90 (scripts/cubin-check.py), which assembles the inline PTX
 #     of kernels/mma.cuh as well.
+# The build has feature `mpi` too (Open MPI + libclang; .ci/run installs them): tests/dp_mpi.rs
+# runs `mpirun -np 2` sft/train (and a kill + resume) against one process, and the MPI
+# collective on 3 ranks. MMR1_NO_MPI=1 builds without it where MPI is missing (and says so).
 # Extra arguments go to cargo test (e.g. a test name filter).
 # Time goes to compiling: no incremental state (CI builds from scratch once), and
 # Cargo.toml keeps debug info small in the dev/test profile.
