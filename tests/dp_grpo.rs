@@ -244,3 +244,44 @@ fn sharded_rollouts_are_the_whole_batchs_on_every_rank() {
         }
     }
 }
+
+/// The VPS-table drift check of a data-parallel RL phase: equal tables pass; a table that
+/// differs on one rank (one item's score) fails on every rank, naming that rank.
+#[test]
+fn a_rank_whose_vps_table_drifted_fails_every_rank() {
+    use mmr1_fast::pipeline::rl_phase::same_table_on_every_rank;
+    use mmr1_fast::rl::vas::VpsTable;
+    let table = |drift: bool| {
+        let mut t = VpsTable::new(4);
+        let toks: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4], vec![1, 2, 5, 6]];
+        let refs: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+        t.refresh(1, &[1.0, 0.0], &refs, 1);
+        if drift {
+            t.refresh(2, &[1.0, 1.0], &refs, 1);
+        }
+        t
+    };
+    for drifting in [None, Some(2)] {
+        let out: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = ThreadGroup::new(3)
+                .into_iter()
+                .map(|g| {
+                    sc.spawn(move || {
+                        let r = Collective::<Cpu>::rank(&g);
+                        let t = table(drifting == Some(r));
+                        same_table_on_every_rank::<Cpu>(&g, &t, 7).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in out {
+            match drifting {
+                None => r.unwrap(),
+                Some(_) => {
+                    assert!(r.unwrap_err().contains("step 7: the VPS table of rank 2"), "drift")
+                }
+            }
+        }
+    }
+}

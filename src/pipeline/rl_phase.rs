@@ -511,18 +511,7 @@ impl<'a, B: Backend> RlPhase<'a, B> {
     /// batches. Checked after each refresh by comparing a hash of the table across ranks
     /// (a few bytes): drift fails the run by name instead of training on different batches.
     fn check_same_table(&self, run: &RlRun<B>) -> Result<()> {
-        if self.comm.world() == 1 {
-            return Ok(());
-        }
-        let h = table_hash(&run.state.table)?;
-        let all = self.comm.all_gather_host(&[(h >> 32) as f64, (h & 0xffff_ffff) as f64])?;
-        if let Some(r) = all.iter().position(|x| x != &all[0]) {
-            bail!(
-                "step {}: the VPS table of rank {r} differs from rank 0's after the refresh",
-                run.state.step
-            );
-        }
-        Ok(())
+        same_table_on_every_rank(self.comm, &run.state.table, run.state.step)
     }
 
     /// The step's metrics line.
@@ -616,6 +605,24 @@ fn load_reference<B: Backend>(be: &B, dir: &Path) -> Result<Qwen2<B>> {
     } else {
         Qwen2::load(be, dir)
     }
+}
+
+/// Fails on every rank alike unless every rank's `table` hashes as rank 0's (see
+/// `RlPhase::check_same_table`).
+pub fn same_table_on_every_rank<B: Backend>(
+    comm: &dyn Collective<B>,
+    table: &VpsTable,
+    step: u64,
+) -> Result<()> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    let h = table_hash(table)?;
+    let all = comm.all_gather_host(&[(h >> 32) as f64, (h & 0xffff_ffff) as f64])?;
+    if let Some(r) = all.iter().position(|x| x != &all[0]) {
+        bail!("step {step}: the VPS table of rank {r} differs from rank 0's after the refresh");
+    }
+    Ok(())
 }
 
 /// FNV-1a (64 bit) of the table as serialized: equal tables, equal hashes.
