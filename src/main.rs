@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use mmr1_fast::commands;
+use mmr1_fast::dist::launch::World;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -85,9 +86,12 @@ enum Command {
     InitModel(commands::init_model::InitModelArgs),
 }
 
-/// Refuses a multi-rank `mpirun` (or PMI) launch of a training command (see `dist::launch`).
-fn check_launch() -> anyhow::Result<()> {
-    mmr1_fast::dist::launch::check_launch(|k| std::env::var(k).ok())
+/// Runs a training command as one rank of the world its launcher started (`mpirun -np N`;
+/// a plain process is a world of one). See `dist::launch`.
+fn ranked(f: impl FnOnce(&World) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let world = World::from_env()?;
+    let r = f(&world);
+    world.finish(r)
 }
 
 fn main() -> ExitCode {
@@ -95,8 +99,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Logprobs(a) => commands::logprobs::run(a),
         Command::Generate(a) => commands::generate::run(a),
-        Command::Sft(a) => check_launch().and_then(|()| commands::sft::run(a)),
-        Command::Train(a) => check_launch().and_then(|()| commands::train::run(a)),
+        Command::Sft(a) => ranked(|w| commands::sft::run(a, w)),
+        Command::Train(a) => ranked(|w| commands::train::run(a, w)),
         Command::Reward(a) => commands::reward::run(a),
         Command::Score(a) => commands::score::run(a),
         Command::Eval(a) => commands::eval::run(a),

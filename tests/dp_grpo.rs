@@ -169,3 +169,119 @@ fn grpo_two_ranks_match_one_process() {
 fn grpo_three_ranks_match_one_process() {
     check_world(3);
 }
+
+/// Sharded rollouts (`collect_with`): each rank decodes and grades its share of the prompts,
+/// seeded as the whole batch seeds them; the gathered experience (responses, verdicts,
+/// rewards, advantages and batch statistics over the WHOLE batch) is the one-process
+/// `collect`'s bit for bit on every rank, with 2 and 3 ranks over 5 prompts (uneven shards)
+/// and 7 ranks (some with none). Rewards vary through the overlong penalty, so a response
+/// in the wrong group or with another seed shows.
+#[test]
+fn sharded_rollouts_are_the_whole_batchs_on_every_rank() {
+    use mmr1_fast::data::demo::{demo_prompt, demo_tokenizer};
+    use mmr1_fast::data::rl_items::RlItem;
+    use mmr1_fast::rl::overlong::OverlongPenalty;
+    use mmr1_fast::rl::trainer::{collect, collect_with};
+
+    let tok = demo_tokenizer().unwrap();
+    let model = random_model(tiny_config(tok.vocab_size(), false), 23);
+    let items: Vec<RlItem> = ["Add 1+2", "Add 4+5+6", "Add 7+8", "Add 9+9", "Add 3+3+3+3"]
+        .iter()
+        .map(|p| RlItem {
+            id: None,
+            problem: p.to_string(),
+            answer: Some("3".into()),
+            images: vec![],
+            options: None,
+        })
+        .collect();
+    let prompt_ids: Vec<Vec<u32>> =
+        items.iter().map(|it| tok.encode(&demo_prompt(it)).unwrap()).collect();
+    let mut s = settings();
+    s.sampling.stop_ids = (1..40).collect();
+    s.sampling.max_new_tokens = 6;
+    s.extras.overlong =
+        Some(OverlongPenalty { buffer_len: 4, penalty_factor: 1.0, max_response_len: 6 });
+    let indices = [3usize, 0, 4, 2, 1];
+    let key = |e: &Experience| {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (e.items.clone(), e.responses.clone(), bits(&e.rewards), bits(&e.advantages))
+    };
+    let (one, one_stats) =
+        collect(&model, &Cpu, &tok, &items, &prompt_ids, &indices, &s, 9, |_| {}).unwrap();
+    let rewards: Vec<f32> = one.rewards.clone();
+    assert!(rewards.iter().any(|&r| r != rewards[0]), "rewards vary: {rewards:?}");
+    for world in [2, 3, 7] {
+        let got: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = ThreadGroup::new(world)
+                .into_iter()
+                .map(|g| {
+                    let (model, tok, items, prompt_ids, s) =
+                        (&model, &tok, &items, &prompt_ids, &s);
+                    sc.spawn(move || {
+                        collect_with(
+                            model,
+                            &Cpu,
+                            tok,
+                            items,
+                            prompt_ids,
+                            &indices,
+                            s,
+                            9,
+                            |_| {},
+                            &g,
+                        )
+                        .unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, (exp, stats)) in got.iter().enumerate() {
+            assert!(key(exp) == key(&one), "world {world}, rank {r}: another experience");
+            assert_eq!(exp.verdicts, one.verdicts);
+            assert_eq!(stats, &one_stats, "world {world}, rank {r}");
+        }
+    }
+}
+
+/// The VPS-table drift check of a data-parallel RL phase: equal tables pass; a table that
+/// differs on one rank (one item's score) fails on every rank, naming that rank.
+#[test]
+fn a_rank_whose_vps_table_drifted_fails_every_rank() {
+    use mmr1_fast::pipeline::rl_phase::same_table_on_every_rank;
+    use mmr1_fast::rl::vas::VpsTable;
+    let table = |drift: bool| {
+        let mut t = VpsTable::new(4);
+        let toks: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4], vec![1, 2, 5, 6]];
+        let refs: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+        t.refresh(1, &[1.0, 0.0], &refs, 1);
+        if drift {
+            t.refresh(2, &[1.0, 1.0], &refs, 1);
+        }
+        t
+    };
+    for drifting in [None, Some(2)] {
+        let out: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = ThreadGroup::new(3)
+                .into_iter()
+                .map(|g| {
+                    sc.spawn(move || {
+                        let r = Collective::<Cpu>::rank(&g);
+                        let t = table(drifting == Some(r));
+                        same_table_on_every_rank::<Cpu>(&g, &t, 7).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in out {
+            match drifting {
+                None => r.unwrap(),
+                Some(_) => {
+                    assert!(r.unwrap_err().contains("step 7: the VPS table of rank 2"), "drift")
+                }
+            }
+        }
+    }
+}

@@ -54,7 +54,13 @@ fn run_phase(lambda: f32) -> (RlState, Vec<RlState>, Vec<serde_json::Value>) {
     cfg.output.dir = tmp.path().to_path_buf();
     let settings = grpo_settings(&cfg, tok.stop_ids());
     let inputs = RunInputs::from_parts(cfg, tok, tok_path, items, prompt_ids, vec![]).unwrap();
-    let phase = RlPhase { be: &Cpu, inputs: &inputs, settings, dir: tmp.path().join("rl") };
+    let phase = RlPhase {
+        be: &Cpu,
+        inputs: &inputs,
+        settings,
+        dir: tmp.path().join("rl"),
+        comm: &mmr1_fast::dist::Single,
+    };
     let policy = random_model(demo_config(inputs.tok.vocab_size()), 4);
     let mut run = phase.start(policy, tmp.path()).unwrap();
     let before = run.state.clone();

@@ -2,6 +2,8 @@
 
 use crate::backend::Backend;
 use crate::data::sft_data::load_sft_dataset;
+use crate::dist::launch::World;
+use crate::dist::{sync_replicas, Collective, Single};
 use crate::model::safetensors_io::write_model_files;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
@@ -151,16 +153,31 @@ impl SftArgs {
     }
 }
 
-pub fn run(args: &SftArgs) -> Result<()> {
-    crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args))
+/// The command as rank `world.rank()` of the launched world (a world of one without mpirun).
+pub fn run(args: &SftArgs, world: &World) -> Result<()> {
+    let device = world.device(args.device)?;
+    crate::with_backend!(device, precision = args.precision, be => run_ranked(be, args, world.comm()))
 }
 
-/// The SFT command on any backend (tests call this directly).
+/// The SFT command on any backend, in one process (tests call this directly).
 pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
+    run_ranked(be, args, &Single)
+}
+
+/// The SFT command as one rank of a data-parallel group: every rank reads the same data and
+/// model, packs its shard of each step's sequences (`SftTrainer::step_with`), and takes the
+/// same optimizer step; rank 0 alone prints, logs metrics and writes checkpoints and the final
+/// model, while the others wait at a barrier after each write (so no rank runs ahead of a
+/// checkpoint it could be resumed from).
+pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) -> Result<()> {
     args.validate()?;
+    let lead = comm.rank() == 0;
     if args.model.join("config.json").is_file()
         && crate::model::vl_prompt::is_vl_checkpoint(&args.model)?
     {
+        if comm.world() > 1 {
+            bail!("data-parallel SFT of a Qwen2.5-VL model is not supported yet: run it in one process");
+        }
         return super::sft_vl::run_on(be, args);
     }
     if !args.freeze_vision {
@@ -169,13 +186,18 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
             args.model.display()
         );
     }
-    // One run per directory, locked before its checkpoints or metrics are read.
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let _lock = RunLock::acquire(&args.out)?;
-    if args.resume.is_none() {
-        prepare_fresh_sft(&args.out, args.overwrite)?;
+    // One run per directory: rank 0 locks it before its checkpoints or metrics are read, and
+    // clears a fresh run's way; the other ranks wait for that.
+    let mut lock = None;
+    if lead {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        lock = Some(RunLock::acquire(&args.out)?);
+        if args.resume.is_none() {
+            prepare_fresh_sft(&args.out, args.overwrite)?;
+        }
     }
+    comm.barrier()?;
     let resume_dir = match args.resume.as_deref() {
         None => None,
         Some("latest") => Some(resume_checkpoint(&args.out)?.with_context(|| {
@@ -228,41 +250,62 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
         }
     };
     trainer.ws.recompute = args.recompute;
+    // Ranks that loaded independently start as exact replicas of rank 0.
+    sync_replicas(be, comm, &mut trainer.model, &mut trainer.opt)?;
     let n_tok: usize = trainer.data.iter().map(|e| e.ids.len()).sum();
-    eprintln!(
-        "sft: {} examples ({} tokens), {} steps of {} sequences, lr {:?}",
-        trainer.data.len(),
-        n_tok,
-        trainer.state.total_steps,
-        trainer.state.config.batch_size,
-        trainer.state.schedule
-    );
-    // A resumed run's log is cut back to its checkpoint, so no step is logged twice; a fresh
-    // run starts a new log.
-    let keep = resume_dir.is_some().then_some((Phase::Sft, trainer.state.step));
-    let mut metrics = MetricsLog::open(&args.out, keep)?;
-    let mut done_here = 0u64;
-    while !trainer.done() && args.max_steps.is_none_or(|m| done_here < m) {
-        let m = trainer.step(be)?;
-        done_here += 1;
-        report(&m, trainer.state.total_steps);
-        metrics.write(&Record::Sft(m.clone()))?;
-        if args.save_every > 0 && m.step % args.save_every == 0 {
+    if lead {
+        eprintln!(
+            "sft: {} examples ({} tokens), {} steps of {} sequences, lr {:?}{}",
+            trainer.data.len(),
+            n_tok,
+            trainer.state.total_steps,
+            trainer.state.config.batch_size,
+            trainer.state.schedule,
+            if comm.world() > 1 { format!(", {} ranks", comm.world()) } else { String::new() }
+        );
+    }
+    // Rank 0 owns the output directory: the lock, the metrics log, the checkpoints.
+    let mut owned = None;
+    if let Some(lock) = lock.take() {
+        // A resumed run's log is cut back to its checkpoint, so no step is logged twice; a
+        // fresh run starts a new log.
+        let keep = resume_dir.is_some().then_some((Phase::Sft, trainer.state.step));
+        owned = Some((lock, MetricsLog::open(&args.out, keep)?));
+    }
+    let save = |trainer: &SftTrainer<B>| -> Result<()> {
+        if lead {
             let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
             eprintln!("saved {}", dir.display());
         }
+        comm.barrier()
+    };
+    let mut done_here = 0u64;
+    while !trainer.done() && args.max_steps.is_none_or(|m| done_here < m) {
+        let m = trainer.step_with(be, comm)?;
+        done_here += 1;
+        if let Some((_, metrics)) = owned.as_mut() {
+            report(&m, trainer.state.total_steps);
+            metrics.write(&Record::Sft(m.clone()))?;
+        }
+        if args.save_every > 0 && m.step % args.save_every == 0 {
+            save(&trainer)?;
+        }
     }
-    // Always end on a checkpoint (unless the last step just wrote one).
-    if latest_checkpoint(&args.out)?
-        != Some(args.out.join(format!("checkpoint-{}", trainer.state.step)))
-    {
-        let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
-        eprintln!("saved {}", dir.display());
+    // Always end on a checkpoint (unless the last step just wrote one): rank 0 looks, and
+    // every rank follows its answer.
+    let need = lead
+        && latest_checkpoint(&args.out)?
+            != Some(args.out.join(format!("checkpoint-{}", trainer.state.step)));
+    if comm.all_gather_host(&[f64::from(u8::from(need))])?[0][0] == 1.0 {
+        save(&trainer)?;
     }
     if trainer.done() {
-        // The finished model, loadable from OUT itself (e.g. as GRPO's starting point).
-        write_final(&args.out, &trainer, be, args.save_dtype, &tok_path)?;
-        eprintln!("final model written to {}", args.out.display());
+        if lead {
+            // The finished model, loadable from OUT itself (e.g. as GRPO's starting point).
+            write_final(&args.out, &trainer, be, args.save_dtype, &tok_path)?;
+            eprintln!("final model written to {}", args.out.display());
+        }
+        comm.barrier()?;
     }
     Ok(())
 }

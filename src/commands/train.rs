@@ -1,8 +1,10 @@
 //! `mmr1-fast train`: the whole MMR1 pipeline. With no arguments it runs the built-in demo.
 
+use crate::dist::launch::World;
+use crate::dist::Collective;
 use crate::pipeline::config::TrainConfig;
 use crate::pipeline::inputs::{RunInputs, Start};
-use crate::pipeline::run::{format_report, run_pipeline};
+use crate::pipeline::run::{format_report, run_pipeline_with};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -63,7 +65,8 @@ pub struct TrainArgs {
     pub seeds: usize,
 }
 
-pub fn run(args: &TrainArgs) -> Result<()> {
+/// The command as rank `world.rank()` of the launched world (a world of one without mpirun).
+pub fn run(args: &TrainArgs, world: &World) -> Result<()> {
     if args.print_config {
         print!("{}", TrainConfig::default().to_toml());
         return Ok(());
@@ -115,14 +118,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         cfg = saved.resumed_with(cfg)?;
     }
     cfg.validate()?;
-    let device = crate::backend::select::resolve(cfg.model.device)?;
-    crate::with_backend!(device, precision = cfg.model.precision, be => run_on(be, cfg, args))
+    if args.demo_ablation && world.size() > 1 {
+        bail!("--demo-ablation runs in one process; launch it without mpirun (or with -np 1)");
+    }
+    let device = world.device(crate::backend::select::resolve(cfg.model.device)?)?;
+    crate::with_backend!(device, precision = cfg.model.precision, be => run_on(be, cfg, args, world.comm()))
 }
 
 fn run_on<B: crate::backend::rl_ops::RlOps>(
     be: &B,
     cfg: TrainConfig,
     args: &TrainArgs,
+    comm: &dyn Collective<B>,
 ) -> Result<()> {
     if args.demo_ablation {
         return crate::pipeline::ablation::run_ablation(be, cfg, args.seeds, args.overwrite)
@@ -133,10 +140,26 @@ fn run_on<B: crate::backend::rl_ops::RlOps>(
     } else {
         Start::Fresh { overwrite: args.overwrite }
     };
-    let inputs = RunInputs::prepare(cfg, start)?;
-    eprintln!("output: {}", inputs.out.display());
-    let report = run_pipeline(be, &inputs)?;
-    println!("{}", format_report(&report));
-    println!("metrics: {}", inputs.out.join("metrics.jsonl").display());
+    // Rank 0 prepares the output directory (lock, demo model, config.toml); the other ranks
+    // then read the configuration it wrote there.
+    let lead = comm.rank() == 0;
+    let out = cfg.output.dir.clone();
+    let inputs = if lead { Some(RunInputs::prepare(cfg, start)?) } else { None };
+    comm.barrier()?;
+    let inputs = match inputs {
+        Some(i) => i,
+        None => RunInputs::follow(&out, start, comm.rank())?,
+    };
+    if lead {
+        eprintln!("output: {}", inputs.out.display());
+        if comm.world() > 1 {
+            eprintln!("data parallel: {} ranks", comm.world());
+        }
+    }
+    let report = run_pipeline_with(be, &inputs, comm)?;
+    if lead {
+        println!("{}", format_report(&report));
+        println!("metrics: {}", inputs.out.join("metrics.jsonl").display());
+    }
     Ok(())
 }

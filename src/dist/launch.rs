@@ -1,8 +1,13 @@
-//! Launchers: `mpirun` (and `srun` with PMI) start N copies of the binary and tell each its rank through
-//! the environment. This build has no multi-process collective yet (docs/distributed.md), so
-//! the training commands refuse a launch with more than one rank: N copies would otherwise
-//! train N independent models into one output directory.
+//! Launchers: `mpirun` (and `srun` with PMI) start N copies of the binary and tell each its rank
+//! through the environment. [`World::from_env`] turns that into the collective the training
+//! commands use: a plain process (no launcher, or `-np 1`) is a world of one, exactly the
+//! single-process path; a launch of N > 1 ranks joins them over MPI (feature `mpi`), and a
+//! build without MPI refuses it by name rather than train N independent models into one
+//! output directory.
 
+use super::{Collective, Single};
+use crate::backend::select::DeviceChoice;
+use crate::backend::Backend;
 use anyhow::{bail, Result};
 
 /// Environment variables that carry the world size of a launched process: Open MPI's
@@ -11,29 +16,123 @@ use anyhow::{bail, Result};
 /// would be refused wrongly; a bare `srun -n N` without PMI is therefore not detected.
 const WORLD_VARS: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
 
+/// Environment variables that carry a rank's index among the ranks of its node (which GPU it
+/// takes): Open MPI, Slurm (`srun`), MPICH / Hydra.
+const LOCAL_RANK_VARS: [&str; 3] =
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"];
+
 /// The world size a launcher announced, and the variable it came from; `None` without one.
 /// `env` reads a variable (`std::env::var` in the binary; a map in tests).
 pub fn launcher_world(env: impl Fn(&str) -> Option<String>) -> Option<(usize, &'static str)> {
     WORLD_VARS.iter().find_map(|&k| env(k).and_then(|v| v.trim().parse().ok()).map(|n| (n, k)))
 }
 
-/// Fails when a launcher started more than one rank (this build trains single-process only).
+/// This rank's index on its node (0 without a launcher).
+pub fn local_rank(env: impl Fn(&str) -> Option<String>) -> usize {
+    LOCAL_RANK_VARS.iter().find_map(|&k| env(k).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// The device of a rank with local rank `local`: GPUs are numbered from the one asked for, so
+/// `cuda` (and `auto` once it resolved to a GPU) on a node of 8 ranks gives ranks 0..8 GPUs
+/// 0..8, and `cuda:4` gives them GPUs 4..12. Other devices are shared as they are.
+pub fn rank_device(dev: DeviceChoice, local: usize) -> DeviceChoice {
+    match dev {
+        DeviceChoice::Cuda(n) => DeviceChoice::Cuda(n + local),
+        d => d,
+    }
+}
+
+/// Fails when a launcher started more than one rank and this build cannot join them.
 pub fn check_launch(env: impl Fn(&str) -> Option<String>) -> Result<()> {
     if let Some((n, var)) = launcher_world(env) {
-        if n > 1 {
+        if n > 1 && !cfg!(feature = "mpi") {
             bail!(
-                "launched as {n} ranks ({var}={n}), but this build trains in one process only: \
-                 multi-process data parallelism (MPI, NCCL) is not built yet \
-                 (docs/distributed.md); run without mpirun/srun, or with -np 1"
+                "launched as {n} ranks ({var}={n}), but this build has no MPI: rebuild with \
+                 `--features mpi` (docs/distributed.md), or run without mpirun/srun, or with -np 1"
             );
         }
     }
     Ok(())
 }
 
+/// The ranks of this run: a world of one, or (feature `mpi`) the MPI world a launcher started.
+pub enum World {
+    Single,
+    #[cfg(feature = "mpi")]
+    Mpi(super::MpiComm),
+}
+
+impl World {
+    /// The world the environment describes (see the module comment). MPI is initialized only
+    /// under a launcher with more than one rank: a plain process never touches it.
+    pub fn from_env() -> Result<World> {
+        let env = |k: &str| std::env::var(k).ok();
+        check_launch(env)?;
+        match launcher_world(env) {
+            #[cfg(feature = "mpi")]
+            Some((n, var)) if n > 1 => {
+                let comm = super::MpiComm::init()?;
+                let got = Collective::<crate::backend::cpu::Cpu>::world(&comm);
+                if got != n {
+                    bail!("{var}={n}, but the MPI world has {got} ranks");
+                }
+                Ok(World::Mpi(comm))
+            }
+            _ => Ok(World::Single),
+        }
+    }
+
+    /// The collective over backend `B`'s buffers.
+    pub fn comm<B: Backend>(&self) -> &dyn Collective<B> {
+        match self {
+            World::Single => &Single,
+            #[cfg(feature = "mpi")]
+            World::Mpi(c) => c,
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm::<crate::backend::cpu::Cpu>().rank()
+    }
+
+    pub fn size(&self) -> usize {
+        self.comm::<crate::backend::cpu::Cpu>().world()
+    }
+
+    /// This rank's device for the device asked for (see [`rank_device`]).
+    pub fn device(&self, dev: DeviceChoice) -> Result<DeviceChoice> {
+        if self.size() == 1 {
+            return Ok(dev);
+        }
+        let dev = crate::backend::select::resolve(dev)?;
+        Ok(rank_device(dev, local_rank(|k| std::env::var(k).ok())))
+    }
+
+    /// Ends a failed command. In a world of N ranks one rank's error must end every rank (the
+    /// others would wait for it in their next collective forever): the error is printed with
+    /// the rank and the job aborted.
+    pub fn finish(&self, r: Result<()>) -> Result<()> {
+        match (self, r) {
+            #[cfg(feature = "mpi")]
+            (World::Mpi(c), Err(e)) => {
+                eprintln!("error (rank {} of {}): {e:#}", self.rank(), self.size());
+                if self.rank() != 0 {
+                    // Ranks usually fail alike (they compute the same numbers): give rank 0
+                    // the moment it needs to finish its own report (a diverged checkpoint
+                    // set aside) before the abort ends it too.
+                    std::thread::sleep(std::time::Duration::from_secs(3));
+                }
+                c.abort(1)
+            }
+            (_, r) => r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{check_launch, launcher_world};
+    use super::{check_launch, launcher_world, local_rank, rank_device};
+    use crate::backend::select::DeviceChoice;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
@@ -47,9 +146,25 @@ mod tests {
         assert_eq!(launcher_world(env(&[("PMI_SIZE", "4")])), Some((4, "PMI_SIZE")));
         // Inside an sbatch allocation of 4 tasks, a plain process is not a launch.
         check_launch(env(&[("SLURM_NTASKS", "4")])).unwrap();
-        let e = check_launch(env(&[("PMI_SIZE", "2")])).unwrap_err().to_string();
-        assert!(e.contains("2 ranks (PMI_SIZE=2)") && e.contains("docs/distributed.md"), "{e}");
+        let r = check_launch(env(&[("PMI_SIZE", "2")]));
+        if cfg!(feature = "mpi") {
+            r.unwrap();
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("2 ranks (PMI_SIZE=2)") && e.contains("--features mpi"), "{e}");
+        }
         // A variable that is not a number is not a launch.
-        check_launch(env(&[("OMPI_COMM_WORLD_SIZE", "x")])).unwrap();
+        assert_eq!(launcher_world(env(&[("OMPI_COMM_WORLD_SIZE", "x")])), None);
+    }
+
+    #[test]
+    fn each_rank_takes_the_gpu_of_its_local_rank() {
+        assert_eq!(local_rank(env(&[])), 0);
+        assert_eq!(local_rank(env(&[("SLURM_LOCALID", "3")])), 3);
+        let both = [("SLURM_LOCALID", "3"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1")];
+        assert_eq!(local_rank(env(&both)), 1);
+        assert_eq!(rank_device(DeviceChoice::Cuda(0), 2), DeviceChoice::Cuda(2));
+        assert_eq!(rank_device(DeviceChoice::Cuda(4), 3), DeviceChoice::Cuda(7));
+        assert_eq!(rank_device(DeviceChoice::Cpu, 3), DeviceChoice::Cpu);
     }
 }

@@ -8,17 +8,21 @@
 //! the replicas stay identical without exchanging weights.
 //!
 //! Implementations: [`Single`] (world 1, every operation a no-op: the plain single-process
-//! path) and [`ThreadGroup`] (N ranks as threads of one process, for tests of the sharded
-//! trainer with no launcher). The multi-process ones (MPI for the CPU backend, NCCL for CUDA
-//! device buffers, bootstrapped over MPI) are not built yet: see docs/distributed.md.
+//! path), [`ThreadGroup`] (N ranks as threads of one process, for tests of the sharded
+//! trainer with no launcher) and, with feature `mpi`, `MpiComm` (N processes started by
+//! `mpirun`; host buffers). NCCL on device buffers is not built yet: see docs/distributed.md.
 //!
 //! Reductions are deterministic: a sum over ranks is taken in rank order, so a run with a fixed
 //! world size is bit-reproducible and every rank holds bit-identical results.
 
 pub mod launch;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod single;
 mod thread_group;
 
+#[cfg(feature = "mpi")]
+pub use self::mpi::MpiComm;
 pub use single::Single;
 pub use thread_group::ThreadGroup;
 
@@ -46,6 +50,53 @@ pub trait Collective<B: Backend> {
     fn all_reduce_sum_host(&self, xs: &mut [f64]) -> Result<()>;
     /// Every rank's `xs` (which may differ in length), indexed by rank.
     fn all_gather_host(&self, xs: &[f64]) -> Result<Vec<Vec<f64>>>;
+    /// Every rank's bytes (lengths may differ), by rank: serialized records such as rollouts.
+    /// The default packs three bytes per f64 (exact integers) through `all_gather_host`.
+    fn all_gather_bytes(&self, xs: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let packed: Vec<f64> = std::iter::once(xs.len() as f64)
+            .chain(
+                xs.chunks(3)
+                    .map(|c| c.iter().rev().fold(0u32, |acc, &b| (acc << 8) | b as u32) as f64),
+            )
+            .collect();
+        let all = self.all_gather_host(&packed)?;
+        Ok(all
+            .into_iter()
+            .map(|v| {
+                let n = v[0] as usize;
+                let mut out: Vec<u8> = v[1..]
+                    .iter()
+                    .flat_map(|&x| {
+                        let w = x as u32;
+                        [w as u8, (w >> 8) as u8, (w >> 16) as u8]
+                    })
+                    .collect();
+                out.truncate(n);
+                out
+            })
+            .collect())
+    }
+    /// Returns when every rank has called it (rank 0 writes a checkpoint; the others wait).
+    fn barrier(&self) -> Result<()>;
+}
+
+/// Flattens buffers to one host vector (the host-staged collectives).
+pub(crate) fn download_all<B: Backend>(be: &B, bufs: &[B::Buf]) -> Vec<f32> {
+    let mut host = Vec::with_capacity(bufs.iter().map(|b| be.len(b)).sum());
+    for b in bufs {
+        host.extend(be.download(b));
+    }
+    host
+}
+
+/// Writes a flat host vector back over buffers of the same total length.
+pub(crate) fn upload_all<B: Backend>(be: &B, bufs: &mut [B::Buf], host: &[f32]) {
+    let mut off = 0;
+    for b in bufs.iter_mut() {
+        let n = be.len(b);
+        *b = be.upload(&host[off..off + n]);
+        off += n;
+    }
 }
 
 /// The contiguous block of `0..n` that `rank` of `world` takes: sizes differ by at most one,

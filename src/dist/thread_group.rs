@@ -7,7 +7,7 @@
 //! does); the tests join their threads, so a failure there shows as a hang plus the panic
 //! message, not as a wrong result.
 
-use super::Collective;
+use super::{download_all, upload_all, Collective};
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
@@ -73,25 +73,6 @@ impl ThreadGroup {
     }
 }
 
-/// Flattens buffers to one host vector.
-fn download_all<B: Backend>(be: &B, bufs: &[B::Buf]) -> Vec<f32> {
-    let mut host = Vec::with_capacity(bufs.iter().map(|b| be.len(b)).sum());
-    for b in bufs {
-        host.extend(be.download(b));
-    }
-    host
-}
-
-/// Writes a flat host vector back over buffers of the same total length.
-fn upload_all<B: Backend>(be: &B, bufs: &mut [B::Buf], host: &[f32]) {
-    let mut off = 0;
-    for b in bufs.iter_mut() {
-        let n = be.len(b);
-        *b = be.upload(&host[off..off + n]);
-        off += n;
-    }
-}
-
 impl<B: Backend> Collective<B> for ThreadGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -132,6 +113,10 @@ impl<B: Backend> Collective<B> for ThreadGroup {
     }
     fn all_gather_host(&self, xs: &[f64]) -> Result<Vec<Vec<f64>>> {
         Ok(self.exchange(&self.shared.f64_slots, xs))
+    }
+    fn barrier(&self) -> Result<()> {
+        self.shared.barrier.wait();
+        Ok(())
     }
 }
 
@@ -189,6 +174,25 @@ mod tests {
             assert_eq!(v, vec![1.0, 1.5, -1.0]);
             assert_eq!(gathered, vec![vec![], vec![1.0], vec![2.0, 2.0]]);
         }
+    }
+
+    #[test]
+    fn bytes_of_every_length_travel_whole() {
+        // The trait's default byte gather packs 3 bytes per f64: lengths 0, 4 and 8 cover every
+        // remainder; values cover every byte.
+        let out = on_ranks(3, |g| {
+            let r = Collective::<Cpu>::rank(&g);
+            let mine: Vec<u8> = (0..(4 * r)).map(|i| (i * 97 + r * 31 + 200) as u8).collect();
+            Collective::<Cpu>::all_gather_bytes(&g, &mine).unwrap()
+        });
+        let want: Vec<Vec<u8>> =
+            (0..3).map(|r| (0..(4 * r)).map(|i| (i * 97 + r * 31 + 200) as u8).collect()).collect();
+        for got in out {
+            assert_eq!(got, want);
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        let out = on_ranks(1, |g| Collective::<Cpu>::all_gather_bytes(&g, &all).unwrap());
+        assert_eq!(out[0], vec![all.clone()]);
     }
 
     #[test]

@@ -48,8 +48,11 @@ pub struct RunInputs {
     pub rl_prompts: Vec<Vec<u32>>,
     pub eval_items: Vec<RlItem>,
     pub start: Start,
-    /// Held for the run's life: no second run writes into the same directory.
-    _lock: RunLock,
+    /// This process's rank in a data-parallel run (0 alone: the one that writes the output
+    /// directory and evaluates).
+    pub rank: usize,
+    /// Held for the run's life by rank 0: no second run writes into the same directory.
+    _lock: Option<RunLock>,
 }
 
 /// Tokenized prompts of `items`; a prompt longer than `rl.max_prompt_len` is an error naming
@@ -112,6 +115,29 @@ impl RunInputs {
             }
             materialize_demo(&mut cfg, &out)?;
         }
+        let inputs = Self::load(cfg, out, start, Some(lock), 0)?;
+        write_atomic(&inputs.out.join("config.toml"), inputs.cfg.to_toml().as_bytes())?;
+        Ok(inputs)
+    }
+
+    /// The inputs of rank `rank` > 0 of a data-parallel run, once rank 0 has prepared the
+    /// output directory `out`: the configuration rank 0 wrote there (demo model included),
+    /// and the same data. Writes nothing; the directory must be one every rank sees.
+    pub fn follow(out: &Path, start: Start, rank: usize) -> Result<Self> {
+        let p = out.join("config.toml");
+        let cfg = TrainConfig::from_toml_file(&p)
+            .with_context(|| format!("rank {rank}: the run's configuration {} (written by rank 0; is the output directory on a file system every rank sees?)", p.display()))?;
+        Self::load(cfg, out.to_path_buf(), start, None, rank)
+    }
+
+    /// Tokenizer, items and prompts of a validated configuration.
+    fn load(
+        cfg: TrainConfig,
+        out: PathBuf,
+        start: Start,
+        lock: Option<RunLock>,
+        rank: usize,
+    ) -> Result<Self> {
         let tokenizer_path = cfg.model.dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&tokenizer_path)?;
         let load = |p: &Path| -> Result<Vec<RlItem>> {
@@ -139,7 +165,6 @@ impl RunInputs {
         tok.check_matches(&tokenizer_path, &mcfg)?;
         let rl_prompts = prompts_of(&mcfg, &tok, &rl_items, &cfg)?;
         prompts_of(&mcfg, &tok, &eval_items, &cfg)?;
-        write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
         Ok(RunInputs {
             cfg,
             out,
@@ -149,6 +174,7 @@ impl RunInputs {
             rl_prompts,
             eval_items,
             start,
+            rank,
             _lock: lock,
         })
     }
@@ -177,7 +203,8 @@ impl RunInputs {
             rl_prompts,
             eval_items,
             start: Start::Fresh { overwrite: false },
-            _lock: lock,
+            rank: 0,
+            _lock: Some(lock),
         })
     }
 
@@ -185,9 +212,10 @@ impl RunInputs {
         grpo_settings(&self.cfg, stop_ids(model, &self.tok))
     }
 
-    /// Accuracy of `model` on the eval items (greedy unless eval.temperature > 0).
+    /// Accuracy of `model` on the eval items (greedy unless eval.temperature > 0). Rank 0
+    /// alone evaluates in a data-parallel run (the others have the same model).
     pub fn evaluate<B: Backend>(&self, be: &B, model: &Qwen2<B>) -> Result<Option<EvalResult>> {
-        if self.eval_items.is_empty() {
+        if self.eval_items.is_empty() || self.rank != 0 {
             return Ok(None);
         }
         let params = EvalParams {

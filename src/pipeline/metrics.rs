@@ -234,7 +234,8 @@ impl Record {
 
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// None: the log of a data-parallel rank other than 0, which writes nothing.
+    file: Option<File>,
     /// The run's wall time, saved with every record written.
     clock: Option<RunClock>,
 }
@@ -257,7 +258,13 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {} for writing", path.display()))?;
-        Ok(MetricsLog { path, file, clock: None })
+        Ok(MetricsLog { path, file: Some(file), clock: None })
+    }
+
+    /// The log of a data-parallel rank other than 0: every record is dropped (rank 0 writes
+    /// each step once; the ranks compute the same records).
+    pub fn discard() -> Self {
+        MetricsLog { path: PathBuf::new(), file: None, clock: None }
     }
 
     /// Saves the run's time with every record, so a killed invocation's time counts.
@@ -272,11 +279,11 @@ impl MetricsLog {
     }
 
     pub fn write(&mut self, r: &Record) -> Result<()> {
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
         let mut line = serde_json::to_string(&r.to_json())?;
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|_| self.file.flush())
+        file.write_all(line.as_bytes())
+            .and_then(|_| file.flush())
             .with_context(|| format!("cannot write {} (disk full?)", self.path.display()))?;
         if let Some(c) = &self.clock {
             c.mark()?;

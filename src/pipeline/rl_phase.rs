@@ -14,6 +14,7 @@ use super::vps_log::{item_bins, vps_record, VpsLog};
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
+use crate::dist::{sync_replicas, Collective};
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig};
 use crate::progress::bar;
@@ -22,7 +23,9 @@ use crate::rl::grpo::{informative_groups, CovParams, KlConfig, LossConfig};
 use crate::rl::overlong::OverlongPenalty;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::{mix_seed, SamplingParams};
-use crate::rl::trainer::{collect, update, Experience, GrpoExtras, GrpoSettings, UpdateReport};
+use crate::rl::trainer::{
+    collect_with, update_with, Experience, GrpoExtras, GrpoSettings, UpdateReport,
+};
 use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
 use crate::train::checkpoint::{load_checkpoint, prune_checkpoints, save_checkpoint, StateKind};
 use crate::train::Workspace;
@@ -128,6 +131,9 @@ pub struct RlPhase<'a, B: RlOps> {
     pub settings: GrpoSettings,
     /// `OUT/rl`: checkpoints of this phase.
     pub dir: PathBuf,
+    /// The data-parallel group (`Single` in one process): each rank decodes its share of a
+    /// step's prompts and computes its share of the update; rank 0 writes checkpoints and logs.
+    pub comm: &'a dyn Collective<B>,
 }
 
 /// The state of a phase in progress: policy, optimizer, reference, sampler state.
@@ -206,7 +212,9 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
                 &policy.to_host(self.be),
             )
         });
-        let opt = AdamW::new(self.be, &policy.params, self.adamw());
+        let mut policy = policy;
+        let mut opt = AdamW::new(self.be, &policy.params, self.adamw());
+        sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
         let state = RlState {
             kind: StateKind::Rl,
             step: 0,
@@ -236,7 +244,9 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         } else {
             None
         };
-        Ok(RlRun { policy: loaded.model, opt: loaded.opt, reference, state })
+        let (mut policy, mut opt) = (loaded.model, loaded.opt);
+        sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
+        Ok(RlRun { policy, opt, reference, state })
     }
 
     fn collect(
@@ -246,7 +256,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         s: &GrpoSettings,
         seed: u64,
     ) -> Result<(Experience, GroupStats)> {
-        collect(
+        collect_with(
             &run.policy,
             self.be,
             &self.inputs.tok,
@@ -256,6 +266,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             s,
             seed,
             |_| {},
+            self.comm,
         )
     }
 
@@ -288,8 +299,10 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let mut summaries = Vec::new();
         // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
         // every refresh.
-        let mut vps_log =
-            c.vas.enabled.then(|| VpsLog::open(&self.inputs.out, run.state.step)).transpose()?;
+        let lead = self.comm.rank() == 0;
+        let mut vps_log = (c.vas.enabled && lead)
+            .then(|| VpsLog::open(&self.inputs.out, run.state.step))
+            .transpose()?;
         self.initial_scoring(run, log, &mut vps_log)?;
         let pb = bar(total, "GRPO + VAS");
         pb.set_position(run.state.step);
@@ -303,11 +316,11 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             let rec = self.record(run, &batch, &rolled, &updated, scoring_secs, t_step);
             log.write(&Record::Rl(rec.clone()))?;
             pb.set_position(run.state.step);
-            pb.suspend(|| eprintln!(
+            pb.suspend(|| if lead { eprintln!(
                 "rl {:>4}/{total}  reward {:.3}  acc {:.3}  zero-var {:.2}  grad {:.3}  clip {:.3}  {:.1}s{}",
                 rec.step, rec.reward_mean, rec.accuracy, rec.zero_var_frac, rec.grad_norm, rec.clip_frac, rec.time.step,
                 peak_note(rec.device_memory)
-            ));
+            )});
             summaries.push(RlStepSummary {
                 step: rec.step,
                 accuracy: rec.accuracy,
@@ -348,6 +361,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             let all: Vec<usize> = (0..self.items().len()).collect();
             let before = item_bins(&run.state.table);
             let seconds = self.score_items(run, &all, "initial VPS scoring")?;
+            self.check_same_table(run)?;
             if let Some(v) = vps_log.as_mut() {
                 v.write(&vps_record(&run.state.table, &before, 0, "initial_scoring"))?;
             }
@@ -435,7 +449,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         if exp.items.is_empty() {
             return Ok(Updated { report: None, seconds: 0.0 });
         }
-        let rep = update(
+        let rep = update_with(
             &mut run.policy,
             run.reference.as_ref(),
             &mut run.opt,
@@ -444,6 +458,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             &self.settings,
             self.cfg().rl.lr,
             st,
+            self.comm,
         )?;
         let bad = rep.steps.iter().find(|s| s.skipped || !s.grad_norm.is_finite());
         if !rep.loss.is_finite() || bad.is_some() {
@@ -454,6 +469,10 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
                 _ => format!("the loss is not finite ({})", rep.loss),
             };
             let step = run.state.step + 1;
+            if self.comm.rank() != 0 {
+                // Rank 0 sets the checkpoint aside and says which one to resume from.
+                bail!("RL step {step}: {what}");
+            }
             return Err(diverged("RL", &self.dir, &self.inputs.out, step, &what));
         }
         Ok(Updated { report: Some(rep), seconds: t0.elapsed().as_secs_f64() })
@@ -485,7 +504,16 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         if let Some(l) = vps_log.as_mut() {
             l.write(&vps_record(&run.state.table, &before, run.state.step, "refresh"))?;
         }
+        self.check_same_table(run)?;
         Ok(secs)
+    }
+
+    /// Every rank applied the same scores (gathered from every rank's rollouts) in the same
+    /// order, so every rank holds the same VPS table, which is what makes them draw the same
+    /// batches. Checked after each refresh by comparing a hash of the table across ranks
+    /// (a few bytes): drift fails the run by name instead of training on different batches.
+    fn check_same_table(&self, run: &RlRun<B>) -> Result<()> {
+        same_table_on_every_rank(self.comm, &run.state.table, run.state.step)
     }
 
     /// The step's metrics line.
@@ -540,6 +568,10 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let o = &self.cfg().output;
         let every = o.checkpoint_every as u64;
         if (every > 0 && run.state.step.is_multiple_of(every)) || run.state.step == total {
+            if self.comm.rank() != 0 {
+                // Rank 0 writes; no rank goes on before the checkpoint is complete.
+                return self.comm.barrier();
+            }
             save_checkpoint(
                 self.be,
                 &self.dir,
@@ -552,6 +584,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             )
             .map_err(|e| unless_weights_diverged("RL", &self.dir, &self.inputs.out, e))?;
             prune_checkpoints(&self.dir, o.keep_checkpoints)?;
+            self.comm.barrier()?;
         }
         Ok(())
     }
@@ -574,6 +607,32 @@ fn load_reference<B: Backend>(be: &B, dir: &Path) -> Result<Qwen2<B>> {
     } else {
         Qwen2::load(be, dir)
     }
+}
+
+/// Fails on every rank alike unless every rank's `table` hashes as rank 0's (see
+/// `RlPhase::check_same_table`).
+pub fn same_table_on_every_rank<B: Backend>(
+    comm: &dyn Collective<B>,
+    table: &VpsTable,
+    step: u64,
+) -> Result<()> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    let h = table_hash(table)?;
+    let all = comm.all_gather_host(&[(h >> 32) as f64, (h & 0xffff_ffff) as f64])?;
+    if let Some(r) = all.iter().position(|x| x != &all[0]) {
+        bail!("step {step}: the VPS table of rank {r} differs from rank 0's after the refresh");
+    }
+    Ok(())
+}
+
+/// FNV-1a (64 bit) of the table as serialized: equal tables, equal hashes.
+pub fn table_hash(t: &VpsTable) -> Result<u64> {
+    let bytes = serde_json::to_vec(t)?;
+    Ok(bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)))
 }
 
 fn vps_summary(t: &VpsTable) -> VpsSummary {

@@ -10,6 +10,7 @@ use super::run_dir::RunClock;
 use super::sft_phase::SftPhase;
 use crate::backend::memory::MemoryStats;
 use crate::backend::rl_ops::RlOps;
+use crate::dist::{Collective, Single};
 use crate::fs::write_atomic;
 use crate::model::Qwen2;
 use crate::train::checkpoint::{resume_checkpoint, step_of};
@@ -34,10 +35,21 @@ pub struct RunReport {
 
 /// Runs (or, when `inputs.start` is `Resume`, continues) the pipeline on backend `be`.
 pub fn run_pipeline<B: RlOps>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
+    run_pipeline_with(be, inputs, &Single)
+}
+
+/// [`run_pipeline`] as rank `comm.rank()` of a data-parallel run: every rank trains (its
+/// shard of each step), rank 0 alone (`inputs.rank`) writes the metrics, checkpoints, time
+/// and report and evaluates; the other ranks' report holds only the RL steps.
+pub fn run_pipeline_with<B: RlOps>(
+    be: &B,
+    inputs: &RunInputs,
+    comm: &dyn Collective<B>,
+) -> Result<RunReport> {
     let resume = inputs.start == Start::Resume;
+    let lead = comm.rank() == 0;
     let cfg = &inputs.cfg;
     let out = &inputs.out;
-    let clock = RunClock::start(out, resume)?;
     let (sft_dir, rl_dir) = (out.join("sft"), out.join("rl"));
     let rl_ck = if resume { resume_checkpoint(&rl_dir)? } else { None };
     let sft_ck = if resume && rl_ck.is_none() { resume_checkpoint(&sft_dir)? } else { None };
@@ -49,11 +61,18 @@ pub fn run_pipeline<B: RlOps>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
         }
         _ => None,
     };
-    let mut log = MetricsLog::open(out, keep)?.with_clock(clock);
+    let mut log = if lead {
+        MetricsLog::open(out, keep)?.with_clock(RunClock::start(out, resume)?)
+    } else {
+        MetricsLog::discard()
+    };
     // The metrics log is the record of what already happened: a resumed run's report is
     // rebuilt from it (it was just trimmed to the checkpoint).
-    let mut report =
-        if resume { report_from_records(&read_records(log.path())?) } else { RunReport::default() };
+    let mut report = if resume && lead {
+        report_from_records(&read_records(log.path())?)
+    } else {
+        RunReport::default()
+    };
 
     // ---- cold-start SFT ---------------------------------------------------------------
     let want_sft = cfg.sft.epochs > 0 && !cfg.data.sft.as_os_str().is_empty();
@@ -71,7 +90,7 @@ pub fn run_pipeline<B: RlOps>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
             }
         }
         policy = Some(if want_sft {
-            let phase = SftPhase { be, inputs, dir: sft_dir.clone() };
+            let phase = SftPhase { be, inputs, dir: sft_dir.clone(), comm };
             let tr = phase.run(model, sft_ck.as_deref(), &mut log)?;
             report.after_sft = inputs.eval_and_log(
                 be,
@@ -94,7 +113,7 @@ pub fn run_pipeline<B: RlOps>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
             Some((p, _)) => inputs.settings(p),
             None => inputs.settings(&Qwen2::<B>::load(be, &cfg.model.dir)?),
         };
-        let phase = RlPhase { be, inputs, settings, dir: rl_dir.clone() };
+        let phase = RlPhase { be, inputs, settings, dir: rl_dir.clone(), comm };
         let mut run = match (&rl_ck, policy) {
             (Some(ck), _) => phase.resume(ck)?,
             (None, Some((model, start_dir))) => phase.start(model, &start_dir)?,
@@ -112,7 +131,10 @@ pub fn run_pipeline<B: RlOps>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
     }
     report.seconds = log.seconds();
     report.device_memory = be.memory_stats();
-    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    if lead {
+        write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    comm.barrier()?;
     Ok(report)
 }
 

@@ -9,6 +9,7 @@ use super::inputs::RunInputs;
 use super::metrics::{EvalLabel, MetricsLog, Phase, Record};
 use crate::backend::Backend;
 use crate::data::sft_data::load_sft_dataset;
+use crate::dist::{sync_replicas, Collective};
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
 use crate::progress::bar;
@@ -44,6 +45,8 @@ pub struct SftPhase<'a, B: Backend> {
     pub inputs: &'a RunInputs,
     /// `OUT/sft`: checkpoints of this phase.
     pub dir: PathBuf,
+    /// The data-parallel group (`Single` in one process): rank 0 writes the checkpoints.
+    pub comm: &'a dyn Collective<B>,
 }
 
 impl<'a, B: Backend> SftPhase<'a, B> {
@@ -67,10 +70,11 @@ impl<'a, B: Backend> SftPhase<'a, B> {
             None => SftTrainer::new(self.be, model, data, sft_config(cfg))?,
         };
         tr.ws.recompute = cfg.model.recompute;
+        sync_replicas(self.be, self.comm, &mut tr.model, &mut tr.opt)?;
         let pb = bar(tr.state.total_steps, "cold-start SFT");
         pb.set_position(tr.state.step);
         while !tr.done() {
-            let m = tr.step(self.be)?;
+            let m = tr.step_with(self.be, self.comm)?;
             self.check_finite(&m)?;
             log.write(&Record::Sft(m.clone()))?;
             self.show(&pb, &m, &tr);
@@ -102,12 +106,16 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         } else {
             format!("the loss is not finite ({})", m.loss)
         };
+        if self.comm.rank() != 0 {
+            // Rank 0 sets the checkpoint aside and says which one to resume from.
+            return Err(anyhow::anyhow!("SFT step {}: {what}", m.step));
+        }
         Err(diverged("SFT", &self.dir, &self.inputs.out, m.step, &what))
     }
 
     fn show(&self, pb: &ProgressBar, m: &SftStepMetrics, tr: &SftTrainer<B>) {
         pb.set_position(tr.state.step);
-        if m.step.is_multiple_of(10) || tr.done() {
+        if self.comm.rank() == 0 && (m.step.is_multiple_of(10) || tr.done()) {
             pb.suspend(|| {
                 eprintln!(
                     "sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s{}",
@@ -127,9 +135,18 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         let cfg = &self.inputs.cfg;
         let every = cfg.output.checkpoint_every as u64;
         if (every > 0 && step.is_multiple_of(every)) || tr.done() {
-            tr.save(self.be, &self.dir, cfg.output.save_dtype, Some(&self.inputs.tokenizer_path))
+            if self.comm.rank() == 0 {
+                tr.save(
+                    self.be,
+                    &self.dir,
+                    cfg.output.save_dtype,
+                    Some(&self.inputs.tokenizer_path),
+                )
                 .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
-            prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;
+                prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;
+            }
+            // No rank goes on before the checkpoint is complete.
+            self.comm.barrier()?;
         }
         Ok(())
     }

@@ -118,6 +118,24 @@ pub fn generate<B: Backend>(
     params: &SamplingParams,
     base_seed: u64,
     tokenizer: Option<&Tokenizer>,
+    on_token: impl FnMut(usize),
+) -> Result<Vec<Rollout>> {
+    generate_at(model, be, prompts, group, params, base_seed, 0, tokenizer, on_token)
+}
+
+/// [`generate`] for part of a larger batch whose prompt `first` is `prompts[0]`: response `g`
+/// of `prompts[i]` is seeded as prompt `first + i` of the whole batch (a data-parallel rank
+/// decoding its shard gets the single-process responses). `prompt_index` stays local.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_at<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    prompts: &[Vec<u32>],
+    group: usize,
+    params: &SamplingParams,
+    base_seed: u64,
+    first: usize,
+    tokenizer: Option<&Tokenizer>,
     mut on_token: impl FnMut(usize),
 ) -> Result<Vec<Rollout>> {
     params.validate()?;
@@ -150,7 +168,7 @@ pub fn generate<B: Backend>(
     let mut outs: Vec<Rollout> = (0..n)
         .map(|s| Rollout {
             prompt_index: s / group,
-            seed: mix_seed(base_seed, s as u64),
+            seed: mix_seed(base_seed, (first * group + s) as u64),
             tokens: vec![],
             logprobs: vec![],
             stop: StopReason::MaxTokens,

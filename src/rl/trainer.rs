@@ -13,7 +13,7 @@ use super::grpo::{
 use super::grpo_token_loss::GrpoTokenLoss;
 use super::overlong::OverlongPenalty;
 use super::reward::{RewardConfig, Verdict};
-use super::rollout::{generate, SamplingParams};
+use super::rollout::{generate_at, SamplingParams};
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
@@ -119,10 +119,96 @@ pub fn collect<B: RlOps>(
     seed: u64,
     on_token: impl FnMut(usize),
 ) -> Result<(Experience, GroupStats)> {
+    let graded =
+        roll_out_graded(policy, be, tok, items, prompt_ids, indices, 0, s, seed, on_token)?;
+    Ok(with_advantages(be, graded, s))
+}
+
+/// [`collect`] as rank `comm.rank()` of a data-parallel group: the rank decodes and grades
+/// the groups of its contiguous shard of `indices` (a prompt's responses stay on one rank),
+/// seeded as the single process seeds them, and every rank receives every rank's graded
+/// responses in rank order, so each holds the whole experience. Advantages (and the batch
+/// statistics) are then computed from the whole batch on every rank, as one process does:
+/// the result is the single-process one wherever decoding is batch-invariant.
+#[allow(clippy::too_many_arguments)]
+pub fn collect_with<B: RlOps>(
+    policy: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    prompt_ids: &[Vec<u32>],
+    indices: &[usize],
+    s: &GrpoSettings,
+    seed: u64,
+    on_token: impl FnMut(usize),
+    comm: &dyn Collective<B>,
+) -> Result<(Experience, GroupStats)> {
+    if comm.world() == 1 {
+        return collect(policy, be, tok, items, prompt_ids, indices, s, seed, on_token);
+    }
+    let mine = shard(indices.len(), comm.rank(), comm.world());
+    let part = &indices[mine.clone()];
+    let graded =
+        roll_out_graded(policy, be, tok, items, prompt_ids, part, mine.start, s, seed, on_token)?;
+    let bytes = serde_json::to_vec(&graded)?;
+    let mut whole = Graded::default();
+    for (r, b) in comm.all_gather_bytes(&bytes)?.iter().enumerate() {
+        let g: Graded = serde_json::from_slice(b)
+            .map_err(|e| anyhow::anyhow!("rollouts from rank {r} do not read: {e}"))?;
+        whole.items.extend(g.items);
+        whole.prompts.extend(g.prompts);
+        whole.responses.extend(g.responses);
+        whole.verdicts.extend(g.verdicts);
+        whole.rewards.extend(g.rewards);
+    }
+    ensure!(
+        whole.items == indices,
+        "the ranks rolled out other prompts than this rank drew: every rank needs the same \
+         data, settings and seed"
+    );
+    Ok(with_advantages(be, whole, s))
+}
+
+/// Graded responses of some groups, before advantages (what ranks exchange).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Graded {
+    items: Vec<usize>,
+    prompts: Vec<Vec<u32>>,
+    responses: Vec<Vec<u32>>,
+    verdicts: Vec<Verdict>,
+    rewards: Vec<f32>,
+}
+
+/// Rollouts of `indices`, graded (rewards shaped). `first` is the position of `indices[0]`
+/// in the whole batch: response `g` of the batch's prompt `i` is seeded `i * G + g` whatever
+/// part of the batch a call decodes.
+#[allow(clippy::too_many_arguments)]
+fn roll_out_graded<B: Backend>(
+    policy: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    prompt_ids: &[Vec<u32>],
+    indices: &[usize],
+    first: usize,
+    s: &GrpoSettings,
+    seed: u64,
+    on_token: impl FnMut(usize),
+) -> Result<Graded> {
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
     let rollouts = {
         let _r = crate::nvtx_ranges::range(c"rollout");
-        generate(policy, be, &prompts, s.group_size, &s.sampling, seed, Some(tok), on_token)?
+        generate_at(
+            policy,
+            be,
+            &prompts,
+            s.group_size,
+            &s.sampling,
+            seed,
+            first,
+            Some(tok),
+            on_token,
+        )?
     };
     let reward_range = crate::nvtx_ranges::range(c"reward");
     let mut verdicts = Vec::with_capacity(rollouts.len());
@@ -139,22 +225,33 @@ pub fn collect<B: RlOps>(
         rewards.push(shaped);
     }
     drop(reward_range);
-    let lens: Vec<usize> = rollouts.iter().map(|r| r.tokens.len()).collect();
-    let offsets: Vec<usize> =
-        (0..=rewards.len() / s.group_size).map(|g| g * s.group_size).collect();
-    let mut adv = be.zeros(rewards.len());
-    let stats = be.rl_advantages(&be.upload(&rewards), &offsets, Some(&lens), &s.adv, &mut adv);
-    let advantages = be.download(&adv)[..rewards.len()].to_vec();
-    let exp = Experience {
+    Ok(Graded {
         items: indices.to_vec(),
         prompts,
         responses: rollouts.into_iter().map(|r| r.tokens).collect(),
         verdicts,
         rewards,
+    })
+}
+
+/// Group advantages of graded responses: the experience of a step.
+fn with_advantages<B: RlOps>(be: &B, g: Graded, s: &GrpoSettings) -> (Experience, GroupStats) {
+    let lens: Vec<usize> = g.responses.iter().map(|r| r.len()).collect();
+    let offsets: Vec<usize> =
+        (0..=g.rewards.len() / s.group_size).map(|k| k * s.group_size).collect();
+    let mut adv = be.zeros(g.rewards.len());
+    let stats = be.rl_advantages(&be.upload(&g.rewards), &offsets, Some(&lens), &s.adv, &mut adv);
+    let advantages = be.download(&adv)[..g.rewards.len()].to_vec();
+    let exp = Experience {
+        items: g.items,
+        prompts: g.prompts,
+        responses: g.responses,
+        verdicts: g.verdicts,
+        rewards: g.rewards,
         advantages,
         group_size: s.group_size,
     };
-    Ok((exp, stats))
+    (exp, stats)
 }
 
 /// What one `update` did.
