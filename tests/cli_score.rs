@@ -42,13 +42,11 @@ fn tds_ref(rs: &[Vec<u32>]) -> f64 {
                 let best = (0..k).filter(|&j| j != i).map(|j| count(&grams(&rs[j], n), g)).max();
                 matched += count(&hyp, g).min(best.unwrap_or(0));
             }
-            let total = hyp.len();
+            // nltk `modified_precision` divides by max(1, number of n-grams): an order the
+            // rollout is too short for has precision 0/1 (1/2 after method2 smoothing).
+            let total = hyp.len().max(1);
             let p = if n == 1 {
-                if total == 0 {
-                    1.0
-                } else {
-                    matched as f64 / total as f64
-                }
+                matched as f64 / total as f64
             } else {
                 (matched as f64 + 1.0) / (total as f64 + 1.0)
             };
@@ -87,9 +85,12 @@ fn tds_ref(rs: &[Vec<u32>]) -> f64 {
 
 #[test]
 fn tds_reference_hand_values() {
-    // Identical rollouts: BLEU 1, TDS 0. Disjoint: p_1 = 0, TDS 1.
-    assert!(tds_ref(&[vec![1, 2, 3], vec![1, 2, 3]]).abs() < 1e-12);
+    // Identical rollouts of 4+ tokens: BLEU 1, TDS 0. Disjoint: p_1 = 0, TDS 1.
+    assert!(tds_ref(&[vec![1, 2, 3, 4], vec![1, 2, 3, 4]]).abs() < 1e-12);
     assert!((tds_ref(&[vec![1, 2, 3], vec![4, 5, 6]]) - 1.0).abs() < 1e-12);
+    // Identical 3-token rollouts have no 4-gram: p_4 = (0 + 1) / (max(1, 0) + 1) = 1/2, as in
+    // nltk (and rl::vas), so BLEU = 2^(-1/4).
+    assert!((tds_ref(&[vec![1, 2, 3], vec![1, 2, 3]]) - (1.0 - 0.5f64.powf(0.25))).abs() < 1e-12);
     // The "mixed" item below, by hand: p = 1/4, 1/4, 1/3, 1/2, BP 1 => BLEU = 96^(-1/4).
     let mixed: Vec<Vec<u32>> = (0..8u32).map(|i| vec![100 + i, 200 + i, 300 + i, 7]).collect();
     assert!((tds_ref(&mixed) - (1.0 - 96f64.powf(-0.25))).abs() < 1e-12);
