@@ -37,6 +37,8 @@ fn tds_identical_disjoint_and_hand_computed() {
     // p4 = (0+1)/(1+1), BP = 1: BLEU = (0.1875)^(1/4) = 0.658037006476, TDS = 0.341962993524.
     let (x, y): (&[u32], &[u32]) = (&[1, 2, 3, 4], &[1, 2, 3, 5]);
     assert!((tds_with(&[x, y], BLEU) as f64 - 0.341962993524).abs() < 1e-6);
+    // `tds` is the default metric, 1 - self-BLEU-4 (MMR1.md: TDS = inverse self-BLEU).
+    assert!((tds(&[x, y]) as f64 - 0.341962993524).abs() < 1e-6);
     // distinct-n: n=1: U=5, D=[4,4] -> (5-4)/(8-4) = 1/4; n=2: U=4, D=[3,3] -> 1/3;
     // n=3: U=3, D=[2,2] -> 1/2; n=4: U=2, D=[1,1] -> 1. Mean = 25/48.
     assert!((tds_with(&[x, y], DIST) as f64 - 25.0 / 48.0).abs() < 1e-6);
