@@ -424,8 +424,8 @@ fn counts_rounding_and_reference_compat() {
 
 /// The reference code's min-max normalisation, `(w - min) / (max - min + 1e-8)`, at its edges:
 /// a zero minimum (still weight 0: the other items keep weights 1/3, 2/3, 1), a spread far
-/// below the 1e-8 (the larger item still gets the only positive weight), and equal weights
-/// (all 0 after normalising: the uniform fallback, no 0/0).
+/// below the 1e-8 (the larger item still gets the only positive weight), and equal or all-zero
+/// weights (all 0 after normalising: the uniform fallback, no 0/0).
 #[test]
 fn minmax_normalisation_edges() {
     let s = VasSampler::reference_compat(1.0);
@@ -448,6 +448,16 @@ fn minmax_normalisation_edges() {
     let mut counts = [0f64; 4];
     for _ in 0..4000 {
         for i in s.sample_batch(&equal, 1, &mut rng) {
+            counts[i] += 1.0;
+        }
+    }
+    let c = chi2(&counts, &[1000.0; 4]);
+    assert!(c < 16.266, "chi2 {c} (df 3, 0.1%), counts {counts:?}");
+    // All weights 0 (max 0): still 0 / 1e-8 = 0, then the uniform fallback.
+    let zero = table_with(&[0.0; 4]);
+    let mut counts = [0f64; 4];
+    for _ in 0..4000 {
+        for i in s.sample_batch(&zero, 1, &mut rng) {
             counts[i] += 1.0;
         }
     }
