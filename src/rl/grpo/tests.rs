@@ -176,6 +176,38 @@ fn hand_computed_asymmetric_clip_bounds() {
     assert_eq!(free.metrics.clip_frac_high, 0.0);
 }
 
+/// One-token edge cases of the clipped surrogate, by hand. TRL 1.16 counts a token as
+/// low-clipped only with `advantages < 0` and high-clipped only with `advantages > 0`, and verl
+/// `pg_clipfrac` is `pg_losses2 > pg_losses1` (strict): an A = 0 token is never clipped.
+/// TRL `delta` (INTELLECT-2) caps the unclipped ratio: r = 2, delta 1.5, A = -1 gives
+/// max(1 * 1.5, 1 * clamp(2, 0.8, 1.2)) = 1.5 with gradient 0 (2.0 and -A r = 2 without delta).
+/// verl clamps the log-ratio to [-20, 20]: at -25 the value is -A e^-20 and the gradient 0.
+#[test]
+fn hand_computed_clip_flags_delta_and_log_ratio_clamp() {
+    let one = |ratio_ln: f64, a: f64, cfg: LossConfig| {
+        let (lp, old, adv, mask, off) = ([ratio_ln], [0.0f64], [a], [1.0f64], [0usize, 1]);
+        let inp = LossInputs::new(&lp, &old, &adv, &mask, &off);
+        policy_loss_f64(&inp, &LossConfig { kl: None, ..cfg }, Normalizer::new(1.0, 1.0, 1.0))
+    };
+    for r in [0.5f64, 1.5] {
+        let m = one(r.ln(), 0.0, LossConfig::trl()).metrics;
+        assert_eq!((m.clip_frac_low, m.clip_frac_high, m.clip_frac), (0.0, 0.0, 0.0), "r {r}");
+    }
+    let delta = LossConfig { trl_delta: Some(1.5), ..LossConfig::trl() };
+    let o = one(2f64.ln(), -1.0, delta);
+    assert_close(o.loss, 1.5, 1e-12, "delta caps the ratio");
+    assert_eq!(o.dlogp[0], 0.0);
+    let o = one(2f64.ln(), -1.0, LossConfig::trl());
+    assert_close(o.loss, 2.0, 1e-12, "no delta");
+    assert_close(o.dlogp[0], 2.0, 1e-12, "no delta: -A r");
+    let verl = LossConfig { dual_clip_c: None, ..LossConfig::verl() };
+    let o = one(-25.0, -1.0, verl);
+    assert_close(o.loss, 0.8, 1e-12, "A < 0, ratio e^-20 clipped low at 0.8");
+    let o = one(-25.0, 1.0, verl);
+    assert_close(o.loss, -(-20f64).exp(), 1e-12, "A > 0: -e^-20, not -e^-25");
+    assert_eq!(o.dlogp[0], 0.0, "the clamp is flat below -20");
+}
+
 #[test]
 fn hand_computed_trl_seq_mean_token_mean() {
     let h = hand();
