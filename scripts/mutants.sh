@@ -12,7 +12,9 @@
 #        scripts/mutants.sh`; cargo-mutants' own copy of target/ loses the mtimes and rebuilds
 #        every dependency, ~20 min on 2 cores), MUTANTS_FAST=0 to build mutants with the
 #        plain dev profile (see below), MUTANTS_ARGS: more cargo-mutants options, e.g.
-#        MUTANTS_ARGS="--re clip_scale" to rerun the mutants a new test should kill.
+#        MUTANTS_ARGS="--re clip_scale" to rerun the mutants a new test should kill,
+#        MUTANTS_TESTS: the test targets instead of the file's list below, e.g. MUTANTS_TESTS=lib
+#        for a first pass with the unit tests only (then rerun its survivors with the full list).
 # Speed: a mutant changes one function, so by default our crate is built incrementally at
 # opt-level 0 without debug info (dependencies keep dev's opt-level 3, so their compiled copies
 # in target/debug are reused; the settings are env overrides of the dev profile, not a new
@@ -38,6 +40,10 @@ fi
 # The tests that exercise each file (running only these keeps a mutant to one build + a few
 # test binaries; a mutant these miss is a gap in these tests). `lib` is the crate's unit tests.
 tests_for() {
+    if [ -n "${MUTANTS_TESTS:-}" ]; then
+        echo "$MUTANTS_TESTS"
+        return
+    fi
     case "$1" in
     src/train/checkpoint.rs) echo "checkpoint_faults sft_train" ;;
     src/optim.rs) echo "optim_adamw rl_update" ;; # no unit test in the lib reaches optim.rs

@@ -243,3 +243,65 @@ fn damaged_optimizer_moments_are_refused() {
     let ck = load_checkpoint::<Cpu, Value>(&Cpu, &dir).unwrap();
     assert_eq!(ck.opt.v[1][3], 1e-3);
 }
+
+/// A run that diverged after `step`: that step's checkpoint is renamed `.diverged` (an older
+/// one of the same name replaced), `latest` and resuming move to the newest remaining complete
+/// checkpoint, and with none left `latest` is removed (without one, nothing to remove).
+#[test]
+fn a_diverged_checkpoint_is_set_aside_and_latest_moves_back() {
+    use mmr1_fast::train::checkpoint::{resume_checkpoint, set_aside_diverged};
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path();
+    assert_eq!(set_aside_diverged(o, 7).unwrap(), None, "empty directory, no latest");
+    assert!(!o.join("latest").exists());
+    for s in [2, 3] {
+        let d = o.join(format!("checkpoint-{s}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("trainer_state.json"), format!("{{\"step\": {s}}}")).unwrap();
+        std::fs::write(d.join("optimizer.safetensors"), "").unwrap();
+    }
+    std::fs::create_dir(o.join("checkpoint-3.diverged")).unwrap();
+    std::fs::write(o.join("checkpoint-3.diverged/stale"), "from an earlier divergence").unwrap();
+    std::fs::write(o.join("latest"), "checkpoint-3\n").unwrap();
+    assert_eq!(resume_checkpoint(o).unwrap(), Some(o.join("checkpoint-3")));
+
+    assert_eq!(set_aside_diverged(o, 3).unwrap(), Some(o.join("checkpoint-2")));
+    assert!(!o.join("checkpoint-3").exists());
+    let kept = o.join("checkpoint-3.diverged");
+    assert!(kept.join("trainer_state.json").is_file() && !kept.join("stale").exists());
+    assert_eq!(std::fs::read_to_string(o.join("latest")).unwrap(), "checkpoint-2\n");
+    assert_eq!(resume_checkpoint(o).unwrap(), Some(o.join("checkpoint-2")));
+
+    assert_eq!(set_aside_diverged(o, 2).unwrap(), None);
+    assert!(o.join("checkpoint-2.diverged").is_dir());
+    assert!(!o.join("latest").exists(), "no checkpoint left: latest removed");
+    assert_eq!(resume_checkpoint(o).unwrap(), None);
+}
+
+/// Weights that blew up are never saved: the error names the step and the tensor, and nothing
+/// is left behind (no checkpoint, no temporary directory, `latest` untouched). A directory
+/// without its optimizer file is not a complete checkpoint to resume from.
+#[test]
+fn non_finite_weights_are_refused_and_half_written_checkpoints_are_not_resumed() {
+    use mmr1_fast::train::checkpoint::resume_checkpoint;
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path();
+    let good = snapshot(6);
+    save(o, 1, &good, None).unwrap();
+    let mut bad = snapshot(7);
+    bad.model.params[2][5] = f32::INFINITY;
+    let name = bad.model.layout.specs[2].name.clone();
+    let e = format!("{:#}", save(o, 2, &bad, None).unwrap_err());
+    assert!(
+        e.contains("weights after step 2 are not finite")
+            && e.contains(&format!("tensor {name}"))
+            && e.contains("checkpoint-2 was not saved"),
+        "{e}"
+    );
+    assert!(!o.join("checkpoint-2").exists() && !o.join(".checkpoint-2.tmp").exists());
+    assert_latest_is(o, "checkpoint-1", &good, "after a refused save");
+    // checkpoint-3 with its trainer state but no optimizer file (a copy cut short).
+    std::fs::create_dir(o.join("checkpoint-3")).unwrap();
+    std::fs::write(o.join("checkpoint-3/trainer_state.json"), "{}").unwrap();
+    assert_eq!(resume_checkpoint(o).unwrap(), Some(o.join("checkpoint-1")));
+}

@@ -111,6 +111,103 @@ fn hand_computed_verl_token_mean_dual_clip() {
     assert_close(o.dlogp[1], -0.9 / 32.0, HAND_TOL, "sum-norm dlogp[1]");
 }
 
+/// Asymmetric clip bounds (DAPO clip-higher), so that a swap of eps_low and eps_high, or one
+/// bound used for both sides, cannot pass. PPO's clipped surrogate (Schulman et al. 2017, eq. 7;
+/// `docs/algorithm.md` sec. 2) with the ratio clamped to [1 - eps_low, 1 + eps_high]. The hand
+/// batch with response 1's advantage set to -2 (t2; t3 is masked):
+///
+/// | t | A    | ratio | eps_low 0.15 / eps_high 0.35      | eps_low 0.35 / eps_high 0.15     |
+/// |---|------|-------|-----------------------------------|----------------------------------|
+/// | 0 | +1   | 1.5   | clipped high at 1.35: pg = -1.35  | clipped high at 1.15: -1.15      |
+/// | 1 | +1   | 0.9   | unclipped: -0.9                   | unclipped: -0.9                  |
+/// | 2 | -2   | 0.5   | clipped low at 0.85: pg = 1.7     | clipped low at 0.65: 1.3         |
+/// | 4 | +0.5 | 1.0   | -0.5                              | -0.5                             |
+/// | 5 | -0.5 | 4.0   | unclipped (A < 0): 2.0            | 2.0                              |
+/// | 6 | -0.5 | 1.1   | unclipped: 0.55                   | 0.55                             |
+///
+/// pg sums 1.5 and 1.3; k3 KL as in `hand` (sum 0.5, beta 0.01); token-mean over 6 tokens.
+#[test]
+fn hand_computed_asymmetric_clip_bounds() {
+    let mut h = hand();
+    h.adv[2] = -2.0;
+    h.adv[3] = -2.0;
+    let norm = Normalizer::count(&h.mask, &h.offsets, 8);
+    for (el, eh, pg_sum) in [(0.15, 0.35, 1.5), (0.35, 0.15, 1.3)] {
+        let cfg = LossConfig { clip_eps_low: el, clip_eps_high: eh, ..LossConfig::mmr1() };
+        let o = policy_loss_f64(&h.inputs(), &cfg, norm);
+        let what = format!("eps_low {el} eps_high {eh}");
+        assert_close(o.metrics.pg_loss, pg_sum / 6.0, HAND_TOL, &format!("{what}: pg"));
+        assert_close(o.loss, (pg_sum + 0.005) / 6.0, HAND_TOL, &format!("{what}: loss"));
+        // Clipped tokens (t0, t2) carry only the KL gradient.
+        let want = [-0.01 / 6.0, -0.9 / 6.0, 0.005 / 6.0, 0.0, -0.5 / 6.0, 2.0 / 6.0, 0.55 / 6.0];
+        for (t, (&g, &w)) in o.dlogp.iter().zip(&want).enumerate() {
+            assert_close(g, w, HAND_TOL, &format!("{what}: dlogp[{t}]"));
+        }
+        let m = o.metrics;
+        assert_close(m.clip_frac_low, 1.0 / 6.0, HAND_TOL, &format!("{what}: clip low"));
+        assert_close(m.clip_frac_high, 1.0 / 6.0, HAND_TOL, &format!("{what}: clip high"));
+        assert_close(m.clip_frac, 2.0 / 6.0, HAND_TOL, &format!("{what}: clip"));
+    }
+    // A ratio between the two floors: 0.8 with A = -1 is clipped by eps_low 0.15 (floor 0.85)
+    // but not by eps_low 0.35 (floor 0.65), whatever eps_high is; 1.25 with A = +1 is clipped
+    // by eps_high 0.15 (ceiling 1.15) but not by eps_high 0.35.
+    let one = |ratio: f64, a: f64, el: f64, eh: f64| {
+        let (lp, old, adv, mask, off) = ([ratio.ln()], [0.0f64], [a], [1.0f64], [0usize, 1]);
+        let inp = LossInputs::new(&lp, &old, &adv, &mask, &off);
+        let cfg =
+            LossConfig { clip_eps_low: el, clip_eps_high: eh, kl: None, ..LossConfig::mmr1() };
+        policy_loss_f64(&inp, &cfg, Normalizer::new(1.0, 1.0, 1.0))
+    };
+    let clipped = one(0.8, -1.0, 0.15, 0.35);
+    assert_close(clipped.loss, 0.85, HAND_TOL, "ratio 0.8, floor 0.85");
+    assert_eq!(clipped.dlogp[0], 0.0);
+    assert_eq!((clipped.metrics.clip_frac_low, clipped.metrics.clip_frac), (1.0, 1.0));
+    let free = one(0.8, -1.0, 0.35, 0.15);
+    assert_close(free.loss, 0.8, HAND_TOL, "ratio 0.8, floor 0.65");
+    assert_close(free.dlogp[0], 0.8, HAND_TOL, "unclipped gradient -A r");
+    assert_eq!((free.metrics.clip_frac_low, free.metrics.clip_frac), (0.0, 0.0));
+    let capped = one(1.25, 1.0, 0.35, 0.15);
+    assert_close(capped.loss, -1.15, HAND_TOL, "ratio 1.25, ceiling 1.15");
+    assert_eq!(capped.dlogp[0], 0.0);
+    assert_eq!((capped.metrics.clip_frac_high, capped.metrics.clip_frac), (1.0, 1.0));
+    let free = one(1.25, 1.0, 0.15, 0.35);
+    assert_close(free.loss, -1.25, HAND_TOL, "ratio 1.25, ceiling 1.35");
+    assert_close(free.dlogp[0], -1.25, HAND_TOL, "unclipped gradient -A r");
+    assert_eq!(free.metrics.clip_frac_high, 0.0);
+}
+
+/// One-token edge cases of the clipped surrogate, by hand. TRL 1.16 counts a token as
+/// low-clipped only with `advantages < 0` and high-clipped only with `advantages > 0`, and verl
+/// `pg_clipfrac` is `pg_losses2 > pg_losses1` (strict): an A = 0 token is never clipped.
+/// TRL `delta` (INTELLECT-2) caps the unclipped ratio: r = 2, delta 1.5, A = -1 gives
+/// max(1 * 1.5, 1 * clamp(2, 0.8, 1.2)) = 1.5 with gradient 0 (2.0 and -A r = 2 without delta).
+/// verl clamps the log-ratio to [-20, 20]: at -25 the value is -A e^-20 and the gradient 0.
+#[test]
+fn hand_computed_clip_flags_delta_and_log_ratio_clamp() {
+    let one = |ratio_ln: f64, a: f64, cfg: LossConfig| {
+        let (lp, old, adv, mask, off) = ([ratio_ln], [0.0f64], [a], [1.0f64], [0usize, 1]);
+        let inp = LossInputs::new(&lp, &old, &adv, &mask, &off);
+        policy_loss_f64(&inp, &LossConfig { kl: None, ..cfg }, Normalizer::new(1.0, 1.0, 1.0))
+    };
+    for r in [0.5f64, 1.5] {
+        let m = one(r.ln(), 0.0, LossConfig::trl()).metrics;
+        assert_eq!((m.clip_frac_low, m.clip_frac_high, m.clip_frac), (0.0, 0.0, 0.0), "r {r}");
+    }
+    let delta = LossConfig { trl_delta: Some(1.5), ..LossConfig::trl() };
+    let o = one(2f64.ln(), -1.0, delta);
+    assert_close(o.loss, 1.5, 1e-12, "delta caps the ratio");
+    assert_eq!(o.dlogp[0], 0.0);
+    let o = one(2f64.ln(), -1.0, LossConfig::trl());
+    assert_close(o.loss, 2.0, 1e-12, "no delta");
+    assert_close(o.dlogp[0], 2.0, 1e-12, "no delta: -A r");
+    let verl = LossConfig { dual_clip_c: None, ..LossConfig::verl() };
+    let o = one(-25.0, -1.0, verl);
+    assert_close(o.loss, 0.8, 1e-12, "A < 0, ratio e^-20 clipped low at 0.8");
+    let o = one(-25.0, 1.0, verl);
+    assert_close(o.loss, -(-20f64).exp(), 1e-12, "A > 0: -e^-20, not -e^-25");
+    assert_eq!(o.dlogp[0], 0.0, "the clamp is flat below -20");
+}
+
 #[test]
 fn hand_computed_trl_seq_mean_token_mean() {
     let h = hand();

@@ -37,6 +37,8 @@ fn tds_identical_disjoint_and_hand_computed() {
     // p4 = (0+1)/(1+1), BP = 1: BLEU = (0.1875)^(1/4) = 0.658037006476, TDS = 0.341962993524.
     let (x, y): (&[u32], &[u32]) = (&[1, 2, 3, 4], &[1, 2, 3, 5]);
     assert!((tds_with(&[x, y], BLEU) as f64 - 0.341962993524).abs() < 1e-6);
+    // `tds` is the default metric, 1 - self-BLEU-4 (MMR1.md: TDS = inverse self-BLEU).
+    assert!((tds(&[x, y]) as f64 - 0.341962993524).abs() < 1e-6);
     // distinct-n: n=1: U=5, D=[4,4] -> (5-4)/(8-4) = 1/4; n=2: U=4, D=[3,3] -> 1/3;
     // n=3: U=3, D=[2,2] -> 1/2; n=4: U=2, D=[1,1] -> 1. Mean = 25/48.
     assert!((tds_with(&[x, y], DIST) as f64 - 25.0 / 48.0).abs() < 1e-6);
@@ -48,6 +50,25 @@ fn tds_identical_disjoint_and_hand_computed() {
     let b2 = (0.5f64 * 0.5 * (1.0 / 3.0) * 0.5).powf(0.25);
     let want = 1.0 - ((-1f64).exp() * 0.25f64.powf(0.25) + b2) / 2.0;
     assert!((tds_with(&[x, y], BLEU) as f64 - want).abs() < 1e-6);
+}
+
+/// The brevity penalty takes the reference length closest to the hypothesis (nltk
+/// `closest_ref_length`), not the shortest, and penalises a hypothesis shorter than it.
+/// Rollouts a = [1,2,3,4], b = [1], c = [1,2,3,5,6]; value checked with nltk 3.9.1
+/// `sentence_bleu(..., weights=(0.25,)*4, smoothing_function=SmoothingFunction().method2)`
+/// against the other two rollouts, averaged: 1 - self-BLEU = 0.6543311652377548.
+///   a: closest of {1, 5} to 4 is 5: BP e^(1 - 5/4); p = 3/4, 3/4, 2/3, 1/2.
+///   b: closest of {4, 5} to 1 is 4: BP e^(1 - 4); p = 1, 1/2, 1/2, 1/2 (denominators >= 1).
+///   c: closest of {4, 1} to 5 is 4: BP 1; p = 3/5, 3/5, 2/4, 1/3.
+#[test]
+fn brevity_penalty_uses_the_closest_reference_length() {
+    let (a, b, c): (&[u32], &[u32], &[u32]) = (&[1, 2, 3, 4], &[1], &[1, 2, 3, 5, 6]);
+    let bleu_a = (-0.25f64).exp() * (0.75f64 * 0.75 * (2.0 / 3.0) * 0.5).powf(0.25);
+    let bleu_b = (-3f64).exp() * 0.125f64.powf(0.25);
+    let bleu_c = (0.6f64 * 0.6 * 0.5 * (1.0 / 3.0)).powf(0.25);
+    let want = 1.0 - (bleu_a + bleu_b + bleu_c) / 3.0;
+    assert!((want - 0.6543311652377548).abs() < 1e-12, "hand value {want} vs nltk");
+    assert!((tds_with(&[a, b, c], BLEU) as f64 - want).abs() < 1e-6);
 }
 
 #[test]
@@ -142,6 +163,52 @@ fn refresh_and_serde_roundtrip() {
     assert_eq!(back, t);
 }
 
+#[test]
+fn table_accessors_count_and_mean_prior() {
+    let mut t = VpsTable::new(3);
+    assert!(!t.is_empty() && VpsTable::new(0).is_empty());
+    assert_eq!((t.len(), t.items().len()), (3, 3));
+    // Item 0: pass rate 1/4, OVS 3/16, identical rollouts (TDS 0): VPS 0.8 * 3/16 = 0.15.
+    // Item 2: pass rate 1/2, OVS 1/4, disjoint rollouts (TDS 1): VPS 0.2 + 0.2 = 0.4.
+    let (a, b): (&[u32], &[u32]) = (&[1, 2, 3, 4], &[5, 6, 7, 8]);
+    t.refresh(0, &[1.0, 0.0, 0.0, 0.0], &[a, a, a, a], 2);
+    t.refresh(2, &[1.0, 0.0], &[a, b], 3);
+    assert_eq!(t.num_scored(), 2);
+    assert_eq!(t.items()[2], *t.item(2));
+    assert!((t.item(0).vps.unwrap() - 0.15).abs() < 1e-7);
+    assert!((t.item(2).vps.unwrap() - 0.4).abs() < 1e-7);
+    // The neutral prior is the mean of the scored VPS, (0.15 + 0.4) / 2.
+    t.prior = UnscoredPrior::MeanScored;
+    assert!((t.prior_score() - 0.275).abs() < 1e-7, "{}", t.prior_score());
+    t.prior = UnscoredPrior::Fixed(0.7);
+    assert_eq!(t.weights()[1], 0.7);
+}
+
+/// Non-finite and negative scores count as weight 0 (never drawn by the weighted part); with
+/// replacement (the reference code's sampler) a batch may be larger than the table, without
+/// replacement it may not.
+#[test]
+fn bad_weights_are_zero_and_batch_size_limits() {
+    let table = table_with(&[1.0, f32::INFINITY, -1.0, f32::NAN, 1.0, f32::NEG_INFINITY]);
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for _ in 0..200 {
+        let p = VasSampler::new(1.0).sample_batch_parts(&table, 3, &mut rng);
+        let mut w = p.weighted.clone();
+        w.sort();
+        assert_eq!(w, vec![0, 4], "only the two finite positive weights are drawn");
+        assert_eq!(p.uniform.len(), 1);
+    }
+    let s = VasSampler { with_replacement: true, ..VasSampler::new(0.5) };
+    let small = table_with(&[0.1, 0.2, 0.3]);
+    let b = s.sample_batch(&small, 10, &mut rng);
+    assert_eq!(b.len(), 10);
+    assert!(b.iter().all(|&i| i < 3));
+    let r = std::panic::catch_unwind(|| {
+        VasSampler::new(0.5).sample_batch(&small, 4, &mut ChaCha8Rng::seed_from_u64(1))
+    });
+    assert!(r.is_err(), "4 distinct items out of 3");
+}
+
 fn table_with(weights: &[f32]) -> VpsTable {
     let mut t = VpsTable::new(weights.len());
     for (i, &w) in weights.iter().enumerate() {
@@ -210,6 +277,45 @@ fn weighted_inclusion_without_replacement_matches_theory() {
     let exp: Vec<f64> = incl[..7].iter().map(|q| q * trials as f64).collect();
     let c = chi2(&counts[..7], &exp);
     assert!(c < CHI2_999_DF6, "chi2 {c}, counts {counts:?}, expected {exp:?}");
+}
+
+/// Four successive weighted draws without replacement out of five items: the item left out is
+/// the last of a full successive draw, P(j last) = sum over the orders ending in j of
+/// prod_k w_(k) / (weight not yet drawn), enumerated here over all 120 orders (successive
+/// sampling, the distribution `VasSampler`'s doc promises).
+#[test]
+fn largest_keys_with_one_item_left_out() {
+    let w = [0.1f64, 0.2, 0.3, 0.4, 0.5];
+    let mut p_last = [0f64; 5];
+    // Every order of the five items: the 120 permutations among the 5^5 index tuples.
+    for code in 0..5usize.pow(5) {
+        let a: Vec<usize> = (0..5).map(|k| code / 5usize.pow(k) % 5).collect();
+        if (0..5).any(|i| !a.contains(&i)) {
+            continue;
+        }
+        let (mut left, mut p) = (w.iter().sum::<f64>(), 1.0);
+        for &i in &a {
+            p *= w[i] / left;
+            left -= w[i];
+        }
+        p_last[a[4]] += p;
+    }
+    assert!((p_last.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    let table = table_with(&w.map(|x| x as f32));
+    let s = VasSampler::new(1.0);
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let trials = 20_000;
+    let mut counts = [0f64; 5];
+    for _ in 0..trials {
+        let p = s.sample_batch_parts(&table, 4, &mut rng);
+        assert_eq!(p.weighted.len(), 4);
+        let left: Vec<usize> = (0..5).filter(|i| !p.weighted.contains(i)).collect();
+        assert_eq!(left.len(), 1, "four distinct items: {:?}", p.weighted);
+        counts[left[0]] += 1.0;
+    }
+    let exp: Vec<f64> = p_last.iter().map(|q| q * trials as f64).collect();
+    let c = chi2(&counts, &exp);
+    assert!(c < 18.467, "chi2 {c} (df 4, 0.1%), counts {counts:?}, expected {exp:?}");
 }
 
 #[test]
@@ -314,6 +420,49 @@ fn counts_rounding_and_reference_compat() {
     for _ in 0..500 {
         assert!(!s.sample_batch(&table, 4, &mut rng).contains(&0));
     }
+}
+
+/// The reference code's min-max normalisation, `(w - min) / (max - min + 1e-8)`, at its edges:
+/// a zero minimum (still weight 0: the other items keep weights 1/3, 2/3, 1), a spread far
+/// below the 1e-8 (the larger item still gets the only positive weight), and equal or all-zero
+/// weights (all 0 after normalising: the uniform fallback, no 0/0).
+#[test]
+fn minmax_normalisation_edges() {
+    let s = VasSampler::reference_compat(1.0);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let zero_min = table_with(&[0.0, 0.1, 0.2, 0.3]);
+    let mut counts = [0f64; 4];
+    for _ in 0..6000 {
+        for i in s.sample_batch(&zero_min, 1, &mut rng) {
+            counts[i] += 1.0;
+        }
+    }
+    assert_eq!(counts[0], 0.0, "the minimum is never drawn");
+    let c = chi2(&counts[1..], &[1000.0, 2000.0, 3000.0]);
+    assert!(c < 13.816, "chi2 {c} (df 2, 0.1%), counts {counts:?}");
+    let tiny = table_with(&[0.0, 1e-10]);
+    for _ in 0..50 {
+        assert_eq!(s.sample_batch(&tiny, 1, &mut rng), vec![1]);
+    }
+    let equal = table_with(&[0.3; 4]);
+    let mut counts = [0f64; 4];
+    for _ in 0..4000 {
+        for i in s.sample_batch(&equal, 1, &mut rng) {
+            counts[i] += 1.0;
+        }
+    }
+    let c = chi2(&counts, &[1000.0; 4]);
+    assert!(c < 16.266, "chi2 {c} (df 3, 0.1%), counts {counts:?}");
+    // All weights 0 (max 0): still 0 / 1e-8 = 0, then the uniform fallback.
+    let zero = table_with(&[0.0; 4]);
+    let mut counts = [0f64; 4];
+    for _ in 0..4000 {
+        for i in s.sample_batch(&zero, 1, &mut rng) {
+            counts[i] += 1.0;
+        }
+    }
+    let c = chi2(&counts, &[1000.0; 4]);
+    assert!(c < 16.266, "chi2 {c} (df 3, 0.1%), counts {counts:?}");
 }
 
 #[test]
