@@ -605,8 +605,6 @@ extern "C" __global__ void __launch_bounds__(256) flash_dkv_sum(real* dk, real* 
 #define DEC_MAXG 8
 #define DEC_MAXD 256
 #define DEC_WARPS 4
-#define DEC_KB 8 // 16-byte K pieces per lane loaded as one batch
-#define DEC_VB 4 // keys whose V rows a lane loads as one batch
 
 struct __align__(16) dec_f4 {
     float x, y, z, w;
@@ -642,23 +640,15 @@ extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, con
 #pragma unroll
         for (int g = 0; g < DEC_MAXG; g++) s[g] = 0.0f;
         if (valid) {
-            // DEC_KB pieces in flight per lane: loaded as a batch with nothing between them
-            // (one load, then a chain of branches per piece left one load in flight per warp
-            // and the kernel at 22% of HBM).
             const dec_f4* kr = reinterpret_cast<const dec_f4*>(k + ((kv0 + key) * n_kv + kvh) * d);
-            for (int c0 = 0; c0 < d / 4; c0 += DEC_KB) {
-                dec_f4 kk[DEC_KB];
+            for (int c4 = 0; c4 < d / 4; c4++) {
+                const dec_f4 kk = kr[c4];
 #pragma unroll
-                for (int u = 0; u < DEC_KB; u++)
-                    kk[u] = c0 + u < d / 4 ? kr[c0 + u] : dec_f4{0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                for (int u = 0; u < DEC_KB; u++)
-#pragma unroll
-                    for (int g = 0; g < DEC_MAXG; g++)
-                        if (g < group && c0 + u < d / 4) {
-                            const float* qg = qs + g * d + 4 * (c0 + u);
-                            s[g] += qg[0] * kk[u].x + qg[1] * kk[u].y + qg[2] * kk[u].z + qg[3] * kk[u].w;
-                        }
+                for (int g = 0; g < DEC_MAXG; g++)
+                    if (g < group) {
+                        const float* qg = qs + g * d + 4 * c4;
+                        s[g] += qg[0] * kk.x + qg[1] * kk.y + qg[2] * kk.z + qg[3] * kk.w;
+                    }
             }
         }
 #pragma unroll
@@ -676,25 +666,18 @@ extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, con
         __syncwarp();
         // Values: lanes split the head dim, keys in order.
         const int nt = fa_imin(32, nkeys - t0);
-        // DEC_VB keys' values in flight per lane, loaded before any is used (see above).
-        for (int j0 = 0; j0 < nt; j0 += DEC_VB) {
-            float vv[DEC_VB][DEC_MAXD / 32];
+        for (int jj = 0; jj < nt; jj++) {
+            const real* vr = v + ((kv0 + t0 + jj) * n_kv + kvh) * d;
 #pragma unroll
-            for (int u = 0; u < DEC_VB; u++) {
-                const real* vr = v + ((kv0 + t0 + j0 + u) * n_kv + kvh) * d;
-#pragma unroll
-                for (int e = 0; e < DEC_MAXD / 32; e++) {
-                    const int c = lane + 32 * e;
-                    vv[u][e] = j0 + u < nt && c < d ? vr[c] : 0.0f;
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < DEC_VB; u++)
-#pragma unroll
-                for (int e = 0; e < DEC_MAXD / 32; e++)
+            for (int e = 0; e < DEC_MAXD / 32; e++) {
+                const int c = lane + 32 * e;
+                if (c < d) {
+                    const float vv = vr[c];
 #pragma unroll
                     for (int g = 0; g < DEC_MAXG; g++)
-                        if (g < group && j0 + u < nt && lane + 32 * e < d) o[g][e] += sP[warp][g][j0 + u] * vv[u][e];
+                        if (g < group) o[g][e] += sP[warp][g][jj] * vv;
+                }
+            }
         }
         __syncwarp(); // sP is rewritten by the next keys
     }
