@@ -184,6 +184,75 @@ pub(crate) fn epoch_order(n: usize, rng: &ChaCha8Rng) -> (Vec<usize>, ChaCha8Rng
     (order, r)
 }
 
+/// The positions `cursor..end` of the epoch order that the next step trains on (at most
+/// `batch_size`, fewer at the epoch's end), first starting the next epoch when the current one
+/// is used up: its order is shuffled from `next_rng`, which then advances. The text and the
+/// vision-language trainers walk their data this way.
+pub(crate) fn next_step_range(
+    state: &mut SftState,
+    order: &mut Vec<usize>,
+    next_rng: &mut ChaCha8Rng,
+    n: usize,
+) -> std::ops::Range<usize> {
+    if state.cursor >= n {
+        state.epoch += 1;
+        state.cursor = 0;
+        state.epoch_rng = next_rng.clone();
+        let (o, next) = epoch_order(n, &state.epoch_rng);
+        *order = o;
+        *next_rng = next;
+    }
+    state.cursor..(state.cursor + state.config.batch_size).min(n)
+}
+
+/// What a finished step trained on, for its metrics.
+pub(crate) struct StepDone {
+    pub loss: f64,
+    pub sequences: usize,
+    pub tokens: usize,
+    pub trained_tokens: usize,
+    pub micro_batches: usize,
+    pub started: std::time::Instant,
+    pub device_memory: Option<MemoryStats>,
+}
+
+impl SftState {
+    /// Moves past an optimizer step (`rep`) that trained on epoch positions up to `end` of `n`,
+    /// and returns its metrics. Call it right after the optimizer step: the learning rate
+    /// reported is the schedule's at the step just taken.
+    pub(crate) fn finish_step(
+        &mut self,
+        end: usize,
+        n: usize,
+        rep: &crate::optim::StepReport,
+        done: StepDone,
+    ) -> SftStepMetrics {
+        let lr = self.schedule.lr_at(self.step);
+        self.step += 1;
+        self.cursor = end;
+        if rep.skipped {
+            self.skipped_steps += 1;
+        }
+        let secs = done.started.elapsed().as_secs_f64();
+        SftStepMetrics {
+            step: self.step,
+            epoch: self.epoch as f64 + end as f64 / n as f64,
+            loss: done.loss,
+            lr,
+            grad_norm: rep.grad_norm,
+            clip_scale: rep.clip_scale,
+            skipped: rep.skipped,
+            sequences: done.sequences,
+            tokens: done.tokens,
+            trained_tokens: done.trained_tokens,
+            micro_batches: done.micro_batches,
+            seconds: secs,
+            tokens_per_s: done.tokens as f64 / secs.max(1e-9),
+            device_memory: done.device_memory,
+        }
+    }
+}
+
 /// Splits sequences (in order) into packed micro-batches of at most `max_tokens` tokens.
 pub fn pack_micro_batches(lens: &[usize], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
     super::pack_ranges(lens, 0..lens.len(), max_tokens)
@@ -265,17 +334,9 @@ impl<B: Backend> SftTrainer<B> {
     pub fn step_with(&mut self, be: &B, comm: &dyn Collective<B>) -> Result<SftStepMetrics> {
         let t0 = std::time::Instant::now();
         let n = self.data.len();
-        if self.state.cursor >= n {
-            self.state.epoch += 1;
-            self.state.cursor = 0;
-            self.state.epoch_rng = self.next_epoch_rng.clone();
-            let (order, next) = epoch_order(n, &self.state.epoch_rng);
-            self.order = order;
-            self.next_epoch_rng = next;
-        }
-        let cfg = &self.state.config;
-        let end = (self.state.cursor + cfg.batch_size).min(n);
-        let idx: Vec<usize> = self.order[self.state.cursor..end].to_vec();
+        let range = next_step_range(&mut self.state, &mut self.order, &mut self.next_epoch_rng, n);
+        let (cfg, end) = (&self.state.config, range.end);
+        let idx: Vec<usize> = self.order[range].to_vec();
         let seqs: Vec<&SftExample> = idx.iter().map(|&i| &self.data[i]).collect();
         // The loss of the step is the mean over ALL its response tokens: normalize globally
         // (over every rank's shard: each rank sees the whole step's sequences).
@@ -310,29 +371,16 @@ impl<B: Backend> SftTrainer<B> {
         comm.all_reduce_sum(be, &mut self.ws.grads)?;
         let lr = self.state.schedule.lr_at(self.state.step);
         let rep = self.opt.step(be, &mut self.model.params, &self.ws.grads, lr);
-        self.state.step += 1;
-        self.state.cursor = end;
-        if rep.skipped {
-            self.state.skipped_steps += 1;
-        }
-        let tokens: usize = lens.iter().sum();
-        let secs = t0.elapsed().as_secs_f64();
-        Ok(SftStepMetrics {
-            step: self.state.step,
-            epoch: self.state.epoch as f64 + end as f64 / n as f64,
+        let done = StepDone {
             loss,
-            lr,
-            grad_norm: rep.grad_norm,
-            clip_scale: rep.clip_scale,
-            skipped: rep.skipped,
             sequences: seqs.len(),
-            tokens,
+            tokens: lens.iter().sum(),
             trained_tokens: step_tokens,
             micro_batches: micro_batches as usize,
-            seconds: secs,
-            tokens_per_s: tokens as f64 / secs.max(1e-9),
+            started: t0,
             device_memory: be.memory_stats(),
-        })
+        };
+        Ok(self.state.finish_step(end, n, &rep, done))
     }
 
     /// Saves `out/checkpoint-{step}` (and moves `out/latest`).

@@ -14,7 +14,9 @@
 use super::checkpoint::{
     finite_param, load_optimizer, read_trainer_state, save_checkpoint_with, StateKind,
 };
-use super::sft::{epoch_order, DataInfo, SftConfig, SftState, SftStepMetrics};
+use super::sft::{
+    epoch_order, next_step_range, DataInfo, SftConfig, SftState, SftStepMetrics, StepDone,
+};
 use super::{LossBatch, SftLoss, TokenLoss};
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
@@ -182,18 +184,9 @@ impl<B: Backend> VlSftTrainer<B> {
     pub fn step(&mut self, be: &B) -> Result<SftStepMetrics> {
         let t0 = std::time::Instant::now();
         let n = self.data.len();
-        if self.state.cursor >= n {
-            self.state.epoch += 1;
-            self.state.cursor = 0;
-            self.state.epoch_rng = self.next_epoch_rng.clone();
-            let (order, next) = epoch_order(n, &self.state.epoch_rng);
-            self.order = order;
-            self.next_epoch_rng = next;
-        }
-        let cfg = &self.state.config;
-        let end = (self.state.cursor + cfg.batch_size).min(n);
-        let seqs: Vec<&VlSftExample> =
-            self.order[self.state.cursor..end].iter().map(|&i| &self.data[i]).collect();
+        let range = next_step_range(&mut self.state, &mut self.order, &mut self.next_epoch_rng, n);
+        let (cfg, end) = (&self.state.config, range.end);
+        let seqs: Vec<&VlSftExample> = self.order[range].iter().map(|&i| &self.data[i]).collect();
         // The step's loss is the mean over ALL its response tokens, whatever the micro-batches.
         let step_tokens: usize = seqs.iter().map(|e| e.ex.trained_targets()).sum();
         let lens: Vec<usize> = seqs.iter().map(|e| e.ex.ids.len()).collect();
@@ -217,29 +210,16 @@ impl<B: Backend> VlSftTrainer<B> {
         let n_seqs = seqs.len();
         let lr = self.state.schedule.lr_at(self.state.step);
         let rep = self.optimizer_step(be, lr);
-        self.state.step += 1;
-        self.state.cursor = end;
-        if rep.skipped {
-            self.state.skipped_steps += 1;
-        }
-        let tokens: usize = lens.iter().sum();
-        let secs = t0.elapsed().as_secs_f64();
-        Ok(SftStepMetrics {
-            step: self.state.step,
-            epoch: self.state.epoch as f64 + end as f64 / n as f64,
+        let done = StepDone {
             loss,
-            lr,
-            grad_norm: rep.grad_norm,
-            clip_scale: rep.clip_scale,
-            skipped: rep.skipped,
             sequences: n_seqs,
-            tokens,
+            tokens: lens.iter().sum(),
             trained_tokens: step_tokens,
             micro_batches: micro.len(),
-            seconds: secs,
-            tokens_per_s: tokens as f64 / secs.max(1e-9),
+            started: t0,
             device_memory: be.memory_stats(),
-        })
+        };
+        Ok(self.state.finish_step(end, n, &rep, done))
     }
 
     /// AdamW over the trained parameters as one set (one global gradient norm). The buffers
