@@ -7,7 +7,7 @@
 use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
 use super::rollout::{draw_token, mix_seed, Rollout, SamplingParams, StopReason};
 use crate::backend::Backend;
-use crate::data::prompt::render_prompt_with_images;
+use crate::data::prompt::{render_prompt_with_images, PromptStyle};
 use crate::data::rl_items::RlItem;
 use crate::model::vl_decode::VlStep;
 use crate::model::vl_forward::VlModel;
@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Generates one response to `prompt` (expanded placeholders; `grids` its images in order,
 /// `pixels` their patch rows). Stop strings are not supported here (no tokenizer is taken).
+/// The image and video placeholder ids are never sampled (their logits are masked: see
+/// [`generate_vl_seeded`]); `Rollout::logprobs` are under that masked distribution.
 pub fn generate_vl<B: Backend>(
     model: &VlModel<B>,
     be: &B,
@@ -26,6 +28,21 @@ pub fn generate_vl<B: Backend>(
     pixels: Option<&B::Buf>,
     params: &SamplingParams,
     base_seed: u64,
+) -> Result<Rollout> {
+    let seed = mix_seed(base_seed, 0);
+    generate_vl_seeded(model, be, prompt, grids, pixels, params, seed)
+}
+
+/// [`generate_vl`] with the response's own seed (`Rollout::seed`: what `draw_token` takes),
+/// as `rollout::generate_at` seeds the responses of a batch.
+pub fn generate_vl_seeded<B: Backend>(
+    model: &VlModel<B>,
+    be: &B,
+    prompt: &[u32],
+    grids: &[[usize; 3]],
+    pixels: Option<&B::Buf>,
+    params: &SamplingParams,
+    seed: u64,
 ) -> Result<Rollout> {
     params.validate()?;
     if !params.stop_strings.is_empty() {
@@ -47,7 +64,7 @@ pub fn generate_vl<B: Backend>(
     let mut deltas = [0i64];
     let mut out = Rollout {
         prompt_index: 0,
-        seed: mix_seed(base_seed, 0),
+        seed,
         tokens: vec![],
         logprobs: vec![],
         stop: StopReason::MaxTokens,
@@ -57,7 +74,15 @@ pub fn generate_vl<B: Backend>(
     let mut last;
     let mut pix = pixels;
     loop {
-        let logits = model.decode_step(be, &mut cache, &[step], &mut deltas, pix)?;
+        let mut logits = model.decode_step(be, &mut cache, &[step], &mut deltas, pix)?;
+        // A response never holds an image (or video) placeholder: fed back, it would read as
+        // an image without pixels (transformers' forward then fails its placeholder count
+        // check, as `VlModel::pack` does here). Those ids are never sampled.
+        for id in [model.cfg.image_token_id, model.cfg.video_token_id] {
+            if (id as usize) < vocab {
+                logits[id as usize] = f32::NEG_INFINITY;
+            }
+        }
         let (tok, lp) = draw_token(&logits[..vocab], params, out.seed, out.tokens.len())?;
         out.tokens.push(tok);
         out.logprobs.push(lp);
@@ -105,13 +130,10 @@ pub fn sample_and_grade_vl<B: Backend>(
         let ctx = || format!("item {id:?}");
         let paths: Vec<PathBuf> = item.images.iter().map(PathBuf::from).collect();
         let images = VlImages::load(&paths, model_dir, &model.cfg.vision).with_context(ctx)?;
-        let text = render_prompt_with_images(&item.problem, params.prompt_style, paths.len())
-            .with_context(ctx)?;
-        let ids = tok.encode(&text).with_context(ctx)?;
         let counts = images.token_counts(merge);
-        let mut e = expand_image_placeholders(&[ids], model.cfg.image_token_id, &counts)
-            .with_context(ctx)?;
-        let ids = e.seqs.remove(0);
+        let ids =
+            encode_vl_prompt(tok, item, params.prompt_style, &counts, model.cfg.image_token_id)
+                .with_context(ctx)?;
         let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels));
         let reference = reward_item(item);
         let mut graded = Vec::with_capacity(params.per_item);
@@ -127,4 +149,21 @@ pub fn sample_and_grade_vl<B: Backend>(
         on_progress(i + 1);
     }
     Ok(out)
+}
+
+/// The token ids of `item`'s prompt for a Qwen2.5-VL model: rendered with one image block per
+/// image ([`render_prompt_with_images`]), tokenized, and each image's placeholder expanded to
+/// `counts[image]` tokens (its merged patch count). Rollouts, evaluation and the `train`
+/// pipeline's RL prompts all come here.
+pub fn encode_vl_prompt(
+    tok: &Tokenizer,
+    item: &RlItem,
+    style: PromptStyle,
+    counts: &[usize],
+    image_token_id: u32,
+) -> Result<Vec<u32>> {
+    let text = render_prompt_with_images(&item.problem, style, item.images.len())?;
+    let ids = tok.encode(&text)?;
+    let mut e = expand_image_placeholders(&[ids], image_token_id, counts)?;
+    Ok(e.seqs.remove(0))
 }
