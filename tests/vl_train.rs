@@ -340,3 +340,45 @@ fn a_missing_or_broken_image_names_the_item_and_the_path() {
     ]);
     assert!(e.contains("rl.jsonl:1") && e.contains("Qwen2.5-VL"), "{e}");
 }
+
+/// The RL rollouts decode a prompt's responses together (`generate_vl_group`: one KV-cache
+/// slot each, the image prefilled in every slot); on the CPU each response is, token for
+/// token, the one decoded alone with its seed. No response holds the image placeholder.
+#[test]
+fn group_rollouts_equal_single_ones() {
+    use mmr1_fast::backend::Backend;
+    use mmr1_fast::model::vl_forward::VlModel;
+    use mmr1_fast::model::vl_prompt::{expand_image_placeholders, VlImages, IMAGE_PLACEHOLDER};
+    use mmr1_fast::rl::rollout::SamplingParams;
+    use mmr1_fast::rl::vl_rollout::{generate_vl_group, generate_vl_seeded};
+    use mmr1_fast::tokenizer::Tokenizer;
+    let d = tempfile::tempdir().unwrap();
+    write_data(d.path());
+    let dir = fixture("tiny-vl");
+    let m = VlModel::load(&Cpu, &dir).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let imgs = VlImages::load(&[d.path().join("img/b.png")], &dir, &m.cfg.vision).unwrap();
+    let ids = tok.encode(&format!("<|im_start|>user\n{IMAGE_PLACEHOLDER}How many?")).unwrap();
+    let counts = imgs.token_counts(m.cfg.vision.spatial_merge_size);
+    let prompt = expand_image_placeholders(&[ids], m.cfg.image_token_id, &counts).unwrap().seqs;
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: 12,
+        stop_ids: vec![399],
+        stop_strings: vec![],
+    };
+    let seeds = [11u64, 12, 13, 14, 15];
+    let group = generate_vl_group(&m, &Cpu, &prompt[0], &imgs, &p, &seeds).unwrap();
+    let pixels = Cpu.upload(&imgs.pixels);
+    for (r, &s) in group.iter().zip(&seeds) {
+        let one =
+            generate_vl_seeded(&m, &Cpu, &prompt[0], &imgs.grids, Some(&pixels), &p, s).unwrap();
+        assert_eq!(r.tokens, one.tokens, "seed {s}");
+        assert_eq!(r.logprobs, one.logprobs, "seed {s}");
+        assert!(!r.tokens.contains(&m.cfg.image_token_id));
+    }
+    let lens: Vec<usize> = group.iter().map(|r| r.tokens.len()).collect();
+    println!("response lengths {lens:?}");
+}

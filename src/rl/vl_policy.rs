@@ -7,7 +7,7 @@
 
 use super::policy::Policy;
 use super::rollout::{mix_seed, Rollout, SamplingParams};
-use super::vl_rollout::generate_vl_seeded;
+use super::vl_rollout::generate_vl_group;
 use crate::backend::Backend;
 use crate::model::vision_forward::VisionTower;
 use crate::model::vl_forward::VlModel;
@@ -124,20 +124,12 @@ impl<B: Backend> Policy<B> for VlPolicy<B> {
         for (i, (p, &item)) in prompts.iter().zip(items).enumerate() {
             let paths = self.images_of(item)?;
             let imgs = VlImages::load(paths, &self.dir, &self.model.cfg.vision)?;
-            let pixels = (!imgs.grids.is_empty()).then(|| be.upload(&imgs.pixels));
-            for g in 0..group {
-                // generate_at's rule: response g of batch prompt k has seed (k * G + g).
-                let s = mix_seed(seed, ((first + i) * group + g) as u64);
-                let mut r = generate_vl_seeded(
-                    &self.model,
-                    be,
-                    p,
-                    &imgs.grids,
-                    pixels.as_ref(),
-                    sampling,
-                    s,
-                )
-                .with_context(|| format!("rollout {g} of prompt {}", first + i))?;
+            // generate_at's rule: response g of batch prompt k has seed (k * G + g).
+            let seeds: Vec<u64> =
+                (0..group).map(|g| mix_seed(seed, ((first + i) * group + g) as u64)).collect();
+            let rs = generate_vl_group(&self.model, be, p, &imgs, sampling, &seeds)
+                .with_context(|| format!("rollouts of prompt {} (item {item})", first + i))?;
+            for (g, mut r) in rs.into_iter().enumerate() {
                 r.prompt_index = i;
                 for _ in 0..r.tokens.len() {
                     on_token(i * group + g);

@@ -44,12 +44,48 @@ pub fn generate_vl_seeded<B: Backend>(
     params: &SamplingParams,
     seed: u64,
 ) -> Result<Rollout> {
+    let mut r = decode_slots(model, be, prompt, grids, pixels, params, &[seed])?;
+    Ok(r.remove(0))
+}
+
+/// One response per seed to the same `prompt`, decoded together in one KV cache (one slot
+/// per response: a prefill of all of them, then one step for every unfinished one). Each
+/// response is the one [`generate_vl_seeded`] gives for its seed where the backend's decode
+/// is batch-invariant (the CPU's is). `images` are the prompt's, preprocessed; the tower
+/// runs once per slot in the prefill.
+pub fn generate_vl_group<B: Backend>(
+    model: &VlModel<B>,
+    be: &B,
+    prompt: &[u32],
+    images: &VlImages,
+    params: &SamplingParams,
+    seeds: &[u64],
+) -> Result<Vec<Rollout>> {
+    let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels.repeat(seeds.len())));
+    decode_slots(model, be, prompt, &images.grids, pixels.as_ref(), params, seeds)
+}
+
+/// The decode loop of [`generate_vl_seeded`] and [`generate_vl_group`]: slot `s` is the
+/// response with seed `seeds[s]`; `pixels` holds the prompt's images once per slot.
+fn decode_slots<B: Backend>(
+    model: &VlModel<B>,
+    be: &B,
+    prompt: &[u32],
+    grids: &[[usize; 3]],
+    pixels: Option<&B::Buf>,
+    params: &SamplingParams,
+    seeds: &[u64],
+) -> Result<Vec<Rollout>> {
     params.validate()?;
     if !params.stop_strings.is_empty() {
         bail!("stop strings are not supported for a vision-language prompt");
     }
     if prompt.is_empty() {
         bail!("the prompt is empty");
+    }
+    let n = seeds.len();
+    if n == 0 {
+        return Ok(vec![]);
     }
     let limit = model.cfg.text.max_position_embeddings;
     let Some(cap) = prompt.len().checked_add(params.max_new_tokens).filter(|&c| c <= limit) else {
@@ -60,44 +96,53 @@ pub fn generate_vl_seeded<B: Backend>(
             limit.saturating_sub(prompt.len())
         );
     };
-    let mut cache = model.text.new_cache(be, 1, cap);
-    let mut deltas = [0i64];
-    let mut out = Rollout {
-        prompt_index: 0,
-        seed,
-        tokens: vec![],
-        logprobs: vec![],
-        stop: StopReason::MaxTokens,
-    };
+    let mut cache = model.text.new_cache(be, n, cap);
+    let mut deltas = vec![0i64; n];
+    let mut outs: Vec<Rollout> = seeds
+        .iter()
+        .map(|&seed| Rollout {
+            prompt_index: 0,
+            seed,
+            tokens: vec![],
+            logprobs: vec![],
+            stop: StopReason::MaxTokens,
+        })
+        .collect();
     let vocab = model.cfg.text.vocab_size;
-    let mut step = VlStep { slot: 0, tokens: prompt, grids };
-    let mut last;
-    let mut pix = pixels;
+    let prefill: Vec<VlStep> = (0..n).map(|slot| VlStep { slot, tokens: prompt, grids }).collect();
+    let mut logits = model.decode_step(be, &mut cache, &prefill, &mut deltas, pixels)?;
+    let mut active: Vec<usize> = (0..n).collect();
     loop {
-        let mut logits = model.decode_step(be, &mut cache, &[step], &mut deltas, pix)?;
-        // A response never holds an image (or video) placeholder: fed back, it would read as
-        // an image without pixels (transformers' forward then fails its placeholder count
-        // check, as `VlModel::pack` does here). Those ids are never sampled.
-        for id in [model.cfg.image_token_id, model.cfg.video_token_id] {
-            if (id as usize) < vocab {
-                logits[id as usize] = f32::NEG_INFINITY;
+        let mut next: Vec<(usize, [u32; 1])> = Vec::with_capacity(active.len());
+        for (j, &s) in active.iter().enumerate() {
+            let row = &mut logits[j * vocab..(j + 1) * vocab];
+            // A response never holds an image (or video) placeholder: fed back, it would read
+            // as an image without pixels (transformers' forward then fails its placeholder
+            // count check, as `VlModel::pack` does here). Those ids are never sampled.
+            for id in [model.cfg.image_token_id, model.cfg.video_token_id] {
+                if (id as usize) < vocab {
+                    row[id as usize] = f32::NEG_INFINITY;
+                }
+            }
+            let o = &mut outs[s];
+            let (tok, lp) = draw_token(row, params, o.seed, o.tokens.len())?;
+            o.tokens.push(tok);
+            o.logprobs.push(lp);
+            if params.stop_ids.contains(&tok) {
+                o.stop = StopReason::StopToken;
+            } else if o.tokens.len() < params.max_new_tokens {
+                next.push((s, [tok]));
             }
         }
-        let (tok, lp) = draw_token(&logits[..vocab], params, out.seed, out.tokens.len())?;
-        out.tokens.push(tok);
-        out.logprobs.push(lp);
-        if params.stop_ids.contains(&tok) {
-            out.stop = StopReason::StopToken;
+        if next.is_empty() {
             break;
         }
-        if out.tokens.len() >= params.max_new_tokens {
-            break;
-        }
-        last = [tok];
-        step = VlStep { slot: 0, tokens: &last, grids: &[] };
-        pix = None;
+        let steps: Vec<VlStep> =
+            next.iter().map(|(s, t)| VlStep { slot: *s, tokens: t, grids: &[] }).collect();
+        logits = model.decode_step(be, &mut cache, &steps, &mut deltas, None)?;
+        active = next.iter().map(|(s, _)| *s).collect();
     }
-    Ok(out)
+    Ok(outs)
 }
 
 /// [`crate::rl::graded::sample_and_grade`] for a Qwen2.5-VL model: each item's images (paths
@@ -134,13 +179,15 @@ pub fn sample_and_grade_vl<B: Backend>(
         let ids =
             encode_vl_prompt(tok, item, params.prompt_style, &counts, model.cfg.image_token_id)
                 .with_context(ctx)?;
-        let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels));
         let reference = reward_item(item);
+        // Response r is generate_vl's with seed mix_seed(seed, i * per_item + r).
+        let seeds: Vec<u64> = (0..params.per_item)
+            .map(|r| mix_seed(mix_seed(params.seed, (i * params.per_item + r) as u64), 0))
+            .collect();
+        let rollouts =
+            generate_vl_group(model, be, &ids, &images, &sampling, &seeds).with_context(ctx)?;
         let mut graded = Vec::with_capacity(params.per_item);
-        for r in 0..params.per_item {
-            let seed = mix_seed(params.seed, (i * params.per_item + r) as u64);
-            let ro = generate_vl(model, be, &ids, &images.grids, pixels.as_ref(), &sampling, seed)
-                .with_context(ctx)?;
+        for ro in rollouts {
             let (text, verdict, reward) =
                 grade_tokens(tok, &ro.tokens, &sampling.stop_ids, &params.reward, &reference)?;
             graded.push(GradedRollout { tokens: ro.tokens, text, verdict, reward, stop: ro.stop });
