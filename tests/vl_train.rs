@@ -77,8 +77,7 @@ fn write_data(dir: &Path) {
 /// 2 SFT steps, then `rl_steps` GRPO steps of 2 prompts x 4 responses with KL on, VAS with
 /// initial scoring and a refresh every step, evaluations every step, a checkpoint every step.
 fn config(data: &Path, out: &Path, rl_steps: usize) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    c.seed = 7;
+    let mut c = TrainConfig { seed: 7, ..Default::default() };
     c.model.dir = fixture("tiny-vl");
     c.model.device = DeviceChoice::Cpu;
     c.data.sft = data.join("sft.jsonl");
