@@ -340,44 +340,73 @@ fn a_missing_or_broken_image_names_the_item_and_the_path() {
     assert!(e.contains("rl.jsonl:1") && e.contains("Qwen2.5-VL"), "{e}");
 }
 
-/// The RL rollouts decode a prompt's responses together (`generate_vl_group`: one KV-cache
-/// slot each, the image prefilled in every slot); on the CPU each response is, token for
-/// token, the one decoded alone with its seed. No response holds the image placeholder.
+/// The RL rollouts decode a batch's responses together (`generate_vl_batch`: one KV-cache
+/// slot each, every slot prefilled with its prompt and images, at most `VL_SLOTS_PER_CACHE`
+/// slots per cache); on the CPU each response is, token for token, the one decoded alone
+/// with its seed. No response holds the image placeholder.
 #[test]
-fn group_rollouts_equal_single_ones() {
+fn batched_rollouts_equal_single_ones() {
     use mmr1_fast::backend::Backend;
     use mmr1_fast::model::vl_forward::VlModel;
     use mmr1_fast::model::vl_prompt::{expand_image_placeholders, VlImages, IMAGE_PLACEHOLDER};
     use mmr1_fast::rl::rollout::SamplingParams;
-    use mmr1_fast::rl::vl_rollout::{generate_vl_group, generate_vl_seeded};
+    use mmr1_fast::rl::vl_rollout::{generate_vl_batch, generate_vl_seeded, VL_SLOTS_PER_CACHE};
     use mmr1_fast::tokenizer::Tokenizer;
     let d = tempfile::tempdir().unwrap();
     write_data(d.path());
     let dir = fixture("tiny-vl");
     let m = VlModel::load(&Cpu, &dir).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
-    let imgs = VlImages::load(&[d.path().join("img/b.png")], &dir, &m.cfg.vision).unwrap();
-    let ids = tok.encode(&format!("<|im_start|>user\n{IMAGE_PLACEHOLDER}How many?")).unwrap();
-    let counts = imgs.token_counts(m.cfg.vision.spatial_merge_size);
-    let prompt = expand_image_placeholders(&[ids], m.cfg.image_token_id, &counts).unwrap().seqs;
+    let img = |names: &[&str]| {
+        let paths: Vec<PathBuf> = names.iter().map(|n| d.path().join("img").join(n)).collect();
+        VlImages::load(&paths, &dir, &m.cfg.vision).unwrap()
+    };
+    let images = [img(&["b.png"]), img(&[]), img(&["c.png", "a.png"])];
+    let prompts: Vec<Vec<u32>> = images
+        .iter()
+        .map(|im| {
+            let blocks = IMAGE_PLACEHOLDER.repeat(im.grids.len());
+            let ids = tok.encode(&format!("<|im_start|>user\n{blocks}How many?")).unwrap();
+            let counts = im.token_counts(m.cfg.vision.spatial_merge_size);
+            expand_image_placeholders(&[ids], m.cfg.image_token_id, &counts).unwrap().seqs.remove(0)
+        })
+        .collect();
     let p = SamplingParams {
         temperature: 1.0,
         top_p: 1.0,
         top_k: 0,
-        max_new_tokens: 12,
-        stop_ids: vec![399],
+        max_new_tokens: 10,
+        // Many stop ids: responses end at different steps (ragged slots).
+        stop_ids: (0..60).chain([399]).collect(),
         stop_strings: vec![],
     };
-    let seeds = [11u64, 12, 13, 14, 15];
-    let group = generate_vl_group(&m, &Cpu, &prompt[0], &imgs, &p, &seeds).unwrap();
-    let pixels = Cpu.upload(&imgs.pixels);
-    for (r, &s) in group.iter().zip(&seeds) {
-        let one =
-            generate_vl_seeded(&m, &Cpu, &prompt[0], &imgs.grids, Some(&pixels), &p, s).unwrap();
-        assert_eq!(r.tokens, one.tokens, "seed {s}");
-        assert_eq!(r.logprobs, one.logprobs, "seed {s}");
-        assert!(!r.tokens.contains(&m.cfg.image_token_id));
+    // More slots than one cache holds: two caches (two prompts, then one).
+    let group = VL_SLOTS_PER_CACHE / 3 + 1;
+    let seeds: Vec<u64> = (0..3 * group as u64).map(|s| 1000 + s).collect();
+    let batch: Vec<(&[u32], &VlImages)> =
+        prompts.iter().zip(&images).map(|(p, im)| (p.as_slice(), im)).collect();
+    let all = generate_vl_batch(&m, &Cpu, &batch, group, &p, &seeds).unwrap();
+    assert_eq!(all.len(), 3 * group);
+    let mut lens = Vec::new();
+    for (s, r) in all.iter().enumerate().step_by(5) {
+        let i = s / group;
+        assert_eq!(r.prompt_index, i);
+        let pixels = (!images[i].grids.is_empty()).then(|| Cpu.upload(&images[i].pixels));
+        let one = generate_vl_seeded(
+            &m,
+            &Cpu,
+            &prompts[i],
+            &images[i].grids,
+            pixels.as_ref(),
+            &p,
+            seeds[s],
+        )
+        .unwrap();
+        assert_eq!(r.tokens, one.tokens, "response {s}");
+        assert_eq!(r.logprobs, one.logprobs, "response {s}");
+        lens.push(r.tokens.len());
     }
-    let lens: Vec<usize> = group.iter().map(|r| r.tokens.len()).collect();
-    println!("response lengths {lens:?}");
+    assert!(all.iter().all(|r| !r.tokens.contains(&m.cfg.image_token_id)));
+    assert!(lens.iter().any(|&l| l < 10), "no response stopped early: {lens:?}");
+    println!("response lengths (every 5th) {lens:?}");
 }

@@ -7,7 +7,7 @@
 
 use super::policy::Policy;
 use super::rollout::{mix_seed, Rollout, SamplingParams};
-use super::vl_rollout::generate_vl_group;
+use super::vl_rollout::generate_vl_batch;
 use crate::backend::Backend;
 use crate::model::vision_forward::VisionTower;
 use crate::model::vl_forward::VlModel;
@@ -120,21 +120,23 @@ impl<B: Backend> Policy<B> for VlPolicy<B> {
         if items.len() != prompts.len() {
             bail!("{} prompts but {} items", prompts.len(), items.len());
         }
-        let mut out = Vec::with_capacity(prompts.len() * group);
-        for (i, (p, &item)) in prompts.iter().zip(items).enumerate() {
+        let mut imgs = Vec::with_capacity(items.len());
+        for &item in items {
             let paths = self.images_of(item)?;
-            let imgs = VlImages::load(paths, &self.dir, &self.model.cfg.vision)?;
-            // generate_at's rule: response g of batch prompt k has seed (k * G + g).
-            let seeds: Vec<u64> =
-                (0..group).map(|g| mix_seed(seed, ((first + i) * group + g) as u64)).collect();
-            let rs = generate_vl_group(&self.model, be, p, &imgs, sampling, &seeds)
-                .with_context(|| format!("rollouts of prompt {} (item {item})", first + i))?;
-            for (g, mut r) in rs.into_iter().enumerate() {
-                r.prompt_index = i;
-                for _ in 0..r.tokens.len() {
-                    on_token(i * group + g);
-                }
-                out.push(r);
+            let im = VlImages::load(paths, &self.dir, &self.model.cfg.vision)
+                .with_context(|| format!("RL item {item}"))?;
+            imgs.push(im);
+        }
+        let batch: Vec<(&[u32], &VlImages)> =
+            prompts.iter().zip(&imgs).map(|(p, im)| (p.as_slice(), im)).collect();
+        // generate_at's rule: response g of batch prompt k has seed (k * G + g).
+        let seeds: Vec<u64> = (0..prompts.len() * group)
+            .map(|s| mix_seed(seed, (first * group + s) as u64))
+            .collect();
+        let out = generate_vl_batch(&self.model, be, &batch, group, sampling, &seeds)?;
+        for (s, r) in out.iter().enumerate() {
+            for _ in 0..r.tokens.len() {
+                on_token(s);
             }
         }
         Ok(out)

@@ -44,7 +44,7 @@ pub fn generate_vl_seeded<B: Backend>(
     params: &SamplingParams,
     seed: u64,
 ) -> Result<Rollout> {
-    let mut r = decode_slots(model, be, prompt, grids, pixels, params, &[seed])?;
+    let mut r = decode_slots(model, be, &[(prompt, grids)], pixels, params, &[seed])?;
     Ok(r.remove(0))
 }
 
@@ -61,17 +61,61 @@ pub fn generate_vl_group<B: Backend>(
     params: &SamplingParams,
     seeds: &[u64],
 ) -> Result<Vec<Rollout>> {
-    let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels.repeat(seeds.len())));
-    decode_slots(model, be, prompt, &images.grids, pixels.as_ref(), params, seeds)
+    let group = seeds.len();
+    generate_vl_batch(model, be, &[(prompt, images)], group, params, seeds)
 }
 
-/// The decode loop of [`generate_vl_seeded`] and [`generate_vl_group`]: slot `s` is the
-/// response with seed `seeds[s]`; `pixels` holds the prompt's images once per slot.
+/// Prompts (with their preprocessed images) decoded at most this many responses to a KV
+/// cache: each slot's prefill holds a copy of its prompt's pixels, so the slots of one
+/// cache bound the pixel memory. It changes only how the work is split, never a response
+/// (each is a function of its seed where decoding is batch-invariant).
+pub const VL_SLOTS_PER_CACHE: usize = 64;
+
+/// `group` responses to each of `prompts`, response `g` of prompt `i` with seed
+/// `seeds[i * group + g]`, prompt-major (`Rollout::prompt_index` = `i`). The responses of
+/// whole prompts share a KV cache, up to [`VL_SLOTS_PER_CACHE`] slots.
+pub fn generate_vl_batch<B: Backend>(
+    model: &VlModel<B>,
+    be: &B,
+    prompts: &[(&[u32], &VlImages)],
+    group: usize,
+    params: &SamplingParams,
+    seeds: &[u64],
+) -> Result<Vec<Rollout>> {
+    if seeds.len() != prompts.len() * group {
+        bail!("{} seeds for {} prompts x {group} responses", seeds.len(), prompts.len());
+    }
+    let per_cache = (VL_SLOTS_PER_CACHE / group.max(1)).max(1);
+    let mut out = Vec::with_capacity(seeds.len());
+    for (c, chunk) in prompts.chunks(per_cache).enumerate() {
+        let first = c * per_cache;
+        let slots: Vec<(&[u32], &[[usize; 3]])> = chunk
+            .iter()
+            .flat_map(|(ids, im)| std::iter::repeat_n((*ids, im.grids.as_slice()), group))
+            .collect();
+        let mut pix: Vec<f32> = Vec::new();
+        for (_, im) in chunk {
+            for _ in 0..group {
+                pix.extend_from_slice(&im.pixels);
+            }
+        }
+        let pixels = (!pix.is_empty()).then(|| be.upload(&pix));
+        let sd = &seeds[first * group..(first + chunk.len()) * group];
+        let rs = decode_slots(model, be, &slots, pixels.as_ref(), params, sd)?;
+        out.extend(rs.into_iter().enumerate().map(|(s, mut r)| {
+            r.prompt_index = first + s / group.max(1);
+            r
+        }));
+    }
+    Ok(out)
+}
+
+/// The decode loop of every VL generation: slot `s` decodes `slots[s]` (prompt ids and its
+/// images' grids) with seed `seeds[s]`; `pixels` holds the images of all slots, slot order.
 fn decode_slots<B: Backend>(
     model: &VlModel<B>,
     be: &B,
-    prompt: &[u32],
-    grids: &[[usize; 3]],
+    slots: &[(&[u32], &[[usize; 3]])],
     pixels: Option<&B::Buf>,
     params: &SamplingParams,
     seeds: &[u64],
@@ -80,20 +124,21 @@ fn decode_slots<B: Backend>(
     if !params.stop_strings.is_empty() {
         bail!("stop strings are not supported for a vision-language prompt");
     }
-    if prompt.is_empty() {
+    if slots.iter().any(|(p, _)| p.is_empty()) {
         bail!("the prompt is empty");
     }
     let n = seeds.len();
     if n == 0 {
         return Ok(vec![]);
     }
+    debug_assert_eq!(n, slots.len());
     let limit = model.cfg.text.max_position_embeddings;
-    let Some(cap) = prompt.len().checked_add(params.max_new_tokens).filter(|&c| c <= limit) else {
+    let longest = slots.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    let Some(cap) = longest.checked_add(params.max_new_tokens).filter(|&c| c <= limit) else {
         bail!(
-            "a prompt of {} tokens (images expanded) + max_new_tokens {} exceeds the model's max_position_embeddings {limit}; lower max_new_tokens to at most {}",
-            prompt.len(),
+            "a prompt of {longest} tokens (images expanded) + max_new_tokens {} exceeds the model's max_position_embeddings {limit}; lower max_new_tokens to at most {}",
             params.max_new_tokens,
-            limit.saturating_sub(prompt.len())
+            limit.saturating_sub(longest)
         );
     };
     let mut cache = model.text.new_cache(be, n, cap);
@@ -109,7 +154,11 @@ fn decode_slots<B: Backend>(
         })
         .collect();
     let vocab = model.cfg.text.vocab_size;
-    let prefill: Vec<VlStep> = (0..n).map(|slot| VlStep { slot, tokens: prompt, grids }).collect();
+    let prefill: Vec<VlStep> = slots
+        .iter()
+        .enumerate()
+        .map(|(slot, &(tokens, grids))| VlStep { slot, tokens, grids })
+        .collect();
     let mut logits = model.decode_step(be, &mut cache, &prefill, &mut deltas, pixels)?;
     let mut active: Vec<usize> = (0..n).collect();
     loop {
@@ -147,9 +196,9 @@ fn decode_slots<B: Backend>(
 
 /// [`crate::rl::graded::sample_and_grade`] for a Qwen2.5-VL model: each item's images (paths
 /// already resolved) are preprocessed, its prompt rendered with one image block per image
-/// ([`render_prompt_with_images`]) and expanded, and `per_item` responses generated one at a
-/// time (response `r` of item `i` uses seed `mix_seed(seed, i * per_item + r)`), then graded.
-/// `batch_items` is not used: images make every prefill different, so items decode alone.
+/// ([`render_prompt_with_images`]) and expanded, and `per_item` responses generated, the
+/// responses of `batch_items` items together ([`generate_vl_batch`]; response `r` of item `i` uses seed
+/// `mix_seed(seed, i * per_item + r)`, whatever the batching), then graded.
 /// `model_dir` holds the checkpoint's preprocessor_config.json.
 pub fn sample_and_grade_vl<B: Backend>(
     model: &VlModel<B>,
@@ -169,31 +218,41 @@ pub fn sample_and_grade_vl<B: Backend>(
     }
     sampling.validate()?;
     let merge = model.cfg.vision.spatial_merge_size;
+    let per = params.per_item;
     let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let id = item.id_or(i);
-        let ctx = || format!("item {id:?}");
-        let paths: Vec<PathBuf> = item.images.iter().map(PathBuf::from).collect();
-        let images = VlImages::load(&paths, model_dir, &model.cfg.vision).with_context(ctx)?;
-        let counts = images.token_counts(merge);
-        let ids =
-            encode_vl_prompt(tok, item, params.prompt_style, &counts, model.cfg.image_token_id)
-                .with_context(ctx)?;
-        let reference = reward_item(item);
-        // Response r is generate_vl's with seed mix_seed(seed, i * per_item + r).
-        let seeds: Vec<u64> = (0..params.per_item)
-            .map(|r| mix_seed(mix_seed(params.seed, (i * params.per_item + r) as u64), 0))
-            .collect();
-        let rollouts =
-            generate_vl_group(model, be, &ids, &images, &sampling, &seeds).with_context(ctx)?;
-        let mut graded = Vec::with_capacity(params.per_item);
-        for ro in rollouts {
-            let (text, verdict, reward) =
-                grade_tokens(tok, &ro.tokens, &sampling.stop_ids, &params.reward, &reference)?;
-            graded.push(GradedRollout { tokens: ro.tokens, text, verdict, reward, stop: ro.stop });
+    for start in (0..items.len()).step_by(params.batch_items.max(1)) {
+        let end = (start + params.batch_items.max(1)).min(items.len());
+        let mut prompts = Vec::with_capacity(end - start);
+        for (i, item) in items.iter().enumerate().take(end).skip(start) {
+            let ctx = || format!("item {:?}", item.id_or(i));
+            let paths: Vec<PathBuf> = item.images.iter().map(PathBuf::from).collect();
+            let images = VlImages::load(&paths, model_dir, &model.cfg.vision).with_context(ctx)?;
+            let counts = images.token_counts(merge);
+            let ids =
+                encode_vl_prompt(tok, item, params.prompt_style, &counts, model.cfg.image_token_id)
+                    .with_context(ctx)?;
+            prompts.push((ids, images));
         }
-        out.push(graded);
-        on_progress(i + 1);
+        // Response r of item i is generate_vl's with seed mix_seed(seed, i * per_item + r).
+        let seeds: Vec<u64> = (start * per..end * per)
+            .map(|k| mix_seed(mix_seed(params.seed, k as u64), 0))
+            .collect();
+        let batch: Vec<(&[u32], &VlImages)> =
+            prompts.iter().map(|(ids, im)| (ids.as_slice(), im)).collect();
+        let rollouts = generate_vl_batch(model, be, &batch, per, &sampling, &seeds)
+            .with_context(|| format!("items {start}..{end}"))?;
+        for (k, ro_group) in rollouts.chunks(per).enumerate() {
+            let reference = reward_item(&items[start + k]);
+            let mut graded = Vec::with_capacity(per);
+            for ro in ro_group {
+                let (text, verdict, reward) =
+                    grade_tokens(tok, &ro.tokens, &sampling.stop_ids, &params.reward, &reference)?;
+                let tokens = ro.tokens.clone();
+                graded.push(GradedRollout { tokens, text, verdict, reward, stop: ro.stop });
+            }
+            out.push(graded);
+        }
+        on_progress(end);
     }
     Ok(out)
 }
