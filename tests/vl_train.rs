@@ -233,6 +233,55 @@ fn a_run_stopped_and_resumed_ends_bit_identical() {
     assert_eq!(steps, [1, 2, 3], "every RL step logged once");
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// Killed after SFT step 1 (its later checkpoints and the RL phase never written), with the
+/// tower frozen and bf16 model files (the f32 masters come from the optimizer file): the
+/// resumed run ends byte-identical to the uninterrupted one, reference policy included (it
+/// is the SFT result the resumed run makes itself).
+#[test]
+fn a_run_killed_in_sft_resumes_bit_identical_with_bf16_files() {
+    let d = tempfile::tempdir().unwrap();
+    write_data(d.path());
+    let (whole, parts) = (d.path().join("whole"), d.path().join("parts"));
+    let mut c = config(d.path(), &whole, 2);
+    c.eval.every = 0;
+    c.output.save_dtype = SaveDtype::Bf16;
+    run(c.clone(), Start::Fresh { overwrite: false });
+    copy_dir(&whole, &parts);
+    std::fs::remove_dir_all(parts.join("rl")).unwrap();
+    std::fs::remove_dir_all(parts.join("sft/checkpoint-2")).unwrap();
+    std::fs::write(parts.join("sft/latest"), "checkpoint-1\n").unwrap();
+    let mut rest = c;
+    rest.output.dir = parts.clone();
+    run(rest, Start::Resume);
+    for f in ["sft/checkpoint-2/model.safetensors", "rl/checkpoint-2/model.safetensors"] {
+        let a = std::fs::read(whole.join(f)).unwrap();
+        let b = std::fs::read(parts.join(f)).unwrap();
+        assert!(a == b, "{f}: the resumed run differs from the uninterrupted one");
+    }
+    let a = std::fs::read(whole.join("rl/checkpoint-2/optimizer.safetensors")).unwrap();
+    let b = std::fs::read(parts.join("rl/checkpoint-2/optimizer.safetensors")).unwrap();
+    assert!(a == b, "the resumed run's optimizer state differs");
+    let (_, vision) = tensors(&latest(&parts.join("rl")));
+    let (_, vision0) = tensors(&fixture("tiny-vl"));
+    let bf16 = |v: &[Vec<f32>]| -> Vec<Vec<u16>> {
+        v.iter().map(|t| t.iter().map(|x| half::bf16::from_f32(*x).to_bits()).collect()).collect()
+    };
+    assert_eq!(bf16(&vision), bf16(&vision0), "the frozen tower, as rounded to bf16");
+}
+
 /// The emulated CUDA backend (f32 precision: the emulator's default) runs the same pipeline
 /// as the CPU: the same rollouts and rewards, and weights within AdamW's amplification of
 /// f32 rounding (measured: see the printed distances). One SFT step and one RL step: the
