@@ -459,3 +459,71 @@ fn batched_rollouts_equal_single_ones() {
     assert!(lens.iter().any(|&l| l < 10), "no response stopped early: {lens:?}");
     println!("response lengths (every 5th) {lens:?}");
 }
+
+/// Rollout speed of the RL step's shape in the text demo (16 prompts x 8 responses, 32 new
+/// tokens) on the fixture model: all prompts batched (what `train` does), one prompt per
+/// call, one response per call. A measurement, not a check:
+/// `cargo test --features emu --test vl_train rollout_speed -- --ignored --nocapture` (the
+/// test profile is optimized).
+#[test]
+#[ignore = "a timing measurement; prints, asserts nothing about speed"]
+fn rollout_speed() {
+    use mmr1_fast::backend::Backend;
+    use mmr1_fast::model::vl_forward::VlModel;
+    use mmr1_fast::model::vl_prompt::{expand_image_placeholders, VlImages, IMAGE_PLACEHOLDER};
+    use mmr1_fast::rl::rollout::SamplingParams;
+    use mmr1_fast::rl::vl_rollout::{generate_vl_batch, generate_vl_seeded};
+    use mmr1_fast::tokenizer::Tokenizer;
+    use std::time::Instant;
+    let d = tempfile::tempdir().unwrap();
+    write_data(d.path());
+    let dir = fixture("tiny-vl");
+    let m = VlModel::load(&Cpu, &dir).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let names = ["a.png", "b.png", "c.png"];
+    let images: Vec<VlImages> = (0..16)
+        .map(|i| {
+            let p = d.path().join("img").join(names[i % 3]);
+            VlImages::load(&[p], &dir, &m.cfg.vision).unwrap()
+        })
+        .collect();
+    let prompts: Vec<Vec<u32>> = images
+        .iter()
+        .map(|im| {
+            let ids =
+                tok.encode(&format!("<|im_start|>user\n{IMAGE_PLACEHOLDER}How many?")).unwrap();
+            let counts = im.token_counts(m.cfg.vision.spatial_merge_size);
+            expand_image_placeholders(&[ids], m.cfg.image_token_id, &counts).unwrap().seqs.remove(0)
+        })
+        .collect();
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: 32,
+        stop_ids: vec![],
+        stop_strings: vec![],
+    };
+    let g = 8;
+    let seeds: Vec<u64> = (0..16 * g as u64).collect();
+    let batch: Vec<(&[u32], &VlImages)> =
+        prompts.iter().zip(&images).map(|(p, im)| (p.as_slice(), im)).collect();
+    let t = Instant::now();
+    generate_vl_batch(&m, &Cpu, &batch, g, &p, &seeds).unwrap();
+    let all = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for (i, b) in batch.iter().enumerate() {
+        generate_vl_batch(&m, &Cpu, &[*b], g, &p, &seeds[i * g..(i + 1) * g]).unwrap();
+    }
+    let per_prompt = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for (s, &seed) in seeds.iter().enumerate() {
+        let im = &images[s / g];
+        let px = Cpu.upload(&im.pixels);
+        generate_vl_seeded(&m, &Cpu, &prompts[s / g], &im.grids, Some(&px), &p, seed).unwrap();
+    }
+    let single = t.elapsed().as_secs_f64();
+    println!(
+        "128 responses x 32 tokens: batched {all:.3} s, per prompt {per_prompt:.3} s, one by one {single:.3} s"
+    );
+}
