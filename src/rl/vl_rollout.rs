@@ -9,6 +9,7 @@ use super::rollout::{draw_token, mix_seed, Rollout, SamplingParams, StopReason};
 use crate::backend::Backend;
 use crate::data::prompt::{render_prompt_with_images, PromptStyle};
 use crate::data::rl_items::RlItem;
+use crate::model::vision_forward::VisionPlan;
 use crate::model::vl_decode::VlStep;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::{expand_image_placeholders, VlImages};
@@ -44,15 +45,18 @@ pub fn generate_vl_seeded<B: Backend>(
     params: &SamplingParams,
     seed: u64,
 ) -> Result<Rollout> {
-    let mut r = decode_slots(model, be, &[(prompt, grids)], pixels, params, &[seed])?;
+    let features = match pixels {
+        Some(px) if !grids.is_empty() => Some(tower(model, be, grids, px)?),
+        _ => None,
+    };
+    let mut r = decode_slots(model, be, &[(prompt, grids)], features.as_ref(), params, &[seed])?;
     Ok(r.remove(0))
 }
 
 /// One response per seed to the same `prompt`, decoded together in one KV cache (one slot
 /// per response: a prefill of all of them, then one step for every unfinished one). Each
 /// response is the one [`generate_vl_seeded`] gives for its seed where the backend's decode
-/// is batch-invariant (the CPU's is). `images` are the prompt's, preprocessed; the tower
-/// runs once per slot in the prefill.
+/// is batch-invariant (the CPU's is). `images` are the prompt's, preprocessed.
 pub fn generate_vl_group<B: Backend>(
     model: &VlModel<B>,
     be: &B,
@@ -66,14 +70,16 @@ pub fn generate_vl_group<B: Backend>(
 }
 
 /// Prompts (with their preprocessed images) decoded at most this many responses to a KV
-/// cache: each slot's prefill holds a copy of its prompt's pixels, so the slots of one
-/// cache bound the pixel memory. It changes only how the work is split, never a response
-/// (each is a function of its seed where decoding is batch-invariant).
+/// cache: each slot's prefill holds a copy of its prompt's vision features, so the slots of
+/// one cache bound that memory (and the prefill's size). It changes only how the work is
+/// split, never a response (each is a function of its seed where decoding is
+/// batch-invariant).
 pub const VL_SLOTS_PER_CACHE: usize = 64;
 
 /// `group` responses to each of `prompts`, response `g` of prompt `i` with seed
 /// `seeds[i * group + g]`, prompt-major (`Rollout::prompt_index` = `i`). The responses of
-/// whole prompts share a KV cache, up to [`VL_SLOTS_PER_CACHE`] slots.
+/// whole prompts share a KV cache, up to [`VL_SLOTS_PER_CACHE`] slots. The vision tower
+/// runs once per prompt; its slots copy the features.
 pub fn generate_vl_batch<B: Backend>(
     model: &VlModel<B>,
     be: &B,
@@ -93,15 +99,34 @@ pub fn generate_vl_batch<B: Backend>(
             .iter()
             .flat_map(|(ids, im)| std::iter::repeat_n((*ids, im.grids.as_slice()), group))
             .collect();
-        let mut pix: Vec<f32> = Vec::new();
+        let d = model.cfg.text.hidden_size;
+        let merge = model.cfg.vision.spatial_merge_size;
+        let mut per_prompt = Vec::with_capacity(chunk.len());
         for (_, im) in chunk {
-            for _ in 0..group {
-                pix.extend_from_slice(&im.pixels);
-            }
+            let rows: usize = im.token_counts(merge).iter().sum();
+            let f = if rows == 0 {
+                None
+            } else {
+                Some(tower(model, be, &im.grids, &be.upload(&im.pixels))?)
+            };
+            per_prompt.push((f, rows));
         }
-        let pixels = (!pix.is_empty()).then(|| be.upload(&pix));
+        let total: usize = per_prompt.iter().map(|(_, r)| r * group).sum();
+        let features = (total > 0).then(|| {
+            let mut all = be.zeros(total * d);
+            let mut at = 0;
+            for (f, rows) in &per_prompt {
+                for _ in 0..group {
+                    if let Some(f) = f {
+                        be.copy(&mut all, at * d, f, 0, rows * d);
+                    }
+                    at += rows;
+                }
+            }
+            all
+        });
         let sd = &seeds[first * group..(first + chunk.len()) * group];
-        let rs = decode_slots(model, be, &slots, pixels.as_ref(), params, sd)?;
+        let rs = decode_slots(model, be, &slots, features.as_ref(), params, sd)?;
         out.extend(rs.into_iter().enumerate().map(|(s, mut r)| {
             r.prompt_index = first + s / group.max(1);
             r
@@ -110,13 +135,25 @@ pub fn generate_vl_batch<B: Backend>(
     Ok(out)
 }
 
+/// The vision tower's merged features of `grids`' images (`pixels`: their patch rows).
+fn tower<B: Backend>(
+    model: &VlModel<B>,
+    be: &B,
+    grids: &[[usize; 3]],
+    pixels: &B::Buf,
+) -> Result<B::Buf> {
+    let plan = VisionPlan::new(&model.vision.cfg, grids)?;
+    Ok(model.vision.forward(be, pixels, &plan)?.features)
+}
+
 /// The decode loop of every VL generation: slot `s` decodes `slots[s]` (prompt ids and its
-/// images' grids) with seed `seeds[s]`; `pixels` holds the images of all slots, slot order.
+/// images' grids) with seed `seeds[s]`; `features` holds the vision features of all slots'
+/// images, slot order.
 fn decode_slots<B: Backend>(
     model: &VlModel<B>,
     be: &B,
     slots: &[(&[u32], &[[usize; 3]])],
-    pixels: Option<&B::Buf>,
+    features: Option<&B::Buf>,
     params: &SamplingParams,
     seeds: &[u64],
 ) -> Result<Vec<Rollout>> {
@@ -159,7 +196,7 @@ fn decode_slots<B: Backend>(
         .enumerate()
         .map(|(slot, &(tokens, grids))| VlStep { slot, tokens, grids })
         .collect();
-    let mut logits = model.decode_step(be, &mut cache, &prefill, &mut deltas, pixels)?;
+    let mut logits = model.decode_step_features(be, &mut cache, &prefill, &mut deltas, features)?;
     let mut active: Vec<usize> = (0..n).collect();
     loop {
         let mut next: Vec<(usize, [u32; 1])> = Vec::with_capacity(active.len());
@@ -188,7 +225,7 @@ fn decode_slots<B: Backend>(
         }
         let steps: Vec<VlStep> =
             next.iter().map(|(s, t)| VlStep { slot: *s, tokens: t, grids: &[] }).collect();
-        logits = model.decode_step(be, &mut cache, &steps, &mut deltas, None)?;
+        logits = model.decode_step_features(be, &mut cache, &steps, &mut deltas, None)?;
         active = next.iter().map(|(s, _)| *s).collect();
     }
     Ok(outs)
