@@ -52,8 +52,8 @@ pub struct EvalArgs {
     /// Evaluate only the first N items (0: all).
     #[arg(long, default_value_t = 0)]
     pub max_items: usize,
-    /// Items decoded together (text checkpoints; a Qwen2.5-VL checkpoint decodes items one by
-    /// one).
+    /// Items decoded together (a Qwen2.5-VL checkpoint: at most 64 responses per KV cache,
+    /// each holding a copy of its prompt's pixels).
     #[arg(long, default_value_t = 8)]
     pub batch_items: usize,
     #[arg(long, value_enum, default_value_t = BadLines::Stop)]

@@ -54,8 +54,9 @@ pub fn load_rl_items(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
 }
 
 /// [`load_rl_items`] accepting `images`: each path is resolved relative to the JSONL file's
-/// folder (absolute paths stay) and must be an existing file; a missing one is an error naming
-/// the line, before any model time is spent.
+/// folder (absolute paths stay) and must be an existing file whose header decodes; a missing
+/// or unreadable one is an error naming the line, the item id and the path, before any model
+/// time is spent (with `BadLines::Skip`, the item is skipped and counted).
 pub fn load_rl_items_with_images(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
     load(path, bad, true)
 }
@@ -75,13 +76,22 @@ fn load(path: &Path, bad: BadLines, allow_images: bool) -> Result<Vec<RlItem>> {
             bail!("item has an empty \"problem\"");
         }
         if !it.images.is_empty() && !allow_images {
-            bail!("item has images; this command runs text-only here (items with images are read by `eval` and `score` with a Qwen2.5-VL checkpoint)");
+            bail!("item has images; this command runs text-only here (items with images need a Qwen2.5-VL checkpoint)");
         }
+        let who = it.id.as_ref().map(|id| format!("item {id:?}: ")).unwrap_or_default();
         for im in &it.images {
             let p = resolve_image(path, im);
             if !p.is_file() {
-                bail!("image {im:?} not found (looked for {})", p.display());
+                bail!("{who}image {im:?} not found (looked for {})", p.display());
             }
+            // The header must decode too: a broken file is found here, before model time.
+            image::ImageReader::open(&p)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.into_dimensions().map_err(anyhow::Error::from))
+                .map_err(|e| {
+                    anyhow::anyhow!("{who}image {im:?} ({}) cannot be read: {e}", p.display())
+                })?;
         }
         Ok(())
     })?;

@@ -34,6 +34,29 @@ impl<B: Backend> VlModel<B> {
         deltas: &mut [i64],
         pixels: Option<&B::Buf>,
     ) -> Result<Vec<f32>> {
+        let grids: Vec<[usize; 3]> = steps.iter().flat_map(|s| s.grids.iter().copied()).collect();
+        // The tower runs before the decoder step: an error here leaves the cache untouched.
+        let features = if grids.is_empty() {
+            None
+        } else {
+            let pixels = pixels.context("the step holds images but no pixel values were given")?;
+            let plan = VisionPlan::new(&self.vision.cfg, &grids)?;
+            Some(self.vision.forward(be, pixels, &plan)?.features)
+        };
+        self.decode_step_features(be, cache, steps, deltas, features.as_ref())
+    }
+
+    /// [`VlModel::decode_step`] with the vision tower's output given: `features` holds the
+    /// merged features (`[rows, hidden]`) of every image of the steps, in order (several
+    /// slots prefilled with one prompt can share one tower pass, each copying its rows).
+    pub fn decode_step_features(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        steps: &[VlStep<'_>],
+        deltas: &mut [i64],
+        features: Option<&B::Buf>,
+    ) -> Result<Vec<f32>> {
         let c = &self.cfg;
         let hd = c.text.head_dim();
         let mut angles = Vec::new();
@@ -83,19 +106,23 @@ impl<B: Backend> VlModel<B> {
             grids.extend_from_slice(st.grids);
             row0 += st.tokens.len();
         }
-        // The tower runs before the decoder step: an error here leaves the cache untouched.
-        let features = if grids.is_empty() {
-            None
-        } else {
-            let pixels = pixels.context("the step holds images but no pixel values were given")?;
-            let plan = VisionPlan::new(&self.vision.cfg, &grids)?;
-            Some(self.vision.forward(be, pixels, &plan)?.features)
-        };
         let d = c.text.hidden_size;
+        let rows: usize = image_rows.iter().map(|r| r.1).sum();
+        let features = match features {
+            _ if grids.is_empty() => None,
+            None => bail!("the step holds images but no vision features were given"),
+            Some(f) if be.len(f) < rows * d => bail!(
+                "the step's {} image rows need {} feature values, {} were given",
+                rows,
+                rows * d,
+                be.len(f)
+            ),
+            Some(f) => Some(f),
+        };
         let inputs: Vec<(usize, &[u32])> = steps.iter().map(|s| (s.slot, s.tokens)).collect();
         self.text.decode_step_with(be, cache, &inputs, |batch, embeds| {
             batch.rope_angles = Some(angles);
-            if let Some(f) = &features {
+            if let Some(f) = features {
                 let mut at = 0;
                 for &(row, len) in &image_rows {
                     be.copy(embeds, row * d, f, at * d, len * d);

@@ -46,6 +46,11 @@ pub struct ModelSection {
     /// forward, re-run the layer in the backward. Less device memory (the activations of all
     /// layers but one), more compute, the same results.
     pub recompute: bool,
+    /// Qwen2.5-VL models: keep the vision tower (merger included) frozen in both phases (no
+    /// backward through it, no optimizer state for it; the usual RL setting and
+    /// LLaMA-Factory's default for SFT). false trains it with the decoder (one AdamW step,
+    /// one global gradient norm). Text models ignore it.
+    pub freeze_vision: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -210,6 +215,7 @@ impl Default for TrainConfig {
                 device: DeviceChoice::Auto,
                 precision: PrecisionChoice::Auto,
                 recompute: false,
+                freeze_vision: true,
             },
             data: DataSection {
                 sft: PathBuf::new(),

@@ -7,19 +7,25 @@ use super::demo_setup::materialize_demo;
 use super::metrics::{EvalLabel, EvalRecord, MetricsLog, Phase, Record};
 use super::rl_phase::grpo_settings;
 use super::run_dir::{prepare_fresh, RunLock};
+use super::run_policy::EvalModel;
 use crate::backend::Backend;
-use crate::data::rl_items::{load_rl_items, RlItem};
+use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
+use crate::data::vl_sft_data::image_file_grid;
 use crate::fs::write_atomic;
-use crate::model::{Qwen2, Qwen2Config};
+use crate::model::vision_preprocess::PreprocessorConfig;
+use crate::model::vl_prompt::is_vl_checkpoint;
+use crate::model::{Qwen2, Qwen2Config, Qwen2VlConfig};
 use crate::progress::bar;
-use crate::rl::evaluate::{evaluate_with_progress, EvalParams};
-use crate::rl::graded::{encode_prompts, stop_ids};
+use crate::rl::evaluate::EvalParams;
+use crate::rl::graded::{encode_prompts, stop_ids, stop_ids_of};
 use crate::rl::trainer::GrpoSettings;
+use crate::rl::vl_rollout::encode_vl_prompt;
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::complete_checkpoints;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Accuracy and format rate of one evaluation.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -47,6 +53,15 @@ pub struct RunInputs {
     pub rl_items: Vec<RlItem>,
     pub rl_prompts: Vec<Vec<u32>>,
     pub eval_items: Vec<RlItem>,
+    /// The decoder's configuration (of a Qwen2.5-VL checkpoint: its language model's); `None`
+    /// for inputs made in code without a model directory.
+    pub model_cfg: Option<Qwen2Config>,
+    /// `model.dir` is a Qwen2.5-VL checkpoint: items may hold images, the phases train a
+    /// `VlModel` (`pipeline::run_policy`).
+    pub vl: bool,
+    /// The image files of each RL item (resolved paths), in item order; empty lists for a
+    /// text run.
+    pub rl_images: Arc<Vec<Vec<PathBuf>>>,
     pub start: Start,
     /// This process's rank in a data-parallel run (0 alone: the one that writes the output
     /// directory and evaluates).
@@ -74,6 +89,57 @@ fn prompts_of(
         );
     }
     Ok(prompts)
+}
+
+/// [`prompts_of`] for a Qwen2.5-VL model: each item's prompt with one image block per image,
+/// each placeholder expanded to the image's merged patch count (from the image header by the
+/// smart-resize rule of `model_dir`'s `preprocessor_config.json`; the pixels are decoded when
+/// a rollout or an update uses them). Errors name the item.
+fn vl_prompts_of(
+    vcfg: &Qwen2VlConfig,
+    model_dir: &Path,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    cfg: &TrainConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let any_images = items.iter().any(|it| !it.images.is_empty());
+    let pc = if any_images { Some(PreprocessorConfig::load(model_dir)?) } else { None };
+    let merge = vcfg.vision.spatial_merge_size;
+    let limit = vcfg.text.max_position_embeddings;
+    let max_new = cfg.rl.max_new_tokens;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        let id = it.id_or(i);
+        let ctx = || format!("item {id:?}");
+        let counts: Vec<usize> = match &pc {
+            Some(pc) => it
+                .images
+                .iter()
+                .map(|p| image_file_grid(Path::new(p), pc))
+                .map(|g| g.map(|g| g.iter().product::<usize>() / (merge * merge)))
+                .collect::<Result<_>>()
+                .with_context(ctx)?,
+            None => vec![],
+        };
+        let ids = encode_vl_prompt(tok, it, cfg.data.prompt_style, &counts, vcfg.image_token_id)
+            .with_context(ctx)?;
+        vcfg.text.check_ids(&ids).with_context(ctx)?;
+        if ids.len() > cfg.rl.max_prompt_len {
+            bail!(
+                "item {id:?}: prompt has {} tokens (images expanded), over rl.max_prompt_len {}",
+                ids.len(),
+                cfg.rl.max_prompt_len
+            );
+        }
+        if ids.len() + max_new > limit {
+            bail!(
+                "item {id:?}: prompt of {} tokens (images expanded) + {max_new} new tokens exceeds the model's max_position_embeddings {limit}",
+                ids.len()
+            );
+        }
+        out.push(ids);
+    }
+    Ok(out)
 }
 
 /// A resume may lengthen RL (`rl.steps`) but not cut it below the steps already taken: the run
@@ -140,9 +206,16 @@ impl RunInputs {
     ) -> Result<Self> {
         let tokenizer_path = cfg.model.dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&tokenizer_path)?;
+        let vl = is_vl_checkpoint(&cfg.model.dir)?;
+        if vl && cfg.model.recompute {
+            bail!("model.recompute: activation recomputation is not supported for a Qwen2.5-VL model yet ({}); set it to false", cfg.model.dir.display());
+        }
         let load = |p: &Path| -> Result<Vec<RlItem>> {
             if p.as_os_str().is_empty() {
                 Ok(vec![])
+            } else if vl {
+                // Every image exists and its header decodes, before any weight is read.
+                load_rl_items_with_images(p, cfg.data.bad_lines)
             } else {
                 load_rl_items(p, cfg.data.bad_lines)
             }
@@ -161,10 +234,22 @@ impl RunInputs {
             );
         }
         // The model's config bounds ids and prompt lengths; its weights are loaded by the phases.
-        let mcfg = Qwen2Config::load(&cfg.model.dir)?;
-        tok.check_matches(&tokenizer_path, &mcfg)?;
-        let rl_prompts = prompts_of(&mcfg, &tok, &rl_items, &cfg)?;
-        prompts_of(&mcfg, &tok, &eval_items, &cfg)?;
+        let (mcfg, rl_prompts) = if vl {
+            let vcfg = Qwen2VlConfig::load(&cfg.model.dir)?;
+            tok.check_matches(&tokenizer_path, &vcfg.text)?;
+            let rl_prompts = vl_prompts_of(&vcfg, &cfg.model.dir, &tok, &rl_items, &cfg)?;
+            vl_prompts_of(&vcfg, &cfg.model.dir, &tok, &eval_items, &cfg)?;
+            (vcfg.text, rl_prompts)
+        } else {
+            let mcfg = Qwen2Config::load(&cfg.model.dir)?;
+            tok.check_matches(&tokenizer_path, &mcfg)?;
+            let rl_prompts = prompts_of(&mcfg, &tok, &rl_items, &cfg)?;
+            prompts_of(&mcfg, &tok, &eval_items, &cfg)?;
+            (mcfg, rl_prompts)
+        };
+        let rl_images = Arc::new(
+            rl_items.iter().map(|it| it.images.iter().map(PathBuf::from).collect()).collect(),
+        );
         Ok(RunInputs {
             cfg,
             out,
@@ -173,6 +258,9 @@ impl RunInputs {
             rl_items,
             rl_prompts,
             eval_items,
+            model_cfg: Some(mcfg),
+            vl,
+            rl_images,
             start,
             rank,
             _lock: lock,
@@ -194,6 +282,8 @@ impl RunInputs {
         std::fs::create_dir_all(&out)
             .with_context(|| format!("cannot create output directory {}", out.display()))?;
         let lock = RunLock::acquire(&out)?;
+        let model_cfg = Qwen2Config::load(&cfg.model.dir).ok();
+        let rl_images = Arc::new(vec![vec![]; rl_items.len()]);
         Ok(RunInputs {
             cfg,
             out,
@@ -202,6 +292,9 @@ impl RunInputs {
             rl_items,
             rl_prompts,
             eval_items,
+            model_cfg,
+            vl: false,
+            rl_images,
             start: Start::Fresh { overwrite: false },
             rank: 0,
             _lock: Some(lock),
@@ -212,9 +305,21 @@ impl RunInputs {
         grpo_settings(&self.cfg, stop_ids(model, &self.tok))
     }
 
+    /// The GRPO settings of this run's model (its stop ids from the config; no weights).
+    pub fn run_settings(&self) -> Result<GrpoSettings> {
+        let Some(mcfg) = &self.model_cfg else {
+            bail!("the run's inputs hold no model configuration (model.dir is not set)");
+        };
+        Ok(grpo_settings(&self.cfg, stop_ids_of(mcfg, &self.tok)))
+    }
+
     /// Accuracy of `model` on the eval items (greedy unless eval.temperature > 0). Rank 0
     /// alone evaluates in a data-parallel run (the others have the same model).
-    pub fn evaluate<B: Backend>(&self, be: &B, model: &Qwen2<B>) -> Result<Option<EvalResult>> {
+    pub fn evaluate<B: Backend, P: EvalModel<B>>(
+        &self,
+        be: &B,
+        model: &P,
+    ) -> Result<Option<EvalResult>> {
         if self.eval_items.is_empty() || self.rank != 0 {
             return Ok(None);
         }
@@ -229,7 +334,7 @@ impl RunInputs {
             batch_items: 64,
         };
         let pb = bar(self.eval_items.len() as u64, "evaluating");
-        let r = evaluate_with_progress(model, be, &self.tok, &self.eval_items, &params, |done| {
+        let r = model.evaluate(be, &self.tok, &self.eval_items, &params, |done| {
             pb.set_position(done as u64)
         })?;
         pb.finish_and_clear();
@@ -237,10 +342,10 @@ impl RunInputs {
     }
 
     /// Evaluates `model` at `step` of phase `of`, prints and logs the result.
-    pub fn eval_and_log<B: Backend>(
+    pub fn eval_and_log<B: Backend, P: EvalModel<B>>(
         &self,
         be: &B,
-        model: &Qwen2<B>,
+        model: &P,
         log: &mut MetricsLog,
         of: Phase,
         step: u64,

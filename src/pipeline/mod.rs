@@ -11,5 +11,6 @@ pub mod plot;
 pub mod rl_phase;
 pub mod run;
 pub mod run_dir;
+pub mod run_policy;
 pub mod sft_phase;
 pub mod vps_log;

@@ -10,11 +10,12 @@ use super::metrics::{
     peak_note, EvalLabel, MetricsLog, Phase, Record, RlStepRecord, RlStepTimes, ScoringRecord,
     VpsSummary,
 };
+use super::run_policy::RunPolicy;
 use super::vps_log::{item_bins, vps_record, VpsLog};
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
-use crate::dist::{sync_replicas, Collective};
+use crate::dist::Collective;
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig};
 use crate::progress::bar;
@@ -27,7 +28,7 @@ use crate::rl::trainer::{
     collect_with, update_with, Experience, GrpoExtras, GrpoSettings, UpdateReport,
 };
 use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
-use crate::train::checkpoint::{load_checkpoint, prune_checkpoints, save_checkpoint, StateKind};
+use crate::train::checkpoint::{prune_checkpoints, StateKind};
 use crate::train::Workspace;
 use anyhow::{bail, Result};
 use rand::SeedableRng;
@@ -136,11 +137,12 @@ pub struct RlPhase<'a, B: RlOps> {
     pub comm: &'a dyn Collective<B>,
 }
 
-/// The state of a phase in progress: policy, optimizer, reference, sampler state.
-pub struct RlRun<B: RlOps> {
-    pub policy: Qwen2<B>,
+/// The state of a phase in progress: policy, optimizer, reference, sampler state. The
+/// policy is a text `Qwen2` or a Qwen2.5-VL `VlPolicy` (`run_policy::RunPolicy`).
+pub struct RlRun<B: RlOps, P = Qwen2<B>> {
+    pub policy: P,
     pub opt: AdamW<B>,
-    pub reference: Option<Qwen2<B>>,
+    pub reference: Option<P>,
     pub state: RlState,
 }
 
@@ -195,7 +197,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
     }
 
     /// A fresh phase starting from `policy` (whose files are in `start_dir`).
-    pub fn start(&self, policy: Qwen2<B>, start_dir: &Path) -> Result<RlRun<B>> {
+    pub fn start<P: RunPolicy<B>>(&self, policy: P, start_dir: &Path) -> Result<RlRun<B, P>> {
         let v = &self.cfg().vas;
         let table = VpsTable::with_params(
             self.items().len(),
@@ -204,17 +206,10 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             TdsMetric::default(),
             UnscoredPrior::Optimistic,
         );
-        let reference = self.settings.loss.kl.is_some().then(|| {
-            Qwen2::from_host(
-                self.be,
-                policy.cfg.clone(),
-                policy.layout.clone(),
-                &policy.to_host(self.be),
-            )
-        });
+        let reference = self.settings.loss.kl.is_some().then(|| policy.frozen_copy(self.be));
         let mut policy = policy;
-        let mut opt = AdamW::new(self.be, &policy.params, self.adamw());
-        sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
+        let mut opt = policy.new_optimizer(self.be, self.adamw());
+        policy.sync_replicas(self.be, self.comm, &mut opt)?;
         let state = RlState {
             kind: StateKind::Rl,
             step: 0,
@@ -228,9 +223,8 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
     }
 
     /// Continues the phase from checkpoint directory `ck`.
-    pub fn resume(&self, ck: &Path) -> Result<RlRun<B>> {
-        let loaded = load_checkpoint::<B, RlState>(self.be, ck)?;
-        let state = loaded.state;
+    pub fn resume<P: RunPolicy<B>>(&self, ck: &Path) -> Result<RlRun<B, P>> {
+        let (mut policy, mut opt, state) = P::load_checkpoint::<RlState>(self.be, ck, self.inputs)?;
         if state.kind != StateKind::Rl || state.items != self.items().len() {
             bail!(
                 "{}: not an RL checkpoint of this data ({} items expected, state has {})",
@@ -240,18 +234,17 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             );
         }
         let reference = if self.settings.loss.kl.is_some() {
-            Some(load_reference(self.be, &state.reference_dir)?)
+            Some(P::load_reference(self.be, &state.reference_dir, self.inputs)?)
         } else {
             None
         };
-        let (mut policy, mut opt) = (loaded.model, loaded.opt);
-        sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
+        policy.sync_replicas(self.be, self.comm, &mut opt)?;
         Ok(RlRun { policy, opt, reference, state })
     }
 
-    fn collect(
+    fn collect<P: RunPolicy<B>>(
         &self,
-        run: &RlRun<B>,
+        run: &RlRun<B, P>,
         indices: &[usize],
         s: &GrpoSettings,
         seed: u64,
@@ -272,7 +265,12 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
 
     /// Rollouts of every listed item (`score_rollouts` each) with the current policy, graded,
     /// applied to the VPS table.
-    pub fn score_items(&self, run: &mut RlRun<B>, indices: &[usize], label: &str) -> Result<f64> {
+    pub fn score_items<P: RunPolicy<B>>(
+        &self,
+        run: &mut RlRun<B, P>,
+        indices: &[usize],
+        label: &str,
+    ) -> Result<f64> {
         let t0 = Instant::now();
         let mut s = self.settings.clone();
         s.group_size = self.cfg().vas.score_rollouts;
@@ -291,11 +289,15 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
     /// Runs steps until `rl.steps`, checkpointing and logging; returns per-step summaries.
     /// Each step: draw a batch, roll out and grade, update the policy, refresh VPS, log,
     /// evaluate when due, checkpoint when due.
-    pub fn run(&self, run: &mut RlRun<B>, log: &mut MetricsLog) -> Result<Vec<RlStepSummary>> {
+    pub fn run<P: RunPolicy<B>>(
+        &self,
+        run: &mut RlRun<B, P>,
+        log: &mut MetricsLog,
+    ) -> Result<Vec<RlStepSummary>> {
         let c = self.cfg();
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
-        let mut st = Workspace::new(&run.policy, self.be).with_recompute(c.model.recompute);
+        let mut st = run.policy.workspace(self.be).with_recompute(c.model.recompute);
         let mut summaries = Vec::new();
         // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
         // every refresh.
@@ -346,9 +348,9 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
     }
 
     /// Algorithm 1, line 1: every item scored with the starting policy before step 1.
-    fn initial_scoring(
+    fn initial_scoring<P: RunPolicy<B>>(
         &self,
-        run: &mut RlRun<B>,
+        run: &mut RlRun<B, P>,
         log: &mut MetricsLog,
         vps_log: &mut Option<VpsLog>,
     ) -> Result<()> {
@@ -376,7 +378,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
     }
 
     /// lambda*B prompts by VPS weight, the rest uniform.
-    fn draw_batch(&self, sampler: &VasSampler, run: &mut RlRun<B>) -> Batch {
+    fn draw_batch<P>(&self, sampler: &VasSampler, run: &mut RlRun<B, P>) -> Batch {
         let b = self.cfg().rl.batch_size.min(self.items().len());
         let parts = sampler.sample_batch_parts(&run.state.table, b, &mut run.state.sampler_rng);
         let (weighted, uniform) = (parts.weighted.len(), parts.uniform.len());
@@ -388,10 +390,10 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
     /// G rollouts per prompt, graded; their scores wait for the next VPS refresh. With
     /// `rl.dynamic_filter`, groups without outcome variance are dropped and the batch refilled
     /// (up to 3 rounds).
-    fn roll_out(
+    fn roll_out<P: RunPolicy<B>>(
         &self,
         sampler: &VasSampler,
-        run: &mut RlRun<B>,
+        run: &mut RlRun<B, P>,
         batch: &Batch,
     ) -> Result<Rollouts> {
         let c = self.cfg();
@@ -439,9 +441,9 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
 
     /// The GRPO update on the step's rollouts; stops the run if the loss or a gradient is not
     /// finite.
-    fn update_policy(
+    fn update_policy<P: RunPolicy<B>>(
         &self,
-        run: &mut RlRun<B>,
+        run: &mut RlRun<B, P>,
         exp: &Experience,
         st: &mut Workspace<B>,
     ) -> Result<Updated> {
@@ -480,7 +482,11 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
 
     /// Every `vas.t_update` steps: the pending rollout scores go into the VPS table (and,
     /// with `vas.score_unseen`, items never rolled out are scored). Returns the seconds spent.
-    fn refresh_vps(&self, run: &mut RlRun<B>, vps_log: &mut Option<VpsLog>) -> Result<f64> {
+    fn refresh_vps<P: RunPolicy<B>>(
+        &self,
+        run: &mut RlRun<B, P>,
+        vps_log: &mut Option<VpsLog>,
+    ) -> Result<f64> {
         let v = &self.cfg().vas;
         if !(v.enabled && run.state.step.is_multiple_of(v.t_update as u64)) {
             return Ok(0.0);
@@ -512,14 +518,14 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
     /// order, so every rank holds the same VPS table, which is what makes them draw the same
     /// batches. Checked after each refresh by comparing a hash of the table across ranks
     /// (a few bytes): drift fails the run by name instead of training on different batches.
-    fn check_same_table(&self, run: &RlRun<B>) -> Result<()> {
+    fn check_same_table<P>(&self, run: &RlRun<B, P>) -> Result<()> {
         same_table_on_every_rank(self.comm, &run.state.table, run.state.step)
     }
 
     /// The step's metrics line.
-    fn record(
+    fn record<P>(
         &self,
-        run: &RlRun<B>,
+        run: &RlRun<B, P>,
         batch: &Batch,
         r: &Rollouts,
         u: &Updated,
@@ -564,7 +570,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         }
     }
 
-    fn checkpoint_if_due(&self, run: &RlRun<B>, total: u64) -> Result<()> {
+    fn checkpoint_if_due<P: RunPolicy<B>>(&self, run: &RlRun<B, P>, total: u64) -> Result<()> {
         let o = &self.cfg().output;
         let every = o.checkpoint_every as u64;
         if (every > 0 && run.state.step.is_multiple_of(every)) || run.state.step == total {
@@ -572,17 +578,17 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
                 // Rank 0 writes; no rank goes on before the checkpoint is complete.
                 return self.comm.barrier();
             }
-            save_checkpoint(
-                self.be,
-                &self.dir,
-                run.state.step,
-                &run.policy,
-                &run.opt,
-                &run.state,
-                o.save_dtype,
-                Some(&self.inputs.tokenizer_path),
-            )
-            .map_err(|e| unless_weights_diverged("RL", &self.dir, &self.inputs.out, e))?;
+            run.policy
+                .save_checkpoint(
+                    self.be,
+                    &self.dir,
+                    run.state.step,
+                    &run.opt,
+                    &run.state,
+                    o.save_dtype,
+                    self.inputs,
+                )
+                .map_err(|e| unless_weights_diverged("RL", &self.dir, &self.inputs.out, e))?;
             prune_checkpoints(&self.dir, o.keep_checkpoints)?;
             self.comm.barrier()?;
         }
@@ -597,15 +603,6 @@ fn apply_scores(table: &mut VpsTable, exp: &Experience, step: u64) {
         let r = g * exp.group_size..(g + 1) * exp.group_size;
         let toks: Vec<&[u32]> = exp.responses[r.clone()].iter().map(|t| t.as_slice()).collect();
         table.refresh(item, &acc[r], &toks, step);
-    }
-}
-
-/// The reference policy: a checkpoint (f32 master weights when present) or a model dir.
-fn load_reference<B: Backend>(be: &B, dir: &Path) -> Result<Qwen2<B>> {
-    if dir.join("trainer_state.json").exists() {
-        Ok(load_checkpoint::<B, serde_json::Value>(be, dir)?.model)
-    } else {
-        Qwen2::load(be, dir)
     }
 }
 

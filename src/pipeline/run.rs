@@ -7,12 +7,14 @@ use super::inputs::{EvalResult, RunInputs, Start};
 use super::metrics::{read_records, EvalLabel, MetricsLog, Phase, Record};
 use super::rl_phase::{RlPhase, RlStepSummary};
 use super::run_dir::RunClock;
+use super::run_policy::RunPolicy;
 use super::sft_phase::SftPhase;
 use crate::backend::memory::MemoryStats;
 use crate::backend::rl_ops::RlOps;
 use crate::dist::{Collective, Single};
 use crate::fs::write_atomic;
 use crate::model::Qwen2;
+use crate::rl::vl_policy::VlPolicy;
 use crate::train::checkpoint::{resume_checkpoint, step_of};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,19 @@ pub fn run_pipeline<B: RlOps>(be: &B, inputs: &RunInputs) -> Result<RunReport> {
 /// shard of each step), rank 0 alone (`inputs.rank`) writes the metrics, checkpoints, time
 /// and report and evaluates; the other ranks' report holds only the RL steps.
 pub fn run_pipeline_with<B: RlOps>(
+    be: &B,
+    inputs: &RunInputs,
+    comm: &dyn Collective<B>,
+) -> Result<RunReport> {
+    if inputs.vl {
+        run_with::<B, VlPolicy<B>>(be, inputs, comm)
+    } else {
+        run_with::<B, Qwen2<B>>(be, inputs, comm)
+    }
+}
+
+/// The pipeline on a text model or a Qwen2.5-VL one (`run_policy::RunPolicy`).
+fn run_with<B: RlOps, P: RunPolicy<B>>(
     be: &B,
     inputs: &RunInputs,
     comm: &dyn Collective<B>,
@@ -76,9 +91,9 @@ pub fn run_pipeline_with<B: RlOps>(
 
     // ---- cold-start SFT ---------------------------------------------------------------
     let want_sft = cfg.sft.epochs > 0 && !cfg.data.sft.as_os_str().is_empty();
-    let mut policy: Option<(Qwen2<B>, PathBuf)> = None;
+    let mut policy: Option<(P, PathBuf)> = None;
     if rl_ck.is_none() {
-        let model = Qwen2::load(be, &cfg.model.dir)?;
+        let model = P::load_start(be, inputs)?;
         if sft_ck.is_none() {
             // Without an SFT phase the starting model is what RL starts from: report it so.
             let label = if want_sft { EvalLabel::BeforeSft } else { EvalLabel::Start };
@@ -91,17 +106,11 @@ pub fn run_pipeline_with<B: RlOps>(
         }
         policy = Some(if want_sft {
             let phase = SftPhase { be, inputs, dir: sft_dir.clone(), comm };
-            let tr = phase.run(model, sft_ck.as_deref(), &mut log)?;
-            report.after_sft = inputs.eval_and_log(
-                be,
-                &tr.model,
-                &mut log,
-                Phase::Sft,
-                tr.state.step,
-                EvalLabel::AfterSft,
-            )?;
+            let (model, step) = model.run_sft(&phase, sft_ck.as_deref(), &mut log)?;
+            report.after_sft =
+                inputs.eval_and_log(be, &model, &mut log, Phase::Sft, step, EvalLabel::AfterSft)?;
             let dir = resume_checkpoint(&sft_dir)?.context("SFT finished without a checkpoint")?;
-            (tr.model, dir)
+            (model, dir)
         } else {
             (model, cfg.model.dir.clone())
         });
@@ -110,12 +119,12 @@ pub fn run_pipeline_with<B: RlOps>(
     // ---- GRPO + VAS ------------------------------------------------------------------
     if cfg.rl.steps > 0 && !inputs.rl_items.is_empty() {
         let settings = match &policy {
-            Some((p, _)) => inputs.settings(p),
-            None => inputs.settings(&Qwen2::<B>::load(be, &cfg.model.dir)?),
+            Some((p, _)) => inputs.settings(p.text()),
+            None => inputs.run_settings()?,
         };
         let phase = RlPhase { be, inputs, settings, dir: rl_dir.clone(), comm };
         let mut run = match (&rl_ck, policy) {
-            (Some(ck), _) => phase.resume(ck)?,
+            (Some(ck), _) => phase.resume::<P>(ck)?,
             (None, Some((model, start_dir))) => phase.start(model, &start_dir)?,
             (None, None) => unreachable!("the policy is loaded when there is no RL checkpoint"),
         };

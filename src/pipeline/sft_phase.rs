@@ -7,15 +7,19 @@ use super::config::TrainConfig;
 use super::diverged::{diverged, unless_weights_diverged};
 use super::inputs::RunInputs;
 use super::metrics::{EvalLabel, MetricsLog, Phase, Record};
+use super::run_policy::VlEval;
 use crate::backend::Backend;
 use crate::data::sft_data::load_sft_dataset;
+use crate::data::vl_sft_data::load_vl_sft_dataset;
 use crate::dist::{sync_replicas, Collective};
+use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
 use crate::progress::bar;
 use crate::train::checkpoint::prune_checkpoints;
 use crate::train::sft::{SftConfig, SftStepMetrics, SftTrainer};
-use anyhow::Result;
+use crate::train::vl_sft::VlSftTrainer;
+use anyhow::{bail, Result};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 
@@ -77,7 +81,7 @@ impl<'a, B: Backend> SftPhase<'a, B> {
             let m = tr.step_with(self.be, self.comm)?;
             self.check_finite(&m)?;
             log.write(&Record::Sft(m.clone()))?;
-            self.show(&pb, &m, &tr);
+            self.show(&pb, &m, tr.state.step, tr.state.total_steps, tr.done());
             let total = tr.state.total_steps;
             if self.inputs.periodic_eval_due(m.step, total) {
                 let (be, model) = (self.be, &tr.model);
@@ -91,7 +95,69 @@ impl<'a, B: Backend> SftPhase<'a, B> {
                 )?;
             }
             // After the periodic eval: a checkpoint at a step means its records are all written.
-            self.checkpoint_if_due(&tr, m.step)?;
+            let cfg = &self.inputs.cfg;
+            let dir = &self.dir;
+            let save =
+                || tr.save(self.be, dir, cfg.output.save_dtype, Some(&self.inputs.tokenizer_path));
+            self.checkpoint_if_due(save, m.step, tr.done())?;
+        }
+        pb.finish_and_clear();
+        Ok(tr)
+    }
+
+    /// [`SftPhase::run`] for a Qwen2.5-VL model (`data.sft` lines may name images; the vision
+    /// tower frozen unless `model.freeze_vision = false`): the same steps, logs, evaluations
+    /// and checkpoints, through `VlSftTrainer`. One process only.
+    pub fn run_vl(
+        &self,
+        model: VlModel<B>,
+        ck: Option<&Path>,
+        log: &mut MetricsLog,
+    ) -> Result<VlSftTrainer<B>> {
+        if self.comm.world() > 1 {
+            bail!("data-parallel SFT of a Qwen2.5-VL model is not supported yet: run `train` in one process");
+        }
+        let cfg = &self.inputs.cfg;
+        let model_dir = &cfg.model.dir;
+        // No system turn, as the RL and eval prompts (`data::prompt`) have none.
+        let (data, dropped) = load_vl_sft_dataset(
+            &cfg.data.sft,
+            &self.inputs.tok,
+            None,
+            cfg.sft.max_len,
+            model_dir,
+            &model.cfg,
+        )?;
+        if dropped > 0 {
+            eprintln!("note: {dropped} SFT example(s) had no trained token within sft.max_len and were dropped");
+        }
+        let mut tr = match ck {
+            Some(ck) => VlSftTrainer::resume(self.be, ck, data)?,
+            None => {
+                let freeze = cfg.model.freeze_vision;
+                VlSftTrainer::new(self.be, model, model_dir, data, sft_config(cfg), freeze)?
+            }
+        };
+        let pb = bar(tr.state.total_steps, "cold-start SFT");
+        pb.set_position(tr.state.step);
+        while !tr.done() {
+            let m = tr.step(self.be)?;
+            self.check_finite(&m)?;
+            log.write(&Record::Sft(m.clone()))?;
+            self.show(&pb, &m, tr.state.step, tr.state.total_steps, tr.done());
+            if self.inputs.periodic_eval_due(m.step, tr.state.total_steps) {
+                let model = VlEval(&tr.model, &tr.model_dir);
+                self.inputs.eval_and_log(
+                    self.be,
+                    &model,
+                    log,
+                    Phase::Sft,
+                    m.step,
+                    EvalLabel::Periodic,
+                )?;
+            }
+            let save = || tr.save(self.be, &self.dir, cfg.output.save_dtype);
+            self.checkpoint_if_due(save, m.step, tr.done())?;
         }
         pb.finish_and_clear();
         Ok(tr)
@@ -113,14 +179,14 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         Err(diverged("SFT", &self.dir, &self.inputs.out, m.step, &what))
     }
 
-    fn show(&self, pb: &ProgressBar, m: &SftStepMetrics, tr: &SftTrainer<B>) {
-        pb.set_position(tr.state.step);
-        if self.comm.rank() == 0 && (m.step.is_multiple_of(10) || tr.done()) {
+    fn show(&self, pb: &ProgressBar, m: &SftStepMetrics, step: u64, total: u64, done: bool) {
+        pb.set_position(step);
+        if self.comm.rank() == 0 && (m.step.is_multiple_of(10) || done) {
             pb.suspend(|| {
                 eprintln!(
                     "sft {:>4}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  {:.0} tok/s{}",
                     m.step,
-                    tr.state.total_steps,
+                    total,
                     m.loss,
                     m.lr,
                     m.grad_norm,
@@ -131,18 +197,20 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         }
     }
 
-    fn checkpoint_if_due(&self, tr: &SftTrainer<B>, step: u64) -> Result<()> {
+    /// Saves (`save`) when a checkpoint is due after `step`: every `output.checkpoint_every`
+    /// steps and at the end of the phase (`done`).
+    fn checkpoint_if_due(
+        &self,
+        save: impl FnOnce() -> Result<PathBuf>,
+        step: u64,
+        done: bool,
+    ) -> Result<()> {
         let cfg = &self.inputs.cfg;
         let every = cfg.output.checkpoint_every as u64;
-        if (every > 0 && step.is_multiple_of(every)) || tr.done() {
+        if (every > 0 && step.is_multiple_of(every)) || done {
             if self.comm.rank() == 0 {
-                tr.save(
-                    self.be,
-                    &self.dir,
-                    cfg.output.save_dtype,
-                    Some(&self.inputs.tokenizer_path),
-                )
-                .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
+                save()
+                    .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
                 prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;
             }
             // No rank goes on before the checkpoint is complete.

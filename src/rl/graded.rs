@@ -39,8 +39,13 @@ pub struct GradeParams {
 
 /// The ids that end a response: the tokenizer's end-of-turn ids and the config's EOS ids.
 pub fn stop_ids<B: Backend>(model: &Qwen2<B>, tok: &Tokenizer) -> Vec<u32> {
+    stop_ids_of(&model.cfg, tok)
+}
+
+/// [`stop_ids`] from the model's config alone (no weights needed).
+pub fn stop_ids_of(cfg: &Qwen2Config, tok: &Tokenizer) -> Vec<u32> {
     let mut ids = tok.stop_ids();
-    ids.extend(model.cfg.eos_ids());
+    ids.extend(cfg.eos_ids());
     ids.sort_unstable();
     ids.dedup();
     ids

@@ -1,6 +1,8 @@
 //! One GRPO step, in two halves: `collect` (rollouts, rewards, group advantages) and
 //! `update` (old/reference log-probs, then PPO epochs of the clipped policy loss, backward and
 //! AdamW). The sampler, VPS refreshes, checkpoints and metrics live in the pipeline above.
+//! The model is any [`Policy`]: a text `Qwen2`, or a Qwen2.5-VL model whose sequences carry
+//! their item's images (`rl::vl_policy`).
 //!
 //! Batch invariance is what makes `logp_old` exact: it is computed by the same forward, on
 //! the same micro-batches, as the first PPO epoch, so the first epoch's ratio is exactly 1.
@@ -12,16 +14,16 @@ use super::grpo::{
 };
 use super::grpo_token_loss::GrpoTokenLoss;
 use super::overlong::OverlongPenalty;
+use super::policy::Policy;
 use super::reward::{RewardConfig, Verdict};
-use super::rollout::{generate_at, SamplingParams};
+use super::rollout::SamplingParams;
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
 use crate::dist::{shard, Collective, Single};
-use crate::model::Qwen2;
 use crate::optim::{AdamW, StepReport};
 use crate::tokenizer::Tokenizer;
-use crate::train::{forward_logprobs, micro_step, pack_ranges, LossBatch, Workspace};
+use crate::train::{pack_ranges, Workspace};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -108,8 +110,8 @@ fn retain_indexed<T>(v: &mut Vec<T>, keep: impl Fn(usize) -> bool) {
 /// Rollouts for `indices` (one group each), graded and turned into group advantages
 /// (`RlOps::rl_advantages`: the advantage kernel on CUDA, the `rl/` reference on the CPU).
 #[allow(clippy::too_many_arguments)]
-pub fn collect<B: RlOps>(
-    policy: &Qwen2<B>,
+pub fn collect<B: RlOps, P: Policy<B>>(
+    policy: &P,
     be: &B,
     tok: &Tokenizer,
     items: &[RlItem],
@@ -131,8 +133,8 @@ pub fn collect<B: RlOps>(
 /// statistics) are then computed from the whole batch on every rank, as one process does:
 /// the result is the single-process one wherever decoding is batch-invariant.
 #[allow(clippy::too_many_arguments)]
-pub fn collect_with<B: RlOps>(
-    policy: &Qwen2<B>,
+pub fn collect_with<B: RlOps, P: Policy<B>>(
+    policy: &P,
     be: &B,
     tok: &Tokenizer,
     items: &[RlItem],
@@ -183,8 +185,8 @@ struct Graded {
 /// in the whole batch: response `g` of the batch's prompt `i` is seeded `i * G + g` whatever
 /// part of the batch a call decodes.
 #[allow(clippy::too_many_arguments)]
-fn roll_out_graded<B: Backend>(
-    policy: &Qwen2<B>,
+fn roll_out_graded<B: Backend, P: Policy<B>>(
+    policy: &P,
     be: &B,
     tok: &Tokenizer,
     items: &[RlItem],
@@ -198,15 +200,15 @@ fn roll_out_graded<B: Backend>(
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
     let rollouts = {
         let _r = crate::nvtx_ranges::range(c"rollout");
-        generate_at(
-            policy,
+        policy.roll_out(
             be,
+            tok,
             &prompts,
+            indices,
             s.group_size,
             &s.sampling,
             seed,
             first,
-            Some(tok),
             on_token,
         )?
     };
@@ -282,17 +284,24 @@ fn sequence_len(exp: &Experience, r: usize) -> usize {
     exp.prompts[r / exp.group_size].len() + exp.responses[r].len()
 }
 
-/// Responses `rs` packed as prompt + response each; the loss rows are those that predict the
-/// response tokens (in response order).
-fn pack_responses(exp: &Experience, rs: Range<usize>) -> LossBatch {
+/// Responses `rs` packed by the policy as prompt + response each (with their item, whose
+/// images a VL policy reads); the loss rows are those that predict the response tokens (in
+/// response order).
+fn pack_responses<B: Backend, P: Policy<B>>(
+    policy: &P,
+    be: &B,
+    exp: &Experience,
+    rs: Range<usize>,
+) -> Result<(P::Micro, Vec<usize>)> {
     let seqs: Vec<Vec<u32>> = rs.clone().map(|r| sequence(exp, r)).collect();
+    let items: Vec<usize> = rs.clone().map(|r| exp.items[r / exp.group_size]).collect();
     let prompt_len = |j: usize| exp.prompts[(rs.start + j) / exp.group_size].len();
-    LossBatch::pack(&seqs, |j, pos| pos >= prompt_len(j))
+    policy.pack(be, &seqs, &items, |j, pos| pos >= prompt_len(j))
 }
 
 /// Log-probs (at `inv_temp`) of every response token of the experience, response order.
-pub fn response_logprobs<B: Backend>(
-    model: &Qwen2<B>,
+pub fn response_logprobs<B: Backend, P: Policy<B>>(
+    model: &P,
     be: &B,
     exp: &Experience,
     micro: &[Range<usize>],
@@ -303,8 +312,8 @@ pub fn response_logprobs<B: Backend>(
 }
 
 /// [`response_logprobs`] and the entropies of the same distributions.
-pub fn response_logprobs_entropy<B: Backend>(
-    model: &Qwen2<B>,
+pub fn response_logprobs_entropy<B: Backend, P: Policy<B>>(
+    model: &P,
     be: &B,
     exp: &Experience,
     micro: &[Range<usize>],
@@ -314,10 +323,10 @@ pub fn response_logprobs_entropy<B: Backend>(
     let mut out = Vec::with_capacity(exp.response_tokens());
     let mut ents = Vec::with_capacity(exp.response_tokens());
     for rs in micro {
-        let lb = pack_responses(exp, rs.clone());
-        let (_, lp, ent) = forward_logprobs(be, model, &lb.batch, inv_temp, ws)?;
-        out.extend(lb.rows.iter().map(|&r| lp[r]));
-        ents.extend(lb.rows.iter().map(|&r| ent[r]));
+        let (micro, rows) = pack_responses(model, be, exp, rs.clone())?;
+        let (lp, ent) = model.forward_logprobs(be, &micro, inv_temp, ws)?;
+        out.extend(rows.iter().map(|&r| lp[r]));
+        ents.extend(rows.iter().map(|&r| ent[r]));
     }
     Ok((out, ents))
 }
@@ -325,9 +334,9 @@ pub fn response_logprobs_entropy<B: Backend>(
 /// The policy update of one rollout batch: old and reference log-probs, then `ppo_epochs`
 /// passes over `mini_batches` mini-batches, one AdamW step each.
 #[allow(clippy::too_many_arguments)]
-pub fn update<B: RlOps>(
-    policy: &mut Qwen2<B>,
-    reference: Option<&Qwen2<B>>,
+pub fn update<B: RlOps, P: Policy<B>>(
+    policy: &mut P,
+    reference: Option<&P>,
     opt: &mut AdamW<B>,
     be: &B,
     exp: &Experience,
@@ -347,9 +356,9 @@ pub fn update<B: RlOps>(
 /// gradients are summed over ranks before each (identical) optimizer step. With [`Single`]
 /// this is exactly the single-process update.
 #[allow(clippy::too_many_arguments)]
-pub fn update_with<B: RlOps>(
-    policy: &mut Qwen2<B>,
-    reference: Option<&Qwen2<B>>,
+pub fn update_with<B: RlOps, P: Policy<B>>(
+    policy: &mut P,
+    reference: Option<&P>,
     opt: &mut AdamW<B>,
     be: &B,
     exp: &Experience,
@@ -438,7 +447,7 @@ pub fn update_with<B: RlOps>(
                         .collect()
                 });
             for rs in &micro_of[mi] {
-                let lb = pack_responses(exp, rs.clone());
+                let (micro, rows) = pack_responses(&*policy, be, exp, rs.clone())?;
                 let (a, b) = (offsets[rs.start], offsets[rs.end]);
                 let local_off = rebase(&offsets[rs.start..=rs.end]);
                 let inputs = LossInputs {
@@ -447,11 +456,11 @@ pub fn update_with<B: RlOps>(
                     selected: selected.as_ref().map(|p| &p[a - t0..b - t0]),
                     ..LossInputs::new(&[], &logp_old[a..b], &adv_tok[a..b], &mask[a..b], &local_off)
                 };
-                let mut lossfn = GrpoTokenLoss::new(&lb.rows, inputs, &s.loss, norm, inv_temp);
+                let mut lossfn = GrpoTokenLoss::new(&rows, inputs, &s.loss, norm, inv_temp);
                 if epoch == 0 && mi == 0 {
                     lossfn = lossfn.tracking_ratio_dev();
                 }
-                report.loss += micro_step(be, policy, &lb.batch, &mut lossfn, ws)?;
+                report.loss += policy.micro_step(be, &micro, &mut lossfn, ws)?;
                 if epoch == 0 && mi == 0 {
                     report.first_epoch_max_ratio_dev =
                         report.first_epoch_max_ratio_dev.max(lossfn.max_ratio_dev);
@@ -459,7 +468,7 @@ pub fn update_with<B: RlOps>(
                 all_metrics.push(lossfn.metrics);
             }
             comm.all_reduce_sum(be, &mut ws.grads)?;
-            report.steps.push(opt.step(be, &mut policy.params, &ws.grads, lr));
+            report.steps.push(policy.optimizer_step(be, opt, &ws.grads, lr));
         }
     }
     if world > 1 {

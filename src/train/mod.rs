@@ -6,7 +6,9 @@ pub mod checkpoint;
 pub mod sft;
 mod step;
 mod token_loss;
+pub mod vl_checkpoint;
 pub mod vl_sft;
+pub mod vl_step;
 
 pub use step::{forward_logprobs, micro_step, pack_ranges, LossBatch, Workspace};
 pub use token_loss::{LossGrad, SftLoss, TokenLoss};

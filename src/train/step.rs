@@ -45,6 +45,12 @@ impl<B: Backend> Workspace<B> {
         }
     }
 
+    /// A workspace around given gradient accumulators (a model whose trained parameters are
+    /// not one `Qwen2`'s, e.g. a Qwen2.5-VL policy: decoder, then the tower unless frozen).
+    pub fn with_grads(grads: Vec<B::Buf>, logit_chunk: usize) -> Self {
+        Workspace { recompute: false, acts: None, scratch: None, grads, logit_chunk }
+    }
+
     /// The workspace with activation recomputation on or off (see `recompute`).
     pub fn with_recompute(mut self, on: bool) -> Self {
         self.recompute = on;

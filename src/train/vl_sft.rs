@@ -11,27 +11,22 @@
 //! (`visual.merger.*`) and is frozen with it. Unfrozen, one AdamW step covers both parameter
 //! sets, so gradient clipping sees the global norm of all of them.
 
-use super::checkpoint::{
-    finite_param, load_optimizer, read_trainer_state, save_checkpoint_with, StateKind,
-};
+use super::checkpoint::{read_trainer_state, StateKind};
 use super::sft::{
     epoch_order, next_step_range, DataInfo, SftConfig, SftState, SftStepMetrics, StepDone,
 };
-use super::{LossBatch, SftLoss, TokenLoss};
+use super::vl_checkpoint::{load_vl_checkpoint, save_vl_checkpoint, write_vl_model};
+use super::vl_step::{vl_adamw_step, vl_micro_step, vl_trained_grads, VlMicro};
+use super::{LossBatch, SftLoss};
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
 use crate::data::vl_sft_data::VlSftExample;
-use crate::model::params::ParamSpec;
 use crate::model::safetensors_io::SaveDtype;
-use crate::model::vision_forward::VisionTower;
-use crate::model::vl::VlHost;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::VlImages;
-use crate::model::vl_save::write_vl_model_files_from;
 use crate::model::Acts;
-use crate::model::Qwen2;
 use crate::optim::AdamW;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -84,11 +79,7 @@ impl<B: Backend> VlSftTrainer<B> {
         }
         let plain: Vec<SftExample> = data.iter().map(|e| e.ex.clone()).collect();
         let state = SftState::fresh(&plain, &cfg);
-        let (text_grads, vision_grads) = model.zero_grads(be);
-        let mut grads = text_grads;
-        if !freeze_vision {
-            grads.extend(vision_grads);
-        }
+        let grads = vl_trained_grads(be, &model, !freeze_vision);
         // Moments shaped like the trained parameters (the gradients have their shapes).
         let opt = AdamW::new(be, &grads, cfg.adamw);
         let (order, next_epoch_rng) = epoch_order(data.len(), &state.epoch_rng);
@@ -137,30 +128,8 @@ impl<B: Backend> VlSftTrainer<B> {
                 st.sft.total_steps
             );
         }
-        let h = VlHost::load(dir)?;
-        let text_specs: Vec<&ParamSpec> = h.text_layout.specs.iter().collect();
-        let vision_specs: Vec<&ParamSpec> = h.vision_layout.specs.iter().collect();
-        let (trained, frozen) = if st.freeze_vision {
-            (text_specs, vision_specs)
-        } else {
-            ([text_specs, vision_specs].concat(), vec![])
-        };
-        let (opt, masters) = load_optimizer(be, dir, &trained, &frozen)?;
-        let (mut text, mut vision) = (h.text, h.vision);
-        if let Some(mut all) = masters {
-            // Masters come in (trained, frozen) order: decoder first either way.
-            vision = all.split_off(text.len());
-            text = all;
-        }
-        let model = VlModel {
-            text: Qwen2::from_host(be, h.cfg.text.clone(), h.text_layout, &text),
-            vision: VisionTower::from_host(be, h.cfg.vision.clone(), h.vision_layout, &vision),
-            cfg: h.cfg,
-        };
-        let mut grads = model.text.zero_grads(be);
-        if !st.freeze_vision {
-            grads.extend(model.vision.zero_grads(be));
-        }
+        let (model, opt) = load_vl_checkpoint(be, dir, st.freeze_vision)?;
+        let grads = vl_trained_grads(be, &model, !st.freeze_vision);
         let (order, next_epoch_rng) = epoch_order(data.len(), &st.sft.epoch_rng);
         Ok(VlSftTrainer {
             model,
@@ -222,52 +191,23 @@ impl<B: Backend> VlSftTrainer<B> {
         Ok(self.state.finish_step(end, n, &rep, done))
     }
 
-    /// AdamW over the trained parameters as one set (one global gradient norm). The buffers
-    /// are moved, not copied, into one list for the step and back.
+    /// AdamW over the trained parameters as one set (one global gradient norm).
     fn optimizer_step(&mut self, be: &B, lr: f32) -> crate::optim::StepReport {
-        let n_text = self.model.text.params.len();
-        let mut params = std::mem::take(&mut self.model.text.params);
-        if !self.freeze_vision {
-            params.append(&mut self.model.vision.params);
-        }
-        let rep = self.opt.step(be, &mut params, &self.grads, lr);
-        if !self.freeze_vision {
-            self.model.vision.params = params.split_off(n_text);
-        }
-        self.model.text.params = params;
-        rep
-    }
-
-    /// The trained parameters, in the optimizer's order, and the frozen ones, with names.
-    #[allow(clippy::type_complexity)]
-    fn param_sets(&self) -> (Vec<(&ParamSpec, &B::Buf)>, Vec<(&ParamSpec, &B::Buf)>) {
-        let m = &self.model;
-        let mut trained: Vec<(&ParamSpec, &B::Buf)> =
-            m.text.layout.specs.iter().zip(&m.text.params).collect();
-        let vision: Vec<(&ParamSpec, &B::Buf)> =
-            m.vision.layout.specs.iter().zip(&m.vision.params).collect();
-        if self.freeze_vision {
-            (trained, vision)
-        } else {
-            trained.extend(vision);
-            (trained, vec![])
-        }
+        vl_adamw_step(be, &mut self.model, &mut self.opt, &self.grads, lr, !self.freeze_vision)
     }
 
     /// Saves `out/checkpoint-{step}` (a Qwen2.5-VL Hugging Face directory with the processor
     /// and tokenizer files, plus the optimizer and trainer state) and moves `out/latest`.
     pub fn save(&self, be: &B, out: &Path, dtype: SaveDtype) -> Result<PathBuf> {
-        let step = self.state.step;
-        let write_model = |dir: &Path| self.write_model(be, dir, dtype, step);
-        let (trained, frozen) = self.param_sets();
         let state = VlSftState { sft: self.state.clone(), freeze_vision: self.freeze_vision };
-        save_checkpoint_with(
+        let (m, step) = (&self.model, self.state.step);
+        save_vl_checkpoint(
             be,
+            m,
+            &self.model_dir,
+            self.freeze_vision,
             out,
             step,
-            write_model,
-            &trained,
-            &frozen,
             &self.opt,
             &state,
             dtype,
@@ -276,24 +216,7 @@ impl<B: Backend> VlSftTrainer<B> {
 
     /// Writes the model's Hugging Face files into `dir` (e.g. the finished model into OUT).
     pub fn write_model(&self, be: &B, dir: &Path, dtype: SaveDtype, step: u64) -> Result<()> {
-        let m = &self.model;
-        let n_text = m.text.params.len();
-        let specs: Vec<&ParamSpec> =
-            m.text.layout.specs.iter().chain(&m.vision.layout.specs).collect();
-        let tensor = |i: usize| {
-            let buf = if i < n_text { &m.text.params[i] } else { &m.vision.params[i - n_text] };
-            finite_param(be, step, &specs[i].name, buf)
-        };
-        write_vl_model_files_from(
-            dir,
-            &m.cfg,
-            &m.text.layout,
-            &m.vision.layout,
-            tensor,
-            dtype,
-            Some(&self.model_dir),
-        )
-        .with_context(|| format!("writing the model to {}", dir.display()))
+        write_vl_model(be, &self.model, dir, dtype, step, &self.model_dir)
     }
 }
 
@@ -323,33 +246,9 @@ fn micro_step<B: Backend>(
     }
     let seqs: Vec<(&[u32], &[[usize; 3]])> =
         part.iter().map(|e| (e.ex.ids.as_slice(), e.grids.as_slice())).collect();
-    let batch = m.pack(&seqs)?;
+    let micro = VlMicro::with_images(be, m.pack(&seqs)?, &images)?;
     let ids: Vec<&[u32]> = part.iter().map(|e| e.ex.ids.as_slice()).collect();
     let rows = LossBatch::pack(&ids, |j, pos| part[j].ex.trained[pos]);
     let mut lossfn = SftLoss::new(&rows.row_mask(), step_tokens);
-    let pixels = (!images.grids.is_empty()).then(|| be.upload(&images.pixels));
-    let va = m.forward(be, &batch, pixels.as_ref(), acts_slot)?;
-    let acts = acts_slot.as_ref().expect("forward planned the activations");
-    let (targets, _) = batch.packed.next_token_targets();
-    let (lp, ent) = m.text.token_logprobs(be, acts, &targets, TokenLoss::<B>::inv_temp(&lossfn));
-    // The VL backward takes host gradients per row; the loss works on backend buffers.
-    let g = lossfn.eval(be, &be.upload(&lp), &be.upload(&ent));
-    let rows_n = targets.len();
-    let dlp = be.download(&g.dlp)[..rows_n].to_vec();
-    let dent = g.dent.as_ref().map(|d| be.download(d)[..rows_n].to_vec());
-    let (text_grads, vision_grads) = grads.split_at_mut(m.text.params.len());
-    m.backward(
-        be,
-        &batch,
-        pixels.as_ref(),
-        acts,
-        va.as_ref(),
-        &targets,
-        &dlp,
-        dent.as_deref(),
-        TokenLoss::<B>::inv_temp(&lossfn),
-        text_grads,
-        (!freeze_vision).then_some(vision_grads),
-    )?;
-    Ok(g.loss)
+    vl_micro_step(be, m, &micro, &mut lossfn, acts_slot, grads, !freeze_vision)
 }

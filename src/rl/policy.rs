@@ -1,0 +1,161 @@
+//! What the GRPO trainer (`rl::trainer`) needs of the model it trains, so that one trainer
+//! runs a text model (`Qwen2`, implemented here with exactly the calls the trainer made
+//! before the trait existed) and a vision-language one (`rl::vl_policy::VlPolicy`, whose
+//! sequences carry images): rollouts for a batch of prompts, a packed micro-batch of
+//! prompt + response sequences, per-row log-probs on it, a micro-step that backprops a
+//! `TokenLoss` into the workspace's gradients, and the optimizer step over the trained
+//! parameters.
+
+use super::rollout::{generate_at, Rollout, SamplingParams};
+use crate::backend::Backend;
+use crate::model::{Packed, Qwen2};
+use crate::optim::{AdamW, AdamwConfig, StepReport};
+use crate::tokenizer::Tokenizer;
+use crate::train::{forward_logprobs, micro_step, LossBatch, TokenLoss, Workspace};
+use anyhow::Result;
+
+pub trait Policy<B: Backend> {
+    /// The packed micro-batch the policy's forward takes.
+    type Micro;
+
+    /// The language model (token ids, positions, end-of-turn ids).
+    fn text(&self) -> &Qwen2<B>;
+
+    /// Activations and one zeroed gradient accumulator per trained parameter, in the
+    /// optimizer's order.
+    fn workspace(&self, be: &B) -> Workspace<B>;
+
+    /// Zero AdamW moments for the trained parameters (a frozen part gets none).
+    fn new_optimizer(&self, be: &B, cfg: AdamwConfig) -> AdamW<B>;
+
+    /// `group` responses for each prompt (`items[i]`: the RL item prompt `i` is, by which a
+    /// VL policy finds its images), response `g` of `prompts[i]` seeded as prompt `first + i`
+    /// of the whole batch (`rollout::generate_at`'s rule); `prompt_index` is local to
+    /// `prompts`.
+    #[allow(clippy::too_many_arguments)]
+    fn roll_out(
+        &self,
+        be: &B,
+        tok: &Tokenizer,
+        prompts: &[Vec<u32>],
+        items: &[usize],
+        group: usize,
+        sampling: &SamplingParams,
+        seed: u64,
+        first: usize,
+        on_token: impl FnMut(usize),
+    ) -> Result<Vec<Rollout>>;
+
+    /// Packs `seqs` (sequence `j` belongs to RL item `items[j]`) back to back; `trained(j, pos)` says whether
+    /// token `pos` of sequence `j` is a loss target. Returns the micro-batch and the packed
+    /// rows that predict trained targets (`LossBatch::rows`).
+    fn pack(
+        &self,
+        be: &B,
+        seqs: &[Vec<u32>],
+        items: &[usize],
+        trained: impl Fn(usize, usize) -> bool,
+    ) -> Result<(Self::Micro, Vec<usize>)>;
+
+    /// Per packed row, the target's log-prob and the entropy at `inv_temp` (the same forward
+    /// as [`Policy::micro_step`]'s: the first PPO epoch's ratio is exactly 1).
+    fn forward_logprobs(
+        &self,
+        be: &B,
+        m: &Self::Micro,
+        inv_temp: f32,
+        ws: &mut Workspace<B>,
+    ) -> Result<(Vec<f32>, Vec<f32>)>;
+
+    /// Forward, `loss`, backward; gradients ACCUMULATE into `ws.grads`. Returns the loss
+    /// contribution.
+    fn micro_step(
+        &self,
+        be: &B,
+        m: &Self::Micro,
+        loss: &mut dyn TokenLoss<B>,
+        ws: &mut Workspace<B>,
+    ) -> Result<f64>;
+
+    /// One AdamW step of the trained parameters with `grads` (the workspace's).
+    fn optimizer_step(
+        &mut self,
+        be: &B,
+        opt: &mut AdamW<B>,
+        grads: &[B::Buf],
+        lr: f32,
+    ) -> StepReport;
+}
+
+impl<B: Backend> Policy<B> for Qwen2<B> {
+    type Micro = Packed;
+
+    fn text(&self) -> &Qwen2<B> {
+        self
+    }
+
+    fn workspace(&self, be: &B) -> Workspace<B> {
+        Workspace::new(self, be)
+    }
+
+    fn new_optimizer(&self, be: &B, cfg: AdamwConfig) -> AdamW<B> {
+        AdamW::new(be, &self.params, cfg)
+    }
+
+    fn roll_out(
+        &self,
+        be: &B,
+        tok: &Tokenizer,
+        prompts: &[Vec<u32>],
+        _items: &[usize],
+        group: usize,
+        sampling: &SamplingParams,
+        seed: u64,
+        first: usize,
+        on_token: impl FnMut(usize),
+    ) -> Result<Vec<Rollout>> {
+        generate_at(self, be, prompts, group, sampling, seed, first, Some(tok), on_token)
+    }
+
+    fn pack(
+        &self,
+        _be: &B,
+        seqs: &[Vec<u32>],
+        _items: &[usize],
+        trained: impl Fn(usize, usize) -> bool,
+    ) -> Result<(Packed, Vec<usize>)> {
+        let lb = LossBatch::pack(seqs, trained);
+        Ok((lb.batch, lb.rows))
+    }
+
+    fn forward_logprobs(
+        &self,
+        be: &B,
+        m: &Packed,
+        inv_temp: f32,
+        ws: &mut Workspace<B>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (_, lp, ent) = forward_logprobs(be, self, m, inv_temp, ws)?;
+        Ok((lp, ent))
+    }
+
+    fn micro_step(
+        &self,
+        be: &B,
+        m: &Packed,
+        loss: &mut dyn TokenLoss<B>,
+        ws: &mut Workspace<B>,
+    ) -> Result<f64> {
+        micro_step(be, self, m, loss, ws)
+    }
+
+    fn optimizer_step(
+        &mut self,
+        be: &B,
+        opt: &mut AdamW<B>,
+        grads: &[B::Buf],
+        lr: f32,
+    ) -> StepReport {
+        opt.step(be, &mut self.params, grads, lr)
+    }
+}
