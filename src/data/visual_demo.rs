@@ -192,6 +192,8 @@ pub struct VisualItem {
     pub item: RlItem,
     pub scene: Scene,
     pub question: Question,
+    /// The colours the task draws from (the teacher counts each of them).
+    pub palette: &'static [Colour],
 }
 
 /// The task's knobs. Difficulty is the number of shapes, uniform in `1..=max_shapes`: the
@@ -214,7 +216,7 @@ impl Default for VisualTask {
 }
 
 impl VisualTask {
-    fn palette(&self) -> &'static [Colour] {
+    pub fn palette(&self) -> &'static [Colour] {
         &Colour::ALL[..self.colours.clamp(2, Colour::ALL.len())]
     }
 
@@ -280,7 +282,7 @@ impl VisualTask {
                     answer: Some(question.answer(&scene)),
                     options,
                 };
-                VisualItem { item, scene, question }
+                VisualItem { item, scene, question, palette: self.palette() }
             })
             .collect()
     }
@@ -299,59 +301,64 @@ pub fn write_images(items: &[VisualItem], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The shapes the teacher counts for `q` (those matching it when it is a count question, or
-/// those of `colour`), each kept with probability `1 - slip` after the first: the teacher
-/// never misses the first one, and misses more the more there are.
-fn teacher_count<'a>(
-    shapes: impl Iterator<Item = &'a Shape>,
-    slip: f64,
-    rng: &mut ChaCha8Rng,
-) -> Vec<&'a Shape> {
-    let mut kept = Vec::new();
-    for s in shapes {
-        if kept.is_empty() || !rng.gen_bool(slip) {
-            kept.push(s);
-        }
+/// What the teacher writes for a true count `n`: `n`, or `n - 1` with probability `slip` when
+/// `n >= 2` (it overlooks one of several shapes; it never misses a lone one).
+fn teacher_count(n: usize, slip: f64, rng: &mut ChaCha8Rng) -> usize {
+    if n >= 2 && rng.gen_bool(slip) {
+        n - 1
+    } else {
+        n
     }
-    kept
 }
 
-/// `red circle 1, red square 2` (or `none 0`): a running count, the step the teacher slips in.
-fn running_count(kept: &[&Shape]) -> String {
-    if kept.is_empty() {
-        return "none 0".into();
-    }
-    let steps: Vec<String> =
-        kept.iter().enumerate().map(|(i, s)| format!("{} {}", s.describe(), i + 1)).collect();
-    steps.join(", ")
-}
-
-/// A worked solution from an imperfect teacher: the picture described shape by shape (always
-/// right: this is what teaches the vision tower to see), then a running count of the shapes
-/// the question asks about, in which each shape after the first is skipped with probability
-/// `slip` (deterministic in `seed` and the item id), then the boxed answer the count gives.
-/// SFT learns the description and the slips; only a verifiable reward tells the model that
-/// a skipped shape makes the answer wrong.
+/// A worked solution from an imperfect teacher: the picture summarized as a count per colour
+/// of the palette and per kind, in a fixed order (`red 2, green 0, blue 1, square 1, circle
+/// 2, triangle 0`), then the count the question asks about repeated (or the two counts it
+/// compares), then the boxed answer those counts give. Each count of two or more is written
+/// one too low with probability `slip` (deterministic in `seed` and the item id). SFT learns
+/// to look (every count depends on the picture, so the vision tower gets a signal at every
+/// one) and learns the slips with it; only a verifiable reward tells the model that an
+/// overlooked shape makes the answer wrong.
+///
+/// Why counts and not a list of the shapes in reading order: a count is a sum over the image
+/// tokens in a slot whose place never moves, which a two-layer decoder learns in a few hundred
+/// steps; finding "the next occupied cell" is a positional search it did not learn in 500
+/// (docs/visual-demo.md).
 pub fn teacher_solution(it: &VisualItem, slip: f64, seed: u64) -> String {
     let id = it.item.id.as_deref().unwrap_or("");
     let mut rng = ChaCha8Rng::seed_from_u64(
         seed ^ crate::rl::rollout::mix_seed(0, id.bytes().fold(7, |h, b| h * 31 + b as u64)),
     );
-    let scene: Vec<String> = it.scene.shapes.iter().map(Shape::describe).collect();
     let shapes = &it.scene.shapes;
-    let (steps, answer) = match it.question {
-        Question::MoreColour(a, b) => {
-            let ka = teacher_count(shapes.iter().filter(|s| s.colour == a), slip, &mut rng);
-            let kb = teacher_count(shapes.iter().filter(|s| s.colour == b), slip, &mut rng);
-            let letter = if ka.len() > kb.len() { "A" } else { "B" };
-            (format!("{}. {}", running_count(&ka), running_count(&kb)), letter.to_string())
+    let mut said = Vec::new();
+    let mut colour_counts = Vec::new();
+    for &c in it.palette {
+        let n = teacher_count(shapes.iter().filter(|s| s.colour == c).count(), slip, &mut rng);
+        said.push(format!("{} {n}", c.name()));
+        colour_counts.push((c, n));
+    }
+    let mut kind_counts = Vec::new();
+    for k in Kind::ALL {
+        let n = teacher_count(shapes.iter().filter(|s| s.kind == k).count(), slip, &mut rng);
+        said.push(format!("{} {n}", k.name()));
+        kind_counts.push((k, n));
+    }
+    let of_colour = |c: Colour| colour_counts.iter().find(|x| x.0 == c).map_or(0, |x| x.1);
+    let (step, answer) = match it.question {
+        Question::CountColour(c) => {
+            (format!("{} {}", c.name(), of_colour(c)), of_colour(c).to_string())
         }
-        q => {
-            let kept = teacher_count(shapes.iter().filter(|s| q.matches(s)), slip, &mut rng);
-            (running_count(&kept), kept.len().to_string())
+        Question::CountKind(k) => {
+            let n = kind_counts.iter().find(|x| x.0 == k).map_or(0, |x| x.1);
+            (format!("{} {n}", k.name()), n.to_string())
+        }
+        Question::MoreColour(a, b) => {
+            let (na, nb) = (of_colour(a), of_colour(b));
+            let letter = if na > nb { "A" } else { "B" };
+            (format!("{} {na}, {} {nb}", a.name(), b.name()), letter.to_string())
         }
     };
-    format!("<think>{}. {steps}</think><answer>\\boxed{{{answer}}}</answer>", scene.join(", "))
+    format!("<think>{}. {step}</think><answer>\\boxed{{{answer}}}</answer>", said.join(", "))
 }
 
 /// The visual demo's tokenizer: the text demo's characters, chat tokens and tags, Qwen2.5-VL's
@@ -517,12 +524,22 @@ mod tests {
                 answer: it.item.answer.clone().unwrap(),
                 options: it.item.options.clone(),
             };
-            let v = rc.grade(&teacher_solution(it, 0.0, 9), &ri);
-            assert_eq!((v.accuracy, v.format), (1.0, 1.0), "{}", teacher_solution(it, 0.0, 9));
+            let right = teacher_solution(it, 0.0, 9);
+            let v = rc.grade(&right, &ri);
+            assert_eq!((v.accuracy, v.format), (1.0, 1.0), "{right}");
+            // Its summary of the picture is the picture's.
+            for &c in it.palette {
+                let n = it.scene.shapes.iter().filter(|s| s.colour == c).count();
+                assert!(right.contains(&format!("{} {n},", c.name())), "{right}");
+            }
+            for k in Kind::ALL {
+                let n = it.scene.shapes.iter().filter(|s| s.kind == k).count();
+                assert!(right.contains(&format!("{} {n}", k.name())), "{right}");
+            }
             let sloppy = rc.grade(&teacher_solution(it, 1.0, 9), &ri);
             assert_eq!(sloppy.format, 1.0);
             slipped_wrong += usize::from(sloppy.accuracy == 0.0);
-            // One matching shape or none: nothing to skip, the slipping teacher is right.
+            // One matching shape or none: nothing to overlook, the slipping teacher is right.
             if let Question::CountColour(_) | Question::CountKind(_) = it.question {
                 if it.scene.shapes.iter().filter(|s| it.question.matches(s)).count() <= 1 {
                     assert_eq!(sloppy.accuracy, 1.0);
