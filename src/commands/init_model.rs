@@ -30,21 +30,16 @@ pub enum Arch {
     Qwen25VlTiny,
 }
 
+/// A Qwen2.5-VL decoder's (hidden, intermediate, layers, heads, kv heads, vocab, tied,
+/// max_window_layers).
+type VlShape = (usize, usize, usize, usize, usize, usize, bool, usize);
+
 /// The flat `config.json` of a published Qwen2.5-VL checkpoint:
 /// huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/config.json and
 /// huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct/blob/main/config.json. Both towers are the same
 /// 32-block, 1280-wide ViT (full attention at blocks 7, 15, 23, 31); only the merger's output
 /// width (the decoder's hidden size) differs.
-fn published_vl(
-    d: usize,
-    i: usize,
-    l: usize,
-    h: usize,
-    kv: usize,
-    v: usize,
-    tied: bool,
-    mwl: usize,
-) -> Qwen2VlConfig {
+fn published_vl((d, i, l, h, kv, v, tied, mwl): VlShape) -> Qwen2VlConfig {
     let json = serde_json::json!({
         "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
         "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
@@ -72,8 +67,8 @@ impl Arch {
     /// The Qwen2.5-VL config of a VL shape (None for the text ones).
     pub fn vl_config(self) -> Option<Qwen2VlConfig> {
         match self {
-            Arch::Qwen25Vl3b => Some(published_vl(2048, 11008, 36, 16, 2, 151936, true, 70)),
-            Arch::Qwen25Vl7b => Some(published_vl(3584, 18944, 28, 28, 4, 152064, false, 28)),
+            Arch::Qwen25Vl3b => Some(published_vl((2048, 11008, 36, 16, 2, 151936, true, 70))),
+            Arch::Qwen25Vl7b => Some(published_vl((3584, 18944, 28, 28, 4, 152064, false, 28))),
             Arch::Qwen25VlTiny => Some(
                 visual_demo_tokenizer()
                     .and_then(|t| visual_demo_config(&t))

@@ -1,5 +1,5 @@
 //! The visual demo task: pictures drawn in code (a few filled squares, circles and triangles in
-//! a few colours on a white canvas), questions with verifiable answers ("How many red
+//! a few colours on a grey canvas), questions with verifiable answers ("How many red
 //! shapes?", "How many circles?", "Are there more red shapes than blue shapes?"), a teacher
 //! that writes MMR1's `<think>`/`<answer>`/`\boxed{}` solutions with controllable slips, a
 //! character-level tokenizer with Qwen2.5-VL's vision tokens, and a tiny Qwen2.5-VL config.
@@ -25,7 +25,12 @@ use std::path::Path;
 pub const CELL: u32 = 28;
 /// Margin kept free inside each cell, so shapes of neighbouring cells never touch.
 const MARGIN: u32 = 2;
-pub const BACKGROUND: [u8; 3] = [255, 255, 255];
+/// Mid grey, the preprocessor's mean colour (CLIP's mean x 255): an empty patch normalizes to
+/// about zero, so a cell's vision features are its shape's colour and form and nothing else.
+/// On white, every patch carried a large white component, the colours differed only in a
+/// small part of the features, and the decoder learned where the shapes were but not their
+/// colours (docs/visual-demo.md).
+pub const BACKGROUND: [u8; 3] = [124, 116, 104];
 
 /// Qwen2.5-VL's vision special tokens (one id each), as its tokenizer spells them.
 pub const VL_SPECIAL: [&str; 4] =
@@ -194,6 +199,8 @@ pub struct VisualItem {
     pub question: Question,
     /// The colours the task draws from (the teacher counts each of them).
     pub palette: &'static [Colour],
+    /// Whether the task asks about kinds (then the teacher counts them too).
+    pub kinds: bool,
 }
 
 /// The task's knobs. Difficulty is the number of shapes, uniform in `1..=max_shapes`: the
@@ -207,11 +214,16 @@ pub struct VisualTask {
     pub max_shapes: usize,
     /// The first `colours` of `Colour::ALL` are used (2 to 4).
     pub colours: usize,
+    /// Also ask "How many circles?" (and count kinds in the solutions). Off in the demo: the
+    /// tiny model, frozen random vision tower and ~300 SFT steps did not learn kinds, and
+    /// learning them cost it the colours (docs/visual-demo.md). The pictures have all kinds
+    /// either way.
+    pub ask_kinds: bool,
 }
 
 impl Default for VisualTask {
     fn default() -> Self {
-        VisualTask { canvas: 84, max_shapes: 4, colours: 3 }
+        VisualTask { canvas: 84, max_shapes: 4, colours: 3, ask_kinds: false }
     }
 }
 
@@ -252,9 +264,11 @@ impl VisualTask {
 
     fn draw_question(&self, rng: &mut ChaCha8Rng) -> Question {
         let pal = self.palette();
-        match rng.gen_range(0..5) {
+        // Two count questions for each comparison, kinds as often as colours when asked.
+        let kinds = if self.ask_kinds { 2 } else { 0 };
+        match rng.gen_range(0..3 + kinds) {
             0 | 1 => Question::CountColour(*pal.choose(rng).expect("palette")),
-            2 | 3 => Question::CountKind(*Kind::ALL.choose(rng).expect("kinds")),
+            3 | 4 => Question::CountKind(*Kind::ALL.choose(rng).expect("kinds")),
             _ => {
                 let two: Vec<Colour> = pal.choose_multiple(rng, 2).copied().collect();
                 Question::MoreColour(two[0], two[1])
@@ -282,7 +296,7 @@ impl VisualTask {
                     answer: Some(question.answer(&scene)),
                     options,
                 };
-                VisualItem { item, scene, question, palette: self.palette() }
+                VisualItem { item, scene, question, palette: self.palette(), kinds: self.ask_kinds }
             })
             .collect()
     }
@@ -312,8 +326,8 @@ fn teacher_count(n: usize, slip: f64, rng: &mut ChaCha8Rng) -> usize {
 }
 
 /// A worked solution from an imperfect teacher: the picture summarized as a count per colour
-/// of the palette and per kind, in a fixed order (`red 2, green 0, blue 1, square 1, circle
-/// 2, triangle 0`), then the count the question asks about repeated (or the two counts it
+/// of the palette (and per kind when the task asks about kinds), in a fixed order (`red 2,
+/// green 0, blue 1`), then the count the question asks about repeated (or the two counts it
 /// compares), then the boxed answer those counts give. Each count of two or more is written
 /// one too low with probability `slip` (deterministic in `seed` and the item id). SFT learns
 /// to look (every count depends on the picture, so the vision tower gets a signal at every
@@ -338,7 +352,7 @@ pub fn teacher_solution(it: &VisualItem, slip: f64, seed: u64) -> String {
         colour_counts.push((c, n));
     }
     let mut kind_counts = Vec::new();
-    for k in Kind::ALL {
+    for k in Kind::ALL.into_iter().filter(|_| it.kinds) {
         let n = teacher_count(shapes.iter().filter(|s| s.kind == k).count(), slip, &mut rng);
         said.push(format!("{} {n}", k.name()));
         kind_counts.push((k, n));
@@ -454,7 +468,7 @@ mod tests {
     #[test]
     fn the_png_holds_the_stated_shapes_and_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let task = VisualTask { canvas: 84, max_shapes: 6, colours: 4 };
+        let task = VisualTask { canvas: 84, max_shapes: 6, colours: 4, ask_kinds: true };
         let items = task.items(60, 11, "t");
         write_images(&items, dir.path()).unwrap();
         for it in &items {
@@ -517,7 +531,11 @@ mod tests {
     #[test]
     fn the_perfect_teacher_is_graded_correct_and_the_slips_are_not() {
         let rc = RewardConfig::default();
-        let items = VisualTask::default().items(300, 2, "r");
+        let kinds = VisualTask { ask_kinds: true, ..VisualTask::default() };
+        let mut items = VisualTask::default().items(300, 2, "r");
+        items.extend(kinds.items(300, 2, "k"));
+        assert!(items[..300].iter().all(|i| !matches!(i.question, Question::CountKind(_))));
+        assert!(items[300..].iter().any(|i| matches!(i.question, Question::CountKind(_))));
         let mut slipped_wrong = 0;
         for it in &items {
             let ri = RewardItem {
@@ -527,15 +545,25 @@ mod tests {
             let right = teacher_solution(it, 0.0, 9);
             let v = rc.grade(&right, &ri);
             assert_eq!((v.accuracy, v.format), (1.0, 1.0), "{right}");
-            // Its summary of the picture is the picture's.
-            for &c in it.palette {
-                let n = it.scene.shapes.iter().filter(|s| s.colour == c).count();
-                assert!(right.contains(&format!("{} {n},", c.name())), "{right}");
+            // Its summary of the picture is the picture's: one count per colour (and kind).
+            let summary: Vec<&str> =
+                right["<think>".len()..].split(". ").next().unwrap().split(", ").collect();
+            let mut want: Vec<String> = it
+                .palette
+                .iter()
+                .map(|&c| (c.name(), it.scene.shapes.iter().filter(|s| s.colour == c).count()))
+                .map(|(w, n)| format!("{w} {n}"))
+                .collect();
+            if it.kinds {
+                want.extend(Kind::ALL.iter().map(|&k| {
+                    format!(
+                        "{} {}",
+                        k.name(),
+                        it.scene.shapes.iter().filter(|s| s.kind == k).count()
+                    )
+                }));
             }
-            for k in Kind::ALL {
-                let n = it.scene.shapes.iter().filter(|s| s.kind == k).count();
-                assert!(right.contains(&format!("{} {n}", k.name())), "{right}");
-            }
+            assert_eq!(summary, want, "{right}");
             let sloppy = rc.grade(&teacher_solution(it, 1.0, 9), &ri);
             assert_eq!(sloppy.format, 1.0);
             slipped_wrong += usize::from(sloppy.accuracy == 0.0);
@@ -546,7 +574,7 @@ mod tests {
                 }
             }
         }
-        assert!(slipped_wrong > 50, "a teacher that always slips is often wrong: {slipped_wrong}");
+        assert!(slipped_wrong > 100, "a teacher that always slips is often wrong: {slipped_wrong}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// SFT examples, RL items and eval items (disjoint seeds), one picture each.
 pub const VISUAL_SFT_EXAMPLES: usize = 2000;
 pub const VISUAL_RL_ITEMS: usize = 256;
-pub const VISUAL_EVAL_ITEMS: usize = 100;
+pub const VISUAL_EVAL_ITEMS: usize = 200;
 /// How often the SFT teacher skips a shape after the first while counting.
 pub const VISUAL_TEACHER_SLIP: f64 = 0.5;
 
@@ -27,11 +27,18 @@ pub fn visual_demo_task() -> VisualTask {
 }
 
 /// The run configuration of the visual demo: the text demo's, resized for its sequences
-/// (9 image tokens, a prompt of ~50 tokens, solutions of ~30-70) and its data.
+/// (9 image tokens, prompts of ~50 tokens, solutions of ~45) and its data. SFT runs 5 epochs
+/// of 2000 pictures at the text demo's learning rate: with the vision tower frozen (the
+/// pipeline's default, `model.freeze_vision`), the decoder reads the colours after ~250 steps
+/// (docs/visual-demo.md); with it trained, or at twice the learning rate, it was still blind
+/// at 189. RL runs fewer steps than the text demo's 40: a VL rollout batch decodes its items
+/// one at a time.
 pub fn visual_demo_train_config() -> TrainConfig {
     let mut c = TrainConfig::demo();
     c.output.dir = PathBuf::from("runs/demo-visual");
-    c.sft.max_len = 192;
+    c.sft.epochs = 5;
+    c.sft.max_len = 160;
+    c.rl.steps = 30;
     c.rl.max_prompt_len = 96;
     c.rl.max_new_tokens = 96;
     c.eval.max_items = VISUAL_EVAL_ITEMS;
