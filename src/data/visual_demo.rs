@@ -394,7 +394,9 @@ pub fn visual_demo_config(tok: &Tokenizer) -> Result<Qwen2VlConfig> {
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": tok.vocab_size(),
         "tie_word_embeddings": true, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
         "max_position_embeddings": 512, "hidden_act": "silu", "initializer_range": 0.02,
-        "bos_token_id": null, "eos_token_id": id("<|im_end|>")?,
+        // Qwen's bos is <|endoftext|> (151643); null made transformers warn that its
+        // default 151643 lies outside this vocabulary.
+        "bos_token_id": id("<|endoftext|>")?, "eos_token_id": id("<|im_end|>")?,
         "image_token_id": id("<|image_pad|>")?, "video_token_id": id("<|video_pad|>")?,
         "vision_start_token_id": id("<|vision_start|>")?,
         "vision_end_token_id": id("<|vision_end|>")?,
