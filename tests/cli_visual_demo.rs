@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::data::jsonl::BadLines;
+use mmr1_fast::data::prompt::render_prompt_with_images;
 use mmr1_fast::data::rl_items::load_rl_items_with_images;
 use mmr1_fast::data::vl_sft_data::load_vl_sft_dataset;
 use mmr1_fast::model::vl_forward::VlModel;
@@ -53,6 +54,7 @@ fn prepare_only_materializes_the_visual_demo() {
         load_vl_sft_dataset(&cfg.data.sft, &tok, None, cfg.sft.max_len, model_dir, &vl).unwrap();
     assert_eq!((sft.len(), dropped), (VISUAL_SFT_EXAMPLES, 0), "nothing cut at sft.max_len");
     for ex in &sft {
+        assert!(ex.ex.ids.len() < cfg.sft.max_len, "an SFT example is cut at sft.max_len");
         assert_eq!(ex.grids, vec![[1, 6, 6]]);
         let image_tokens = ex.ex.ids.iter().filter(|&&t| t == vl.image_token_id).count();
         assert_eq!(image_tokens, 9, "one token per 28 px cell");
@@ -65,6 +67,15 @@ fn prepare_only_materializes_the_visual_demo() {
         assert!(std::path::Path::new(&it.images[0]).is_file(), "{:?}", it.images);
         assert!(it.answer.is_some());
     }
+    // Every prompt, its image expanded to 9 tokens, fits rl.max_prompt_len with room for
+    // rl.max_new_tokens in the model's positions.
+    for it in rl.iter().chain(&eval) {
+        let p = render_prompt_with_images(&it.problem, cfg.data.prompt_style, 1).unwrap();
+        let n = tok.encode(&p).unwrap().len() + 8;
+        assert!(n <= cfg.rl.max_prompt_len, "{n} prompt tokens: {}", it.problem);
+        assert!(n + cfg.rl.max_new_tokens <= vl.text.max_position_embeddings);
+    }
+    assert!(cfg.rl.batch_size <= rl.len());
     // Items of the three sets are drawn from different seeds.
     let problems = |v: &[mmr1_fast::data::rl_items::RlItem]| {
         v.iter().map(|i| i.images[0].clone()).collect::<std::collections::HashSet<_>>()
