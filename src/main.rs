@@ -75,14 +75,16 @@ enum Command {
     /// Titles and labels need a TTF font (found on the system, or --font); without one the
     /// curves are drawn unlabelled and the panel order is printed.
     Plot(commands::plot::PlotArgs),
-    /// Write a Qwen2.5-shaped model with random weights (published shapes, Hugging Face
+    /// Write a Qwen2.5- or Qwen2.5-VL-shaped model with random weights (published shapes, Hugging Face
     /// layout): benchmarks and tests at real sizes without a download. Example:
     ///
     ///   mmr1-fast init-model --arch qwen2.5-0.5b --out models/q05
     ///
     /// Sizes: qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b (0.49B to 7.6B parameters;
     /// the host holds them in f32 while writing, 30 GB for 7B). --layers N keeps the widths
-    /// with fewer layers.
+    /// with fewer layers. Qwen2.5-VL: qwen2.5-vl-3b, qwen2.5-vl-7b (3.75B, 8.29B; written one
+    /// tensor at a time, with the published preprocessor_config.json), qwen2.5-vl-tiny (the
+    /// visual demo's model, with its tokenizer).
     InitModel(commands::init_model::InitModelArgs),
 }
 

@@ -3,6 +3,7 @@
 use crate::dist::launch::World;
 use crate::dist::Collective;
 use crate::pipeline::config::TrainConfig;
+use crate::pipeline::demo_setup::DemoKind;
 use crate::pipeline::inputs::{RunInputs, Start};
 use crate::pipeline::run::{format_report, run_pipeline_with};
 use anyhow::{bail, Result};
@@ -16,6 +17,8 @@ pub const DEFAULT_ABLATION_SEEDS: usize = 4;
 #[derive(clap::Args, Debug)]
 #[command(after_help = "EXAMPLES:
   mmr1-fast train                                  # the built-in demo: tiny model, SFT then GRPO+VAS
+  mmr1-fast train --demo visual                    # the visual demo: a tiny Qwen2.5-VL counts shapes
+  mmr1-fast train --demo visual --prepare-only     # write its model, pictures and data; no training
   mmr1-fast train --print-config > run.toml        # every key with its default
   mmr1-fast train --config run.toml --set rl.group_size=16 --set vas.lambda=0.8
   mmr1-fast train --resume runs/mmr1               # continue a stopped run
@@ -24,6 +27,17 @@ pub struct TrainArgs {
     /// Run configuration (TOML). Without it: the built-in demo's configuration.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The built-in demo run when no model is configured (model.dir empty): text (sums of
+    /// single digits, a tiny Qwen2 made from scratch) or visual (counting coloured shapes in
+    /// pictures drawn in code, a tiny Qwen2.5-VL made from scratch; written under
+    /// OUT/demo-visual). Without --config it also picks that demo's configuration.
+    #[arg(long, value_enum, default_value_t = DemoKind::Text)]
+    pub demo: DemoKind,
+    /// Prepare the output directory and stop: materialize the demo when no model is given
+    /// (model, pictures, sft/rl/eval JSONL) and write OUT/config.toml, without training. To
+    /// look at or edit the data first; then `mmr1-fast train --config OUT/config.toml`.
+    #[arg(long, conflicts_with_all = ["resume", "demo_ablation"])]
+    pub prepare_only: bool,
     /// Override any key, e.g. --set rl.lr=1e-6 --set model.dir=/models/qwen (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub sets: Vec<String>,
@@ -73,7 +87,7 @@ pub fn run(args: &TrainArgs, world: &World) -> Result<()> {
     }
     let mut cfg = match &args.config {
         Some(p) => TrainConfig::from_toml_file(p)?,
-        None => TrainConfig::demo(),
+        None => args.demo.train_config(),
     };
     let saved = match &args.resume {
         Some(dir) => {
@@ -118,6 +132,29 @@ pub fn run(args: &TrainArgs, world: &World) -> Result<()> {
         cfg = saved.resumed_with(cfg)?;
     }
     cfg.validate()?;
+    if args.demo_ablation && args.demo != DemoKind::Text {
+        bail!("--demo-ablation runs the text demo; it does not take --demo {:?}", args.demo);
+    }
+    if args.prepare_only {
+        if world.size() > 1 {
+            bail!("--prepare-only runs in one process; launch it without mpirun");
+        }
+        let cfg = RunInputs::materialize_only(
+            cfg,
+            Start::Fresh { overwrite: args.overwrite },
+            args.demo,
+        )?;
+        let out = &cfg.output.dir;
+        println!("prepared {} (nothing trained)", out.display());
+        println!("  model: {}", cfg.model.dir.display());
+        for (name, p) in [("sft", &cfg.data.sft), ("rl", &cfg.data.rl), ("eval", &cfg.data.eval)] {
+            if !p.as_os_str().is_empty() {
+                println!("  {name}: {}", p.display());
+            }
+        }
+        println!("run it: mmr1-fast train --config {}", out.join("config.toml").display());
+        return Ok(());
+    }
     if args.demo_ablation && world.size() > 1 {
         bail!("--demo-ablation runs in one process; launch it without mpirun (or with -np 1)");
     }
@@ -144,7 +181,8 @@ fn run_on<B: crate::backend::rl_ops::RlOps>(
     // then read the configuration it wrote there.
     let lead = comm.rank() == 0;
     let out = cfg.output.dir.clone();
-    let inputs = if lead { Some(RunInputs::prepare(cfg, start)?) } else { None };
+    let inputs =
+        if lead { Some(RunInputs::prepare_with_demo(cfg, start, args.demo)?) } else { None };
     comm.barrier()?;
     let inputs = match inputs {
         Some(i) => i,

@@ -23,13 +23,20 @@ pub const TAGS: [&str; 5] = ["<think>", "</think>", "<answer>", "</answer>", "\\
 /// A character-level tokenizer: every printable ASCII character and the newline is a token,
 /// plus the special tokens and tags above. Saved as a standard tokenizer.json.
 pub fn demo_tokenizer() -> Result<Tokenizer> {
+    char_tokenizer(&SPECIAL, &TAGS)
+}
+
+/// The demo tokenizers' construction: `<unk>` (id 0), the newline and printable ASCII one id
+/// each, then `special` (dropped when decoding without specials) and `words` (kept whole, one
+/// id each), in that order.
+pub fn char_tokenizer(special: &[&str], words: &[&str]) -> Result<Tokenizer> {
     let mut vocab: HashMap<String, u32> = HashMap::new();
     vocab.insert("<unk>".into(), 0);
     for c in std::iter::once('\n').chain((32u8..127).map(|b| b as char)) {
         let n = vocab.len() as u32;
         vocab.insert(c.to_string(), n);
     }
-    for t in SPECIAL.iter().chain(TAGS.iter()) {
+    for t in special.iter().chain(words.iter()) {
         let n = vocab.len() as u32;
         vocab.insert(t.to_string(), n);
     }
@@ -44,8 +51,8 @@ pub fn demo_tokenizer() -> Result<Tokenizer> {
             .map_err(|e| anyhow::anyhow!("demo tokenizer: {e}"))?;
     tok.with_pre_tokenizer(Some(split));
     tok.with_decoder(Some(Fuse::new()));
-    tok.add_special_tokens(&SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>());
-    tok.add_tokens(&TAGS.iter().map(|s| AddedToken::from(*s, false)).collect::<Vec<_>>());
+    tok.add_special_tokens(&special.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>());
+    tok.add_tokens(&words.iter().map(|s| AddedToken::from(*s, false)).collect::<Vec<_>>());
     Ok(Tokenizer::from_inner(tok))
 }
 

@@ -21,6 +21,7 @@ pub mod vision_windows;
 pub mod vl;
 pub mod vl_decode;
 pub mod vl_forward;
+pub mod vl_init;
 pub mod vl_prompt;
 pub mod vl_save;
 

@@ -3,7 +3,7 @@
 //! phases share it, and it evaluates a model on the eval items.
 
 use super::config::TrainConfig;
-use super::demo_setup::materialize_demo;
+use super::demo_setup::DemoKind;
 use super::metrics::{EvalLabel, EvalRecord, MetricsLog, Phase, Record};
 use super::rl_phase::grpo_settings;
 use super::run_dir::{prepare_fresh, RunLock};
@@ -159,9 +159,37 @@ fn refuse_fewer_rl_steps(out: &Path, cfg: &TrainConfig) -> Result<()> {
 
 impl RunInputs {
     /// Validates the config, locks the output directory (and, for a fresh run, checks it
-    /// holds no other run), materializes the demo when no model is given, loads the data,
+    /// holds no other run), materializes the text demo when no model is given, loads the data,
     /// and writes `OUT/config.toml`: the configuration that runs.
-    pub fn prepare(mut cfg: TrainConfig, start: Start) -> Result<Self> {
+    pub fn prepare(cfg: TrainConfig, start: Start) -> Result<Self> {
+        Self::prepare_with_demo(cfg, start, DemoKind::Text)
+    }
+
+    /// [`RunInputs::prepare`], materializing `demo` when no model is given.
+    pub fn prepare_with_demo(cfg: TrainConfig, start: Start, demo: DemoKind) -> Result<Self> {
+        let (cfg, out, lock) = Self::claim(cfg, start, demo)?;
+        let inputs = Self::load(cfg, out, start, Some(lock), 0)?;
+        write_atomic(&inputs.out.join("config.toml"), inputs.cfg.to_toml().as_bytes())?;
+        Ok(inputs)
+    }
+
+    /// The first half of [`RunInputs::prepare_with_demo`] alone: the output directory claimed,
+    /// the demo materialized when no model is given, and `OUT/config.toml` written, without
+    /// reading the data or training (`train --prepare-only`). Returns the configuration
+    /// written.
+    pub fn materialize_only(cfg: TrainConfig, start: Start, demo: DemoKind) -> Result<TrainConfig> {
+        let (cfg, out, _lock) = Self::claim(cfg, start, demo)?;
+        write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        Ok(cfg)
+    }
+
+    /// Validates the config, creates and locks the output directory (for a fresh run, checks
+    /// it holds no other run) and materializes `demo` when `model.dir` is empty.
+    fn claim(
+        mut cfg: TrainConfig,
+        start: Start,
+        demo: DemoKind,
+    ) -> Result<(TrainConfig, PathBuf, RunLock)> {
         cfg.validate()?;
         let out = cfg.output.dir.clone();
         std::fs::create_dir_all(&out)
@@ -179,11 +207,9 @@ impl RunInputs {
             if !cfg.data.rl.as_os_str().is_empty() || !cfg.data.sft.as_os_str().is_empty() {
                 bail!("model.dir is empty but data was given: set model.dir to a Hugging Face Qwen2 model directory");
             }
-            materialize_demo(&mut cfg, &out)?;
+            demo.materialize(&mut cfg, &out)?;
         }
-        let inputs = Self::load(cfg, out, start, Some(lock), 0)?;
-        write_atomic(&inputs.out.join("config.toml"), inputs.cfg.to_toml().as_bytes())?;
-        Ok(inputs)
+        Ok((cfg, out, lock))
     }
 
     /// The inputs of rank `rank` > 0 of a data-parallel run, once rank 0 has prepared the

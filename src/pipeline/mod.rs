@@ -1,5 +1,5 @@
 //! The `train` pipeline: configuration, the cold-start SFT phase, the GRPO + VAS phase, the
-//! demo, evaluation and the run report.
+//! demos (text and visual), evaluation and the run report.
 
 pub mod ablation;
 pub mod config;
@@ -13,4 +13,5 @@ pub mod run;
 pub mod run_dir;
 pub mod run_policy;
 pub mod sft_phase;
+pub mod visual_demo_setup;
 pub mod vps_log;
