@@ -26,6 +26,7 @@ impl<B: Backend> VlModel<B> {
     /// Appends each step's tokens to its slot and returns the logits `[steps.len(), vocab]`
     /// (host) of each slot's last new token. `deltas[slot]` is the slot's M-RoPE offset: set by
     /// its first step, read by the later ones. `pixels` holds the images of all steps, in order.
+    /// For readers of the logits; decoding samples from [`VlModel::decode_step_logits`].
     pub fn decode_step(
         &self,
         be: &B,
@@ -34,6 +35,19 @@ impl<B: Backend> VlModel<B> {
         deltas: &mut [i64],
         pixels: Option<&B::Buf>,
     ) -> Result<Vec<f32>> {
+        Ok(be.download(&self.decode_step_logits(be, cache, steps, deltas, pixels)?))
+    }
+
+    /// [`VlModel::decode_step`] with the logits left in a backend buffer `[steps.len() x vocab]`
+    /// for the sampler on the backend (`RlOps::rl_sample`).
+    pub fn decode_step_logits(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        steps: &[VlStep<'_>],
+        deltas: &mut [i64],
+        pixels: Option<&B::Buf>,
+    ) -> Result<B::Buf> {
         let c = &self.cfg;
         let hd = c.text.head_dim();
         let mut angles = Vec::new();

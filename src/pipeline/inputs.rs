@@ -7,6 +7,7 @@ use super::demo_setup::materialize_demo;
 use super::metrics::{EvalLabel, EvalRecord, MetricsLog, Phase, Record};
 use super::rl_phase::grpo_settings;
 use super::run_dir::{prepare_fresh, RunLock};
+use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::{load_rl_items, RlItem};
 use crate::fs::write_atomic;
@@ -214,7 +215,7 @@ impl RunInputs {
 
     /// Accuracy of `model` on the eval items (greedy unless eval.temperature > 0). Rank 0
     /// alone evaluates in a data-parallel run (the others have the same model).
-    pub fn evaluate<B: Backend>(&self, be: &B, model: &Qwen2<B>) -> Result<Option<EvalResult>> {
+    pub fn evaluate<B: RlOps>(&self, be: &B, model: &Qwen2<B>) -> Result<Option<EvalResult>> {
         if self.eval_items.is_empty() || self.rank != 0 {
             return Ok(None);
         }
@@ -237,7 +238,7 @@ impl RunInputs {
     }
 
     /// Evaluates `model` at `step` of phase `of`, prints and logs the result.
-    pub fn eval_and_log<B: Backend>(
+    pub fn eval_and_log<B: RlOps>(
         &self,
         be: &B,
         model: &Qwen2<B>,

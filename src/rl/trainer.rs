@@ -183,7 +183,7 @@ struct Graded {
 /// in the whole batch: response `g` of the batch's prompt `i` is seeded `i * G + g` whatever
 /// part of the batch a call decodes.
 #[allow(clippy::too_many_arguments)]
-fn roll_out_graded<B: Backend>(
+fn roll_out_graded<B: RlOps>(
     policy: &Qwen2<B>,
     be: &B,
     tok: &Tokenizer,

@@ -5,8 +5,8 @@
 //! tokens as the text path).
 
 use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
-use super::rollout::{draw_token, mix_seed, Rollout, SamplingParams, StopReason};
-use crate::backend::Backend;
+use super::rollout::{draw_tokens, mix_seed, Rollout, SamplingParams, StopReason};
+use crate::backend::rl_ops::RlOps;
 use crate::data::prompt::render_prompt_with_images;
 use crate::data::rl_items::RlItem;
 use crate::model::vl_decode::VlStep;
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 /// Generates one response to `prompt` (expanded placeholders; `grids` its images in order,
 /// `pixels` their patch rows). Stop strings are not supported here (no tokenizer is taken).
-pub fn generate_vl<B: Backend>(
+pub fn generate_vl<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
     prompt: &[u32],
@@ -57,8 +57,9 @@ pub fn generate_vl<B: Backend>(
     let mut last;
     let mut pix = pixels;
     loop {
-        let logits = model.decode_step(be, &mut cache, &[step], &mut deltas, pix)?;
-        let (tok, lp) = draw_token(&logits[..vocab], params, out.seed, out.tokens.len())?;
+        let logits = model.decode_step_logits(be, &mut cache, &[step], &mut deltas, pix)?;
+        let (tok, lp) =
+            draw_tokens(be, &logits, vocab, params, &[(out.seed, out.tokens.len())])?[0];
         out.tokens.push(tok);
         out.logprobs.push(lp);
         if params.stop_ids.contains(&tok) {
@@ -81,7 +82,7 @@ pub fn generate_vl<B: Backend>(
 /// time (response `r` of item `i` uses seed `mix_seed(seed, i * per_item + r)`), then graded.
 /// `batch_items` is not used: images make every prefill different, so items decode alone.
 /// `model_dir` holds the checkpoint's preprocessor_config.json.
-pub fn sample_and_grade_vl<B: Backend>(
+pub fn sample_and_grade_vl<B: RlOps>(
     model: &VlModel<B>,
     model_dir: &Path,
     be: &B,
