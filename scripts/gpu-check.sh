@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
-# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops, philox, sample_kernel);
+# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops, philox, sample_kernel,
+# device_decode: decoding that samples on the device, against the host rule);
 # training steps at real
 # Qwen2.5 shapes (examples/device_step.rs) side by side with PyTorch + transformers doing the same
 # work in the same run (benches/train_step_gpu_torch.py: SDPA, bf16 autocast, fused AdamW):
@@ -34,7 +35,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel device_decode"
 bins="$suites kernels rl_bench device_step mmr1-fast"
 budget=${GPU_CHECK_BUDGET:-0}
 t0=$SECONDS
