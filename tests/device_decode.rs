@@ -116,7 +116,6 @@ fn assert_close(a: &[Response], b: &[Response], ulps: i64, what: &str) {
     }
 }
 
-
 /// Stop ids that end some responses early and not others: the most frequent first tokens of
 /// greedy decoding would end everything at once, so take two tokens seen mid-response.
 fn stop_ids_for(r: &[Response]) -> Vec<u32> {
