@@ -279,7 +279,13 @@ for r in rows:
     out.append(f"| {r['id']} | {r['s']*1e6:.1f} us | {bw/1e9:.0f} GB/s | {bw/hbm:.0%} | "
                + ("-" if not isinstance(t, float) else f"{t*1e6:.1f} us") + " | "
                + ("-" if not isinstance(t, float) else f"{t/r['s']:.1f}x") + " |")
-open(os.path.join(report_dir, "rl-kernels-gpu.md"), "w").write("\n".join(out) + "\n")
+# Hand-written notes below the marker survive a regeneration.
+path = os.path.join(report_dir, "rl-kernels-gpu.md")
+marker = "<!-- notes below this line are kept by scripts/gpu-check.sh -->"
+notes = ""
+if os.path.exists(path) and marker in open(path).read():
+    notes = "\n" + marker + open(path).read().split(marker, 1)[1]
+open(path, "w").write("\n".join(out) + "\n" + notes)
 print("\n".join(out))
 PY
 set -e
