@@ -98,17 +98,20 @@ mod gpu {
         // reads logp, old, ref, entropy, mask; writes dlogp, dentropy
         report("grpo_loss_4M_vanilla_k3_entropy", s, (n * 7 * 4) as f64);
 
-        // ---- group advantages: 8192 prompts x 8 responses, GRPO (verl).
-        let (groups, g) = (8192usize, 8usize);
-        let rw: Vec<f32> = (0..groups * g).map(|_| r.gen_range(0..2) as f32).collect();
-        let goff: Vec<usize> = (0..=groups).map(|i| i * g).collect();
-        let d_rw = b.upload(&rw);
-        let mut d_a = b.zeros(rw.len());
-        let acfg = AdvantageConfig::verl();
-        let s = median(&b, 20, || {
-            b.group_advantages(&d_rw, &goff, None, &acfg, &mut d_a);
-        });
-        report("group_adv_64k_grpo", s, (rw.len() * 8) as f64);
+        // ---- group advantages: 8192 and 131,072 prompts x 8 responses, GRPO (verl); the
+        // batch statistics span 32 and 512 blocks.
+        for (groups, id) in [(8192usize, "group_adv_64k_grpo"), (131_072, "group_adv_1M_grpo")] {
+            let g = 8usize;
+            let rw: Vec<f32> = (0..groups * g).map(|_| r.gen_range(0..2) as f32).collect();
+            let goff: Vec<usize> = (0..=groups).map(|i| i * g).collect();
+            let d_rw = b.upload(&rw);
+            let mut d_a = b.zeros(rw.len());
+            let acfg = AdvantageConfig::verl();
+            let s = median(&b, 20, || {
+                b.group_advantages(&d_rw, &goff, None, &acfg, &mut d_a);
+            });
+            report(id, s, (rw.len() * 8) as f64);
+        }
 
         // ---- VAS scores: 1000 items x 8 rollouts x 1024 tokens, self-BLEU-4 and distinct-4.
         let (items, k, tl) = (1000usize, 8usize, 1024usize);

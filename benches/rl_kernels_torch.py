@@ -58,14 +58,15 @@ def main():
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     res["grpo_loss_4M_vanilla_k3_entropy"] = bench(loss_and_grad)
 
-    groups, k = 8192, 8
-    rw = torch.randint(0, 2, (groups * k,), device=dev, generator=g).float()
+    for groups, name in [(8192, "group_adv_64k_grpo"), (131072, "group_adv_1M_grpo")]:
+        k = 8
+        rw = torch.randint(0, 2, (groups * k,), device=dev, generator=g).float()
 
-    def advantages():
-        s = rw.view(groups, k)
-        return ((s - s.mean(-1, keepdim=True)) / (s.std(-1, keepdim=True) + 1e-6)).view(-1)
+        def advantages():
+            s = rw.view(groups, k)
+            return ((s - s.mean(-1, keepdim=True)) / (s.std(-1, keepdim=True) + 1e-6)).view(-1)
 
-    res["group_adv_64k_grpo"] = bench(advantages)
+        res[name] = bench(advantages)
     json.dump(res, open(sys.argv[1], "w"), indent=1)
     print(json.dumps(res, indent=1))
 

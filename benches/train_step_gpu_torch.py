@@ -9,7 +9,11 @@ of --len tokens (all one length: the same tokens and the same causal attention a
 batch of device_step, no padding).
 
   python3 benches/train_step_gpu_torch.py --arch qwen2.5-0.5b [--seqs 4] [--len 1024]
-      [--steps 6] [--mode train|logprobs] [--layers N]
+      [--steps 6] [--mode train|logprobs|decode] [--new 128] [--layers N]
+
+--mode decode: `generate` (KV cache, sampling at temperature 0.6, top_p 1.0, exactly --new
+tokens per sequence) after prompts of --len tokens, as examples/device_step.rs --mode decode;
+tokens/s counts the generated tokens.
 """
 import argparse
 import json
@@ -38,7 +42,8 @@ def main():
     ap.add_argument("--seqs", type=int, default=4)
     ap.add_argument("--len", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--mode", default="train", choices=["train", "logprobs"])
+    ap.add_argument("--mode", default="train", choices=["train", "logprobs", "decode"])
+    ap.add_argument("--new", type=int, default=128, help="--mode decode: tokens generated per sequence")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script, no figures")
     a = ap.parse_args()
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -55,7 +60,7 @@ def main():
         model = Qwen2ForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, v, (a.seqs, a.len), device=dev)
-    tokens = a.seqs * a.len
+    tokens = a.seqs * a.new if a.mode == "decode" else a.seqs * a.len
     train = a.mode == "train"
     if train:
         model.train()
@@ -70,6 +75,12 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             return loss.item()
+        if a.mode == "decode":
+            with torch.no_grad(), torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                     temperature=0.6, top_p=1.0, top_k=0, max_new_tokens=a.new,
+                                     min_new_tokens=a.new, use_cache=True, pad_token_id=0)
+            return float(out.shape[1] - a.len)  # generated tokens per sequence (waits for them)
         with torch.no_grad(), torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
             logits = model(input_ids=ids).logits[:, :-1].float()
             lp = torch.gather(F.log_softmax(logits, -1), -1, ids[:, 1:, None])
@@ -84,9 +95,9 @@ def main():
         losses.append(step())  # .item() waits for the step
         times.append(time.perf_counter() - t0)
     med = statistics.median(times[1:])
-    flops_per_token = (6 if train else 2) * n_params
+    flops_per_token = (6 if train else 2) * n_params  # decode: 2 N per generated token
     print(json.dumps({
-        "impl": f"torch {torch.__version__} + transformers (sdpa, bf16 autocast" + (", fused AdamW)" if train else ")"),
+        "impl": f"torch {torch.__version__} + transformers (sdpa, bf16 autocast" + (", fused AdamW)" if train else (", generate)" if a.mode == "decode" else ")")),
         "device": torch.cuda.get_device_name() if cuda else dev, "arch": a.arch, "layers": cfg.num_hidden_layers,
         "mode": a.mode, "params": n_params, "tokens": tokens,
         "step_s_median": med, "step_s_first": times[0], "tokens_per_s": tokens / med,

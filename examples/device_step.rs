@@ -7,10 +7,17 @@
 //! ```text
 //! cargo run --release --features cuda --example device_step -- \
 //!     --device cuda --precision bf16 [--shape qwen2.5-0.5b|1.5b|3b|7b|tiny] [--layers N] \
-//!     [--seqs 4] [--len 1024] [--steps 6] [--mode train|logprobs] [--recompute on|off]
+//!     [--seqs 4] [--len 1024] [--steps 6] [--mode train|logprobs|decode] [--recompute on|off]
+//!     [--new 128] [--sampling device|host]
 //! ```
 //! `--mode logprobs` times the log-prob pass instead (forward and per-token log-probs, no
 //! backward: what GRPO's old-policy and reference passes cost).
+//! `--mode decode` times a rollout: `--seqs` prompts of `--len` random tokens, then `--new`
+//! tokens each (temperature 0.6, top_p 1, no stop ids: every sequence runs to the end), through
+//! `rollout::generate`, which samples on the device (`--sampling device`), or through the same
+//! loop with each step's logits downloaded and sampled on the host (`--sampling host`, how
+//! decoding worked before). Tokens/s counts the generated tokens; the JSON line also says how
+//! many bytes a decode step downloaded.
 //! Steps: forward, per-token log-probs, token cross-entropy, backward, clip, AdamW, on one
 //! packed batch of `--seqs` random sequences of `--len` tokens; the first step is a warm-up
 //! (it fills the allocator's cache and compiles nothing: kernels are loaded at start).
@@ -21,12 +28,14 @@
 
 use anyhow::{bail, Result};
 use mmr1_fast::backend::precision::PrecisionChoice;
+use mmr1_fast::backend::rl_ops::RlOps;
 use mmr1_fast::backend::select::DeviceChoice;
 use mmr1_fast::backend::{profile, Backend};
 use mmr1_fast::commands::init_model::Arch;
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
 use mmr1_fast::optim::{AdamW, AdamwConfig};
+use mmr1_fast::rl::rollout::{draw_token, generate, mix_seed, SamplingParams};
 use mmr1_fast::train::{forward_logprobs, micro_step, SftLoss, Workspace};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -40,6 +49,9 @@ struct Opts {
     len: usize,
     steps: usize,
     logprobs_only: bool,
+    decode: bool,
+    new_tokens: usize,
+    host_sampling: bool,
     recompute: bool,
 }
 
@@ -53,6 +65,9 @@ fn parse() -> Result<Opts> {
         len: 1024,
         steps: 6,
         logprobs_only: false,
+        decode: false,
+        new_tokens: 128,
+        host_sampling: false,
         recompute: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,10 +83,19 @@ fn parse() -> Result<Opts> {
             "--len" => o.len = v.parse()?,
             "--steps" => o.steps = v.parse()?,
             "--mode" => {
-                o.logprobs_only = match v.as_str() {
-                    "train" => false,
-                    "logprobs" => true,
-                    m => bail!("--mode {m}: train or logprobs"),
+                (o.logprobs_only, o.decode) = match v.as_str() {
+                    "train" => (false, false),
+                    "logprobs" => (true, false),
+                    "decode" => (false, true),
+                    m => bail!("--mode {m}: train, logprobs or decode"),
+                }
+            }
+            "--new" => o.new_tokens = v.parse()?,
+            "--sampling" => {
+                o.host_sampling = match v.as_str() {
+                    "device" => false,
+                    "host" => true,
+                    m => bail!("--sampling {m}: device or host"),
                 }
             }
             "--recompute" => {
@@ -112,7 +136,10 @@ fn config(o: &Opts) -> Result<Qwen2Config> {
     Ok(cfg)
 }
 
-fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
+fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
+    if o.decode {
+        return run_decode(be, o);
+    }
     let cfg = config(o)?;
     let vocab = cfg.vocab_size as u32;
     let layout = ParamLayout::new(&cfg);
@@ -207,6 +234,92 @@ fn run<B: Backend>(be: &B, o: &Opts) -> Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// `--mode decode`: rollouts timed (see the top of the file).
+fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
+    let cfg = config(o)?;
+    let vocab = cfg.vocab_size;
+    let layout = ParamLayout::new(&cfg);
+    let n_params: usize = layout.specs.iter().map(|s| s.numel()).sum();
+    let host = init_params(&layout, Init::HuggingFace { std: 0.02 }, 0);
+    let model = Qwen2::from_host(be, cfg, layout, &host);
+    drop(host);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let prompts: Vec<Vec<u32>> =
+        (0..o.seqs).map(|_| (0..o.len).map(|_| rng.gen_range(0..vocab as u32)).collect()).collect();
+    let p = SamplingParams { max_new_tokens: o.new_tokens, ..SamplingParams::default() };
+    let (mut secs, mut checksums) = (Vec::new(), Vec::new());
+    let mut downloaded = 0u64;
+    for s in 0..o.steps {
+        let before = be.memory_stats().map_or(0, |m| m.downloaded_bytes);
+        let t = Instant::now();
+        let toks: Vec<Vec<u32>> = if o.host_sampling {
+            host_sampled(&model, be, &prompts, &p, s as u64)?
+        } else {
+            let outs = generate(&model, be, &prompts, 1, &p, s as u64, None, |_| {})?;
+            outs.into_iter().map(|r| r.tokens).collect()
+        };
+        let dt = t.elapsed().as_secs_f64();
+        downloaded = be.memory_stats().map_or(0, |m| m.downloaded_bytes) - before;
+        let n: usize = toks.iter().map(|t| t.len()).sum();
+        let sum: u64 = toks.iter().flatten().map(|&t| t as u64).sum();
+        eprintln!("rollout {s}: {dt:.3} s, {n} tokens, {:.0} tokens/s", n as f64 / dt);
+        secs.push(dt);
+        checksums.push(sum);
+    }
+    let mut steady = secs[1..].to_vec();
+    steady.sort_by(f64::total_cmp);
+    let median = steady[steady.len() / 2];
+    let tokens = o.seqs * o.new_tokens;
+    let mem = be.memory_stats();
+    let line = serde_json::json!({
+        "device": be.name(),
+        "precision": o.precision.to_string(),
+        "shape": o.shape, "layers": model.cfg.num_hidden_layers,
+        "mode": "decode", "sampling": if o.host_sampling { "host" } else { "device" },
+        "params": n_params, "seqs": o.seqs, "prompt_len": o.len, "new_tokens": o.new_tokens,
+        "tokens": tokens,
+        "step_s_median": median, "step_s_first": secs[0],
+        "tokens_per_s": tokens as f64 / median,
+        // 2 N per generated token (attention over the cache not counted).
+        "model_tflops": 2.0 * n_params as f64 * tokens as f64 / median / 1e12,
+        "downloaded_bytes_per_decode_step": downloaded as f64 / o.new_tokens as f64,
+        "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
+        "token_checksums": checksums,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// `generate`'s loop for prompts without stop ids, with each step's logits downloaded and
+/// sampled on the host (`draw_token`): the decoding of before `RlOps::rl_sample`, to time
+/// against. Seeds as `generate` gives them, so both draw the same tokens from the same logits.
+fn host_sampled<B: Backend>(
+    model: &Qwen2<B>,
+    be: &B,
+    prompts: &[Vec<u32>],
+    p: &SamplingParams,
+    base_seed: u64,
+) -> Result<Vec<Vec<u32>>> {
+    let n = prompts.len();
+    let vocab = model.cfg.vocab_size;
+    let cap = prompts.iter().map(|q| q.len()).max().unwrap_or(0) + p.max_new_tokens;
+    let mut cache = model.new_cache(be, n, cap);
+    let seeds: Vec<u64> = (0..n).map(|s| mix_seed(base_seed, s as u64)).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut feed: Vec<Vec<u32>> = prompts.to_vec();
+    for _ in 0..p.max_new_tokens {
+        let inputs: Vec<(usize, &[u32])> = (0..n).map(|s| (s, &feed[s][..])).collect();
+        let logits = model.decode_step(be, &mut cache, &inputs)?;
+        for s in 0..n {
+            let row = &logits[s * vocab..(s + 1) * vocab];
+            let (tok, _) = draw_token(row, p, seeds[s], out[s].len())?;
+            out[s].push(tok);
+            feed[s] = vec![tok];
+        }
+    }
+    Ok(out)
 }
 
 fn main() -> Result<()> {

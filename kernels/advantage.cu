@@ -3,8 +3,10 @@
 // TRL's scale_rewards and singleton rule; Dr. GRPO), RLOO, REINFORCE++-baseline (then
 // whitened over the batch's tokens) and GPG.
 //
-// Three launches, each deterministic (fixed-order trees, no atomics):
-//   adv_batch_stats_f64   one block: batch mean, unbiased variance, nonzero count
+// Three launches, each deterministic (fixed-order trees; one counter atomic says which block
+// folds the batch statistics, not in which order):
+//   adv_batch_stats_f64   batch mean, unbiased variance, nonzero count: per-block moments
+//                         merged in a fixed order by the last block (any number of blocks)
 //   group_adv_f32         one warp per group, any group size, all groups in one launch;
 //                         writes the advantages and one row (nonempty, zero variance, std) per
 //                         group, folded by reduce_rows_f64 (grpo_loss.cu)
@@ -27,27 +29,94 @@ __device__ __forceinline__ double warp_max_d(double v) {
     return v;
 }
 
-// out = {mean, unbiased variance (0 below 2 values), number of nonzero rewards}.
-extern "C" __global__ void __launch_bounds__(256) adv_batch_stats_f64(const float* rewards, long long n, double* out) {
+// out = {mean, unbiased variance (0 below 2 values), number of nonzero rewards}, over any
+// number of blocks in one launch. Block b takes rewards [b chunk, (b + 1) chunk): its count,
+// mean, sum of squared deviations from that mean (two passes over the chunk, fixed trees) and
+// nonzero count go to part[b]; the last block to finish (a counter, the CUDA samples'
+// threadFenceReduction pattern) merges the partials with the pairwise update of Chan, Golub and
+// LeVeque ("Algorithms for computing the sample variance", 1983): thread t merges partials
+// t, t + 256, ... in order, then a fixed tree over the threads. The merge order is fixed by the
+// number of blocks alone, whichever block is last, so the result is deterministic. `done`
+// must be 0 at launch; the last block sets it back to 0.
+struct AdvMoments {
+    double n, mean, m2, nz;
+};
+
+__device__ __forceinline__ AdvMoments adv_merge(AdvMoments a, AdvMoments b) {
+    if (b.n == 0.0) return a;
+    if (a.n == 0.0) return b;
+    const double n = a.n + b.n, delta = b.mean - a.mean;
+    AdvMoments o;
+    o.n = n;
+    o.mean = a.mean + delta * (b.n / n);
+    o.m2 = a.m2 + b.m2 + delta * delta * (a.n * b.n / n);
+    o.nz = a.nz + b.nz;
+    return o;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    adv_batch_stats_f64(const float* rewards, long long n, long long chunk, double* part, unsigned* done, double* out) {
     SHARED(double, scratch, [32]);
+    SHARED(double, fold, [4][256]);
+    SHARED(int, is_last, [1]);
+    const int tid = threadIdx.x;
+    const long long a = (long long)blockIdx.x * chunk, b = a + chunk < n ? a + chunk : n;
     double s = 0.0, nz = 0.0;
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+    for (long long i = a + tid; i < b; i += blockDim.x) {
         s += rewards[i];
         nz += rewards[i] != 0.0f ? 1.0 : 0.0;
     }
     s = block_sum_d(s, scratch);
     nz = block_sum_d(nz, scratch);
-    const double mean = n > 0 ? s / (double)n : 0.0;
+    const double cnt = b > a ? (double)(b - a) : 0.0;
+    const double mean = cnt > 0.0 ? s / cnt : 0.0;
     double ss = 0.0;
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+    for (long long i = a + tid; i < b; i += blockDim.x) {
         const double d = (double)rewards[i] - mean;
         ss += d * d;
     }
     ss = block_sum_d(ss, scratch);
-    if (threadIdx.x == 0) {
-        out[0] = mean;
-        out[1] = n >= 2 ? ss / ((double)n - 1.0) : 0.0;
-        out[2] = nz;
+    if (tid == 0) {
+        double* p = part + 4 * (long long)blockIdx.x;
+        p[0] = cnt;
+        p[1] = mean;
+        p[2] = ss;
+        p[3] = nz;
+        __threadfence(); // the partials are visible before the count says so
+        is_last[0] = atomicAdd(done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!is_last[0]) return;
+    __threadfence();
+    const volatile double* vp = part; // written by other blocks: read around this SM's L1
+    AdvMoments m = {0.0, 0.0, 0.0, 0.0};
+    for (long long j = tid; j < gridDim.x; j += blockDim.x) {
+        const AdvMoments q = {vp[4 * j], vp[4 * j + 1], vp[4 * j + 2], vp[4 * j + 3]};
+        m = adv_merge(m, q);
+    }
+    fold[0][tid] = m.n;
+    fold[1][tid] = m.mean;
+    fold[2][tid] = m.m2;
+    fold[3][tid] = m.nz;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (tid < stride) {
+            const AdvMoments x = {fold[0][tid], fold[1][tid], fold[2][tid], fold[3][tid]};
+            const AdvMoments y = {fold[0][tid + stride], fold[1][tid + stride], fold[2][tid + stride],
+                                  fold[3][tid + stride]};
+            const AdvMoments z = adv_merge(x, y);
+            fold[0][tid] = z.n;
+            fold[1][tid] = z.mean;
+            fold[2][tid] = z.m2;
+            fold[3][tid] = z.nz;
+        }
+        __syncthreads();
+    }
+    if (tid == 0) {
+        out[0] = fold[1][0];
+        out[1] = n >= 2 ? fold[2][0] / ((double)n - 1.0) : 0.0;
+        out[2] = fold[3][0];
+        *done = 0; // ready for the next launch
     }
 }
 

@@ -8,9 +8,26 @@
 // same order: thread l sums elements l, l + LANES, ... in order (its "lane"), the lane
 // partials are folded by a fixed pairwise tree, and the draw walks lanes then elements in
 // order on one thread. The kept set of top-k/top-p is found without sorting: it is every token
-// whose rank key (logit, then index) is >= a threshold key, and the threshold is found bit by
-// bit from the top (64 passes over the row), keeping a bit when the set at that threshold
-// still satisfies "count >= k or mass >= top_p" (both monotone in the threshold).
+// whose rank key (logit, then index) is >= a threshold key, and the threshold is the largest
+// key at which the set still satisfies "count >= k or mass >= top_p" (both monotone in the
+// threshold; the mass is the fixed-shape sum above, so the set is the reference's exactly).
+//
+// Two searches for that key, two entry points:
+// - sample_tokens_f32: a radix select, 8 bits of the key a level from the top. One pass per
+//   level builds a 256-bucket histogram in shared memory of the tokens that share the digits
+//   fixed so far (count, mass, largest key per bucket; shared-memory atomics, each thread
+//   folding runs of one bucket first so a crowded bucket is not hammered); suffix sums give
+//   the count and the mass of the set at every candidate digit at once. Counts are exact. The
+//   histogram's masses are summed in another order than the reference's, so they are used
+//   only where they are certain: both sums of one set of non-negative weights lie within
+//   gamma_(n-1) = (n-1) u / (1 - (n-1) u) of its real sum s (Higham, "Accuracy and Stability
+//   of Numerical Algorithms", 2nd ed., section 4.2), with s <= 2, so they differ by less than
+//   SLACK = 5e-16 (n + 1). A digit whose histogram mass is within SLACK of top_p is decided by
+//   an exact fixed-shape pass (a bisection over such digits; rows without near-ties need none).
+//   A level ends the search when the chosen bucket holds one token (its key is the threshold).
+//   Random logits at vocabulary 151,936: 3-4 passes.
+// - sample_tokens_bisect_f32: the baseline, bit by bit from the top (about 50 passes at
+//   vocabulary 151,936), kept to check and time the radix search against.
 #include "common.cuh"
 #include "philox.cuh"
 
@@ -39,12 +56,192 @@ __device__ __forceinline__ double sample_tree(double mine, double* red) {
     return s;
 }
 
-// tokens, logprobs: [rows]. logits: [rows][vocab]. draws: [rows][5] = seed lo, seed hi,
-// sequence lo, sequence hi, step (Philox key and counter, kernels/philox.cuh). temperature 0 =
-// greedy; top_k 0 = all; top_p in (0, 1].
-extern "C" __global__ void __launch_bounds__(256)
-    sample_tokens_f32(unsigned* tokens, float* logprobs, const float* logits, const unsigned* draws, long long vocab,
-                      float temperature, long long top_k, float top_p) {
+// The sampling weight of a token as the reference computes it: exp of its log-prob rounded to
+// f32 (what the rollout records).
+__device__ __forceinline__ double sample_weight(float x, double t, double lse) {
+    return exp((double)(float)__dsub_rn((double)x / t, lse));
+}
+
+// Bits of ~index that vary over the vocabulary: from this bit up (within the low word) every
+// key has ones, so a search sets them without a pass.
+__device__ __forceinline__ int sample_index_bits(long long vocab) {
+    int b = 0;
+    while (b < 32 && (1ll << b) < vocab) b++;
+    return b;
+}
+
+// The fixed-shape mass of the set {key >= cand} (every thread calls it; every thread gets it).
+__device__ double sample_kept_mass(const float* x, long long vocab, unsigned long long cand, double t, double lse,
+                                   double* red) {
+    double mass = 0.0;
+    for (long long i = threadIdx.x; i < vocab; i += SAMPLE_LANES)
+        if (sample_rank_key(x[i], i) >= cand) mass = __dadd_rn(mass, sample_weight(x[i], t, lse));
+    return sample_tree(mass, red);
+}
+
+// The baseline search: the threshold bit by bit from the top. Invariant: the set at thr
+// satisfies the condition (at thr = 0 it is the whole row, and count >= k).
+__device__ unsigned long long sample_threshold_bisect(const float* x, long long vocab, long long k, float top_p,
+                                                      double t, double lse, double* red, double* part) {
+    const int tid = threadIdx.x;
+    const int index_bits = sample_index_bits(vocab);
+    unsigned long long thr = 0;
+    for (int bit = 63; bit >= 0; bit--) {
+        const unsigned long long cand = thr | (1ull << bit);
+        if (bit < 32 && bit >= index_bits) {
+            thr = cand;
+            continue;
+        }
+        double cnt = 0.0, mass = 0.0;
+        for (long long i = tid; i < vocab; i += SAMPLE_LANES) {
+            if (sample_rank_key(x[i], i) >= cand) {
+                cnt += 1.0;
+                if (top_p < 1.0f) mass = __dadd_rn(mass, sample_weight(x[i], t, lse));
+            }
+        }
+        // Both folds in one tree; counts are integers below 2^53, so any fold is exact.
+        red[tid] = cnt;
+        part[tid] = mass;
+        __syncthreads();
+        for (int stride = SAMPLE_LANES / 2; stride > 0; stride >>= 1) {
+            if (tid < stride) {
+                red[tid] = red[tid] + red[tid + stride];
+                part[tid] = __dadd_rn(part[tid], part[tid + stride]);
+            }
+            __syncthreads();
+        }
+        const bool ok = red[0] >= (double)k || (top_p < 1.0f && part[0] >= (double)top_p);
+        __syncthreads(); // red and part are rewritten by the next pass
+        if (ok) thr = cand;
+    }
+    return thr;
+}
+
+// Shared memory of the radix search: one level's histogram and its suffix sums.
+struct SampleRadixSmem {
+    unsigned* cnt;            // [256] tokens per bucket
+    double* mass;             // [256] their weights (any order)
+    unsigned long long* key;  // [256] their largest key
+    unsigned* scnt;           // [256] tokens in the set at each digit
+    double* smass;            // [256] its mass (any order)
+    int* status;              // [256] 1: the set satisfies the rule, 0: it does not, 2: too close to call
+    int* pick;                // [2]
+};
+
+// Adds a thread's run of tokens of one bucket to the histogram.
+__device__ __forceinline__ void sample_radix_flush(const SampleRadixSmem& h, int d, unsigned c, double m,
+                                                   unsigned long long key) {
+    if (d < 0) return;
+    atomicAdd(&h.cnt[d], c);
+    atomicAdd(&h.mass[d], m);
+    atomicMax(&h.key[d], key);
+}
+
+// The radix search (see the top of the file). Invariant as in the bisection: the set at
+// prefix (remaining bits 0) satisfies the rule, and `above` (the tokens whose key is above
+// every key with the prefix) does not.
+__device__ unsigned long long sample_threshold_radix(const float* x, long long vocab, long long k, float top_p,
+                                                     double t, double lse, double* red, const SampleRadixSmem& h,
+                                                     bool exact_only) {
+    const int tid = threadIdx.x;
+    const bool use_p = top_p < 1.0f;
+    const double p = (double)top_p;
+    const int index_bits = sample_index_bits(vocab);
+    // exact_only: every mass decision by an exact pass (tests of that path).
+    const double slack = exact_only ? __longlong_as_double(0x7ff0000000000000ll) : 5e-16 * (double)(vocab + 1);
+    unsigned long long prefix = 0;
+    unsigned above_cnt = 0;
+    double above_mass = 0.0;
+    for (int shift = 56; shift >= 0; shift -= 8) {
+        if (shift < 32 && shift >= index_bits) {
+            prefix |= 0xffull << shift; // every key with the prefix has these bits set
+            continue;
+        }
+        const unsigned long long hi_mask = shift == 56 ? 0ull : ~0ull << (shift + 8);
+        h.cnt[tid] = 0;
+        h.mass[tid] = 0.0;
+        h.key[tid] = 0;
+        __syncthreads();
+        int cur = -1;
+        unsigned c = 0;
+        double m = 0.0;
+        unsigned long long best = 0;
+        for (long long i = tid; i < vocab; i += SAMPLE_LANES) {
+            const unsigned long long key = sample_rank_key(x[i], i);
+            if ((key & hi_mask) != prefix) continue;
+            const int d = (int)((key >> shift) & 0xff);
+            if (d != cur) {
+                sample_radix_flush(h, cur, c, m, best);
+                cur = d;
+                c = 0;
+                m = 0.0;
+                best = 0;
+            }
+            c++;
+            if (use_p) m += sample_weight(x[i], t, lse);
+            best = key > best ? key : best;
+        }
+        sample_radix_flush(h, cur, c, m, best);
+        __syncthreads();
+        // Thread d: the set at threshold prefix | d << shift is `above` plus buckets d..255.
+        unsigned sc = above_cnt;
+        double sm = above_mass;
+        for (int j = SAMPLE_LANES - 1; j >= tid; j--) {
+            sc += h.cnt[j];
+            sm += h.mass[j];
+        }
+        h.scnt[tid] = sc;
+        h.smass[tid] = sm;
+        int st = 0;
+        if ((long long)sc >= k || (use_p && sm - slack >= p)) st = 1;
+        else if (use_p && sm + slack >= p) st = 2;
+        if (tid == 0) st = 1; // the set at the prefix itself: true by the invariant
+        h.status[tid] = st;
+        __syncthreads();
+        if (tid == 0) {
+            // The largest digit known to satisfy the rule, and the undecided digits above it
+            // (up to the first known not to, or past 255: the set `above`).
+            int lo = 0;
+            for (int d = SAMPLE_LANES - 1; d > 0; d--)
+                if (h.status[d] == 1) {
+                    lo = d;
+                    break;
+                }
+            int hi = lo + 1;
+            while (hi < SAMPLE_LANES && h.status[hi] == 2) hi++;
+            h.pick[0] = lo;
+            h.pick[1] = hi;
+        }
+        __syncthreads();
+        int lo = h.pick[0], hi = h.pick[1];
+        while (hi - lo > 1) {
+            // Undecided digits fail the count (else they would be known), so only the exact
+            // mass decides; lo and hi are the same on every thread, so every thread folds.
+            const int mid = (lo + hi) / 2;
+            const unsigned long long cand = prefix | ((unsigned long long)mid << shift);
+            if (sample_kept_mass(x, vocab, cand, t, lse, red) >= p) lo = mid;
+            else hi = mid;
+        }
+        prefix |= (unsigned long long)lo << shift;
+        const unsigned in_bucket = h.cnt[lo];
+        const unsigned long long only = h.key[lo];
+        if (lo < SAMPLE_LANES - 1) {
+            above_cnt = h.scnt[lo + 1];
+            above_mass = h.smass[lo + 1];
+        }
+        __syncthreads(); // the next level rewrites the histogram
+        // One token left with the prefix: the set at its key is the set at the prefix, and any
+        // larger key leaves only `above`.
+        if (in_bucket == 1) return only;
+    }
+    return prefix;
+}
+
+// The whole kernel; `search` picks the threshold search: 0 radix, 1 radix deciding every
+// mass by exact passes (slower; for tests), 2 the bisection.
+__device__ __forceinline__ void sample_tokens_impl(unsigned* tokens, float* logprobs, const float* logits,
+                                                   const unsigned* draws, long long vocab, float temperature,
+                                                   long long top_k, float top_p, int search) {
     SHARED(double, red, [SAMPLE_LANES]);
     SHARED(double, part, [SAMPLE_LANES]);
     SHARED(float, fscratch, [32]);
@@ -98,45 +295,22 @@ extern "C" __global__ void __launch_bounds__(256)
         return;
     }
 
-    // The kept set: rank key >= thr. Invariant: the set at thr satisfies the condition (at
-    // thr = 0 it is the whole row, and count >= k). The low word of a key is ~index, so for a
-    // vocabulary below 2^B its bits from B up are 1 in every key: setting them keeps the set,
-    // and they are set without a pass.
+    // The kept set: rank key >= thr (thr = 0: the whole row).
     const long long k = (top_k <= 0 || top_k > vocab) ? vocab : top_k;
     unsigned long long thr = 0;
     if (top_p < 1.0f || k < vocab) {
-        int index_bits = 0;
-        while (index_bits < 32 && (1ll << index_bits) < vocab) index_bits++;
-        for (int bit = 63; bit >= 0; bit--) {
-            const unsigned long long cand = thr | (1ull << bit);
-            if (bit < 32 && bit >= index_bits) {
-                thr = cand;
-                continue;
-            }
-            double cnt = 0.0, mass = 0.0;
-            for (long long i = tid; i < vocab; i += SAMPLE_LANES) {
-                if (sample_rank_key(x[i], i) >= cand) {
-                    cnt += 1.0;
-                    if (top_p < 1.0f) {
-                        const float lp = (float)__dsub_rn((double)x[i] / t, lse);
-                        mass = __dadd_rn(mass, exp((double)lp));
-                    }
-                }
-            }
-            // Both folds in one tree; counts are integers below 2^53, so any fold is exact.
-            red[tid] = cnt;
-            part[tid] = mass;
-            __syncthreads();
-            for (int stride = SAMPLE_LANES / 2; stride > 0; stride >>= 1) {
-                if (tid < stride) {
-                    red[tid] = red[tid] + red[tid + stride];
-                    part[tid] = __dadd_rn(part[tid], part[tid + stride]);
-                }
-                __syncthreads();
-            }
-            const bool ok = red[0] >= (double)k || (top_p < 1.0f && part[0] >= (double)top_p);
-            __syncthreads(); // red and part are rewritten by the next pass
-            if (ok) thr = cand;
+        if (search != 2) {
+            SHARED(unsigned, h_cnt, [SAMPLE_LANES]);
+            SHARED(double, h_mass, [SAMPLE_LANES]);
+            SHARED(unsigned long long, h_key, [SAMPLE_LANES]);
+            SHARED(unsigned, h_scnt, [SAMPLE_LANES]);
+            SHARED(double, h_smass, [SAMPLE_LANES]);
+            SHARED(int, h_status, [SAMPLE_LANES]);
+            SHARED(int, h_pick, [2]);
+            const SampleRadixSmem h = {h_cnt, h_mass, h_key, h_scnt, h_smass, h_status, h_pick};
+            thr = sample_threshold_radix(x, vocab, k, top_p, t, lse, red, h, search == 1);
+        } else {
+            thr = sample_threshold_bisect(x, vocab, k, top_p, t, lse, red, part);
         }
     }
 
@@ -144,8 +318,7 @@ extern "C" __global__ void __launch_bounds__(256)
     double mine = 0.0;
     for (long long i = tid; i < vocab; i += SAMPLE_LANES)
         if (sample_rank_key(x[i], i) >= thr) {
-            const float lp = (float)__dsub_rn((double)x[i] / t, lse);
-            mine = __dadd_rn(mine, exp((double)lp));
+            mine = __dadd_rn(mine, sample_weight(x[i], t, lse));
         }
     part[tid] = mine;
     const double total = sample_tree(mine, red);
@@ -172,7 +345,7 @@ extern "C" __global__ void __launch_bounds__(256)
     long long tok = lane;
     for (long long i = lane; i < vocab; i += SAMPLE_LANES) {
         if (sample_rank_key(x[i], i) < thr) continue;
-        const double w = exp((double)(float)__dsub_rn((double)x[i] / t, lse));
+        const double w = sample_weight(x[i], t, lse);
         if (w > 0.0) {
             tok = i;
             if (target < w) break;
@@ -181,4 +354,22 @@ extern "C" __global__ void __launch_bounds__(256)
     }
     tokens[row] = (unsigned)tok;
     logprobs[row] = (float)__dsub_rn((double)x[tok] / t, lse);
+}
+
+// tokens, logprobs: [rows]. logits: [rows][vocab]. draws: [rows][5] = seed lo, seed hi,
+// sequence lo, sequence hi, step (Philox key and counter, kernels/philox.cuh). temperature 0 =
+// greedy; top_k 0 = all; top_p in (0, 1]. exact_masses 1: the radix search decides every
+// top-p digit by exact passes, ignoring the histogram's masses (slower; tests hold that path
+// to the reference). One block of SAMPLE_LANES threads per row.
+extern "C" __global__ void __launch_bounds__(256)
+    sample_tokens_f32(unsigned* tokens, float* logprobs, const float* logits, const unsigned* draws, long long vocab,
+                      float temperature, long long top_k, float top_p, int exact_masses) {
+    sample_tokens_impl(tokens, logprobs, logits, draws, vocab, temperature, top_k, top_p, exact_masses ? 1 : 0);
+}
+
+// The same with the baseline bit-by-bit search.
+extern "C" __global__ void __launch_bounds__(256)
+    sample_tokens_bisect_f32(unsigned* tokens, float* logprobs, const float* logits, const unsigned* draws,
+                             long long vocab, float temperature, long long top_k, float top_p) {
+    sample_tokens_impl(tokens, logprobs, logits, draws, vocab, temperature, top_k, top_p, 2);
 }

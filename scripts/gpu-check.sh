@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
-# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops, philox, sample_kernel);
+# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops, philox, sample_kernel,
+# device_decode: decoding that samples on the device, against the host rule);
 # training steps at real
 # Qwen2.5 shapes (examples/device_step.rs) side by side with PyTorch + transformers doing the same
 # work in the same run (benches/train_step_gpu_torch.py: SDPA, bf16 autocast, fused AdamW):
@@ -34,7 +35,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel device_decode"
 bins="$suites kernels rl_bench device_step mmr1-fast"
 budget=${GPU_CHECK_BUDGET:-0}
 t0=$SECONDS
@@ -144,12 +145,16 @@ step() {
     tail -2 "$log/steps.log"
 }
 tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
+# Decode runs: DECODE_SEQS prompts of 128 tokens, 64 new tokens each, 3 rollouts (1 warm-up).
+dec="--seqs ${DECODE_SEQS:-64} --len 128 --new 64 --steps 3"
 # STEPS=quick: the 0.5B pair and the profiled step only.
 # shellcheck disable=SC2086
 if want steps && [ "${STEPS:-full}" = quick ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    step torch 120 --arch qwen2.5-0.5b $dec --mode decode
 elif want steps; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
@@ -157,6 +162,11 @@ elif want steps; then
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step torch 90 --arch qwen2.5-0.5b $tok --steps 6 --mode logprobs
+    # Rollout decoding: sampling on the device (rollout::generate) vs the logits downloaded and
+    # sampled on the host (the old path), and transformers' generate on the same shape.
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    step ours 150 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode --sampling host
+    step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
     # The largest published shape: 3B (7B needs ~122 GB for f32 weights, grads and moments).
     step ours 180 --precision bf16 --shape qwen2.5-3b --seqs 2 --len 1024 --steps 3
@@ -269,7 +279,13 @@ for r in rows:
     out.append(f"| {r['id']} | {r['s']*1e6:.1f} us | {bw/1e9:.0f} GB/s | {bw/hbm:.0%} | "
                + ("-" if not isinstance(t, float) else f"{t*1e6:.1f} us") + " | "
                + ("-" if not isinstance(t, float) else f"{t/r['s']:.1f}x") + " |")
-open(os.path.join(report_dir, "rl-kernels-gpu.md"), "w").write("\n".join(out) + "\n")
+# Hand-written notes below the marker survive a regeneration.
+path = os.path.join(report_dir, "rl-kernels-gpu.md")
+marker = "<!-- notes below this line are kept by scripts/gpu-check.sh -->"
+notes = ""
+if os.path.exists(path) and marker in open(path).read():
+    notes = "\n" + marker + open(path).read().split(marker, 1)[1]
+open(path, "w").write("\n".join(out) + "\n" + notes)
 print("\n".join(out))
 PY
 set -e
@@ -400,6 +416,9 @@ out += ["", "Training steps and log-prob passes, ours (examples/device_step.rs: 
         "Fresh allocs: our device allocations per steady step (0: all from the cache).", "",
         "| who | shape | mode | precision / env | tokens | step (median) | first | tokens/s | MFU | peak in use | peak reserved | fresh allocs / step | loss first -> last |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+# decode rows say where they sampled (examples/device_step.rs --mode decode --sampling ...).
+mode_of = lambda r: r.get("mode", "train") + (f" ({r['sampling']} sampling)" if r.get("sampling") else "")
+loss_of = lambda r: f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}" if "loss_first" in r and r.get("mode") != "decode" else "-"
 for r in steps:
     who, args = r.get("who", "ours"), r.get("args", "")
     if "error" in r:
@@ -408,10 +427,10 @@ for r in steps:
     mfu = r.get("mfu", r.get("model_tflops", 0) * 1e12 / bf16_peak)
     prec = r.get("precision", "autocast bf16") + (", recompute" if r.get("recompute") else "") + (f", {r['env']}" if r.get("env") else "")
     fresh = r.get("fresh_allocs_per_steady_step")
-    out.append(f"| {who} | {r.get('shape', r.get('arch'))} ({r.get('layers', '?')} layers, {r['params']/1e9:.2f} B) | {r.get('mode', 'train')} | {prec} | {r['tokens']} | "
+    out.append(f"| {who} | {r.get('shape', r.get('arch'))} ({r.get('layers', '?')} layers, {r['params']/1e9:.2f} B) | {mode_of(r)} | {prec} | {r['tokens']} | "
                f"{r['step_s_median']*1e3:.1f} ms | {r['step_s_first']*1e3:.0f} ms | {r['tokens_per_s']:.0f} | {mfu:.1%} | "
                f"{gib(r.get('peak_in_use_bytes', r.get('peak_allocated_bytes')))} | {gib(r.get('peak_reserved_bytes'))} | "
-               f"{'-' if fresh is None else f'{fresh:.1f}'} | {r['loss_first']:.4f} -> {r['loss_last']:.4f} |")
+               f"{'-' if fresh is None else f'{fresh:.1f}'} | {loss_of(r)} |")
 if not steps:
     out.append("| - | - | - | - | not run | - | - | - | - | - | - | - | - |")
 # Side by side: ours / PyTorch for the same shape, mode and tokens.
@@ -421,7 +440,7 @@ for o in steps:
         continue
     for t in steps:
         if t.get("who") == "torch" and "error" not in t and t.get("arch") == o.get("shape") and t.get("mode") == o.get("mode") and t.get("tokens") == o.get("tokens"):
-            pairs.append(f"| {o['shape']} | {o['mode']} | {o['tokens']} | {o['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | **{o['tokens_per_s']/t['tokens_per_s']:.2f}x** | "
+            pairs.append(f"| {o['shape']} | {mode_of(o)} | {o['tokens']} | {o['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | **{o['tokens_per_s']/t['tokens_per_s']:.2f}x** | "
                          f"{gib(o.get('peak_in_use_bytes'))} vs {gib(t.get('peak_allocated_bytes'))} |")
 if pairs:
     out += ["", "Side by side (bf16): our tokens/s over PyTorch's (> 1: faster than PyTorch).", "",

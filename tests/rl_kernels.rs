@@ -488,6 +488,62 @@ fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
+/// The batch statistics over many blocks (`BATCH_STATS_CHUNK` rewards a block): sizes below,
+/// at and past one block's worth and several blocks with a ragged last one, rewards far from
+/// zero (a mean of ~1000 with a spread of ~1: cancellation if the variance were formed
+/// naively) and with exact zeros (GPG's nonzero count), against the CPU reference. Batch
+/// scaling and GPG read the statistics, so the advantages carry them too.
+fn group_advantage_batch_stats_across_blocks<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::backend::cuda::rl::advantage::BATCH_STATS_CHUNK;
+    use mmr1_fast::rl::advantage::{advantages_f64, AdvEstimator, AdvantageConfig, ScaleRewards};
+    let c = BATCH_STATS_CHUNK;
+    let sizes = [1usize, 2, c - 1, c, c + 1, 3 * c + 77];
+    for (k, &n) in sizes.iter().enumerate() {
+        let mut r = rng(500 + k as u64);
+        let far = k % 2 == 1;
+        let rewards: Vec<f32> = (0..n)
+            .map(|i| match i % 7 {
+                0 => 0.0,
+                _ if far => 1000.0 + r.gen_range(-1.0f32..1.0),
+                _ => r.gen_range(-2.0f32..3.0),
+            })
+            .collect();
+        // Groups of 8 with a ragged last one.
+        let mut offsets: Vec<usize> = (0..n).step_by(8).collect();
+        offsets.push(n);
+        let r64: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
+        let d_r = b.upload(&rewards);
+        for (est, scale) in
+            [(AdvEstimator::Grpo, ScaleRewards::Batch), (AdvEstimator::Gpg, ScaleRewards::None)]
+        {
+            let cfg = AdvantageConfig { estimator: est, scale, ..AdvantageConfig::trl() };
+            let what = format!("n {n} {est:?}/{scale:?}");
+            let (want, ws) = advantages_f64(&r64, &offsets, None, &cfg);
+            let mut adv = poisoned(b, n);
+            let gs = b.group_advantages(&d_r, &offsets, None, &cfg, &mut adv);
+            assert_sum(&format!("{what}: reward_mean"), gs.reward_mean, ws.reward_mean);
+            assert_sum(&format!("{what}: reward_std"), gs.reward_std, ws.reward_std);
+            assert_eq!(gs.num_groups, ws.num_groups, "{what}: groups");
+            for (i, (&g, &w)) in b.download(&adv).iter().zip(&want).enumerate() {
+                let tol = 2.0 * f32::EPSILON as f64 * w.abs() + 1e-9;
+                assert!(
+                    g.is_finite() && ((g as f64) - w).abs() <= tol,
+                    "{what}: adv {i}: {g} vs {w}"
+                );
+            }
+            if n != sizes[sizes.len() - 1] {
+                continue;
+            }
+            // The same call again gives the same bits (on a GPU another block may finish
+            // last; the fold order is fixed all the same).
+            let mut again = poisoned(b, n);
+            let gs2 = b.group_advantages(&d_r, &offsets, None, &cfg, &mut again);
+            assert_eq!(gs, gs2, "{what}: statistics differ between calls");
+            assert_eq!(b.download(&adv), b.download(&again), "{what}: advantages differ");
+        }
+    }
+}
+
 // ---- VAS scores ----------------------------------------------------------------------------
 
 /// Items with 0, 1, 2, 3, 8 and 16 rollouts; rollouts of 0..60 tokens over a small alphabet
@@ -783,6 +839,7 @@ backend_suite!(
     grpo_loss_split_invariant,
     grpo_loss_empty,
     group_advantages_every_mode,
+    group_advantage_batch_stats_across_blocks,
     vas_scores_match_cpu,
     rl_ops_cpu_and_device_agree,
     chunked_head

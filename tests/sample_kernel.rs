@@ -15,6 +15,7 @@
 
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
+use mmr1_fast::backend::cuda::rl::sample::ThresholdSearch;
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::rl_ops::RlOps;
 use mmr1_fast::backend::Backend;
@@ -95,9 +96,21 @@ fn device_sample<D: Device>(
     d: &[RowDraw],
     rule: &SampleRule,
 ) -> Vec<(u32, f32)> {
+    device_sample_with(b, x, vocab, d, rule, ThresholdSearch::Radix)
+}
+
+/// [`device_sample`] with a chosen top-k / top-p threshold search.
+fn device_sample_with<D: Device>(
+    b: &CudaBackend<D>,
+    x: &[f32],
+    vocab: usize,
+    d: &[RowDraw],
+    rule: &SampleRule,
+    search: ThresholdSearch,
+) -> Vec<(u32, f32)> {
     let lg = b.upload(x);
     let (mut tok, mut lp) = (poisoned(b, d.len()), poisoned(b, d.len()));
-    b.sample_tokens_into(&lg, vocab, d, rule, &mut tok, &mut lp);
+    b.sample_tokens_into_with(&lg, vocab, d, rule, &mut tok, &mut lp, search);
     let ids = b.download(&tok).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     ids.into_iter().zip(b.download(&lp)).collect()
 }
@@ -142,6 +155,11 @@ const RULES: [(f32, usize, f32); 12] = [
     (0.05, 0, 0.6),       // nearly greedy
 ];
 
+/// Every threshold search: the radix select, the same deciding every mass by exact passes,
+/// and the bisection baseline.
+const SEARCHES: [ThresholdSearch; 3] =
+    [ThresholdSearch::Radix, ThresholdSearch::RadixExact, ThresholdSearch::Bisect];
+
 fn sample_matches_cpu<D: Device>(b: &CudaBackend<D>) {
     // Odd sizes around the lane count (256) and past several lane rounds.
     for (c, &vocab) in [1usize, 2, 7, 255, 256, 257, 600, 1031].iter().enumerate() {
@@ -153,9 +171,13 @@ fn sample_matches_cpu<D: Device>(b: &CudaBackend<D>) {
         for (j, &(temperature, top_k, top_p)) in RULES.iter().enumerate() {
             let rule = SampleRule { temperature, top_k, top_p };
             let want = Cpu.rl_sample(&host, vocab, &d, &rule);
-            let got = device_sample(b, &x, vocab, &d, &rule);
             let ctx = format!("vocab {vocab}, T {temperature}, top_k {top_k}, top_p {top_p}");
-            assert_same(b, &got, &want, &ctx);
+            // The radix search everywhere; the exact-mass radix and the bisection on
+            // alternate cases (the emulator's time).
+            for search in [SEARCHES[0], SEARCHES[1 + (c + j) % 2]] {
+                let got = device_sample_with(b, &x, vocab, &d, &rule, search);
+                assert_same(b, &got, &want, &format!("{ctx}, {search:?}"));
+            }
             if j == (c % RULES.len()) {
                 // Through the trait too (fresh output buffers).
                 let lg = b.upload(&x);
@@ -216,7 +238,71 @@ fn unsampleable_rows_are_flagged<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
+/// Rows built to put the threshold where the radix search has the most to resolve: inside a
+/// run of tied logits (decided by the index digits), among masked -inf tokens (top-k past the
+/// finite ones: zero weights kept), across -0 / +0, rows of one repeated value (every set's
+/// mass a multiple of one weight), vocabularies at the edges of the index digits
+/// (2^8, 2^16 and their neighbours) and the real 151,936 on two rows.
+fn radix_search_resolves_ties_masks_and_odd_vocabularies<D: Device>(b: &CudaBackend<D>) {
+    let mut cases: Vec<(usize, Vec<f32>)> = vec![];
+    for &vocab in &[255usize, 256, 257, 777, 65_535, 65_536, 65_537] {
+        let mut r = rng(vocab as u64);
+        // A run of ties across the top: a third of the tokens at the maximum.
+        let mut tie = rand_vec(&mut r, vocab, 2.0);
+        for i in (0..vocab).filter(|i| i % 3 == 1) {
+            tie[i] = 2.5;
+        }
+        // Five finite tokens, the rest masked.
+        let mut masked = vec![f32::NEG_INFINITY; vocab];
+        for j in 0..5 {
+            masked[(j * 97 + 11) % vocab] = r.gen_range(-1.0..1.0);
+        }
+        // -0 and +0 at the top of a negative row, interleaved.
+        let mut zeros: Vec<f32> = rand_vec(&mut r, vocab, 3.0).iter().map(|v| -v.abs()).collect();
+        for i in (0..vocab).step_by(5) {
+            zeros[i] = if i % 2 == 0 { 0.0 } else { -0.0 };
+        }
+        // One value everywhere.
+        let flat = vec![0.75f32; vocab];
+        cases.extend([tie, masked, zeros, flat].into_iter().map(|x| (vocab, x)));
+    }
+    let rules = [
+        SampleRule { temperature: 1.0, top_k: 100, top_p: 1.0 },
+        SampleRule { temperature: 0.8, top_k: 0, top_p: 0.5 },
+        SampleRule { temperature: 1.2, top_k: 50, top_p: 0.9 },
+        SampleRule { temperature: 0.6, top_k: 3, top_p: 1.0 },
+    ];
+    for (c, (vocab, x)) in cases.iter().enumerate() {
+        let vocab = *vocab;
+        let d = draws(1, c as u64);
+        for rule in &rules {
+            let want = Cpu.rl_sample(x, vocab, &d, rule);
+            for search in [ThresholdSearch::Radix, ThresholdSearch::RadixExact] {
+                let got = device_sample_with(b, x, vocab, &d, rule, search);
+                assert_same(
+                    b,
+                    &got,
+                    &want,
+                    &format!("case {c} (vocab {vocab}) {rule:?} {search:?}"),
+                );
+            }
+        }
+    }
+    // The real vocabulary on two rows of near-tie kinds (duplicates; 1-ulp neighbours).
+    let vocab = 151_936;
+    let x: Vec<f32> = logits(3, vocab, 77)[vocab..].to_vec();
+    let d = draws(2, 4);
+    for rule in &rules {
+        let want = Cpu.rl_sample(&x, vocab, &d, rule);
+        for search in [ThresholdSearch::Radix, ThresholdSearch::RadixExact] {
+            let got = device_sample_with(b, &x, vocab, &d, rule, search);
+            assert_same(b, &got, &want, &format!("vocab {vocab} {rule:?} {search:?}"));
+        }
+    }
+}
+
 backend_suite!(
+    radix_search_resolves_ties_masks_and_odd_vocabularies,
     sample_matches_cpu,
     greedy_takes_the_first_maximum_and_sampling_varies_with_the_draw,
     unsampleable_rows_are_flagged
@@ -255,7 +341,10 @@ mod real_vocab {
             let d = draws(rows, 3);
             for (name, rule) in &rules() {
                 let want = Cpu.rl_sample(&x, VOCAB, &d, rule);
-                assert_same(&b, &device_sample(&b, &x, VOCAB, &d, rule), &want, name);
+                for search in SEARCHES {
+                    let got = device_sample_with(&b, &x, VOCAB, &d, rule, search);
+                    assert_same(&b, &got, &want, &format!("{name} {search:?}"));
+                }
             }
         }
     }
@@ -273,19 +362,25 @@ mod real_vocab {
             let d = draws(rows, 5);
             let (mut tok, mut lp) = (b.zeros(rows), b.zeros(rows));
             for (name, rule) in &rules() {
-                b.sample_tokens_into(&lg, VOCAB, &d, rule, &mut tok, &mut lp); // warm-up
-                b.device().synchronize();
-                let reps = 5;
-                let t0 = std::time::Instant::now();
-                for _ in 0..reps {
-                    b.sample_tokens_into(&lg, VOCAB, &d, rule, &mut tok, &mut lp);
+                // The radix search (the default) and the bisection baseline, side by side.
+                for search in [ThresholdSearch::Radix, ThresholdSearch::Bisect] {
+                    let mut call = || {
+                        b.sample_tokens_into_with(&lg, VOCAB, &d, rule, &mut tok, &mut lp, search)
+                    };
+                    call(); // warm-up
+                    b.device().synchronize();
+                    let reps = 5;
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..reps {
+                        call();
+                    }
+                    b.device().synchronize();
+                    let us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                    let gbs = (rows * VOCAB * 4) as f64 / (us * 1e-6) / 1e9;
+                    println!(
+                        "SAMPLE {name} {search:?} rows {rows} vocab {VOCAB}: {us:.0} us per call ({gbs:.0} GB/s of logits read once)"
+                    );
                 }
-                b.device().synchronize();
-                let us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                let gbs = (rows * VOCAB * 4) as f64 / (us * 1e-6) / 1e9;
-                println!(
-                    "SAMPLE {name} rows {rows} vocab {VOCAB}: {us:.0} us per call ({gbs:.0} GB/s of logits read once)"
-                );
             }
         }
     }

@@ -22,6 +22,12 @@ pub struct MemoryStats {
     pub peak_reserved_bytes: u64,
     /// bf16 GEMM operands read from a weight's bf16 shadow instead of being converted.
     pub shadow_hits: u64,
+    /// Copies from device memory to the host the backend asked for (`Device::download`), and
+    /// their bytes: what a loop that should keep its data on the device (decoding) must not
+    /// grow with the vocabulary. The emulator's own host-side work (its stand-in GEMM) is not
+    /// counted.
+    pub downloads: u64,
+    pub downloaded_bytes: u64,
 }
 
 impl MemoryStats {

@@ -1,7 +1,7 @@
 //! `mmr1-fast eval`: accuracy of a model on RL items (greedy by default, pass@k when
 //! sampling), with per-item results for inspection.
 
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::data::jsonl::{write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
@@ -106,12 +106,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     crate::with_backend!(args.device, precision = args.precision, be => run_on(be, args, &items, &params))
 }
 
-fn run_vl<B: Backend>(
-    be: &B,
-    args: &EvalArgs,
-    items: &[RlItem],
-    params: &EvalParams,
-) -> Result<()> {
+fn run_vl<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalParams) -> Result<()> {
     let model = VlModel::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg.text)?;
@@ -124,12 +119,7 @@ fn run_vl<B: Backend>(
     report_out(args, &report)
 }
 
-fn run_on<B: Backend>(
-    be: &B,
-    args: &EvalArgs,
-    items: &[RlItem],
-    params: &EvalParams,
-) -> Result<()> {
+fn run_on<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalParams) -> Result<()> {
     let model = Qwen2::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;

@@ -1,6 +1,6 @@
 //! `mmr1-fast generate`: a completion for one prompt, with the KV cache.
 
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::{
     expand_image_placeholders, is_vl_checkpoint, VlImages, IMAGE_PLACEHOLDER,
@@ -116,7 +116,7 @@ fn print_response(tok: &Tokenizer, r: &Rollout, params: &SamplingParams) -> Resu
     Ok(())
 }
 
-fn run_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
+fn run_on<B: RlOps>(be: &B, args: &GenerateArgs) -> Result<()> {
     let model = Qwen2::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;
@@ -128,7 +128,7 @@ fn run_on<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
 
 /// A Qwen2.5-VL checkpoint: the images preprocessed, their placeholders expanded, then the
 /// VL decode (M-RoPE; without images the same tokens as a text model).
-fn run_vl<B: Backend>(be: &B, args: &GenerateArgs) -> Result<()> {
+fn run_vl<B: RlOps>(be: &B, args: &GenerateArgs) -> Result<()> {
     let model = VlModel::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg.text)?;

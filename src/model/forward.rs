@@ -349,6 +349,12 @@ impl<B: Backend> Qwen2<B> {
 
     /// Logits `[rows.len(), vocab]` (host) of the given rows of `hidden` `[t, hidden_size]`.
     pub fn logits_of_rows(&self, be: &B, hidden: &B::Buf, rows: &[usize]) -> Vec<f32> {
+        be.download(&self.logits_of_rows_buf(be, hidden, rows))
+    }
+
+    /// [`Qwen2::logits_of_rows`] left in a backend buffer (what the decoder samples from on the
+    /// device, so that only the sampled ids come back to the host).
+    pub fn logits_of_rows_buf(&self, be: &B, hidden: &B::Buf, rows: &[usize]) -> B::Buf {
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let mut h = be.zeros(rows.len() * d);
         for (j, &r) in rows.iter().enumerate() {
@@ -366,7 +372,7 @@ impl<B: Backend> Qwen2<B> {
             d,
             0.0,
         );
-        be.download(&logits)
+        logits
     }
 
     /// Per packed row: log-prob of `targets[row]` under `softmax(logits * inv_temp)`, and the

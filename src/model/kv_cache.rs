@@ -1,7 +1,8 @@
 //! Incremental decoding with a KV cache. The cache holds `slots` sequences of up to `cap`
 //! tokens each; slot `s` owns rows `s*cap .. (s+1)*cap` of every layer's key and value
 //! buffers. A step feeds any number of new tokens to any set of slots (a prefill is a step
-//! with the whole prompt) and returns the logits of each slot's last new token; the same
+//! with the whole prompt) and gives the logits of each slot's last new token, in a backend
+//! buffer for the sampler on the backend or downloaded for a reader on the host; the same
 //! layer code as the full forward runs, so both give the same logits.
 
 use super::{Packed, Qwen2};
@@ -35,13 +36,26 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// Appends `tokens` to each listed slot and returns the logits `[inputs.len(), vocab]`
-    /// (host, row-major) of each slot's last new token.
+    /// (host, row-major) of each slot's last new token. For tests and diagnostics that read the
+    /// logits; decoding samples from [`Qwen2::decode_step_logits`] on the backend instead.
     pub fn decode_step(
         &self,
         be: &B,
         cache: &mut KvCache<B>,
         inputs: &[(usize, &[u32])],
     ) -> Result<Vec<f32>> {
+        Ok(be.download(&self.decode_step_logits(be, cache, inputs)?))
+    }
+
+    /// [`Qwen2::decode_step`] with the logits left in a backend buffer `[inputs.len() x vocab]`:
+    /// a sampler on the backend (`RlOps::rl_sample`) reads them there, and only the sampled
+    /// ids and log-probs cross to the host.
+    pub fn decode_step_logits(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        inputs: &[(usize, &[u32])],
+    ) -> Result<B::Buf> {
         self.decode_step_with(be, cache, inputs, |_, _| Ok(()))
     }
 
@@ -54,7 +68,7 @@ impl<B: Backend> Qwen2<B> {
         cache: &mut KvCache<B>,
         inputs: &[(usize, &[u32])],
         hook: impl FnOnce(&mut Packed, &mut B::Buf) -> Result<()>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<B::Buf> {
         let mut batch = Packed::default();
         let mut rows = Vec::new();
         let mut last_rows = Vec::with_capacity(inputs.len());
@@ -101,6 +115,6 @@ impl<B: Backend> Qwen2<B> {
         for &(slot, toks) in inputs {
             cache.lens[slot] += toks.len();
         }
-        Ok(self.logits_of_rows(be, &a.xn_f, &last_rows))
+        Ok(self.logits_of_rows_buf(be, &a.xn_f, &last_rows))
     }
 }

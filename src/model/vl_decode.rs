@@ -26,6 +26,7 @@ impl<B: Backend> VlModel<B> {
     /// Appends each step's tokens to its slot and returns the logits `[steps.len(), vocab]`
     /// (host) of each slot's last new token. `deltas[slot]` is the slot's M-RoPE offset: set by
     /// its first step, read by the later ones. `pixels` holds the images of all steps, in order.
+    /// For readers of the logits; decoding samples from [`VlModel::decode_step_logits`].
     pub fn decode_step(
         &self,
         be: &B,
@@ -34,6 +35,19 @@ impl<B: Backend> VlModel<B> {
         deltas: &mut [i64],
         pixels: Option<&B::Buf>,
     ) -> Result<Vec<f32>> {
+        Ok(be.download(&self.decode_step_logits(be, cache, steps, deltas, pixels)?))
+    }
+
+    /// [`VlModel::decode_step`] with the logits left in a backend buffer `[steps.len() x vocab]`
+    /// for the sampler on the backend (`RlOps::rl_sample`).
+    pub fn decode_step_logits(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        steps: &[VlStep<'_>],
+        deltas: &mut [i64],
+        pixels: Option<&B::Buf>,
+    ) -> Result<B::Buf> {
         let grids: Vec<[usize; 3]> = steps.iter().flat_map(|s| s.grids.iter().copied()).collect();
         // The tower runs before the decoder step: an error here leaves the cache untouched.
         let features = if grids.is_empty() {
@@ -46,8 +60,8 @@ impl<B: Backend> VlModel<B> {
         self.decode_step_features(be, cache, steps, deltas, features.as_ref())
     }
 
-    /// [`VlModel::decode_step`] with the vision tower's output given: `features` holds the
-    /// merged features (`[rows, hidden]`) of every image of the steps, in order (several
+    /// [`VlModel::decode_step_logits`] with the vision tower's output given: `features` holds
+    /// the merged features (`[rows, hidden]`) of every image of the steps, in order (several
     /// slots prefilled with one prompt can share one tower pass, each copying its rows).
     pub fn decode_step_features(
         &self,
@@ -56,7 +70,7 @@ impl<B: Backend> VlModel<B> {
         steps: &[VlStep<'_>],
         deltas: &mut [i64],
         features: Option<&B::Buf>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<B::Buf> {
         let c = &self.cfg;
         let hd = c.text.head_dim();
         let mut angles = Vec::new();

@@ -8,6 +8,7 @@ use super::metrics::{EvalLabel, EvalRecord, MetricsLog, Phase, Record};
 use super::rl_phase::grpo_settings;
 use super::run_dir::{prepare_fresh, RunLock};
 use super::run_policy::EvalModel;
+use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
 use crate::data::vl_sft_data::image_file_grid;
@@ -341,7 +342,7 @@ impl RunInputs {
 
     /// Accuracy of `model` on the eval items (greedy unless eval.temperature > 0). Rank 0
     /// alone evaluates in a data-parallel run (the others have the same model).
-    pub fn evaluate<B: Backend, P: EvalModel<B>>(
+    pub fn evaluate<B: RlOps, P: EvalModel<B>>(
         &self,
         be: &B,
         model: &P,
@@ -368,7 +369,7 @@ impl RunInputs {
     }
 
     /// Evaluates `model` at `step` of phase `of`, prints and logs the result.
-    pub fn eval_and_log<B: Backend, P: EvalModel<B>>(
+    pub fn eval_and_log<B: RlOps, P: EvalModel<B>>(
         &self,
         be: &B,
         model: &P,

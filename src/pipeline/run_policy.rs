@@ -29,7 +29,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// A model that can be evaluated on RL items (greedy or sampled, graded).
-pub trait EvalModel<B: Backend> {
+pub trait EvalModel<B: RlOps> {
     fn evaluate(
         &self,
         be: &B,
@@ -40,7 +40,7 @@ pub trait EvalModel<B: Backend> {
     ) -> Result<EvalReport>;
 }
 
-impl<B: Backend> EvalModel<B> for Qwen2<B> {
+impl<B: RlOps> EvalModel<B> for Qwen2<B> {
     fn evaluate(
         &self,
         be: &B,
@@ -56,7 +56,7 @@ impl<B: Backend> EvalModel<B> for Qwen2<B> {
 /// A Qwen2.5-VL model and the directory of its `preprocessor_config.json`, as evaluated.
 pub struct VlEval<'a, B: Backend>(pub &'a VlModel<B>, pub &'a Path);
 
-impl<B: Backend> EvalModel<B> for VlEval<'_, B> {
+impl<B: RlOps> EvalModel<B> for VlEval<'_, B> {
     fn evaluate(
         &self,
         be: &B,
@@ -69,7 +69,7 @@ impl<B: Backend> EvalModel<B> for VlEval<'_, B> {
     }
 }
 
-impl<B: Backend> EvalModel<B> for VlPolicy<B> {
+impl<B: RlOps> EvalModel<B> for VlPolicy<B> {
     fn evaluate(
         &self,
         be: &B,

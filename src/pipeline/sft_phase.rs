@@ -8,7 +8,7 @@ use super::diverged::{diverged, unless_weights_diverged};
 use super::inputs::RunInputs;
 use super::metrics::{EvalLabel, MetricsLog, Phase, Record};
 use super::run_policy::VlEval;
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::data::sft_data::load_sft_dataset;
 use crate::data::vl_sft_data::load_vl_sft_dataset;
 use crate::dist::{sync_replicas, Collective};
@@ -44,7 +44,7 @@ pub fn sft_config(cfg: &TrainConfig) -> SftConfig {
     }
 }
 
-pub struct SftPhase<'a, B: Backend> {
+pub struct SftPhase<'a, B: RlOps> {
     pub be: &'a B,
     pub inputs: &'a RunInputs,
     /// `OUT/sft`: checkpoints of this phase.
@@ -53,7 +53,7 @@ pub struct SftPhase<'a, B: Backend> {
     pub comm: &'a dyn Collective<B>,
 }
 
-impl<'a, B: Backend> SftPhase<'a, B> {
+impl<'a, B: RlOps> SftPhase<'a, B> {
     /// Trains `model` from the start, or continues from checkpoint `ck`, to the end of the
     /// phase; the phase always ends on a checkpoint. Returns the trainer (its model is the
     /// phase's result).

@@ -3,7 +3,7 @@
 //! where the unbiased estimator 1 - C(n-c, k) / C(n, k) reduces to "c > 0"). Greedy decoding
 //! with temperature 0 and k = 1.
 
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::RlItem;
 use crate::model::vl_forward::VlModel;
@@ -120,7 +120,7 @@ pub struct EvalReport {
 }
 
 /// Evaluates `items` (the first `max_items` of them when set). See [`evaluate_with_progress`].
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: RlOps>(
     model: &Qwen2<B>,
     be: &B,
     tok: &Tokenizer,
@@ -131,7 +131,7 @@ pub fn evaluate<B: Backend>(
 }
 
 /// [`evaluate`], calling `on_progress(done)` with the number of items finished so far.
-pub fn evaluate_with_progress<B: Backend>(
+pub fn evaluate_with_progress<B: RlOps>(
     model: &Qwen2<B>,
     be: &B,
     tok: &Tokenizer,
@@ -149,7 +149,7 @@ pub fn evaluate_with_progress<B: Backend>(
 
 /// [`evaluate_with_progress`] for a Qwen2.5-VL model (items may hold images, their paths
 /// resolved; `model_dir` holds preprocessor_config.json). Items decode one at a time.
-pub fn evaluate_vl_with_progress<B: Backend>(
+pub fn evaluate_vl_with_progress<B: RlOps>(
     model: &VlModel<B>,
     model_dir: &Path,
     be: &B,

@@ -1,6 +1,7 @@
 //! Rollouts of RL items, decoded and graded: the first half shared by VAS scoring
 //! (`rl::scoring`), evaluation (`rl::evaluate`) and the RL step.
 
+use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::prompt::{render_prompt, PromptStyle};
 use crate::data::rl_items::RlItem;
@@ -104,7 +105,7 @@ pub fn grade_tokens(
 /// called after each batch with the number of items finished. A batch generates with seed
 /// `mix_seed(seed, index of its first item)`: results are reproducible for a fixed seed and
 /// `batch_items`.
-pub fn sample_and_grade<B: Backend>(
+pub fn sample_and_grade<B: RlOps>(
     model: &Qwen2<B>,
     be: &B,
     tok: &Tokenizer,

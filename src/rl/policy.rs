@@ -7,14 +7,14 @@
 //! parameters.
 
 use super::rollout::{generate_at, Rollout, SamplingParams};
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::model::{Packed, Qwen2};
 use crate::optim::{AdamW, AdamwConfig, StepReport};
 use crate::tokenizer::Tokenizer;
 use crate::train::{forward_logprobs, micro_step, LossBatch, TokenLoss, Workspace};
 use anyhow::Result;
 
-pub trait Policy<B: Backend> {
+pub trait Policy<B: RlOps> {
     /// The packed micro-batch the policy's forward takes.
     type Micro;
 
@@ -87,7 +87,7 @@ pub trait Policy<B: Backend> {
     ) -> StepReport;
 }
 
-impl<B: Backend> Policy<B> for Qwen2<B> {
+impl<B: RlOps> Policy<B> for Qwen2<B> {
     type Micro = Packed;
 
     fn text(&self) -> &Qwen2<B> {

@@ -3,11 +3,13 @@
 //!
 //! Every response has its own seed, and step t of it draws the counter-based Philox4x32-10
 //! uniform of (seed, 0, t) (`rl::philox`), so any rollout can be reproduced alone, whatever
-//! else was in its batch, and the device sampler (`RlOps::rl_sample`) draws the same tokens
-//! from the same logits. Sampling happens on the host from each step's last-token logits;
-//! those are `[active sequences x vocab]`, small next to the model.
+//! else was in its batch. Each step's last-token logits (`[active sequences x vocab]`) stay in
+//! the backend's memory and are sampled there (`RlOps::rl_sample`: the sampling kernel on the
+//! GPU and the emulator, `rl::sampling::sample_row` itself on the CPU, which the kernel
+//! follows bit for bit): only the sampled ids and their log-probs cross to the host, so a
+//! response is a function of its seed and its logits on every backend.
 
-use crate::backend::Backend;
+use crate::backend::rl_ops::RlOps;
 use crate::model::Qwen2;
 use crate::rl::sampling::{sample_row, RowDraw, SampleRule, INVALID_TOKEN};
 use crate::tokenizer::Tokenizer;
@@ -99,18 +101,47 @@ pub fn draw_token(
     seed: u64,
     step: usize,
 ) -> Result<(u32, f32)> {
-    let draw = RowDraw { seed, seq: 0, step: step as u32 };
-    let (tok, lp) = sample_token(logits, p, draw.uniform());
+    let (tok, lp) = sample_token(logits, p, row_draw(seed, step).uniform());
+    checked_draw(tok, lp, seed, step)
+}
+
+/// The Philox draw of decode step `step` of the response with seed `seed`.
+fn row_draw(seed: u64, step: usize) -> RowDraw {
+    RowDraw { seed, seq: 0, step: step as u32 }
+}
+
+/// A sampled token, or the error naming the step when its logits could not be sampled.
+fn checked_draw(tok: u32, lp: f32, seed: u64, step: usize) -> Result<(u32, f32)> {
     if tok == INVALID_TOKEN {
         bail!("decode step {step} (response seed {seed}): the logits hold NaN or +inf, or no finite value");
     }
     Ok((tok, lp))
 }
 
+/// [`draw_token`] for every row of `logits`, a backend buffer `[rows.len() x vocab]`, on the
+/// backend (`RlOps::rl_sample`): row `j` is decode step `rows[j].1` of the response with seed
+/// `rows[j].0`. The same tokens and log-probs as [`draw_token`] on the downloaded rows; only
+/// they leave the backend.
+pub fn draw_tokens<B: RlOps>(
+    be: &B,
+    logits: &B::Buf,
+    vocab: usize,
+    p: &SamplingParams,
+    rows: &[(u64, usize)],
+) -> Result<Vec<(u32, f32)>> {
+    let draws: Vec<RowDraw> = rows.iter().map(|&(seed, step)| row_draw(seed, step)).collect();
+    let drawn = be.rl_sample(logits, vocab, &draws, &p.rule());
+    drawn
+        .into_iter()
+        .zip(rows)
+        .map(|((tok, lp), &(seed, step))| checked_draw(tok, lp, seed, step))
+        .collect()
+}
+
 /// Generates `group` responses for every prompt. Response `g` of prompt `i` uses seed
 /// `base_seed + (i * group + g)` (mixed), so it can be regenerated on its own.
 #[allow(clippy::too_many_arguments)]
-pub fn generate<B: Backend>(
+pub fn generate<B: RlOps>(
     model: &Qwen2<B>,
     be: &B,
     prompts: &[Vec<u32>],
@@ -127,7 +158,7 @@ pub fn generate<B: Backend>(
 /// of `prompts[i]` is seeded as prompt `first + i` of the whole batch (a data-parallel rank
 /// decoding its shard gets the single-process responses). `prompt_index` stays local.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_at<B: Backend>(
+pub fn generate_at<B: RlOps>(
     model: &Qwen2<B>,
     be: &B,
     prompts: &[Vec<u32>],
@@ -180,12 +211,13 @@ pub fn generate_at<B: Backend>(
     while !active.is_empty() {
         let inputs: Vec<(usize, &[u32])> =
             active.iter().map(|&s| (s, feed[s].as_slice())).collect();
-        let logits = model.decode_step(be, &mut cache, &inputs)?;
+        let logits = model.decode_step_logits(be, &mut cache, &inputs)?;
+        let rows: Vec<(u64, usize)> =
+            active.iter().map(|&s| (outs[s].seed, outs[s].tokens.len())).collect();
+        let drawn = draw_tokens(be, &logits, vocab, params, &rows)?;
         let mut still = Vec::with_capacity(active.len());
-        for (j, &s) in active.iter().enumerate() {
+        for (&s, (tok, lp)) in active.iter().zip(drawn) {
             let o = &mut outs[s];
-            let row = &logits[j * vocab..(j + 1) * vocab];
-            let (tok, lp) = draw_token(row, params, o.seed, o.tokens.len())?;
             o.tokens.push(tok);
             o.logprobs.push(lp);
             on_token(s);

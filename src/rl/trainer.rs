@@ -185,7 +185,7 @@ struct Graded {
 /// in the whole batch: response `g` of the batch's prompt `i` is seeded `i * G + g` whatever
 /// part of the batch a call decodes.
 #[allow(clippy::too_many_arguments)]
-fn roll_out_graded<B: Backend, P: Policy<B>>(
+fn roll_out_graded<B: RlOps, P: Policy<B>>(
     policy: &P,
     be: &B,
     tok: &Tokenizer,
@@ -287,7 +287,7 @@ fn sequence_len(exp: &Experience, r: usize) -> usize {
 /// Responses `rs` packed by the policy as prompt + response each (with their item, whose
 /// images a VL policy reads); the loss rows are those that predict the response tokens (in
 /// response order).
-fn pack_responses<B: Backend, P: Policy<B>>(
+fn pack_responses<B: RlOps, P: Policy<B>>(
     policy: &P,
     be: &B,
     exp: &Experience,
@@ -300,7 +300,7 @@ fn pack_responses<B: Backend, P: Policy<B>>(
 }
 
 /// Log-probs (at `inv_temp`) of every response token of the experience, response order.
-pub fn response_logprobs<B: Backend, P: Policy<B>>(
+pub fn response_logprobs<B: RlOps, P: Policy<B>>(
     model: &P,
     be: &B,
     exp: &Experience,
@@ -312,7 +312,7 @@ pub fn response_logprobs<B: Backend, P: Policy<B>>(
 }
 
 /// [`response_logprobs`] and the entropies of the same distributions.
-pub fn response_logprobs_entropy<B: Backend, P: Policy<B>>(
+pub fn response_logprobs_entropy<B: RlOps, P: Policy<B>>(
     model: &P,
     be: &B,
     exp: &Experience,

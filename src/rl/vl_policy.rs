@@ -8,6 +8,7 @@
 use super::policy::Policy;
 use super::rollout::{mix_seed, Rollout, SamplingParams};
 use super::vl_rollout::generate_vl_batch;
+use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::model::vision_forward::VisionTower;
 use crate::model::vl_forward::VlModel;
@@ -88,7 +89,7 @@ impl<B: Backend> VlPolicy<B> {
     }
 }
 
-impl<B: Backend> Policy<B> for VlPolicy<B> {
+impl<B: RlOps> Policy<B> for VlPolicy<B> {
     type Micro = VlMicro<B>;
 
     fn text(&self) -> &Qwen2<B> {

@@ -5,7 +5,8 @@
 //! tokens as the text path).
 
 use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
-use super::rollout::{draw_token, mix_seed, Rollout, SamplingParams, StopReason};
+use super::rollout::{draw_tokens, mix_seed, Rollout, SamplingParams, StopReason};
+use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::prompt::{render_prompt_with_images, PromptStyle};
 use crate::data::rl_items::RlItem;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 /// `pixels` their patch rows). Stop strings are not supported here (no tokenizer is taken).
 /// The image and video placeholder ids are never sampled (their logits are masked: see
 /// [`generate_vl_seeded`]); `Rollout::logprobs` are under that masked distribution.
-pub fn generate_vl<B: Backend>(
+pub fn generate_vl<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
     prompt: &[u32],
@@ -36,7 +37,7 @@ pub fn generate_vl<B: Backend>(
 
 /// [`generate_vl`] with the response's own seed (`Rollout::seed`: what `draw_token` takes),
 /// as `rollout::generate_at` seeds the responses of a batch.
-pub fn generate_vl_seeded<B: Backend>(
+pub fn generate_vl_seeded<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
     prompt: &[u32],
@@ -57,7 +58,7 @@ pub fn generate_vl_seeded<B: Backend>(
 /// per response: a prefill of all of them, then one step for every unfinished one). Each
 /// response is the one [`generate_vl_seeded`] gives for its seed where the backend's decode
 /// is batch-invariant (the CPU's is). `images` are the prompt's, preprocessed.
-pub fn generate_vl_group<B: Backend>(
+pub fn generate_vl_group<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
     prompt: &[u32],
@@ -80,7 +81,7 @@ pub const VL_SLOTS_PER_CACHE: usize = 64;
 /// `seeds[i * group + g]`, prompt-major (`Rollout::prompt_index` = `i`). The responses of
 /// whole prompts share a KV cache, up to [`VL_SLOTS_PER_CACHE`] slots. The vision tower
 /// runs once per prompt; its slots copy the features.
-pub fn generate_vl_batch<B: Backend>(
+pub fn generate_vl_batch<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
     prompts: &[(&[u32], &VlImages)],
@@ -149,7 +150,7 @@ fn tower<B: Backend>(
 /// The decode loop of every VL generation: slot `s` decodes `slots[s]` (prompt ids and its
 /// images' grids) with seed `seeds[s]`; `features` holds the vision features of all slots'
 /// images, slot order.
-fn decode_slots<B: Backend>(
+fn decode_slots<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
     slots: &[(&[u32], &[[usize; 3]])],
@@ -196,22 +197,30 @@ fn decode_slots<B: Backend>(
         .enumerate()
         .map(|(slot, &(tokens, grids))| VlStep { slot, tokens, grids })
         .collect();
+    // A response never holds an image (or video) placeholder: fed back, it would read as an
+    // image without pixels (transformers' forward then fails its placeholder count check, as
+    // `VlModel::pack` does here). Those ids are never sampled: their logits are set to -inf on
+    // the backend before the sampler runs there.
+    let banned: Vec<usize> = [model.cfg.image_token_id, model.cfg.video_token_id]
+        .into_iter()
+        .map(|id| id as usize)
+        .filter(|&id| id < vocab)
+        .collect();
+    let neg_inf = be.upload(&[f32::NEG_INFINITY]);
     let mut logits = model.decode_step_features(be, &mut cache, &prefill, &mut deltas, features)?;
     let mut active: Vec<usize> = (0..n).collect();
     loop {
-        let mut next: Vec<(usize, [u32; 1])> = Vec::with_capacity(active.len());
-        for (j, &s) in active.iter().enumerate() {
-            let row = &mut logits[j * vocab..(j + 1) * vocab];
-            // A response never holds an image (or video) placeholder: fed back, it would read
-            // as an image without pixels (transformers' forward then fails its placeholder
-            // count check, as `VlModel::pack` does here). Those ids are never sampled.
-            for id in [model.cfg.image_token_id, model.cfg.video_token_id] {
-                if (id as usize) < vocab {
-                    row[id as usize] = f32::NEG_INFINITY;
-                }
+        for j in 0..active.len() {
+            for &id in &banned {
+                be.copy(&mut logits, j * vocab + id, &neg_inf, 0, 1);
             }
+        }
+        let rows: Vec<(u64, usize)> =
+            active.iter().map(|&s| (outs[s].seed, outs[s].tokens.len())).collect();
+        let drawn = draw_tokens(be, &logits, vocab, params, &rows)?;
+        let mut next: Vec<(usize, [u32; 1])> = Vec::with_capacity(active.len());
+        for (&s, (tok, lp)) in active.iter().zip(drawn) {
             let o = &mut outs[s];
-            let (tok, lp) = draw_token(row, params, o.seed, o.tokens.len())?;
             o.tokens.push(tok);
             o.logprobs.push(lp);
             if params.stop_ids.contains(&tok) {
@@ -237,7 +246,7 @@ fn decode_slots<B: Backend>(
 /// responses of `batch_items` items together ([`generate_vl_batch`]; response `r` of item `i` uses seed
 /// `mix_seed(seed, i * per_item + r)`, whatever the batching), then graded.
 /// `model_dir` holds the checkpoint's preprocessor_config.json.
-pub fn sample_and_grade_vl<B: Backend>(
+pub fn sample_and_grade_vl<B: RlOps>(
     model: &VlModel<B>,
     model_dir: &Path,
     be: &B,

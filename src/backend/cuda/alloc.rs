@@ -202,6 +202,13 @@ impl<R> Pool<R> {
         self.shadows.lock().unwrap().values().filter(|s| s.block.is_some()).count()
     }
 
+    /// Counts one copy of `bytes` bytes from the device to the host (`MemoryStats::downloads`).
+    pub fn note_download(&self, bytes: usize) {
+        let mut st = self.state.lock().unwrap();
+        st.stats.downloads += 1;
+        st.stats.downloaded_bytes += bytes as u64;
+    }
+
     pub fn stats(&self) -> MemoryStats {
         self.state.lock().unwrap().stats
     }

@@ -366,6 +366,7 @@ impl Device for CudaDevice {
         self.stream.memcpy_htod(host, &mut view).expect("cuda write");
     }
     fn download(&self, mem: &CudaMem, bytes: usize) -> Vec<u8> {
+        self.pool.note_download(bytes);
         self.stream.clone_dtoh(&mem.slice(0..bytes)).expect("cuda download")
     }
     fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {

@@ -244,6 +244,13 @@ impl EmuDevice {
         p.add(&name(), t.elapsed().as_secs_f64());
         r
     }
+    /// The first `bytes` bytes of `mem`, for the emulator's own host-side work (not a
+    /// download the backend asked for, so not counted as one).
+    fn read(&self, mem: &EmuMem, bytes: usize) -> Vec<u8> {
+        assert!(bytes <= mem.bytes(), "emu read past the end of a buffer");
+        // SAFETY: bounds checked above.
+        unsafe { std::slice::from_raw_parts(mem.ptr as *const u8, bytes).to_vec() }
+    }
     /// How many buffers have a bf16 shadow now.
     pub fn bf16_shadow_count(&self) -> usize {
         self.pool.shadow_count()
@@ -329,8 +336,7 @@ impl EmuDevice {
     ) -> bool {
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
         self.pool.shadow_forget(out.ptr as u64);
-        let f =
-            |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.download(mem, len * 4)) };
+        let f = |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.read(mem, len * 4)) };
         let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
         if self.gemm_bf16 {
             // What GemmEx with bf16 A and B reads: each operand rounded to bf16 (nearest
@@ -507,9 +513,8 @@ impl Device for EmuDevice {
         unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), mem.ptr as *mut u8, host.len()) };
     }
     fn download(&self, mem: &EmuMem, bytes: usize) -> Vec<u8> {
-        assert!(bytes <= mem.bytes(), "emu read past the end of a buffer");
-        // SAFETY: bounds checked above.
-        unsafe { std::slice::from_raw_parts(mem.ptr as *const u8, bytes).to_vec() }
+        self.pool.note_download(bytes);
+        self.read(mem, bytes)
     }
     fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {
         self.dyn_optin.lock().unwrap().insert(name.to_string(), bytes as usize);
@@ -561,7 +566,7 @@ impl Device for EmuDevice {
             return;
         }
         let (block, class, _) = self.pool.take(alloc::size_class(n * 2), EmuBlock::new);
-        let vals = super::f32s(&self.download(mem, n * 4));
+        let vals = super::f32s(&self.read(mem, n * 4));
         // SAFETY: the block holds `class >= 2n` bytes; nothing else refers to it.
         let bits = unsafe { std::slice::from_raw_parts_mut(block.ptr as *mut u16, n) };
         for (b, x) in bits.iter_mut().zip(&vals) {

@@ -10,6 +10,9 @@ use crate::rl::advantage::{AdvEstimator, AdvantageConfig, Convention, GroupStats
 /// Groups per block of `group_adv_f32` (one warp each).
 const GROUPS_PER_BLOCK: usize = 8;
 
+/// Rewards per block of `adv_batch_stats_f64` (8 a thread): 32 blocks at 64k responses.
+pub const BATCH_STATS_CHUNK: usize = 2048;
+
 fn params(cfg: &AdvantageConfig) -> [f64; 4] {
     let est = match cfg.estimator {
         AdvEstimator::Grpo => 0,
@@ -51,12 +54,22 @@ impl<D: Device> CudaBackend<D> {
             None
         };
         let batch = self.dev.alloc(3 * 8);
+        let blocks = n.div_ceil(BATCH_STATS_CHUNK).max(1);
+        let part = self.dev.alloc(blocks * 4 * 8);
+        let done = self.upload_u32(&[0]);
         self.dev.launch(
             "adv_batch_stats_f64",
-            [1, 1, 1],
+            [blocks as u32, 1, 1],
             [256, 1, 1],
             0,
-            &[Arg::Ptr(&rewards.mem), Arg::I64(n as i64), Arg::Ptr(&batch)],
+            &[
+                Arg::Ptr(&rewards.mem),
+                Arg::I64(n as i64),
+                Arg::I64(BATCH_STATS_CHUNK as i64),
+                Arg::Ptr(&part),
+                Arg::Ptr(&done),
+                Arg::Ptr(&batch),
+            ],
         );
         let mut stats = GroupStats::default();
         if groups > 0 {

@@ -7,6 +7,29 @@ use crate::backend::cuda::device::{Arg, Device};
 use crate::backend::cuda::{CudaBackend, DevBuf};
 use crate::rl::sampling::{RowDraw, SampleRule, SAMPLE_LANES};
 
+/// How the kernel finds the top-k / top-p threshold key (kernels/sample.cu). Both give the
+/// same bits; the bisection is the simple baseline kept to check and time the radix search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThresholdSearch {
+    /// 8 bits of the key a level from the top, histograms in shared memory (3-4 passes over a
+    /// row of random logits): the default.
+    Radix,
+    /// The radix search deciding every top-p digit by exact passes, never by the histogram's
+    /// masses: slower, the same bits; tests hold the exact path to the reference with it.
+    RadixExact,
+    /// One bit a pass from the top (about 50 passes at vocabulary 151,936).
+    Bisect,
+}
+
+impl ThresholdSearch {
+    fn kernel(self) -> &'static str {
+        match self {
+            ThresholdSearch::Radix | ThresholdSearch::RadixExact => "sample_tokens_f32",
+            ThresholdSearch::Bisect => "sample_tokens_bisect_f32",
+        }
+    }
+}
+
 impl<D: Device> CudaBackend<D> {
     /// Samples row `r` of `logits` ([draws.len() x vocab]) under `rule` with the uniform of
     /// `draws[r]`, writing the token id (as u32 bits) to `tokens[r]` and its log-prob to
@@ -19,6 +42,22 @@ impl<D: Device> CudaBackend<D> {
         rule: &SampleRule,
         tokens: &mut DevBuf<D::Mem>,
         logprobs: &mut DevBuf<D::Mem>,
+    ) {
+        let search = ThresholdSearch::Radix;
+        self.sample_tokens_into_with(logits, vocab, draws, rule, tokens, logprobs, search)
+    }
+
+    /// [`Self::sample_tokens_into`] with a chosen threshold search.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_tokens_into_with(
+        &self,
+        logits: &DevBuf<D::Mem>,
+        vocab: usize,
+        draws: &[RowDraw],
+        rule: &SampleRule,
+        tokens: &mut DevBuf<D::Mem>,
+        logprobs: &mut DevBuf<D::Mem>,
+        search: ThresholdSearch,
     ) {
         let rows = draws.len();
         assert!(vocab >= 1 && vocab < u32::MAX as usize, "sample: vocabulary of {vocab} tokens");
@@ -36,21 +75,25 @@ impl<D: Device> CudaBackend<D> {
             })
             .collect();
         let d_draws = self.upload_u32(&packed);
+        let mut args = vec![
+            Arg::Ptr(&tokens.mem),
+            Arg::Ptr(&logprobs.mem),
+            Arg::Ptr(&logits.mem),
+            Arg::Ptr(&d_draws),
+            Arg::I64(vocab as i64),
+            Arg::F32(rule.temperature),
+            Arg::I64(rule.top_k.min(i64::MAX as usize) as i64),
+            Arg::F32(rule.top_p),
+        ];
+        if search != ThresholdSearch::Bisect {
+            args.push(Arg::I32((search == ThresholdSearch::RadixExact) as i32));
+        }
         self.dev.launch(
-            "sample_tokens_f32",
+            search.kernel(),
             [rows as u32, 1, 1],
             [SAMPLE_LANES as u32, 1, 1],
             0,
-            &[
-                Arg::Ptr(&tokens.mem),
-                Arg::Ptr(&logprobs.mem),
-                Arg::Ptr(&logits.mem),
-                Arg::Ptr(&d_draws),
-                Arg::I64(vocab as i64),
-                Arg::F32(rule.temperature),
-                Arg::I64(rule.top_k.min(i64::MAX as usize) as i64),
-                Arg::F32(rule.top_p),
-            ],
+            &args,
         );
     }
 
