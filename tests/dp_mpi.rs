@@ -136,9 +136,42 @@ fn rank_body() {
         fn barrier(&self) -> anyhow::Result<()> {
             Collective::<Cpu>::barrier(self.0)
         }
+        fn reduce_scatter_sum(&self, be: &Cpu, b: &[Vec<f32>]) -> anyhow::Result<Vec<f32>> {
+            self.0.reduce_scatter_sum(be, b)
+        }
+        fn all_gather(&self, be: &Cpu, m: &Vec<f32>, b: &mut [Vec<f32>]) -> anyhow::Result<()> {
+            self.0.all_gather(be, m, b)
+        }
     }
     assert_eq!(ViaHost(&comm).all_gather_bytes(&bytes).unwrap(), gb);
     c.barrier().unwrap();
+    // ZeRO's exchanges: each rank's block of the flat concatenation is the same slice of the
+    // all-reduce, bit for bit, and the all-gather puts the blocks back. Lengths 4+0+3 = 7
+    // over 3 ranks (blocks 3, 2, 2; a boundary inside a tensor), and 2 (rank 2's block empty).
+    for lens in [&[4usize, 0, 3][..], &[2][..]] {
+        let vals: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(t, &k)| {
+                (0..k)
+                    .map(|i| ((i + 3 * t + 1) as f32 * 0.37).powi(r as i32 * 3 + 1) - 1.3)
+                    .collect()
+            })
+            .collect();
+        let bufs: Vec<Vec<f32>> = vals.iter().map(|v| be.upload(v)).collect();
+        let mut summed = bufs.clone();
+        c.all_reduce_sum(&be, &mut summed).unwrap();
+        let summed = summed.concat();
+        let block = c.reduce_scatter_sum(&be, &bufs).unwrap();
+        let range = mmr1_fast::dist::shard(summed.len(), r, n);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&be.download(&block)), bits(&summed[range]), "rank {r}: {lens:?}");
+        let mut back: Vec<Vec<f32>> = lens.iter().map(|&k| vec![f32::NAN; k]).collect();
+        c.all_gather(&be, &block, &mut back).unwrap();
+        assert_eq!(bits(&back.concat()), bits(&summed), "rank {r}: all-gather {lens:?}");
+    }
+    let e = c.reduce_scatter_sum(&be, &[vec![1.0; 2 + r]]).unwrap_err().to_string();
+    assert!(e.contains("rank 1 passed 3 values, rank 0 passed 2"), "{e}");
     // A length mismatch fails on every rank alike (and leaves none waiting).
     let mut bad = vec![be.upload(&vec![1.0; 2 + r])];
     let e = c.all_reduce_sum(&be, &mut bad).unwrap_err().to_string();

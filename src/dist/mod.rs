@@ -78,6 +78,16 @@ pub trait Collective<B: Backend> {
     }
     /// Returns when every rank has called it (rank 0 writes a checkpoint; the others wait).
     fn barrier(&self) -> Result<()>;
+    /// ZeRO's gradient exchange: the buffers are taken as ONE flat vector (their
+    /// concatenation), cut into the contiguous blocks `shard(total, r, world)`; returns this
+    /// rank's block of the element-wise sum over ranks. The block holds the same bits as the
+    /// same slice of `all_reduce_sum` (rank order from rank 0's values), so a sharded
+    /// optimizer step can equal the replicated one. A block may be empty (`total < world`).
+    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf>;
+    /// The inverse layout: every rank passes its block `shard(total, rank, world)` of the
+    /// flat concatenation of `bufs` (`total` = their summed length, the same on every rank)
+    /// and every rank's `bufs` receive all blocks (ZeRO's all-gather of updated weights).
+    fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()>;
 }
 
 /// Flattens buffers to one host vector (the host-staged collectives).
@@ -95,6 +105,41 @@ pub(crate) fn upload_all<B: Backend>(be: &B, bufs: &mut [B::Buf], host: &[f32]) 
     for b in bufs.iter_mut() {
         let n = be.len(b);
         *b = be.upload(&host[off..off + n]);
+        off += n;
+    }
+}
+
+/// Total length of `bufs` taken as one flat vector.
+pub fn flat_len<B: Backend>(be: &B, bufs: &[B::Buf]) -> usize {
+    bufs.iter().map(|b| be.len(b)).sum()
+}
+
+/// Elements `range` of the flat concatenation of `bufs`, as one new buffer (device copies,
+/// nothing through the host).
+pub fn flat_slice<B: Backend>(be: &B, bufs: &[B::Buf], range: Range<usize>) -> B::Buf {
+    let mut out = be.zeros(range.len());
+    let mut off = 0;
+    for b in bufs {
+        let n = be.len(b);
+        let (lo, hi) = (range.start.max(off), range.end.min(off + n));
+        if lo < hi {
+            be.copy(&mut out, lo - range.start, b, lo - off, hi - lo);
+        }
+        off += n;
+    }
+    out
+}
+
+/// Writes `src` over elements `start .. start + len(src)` of the flat concatenation of `bufs`.
+pub fn write_flat<B: Backend>(be: &B, bufs: &mut [B::Buf], start: usize, src: &B::Buf) {
+    let end = start + be.len(src);
+    let mut off = 0;
+    for b in bufs.iter_mut() {
+        let n = be.len(b);
+        let (lo, hi) = (start.max(off), end.min(off + n));
+        if lo < hi {
+            be.copy(b, lo - off, src, lo - start, hi - lo);
+        }
         off += n;
     }
 }
