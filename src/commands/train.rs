@@ -39,6 +39,11 @@ pub struct TrainArgs {
     /// 20-25% more compute, the same results.
     #[arg(long)]
     pub recompute: bool,
+    /// ZeRO stage of a data-parallel run (same as --set dist.zero=...): 0 every rank holds
+    /// the whole AdamW state; 1 each of N ranks holds the moments of 1/N of the parameters;
+    /// 2 also frees the full gradients between steps. Same results; see docs/distributed.md.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub zero: Option<u8>,
     /// Output directory (same as --set output.dir=...).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -98,6 +103,9 @@ pub fn run(args: &TrainArgs, world: &World) -> Result<()> {
     }
     if args.recompute {
         cfg.model.recompute = true;
+    }
+    if let Some(z) = args.zero {
+        cfg.dist.zero = z;
     }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();

@@ -20,6 +20,7 @@ pub mod launch;
 mod mpi;
 mod single;
 mod thread_group;
+pub mod zero;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiComm;
@@ -164,6 +165,7 @@ pub fn sync_replicas<B: Backend>(
     model: &mut Qwen2<B>,
     opt: &mut AdamW<B>,
 ) -> Result<()> {
+    anyhow::ensure!(opt.zero.is_none(), "sync_replicas: call it before zero::shard_optimizer");
     comm.broadcast(be, &mut model.params, 0)?;
     comm.broadcast(be, &mut opt.m, 0)?;
     comm.broadcast(be, &mut opt.v, 0)?;

@@ -30,6 +30,16 @@ pub struct TrainConfig {
     pub vas: VasSection,
     pub reward: RewardSection,
     pub eval: EvalSection,
+    pub dist: DistSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSection {
+    /// ZeRO stage of a data-parallel run (`mpirun -np N`): 0 = every rank holds the whole
+    /// AdamW state; 1 = each rank holds the moments of its 1/N of the parameters; 2 = also
+    /// releases the full gradients after each step. Same results (docs/distributed.md).
+    pub zero: u8,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -283,6 +293,7 @@ impl Default for TrainConfig {
             },
             reward: RewardSection { accuracy_weight: 1.0, format_weight: 1.0 },
             eval: EvalSection { every: 0, max_items: 0, temperature: 0.0 },
+            dist: DistSection { zero: 0 },
         }
     }
 }
@@ -314,7 +325,8 @@ macro_rules! section_default {
     )*};
 }
 section_default!(ModelSection => model, DataSection => data, OutputSection => output, SftSection => sft,
-    RlSection => rl, VasSection => vas, RewardSection => reward, EvalSection => eval);
+    RlSection => rl, VasSection => vas, RewardSection => reward, EvalSection => eval,
+    DistSection => dist);
 
 /// One TOML value as written in a config file. Every float of the configuration is an f32, so
 /// a float is printed through the f32's shortest round-trip form: 1e-5, 0.6, 0.2.
@@ -351,6 +363,7 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "eval.max_items",
     "eval.temperature",
     "rl.steps",
+    "dist.zero",
 ];
 
 /// Every `section.key` (or top-level key) with its value.
@@ -497,6 +510,7 @@ impl TrainConfig {
         let mut c = Checks::new();
         let o = &self.output;
         c.at_least("output.keep_checkpoints", o.keep_checkpoints as u64, 1);
+        c.closed("dist.zero", self.dist.zero as f64, 0.0, 2.0);
         let s = &self.sft;
         c.at_least("sft.batch_size", s.batch_size as u64, 1);
         c.positive("sft.lr", s.lr as f64);

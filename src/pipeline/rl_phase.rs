@@ -14,7 +14,7 @@ use super::vps_log::{item_bins, vps_record, VpsLog};
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
-use crate::dist::{sync_replicas, Collective};
+use crate::dist::{sync_replicas, zero, Collective};
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig};
 use crate::progress::bar;
@@ -215,6 +215,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let mut policy = policy;
         let mut opt = AdamW::new(self.be, &policy.params, self.adamw());
         sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
+        zero::shard_optimizer(self.be, self.comm, &mut opt, &policy.params, self.cfg().dist.zero)?;
         let state = RlState {
             kind: StateKind::Rl,
             step: 0,
@@ -246,6 +247,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         };
         let (mut policy, mut opt) = (loaded.model, loaded.opt);
         sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
+        zero::shard_optimizer(self.be, self.comm, &mut opt, &policy.params, self.cfg().dist.zero)?;
         Ok(RlRun { policy, opt, reference, state })
     }
 
@@ -568,6 +570,8 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let o = &self.cfg().output;
         let every = o.checkpoint_every as u64;
         if (every > 0 && run.state.step.is_multiple_of(every)) || run.state.step == total {
+            // Sharded moments are gathered first (every rank takes part); rank 0 writes.
+            let full = zero::consolidated(self.be, self.comm, &run.opt)?;
             if self.comm.rank() != 0 {
                 // Rank 0 writes; no rank goes on before the checkpoint is complete.
                 return self.comm.barrier();
@@ -577,7 +581,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
                 &self.dir,
                 run.state.step,
                 &run.policy,
-                &run.opt,
+                full.as_ref().unwrap_or(&run.opt),
                 &run.state,
                 o.save_dtype,
                 Some(&self.inputs.tokenizer_path),

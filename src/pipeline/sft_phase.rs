@@ -9,7 +9,7 @@ use super::inputs::RunInputs;
 use super::metrics::{EvalLabel, MetricsLog, Phase, Record};
 use crate::backend::Backend;
 use crate::data::sft_data::load_sft_dataset;
-use crate::dist::{sync_replicas, Collective};
+use crate::dist::{sync_replicas, zero, Collective};
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
 use crate::progress::bar;
@@ -71,6 +71,7 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         };
         tr.ws.recompute = cfg.model.recompute;
         sync_replicas(self.be, self.comm, &mut tr.model, &mut tr.opt)?;
+        zero::shard_optimizer(self.be, self.comm, &mut tr.opt, &tr.model.params, cfg.dist.zero)?;
         let pb = bar(tr.state.total_steps, "cold-start SFT");
         pb.set_position(tr.state.step);
         while !tr.done() {
@@ -135,12 +136,15 @@ impl<'a, B: Backend> SftPhase<'a, B> {
         let cfg = &self.inputs.cfg;
         let every = cfg.output.checkpoint_every as u64;
         if (every > 0 && step.is_multiple_of(every)) || tr.done() {
+            // Sharded moments are gathered first (every rank takes part); rank 0 writes.
+            let full = zero::consolidated(self.be, self.comm, &tr.opt)?;
             if self.comm.rank() == 0 {
-                tr.save(
+                tr.save_with(
                     self.be,
                     &self.dir,
                     cfg.output.save_dtype,
                     Some(&self.inputs.tokenizer_path),
+                    full.as_ref().unwrap_or(&tr.opt),
                 )
                 .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
                 prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;

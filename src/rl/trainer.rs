@@ -17,6 +17,7 @@ use super::rollout::{generate_at, SamplingParams};
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
+use crate::dist::zero::reduce_and_step;
 use crate::dist::{shard, Collective, Single};
 use crate::model::Qwen2;
 use crate::optim::{AdamW, StepReport};
@@ -458,8 +459,14 @@ pub fn update_with<B: RlOps>(
                 }
                 all_metrics.push(lossfn.metrics);
             }
-            comm.all_reduce_sum(be, &mut ws.grads)?;
-            report.steps.push(opt.step(be, &mut policy.params, &ws.grads, lr));
+            report.steps.push(reduce_and_step(
+                be,
+                comm,
+                opt,
+                &mut policy.params,
+                &mut ws.grads,
+                lr,
+            )?);
         }
     }
     if world > 1 {

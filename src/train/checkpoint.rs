@@ -406,7 +406,7 @@ pub fn load_optimizer<B: Backend>(
         }
         v.push(be.upload(&vv));
     }
-    Ok((AdamW { cfg: opt_cfg, m, v, step }, masters))
+    Ok((AdamW { cfg: opt_cfg, m, v, step, zero: None }, masters))
 }
 
 /// Deletes all but the newest `keep` checkpoints of a phase directory (the one `latest`

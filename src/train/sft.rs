@@ -368,9 +368,15 @@ impl<B: Backend> SftTrainer<B> {
             );
         }
         let [loss, _, micro_batches] = sums;
-        comm.all_reduce_sum(be, &mut self.ws.grads)?;
         let lr = self.state.schedule.lr_at(self.state.step);
-        let rep = self.opt.step(be, &mut self.model.params, &self.ws.grads, lr);
+        let rep = crate::dist::zero::reduce_and_step(
+            be,
+            comm,
+            &mut self.opt,
+            &mut self.model.params,
+            &mut self.ws.grads,
+            lr,
+        )?;
         let done = StepDone {
             loss,
             sequences: seqs.len(),
@@ -391,15 +397,19 @@ impl<B: Backend> SftTrainer<B> {
         dtype: SaveDtype,
         tokenizer: Option<&Path>,
     ) -> Result<PathBuf> {
-        save_checkpoint(
-            be,
-            out,
-            self.state.step,
-            &self.model,
-            &self.opt,
-            &self.state,
-            dtype,
-            tokenizer,
-        )
+        self.save_with(be, out, dtype, tokenizer, &self.opt)
+    }
+
+    /// [`SftTrainer::save`] with the optimizer state `opt` (a ZeRO run's state gathered from
+    /// its shards by `dist::zero::consolidated`).
+    pub fn save_with(
+        &self,
+        be: &B,
+        out: &Path,
+        dtype: SaveDtype,
+        tokenizer: Option<&Path>,
+        opt: &AdamW<B>,
+    ) -> Result<PathBuf> {
+        save_checkpoint(be, out, self.state.step, &self.model, opt, &self.state, dtype, tokenizer)
     }
 }

@@ -28,6 +28,9 @@ pub struct Workspace<B: Backend> {
     /// One buffer per parameter of the model the workspace was made for; `micro_step` adds to
     /// them, [`Workspace::zero_grads`] starts an optimizer step.
     pub grads: Vec<B::Buf>,
+    /// The length of each gradient buffer: ZeRO-2 releases the buffers after each optimizer
+    /// step (`dist::zero`) and [`Workspace::zero_grads`] allocates them again.
+    grad_lens: Vec<usize>,
     /// Rows of the output head per chunk: its logits (and, in the backward, their gradient)
     /// take `logit_chunk x vocab` floats each. `Qwen2::logit_chunk_rows` by default; the
     /// result does not depend on it (the CPU GEMM is batch-invariant, `tests/head_chunk.rs`).
@@ -41,6 +44,7 @@ impl<B: Backend> Workspace<B> {
             acts: None,
             scratch: None,
             grads: model.zero_grads(be),
+            grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
             logit_chunk: model.logit_chunk_rows(),
         }
     }
@@ -53,8 +57,12 @@ impl<B: Backend> Workspace<B> {
 
     /// Clears the gradient accumulators (the start of an optimizer step).
     pub fn zero_grads(&mut self, be: &B) {
-        for g in &mut self.grads {
-            be.fill(g, 0.0);
+        for (g, &n) in self.grads.iter_mut().zip(&self.grad_lens) {
+            if be.len(g) == n {
+                be.fill(g, 0.0);
+            } else {
+                *g = be.zeros(n);
+            }
         }
     }
 }

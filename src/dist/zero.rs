@@ -1,0 +1,332 @@
+//! ZeRO stages 1 and 2 (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training
+//! Trillion Parameter Models", section 5): the optimizer state is cut across the ranks instead
+//! of held whole by each.
+//!
+//! The parameters and the AdamW moments are taken as ONE flat vector (the tensors in layout
+//! order, concatenated) cut into the contiguous blocks `dist::shard(total, rank, world)`. Rank
+//! r keeps the moments m and v of its block only (8 bytes a parameter over the world instead
+//! of 8). An optimizer step ([`reduce_and_step`]):
+//!
+//! 1. reduce-scatter the gradients: rank r receives its block of the rank-order sum, the same
+//!    bits as that slice of the replicated path's all-reduce;
+//! 2. the global gradient norm from the blocks' partial sums of squares (f64, summed over ranks
+//!    in rank order);
+//! 3. clip and AdamW on the block (the backend's `adamw` op, element-wise, so one call over the
+//!    block gives the bits of the per-tensor calls);
+//! 4. all-gather the updated block into every rank's replica of the parameters.
+//!
+//! Stage 2 also releases the full gradient buffers after the reduce-scatter (they are
+//! allocated again by the next step's `Workspace::zero_grads`): they are not held between
+//! steps, so GRPO's rollouts and the evaluations run without them. The backward of a step
+//! still accumulates the whole gradient (micro-batches add into it): a reduce-scatter in
+//! buckets during the backward, which would also cut the gradient's peak, is not built.
+//!
+//! Master weights: both backends store parameters in f32 (`backend` module), so every rank's
+//! replica IS the f32 master copy and the block the step updates is read from it; there is no
+//! separate f32 master block while the weights are f32. [`bytes_per_param`] gives both the
+//! layout as built and the bf16-weights layout of the issue.
+//!
+//! The gradient norm: the replicated path sums squares per tensor (f64) and then over tensors;
+//! here the sum is cut at other places (blocks, then ranks), so the f64 norm may differ from
+//! it in its last bits (relative 1e-16 or so). It enters the update only through the f32 clip
+//! factor `min(max_norm / (norm + 1e-6), 1)`, which rounds to the same f32 unless the two f64
+//! values straddle an f32 rounding boundary (a chance of about 1e-8 per clipped step); when
+//! the gradient is not clipped the factor is exactly 1. The updates are therefore the
+//! replicated path's bits (tests/dp_mpi.rs and the tests below check it on whole runs).
+//!
+//! Checkpoints stay in the consolidated format: [`consolidated`] all-gathers the moments into
+//! per-tensor buffers before rank 0 writes, so a run resumes with any world size and stage (the
+//! state is re-sharded by [`shard_optimizer`]) and exports as before. The gather holds the
+//! whole moments on every rank while a checkpoint is written (a root-only gather to host
+//! memory would avoid that; not built).
+
+use super::{flat_len, flat_slice, shard, Collective};
+use crate::backend::{AdamwStep, Backend};
+use crate::optim::{clip_scale, AdamW, StepReport};
+use anyhow::{bail, ensure, Result};
+use std::ops::Range;
+
+/// Where a sharded optimizer's state sits in the flat parameter vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZeroShard {
+    /// 1 (moments sharded) or 2 (also the gradients released after each step).
+    pub stage: u8,
+    /// This rank's block of the flat parameter vector.
+    pub range: Range<usize>,
+    /// Length of every parameter tensor, in layout order (to rebuild per-tensor state).
+    pub lens: Vec<usize>,
+}
+
+/// Checks a `--zero` / `dist.zero` value.
+pub fn check_stage(stage: u8) -> Result<()> {
+    if stage > 2 {
+        bail!("ZeRO stage {stage} is not supported: use 0 (replicated optimizer state), 1 (AdamW moments sharded) or 2 (moments sharded, gradients released after each step)");
+    }
+    Ok(())
+}
+
+/// Turns a replicated optimizer (every rank holding the same per-tensor moments, as after
+/// `sync_replicas`) into this rank's shard for ZeRO `stage` (0 leaves it replicated). Every
+/// rank must call it with the same `params` layout.
+pub fn shard_optimizer<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    opt: &mut AdamW<B>,
+    params: &[B::Buf],
+    stage: u8,
+) -> Result<()> {
+    check_stage(stage)?;
+    ensure!(opt.zero.is_none(), "shard_optimizer: the optimizer is sharded already");
+    if stage == 0 {
+        return Ok(());
+    }
+    let lens: Vec<usize> = params.iter().map(|p| be.len(p)).collect();
+    ensure!(
+        opt.m.len() == lens.len() && opt.m.iter().zip(&lens).all(|(m, &n)| be.len(m) == n),
+        "shard_optimizer: the optimizer state is for another model"
+    );
+    let range = shard(lens.iter().sum(), comm.rank(), comm.world());
+    opt.m = vec![flat_slice(be, &opt.m, range.clone())];
+    opt.v = vec![flat_slice(be, &opt.v, range.clone())];
+    opt.zero = Some(ZeroShard { stage, range, lens });
+    Ok(())
+}
+
+/// The optimizer's per-tensor state as a checkpoint stores it: `None` for a replicated
+/// optimizer (use it as it is), else the moments gathered from every rank's shard. A
+/// collective: every rank calls it, rank 0 writes the result.
+pub fn consolidated<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    opt: &AdamW<B>,
+) -> Result<Option<AdamW<B>>> {
+    let Some(z) = &opt.zero else { return Ok(None) };
+    let gather = |block: &B::Buf| -> Result<Vec<B::Buf>> {
+        let mut full: Vec<B::Buf> = z.lens.iter().map(|&n| be.zeros(n)).collect();
+        comm.all_gather(be, block, &mut full)?;
+        Ok(full)
+    };
+    Ok(Some(AdamW {
+        cfg: opt.cfg,
+        m: gather(&opt.m[0])?,
+        v: gather(&opt.v[0])?,
+        step: opt.step,
+        zero: None,
+    }))
+}
+
+/// The data-parallel optimizer step, for every trainer: sums the ranks' gradients and updates
+/// every rank's replica of `params` with learning rate `lr`. Replicated state (ZeRO 0): an
+/// all-reduce of the gradients, then `AdamW::step` (the gradients keep the sum). Sharded
+/// (ZeRO 1/2): see the module comment; the gradients keep this rank's own contribution
+/// (stage 1) or are released (stage 2). The non-finite skip is `AdamW::step`'s: nothing
+/// changes and the step does not count; every rank sees the same norm, so all skip alike.
+pub fn reduce_and_step<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    opt: &mut AdamW<B>,
+    params: &mut [B::Buf],
+    grads: &mut [B::Buf],
+    lr: f32,
+) -> Result<StepReport> {
+    let Some(z) = &opt.zero else {
+        comm.all_reduce_sum(be, grads)?;
+        return Ok(opt.step(be, params, grads, lr));
+    };
+    let _r = crate::nvtx_ranges::range(c"optimizer");
+    ensure!(
+        params.len() == z.lens.len() && grads.len() == z.lens.len(),
+        "ZeRO step: {} parameters and {} gradients, the optimizer shard is for {}",
+        params.len(),
+        grads.len(),
+        z.lens.len()
+    );
+    ensure!(
+        flat_len(be, params) == z.lens.iter().sum::<usize>(),
+        "ZeRO step: parameter sizes changed"
+    );
+    let g = comm.reduce_scatter_sum(be, grads)?;
+    if z.stage >= 2 {
+        // `Workspace::zero_grads` allocates them again at the next step.
+        for b in grads.iter_mut() {
+            *b = be.zeros(0);
+        }
+    }
+    let mut sq = [be.sum_squares(&g)];
+    comm.all_reduce_sum_host(&mut sq)?;
+    let norm = sq[0].sqrt();
+    if !norm.is_finite() {
+        return Ok(StepReport { grad_norm: norm, clip_scale: 1.0, skipped: true });
+    }
+    let scale = opt.cfg.max_grad_norm.map_or(1.0, |mx| clip_scale(norm, mx));
+    opt.step += 1;
+    let hp = AdamwStep {
+        lr,
+        beta1: opt.cfg.beta1,
+        beta2: opt.cfg.beta2,
+        eps: opt.cfg.eps,
+        weight_decay: opt.cfg.weight_decay,
+        step: opt.step,
+        grad_scale: scale,
+    };
+    let mut p = flat_slice(be, params, z.range.clone());
+    let (m, v) = (&mut opt.m[0], &mut opt.v[0]);
+    be.adamw(&mut p, &g, m, v, hp);
+    comm.all_gather(be, &p, params)?;
+    Ok(StepReport { grad_norm: norm, clip_scale: scale, skipped: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::dist::ThreadGroup;
+    use crate::optim::AdamwConfig;
+
+    fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> =
+                ThreadGroup::new(world).into_iter().map(|g| s.spawn(|| f(g))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    /// Random values (never zero) of mixed magnitudes.
+    fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                (u + 0.05f32.copysign(u)) * scale
+            })
+            .collect()
+    }
+
+    const LENS: [usize; 4] = [7, 1, 12, 5];
+
+    /// `steps` optimizer steps of every rank on its own gradients (`grad(rank, step)`),
+    /// replicated (`stage` 0) or sharded; returns rank 0's parameters, its consolidated moments
+    /// and the reports (every rank's parameters must be identical).
+    #[allow(clippy::type_complexity)]
+    fn run(
+        world: usize,
+        stage: u8,
+        cfg: AdamwConfig,
+        grad: &(dyn Fn(usize, usize, usize) -> Vec<f32> + Sync),
+        steps: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<StepReport>) {
+        let out = on_ranks(world, |g| {
+            let be = Cpu;
+            let r = Collective::<Cpu>::rank(&g);
+            let mut params: Vec<Vec<f32>> =
+                LENS.iter().enumerate().map(|(t, &n)| noise(n, 100 + t as u64, 1.0)).collect();
+            let mut opt = AdamW::new(&be, &params, cfg);
+            shard_optimizer(&be, &g, &mut opt, &params, stage).unwrap();
+            let mut reps = Vec::new();
+            for s in 0..steps {
+                let mut grads: Vec<Vec<f32>> =
+                    LENS.iter().enumerate().map(|(t, _)| grad(r, s, t)).collect();
+                reps.push(
+                    reduce_and_step(&be, &g, &mut opt, &mut params, &mut grads, 1e-2).unwrap(),
+                );
+                if stage == 2 {
+                    assert!(grads.iter().all(|b| b.is_empty()), "ZeRO-2 releases the gradients");
+                }
+            }
+            let full = consolidated(&be, &g, &opt).unwrap();
+            let o = full.as_ref().unwrap_or(&opt);
+            assert_eq!(o.step, opt.step);
+            (params.concat(), o.m.concat(), o.v.concat(), reps)
+        });
+        for o in &out[1..] {
+            assert_eq!(o.0, out[0].0, "every rank holds the same parameters");
+        }
+        out.into_iter().next().unwrap()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn sharded_steps_equal_the_replicated_ones_bit_for_bit() {
+        // Gradients large enough that the clip (max norm 1) is active on every step.
+        let grad = |r: usize, s: usize, t: usize| noise(LENS[t], (r * 31 + s * 7 + t) as u64, 3.0);
+        let cfg = AdamwConfig { weight_decay: 0.01, ..AdamwConfig::default() };
+        for world in [1, 2, 3, 5] {
+            let want = run(world, 0, cfg, &grad, 4);
+            assert!(want.3.iter().all(|r| r.clip_scale < 1.0), "the clip is exercised");
+            for stage in [1, 2] {
+                let got = run(world, stage, cfg, &grad, 4);
+                let what = format!("world {world} stage {stage}");
+                assert_eq!(bits(&got.0), bits(&want.0), "{what}: parameters");
+                assert_eq!(bits(&got.1), bits(&want.1), "{what}: m");
+                assert_eq!(bits(&got.2), bits(&want.2), "{what}: v");
+                for (a, b) in got.3.iter().zip(&want.3) {
+                    assert!((a.grad_norm - b.grad_norm).abs() <= 1e-12 * b.grad_norm, "{what}");
+                    assert_eq!(a.clip_scale.to_bits(), b.clip_scale.to_bits(), "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_non_finite_gradient_skips_the_step_on_every_rank() {
+        // Rank 1's gradient of step 1 holds a NaN inside tensor 2: every rank skips step 1,
+        // whichever rank's block the NaN falls in, and the step does not count.
+        let grad = |r: usize, s: usize, t: usize| {
+            let mut g = noise(LENS[t], (r * 31 + s * 7 + t) as u64, 0.1);
+            if r == 1 && s == 1 && t == 2 {
+                g[5] = f32::NAN;
+            }
+            g
+        };
+        let cfg = AdamwConfig::default();
+        for world in [2, 3] {
+            let want = run(world, 0, cfg, &grad, 3);
+            assert!(want.3[1].skipped && !want.3[0].skipped && !want.3[2].skipped);
+            for stage in [1, 2] {
+                let got = run(world, stage, cfg, &grad, 3);
+                assert_eq!(
+                    got.3.iter().map(|r| r.skipped).collect::<Vec<_>>(),
+                    vec![false, true, false]
+                );
+                assert_eq!(bits(&got.0), bits(&want.0), "world {world} stage {stage}");
+                assert_eq!(bits(&got.1), bits(&want.1));
+            }
+        }
+    }
+
+    #[test]
+    fn consolidated_state_reshards_to_another_world() {
+        // The moments of a 3-rank sharded run, gathered, sharded again over 2 ranks and
+        // gathered back: the same values (what a checkpoint resumed on another world does).
+        let grad = |r: usize, s: usize, t: usize| noise(LENS[t], (r + s * 5 + t) as u64, 0.3);
+        let (_, m, v, _) = run(3, 1, AdamwConfig::default(), &grad, 2);
+        let back = on_ranks(2, |g| {
+            let be = Cpu;
+            let split = |flat: &[f32]| -> Vec<Vec<f32>> {
+                let mut off = 0;
+                LENS.iter()
+                    .map(|&n| {
+                        off += n;
+                        flat[off - n..off].to_vec()
+                    })
+                    .collect()
+            };
+            let params: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![0.0; n]).collect();
+            let mut opt = AdamW::new(&be, &params, AdamwConfig::default());
+            (opt.m, opt.v) = (split(&m), split(&v));
+            shard_optimizer(&be, &g, &mut opt, &params, 2).unwrap();
+            let r = Collective::<Cpu>::rank(&g);
+            assert_eq!(opt.m[0].len(), shard(25, r, 2).len());
+            let full = consolidated(&be, &g, &opt).unwrap().unwrap();
+            (full.m.concat(), full.v.concat())
+        });
+        for (bm, bv) in back {
+            assert_eq!((bits(&bm), bits(&bv)), (bits(&m), bits(&v)));
+        }
+        assert!(check_stage(3).unwrap_err().to_string().contains("use 0"));
+    }
+}
