@@ -247,6 +247,10 @@ fn steps_logged(out: &Path, phase: &str) -> Vec<u64> {
         .collect()
 }
 
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 fn weights(dir: &Path) -> Vec<f32> {
     Qwen2::load(&Cpu, dir).unwrap().to_host(&Cpu).concat()
 }
@@ -292,6 +296,22 @@ fn sft_on_two_ranks_matches_one_process() {
     for out in [&one, &two] {
         assert_eq!(steps_logged(out, "sft"), (1..=6).collect::<Vec<_>>(), "{}", out.display());
         assert!(out.join("checkpoint-4").is_dir() && out.join("checkpoint-6").is_dir());
+    }
+    // ZeRO-1 and ZeRO-2 on the same 2 ranks: the replicated run's bits (dist::zero), and
+    // checkpoints that hold the same consolidated optimizer state.
+    for stage in ["1", "2"] {
+        let z = tmp.path().join(format!("zero{stage}"));
+        let mut a = args(&z);
+        a.extend(["--zero".into(), stage.into()]);
+        let err = ok(&mpirun(2).arg(bin()).args(a).output().unwrap(), "mpirun -np 2 sft --zero");
+        assert!(err.contains(&format!("ZeRO-{stage}")), "rank 0 reports the stage:\n{err}");
+        assert_eq!(steps_logged(&z, "sft"), (1..=6).collect::<Vec<_>>());
+        assert_eq!(bits(&weights(&z)), bits(&weights(&two)), "sft --zero {stage}: weights");
+        for ck in ["checkpoint-4", "checkpoint-6"] {
+            let opt =
+                |out: &Path| std::fs::read(out.join(ck).join("optimizer.safetensors")).unwrap();
+            assert!(opt(&z) == opt(&two), "sft --zero {stage}: {ck}'s optimizer state");
+        }
     }
     let (a, b, start) = (weights(&one), weights(&two), weights(&model));
     let (d, moved) = compare(&a, &b, &start);
@@ -351,19 +371,32 @@ fn train_on_two_ranks_matches_one_process() {
     );
     let err = ok(&mpirun(2).arg(bin()).args(args(&two)).output().unwrap(), "mpirun -np 2 train");
     assert!(err.contains("data parallel: 2 ranks"), "{err}");
-    // The same 2-rank run, rank 1 killed during RL, then resumed by a new 2-rank launch.
+    // The same 2 ranks with ZeRO-1 (optimizer moments sharded).
+    let four = tmp.path().join("four");
+    let mut zero1 = args(&four);
+    zero1.extend(["--zero".into(), "1".into()]);
+    ok(&mpirun(2).arg(bin()).args(zero1).output().unwrap(), "mpirun -np 2 train --zero 1");
+    // The same 2-rank run with ZeRO-2, rank 1 killed during RL, then resumed by a new 2-rank
+    // launch with ZeRO-1: the consolidated checkpoint is sharded again for the new stage.
     let three = tmp.path().join("three");
-    let killed_at = kill_rank_1_during_rl(mpirun(2).arg(bin()).args(args(&three)), &three);
-    let resume = ["train".to_string(), "--resume".into(), three.to_str().unwrap().into()];
+    let mut zero2 = args(&three);
+    zero2.extend(["--zero".into(), "2".into()]);
+    let killed_at = kill_rank_1_during_rl(mpirun(2).arg(bin()).args(zero2), &three);
+    let resume = ["train", "--zero", "1", "--resume", three.to_str().unwrap()];
     ok(&mpirun(2).arg(bin()).args(resume).output().unwrap(), "mpirun -np 2 train --resume");
     eprintln!("MEASURED train: rank 1 killed after RL step {killed_at} was logged");
-    for out in [&one, &two, &three] {
+    for out in [&one, &two, &three, &four] {
         assert_eq!(steps_logged(out, "sft"), vec![1, 2, 3], "{}", out.display());
         assert_eq!(steps_logged(out, "rl"), vec![1, 2, 3, 4], "{}", out.display());
     }
-    // Resuming is exact (CPU): the killed and resumed run ends at the uninterrupted run's bits.
-    let (w2, w3) = (weights(&two.join("rl/checkpoint-4")), weights(&three.join("rl/checkpoint-4")));
-    assert!(w2.iter().zip(&w3).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed run differs");
+    // ZeRO gives the replicated run's bits, and resuming is exact (CPU): the killed and
+    // resumed ZeRO run ends at the uninterrupted run's bits, optimizer state included.
+    let ck = |out: &Path| out.join("rl/checkpoint-4");
+    let w2 = bits(&weights(&ck(&two)));
+    assert_eq!(bits(&weights(&ck(&four))), w2, "train --zero 1 differs from --zero 0");
+    assert_eq!(bits(&weights(&ck(&three))), w2, "the killed and resumed --zero 2 run differs");
+    let opt = |out: &Path| std::fs::read(ck(out).join("optimizer.safetensors")).unwrap();
+    assert!(opt(&four) == opt(&two) && opt(&three) == opt(&two), "optimizer state differs");
     // The groups had reward variance (a real policy gradient, not only the KL term).
     let text = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
     let zero_var: Vec<f64> = text

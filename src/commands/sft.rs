@@ -273,6 +273,10 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             trainer.state.schedule,
             if comm.world() > 1 { format!(", {} ranks", comm.world()) } else { String::new() }
         );
+        if comm.world() > 1 || args.zero > 0 {
+            let n = trainer.model.params.iter().map(|p| be.len(p)).sum();
+            eprintln!("{}", zero::state_note(comm.world(), args.zero, Some(n)));
+        }
     }
     // Rank 0 owns the output directory: the lock, the metrics log, the checkpoints.
     let mut owned = None;

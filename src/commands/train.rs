@@ -163,6 +163,12 @@ fn run_on<B: crate::backend::rl_ops::RlOps>(
         if comm.world() > 1 {
             eprintln!("data parallel: {} ranks", comm.world());
         }
+        if comm.world() > 1 || inputs.cfg.dist.zero > 0 {
+            eprintln!(
+                "{}",
+                crate::dist::zero::state_note(comm.world(), inputs.cfg.dist.zero, None)
+            );
+        }
     }
     let report = run_pipeline_with(be, &inputs, comm)?;
     if lead {

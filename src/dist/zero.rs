@@ -176,6 +176,77 @@ pub fn reduce_and_step<B: Backend>(
     Ok(StepReport { grad_norm: norm, clip_scale: scale, skipped: false })
 }
 
+/// Device bytes a rank holds per model parameter for the model's training state (not the
+/// activations), by part.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StateBytes {
+    /// The weights the forward reads: f32 as built (which are also the master copy), bf16 in
+    /// the `bf16_weights` layout.
+    pub weights: f64,
+    /// bf16 copies of the f32 weights kept for bf16 GEMMs (GPU, `--precision bf16`).
+    pub shadows: f64,
+    /// f32 master weights apart from `weights` (the `bf16_weights` layout only).
+    pub master: f64,
+    /// AdamW's m and v, f32.
+    pub moments: f64,
+    /// The f32 gradient accumulator.
+    pub grads: f64,
+}
+
+impl StateBytes {
+    pub fn total(&self) -> f64 {
+        self.weights + self.shadows + self.master + self.moments + self.grads
+    }
+}
+
+/// Bytes per parameter per rank of a run of `world` ranks at ZeRO `stage`, at the step's peak.
+///
+/// As built (`bf16_weights` false): f32 weights (4, the master copy), bf16 shadows of them
+/// when `shadows` (2), m and v (8, or 8/world when sharded) and the full f32 gradient (4: the
+/// backward accumulates all of it; stage 2 frees it between steps only). With
+/// `bf16_weights` (the layout of the ZeRO paper's mixed precision, NOT built: bf16 weights
+/// in the replica, f32 master weights sharded with the moments, and at stage 2 the gradient
+/// reduce-scattered in buckets during the backward): 2 + (4 + 8) / world + 4 (stage 2:
+/// 4 / world).
+pub fn bytes_per_param(world: usize, stage: u8, shadows: bool, bf16_weights: bool) -> StateBytes {
+    let n = world.max(1) as f64;
+    let per = |b: f64, sharded: bool| if sharded { b / n } else { b };
+    if bf16_weights {
+        StateBytes {
+            weights: 2.0,
+            shadows: 0.0,
+            master: per(4.0, stage >= 1),
+            moments: per(8.0, stage >= 1),
+            grads: per(4.0, stage >= 2),
+        }
+    } else {
+        StateBytes {
+            weights: 4.0,
+            shadows: if shadows { 2.0 } else { 0.0 },
+            master: 0.0,
+            moments: per(8.0, stage >= 1),
+            grads: 4.0,
+        }
+    }
+}
+
+/// The line a run prints at its start (rank 0) for a data-parallel or sharded run.
+pub fn state_note(world: usize, stage: u8, params: Option<usize>) -> String {
+    let b = bytes_per_param(world, stage, false, false);
+    let size = params.map_or(String::new(), |p| {
+        format!(" = {:.1} MB for {p} parameters", b.total() * p as f64 / 1e6)
+    });
+    format!(
+        "ZeRO-{stage} over {world} rank(s): model state {:.2} bytes/parameter/rank (f32 weights {}, \
+         AdamW moments {:.2}, gradients {}{}){size}; +2 with bf16 GEMM weight shadows on a GPU",
+        b.total(),
+        b.weights,
+        b.moments,
+        b.grads,
+        if stage == 2 { ", freed between steps" } else { "" },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +399,18 @@ mod tests {
             assert_eq!((bits(&bm), bits(&bv)), (bits(&m), bits(&v)));
         }
         assert!(check_stage(3).unwrap_err().to_string().contains("use 0"));
+    }
+
+    #[test]
+    fn bytes_per_parameter_follow_the_stage() {
+        // Replicated as built: 4 + 8 + 4 (+ 2 shadows) = the 18 of scripts/memory_fit.py.
+        assert_eq!(bytes_per_param(8, 0, true, false).total(), 18.0);
+        assert_eq!(bytes_per_param(8, 1, false, false).total(), 4.0 + 1.0 + 4.0);
+        assert_eq!(bytes_per_param(8, 2, false, false).total(), 9.0);
+        // The ZeRO paper's 16 bytes (2 + 2 + 12 with bf16 gradients; ours are f32: 18).
+        assert_eq!(bytes_per_param(1, 0, false, true).total(), 18.0);
+        assert_eq!(bytes_per_param(8, 1, false, true).total(), 2.0 + 1.5 + 4.0);
+        assert_eq!(bytes_per_param(8, 2, false, true).total(), 2.0 + 2.0);
+        assert!(state_note(2, 1, Some(1000)).contains("ZeRO-1 over 2 rank(s): model state 12.00"));
     }
 }
