@@ -665,6 +665,7 @@ mod tests {
             ("reward.format_weight", "-1"),
             ("eval.temperature", "nan"),
             ("output.keep_checkpoints", "0"),
+            ("dist.zero", "3"),
         ];
         for (key, bad) in cases {
             let mut c = TrainConfig::default();
@@ -682,9 +683,12 @@ mod tests {
     fn a_resume_applies_forward_looking_keys_and_refuses_the_rest_by_name() {
         let saved = TrainConfig::demo();
         let mut wanted = saved.clone();
-        wanted.apply_overrides(&["eval.every=5".into(), "rl.steps=80".into()]).unwrap();
+        wanted
+            .apply_overrides(&["eval.every=5".into(), "rl.steps=80".into(), "dist.zero=2".into()])
+            .unwrap();
         let got = saved.resumed_with(wanted).unwrap();
-        assert_eq!((got.eval.every, got.rl.steps), (5, 80));
+        // The checkpoints are consolidated: a resumed run may shard its optimizer otherwise.
+        assert_eq!((got.eval.every, got.rl.steps, got.dist.zero), (5, 80, 2));
         let mut wanted = saved.clone();
         wanted.apply_overrides(&["sft.lr=1e-3".into(), "vas.lambda=1".into()]).unwrap();
         let e = saved.resumed_with(wanted).unwrap_err().to_string();
