@@ -9,9 +9,12 @@
 //!   then GRPO + VAS with refreshes) end at the weights of the same command in one plain
 //!   process, log each step exactly once, and (`train`) hold the same VPS table as the one
 //!   process (every rank checks its table against rank 0's after each refresh: a rank that
-//!   drifts fails the run). A third 2-rank `train` has rank 1 killed (SIGKILL) once RL step
-//!   2 is logged (rank 0 is then writing rl/checkpoint-2), is resumed by a new `mpirun -np 2
-//!   ... --resume`, logs every step once and ends at the uninterrupted run's bits.
+//!   drifts fails the run). A third 2-rank `train`, with ZeRO-2, has rank 1 killed (SIGKILL)
+//!   once RL step 2 is logged (rank 0 is then writing rl/checkpoint-2), is resumed by a new
+//!   `mpirun -np 2 ... --zero 1 --resume`, logs every step once and ends at the
+//!   uninterrupted run's bits.
+//! - ZeRO (`--zero 1|2`, `dist::zero`): sft and train on 2 ranks give the `--zero 0` run's
+//!   weights and checkpoint optimizer files bit for bit.
 //!
 //! Tolerance, as in docs/distributed.md: the ranks' summed gradient is the one-process
 //! gradient with its f32 additions in another order, so weights agree to f32 rounding
