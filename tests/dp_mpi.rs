@@ -145,6 +145,9 @@ fn rank_body() {
         fn all_gather(&self, be: &Cpu, m: &Vec<f32>, b: &mut [Vec<f32>]) -> anyhow::Result<()> {
             self.0.all_gather(be, m, b)
         }
+        fn gather_to_root(&self, xs: &[f32], root: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+            Collective::<Cpu>::gather_to_root(self.0, xs, root)
+        }
     }
     assert_eq!(ViaHost(&comm).all_gather_bytes(&bytes).unwrap(), gb);
     c.barrier().unwrap();
@@ -172,6 +175,14 @@ fn rank_body() {
         let mut back: Vec<Vec<f32>> = lens.iter().map(|&k| vec![f32::NAN; k]).collect();
         c.all_gather(&be, &block, &mut back).unwrap();
         assert_eq!(bits(&back.concat()), bits(&summed), "rank {r}: all-gather {lens:?}");
+    }
+    // Ragged host gathers to one rank (rank 0 sends nothing); the others receive nothing.
+    let mine: Vec<f32> = (0..r).map(|i| (10 * r + i) as f32).collect();
+    let g = c.gather_to_root(&mine, 1).unwrap();
+    if r == 1 {
+        assert_eq!(g, vec![vec![], vec![10.0], vec![20.0, 21.0]]);
+    } else {
+        assert!(g.is_empty());
     }
     let e = c.reduce_scatter_sum(&be, &[vec![1.0; 2 + r]]).unwrap_err().to_string();
     assert!(e.contains("rank 1 passed 3 values, rank 0 passed 2"), "{e}");

@@ -290,7 +290,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
         // Sharded moments are gathered first (every rank takes part); rank 0 writes.
         let full = zero::consolidated(be, comm, &trainer.opt)?;
         if lead {
-            let opt = full.as_ref().unwrap_or(&trainer.opt);
+            let opt = zero::for_save(&trainer.opt, &full);
             let dir = trainer.save_with(be, &args.out, args.save_dtype, Some(&tok_path), opt)?;
             eprintln!("saved {}", dir.display());
         }

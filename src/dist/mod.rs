@@ -89,6 +89,10 @@ pub trait Collective<B: Backend> {
     /// flat concatenation of `bufs` (`total` = their summed length, the same on every rank)
     /// and every rank's `bufs` receive all blocks (ZeRO's all-gather of updated weights).
     fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()>;
+    /// Every rank's host values `xs` (lengths may differ), by rank, at rank `root` only (the
+    /// others receive an empty list): a ZeRO checkpoint's moments, gathered to the rank that
+    /// writes them, without holding them whole on any device.
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>>;
 }
 
 /// Flattens buffers to one host vector (the host-staged collectives).

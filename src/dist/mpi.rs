@@ -194,6 +194,42 @@ impl<B: Backend> Collective<B> for MpiComm {
         }
         Ok(be.upload(&mine))
     }
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {
+        ensure!(root < self.size, "gather to rank {root} in a world of {}", self.size);
+        let lens = self.lengths(xs.len());
+        let at = self.world.process_at_rank(root as i32);
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); self.size];
+        // In rounds of at most CHUNK values per rank (MPI counts and displacements are i32).
+        let rounds = lens.iter().max().copied().unwrap_or(0).div_ceil(CHUNK as u64) as usize;
+        for k in 0..rounds {
+            let part = &xs[(k * CHUNK).min(xs.len())..((k + 1) * CHUNK).min(xs.len())];
+            if self.rank != root {
+                at.gather_varcount_into(part);
+                continue;
+            }
+            let counts: Vec<Count> = lens
+                .iter()
+                .map(|&n| (n as usize).saturating_sub(k * CHUNK).min(CHUNK) as Count)
+                .collect();
+            let displs: Vec<Count> = counts
+                .iter()
+                .scan(0, |acc, &c| {
+                    let d = *acc;
+                    *acc += c;
+                    Some(d)
+                })
+                .collect();
+            let mut buf = vec![0f32; counts.iter().map(|&c| c as usize).sum()];
+            {
+                let mut p = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
+                at.gather_varcount_into_root(part, &mut p);
+            }
+            for ((o, &c), &d) in out.iter_mut().zip(&counts).zip(&displs) {
+                o.extend_from_slice(&buf[d as usize..(d + c) as usize]);
+            }
+        }
+        Ok(if self.rank == root { out } else { Vec::new() })
+    }
     fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()> {
         let n: usize = bufs.iter().map(|b| be.len(b)).sum();
         self.check_same_len(n, "all-gather")?;

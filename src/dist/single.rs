@@ -35,6 +35,10 @@ impl<B: Backend> Collective<B> for Single {
         // The one block is everything.
         Ok(flat_slice(be, bufs, 0..flat_len(be, bufs)))
     }
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {
+        ensure!(root == 0, "gather to rank {root} in a world of 1");
+        Ok(vec![xs.to_vec()])
+    }
     fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()> {
         let n = flat_len(be, bufs);
         ensure!(

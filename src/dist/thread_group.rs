@@ -131,6 +131,12 @@ impl<B: Backend> Collective<B> for ThreadGroup {
         let blocks: Vec<Vec<f32>> = all.into_iter().map(|v| v[mine.clone()].to_vec()).collect();
         Ok(be.upload(&Self::sum_in_rank_order(blocks)?))
     }
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {
+        let world = self.shared.world;
+        ensure!(root < world, "gather to rank {root} in a world of {world}");
+        let all = self.exchange(&self.shared.f32_slots, xs);
+        Ok(if self.rank == root { all } else { Vec::new() })
+    }
     fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()> {
         let n: usize = bufs.iter().map(|b| be.len(b)).sum();
         let totals = self.exchange(&self.shared.f64_slots, &[n as f64]);

@@ -34,15 +34,17 @@
 //! the gradient is not clipped the factor is exactly 1. The updates are therefore the
 //! replicated path's bits (tests/dp_mpi.rs and the tests below check it on whole runs).
 //!
-//! Checkpoints stay in the consolidated format: [`consolidated`] all-gathers the moments into
-//! per-tensor buffers before rank 0 writes, so a run resumes with any world size and stage (the
-//! state is re-sharded by [`shard_optimizer`]) and exports as before. The gather holds the
-//! whole moments on every rank while a checkpoint is written (a root-only gather to host
-//! memory would avoid that; not built).
+//! Checkpoints stay in the consolidated format: [`consolidated`] gathers the ranks' blocks of
+//! the moments to rank 0's HOST memory (no device ever holds them whole) and rank 0 writes
+//! today's files from there, so a run resumes with any world size and stage (the state is
+//! re-sharded by [`shard_optimizer`]) and exports as before. Rank 0 needs host memory for
+//! the whole moments while it writes (8 bytes a parameter: 61 GB for a 7B model).
 
 use super::{flat_len, flat_slice, shard, Collective};
+use crate::backend::cpu::Cpu;
 use crate::backend::{AdamwStep, Backend};
 use crate::optim::{clip_scale, AdamW, StepReport};
+use crate::train::checkpoint::OptState;
 use anyhow::{bail, ensure, Result};
 use std::ops::Range;
 
@@ -92,27 +94,43 @@ pub fn shard_optimizer<B: Backend>(
     Ok(())
 }
 
-/// The optimizer's per-tensor state as a checkpoint stores it: `None` for a replicated
-/// optimizer (use it as it is), else the moments gathered from every rank's shard. A
-/// collective: every rank calls it, rank 0 writes the result.
+/// A sharded optimizer's per-tensor state gathered, in host memory, at rank 0 (which writes
+/// checkpoints): `Some` there, `None` on the other ranks and for a replicated optimizer (use
+/// it as it is: see [`for_save`]). A collective: every rank calls it.
 pub fn consolidated<B: Backend>(
     be: &B,
     comm: &dyn Collective<B>,
     opt: &AdamW<B>,
-) -> Result<Option<AdamW<B>>> {
+) -> Result<Option<AdamW<Cpu>>> {
     let Some(z) = &opt.zero else { return Ok(None) };
-    let gather = |block: &B::Buf| -> Result<Vec<B::Buf>> {
-        let mut full: Vec<B::Buf> = z.lens.iter().map(|&n| be.zeros(n)).collect();
-        comm.all_gather(be, block, &mut full)?;
-        Ok(full)
+    let total: usize = z.lens.iter().sum();
+    let gather = |block: &B::Buf| -> Result<Vec<Vec<f32>>> {
+        let all = comm.gather_to_root(&be.download(block), 0)?;
+        if comm.rank() != 0 {
+            return Ok(Vec::new());
+        }
+        let n: usize = all.iter().map(Vec::len).sum();
+        ensure!(
+            n == total,
+            "ZeRO checkpoint: the ranks' blocks hold {n} values, the model {total}"
+        );
+        // Consumes the blocks as it goes: about one copy of the moment at a time.
+        let mut flat = all.into_iter().flatten();
+        Ok(z.lens.iter().map(|&k| flat.by_ref().take(k).collect()).collect())
     };
-    Ok(Some(AdamW {
-        cfg: opt.cfg,
-        m: gather(&opt.m[0])?,
-        v: gather(&opt.v[0])?,
-        step: opt.step,
-        zero: None,
-    }))
+    let (m, v) = (gather(&opt.m[0])?, gather(&opt.v[0])?);
+    Ok((comm.rank() == 0).then(|| AdamW { cfg: opt.cfg, m, v, step: opt.step, zero: None }))
+}
+
+/// The state rank 0 writes: the gathered host state of a sharded run, else the optimizer.
+pub fn for_save<'a, B: Backend>(
+    opt: &'a AdamW<B>,
+    full: &'a Option<AdamW<Cpu>>,
+) -> OptState<'a, B> {
+    match full {
+        Some(h) => OptState::Host(h),
+        None => OptState::Device(opt),
+    }
 }
 
 /// The data-parallel optimizer step, for every trainer: sums the ranks' gradients and updates
@@ -277,7 +295,7 @@ mod tests {
     const LENS: [usize; 4] = [7, 1, 12, 5];
 
     /// `steps` optimizer steps of every rank on its own gradients (`grad(rank, step)`),
-    /// replicated (`stage` 0) or sharded; returns rank 0's parameters, its consolidated moments
+    /// replicated (`stage` 0) or sharded; returns rank 0's parameters, the consolidated moments
     /// and the reports (every rank's parameters must be identical).
     #[allow(clippy::type_complexity)]
     fn run(
@@ -305,10 +323,17 @@ mod tests {
                     assert!(grads.iter().all(|b| b.is_empty()), "ZeRO-2 releases the gradients");
                 }
             }
+            // The moments as a checkpoint gets them: gathered to rank 0's host memory.
             let full = consolidated(&be, &g, &opt).unwrap();
-            let o = full.as_ref().unwrap_or(&opt);
-            assert_eq!(o.step, opt.step);
-            (params.concat(), o.m.concat(), o.v.concat(), reps)
+            assert_eq!(full.is_some(), stage > 0 && r == 0);
+            let (m, v) = match &full {
+                Some(h) => {
+                    assert_eq!(h.step, opt.step);
+                    (h.m.concat(), h.v.concat())
+                }
+                None => (opt.m.concat(), opt.v.concat()),
+            };
+            (params.concat(), m, v, reps)
         });
         for o in &out[1..] {
             assert_eq!(o.0, out[0].0, "every rank holds the same parameters");
@@ -392,12 +417,14 @@ mod tests {
             shard_optimizer(&be, &g, &mut opt, &params, 2).unwrap();
             let r = Collective::<Cpu>::rank(&g);
             assert_eq!(opt.m[0].len(), shard(25, r, 2).len());
-            let full = consolidated(&be, &g, &opt).unwrap().unwrap();
-            (full.m.concat(), full.v.concat())
+            let full = consolidated(&be, &g, &opt).unwrap();
+            assert_eq!(full.is_some(), r == 0, "rank 0 alone receives the state");
+            full.map(|h| (h.m, h.v))
         });
-        for (bm, bv) in back {
-            assert_eq!((bits(&bm), bits(&bv)), (bits(&m), bits(&v)));
-        }
+        let (bm, bv) = back[0].clone().unwrap();
+        let split_lens: Vec<usize> = bm.iter().map(Vec::len).collect();
+        assert_eq!(split_lens, LENS, "per-tensor layout");
+        assert_eq!((bits(&bm.concat()), bits(&bv.concat())), (bits(&m), bits(&v)));
         assert!(check_stage(3).unwrap_err().to_string().contains("use 0"));
     }
 

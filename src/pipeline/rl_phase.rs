@@ -581,7 +581,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
                 &self.dir,
                 run.state.step,
                 &run.policy,
-                full.as_ref().unwrap_or(&run.opt),
+                zero::for_save(&run.opt, &full),
                 &run.state,
                 o.save_dtype,
                 Some(&self.inputs.tokenizer_path),

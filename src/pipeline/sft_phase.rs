@@ -144,7 +144,7 @@ impl<'a, B: Backend> SftPhase<'a, B> {
                     &self.dir,
                     cfg.output.save_dtype,
                     Some(&self.inputs.tokenizer_path),
-                    full.as_ref().unwrap_or(&tr.opt),
+                    zero::for_save(&tr.opt, &full),
                 )
                 .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
                 prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;

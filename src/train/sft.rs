@@ -6,7 +6,7 @@
 //! Everything the next step depends on is in `SftState` + the model + the optimizer, so a
 //! run saved after step k and resumed is bit-identical to one that never stopped (CPU).
 
-use super::checkpoint::{load_checkpoint, save_checkpoint, StateKind};
+use super::checkpoint::{load_checkpoint, save_checkpoint, OptState, StateKind};
 use super::{micro_step, LossBatch, SftLoss, Workspace};
 use crate::backend::memory::MemoryStats;
 use crate::backend::Backend;
@@ -402,14 +402,17 @@ impl<B: Backend> SftTrainer<B> {
 
     /// [`SftTrainer::save`] with the optimizer state `opt` (a ZeRO run's state gathered from
     /// its shards by `dist::zero::consolidated`).
-    pub fn save_with(
+    pub fn save_with<'a>(
         &self,
         be: &B,
         out: &Path,
         dtype: SaveDtype,
         tokenizer: Option<&Path>,
-        opt: &AdamW<B>,
-    ) -> Result<PathBuf> {
+        opt: impl Into<OptState<'a, B>>,
+    ) -> Result<PathBuf>
+    where
+        B: 'a,
+    {
         save_checkpoint(be, out, self.state.step, &self.model, opt, &self.state, dtype, tokenizer)
     }
 }
