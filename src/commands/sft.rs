@@ -232,7 +232,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             .with_context(|| format!("{}: invalid trainer state", dir.display()))?;
             refuse_changed_settings(args, &st.config)?;
             let (data, _) = load_sft_dataset(&args.data, &tok, system, st.config.max_len)?;
-            let t = SftTrainer::resume(be, dir, data)?;
+            let t = SftTrainer::resume_ranked(be, dir, data, comm, args.zero)?;
             eprintln!(
                 "resuming {} at step {}/{} (epoch {}, example {}); the run's saved settings apply",
                 dir.display(),
@@ -255,13 +255,12 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             }
             let model = Qwen2::load(be, &args.model)?;
             tok.check_matches(&tok_path, &model.cfg)?;
-            SftTrainer::new(be, model, data, cfg)?
+            SftTrainer::new_ranked(be, model, data, cfg, comm, args.zero)?
         }
     };
     trainer.ws.recompute = args.recompute;
     // Ranks that loaded independently start as exact replicas of rank 0.
     sync_replicas(be, comm, &mut trainer.model, &mut trainer.opt)?;
-    zero::shard_optimizer(be, comm, &mut trainer.opt, &trainer.model.params, args.zero)?;
     let n_tok: usize = trainer.data.iter().map(|e| e.ids.len()).sum();
     if lead {
         eprintln!(

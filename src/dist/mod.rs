@@ -159,7 +159,8 @@ pub fn shard(n: usize, rank: usize, world: usize) -> Range<usize> {
     start..start + q + usize::from(rank < r)
 }
 
-/// Makes every rank a replica of rank 0: its parameters, AdamW moments and step count. Call it
+/// Makes every rank a replica of rank 0: its parameters, AdamW moments (unless sharded) and
+/// step count. Call it
 /// once after building or resuming the model and optimizer on every rank, so that ranks which
 /// initialized or loaded independently cannot start apart (afterwards identical gradients and
 /// identical optimizer steps keep them identical).
@@ -169,10 +170,13 @@ pub fn sync_replicas<B: Backend>(
     model: &mut Qwen2<B>,
     opt: &mut AdamW<B>,
 ) -> Result<()> {
-    anyhow::ensure!(opt.zero.is_none(), "sync_replicas: call it before zero::shard_optimizer");
     comm.broadcast(be, &mut model.params, 0)?;
-    comm.broadcast(be, &mut opt.m, 0)?;
-    comm.broadcast(be, &mut opt.v, 0)?;
+    // A ZeRO shard is this rank's block, made from the same zeros or the same checkpoint
+    // file as the other ranks' blocks: there is nothing of rank 0's to copy.
+    if opt.zero.is_none() {
+        comm.broadcast(be, &mut opt.m, 0)?;
+        comm.broadcast(be, &mut opt.v, 0)?;
+    }
     let step = comm.all_gather_host(&[opt.step as f64])?[0][0];
     opt.step = step as u64;
     Ok(())

@@ -43,7 +43,7 @@
 use super::{flat_len, flat_slice, shard, Collective};
 use crate::backend::cpu::Cpu;
 use crate::backend::{AdamwStep, Backend};
-use crate::optim::{clip_scale, AdamW, StepReport};
+use crate::optim::{clip_scale, AdamW, AdamwConfig, StepReport};
 use crate::train::checkpoint::OptState;
 use anyhow::{bail, ensure, Result};
 use std::ops::Range;
@@ -68,8 +68,10 @@ pub fn check_stage(stage: u8) -> Result<()> {
 }
 
 /// Turns a replicated optimizer (every rank holding the same per-tensor moments, as after
-/// `sync_replicas`) into this rank's shard for ZeRO `stage` (0 leaves it replicated). Every
-/// rank must call it with the same `params` layout.
+/// `sync_replicas`) into this rank's shard for ZeRO `stage` (0 leaves it replicated; one
+/// sharded for `stage` already is left as it is). Every rank must call it with the same
+/// `params` layout. Runs build the shard directly instead ([`fresh_optimizer`],
+/// `checkpoint::load_checkpoint_sharded`), so the whole moments never sit on a device.
 pub fn shard_optimizer<B: Backend>(
     be: &B,
     comm: &dyn Collective<B>,
@@ -78,7 +80,10 @@ pub fn shard_optimizer<B: Backend>(
     stage: u8,
 ) -> Result<()> {
     check_stage(stage)?;
-    ensure!(opt.zero.is_none(), "shard_optimizer: the optimizer is sharded already");
+    if let Some(z) = &opt.zero {
+        ensure!(z.stage == stage, "shard_optimizer: the optimizer is sharded for ZeRO-{}", z.stage);
+        return Ok(());
+    }
     if stage == 0 {
         return Ok(());
     }
@@ -92,6 +97,61 @@ pub fn shard_optimizer<B: Backend>(
     opt.v = vec![flat_slice(be, &opt.v, range.clone())];
     opt.zero = Some(ZeroShard { stage, range, lens });
     Ok(())
+}
+
+/// A fresh optimizer for ZeRO `stage`: `AdamW::new` at stage 0; at 1 and 2 only this rank's
+/// block of zero moments is allocated (the whole moments never exist on a device).
+pub fn fresh_optimizer<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    params: &[B::Buf],
+    cfg: AdamwConfig,
+    stage: u8,
+) -> Result<AdamW<B>> {
+    check_stage(stage)?;
+    if stage == 0 {
+        return Ok(AdamW::new(be, params, cfg));
+    }
+    let lens: Vec<usize> = params.iter().map(|p| be.len(p)).collect();
+    let range = shard(lens.iter().sum(), comm.rank(), comm.world());
+    Ok(AdamW {
+        cfg,
+        m: vec![be.zeros(range.len())],
+        v: vec![be.zeros(range.len())],
+        step: 0,
+        zero: Some(ZeroShard { stage, range, lens }),
+    })
+}
+
+/// This rank's shard of a whole optimizer state held in host memory (a checkpoint read with
+/// `load_optimizer(&Cpu, ..)`): only the block is uploaded.
+pub fn shard_host<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    host: AdamW<Cpu>,
+    stage: u8,
+) -> Result<AdamW<B>> {
+    check_stage(stage)?;
+    let lens: Vec<usize> = host.m.iter().map(Vec::len).collect();
+    if stage == 0 {
+        let up = |t: &[Vec<f32>]| t.iter().map(|x| be.upload(x)).collect();
+        return Ok(AdamW {
+            cfg: host.cfg,
+            m: up(&host.m),
+            v: up(&host.v),
+            step: host.step,
+            zero: None,
+        });
+    }
+    let range = shard(lens.iter().sum(), comm.rank(), comm.world());
+    let block = |t: &[Vec<f32>]| be.upload(&flat_slice(&Cpu, t, range.clone()));
+    Ok(AdamW {
+        cfg: host.cfg,
+        m: vec![block(&host.m)],
+        v: vec![block(&host.v)],
+        step: host.step,
+        zero: Some(ZeroShard { stage, range, lens }),
+    })
 }
 
 /// A sharded optimizer's per-tensor state gathered, in host memory, at rank 0 (which writes
@@ -310,8 +370,14 @@ mod tests {
             let r = Collective::<Cpu>::rank(&g);
             let mut params: Vec<Vec<f32>> =
                 LENS.iter().enumerate().map(|(t, &n)| noise(n, 100 + t as u64, 1.0)).collect();
-            let mut opt = AdamW::new(&be, &params, cfg);
-            shard_optimizer(&be, &g, &mut opt, &params, stage).unwrap();
+            // Stage 1 cuts a whole optimizer; stage 2 builds the block directly, as runs do.
+            let mut opt = if stage == 2 {
+                fresh_optimizer(&be, &g, &params, cfg, stage).unwrap()
+            } else {
+                let mut o = AdamW::new(&be, &params, cfg);
+                shard_optimizer(&be, &g, &mut o, &params, stage).unwrap();
+                o
+            };
             let mut reps = Vec::new();
             for s in 0..steps {
                 let mut grads: Vec<Vec<f32>> =
@@ -417,6 +483,17 @@ mod tests {
             shard_optimizer(&be, &g, &mut opt, &params, 2).unwrap();
             let r = Collective::<Cpu>::rank(&g);
             assert_eq!(opt.m[0].len(), shard(25, r, 2).len());
+            // A checkpoint read to host memory and sharded there gives the same block.
+            let host = AdamW {
+                cfg: AdamwConfig::default(),
+                m: split(&m),
+                v: split(&v),
+                step: 7,
+                zero: None,
+            };
+            let direct = shard_host(&be, &g, host, 2).unwrap();
+            assert_eq!((&direct.m, &direct.v, &direct.zero), (&opt.m, &opt.v, &opt.zero));
+            assert_eq!(direct.step, 7);
             let full = consolidated(&be, &g, &opt).unwrap();
             assert_eq!(full.is_some(), r == 0, "rank 0 alone receives the state");
             full.map(|h| (h.m, h.v))

@@ -27,7 +27,9 @@ use crate::rl::trainer::{
     collect_with, update_with, Experience, GrpoExtras, GrpoSettings, UpdateReport,
 };
 use crate::rl::vas::{TdsMetric, UnscoredPrior, VasSampler, VpsTable};
-use crate::train::checkpoint::{load_checkpoint, prune_checkpoints, save_checkpoint, StateKind};
+use crate::train::checkpoint::{
+    load_checkpoint, load_checkpoint_sharded, prune_checkpoints, save_checkpoint, StateKind,
+};
 use crate::train::Workspace;
 use anyhow::{bail, Result};
 use rand::SeedableRng;
@@ -213,9 +215,10 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             )
         });
         let mut policy = policy;
-        let mut opt = AdamW::new(self.be, &policy.params, self.adamw());
+        let zero = self.cfg().dist.zero;
+        let mut opt =
+            zero::fresh_optimizer(self.be, self.comm, &policy.params, self.adamw(), zero)?;
         sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
-        zero::shard_optimizer(self.be, self.comm, &mut opt, &policy.params, self.cfg().dist.zero)?;
         let state = RlState {
             kind: StateKind::Rl,
             step: 0,
@@ -230,7 +233,8 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
 
     /// Continues the phase from checkpoint directory `ck`.
     pub fn resume(&self, ck: &Path) -> Result<RlRun<B>> {
-        let loaded = load_checkpoint::<B, RlState>(self.be, ck)?;
+        let zero = self.cfg().dist.zero;
+        let loaded = load_checkpoint_sharded::<B, RlState>(self.be, ck, self.comm, zero)?;
         let state = loaded.state;
         if state.kind != StateKind::Rl || state.items != self.items().len() {
             bail!(
@@ -247,7 +251,6 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         };
         let (mut policy, mut opt) = (loaded.model, loaded.opt);
         sync_replicas(self.be, self.comm, &mut policy, &mut opt)?;
-        zero::shard_optimizer(self.be, self.comm, &mut opt, &policy.params, self.cfg().dist.zero)?;
         Ok(RlRun { policy, opt, reference, state })
     }
 

@@ -66,12 +66,18 @@ impl<'a, B: Backend> SftPhase<'a, B> {
             eprintln!("note: {dropped} SFT example(s) had no trained token within sft.max_len and were dropped");
         }
         let mut tr = match ck {
-            Some(ck) => SftTrainer::resume(self.be, ck, data)?,
-            None => SftTrainer::new(self.be, model, data, sft_config(cfg))?,
+            Some(ck) => SftTrainer::resume_ranked(self.be, ck, data, self.comm, cfg.dist.zero)?,
+            None => SftTrainer::new_ranked(
+                self.be,
+                model,
+                data,
+                sft_config(cfg),
+                self.comm,
+                cfg.dist.zero,
+            )?,
         };
         tr.ws.recompute = cfg.model.recompute;
         sync_replicas(self.be, self.comm, &mut tr.model, &mut tr.opt)?;
-        zero::shard_optimizer(self.be, self.comm, &mut tr.opt, &tr.model.params, cfg.dist.zero)?;
         let pb = bar(tr.state.total_steps, "cold-start SFT");
         pb.set_position(tr.state.step);
         while !tr.done() {

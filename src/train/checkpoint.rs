@@ -359,6 +359,32 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
     Ok(LoadedCheckpoint { model, opt, state })
 }
 
+/// [`load_checkpoint`] for rank `comm.rank()` of a ZeRO-`stage` run: the optimizer state is
+/// read into host memory and only the rank's block is uploaded (`dist::zero::shard_host`), so
+/// the whole moments never sit on a device. Stage 0 is `load_checkpoint`.
+pub fn load_checkpoint_sharded<B: Backend, S: DeserializeOwned>(
+    be: &B,
+    dir: &Path,
+    comm: &dyn crate::dist::Collective<B>,
+    stage: u8,
+) -> Result<LoadedCheckpoint<B, S>> {
+    if stage == 0 {
+        return load_checkpoint(be, dir);
+    }
+    let cfg = Qwen2Config::load(dir)?;
+    let layout = ParamLayout::new(&cfg);
+    let state = read_trainer_state(dir)?;
+    let specs: Vec<&ParamSpec> = layout.specs.iter().collect();
+    let (host_opt, masters) = load_optimizer(&crate::backend::cpu::Cpu, dir, &specs, &[])?;
+    let opt = crate::dist::zero::shard_host(be, comm, host_opt, stage)?;
+    let host = match masters {
+        Some(h) => h,
+        None => load_params(dir, &layout)?,
+    };
+    let model = Qwen2::from_host(be, cfg, layout, &host);
+    Ok(LoadedCheckpoint { model, opt, state })
+}
+
 /// Parameter values on the host, one `Vec` per tensor.
 pub type HostParams = Vec<Vec<f32>>;
 
