@@ -179,7 +179,7 @@ pub fn consolidated<B: Backend>(
         Ok(z.lens.iter().map(|&k| flat.by_ref().take(k).collect()).collect())
     };
     let (m, v) = (gather(&opt.m[0])?, gather(&opt.v[0])?);
-    Ok((comm.rank() == 0).then(|| AdamW { cfg: opt.cfg, m, v, step: opt.step, zero: None }))
+    Ok((comm.rank() == 0).then_some(AdamW { cfg: opt.cfg, m, v, step: opt.step, zero: None }))
 }
 
 /// The state rank 0 writes: the gathered host state of a sharded run, else the optimizer.
