@@ -10,8 +10,18 @@ workspace, allocator rounding (size classes round up by at most 12.5%) and fragm
 the budget keeps HEADROOM_GIB for them.
 
     python3 scripts/memory_fit.py [--budget-gib 79.6] [--tokens 4096,16384]
+    python3 scripts/memory_fit.py --world 8          # data parallel: ZeRO 0/1/2 per rank
 
 The default budget is what an 80 GB H100 shows (nvidia-smi: 81,559 MiB).
+
+With --world N the model state per rank follows src/dist/zero.rs `bytes_per_param` (the two
+must agree; its unit test pins the same numbers): as built, f32 weights 4 + bf16 shadows 2 +
+f32 gradient 4 + AdamW m, v 8 (8/N at ZeRO 1 and 2; the full gradient is held through the
+backward at every stage); and the bf16-weights layout that is NOT built (bf16 weights 2,
+f32 master and moments 12/N, at ZeRO 2 the gradient reduce-scattered in buckets during the
+backward: 4/N). Qwen2.5-VL-7B is the 7B language model plus its vision tower (counted as
+state; the vision activations of a few images are small next to 16K text tokens and are
+not counted).
 """
 import argparse
 
@@ -22,6 +32,16 @@ SHAPES = {
     "qwen2.5-3b": (2048, 11008, 36, 16, 2, 151936, True),
     "qwen2.5-7b": (3584, 18944, 28, 28, 4, 152064, False),
 }
+# Qwen2.5-VL-7B's vision tower (config.json vision_config): depth 32, hidden 1280, SwiGLU
+# intermediate 3420, patch 14 x 14 x temporal 2 x 3 channels, 2x2 merger to 3584.
+def vision_params(depth=32, d=1280, i=3420, patch=14, tp=2, out=3584, merge=2):
+    block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 3 * d * i + 2 * i + d
+    m = d * merge * merge
+    merger = d + (m * m + m) + (m * out + out)
+    return patch * patch * tp * 3 * d + depth * block + merger
+
+
+VL = {"qwen2.5-vl-7b": "qwen2.5-7b"}
 HEADROOM_GIB = 2.0
 GIB = 1024**3
 
@@ -48,11 +68,48 @@ def step_bytes(shape, t, recompute):
     return state, kept + scratch + transient, fixed
 
 
+def state_per_param(world, zero, layout):
+    """src/dist/zero.rs bytes_per_param: layout "built" (with bf16 shadows), "noshadow"
+    (MMR1_BF16_SHADOWS=0) or "bf16" (bf16 weights, not built)."""
+    sharded = lambda b, on: b / world if on else b
+    if layout == "bf16":
+        return 2 + sharded(4, zero >= 1) + sharded(8, zero >= 1) + sharded(4, zero >= 2)
+    return 4 + (2 if layout == "built" else 0) + sharded(8, zero >= 1) + 4
+
+
+def data_parallel(a, budget):
+    print(f"{a.world} ranks, budget per rank {budget / GIB:.1f} GiB; max tokens per micro-batch "
+          "(recompute off / on), 'none' when the state alone does not fit")
+    print("| shape | params | layout | ZeRO | state B/param | state GiB | max tokens off / on |")
+    print("|---|---|---|---|---|---|---|")
+    shapes = dict(SHAPES)
+    shapes.update({k: SHAPES[v] for k, v in VL.items()})
+    for name, shape in shapes.items():
+        if name not in ("qwen2.5-3b", "qwen2.5-7b", "qwen2.5-vl-7b"):
+            continue
+        n = params(*shape) + (vision_params() if name in VL else 0)
+        _, off_tok, fixed = step_bytes(shape, 1, False)
+        _, on_tok, _ = step_bytes(shape, 1, True)
+        names = {"built": "as built", "noshadow": "as built, MMR1_BF16_SHADOWS=0",
+                 "bf16": "bf16 weights (not built)"}
+        for layout, lay in names.items():
+            for zero in (0, 1, 2):
+                b = state_per_param(a.world, zero, layout)
+                st = b * n
+                room = budget - st - fixed
+                fit = [f"{int(room // per):,}" if room > 0 else "none" for per in (off_tok, on_tok)]
+                print(f"| {name} | {n / 1e9:.2f} B | {lay} | {zero} | {b:.2f} | {st / GIB:.1f} |"
+                      f" {fit[0]} / {fit[1]} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-gib", type=float, default=81559 / 1024)
     ap.add_argument("--tokens", default="4096,16384")
+    ap.add_argument("--world", type=int, default=0, help="ranks (GPUs) of a data-parallel run")
     a = ap.parse_args()
+    if a.world > 0:
+        return data_parallel(a, (a.budget_gib - HEADROOM_GIB) * GIB)
     budget = (a.budget_gib - HEADROOM_GIB) * GIB
     toks = [int(x) for x in a.tokens.split(",")]
     print(f"budget {a.budget_gib:.1f} GiB less {HEADROOM_GIB:g} GiB headroom = {budget / GIB:.1f} GiB")

@@ -65,6 +65,10 @@ pub struct AdamW<B: Backend> {
     pub v: Vec<B::Buf>,
     /// Steps taken so far (skipped steps do not count, as torch's optimizer is not called).
     pub step: u64,
+    /// `Some` when the state is this rank's ZeRO shard (`dist::zero`): `m` and `v` then hold
+    /// one buffer each, the rank's block of the flat parameter vector, and the step is
+    /// `dist::zero::reduce_and_step`'s.
+    pub zero: Option<crate::dist::zero::ZeroShard>,
 }
 
 /// Global L2 norm of all gradients, accumulated in f64.
@@ -85,6 +89,7 @@ impl<B: Backend> AdamW<B> {
             m: params.iter().map(|p| be.zeros(be.len(p))).collect(),
             v: params.iter().map(|p| be.zeros(be.len(p))).collect(),
             step: 0,
+            zero: None,
         }
     }
 
@@ -94,6 +99,10 @@ impl<B: Backend> AdamW<B> {
     /// not modified (clipping is folded into the update as `grad_scale`).
     pub fn step(&mut self, be: &B, params: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> StepReport {
         let _r = crate::nvtx_ranges::range(c"optimizer");
+        assert!(
+            self.zero.is_none(),
+            "AdamW::step on a ZeRO shard: use dist::zero::reduce_and_step"
+        );
         assert_eq!(params.len(), grads.len(), "AdamW::step: params and grads differ in count");
         assert_eq!(params.len(), self.m.len(), "AdamW::step: optimizer state is for another model");
         let norm = grad_norm(be, grads);

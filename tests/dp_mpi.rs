@@ -9,9 +9,12 @@
 //!   then GRPO + VAS with refreshes) end at the weights of the same command in one plain
 //!   process, log each step exactly once, and (`train`) hold the same VPS table as the one
 //!   process (every rank checks its table against rank 0's after each refresh: a rank that
-//!   drifts fails the run). A third 2-rank `train` has rank 1 killed (SIGKILL) once RL step
-//!   2 is logged (rank 0 is then writing rl/checkpoint-2), is resumed by a new `mpirun -np 2
-//!   ... --resume`, logs every step once and ends at the uninterrupted run's bits.
+//!   drifts fails the run). A third 2-rank `train`, with ZeRO-2, has rank 1 killed (SIGKILL)
+//!   once RL step 2 is logged (rank 0 is then writing rl/checkpoint-2), is resumed by a new
+//!   `mpirun -np 2 ... --zero 1 --resume`, logs every step once and ends at the
+//!   uninterrupted run's bits.
+//! - ZeRO (`--zero 1|2`, `dist::zero`): sft and train on 2 ranks give the `--zero 0` run's
+//!   weights and checkpoint optimizer files bit for bit.
 //!
 //! Tolerance, as in docs/distributed.md: the ranks' summed gradient is the one-process
 //! gradient with its f32 additions in another order, so weights agree to f32 rounding
@@ -136,9 +139,53 @@ fn rank_body() {
         fn barrier(&self) -> anyhow::Result<()> {
             Collective::<Cpu>::barrier(self.0)
         }
+        fn reduce_scatter_sum(&self, be: &Cpu, b: &[Vec<f32>]) -> anyhow::Result<Vec<f32>> {
+            self.0.reduce_scatter_sum(be, b)
+        }
+        fn all_gather(&self, be: &Cpu, m: &Vec<f32>, b: &mut [Vec<f32>]) -> anyhow::Result<()> {
+            self.0.all_gather(be, m, b)
+        }
+        fn gather_to_root(&self, xs: &[f32], root: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+            Collective::<Cpu>::gather_to_root(self.0, xs, root)
+        }
     }
     assert_eq!(ViaHost(&comm).all_gather_bytes(&bytes).unwrap(), gb);
     c.barrier().unwrap();
+    // ZeRO's exchanges: each rank's block of the flat concatenation is the same slice of the
+    // all-reduce, bit for bit, and the all-gather puts the blocks back. Lengths 4+0+3 = 7
+    // over 3 ranks (blocks 3, 2, 2; a boundary inside a tensor), and 2 (rank 2's block empty).
+    for lens in [&[4usize, 0, 3][..], &[2][..]] {
+        let vals: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(t, &k)| {
+                (0..k)
+                    .map(|i| ((i + 3 * t + 1) as f32 * 0.37).powi(r as i32 * 3 + 1) - 1.3)
+                    .collect()
+            })
+            .collect();
+        let bufs: Vec<Vec<f32>> = vals.iter().map(|v| be.upload(v)).collect();
+        let mut summed = bufs.clone();
+        c.all_reduce_sum(&be, &mut summed).unwrap();
+        let summed = summed.concat();
+        let block = c.reduce_scatter_sum(&be, &bufs).unwrap();
+        let range = mmr1_fast::dist::shard(summed.len(), r, n);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&be.download(&block)), bits(&summed[range]), "rank {r}: {lens:?}");
+        let mut back: Vec<Vec<f32>> = lens.iter().map(|&k| vec![f32::NAN; k]).collect();
+        c.all_gather(&be, &block, &mut back).unwrap();
+        assert_eq!(bits(&back.concat()), bits(&summed), "rank {r}: all-gather {lens:?}");
+    }
+    // Ragged host gathers to one rank (rank 0 sends nothing); the others receive nothing.
+    let mine: Vec<f32> = (0..r).map(|i| (10 * r + i) as f32).collect();
+    let g = c.gather_to_root(&mine, 1).unwrap();
+    if r == 1 {
+        assert_eq!(g, vec![vec![], vec![10.0], vec![20.0, 21.0]]);
+    } else {
+        assert!(g.is_empty());
+    }
+    let e = c.reduce_scatter_sum(&be, &[vec![1.0; 2 + r]]).unwrap_err().to_string();
+    assert!(e.contains("rank 1 passed 3 values, rank 0 passed 2"), "{e}");
     // A length mismatch fails on every rank alike (and leaves none waiting).
     let mut bad = vec![be.upload(&vec![1.0; 2 + r])];
     let e = c.all_reduce_sum(&be, &mut bad).unwrap_err().to_string();
@@ -214,6 +261,10 @@ fn steps_logged(out: &Path, phase: &str) -> Vec<u64> {
         .collect()
 }
 
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 fn weights(dir: &Path) -> Vec<f32> {
     Qwen2::load(&Cpu, dir).unwrap().to_host(&Cpu).concat()
 }
@@ -259,6 +310,22 @@ fn sft_on_two_ranks_matches_one_process() {
     for out in [&one, &two] {
         assert_eq!(steps_logged(out, "sft"), (1..=6).collect::<Vec<_>>(), "{}", out.display());
         assert!(out.join("checkpoint-4").is_dir() && out.join("checkpoint-6").is_dir());
+    }
+    // ZeRO-1 and ZeRO-2 on the same 2 ranks: the replicated run's bits (dist::zero), and
+    // checkpoints that hold the same consolidated optimizer state.
+    for stage in ["1", "2"] {
+        let z = tmp.path().join(format!("zero{stage}"));
+        let mut a = args(&z);
+        a.extend(["--zero".into(), stage.into()]);
+        let err = ok(&mpirun(2).arg(bin()).args(a).output().unwrap(), "mpirun -np 2 sft --zero");
+        assert!(err.contains(&format!("ZeRO-{stage}")), "rank 0 reports the stage:\n{err}");
+        assert_eq!(steps_logged(&z, "sft"), (1..=6).collect::<Vec<_>>());
+        assert_eq!(bits(&weights(&z)), bits(&weights(&two)), "sft --zero {stage}: weights");
+        for ck in ["checkpoint-4", "checkpoint-6"] {
+            let opt =
+                |out: &Path| std::fs::read(out.join(ck).join("optimizer.safetensors")).unwrap();
+            assert!(opt(&z) == opt(&two), "sft --zero {stage}: {ck}'s optimizer state");
+        }
     }
     let (a, b, start) = (weights(&one), weights(&two), weights(&model));
     let (d, moved) = compare(&a, &b, &start);
@@ -318,19 +385,32 @@ fn train_on_two_ranks_matches_one_process() {
     );
     let err = ok(&mpirun(2).arg(bin()).args(args(&two)).output().unwrap(), "mpirun -np 2 train");
     assert!(err.contains("data parallel: 2 ranks"), "{err}");
-    // The same 2-rank run, rank 1 killed during RL, then resumed by a new 2-rank launch.
+    // The same 2 ranks with ZeRO-1 (optimizer moments sharded).
+    let four = tmp.path().join("four");
+    let mut zero1 = args(&four);
+    zero1.extend(["--zero".into(), "1".into()]);
+    ok(&mpirun(2).arg(bin()).args(zero1).output().unwrap(), "mpirun -np 2 train --zero 1");
+    // The same 2-rank run with ZeRO-2, rank 1 killed during RL, then resumed by a new 2-rank
+    // launch with ZeRO-1: the consolidated checkpoint is sharded again for the new stage.
     let three = tmp.path().join("three");
-    let killed_at = kill_rank_1_during_rl(mpirun(2).arg(bin()).args(args(&three)), &three);
-    let resume = ["train".to_string(), "--resume".into(), three.to_str().unwrap().into()];
+    let mut zero2 = args(&three);
+    zero2.extend(["--zero".into(), "2".into()]);
+    let killed_at = kill_rank_1_during_rl(mpirun(2).arg(bin()).args(zero2), &three);
+    let resume = ["train", "--zero", "1", "--resume", three.to_str().unwrap()];
     ok(&mpirun(2).arg(bin()).args(resume).output().unwrap(), "mpirun -np 2 train --resume");
     eprintln!("MEASURED train: rank 1 killed after RL step {killed_at} was logged");
-    for out in [&one, &two, &three] {
+    for out in [&one, &two, &three, &four] {
         assert_eq!(steps_logged(out, "sft"), vec![1, 2, 3], "{}", out.display());
         assert_eq!(steps_logged(out, "rl"), vec![1, 2, 3, 4], "{}", out.display());
     }
-    // Resuming is exact (CPU): the killed and resumed run ends at the uninterrupted run's bits.
-    let (w2, w3) = (weights(&two.join("rl/checkpoint-4")), weights(&three.join("rl/checkpoint-4")));
-    assert!(w2.iter().zip(&w3).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed run differs");
+    // ZeRO gives the replicated run's bits, and resuming is exact (CPU): the killed and
+    // resumed ZeRO run ends at the uninterrupted run's bits, optimizer state included.
+    let ck = |out: &Path| out.join("rl/checkpoint-4");
+    let w2 = bits(&weights(&ck(&two)));
+    assert_eq!(bits(&weights(&ck(&four))), w2, "train --zero 1 differs from --zero 0");
+    assert_eq!(bits(&weights(&ck(&three))), w2, "the killed and resumed --zero 2 run differs");
+    let opt = |out: &Path| std::fs::read(ck(out).join("optimizer.safetensors")).unwrap();
+    assert!(opt(&four) == opt(&two) && opt(&three) == opt(&two), "optimizer state differs");
     // The groups had reward variance (a real policy gradient, not only the KL term).
     let text = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
     let zero_var: Vec<f64> = text

@@ -197,6 +197,7 @@ fn sft_command_trains_saves_and_resumes() {
         device: "cpu".parse().unwrap(),
         precision: Default::default(),
         recompute: false,
+        zero: 0,
     };
     run_on(&Cpu, &args).unwrap();
     assert!(out.join("checkpoint-1").is_dir() && out.join("checkpoint-2").is_dir());

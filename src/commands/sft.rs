@@ -3,7 +3,7 @@
 use crate::backend::Backend;
 use crate::data::sft_data::load_sft_dataset;
 use crate::dist::launch::World;
-use crate::dist::{sync_replicas, Collective, Single};
+use crate::dist::{sync_replicas, zero, Collective, Single};
 use crate::model::safetensors_io::write_model_files;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::Qwen2;
@@ -110,6 +110,12 @@ pub struct SftArgs {
     /// step; the results are the same bits. May differ on --resume. See docs/perf.md.
     #[arg(long)]
     pub recompute: bool,
+    /// ZeRO stage of a data-parallel run (mpirun -np N): 0 every rank holds the whole AdamW
+    /// state; 1 each rank holds the moments of its 1/N of the parameters (8/N bytes a
+    /// parameter instead of 8); 2 also frees the full gradients between steps. The weights
+    /// are the same as with 0 (docs/distributed.md). A resumed run may take another stage.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub zero: u8,
 }
 
 impl SftArgs {
@@ -178,6 +184,9 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
         if comm.world() > 1 {
             bail!("data-parallel SFT of a Qwen2.5-VL model is not supported yet: run it in one process");
         }
+        if args.zero > 0 {
+            bail!("--zero {}: sharded optimizer state is built for text models only; Qwen2.5-VL SFT runs with --zero 0", args.zero);
+        }
         return super::sft_vl::run_on(be, args);
     }
     if !args.freeze_vision {
@@ -223,7 +232,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             .with_context(|| format!("{}: invalid trainer state", dir.display()))?;
             refuse_changed_settings(args, &st.config)?;
             let (data, _) = load_sft_dataset(&args.data, &tok, system, st.config.max_len)?;
-            let t = SftTrainer::resume(be, dir, data)?;
+            let t = SftTrainer::resume_ranked(be, dir, data, comm, args.zero)?;
             eprintln!(
                 "resuming {} at step {}/{} (epoch {}, example {}); the run's saved settings apply",
                 dir.display(),
@@ -246,7 +255,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             }
             let model = Qwen2::load(be, &args.model)?;
             tok.check_matches(&tok_path, &model.cfg)?;
-            SftTrainer::new(be, model, data, cfg)?
+            SftTrainer::new_ranked(be, model, data, cfg, comm, args.zero)?
         }
     };
     trainer.ws.recompute = args.recompute;
@@ -263,6 +272,10 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             trainer.state.schedule,
             if comm.world() > 1 { format!(", {} ranks", comm.world()) } else { String::new() }
         );
+        if comm.world() > 1 || args.zero > 0 {
+            let n = trainer.model.params.iter().map(|p| be.len(p)).sum();
+            eprintln!("{}", zero::state_note(comm.world(), args.zero, Some(n)));
+        }
     }
     // Rank 0 owns the output directory: the lock, the metrics log, the checkpoints.
     let mut owned = None;
@@ -273,8 +286,11 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
         owned = Some((lock, MetricsLog::open(&args.out, keep)?));
     }
     let save = |trainer: &SftTrainer<B>| -> Result<()> {
+        // Sharded moments are gathered first (every rank takes part); rank 0 writes.
+        let full = zero::consolidated(be, comm, &trainer.opt)?;
         if lead {
-            let dir = trainer.save(be, &args.out, args.save_dtype, Some(&tok_path))?;
+            let opt = zero::for_save(&trainer.opt, &full);
+            let dir = trainer.save_with(be, &args.out, args.save_dtype, Some(&tok_path), opt)?;
             eprintln!("saved {}", dir.display());
         }
         comm.barrier()

@@ -53,6 +53,11 @@ pub struct TrainArgs {
     /// 20-25% more compute, the same results.
     #[arg(long)]
     pub recompute: bool,
+    /// ZeRO stage of a data-parallel run (same as --set dist.zero=...): 0 every rank holds
+    /// the whole AdamW state; 1 each of N ranks holds the moments of 1/N of the parameters;
+    /// 2 also frees the full gradients between steps. Same results; see docs/distributed.md.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub zero: Option<u8>,
     /// Output directory (same as --set output.dir=...).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -112,6 +117,9 @@ pub fn run(args: &TrainArgs, world: &World) -> Result<()> {
     }
     if args.recompute {
         cfg.model.recompute = true;
+    }
+    if let Some(z) = args.zero {
+        cfg.dist.zero = z;
     }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();
@@ -192,6 +200,12 @@ fn run_on<B: crate::backend::rl_ops::RlOps>(
         eprintln!("output: {}", inputs.out.display());
         if comm.world() > 1 {
             eprintln!("data parallel: {} ranks", comm.world());
+        }
+        if comm.world() > 1 || inputs.cfg.dist.zero > 0 {
+            eprintln!(
+                "{}",
+                crate::dist::zero::state_note(comm.world(), inputs.cfg.dist.zero, None)
+            );
         }
     }
     let report = run_pipeline_with(be, &inputs, comm)?;

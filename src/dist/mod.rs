@@ -20,6 +20,7 @@ pub mod launch;
 mod mpi;
 mod single;
 mod thread_group;
+pub mod zero;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiComm;
@@ -78,6 +79,20 @@ pub trait Collective<B: Backend> {
     }
     /// Returns when every rank has called it (rank 0 writes a checkpoint; the others wait).
     fn barrier(&self) -> Result<()>;
+    /// ZeRO's gradient exchange: the buffers are taken as ONE flat vector (their
+    /// concatenation), cut into the contiguous blocks `shard(total, r, world)`; returns this
+    /// rank's block of the element-wise sum over ranks. The block holds the same bits as the
+    /// same slice of `all_reduce_sum` (rank order from rank 0's values), so a sharded
+    /// optimizer step can equal the replicated one. A block may be empty (`total < world`).
+    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf>;
+    /// The inverse layout: every rank passes its block `shard(total, rank, world)` of the
+    /// flat concatenation of `bufs` (`total` = their summed length, the same on every rank)
+    /// and every rank's `bufs` receive all blocks (ZeRO's all-gather of updated weights).
+    fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()>;
+    /// Every rank's host values `xs` (lengths may differ), by rank, at rank `root` only (the
+    /// others receive an empty list): a ZeRO checkpoint's moments, gathered to the rank that
+    /// writes them, without holding them whole on any device.
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>>;
 }
 
 /// Flattens buffers to one host vector (the host-staged collectives).
@@ -99,6 +114,41 @@ pub(crate) fn upload_all<B: Backend>(be: &B, bufs: &mut [B::Buf], host: &[f32]) 
     }
 }
 
+/// Total length of `bufs` taken as one flat vector.
+pub fn flat_len<B: Backend>(be: &B, bufs: &[B::Buf]) -> usize {
+    bufs.iter().map(|b| be.len(b)).sum()
+}
+
+/// Elements `range` of the flat concatenation of `bufs`, as one new buffer (device copies,
+/// nothing through the host).
+pub fn flat_slice<B: Backend>(be: &B, bufs: &[B::Buf], range: Range<usize>) -> B::Buf {
+    let mut out = be.zeros(range.len());
+    let mut off = 0;
+    for b in bufs {
+        let n = be.len(b);
+        let (lo, hi) = (range.start.max(off), range.end.min(off + n));
+        if lo < hi {
+            be.copy(&mut out, lo - range.start, b, lo - off, hi - lo);
+        }
+        off += n;
+    }
+    out
+}
+
+/// Writes `src` over elements `start .. start + len(src)` of the flat concatenation of `bufs`.
+pub fn write_flat<B: Backend>(be: &B, bufs: &mut [B::Buf], start: usize, src: &B::Buf) {
+    let end = start + be.len(src);
+    let mut off = 0;
+    for b in bufs.iter_mut() {
+        let n = be.len(b);
+        let (lo, hi) = (start.max(off), end.min(off + n));
+        if lo < hi {
+            be.copy(b, lo - off, src, lo - start, hi - lo);
+        }
+        off += n;
+    }
+}
+
 /// The contiguous block of `0..n` that `rank` of `world` takes: sizes differ by at most one,
 /// lower ranks take the larger blocks, blocks are in rank order (so rank r's sequences precede
 /// rank r+1's, and world 1 takes everything). Some blocks are empty when `n < world`.
@@ -109,7 +159,8 @@ pub fn shard(n: usize, rank: usize, world: usize) -> Range<usize> {
     start..start + q + usize::from(rank < r)
 }
 
-/// Makes every rank a replica of rank 0: its parameters, AdamW moments and step count. Call it
+/// Makes every rank a replica of rank 0: its parameters, AdamW moments (unless sharded) and
+/// step count. Call it
 /// once after building or resuming the model and optimizer on every rank, so that ranks which
 /// initialized or loaded independently cannot start apart (afterwards identical gradients and
 /// identical optimizer steps keep them identical).
@@ -120,8 +171,12 @@ pub fn sync_replicas<B: Backend>(
     opt: &mut AdamW<B>,
 ) -> Result<()> {
     comm.broadcast(be, &mut model.params, 0)?;
-    comm.broadcast(be, &mut opt.m, 0)?;
-    comm.broadcast(be, &mut opt.v, 0)?;
+    // A ZeRO shard is this rank's block, made from the same zeros or the same checkpoint
+    // file as the other ranks' blocks: there is nothing of rank 0's to copy.
+    if opt.zero.is_none() {
+        comm.broadcast(be, &mut opt.m, 0)?;
+        comm.broadcast(be, &mut opt.v, 0)?;
+    }
     let step = comm.all_gather_host(&[opt.step as f64])?[0][0];
     opt.step = step as u64;
     Ok(())

@@ -11,7 +11,7 @@
 //! for the same inputs. Large buffers go in chunks so rank 0 holds at most
 //! `world * CHUNK` extra values at a time.
 
-use super::{download_all, upload_all, Collective};
+use super::{download_all, shard, upload_all, Collective};
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use mpi::datatype::PartitionMut;
@@ -163,6 +163,95 @@ impl<B: Backend> Collective<B> for MpiComm {
     }
     fn barrier(&self) -> Result<()> {
         self.world.barrier();
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
+        let host = download_all(be, bufs);
+        let n = host.len();
+        self.check_same_len(n, "reduce-scatter")?;
+        // Rank q's block is gathered to q and summed there in rank order from rank 0's
+        // values: the order (and so the bits) of `sum_f32`, whose root sums everything.
+        let mut mine = Vec::new();
+        for q in 0..self.size {
+            let block = &host[shard(n, q, self.size)];
+            let root = self.world.process_at_rank(q as i32);
+            for part in block.chunks(CHUNK) {
+                if q == self.rank {
+                    let k = part.len();
+                    let mut all = vec![0f32; k * self.size];
+                    root.gather_into_root(part, &mut all[..]);
+                    let (acc, others) = all.split_at_mut(k);
+                    for other in others.chunks_exact(k) {
+                        for (a, x) in acc.iter_mut().zip(other) {
+                            *a += x;
+                        }
+                    }
+                    mine.extend_from_slice(acc);
+                } else {
+                    root.gather_into(part);
+                }
+            }
+        }
+        Ok(be.upload(&mine))
+    }
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {
+        ensure!(root < self.size, "gather to rank {root} in a world of {}", self.size);
+        let lens = self.lengths(xs.len());
+        let at = self.world.process_at_rank(root as i32);
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); self.size];
+        // In rounds of at most CHUNK values per rank (MPI counts and displacements are i32).
+        let rounds = lens.iter().max().copied().unwrap_or(0).div_ceil(CHUNK as u64) as usize;
+        for k in 0..rounds {
+            let part = &xs[(k * CHUNK).min(xs.len())..((k + 1) * CHUNK).min(xs.len())];
+            if self.rank != root {
+                at.gather_varcount_into(part);
+                continue;
+            }
+            let counts: Vec<Count> = lens
+                .iter()
+                .map(|&n| (n as usize).saturating_sub(k * CHUNK).min(CHUNK) as Count)
+                .collect();
+            let displs: Vec<Count> = counts
+                .iter()
+                .scan(0, |acc, &c| {
+                    let d = *acc;
+                    *acc += c;
+                    Some(d)
+                })
+                .collect();
+            let mut buf = vec![0f32; counts.iter().map(|&c| c as usize).sum()];
+            {
+                let mut p = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
+                at.gather_varcount_into_root(part, &mut p);
+            }
+            for ((o, &c), &d) in out.iter_mut().zip(&counts).zip(&displs) {
+                o.extend_from_slice(&buf[d as usize..(d + c) as usize]);
+            }
+        }
+        Ok(if self.rank == root { out } else { Vec::new() })
+    }
+    fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()> {
+        let n: usize = bufs.iter().map(|b| be.len(b)).sum();
+        self.check_same_len(n, "all-gather")?;
+        let block = be.download(mine);
+        let lens = self.lengths(block.len());
+        for (r, &m) in lens.iter().enumerate() {
+            let want = shard(n, r, self.size).len();
+            ensure!(
+                m as usize == want,
+                "all-gather: rank {r} passed {m} values, its block of {n} holds {want}"
+            );
+        }
+        // In rounds of at most CHUNK values per rank (MPI counts are i32).
+        let mut blocks: Vec<Vec<f32>> = vec![Vec::new(); self.size];
+        let rounds = shard(n, 0, self.size).len().div_ceil(CHUNK);
+        for k in 0..rounds {
+            let part = &block[(k * CHUNK).min(block.len())..((k + 1) * CHUNK).min(block.len())];
+            for (b, got) in blocks.iter_mut().zip(self.gather_var(part)?) {
+                b.extend(got);
+            }
+        }
+        upload_all(be, bufs, &blocks.concat());
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! World size 1: the single-process path, every collective a no-op.
 
-use super::Collective;
+use super::{flat_len, flat_slice, write_flat, Collective};
 use crate::backend::Backend;
 use anyhow::{ensure, Result};
 
@@ -29,6 +29,24 @@ impl<B: Backend> Collective<B> for Single {
         Ok(vec![xs.to_vec()])
     }
     fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
+        // The one block is everything.
+        Ok(flat_slice(be, bufs, 0..flat_len(be, bufs)))
+    }
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {
+        ensure!(root == 0, "gather to rank {root} in a world of 1");
+        Ok(vec![xs.to_vec()])
+    }
+    fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()> {
+        let n = flat_len(be, bufs);
+        ensure!(
+            be.len(mine) == n,
+            "all-gather: a world of 1 holds {n} values, got {}",
+            be.len(mine)
+        );
+        write_flat(be, bufs, 0, mine);
         Ok(())
     }
 }

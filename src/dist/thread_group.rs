@@ -7,7 +7,7 @@
 //! does); the tests join their threads, so a failure there shows as a hang plus the panic
 //! message, not as a wrong result.
 
-use super::{download_all, upload_all, Collective};
+use super::{download_all, shard, upload_all, Collective};
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
@@ -118,6 +118,47 @@ impl<B: Backend> Collective<B> for ThreadGroup {
         self.shared.barrier.wait();
         Ok(())
     }
+    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
+        let host = download_all(be, bufs);
+        let all = self.exchange(&self.shared.f32_slots, &host);
+        // Every rank sees every length, so a mismatch fails on every rank alike.
+        let n = all[0].len();
+        if let Some((r, v)) = all.iter().enumerate().find(|(_, v)| v.len() != n) {
+            bail!("reduce-scatter: rank {r} passed {} values, rank 0 passed {n}", v.len());
+        }
+        // Only this rank's block is summed, in the order `sum_in_rank_order` takes.
+        let mine = shard(n, self.rank, self.shared.world);
+        let blocks: Vec<Vec<f32>> = all.into_iter().map(|v| v[mine.clone()].to_vec()).collect();
+        Ok(be.upload(&Self::sum_in_rank_order(blocks)?))
+    }
+    fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {
+        let world = self.shared.world;
+        ensure!(root < world, "gather to rank {root} in a world of {world}");
+        let all = self.exchange(&self.shared.f32_slots, xs);
+        Ok(if self.rank == root { all } else { Vec::new() })
+    }
+    fn all_gather(&self, be: &B, mine: &B::Buf, bufs: &mut [B::Buf]) -> Result<()> {
+        let n: usize = bufs.iter().map(|b| be.len(b)).sum();
+        let totals = self.exchange(&self.shared.f64_slots, &[n as f64]);
+        if let Some((r, t)) = totals.iter().enumerate().find(|(_, t)| t[0] != totals[0][0]) {
+            bail!(
+                "all-gather: rank {r} gathers into {} values, rank 0 into {}",
+                t[0],
+                totals[0][0]
+            );
+        }
+        let all = self.exchange(&self.shared.f32_slots, &be.download(mine));
+        for (r, block) in all.iter().enumerate() {
+            let want = shard(n, r, self.shared.world).len();
+            ensure!(
+                block.len() == want,
+                "all-gather: rank {r} passed {} values, its block of {n} holds {want}",
+                block.len()
+            );
+        }
+        upload_all(be, bufs, &all.concat());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +244,89 @@ mod tests {
         });
         for r in out {
             assert!(r.unwrap_err().contains("rank 1 passed 2 values"));
+        }
+    }
+
+    /// Per-rank random values (never zeros) in buffers of the lengths `lens`.
+    fn ragged(lens: &[usize], rank: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (rank as u64 + 1);
+        lens.iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        // Mixed magnitudes so the f32 sum's order shows in its bits.
+                        let u = ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                        let e = ((x >> 20) % 13) as i32 - 6;
+                        (u + 0.01f32.copysign(u)) * 10f32.powi(e)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reduce_scatter_and_all_gather_are_slices_of_the_all_reduce() {
+        // Ragged lengths: totals not divisible by the world, block boundaries inside tensors,
+        // empty tensors, and a total smaller than the world (empty blocks).
+        let cases: [&[usize]; 5] = [&[7, 1, 12], &[3], &[0, 5, 0, 2], &[1], &[33, 17, 4, 9]];
+        for (c, lens) in cases.iter().enumerate() {
+            for world in [1, 2, 3, 4] {
+                let total: usize = lens.iter().sum();
+                let out = on_ranks(world, |g| {
+                    let be = Cpu;
+                    let r = Collective::<Cpu>::rank(&g);
+                    let vals = ragged(lens, r, c as u64);
+                    let bufs: Vec<Vec<f32>> = vals.iter().map(|v| be.upload(v)).collect();
+                    let mut summed = bufs.clone();
+                    g.all_reduce_sum(&be, &mut summed).unwrap();
+                    let block = g.reduce_scatter_sum(&be, &bufs).unwrap();
+                    // Gather the blocks back into poisoned buffers of the tensors' shapes.
+                    let mut back: Vec<Vec<f32>> =
+                        lens.iter().map(|&n| be.upload(&vec![f32::NAN; n])).collect();
+                    g.all_gather(&be, &block, &mut back).unwrap();
+                    (be.download(&block), summed.concat(), back.concat())
+                });
+                for (r, (block, summed, back)) in out.iter().enumerate() {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let range = crate::dist::shard(total, r, world);
+                    assert_eq!(block.len(), range.len(), "{lens:?} world {world} rank {r}");
+                    assert_eq!(
+                        bits(block),
+                        bits(&summed[range]),
+                        "{lens:?} world {world} rank {r}"
+                    );
+                    assert_eq!(bits(back), bits(summed), "{lens:?} world {world} rank {r}");
+                }
+            }
+        }
+        // Single is the world of one.
+        let be = Cpu;
+        let bufs = ragged(&[5, 0, 3], 0, 9);
+        let block =
+            Collective::<Cpu>::reduce_scatter_sum(&crate::dist::Single, &be, &bufs).unwrap();
+        assert_eq!(block, bufs.concat());
+        let mut back = vec![vec![f32::NAN; 5], vec![], vec![f32::NAN; 3]];
+        crate::dist::Single.all_gather(&be, &block, &mut back).unwrap();
+        assert_eq!(back, bufs);
+    }
+
+    #[test]
+    fn sharded_exchanges_refuse_mismatched_layouts_on_every_rank() {
+        let out = on_ranks(2, |g| {
+            let be = Cpu;
+            let r = Collective::<Cpu>::rank(&g);
+            let bufs = vec![vec![1.0f32; 3 + r]];
+            let rs = g.reduce_scatter_sum(&be, &bufs).map(|_| ()).map_err(|e| e.to_string());
+            // Rank 1 passes a block one too long for its share of 4.
+            let mine = vec![1.0f32; 2 + r];
+            let mut into = vec![vec![0.0f32; 4]];
+            let ag = g.all_gather(&be, &mine, &mut into).map_err(|e| e.to_string());
+            (rs, ag)
+        });
+        for (rs, ag) in out {
+            assert!(rs.unwrap_err().contains("rank 1 passed 4 values, rank 0 passed 3"));
+            assert!(ag.unwrap_err().contains("rank 1 passed 3 values, its block of 4 holds 2"));
         }
     }
 }

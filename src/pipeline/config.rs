@@ -30,6 +30,16 @@ pub struct TrainConfig {
     pub vas: VasSection,
     pub reward: RewardSection,
     pub eval: EvalSection,
+    pub dist: DistSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSection {
+    /// ZeRO stage of a data-parallel run (`mpirun -np N`): 0 = every rank holds the whole
+    /// AdamW state; 1 = each rank holds the moments of its 1/N of the parameters; 2 = also
+    /// releases the full gradients after each step. Same results (docs/distributed.md).
+    pub zero: u8,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -289,6 +299,7 @@ impl Default for TrainConfig {
             },
             reward: RewardSection { accuracy_weight: 1.0, format_weight: 1.0 },
             eval: EvalSection { every: 0, max_items: 0, temperature: 0.0 },
+            dist: DistSection { zero: 0 },
         }
     }
 }
@@ -320,7 +331,8 @@ macro_rules! section_default {
     )*};
 }
 section_default!(ModelSection => model, DataSection => data, OutputSection => output, SftSection => sft,
-    RlSection => rl, VasSection => vas, RewardSection => reward, EvalSection => eval);
+    RlSection => rl, VasSection => vas, RewardSection => reward, EvalSection => eval,
+    DistSection => dist);
 
 /// One TOML value as written in a config file. Every float of the configuration is an f32, so
 /// a float is printed through the f32's shortest round-trip form: 1e-5, 0.6, 0.2.
@@ -357,6 +369,7 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "eval.max_items",
     "eval.temperature",
     "rl.steps",
+    "dist.zero",
 ];
 
 /// Every `section.key` (or top-level key) with its value.
@@ -503,6 +516,7 @@ impl TrainConfig {
         let mut c = Checks::new();
         let o = &self.output;
         c.at_least("output.keep_checkpoints", o.keep_checkpoints as u64, 1);
+        c.closed("dist.zero", self.dist.zero as f64, 0.0, 2.0);
         let s = &self.sft;
         c.at_least("sft.batch_size", s.batch_size as u64, 1);
         c.positive("sft.lr", s.lr as f64);
@@ -657,6 +671,7 @@ mod tests {
             ("reward.format_weight", "-1"),
             ("eval.temperature", "nan"),
             ("output.keep_checkpoints", "0"),
+            ("dist.zero", "3"),
         ];
         for (key, bad) in cases {
             let mut c = TrainConfig::default();
@@ -674,9 +689,12 @@ mod tests {
     fn a_resume_applies_forward_looking_keys_and_refuses_the_rest_by_name() {
         let saved = TrainConfig::demo();
         let mut wanted = saved.clone();
-        wanted.apply_overrides(&["eval.every=5".into(), "rl.steps=80".into()]).unwrap();
+        wanted
+            .apply_overrides(&["eval.every=5".into(), "rl.steps=80".into(), "dist.zero=2".into()])
+            .unwrap();
         let got = saved.resumed_with(wanted).unwrap();
-        assert_eq!((got.eval.every, got.rl.steps), (5, 80));
+        // The checkpoints are consolidated: a resumed run may shard its optimizer otherwise.
+        assert_eq!((got.eval.every, got.rl.steps, got.dist.zero), (5, 80, 2));
         let mut wanted = saved.clone();
         wanted.apply_overrides(&["sft.lr=1e-3".into(), "vas.lambda=1".into()]).unwrap();
         let e = saved.resumed_with(wanted).unwrap_err().to_string();

@@ -15,7 +15,7 @@ use super::vps_log::{item_bins, vps_record, VpsLog};
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
-use crate::dist::Collective;
+use crate::dist::{zero, Collective};
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig};
 use crate::progress::bar;
@@ -208,7 +208,8 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         );
         let reference = self.settings.loss.kl.is_some().then(|| policy.frozen_copy(self.be));
         let mut policy = policy;
-        let mut opt = policy.new_optimizer(self.be, self.adamw());
+        let mut opt =
+            policy.new_optimizer(self.be, self.comm, self.adamw(), self.cfg().dist.zero)?;
         policy.sync_replicas(self.be, self.comm, &mut opt)?;
         let state = RlState {
             kind: StateKind::Rl,
@@ -224,7 +225,8 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
 
     /// Continues the phase from checkpoint directory `ck`.
     pub fn resume<P: RunPolicy<B>>(&self, ck: &Path) -> Result<RlRun<B, P>> {
-        let (mut policy, mut opt, state) = P::load_checkpoint::<RlState>(self.be, ck, self.inputs)?;
+        let (mut policy, mut opt, state) =
+            P::load_checkpoint::<RlState>(self.be, ck, self.inputs, self.comm)?;
         if state.kind != StateKind::Rl || state.items != self.items().len() {
             bail!(
                 "{}: not an RL checkpoint of this data ({} items expected, state has {})",
@@ -574,6 +576,8 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let o = &self.cfg().output;
         let every = o.checkpoint_every as u64;
         if (every > 0 && run.state.step.is_multiple_of(every)) || run.state.step == total {
+            // Sharded moments are gathered first (every rank takes part); rank 0 writes.
+            let full = zero::consolidated(self.be, self.comm, &run.opt)?;
             if self.comm.rank() != 0 {
                 // Rank 0 writes; no rank goes on before the checkpoint is complete.
                 return self.comm.barrier();
@@ -583,7 +587,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
                     self.be,
                     &self.dir,
                     run.state.step,
-                    &run.opt,
+                    zero::for_save(&run.opt, &full),
                     &run.state,
                     o.save_dtype,
                     self.inputs,

@@ -21,7 +21,9 @@ use crate::rl::evaluate::{
 use crate::rl::policy::Policy;
 use crate::rl::vl_policy::VlPolicy;
 use crate::tokenizer::Tokenizer;
-use crate::train::checkpoint::{load_checkpoint, read_trainer_state, save_checkpoint};
+use crate::train::checkpoint::{
+    load_checkpoint, load_checkpoint_sharded, read_trainer_state, save_checkpoint, OptState,
+};
 use crate::train::vl_checkpoint::{load_vl_checkpoint, save_vl_checkpoint};
 use anyhow::{bail, Result};
 use serde::de::DeserializeOwned;
@@ -101,18 +103,20 @@ pub trait RunPolicy<B: RlOps>: Policy<B> + EvalModel<B> + Sized {
         be: &B,
         out: &Path,
         step: u64,
-        opt: &AdamW<B>,
+        opt: OptState<'_, B>,
         state: &S,
         dtype: SaveDtype,
         inputs: &RunInputs,
     ) -> Result<PathBuf>;
 
     /// The model, optimizer and trainer state of a checkpoint written by
-    /// [`RunPolicy::save_checkpoint`].
+    /// [`RunPolicy::save_checkpoint`]; the optimizer this rank's block of it under ZeRO
+    /// (`dist.zero`).
     fn load_checkpoint<S: DeserializeOwned>(
         be: &B,
         ck: &Path,
         inputs: &RunInputs,
+        comm: &dyn Collective<B>,
     ) -> Result<(Self, AdamW<B>, S)>;
 
     /// The reference policy: a checkpoint (its f32 master weights when present) or a model
@@ -152,7 +156,7 @@ impl<B: RlOps> RunPolicy<B> for Qwen2<B> {
         be: &B,
         out: &Path,
         step: u64,
-        opt: &AdamW<B>,
+        opt: OptState<'_, B>,
         state: &S,
         dtype: SaveDtype,
         inputs: &RunInputs,
@@ -163,9 +167,10 @@ impl<B: RlOps> RunPolicy<B> for Qwen2<B> {
     fn load_checkpoint<S: DeserializeOwned>(
         be: &B,
         ck: &Path,
-        _inputs: &RunInputs,
+        inputs: &RunInputs,
+        comm: &dyn Collective<B>,
     ) -> Result<(Self, AdamW<B>, S)> {
-        let l = load_checkpoint::<B, S>(be, ck)?;
+        let l = load_checkpoint_sharded::<B, S>(be, ck, comm, inputs.cfg.dist.zero)?;
         Ok((l.model, l.opt, l.state))
     }
 
@@ -216,11 +221,14 @@ impl<B: RlOps> RunPolicy<B> for VlPolicy<B> {
         be: &B,
         out: &Path,
         step: u64,
-        opt: &AdamW<B>,
+        opt: OptState<'_, B>,
         state: &S,
         dtype: SaveDtype,
         _inputs: &RunInputs,
     ) -> Result<PathBuf> {
+        let OptState::Device(opt) = opt else {
+            bail!("a Qwen2.5-VL run's optimizer state is never sharded (dist.zero = 0)");
+        };
         let (m, freeze) = (&self.model, self.freeze_vision);
         save_vl_checkpoint(be, m, &self.dir, freeze, out, step, opt, state, dtype)
     }
@@ -229,7 +237,11 @@ impl<B: RlOps> RunPolicy<B> for VlPolicy<B> {
         be: &B,
         ck: &Path,
         inputs: &RunInputs,
+        _comm: &dyn Collective<B>,
     ) -> Result<(Self, AdamW<B>, S)> {
+        if inputs.cfg.dist.zero != 0 {
+            bail!("dist.zero = {}: ZeRO sharding is built for text models; a Qwen2.5-VL run is one process (set dist.zero = 0)", inputs.cfg.dist.zero);
+        }
         // What the optimizer state covers is the run's setting (a resume cannot change it).
         let freeze = inputs.cfg.model.freeze_vision;
         let state = read_trainer_state(ck)?;

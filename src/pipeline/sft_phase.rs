@@ -11,7 +11,7 @@ use super::run_policy::VlEval;
 use crate::backend::rl_ops::RlOps;
 use crate::data::sft_data::load_sft_dataset;
 use crate::data::vl_sft_data::load_vl_sft_dataset;
-use crate::dist::{sync_replicas, Collective};
+use crate::dist::{sync_replicas, zero, Collective};
 use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
 use crate::optim::AdamwConfig;
@@ -70,8 +70,15 @@ impl<'a, B: RlOps> SftPhase<'a, B> {
             eprintln!("note: {dropped} SFT example(s) had no trained token within sft.max_len and were dropped");
         }
         let mut tr = match ck {
-            Some(ck) => SftTrainer::resume(self.be, ck, data)?,
-            None => SftTrainer::new(self.be, model, data, sft_config(cfg))?,
+            Some(ck) => SftTrainer::resume_ranked(self.be, ck, data, self.comm, cfg.dist.zero)?,
+            None => SftTrainer::new_ranked(
+                self.be,
+                model,
+                data,
+                sft_config(cfg),
+                self.comm,
+                cfg.dist.zero,
+            )?,
         };
         tr.ws.recompute = cfg.model.recompute;
         sync_replicas(self.be, self.comm, &mut tr.model, &mut tr.opt)?;
@@ -97,8 +104,16 @@ impl<'a, B: RlOps> SftPhase<'a, B> {
             // After the periodic eval: a checkpoint at a step means its records are all written.
             let cfg = &self.inputs.cfg;
             let dir = &self.dir;
-            let save =
-                || tr.save(self.be, dir, cfg.output.save_dtype, Some(&self.inputs.tokenizer_path));
+            let save = || {
+                // Sharded moments are gathered first (every rank takes part); rank 0 writes.
+                let full = zero::consolidated(self.be, self.comm, &tr.opt)?;
+                if self.comm.rank() != 0 {
+                    return Ok(None);
+                }
+                let (dtype, tok) =
+                    (cfg.output.save_dtype, Some(self.inputs.tokenizer_path.as_path()));
+                tr.save_with(self.be, dir, dtype, tok, zero::for_save(&tr.opt, &full)).map(Some)
+            };
             self.checkpoint_if_due(save, m.step, tr.done())?;
         }
         pb.finish_and_clear();
@@ -156,7 +171,7 @@ impl<'a, B: RlOps> SftPhase<'a, B> {
                     EvalLabel::Periodic,
                 )?;
             }
-            let save = || tr.save(self.be, &self.dir, cfg.output.save_dtype);
+            let save = || tr.save(self.be, &self.dir, cfg.output.save_dtype).map(Some);
             self.checkpoint_if_due(save, m.step, tr.done())?;
         }
         pb.finish_and_clear();
@@ -197,20 +212,21 @@ impl<'a, B: RlOps> SftPhase<'a, B> {
         }
     }
 
-    /// Saves (`save`) when a checkpoint is due after `step`: every `output.checkpoint_every`
-    /// steps and at the end of the phase (`done`).
+    /// Saves when a checkpoint is due after `step`: every `output.checkpoint_every` steps and
+    /// at the end of the phase (`done`). Every rank calls `save` (it may gather sharded state);
+    /// rank 0's writes the checkpoint and returns its path, the others return `None`.
     fn checkpoint_if_due(
         &self,
-        save: impl FnOnce() -> Result<PathBuf>,
+        save: impl FnOnce() -> Result<Option<PathBuf>>,
         step: u64,
         done: bool,
     ) -> Result<()> {
         let cfg = &self.inputs.cfg;
         let every = cfg.output.checkpoint_every as u64;
         if (every > 0 && step.is_multiple_of(every)) || done {
-            if self.comm.rank() == 0 {
-                save()
-                    .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
+            let written = save()
+                .map_err(|e| unless_weights_diverged("SFT", &self.dir, &self.inputs.out, e))?;
+            if written.is_some() {
                 prune_checkpoints(&self.dir, cfg.output.keep_checkpoints)?;
             }
             // No rank goes on before the checkpoint is complete.

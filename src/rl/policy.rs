@@ -8,6 +8,7 @@
 
 use super::rollout::{generate_at, Rollout, SamplingParams};
 use crate::backend::rl_ops::RlOps;
+use crate::dist::{zero, Collective};
 use crate::model::{Packed, Qwen2};
 use crate::optim::{AdamW, AdamwConfig, StepReport};
 use crate::tokenizer::Tokenizer;
@@ -25,8 +26,15 @@ pub trait Policy<B: RlOps> {
     /// optimizer's order.
     fn workspace(&self, be: &B) -> Workspace<B>;
 
-    /// Zero AdamW moments for the trained parameters (a frozen part gets none).
-    fn new_optimizer(&self, be: &B, cfg: AdamwConfig) -> AdamW<B>;
+    /// Zero AdamW moments for the trained parameters (a frozen part gets none), this rank's
+    /// block of them under ZeRO `zero` (1 or 2; 0: replicated).
+    fn new_optimizer(
+        &self,
+        be: &B,
+        comm: &dyn Collective<B>,
+        cfg: AdamwConfig,
+        zero: u8,
+    ) -> Result<AdamW<B>>;
 
     /// `group` responses for each prompt (`items[i]`: the RL item prompt `i` is, by which a
     /// VL policy finds its images), response `g` of `prompts[i]` seeded as prompt `first + i`
@@ -77,14 +85,16 @@ pub trait Policy<B: RlOps> {
         ws: &mut Workspace<B>,
     ) -> Result<f64>;
 
-    /// One AdamW step of the trained parameters with `grads` (the workspace's).
+    /// The data-parallel optimizer step of the trained parameters: the ranks' `grads` (the
+    /// workspace's) summed, then one AdamW step (`dist::zero::reduce_and_step`).
     fn optimizer_step(
         &mut self,
         be: &B,
+        comm: &dyn Collective<B>,
         opt: &mut AdamW<B>,
-        grads: &[B::Buf],
+        grads: &mut [B::Buf],
         lr: f32,
-    ) -> StepReport;
+    ) -> Result<StepReport>;
 }
 
 impl<B: RlOps> Policy<B> for Qwen2<B> {
@@ -98,8 +108,14 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
         Workspace::new(self, be)
     }
 
-    fn new_optimizer(&self, be: &B, cfg: AdamwConfig) -> AdamW<B> {
-        AdamW::new(be, &self.params, cfg)
+    fn new_optimizer(
+        &self,
+        be: &B,
+        comm: &dyn Collective<B>,
+        cfg: AdamwConfig,
+        zero: u8,
+    ) -> Result<AdamW<B>> {
+        zero::fresh_optimizer(be, comm, &self.params, cfg, zero)
     }
 
     fn roll_out(
@@ -152,10 +168,11 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
     fn optimizer_step(
         &mut self,
         be: &B,
+        comm: &dyn Collective<B>,
         opt: &mut AdamW<B>,
-        grads: &[B::Buf],
+        grads: &mut [B::Buf],
         lr: f32,
-    ) -> StepReport {
-        opt.step(be, &mut self.params, grads, lr)
+    ) -> Result<StepReport> {
+        zero::reduce_and_step(be, comm, opt, &mut self.params, grads, lr)
     }
 }

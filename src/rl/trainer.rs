@@ -467,8 +467,7 @@ pub fn update_with<B: RlOps, P: Policy<B>>(
                 }
                 all_metrics.push(lossfn.metrics);
             }
-            comm.all_reduce_sum(be, &mut ws.grads)?;
-            report.steps.push(policy.optimizer_step(be, opt, &ws.grads, lr));
+            report.steps.push(policy.optimizer_step(be, comm, opt, &mut ws.grads, lr)?);
         }
     }
     if world > 1 {

@@ -10,6 +10,7 @@ use super::rollout::{mix_seed, Rollout, SamplingParams};
 use super::vl_rollout::generate_vl_batch;
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
+use crate::dist::Collective;
 use crate::model::vision_forward::VisionTower;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::VlImages;
@@ -20,7 +21,7 @@ use crate::train::vl_step::{
     vl_adamw_step, vl_forward_logprobs, vl_micro_step, vl_trained_grads, VlMicro,
 };
 use crate::train::{LossBatch, TokenLoss, Workspace};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,12 +99,23 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
 
     fn workspace(&self, be: &B) -> Workspace<B> {
         let grads = vl_trained_grads(be, &self.model, !self.freeze_vision);
-        Workspace::with_grads(grads, self.model.text.logit_chunk_rows())
+        Workspace::with_grads(be, grads, self.model.text.logit_chunk_rows())
     }
 
-    fn new_optimizer(&self, be: &B, cfg: AdamwConfig) -> AdamW<B> {
+    fn new_optimizer(
+        &self,
+        be: &B,
+        _comm: &dyn Collective<B>,
+        cfg: AdamwConfig,
+        zero: u8,
+    ) -> Result<AdamW<B>> {
+        ensure!(
+            zero == 0,
+            "dist.zero = {zero}: ZeRO sharding is built for text models; a Qwen2.5-VL run is \
+             one process with its optimizer state whole (set dist.zero = 0)"
+        );
         // Moments shaped like the trained parameters (their gradients have their shapes).
-        AdamW::new(be, &vl_trained_grads(be, &self.model, !self.freeze_vision), cfg)
+        Ok(AdamW::new(be, &vl_trained_grads(be, &self.model, !self.freeze_vision), cfg))
     }
 
     fn roll_out(
@@ -186,10 +198,12 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
     fn optimizer_step(
         &mut self,
         be: &B,
+        comm: &dyn Collective<B>,
         opt: &mut AdamW<B>,
-        grads: &[B::Buf],
+        grads: &mut [B::Buf],
         lr: f32,
-    ) -> StepReport {
-        vl_adamw_step(be, &mut self.model, opt, grads, lr, !self.freeze_vision)
+    ) -> Result<StepReport> {
+        comm.all_reduce_sum(be, grads)?;
+        Ok(vl_adamw_step(be, &mut self.model, opt, grads, lr, !self.freeze_vision))
     }
 }

@@ -65,15 +65,51 @@ impl std::fmt::Display for NonFiniteWeights {
 
 impl std::error::Error for NonFiniteWeights {}
 
+/// The optimizer state a checkpoint writes: on the model's backend (`&AdamW<B>` converts), or
+/// in host memory (a ZeRO run's moments gathered to the writing rank,
+/// `dist::zero::consolidated`), never whole on a device.
+pub enum OptState<'a, B: Backend> {
+    Device(&'a AdamW<B>),
+    Host(&'a AdamW<crate::backend::cpu::Cpu>),
+}
+
+impl<'a, B: Backend> From<&'a AdamW<B>> for OptState<'a, B> {
+    fn from(o: &'a AdamW<B>) -> Self {
+        OptState::Device(o)
+    }
+}
+
+impl<B: Backend> OptState<'_, B> {
+    fn tensors(&self) -> usize {
+        match self {
+            OptState::Device(o) => o.m.len(),
+            OptState::Host(o) => o.m.len(),
+        }
+    }
+    fn step_and_cfg(&self) -> (u64, crate::optim::AdamwConfig) {
+        match self {
+            OptState::Device(o) => (o.step, o.cfg),
+            OptState::Host(o) => (o.step, o.cfg),
+        }
+    }
+    /// Moment `i` (first when `first`, else second) as host values.
+    fn moment(&self, be: &B, i: usize, first: bool) -> Vec<f32> {
+        match self {
+            OptState::Device(o) => be.download(if first { &o.m[i] } else { &o.v[i] }),
+            OptState::Host(o) => if first { &o.m[i] } else { &o.v[i] }.clone(),
+        }
+    }
+}
+
 /// Saves a full training checkpoint as `out/checkpoint-{step}` and points `out/latest` at it.
 /// Returns the checkpoint directory.
 #[allow(clippy::too_many_arguments)]
-pub fn save_checkpoint<B: Backend, S: Serialize>(
+pub fn save_checkpoint<'a, B: Backend + 'a, S: Serialize>(
     be: &B,
     out: &Path,
     step: u64,
     model: &Qwen2<B>,
-    opt: &AdamW<B>,
+    opt: impl Into<OptState<'a, B>>,
     trainer_state: &S,
     dtype: SaveDtype,
     tokenizer: Option<&Path>,
@@ -110,23 +146,24 @@ pub fn finite_param<B: Backend>(
 /// file under their names; `frozen` the model's other parameters. When `dtype` is not f32 the
 /// f32 master weights of both go there too (a frozen tensor must come back bit-identical).
 #[allow(clippy::too_many_arguments)]
-pub fn save_checkpoint_with<B: Backend, S: Serialize>(
+pub fn save_checkpoint_with<'a, B: Backend + 'a, S: Serialize>(
     be: &B,
     out: &Path,
     step: u64,
     write_model: impl FnOnce(&Path) -> Result<()>,
     trained: &[(&ParamSpec, &B::Buf)],
     frozen: &[(&ParamSpec, &B::Buf)],
-    opt: &AdamW<B>,
+    opt: impl Into<OptState<'a, B>>,
     trainer_state: &S,
     dtype: SaveDtype,
 ) -> Result<PathBuf> {
     let _r = crate::nvtx_ranges::range(c"checkpoint");
-    if trained.len() != opt.m.len() {
+    let opt: OptState<'a, B> = opt.into();
+    if trained.len() != opt.tensors() {
         bail!(
             "save_checkpoint: {} trained parameters but optimizer state for {}",
             trained.len(),
-            opt.m.len()
+            opt.tensors()
         );
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -167,19 +204,19 @@ pub fn save_checkpoint_with<B: Backend, S: Serialize>(
             srcs.push((Src::Master, i));
         }
     }
+    let (opt_step, opt_cfg) = opt.step_and_cfg();
     let meta = HashMap::from([
         ("format".to_string(), OPT_FORMAT.to_string()),
-        ("step".to_string(), opt.step.to_string()),
-        ("config".to_string(), serde_json::to_string(&opt.cfg)?),
+        ("step".to_string(), opt_step.to_string()),
+        ("config".to_string(), serde_json::to_string(&opt_cfg)?),
     ]);
     let opt_tensor = |j: usize| {
         let (src, i) = &srcs[j];
-        let buf = match src {
-            Src::M => &opt.m[*i],
-            Src::V => &opt.v[*i],
-            Src::Master => all[*i].1,
-        };
-        Ok(Cow::Owned(be.download(buf)))
+        Ok(Cow::Owned(match src {
+            Src::M => opt.moment(be, *i, true),
+            Src::V => opt.moment(be, *i, false),
+            Src::Master => be.download(all[*i].1),
+        }))
     };
     write_safetensors(&tmp.join(OPTIMIZER), &heads, SaveDtype::F32, Some(&meta), opt_tensor)?;
     write_atomic(&tmp.join(TRAINER_STATE), &serde_json::to_vec_pretty(trainer_state)?)?;
@@ -322,6 +359,32 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
     Ok(LoadedCheckpoint { model, opt, state })
 }
 
+/// [`load_checkpoint`] for rank `comm.rank()` of a ZeRO-`stage` run: the optimizer state is
+/// read into host memory and only the rank's block is uploaded (`dist::zero::shard_host`), so
+/// the whole moments never sit on a device. Stage 0 is `load_checkpoint`.
+pub fn load_checkpoint_sharded<B: Backend, S: DeserializeOwned>(
+    be: &B,
+    dir: &Path,
+    comm: &dyn crate::dist::Collective<B>,
+    stage: u8,
+) -> Result<LoadedCheckpoint<B, S>> {
+    if stage == 0 {
+        return load_checkpoint(be, dir);
+    }
+    let cfg = Qwen2Config::load(dir)?;
+    let layout = ParamLayout::new(&cfg);
+    let state = read_trainer_state(dir)?;
+    let specs: Vec<&ParamSpec> = layout.specs.iter().collect();
+    let (host_opt, masters) = load_optimizer(&crate::backend::cpu::Cpu, dir, &specs, &[])?;
+    let opt = crate::dist::zero::shard_host(be, comm, host_opt, stage)?;
+    let host = match masters {
+        Some(h) => h,
+        None => load_params(dir, &layout)?,
+    };
+    let model = Qwen2::from_host(be, cfg, layout, &host);
+    Ok(LoadedCheckpoint { model, opt, state })
+}
+
 /// Parameter values on the host, one `Vec` per tensor.
 pub type HostParams = Vec<Vec<f32>>;
 
@@ -406,7 +469,7 @@ pub fn load_optimizer<B: Backend>(
         }
         v.push(be.upload(&vv));
     }
-    Ok((AdamW { cfg: opt_cfg, m, v, step }, masters))
+    Ok((AdamW { cfg: opt_cfg, m, v, step, zero: None }, masters))
 }
 
 /// Deletes all but the newest `keep` checkpoints of a phase directory (the one `latest`

@@ -6,7 +6,7 @@
 //! Everything the next step depends on is in `SftState` + the model + the optimizer, so a
 //! run saved after step k and resumed is bit-identical to one that never stopped (CPU).
 
-use super::checkpoint::{load_checkpoint, save_checkpoint, StateKind};
+use super::checkpoint::{load_checkpoint_sharded, save_checkpoint, OptState, StateKind};
 use super::{micro_step, LossBatch, SftLoss, Workspace};
 use crate::backend::memory::MemoryStats;
 use crate::backend::Backend;
@@ -261,6 +261,19 @@ pub fn pack_micro_batches(lens: &[usize], max_tokens: usize) -> Vec<std::ops::Ra
 impl<B: Backend> SftTrainer<B> {
     /// A fresh run on `model`.
     pub fn new(be: &B, model: Qwen2<B>, data: Vec<SftExample>, cfg: SftConfig) -> Result<Self> {
+        Self::new_ranked(be, model, data, cfg, &Single, 0)
+    }
+
+    /// [`SftTrainer::new`] for rank `comm.rank()` of a run at ZeRO `stage`: the optimizer
+    /// holds only the rank's block from the start (`dist::zero::fresh_optimizer`).
+    pub fn new_ranked(
+        be: &B,
+        model: Qwen2<B>,
+        data: Vec<SftExample>,
+        cfg: SftConfig,
+        comm: &dyn Collective<B>,
+        stage: u8,
+    ) -> Result<Self> {
         cfg.validate()?;
         if data.is_empty() {
             bail!("the SFT dataset is empty");
@@ -269,7 +282,7 @@ impl<B: Backend> SftTrainer<B> {
             model.check_ids(&e.ids).map_err(|err| anyhow::anyhow!("example {}: {err}", i + 1))?;
         }
         let state = SftState::fresh(&data, &cfg);
-        let opt = AdamW::new(be, &model.params, cfg.adamw);
+        let opt = crate::dist::zero::fresh_optimizer(be, comm, &model.params, cfg.adamw, stage)?;
         Ok(Self::assemble(be, model, opt, data, state))
     }
 
@@ -288,7 +301,20 @@ impl<B: Backend> SftTrainer<B> {
     /// Continues the run saved in checkpoint directory `dir`; `data` must be the dataset it
     /// was trained on (same examples, same tokenization), which is checked.
     pub fn resume(be: &B, dir: &Path, data: Vec<SftExample>) -> Result<Self> {
-        let ck = load_checkpoint::<B, SftState>(be, dir)?;
+        Self::resume_ranked(be, dir, data, &Single, 0)
+    }
+
+    /// [`SftTrainer::resume`] for rank `comm.rank()` of a run at ZeRO `stage` (any stage and
+    /// world size: checkpoints are consolidated); only the rank's block of the optimizer state
+    /// is uploaded.
+    pub fn resume_ranked(
+        be: &B,
+        dir: &Path,
+        data: Vec<SftExample>,
+        comm: &dyn Collective<B>,
+        stage: u8,
+    ) -> Result<Self> {
+        let ck = load_checkpoint_sharded::<B, SftState>(be, dir, comm, stage)?;
         let st = ck.state;
         if st.kind != StateKind::Sft {
             bail!("{}: trainer state is of kind {:?}, not an SFT run", dir.display(), st.kind);
@@ -368,9 +394,15 @@ impl<B: Backend> SftTrainer<B> {
             );
         }
         let [loss, _, micro_batches] = sums;
-        comm.all_reduce_sum(be, &mut self.ws.grads)?;
         let lr = self.state.schedule.lr_at(self.state.step);
-        let rep = self.opt.step(be, &mut self.model.params, &self.ws.grads, lr);
+        let rep = crate::dist::zero::reduce_and_step(
+            be,
+            comm,
+            &mut self.opt,
+            &mut self.model.params,
+            &mut self.ws.grads,
+            lr,
+        )?;
         let done = StepDone {
             loss,
             sequences: seqs.len(),
@@ -391,15 +423,22 @@ impl<B: Backend> SftTrainer<B> {
         dtype: SaveDtype,
         tokenizer: Option<&Path>,
     ) -> Result<PathBuf> {
-        save_checkpoint(
-            be,
-            out,
-            self.state.step,
-            &self.model,
-            &self.opt,
-            &self.state,
-            dtype,
-            tokenizer,
-        )
+        self.save_with(be, out, dtype, tokenizer, &self.opt)
+    }
+
+    /// [`SftTrainer::save`] with the optimizer state `opt` (a ZeRO run's state gathered from
+    /// its shards by `dist::zero::consolidated`).
+    pub fn save_with<'a>(
+        &self,
+        be: &B,
+        out: &Path,
+        dtype: SaveDtype,
+        tokenizer: Option<&Path>,
+        opt: impl Into<OptState<'a, B>>,
+    ) -> Result<PathBuf>
+    where
+        B: 'a,
+    {
+        save_checkpoint(be, out, self.state.step, &self.model, opt, &self.state, dtype, tokenizer)
     }
 }

@@ -28,6 +28,9 @@ pub struct Workspace<B: Backend> {
     /// One buffer per parameter of the model the workspace was made for; `micro_step` adds to
     /// them, [`Workspace::zero_grads`] starts an optimizer step.
     pub grads: Vec<B::Buf>,
+    /// The length of each gradient buffer: ZeRO-2 releases the buffers after each optimizer
+    /// step (`dist::zero`) and [`Workspace::zero_grads`] allocates them again.
+    grad_lens: Vec<usize>,
     /// Rows of the output head per chunk: its logits (and, in the backward, their gradient)
     /// take `logit_chunk x vocab` floats each. `Qwen2::logit_chunk_rows` by default; the
     /// result does not depend on it (the CPU GEMM is batch-invariant, `tests/head_chunk.rs`).
@@ -41,14 +44,16 @@ impl<B: Backend> Workspace<B> {
             acts: None,
             scratch: None,
             grads: model.zero_grads(be),
+            grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
             logit_chunk: model.logit_chunk_rows(),
         }
     }
 
     /// A workspace around given gradient accumulators (a model whose trained parameters are
     /// not one `Qwen2`'s, e.g. a Qwen2.5-VL policy: decoder, then the tower unless frozen).
-    pub fn with_grads(grads: Vec<B::Buf>, logit_chunk: usize) -> Self {
-        Workspace { recompute: false, acts: None, scratch: None, grads, logit_chunk }
+    pub fn with_grads(be: &B, grads: Vec<B::Buf>, logit_chunk: usize) -> Self {
+        let grad_lens = grads.iter().map(|g| be.len(g)).collect();
+        Workspace { recompute: false, acts: None, scratch: None, grads, grad_lens, logit_chunk }
     }
 
     /// The workspace with activation recomputation on or off (see `recompute`).
@@ -59,8 +64,12 @@ impl<B: Backend> Workspace<B> {
 
     /// Clears the gradient accumulators (the start of an optimizer step).
     pub fn zero_grads(&mut self, be: &B) {
-        for g in &mut self.grads {
-            be.fill(g, 0.0);
+        for (g, &n) in self.grads.iter_mut().zip(&self.grad_lens) {
+            if be.len(g) == n {
+                be.fill(g, 0.0);
+            } else {
+                *g = be.zeros(n);
+            }
         }
     }
 }
