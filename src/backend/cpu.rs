@@ -40,6 +40,9 @@ impl Backend for Cpu {
     fn upload(&self, host: &[f32]) -> Vec<f32> {
         host.to_vec()
     }
+    fn upload_vec(&self, host: Vec<f32>) -> Vec<f32> {
+        host
+    }
     fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
         buf.clone()
     }
