@@ -32,7 +32,8 @@ pub fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>> {
 /// 2 GB model used to build every value with `from_le_bytes` through a rayon `collect`.
 pub fn to_f32_checked(view: &TensorView<'_>) -> Result<(Vec<f32>, bool)> {
     let bytes = view.data();
-    let (elem, convert): (usize, fn(&[u8], &mut [f32])) = match view.dtype() {
+    type Convert = fn(&[u8], &mut [f32]);
+    let (elem, convert): (usize, Convert) = match view.dtype() {
         Dtype::F32 => (4, |src, dst| {
             if cfg!(target_endian = "little") {
                 // Byte copy into the f32 buffer: no alignment is assumed of the source.
