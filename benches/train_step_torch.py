@@ -47,13 +47,19 @@ def main():
     for _ in range(2):  # warm-up
         step()
     times = []
+    # Process CPU time (all threads, user + system) beside the wall clock: on a shared, loaded
+    # machine the wall clock measures the load; CPU time per step is the work (at 1 thread
+    # exactly; at more, OpenMP threads spinning at barriers count too).
+    c0 = time.process_time()
     for _ in range(args.iters):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    cpu = (time.process_time() - c0) / args.iters
     med = statistics.median(times)
     print(f"torch {torch.__version__} threads {args.threads}: train step median {med * 1e3:.1f} ms "
-          f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}) over {args.iters}; {8 * 128 / med:.0f} tokens/s")
+          f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}) over {args.iters}; {8 * 128 / med:.0f} tokens/s; "
+          f"CPU time {cpu * 1e3:.1f} ms per step")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,18 @@ use mmr1_fast::train::{forward_logprobs, SftLoss, TokenLoss, Workspace};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
+/// This process's CPU time so far (user + system, all threads), from /proc/self/stat (clock
+/// ticks, usually 10 ms: time enough steps); NaN where there is no /proc.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // utime and stime are fields 14 and 15 counting from the pid; counted here after the
+    // parenthesized command name (which may hold spaces): field 3, the state, comes first.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (tick(11) + tick(12)) / 100.0 // USER_HZ is 100 on Linux
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -43,7 +55,11 @@ fn main() {
 
     let names = ["zero grads", "forward", "log-probs", "backward", "AdamW", "step"];
     let mut times: Vec<Vec<f64>> = vec![vec![]; names.len()];
+    let mut cpu0 = 0.0;
     for it in 0..n + 2 {
+        if it == 2 {
+            cpu0 = process_cpu_seconds();
+        }
         let t0 = Instant::now();
         ws.zero_grads(&be);
         let t1 = Instant::now();
@@ -78,9 +94,17 @@ fn main() {
             }
         }
     }
+    let cpu1 = process_cpu_seconds();
     for (name, t) in names.iter().zip(times) {
         println!("{name:>12}: {:8.2} ms median", median(t));
     }
+    println!(
+        "{:>12}: {:8.2} ms per step ({} threads; all threads' user + system time, which a \
+         loaded machine inflates far less than the wall clock)",
+        "CPU time",
+        (cpu1 - cpu0) * 1e3 / n as f64,
+        rayon::current_num_threads()
+    );
     // The forward's and backward's GEMMs alone: (m, n, k, count per step).
     let (t, d, i, kvd, v, l) = (1024usize, 256usize, 704usize, 128usize, 2048usize, 4usize);
     let shapes = [

@@ -10,6 +10,7 @@ pub struct Cpu;
 
 mod attention;
 pub mod attention_ref;
+pub mod softmax_row;
 pub mod vision_ops;
 
 fn silu(x: f32) -> f32 {
@@ -39,6 +40,9 @@ impl Backend for Cpu {
     }
     fn upload(&self, host: &[f32]) -> Vec<f32> {
         host.to_vec()
+    }
+    fn upload_vec(&self, host: Vec<f32>) -> Vec<f32> {
+        host
     }
     fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
         buf.clone()
@@ -101,7 +105,10 @@ impl Backend for Cpu {
         x.iter_mut().for_each(|a| *a *= s);
     }
     fn sum_squares(&self, x: &Vec<f32>) -> f64 {
-        x.iter().map(|&a| (a as f64) * (a as f64)).sum()
+        // Fixed chunks, their sums added in chunk order: the result does not depend on the
+        // thread count (a rayon `sum` would add in whatever tree the work split into).
+        let parts: Vec<f64> = x.par_chunks(SUM_CHUNK).map(sum_squares_lanes).collect();
+        parts.iter().sum()
     }
 
     fn embedding(&self, out: &mut Vec<f32>, table: &Vec<f32>, ids: &[u32], dim: usize) {
@@ -292,13 +299,22 @@ impl Backend for Cpu {
         gate: &Vec<f32>,
         up: &Vec<f32>,
     ) {
-        dgate.par_iter_mut().zip(dup.par_iter_mut()).enumerate().for_each(|(i, (dg, du))| {
-            let g = gate[i];
-            let sig = 1.0 / (1.0 + (-g).exp());
-            *du = dout[i] * g * sig;
-            // d silu(g)/dg = sig * (1 + g (1 - sig))
-            *dg = dout[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
-        });
+        // Zipped chunks rather than indexing by element: no bounds check per value.
+        const TASK: usize = 1 << 14;
+        let n = dgate.len();
+        dgate
+            .par_chunks_mut(TASK)
+            .zip(dup[..n].par_chunks_mut(TASK))
+            .zip(dout[..n].par_chunks(TASK).zip(gate[..n].par_chunks(TASK)))
+            .zip(up[..n].par_chunks(TASK))
+            .for_each(|(((dg, du), (d, g)), u)| {
+                for ((((dg, du), &d), &g), &u) in dg.iter_mut().zip(du).zip(d).zip(g).zip(u) {
+                    let sig = 1.0 / (1.0 + (-g).exp());
+                    *du = d * g * sig;
+                    // d silu(g)/dg = sig * (1 + g (1 - sig))
+                    *dg = d * u * sig * (1.0 + g * (1.0 - sig));
+                }
+            });
     }
 
     fn logprobs(
@@ -311,21 +327,20 @@ impl Backend for Cpu {
         vocab: usize,
         inv_temp: f32,
     ) {
-        let res: Vec<(f32, f32)> = (0..rows)
-            .into_par_iter()
-            .map(|r| {
+        // One row per task, each with its own scratch of exp(z - max) (one exp per logit).
+        lp[..rows].par_iter_mut().zip(entropy[..rows].par_iter_mut()).enumerate().for_each_init(
+            Vec::new,
+            |e, (r, (l, h))| {
                 let row = &logits[r * vocab..(r + 1) * vocab];
-                let (lse, ent) = row_lse_entropy(row, inv_temp);
-                if lse == f64::NEG_INFINITY {
-                    return (f32::NEG_INFINITY, 0.0); // no token is possible
-                }
-                (((row[targets[r] as usize] * inv_temp) as f64 - lse) as f32, ent as f32)
-            })
-            .collect();
-        for (r, (l, e)) in res.into_iter().enumerate() {
-            lp[r] = l;
-            entropy[r] = e;
-        }
+                let sm = softmax_row::row_softmax(row, inv_temp, e);
+                let (lse, ent) = (sm.lse, sm.entropy);
+                (*l, *h) = if lse == f64::NEG_INFINITY {
+                    (f32::NEG_INFINITY, 0.0) // no token is possible
+                } else {
+                    (((row[targets[r] as usize] * inv_temp) as f64 - lse) as f32, ent as f32)
+                };
+            },
+        );
     }
     fn logprobs_backward(
         &self,
@@ -338,26 +353,35 @@ impl Backend for Cpu {
         vocab: usize,
         inv_temp: f32,
     ) {
-        dlogits[..rows * vocab].par_chunks_mut(vocab).enumerate().for_each(|(r, dl)| {
-            let row = &logits[r * vocab..(r + 1) * vocab];
-            let (lse, ent) = row_lse_entropy(row, inv_temp);
-            if lse == f64::NEG_INFINITY {
-                dl.fill(0.0); // no distribution, no gradient
-                return;
-            }
-            let (g, ge) = (dlp[r] as f64, dent[r] as f64);
-            let t = inv_temp as f64;
-            for (j, o) in dl.iter_mut().enumerate() {
+        dlogits[..rows * vocab].par_chunks_mut(vocab).enumerate().for_each_init(
+            Vec::new,
+            |e, (r, dl)| {
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                let sm = softmax_row::row_softmax(row, inv_temp, e);
+                let (lse, ent, zsum) = (sm.lse, sm.entropy, sm.sum);
+                if lse == f64::NEG_INFINITY {
+                    dl.fill(0.0); // no distribution, no gradient
+                    return;
+                }
+                let (g, ge) = (dlp[r] as f64, dent[r] as f64);
+                let t = inv_temp as f64;
+                let inv_z = 1.0 / zsum;
+                for ((o, &x), &ej) in dl.iter_mut().zip(row).zip(e.iter()) {
+                    let zj = (x * inv_temp) as f64;
+                    let p = ej * inv_z;
+                    // d H / d z_j = -p_j (log p_j + H); p log p -> 0 as p -> 0: a -inf logit
+                    // adds nothing to dH (not 0 * -inf).
+                    let dh = if p > 0.0 { -p * ((zj - lse) + ent) } else { 0.0 };
+                    *o = ((ge * dh - g * p) * t) as f32;
+                }
+                // d lp / d z_j = [j == target] - p_j: the one-hot term, added once.
+                let j = targets[r] as usize;
                 let zj = (row[j] * inv_temp) as f64;
-                let p = (zj - lse).exp();
-                // d lp / d z_j = [j == target] - p_j ; d H / d z_j = -p_j (log p_j + H)
-                let onehot = if j == targets[r] as usize { 1.0 } else { 0.0 };
-                // p log p -> 0 as p -> 0: a -inf logit adds nothing to dH (not 0 * -inf).
+                let p = e[j] * inv_z;
                 let dh = if p > 0.0 { -p * ((zj - lse) + ent) } else { 0.0 };
-                let dz = g * (onehot - p) + ge * dh;
-                *o = (dz * t) as f32;
-            }
-        });
+                dl[j] = ((g * (1.0 - p) + ge * dh) * t) as f32;
+            },
+        );
     }
 
     fn adamw(
@@ -384,27 +408,34 @@ impl Backend for Cpu {
     }
 }
 
+/// Elements per task of `sum_squares` (the clip norm reads every gradient once).
+const SUM_CHUNK: usize = 1 << 15;
+
+/// Sum of squares in f64 over 8 interleaved accumulators, so the loop is not one long chain
+/// of dependent adds and vectorizes; the lanes are then added in order.
+fn sum_squares_lanes(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v as f64) * (v as f64);
+        }
+    }
+    let mut s: f64 = acc.iter().sum();
+    for &v in it.remainder() {
+        s += (v as f64) * (v as f64);
+    }
+    s
+}
+
 /// Log-sum-exp and entropy of `softmax(row * inv_temp)`, in f64.
 ///
 /// -inf logits (masked or banned tokens) have probability 0 and add nothing, with
 /// 0 log 0 = 0 in the entropy; a row of only -inf logits gives (-inf, 0). kernels/logprob.cu
 /// follows the same conventions.
 pub fn row_lse_entropy(row: &[f32], inv_temp: f32) -> (f64, f64) {
-    let mx = row.iter().map(|&x| (x * inv_temp) as f64).fold(f64::NEG_INFINITY, f64::max);
-    if mx == f64::NEG_INFINITY {
-        return (f64::NEG_INFINITY, 0.0);
-    }
-    let z: f64 = row.iter().map(|&x| ((x * inv_temp) as f64 - mx).exp()).sum();
-    let lse = mx + z.ln();
-    let ent = -row
-        .iter()
-        .filter(|&&x| x * inv_temp != f32::NEG_INFINITY)
-        .map(|&x| {
-            let lp = (x * inv_temp) as f64 - lse;
-            lp.exp() * lp
-        })
-        .sum::<f64>();
-    (lse, ent)
+    let r = softmax_row::row_softmax(row, inv_temp, &mut Vec::new());
+    (r.lse, r.entropy)
 }
 
 /// `dst[m, n] = alpha * dst + A @ B` with `dst` rows `dst_rs` apart, `A[i, p]` at
@@ -510,4 +541,77 @@ fn gemm_st(
 ) {
     let alpha = if acc { 1.0 } else { 0.0 };
     sgemm(dst, dst_rs, alpha, a, (rsa, csa), b, (rsb, csb), (m, n, k), 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clip norm's sum of squares: the same bits on 1 and 3 threads (fixed chunks added in
+    /// order), and the exact sum to 1e-13 relative, over a length with a ragged last chunk.
+    #[test]
+    fn sum_squares_is_thread_count_invariant_and_accurate() {
+        let x: Vec<f32> =
+            (0..3 * SUM_CHUNK + 1001).map(|i| ((i * 7919) % 3001) as f32 * 1e-3 - 1.5).collect();
+        // Kahan-compensated reference: a plain serial sum is itself off by ~1e-13 here.
+        let (mut want, mut comp) = (0.0f64, 0.0f64);
+        for &a in &x {
+            let y = (a as f64) * (a as f64) - comp;
+            let t = want + y;
+            comp = (t - want) - y;
+            want = t;
+        }
+        let on = |t: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            pool.install(|| Cpu.sum_squares(&x))
+        };
+        let (a, b) = (on(1), on(3));
+        assert_eq!(a.to_bits(), b.to_bits());
+        assert!((a - want).abs() <= 1e-13 * want, "{a} vs {want}");
+    }
+
+    /// d(log-prob, entropy)/d logits from one exp per logit against the formula evaluated
+    /// directly with libm's exp per element (the code before): a row with masked logits, a
+    /// temperature, both gradient terms, a row whose target is masked-adjacent.
+    #[test]
+    fn logprobs_backward_matches_the_direct_formula() {
+        let (rows, vocab) = (3, 1031);
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|i| {
+                if i % 211 == 7 {
+                    f32::NEG_INFINITY
+                } else {
+                    ((i * 7919) % 977) as f32 * 0.02 - 9.0
+                }
+            })
+            .collect();
+        let targets = [5u32, 1030, 8];
+        let (dlp, dent) = (vec![0.7f32, -1.3, 0.2], vec![-0.4f32, 0.9, 0.0]);
+        let inv_temp = 1.0 / 0.8f32;
+        let mut got = vec![f32::NAN; rows * vocab];
+        Cpu.logprobs_backward(&mut got, &logits, &targets, &dlp, &dent, rows, vocab, inv_temp);
+        for r in 0..rows {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let z: Vec<f64> = row.iter().map(|&x| (x * inv_temp) as f64).collect();
+            let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = mx + z.iter().map(|&v| (v - mx).exp()).sum::<f64>().ln();
+            let ent: f64 = -z
+                .iter()
+                .filter(|v| v.is_finite())
+                .map(|&v| (v - lse).exp() * (v - lse))
+                .sum::<f64>();
+            for j in 0..vocab {
+                let p = (z[j] - lse).exp();
+                let onehot = if j == targets[r] as usize { 1.0 } else { 0.0 };
+                let dh = if p > 0.0 { -p * ((z[j] - lse) + ent) } else { 0.0 };
+                let want =
+                    ((dlp[r] as f64 * (onehot - p) + dent[r] as f64 * dh) * inv_temp as f64) as f32;
+                let g = got[r * vocab + j];
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs() + 1e-12,
+                    "row {r} col {j}: {g} vs {want}"
+                );
+            }
+        }
+    }
 }

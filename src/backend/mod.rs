@@ -72,6 +72,11 @@ pub trait Backend {
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Self::Buf;
     fn upload(&self, host: &[f32]) -> Self::Buf;
+    /// [`Backend::upload`] of a host vector the caller gives up: the CPU backend keeps it as
+    /// the buffer (no copy; loading a model then holds its weights once, not twice).
+    fn upload_vec(&self, host: Vec<f32>) -> Self::Buf {
+        self.upload(&host)
+    }
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// `dst[dst_off .. dst_off + n] = src[src_off .. src_off + n]`.

@@ -50,7 +50,19 @@ impl<B: Backend> Qwen2<B> {
         let cfg = Qwen2Config::load(dir)?;
         let layout = ParamLayout::new(&cfg);
         let host = safetensors_io::load_params(dir, &layout)?;
-        Ok(Self::from_host(be, cfg, layout, &host))
+        Ok(Self::from_host_vecs(be, cfg, layout, host))
+    }
+
+    /// [`Qwen2::from_host`] taking the host tensors: each is handed to the backend with
+    /// `upload_vec` (kept as is on the CPU) and freed once uploaded elsewhere.
+    pub fn from_host_vecs(
+        be: &B,
+        cfg: Qwen2Config,
+        layout: ParamLayout,
+        host: Vec<Vec<f32>>,
+    ) -> Self {
+        let params = host.into_iter().map(|h| be.upload_vec(h)).collect();
+        Qwen2 { cfg, layout, params }
     }
 
     pub fn from_host(be: &B, cfg: Qwen2Config, layout: ParamLayout, host: &[Vec<f32>]) -> Self {

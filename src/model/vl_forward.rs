@@ -35,7 +35,7 @@ impl<B: Backend> VlModel<B> {
     pub fn load(be: &B, dir: &Path) -> Result<Self> {
         let h = VlHost::load(dir)?;
         Ok(VlModel {
-            text: Qwen2::from_host(be, h.cfg.text.clone(), h.text_layout, &h.text),
+            text: Qwen2::from_host_vecs(be, h.cfg.text.clone(), h.text_layout, h.text),
             vision: VisionTower::from_host(be, h.cfg.vision.clone(), h.vision_layout, &h.vision),
             cfg: h.cfg,
         })

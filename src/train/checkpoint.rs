@@ -21,12 +21,11 @@ use crate::backend::Backend;
 use crate::fs::{fault, rename, sync_dir, write_atomic};
 use crate::model::params::ParamSpec;
 use crate::model::safetensors_io::{
-    load_params, to_f32, write_model_files_from, write_safetensors, SaveDtype,
+    load_params, to_f32_checked, write_model_files_from, write_safetensors, SaveDtype,
 };
 use crate::model::{ParamLayout, Qwen2, Qwen2Config};
 use crate::optim::{AdamW, AdamwConfig};
 use anyhow::{anyhow, bail, Context, Result};
-use rayon::prelude::*;
 use safetensors::SafeTensors;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
@@ -355,7 +354,7 @@ pub fn load_checkpoint<B: Backend, S: DeserializeOwned>(
         Some(h) => h,
         None => load_params(dir, &layout)?,
     };
-    let model = Qwen2::from_host(be, cfg, layout, &host);
+    let model = Qwen2::from_host_vecs(be, cfg, layout, host);
     Ok(LoadedCheckpoint { model, opt, state })
 }
 
@@ -445,9 +444,9 @@ pub fn load_optimizer<B: Backend>(
                 shape
             );
         }
-        let data =
-            to_f32(&view).with_context(|| format!("{}: tensor {name}", opt_path.display()))?;
-        if data.par_iter().any(|x| !x.is_finite()) {
+        let (data, finite) = to_f32_checked(&view)
+            .with_context(|| format!("{}: tensor {name}", opt_path.display()))?;
+        if !finite {
             bail!("{}: tensor {name} holds NaN or infinite values", opt_path.display());
         }
         Ok(data)
@@ -462,12 +461,12 @@ pub fn load_optimizer<B: Backend>(
     let mut m = Vec::with_capacity(trained.len());
     let mut v = Vec::with_capacity(trained.len());
     for s in trained {
-        m.push(be.upload(&get(&format!("exp_avg.{}", s.name), &s.shape)?));
+        m.push(be.upload_vec(get(&format!("exp_avg.{}", s.name), &s.shape)?));
         let vv = get(&format!("exp_avg_sq.{}", s.name), &s.shape)?;
         if vv.iter().any(|&x| x < 0.0) {
             bail!("{}: tensor exp_avg_sq.{} has negative entries", opt_path.display(), s.name);
         }
-        v.push(be.upload(&vv));
+        v.push(be.upload_vec(vv));
     }
     Ok((AdamW { cfg: opt_cfg, m, v, step, zero: None }, masters))
 }
