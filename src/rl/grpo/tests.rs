@@ -1,8 +1,13 @@
 //! Tests of the policy loss: hand-computed cases (the examples among them), central
 //! finite differences and micro-batch split invariance for every mode. Agreement with the
-//! upstream code itself is `tests/parity_upstream.rs`.
+//! upstream code itself is `tests/parity_upstream.rs`. The random-batch tests are anchored to
+//! `naive`, a padded-matrix restatement of the upstream formulas that shares no code with the
+//! loss.
+
+mod naive;
 
 use super::*;
+use naive::{naive_clip_fractions, naive_loss};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -437,9 +442,46 @@ fn selection(b: &Batch, cfg: &LossConfig) -> Vec<bool> {
     s
 }
 
-/// Central finite differences of the whole loss vs the analytic d loss / d logp (which includes
-/// the cross-token terms of sequence-level ratios). Tokens at a kink (one-sided differences
-/// disagree) are skipped and counted; there must be few.
+/// Every loss, part and vanilla clip fraction of every configuration against the naive
+/// reference (`naive.rs`), on random batches with an empty and a fully masked response and
+/// log-ratios in every region of the clipped objectives.
+#[test]
+fn random_batches_match_the_naive_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut vanilla_clips = [0.0f64; 4];
+    for case in 0..6 {
+        let spread = [0.3, 0.6, 1.2][case % 3];
+        let b = random_batch(&mut rng, 9, 11, spread);
+        let norm = Normalizer::count(&b.mask, &b.offsets, b.max_len);
+        for cfg in all_configs() {
+            let sel = selection(&b, &cfg);
+            let inp = b.inputs(&sel);
+            let o = policy_loss_f64(&inp, &cfg, norm);
+            let want = naive_loss(&inp, &cfg, b.max_len);
+            let what = |p: &str| format!("case {case} {p}: {cfg:?}");
+            assert_close(o.loss, want.total(), 1e-12, &what("loss"));
+            assert_close(o.metrics.pg_loss, want.pg, 1e-12, &what("pg_loss"));
+            assert_close(o.metrics.kl_loss, want.kl, 1e-12, &what("kl_loss"));
+            assert_close(o.metrics.entropy_loss, want.entropy, 1e-12, &what("entropy_loss"));
+            if cfg.policy == PolicyLoss::Vanilla && cfg.trl_delta.is_none() {
+                let m = o.metrics;
+                let got = [m.clip_frac_low, m.clip_frac_high, m.clip_frac, m.dual_clip_frac];
+                let want = naive_clip_fractions(&inp, &cfg);
+                assert_eq!(got, want, "{}", what("clip fractions low/high/clip/dual"));
+                for (s, w) in vanilla_clips.iter_mut().zip(want) {
+                    *s += w;
+                }
+            }
+        }
+    }
+    // The batches reach every clip branch.
+    assert!(vanilla_clips.iter().all(|&c| c > 0.0), "clip fractions seen: {vanilla_clips:?}");
+}
+
+/// Central finite differences of the naive reference (`naive.rs`, written from the upstream
+/// formulas, no code shared with the loss) vs the analytic d loss / d logp of the code (which
+/// includes the cross-token terms of sequence-level ratios). Tokens at a kink (one-sided
+/// differences disagree) are skipped and counted; there must be few.
 #[test]
 fn gradient_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(42);
@@ -456,14 +498,16 @@ fn gradient_matches_finite_differences() {
         let norm = Normalizer::count(&b.mask, &b.offsets, b.max_len);
         let sel = selection(&b, &cfg);
         let o = policy_loss_f64(&b.inputs(&sel), &cfg, norm);
+        let at = |inp: &LossInputs<'_, f64>| naive_loss(inp, &cfg, b.max_len).total();
+        let base = at(&b.inputs(&sel));
         let loss_at = |t: usize, x: f64| {
             let mut lp = b.logp.clone();
             lp[t] = x;
-            policy_loss_f64(&LossInputs { logp: &lp, ..b.inputs(&sel) }, &cfg, norm).loss
+            at(&LossInputs { logp: &lp, ..b.inputs(&sel) })
         };
         for t in 0..b.logp.len() {
             let (up, dn) = (loss_at(t, b.logp[t] + h), loss_at(t, b.logp[t] - h));
-            let (fwd, bwd) = ((up - o.loss) / h, (o.loss - dn) / h);
+            let (fwd, bwd) = ((up - base) / h, (base - dn) / h);
             let scale = 1.0 + fwd.abs().max(bwd.abs());
             if (fwd - bwd).abs() > 1e-4 * scale {
                 kinks += 1;
@@ -481,20 +525,17 @@ fn gradient_matches_finite_differences() {
             for t in (0..b.ent.len()).step_by(5) {
                 let mut e = b.ent.clone();
                 e[t] += 1e-3;
-                let up = policy_loss_f64(
-                    &LossInputs { entropy: Some(&e), ..b.inputs(&sel) },
-                    &cfg,
-                    norm,
-                );
-                assert!(((up.loss - o.loss) / 1e-3 - de[t]).abs() < 1e-9, "dentropy[{t}]");
+                let up = at(&LossInputs { entropy: Some(&e), ..b.inputs(&sel) });
+                assert!(((up - base) / 1e-3 - de[t]).abs() < 1e-9, "dentropy[{t}]");
             }
         }
     }
     assert!(checked > 20 * kinks.max(1), "{checked} tokens checked, {kinks} at kinks");
 }
 
-/// Splitting a batch into micro-batches in three different ways gives the same summed loss,
-/// identical per-token gradients and the same merged metrics as the whole batch, in every mode.
+/// Splitting a batch into micro-batches in three different ways gives identical per-token
+/// gradients and the same merged metrics as the whole batch, in every mode, and the summed loss
+/// parts (and vanilla's merged clip fractions) of the naive reference on the whole batch.
 #[test]
 fn micro_batch_split_invariance() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -531,6 +572,22 @@ fn micro_batch_split_invariance() {
             policy_loss(&i, &cfg, norm)
         };
         let whole = inp(0, lp.len(), &b.offsets);
+        // Anchored outside the code: the naive reference on the same (f32-rounded) inputs.
+        let g = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+        let (lp64, old64, adv64, mask64) = (g(&lp), g(&old), g(&adv), g(&mask));
+        let (refl64, ent64, pgm64) = (g(&refl), g(&ent), g(&pgm));
+        let inp64 = LossInputs {
+            logp: &lp64,
+            logp_old: &old64,
+            advantages: &adv64,
+            mask: &mask64,
+            ref_logp: Some(&refl64),
+            entropy: Some(&ent64),
+            pg_mask: Some(&pgm64),
+            selected: Some(&sel),
+            offsets: &b.offsets,
+        };
+        let want = naive_loss(&inp64, &cfg, b.max_len);
         for cuts in &splits {
             let (mut loss, mut grads, mut dents, mut mets) = (0f64, vec![], vec![], vec![]);
             let mut merged: Option<Normalizer> = None;
@@ -545,15 +602,15 @@ fn micro_batch_split_invariance() {
                 mets.push(o.metrics);
             }
             assert_eq!(merged.unwrap(), norm, "normalizer counts merge to the full batch");
-            assert_close(loss, whole.loss, 1e-12, &format!("summed loss {cfg:?}"));
+            assert_close(loss, want.total(), 1e-12, &format!("summed loss vs naive {cfg:?}"));
             assert_eq!(grads, whole.dlogp, "per-token gradients identical {cfg:?}");
             assert_eq!(&dents, whole.dentropy.as_ref().unwrap());
             let m = LossMetrics::merge(&mets);
             let wm = whole.metrics;
             for (got, want, what) in [
-                (m.pg_loss, wm.pg_loss, "pg_loss"),
-                (m.kl_loss, wm.kl_loss, "kl_loss"),
-                (m.entropy_loss, wm.entropy_loss, "entropy_loss"),
+                (m.pg_loss, want.pg, "pg_loss"),
+                (m.kl_loss, want.kl, "kl_loss"),
+                (m.entropy_loss, want.entropy, "entropy_loss"),
                 (m.clip_frac, wm.clip_frac, "clip_frac"),
                 (m.clip_frac_low, wm.clip_frac_low, "clip_frac_low"),
                 (m.clip_frac_high, wm.clip_frac_high, "clip_frac_high"),
@@ -566,6 +623,12 @@ fn micro_batch_split_invariance() {
                 assert_close(got, want, 1e-9, what);
             }
             assert_eq!(m.active_tokens, wm.active_tokens);
+            if cfg.policy == PolicyLoss::Vanilla && cfg.trl_delta.is_none() {
+                let got = [m.clip_frac_low, m.clip_frac_high, m.clip_frac, m.dual_clip_frac];
+                for (g, w) in got.iter().zip(naive_clip_fractions(&inp64, &cfg)) {
+                    assert_close(*g, w, 1e-12, &format!("merged clip fractions {cfg:?}"));
+                }
+            }
         }
     }
 }
