@@ -449,7 +449,7 @@ fn selection(b: &Batch, cfg: &LossConfig) -> Vec<bool> {
 fn random_batches_match_the_naive_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut vanilla_clips = [0.0f64; 4];
-    for case in 0..6 {
+    for case in 0..3 {
         let spread = [0.3, 0.6, 1.2][case % 3];
         let b = random_batch(&mut rng, 9, 11, spread);
         let norm = Normalizer::count(&b.mask, &b.offsets, b.max_len);
