@@ -710,3 +710,101 @@ fn kl_requires_ref_logp() {
     };
     policy_loss(&inp, &LossConfig::mmr1(), Normalizer::new(1.0, 1.0, 1.0));
 }
+
+/// Ratios exactly at a bound, built so that the comparison is exact: the bound is set from the
+/// ratio itself (`1 - (1 - r) == r` and `1 + (r - 1) == r` hold exactly for r in [0.5, 2],
+/// Sterbenz), or the log-ratio is an exact integer. What upstream does at the tie:
+/// - TRL 1.16 counts `clip_ratio/low_mean` with `coef_1 < 1 - epsilon_low` and `high_mean`
+///   with `coef_1 > 1 + epsilon_high` (strict): a ratio at the bound is not clipped;
+/// - verl's `pg_clipfrac_lower` is `torch.gt(clip_pg_losses1, pg_losses3)` (strict): a loss
+///   exactly at the dual-clip cap is not counted;
+/// - torch.clamp / clamp_max pass the gradient at the bound (`self >= min && self <= max`,
+///   derivatives.yaml), so verl's log-ratio clamp at exactly +-20 and TRL's `delta` at exactly
+///   the ratio keep the gradient.
+///
+/// (At the dual-clip tie torch.min splits the gradient in halves; this code keeps the whole
+/// unclipped gradient there. A tie of an f64 loss with the cap has measure zero; not tested.)
+#[test]
+fn ratios_exactly_at_a_bound() {
+    let one = |d: f64, a: f64, cfg: LossConfig| {
+        let (lp, old, adv, mask, off) = ([d], [0.0f64], [a], [1.0f64], [0usize, 1]);
+        let inp = LossInputs::new(&lp, &old, &adv, &mask, &off);
+        policy_loss_f64(&inp, &LossConfig { kl: None, ..cfg }, Normalizer::new(1.0, 1.0, 1.0))
+    };
+    // TRL's clip flags at r == 1 + eps_high (A > 0) and r == 1 - eps_low (A < 0).
+    let r_hi = 0.1f64.exp();
+    let eh = r_hi - 1.0;
+    assert_eq!(1.0 + eh, r_hi, "the upper bound is the ratio exactly");
+    let o = one(0.1, 1.0, LossConfig { clip_eps_high: eh, ..LossConfig::trl() });
+    assert_eq!((o.metrics.clip_frac_high, o.metrics.clip_frac), (0.0, 0.0), "r == 1 + eps_high");
+    assert_eq!(o.dlogp[0], -r_hi, "the unclipped gradient -A r");
+    let r_lo = (-0.1f64).exp();
+    let el = 1.0 - r_lo;
+    assert_eq!(1.0 - el, r_lo, "the lower bound is the ratio exactly");
+    let o = one(-0.1, -1.0, LossConfig { clip_eps_low: el, ..LossConfig::trl() });
+    assert_eq!((o.metrics.clip_frac_low, o.metrics.clip_frac), (0.0, 0.0), "r == 1 - eps_low");
+    assert_eq!(o.dlogp[0], r_lo, "the unclipped gradient -A r");
+
+    // TRL's delta equal to the ratio: value delta, gradient -A r (clamp_max passes it).
+    let r = 2f64.ln().exp();
+    let o = one(2f64.ln(), -1.0, LossConfig { trl_delta: Some(r), ..LossConfig::trl() });
+    assert_eq!((o.loss, o.dlogp[0]), (r, r), "r == delta");
+
+    // verl's dual clip with c equal to the ratio: -A r == -A c, not counted as dual-clipped.
+    let r = 1.1f64.exp();
+    let cfg = LossConfig { dual_clip_c: Some(r), ..LossConfig::verl() };
+    let o = one(1.1, -1.0, cfg);
+    assert_eq!(o.loss, r);
+    assert_eq!((o.metrics.dual_clip_frac, o.metrics.clip_frac), (0.0, 0.0), "-A r == -A c");
+
+    // verl's log-ratio clamp at exactly +-20: inside the clamp, the gradient flows.
+    let verl = LossConfig { dual_clip_c: None, ..LossConfig::verl() };
+    let o = one(20.0, -1.0, verl); // A < 0, r = e^20: unclipped branch -A r
+    assert_eq!((o.loss, o.dlogp[0]), (20f64.exp(), 20f64.exp()), "log-ratio == 20");
+    let o = one(-20.0, 1.0, verl); // A > 0, r = e^-20 < 0.8: -A r > -A 0.8, unclipped
+    assert_eq!((o.loss, o.dlogp[0]), (-(-20f64).exp(), -(-20f64).exp()), "log-ratio == -20");
+}
+
+/// verl 0.9.1 `compute_policy_loss_gspo` clamps the sequence log-ratio at 10 from above
+/// (`torch.clamp(negative_approx_kl_seq, max=10.0)`), TRL not: a response whose mean
+/// log-ratio is 12 has ratio e^10 under verl's defaults (flat: gradient 0), e^12 under TRL's.
+#[test]
+fn gspo_sequence_log_ratio_cap_is_verls_default() {
+    let (lp, old, adv, mask, off) = ([12.5f64, 11.5], [0.0f64; 2], [-1.0f64; 2], [1.0; 2], [0, 2]);
+    let inp = LossInputs::new(&lp, &old, &adv, &mask, &off);
+    let norm = Normalizer::new(2.0, 1.0, 2.0);
+    let verl = LossConfig { policy: PolicyLoss::Gspo, ..LossConfig::verl() };
+    let o = policy_loss_f64(&inp, &verl, norm);
+    assert_close(o.loss, 10f64.exp(), 1e-12, "verl: -A e^10");
+    assert_eq!(o.dlogp, vec![0.0, 0.0], "the cap is flat");
+    let trl = LossConfig { policy: PolicyLoss::Gspo, ..LossConfig::trl() };
+    let o = policy_loss_f64(&inp, &trl, norm);
+    assert_close(o.loss, 12f64.exp(), 1e-12, "trl: -A e^12");
+    // d/dlogp_t of -A exp(mean d) = -A e^12 / 2 per token, token-mean over 2 tokens.
+    assert_close(o.dlogp[0], 12f64.exp() / 2.0, 1e-12, "trl gradient");
+}
+
+/// Merging the metrics of one call gives that call's metrics, also for a call without an
+/// active token (fractions 0, not 0/0); entropy is reported only when every call had one.
+#[test]
+fn merged_metrics_of_empty_and_mixed_calls() {
+    let offsets = [0usize, 2];
+    let (z, e) = ([0f64, 0.0], [0.7f64, 1.3]);
+    let inp =
+        LossInputs { entropy: Some(&e), ..LossInputs::new(&z, &z, &[1.0, -1.0], &z, &offsets) };
+    let cfg = LossConfig { kl: None, ..LossConfig::mmr1() };
+    let masked = policy_loss_f64(&inp, &cfg, Normalizer::new(0.0, 0.0, 2.0)).metrics;
+    assert_eq!(masked.entropy, Some(0.0));
+    let merged = LossMetrics::merge(&[masked]);
+    assert_eq!(merged, masked, "merge of one fully masked call");
+    assert_eq!(merged.clip_frac, 0.0);
+    let mask = [1.0f64, 1.0];
+    let with =
+        policy_loss_f64(&LossInputs { mask: &mask, ..inp }, &cfg, Normalizer::new(2.0, 1.0, 2.0));
+    assert_eq!(with.metrics.entropy, Some(1.0));
+    let without = LossInputs { entropy: None, mask: &mask, ..inp };
+    let without = policy_loss_f64(&without, &cfg, Normalizer::new(2.0, 1.0, 2.0)).metrics;
+    assert_eq!(LossMetrics::merge(&[with.metrics, without]).entropy, None, "mixed presence");
+    assert_eq!(LossMetrics::merge(&[with.metrics]).entropy, Some(1.0));
+    assert_eq!(LossMetrics::merge(&[]), LossMetrics::default(), "no call: no entropy");
+}
