@@ -35,7 +35,9 @@ mod policy;
 pub use super::advantage::Convention;
 pub use agg::{seq_token_denom, token_weight, Aggregation, Normalizer};
 pub use kl::{kl_term, K3Clamps, KlEstimator};
-pub use policy::{cov_selection, high_entropy_mask, token_covariance, CovParams, PolicyLoss};
+pub use policy::{
+    cov_seed, cov_selection, high_entropy_mask, token_covariance, CovParams, PolicyLoss,
+};
 
 /// KL penalty in the loss (verl `use_kl_loss`, TRL `beta`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -808,3 +808,20 @@ fn merged_metrics_of_empty_and_mixed_calls() {
     assert_eq!(LossMetrics::merge(&[with.metrics]).entropy, Some(1.0));
     assert_eq!(LossMetrics::merge(&[]), LossMetrics::default(), "no call: no entropy");
 }
+
+/// Every (epoch, mini-batch) of an update gets its own Clip-Cov seed, whatever the base seed
+/// (all bits clear, all set, alternating, arbitrary) and the number of mini-batches.
+#[test]
+fn cov_seeds_differ_across_epochs_and_mini_batches() {
+    for seed in [0u64, u64::MAX, 0x5555_5555_5555_5555, 0x0123_4567_89ab_cdef] {
+        for minis in 1..=4 {
+            let mut seen = std::collections::BTreeSet::new();
+            for epoch in 0..3 {
+                for mi in 0..minis {
+                    let s = cov_seed(seed, epoch, minis, mi);
+                    assert!(seen.insert(s), "seed {seed:#x}, {minis} mini-batches: {s:#x} twice");
+                }
+            }
+        }
+    }
+}
