@@ -186,7 +186,8 @@ fn hand_computed_asymmetric_clip_bounds() {
 /// `pg_clipfrac` is `pg_losses2 > pg_losses1` (strict): an A = 0 token is never clipped.
 /// TRL `delta` (INTELLECT-2) caps the unclipped ratio: r = 2, delta 1.5, A = -1 gives
 /// max(1 * 1.5, 1 * clamp(2, 0.8, 1.2)) = 1.5 with gradient 0 (2.0 and -A r = 2 without delta).
-/// verl clamps the log-ratio to [-20, 20]: at -25 the value is -A e^-20 and the gradient 0.
+/// verl's dual clip is on by default (c = 3); verl clamps the log-ratio to [-20, 20]: at -25 the
+/// value is -A e^-20 and the gradient 0.
 #[test]
 fn hand_computed_clip_flags_delta_and_log_ratio_clamp() {
     let one = |ratio_ln: f64, a: f64, cfg: LossConfig| {
@@ -205,6 +206,10 @@ fn hand_computed_clip_flags_delta_and_log_ratio_clamp() {
     let o = one(2f64.ln(), -1.0, LossConfig::trl());
     assert_close(o.loss, 2.0, 1e-12, "no delta");
     assert_close(o.dlogp[0], 2.0, 1e-12, "no delta: -A r");
+    // verl's default dual clip (`clip_ratio_c` 3.0): A = -1, ratio 4 is capped at -A c = 3.
+    let o = one(4f64.ln(), -1.0, LossConfig::verl());
+    assert_close(o.loss, 3.0, 1e-12, "verl dual clip by default");
+    assert_eq!((o.dlogp[0], o.metrics.dual_clip_frac), (0.0, 1.0));
     let verl = LossConfig { dual_clip_c: None, ..LossConfig::verl() };
     let o = one(-25.0, -1.0, verl);
     assert_close(o.loss, 0.8, 1e-12, "A < 0, ratio e^-20 clipped low at 0.8");
