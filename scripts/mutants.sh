@@ -50,7 +50,8 @@ tests_for() {
     src/rl/advantage.rs) echo "lib parity_upstream rl_update grpo_learns" ;;
     src/rl/trainer.rs) echo "rl_update grpo_learns" ;;
     src/rl/rollout.rs) echo "lib sampling kv_cache" ;;
-    src/rl/grpo.rs) echo "lib parity_upstream rl_update" ;;
+    src/rl/sampling.rs) echo "sampling sample_kernel" ;; # no unit test in the lib reaches it
+    src/rl/grpo.rs | src/rl/grpo/*.rs) echo "lib parity_upstream rl_update" ;;
     src/rl/vas.rs) echo "lib vas_in_loop cli_score" ;;
     *) echo "lib" ;;
     esac
@@ -68,7 +69,8 @@ target_args() {
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
     files=(src/train/checkpoint.rs src/optim.rs src/rl/advantage.rs src/rl/trainer.rs
-        src/rl/rollout.rs src/rl/grpo.rs src/rl/vas.rs)
+        src/rl/rollout.rs src/rl/sampling.rs src/rl/grpo.rs src/rl/grpo/agg.rs src/rl/grpo/kl.rs
+        src/rl/grpo/policy.rs src/rl/vas.rs)
 fi
 
 tc=0 tm=0 tu=0 tt=0

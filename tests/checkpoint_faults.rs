@@ -305,3 +305,47 @@ fn non_finite_weights_are_refused_and_half_written_checkpoints_are_not_resumed()
     std::fs::write(o.join("checkpoint-3/trainer_state.json"), "{}").unwrap();
     assert_eq!(resume_checkpoint(o).unwrap(), Some(o.join("checkpoint-1")));
 }
+
+/// A model whose optimizer holds only some of its parameters (the VL trainer with a frozen
+/// vision tower, `save_checkpoint_with`): the optimizer file has the moments of the trained
+/// parameters only, the f32 master copies of all of them when the model file is rounded, and
+/// loads back bit-exactly.
+#[test]
+fn frozen_parameters_get_master_weights_and_no_moments() {
+    use mmr1_fast::model::params::ParamSpec;
+    use mmr1_fast::train::checkpoint::{load_optimizer, save_checkpoint_with};
+    let s = snapshot(3);
+    let (n, k) = (s.model.params.len(), s.model.params.len() / 2);
+    assert!(k > 0 && n > k);
+    let specs = &s.model.layout.specs;
+    let pairs = |r: std::ops::Range<usize>| -> Vec<(&ParamSpec, &Vec<f32>)> {
+        r.map(|i| (&specs[i], &s.model.params[i])).collect()
+    };
+    let (trained, frozen) = (pairs(0..k), pairs(k..n));
+    let mut opt = AdamW::new(&Cpu, &s.model.params[..k], AdamwConfig::default());
+    opt.m = s.opt.m[..k].to_vec();
+    opt.v = s.opt.m[..k].iter().map(|m| m.iter().map(|x| x * x + 1e-3).collect()).collect();
+    opt.step = 7;
+    let out = tempfile::tempdir().unwrap();
+    let no_model = |_: &Path| Ok(());
+    let dir = save_checkpoint_with(
+        &Cpu,
+        out.path(),
+        5,
+        no_model,
+        &trained,
+        &frozen,
+        &opt,
+        &json!({}),
+        SaveDtype::Bf16,
+    )
+    .unwrap();
+    let names = |r: std::ops::Range<usize>| -> Vec<&ParamSpec> { r.map(|i| &specs[i]).collect() };
+    let (back, masters) = load_optimizer::<Cpu>(&Cpu, &dir, &names(0..k), &names(k..n)).unwrap();
+    assert_eq!((back.m, back.v, back.step), (opt.m.clone(), opt.v.clone(), 7));
+    assert_eq!(masters.unwrap(), s.model.params, "master weights of trained and frozen");
+    let bytes = std::fs::read(dir.join("optimizer.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let count = |p: &str| st.names().iter().filter(|x| x.starts_with(p)).count();
+    assert_eq!((count("exp_avg."), count("exp_avg_sq."), count("master.")), (k, k, n));
+}

@@ -35,20 +35,23 @@ fn settings(kl: Option<KlConfig>, epochs: usize, minis: usize, micro: usize) -> 
     }
 }
 
-/// Seed of the rollouts in [`experience`]. Was 21 with the ChaCha8 draws; with the Philox draws
-/// (rl::philox, which changed every sampled token) seed 21 makes
-/// `ppo_epochs_and_mini_batches_match_a_slow_reference_loop` end 3.6e-5 apart (bound 1e-5),
-/// while seeds 1-8 give 4.6e-7 to 7.8e-6 (seed 1: 8.5e-7). Both loops train on the same
-/// rollouts, so this is the comparison's own sensitivity (Adam normalises near-zero gradient
-/// components, which magnifies f32 summation-order differences), not the sampler; its heavy tail
-/// is worth a look by whoever owns the trainer.
+/// Seed of the rollouts in [`experience`] (any seed: the comparison with the slow reference
+/// loop runs over several, see `ppo_epochs_and_mini_batches_match_a_slow_reference_loop`).
 const ROLLOUT_SEED: u64 = 1;
 
 /// Rollouts of `prompts` with fixed, non-zero, asymmetric advantages (so both clip sides run).
 fn experience(model: &Qwen2<Cpu>, s: &GrpoSettings, prompts: &[Vec<u32>]) -> Experience {
+    experience_seeded(model, s, prompts, ROLLOUT_SEED)
+}
+
+fn experience_seeded(
+    model: &Qwen2<Cpu>,
+    s: &GrpoSettings,
+    prompts: &[Vec<u32>],
+    seed: u64,
+) -> Experience {
     let rolls =
-        generate(model, &Cpu, prompts, s.group_size, &s.sampling, ROLLOUT_SEED, None, |_| {})
-            .unwrap();
+        generate(model, &Cpu, prompts, s.group_size, &s.sampling, seed, None, |_| {}).unwrap();
     let n = rolls.len();
     let advantages: Vec<f32> = (0..n).map(|i| [1.3, -0.9, 0.4, -1.6, 0.7][i % 5]).collect();
     Experience {
@@ -284,18 +287,44 @@ fn slow_update(
     (losses, clip_low, clip_high)
 }
 
+/// The trainer (3 epochs x 2 mini-batches, 6 AdamW steps) against the slow reference loop, for
+/// the rollouts of several seeds (none picked to pass).
+///
+/// The bound on the final weights is measured, not chosen: the two loops differ only in f32
+/// summation order (packed micro-batches vs one sequence at a time, and an f64 log-softmax), and
+/// Adam turns such rounding into weight differences far above it (its first step is
+/// lr * sign(g), so a gradient component near 0 whose sign the rounding flips moves by 2 lr).
+/// How much it does depends on the rollouts (relative L2 from 5e-7 to 3.6e-5 over seeds 1-8 and
+/// 21). The trainer run again with two other micro-batch splits (one micro-batch per
+/// mini-batch; 7 tokens) changes nothing but that summation order, so its distance to the
+/// first run measures this magnification for these rollouts; the reference loop must be within
+/// 4x of it (seen: 0.2x to 1.6x), plus 1e-6 for f32 round-off in weights of order 1. A planted
+/// normalisation bug misses this by orders of magnitude (docs/testing.md).
 #[test]
 fn ppo_epochs_and_mini_batches_match_a_slow_reference_loop() {
+    for seed in [1, 2, 3, 4, 5, 6, 7, 8, 21] {
+        ppo_epochs_and_mini_batches_case(seed);
+    }
+}
+
+fn ppo_epochs_and_mini_batches_case(seed: u64) {
     let start = random_model(tiny_config(VOCAB, true), 17);
     let s = settings(None, 3, 2, 23);
-    let exp = experience(&start, &s, &prompts());
+    let exp = experience_seeded(&start, &s, &prompts(), seed);
     let lr = 2e-2;
     let cfg = AdamwConfig::default();
 
-    let mut fast = copy(&start);
-    let mut opt = AdamW::new(&Cpu, &fast.params, cfg);
-    let mut st = Workspace::new(&fast, &Cpu);
-    let rep = update(&mut fast, None, &mut opt, &Cpu, &exp, &s, lr, &mut st).unwrap();
+    let run = |micro: usize| {
+        let s = GrpoSettings { micro_batch_tokens: micro, ..s.clone() };
+        let mut fast = copy(&start);
+        let mut opt = AdamW::new(&Cpu, &fast.params, cfg);
+        let mut st = Workspace::new(&fast, &Cpu);
+        let rep = update(&mut fast, None, &mut opt, &Cpu, &exp, &s, lr, &mut st).unwrap();
+        (rep, fast.to_host(&Cpu).concat())
+    };
+    let (rep, fast) = run(s.micro_batch_tokens);
+    let summation_noise =
+        [run(usize::MAX), run(7)].iter().map(|(_, w)| rel_l2(&fast, w)).fold(0.0, f64::max);
 
     let mut slow = copy(&start);
     let mut opt2 = AdamW::new(&Cpu, &slow.params, cfg);
@@ -306,32 +335,36 @@ fn ppo_epochs_and_mini_batches_match_a_slow_reference_loop() {
     // The ratio left 1 and both clip sides ran inside the trainer, and the fractions agree
     // with the reference loop's own count (token-weighted over every epoch and mini-batch).
     let tokens = exp.responses.iter().map(|r| r.len()).sum::<usize>() * s.ppo_epochs;
-    assert!(clip_low > 0 && clip_high > 0, "the test must exercise both clip sides");
+    assert!(clip_low > 0 && clip_high > 0, "seed {seed}: the test must exercise both clip sides");
     let (fl, fh) = (clip_low as f64 / tokens as f64, clip_high as f64 / tokens as f64);
     assert!(
         (rep.metrics.clip_frac_low - fl).abs() < 1e-9,
-        "clip_frac_low {} vs {fl}",
+        "seed {seed}: clip_frac_low {} vs {fl}",
         rep.metrics.clip_frac_low
     );
     assert!(
         (rep.metrics.clip_frac_high - fh).abs() < 1e-9,
-        "clip_frac_high {} vs {fh}",
+        "seed {seed}: clip_frac_high {} vs {fh}",
         rep.metrics.clip_frac_high
     );
     assert!((rep.metrics.clip_frac - fl - fh).abs() < 1e-9);
-    assert!((rep.metrics.mean_ratio - 1.0).abs() > 1e-3, "mean ratio stayed 1");
+    assert!((rep.metrics.mean_ratio - 1.0).abs() > 1e-3, "seed {seed}: mean ratio stayed 1");
     let mean_loss = losses.iter().sum::<f64>() / losses.len() as f64;
     assert!(
         (rep.loss - mean_loss).abs() < 1e-5 * mean_loss.abs().max(1.0),
-        "loss {} vs {mean_loss}",
+        "seed {seed}: loss {} vs {mean_loss}",
         rep.loss
     );
-    let e = rel_l2(&fast.to_host(&Cpu).concat(), &slow.to_host(&Cpu).concat());
-    let moved = rel_l2(&start.to_host(&Cpu).concat(), &slow.to_host(&Cpu).concat());
-    assert!(moved > 1e-3, "the policy did not move ({moved:.2e})");
+    let slow = slow.to_host(&Cpu).concat();
+    let e = rel_l2(&fast, &slow);
+    let moved = rel_l2(&start.to_host(&Cpu).concat(), &slow);
+    assert!(moved > 1e-3, "seed {seed}: the policy did not move ({moved:.2e})");
+    let bound = 4.0 * summation_noise + 1e-6;
     assert!(
-        e < 1e-5,
-        "trainer and reference loop end at different weights: {e:.2e} (moved {moved:.2e})"
+        e < bound,
+        "seed {seed}: trainer and reference loop end at different weights: {e:.2e}, bound \
+         {bound:.2e} (the trainer against itself with other splits: {summation_noise:.2e}; \
+         moved {moved:.2e})"
     );
 }
 

@@ -8,7 +8,7 @@ use common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
 use mmr1_fast::rl::rollout::{
-    draw_token, generate, mix_seed, sample_token, SamplingParams, StopReason,
+    draw_token, generate, generate_at, mix_seed, sample_token, SamplingParams, StopReason,
 };
 use mmr1_fast::rl::sampling::{kept_ids, SampleRule};
 use rand::{Rng, SeedableRng};
@@ -205,6 +205,13 @@ fn seeds_reproduce_rollouts_whatever_else_is_in_the_batch() {
     // Prompt 0's group alone (a smaller batch) samples the same responses.
     let alone = generate(&model, &Cpu, &prompts[..1], 3, &p, 77, None, |_| {}).unwrap();
     assert_eq!(toks(&alone), toks(&a[..3]), "a rollout depends on the rest of its batch");
+    // Prompt 1's group decoded as a data-parallel shard starting at prompt 1 (generate_at)
+    // samples what the whole batch did for it.
+    let shard = generate_at(&model, &Cpu, &prompts[1..], 3, &p, 77, 1, None, |_| {}).unwrap();
+    assert_eq!(toks(&shard), toks(&a[3..]), "a shard samples other responses");
+    let seeds =
+        |v: &[mmr1_fast::rl::rollout::Rollout]| v.iter().map(|r| r.seed).collect::<Vec<_>>();
+    assert_eq!(seeds(&shard), seeds(&a[3..]), "a shard's rollouts carry other seeds");
     let c = generate(&model, &Cpu, &prompts, 3, &p, 78, None, |_| {}).unwrap();
     assert_ne!(toks(&a), toks(&c), "another seed gave the same rollouts");
     // Within a group the responses differ (each has its own stream).

@@ -35,7 +35,9 @@ mod policy;
 pub use super::advantage::Convention;
 pub use agg::{seq_token_denom, token_weight, Aggregation, Normalizer};
 pub use kl::{kl_term, K3Clamps, KlEstimator};
-pub use policy::{cov_selection, high_entropy_mask, token_covariance, CovParams, PolicyLoss};
+pub use policy::{
+    cov_seed, cov_selection, high_entropy_mask, token_covariance, CovParams, PolicyLoss,
+};
 
 /// KL penalty in the loss (verl `use_kl_loss`, TRL `beta`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,15 +134,25 @@ impl LossConfig {
     /// TRL 1.16 `GRPOConfig` defaults: eps 0.2/0.2, no dual clip, no clamps, `loss_type="dapo"`
     /// (token-mean over the global batch), `beta = 0` (no KL), k3 when beta > 0.
     pub fn trl() -> Self {
+        // Every field spelled out (not `..Self::mmr1()`): TRL's defaults do not follow MMR1's.
         Self {
+            policy: PolicyLoss::Vanilla,
+            clip_eps_low: 0.2,
+            clip_eps_high: 0.2,
             dual_clip_c: None,
+            trl_delta: None,
             kl: None,
+            kl_ratio_weighted: false,
+            entropy_coef: 0.0,
+            agg: Aggregation::TokenMean,
             convention: Convention::Trl,
             log_ratio_clamp: None,
             k3_inner_clamp: None,
             k3_clamp: None,
             gspo_log_ratio_cap: None,
-            ..Self::mmr1()
+            sapo_tau_pos: 1.0,
+            sapo_tau_neg: 1.05,
+            cov: CovParams::default(),
         }
     }
 

@@ -10,7 +10,7 @@
 use super::advantage::{broadcast_to_tokens, AdvantageConfig, GroupStats};
 use super::graded::{grade_tokens, reward_item};
 use super::grpo::{
-    cov_selection, high_entropy_mask, LossConfig, LossInputs, LossMetrics, Normalizer,
+    cov_seed, cov_selection, high_entropy_mask, LossConfig, LossInputs, LossMetrics, Normalizer,
 };
 use super::grpo_token_loss::GrpoTokenLoss;
 use super::overlong::OverlongPenalty;
@@ -436,7 +436,7 @@ pub fn update_with<B: RlOps, P: Policy<B>>(
                     &f64s(&mask[t0..t1]),
                     s.loss.clip_eps_low,
                     s.loss.clip_eps_high,
-                    s.extras.seed ^ ((epoch * minis.len() + mi) as u64),
+                    cov_seed(s.extras.seed, epoch, minis.len(), mi),
                 )
             });
             let pg_mask: Option<Vec<f32>> =

@@ -164,6 +164,13 @@ pub fn cov_selection(
     sel
 }
 
+/// Seed of [`cov_selection`]'s random choice for mini-batch `mi` of `minis` in PPO epoch
+/// `epoch`: distinct for every (epoch, mini-batch) of an update whatever the base `seed`, so
+/// that no two of them shuffle with the same stream (verl draws from torch's running RNG).
+pub fn cov_seed(seed: u64, epoch: usize, minis: usize, mi: usize) -> u64 {
+    seed ^ (epoch * minis + mi) as u64
+}
+
 /// TRL `top_entropy_quantile` (arXiv 2506.01939, "80/20"): 1 for active tokens whose entropy is
 /// at least the `1 - quantile` quantile of the active tokens' entropies (torch.quantile, linear
 /// interpolation), else 0. The loss multiplies the policy term by it; the KL term and the

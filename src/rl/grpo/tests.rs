@@ -1,8 +1,13 @@
 //! Tests of the policy loss: hand-computed cases (the issue's examples among them), central
 //! finite differences and micro-batch split invariance for every mode. Agreement with the
-//! upstream code itself is `tests/parity_upstream.rs`.
+//! upstream code itself is `tests/parity_upstream.rs`. The random-batch tests are anchored to
+//! `naive`, a padded-matrix restatement of the upstream formulas that shares no code with the
+//! loss.
+
+mod naive;
 
 use super::*;
+use naive::{naive_clip_fractions, naive_loss};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -181,7 +186,8 @@ fn hand_computed_asymmetric_clip_bounds() {
 /// `pg_clipfrac` is `pg_losses2 > pg_losses1` (strict): an A = 0 token is never clipped.
 /// TRL `delta` (INTELLECT-2) caps the unclipped ratio: r = 2, delta 1.5, A = -1 gives
 /// max(1 * 1.5, 1 * clamp(2, 0.8, 1.2)) = 1.5 with gradient 0 (2.0 and -A r = 2 without delta).
-/// verl clamps the log-ratio to [-20, 20]: at -25 the value is -A e^-20 and the gradient 0.
+/// verl's dual clip is on by default (c = 3); verl clamps the log-ratio to [-20, 20]: at -25 the
+/// value is -A e^-20 and the gradient 0.
 #[test]
 fn hand_computed_clip_flags_delta_and_log_ratio_clamp() {
     let one = |ratio_ln: f64, a: f64, cfg: LossConfig| {
@@ -200,6 +206,10 @@ fn hand_computed_clip_flags_delta_and_log_ratio_clamp() {
     let o = one(2f64.ln(), -1.0, LossConfig::trl());
     assert_close(o.loss, 2.0, 1e-12, "no delta");
     assert_close(o.dlogp[0], 2.0, 1e-12, "no delta: -A r");
+    // verl's default dual clip (`clip_ratio_c` 3.0): A = -1, ratio 4 is capped at -A c = 3.
+    let o = one(4f64.ln(), -1.0, LossConfig::verl());
+    assert_close(o.loss, 3.0, 1e-12, "verl dual clip by default");
+    assert_eq!((o.dlogp[0], o.metrics.dual_clip_frac), (0.0, 1.0));
     let verl = LossConfig { dual_clip_c: None, ..LossConfig::verl() };
     let o = one(-25.0, -1.0, verl);
     assert_close(o.loss, 0.8, 1e-12, "A < 0, ratio e^-20 clipped low at 0.8");
@@ -437,9 +447,46 @@ fn selection(b: &Batch, cfg: &LossConfig) -> Vec<bool> {
     s
 }
 
-/// Central finite differences of the whole loss vs the analytic d loss / d logp (which includes
-/// the cross-token terms of sequence-level ratios). Tokens at a kink (one-sided differences
-/// disagree) are skipped and counted; there must be few.
+/// Every loss, part and vanilla clip fraction of every configuration against the naive
+/// reference (`naive.rs`), on random batches with an empty and a fully masked response and
+/// log-ratios in every region of the clipped objectives.
+#[test]
+fn random_batches_match_the_naive_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut vanilla_clips = [0.0f64; 4];
+    for case in 0..3 {
+        let spread = [0.3, 0.6, 1.2][case % 3];
+        let b = random_batch(&mut rng, 9, 11, spread);
+        let norm = Normalizer::count(&b.mask, &b.offsets, b.max_len);
+        for cfg in all_configs() {
+            let sel = selection(&b, &cfg);
+            let inp = b.inputs(&sel);
+            let o = policy_loss_f64(&inp, &cfg, norm);
+            let want = naive_loss(&inp, &cfg, b.max_len);
+            let what = |p: &str| format!("case {case} {p}: {cfg:?}");
+            assert_close(o.loss, want.total(), 1e-12, &what("loss"));
+            assert_close(o.metrics.pg_loss, want.pg, 1e-12, &what("pg_loss"));
+            assert_close(o.metrics.kl_loss, want.kl, 1e-12, &what("kl_loss"));
+            assert_close(o.metrics.entropy_loss, want.entropy, 1e-12, &what("entropy_loss"));
+            if cfg.policy == PolicyLoss::Vanilla && cfg.trl_delta.is_none() {
+                let m = o.metrics;
+                let got = [m.clip_frac_low, m.clip_frac_high, m.clip_frac, m.dual_clip_frac];
+                let want = naive_clip_fractions(&inp, &cfg);
+                assert_eq!(got, want, "{}", what("clip fractions low/high/clip/dual"));
+                for (s, w) in vanilla_clips.iter_mut().zip(want) {
+                    *s += w;
+                }
+            }
+        }
+    }
+    // The batches reach every clip branch.
+    assert!(vanilla_clips.iter().all(|&c| c > 0.0), "clip fractions seen: {vanilla_clips:?}");
+}
+
+/// Central finite differences of the naive reference (`naive.rs`, written from the upstream
+/// formulas, no code shared with the loss) vs the analytic d loss / d logp of the code (which
+/// includes the cross-token terms of sequence-level ratios). Tokens at a kink (one-sided
+/// differences disagree) are skipped and counted; there must be few.
 #[test]
 fn gradient_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(42);
@@ -456,14 +503,16 @@ fn gradient_matches_finite_differences() {
         let norm = Normalizer::count(&b.mask, &b.offsets, b.max_len);
         let sel = selection(&b, &cfg);
         let o = policy_loss_f64(&b.inputs(&sel), &cfg, norm);
+        let at = |inp: &LossInputs<'_, f64>| naive_loss(inp, &cfg, b.max_len).total();
+        let base = at(&b.inputs(&sel));
         let loss_at = |t: usize, x: f64| {
             let mut lp = b.logp.clone();
             lp[t] = x;
-            policy_loss_f64(&LossInputs { logp: &lp, ..b.inputs(&sel) }, &cfg, norm).loss
+            at(&LossInputs { logp: &lp, ..b.inputs(&sel) })
         };
         for t in 0..b.logp.len() {
             let (up, dn) = (loss_at(t, b.logp[t] + h), loss_at(t, b.logp[t] - h));
-            let (fwd, bwd) = ((up - o.loss) / h, (o.loss - dn) / h);
+            let (fwd, bwd) = ((up - base) / h, (base - dn) / h);
             let scale = 1.0 + fwd.abs().max(bwd.abs());
             if (fwd - bwd).abs() > 1e-4 * scale {
                 kinks += 1;
@@ -481,20 +530,17 @@ fn gradient_matches_finite_differences() {
             for t in (0..b.ent.len()).step_by(5) {
                 let mut e = b.ent.clone();
                 e[t] += 1e-3;
-                let up = policy_loss_f64(
-                    &LossInputs { entropy: Some(&e), ..b.inputs(&sel) },
-                    &cfg,
-                    norm,
-                );
-                assert!(((up.loss - o.loss) / 1e-3 - de[t]).abs() < 1e-9, "dentropy[{t}]");
+                let up = at(&LossInputs { entropy: Some(&e), ..b.inputs(&sel) });
+                assert!(((up - base) / 1e-3 - de[t]).abs() < 1e-9, "dentropy[{t}]");
             }
         }
     }
     assert!(checked > 20 * kinks.max(1), "{checked} tokens checked, {kinks} at kinks");
 }
 
-/// Splitting a batch into micro-batches in three different ways gives the same summed loss,
-/// identical per-token gradients and the same merged metrics as the whole batch, in every mode.
+/// Splitting a batch into micro-batches in three different ways gives identical per-token
+/// gradients and the same merged metrics as the whole batch, in every mode, and the summed loss
+/// parts (and vanilla's merged clip fractions) of the naive reference on the whole batch.
 #[test]
 fn micro_batch_split_invariance() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -531,6 +577,22 @@ fn micro_batch_split_invariance() {
             policy_loss(&i, &cfg, norm)
         };
         let whole = inp(0, lp.len(), &b.offsets);
+        // Anchored outside the code: the naive reference on the same (f32-rounded) inputs.
+        let g = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+        let (lp64, old64, adv64, mask64) = (g(&lp), g(&old), g(&adv), g(&mask));
+        let (refl64, ent64, pgm64) = (g(&refl), g(&ent), g(&pgm));
+        let inp64 = LossInputs {
+            logp: &lp64,
+            logp_old: &old64,
+            advantages: &adv64,
+            mask: &mask64,
+            ref_logp: Some(&refl64),
+            entropy: Some(&ent64),
+            pg_mask: Some(&pgm64),
+            selected: Some(&sel),
+            offsets: &b.offsets,
+        };
+        let want = naive_loss(&inp64, &cfg, b.max_len);
         for cuts in &splits {
             let (mut loss, mut grads, mut dents, mut mets) = (0f64, vec![], vec![], vec![]);
             let mut merged: Option<Normalizer> = None;
@@ -545,15 +607,15 @@ fn micro_batch_split_invariance() {
                 mets.push(o.metrics);
             }
             assert_eq!(merged.unwrap(), norm, "normalizer counts merge to the full batch");
-            assert_close(loss, whole.loss, 1e-12, &format!("summed loss {cfg:?}"));
+            assert_close(loss, want.total(), 1e-12, &format!("summed loss vs naive {cfg:?}"));
             assert_eq!(grads, whole.dlogp, "per-token gradients identical {cfg:?}");
             assert_eq!(&dents, whole.dentropy.as_ref().unwrap());
             let m = LossMetrics::merge(&mets);
             let wm = whole.metrics;
             for (got, want, what) in [
-                (m.pg_loss, wm.pg_loss, "pg_loss"),
-                (m.kl_loss, wm.kl_loss, "kl_loss"),
-                (m.entropy_loss, wm.entropy_loss, "entropy_loss"),
+                (m.pg_loss, want.pg, "pg_loss"),
+                (m.kl_loss, want.kl, "kl_loss"),
+                (m.entropy_loss, want.entropy, "entropy_loss"),
                 (m.clip_frac, wm.clip_frac, "clip_frac"),
                 (m.clip_frac_low, wm.clip_frac_low, "clip_frac_low"),
                 (m.clip_frac_high, wm.clip_frac_high, "clip_frac_high"),
@@ -566,6 +628,12 @@ fn micro_batch_split_invariance() {
                 assert_close(got, want, 1e-9, what);
             }
             assert_eq!(m.active_tokens, wm.active_tokens);
+            if cfg.policy == PolicyLoss::Vanilla && cfg.trl_delta.is_none() {
+                let got = [m.clip_frac_low, m.clip_frac_high, m.clip_frac, m.dual_clip_frac];
+                for (g, w) in got.iter().zip(naive_clip_fractions(&inp64, &cfg)) {
+                    assert_close(*g, w, 1e-12, &format!("merged clip fractions {cfg:?}"));
+                }
+            }
         }
     }
 }
@@ -646,4 +714,119 @@ fn kl_requires_ref_logp() {
         offsets: &[0, 1],
     };
     policy_loss(&inp, &LossConfig::mmr1(), Normalizer::new(1.0, 1.0, 1.0));
+}
+
+/// Ratios exactly at a bound, built so that the comparison is exact: the bound is set from the
+/// ratio itself (`1 - (1 - r) == r` and `1 + (r - 1) == r` hold exactly for r in [0.5, 2],
+/// Sterbenz), or the log-ratio is an exact integer. What upstream does at the tie:
+/// - TRL 1.16 counts `clip_ratio/low_mean` with `coef_1 < 1 - epsilon_low` and `high_mean`
+///   with `coef_1 > 1 + epsilon_high` (strict): a ratio at the bound is not clipped;
+/// - verl's `pg_clipfrac_lower` is `torch.gt(clip_pg_losses1, pg_losses3)` (strict): a loss
+///   exactly at the dual-clip cap is not counted;
+/// - torch.clamp / clamp_max pass the gradient at the bound (`self >= min && self <= max`,
+///   derivatives.yaml), so verl's log-ratio clamp at exactly +-20 and TRL's `delta` at exactly
+///   the ratio keep the gradient.
+///
+/// (At the dual-clip tie torch.min splits the gradient in halves; this code keeps the whole
+/// unclipped gradient there. A tie of an f64 loss with the cap has measure zero; not tested.)
+#[test]
+fn ratios_exactly_at_a_bound() {
+    let one = |d: f64, a: f64, cfg: LossConfig| {
+        let (lp, old, adv, mask, off) = ([d], [0.0f64], [a], [1.0f64], [0usize, 1]);
+        let inp = LossInputs::new(&lp, &old, &adv, &mask, &off);
+        policy_loss_f64(&inp, &LossConfig { kl: None, ..cfg }, Normalizer::new(1.0, 1.0, 1.0))
+    };
+    // TRL's clip flags at r == 1 + eps_high (A > 0) and r == 1 - eps_low (A < 0).
+    let r_hi = 0.1f64.exp();
+    let eh = r_hi - 1.0;
+    assert_eq!(1.0 + eh, r_hi, "the upper bound is the ratio exactly");
+    let o = one(0.1, 1.0, LossConfig { clip_eps_high: eh, ..LossConfig::trl() });
+    assert_eq!((o.metrics.clip_frac_high, o.metrics.clip_frac), (0.0, 0.0), "r == 1 + eps_high");
+    assert_eq!(o.dlogp[0], -r_hi, "the unclipped gradient -A r");
+    let r_lo = (-0.1f64).exp();
+    let el = 1.0 - r_lo;
+    assert_eq!(1.0 - el, r_lo, "the lower bound is the ratio exactly");
+    let o = one(-0.1, -1.0, LossConfig { clip_eps_low: el, ..LossConfig::trl() });
+    assert_eq!((o.metrics.clip_frac_low, o.metrics.clip_frac), (0.0, 0.0), "r == 1 - eps_low");
+    assert_eq!(o.dlogp[0], r_lo, "the unclipped gradient -A r");
+
+    // TRL's delta equal to the ratio: value delta, gradient -A r (clamp_max passes it).
+    let r = 2f64.ln().exp();
+    let o = one(2f64.ln(), -1.0, LossConfig { trl_delta: Some(r), ..LossConfig::trl() });
+    assert_eq!((o.loss, o.dlogp[0]), (r, r), "r == delta");
+
+    // verl's dual clip with c equal to the ratio: -A r == -A c, not counted as dual-clipped.
+    let r = 1.1f64.exp();
+    let cfg = LossConfig { dual_clip_c: Some(r), ..LossConfig::verl() };
+    let o = one(1.1, -1.0, cfg);
+    assert_eq!(o.loss, r);
+    assert_eq!((o.metrics.dual_clip_frac, o.metrics.clip_frac), (0.0, 0.0), "-A r == -A c");
+
+    // verl's log-ratio clamp at exactly +-20: inside the clamp, the gradient flows.
+    let verl = LossConfig { dual_clip_c: None, ..LossConfig::verl() };
+    let o = one(20.0, -1.0, verl); // A < 0, r = e^20: unclipped branch -A r
+    assert_eq!((o.loss, o.dlogp[0]), (20f64.exp(), 20f64.exp()), "log-ratio == 20");
+    let o = one(-20.0, 1.0, verl); // A > 0, r = e^-20 < 0.8: -A r > -A 0.8, unclipped
+    assert_eq!((o.loss, o.dlogp[0]), (-(-20f64).exp(), -(-20f64).exp()), "log-ratio == -20");
+}
+
+/// verl 0.9.1 `compute_policy_loss_gspo` clamps the sequence log-ratio at 10 from above
+/// (`torch.clamp(negative_approx_kl_seq, max=10.0)`), TRL not: a response whose mean
+/// log-ratio is 12 has ratio e^10 under verl's defaults (flat: gradient 0), e^12 under TRL's.
+#[test]
+fn gspo_sequence_log_ratio_cap_is_verls_default() {
+    let (lp, old, adv, mask, off) = ([12.5f64, 11.5], [0.0f64; 2], [-1.0f64; 2], [1.0; 2], [0, 2]);
+    let inp = LossInputs::new(&lp, &old, &adv, &mask, &off);
+    let norm = Normalizer::new(2.0, 1.0, 2.0);
+    let verl = LossConfig { policy: PolicyLoss::Gspo, ..LossConfig::verl() };
+    let o = policy_loss_f64(&inp, &verl, norm);
+    assert_close(o.loss, 10f64.exp(), 1e-12, "verl: -A e^10");
+    assert_eq!(o.dlogp, vec![0.0, 0.0], "the cap is flat");
+    let trl = LossConfig { policy: PolicyLoss::Gspo, ..LossConfig::trl() };
+    let o = policy_loss_f64(&inp, &trl, norm);
+    assert_close(o.loss, 12f64.exp(), 1e-12, "trl: -A e^12");
+    // d/dlogp_t of -A exp(mean d) = -A e^12 / 2 per token, token-mean over 2 tokens.
+    assert_close(o.dlogp[0], 12f64.exp() / 2.0, 1e-12, "trl gradient");
+}
+
+/// Merging the metrics of one call gives that call's metrics, also for a call without an
+/// active token (fractions 0, not 0/0); entropy is reported only when every call had one.
+#[test]
+fn merged_metrics_of_empty_and_mixed_calls() {
+    let offsets = [0usize, 2];
+    let (z, e) = ([0f64, 0.0], [0.7f64, 1.3]);
+    let inp =
+        LossInputs { entropy: Some(&e), ..LossInputs::new(&z, &z, &[1.0, -1.0], &z, &offsets) };
+    let cfg = LossConfig { kl: None, ..LossConfig::mmr1() };
+    let masked = policy_loss_f64(&inp, &cfg, Normalizer::new(0.0, 0.0, 2.0)).metrics;
+    assert_eq!(masked.entropy, Some(0.0));
+    let merged = LossMetrics::merge(&[masked]);
+    assert_eq!(merged, masked, "merge of one fully masked call");
+    assert_eq!(merged.clip_frac, 0.0);
+    let mask = [1.0f64, 1.0];
+    let with =
+        policy_loss_f64(&LossInputs { mask: &mask, ..inp }, &cfg, Normalizer::new(2.0, 1.0, 2.0));
+    assert_eq!(with.metrics.entropy, Some(1.0));
+    let without = LossInputs { entropy: None, mask: &mask, ..inp };
+    let without = policy_loss_f64(&without, &cfg, Normalizer::new(2.0, 1.0, 2.0)).metrics;
+    assert_eq!(LossMetrics::merge(&[with.metrics, without]).entropy, None, "mixed presence");
+    assert_eq!(LossMetrics::merge(&[with.metrics]).entropy, Some(1.0));
+    assert_eq!(LossMetrics::merge(&[]), LossMetrics::default(), "no call: no entropy");
+}
+
+/// Every (epoch, mini-batch) of an update gets its own Clip-Cov seed, whatever the base seed
+/// (all bits clear, all set, alternating, arbitrary) and the number of mini-batches.
+#[test]
+fn cov_seeds_differ_across_epochs_and_mini_batches() {
+    for seed in [0u64, u64::MAX, 0x5555_5555_5555_5555, 0x0123_4567_89ab_cdef] {
+        for minis in 1..=4 {
+            let mut seen = std::collections::BTreeSet::new();
+            for epoch in 0..3 {
+                for mi in 0..minis {
+                    let s = cov_seed(seed, epoch, minis, mi);
+                    assert!(seen.insert(s), "seed {seed:#x}, {minis} mini-batches: {s:#x} twice");
+                }
+            }
+        }
+    }
 }
