@@ -48,6 +48,9 @@ impl<B: Backend> VlModel<B> {
         deltas: &mut [i64],
         pixels: Option<&B::Buf>,
     ) -> Result<B::Buf> {
+        for st in steps.iter().filter(|st| cache.lens.get(st.slot).is_some_and(|&n| n > 0)) {
+            self.check_no_late_images(st)?;
+        }
         let grids: Vec<[usize; 3]> = steps.iter().flat_map(|s| s.grids.iter().copied()).collect();
         // The tower runs before the decoder step: an error here leaves the cache untouched.
         let features = if grids.is_empty() {
@@ -93,12 +96,7 @@ impl<B: Backend> VlModel<B> {
                 deltas[st.slot] = p.delta;
                 p
             } else {
-                if !st.grids.is_empty() || st.tokens.contains(&c.image_token_id) {
-                    bail!(
-                        "slot {}: images can only be given in the slot's first step (its prefill)",
-                        st.slot
-                    );
-                }
+                self.check_no_late_images(st)?;
                 let first = start as i64 + deltas[st.slot];
                 let axis: Vec<u32> =
                     (0..st.tokens.len() as i64).map(|i| (first + i) as u32).collect();
@@ -145,5 +143,17 @@ impl<B: Backend> VlModel<B> {
             }
             Ok(())
         })
+    }
+
+    /// A slot's images belong to its first step (the prefill): a later step holding one is
+    /// refused.
+    fn check_no_late_images(&self, st: &VlStep<'_>) -> Result<()> {
+        if !st.grids.is_empty() || st.tokens.contains(&self.cfg.image_token_id) {
+            bail!(
+                "slot {}: images can only be given in the slot's first step (its prefill)",
+                st.slot
+            );
+        }
+        Ok(())
     }
 }
