@@ -527,3 +527,25 @@ fn rollout_speed() {
         "128 responses x 32 tokens: batched {all:.3} s, per prompt {per_prompt:.3} s, one by one {single:.3} s"
     );
 }
+
+/// What a VL run does not support is refused by name before any work (nothing is trained and
+/// no checkpoint is written): ZeRO sharding and activation recomputation.
+#[test]
+fn zero_sharding_and_recompute_are_refused_up_front_for_a_vl_model() {
+    let d = tempfile::tempdir().unwrap();
+    write_data(d.path());
+    for (key, set) in [
+        ("dist.zero", (|c: &mut TrainConfig| c.dist.zero = 1) as fn(&mut TrainConfig)),
+        ("model.recompute", |c: &mut TrainConfig| c.model.recompute = true),
+    ] {
+        let out = d.path().join(key);
+        let mut c = config(d.path(), &out, 1);
+        set(&mut c);
+        let e = format!(
+            "{:#}",
+            RunInputs::prepare(c, Start::Fresh { overwrite: false }).err().unwrap()
+        );
+        assert!(e.contains(key), "{key}: {e}");
+        assert!(!out.join("sft").exists(), "{key}: a phase directory was written");
+    }
+}

@@ -234,6 +234,9 @@ impl RunInputs {
         let tokenizer_path = cfg.model.dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&tokenizer_path)?;
         let vl = is_vl_checkpoint(&cfg.model.dir)?;
+        if vl {
+            crate::rl::vl_policy::refuse_zero(cfg.dist.zero)?;
+        }
         if vl && cfg.model.recompute {
             bail!("model.recompute: activation recomputation is not supported for a Qwen2.5-VL model yet ({}); set it to false", cfg.model.dir.display());
         }

@@ -19,7 +19,7 @@ use crate::rl::evaluate::{
     evaluate_vl_with_progress, evaluate_with_progress, EvalParams, EvalReport,
 };
 use crate::rl::policy::Policy;
-use crate::rl::vl_policy::VlPolicy;
+use crate::rl::vl_policy::{refuse_zero, VlPolicy};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{
     load_checkpoint, load_checkpoint_sharded, read_trainer_state, save_checkpoint, OptState,
@@ -239,9 +239,7 @@ impl<B: RlOps> RunPolicy<B> for VlPolicy<B> {
         inputs: &RunInputs,
         _comm: &dyn Collective<B>,
     ) -> Result<(Self, AdamW<B>, S)> {
-        if inputs.cfg.dist.zero != 0 {
-            bail!("dist.zero = {}: ZeRO sharding is built for text models; a Qwen2.5-VL run is one process (set dist.zero = 0)", inputs.cfg.dist.zero);
-        }
+        refuse_zero(inputs.cfg.dist.zero)?;
         // What the optimizer state covers is the run's setting (a resume cannot change it).
         let freeze = inputs.cfg.model.freeze_vision;
         let state = read_trainer_state(ck)?;

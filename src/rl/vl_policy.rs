@@ -109,11 +109,7 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
         cfg: AdamwConfig,
         zero: u8,
     ) -> Result<AdamW<B>> {
-        ensure!(
-            zero == 0,
-            "dist.zero = {zero}: ZeRO sharding is built for text models; a Qwen2.5-VL run is \
-             one process with its optimizer state whole (set dist.zero = 0)"
-        );
+        refuse_zero(zero)?;
         // Moments shaped like the trained parameters (their gradients have their shapes).
         Ok(AdamW::new(be, &vl_trained_grads(be, &self.model, !self.freeze_vision), cfg))
     }
@@ -206,4 +202,15 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
         comm.all_reduce_sum(be, grads)?;
         Ok(vl_adamw_step(be, &mut self.model, opt, grads, lr, !self.freeze_vision))
     }
+}
+
+/// ZeRO sharding (`dist.zero` 1 or 2) is built for text models: a Qwen2.5-VL run is one
+/// process with its optimizer state whole.
+pub fn refuse_zero(zero: u8) -> Result<()> {
+    ensure!(
+        zero == 0,
+        "dist.zero = {zero}: ZeRO sharding is built for text models; a Qwen2.5-VL run is one \
+         process with its optimizer state whole (set dist.zero = 0)"
+    );
+    Ok(())
 }
