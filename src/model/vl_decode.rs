@@ -57,10 +57,16 @@ impl<B: Backend> VlModel<B> {
             None
         } else {
             let pixels = pixels.context("the step holds images but no pixel values were given")?;
-            let plan = VisionPlan::new(&self.vision.cfg, &grids)?;
-            Some(self.vision.forward(be, pixels, &plan)?.features)
+            Some(self.image_features(be, &grids, pixels)?)
         };
         self.decode_step_features(be, cache, steps, deltas, features.as_ref())
+    }
+
+    /// The vision tower's merged features (`[rows, hidden]`) of images `grids` (their patch
+    /// rows in `pixels`, in order), without the activations a backward would need.
+    pub fn image_features(&self, be: &B, grids: &[[usize; 3]], pixels: &B::Buf) -> Result<B::Buf> {
+        let plan = VisionPlan::new(&self.vision.cfg, grids)?;
+        Ok(self.vision.forward(be, pixels, &plan)?.features)
     }
 
     /// [`VlModel::decode_step_logits`] with the vision tower's output given: `features` holds

@@ -7,10 +7,8 @@
 use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
 use super::rollout::{draw_tokens, mix_seed, Rollout, SamplingParams, StopReason};
 use crate::backend::rl_ops::RlOps;
-use crate::backend::Backend;
 use crate::data::prompt::{render_prompt_with_images, PromptStyle};
 use crate::data::rl_items::RlItem;
-use crate::model::vision_forward::VisionPlan;
 use crate::model::vl_decode::VlStep;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::{expand_image_placeholders, VlImages};
@@ -47,7 +45,7 @@ pub fn generate_vl_seeded<B: RlOps>(
     seed: u64,
 ) -> Result<Rollout> {
     let features = match pixels {
-        Some(px) if !grids.is_empty() => Some(tower(model, be, grids, px)?),
+        Some(px) if !grids.is_empty() => Some(model.image_features(be, grids, px)?),
         _ => None,
     };
     let mut r = decode_slots(model, be, &[(prompt, grids)], features.as_ref(), params, &[seed])?;
@@ -108,7 +106,7 @@ pub fn generate_vl_batch<B: RlOps>(
             let f = if rows == 0 {
                 None
             } else {
-                Some(tower(model, be, &im.grids, &be.upload(&im.pixels))?)
+                Some(model.image_features(be, &im.grids, &be.upload(&im.pixels))?)
             };
             per_prompt.push((f, rows));
         }
@@ -134,17 +132,6 @@ pub fn generate_vl_batch<B: RlOps>(
         }));
     }
     Ok(out)
-}
-
-/// The vision tower's merged features of `grids`' images (`pixels`: their patch rows).
-fn tower<B: Backend>(
-    model: &VlModel<B>,
-    be: &B,
-    grids: &[[usize; 3]],
-    pixels: &B::Buf,
-) -> Result<B::Buf> {
-    let plan = VisionPlan::new(&model.vision.cfg, grids)?;
-    Ok(model.vision.forward(be, pixels, &plan)?.features)
 }
 
 /// The decode loop of every VL generation: slot `s` decodes `slots[s]` (prompt ids and its
