@@ -233,14 +233,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             refuse_changed_settings(args, &st.config)?;
             let (data, _) = load_sft_dataset(&args.data, &tok, system, st.config.max_len)?;
             let t = SftTrainer::resume_ranked(be, dir, data, comm, args.zero)?;
-            eprintln!(
-                "resuming {} at step {}/{} (epoch {}, example {}); the run's saved settings apply",
-                dir.display(),
-                t.state.step,
-                t.state.total_steps,
-                t.state.epoch,
-                t.state.cursor
-            );
+            say_resuming(dir, &t.state);
             t
         }
         None => {
@@ -384,4 +377,16 @@ pub(super) fn report(m: &SftStepMetrics, total: u64) {
         // verl prints a warning and skips; keep it visible.
         eprintln!("warning: step {} skipped: gradient norm is {}", m.step, m.grad_norm);
     }
+}
+
+/// The line a resumed `sft` run (text or vision-language) prints before training.
+pub(super) fn say_resuming(dir: &Path, s: &crate::train::sft::SftState) {
+    eprintln!(
+        "resuming {} at step {}/{} (epoch {}, example {}); the run's saved settings apply",
+        dir.display(),
+        s.step,
+        s.total_steps,
+        s.epoch,
+        s.cursor
+    );
 }

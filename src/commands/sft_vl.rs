@@ -3,7 +3,7 @@
 //! a Qwen2.5-VL directory (`model::vl_save`). The flags are `sft`'s; `--resume` continues
 //! from a checkpoint's own config, tokenizer and preprocessor files.
 
-use super::sft::{refuse_changed_settings, report, SftArgs};
+use super::sft::{refuse_changed_settings, report, say_resuming, SftArgs};
 use crate::backend::Backend;
 use crate::data::vl_sft_data::load_vl_sft_dataset;
 use crate::model::vl_forward::VlModel;
@@ -53,14 +53,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
                 &vl_cfg,
             )?;
             let t = VlSftTrainer::resume(be, dir, data)?;
-            eprintln!(
-                "resuming {} at step {}/{} (epoch {}, example {}); the run's saved settings apply",
-                dir.display(),
-                t.state.step,
-                t.state.total_steps,
-                t.state.epoch,
-                t.state.cursor
-            );
+            say_resuming(dir, &t.state);
             t
         }
         None => {
