@@ -11,10 +11,12 @@ use crate::backend::Backend;
 use anyhow::{bail, Result};
 
 /// Environment variables that carry the world size of a launched process: Open MPI's
-/// `mpirun`, and PMI (MPICH / Hydra, `srun --mpi=pmi2`). Not Slurm's `SLURM_NTASKS`: it is
-/// also set for a plain process inside a multi-task allocation (an `sbatch` script), which
-/// would be refused wrongly; a bare `srun -n N` without PMI is therefore not detected.
-const WORLD_VARS: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
+/// `mpirun`, PMI (MPICH / Hydra, `srun --mpi=pmi2`), and Slurm's `srun` job step
+/// (`SLURM_STEP_NUM_TASKS`: `srun --mpi=pmix`, with which Open MPI's ranks are direct-launched,
+/// sets neither of the others). Not `SLURM_NTASKS`: it is also set for a plain process inside
+/// a multi-task allocation (an `sbatch` script, `salloc`), which would be refused wrongly;
+/// `SLURM_STEP_NUM_TASKS` exists only inside an `srun` step (checked on Slurm 22.05).
+const WORLD_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"];
 
 /// Environment variables that carry a rank's index among the ranks of its node (which GPU it
 /// takes): Open MPI, Slurm (`srun`), MPICH / Hydra.
@@ -74,7 +76,12 @@ impl World {
                 let comm = super::MpiComm::init()?;
                 let got = Collective::<crate::backend::cpu::Cpu>::world(&comm);
                 if got != n {
-                    bail!("{var}={n}, but the MPI world has {got} ranks");
+                    // The usual cause: `srun` without an MPI plugin that Open MPI speaks,
+                    // so every task initializes MPI as a world of its own.
+                    bail!(
+                        "{var}={n}, but the MPI world has {got} ranks: under Slurm launch with \
+                         `srun --mpi=pmix` (or `mpirun` inside the allocation)"
+                    );
                 }
                 Ok(World::Mpi(comm))
             }
@@ -146,6 +153,13 @@ mod tests {
         assert_eq!(launcher_world(env(&[("PMI_SIZE", "4")])), Some((4, "PMI_SIZE")));
         // Inside an sbatch allocation of 4 tasks, a plain process is not a launch.
         check_launch(env(&[("SLURM_NTASKS", "4")])).unwrap();
+        assert_eq!(launcher_world(env(&[("SLURM_NTASKS", "4")])), None);
+        // An srun step is (`srun --mpi=pmix` sets no MPI variable of its own).
+        let step = [("SLURM_NTASKS", "4"), ("SLURM_STEP_NUM_TASKS", "2")];
+        assert_eq!(launcher_world(env(&step)), Some((2, "SLURM_STEP_NUM_TASKS")));
+        // mpirun inside an srun step of one task: mpirun's world counts.
+        let nested = [("SLURM_STEP_NUM_TASKS", "1"), ("OMPI_COMM_WORLD_SIZE", "4")];
+        assert_eq!(launcher_world(env(&nested)), Some((4, "OMPI_COMM_WORLD_SIZE")));
         let r = check_launch(env(&[("PMI_SIZE", "2")]));
         if cfg!(feature = "mpi") {
             r.unwrap();
