@@ -111,6 +111,7 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
             max_new_tokens: r.max_new_tokens,
             stop_ids,
             stop_strings: vec![],
+            kv_slots: r.rollout_slots,
         },
         loss,
         adv,
