@@ -374,6 +374,7 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "eval.max_items",
     "eval.temperature",
     "rl.steps",
+    "rl.rollout_slots",
     "dist.zero",
 ];
 
@@ -677,6 +678,7 @@ mod tests {
             ("rl.entropy_coef", "-1"),
             ("rl.mini_batches", "0"),
             ("rl.max_prompt_len", "0"),
+            ("rl.rollout_slots", "4097"),
             ("vas.lambda", "nan"),
             ("vas.alpha", "nan"),
             ("vas.beta", "-1"),

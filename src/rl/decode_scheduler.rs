@@ -73,6 +73,8 @@ pub struct SlotStats {
     pub slots: usize,
     /// Decode steps (forward passes).
     pub steps: usize,
+    /// Slots times steps, summed: the slot-steps there were.
+    pub slot_steps: usize,
     /// Slot-steps that fed a slot (a prefill or a token): the work done.
     pub busy_slot_steps: usize,
     /// Tokens sampled (= response tokens).
@@ -81,16 +83,35 @@ pub struct SlotStats {
     pub prefilled: usize,
     /// f32 values of the KV cache's key and value buffers, all layers.
     pub kv_values: usize,
+    /// Wall time of the decode loop (the cache's allocation included).
+    pub seconds: f64,
 }
 
 impl SlotStats {
     /// Share of the slot-steps that did work (1: no slot ever idle).
     pub fn occupancy(&self) -> f64 {
-        let all = self.slots * self.steps;
-        if all == 0 {
+        if self.slot_steps == 0 {
             return 0.0;
         }
-        self.busy_slot_steps as f64 / all as f64
+        self.busy_slot_steps as f64 / self.slot_steps as f64
+    }
+
+    /// Sampled tokens per second of decoding.
+    pub fn tokens_per_s(&self) -> f64 {
+        self.sampled as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Adds `other`'s work (another batch, or another rank's): the counters and the seconds
+    /// add up, `slots` and `kv_values` keep the larger cache.
+    pub fn absorb(&mut self, other: &SlotStats) {
+        self.slots = self.slots.max(other.slots);
+        self.kv_values = self.kv_values.max(other.kv_values);
+        self.steps += other.steps;
+        self.slot_steps += other.slot_steps;
+        self.busy_slot_steps += other.busy_slot_steps;
+        self.sampled += other.sampled;
+        self.prefilled += other.prefilled;
+        self.seconds += other.seconds;
     }
 
     /// The occupancy the older path (chunks of `slots` consecutive responses, each chunk run
@@ -162,6 +183,7 @@ pub fn decode_scheduled<B: RlOps>(
         return Ok(Rollouts::default());
     }
     let cap = cache_cap(model, batch.prompts, params)?;
+    let t0 = std::time::Instant::now();
     let slots = schedule.slots.clamp(1, n);
     let mut cache = model.new_cache(be, slots, cap);
     let mut stats = SlotStats {
@@ -222,6 +244,7 @@ pub fn decode_scheduled<B: RlOps>(
         }
         let logits = step(&mut cache, &feeds)?;
         stats.steps += 1;
+        stats.slot_steps += slots;
         stats.busy_slot_steps += feeds.len();
         stats.prefilled += prefill;
         let rows: Vec<(u64, usize)> =
@@ -253,6 +276,7 @@ pub fn decode_scheduled<B: RlOps>(
             }
         }
     }
+    stats.seconds = t0.elapsed().as_secs_f64();
     Ok(Rollouts { rollouts: outs, stats })
 }
 
