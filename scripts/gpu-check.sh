@@ -186,7 +186,7 @@ fi
 # Continuous batching of rollouts (rl::decode_scheduler): 64 prompts x 8 responses of up to
 # 1,024 new tokens after 128-token prompts, ragged by stop ids (ids 0..300: on random weights a
 # response ends near 500 tokens on average, about 1 in 7 runs to 1,024), on a KV-cache slot per
-# response (512, ~14 GiB of f32 cache) vs 64 slots (~1.8 GiB): tokens/s, slot occupancy, decode
+# response (512, 13.5 GiB of f32 cache) vs 64 slots (1.7 GiB): tokens/s, slot occupancy, decode
 # steps, and whether both drew the same tokens (token checksums; cuBLAS may pick its GEMM
 # kernels by the batch's rows, so a difference is reported, not failed). Named only:
 # GPU_CHECK_SECTIONS=rollout (two rollouts of ~250k tokens per slot count).

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// The KV cache's memory when the slot count is automatic (`SamplingParams::kv_slots` = 0):
 /// every response gets a slot when they all fit in this many bytes, else as many slots as fit
-/// (at least one). 8 GiB holds 512 responses of 650 tokens for Qwen2.5-0.5B (24 layers, 2 KV
+/// (at least one). 8 GiB holds 512 responses of 680 tokens for Qwen2.5-0.5B (24 layers, 2 KV
 /// heads of 64, f32: 24.6 KB a token), or 14 of 5k tokens for a 7B model (115 KB a token).
 pub const KV_BUDGET_BYTES: usize = 8 << 30;
 

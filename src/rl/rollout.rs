@@ -7,7 +7,9 @@
 //! the backend's memory and are sampled there (`RlOps::rl_sample`: the sampling kernel on the
 //! GPU and the emulator, `rl::sampling::sample_row` itself on the CPU, which the kernel
 //! follows bit for bit): only the sampled ids and their log-probs cross to the host, so a
-//! response is a function of its seed and its logits on every backend.
+//! response is a function of its seed and its logits on every backend. The responses share
+//! `SamplingParams::kv_slots` KV-cache slots, a finished one's slot taken by the next waiting
+//! prompt (continuous batching: `rl::decode_scheduler`).
 
 use super::decode_scheduler::{decode_scheduled, Batch, Feed, Rollouts, Schedule};
 use crate::backend::rl_ops::RlOps;

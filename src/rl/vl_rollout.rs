@@ -1,8 +1,9 @@
 //! One response from a Qwen2.5-VL model for a prompt holding images: the prompt (image
 //! placeholders already expanded) is the KV cache's prefill with the vision features in place
 //! of the placeholders (`VlModel::decode_step`), then one token per step, sampled as
-//! `rollout::generate` samples (same seed mixing and Philox draws, so a prompt without images gives the same
-//! tokens as the text path).
+//! `rollout::generate` samples (same seed mixing and Philox draws, so a prompt without images
+//! gives the same tokens as the text path). Batches of responses decode through the text
+//! rollouts' scheduler (`rl::decode_scheduler`), with the vision features fed at each prefill.
 
 use super::decode_scheduler::{decode_scheduled, Batch, Feed, Rollouts, Schedule};
 use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
