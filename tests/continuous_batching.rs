@@ -341,3 +341,25 @@ fn automatic_slot_count_follows_the_memory_budget() {
     assert_eq!(Schedule::new(&model, 3, 40, 18).slots, 3);
     assert_eq!(Schedule::new(&model, 64, 40, 18).slots, 40);
 }
+
+/// The device allocator sees the bound: on fresh emulators, a rollout on 2 slots peaks lower
+/// than on a slot per response by at least the 18 slots of cache it did not allocate.
+#[cfg(feature = "emu")]
+#[test]
+fn fewer_slots_allocate_less_device_memory() {
+    use mmr1_fast::backend::cuda::CudaBackend;
+    let prompts = prompts();
+    let peak = |slots: usize| {
+        let be = CudaBackend::emulator();
+        let model = model_on(&be, tiny_config(VOCAB, false));
+        let p = params(1.0, 1.0, vec![], slots);
+        let r = generate_scheduled(&model, &be, &prompts, 4, &p, 3, 0, None, |_| {}).unwrap();
+        let m = be.memory_stats().expect("the emulator counts its memory");
+        (m.peak_in_use_bytes, r.stats.kv_values * 4)
+    };
+    let (all, kv_all) = peak(20);
+    let (two, kv_two) = peak(2);
+    println!("peak in use: 20 slots {all} B (KV {kv_all} B), 2 slots {two} B (KV {kv_two} B)");
+    assert_eq!(kv_all, 10 * kv_two);
+    assert!(all >= two + (kv_all - kv_two) as u64, "20 slots {all} B vs 2 slots {two} B");
+}
