@@ -8,7 +8,7 @@
 //! cargo run --release --features cuda --example device_step -- \
 //!     --device cuda --precision bf16 [--shape qwen2.5-0.5b|1.5b|3b|7b|tiny] [--layers N] \
 //!     [--seqs 4] [--len 1024] [--steps 6] [--mode train|logprobs|decode] [--recompute on|off]
-//!     [--new 128] [--sampling device|host]
+//!     [--new 128] [--sampling device|host] [--group 1] [--slots 0] [--stop-ids 0]
 //! ```
 //! `--mode logprobs` times the log-prob pass instead (forward and per-token log-probs, no
 //! backward: what GRPO's old-policy and reference passes cost).
@@ -17,7 +17,12 @@
 //! `rollout::generate`, which samples on the device (`--sampling device`), or through the same
 //! loop with each step's logits downloaded and sampled on the host (`--sampling host`, how
 //! decoding worked before). Tokens/s counts the generated tokens; the JSON line also says how
-//! many bytes a decode step downloaded.
+//! many bytes a decode step downloaded. Continuous batching (`rl::decode_scheduler`):
+//! `--group G` responses per prompt on `--slots S` KV-cache slots (0: automatic, one per
+//! response within the 8 GiB budget), `--stop-ids N` makes token ids `0..N` stop ids, so that
+//! responses end at ragged lengths (near-uniform random-weight logits: a mean near vocab / N
+//! tokens, capped by `--new`); the JSON line adds the slots, their occupancy, the decode steps
+//! and the KV cache's bytes.
 //! Steps: forward, per-token log-probs, token cross-entropy, backward, clip, AdamW, on one
 //! packed batch of `--seqs` random sequences of `--len` tokens; the first step is a warm-up
 //! (it fills the allocator's cache and compiles nothing: kernels are loaded at start).
@@ -35,7 +40,8 @@ use mmr1_fast::commands::init_model::Arch;
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
 use mmr1_fast::optim::{AdamW, AdamwConfig};
-use mmr1_fast::rl::rollout::{draw_token, generate, mix_seed, SamplingParams};
+use mmr1_fast::rl::decode_scheduler::SlotStats;
+use mmr1_fast::rl::rollout::{draw_token, generate_scheduled, mix_seed, SamplingParams};
 use mmr1_fast::train::{forward_logprobs, micro_step, SftLoss, Workspace};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -53,6 +59,9 @@ struct Opts {
     new_tokens: usize,
     host_sampling: bool,
     recompute: bool,
+    group: usize,
+    slots: usize,
+    stop_ids: u32,
 }
 
 fn parse() -> Result<Opts> {
@@ -69,6 +78,9 @@ fn parse() -> Result<Opts> {
         new_tokens: 128,
         host_sampling: false,
         recompute: false,
+        group: 1,
+        slots: 0,
+        stop_ids: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for kv in args.chunks(2) {
@@ -91,6 +103,9 @@ fn parse() -> Result<Opts> {
                 }
             }
             "--new" => o.new_tokens = v.parse()?,
+            "--group" => o.group = v.parse()?,
+            "--slots" => o.slots = v.parse()?,
+            "--stop-ids" => o.stop_ids = v.parse()?,
             "--sampling" => {
                 o.host_sampling = match v.as_str() {
                     "device" => false,
@@ -110,6 +125,12 @@ fn parse() -> Result<Opts> {
     }
     if o.steps < 2 {
         bail!("--steps must be at least 2 (the first is a warm-up)");
+    }
+    if o.group == 0 {
+        bail!("--group must be at least 1");
+    }
+    if o.host_sampling && (o.group > 1 || o.slots > 0 || o.stop_ids > 0) {
+        bail!("--sampling host decodes one response per prompt on a slot each, without stop ids");
     }
     Ok(o)
 }
@@ -248,30 +269,52 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let prompts: Vec<Vec<u32>> =
         (0..o.seqs).map(|_| (0..o.len).map(|_| rng.gen_range(0..vocab as u32)).collect()).collect();
-    let p = SamplingParams { max_new_tokens: o.new_tokens, ..SamplingParams::default() };
-    let (mut secs, mut checksums) = (Vec::new(), Vec::new());
+    let p = SamplingParams {
+        max_new_tokens: o.new_tokens,
+        stop_ids: (0..o.stop_ids).collect(),
+        kv_slots: o.slots,
+        ..SamplingParams::default()
+    };
+    let (mut secs, mut rates, mut checksums) = (Vec::new(), Vec::new(), Vec::new());
     let mut downloaded = 0u64;
+    let (mut decode_steps, mut tokens) = (0, 0);
+    let mut slots = SlotStats::default();
     for s in 0..o.steps {
         let before = be.memory_stats().map_or(0, |m| m.downloaded_bytes);
         let t = Instant::now();
         let toks: Vec<Vec<u32>> = if o.host_sampling {
             host_sampled(&model, be, &prompts, &p, s as u64)?
         } else {
-            let outs = generate(&model, be, &prompts, 1, &p, s as u64, None, |_| {})?;
-            outs.into_iter().map(|r| r.tokens).collect()
+            let r =
+                generate_scheduled(&model, be, &prompts, o.group, &p, s as u64, 0, None, |_| {})?;
+            slots = r.stats;
+            r.rollouts.into_iter().map(|r| r.tokens).collect()
         };
         let dt = t.elapsed().as_secs_f64();
         downloaded = be.memory_stats().map_or(0, |m| m.downloaded_bytes) - before;
         let n: usize = toks.iter().map(|t| t.len()).sum();
         let sum: u64 = toks.iter().flatten().map(|&t| t as u64).sum();
-        eprintln!("rollout {s}: {dt:.3} s, {n} tokens, {:.0} tokens/s", n as f64 / dt);
+        let longest = toks.iter().map(|t| t.len()).max().unwrap_or(0);
+        eprintln!(
+            "rollout {s}: {dt:.3} s, {n} tokens (longest {longest}), {:.0} tokens/s, {} slots {:.3} busy in {} steps",
+            n as f64 / dt,
+            slots.slots,
+            slots.occupancy(),
+            slots.steps
+        );
+        decode_steps = if o.host_sampling { longest } else { slots.steps };
+        tokens = n;
         secs.push(dt);
+        rates.push(n as f64 / dt);
         checksums.push(sum);
     }
     let mut steady = secs[1..].to_vec();
     steady.sort_by(f64::total_cmp);
     let median = steady[steady.len() / 2];
-    let tokens = o.seqs * o.new_tokens;
+    // Runs may sample different token counts (stop ids, a seed each): the median rate.
+    let mut steady_rates = rates[1..].to_vec();
+    steady_rates.sort_by(f64::total_cmp);
+    let rate = steady_rates[steady_rates.len() / 2];
     let mem = be.memory_stats();
     let line = serde_json::json!({
         "device": be.name(),
@@ -281,10 +324,15 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         "params": n_params, "seqs": o.seqs, "prompt_len": o.len, "new_tokens": o.new_tokens,
         "tokens": tokens,
         "step_s_median": median, "step_s_first": secs[0],
-        "tokens_per_s": tokens as f64 / median,
+        "tokens_per_s": rate,
         // 2 N per generated token (attention over the cache not counted).
-        "model_tflops": 2.0 * n_params as f64 * tokens as f64 / median / 1e12,
-        "downloaded_bytes_per_decode_step": downloaded as f64 / o.new_tokens as f64,
+        "model_tflops": 2.0 * n_params as f64 * rate / 1e12,
+        "downloaded_bytes_per_decode_step": downloaded as f64 / decode_steps.max(1) as f64,
+        "group": o.group, "stop_ids": o.stop_ids,
+        "slots": (!o.host_sampling).then_some(slots.slots),
+        "occupancy": (!o.host_sampling).then(|| slots.occupancy()),
+        "decode_steps": decode_steps,
+        "kv_cache_bytes": (!o.host_sampling).then_some(slots.kv_values * 4),
         "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
         "token_checksums": checksums,
     });

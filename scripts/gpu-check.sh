@@ -21,7 +21,8 @@
 #
 # GPU_CHECK_BUDGET (seconds, default 0 = none) bounds the whole run: each section is cut to the
 # time left, later sections are skipped and say so, and the tables are always written.
-# GPU_CHECK_SECTIONS picks sections (suites steps benches torch rl demo sanitizers; default all),
+# GPU_CHECK_SECTIONS picks sections (suites steps benches torch rl demo sanitizers; default all;
+# `rollout`, continuous batching of a 512-response rollout, only when named),
 # STEPS=quick the short list of training steps, BENCH_FILTER a part of the kernel benches,
 # SUITES the equivalence suites to run, SANITIZER_SUITES those under compute-sanitizer.
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them). STEP_SEQS x STEP_LEN
@@ -180,6 +181,20 @@ elif want steps; then
     step ours 180 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
     STEP_ENV=MMR1_CACHING_ALLOCATOR=0 MMR1_CACHING_ALLOCATOR=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV=MMR1_BF16_SHADOWS=0 MMR1_BF16_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+fi
+
+# Continuous batching of rollouts (rl::decode_scheduler): 64 prompts x 8 responses of up to
+# 1,024 new tokens after 128-token prompts, ragged by stop ids (ids 0..300: on random weights a
+# response ends near 500 tokens on average, about 1 in 7 runs to 1,024), on a KV-cache slot per
+# response (512, 13.5 GiB of f32 cache) vs 64 slots (1.7 GiB): tokens/s, slot occupancy, decode
+# steps, and whether both drew the same tokens (token checksums; cuBLAS may pick its GEMM
+# kernels by the batch's rows, so a difference is reported, not failed). Named only:
+# GPU_CHECK_SECTIONS=rollout (two rollouts of ~250k tokens per slot count).
+# shellcheck disable=SC2086
+if want rollout; then
+    roll="--seqs 64 --group 8 --len 128 --new 1024 --stop-ids 300 --steps 2"
+    step ours 300 --precision bf16 --shape qwen2.5-0.5b $roll --mode decode --slots 512
+    step ours 300 --precision bf16 --shape qwen2.5-0.5b $roll --mode decode --slots 64
 fi
 
 if want suites; then
@@ -417,7 +432,8 @@ out += ["", "Training steps and log-prob passes, ours (examples/device_step.rs: 
         "| who | shape | mode | precision / env | tokens | step (median) | first | tokens/s | MFU | peak in use | peak reserved | fresh allocs / step | loss first -> last |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 # decode rows say where they sampled (examples/device_step.rs --mode decode --sampling ...).
-mode_of = lambda r: r.get("mode", "train") + (f" ({r['sampling']} sampling)" if r.get("sampling") else "")
+mode_of = lambda r: r.get("mode", "train") + (f" ({r['sampling']} sampling)" if r.get("sampling") else "") + (
+    f", {r['group']} per prompt on {r['slots']} slots, {r['occupancy']:.0%} busy" if r.get("slots") and r.get("group", 1) > 1 else "")
 loss_of = lambda r: f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}" if "loss_first" in r and r.get("mode") != "decode" else "-"
 for r in steps:
     who, args = r.get("who", "ours"), r.get("args", "")
@@ -446,6 +462,18 @@ if pairs:
     out += ["", "Side by side (bf16): our tokens/s over PyTorch's (> 1: faster than PyTorch).", "",
             "| shape | mode | tokens | ours tokens/s | PyTorch tokens/s | speed vs PyTorch | peak memory ours vs PyTorch |",
             "| --- | --- | --- | --- | --- | --- | --- |"] + pairs
+# Continuous batching: the same rollout (args but --slots) on different slot counts.
+cb = [r for r in steps if "error" not in r and r.get("mode") == "decode" and r.get("group", 1) > 1 and r.get("slots")]
+if cb:
+    out += ["", "Continuous batching (rl::decode_scheduler): the same rollout on a KV-cache slot per response and on fewer slots. "
+            "Same tokens: the token checksums of every rollout agree with the first row's (the CPU and the emulator are "
+            "bit-identical by test; cuBLAS may choose GEMM kernels by the batch's rows).", "",
+            "| slots | responses | tokens | decode steps | occupancy | tokens/s | rollout (median) | KV cache | peak in use | same tokens |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in cb:
+        same = "yes" if r.get("token_checksums") == cb[0].get("token_checksums") else "no"
+        out.append(f"| {r['slots']} | {r['seqs'] * r['group']} | {r['tokens']} | {r['decode_steps']} | {r['occupancy']:.1%} | "
+                   f"{r['tokens_per_s']:.0f} | {r['step_s_median']:.2f} s | {gib(r.get('kv_cache_bytes'))} | {gib(r.get('peak_in_use_bytes'))} | {same} |")
 prof = [r for r in steps if r.get("profile")]
 if prof:
     r = prof[-1]

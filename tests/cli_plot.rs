@@ -155,6 +155,8 @@ fn metrics_written_by_the_trainer_round_trip_through_the_plot_reader() {
         "rl.group_size=2".into(),
         "rl.mini_batches=1".into(),
         "rl.max_new_tokens=8".into(),
+        // 4 responses a step on 3 KV slots: the 4th takes the first slot that frees.
+        "rl.rollout_slots=3".into(),
         "vas.score_rollouts=2".into(),
         "vas.t_update=1".into(),
         "eval.every=1".into(),
@@ -178,6 +180,13 @@ fn metrics_written_by_the_trainer_round_trip_through_the_plot_reader() {
     let count = |f: fn(&Record) -> bool| file.records.iter().filter(|r| f(r)).count();
     assert_eq!(count(|r| matches!(r, Record::Sft(_))), 2);
     assert_eq!(count(|r| matches!(r, Record::Rl(_))), 2);
+    for r in &file.records {
+        if let Record::Rl(r) = r {
+            let occ = r.rollout_occupancy;
+            assert!(occ > 0.0 && occ <= 1.0, "step {}: rollout occupancy {occ}", r.step);
+            assert!(r.rollout_tokens_per_s > 0.0, "step {}: {}", r.step, r.rollout_tokens_per_s);
+        }
+    }
     assert_eq!(count(|r| matches!(r, Record::InitialScoring(_))), 1);
     assert!(count(|r| matches!(r, Record::Eval(_))) >= 4, "periodic and closing evaluations");
 

@@ -47,6 +47,7 @@ fn params(rule: (f32, f32, usize), stop_ids: Vec<u32>) -> SamplingParams {
         max_new_tokens: 9,
         stop_ids,
         stop_strings: vec![],
+        kv_slots: 0,
     }
 }
 

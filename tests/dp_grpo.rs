@@ -70,6 +70,7 @@ fn experience(model: &Qwen2<Cpu>, s: &GrpoSettings) -> Experience {
         rewards: vec![0.0; n],
         advantages: (0..n).map(|i| [1.3, -0.9, 0.4, -1.6, 0.7, 0.2, -0.3][i % 7]).collect(),
         group_size: s.group_size,
+        rollout: Default::default(),
     }
 }
 

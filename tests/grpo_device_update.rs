@@ -70,6 +70,7 @@ fn experience(model: &Qwen2<Cpu>, s: &GrpoSettings) -> Experience {
         rewards: vec![0.0; n],
         advantages: (0..n).map(|i| [1.1, -0.7, 0.3, -1.4, 0.9][i % 5]).collect(),
         group_size: s.group_size,
+        rollout: Default::default(),
     }
 }
 

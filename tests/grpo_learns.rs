@@ -53,6 +53,7 @@ fn toy_experience(
         rewards,
         advantages,
         group_size: s.group_size,
+        rollout: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ fn experience_seeded(
         rewards: vec![0.0; n],
         advantages,
         group_size: s.group_size,
+        rollout: Default::default(),
     }
 }
 
@@ -382,6 +383,7 @@ fn experience_keeps_and_appends_whole_groups() {
             rewards: vec![g as f32, g as f32 + 0.5],
             advantages: vec![-(g as f32), g as f32 + 0.25],
             group_size: 2,
+            rollout: Default::default(),
         }
     };
     let mut exp = group(0);

@@ -339,6 +339,7 @@ fn score_reads_image_items_and_scores_vl_rollouts() {
             max_new_tokens: 6,
             stop_ids: vec![],
             stop_strings: vec![],
+            kv_slots: 0,
         },
         per_item: 4,
         prompt_style: PromptStyle::Plain,

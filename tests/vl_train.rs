@@ -389,22 +389,21 @@ fn a_missing_or_broken_image_names_the_item_and_the_path() {
     assert!(e.contains("rl.jsonl:1") && e.contains("Qwen2.5-VL"), "{e}");
 }
 
-/// The RL rollouts decode a batch's responses together (`generate_vl_batch`: one KV-cache
-/// slot each, every slot prefilled with its prompt and images, at most `VL_SLOTS_PER_CACHE`
-/// slots per cache); on the CPU each response is, token for token, the one decoded alone
-/// with its seed. No response holds the image placeholder.
-#[test]
-fn batched_rollouts_equal_single_ones() {
-    use mmr1_fast::backend::Backend;
+/// The RL rollouts decode a batch's responses together (`generate_vl_scheduled`: the rollout
+/// scheduler's KV-cache slots, a finished response's slot prefilled with the next waiting
+/// prompt and its images beside the other slots' decodes); on the CPU and on the emulator
+/// each response is, bit for bit, the one decoded alone with its seed, for 1, 2, 3, n - 1 and
+/// n slots and groups of 1 and 4. No response holds the image placeholder.
+fn check_vl_slot_counts<B: RlOps>(be: &B, name: &str, alone_every: usize) {
     use mmr1_fast::model::vl_forward::VlModel;
     use mmr1_fast::model::vl_prompt::{expand_image_placeholders, VlImages, IMAGE_PLACEHOLDER};
     use mmr1_fast::rl::rollout::SamplingParams;
-    use mmr1_fast::rl::vl_rollout::{generate_vl_batch, generate_vl_seeded, VL_SLOTS_PER_CACHE};
+    use mmr1_fast::rl::vl_rollout::{generate_vl_scheduled, generate_vl_seeded};
     use mmr1_fast::tokenizer::Tokenizer;
     let d = tempfile::tempdir().unwrap();
     write_data(d.path());
     let dir = fixture("tiny-vl");
-    let m = VlModel::load(&Cpu, &dir).unwrap();
+    let m = VlModel::load(be, &dir).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let img = |names: &[&str]| {
         let paths: Vec<PathBuf> = names.iter().map(|n| d.path().join("img").join(n)).collect();
@@ -420,7 +419,7 @@ fn batched_rollouts_equal_single_ones() {
             expand_image_placeholders(&[ids], m.cfg.image_token_id, &counts).unwrap().seqs.remove(0)
         })
         .collect();
-    let p = SamplingParams {
+    let p = |slots: usize| SamplingParams {
         temperature: 1.0,
         top_p: 1.0,
         top_k: 0,
@@ -428,36 +427,73 @@ fn batched_rollouts_equal_single_ones() {
         // Many stop ids: responses end at different steps (ragged slots).
         stop_ids: (0..60).chain([399]).collect(),
         stop_strings: vec![],
+        kv_slots: slots,
     };
-    // More slots than one cache holds: two caches (two prompts, then one).
-    let group = VL_SLOTS_PER_CACHE / 3 + 1;
-    let seeds: Vec<u64> = (0..3 * group as u64).map(|s| 1000 + s).collect();
     let batch: Vec<(&[u32], &VlImages)> =
         prompts.iter().zip(&images).map(|(p, im)| (p.as_slice(), im)).collect();
-    let all = generate_vl_batch(&m, &Cpu, &batch, group, &p, &seeds).unwrap();
-    assert_eq!(all.len(), 3 * group);
-    let mut lens = Vec::new();
-    for (s, r) in all.iter().enumerate().step_by(5) {
-        let i = s / group;
-        assert_eq!(r.prompt_index, i);
-        let pixels = (!images[i].grids.is_empty()).then(|| Cpu.upload(&images[i].pixels));
-        let one = generate_vl_seeded(
-            &m,
-            &Cpu,
-            &prompts[i],
-            &images[i].grids,
-            pixels.as_ref(),
-            &p,
-            seeds[s],
-        )
-        .unwrap();
-        assert_eq!(r.tokens, one.tokens, "response {s}");
-        assert_eq!(r.logprobs, one.logprobs, "response {s}");
-        lens.push(r.tokens.len());
+    let bits = |r: &[mmr1_fast::rl::rollout::Rollout]| -> Vec<(Vec<u32>, Vec<u32>, _)> {
+        r.iter()
+            .map(|o| (o.tokens.clone(), o.logprobs.iter().map(|x| x.to_bits()).collect(), o.stop))
+            .collect()
+    };
+    for group in [1, 4] {
+        let n = 3 * group;
+        let seeds: Vec<u64> = (0..n as u64).map(|s| 1000 + s).collect();
+        let all = generate_vl_scheduled(&m, be, &batch, group, &p(n), &seeds).unwrap();
+        assert_eq!(all.rollouts.len(), n);
+        let mut lens = Vec::new();
+        for (s, r) in all.rollouts.iter().enumerate() {
+            let i = s / group;
+            assert_eq!(r.prompt_index, i);
+            lens.push(r.tokens.len());
+            if s % alone_every != 0 {
+                continue;
+            }
+            let pixels = (!images[i].grids.is_empty()).then(|| be.upload(&images[i].pixels));
+            let one = generate_vl_seeded(
+                &m,
+                be,
+                &prompts[i],
+                &images[i].grids,
+                pixels.as_ref(),
+                &p(0),
+                seeds[s],
+            )
+            .unwrap();
+            assert_eq!(r.tokens, one.tokens, "{name} group {group}: response {s}");
+            assert_eq!(
+                bits(std::slice::from_ref(r)),
+                bits(&[one]),
+                "{name} group {group}: response {s}"
+            );
+        }
+        assert!(all.rollouts.iter().all(|r| !r.tokens.contains(&m.cfg.image_token_id)));
+        assert!(lens.iter().any(|&l| l < 10), "{name}: no response stopped early: {lens:?}");
+        println!("{name} group {group}: response lengths {lens:?}");
+        for slots in [1, 2, 3, n - 1] {
+            let got = generate_vl_scheduled(&m, be, &batch, group, &p(slots), &seeds).unwrap();
+            assert_eq!(
+                bits(&got.rollouts),
+                bits(&all.rollouts),
+                "{name} group {group}: {slots} slots"
+            );
+            assert_eq!(got.stats.slots, slots);
+            assert_eq!(got.stats.sampled, lens.iter().sum::<usize>());
+        }
     }
-    assert!(all.iter().all(|r| !r.tokens.contains(&m.cfg.image_token_id)));
-    assert!(lens.iter().any(|&l| l < 10), "no response stopped early: {lens:?}");
-    println!("response lengths (every 5th) {lens:?}");
+}
+
+#[test]
+fn batched_rollouts_equal_single_ones() {
+    check_vl_slot_counts(&Cpu, "cpu", 1);
+}
+
+/// The emulator (f32, its default) decodes the VL rollouts as the CPU reference does: the
+/// same identity over slot counts.
+#[cfg(feature = "emu")]
+#[test]
+fn emulator_batched_rollouts_equal_single_ones() {
+    check_vl_slot_counts(&mmr1_fast::backend::cuda::CudaBackend::emulator(), "emu", 5);
 }
 
 /// Rollout speed of the RL step's shape in the text demo (16 prompts x 8 responses, 32 new
@@ -503,6 +539,7 @@ fn rollout_speed() {
         max_new_tokens: 32,
         stop_ids: vec![],
         stop_strings: vec![],
+        kv_slots: 0,
     };
     let g = 8;
     let seeds: Vec<u64> = (0..16 * g as u64).collect();

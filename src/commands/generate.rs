@@ -104,6 +104,7 @@ fn sampling(args: &GenerateArgs, tok: &Tokenizer, eos: Vec<u32>) -> SamplingPara
         max_new_tokens: args.max_new_tokens,
         stop_ids,
         stop_strings: vec![],
+        kv_slots: 0,
     }
 }
 

@@ -203,6 +203,7 @@ fn score_on<B: RlOps>(
             max_new_tokens: args.max_new_tokens,
             stop_ids: vec![], // the model's and tokenizer's, filled in by sample_and_grade
             stop_strings: vec![],
+            kv_slots: 0,
         },
         per_item: args.rollouts_per_item,
         prompt_style: args.prompt_style,

@@ -128,6 +128,10 @@ pub struct RlSection {
     pub top_k: usize,
     pub max_prompt_len: usize,
     pub max_new_tokens: usize,
+    /// KV-cache slots of the rollouts: responses decoded at once, a finished one's slot taken
+    /// by the next waiting response (continuous batching). 0: one per response while their
+    /// KV cache fits 8 GiB, else as many as fit. Changes speed and memory, not the responses.
+    pub rollout_slots: usize,
     pub clip_eps_low: f32,
     pub clip_eps_high: f32,
     /// Dual-clip constant for negative advantages (0: off; verl's vanilla loss uses 3).
@@ -260,6 +264,7 @@ impl Default for TrainConfig {
                 top_k: 0,
                 max_prompt_len: 2048,
                 max_new_tokens: 4096,
+                rollout_slots: 0,
                 clip_eps_low: 0.2,
                 clip_eps_high: 0.2,
                 dual_clip: 0.0,
@@ -369,6 +374,7 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "eval.max_items",
     "eval.temperature",
     "rl.steps",
+    "rl.rollout_slots",
     "dist.zero",
 ];
 
@@ -557,6 +563,14 @@ impl TrainConfig {
         c.open_closed("rl.top_p", r.top_p as f64, 0.0, 1.0);
         c.at_least("rl.max_prompt_len", r.max_prompt_len as u64, 1);
         c.at_least("rl.max_new_tokens", r.max_new_tokens as u64, 1);
+        let responses = r.batch_size.saturating_mul(r.group_size);
+        c.require(
+            r.rollout_slots <= responses.max(1),
+            format!(
+                "rl.rollout_slots ({}) exceeds the responses of a step (rl.batch_size x rl.group_size = {responses}); 0 picks the slot count from the KV cache's memory",
+                r.rollout_slots
+            ),
+        );
         c.open("rl.clip_eps_low", r.clip_eps_low as f64, 0.0, 1.0);
         c.positive("rl.clip_eps_high", r.clip_eps_high as f64);
         c.require(
@@ -664,6 +678,7 @@ mod tests {
             ("rl.entropy_coef", "-1"),
             ("rl.mini_batches", "0"),
             ("rl.max_prompt_len", "0"),
+            ("rl.rollout_slots", "4097"),
             ("vas.lambda", "nan"),
             ("vas.alpha", "nan"),
             ("vas.beta", "-1"),

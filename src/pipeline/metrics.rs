@@ -140,6 +140,13 @@ pub struct RlStepRecord {
     pub response_len: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
+    /// Share of the rollouts' KV-cache slot-steps that decoded a response (continuous
+    /// batching: `rl::decode_scheduler`; 1 = no slot ever idle).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub rollout_occupancy: f64,
+    /// Response tokens sampled per second of the rollouts' decode loop (per rank).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub rollout_tokens_per_s: f64,
     pub time: RlStepTimes,
     /// The device allocator's counters after the step (peaks since the process started);
     /// absent on the CPU.

@@ -111,6 +111,7 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
             max_new_tokens: r.max_new_tokens,
             stop_ids,
             stop_strings: vec![],
+            kv_slots: r.rollout_slots,
         },
         loss,
         adv,
@@ -563,6 +564,8 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             device_memory: self.be.memory_stats(),
             response_len: tokens as f64 / r.exp.responses.len().max(1) as f64,
             tokens_per_s: tokens as f64 / (r.seconds + u.seconds).max(1e-9),
+            rollout_occupancy: r.exp.rollout.occupancy(),
+            rollout_tokens_per_s: r.exp.rollout.tokens_per_s(),
             time: RlStepTimes {
                 rollout_and_reward: r.seconds,
                 update: u.seconds,

@@ -87,6 +87,7 @@ impl EvalParams {
             max_new_tokens: self.max_new_tokens,
             stop_ids: vec![],
             stop_strings: vec![],
+            kv_slots: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Reinforcement learning: rollouts, rewards, GRPO, Variance-Aware Sampling.
 
 pub mod advantage;
+pub mod decode_scheduler;
 pub mod evaluate;
 pub mod graded;
 pub mod grpo;

@@ -6,7 +6,8 @@
 //! `TokenLoss` into the workspace's gradients, and the optimizer step over the trained
 //! parameters.
 
-use super::rollout::{generate_at, Rollout, SamplingParams};
+use super::decode_scheduler::Rollouts;
+use super::rollout::{generate_scheduled, SamplingParams};
 use crate::backend::rl_ops::RlOps;
 use crate::dist::{zero, Collective};
 use crate::model::{Packed, Qwen2};
@@ -39,7 +40,7 @@ pub trait Policy<B: RlOps> {
     /// `group` responses for each prompt (`items[i]`: the RL item prompt `i` is, by which a
     /// VL policy finds its images), response `g` of `prompts[i]` seeded as prompt `first + i`
     /// of the whole batch (`rollout::generate_at`'s rule); `prompt_index` is local to
-    /// `prompts`.
+    /// `prompts`. The rollouts come with the decode scheduler's account of its KV slots.
     #[allow(clippy::too_many_arguments)]
     fn roll_out(
         &self,
@@ -52,7 +53,7 @@ pub trait Policy<B: RlOps> {
         seed: u64,
         first: usize,
         on_token: impl FnMut(usize),
-    ) -> Result<Vec<Rollout>>;
+    ) -> Result<Rollouts>;
 
     /// Packs `seqs` (sequence `j` belongs to RL item `items[j]`) back to back; `trained(j, pos)` says whether
     /// token `pos` of sequence `j` is a loss target. Returns the micro-batch and the packed
@@ -129,8 +130,8 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
         seed: u64,
         first: usize,
         on_token: impl FnMut(usize),
-    ) -> Result<Vec<Rollout>> {
-        generate_at(self, be, prompts, group, sampling, seed, first, Some(tok), on_token)
+    ) -> Result<Rollouts> {
+        generate_scheduled(self, be, prompts, group, sampling, seed, first, Some(tok), on_token)
     }
 
     fn pack(

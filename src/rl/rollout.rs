@@ -7,9 +7,13 @@
 //! the backend's memory and are sampled there (`RlOps::rl_sample`: the sampling kernel on the
 //! GPU and the emulator, `rl::sampling::sample_row` itself on the CPU, which the kernel
 //! follows bit for bit): only the sampled ids and their log-probs cross to the host, so a
-//! response is a function of its seed and its logits on every backend.
+//! response is a function of its seed and its logits on every backend. The responses share
+//! `SamplingParams::kv_slots` KV-cache slots, a finished one's slot taken by the next waiting
+//! prompt (continuous batching: `rl::decode_scheduler`).
 
+use super::decode_scheduler::{decode_scheduled, Batch, Feed, Rollouts, Schedule};
 use crate::backend::rl_ops::RlOps;
+use crate::model::kv_cache::KvCache;
 use crate::model::Qwen2;
 use crate::rl::sampling::{sample_row, RowDraw, SampleRule, INVALID_TOKEN};
 use crate::tokenizer::Tokenizer;
@@ -29,6 +33,12 @@ pub struct SamplingParams {
     pub stop_ids: Vec<u32>,
     /// Strings that end a response once its decoded text contains them (needs a tokenizer).
     pub stop_strings: Vec<String>,
+    /// KV-cache slots: responses decoded at once, a finished one's slot taken by the next
+    /// waiting response (`rl::decode_scheduler`). 0: automatic (one per response while they
+    /// fit `decode_scheduler::KV_BUDGET_BYTES`). Changes speed and memory, never a response
+    /// (on a batch-invariant backend: the CPU, the emulator).
+    #[serde(default)]
+    pub kv_slots: usize,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +51,7 @@ impl Default for SamplingParams {
             max_new_tokens: 256,
             stop_ids: vec![],
             stop_strings: vec![],
+            kv_slots: 0,
         }
     }
 }
@@ -167,15 +178,36 @@ pub fn generate_at<B: RlOps>(
     base_seed: u64,
     first: usize,
     tokenizer: Option<&Tokenizer>,
-    mut on_token: impl FnMut(usize),
+    on_token: impl FnMut(usize),
 ) -> Result<Vec<Rollout>> {
+    let r = generate_scheduled(
+        model, be, prompts, group, params, base_seed, first, tokenizer, on_token,
+    )?;
+    Ok(r.rollouts)
+}
+
+/// [`generate_at`] with the scheduler's account of the slots (`SlotStats`: occupancy, the
+/// KV cache's size). The responses decode on `params.kv_slots` KV-cache slots
+/// (`rl::decode_scheduler`), each a function of its seed and prompt whatever the slot count.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_scheduled<B: RlOps>(
+    model: &Qwen2<B>,
+    be: &B,
+    prompts: &[Vec<u32>],
+    group: usize,
+    params: &SamplingParams,
+    base_seed: u64,
+    first: usize,
+    tokenizer: Option<&Tokenizer>,
+    on_token: impl FnMut(usize),
+) -> Result<Rollouts> {
     params.validate()?;
     if !params.stop_strings.is_empty() && tokenizer.is_none() {
         bail!("stop strings need a tokenizer");
     }
     let n = prompts.len() * group;
     if n == 0 {
-        return Ok(vec![]);
+        return Ok(Rollouts::default());
     }
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
@@ -183,67 +215,17 @@ pub fn generate_at<B: RlOps>(
         }
         model.check_ids(p)?;
     }
-    // Checked before any memory is sized by it: positions past max_position_embeddings have
-    // no meaning for the model, and a huge max_new_tokens would abort on allocation.
-    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let limit = model.cfg.max_position_embeddings;
-    let cap = longest.checked_add(params.max_new_tokens).filter(|&c| c <= limit);
-    let Some(cap) = cap else {
-        bail!(
-            "a prompt of {longest} tokens + max_new_tokens {} exceeds the model's max_position_embeddings {limit}; lower max_new_tokens to at most {}",
-            params.max_new_tokens,
-            limit.saturating_sub(longest)
-        );
+    let seeds: Vec<u64> = (0..n).map(|s| mix_seed(base_seed, (first * group + s) as u64)).collect();
+    let views: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let batch = Batch { prompts: &views, group, seeds: &seeds };
+    let longest = views.iter().map(|p| p.len()).max().unwrap_or(0);
+    let schedule =
+        Schedule::new(model, params.kv_slots, n, longest.saturating_add(params.max_new_tokens));
+    let step = |cache: &mut KvCache<B>, feeds: &[Feed<'_>]| {
+        let inputs: Vec<(usize, &[u32])> = feeds.iter().map(|f| (f.slot, f.tokens)).collect();
+        model.decode_step_logits(be, cache, &inputs)
     };
-    let mut cache = model.new_cache(be, n, cap);
-    let mut outs: Vec<Rollout> = (0..n)
-        .map(|s| Rollout {
-            prompt_index: s / group,
-            seed: mix_seed(base_seed, (first * group + s) as u64),
-            tokens: vec![],
-            logprobs: vec![],
-            stop: StopReason::MaxTokens,
-        })
-        .collect();
-    let mut active: Vec<usize> = (0..n).collect();
-    let mut feed: Vec<Vec<u32>> = (0..n).map(|s| prompts[s / group].clone()).collect();
-    let vocab = model.cfg.vocab_size;
-    while !active.is_empty() {
-        let inputs: Vec<(usize, &[u32])> =
-            active.iter().map(|&s| (s, feed[s].as_slice())).collect();
-        let logits = model.decode_step_logits(be, &mut cache, &inputs)?;
-        let rows: Vec<(u64, usize)> =
-            active.iter().map(|&s| (outs[s].seed, outs[s].tokens.len())).collect();
-        let drawn = draw_tokens(be, &logits, vocab, params, &rows)?;
-        let mut still = Vec::with_capacity(active.len());
-        for (&s, (tok, lp)) in active.iter().zip(drawn) {
-            let o = &mut outs[s];
-            o.tokens.push(tok);
-            o.logprobs.push(lp);
-            on_token(s);
-            if params.stop_ids.contains(&tok) {
-                o.stop = StopReason::StopToken;
-            } else if hits_stop_string(o, params, tokenizer)? {
-                o.stop = StopReason::StopString;
-            } else if o.tokens.len() < params.max_new_tokens {
-                feed[s] = vec![tok];
-                still.push(s);
-            }
-        }
-        active = still;
-    }
-    Ok(outs)
-}
-
-fn hits_stop_string(o: &Rollout, p: &SamplingParams, tok: Option<&Tokenizer>) -> Result<bool> {
-    let Some(tok) = tok else { return Ok(false) };
-    if p.stop_strings.is_empty() {
-        return Ok(false);
-    }
-    // Only the tail can hold a string that just appeared; 64 tokens cover any sane stop string.
-    let tail = &o.tokens[o.tokens.len().saturating_sub(64)..];
-    let text = tok.decode(tail, true)?;
-    Ok(p.stop_strings.iter().any(|s| text.contains(s.as_str())))
+    decode_scheduled(model, be, &batch, params, schedule, tokenizer, step, on_token)
 }
 
 /// SplitMix64 of `base + index`: well-spread per-response seeds from one run seed.

@@ -8,6 +8,7 @@
 //! the same micro-batches, as the first PPO epoch, so the first epoch's ratio is exactly 1.
 
 use super::advantage::{broadcast_to_tokens, AdvantageConfig, GroupStats};
+use super::decode_scheduler::{Rollouts, SlotStats};
 use super::graded::{grade_tokens, reward_item};
 use super::grpo::{
     cov_seed, cov_selection, high_entropy_mask, LossConfig, LossInputs, LossMetrics, Normalizer,
@@ -68,6 +69,8 @@ pub struct Experience {
     pub rewards: Vec<f32>,
     pub advantages: Vec<f32>,
     pub group_size: usize,
+    /// How the rollouts used their KV-cache slots (every rank's and every refill's work).
+    pub rollout: SlotStats,
 }
 
 impl Experience {
@@ -96,6 +99,7 @@ impl Experience {
         self.verdicts.extend(other.verdicts);
         self.rewards.extend(other.rewards);
         self.advantages.extend(other.advantages);
+        self.rollout.absorb(&other.rollout);
     }
 }
 
@@ -162,6 +166,7 @@ pub fn collect_with<B: RlOps, P: Policy<B>>(
         whole.responses.extend(g.responses);
         whole.verdicts.extend(g.verdicts);
         whole.rewards.extend(g.rewards);
+        whole.slots.absorb(&g.slots);
     }
     ensure!(
         whole.items == indices,
@@ -179,6 +184,8 @@ struct Graded {
     responses: Vec<Vec<u32>>,
     verdicts: Vec<Verdict>,
     rewards: Vec<f32>,
+    #[serde(default)]
+    slots: SlotStats,
 }
 
 /// Rollouts of `indices`, graded (rewards shaped). `first` is the position of `indices[0]`
@@ -198,7 +205,7 @@ fn roll_out_graded<B: RlOps, P: Policy<B>>(
     on_token: impl FnMut(usize),
 ) -> Result<Graded> {
     let prompts: Vec<Vec<u32>> = indices.iter().map(|&i| prompt_ids[i].clone()).collect();
-    let rollouts = {
+    let Rollouts { rollouts, stats: slots } = {
         let _r = crate::nvtx_ranges::range(c"rollout");
         policy.roll_out(
             be,
@@ -233,6 +240,7 @@ fn roll_out_graded<B: RlOps, P: Policy<B>>(
         responses: rollouts.into_iter().map(|r| r.tokens).collect(),
         verdicts,
         rewards,
+        slots,
     })
 }
 
@@ -252,6 +260,7 @@ fn with_advantages<B: RlOps>(be: &B, g: Graded, s: &GrpoSettings) -> (Experience
         rewards: g.rewards,
         advantages,
         group_size: s.group_size,
+        rollout: g.slots,
     };
     (exp, stats)
 }

@@ -5,9 +5,10 @@
 //! the VL forward / backward (`train::vl_step`, the SFT trainer's micro-step). With
 //! `freeze_vision` the tower gets no backward and no optimizer state.
 
+use super::decode_scheduler::Rollouts;
 use super::policy::Policy;
-use super::rollout::{mix_seed, Rollout, SamplingParams};
-use super::vl_rollout::generate_vl_batch;
+use super::rollout::{mix_seed, SamplingParams};
+use super::vl_rollout::generate_vl_scheduled;
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::dist::Collective;
@@ -125,7 +126,7 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
         seed: u64,
         first: usize,
         mut on_token: impl FnMut(usize),
-    ) -> Result<Vec<Rollout>> {
+    ) -> Result<Rollouts> {
         if items.len() != prompts.len() {
             bail!("{} prompts but {} items", prompts.len(), items.len());
         }
@@ -142,8 +143,8 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
         let seeds: Vec<u64> = (0..prompts.len() * group)
             .map(|s| mix_seed(seed, (first * group + s) as u64))
             .collect();
-        let out = generate_vl_batch(&self.model, be, &batch, group, sampling, &seeds)?;
-        for (s, r) in out.iter().enumerate() {
+        let out = generate_vl_scheduled(&self.model, be, &batch, group, sampling, &seeds)?;
+        for (s, r) in out.rollouts.iter().enumerate() {
             for _ in 0..r.tokens.len() {
                 on_token(s);
             }

@@ -1,19 +1,23 @@
 //! One response from a Qwen2.5-VL model for a prompt holding images: the prompt (image
 //! placeholders already expanded) is the KV cache's prefill with the vision features in place
 //! of the placeholders (`VlModel::decode_step`), then one token per step, sampled as
-//! `rollout::generate` samples (same seed mixing and Philox draws, so a prompt without images gives the same
-//! tokens as the text path).
+//! `rollout::generate` samples (same seed mixing and Philox draws, so a prompt without images
+//! gives the same tokens as the text path). Batches of responses decode through the text
+//! rollouts' scheduler (`rl::decode_scheduler`), with the vision features fed at each prefill.
 
+use super::decode_scheduler::{decode_scheduled, Batch, Feed, Rollouts, Schedule};
 use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
-use super::rollout::{draw_tokens, mix_seed, Rollout, SamplingParams, StopReason};
+use super::rollout::{mix_seed, Rollout, SamplingParams};
 use crate::backend::rl_ops::RlOps;
 use crate::data::prompt::{render_prompt_with_images, PromptStyle};
 use crate::data::rl_items::RlItem;
+use crate::model::kv_cache::KvCache;
 use crate::model::vl_decode::VlStep;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::{expand_image_placeholders, VlImages};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Generates one response to `prompt` (expanded placeholders; `grids` its images in order,
@@ -44,18 +48,20 @@ pub fn generate_vl_seeded<B: RlOps>(
     params: &SamplingParams,
     seed: u64,
 ) -> Result<Rollout> {
-    let features = match pixels {
-        Some(px) if !grids.is_empty() => Some(model.image_features(be, grids, px)?),
-        _ => None,
+    let features = |_: usize| -> Result<Option<B::Buf>> {
+        match pixels {
+            Some(px) if !grids.is_empty() => Ok(Some(model.image_features(be, grids, px)?)),
+            _ => Ok(None),
+        }
     };
-    let mut r = decode_slots(model, be, &[(prompt, grids)], features.as_ref(), params, &[seed])?;
-    Ok(r.remove(0))
+    let mut r = decode_vl(model, be, &[(prompt, grids)], 1, params, &[seed], features)?;
+    Ok(r.rollouts.remove(0))
 }
 
-/// One response per seed to the same `prompt`, decoded together in one KV cache (one slot
-/// per response: a prefill of all of them, then one step for every unfinished one). Each
-/// response is the one [`generate_vl_seeded`] gives for its seed where the backend's decode
-/// is batch-invariant (the CPU's is). `images` are the prompt's, preprocessed.
+/// One response per seed to the same `prompt`, decoded together (one KV-cache slot per
+/// response while `params.kv_slots` allows). Each response is the one
+/// [`generate_vl_seeded`] gives for its seed where the backend's decode is batch-invariant
+/// (the CPU's and the emulator's are). `images` are the prompt's, preprocessed.
 pub fn generate_vl_group<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
@@ -68,17 +74,8 @@ pub fn generate_vl_group<B: RlOps>(
     generate_vl_batch(model, be, &[(prompt, images)], group, params, seeds)
 }
 
-/// Prompts (with their preprocessed images) decoded at most this many responses to a KV
-/// cache: each slot's prefill holds a copy of its prompt's vision features, so the slots of
-/// one cache bound that memory (and the prefill's size). It changes only how the work is
-/// split, never a response (each is a function of its seed where decoding is
-/// batch-invariant).
-pub const VL_SLOTS_PER_CACHE: usize = 64;
-
 /// `group` responses to each of `prompts`, response `g` of prompt `i` with seed
-/// `seeds[i * group + g]`, prompt-major (`Rollout::prompt_index` = `i`). The responses of
-/// whole prompts share a KV cache, up to [`VL_SLOTS_PER_CACHE`] slots. The vision tower
-/// runs once per prompt; its slots copy the features.
+/// `seeds[i * group + g]`, prompt-major (`Rollout::prompt_index` = `i`).
 pub fn generate_vl_batch<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
@@ -87,103 +84,57 @@ pub fn generate_vl_batch<B: RlOps>(
     params: &SamplingParams,
     seeds: &[u64],
 ) -> Result<Vec<Rollout>> {
-    if seeds.len() != prompts.len() * group {
-        bail!("{} seeds for {} prompts x {group} responses", seeds.len(), prompts.len());
-    }
-    let per_cache = (VL_SLOTS_PER_CACHE / group.max(1)).max(1);
-    let mut out = Vec::with_capacity(seeds.len());
-    for (c, chunk) in prompts.chunks(per_cache).enumerate() {
-        let first = c * per_cache;
-        let slots: Vec<(&[u32], &[[usize; 3]])> = chunk
-            .iter()
-            .flat_map(|(ids, im)| std::iter::repeat_n((*ids, im.grids.as_slice()), group))
-            .collect();
-        let d = model.cfg.text.hidden_size;
-        let merge = model.cfg.vision.spatial_merge_size;
-        let mut per_prompt = Vec::with_capacity(chunk.len());
-        for (_, im) in chunk {
-            let rows: usize = im.token_counts(merge).iter().sum();
-            let f = if rows == 0 {
-                None
-            } else {
-                Some(model.image_features(be, &im.grids, &be.upload(&im.pixels))?)
-            };
-            per_prompt.push((f, rows));
-        }
-        let total: usize = per_prompt.iter().map(|(_, r)| r * group).sum();
-        let features = (total > 0).then(|| {
-            let mut all = be.zeros(total * d);
-            let mut at = 0;
-            for (f, rows) in &per_prompt {
-                for _ in 0..group {
-                    if let Some(f) = f {
-                        be.copy(&mut all, at * d, f, 0, rows * d);
-                    }
-                    at += rows;
-                }
-            }
-            all
-        });
-        let sd = &seeds[first * group..(first + chunk.len()) * group];
-        let rs = decode_slots(model, be, &slots, features.as_ref(), params, sd)?;
-        out.extend(rs.into_iter().enumerate().map(|(s, mut r)| {
-            r.prompt_index = first + s / group.max(1);
-            r
-        }));
-    }
-    Ok(out)
+    Ok(generate_vl_scheduled(model, be, prompts, group, params, seeds)?.rollouts)
 }
 
-/// The decode loop of every VL generation: slot `s` decodes `slots[s]` (prompt ids and its
-/// images' grids) with seed `seeds[s]`; `features` holds the vision features of all slots'
-/// images, slot order.
-fn decode_slots<B: RlOps>(
+/// [`generate_vl_batch`] with the scheduler's account of the slots. The responses decode on
+/// `params.kv_slots` KV-cache slots with continuous batching (`rl::decode_scheduler`, the
+/// text rollouts' scheduler); the vision tower runs once per prompt, when its first response
+/// takes a slot, and its features are kept until its last response has been prefilled.
+pub fn generate_vl_scheduled<B: RlOps>(
     model: &VlModel<B>,
     be: &B,
-    slots: &[(&[u32], &[[usize; 3]])],
-    features: Option<&B::Buf>,
+    prompts: &[(&[u32], &VlImages)],
+    group: usize,
     params: &SamplingParams,
     seeds: &[u64],
-) -> Result<Vec<Rollout>> {
+) -> Result<Rollouts> {
+    let merge = model.cfg.vision.spatial_merge_size;
+    let slots: Vec<(&[u32], &[[usize; 3]])> =
+        prompts.iter().map(|(ids, im)| (*ids, im.grids.as_slice())).collect();
+    let features = |i: usize| -> Result<Option<B::Buf>> {
+        let im = prompts[i].1;
+        if im.token_counts(merge).iter().sum::<usize>() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(model.image_features(be, &im.grids, &be.upload(&im.pixels))?))
+    };
+    decode_vl(model, be, &slots, group, params, seeds, features)
+}
+
+/// The decode loop of every VL generation: `group` responses to each of `prompts` (prompt
+/// ids and its images' grids), response `r` seeded `seeds[r]`, through the rollout
+/// scheduler. `features_of(i)` gives the vision features of prompt `i`'s images (None
+/// without images); it is called once per prompt, when its first response is prefilled.
+fn decode_vl<B: RlOps>(
+    model: &VlModel<B>,
+    be: &B,
+    prompts: &[(&[u32], &[[usize; 3]])],
+    group: usize,
+    params: &SamplingParams,
+    seeds: &[u64],
+    mut features_of: impl FnMut(usize) -> Result<Option<B::Buf>>,
+) -> Result<Rollouts> {
     params.validate()?;
     if !params.stop_strings.is_empty() {
         bail!("stop strings are not supported for a vision-language prompt");
     }
-    if slots.iter().any(|(p, _)| p.is_empty()) {
-        bail!("the prompt is empty");
+    let n = prompts.len() * group;
+    if seeds.len() != n {
+        bail!("{} seeds for {} prompts x {group} responses", seeds.len(), prompts.len());
     }
-    let n = seeds.len();
-    if n == 0 {
-        return Ok(vec![]);
-    }
-    debug_assert_eq!(n, slots.len());
-    let limit = model.cfg.text.max_position_embeddings;
-    let longest = slots.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
-    let Some(cap) = longest.checked_add(params.max_new_tokens).filter(|&c| c <= limit) else {
-        bail!(
-            "a prompt of {longest} tokens (images expanded) + max_new_tokens {} exceeds the model's max_position_embeddings {limit}; lower max_new_tokens to at most {}",
-            params.max_new_tokens,
-            limit.saturating_sub(longest)
-        );
-    };
-    let mut cache = model.text.new_cache(be, n, cap);
-    let mut deltas = vec![0i64; n];
-    let mut outs: Vec<Rollout> = seeds
-        .iter()
-        .map(|&seed| Rollout {
-            prompt_index: 0,
-            seed,
-            tokens: vec![],
-            logprobs: vec![],
-            stop: StopReason::MaxTokens,
-        })
-        .collect();
     let vocab = model.cfg.text.vocab_size;
-    let prefill: Vec<VlStep> = slots
-        .iter()
-        .enumerate()
-        .map(|(slot, &(tokens, grids))| VlStep { slot, tokens, grids })
-        .collect();
+    let d = model.cfg.text.hidden_size;
     // A response never holds an image (or video) placeholder: fed back, it would read as an
     // image without pixels (transformers' forward then fails its placeholder count check, as
     // `VlModel::pack` does here). Those ids are never sampled: their logits are set to -inf on
@@ -194,37 +145,72 @@ fn decode_slots<B: RlOps>(
         .filter(|&id| id < vocab)
         .collect();
     let neg_inf = be.upload(&[f32::NEG_INFINITY]);
-    let mut logits = model.decode_step_features(be, &mut cache, &prefill, &mut deltas, features)?;
-    let mut active: Vec<usize> = (0..n).collect();
-    loop {
-        for j in 0..active.len() {
+    // Per slot, its M-RoPE offset (set by the slot's prefill); per prompt being prefilled, its
+    // vision features.
+    let mut deltas: Vec<i64> = Vec::new();
+    let mut held: HashMap<usize, Option<B::Buf>> = HashMap::new();
+    let step = |cache: &mut KvCache<B>, feeds: &[Feed<'_>]| -> Result<B::Buf> {
+        deltas.resize(cache.lens.len(), 0);
+        let grids_of = |f: &Feed<'_>| -> &[[usize; 3]] {
+            if f.prefill {
+                prompts[f.response / group].1
+            } else {
+                &[]
+            }
+        };
+        for f in feeds.iter().filter(|f| !grids_of(f).is_empty()) {
+            let i = f.response / group;
+            if let std::collections::hash_map::Entry::Vacant(e) = held.entry(i) {
+                e.insert(features_of(i)?);
+            }
+        }
+        let mut steps = Vec::with_capacity(feeds.len());
+        let mut parts = Vec::new();
+        for f in feeds {
+            let grids = grids_of(f);
+            if !grids.is_empty() {
+                parts.extend(held[&(f.response / group)].as_ref());
+            }
+            steps.push(VlStep { slot: f.slot, tokens: f.tokens, grids });
+        }
+        // The step's images in order: one prompt's features as they are, several copied
+        // back to back.
+        let joined;
+        let features = match parts.as_slice() {
+            [] => None,
+            [one] => Some(*one),
+            many => {
+                let total: usize = many.iter().map(|f| be.len(f)).sum();
+                let mut all = be.zeros(total);
+                let mut at = 0;
+                for f in many {
+                    be.copy(&mut all, at, f, 0, be.len(f));
+                    at += be.len(f);
+                }
+                joined = all;
+                Some(&joined)
+            }
+        };
+        debug_assert!(features.is_none_or(|f| be.len(f) % d == 0));
+        let mut logits = model.decode_step_features(be, cache, &steps, &mut deltas, features)?;
+        for j in 0..feeds.len() {
             for &id in &banned {
                 be.copy(&mut logits, j * vocab + id, &neg_inf, 0, 1);
             }
         }
-        let rows: Vec<(u64, usize)> =
-            active.iter().map(|&s| (outs[s].seed, outs[s].tokens.len())).collect();
-        let drawn = draw_tokens(be, &logits, vocab, params, &rows)?;
-        let mut next: Vec<(usize, [u32; 1])> = Vec::with_capacity(active.len());
-        for (&s, (tok, lp)) in active.iter().zip(drawn) {
-            let o = &mut outs[s];
-            o.tokens.push(tok);
-            o.logprobs.push(lp);
-            if params.stop_ids.contains(&tok) {
-                o.stop = StopReason::StopToken;
-            } else if o.tokens.len() < params.max_new_tokens {
-                next.push((s, [tok]));
-            }
+        // A prompt's features go once its last response is prefilled (responses take slots
+        // in order).
+        for f in feeds.iter().filter(|f| f.prefill && f.response % group == group - 1) {
+            held.remove(&(f.response / group));
         }
-        if next.is_empty() {
-            break;
-        }
-        let steps: Vec<VlStep> =
-            next.iter().map(|(s, t)| VlStep { slot: *s, tokens: t, grids: &[] }).collect();
-        logits = model.decode_step_features(be, &mut cache, &steps, &mut deltas, None)?;
-        active = next.iter().map(|(s, _)| *s).collect();
-    }
-    Ok(outs)
+        Ok(logits)
+    };
+    let views: Vec<&[u32]> = prompts.iter().map(|p| p.0).collect();
+    let batch = Batch { prompts: &views, group, seeds };
+    let longest = views.iter().map(|p| p.len()).max().unwrap_or(0);
+    let cap = longest.saturating_add(params.max_new_tokens);
+    let schedule = Schedule::new(&model.text, params.kv_slots, n, cap);
+    decode_scheduled(&model.text, be, &batch, params, schedule, None, step, |_| {})
 }
 
 /// [`crate::rl::graded::sample_and_grade`] for a Qwen2.5-VL model: each item's images (paths

@@ -42,6 +42,20 @@ impl<D: Device> CudaBackend<D> {
             self.flash_decode(out, lse, q, k, v, spans, shape);
             return;
         }
+        // A step that mixes prefills with single-token decodes (continuous batching,
+        // `rl::decode_scheduler`): each kind of span runs the kernel it runs alone, so a
+        // sequence's numbers do not depend on what shares its step (each kernel writes only
+        // the rows of its own spans).
+        let (one, many): (Vec<AttnSpan>, Vec<AttnSpan>) = spans.iter().partition(|s| s.q_len == 1);
+        if causal
+            && self.attn == AttnKernel::Flash
+            && !many.is_empty()
+            && flash::decode_supports(&one, shape)
+        {
+            self.flash_decode(out, lse, q, k, v, &one, shape);
+            self.attend(out, lse, q, k, v, &many, shape, causal);
+            return;
+        }
         if causal && self.use_flash(shape) {
             self.flash_forward(out, lse, q, k, v, spans, shape);
             return;
