@@ -212,6 +212,16 @@ impl CudaDevice {
             }),
         })
     }
+    /// The one stream every operation of this device runs on (NCCL's collectives are queued
+    /// on it too, so they are ordered with the kernels without events).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Says that something other than this device's kernels and copies (an NCCL collective)
+    /// wrote `mem`: its bf16 shadow, if it has one, is stale and is dropped.
+    pub fn written_externally(&self, mem: &CudaMem) {
+        self.pool.shadow_forget(mem.addr);
+    }
     /// Runs `Backend::matmul` as bf16 GEMMs (see the field) or f32 SGEMM.
     pub fn set_gemm_bf16(&mut self, on: bool) {
         self.gemm_bf16 = on;
