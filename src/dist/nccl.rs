@@ -34,10 +34,10 @@ use crate::backend::cpu::Cpu;
 use crate::backend::cuda::driver::{CudaDevice, CudaMem};
 use crate::backend::cuda::{CudaBackend, DevBuf};
 use crate::backend::Backend;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use cudarc::nccl::result::{self as nccl, NcclError, NcclStatus};
 use cudarc::nccl::sys;
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::path::PathBuf;
 
 type Cuda = CudaBackend<CudaDevice>;
@@ -119,39 +119,12 @@ impl NcclComm {
     pub fn over_mpi(be: &Cuda, mpi: std::rc::Rc<super::MpiComm>) -> Result<NcclComm> {
         let host: &dyn Collective<Cpu> = &*mpi;
         let (rank, world) = (host.rank(), host.world());
-        // 1. Every rank can open NCCL, or all fail naming the ranks that cannot.
-        let mine = probe().err().unwrap_or_default();
-        let all = host.all_gather_bytes(mine.as_bytes())?;
-        let bad: Vec<String> = all
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| !e.is_empty())
-            .map(|(r, e)| format!("rank {r}: {}", String::from_utf8_lossy(e)))
-            .collect();
-        if !bad.is_empty() {
-            bail!("NCCL is not usable on {} of {world} rank(s): {}", bad.len(), bad.join("; "));
-        }
-        // 2. Rank 0's unique id to every rank (an empty message: rank 0 could not make one).
-        let mut made = Err(anyhow::anyhow!("not rank 0"));
-        let bytes: Vec<u8> = if rank == 0 {
-            made = nccl::get_uniqueid().map_err(|e| nccl_error(e, "ncclGetUniqueId"));
-            made.as_ref()
-                .map(|id| id.internal.iter().map(|&c| c as u8).collect())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let got = host.all_gather_bytes(&bytes)?.swap_remove(0);
-        if got.len() != 128 {
-            return Err(made.err().unwrap_or_else(|| anyhow::anyhow!("no NCCL id")))
-                .context("rank 0 could not create the NCCL unique id");
-        }
-        let mut id = sys::ncclUniqueId { internal: [0; 128] };
-        for (d, &b) in id.internal.iter_mut().zip(&got) {
-            *d = b as std::ffi::c_char;
-        }
-        // 3. Join.
-        let mut c = Self::join(be, id, rank, world)?;
+        let id = bootstrap_id(host, probe(), || {
+            let id = nccl::get_uniqueid().map_err(|e| nccl_error(e, "ncclGetUniqueId"))?;
+            Ok(id.internal.map(|c| c as u8))
+        })?;
+        let mut c =
+            Self::join(be, sys::ncclUniqueId { internal: id.map(|b| b as c_char) }, rank, world)?;
         c.mpi = Some(mpi);
         Ok(c)
     }
@@ -233,10 +206,49 @@ impl NcclComm {
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
-        // SAFETY: the communicator is valid and used by no other handle; destroy waits for
-        // its queued operations.
-        let _ = unsafe { nccl::comm_destroy(self.comm) };
+        // Abort, not destroy: destroy waits for queued operations, and after an error on
+        // another rank one of them may wait for that rank forever, so this rank would never
+        // reach `World::finish`, whose MPI abort ends the job. A run that ends well has
+        // downloaded its results (which waits for the stream), so nothing is in flight here.
+        // SAFETY: the communicator is valid and used by no other handle.
+        let _ = unsafe { nccl::comm_abort(self.comm) };
     }
+}
+
+/// NCCL's bootstrap over the host collective `host`, before `ncclCommInitRank`: every rank
+/// says whether it can open NCCL (`probed`) and all fail alike, naming the ranks that cannot,
+/// unless all can (a rank failing alone would leave the others waiting in the init); then rank
+/// 0 makes the unique id (`make_id`, called there only) and every rank receives its 128 bytes.
+/// A rank 0 that cannot make one fails with its reason, the others saying so.
+pub fn bootstrap_id(
+    host: &dyn Collective<Cpu>,
+    probed: Result<(), String>,
+    make_id: impl FnOnce() -> Result<[u8; 128]>,
+) -> Result<[u8; 128]> {
+    let world = host.world();
+    let mine = probed.err().unwrap_or_default();
+    let all = host.all_gather_bytes(mine.as_bytes())?;
+    let bad: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.is_empty())
+        .map(|(r, e)| format!("rank {r}: {}", String::from_utf8_lossy(e)))
+        .collect();
+    if !bad.is_empty() {
+        bail!("NCCL is not usable on {} of {world} rank(s): {}", bad.len(), bad.join("; "));
+    }
+    // An empty message: rank 0 could not make an id (and says why itself).
+    let made = (host.rank() == 0).then(make_id);
+    let bytes: &[u8] = match &made {
+        Some(Ok(id)) => id,
+        _ => &[],
+    };
+    let got = host.all_gather_bytes(bytes)?.swap_remove(0);
+    if let Some(Err(e)) = made {
+        return Err(e.context("rank 0 could not create the NCCL unique id"));
+    }
+    got.try_into()
+        .map_err(|_| anyhow::anyhow!("rank 0 could not create the NCCL unique id (see its error)"))
 }
 
 /// The device address of a buffer, as NCCL takes it.
@@ -377,6 +389,49 @@ mod tests {
         let so2 = wheel.path().join("libnccl.so.2");
         assert!(e.contains(&format!("{} is there", so2.display())), "{e}");
         assert!(e.contains("link named libnccl.so"), "{e}");
+    }
+
+    /// The bootstrap on thread ranks: rank 0's id reaches every rank; a rank without NCCL
+    /// fails every rank by name; rank 0 failing to make an id fails every rank.
+    #[test]
+    fn the_unique_id_reaches_every_rank_and_failures_fail_all() {
+        use crate::dist::ThreadGroup;
+        fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
+            std::thread::scope(|s| {
+                let hs: Vec<_> =
+                    ThreadGroup::new(world).into_iter().map(|g| s.spawn(|| f(g))).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        }
+        let id: [u8; 128] = std::array::from_fn(|i| (i * 7 + 3) as u8);
+        for world in [1, 2, 3] {
+            let made = std::sync::atomic::AtomicUsize::new(0);
+            let got = on_ranks(world, |g| {
+                bootstrap_id(&g, Ok(()), || {
+                    made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(id)
+                })
+                .unwrap()
+            });
+            assert!(got.iter().all(|g| *g == id), "world {world}");
+            assert_eq!(made.into_inner(), 1, "only rank 0 makes the id");
+        }
+        // Rank 1 of 3 has no libnccl: every rank fails, naming it.
+        let errs = on_ranks(3, |g| {
+            let r = Collective::<Cpu>::rank(&g);
+            let probed = if r == 1 { Err("NCCL library not found".into()) } else { Ok(()) };
+            bootstrap_id(&g, probed, || Ok(id)).unwrap_err().to_string()
+        });
+        for e in &errs {
+            assert!(e.contains("1 of 3 rank(s): rank 1: NCCL library not found"), "{e}");
+        }
+        // Rank 0 cannot make an id: it gives its reason, the others point at it.
+        let errs = on_ranks(2, |g| {
+            bootstrap_id(&g, Ok(()), || anyhow::bail!("ncclGetUniqueId failed: ncclSystemError"))
+                .unwrap_err()
+        });
+        assert!(format!("{:#}", errs[0]).contains("ncclSystemError"), "{:#}", errs[0]);
+        assert!(errs[1].to_string().contains("see its error"), "{}", errs[1]);
     }
 
     /// On this machine: no panic either way, and without NCCL the error names it.
