@@ -1,7 +1,7 @@
 //! MPI as the collective of a multi-process run (`mpirun -np N mmr1-fast ...`; feature `mpi`,
 //! rsmpi over the system's MPI library). Buffers travel through the host, so it serves every
 //! backend: the CPU backend's data parallelism (what CI proves), and GPUs staged through the
-//! host until the NCCL collective is built (docs/distributed.md).
+//! host with `dist.collective = mpi` (GPU runs of N > 1 ranks take `NcclComm` by default).
 //!
 //! Sums are NOT `MPI_Allreduce`: the standard leaves the order of its additions to the
 //! implementation (Open MPI picks an algorithm by message size and world size), so its f32 sum
