@@ -280,7 +280,7 @@ impl Collective<Cuda> for NcclComm {
             nccl::all_reduce(p, p, n, F32, SUM, self.comm, self.stream)
         })?;
         for b in bufs.iter() {
-            be.device().written_externally(b.mem());
+            be.device().replaced(b.mem());
         }
         Ok(())
     }
@@ -293,7 +293,7 @@ impl Collective<Cuda> for NcclComm {
             nccl::broadcast(p, p, n, F32, root as i32, self.comm, self.stream)
         })?;
         for b in bufs.iter() {
-            be.device().written_externally(b.mem());
+            be.device().replaced(b.mem());
         }
         Ok(())
     }
@@ -357,6 +357,11 @@ impl Collective<Cuda> for NcclComm {
             }
             .map_err(|e| nccl_error(e, "ncclAllGather"))?;
             unpack_round(be, &recv, &round, bufs);
+        }
+        // The replicas' weights were rewritten whole (by copies): as after MpiComm's upload,
+        // each gets a bf16 shadow at its next bf16 GEMM.
+        for b in bufs.iter() {
+            be.device().replaced(b.mem());
         }
         Ok(())
     }
