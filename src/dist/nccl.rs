@@ -37,7 +37,7 @@ use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use cudarc::nccl::result::{self as nccl, NcclError, NcclStatus};
 use cudarc::nccl::sys;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_void, CStr};
 use std::path::PathBuf;
 
 type Cuda = CudaBackend<CudaDevice>;
@@ -123,8 +123,12 @@ impl NcclComm {
             let id = nccl::get_uniqueid().map_err(|e| nccl_error(e, "ncclGetUniqueId"))?;
             Ok(id.internal.map(|c| c as u8))
         })?;
-        let mut c =
-            Self::join(be, sys::ncclUniqueId { internal: id.map(|b| b as c_char) }, rank, world)?;
+        let mut c = Self::join(
+            be,
+            sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) },
+            rank,
+            world,
+        )?;
         c.mpi = Some(mpi);
         Ok(c)
     }
