@@ -90,6 +90,12 @@ impl MpiComm {
         let lens = self.lengths(xs.len());
         let total: u64 = lens.iter().sum();
         ensure!(total <= Count::MAX as u64, "all-gather of {total} values: more than MPI counts");
+        if total == 0 {
+            // Every rank sees the same lengths, so all skip alike: Open MPI refuses an
+            // MPI_Allgatherv whose every count is zero (MPI_ERR_ARG, found by NCCL's
+            // bootstrap, where every rank that can open NCCL sends nothing).
+            return Ok(vec![Vec::new(); self.size]);
+        }
         let counts: Vec<Count> = lens.iter().map(|&n| n as Count).collect();
         let displs: Vec<Count> = counts
             .iter()
