@@ -443,12 +443,24 @@ mod tests {
         assert!(errs[1].to_string().contains("see its error"), "{}", errs[1]);
     }
 
-    /// On this machine: no panic either way, and without NCCL the error names it.
+    /// On this machine: no panic either way, and without NCCL the error names it; with NCCL
+    /// (no GPU needed), it makes a unique id, the bootstrap's first call.
     #[test]
     fn probing_never_panics() {
         match probe() {
-            Ok(()) => eprintln!("libnccl is present here"),
-            Err(e) => assert!(e.starts_with("NCCL library not found (tried libnccl.so"), "{e}"),
+            Ok(()) => {
+                let id = nccl::get_uniqueid().map_err(|e| nccl_error(e, "ncclGetUniqueId"));
+                let id = id.unwrap();
+                assert!(id.internal.iter().any(|&c| c != 0), "an id of zeros");
+                let mut v = 0;
+                // SAFETY: writes one int.
+                unsafe { sys::ncclGetVersion(&mut v) };
+                eprintln!("libnccl is present here: version code {v}, a unique id made");
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                assert!(e.starts_with("NCCL library not found (tried libnccl.so"), "{e}")
+            }
         }
     }
 }
