@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
 # (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops, philox, sample_kernel,
-# device_decode: decoding that samples on the device, against the host rule);
+# device_decode: decoding that samples on the device, against the host rule; nccl: the NCCL
+# collective in a world of one against the plain path, op by op and on short sft/train runs);
 # training steps at real
 # Qwen2.5 shapes (examples/device_step.rs) side by side with PyTorch + transformers doing the same
 # work in the same run (benches/train_step_gpu_torch.py: SDPA, bf16 autocast, fused AdamW):
@@ -36,7 +37,10 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel device_decode"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel device_decode nccl"
+# compute-sanitizer runs the kernel suites, not NCCL's (its own kernels and proxy threads are
+# not ours to check, and slow under the tools).
+san_suites=${suites/ nccl/}
 bins="$suites kernels rl_bench device_step mmr1-fast"
 budget=${GPU_CHECK_BUDGET:-0}
 t0=$SECONDS
@@ -100,6 +104,20 @@ echo "== GPU: $gpu (budget ${budget} s)"
 
 # Release binaries: wait for every launch, so a fault is reported with its kernel's name.
 export MMR1_SYNC_LAUNCHES=1
+
+# NCCL for tests/nccl.rs (NCCL in a world of one vs the plain path). cudarc opens libnccl.so
+# (or .so.12 ...), while NCCL's packages and the pip wheels (nvidia-nccl-cu12/-cu13, which the
+# machine's PyTorch brings) install libnccl.so.2 only: link it under the plain name.
+nccl_dir=$( (python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null \
+    || ldconfig -p 2>/dev/null | awk '/libnccl\.so\.2 /{print $NF; exit}' | xargs -r dirname) | head -1)
+if [ -n "$nccl_dir" ] && [ -e "$nccl_dir/libnccl.so.2" ]; then
+    mkdir -p "$log/nccl-lib"
+    ln -sf "$nccl_dir/libnccl.so.2" "$log/nccl-lib/libnccl.so"
+    export LD_LIBRARY_PATH="$PWD/$log/nccl-lib:$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "== NCCL: $nccl_dir/libnccl.so.2 (linked as $log/nccl-lib/libnccl.so)"
+else
+    echo "== NCCL: libnccl.so.2 not found (python3 nvidia.nccl, ldconfig): the nccl suite will fail by name"
+fi
 
 echo "== equivalence suites on the GPU"
 : > "$log/tests.log"
@@ -343,7 +361,7 @@ for tool in $(want sanitizers && echo "${SANITIZERS-memcheck racecheck synccheck
     # shellcheck disable=SC2086
     timeout "$(cap "${SANITIZER_TIMEOUT:-1200}")" "$san" --tool "$tool" $extra --error-exitcode 86 --target-processes all \
         bash -c 'rc=0; for x in "$@"; do "$x" gpu:: --include-ignored --test-threads=1 || rc=$?; done; exit $rc' _ \
-        $(for s in ${SANITIZER_SUITES:-$suites}; do echo "${exe[$s]}"; done) > "$slog" 2>&1
+        $(for s in ${SANITIZER_SUITES:-$san_suites}; do echo "${exe[$s]}"; done) > "$slog" 2>&1
     rc=$?
     set -e
     # racecheck ends with "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".

@@ -104,9 +104,11 @@ fn rank_body() {
     let mut bufs = vec![be.upload(&[x, x + 0.5]), be.upload(&[-x])];
     c.broadcast(&be, &mut bufs, 1).unwrap();
     assert_eq!(bufs.iter().flat_map(|b| be.download(b)).collect::<Vec<_>>(), vec![1.0, 1.5, -1.0]);
-    // Gathers of ragged lengths (rank 0 sends nothing).
+    // Gathers of ragged lengths (rank 0 sends nothing), and of nothing at all.
     let g = c.all_gather_host(&vec![r as f64; r]).unwrap();
     assert_eq!(g, vec![vec![], vec![1.0], vec![2.0, 2.0]]);
+    assert_eq!(c.all_gather_host(&[]).unwrap(), vec![Vec::<f64>::new(); 3]);
+    assert_eq!(c.all_gather_bytes(&[]).unwrap(), vec![Vec::<u8>::new(); 3]);
     let bytes: Vec<u8> =
         (0..(5 * r as u8)).map(|i| i.wrapping_mul(53).wrapping_add(r as u8)).collect();
     let gb = c.all_gather_bytes(&bytes).unwrap();
@@ -193,6 +195,18 @@ fn rank_body() {
     let mut bad = vec![1.0; 1 + r];
     let e = c.all_reduce_sum_host(&mut bad).unwrap_err().to_string();
     assert!(e.contains("rank 1 passed 2 values, rank 0 passed 1"), "{e}");
+    // NCCL's bootstrap over MPI (dist::nccl::bootstrap_id, no GPU needed): rank 0's 128-byte
+    // id reaches every rank (each rank's maker would make its own), and a rank that cannot
+    // open NCCL fails every rank, naming it.
+    #[cfg(feature = "cuda")]
+    {
+        use mmr1_fast::dist::nccl::bootstrap_id;
+        let made = |k: usize| -> [u8; 128] { std::array::from_fn(|i| (i * 5 + k) as u8) };
+        assert_eq!(bootstrap_id(c, Ok(()), || Ok(made(r))).unwrap(), made(0), "rank {r}");
+        let probed = if r == 2 { Err("NCCL library not found".into()) } else { Ok(()) };
+        let e = bootstrap_id(c, probed, || Ok(made(r))).unwrap_err().to_string();
+        assert!(e.contains("1 of 3 rank(s): rank 2: NCCL library not found"), "{e}");
+    }
     println!("RANK_OK {r}");
 }
 

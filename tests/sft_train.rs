@@ -198,6 +198,7 @@ fn sft_command_trains_saves_and_resumes() {
         precision: Default::default(),
         recompute: false,
         zero: 0,
+        collective: Default::default(),
     };
     run_on(&Cpu, &args).unwrap();
     assert!(out.join("checkpoint-1").is_dir() && out.join("checkpoint-2").is_dir());

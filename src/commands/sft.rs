@@ -116,6 +116,11 @@ pub struct SftArgs {
     /// are the same as with 0 (docs/distributed.md). A resumed run may take another stage.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub zero: u8,
+    /// The collective of a data-parallel run's device buffers: auto (NCCL for N > 1 ranks on
+    /// GPUs, MPI otherwise), mpi (GPU buffers staged through host memory), or nccl (NCCL also
+    /// in a world of one, to check it against the plain path on one GPU). docs/distributed.md.
+    #[arg(long, default_value = "auto")]
+    pub collective: crate::dist::launch::CollectiveChoice,
 }
 
 impl SftArgs {
@@ -162,7 +167,9 @@ impl SftArgs {
 /// The command as rank `world.rank()` of the launched world (a world of one without mpirun).
 pub fn run(args: &SftArgs, world: &World) -> Result<()> {
     let device = world.device(args.device)?;
-    crate::with_backend!(device, precision = args.precision, be => run_ranked(be, args, world.comm()))
+    crate::with_backend!(device, precision = args.precision, be => {
+        run_ranked(be, args, &*world.comm_for(be, args.collective)?)
+    })
 }
 
 /// The SFT command on any backend, in one process (tests call this directly).

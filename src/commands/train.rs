@@ -58,6 +58,11 @@ pub struct TrainArgs {
     /// 2 also frees the full gradients between steps. Same results; see docs/distributed.md.
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub zero: Option<u8>,
+    /// auto | mpi | nccl (same as --set dist.collective=...): the collective of a
+    /// data-parallel run's device buffers. auto: NCCL for N > 1 ranks on GPUs, MPI otherwise;
+    /// mpi: GPU buffers staged through host memory; nccl: NCCL also in a world of one.
+    #[arg(long)]
+    pub collective: Option<String>,
     /// Output directory (same as --set output.dir=...).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -121,6 +126,11 @@ pub fn run(args: &TrainArgs, world: &World) -> Result<()> {
     if let Some(z) = args.zero {
         cfg.dist.zero = z;
     }
+    if let Some(c) = &args.collective {
+        cfg.dist.collective = c
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--collective (dist.collective): {e}"))?;
+    }
     if let Some(o) = &args.out {
         cfg.output.dir = o.clone();
     }
@@ -167,7 +177,10 @@ pub fn run(args: &TrainArgs, world: &World) -> Result<()> {
         bail!("--demo-ablation runs in one process; launch it without mpirun (or with -np 1)");
     }
     let device = world.device(crate::backend::select::resolve(cfg.model.device)?)?;
-    crate::with_backend!(device, precision = cfg.model.precision, be => run_on(be, cfg, args, world.comm()))
+    let collective = cfg.dist.collective;
+    crate::with_backend!(device, precision = cfg.model.precision, be => {
+        run_on(be, cfg, args, &*world.comm_for(be, collective)?)
+    })
 }
 
 fn run_on<B: crate::backend::rl_ops::RlOps>(

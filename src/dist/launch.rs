@@ -4,11 +4,106 @@
 //! single-process path; a launch of N > 1 ranks joins them over MPI (feature `mpi`), and a
 //! build without MPI refuses it by name rather than train N independent models into one
 //! output directory.
+//!
+//! Which collective carries the device buffers ([`CollectiveChoice`], `dist.collective`,
+//! `--collective`): `auto` takes NCCL for a run of N > 1 ranks on GPUs (the CUDA backend) and
+//! MPI otherwise (the CPU backend, the emulator); `mpi` stages GPU buffers through host memory
+//! over MPI; `nccl` asks for NCCL also in a world of one (to check the NCCL path against the
+//! plain one on a single GPU). See [`World::comm_for`].
 
 use super::{Collective, Single};
 use crate::backend::select::DeviceChoice;
 use crate::backend::Backend;
 use anyhow::{bail, Result};
+use std::str::FromStr;
+
+/// `auto | mpi | nccl`: the collective of the device buffers (see the module comment).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CollectiveChoice {
+    #[default]
+    Auto,
+    Mpi,
+    Nccl,
+}
+
+impl FromStr for CollectiveChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(CollectiveChoice::Auto),
+            "mpi" => Ok(CollectiveChoice::Mpi),
+            "nccl" => Ok(CollectiveChoice::Nccl),
+            _ => Err(format!(
+                "unknown collective {s:?}: use auto (NCCL for N > 1 ranks on GPUs, else MPI), \
+                 mpi or nccl"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CollectiveChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CollectiveChoice::Auto => "auto",
+            CollectiveChoice::Mpi => "mpi",
+            CollectiveChoice::Nccl => "nccl",
+        })
+    }
+}
+
+// In configuration files the choice is the string typed on the command line.
+impl serde::Serialize for CollectiveChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CollectiveChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The collective a command uses: the world's own (a world of one, MPI), or one built for the
+/// backend (NCCL on a GPU). Dereferences to the trait object.
+pub enum Comm<'a, B: Backend> {
+    Borrowed(&'a dyn Collective<B>),
+    Owned(Box<dyn Collective<B>>),
+}
+
+impl<'a, B: Backend> std::ops::Deref for Comm<'a, B> {
+    type Target = dyn Collective<B> + 'a;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Comm::Borrowed(c) => *c,
+            Comm::Owned(c) => &**c,
+        }
+    }
+}
+
+/// Whether `nccl` is asked for, or `auto` picks it: `auto` does for N > 1 ranks on a GPU.
+pub fn wants_nccl(choice: CollectiveChoice, world: usize, on_gpu: bool) -> bool {
+    match choice {
+        CollectiveChoice::Mpi => false,
+        CollectiveChoice::Nccl => true,
+        CollectiveChoice::Auto => world > 1 && on_gpu,
+    }
+}
+
+/// Whether `be` is the CUDA backend of a real GPU (not the emulator, not the CPU).
+fn on_gpu<B: Backend + 'static>(be: &B) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        (be as &dyn std::any::Any)
+            .is::<crate::backend::cuda::CudaBackend<crate::backend::cuda::driver::CudaDevice>>()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = be;
+        false
+    }
+}
 
 /// Environment variables that carry the world size of a launched process: Open MPI's
 /// `mpirun`, PMI (MPICH / Hydra, `srun --mpi=pmi2`), and Slurm's `srun` job step
@@ -60,8 +155,9 @@ pub fn check_launch(env: impl Fn(&str) -> Option<String>) -> Result<()> {
 /// The ranks of this run: a world of one, or (feature `mpi`) the MPI world a launcher started.
 pub enum World {
     Single,
+    /// Shared with an NCCL communicator bootstrapped over it (its host-side operations).
     #[cfg(feature = "mpi")]
-    Mpi(super::MpiComm),
+    Mpi(std::rc::Rc<super::MpiComm>),
 }
 
 impl World {
@@ -83,19 +179,72 @@ impl World {
                          `srun --mpi=pmix` (or `mpirun` inside the allocation)"
                     );
                 }
-                Ok(World::Mpi(comm))
+                Ok(World::Mpi(std::rc::Rc::new(comm)))
             }
             _ => Ok(World::Single),
         }
     }
 
-    /// The collective over backend `B`'s buffers.
+    /// The world's own collective over backend `B`'s buffers (host-staged under MPI).
     pub fn comm<B: Backend>(&self) -> &dyn Collective<B> {
         match self {
             World::Single => &Single,
             #[cfg(feature = "mpi")]
-            World::Mpi(c) => c,
+            World::Mpi(c) => &**c,
         }
+    }
+
+    /// The collective a command on backend `be` uses, as `choice` says (see the module
+    /// comment): NCCL is built here, on `be`'s GPU and stream, bootstrapped over this world's
+    /// MPI; otherwise [`World::comm`]. Every rank calls it (NCCL's bootstrap is collective).
+    pub fn comm_for<B: Backend + 'static>(
+        &self,
+        be: &B,
+        choice: CollectiveChoice,
+    ) -> Result<Comm<'_, B>> {
+        if !wants_nccl(choice, self.size(), on_gpu(be)) {
+            return Ok(Comm::Borrowed(self.comm()));
+        }
+        self.nccl(be, choice)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn nccl<B: Backend + 'static>(&self, be: &B, choice: CollectiveChoice) -> Result<Comm<'_, B>> {
+        use crate::backend::cuda::{driver::CudaDevice, CudaBackend};
+        use anyhow::Context;
+        type Cuda = CudaBackend<CudaDevice>;
+        let Some(cuda) = (be as &dyn std::any::Any).downcast_ref::<Cuda>() else {
+            bail!(
+                "dist.collective = nccl runs on GPUs (--device cuda); this run is on {}: use \
+                 dist.collective = auto or mpi",
+                be.name()
+            );
+        };
+        let comm = match self {
+            World::Single => super::NcclComm::single(cuda),
+            #[cfg(feature = "mpi")]
+            World::Mpi(m) => super::NcclComm::over_mpi(cuda, m.clone()),
+        };
+        let comm = comm.with_context(|| {
+            format!("dist.collective = {choice}: NCCL over {} rank(s)", self.size())
+        })?;
+        if self.rank() == 0 {
+            eprintln!("note: device collectives over NCCL ({} rank(s))", self.size());
+        }
+        // `B` is `Cuda` (the downcast above): the box is the one asked for.
+        let boxed: Box<dyn Collective<Cuda>> = Box::new(comm);
+        let any: Box<dyn std::any::Any> = Box::new(boxed);
+        let own = any.downcast::<Box<dyn Collective<B>>>().expect("B is the CUDA backend");
+        Ok(Comm::Owned(*own))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn nccl<B: Backend + 'static>(&self, be: &B, choice: CollectiveChoice) -> Result<Comm<'_, B>> {
+        bail!(
+            "dist.collective = {choice}: NCCL runs on GPUs, and this build has no CUDA backend \
+             (rebuild with --features cuda); this run is on {}",
+            be.name()
+        )
     }
 
     pub fn rank(&self) -> usize {
@@ -139,7 +288,40 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::{check_launch, launcher_world, local_rank, rank_device};
+    use super::{wants_nccl, CollectiveChoice, World};
+    use crate::backend::cpu::Cpu;
     use crate::backend::select::DeviceChoice;
+
+    #[test]
+    fn nccl_is_taken_for_gpu_worlds_or_when_asked_for() {
+        use CollectiveChoice::*;
+        assert_eq!("nccl".parse::<CollectiveChoice>(), Ok(Nccl));
+        assert_eq!(Mpi.to_string(), "mpi");
+        let e = "gloo".parse::<CollectiveChoice>().unwrap_err();
+        assert!(e.contains("\"gloo\"") && e.contains("auto") && e.contains("nccl"), "{e}");
+        // auto: NCCL for N > 1 ranks on a GPU only; a world of one stays the plain path.
+        assert!(wants_nccl(Auto, 2, true) && !wants_nccl(Auto, 1, true));
+        assert!(!wants_nccl(Auto, 8, false));
+        assert!(wants_nccl(Nccl, 1, false) && !wants_nccl(Mpi, 8, true));
+    }
+
+    #[test]
+    fn nccl_off_a_gpu_is_refused_by_name_and_auto_keeps_the_plain_path() {
+        let w = World::Single;
+        let c = w.comm_for(&Cpu, CollectiveChoice::Auto).unwrap();
+        assert_eq!((c.rank(), c.world()), (0, 1));
+        w.comm_for(&Cpu, CollectiveChoice::Mpi).unwrap();
+        let e = w.comm_for(&Cpu, CollectiveChoice::Nccl).err().unwrap().to_string();
+        assert!(e.contains("dist.collective = nccl") && e.contains("GPU"), "{e}");
+        #[cfg(feature = "emu")]
+        {
+            // The emulator is the CUDA backend's code without a GPU: no NCCL there either.
+            let emu = crate::backend::cuda::CudaBackend::emulator();
+            w.comm_for(&emu, CollectiveChoice::Auto).unwrap();
+            let e = w.comm_for(&emu, CollectiveChoice::Nccl).err().unwrap().to_string();
+            assert!(e.contains("dist.collective = nccl"), "{e}");
+        }
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())

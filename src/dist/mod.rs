@@ -9,21 +9,29 @@
 //!
 //! Implementations: [`Single`] (world 1, every operation a no-op: the plain single-process
 //! path), [`ThreadGroup`] (N ranks as threads of one process, for tests of the sharded
-//! trainer with no launcher) and, with feature `mpi`, `MpiComm` (N processes started by
-//! `mpirun`; host buffers). NCCL on device buffers is not built yet: see docs/distributed.md.
+//! trainer with no launcher), with feature `mpi`, `MpiComm` (N processes started by
+//! `mpirun`; host buffers), and with feature `cuda`, `NcclComm` (device buffers of the CUDA
+//! backend, GPU to GPU; `launch::World::comm_for` picks it, see `dist.collective`).
 //!
-//! Reductions are deterministic: a sum over ranks is taken in rank order, so a run with a fixed
-//! world size is bit-reproducible and every rank holds bit-identical results.
+//! Reductions are deterministic: `Single`, `ThreadGroup` and `MpiComm` sum over ranks in rank
+//! order, so a run with a fixed world size is bit-reproducible and every rank holds
+//! bit-identical results. `NcclComm` sums in NCCL's order, deterministic for a fixed world
+//! size, topology and NCCL algorithm (module `nccl`), equal to the rank-order sum to rounding.
 
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "cuda")]
+pub mod nccl;
+pub mod padded;
 mod single;
 mod thread_group;
 pub mod zero;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiComm;
+#[cfg(feature = "cuda")]
+pub use self::nccl::NcclComm;
 pub use single::Single;
 pub use thread_group::ThreadGroup;
 

@@ -1,7 +1,7 @@
 //! MPI as the collective of a multi-process run (`mpirun -np N mmr1-fast ...`; feature `mpi`,
 //! rsmpi over the system's MPI library). Buffers travel through the host, so it serves every
 //! backend: the CPU backend's data parallelism (what CI proves), and GPUs staged through the
-//! host until the NCCL collective is built (docs/distributed.md).
+//! host with `dist.collective = mpi` (GPU runs of N > 1 ranks take `NcclComm` by default).
 //!
 //! Sums are NOT `MPI_Allreduce`: the standard leaves the order of its additions to the
 //! implementation (Open MPI picks an algorithm by message size and world size), so its f32 sum
@@ -90,6 +90,12 @@ impl MpiComm {
         let lens = self.lengths(xs.len());
         let total: u64 = lens.iter().sum();
         ensure!(total <= Count::MAX as u64, "all-gather of {total} values: more than MPI counts");
+        if total == 0 {
+            // Every rank sees the same lengths, so all skip alike: Open MPI refuses an
+            // MPI_Allgatherv whose every count is zero (MPI_ERR_ARG, found by NCCL's
+            // bootstrap, where every rank that can open NCCL sends nothing).
+            return Ok(vec![Vec::new(); self.size]);
+        }
         let counts: Vec<Count> = lens.iter().map(|&n| n as Count).collect();
         let displs: Vec<Count> = counts
             .iter()

@@ -40,6 +40,10 @@ pub struct DistSection {
     /// AdamW state; 1 = each rank holds the moments of its 1/N of the parameters; 2 = also
     /// releases the full gradients after each step. Same results (docs/distributed.md).
     pub zero: u8,
+    /// The collective of the device buffers: "auto" (NCCL for N > 1 ranks on GPUs, MPI
+    /// otherwise), "mpi" (GPU buffers staged through host memory) or "nccl" (NCCL also in a
+    /// world of one, to check it on one GPU against the plain path).
+    pub collective: crate::dist::launch::CollectiveChoice,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -304,7 +308,7 @@ impl Default for TrainConfig {
             },
             reward: RewardSection { accuracy_weight: 1.0, format_weight: 1.0 },
             eval: EvalSection { every: 0, max_items: 0, temperature: 0.0 },
-            dist: DistSection { zero: 0 },
+            dist: DistSection { zero: 0, collective: Default::default() },
         }
     }
 }
@@ -376,6 +380,7 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "rl.steps",
     "rl.rollout_slots",
     "dist.zero",
+    "dist.collective",
 ];
 
 /// Every `section.key` (or top-level key) with its value.
@@ -622,6 +627,7 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::launch::CollectiveChoice;
 
     #[test]
     fn defaults_round_trip_through_toml_and_validate() {
@@ -698,6 +704,34 @@ mod tests {
         let mut c = TrainConfig::default();
         c.apply_overrides(&["rl.grad_clip=0".into(), "sft.grad_clip=0".into()]).unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn dist_collective_takes_auto_mpi_or_nccl_and_names_the_key_otherwise() {
+        let c = TrainConfig::default();
+        assert_eq!(c.dist.collective, CollectiveChoice::Auto);
+        let toml = c.to_toml();
+        assert!(toml.contains("[dist]") && toml.contains("collective = \"auto\""), "{toml}");
+        for (v, want) in [("nccl", CollectiveChoice::Nccl), ("\"mpi\"", CollectiveChoice::Mpi)] {
+            let mut c = TrainConfig::default();
+            c.apply_overrides(&[format!("dist.collective={v}")]).unwrap();
+            assert_eq!(c.dist.collective, want);
+            // What --print-config writes reads back.
+            let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+            assert_eq!(back.dist.collective, want);
+        }
+        for bad in ["gloo", "NCCL", "1"] {
+            let mut c = TrainConfig::default();
+            let e = c.apply_overrides(&[format!("dist.collective={bad}")]).unwrap_err().to_string();
+            assert!(e.contains("dist.collective"), "{bad}: {e}");
+            // A string names the accepted values (a number is refused as the wrong type).
+            assert!(bad == "1" || e.contains("use auto"), "{bad}: {e}");
+        }
+        // Where the collective runs may change on a resume: the checkpoints do not depend on it.
+        let saved = TrainConfig::demo();
+        let mut wanted = saved.clone();
+        wanted.apply_overrides(&["dist.collective=mpi".into()]).unwrap();
+        saved.resumed_with(wanted).unwrap();
     }
 
     #[test]

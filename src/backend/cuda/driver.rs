@@ -212,6 +212,22 @@ impl CudaDevice {
             }),
         })
     }
+    /// The one stream every operation of this device runs on (NCCL's collectives are queued
+    /// on it too, so they are ordered with the kernels without events).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Says that `mem`'s contents were replaced wholesale, as by an upload, by something other
+    /// than this device's kernels (an NCCL collective) or by a collective's copies: its bf16
+    /// shadow, if it has one, is stale and is dropped, and (as after `upload`) the buffer is
+    /// marked pristine, so a weight gets a fresh shadow at its next bf16 GEMM instead of being
+    /// converted at every one.
+    pub fn replaced(&self, mem: &CudaMem) {
+        self.pool.shadow_forget(mem.addr);
+        if self.gemm_bf16 && self.bf16_shadows {
+            self.pool.mark_pristine(mem.addr);
+        }
+    }
     /// Runs `Backend::matmul` as bf16 GEMMs (see the field) or f32 SGEMM.
     pub fn set_gemm_bf16(&mut self, on: bool) {
         self.gemm_bf16 = on;

@@ -49,6 +49,13 @@ impl<M> DevBuf<M> {
     pub fn mem(&self) -> &M {
         &self.mem
     }
+    /// Number of f32 values (the memory may be larger: a size class of the allocator).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 pub struct CudaBackend<D: Device> {
