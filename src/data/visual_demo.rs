@@ -682,6 +682,40 @@ mod tests {
         assert!(slipped_wrong > 350, "a teacher that always slips is often wrong: {slipped_wrong}");
     }
 
+    /// The demo's design numbers (docs/visual-demo.md): a reader that sees every picture
+    /// right but imitates the teacher is right only when it slips at none of the colours
+    /// present (about a third of the time), a picture-blind guess of the most common answer
+    /// under a fifth: RL has room above SFT, and a model that ignores the picture cannot fake it.
+    #[test]
+    fn the_demo_task_leaves_room_for_rl() {
+        let items = VisualTask::default().items(2000, 4, "d");
+        let mut imitator = 0.0;
+        let mut answers: HashMap<String, usize> = HashMap::new();
+        for it in &items {
+            let present = Colour::ALL[..3]
+                .iter()
+                .filter(|&&c| it.scene.shapes.iter().any(|s| s.colour == c))
+                .count();
+            imitator += 0.5f64.powi(present as i32);
+            *answers.entry(it.item.answer.clone().unwrap()).or_default() += 1;
+        }
+        let imitator = imitator / items.len() as f64;
+        let blind = *answers.values().max().unwrap() as f64 / items.len() as f64;
+        assert!((0.28..0.36).contains(&imitator), "imitator {imitator}");
+        assert!(blind < 0.2, "blind best {blind}");
+        // The slips' rate as the teacher draws them: right about that often.
+        let rc = RewardConfig::default();
+        let right = items
+            .iter()
+            .filter(|it| {
+                let ri = RewardItem { answer: it.item.answer.clone().unwrap(), options: None };
+                rc.grade(&teacher_solution(it, 0.5, 1), &ri).accuracy == 1.0
+            })
+            .count() as f64
+            / items.len() as f64;
+        assert!((right - imitator).abs() < 0.04, "teacher right {right}, expected {imitator}");
+    }
+
     #[test]
     fn tokenizer_keeps_vision_tokens_and_words_whole() {
         let tok = visual_demo_tokenizer().unwrap();
