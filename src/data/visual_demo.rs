@@ -381,8 +381,8 @@ fn teacher_count(n: usize, from: usize, slip: f64, rng: &mut ChaCha8Rng) -> usiz
 /// of the palette (and per kind when the task asks about kinds), in a fixed order (`red 2,
 /// green 0, blue 1`), then the count the question asks about repeated (or the two counts it
 /// compares), then the boxed answer those counts give; for the points question (the demo's)
-/// the summary alone, then the points it gives (`<think>red 2, green 0, blue 1</think>` and
-/// `\boxed{5}`). Each count of at least `slip_from` shapes is written one too low with
+/// the summary, each count times its colour's points, and their sum (`<think>red 2, green 0,
+/// blue 1. 2+0+3=5</think>`, then `\boxed{5}`). Each count of at least `slip_from` shapes is written one too low with
 /// probability `slip` (deterministic in `seed` and the item id). SFT learns
 /// to look (every count depends on the picture, so the vision tower gets a signal at every
 /// one) and learns the slips with it; only a verifiable reward tells the model that an
@@ -431,11 +431,17 @@ pub fn teacher_solution(it: &VisualItem, slip: f64, seed: u64) -> String {
             (format!("{} {n}", k.name()), n.to_string())
         }
         Question::Points(_) => {
-            // The palette is `Colour::ALL[..n]`, so the i-th count is worth i + 1.
-            let total: usize = colour_counts.iter().enumerate().map(|(i, x)| (i + 1) * x.1).sum();
+            // The palette is `Colour::ALL[..n]`, so the i-th count is worth i + 1. The terms
+            // are written out before their sum: done in one step from the summary, the sum was
+            // the main error left after RL (docs/visual-demo.md).
+            let terms: Vec<usize> =
+                colour_counts.iter().enumerate().map(|(i, x)| (i + 1) * x.1).collect();
+            let total: usize = terms.iter().sum();
+            let terms: Vec<String> = terms.iter().map(|t| t.to_string()).collect();
             return format!(
-                "<think>{}</think><answer>\\boxed{{{total}}}</answer>",
-                said.join(", ")
+                "<think>{}. {}={total}</think><answer>\\boxed{{{total}}}</answer>",
+                said.join(", "),
+                terms.join("+")
             );
         }
         Question::MoreColour(a, b) => {
@@ -671,6 +677,19 @@ mod tests {
                 if n < it.slip_from {
                     assert_eq!(sloppy.accuracy, 1.0);
                 }
+            }
+            // The points: each count times its colour's points, summed to the answer.
+            if let Question::Points(_) = it.question {
+                let c: Vec<usize> =
+                    summary.iter().map(|w| w[w.len() - 1..].parse().unwrap()).collect();
+                let sum = format!(
+                    "{}+{}+{}={}",
+                    c[0],
+                    2 * c[1],
+                    3 * c[2],
+                    it.item.answer.as_ref().unwrap()
+                );
+                assert_eq!(think.split(". ").nth(1), Some(sum.as_str()), "{right}");
             }
             // The demo's teacher may overlook a lone shape: every points answer can be wrong,
             // and the teacher that always slips counts every colour present one too low.
