@@ -1,6 +1,7 @@
 //! The visual demo task: pictures drawn in code (a few filled squares, circles and triangles in
-//! a few colours on a grey canvas), questions with verifiable answers ("How many red
-//! shapes?", "How many circles?", "Are there more red shapes than blue shapes?"), a teacher
+//! a few colours on a grey canvas), questions with verifiable answers ("Points: red 1, green
+//! 2, blue 3. How many points?", the demo's; "How many red shapes?", "How many circles?",
+//! "Are there more red shapes than blue shapes?"), a teacher
 //! that writes MMR1's `<think>`/`<answer>`/`\boxed{}` solutions with controllable slips, a
 //! character-level tokenizer with Qwen2.5-VL's vision tokens, and a tiny Qwen2.5-VL config.
 //! No downloads; everything is reproducible from a seed.
@@ -155,6 +156,11 @@ pub enum Question {
     CountColour(Colour),
     /// "How many circles?"
     CountKind(Kind),
+    /// "Points: red 1, green 2, blue 3. How many points?": a shape of the i-th of the first
+    /// `n` colours of `Colour::ALL` is worth i + 1 points; the answer is their sum. Every
+    /// colour's count enters the answer with its own weight, so no count can be skipped and the
+    /// total number of shapes (which a model sees without telling colours apart) does not give it.
+    Points(usize),
     /// "Are there more red shapes than blue shapes?" with options A. yes, B. no.
     MoreColour(Colour, Colour),
 }
@@ -164,6 +170,7 @@ impl Question {
         match *self {
             Question::CountColour(c) => s.colour == c,
             Question::CountKind(k) => s.kind == k,
+            Question::Points(_) => true,
             Question::MoreColour(..) => false,
         }
     }
@@ -172,6 +179,11 @@ impl Question {
         match *self {
             Question::CountColour(c) => format!("How many {} shapes?", c.name()),
             Question::CountKind(k) => format!("How many {}s?", k.name()),
+            Question::Points(n) => {
+                let worth: Vec<String> =
+                    (0..n).map(|i| format!("{} {}", Colour::ALL[i].name(), i + 1)).collect();
+                format!("Points: {}. How many points?", worth.join(", "))
+            }
             Question::MoreColour(a, b) => format!(
                 "Are there more {} shapes than {} shapes?\nA. yes\nB. no",
                 a.name(),
@@ -185,6 +197,9 @@ impl Question {
         let count = |c: Colour| scene.shapes.iter().filter(|s| s.colour == c).count();
         match *self {
             Question::MoreColour(a, b) => if count(a) > count(b) { "A" } else { "B" }.into(),
+            Question::Points(n) => {
+                (0..n).map(|i| (i + 1) * count(Colour::ALL[i])).sum::<usize>().to_string()
+            }
             q => scene.shapes.iter().filter(|s| q.matches(s)).count().to_string(),
         }
     }
@@ -201,12 +216,17 @@ pub struct VisualItem {
     pub palette: &'static [Colour],
     /// Whether the task asks about kinds (then the teacher counts them too).
     pub kinds: bool,
+    /// The teacher's counts that can slip are those of at least this many shapes.
+    pub slip_from: usize,
 }
 
-/// The task's knobs. Difficulty is the number of shapes, uniform in `1..=max_shapes`: the
-/// teacher (see [`teacher_solution`]) only slips when it has more than one shape to count, so
-/// after SFT pictures with few shapes are solved and crowded ones are not, and the ones in
-/// between give GRPO groups reward variance.
+/// The task's knobs. Difficulty is the number of colours present: the teacher (see
+/// [`teacher_solution`]) may slip at every colour it counts a shape of, so after SFT pictures
+/// of one colour are often solved and pictures of three rarely, and GRPO groups have reward
+/// variance. The demo's task (the default) draws 1 to 4 squares that fill their cells (24 px,
+/// no jitter: every cell's features are its colour's), asks only the points question, and
+/// its teacher can slip on any count of one or more; the count and comparison mix, kinds and
+/// smaller jittered shapes remain for the tests and for trying harder tasks.
 #[derive(Clone, Copy, Debug)]
 pub struct VisualTask {
     /// Side of the square canvas in pixels; a multiple of `CELL`.
@@ -219,11 +239,33 @@ pub struct VisualTask {
     /// learning them cost it the colours (docs/visual-demo.md). The pictures have all kinds
     /// either way.
     pub ask_kinds: bool,
+    /// Ask only the points question ([`Question::Points`]) instead of the count and
+    /// comparison mix. The demo does: with colour questions, the tiny model read the colours
+    /// (97.5% of counts right with a teacher that never slips) but did not learn to pick the
+    /// asked colour's count out of its summary (0.725), and that, not the teacher's slips, was
+    /// the error; the points need every count, at fixed places (docs/visual-demo.md).
+    pub points: bool,
+    /// Side of the shapes' bounding boxes in px, drawn uniformly in this range (at most
+    /// `CELL - 2 * MARGIN`, jittered in the cell when smaller).
+    pub sizes: (u32, u32),
+    /// The kinds drawn.
+    pub kinds: &'static [Kind],
+    /// The teacher's counts that can slip are those of at least this many shapes.
+    pub slip_from: usize,
 }
 
 impl Default for VisualTask {
     fn default() -> Self {
-        VisualTask { canvas: 84, max_shapes: 4, colours: 3, ask_kinds: false }
+        VisualTask {
+            canvas: 84,
+            max_shapes: 4,
+            colours: 3,
+            ask_kinds: false,
+            points: true,
+            sizes: (CELL - 2 * MARGIN, CELL - 2 * MARGIN),
+            kinds: &Kind::ALL[..1],
+            slip_from: 1,
+        }
     }
 }
 
@@ -246,12 +288,12 @@ impl VisualTask {
         let shapes = cells
             .into_iter()
             .map(|cell| {
-                let size = rng.gen_range(14..=CELL - 2 * MARGIN);
+                let size = rng.gen_range(self.sizes.0..=self.sizes.1.min(CELL - 2 * MARGIN));
                 let slack = CELL - 2 * MARGIN - size;
                 let (cx, cy) = ((cell as u32 % side) * CELL, (cell as u32 / side) * CELL);
                 Shape {
                     colour: *self.palette().choose(rng).expect("palette is not empty"),
-                    kind: *Kind::ALL.choose(rng).expect("kinds"),
+                    kind: *self.kinds.choose(rng).expect("kinds"),
                     cell,
                     x: cx + MARGIN + rng.gen_range(0..=slack),
                     y: cy + MARGIN + rng.gen_range(0..=slack),
@@ -265,6 +307,9 @@ impl VisualTask {
     fn draw_question(&self, rng: &mut ChaCha8Rng) -> Question {
         let pal = self.palette();
         // Two count questions for each comparison, kinds as often as colours when asked.
+        if self.points {
+            return Question::Points(pal.len());
+        }
         let kinds = if self.ask_kinds { 2 } else { 0 };
         match rng.gen_range(0..3 + kinds) {
             0 | 1 => Question::CountColour(*pal.choose(rng).expect("palette")),
@@ -296,7 +341,14 @@ impl VisualTask {
                     answer: Some(question.answer(&scene)),
                     options,
                 };
-                VisualItem { item, scene, question, palette: self.palette(), kinds: self.ask_kinds }
+                VisualItem {
+                    item,
+                    scene,
+                    question,
+                    palette: self.palette(),
+                    kinds: self.ask_kinds,
+                    slip_from: self.slip_from,
+                }
             })
             .collect()
     }
@@ -316,9 +368,9 @@ pub fn write_images(items: &[VisualItem], dir: &Path) -> Result<()> {
 }
 
 /// What the teacher writes for a true count `n`: `n`, or `n - 1` with probability `slip` when
-/// `n >= 2` (it overlooks one of several shapes; it never misses a lone one).
-fn teacher_count(n: usize, slip: f64, rng: &mut ChaCha8Rng) -> usize {
-    if n >= 2 && rng.gen_bool(slip) {
+/// `n >= from` (it overlooks a shape; with `from` 2, never a lone one).
+fn teacher_count(n: usize, from: usize, slip: f64, rng: &mut ChaCha8Rng) -> usize {
+    if n >= from.max(1) && rng.gen_bool(slip) {
         n - 1
     } else {
         n
@@ -328,8 +380,10 @@ fn teacher_count(n: usize, slip: f64, rng: &mut ChaCha8Rng) -> usize {
 /// A worked solution from an imperfect teacher: the picture summarized as a count per colour
 /// of the palette (and per kind when the task asks about kinds), in a fixed order (`red 2,
 /// green 0, blue 1`), then the count the question asks about repeated (or the two counts it
-/// compares), then the boxed answer those counts give. Each count of two or more is written
-/// one too low with probability `slip` (deterministic in `seed` and the item id). SFT learns
+/// compares), then the boxed answer those counts give; for the points question (the demo's)
+/// the summary, each count times its colour's points, and their sum (`<think>red 2, green 0,
+/// blue 1. 2+0+3=5</think>`, then `\boxed{5}`). Each count of at least `slip_from` shapes is written one too low with
+/// probability `slip` (deterministic in `seed` and the item id). SFT learns
 /// to look (every count depends on the picture, so the vision tower gets a signal at every
 /// one) and learns the slips with it; only a verifiable reward tells the model that an
 /// overlooked shape makes the answer wrong.
@@ -347,13 +401,23 @@ pub fn teacher_solution(it: &VisualItem, slip: f64, seed: u64) -> String {
     let mut said = Vec::new();
     let mut colour_counts = Vec::new();
     for &c in it.palette {
-        let n = teacher_count(shapes.iter().filter(|s| s.colour == c).count(), slip, &mut rng);
+        let n = teacher_count(
+            shapes.iter().filter(|s| s.colour == c).count(),
+            it.slip_from,
+            slip,
+            &mut rng,
+        );
         said.push(format!("{} {n}", c.name()));
         colour_counts.push((c, n));
     }
     let mut kind_counts = Vec::new();
     for k in Kind::ALL.into_iter().filter(|_| it.kinds) {
-        let n = teacher_count(shapes.iter().filter(|s| s.kind == k).count(), slip, &mut rng);
+        let n = teacher_count(
+            shapes.iter().filter(|s| s.kind == k).count(),
+            it.slip_from,
+            slip,
+            &mut rng,
+        );
         said.push(format!("{} {n}", k.name()));
         kind_counts.push((k, n));
     }
@@ -365,6 +429,20 @@ pub fn teacher_solution(it: &VisualItem, slip: f64, seed: u64) -> String {
         Question::CountKind(k) => {
             let n = kind_counts.iter().find(|x| x.0 == k).map_or(0, |x| x.1);
             (format!("{} {n}", k.name()), n.to_string())
+        }
+        Question::Points(_) => {
+            // The palette is `Colour::ALL[..n]`, so the i-th count is worth i + 1. The terms
+            // are written out before their sum: done in one step from the summary, the sum was
+            // the main error left after RL (docs/visual-demo.md).
+            let terms: Vec<usize> =
+                colour_counts.iter().enumerate().map(|(i, x)| (i + 1) * x.1).collect();
+            let total: usize = terms.iter().sum();
+            let terms: Vec<String> = terms.iter().map(|t| t.to_string()).collect();
+            return format!(
+                "<think>{}. {}={total}</think><answer>\\boxed{{{total}}}</answer>",
+                said.join(", "),
+                terms.join("+")
+            );
         }
         Question::MoreColour(a, b) => {
             let (na, nb) = (of_colour(a), of_colour(b));
@@ -470,8 +548,21 @@ mod tests {
     #[test]
     fn the_png_holds_the_stated_shapes_and_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let task = VisualTask { canvas: 84, max_shapes: 6, colours: 4, ask_kinds: true };
-        let items = task.items(60, 11, "t");
+        let mixed = VisualTask {
+            canvas: 84,
+            max_shapes: 6,
+            colours: 4,
+            ask_kinds: true,
+            points: false,
+            sizes: (14, 24),
+            kinds: &Kind::ALL,
+            slip_from: 2,
+        };
+        // The demo's task (points over squares filling their cells) and the harder mix.
+        let mut items = VisualTask::default().items(60, 11, "d");
+        items.extend(mixed.items(60, 11, "t"));
+        assert!(items[..60].iter().all(|i| i.question == Question::Points(3)));
+        assert!(items[..60].iter().flat_map(|i| &i.scene.shapes).all(|s| s.size == 24));
         write_images(&items, dir.path()).unwrap();
         for it in &items {
             let img = image::open(dir.path().join(&it.item.images[0])).unwrap().to_rgb8();
@@ -503,11 +594,15 @@ mod tests {
                 Question::MoreColour(a, b) => {
                     if read(&|k| k.0 == a) > read(&|k| k.0 == b) { "A" } else { "B" }.to_string()
                 }
+                Question::Points(n) => {
+                    { (0..n).map(|i| (i + 1) * read(&|k| k.0 == Colour::ALL[i])).sum::<usize>() }
+                        .to_string()
+                }
             };
             assert_eq!(it.item.answer.as_deref(), Some(expect.as_str()), "{}", it.item.problem);
         }
         // The pictures vary: every kind and colour appears, counts are mixed.
-        let all: Vec<&Shape> = items.iter().flat_map(|i| &i.scene.shapes).collect();
+        let all: Vec<&Shape> = items[60..].iter().flat_map(|i| &i.scene.shapes).collect();
         for k in Kind::ALL {
             assert!(all.iter().any(|s| s.kind == k), "{k:?}");
         }
@@ -533,10 +628,17 @@ mod tests {
     #[test]
     fn the_perfect_teacher_is_graded_correct_and_the_slips_are_not() {
         let rc = RewardConfig::default();
-        let kinds = VisualTask { ask_kinds: true, ..VisualTask::default() };
+        let kinds = VisualTask {
+            ask_kinds: true,
+            points: false,
+            sizes: (14, 24),
+            kinds: &Kind::ALL,
+            slip_from: 2,
+            ..VisualTask::default()
+        };
         let mut items = VisualTask::default().items(300, 2, "r");
         items.extend(kinds.items(300, 2, "k"));
-        assert!(items[..300].iter().all(|i| !matches!(i.question, Question::CountKind(_))));
+        assert!(items[..300].iter().all(|i| i.question == Question::Points(3)));
         assert!(items[300..].iter().any(|i| matches!(i.question, Question::CountKind(_))));
         let mut slipped_wrong = 0;
         for it in &items {
@@ -548,8 +650,8 @@ mod tests {
             let v = rc.grade(&right, &ri);
             assert_eq!((v.accuracy, v.format), (1.0, 1.0), "{right}");
             // Its summary of the picture is the picture's: one count per colour (and kind).
-            let summary: Vec<&str> =
-                right["<think>".len()..].split(". ").next().unwrap().split(", ").collect();
+            let think = &right["<think>".len()..right.find("</think>").unwrap()];
+            let summary: Vec<&str> = think.split(". ").next().unwrap().split(", ").collect();
             let mut want: Vec<String> = it
                 .palette
                 .iter()
@@ -569,14 +671,68 @@ mod tests {
             let sloppy = rc.grade(&teacher_solution(it, 1.0, 9), &ri);
             assert_eq!(sloppy.format, 1.0);
             slipped_wrong += usize::from(sloppy.accuracy == 0.0);
-            // One matching shape or none: nothing to overlook, the slipping teacher is right.
+            // Fewer matching shapes than a slip needs: the slipping teacher is right.
             if let Question::CountColour(_) | Question::CountKind(_) = it.question {
-                if it.scene.shapes.iter().filter(|s| it.question.matches(s)).count() <= 1 {
+                let n = it.scene.shapes.iter().filter(|s| it.question.matches(s)).count();
+                if n < it.slip_from {
                     assert_eq!(sloppy.accuracy, 1.0);
                 }
             }
+            // The points: each count times its colour's points, summed to the answer.
+            if let Question::Points(_) = it.question {
+                let c: Vec<usize> =
+                    summary.iter().map(|w| w[w.len() - 1..].parse().unwrap()).collect();
+                let sum = format!(
+                    "{}+{}+{}={}",
+                    c[0],
+                    2 * c[1],
+                    3 * c[2],
+                    it.item.answer.as_ref().unwrap()
+                );
+                assert_eq!(think.split(". ").nth(1), Some(sum.as_str()), "{right}");
+            }
+            // The demo's teacher may overlook a lone shape: every points answer can be wrong,
+            // and the teacher that always slips counts every colour present one too low.
+            if let Question::Points(_) = it.question {
+                assert_eq!(sloppy.accuracy, 0.0, "{}", teacher_solution(it, 1.0, 9));
+            }
         }
-        assert!(slipped_wrong > 100, "a teacher that always slips is often wrong: {slipped_wrong}");
+        // All 300 points answers, and in the mix (lone shapes never overlooked) some 60.
+        assert!(slipped_wrong > 350, "a teacher that always slips is often wrong: {slipped_wrong}");
+    }
+
+    /// The demo's design numbers (docs/visual-demo.md): a reader that sees every picture
+    /// right but imitates the teacher is right only when it slips at none of the colours
+    /// present (about a third of the time), a picture-blind guess of the most common answer
+    /// under a fifth: RL has room above SFT, and a model that ignores the picture cannot fake it.
+    #[test]
+    fn the_demo_task_leaves_room_for_rl() {
+        let items = VisualTask::default().items(2000, 4, "d");
+        let mut imitator = 0.0;
+        let mut answers: HashMap<String, usize> = HashMap::new();
+        for it in &items {
+            let present = Colour::ALL[..3]
+                .iter()
+                .filter(|&&c| it.scene.shapes.iter().any(|s| s.colour == c))
+                .count();
+            imitator += 0.5f64.powi(present as i32);
+            *answers.entry(it.item.answer.clone().unwrap()).or_default() += 1;
+        }
+        let imitator = imitator / items.len() as f64;
+        let blind = *answers.values().max().unwrap() as f64 / items.len() as f64;
+        assert!((0.28..0.36).contains(&imitator), "imitator {imitator}");
+        assert!(blind < 0.2, "blind best {blind}");
+        // The slips' rate as the teacher draws them: right about that often.
+        let rc = RewardConfig::default();
+        let right = items
+            .iter()
+            .filter(|it| {
+                let ri = RewardItem { answer: it.item.answer.clone().unwrap(), options: None };
+                rc.grade(&teacher_solution(it, 0.5, 1), &ri).accuracy == 1.0
+            })
+            .count() as f64
+            / items.len() as f64;
+        assert!((right - imitator).abs() < 0.04, "teacher right {right}, expected {imitator}");
     }
 
     #[test]
