@@ -366,6 +366,29 @@ fn the_kept_set_is_the_sorted_prefix_with_ties_broken_by_index() {
 }
 
 #[test]
+fn the_kept_set_survives_large_logits_and_greedy_ranks_at_t1() {
+    // kept_ids shifts l / T by its maximum before exp, so rows near +-1000 keep what sorting
+    // keeps (unshifted, exp overflows to inf or underflows to 0 and the mass never reaches
+    // top_p); a greedy rule (T = 0) measures the mass under softmax(l), T = 1, as sample_row
+    // reports its log-probs (not l / 0).
+    for (seed, n) in [(31u64, 9usize), (32, 40), (33, 300)] {
+        let base = random_logits(n, seed);
+        for shift in [1000.0f32, -1000.0, 0.0] {
+            let logits: Vec<f32> = base.iter().map(|x| x + shift).collect();
+            for (t, top_k, top_p) in
+                [(1.0f32, 0, 0.5f32), (0.6, 0, 0.8), (1.0, 5, 0.7), (0.0, 0, 0.6)]
+            {
+                let rule = SampleRule { temperature: t, top_k, top_p };
+                let tt = if t == 0.0 { 1.0 } else { t as f64 };
+                let want = kept_by_sorting(&logits, tt, top_k, top_p as f64);
+                assert!(want.len() < n, "seed {seed}, {rule:?}: the case must truncate");
+                assert_eq!(kept_ids(&logits, &rule), want, "seed {seed}, shift {shift}, {rule:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn rollout_draws_are_philox_of_seed_and_step() {
     // Step t of a response uses the Philox4x32-10 uniform of (its seed, 0, t): the token can
     // be recomputed from the logits, the seed and the step alone.
