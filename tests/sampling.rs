@@ -10,7 +10,7 @@ use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
 use mmr1_fast::rl::rollout::{
     draw_token, generate, generate_at, mix_seed, sample_token, SamplingParams, StopReason,
 };
-use mmr1_fast::rl::sampling::{kept_ids, SampleRule};
+use mmr1_fast::rl::sampling::{kept_ids, sample_row, SampleRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -383,6 +383,25 @@ fn the_kept_set_survives_large_logits_and_greedy_ranks_at_t1() {
                 let want = kept_by_sorting(&logits, tt, top_k, top_p as f64);
                 assert!(want.len() < n, "seed {seed}, {rule:?}: the case must truncate");
                 assert_eq!(kept_ids(&logits, &rule), want, "seed {seed}, shift {shift}, {rule:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_draw_past_the_last_weight_takes_the_last_kept_token() {
+    // Rounding can leave the draw's target at or past the kept mass; sample_row then takes the
+    // last token of positive weight. u = 1 puts the target exactly at the mass, which forces
+    // that path when one token is kept: it must return that token, never a masked one of the
+    // same lane (id + 256) nor read past the row (vocab 257: lane 1 ends at id 1).
+    for (n, id) in [(257usize, 1usize), (300, 1), (300, 43), (513, 1)] {
+        let mut logits = vec![f32::NEG_INFINITY; n];
+        logits[id] = 0.7;
+        for (t, top_k, top_p) in [(1.0f32, 0, 1.0f32), (0.6, 3, 0.9)] {
+            let rule = SampleRule { temperature: t, top_k, top_p };
+            for u in [0.0, 0.5, U_MAX, 1.0] {
+                let (tok, lp) = sample_row(&logits, &rule, u);
+                assert_eq!((tok as usize, lp), (id, 0.0), "n {n}, id {id}, {rule:?}, u {u}");
             }
         }
     }
