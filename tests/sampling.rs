@@ -408,6 +408,25 @@ fn a_draw_past_the_last_weight_takes_the_last_kept_token() {
 }
 
 #[test]
+fn a_draw_on_a_cdf_boundary_takes_the_next_token() {
+    // The inverse CDF takes token i for a target in [c_i, c_i + w_i): a target exactly at a
+    // boundary belongs to the next token. Two equal weights w, total 2w, u = 1/2: the target is
+    // w exactly, the end of the first token's interval. In different lanes (ids 0 and 1) the
+    // lane sums decide; in one lane (ids 0 and 256 of 257) the walk inside the lane does.
+    for (n, ids) in [(2usize, [0usize, 1]), (257, [0, 256]), (300, [5, 261])] {
+        let mut logits = vec![f32::NEG_INFINITY; n];
+        for &i in &ids {
+            logits[i] = 1.3;
+        }
+        let rule = SampleRule { temperature: 0.8, top_k: 0, top_p: 1.0 };
+        assert_eq!(sample_row(&logits, &rule, 0.0).0 as usize, ids[0], "n {n}, u 0");
+        assert_eq!(sample_row(&logits, &rule, 0.5).0 as usize, ids[1], "n {n}, u 1/2");
+        let below = 0.5 - f64::EPSILON;
+        assert_eq!(sample_row(&logits, &rule, below).0 as usize, ids[0], "n {n}, u < 1/2");
+    }
+}
+
+#[test]
 fn rollout_draws_are_philox_of_seed_and_step() {
     // Step t of a response uses the Philox4x32-10 uniform of (its seed, 0, t): the token can
     // be recomputed from the logits, the seed and the step alone.
