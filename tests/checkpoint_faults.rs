@@ -349,3 +349,29 @@ fn frozen_parameters_get_master_weights_and_no_moments() {
     let count = |p: &str| st.names().iter().filter(|x| x.starts_with(p)).count();
     assert_eq!((count("exp_avg."), count("exp_avg_sq."), count("master.")), (k, k, n));
 }
+
+#[test]
+fn a_zero_load_builds_the_ranks_shard_and_stage_0_the_replicated_state() {
+    // load_checkpoint_sharded exists so that a ZeRO resume never holds the whole moments on a
+    // device: at stage 1 / 2 the optimizer comes back as this rank's flat block (world 1: the
+    // whole flat vector, in layout order), at stage 0 as load_checkpoint's per-tensor state.
+    // (A ZeRO run given the replicated state would still compute the same bits, through the
+    // replicated step: only this check sees the difference.)
+    use mmr1_fast::dist::Single;
+    use mmr1_fast::train::checkpoint::load_checkpoint_sharded;
+    let s = snapshot(5);
+    let out = tempfile::tempdir().unwrap();
+    let dir = save(out.path(), 3, &s, None).unwrap();
+    let flat_m: Vec<f32> = s.opt.m.iter().flatten().copied().collect();
+    for stage in [1u8, 2] {
+        let ck = load_checkpoint_sharded::<Cpu, Value>(&Cpu, &dir, &Single, stage).unwrap();
+        let z = ck.opt.zero.as_ref().unwrap_or_else(|| panic!("stage {stage}: not sharded"));
+        assert_eq!((z.stage, z.range.clone()), (stage, 0..flat_m.len()), "stage {stage}");
+        assert_eq!(ck.opt.m.len(), 1, "stage {stage}: one flat block");
+        assert_eq!(ck.opt.m[0], flat_m, "stage {stage}: the block's first moments");
+        assert_eq!(ck.opt.step, s.opt.step, "stage {stage}: step");
+    }
+    let ck = load_checkpoint_sharded::<Cpu, Value>(&Cpu, &dir, &Single, 0).unwrap();
+    assert!(ck.opt.zero.is_none(), "stage 0 must stay replicated");
+    assert_eq!(ck.opt.m, s.opt.m, "stage 0: per-tensor first moments");
+}

@@ -10,7 +10,7 @@ use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
 use mmr1_fast::rl::rollout::{
     draw_token, generate, generate_at, mix_seed, sample_token, SamplingParams, StopReason,
 };
-use mmr1_fast::rl::sampling::{kept_ids, SampleRule};
+use mmr1_fast::rl::sampling::{kept_ids, sample_row, SampleRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -366,6 +366,67 @@ fn the_kept_set_is_the_sorted_prefix_with_ties_broken_by_index() {
 }
 
 #[test]
+fn the_kept_set_survives_large_logits_and_greedy_ranks_at_t1() {
+    // kept_ids shifts l / T by its maximum before exp, so rows near +-1000 keep what sorting
+    // keeps (unshifted, exp overflows to inf or underflows to 0 and the mass never reaches
+    // top_p); a greedy rule (T = 0) measures the mass under softmax(l), T = 1, as sample_row
+    // reports its log-probs (not l / 0).
+    for (seed, n) in [(31u64, 9usize), (32, 40), (33, 300)] {
+        let base = random_logits(n, seed);
+        for shift in [1000.0f32, -1000.0, 0.0] {
+            let logits: Vec<f32> = base.iter().map(|x| x + shift).collect();
+            for (t, top_k, top_p) in
+                [(1.0f32, 0, 0.5f32), (0.6, 0, 0.8), (1.0, 5, 0.7), (0.0, 0, 0.6)]
+            {
+                let rule = SampleRule { temperature: t, top_k, top_p };
+                let tt = if t == 0.0 { 1.0 } else { t as f64 };
+                let want = kept_by_sorting(&logits, tt, top_k, top_p as f64);
+                assert!(want.len() < n, "seed {seed}, {rule:?}: the case must truncate");
+                assert_eq!(kept_ids(&logits, &rule), want, "seed {seed}, shift {shift}, {rule:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_draw_past_the_last_weight_takes_the_last_kept_token() {
+    // Rounding can leave the draw's target at or past the kept mass; sample_row then takes the
+    // last token of positive weight. u = 1 puts the target exactly at the mass, which forces
+    // that path when one token is kept: it must return that token, never a masked one of the
+    // same lane (id + 256) nor read past the row (vocab 257: lane 1 ends at id 1).
+    for (n, id) in [(257usize, 1usize), (300, 1), (300, 43), (513, 1)] {
+        let mut logits = vec![f32::NEG_INFINITY; n];
+        logits[id] = 0.7;
+        for (t, top_k, top_p) in [(1.0f32, 0, 1.0f32), (0.6, 3, 0.9)] {
+            let rule = SampleRule { temperature: t, top_k, top_p };
+            for u in [0.0, 0.5, U_MAX, 1.0] {
+                let (tok, lp) = sample_row(&logits, &rule, u);
+                assert_eq!((tok as usize, lp), (id, 0.0), "n {n}, id {id}, {rule:?}, u {u}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_draw_on_a_cdf_boundary_takes_the_next_token() {
+    // The inverse CDF takes token i for a target in [c_i, c_i + w_i): a target exactly at a
+    // boundary belongs to the next token. Two equal weights w, total 2w, u = 1/2: the target is
+    // w exactly, the end of the first token's interval. In different lanes (ids 0 and 1) the
+    // lane sums decide; in one lane (ids 0 and 256 of 257) the walk inside the lane does.
+    for (n, ids) in [(2usize, [0usize, 1]), (257, [0, 256]), (300, [5, 261])] {
+        let mut logits = vec![f32::NEG_INFINITY; n];
+        for &i in &ids {
+            logits[i] = 1.3;
+        }
+        let rule = SampleRule { temperature: 0.8, top_k: 0, top_p: 1.0 };
+        assert_eq!(sample_row(&logits, &rule, 0.0).0 as usize, ids[0], "n {n}, u 0");
+        assert_eq!(sample_row(&logits, &rule, 0.5).0 as usize, ids[1], "n {n}, u 1/2");
+        let below = 0.5 - f64::EPSILON;
+        assert_eq!(sample_row(&logits, &rule, below).0 as usize, ids[0], "n {n}, u < 1/2");
+    }
+}
+
+#[test]
 fn rollout_draws_are_philox_of_seed_and_step() {
     // Step t of a response uses the Philox4x32-10 uniform of (its seed, 0, t): the token can
     // be recomputed from the logits, the seed and the step alone.
@@ -379,6 +440,28 @@ fn rollout_draws_are_philox_of_seed_and_step() {
     bad[3] = f32::NAN;
     let e = draw_token(&bad, &p, 1, 7).unwrap_err().to_string();
     assert!(e.contains("decode step 7") && e.contains("NaN"), "{e}");
+}
+
+#[test]
+fn mix_seed_is_splitmix64() {
+    // mix_seed(base, i) is the i-th output of SplitMix64 seeded with `base` (Steele, Lea, Flood,
+    // "Fast splittable pseudorandom number generators", 2014; Vigna's splitmix64.c). The values
+    // were computed independently, in Python, from that definition:
+    //   state += 0x9E3779B97F4A7C15; z = (z ^ z >> 30) * 0xBF58476D1CE4E5B9;
+    //   z = (z ^ z >> 27) * 0x94D049BB133111EB; z ^ z >> 31   (all mod 2^64)
+    // (seed 0's first three are the published ones). The statistical test below cannot see a
+    // changed shift or xor (`^` as `|` in the second step still mixes well).
+    let want: [(u64, [u64; 3]); 3] = [
+        (0, [0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f]),
+        (1234567, [0x599ed017fb08fc85, 0x2c73f08458540fa5, 0x883ebce5a3f27c77]),
+        (0xdeadbeefcafef00d, [0x901d4f652fb472cb, 0xa7ce246440f74527, 0x19b40bbbb9380d34]),
+    ];
+    for (base, outs) in want {
+        for (i, w) in outs.into_iter().enumerate() {
+            let got = mix_seed(base, i as u64 + 1);
+            assert_eq!(got, w, "mix_seed({base:#x}, {}) = {got:#x}, SplitMix64 says {w:#x}", i + 1);
+        }
+    }
 }
 
 #[test]
