@@ -48,7 +48,7 @@ tests_for() {
     src/train/checkpoint.rs) echo "checkpoint_faults sft_train" ;;
     src/optim.rs) echo "optim_adamw rl_update" ;; # no unit test in the lib reaches optim.rs
     src/rl/advantage.rs) echo "lib parity_upstream rl_update grpo_learns" ;;
-    src/rl/trainer.rs) echo "rl_update grpo_learns" ;;
+    src/rl/trainer.rs) echo "rl_update grpo_learns dp_grpo" ;; # dp_grpo: collect_with, update_with on N ranks
     src/rl/rollout.rs) echo "lib sampling kv_cache" ;;
     src/rl/sampling.rs) echo "sampling sample_kernel" ;; # no unit test in the lib reaches it
     src/rl/grpo.rs | src/rl/grpo/*.rs) echo "lib parity_upstream rl_update" ;;

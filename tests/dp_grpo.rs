@@ -40,6 +40,9 @@ fn settings() -> GrpoSettings {
             kl: Some(KlConfig { estimator: KlEstimator::K3, coef: 0.05 }),
             clip_eps_low: 0.2,
             clip_eps_high: 0.28,
+            // A small entropy bonus, so the merged metrics carry an entropy (every rank must
+            // report it, ranks without groups included: grpo_ranks_without_groups_...).
+            entropy_coef: 1e-3,
             ..LossConfig::mmr1()
         },
         adv: AdvantageConfig::verl(),
@@ -147,8 +150,15 @@ fn check_world(world: usize) {
         (m.kl, m1.kl, "kl"),
         (m.pg_loss, m1.pg_loss, "pg_loss"),
         (m.clip_frac, m1.clip_frac, "clip_frac"),
+        (m.clip_frac_low, m1.clip_frac_low, "clip_frac_low"),
+        (m.clip_frac_high, m1.clip_frac_high, "clip_frac_high"),
     ] {
         assert!(rel(a, b) < 1e-4, "{what}: {a} vs {b}");
+    }
+    // The ranks' metrics merge with the entropy kept (or left out) as one process reports it.
+    assert_eq!(m.entropy.is_some(), m1.entropy.is_some(), "entropy: {m:?} vs {m1:?}");
+    if let (Some(a), Some(b)) = (m.entropy, m1.entropy) {
+        assert!(rel(a, b) < 1e-4, "entropy: {a} vs {b}");
     }
     for (i, (a, b)) in rep.steps.iter().zip(&one_rep.steps).enumerate() {
         let bound = if i == 0 { 1e-7 } else { 1e-4 };
@@ -169,6 +179,13 @@ fn grpo_two_ranks_match_one_process() {
 #[test]
 fn grpo_three_ranks_match_one_process() {
     check_world(3);
+}
+
+/// 6 ranks for 5 groups (mini-batches of 3 and 2): ranks 3-5 hold no micro-batch at all, so
+/// their empty metrics must not reach the merge (they would drop the entropy everyone else has).
+#[test]
+fn grpo_ranks_without_groups_match_one_process() {
+    check_world(6);
 }
 
 /// Sharded rollouts (`collect_with`): each rank decodes and grades its share of the prompts,
