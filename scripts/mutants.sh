@@ -45,7 +45,7 @@ tests_for() {
         return
     fi
     case "$1" in
-    src/train/checkpoint.rs) echo "checkpoint_faults sft_train" ;;
+    src/train/checkpoint.rs) echo "checkpoint_faults sft_train hostile_inputs" ;; # hostile_inputs: the resume note
     src/optim.rs) echo "optim_adamw rl_update" ;; # no unit test in the lib reaches optim.rs
     src/rl/advantage.rs) echo "lib parity_upstream rl_update grpo_learns" ;;
     src/rl/trainer.rs) echo "rl_update grpo_learns dp_grpo" ;; # dp_grpo: collect_with, update_with on N ranks
