@@ -32,6 +32,19 @@ pub struct MpiComm {
     _universe: Universe,
 }
 
+/// Where each rank's part starts in a gathered buffer (`MPI_Allgatherv`'s displacements):
+/// the running sum of `counts`.
+fn displacements(counts: &[Count]) -> Vec<Count> {
+    counts
+        .iter()
+        .scan(0, |acc, &c| {
+            let d = *acc;
+            *acc += c;
+            Some(d)
+        })
+        .collect()
+}
+
 impl MpiComm {
     /// Initializes MPI (the launcher's world, or a singleton world of one without a launcher).
     pub fn init() -> Result<MpiComm> {
@@ -97,14 +110,7 @@ impl MpiComm {
             return Ok(vec![Vec::new(); self.size]);
         }
         let counts: Vec<Count> = lens.iter().map(|&n| n as Count).collect();
-        let displs: Vec<Count> = counts
-            .iter()
-            .scan(0, |acc, &c| {
-                let d = *acc;
-                *acc += c;
-                Some(d)
-            })
-            .collect();
+        let displs = displacements(&counts);
         let mut buf = vec![T::default(); total as usize];
         {
             let mut part = PartitionMut::new(&mut buf[..], counts, &displs[..]);
@@ -217,14 +223,7 @@ impl<B: Backend> Collective<B> for MpiComm {
                 .iter()
                 .map(|&n| (n as usize).saturating_sub(k * CHUNK).min(CHUNK) as Count)
                 .collect();
-            let displs: Vec<Count> = counts
-                .iter()
-                .scan(0, |acc, &c| {
-                    let d = *acc;
-                    *acc += c;
-                    Some(d)
-                })
-                .collect();
+            let displs = displacements(&counts);
             let mut buf = vec![0f32; counts.iter().map(|&c| c as usize).sum()];
             {
                 let mut p = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);

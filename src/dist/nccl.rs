@@ -404,14 +404,7 @@ mod tests {
     /// fails every rank by name; rank 0 failing to make an id fails every rank.
     #[test]
     fn the_unique_id_reaches_every_rank_and_failures_fail_all() {
-        use crate::dist::ThreadGroup;
-        fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
-            std::thread::scope(|s| {
-                let hs: Vec<_> =
-                    ThreadGroup::new(world).into_iter().map(|g| s.spawn(|| f(g))).collect();
-                hs.into_iter().map(|h| h.join().unwrap()).collect()
-            })
-        }
+        use crate::dist::thread_group::on_ranks;
         let id: [u8; 128] = std::array::from_fn(|i| (i * 7 + 3) as u8);
         for world in [1, 2, 3] {
             let made = std::sync::atomic::AtomicUsize::new(0);

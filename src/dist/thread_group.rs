@@ -161,21 +161,22 @@ impl<B: Backend> Collective<B> for ThreadGroup {
     }
 }
 
+/// Runs `f(rank handle)` on one thread per rank of a world of `world` and returns the results
+/// by rank (the unit tests of the collectives and of what runs over them).
+#[cfg(test)]
+pub(crate) fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = ThreadGroup::new(world).into_iter().map(|g| s.spawn(|| f(g))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ThreadGroup;
+    use super::on_ranks;
     use crate::backend::cpu::Cpu;
     use crate::backend::Backend;
     use crate::dist::Collective;
-
-    /// Runs `f(rank handle)` on one thread per rank and returns the results by rank.
-    fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
-        std::thread::scope(|s| {
-            let hs: Vec<_> =
-                ThreadGroup::new(world).into_iter().map(|g| s.spawn(|| f(g))).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
 
     #[test]
     fn all_reduce_sums_in_rank_order_on_every_rank() {

@@ -329,16 +329,8 @@ pub fn state_note(world: usize, stage: u8, params: Option<usize>) -> String {
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
-    use crate::dist::ThreadGroup;
+    use crate::dist::thread_group::on_ranks;
     use crate::optim::AdamwConfig;
-
-    fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
-        std::thread::scope(|s| {
-            let hs: Vec<_> =
-                ThreadGroup::new(world).into_iter().map(|g| s.spawn(|| f(g))).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
 
     /// Random values (never zero) of mixed magnitudes.
     fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
