@@ -69,7 +69,12 @@ fn nccl_off_a_gpu_is_refused_by_name() {
 }
 
 #[cfg(feature = "cuda")]
+#[path = "common/kernel_check.rs"]
+mod kernel_check;
+
+#[cfg(feature = "cuda")]
 mod gpu {
+    use super::kernel_check::{rand_vec, rng};
     use super::*;
     use clap::Parser;
     use mmr1_fast::backend::cpu::Cpu;
@@ -87,18 +92,6 @@ mod gpu {
         }
     }
 
-    /// Random values (never zero) of mixed signs.
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let u = ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
-                (u + 0.05f32.copysign(u)) * 3.0
-            })
-            .collect()
-    }
-
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -113,8 +106,11 @@ mod gpu {
         let be = gpu();
         let comm = NcclComm::single(&be).unwrap();
         assert_eq!((Collective::<CudaBackend<CudaDevice>>::rank(&comm), comm.world()), (0, 1));
-        let host: Vec<Vec<f32>> =
-            LENS.iter().enumerate().map(|(i, &n)| noise(n, i as u64 + 1)).collect();
+        let host: Vec<Vec<f32>> = LENS
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| rand_vec(&mut rng(i as u64 + 1), n, 3.0))
+            .collect();
         let up = |h: &[Vec<f32>]| h.iter().map(|x| be.upload(x)).collect::<Vec<_>>();
         let down =
             |b: &[_]| -> Vec<f32> { b.iter().flat_map(|x| be.download(x)).collect::<Vec<f32>>() };
@@ -134,7 +130,7 @@ mod gpu {
         assert_eq!(bits(&rs), bits(&single));
         assert_eq!(bits(&rs), bits(&flat), "reduce-scatter");
         // all-gather into buffers poisoned with NaN.
-        let other = noise(flat.len(), 99);
+        let other = rand_vec(&mut rng(99), flat.len(), 3.0);
         let poison: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![f32::NAN; n]).collect();
         let mut g = up(&poison);
         comm.all_gather(&be, &be.upload(&other), &mut g).unwrap();
