@@ -27,6 +27,9 @@
 //   cudaFuncAttributeMaxDynamicSharedMemorySize), __launch_bounds__ honoured; a warning for a
 //   1024-thread launch of a kernel without __launch_bounds__.
 // - Divergent barriers (some threads exited or waiting elsewhere) are errors, not hangs.
+// - Asynchronous copies. cp.async writes its destination only at the cp.async.wait_group /
+//   wait_all that covers its commit group (kernels/emu/tensor_core.h), so a read before the
+//   right wait sees the poisoned shared memory.
 // What it cannot see: races inside one segment between yields (fibers never interleave
 // there), stale values that a GPU would keep in registers or L1, and speed.
 #pragma once
@@ -97,6 +100,17 @@ struct Fiber {
     int wop;
     unsigned wmask;
     int wwidth;
+    // cp.async copies this thread issued that no wait has completed yet (tensor_core.h): the
+    // source bytes as read at the issue, written to shared memory only at the wait that covers
+    // them, so a read of the destination before its wait sees the old (poisoned) bytes.
+    struct PendingCopy {
+        void* dst;
+        unsigned char data[16];
+        unsigned len;
+        unsigned group; // the commit group it belongs to: groups committed before its issue
+    };
+    std::vector<PendingCopy> cp_pending;
+    unsigned cp_committed; // commit groups this thread has closed
 };
 
 // Per-launch choices made by the Rust side.
@@ -339,6 +353,8 @@ inline const char* run_block(Block& b) {
         f.wop = OP_OTHER;
         f.wmask = 0;
         f.wwidth = 0;
+        f.cp_pending.clear(); // copies a thread of the last block never waited for die with it
+        f.cp_committed = 0;
         char* top = b.stacks.data() + (size_t)(i + 1) * b.stack_size;
 #if defined(__x86_64__)
         // Initial frame popped by emu_switch: mxcsr/fpucw, r15..rbp, then "return" into

@@ -98,3 +98,24 @@ extern "C" __global__ void planted_divergent_syncthreads(float* out, int fixed) 
     if (fixed || t < 32) __syncthreads();
     out[t] = 1.0f;
 }
+
+// cp.async double buffering as the flash kernels use it. Each thread copies its own 16 bytes
+// of `in` (group A) and then of `in + 4 * blockDim.x` (group B) into shared memory, commits each
+// group, and reads its copies back (no other thread reads them: no barrier is involved).
+// bug = 0: correct (wait_group 1 before reading A, wait_group 0 before reading B);
+// bug = 1: A read before any wait; bug = 2: B read after wait_group 1, which leaves B pending;
+// bug = 3: B never committed (A is then the newest committed group, which wait_group 1 leaves
+// pending, and wait_group 0 does not wait for uncommitted copies: both reads see poison).
+#include "mma.cuh"
+extern "C" __global__ void planted_cp_async_wait(float* out, const float* in, int bug) {
+    DYN_SMEM(float, s);
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    cp_async_16(s + 4 * t, in + 4 * t);
+    cp_async_commit();
+    cp_async_16(s + 4 * (n + t), in + 4 * (n + t));
+    if (bug != 3) cp_async_commit();
+    if (bug != 1) cp_async_wait<1>();
+    for (int i = 0; i < 4; i++) out[4 * t + i] = s[4 * t + i];
+    if (bug != 2) cp_async_wait<0>();
+    for (int i = 0; i < 4; i++) out[4 * (n + t) + i] = s[4 * (n + t) + i];
+}

@@ -3,7 +3,7 @@
 //
 //   mma_bf16_16816   mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (D = A B + D)
 //   ldmatrix_x{1,2,4}[_trans]   ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
-//   cp_async_16, cp_async_4, cp_async_commit, cp_async_wait[_all]   cp.async.cg / .ca (plain copies here)
+//   cp_async_16, cp_async_4, cp_async_commit, cp_async_wait[_all]   cp.async.cg / .ca (written at the covering wait)
 //
 // Fragment layouts follow the PTX ISA, section "Warp-level matrix fragment mma.m16n8k16"
 // (floating point types) and "ldmatrix": with lane = 4 * group + tig (tig = thread in group),
@@ -15,7 +15,8 @@
 // Each 32-bit register holds two bf16, the lower-numbered column in the low half.
 //
 // Written against the public CUDA surface only (threadIdx, blockDim, __syncwarp), so it does
-// not depend on the scheduler's internals. The exchange slots are per OS thread, like
+// not depend on the scheduler's internals, except cp.async, whose pending copies belong to the
+// issuing thread (its fiber, emu::g_cur). The exchange slots are per OS thread, like
 // __shared__: the threads of a block are fibers of one OS thread.
 #pragma once
 #include <cstdint>
@@ -127,11 +128,46 @@ inline unsigned pack_bf16x2(float lo, float hi) {
 
 inline unsigned short bf16_bits(float f) { return __float2bfloat16(f).x; }
 
-// cp.async: the copy happens at once; commit and wait have nothing left to do. A kernel that
-// reads the destination before its wait is still correct here, a race the emulator cannot see.
-inline void cp_async_16(void* smem, const void* gmem) { memcpy(smem, gmem, 16); }
-inline void cp_async_4(void* smem, const void* gmem) { memcpy(smem, gmem, 4); }
-inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
+// cp.async (PTX ISA, "cp.async", "cp.async.commit_group", "cp.async.wait_group"): the source
+// is read at the issue, but the destination is written only when a wait covers the copy's
+// commit group, as late as the GPU may write it. A kernel that reads the destination before
+// the right wait (a missing wait, a wait_group N that leaves its group pending, a copy never
+// committed before wait_group) reads the poisoned shared memory instead, and its outputs show
+// NaN. Copies complete in issue order; they are the calling thread's own (emu::g_cur).
+inline void cp_async_issue(void* smem, const void* gmem, unsigned len) {
+    emu::Fiber* f = emu::g_cur;
+    emu::Fiber::PendingCopy c;
+    c.dst = smem;
+    c.len = len;
+    c.group = f->cp_committed;
+    memcpy(c.data, gmem, len);
+    f->cp_pending.push_back(c);
+}
+// Completes the copies of every commit group older than the newest `keep` committed ones
+// (uncommitted copies stay pending, as wait_group leaves them).
+inline void cp_async_complete(unsigned keep) {
+    emu::Fiber* f = emu::g_cur;
+    const unsigned done_below = f->cp_committed >= keep ? f->cp_committed - keep : 0;
+    size_t kept = 0;
+    for (size_t i = 0; i < f->cp_pending.size(); i++) {
+        emu::Fiber::PendingCopy& c = f->cp_pending[i];
+        if (c.group < done_below) {
+            memcpy(c.dst, c.data, c.len);
+        } else {
+            f->cp_pending[kept++] = c;
+        }
+    }
+    f->cp_pending.resize(kept);
+}
+inline void cp_async_16(void* smem, const void* gmem) { cp_async_issue(smem, gmem, 16); }
+inline void cp_async_4(void* smem, const void* gmem) { cp_async_issue(smem, gmem, 4); }
+inline void cp_async_commit() { emu::g_cur->cp_committed++; }
+// wait_all = commit_group then wait_group 0 (PTX ISA).
+inline void cp_async_wait_all() {
+    cp_async_commit();
+    cp_async_complete(0);
+}
 template <int N>
-inline void cp_async_wait() {}
+inline void cp_async_wait() {
+    cp_async_complete(N);
+}
