@@ -10,7 +10,7 @@
 mod gpu {
     use criterion::{Criterion, Throughput};
     use mmr1_fast::backend::cuda::device::Device;
-    use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend};
+    use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel};
     use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -296,14 +296,19 @@ mod gpu {
         );
         let (mut ao, mut lse) = (b.zeros(ns * h * hd), b.zeros(ns * h));
         let bytes = 2 * ns * len * hkv * hd * 4;
-        let id = format!("flash_decode_{ns}x{len}_h{h}kv{hkv}_d{hd}");
-        g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_function(&id, |bch| {
-            bch.iter_custom(|it| {
-                timed(&b, it, || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape))
-            })
-        });
-        meta.record(&id, bytes as f64, 0.0);
+        // Both decode kernels (DecodeKernel) on the same inputs, side by side.
+        for (kernel, tag) in [(DecodeKernel::Split, ""), (DecodeKernel::Staged, "staged_")] {
+            b.set_decode_kernel(kernel);
+            let id = format!("flash_decode_{tag}{ns}x{len}_h{h}kv{hkv}_d{hd}");
+            g.throughput(Throughput::Bytes(bytes as u64));
+            g.bench_function(&id, |bch| {
+                bch.iter_custom(|it| {
+                    timed(&b, it, || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape))
+                })
+            });
+            meta.record(&id, bytes as f64, 0.0);
+        }
+        b.set_decode_kernel(DecodeKernel::Split);
         g.finish();
         c.final_summary();
     }

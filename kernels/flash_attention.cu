@@ -610,11 +610,107 @@ struct __align__(16) dec_f4 {
     float x, y, z, w;
 };
 
+// The two decode kernels below share their arithmetic through these helpers, so that they
+// compute the same bits and differ only in where the K and V rows are read from.
+// `m`, `l`: running max (log2 units) and sum per query head of the group; `o`: the
+// unnormalized output, lane's columns c = lane + 32 e.
+
+// One tile of up to 32 keys, scores and online softmax: lane j scores key j (its K row `krow`,
+// read in 16-byte pieces; `valid` false past the chunk's end) against the group's scaled
+// queries `qs` ([group][d]), then every head's max and sum are updated and its probabilities
+// written to `sP` ([DEC_MAXG][32]) for the value pass, and `o` rescaled.
+template <int E>
+__device__ __forceinline__ void dec_scores(float m[DEC_MAXG], float l[DEC_MAXG], float o[DEC_MAXG][E],
+                                           const float* qs, const float* krow, bool valid, float* sP,
+                                           int group, int d, int lane) {
+    float s[DEC_MAXG];
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) s[g] = 0.0f;
+    if (valid) {
+        const dec_f4* kr = reinterpret_cast<const dec_f4*>(krow);
+        for (int c4 = 0; c4 < d / 4; c4++) {
+            const dec_f4 kk = kr[c4];
+#pragma unroll
+            for (int g = 0; g < DEC_MAXG; g++)
+                if (g < group) {
+                    const float* qg = qs + g * d + 4 * c4;
+                    s[g] += qg[0] * kk.x + qg[1] * kk.y + qg[2] * kk.z + qg[3] * kk.w;
+                }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) {
+        if (g >= group) break;
+        const float mnew = fmaxf(m[g], warp_max(valid ? s[g] : neg_inf())); // key 0 of a tile is valid: finite
+        const float corr = exp2f(m[g] - mnew);
+        const float p = valid ? exp2f(s[g] - mnew) : 0.0f;
+        l[g] = l[g] * corr + warp_sum(p);
+        m[g] = mnew;
+        sP[g * 32 + lane] = p;
+#pragma unroll
+        for (int e = 0; e < E; e++) o[g][e] *= corr;
+    }
+}
+
+// The value pass of a tile: lanes split the head dim, keys in order; key jj's V row at
+// `vbase + jj * vstride`. `sP` must be visible to the whole warp (a __syncwarp before).
+template <int E>
+__device__ __forceinline__ void dec_values(float o[DEC_MAXG][E], const real* vbase, long long vstride, const float* sP,
+                                           int nt, int group, int d, int lane) {
+    for (int jj = 0; jj < nt; jj++) {
+        const real* vr = vbase + jj * vstride;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int c = lane + 32 * e;
+            if (c < d) {
+                const float vv = vr[c];
+#pragma unroll
+                for (int g = 0; g < DEC_MAXG; g++)
+                    if (g < group) o[g][e] += sP[g * 32 + jj] * vv;
+            }
+        }
+    }
+}
+
+template <int E>
+__device__ __forceinline__ void dec_init(float m[DEC_MAXG], float l[DEC_MAXG], float o[DEC_MAXG][E]) {
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) {
+        m[g] = neg_inf();
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; e++) o[g][e] = 0.0f;
+    }
+}
+
+template <int E>
+__device__ __forceinline__ void dec_write_partials(float* part_o, float* part_ml, const float m[DEC_MAXG],
+                                                   const float l[DEC_MAXG], const float o[DEC_MAXG][E], long long it,
+                                                   int n_heads, int kvh, int group, int d, int lane) {
+#pragma unroll
+    for (int g = 0; g < DEC_MAXG; g++) {
+        if (g >= group) break;
+        const long long ph = it * n_heads + kvh * group + g;
+        if (lane == 0) {
+            part_ml[2 * ph] = m[g];
+            part_ml[2 * ph + 1] = l[g];
+        }
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int c = lane + 32 * e;
+            if (c < d) part_o[ph * d + c] = o[g][e];
+        }
+    }
+}
+
+// Version 1 (measured: 356 us for 32 x 4096 keys, h12 kv2 d128 on an H100, 22% of HBM): each
+// lane reads its key's K row and the warp each V row straight from global memory, about one
+// load per warp in flight. Any head dim that is a multiple of 4 up to DEC_MAXD.
 extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, const real* q, const real* k,
                                               const real* v, const int* items, int n_items, int n_heads, int n_kv,
                                               int d, float scale) {
     SHARED(float, sQ, [DEC_WARPS][DEC_MAXG * DEC_MAXD]);
-    SHARED(float, sP, [DEC_WARPS][DEC_MAXG][32]);
+    SHARED(float, sP, [DEC_WARPS][DEC_MAXG * 32]);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int it = blockIdx.x * DEC_WARPS + warp, kvh = blockIdx.y, group = n_heads / n_kv;
     if (it >= n_items) return; // whole warp: no block-wide barrier below
@@ -625,76 +721,105 @@ extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, con
     for (int c = lane; c < group * d; c += 32) qs[c] = q[(qrow * n_heads + kvh * group) * d + c] * sl2;
     __syncwarp();
     float m[DEC_MAXG], l[DEC_MAXG], o[DEC_MAXG][DEC_MAXD / 32];
-#pragma unroll
-    for (int g = 0; g < DEC_MAXG; g++) {
-        m[g] = neg_inf();
-        l[g] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < DEC_MAXD / 32; e++) o[g][e] = 0.0f;
-    }
+    dec_init<DEC_MAXD / 32>(m, l, o);
+    const long long stride = (long long)n_kv * d; // between consecutive keys' rows of one kv head
     for (int t0 = 0; t0 < nkeys; t0 += 32) {
-        // Scores: one key per lane, its row read in 16-byte pieces.
-        const int key = t0 + lane;
-        const bool valid = key < nkeys;
-        float s[DEC_MAXG];
-#pragma unroll
-        for (int g = 0; g < DEC_MAXG; g++) s[g] = 0.0f;
-        if (valid) {
-            const dec_f4* kr = reinterpret_cast<const dec_f4*>(k + ((kv0 + key) * n_kv + kvh) * d);
-            for (int c4 = 0; c4 < d / 4; c4++) {
-                const dec_f4 kk = kr[c4];
-#pragma unroll
-                for (int g = 0; g < DEC_MAXG; g++)
-                    if (g < group) {
-                        const float* qg = qs + g * d + 4 * c4;
-                        s[g] += qg[0] * kk.x + qg[1] * kk.y + qg[2] * kk.z + qg[3] * kk.w;
-                    }
-            }
-        }
-#pragma unroll
-        for (int g = 0; g < DEC_MAXG; g++) {
-            if (g >= group) break;
-            const float mnew = fmaxf(m[g], warp_max(valid ? s[g] : neg_inf())); // key t0 is valid: finite
-            const float corr = exp2f(m[g] - mnew);
-            const float p = valid ? exp2f(s[g] - mnew) : 0.0f;
-            l[g] = l[g] * corr + warp_sum(p);
-            m[g] = mnew;
-            sP[warp][g][lane] = p;
-#pragma unroll
-            for (int e = 0; e < DEC_MAXD / 32; e++) o[g][e] *= corr;
-        }
+        const bool valid = t0 + lane < nkeys;
+        const real* krow = k + ((kv0 + t0 + lane) * n_kv + kvh) * d;
+        dec_scores<DEC_MAXD / 32>(m, l, o, qs, valid ? krow : nullptr, valid, sP[warp], group, d, lane);
         __syncwarp();
-        // Values: lanes split the head dim, keys in order.
-        const int nt = fa_imin(32, nkeys - t0);
-        for (int jj = 0; jj < nt; jj++) {
-            const real* vr = v + ((kv0 + t0 + jj) * n_kv + kvh) * d;
-#pragma unroll
-            for (int e = 0; e < DEC_MAXD / 32; e++) {
-                const int c = lane + 32 * e;
-                if (c < d) {
-                    const float vv = vr[c];
-#pragma unroll
-                    for (int g = 0; g < DEC_MAXG; g++)
-                        if (g < group) o[g][e] += sP[warp][g][jj] * vv;
-                }
-            }
-        }
+        dec_values<DEC_MAXD / 32>(o, v + ((kv0 + t0) * n_kv + kvh) * d, stride, sP[warp], fa_imin(32, nkeys - t0),
+                                  group, d, lane);
         __syncwarp(); // sP is rewritten by the next keys
     }
-#pragma unroll
-    for (int g = 0; g < DEC_MAXG; g++) {
-        if (g >= group) break;
-        const long long ph = (long long)it * n_heads + kvh * group + g;
-        if (lane == 0) {
-            part_ml[2 * ph] = m[g];
-            part_ml[2 * ph + 1] = l[g];
-        }
-#pragma unroll
-        for (int e = 0; e < DEC_MAXD / 32; e++) {
-            const int c = lane + 32 * e;
-            if (c < d) part_o[ph * d + c] = o[g][e];
-        }
+    dec_write_partials<DEC_MAXD / 32>(part_o, part_ml, m, l, o, it, n_heads, kvh, group, d, lane);
+}
+
+// Version 2, "staged" (head dims 64 and 128; UNMEASURED until a GPU runs the decode bench):
+// the same items, partials and arithmetic (the same bits), but each warp copies its tile's
+// K and V rows into shared memory with cp.async (16-byte pieces, consecutive lanes on
+// consecutive pieces of a row: every warp instruction moves whole rows), so a warp has a
+// whole tile's 2 x 32 x D x 4 bytes in flight instead of one load, without holding them in
+// registers (the register-batched attempt went 120 -> 153 registers and got slower). The
+// next tile's K is copied while this tile's values are summed, and its V while the next
+// scores are computed:
+//   K0 V0 | scores(K0) K1 values(V0) V1 | scores(K1) K2 values(V1) V2 | ...
+// each stage waiting (cp.async.wait_group 1) only for the group it reads. K rows are padded
+// by 16 bytes, so the lanes' row reads (one key per lane) fall on distinct banks.
+#define DEC_ST_WARPS 2 // = the kernels' __launch_bounds__(64) / 32 (build.rs reads the bound as a number)
+template <int D>
+struct dec_st {
+    static constexpr int KPAD = D + 4;
+    // floats per warp: K tile, V tile, the group's queries, the probabilities
+    static constexpr int PER_WARP = 32 * KPAD + 32 * D + DEC_MAXG * D + DEC_MAXG * 32;
+};
+
+// Copies keys t0 .. t0 + nt - 1 of the chunk (rows `base + key * stride`, D floats each) into
+// `dst` (rows `dpitch` floats apart), 16 bytes per cp.async.
+template <int D>
+__device__ __forceinline__ void dec_stage_rows(float* dst, int dpitch, const real* base, long long stride, int nt,
+                                               int lane) {
+    constexpr int P = D / 4; // pieces per row
+    for (int p = lane; p < nt * P; p += 32) {
+        const int j = p / P, c4 = p % P;
+        cp_async_16(dst + j * dpitch + 4 * c4, base + j * stride + 4 * c4);
     }
+}
+
+template <int D>
+__device__ __forceinline__ void flash_decode_staged(float* part_o, float* part_ml, const real* q, const real* k,
+                                                    const real* v, const int* items, int n_items, int n_heads,
+                                                    int n_kv, float scale) {
+    constexpr int E = D / 32, KPAD = dec_st<D>::KPAD;
+    DYN_SMEM(float, smem);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int it = blockIdx.x * DEC_ST_WARPS + warp, kvh = blockIdx.y, group = n_heads / n_kv;
+    if (it >= n_items) return; // whole warp: no block-wide barrier below
+    float* sK = smem + warp * dec_st<D>::PER_WARP;
+    float* sV = sK + 32 * KPAD;
+    float* qs = sV + 32 * D;
+    float* sP = qs + DEC_MAXG * D;
+    const long long qrow = items[4 * it], kv0 = items[4 * it + 1];
+    const int nkeys = items[4 * it + 2];
+    const long long stride = (long long)n_kv * D;
+    const real* kb = k + (kv0 * n_kv + kvh) * D;
+    const real* vb = v + (kv0 * n_kv + kvh) * D;
+    dec_stage_rows<D>(sK, KPAD, kb, stride, fa_imin(32, nkeys), lane);
+    cp_async_commit();
+    dec_stage_rows<D>(sV, D, vb, stride, fa_imin(32, nkeys), lane);
+    cp_async_commit();
+    const float sl2 = scale * FA_LOG2E;
+    for (int c = lane; c < group * D; c += 32) qs[c] = q[(qrow * n_heads + kvh * group) * D + c] * sl2;
+    float m[DEC_MAXG], l[DEC_MAXG], o[DEC_MAXG][E];
+    dec_init<E>(m, l, o);
+    for (int t0 = 0; t0 < nkeys; t0 += 32) {
+        const int nt = fa_imin(32, nkeys - t0), nn = fa_imin(32, nkeys - t0 - 32); // this tile, the next
+        cp_async_wait<1>(); // this tile's K (its V may still be in flight)
+        __syncwarp();       // every lane's pieces (and, at t0 = 0, qs) visible to the warp
+        const bool valid = lane < nt;
+        dec_scores<E>(m, l, o, qs, sK + lane * KPAD, valid, sP, group, D, lane);
+        __syncwarp(); // sK read by every lane; sP visible
+        if (nn > 0) dec_stage_rows<D>(sK, KPAD, kb + (t0 + 32) * stride, stride, nn, lane);
+        cp_async_commit(); // (empty at the last tile: the group count stays regular)
+        cp_async_wait<1>(); // this tile's V
+        __syncwarp();
+        dec_values<E>(o, sV, D, sP, nt, group, D, lane);
+        __syncwarp(); // sV and sP read by every lane
+        if (nn > 0) dec_stage_rows<D>(sV, D, vb + (t0 + 32) * stride, stride, nn, lane);
+        cp_async_commit();
+    }
+    dec_write_partials<E>(part_o, part_ml, m, l, o, it, n_heads, kvh, group, D, lane);
+}
+
+extern "C" __global__ void __launch_bounds__(64)
+    flash_decode_staged_d64(float* part_o, float* part_ml, const real* q, const real* k, const real* v,
+                            const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_staged<64>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(64)
+    flash_decode_staged_d128(float* part_o, float* part_ml, const real* q, const real* k, const real* v,
+                             const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_staged<128>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
 }
 
 extern "C" __global__ void flash_decode_combine(real* out, float* lse, const float* part_o, const float* part_ml,

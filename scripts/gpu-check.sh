@@ -173,6 +173,7 @@ if want steps && [ "${STEPS:-full}" = quick ]; then
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_DECODE=staged MMR1_DECODE=staged step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
 elif want steps; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
@@ -185,6 +186,8 @@ elif want steps; then
     # sampled on the host (the old path), and transformers' generate on the same shape.
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step ours 150 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode --sampling host
+    # The staged flash-decode kernel (cp.async tiles; opt-in until measured) on the same rollout.
+    STEP_ENV=MMR1_DECODE=staged MMR1_DECODE=staged step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
     # The largest published shape: 3B (7B needs ~122 GB for f32 weights, grads and moments).

@@ -11,15 +11,15 @@
 
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
-use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend};
+use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel};
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 #[macro_use]
 #[path = "common/kernel_check.rs"]
 mod kernel_check;
-use kernel_check::{poisoned, rel_err};
+use kernel_check::{poisoned, rand_vec, rel_err};
 
 const TOL: f64 = 1e-2;
 
@@ -70,15 +70,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn rand_vec(r: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| loop {
-            let v: f32 = r.gen_range(-scale..scale);
-            if v != 0.0 {
-                break v;
-            }
-        })
-        .collect()
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 type Out = [Vec<f32>; 5];
@@ -162,7 +155,6 @@ fn flash_deterministic<Dv: Device>(b: &mut CudaBackend<Dv>) {
     let x = inputs(&mut r, &c);
     let all = run(b, &c, &x);
     let again = run(b, &c, &x);
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for i in 0..5 {
         assert_eq!(bits(&all[i]), bits(&again[i]), "flash output {i} is not bit-reproducible");
     }
@@ -225,9 +217,49 @@ fn decode_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
     }
 }
 
+/// The staged decode kernel (cp.async tiles, head dims 64 and 128) against the split one on
+/// the same inputs: the same work items and arithmetic, so the same bits where the compiler
+/// contracts both alike (`exact`: the emulator, built with -ffp-contract=off); on a GPU within
+/// 1e-6 (each is also held to the CPU reference by `decode_vs_cpu`). Keys at and around the
+/// 32-key tile and 128-key chunk edges, GQA groups 1, 4, 6, 7 and 8, inputs of both signs.
+fn decode_staged_vs_split<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
+    let mut r = ChaCha8Rng::seed_from_u64(33);
+    let lens = vec![1usize, 2, 31, 32, 33, 63, 64, 65, 127, 128, 129, 161, 300];
+    for shape in [sh(14, 2, 64), sh(12, 2, 128), sh(4, 4, 64), sh(8, 2, 128), sh(8, 1, 64)] {
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+        let (mut spans, mut at) = (Vec::new(), 0);
+        for (i, &l) in lens.iter().enumerate() {
+            spans.push(AttnSpan { q_start: i, q_len: 1, kv_start: at, kv_len: l });
+            at += l;
+        }
+        let q = rand_vec(&mut r, lens.len() * h * d, 3.0);
+        let (k, v) = (rand_vec(&mut r, at * hkv * d, 1.0), rand_vec(&mut r, at * hkv * d, 1.0));
+        let (qg, kg, vg) = (b.upload(&q), b.upload(&k), b.upload(&v));
+        let mut run = |kernel: DecodeKernel| {
+            b.set_decode_kernel(kernel);
+            let (mut o, mut l) = (poisoned(&*b, lens.len() * h * d), poisoned(&*b, lens.len() * h));
+            b.attention(&mut o, &mut l, &qg, &kg, &vg, &spans, shape);
+            (b.download(&o), b.download(&l))
+        };
+        let (split, staged) = (run(DecodeKernel::Split), run(DecodeKernel::Staged));
+        b.set_decode_kernel(DecodeKernel::Split);
+        let tag = format!("{shape:?}");
+        assert!(staged.0.iter().chain(&staged.1).all(|x| x.is_finite()), "staged {tag}: unwritten");
+        if exact {
+            assert_eq!(bits(&staged.0), bits(&split.0), "staged vs split out {tag}");
+            assert_eq!(bits(&staged.1), bits(&split.1), "staged vs split lse {tag}");
+        } else {
+            let same = bits(&staged.0) == bits(&split.0);
+            eprintln!("decode staged vs split {tag}: bit-identical {same}");
+            assert!(rel_err(&format!("staged out {tag}"), &staged.0, &split.0) <= 1e-6, "{tag}");
+            assert!(rel_err(&format!("staged lse {tag}"), &staged.1, &split.1) <= 1e-6, "{tag}");
+        }
+    }
+}
+
 #[cfg(feature = "emu")]
 mod emu {
-    use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend};
+    use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel};
     #[test]
     fn flash_vs_cpu() {
         super::flash_vs_cpu(&CudaBackend::emulator().with_attention(AttnKernel::Flash));
@@ -239,6 +271,22 @@ mod emu {
     #[test]
     fn decode_vs_cpu() {
         super::decode_vs_cpu(&CudaBackend::emulator().with_attention(AttnKernel::Flash));
+        let mut staged = CudaBackend::emulator().with_attention(AttnKernel::Flash);
+        staged.set_decode_kernel(DecodeKernel::Staged);
+        super::decode_vs_cpu(&staged);
+    }
+    #[test]
+    fn decode_staged_vs_split() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        super::decode_staged_vs_split(&mut b, true);
+        // Both kernels ran (for both head dims), so the comparison compared something.
+        let ran = b.kernel_profile();
+        for name in ["flash_decode_split", "flash_decode_staged_d64", "flash_decode_staged_d128"] {
+            assert!(ran.iter().any(|k| k.name == name && k.calls > 0), "{name} never ran");
+        }
     }
 }
 
@@ -246,7 +294,7 @@ mod emu {
 /// GPU tests are #[ignore]d: reported as ignored where there is no GPU, run by
 /// scripts/gpu-check.sh with --include-ignored (then a missing GPU is a failure).
 mod gpu {
-    use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend};
+    use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel};
     fn with_gpu(f: impl FnOnce(&mut CudaBackend<CudaDevice>)) {
         match CudaBackend::new(0) {
             Ok(b) => f(&mut b.with_attention(AttnKernel::Flash)),
@@ -267,5 +315,14 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn decode_vs_cpu() {
         with_gpu(|b| super::decode_vs_cpu(&*b));
+        with_gpu(|b| {
+            b.set_decode_kernel(DecodeKernel::Staged);
+            super::decode_vs_cpu(&*b)
+        });
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn decode_staged_vs_split() {
+        with_gpu(|b| super::decode_staged_vs_split(b, false));
     }
 }

@@ -35,6 +35,39 @@ impl AttnKernel {
     }
 }
 
+/// Which kernel serves decode steps (one query per sequence) under `AttnKernel::Flash`. Both
+/// compute the same bits from the same work items; they differ in how the K/V rows reach the
+/// warp (kernels/flash_attention.cu, "decode").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// `flash_decode_split`: rows read from global memory by the lanes (measured on an H100).
+    #[default]
+    Split,
+    /// `flash_decode_staged_d{64,128}`: rows copied to shared memory by cp.async a tile ahead;
+    /// other head dims use `Split`. Not yet measured on a GPU: opt-in until it is.
+    Staged,
+}
+
+impl DecodeKernel {
+    /// From `MMR1_DECODE` (`split` or `staged`); unset means `Split`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("MMR1_DECODE").as_deref() {
+            Err(_) | Ok("") | Ok("split") => Ok(DecodeKernel::Split),
+            Ok("staged") => Ok(DecodeKernel::Staged),
+            Ok(other) => Err(format!("MMR1_DECODE={other:?}: expected \"split\" or \"staged\"")),
+        }
+    }
+}
+
+/// Warps per block of the staged decode kernel (DEC_ST_WARPS) and its dynamic shared memory:
+/// per warp a K tile of 32 rows padded by 4 floats, a V tile, the group's queries (up to
+/// DEC_MAXG = 8 heads) and their probabilities (`dec_st<D>::PER_WARP` floats).
+const DEC_ST_WARPS: usize = 2;
+fn decode_staged_smem(head_dim: usize) -> u32 {
+    let per_warp = 32 * (head_dim + 4) + 32 * head_dim + 8 * head_dim + 8 * 32;
+    (DEC_ST_WARPS * per_warp * 4) as u32
+}
+
 /// Rows a block owns (queries in the forward and dQ kernels, keys in dK/dV), = FA_OWN.
 const TILE: usize = 128;
 /// Threads per block (8 warps of 16 owned rows each), = FA_THREADS.
@@ -160,25 +193,49 @@ impl<D: Device> CudaBackend<D> {
         let (d_split, d_comb) = (self.upload_i32(&split), self.upload_i32(&comb));
         let part_o = self.dev.alloc(n_items * h * d * 4);
         let part_ml = self.dev.alloc(n_items * h * 2 * 4);
-        self.dev.launch(
-            "flash_decode_split",
-            [n_items.div_ceil(DEC_WARPS) as u32, hkv as u32, 1],
-            [32 * DEC_WARPS as u32, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&part_o),
-                Arg::Ptr(&part_ml),
-                Arg::Ptr(&q.mem),
-                Arg::Ptr(&k.mem),
-                Arg::Ptr(&v.mem),
-                Arg::Ptr(&d_split),
-                Arg::I32(n_items as i32),
-                Arg::I32(h as i32),
-                Arg::I32(hkv as i32),
-                Arg::I32(d as i32),
-                Arg::F32((1.0 / (d as f64).sqrt()) as f32),
-            ],
-        );
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        if self.decode == DecodeKernel::Staged && matches!(d, 64 | 128) {
+            let (name, smem) = (format!("flash_decode_staged_d{d}"), decode_staged_smem(d));
+            self.dev.set_max_dynamic_shared(&name, smem);
+            self.dev.launch(
+                &name,
+                [n_items.div_ceil(DEC_ST_WARPS) as u32, hkv as u32, 1],
+                [32 * DEC_ST_WARPS as u32, 1, 1],
+                smem,
+                &[
+                    Arg::Ptr(&part_o),
+                    Arg::Ptr(&part_ml),
+                    Arg::Ptr(&q.mem),
+                    Arg::Ptr(&k.mem),
+                    Arg::Ptr(&v.mem),
+                    Arg::Ptr(&d_split),
+                    Arg::I32(n_items as i32),
+                    Arg::I32(h as i32),
+                    Arg::I32(hkv as i32),
+                    Arg::F32(scale),
+                ],
+            );
+        } else {
+            self.dev.launch(
+                "flash_decode_split",
+                [n_items.div_ceil(DEC_WARPS) as u32, hkv as u32, 1],
+                [32 * DEC_WARPS as u32, 1, 1],
+                0,
+                &[
+                    Arg::Ptr(&part_o),
+                    Arg::Ptr(&part_ml),
+                    Arg::Ptr(&q.mem),
+                    Arg::Ptr(&k.mem),
+                    Arg::Ptr(&v.mem),
+                    Arg::Ptr(&d_split),
+                    Arg::I32(n_items as i32),
+                    Arg::I32(h as i32),
+                    Arg::I32(hkv as i32),
+                    Arg::I32(d as i32),
+                    Arg::F32(scale),
+                ],
+            );
+        }
         self.dev.launch(
             "flash_decode_combine",
             [(comb.len() / 4) as u32, h as u32, 1],
@@ -372,6 +429,8 @@ mod tests {
         assert_eq!(&kv[8..16], &[128, 2, 128, 0, 130, 0, 0, 0]);
         assert_eq!(&kv[16..24], &[200, 65, 0, 130, 1, 64, 0, 0]);
         assert_eq!(walk_smem(128, false), 4 * 64 * 17 * 16 + 2 * 64 * 128 * 4);
+        // 2 warps x (K 32 x 132 + V 32 x 128 + Q 8 x 128 + P 8 x 32) floats
+        assert_eq!(decode_staged_smem(128), 2 * (4224 + 4096 + 1024 + 256) * 4);
         assert_eq!((dkv_parts(64, 6), dkv_parts(64, 1), dkv_parts(1024, 6)), (6, 1, 1));
         let (split, comb) = decode_items(&spans[1..]);
         assert_eq!(split, vec![130, 200, 65, 0]);

@@ -22,7 +22,7 @@ mod vision_ops;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
-pub use flash::AttnKernel;
+pub use flash::{AttnKernel, DecodeKernel};
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
 /// or `Err(reason)`. Never panics, also when the driver library is missing.
@@ -61,6 +61,7 @@ impl<M> DevBuf<M> {
 pub struct CudaBackend<D: Device> {
     dev: D,
     attn: AttnKernel,
+    decode: DecodeKernel,
 }
 
 const BLOCK: u32 = 256;
@@ -73,13 +74,19 @@ fn grid_for(n: usize) -> u32 {
 impl<D: Device> CudaBackend<D> {
     /// The backend on `dev` with the f32 reference attention kernels.
     pub fn with_device(dev: D) -> Self {
-        CudaBackend { dev, attn: AttnKernel::Reference }
+        CudaBackend { dev, attn: AttnKernel::Reference, decode: DecodeKernel::Split }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
     /// an unknown value is an error naming the accepted ones.
+    /// The decode kernel likewise from `MMR1_DECODE` (`split`, the default, or `staged`).
     pub fn attention_from_env(mut self) -> Result<Self, String> {
         self.attn = AttnKernel::from_env()?;
+        self.decode = DecodeKernel::from_env()?;
         Ok(self)
+    }
+    /// Selects the kernel of flash decode steps (see `DecodeKernel`).
+    pub fn set_decode_kernel(&mut self, decode: DecodeKernel) {
+        self.decode = decode;
     }
     /// Selects the attention kernels (the flash kernels run where they support the head dim).
     pub fn with_attention(mut self, attn: AttnKernel) -> Self {

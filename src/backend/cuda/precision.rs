@@ -2,7 +2,7 @@
 //! kernels run. See `backend::precision` for what each choice means.
 
 use super::device::Device;
-use super::{AttnKernel, CudaBackend};
+use super::{AttnKernel, CudaBackend, DecodeKernel};
 use crate::backend::precision::Precision;
 
 /// `MMR1_GEMM` (`f32` or `bf16`) when set: overrides the GEMM part of a precision (benches).
@@ -25,7 +25,8 @@ fn attention_override() -> Result<Option<AttnKernel>, String> {
 
 impl<D: Device> CudaBackend<D> {
     /// The backend at precision `p` (bf16: bf16 GEMM + flash attention; f32: SGEMM + the
-    /// reference attention), with `MMR1_GEMM` / `MMR1_ATTENTION` overriding either part.
+    /// reference attention), with `MMR1_GEMM` / `MMR1_ATTENTION` overriding either part, and
+    /// the flash decode kernel from `MMR1_DECODE`.
     pub fn with_precision(mut self, p: Precision) -> Result<Self, String> {
         let bf16 = p == Precision::Bf16;
         let gemm = gemm_override()?.unwrap_or(bf16);
@@ -36,6 +37,7 @@ impl<D: Device> CudaBackend<D> {
             AttnKernel::Reference
         });
         self.set_attention(attn);
+        self.set_decode_kernel(DecodeKernel::from_env()?);
         Ok(self)
     }
 
