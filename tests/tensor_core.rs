@@ -101,27 +101,100 @@ fn mma_test_can_fail<D: Device>(b: &CudaBackend<D>) {
     assert_ne!(run(&bm), run(&swapped), "swapping two k rows of B did not change the product");
 }
 
-/// The `f32_to_bf16` kernel (operands of the bf16 GEMM) rounds to nearest even like `half`.
+/// Values that test a rounding to bf16: ties both ways (1 + 2^-8 and 1 + 3 * 2^-8 are exact
+/// f32 values halfway between two bf16 values), a carry into the exponent, infinities,
+/// subnormals (kept, not flushed), the largest finite (rounds to infinity), signed zeros,
+/// NaNs (quiet, signalling, negative), then random values over many binades.
+fn conversion_inputs(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let special = [
+        1.0f32 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        f32::from_bits(0x3fff_ffff),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,
+        -1e-40,
+        f32::from_bits(1),
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        -0.0,
+        0.0,
+        f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc1_2345),
+    ];
+    (0..n)
+        .map(|i| match special.get(i % 64) {
+            Some(v) => *v,
+            None => r.gen_range(-1.0f32..1.0) * 2f32.powi(r.gen_range(-30..30)),
+        })
+        .collect()
+}
+
+/// The bf16 bits a conversion must give: `half`'s round to nearest even. A NaN must stay a
+/// NaN (the GPU's cvt.rn.bf16.f32 gives the canonical 0x7fff, `half` and the emulator keep
+/// the payload's top bits), so NaNs are compared as NaNs.
+fn assert_bf16_bits(got: &[u16], x: &[f32], what: &str) {
+    for (i, (g, v)) in got.iter().zip(x).enumerate() {
+        let want = half::bf16::from_f32(*v);
+        if want.is_nan() {
+            assert!(half::bf16::from_bits(*g).is_nan(), "{what}: value {i} ({v}) -> {g:#06x}");
+        } else {
+            assert_eq!(*g, want.to_bits(), "{what}: value {i} ({v:e}) of {}", x.len());
+        }
+    }
+}
+
+/// Runs `launch` (which converts `x` into its first argument) on an output poisoned with
+/// 0xadad and 8 values longer than `x`, checks every value and that the 8 past the end are
+/// untouched.
+fn check_conversion<D: Device>(
+    b: &CudaBackend<D>,
+    x: &[f32],
+    what: &str,
+    launch: impl FnOnce(&D::Mem, &D::Mem),
+) {
+    let xg = b.upload(x);
+    let out = b.device().upload(&vec![0xad; 2 * (x.len() + 8)]);
+    launch(&out, xg.mem());
+    let got: Vec<u16> = b
+        .device()
+        .download(&out, 2 * (x.len() + 8))
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_bf16_bits(&got[..x.len()], x, what);
+    assert!(got[x.len()..].iter().all(|&g| g == 0xadad), "{what}: wrote past the end");
+}
+
+/// Both conversion kernels (`f32_to_bf16`, the baseline, and `f32_to_bf16_x8`, what the bf16
+/// GEMMs use) round to nearest even like `half`, at lengths that leave every tail (n % 8)
+/// and span several blocks, through the backend's launcher and through one- and three-block
+/// grids that make the threads stride.
 fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
-    let mut r = ChaCha8Rng::seed_from_u64(22);
-    let mut x: Vec<f32> = (0..1001).map(|_| r.gen_range(-100.0f32..100.0)).collect();
-    // ties both ways, infinities, a subnormal, the largest finite, signed zero
-    // 1 + 2^-8 and 1 + 3 * 2^-8: exact f32 values halfway between two bf16 values.
-    let (tie_down, tie_up) = (1.0f32 + 2f32.powi(-8), 1.0f32 + 3.0 * 2f32.powi(-8));
-    x.extend([tie_down, tie_up, f32::INFINITY, -f32::INFINITY, 1e-40, f32::MAX, -0.0]);
-    let xg = b.upload(&x);
-    let out = b.device().alloc(x.len() * 2);
-    b.device().launch(
-        "f32_to_bf16",
-        [4, 1, 1],
-        [256, 1, 1],
-        0,
-        &[Arg::Ptr(&out), Arg::Ptr(xg.mem()), Arg::I64(x.len() as i64)],
-    );
-    let got = b.device().download(&out, x.len() * 2);
-    for (i, v) in x.iter().enumerate() {
-        let g = u16::from_le_bytes([got[2 * i], got[2 * i + 1]]);
-        assert_eq!(g, half::bf16::from_f32(*v).to_bits(), "f32_to_bf16({v})");
+    use mmr1_fast::backend::cuda::device::launch_f32_to_bf16;
+    for (j, n) in
+        [1usize, 3, 4, 5, 7, 8, 9, 15, 16, 17, 64, 1023, 1024, 4097, 70_001].into_iter().enumerate()
+    {
+        let x = conversion_inputs(n, 30 + j as u64);
+        check_conversion(b, &x, &format!("launcher, n {n}"), |out, x| {
+            launch_f32_to_bf16(b.device(), out, x, n)
+        });
+        for (name, grid, block) in
+            [("f32_to_bf16_x8", 1, 32), ("f32_to_bf16_x8", 3, 64), ("f32_to_bf16", 3, 64)]
+        {
+            let what = format!("{name}, n {n}, grid {grid} x {block}");
+            check_conversion(b, &x, &what, |out, x| {
+                b.device().launch(
+                    name,
+                    [grid, 1, 1],
+                    [block, 1, 1],
+                    0,
+                    &[Arg::Ptr(out), Arg::Ptr(x), Arg::I64(n as i64)],
+                )
+            });
+        }
     }
 }
 
