@@ -198,6 +198,53 @@ fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
+/// The stale-shadow guard of activation shadows: an activation whose conversion a bf16 GEMM
+/// kept is written (by a kernel, as a GEMM's output, by a copy), and the next GEMM must read
+/// the new values: each product is checked bit for bit against the CPU product of the
+/// rounded operands, and a write must cost the shadow (the product after it is no hit for
+/// `x`). `b` runs bf16 GEMMs with weight and activation shadows on.
+fn activation_shadows_end_when_written<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::backend::cpu::Cpu;
+    use mmr1_fast::backend::Tr;
+    let (m, n, k) = (5, 9, 16);
+    let mut r = ChaCha8Rng::seed_from_u64(25);
+    let mut rand = |len: usize| (0..len).map(|_| r.gen_range(-1.0f32..1.0)).collect::<Vec<_>>();
+    let round = |v: &[f32]| v.iter().map(|x| bf16_round(*x)).collect::<Vec<_>>();
+    let wh = rand(n * k);
+    let w = b.upload(&wh);
+    let hits = || b.memory_stats().expect("a caching allocator").shadow_hits;
+    // x @ w^T on the device against the CPU; returns the shadow hits it made.
+    let check = |x: &mmr1_fast::backend::cuda::DevBuf<D::Mem>, what: &str| -> u64 {
+        let h0 = hits();
+        let mut out = b.upload(&vec![f32::NAN; m * n]);
+        b.matmul(&mut out, x, Tr::N, &w, Tr::T, m, n, k, 0.0);
+        let mut want = vec![0.0; m * n];
+        Cpu.matmul(&mut want, &round(&b.download(x)), Tr::N, &round(&wh), Tr::T, m, n, k, 0.0);
+        let got = b.download(&out);
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+            "{what}: the product read stale values"
+        );
+        hits() - h0
+    };
+    let mut x = b.upload(&rand(m * k));
+    b.scale(&mut x, 1.5); // written by a kernel: an activation, not a pristine upload
+    assert_eq!(check(&x, "first use"), 0, "nothing to hit yet");
+    assert_eq!(check(&x, "second use"), 2, "w (pristine) and x kept their conversions");
+
+    b.scale(&mut x, -0.75);
+    assert_eq!(check(&x, "after a kernel wrote x"), 1, "only w's shadow is valid");
+    assert_eq!(check(&x, "again"), 2);
+
+    let (y, z) = (b.upload(&rand(m * 3)), b.upload(&rand(3 * k)));
+    b.matmul(&mut x, &y, Tr::N, &z, Tr::N, m, k, 3, 0.0);
+    assert_eq!(check(&x, "after x was a GEMM's output"), 1);
+
+    let c = b.upload(&rand(m * k));
+    b.copy(&mut x, 0, &c, 0, m * k);
+    assert_eq!(check(&x, "after a copy into x"), 1);
+}
+
 /// cp.async, 16-byte and 4-byte (with commit groups and both waits), copies every byte.
 fn cp_async_copies<D: Device>(b: &CudaBackend<D>) {
     let mut r = ChaCha8Rng::seed_from_u64(24);
@@ -238,6 +285,16 @@ mod emu {
     fn cp_async_copies() {
         super::cp_async_copies(&CudaBackend::emulator());
     }
+    #[test]
+    fn activation_shadows_end_when_written() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+            .with_bf16_shadows(true)
+            .with_act_shadows(true);
+        let b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        super::activation_shadows_end_when_written(&b);
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -270,6 +327,22 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn cp_async_copies() {
         with_gpu(super::cp_async_copies);
+    }
+
+    /// On the GPU the shadow of a GEMM's output ends in `CudaDevice::gemm` alone (cuBLAS
+    /// writes it; the emulator's stand-in writes through `Device::write` as well).
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn activation_shadows_end_when_written() {
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        assert!(
+            mmr1_fast::backend::cuda::device::shadows_from_env()
+                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
+            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
+        );
+        super::activation_shadows_end_when_written(&b);
     }
 
     /// `Backend::matmul` through cuBLAS GemmEx with bf16 operands (`MMR1_GEMM=bf16`) against
