@@ -98,7 +98,23 @@ mod gpu {
         bench(&mut g, &mut meta, "adamw", 28 * n, &mut || {
             b.adamw(&mut z, &y, &mut pm, &mut pv, hp)
         });
-        drop((pm, pv, x));
+        // f32 -> bf16 GEMM operand conversions: the baseline (one value a thread) and what the
+        // GEMMs use (8 a thread, 16-byte accesses; device::launch_f32_to_bf16). 6 bytes a value.
+        let out16 = b.device().alloc(2 * n);
+        bench(&mut g, &mut meta, "f32_to_bf16", 6 * n, &mut || {
+            use mmr1_fast::backend::cuda::device::Arg;
+            b.device().launch(
+                "f32_to_bf16",
+                [n.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
+                [256, 1, 1],
+                0,
+                &[Arg::Ptr(&out16), Arg::Ptr(y.mem()), Arg::I64(n as i64)],
+            )
+        });
+        bench(&mut g, &mut meta, "f32_to_bf16_x8", 6 * n, &mut || {
+            mmr1_fast::backend::cuda::device::launch_f32_to_bf16(b.device(), &out16, y.mem(), n)
+        });
+        drop((pm, pv, x, out16));
         let nf = t * ffn;
         let (gate, up) = (rand_buf(&b, &mut r, nf, 3.0), rand_buf(&b, &mut r, nf, 1.0));
         let (mut o1, mut o2) = (b.zeros(nf), b.zeros(nf));

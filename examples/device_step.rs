@@ -223,6 +223,7 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
     if !profile.is_empty() {
         eprint!("device time per steady step, by kernel:\n{}", profile::table(&profile, per, 40));
     }
+    let conv: Vec<_> = profile.iter().filter(|k| k.name.starts_with("f32_to_bf16")).collect();
     let profile_top: Vec<_> = profile
         .iter()
         .take(40)
@@ -236,6 +237,7 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         "precision": o.precision.to_string(),
         "caching": std::env::var("MMR1_CACHING_ALLOCATOR").map_or(true, |v| v != "0" && v != "off"),
         "bf16_shadows": std::env::var("MMR1_BF16_SHADOWS").map_or(true, |v| v != "0"),
+        "act_shadows": std::env::var("MMR1_ACT_SHADOWS").map_or(true, |v| v != "0"),
         "shadow_hits": mem.map(|m| m.shadow_hits),
         "shape": o.shape, "layers": model.cfg.num_hidden_layers,
         "mode": if o.logprobs_only { "logprobs" } else { "train" },
@@ -252,6 +254,10 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         "loss_first": losses[0], "loss_last": losses[o.steps - 1],
         "profile_ms_per_step_total": profile.iter().map(|k| k.seconds).sum::<f64>() * 1e3 / per as f64,
         "profile": profile_top,
+        // GEMM operand conversions (f32_to_bf16*: weight and activation shadows and
+        // temporaries) per steady step, whatever their rank in the profile.
+        "conversions_per_step": conv.iter().map(|k| k.calls).sum::<u64>() as f64 / per as f64,
+        "conversions_ms_per_step": conv.iter().map(|k| k.seconds).sum::<f64>() * 1e3 / per as f64,
     });
     println!("{line}");
     Ok(())

@@ -172,6 +172,8 @@ if want steps && [ "${STEPS:-full}" = quick ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    # Activation shadows off: every GEMM converts its activation operands again (docs/perf.md).
+    STEP_ENV=MMR1_ACT_SHADOWS=0 MMR1_ACT_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_DECODE=staged MMR1_DECODE=staged step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
@@ -202,6 +204,10 @@ elif want steps; then
     step ours 180 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
     STEP_ENV=MMR1_CACHING_ALLOCATOR=0 MMR1_CACHING_ALLOCATOR=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV=MMR1_BF16_SHADOWS=0 MMR1_BF16_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    # Activation shadows off (every GEMM converts its activation operands again), timed and
+    # profiled: the conversions per step before and after (docs/perf.md predicts them).
+    STEP_ENV=MMR1_ACT_SHADOWS=0 MMR1_ACT_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    STEP_ENV="MMR1_PROFILE=1 MMR1_ACT_SHADOWS=0" MMR1_PROFILE=1 MMR1_ACT_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
 fi
 
 # Continuous batching of rollouts (rl::decode_scheduler): 64 prompts x 8 responses of up to
@@ -497,13 +503,18 @@ if cb:
                    f"{r['tokens_per_s']:.0f} | {r['step_s_median']:.2f} s | {gib(r.get('kv_cache_bytes'))} | {gib(r.get('peak_in_use_bytes'))} | {same} |")
 prof = [r for r in steps if r.get("profile")]
 if prof:
-    r = prof[-1]
+    # The table: the profiled run with the defaults (other profiled runs change a setting).
+    r = ([p for p in prof if p.get("env") == "MMR1_PROFILE=1"] or prof)[-1]
     total = r["profile_ms_per_step_total"]
     out += ["", f"Where our step goes ({r['shape']}, {r['tokens']} tokens, {r['precision']}): device time per steady step by kernel "
             f"and GEMM shape (MMR1_PROFILE=1, CUDA events around each launch); kernels total {total:.1f} ms of a "
             f"{r['step_s_median']*1e3:.1f} ms step (the rest: host work and launch gaps).", "",
             "| kernel | calls / step | ms / step | share of kernel time |", "| --- | --- | --- | --- |"]
     out += [f"| {k['name']} | {k['calls_per_step']:.0f} | {k['ms_per_step']:.2f} | {k['ms_per_step']/total:.1%} |" for k in r["profile"][:25]]
+    out += ["", "GEMM operand conversions (f32_to_bf16*) per steady step, every profiled run "
+            "(docs/perf.md predicts 977 without activation shadows and 563 with them at 0.5B, 4x1024):", ""]
+    out += [f"- {p.get('env')}: {p['conversions_per_step']:.0f} launches, {p['conversions_ms_per_step']:.2f} ms "
+            f"of a {p['step_s_median']*1e3:.1f} ms step" for p in prof if "conversions_per_step" in p]
 skipped = [l.strip() for l in open(os.path.join(log, "skipped.log"))] if os.path.exists(os.path.join(log, "skipped.log")) else []
 if skipped:
     out += ["", "Skipped for the time budget:", ""] + [f"- {l}" for l in skipped]

@@ -257,3 +257,162 @@ fn loaded_weights_are_converted_once_for_inference_too() {
     println!("shadow hits over two forwards: {hits}");
     assert!(hits > 2 * 7, "{hits} shadow hits");
 }
+
+/// bf16 with weight shadows on and activation shadows (`MMR1_ACT_SHADOWS`) on or off.
+fn emu_act(on: bool, profile: bool) -> CudaBackend<EmuDevice> {
+    let mut dev = EmuDevice::with_schedules(&[Schedule::Forward])
+        .with_bf16_shadows(true)
+        .with_act_shadows(on);
+    if profile {
+        dev = dev.with_profile();
+    }
+    CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap()
+}
+
+/// What an SFT run leaves: the losses and gradients of each step, the parameters after
+/// them, and the log-probs of an inference forward after the last step.
+struct Run {
+    losses: Vec<f64>,
+    grads: Vec<Vec<Vec<f32>>>,
+    params: Vec<Vec<f32>>,
+    lp: Vec<f32>,
+}
+
+fn sft_run<B: Backend>(be: &B, steps: usize) -> Run {
+    let cfg = config();
+    let layout = ParamLayout::new(&cfg);
+    let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 9);
+    let mut model = Qwen2::from_host(be, cfg, layout, &host);
+    // One sequence crosses a 64-row flash tile.
+    let seqs = [random_ids(21, 97, 4), random_ids(70, 97, 5), random_ids(8, 97, 6)];
+    let batch = Packed::new(&seqs);
+    let (targets, has) = batch.next_token_targets();
+    let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
+    let mut ws = Workspace::new(&model, be);
+    let (mut losses, mut grads) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        ws.zero_grads(be);
+        losses.push(micro_step(be, &model, &batch, &mut loss_fn, &mut ws).unwrap());
+        grads.push(ws.grads.iter().map(|g| be.download(g)).collect());
+        opt.step(be, &mut model.params, &ws.grads, 1e-2);
+    }
+    let mut acts = None;
+    model.forward(be, &batch, &mut acts).unwrap();
+    let (lp, _) = model.token_logprobs(be, acts.as_ref().unwrap(), &targets, 1.0);
+    Run { losses, grads, params: model.to_host(be), lp }
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn activation_shadows_give_the_bits_of_converting_per_call() {
+    let (on, off) = (emu_act(true, false), emu_act(false, false));
+    let (a, b) = (sft_run(&on, 3), sft_run(&off, 3));
+    assert!(a.losses.iter().zip(&b.losses).all(|(x, y)| x.to_bits() == y.to_bits()), "losses");
+    for (s, (ga, gb)) in a.grads.iter().zip(&b.grads).enumerate() {
+        for (i, (x, y)) in ga.iter().zip(gb).enumerate() {
+            assert!(same_bits(x, y), "step {s}: gradient of parameter {i} differs");
+        }
+    }
+    for (i, (x, y)) in a.params.iter().zip(&b.params).enumerate() {
+        assert!(same_bits(x, y), "parameter {i} differs after 3 steps");
+    }
+    assert!(same_bits(&a.lp, &b.lp), "inference log-probs differ");
+    let (sa, sb) = (on.memory_stats().unwrap(), off.memory_stats().unwrap());
+    println!(
+        "MEM activation shadows on: peak {} B in use, {} shadow hits; off: peak {} B, {} hits",
+        sa.peak_in_use_bytes, sa.shadow_hits, sb.peak_in_use_bytes, sb.shadow_hits
+    );
+    assert!(sa.shadow_hits > sb.shadow_hits, "activation shadows were not read");
+    // The memory they cost: at most the bf16 copies of what keeps a shadow between steps
+    // (each layer's xn1, xn2, att, act; the scratch's dgate, dup, dq, dk, dv), by size class,
+    // twice over (the allocator may serve a request from a free block up to twice its class).
+    let c = config();
+    let (t, d, i) = (99, c.hidden_size, c.intermediate_size);
+    let kvd = c.n_kv_heads() * c.head_dim();
+    let class = |values: usize| mmr1_fast::backend::cuda::alloc::size_class(2 * values) as u64;
+    let per_layer = 3 * class(t * d) + class(t * i);
+    let scratch = 2 * class(t * i) + class(t * d) + 2 * class(t * kvd);
+    let bound = 2 * (c.num_hidden_layers as u64 * per_layer + scratch);
+    let growth = sa.peak_in_use_bytes.saturating_sub(sb.peak_in_use_bytes);
+    println!(
+        "MEM peak growth {growth} B ({:.1}%), bound {bound} B",
+        100.0 * growth as f64 / sb.peak_in_use_bytes as f64
+    );
+    assert!(growth <= bound, "activation shadows cost {growth} B at the peak, more than {bound}");
+}
+
+/// Conversions (`f32_to_bf16_x8` launches) of the second SFT step (zeroing the gradients,
+/// forward, backward, AdamW) of `sft_run`'s model and batch, and how many buffers keep a
+/// shadow between steps.
+fn conversions_of_a_steady_step(act_shadows: bool) -> (u64, usize) {
+    use mmr1_fast::backend::profile::since;
+    let be = emu_act(act_shadows, true);
+    let cfg = config();
+    let layout = ParamLayout::new(&cfg);
+    let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 9);
+    let mut model = Qwen2::from_host(&be, cfg, layout, &host);
+    let seqs = [random_ids(21, 97, 4), random_ids(70, 97, 5), random_ids(8, 97, 6)];
+    let batch = Packed::new(&seqs);
+    let (_, has) = batch.next_token_targets();
+    let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    let mut opt = AdamW::new(&be, &model.params, AdamwConfig::default());
+    let mut ws = Workspace::new(&model, &be);
+    let mut per_step = Vec::new();
+    for _ in 0..3 {
+        let before = be.kernel_profile();
+        ws.zero_grads(&be);
+        micro_step(&be, &model, &batch, &mut loss_fn, &mut ws).unwrap();
+        opt.step(&be, &mut model.params, &ws.grads, 1e-2);
+        let step = since(&before, &be.kernel_profile());
+        per_step.push(step.iter().filter(|k| k.name == "f32_to_bf16_x8").map(|k| k.calls).sum());
+    }
+    assert_eq!(per_step[1], per_step[2], "steps 2 and 3 convert alike: {per_step:?}");
+    (per_step[1], be.device().bf16_shadow_count())
+}
+
+/// The conversions a steady bf16 SFT step makes, derived from the layer structure
+/// (src/model/forward.rs `layer_forward`, backward.rs `layer_backward`,
+/// backend/chunked_logprob.rs), for `layers` layers, `params` parameter tensors, `fwd_chunks`
+/// head chunks in the forward and `bwd_chunks` in the backward:
+/// - every weight is converted once, by AdamW's shadow refresh: `params` (norm weights and
+///   biases included); no GEMM converts a weight;
+/// - forward, per layer, the activation operand of the 7 projections: xn1 for q, k, v; att
+///   for o; xn2 for gate, up; act for down. Without activation shadows each GEMM converts
+///   its operand (7); with them each distinct buffer once (4);
+/// - backward, per layer, 7 dX GEMMs (one activation-gradient operand each: dresid, dgate,
+///   dup, dresid again after the add, dq, dk, dv) and 7 dW GEMMs (that gradient and the
+///   saved activation): 7 + 14 = 21 without; with, each of the 7 gradients once (its dW GEMM
+///   finds the dX GEMM's shadow) and no saved activation (their forward shadows survive:
+///   nothing writes xn1, xn2, act between the forward and their last use, and att's last
+///   use, o's dW GEMM, comes before the attention backward takes it as an argument): 7;
+/// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
+///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
+///   without, 2 with.
+fn predicted_conversions(act_shadows: bool, layers: u64, params: u64, fwd: u64, bwd: u64) -> u64 {
+    let (layer_fwd, layer_bwd, head_bwd) = if act_shadows { (4, 7, 2) } else { (7, 21, 4) };
+    params + layers * (layer_fwd + layer_bwd) + fwd + head_bwd * bwd
+}
+
+#[test]
+fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
+    let cfg = config();
+    let layers = cfg.num_hidden_layers as u64;
+    let params = ParamLayout::new(&cfg).specs.len() as u64;
+    // 99 tokens and 96 trained rows fit one head chunk at this vocabulary.
+    let ((on, kept_on), (off, kept_off)) =
+        (conversions_of_a_steady_step(true), conversions_of_a_steady_step(false));
+    println!("CONVERSIONS per steady step: {off} without activation shadows, {on} with");
+    assert_eq!(off, predicted_conversions(false, layers, params, 1, 1));
+    assert_eq!(on, predicted_conversions(true, layers, params, 1, 1));
+    assert_eq!(off - on, layers * 17 + 2);
+    // Between steps: every weight (AdamW's refresh); with activation shadows also each
+    // layer's xn1, xn2 and act (the workspace keeps the activations; the next forward's
+    // writes end them) and the last layer backward's dgate, dup, dq, dk, dv (the scratch's
+    // next writes end them). No head buffer keeps one: the chunk buffers are freed.
+    assert_eq!(kept_off, params as usize);
+    assert_eq!(kept_on, params as usize + 3 * layers as usize + 5);
+}

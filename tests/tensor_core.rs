@@ -101,28 +101,148 @@ fn mma_test_can_fail<D: Device>(b: &CudaBackend<D>) {
     assert_ne!(run(&bm), run(&swapped), "swapping two k rows of B did not change the product");
 }
 
-/// The `f32_to_bf16` kernel (operands of the bf16 GEMM) rounds to nearest even like `half`.
-fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
-    let mut r = ChaCha8Rng::seed_from_u64(22);
-    let mut x: Vec<f32> = (0..1001).map(|_| r.gen_range(-100.0f32..100.0)).collect();
-    // ties both ways, infinities, a subnormal, the largest finite, signed zero
-    // 1 + 2^-8 and 1 + 3 * 2^-8: exact f32 values halfway between two bf16 values.
-    let (tie_down, tie_up) = (1.0f32 + 2f32.powi(-8), 1.0f32 + 3.0 * 2f32.powi(-8));
-    x.extend([tie_down, tie_up, f32::INFINITY, -f32::INFINITY, 1e-40, f32::MAX, -0.0]);
-    let xg = b.upload(&x);
-    let out = b.device().alloc(x.len() * 2);
-    b.device().launch(
-        "f32_to_bf16",
-        [4, 1, 1],
-        [256, 1, 1],
-        0,
-        &[Arg::Ptr(&out), Arg::Ptr(xg.mem()), Arg::I64(x.len() as i64)],
-    );
-    let got = b.device().download(&out, x.len() * 2);
-    for (i, v) in x.iter().enumerate() {
-        let g = u16::from_le_bytes([got[2 * i], got[2 * i + 1]]);
-        assert_eq!(g, half::bf16::from_f32(*v).to_bits(), "f32_to_bf16({v})");
+/// Values that test a rounding to bf16: ties both ways (1 + 2^-8 and 1 + 3 * 2^-8 are exact
+/// f32 values halfway between two bf16 values), a carry into the exponent, infinities,
+/// subnormals (kept, not flushed), the largest finite (rounds to infinity), signed zeros,
+/// NaNs (quiet, signalling, negative), then random values over many binades.
+fn conversion_inputs(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let special = [
+        1.0f32 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        f32::from_bits(0x3fff_ffff),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,
+        -1e-40,
+        f32::from_bits(1),
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        -0.0,
+        0.0,
+        f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc1_2345),
+    ];
+    (0..n)
+        .map(|i| match special.get(i % 64) {
+            Some(v) => *v,
+            None => r.gen_range(-1.0f32..1.0) * 2f32.powi(r.gen_range(-30..30)),
+        })
+        .collect()
+}
+
+/// The bf16 bits a conversion must give: `half`'s round to nearest even. A NaN must stay a
+/// NaN (the GPU's cvt.rn.bf16.f32 gives the canonical 0x7fff, `half` and the emulator keep
+/// the payload's top bits), so NaNs are compared as NaNs.
+fn assert_bf16_bits(got: &[u16], x: &[f32], what: &str) {
+    for (i, (g, v)) in got.iter().zip(x).enumerate() {
+        let want = half::bf16::from_f32(*v);
+        if want.is_nan() {
+            assert!(half::bf16::from_bits(*g).is_nan(), "{what}: value {i} ({v}) -> {g:#06x}");
+        } else {
+            assert_eq!(*g, want.to_bits(), "{what}: value {i} ({v:e}) of {}", x.len());
+        }
     }
+}
+
+/// Runs `launch` (which converts `x` into its first argument) on an output poisoned with
+/// 0xadad and 8 values longer than `x`, checks every value and that the 8 past the end are
+/// untouched.
+fn check_conversion<D: Device>(
+    b: &CudaBackend<D>,
+    x: &[f32],
+    what: &str,
+    launch: impl FnOnce(&D::Mem, &D::Mem),
+) {
+    let xg = b.upload(x);
+    let out = b.device().upload(&vec![0xad; 2 * (x.len() + 8)]);
+    launch(&out, xg.mem());
+    let got: Vec<u16> = b
+        .device()
+        .download(&out, 2 * (x.len() + 8))
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_bf16_bits(&got[..x.len()], x, what);
+    assert!(got[x.len()..].iter().all(|&g| g == 0xadad), "{what}: wrote past the end");
+}
+
+/// Both conversion kernels (`f32_to_bf16`, the baseline, and `f32_to_bf16_x8`, what the bf16
+/// GEMMs use) round to nearest even like `half`, at lengths that leave every tail (n % 8)
+/// and span several blocks, through the backend's launcher and through one- and three-block
+/// grids that make the threads stride.
+fn bf16_conversion<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::backend::cuda::device::launch_f32_to_bf16;
+    for (j, n) in
+        [1usize, 3, 4, 5, 7, 8, 9, 15, 16, 17, 64, 1023, 1024, 4097, 70_001].into_iter().enumerate()
+    {
+        let x = conversion_inputs(n, 30 + j as u64);
+        check_conversion(b, &x, &format!("launcher, n {n}"), |out, x| {
+            launch_f32_to_bf16(b.device(), out, x, n)
+        });
+        for (name, grid, block) in
+            [("f32_to_bf16_x8", 1, 32), ("f32_to_bf16_x8", 3, 64), ("f32_to_bf16", 3, 64)]
+        {
+            let what = format!("{name}, n {n}, grid {grid} x {block}");
+            check_conversion(b, &x, &what, |out, x| {
+                b.device().launch(
+                    name,
+                    [grid, 1, 1],
+                    [block, 1, 1],
+                    0,
+                    &[Arg::Ptr(out), Arg::Ptr(x), Arg::I64(n as i64)],
+                )
+            });
+        }
+    }
+}
+
+/// The stale-shadow guard of activation shadows: an activation whose conversion a bf16 GEMM
+/// kept is written (by a kernel, as a GEMM's output, by a copy), and the next GEMM must read
+/// the new values: each product is checked bit for bit against the CPU product of the
+/// rounded operands, and a write must cost the shadow (the product after it is no hit for
+/// `x`). `b` runs bf16 GEMMs with weight and activation shadows on.
+fn activation_shadows_end_when_written<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::backend::cpu::Cpu;
+    use mmr1_fast::backend::Tr;
+    let (m, n, k) = (5, 9, 16);
+    let mut r = ChaCha8Rng::seed_from_u64(25);
+    let mut rand = |len: usize| (0..len).map(|_| r.gen_range(-1.0f32..1.0)).collect::<Vec<_>>();
+    let round = |v: &[f32]| v.iter().map(|x| bf16_round(*x)).collect::<Vec<_>>();
+    let wh = rand(n * k);
+    let w = b.upload(&wh);
+    let hits = || b.memory_stats().expect("a caching allocator").shadow_hits;
+    // x @ w^T on the device against the CPU; returns the shadow hits it made.
+    let check = |x: &mmr1_fast::backend::cuda::DevBuf<D::Mem>, what: &str| -> u64 {
+        let h0 = hits();
+        let mut out = b.upload(&vec![f32::NAN; m * n]);
+        b.matmul(&mut out, x, Tr::N, &w, Tr::T, m, n, k, 0.0);
+        let mut want = vec![0.0; m * n];
+        Cpu.matmul(&mut want, &round(&b.download(x)), Tr::N, &round(&wh), Tr::T, m, n, k, 0.0);
+        let got = b.download(&out);
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+            "{what}: the product read stale values"
+        );
+        hits() - h0
+    };
+    let mut x = b.upload(&rand(m * k));
+    b.scale(&mut x, 1.5); // written by a kernel: an activation, not a pristine upload
+    assert_eq!(check(&x, "first use"), 0, "nothing to hit yet");
+    assert_eq!(check(&x, "second use"), 2, "w (pristine) and x kept their conversions");
+
+    b.scale(&mut x, -0.75);
+    assert_eq!(check(&x, "after a kernel wrote x"), 1, "only w's shadow is valid");
+    assert_eq!(check(&x, "again"), 2);
+
+    let (y, z) = (b.upload(&rand(m * 3)), b.upload(&rand(3 * k)));
+    b.matmul(&mut x, &y, Tr::N, &z, Tr::N, m, k, 3, 0.0);
+    assert_eq!(check(&x, "after x was a GEMM's output"), 1);
+
+    let c = b.upload(&rand(m * k));
+    b.copy(&mut x, 0, &c, 0, m * k);
+    assert_eq!(check(&x, "after a copy into x"), 1);
 }
 
 /// cp.async, 16-byte and 4-byte (with commit groups and both waits), copies every byte.
@@ -165,6 +285,16 @@ mod emu {
     fn cp_async_copies() {
         super::cp_async_copies(&CudaBackend::emulator());
     }
+    #[test]
+    fn activation_shadows_end_when_written() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+            .with_bf16_shadows(true)
+            .with_act_shadows(true);
+        let b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        super::activation_shadows_end_when_written(&b);
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -197,6 +327,22 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn cp_async_copies() {
         with_gpu(super::cp_async_copies);
+    }
+
+    /// On the GPU the shadow of a GEMM's output ends in `CudaDevice::gemm` alone (cuBLAS
+    /// writes it; the emulator's stand-in writes through `Device::write` as well).
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn activation_shadows_end_when_written() {
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        assert!(
+            mmr1_fast::backend::cuda::device::shadows_from_env()
+                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
+            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
+        );
+        super::activation_shadows_end_when_written(&b);
     }
 
     /// `Backend::matmul` through cuBLAS GemmEx with bf16 operands (`MMR1_GEMM=bf16`) against

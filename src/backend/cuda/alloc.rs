@@ -43,6 +43,18 @@ pub fn caching_from_env() -> bool {
     }
 }
 
+/// Where a bf16 GEMM gets one of its operands (`Pool::bf16_operand` decides, so the GPU and
+/// the emulator decide alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Operand {
+    /// The buffer's bf16 shadow, made earlier and still valid.
+    Shadow,
+    /// Convert now and keep the conversion as the buffer's shadow (`refresh_bf16_shadow`).
+    ConvertAndKeep,
+    /// Convert now into a temporary dropped after the GEMM.
+    Convert,
+}
+
 /// Free lists of blocks `R` (device memory that frees itself when dropped) by size class,
 /// with the statistics. Shared (`Arc`) by the device and every buffer it handed out, so a
 /// buffer can come home whenever it is dropped.
@@ -140,12 +152,6 @@ impl<R> Pool<R> {
         self.shadow_entry(addr, Shadow { block: None, class: 0, elems: 0 });
     }
 
-    /// Whether the buffer at `addr` is pristine (see `mark_pristine`) with no shadow yet.
-    pub fn is_pristine(&self, addr: u64) -> bool {
-        self.n_shadows.load(Ordering::Relaxed) > 0
-            && self.shadows.lock().unwrap().get(&addr).is_some_and(|s| s.block.is_none())
-    }
-
     fn shadow_entry(&self, addr: u64, entry: Shadow<R>) {
         let old = self.shadows.lock().unwrap().insert(addr, entry);
         match old {
@@ -172,12 +178,33 @@ impl<R> Pool<R> {
         }
     }
 
+    /// Where a bf16 GEMM gets its operand at `addr`, of which it reads `elems` values: the
+    /// buffer's shadow if one covers them (counted in `shadow_hits`); else a conversion kept
+    /// as its shadow if the buffer is pristine (a loaded weight) or `keep` (activation
+    /// shadows: any operand, so that the next GEMM reading the unchanged buffer finds it);
+    /// else a temporary conversion. Ask for one operand at a time and make its shadow before
+    /// asking for the next: a GEMM of a buffer with itself then converts it once.
+    pub fn bf16_operand(&self, addr: u64, elems: usize, keep: bool) -> Bf16Operand {
+        let fallback = if keep { Bf16Operand::ConvertAndKeep } else { Bf16Operand::Convert };
+        if self.n_shadows.load(Ordering::Relaxed) == 0 {
+            return fallback;
+        }
+        let found = match self.shadows.lock().unwrap().get(&addr) {
+            Some(Shadow { block: Some(_), elems: e, .. }) if *e >= elems => Bf16Operand::Shadow,
+            Some(Shadow { block: None, .. }) => Bf16Operand::ConvertAndKeep,
+            _ => fallback,
+        };
+        if found == Bf16Operand::Shadow {
+            self.state.lock().unwrap().stats.shadow_hits += 1;
+        }
+        found
+    }
+
     /// Runs `f` on the shadows of the buffers at `keys[i].0` that cover `keys[i].1` values
-    /// (None where there is none), counting the hits in the statistics when `count`.
+    /// (None where there is none).
     pub fn with_shadows<T, const N: usize>(
         &self,
         keys: [(u64, usize); N],
-        count: bool,
         f: impl FnOnce([Option<&R>; N]) -> T,
     ) -> T {
         if self.n_shadows.load(Ordering::Relaxed) == 0 {
@@ -187,10 +214,6 @@ impl<R> Pool<R> {
         let found = keys.map(|(addr, elems)| {
             map.get(&addr).filter(|s| s.elems >= elems).and_then(|s| s.block.as_ref())
         });
-        if count {
-            let hits = found.iter().filter(|s| s.is_some()).count() as u64;
-            self.state.lock().unwrap().stats.shadow_hits += hits;
-        }
         f(found)
     }
 
@@ -265,24 +288,45 @@ mod tests {
 
     #[test]
     fn a_shadow_is_found_until_forgotten_and_its_memory_comes_back() {
+        use Bf16Operand::*;
         let pool = Pool::<Vec<u8>>::new(true);
         let (b, _, _) = pool.take(512, |c| vec![7; c]);
         pool.shadow_insert(0x1000, b, 512, 100);
         pool.mark_pristine(0x3000);
-        assert!(pool.is_pristine(0x3000) && !pool.is_pristine(0x1000));
-        let found = pool.with_shadows([(0x1000, 100), (0x1000, 101), (0x3000, 1)], true, |s| {
-            s.map(|x| x.is_some())
-        });
-        assert_eq!(found, [true, false, false], "found, too short, absent");
+        let ask = |addr, elems| pool.bf16_operand(addr, elems, false);
+        assert_eq!(
+            [ask(0x1000, 100), ask(0x1000, 101), ask(0x3000, 1), ask(0x5000, 1)],
+            [Shadow, Convert, ConvertAndKeep, Convert],
+            "found, too short, pristine, absent"
+        );
         assert_eq!(pool.stats().shadow_hits, 1);
+        let found = pool.with_shadows([(0x1000, 100), (0x1000, 101), (0x3000, 1)], |s| {
+            s.map(|x| x.is_some_and(|v| v[0] == 7))
+        });
+        assert_eq!(found, [true, false, false]);
         let (b2, _, _) = pool.take(512, |c| vec![8; c]);
         pool.shadow_insert(0x1000, b2, 512, 100);
         assert_eq!((pool.shadow_count(), pool.stats().in_use_bytes), (1, 512));
         pool.shadow_forget(0x3000);
-        assert!(!pool.is_pristine(0x3000));
+        assert_eq!(ask(0x3000, 1), Convert, "no longer pristine");
         pool.shadow_forget(0x1000);
         assert_eq!((pool.shadow_count(), pool.stats().in_use_bytes), (0, 0));
-        assert!(pool.with_shadows([(0x1000, 1)], true, |[s]| s.is_none()));
+        assert!(pool.with_shadows([(0x1000, 1)], |[s]| s.is_none()));
+        assert_eq!(pool.stats().shadow_hits, 1, "only a found shadow counts");
+    }
+
+    #[test]
+    fn with_activation_shadows_every_operand_without_a_shadow_keeps_its_conversion() {
+        use Bf16Operand::*;
+        let pool = Pool::<Vec<u8>>::new(true);
+        // No shadow exists at all (the lock-free path) and with some.
+        assert_eq!(pool.bf16_operand(0x1000, 4, true), ConvertAndKeep);
+        let (b, _, _) = pool.take(512, |c| vec![0; c]);
+        pool.shadow_insert(0x1000, b, 512, 4);
+        assert_eq!(pool.bf16_operand(0x1000, 4, true), Shadow);
+        assert_eq!(pool.bf16_operand(0x1000, 5, true), ConvertAndKeep, "too short: redo it");
+        assert_eq!(pool.bf16_operand(0x2000, 4, true), ConvertAndKeep);
+        assert_eq!(pool.bf16_operand(0x2000, 4, false), Convert);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use crate::backend::{memory::MemoryStats, Tr};
 /// Kernel arguments that a kernel only reads although they may be weights (by kernel name
 /// and argument index): passing them does not end a bf16 shadow (`refresh_bf16_shadow`).
 /// Every other pointer argument is treated as possibly written.
-pub const READ_ONLY_ARGS: &[(&str, usize)] = &[("embedding_f32", 1)];
+pub const READ_ONLY_ARGS: &[(&str, usize)] =
+    &[("embedding_f32", 1), ("f32_to_bf16", 1), ("f32_to_bf16_x8", 1)];
 
 /// Whether pointer argument `index` of kernel `name` may be written (see `READ_ONLY_ARGS`).
 pub fn may_write(name: &str, index: usize) -> bool {
@@ -22,6 +23,44 @@ pub fn shadows_from_env() -> bool {
         Ok("0") => false,
         Ok(v) => panic!("MMR1_BF16_SHADOWS={v:?}: expected 1 (keep bf16 copies of weights) or 0"),
     }
+}
+
+/// Whether bf16 GEMMs keep the conversion of an f32 operand that has no shadow as that
+/// buffer's shadow (an activation read by several GEMMs, e.g. the norm output feeding q, k
+/// and v, or a saved activation the backward's weight gradient reads again), from
+/// `MMR1_ACT_SHADOWS` (`1`/unset: on, `0`: off, such an operand is converted into a temporary
+/// at every GEMM). Needs weight shadows on (`MMR1_BF16_SHADOWS`): it is the same registry.
+/// Panics on another value, naming it.
+pub fn act_shadows_from_env() -> bool {
+    match std::env::var("MMR1_ACT_SHADOWS").as_deref() {
+        Err(_) | Ok("") | Ok("1") => true,
+        Ok("0") => false,
+        Ok(v) => panic!(
+            "MMR1_ACT_SHADOWS={v:?}: expected 1 (keep bf16 copies of GEMM operands until they \
+             are written) or 0"
+        ),
+    }
+}
+
+/// The f32 -> bf16 conversion kernel (round to nearest even) over the first `n` values of
+/// `x` into `out` (`2 n` bytes): eight values a thread with 16-byte loads and stores
+/// (kernels/convert.cu `f32_to_bf16_x8`), which needs both buffers 16-byte aligned, as the
+/// caching allocator's blocks are (cuMemAlloc's 256-byte alignment on the GPU, the
+/// emulator's blocks likewise). The one launch both devices convert GEMM operands with.
+pub fn launch_f32_to_bf16<D: Device + ?Sized>(dev: &D, out: &D::Mem, x: &D::Mem, n: usize) {
+    if n == 0 {
+        return;
+    }
+    // A thread per group of 8 (grid-stride beyond 4096 blocks); the first n % 8 threads of
+    // the grid also convert one tail value each (a block has 256 > 7 threads).
+    let threads = (n / 8).max(1);
+    dev.launch(
+        "f32_to_bf16_x8",
+        [threads.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
+        [256, 1, 1],
+        0,
+        &[Arg::Ptr(out), Arg::Ptr(x), Arg::I64(n as i64)],
+    );
 }
 
 /// One kernel argument, in the order of the kernel's parameters.

@@ -1,7 +1,7 @@
 //! The real GPU through cudarc: driver API for memory and launches (PTX embedded by build.rs,
 //! or compiled at first use by NVRTC when the build had none), cuBLAS for GEMM.
 
-use super::alloc::{self, Pool};
+use super::alloc::{self, Bf16Operand, Pool};
 use super::device::{Arg, Device};
 use super::CudaBackend;
 use crate::backend::memory::MemoryStats;
@@ -93,6 +93,9 @@ pub struct CudaDevice {
     pool: Arc<Pool<CudaSlice<u8>>>,
     /// Keep bf16 shadows of weights (`refresh_bf16_shadow`; `MMR1_BF16_SHADOWS`).
     bf16_shadows: bool,
+    /// Keep every bf16 GEMM operand's conversion as its shadow (`MMR1_ACT_SHADOWS`; needs
+    /// `bf16_shadows`; see `device::act_shadows_from_env`).
+    act_shadows: bool,
     name: String,
     /// Per-kernel times when `MMR1_PROFILE=1`.
     profile: Option<GpuProfile>,
@@ -205,6 +208,7 @@ impl CudaDevice {
             gemm_bf16,
             pool: Pool::new(alloc::caching_from_env()),
             bf16_shadows: super::device::shadows_from_env(),
+            act_shadows: super::device::act_shadows_from_env(),
             name,
             profile: crate::backend::profile::enabled().then(|| GpuProfile {
                 pending: Mutex::new(Vec::new()),
@@ -239,15 +243,7 @@ impl CudaDevice {
     /// `x` (f32, `n` values) as bf16 bits in new device memory.
     pub fn to_bf16(&self, x: &CudaMem, n: usize) -> CudaMem {
         let out = self.alloc(n * 2);
-        if n > 0 {
-            self.launch(
-                "f32_to_bf16",
-                [n.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
-                [256, 1, 1],
-                0,
-                &[Arg::Ptr(&out), Arg::Ptr(x), Arg::I64(n as i64)],
-            );
-        }
+        super::device::launch_f32_to_bf16(self, &out, x, n);
         out
     }
 
@@ -305,6 +301,13 @@ impl CudaDevice {
             )
         })
         .map_err(|e| format!("cublasGemmEx (bf16): {e:?}"))
+    }
+    /// Converts the first `n` values of `mem` into pooled memory that the shadow registry
+    /// then owns as `mem`'s bf16 shadow.
+    fn make_bf16_shadow(&self, mem: &CudaMem, n: usize) {
+        let mut tmp = self.to_bf16(mem, n);
+        let block = tmp.slice.take().expect("fresh memory holds its slice");
+        self.pool.shadow_insert(mem.addr, block, tmp.class, n);
     }
     /// Runs `f` (which queues device work) between two timing events when profiling.
     fn timed<R>(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
@@ -482,19 +485,20 @@ impl Device for CudaDevice {
         self.pool.shadow_forget(out.addr);
         if self.gemm_bf16 {
             // Operands rounded to bf16 on the way in (a pass each while storage is f32),
-            // unless the operand is a weight with a bf16 shadow from the last optimizer step.
+            // unless the operand has a bf16 shadow (a weight since the last optimizer step,
+            // an activation since a GEMM converted it); `Pool::bf16_operand` decides.
             let keys = [(a.addr, m * k), (b.addr, k * n)];
-            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
-            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
-                if !had && self.pool.is_pristine(mem.addr) {
-                    self.refresh_bf16_shadow(mem, len);
+            let mut temps = [None, None];
+            for (i, (mem, len)) in [(a, m * k), (b, k * n)].into_iter().enumerate() {
+                match self.pool.bf16_operand(mem.addr, len, self.bf16_shadows && self.act_shadows) {
+                    Bf16Operand::Shadow => {}
+                    Bf16Operand::ConvertAndKeep => self.make_bf16_shadow(mem, len),
+                    Bf16Operand::Convert => temps[i] = Some(self.to_bf16(mem, len)),
                 }
             }
-            let [sa, sb] = self.pool.with_shadows(keys, false, |f| f.map(|s| s.is_some()));
-            let a16 = (!sa).then(|| self.to_bf16(a, m * k));
-            let b16 = (!sb).then(|| self.to_bf16(b, k * n));
+            let [a16, b16] = &temps;
             self.pool
-                .with_shadows(keys, false, |[ha, hb]| {
+                .with_shadows(keys, |[ha, hb]| {
                     let a = a16.as_deref().or(ha).expect("a converted or shadowed operand");
                     let b = b16.as_deref().or(hb).expect("a converted or shadowed operand");
                     self.gemm_bf16(out, false, a, ta, b, tb, m, n, k, beta)
@@ -558,20 +562,9 @@ impl Device for CudaDevice {
         self.gemm_bf16
     }
     fn refresh_bf16_shadow(&self, mem: &CudaMem, n: usize) {
-        if !(self.gemm_bf16 && self.bf16_shadows) || n == 0 {
-            return;
+        if self.gemm_bf16 && self.bf16_shadows && n > 0 {
+            self.make_bf16_shadow(mem, n);
         }
-        // Converted into pooled memory that the shadow registry then owns.
-        let mut tmp = self.alloc(n * 2);
-        self.launch(
-            "f32_to_bf16",
-            [n.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
-            [256, 1, 1],
-            0,
-            &[Arg::Ptr(&tmp), Arg::Ptr(mem), Arg::I64(n as i64)],
-        );
-        let block = tmp.slice.take().expect("fresh memory holds its slice");
-        self.pool.shadow_insert(mem.addr, block, tmp.class, n);
     }
 }
 

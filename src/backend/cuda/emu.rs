@@ -7,7 +7,7 @@
 //! `MMR1_EMU_SCHEDULE` (e.g. `forward`, `reverse,random:7`, `ci`) sets the schedules of
 //! [`EmuDevice::from_env`]; without it, plain forward order.
 
-use super::alloc::{self, Pool};
+use super::alloc::{self, Bf16Operand, Pool};
 use super::device::{Arg, Device};
 use crate::backend::{cpu::Cpu, memory::MemoryStats, Backend, Tr};
 use std::collections::HashMap;
@@ -57,11 +57,25 @@ pub struct EmuBlock {
 // SAFETY: EmuBlock owns its allocation and nothing else refers to it while it is cached.
 unsafe impl Send for EmuBlock {}
 
+/// The alignment of emulated device memory: cuMemAlloc's 256 bytes, so kernels with 16-byte
+/// vector accesses (which assume the allocator's alignment) see on the emulator what they
+/// see on the GPU.
+const EMU_ALIGN: usize = 256;
+
 impl EmuBlock {
+    fn layout(words: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(words * 8, EMU_ALIGN).expect("emu block layout")
+    }
     fn new(bytes: usize) -> Self {
         let words = bytes.div_ceil(8).max(1);
-        let v = vec![u64::MAX; words].into_boxed_slice();
-        EmuBlock { ptr: Box::into_raw(v) as *mut u64, words }
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(Self::layout(words)) } as *mut u64;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(Self::layout(words));
+        }
+        let mut b = EmuBlock { ptr, words };
+        b.poison();
+        b
     }
     /// All ones: every f32 reads as NaN, so an output an op did not write shows up.
     fn poison(&mut self) {
@@ -72,8 +86,8 @@ impl EmuBlock {
 
 impl Drop for EmuBlock {
     fn drop(&mut self) {
-        // SAFETY: ptr came from Box<[u64]> of `words` elements in `new`.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.words))) };
+        // SAFETY: ptr came from `alloc` with this layout in `new`.
+        unsafe { std::alloc::dealloc(self.ptr as *mut u8, Self::layout(self.words)) };
     }
 }
 
@@ -185,6 +199,9 @@ pub struct EmuDevice {
     gemm_bf16: bool,
     /// Keep bf16 shadows of weights (`refresh_bf16_shadow`).
     bf16_shadows: bool,
+    /// Keep every bf16 GEMM operand's conversion as its shadow (`MMR1_ACT_SHADOWS`; needs
+    /// `bf16_shadows`; see `device::act_shadows_from_env`).
+    act_shadows: bool,
     /// Host time per kernel and GEMM when `MMR1_PROFILE=1` (or `with_profile`).
     profile: Option<crate::backend::profile::Totals>,
 }
@@ -206,6 +223,7 @@ impl EmuDevice {
             pool: Pool::new(alloc::caching_from_env()),
             gemm_bf16: false,
             bf16_shadows: super::device::shadows_from_env(),
+            act_shadows: super::device::act_shadows_from_env(),
             profile: crate::backend::profile::enabled().then(Default::default),
         }
     }
@@ -228,6 +246,12 @@ impl EmuDevice {
     /// With bf16 shadows of weights on or off (default: `MMR1_BF16_SHADOWS`, on).
     pub fn with_bf16_shadows(mut self, on: bool) -> Self {
         self.bf16_shadows = on;
+        self
+    }
+    /// With bf16 shadows of GEMM operands that are not weights (activations) on or off
+    /// (default: `MMR1_ACT_SHADOWS`, on; they need `with_bf16_shadows(true)`).
+    pub fn with_act_shadows(mut self, on: bool) -> Self {
+        self.act_shadows = on;
         self
     }
     /// With per-kernel timing on (as `MMR1_PROFILE=1` turns it on); the emulator's times are
@@ -254,6 +278,21 @@ impl EmuDevice {
     /// How many buffers have a bf16 shadow now.
     pub fn bf16_shadow_count(&self) -> usize {
         self.pool.shadow_count()
+    }
+    /// `x` (f32, `n` values) as bf16 bits in new memory, by the GPU's conversion kernel.
+    fn to_bf16(&self, x: &EmuMem, n: usize) -> EmuMem {
+        let out = self.alloc(n * 2);
+        super::device::launch_f32_to_bf16(self, &out, x, n);
+        out
+    }
+    /// Converts the first `n` values of `mem` into pooled memory that the shadow registry
+    /// then owns as `mem`'s bf16 shadow.
+    fn make_bf16_shadow(&self, mem: &EmuMem, n: usize) {
+        let mut tmp = self.to_bf16(mem, n);
+        let (pool, class) = tmp.home.take().expect("emulator memory comes from the pool");
+        let block = EmuBlock { ptr: tmp.ptr, words: tmp.words };
+        std::mem::forget(tmp); // its block now belongs to the registry
+        pool.shadow_insert(mem.ptr as u64, block, class, n);
     }
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules
@@ -339,37 +378,34 @@ impl EmuDevice {
         let f = |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.read(mem, len * 4)) };
         let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
         if self.gemm_bf16 {
-            // What GemmEx with bf16 A and B reads: each operand rounded to bf16 (nearest
-            // even, as the f32_to_bf16 kernel the GPU path converts with), or the operand's
-            // bf16 shadow as it is; the products and sums stay f32, as CUBLAS_COMPUTE_32F
-            // accumulates.
-            let keys = [(a.ptr as u64, m * k), (b.ptr as u64, k * n)];
-            let had = self.pool.with_shadows(keys, true, |f| f.map(|s| s.is_some()));
-            for ((mem, len), had) in [(a, m * k), (b, k * n)].into_iter().zip(had) {
-                if !had && self.pool.is_pristine(mem.ptr as u64) {
-                    self.refresh_bf16_shadow(mem, len);
+            // What GemmEx with bf16 A and B reads: each operand converted by the GPU path's
+            // conversion kernel (run here on the emulator, so the profile counts its
+            // launches as the GPU's does), or the operand's bf16 shadow as it is, as
+            // `Pool::bf16_operand` decides on both devices; the products and sums stay f32,
+            // as CUBLAS_COMPUTE_32F accumulates.
+            let keep = self.bf16_shadows && self.act_shadows;
+            for (v, mem) in [(&mut av, a), (&mut bv, b)] {
+                let len = v.len();
+                let temp = match self.pool.bf16_operand(mem.ptr as u64, len, keep) {
+                    Bf16Operand::Shadow => None,
+                    Bf16Operand::ConvertAndKeep => {
+                        self.make_bf16_shadow(mem, len);
+                        None
+                    }
+                    Bf16Operand::Convert => Some(self.to_bf16(mem, len)),
+                };
+                let bits: Vec<u16> = match temp {
+                    Some(t) => bytemuck::pod_collect_to_vec(&self.read(&t, len * 2)),
+                    None => self.pool.with_shadows([(mem.ptr as u64, len)], |[sh]| {
+                        let blk = sh.expect("a shadowed operand");
+                        // SAFETY: a shadow block holds at least `len` bf16 values.
+                        unsafe { std::slice::from_raw_parts(blk.ptr as *const u16, len) }.to_vec()
+                    }),
+                };
+                for (x, b) in v.iter_mut().zip(bits) {
+                    *x = half::bf16::from_bits(b).to_f32();
                 }
             }
-            self.pool.with_shadows(keys, false, |found| {
-                for (v, sh) in [&mut av, &mut bv].into_iter().zip(found) {
-                    match sh {
-                        // SAFETY: a shadow block holds at least `v.len()` bf16 values.
-                        Some(blk) => {
-                            let bits = unsafe {
-                                std::slice::from_raw_parts(blk.ptr as *const u16, v.len())
-                            };
-                            for (x, b) in v.iter_mut().zip(bits) {
-                                *x = half::bf16::from_bits(*b).to_f32();
-                            }
-                        }
-                        None => {
-                            for x in v.iter_mut() {
-                                *x = half::bf16::from_f32(*x).to_f32();
-                            }
-                        }
-                    }
-                }
-            });
         }
         let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
         Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
@@ -562,16 +598,8 @@ impl Device for EmuDevice {
         self.gemm_bf16
     }
     fn refresh_bf16_shadow(&self, mem: &EmuMem, n: usize) {
-        if !(self.gemm_bf16 && self.bf16_shadows) || n == 0 {
-            return;
+        if self.gemm_bf16 && self.bf16_shadows && n > 0 {
+            self.make_bf16_shadow(mem, n);
         }
-        let (block, class, _) = self.pool.take(alloc::size_class(n * 2), EmuBlock::new);
-        let vals = super::f32s(&self.read(mem, n * 4));
-        // SAFETY: the block holds `class >= 2n` bytes; nothing else refers to it.
-        let bits = unsafe { std::slice::from_raw_parts_mut(block.ptr as *mut u16, n) };
-        for (b, x) in bits.iter_mut().zip(&vals) {
-            *b = half::bf16::from_f32(*x).to_bits();
-        }
-        self.pool.shadow_insert(mem.ptr as u64, block, class, n);
     }
 }
