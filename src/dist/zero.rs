@@ -230,6 +230,34 @@ pub fn reduce_and_step<B: Backend>(
             *b = be.zeros(0);
         }
     }
+    step_block(be, comm, opt, params, g, lr)
+}
+
+/// The sharded optimizer step from this rank's block `g` of the ranks' gradient sum, already
+/// reduced (by [`reduce_and_step`]'s reduce-scatter, or during the backward by
+/// `dist::buckets`): the global norm, clip, AdamW on the block, all-gather of the updated
+/// weights. Every rank calls it.
+pub fn step_block<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    opt: &mut AdamW<B>,
+    params: &mut [B::Buf],
+    g: B::Buf,
+    lr: f32,
+) -> Result<StepReport> {
+    let Some(z) = &opt.zero else {
+        bail!("a ZeRO step from a gradient block needs a sharded optimizer (ZeRO 1 or 2)");
+    };
+    ensure!(
+        be.len(&g) == z.range.len(),
+        "ZeRO step: a gradient block of {} values, this rank's block holds {}",
+        be.len(&g),
+        z.range.len()
+    );
+    ensure!(
+        flat_len(be, params) == z.lens.iter().sum::<usize>(),
+        "ZeRO step: parameter sizes changed"
+    );
     let mut sq = [be.sum_squares(&g)];
     comm.all_reduce_sum_host(&mut sq)?;
     let norm = sq[0].sqrt();
@@ -247,7 +275,8 @@ pub fn reduce_and_step<B: Backend>(
         step: opt.step,
         grad_scale: scale,
     };
-    let mut p = flat_slice(be, params, z.range.clone());
+    let range = z.range.clone();
+    let mut p = flat_slice(be, params, range);
     let (m, v) = (&mut opt.m[0], &mut opt.v[0]);
     be.adamw(&mut p, &g, m, v, hp);
     comm.all_gather(be, &p, params)?;
