@@ -217,7 +217,16 @@ fn run_on<B: crate::backend::rl_ops::RlOps>(
         if comm.world() > 1 || inputs.cfg.dist.zero > 0 {
             eprintln!(
                 "{}",
-                crate::dist::zero::state_note(comm.world(), inputs.cfg.dist.zero, None)
+                crate::dist::zero::state_note(
+                    comm.world(),
+                    inputs.cfg.dist.zero,
+                    if inputs.cfg.dist.grad_buckets {
+                        crate::dist::zero::GradLayout::Buckets { in_flight: None }
+                    } else {
+                        crate::dist::zero::GradLayout::Whole
+                    },
+                    None
+                )
             );
         }
     }

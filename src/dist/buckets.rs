@@ -50,6 +50,9 @@ pub struct BucketReducer<'c, B: Backend> {
     /// The next bucket expected within the current round, and the rounds completed.
     next: usize,
     rounds: usize,
+    /// The most gradient values live at a bucket's end: the workspace's allocated gradient
+    /// buffers plus the block (the collective's own transient buffers not counted).
+    peak: usize,
 }
 
 impl<'c, B: Backend> BucketReducer<'c, B> {
@@ -71,12 +74,30 @@ impl<'c, B: Backend> BucketReducer<'c, B> {
         let total = lens.iter().sum();
         let block = shard(total, comm.rank(), comm.world());
         let acc = be.zeros(block.len());
-        BucketReducer { comm, buckets, offsets, lens, total, block, acc, next: 0, rounds: 0 }
+        BucketReducer {
+            comm,
+            buckets,
+            offsets,
+            lens,
+            total,
+            block,
+            acc,
+            next: 0,
+            rounds: 0,
+            peak: 0,
+        }
     }
 
     /// Values of this rank's gradient block (what it holds besides the buckets in flight).
     pub fn block_len(&self) -> usize {
         self.block.len()
+    }
+
+    /// The most gradient values this rank held at once (see the field): measured from the
+    /// buffers' lengths at each finished bucket, before it is released, which is when the
+    /// backward holds the most.
+    pub fn peak_values(&self) -> usize {
+        self.peak
     }
 
     /// Micro-batch rounds reduced so far (own or padded).
@@ -167,6 +188,8 @@ impl<B: Backend> GradHook<B> for BucketReducer<'_, B> {
             self.next,
             self.buckets.get(self.next)
         );
+        let live: usize = grads.iter().map(|g| be.len(g)).sum();
+        self.peak = self.peak.max(live + be.len(&self.acc));
         for run in Self::runs(tensors) {
             self.reduce_piece(be, run.clone(), &grads[run.clone()])?;
             for g in &mut grads[run] {

@@ -262,6 +262,10 @@ impl<B: Backend> Qwen2<B> {
             t,
             d,
         );
+        if let (Some(h), Some(lm)) = (hook.as_deref_mut(), lf.lm_head) {
+            // An untied head and the final norm are done: their bucket goes first.
+            h.finished(be, &[lf.final_norm, lm], grads)?;
+        }
         for l in (0..c.num_hidden_layers).rev() {
             let x_in = &acts.resid[l];
             let tensors = self.layout.layers[l].tensors();

@@ -178,6 +178,10 @@ pub struct SftTrainer<B: Backend> {
     /// during the backward, so a rank never holds the whole f32 gradient (`dist::buckets`;
     /// `dist.grad_buckets`, on by default). Off: one reduce-scatter per step, as ZeRO-1 does.
     pub grad_buckets: bool,
+    /// The most f32 gradient values the last step held at once on this rank (gradient
+    /// buffers plus the ZeRO block; `dist::buckets::BucketReducer::peak_values` when
+    /// bucketed): what the gradients cost at the step's peak.
+    pub grad_peak_values: usize,
     order: Vec<usize>,
     next_epoch_rng: ChaCha8Rng,
 }
@@ -301,7 +305,17 @@ impl<B: Backend> SftTrainer<B> {
     ) -> Self {
         let (order, next_epoch_rng) = epoch_order(data.len(), &state.epoch_rng);
         let ws = Workspace::new(&model, be);
-        SftTrainer { model, opt, data, state, ws, grad_buckets: true, order, next_epoch_rng }
+        SftTrainer {
+            model,
+            opt,
+            data,
+            state,
+            ws,
+            grad_buckets: true,
+            grad_peak_values: 0,
+            order,
+            next_epoch_rng,
+        }
     }
 
     /// Continues the run saved in checkpoint directory `dir`; `data` must be the dataset it
@@ -351,6 +365,19 @@ impl<B: Backend> SftTrainer<B> {
 
     pub fn done(&self) -> bool {
         self.state.step >= self.state.total_steps
+    }
+
+    /// The model-state line a data-parallel or sharded run prints at its start.
+    pub fn state_note(&self, be: &B, world: usize) -> String {
+        let total: usize = self.model.params.iter().map(|p| be.len(p)).sum();
+        let stage = self.opt.zero.as_ref().map_or(0, |z| z.stage);
+        let grads = if self.grad_buckets {
+            let f = self.model.layout.bucketed_grad_peak() as f64 / total.max(1) as f64;
+            zero::GradLayout::Buckets { in_flight: Some(f) }
+        } else {
+            zero::GradLayout::Whole
+        };
+        zero::state_note(world, stage, grads, Some(total))
     }
 
     /// Whether this trainer's steps reduce-scatter the gradients in buckets during the
@@ -429,8 +456,18 @@ impl<B: Backend> SftTrainer<B> {
         let lr = self.state.schedule.lr_at(self.state.step);
         let (params, opt) = (&mut self.model.params, &mut self.opt);
         let rep = match buckets {
-            Some(b) => zero::step_block(be, comm, opt, params, b.finish()?, lr)?,
-            None => zero::reduce_and_step(be, comm, opt, params, &mut self.ws.grads, lr)?,
+            Some(b) => {
+                self.grad_peak_values = b.peak_values();
+                zero::step_block(be, comm, opt, params, b.finish()?, lr)?
+            }
+            None => {
+                // The whole gradient, and (sharded) the block the reduce-scatter returns
+                // while it is still held.
+                let block = opt.zero.as_ref().map_or(0, |z| z.range.len());
+                self.grad_peak_values =
+                    self.ws.grads.iter().map(|g| be.len(g)).sum::<usize>() + block;
+                zero::reduce_and_step(be, comm, opt, params, &mut self.ws.grads, lr)?
+            }
         };
         let done = StepDone {
             loss,
