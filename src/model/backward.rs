@@ -192,7 +192,7 @@ impl<B: Backend> Qwen2<B> {
         let embed = self.layout.embed;
         self.ready_grads(be, &[embed], grads);
         be.embedding_backward(&mut grads[embed], &s.dresid, &batch.ids, d);
-        if let Some(h) = hook.as_deref_mut() {
+        if let Some(h) = hook {
             let end = self.layout.backward_buckets().pop().expect("the end bucket");
             h.finished(be, &end, grads)?;
         }
