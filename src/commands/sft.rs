@@ -112,8 +112,9 @@ pub struct SftArgs {
     pub recompute: bool,
     /// ZeRO stage of a data-parallel run (mpirun -np N): 0 every rank holds the whole AdamW
     /// state; 1 each rank holds the moments of its 1/N of the parameters (8/N bytes a
-    /// parameter instead of 8); 2 also frees the full gradients between steps. The weights
-    /// are the same as with 0 (docs/distributed.md). A resumed run may take another stage.
+    /// parameter instead of 8); 2 also shards the gradients (see --grad-buckets). The
+    /// weights are the same as with 0 to rounding (docs/distributed.md). A resumed run may
+    /// take another stage.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub zero: u8,
     /// With --zero 2 (ignored otherwise): reduce-scatter the gradients in buckets (one

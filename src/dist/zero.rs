@@ -51,7 +51,8 @@ use std::ops::Range;
 /// Where a sharded optimizer's state sits in the flat parameter vector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZeroShard {
-    /// 1 (moments sharded) or 2 (also the gradients released after each step).
+    /// 1 (moments sharded) or 2 (also the gradients: reduce-scattered in buckets during the
+    /// backward, `dist::buckets`, or with `grad_buckets` off released after each step).
     pub stage: u8,
     /// This rank's block of the flat parameter vector.
     pub range: Range<usize>,
@@ -62,7 +63,7 @@ pub struct ZeroShard {
 /// Checks a `--zero` / `dist.zero` value.
 pub fn check_stage(stage: u8) -> Result<()> {
     if stage > 2 {
-        bail!("ZeRO stage {stage} is not supported: use 0 (replicated optimizer state), 1 (AdamW moments sharded) or 2 (moments sharded, gradients released after each step)");
+        bail!("ZeRO stage {stage} is not supported: use 0 (replicated optimizer state), 1 (AdamW moments sharded) or 2 (moments and gradients sharded)");
     }
     Ok(())
 }
@@ -573,6 +574,16 @@ mod tests {
         assert_eq!(bytes_per_param(8, 2, false, true, bk(0.0)).total(), 2.0 + 2.0);
         let note = state_note(2, 1, Whole, Some(1000));
         assert!(note.contains("ZeRO-1 over 2 rank(s): model state 12.00"), "{note}");
+        // scripts/memory_fit.py --world 8: bucketed ZeRO 2 with shadows, 7.79 B/param for
+        // Qwen2.5-7B (untied: the embedding table is the largest bucket) and 8.00 for 3B
+        // (tied: embedding + final norm + one layer in flight).
+        use crate::commands::init_model::Arch;
+        for (arch, want) in [(Arch::Qwen25_7b, 7.79), (Arch::Qwen25_3b, 8.00)] {
+            let lay = crate::model::ParamLayout::new(&arch.config());
+            let f = lay.bucketed_grad_peak() as f64 / lay.numel() as f64;
+            let got = bytes_per_param(8, 2, true, false, bk(f)).total();
+            assert!((got - want).abs() < 0.005, "{arch:?}: {got}");
+        }
         let note = state_note(4, 2, bk(0.25), Some(1000));
         assert!(note.contains("model state 8.00") && note.contains("in flight 1.00"), "{note}");
     }

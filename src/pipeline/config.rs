@@ -38,7 +38,7 @@ pub struct TrainConfig {
 pub struct DistSection {
     /// ZeRO stage of a data-parallel run (`mpirun -np N`): 0 = every rank holds the whole
     /// AdamW state; 1 = each rank holds the moments of its 1/N of the parameters; 2 = also
-    /// releases the full gradients after each step. Same results (docs/distributed.md).
+    /// shards the gradients (see `grad_buckets`). Same results (docs/distributed.md).
     pub zero: u8,
     /// ZeRO 2 only (ignored at 0 and 1): reduce-scatter the gradients in buckets (one decoder
     /// layer each) during the backward, so a rank holds its 1/N block of the f32 gradient plus
