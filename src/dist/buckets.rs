@@ -161,6 +161,7 @@ impl<'c, B: Backend> BucketReducer<'c, B> {
         for b in 0..self.buckets.len() {
             for run in Self::runs(&self.buckets[b].clone()) {
                 let n: usize = self.lens[run.clone()].iter().sum();
+                self.peak = self.peak.max(n + be.len(&self.acc));
                 self.reduce_piece(be, run, &[be.zeros(n)])?;
             }
             self.bucket_done();

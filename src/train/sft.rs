@@ -304,7 +304,11 @@ impl<B: Backend> SftTrainer<B> {
         state: SftState,
     ) -> Self {
         let (order, next_epoch_rng) = epoch_order(data.len(), &state.epoch_rng);
-        let ws = Workspace::new(&model, be);
+        // ZeRO 2 holds no whole gradient between steps (and, bucketed, not during them).
+        let ws = match &opt.zero {
+            Some(z) if z.stage == 2 => Workspace::without_grads(&model, be),
+            _ => Workspace::new(&model, be),
+        };
         SftTrainer {
             model,
             opt,

@@ -49,6 +49,20 @@ impl<B: Backend> Workspace<B> {
         }
     }
 
+    /// [`Workspace::new`] with every gradient buffer released (ZeRO 2: the backward or
+    /// [`Workspace::zero_grads`] allocates them when needed), so the whole f32 gradient is
+    /// never allocated up front.
+    pub fn without_grads(model: &Qwen2<B>, be: &B) -> Self {
+        Workspace {
+            recompute: false,
+            acts: None,
+            scratch: None,
+            grads: model.params.iter().map(|_| be.zeros(0)).collect(),
+            grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
+            logit_chunk: model.logit_chunk_rows(),
+        }
+    }
+
     /// A workspace around given gradient accumulators (a model whose trained parameters are
     /// not one `Qwen2`'s, e.g. a Qwen2.5-VL policy: decoder, then the tower unless frozen).
     pub fn with_grads(be: &B, grads: Vec<B::Buf>, logit_chunk: usize) -> Self {
