@@ -301,7 +301,11 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let c = self.cfg();
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
-        let mut st = run.policy.workspace(self.be).with_recompute(c.model.recompute);
+        let st = match c.dist.zero {
+            2 => run.policy.workspace_without_grads(self.be),
+            _ => run.policy.workspace(self.be),
+        };
+        let mut st = st.with_recompute(c.model.recompute);
         let mut summaries = Vec::new();
         // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
         // every refresh.

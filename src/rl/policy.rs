@@ -28,6 +28,14 @@ pub trait Policy<B: RlOps> {
     /// optimizer's order.
     fn workspace(&self, be: &B) -> Workspace<B>;
 
+    /// [`Policy::workspace`] with the gradient buffers released (ZeRO 2, which allocates them
+    /// per mini-batch or per bucket: the whole gradient is never allocated up front).
+    fn workspace_without_grads(&self, be: &B) -> Workspace<B> {
+        let mut ws = self.workspace(be);
+        ws.release_grads(be);
+        ws
+    }
+
     /// Zero AdamW moments for the trained parameters (a frozen part gets none), this rank's
     /// block of them under ZeRO `zero` (1 or 2; 0: replicated).
     fn new_optimizer(
@@ -122,6 +130,10 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
 
     fn workspace(&self, be: &B) -> Workspace<B> {
         Workspace::new(self, be)
+    }
+
+    fn workspace_without_grads(&self, be: &B) -> Workspace<B> {
+        Workspace::without_grads(self, be)
     }
 
     fn new_optimizer(
