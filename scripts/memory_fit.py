@@ -16,12 +16,16 @@ The default budget is what an 80 GB H100 shows (nvidia-smi: 81,559 MiB).
 
 With --world N the model state per rank follows src/dist/zero.rs `bytes_per_param` (the two
 must agree; its unit test pins the same numbers): as built, f32 weights 4 + bf16 shadows 2 +
-f32 gradient 4 + AdamW m, v 8 (8/N at ZeRO 1 and 2; the full gradient is held through the
-backward at every stage); and the bf16-weights layout that is NOT built (bf16 weights 2,
-f32 master and moments 12/N, at ZeRO 2 the gradient reduce-scattered in buckets during the
-backward: 4/N). Qwen2.5-VL-7B is the 7B language model plus its vision tower (counted as
-state; the vision activations of a few images are small next to 16K text tokens and are
-not counted).
+AdamW m, v 8 (8/N at ZeRO 1 and 2) + the f32 gradient: whole (4) at ZeRO 0 and 1 (and at
+ZeRO 2 with dist.grad_buckets = false), and at ZeRO 2 (buckets, the default) the rank's
+block 4/N plus the buckets in flight at the peak, 4 x in_flight(shape) (src/model/
+grad_hook.rs `bucketed_grad_peak`: untied head, the largest of lm_head + final norm, one
+layer, the embedding table; tied, embedding + final norm + one layer); and the bf16-weights
+layout that is NOT built (bf16 weights 2, f32 master and moments 12/N, the gradient as
+above). Qwen2.5-VL-7B is the 7B language model plus its vision tower (counted as state; the
+vision activations of a few images are small next to 16K text tokens and are not counted;
+ZeRO is refused for VL runs today, so its ZeRO rows are what the layout would give, the
+tower's gradient counted as one more bucket).
 """
 import argparse
 
@@ -68,18 +72,33 @@ def step_bytes(shape, t, recompute):
     return state, kept + scratch + transient, fixed
 
 
-def state_per_param(world, zero, layout):
+def in_flight(shape, tower=0):
+    """Fraction of the parameters whose f32 gradients a bucketed ZeRO-2 backward holds at its
+    peak (src/model/grad_hook.rs `bucketed_grad_peak`; `tower`: a vision tower as one more
+    bucket)."""
+    d, i, L, h, kv, v, tied = shape
+    kvd = kv * (d // h)
+    layer = d * d + d + 2 * (d * kvd + kvd) + d * d + 3 * d * i + 2 * d
+    peak = v * d + d + layer if tied else max(v * d + d, layer, v * d)
+    return max(peak, tower) / (params(*shape) + tower)
+
+
+def state_per_param(world, zero, layout, flight):
     """src/dist/zero.rs bytes_per_param: layout "built" (with bf16 shadows), "noshadow"
-    (MMR1_BF16_SHADOWS=0) or "bf16" (bf16 weights, not built)."""
+    (MMR1_BF16_SHADOWS=0) or "bf16" (bf16 weights, not built); ZeRO 2 with gradient buckets
+    (`flight`: in_flight's fraction)."""
     sharded = lambda b, on: b / world if on else b
+    grads = 4 / world + 4 * flight if zero == 2 else 4
     if layout == "bf16":
-        return 2 + sharded(4, zero >= 1) + sharded(8, zero >= 1) + sharded(4, zero >= 2)
-    return 4 + (2 if layout == "built" else 0) + sharded(8, zero >= 1) + 4
+        return 2 + sharded(4, zero >= 1) + sharded(8, zero >= 1) + grads
+    return 4 + (2 if layout == "built" else 0) + sharded(8, zero >= 1) + grads
 
 
 def data_parallel(a, budget):
     print(f"{a.world} ranks, budget per rank {budget / GIB:.1f} GiB; max tokens per micro-batch "
           "(recompute off / on), 'none' when the state alone does not fit")
+    print("ZeRO 2 = gradients reduce-scattered in buckets during the backward (the default); "
+          "ZeRO 2 with dist.grad_buckets = false has ZeRO 1's numbers")
     print("| shape | params | layout | ZeRO | state B/param | state GiB | max tokens off / on |")
     print("|---|---|---|---|---|---|---|")
     shapes = dict(SHAPES)
@@ -87,14 +106,16 @@ def data_parallel(a, budget):
     for name, shape in shapes.items():
         if name not in ("qwen2.5-3b", "qwen2.5-7b", "qwen2.5-vl-7b"):
             continue
-        n = params(*shape) + (vision_params() if name in VL else 0)
+        tower = vision_params() if name in VL else 0
+        n = params(*shape) + tower
+        flight = in_flight(shape, tower)
         _, off_tok, fixed = step_bytes(shape, 1, False)
         _, on_tok, _ = step_bytes(shape, 1, True)
         names = {"built": "as built", "noshadow": "as built, MMR1_BF16_SHADOWS=0",
                  "bf16": "bf16 weights (not built)"}
         for layout, lay in names.items():
             for zero in (0, 1, 2):
-                b = state_per_param(a.world, zero, layout)
+                b = state_per_param(a.world, zero, layout, flight)
                 st = b * n
                 room = budget - st - fixed
                 fit = [f"{int(room // per):,}" if room > 0 else "none" for per in (off_tok, on_tok)]

@@ -144,6 +144,15 @@ fn rank_body() {
         fn reduce_scatter_sum(&self, be: &Cpu, b: &[Vec<f32>]) -> anyhow::Result<Vec<f32>> {
             self.0.reduce_scatter_sum(be, b)
         }
+        fn reduce_scatter_range(
+            &self,
+            be: &Cpu,
+            b: &[Vec<f32>],
+            start: usize,
+            total: usize,
+        ) -> anyhow::Result<Vec<f32>> {
+            self.0.reduce_scatter_range(be, b, start, total)
+        }
         fn all_gather(&self, be: &Cpu, m: &Vec<f32>, b: &mut [Vec<f32>]) -> anyhow::Result<()> {
             self.0.all_gather(be, m, b)
         }
@@ -177,6 +186,19 @@ fn rank_body() {
         let mut back: Vec<Vec<f32>> = lens.iter().map(|&k| vec![f32::NAN; k]).collect();
         c.all_gather(&be, &block, &mut back).unwrap();
         assert_eq!(bits(&back.concat()), bits(&summed), "rank {r}: all-gather {lens:?}");
+        // ZeRO-2's buckets: every piece of the flat vector (a boundary inside or outside the
+        // blocks, empty pieces) gives this rank's part of its block, the all-reduce's bits.
+        let flat: Vec<f32> = vals.concat();
+        let total = flat.len();
+        for lo in 0..=total {
+            for hi in lo..=total {
+                let part = c.reduce_scatter_range(&be, &[flat[lo..hi].to_vec()], lo, total);
+                let part = be.download(&part.unwrap());
+                let want = mmr1_fast::dist::block_in_piece(total, r, n, lo..hi);
+                let want = &summed[lo + want.start..lo + want.end];
+                assert_eq!(bits(&part), bits(want), "rank {r}: piece {lo}..{hi} of {lens:?}");
+            }
+        }
     }
     // Ragged host gathers to one rank (rank 0 sends nothing); the others receive nothing.
     let mine: Vec<f32> = (0..r).map(|i| (10 * r + i) as f32).collect();
@@ -327,10 +349,12 @@ fn sft_on_two_ranks_matches_one_process() {
     }
     // ZeRO-1 and ZeRO-2 on the same 2 ranks: the replicated run's bits (dist::zero), and
     // checkpoints that hold the same consolidated optimizer state.
+    // (ZeRO-2 with --grad-buckets false: the bucketed exchange adds several micro-batches
+    // in another order, checked below.)
     for stage in ["1", "2"] {
         let z = tmp.path().join(format!("zero{stage}"));
         let mut a = args(&z);
-        a.extend(["--zero".into(), stage.into()]);
+        a.extend(["--zero".into(), stage.into(), "--grad-buckets".into(), "false".into()]);
         let err = ok(&mpirun(2).arg(bin()).args(a).output().unwrap(), "mpirun -np 2 sft --zero");
         assert!(err.contains(&format!("ZeRO-{stage}")), "rank 0 reports the stage:\n{err}");
         assert_eq!(steps_logged(&z, "sft"), (1..=6).collect::<Vec<_>>());
@@ -341,9 +365,24 @@ fn sft_on_two_ranks_matches_one_process() {
             assert!(opt(&z) == opt(&two), "sft --zero {stage}: {ck}'s optimizer state");
         }
     }
+    let bound = lr * 1e-3 * 6.0;
+    // ZeRO-2 with the gradients reduce-scattered in buckets during the backward (the default
+    // at --zero 2), stopped after the checkpoint of step 4 and resumed unbucketed: each step
+    // logged once, and the --zero 0 run's weights to f32 rounding (several micro-batches per
+    // rank, rank 1 none in step 6: the sums' order differs, dist::buckets).
+    let zb = tmp.path().join("zero2-buckets");
+    let base = [args(&zb), vec!["--zero".into(), "2".into()]].concat();
+    let first = mpirun(2).arg(bin()).args(&base).args(["--max-steps", "4"]).output().unwrap();
+    let err = ok(&first, "mpirun -np 2 sft --zero 2");
+    assert!(err.contains("reduce-scattered during the backward"), "bucketed:\n{err}");
+    let resumed = ["--resume", "latest", "--grad-buckets", "false"];
+    ok(&mpirun(2).arg(bin()).args(&base).args(resumed).output().unwrap(), "resume unbucketed");
+    assert_eq!(steps_logged(&zb, "sft"), (1..=6).collect::<Vec<_>>());
+    let (d, moved) = compare(&weights(&zb), &weights(&two), &weights(&model));
+    eprintln!("MEASURED sft 2 ranks --zero 2 bucketed (resumed unbucketed) vs --zero 0: max weight diff {d:.3e} (bound {bound:.1e}), moved {moved:.3e}");
+    assert!(d <= bound && moved > 100.0 * bound, "bucketed ZeRO-2: {d} (moved {moved})");
     let (a, b, start) = (weights(&one), weights(&two), weights(&model));
     let (d, moved) = compare(&a, &b, &start);
-    let bound = lr * 1e-3 * 6.0;
     eprintln!("MEASURED sft 2 ranks vs 1 process: max weight diff {d:.3e} (bound {bound:.1e}), moved {moved:.3e}");
     assert!(d <= bound, "weights differ by {d} > {bound}");
     assert!(moved > 100.0 * bound, "training moved the weights only {moved}");

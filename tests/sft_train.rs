@@ -198,6 +198,7 @@ fn sft_command_trains_saves_and_resumes() {
         precision: Default::default(),
         recompute: false,
         zero: 0,
+        grad_buckets: true,
         collective: Default::default(),
     };
     run_on(&Cpu, &args).unwrap();

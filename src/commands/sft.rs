@@ -112,10 +112,18 @@ pub struct SftArgs {
     pub recompute: bool,
     /// ZeRO stage of a data-parallel run (mpirun -np N): 0 every rank holds the whole AdamW
     /// state; 1 each rank holds the moments of its 1/N of the parameters (8/N bytes a
-    /// parameter instead of 8); 2 also frees the full gradients between steps. The weights
-    /// are the same as with 0 (docs/distributed.md). A resumed run may take another stage.
+    /// parameter instead of 8); 2 also shards the gradients (see --grad-buckets). The
+    /// weights are the same as with 0 to rounding (docs/distributed.md). A resumed run may
+    /// take another stage.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub zero: u8,
+    /// With --zero 2 (ignored otherwise): reduce-scatter the gradients in buckets (one
+    /// decoder layer each) during the backward, so each rank holds 1/N of the f32 gradient
+    /// plus the buckets in flight, not the whole gradient (the real ZeRO-2 saving). false:
+    /// one reduce-scatter per step. Equal to rounding (bit for bit with one micro-batch per
+    /// rank); a resumed run may switch. docs/distributed.md.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub grad_buckets: bool,
     /// The collective of a data-parallel run's device buffers: auto (NCCL for N > 1 ranks on
     /// GPUs, MPI otherwise), mpi (GPU buffers staged through host memory), or nccl (NCCL also
     /// in a world of one, to check it against the plain path on one GPU). docs/distributed.md.
@@ -259,6 +267,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
         }
     };
     trainer.ws.recompute = args.recompute;
+    trainer.grad_buckets = args.grad_buckets;
     // Ranks that loaded independently start as exact replicas of rank 0.
     sync_replicas(be, comm, &mut trainer.model, &mut trainer.opt)?;
     let n_tok: usize = trainer.data.iter().map(|e| e.ids.len()).sum();
@@ -273,8 +282,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
             if comm.world() > 1 { format!(", {} ranks", comm.world()) } else { String::new() }
         );
         if comm.world() > 1 || args.zero > 0 {
-            let n = trainer.model.params.iter().map(|p| be.len(p)).sum();
-            eprintln!("{}", zero::state_note(comm.world(), args.zero, Some(n)));
+            eprintln!("{}", trainer.state_note(be, comm.world()));
         }
     }
     // Rank 0 owns the output directory: the lock, the metrics log, the checkpoints.

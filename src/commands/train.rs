@@ -55,7 +55,8 @@ pub struct TrainArgs {
     pub recompute: bool,
     /// ZeRO stage of a data-parallel run (same as --set dist.zero=...): 0 every rank holds
     /// the whole AdamW state; 1 each of N ranks holds the moments of 1/N of the parameters;
-    /// 2 also frees the full gradients between steps. Same results; see docs/distributed.md.
+    /// 2 also shards the gradients (reduce-scattered in buckets during the backward unless
+    /// --set dist.grad_buckets=false). Same results; see docs/distributed.md.
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub zero: Option<u8>,
     /// auto | mpi | nccl (same as --set dist.collective=...): the collective of a
@@ -75,7 +76,11 @@ pub struct TrainArgs {
     /// Without it, a fresh run into a directory holding another run's checkpoints is refused.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Print the full default configuration as TOML and exit.
+    /// Print the full default configuration as TOML and exit. Each key is described in
+    /// src/pipeline/config.rs; the data-parallel ones in docs/distributed.md: dist.zero (0,
+    /// 1, 2), dist.grad_buckets (ZeRO 2: reduce-scatter the gradients in buckets during the
+    /// backward, true by default; false holds the whole gradient until the step), and
+    /// dist.collective (auto, mpi, nccl).
     #[arg(long)]
     pub print_config: bool,
     /// MMR1's Figure 2 in miniature: one cold-start SFT, then GRPO from that checkpoint with
@@ -217,7 +222,16 @@ fn run_on<B: crate::backend::rl_ops::RlOps>(
         if comm.world() > 1 || inputs.cfg.dist.zero > 0 {
             eprintln!(
                 "{}",
-                crate::dist::zero::state_note(comm.world(), inputs.cfg.dist.zero, None)
+                crate::dist::zero::state_note(
+                    comm.world(),
+                    inputs.cfg.dist.zero,
+                    if inputs.cfg.dist.grad_buckets {
+                        crate::dist::zero::GradLayout::Buckets { in_flight: None }
+                    } else {
+                        crate::dist::zero::GradLayout::Whole
+                    },
+                    None
+                )
             );
         }
     }

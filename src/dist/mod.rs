@@ -18,6 +18,7 @@
 //! bit-identical results. `NcclComm` sums in NCCL's order, deterministic for a fixed world
 //! size, topology and NCCL algorithm (module `nccl`), equal to the rank-order sum to rounding.
 
+pub mod buckets;
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -93,6 +94,20 @@ pub trait Collective<B: Backend> {
     /// same slice of `all_reduce_sum` (rank order from rank 0's values), so a sharded
     /// optimizer step can equal the replicated one. A block may be empty (`total < world`).
     fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf>;
+    /// [`Collective::reduce_scatter_sum`] of a piece of the flat vector (ZeRO-2's buckets,
+    /// `dist::buckets`): the concatenation of `bufs` is elements `start .. start + len` of a
+    /// flat vector of `total` values (the same `start`, lengths and `total` on every rank),
+    /// cut into the blocks `shard(total, r, world)`. Returns the part of this rank's block that
+    /// falls in the piece (elements `block ∩ piece`, in order; empty when they do not meet),
+    /// summed over ranks in rank order from rank 0's values: the bits of that slice of
+    /// `all_reduce_sum`, so a bucketed step can equal the unbucketed one.
+    fn reduce_scatter_range(
+        &self,
+        be: &B,
+        bufs: &[B::Buf],
+        start: usize,
+        total: usize,
+    ) -> Result<B::Buf>;
     /// The inverse layout: every rank passes its block `shard(total, rank, world)` of the
     /// flat concatenation of `bufs` (`total` = their summed length, the same on every rank)
     /// and every rank's `bufs` receive all blocks (ZeRO's all-gather of updated weights).
@@ -154,6 +169,24 @@ pub fn write_flat<B: Backend>(be: &B, bufs: &mut [B::Buf], start: usize, src: &B
             be.copy(b, lo - off, src, lo - start, hi - lo);
         }
         off += n;
+    }
+}
+
+/// The elements of `rank`'s block `shard(total, rank, world)` that fall in `piece`, relative
+/// to `piece.start` (`0..0` when they do not meet): where a reduce-scatter of the piece
+/// (`Collective::reduce_scatter_range`) finds the rank's part.
+pub fn block_in_piece(
+    total: usize,
+    rank: usize,
+    world: usize,
+    piece: Range<usize>,
+) -> Range<usize> {
+    let b = shard(total, rank, world);
+    let (lo, hi) = (b.start.max(piece.start), b.end.min(piece.end));
+    if lo < hi {
+        lo - piece.start..hi - piece.start
+    } else {
+        0..0
     }
 }
 

@@ -11,7 +11,7 @@
 //! for the same inputs. Large buffers go in chunks so rank 0 holds at most
 //! `world * CHUNK` extra values at a time.
 
-use super::{download_all, shard, upload_all, Collective};
+use super::{block_in_piece, download_all, shard, upload_all, Collective};
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use mpi::datatype::PartitionMut;
@@ -178,16 +178,28 @@ impl<B: Backend> Collective<B> for MpiComm {
         Ok(())
     }
     fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
+        let total = bufs.iter().map(|b| be.len(b)).sum();
+        self.reduce_scatter_range(be, bufs, 0, total)
+    }
+    fn reduce_scatter_range(
+        &self,
+        be: &B,
+        bufs: &[B::Buf],
+        start: usize,
+        total: usize,
+    ) -> Result<B::Buf> {
         let host = download_all(be, bufs);
         let n = host.len();
+        ensure!(start + n <= total, "reduce-scatter: values {start}..{} of {total}", start + n);
         self.check_same_len(n, "reduce-scatter")?;
-        // Rank q's block is gathered to q and summed there in rank order from rank 0's
-        // values: the order (and so the bits) of `sum_f32`, whose root sums everything.
+        // Rank q's part of the piece is gathered to q and summed there in rank order from
+        // rank 0's values: the order (and so the bits) of `sum_f32`, whose root sums
+        // everything. Every rank computes the same parts, so all make the same calls.
         let mut mine = Vec::new();
         for q in 0..self.size {
-            let block = &host[shard(n, q, self.size)];
+            let part_of_q = &host[block_in_piece(total, q, self.size, start..start + n)];
             let root = self.world.process_at_rank(q as i32);
-            for part in block.chunks(CHUNK) {
+            for part in part_of_q.chunks(CHUNK) {
                 if q == self.rank {
                     let k = part.len();
                     let mut all = vec![0f32; k * self.size];

@@ -29,7 +29,7 @@
 //! one is exact: every operation is a copy.
 
 use super::padded::{offset_in_block, pack_round, padded_rounds, unpack_round};
-use super::{flat_len, shard, Collective, Single};
+use super::{block_in_piece, flat_len, flat_slice, shard, Collective, Single};
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::driver::{CudaDevice, CudaMem};
 use crate::backend::cuda::{CudaBackend, DevBuf};
@@ -337,6 +337,58 @@ impl Collective<Cuda> for NcclComm {
             let at = offset_in_block(&round, self.rank, block.start);
             be.copy(&mut out, at.start, &recv, 0, at.len());
         }
+        Ok(out)
+    }
+    fn reduce_scatter_range(
+        &self,
+        be: &Cuda,
+        bufs: &[Buf],
+        start: usize,
+        total: usize,
+    ) -> Result<Buf> {
+        // Not the padded ncclReduceScatter: a bucket (one decoder layer, a fraction of the
+        // flat vector) meets one or two ranks' blocks, not all of them, so padding every
+        // rank's part to the largest would stage world x the bucket. Instead one ncclReduce
+        // per rank whose block meets the piece, rooted at that rank, in one NCCL group: the
+        // staging is one copy of the piece. NCCL's addition order (not the rank order).
+        let n = flat_len(be, bufs);
+        ensure!(start + n <= total, "reduce-scatter: values {start}..{} of {total}", start + n);
+        self.same_layout(&[start, n, total], "reduce-scatter of a bucket")?;
+        let piece = start..start + n;
+        let mine = block_in_piece(total, self.rank, self.world, piece.clone());
+        let out = be.zeros(mine.len());
+        let sends: Vec<(usize, Buf)> = (0..self.world)
+            .map(|q| (q, block_in_piece(total, q, self.world, piece.clone())))
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(q, r)| (q, flat_slice(be, bufs, r)))
+            .collect();
+        nccl::group_start().map_err(|e| nccl_error(e, "ncclGroupStart"))?;
+        let mut first = Ok(());
+        for (q, send) in &sends {
+            // The root receives into `out`; the others' receive buffer is not read by NCCL.
+            let recv = if *q == self.rank { ptr(&out) } else { ptr(send) };
+            if first.is_ok() {
+                // SAFETY: `send` holds len f32 on every rank (the same parts everywhere),
+                // `out` as many on the root, on the backend's stream.
+                first = unsafe {
+                    nccl::reduce(
+                        ptr(send),
+                        recv,
+                        send.len(),
+                        F32,
+                        SUM,
+                        *q as i32,
+                        self.comm,
+                        self.stream,
+                    )
+                }
+                .map(|_| ())
+                .map_err(|e| nccl_error(e, "ncclReduce"));
+            }
+        }
+        let end = nccl::group_end().map_err(|e| nccl_error(e, "ncclReduce"));
+        first?;
+        end?;
         Ok(out)
     }
     fn all_gather(&self, be: &Cuda, mine: &Buf, bufs: &mut [Buf]) -> Result<()> {

@@ -35,6 +35,17 @@ impl<B: Backend> Collective<B> for Single {
         // The one block is everything.
         Ok(flat_slice(be, bufs, 0..flat_len(be, bufs)))
     }
+    fn reduce_scatter_range(
+        &self,
+        be: &B,
+        bufs: &[B::Buf],
+        start: usize,
+        total: usize,
+    ) -> Result<B::Buf> {
+        let n = flat_len(be, bufs);
+        ensure!(start + n <= total, "reduce-scatter: values {start}..{} of {total}", start + n);
+        Ok(flat_slice(be, bufs, 0..n))
+    }
     fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {
         ensure!(root == 0, "gather to rank {root} in a world of 1");
         Ok(vec![xs.to_vec()])

@@ -7,7 +7,7 @@
 //! does); the tests join their threads, so a failure there shows as a hang plus the panic
 //! message, not as a wrong result.
 
-use super::{download_all, shard, upload_all, Collective};
+use super::{block_in_piece, download_all, shard, upload_all, Collective};
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
@@ -119,15 +119,30 @@ impl<B: Backend> Collective<B> for ThreadGroup {
         Ok(())
     }
     fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
+        let total = bufs.iter().map(|b| be.len(b)).sum();
+        self.reduce_scatter_range(be, bufs, 0, total)
+    }
+    fn reduce_scatter_range(
+        &self,
+        be: &B,
+        bufs: &[B::Buf],
+        start: usize,
+        total: usize,
+    ) -> Result<B::Buf> {
         let host = download_all(be, bufs);
+        ensure!(
+            start + host.len() <= total,
+            "reduce-scatter: values {start}..{} of {total}",
+            start + host.len()
+        );
         let all = self.exchange(&self.shared.f32_slots, &host);
         // Every rank sees every length, so a mismatch fails on every rank alike.
         let n = all[0].len();
         if let Some((r, v)) = all.iter().enumerate().find(|(_, v)| v.len() != n) {
             bail!("reduce-scatter: rank {r} passed {} values, rank 0 passed {n}", v.len());
         }
-        // Only this rank's block is summed, in the order `sum_in_rank_order` takes.
-        let mine = shard(n, self.rank, self.shared.world);
+        // Only this rank's part is summed, in the order `sum_in_rank_order` takes.
+        let mine = block_in_piece(total, self.rank, self.shared.world, start..start + n);
         let blocks: Vec<Vec<f32>> = all.into_iter().map(|v| v[mine.clone()].to_vec()).collect();
         Ok(be.upload(&Self::sum_in_rank_order(blocks)?))
     }

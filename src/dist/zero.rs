@@ -51,7 +51,8 @@ use std::ops::Range;
 /// Where a sharded optimizer's state sits in the flat parameter vector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZeroShard {
-    /// 1 (moments sharded) or 2 (also the gradients released after each step).
+    /// 1 (moments sharded) or 2 (also the gradients: reduce-scattered in buckets during the
+    /// backward, `dist::buckets`, or with `grad_buckets` off released after each step).
     pub stage: u8,
     /// This rank's block of the flat parameter vector.
     pub range: Range<usize>,
@@ -62,7 +63,7 @@ pub struct ZeroShard {
 /// Checks a `--zero` / `dist.zero` value.
 pub fn check_stage(stage: u8) -> Result<()> {
     if stage > 2 {
-        bail!("ZeRO stage {stage} is not supported: use 0 (replicated optimizer state), 1 (AdamW moments sharded) or 2 (moments sharded, gradients released after each step)");
+        bail!("ZeRO stage {stage} is not supported: use 0 (replicated optimizer state), 1 (AdamW moments sharded) or 2 (moments and gradients sharded)");
     }
     Ok(())
 }
@@ -230,6 +231,34 @@ pub fn reduce_and_step<B: Backend>(
             *b = be.zeros(0);
         }
     }
+    step_block(be, comm, opt, params, g, lr)
+}
+
+/// The sharded optimizer step from this rank's block `g` of the ranks' gradient sum, already
+/// reduced (by [`reduce_and_step`]'s reduce-scatter, or during the backward by
+/// `dist::buckets`): the global norm, clip, AdamW on the block, all-gather of the updated
+/// weights. Every rank calls it.
+pub fn step_block<B: Backend>(
+    be: &B,
+    comm: &dyn Collective<B>,
+    opt: &mut AdamW<B>,
+    params: &mut [B::Buf],
+    g: B::Buf,
+    lr: f32,
+) -> Result<StepReport> {
+    let Some(z) = &opt.zero else {
+        bail!("a ZeRO step from a gradient block needs a sharded optimizer (ZeRO 1 or 2)");
+    };
+    ensure!(
+        be.len(&g) == z.range.len(),
+        "ZeRO step: a gradient block of {} values, this rank's block holds {}",
+        be.len(&g),
+        z.range.len()
+    );
+    ensure!(
+        flat_len(be, params) == z.lens.iter().sum::<usize>(),
+        "ZeRO step: parameter sizes changed"
+    );
     let mut sq = [be.sum_squares(&g)];
     comm.all_reduce_sum_host(&mut sq)?;
     let norm = sq[0].sqrt();
@@ -247,7 +276,8 @@ pub fn reduce_and_step<B: Backend>(
         step: opt.step,
         grad_scale: scale,
     };
-    let mut p = flat_slice(be, params, z.range.clone());
+    let range = z.range.clone();
+    let mut p = flat_slice(be, params, range);
     let (m, v) = (&mut opt.m[0], &mut opt.v[0]);
     be.adamw(&mut p, &g, m, v, hp);
     comm.all_gather(be, &p, params)?;
@@ -277,25 +307,45 @@ impl StateBytes {
     }
 }
 
+/// How a ZeRO-2 step holds its f32 gradient (stage 0 and 1 always hold it whole).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GradLayout {
+    /// The whole gradient, reduce-scattered after the backward (`dist.grad_buckets = false`).
+    Whole,
+    /// Reduce-scattered in buckets during the backward (`dist::buckets`): the rank's block
+    /// (4/N bytes a parameter) plus the buckets in flight at the peak, `in_flight` of the
+    /// parameters (`ParamLayout::bucketed_grad_peak` / numel; `None`: model unknown, counted 0).
+    Buckets { in_flight: Option<f64> },
+}
+
 /// Bytes per parameter per rank of a run of `world` ranks at ZeRO `stage`, at the step's peak.
 ///
 /// As built (`bf16_weights` false): f32 weights (4, the master copy), bf16 shadows of them
-/// when `shadows` (2), m and v (8, or 8/world when sharded) and the full f32 gradient (4: the
-/// backward accumulates all of it; stage 2 frees it between steps only). With
-/// `bf16_weights` (the layout of the ZeRO paper's mixed precision, NOT built: bf16 weights
-/// in the replica, f32 master weights sharded with the moments, and at stage 2 the gradient
-/// reduce-scattered in buckets during the backward): 2 + (4 + 8) / world + 4 (stage 2:
-/// 4 / world).
-pub fn bytes_per_param(world: usize, stage: u8, shadows: bool, bf16_weights: bool) -> StateBytes {
+/// when `shadows` (2), m and v (8, or 8/world when sharded) and the f32 gradient: whole (4)
+/// at stages 0 and 1 and at stage 2 with `GradLayout::Whole` (freed between steps only);
+/// at stage 2 with buckets 4/world + 4 x the fraction in flight. With `bf16_weights` (the
+/// layout of the ZeRO paper's mixed precision, NOT built: bf16 weights in the replica, f32
+/// master weights sharded with the moments): 2 + (4 + 8) / world + the gradient as above.
+pub fn bytes_per_param(
+    world: usize,
+    stage: u8,
+    shadows: bool,
+    bf16_weights: bool,
+    grads: GradLayout,
+) -> StateBytes {
     let n = world.max(1) as f64;
     let per = |b: f64, sharded: bool| if sharded { b / n } else { b };
+    let grads = match (stage, grads) {
+        (2, GradLayout::Buckets { in_flight }) => 4.0 / n + 4.0 * in_flight.unwrap_or(0.0),
+        _ => 4.0,
+    };
     if bf16_weights {
         StateBytes {
             weights: 2.0,
             shadows: 0.0,
             master: per(4.0, stage >= 1),
             moments: per(8.0, stage >= 1),
-            grads: per(4.0, stage >= 2),
+            grads,
         }
     } else {
         StateBytes {
@@ -303,25 +353,36 @@ pub fn bytes_per_param(world: usize, stage: u8, shadows: bool, bf16_weights: boo
             shadows: if shadows { 2.0 } else { 0.0 },
             master: 0.0,
             moments: per(8.0, stage >= 1),
-            grads: 4.0,
+            grads,
         }
     }
 }
 
 /// The line a run prints at its start (rank 0) for a data-parallel or sharded run.
-pub fn state_note(world: usize, stage: u8, params: Option<usize>) -> String {
-    let b = bytes_per_param(world, stage, false, false);
+pub fn state_note(world: usize, stage: u8, grads: GradLayout, params: Option<usize>) -> String {
+    let b = bytes_per_param(world, stage, false, false, grads);
     let size = params.map_or(String::new(), |p| {
         format!(" = {:.1} MB for {p} parameters", b.total() * p as f64 / 1e6)
     });
+    let how = match (stage, grads) {
+        (2, GradLayout::Buckets { in_flight: Some(f) }) => format!(
+            " (the rank's block {:.2} + buckets in flight {:.2}: reduce-scattered during the backward)",
+            4.0 / world.max(1) as f64,
+            4.0 * f
+        ),
+        (2, GradLayout::Buckets { in_flight: None }) => {
+            " (the rank's block + one layer's and the head's in flight: reduce-scattered during the backward)".into()
+        }
+        (2, GradLayout::Whole) => ", freed between steps".into(),
+        _ => String::new(),
+    };
     format!(
         "ZeRO-{stage} over {world} rank(s): model state {:.2} bytes/parameter/rank (f32 weights {}, \
-         AdamW moments {:.2}, gradients {}{}){size}; +2 with bf16 GEMM weight shadows on a GPU",
+         AdamW moments {:.2}, gradients {:.2}{how}){size}; +2 with bf16 GEMM weight shadows on a GPU",
         b.total(),
         b.weights,
         b.moments,
         b.grads,
-        if stage == 2 { ", freed between steps" } else { "" },
     )
 }
 
@@ -499,14 +560,31 @@ mod tests {
 
     #[test]
     fn bytes_per_parameter_follow_the_stage() {
+        use GradLayout::{Buckets, Whole};
+        let bk = |f: f64| Buckets { in_flight: Some(f) };
         // Replicated as built: 4 + 8 + 4 (+ 2 shadows) = the 18 of scripts/memory_fit.py.
-        assert_eq!(bytes_per_param(8, 0, true, false).total(), 18.0);
-        assert_eq!(bytes_per_param(8, 1, false, false).total(), 4.0 + 1.0 + 4.0);
-        assert_eq!(bytes_per_param(8, 2, false, false).total(), 9.0);
+        assert_eq!(bytes_per_param(8, 0, true, false, Whole).total(), 18.0);
+        assert_eq!(bytes_per_param(8, 1, false, false, bk(0.5)).total(), 4.0 + 1.0 + 4.0);
+        assert_eq!(bytes_per_param(8, 2, false, false, Whole).total(), 9.0);
+        // Bucketed ZeRO 2: 4 + 1 + 4/8 + 4 x in flight.
+        assert_eq!(bytes_per_param(8, 2, false, false, bk(0.125)).total(), 4.0 + 1.0 + 0.5 + 0.5);
         // The ZeRO paper's 16 bytes (2 + 2 + 12 with bf16 gradients; ours are f32: 18).
-        assert_eq!(bytes_per_param(1, 0, false, true).total(), 18.0);
-        assert_eq!(bytes_per_param(8, 1, false, true).total(), 2.0 + 1.5 + 4.0);
-        assert_eq!(bytes_per_param(8, 2, false, true).total(), 2.0 + 2.0);
-        assert!(state_note(2, 1, Some(1000)).contains("ZeRO-1 over 2 rank(s): model state 12.00"));
+        assert_eq!(bytes_per_param(1, 0, false, true, Whole).total(), 18.0);
+        assert_eq!(bytes_per_param(8, 1, false, true, Whole).total(), 2.0 + 1.5 + 4.0);
+        assert_eq!(bytes_per_param(8, 2, false, true, bk(0.0)).total(), 2.0 + 2.0);
+        let note = state_note(2, 1, Whole, Some(1000));
+        assert!(note.contains("ZeRO-1 over 2 rank(s): model state 12.00"), "{note}");
+        // scripts/memory_fit.py --world 8: bucketed ZeRO 2 with shadows, 7.79 B/param for
+        // Qwen2.5-7B (untied: the embedding table is the largest bucket) and 8.00 for 3B
+        // (tied: embedding + final norm + one layer in flight).
+        use crate::commands::init_model::Arch;
+        for (arch, want) in [(Arch::Qwen25_7b, 7.79), (Arch::Qwen25_3b, 8.00)] {
+            let lay = crate::model::ParamLayout::new(&arch.config());
+            let f = lay.bucketed_grad_peak() as f64 / lay.numel() as f64;
+            let got = bytes_per_param(8, 2, true, false, bk(f)).total();
+            assert!((got - want).abs() < 0.005, "{arch:?}: {got}");
+        }
+        let note = state_note(4, 2, bk(0.25), Some(1000));
+        assert!(note.contains("model state 8.00") && note.contains("in flight 1.00"), "{note}");
     }
 }

@@ -13,9 +13,11 @@
 //! path: it never visits the host); the slice ones upload it (tests, tools).
 
 use super::forward::{Acts, LayerActs, LayerStore, Packed};
+use super::grad_hook::GradHook;
 use super::Qwen2;
 use crate::backend::chunked_logprob::RowGrads;
 use crate::backend::{Backend, Tr};
+use anyhow::Result;
 
 /// Gradient scratch for `t` tokens, planned once and reused across steps (like `Acts`).
 pub struct GradScratch<B: Backend> {
@@ -109,6 +111,7 @@ impl<B: Backend> Qwen2<B> {
         self.backward_to_embeddings(be, batch, acts, targets, dlp, dent, inv_temp, grads, scratch);
         let s = scratch.as_ref().expect("planned by backward_to_embeddings");
         let d = self.cfg.hidden_size;
+        self.ready_grads(be, &[self.layout.embed], grads);
         be.embedding_backward(&mut grads[self.layout.embed], &s.dresid, &batch.ids, d);
     }
 
@@ -158,12 +161,42 @@ impl<B: Backend> Qwen2<B> {
         grads: &mut [B::Buf],
         scratch: &mut Option<GradScratch<B>>,
     ) {
-        self.backward_to_embeddings_buf(
-            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch,
-        );
-        let s = scratch.as_ref().expect("planned by backward_to_embeddings_buf");
+        self.backward_hooked(be, batch, acts, targets, g, inv_temp, chunk, grads, scratch, None)
+            .expect("a backward without a hook has nothing that can fail");
+    }
+
+    /// [`Qwen2::backward_with_buf`] that reports each finished bucket of gradients to `hook`
+    /// (`model::grad_hook`: each decoder layer as its backward ends, then the end bucket after
+    /// the embedding backward); `None` is `backward_with_buf`. Gradients the hook released
+    /// are allocated again, zeroed, when the backward next reaches their tensors. An error is
+    /// the hook's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_hooked(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &Acts<B>,
+        targets: &[u32],
+        g: RowGrads<'_, B>,
+        inv_temp: f32,
+        chunk: usize,
+        grads: &mut [B::Buf],
+        scratch: &mut Option<GradScratch<B>>,
+        mut hook: Option<&mut dyn GradHook<B>>,
+    ) -> Result<()> {
+        self.backward_layers(
+            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch, &mut hook,
+        )?;
+        let s = scratch.as_ref().expect("planned by backward_layers");
         let d = self.cfg.hidden_size;
-        be.embedding_backward(&mut grads[self.layout.embed], &s.dresid, &batch.ids, d);
+        let embed = self.layout.embed;
+        self.ready_grads(be, &[embed], grads);
+        be.embedding_backward(&mut grads[embed], &s.dresid, &batch.ids, d);
+        if let Some(h) = hook {
+            let end = self.layout.backward_buckets().pop().expect("the end bucket");
+            h.finished(be, &end, grads)?;
+        }
+        Ok(())
     }
 
     /// [`Qwen2::backward_to_embeddings`] with the upstream gradient in backend buffers.
@@ -180,6 +213,27 @@ impl<B: Backend> Qwen2<B> {
         grads: &mut [B::Buf],
         scratch: &mut Option<GradScratch<B>>,
     ) {
+        self.backward_layers(
+            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch, &mut None,
+        )
+        .expect("a backward without a hook has nothing that can fail");
+    }
+
+    /// The backward down to the embeddings, reporting each finished decoder layer to `hook`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_layers(
+        &self,
+        be: &B,
+        batch: &Packed,
+        acts: &Acts<B>,
+        targets: &[u32],
+        g: RowGrads<'_, B>,
+        inv_temp: f32,
+        chunk: usize,
+        grads: &mut [B::Buf],
+        scratch: &mut Option<GradScratch<B>>,
+        hook: &mut Option<&mut dyn GradHook<B>>,
+    ) -> Result<()> {
         let t = batch.tokens();
         assert_eq!(acts.t, t, "backward: activations are for {} tokens, the batch has {t}", acts.t);
         assert_eq!(targets.len(), t, "backward: one target per packed row");
@@ -193,6 +247,7 @@ impl<B: Backend> Qwen2<B> {
 
         // Output projection: fills s.dxn with d(loss)/d(xn_f).
         let head = self.layout.head();
+        self.ready_grads(be, &[head, self.layout.final_norm], grads);
         self.head_backward_buf(be, acts, targets, g, inv_temp, chunk, &mut s.dxn, &mut grads[head]);
 
         // Final norm: xn_f = rmsnorm(resid[L]).
@@ -207,8 +262,14 @@ impl<B: Backend> Qwen2<B> {
             t,
             d,
         );
+        if let (Some(h), Some(lm)) = (hook.as_deref_mut(), lf.lm_head) {
+            // An untied head and the final norm are done: their bucket goes first.
+            h.finished(be, &[lf.final_norm, lm], grads)?;
+        }
         for l in (0..c.num_hidden_layers).rev() {
             let x_in = &acts.resid[l];
+            let tensors = self.layout.layers[l].tensors();
+            self.ready_grads(be, &tensors, grads);
             match &acts.layers {
                 LayerStore::Kept(v) => self.layer_backward(be, l, batch, x_in, &v[l], grads, s),
                 LayerStore::Recomputed(cell) => {
@@ -221,7 +282,11 @@ impl<B: Backend> Qwen2<B> {
                     self.layer_backward(be, l, batch, x_in, &la, grads, s);
                 }
             }
+            if let Some(h) = hook.as_deref_mut() {
+                h.finished(be, &tensors, grads)?;
+            }
         }
+        Ok(())
     }
 
     /// One decoder layer in reverse. On entry `s.dresid` is d(loss)/d(x_out); on exit it is

@@ -5,6 +5,7 @@
 pub mod backward;
 pub mod config;
 pub mod forward;
+pub mod grad_hook;
 pub mod head;
 pub mod init;
 pub mod kv_cache;
@@ -28,6 +29,7 @@ pub mod vl_save;
 pub use backward::GradScratch;
 pub use config::Qwen2Config;
 pub use forward::{Acts, Packed};
+pub use grad_hook::GradHook;
 pub use kv_cache::KvCache;
 pub use params::ParamLayout;
 pub use vision_config::{Qwen2VlConfig, VisionConfig};

@@ -38,8 +38,14 @@ pub struct TrainConfig {
 pub struct DistSection {
     /// ZeRO stage of a data-parallel run (`mpirun -np N`): 0 = every rank holds the whole
     /// AdamW state; 1 = each rank holds the moments of its 1/N of the parameters; 2 = also
-    /// releases the full gradients after each step. Same results (docs/distributed.md).
+    /// shards the gradients (see `grad_buckets`). Same results (docs/distributed.md).
     pub zero: u8,
+    /// ZeRO 2 only (ignored at 0 and 1): reduce-scatter the gradients in buckets (one decoder
+    /// layer each) during the backward, so a rank holds its 1/N block of the f32 gradient plus
+    /// the buckets in flight instead of the whole gradient. false: one reduce-scatter after
+    /// the backward (the whole gradient at the peak, as ZeRO 1). Equal to rounding with
+    /// several micro-batches per rank, bit for bit with one (docs/distributed.md).
+    pub grad_buckets: bool,
     /// The collective of the device buffers: "auto" (NCCL for N > 1 ranks on GPUs, MPI
     /// otherwise), "mpi" (GPU buffers staged through host memory) or "nccl" (NCCL also in a
     /// world of one, to check it on one GPU against the plain path).
@@ -308,7 +314,7 @@ impl Default for TrainConfig {
             },
             reward: RewardSection { accuracy_weight: 1.0, format_weight: 1.0 },
             eval: EvalSection { every: 0, max_items: 0, temperature: 0.0 },
-            dist: DistSection { zero: 0, collective: Default::default() },
+            dist: DistSection { zero: 0, grad_buckets: true, collective: Default::default() },
         }
     }
 }
@@ -380,6 +386,7 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "rl.steps",
     "rl.rollout_slots",
     "dist.zero",
+    "dist.grad_buckets",
     "dist.collective",
 ];
 

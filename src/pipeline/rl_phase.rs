@@ -101,6 +101,7 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
         }),
         top_entropy_quantile: (r.top_entropy_quantile < 1.0).then_some(r.top_entropy_quantile),
         seed: mix_seed(cfg.seed, 0xc0f),
+        grad_buckets: cfg.dist.grad_buckets,
     };
     GrpoSettings {
         group_size: r.group_size,
@@ -300,7 +301,11 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
         let c = self.cfg();
         let total = c.rl.steps as u64;
         let sampler = VasSampler::new(if c.vas.enabled { c.vas.lambda } else { 0.0 });
-        let mut st = run.policy.workspace(self.be).with_recompute(c.model.recompute);
+        let st = match c.dist.zero {
+            2 => run.policy.workspace_without_grads(self.be),
+            _ => run.policy.workspace(self.be),
+        };
+        let mut st = st.with_recompute(c.model.recompute);
         let mut summaries = Vec::new();
         // Figure 3's record (vps.jsonl beside metrics.jsonl) at the initial scoring and at
         // every refresh.

@@ -81,6 +81,7 @@ impl<'a, B: RlOps> SftPhase<'a, B> {
             )?,
         };
         tr.ws.recompute = cfg.model.recompute;
+        tr.grad_buckets = cfg.dist.grad_buckets;
         sync_replicas(self.be, self.comm, &mut tr.model, &mut tr.opt)?;
         let pb = bar(tr.state.total_steps, "cold-start SFT");
         pb.set_position(tr.state.step);

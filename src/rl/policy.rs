@@ -10,10 +10,11 @@ use super::decode_scheduler::Rollouts;
 use super::rollout::{generate_scheduled, SamplingParams};
 use crate::backend::rl_ops::RlOps;
 use crate::dist::{zero, Collective};
+use crate::model::GradHook;
 use crate::model::{Packed, Qwen2};
 use crate::optim::{AdamW, AdamwConfig, StepReport};
 use crate::tokenizer::Tokenizer;
-use crate::train::{forward_logprobs, micro_step, LossBatch, TokenLoss, Workspace};
+use crate::train::{forward_logprobs, micro_step_hooked, LossBatch, TokenLoss, Workspace};
 use anyhow::Result;
 
 pub trait Policy<B: RlOps> {
@@ -26,6 +27,14 @@ pub trait Policy<B: RlOps> {
     /// Activations and one zeroed gradient accumulator per trained parameter, in the
     /// optimizer's order.
     fn workspace(&self, be: &B) -> Workspace<B>;
+
+    /// [`Policy::workspace`] with the gradient buffers released (ZeRO 2, which allocates them
+    /// per mini-batch or per bucket: the whole gradient is never allocated up front).
+    fn workspace_without_grads(&self, be: &B) -> Workspace<B> {
+        let mut ws = self.workspace(be);
+        ws.release_grads(be);
+        ws
+    }
 
     /// Zero AdamW moments for the trained parameters (a frozen part gets none), this rank's
     /// block of them under ZeRO `zero` (1 or 2; 0: replicated).
@@ -76,14 +85,17 @@ pub trait Policy<B: RlOps> {
         ws: &mut Workspace<B>,
     ) -> Result<(Vec<f32>, Vec<f32>)>;
 
-    /// Forward, `loss`, backward; gradients ACCUMULATE into `ws.grads`. Returns the loss
-    /// contribution.
+    /// Forward, `loss`, backward; gradients ACCUMULATE into `ws.grads`, and with a `hook`
+    /// each finished bucket of them is reported to it (ZeRO-2's bucketed reduce-scatter,
+    /// `dist::buckets`, in the order of `self.text().layout.backward_buckets()`). Returns the
+    /// loss contribution.
     fn micro_step(
         &self,
         be: &B,
         m: &Self::Micro,
         loss: &mut dyn TokenLoss<B>,
         ws: &mut Workspace<B>,
+        hook: Option<&mut dyn GradHook<B>>,
     ) -> Result<f64>;
 
     /// The data-parallel optimizer step of the trained parameters: the ranks' `grads` (the
@@ -94,6 +106,17 @@ pub trait Policy<B: RlOps> {
         comm: &dyn Collective<B>,
         opt: &mut AdamW<B>,
         grads: &mut [B::Buf],
+        lr: f32,
+    ) -> Result<StepReport>;
+
+    /// The sharded optimizer step from this rank's gradient block, already reduced during
+    /// the backward (`dist::zero::step_block`).
+    fn optimizer_step_block(
+        &mut self,
+        be: &B,
+        comm: &dyn Collective<B>,
+        opt: &mut AdamW<B>,
+        block: B::Buf,
         lr: f32,
     ) -> Result<StepReport>;
 }
@@ -107,6 +130,10 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
 
     fn workspace(&self, be: &B) -> Workspace<B> {
         Workspace::new(self, be)
+    }
+
+    fn workspace_without_grads(&self, be: &B) -> Workspace<B> {
+        Workspace::without_grads(self, be)
     }
 
     fn new_optimizer(
@@ -162,8 +189,9 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
         m: &Packed,
         loss: &mut dyn TokenLoss<B>,
         ws: &mut Workspace<B>,
+        hook: Option<&mut dyn GradHook<B>>,
     ) -> Result<f64> {
-        micro_step(be, self, m, loss, ws)
+        micro_step_hooked(be, self, m, loss, ws, hook)
     }
 
     fn optimizer_step(
@@ -175,5 +203,16 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
         lr: f32,
     ) -> Result<StepReport> {
         zero::reduce_and_step(be, comm, opt, &mut self.params, grads, lr)
+    }
+
+    fn optimizer_step_block(
+        &mut self,
+        be: &B,
+        comm: &dyn Collective<B>,
+        opt: &mut AdamW<B>,
+        block: B::Buf,
+        lr: f32,
+    ) -> Result<StepReport> {
+        zero::step_block(be, comm, opt, &mut self.params, block, lr)
     }
 }

@@ -21,7 +21,9 @@ use super::rollout::SamplingParams;
 use crate::backend::rl_ops::RlOps;
 use crate::backend::Backend;
 use crate::data::rl_items::RlItem;
+use crate::dist::buckets::{agreed_rounds, BucketReducer};
 use crate::dist::{shard, Collective, Single};
+use crate::model::GradHook;
 use crate::optim::{AdamW, StepReport};
 use crate::tokenizer::Tokenizer;
 use crate::train::{pack_ranges, Workspace};
@@ -55,6 +57,10 @@ pub struct GrpoExtras {
     pub top_entropy_quantile: Option<f32>,
     /// Seed of Clip-Cov's random choice of tokens.
     pub seed: u64,
+    /// ZeRO 2 only: reduce-scatter each mini-batch's gradients in buckets during the
+    /// backward (`dist::buckets`). The `train` pipeline sets it from `dist.grad_buckets`
+    /// (on by default there); off, one reduce-scatter per optimizer step.
+    pub grad_buckets: bool,
 }
 
 /// The rollouts of one step: `G` responses for each of the batch's prompts, group-major.
@@ -431,7 +437,23 @@ pub fn update_with<B: RlOps, P: Policy<B>>(
             let (t0, t1) = (offsets[mini.start], offsets[mini.end]);
             let norm =
                 Normalizer::count(&mask[t0..t1], &rebase(&offsets[mini.start..=mini.end]), max_len);
-            ws.zero_grads(be);
+            // ZeRO-2 with buckets: each finished layer is reduce-scattered during the
+            // backward into this rank's block; every rank takes part in as many micro-batch
+            // rounds as the rank with the most (a rank may have no group of this mini-batch).
+            let bucketed = s.extras.grad_buckets && opt.zero.as_ref().is_some_and(|z| z.stage == 2);
+            let mut buckets = bucketed.then(|| {
+                ws.release_grads(be);
+                let text = policy.text();
+                let lens = text.params.iter().map(|p| be.len(p)).collect();
+                BucketReducer::new(be, comm, text.layout.backward_buckets(), lens)
+            });
+            let rounds = match buckets {
+                Some(_) => agreed_rounds(comm, micro_of[mi].len())?,
+                None => {
+                    ws.zero_grads(be);
+                    0
+                }
+            };
             // Batch-level selections, once per mini-batch (see GrpoExtras and cov_selection).
             let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
             let selected: Option<Vec<bool>> = s.loss.policy.needs_selection().then(|| {
@@ -469,14 +491,24 @@ pub fn update_with<B: RlOps, P: Policy<B>>(
                 if epoch == 0 && mi == 0 {
                     lossfn = lossfn.tracking_ratio_dev();
                 }
-                report.loss += policy.micro_step(be, &micro, &mut lossfn, ws)?;
+                let hook = buckets.as_mut().map(|b| b as &mut dyn GradHook<B>);
+                report.loss += policy.micro_step(be, &micro, &mut lossfn, ws, hook)?;
                 if epoch == 0 && mi == 0 {
                     report.first_epoch_max_ratio_dev =
                         report.first_epoch_max_ratio_dev.max(lossfn.max_ratio_dev);
                 }
                 all_metrics.push(lossfn.metrics);
             }
-            report.steps.push(policy.optimizer_step(be, comm, opt, &mut ws.grads, lr)?);
+            let rep = match buckets {
+                Some(mut b) => {
+                    for _ in micro_of[mi].len()..rounds {
+                        b.pad_round(be)?;
+                    }
+                    policy.optimizer_step_block(be, comm, opt, b.finish()?, lr)?
+                }
+                None => policy.optimizer_step(be, comm, opt, &mut ws.grads, lr)?,
+            };
+            report.steps.push(rep);
         }
     }
     if world > 1 {

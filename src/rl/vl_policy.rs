@@ -15,7 +15,7 @@ use crate::dist::Collective;
 use crate::model::vision_forward::VisionTower;
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::VlImages;
-use crate::model::Qwen2;
+use crate::model::{GradHook, Qwen2};
 use crate::optim::{AdamW, AdamwConfig, StepReport};
 use crate::tokenizer::Tokenizer;
 use crate::train::vl_step::{
@@ -187,7 +187,12 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
         m: &VlMicro<B>,
         loss: &mut dyn TokenLoss<B>,
         ws: &mut Workspace<B>,
+        hook: Option<&mut dyn GradHook<B>>,
     ) -> Result<f64> {
+        if hook.is_some() {
+            // Bucketed ZeRO-2 is text-only, as every ZeRO stage.
+            return Err(refuse_zero(2).expect_err("stage 2 is refused"));
+        }
         let train_vision = !self.freeze_vision;
         vl_micro_step(be, &self.model, m, loss, &mut ws.acts, &mut ws.grads, train_vision)
     }
@@ -202,6 +207,17 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
     ) -> Result<StepReport> {
         comm.all_reduce_sum(be, grads)?;
         Ok(vl_adamw_step(be, &mut self.model, opt, grads, lr, !self.freeze_vision))
+    }
+
+    fn optimizer_step_block(
+        &mut self,
+        _be: &B,
+        _comm: &dyn Collective<B>,
+        _opt: &mut AdamW<B>,
+        _block: B::Buf,
+        _lr: f32,
+    ) -> Result<StepReport> {
+        Err(refuse_zero(2).expect_err("stage 2 is refused"))
     }
 }
 

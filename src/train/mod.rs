@@ -10,5 +10,7 @@ pub mod vl_checkpoint;
 pub mod vl_sft;
 pub mod vl_step;
 
-pub use step::{forward_logprobs, micro_step, pack_ranges, LossBatch, Workspace};
+pub use step::{
+    forward_logprobs, micro_step, micro_step_hooked, pack_ranges, LossBatch, Workspace,
+};
 pub use token_loss::{LossGrad, SftLoss, TokenLoss};

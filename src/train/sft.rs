@@ -7,12 +7,14 @@
 //! run saved after step k and resumed is bit-identical to one that never stopped (CPU).
 
 use super::checkpoint::{load_checkpoint_sharded, save_checkpoint, OptState, StateKind};
-use super::{micro_step, LossBatch, SftLoss, Workspace};
+use super::{micro_step_hooked, LossBatch, SftLoss, Workspace};
 use crate::backend::memory::MemoryStats;
 use crate::backend::Backend;
 use crate::data::sft_data::{fingerprint, SftExample};
-use crate::dist::{shard, Collective, Single};
+use crate::dist::buckets::{agreed_rounds, BucketReducer};
+use crate::dist::{shard, zero, Collective, Single};
 use crate::model::safetensors_io::SaveDtype;
+use crate::model::GradHook;
 use crate::model::Qwen2;
 use crate::optim::{AdamW, AdamwConfig, LrSchedule};
 use crate::ranges::Checks;
@@ -172,6 +174,14 @@ pub struct SftTrainer<B: Backend> {
     pub state: SftState,
     /// Activations, gradient scratch and the gradients of the current step.
     pub ws: Workspace<B>,
+    /// ZeRO-2 only (ignored at stages 0 and 1): reduce-scatter the gradients in buckets
+    /// during the backward, so a rank never holds the whole f32 gradient (`dist::buckets`;
+    /// `dist.grad_buckets`, on by default). Off: one reduce-scatter per step, as ZeRO-1 does.
+    pub grad_buckets: bool,
+    /// The most f32 gradient values the last step held at once on this rank (gradient
+    /// buffers plus the ZeRO block; `dist::buckets::BucketReducer::peak_values` when
+    /// bucketed): what the gradients cost at the step's peak.
+    pub grad_peak_values: usize,
     order: Vec<usize>,
     next_epoch_rng: ChaCha8Rng,
 }
@@ -294,8 +304,22 @@ impl<B: Backend> SftTrainer<B> {
         state: SftState,
     ) -> Self {
         let (order, next_epoch_rng) = epoch_order(data.len(), &state.epoch_rng);
-        let ws = Workspace::new(&model, be);
-        SftTrainer { model, opt, data, state, ws, order, next_epoch_rng }
+        // ZeRO 2 holds no whole gradient between steps (and, bucketed, not during them).
+        let ws = match &opt.zero {
+            Some(z) if z.stage == 2 => Workspace::without_grads(&model, be),
+            _ => Workspace::new(&model, be),
+        };
+        SftTrainer {
+            model,
+            opt,
+            data,
+            state,
+            ws,
+            grad_buckets: true,
+            grad_peak_values: 0,
+            order,
+            next_epoch_rng,
+        }
     }
 
     /// Continues the run saved in checkpoint directory `dir`; `data` must be the dataset it
@@ -347,6 +371,25 @@ impl<B: Backend> SftTrainer<B> {
         self.state.step >= self.state.total_steps
     }
 
+    /// The model-state line a data-parallel or sharded run prints at its start.
+    pub fn state_note(&self, be: &B, world: usize) -> String {
+        let total: usize = self.model.params.iter().map(|p| be.len(p)).sum();
+        let stage = self.opt.zero.as_ref().map_or(0, |z| z.stage);
+        let grads = if self.grad_buckets {
+            let f = self.model.layout.bucketed_grad_peak() as f64 / total.max(1) as f64;
+            zero::GradLayout::Buckets { in_flight: Some(f) }
+        } else {
+            zero::GradLayout::Whole
+        };
+        zero::state_note(world, stage, grads, Some(total))
+    }
+
+    /// Whether this trainer's steps reduce-scatter the gradients in buckets during the
+    /// backward: ZeRO-2 with `grad_buckets` on.
+    pub fn bucketed(&self) -> bool {
+        self.grad_buckets && self.opt.zero.as_ref().is_some_and(|z| z.stage == 2)
+    }
+
     /// One optimizer step: the next `batch_size` sequences of the epoch (fewer at its end).
     pub fn step(&mut self, be: &B) -> Result<SftStepMetrics> {
         self.step_with(be, &Single)
@@ -370,14 +413,34 @@ impl<B: Backend> SftTrainer<B> {
         let lens: Vec<usize> = seqs.iter().map(|e| e.ids.len()).collect();
         let mine = shard(seqs.len(), comm.rank(), comm.world());
         let micro = super::pack_ranges(&lens, mine.clone(), cfg.micro_batch_tokens);
-        self.ws.zero_grads(be);
+        // ZeRO-2 with buckets: each finished layer is reduce-scattered during the backward
+        // and only this rank's block is kept (`dist::buckets`); every rank takes part in as
+        // many micro-batch rounds as the rank with the most.
+        let mut buckets = self.bucketed().then(|| {
+            self.ws.release_grads(be);
+            let lens = self.model.params.iter().map(|p| be.len(p)).collect();
+            BucketReducer::new(be, comm, self.model.layout.backward_buckets(), lens)
+        });
+        let rounds = match buckets {
+            Some(_) => agreed_rounds(comm, micro.len())?,
+            None => {
+                self.ws.zero_grads(be);
+                0
+            }
+        };
         let mut loss = 0.0;
         for r in &micro {
             let part = &seqs[r.clone()];
             let ids: Vec<&[u32]> = part.iter().map(|e| e.ids.as_slice()).collect();
             let lb = LossBatch::pack(&ids, |j, pos| part[j].trained[pos]);
             let mut lossfn = SftLoss::new(&lb.row_mask(), step_tokens);
-            loss += micro_step(be, &self.model, &lb.batch, &mut lossfn, &mut self.ws)?;
+            let hook = buckets.as_mut().map(|b| b as &mut dyn GradHook<B>);
+            loss += micro_step_hooked(be, &self.model, &lb.batch, &mut lossfn, &mut self.ws, hook)?;
+        }
+        if let Some(b) = buckets.as_mut() {
+            for _ in micro.len()..rounds {
+                b.pad_round(be)?;
+            }
         }
         // Sum over ranks: the loss, the trained tokens the shards saw (which must add up to
         // the normalizer: ranks that disagree on the data would silently train on a wrong
@@ -395,14 +458,21 @@ impl<B: Backend> SftTrainer<B> {
         }
         let [loss, _, micro_batches] = sums;
         let lr = self.state.schedule.lr_at(self.state.step);
-        let rep = crate::dist::zero::reduce_and_step(
-            be,
-            comm,
-            &mut self.opt,
-            &mut self.model.params,
-            &mut self.ws.grads,
-            lr,
-        )?;
+        let (params, opt) = (&mut self.model.params, &mut self.opt);
+        let rep = match buckets {
+            Some(b) => {
+                self.grad_peak_values = b.peak_values();
+                zero::step_block(be, comm, opt, params, b.finish()?, lr)?
+            }
+            None => {
+                // The whole gradient, and (sharded) the block the reduce-scatter returns
+                // while it is still held.
+                let block = opt.zero.as_ref().map_or(0, |z| z.range.len());
+                self.grad_peak_values =
+                    self.ws.grads.iter().map(|g| be.len(g)).sum::<usize>() + block;
+                zero::reduce_and_step(be, comm, opt, params, &mut self.ws.grads, lr)?
+            }
+        };
         let done = StepDone {
             loss,
             sequences: seqs.len(),

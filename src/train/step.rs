@@ -11,7 +11,7 @@
 use super::TokenLoss;
 use crate::backend::chunked_logprob::RowGrads;
 use crate::backend::Backend;
-use crate::model::{Acts, GradScratch, Packed, Qwen2};
+use crate::model::{Acts, GradHook, GradScratch, Packed, Qwen2};
 use anyhow::Result;
 use std::ops::Range;
 
@@ -49,6 +49,20 @@ impl<B: Backend> Workspace<B> {
         }
     }
 
+    /// [`Workspace::new`] with every gradient buffer released (ZeRO 2: the backward or
+    /// [`Workspace::zero_grads`] allocates them when needed), so the whole f32 gradient is
+    /// never allocated up front.
+    pub fn without_grads(model: &Qwen2<B>, be: &B) -> Self {
+        Workspace {
+            recompute: false,
+            acts: None,
+            scratch: None,
+            grads: model.params.iter().map(|_| be.zeros(0)).collect(),
+            grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
+            logit_chunk: model.logit_chunk_rows(),
+        }
+    }
+
     /// A workspace around given gradient accumulators (a model whose trained parameters are
     /// not one `Qwen2`'s, e.g. a Qwen2.5-VL policy: decoder, then the tower unless frozen).
     pub fn with_grads(be: &B, grads: Vec<B::Buf>, logit_chunk: usize) -> Self {
@@ -60,6 +74,15 @@ impl<B: Backend> Workspace<B> {
     pub fn with_recompute(mut self, on: bool) -> Self {
         self.recompute = on;
         self
+    }
+
+    /// Releases every gradient buffer (the start of an optimizer step whose gradients are
+    /// reduce-scattered in buckets during the backward, `dist::buckets`): the backward
+    /// allocates each one again, zeroed, when it reaches its tensor.
+    pub fn release_grads(&mut self, be: &B) {
+        for g in self.grads.iter_mut() {
+            *g = be.zeros(0);
+        }
     }
 
     /// Clears the gradient accumulators (the start of an optimizer step).
@@ -134,6 +157,20 @@ pub fn micro_step<B: Backend>(
     loss: &mut dyn TokenLoss<B>,
     ws: &mut Workspace<B>,
 ) -> Result<f64> {
+    micro_step_hooked(be, model, batch, loss, ws, None)
+}
+
+/// [`micro_step`] whose backward reports each finished bucket of gradients to `hook`
+/// (`model::grad_hook`; ZeRO-2's bucketed reduce-scatter, `dist::buckets`); `None` is
+/// `micro_step`.
+pub fn micro_step_hooked<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    batch: &Packed,
+    loss: &mut dyn TokenLoss<B>,
+    ws: &mut Workspace<B>,
+    hook: Option<&mut dyn GradHook<B>>,
+) -> Result<f64> {
     // The backward scratch is planned before the forward, where it stays in the steady
     // state: planned after, it would take device blocks the forward's temporaries had freed,
     // and the next step would have to allocate those temporaries anew.
@@ -155,7 +192,7 @@ pub fn micro_step<B: Backend>(
     let _r = crate::nvtx_ranges::range(c"backward");
     let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
     let chunk = ws.logit_chunk;
-    model.backward_with_buf(
+    model.backward_hooked(
         be,
         batch,
         acts,
@@ -165,7 +202,8 @@ pub fn micro_step<B: Backend>(
         chunk,
         &mut ws.grads,
         &mut ws.scratch,
-    );
+        hook,
+    )?;
     Ok(g.loss)
 }
 
