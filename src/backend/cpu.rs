@@ -10,7 +10,6 @@ pub struct Cpu;
 
 mod attention;
 pub mod attention_ref;
-mod exp_bf16;
 pub mod softmax_row;
 pub mod vision_ops;
 
@@ -82,13 +81,6 @@ impl Backend for Cpu {
             Tr::N => (n, 1),
             Tr::T => (1, k),
         };
-        if let Some(mode) = exp_bf16::mode() {
-            if exp_bf16::applies(mode, m, n, k) {
-                let (ar, br) = (exp_bf16::rounded(&a[..m * k]), exp_bf16::rounded(&b[..k * n]));
-                sgemm(out, n, beta, &ar, sa, &br, sb, (m, n, k), rayon::current_num_threads());
-                return;
-            }
-        }
         sgemm(out, n, beta, a, sa, b, sb, (m, n, k), rayon::current_num_threads());
     }
 
