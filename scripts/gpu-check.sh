@@ -325,8 +325,8 @@ PY
 set -e
 
 echo "== the built-in demo on the GPU (mmr1-fast train --device cuda; DEMO_PRECISIONS x DEMO_SEEDS, default bf16 f32 x 1 2 3)"
-# One seed says little: over 12 seeds on the CPU (f32, and bf16 GEMM operands emulated) the
-# demo's after-RL accuracy spreads from 0.455 to 0.955 in either precision (docs/perf.md, "The
+# One seed says little: over 18 seeds on the CPU (f32, and bf16 GEMM operands emulated) the
+# demo's after-RL accuracy spreads from 0.455 to 0.965 in either precision (docs/perf.md, "The
 # demo on the GPU in bf16"), so both precisions run over the same seeds; the table gives each
 # run, the mean and standard error per precision, and the largest first-epoch |ratio - 1| of
 # any RL step (0 when logp_old and the update's log-probs are computed alike; nonzero means a
