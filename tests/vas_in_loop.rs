@@ -92,6 +92,9 @@ fn check(lambda: f32, expect_weighted: usize) {
         let m = steps[k as usize - 1];
         assert_eq!(m["weighted_prompts"], expect_weighted as u64, "{ctx}: weighted count");
         assert_eq!(m["uniform_prompts"], (B - expect_weighted) as u64, "{ctx}: uniform count");
+        // logp_old comes from the same forward on the same micro-batches as the first PPO
+        // epoch: the logged first-epoch ratio deviation is exactly 0 on the CPU.
+        assert_eq!(m["first_epoch_max_ratio_dev"], 0.0, "{ctx}: first-epoch ratio deviation");
         // The batch: what the sampler draws from the previous state.
         let mut rng = prev.sampler_rng.clone();
         let parts = VasSampler::new(lambda).sample_batch_parts(&prev.table, B, &mut rng);

@@ -132,6 +132,12 @@ pub struct RlStepRecord {
     pub clip_frac_high: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub mean_ratio: f64,
+    /// Largest |ratio - 1| over the first mini-batch of the first PPO epoch (before any
+    /// optimizer step): 0 when `logp_old` and the update's log-probs are computed alike, as
+    /// they must be; anything else means the log-prob pass is not batch-invariant on this
+    /// device (docs/perf.md, "The demo on the GPU in bf16").
+    #[serde(deserialize_with = "nan_if_null")]
+    pub first_epoch_max_ratio_dev: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     #[serde(deserialize_with = "nan_if_null")]

@@ -564,6 +564,7 @@ impl<'a, B: RlOps> RlPhase<'a, B> {
             clip_frac_low: m.clip_frac_low,
             clip_frac_high: m.clip_frac_high,
             mean_ratio: m.mean_ratio,
+            first_epoch_max_ratio_dev: report.map_or(0.0, |r| r.first_epoch_max_ratio_dev),
             grad_norm: report.and_then(|r| r.steps.last()).map_or(0.0, |s| s.grad_norm),
             lr: self.cfg().rl.lr,
             device_memory: self.be.memory_stats(),
