@@ -93,7 +93,11 @@ pub trait Collective<B: Backend> {
     /// rank's block of the element-wise sum over ranks. The block holds the same bits as the
     /// same slice of `all_reduce_sum` (rank order from rank 0's values), so a sharded
     /// optimizer step can equal the replicated one. A block may be empty (`total < world`).
-    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf>;
+    /// By default the whole vector as one piece of [`Collective::reduce_scatter_range`]
+    /// (NCCL overrides it with its padded exchange).
+    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
+        self.reduce_scatter_range(be, bufs, 0, flat_len(be, bufs))
+    }
     /// [`Collective::reduce_scatter_sum`] of a piece of the flat vector (ZeRO-2's buckets,
     /// `dist::buckets`): the concatenation of `bufs` is elements `start .. start + len` of a
     /// flat vector of `total` values (the same `start`, lengths and `total` on every rank),

@@ -177,10 +177,6 @@ impl<B: Backend> Collective<B> for MpiComm {
         self.world.barrier();
         Ok(())
     }
-    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
-        let total = bufs.iter().map(|b| be.len(b)).sum();
-        self.reduce_scatter_range(be, bufs, 0, total)
-    }
     fn reduce_scatter_range(
         &self,
         be: &B,

@@ -31,10 +31,6 @@ impl<B: Backend> Collective<B> for Single {
     fn barrier(&self) -> Result<()> {
         Ok(())
     }
-    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
-        // The one block is everything.
-        Ok(flat_slice(be, bufs, 0..flat_len(be, bufs)))
-    }
     fn reduce_scatter_range(
         &self,
         be: &B,

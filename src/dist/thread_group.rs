@@ -118,10 +118,6 @@ impl<B: Backend> Collective<B> for ThreadGroup {
         self.shared.barrier.wait();
         Ok(())
     }
-    fn reduce_scatter_sum(&self, be: &B, bufs: &[B::Buf]) -> Result<B::Buf> {
-        let total = bufs.iter().map(|b| be.len(b)).sum();
-        self.reduce_scatter_range(be, bufs, 0, total)
-    }
     fn reduce_scatter_range(
         &self,
         be: &B,
