@@ -88,11 +88,6 @@ impl<'c, B: Backend> BucketReducer<'c, B> {
         }
     }
 
-    /// Values of this rank's gradient block (what it holds besides the buckets in flight).
-    pub fn block_len(&self) -> usize {
-        self.block.len()
-    }
-
     /// The most gradient values this rank held at once (see the field): measured from the
     /// buffers' lengths at each finished bucket, before it is released, which is when the
     /// backward holds the most.
