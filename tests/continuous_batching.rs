@@ -14,9 +14,8 @@ use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::rl_ops::RlOps;
 use mmr1_fast::backend::Backend;
 use mmr1_fast::data::demo::{demo_config, demo_tokenizer};
-use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::kv_cache::KvCache;
-use mmr1_fast::model::{ParamLayout, Qwen2, Qwen2Config};
+use mmr1_fast::model::{Qwen2, Qwen2Config};
 use mmr1_fast::rl::decode_scheduler::{
     decode_scheduled, kv_values_per_token, Batch, Feed, Schedule, SlotStats,
 };
@@ -26,9 +25,7 @@ use mmr1_fast::tokenizer::Tokenizer;
 const VOCAB: usize = 97;
 
 fn model_on<B: Backend>(be: &B, cfg: Qwen2Config) -> Qwen2<B> {
-    let layout = ParamLayout::new(&cfg);
-    let host = init_params(&layout, Init::Sensitive { std: 0.2 }, 3);
-    Qwen2::from_host(be, cfg, layout, &host)
+    random_model_on(be, cfg, 3)
 }
 
 /// Head dim 16: the flash kernels exist for it (the tiny config's 8 runs the reference

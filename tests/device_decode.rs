@@ -17,17 +17,13 @@ use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::rl_ops::RlOps;
 use mmr1_fast::backend::Backend;
-use mmr1_fast::model::init::{init_params, Init};
-use mmr1_fast::model::{ParamLayout, Qwen2};
+use mmr1_fast::model::Qwen2;
 use mmr1_fast::rl::rollout::{draw_token, generate, mix_seed, SamplingParams, StopReason};
 
 const VOCAB: usize = 97;
 
 fn model_on<B: Backend>(be: &B) -> Qwen2<B> {
-    let cfg = tiny_config(VOCAB, false);
-    let layout = ParamLayout::new(&cfg);
-    let host = init_params(&layout, Init::Sensitive { std: 0.2 }, 3);
-    Qwen2::from_host(be, cfg, layout, &host)
+    random_model_on(be, tiny_config(VOCAB, false), 3)
 }
 
 /// Ragged prompts: 1, 4 and 9 tokens.

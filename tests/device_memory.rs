@@ -10,8 +10,7 @@ use common::*;
 use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::Backend;
-use mmr1_fast::model::init::{init_params, Init};
-use mmr1_fast::model::{Packed, ParamLayout, Qwen2};
+use mmr1_fast::model::{Packed, ParamLayout};
 use mmr1_fast::optim::{AdamW, AdamwConfig};
 use mmr1_fast::train::{micro_step, SftLoss, Workspace};
 
@@ -22,10 +21,7 @@ type Outcome = (Vec<f64>, Vec<Vec<f32>>);
 /// ragged sequences. Returns the outcome and the allocator's fresh-allocation count after
 /// each step.
 fn train<B: Backend>(be: &B, steps: usize) -> (Outcome, Vec<u64>) {
-    let cfg = tiny_config(97, false);
-    let layout = ParamLayout::new(&cfg);
-    let host = init_params(&layout, Init::Sensitive { std: 0.2 }, 11);
-    let mut model = Qwen2::from_host(be, cfg, layout, &host);
+    let mut model = random_model_on(be, tiny_config(97, false), 11);
     let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
     let mut ws = Workspace::new(&model, be);
     let seqs = [random_ids(13, 97, 1), random_ids(30, 97, 2), random_ids(5, 97, 3)];
@@ -120,10 +116,7 @@ fn sft_steps_report_peak_device_memory_and_the_cpu_reports_none() {
     use mmr1_fast::pipeline::metrics::Record;
     use mmr1_fast::train::sft::{SftConfig, SftTrainer};
     fn steps<B: Backend>(be: &B) -> Vec<mmr1_fast::train::sft::SftStepMetrics> {
-        let cfg = tiny_config(97, true);
-        let layout = ParamLayout::new(&cfg);
-        let host = init_params(&layout, Init::Sensitive { std: 0.2 }, 3);
-        let model = Qwen2::from_host(be, cfg, layout, &host);
+        let model = random_model_on(be, tiny_config(97, true), 3);
         let data: Vec<SftExample> = (0..4)
             .map(|i| {
                 let ids = random_ids(9 + 3 * i, 97, 20 + i as u64);

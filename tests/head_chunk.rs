@@ -11,15 +11,11 @@ use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::Backend;
-use mmr1_fast::model::init::{init_params, Init};
-use mmr1_fast::model::{Packed, ParamLayout, Qwen2};
+use mmr1_fast::model::{Packed, Qwen2};
 use mmr1_fast::train::{forward_logprobs, micro_step, SftLoss, Workspace};
 
 fn model_on<B: Backend>(be: &B, vocab: usize, seed: u64) -> Qwen2<B> {
-    let cfg = tiny_config(vocab, false);
-    let layout = ParamLayout::new(&cfg);
-    let host = init_params(&layout, Init::Sensitive { std: 0.2 }, seed);
-    Qwen2::from_host(be, cfg, layout, &host)
+    random_model_on(be, tiny_config(vocab, false), seed)
 }
 
 /// Log-probs, entropies and the gradients of one SFT micro-step (prompt rows untrained).

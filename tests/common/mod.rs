@@ -33,9 +33,18 @@ pub fn tiny_config(vocab: usize, tied: bool) -> Qwen2Config {
 }
 
 pub fn random_model(cfg: Qwen2Config, seed: u64) -> Qwen2<Cpu> {
+    random_model_on(&Cpu, cfg, seed)
+}
+
+/// [`random_model`] on any backend: the same weights for the same config and seed.
+pub fn random_model_on<B: mmr1_fast::backend::Backend>(
+    be: &B,
+    cfg: Qwen2Config,
+    seed: u64,
+) -> Qwen2<B> {
     let layout = ParamLayout::new(&cfg);
     let host = init_params(&layout, Init::Sensitive { std: 0.2 }, seed);
-    Qwen2::from_host(&Cpu, cfg, layout, &host)
+    Qwen2::from_host(be, cfg, layout, &host)
 }
 
 pub fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
