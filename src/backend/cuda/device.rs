@@ -15,6 +15,21 @@ pub fn may_write(name: &str, index: usize) -> bool {
     !READ_ONLY_ARGS.contains(&(name, index))
 }
 
+/// A kernel-choice variable `var` (`MMR1_GEMM`, `MMR1_ATTENTION`, `MMR1_DECODE`): the value
+/// of the choice it names, None when unset or empty, or an error naming the accepted values.
+pub fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> Result<Option<T>, String> {
+    match std::env::var(var).as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok(v) => match choices.iter().find(|(name, _)| *name == v) {
+            Some((_, t)) => Ok(Some(*t)),
+            None => {
+                let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+                Err(format!("{var}={v:?}: expected {}", names.join(" or ")))
+            }
+        },
+    }
+}
+
 /// Whether bf16 shadows of weights are kept, from `MMR1_BF16_SHADOWS` (`1`/unset: on, `0`:
 /// off, every bf16 GEMM converts both operands). Panics on another value, naming it.
 pub fn shadows_from_env() -> bool {
@@ -159,4 +174,28 @@ pub trait Device {
 pub fn gemm_name(bf16: bool, m: usize, n: usize, k: usize, ta: Tr, tb: Tr) -> String {
     let t = |t: Tr| if t == Tr::N { "N" } else { "T" };
     format!("gemm_{} {m}x{n}x{k} {}{}", if bf16 { "bf16" } else { "f32" }, t(ta), t(tb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_choice;
+
+    #[test]
+    fn env_choice_reads_a_named_choice_and_names_the_accepted_ones() {
+        // A variable no other test reads: the environment is shared by the test threads.
+        let var = "MMR1_TEST_ENV_CHOICE";
+        let choices = [("split", 1), ("staged", 2)];
+        std::env::remove_var(var);
+        assert_eq!(env_choice(var, &choices), Ok(None));
+        std::env::set_var(var, "");
+        assert_eq!(env_choice(var, &choices), Ok(None));
+        std::env::set_var(var, "staged");
+        assert_eq!(env_choice(var, &choices), Ok(Some(2)));
+        std::env::set_var(var, "Staged");
+        assert_eq!(
+            env_choice(var, &choices),
+            Err("MMR1_TEST_ENV_CHOICE=\"Staged\": expected \"split\" or \"staged\"".to_string())
+        );
+        std::env::remove_var(var);
+    }
 }

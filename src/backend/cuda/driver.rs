@@ -194,11 +194,7 @@ impl CudaDevice {
         } else {
             None
         };
-        let gemm_bf16 = match std::env::var("MMR1_GEMM").as_deref() {
-            Err(_) | Ok("") | Ok("f32") => false,
-            Ok("bf16") => true,
-            Ok(other) => return Err(format!("MMR1_GEMM={other:?}: expected \"f32\" or \"bf16\"")),
-        };
+        let gemm_bf16 = super::precision::gemm_override()?.unwrap_or(false);
         Ok(CudaDevice {
             ctx,
             stream,

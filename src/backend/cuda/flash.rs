@@ -7,7 +7,7 @@
 //! and all accumulators are f32. Tested against the f32 CPU reference at relative L2 <= 1e-2
 //! (tests/flash_attention.rs).
 
-use super::device::{Arg, Device};
+use super::device::{env_choice, Arg, Device};
 use super::{CudaBackend, DevBuf};
 use crate::backend::{AttnShape, AttnSpan};
 
@@ -25,13 +25,14 @@ pub enum AttnKernel {
 impl AttnKernel {
     /// From `MMR1_ATTENTION` (`reference` or `flash`); unset means `Reference`.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("MMR1_ATTENTION").as_deref() {
-            Err(_) | Ok("") | Ok("reference") => Ok(AttnKernel::Reference),
-            Ok("flash") => Ok(AttnKernel::Flash),
-            Ok(other) => {
-                Err(format!("MMR1_ATTENTION={other:?}: expected \"reference\" or \"flash\""))
-            }
-        }
+        Ok(Self::override_from_env()?.unwrap_or_default())
+    }
+    /// `MMR1_ATTENTION` when set (None when unset).
+    pub fn override_from_env() -> Result<Option<Self>, String> {
+        env_choice(
+            "MMR1_ATTENTION",
+            &[("reference", AttnKernel::Reference), ("flash", AttnKernel::Flash)],
+        )
     }
 }
 
@@ -51,11 +52,8 @@ pub enum DecodeKernel {
 impl DecodeKernel {
     /// From `MMR1_DECODE` (`split` or `staged`); unset means `Split`.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("MMR1_DECODE").as_deref() {
-            Err(_) | Ok("") | Ok("split") => Ok(DecodeKernel::Split),
-            Ok("staged") => Ok(DecodeKernel::Staged),
-            Ok(other) => Err(format!("MMR1_DECODE={other:?}: expected \"split\" or \"staged\"")),
-        }
+        let choices = [("split", DecodeKernel::Split), ("staged", DecodeKernel::Staged)];
+        Ok(env_choice("MMR1_DECODE", &choices)?.unwrap_or_default())
     }
 }
 

@@ -1,26 +1,14 @@
 //! `--precision` on the CUDA backend (GPU and emulator alike): which GEMM and which attention
 //! kernels run. See `backend::precision` for what each choice means.
 
-use super::device::Device;
+use super::device::{env_choice, Device};
 use super::{AttnKernel, CudaBackend, DecodeKernel};
 use crate::backend::precision::Precision;
 
-/// `MMR1_GEMM` (`f32` or `bf16`) when set: overrides the GEMM part of a precision (benches).
-fn gemm_override() -> Result<Option<bool>, String> {
-    match std::env::var("MMR1_GEMM").as_deref() {
-        Err(_) | Ok("") => Ok(None),
-        Ok("f32") => Ok(Some(false)),
-        Ok("bf16") => Ok(Some(true)),
-        Ok(other) => Err(format!("MMR1_GEMM={other:?}: expected \"f32\" or \"bf16\"")),
-    }
-}
-
-/// `MMR1_ATTENTION` when set: overrides the attention part of a precision (benches).
-fn attention_override() -> Result<Option<AttnKernel>, String> {
-    match std::env::var("MMR1_ATTENTION").as_deref() {
-        Err(_) | Ok("") => Ok(None),
-        _ => AttnKernel::from_env().map(Some),
-    }
+/// `MMR1_GEMM` (`f32` or `bf16`) when set: bf16 GEMMs or not. Overrides the GEMM part of a
+/// precision (benches) and sets a fresh GPU device's default.
+pub(super) fn gemm_override() -> Result<Option<bool>, String> {
+    env_choice("MMR1_GEMM", &[("f32", false), ("bf16", true)])
 }
 
 impl<D: Device> CudaBackend<D> {
@@ -31,7 +19,7 @@ impl<D: Device> CudaBackend<D> {
         let bf16 = p == Precision::Bf16;
         let gemm = gemm_override()?.unwrap_or(bf16);
         self.device_mut().set_gemm_precision(gemm)?;
-        let attn = attention_override()?.unwrap_or(if bf16 {
+        let attn = AttnKernel::override_from_env()?.unwrap_or(if bf16 {
             AttnKernel::Flash
         } else {
             AttnKernel::Reference
