@@ -14,5 +14,6 @@ pub mod progress;
 pub mod ranges;
 pub mod rl;
 pub mod serde_float;
+pub mod serde_str;
 pub mod tokenizer;
 pub mod train;

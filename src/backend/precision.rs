@@ -45,18 +45,7 @@ impl std::fmt::Display for Precision {
 }
 
 // In configuration files a precision is the string a user types on the command line.
-impl serde::Serialize for Precision {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Precision {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(Precision);
 
 /// What a user asks for: `auto` (the device's default), `bf16` or `f32`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,18 +77,7 @@ impl std::fmt::Display for PrecisionChoice {
     }
 }
 
-impl serde::Serialize for PrecisionChoice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PrecisionChoice {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(PrecisionChoice);
 
 /// The precision a command runs at on the (resolved) device `dev`: what was asked, or the
 /// device's default. bf16 on the CPU is an error that says what to do instead.

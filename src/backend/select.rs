@@ -42,18 +42,7 @@ impl std::fmt::Display for DeviceChoice {
 }
 
 // In configuration files a device is the string a user types on the command line.
-impl serde::Serialize for DeviceChoice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DeviceChoice {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(DeviceChoice);
 
 /// The backend a command will run on, said in one line. `auto` takes GPU 0 when this build
 /// has the CUDA backend and a driver and device answer, else the CPU. `cuda[:N]` without a

@@ -52,18 +52,7 @@ impl std::fmt::Display for CollectiveChoice {
 }
 
 // In configuration files the choice is the string typed on the command line.
-impl serde::Serialize for CollectiveChoice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for CollectiveChoice {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(CollectiveChoice);
 
 /// The collective a command uses: the world's own (a world of one, MPI), or one built for the
 /// backend (NCCL on a GPU). Dereferences to the trait object.
