@@ -324,7 +324,7 @@ mod gpu {
             });
             meta.record(&id, bytes as f64, 0.0);
         }
-        b.set_decode_kernel(DecodeKernel::Split);
+        b.set_decode_kernel(DecodeKernel::default());
         g.finish();
         c.final_summary();
     }

@@ -167,7 +167,8 @@ step() {
 tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
 # Decode runs: DECODE_SEQS prompts of 128 tokens, 64 new tokens each, 3 rollouts (1 warm-up).
 dec="--seqs ${DECODE_SEQS:-64} --len 128 --new 64 --steps 3"
-# STEPS=quick: the 0.5B pair and the profiled step only.
+# STEPS=quick: the 0.5B train and log-prob pairs, the profiled step, activation shadows off,
+# the decode kernels, and 3B with recomputation at the full 4x1024 tokens.
 # shellcheck disable=SC2086
 if want steps && [ "${STEPS:-full}" = quick ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
@@ -175,9 +176,12 @@ if want steps && [ "${STEPS:-full}" = quick ]; then
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     # Activation shadows off: every GEMM converts its activation operands again (docs/perf.md).
     STEP_ENV=MMR1_ACT_SHADOWS=0 MMR1_ACT_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
+    step torch 90 --arch qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
-    STEP_ENV=MMR1_DECODE=staged MMR1_DECODE=staged step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
+    step ours 180 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
 elif want steps; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
@@ -189,8 +193,8 @@ elif want steps; then
     # sampled on the host (the old path), and transformers' generate on the same shape.
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step ours 150 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode --sampling host
-    # The staged flash-decode kernel (cp.async tiles; opt-in until measured) on the same rollout.
-    STEP_ENV=MMR1_DECODE=staged MMR1_DECODE=staged step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # The split flash-decode kernel (the default before the staged one was measured), same rollout.
+    STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
     # The largest published shape: 3B (7B needs ~122 GB for f32 weights, grads and moments).

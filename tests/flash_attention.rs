@@ -242,7 +242,7 @@ fn decode_staged_vs_split<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
             (b.download(&o), b.download(&l))
         };
         let (split, staged) = (run(DecodeKernel::Split), run(DecodeKernel::Staged));
-        b.set_decode_kernel(DecodeKernel::Split);
+        b.set_decode_kernel(DecodeKernel::default());
         let tag = format!("{shape:?}");
         assert!(staged.0.iter().chain(&staged.1).all(|x| x.is_finite()), "staged {tag}: unwritten");
         if exact {
@@ -270,10 +270,11 @@ mod emu {
     }
     #[test]
     fn decode_vs_cpu() {
-        super::decode_vs_cpu(&CudaBackend::emulator().with_attention(AttnKernel::Flash));
-        let mut staged = CudaBackend::emulator().with_attention(AttnKernel::Flash);
-        staged.set_decode_kernel(DecodeKernel::Staged);
-        super::decode_vs_cpu(&staged);
+        for kernel in [DecodeKernel::Split, DecodeKernel::Staged] {
+            let mut b = CudaBackend::emulator().with_attention(AttnKernel::Flash);
+            b.set_decode_kernel(kernel);
+            super::decode_vs_cpu(&b);
+        }
     }
     #[test]
     fn decode_staged_vs_split() {
@@ -314,11 +315,12 @@ mod gpu {
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn decode_vs_cpu() {
-        with_gpu(|b| super::decode_vs_cpu(&*b));
-        with_gpu(|b| {
-            b.set_decode_kernel(DecodeKernel::Staged);
-            super::decode_vs_cpu(&*b)
-        });
+        for kernel in [DecodeKernel::Split, DecodeKernel::Staged] {
+            with_gpu(|b| {
+                b.set_decode_kernel(kernel);
+                super::decode_vs_cpu(&*b)
+            });
+        }
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

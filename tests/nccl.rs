@@ -193,34 +193,16 @@ mod gpu {
     /// The NCCL run `nccl` ended as the plain run `plain` did. On a difference, `again` runs
     /// the plain run once more, so the message says whether plain GPU runs repeat themselves
     /// (a difference is then NCCL's) or not (the check cannot tell).
-    ///
-    /// `norm_bits`: whether the logged gradient norms must be equal bit for bit. Not for ZeRO
-    /// against the replicated path: its f64 norm sums the squares cut at other places (blocks,
-    /// not tensors; dist::zero), equal to ~1e-16 relative; they are then compared to 1e-12 and
-    /// the rest of the metrics exactly.
     fn same_run(
         plain: &Path,
         nccl: &Path,
         weights_of: impl Fn(&Path) -> Vec<f32>,
         again: impl FnOnce() -> std::path::PathBuf,
         what: &str,
-        norm_bits: bool,
     ) {
         let (a, b) = (weights_of(plain), weights_of(nccl));
-        let (mut ma, mut mb) = (metrics(plain), metrics(nccl));
+        let (ma, mb) = (metrics(plain), metrics(nccl));
         assert!(!ma.is_empty());
-        if !norm_bits {
-            let norms = |m: &mut Vec<serde_json::Value>| -> Vec<f64> {
-                m.iter_mut()
-                    .filter_map(|v| v.as_object_mut()?.remove("grad_norm")?.as_f64())
-                    .collect()
-            };
-            let (na, nb) = (norms(&mut ma), norms(&mut mb));
-            assert_eq!(na.len(), nb.len(), "{what}: logged norms");
-            for (x, y) in na.iter().zip(&nb) {
-                assert!((x - y).abs() <= 1e-12 * x.abs(), "{what}: grad_norm {x} vs {y}");
-            }
-        }
         if bits(&a) == bits(&b) && ma == mb {
             return;
         }
@@ -259,15 +241,21 @@ mod gpu {
             run(&dir("plain2"), "auto", "0");
             dir("plain2")
         };
-        same_run(&dir("plain"), &dir("nccl"), weights, again, "sft --collective nccl", true);
-        // ZeRO-2 over NCCL: its reduce-scatter and all-gather in a world of one.
+        same_run(&dir("plain"), &dir("nccl"), weights, again, "sft --collective nccl");
+        // ZeRO-2 over NCCL (its bucketed reduce-scatter and all-gather in a world of one)
+        // against ZeRO-2 on the plain collective: the same algorithm, so the same bits. Not
+        // against ZeRO-0 here: there a micro-batch's weight gradients accumulate in the GEMM
+        // (beta 1), under ZeRO-2 in the bucket reduction, and cuBLAS picks other kernels for
+        // beta 0 and 1 (2026-11-27, H100: grad norms 7e-10 apart). The CPU and emulator tests
+        // compare ZeRO-2 with ZeRO-0 (tests/dp_sft.rs).
+        run(&dir("plain-z2"), "auto", "2");
         run(&dir("nccl-z2"), "nccl", "2");
         let again = || {
-            run(&dir("plain3"), "auto", "0");
-            dir("plain3")
+            run(&dir("plain-z2b"), "auto", "2");
+            dir("plain-z2b")
         };
         let what = "sft --collective nccl --zero 2";
-        same_run(&dir("plain"), &dir("nccl-z2"), weights, again, what, false);
+        same_run(&dir("plain-z2"), &dir("nccl-z2"), weights, again, what);
     }
 
     #[test]
@@ -322,6 +310,6 @@ mod gpu {
             dir("plain2")
         };
         let ck = |o: &Path| weights(&o.join("rl/checkpoint-2"));
-        same_run(&dir("plain"), &dir("nccl"), ck, again, "train --collective nccl", true);
+        same_run(&dir("plain"), &dir("nccl"), ck, again, "train --collective nccl");
     }
 }

@@ -74,11 +74,11 @@ fn grid_for(n: usize) -> u32 {
 impl<D: Device> CudaBackend<D> {
     /// The backend on `dev` with the f32 reference attention kernels.
     pub fn with_device(dev: D) -> Self {
-        CudaBackend { dev, attn: AttnKernel::Reference, decode: DecodeKernel::Split }
+        CudaBackend { dev, attn: AttnKernel::Reference, decode: DecodeKernel::default() }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
     /// an unknown value is an error naming the accepted ones.
-    /// The decode kernel likewise from `MMR1_DECODE` (`split`, the default, or `staged`).
+    /// The decode kernel likewise from `MMR1_DECODE` (`staged`, the default, or `split`).
     pub fn attention_from_env(mut self) -> Result<Self, String> {
         self.attn = AttnKernel::from_env()?;
         self.decode = DecodeKernel::from_env()?;
