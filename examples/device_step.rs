@@ -176,7 +176,13 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
     let mut loss_fn = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
     // The log-prob pass needs no optimizer state (and its peak memory should not count one).
     let mut opt = (!o.logprobs_only).then(|| AdamW::new(be, &model.params, AdamwConfig::default()));
-    let mut ws = Workspace::new(&model, be).with_recompute(o.recompute);
+    // Nor gradient buffers: the backward allocates none in a log-prob pass.
+    let mut ws = if o.logprobs_only {
+        Workspace::without_grads(&model, be)
+    } else {
+        Workspace::new(&model, be)
+    }
+    .with_recompute(o.recompute);
     let (mut secs, mut fresh, mut losses) = (Vec::new(), Vec::new(), Vec::new());
     let mut warm_profile = Vec::new();
     for s in 0..o.steps {

@@ -42,7 +42,7 @@ suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox 
 # compute-sanitizer runs the kernel suites, not NCCL's (its own kernels and proxy threads are
 # not ours to check, and slow under the tools).
 san_suites=${suites/ nccl/}
-bins="$suites kernels rl_bench device_step mmr1-fast"
+bins="$suites kernels rl_bench device_step grpo_step mmr1-fast"
 budget=${GPU_CHECK_BUDGET:-0}
 t0=$SECONDS
 # Seconds left of the budget (a large number without one).
@@ -66,7 +66,7 @@ declare -A exe
 if [ "$mode" != "--prebuilt" ]; then
     [ -d .nvrtc ] || ./scripts/setup-nvrtc.sh >/dev/null
     eval "$(./scripts/setup-nvrtc.sh)"
-    targets=(--bin mmr1-fast --example device_step --bench kernels --bench rl_kernels)
+    targets=(--bin mmr1-fast --example device_step --example grpo_step --bench kernels --bench rl_kernels)
     for t in $suites; do targets+=(--test "$t"); done
     cargo build --release --features cuda "${targets[@]}"
     msgs=$(cargo build --release --features cuda "${targets[@]}" --message-format=json 2>/dev/null)
@@ -74,6 +74,7 @@ if [ "$mode" != "--prebuilt" ]; then
     exe[kernels]=$(exe_of kernels bench <<< "$msgs")
     exe[rl_bench]=$(exe_of rl_kernels bench <<< "$msgs")
     exe[device_step]=$(exe_of device_step example <<< "$msgs")
+    exe[grpo_step]=$(exe_of grpo_step example <<< "$msgs")
     exe[mmr1-fast]=$(exe_of mmr1-fast bin <<< "$msgs")
     if [ "$mode" = "--build-only" ]; then
         stage=$(mktemp -d)
@@ -141,14 +142,21 @@ echo "== training steps: ours (examples/device_step.rs) and PyTorch + transforme
 # fails, e.g. out of memory). Launches are not synchronized here (timings), unlike the suites.
 : > "$log/steps.jsonl"
 : > "$log/steps.log"
-# step WHO TIMEOUT ARGS...: WHO is ours (device_step) or torch (python); env vars before WHO pass on.
+# step WHO TIMEOUT ARGS...: WHO is ours (device_step) or torch (python), or ours-grpo
+# (examples/grpo_step.rs) or torch-grpo (benches/grpo_step_gpu_torch.py): one whole GRPO step;
+# env vars before WHO pass on.
 step() {
-    local who=$1 want=$2; shift 2
-    enough "$want" "step $who $*" || { printf '{"who": "%s", "args": "%s", "error": "skipped: budget"}\n' "$who" "$*" >> "$log/steps.jsonl"; return 0; }
-    echo "-- $who $*" | tee -a "$log/steps.log"
+    local kind=$1 want=$2; shift 2
+    local who=${kind%-grpo}
+    enough "$want" "step $kind $*" || { printf '{"who": "%s", "args": "%s", "error": "skipped: budget"}\n' "$who" "$*" >> "$log/steps.jsonl"; return 0; }
+    echo "-- $kind $*" | tee -a "$log/steps.log"
     local out rc
     set +e
-    if [ "$who" = torch ]; then
+    if [ "$kind" = torch-grpo ]; then
+        out=$(timeout "$(cap "$want")" python3 benches/grpo_step_gpu_torch.py "$@" 2>> "$log/steps.log")
+    elif [ "$kind" = ours-grpo ]; then
+        out=$(env -u MMR1_SYNC_LAUNCHES timeout "$(cap "$want")" "${exe[grpo_step]}" --device cuda "$@" 2>> "$log/steps.log")
+    elif [ "$who" = torch ]; then
         out=$(timeout "$(cap "$want")" python3 benches/train_step_gpu_torch.py "$@" 2>> "$log/steps.log")
     else
         out=$(env -u MMR1_SYNC_LAUNCHES timeout "$(cap "$want")" "${exe[device_step]}" --device cuda "$@" 2>> "$log/steps.log")
@@ -167,6 +175,8 @@ step() {
 tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
 # Decode runs: DECODE_SEQS prompts of 128 tokens, 64 new tokens each, 3 rollouts (1 warm-up).
 dec="--seqs ${DECODE_SEQS:-64} --len 128 --new 64 --steps 3"
+# One whole GRPO step (issue 11): GRPO_PROMPTS prompts x 8 responses of 128 + 128 tokens.
+grpo="--prompts ${GRPO_PROMPTS:-32} --group 8 --len 128 --new 128 --steps 2"
 # STEPS=quick: the 0.5B train and log-prob pairs, the profiled step, activation shadows off,
 # the decode kernels, and 3B with recomputation at the full 4x1024 tokens.
 # shellcheck disable=SC2086
@@ -182,6 +192,8 @@ if want steps && [ "${STEPS:-full}" = quick ]; then
     STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours 180 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
+    step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    step torch-grpo 180 --arch qwen2.5-0.5b $grpo
 elif want steps; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
@@ -196,6 +208,8 @@ elif want steps; then
     # The split flash-decode kernel (the default before the staged one was measured), same rollout.
     STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
+    step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    step torch-grpo 180 --arch qwen2.5-0.5b $grpo
     step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
     # The largest published shape: 3B (7B needs ~122 GB for f32 weights, grads and moments).
     step ours 180 --precision bf16 --shape qwen2.5-3b --seqs 2 --len 1024 --steps 3
@@ -508,6 +522,8 @@ out += ["", "Training steps and log-prob passes, ours (examples/device_step.rs: 
 mode_of = lambda r: r.get("mode", "train") + (f" ({r['sampling']} sampling)" if r.get("sampling") else "") + (
     f", {r['group']} per prompt on {r['slots']} slots, {r['occupancy']:.0%} busy" if r.get("slots") and r.get("group", 1) > 1 else "")
 loss_of = lambda r: f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}" if "loss_first" in r and r.get("mode") != "decode" else "-"
+grpo = [r for r in steps if r.get("mode") == "grpo"]
+steps = [r for r in steps if r.get("mode") != "grpo"]
 for r in steps:
     who, args = r.get("who", "ours"), r.get("args", "")
     if "error" in r:
@@ -547,6 +563,27 @@ if cb:
         same = "yes" if r.get("token_checksums") == cb[0].get("token_checksums") else "no"
         out.append(f"| {r['slots']} | {r['seqs'] * r['group']} | {r['tokens']} | {r['decode_steps']} | {r['occupancy']:.1%} | "
                    f"{r['tokens_per_s']:.0f} | {r['step_s_median']:.2f} s | {gib(r.get('kv_cache_bytes'))} | {gib(r.get('peak_in_use_bytes'))} | {same} |")
+if grpo:
+    out += ["", "One whole GRPO step (examples/grpo_step.rs; PyTorch: benches/grpo_step_gpu_torch.py with HF `generate`): "
+            "prompts x 8 responses of exactly `new` tokens at T 0.6, rewards and group advantages, VAS scores (ours only), "
+            "old and reference log-prob passes, MMR1's loss with k3 KL, backward, AdamW. Median seconds of the steps after the first.", "",
+            "| who | shape | prompts x group | new tokens | rollout | rewards + advantages | VAS scores | update | step | decode tokens/s | peak |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in grpo:
+        if "error" in r:
+            out.append(f"| {r.get('who')} | `{r.get('args', '')}` | failed: {r['error']} | | | | | | | | |")
+            continue
+        sec = lambda k: "-" if r.get(k) is None else f"{r[k]:.3f} s"
+        out.append(f"| {r.get('who')} | {r.get('shape', r.get('arch'))} | {r['prompts']} x {r['group']} | {r['new_tokens']} | "
+                   f"{sec('rollout_s')} | {sec('rewards_advantages_s')} | {sec('vas_scores_s')} | {sec('update_s')} | "
+                   f"{sec('step_s_median')} | {r['decode_tokens_per_s']:.0f} | {gib(r.get('peak_in_use_bytes', r.get('peak_allocated_bytes')))} |")
+    ok = [r for r in grpo if "error" not in r]
+    o = next((r for r in ok if r.get("who") == "ours"), None)
+    t = next((r for r in ok if r.get("who") == "torch"), None)
+    if o and t:
+        out += ["", f"GRPO step: ours **{t['step_s_median'] / o['step_s_median']:.2f}x** PyTorch's speed (issue 11 target 3x); "
+                f"rollout decoding {o['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x HF generate's tokens/s (target 10x); "
+                f"update {t['update_s'] / o['update_s']:.2f}x."]
 prof = [r for r in steps if r.get("profile")]
 if prof:
     # The table: the profiled run with the defaults (other profiled runs change a setting).

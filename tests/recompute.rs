@@ -7,6 +7,9 @@
 //!    packed sequences of different token counts and a loss with an entropy term.
 //! 2. On the emulator, the step's peak device memory is lower by about the activations of all
 //!    layers but one (the bound is derived in `recompute_lowers_peak_memory_by_the_layers_not_kept`).
+//! 3. A log-prob pass with no backward after it (`forward_logprobs`) plans one layer's buffers
+//!    unless the workspace holds a plan for its tokens already, with the same bits either way,
+//!    and so peaks lower by the other layers' activations.
 
 mod common;
 use common::*;
@@ -129,6 +132,38 @@ fn cpu_gradients_are_bit_identical_with_recomputation() {
     recompute_changes_no_bit(&Cpu);
 }
 
+/// `forward_logprobs` on a fresh workspace plans one layer's buffers; after a training
+/// micro-step on the same tokens it reuses that step's plan (all layers kept); both give the
+/// same bits.
+fn logprob_pass_plans_one_layer<B: Backend>(be: &B) {
+    let cfg = config(3);
+    let layout = ParamLayout::new(&cfg);
+    let model = Qwen2::from_host(
+        be,
+        cfg,
+        layout.clone(),
+        &init_params(&layout, Init::Sensitive { std: 0.1 }, 3),
+    );
+    let a = Packed::new(&[random_ids(13, 97, 1), random_ids(70, 97, 2), random_ids(5, 97, 3)]);
+    let mut fresh = Workspace::without_grads(&model, be);
+    let (_, lp1, ent1) = forward_logprobs(be, &model, &a, 0.7, &mut fresh).unwrap();
+    assert!(fresh.acts.as_ref().unwrap().recomputes(), "a lone log-prob pass keeps all layers");
+    let mut trained = Workspace::new(&model, be);
+    let (_, has) = a.next_token_targets();
+    let mut sft = SftLoss::new(&has, has.iter().filter(|&&h| h).count());
+    micro_step(be, &model, &a, &mut sft, &mut trained).unwrap();
+    let (_, lp2, ent2) = forward_logprobs(be, &model, &a, 0.7, &mut trained).unwrap();
+    assert!(!trained.acts.as_ref().unwrap().recomputes(), "the step's plan was replaced");
+    assert!(lp1.iter().chain(&ent1).all(|x| x.is_finite()));
+    assert_eq!(bits(&lp1), bits(&lp2), "log-probs differ between the plans");
+    assert_eq!(bits(&ent1), bits(&ent2), "entropies differ between the plans");
+}
+
+#[test]
+fn cpu_logprob_pass_plans_one_layer() {
+    logprob_pass_plans_one_layer(&Cpu);
+}
+
 #[cfg(feature = "emu")]
 mod emu {
     use super::*;
@@ -150,6 +185,59 @@ mod emu {
     #[test]
     fn emulator_bf16_gradients_are_bit_identical_with_recomputation() {
         recompute_changes_no_bit(&emu(Precision::Bf16));
+    }
+
+    #[test]
+    fn emulator_logprob_pass_plans_one_layer() {
+        logprob_pass_plans_one_layer(&emu(Precision::Bf16));
+    }
+
+    /// Bytes one layer's activation buffers take for `t` tokens, as the allocator counts them.
+    fn one_layer_bytes(t: usize) -> u64 {
+        let be = emu(Precision::F32);
+        let layout = ParamLayout::new(&config(1));
+        let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 1);
+        let model = Qwen2::from_host(&be, config(1), layout, &host);
+        let before = be.memory_stats().unwrap().in_use_bytes;
+        let la = model.alloc_layer_acts(&be, t);
+        let a = be.memory_stats().unwrap().in_use_bytes - before;
+        drop(la);
+        a
+    }
+
+    /// Peak of a log-prob pass on a fresh emulator, with the workspace empty (the pass plans
+    /// one layer) or holding an all-layers plan for its tokens (as after a training step).
+    fn logprob_peak(layers: usize, seqs: &[usize], kept: bool) -> u64 {
+        let be = emu(Precision::F32);
+        let layout = ParamLayout::new(&config(layers));
+        let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 7);
+        let model = Qwen2::from_host(&be, config(layers), layout, &host);
+        let seqs: Vec<Vec<u32>> =
+            seqs.iter().enumerate().map(|(i, &n)| random_ids(n, 97, i as u64)).collect();
+        let batch = Packed::new(&seqs);
+        let mut ws = Workspace::without_grads(&model, &be);
+        if kept {
+            ws.acts = Some(model.alloc_acts(&be, batch.tokens()));
+        }
+        forward_logprobs(&be, &model, &batch, 1.0, &mut ws).unwrap();
+        assert_eq!(ws.acts.as_ref().unwrap().recomputes(), !kept);
+        be.memory_stats().unwrap().peak_in_use_bytes
+    }
+
+    /// A lone log-prob pass saves the activations of all layers but one: between `L - 2` and
+    /// `L - 1` layers' worth (the argument of the bound below, without the backward's
+    /// temporaries).
+    #[test]
+    fn a_lone_logprob_pass_peaks_lower_by_the_layers_not_kept() {
+        let (layers, seqs) = (5, [13, 70, 5, 40]);
+        let per_layer = one_layer_bytes(128);
+        let (kept, one) = (logprob_peak(layers, &seqs, true), logprob_peak(layers, &seqs, false));
+        let l = layers as u64;
+        println!(
+            "MEM log-prob pass, 128 tokens, {layers} layers: {kept} B kept, {one} B one layer"
+        );
+        assert!(kept - one.min(kept) >= (l - 2) * per_layer, "saved {} B", kept - one.min(kept));
+        assert!(kept - one <= (l - 1) * per_layer, "saved {} B", kept - one);
     }
 
     /// Peak bytes in use (`memory_stats`) of one training micro-step on a fresh emulator.
@@ -181,20 +269,7 @@ mod emu {
     fn recompute_lowers_peak_memory_by_the_layers_not_kept() {
         let (layers, seqs) = (5, [13, 70, 5, 40]);
         let t: usize = seqs.iter().sum();
-        let per_layer = {
-            let be = emu(Precision::F32);
-            let model = Qwen2::from_host(
-                &be,
-                config(1),
-                ParamLayout::new(&config(1)),
-                &init_params(&ParamLayout::new(&config(1)), Init::Sensitive { std: 0.1 }, 1),
-            );
-            let before = be.memory_stats().unwrap().in_use_bytes;
-            let la = model.alloc_layer_acts(&be, t);
-            let a = be.memory_stats().unwrap().in_use_bytes - before;
-            drop(la);
-            a
-        };
+        let per_layer = one_layer_bytes(t);
         // What the docs' per-token figure is: a layer keeps rstd1, xn1, q, k, v, att, lse,
         // x_mid, rstd2, xn2, gate, up, act. At 128 tokens every buffer is a whole size class,
         // so the allocator counts exactly the f32 bytes.

@@ -78,7 +78,8 @@ fn run_on<B: Backend>(be: &B, args: &LogprobsArgs, seqs: &[Vec<u32>]) -> Result<
     }
     let batch = Packed::new(seqs);
     let mut acts = None;
-    model.forward(be, &batch, &mut acts)?;
+    // Forward only: one layer's activation buffers serve every layer.
+    model.forward_with(be, &batch, &mut acts, true)?;
     let acts = acts.expect("forward planned the activations");
     write_out(be, args, &model, &batch, &acts, seqs.len())
 }

@@ -140,7 +140,13 @@ pub fn forward_logprobs<B: Backend>(
     ws: &mut Workspace<B>,
 ) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
     let _r = crate::nvtx_ranges::range(c"forward");
-    model.forward_with(be, batch, &mut ws.acts, ws.recompute)?;
+    // No backward follows: one layer's buffers serve every layer (the recomputation plan),
+    // unless the workspace already holds a plan for these tokens (a training step's, reused
+    // rather than replaced). The same bits either way (tests/recompute.rs); at Qwen2.5-0.5B
+    // and 4,096 tokens the kept plan was 7.9 GB of the pass's 15.2 GiB peak (H100, 2026-11-27).
+    let t = batch.tokens();
+    let one_layer = ws.acts.as_ref().filter(|a| a.t == t).is_none_or(|a| a.recomputes());
+    model.forward_with(be, batch, &mut ws.acts, one_layer)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
     let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
