@@ -177,23 +177,20 @@ tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
 dec="--seqs ${DECODE_SEQS:-64} --len 128 --new 64 --steps 3"
 # One whole GRPO step (issue 11): GRPO_PROMPTS prompts x 8 responses of 128 + 128 tokens.
 grpo="--prompts ${GRPO_PROMPTS:-32} --group 8 --len 128 --new 128 --steps 2"
-# STEPS=quick: the 0.5B train and log-prob pairs, the profiled step, activation shadows off,
-# the decode kernels, and 3B with recomputation at the full 4x1024 tokens.
+# STEPS=quick: the 0.5B train, log-prob, decode and GRPO-step pairs, the profiled step, and 3B
+# with recomputation at the full 4x1024 tokens.
 # shellcheck disable=SC2086
 if want steps && [ "${STEPS:-full}" = quick ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
-    # Activation shadows off: every GEMM converts its activation operands again (docs/perf.md).
-    STEP_ENV=MMR1_ACT_SHADOWS=0 MMR1_ACT_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step torch 90 --arch qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
-    STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
-    step ours 180 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     step torch-grpo 180 --arch qwen2.5-0.5b $grpo
+    step ours 120 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
 elif want steps; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
