@@ -131,6 +131,12 @@ mod gpu {
         bench(&mut g, &mut meta, "bias_backward", 4 * t * ffn, &mut || {
             b.bias_backward(&mut dbias, &xb, t, ffn)
         });
+        // A k/v projection's bias (128 columns at Qwen2.5-0.5B): 4 blocks of columns alone, so
+        // the rows are cut into slices (col_slices).
+        let kv = 128;
+        bench(&mut g, &mut meta, "bias_backward_kv128", 4 * t * kv, &mut || {
+            b.bias_backward(&mut dbias, &xb, t, kv)
+        });
         g.finish();
         drop((gate, up, o1, o2, xb, z, y));
 

@@ -3,27 +3,42 @@
 // run after run.
 #include "common.cuh"
 
-// out[j] += sum_r a[r,j] * (b ? b[r,j] : 1) * (rowscale ? rowscale[r] : 1).
-// Block (32, 32): threadIdx.x picks the column, threadIdx.y strides over rows; the 32 partial
-// sums of a column are then added in a fixed order.
-extern "C" __global__ void __launch_bounds__(1024) col_reduce_f32(float* out, const real* a, const real* b, const float* rowscale,
-                                          int rows, int n) {
-    SHARED(float, part, [32][33]);
+// out[j] += sum_r a[r,j] * (b ? b[r,j] : 1) * (rowscale ? rowscale[r] : 1), over rows
+// [y * slice_rows, (y + 1) * slice_rows) of slice y = blockIdx.y.
+// Block (32, 32): threadIdx.x picks the column, threadIdx.y strides over the slice's rows; the
+// 32 partial sums of a column are then added in a fixed order. One slice (gridDim.y == 1)
+// adds into out; several write their sums to part[y][j] for col_reduce_slices_f32, since a
+// model's widths (896 columns: 28 blocks) fill few of a GPU's SMs alone.
+extern "C" __global__ void __launch_bounds__(1024) col_reduce_f32(float* out, float* part, const real* a, const real* b,
+                                                                  const float* rowscale, int rows, int n, int slice_rows) {
+    SHARED(float, sums, [32][33]);
     const int j = blockIdx.x * 32 + threadIdx.x;
+    const int r0 = blockIdx.y * slice_rows;
+    const int r1 = r0 + slice_rows < rows ? r0 + slice_rows : rows;
     float s = 0.0f;
     if (j < n) {
-        for (int r = threadIdx.y; r < rows; r += 32) {
+        for (int r = r0 + threadIdx.y; r < r1; r += 32) {
             float t = a[(long long)r * n + j];
             if (b) t *= b[(long long)r * n + j];
             if (rowscale) t *= rowscale[r];
             s += t;
         }
     }
-    part[threadIdx.y][threadIdx.x] = s;
+    sums[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && j < n) {
         float t = 0.0f;
-        for (int k = 0; k < 32; k++) t += part[k][threadIdx.x];
+        for (int k = 0; k < 32; k++) t += sums[k][threadIdx.x];
+        if (gridDim.y == 1) out[j] += t;
+        else part[(long long)blockIdx.y * n + j] = t;
+    }
+}
+
+// out[j] += the slices' sums part[0][j] + part[1][j] + ... in slice order (deterministic).
+extern "C" __global__ void col_reduce_slices_f32(float* out, const float* part, int slices, int n) {
+    GRID_STRIDE(j, n) {
+        float t = 0.0f;
+        for (int y = 0; y < slices; y++) t += part[(long long)y * n + j];
         out[j] += t;
     }
 }

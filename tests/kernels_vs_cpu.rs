@@ -53,7 +53,8 @@ fn memory_ops<B: Backend>(b: &B) {
 
 fn elementwise<B: Backend>(b: &B) {
     let mut r = rng(2);
-    for (rows, n) in [(1usize, 1usize), (3, 7), (17, 65), (33, 300)] {
+    // (600, 33) and (1100, 70): column reductions cut into row slices (col_slices).
+    for (rows, n) in [(1usize, 1usize), (3, 7), (17, 65), (33, 300), (600, 33), (1100, 70)] {
         let len = rows * n;
         let (xh, yh, bias) =
             (rand_vec(&mut r, len, 2.0), rand_vec(&mut r, len, 2.0), rand_vec(&mut r, n, 1.0));
@@ -233,7 +234,7 @@ fn embedding<B: Backend>(b: &B) {
 
 fn rmsnorm<B: Backend>(b: &B) {
     let mut r = rng(8);
-    for (rows, dim) in [(1usize, 1usize), (3, 7), (5, 64), (9, 300), (2, 1000)] {
+    for (rows, dim) in [(1usize, 1usize), (3, 7), (5, 64), (9, 300), (2, 1000), (700, 40)] {
         let (x, w) = (rand_vec(&mut r, rows * dim, 2.0), rand_vec(&mut r, dim, 1.5));
         let (mut oc, mut rc) = (vec![0.0; rows * dim], vec![0.0; rows]);
         Cpu.rmsnorm(&mut oc, &mut rc, &x, &w, rows, dim, 1e-6);

@@ -66,6 +66,17 @@ pub struct CudaBackend<D: Device> {
 
 const BLOCK: u32 = 256;
 
+/// Row slices of a column reduction of `rows x n` (`CudaBackend::col_reduce`) and the rows of
+/// each (a multiple of 32): enough blocks of 32 columns to give some 264 blocks (two per SM of
+/// an H100) without slices under 256 rows. A function of the shape alone, so a result never
+/// depends on the device. Qwen2.5-0.5B's 896 columns at 4,096 rows: 10 slices of 416 rows.
+pub fn col_slices(rows: usize, n: usize) -> (usize, usize) {
+    let want = 264usize.div_ceil(n.div_ceil(32).max(1));
+    let slices = want.min(rows / 256).max(1);
+    let slice_rows = rows.div_ceil(slices).div_ceil(32) * 32;
+    (rows.div_ceil(slice_rows.max(1)).max(1), slice_rows.max(32))
+}
+
 /// Blocks for a grid-stride loop over `n` elements.
 fn grid_for(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, 4096) as u32
@@ -125,7 +136,9 @@ impl<D: Device> CudaBackend<D> {
         }
     }
 
-    /// `out[j] += sum_r a[r,j] * b[r,j] * rowscale[r]` (b, rowscale optional), deterministic.
+    /// `out[j] += sum_r a[r,j] * b[r,j] * rowscale[r]` (b, rowscale optional), deterministic:
+    /// the rows are cut into slices by the shape alone ([`col_slices`]), each slice summed by
+    /// its own blocks, the slices added in order by a second launch.
     fn col_reduce(
         &self,
         out: &mut DevBuf<D::Mem>,
@@ -138,20 +151,31 @@ impl<D: Device> CudaBackend<D> {
         if n == 0 {
             return;
         }
+        let (slices, slice_rows) = col_slices(rows, n);
+        let part = (slices > 1).then(|| self.dev.alloc(slices * n * 4));
         self.dev.launch(
             "col_reduce_f32",
-            [n.div_ceil(32) as u32, 1, 1],
+            [n.div_ceil(32) as u32, slices as u32, 1],
             [32, 32, 1],
             0,
             &[
                 Arg::Ptr(&out.mem),
+                opt_arg(part.as_ref()),
                 Arg::Ptr(a),
                 opt_arg(b),
                 opt_arg(rowscale),
                 Arg::I32(rows as i32),
                 Arg::I32(n as i32),
+                Arg::I32(slice_rows as i32),
             ],
         );
+        if let Some(part) = &part {
+            self.elementwise(
+                "col_reduce_slices_f32",
+                n,
+                &[Arg::Ptr(&out.mem), Arg::Ptr(part), Arg::I32(slices as i32), Arg::I32(n as i32)],
+            );
+        }
     }
 
     /// Matmul through the `gemm_f32` kernel, whatever library the device has (tests use it to
@@ -745,5 +769,30 @@ impl CudaBackend<emu::EmuDevice> {
     /// failing unless all give the same bits (see `emu::Schedule`).
     pub fn emulator_with(schedules: &[emu::Schedule]) -> Self {
         CudaBackend::with_device(emu::EmuDevice::with_schedules(schedules))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::col_slices;
+
+    /// Slices cover every row once, in multiples of 32 rows, none empty; the model's widths
+    /// get enough blocks; small reductions stay one slice.
+    #[test]
+    fn column_slices_cover_the_rows() {
+        assert_eq!(col_slices(4096, 896), (10, 416));
+        assert_eq!(col_slices(17, 65), (1, 32));
+        assert_eq!(col_slices(0, 5).0, 1);
+        for rows in [1, 31, 32, 255, 256, 511, 512, 600, 1100, 4096, 16384, 100_000] {
+            for n in [1, 7, 33, 70, 896, 4864, 9000] {
+                let (slices, per) = col_slices(rows, n);
+                assert!(per % 32 == 0 && per >= 32, "{rows}x{n}: {per} rows a slice");
+                assert!(
+                    slices * per >= rows && (slices - 1) * per < rows.max(1),
+                    "{rows}x{n}: {slices} x {per}"
+                );
+                assert!(slices == 1 || per >= 256 - 31, "{rows}x{n}: slices of {per} rows");
+            }
+        }
     }
 }
