@@ -301,7 +301,32 @@ fn radix_search_resolves_ties_masks_and_odd_vocabularies<D: Device>(b: &CudaBack
     }
 }
 
+/// The draw's walk over one lane's elements goes by chunks of 32 (`sample_tokens_impl`: the
+/// warp computes the next 32 weights, thread 0 subtracts them in order): at vocabulary 20,011 a
+/// lane holds 78-79 elements, three chunks, and the draws must land past the first chunk
+/// (element 32 of a lane = token >= 32 x 256) as well as in it, with the CPU's ids and bits.
+fn draws_deep_in_long_lanes_match_the_cpu<D: Device>(b: &CudaBackend<D>) {
+    let (vocab, rows) = (20_011, 24);
+    let x = logits(rows, vocab, 41);
+    let d = draws(rows, 9);
+    for rule in [
+        SampleRule { temperature: 0.6, top_k: 0, top_p: 1.0 },
+        SampleRule { temperature: 1.0, top_k: 0, top_p: 0.95 },
+    ] {
+        let want = Cpu.rl_sample(&x, vocab, &d, &rule);
+        let got = device_sample_with(b, &x, vocab, &d, &rule, ThresholdSearch::Radix);
+        assert_same(b, &got, &want, &format!("vocab {vocab} {rule:?}"));
+        let deep = want.iter().filter(|(t, _)| *t as usize >= 32 * 256).count();
+        let first = want.iter().filter(|(t, _)| (*t as usize) < 32 * 256).count();
+        assert!(
+            deep >= 3 && first >= 3,
+            "{rule:?}: {deep} draws past a lane's first chunk, {first} in it"
+        );
+    }
+}
+
 backend_suite!(
+    draws_deep_in_long_lanes_match_the_cpu,
     radix_search_resolves_ties_masks_and_odd_vocabularies,
     sample_matches_cpu,
     greedy_takes_the_first_maximum_and_sampling_varies_with_the_draw,
