@@ -317,6 +317,9 @@ impl CudaDevice {
     }
     fn func(&self, name: &str) -> CudaFunction {
         let mut f = self.funcs.lock().unwrap();
+        if let Some(func) = f.get(name) {
+            return func.clone(); // no key allocated per launch
+        }
         f.entry(name.to_string())
             .or_insert_with(|| {
                 self.module
@@ -401,10 +404,14 @@ impl Device for CudaDevice {
         args: &[Arg<'_, CudaMem>],
     ) {
         let f = self.func(name);
-        let shape = format!(
-            "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
-            grid[0], grid[1], grid[2], block[0], block[1], block[2]
-        );
+        // Formatted only for a message: a decode step launches hundreds of kernels, and the
+        // host's time per launch is what bounds it.
+        let shape = || {
+            format!(
+                "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
+                grid[0], grid[1], grid[2], block[0], block[1], block[2]
+            )
+        };
         if check_launches() {
             // The register-limited block size of this kernel (what __launch_bounds__ or its
             // absence left): a larger block fails as "too many resources" otherwise.
@@ -412,8 +419,9 @@ impl Device for CudaDevice {
                 let threads = block[0] * block[1] * block[2];
                 if threads as i64 > max as i64 {
                     panic!(
-                        "kernel {name} [{shape}]: {threads} threads per block, but the compiled \
-                         kernel allows at most {max} (registers); give it __launch_bounds__({threads})"
+                        "kernel {name} [{}]: {threads} threads per block, but the compiled \
+                         kernel allows at most {max} (registers); give it __launch_bounds__({threads})",
+                        shape()
                     );
                 }
             }
@@ -455,14 +463,14 @@ impl Device for CudaDevice {
         };
         // SAFETY: argument lists match the kernels' signatures (checked by the test suite).
         self.timed(|| name.to_string(), || unsafe { b.launch(cfg) })
-            .unwrap_or_else(|e| panic!("launch of kernel {name} [{shape}] failed: {e:?}"));
+            .unwrap_or_else(|e| panic!("launch of kernel {name} [{}] failed: {e:?}", shape()));
         drop(guards);
         if check_launches() {
             // A fault inside the kernel (illegal address, trap from DEVICE_CHECK) surfaces here
             // with the kernel's name instead of at some later download.
             self.stream
                 .synchronize()
-                .unwrap_or_else(|e| panic!("kernel {name} [{shape}] faulted: {e:?}"));
+                .unwrap_or_else(|e| panic!("kernel {name} [{}] faulted: {e:?}", shape()));
         }
     }
     fn gemm(
