@@ -9,7 +9,9 @@
 //! search (`span_of_block`). Empty buffers are left out of the table (no block works on them).
 //!
 //! A kernel that writes through the table writes buffers the launch does not name as
-//! arguments: the caller ends their bf16 shadows itself (`forget_shadows`).
+//! arguments: the caller ends their bf16 shadows itself (`forget_shadows`), and the
+//! emulator's several-schedule comparison (which snapshots named arguments) does not see
+//! those writes; `fill_many_f32` writes one value per element, so no schedule can differ.
 
 use super::device::{Arg, Device};
 use super::{grid_for, CudaBackend, DevBuf, BLOCK};
