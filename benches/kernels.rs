@@ -98,6 +98,70 @@ mod gpu {
         bench(&mut g, &mut meta, "adamw", 28 * n, &mut || {
             b.adamw(&mut z, &y, &mut pm, &mut pv, hp)
         });
+        // AdamW that also writes the weight's bf16 shadow (what bf16 training runs): 2 bytes
+        // more a value than `adamw`, instead of a conversion pass of 6.
+        let shadow16 = b.device().alloc(2 * n);
+        bench(&mut g, &mut meta, "adamw_bf16shadow", 30 * n, &mut || {
+            use mmr1_fast::backend::cuda::device::Arg;
+            b.device().launch(
+                "adamw_bf16shadow_f32",
+                [n.div_ceil(256).clamp(1, 4096) as u32, 1, 1],
+                [256, 1, 1],
+                0,
+                &[
+                    Arg::Ptr(z.mem()),
+                    Arg::Ptr(y.mem()),
+                    Arg::Ptr(pm.mem()),
+                    Arg::Ptr(pv.mem()),
+                    Arg::Ptr(&shadow16),
+                    Arg::I64(n as i64),
+                    Arg::F32(hp.lr),
+                    Arg::F32(hp.beta1),
+                    Arg::F32(hp.beta2),
+                    Arg::F32(hp.eps),
+                    Arg::F32(hp.weight_decay),
+                    Arg::F32(1.0),
+                    Arg::F32(1.0),
+                    Arg::F32(1.0),
+                ],
+            )
+        });
+        drop(shadow16);
+        // The optimizer side over Qwen2.5-0.5B's 290 parameter tensors (docs/perf.md,
+        // "Optimizer side in fewer launches"): a call per tensor, as before, against one call
+        // for the list (`sum_squares_many`: 2 launches and one download instead of 2 launches
+        // and a download per tensor; `fill_many`: one launch instead of 290).
+        let lens: Vec<usize> = {
+            use mmr1_fast::commands::init_model::Arch;
+            let layout = mmr1_fast::model::params::ParamLayout::new(&Arch::Qwen25_0_5b.config());
+            layout.specs.iter().map(|s| s.numel()).collect()
+        };
+        let total: usize = lens.iter().sum();
+        let mut grads: Vec<Buf> = lens
+            .iter()
+            .map(|&len| {
+                let mut x = b.zeros(len);
+                b.fill(&mut x, 1e-3);
+                x
+            })
+            .collect();
+        bench(&mut g, &mut meta, "grad_norm_per_tensor_q0.5b", 4 * total, &mut || {
+            std::hint::black_box(grads.iter().map(|x| b.sum_squares(x)).sum::<f64>());
+        });
+        bench(&mut g, &mut meta, "grad_norm_many_q0.5b", 4 * total, &mut || {
+            let all: Vec<&Buf> = grads.iter().collect();
+            std::hint::black_box(b.sum_squares_many(&all));
+        });
+        bench(&mut g, &mut meta, "zero_grads_per_tensor_q0.5b", 4 * total, &mut || {
+            for x in grads.iter_mut() {
+                b.fill(x, 0.0);
+            }
+        });
+        bench(&mut g, &mut meta, "zero_grads_many_q0.5b", 4 * total, &mut || {
+            let mut all: Vec<&mut Buf> = grads.iter_mut().collect();
+            b.fill_many(&mut all, 0.0);
+        });
+        drop(grads);
         // f32 -> bf16 GEMM operand conversions: the baseline (one value a thread) and what the
         // GEMMs use (8 a thread, 16-byte accesses; device::launch_f32_to_bf16). 6 bytes a value.
         let out16 = b.device().alloc(2 * n);

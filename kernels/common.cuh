@@ -82,3 +82,27 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // Grid-stride loop over [0, n).
 #define GRID_STRIDE(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// One buffer of a multi-buffer launch (a device table of them, one launch for a list of
+// buffers instead of one launch each): its values, their count, the first block of the grid
+// that works on it and how many blocks do. A block finds its buffer with `span_of_block`;
+// the host lays the table out (src/backend/cuda/multi.rs) with `first` increasing and
+// `blocks > 0` for every entry, the grid being the sum of the entries' blocks.
+struct BufSpan {
+    float* x;
+    long long n;
+    long long first;
+    long long blocks;
+};
+
+// The entry of `table` (of `count`) whose blocks include this block: the last with
+// `first <= blockIdx.x` (binary search; every thread gets the same answer).
+__device__ __forceinline__ const BufSpan& span_of_block(const BufSpan* table, int count) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (table[mid].first <= (long long)blockIdx.x) lo = mid;
+        else hi = mid - 1;
+    }
+    return table[lo];
+}

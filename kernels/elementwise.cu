@@ -1,8 +1,17 @@
 // Elementwise ops: fill, copy, add, scale, bias, SwiGLU. Memory-bound; grid-stride loops.
 #include "common.cuh"
+#include "mma.cuh" // bf16_bits
 
 extern "C" __global__ void fill_f32(real* x, long long n, float v) {
     GRID_STRIDE(i, n) x[i] = v;
+}
+
+// fill_f32 over a list of buffers in one launch (zeroing every gradient at the start of an
+// optimizer step): the blocks of entry t of `table` (see BufSpan) grid-stride over its buffer.
+extern "C" __global__ void fill_many_f32(const BufSpan* table, int count, float v) {
+    const BufSpan& t = span_of_block(table, count);
+    const long long stride = t.blocks * blockDim.x;
+    for (long long i = (blockIdx.x - t.first) * blockDim.x + threadIdx.x; i < t.n; i += stride) t.x[i] = v;
 }
 
 extern "C" __global__ void copy_f32(real* dst, long long dst_off, const real* src, long long src_off, long long n) {
@@ -40,19 +49,35 @@ extern "C" __global__ void swiglu_bwd_f32(real* dgate, real* dup, const real* do
 }
 
 // AdamW as torch.optim.AdamW; the bias corrections come precomputed from the host
-// (rbc1 = 1/(1-b1^t), rbc2 = 1/(1-b2^t)).
+// (rbc1 = 1/(1-b1^t), rbc2 = 1/(1-b2^t)). Element i of one step, shared by both kernels
+// below so that they compute the same bits; returns the new weight.
+__device__ __forceinline__ float adamw_elem(float* p, const float* g, float* m, float* v, long long i, float lr,
+                                            float b1, float b2, float eps, float wd, float rbc1, float rbc2,
+                                            float grad_scale) {
+    float gi = g[i] * grad_scale;
+    float pi = p[i];
+    pi -= lr * wd * pi;
+    float mi = b1 * m[i] + (1.0f - b1) * gi;
+    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    pi -= lr * (mi * rbc1) / (sqrtf(vi * rbc2) + eps);
+    p[i] = pi;
+    return pi;
+}
+
 extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long long n, float lr,
                                      float b1, float b2, float eps, float wd, float rbc1, float rbc2,
                                      float grad_scale) {
-    GRID_STRIDE(i, n) {
-        float gi = g[i] * grad_scale;
-        float pi = p[i];
-        pi -= lr * wd * pi;
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        pi -= lr * (mi * rbc1) / (sqrtf(vi * rbc2) + eps);
-        p[i] = pi;
-    }
+    GRID_STRIDE(i, n) adamw_elem(p, g, m, v, i, lr, b1, b2, eps, wd, rbc1, rbc2, grad_scale);
+}
+
+// adamw_f32 that also writes the new weight's bf16 rounding (round to nearest even, the
+// conversion of f32_to_bf16_x8) into `shadow`: the copy bf16 GEMMs read until the weight is
+// next written, made in the pass that writes the weight instead of a conversion launch that
+// reads it again (src/backend/cuda/mod.rs `adamw`).
+extern "C" __global__ void adamw_bf16shadow_f32(float* p, const float* g, float* m, float* v, unsigned short* shadow,
+                                                long long n, float lr, float b1, float b2, float eps, float wd,
+                                                float rbc1, float rbc2, float grad_scale) {
+    GRID_STRIDE(i, n) shadow[i] = bf16_bits(adamw_elem(p, g, m, v, i, lr, b1, b2, eps, wd, rbc1, rbc2, grad_scale));
 }

@@ -44,22 +44,55 @@ extern "C" __global__ void col_reduce_slices_f32(float* out, const float* part, 
 }
 
 // Pass 1 of sum of squares: one f64 partial per block (the grid size is chosen from n alone).
+// Block `block` of `blocks` (256 threads each) sums x[i]^2 over its grid-stride share of
+// [0, n) and folds it in the fixed tree of block_sum_d: the per-tensor kernel and the
+// multi-tensor one below run this same body, so a tensor's partials are the same bits in both.
+__device__ __forceinline__ double sumsq_block(const real* x, long long n, long long block, long long blocks,
+                                              double* scratch) {
+    double s = 0.0;
+    for (long long i = block * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x) {
+        double v = x[i];
+        s += v * v; // exact: a float's square fits a double's mantissa
+    }
+    return block_sum_d(s, scratch);
+}
+
 extern "C" __global__ void sumsq_partial_f32(const real* x, long long n, double* partial) {
     SHARED(double, scratch, [32]);
-    double s = 0.0;
-    GRID_STRIDE(i, n) {
-        double v = x[i];
-        s += v * v;
-    }
-    s = block_sum_d(s, scratch);
+    double s = sumsq_block(x, n, blockIdx.x, gridDim.x, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-// Pass 2: one block folds the partials in a fixed order.
+// Pass 2: one block folds `count` partials in a fixed order.
+__device__ __forceinline__ double fold_partials(const double* partial, long long count, double* scratch) {
+    double s = 0.0;
+    for (long long i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    return block_sum_d(s, scratch);
+}
+
 extern "C" __global__ void sum_partials_f64(const double* partial, int count, double* out) {
     SHARED(double, scratch, [32]);
-    double s = 0.0;
-    for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
-    s = block_sum_d(s, scratch);
+    double s = fold_partials(partial, count, scratch);
     if (threadIdx.x == 0) out[0] = s;
+}
+
+// The sum of squares of a list of tensors (the global gradient norm) in two launches instead
+// of two per tensor, with each tensor's result the bits `sumsq_partial_f32` +
+// `sum_partials_f64` give for it alone: entry t of `table` covers blocks
+// [first, first + blocks) of the grid, `blocks` being the per-tensor launch's grid, and
+// partial[first + b] is that launch's partial[b].
+extern "C" __global__ void sumsq_partial_many_f32(const BufSpan* table, int count, double* partial) {
+    SHARED(double, scratch, [32]);
+    const BufSpan& t = span_of_block(table, count);
+    double s = sumsq_block(t.x, t.n, blockIdx.x - t.first, t.blocks, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// Pass 2 of the list: block t folds tensor t's partials into out[t] (the host adds the
+// tensors in order, in f64, as it added the per-tensor sums).
+extern "C" __global__ void sum_partials_many_f64(const BufSpan* table, const double* partial, double* out) {
+    SHARED(double, scratch, [32]);
+    const BufSpan& t = table[blockIdx.x];
+    double s = fold_partials(partial + t.first, t.blocks, scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
 }

@@ -71,9 +71,11 @@ pub struct AdamW<B: Backend> {
     pub zero: Option<crate::dist::zero::ZeroShard>,
 }
 
-/// Global L2 norm of all gradients, accumulated in f64.
+/// Global L2 norm of all gradients, accumulated in f64: per-tensor sums of squares added in
+/// layout order (`Backend::sum_squares_many`: one pass and one download on the GPU).
 pub fn grad_norm<B: Backend>(be: &B, grads: &[B::Buf]) -> f64 {
-    grads.iter().map(|g| be.sum_squares(g)).sum::<f64>().sqrt()
+    let all: Vec<&B::Buf> = grads.iter().collect();
+    be.sum_squares_many(&all).sqrt()
 }
 
 /// `torch.nn.utils.clip_grad_norm_`'s factor: `min(max_norm / (norm + 1e-6), 1)`.

@@ -123,6 +123,56 @@ fn adamw<B: Backend>(b: &B) {
     }
 }
 
+// ---- the optimizer side over a list of tensors ----------------------------------------------
+
+/// Ragged tensor lengths: one element, a partial block, a block boundary either side, an
+/// empty tensor, several hundred blocks.
+const RAGGED: [usize; 8] = [1, 7, 255, 256, 257, 0, 100_003, 3000];
+
+/// `sum_squares_many` gives the bits of the per-tensor `sum_squares` added in order (what
+/// `optim::grad_norm` summed before; kill/resume and ZeRO runs compare norms bit for bit),
+/// and agrees with the CPU's f64 sum; empty lists and empty tensors add nothing.
+fn sum_squares_many<B: Backend>(b: &B) {
+    let mut r = rng(4);
+    // Scales over several binades, so a tensor summed in the wrong place shows in the bits.
+    let host: Vec<Vec<f32>> = RAGGED
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| rand_vec(&mut r, n, 4f32.powi(i as i32 - 3)))
+        .collect();
+    let bufs: Vec<B::Buf> = host.iter().map(|h| b.upload(h)).collect();
+    let all: Vec<&B::Buf> = bufs.iter().collect();
+    let per_tensor: f64 = bufs.iter().map(|x| b.sum_squares(x)).sum();
+    let many = b.sum_squares_many(&all);
+    assert_eq!(many.to_bits(), per_tensor.to_bits(), "sum_squares_many {many} vs {per_tensor}");
+    let cpu: f64 = host.iter().map(|h| Cpu.sum_squares(h)).sum();
+    assert!(((many - cpu) / cpu).abs() < 1e-9, "sum_squares_many {many} vs CPU {cpu}");
+    // Order and membership matter: a sublist in another order is that sublist's sum.
+    let some = [&bufs[6], &bufs[0], &bufs[3]];
+    let want: f64 = some.iter().map(|x| b.sum_squares(x)).sum();
+    assert_eq!(b.sum_squares_many(&some).to_bits(), want.to_bits(), "a reordered sublist");
+    assert_eq!(b.sum_squares_many(&[]), 0.0);
+    assert_eq!(b.sum_squares_many(&[&bufs[5]]), 0.0, "one empty tensor");
+}
+
+/// `fill_many` writes every element of every listed buffer (they start as NaN) and nothing
+/// of a buffer it was not given.
+fn fill_many<B: Backend>(b: &B) {
+    let mut r = rng(5);
+    let mut bufs: Vec<B::Buf> = RAGGED.iter().map(|&n| poisoned(b, n)).collect();
+    let other_host = rand_vec(&mut r, 300, 1.0);
+    let other = b.upload(&other_host);
+    {
+        let mut list: Vec<&mut B::Buf> = bufs.iter_mut().collect();
+        b.fill_many(&mut list, -2.5);
+    }
+    for (x, &n) in bufs.iter().zip(&RAGGED) {
+        assert_eq!(b.download(x), vec![-2.5; n], "fill_many, length {n}");
+    }
+    assert_eq!(bits(&b.download(&other)), bits(&other_host), "fill_many wrote another buffer");
+    b.fill_many(&mut [], 1.0);
+}
+
 fn matmul<B: Backend>(b: &B) {
     let mut r = rng(4);
     for (m, n, k) in [(1usize, 1usize, 1usize), (7, 5, 3), (33, 17, 65), (64, 96, 40)] {
@@ -666,6 +716,8 @@ backend_suite!(
     memory_ops,
     elementwise,
     adamw,
+    sum_squares_many,
+    fill_many,
     matmul,
     embedding,
     rmsnorm,

@@ -258,6 +258,80 @@ fn activation_shadows_end_when_written<D: Device>(b: &CudaBackend<D>, exact: boo
     assert_eq!(check(&x, "after a copy into x"), 1);
 }
 
+/// AdamW with bf16 weight shadows on (`adamw_bf16shadow_f32`) writes the weight, its moments
+/// and its bf16 shadow in one pass. Over three steps from the same inputs: the weight and
+/// moments are the bits of the plain kernel (`adamw_f32`, run with bf16 GEMMs off), after
+/// each step the shadow is the round-to-nearest-even conversion of the new weight bit for
+/// bit, a bf16 GEMM reads the weight from it (a shadow hit), and a write ends it: by a
+/// kernel naming the weight, or through a device table (`fill_many`). `b` runs bf16 GEMMs
+/// with weight shadows on; it is switched to f32 GEMMs for the reference run and back.
+fn adamw_writes_the_weight_shadow<D: Device>(b: &mut CudaBackend<D>) {
+    use mmr1_fast::backend::{AdamwStep, Tr};
+    let hits = |b: &CudaBackend<D>| b.memory_stats().expect("a caching allocator").shadow_hits;
+    for (j, n) in [1usize, 7, 8, 4099].into_iter().enumerate() {
+        let mut r = ChaCha8Rng::seed_from_u64(40 + j as u64);
+        let mut rand =
+            |len: usize, s: f32| (0..len).map(|_| r.gen_range(-s..s)).collect::<Vec<_>>();
+        let (p0, m0, v0) = (rand(n, 1.0), rand(n, 0.1), rand(n, 0.01));
+        let v0: Vec<f32> = v0.iter().map(|x| x.abs()).collect();
+        let grads: Vec<Vec<f32>> = (0..3).map(|_| rand(n, 1.0)).collect();
+        let x = rand(5 * n, 1.0);
+        let run = |b: &CudaBackend<D>, bf16: bool| {
+            let (mut p, mut m, mut v) = (b.upload(&p0), b.upload(&m0), b.upload(&v0));
+            for (t, g) in grads.iter().enumerate() {
+                let hp = AdamwStep {
+                    lr: 1e-2,
+                    beta1: 0.9,
+                    beta2: 0.95,
+                    eps: 1e-8,
+                    weight_decay: 0.1,
+                    step: t as u64 + 1,
+                    grad_scale: 0.5,
+                };
+                b.adamw(&mut p, &b.upload(g), &mut m, &mut v, hp);
+                let shadow = b.device().bf16_shadow_bits(p.mem(), n);
+                if !bf16 {
+                    assert!(shadow.is_none(), "n {n}: a shadow with f32 GEMMs");
+                    continue;
+                }
+                let what = format!("n {n}, step {}", t + 1);
+                let shadow = shadow.unwrap_or_else(|| panic!("{what}: AdamW left no shadow"));
+                assert_bf16_bits(&shadow, &b.download(&p), &format!("shadow, {what}"));
+                // out[5, 1] = x[5, n] @ p^T reads p's shadow.
+                let (h0, mut out) = (hits(b), b.upload(&[f32::NAN; 5]));
+                b.matmul(&mut out, &b.upload(&x), Tr::N, &p, Tr::T, 5, 1, n, 0.0);
+                assert_eq!(hits(b) - h0, 1, "{what}: the GEMM did not read p's shadow");
+            }
+            [&p, &m, &v].map(|x| b.download(x).iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        let fused = run(b, true);
+        b.device_mut().set_gemm_precision(false).unwrap();
+        let plain = run(b, false);
+        b.device_mut().set_gemm_precision(true).unwrap();
+        assert!(fused == plain, "n {n}: the shadow-writing AdamW changed p, m or v");
+
+        // The stale-shadow guard: writes end the shadow AdamW made.
+        let step = AdamwStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+            grad_scale: 1.0,
+        };
+        let (mut p, mut m, mut v) = (b.upload(&p0), b.upload(&m0), b.upload(&v0));
+        b.adamw(&mut p, &b.upload(&grads[0]), &mut m, &mut v, step);
+        assert!(b.device().bf16_shadow_bits(p.mem(), n).is_some());
+        b.scale(&mut p, 1.5);
+        assert!(b.device().bf16_shadow_bits(p.mem(), n).is_none(), "n {n}: kept after scale");
+        b.adamw(&mut p, &b.upload(&grads[1]), &mut m, &mut v, step);
+        assert!(b.device().bf16_shadow_bits(p.mem(), n).is_some());
+        b.fill_many(&mut [&mut m, &mut p], 0.25);
+        assert!(b.device().bf16_shadow_bits(p.mem(), n).is_none(), "n {n}: kept after fill_many");
+    }
+}
+
 /// cp.async, 16-byte and 4-byte (with commit groups and both waits), copies every byte.
 fn cp_async_copies<D: Device>(b: &CudaBackend<D>) {
     let mut r = ChaCha8Rng::seed_from_u64(24);
@@ -297,6 +371,14 @@ mod emu {
     #[test]
     fn cp_async_copies() {
         super::cp_async_copies(&CudaBackend::emulator());
+    }
+    #[test]
+    fn adamw_writes_the_weight_shadow() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_bf16_shadows(true);
+        let mut b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        super::adamw_writes_the_weight_shadow(&mut b);
     }
     #[test]
     fn activation_shadows_end_when_written() {
@@ -340,6 +422,19 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn cp_async_copies() {
         with_gpu(super::cp_async_copies);
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn adamw_writes_the_weight_shadow() {
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        assert!(
+            mmr1_fast::backend::cuda::device::shadows_from_env(),
+            "run with bf16 weight shadows on (MMR1_BF16_SHADOWS)"
+        );
+        super::adamw_writes_the_weight_shadow(&mut b);
     }
 
     /// On the GPU the shadow of a GEMM's output ends in `CudaDevice::gemm` alone (cuBLAS

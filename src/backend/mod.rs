@@ -283,6 +283,23 @@ pub trait Backend {
         inv_temp: f32,
     );
 
+    // ---- the optimizer side over every tensor at once (optfuse) --------------------------
+    // One call for the whole parameter list where the optimizer used one per tensor; the
+    // defaults are the per-tensor loops (the CPU keeps them), the CUDA backend makes them
+    // one or two launches (`cuda::multi`).
+
+    /// The sum over `xs` of `sum_squares`, added in order in f64: the same bits as
+    /// `xs.iter().map(|x| self.sum_squares(x)).sum::<f64>()` (the global gradient norm).
+    fn sum_squares_many(&self, xs: &[&Self::Buf]) -> f64 {
+        xs.iter().map(|x| self.sum_squares(x)).sum()
+    }
+    /// `fill(b, value)` for every buffer of `bufs` (zeroing the gradients of a step).
+    fn fill_many(&self, bufs: &mut [&mut Self::Buf], value: f32) {
+        for b in bufs.iter_mut() {
+            self.fill(b, value);
+        }
+    }
+
     // ---- optimizer ------------------------------------------------------------------------
     /// One AdamW step (decoupled weight decay, bias correction) as `torch.optim.AdamW`:
     /// `p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

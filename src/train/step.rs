@@ -86,14 +86,18 @@ impl<B: Backend> Workspace<B> {
     }
 
     /// Clears the gradient accumulators (the start of an optimizer step).
+    /// Buffers still of their tensor's length are zeroed together (`Backend::fill_many`: one
+    /// launch on the GPU); released ones (ZeRO 2) are allocated again, zeroed.
     pub fn zero_grads(&mut self, be: &B) {
+        let mut kept = Vec::with_capacity(self.grads.len());
         for (g, &n) in self.grads.iter_mut().zip(&self.grad_lens) {
             if be.len(g) == n {
-                be.fill(g, 0.0);
+                kept.push(g);
             } else {
                 *g = be.zeros(n);
             }
         }
+        be.fill_many(&mut kept, 0.0);
     }
 }
 

@@ -159,6 +159,32 @@ pub trait Device {
     fn refresh_bf16_shadow(&self, mem: &Self::Mem, n: usize) {
         let _ = (mem, n);
     }
+    /// The device address of `mem`'s first byte, as a kernel sees it (entries of the device
+    /// tables of multi-buffer launches, `multi`).
+    fn addr(&self, mem: &Self::Mem) -> u64;
+    /// Whether a weight the optimizer has just written should get a bf16 shadow (bf16 GEMM
+    /// and shadows on): then the backend's AdamW writes the shadow in its own pass and hands
+    /// it over with `adopt_bf16_shadow` instead of calling `refresh_bf16_shadow`.
+    fn wants_bf16_shadow(&self) -> bool {
+        false
+    }
+    /// Makes `shadow` (memory from `alloc` holding the bf16 bits, round to nearest even, of
+    /// the first `n` f32 values of `mem`, as queued work has written them) the bf16 shadow of
+    /// `mem`, as `refresh_bf16_shadow` would have made it. Call it after the launch that
+    /// wrote `mem` (a launch that writes a buffer ends its shadow).
+    fn adopt_bf16_shadow(&self, mem: &Self::Mem, shadow: Self::Mem, n: usize) {
+        let _ = (mem, shadow, n);
+    }
+    /// Ends `mem`'s bf16 shadow, if it has one: a kernel is about to write `mem` without
+    /// naming it as an argument (through a device table, `multi`).
+    fn forget_bf16_shadow(&self, mem: &Self::Mem) {
+        let _ = mem;
+    }
+    /// The bf16 shadow of `mem` if one covers its first `n` values, as bits (tests).
+    fn bf16_shadow_bits(&self, mem: &Self::Mem, n: usize) -> Option<Vec<u16>> {
+        let _ = (mem, n);
+        None
+    }
     /// The counters of the device's caching allocator (`alloc`), if it has one.
     fn memory_stats(&self) -> Option<MemoryStats> {
         None

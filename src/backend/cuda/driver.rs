@@ -301,9 +301,8 @@ impl CudaDevice {
     /// Converts the first `n` values of `mem` into pooled memory that the shadow registry
     /// then owns as `mem`'s bf16 shadow.
     fn make_bf16_shadow(&self, mem: &CudaMem, n: usize) {
-        let mut tmp = self.to_bf16(mem, n);
-        let block = tmp.slice.take().expect("fresh memory holds its slice");
-        self.pool.shadow_insert(mem.addr, block, tmp.class, n);
+        let tmp = self.to_bf16(mem, n);
+        self.adopt_bf16_shadow(mem, tmp, n);
     }
     /// Runs `f` (which queues device work) between two timing events when profiling.
     fn timed<R>(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
@@ -566,9 +565,28 @@ impl Device for CudaDevice {
         self.gemm_bf16
     }
     fn refresh_bf16_shadow(&self, mem: &CudaMem, n: usize) {
-        if self.gemm_bf16 && self.bf16_shadows && n > 0 {
+        if self.wants_bf16_shadow() && n > 0 {
             self.make_bf16_shadow(mem, n);
         }
+    }
+    fn addr(&self, mem: &CudaMem) -> u64 {
+        mem.addr
+    }
+    fn wants_bf16_shadow(&self) -> bool {
+        self.gemm_bf16 && self.bf16_shadows
+    }
+    fn adopt_bf16_shadow(&self, mem: &CudaMem, mut shadow: CudaMem, n: usize) {
+        let block = shadow.slice.take().expect("live memory holds its slice");
+        self.pool.shadow_insert(mem.addr, block, shadow.class, n);
+    }
+    fn forget_bf16_shadow(&self, mem: &CudaMem) {
+        self.pool.shadow_forget(mem.addr);
+    }
+    fn bf16_shadow_bits(&self, mem: &CudaMem, n: usize) -> Option<Vec<u16>> {
+        let bytes = self.pool.with_shadows([(mem.addr, n)], |[s]| {
+            s.map(|b| self.stream.clone_dtoh(&b.slice(0..2 * n)).expect("cuda download"))
+        })?;
+        Some(bytemuck::pod_collect_to_vec(&bytes))
     }
 }
 

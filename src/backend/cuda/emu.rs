@@ -288,11 +288,8 @@ impl EmuDevice {
     /// Converts the first `n` values of `mem` into pooled memory that the shadow registry
     /// then owns as `mem`'s bf16 shadow.
     fn make_bf16_shadow(&self, mem: &EmuMem, n: usize) {
-        let mut tmp = self.to_bf16(mem, n);
-        let (pool, class) = tmp.home.take().expect("emulator memory comes from the pool");
-        let block = EmuBlock { ptr: tmp.ptr, words: tmp.words };
-        std::mem::forget(tmp); // its block now belongs to the registry
-        pool.shadow_insert(mem.ptr as u64, block, class, n);
+        let tmp = self.to_bf16(mem, n);
+        self.adopt_bf16_shadow(mem, tmp, n);
     }
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules
@@ -598,8 +595,29 @@ impl Device for EmuDevice {
         self.gemm_bf16
     }
     fn refresh_bf16_shadow(&self, mem: &EmuMem, n: usize) {
-        if self.gemm_bf16 && self.bf16_shadows && n > 0 {
+        if self.wants_bf16_shadow() && n > 0 {
             self.make_bf16_shadow(mem, n);
         }
+    }
+    fn addr(&self, mem: &EmuMem) -> u64 {
+        mem.ptr as u64
+    }
+    fn wants_bf16_shadow(&self) -> bool {
+        self.gemm_bf16 && self.bf16_shadows
+    }
+    fn adopt_bf16_shadow(&self, mem: &EmuMem, mut shadow: EmuMem, n: usize) {
+        let (pool, class) = shadow.home.take().expect("emulator memory comes from the pool");
+        let block = EmuBlock { ptr: shadow.ptr, words: shadow.words };
+        std::mem::forget(shadow); // its block now belongs to the registry
+        pool.shadow_insert(mem.ptr as u64, block, class, n);
+    }
+    fn forget_bf16_shadow(&self, mem: &EmuMem) {
+        self.pool.shadow_forget(mem.ptr as u64);
+    }
+    fn bf16_shadow_bits(&self, mem: &EmuMem, n: usize) -> Option<Vec<u16>> {
+        self.pool.with_shadows([(mem.ptr as u64, n)], |[s]| {
+            // SAFETY: a shadow block that covers `n` values holds at least `n` bf16.
+            s.map(|b| unsafe { std::slice::from_raw_parts(b.ptr as *const u16, n) }.to_vec())
+        })
     }
 }

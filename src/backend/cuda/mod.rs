@@ -16,6 +16,7 @@ pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
 pub mod flash;
+mod multi;
 pub mod precision;
 pub mod rl;
 mod vision_ops;
@@ -396,6 +397,12 @@ impl<D: Device> Backend for CudaBackend<D> {
         let b = self.dev.download(&total, 8);
         f64::from_le_bytes(b[..8].try_into().unwrap())
     }
+    fn sum_squares_many(&self, xs: &[&Self::Buf]) -> f64 {
+        self.sum_squares_list(xs)
+    }
+    fn fill_many(&self, bufs: &mut [&mut Self::Buf], value: f32) {
+        self.fill_list(bufs, value)
+    }
 
     fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], dim: usize) {
         if ids.is_empty() || dim == 0 {
@@ -724,27 +731,31 @@ impl<D: Device> Backend for CudaBackend<D> {
     ) {
         let rbc1 = (1.0 / (1.0 - (hp.beta1 as f64).powi(hp.step as i32))) as f32;
         let rbc2 = (1.0 / (1.0 - (hp.beta2 as f64).powi(hp.step as i32))) as f32;
-        self.elementwise(
-            "adamw_f32",
-            p.len,
-            &[
-                Arg::Ptr(&p.mem),
-                Arg::Ptr(&g.mem),
-                Arg::Ptr(&m.mem),
-                Arg::Ptr(&v.mem),
-                Arg::I64(p.len as i64),
-                Arg::F32(hp.lr),
-                Arg::F32(hp.beta1),
-                Arg::F32(hp.beta2),
-                Arg::F32(hp.eps),
-                Arg::F32(hp.weight_decay),
-                Arg::F32(rbc1),
-                Arg::F32(rbc2),
-                Arg::F32(hp.grad_scale),
-            ],
-        );
-        // Weights change only here: a bf16 GEMM reads this copy until p is touched again.
-        self.dev.refresh_bf16_shadow(&p.mem, p.len);
+        let [p_, g_, m_, v_] = [&p.mem, &g.mem, &m.mem, &v.mem].map(Arg::Ptr);
+        let hyper = [
+            Arg::F32(hp.lr),
+            Arg::F32(hp.beta1),
+            Arg::F32(hp.beta2),
+            Arg::F32(hp.eps),
+            Arg::F32(hp.weight_decay),
+            Arg::F32(rbc1),
+            Arg::F32(rbc2),
+            Arg::F32(hp.grad_scale),
+        ];
+        let n = Arg::I64(p.len as i64);
+        // Weights change only here: a bf16 GEMM reads their bf16 shadow until p is touched
+        // again. The kernel writes it beside the weight (no second pass reading p again).
+        if self.dev.wants_bf16_shadow() && p.len > 0 {
+            let shadow = self.dev.alloc(p.len * 2);
+            let mut args = vec![p_, g_, m_, v_, Arg::Ptr(&shadow), n];
+            args.extend(hyper);
+            self.elementwise("adamw_bf16shadow_f32", p.len, &args);
+            self.dev.adopt_bf16_shadow(&p.mem, shadow, p.len);
+        } else {
+            let mut args = vec![p_, g_, m_, v_, n];
+            args.extend(hyper);
+            self.elementwise("adamw_f32", p.len, &args);
+        }
     }
 }
 
