@@ -56,3 +56,19 @@ extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* 
         p[i] = pi;
     }
 }
+
+// Rows of `width` values moved by index lists in one launch: destination row dst_rows[t]
+// (t when null) gets source row src_rows[t] (t when null), t < n_rows. A scatter (the decode
+// step's KV-cache writes: one new row per slot, never contiguous across slots) or a gather
+// (the rows the lm_head reads). The host checks that the rows are in range and that
+// destination rows are distinct, so no two threads write one element.
+extern "C" __global__ void copy_rows_f32(real* dst, const unsigned* dst_rows, const real* src,
+                                         const unsigned* src_rows, int n_rows, int width) {
+    const long long total = (long long)n_rows * width;
+    GRID_STRIDE(i, total) {
+        const long long t = i / width, c = i % width;
+        const long long d = dst_rows ? (long long)dst_rows[t] : t;
+        const long long s = src_rows ? (long long)src_rows[t] : t;
+        dst[d * width + c] = src[s * width + c];
+    }
+}

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod precision;
 pub mod profile;
 pub mod rl_ops;
+pub mod row_moves;
 pub mod select;
 
 /// One sequence of a packed batch, as attention sees it.
@@ -82,6 +83,17 @@ pub trait Backend {
     /// `dst[dst_off .. dst_off + n] = src[src_off .. src_off + n]`.
     fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, n: usize);
     fn fill(&self, dst: &mut Self::Buf, value: f32);
+
+    // ---- row moves: whole rows by index lists, one op each (a decode step's KV-cache writes
+    // and lm_head gathers, whose rows are one per slot and never contiguous) --------------
+    /// `dst[rows[t]*width .. +width] = src[t*width .. +width]` for every `t`: the packed rows
+    /// of `src` scattered to rows of `dst`; other rows of `dst` are untouched. Rows must be
+    /// distinct and inside `dst` (else a panic naming the row).
+    fn scatter_rows(&self, dst: &mut Self::Buf, rows: &[usize], src: &Self::Buf, width: usize);
+    /// `dst[t*width .. +width] = src[rows[t]*width .. +width]` for every `t`: rows of `src`
+    /// gathered into packed rows of `dst` (a row may be listed more than once). Rows must be
+    /// inside `src` (else a panic naming the row).
+    fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[usize], width: usize);
 
     // ---- dense algebra --------------------------------------------------------------------
     /// `out[m,n] = op_a(a)[m,k] @ op_b(b)[k,n] + beta * out`. With `beta == 0` the old
