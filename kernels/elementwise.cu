@@ -13,6 +13,10 @@ extern "C" __global__ void add_assign_f32(real* x, const real* y, long long n) {
     GRID_STRIDE(i, n) x[i] += y[i];
 }
 
+extern "C" __global__ void add_f32(real* out, const real* x, const real* y, long long n) {
+    GRID_STRIDE(i, n) out[i] = x[i] + y[i];
+}
+
 extern "C" __global__ void scale_f32(real* x, float s, long long n) {
     GRID_STRIDE(i, n) x[i] *= s;
 }

@@ -120,9 +120,9 @@ fn a_decode_step_launches_per_layer_not_per_sequence() {
     for attn in [AttnKernel::Reference, AttnKernel::Flash] {
         // Per layer: 2 RMSNorms, 7 projections, 3 biases, rope of q and k, the K and V cache
         // writes (one scatter each), attention (flash decode: split + combine), 2 residual
-        // copies + 2 adds, SwiGLU.
+        // adds, SwiGLU.
         let attention = if attn == AttnKernel::Flash { 2 } else { 1 };
-        let per_layer = 2 + 7 + 3 + 2 + 2 + attention + 4 + 1;
+        let per_layer = 2 + 7 + 3 + 2 + 2 + attention + 2 + 1;
         // Per step: the embedding, the zeroed activations (layers + 1 residual streams, one
         // layer's 13 buffers, the final norm's 3), the final norm, and the head: 2 zeroed
         // buffers, one gather of the last rows, one projection.

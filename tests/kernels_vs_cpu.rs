@@ -128,6 +128,11 @@ fn elementwise<B: Backend>(b: &B) {
         Cpu.add_assign(&mut xc, &yh);
         b.add_assign(&mut xg, &b.upload(&yh));
         assert_close("add_assign", &b.download(&xg), &xc, TOL);
+        let (mut oc, mut og) = (vec![f32::NAN; len], poisoned(b, len));
+        Cpu.add_into(&mut oc, &xh, &yh);
+        b.add_into(&mut og, &b.upload(&xh), &b.upload(&yh));
+        assert_eq!(bits(&b.download(&og)), bits(&oc), "add_into");
+        assert_eq!(bits(&oc), bits(&xc), "add_into is copy + add_assign");
         Cpu.scale(&mut xc, -0.37);
         b.scale(&mut xg, -0.37);
         assert_close("scale", &b.download(&xg), &xc, TOL);

@@ -94,6 +94,9 @@ pub trait Backend {
     /// gathered into packed rows of `dst` (a row may be listed more than once). Rows must be
     /// inside `src` (else a panic naming the row).
     fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[usize], width: usize);
+    /// `out = x + y` elementwise (all three of one length): a residual add in one op where a
+    /// `copy` and an `add_assign` were two (same bits: one f32 addition per element).
+    fn add_into(&self, out: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf);
 
     // ---- dense algebra --------------------------------------------------------------------
     /// `out[m,n] = op_a(a)[m,k] @ op_b(b)[k,n] + beta * out`. With `beta == 0` the old

@@ -317,8 +317,7 @@ impl<B: Backend> Qwen2<B> {
             }
         }
         be.matmul(tmp, &la.att, Tr::N, &p[w.o_w], Tr::T, t, d, d, 0.0);
-        be.copy(&mut la.x_mid, 0, x_in, 0, t * d);
-        be.add_assign(&mut la.x_mid, tmp);
+        be.add_into(&mut la.x_mid, x_in, tmp);
 
         be.rmsnorm(&mut la.xn2, &mut la.rstd2, &la.x_mid, &p[w.post_norm], t, d, eps);
         be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
@@ -326,8 +325,7 @@ impl<B: Backend> Qwen2<B> {
         be.swiglu(&mut la.act, &la.gate, &la.up);
         let Some(x_out) = x_out else { return };
         be.matmul(tmp, &la.act, Tr::N, &p[w.down_w], Tr::T, t, d, i, 0.0);
-        be.copy(x_out, 0, &la.x_mid, 0, t * d);
-        be.add_assign(x_out, tmp);
+        be.add_into(x_out, &la.x_mid, tmp);
     }
 
     /// Rows of the logit matrix per chunk, so that a chunk holds at most 256M floats (1 GiB)

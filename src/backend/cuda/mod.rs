@@ -334,6 +334,14 @@ impl<D: Device> Backend for CudaBackend<D> {
         super::row_moves::check_rows("scatter_rows dst", rows, width, dst.len, src.len, true);
         self.copy_rows(dst, Some(rows), src, None, rows.len(), width);
     }
+    fn add_into(&self, out: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf) {
+        assert!(out.len == x.len && x.len == y.len, "add_into: length mismatch");
+        self.elementwise(
+            "add_f32",
+            out.len,
+            &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::Ptr(&y.mem), Arg::I64(out.len as i64)],
+        );
+    }
     fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[usize], width: usize) {
         super::row_moves::check_rows("gather_rows src", rows, width, src.len, dst.len, false);
         self.copy_rows(dst, None, src, Some(rows), rows.len(), width);
