@@ -6,8 +6,10 @@
 //!   stored another type would still take and return f32 values.
 //! - An op writes every element of its output (never relies on it being zeroed) unless its
 //!   doc says it accumulates (`+=`). Tests poison outputs to hold every backend to this.
-//! - Token ids and positions are host slices: they are tiny next to the activations, and the
-//!   CUDA backend uploads them per call.
+//! - Token ids, positions and row lists are host slices: they are tiny next to the
+//!   activations. The CUDA backend uploads them per call, except read-only index arrays that
+//!   repeat across calls (a decode step's positions, cache rows and attention work items are
+//!   the same for every layer), which it uploads once (`cuda/upload_cache.rs`).
 
 pub mod chunked_logprob;
 pub mod cpu;
