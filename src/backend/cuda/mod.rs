@@ -112,6 +112,11 @@ impl<D: Device> CudaBackend<D> {
     fn use_flash(&self, shape: AttnShape) -> bool {
         self.attn == AttnKernel::Flash && flash::flash_supports(shape.head_dim)
     }
+    /// Drops the small index arrays kept for reuse (`upload_cache`: up to 16 of <= 64 KiB),
+    /// e.g. to check that a run gave every other buffer back.
+    pub fn clear_upload_cache(&self) {
+        self.indices.clear();
+    }
     pub fn device(&self) -> &D {
         &self.dev
     }

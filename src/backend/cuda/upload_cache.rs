@@ -46,6 +46,12 @@ impl<M> UploadCache<M> {
         e.truncate(CAPACITY);
         mem
     }
+
+    /// Forgets every kept array (their memory goes back to the allocator once no caller
+    /// holds it).
+    pub(crate) fn clear(&self) {
+        self.entries.lock().expect("upload cache").clear();
+    }
 }
 
 #[cfg(test)]
