@@ -22,7 +22,9 @@
 //! response within the 8 GiB budget), `--stop-ids N` makes token ids `0..N` stop ids, so that
 //! responses end at ragged lengths (near-uniform random-weight logits: a mean near vocab / N
 //! tokens, capped by `--new`); the JSON line adds the slots, their occupancy, the decode steps
-//! and the KV cache's bytes.
+//! and the KV cache's bytes, and per decode step of the last rollout (prefill included) the
+//! host->device copies and, with `MMR1_PROFILE=1`, the kernel launches and their device time
+//! (a table by kernel on stderr): a decode step is launch bound, so these are its cost.
 //! Steps: forward, per-token log-probs, token cross-entropy, backward, clip, AdamW, on one
 //! packed batch of `--seqs` random sequences of `--len` tokens; the first step is a warm-up
 //! (it fills the allocator's cache and compiles nothing: kernels are loaded at start).
@@ -288,11 +290,14 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         ..SamplingParams::default()
     };
     let (mut secs, mut rates, mut checksums) = (Vec::new(), Vec::new(), Vec::new());
-    let mut downloaded = 0u64;
+    let (mut downloaded, mut uploads) = (0u64, 0u64);
     let (mut decode_steps, mut tokens) = (0, 0);
     let mut slots = SlotStats::default();
+    let mut rollout_profile = Vec::new();
     for s in 0..o.steps {
         let before = be.memory_stats().map_or(0, |m| m.downloaded_bytes);
+        let uploads_before = be.memory_stats().map_or(0, |m| m.uploads);
+        let profile_before = be.kernel_profile();
         let t = Instant::now();
         let toks: Vec<Vec<u32>> = if o.host_sampling {
             host_sampled(&model, be, &prompts, &p, s as u64)?
@@ -304,6 +309,8 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         };
         let dt = t.elapsed().as_secs_f64();
         downloaded = be.memory_stats().map_or(0, |m| m.downloaded_bytes) - before;
+        uploads = be.memory_stats().map_or(0, |m| m.uploads) - uploads_before;
+        rollout_profile = profile::since(&profile_before, &be.kernel_profile());
         let n: usize = toks.iter().map(|t| t.len()).sum();
         let sum: u64 = toks.iter().flatten().map(|&t| t as u64).sum();
         let longest = toks.iter().map(|t| t.len()).max().unwrap_or(0);
@@ -328,6 +335,18 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
     steady_rates.sort_by(f64::total_cmp);
     let rate = steady_rates[steady_rates.len() / 2];
     let mem = be.memory_stats();
+    // Per decode step of the last rollout, its prefill included (one step of `decode_steps`):
+    // launches where the backend profiles them (MMR1_PROFILE=1), host->device copies always.
+    // A launch-bound step costs about launches x (4-6 us) + uploads x (5-10 us) of host time.
+    let per_step = decode_steps.max(1);
+    let launches = rollout_profile.iter().map(|k| k.calls).sum::<u64>();
+    if !rollout_profile.is_empty() {
+        eprint!(
+            "last rollout per decode step ({} launches), by kernel:\n{}",
+            launches as f64 / per_step as f64,
+            profile::table(&rollout_profile, per_step, 40)
+        );
+    }
     let line = serde_json::json!({
         "device": be.name(),
         "precision": o.precision.to_string(),
@@ -340,6 +359,12 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         // 2 N per generated token (attention over the cache not counted).
         "model_tflops": 2.0 * n_params as f64 * rate / 1e12,
         "downloaded_bytes_per_decode_step": downloaded as f64 / decode_steps.max(1) as f64,
+        "uploads_per_decode_step": uploads as f64 / per_step as f64,
+        "launches_per_decode_step": (!rollout_profile.is_empty())
+            .then(|| launches as f64 / per_step as f64),
+        "profile_ms_per_decode_step": (!rollout_profile.is_empty()).then(|| {
+            rollout_profile.iter().map(|k| k.seconds).sum::<f64>() * 1e3 / per_step as f64
+        }),
         "group": o.group, "stop_ids": o.stop_ids,
         "slots": (!o.host_sampling).then_some(slots.slots),
         "occupancy": (!o.host_sampling).then(|| slots.occupancy()),

@@ -22,6 +22,10 @@ extern "C" __global__ void add_assign_f32(real* x, const real* y, long long n) {
     GRID_STRIDE(i, n) x[i] += y[i];
 }
 
+extern "C" __global__ void add_f32(real* out, const real* x, const real* y, long long n) {
+    GRID_STRIDE(i, n) out[i] = x[i] + y[i];
+}
+
 extern "C" __global__ void scale_f32(real* x, float s, long long n) {
     GRID_STRIDE(i, n) x[i] *= s;
 }
@@ -80,4 +84,20 @@ extern "C" __global__ void adamw_bf16shadow_f32(float* p, const float* g, float*
                                                 long long n, float lr, float b1, float b2, float eps, float wd,
                                                 float rbc1, float rbc2, float grad_scale) {
     GRID_STRIDE(i, n) shadow[i] = bf16_bits(adamw_elem(p, g, m, v, i, lr, b1, b2, eps, wd, rbc1, rbc2, grad_scale));
+}
+
+// Rows of `width` values moved by index lists in one launch: destination row dst_rows[t]
+// (t when null) gets source row src_rows[t] (t when null), t < n_rows. A scatter (the decode
+// step's KV-cache writes: one new row per slot, never contiguous across slots) or a gather
+// (the rows the lm_head reads). The host checks that the rows are in range and that
+// destination rows are distinct, so no two threads write one element.
+extern "C" __global__ void copy_rows_f32(real* dst, const unsigned* dst_rows, const real* src,
+                                         const unsigned* src_rows, int n_rows, int width) {
+    const long long total = (long long)n_rows * width;
+    GRID_STRIDE(i, total) {
+        const long long t = i / width, c = i % width;
+        const long long d = dst_rows ? (long long)dst_rows[t] : t;
+        const long long s = src_rows ? (long long)src_rows[t] : t;
+        dst[d * width + c] = src[s * width + c];
+    }
 }

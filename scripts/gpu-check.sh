@@ -187,6 +187,9 @@ if want steps && [ "${STEPS:-full}" = quick ]; then
     step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step torch 90 --arch qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # Launches and device time per decode step, by kernel (docs/perf.md "Decode step: launches
+    # per step"): the JSON line's launches_per_decode_step, the table in steps.log.
+    STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     step torch-grpo 180 --arch qwen2.5-0.5b $grpo
@@ -202,6 +205,9 @@ elif want steps; then
     # sampled on the host (the old path), and transformers' generate on the same shape.
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step ours 150 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode --sampling host
+    # Launches and device time per decode step, by kernel (docs/perf.md "Decode step: launches
+    # per step"): the JSON line's launches_per_decode_step, the table in steps.log.
+    STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     # The split flash-decode kernel (the default before the staged one was measured), same rollout.
     STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
@@ -581,6 +587,20 @@ if grpo:
         out += ["", f"GRPO step: ours **{t['step_s_median'] / o['step_s_median']:.2f}x** PyTorch's speed (issue 11 target 3x); "
                 f"rollout decoding {o['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x HF generate's tokens/s (target 10x); "
                 f"update {t['update_s'] / o['update_s']:.2f}x."]
+# Decode steps' cost structure: launches (profiled runs) and uploads per decode step.
+dl = [r for r in steps if "error" not in r and r.get("mode") == "decode" and r.get("uploads_per_decode_step") is not None]
+if dl:
+    out += ["", "Decode steps' cost (examples/device_step.rs --mode decode; per decode step of the last rollout, its prefill included): "
+            "host->device copies, and kernel launches with their device time where MMR1_PROFILE=1 counted them (its events "
+            "slow the step). A launch-bound step costs about launches x 4-6 us of host time (docs/perf.md, \"Decode step: "
+            "launches per step\").", "",
+            "| args | env | decode steps | ms / decode step | launches / step | uploads / step | device ms / step |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in dl:
+        ms = r["step_s_median"] * 1e3 / max(r["decode_steps"], 1)
+        la, pm = r.get("launches_per_decode_step"), r.get("profile_ms_per_decode_step")
+        out.append(f"| `{r['args']}` | {r.get('env') or '-'} | {r['decode_steps']} | {ms:.2f} | {'-' if la is None else f'{la:.0f}'} | "
+                   f"{r['uploads_per_decode_step']:.1f} | {'-' if pm is None else f'{pm:.2f}'} |")
 prof = [r for r in steps if r.get("profile")]
 if prof:
     # The table: the profiled run with the defaults (other profiled runs change a setting).

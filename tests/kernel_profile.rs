@@ -6,8 +6,8 @@
 mod common;
 use common::*;
 use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
-use mmr1_fast::backend::cuda::CudaBackend;
-use mmr1_fast::backend::profile::since;
+use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend};
+use mmr1_fast::backend::profile::{self, since};
 use mmr1_fast::backend::Backend;
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::{Packed, ParamLayout, Qwen2};
@@ -81,4 +81,65 @@ fn nothing_is_recorded_without_profiling() {
     let batch = Packed::new(&[random_ids(9, 97, 1)]);
     forward_logprobs(&be, &model, &batch, 1.0, &mut Workspace::new(&model, &be)).unwrap();
     assert!(be.kernel_profile().is_empty());
+}
+
+/// Kernel launches and host->device uploads of one decode step (one new token in each of
+/// `slots` slots) of a `layers`-layer model, measured on the second decode step (the first
+/// fills the upload cache with what repeats across steps: the rope frequencies, the rows the
+/// lm_head reads).
+fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64) {
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
+    let be = CudaBackend::with_device(dev).with_attention(attn);
+    let mut cfg = tiny_config(97, false);
+    cfg.num_hidden_layers = layers;
+    let model = random_model_on(&be, cfg, 5);
+    let mut cache = model.new_cache(&be, slots, 32);
+    // Ragged prompts: the slots sit at different lengths, as in a rollout.
+    let prompts: Vec<Vec<u32>> =
+        (0..slots).map(|s| random_ids(2 + s % 3, 97, 10 + s as u64)).collect();
+    let inputs: Vec<(usize, &[u32])> = prompts.iter().map(|p| &p[..]).enumerate().collect();
+    model.decode_step_logits(&be, &mut cache, &inputs).unwrap();
+    let next: Vec<Vec<u32>> = (0..slots).map(|s| vec![(7 * s as u32 + 3) % 97]).collect();
+    let inputs: Vec<(usize, &[u32])> = next.iter().map(|p| &p[..]).enumerate().collect();
+    model.decode_step_logits(&be, &mut cache, &inputs).unwrap();
+    let (p0, m0) = (be.kernel_profile(), be.memory_stats().unwrap());
+    model.decode_step_logits(&be, &mut cache, &inputs).unwrap();
+    let step = since(&p0, &be.kernel_profile());
+    eprintln!("{slots} slots, {layers} layers, {attn:?}:\n{}", profile::table(&step, 1, 40));
+    let uploads = be.memory_stats().unwrap().uploads - m0.uploads;
+    (calls(&step, |_| true), uploads)
+}
+
+/// A decode step's cost structure: its kernel launches and host->device copies (each several
+/// microseconds of host time on a GPU, where the step is launch bound) do not grow with the
+/// number of sequences, and follow the layer count as written down here. Writing the KV cache
+/// with a copy per slot, gathering the lm_head rows with a copy per slot, or uploading rope
+/// tables, positions or attention work items per layer all break it.
+#[test]
+fn a_decode_step_launches_per_layer_not_per_sequence() {
+    for attn in [AttnKernel::Reference, AttnKernel::Flash] {
+        // Per layer: 2 RMSNorms, 7 projections, 3 biases, rope of q and k, the K and V cache
+        // writes (one scatter each), attention (flash decode: split + combine), 2 residual
+        // adds, SwiGLU.
+        let attention = if attn == AttnKernel::Flash { 2 } else { 1 };
+        let per_layer = 2 + 7 + 3 + 2 + 2 + attention + 2 + 1;
+        // Per step: the embedding, the final norm, and the head: 2 zeroed buffers, one gather
+        // of the last rows, one projection. (The activations were planned and zeroed by the
+        // step before, of as many tokens, and are reused.)
+        let per_step = |_layers: u64| 1 + 1 + (2 + 1 + 1);
+        // Uploads: the token ids, the positions (shared by every rope call), the cache rows
+        // (shared by every K and V write), the attention work items (shared by every layer;
+        // flash decode's combine list repeats while no sequence crosses a key chunk).
+        let uploads = 4;
+        for (slots, layers) in [(2usize, 2usize), (7, 2), (3, 3)] {
+            let (launches, up) = decode_step_cost(slots, layers, attn);
+            let l = layers as u64;
+            assert_eq!(
+                launches,
+                per_layer * l + per_step(l),
+                "{attn:?}, {slots} slots, {layers} layers: launches per decode step"
+            );
+            assert_eq!(up, uploads, "{attn:?}, {slots} slots, {layers} layers: uploads per step");
+        }
+    }
 }

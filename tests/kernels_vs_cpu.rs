@@ -51,6 +51,61 @@ fn memory_ops<B: Backend>(b: &B) {
     }
 }
 
+/// `scatter_rows` / `gather_rows` against the CPU: ragged widths, rows unordered (a decode
+/// step's slots in any order), gathers that repeat a row; destinations poisoned with NaN so
+/// rows the op must not touch are checked to keep their bits (NaN included).
+fn row_moves<B: Backend>(b: &B) {
+    use rand::seq::SliceRandom;
+    let mut r = rng(21);
+    for (buf_rows, n, width) in [(1usize, 1usize, 1usize), (9, 4, 7), (40, 13, 33), (300, 64, 130)]
+    {
+        // Scatter: n distinct destination rows out of buf_rows, shuffled.
+        let mut all: Vec<usize> = (0..buf_rows).collect();
+        all.shuffle(&mut r);
+        let rows = &all[..n];
+        let src = rand_vec(&mut r, n * width, 1.0);
+        let mut want = vec![f32::NAN; buf_rows * width];
+        Cpu.scatter_rows(&mut want, rows, &src, width);
+        let mut dst = poisoned(b, buf_rows * width);
+        b.scatter_rows(&mut dst, rows, &b.upload(&src), width);
+        let got = b.download(&dst);
+        assert_eq!(bits(&got), bits(&want), "scatter_rows {n} of {buf_rows} rows x {width}");
+        let written = rows.iter().map(|&row| &got[row * width..(row + 1) * width]);
+        assert!(written.flatten().all(|x| x.is_finite()), "scatter_rows left a row unwritten");
+        let kept = (0..buf_rows).filter(|row| !rows.contains(row)).count();
+        let nan = got.iter().filter(|x| x.is_nan()).count();
+        assert_eq!(nan, kept * width, "scatter_rows touched rows it was not given");
+
+        // Gather: n rows of a random buffer, with repeats.
+        let table = rand_vec(&mut r, buf_rows * width, 1.0);
+        let g: Vec<usize> = (0..n).map(|_| r.gen_range(0..buf_rows)).collect();
+        let mut want = vec![f32::NAN; (n + 2) * width];
+        Cpu.gather_rows(&mut want, &table, &g, width);
+        let mut dst = poisoned(b, (n + 2) * width);
+        b.gather_rows(&mut dst, &b.upload(&table), &g, width);
+        let got = b.download(&dst);
+        assert_eq!(bits(&got), bits(&want), "gather_rows {n} of {buf_rows} rows x {width}");
+        assert!(got[n * width..].iter().all(|x| x.is_nan()), "gather_rows wrote past its rows");
+    }
+}
+
+/// Rows a scatter must refuse, on every backend with the same message.
+fn row_move_errors<B: Backend>(b: &B) {
+    let panics = |f: &dyn Fn()| {
+        let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("no panic");
+        e.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    let src = b.upload(&[1.0; 6]);
+    let msg = panics(&|| b.scatter_rows(&mut b.zeros(9), &[0, 3], &src, 3));
+    assert!(msg.contains("rows[1] = 3 is out of range"), "{msg}");
+    let msg = panics(&|| b.scatter_rows(&mut b.zeros(9), &[2, 0, 2], &b.upload(&[1.0; 9]), 3));
+    assert!(msg.contains("row 2 is listed twice"), "{msg}");
+    let msg = panics(&|| b.gather_rows(&mut b.zeros(6), &src, &[1, 2], 3));
+    assert!(msg.contains("gather_rows src: rows[1] = 2 is out of range"), "{msg}");
+    let msg = panics(&|| b.scatter_rows(&mut b.zeros(9), &[0, 1, 2], &src, 3));
+    assert!(msg.contains("need 9 values, the packed buffer holds 6"), "{msg}");
+}
+
 fn elementwise<B: Backend>(b: &B) {
     let mut r = rng(2);
     // (600, 33) and (1100, 70): column reductions cut into row slices (col_slices).
@@ -74,6 +129,11 @@ fn elementwise<B: Backend>(b: &B) {
         Cpu.add_assign(&mut xc, &yh);
         b.add_assign(&mut xg, &b.upload(&yh));
         assert_close("add_assign", &b.download(&xg), &xc, TOL);
+        let (mut oc, mut og) = (vec![f32::NAN; len], poisoned(b, len));
+        Cpu.add_into(&mut oc, &xh, &yh);
+        b.add_into(&mut og, &b.upload(&xh), &b.upload(&yh));
+        assert_eq!(bits(&b.download(&og)), bits(&oc), "add_into");
+        assert_eq!(bits(&oc), bits(&xc), "add_into is copy + add_assign");
         Cpu.scale(&mut xc, -0.37);
         b.scale(&mut xg, -0.37);
         assert_close("scale", &b.download(&xg), &xc, TOL);
@@ -714,6 +774,8 @@ fn batch_invariance<B: Backend>(b: &B) {
 
 backend_suite!(
     memory_ops,
+    row_moves,
+    row_move_errors,
     elementwise,
     adamw,
     sum_squares_many,
@@ -730,3 +792,8 @@ backend_suite!(
     gemm_kernel,
     conversions
 );
+
+#[test]
+fn cpu_row_move_errors() {
+    row_move_errors(&Cpu);
+}

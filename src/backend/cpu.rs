@@ -56,6 +56,22 @@ impl Backend for Cpu {
     fn fill(&self, dst: &mut Vec<f32>, value: f32) {
         dst.fill(value);
     }
+    fn scatter_rows(&self, dst: &mut Vec<f32>, rows: &[usize], src: &Vec<f32>, width: usize) {
+        super::row_moves::check_rows("scatter_rows dst", rows, width, dst.len(), src.len(), true);
+        for (t, &r) in rows.iter().enumerate() {
+            dst[r * width..(r + 1) * width].copy_from_slice(&src[t * width..(t + 1) * width]);
+        }
+    }
+    fn add_into(&self, out: &mut Vec<f32>, x: &Vec<f32>, y: &Vec<f32>) {
+        assert!(out.len() == x.len() && x.len() == y.len(), "add_into: length mismatch");
+        out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = a + b);
+    }
+    fn gather_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, rows: &[usize], width: usize) {
+        super::row_moves::check_rows("gather_rows src", rows, width, src.len(), dst.len(), false);
+        for (t, &r) in rows.iter().enumerate() {
+            dst[t * width..(t + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
+        }
+    }
 
     fn matmul(
         &self,

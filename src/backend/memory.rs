@@ -28,6 +28,11 @@ pub struct MemoryStats {
     /// counted.
     pub downloads: u64,
     pub downloaded_bytes: u64,
+    /// Copies from the host to device memory (`Device::upload` and `Device::write`), and their
+    /// bytes: each a driver call of several microseconds on a GPU, so what a launch-bound
+    /// loop (a decode step) must not multiply per layer or per sequence.
+    pub uploads: u64,
+    pub uploaded_bytes: u64,
 }
 
 impl MemoryStats {

@@ -6,8 +6,10 @@
 //!   stored another type would still take and return f32 values.
 //! - An op writes every element of its output (never relies on it being zeroed) unless its
 //!   doc says it accumulates (`+=`). Tests poison outputs to hold every backend to this.
-//! - Token ids and positions are host slices: they are tiny next to the activations, and the
-//!   CUDA backend uploads them per call.
+//! - Token ids, positions and row lists are host slices: they are tiny next to the
+//!   activations. The CUDA backend uploads them per call, except read-only index arrays that
+//!   repeat across calls (a decode step's positions, cache rows and attention work items are
+//!   the same for every layer), which it uploads once (`cuda/upload_cache.rs`).
 
 pub mod chunked_logprob;
 pub mod cpu;
@@ -18,6 +20,7 @@ pub mod memory;
 pub mod precision;
 pub mod profile;
 pub mod rl_ops;
+pub mod row_moves;
 pub mod select;
 
 /// One sequence of a packed batch, as attention sees it.
@@ -82,6 +85,20 @@ pub trait Backend {
     /// `dst[dst_off .. dst_off + n] = src[src_off .. src_off + n]`.
     fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, n: usize);
     fn fill(&self, dst: &mut Self::Buf, value: f32);
+
+    // ---- row moves: whole rows by index lists, one op each (a decode step's KV-cache writes
+    // and lm_head gathers, whose rows are one per slot and never contiguous) --------------
+    /// `dst[rows[t]*width .. +width] = src[t*width .. +width]` for every `t`: the packed rows
+    /// of `src` scattered to rows of `dst`; other rows of `dst` are untouched. Rows must be
+    /// distinct and inside `dst` (else a panic naming the row).
+    fn scatter_rows(&self, dst: &mut Self::Buf, rows: &[usize], src: &Self::Buf, width: usize);
+    /// `dst[t*width .. +width] = src[rows[t]*width .. +width]` for every `t`: rows of `src`
+    /// gathered into packed rows of `dst` (a row may be listed more than once). Rows must be
+    /// inside `src` (else a panic naming the row).
+    fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[usize], width: usize);
+    /// `out = x + y` elementwise (all three of one length): a residual add in one op where a
+    /// `copy` and an `add_assign` were two (same bits: one f32 addition per element).
+    fn add_into(&self, out: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf);
 
     // ---- dense algebra --------------------------------------------------------------------
     /// `out[m,n] = op_a(a)[m,k] @ op_b(b)[k,n] + beta * out`. With `beta == 0` the old

@@ -301,17 +301,10 @@ impl<B: Backend> Qwen2<B> {
                 self.attn_shape(),
             ),
             Some((ck, cv, rows)) => {
-                // Contiguous runs of destination rows are copied at once (a prefill is one run).
-                let mut s = 0;
-                while s < t {
-                    let mut e = s + 1;
-                    while e < t && rows[e] == rows[e - 1] + 1 {
-                        e += 1;
-                    }
-                    be.copy(ck, rows[s] * kvd, &la.k, s * kvd, (e - s) * kvd);
-                    be.copy(cv, rows[s] * kvd, &la.v, s * kvd, (e - s) * kvd);
-                    s = e;
-                }
+                // One op per buffer whatever the rows: a decode step's rows are one per slot,
+                // never contiguous across slots (a copy per run cost 2 x slots launches a layer).
+                be.scatter_rows(ck, rows, &la.k, kvd);
+                be.scatter_rows(cv, rows, &la.v, kvd);
                 be.attention(
                     &mut la.att,
                     &mut la.lse,
@@ -324,8 +317,7 @@ impl<B: Backend> Qwen2<B> {
             }
         }
         be.matmul(tmp, &la.att, Tr::N, &p[w.o_w], Tr::T, t, d, d, 0.0);
-        be.copy(&mut la.x_mid, 0, x_in, 0, t * d);
-        be.add_assign(&mut la.x_mid, tmp);
+        be.add_into(&mut la.x_mid, x_in, tmp);
 
         be.rmsnorm(&mut la.xn2, &mut la.rstd2, &la.x_mid, &p[w.post_norm], t, d, eps);
         be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
@@ -333,8 +325,7 @@ impl<B: Backend> Qwen2<B> {
         be.swiglu(&mut la.act, &la.gate, &la.up);
         let Some(x_out) = x_out else { return };
         be.matmul(tmp, &la.act, Tr::N, &p[w.down_w], Tr::T, t, d, i, 0.0);
-        be.copy(x_out, 0, &la.x_mid, 0, t * d);
-        be.add_assign(x_out, tmp);
+        be.add_into(x_out, &la.x_mid, tmp);
     }
 
     /// Rows of the logit matrix per chunk, so that a chunk holds at most 256M floats (1 GiB)
@@ -357,9 +348,7 @@ impl<B: Backend> Qwen2<B> {
     pub fn logits_of_rows_buf(&self, be: &B, hidden: &B::Buf, rows: &[usize]) -> B::Buf {
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let mut h = be.zeros(rows.len() * d);
-        for (j, &r) in rows.iter().enumerate() {
-            be.copy(&mut h, j * d, hidden, r * d, d);
-        }
+        be.gather_rows(&mut h, hidden, rows, d);
         let mut logits = be.zeros(rows.len() * v);
         be.matmul(
             &mut logits,

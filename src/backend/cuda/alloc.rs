@@ -232,6 +232,13 @@ impl<R> Pool<R> {
         st.stats.downloaded_bytes += bytes as u64;
     }
 
+    /// Counts one copy of `bytes` bytes from the host to the device (`MemoryStats::uploads`).
+    pub fn note_upload(&self, bytes: usize) {
+        let mut st = self.state.lock().unwrap();
+        st.stats.uploads += 1;
+        st.stats.uploaded_bytes += bytes as u64;
+    }
+
     pub fn stats(&self) -> MemoryStats {
         self.state.lock().unwrap().stats
     }

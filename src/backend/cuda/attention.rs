@@ -64,7 +64,8 @@ impl<D: Device> CudaBackend<D> {
         if items.is_empty() {
             return;
         }
-        let d_items = self.upload_i32(&items);
+        // Every layer of a step has the same work items: uploaded once (the upload cache).
+        let d_items = self.upload_index_i32(&items);
         let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
         self.dev.launch(
             "attn_fwd_f32",
@@ -77,7 +78,7 @@ impl<D: Device> CudaBackend<D> {
                 Arg::Ptr(&q.mem),
                 Arg::Ptr(&k.mem),
                 Arg::Ptr(&v.mem),
-                Arg::Ptr(&d_items),
+                Arg::Ptr(&*d_items),
                 Arg::I32(shape.n_heads as i32),
                 Arg::I32(shape.n_kv_heads as i32),
                 Arg::I32(shape.head_dim as i32),

@@ -378,6 +378,7 @@ impl Device for CudaDevice {
         m
     }
     fn write(&self, mem: &mut CudaMem, host: &[u8]) {
+        self.pool.note_upload(host.len());
         self.pool.shadow_forget(mem.addr);
         let mut view = mem.slice_mut(0..host.len());
         self.stream.memcpy_htod(host, &mut view).expect("cuda write");

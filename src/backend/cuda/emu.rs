@@ -275,6 +275,14 @@ impl EmuDevice {
         // SAFETY: bounds checked above.
         unsafe { std::slice::from_raw_parts(mem.ptr as *const u8, bytes).to_vec() }
     }
+    /// Overwrites the first `host.len()` bytes of `mem`: `Device::write` without counting an
+    /// upload, for the emulator's own host-side work (its stand-in GEMM's result).
+    fn store(&self, mem: &mut EmuMem, host: &[u8]) {
+        assert!(host.len() <= mem.bytes(), "emu write past the end of a buffer");
+        self.pool.shadow_forget(mem.ptr as u64);
+        // SAFETY: bounds checked above; the regions do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), mem.ptr as *mut u8, host.len()) };
+    }
     /// How many buffers have a bf16 shadow now.
     pub fn bf16_shadow_count(&self) -> usize {
         self.pool.shadow_count()
@@ -406,7 +414,7 @@ impl EmuDevice {
         }
         let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
         Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
-        self.write(out, bytemuck::cast_slice(&ov));
+        self.store(out, bytemuck::cast_slice(&ov));
         true
     }
     /// One launch under one schedule; Err(message) on a fault.
@@ -540,10 +548,8 @@ impl Device for EmuDevice {
         m
     }
     fn write(&self, mem: &mut EmuMem, host: &[u8]) {
-        assert!(host.len() <= mem.bytes(), "emu write past the end of a buffer");
-        self.pool.shadow_forget(mem.ptr as u64);
-        // SAFETY: bounds checked above; the regions do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), mem.ptr as *mut u8, host.len()) };
+        self.pool.note_upload(host.len());
+        self.store(mem, host);
     }
     fn download(&self, mem: &EmuMem, bytes: usize) -> Vec<u8> {
         self.pool.note_download(bytes);

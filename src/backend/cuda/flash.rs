@@ -189,7 +189,8 @@ impl<D: Device> CudaBackend<D> {
         if n_items == 0 {
             return;
         }
-        let (d_split, d_comb) = (self.upload_i32(&split), self.upload_i32(&comb));
+        // Every layer of a step has the same work items: uploaded once (the upload cache).
+        let (d_split, d_comb) = (self.upload_index_i32(&split), self.upload_index_i32(&comb));
         let part_o = self.dev.alloc(n_items * h * d * 4);
         let part_ml = self.dev.alloc(n_items * h * 2 * 4);
         let scale = (1.0 / (d as f64).sqrt()) as f32;
@@ -207,7 +208,7 @@ impl<D: Device> CudaBackend<D> {
                     Arg::Ptr(&q.mem),
                     Arg::Ptr(&k.mem),
                     Arg::Ptr(&v.mem),
-                    Arg::Ptr(&d_split),
+                    Arg::Ptr(&*d_split),
                     Arg::I32(n_items as i32),
                     Arg::I32(h as i32),
                     Arg::I32(hkv as i32),
@@ -226,7 +227,7 @@ impl<D: Device> CudaBackend<D> {
                     Arg::Ptr(&q.mem),
                     Arg::Ptr(&k.mem),
                     Arg::Ptr(&v.mem),
-                    Arg::Ptr(&d_split),
+                    Arg::Ptr(&*d_split),
                     Arg::I32(n_items as i32),
                     Arg::I32(h as i32),
                     Arg::I32(hkv as i32),
@@ -245,7 +246,7 @@ impl<D: Device> CudaBackend<D> {
                 Arg::Ptr(&lse.mem),
                 Arg::Ptr(&part_o),
                 Arg::Ptr(&part_ml),
-                Arg::Ptr(&d_comb),
+                Arg::Ptr(&*d_comb),
                 Arg::I32(h as i32),
                 Arg::I32(d as i32),
             ],
@@ -267,7 +268,7 @@ impl<D: Device> CudaBackend<D> {
         if items.is_empty() {
             return;
         }
-        let d_items = self.upload_i32(&items);
+        let d_items = self.upload_index_i32(&items);
         let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
         let (name, smem) =
             (format!("flash_fwd_d{}", shape.head_dim), walk_smem(shape.head_dim, false));
@@ -283,7 +284,7 @@ impl<D: Device> CudaBackend<D> {
                 Arg::Ptr(&q.mem),
                 Arg::Ptr(&k.mem),
                 Arg::Ptr(&v.mem),
-                Arg::Ptr(&d_items),
+                Arg::Ptr(&*d_items),
                 Arg::I32(shape.n_heads as i32),
                 Arg::I32(shape.n_kv_heads as i32),
                 Arg::F32(scale),

@@ -19,11 +19,13 @@ pub mod flash;
 mod multi;
 pub mod precision;
 pub mod rl;
+mod upload_cache;
 mod vision_ops;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
 pub use flash::{AttnKernel, DecodeKernel};
+use std::sync::Arc;
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
 /// or `Err(reason)`. Never panics, also when the driver library is missing.
@@ -63,6 +65,9 @@ pub struct CudaBackend<D: Device> {
     dev: D,
     attn: AttnKernel,
     decode: DecodeKernel,
+    /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
+    /// reused while their contents repeat: see `upload_cache`.
+    indices: upload_cache::UploadCache<D::Mem>,
 }
 
 const BLOCK: u32 = 256;
@@ -86,7 +91,12 @@ fn grid_for(n: usize) -> u32 {
 impl<D: Device> CudaBackend<D> {
     /// The backend on `dev` with the f32 reference attention kernels.
     pub fn with_device(dev: D) -> Self {
-        CudaBackend { dev, attn: AttnKernel::Reference, decode: DecodeKernel::default() }
+        CudaBackend {
+            dev,
+            attn: AttnKernel::Reference,
+            decode: DecodeKernel::default(),
+            indices: Default::default(),
+        }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
     /// an unknown value is an error naming the accepted ones.
@@ -114,6 +124,11 @@ impl<D: Device> CudaBackend<D> {
     fn use_flash(&self, shape: AttnShape) -> bool {
         self.attn == AttnKernel::Flash && flash::flash_supports(shape.head_dim)
     }
+    /// Drops the small index arrays kept for reuse (`upload_cache`: up to 16 of <= 64 KiB),
+    /// e.g. to check that a run gave every other buffer back.
+    pub fn clear_upload_cache(&self) {
+        self.indices.clear();
+    }
     pub fn device(&self) -> &D {
         &self.dev
     }
@@ -126,6 +141,47 @@ impl<D: Device> CudaBackend<D> {
     }
     fn upload_i32(&self, v: &[i32]) -> D::Mem {
         self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0i32] } else { v }))
+    }
+    /// `upload_u32` of an array no kernel writes, through the cache of repeated uploads.
+    fn upload_index_u32(&self, v: &[u32]) -> Arc<D::Mem> {
+        self.upload_index_bytes(bytemuck::cast_slice(if v.is_empty() { &[0u32] } else { v }))
+    }
+    /// `upload_i32` of an array no kernel writes, through the cache of repeated uploads.
+    fn upload_index_i32(&self, v: &[i32]) -> Arc<D::Mem> {
+        self.upload_index_bytes(bytemuck::cast_slice(if v.is_empty() { &[0i32] } else { v }))
+    }
+    fn upload_index_bytes(&self, bytes: &[u8]) -> Arc<D::Mem> {
+        self.indices.get(bytes, |b| self.dev.upload(b))
+    }
+    /// One `copy_rows_f32` launch: `width`-wide rows from `src` (row `src_rows[t]`, or `t`)
+    /// to `dst` (row `dst_rows[t]`, or `t`), `n_rows` of them. Callers check the rows.
+    fn copy_rows(
+        &self,
+        dst: &mut DevBuf<D::Mem>,
+        dst_rows: Option<&[usize]>,
+        src: &DevBuf<D::Mem>,
+        src_rows: Option<&[usize]>,
+        n_rows: usize,
+        width: usize,
+    ) {
+        if n_rows == 0 || width == 0 {
+            return;
+        }
+        let up =
+            |r: &[usize]| self.upload_index_u32(&r.iter().map(|&x| x as u32).collect::<Vec<u32>>());
+        let (d_rows, s_rows) = (dst_rows.map(up), src_rows.map(up));
+        self.elementwise(
+            "copy_rows_f32",
+            n_rows * width,
+            &[
+                Arg::Ptr(&dst.mem),
+                opt_arg(d_rows.as_deref()),
+                Arg::Ptr(&src.mem),
+                opt_arg(s_rows.as_deref()),
+                Arg::I32(n_rows as i32),
+                Arg::I32(width as i32),
+            ],
+        );
     }
     fn new_buf(&self, len: usize) -> DevBuf<D::Mem> {
         DevBuf { mem: self.dev.alloc(len.max(1) * 4), len }
@@ -303,6 +359,22 @@ impl<D: Device> Backend for CudaBackend<D> {
             dst.len,
             &[Arg::Ptr(&dst.mem), Arg::I64(dst.len as i64), Arg::F32(value)],
         );
+    }
+    fn scatter_rows(&self, dst: &mut Self::Buf, rows: &[usize], src: &Self::Buf, width: usize) {
+        super::row_moves::check_rows("scatter_rows dst", rows, width, dst.len, src.len, true);
+        self.copy_rows(dst, Some(rows), src, None, rows.len(), width);
+    }
+    fn add_into(&self, out: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf) {
+        assert!(out.len == x.len && x.len == y.len, "add_into: length mismatch");
+        self.elementwise(
+            "add_f32",
+            out.len,
+            &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::Ptr(&y.mem), Arg::I64(out.len as i64)],
+        );
+    }
+    fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[usize], width: usize) {
+        super::row_moves::check_rows("gather_rows src", rows, width, src.len, dst.len, false);
+        self.copy_rows(dst, None, src, Some(rows), rows.len(), width);
     }
 
     fn matmul(
@@ -537,16 +609,18 @@ impl<D: Device> Backend for CudaBackend<D> {
         if positions.is_empty() || head_dim < 2 {
             return;
         }
-        // Frequencies computed on the host exactly as the reference does.
-        let inv = self.upload(&cpu::rope_inv_freq(head_dim, theta));
-        let pos = self.upload_u32(positions);
+        // Frequencies computed on the host exactly as the reference does. Both arrays come
+        // from the upload cache: every layer rotates q and k with the same ones.
+        let inv =
+            self.upload_index_bytes(bytemuck::cast_slice(&cpu::rope_inv_freq(head_dim, theta)));
+        let pos = self.upload_index_u32(positions);
         self.elementwise(
             "rope_f32",
             positions.len() * n_heads * (head_dim / 2),
             &[
                 Arg::Ptr(&x.mem),
-                Arg::Ptr(&pos),
-                Arg::Ptr(&inv.mem),
+                Arg::Ptr(&*pos),
+                Arg::Ptr(&*inv),
                 Arg::I32(positions.len() as i32),
                 Arg::I32(n_heads as i32),
                 Arg::I32(head_dim as i32),
