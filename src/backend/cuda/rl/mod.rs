@@ -90,9 +90,6 @@ impl<D: Device> CudaBackend<D> {
         );
         f64s(&self.dev.download(&out, cols * 8))
     }
-    fn upload_f64(&self, v: &[f64]) -> D::Mem {
-        self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0f64] } else { v }))
-    }
     fn upload_i64(&self, v: &[i64]) -> D::Mem {
         self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0i64] } else { v }))
     }
