@@ -514,13 +514,13 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_stream_f32(
             if (row_len > 0) {
                 long long r = t0 / row_len; // one division a chunk, then steps
                 for (int k = 0; k < cnt; k++) {
-                    while (t0 + k >= (r + 1) * row_len) r++; // rows shorter than a chunk
+                    if (t0 + k >= (r + 1) * row_len) r++; // the next token is at most one row on
                     av[k] = adv[r];
                 }
             } else {
                 long long r = row_of(offsets, rows, t0);
                 for (int k = 0; k < cnt; k++) {
-                    while (offsets[r + 1] <= t0 + k) r++;
+                    while (offsets[r + 1] <= t0 + k) r++; // past empty rows
                     av[k] = adv[r];
                 }
             }

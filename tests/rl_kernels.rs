@@ -397,8 +397,14 @@ fn grpo_loss_stream_shapes<D: Device>(b: &CudaBackend<D>) {
     let mut r = rng(14);
     let mut shapes: Vec<(String, Vec<usize>)> =
         [1usize, 2, 3, 5, 8].iter().map(|&l| (format!("7 x {l} tokens"), vec![l; 7])).collect();
-    let ragged: Vec<usize> =
-        (0..170).map(|i| if i % 23 == 4 { 0 } else { r.gen_range(1..60) }).collect();
+    // Runs of empty and 1-3 token responses, so that chunks step over empty ones.
+    let ragged: Vec<usize> = (0..170)
+        .map(|i| match i % 6 {
+            0 | 1 => 0,
+            2 => r.gen_range(1..4),
+            _ => r.gen_range(1..80),
+        })
+        .collect();
     shapes.push(("ragged, several blocks".into(), ragged));
     shapes.push(("150 x 37 tokens, several blocks".into(), vec![37; 150]));
     let cases = [
