@@ -46,15 +46,15 @@ __device__ __forceinline__ AdvMoments adv_merge(AdvMoments a, AdvMoments b) {
 
 // Sum / min / max over the `width` lanes of a segment (xor offsets below width stay inside
 // the aligned segment). Every lane of the warp calls them.
-__device__ __forceinline__ double seg_sum(double v, int width) {
+__device__ __forceinline__ double adv_seg_sum(double v, int width) {
     for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
 }
-__device__ __forceinline__ double seg_min(double v, int width) {
+__device__ __forceinline__ double adv_seg_min(double v, int width) {
     for (int o = width >> 1; o > 0; o >>= 1) v = fmin(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
-__device__ __forceinline__ double seg_max(double v, int width) {
+__device__ __forceinline__ double adv_seg_max(double v, int width) {
     for (int o = width >> 1; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
@@ -108,10 +108,10 @@ extern "C" __global__ void __launch_bounds__(256) group_adv_seg_f32(
         lo = fmin(lo, r);
         hi = fmax(hi, r);
     }
-    s = seg_sum(s, width);
-    nz = seg_sum(nz, width);
-    lo = seg_min(lo, width);
-    hi = seg_max(hi, width);
+    s = adv_seg_sum(s, width);
+    nz = adv_seg_sum(nz, width);
+    lo = adv_seg_min(lo, width);
+    hi = adv_seg_max(hi, width);
     const double gm = n > 0 ? s / (double)n : 0.0; // the group's mean (moments)
     double ss = 0.0;
     if (n >= 2)
@@ -119,7 +119,7 @@ extern "C" __global__ void __launch_bounds__(256) group_adv_seg_f32(
             const double d = (double)rewards[i] - gm;
             ss += d * d;
         }
-    ss = seg_sum(ss, width);
+    ss = adv_seg_sum(ss, width);
     // The advantage's centre and scale: verl's singleton is mean 0, std 1; TRL's
     // (num_generations == 1) is the reward itself, std 0.
     double mean = 0.0, std = 1.0, gstd = 0.0;

@@ -172,14 +172,14 @@ struct TokIn {
 
 // One token's inputs, as the formula reads them. Unused inputs (no KL, no entropy, no policy
 // mask, no selection) hold neutral values and are never read by the formula.
-struct Tok {
+struct GrpoTok {
     double mt, lp, old, ref, h, adv, pm;
     bool sel;
 };
 
 // Token t of response r, read scalar (the per-response kernel).
-__device__ __forceinline__ Tok load_tok(const TokIn& in, long long t, long long r) {
-    Tok v;
+__device__ __forceinline__ GrpoTok grpo_load_tok(const TokIn& in, long long t, long long r) {
+    GrpoTok v;
     v.mt = in.mask[t];
     v.lp = in.logp[t];
     v.old = in.logp_old[t];
@@ -193,7 +193,7 @@ __device__ __forceinline__ Tok load_tok(const TokIn& in, long long t, long long 
 
 // One token: returns d loss / d logp (before GSPO's spread), adds its contributions to
 // st[GS_*] and the spreads, writes d loss / d entropy to *dent (0 without entropy).
-__device__ double grpo_token(const Tok& v, bool has_ent, const GrpoPrm& p, const Resp& rs, double* st,
+__device__ double grpo_token(const GrpoTok& v, bool has_ent, const GrpoPrm& p, const Resp& rs, double* st,
                              double* spread_pg, double* spread_kl, double* dent) {
     const double mt = v.mt, lp = v.lp, old = v.old, adv = v.adv, pm = v.pm;
     const double delta = lp - old;
@@ -391,7 +391,7 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
     for (long long t = a0 + threadIdx.x; t < b0; t += blockDim.x) {
         double dent;
         const double g =
-            grpo_token(load_tok(in, t, r), entropy != nullptr, p, rs, st, &st[GS_COUNT], &st[GS_COUNT + 1], &dent);
+            grpo_token(grpo_load_tok(in, t, r), entropy != nullptr, p, rs, st, &st[GS_COUNT], &st[GS_COUNT + 1], &dent);
         if (p.policy != POL_GSPO) dlogp[t] = (float)g;
         if (dentropy) dentropy[t] = (float)dent;
     }
@@ -406,7 +406,7 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
         double scratch[GS_COUNT + 2] = {}; // contributions already counted in pass B
         for (long long t = a0 + threadIdx.x; t < b0; t += blockDim.x) {
             double dent, s1 = 0.0, s2 = 0.0;
-            double g = grpo_token(load_tok(in, t, r), entropy != nullptr, p, rs, scratch, &s1, &s2, &dent);
+            double g = grpo_token(grpo_load_tok(in, t, r), entropy != nullptr, p, rs, scratch, &s1, &s2, &dent);
             g += rs.gspo_ds * (double)mask[t] / fmax(rs.n_i, 1.0) * spread;
             dlogp[t] = (float)g;
         }
@@ -431,7 +431,7 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
 
 // The response holding token t: the last r with offsets[r] <= t (then t < offsets[r + 1], so
 // empty responses are skipped).
-__device__ __forceinline__ long long row_of(const long long* offsets, long long rows, long long t) {
+__device__ __forceinline__ long long grpo_row_of(const long long* offsets, long long rows, long long t) {
     long long lo = 0, hi = rows; // offsets[lo] <= t < offsets[hi]
     while (hi - lo > 1) {
         const long long mid = lo + ((hi - lo) >> 1);
@@ -447,7 +447,7 @@ struct __align__(16) grpo_f4 {
 struct __align__(4) grpo_u8x4 {
     unsigned char x, y, z, w;
 };
-__device__ __forceinline__ void f4_split(grpo_f4 a, float* o) {
+__device__ __forceinline__ void grpo_f4_split(grpo_f4 a, float* o) {
     o[0] = a.x;
     o[1] = a.y;
     o[2] = a.z;
@@ -482,13 +482,13 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_stream_f32(
         float lp[4] = {}, old[4] = {}, mk[4] = {}, rf[4] = {}, en[4] = {}, pm[4] = {1.f, 1.f, 1.f, 1.f}, av[4] = {};
         unsigned char sel[4] = {};
         if (vec && cnt == 4) {
-            f4_split(reinterpret_cast<const grpo_f4*>(logp)[c], lp);
-            f4_split(reinterpret_cast<const grpo_f4*>(logp_old)[c], old);
-            f4_split(reinterpret_cast<const grpo_f4*>(mask)[c], mk);
-            if (ref_logp) f4_split(reinterpret_cast<const grpo_f4*>(ref_logp)[c], rf);
-            if (entropy) f4_split(reinterpret_cast<const grpo_f4*>(entropy)[c], en);
-            if (pg_mask) f4_split(reinterpret_cast<const grpo_f4*>(pg_mask)[c], pm);
-            if (adv_per_token) f4_split(reinterpret_cast<const grpo_f4*>(adv)[c], av);
+            grpo_f4_split(reinterpret_cast<const grpo_f4*>(logp)[c], lp);
+            grpo_f4_split(reinterpret_cast<const grpo_f4*>(logp_old)[c], old);
+            grpo_f4_split(reinterpret_cast<const grpo_f4*>(mask)[c], mk);
+            if (ref_logp) grpo_f4_split(reinterpret_cast<const grpo_f4*>(ref_logp)[c], rf);
+            if (entropy) grpo_f4_split(reinterpret_cast<const grpo_f4*>(entropy)[c], en);
+            if (pg_mask) grpo_f4_split(reinterpret_cast<const grpo_f4*>(pg_mask)[c], pm);
+            if (adv_per_token) grpo_f4_split(reinterpret_cast<const grpo_f4*>(adv)[c], av);
             if (selected) {
                 const grpo_u8x4 s4 = reinterpret_cast<const grpo_u8x4*>(selected)[c];
                 sel[0] = s4.x;
@@ -497,7 +497,11 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_stream_f32(
                 sel[3] = s4.w;
             }
         } else {
-            for (int k = 0; k < cnt; k++) {
+            // Constant indices after unrolling keep the chunk in registers (a loop to `cnt`
+            // would put these arrays in local memory).
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                if (k >= cnt) break;
                 const long long t = t0 + k;
                 lp[k] = logp[t];
                 old[k] = logp_old[t];
@@ -513,13 +517,17 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_stream_f32(
             // Per-response advantages: the response of each token (a handful of cached reads).
             if (row_len > 0) {
                 long long r = t0 / row_len; // one division a chunk, then steps
-                for (int k = 0; k < cnt; k++) {
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    if (k >= cnt) break;
                     if (t0 + k >= (r + 1) * row_len) r++; // the next token is at most one row on
                     av[k] = adv[r];
                 }
             } else {
-                long long r = row_of(offsets, rows, t0);
-                for (int k = 0; k < cnt; k++) {
+                long long r = grpo_row_of(offsets, rows, t0);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    if (k >= cnt) break;
                     while (offsets[r + 1] <= t0 + k) r++; // past empty rows
                     av[k] = adv[r];
                 }
@@ -529,7 +537,7 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_stream_f32(
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             if (k >= cnt) break;
-            const Tok v = {mk[k], lp[k], old[k], rf[k], en[k], av[k], pm[k], sel[k] != 0};
+            const GrpoTok v = {mk[k], lp[k], old[k], rf[k], en[k], av[k], pm[k], sel[k] != 0};
             double dent, s1 = 0.0, s2 = 0.0;
             g4[k] = (float)grpo_token(v, has_ent, p, rs, st, &s1, &s2, &dent);
             d4[k] = (float)dent;
@@ -538,7 +546,9 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_stream_f32(
             reinterpret_cast<grpo_f4*>(dlogp)[c] = {g4[0], g4[1], g4[2], g4[3]};
             if (dentropy) reinterpret_cast<grpo_f4*>(dentropy)[c] = {d4[0], d4[1], d4[2], d4[3]};
         } else {
-            for (int k = 0; k < cnt; k++) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                if (k >= cnt) break;
                 dlogp[t0 + k] = g4[k];
                 if (dentropy) dentropy[t0 + k] = d4[k];
             }

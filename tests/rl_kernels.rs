@@ -490,7 +490,7 @@ fn adv_every_mode<D: Device>(
 ) {
     use mmr1_fast::rl::advantage::{advantages_f64, AdvEstimator, AdvantageConfig, ScaleRewards};
     let r64: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
-    let d_r = b.upload(&rewards);
+    let d_r = b.upload(rewards);
     for est in [
         AdvEstimator::Grpo,
         AdvEstimator::Rloo,
