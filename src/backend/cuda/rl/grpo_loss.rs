@@ -216,7 +216,12 @@ impl<D: Device> CudaBackend<D> {
             let s =
                 inputs.selected.expect("clip_cov / kl_cov need inputs.selected (cov_selection)");
             assert_eq!(s.len(), n, "selected length");
-            Some(self.dev.upload(&s.iter().map(|&b| b as u8).collect::<Vec<u8>>()))
+            // bool is one byte holding 0 or 1: uploaded as it is held, no converted copy.
+            Some(self.dev.upload(bytemuck::cast_slice::<bool, u8>(if s.is_empty() {
+                &[false]
+            } else {
+                s
+            })))
         } else {
             None
         };

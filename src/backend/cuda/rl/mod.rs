@@ -145,7 +145,9 @@ impl<D: Device> CudaBackend<D> {
         let uniform = step > 0
             && offsets.chunks(BLOCK).enumerate().all(|(c, ch)| {
                 let base = c * BLOCK;
-                ch.iter().enumerate().fold(true, |ok, (i, &o)| ok & (o == (base + i).wrapping_mul(step)))
+                ch.iter()
+                    .enumerate()
+                    .fold(true, |ok, (i, &o)| ok & (o == (base + i).wrapping_mul(step)))
             });
         if uniform {
             return Segments::Uniform(step);
