@@ -1,28 +1,32 @@
-// Fused GRPO-family policy loss: one block per response reads the response's token arrays
-// (logp, old logp, ref logp, entropy, mask, policy mask, selection) and writes d loss / d logp
-// and d loss / d entropy per token, plus one row of partial sums per response (loss parts and
-// metric numerators). `grpo_partials_reduce` then folds the rows in a fixed order. No atomics:
-// every sum has an order fixed by the block size alone, so the loss, the metrics and every
-// token's gradient are bit-identical run after run, and a token's gradient does not depend on
-// which other responses share the launch (micro-batching never changes it).
+// Fused GRPO-family policy loss, two forms over the same per-token formula (`grpo_token`):
+//
+// - grpo_loss_stream_f32, for the token-level losses (every policy but GSPO and GMPO, with an
+//   aggregation whose token weight does not depend on the response's active count, i.e. not
+//   seq-mean-token-mean): one streaming pass over the token arrays, flat over the batch, each
+//   thread four tokens at a time with 16-byte loads and stores, nothing per response but the
+//   advantage. Each block writes one row of partial sums (loss parts, metric numerators).
+// - grpo_loss_f32, for the rest: one block per response, which first sums the response
+//   (active tokens, GSPO's log-ratio mean, GMPO's geometric mean) and then writes the tokens.
+//
+// Either way `reduce_rows_f64` then folds the rows, a block per column, in a fixed order. No
+// atomics: every sum has an order fixed by the launch shape alone (itself fixed by the token
+// and response counts), so the loss, the metrics and every token's gradient are bit-identical
+// run after run, and a token's gradient does not depend on which other responses share the
+// launch (micro-batching never changes it).
 //
 // The reference is src/rl/grpo.rs (`policy_loss_f64`; formulas and sources there and in
 // grpo/{policy,kl,agg}.rs). This file follows it line by line, in f64: the reference is f64,
-// log-ratios beyond +-88 overflow f32's exp, and the kernel is bound by memory bandwidth
-// (24-32 bytes a token) long before f64 arithmetic limits it on an H100 (f64 at half the f32
-// rate). Inputs and gradients are f32, as the trainer holds them.
+// log-ratios beyond +-88 overflow f32's exp, and the tests hold sums to 1e-12 relative. On an
+// H100 the f64 work (two f64 exps and ~60 other f64 ops a token with k3 KL) is ~25 us at 4M
+// tokens against a memory floor of ~35 us (28 bytes a token), so the two overlap rather than
+// add; docs/perf.md has the arithmetic. Inputs and gradients are f32, as the trainer holds them.
 //
-// Options the host leaves unset (a clamp, TRL's delta, the dual clip) arrive as +inf, which
-// never passes any comparison they appear in, so "unset" and "+inf" are the same formula.
+// The options travel as kernel arguments (GRPO_PRM_ARGS), not as a buffer: a call uploads
+// nothing of its own. Options the host leaves unset (a clamp, TRL's delta, the dual clip)
+// arrive as +inf, which never passes any comparison they appear in, so "unset" and "+inf" are
+// the same formula.
 #include "common.cuh"
 
-// Parameter slots of the `prm` array (mirrored by src/backend/cuda/rl/grpo_loss.rs).
-enum GrpoParam {
-    GP_POLICY, GP_EPS_LOW, GP_EPS_HIGH, GP_DUAL_C, GP_TRL_DELTA, GP_HAS_KL, GP_KL_EST, GP_BETA,
-    GP_KL_RATIO_W, GP_ENT_COEF, GP_CONV, GP_LR_CLAMP, GP_K3_INNER, GP_K3_VALUE, GP_GSPO_CAP,
-    GP_TAU_POS, GP_TAU_NEG, GP_PPO_KL_COEF, GP_AGG, GP_PG_AGG, GP_N_TOKENS, GP_N_SEQS,
-    GP_N_ROWS, GP_L_MAX, GP_COUNT
-};
 // PolicyLoss, KlEstimator, Aggregation and Convention codes (same file on the Rust side).
 enum { POL_VANILLA, POL_GSPO, POL_GPG, POL_CLIP_COV, POL_KL_COV, POL_GEO_MEAN, POL_CISPO, POL_SAPO };
 enum { KL_K1, KL_ABS, KL_K2, KL_K3, KL_K1_PLUS, KL_ABS_PLUS, KL_K3_PLUS };
@@ -42,34 +46,20 @@ struct GrpoPrm {
         gspo_cap, tau_pos, tau_neg, ppo_kl_coef, n_tokens, n_seqs, n_rows, l_max;
 };
 
-__device__ GrpoPrm grpo_prm(const double* p) {
-    GrpoPrm q;
-    q.policy = (int)p[GP_POLICY];
-    q.kl_est = (int)p[GP_KL_EST];
-    q.conv = (int)p[GP_CONV];
-    q.agg = (int)p[GP_AGG];
-    q.pg_agg = (int)p[GP_PG_AGG];
-    q.has_kl = p[GP_HAS_KL] != 0.0;
-    q.kl_ratio_w = p[GP_KL_RATIO_W] != 0.0;
-    q.eps_low = p[GP_EPS_LOW];
-    q.eps_high = p[GP_EPS_HIGH];
-    q.dual_c = p[GP_DUAL_C];
-    q.trl_delta = p[GP_TRL_DELTA];
-    q.beta = p[GP_BETA];
-    q.ent_coef = p[GP_ENT_COEF];
-    q.lr_clamp = p[GP_LR_CLAMP];
-    q.k3_inner = p[GP_K3_INNER];
-    q.k3_value = p[GP_K3_VALUE];
-    q.gspo_cap = p[GP_GSPO_CAP];
-    q.tau_pos = p[GP_TAU_POS];
-    q.tau_neg = p[GP_TAU_NEG];
-    q.ppo_kl_coef = p[GP_PPO_KL_COEF];
-    q.n_tokens = p[GP_N_TOKENS];
-    q.n_seqs = p[GP_N_SEQS];
-    q.n_rows = p[GP_N_ROWS];
-    q.l_max = p[GP_L_MAX];
-    return q;
-}
+// The options as kernel parameters, in the order src/backend/cuda/rl/grpo_loss.rs `prm_args`
+// passes them. `modes` packs the codes: policy (bits 0-3), KL estimator (4-7), convention
+// (8-9), aggregation (10-12), policy-gradient aggregation (13-15), has KL (16), ratio-weighted
+// KL (17).
+#define GRPO_PRM_ARGS                                                                                     \
+    int modes, double eps_low, double eps_high, double dual_c, double trl_delta, double beta,             \
+        double ent_coef, double lr_clamp, double k3_inner, double k3_value, double gspo_cap,              \
+        double tau_pos, double tau_neg, double ppo_kl_coef, double n_tokens, double n_seqs, double n_rows, \
+        double l_max
+#define GRPO_PRM_MAKE                                                                                     \
+    {(modes) & 15, (modes >> 4) & 15, (modes >> 8) & 3, (modes >> 10) & 7, (modes >> 13) & 7,            \
+     ((modes >> 16) & 1) != 0, ((modes >> 17) & 1) != 0, eps_low, eps_high, dual_c, trl_delta, beta,   \
+     ent_coef, lr_clamp, k3_inner, k3_value, gspo_cap, tau_pos, tau_neg, ppo_kl_coef, n_tokens, n_seqs, \
+     n_rows, l_max}
 
 // Rust's f64::clamp: NaN stays NaN.
 __device__ __forceinline__ double clampd(double x, double lo, double hi) {
@@ -180,14 +170,33 @@ struct TokIn {
     int adv_per_token;
 };
 
+// One token's inputs, as the formula reads them. Unused inputs (no KL, no entropy, no policy
+// mask, no selection) hold neutral values and are never read by the formula.
+struct GrpoTok {
+    double mt, lp, old, ref, h, adv, pm;
+    bool sel;
+};
+
+// Token t of response r, read scalar (the per-response kernel).
+__device__ __forceinline__ GrpoTok grpo_load_tok(const TokIn& in, long long t, long long r) {
+    GrpoTok v;
+    v.mt = in.mask[t];
+    v.lp = in.logp[t];
+    v.old = in.logp_old[t];
+    v.ref = in.ref_logp ? (double)in.ref_logp[t] : 0.0;
+    v.h = in.entropy ? (double)in.entropy[t] : 0.0;
+    v.adv = in.adv[in.adv_per_token ? t : r];
+    v.pm = in.pg_mask ? (double)in.pg_mask[t] : 1.0;
+    v.sel = in.selected ? in.selected[t] != 0 : false;
+    return v;
+}
+
 // One token: returns d loss / d logp (before GSPO's spread), adds its contributions to
-// st[GS_*] and the spreads, writes d loss / d entropy to *dent.
-__device__ double grpo_token(long long t, long long r, const TokIn& in, const GrpoPrm& p, const Resp& rs,
-                             double* st, double* spread_pg, double* spread_kl, double* dent) {
-    const double mt = in.mask[t], lp = in.logp[t], old = in.logp_old[t];
-    const double adv = in.adv[in.adv_per_token ? t : r];
+// st[GS_*] and the spreads, writes d loss / d entropy to *dent (0 without entropy).
+__device__ double grpo_token(const GrpoTok& v, bool has_ent, const GrpoPrm& p, const Resp& rs, double* st,
+                             double* spread_pg, double* spread_kl, double* dent) {
+    const double mt = v.mt, lp = v.lp, old = v.old, adv = v.adv, pm = v.pm;
     const double delta = lp - old;
-    const double pm = in.pg_mask ? (double)in.pg_mask[t] : 1.0;
     PgTerm tt = {0.0, 0.0, 0.0, 0.0, false, false, false, false};
     double dmin = 0.0;
     switch (p.policy) {
@@ -200,7 +209,7 @@ __device__ double grpo_token(long long t, long long r, const TokIn& in, const Gr
         tt.akl = -d;
         ppo_clip(rr, rr * dd, adv, p, tt);
         if (p.policy == POL_CLIP_COV) {
-            if (in.selected[t]) { tt.pg = 0.0; tt.dpg = 0.0; tt.clipped = true; }
+            if (v.sel) { tt.pg = 0.0; tt.dpg = 0.0; tt.clipped = true; }
             else tt.clipped = false;
         }
         break;
@@ -229,7 +238,7 @@ __device__ double grpo_token(long long t, long long r, const TokIn& in, const Gr
         tt.akl = fabs(delta);
         tt.pg = -adv * rr;
         tt.dpg = -adv * rr;
-        if (in.selected[t]) {
+        if (v.sel) {
             tt.pg += p.ppo_kl_coef * fabs(delta);
             tt.dpg += p.ppo_kl_coef * signd(delta);
         }
@@ -281,7 +290,7 @@ __device__ double grpo_token(long long t, long long r, const TokIn& in, const Gr
     }
     if (p.has_kl) {
         double dk;
-        const double k = kl_term(p.kl_est, lp, (double)in.ref_logp[t], p, &dk);
+        const double k = kl_term(p.kl_est, lp, v.ref, p, &dk);
         double kv = k, dkv = dk;
         if (p.kl_ratio_w) {
             if (p.policy == POL_GSPO) {
@@ -298,8 +307,8 @@ __device__ double grpo_token(long long t, long long r, const TokIn& in, const Gr
         g += rs.w_agg * mt * p.beta * dkv;
         st[GS_KL] += mt * kv;
     }
-    if (in.entropy) {
-        const double h = in.entropy[t];
+    if (has_ent) {
+        const double h = v.h;
         st[GS_ENT_LOSS] -= rs.w_agg * mt * p.ent_coef * h;
         *dent = -p.ent_coef * rs.w_agg * mt;
         st[GS_ENT] += mt * h;
@@ -326,17 +335,21 @@ __device__ void block_sum_vec(double* v, double (*scratch)[32]) {
     for (int k = 0; k < N; k++) v[k] = warp_sum_d(lane < nw ? scratch[k][lane] : 0.0);
 }
 
-// Grid: one block per response (GRPO_THREADS threads). `offsets` has rows + 1 entries.
+// Grid: one block per response (GRPO_THREADS threads). Response r is tokens
+// [r row_len, (r + 1) row_len) when row_len > 0 (offsets unread, may be null), else
+// [offsets[r], offsets[r + 1]) (offsets has rows + 1 entries).
 // dentropy may be null (then entropy must be null too); ref_logp, entropy, pg_mask, selected
 // are null when unused. adv has one value per response, or per token if adv_per_token.
 extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
     float* dlogp, float* dentropy, double* partials, const float* logp, const float* logp_old,
     const float* ref_logp, const float* entropy, const float* adv, int adv_per_token, const float* mask,
-    const float* pg_mask, const unsigned char* selected, const long long* offsets, const double* prm) {
+    const float* pg_mask, const unsigned char* selected, const long long* offsets, long long row_len,
+    GRPO_PRM_ARGS) {
     SHARED(double, red, [GS_COUNT + 2][32]);
-    const GrpoPrm p = grpo_prm(prm);
+    const GrpoPrm p = GRPO_PRM_MAKE;
     const long long r = blockIdx.x;
-    const long long a0 = offsets[r], b0 = offsets[r + 1];
+    const long long a0 = row_len > 0 ? r * row_len : offsets[r];
+    const long long b0 = row_len > 0 ? a0 + row_len : offsets[r + 1];
     const TokIn in = {logp, logp_old, ref_logp, entropy, adv, mask, pg_mask, selected, adv_per_token};
 
     // Pass A: the response's sums (active tokens, GSPO's log-ratio sum, GMPO's sums).
@@ -377,7 +390,8 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
     for (int k = 0; k < GS_COUNT + 2; k++) st[k] = 0.0;
     for (long long t = a0 + threadIdx.x; t < b0; t += blockDim.x) {
         double dent;
-        const double g = grpo_token(t, r, in, p, rs, st, &st[GS_COUNT], &st[GS_COUNT + 1], &dent);
+        const double g =
+            grpo_token(grpo_load_tok(in, t, r), entropy != nullptr, p, rs, st, &st[GS_COUNT], &st[GS_COUNT + 1], &dent);
         if (p.policy != POL_GSPO) dlogp[t] = (float)g;
         if (dentropy) dentropy[t] = (float)dent;
     }
@@ -392,7 +406,7 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
         double scratch[GS_COUNT + 2] = {}; // contributions already counted in pass B
         for (long long t = a0 + threadIdx.x; t < b0; t += blockDim.x) {
             double dent, s1 = 0.0, s2 = 0.0;
-            double g = grpo_token(t, r, in, p, rs, scratch, &s1, &s2, &dent);
+            double g = grpo_token(grpo_load_tok(in, t, r), entropy != nullptr, p, rs, scratch, &s1, &s2, &dent);
             g += rs.gspo_ds * (double)mask[t] / fmax(rs.n_i, 1.0) * spread;
             dlogp[t] = (float)g;
         }
@@ -401,15 +415,159 @@ extern "C" __global__ void __launch_bounds__(256) grpo_loss_f32(
         for (int k = 0; k < GS_COUNT; k++) partials[r * GS_COUNT + k] = st[k];
 }
 
-// Column sums of a [rows, cols] f64 matrix in a fixed order: one block (any multiple of 32
-// threads), out[c] = sum_r m[r, c]. Used for the per-response partials of the loss and the
-// per-group partials of the advantages.
+// Grid: clamp(ceil(n / 4 / (GRPO_THREADS * GRPO_STREAM_CHUNKS)), 1, GRPO_STREAM_MAX_BLOCKS)
+// blocks of GRPO_THREADS threads (the launcher computes it from n alone, so the order of every
+// sum is fixed by n). Thread i of the grid takes the 4-token chunks i, i + grid threads, ...;
+// a chunk is read and written with 16-byte accesses when every buffer is 16-byte aligned (the
+// caching allocator's blocks are; the chunk starts at a multiple of 4 tokens), else, and for
+// the last n % 4 tokens, one value at a time. Advantages are per token (adv_per_token), or per
+// response: response r is tokens [r row_len, (r + 1) row_len) when row_len > 0 (equal lengths:
+// no offsets at all), else [offsets[r], offsets[r + 1]) found by a binary search at the
+// chunk's first token (offsets then has rows + 1 entries). The weights w_agg and w_pg are the
+// same for every token here (the launcher picks this kernel only then); partials gets one row
+// of GS_COUNT sums per block.
+#define GRPO_STREAM_CHUNKS 2
+#define GRPO_STREAM_MAX_BLOCKS 4096
+
+// The response holding token t: the last r with offsets[r] <= t (then t < offsets[r + 1], so
+// empty responses are skipped).
+__device__ __forceinline__ long long grpo_row_of(const long long* offsets, long long rows, long long t) {
+    long long lo = 0, hi = rows; // offsets[lo] <= t < offsets[hi]
+    while (hi - lo > 1) {
+        const long long mid = lo + ((hi - lo) >> 1);
+        if (offsets[mid] <= t) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+struct __align__(16) grpo_f4 {
+    float x, y, z, w;
+};
+struct __align__(4) grpo_u8x4 {
+    unsigned char x, y, z, w;
+};
+__device__ __forceinline__ void grpo_f4_split(grpo_f4 a, float* o) {
+    o[0] = a.x;
+    o[1] = a.y;
+    o[2] = a.z;
+    o[3] = a.w;
+}
+
+extern "C" __global__ void __launch_bounds__(256) grpo_loss_stream_f32(
+    float* dlogp, float* dentropy, double* partials, const float* logp, const float* logp_old,
+    const float* ref_logp, const float* entropy, const float* adv, int adv_per_token, const float* mask,
+    const float* pg_mask, const unsigned char* selected, const long long* offsets, long long rows,
+    long long row_len, long long n, GRPO_PRM_ARGS) {
+    SHARED(double, red, [GS_COUNT][32]);
+    const GrpoPrm p = GRPO_PRM_MAKE;
+    Resp rs = {};
+    rs.w_agg = token_weight(p.agg, 0.0, p); // the active count is not read by these weights
+    rs.w_pg = token_weight(p.pg_agg, 0.0, p);
+    const bool has_ent = entropy != nullptr;
+    const unsigned long long addr = (unsigned long long)dlogp | (unsigned long long)logp |
+                                    (unsigned long long)logp_old | (unsigned long long)mask |
+                                    (unsigned long long)(dentropy ? dentropy : dlogp) |
+                                    (unsigned long long)(ref_logp ? ref_logp : logp) |
+                                    (unsigned long long)(entropy ? entropy : logp) |
+                                    (unsigned long long)(pg_mask ? pg_mask : logp) |
+                                    (unsigned long long)(adv_per_token ? adv : logp);
+    const bool vec = (addr & 15) == 0 && ((unsigned long long)selected & 3) == 0;
+    double st[GS_COUNT];
+    for (int k = 0; k < GS_COUNT; k++) st[k] = 0.0;
+    const long long chunks = (n + 3) >> 2, stride = (long long)gridDim.x * blockDim.x;
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
+        const long long t0 = c << 2;
+        const int cnt = n - t0 < 4 ? (int)(n - t0) : 4;
+        float lp[4] = {}, old[4] = {}, mk[4] = {}, rf[4] = {}, en[4] = {}, pm[4] = {1.f, 1.f, 1.f, 1.f}, av[4] = {};
+        unsigned char sel[4] = {};
+        if (vec && cnt == 4) {
+            grpo_f4_split(reinterpret_cast<const grpo_f4*>(logp)[c], lp);
+            grpo_f4_split(reinterpret_cast<const grpo_f4*>(logp_old)[c], old);
+            grpo_f4_split(reinterpret_cast<const grpo_f4*>(mask)[c], mk);
+            if (ref_logp) grpo_f4_split(reinterpret_cast<const grpo_f4*>(ref_logp)[c], rf);
+            if (entropy) grpo_f4_split(reinterpret_cast<const grpo_f4*>(entropy)[c], en);
+            if (pg_mask) grpo_f4_split(reinterpret_cast<const grpo_f4*>(pg_mask)[c], pm);
+            if (adv_per_token) grpo_f4_split(reinterpret_cast<const grpo_f4*>(adv)[c], av);
+            if (selected) {
+                const grpo_u8x4 s4 = reinterpret_cast<const grpo_u8x4*>(selected)[c];
+                sel[0] = s4.x;
+                sel[1] = s4.y;
+                sel[2] = s4.z;
+                sel[3] = s4.w;
+            }
+        } else {
+            // Constant indices after unrolling keep the chunk in registers (a loop to `cnt`
+            // would put these arrays in local memory).
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                if (k >= cnt) break;
+                const long long t = t0 + k;
+                lp[k] = logp[t];
+                old[k] = logp_old[t];
+                mk[k] = mask[t];
+                if (ref_logp) rf[k] = ref_logp[t];
+                if (entropy) en[k] = entropy[t];
+                if (pg_mask) pm[k] = pg_mask[t];
+                if (adv_per_token) av[k] = adv[t];
+                if (selected) sel[k] = selected[t];
+            }
+        }
+        if (!adv_per_token) {
+            // Per-response advantages: the response of each token (a handful of cached reads).
+            if (row_len > 0) {
+                long long r = t0 / row_len; // one division a chunk, then steps
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    if (k >= cnt) break;
+                    if (t0 + k >= (r + 1) * row_len) r++; // the next token is at most one row on
+                    av[k] = adv[r];
+                }
+            } else {
+                long long r = grpo_row_of(offsets, rows, t0);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    if (k >= cnt) break;
+                    while (offsets[r + 1] <= t0 + k) r++; // past empty rows
+                    av[k] = adv[r];
+                }
+            }
+        }
+        float g4[4] = {}, d4[4] = {};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (k >= cnt) break;
+            const GrpoTok v = {mk[k], lp[k], old[k], rf[k], en[k], av[k], pm[k], sel[k] != 0};
+            double dent, s1 = 0.0, s2 = 0.0;
+            g4[k] = (float)grpo_token(v, has_ent, p, rs, st, &s1, &s2, &dent);
+            d4[k] = (float)dent;
+        }
+        if (vec && cnt == 4) {
+            reinterpret_cast<grpo_f4*>(dlogp)[c] = {g4[0], g4[1], g4[2], g4[3]};
+            if (dentropy) reinterpret_cast<grpo_f4*>(dentropy)[c] = {d4[0], d4[1], d4[2], d4[3]};
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                if (k >= cnt) break;
+                dlogp[t0 + k] = g4[k];
+                if (dentropy) dentropy[t0 + k] = d4[k];
+            }
+        }
+    }
+    block_sum_vec<GS_COUNT>(st, red);
+    if (threadIdx.x == 0)
+        for (int k = 0; k < GS_COUNT; k++) partials[(long long)blockIdx.x * GS_COUNT + k] = st[k];
+}
+
+// Column sums of a row-major [rows, cols] f64 matrix in a fixed order: block c (of `cols`
+// blocks, any multiple of 32 threads) writes out[c] = sum_r m[r, c], thread i summing rows
+// i, i + blockDim, ... and then a fixed tree. Used for the partial-sum rows of the loss and
+// of the advantages.
 extern "C" __global__ void __launch_bounds__(256) reduce_rows_f64(const double* m, long long rows, int cols, double* out) {
     SHARED(double, scratch, [32]);
-    for (int c = 0; c < cols; c++) {
-        double s = 0.0;
-        for (long long i = threadIdx.x; i < rows; i += blockDim.x) s += m[i * cols + c];
-        s = block_sum_d(s, scratch);
-        if (threadIdx.x == 0) out[c] = s;
-    }
+    const int c = blockIdx.x;
+    double s = 0.0;
+    for (long long i = threadIdx.x; i < rows; i += blockDim.x) s += m[i * cols + c];
+    s = block_sum_d(s, scratch);
+    if (threadIdx.x == 0) out[c] = s;
 }

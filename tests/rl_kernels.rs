@@ -47,8 +47,13 @@ fn batch(seed: u64) -> Batch {
             lens.push(r.gen_range(0..40usize));
         }
     }
+    batch_of(&mut r, &lens)
+}
+
+/// A batch of responses with these lengths, its values drawn from `r` as `batch` draws them.
+fn batch_of(r: &mut rand_chacha::ChaCha8Rng, lens: &[usize]) -> Batch {
     let mut offsets = vec![0usize];
-    for l in &lens {
+    for l in lens {
         offsets.push(offsets.last().unwrap() + l);
     }
     let n = *offsets.last().unwrap();
@@ -382,6 +387,52 @@ fn grpo_loss_split_invariant<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
+/// The shapes of the two loss kernels: responses all of one length (no offsets: 1, 2, 3 and
+/// 5 tokens are shorter than or straddle the streaming kernel's 4-token chunks), and batches
+/// of several streaming blocks (2,048 tokens a block) with ragged lengths, empty and fully
+/// masked responses and a partial last block, so that chunks straddle responses and blocks
+/// end mid-response. The token-level losses take the streaming kernel, GSPO, GMPO and
+/// seq-mean-token-mean the per-response one; both meet equal and ragged lengths.
+fn grpo_loss_stream_shapes<D: Device>(b: &CudaBackend<D>) {
+    let mut r = rng(14);
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        [1usize, 2, 3, 5, 8].iter().map(|&l| (format!("7 x {l} tokens"), vec![l; 7])).collect();
+    // Runs of empty and 1-3 token responses, so that chunks step over empty ones.
+    let ragged: Vec<usize> = (0..170)
+        .map(|i| match i % 6 {
+            0 | 1 => 0,
+            2 => r.gen_range(1..4),
+            _ => r.gen_range(1..80),
+        })
+        .collect();
+    shapes.push(("ragged, several blocks".into(), ragged));
+    shapes.push(("150 x 37 tokens, several blocks".into(), vec![37; 150]));
+    let cases = [
+        (PolicyLoss::Vanilla, Aggregation::TokenMean, Convention::Mmr1),
+        (PolicyLoss::ClipCov, Aggregation::SeqMeanTokenSum, Convention::Verl),
+        (PolicyLoss::Sapo, Aggregation::TokenSum, Convention::Trl),
+        (PolicyLoss::KlCov, Aggregation::SeqMeanTokenSumNorm, Convention::Mmr1),
+        (PolicyLoss::Gspo, Aggregation::SeqMeanTokenMean, Convention::Verl),
+        (PolicyLoss::GeoMean, Aggregation::TokenMean, Convention::Trl),
+        (PolicyLoss::Cispo, Aggregation::SeqMeanTokenMean, Convention::Trl),
+    ];
+    for (k, (what, lens)) in shapes.iter().enumerate() {
+        let bt = batch_of(&mut r, lens);
+        for (j, &(policy, agg, conv)) in cases.iter().enumerate() {
+            let x = Extras {
+                kl: Some(KLS[(k + j) % 7]),
+                ratio_weighted_kl: j == 4,
+                entropy: (k + j).is_multiple_of(2),
+                pg_mask: j == 1,
+                per_token_adv: (k + j) % 3 == 2,
+                trl_delta: j == 2,
+            };
+            let cfg = config(policy, agg, conv, x);
+            check_case(b, &bt, &cfg, x, &format!("{what}: {policy:?}/{agg:?}/{conv:?}"));
+        }
+    }
+}
+
 /// No responses, and responses with no tokens: nothing written, a zero loss.
 fn grpo_loss_empty<D: Device>(b: &CudaBackend<D>) {
     let cfg = LossConfig::verl();
@@ -429,11 +480,17 @@ fn adv_batch(seed: u64) -> (Vec<f32>, Vec<usize>, Vec<usize>) {
     (rewards, offsets, lengths)
 }
 
-fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
+/// Every estimator x scaling x convention on one batch of groups, against `advantages_f64`.
+fn adv_every_mode<D: Device>(
+    b: &CudaBackend<D>,
+    rewards: &[f32],
+    offsets: &[usize],
+    lengths: &[usize],
+    label: &str,
+) {
     use mmr1_fast::rl::advantage::{advantages_f64, AdvEstimator, AdvantageConfig, ScaleRewards};
-    let (rewards, offsets, lengths) = adv_batch(21);
     let r64: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
-    let d_r = b.upload(&rewards);
+    let d_r = b.upload(rewards);
     for est in [
         AdvEstimator::Grpo,
         AdvEstimator::Rloo,
@@ -443,10 +500,10 @@ fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
         for scale in [ScaleRewards::Group, ScaleRewards::Batch, ScaleRewards::None] {
             for base in [AdvantageConfig::verl(), AdvantageConfig::trl()] {
                 let cfg = AdvantageConfig { estimator: est, scale, ..base };
-                let what = format!("{est:?}/{scale:?}/{:?}", cfg.convention);
-                let (want, ws) = advantages_f64(&r64, &offsets, Some(&lengths), &cfg);
+                let what = format!("{label}{est:?}/{scale:?}/{:?}", cfg.convention);
+                let (want, ws) = advantages_f64(&r64, offsets, Some(lengths), &cfg);
                 let mut adv = poisoned(b, rewards.len());
-                let gs = b.group_advantages(&d_r, &offsets, Some(&lengths), &cfg, &mut adv);
+                let gs = b.group_advantages(&d_r, offsets, Some(lengths), &cfg, &mut adv);
                 // f64 throughout; group sums in another order move a value by ~1e-16
                 // relative, so the f32 results may differ by one rounding step. Constant
                 // groups centre to ~1e-17 (a mean that is not exact in binary), which std
@@ -474,6 +531,12 @@ fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
             }
         }
     }
+}
+
+fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::rl::advantage::{advantages_f64, AdvantageConfig};
+    let (rewards, offsets, lengths) = adv_batch(21);
+    adv_every_mode(b, &rewards, &offsets, &lengths, "");
     // No rewards at all, and one singleton.
     for (rw, off) in [(vec![], vec![0usize]), (vec![0.7f32], vec![0, 1])] {
         let cfg = AdvantageConfig::verl();
@@ -485,6 +548,40 @@ fn group_advantages_every_mode<D: Device>(b: &CudaBackend<D>) {
         assert_eq!(got.len(), want.len());
         assert!(got.iter().zip(&want).all(|(g, w)| (*g as f64 - w).abs() < 1e-7));
         assert_eq!(gs, ws);
+    }
+}
+
+/// Groups all of one size (no offsets: 1, 2, 3, 5, 8, 16, 32 and 40 rewards, the last past a
+/// warp so that lanes loop), enough of them for several blocks (256 / lanes-per-group groups
+/// a block), and ragged groups past a warp (33, 70) beside small ones: the segment widths of
+/// `group_adv_seg_f32`, every estimator and scaling.
+fn group_advantages_segment_widths<D: Device>(b: &CudaBackend<D>) {
+    let mut r = rng(23);
+    let mut cases: Vec<(usize, Vec<usize>)> = [1usize, 2, 3, 5, 8, 16, 32, 40]
+        .iter()
+        .map(|&g| {
+            let groups = (600 / g).max(12);
+            (g, (0..=groups).map(|i| i * g).collect())
+        })
+        .collect();
+    let mut ragged = vec![0usize];
+    for g in [33usize, 1, 70, 0, 8, 2, 33, 5] {
+        ragged.push(ragged.last().unwrap() + g);
+    }
+    cases.push((0, ragged));
+    for (g, offsets) in cases {
+        let n = *offsets.last().unwrap();
+        // Binary rewards with a few constant groups, and shaped ones.
+        let rewards: Vec<f32> = (0..n)
+            .map(|i| match (i / g.max(1)) % 5 {
+                0 => 1.0,
+                1 | 2 => r.gen_range(0..2) as f32,
+                _ => r.gen_range(-1.5f32..2.5),
+            })
+            .collect();
+        let lengths: Vec<usize> = (0..n).map(|_| r.gen_range(0..50usize)).collect();
+        let label = if g > 0 { format!("groups of {g}: ") } else { "ragged past a warp: ".into() };
+        adv_every_mode(b, &rewards, &offsets, &lengths, &label);
     }
 }
 
@@ -837,10 +934,75 @@ backend_suite!(
     grpo_loss_every_mode,
     grpo_loss_every_kl,
     grpo_loss_split_invariant,
+    grpo_loss_stream_shapes,
     grpo_loss_empty,
     group_advantages_every_mode,
+    group_advantages_segment_widths,
     group_advantage_batch_stats_across_blocks,
     vas_scores_match_cpu,
     rl_ops_cpu_and_device_agree,
     chunked_head
 );
+
+/// The launches of a call, by kernel (emulator profile): a token-level loss is the streaming
+/// kernel and the fold; a sequence-level one the per-response kernel and the fold; GRPO
+/// advantages with group scaling are one segmented launch and its fold, batch scaling two of
+/// each (the statistics first).
+#[cfg(feature = "emu")]
+#[test]
+fn launches_per_call() {
+    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+    use mmr1_fast::backend::profile::since;
+    use mmr1_fast::rl::advantage::{AdvantageConfig, ScaleRewards};
+    let b =
+        CudaBackend::with_device(EmuDevice::with_schedules(&[Schedule::Forward]).with_profile());
+    let launches = |f: &mut dyn FnMut()| {
+        let before = b.kernel_profile();
+        f();
+        let mut v: Vec<(String, u64)> =
+            since(&before, &b.kernel_profile()).into_iter().map(|k| (k.name, k.calls)).collect();
+        v.retain(|(name, _)| name != "fill_f32"); // the poisoned outputs of the test itself
+        v.sort();
+        v
+    };
+    let named = |v: &[(&str, u64)]| v.iter().map(|(n, c)| (n.to_string(), *c)).collect::<Vec<_>>();
+    let bt = batch_of(&mut rng(15), &[9; 6]);
+    let x = Extras {
+        kl: Some(KlEstimator::K3),
+        ratio_weighted_kl: false,
+        entropy: true,
+        pg_mask: false,
+        per_token_adv: false,
+        trl_delta: false,
+    };
+    let norm = Normalizer::count(&bt.mask, &bt.offsets, 9);
+    let rows = bt.offsets.len() - 1;
+    let token_level = config(PolicyLoss::Vanilla, Aggregation::TokenMean, Convention::Mmr1, x);
+    assert_eq!(
+        launches(&mut || {
+            device_loss(&b, &bt, 0..rows, &token_level, norm, x);
+        }),
+        named(&[("grpo_loss_stream_f32", 1), ("reduce_rows_f64", 1)])
+    );
+    let seq_level = config(PolicyLoss::Gspo, Aggregation::TokenMean, Convention::Verl, x);
+    assert_eq!(
+        launches(&mut || {
+            device_loss(&b, &bt, 0..rows, &seq_level, norm, x);
+        }),
+        named(&[("grpo_loss_f32", 1), ("reduce_rows_f64", 1)])
+    );
+    let rw: Vec<f32> = (0..64).map(|i| (i % 3) as f32).collect();
+    let d_rw = b.upload(&rw);
+    let offsets: Vec<usize> = (0..=8).map(|g| 8 * g).collect();
+    let mut adv = b.zeros(rw.len());
+    for (scale, passes) in [(ScaleRewards::Group, 1), (ScaleRewards::Batch, 2)] {
+        let cfg = AdvantageConfig { scale, ..AdvantageConfig::verl() };
+        assert_eq!(
+            launches(&mut || {
+                b.group_advantages(&d_rw, &offsets, None, &cfg, &mut adv);
+            }),
+            named(&[("adv_fold_f64", passes), ("group_adv_seg_f32", passes)]),
+            "{scale:?}"
+        );
+    }
+}

@@ -88,6 +88,7 @@ pub enum Arg<'a, M> {
     U32(u32),
     I64(i64),
     F32(f32),
+    F64(f64),
 }
 
 /// A device that can hold memory and run the kernels of `kernels/`.

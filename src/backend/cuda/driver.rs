@@ -454,6 +454,7 @@ impl Device for CudaDevice {
                 Arg::U32(v) => b.arg(v),
                 Arg::I64(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
+                Arg::F64(v) => b.arg(v),
             };
         }
         let cfg = LaunchConfig {

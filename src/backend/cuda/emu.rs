@@ -329,6 +329,7 @@ impl EmuDevice {
                 Arg::U32(v) => *v as u64,
                 Arg::I64(v) => *v as u64,
                 Arg::F32(v) => v.to_bits() as u64,
+                Arg::F64(v) => v.to_bits(),
             })
             .collect();
         let cname = CString::new(name).unwrap();

@@ -15,42 +15,25 @@
 //! `pg_mask`. GSPO's sequence ratio and GMPO's geometric mean are per-response reductions and
 //! run inside the kernel.
 
-use super::{buf_len, offsets_i64};
+use super::buf_len;
 use crate::backend::cuda::device::{Arg, Device};
 use crate::backend::cuda::{CudaBackend, DevBuf};
 use crate::backend::rl_ops::{AdvBuf, LossBufs, LossSummary};
 use crate::rl::advantage::Convention;
 use crate::rl::grpo::{Aggregation, KlEstimator, LossConfig, LossMetrics, Normalizer, PolicyLoss};
 
-/// Threads per response block (GRPO_THREADS in the kernel).
+/// Threads per block of both kernels (GRPO_THREADS in the kernel).
 const THREADS: u32 = 256;
+/// 4-token chunks per thread of the streaming kernel at full grid (GRPO_STREAM_CHUNKS), and
+/// its largest grid (GRPO_STREAM_MAX_BLOCKS); past that, threads take more chunks.
+const STREAM_CHUNKS: usize = 2;
+const STREAM_MAX_BLOCKS: usize = 4096;
 
-// Slots of the parameter array: kernels/grpo_loss.cu `GrpoParam`, in order.
-const GP_POLICY: usize = 0;
-const GP_EPS_LOW: usize = 1;
-const GP_EPS_HIGH: usize = 2;
-const GP_DUAL_C: usize = 3;
-const GP_TRL_DELTA: usize = 4;
-const GP_HAS_KL: usize = 5;
-const GP_KL_EST: usize = 6;
-const GP_BETA: usize = 7;
-const GP_KL_RATIO_W: usize = 8;
-const GP_ENT_COEF: usize = 9;
-const GP_CONV: usize = 10;
-const GP_LR_CLAMP: usize = 11;
-const GP_K3_INNER: usize = 12;
-const GP_K3_VALUE: usize = 13;
-const GP_GSPO_CAP: usize = 14;
-const GP_TAU_POS: usize = 15;
-const GP_TAU_NEG: usize = 16;
-const GP_PPO_KL_COEF: usize = 17;
-const GP_AGG: usize = 18;
-const GP_PG_AGG: usize = 19;
-const GP_N_TOKENS: usize = 20;
-const GP_N_SEQS: usize = 21;
-const GP_N_ROWS: usize = 22;
-const GP_L_MAX: usize = 23;
-const GP_COUNT: usize = 24;
+/// Blocks of `grpo_loss_stream_f32` for `n` tokens: a function of `n` alone, so the order
+/// of every sum is too.
+fn stream_blocks(n: usize) -> usize {
+    n.div_ceil(4).div_ceil(THREADS as usize * STREAM_CHUNKS).clamp(1, STREAM_MAX_BLOCKS)
+}
 
 // Columns of the per-response partials: kernels/grpo_loss.cu `GrpoStat`.
 const GS_PG_LOSS: usize = 0;
@@ -67,8 +50,8 @@ const GS_RATIO: usize = 10;
 const GS_ENT: usize = 11;
 const GS_COUNT: usize = 12;
 
-fn policy_code(p: PolicyLoss) -> f64 {
-    (match p {
+fn policy_code(p: PolicyLoss) -> i32 {
+    match p {
         PolicyLoss::Vanilla => 0,
         PolicyLoss::Gspo => 1,
         PolicyLoss::Gpg => 2,
@@ -77,10 +60,10 @@ fn policy_code(p: PolicyLoss) -> f64 {
         PolicyLoss::GeoMean => 5,
         PolicyLoss::Cispo => 6,
         PolicyLoss::Sapo => 7,
-    }) as f64
+    }
 }
-fn kl_code(e: KlEstimator) -> f64 {
-    (match e {
+fn kl_code(e: KlEstimator) -> i32 {
+    match e {
         KlEstimator::K1 => 0,
         KlEstimator::Abs => 1,
         KlEstimator::K2 => 2,
@@ -88,55 +71,67 @@ fn kl_code(e: KlEstimator) -> f64 {
         KlEstimator::K1Plus => 4,
         KlEstimator::AbsPlus => 5,
         KlEstimator::K3Plus => 6,
-    }) as f64
+    }
 }
-fn agg_code(a: Aggregation) -> f64 {
-    (match a {
+fn agg_code(a: Aggregation) -> i32 {
+    match a {
         Aggregation::TokenMean => 0,
         Aggregation::TokenSum => 1,
         Aggregation::SeqMeanTokenSum => 2,
         Aggregation::SeqMeanTokenMean => 3,
         Aggregation::SeqMeanTokenSumNorm => 4,
-    }) as f64
+    }
 }
-fn conv_code(c: Convention) -> f64 {
-    (match c {
+fn conv_code(c: Convention) -> i32 {
+    match c {
         Convention::Mmr1 => 0,
         Convention::Verl => 1,
         Convention::Trl => 2,
-    }) as f64
+    }
 }
 
-/// The kernel's parameter array. An unset option is +inf: every comparison it appears in is
-/// then false, which is the formula without it.
-fn params(cfg: &LossConfig, norm: &Normalizer) -> [f64; GP_COUNT] {
-    let unset = |o: Option<f64>| o.unwrap_or(f64::INFINITY);
-    let mut p = [0f64; GP_COUNT];
-    p[GP_POLICY] = policy_code(cfg.policy);
-    p[GP_EPS_LOW] = cfg.clip_eps_low;
-    p[GP_EPS_HIGH] = cfg.clip_eps_high;
-    p[GP_DUAL_C] = unset(cfg.dual_clip_c);
-    p[GP_TRL_DELTA] = unset(cfg.trl_delta);
-    p[GP_HAS_KL] = cfg.kl.is_some() as u8 as f64;
-    p[GP_KL_EST] = cfg.kl.map_or(0.0, |k| kl_code(k.estimator));
-    p[GP_BETA] = cfg.kl.map_or(0.0, |k| k.coef);
-    p[GP_KL_RATIO_W] = cfg.kl_ratio_weighted as u8 as f64;
-    p[GP_ENT_COEF] = cfg.entropy_coef;
-    p[GP_CONV] = conv_code(cfg.convention);
-    p[GP_LR_CLAMP] = unset(cfg.log_ratio_clamp);
-    p[GP_K3_INNER] = unset(cfg.k3_inner_clamp);
-    p[GP_K3_VALUE] = unset(cfg.k3_clamp);
-    p[GP_GSPO_CAP] = unset(cfg.gspo_log_ratio_cap);
-    p[GP_TAU_POS] = cfg.sapo_tau_pos;
-    p[GP_TAU_NEG] = cfg.sapo_tau_neg;
-    p[GP_PPO_KL_COEF] = cfg.cov.ppo_kl_coef;
-    p[GP_AGG] = agg_code(cfg.agg);
-    p[GP_PG_AGG] = agg_code(cfg.pg_aggregation());
-    p[GP_N_TOKENS] = norm.global_tokens;
-    p[GP_N_SEQS] = norm.global_seqs;
-    p[GP_N_ROWS] = norm.global_rows;
-    p[GP_L_MAX] = norm.max_response_len;
-    p
+/// Whether the streaming kernel computes this loss: every token's terms depend only on the
+/// token and its advantage (not GSPO's or GMPO's sequence terms, nor a token weight that
+/// divides by the response's active count).
+fn streams(cfg: &LossConfig) -> bool {
+    !matches!(cfg.policy, PolicyLoss::Gspo | PolicyLoss::GeoMean)
+        && cfg.agg != Aggregation::SeqMeanTokenMean
+        && cfg.pg_aggregation() != Aggregation::SeqMeanTokenMean
+}
+
+/// The options as the kernels take them (GRPO_PRM_ARGS in kernels/grpo_loss.cu): the codes
+/// packed into one int, then the numbers. An unset option is +inf: every comparison it
+/// appears in is then false, which is the formula without it. Kernel arguments rather than an
+/// uploaded array, so that a call moves nothing to the device but what it launches.
+fn prm_args<'a, M>(cfg: &LossConfig, norm: &Normalizer) -> [Arg<'a, M>; 18] {
+    let unset = |o: Option<f64>| Arg::F64(o.unwrap_or(f64::INFINITY));
+    let modes = policy_code(cfg.policy)
+        | cfg.kl.map_or(0, |k| kl_code(k.estimator)) << 4
+        | conv_code(cfg.convention) << 8
+        | agg_code(cfg.agg) << 10
+        | agg_code(cfg.pg_aggregation()) << 13
+        | (cfg.kl.is_some() as i32) << 16
+        | (cfg.kl_ratio_weighted as i32) << 17;
+    [
+        Arg::I32(modes),
+        Arg::F64(cfg.clip_eps_low),
+        Arg::F64(cfg.clip_eps_high),
+        unset(cfg.dual_clip_c),
+        unset(cfg.trl_delta),
+        Arg::F64(cfg.kl.map_or(0.0, |k| k.coef)),
+        Arg::F64(cfg.entropy_coef),
+        unset(cfg.log_ratio_clamp),
+        unset(cfg.k3_inner_clamp),
+        unset(cfg.k3_clamp),
+        unset(cfg.gspo_log_ratio_cap),
+        Arg::F64(cfg.sapo_tau_pos),
+        Arg::F64(cfg.sapo_tau_neg),
+        Arg::F64(cfg.cov.ppo_kl_coef),
+        Arg::F64(norm.global_tokens),
+        Arg::F64(norm.global_seqs),
+        Arg::F64(norm.global_rows),
+        Arg::F64(norm.max_response_len),
+    ]
 }
 
 fn opt<M>(b: Option<&DevBuf<M>>) -> Arg<'_, M> {
@@ -183,7 +178,6 @@ impl<D: Device> CudaBackend<D> {
     ) -> LossSummary {
         let n = buf_len(inputs.logp);
         let rows = inputs.offsets.len().saturating_sub(1);
-        let offsets = offsets_i64(inputs.offsets, n, "grpo_loss");
         assert_eq!(buf_len(inputs.logp_old), n, "logp_old length");
         assert_eq!(buf_len(inputs.mask), n, "mask length");
         assert_eq!(buf_len(dlogp), n, "dlogp length");
@@ -222,7 +216,12 @@ impl<D: Device> CudaBackend<D> {
             let s =
                 inputs.selected.expect("clip_cov / kl_cov need inputs.selected (cov_selection)");
             assert_eq!(s.len(), n, "selected length");
-            Some(self.dev.upload(&s.iter().map(|&b| b as u8).collect::<Vec<u8>>()))
+            // bool is one byte holding 0 or 1: uploaded as it is held, no converted copy.
+            Some(self.dev.upload(bytemuck::cast_slice::<bool, u8>(if s.is_empty() {
+                &[false]
+            } else {
+                s
+            })))
         } else {
             None
         };
@@ -231,38 +230,41 @@ impl<D: Device> CudaBackend<D> {
         }
         let has_entropy = inputs.entropy.is_some();
         if rows == 0 {
+            assert_eq!(inputs.offsets, [0], "grpo_loss: offsets must start at 0");
+            assert_eq!(n, 0, "grpo_loss: offsets must end at the element count");
             return LossSummary { loss: 0.0, metrics: metrics(&[0.0; GS_COUNT], has_entropy) };
         }
-        let prm = self.upload_f64(&params(cfg, &norm));
-        let d_off = self.upload_i64(&offsets);
-        let partials = self.dev.alloc(rows * GS_COUNT * 8);
-        let dent_arg = match &dentropy {
-            Some(d) => Arg::Ptr(&d.mem),
-            None => Arg::Null,
+        let seg = self.segments(inputs.offsets, n, "grpo_loss");
+        let (name, blocks) = if streams(cfg) {
+            ("grpo_loss_stream_f32", stream_blocks(n))
+        } else {
+            ("grpo_loss_f32", rows)
         };
-        self.dev.launch(
-            "grpo_loss_f32",
-            [rows as u32, 1, 1],
-            [THREADS, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&dlogp.mem),
-                dent_arg,
-                Arg::Ptr(&partials),
-                Arg::Ptr(&inputs.logp.mem),
-                Arg::Ptr(&inputs.logp_old.mem),
-                opt(inputs.ref_logp.filter(|_| cfg.kl.is_some())),
-                opt(inputs.entropy),
-                Arg::Ptr(&adv.mem),
-                Arg::I32(per_token),
-                Arg::Ptr(&inputs.mask.mem),
-                opt(inputs.pg_mask),
-                selected.as_ref().map_or(Arg::Null, Arg::Ptr),
-                Arg::Ptr(&d_off),
-                Arg::Ptr(&prm),
-            ],
-        );
-        let s = self.reduce_rows_f64(&partials, rows, GS_COUNT);
+        let partials = self.dev.alloc(blocks * GS_COUNT * 8);
+        // Both kernels: the buffers, then their shape, then the options.
+        let mut args = vec![
+            Arg::Ptr(&dlogp.mem),
+            dentropy.as_ref().map_or(Arg::Null, |d| Arg::Ptr(&d.mem)),
+            Arg::Ptr(&partials),
+            Arg::Ptr(&inputs.logp.mem),
+            Arg::Ptr(&inputs.logp_old.mem),
+            opt(inputs.ref_logp.filter(|_| cfg.kl.is_some())),
+            opt(inputs.entropy),
+            Arg::Ptr(&adv.mem),
+            Arg::I32(per_token),
+            Arg::Ptr(&inputs.mask.mem),
+            opt(inputs.pg_mask),
+            selected.as_ref().map_or(Arg::Null, Arg::Ptr),
+            seg.offsets_arg(),
+        ];
+        if name == "grpo_loss_stream_f32" {
+            args.extend([Arg::I64(rows as i64), Arg::I64(seg.len_arg()), Arg::I64(n as i64)]);
+        } else {
+            args.push(Arg::I64(seg.len_arg()));
+        }
+        args.extend(prm_args(cfg, &norm));
+        self.dev.launch(name, [blocks as u32, 1, 1], [THREADS, 1, 1], 0, &args);
+        let s = self.reduce_rows_f64(&partials, blocks, GS_COUNT);
         let m = metrics(&s, has_entropy);
         LossSummary { loss: m.pg_loss + m.kl_loss + m.entropy_loss, metrics: m }
     }

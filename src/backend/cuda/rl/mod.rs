@@ -13,7 +13,7 @@ pub mod grpo_loss;
 pub mod sample;
 pub mod vas_score;
 
-use super::device::Device;
+use super::device::{Arg, Device};
 use super::{CudaBackend, DevBuf};
 use crate::backend::rl_ops::{LossBufs, LossSummary, RlOps, RolloutBatch};
 use crate::rl::advantage::{AdvantageConfig, GroupStats};
@@ -78,25 +78,17 @@ impl<D: Device> RlOps for CudaBackend<D> {
 
 impl<D: Device> CudaBackend<D> {
     /// `out[c] = sum_r m[r, c]` of a row-major [rows, cols] f64 matrix in device memory, in a
-    /// fixed order (one block), downloaded.
+    /// fixed order (a block per column), downloaded.
     fn reduce_rows_f64(&self, m: &D::Mem, rows: usize, cols: usize) -> Vec<f64> {
         let out = self.dev.alloc(cols.max(1) * 8);
         self.dev.launch(
             "reduce_rows_f64",
-            [1, 1, 1],
+            [cols as u32, 1, 1],
             [256, 1, 1],
             0,
-            &[
-                super::device::Arg::Ptr(m),
-                super::device::Arg::I64(rows as i64),
-                super::device::Arg::I32(cols as i32),
-                super::device::Arg::Ptr(&out),
-            ],
+            &[Arg::Ptr(m), Arg::I64(rows as i64), Arg::I32(cols as i32), Arg::Ptr(&out)],
         );
         f64s(&self.dev.download(&out, cols * 8))
-    }
-    fn upload_f64(&self, v: &[f64]) -> D::Mem {
-        self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0f64] } else { v }))
     }
     fn upload_i64(&self, v: &[i64]) -> D::Mem {
         self.dev.upload(bytemuck::cast_slice(if v.is_empty() { &[0i64] } else { v }))
@@ -106,6 +98,63 @@ impl<D: Device> CudaBackend<D> {
 /// Little-endian bytes to f64 values.
 fn f64s(bytes: &[u8]) -> Vec<f64> {
     bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// How a kernel finds the segments (responses, groups) of a flat buffer: all of one length
+/// (the kernel computes the bounds; nothing is uploaded), or the offsets themselves.
+pub(crate) enum Segments<M> {
+    /// Every segment has this many elements (> 0).
+    Uniform(usize),
+    /// `segments + 1` offsets (i64) in device memory.
+    Ragged(M),
+}
+
+impl<M> Segments<M> {
+    /// The `row_len` argument of the kernels: the common length, or 0 for "read the offsets".
+    fn len_arg(&self) -> i64 {
+        match self {
+            Segments::Uniform(l) => *l as i64,
+            Segments::Ragged(_) => 0,
+        }
+    }
+    fn offsets_arg(&self) -> Arg<'_, M> {
+        match self {
+            Segments::Uniform(_) => Arg::Null,
+            Segments::Ragged(m) => Arg::Ptr(m),
+        }
+    }
+}
+
+// Offsets go to the device as the host holds them: usize is the kernels' i64 on every target
+// this crate builds for (checked here), so no converted copy is built per call.
+const _: () = assert!(std::mem::size_of::<usize>() == 8);
+
+impl<D: Device> CudaBackend<D> {
+    /// The segments of `offsets` over `n` elements, checked like the CPU code checks them
+    /// (start at 0, end at `n`, non-decreasing; `what` names the call in the panic). Equal
+    /// lengths are found in the same pass and upload nothing; ragged offsets are uploaded
+    /// as they are. Needs at least one segment.
+    pub(crate) fn segments(&self, offsets: &[usize], n: usize, what: &str) -> Segments<D::Mem> {
+        assert!(!offsets.is_empty() && offsets[0] == 0, "{what}: offsets must start at 0");
+        assert_eq!(*offsets.last().unwrap(), n, "{what}: offsets must end at the element count");
+        let step = offsets.get(1).map_or(0, |&o| o);
+        // offsets[i] == i step for all i, in blocks without an early exit inside, which the
+        // compiler vectorizes: this pass is the only host work per segment (131,072 groups:
+        // a few us).
+        const BLOCK: usize = 256;
+        let uniform = step > 0
+            && offsets.chunks(BLOCK).enumerate().all(|(c, ch)| {
+                let base = c * BLOCK;
+                ch.iter()
+                    .enumerate()
+                    .fold(true, |ok, (i, &o)| ok & (o == (base + i).wrapping_mul(step)))
+            });
+        if uniform {
+            return Segments::Uniform(step);
+        }
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{what}: offsets must be non-decreasing");
+        Segments::Ragged(self.dev.upload(bytemuck::cast_slice(offsets)))
+    }
 }
 
 /// Offsets as the kernels read them (i64), checked like the CPU code checks them.
