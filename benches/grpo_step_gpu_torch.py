@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step_gpu_torch import ARCHS  # noqa: E402  (one table of the published shapes)
+from train_step_gpu_torch import ARCHS, qwen2_config  # noqa: E402  (one table of the published shapes)
 
 TEMPERATURE, CLIP, KL_COEF = 0.6, 0.2, 0.01
 
@@ -47,12 +47,10 @@ def main():
     a = ap.parse_args()
     if a.steps < 2:
         sys.exit("--steps >= 2 (the first is a warm-up)")
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    d, i, l, h, kv, v, tied = ARCHS[a.arch]
-    cfg = Qwen2Config(vocab_size=v, hidden_size=d, intermediate_size=i, num_hidden_layers=a.layers or l,
-                      num_attention_heads=h, num_key_value_heads=kv, tie_word_embeddings=tied,
-                      rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768, use_cache=False)
+    cfg = qwen2_config(a.arch, a.layers)
+    v = cfg.vocab_size
     torch.manual_seed(0)
     dev = a.device
     cuda = dev.startswith("cuda")

@@ -35,6 +35,16 @@ ARCHS = {
 BF16_PEAK = 990e12  # H100 SXM dense bf16, as in gpu-check.sh
 
 
+def qwen2_config(arch, layers=None):
+    """transformers' Qwen2Config of a published shape (random weights are made from it)."""
+    from transformers import Qwen2Config
+
+    d, i, l, h, kv, v, tied = ARCHS[arch]
+    return Qwen2Config(vocab_size=v, hidden_size=d, intermediate_size=i, num_hidden_layers=layers or l,
+                       num_attention_heads=h, num_key_value_heads=kv, tie_word_embeddings=tied,
+                       rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768, use_cache=False)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="qwen2.5-0.5b", choices=sorted(ARCHS))
@@ -46,12 +56,10 @@ def main():
     ap.add_argument("--new", type=int, default=128, help="--mode decode: tokens generated per sequence")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script, no figures")
     a = ap.parse_args()
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    d, i, l, h, kv, v, tied = ARCHS[a.arch]
-    cfg = Qwen2Config(vocab_size=v, hidden_size=d, intermediate_size=i, num_hidden_layers=a.layers or l,
-                      num_attention_heads=h, num_key_value_heads=kv, tie_word_embeddings=tied,
-                      rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768, use_cache=False)
+    cfg = qwen2_config(a.arch, a.layers)
+    v = cfg.vocab_size
     torch.manual_seed(0)
     dev = a.device
     cuda = dev.startswith("cuda")

@@ -132,6 +132,18 @@ struct Extras {
     trl_delta: bool,
 }
 
+impl Extras {
+    /// The k3 KL term and the entropy term, nothing else (MMR1's loss plus an entropy bonus).
+    const K3_ENTROPY: Extras = Extras {
+        kl: Some(KlEstimator::K3),
+        ratio_weighted_kl: false,
+        entropy: true,
+        pg_mask: false,
+        per_token_adv: false,
+        trl_delta: false,
+    };
+}
+
 fn config(policy: PolicyLoss, agg: Aggregation, conv: Convention, x: Extras) -> LossConfig {
     let mut c = match conv {
         Convention::Mmr1 => LossConfig::mmr1(),
@@ -351,14 +363,7 @@ fn grpo_loss_split_invariant<D: Device>(b: &CudaBackend<D>) {
     let rows = bt.offsets.len() - 1;
     let norm = Normalizer::count(&bt.mask, &bt.offsets, 48);
     for policy in POLICIES {
-        let x = Extras {
-            kl: Some(KlEstimator::K3),
-            ratio_weighted_kl: policy == PolicyLoss::Gspo,
-            entropy: true,
-            pg_mask: false,
-            per_token_adv: false,
-            trl_delta: false,
-        };
+        let x = Extras { ratio_weighted_kl: policy == PolicyLoss::Gspo, ..Extras::K3_ENTROPY };
         let cfg = config(policy, Aggregation::SeqMeanTokenMean, Convention::Verl, x);
         let full = device_loss(b, &bt, 0..rows, &cfg, norm, x);
         let cuts = [0, 1, 5, 6, 17, rows];
@@ -743,14 +748,7 @@ fn rl_ops_cpu_and_device_agree<D: Device>(b: &CudaBackend<D>) {
     let bt = batch(41);
     let n = bt.logp.len();
     let norm = Normalizer::count(&bt.mask, &bt.offsets, 48);
-    let x = Extras {
-        kl: Some(KlEstimator::K3),
-        ratio_weighted_kl: false,
-        entropy: true,
-        pg_mask: false,
-        per_token_adv: false,
-        trl_delta: false,
-    };
+    let x = Extras::K3_ENTROPY;
     let cfg = config(PolicyLoss::Vanilla, Aggregation::TokenMean, Convention::Verl, x);
     let (mut dc, mut ec) = (vec![f32::NAN; n], vec![f32::NAN; n]);
     let cpu = Cpu.rl_loss(
@@ -967,14 +965,7 @@ fn launches_per_call() {
     };
     let named = |v: &[(&str, u64)]| v.iter().map(|(n, c)| (n.to_string(), *c)).collect::<Vec<_>>();
     let bt = batch_of(&mut rng(15), &[9; 6]);
-    let x = Extras {
-        kl: Some(KlEstimator::K3),
-        ratio_weighted_kl: false,
-        entropy: true,
-        pg_mask: false,
-        per_token_adv: false,
-        trl_delta: false,
-    };
+    let x = Extras::K3_ENTROPY;
     let norm = Normalizer::count(&bt.mask, &bt.offsets, 9);
     let rows = bt.offsets.len() - 1;
     let token_level = config(PolicyLoss::Vanilla, Aggregation::TokenMean, Convention::Mmr1, x);
