@@ -6,7 +6,9 @@
 # training steps at real
 # Qwen2.5 shapes (examples/device_step.rs) side by side with PyTorch + transformers doing the same
 # work in the same run (benches/train_step_gpu_torch.py: SDPA, bf16 autocast, fused AdamW):
-# step time, tokens/s, MFU, peak memory, the log-prob pass, the largest shape that trains; the
+# step time, tokens/s, MFU, peak memory, the log-prob pass, the largest shape that trains, rollout
+# decoding against HF generate, one whole GRPO step (examples/grpo_step.rs) against PyTorch + HF
+# generate doing the same work (benches/grpo_step_gpu_torch.py); the
 # kernel benches (bf16 cuBLAS GEMM at 4096^3 and the model's shapes, flash attention fwd/bwd/decode,
 # the f32 kernels) with PyTorch on the same GEMMs and attention; the RL kernels against PyTorch
 # eager (docs/rl-kernels-gpu.md); the built-in demo on the GPU; then compute-sanitizer (memcheck,
