@@ -100,6 +100,9 @@ fn row_move_errors<B: Backend>(b: &B) {
     assert!(msg.contains("rows[1] = 3 is out of range"), "{msg}");
     let msg = panics(&|| b.scatter_rows(&mut b.zeros(9), &[2, 0, 2], &b.upload(&[1.0; 9]), 3));
     assert!(msg.contains("row 2 is listed twice"), "{msg}");
+    // In order but repeated: the in-order fast path must still see the repeat.
+    let msg = panics(&|| b.scatter_rows(&mut b.zeros(9), &[0, 1, 1], &b.upload(&[1.0; 9]), 3));
+    assert!(msg.contains("row 1 is listed twice"), "{msg}");
     let msg = panics(&|| b.gather_rows(&mut b.zeros(6), &src, &[1, 2], 3));
     assert!(msg.contains("gather_rows src: rows[1] = 2 is out of range"), "{msg}");
     let msg = panics(&|| b.scatter_rows(&mut b.zeros(9), &[0, 1, 2], &src, 3));
