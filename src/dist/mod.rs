@@ -176,6 +176,14 @@ pub fn write_flat<B: Backend>(be: &B, bufs: &mut [B::Buf], start: usize, src: &B
     }
 }
 
+/// The piece `start .. start + n` of a flat vector of `total` values that a
+/// [`Collective::reduce_scatter_range`] call was given, or an error when it runs past the end
+/// (every implementation checks its arguments alike).
+pub fn piece_of(start: usize, n: usize, total: usize) -> Result<Range<usize>> {
+    anyhow::ensure!(start + n <= total, "reduce-scatter: values {start}..{} of {total}", start + n);
+    Ok(start..start + n)
+}
+
 /// The elements of `rank`'s block `shard(total, rank, world)` that fall in `piece`, relative
 /// to `piece.start` (`0..0` when they do not meet): where a reduce-scatter of the piece
 /// (`Collective::reduce_scatter_range`) finds the rank's part.

@@ -11,7 +11,7 @@
 //! for the same inputs. Large buffers go in chunks so rank 0 holds at most
 //! `world * CHUNK` extra values at a time.
 
-use super::{block_in_piece, download_all, shard, upload_all, Collective};
+use super::{block_in_piece, download_all, piece_of, shard, upload_all, Collective};
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use mpi::datatype::PartitionMut;
@@ -186,7 +186,7 @@ impl<B: Backend> Collective<B> for MpiComm {
     ) -> Result<B::Buf> {
         let host = download_all(be, bufs);
         let n = host.len();
-        ensure!(start + n <= total, "reduce-scatter: values {start}..{} of {total}", start + n);
+        piece_of(start, n, total)?;
         self.check_same_len(n, "reduce-scatter")?;
         // Rank q's part of the piece is gathered to q and summed there in rank order from
         // rank 0's values: the order (and so the bits) of `sum_f32`, whose root sums

@@ -29,7 +29,7 @@
 //! one is exact: every operation is a copy.
 
 use super::padded::{offset_in_block, pack_round, padded_rounds, unpack_round};
-use super::{block_in_piece, flat_len, flat_slice, shard, Collective, Single};
+use super::{block_in_piece, flat_len, flat_slice, piece_of, shard, Collective, Single};
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::driver::{CudaDevice, CudaMem};
 use crate::backend::cuda::{CudaBackend, DevBuf};
@@ -352,9 +352,8 @@ impl Collective<Cuda> for NcclComm {
         // per rank whose block meets the piece, rooted at that rank, in one NCCL group: the
         // staging is one copy of the piece. NCCL's addition order (not the rank order).
         let n = flat_len(be, bufs);
-        ensure!(start + n <= total, "reduce-scatter: values {start}..{} of {total}", start + n);
+        let piece = piece_of(start, n, total)?;
         self.same_layout(&[start, n, total], "reduce-scatter of a bucket")?;
-        let piece = start..start + n;
         let mine = block_in_piece(total, self.rank, self.world, piece.clone());
         let out = be.zeros(mine.len());
         let sends: Vec<(usize, Buf)> = (0..self.world)

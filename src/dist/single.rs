@@ -1,6 +1,6 @@
 //! World size 1: the single-process path, every collective a no-op.
 
-use super::{flat_len, flat_slice, write_flat, Collective};
+use super::{flat_len, flat_slice, piece_of, write_flat, Collective};
 use crate::backend::Backend;
 use anyhow::{ensure, Result};
 
@@ -39,7 +39,7 @@ impl<B: Backend> Collective<B> for Single {
         total: usize,
     ) -> Result<B::Buf> {
         let n = flat_len(be, bufs);
-        ensure!(start + n <= total, "reduce-scatter: values {start}..{} of {total}", start + n);
+        piece_of(start, n, total)?;
         Ok(flat_slice(be, bufs, 0..n))
     }
     fn gather_to_root(&self, xs: &[f32], root: usize) -> Result<Vec<Vec<f32>>> {

@@ -7,7 +7,7 @@
 //! does); the tests join their threads, so a failure there shows as a hang plus the panic
 //! message, not as a wrong result.
 
-use super::{block_in_piece, download_all, shard, upload_all, Collective};
+use super::{block_in_piece, download_all, piece_of, shard, upload_all, Collective};
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Result};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
@@ -126,11 +126,7 @@ impl<B: Backend> Collective<B> for ThreadGroup {
         total: usize,
     ) -> Result<B::Buf> {
         let host = download_all(be, bufs);
-        ensure!(
-            start + host.len() <= total,
-            "reduce-scatter: values {start}..{} of {total}",
-            start + host.len()
-        );
+        piece_of(start, host.len(), total)?;
         let all = self.exchange(&self.shared.f32_slots, &host);
         // Every rank sees every length, so a mismatch fails on every rank alike.
         let n = all[0].len();
