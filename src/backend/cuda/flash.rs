@@ -194,48 +194,38 @@ impl<D: Device> CudaBackend<D> {
         let part_o = self.dev.alloc(n_items * h * d * 4);
         let part_ml = self.dev.alloc(n_items * h * 2 * 4);
         let scale = (1.0 / (d as f64).sqrt()) as f32;
-        if self.decode == DecodeKernel::Staged && matches!(d, 64 | 128) {
-            let (name, smem) = (format!("flash_decode_staged_d{d}"), decode_staged_smem(d));
+        // The staged kernel is compiled per head dim (64, 128); the split one takes d.
+        let staged = self.decode == DecodeKernel::Staged && matches!(d, 64 | 128);
+        let (name, warps, smem) = if staged {
+            let name = format!("flash_decode_staged_d{d}");
+            let smem = decode_staged_smem(d);
             self.dev.set_max_dynamic_shared(&name, smem);
-            self.dev.launch(
-                &name,
-                [n_items.div_ceil(DEC_ST_WARPS) as u32, hkv as u32, 1],
-                [32 * DEC_ST_WARPS as u32, 1, 1],
-                smem,
-                &[
-                    Arg::Ptr(&part_o),
-                    Arg::Ptr(&part_ml),
-                    Arg::Ptr(&q.mem),
-                    Arg::Ptr(&k.mem),
-                    Arg::Ptr(&v.mem),
-                    Arg::Ptr(&*d_split),
-                    Arg::I32(n_items as i32),
-                    Arg::I32(h as i32),
-                    Arg::I32(hkv as i32),
-                    Arg::F32(scale),
-                ],
-            );
+            (name, DEC_ST_WARPS, smem)
         } else {
-            self.dev.launch(
-                "flash_decode_split",
-                [n_items.div_ceil(DEC_WARPS) as u32, hkv as u32, 1],
-                [32 * DEC_WARPS as u32, 1, 1],
-                0,
-                &[
-                    Arg::Ptr(&part_o),
-                    Arg::Ptr(&part_ml),
-                    Arg::Ptr(&q.mem),
-                    Arg::Ptr(&k.mem),
-                    Arg::Ptr(&v.mem),
-                    Arg::Ptr(&*d_split),
-                    Arg::I32(n_items as i32),
-                    Arg::I32(h as i32),
-                    Arg::I32(hkv as i32),
-                    Arg::I32(d as i32),
-                    Arg::F32(scale),
-                ],
-            );
+            ("flash_decode_split".to_string(), DEC_WARPS, 0)
+        };
+        let mut args = vec![
+            Arg::Ptr(&part_o),
+            Arg::Ptr(&part_ml),
+            Arg::Ptr(&q.mem),
+            Arg::Ptr(&k.mem),
+            Arg::Ptr(&v.mem),
+            Arg::Ptr(&*d_split),
+            Arg::I32(n_items as i32),
+            Arg::I32(h as i32),
+            Arg::I32(hkv as i32),
+        ];
+        if !staged {
+            args.push(Arg::I32(d as i32));
         }
+        args.push(Arg::F32(scale));
+        self.dev.launch(
+            &name,
+            [n_items.div_ceil(warps) as u32, hkv as u32, 1],
+            [32 * warps as u32, 1, 1],
+            smem,
+            &args,
+        );
         self.dev.launch(
             "flash_decode_combine",
             [(comb.len() / 4) as u32, h as u32, 1],
