@@ -4,7 +4,7 @@
 //! `--new` tokens, temperature 0.6, on the device's sampler with continuous batching), the
 //! rewards and group advantages, VAS scores of the step's rollouts (pass rate and
 //! 1 - self-BLEU-4; MMR1 scores separate rollouts every T_update steps, so this is the cost
-//! of one scoring of this size), then the update (old and reference log-prob passes, the
+//! of one scoring of this size, at the paper's alpha and beta), then the update (old and reference log-prob passes, the
 //! GRPO loss with k3 KL 0.01, backward, clip, AdamW: MMR1's settings, one optimizer step).
 //!
 //! The reward is a rule both sides compute from the token ids alone (1 when the response's
@@ -32,8 +32,8 @@ use mmr1_fast::pipeline::config::TrainConfig;
 use mmr1_fast::pipeline::rl_phase::grpo_settings;
 use mmr1_fast::rl::reward::Verdict;
 use mmr1_fast::rl::rollout::generate_scheduled;
-use mmr1_fast::rl::trainer::{update, Experience};
-use mmr1_fast::rl::vas::TdsMetric;
+use mmr1_fast::rl::scoring::VpsParams;
+use mmr1_fast::rl::trainer::{group_advantages, update, Experience};
 use mmr1_fast::train::Workspace;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -138,10 +138,7 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
 
         let rewards: Vec<f32> = responses.iter().map(|t| reward_of(t)).collect();
         let lens: Vec<usize> = responses.iter().map(|t| t.len()).collect();
-        let offsets: Vec<usize> = (0..=o.prompts).map(|k| k * o.group).collect();
-        let mut adv = be.zeros(rewards.len());
-        let stats = be.rl_advantages(&be.upload(&rewards), &offsets, Some(&lens), &s.adv, &mut adv);
-        let advantages = be.download(&adv)[..rewards.len()].to_vec();
+        let (advantages, stats) = group_advantages(be, &rewards, &lens, o.group, &s.adv);
         let t2 = Instant::now();
 
         let (mut flat, mut roll_offs) = (vec![], vec![0]);
@@ -149,13 +146,11 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
             flat.extend_from_slice(t);
             roll_offs.push(flat.len());
         }
-        let batch = RolloutBatch {
-            tokens: &flat,
-            rollouts: &roll_offs,
-            items: &offsets,
-            correct: &rewards,
-        };
-        let scores = be.rl_vas_scores(&batch, 0.5, 0.5, TdsMetric::InverseSelfBleu { max_n: 4 });
+        let items: Vec<usize> = (0..=o.prompts).map(|k| k * o.group).collect();
+        let batch =
+            RolloutBatch { tokens: &flat, rollouts: &roll_offs, items: &items, correct: &rewards };
+        let vps = VpsParams::default(); // the paper's alpha, beta and 1 - self-BLEU-4
+        let scores = be.rl_vas_scores(&batch, vps.alpha, vps.beta, vps.tds_metric);
         assert_eq!(scores.len(), o.prompts);
         let t3 = Instant::now();
 

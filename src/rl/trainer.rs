@@ -250,14 +250,26 @@ fn roll_out_graded<B: RlOps, P: Policy<B>>(
     })
 }
 
+/// Group advantages of `rewards`, groups of `group_size` consecutive responses whose token
+/// counts are `lens` (`RlOps::rl_advantages`: the kernel on CUDA, the `rl/` reference on the
+/// CPU), and the groups' statistics.
+pub fn group_advantages<B: RlOps>(
+    be: &B,
+    rewards: &[f32],
+    lens: &[usize],
+    group_size: usize,
+    cfg: &AdvantageConfig,
+) -> (Vec<f32>, GroupStats) {
+    let offsets: Vec<usize> = (0..=rewards.len() / group_size).map(|k| k * group_size).collect();
+    let mut adv = be.zeros(rewards.len());
+    let stats = be.rl_advantages(&be.upload(rewards), &offsets, Some(lens), cfg, &mut adv);
+    (be.download(&adv)[..rewards.len()].to_vec(), stats)
+}
+
 /// Group advantages of graded responses: the experience of a step.
 fn with_advantages<B: RlOps>(be: &B, g: Graded, s: &GrpoSettings) -> (Experience, GroupStats) {
     let lens: Vec<usize> = g.responses.iter().map(|r| r.len()).collect();
-    let offsets: Vec<usize> =
-        (0..=g.rewards.len() / s.group_size).map(|k| k * s.group_size).collect();
-    let mut adv = be.zeros(g.rewards.len());
-    let stats = be.rl_advantages(&be.upload(&g.rewards), &offsets, Some(&lens), &s.adv, &mut adv);
-    let advantages = be.download(&adv)[..g.rewards.len()].to_vec();
+    let (advantages, stats) = group_advantages(be, &g.rewards, &lens, s.group_size, &s.adv);
     let exp = Experience {
         items: g.items,
         prompts: g.prompts,
