@@ -88,7 +88,8 @@ fn nothing_is_recorded_without_profiling() {
 /// fills the upload cache with what repeats across steps: the rope frequencies, the rows the
 /// lm_head reads).
 fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64) {
-    let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
+    // Op by op: a replayed step (tests/decode_replay.rs) uploads its rope table again.
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile().with_replay(false);
     let be = CudaBackend::with_device(dev).with_attention(attn);
     let mut cfg = tiny_config(97, false);
     cfg.num_hidden_layers = layers;

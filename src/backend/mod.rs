@@ -71,6 +71,21 @@ pub trait Backend {
         Vec::new()
     }
 
+    /// Marks the start of a stretch of ops that repeats step after step under `tag` (a decode
+    /// step of one shape: same ops, same buffers, new token ids and positions). A backend may
+    /// replay such a stretch as one CUDA graph (`cuda::replay`); results are the same either
+    /// way. Close it with `repeat_end`; stretches do not nest. A download inside one makes
+    /// that tag run op by op from then on.
+    fn repeat_begin(&self, tag: u64) {
+        let _ = tag;
+    }
+    /// Ends the stretch `repeat_begin` started.
+    fn repeat_end(&self) {}
+    /// How often repeated stretches were replayed, None for a backend that does not replay.
+    fn replay_stats(&self) -> Option<cuda::replay::ReplayStats> {
+        None
+    }
+
     // ---- memory -------------------------------------------------------------------------
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Self::Buf;

@@ -122,14 +122,29 @@ impl<B: Backend> Qwen2<B> {
             }
         };
         let d = self.cfg.hidden_size;
+        // From the embedding to the logits a step of this shape does the same ops on the same
+        // buffers as the last one, with new ids, positions and rows: the backend may replay it
+        // as one CUDA graph (`Backend::repeat_begin`).
+        be.repeat_begin(step_tag(t, inputs.len(), cache.lens.len(), cache.cap));
         be.embedding(&mut a.resid[0], &self.params[self.layout.embed], &batch.ids, d);
-        hook(&mut batch, &mut a.resid[0])?;
+        if let Err(e) = hook(&mut batch, &mut a.resid[0]) {
+            be.repeat_end();
+            return Err(e);
+        }
         self.run_layers(be, &batch, &mut a, Some((&mut *cache, rows.as_slice())));
+        let logits = self.logits_of_rows_buf(be, &a.xn_f, &last_rows);
+        be.repeat_end();
         for &(slot, toks) in inputs {
             cache.lens[slot] += toks.len();
         }
-        let logits = self.logits_of_rows_buf(be, &a.xn_f, &last_rows);
         cache.scratch = Some(a);
         Ok(logits)
     }
+}
+
+/// The replay tag of a step: its token count, sequence count and the cache's geometry (steps
+/// of another shape launch other grids, so they are kept apart).
+fn step_tag(tokens: usize, seqs: usize, slots: usize, cap: usize) -> u64 {
+    let words = [0x6465_636f_6465u64, tokens as u64, seqs as u64, slots as u64, cap as u64];
+    words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w).wrapping_mul(0x100_0000_01b3))
 }

@@ -75,6 +75,8 @@ pub struct Shadow<R> {
     pub block: Option<R>,
     class: usize,
     pub elems: usize,
+    /// The pool the block goes back to (a replayed stretch's own, `StretchPools`); None: this.
+    home: Option<Arc<Pool<R>>>,
 }
 
 struct State<R> {
@@ -82,7 +84,18 @@ struct State<R> {
     stats: MemoryStats,
 }
 
-impl<R> Pool<R> {
+/// A block of device memory as the pool sees it: its address orders the free lists.
+pub trait Block {
+    fn addr(&self) -> u64;
+}
+
+impl Block for Vec<u8> {
+    fn addr(&self) -> u64 {
+        self.as_ptr() as u64
+    }
+}
+
+impl<R: Block> Pool<R> {
     pub fn new(caching: bool) -> Arc<Self> {
         Arc::new(Pool {
             caching,
@@ -102,12 +115,41 @@ impl<R> Pool<R> {
     /// nothing), else `fresh(class)`. Returns the block, its class (give it back under that
     /// class) and whether it was cached (its contents are whatever its last user left).
     pub fn take(&self, class: usize, fresh: impl FnOnce(usize) -> R) -> (R, usize, bool) {
+        self.take_preferring(class, &[], fresh)
+    }
+
+    /// [`Pool::take`], but a cached block at one of the addresses `prefer` (in order of
+    /// preference) is taken first when one is free in the classes `take` would look at. A
+    /// replayed decode step asks for the blocks the captured step got (`cuda::replay`), so
+    /// that its work repeats address for address.
+    ///
+    /// Free lists hand out their lowest address first: which block a request gets depends on
+    /// which blocks are free, not on the order they came back in, so a stretch of work that
+    /// repeats from the same free blocks gets the same addresses whatever ran in between.
+    pub fn take_preferring(
+        &self,
+        class: usize,
+        prefer: &[u64],
+        fresh: impl FnOnce(usize) -> R,
+    ) -> (R, usize, bool) {
         let mut st = self.state.lock().unwrap();
-        let cached = st
-            .free
-            .range_mut(class..=class.saturating_mul(2))
-            .find(|(_, v)| !v.is_empty())
-            .map(|(c, v)| (v.pop().unwrap(), *c));
+        let range = class..=class.saturating_mul(2);
+        let preferred = prefer.iter().find_map(|&a| {
+            st.free
+                .range(range.clone())
+                .find_map(|(c, v)| v.iter().position(|r| r.addr() == a).map(|i| (*c, i)))
+        });
+        let cached = match preferred {
+            Some((c, i)) => {
+                let v = st.free.get_mut(&c).expect("the class just found");
+                Some((v.remove(i), c))
+            }
+            None => st
+                .free
+                .range_mut(range)
+                .find(|(_, v)| !v.is_empty())
+                .map(|(c, v)| (v.pop().unwrap(), *c)),
+        };
         let s = &mut st.stats;
         let got = cached.as_ref().map_or(class, |(_, c)| *c);
         s.in_use_bytes += got as u64;
@@ -132,7 +174,10 @@ impl<R> Pool<R> {
         let mut st = self.state.lock().unwrap();
         st.stats.in_use_bytes -= class as u64;
         if self.caching {
-            st.free.entry(class).or_default().push(r);
+            // Kept in descending address order: `pop` gives the lowest.
+            let v = st.free.entry(class).or_default();
+            let at = v.partition_point(|x| x.addr() > r.addr());
+            v.insert(at, r);
         } else {
             st.stats.reserved_bytes -= class as u64;
             drop(st);
@@ -143,20 +188,42 @@ impl<R> Pool<R> {
     /// Records `block` (size class `class`, from `take`) as the bf16 shadow of the buffer at
     /// `addr`, holding its first `elems` values; a previous shadow of it is freed.
     pub fn shadow_insert(&self, addr: u64, block: R, class: usize, elems: usize) {
-        self.shadow_entry(addr, Shadow { block: Some(block), class, elems });
+        self.shadow_entry(addr, Shadow { block: Some(block), class, elems, home: None });
+    }
+
+    /// [`Pool::shadow_insert`] of a block taken from `home` (another pool), which gets it back
+    /// when the shadow goes.
+    pub fn shadow_insert_from(
+        &self,
+        addr: u64,
+        block: R,
+        class: usize,
+        elems: usize,
+        home: Arc<Pool<R>>,
+    ) {
+        self.shadow_entry(addr, Shadow { block: Some(block), class, elems, home: Some(home) });
+    }
+
+    /// Frees a shadow's block into the pool it came from.
+    fn release(&self, s: Shadow<R>) {
+        if let Some(b) = s.block {
+            match s.home {
+                Some(h) => h.give_back(s.class, b),
+                None => self.give_back(s.class, b),
+            }
+        }
     }
 
     /// Marks the buffer at `addr` as uploaded and not written since: its first bf16 GEMM
     /// converts it into a shadow that later GEMMs reuse.
     pub fn mark_pristine(&self, addr: u64) {
-        self.shadow_entry(addr, Shadow { block: None, class: 0, elems: 0 });
+        self.shadow_entry(addr, Shadow { block: None, class: 0, elems: 0, home: None });
     }
 
     fn shadow_entry(&self, addr: u64, entry: Shadow<R>) {
         let old = self.shadows.lock().unwrap().insert(addr, entry);
         match old {
-            Some(Shadow { block: Some(b), class, .. }) => self.give_back(class, b),
-            Some(_) => {}
+            Some(o) => self.release(o),
             None => {
                 self.n_shadows.fetch_add(1, Ordering::Relaxed);
             }
@@ -172,9 +239,7 @@ impl<R> Pool<R> {
         let old = self.shadows.lock().unwrap().remove(&addr);
         if let Some(o) = old {
             self.n_shadows.fetch_sub(1, Ordering::Relaxed);
-            if let Some(b) = o.block {
-                self.give_back(o.class, b);
-            }
+            self.release(o);
         }
     }
 
@@ -252,6 +317,67 @@ impl<R> Pool<R> {
             std::mem::take(&mut st.free).into_iter().collect()
         };
         blocks.iter().map(|(c, v)| (*c * v.len()) as u64).sum()
+    }
+}
+
+/// The pools of repeated stretches (`cuda::replay`): while a stretch of tag `t` is open, the
+/// device allocates from tag `t`'s own pool, whose blocks come back to it wherever they are
+/// freed. What else runs between two steps (a sampler's temporaries, a download) then never
+/// moves a step's blocks, so each step gets the addresses the captured step got. A few
+/// shapes are kept (a rollout's tail shrinks the step shape by shape), least recently used
+/// first out; an evicted pool frees its blocks once the last of them comes back.
+pub struct StretchPools<R> {
+    pools: Mutex<Vec<(u64, Arc<Pool<R>>)>>,
+    open: Mutex<Option<Arc<Pool<R>>>>,
+}
+
+/// Stretch pools kept at once.
+const STRETCH_POOLS: usize = 16;
+
+impl<R: Block> Default for StretchPools<R> {
+    fn default() -> Self {
+        StretchPools { pools: Mutex::new(Vec::new()), open: Mutex::new(None) }
+    }
+}
+
+impl<R: Block> StretchPools<R> {
+    /// Allocations go to tag `tag`'s pool until `leave`.
+    pub fn enter(&self, tag: u64) {
+        let mut pools = self.pools.lock().unwrap();
+        let pool = match pools.iter().position(|(t, _)| *t == tag) {
+            Some(i) => pools.remove(i).1,
+            None => Pool::new(true),
+        };
+        pools.insert(0, (tag, pool.clone()));
+        pools.truncate(STRETCH_POOLS);
+        *self.open.lock().unwrap() = Some(pool);
+    }
+    pub fn leave(&self) {
+        *self.open.lock().unwrap() = None;
+    }
+    /// The open stretch's pool, if one is open.
+    pub fn current(&self) -> Option<Arc<Pool<R>>> {
+        self.open.lock().unwrap().clone()
+    }
+    /// Frees every cached block of every stretch pool (out of device memory).
+    pub fn empty_caches(&self) {
+        for (_, p) in self.pools.lock().unwrap().iter() {
+            p.empty_cache();
+        }
+    }
+    /// `main`'s counters with the stretch pools' memory added (peaks added too: an upper bound).
+    pub fn stats_with(&self, main: MemoryStats) -> MemoryStats {
+        let mut s = main;
+        for (_, p) in self.pools.lock().unwrap().iter() {
+            let z = p.stats();
+            s.fresh_allocs += z.fresh_allocs;
+            s.cached_allocs += z.cached_allocs;
+            s.in_use_bytes += z.in_use_bytes;
+            s.peak_in_use_bytes += z.peak_in_use_bytes;
+            s.reserved_bytes += z.reserved_bytes;
+            s.peak_reserved_bytes += z.peak_reserved_bytes;
+        }
+        s
     }
 }
 

@@ -190,6 +190,17 @@ pub trait Device {
     fn memory_stats(&self) -> Option<MemoryStats> {
         None
     }
+    /// Starts a stretch of work that repeats under `tag` (a decode step of some shape), which
+    /// the device may replay as one CUDA graph (`replay`). Default: nothing.
+    fn replay_begin(&self, tag: u64) {
+        let _ = tag;
+    }
+    /// Ends the stretch `replay_begin` started (a no-op without one).
+    fn replay_end(&self) {}
+    /// The replay counters, None when the device does not replay.
+    fn replay_stats(&self) -> Option<super::replay::ReplayStats> {
+        None
+    }
     /// Time per kernel and GEMM shape (named by `gemm_name`) when `MMR1_PROFILE=1`
     /// (`backend::profile`).
     fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {

@@ -3,15 +3,13 @@
 
 use super::alloc::{self, Bf16Operand, Pool};
 use super::device::{Arg, Device};
+use super::replay::{self, GraphHost, Op, Replay, ReplayStats, Run};
 use super::CudaBackend;
 use crate::backend::memory::MemoryStats;
 use crate::backend::Tr;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -99,6 +97,87 @@ pub struct CudaDevice {
     name: String,
     /// Per-kernel times when `MMR1_PROFILE=1`.
     profile: Option<GpuProfile>,
+    /// Repeated stretches (decode steps) replayed as CUDA graphs (`replay`): every kernel
+    /// launch, GEMM and upload goes through it.
+    replay: Replay<Arc<CudaStream>, GpuGraph>,
+    /// The stream graphs are captured on (the device's own is the legacy default stream, on
+    /// which capture is not allowed); made at the first capture.
+    capture_stream: OnceLock<Arc<CudaStream>>,
+    /// The pools replayed stretches allocate from (`alloc::StretchPools`).
+    stretch: alloc::StretchPools<CudaSlice<u8>>,
+}
+
+/// A captured decode step: the executable graph, the pinned host memory its copies read the
+/// step's uploads from (one range per write, in order), and the event after its last launch
+/// (the next launch rewrites that memory only once the graph has read it).
+pub(crate) struct GpuGraph {
+    graph: cudarc::driver::CudaGraph,
+    staging: Pinned,
+    offsets: Vec<usize>,
+    done: Option<cudarc::driver::CudaEvent>,
+}
+
+// SAFETY: the graph and its memory are used by the device's single thread of launches at a
+// time (under the replay lock).
+unsafe impl Send for GpuGraph {}
+
+/// Page-locked host memory (a captured copy's source must be pinned to be captured).
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Pinned {
+    fn new(len: usize) -> Result<Self, String> {
+        // SAFETY: a plain allocation; freed in Drop.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(len.max(16), 0) }
+            .map_err(|e| format!("cuMemHostAlloc of {len} bytes: {e:?}"))?;
+        Ok(Pinned { ptr: ptr as *mut u8, len })
+    }
+    fn range(&self, off: usize, len: usize) -> &[u8] {
+        assert!(off + len <= self.len, "pinned range out of bounds");
+        // SAFETY: in bounds (checked), owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
+    }
+    fn fill(&mut self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= self.len, "pinned range out of bounds");
+        // SAFETY: in bounds (checked), owned by self; no copy reads it now (the caller waited).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off), bytes.len()) };
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc in `new`.
+        let _ = unsafe { cudarc::driver::result::free_host(self.ptr as *mut _) };
+    }
+}
+
+/// A cuBLAS handle moved into a unit of work (the handle outlives the device's graphs).
+#[derive(Clone, Copy)]
+struct BlasHandle(cudarc::cublas::sys::cublasHandle_t);
+// SAFETY: cuBLAS handles may be used from any thread, one call at a time (the replay lock).
+unsafe impl Send for BlasHandle {}
+unsafe impl Sync for BlasHandle {}
+
+impl BlasHandle {
+    // A method, so that a closure captures the whole (Send) wrapper, not its raw field.
+    fn raw(self) -> cudarc::cublas::sys::cublasHandle_t {
+        self.0
+    }
+}
+
+/// A loaded kernel moved into a unit of work (its module stays loaded with the device).
+#[derive(Clone, Copy)]
+struct KernelFn(cudarc::driver::sys::CUfunction);
+// SAFETY: CUfunction handles may be launched from any thread.
+unsafe impl Send for KernelFn {}
+unsafe impl Sync for KernelFn {}
+
+impl KernelFn {
+    fn raw(self) -> cudarc::driver::sys::CUfunction {
+        self.0
+    }
 }
 
 /// CUDA events recorded around each launch and GEMM, read (and summed per name) only when
@@ -176,6 +255,11 @@ impl CudaDevice {
         let name = probe(ordinal)?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| format!("cannot create a CUDA context: {e:?}"))?;
+        // Every operation runs in order on one stream (graphs are captured on a second one,
+        // which runs nothing): cudarc's per-buffer events would only add driver calls, the
+        // more so once a second stream exists.
+        // SAFETY: no buffer is shared between streams that run work.
+        unsafe { ctx.disable_event_tracking() };
         let (major, _) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
         if major < 8 {
             return Err(format!(
@@ -210,6 +294,13 @@ impl CudaDevice {
                 pending: Mutex::new(Vec::new()),
                 totals: Default::default(),
             }),
+            // Off by default until an H100 run has checked it (`MMR1_GRAPHS=1` turns it on);
+            // never with the profile, whose events time each launch.
+            replay: Replay::new(
+                replay::enabled_from_env(false) && !crate::backend::profile::enabled(),
+            ),
+            capture_stream: OnceLock::new(),
+            stretch: Default::default(),
         })
     }
     /// The one stream every operation of this device runs on (NCCL's collectives are queued
@@ -267,36 +358,41 @@ impl CudaDevice {
         };
         // Column-major view, operands swapped, as in `gemm`.
         let ((opa, lda_), (opb, ldb_)) = (blas_op(ta, k, m), blas_op(tb, n, k));
-        let alpha = 1.0f32;
-        let (pa, _ga) = a.device_ptr(&self.stream);
-        let (pb, _gb) = b.device_ptr(&self.stream);
-        let (pc, _gc) = out.device_ptr(&self.stream);
+        let (pa, pb, pc) =
+            (raw_addr(a, &self.stream), raw_addr(b, &self.stream), raw_addr(out, &self.stream));
+        let handle = BlasHandle(*blas.handle());
+        let key = gemm_key(true, out_bf16, pa, pb, pc, ta, tb, m, n, k, beta);
+        let run = move |_: &Arc<CudaStream>| {
+            let alpha = 1.0f32;
+            // SAFETY: callers pass buffers of at least m*k, k*n bf16 and m*n outputs on this
+            // device; the handle runs on the stream the device set (its own, or the capture's).
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    handle.raw(),
+                    opb,
+                    opa,
+                    n as i32,
+                    m as i32,
+                    k as i32,
+                    &alpha as *const f32 as *const _,
+                    pb as *const _,
+                    CUDA_R_16BF,
+                    ldb_ as i32,
+                    pa as *const _,
+                    CUDA_R_16BF,
+                    lda_ as i32,
+                    &beta as *const f32 as *const _,
+                    pc as *mut _,
+                    if out_bf16 { CUDA_R_16BF } else { CUDA_R_32F },
+                    n as i32,
+                    CUBLAS_COMPUTE_32F,
+                    CUBLAS_GEMM_DFALT,
+                )
+            }
+            .map_err(|e| format!("cublasGemmEx (bf16): {e:?}"))
+        };
         let name = || super::device::gemm_name(true, m, n, k, ta, tb);
-        // SAFETY: callers pass buffers of at least m*k, k*n bf16 and m*n outputs on this stream.
-        self.timed(name, || unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *blas.handle(),
-                opb,
-                opa,
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha as *const f32 as *const _,
-                pb as *const _,
-                CUDA_R_16BF,
-                ldb_ as i32,
-                pa as *const _,
-                CUDA_R_16BF,
-                lda_ as i32,
-                &beta as *const f32 as *const _,
-                pc as *mut _,
-                if out_bf16 { CUDA_R_16BF } else { CUDA_R_32F },
-                n as i32,
-                CUBLAS_COMPUTE_32F,
-                CUBLAS_GEMM_DFALT,
-            )
-        })
-        .map_err(|e| format!("cublasGemmEx (bf16): {e:?}"))
+        self.timed(name, || self.replay.submit(self, Op::Work { key, run: Arc::new(run) }))
     }
     /// Converts the first `n` values of `mem` into pooled memory that the shadow registry
     /// then owns as `mem`'s bf16 shadow.
@@ -341,13 +437,17 @@ impl Device for CudaDevice {
     }
     fn alloc(&self, bytes: usize) -> CudaMem {
         let class = alloc::size_class(bytes);
-        let (slice, class, _cached) = self.pool.take(class, |c| {
+        let prefer = self.replay.preferred_alloc();
+        let pool = self.stretch.current().unwrap_or_else(|| self.pool.clone());
+        let (slice, class, _cached) = pool.take_preferring(class, &prefer, |c| {
             // SAFETY: callers treat the contents as unspecified.
             let fresh = || unsafe { self.stream.alloc::<u8>(c) };
             // Out of memory with blocks cached: give them back to the device and try again.
             match fresh().or_else(|_| {
+                self.flush(); // held work may use cached blocks
                 let _ = self.stream.synchronize();
                 self.pool.empty_cache();
+                self.stretch.empty_caches();
                 fresh()
             }) {
                 Ok(s) => s,
@@ -362,11 +462,9 @@ impl Device for CudaDevice {
                 }
             }
         });
-        let addr = {
-            let (addr, _sync) = slice.device_ptr(&self.stream);
-            addr
-        };
-        CudaMem { slice: Some(slice), class, pool: self.pool.clone(), addr }
+        let addr = raw_addr(&slice, &self.stream);
+        self.replay.note_alloc(addr);
+        CudaMem { slice: Some(slice), class, pool, addr }
     }
     fn upload(&self, host: &[u8]) -> CudaMem {
         let mut m = self.alloc(host.len());
@@ -378,12 +476,15 @@ impl Device for CudaDevice {
         m
     }
     fn write(&self, mem: &mut CudaMem, host: &[u8]) {
+        assert!(host.len() <= mem.len(), "cuda write past the end of a buffer");
         self.pool.note_upload(host.len());
         self.pool.shadow_forget(mem.addr);
-        let mut view = mem.slice_mut(0..host.len());
-        self.stream.memcpy_htod(host, &mut view).expect("cuda write");
+        self.replay
+            .submit(self, Op::Write { dst: mem.addr, bytes: host.to_vec() })
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     fn download(&self, mem: &CudaMem, bytes: usize) -> Vec<u8> {
+        self.flush();
         self.pool.note_download(bytes);
         self.stream.clone_dtoh(&mem.slice(0..bytes)).expect("cuda download")
     }
@@ -426,7 +527,6 @@ impl Device for CudaDevice {
                 }
             }
         }
-        // Device addresses first, so the builder can borrow them.
         // A buffer the kernel may write loses its bf16 shadow.
         let written = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
         for (i, m) in written.enumerate() {
@@ -434,39 +534,53 @@ impl Device for CudaDevice {
                 self.pool.shadow_forget(m.addr);
             }
         }
-        let mut guards = Vec::new();
-        let ptrs: Vec<u64> = args
+        // Each argument's bits in an 8-byte slot: cuLaunchKernel reads the width of each
+        // parameter from the front of its slot (little-endian).
+        let func = KernelFn(f.cu_function());
+        let mut key = vec![replay::KEY_KERNEL, func.raw() as u64];
+        key.extend(grid.iter().chain(&block).map(|&g| g as u64));
+        key.push(shared_bytes as u64);
+        let vals: Vec<u64> = args
             .iter()
-            .map(|a| match a {
-                Arg::Ptr(m) => {
-                    let (p, g) = m.device_ptr(&self.stream);
-                    guards.push(g);
-                    p
-                }
-                _ => 0,
+            .map(|a| {
+                let (kind, v) = match a {
+                    Arg::Ptr(m) => (0, m.addr),
+                    Arg::Null => (1, 0),
+                    Arg::I32(v) => (2, *v as u32 as u64),
+                    Arg::U32(v) => (3, *v as u64),
+                    Arg::I64(v) => (4, *v as u64),
+                    Arg::F32(v) => (5, v.to_bits() as u64),
+                    Arg::F64(v) => (6, v.to_bits()),
+                };
+                key.extend(replay::arg_word(kind, v));
+                v
             })
             .collect();
-        let mut b = self.stream.launch_builder(&f);
-        for (a, p) in args.iter().zip(&ptrs) {
-            match a {
-                Arg::Ptr(_) | Arg::Null => b.arg(p),
-                Arg::I32(v) => b.arg(v),
-                Arg::U32(v) => b.arg(v),
-                Arg::I64(v) => b.arg(v),
-                Arg::F32(v) => b.arg(v),
-                Arg::F64(v) => b.arg(v),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (grid[0], grid[1], grid[2]),
-            block_dim: (block[0], block[1], block[2]),
-            shared_mem_bytes: shared_bytes,
+        let run = move |stream: &Arc<CudaStream>| {
+            let _keep = &f; // the module stays loaded while a graph may launch the kernel
+            let mut vals = vals.clone();
+            let mut params: Vec<*mut std::ffi::c_void> =
+                vals.iter_mut().map(|v| v as *mut u64 as *mut std::ffi::c_void).collect();
+            // SAFETY: argument lists match the kernels' signatures (checked by the test suite);
+            // the slots outlive the call, which copies them.
+            unsafe {
+                cudarc::driver::result::launch_kernel(
+                    func.raw(),
+                    (grid[0], grid[1], grid[2]),
+                    (block[0], block[1], block[2]),
+                    shared_bytes,
+                    stream.cu_stream(),
+                    &mut params,
+                )
+            }
+            .map_err(|e| format!("{e:?}"))
         };
-        // SAFETY: argument lists match the kernels' signatures (checked by the test suite).
-        self.timed(|| name.to_string(), || unsafe { b.launch(cfg) })
-            .unwrap_or_else(|e| panic!("launch of kernel {name} [{}] failed: {e:?}", shape()));
-        drop(guards);
-        if check_launches() {
+        self.timed(
+            || name.to_string(),
+            || self.replay.submit(self, Op::Work { key, run: Arc::new(run) }),
+        )
+        .unwrap_or_else(|e| panic!("launch of kernel {name} [{}] failed: {e}", shape()));
+        if check_launches() && !self.replay.deferring() {
             // A fault inside the kernel (illegal address, trap from DEVICE_CHECK) surfaces here
             // with the kernel's name instead of at some later download.
             self.stream
@@ -513,38 +627,57 @@ impl Device for CudaDevice {
         }
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
         let ((opa, lda_), (opb, ldb_)) = (blas_op(ta, k, m), blas_op(tb, n, k));
-        let alpha = 1.0f32;
-        let (pa, _ga) = a.device_ptr(&self.stream);
-        let (pb, _gb) = b.device_ptr(&self.stream);
-        let (pc, _gc) = out.device_ptr(&self.stream);
+        let (pa, pb, pc) =
+            (raw_addr(a, &self.stream), raw_addr(b, &self.stream), raw_addr(out, &self.stream));
+        let handle = BlasHandle(*blas.handle());
+        let key = gemm_key(false, false, pa, pb, pc, ta, tb, m, n, k, beta);
+        let run = move |_: &Arc<CudaStream>| {
+            let alpha = 1.0f32;
+            // SAFETY: the backend checked the buffer sizes; the pointers live on this device.
+            unsafe {
+                cudarc::cublas::result::sgemm(
+                    handle.raw(),
+                    opb,
+                    opa,
+                    n as i32,
+                    m as i32,
+                    k as i32,
+                    &alpha,
+                    pb as *const f32,
+                    ldb_ as i32,
+                    pa as *const f32,
+                    lda_ as i32,
+                    &beta,
+                    pc as *mut f32,
+                    n as i32,
+                )
+            }
+            .map_err(|e| format!("cublasSgemm: {e:?}"))
+        };
         let name = || super::device::gemm_name(false, m, n, k, ta, tb);
-        // SAFETY: the backend checked the buffer sizes; the pointers live on this stream.
-        self.timed(name, || unsafe {
-            cudarc::cublas::result::sgemm(
-                *blas.handle(),
-                opb,
-                opa,
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha,
-                pb as *const f32,
-                ldb_ as i32,
-                pa as *const f32,
-                lda_ as i32,
-                &beta,
-                pc as *mut f32,
-                n as i32,
-            )
-        })
-        .expect("cublasSgemm");
+        self.timed(name, || self.replay.submit(self, Op::Work { key, run: Arc::new(run) }))
+            .unwrap_or_else(|e| panic!("{e}"));
         true
     }
     fn synchronize(&self) {
+        self.flush();
         self.stream.synchronize().expect("cuda synchronize");
     }
+    fn replay_begin(&self, tag: u64) {
+        if self.replay.enabled() && self.pool.caching() {
+            self.stretch.enter(tag);
+            self.replay.begin(tag);
+        }
+    }
+    fn replay_end(&self) {
+        self.stretch.leave();
+        self.replay.end(self).unwrap_or_else(|e| panic!("{e}"));
+    }
+    fn replay_stats(&self) -> Option<ReplayStats> {
+        self.replay.enabled().then(|| self.replay.stats())
+    }
     fn memory_stats(&self) -> Option<MemoryStats> {
-        Some(self.pool.stats())
+        Some(self.stretch.stats_with(self.pool.stats()))
     }
     fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {
         let Some(p) = &self.profile else { return Vec::new() };
@@ -579,12 +712,13 @@ impl Device for CudaDevice {
     }
     fn adopt_bf16_shadow(&self, mem: &CudaMem, mut shadow: CudaMem, n: usize) {
         let block = shadow.slice.take().expect("live memory holds its slice");
-        self.pool.shadow_insert(mem.addr, block, shadow.class, n);
+        self.pool.shadow_insert_from(mem.addr, block, shadow.class, n, shadow.pool.clone());
     }
     fn forget_bf16_shadow(&self, mem: &CudaMem) {
         self.pool.shadow_forget(mem.addr);
     }
     fn bf16_shadow_bits(&self, mem: &CudaMem, n: usize) -> Option<Vec<u16>> {
+        self.flush();
         let bytes = self.pool.with_shadows([(mem.addr, n)], |[s]| {
             s.map(|b| self.stream.clone_dtoh(&b.slice(0..2 * n)).expect("cuda download"))
         })?;
@@ -604,6 +738,152 @@ impl Drop for CudaDevice {
     fn drop(&mut self) {
         let _ = self.ctx.synchronize();
     }
+}
+
+impl CudaDevice {
+    /// Device work is about to be read by the host: held units run first.
+    fn flush(&self) {
+        self.replay.flush(self).unwrap_or_else(|e| panic!("{e}"));
+    }
+    fn capture_stream(&self) -> Result<&Arc<CudaStream>, String> {
+        if let Some(s) = self.capture_stream.get() {
+            return Ok(s);
+        }
+        let s =
+            self.ctx.new_stream().map_err(|e| format!("cannot create a capture stream: {e:?}"))?;
+        Ok(self.capture_stream.get_or_init(|| s))
+    }
+    fn set_blas_stream(&self, stream: &CudaStream) -> Result<(), String> {
+        if let Some(blas) = &self.blas {
+            // SAFETY: the handle is this device's; no cuBLAS call is in progress.
+            unsafe { cudarc::cublas::result::set_stream(*blas.handle(), stream.cu_stream() as _) }
+                .map_err(|e| format!("cublasSetStream: {e:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl GraphHost for CudaDevice {
+    type Stream = Arc<CudaStream>;
+    type Graph = GpuGraph;
+    fn run_now(&self, run: &Run<Arc<CudaStream>>) -> Result<(), String> {
+        run(&self.stream)
+    }
+    fn write_now(&self, dst: u64, bytes: &[u8]) {
+        // SAFETY: `write` checked the length against the buffer at `dst`; a pageable source is
+        // copied out before the call returns.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, bytes, self.stream.cu_stream()) }
+            .expect("cuda write");
+    }
+    fn capture(&self, ops: &[Op<Arc<CudaStream>>]) -> Result<GpuGraph, String> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let cs = self.capture_stream()?.clone();
+        // The writes' bytes come from pinned memory at fixed offsets (16-byte aligned).
+        let mut offsets = Vec::new();
+        let mut total = 0usize;
+        for op in ops {
+            if let Op::Write { bytes, .. } = op {
+                offsets.push(total);
+                total += bytes.len().next_multiple_of(16);
+            }
+        }
+        let staging = Pinned::new(total)?;
+        self.set_blas_stream(&cs)?;
+        cs.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| format!("cuStreamBeginCapture: {e:?}"))?;
+        let mut failed = None;
+        let mut w = 0;
+        for op in ops {
+            let r = match op {
+                Op::Work { run, .. } => run(&cs),
+                Op::Write { dst, bytes } => {
+                    let src = staging.range(offsets[w], bytes.len());
+                    w += 1;
+                    // SAFETY: a pinned source the graph keeps; `dst` as `write` checked.
+                    unsafe { cudarc::driver::result::memcpy_htod_async(*dst, src, cs.cu_stream()) }
+                        .map_err(|e| format!("{e:?}"))
+                }
+            };
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+        }
+        // Always end the capture, so the stream is usable whatever happened.
+        let graph = cs.end_capture(CUgraphInstantiate_flags(0));
+        self.set_blas_stream(&self.stream)?;
+        if let Some(e) = failed {
+            return Err(format!("a unit failed under capture: {e}"));
+        }
+        let graph = graph
+            .map_err(|e| format!("cuStreamEndCapture / instantiate: {e:?}"))?
+            .ok_or("the capture recorded nothing")?;
+        Ok(GpuGraph { graph, staging, offsets, done: None })
+    }
+    fn launch(&self, g: &mut GpuGraph, ops: &[Op<Arc<CudaStream>>]) -> Result<(), String> {
+        if let Some(ev) = g.done.take() {
+            // The last launch has read the pinned bytes before they are rewritten.
+            ev.synchronize().map_err(|e| format!("{e:?}"))?;
+        }
+        let mut w = 0;
+        for op in ops {
+            if let Op::Write { bytes, .. } = op {
+                g.staging.fill(g.offsets[w], bytes);
+                w += 1;
+            }
+        }
+        // On the device's own stream, in order with everything else it runs.
+        // SAFETY: an instantiated graph of this context.
+        unsafe {
+            cudarc::driver::result::graph::launch(g.graph.cu_graph_exec(), self.stream.cu_stream())
+        }
+        .map_err(|e| format!("cuGraphLaunch: {e:?}"))?;
+        g.done = Some(self.stream.record_event(None).map_err(|e| format!("{e:?}"))?);
+        Ok(())
+    }
+}
+
+impl alloc::Block for CudaSlice<u8> {
+    fn addr(&self) -> u64 {
+        raw_addr(self, self.stream())
+    }
+}
+
+/// The device address of `mem` (no event bookkeeping: one stream runs everything).
+fn raw_addr(mem: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
+    let (p, _sync) = mem.device_ptr(stream);
+    p
+}
+
+/// A library GEMM's replay key: everything the call depends on.
+#[allow(clippy::too_many_arguments)]
+fn gemm_key(
+    bf16: bool,
+    out_bf16: bool,
+    a: u64,
+    b: u64,
+    out: u64,
+    ta: Tr,
+    tb: Tr,
+    m: usize,
+    n: usize,
+    k: usize,
+    beta: f32,
+) -> Vec<u64> {
+    vec![
+        replay::KEY_GEMM,
+        bf16 as u64,
+        out_bf16 as u64,
+        a,
+        b,
+        out,
+        (ta == Tr::T) as u64,
+        (tb == Tr::T) as u64,
+        m as u64,
+        n as u64,
+        k as u64,
+        beta.to_bits() as u64,
+    ]
 }
 
 /// cuBLAS's view of a row-major operand stored `[rows, cols]` as given (`Tr::N`, leading

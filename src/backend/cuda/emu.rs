@@ -9,6 +9,7 @@
 
 use super::alloc::{self, Bf16Operand, Pool};
 use super::device::{Arg, Device};
+use super::replay::{self, GraphHost, Op, Replay, ReplayStats, Run};
 use crate::backend::{cpu::Cpu, memory::MemoryStats, Backend, Tr};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -61,6 +62,12 @@ unsafe impl Send for EmuBlock {}
 /// vector accesses (which assume the allocator's alignment) see on the emulator what they
 /// see on the GPU.
 const EMU_ALIGN: usize = 256;
+
+impl alloc::Block for EmuBlock {
+    fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+}
 
 impl EmuBlock {
     fn layout(words: usize) -> std::alloc::Layout {
@@ -204,7 +211,16 @@ pub struct EmuDevice {
     act_shadows: bool,
     /// Host time per kernel and GEMM when `MMR1_PROFILE=1` (or `with_profile`).
     profile: Option<crate::backend::profile::Totals>,
+    /// Repeated stretches (decode steps) replayed from kept units, as the GPU replays a CUDA
+    /// graph (`replay`); every unit of device work goes through it.
+    replay: Replay<(), EmuGraph>,
+    /// The pools replayed stretches allocate from (`alloc::StretchPools`).
+    stretch: alloc::StretchPools<EmuBlock>,
 }
+
+/// The emulator's stand-in for a CUDA graph: the units kept from the capture (None for a
+/// write, whose bytes come from the replayed step).
+pub(crate) type EmuGraph = Vec<Option<Run<()>>>;
 
 impl Default for EmuDevice {
     fn default() -> Self {
@@ -225,6 +241,8 @@ impl EmuDevice {
             bf16_shadows: super::device::shadows_from_env(),
             act_shadows: super::device::act_shadows_from_env(),
             profile: crate::backend::profile::enabled().then(Default::default),
+            replay: Replay::new(replay::enabled_from_env(true)),
+            stretch: Default::default(),
         }
     }
     /// Schedules from `MMR1_EMU_SCHEDULE` (see [`Schedule::parse_list`]), forward without it.
@@ -254,6 +272,12 @@ impl EmuDevice {
         self.act_shadows = on;
         self
     }
+    /// With repeated stretches replayed (`replay`) or every unit run as it comes (default:
+    /// `MMR1_GRAPHS`, on).
+    pub fn with_replay(mut self, on: bool) -> Self {
+        self.replay = Replay::new(on);
+        self
+    }
     /// With per-kernel timing on (as `MMR1_PROFILE=1` turns it on); the emulator's times are
     /// the host's, useful to check what a step launches, not how fast a GPU runs it.
     pub fn with_profile(mut self) -> Self {
@@ -268,20 +292,13 @@ impl EmuDevice {
         p.add(&name(), t.elapsed().as_secs_f64());
         r
     }
-    /// The first `bytes` bytes of `mem`, for the emulator's own host-side work (not a
-    /// download the backend asked for, so not counted as one).
-    fn read(&self, mem: &EmuMem, bytes: usize) -> Vec<u8> {
-        assert!(bytes <= mem.bytes(), "emu read past the end of a buffer");
-        // SAFETY: bounds checked above.
-        unsafe { std::slice::from_raw_parts(mem.ptr as *const u8, bytes).to_vec() }
+    /// Runs a unit of device work now, or holds it while a repeated stretch is replayed.
+    fn submit(&self, op: Op<()>) {
+        self.replay.submit(self, op).unwrap_or_else(|e| panic!("{e}"));
     }
-    /// Overwrites the first `host.len()` bytes of `mem`: `Device::write` without counting an
-    /// upload, for the emulator's own host-side work (its stand-in GEMM's result).
-    fn store(&self, mem: &mut EmuMem, host: &[u8]) {
-        assert!(host.len() <= mem.bytes(), "emu write past the end of a buffer");
-        self.pool.shadow_forget(mem.ptr as u64);
-        // SAFETY: bounds checked above; the regions do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), mem.ptr as *mut u8, host.len()) };
+    /// Device work is about to be read by the host: held units run first.
+    fn flush(&self) {
+        self.replay.flush(self).unwrap_or_else(|e| panic!("{e}"));
     }
     /// How many buffers have a bf16 shadow now.
     pub fn bf16_shadow_count(&self) -> usize {
@@ -320,51 +337,65 @@ impl EmuDevice {
         }
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
+        let mut key = vec![replay::KEY_KERNEL, replay::name_word(name)];
+        key.extend(grid.iter().chain(&block).map(|&g| g as u64));
+        key.push(shared_bytes as u64);
         let vals: Vec<u64> = args
             .iter()
-            .map(|a| match a {
-                Arg::Ptr(m) => m.ptr as u64,
-                Arg::Null => 0,
-                Arg::I32(v) => *v as u32 as u64,
-                Arg::U32(v) => *v as u64,
-                Arg::I64(v) => *v as u64,
-                Arg::F32(v) => v.to_bits() as u64,
-                Arg::F64(v) => v.to_bits(),
+            .map(|a| {
+                let (kind, v) = match a {
+                    Arg::Ptr(m) => (0, m.ptr as u64),
+                    Arg::Null => (1, 0),
+                    Arg::I32(v) => (2, *v as u32 as u64),
+                    Arg::U32(v) => (3, *v as u64),
+                    Arg::I64(v) => (4, *v as u64),
+                    Arg::F32(v) => (5, v.to_bits() as u64),
+                    Arg::F64(v) => (6, v.to_bits()),
+                };
+                key.extend(replay::arg_word(kind, v));
+                v
             })
             .collect();
         let cname = CString::new(name).unwrap();
         let optin = self.dyn_optin.lock().unwrap().get(name).copied().unwrap_or(0);
-        let shape = format!(
-            "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
-            grid[0], grid[1], grid[2], block[0], block[1], block[2]
-        );
-        let run = |s: Schedule| {
-            self.launch_once(&cname, grid, block, shared_bytes, &vals, s, optin).unwrap_or_else(
-                |msg| panic!("emulated kernel {name} failed [{shape}, schedule {s}]: {msg}"),
-            )
-        };
-        if self.schedules.len() == 1 {
-            run(self.schedules[0]);
-            return;
-        }
-        // Several schedules: run each from the same inputs and compare every buffer the
-        // kernel could write.
+        key.push(optin as u64);
+        // The buffers a several-schedule run compares: every pointer argument, once each.
         let bufs = distinct_buffers(args);
-        let before = snapshot(&bufs);
-        run(self.schedules[0]);
-        let first = snapshot(&bufs);
-        for &s in &self.schedules[1..] {
-            restore(&bufs, &before);
-            run(s);
-            let now = snapshot(&bufs);
-            if let Some(d) = first_difference(args, &bufs, &first, &now) {
-                panic!(
-                    "emulated kernel {name} [{shape}] is schedule-dependent (a race?): schedule {} \
-                     and schedule {s} differ in {d}",
-                    self.schedules[0]
-                );
+        let schedules = self.schedules.clone();
+        let run = move |_: &()| {
+            let name = cname.to_string_lossy();
+            let shape = format!(
+                "grid ({},{},{}) block ({},{},{}) shared {shared_bytes} B",
+                grid[0], grid[1], grid[2], block[0], block[1], block[2]
+            );
+            let once = |s: Schedule| {
+                launch_once(&cname, grid, block, shared_bytes, &vals, s, optin).map_err(|msg| {
+                    format!("emulated kernel {name} failed [{shape}, schedule {s}]: {msg}")
+                })
+            };
+            if schedules.len() == 1 {
+                return once(schedules[0]);
             }
-        }
+            // Several schedules: run each from the same inputs and compare every buffer the
+            // kernel could write.
+            let before = snapshot(&bufs);
+            once(schedules[0])?;
+            let first = snapshot(&bufs);
+            for &s in &schedules[1..] {
+                restore(&bufs, &before);
+                once(s)?;
+                let now = snapshot(&bufs);
+                if let Some(d) = first_difference(&bufs, &first, &now) {
+                    return Err(format!(
+                        "emulated kernel {name} [{shape}] is schedule-dependent (a race?): schedule {} \
+                         and schedule {s} differ in {d}",
+                        schedules[0]
+                    ));
+                }
+            }
+            Ok(())
+        };
+        self.submit(Op::Work { key, run: Arc::new(run) });
     }
     #[allow(clippy::too_many_arguments)]
     fn gemm_untimed(
@@ -381,109 +412,186 @@ impl EmuDevice {
     ) -> bool {
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
         self.pool.shadow_forget(out.ptr as u64);
-        let f = |mem: &EmuMem, len: usize| -> Vec<f32> { super::f32s(&self.read(mem, len * 4)) };
-        let (mut av, mut bv) = (f(a, m * k), f(b, k * n));
-        if self.gemm_bf16 {
-            // What GemmEx with bf16 A and B reads: each operand converted by the GPU path's
-            // conversion kernel (run here on the emulator, so the profile counts its
-            // launches as the GPU's does), or the operand's bf16 shadow as it is, as
-            // `Pool::bf16_operand` decides on both devices; the products and sums stay f32,
-            // as CUBLAS_COMPUTE_32F accumulates.
+        assert!(
+            a.bytes() >= m * k * 4 && b.bytes() >= k * n * 4 && out.bytes() >= m * n * 4,
+            "emu gemm past the end of a buffer"
+        );
+        // Where each operand is read from: its f32 values, or bf16 bits (what GemmEx with bf16
+        // A and B reads: each operand converted by the GPU path's conversion kernel, run here
+        // on the emulator so the profile counts its launches as the GPU's does, or the
+        // operand's bf16 shadow as it is, as `Pool::bf16_operand` decides on both devices).
+        // Decided now (host bookkeeping); the memory is read when the unit runs.
+        let mut temps = Vec::new();
+        let mut source = |mem: &EmuMem, len: usize| -> (u64, bool) {
+            if !self.gemm_bf16 {
+                return (mem.ptr as u64, false);
+            }
             let keep = self.bf16_shadows && self.act_shadows;
-            for (v, mem) in [(&mut av, a), (&mut bv, b)] {
-                let len = v.len();
-                let temp = match self.pool.bf16_operand(mem.ptr as u64, len, keep) {
-                    Bf16Operand::Shadow => None,
-                    Bf16Operand::ConvertAndKeep => {
-                        self.make_bf16_shadow(mem, len);
-                        None
-                    }
-                    Bf16Operand::Convert => Some(self.to_bf16(mem, len)),
-                };
-                let bits: Vec<u16> = match temp {
-                    Some(t) => bytemuck::pod_collect_to_vec(&self.read(&t, len * 2)),
-                    None => self.pool.with_shadows([(mem.ptr as u64, len)], |[sh]| {
-                        let blk = sh.expect("a shadowed operand");
-                        // SAFETY: a shadow block holds at least `len` bf16 values.
-                        unsafe { std::slice::from_raw_parts(blk.ptr as *const u16, len) }.to_vec()
-                    }),
-                };
-                for (x, b) in v.iter_mut().zip(bits) {
-                    *x = half::bf16::from_bits(b).to_f32();
+            match self.pool.bf16_operand(mem.ptr as u64, len, keep) {
+                Bf16Operand::Shadow => {}
+                Bf16Operand::ConvertAndKeep => self.make_bf16_shadow(mem, len),
+                Bf16Operand::Convert => {
+                    let t = self.to_bf16(mem, len);
+                    let at = t.ptr as u64;
+                    temps.push(t); // back to the pool after this call, as on the GPU
+                    return (at, true);
                 }
             }
-        }
-        let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { f(out, m * n) };
-        Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
-        self.store(out, bytemuck::cast_slice(&ov));
-        true
-    }
-    /// One launch under one schedule; Err(message) on a fault.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_once(
-        &self,
-        name: &CStr,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_bytes: u32,
-        vals: &[u64],
-        schedule: Schedule,
-        dyn_optin: usize,
-    ) -> Result<(), String> {
-        // The kernel thunk reads each argument through a pointer to its 8-byte slot.
-        let mut vals = vals.to_vec();
-        let mut ptrs: Vec<*mut c_void> =
-            vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
-        let mut err = vec![0 as c_char; 512];
-        let (order, seed) = schedule.code();
-        // SAFETY: args point at live values; buffers outlive the synchronous launch.
-        let rc = unsafe {
-            emu_launch(
-                name.as_ptr(),
-                grid[0],
-                grid[1],
-                grid[2],
-                block[0],
-                block[1],
-                block[2],
-                shared_bytes as usize,
-                ptrs.as_mut_ptr(),
-                order,
-                seed,
-                dyn_optin,
-                err.as_mut_ptr(),
-                err.len(),
-            )
+            let blk = self.pool.with_shadows([(mem.ptr as u64, len)], |[sh]| {
+                sh.expect("a shadowed operand").ptr as u64
+            });
+            (blk, true)
         };
-        if rc == 0 {
-            return Ok(());
-        }
-        // SAFETY: the emulator wrote a NUL-terminated message into err.
-        Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+        let (sa, sb) = (source(a, m * k), source(b, k * n));
+        let o = out.ptr as u64;
+        let key = vec![
+            replay::KEY_GEMM,
+            sa.0,
+            sa.1 as u64,
+            sb.0,
+            sb.1 as u64,
+            o,
+            (ta == Tr::T) as u64,
+            (tb == Tr::T) as u64,
+            m as u64,
+            n as u64,
+            k as u64,
+            beta.to_bits() as u64,
+        ];
+        let run = move |_: &()| {
+            // SAFETY: the addresses are pool blocks of at least these many values (checked
+            // above for f32 operands; a bf16 shadow or conversion covers `len` values), alive
+            // while the unit can run (the pool keeps cached blocks).
+            let read = |(at, bf16): (u64, bool), len: usize| -> Vec<f32> {
+                if bf16 {
+                    let bits = unsafe { std::slice::from_raw_parts(at as *const u16, len) };
+                    bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect()
+                } else {
+                    unsafe { std::slice::from_raw_parts(at as *const f32, len) }.to_vec()
+                }
+            };
+            let (av, bv) = (read(sa, m * k), read(sb, k * n));
+            let outs = unsafe { std::slice::from_raw_parts_mut(o as *mut f32, m * n) };
+            // The products and sums stay f32, as CUBLAS_COMPUTE_32F accumulates.
+            let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { outs.to_vec() };
+            Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
+            outs.copy_from_slice(&ov);
+            Ok(())
+        };
+        self.submit(Op::Work { key, run: Arc::new(run) });
+        drop(temps);
+        true
     }
 }
 
+/// Units of work only the emulator has: poisoning a reused block.
+const KEY_POISON: u64 = 0x100;
+
+impl GraphHost for EmuDevice {
+    type Stream = ();
+    type Graph = EmuGraph;
+    fn run_now(&self, run: &Run<()>) -> Result<(), String> {
+        run(&())
+    }
+    fn write_now(&self, dst: u64, bytes: &[u8]) {
+        // SAFETY: `write` checked the length against the buffer at `dst`, a pool block.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst as *mut u8, bytes.len()) };
+    }
+    fn capture(&self, ops: &[Op<()>]) -> Result<EmuGraph, String> {
+        Ok(ops
+            .iter()
+            .map(|op| match op {
+                Op::Work { run, .. } => Some(run.clone()),
+                Op::Write { .. } => None,
+            })
+            .collect())
+    }
+    fn launch(&self, graph: &mut EmuGraph, ops: &[Op<()>]) -> Result<(), String> {
+        // The kept units, not the new ones: a key that missed something shows as wrong results.
+        for (unit, op) in graph.iter().zip(ops) {
+            match (unit, op) {
+                (Some(run), Op::Work { .. }) => run(&())?,
+                (None, Op::Write { dst, bytes }) => self.write_now(*dst, bytes),
+                _ => return Err("a replayed graph and its step disagree".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One launch under one schedule; Err(message) on a fault.
+#[allow(clippy::too_many_arguments)]
+fn launch_once(
+    name: &CStr,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    vals: &[u64],
+    schedule: Schedule,
+    dyn_optin: usize,
+) -> Result<(), String> {
+    // The kernel thunk reads each argument through a pointer to its 8-byte slot.
+    let mut vals = vals.to_vec();
+    let mut ptrs: Vec<*mut c_void> =
+        vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+    let mut err = vec![0 as c_char; 512];
+    let (order, seed) = schedule.code();
+    // SAFETY: args point at live values; buffers outlive the synchronous launch.
+    let rc = unsafe {
+        emu_launch(
+            name.as_ptr(),
+            grid[0],
+            grid[1],
+            grid[2],
+            block[0],
+            block[1],
+            block[2],
+            shared_bytes as usize,
+            ptrs.as_mut_ptr(),
+            order,
+            seed,
+            dyn_optin,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the emulator wrote a NUL-terminated message into err.
+    Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// A buffer a launch may write, as the several-schedule comparison sees it: the argument it
+/// was passed as, its address and its length in bytes.
+#[derive(Clone, Copy)]
+struct ArgBuf {
+    arg: usize,
+    ptr: usize,
+    bytes: usize,
+}
+
 /// The buffers a launch may write: every pointer argument, once each.
-fn distinct_buffers<'a>(args: &[Arg<'a, EmuMem>]) -> Vec<&'a EmuMem> {
-    let mut v: Vec<&EmuMem> = Vec::new();
-    for a in args {
+fn distinct_buffers(args: &[Arg<'_, EmuMem>]) -> Vec<ArgBuf> {
+    let mut v: Vec<ArgBuf> = Vec::new();
+    for (i, a) in args.iter().enumerate() {
         if let Arg::Ptr(m) = a {
-            if !v.iter().any(|x| std::ptr::eq(x.ptr, m.ptr)) {
-                v.push(m);
+            if !v.iter().any(|x| x.ptr == m.ptr as usize) {
+                v.push(ArgBuf { arg: i, ptr: m.ptr as usize, bytes: m.bytes() });
             }
         }
     }
     v
 }
 
-fn snapshot(bufs: &[&EmuMem]) -> Vec<Vec<u8>> {
-    // SAFETY: each buffer is `bytes()` long; no launch runs during the copy.
+fn snapshot(bufs: &[ArgBuf]) -> Vec<Vec<u8>> {
+    // SAFETY: each buffer is `bytes` long; no launch runs during the copy.
     bufs.iter()
-        .map(|m| unsafe { std::slice::from_raw_parts(m.ptr as *const u8, m.bytes()).to_vec() })
+        .map(|m| unsafe { std::slice::from_raw_parts(m.ptr as *const u8, m.bytes).to_vec() })
         .collect()
 }
 
-fn restore(bufs: &[&EmuMem], snap: &[Vec<u8>]) {
+fn restore(bufs: &[ArgBuf], snap: &[Vec<u8>]) {
     for (m, s) in bufs.iter().zip(snap) {
         // SAFETY: the snapshot was taken from this buffer, same length.
         unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), m.ptr as *mut u8, s.len()) };
@@ -491,12 +599,7 @@ fn restore(bufs: &[&EmuMem], snap: &[Vec<u8>]) {
 }
 
 /// The first difference between two snapshots, as a sentence, or None.
-fn first_difference(
-    args: &[Arg<'_, EmuMem>],
-    bufs: &[&EmuMem],
-    a: &[Vec<u8>],
-    b: &[Vec<u8>],
-) -> Option<String> {
+fn first_difference(bufs: &[ArgBuf], a: &[Vec<u8>], b: &[Vec<u8>]) -> Option<String> {
     for ((m, x), y) in bufs.iter().zip(a).zip(b) {
         if x == y {
             continue;
@@ -506,13 +609,10 @@ fn first_difference(
         };
         let (wx, wy) = (words(x), words(y));
         let diff: Vec<usize> = (0..wx.len()).filter(|&i| wx[i] != wy[i]).collect();
-        let arg = args
-            .iter()
-            .position(|a| matches!(a, Arg::Ptr(p) if std::ptr::eq(p.ptr, m.ptr)))
-            .unwrap_or(0);
         let i = diff[0];
         return Some(format!(
-            "argument {arg}: {} of {} 32-bit words differ, first at index {i} ({:e} vs {:e}, bits {:08x} vs {:08x})",
+            "argument {}: {} of {} 32-bit words differ, first at index {i} ({:e} vs {:e}, bits {:08x} vs {:08x})",
+            m.arg,
             diff.len(),
             wx.len(),
             f32::from_bits(wx[i]),
@@ -531,13 +631,31 @@ impl Device for EmuDevice {
         format!("cuda-emu (kernels on the host; schedules {})", s.join(","))
     }
     fn alloc(&self, bytes: usize) -> EmuMem {
-        let (mut block, class, cached) = self.pool.take(alloc::size_class(bytes), EmuBlock::new);
-        if cached {
-            // Stale data must not leak into results: it reads as NaN, like fresh memory.
-            block.poison();
-        }
+        let prefer = self.replay.preferred_alloc();
+        let pool = self.stretch.current().unwrap_or_else(|| self.pool.clone());
+        let (block, class, cached) =
+            pool.take_preferring(alloc::size_class(bytes), &prefer, EmuBlock::new);
+        self.replay.note_alloc(block.ptr as u64);
         let block = std::mem::ManuallyDrop::new(block);
-        EmuMem { ptr: block.ptr, words: block.words, home: Some((self.pool.clone(), class)) }
+        // Stale data must not leak into results: a reused block reads as NaN, like fresh
+        // memory. A unit of work, so that it lands in order with work held for a replay; not
+        // inside a replayed stretch (the GPU has no such unit: a stretch's units must not
+        // depend on whether its pool had the block cached yet, and every step rewrites what
+        // the step before wrote there).
+        let in_stretch = !Arc::ptr_eq(&pool, &self.pool);
+        if cached && !in_stretch {
+            let (ptr, words) = (block.ptr as usize, block.words);
+            self.submit(Op::Work {
+                key: vec![KEY_POISON, ptr as u64, words as u64],
+                run: Arc::new(move |_: &()| {
+                    // SAFETY: a pool block of `words` u64, alive while the pool holds it.
+                    unsafe { std::slice::from_raw_parts_mut(ptr as *mut u64, words) }
+                        .fill(u64::MAX);
+                    Ok(())
+                }),
+            });
+        }
+        EmuMem { ptr: block.ptr, words: block.words, home: Some((pool, class)) }
     }
     fn upload(&self, host: &[u8]) -> EmuMem {
         let mut m = self.alloc(host.len());
@@ -549,12 +667,17 @@ impl Device for EmuDevice {
         m
     }
     fn write(&self, mem: &mut EmuMem, host: &[u8]) {
+        assert!(host.len() <= mem.bytes(), "emu write past the end of a buffer");
         self.pool.note_upload(host.len());
-        self.store(mem, host);
+        self.pool.shadow_forget(mem.ptr as u64);
+        self.submit(Op::Write { dst: mem.ptr as u64, bytes: host.to_vec() });
     }
     fn download(&self, mem: &EmuMem, bytes: usize) -> Vec<u8> {
+        assert!(bytes <= mem.bytes(), "emu read past the end of a buffer");
+        self.flush();
         self.pool.note_download(bytes);
-        self.read(mem, bytes)
+        // SAFETY: bounds checked above; no unit of work is held.
+        unsafe { std::slice::from_raw_parts(mem.ptr as *const u8, bytes).to_vec() }
     }
     fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {
         self.dyn_optin.lock().unwrap().insert(name.to_string(), bytes as usize);
@@ -587,9 +710,26 @@ impl Device for EmuDevice {
         let name = || super::device::gemm_name(self.gemm_bf16, m, n, k, ta, tb);
         self.timed(name, || self.gemm_untimed(out, a, ta, b, tb, m, n, k, beta))
     }
-    fn synchronize(&self) {}
+    fn synchronize(&self) {
+        self.flush();
+    }
     fn memory_stats(&self) -> Option<MemoryStats> {
-        Some(self.pool.stats())
+        Some(self.stretch.stats_with(self.pool.stats()))
+    }
+    fn replay_begin(&self, tag: u64) {
+        if self.replay.enabled() && self.pool.caching() {
+            // Without the caching allocator blocks go back to the host at once: a held unit
+            // could outlive its memory, and no step's addresses repeat.
+            self.stretch.enter(tag);
+            self.replay.begin(tag);
+        }
+    }
+    fn replay_end(&self) {
+        self.stretch.leave();
+        self.replay.end(self).unwrap_or_else(|e| panic!("{e}"));
+    }
+    fn replay_stats(&self) -> Option<ReplayStats> {
+        self.replay.enabled().then(|| self.replay.stats())
     }
     fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {
         self.profile.as_ref().map_or_else(Vec::new, |p| p.sorted())
@@ -613,15 +753,16 @@ impl Device for EmuDevice {
         self.gemm_bf16 && self.bf16_shadows
     }
     fn adopt_bf16_shadow(&self, mem: &EmuMem, mut shadow: EmuMem, n: usize) {
-        let (pool, class) = shadow.home.take().expect("emulator memory comes from the pool");
+        let (home, class) = shadow.home.take().expect("emulator memory comes from the pool");
         let block = EmuBlock { ptr: shadow.ptr, words: shadow.words };
         std::mem::forget(shadow); // its block now belongs to the registry
-        pool.shadow_insert(mem.ptr as u64, block, class, n);
+        self.pool.shadow_insert_from(mem.ptr as u64, block, class, n, home);
     }
     fn forget_bf16_shadow(&self, mem: &EmuMem) {
         self.pool.shadow_forget(mem.ptr as u64);
     }
     fn bf16_shadow_bits(&self, mem: &EmuMem, n: usize) -> Option<Vec<u16>> {
+        self.flush();
         self.pool.with_shadows([(mem.ptr as u64, n)], |[s]| {
             // SAFETY: a shadow block that covers `n` values holds at least `n` bf16.
             s.map(|b| unsafe { std::slice::from_raw_parts(b.ptr as *const u16, n) }.to_vec())

@@ -147,7 +147,10 @@ pub fn decode_supports(spans: &[AttnSpan], shape: AttnShape) -> bool {
 }
 
 /// Decode work: split items (query row, first kv row, keys, 0) and per-sequence combine items
-/// (query row, first split, splits, 0).
+/// (query row, first split, splits, 0). The split items are padded with empty ones (row 0, no
+/// keys: their partials are written and never combined) to a power of two, so that the grid
+/// and the item count stay the same while sequences grow by a chunk here and there: a decode
+/// step then repeats its launches exactly (what a replayed CUDA graph needs, `cuda::replay`).
 fn decode_items(spans: &[AttnSpan]) -> (Vec<i32>, Vec<i32>) {
     let (mut split, mut comb) = (Vec::new(), Vec::new());
     for s in spans {
@@ -166,6 +169,10 @@ fn decode_items(spans: &[AttnSpan]) -> (Vec<i32>, Vec<i32>) {
             (split.len() / 4 - first) as i32,
             0,
         ]);
+    }
+    let items = split.len() / 4;
+    if items > 0 {
+        split.resize(4 * items.next_power_of_two(), 0);
     }
     (split, comb)
 }
@@ -427,7 +434,16 @@ mod tests {
         assert_eq!(comb, vec![130, 0, 1, 0]);
         let long = [AttnSpan { q_start: 3, q_len: 1, kv_start: 10, kv_len: 300 }];
         let (split, comb) = decode_items(&long);
-        assert_eq!(split, vec![3, 10, 128, 0, 3, 138, 128, 0, 3, 266, 44, 0]);
+        // Three items, padded to four with an empty one.
+        assert_eq!(split, vec![3, 10, 128, 0, 3, 138, 128, 0, 3, 266, 44, 0, 0, 0, 0, 0]);
         assert_eq!(comb, vec![3, 0, 3, 0]);
+        // Sequences growing inside their chunks keep the item count (and the grid).
+        let at = |n: usize| {
+            let s: Vec<AttnSpan> = (0..5)
+                .map(|i| AttnSpan { q_start: i, q_len: 1, kv_start: 1000 * i, kv_len: n + 40 * i })
+                .collect();
+            decode_items(&s).0.len() / 4
+        };
+        assert_eq!((at(130), at(131), at(200)), (16, 16, 16));
     }
 }

@@ -18,6 +18,7 @@ pub mod emu;
 pub mod flash;
 mod multi;
 pub mod precision;
+pub mod replay;
 pub mod rl;
 mod upload_cache;
 mod vision_ops;
@@ -321,6 +322,21 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
     fn kernel_profile(&self) -> Vec<crate::backend::profile::KernelTime> {
         self.dev.kernel_profile()
+    }
+    fn repeat_begin(&self, tag: u64) {
+        if self.dev.replay_stats().is_some() {
+            // Each step uploads its own index arrays into its stretch's pool (the rope table
+            // too: one small copy more a step), so that nothing from the step before holds a
+            // block the captured step used and every step starts from the same free blocks.
+            self.indices.clear();
+        }
+        self.dev.replay_begin(tag);
+    }
+    fn repeat_end(&self) {
+        self.dev.replay_end();
+    }
+    fn replay_stats(&self) -> Option<replay::ReplayStats> {
+        self.dev.replay_stats()
     }
 
     fn zeros(&self, n: usize) -> Self::Buf {

@@ -1,0 +1,608 @@
+//! Replaying a repeated stretch of device work (a decode step) as one CUDA graph.
+//!
+//! A decode step is ~600 launches of small kernels and GEMMs at a few dozen rows. On an H100
+//! the host's work per launch (~13.5 us measured, cuBLAS's the largest) bounded the step at
+//! 8.3 ms while the GPU's own work is ~1-2 ms (docs/perf.md, "Fourth call"). A CUDA graph of
+//! the step replays all of it with one launch.
+//!
+//! How, without the model code knowing: the caller brackets the stretch (`begin(tag)` ..
+//! `end()`). The first time a tag is seen its work runs as usual and its fingerprint is kept:
+//! per unit of work (a kernel launch, a library GEMM, a host->device write) a key of
+//! everything that decides what the unit does (kernel, grid, every argument value and
+//! address). The next time, the units are held instead of run, each compared with the kept
+//! fingerprints as it comes; if the whole stretch matches one, that fingerprint's graph
+//! (captured from the held units the first time it matched) is launched, the writes' new
+//! bytes put first where the graph's copies read them. The first unit that matches no
+//! fingerprint ends the deferral: the held units run in order, the rest of the stretch runs
+//! live, and its fingerprint is kept too (up to `MAX_CANDIDATES` per tag, for steps that
+//! alternate). A download inside the stretch runs the held units first and makes the tag
+//! never replay (the host read a result mid-way; a graph would hand it stale data).
+//!
+//! Correctness rests on the key: equal keys do the same work. Addresses are in the key, so a
+//! replay needs the allocator to hand out the same blocks as the captured step, which it does
+//! when a step's allocations and frees repeat, as a decode step's do; a write's bytes are not
+//! in the key (they are the step's inputs: token ids, positions, cache rows). Host-side
+//! bookkeeping (allocation, the bf16 shadow registry) runs at call time in every mode; only
+//! device work is deferred, and always run in program order. The emulator replays by running
+//! the units kept from the capture (not the new ones), so a key that missed a parameter
+//! shows up in CI as wrong results.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A unit of device work, runnable on a stream of type `S` (the GPU's capture or main stream;
+/// `()` on the emulator, which runs it at once).
+pub(crate) type Run<S> = Arc<dyn Fn(&S) -> Result<(), String> + Send + Sync>;
+
+/// One unit of a stretch.
+pub(crate) enum Op<S> {
+    /// A kernel launch or library call: `key` says everything it does.
+    Work { key: Vec<u64>, run: Run<S> },
+    /// Host bytes copied to device address `dst` (an upload): the bytes change per step.
+    Write { dst: u64, bytes: Vec<u8> },
+}
+
+/// What a kept fingerprint holds per unit.
+#[derive(Clone, PartialEq, Eq)]
+enum Key {
+    Work(Vec<u64>),
+    Write { dst: u64, len: usize },
+}
+
+impl Key {
+    fn dbg(&self) -> String {
+        match self {
+            Key::Work(v) => format!("{v:x?}"),
+            Key::Write { dst, len } => format!("write {dst:x} {len}"),
+        }
+    }
+}
+
+impl<S> Op<S> {
+    fn key(&self) -> Key {
+        match self {
+            Op::Work { key, .. } => Key::Work(key.clone()),
+            Op::Write { dst, bytes } => Key::Write { dst: *dst, len: bytes.len() },
+        }
+    }
+    fn matches(&self, k: &Key) -> bool {
+        match (self, k) {
+            (Op::Work { key, .. }, Key::Work(k)) => key == k,
+            (Op::Write { dst, bytes }, Key::Write { dst: d, len }) => {
+                dst == d && bytes.len() == *len
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Kinds of work in a key's first word, so that no two kinds can share a key.
+pub(crate) const KEY_KERNEL: u64 = 1;
+pub(crate) const KEY_GEMM: u64 = 2;
+
+/// A key word per kernel argument: its type in the top byte (a u32 5 is not an i32 5), its
+/// bits below. Pointers are addresses (< 2^56 on every device we run on).
+pub(crate) fn arg_word(kind: u8, bits: u64) -> [u64; 2] {
+    [kind as u64, bits]
+}
+
+/// A stable 64-bit name for a kernel in a key (FNV-1a: the same on every run).
+pub(crate) fn name_word(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// What a device does for the replay: run a unit now, copy bytes now, capture held units as a
+/// graph, launch a captured graph.
+pub(crate) trait GraphHost {
+    type Stream;
+    type Graph: Send;
+    /// Runs `run` on the device's own stream now (outside any capture).
+    fn run_now(&self, run: &Run<Self::Stream>) -> Result<(), String>;
+    /// Copies `bytes` to device address `dst` now.
+    fn write_now(&self, dst: u64, bytes: &[u8]);
+    /// The graph of `ops` (nothing runs yet). Err leaves the device as it was.
+    fn capture(&self, ops: &[Op<Self::Stream>]) -> Result<Self::Graph, String>;
+    /// Runs `graph`, captured from units with the keys of `ops`, with `ops`' write bytes.
+    fn launch(&self, graph: &mut Self::Graph, ops: &[Op<Self::Stream>]) -> Result<(), String>;
+}
+
+/// Fingerprints kept per tag: a decode step's allocations may cycle through a few states.
+const MAX_CANDIDATES: usize = 4;
+
+/// Counters since the device was made (`Backend::replay_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayStats {
+    /// Stretches begun while replay was on.
+    pub stretches: u64,
+    /// Stretches run as one graph launch.
+    pub replays: u64,
+    /// Graphs captured (the first match of a fingerprint).
+    pub captures: u64,
+    /// Stretches whose units stopped matching part way (held units run, then live).
+    pub fallbacks: u64,
+    /// Units of work inside replayed graphs, in all.
+    pub units_replayed: u64,
+}
+
+struct Candidate<G> {
+    keys: Vec<Key>,
+    /// The addresses the stretch's allocations got, in order (a replay asks for them again).
+    allocs: Vec<u64>,
+    graph: Option<G>,
+    last_used: u64,
+}
+
+struct Tag<G> {
+    candidates: Vec<Candidate<G>>,
+    /// A download happened inside a stretch of this tag, or capture failed: run it live.
+    never: bool,
+}
+
+impl<G> Default for Tag<G> {
+    fn default() -> Self {
+        Tag { candidates: Vec::new(), never: false }
+    }
+}
+
+struct Open<S> {
+    tag: u64,
+    /// Units held (not yet run) while some fingerprint still matches.
+    deferring: bool,
+    held: Vec<Op<S>>,
+    /// Indices of the tag's candidates that match every unit so far.
+    alive: Vec<usize>,
+    /// Keys of the units run live so far (the fingerprint this stretch leaves).
+    keys: Vec<Key>,
+    /// The addresses of the stretch's allocations so far.
+    allocs: Vec<u64>,
+    synced: bool,
+}
+
+struct State<S, G> {
+    open: Option<Open<S>>,
+    tags: HashMap<u64, Tag<G>>,
+    stats: ReplayStats,
+    clock: u64,
+}
+
+/// The replay state of one device.
+pub(crate) struct Replay<S, G> {
+    on: bool,
+    state: Mutex<State<S, G>>,
+}
+
+impl<S, G: Send> Replay<S, G> {
+    pub(crate) fn new(on: bool) -> Self {
+        Replay {
+            on,
+            state: Mutex::new(State {
+                open: None,
+                tags: HashMap::new(),
+                stats: ReplayStats::default(),
+                clock: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.on
+    }
+
+    pub(crate) fn stats(&self) -> ReplayStats {
+        self.state.lock().expect("replay state").stats
+    }
+
+    /// Whether units are being held (not run as they come): the device must then not touch
+    /// device memory from the host at call time (the emulator's poisoning of reused blocks).
+    pub(crate) fn deferring(&self) -> bool {
+        self.on
+            && self.state.lock().expect("replay state").open.as_ref().is_some_and(|o| o.deferring)
+    }
+
+    /// Starts a stretch of work that repeats under `tag`. Panics if one is open already.
+    pub(crate) fn begin(&self, tag: u64) {
+        if !self.on {
+            return;
+        }
+        let mut st = self.state.lock().expect("replay state");
+        assert!(
+            st.open.is_none(),
+            "replay stretches do not nest (tag {tag:#x} begun inside another)"
+        );
+        st.stats.stretches += 1;
+        let t = st.tags.entry(tag).or_default();
+        if t.never {
+            return;
+        }
+        let alive: Vec<usize> = (0..t.candidates.len()).collect();
+        st.open = Some(Open {
+            tag,
+            deferring: !alive.is_empty(),
+            held: Vec::new(),
+            alive,
+            keys: Vec::new(),
+            allocs: Vec::new(),
+            synced: false,
+        });
+    }
+
+    /// The addresses the next allocation should get, most wanted first: what it got in the
+    /// fingerprints that still match (empty outside a held stretch).
+    pub(crate) fn preferred_alloc(&self) -> Vec<u64> {
+        if !self.on {
+            return Vec::new();
+        }
+        let st = self.state.lock().expect("replay state");
+        let Some(open) = st.open.as_ref().filter(|o| o.deferring) else { return Vec::new() };
+        let cands = &st.tags[&open.tag].candidates;
+        let j = open.allocs.len();
+        open.alive.iter().filter_map(|&c| cands[c].allocs.get(j).copied()).collect()
+    }
+
+    /// Notes the address an allocation inside the open stretch got.
+    pub(crate) fn note_alloc(&self, addr: u64) {
+        if !self.on {
+            return;
+        }
+        if let Some(open) = self.state.lock().expect("replay state").open.as_mut() {
+            open.allocs.push(addr);
+        }
+    }
+
+    /// One unit of work: run now, or held while a fingerprint matches.
+    pub(crate) fn submit<H: GraphHost<Stream = S, Graph = G>>(
+        &self,
+        host: &H,
+        op: Op<S>,
+    ) -> Result<(), String> {
+        if !self.on {
+            return run_op(host, &op);
+        }
+        let mut guard = self.state.lock().expect("replay state");
+        let st = &mut *guard;
+        let Some(open) = st.open.as_mut() else {
+            drop(guard);
+            return run_op(host, &op);
+        };
+        if open.deferring {
+            let i = open.held.len();
+            let cands = &st.tags[&open.tag].candidates;
+            if std::env::var("MMR1_REPLAY_DEBUG").is_ok()
+                && !open.alive.iter().any(|&c| cands[c].keys.get(i).is_some_and(|k| op.matches(k)))
+            {
+                for &c in &open.alive {
+                    let want = cands[c].keys.get(i).map(Key::dbg);
+                    eprintln!(
+                        "DEBUG fallback at unit {i}, candidate {c}: got {} want {want:?}",
+                        op.key().dbg()
+                    );
+                }
+            }
+            open.alive.retain(|&c| cands[c].keys.get(i).is_some_and(|k| op.matches(k)));
+            open.held.push(op);
+            if open.alive.is_empty() {
+                st.stats.fallbacks += 1;
+                return stop_deferring(host, open);
+            }
+            return Ok(());
+        }
+        open.keys.push(op.key());
+        run_op(host, &op)
+    }
+
+    /// The host is about to read device memory (a download, a synchronize): held units run
+    /// first, and the open stretch's tag will never replay.
+    pub(crate) fn flush<H: GraphHost<Stream = S, Graph = G>>(
+        &self,
+        host: &H,
+    ) -> Result<(), String> {
+        if !self.on {
+            return Ok(());
+        }
+        let mut st = self.state.lock().expect("replay state");
+        let Some(open) = st.open.as_mut() else { return Ok(()) };
+        open.synced = true;
+        if open.deferring {
+            return stop_deferring(host, open);
+        }
+        Ok(())
+    }
+
+    /// Ends the open stretch: launches its graph if it matched a fingerprint whole, else keeps
+    /// its fingerprint. A no-op without an open stretch.
+    pub(crate) fn end<H: GraphHost<Stream = S, Graph = G>>(&self, host: &H) -> Result<(), String> {
+        if !self.on {
+            return Ok(());
+        }
+        let mut guard = self.state.lock().expect("replay state");
+        let st = &mut *guard;
+        let Some(mut open) = st.open.take() else { return Ok(()) };
+        st.clock += 1;
+        let clock = st.clock;
+        let tag = st.tags.get_mut(&open.tag).expect("the open tag exists");
+        if open.synced {
+            tag.never = true;
+            tag.candidates.clear();
+            return Ok(());
+        }
+        if open.deferring {
+            let n = open.held.len();
+            open.alive.retain(|&c| tag.candidates[c].keys.len() == n);
+            if let Some(&c) = open.alive.first() {
+                let cand = &mut tag.candidates[c];
+                cand.last_used = clock;
+                if cand.graph.is_none() {
+                    match host.capture(&open.held) {
+                        Ok(g) => {
+                            cand.graph = Some(g);
+                            st.stats.captures += 1;
+                        }
+                        Err(e) => {
+                            eprintln!("warning: a CUDA graph of a repeated step could not be captured ({e}); running it op by op");
+                            tag.never = true;
+                            tag.candidates.clear();
+                            return run_all(host, &open.held);
+                        }
+                    }
+                }
+                host.launch(cand.graph.as_mut().expect("captured above"), &open.held)?;
+                st.stats.replays += 1;
+                st.stats.units_replayed += n as u64;
+                return Ok(());
+            }
+            // A prefix of every fingerprint: run it, and keep it as one more.
+            st.stats.fallbacks += 1;
+            stop_deferring(host, &mut open)?;
+        }
+        if tag.candidates.len() >= MAX_CANDIDATES {
+            let oldest = (0..tag.candidates.len())
+                .min_by_key(|&i| tag.candidates[i].last_used)
+                .expect("full");
+            tag.candidates.remove(oldest);
+        }
+        tag.candidates.push(Candidate {
+            keys: open.keys,
+            allocs: open.allocs,
+            graph: None,
+            last_used: clock,
+        });
+        Ok(())
+    }
+}
+
+fn run_op<H: GraphHost>(host: &H, op: &Op<H::Stream>) -> Result<(), String> {
+    match op {
+        Op::Work { run, .. } => host.run_now(run),
+        Op::Write { dst, bytes } => {
+            host.write_now(*dst, bytes);
+            Ok(())
+        }
+    }
+}
+
+fn run_all<H: GraphHost>(host: &H, ops: &[Op<H::Stream>]) -> Result<(), String> {
+    ops.iter().try_for_each(|op| run_op(host, op))
+}
+
+/// Runs the held units in order and goes on live, their keys the start of the fingerprint.
+fn stop_deferring<H: GraphHost>(host: &H, open: &mut Open<H::Stream>) -> Result<(), String> {
+    open.deferring = false;
+    let held = std::mem::take(&mut open.held);
+    open.keys = held.iter().map(Op::key).collect();
+    run_all(host, &held)
+}
+
+/// Whether replay is on, from `MMR1_GRAPHS` (`1` on, `0` off; unset: `default`). Panics on
+/// another value, naming it.
+pub(crate) fn enabled_from_env(default: bool) -> bool {
+    match std::env::var("MMR1_GRAPHS").as_deref() {
+        Err(_) | Ok("") => default,
+        Ok("1") => true,
+        Ok("0") => false,
+        Ok(v) => panic!(
+            "MMR1_GRAPHS={v:?}: expected 1 (replay repeated decode steps as CUDA graphs) or 0"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A device that logs what runs: units by name, writes by (dst, first byte), graph
+    /// launches by the names of the units they were captured from.
+    #[derive(Default)]
+    struct Log {
+        ran: RefCell<Vec<String>>,
+        fail_capture: bool,
+    }
+
+    impl GraphHost for Log {
+        type Stream = RefCell<Vec<String>>;
+        type Graph = Vec<Option<Run<Self::Stream>>>;
+        fn run_now(&self, run: &Run<Self::Stream>) -> Result<(), String> {
+            run(&self.ran)
+        }
+        fn write_now(&self, dst: u64, bytes: &[u8]) {
+            self.ran.borrow_mut().push(format!("w{dst}={}", bytes[0]));
+        }
+        fn capture(&self, ops: &[Op<Self::Stream>]) -> Result<Self::Graph, String> {
+            if self.fail_capture {
+                return Err("no".into());
+            }
+            self.ran.borrow_mut().push("capture".into());
+            Ok(ops
+                .iter()
+                .map(|o| match o {
+                    Op::Work { run, .. } => Some(run.clone()),
+                    Op::Write { .. } => None,
+                })
+                .collect())
+        }
+        fn launch(&self, g: &mut Self::Graph, ops: &[Op<Self::Stream>]) -> Result<(), String> {
+            self.ran.borrow_mut().push("graph".into());
+            for (u, op) in g.iter().zip(ops) {
+                match (u, op) {
+                    (Some(run), _) => run(&self.ran)?,
+                    (None, Op::Write { dst, bytes }) => self.write_now(*dst, bytes),
+                    _ => return Err("graph and units disagree".into()),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    // The logging stream is not Sync, so units are made per test thread (Run needs Send +
+    // Sync only for the real devices' threads).
+    struct Unsync<T>(T);
+    unsafe impl<T> Send for Unsync<T> {}
+    unsafe impl<T> Sync for Unsync<T> {}
+
+    fn work(name: &str, arg: u64) -> Op<RefCell<Vec<String>>> {
+        let label = Unsync(format!("{name}({arg})"));
+        Op::Work {
+            key: vec![KEY_KERNEL, name_word(name), arg],
+            run: Arc::new(move |log: &RefCell<Vec<String>>| {
+                log.borrow_mut().push(label.0.clone());
+                Ok(())
+            }),
+        }
+    }
+
+    fn write(dst: u64, byte: u8) -> Op<RefCell<Vec<String>>> {
+        Op::Write { dst, bytes: vec![byte, 0, 0] }
+    }
+
+    type R = Replay<RefCell<Vec<String>>, Vec<Option<Run<RefCell<Vec<String>>>>>>;
+
+    fn step(r: &R, host: &Log, tag: u64, ops: Vec<Op<RefCell<Vec<String>>>>) -> Vec<String> {
+        host.ran.borrow_mut().clear();
+        r.begin(tag);
+        for op in ops {
+            r.submit(host, op).unwrap();
+        }
+        r.end(host).unwrap();
+        host.ran.borrow().clone()
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn a_repeated_stretch_runs_live_then_is_captured_then_replayed_with_new_bytes() {
+        let (r, host) = (R::new(true), Log::default());
+        let ops = |b| vec![write(7, b), work("embed", 1), work("gemm", 2)];
+        assert_eq!(step(&r, &host, 1, ops(10)), s(&["w7=10", "embed(1)", "gemm(2)"]));
+        assert_eq!(
+            step(&r, &host, 1, ops(11)),
+            s(&["capture", "graph", "w7=11", "embed(1)", "gemm(2)"])
+        );
+        assert_eq!(step(&r, &host, 1, ops(12)), s(&["graph", "w7=12", "embed(1)", "gemm(2)"]));
+        let st = r.stats();
+        assert_eq!(
+            (st.stretches, st.replays, st.captures, st.fallbacks, st.units_replayed),
+            (3, 2, 1, 0, 6)
+        );
+    }
+
+    #[test]
+    fn a_unit_that_differs_runs_the_held_ones_in_order_then_goes_on_live() {
+        let (r, host) = (R::new(true), Log::default());
+        step(&r, &host, 1, vec![work("a", 1), work("b", 2), work("c", 3)]);
+        // Differs at the second unit: `a` ran held, then the rest live, nothing skipped.
+        assert_eq!(
+            step(&r, &host, 1, vec![work("a", 1), work("b", 9), work("c", 3)]),
+            s(&["a(1)", "b(9)", "c(3)"])
+        );
+        assert_eq!(r.stats().fallbacks, 1);
+        // Both fingerprints are kept: either one replays now.
+        assert_eq!(
+            step(&r, &host, 1, vec![work("a", 1), work("b", 9), work("c", 3)]),
+            s(&["capture", "graph", "a(1)", "b(9)", "c(3)"])
+        );
+        assert_eq!(
+            step(&r, &host, 1, vec![work("a", 1), work("b", 2), work("c", 3)]),
+            s(&["capture", "graph", "a(1)", "b(2)", "c(3)"])
+        );
+        // A write to another address, or of another length, is another unit.
+        step(&r, &host, 2, vec![write(5, 1)]);
+        assert_eq!(step(&r, &host, 2, vec![write(6, 1)]), s(&["w6=1"]));
+        let mut longer = write(5, 1);
+        if let Op::Write { bytes, .. } = &mut longer {
+            bytes.push(0);
+        }
+        assert_eq!(step(&r, &host, 2, vec![longer]), s(&["w5=1"]));
+        assert_eq!(r.stats().replays, 2);
+    }
+
+    #[test]
+    fn a_prefix_or_a_longer_stretch_is_not_replayed() {
+        let (r, host) = (R::new(true), Log::default());
+        step(&r, &host, 1, vec![work("a", 1), work("b", 2)]);
+        assert_eq!(step(&r, &host, 1, vec![work("a", 1)]), s(&["a(1)"]));
+        assert_eq!(
+            step(&r, &host, 1, vec![work("a", 1), work("b", 2), work("c", 3)]),
+            s(&["a(1)", "b(2)", "c(3)"])
+        );
+        assert_eq!(r.stats().replays, 0);
+    }
+
+    #[test]
+    fn a_download_inside_runs_what_is_held_and_the_tag_never_replays() {
+        let (r, host) = (R::new(true), Log::default());
+        step(&r, &host, 1, vec![work("a", 1), work("b", 2)]);
+        host.ran.borrow_mut().clear();
+        r.begin(1);
+        r.submit(&host, work("a", 1)).unwrap();
+        assert!(r.deferring());
+        r.flush(&host).unwrap();
+        assert_eq!(*host.ran.borrow(), s(&["a(1)"]), "the held unit ran before the host reads");
+        assert!(!r.deferring());
+        r.submit(&host, work("b", 2)).unwrap();
+        r.end(&host).unwrap();
+        assert_eq!(step(&r, &host, 1, vec![work("a", 1), work("b", 2)]), s(&["a(1)", "b(2)"]));
+        assert_eq!(r.stats().replays, 0);
+    }
+
+    #[test]
+    fn off_or_outside_a_stretch_every_unit_runs_at_once_and_capture_failure_runs_live() {
+        let (r, host) = (R::new(false), Log::default());
+        for _ in 0..3 {
+            assert_eq!(step(&r, &host, 1, vec![work("a", 1)]), s(&["a(1)"]));
+        }
+        assert_eq!(r.stats(), ReplayStats::default());
+        let r = R::new(true);
+        host.ran.borrow_mut().clear();
+        r.submit(&host, work("z", 0)).unwrap();
+        assert_eq!(*host.ran.borrow(), s(&["z(0)"]));
+        let host = Log { fail_capture: true, ..Default::default() };
+        for _ in 0..3 {
+            assert_eq!(step(&r, &host, 3, vec![work("a", 1)]), s(&["a(1)"]));
+        }
+        assert_eq!(r.stats().replays, 0);
+    }
+
+    #[test]
+    fn at_most_a_few_fingerprints_are_kept_per_tag() {
+        let (r, host) = (R::new(true), Log::default());
+        for a in 0..=MAX_CANDIDATES as u64 {
+            step(&r, &host, 1, vec![work("a", a)]);
+        }
+        // The oldest (a = 0) went; the newest replay.
+        assert_eq!(step(&r, &host, 1, vec![work("a", 0)]), s(&["a(0)"]));
+        assert_eq!(
+            step(&r, &host, 1, vec![work("a", MAX_CANDIDATES as u64)]),
+            s(&["capture", "graph", "a(4)"])
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "do not nest")]
+    fn stretches_do_not_nest() {
+        let r = R::new(true);
+        r.begin(1);
+        r.begin(2);
+    }
+}
