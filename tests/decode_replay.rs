@@ -88,7 +88,8 @@ fn emu(
     p: Precision,
 ) -> CudaBackend<mmr1_fast::backend::cuda::emu::EmuDevice> {
     use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
-    let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_replay(replay);
+    let dev =
+        EmuDevice::with_schedules(&[Schedule::Forward]).with_caching(true).with_replay(replay);
     let mut be = CudaBackend::with_device(dev).with_precision(p).unwrap();
     be.set_attention(attn);
     be
@@ -128,7 +129,10 @@ fn a_decode_step_replays_in_one_go_without_rerunning_its_units() {
     use mmr1_fast::backend::profile::since;
     // With the profile on, units are counted when they are submitted: a replayed step counts
     // what it launched, and the counts of a replayed and a live step are the same.
-    let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_replay(true).with_profile();
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+        .with_caching(true)
+        .with_replay(true)
+        .with_profile();
     let be = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
     let model = random_model_on(&be, tiny_config(VOCAB, false), 5);
     let mut cache = model.new_cache(&be, 2, 40);
