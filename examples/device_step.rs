@@ -372,6 +372,8 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         "kv_cache_bytes": (!o.host_sampling).then_some(slots.kv_values * 4),
         "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
         "token_checksums": checksums,
+        // Decode steps replayed as CUDA graphs (MMR1_GRAPHS=1), over all rollouts.
+        "replay": be.replay_stats(),
     });
     println!("{line}");
     Ok(())

@@ -206,6 +206,7 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         "decode_tokens_per_s": generated as f64 / roll_s,
         "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
         "zero_variance_groups": zero_var, "losses": losses,
+        "replay": be.replay_stats(),
     });
     println!("{line}");
     Ok(())

@@ -40,7 +40,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel device_decode nccl"
+suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel device_decode decode_replay nccl"
 # compute-sanitizer runs the kernel suites, not NCCL's (its own kernels and proxy threads are
 # not ours to check, and slow under the tools).
 san_suites=${suites/ nccl/}
@@ -192,8 +192,11 @@ if want steps && [ "${STEPS:-full}" = quick ]; then
     # Launches and device time per decode step, by kernel (docs/perf.md "Decode step: launches
     # per step"): the JSON line's launches_per_decode_step, the table in steps.log.
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # Decode steps replayed as CUDA graphs (cuda::replay; off by default until measured).
+    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     step torch-grpo 180 --arch qwen2.5-0.5b $grpo
     step ours 120 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
 elif want steps; then
@@ -212,8 +215,10 @@ elif want steps; then
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     # The split flash-decode kernel (the default before the staged one was measured), same rollout.
     STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     step torch-grpo 180 --arch qwen2.5-0.5b $grpo
     step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
     # The largest published shape: 3B (7B needs ~122 GB for f32 weights, grads and moments).
@@ -579,16 +584,24 @@ if grpo:
             out.append(f"| {r.get('who')} | `{r.get('args', '')}` | failed: {r['error']} | | | | | | | | |")
             continue
         sec = lambda k: "-" if r.get(k) is None else f"{r[k]:.3f} s"
-        out.append(f"| {r.get('who')} | {r.get('shape', r.get('arch'))} | {r['prompts']} x {r['group']} | {r['new_tokens']} | "
+        out.append(f"| {r.get('who')}{' (' + r['env'] + ')' if r.get('env') else ''} | {r.get('shape', r.get('arch'))} | {r['prompts']} x {r['group']} | {r['new_tokens']} | "
                    f"{sec('rollout_s')} | {sec('rewards_advantages_s')} | {sec('vas_scores_s')} | {sec('update_s')} | "
                    f"{sec('step_s_median')} | {r['decode_tokens_per_s']:.0f} | {gib(r.get('peak_in_use_bytes', r.get('peak_allocated_bytes')))} |")
     ok = [r for r in grpo if "error" not in r]
-    o = next((r for r in ok if r.get("who") == "ours"), None)
     t = next((r for r in ok if r.get("who") == "torch"), None)
-    if o and t:
-        out += ["", f"GRPO step: ours **{t['step_s_median'] / o['step_s_median']:.2f}x** PyTorch's speed (issue 11 target 3x); "
-                f"rollout decoding {o['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x HF generate's tokens/s (target 10x); "
-                f"update {t['update_s'] / o['update_s']:.2f}x."]
+    for o in [r for r in ok if r.get("who") == "ours"]:
+        if t:
+            out += ["", f"GRPO step{' with ' + o['env'] if o.get('env') else ''}: ours **{t['step_s_median'] / o['step_s_median']:.2f}x** PyTorch's speed (issue 11 target 3x); "
+                    f"rollout decoding {o['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x HF generate's tokens/s (target 10x); "
+                    f"update {t['update_s'] / o['update_s']:.2f}x; replay {o.get('replay')}."]
+# Decode steps replayed as CUDA graphs (MMR1_GRAPHS=1) against the same rollout op by op.
+plain = next((r for r in steps if "error" not in r and r.get("mode") == "decode" and r.get("who") == "ours" and not r.get("env") and r.get("sampling") == "device"), None)
+for g in [r for r in steps if "error" not in r and r.get("mode") == "decode" and "MMR1_GRAPHS=1" in (r.get("env") or "")]:
+    if plain:
+        same = g.get("token_checksums") == plain.get("token_checksums")
+        out += ["", f"CUDA graphs (cuda::replay): decode {g['tokens_per_s']:.0f} tokens/s vs {plain['tokens_per_s']:.0f} op by op "
+                f"(**{g['tokens_per_s'] / plain['tokens_per_s']:.2f}x**), rollout {g['step_s_median']*1e3:.0f} vs {plain['step_s_median']*1e3:.0f} ms; "
+                f"same tokens: {same}; replay counters {g.get('replay')}."]
 # Decode steps' cost structure: launches (profiled runs) and uploads per decode step.
 dl = [r for r in steps if "error" not in r and r.get("mode") == "decode" and r.get("uploads_per_decode_step") is not None]
 if dl:

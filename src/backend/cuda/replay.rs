@@ -86,7 +86,9 @@ pub(crate) fn arg_word(kind: u8, bits: u64) -> [u64; 2] {
     [kind as u64, bits]
 }
 
-/// A stable 64-bit name for a kernel in a key (FNV-1a: the same on every run).
+/// A stable 64-bit name for a kernel in a key (FNV-1a: the same on every run; the emulator's
+/// kernels are named, the GPU's are handles).
+#[cfg_attr(not(any(test, feature = "emu")), allow(dead_code))]
 pub(crate) fn name_word(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
