@@ -537,49 +537,42 @@ impl Device for CudaDevice {
         // Each argument's bits in an 8-byte slot: cuLaunchKernel reads the width of each
         // parameter from the front of its slot (little-endian).
         let func = KernelFn(f.cu_function());
-        let mut key = vec![replay::KEY_KERNEL, func.raw() as u64];
-        key.extend(grid.iter().chain(&block).map(|&g| g as u64));
-        key.push(shared_bytes as u64);
-        let vals: Vec<u64> = args
-            .iter()
-            .map(|a| {
-                let (kind, v) = match a {
-                    Arg::Ptr(m) => (0, m.addr),
-                    Arg::Null => (1, 0),
-                    Arg::I32(v) => (2, *v as u32 as u64),
-                    Arg::U32(v) => (3, *v as u64),
-                    Arg::I64(v) => (4, *v as u64),
-                    Arg::F32(v) => (5, v.to_bits() as u64),
-                    Arg::F64(v) => (6, v.to_bits()),
-                };
-                key.extend(replay::arg_word(kind, v));
-                v
-            })
-            .collect();
-        let run = move |stream: &Arc<CudaStream>| {
-            let _keep = &f; // the module stays loaded while a graph may launch the kernel
-            let mut vals = vals.clone();
-            let mut params: Vec<*mut std::ffi::c_void> =
-                vals.iter_mut().map(|v| v as *mut u64 as *mut std::ffi::c_void).collect();
-            // SAFETY: argument lists match the kernels' signatures (checked by the test suite);
-            // the slots outlive the call, which copies them.
-            unsafe {
-                cudarc::driver::result::launch_kernel(
-                    func.raw(),
-                    (grid[0], grid[1], grid[2]),
-                    (block[0], block[1], block[2]),
-                    shared_bytes,
-                    stream.cu_stream(),
-                    &mut params,
-                )
-            }
-            .map_err(|e| format!("{e:?}"))
+        let typed = args.iter().map(|a| match a {
+            Arg::Ptr(m) => (0, m.addr),
+            Arg::Null => (1, 0),
+            Arg::I32(v) => (2, *v as u32 as u64),
+            Arg::U32(v) => (3, *v as u64),
+            Arg::I64(v) => (4, *v as u64),
+            Arg::F32(v) => (5, v.to_bits() as u64),
+            Arg::F64(v) => (6, v.to_bits()),
+        });
+        let submitted = if !self.replay.in_stretch() {
+            // The common case (training, prefill): straight to the driver, no unit built.
+            let mut vals: Vec<u64> = typed.map(|(_, v)| v).collect();
+            self.timed(
+                || name.to_string(),
+                || launch_raw(func, grid, block, shared_bytes, &self.stream, &mut vals),
+            )
+        } else {
+            let mut key = vec![replay::KEY_KERNEL, func.raw() as u64];
+            key.extend(grid.iter().chain(&block).map(|&g| g as u64));
+            key.push(shared_bytes as u64);
+            let vals: Vec<u64> = typed
+                .map(|(kind, v)| {
+                    key.extend(replay::arg_word(kind, v));
+                    v
+                })
+                .collect();
+            let run = move |stream: &Arc<CudaStream>| {
+                let _keep = &f; // the module stays loaded while a graph may launch the kernel
+                launch_raw(func, grid, block, shared_bytes, stream, &mut vals.clone())
+            };
+            self.timed(
+                || name.to_string(),
+                || self.replay.submit(self, Op::Work { key, run: Arc::new(run) }),
+            )
         };
-        self.timed(
-            || name.to_string(),
-            || self.replay.submit(self, Op::Work { key, run: Arc::new(run) }),
-        )
-        .unwrap_or_else(|e| panic!("launch of kernel {name} [{}] failed: {e}", shape()));
+        submitted.unwrap_or_else(|e| panic!("launch of kernel {name} [{}] failed: {e}", shape()));
         if check_launches() && !self.replay.deferring() {
             // A fault inside the kernel (illegal address, trap from DEVICE_CHECK) surfaces here
             // with the kernel's name instead of at some later download.
@@ -847,6 +840,32 @@ impl alloc::Block for CudaSlice<u8> {
     fn addr(&self) -> u64 {
         raw_addr(self, self.stream())
     }
+}
+
+/// Launches `func` on `stream` with argument slots `vals` (each argument's bits in 8 bytes).
+fn launch_raw(
+    func: KernelFn,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    stream: &CudaStream,
+    vals: &mut [u64],
+) -> Result<(), String> {
+    let mut params: Vec<*mut std::ffi::c_void> =
+        vals.iter_mut().map(|v| v as *mut u64 as *mut std::ffi::c_void).collect();
+    // SAFETY: argument lists match the kernels' signatures (checked by the test suite); the
+    // slots outlive the call, which copies them.
+    unsafe {
+        cudarc::driver::result::launch_kernel(
+            func.raw(),
+            (grid[0], grid[1], grid[2]),
+            (block[0], block[1], block[2]),
+            shared_bytes,
+            stream.cu_stream(),
+            &mut params,
+        )
+    }
+    .map_err(|e| format!("{e:?}"))
 }
 
 /// The device address of `mem` (no event bookkeeping: one stream runs everything).

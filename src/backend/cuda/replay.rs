@@ -170,6 +170,8 @@ struct State<S, G> {
 /// The replay state of one device.
 pub(crate) struct Replay<S, G> {
     on: bool,
+    /// Whether a stretch is open (read without the lock on every launch).
+    open: std::sync::atomic::AtomicBool,
     state: Mutex<State<S, G>>,
 }
 
@@ -177,6 +179,7 @@ impl<S, G: Send> Replay<S, G> {
     pub(crate) fn new(on: bool) -> Self {
         Replay {
             on,
+            open: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 open: None,
                 tags: HashMap::new(),
@@ -192,6 +195,12 @@ impl<S, G: Send> Replay<S, G> {
 
     pub(crate) fn stats(&self) -> ReplayStats {
         self.state.lock().expect("replay state").stats
+    }
+
+    /// Whether a stretch is open: units must then go through `submit` (outside one, a device
+    /// may run its work directly without building units).
+    pub(crate) fn in_stretch(&self) -> bool {
+        self.on && self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether units are being held (not run as they come): the device must then not touch
@@ -216,6 +225,7 @@ impl<S, G: Send> Replay<S, G> {
         if t.never {
             return;
         }
+        self.open.store(true, std::sync::atomic::Ordering::Relaxed);
         let alive: Vec<usize> = (0..t.candidates.len()).collect();
         st.open = Some(Open {
             tag,
@@ -319,6 +329,7 @@ impl<S, G: Send> Replay<S, G> {
         let mut guard = self.state.lock().expect("replay state");
         let st = &mut *guard;
         let Some(mut open) = st.open.take() else { return Ok(()) };
+        self.open.store(false, std::sync::atomic::Ordering::Relaxed);
         st.clock += 1;
         let clock = st.clock;
         let tag = st.tags.get_mut(&open.tag).expect("the open tag exists");
@@ -495,6 +506,11 @@ mod tests {
     #[test]
     fn a_repeated_stretch_runs_live_then_is_captured_then_replayed_with_new_bytes() {
         let (r, host) = (R::new(true), Log::default());
+        assert!(!r.in_stretch());
+        r.begin(9);
+        assert!(r.in_stretch(), "units must come through submit");
+        r.end(&host).unwrap();
+        assert!(!r.in_stretch());
         let ops = |b| vec![write(7, b), work("embed", 1), work("gemm", 2)];
         assert_eq!(step(&r, &host, 1, ops(10)), s(&["w7=10", "embed(1)", "gemm(2)"]));
         assert_eq!(
@@ -505,7 +521,7 @@ mod tests {
         let st = r.stats();
         assert_eq!(
             (st.stretches, st.replays, st.captures, st.fallbacks, st.units_replayed),
-            (3, 2, 1, 0, 6)
+            (4, 2, 1, 0, 6)
         );
     }
 
