@@ -25,7 +25,8 @@
 # GPU_CHECK_BUDGET (seconds, default 0 = none) bounds the whole run: each section is cut to the
 # time left, later sections are skipped and say so, and the tables are always written.
 # GPU_CHECK_SECTIONS picks sections (suites steps benches torch rl demo sanitizers; default all;
-# `rollout`, continuous batching of a 512-response rollout, only when named),
+# `rollout`, continuous batching of a 512-response rollout, and `ncu`, the RL kernels' own
+# time and DRAM throughput, only when named),
 # STEPS=quick the short list of training steps, BENCH_FILTER a part of the kernel benches,
 # SUITES the equivalence suites to run, SANITIZER_SUITES those under compute-sanitizer.
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them). STEP_SEQS x STEP_LEN
@@ -412,6 +413,35 @@ for prec, rs in runs.items():
     print(f"| {prec} | mean +- s.e. of {len(rs)} | {cols} | |")
 PY
 set -e
+
+# ncu (GPU_CHECK_SECTIONS=ncu, only when named): the RL kernels' and the decode kernel's own
+# time and DRAM throughput, without the launch, the partials' fold and the download around
+# them that the benches' wall-clock medians include (the GRPO loss's 27% of HBM was the whole
+# call). One kernel per run of the RL bench (NCU_KERNELS: names, space-separated).
+if want ncu && enough 45 "ncu"; then
+    echo "== ncu: kernels alone"
+    ncu_bin=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1 || true)
+    : > "$log/ncu.csv"
+    for k in ${NCU_KERNELS:-grpo_loss_stream_f32 group_adv_seg_f32}; do
+        [ -n "$ncu_bin" ] || { echo "ncu not found"; break; }
+        enough 30 "ncu $k" || break
+        set +e
+        # The third launch (after the bench's warm-up calls), one pass of the metrics.
+        timeout "$(cap 120)" "$ncu_bin" --kernel-name "$k" --launch-skip 2 --launch-count 1 --csv \
+            --metrics gpu__time_duration.sum,dram__bytes.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
+            "${exe[rl_bench]}" 2>> "$log/ncu.log" | grep -E '^"' >> "$log/ncu.csv"
+        set -e
+    done
+    python3 - "$log/ncu.csv" <<'PY' || true
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if r and r[0] != "ID"]
+for r in rows:
+    # ID, Process ID, Process Name, Host Name, Kernel Name, Context, Stream, Block Size, Grid Size,
+    # Device, CC, Section Name, Metric Name, Metric Unit, Metric Value
+    if len(r) >= 15:
+        print(f"ncu | {r[4][:40]} | {r[12]} | {r[14]} {r[13]}")
+PY
+fi
 
 # compute-sanitizer over the same suite, one tool at a time. A verdict per tool goes to
 # $log/sanitizers.tsv (tool, verdict, errors, exit code, log) for the table below.
