@@ -103,7 +103,9 @@ fn replayed_steps_equal_op_by_op_steps_f32_reference_attention() {
         check(tiny_config(VOCAB, false), 5, n, |r| emu(r, AttnKernel::Reference, Precision::F32));
     // Steps 0-3 and 6-11 share a shape, 4-5 another: a shape runs live once, then is captured
     // and replayed (a step's blocks may alternate between two sets: two captures).
-    assert_eq!(st.stretches, n as u64 + 1);
+    // (A shape's first step runs as plain work: the prefill and each first step are not
+    // stretches.)
+    assert!(st.stretches <= n as u64 - 1, "{st:?}");
     assert!(st.replays >= n as u64 - 6, "{st:?}");
     assert!((1..=4).contains(&st.captures), "{st:?}");
     assert!(st.units_replayed > 0);
@@ -148,9 +150,10 @@ fn a_decode_step_replays_in_one_go_without_rerunning_its_units() {
     // (The first decode step also plans the step's activations.)
     let launches = per_step[1].0;
     assert!(per_step[1..].iter().all(|&(c, _)| c == launches), "{per_step:?}");
-    // The first steps fill the step's pool and are captured; the rest replay.
-    assert!(per_step[..2].iter().all(|&(_, r)| r == 0), "{per_step:?}");
-    assert!(per_step[4..].iter().all(|&(_, r)| r == 1), "steady steps replay: {per_step:?}");
+    // The shape's first step runs plain; the next ones fill its own pool and are captured;
+    // the rest replay.
+    assert!(per_step[..3].iter().all(|&(_, r)| r == 0), "{per_step:?}");
+    assert!(per_step[5..].iter().all(|&(_, r)| r == 1), "steady steps replay: {per_step:?}");
 }
 
 #[cfg(feature = "cuda")]

@@ -329,6 +329,9 @@ impl<R: Block> Pool<R> {
 pub struct StretchPools<R> {
     pools: Mutex<Vec<(u64, Arc<Pool<R>>)>>,
     open: Mutex<Option<Arc<Pool<R>>>>,
+    /// Tags seen lately: a pool is made for a tag seen before (a step shape that repeats),
+    /// not for one-off shapes (a prefill of some length), which would only hold memory.
+    seen: Mutex<Vec<u64>>,
 }
 
 /// Stretch pools kept at once.
@@ -336,13 +339,26 @@ const STRETCH_POOLS: usize = 16;
 
 impl<R: Block> Default for StretchPools<R> {
     fn default() -> Self {
-        StretchPools { pools: Mutex::new(Vec::new()), open: Mutex::new(None) }
+        StretchPools {
+            pools: Mutex::new(Vec::new()),
+            open: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+        }
     }
 }
 
 impl<R: Block> StretchPools<R> {
-    /// Allocations go to tag `tag`'s pool until `leave`.
-    pub fn enter(&self, tag: u64) {
+    /// Allocations go to tag `tag`'s pool until `leave`, if the tag was seen before (true);
+    /// the first time, nothing changes (false: the caller runs that stretch as plain work).
+    pub fn enter(&self, tag: u64) -> bool {
+        {
+            let mut seen = self.seen.lock().unwrap();
+            if !seen.contains(&tag) {
+                seen.insert(0, tag);
+                seen.truncate(4 * STRETCH_POOLS);
+                return false;
+            }
+        }
         let mut pools = self.pools.lock().unwrap();
         let pool = match pools.iter().position(|(t, _)| *t == tag) {
             Some(i) => pools.remove(i).1,
@@ -351,6 +367,7 @@ impl<R: Block> StretchPools<R> {
         pools.insert(0, (tag, pool.clone()));
         pools.truncate(STRETCH_POOLS);
         *self.open.lock().unwrap() = Some(pool);
+        true
     }
     pub fn leave(&self) {
         *self.open.lock().unwrap() = None;

@@ -658,8 +658,11 @@ impl Device for CudaDevice {
     }
     fn replay_begin(&self, tag: u64) {
         if self.replay.enabled() && self.pool.caching() {
-            self.stretch.enter(tag);
-            self.replay.begin(tag);
+            // A shape's first step runs as plain work; its repeats get a pool of their own
+            // and are recorded, then replayed.
+            if self.stretch.enter(tag) {
+                self.replay.begin(tag);
+            }
         }
     }
     fn replay_end(&self) {

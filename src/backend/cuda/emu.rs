@@ -720,8 +720,11 @@ impl Device for EmuDevice {
         if self.replay.enabled() && self.pool.caching() {
             // Without the caching allocator blocks go back to the host at once: a held unit
             // could outlive its memory, and no step's addresses repeat.
-            self.stretch.enter(tag);
-            self.replay.begin(tag);
+            // A shape's first step runs as plain work; its repeats get a pool of their own
+            // and are recorded, then replayed.
+            if self.stretch.enter(tag) {
+                self.replay.begin(tag);
+            }
         }
     }
     fn replay_end(&self) {
