@@ -7,6 +7,8 @@
 //! `MMR1_EMU_SCHEDULE` (e.g. `forward`, `reverse,random:7`, `ci`) sets the schedules of
 //! [`EmuDevice::from_env`]; without it, plain forward order.
 
+mod reach;
+
 use super::alloc::{self, Bf16Operand, Pool};
 use super::device::{Arg, Device};
 use crate::backend::{cpu::Cpu, memory::MemoryStats, Backend, Tr};
@@ -99,6 +101,7 @@ impl EmuMem {
 
 impl Drop for EmuMem {
     fn drop(&mut self) {
+        reach::note_free(self.ptr as u64);
         let block = EmuBlock { ptr: self.ptr, words: self.words };
         if let Some((pool, class)) = self.home.take() {
             pool.shadow_forget(self.ptr as u64);
@@ -348,16 +351,16 @@ impl EmuDevice {
             return;
         }
         // Several schedules: run each from the same inputs and compare every buffer the
-        // kernel could write.
-        let bufs = distinct_buffers(args);
-        let before = snapshot(&bufs);
+        // kernel could write (also those it reaches through device tables: `reach`).
+        let bufs = reach::regions(args);
+        let before = reach::snapshot(&bufs);
         run(self.schedules[0]);
-        let first = snapshot(&bufs);
+        let first = reach::snapshot(&bufs);
         for &s in &self.schedules[1..] {
-            restore(&bufs, &before);
+            reach::restore(&bufs, &before);
             run(s);
-            let now = snapshot(&bufs);
-            if let Some(d) = first_difference(args, &bufs, &first, &now) {
+            let now = reach::snapshot(&bufs);
+            if let Some(d) = reach::first_difference(&bufs, &first, &now) {
                 panic!(
                     "emulated kernel {name} [{shape}] is schedule-dependent (a race?): schedule {} \
                      and schedule {s} differ in {d}",
@@ -463,67 +466,6 @@ impl EmuDevice {
     }
 }
 
-/// The buffers a launch may write: every pointer argument, once each.
-fn distinct_buffers<'a>(args: &[Arg<'a, EmuMem>]) -> Vec<&'a EmuMem> {
-    let mut v: Vec<&EmuMem> = Vec::new();
-    for a in args {
-        if let Arg::Ptr(m) = a {
-            if !v.iter().any(|x| std::ptr::eq(x.ptr, m.ptr)) {
-                v.push(m);
-            }
-        }
-    }
-    v
-}
-
-fn snapshot(bufs: &[&EmuMem]) -> Vec<Vec<u8>> {
-    // SAFETY: each buffer is `bytes()` long; no launch runs during the copy.
-    bufs.iter()
-        .map(|m| unsafe { std::slice::from_raw_parts(m.ptr as *const u8, m.bytes()).to_vec() })
-        .collect()
-}
-
-fn restore(bufs: &[&EmuMem], snap: &[Vec<u8>]) {
-    for (m, s) in bufs.iter().zip(snap) {
-        // SAFETY: the snapshot was taken from this buffer, same length.
-        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), m.ptr as *mut u8, s.len()) };
-    }
-}
-
-/// The first difference between two snapshots, as a sentence, or None.
-fn first_difference(
-    args: &[Arg<'_, EmuMem>],
-    bufs: &[&EmuMem],
-    a: &[Vec<u8>],
-    b: &[Vec<u8>],
-) -> Option<String> {
-    for ((m, x), y) in bufs.iter().zip(a).zip(b) {
-        if x == y {
-            continue;
-        }
-        let words = |v: &[u8]| -> Vec<u32> {
-            v.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
-        };
-        let (wx, wy) = (words(x), words(y));
-        let diff: Vec<usize> = (0..wx.len()).filter(|&i| wx[i] != wy[i]).collect();
-        let arg = args
-            .iter()
-            .position(|a| matches!(a, Arg::Ptr(p) if std::ptr::eq(p.ptr, m.ptr)))
-            .unwrap_or(0);
-        let i = diff[0];
-        return Some(format!(
-            "argument {arg}: {} of {} 32-bit words differ, first at index {i} ({:e} vs {:e}, bits {:08x} vs {:08x})",
-            diff.len(),
-            wx.len(),
-            f32::from_bits(wx[i]),
-            f32::from_bits(wy[i]),
-            wx[i],
-            wy[i]
-        ));
-    }
-    None
-}
-
 impl Device for EmuDevice {
     type Mem = EmuMem;
     fn name(&self) -> String {
@@ -537,7 +479,10 @@ impl Device for EmuDevice {
             block.poison();
         }
         let block = std::mem::ManuallyDrop::new(block);
-        EmuMem { ptr: block.ptr, words: block.words, home: Some((self.pool.clone(), class)) }
+        let mem =
+            EmuMem { ptr: block.ptr, words: block.words, home: Some((self.pool.clone(), class)) };
+        reach::note_alloc(&mem);
+        mem
     }
     fn upload(&self, host: &[u8]) -> EmuMem {
         let mut m = self.alloc(host.len());
@@ -615,6 +560,7 @@ impl Device for EmuDevice {
     fn adopt_bf16_shadow(&self, mem: &EmuMem, mut shadow: EmuMem, n: usize) {
         let (pool, class) = shadow.home.take().expect("emulator memory comes from the pool");
         let block = EmuBlock { ptr: shadow.ptr, words: shadow.words };
+        reach::note_free(shadow.ptr as u64);
         std::mem::forget(shadow); // its block now belongs to the registry
         pool.shadow_insert(mem.ptr as u64, block, class, n);
     }
