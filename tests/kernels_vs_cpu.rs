@@ -256,11 +256,8 @@ fn adamw_many<B: Backend>(b: &B) {
         let up = |k: usize| -> Vec<B::Buf> { host.iter().map(|t| b.upload(&t[k])).collect() };
         let (mut p1, g, mut m1, mut v1) = (up(0), up(1), up(2), up(3));
         let (mut p2, mut m2, mut v2) = (up(0), up(2), up(3));
-        let (mut pc, mut mc, mut vc): (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) = (
-            host.iter().map(|t| t[0].clone()).collect(),
-            host.iter().map(|t| t[2].clone()).collect(),
-            host.iter().map(|t| t[3].clone()).collect(),
-        );
+        let cpu_copy = |k: usize| -> Vec<Vec<f32>> { host.iter().map(|t| t[k].clone()).collect() };
+        let (mut pc, mut mc, mut vc) = (cpu_copy(0), cpu_copy(2), cpu_copy(3));
         let other_host = rand_vec(&mut r, 300, 1.0);
         let other = b.upload(&other_host);
         for step in [1u64, 2] {

@@ -302,6 +302,10 @@ impl EmuDevice {
         let tmp = self.to_bf16(mem, n);
         self.adopt_bf16_shadow(mem, tmp, n);
     }
+    /// This device as the owner of its allocations (`reach`).
+    fn owner(&self) -> reach::Owner {
+        Arc::as_ptr(&self.pool) as reach::Owner
+    }
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules
     }
@@ -352,7 +356,7 @@ impl EmuDevice {
         }
         // Several schedules: run each from the same inputs and compare every buffer the
         // kernel could write (also those it reaches through device tables: `reach`).
-        let bufs = reach::regions(args);
+        let bufs = reach::regions(args, self.owner());
         let before = reach::snapshot(&bufs);
         run(self.schedules[0]);
         let first = reach::snapshot(&bufs);
@@ -481,7 +485,7 @@ impl Device for EmuDevice {
         let block = std::mem::ManuallyDrop::new(block);
         let mem =
             EmuMem { ptr: block.ptr, words: block.words, home: Some((self.pool.clone(), class)) };
-        reach::note_alloc(&mem);
+        reach::note_alloc(&mem, self.owner());
         mem
     }
     fn upload(&self, host: &[u8]) -> EmuMem {

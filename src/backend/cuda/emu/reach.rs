@@ -14,19 +14,24 @@
 //! A list kept by hand could miss a new table kernel, which would then go unchecked. Only
 //! launches under several schedules pay: one read of the argument buffers, beside the copies
 //! the comparison makes anyway. One level deep: a table's rows are not themselves scanned.
+//! Only the launching device's own allocations count: another device's buffers may be in use
+//! by another thread (tests run in parallel), and restoring them would race with it.
 
 use super::EmuMem;
 use crate::backend::cuda::device::Arg;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// Every live `EmuMem` of the process, base address -> bytes (the addresses of live
-/// allocations are distinct, whichever device made them).
-static LIVE: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
+/// Every live `EmuMem` of the process, base address -> (bytes, owner): the addresses of live
+/// allocations are distinct, whichever device made them; the owner names the device.
+static LIVE: Mutex<BTreeMap<u64, (usize, Owner)>> = Mutex::new(BTreeMap::new());
 
-/// `mem` was handed out (`EmuDevice::alloc`).
-pub(super) fn note_alloc(mem: &EmuMem) {
-    LIVE.lock().unwrap().insert(mem.ptr as u64, mem.bytes());
+/// The device an allocation belongs to (the address of its allocator).
+pub(super) type Owner = usize;
+
+/// `mem` was handed out by the device `owner` (`EmuDevice::alloc`).
+pub(super) fn note_alloc(mem: &EmuMem, owner: Owner) {
+    LIVE.lock().unwrap().insert(mem.ptr as u64, (mem.bytes(), owner));
 }
 
 /// The memory at `base` went back to the pool or became a shadow block (no longer an `EmuMem`).
@@ -50,9 +55,10 @@ pub(super) struct Region {
     via: Via,
 }
 
-/// The buffers of a launch with `args`: each pointer argument once, then each live allocation
-/// an argument's words point into, once (in argument and word order).
-pub(super) fn regions(args: &[Arg<'_, EmuMem>]) -> Vec<Region> {
+/// The buffers of a launch with `args` on the device `owner`: each pointer argument once, then
+/// each live allocation of that device an argument's words point into, once (in argument and
+/// word order).
+pub(super) fn regions(args: &[Arg<'_, EmuMem>], owner: Owner) -> Vec<Region> {
     let mut v: Vec<Region> = Vec::new();
     for (i, a) in args.iter().enumerate() {
         if let Arg::Ptr(m) = a {
@@ -61,29 +67,37 @@ pub(super) fn regions(args: &[Arg<'_, EmuMem>]) -> Vec<Region> {
             }
         }
     }
-    let live = LIVE.lock().unwrap();
-    let (Some((&lo, _)), Some((&last, &last_bytes))) =
-        (live.first_key_value(), live.last_key_value())
-    else {
-        return v;
+    // The span of live addresses, then the words inside it (without the lock: other threads
+    // allocate meanwhile), then which allocations those are (with it).
+    let (lo, hi) = {
+        let live = LIVE.lock().unwrap();
+        match (live.first_key_value(), live.last_key_value()) {
+            (Some((&lo, _)), Some((&last, &(bytes, _)))) => (lo, last + bytes as u64),
+            _ => return v,
+        }
     };
-    let hi = last + last_bytes as u64;
-    let named = v.len();
-    for k in 0..named {
-        let Via::Arg(arg) = v[k].via else { unreachable!() };
+    let mut found: Vec<(u64, usize, usize)> = Vec::new(); // address, argument, word
+    for r in &v {
+        let Via::Arg(arg) = r.via else { unreachable!() };
         // SAFETY: an argument's allocation holds `bytes` bytes (a whole number of u64 words,
         // 256-byte aligned); no launch runs while it is read.
-        let words = unsafe { std::slice::from_raw_parts(v[k].base as *const u64, v[k].bytes / 8) };
+        let words = unsafe { std::slice::from_raw_parts(r.base as *const u64, r.bytes / 8) };
         for (word, &w) in words.iter().enumerate() {
-            if w < lo || w >= hi {
-                continue; // the common case: not an address of emulator memory
+            if w >= lo && w < hi {
+                found.push((w, arg, word));
             }
-            let Some((&base, &bytes)) = live.range(..=w).next_back() else { continue };
-            if w >= base + bytes as u64 || v.iter().any(|r| r.base as u64 == base) {
-                continue;
-            }
-            v.push(Region { base: base as *const u8, bytes, via: Via::Table { arg, word } });
         }
+    }
+    if found.is_empty() {
+        return v; // the common case: no argument holds an address of emulator memory
+    }
+    let live = LIVE.lock().unwrap();
+    for (w, arg, word) in found {
+        let Some((&base, &(bytes, who))) = live.range(..=w).next_back() else { continue };
+        if who != owner || w >= base + bytes as u64 || v.iter().any(|r| r.base as u64 == base) {
+            continue;
+        }
+        v.push(Region { base: base as *const u8, bytes, via: Via::Table { arg, word } });
     }
     v
 }
@@ -143,18 +157,28 @@ mod tests {
     use crate::backend::cuda::device::Device;
     use crate::backend::cuda::emu::{EmuDevice, Schedule};
 
-    /// A table's words name the allocations they point into (also at an offset), once each and
-    /// after the named arguments; freed memory and plain numbers name nothing.
+    /// A table's words name the allocations of the device they point into (also at an offset),
+    /// once each and after the named arguments; freed memory, another device's memory and
+    /// plain numbers name nothing.
     #[test]
     fn table_words_name_the_live_allocations_they_point_into() {
         let d = EmuDevice::with_schedules(&[Schedule::Forward]);
-        let (a, b, named) = (d.alloc(40), d.alloc(4000), d.alloc(8));
+        let other = EmuDevice::with_schedules(&[Schedule::Forward]);
+        let (a, b, named, elsewhere) = (d.alloc(40), d.alloc(4000), d.alloc(8), other.alloc(40));
         // Dropped: back in the pool's free list (a size class none of the others takes), not live.
         let gone = d.addr(&d.alloc(100_000));
-        let rows: [u64; 6] =
-            [d.addr(&a), 7, d.addr(&b) + 100, gone, d.addr(&named), d.addr(&a) + 8];
+        let rows: [u64; 7] = [
+            d.addr(&a),
+            7,
+            d.addr(&b) + 100,
+            gone,
+            d.addr(&named),
+            d.addr(&a) + 8,
+            other.addr(&elsewhere),
+        ];
         let t = d.upload(bytemuck::cast_slice(&rows));
-        let r = regions(&[Arg::I32(3), Arg::Ptr(&t), Arg::Ptr(&named), Arg::Ptr(&t)]);
+        let args = [Arg::I32(3), Arg::Ptr(&t), Arg::Ptr(&named), Arg::Ptr(&t)];
+        let r = regions(&args, d.owner());
         let got: Vec<(u64, usize, Via)> =
             r.iter().map(|r| (r.base as u64, r.bytes, r.via)).collect();
         assert_eq!(
