@@ -396,6 +396,51 @@ mod gpu {
         }
         b.set_decode_kernel(DecodeKernel::default());
         g.finish();
+
+        // ---- the optimizer over Qwen2.5-0.5B's 290 parameter tensors (docs/perf.md, "One
+        // AdamW launch"): AdamW a launch per tensor, as optim.rs did, against one launch for
+        // the list (`adamw_many`), with f32 GEMMs (28 bytes a value: p, m, v read and
+        // written, g read) and with bf16 GEMMs, where every weight's bf16 shadow is written
+        // too (30 bytes a value) and adopted per tensor, as a bf16 training step runs it.
+        let mut g = c.benchmark_group("optimizer");
+        let filled = |b: &B, v: f32| -> Vec<Buf> {
+            lens.iter()
+                .map(|&len| {
+                    let mut x = b.zeros(len);
+                    b.fill(&mut x, v);
+                    x
+                })
+                .collect()
+        };
+        let (mut ps, gs) = (filled(&b, 0.01), filled(&b, 1e-3));
+        let (mut ms, mut vs) = (filled(&b, 0.0), filled(&b, 0.0));
+        for bf16 in [false, true] {
+            b.device_mut().set_gemm_bf16(bf16);
+            let (sfx, bytes) = if bf16 { ("_bf16shadow", 30 * total) } else { ("", 28 * total) };
+            g.throughput(Throughput::Bytes(bytes as u64));
+            let id = format!("adamw_per_tensor{sfx}_q0.5b");
+            g.bench_function(&id, |bch| {
+                bch.iter_custom(|it| {
+                    timed(&b, it, || {
+                        let lists = ps.iter_mut().zip(&gs).zip(ms.iter_mut()).zip(vs.iter_mut());
+                        for (((p, gr), m), v) in lists {
+                            b.adamw(p, gr, m, v, hp);
+                        }
+                    })
+                })
+            });
+            meta.record(&id, bytes as f64, 0.0);
+            let id = format!("adamw_many{sfx}_q0.5b");
+            g.bench_function(&id, |bch| {
+                bch.iter_custom(|it| {
+                    timed(&b, it, || b.adamw_many(&mut ps, &gs, &mut ms, &mut vs, hp))
+                })
+            });
+            meta.record(&id, bytes as f64, 0.0);
+        }
+        b.device_mut().set_gemm_bf16(false);
+        drop((ps, gs, ms, vs));
+        g.finish();
         c.final_summary();
     }
 }

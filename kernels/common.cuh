@@ -96,8 +96,10 @@ struct BufSpan {
 };
 
 // The entry of `table` (of `count`) whose blocks include this block: the last with
-// `first <= blockIdx.x` (binary search; every thread gets the same answer).
-__device__ __forceinline__ const BufSpan& span_of_block(const BufSpan* table, int count) {
+// `first <= blockIdx.x` (binary search; every thread gets the same answer). Any row type with
+// `first` (BufSpan; AdamwSpan in elementwise.cu carries more pointers a row).
+template <class Span>
+__device__ __forceinline__ const Span& span_of_block(const Span* table, int count) {
     int lo = 0, hi = count - 1;
     while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;

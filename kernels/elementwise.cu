@@ -86,6 +86,35 @@ extern "C" __global__ void adamw_bf16shadow_f32(float* p, const float* g, float*
     GRID_STRIDE(i, n) shadow[i] = bf16_bits(adamw_elem(p, g, m, v, i, lr, b1, b2, eps, wd, rbc1, rbc2, grad_scale));
 }
 
+// AdamW over a list of tensors in one launch (every parameter tensor of a model: 290 launches
+// a step at Qwen2.5-0.5B otherwise, each some 30 us of host work on an H100 while the GPU
+// waits). Row t of the table is tensor t: weight, gradient, moments, the destination of the
+// weight's bf16 shadow (null: none, as adamw_f32; else as adamw_bf16shadow_f32), its length,
+// and the blocks of the grid that work on it (the first and how many: the per-tensor launch's
+// grid, laid out as BufSpan's by src/backend/cuda/multi.rs). Every element runs adamw_elem
+// with the step's hyper-parameters (one group: optim.rs applies one weight decay to every
+// tensor), so each value is the bits of the per-tensor kernels.
+struct AdamwSpan {
+    float* p;
+    const float* g;
+    float* m;
+    float* v;
+    unsigned short* shadow;
+    long long n;
+    long long first;
+    long long blocks;
+};
+
+extern "C" __global__ void adamw_many_f32(const AdamwSpan* table, int count, float lr, float b1, float b2, float eps,
+                                          float wd, float rbc1, float rbc2, float grad_scale) {
+    const AdamwSpan t = span_of_block(table, count); // a copy: the loop's stores cannot alias it
+    const long long stride = t.blocks * blockDim.x;
+    for (long long i = (blockIdx.x - t.first) * blockDim.x + threadIdx.x; i < t.n; i += stride) {
+        const float p = adamw_elem(t.p, t.g, t.m, t.v, i, lr, b1, b2, eps, wd, rbc1, rbc2, grad_scale);
+        if (t.shadow) t.shadow[i] = bf16_bits(p);
+    }
+}
+
 // Rows of `width` values moved by index lists in one launch: destination row dst_rows[t]
 // (t when null) gets source row src_rows[t] (t when null), t < n_rows. A scatter (the decode
 // step's KV-cache writes: one new row per slot, never contiguous across slots) or a gather

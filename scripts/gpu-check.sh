@@ -271,7 +271,7 @@ else
     brc=skipped
 fi
 set -e
-grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" 2>/dev/null | head -160 || true
+grep -E "^(device|[a-z_]+/|\s+time:|\s+thrpt:)" "$log/bench.log" 2>/dev/null | head -220 || true
 
 echo "== PyTorch on the same shapes (bf16: matmul, scaled_dot_product_attention causal)"
 set +e

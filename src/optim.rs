@@ -3,7 +3,7 @@
 //!
 //! AdamW follows `torch.optim.AdamW` (decoupled weight decay, Loshchilov & Hutter 2019,
 //! with Adam's bias correction, Kingma & Ba 2015); the per-tensor arithmetic is the
-//! backend's `adamw` op. Clipping follows `torch.nn.utils.clip_grad_norm_`.
+//! backend's `adamw` op, applied to the whole list by `adamw_many`. Clipping follows `torch.nn.utils.clip_grad_norm_`.
 
 use crate::backend::{AdamwStep, Backend};
 use serde::{Deserialize, Serialize};
@@ -95,8 +95,8 @@ impl<B: Backend> AdamW<B> {
         }
     }
 
-    /// One optimizer step with learning rate `lr`: clip by the global norm, then AdamW per
-    /// tensor. When the norm is NaN or infinite the parameters and moments are left as they
+    /// One optimizer step with learning rate `lr`: clip by the global norm, then AdamW on
+    /// every tensor. When the norm is NaN or infinite the parameters and moments are left as they
     /// are and the report says `skipped` (verl's `dp_actor` does the same). Gradients are
     /// not modified (clipping is folded into the update as `grad_scale`).
     pub fn step(&mut self, be: &B, params: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> StepReport {
@@ -122,9 +122,8 @@ impl<B: Backend> AdamW<B> {
             step: self.step,
             grad_scale: scale,
         };
-        for (((p, g), m), v) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v) {
-            be.adamw(p, g, m, v, hp);
-        }
+        // One launch on the GPU for every tensor (`Backend::adamw_many`), the per-tensor bits.
+        be.adamw_many(params, grads, &mut self.m, &mut self.v, hp);
         StepReport { grad_norm: norm, clip_scale: scale, skipped: false }
     }
 }

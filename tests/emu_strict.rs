@@ -94,6 +94,63 @@ fn missing_barrier_writer_below_and_above_the_readers() {
     }
 }
 
+/// A kernel that updates buffers it reaches through a device table (`BufSpan` rows, as the
+/// optimizer's `fill_many_f32` and `adamw_many_f32` do), none of them a launch argument: the
+/// several-schedule emulator runs each schedule from the same contents of those buffers (the
+/// fixed kernel's `+=` lands once, not once per schedule) and compares them, so the planted
+/// race through the table is reported, naming the table.
+#[test]
+fn a_race_through_a_device_table() {
+    // Ragged lengths; 256-thread blocks, one block per 512 values (so threads also stride).
+    let lens = [300usize, 1, 77, 513];
+    let host: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (0..n).map(|i| 1.0 + ((i * 7 + k * 3) % 13) as f32 * 0.25).collect())
+        .collect();
+    // What each element should become: its own value plus (fixed) 1 + (i % 7) / 2, or (the
+    // racy kernel's intent) its right neighbour as it was before the launch.
+    let want = |k: usize, i: usize, fixed: i32| -> f32 {
+        let h = &host[k];
+        h[i] + if fixed == 1 {
+            1.0 + 0.5 * (i % 7) as f32
+        } else if i + 1 < h.len() {
+            h[i + 1]
+        } else {
+            1.0
+        }
+    };
+    let run = |d: &EmuDevice, fixed: i32| -> usize {
+        let bufs: Vec<EmuMem> = host.iter().map(|h| up(d, h)).collect();
+        let (mut rows, mut first) = (Vec::<u64>::new(), 0u64);
+        for (b, &n) in bufs.iter().zip(&lens) {
+            let blocks = n.div_ceil(512) as u64;
+            rows.extend([d.addr(b), n as u64, first, blocks]);
+            first += blocks;
+        }
+        let table = d.upload(bytemuck::cast_slice(&rows));
+        d.launch(
+            "planted_table_accumulate",
+            [first as u32, 1, 1],
+            [256, 1, 1],
+            0,
+            &[Arg::Ptr(&table), Arg::I32(lens.len() as i32), Arg::I32(fixed)],
+        );
+        let mut wrong = 0;
+        for (k, (b, &n)) in bufs.iter().zip(&lens).enumerate() {
+            let got = down(d, b, n);
+            wrong += (0..n).filter(|&i| got[i].to_bits() != want(k, i, fixed).to_bits()).count();
+        }
+        wrong
+    };
+    check_race("in-place update through a device table, 256 threads", &run);
+    let msg = panic_of(|| {
+        run(&EmuDevice::with_schedules(&Schedule::CI), 0);
+    })
+    .expect("reported");
+    assert!(msg.contains("reached through a device table (argument 0"), "{msg}");
+}
+
 #[test]
 fn shared_buffer_reused_without_barrier() {
     let n = 256usize;

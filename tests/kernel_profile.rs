@@ -144,3 +144,56 @@ fn a_decode_step_launches_per_layer_not_per_sequence() {
         }
     }
 }
+
+/// Kernel launches of one `AdamW::step` (clip norm and update over every parameter tensor) of
+/// a `layers`-layer model, and the bf16 shadows that exist after it.
+fn optimizer_step_launches(layers: usize, bf16: bool) -> (Vec<(String, u64)>, usize, usize) {
+    use mmr1_fast::backend::precision::Precision;
+    use mmr1_fast::optim::{AdamW, AdamwConfig};
+    let dev =
+        EmuDevice::with_schedules(&[Schedule::Forward]).with_profile().with_bf16_shadows(true);
+    let precision = if bf16 { Precision::Bf16 } else { Precision::F32 };
+    let be = CudaBackend::with_device(dev).with_precision(precision).unwrap();
+    let mut cfg = tiny_config(97, false);
+    cfg.num_hidden_layers = layers;
+    let mut model = random_model_on(&be, cfg, 5);
+    let grads: Vec<_> = model
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let n = be.len(p);
+            be.upload(&(0..n).map(|j| ((i * 31 + j) % 17) as f32 * 1e-3 - 8e-3).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut opt = AdamW::new(&be, &model.params, AdamwConfig::default());
+    let p0 = be.kernel_profile();
+    let rep = opt.step(&be, &mut model.params, &grads, 1e-3);
+    assert!(!rep.skipped && rep.grad_norm > 0.0);
+    let step = since(&p0, &be.kernel_profile());
+    let calls = step.iter().map(|k| (k.name.clone(), k.calls)).collect();
+    (calls, model.params.len(), be.device().bf16_shadow_count())
+}
+
+/// An optimizer step is three launches whatever the number of parameter tensors: the
+/// gradient norm's two (`sum_squares_many`) and one AdamW over the whole list
+/// (`adamw_many_f32`; 290 launches at Qwen2.5-0.5B when it was one per tensor). With bf16
+/// GEMMs the same launch also writes every weight's bf16 shadow (no conversion launch), and
+/// every weight has one afterwards.
+#[test]
+fn an_optimizer_step_is_three_launches_for_any_number_of_tensors() {
+    let mut want: Vec<(String, u64)> =
+        ["adamw_many_f32", "sum_partials_many_f64", "sumsq_partial_many_f32"]
+            .iter()
+            .map(|n| (n.to_string(), 1))
+            .collect();
+    want.sort();
+    for layers in [1usize, 3] {
+        for bf16 in [false, true] {
+            let (mut calls, tensors, shadows) = optimizer_step_launches(layers, bf16);
+            calls.sort();
+            assert_eq!(calls, want, "{layers} layers ({tensors} tensors), bf16 {bf16}");
+            assert_eq!(shadows, if bf16 { tensors } else { 0 }, "{layers} layers, bf16 {bf16}");
+        }
+    }
+}

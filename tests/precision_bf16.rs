@@ -379,7 +379,7 @@ fn conversions_of_a_steady_step(act_shadows: bool) -> (u64, usize) {
 /// backend/chunked_logprob.rs), for `layers` layers, `params` parameter tensors, `fwd_chunks`
 /// head chunks in the forward and `bwd_chunks` in the backward:
 /// - no weight is converted: AdamW writes each weight's shadow in its own pass
-///   (`adamw_bf16shadow_f32`; a conversion launch per parameter tensor before), and no GEMM
+///   (`adamw_many_f32`; a conversion launch per parameter tensor before), and no GEMM
 ///   converts a weight;
 /// - forward, per layer, the activation operand of the 7 projections: xn1 for q, k, v; att
 ///   for o; xn2 for gate, up; act for down. Without activation shadows each GEMM converts

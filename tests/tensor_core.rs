@@ -332,6 +332,104 @@ fn adamw_writes_the_weight_shadow<D: Device>(b: &mut CudaBackend<D>) {
     }
 }
 
+/// `adamw_many` with bf16 weight shadows on (`adamw_many_f32` with a shadow in every row)
+/// leaves what `adamw` per tensor leaves: over two steps of ragged tensors (an empty one
+/// among them), weight decay 0 and not, the same bits of p, m and v, and every non-empty
+/// weight's shadow is the round-to-nearest-even conversion of the new weight; with f32 GEMMs
+/// it writes no shadow and the same p, m, v bits. The stale-shadow guard: a write to one
+/// weight ends its shadow only, the next `adamw_many` makes them all again, `fill_many` ends
+/// them. `b` runs bf16 GEMMs with weight shadows on; switched to f32 GEMMs and back.
+fn adamw_many_writes_the_weight_shadows<D: Device>(b: &mut CudaBackend<D>) {
+    use mmr1_fast::backend::AdamwStep;
+    type Bits = Vec<Vec<u32>>;
+    let lens = [1usize, 7, 255, 256, 257, 0, 100_003];
+    let mut r = ChaCha8Rng::seed_from_u64(60);
+    let mut rand = |len: usize, s: f32| (0..len).map(|_| r.gen_range(-s..s)).collect::<Vec<_>>();
+    let host: Vec<[Vec<f32>; 5]> = lens
+        .iter()
+        .map(|&n| {
+            let v: Vec<f32> = rand(n, 0.01).iter().map(|x| x.abs()).collect();
+            [rand(n, 1.0), rand(n, 0.1), v, rand(n, 1.0), rand(n, 1.0)]
+        })
+        .collect();
+    let hp = |weight_decay: f32, step: u64| AdamwStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay,
+        step,
+        grad_scale: 0.5,
+    };
+    let ups =
+        |b: &CudaBackend<D>, k: usize| -> Vec<_> { host.iter().map(|t| b.upload(&t[k])).collect() };
+    let down = |b: &CudaBackend<D>, xs: &[<CudaBackend<D> as Backend>::Buf]| -> Bits {
+        xs.iter().map(|x| b.download(x).iter().map(|v| v.to_bits()).collect()).collect()
+    };
+    // p, m, v bits and the shadows after each of two steps, `many` or per tensor.
+    let run = |b: &CudaBackend<D>, wd: f32, many: bool| -> (Bits, Vec<Vec<Option<Vec<u16>>>>) {
+        let (mut p, mut m, mut v) = (ups(b, 0), ups(b, 1), ups(b, 2));
+        let mut shadows = Vec::new();
+        for (step, k) in [(1u64, 3usize), (2, 4)] {
+            let g = ups(b, k);
+            if many {
+                b.adamw_many(&mut p, &g, &mut m, &mut v, hp(wd, step));
+            } else {
+                for i in 0..lens.len() {
+                    b.adamw(&mut p[i], &g[i], &mut m[i], &mut v[i], hp(wd, step));
+                }
+            }
+            shadows.push(p.iter().map(|x| b.device().bf16_shadow_bits(x.mem(), x.len())).collect());
+        }
+        ([down(b, &p), down(b, &m), down(b, &v)].concat(), shadows)
+    };
+    for wd in [0.0f32, 0.1] {
+        let (many, sh_many) = run(b, wd, true);
+        let (each, sh_each) = run(b, wd, false);
+        assert!(many == each, "wd {wd}: adamw_many changed p, m or v");
+        for (step, (a, e)) in sh_many.iter().zip(&sh_each).enumerate() {
+            for (i, &n) in lens.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let what = format!("wd {wd}, step {}, tensor {i} of {n}", step + 1);
+                let sh = a[i].as_ref().unwrap_or_else(|| panic!("{what}: no shadow"));
+                assert_eq!(Some(sh), e[i].as_ref(), "{what}: the per-tensor path's shadow");
+            }
+        }
+        // The last step's shadows are the conversion of the final weights.
+        for (i, sh) in sh_many[1].iter().enumerate().filter(|(i, _)| lens[*i] > 0) {
+            let p: Vec<f32> = many[i].iter().map(|&x| f32::from_bits(x)).collect();
+            assert_bf16_bits(sh.as_ref().unwrap(), &p, &format!("wd {wd}: shadow of tensor {i}"));
+        }
+        b.device_mut().set_gemm_precision(false).unwrap();
+        let (plain, sh_plain) = run(b, wd, true);
+        b.device_mut().set_gemm_precision(true).unwrap();
+        assert!(plain == many, "wd {wd}: adamw_many with and without shadows differ");
+        assert!(sh_plain.iter().flatten().all(|s| s.is_none()), "wd {wd}: a shadow with f32 GEMMs");
+    }
+
+    // The stale-shadow guard.
+    let (mut p, mut m, mut v) = (ups(b, 0), ups(b, 1), ups(b, 2));
+    let g = ups(b, 3);
+    let has = |b: &CudaBackend<D>, p: &[<CudaBackend<D> as Backend>::Buf]| -> Vec<bool> {
+        p.iter().map(|x| b.device().bf16_shadow_bits(x.mem(), x.len()).is_some()).collect()
+    };
+    let nonempty: Vec<bool> = lens.iter().map(|&n| n > 0).collect();
+    b.adamw_many(&mut p, &g, &mut m, &mut v, hp(0.1, 1));
+    assert_eq!(has(b, &p), nonempty);
+    b.scale(&mut p[2], 1.5);
+    let mut want = nonempty.clone();
+    want[2] = false;
+    assert_eq!(has(b, &p), want, "a write to weight 2 ends its shadow, and only its");
+    b.adamw_many(&mut p, &g, &mut m, &mut v, hp(0.1, 2));
+    assert_eq!(has(b, &p), nonempty);
+    let sh = b.device().bf16_shadow_bits(p[2].mem(), lens[2]).unwrap();
+    assert_bf16_bits(&sh, &b.download(&p[2]), "the remade shadow of weight 2");
+    b.fill_many(&mut p.iter_mut().collect::<Vec<_>>(), 0.25);
+    assert_eq!(has(b, &p), vec![false; lens.len()], "fill_many ends the shadows");
+}
+
 /// cp.async, 16-byte and 4-byte (with commit groups and both waits), copies every byte.
 fn cp_async_copies<D: Device>(b: &CudaBackend<D>) {
     let mut r = ChaCha8Rng::seed_from_u64(24);
@@ -379,6 +477,14 @@ mod emu {
         let dev = EmuDevice::with_schedules(&Schedule::CI).with_bf16_shadows(true);
         let mut b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
         super::adamw_writes_the_weight_shadow(&mut b);
+    }
+    #[test]
+    fn adamw_many_writes_the_weight_shadows() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_bf16_shadows(true);
+        let mut b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        super::adamw_many_writes_the_weight_shadows(&mut b);
     }
     #[test]
     fn activation_shadows_end_when_written() {
@@ -435,6 +541,19 @@ mod gpu {
             "run with bf16 weight shadows on (MMR1_BF16_SHADOWS)"
         );
         super::adamw_writes_the_weight_shadow(&mut b);
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn adamw_many_writes_the_weight_shadows() {
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        assert!(
+            mmr1_fast::backend::cuda::device::shadows_from_env(),
+            "run with bf16 weight shadows on (MMR1_BF16_SHADOWS)"
+        );
+        super::adamw_many_writes_the_weight_shadows(&mut b);
     }
 
     /// On the GPU the shadow of a GEMM's output ends in `CudaDevice::gemm` alone (cuBLAS

@@ -99,6 +99,21 @@ extern "C" __global__ void planted_divergent_syncthreads(float* out, int fixed) 
     out[t] = 1.0f;
 }
 
+// A kernel that updates buffers it reaches through a device table (BufSpan rows, as
+// fill_many_f32 and adamw_many_f32 do), in place: x[i] += something. The emulator must run
+// each schedule from the same contents of those buffers and compare them (they are not
+// arguments of the launch). The bug: element i adds element i + 1, which another thread of
+// the block updates, with nothing ordering the read and the write (fixed = 1: each element
+// adds a value of its own, 1 + (i % 7) / 2).
+extern "C" __global__ void planted_table_accumulate(const BufSpan* table, int count, int fixed) {
+    const BufSpan t = span_of_block(table, count);
+    const long long stride = t.blocks * blockDim.x;
+    for (long long i = (blockIdx.x - t.first) * blockDim.x + threadIdx.x; i < t.n; i += stride) {
+        const float add = fixed ? 1.0f + 0.5f * (float)(i % 7) : (i + 1 < t.n ? t.x[i + 1] : 1.0f);
+        t.x[i] += add;
+    }
+}
+
 // cp.async double buffering as the flash kernels use it. Each thread copies its own 16 bytes
 // of `in` (group A) and then of `in + 4 * blockDim.x` (group B) into shared memory, commits each
 // group, and reads its copies back (no other thread reads them: no barrier is involved).

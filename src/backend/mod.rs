@@ -331,6 +331,22 @@ pub trait Backend {
             self.fill(b, value);
         }
     }
+    /// `adamw(p[i], g[i], m[i], v[i], hp)` for every tensor i of a parameter list, one set of
+    /// hyper-parameters for all (`optim::AdamW::step`): the same bits as the per-tensor calls.
+    /// The four lists are parallel (same count; tensor i of each the same length).
+    fn adamw_many(
+        &self,
+        p: &mut [Self::Buf],
+        g: &[Self::Buf],
+        m: &mut [Self::Buf],
+        v: &mut [Self::Buf],
+        hp: AdamwStep,
+    ) {
+        check_adamw_lists(p.len(), g.len(), m.len(), v.len());
+        for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            self.adamw(p, g, m, v, hp);
+        }
+    }
 
     // ---- optimizer ------------------------------------------------------------------------
     /// One AdamW step (decoupled weight decay, bias correction) as `torch.optim.AdamW`:
@@ -344,6 +360,14 @@ pub trait Backend {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
         hp: AdamwStep,
+    );
+}
+
+/// Panics unless `adamw_many`'s four lists have one entry per tensor each.
+pub fn check_adamw_lists(p: usize, g: usize, m: usize, v: usize) {
+    assert!(
+        g == p && m == p && v == p,
+        "adamw_many: {p} parameters, {g} gradients, {m} first and {v} second moments"
     );
 }
 

@@ -7,6 +7,8 @@
 //! `MMR1_EMU_SCHEDULE` (e.g. `forward`, `reverse,random:7`, `ci`) sets the schedules of
 //! [`EmuDevice::from_env`]; without it, plain forward order.
 
+mod reach;
+
 use super::alloc::{self, Bf16Operand, Pool};
 use super::device::{Arg, Device};
 use super::replay::{self, GraphHost, Op, Replay, ReplayStats, Run};
@@ -106,6 +108,7 @@ impl EmuMem {
 
 impl Drop for EmuMem {
     fn drop(&mut self) {
+        reach::note_free(self.ptr as u64);
         let block = EmuBlock { ptr: self.ptr, words: self.words };
         if let Some((pool, class)) = self.home.take() {
             pool.shadow_forget(self.ptr as u64);
@@ -316,6 +319,10 @@ impl EmuDevice {
         let tmp = self.to_bf16(mem, n);
         self.adopt_bf16_shadow(mem, tmp, n);
     }
+    /// This device as the owner of its allocations (`reach`).
+    fn owner(&self) -> reach::Owner {
+        Arc::as_ptr(&self.pool) as reach::Owner
+    }
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules
     }
@@ -359,8 +366,11 @@ impl EmuDevice {
         let cname = CString::new(name).unwrap();
         let optin = self.dyn_optin.lock().unwrap().get(name).copied().unwrap_or(0);
         key.push(optin as u64);
-        // The buffers a several-schedule run compares: every pointer argument, once each.
-        let bufs = distinct_buffers(args);
+        // The buffers a several-schedule run compares: every pointer argument, once each, and
+        // (found when the unit runs, when a table's contents are there) those its device
+        // tables point into (`reach`).
+        let bufs = reach::arg_bufs(args);
+        let owner = self.owner();
         let schedules = self.schedules.clone();
         let run = move |_: &()| {
             let name = cname.to_string_lossy();
@@ -378,14 +388,15 @@ impl EmuDevice {
             }
             // Several schedules: run each from the same inputs and compare every buffer the
             // kernel could write.
-            let before = snapshot(&bufs);
+            let regions = reach::regions(&bufs, owner);
+            let before = reach::snapshot(&regions);
             once(schedules[0])?;
-            let first = snapshot(&bufs);
+            let first = reach::snapshot(&regions);
             for &s in &schedules[1..] {
-                restore(&bufs, &before);
+                reach::restore(&regions, &before);
                 once(s)?;
-                let now = snapshot(&bufs);
-                if let Some(d) = first_difference(&bufs, &first, &now) {
+                let now = reach::snapshot(&regions);
+                if let Some(d) = reach::first_difference(&regions, &first, &now) {
                     return Err(format!(
                         "emulated kernel {name} [{shape}] is schedule-dependent (a race?): schedule {} \
                          and schedule {s} differ in {d}",
@@ -562,68 +573,6 @@ fn launch_once(
     Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
 }
 
-/// A buffer a launch may write, as the several-schedule comparison sees it: the argument it
-/// was passed as, its address and its length in bytes.
-#[derive(Clone, Copy)]
-struct ArgBuf {
-    arg: usize,
-    ptr: usize,
-    bytes: usize,
-}
-
-/// The buffers a launch may write: every pointer argument, once each.
-fn distinct_buffers(args: &[Arg<'_, EmuMem>]) -> Vec<ArgBuf> {
-    let mut v: Vec<ArgBuf> = Vec::new();
-    for (i, a) in args.iter().enumerate() {
-        if let Arg::Ptr(m) = a {
-            if !v.iter().any(|x| x.ptr == m.ptr as usize) {
-                v.push(ArgBuf { arg: i, ptr: m.ptr as usize, bytes: m.bytes() });
-            }
-        }
-    }
-    v
-}
-
-fn snapshot(bufs: &[ArgBuf]) -> Vec<Vec<u8>> {
-    // SAFETY: each buffer is `bytes` long; no launch runs during the copy.
-    bufs.iter()
-        .map(|m| unsafe { std::slice::from_raw_parts(m.ptr as *const u8, m.bytes).to_vec() })
-        .collect()
-}
-
-fn restore(bufs: &[ArgBuf], snap: &[Vec<u8>]) {
-    for (m, s) in bufs.iter().zip(snap) {
-        // SAFETY: the snapshot was taken from this buffer, same length.
-        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), m.ptr as *mut u8, s.len()) };
-    }
-}
-
-/// The first difference between two snapshots, as a sentence, or None.
-fn first_difference(bufs: &[ArgBuf], a: &[Vec<u8>], b: &[Vec<u8>]) -> Option<String> {
-    for ((m, x), y) in bufs.iter().zip(a).zip(b) {
-        if x == y {
-            continue;
-        }
-        let words = |v: &[u8]| -> Vec<u32> {
-            v.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
-        };
-        let (wx, wy) = (words(x), words(y));
-        let diff: Vec<usize> = (0..wx.len()).filter(|&i| wx[i] != wy[i]).collect();
-        let i = diff[0];
-        return Some(format!(
-            "argument {}: {} of {} 32-bit words differ, first at index {i} ({:e} vs {:e}, bits {:08x} vs {:08x})",
-            m.arg,
-            diff.len(),
-            wx.len(),
-            f32::from_bits(wx[i]),
-            f32::from_bits(wy[i]),
-            wx[i],
-            wy[i]
-        ));
-    }
-    None
-}
-
 impl Device for EmuDevice {
     type Mem = EmuMem;
     fn name(&self) -> String {
@@ -655,7 +604,9 @@ impl Device for EmuDevice {
                 }),
             });
         }
-        EmuMem { ptr: block.ptr, words: block.words, home: Some((pool, class)) }
+        let mem = EmuMem { ptr: block.ptr, words: block.words, home: Some((pool, class)) };
+        reach::note_alloc(&mem, self.owner());
+        mem
     }
     fn upload(&self, host: &[u8]) -> EmuMem {
         let mut m = self.alloc(host.len());
@@ -758,6 +709,7 @@ impl Device for EmuDevice {
     fn adopt_bf16_shadow(&self, mem: &EmuMem, mut shadow: EmuMem, n: usize) {
         let (home, class) = shadow.home.take().expect("emulator memory comes from the pool");
         let block = EmuBlock { ptr: shadow.ptr, words: shadow.words };
+        reach::note_free(shadow.ptr as u64);
         std::mem::forget(shadow); // its block now belongs to the registry
         self.pool.shadow_insert_from(mem.ptr as u64, block, class, n, home);
     }

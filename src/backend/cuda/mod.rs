@@ -491,6 +491,16 @@ impl<D: Device> Backend for CudaBackend<D> {
     fn fill_many(&self, bufs: &mut [&mut Self::Buf], value: f32) {
         self.fill_list(bufs, value)
     }
+    fn adamw_many(
+        &self,
+        p: &mut [Self::Buf],
+        g: &[Self::Buf],
+        m: &mut [Self::Buf],
+        v: &mut [Self::Buf],
+        hp: AdamwStep,
+    ) {
+        self.adamw_list(p, g, m, v, hp)
+    }
 
     fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], dim: usize) {
         if ids.is_empty() || dim == 0 {
@@ -819,19 +829,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         v: &mut Self::Buf,
         hp: AdamwStep,
     ) {
-        let rbc1 = (1.0 / (1.0 - (hp.beta1 as f64).powi(hp.step as i32))) as f32;
-        let rbc2 = (1.0 / (1.0 - (hp.beta2 as f64).powi(hp.step as i32))) as f32;
         let [p_, g_, m_, v_] = [&p.mem, &g.mem, &m.mem, &v.mem].map(Arg::Ptr);
-        let hyper = [
-            Arg::F32(hp.lr),
-            Arg::F32(hp.beta1),
-            Arg::F32(hp.beta2),
-            Arg::F32(hp.eps),
-            Arg::F32(hp.weight_decay),
-            Arg::F32(rbc1),
-            Arg::F32(rbc2),
-            Arg::F32(hp.grad_scale),
-        ];
+        let hyper = adamw_hyper_args(hp);
         let n = Arg::I64(p.len as i64);
         // Weights change only here: a bf16 GEMM reads their bf16 shadow until p is touched
         // again. The kernel writes it beside the weight (no second pass reading p again).
@@ -847,6 +846,25 @@ impl<D: Device> Backend for CudaBackend<D> {
             self.elementwise("adamw_f32", p.len, &args);
         }
     }
+}
+
+/// The hyper-parameter arguments of the AdamW kernels (`adamw_f32`, `adamw_bf16shadow_f32`,
+/// `adamw_many_f32`, kernels/elementwise.cu), in their order: lr, beta1, beta2, eps, weight
+/// decay, the reciprocal bias corrections `1/(1-beta1^t)` and `1/(1-beta2^t)` (computed in
+/// f64, then rounded), and the gradient scale. One function, so every path gets the same bits.
+fn adamw_hyper_args<'a, M>(hp: AdamwStep) -> [Arg<'a, M>; 8] {
+    let rbc1 = (1.0 / (1.0 - (hp.beta1 as f64).powi(hp.step as i32))) as f32;
+    let rbc2 = (1.0 / (1.0 - (hp.beta2 as f64).powi(hp.step as i32))) as f32;
+    [
+        Arg::F32(hp.lr),
+        Arg::F32(hp.beta1),
+        Arg::F32(hp.beta2),
+        Arg::F32(hp.eps),
+        Arg::F32(hp.weight_decay),
+        Arg::F32(rbc1),
+        Arg::F32(rbc2),
+        Arg::F32(hp.grad_scale),
+    ]
 }
 
 /// Threads per logprobs row: a full block for real vocabularies, a small one for tiny rows.
