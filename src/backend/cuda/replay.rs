@@ -26,6 +26,11 @@
 //! device work is deferred, and always run in program order. The emulator replays by running
 //! the units kept from the capture (not the new ones), so a key that missed a parameter
 //! shows up in CI as wrong results.
+//!
+//! Addresses repeat because each repeated shape allocates from a pool of its own
+//! (`alloc::StretchPools`) whose free lists hand out the lowest address first; a shape's first
+//! step runs as plain work (one-off shapes get no pool). `MMR1_REPLAY_DEBUG=1` prints the unit
+//! where a step stopped matching and what the kept fingerprints had there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -170,6 +175,8 @@ struct State<S, G> {
 /// The replay state of one device.
 pub(crate) struct Replay<S, G> {
     on: bool,
+    /// `MMR1_REPLAY_DEBUG` set: say on stderr where each step stopped matching.
+    debug: bool,
     /// Whether a stretch is open (read without the lock on every launch).
     open: std::sync::atomic::AtomicBool,
     state: Mutex<State<S, G>>,
@@ -179,6 +186,7 @@ impl<S, G: Send> Replay<S, G> {
     pub(crate) fn new(on: bool) -> Self {
         Replay {
             on,
+            debug: std::env::var_os("MMR1_REPLAY_DEBUG").is_some(),
             open: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 open: None,
@@ -203,8 +211,9 @@ impl<S, G: Send> Replay<S, G> {
         self.on && self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether units are being held (not run as they come): the device must then not touch
-    /// device memory from the host at call time (the emulator's poisoning of reused blocks).
+    /// Whether units are being held (not run as they come): nothing has run yet, so a device
+    /// must not wait for them (the GPU's per-launch check in debug builds) nor read or write
+    /// device memory from the host at call time.
     pub(crate) fn deferring(&self) -> bool {
         self.on
             && self.state.lock().expect("replay state").open.as_ref().is_some_and(|o| o.deferring)
@@ -279,7 +288,7 @@ impl<S, G: Send> Replay<S, G> {
         if open.deferring {
             let i = open.held.len();
             let cands = &st.tags[&open.tag].candidates;
-            if std::env::var("MMR1_REPLAY_DEBUG").is_ok()
+            if self.debug
                 && !open.alive.iter().any(|&c| cands[c].keys.get(i).is_some_and(|k| op.matches(k)))
             {
                 for &c in &open.alive {
