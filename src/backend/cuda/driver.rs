@@ -105,6 +105,8 @@ pub struct CudaDevice {
     capture_stream: OnceLock<Arc<CudaStream>>,
     /// The pools replayed stretches allocate from (`alloc::StretchPools`).
     stretch: alloc::StretchPools<CudaSlice<u8>>,
+    /// cuBLAS's workspace when graphs are on (set on the handle; dropped after it).
+    _blas_workspace: Option<CudaSlice<u8>>,
 }
 
 /// A captured decode step: the executable graph, the pinned host memory its copies read the
@@ -279,6 +281,27 @@ impl CudaDevice {
             None
         };
         let gemm_bf16 = super::precision::gemm_override()?.unwrap_or(false);
+        let replay_on = replay::enabled_from_env(false) && !crate::backend::profile::enabled();
+        // With graphs, cuBLAS gets a workspace of its own up front (32 MiB, its default size
+        // on Hopper), so that no call inside a capture allocates one.
+        let blas_workspace = match (&blas, replay_on) {
+            (Some(b), true) => {
+                const BYTES: usize = 32 << 20;
+                // SAFETY: scratch memory cuBLAS owns the contents of.
+                let ws = unsafe { stream.alloc::<u8>(BYTES) }
+                    .map_err(|e| format!("cannot allocate cuBLAS's workspace: {e:?}"))?;
+                let p = raw_addr(&ws, &stream);
+                // SAFETY: the handle is this device's; the workspace outlives it (a field).
+                let rc = unsafe {
+                    cudarc::cublas::sys::cublasSetWorkspace_v2(*b.handle(), p as *mut _, BYTES)
+                };
+                if rc != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                    return Err(format!("cublasSetWorkspace: {rc:?}"));
+                }
+                Some(ws)
+            }
+            _ => None,
+        };
         Ok(CudaDevice {
             ctx,
             stream,
@@ -296,9 +319,8 @@ impl CudaDevice {
             }),
             // Off by default until an H100 run has checked it (`MMR1_GRAPHS=1` turns it on);
             // never with the profile, whose events time each launch.
-            replay: Replay::new(
-                replay::enabled_from_env(false) && !crate::backend::profile::enabled(),
-            ),
+            replay: Replay::new(replay_on),
+            _blas_workspace: blas_workspace,
             capture_stream: OnceLock::new(),
             stretch: Default::default(),
         })
