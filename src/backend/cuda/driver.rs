@@ -577,6 +577,9 @@ impl Device for CudaDevice {
     fn wants_bf16_shadow(&self) -> bool {
         self.gemm_bf16 && self.bf16_shadows
     }
+    fn wants_act_shadow(&self) -> bool {
+        self.gemm_bf16 && self.bf16_shadows && self.act_shadows
+    }
     fn adopt_bf16_shadow(&self, mem: &CudaMem, mut shadow: CudaMem, n: usize) {
         let block = shadow.slice.take().expect("live memory holds its slice");
         self.pool.shadow_insert(mem.addr, block, shadow.class, n);

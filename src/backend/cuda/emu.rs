@@ -612,6 +612,9 @@ impl Device for EmuDevice {
     fn wants_bf16_shadow(&self) -> bool {
         self.gemm_bf16 && self.bf16_shadows
     }
+    fn wants_act_shadow(&self) -> bool {
+        self.gemm_bf16 && self.bf16_shadows && self.act_shadows
+    }
     fn adopt_bf16_shadow(&self, mem: &EmuMem, mut shadow: EmuMem, n: usize) {
         let (pool, class) = shadow.home.take().expect("emulator memory comes from the pool");
         let block = EmuBlock { ptr: shadow.ptr, words: shadow.words };

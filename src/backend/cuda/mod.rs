@@ -18,6 +18,7 @@ pub mod emu;
 pub mod flash;
 mod multi;
 pub mod precision;
+mod producer_shadows;
 pub mod rl;
 mod upload_cache;
 mod vision_ops;
@@ -546,24 +547,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         dim: usize,
         eps: f32,
     ) {
-        if rows == 0 {
-            return;
-        }
-        self.dev.launch(
-            "rmsnorm_f32",
-            [rows as u32, 1, 1],
-            [BLOCK, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&rstd.mem),
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&w.mem),
-                Arg::I32(rows as i32),
-                Arg::I32(dim as i32),
-                Arg::F32(eps),
-            ],
-        );
+        self.rmsnorm_fwd(out, rstd, x, w, rows, dim, eps)
     }
     fn rmsnorm_backward(
         &self,
@@ -704,11 +688,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
-        self.elementwise(
-            "swiglu_f32",
-            out.len,
-            &[Arg::Ptr(&out.mem), Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(out.len as i64)],
-        );
+        self.swiglu_fwd(out, gate, up)
     }
     fn swiglu_backward(
         &self,
@@ -718,18 +698,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         gate: &Self::Buf,
         up: &Self::Buf,
     ) {
-        self.elementwise(
-            "swiglu_bwd_f32",
-            dgate.len,
-            &[
-                Arg::Ptr(&dgate.mem),
-                Arg::Ptr(&dup.mem),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&gate.mem),
-                Arg::Ptr(&up.mem),
-                Arg::I64(dgate.len as i64),
-            ],
-        );
+        self.swiglu_bwd(dgate, dup, dout, gate, up)
     }
 
     fn logprobs(

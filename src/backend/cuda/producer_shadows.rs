@@ -1,0 +1,114 @@
+//! Producers that write the bf16 operand of the GEMMs that read their output.
+//!
+//! In bf16 mode every matmul reads bf16 operands. An activation is an f32 buffer; the first
+//! bf16 GEMM that reads one converts it (`f32_to_bf16_x8`, a launch that reads the buffer
+//! again) and keeps the conversion as the buffer's bf16 shadow (`Pool::bf16_operand`). The
+//! kernel that wrote the activation had each value in a register: writing its bf16 rounding
+//! beside it costs 2 bytes a value and saves the launch and its 4-byte read. The backend then
+//! adopts that copy as the output's shadow, as `adamw` does for weights, and the GEMM finds it.
+//!
+//! Only when the device keeps activation shadows (`Device::wants_act_shadow`: bf16 GEMM,
+//! `MMR1_BF16_SHADOWS` and `MMR1_ACT_SHADOWS` on): then the first GEMM reading the buffer
+//! would have kept the same bits anyway. Otherwise the plain kernels run, as before. Both
+//! kernels of a pair share the element code, so the f32 output is the same bits either way.
+//!
+//! The producers here are those that feed the model's GEMMs (src/model/forward.rs,
+//! backward.rs): RMSNorm (each layer's xn1 for q, k, v and xn2 for gate, up), SwiGLU (the
+//! down projection's act) and SwiGLU's backward (d gate, d up for the gate and up
+//! projections' backward GEMMs). A shadow ends as any other does: when a launch names its
+//! buffer as a possibly written argument, a GEMM writes it, or it is freed.
+
+use super::device::{Arg, Device};
+use super::{CudaBackend, DevBuf};
+
+type Buf<D> = DevBuf<<D as Device>::Mem>;
+
+impl<D: Device> CudaBackend<D> {
+    /// Pooled memory for the bf16 rounding of an output of `n` values, when the device keeps
+    /// activation shadows (else None: the producer writes f32 alone).
+    fn producer_shadow(&self, n: usize) -> Option<D::Mem> {
+        (n > 0 && self.dev.wants_act_shadow()).then(|| self.dev.alloc(n * 2))
+    }
+
+    /// `Backend::rmsnorm`: `rmsnorm_bf16shadow_f32` when activation shadows are kept.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rmsnorm_fwd(
+        &self,
+        out: &mut Buf<D>,
+        rstd: &mut Buf<D>,
+        x: &Buf<D>,
+        w: &Buf<D>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let shadow = self.producer_shadow(rows * dim);
+        let (name, mut args) = match &shadow {
+            Some(s) => ("rmsnorm_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
+            None => ("rmsnorm_f32", vec![Arg::Ptr(&out.mem)]),
+        };
+        args.extend([
+            Arg::Ptr(&rstd.mem),
+            Arg::Ptr(&x.mem),
+            Arg::Ptr(&w.mem),
+            Arg::I32(rows as i32),
+            Arg::I32(dim as i32),
+            Arg::F32(eps),
+        ]);
+        self.dev.launch(name, [rows as u32, 1, 1], [super::BLOCK, 1, 1], 0, &args);
+        if let Some(s) = shadow {
+            // After the launch: a launch writing `out` ends its shadow.
+            self.dev.adopt_bf16_shadow(&out.mem, s, rows * dim);
+        }
+    }
+
+    /// `Backend::swiglu`: `swiglu_bf16shadow_f32` when activation shadows are kept.
+    pub(super) fn swiglu_fwd(&self, out: &mut Buf<D>, gate: &Buf<D>, up: &Buf<D>) {
+        let n = out.len;
+        let shadow = self.producer_shadow(n);
+        let (name, mut args) = match &shadow {
+            Some(s) => ("swiglu_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
+            None => ("swiglu_f32", vec![Arg::Ptr(&out.mem)]),
+        };
+        args.extend([Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(n as i64)]);
+        self.elementwise(name, n, &args);
+        if let Some(s) = shadow {
+            self.dev.adopt_bf16_shadow(&out.mem, s, n);
+        }
+    }
+
+    /// `Backend::swiglu_backward`: `swiglu_bwd_bf16shadow_f32` when activation shadows are
+    /// kept (d gate and d up each get their shadow).
+    pub(super) fn swiglu_bwd(
+        &self,
+        dgate: &mut Buf<D>,
+        dup: &mut Buf<D>,
+        dout: &Buf<D>,
+        gate: &Buf<D>,
+        up: &Buf<D>,
+    ) {
+        let n = dgate.len;
+        let shadows = self.producer_shadow(n).map(|g| (g, self.dev.alloc(n * 2)));
+        let (name, mut args) = match &shadows {
+            Some((g16, u16)) => (
+                "swiglu_bwd_bf16shadow_f32",
+                vec![Arg::Ptr(&dgate.mem), Arg::Ptr(&dup.mem), Arg::Ptr(g16), Arg::Ptr(u16)],
+            ),
+            None => ("swiglu_bwd_f32", vec![Arg::Ptr(&dgate.mem), Arg::Ptr(&dup.mem)]),
+        };
+        args.extend([
+            Arg::Ptr(&dout.mem),
+            Arg::Ptr(&gate.mem),
+            Arg::Ptr(&up.mem),
+            Arg::I64(n as i64),
+        ]);
+        self.elementwise(name, n, &args);
+        if let Some((g16, u16)) = shadows {
+            self.dev.adopt_bf16_shadow(&dgate.mem, g16, n);
+            self.dev.adopt_bf16_shadow(&dup.mem, u16, n);
+        }
+    }
+}
