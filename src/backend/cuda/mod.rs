@@ -69,6 +69,9 @@ pub struct CudaBackend<D: Device> {
     /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
     /// reused while their contents repeat: see `upload_cache`.
     indices: upload_cache::UploadCache<D::Mem>,
+    /// Producers of GEMM operands write their bf16 copy when the device keeps activation
+    /// shadows (`producer_shadows`; `MMR1_PRODUCER_SHADOWS`).
+    producer_shadows: bool,
 }
 
 const BLOCK: u32 = 256;
@@ -97,6 +100,7 @@ impl<D: Device> CudaBackend<D> {
             attn: AttnKernel::Reference,
             decode: DecodeKernel::default(),
             indices: Default::default(),
+            producer_shadows: producer_shadows::from_env(),
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);

@@ -11,6 +11,8 @@
 //! `MMR1_BF16_SHADOWS` and `MMR1_ACT_SHADOWS` on): then the first GEMM reading the buffer
 //! would have kept the same bits anyway. Otherwise the plain kernels run, as before. Both
 //! kernels of a pair share the element code, so the f32 output is the same bits either way.
+//! `MMR1_PRODUCER_SHADOWS=0` (or `set_producer_shadows(false)`) runs the plain kernels and
+//! leaves the conversions to the GEMMs, to measure what this saves.
 //!
 //! The producers here are those that feed the model's GEMMs (src/model/forward.rs,
 //! backward.rs): RMSNorm (each layer's xn1 for q, k, v and xn2 for gate, up), SwiGLU (the
@@ -23,11 +25,37 @@ use super::{CudaBackend, DevBuf};
 
 type Buf<D> = DevBuf<<D as Device>::Mem>;
 
+/// Whether producers write the bf16 copy of their output, from `MMR1_PRODUCER_SHADOWS`
+/// (`1`/unset: on, `0`: off). Panics on another value, naming it.
+pub(super) fn from_env() -> bool {
+    match std::env::var("MMR1_PRODUCER_SHADOWS").as_deref() {
+        Err(_) | Ok("") | Ok("1") => true,
+        Ok("0") => false,
+        Ok(v) => panic!(
+            "MMR1_PRODUCER_SHADOWS={v:?}: expected 1 (RMSNorm and SwiGLU write the bf16 copy \
+             of their output for the GEMMs) or 0"
+        ),
+    }
+}
+
 impl<D: Device> CudaBackend<D> {
-    /// Pooled memory for the bf16 rounding of an output of `n` values, when the device keeps
-    /// activation shadows (else None: the producer writes f32 alone).
+    /// Producers of GEMM operands write their bf16 copy (on, the default from
+    /// `MMR1_PRODUCER_SHADOWS`, whenever the device keeps activation shadows) or leave the
+    /// conversion to the first GEMM that reads the output (off).
+    pub fn set_producer_shadows(&mut self, on: bool) {
+        self.producer_shadows = on;
+    }
+    /// `set_producer_shadows` by value.
+    pub fn with_producer_shadows(mut self, on: bool) -> Self {
+        self.producer_shadows = on;
+        self
+    }
+
+    /// Pooled memory for the bf16 rounding of an output of `n` values, when producers write
+    /// it and the device keeps activation shadows (else None: the producer writes f32 alone).
     fn producer_shadow(&self, n: usize) -> Option<D::Mem> {
-        (n > 0 && self.dev.wants_act_shadow()).then(|| self.dev.alloc(n * 2))
+        (n > 0 && self.producer_shadows && self.dev.wants_act_shadow())
+            .then(|| self.dev.alloc(n * 2))
     }
 
     /// `Backend::rmsnorm`: `rmsnorm_bf16shadow_f32` when activation shadows are kept.
