@@ -413,7 +413,7 @@ fn conversions_of_a_steady_step(act_shadows: bool, producers: bool) -> (u64, usi
 ///   for o; xn2 for gate, up; act for down. Without activation shadows each GEMM converts
 ///   its operand (7); with them each distinct buffer once (4); with the producers writing
 ///   the bf16 copy themselves (src/backend/cuda/producer_shadows.rs: the RMSNorms write xn1
-///   and xn2's, SwiGLU act's), only att: 1;
+///   and xn2's, SwiGLU act's, flash attention att's), none;
 /// - backward, per layer, 7 dX GEMMs (one activation-gradient operand each: dresid, dgate,
 ///   dup, dresid again after the add, dq, dk, dv) and 7 dW GEMMs (that gradient and the
 ///   saved activation): 7 + 14 = 21 without; with, each of the 7 gradients once (its dW GEMM
@@ -428,7 +428,7 @@ fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd:
     let (layer_fwd, layer_bwd, head_bwd) = match (act, producers) {
         (false, _) => (7, 21, 4),
         (true, false) => (4, 7, 2),
-        (true, true) => (1, 5, 2),
+        (true, true) => (0, 5, 2),
     };
     layers * (layer_fwd + layer_bwd) + fwd + head_bwd * bwd
 }
@@ -450,8 +450,8 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
     assert_eq!(act_only, predicted_conversions(true, false, layers, 1, 1));
     assert_eq!(on, predicted_conversions(true, true, layers, 1, 1));
     // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward); the producers
-    // writing xn1, xn2, act, dgate and dup's copies 5 more.
-    assert_eq!((off - act_only, act_only - on), (layers * 17 + 2, layers * 5));
+    // writing xn1, xn2, att, act, dgate and dup's copies 6 more.
+    assert_eq!((off - act_only, act_only - on), (layers * 17 + 2, layers * 6));
     assert_eq!(kept_act_only, kept_on, "the producers' shadows live as long as the GEMMs' did");
     // Between steps: every weight (AdamW wrote its shadow); with activation shadows also each
     // layer's xn1, xn2 and act (the workspace keeps the activations; the next forward's

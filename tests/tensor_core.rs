@@ -488,6 +488,82 @@ fn producers_write_the_gemm_operand<D: Device>(b: &mut CudaBackend<D>) {
     }
 }
 
+/// Causal flash attention, forward (packed prefills, the training kernel) and decode (one
+/// query per sequence: split or staged, then the combine kernel), with activation shadows on
+/// writes `out`'s bf16 rounding beside it (the o projection's operand): the shadow is the
+/// conversion kernel's bits of the f32 output, which is itself the bits of the same kernels
+/// without the copy (`set_producer_shadows(false)`, which leaves no shadow), as is the lse.
+/// A step mixing decodes with prefills (a span of one query is a decode) writes `out` in two
+/// launches and keeps no shadow. Head dims 64 and 128, 4 query heads on 2 kv heads, ragged
+/// spans (one crossing a 64-row tile, one decode crossing a 128-key split). `b` runs bf16 GEMMs with weight and
+/// activation shadows on.
+fn attention_writes_the_o_operand<D: Device>(b: &mut CudaBackend<D>) {
+    use mmr1_fast::backend::cuda::{AttnKernel, DecodeKernel};
+    use mmr1_fast::backend::{AttnShape, AttnSpan};
+    let span = |q_start, q_len, kv_start, kv_len| AttnSpan { q_start, q_len, kv_start, kv_len };
+    let cases = [
+        ("prefill", vec![span(0, 2, 0, 2), span(2, 3, 2, 3), span(5, 70, 5, 70)], 75, true),
+        ("decode", vec![span(0, 1, 0, 1), span(1, 1, 1, 3), span(2, 1, 4, 130)], 134, true),
+        ("mixed", vec![span(0, 1, 0, 5), span(1, 17, 5, 17)], 22, false),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    b.set_attention(AttnKernel::Flash);
+    let mut r = ChaCha8Rng::seed_from_u64(70);
+    for head_dim in [64usize, 128] {
+        let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim };
+        let (w, wkv) = (4 * head_dim, 2 * head_dim);
+        for decode in [DecodeKernel::Staged, DecodeKernel::Split] {
+            b.set_decode_kernel(decode);
+            for (name, spans, kv_rows, shadowed) in &cases {
+                let what = format!("{name}, head dim {head_dim}, {decode:?}");
+                let rows: usize = spans.iter().map(|s| s.q_len).sum();
+                let mut rand =
+                    |n: usize| (0..n).map(|_| r.gen_range(-2.0f32..2.0)).collect::<Vec<_>>();
+                let (q, k, v) = (
+                    b.upload(&rand(rows * w)),
+                    b.upload(&rand(kv_rows * wkv)),
+                    b.upload(&rand(kv_rows * wkv)),
+                );
+                let run = |b: &CudaBackend<D>| {
+                    let mut out = b.upload(&vec![f32::NAN; rows * w]);
+                    let mut lse = b.upload(&vec![f32::NAN; rows * 4]);
+                    b.attention(&mut out, &mut lse, &q, &k, &v, spans, shape);
+                    (out, lse)
+                };
+                let (out, lse) = run(b);
+                let f = b.download(&out);
+                assert!(f.iter().all(|x| x.is_finite()), "{what}: out not written");
+                match b.device().bf16_shadow_bits(out.mem(), rows * w) {
+                    Some(shadow) => {
+                        assert!(shadowed, "{what}: a shadow from two launches");
+                        assert_bf16_bits(&shadow, &f, &what);
+                        assert!(
+                            shadow == converted(b, out.mem(), rows * w),
+                            "{what}: the shadow is not the conversion kernel's bits"
+                        );
+                    }
+                    None => assert!(!shadowed, "{what}: the attention output has no shadow"),
+                }
+                b.set_producer_shadows(false);
+                let (out2, lse2) = run(b);
+                b.set_producer_shadows(true);
+                assert!(
+                    b.device().bf16_shadow_bits(out2.mem(), rows * w).is_none(),
+                    "{what}: a shadow with the producers' copies off"
+                );
+                assert!(
+                    bits(&f) == bits(&b.download(&out2)),
+                    "{what}: out differs without the copy"
+                );
+                assert!(
+                    bits(&b.download(&lse)) == bits(&b.download(&lse2)),
+                    "{what}: lse differs without the copy"
+                );
+            }
+        }
+    }
+}
+
 /// cp.async, 16-byte and 4-byte (with commit groups and both waits), copies every byte.
 fn cp_async_copies<D: Device>(b: &CudaBackend<D>) {
     let mut r = ChaCha8Rng::seed_from_u64(24);
@@ -544,6 +620,16 @@ mod emu {
             EmuDevice::with_schedules(&Schedule::CI).with_bf16_shadows(true).with_act_shadows(true);
         let mut b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
         super::producers_write_the_gemm_operand(&mut b);
+    }
+    #[test]
+    fn attention_writes_the_o_operand() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward, Schedule::Reverse])
+            .with_bf16_shadows(true)
+            .with_act_shadows(true);
+        let mut b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        super::attention_writes_the_o_operand(&mut b);
     }
     /// Without activation shadows (`MMR1_ACT_SHADOWS=0`) the producers run the plain kernels
     /// and leave no shadow: a bf16 GEMM converts their output into a temporary, as before.
@@ -639,6 +725,20 @@ mod gpu {
             "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
         );
         super::producers_write_the_gemm_operand(&mut b);
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn attention_writes_the_o_operand() {
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        assert!(
+            mmr1_fast::backend::cuda::device::shadows_from_env()
+                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
+            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
+        );
+        super::attention_writes_the_o_operand(&mut b);
     }
 
     /// On the GPU the shadow of a GEMM's output ends in `CudaDevice::gemm` alone (cuBLAS

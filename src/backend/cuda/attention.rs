@@ -39,7 +39,9 @@ impl<D: Device> CudaBackend<D> {
     ) {
         attn_check(shape);
         if causal && self.attn == AttnKernel::Flash && flash::decode_supports(spans, shape) {
-            self.flash_decode(out, lse, q, k, v, spans, shape);
+            let out16 = self.attention_out_shadow(spans, shape);
+            self.flash_decode(out, out16.as_ref(), lse, q, k, v, spans, shape);
+            self.adopt_attention_out_shadow(out, out16, spans, shape);
             return;
         }
         // A step that mixes prefills with single-token decodes (continuous batching,
@@ -52,12 +54,15 @@ impl<D: Device> CudaBackend<D> {
             && !many.is_empty()
             && flash::decode_supports(&one, shape)
         {
-            self.flash_decode(out, lse, q, k, v, &one, shape);
+            // Two launches write `out`: no bf16 copy (the second would end the first's).
+            self.flash_decode(out, None, lse, q, k, v, &one, shape);
             self.attend(out, lse, q, k, v, &many, shape, causal);
             return;
         }
         if causal && self.use_flash(shape) {
-            self.flash_forward(out, lse, q, k, v, spans, shape);
+            let out16 = self.attention_out_shadow(spans, shape);
+            self.flash_forward(out, out16.as_ref(), lse, q, k, v, spans, shape);
+            self.adopt_attention_out_shadow(out, out16, spans, shape);
             return;
         }
         let items = q_items(spans, causal);

@@ -16,14 +16,32 @@
 //!
 //! The producers here are those that feed the model's GEMMs (src/model/forward.rs,
 //! backward.rs): RMSNorm (each layer's xn1 for q, k, v and xn2 for gate, up), SwiGLU (the
-//! down projection's act) and SwiGLU's backward (d gate, d up for the gate and up
-//! projections' backward GEMMs). A shadow ends as any other does: when a launch names its
-//! buffer as a possibly written argument, a GEMM writes it, or it is freed.
+//! down projection's act), SwiGLU's backward (d gate, d up for the gate and up projections'
+//! backward GEMMs) and causal flash attention, forward and decode (att for the o projection;
+//! `attention::attend` asks here, when one launch writes every row of `att`). A shadow ends
+//! as any other does: when a launch names its buffer as a possibly written argument, a GEMM
+//! writes it, or it is freed.
 
 use super::device::{Arg, Device};
 use super::{CudaBackend, DevBuf};
+use crate::backend::{AttnShape, AttnSpan};
 
 type Buf<D> = DevBuf<<D as Device>::Mem>;
+
+/// The rows `0..rows` that the query rows of `spans` cover exactly once, or None if they
+/// leave a gap or overlap (then some rows of the output are not written by the launch).
+fn covered_rows(spans: &[AttnSpan]) -> Option<usize> {
+    let mut q: Vec<(usize, usize)> = spans.iter().map(|s| (s.q_start, s.q_len)).collect();
+    q.sort_unstable();
+    let mut next = 0;
+    for (start, len) in q {
+        if start != next {
+            return None;
+        }
+        next += len;
+    }
+    (next > 0).then_some(next)
+}
 
 /// Whether producers write the bf16 copy of their output, from `MMR1_PRODUCER_SHADOWS`
 /// (`1`/unset: on, `0`: off). Panics on another value, naming it.
@@ -56,6 +74,32 @@ impl<D: Device> CudaBackend<D> {
     fn producer_shadow(&self, n: usize) -> Option<D::Mem> {
         (n > 0 && self.producer_shadows && self.dev.wants_act_shadow())
             .then(|| self.dev.alloc(n * 2))
+    }
+
+    /// Memory for the bf16 rounding of an attention output (`[rows, n_heads * head_dim]`)
+    /// that one launch writes for `spans`, if it writes every row `0..rows` of it: the
+    /// shadow must be the conversion of the whole buffer a GEMM then reads.
+    pub(super) fn attention_out_shadow(
+        &self,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) -> Option<D::Mem> {
+        let rows = covered_rows(spans)?;
+        self.producer_shadow(rows * shape.n_heads * shape.head_dim)
+    }
+
+    /// Adopts `out16` (from `attention_out_shadow` for the same spans), after the launch
+    /// that wrote `out` and it, as `out`'s bf16 shadow.
+    pub(super) fn adopt_attention_out_shadow(
+        &self,
+        out: &Buf<D>,
+        out16: Option<D::Mem>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        if let (Some(s), Some(rows)) = (out16, covered_rows(spans)) {
+            self.dev.adopt_bf16_shadow(&out.mem, s, rows * shape.n_heads * shape.head_dim);
+        }
     }
 
     /// `Backend::rmsnorm`: `rmsnorm_bf16shadow_f32` when activation shadows are kept.
@@ -138,5 +182,25 @@ impl<D: Device> CudaBackend<D> {
             self.dev.adopt_bf16_shadow(&dgate.mem, g16, n);
             self.dev.adopt_bf16_shadow(&dup.mem, u16, n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covered_rows;
+    use crate::backend::AttnSpan;
+
+    fn span(q_start: usize, q_len: usize) -> AttnSpan {
+        AttnSpan { q_start, q_len, kv_start: 0, kv_len: q_len }
+    }
+
+    #[test]
+    fn attention_rows_are_covered_only_without_gaps_or_overlaps() {
+        assert_eq!(covered_rows(&[span(0, 3), span(3, 1), span(4, 17)]), Some(21));
+        assert_eq!(covered_rows(&[span(4, 17), span(0, 3), span(3, 1)]), Some(21), "any order");
+        assert_eq!(covered_rows(&[span(0, 3), span(4, 1)]), None, "row 3 is a gap");
+        assert_eq!(covered_rows(&[span(1, 3)]), None, "row 0 is a gap");
+        assert_eq!(covered_rows(&[span(0, 3), span(2, 2)]), None, "row 2 twice");
+        assert_eq!(covered_rows(&[]), None);
     }
 }
