@@ -423,12 +423,12 @@ fn conversions_of_a_steady_step(act_shadows: bool, producers: bool) -> (u64, usi
 ///   with the producers, less dgate and dup (SwiGLU's backward writes their copies): 5;
 /// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
-///   without, 2 with.
+///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy).
 fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd: u64) -> u64 {
     let (layer_fwd, layer_bwd, head_bwd) = match (act, producers) {
         (false, _) => (7, 21, 4),
         (true, false) => (4, 7, 2),
-        (true, true) => (0, 5, 2),
+        (true, true) => (0, 5, 1),
     };
     layers * (layer_fwd + layer_bwd) + fwd + head_bwd * bwd
 }
@@ -449,9 +449,10 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
     assert_eq!(off, predicted_conversions(false, true, layers, 1, 1));
     assert_eq!(act_only, predicted_conversions(true, false, layers, 1, 1));
     assert_eq!(on, predicted_conversions(true, true, layers, 1, 1));
-    // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward); the producers
-    // writing xn1, xn2, att, act, dgate and dup's copies 6 more.
-    assert_eq!((off - act_only, act_only - on), (layers * 17 + 2, layers * 6));
+    // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward) and 2 a head
+    // chunk; the producers writing xn1, xn2, att, act, dgate and dup's copies 6 more a layer,
+    // d logits' 1 more a chunk.
+    assert_eq!((off - act_only, act_only - on), (layers * 17 + 2, layers * 6 + 1));
     assert_eq!(kept_act_only, kept_on, "the producers' shadows live as long as the GEMMs' did");
     // Between steps: every weight (AdamW wrote its shadow); with activation shadows also each
     // layer's xn1, xn2 and act (the workspace keeps the activations; the next forward's

@@ -333,17 +333,19 @@ fn adamw_writes_the_weight_shadow<D: Device>(b: &mut CudaBackend<D>) {
 }
 
 /// The kernels that write a GEMM operand and, with activation shadows on, its bf16 copy
-/// (src/backend/cuda/producer_shadows.rs): RMSNorm (out; rstd has none), SwiGLU, and
-/// SwiGLU's backward (d gate, d up).
+/// (src/backend/cuda/producer_shadows.rs): RMSNorm (out; rstd has none), SwiGLU, SwiGLU's
+/// backward (d gate, d up), and the log-prob backward (d logits; `width` is the vocabulary).
 #[derive(Clone, Copy, Debug)]
 enum Producer {
     RmsNorm,
     Swiglu,
     SwigluBackward,
+    LogprobsBackward,
 }
 
 impl Producer {
-    const ALL: [Producer; 3] = [Producer::RmsNorm, Producer::Swiglu, Producer::SwigluBackward];
+    const ALL: [Producer; 4] =
+        [Producer::RmsNorm, Producer::Swiglu, Producer::SwigluBackward, Producer::LogprobsBackward];
 
     /// Inputs for `rows x width` (random over several binades, gate values far enough out to
     /// saturate the sigmoid both ways), and the lengths of the outputs, those with a shadow
@@ -359,6 +361,14 @@ impl Producer {
             Producer::Swiglu => (vec![rand(n, -6, 5), rand(n, -8, 8)], vec![n], 1),
             Producer::SwigluBackward => {
                 (vec![rand(n, -8, 8), rand(n, -6, 5), rand(n, -8, 8)], vec![n, n], 2)
+            }
+            Producer::LogprobsBackward => {
+                // Logits, d lp, d entropy; from 3 rows on, row 1 is all -inf (zero gradient).
+                let mut logits = rand(n, -2, 4);
+                if rows >= 3 {
+                    logits[width..2 * width].fill(f32::NEG_INFINITY);
+                }
+                (vec![logits, rand(rows, -2, 2), rand(rows, -2, 2)], vec![n], 1)
             }
         }
     }
@@ -379,6 +389,10 @@ impl Producer {
             (Producer::Swiglu, [out]) => b.swiglu(out, &ins[0], &ins[1]),
             (Producer::SwigluBackward, [dg, du]) => {
                 b.swiglu_backward(dg, du, &ins[0], &ins[1], &ins[2])
+            }
+            (Producer::LogprobsBackward, [dlogits]) => {
+                let targets: Vec<u32> = (0..rows).map(|r| ((7 * r + 3) % width) as u32).collect();
+                b.logprobs_backward(dlogits, &ins[0], &targets, &ins[1], &ins[2], rows, width, 0.7)
             }
             (p, o) => panic!("{p:?}: {} outputs", o.len()),
         }
@@ -425,6 +439,7 @@ fn producers_write_the_gemm_operand<D: Device>(b: &mut CudaBackend<D>) {
                         shadow.unwrap_or_else(|| panic!("{what} {when}: output {o} has no shadow"));
                     let f = b.download(out);
                     assert!(f.iter().all(|x| !x.is_nan()), "{what} {when}: output {o} unwritten");
+                    assert!(f.iter().any(|x| *x != 0.0), "{what} {when}: output {o} all zero");
                     assert_bf16_bits(&shadow, &f, &format!("{what} {when}: output {o}"));
                     assert!(
                         shadow == converted(b, out.mem(), n),

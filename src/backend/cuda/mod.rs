@@ -746,26 +746,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         vocab: usize,
         inv_temp: f32,
     ) {
-        if rows == 0 {
-            return;
-        }
-        let t = self.upload_u32(&targets[..rows]);
-        self.dev.launch(
-            "logprobs_bwd_f32",
-            [rows as u32, 1, 1],
-            [logprob_block(vocab), 1, 1],
-            0,
-            &[
-                Arg::Ptr(&dlogits.mem),
-                Arg::Ptr(&logits.mem),
-                Arg::Ptr(&t),
-                Arg::Ptr(&dlp.mem),
-                Arg::Ptr(&dent.mem),
-                Arg::I32(rows as i32),
-                Arg::I32(vocab as i32),
-                Arg::F32(inv_temp),
-            ],
-        );
+        self.logprobs_bwd(dlogits, logits, targets, dlp, dent, rows, vocab, inv_temp)
     }
 
     fn adamw(
@@ -808,7 +789,7 @@ impl<D: Device> Backend for CudaBackend<D> {
 
 /// Threads per logprobs row: a full block for real vocabularies, a small one for tiny rows.
 /// A function of `vocab` alone, so a row's result never depends on its batch.
-fn logprob_block(vocab: usize) -> u32 {
+pub(super) fn logprob_block(vocab: usize) -> u32 {
     if vocab >= 16384 {
         1024
     } else {

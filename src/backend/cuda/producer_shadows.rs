@@ -17,8 +17,10 @@
 //! The producers here are those that feed the model's GEMMs (src/model/forward.rs,
 //! backward.rs): RMSNorm (each layer's xn1 for q, k, v and xn2 for gate, up), SwiGLU (the
 //! down projection's act), SwiGLU's backward (d gate, d up for the gate and up projections'
-//! backward GEMMs) and causal flash attention, forward and decode (att for the o projection;
-//! `attention::attend` asks here, when one launch writes every row of `att`). A shadow ends
+//! backward GEMMs), causal flash attention, forward and decode (att for the o projection;
+//! `attention::attend` asks here, when one launch writes every row of `att`), and the
+//! log-prob backward (a head chunk's d logits, rows x vocab, for d hidden and d lm_head: at
+//! a real vocabulary the largest operand a step converts). A shadow ends
 //! as any other does: when a launch names its buffer as a possibly written argument, a GEMM
 //! writes it, or it is freed.
 
@@ -99,6 +101,45 @@ impl<D: Device> CudaBackend<D> {
     ) {
         if let (Some(s), Some(rows)) = (out16, covered_rows(spans)) {
             self.dev.adopt_bf16_shadow(&out.mem, s, rows * shape.n_heads * shape.head_dim);
+        }
+    }
+
+    /// `Backend::logprobs_backward`: `logprobs_bwd_bf16shadow_f32` when activation shadows are
+    /// kept (d logits feeds the head's d hidden and d lm_head GEMMs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn logprobs_bwd(
+        &self,
+        dlogits: &mut Buf<D>,
+        logits: &Buf<D>,
+        targets: &[u32],
+        dlp: &Buf<D>,
+        dent: &Buf<D>,
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let t = self.upload_u32(&targets[..rows]);
+        let shadow = self.producer_shadow(rows * vocab);
+        let (name, mut args) = match &shadow {
+            Some(s) => ("logprobs_bwd_bf16shadow_f32", vec![Arg::Ptr(&dlogits.mem), Arg::Ptr(s)]),
+            None => ("logprobs_bwd_f32", vec![Arg::Ptr(&dlogits.mem)]),
+        };
+        args.extend([
+            Arg::Ptr(&logits.mem),
+            Arg::Ptr(&t),
+            Arg::Ptr(&dlp.mem),
+            Arg::Ptr(&dent.mem),
+            Arg::I32(rows as i32),
+            Arg::I32(vocab as i32),
+            Arg::F32(inv_temp),
+        ]);
+        let block = super::logprob_block(vocab);
+        self.dev.launch(name, [rows as u32, 1, 1], [block, 1, 1], 0, &args);
+        if let Some(s) = shadow {
+            self.dev.adopt_bf16_shadow(&dlogits.mem, s, rows * vocab);
         }
     }
 
