@@ -291,18 +291,20 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const re
         const int row = warp * 16 + g + 8 * r;
         if (row < nrows && t == 0) lse[(qrow0 + row) * n_heads + h] = m[r] * scale + logf(l[r]);
     }
+    // Lane (g, t) holds columns 2t, 2t + 1 of each 8-column block nt, in rows g and g + 8.
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = warp * 16 + g + 8 * (i >> 1);
-            if (row < nrows) {
-                const long long at = ((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1);
-                const float y = o[nt][i] / l[i >> 1];
-                out[at] = y;
-                // The o projection's bf16 operand (src/backend/cuda/producer_shadows.rs).
-                if (out16) out16[at] = bf16_bits(y);
-            }
+        for (int r = 0; r < 2; r++) {
+            const int row = warp * 16 + g + 8 * r;
+            if (row >= nrows) continue;
+            const long long at = ((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t;
+            const float y0 = o[nt][2 * r] / l[r], y1 = o[nt][2 * r + 1] / l[r];
+            out[at] = y0;
+            out[at + 1] = y1;
+            // The o projection's bf16 operand (src/backend/cuda/producer_shadows.rs), both
+            // values in one 4-byte store (`at` is even).
+            if (out16) *reinterpret_cast<unsigned*>(out16 + at) = pack_bf16x2(y0, y1);
         }
 }
 
@@ -548,7 +550,10 @@ extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d32(real* dk, re
     flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
 }
 
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d64(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
+// (256, 2): two blocks an SM. Writing out16 took the sm_90 build from 128 to 135 registers,
+// which leaves room for one block of 256 threads; bounded, ptxas fits 128 with no spills
+// (scripts/cubin-check.py flash_fwd).
+extern "C" __global__ void __launch_bounds__(256, 2) flash_fwd_d64(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
     const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
