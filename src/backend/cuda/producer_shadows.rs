@@ -80,12 +80,16 @@ impl<D: Device> CudaBackend<D> {
 
     /// Memory for the bf16 rounding of an attention output (`[rows, n_heads * head_dim]`)
     /// that one launch writes for `spans`, if it writes every row `0..rows` of it: the
-    /// shadow must be the conversion of the whole buffer a GEMM then reads.
+    /// shadow must be the conversion of the whole buffer a GEMM then reads. (A span with no
+    /// keys gets no shadow: the flash-decode launcher has no work items for it.)
     pub(super) fn attention_out_shadow(
         &self,
         spans: &[AttnSpan],
         shape: AttnShape,
     ) -> Option<D::Mem> {
+        if spans.iter().any(|s| s.kv_len == 0) {
+            return None;
+        }
         let rows = covered_rows(spans)?;
         self.producer_shadow(rows * shape.n_heads * shape.head_dim)
     }
