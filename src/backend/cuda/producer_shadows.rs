@@ -20,9 +20,11 @@
 //! backward GEMMs), causal flash attention, forward and decode (att for the o projection;
 //! `attention::attend` asks here, when one launch writes every row of `att`), and the
 //! log-prob backward (a head chunk's d logits, rows x vocab, for d hidden and d lm_head: at
-//! a real vocabulary the largest operand a step converts). A shadow ends
-//! as any other does: when a launch names its buffer as a possibly written argument, a GEMM
-//! writes it, or it is freed.
+//! a real vocabulary the largest operand a step converts). A shadow ends as any other does:
+//! when a launch names its buffer as a possibly written argument, a GEMM writes it, or it is
+//! freed. Still converted by their GEMMs (docs/perf.md): dresid (`add_assign`, a generic op
+//! also used on gradients), dq/dk (rotated in place by RoPE, then read by the bias reduction,
+//! which ends a shadow), dv, and the head's gathered rows.
 
 use super::device::{Arg, Device};
 use super::{CudaBackend, DevBuf};
@@ -52,8 +54,8 @@ pub(super) fn from_env() -> bool {
         Err(_) | Ok("") | Ok("1") => true,
         Ok("0") => false,
         Ok(v) => panic!(
-            "MMR1_PRODUCER_SHADOWS={v:?}: expected 1 (RMSNorm and SwiGLU write the bf16 copy \
-             of their output for the GEMMs) or 0"
+            "MMR1_PRODUCER_SHADOWS={v:?}: expected 1 (the kernels that write a GEMM operand \
+             write its bf16 copy too) or 0"
         ),
     }
 }
