@@ -34,21 +34,61 @@ extern "C" __global__ void add_bias_f32(real* x, const real* bias, long long tot
     GRID_STRIDE(i, total) x[i] += bias[i % n];
 }
 
+// SwiGLU element i: silu(gate) * up. Shared by the plain kernel and the one that also writes
+// the bf16 rounding, so that both store the same f32 bits.
+__device__ __forceinline__ float swiglu_elem(const real* gate, const real* up, long long i) {
+    float g = gate[i];
+    return g / (1.0f + expf(-g)) * up[i];
+}
+
 extern "C" __global__ void swiglu_f32(real* out, const real* gate, const real* up, long long n) {
+    GRID_STRIDE(i, n) out[i] = swiglu_elem(gate, up, i);
+}
+
+// swiglu_f32 that also writes the bf16 rounding of `out` (the down projection's operand) into
+// `shadow`, in the pass that computes it (src/backend/cuda/producer_shadows.rs).
+extern "C" __global__ void swiglu_bf16shadow_f32(real* out, unsigned short* shadow, const real* gate, const real* up,
+                                                 long long n) {
     GRID_STRIDE(i, n) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        const float v = swiglu_elem(gate, up, i);
+        out[i] = v;
+        shadow[i] = bf16_bits(v);
     }
+}
+
+// SwiGLU backward element i: d gate and d up of d out (see swiglu_elem); returned through
+// the references so that both kernels below compute the same bits.
+__device__ __forceinline__ void swiglu_bwd_elem(float& dg, float& du, const real* dout, const real* gate,
+                                                const real* up, long long i) {
+    float g = gate[i], d = dout[i];
+    float sig = 1.0f / (1.0f + expf(-g));
+    du = d * g * sig;
+    // d silu(g)/dg = sig * (1 + g (1 - sig))
+    dg = d * up[i] * sig * (1.0f + g * (1.0f - sig));
 }
 
 extern "C" __global__ void swiglu_bwd_f32(real* dgate, real* dup, const real* dout, const real* gate,
                                           const real* up, long long n) {
     GRID_STRIDE(i, n) {
-        float g = gate[i], d = dout[i];
-        float sig = 1.0f / (1.0f + expf(-g));
-        dup[i] = d * g * sig;
-        // d silu(g)/dg = sig * (1 + g (1 - sig))
-        dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+        float dg, du;
+        swiglu_bwd_elem(dg, du, dout, gate, up, i);
+        dup[i] = du;
+        dgate[i] = dg;
+    }
+}
+
+// swiglu_bwd_f32 that also writes the bf16 roundings of d gate and d up (the operands of the
+// gate and up projections' backward GEMMs) into `dgate16` and `dup16`.
+extern "C" __global__ void swiglu_bwd_bf16shadow_f32(real* dgate, real* dup, unsigned short* dgate16,
+                                                     unsigned short* dup16, const real* dout, const real* gate,
+                                                     const real* up, long long n) {
+    GRID_STRIDE(i, n) {
+        float dg, du;
+        swiglu_bwd_elem(dg, du, dout, gate, up, i);
+        dup[i] = du;
+        dgate[i] = dg;
+        dup16[i] = bf16_bits(du);
+        dgate16[i] = bf16_bits(dg);
     }
 }
 

@@ -197,8 +197,9 @@ __device__ __forceinline__ float fa_quad_sum(float v) {
 
 // ---- forward ------------------------------------------------------------------------------
 
+// out16: null, or where to write the bf16 rounding of `out` too (the o projection's operand).
 template <int D>
-__device__ void flash_fwd(real* out, float* lse, const real* q, const real* k, const real* v, const int* items,
+__device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const real* q, const real* k, const real* v, const int* items,
                           int n_heads, int n_kv, float scale) {
     DYN_SMEM(unsigned char, smem);
     using S = fa_smem<D>;
@@ -290,12 +291,20 @@ __device__ void flash_fwd(real* out, float* lse, const real* q, const real* k, c
         const int row = warp * 16 + g + 8 * r;
         if (row < nrows && t == 0) lse[(qrow0 + row) * n_heads + h] = m[r] * scale + logf(l[r]);
     }
+    // Lane (g, t) holds columns 2t, 2t + 1 of each 8-column block nt, in rows g and g + 8.
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = warp * 16 + g + 8 * (i >> 1);
-            if (row < nrows) out[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = o[nt][i] / l[i >> 1];
+        for (int r = 0; r < 2; r++) {
+            const int row = warp * 16 + g + 8 * r;
+            if (row >= nrows) continue;
+            const long long at = ((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t;
+            const float y0 = o[nt][2 * r] / l[r], y1 = o[nt][2 * r + 1] / l[r];
+            out[at] = y0;
+            out[at + 1] = y1;
+            // The o projection's bf16 operand (src/backend/cuda/producer_shadows.rs), both
+            // values in one 4-byte store (`at` is even).
+            if (out16) *reinterpret_cast<unsigned*>(out16 + at) = pack_bf16x2(y0, y1);
         }
 }
 
@@ -511,9 +520,9 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* 
 // ---- entry points, one per head dim -------------------------------------------------------
 
 // Spelled out, not macro-generated: build.rs finds the entry points by their declaration text.
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d16(real* out, float* lse, const real* q, const real* k,
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d16(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
     const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<16>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+    flash_fwd<16>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d16(real* dq, const real* dout, const real* q,
     const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
@@ -526,9 +535,9 @@ extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d16(real* dk, re
     flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
 }
 
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d32(real* out, float* lse, const real* q, const real* k,
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d32(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
     const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<32>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+    flash_fwd<32>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d32(real* dq, const real* dout, const real* q,
     const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
@@ -541,9 +550,12 @@ extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d32(real* dk, re
     flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
 }
 
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d64(real* out, float* lse, const real* q, const real* k,
+// (256, 2): two blocks an SM. Writing out16 took the sm_90 build from 128 to 135 registers,
+// which leaves room for one block of 256 threads; bounded, ptxas fits 128 with no spills
+// (scripts/cubin-check.py flash_fwd).
+extern "C" __global__ void __launch_bounds__(256, 2) flash_fwd_d64(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
     const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<64>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+    flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d64(real* dq, const real* dout, const real* q,
     const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
@@ -556,9 +568,9 @@ extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d64(real* dk, re
     flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
 }
 
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d128(real* out, float* lse, const real* q, const real* k,
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d128(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
     const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<128>(out, lse, q, k, v, items, n_heads, n_kv, scale);
+    flash_fwd<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d128(real* dq, const real* dout, const real* q,
     const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
@@ -822,7 +834,9 @@ extern "C" __global__ void __launch_bounds__(64)
     flash_decode_staged<128>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
 }
 
-extern "C" __global__ void flash_decode_combine(real* out, float* lse, const float* part_o, const float* part_ml,
+// With `out16` (non-null) it also writes each output's bf16 rounding: the o projection's
+// operand (src/backend/cuda/producer_shadows.rs).
+extern "C" __global__ void flash_decode_combine(real* out, unsigned short* out16, float* lse, const float* part_o, const float* part_ml,
                                                 const int* items, int n_heads, int d) {
     const long long qrow = items[4 * blockIdx.x];
     const int first = items[4 * blockIdx.x + 1], n = items[4 * blockIdx.x + 2], h = blockIdx.y;
@@ -839,7 +853,9 @@ extern "C" __global__ void flash_decode_combine(real* out, float* lse, const flo
             const long long ph = (long long)(first + p) * n_heads + h;
             acc += part_o[ph * d + c] * exp2f(part_ml[2 * ph] - mx);
         }
-        out[(qrow * n_heads + h) * d + c] = acc / L;
+        const float y = acc / L;
+        out[(qrow * n_heads + h) * d + c] = y;
+        if (out16) out16[(qrow * n_heads + h) * d + c] = bf16_bits(y);
     }
     if (threadIdx.x == 0) lse[qrow * n_heads + h] = (mx + log2f(L)) * 0.6931471805599453f;
 }

@@ -7,6 +7,7 @@
 // A row whose logits are all -inf has lp = -inf, entropy 0 and zero gradient. The CPU
 // reference (src/backend/cpu.rs, row_lse_entropy) follows the same conventions.
 #include "common.cuh"
+#include "mma.cuh" // bf16_bits
 
 // Softmax statistics of a set of logits z, relative to its max m:
 //   s = sum exp(z - m),  t = sum exp(z - m) (z - m).
@@ -92,16 +93,22 @@ extern "C" __global__ void __launch_bounds__(1024) logprobs_f32(float* lp, float
 
 // d lp / d z_j = [j == target] - p_j ;  d H / d z_j = -p_j (log p_j + H) ; dz/dlogit = inv_temp.
 // For p_j = 0 (z_j = -inf) the entropy term is 0 (p log p -> 0), not 0 * -inf.
-extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_f32(real* dlogits, const real* logits, const unsigned* targets,
-                                            const float* dlp, const float* dent, int rows, int vocab,
-                                            float inv_temp) {
+// Row blockIdx.x; with `d16` (non-null) also the bf16 rounding of each d logit, the operand
+// of the head's two backward GEMMs (src/backend/cuda/producer_shadows.rs).
+__device__ __forceinline__ void logprobs_bwd_row(real* dlogits, unsigned short* d16, const real* logits,
+                                                 const unsigned* targets, const float* dlp, const float* dent,
+                                                 int vocab, float inv_temp) {
     const long long r = blockIdx.x;
     const real* row = logits + r * vocab;
     DEVICE_CHECK(targets[r] < (unsigned)vocab);
     const SoftStat a = row_stat(row, vocab, inv_temp);
     real* out = dlogits + r * vocab;
+    unsigned short* out16 = d16 ? d16 + r * vocab : nullptr;
     if (a.s == 0.0f) { // every logit is -inf: no distribution, no gradient
-        for (int j = threadIdx.x; j < vocab; j += blockDim.x) out[j] = 0.0f;
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            out[j] = 0.0f;
+            if (out16) out16[j] = 0; // bf16 +0
+        }
         return;
     }
     const float logs = logf(a.s);
@@ -113,6 +120,22 @@ extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_f32(real* dlogit
         const float p = expf(lpj);
         const float dh = p > 0.0f ? ge * p * (lpj + ent) : 0.0f;
         const float dz = g * ((j == tgt ? 1.0f : 0.0f) - p) - dh;
-        out[j] = dz * inv_temp;
+        const float y = dz * inv_temp;
+        out[j] = y;
+        if (out16) out16[j] = bf16_bits(y);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_f32(real* dlogits, const real* logits, const unsigned* targets,
+                                            const float* dlp, const float* dent, int rows, int vocab,
+                                            float inv_temp) {
+    logprobs_bwd_row(dlogits, nullptr, logits, targets, dlp, dent, vocab, inv_temp);
+}
+
+// logprobs_bwd_f32 that also writes d logits' bf16 rounding into `dlogits16` [rows * vocab]:
+// at a real vocabulary the largest operand a training step converts (a chunk's rows x vocab).
+extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_bf16shadow_f32(real* dlogits, unsigned short* dlogits16,
+                                            const real* logits, const unsigned* targets, const float* dlp,
+                                            const float* dent, int rows, int vocab, float inv_temp) {
+    logprobs_bwd_row(dlogits, dlogits16, logits, targets, dlp, dent, vocab, inv_temp);
 }

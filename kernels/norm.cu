@@ -1,10 +1,14 @@
 // RMSNorm forward and the dx part of its backward, one block per row.
 // (dw is a column reduction: col_reduce_f32 in reduce.cu.)
 #include "common.cuh"
+#include "mma.cuh" // bf16_bits
 
-extern "C" __global__ void rmsnorm_f32(real* out, float* rstd, const real* x, const real* w, int rows, int dim,
-                                       float eps) {
-    SHARED(float, scratch, [32]);
+// One row (blockIdx.x) of RMSNorm: out = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps).
+// With `shadow` (non-null) it also writes each output's bf16 rounding (round to nearest even,
+// the bits f32_to_bf16_x8 would make of `out`), computed from the value it stores: the copy
+// a bf16 GEMM reads (src/backend/cuda/producer_shadows.rs).
+__device__ __forceinline__ void rmsnorm_row(real* out, unsigned short* shadow, float* rstd, const real* x,
+                                            const real* w, int dim, float eps, float* scratch) {
     const long long r = blockIdx.x;
     const real* xr = x + r * dim;
     float ss = 0.0f;
@@ -16,7 +20,25 @@ extern "C" __global__ void rmsnorm_f32(real* out, float* rstd, const real* x, co
     // Precise sqrt and division (not rsqrtf): the CPU reference rounds 1/sqrt once.
     const float s = 1.0f / sqrtf(ss / (float)dim + eps);
     if (threadIdx.x == 0) rstd[r] = s;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) out[r * dim + j] = xr[j] * s * w[j];
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        const float y = xr[j] * s * w[j];
+        out[r * dim + j] = y;
+        if (shadow) shadow[r * dim + j] = bf16_bits(y);
+    }
+}
+
+extern "C" __global__ void rmsnorm_f32(real* out, float* rstd, const real* x, const real* w, int rows, int dim,
+                                       float eps) {
+    SHARED(float, scratch, [32]);
+    rmsnorm_row(out, nullptr, rstd, x, w, dim, eps, scratch);
+}
+
+// rmsnorm_f32 that also writes the bf16 operand of the GEMMs reading `out` (q, k, v or gate,
+// up) into `shadow` [rows * dim], instead of a conversion launch that reads `out` again.
+extern "C" __global__ void rmsnorm_bf16shadow_f32(real* out, unsigned short* shadow, float* rstd, const real* x,
+                                                  const real* w, int rows, int dim, float eps) {
+    SHARED(float, scratch, [32]);
+    rmsnorm_row(out, shadow, rstd, x, w, dim, eps, scratch);
 }
 
 // dx_j = s g_j w_j - x_j s^3 / dim * sum_i g_i w_i x_i. The two terms nearly cancel when

@@ -196,6 +196,9 @@ if want steps && [ "${STEPS:-full}" = quick ]; then
     # Decode steps replayed as CUDA graphs (cuda::replay; off by default until measured).
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
+    # The producers' bf16 copies off (docs/perf.md "Producers write the bf16 operand").
+    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     step torch-grpo 180 --arch qwen2.5-0.5b $grpo
@@ -238,6 +241,10 @@ elif want steps; then
     # profiled: the conversions per step before and after (docs/perf.md predicts them).
     STEP_ENV=MMR1_ACT_SHADOWS=0 MMR1_ACT_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV="MMR1_PROFILE=1 MMR1_ACT_SHADOWS=0" MMR1_PROFILE=1 MMR1_ACT_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    # Producers writing the GEMMs' bf16 operands off (docs/perf.md "Producers write the bf16
+    # operand"): the training and decode steps with the conversions back, beside the defaults.
+    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
 fi
 
 # Continuous batching of rollouts (rl::decode_scheduler): 64 prompts x 8 responses of up to

@@ -88,9 +88,33 @@ fn nothing_is_recorded_without_profiling() {
 /// fills the upload cache with what repeats across steps: the rope frequencies, the rows the
 /// lm_head reads).
 fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64) {
-    // Op by op: a replayed step (tests/decode_replay.rs) uploads its rope table again.
-    let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile().with_replay(false);
-    let be = CudaBackend::with_device(dev).with_attention(attn);
+    let (launches, uploads, _) = decode_step_cost_in(slots, layers, attn, false, true);
+    (launches, uploads)
+}
+
+/// `decode_step_cost` in f32 or bf16 (GEMMs in bf16, weight and activation shadows on), with
+/// `producers` writing the bf16 copies of their outputs or not, and the step's conversions
+/// (`f32_to_bf16_x8` launches, counted among the launches).
+fn decode_step_cost_in(
+    slots: usize,
+    layers: usize,
+    attn: AttnKernel,
+    bf16: bool,
+    producers: bool,
+) -> (u64, u64, u64) {
+    use mmr1_fast::backend::precision::Precision;
+    // Op by op: a replayed step (tests/decode_replay.rs) uploads its index arrays again.
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+        .with_bf16_shadows(true)
+        .with_act_shadows(true)
+        .with_profile()
+        .with_replay(false);
+    let precision = if bf16 { Precision::Bf16 } else { Precision::F32 };
+    let be = CudaBackend::with_device(dev)
+        .with_precision(precision)
+        .unwrap()
+        .with_attention(attn)
+        .with_producer_shadows(producers);
     let mut cfg = tiny_config(97, false);
     cfg.num_hidden_layers = layers;
     let model = random_model_on(&be, cfg, 5);
@@ -108,7 +132,7 @@ fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64)
     let step = since(&p0, &be.kernel_profile());
     eprintln!("{slots} slots, {layers} layers, {attn:?}:\n{}", profile::table(&step, 1, 40));
     let uploads = be.memory_stats().unwrap().uploads - m0.uploads;
-    (calls(&step, |_| true), uploads)
+    (calls(&step, |_| true), uploads, calls(&step, |n| n == "f32_to_bf16_x8"))
 }
 
 /// A decode step's cost structure: its kernel launches and host->device copies (each several
@@ -194,6 +218,37 @@ fn an_optimizer_step_is_three_launches_for_any_number_of_tensors() {
             calls.sort();
             assert_eq!(calls, want, "{layers} layers ({tensors} tensors), bf16 {bf16}");
             assert_eq!(shadows, if bf16 { tensors } else { 0 }, "{layers} layers, bf16 {bf16}");
+        }
+    }
+}
+
+/// A bf16 decode step converts (`f32_to_bf16_x8`) only what no producer writes in bf16: the
+/// gathered rows the lm_head reads, and with the reference attention kernel each layer's
+/// attention output `att` (the o projection's operand). RMSNorm writes xn1 (q, k, v) and xn2
+/// (gate, up) with their bf16 copies, SwiGLU act (down), flash decode's combine kernel att
+/// (src/backend/cuda/producer_shadows.rs); without that (`MMR1_PRODUCER_SHADOWS=0`) each is
+/// converted by its first GEMM: 4 a layer + 1. The weights keep the shadows their first GEMM
+/// made. The producers add no launch: a bf16 step launches what an f32 step does plus the
+/// conversions, with the same uploads.
+#[test]
+fn a_bf16_decode_step_converts_only_what_no_producer_writes() {
+    for attn in [AttnKernel::Reference, AttnKernel::Flash] {
+        for (slots, layers) in [(2usize, 2usize), (3, 3)] {
+            let what = format!("{attn:?}, {slots} slots, {layers} layers");
+            let l = layers as u64;
+            let (f32_launches, f32_uploads, none) =
+                decode_step_cost_in(slots, layers, attn, false, true);
+            assert_eq!(none, 0, "{what}: an f32 step converts nothing");
+            let with = if attn == AttnKernel::Flash { 1 } else { l + 1 };
+            for (producers, want) in [(true, with), (false, 4 * l + 1)] {
+                let (launches, uploads, conversions) =
+                    decode_step_cost_in(slots, layers, attn, true, producers);
+                let what = format!("{what}, producer shadows {producers}");
+                println!("DECODE CONVERSIONS {what}: {conversions} of {launches} launches");
+                assert_eq!(conversions, want, "{what}: conversions per bf16 decode step");
+                assert_eq!(launches, f32_launches + conversions, "{what}: launches per step");
+                assert_eq!(uploads, f32_uploads, "{what}: uploads per bf16 step");
+            }
         }
     }
 }

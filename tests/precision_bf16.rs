@@ -260,13 +260,20 @@ fn loaded_weights_are_converted_once_for_inference_too() {
 
 /// bf16 with weight shadows on and activation shadows (`MMR1_ACT_SHADOWS`) on or off.
 fn emu_act(on: bool, profile: bool) -> CudaBackend<EmuDevice> {
+    emu_producers(on, true, profile)
+}
+
+/// `emu_act` with the producers writing the bf16 copies of their outputs (RMSNorm, SwiGLU
+/// and its backward: src/backend/cuda/producer_shadows.rs) or not.
+fn emu_producers(act: bool, producers: bool, profile: bool) -> CudaBackend<EmuDevice> {
     let mut dev = EmuDevice::with_schedules(&[Schedule::Forward])
         .with_bf16_shadows(true)
-        .with_act_shadows(on);
+        .with_act_shadows(act);
     if profile {
         dev = dev.with_profile();
     }
-    CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap()
+    let b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+    b.with_producer_shadows(producers)
 }
 
 /// What an SFT run leaves: the losses and gradients of each step, the parameters after
@@ -345,12 +352,33 @@ fn activation_shadows_give_the_bits_of_converting_per_call() {
     assert!(growth <= bound, "activation shadows cost {growth} B at the peak, more than {bound}");
 }
 
+/// The producers' bf16 copies are the bits the GEMMs' conversions made: three SFT steps with
+/// them and without (both keeping activation shadows) give the same losses, gradients,
+/// parameters and log-probs bit for bit.
+#[test]
+fn producer_shadows_give_the_bits_of_the_gemms_conversions() {
+    let (a, b) = (
+        sft_run(&emu_producers(true, true, false), 3),
+        sft_run(&emu_producers(true, false, false), 3),
+    );
+    assert!(a.losses.iter().zip(&b.losses).all(|(x, y)| x.to_bits() == y.to_bits()), "losses");
+    for (s, (ga, gb)) in a.grads.iter().zip(&b.grads).enumerate() {
+        for (i, (x, y)) in ga.iter().zip(gb).enumerate() {
+            assert!(same_bits(x, y), "step {s}: gradient of parameter {i} differs");
+        }
+    }
+    for (i, (x, y)) in a.params.iter().zip(&b.params).enumerate() {
+        assert!(same_bits(x, y), "parameter {i} differs after 3 steps");
+    }
+    assert!(same_bits(&a.lp, &b.lp), "inference log-probs differ");
+}
+
 /// Conversions (`f32_to_bf16_x8` launches) of the second SFT step (zeroing the gradients,
 /// forward, backward, AdamW) of `sft_run`'s model and batch, and how many buffers keep a
 /// shadow between steps.
-fn conversions_of_a_steady_step(act_shadows: bool) -> (u64, usize) {
+fn conversions_of_a_steady_step(act_shadows: bool, producers: bool) -> (u64, usize) {
     use mmr1_fast::backend::profile::since;
-    let be = emu_act(act_shadows, true);
+    let be = emu_producers(act_shadows, producers, true);
     let cfg = config();
     let layout = ParamLayout::new(&cfg);
     let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 9);
@@ -383,18 +411,25 @@ fn conversions_of_a_steady_step(act_shadows: bool) -> (u64, usize) {
 ///   converts a weight;
 /// - forward, per layer, the activation operand of the 7 projections: xn1 for q, k, v; att
 ///   for o; xn2 for gate, up; act for down. Without activation shadows each GEMM converts
-///   its operand (7); with them each distinct buffer once (4);
+///   its operand (7); with them each distinct buffer once (4); with the producers writing
+///   the bf16 copy themselves (src/backend/cuda/producer_shadows.rs: the RMSNorms write xn1
+///   and xn2's, SwiGLU act's, flash attention att's), none;
 /// - backward, per layer, 7 dX GEMMs (one activation-gradient operand each: dresid, dgate,
 ///   dup, dresid again after the add, dq, dk, dv) and 7 dW GEMMs (that gradient and the
 ///   saved activation): 7 + 14 = 21 without; with, each of the 7 gradients once (its dW GEMM
 ///   finds the dX GEMM's shadow) and no saved activation (their forward shadows survive:
 ///   nothing writes xn1, xn2, act between the forward and their last use, and att's last
 ///   use, o's dW GEMM, comes before the attention backward takes it as an argument): 7;
+///   with the producers, less dgate and dup (SwiGLU's backward writes their copies): 5;
 /// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
-///   without, 2 with.
-fn predicted_conversions(act_shadows: bool, layers: u64, fwd: u64, bwd: u64) -> u64 {
-    let (layer_fwd, layer_bwd, head_bwd) = if act_shadows { (4, 7, 2) } else { (7, 21, 4) };
+///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy).
+fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd: u64) -> u64 {
+    let (layer_fwd, layer_bwd, head_bwd) = match (act, producers) {
+        (false, _) => (7, 21, 4),
+        (true, false) => (4, 7, 2),
+        (true, true) => (0, 5, 1),
+    };
     layers * (layer_fwd + layer_bwd) + fwd + head_bwd * bwd
 }
 
@@ -405,11 +440,20 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
     let params = ParamLayout::new(&cfg).specs.len() as u64;
     // 99 tokens and 96 trained rows fit one head chunk at this vocabulary.
     let ((on, kept_on), (off, kept_off)) =
-        (conversions_of_a_steady_step(true), conversions_of_a_steady_step(false));
-    println!("CONVERSIONS per steady step: {off} without activation shadows, {on} with");
-    assert_eq!(off, predicted_conversions(false, layers, 1, 1));
-    assert_eq!(on, predicted_conversions(true, layers, 1, 1));
-    assert_eq!(off - on, layers * 17 + 2);
+        (conversions_of_a_steady_step(true, true), conversions_of_a_steady_step(false, true));
+    let (act_only, kept_act_only) = conversions_of_a_steady_step(true, false);
+    println!(
+        "CONVERSIONS per steady step: {off} without activation shadows, {act_only} with them, \
+         {on} with the producers writing theirs"
+    );
+    assert_eq!(off, predicted_conversions(false, true, layers, 1, 1));
+    assert_eq!(act_only, predicted_conversions(true, false, layers, 1, 1));
+    assert_eq!(on, predicted_conversions(true, true, layers, 1, 1));
+    // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward) and 2 a head
+    // chunk; the producers writing xn1, xn2, att, act, dgate and dup's copies 6 more a layer,
+    // d logits' 1 more a chunk.
+    assert_eq!((off - act_only, act_only - on), (layers * 17 + 2, layers * 6 + 1));
+    assert_eq!(kept_act_only, kept_on, "the producers' shadows live as long as the GEMMs' did");
     // Between steps: every weight (AdamW wrote its shadow); with activation shadows also each
     // layer's xn1, xn2 and act (the workspace keeps the activations; the next forward's
     // writes end them) and the last layer backward's dgate, dup, dq, dk, dv (the scratch's

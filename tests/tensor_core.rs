@@ -7,7 +7,7 @@
 #![cfg(any(feature = "emu", feature = "cuda"))]
 
 use mmr1_fast::backend::cuda::device::{Arg, Device};
-use mmr1_fast::backend::cuda::CudaBackend;
+use mmr1_fast::backend::cuda::{CudaBackend, DevBuf};
 use mmr1_fast::backend::Backend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -332,6 +332,257 @@ fn adamw_writes_the_weight_shadow<D: Device>(b: &mut CudaBackend<D>) {
     }
 }
 
+/// The kernels that write a GEMM operand and, with activation shadows on, its bf16 copy
+/// (src/backend/cuda/producer_shadows.rs): RMSNorm (out; rstd has none), SwiGLU, SwiGLU's
+/// backward (d gate, d up), and the log-prob backward (d logits; `width` is the vocabulary).
+#[derive(Clone, Copy, Debug)]
+enum Producer {
+    RmsNorm,
+    Swiglu,
+    SwigluBackward,
+    LogprobsBackward,
+}
+
+impl Producer {
+    const ALL: [Producer; 4] =
+        [Producer::RmsNorm, Producer::Swiglu, Producer::SwigluBackward, Producer::LogprobsBackward];
+
+    /// Inputs for `rows x width` (random over several binades, gate values far enough out to
+    /// saturate the sigmoid both ways), and the lengths of the outputs, those with a shadow
+    /// first, with how many have one.
+    fn case(self, rows: usize, width: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<usize>, usize) {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        let n = rows * width;
+        let mut rand = |len: usize, lo: i32, hi: i32| -> Vec<f32> {
+            (0..len).map(|_| r.gen_range(-1.0f32..1.0) * 2f32.powi(r.gen_range(lo..hi))).collect()
+        };
+        match self {
+            Producer::RmsNorm => (vec![rand(n, -8, 8), rand(width, -4, 4)], vec![n, rows], 1),
+            Producer::Swiglu => (vec![rand(n, -6, 5), rand(n, -8, 8)], vec![n], 1),
+            Producer::SwigluBackward => {
+                (vec![rand(n, -8, 8), rand(n, -6, 5), rand(n, -8, 8)], vec![n, n], 2)
+            }
+            Producer::LogprobsBackward => {
+                // Logits, d lp, d entropy; from 3 rows on, row 1 is all -inf (zero gradient).
+                let mut logits = rand(n, -2, 4);
+                if rows >= 3 {
+                    logits[width..2 * width].fill(f32::NEG_INFINITY);
+                }
+                (vec![logits, rand(rows, -2, 2), rand(rows, -2, 2)], vec![n], 1)
+            }
+        }
+    }
+
+    /// Runs the producer through the `Backend` op from `ins` into `outs`.
+    fn run<D: Device>(
+        self,
+        b: &CudaBackend<D>,
+        outs: &mut [DevBuf<D::Mem>],
+        ins: &[DevBuf<D::Mem>],
+        rows: usize,
+        width: usize,
+    ) {
+        match (self, outs) {
+            (Producer::RmsNorm, [out, rstd]) => {
+                b.rmsnorm(out, rstd, &ins[0], &ins[1], rows, width, 1e-6)
+            }
+            (Producer::Swiglu, [out]) => b.swiglu(out, &ins[0], &ins[1]),
+            (Producer::SwigluBackward, [dg, du]) => {
+                b.swiglu_backward(dg, du, &ins[0], &ins[1], &ins[2])
+            }
+            (Producer::LogprobsBackward, [dlogits]) => {
+                let targets: Vec<u32> = (0..rows).map(|r| ((7 * r + 3) % width) as u32).collect();
+                b.logprobs_backward(dlogits, &ins[0], &targets, &ins[1], &ins[2], rows, width, 0.7)
+            }
+            (p, o) => panic!("{p:?}: {} outputs", o.len()),
+        }
+    }
+}
+
+/// The bits of `x`'s first `n` values through the GEMMs' conversion kernel
+/// (`f32_to_bf16_x8`), which a bf16 GEMM would have run on it without a shadow.
+fn converted<D: Device>(b: &CudaBackend<D>, x: &D::Mem, n: usize) -> Vec<u16> {
+    let out = b.device().alloc(2 * n);
+    mmr1_fast::backend::cuda::device::launch_f32_to_bf16(b.device(), &out, x, n);
+    bytemuck::pod_collect_to_vec(&b.device().download(&out, 2 * n))
+}
+
+/// With activation shadows on, each producer leaves on its GEMM-operand outputs a bf16 shadow
+/// that is the conversion kernel's rounding of the f32 output bit for bit (and `half`'s round
+/// to nearest even), on ragged shapes (rows 1, 3, 17; widths 8, 24, 904 = 8 x 113, and 7, 33
+/// that leave a tail of the conversion's groups of 8); the f32 outputs are the bits of the
+/// plain kernels (run with f32 GEMMs, which keep no shadow); a bf16 GEMM reads the shadow (a
+/// hit, no conversion); and the stale-shadow guard holds: a kernel writing the output ends
+/// its shadow (the other output's stays), the producer writing it again leaves the new
+/// values' shadow. `b` runs bf16 GEMMs with weight and activation shadows on; it is switched
+/// to f32 GEMMs for the reference run and back.
+fn producers_write_the_gemm_operand<D: Device>(b: &mut CudaBackend<D>) {
+    use mmr1_fast::backend::Tr;
+    let hits = |b: &CudaBackend<D>| b.memory_stats().expect("a caching allocator").shadow_hits;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let shapes = [(1, 8), (3, 24), (17, 904), (1, 904), (17, 8), (3, 7), (17, 33)];
+    for (j, (rows, width)) in shapes.into_iter().enumerate() {
+        for p in Producer::ALL {
+            let what = format!("{p:?} {rows}x{width}");
+            let (ins, lens, shadowed) = p.case(rows, width, 60 + j as u64);
+            let run = |b: &CudaBackend<D>, ins: &[Vec<f32>]| {
+                let ins: Vec<_> = ins.iter().map(|x| b.upload(x)).collect();
+                let mut outs: Vec<_> = lens.iter().map(|&n| b.upload(&vec![f32::NAN; n])).collect();
+                p.run(b, &mut outs, &ins, rows, width);
+                outs
+            };
+            let check_shadows = |b: &CudaBackend<D>, outs: &[DevBuf<D::Mem>], when: &str| {
+                for (o, out) in outs[..shadowed].iter().enumerate() {
+                    let n = out.len();
+                    let shadow = b.device().bf16_shadow_bits(out.mem(), n);
+                    let shadow =
+                        shadow.unwrap_or_else(|| panic!("{what} {when}: output {o} has no shadow"));
+                    let f = b.download(out);
+                    assert!(f.iter().all(|x| !x.is_nan()), "{what} {when}: output {o} unwritten");
+                    assert!(f.iter().any(|x| *x != 0.0), "{what} {when}: output {o} all zero");
+                    assert_bf16_bits(&shadow, &f, &format!("{what} {when}: output {o}"));
+                    assert!(
+                        shadow == converted(b, out.mem(), n),
+                        "{what} {when}: output {o}'s shadow is not the conversion kernel's bits"
+                    );
+                }
+            };
+            let mut outs = run(b, &ins);
+            check_shadows(b, &outs, "written");
+            for out in &outs[shadowed..] {
+                assert!(
+                    b.device().bf16_shadow_bits(out.mem(), out.len()).is_none(),
+                    "{what}: rstd"
+                );
+            }
+            // The GEMM reading the first output, [rows, 1] = out[rows, width] @ w^T, finds
+            // its shadow (and converts w, an uploaded weight, keeping it: no hit).
+            let w = b.upload(&vec![0.5; width]);
+            let (h0, mut y) = (hits(b), b.upload(&vec![f32::NAN; rows]));
+            b.matmul(&mut y, &outs[0], Tr::N, &w, Tr::T, rows, 1, width, 0.0);
+            assert_eq!(hits(b) - h0, 1, "{what}: the GEMM did not read the producer's shadow");
+
+            // The f32 outputs are the plain kernels' bits.
+            b.device_mut().set_gemm_precision(false).unwrap();
+            let plain = run(b, &ins);
+            for out in &plain {
+                assert!(
+                    b.device().bf16_shadow_bits(out.mem(), out.len()).is_none(),
+                    "{what}: f32 GEMMs"
+                );
+            }
+            b.device_mut().set_gemm_precision(true).unwrap();
+            for (o, (x, y)) in outs.iter().zip(&plain).enumerate() {
+                assert!(
+                    bits(&b.download(x)) == bits(&b.download(y)),
+                    "{what}: output {o} differs from the plain kernel's"
+                );
+            }
+
+            // Stale-shadow guard: a kernel writing output 0 ends its shadow, not another's.
+            b.scale(&mut outs[0], -1.5);
+            assert!(
+                b.device().bf16_shadow_bits(outs[0].mem(), lens[0]).is_none(),
+                "{what}: kept after scale"
+            );
+            if shadowed == 2 {
+                assert!(
+                    b.device().bf16_shadow_bits(outs[1].mem(), lens[1]).is_some(),
+                    "{what}: d up's shadow lost"
+                );
+            }
+            let (h0, mut y) = (hits(b), b.upload(&vec![f32::NAN; rows]));
+            b.matmul(&mut y, &outs[0], Tr::N, &w, Tr::T, rows, 1, width, 0.0);
+            assert_eq!(hits(b) - h0, 1, "{what}: after scale, only w's shadow is valid");
+            // Written again by the producer (new inputs, same buffers): the new values' shadow.
+            let (ins2, _, _) = p.case(rows, width, 90 + j as u64);
+            let ins2: Vec<_> = ins2.iter().map(|x| b.upload(x)).collect();
+            p.run(b, &mut outs, &ins2, rows, width);
+            check_shadows(b, &outs, "rewritten");
+        }
+    }
+}
+
+/// Causal flash attention, forward (packed prefills, the training kernel) and decode (one
+/// query per sequence: split or staged, then the combine kernel), with activation shadows on
+/// writes `out`'s bf16 rounding beside it (the o projection's operand): the shadow is the
+/// conversion kernel's bits of the f32 output, which is itself the bits of the same kernels
+/// without the copy (`set_producer_shadows(false)`, which leaves no shadow), as is the lse.
+/// A step mixing decodes with prefills (a span of one query is a decode) writes `out` in two
+/// launches and keeps no shadow. Head dims 64 and 128, 4 query heads on 2 kv heads, ragged
+/// spans (one crossing a 64-row tile, one decode crossing a 128-key split). `b` runs bf16 GEMMs with weight and
+/// activation shadows on.
+fn attention_writes_the_o_operand<D: Device>(b: &mut CudaBackend<D>) {
+    use mmr1_fast::backend::cuda::{AttnKernel, DecodeKernel};
+    use mmr1_fast::backend::{AttnShape, AttnSpan};
+    let span = |q_start, q_len, kv_start, kv_len| AttnSpan { q_start, q_len, kv_start, kv_len };
+    let cases = [
+        ("prefill", vec![span(0, 2, 0, 2), span(2, 3, 2, 3), span(5, 70, 5, 70)], 75, true),
+        ("decode", vec![span(0, 1, 0, 1), span(1, 1, 1, 3), span(2, 1, 4, 130)], 134, true),
+        ("mixed", vec![span(0, 1, 0, 5), span(1, 17, 5, 17)], 22, false),
+        // The prefill rows first: its launch alone would cover rows 0..17.
+        ("mixed, prefill first", vec![span(0, 17, 0, 17), span(17, 1, 17, 5)], 22, false),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    b.set_attention(AttnKernel::Flash);
+    let mut r = ChaCha8Rng::seed_from_u64(70);
+    for head_dim in [64usize, 128] {
+        let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim };
+        let (w, wkv) = (4 * head_dim, 2 * head_dim);
+        for decode in [DecodeKernel::Staged, DecodeKernel::Split] {
+            b.set_decode_kernel(decode);
+            for (name, spans, kv_rows, shadowed) in &cases {
+                let what = format!("{name}, head dim {head_dim}, {decode:?}");
+                let rows: usize = spans.iter().map(|s| s.q_len).sum();
+                let mut rand =
+                    |n: usize| (0..n).map(|_| r.gen_range(-2.0f32..2.0)).collect::<Vec<_>>();
+                let (q, k, v) = (
+                    b.upload(&rand(rows * w)),
+                    b.upload(&rand(kv_rows * wkv)),
+                    b.upload(&rand(kv_rows * wkv)),
+                );
+                let run = |b: &CudaBackend<D>| {
+                    let mut out = b.upload(&vec![f32::NAN; rows * w]);
+                    let mut lse = b.upload(&vec![f32::NAN; rows * 4]);
+                    b.attention(&mut out, &mut lse, &q, &k, &v, spans, shape);
+                    (out, lse)
+                };
+                let (out, lse) = run(b);
+                let f = b.download(&out);
+                assert!(f.iter().all(|x| x.is_finite()), "{what}: out not written");
+                // Any shadow (one of the first value): a partial one is a defect too.
+                let any = b.device().bf16_shadow_bits(out.mem(), 1).is_some();
+                match any.then(|| b.device().bf16_shadow_bits(out.mem(), rows * w)).flatten() {
+                    _ if any && !shadowed => panic!("{what}: a shadow from two launches"),
+                    Some(shadow) => {
+                        assert_bf16_bits(&shadow, &f, &what);
+                        assert!(
+                            shadow == converted(b, out.mem(), rows * w),
+                            "{what}: the shadow is not the conversion kernel's bits"
+                        );
+                    }
+                    None => assert!(!shadowed, "{what}: the attention output has no whole shadow"),
+                }
+                b.set_producer_shadows(false);
+                let (out2, lse2) = run(b);
+                b.set_producer_shadows(true);
+                assert!(
+                    b.device().bf16_shadow_bits(out2.mem(), 1).is_none(),
+                    "{what}: a shadow with the producers' copies off"
+                );
+                assert!(
+                    bits(&f) == bits(&b.download(&out2)),
+                    "{what}: out differs without the copy"
+                );
+                assert!(
+                    bits(&b.download(&lse)) == bits(&b.download(&lse2)),
+                    "{what}: lse differs without the copy"
+                );
+            }
+        }
+    }
+}
+
 /// `adamw_many` with bf16 weight shadows on (`adamw_many_f32` with a shadow in every row)
 /// leaves what `adamw` per tensor leaves: over two steps of ragged tensors (an empty one
 /// among them), weight decay 0 and not, the same bits of p, m and v, and every non-empty
@@ -479,6 +730,50 @@ mod emu {
         super::adamw_writes_the_weight_shadow(&mut b);
     }
     #[test]
+    fn producers_write_the_gemm_operand() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev =
+            EmuDevice::with_schedules(&Schedule::CI).with_bf16_shadows(true).with_act_shadows(true);
+        let mut b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        super::producers_write_the_gemm_operand(&mut b);
+    }
+    #[test]
+    fn attention_writes_the_o_operand() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward, Schedule::Reverse])
+            .with_bf16_shadows(true)
+            .with_act_shadows(true);
+        let mut b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        super::attention_writes_the_o_operand(&mut b);
+    }
+    /// Without activation shadows (`MMR1_ACT_SHADOWS=0`) the producers run the plain kernels
+    /// and leave no shadow: a bf16 GEMM converts their output into a temporary, as before.
+    #[test]
+    fn producers_write_no_shadow_without_activation_shadows() {
+        use mmr1_fast::backend::cuda::device::Device;
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+            .with_bf16_shadows(true)
+            .with_act_shadows(false)
+            .with_profile();
+        let b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        for p in super::Producer::ALL {
+            let (ins, lens, _) = p.case(3, 24, 7);
+            let ins: Vec<_> = ins.iter().map(|x| b.upload(x)).collect();
+            let mut outs: Vec<_> = lens.iter().map(|&n| b.upload(&vec![f32::NAN; n])).collect();
+            p.run(&b, &mut outs, &ins, 3, 24);
+            for out in &outs {
+                assert!(b.device().bf16_shadow_bits(out.mem(), out.len()).is_none(), "{p:?}");
+            }
+        }
+        let names: Vec<String> = b.kernel_profile().into_iter().map(|k| k.name).collect();
+        assert!(names.iter().all(|n| !n.contains("bf16shadow")), "{names:?}");
+    }
+    #[test]
     fn adamw_many_writes_the_weight_shadows() {
         use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
         use mmr1_fast::backend::precision::Precision;
@@ -541,6 +836,34 @@ mod gpu {
             "run with bf16 weight shadows on (MMR1_BF16_SHADOWS)"
         );
         super::adamw_writes_the_weight_shadow(&mut b);
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn producers_write_the_gemm_operand() {
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        assert!(
+            mmr1_fast::backend::cuda::device::shadows_from_env()
+                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
+            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
+        );
+        super::producers_write_the_gemm_operand(&mut b);
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn attention_writes_the_o_operand() {
+        let mut b = CudaBackend::new(0)
+            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+        b.device_mut().set_gemm_bf16(true);
+        assert!(
+            mmr1_fast::backend::cuda::device::shadows_from_env()
+                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
+            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
+        );
+        super::attention_writes_the_o_operand(&mut b);
     }
 
     #[test]

@@ -243,6 +243,29 @@ impl<R: Block> Pool<R> {
         }
     }
 
+    /// Forgets (and frees) every shadow whose block came from `home` (a replayed stretch's
+    /// pool, at the start of its next step: those are the last step's activations, which the
+    /// step writes again before reading; freed, they leave the pool in the same state at the
+    /// start of every step).
+    pub fn shadow_forget_from(&self, home: &Arc<Pool<R>>) {
+        if self.n_shadows.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let gone: Vec<Shadow<R>> = {
+            let mut map = self.shadows.lock().unwrap();
+            let keys: Vec<u64> = map
+                .iter()
+                .filter(|(_, s)| s.home.as_ref().is_some_and(|h| Arc::ptr_eq(h, home)))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        self.n_shadows.fetch_sub(gone.len(), Ordering::Relaxed);
+        for s in gone {
+            self.release(s);
+        }
+    }
+
     /// Where a bf16 GEMM gets its operand at `addr`, of which it reads `elems` values: the
     /// buffer's shadow if one covers them (counted in `shadow_hits`); else a conversion kept
     /// as its shadow if the buffer is pristine (a loaded weight) or `keep` (activation

@@ -37,9 +37,31 @@ impl<D: Device> CudaBackend<D> {
         shape: AttnShape,
         causal: bool,
     ) {
+        self.attend_spans(out, lse, q, k, v, spans, shape, causal, true)
+    }
+
+    /// `attend`; `whole` when `spans` are all the call's spans, so that a flash launch over
+    /// them may write `out`'s bf16 copy (`producer_shadows`), not when they are the prefills
+    /// of a step whose decodes another launch writes.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_spans(
+        &self,
+        out: &mut Buf<D>,
+        lse: &mut Buf<D>,
+        q: &Buf<D>,
+        k: &Buf<D>,
+        v: &Buf<D>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+        causal: bool,
+        whole: bool,
+    ) {
         attn_check(shape);
+        let out16 = || if whole { self.attention_out_shadow(spans, shape) } else { None };
         if causal && self.attn == AttnKernel::Flash && flash::decode_supports(spans, shape) {
-            self.flash_decode(out, lse, q, k, v, spans, shape);
+            let out16 = out16();
+            self.flash_decode(out, out16.as_ref(), lse, q, k, v, spans, shape);
+            self.adopt_attention_out_shadow(out, out16, spans, shape);
             return;
         }
         // A step that mixes prefills with single-token decodes (continuous batching,
@@ -52,12 +74,15 @@ impl<D: Device> CudaBackend<D> {
             && !many.is_empty()
             && flash::decode_supports(&one, shape)
         {
-            self.flash_decode(out, lse, q, k, v, &one, shape);
-            self.attend(out, lse, q, k, v, &many, shape, causal);
+            // Two launches write `out`: no bf16 copy (the second would end the first's).
+            self.flash_decode(out, None, lse, q, k, v, &one, shape);
+            self.attend_spans(out, lse, q, k, v, &many, shape, causal, false);
             return;
         }
         if causal && self.use_flash(shape) {
-            self.flash_forward(out, lse, q, k, v, spans, shape);
+            let out16 = out16();
+            self.flash_forward(out, out16.as_ref(), lse, q, k, v, spans, shape);
+            self.adopt_attention_out_shadow(out, out16, spans, shape);
             return;
         }
         let items = q_items(spans, causal);

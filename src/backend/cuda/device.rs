@@ -169,6 +169,13 @@ pub trait Device {
     fn wants_bf16_shadow(&self) -> bool {
         false
     }
+    /// Whether a kernel that writes an f32 activation should also write its bf16 rounding and
+    /// hand it over with `adopt_bf16_shadow` (bf16 GEMM with weight and activation shadows on:
+    /// the first bf16 GEMM reading the activation would convert it and keep the conversion,
+    /// so the producer writing it saves that launch; `producer_shadows`).
+    fn wants_act_shadow(&self) -> bool {
+        false
+    }
     /// Makes `shadow` (memory from `alloc` holding the bf16 bits, round to nearest even, of
     /// the first `n` f32 values of `mem`, as queued work has written them) the bf16 shadow of
     /// `mem`, as `refresh_bf16_shadow` would have made it. Call it after the launch that

@@ -683,6 +683,10 @@ impl Device for CudaDevice {
             // A shape's first step runs as plain work; its repeats get a pool of their own
             // and are recorded, then replayed.
             if self.stretch.enter(tag) {
+                if let Some(zone) = self.stretch.current() {
+                    // Last step's activation shadows: written again before they are read.
+                    self.pool.shadow_forget_from(&zone);
+                }
                 self.replay.begin(tag);
             }
         }
@@ -727,6 +731,9 @@ impl Device for CudaDevice {
     }
     fn wants_bf16_shadow(&self) -> bool {
         self.gemm_bf16 && self.bf16_shadows
+    }
+    fn wants_act_shadow(&self) -> bool {
+        self.gemm_bf16 && self.bf16_shadows && self.act_shadows
     }
     fn adopt_bf16_shadow(&self, mem: &CudaMem, mut shadow: CudaMem, n: usize) {
         let block = shadow.slice.take().expect("live memory holds its slice");

@@ -674,6 +674,10 @@ impl Device for EmuDevice {
             // A shape's first step runs as plain work; its repeats get a pool of their own
             // and are recorded, then replayed.
             if self.stretch.enter(tag) {
+                if let Some(zone) = self.stretch.current() {
+                    // Last step's activation shadows: written again before they are read.
+                    self.pool.shadow_forget_from(&zone);
+                }
                 self.replay.begin(tag);
             }
         }
@@ -705,6 +709,9 @@ impl Device for EmuDevice {
     }
     fn wants_bf16_shadow(&self) -> bool {
         self.gemm_bf16 && self.bf16_shadows
+    }
+    fn wants_act_shadow(&self) -> bool {
+        self.gemm_bf16 && self.bf16_shadows && self.act_shadows
     }
     fn adopt_bf16_shadow(&self, mem: &EmuMem, mut shadow: EmuMem, n: usize) {
         let (home, class) = shadow.home.take().expect("emulator memory comes from the pool");

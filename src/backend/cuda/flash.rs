@@ -178,11 +178,13 @@ fn decode_items(spans: &[AttnSpan]) -> (Vec<i32>, Vec<i32>) {
 }
 
 impl<D: Device> CudaBackend<D> {
-    /// Flash-decoding forward (f32): see `decode_supports`.
+    /// Flash-decoding forward (f32): see `decode_supports`. With `out16`, the combine kernel
+    /// also writes `out`'s bf16 rounding there (`producer_shadows`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn flash_decode(
         &self,
         out: &mut DevBuf<D::Mem>,
+        out16: Option<&D::Mem>,
         lse: &mut DevBuf<D::Mem>,
         q: &DevBuf<D::Mem>,
         k: &DevBuf<D::Mem>,
@@ -240,6 +242,7 @@ impl<D: Device> CudaBackend<D> {
             0,
             &[
                 Arg::Ptr(&out.mem),
+                super::opt_arg(out16),
                 Arg::Ptr(&lse.mem),
                 Arg::Ptr(&part_o),
                 Arg::Ptr(&part_ml),
@@ -250,10 +253,12 @@ impl<D: Device> CudaBackend<D> {
         );
     }
 
+    /// Causal flash attention forward; with `out16`, also `out`'s bf16 rounding there.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn flash_forward(
         &self,
         out: &mut DevBuf<D::Mem>,
+        out16: Option<&D::Mem>,
         lse: &mut DevBuf<D::Mem>,
         q: &DevBuf<D::Mem>,
         k: &DevBuf<D::Mem>,
@@ -277,6 +282,7 @@ impl<D: Device> CudaBackend<D> {
             smem,
             &[
                 Arg::Ptr(&out.mem),
+                super::opt_arg(out16),
                 Arg::Ptr(&lse.mem),
                 Arg::Ptr(&q.mem),
                 Arg::Ptr(&k.mem),

@@ -18,6 +18,7 @@ pub mod emu;
 pub mod flash;
 mod multi;
 pub mod precision;
+mod producer_shadows;
 pub mod replay;
 pub mod rl;
 mod upload_cache;
@@ -69,6 +70,9 @@ pub struct CudaBackend<D: Device> {
     /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
     /// reused while their contents repeat: see `upload_cache`.
     indices: upload_cache::UploadCache<D::Mem>,
+    /// Producers of GEMM operands write their bf16 copy when the device keeps activation
+    /// shadows (`producer_shadows`; `MMR1_PRODUCER_SHADOWS`).
+    producer_shadows: bool,
 }
 
 const BLOCK: u32 = 256;
@@ -97,6 +101,7 @@ impl<D: Device> CudaBackend<D> {
             attn: AttnKernel::Reference,
             decode: DecodeKernel::default(),
             indices: Default::default(),
+            producer_shadows: producer_shadows::from_env(),
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
@@ -572,24 +577,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         dim: usize,
         eps: f32,
     ) {
-        if rows == 0 {
-            return;
-        }
-        self.dev.launch(
-            "rmsnorm_f32",
-            [rows as u32, 1, 1],
-            [BLOCK, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&rstd.mem),
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&w.mem),
-                Arg::I32(rows as i32),
-                Arg::I32(dim as i32),
-                Arg::F32(eps),
-            ],
-        );
+        self.rmsnorm_fwd(out, rstd, x, w, rows, dim, eps)
     }
     fn rmsnorm_backward(
         &self,
@@ -730,11 +718,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
-        self.elementwise(
-            "swiglu_f32",
-            out.len,
-            &[Arg::Ptr(&out.mem), Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(out.len as i64)],
-        );
+        self.swiglu_fwd(out, gate, up)
     }
     fn swiglu_backward(
         &self,
@@ -744,18 +728,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         gate: &Self::Buf,
         up: &Self::Buf,
     ) {
-        self.elementwise(
-            "swiglu_bwd_f32",
-            dgate.len,
-            &[
-                Arg::Ptr(&dgate.mem),
-                Arg::Ptr(&dup.mem),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&gate.mem),
-                Arg::Ptr(&up.mem),
-                Arg::I64(dgate.len as i64),
-            ],
-        );
+        self.swiglu_bwd(dgate, dup, dout, gate, up)
     }
 
     fn logprobs(
@@ -799,26 +772,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         vocab: usize,
         inv_temp: f32,
     ) {
-        if rows == 0 {
-            return;
-        }
-        let t = self.upload_u32(&targets[..rows]);
-        self.dev.launch(
-            "logprobs_bwd_f32",
-            [rows as u32, 1, 1],
-            [logprob_block(vocab), 1, 1],
-            0,
-            &[
-                Arg::Ptr(&dlogits.mem),
-                Arg::Ptr(&logits.mem),
-                Arg::Ptr(&t),
-                Arg::Ptr(&dlp.mem),
-                Arg::Ptr(&dent.mem),
-                Arg::I32(rows as i32),
-                Arg::I32(vocab as i32),
-                Arg::F32(inv_temp),
-            ],
-        );
+        self.logprobs_bwd(dlogits, logits, targets, dlp, dent, rows, vocab, inv_temp)
     }
 
     fn adamw(
@@ -869,7 +823,7 @@ fn adamw_hyper_args<'a, M>(hp: AdamwStep) -> [Arg<'a, M>; 8] {
 
 /// Threads per logprobs row: a full block for real vocabularies, a small one for tiny rows.
 /// A function of `vocab` alone, so a row's result never depends on its batch.
-fn logprob_block(vocab: usize) -> u32 {
+pub(super) fn logprob_block(vocab: usize) -> u32 {
     if vocab >= 16384 {
         1024
     } else {

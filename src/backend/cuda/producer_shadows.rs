@@ -1,0 +1,253 @@
+//! Producers that write the bf16 operand of the GEMMs that read their output.
+//!
+//! In bf16 mode every matmul reads bf16 operands. An activation is an f32 buffer; the first
+//! bf16 GEMM that reads one converts it (`f32_to_bf16_x8`, a launch that reads the buffer
+//! again) and keeps the conversion as the buffer's bf16 shadow (`Pool::bf16_operand`). The
+//! kernel that wrote the activation had each value in a register: writing its bf16 rounding
+//! beside it costs 2 bytes a value and saves the launch and its 4-byte read. The backend then
+//! adopts that copy as the output's shadow, as `adamw` does for weights, and the GEMM finds it.
+//!
+//! Only when the device keeps activation shadows (`Device::wants_act_shadow`: bf16 GEMM,
+//! `MMR1_BF16_SHADOWS` and `MMR1_ACT_SHADOWS` on): then the first GEMM reading the buffer
+//! would have kept the same bits anyway. Otherwise the plain kernels run, as before. Both
+//! kernels of a pair share the element code, so the f32 output is the same bits either way.
+//! `MMR1_PRODUCER_SHADOWS=0` (or `set_producer_shadows(false)`) runs the plain kernels and
+//! leaves the conversions to the GEMMs, to measure what this saves.
+//!
+//! The producers here are those that feed the model's GEMMs (src/model/forward.rs,
+//! backward.rs): RMSNorm (each layer's xn1 for q, k, v and xn2 for gate, up), SwiGLU (the
+//! down projection's act), SwiGLU's backward (d gate, d up for the gate and up projections'
+//! backward GEMMs), causal flash attention, forward and decode (att for the o projection;
+//! `attention::attend` asks here, when one launch writes every row of `att`), and the
+//! log-prob backward (a head chunk's d logits, rows x vocab, for d hidden and d lm_head: at
+//! a real vocabulary the largest operand a step converts). A shadow ends as any other does:
+//! when a launch names its buffer as a possibly written argument, a GEMM writes it, or it is
+//! freed. Still converted by their GEMMs (docs/perf.md): dresid (`add_assign`, a generic op
+//! also used on gradients), dq/dk (rotated in place by RoPE, then read by the bias reduction,
+//! which ends a shadow), dv, and the head's gathered rows.
+
+use super::device::{Arg, Device};
+use super::{CudaBackend, DevBuf};
+use crate::backend::{AttnShape, AttnSpan};
+
+type Buf<D> = DevBuf<<D as Device>::Mem>;
+
+/// The rows `0..rows` that the query rows of `spans` cover exactly once, or None if they
+/// leave a gap or overlap (then some rows of the output are not written by the launch).
+fn covered_rows(spans: &[AttnSpan]) -> Option<usize> {
+    let mut q: Vec<(usize, usize)> = spans.iter().map(|s| (s.q_start, s.q_len)).collect();
+    q.sort_unstable();
+    let mut next = 0;
+    for (start, len) in q {
+        if start != next {
+            return None;
+        }
+        next += len;
+    }
+    (next > 0).then_some(next)
+}
+
+/// Whether producers write the bf16 copy of their output, from `MMR1_PRODUCER_SHADOWS`
+/// (`1`/unset: on, `0`: off). Panics on another value, naming it.
+pub(super) fn from_env() -> bool {
+    match std::env::var("MMR1_PRODUCER_SHADOWS").as_deref() {
+        Err(_) | Ok("") | Ok("1") => true,
+        Ok("0") => false,
+        Ok(v) => panic!(
+            "MMR1_PRODUCER_SHADOWS={v:?}: expected 1 (the kernels that write a GEMM operand \
+             write its bf16 copy too) or 0"
+        ),
+    }
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// Producers of GEMM operands write their bf16 copy (on, the default from
+    /// `MMR1_PRODUCER_SHADOWS`, whenever the device keeps activation shadows) or leave the
+    /// conversion to the first GEMM that reads the output (off).
+    pub fn set_producer_shadows(&mut self, on: bool) {
+        self.producer_shadows = on;
+    }
+    /// `set_producer_shadows` by value.
+    pub fn with_producer_shadows(mut self, on: bool) -> Self {
+        self.producer_shadows = on;
+        self
+    }
+
+    /// Pooled memory for the bf16 rounding of an output of `n` values, when producers write
+    /// it and the device keeps activation shadows (else None: the producer writes f32 alone).
+    fn producer_shadow(&self, n: usize) -> Option<D::Mem> {
+        (n > 0 && self.producer_shadows && self.dev.wants_act_shadow())
+            .then(|| self.dev.alloc(n * 2))
+    }
+
+    /// Memory for the bf16 rounding of an attention output (`[rows, n_heads * head_dim]`)
+    /// that one launch writes for `spans`, if it writes every row `0..rows` of it: the
+    /// shadow must be the conversion of the whole buffer a GEMM then reads. (A span with no
+    /// keys gets no shadow: the flash-decode launcher has no work items for it.)
+    pub(super) fn attention_out_shadow(
+        &self,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) -> Option<D::Mem> {
+        if spans.iter().any(|s| s.kv_len == 0) {
+            return None;
+        }
+        let rows = covered_rows(spans)?;
+        self.producer_shadow(rows * shape.n_heads * shape.head_dim)
+    }
+
+    /// Adopts `out16` (from `attention_out_shadow` for the same spans), after the launch
+    /// that wrote `out` and it, as `out`'s bf16 shadow.
+    pub(super) fn adopt_attention_out_shadow(
+        &self,
+        out: &Buf<D>,
+        out16: Option<D::Mem>,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+    ) {
+        if let (Some(s), Some(rows)) = (out16, covered_rows(spans)) {
+            self.dev.adopt_bf16_shadow(&out.mem, s, rows * shape.n_heads * shape.head_dim);
+        }
+    }
+
+    /// `Backend::logprobs_backward`: `logprobs_bwd_bf16shadow_f32` when activation shadows are
+    /// kept (d logits feeds the head's d hidden and d lm_head GEMMs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn logprobs_bwd(
+        &self,
+        dlogits: &mut Buf<D>,
+        logits: &Buf<D>,
+        targets: &[u32],
+        dlp: &Buf<D>,
+        dent: &Buf<D>,
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let t = self.upload_u32(&targets[..rows]);
+        let shadow = self.producer_shadow(rows * vocab);
+        let (name, mut args) = match &shadow {
+            Some(s) => ("logprobs_bwd_bf16shadow_f32", vec![Arg::Ptr(&dlogits.mem), Arg::Ptr(s)]),
+            None => ("logprobs_bwd_f32", vec![Arg::Ptr(&dlogits.mem)]),
+        };
+        args.extend([
+            Arg::Ptr(&logits.mem),
+            Arg::Ptr(&t),
+            Arg::Ptr(&dlp.mem),
+            Arg::Ptr(&dent.mem),
+            Arg::I32(rows as i32),
+            Arg::I32(vocab as i32),
+            Arg::F32(inv_temp),
+        ]);
+        let block = super::logprob_block(vocab);
+        self.dev.launch(name, [rows as u32, 1, 1], [block, 1, 1], 0, &args);
+        if let Some(s) = shadow {
+            self.dev.adopt_bf16_shadow(&dlogits.mem, s, rows * vocab);
+        }
+    }
+
+    /// `Backend::rmsnorm`: `rmsnorm_bf16shadow_f32` when activation shadows are kept.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rmsnorm_fwd(
+        &self,
+        out: &mut Buf<D>,
+        rstd: &mut Buf<D>,
+        x: &Buf<D>,
+        w: &Buf<D>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let shadow = self.producer_shadow(rows * dim);
+        let (name, mut args) = match &shadow {
+            Some(s) => ("rmsnorm_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
+            None => ("rmsnorm_f32", vec![Arg::Ptr(&out.mem)]),
+        };
+        args.extend([
+            Arg::Ptr(&rstd.mem),
+            Arg::Ptr(&x.mem),
+            Arg::Ptr(&w.mem),
+            Arg::I32(rows as i32),
+            Arg::I32(dim as i32),
+            Arg::F32(eps),
+        ]);
+        self.dev.launch(name, [rows as u32, 1, 1], [super::BLOCK, 1, 1], 0, &args);
+        if let Some(s) = shadow {
+            // After the launch: a launch writing `out` ends its shadow.
+            self.dev.adopt_bf16_shadow(&out.mem, s, rows * dim);
+        }
+    }
+
+    /// `Backend::swiglu`: `swiglu_bf16shadow_f32` when activation shadows are kept.
+    pub(super) fn swiglu_fwd(&self, out: &mut Buf<D>, gate: &Buf<D>, up: &Buf<D>) {
+        let n = out.len;
+        let shadow = self.producer_shadow(n);
+        let (name, mut args) = match &shadow {
+            Some(s) => ("swiglu_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
+            None => ("swiglu_f32", vec![Arg::Ptr(&out.mem)]),
+        };
+        args.extend([Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(n as i64)]);
+        self.elementwise(name, n, &args);
+        if let Some(s) = shadow {
+            self.dev.adopt_bf16_shadow(&out.mem, s, n);
+        }
+    }
+
+    /// `Backend::swiglu_backward`: `swiglu_bwd_bf16shadow_f32` when activation shadows are
+    /// kept (d gate and d up each get their shadow).
+    pub(super) fn swiglu_bwd(
+        &self,
+        dgate: &mut Buf<D>,
+        dup: &mut Buf<D>,
+        dout: &Buf<D>,
+        gate: &Buf<D>,
+        up: &Buf<D>,
+    ) {
+        let n = dgate.len;
+        let shadows = self.producer_shadow(n).map(|g| (g, self.dev.alloc(n * 2)));
+        let (name, mut args) = match &shadows {
+            Some((g16, u16)) => (
+                "swiglu_bwd_bf16shadow_f32",
+                vec![Arg::Ptr(&dgate.mem), Arg::Ptr(&dup.mem), Arg::Ptr(g16), Arg::Ptr(u16)],
+            ),
+            None => ("swiglu_bwd_f32", vec![Arg::Ptr(&dgate.mem), Arg::Ptr(&dup.mem)]),
+        };
+        args.extend([
+            Arg::Ptr(&dout.mem),
+            Arg::Ptr(&gate.mem),
+            Arg::Ptr(&up.mem),
+            Arg::I64(n as i64),
+        ]);
+        self.elementwise(name, n, &args);
+        if let Some((g16, u16)) = shadows {
+            self.dev.adopt_bf16_shadow(&dgate.mem, g16, n);
+            self.dev.adopt_bf16_shadow(&dup.mem, u16, n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covered_rows;
+    use crate::backend::AttnSpan;
+
+    fn span(q_start: usize, q_len: usize) -> AttnSpan {
+        AttnSpan { q_start, q_len, kv_start: 0, kv_len: q_len }
+    }
+
+    #[test]
+    fn attention_rows_are_covered_only_without_gaps_or_overlaps() {
+        assert_eq!(covered_rows(&[span(0, 3), span(3, 1), span(4, 17)]), Some(21));
+        assert_eq!(covered_rows(&[span(4, 17), span(0, 3), span(3, 1)]), Some(21), "any order");
+        assert_eq!(covered_rows(&[span(0, 3), span(4, 1)]), None, "row 3 is a gap");
+        assert_eq!(covered_rows(&[span(1, 3)]), None, "row 0 is a gap");
+        assert_eq!(covered_rows(&[span(0, 3), span(2, 2)]), None, "row 2 twice");
+        assert_eq!(covered_rows(&[]), None);
+    }
+}
