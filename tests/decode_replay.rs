@@ -125,6 +125,16 @@ fn replayed_steps_equal_op_by_op_steps_bf16_flash_decode_across_a_key_chunk() {
     assert_eq!((st.stretches, st.replays), (14, 11), "{st:?}");
 }
 
+/// Replay is on by default on the emulator (so CI decodes through it), off with MMR1_GRAPHS=0.
+#[cfg(feature = "emu")]
+#[test]
+fn the_emulator_replays_unless_told_not_to() {
+    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+    let off = std::env::var("MMR1_GRAPHS").is_ok_and(|v| v == "0");
+    let be = CudaBackend::with_device(EmuDevice::with_schedules(&[Schedule::Forward]));
+    assert_eq!(be.replay_stats().is_some(), !off);
+}
+
 #[cfg(feature = "emu")]
 #[test]
 fn a_decode_step_replays_in_one_go_without_rerunning_its_units() {

@@ -207,6 +207,7 @@ impl<S, G: Send> Replay<S, G> {
 
     /// Whether a stretch is open: units must then go through `submit` (outside one, a device
     /// may run its work directly without building units).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn in_stretch(&self) -> bool {
         self.on && self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -214,6 +215,7 @@ impl<S, G: Send> Replay<S, G> {
     /// Whether units are being held (not run as they come): nothing has run yet, so a device
     /// must not wait for them (the GPU's per-launch check in debug builds) nor read or write
     /// device memory from the host at call time.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn deferring(&self) -> bool {
         self.on
             && self.state.lock().expect("replay state").open.as_ref().is_some_and(|o| o.deferring)
@@ -288,16 +290,8 @@ impl<S, G: Send> Replay<S, G> {
         if open.deferring {
             let i = open.held.len();
             let cands = &st.tags[&open.tag].candidates;
-            if self.debug
-                && !open.alive.iter().any(|&c| cands[c].keys.get(i).is_some_and(|k| op.matches(k)))
-            {
-                for &c in &open.alive {
-                    let want = cands[c].keys.get(i).map(Key::dbg);
-                    eprintln!(
-                        "DEBUG fallback at unit {i}, candidate {c}: got {} want {want:?}",
-                        op.key().dbg()
-                    );
-                }
+            if self.debug {
+                explain_fallback(cands, &open.alive, i, &op);
             }
             open.alive.retain(|&c| cands[c].keys.get(i).is_some_and(|k| op.matches(k)));
             open.held.push(op);
@@ -392,6 +386,21 @@ impl<S, G: Send> Replay<S, G> {
     }
 }
 
+/// `MMR1_REPLAY_DEBUG`: when unit `i` matches none of the candidates still alive, what each
+/// had there (diagnostics only).
+fn explain_fallback<S, G>(cands: &[Candidate<G>], alive: &[usize], i: usize, op: &Op<S>) {
+    if alive.iter().any(|&c| cands[c].keys.get(i).is_some_and(|k| op.matches(k))) {
+        return;
+    }
+    for &c in alive {
+        let want = cands[c].keys.get(i).map(Key::dbg);
+        eprintln!(
+            "replay: step stopped matching at unit {i} (fingerprint {c}): got {} want {want:?}",
+            op.key().dbg()
+        );
+    }
+}
+
 fn run_op<H: GraphHost>(host: &H, op: &Op<H::Stream>) -> Result<(), String> {
     match op {
         Op::Work { run, .. } => host.run_now(run),
@@ -417,11 +426,15 @@ fn stop_deferring<H: GraphHost>(host: &H, open: &mut Open<H::Stream>) -> Result<
 /// Whether replay is on, from `MMR1_GRAPHS` (`1` on, `0` off; unset: `default`). Panics on
 /// another value, naming it.
 pub(crate) fn enabled_from_env(default: bool) -> bool {
-    match std::env::var("MMR1_GRAPHS").as_deref() {
-        Err(_) | Ok("") => default,
-        Ok("1") => true,
-        Ok("0") => false,
-        Ok(v) => panic!(
+    graphs_setting(std::env::var("MMR1_GRAPHS").ok().as_deref(), default)
+}
+
+fn graphs_setting(v: Option<&str>, default: bool) -> bool {
+    match v {
+        None | Some("") => default,
+        Some("1") => true,
+        Some("0") => false,
+        Some(v) => panic!(
             "MMR1_GRAPHS={v:?}: expected 1 (replay repeated decode steps as CUDA graphs) or 0"
         ),
     }
@@ -569,6 +582,7 @@ mod tests {
         let (r, host) = (R::new(true), Log::default());
         step(&r, &host, 1, vec![work("a", 1), work("b", 2)]);
         assert_eq!(step(&r, &host, 1, vec![work("a", 1)]), s(&["a(1)"]));
+        assert_eq!(r.stats().fallbacks, 1, "a prefix is a fallback");
         assert_eq!(
             step(&r, &host, 1, vec![work("a", 1), work("b", 2), work("c", 3)]),
             s(&["a(1)", "b(2)", "c(3)"])
@@ -623,6 +637,66 @@ mod tests {
             step(&r, &host, 1, vec![work("a", MAX_CANDIDATES as u64)]),
             s(&["capture", "graph", "a(4)"])
         );
+    }
+
+    #[test]
+    fn keys_tell_kernels_and_argument_types_apart() {
+        // FNV-1a: the offset basis for "", the published value for "a"; stable across runs.
+        assert_eq!(name_word(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(name_word("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(name_word("rope_f32"), name_word("rope_f64"));
+        assert_eq!(arg_word(3, 5), [3, 5]);
+        assert_ne!(arg_word(2, 5), arg_word(3, 5), "an i32 5 is not a u32 5");
+        assert_ne!(arg_word(2, 5), arg_word(2, 6));
+    }
+
+    #[test]
+    fn the_setting_reads_1_0_or_the_default() {
+        assert!(graphs_setting(Some("1"), false));
+        assert!(!graphs_setting(Some("0"), true));
+        assert!(graphs_setting(None, true) && !graphs_setting(None, false));
+        assert!(graphs_setting(Some(""), true) && !graphs_setting(Some(""), false));
+        assert!(std::panic::catch_unwind(|| graphs_setting(Some("yes"), true)).is_err());
+        assert!(R::new(true).enabled() && !R::new(false).enabled());
+    }
+
+    #[test]
+    fn a_held_step_asks_for_the_blocks_its_fingerprints_got() {
+        let (r, host) = (R::new(true), Log::default());
+        assert!(r.preferred_alloc().is_empty(), "outside a stretch");
+        r.begin(1);
+        r.note_alloc(0x100);
+        r.note_alloc(0x200);
+        assert!(r.preferred_alloc().is_empty(), "a live stretch has nothing to follow");
+        r.submit(&host, work("a", 1)).unwrap();
+        r.end(&host).unwrap();
+        r.begin(1);
+        assert_eq!(r.preferred_alloc(), vec![0x100]);
+        r.note_alloc(0x100);
+        assert_eq!(r.preferred_alloc(), vec![0x200]);
+        r.note_alloc(0x300);
+        assert!(r.preferred_alloc().is_empty(), "past the fingerprint's allocations");
+        r.submit(&host, work("a", 1)).unwrap();
+        r.end(&host).unwrap();
+        r.note_alloc(0x400); // outside a stretch: not recorded anywhere
+                             // Off: nothing asked, nothing noted.
+        let off = R::new(false);
+        off.begin(1);
+        off.note_alloc(0x100);
+        assert!(off.preferred_alloc().is_empty());
+    }
+
+    #[test]
+    fn the_least_recently_used_fingerprint_goes_first() {
+        let (r, host) = (R::new(true), Log::default());
+        for a in 0..MAX_CANDIDATES as u64 {
+            step(&r, &host, 1, vec![work("a", a)]);
+        }
+        // Replaying a = 0 makes it the most recently used; a = 1 is now the oldest.
+        step(&r, &host, 1, vec![work("a", 0)]);
+        step(&r, &host, 1, vec![work("a", 99)]);
+        assert_eq!(step(&r, &host, 1, vec![work("a", 0)]), s(&["graph", "a(0)"]), "kept");
+        assert_eq!(step(&r, &host, 1, vec![work("a", 1)]), s(&["a(1)"]), "evicted");
     }
 
     #[test]
