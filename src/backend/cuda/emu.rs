@@ -668,23 +668,10 @@ impl Device for EmuDevice {
         Some(self.stretch.stats_with(self.pool.stats()))
     }
     fn replay_begin(&self, tag: u64) {
-        if self.replay.enabled() && self.pool.caching() {
-            // Without the caching allocator blocks go back to the host at once: a held unit
-            // could outlive its memory, and no step's addresses repeat.
-            // A shape's first step runs as plain work; its repeats get a pool of their own
-            // and are recorded, then replayed.
-            if self.stretch.enter(tag) {
-                if let Some(zone) = self.stretch.current() {
-                    // Last step's activation shadows: written again before they are read.
-                    self.pool.shadow_forget_from(&zone);
-                }
-                self.replay.begin(tag);
-            }
-        }
+        self.replay.begin_in(tag, &self.stretch, &self.pool);
     }
     fn replay_end(&self) {
-        self.stretch.leave();
-        self.replay.end(self).unwrap_or_else(|e| panic!("{e}"));
+        self.replay.end_in(self, &self.stretch);
     }
     fn replay_stats(&self) -> Option<ReplayStats> {
         self.replay.enabled().then(|| self.replay.stats())

@@ -32,6 +32,7 @@
 //! step runs as plain work (one-off shapes get no pool). `MMR1_REPLAY_DEBUG=1` prints the unit
 //! where a step stopped matching and what the kept fingerprints had there.
 
+use super::alloc::{Block, Pool, StretchPools};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -247,6 +248,32 @@ impl<S, G: Send> Replay<S, G> {
             allocs: Vec::new(),
             synced: false,
         });
+    }
+
+    /// `Device::replay_begin` of a device whose main pool is `pool` and whose repeated shapes
+    /// allocate from `stretch`: a shape's first step runs as plain work; its repeats get a pool
+    /// of their own, start with the last step's activation shadows freed from it (the step
+    /// writes those activations again before reading them) and are recorded, then replayed.
+    /// Nothing without the caching allocator: blocks would go back at once, so a held unit
+    /// could outlive its memory and no step's addresses would repeat.
+    pub(crate) fn begin_in<R: Block>(&self, tag: u64, stretch: &StretchPools<R>, pool: &Pool<R>) {
+        if !self.on || !pool.caching() || !stretch.enter(tag) {
+            return;
+        }
+        if let Some(zone) = stretch.current() {
+            pool.shadow_forget_from(&zone);
+        }
+        self.begin(tag);
+    }
+
+    /// `Device::replay_end`: the stretch's pool closes, the stretch ends (see `end`).
+    pub(crate) fn end_in<H: GraphHost<Stream = S, Graph = G>, R: Block>(
+        &self,
+        host: &H,
+        stretch: &StretchPools<R>,
+    ) {
+        stretch.leave();
+        self.end(host).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The addresses the next allocation should get, most wanted first: what it got in the
