@@ -5,14 +5,28 @@
 use crate::backend::{memory::MemoryStats, Tr};
 
 /// Kernel arguments that a kernel only reads although they may be weights (by kernel name
-/// and argument index): passing them does not end a bf16 shadow (`refresh_bf16_shadow`).
-/// Every other pointer argument is treated as possibly written.
+/// and argument position, counting every argument, pointers or not): passing them does not
+/// end a bf16 shadow (`refresh_bf16_shadow`). Every other pointer argument is treated as
+/// possibly written.
 pub const READ_ONLY_ARGS: &[(&str, usize)] =
     &[("embedding_f32", 1), ("f32_to_bf16", 1), ("f32_to_bf16_x8", 1)];
 
-/// Whether pointer argument `index` of kernel `name` may be written (see `READ_ONLY_ARGS`).
-pub fn may_write(name: &str, index: usize) -> bool {
-    !READ_ONLY_ARGS.contains(&(name, index))
+/// Whether argument `position` of kernel `name` may be written (see `READ_ONLY_ARGS`).
+pub fn may_write(name: &str, position: usize) -> bool {
+    !READ_ONLY_ARGS.contains(&(name, position))
+}
+
+/// The buffers a launch of `name` with `args` may write (their bf16 shadows end): every
+/// pointer argument but the read-only ones. Positions count every argument, so a null or
+/// scalar argument before a pointer does not shift which one an entry names.
+pub fn written_buffers<'a, M>(
+    name: &'a str,
+    args: &'a [Arg<'a, M>],
+) -> impl Iterator<Item = &'a M> + 'a {
+    args.iter().enumerate().filter_map(move |(i, a)| match a {
+        Arg::Ptr(m) if may_write(name, i) => Some(*m),
+        _ => None,
+    })
 }
 
 /// A kernel-choice variable `var` (`MMR1_GEMM`, `MMR1_ATTENTION`, `MMR1_DECODE`): the value
@@ -223,7 +237,7 @@ pub fn gemm_name(bf16: bool, m: usize, n: usize, k: usize, ta: Tr, tb: Tr) -> St
 
 #[cfg(test)]
 mod tests {
-    use super::env_choice;
+    use super::{env_choice, written_buffers, Arg};
 
     #[test]
     fn env_choice_reads_a_named_choice_and_names_the_accepted_ones() {
@@ -242,5 +256,20 @@ mod tests {
             Err("MMR1_TEST_ENV_CHOICE=\"Staged\": expected \"split\" or \"staged\"".to_string())
         );
         std::env::remove_var(var);
+    }
+
+    #[test]
+    fn read_only_entries_name_argument_positions_counting_every_argument() {
+        let (table, out, ids) = (1u32, 2u32, 3u32);
+        // embedding_f32's table is argument 1, read only; a null before it would have shifted
+        // a pointer-only count onto `ids`.
+        let args = [Arg::Ptr(&out), Arg::Ptr(&table), Arg::Ptr(&ids), Arg::I32(4)];
+        let w: Vec<u32> = written_buffers("embedding_f32", &args).copied().collect();
+        assert_eq!(w, vec![out, ids]);
+        let shifted = [Arg::Null, Arg::Ptr(&table), Arg::Ptr(&ids)];
+        let w: Vec<u32> = written_buffers("embedding_f32", &shifted).copied().collect();
+        assert_eq!(w, vec![ids], "position 1 is the table whatever comes before it");
+        let w: Vec<u32> = written_buffers("rope_f32", &args).copied().collect();
+        assert_eq!(w, vec![out, table, ids], "another kernel may write every pointer");
     }
 }

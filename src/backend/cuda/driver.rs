@@ -550,11 +550,8 @@ impl Device for CudaDevice {
             }
         }
         // A buffer the kernel may write loses its bf16 shadow.
-        let written = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
-        for (i, m) in written.enumerate() {
-            if super::device::may_write(name, i) {
-                self.pool.shadow_forget(m.addr);
-            }
+        for m in super::device::written_buffers(name, args) {
+            self.pool.shadow_forget(m.addr);
         }
         // Each argument's bits in an 8-byte slot: cuLaunchKernel reads the width of each
         // parameter from the front of its slot (little-endian).

@@ -336,11 +336,8 @@ impl EmuDevice {
         args: &[Arg<'_, EmuMem>],
     ) {
         // A buffer the kernel may write loses its bf16 shadow.
-        let ptrs = args.iter().filter_map(|a| if let Arg::Ptr(m) = a { Some(m) } else { None });
-        for (i, m) in ptrs.enumerate() {
-            if super::device::may_write(name, i) {
-                self.pool.shadow_forget(m.ptr as u64);
-            }
+        for m in super::device::written_buffers(name, args) {
+            self.pool.shadow_forget(m.ptr as u64);
         }
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
