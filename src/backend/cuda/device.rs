@@ -105,6 +105,24 @@ pub enum Arg<'a, M> {
     F64(f64),
 }
 
+impl<M> Arg<'_, M> {
+    /// The argument as a launch passes it: a type code (so that a u32 5 is not an i32 5 in a
+    /// replay key, `replay`) and its bits in the low bytes of an 8-byte slot, from which
+    /// cuLaunchKernel (and the emulator's thunk) reads the width of its parameter. `addr`
+    /// gives a buffer's device address.
+    pub fn slot(&self, addr: impl Fn(&M) -> u64) -> (u8, u64) {
+        match self {
+            Arg::Ptr(m) => (0, addr(m)),
+            Arg::Null => (1, 0),
+            Arg::I32(v) => (2, *v as u32 as u64),
+            Arg::U32(v) => (3, *v as u64),
+            Arg::I64(v) => (4, *v as u64),
+            Arg::F32(v) => (5, v.to_bits() as u64),
+            Arg::F64(v) => (6, v.to_bits()),
+        }
+    }
+}
+
 /// A device that can hold memory and run the kernels of `kernels/`.
 pub trait Device {
     /// Raw device memory.

@@ -501,9 +501,7 @@ impl Device for CudaDevice {
         assert!(host.len() <= mem.len(), "cuda write past the end of a buffer");
         self.pool.note_upload(host.len());
         self.pool.shadow_forget(mem.addr);
-        self.replay
-            .submit(self, Op::Write { dst: mem.addr, bytes: host.to_vec() })
-            .unwrap_or_else(|e| panic!("{e}"));
+        self.replay.submit_write(self, mem.addr, host).unwrap_or_else(|e| panic!("{e}"));
     }
     fn download(&self, mem: &CudaMem, bytes: usize) -> Vec<u8> {
         self.flush();
@@ -556,32 +554,17 @@ impl Device for CudaDevice {
         // Each argument's bits in an 8-byte slot: cuLaunchKernel reads the width of each
         // parameter from the front of its slot (little-endian).
         let func = KernelFn(f.cu_function());
-        let typed = args.iter().map(|a| match a {
-            Arg::Ptr(m) => (0, m.addr),
-            Arg::Null => (1, 0),
-            Arg::I32(v) => (2, *v as u32 as u64),
-            Arg::U32(v) => (3, *v as u64),
-            Arg::I64(v) => (4, *v as u64),
-            Arg::F32(v) => (5, v.to_bits() as u64),
-            Arg::F64(v) => (6, v.to_bits()),
-        });
+        let slots = args.iter().map(|a| a.slot(|m| m.addr));
         let submitted = if !self.replay.in_stretch() {
             // The common case (training, prefill): straight to the driver, no unit built.
-            let mut vals: Vec<u64> = typed.map(|(_, v)| v).collect();
+            let mut vals: Vec<u64> = slots.map(|(_, v)| v).collect();
             self.timed(
                 || name.to_string(),
                 || launch_raw(func, grid, block, shared_bytes, &self.stream, &mut vals),
             )
         } else {
-            let mut key = vec![replay::KEY_KERNEL, func.raw() as u64];
-            key.extend(grid.iter().chain(&block).map(|&g| g as u64));
-            key.push(shared_bytes as u64);
-            let vals: Vec<u64> = typed
-                .map(|(kind, v)| {
-                    key.extend(replay::arg_word(kind, v));
-                    v
-                })
-                .collect();
+            let (key, vals) =
+                replay::kernel_key(func.raw() as u64, grid, block, shared_bytes, slots);
             let run = move |stream: &Arc<CudaStream>| {
                 let _keep = &f; // the module stays loaded while a graph may launch the kernel
                 launch_raw(func, grid, block, shared_bytes, stream, &mut vals.clone())

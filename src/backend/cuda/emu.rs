@@ -341,25 +341,9 @@ impl EmuDevice {
         }
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
-        let mut key = vec![replay::KEY_KERNEL, replay::name_word(name)];
-        key.extend(grid.iter().chain(&block).map(|&g| g as u64));
-        key.push(shared_bytes as u64);
-        let vals: Vec<u64> = args
-            .iter()
-            .map(|a| {
-                let (kind, v) = match a {
-                    Arg::Ptr(m) => (0, m.ptr as u64),
-                    Arg::Null => (1, 0),
-                    Arg::I32(v) => (2, *v as u32 as u64),
-                    Arg::U32(v) => (3, *v as u64),
-                    Arg::I64(v) => (4, *v as u64),
-                    Arg::F32(v) => (5, v.to_bits() as u64),
-                    Arg::F64(v) => (6, v.to_bits()),
-                };
-                key.extend(replay::arg_word(kind, v));
-                v
-            })
-            .collect();
+        let slots = args.iter().map(|a| a.slot(|m| m.ptr as u64));
+        let (mut key, vals) =
+            replay::kernel_key(replay::name_word(name), grid, block, shared_bytes, slots);
         let cname = CString::new(name).unwrap();
         let optin = self.dyn_optin.lock().unwrap().get(name).copied().unwrap_or(0);
         key.push(optin as u64);
@@ -618,7 +602,7 @@ impl Device for EmuDevice {
         assert!(host.len() <= mem.bytes(), "emu write past the end of a buffer");
         self.pool.note_upload(host.len());
         self.pool.shadow_forget(mem.ptr as u64);
-        self.submit(Op::Write { dst: mem.ptr as u64, bytes: host.to_vec() });
+        self.replay.submit_write(self, mem.ptr as u64, host).unwrap_or_else(|e| panic!("{e}"));
     }
     fn download(&self, mem: &EmuMem, bytes: usize) -> Vec<u8> {
         assert!(bytes <= mem.bytes(), "emu read past the end of a buffer");

@@ -86,10 +86,30 @@ impl<S> Op<S> {
 pub(crate) const KEY_KERNEL: u64 = 1;
 pub(crate) const KEY_GEMM: u64 = 2;
 
-/// A key word per kernel argument: its type in the top byte (a u32 5 is not an i32 5), its
-/// bits below. Pointers are addresses (< 2^56 on every device we run on).
+/// Two key words per kernel argument: its type (a u32 5 is not an i32 5), its bits.
 pub(crate) fn arg_word(kind: u8, bits: u64) -> [u64; 2] {
     [kind as u64, bits]
+}
+
+/// The key of a launch of kernel `id` (a handle or `name_word`) and its argument slots, from
+/// `slots` (`Arg::slot` of each argument): kernel, grid, block, shared memory, every argument.
+pub(crate) fn kernel_key(
+    id: u64,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    slots: impl Iterator<Item = (u8, u64)>,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut key = vec![KEY_KERNEL, id];
+    key.extend(grid.iter().chain(&block).map(|&g| g as u64));
+    key.push(shared_bytes as u64);
+    let vals = slots
+        .map(|(kind, v)| {
+            key.extend(arg_word(kind, v));
+            v
+        })
+        .collect();
+    (key, vals)
 }
 
 /// A stable 64-bit name for a kernel in a key (FNV-1a: the same on every run; the emulator's
@@ -208,7 +228,6 @@ impl<S, G: Send> Replay<S, G> {
 
     /// Whether a stretch is open: units must then go through `submit` (outside one, a device
     /// may run its work directly without building units).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn in_stretch(&self) -> bool {
         self.on && self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -279,8 +298,8 @@ impl<S, G: Send> Replay<S, G> {
     /// The addresses the next allocation should get, most wanted first: what it got in the
     /// fingerprints that still match (empty outside a held stretch).
     pub(crate) fn preferred_alloc(&self) -> Vec<u64> {
-        if !self.on {
-            return Vec::new();
+        if !self.in_stretch() {
+            return Vec::new(); // no lock on the allocation path outside a stretch
         }
         let st = self.state.lock().expect("replay state");
         let Some(open) = st.open.as_ref().filter(|o| o.deferring) else { return Vec::new() };
@@ -291,7 +310,7 @@ impl<S, G: Send> Replay<S, G> {
 
     /// Notes the address an allocation inside the open stretch got.
     pub(crate) fn note_alloc(&self, addr: u64) {
-        if !self.on {
+        if !self.in_stretch() {
             return;
         }
         if let Some(open) = self.state.lock().expect("replay state").open.as_mut() {
@@ -330,6 +349,21 @@ impl<S, G: Send> Replay<S, G> {
         }
         open.keys.push(op.key());
         run_op(host, &op)
+    }
+
+    /// Copies `bytes` to device address `dst`: at once outside a stretch (no copy of the
+    /// bytes: uploads of weights are large), else as a unit (the step's bytes are kept).
+    pub(crate) fn submit_write<H: GraphHost<Stream = S, Graph = G>>(
+        &self,
+        host: &H,
+        dst: u64,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        if !self.in_stretch() {
+            host.write_now(dst, bytes);
+            return Ok(());
+        }
+        self.submit(host, Op::Write { dst, bytes: bytes.to_vec() })
     }
 
     /// The host is about to read device memory (a download, a synchronize): held units run
