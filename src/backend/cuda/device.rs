@@ -44,14 +44,26 @@ pub fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> Result<Option<T>
     }
 }
 
+/// A switch from environment variable `var`: `1` on, `0` off, unset or empty `default`.
+/// Panics on another value, naming the variable and what `1` means (`on_means`).
+pub fn switch_from_env(var: &str, default: bool, on_means: &str) -> bool {
+    switch_value(var, std::env::var(var).ok().as_deref(), default, on_means)
+}
+
+/// `switch_from_env` of the value `v` of `var` (None: unset).
+pub fn switch_value(var: &str, v: Option<&str>, default: bool, on_means: &str) -> bool {
+    match v {
+        None | Some("") => default,
+        Some("1") => true,
+        Some("0") => false,
+        Some(v) => panic!("{var}={v:?}: expected 1 ({on_means}) or 0"),
+    }
+}
+
 /// Whether bf16 shadows of weights are kept, from `MMR1_BF16_SHADOWS` (`1`/unset: on, `0`:
 /// off, every bf16 GEMM converts both operands). Panics on another value, naming it.
 pub fn shadows_from_env() -> bool {
-    match std::env::var("MMR1_BF16_SHADOWS").as_deref() {
-        Err(_) | Ok("") | Ok("1") => true,
-        Ok("0") => false,
-        Ok(v) => panic!("MMR1_BF16_SHADOWS={v:?}: expected 1 (keep bf16 copies of weights) or 0"),
-    }
+    switch_from_env("MMR1_BF16_SHADOWS", true, "keep bf16 copies of weights")
 }
 
 /// Whether bf16 GEMMs keep the conversion of an f32 operand that has no shadow as that
@@ -61,14 +73,11 @@ pub fn shadows_from_env() -> bool {
 /// at every GEMM). Needs weight shadows on (`MMR1_BF16_SHADOWS`): it is the same registry.
 /// Panics on another value, naming it.
 pub fn act_shadows_from_env() -> bool {
-    match std::env::var("MMR1_ACT_SHADOWS").as_deref() {
-        Err(_) | Ok("") | Ok("1") => true,
-        Ok("0") => false,
-        Ok(v) => panic!(
-            "MMR1_ACT_SHADOWS={v:?}: expected 1 (keep bf16 copies of GEMM operands until they \
-             are written) or 0"
-        ),
-    }
+    switch_from_env(
+        "MMR1_ACT_SHADOWS",
+        true,
+        "keep bf16 copies of GEMM operands until they are written",
+    )
 }
 
 /// The f32 -> bf16 conversion kernel (round to nearest even) over the first `n` values of

@@ -50,14 +50,11 @@ fn covered_rows(spans: &[AttnSpan]) -> Option<usize> {
 /// Whether producers write the bf16 copy of their output, from `MMR1_PRODUCER_SHADOWS`
 /// (`1`/unset: on, `0`: off). Panics on another value, naming it.
 pub(super) fn from_env() -> bool {
-    match std::env::var("MMR1_PRODUCER_SHADOWS").as_deref() {
-        Err(_) | Ok("") | Ok("1") => true,
-        Ok("0") => false,
-        Ok(v) => panic!(
-            "MMR1_PRODUCER_SHADOWS={v:?}: expected 1 (the kernels that write a GEMM operand \
-             write its bf16 copy too) or 0"
-        ),
-    }
+    super::device::switch_from_env(
+        "MMR1_PRODUCER_SHADOWS",
+        true,
+        "the kernels that write a GEMM operand write its bf16 copy too",
+    )
 }
 
 impl<D: Device> CudaBackend<D> {

@@ -487,19 +487,11 @@ fn stop_deferring<H: GraphHost>(host: &H, open: &mut Open<H::Stream>) -> Result<
 /// Whether replay is on, from `MMR1_GRAPHS` (`1` on, `0` off; unset: `default`). Panics on
 /// another value, naming it.
 pub(crate) fn enabled_from_env(default: bool) -> bool {
-    graphs_setting(std::env::var("MMR1_GRAPHS").ok().as_deref(), default)
+    super::device::switch_from_env("MMR1_GRAPHS", default, GRAPHS_ON)
 }
 
-fn graphs_setting(v: Option<&str>, default: bool) -> bool {
-    match v {
-        None | Some("") => default,
-        Some("1") => true,
-        Some("0") => false,
-        Some(v) => panic!(
-            "MMR1_GRAPHS={v:?}: expected 1 (replay repeated decode steps as CUDA graphs) or 0"
-        ),
-    }
-}
+/// What `MMR1_GRAPHS=1` means, in its error message.
+const GRAPHS_ON: &str = "replay repeated decode steps as CUDA graphs";
 
 #[cfg(test)]
 mod tests {
@@ -713,11 +705,17 @@ mod tests {
 
     #[test]
     fn the_setting_reads_1_0_or_the_default() {
+        use crate::backend::cuda::device::switch_value;
+        let graphs_setting = |v, default| switch_value("MMR1_GRAPHS", v, default, GRAPHS_ON);
         assert!(graphs_setting(Some("1"), false));
         assert!(!graphs_setting(Some("0"), true));
         assert!(graphs_setting(None, true) && !graphs_setting(None, false));
         assert!(graphs_setting(Some(""), true) && !graphs_setting(Some(""), false));
-        assert!(std::panic::catch_unwind(|| graphs_setting(Some("yes"), true)).is_err());
+        let err = std::panic::catch_unwind(|| graphs_setting(Some("yes"), true)).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<String>().map(String::as_str),
+            Some("MMR1_GRAPHS=\"yes\": expected 1 (replay repeated decode steps as CUDA graphs) or 0")
+        );
         assert!(R::new(true).enabled() && !R::new(false).enabled());
     }
 
