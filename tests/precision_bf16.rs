@@ -310,6 +310,20 @@ fn sft_run<B: Backend>(be: &B, steps: usize) -> Run {
     Run { losses, grads, params: model.to_host(be), lp }
 }
 
+/// Two runs of `sft_run` gave the same losses, gradients, parameters and log-probs, bit for bit.
+fn assert_same_runs(a: &Run, b: &Run) {
+    assert!(a.losses.iter().zip(&b.losses).all(|(x, y)| x.to_bits() == y.to_bits()), "losses");
+    for (s, (ga, gb)) in a.grads.iter().zip(&b.grads).enumerate() {
+        for (i, (x, y)) in ga.iter().zip(gb).enumerate() {
+            assert!(same_bits(x, y), "step {s}: gradient of parameter {i} differs");
+        }
+    }
+    for (i, (x, y)) in a.params.iter().zip(&b.params).enumerate() {
+        assert!(same_bits(x, y), "parameter {i} differs after {} steps", a.grads.len());
+    }
+    assert!(same_bits(&a.lp, &b.lp), "inference log-probs differ");
+}
+
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
@@ -318,16 +332,7 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 fn activation_shadows_give_the_bits_of_converting_per_call() {
     let (on, off) = (emu_act(true, false), emu_act(false, false));
     let (a, b) = (sft_run(&on, 3), sft_run(&off, 3));
-    assert!(a.losses.iter().zip(&b.losses).all(|(x, y)| x.to_bits() == y.to_bits()), "losses");
-    for (s, (ga, gb)) in a.grads.iter().zip(&b.grads).enumerate() {
-        for (i, (x, y)) in ga.iter().zip(gb).enumerate() {
-            assert!(same_bits(x, y), "step {s}: gradient of parameter {i} differs");
-        }
-    }
-    for (i, (x, y)) in a.params.iter().zip(&b.params).enumerate() {
-        assert!(same_bits(x, y), "parameter {i} differs after 3 steps");
-    }
-    assert!(same_bits(&a.lp, &b.lp), "inference log-probs differ");
+    assert_same_runs(&a, &b);
     let (sa, sb) = (on.memory_stats().unwrap(), off.memory_stats().unwrap());
     println!(
         "MEM activation shadows on: peak {} B in use, {} shadow hits; off: peak {} B, {} hits",
@@ -361,16 +366,7 @@ fn producer_shadows_give_the_bits_of_the_gemms_conversions() {
         sft_run(&emu_producers(true, true, false), 3),
         sft_run(&emu_producers(true, false, false), 3),
     );
-    assert!(a.losses.iter().zip(&b.losses).all(|(x, y)| x.to_bits() == y.to_bits()), "losses");
-    for (s, (ga, gb)) in a.grads.iter().zip(&b.grads).enumerate() {
-        for (i, (x, y)) in ga.iter().zip(gb).enumerate() {
-            assert!(same_bits(x, y), "step {s}: gradient of parameter {i} differs");
-        }
-    }
-    for (i, (x, y)) in a.params.iter().zip(&b.params).enumerate() {
-        assert!(same_bits(x, y), "parameter {i} differs after 3 steps");
-    }
-    assert!(same_bits(&a.lp, &b.lp), "inference log-probs differ");
+    assert_same_runs(&a, &b);
 }
 
 /// Conversions (`f32_to_bf16_x8` launches) of the second SFT step (zeroing the gradients,
