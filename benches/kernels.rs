@@ -10,7 +10,9 @@
 mod gpu {
     use criterion::{Criterion, Throughput};
     use mmr1_fast::backend::cuda::device::Device;
-    use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel};
+    use mmr1_fast::backend::cuda::{
+        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashIo,
+    };
     use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -343,30 +345,37 @@ mod gpu {
                 * (len as f64 * (len as f64 + 1.0) / 2.0)
                 * 2.0
                 * hd as f64;
-            let tag = format!("{ns}x{len}_h{hh}kv{hk}_d{hd}");
-            let id = format!("flash_fwd_{tag}");
-            g.throughput(Throughput::Elements(fl as u64));
-            g.bench_function(&id, |bch| {
-                bch.iter_custom(|it| {
-                    timed(&b, it, || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape))
-                })
-            });
-            meta.record(&id, 0.0, fl);
             let (mut dq, mut dk, mut dv) =
                 (b.zeros(tt * hh * hd), b.zeros(tt * hk * hd), b.zeros(tt * hk * hd));
             let dout = rand_buf(&b, &mut r, tt * hh * hd, 1.0);
-            let id = format!("flash_bwd_{tag}");
-            g.throughput(Throughput::Elements((fl * 2.5) as u64));
-            g.bench_function(&id, |bch| {
-                bch.iter_custom(|it| {
-                    timed(&b, it, || {
-                        b.attention_backward(
-                            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &ao, &lse, &spans, shape,
-                        )
+            // The default storage (bf16 copies of the walked tensors, conversions timed with
+            // the kernels) under the ids PyTorch is compared with, then the f32 tile loads.
+            for (io, suffix) in [(FlashIo::Bf16, ""), (FlashIo::F32, "_f32io")] {
+                b.set_flash_io(io);
+                let tag = format!("{ns}x{len}_h{hh}kv{hk}_d{hd}{suffix}");
+                let id = format!("flash_fwd_{tag}");
+                g.throughput(Throughput::Elements(fl as u64));
+                g.bench_function(&id, |bch| {
+                    bch.iter_custom(|it| {
+                        timed(&b, it, || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape))
                     })
-                })
-            });
-            meta.record(&id, 0.0, fl * 2.5);
+                });
+                meta.record(&id, 0.0, fl);
+                let id = format!("flash_bwd_{tag}");
+                g.throughput(Throughput::Elements((fl * 2.5) as u64));
+                g.bench_function(&id, |bch| {
+                    bch.iter_custom(|it| {
+                        timed(&b, it, || {
+                            b.attention_backward(
+                                &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &ao, &lse, &spans,
+                                shape,
+                            )
+                        })
+                    })
+                });
+                meta.record(&id, 0.0, fl * 2.5);
+            }
+            b.set_flash_io(FlashIo::default());
         }
         // Decode: 32 sequences with 4096 cached keys each, one new query each; the bytes are
         // the K and V cache rows read (f32 storage).

@@ -4,7 +4,12 @@
 // f32; Q, K, V, P, dO and dS enter the tensor cores rounded to bf16. The per-query kernels of
 // attention.cu stay beside these as the exact f32 baseline.
 //
-// Storage is `real` (f32 today): tiles are converted to bf16 on their way into shared memory.
+// Storage of Q, K, V and dO: f32 (`real`), converted to bf16 on the tiles' way into shared
+// memory, or bf16 (the `_bf16` entry points; src/backend/cuda/flash.rs converts the f32
+// activations once per call with f32_to_bf16_x8, the same rounding): then cp.async copies the
+// bf16 rows straight into the tiles, with no f32 stage and no conversion pass in shared
+// memory, and every re-read of a walked tile from L2 moves half the bytes. Same bits either
+// way. The forward's `_bf16` kernels read K and V in bf16 and Q in f32 (read once).
 //
 // Block: FA_WARPS = 8 warps; a warp owns 16 rows (queries in the forward and dQ kernels, keys
 // in the dK/dV kernel), so a block owns FA_OWN = 128 rows, whose bf16 A fragments it reads
@@ -12,7 +17,8 @@
 // FA_ROWS = 64 rows that all 8 warps share (one K/V read per 128 queries), pipelined:
 //   f32 global --cp.async--> f32 stage (shared) --convert--> bf16 tile (shared, 2 buffers)
 // While the warps compute on tile i from one bf16 buffer, tile i+1 is in flight into the stage;
-// each thread then converts the pieces it copied itself into the other buffer, and one barrier
+// each thread then converts the pieces it copied itself into the other buffer (bf16 storage:
+// the copies land in that buffer directly), and one barrier
 // per tile publishes it. Shared memory is dynamic (fa_smem below, mirrored in flash.rs).
 //
 // Work lists (host-built, see src/backend/cuda/flash.rs):
@@ -61,6 +67,9 @@ struct __align__(8) fa_f2 {
 template <int D>
 using fa_tile_ptr = bf16x8 (*)[D / 8 + 1];
 
+// bf16 storage: the bits, as the conversion kernels write them (round to nearest even).
+typedef unsigned short fa_b16;
+
 // One piece into the bf16 tile (round to nearest even, as everywhere else).
 template <int D>
 __device__ __forceinline__ void fa_put(fa_tile_ptr<D> s, int row, int c4, fa_f4 v) {
@@ -70,13 +79,13 @@ __device__ __forceinline__ void fa_put(fa_tile_ptr<D> s, int row, int c4, fa_f4 
 
 // ---- the pipeline of the walked side --------------------------------------------------------
 
-// Dynamic shared memory of a kernel, in bytes: 4 bf16 tiles (two buffers of a tile pair) and
-// the f32 stage of a tile pair; the dK/dV kernel adds FA_DKV_EXTRA after them. flash.rs
-// (`walk_smem`) computes the same sum.
-template <int D>
+// Dynamic shared memory of a kernel, in bytes: 4 bf16 tiles (two buffers of a tile pair) and,
+// for f32 storage, the f32 stage of a tile pair; the dK/dV kernel adds FA_DKV_EXTRA after
+// them. flash.rs (`walk_smem`) computes the same sum.
+template <int D, typename In>
 struct fa_smem {
     static constexpr int tile = FA_ROWS * (D / 8 + 1) * 16;
-    static constexpr int stage = FA_ROWS * D * 4;
+    static constexpr int stage = sizeof(In) == 4 ? FA_ROWS * D * 4 : 0;
     static constexpr int walk = 4 * tile + 2 * stage;
 };
 
@@ -90,11 +99,12 @@ struct fa_walk {
 };
 
 // Starts copying this thread's pieces of rows [0, 64) of head `h` of a [rows, heads, D] tensor
-// from row `row0` into an f32 stage [64][D]; rows >= nvalid are written as zeros at once.
+// from row `row0`: f32 storage into the f32 stage [64][D] (then `fa_land` converts them into
+// the tile), bf16 storage straight into the tile; rows >= nvalid are written as zeros at once.
 // Complete after cp_async_wait_all.
 template <int D>
-__device__ __forceinline__ void fa_issue(float* stage, const real* src, long long row0, int nvalid, int heads,
-                                         int h) {
+__device__ __forceinline__ void fa_fetch(fa_tile_ptr<D>, float* stage, const real* src, long long row0, int nvalid,
+                                         int heads, int h) {
     constexpr int R = fa_walk<D>::R;
     const int r0 = threadIdx.x / (D / 4), col = 4 * (threadIdx.x % (D / 4));
     const real* p = src + ((row0 + r0) * heads + h) * D + col;
@@ -108,10 +118,32 @@ __device__ __forceinline__ void fa_issue(float* stage, const real* src, long lon
     }
 }
 
+// bf16 storage: a piece is 8 values (16 bytes) and lands in its place of the padded row, so a
+// warp still copies 512 contiguous bytes and the tile's layout is the converted one's. At
+// D = 16 the 256 threads cover 128 rows: the second half has nothing to copy.
+template <int D>
+__device__ __forceinline__ void fa_fetch(fa_tile_ptr<D> s, float*, const fa_b16* src, long long row0, int nvalid,
+                                         int heads, int h) {
+    constexpr int P = D / 8, R = FA_THREADS / P;
+    static_assert(R * P == FA_THREADS && (FA_ROWS % R == 0 || R > FA_ROWS), "tile pieces must split evenly");
+    const int r0 = threadIdx.x / P, c8 = threadIdx.x % P;
+    const fa_b16* p = src + ((row0 + r0) * heads + h) * D + 8 * c8;
+#pragma unroll 1
+    for (int row = r0; row < FA_ROWS; row += R, p += (long long)R * heads * D) {
+        if (row < nvalid)
+            cp_async_16(&s[row][c8], p);
+        else
+            s[row][c8] = bf16x8{};
+    }
+}
+
 // After cp_async_wait_all: converts this thread's own pieces of the stage into a bf16 tile.
 // Only the thread that copied a piece reads it, so no barrier is needed between the two.
+// (The source pointer only picks the storage: bf16 pieces are already in place.)
 template <int D>
-__device__ __forceinline__ void fa_land(fa_tile_ptr<D> s, const float* stage) {
+__device__ __forceinline__ void fa_land(fa_tile_ptr<D>, const float*, const fa_b16*) {}
+template <int D>
+__device__ __forceinline__ void fa_land(fa_tile_ptr<D> s, const float* stage, const real*) {
     constexpr int R = fa_walk<D>::R;
     const int r0 = threadIdx.x / (D / 4), c4 = threadIdx.x % (D / 4);
 #pragma unroll 1
@@ -136,6 +168,20 @@ __device__ __forceinline__ void fa_frag_a_global(unsigned f[D / 16][4], const re
             } else {
                 f[kc][r] = 0u;
             }
+        }
+}
+
+// The same from bf16 storage: each pair is one 4-byte word, already packed (low half first).
+template <int D>
+__device__ __forceinline__ void fa_frag_a_global(unsigned f[D / 16][4], const fa_b16* src, long long row0, int nvalid,
+                                                 int heads, int h) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int row = g + 8 * (r & 1), col = kc * 16 + 2 * t + 8 * (r >> 1);
+            f[kc][r] = row < nvalid ? *reinterpret_cast<const unsigned*>(src + ((row0 + row) * heads + h) * D + col) : 0u;
         }
 }
 
@@ -198,11 +244,14 @@ __device__ __forceinline__ float fa_quad_sum(float v) {
 // ---- forward ------------------------------------------------------------------------------
 
 // out16: null, or where to write the bf16 rounding of `out` too (the o projection's operand).
-template <int D>
-__device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const real* q, const real* k, const real* v, const int* items,
+// Q (read once, into registers) and K/V (walked: re-read by every query tile) may be stored
+// differently: the `_bf16` forward reads f32 Q and bf16 K/V, since a bf16 copy of Q would cost
+// a conversion pass (6 bytes a value) to save 2 bytes of one read.
+template <int D, typename Own, typename In>
+__device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Own* q, const In* k, const In* v, const int* items,
                           int n_heads, int n_kv, float scale) {
     DYN_SMEM(unsigned char, smem);
-    using S = fa_smem<D>;
+    using S = fa_smem<D, In>;
     // Buffer b: K at tile 2b, V at tile 2b + 1 (computed, not indexed: no local memory).
     auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * S::tile); };
     auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * S::tile); };
@@ -217,14 +266,14 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const re
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
 
     // The first K/V tile is in flight while Q goes to registers.
-    fa_issue<D>(stk, k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
-    fa_issue<D>(stv, v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fa_fetch<D>(tk(0), stk, k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fa_fetch<D>(tv(0), stv, v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
     cp_async_commit();
     unsigned qf[D / 16][4];
     fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
     cp_async_wait_all();
-    fa_land<D>(tk(0), stk);
-    fa_land<D>(tv(0), stv);
+    fa_land<D>(tk(0), stk, k);
+    fa_land<D>(tv(0), stv, v);
     __syncthreads();
 
     const float sl2 = scale * FA_LOG2E;
@@ -238,8 +287,8 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const re
     for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS, buf ^= 1) {
         const bool more = j0 + FA_ROWS < nkeys;
         if (more) { // tile j0 + 64 in flight during this tile's arithmetic
-            fa_issue<D>(stk, k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
-            fa_issue<D>(stv, v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fa_fetch<D>(tk(buf ^ 1), stk, k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fa_fetch<D>(tv(buf ^ 1), stv, v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
             cp_async_commit();
         }
         if (active && j0 <= wlast) { // warp-uniform: something of this tile is visible
@@ -279,8 +328,8 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const re
         }
         if (more) { // the other buffer was last read before the previous barrier
             cp_async_wait_all();
-            fa_land<D>(tk(buf ^ 1), stk);
-            fa_land<D>(tv(buf ^ 1), stv);
+            fa_land<D>(tk(buf ^ 1), stk, k);
+            fa_land<D>(tv(buf ^ 1), stv, v);
         }
         __syncthreads(); // the next tile is complete, and this one is no longer read
     }
@@ -310,12 +359,12 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const re
 
 // ---- backward: dQ (one block per q tile and head, walks the keys) -------------------------
 
-template <int D>
-__device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const real* k, const real* v,
+template <int D, typename In>
+__device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k, const In* v,
                              const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
                              float scale) {
     DYN_SMEM(unsigned char, smem);
-    using S = fa_smem<D>;
+    using S = fa_smem<D, In>;
     // Buffer b: K at tile 2b, V at tile 2b + 1 (computed, not indexed: no local memory).
     auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * S::tile); };
     auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * S::tile); };
@@ -329,8 +378,8 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
 
-    fa_issue<D>(stk, k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
-    fa_issue<D>(stv, v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fa_fetch<D>(tk(0), stk, k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fa_fetch<D>(tv(0), stv, v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
     cp_async_commit();
     unsigned qf[D / 16][4], df[D / 16][4];
     fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
@@ -344,8 +393,8 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
         Dd[r] = row < nrows ? dsum[(qrow0 + row) * n_heads + h] : 0.0f;
     }
     cp_async_wait_all();
-    fa_land<D>(tk(0), stk);
-    fa_land<D>(tv(0), stv);
+    fa_land<D>(tk(0), stk, k);
+    fa_land<D>(tv(0), stv, v);
     __syncthreads();
 
     const float sl2 = scale * FA_LOG2E;
@@ -358,8 +407,8 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
     for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS, buf ^= 1) {
         const bool more = j0 + FA_ROWS < nkeys;
         if (more) {
-            fa_issue<D>(stk, k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
-            fa_issue<D>(stv, v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fa_fetch<D>(tk(buf ^ 1), stk, k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fa_fetch<D>(tv(buf ^ 1), stv, v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
             cp_async_commit();
         }
         if (active && j0 <= wlast) {
@@ -378,8 +427,8 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
         }
         if (more) {
             cp_async_wait_all();
-            fa_land<D>(tk(buf ^ 1), stk);
-            fa_land<D>(tv(buf ^ 1), stv);
+            fa_land<D>(tk(buf ^ 1), stk, k);
+            fa_land<D>(tv(buf ^ 1), stv, v);
         }
         __syncthreads();
     }
@@ -403,12 +452,12 @@ __device__ void flash_bwd_dq(real* dq, const real* dout, const real* q, const re
 // Bytes of dynamic shared memory after the walk buffers: lse and D of two query tiles.
 #define FA_DKV_EXTRA (4 * FA_ROWS * 4)
 
-template <int D>
-__device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* q, const real* k, const real* v,
+template <int D, typename In>
+__device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, const In* k, const In* v,
                               const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
                               float scale, long long part_stride, int heads_per_block) {
     DYN_SMEM(unsigned char, smem);
-    using S = fa_smem<D>;
+    using S = fa_smem<D, In>;
     // Buffer b: Q at tile 2b, dO at tile 2b + 1.
     auto tq = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * S::tile); };
     auto to = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * S::tile); };
@@ -433,8 +482,8 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* 
     // that copied an lse turns it into log2 units when it lands.
     auto issue = [&](int gi, int i0, int b) {
         const int h = kvh * group + gi, nq = fa_imin(FA_ROWS, q_len - i0);
-        fa_issue<D>(stq, q, q_start + i0, nq, n_heads, h);
-        fa_issue<D>(sto, dout, q_start + i0, nq, n_heads, h);
+        fa_fetch<D>(tq(b), stq, q, q_start + i0, nq, n_heads, h);
+        fa_fetch<D>(to(b), sto, dout, q_start + i0, nq, n_heads, h);
         if (tid < FA_ROWS) {
             if (tid < nq) {
                 const long long qi = (q_start + i0 + tid) * n_heads + h;
@@ -449,8 +498,8 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* 
     };
     auto land = [&](int b) {
         cp_async_wait_all();
-        fa_land<D>(tq(b), stq);
-        fa_land<D>(to(b), sto);
+        fa_land<D>(tq(b), stq, q);
+        fa_land<D>(to(b), sto, dout);
         if (tid < FA_ROWS) sL[b * FA_ROWS + tid] *= FA_LOG2E; // +inf stays +inf
     };
 
@@ -517,70 +566,136 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const real* dout, const real* 
         }
 }
 
-// ---- entry points, one per head dim -------------------------------------------------------
+// ---- entry points, one per head dim and storage ------------------------------------------
 
 // Spelled out, not macro-generated: build.rs finds the entry points by their declaration text.
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d16(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
-    const real* v, const int* items, int n_heads, int n_kv, float scale) {
+// `_bf16`: K, V (forward) or Q, K, V, dO (backward) in bf16 storage, outputs in f32; same
+// bits as the f32 ones.
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d16(real* out, unsigned short* out16, float* lse,
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<16>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d16(real* dq, const real* dout, const real* q,
-    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-    float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d16(real* dq, const real* dout,
+    const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
     flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d16(real* dk, real* dv, const real* dout, const real* q,
-    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-    float scale, long long part_stride, int heads_per_block) {
-    flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d16(real* dk, real* dv,
+    const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_bf16_d16(real* out, unsigned short* out16, float* lse,
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<16>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d16(real* dq, const fa_b16* dout,
+    const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
+    flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d16(real* dk, real* dv,
+    const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
 }
 
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d32(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
-    const real* v, const int* items, int n_heads, int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d32(real* out, unsigned short* out16, float* lse,
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<32>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d32(real* dq, const real* dout, const real* q,
-    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-    float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d32(real* dq, const real* dout,
+    const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
     flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d32(real* dk, real* dv, const real* dout, const real* q,
-    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-    float scale, long long part_stride, int heads_per_block) {
-    flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d32(real* dk, real* dv,
+    const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_bf16_d32(real* out, unsigned short* out16, float* lse,
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<32>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d32(real* dq, const fa_b16* dout,
+    const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
+    flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d32(real* dk, real* dv,
+    const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
 }
 
 // (256, 2): two blocks an SM. Writing out16 took the sm_90 build from 128 to 135 registers,
 // which leaves room for one block of 256 threads; bounded, ptxas fits 128 with no spills
-// (scripts/cubin-check.py flash_fwd).
-extern "C" __global__ void __launch_bounds__(256, 2) flash_fwd_d64(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
-    const real* v, const int* items, int n_heads, int n_kv, float scale) {
+// (scripts/cubin-check.py flash_fwd). The bf16-storage forward keeps the same bound.
+extern "C" __global__ void __launch_bounds__(256, 2) flash_fwd_d64(real* out, unsigned short* out16, float* lse,
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d64(real* dq, const real* dout, const real* q,
-    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-    float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d64(real* dq, const real* dout,
+    const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
     flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d64(real* dk, real* dv, const real* dout, const real* q,
-    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-    float scale, long long part_stride, int heads_per_block) {
-    flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d64(real* dk, real* dv,
+    const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) flash_fwd_bf16_d64(real* out, unsigned short* out16, float* lse,
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d64(real* dq, const fa_b16* dout,
+    const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
+    flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d64(real* dk, real* dv,
+    const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
 }
 
-extern "C" __global__ void __launch_bounds__(256) flash_fwd_d128(real* out, unsigned short* out16, float* lse, const real* q, const real* k,
-    const real* v, const int* items, int n_heads, int n_kv, float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_d128(real* out, unsigned short* out16, float* lse,
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
     flash_fwd<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d128(real* dq, const real* dout, const real* q,
-    const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-    float scale) {
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d128(real* dq, const real* dout,
+    const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
     flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
 }
-extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d128(real* dk, real* dv, const real* dout,
-    const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items, int n_heads,
-    int n_kv, float scale, long long part_stride, int heads_per_block) {
-    flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride, heads_per_block);
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d128(real* dk, real* dv,
+    const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_bf16_d128(real* out, unsigned short* out16, float* lse,
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
+    flash_fwd<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d128(real* dq, const fa_b16* dout,
+    const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale) {
+    flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d128(real* dk, real* dv,
+    const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                       heads_per_block);
 }
 
 // dK, dV of a split backward: the slices' partials summed in slice order (deterministic), on

@@ -11,7 +11,7 @@
 
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
-use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel};
+use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel, FlashIo};
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -176,6 +176,40 @@ fn flash_deterministic<Dv: Device>(b: &mut CudaBackend<Dv>) {
     assert_ne!(bits(&exact[0]), bits(&all[0]), "the flash kernels did not run");
 }
 
+/// The kernels reading bf16 copies of Q, K, V, dO (`FlashIo::Bf16`, the default) compute the
+/// same bits as those converting the f32 tiles themselves, at every case's head dim, group and
+/// span layout; a prefill against a K/V buffer over twice the rows it reads keeps the f32
+/// kernels (checked by the caller through the profile).
+fn flash_io_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
+    let mut r = ChaCha8Rng::seed_from_u64(34);
+    let mut all = cases();
+    // 3 + 40 query rows at the end of 50- and 60-row sequences in a 400-row cache.
+    all.push(Case {
+        spans: vec![
+            AttnSpan { q_start: 0, q_len: 3, kv_start: 0, kv_len: 50 },
+            AttnSpan { q_start: 3, q_len: 40, kv_start: 200, kv_len: 60 },
+        ],
+        shape: sh(4, 2, 64),
+        q_rows: 43,
+        kv_rows: 400,
+    });
+    for c in all {
+        let x = inputs(&mut r, &c);
+        b.set_flash_io(FlashIo::F32);
+        let f32_io = run(&*b, &c, &x);
+        b.set_flash_io(FlashIo::Bf16);
+        let bf16_io = run(&*b, &c, &x);
+        for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+            assert_eq!(
+                bits(&bf16_io[i]),
+                bits(&f32_io[i]),
+                "flash {name} {:?}: bf16 storage changed the bits",
+                c.shape
+            );
+        }
+    }
+}
+
 /// Decode steps (one query per sequence, the last position) go to the split kernel, which
 /// computes in f32: it is held to the f32 tolerance. GQA groups of 7 and 4, chunks of 128
 /// keys split and merged (129, 300 keys), a one-key sequence, and a query row in no span.
@@ -269,6 +303,28 @@ mod emu {
         super::flash_deterministic(&mut CudaBackend::emulator().with_attention(AttnKernel::Flash));
     }
     #[test]
+    fn flash_io_same_bits() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        super::flash_io_same_bits(&mut b);
+        let ran = b.kernel_profile();
+        let calls = |name: &str| ran.iter().find(|k| k.name == name).map_or(0, |k| k.calls);
+        for d in [16, 32, 64, 128] {
+            for kind in ["fwd", "bwd_dq", "bwd_dkv"] {
+                for io in ["", "_bf16"] {
+                    let name = format!("flash_{kind}{io}_d{d}");
+                    assert!(calls(&name) > 0, "{name} never ran");
+                }
+            }
+        }
+        // d64 forwards: the packed case in each storage; the decode-style case's prefills (85
+        // of its 176 kv rows; its one-query spans go to the decode kernel) and the prefill in
+        // a large cache read f32 under both settings.
+        assert_eq!((calls("flash_fwd_d64"), calls("flash_fwd_bf16_d64")), (5, 1));
+    }
+    #[test]
     fn decode_vs_cpu() {
         for kernel in [DecodeKernel::Split, DecodeKernel::Staged] {
             let mut b = CudaBackend::emulator().with_attention(AttnKernel::Flash);
@@ -311,6 +367,11 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_deterministic() {
         with_gpu(super::flash_deterministic);
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_io_same_bits() {
+        with_gpu(super::flash_io_same_bits);
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

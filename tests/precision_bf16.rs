@@ -419,14 +419,18 @@ fn conversions_of_a_steady_step(act_shadows: bool, producers: bool) -> (u64, usi
 ///   with the producers, less dgate and dup (SwiGLU's backward writes their copies): 5;
 /// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
-///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy).
+///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy);
+/// - flash attention, per layer, in every mode: the bf16 copies its kernels read
+///   (`FlashIo::Bf16`, src/backend/cuda/flash.rs): K and V in the forward, dO, Q, K and V in
+///   the backward: 6.
 fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd: u64) -> u64 {
     let (layer_fwd, layer_bwd, head_bwd) = match (act, producers) {
         (false, _) => (7, 21, 4),
         (true, false) => (4, 7, 2),
         (true, true) => (0, 5, 1),
     };
-    layers * (layer_fwd + layer_bwd) + fwd + head_bwd * bwd
+    let flash_copies = 2 + 4;
+    layers * (layer_fwd + layer_bwd + flash_copies) + fwd + head_bwd * bwd
 }
 
 #[test]

@@ -3,11 +3,11 @@
 //! `attention.cu` stay the default and the exact baseline.
 //!
 //! Precision: Q, K, V, P, dO and dS are rounded to bf16 as they enter the tensor cores (the
-//! backend's f32 buffers are converted in the kernels' tile loads); scores, softmax statistics
-//! and all accumulators are f32. Tested against the f32 CPU reference at relative L2 <= 1e-2
-//! (tests/flash_attention.rs).
+//! backend's f32 buffers are converted once per call into bf16 copies, or in the kernels' tile
+//! loads: `FlashIo`); scores, softmax statistics and all accumulators are f32. Tested against
+//! the f32 CPU reference at relative L2 <= 1e-2 (tests/flash_attention.rs).
 
-use super::device::{env_choice, Arg, Device};
+use super::device::{env_choice, launch_f32_to_bf16, Arg, Device};
 use super::{CudaBackend, DevBuf};
 use crate::backend::{AttnShape, AttnSpan};
 
@@ -33,6 +33,32 @@ impl AttnKernel {
             "MMR1_ATTENTION",
             &[("reference", AttnKernel::Reference), ("flash", AttnKernel::Flash)],
         )
+    }
+}
+
+/// Where the flash forward and backward kernels read Q, K, V and dO from. Both round the same
+/// f32 values to bf16 the same way (nearest even), so they compute the same bits; they differ
+/// in the bytes moved (kernels/flash_attention.cu, "Storage").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashIo {
+    /// The f32 activations: each tile is copied into an f32 stage in shared memory and
+    /// converted there, every time a block walks it.
+    F32,
+    /// bf16 copies, one `f32_to_bf16_x8` launch per tensor and call, of the tensors a kernel
+    /// walks (K, V in the forward; Q, K, V, dO in the backward, whose two kernels walk two each
+    /// and read the other two once): the kernels copy rows straight into their bf16 tiles (no
+    /// stage, no conversion pass; half the bytes each time a block re-reads a tile from L2).
+    /// Used when the K/V buffers are at most twice the rows the spans read, so a prefill
+    /// against a large KV cache keeps `F32` rather than converting the whole cache.
+    #[default]
+    Bf16,
+}
+
+impl FlashIo {
+    /// From `MMR1_FLASH_IO` (`bf16` or `f32`); unset means `Bf16`.
+    pub fn from_env() -> Result<Self, String> {
+        let choices = [("bf16", FlashIo::Bf16), ("f32", FlashIo::F32)];
+        Ok(env_choice("MMR1_FLASH_IO", &choices)?.unwrap_or_default())
     }
 }
 
@@ -74,14 +100,43 @@ const THREADS: u32 = 256;
 /// Rows of the tiles a block walks through shared memory, = FA_ROWS.
 const WALK: usize = 64;
 
-/// Dynamic shared memory of the fwd / dQ / dK-dV kernels (`fa_smem<D>::walk` in the kernel
-/// source, plus `FA_DKV_EXTRA` for dK/dV): two buffers of a bf16 tile pair, rows padded by 16
-/// bytes, and the f32 stage of the tile pair in flight. 132 KB at head dim 128: more than the
-/// 48 KB a launch gets without the opt-in, so every launch sets the kernel's limit first.
-fn walk_smem(head_dim: usize, dkv: bool) -> u32 {
+/// Dynamic shared memory of the fwd / dQ / dK-dV kernels (`fa_smem<D, In>::walk` in the
+/// kernel source, plus `FA_DKV_EXTRA` for dK/dV): two buffers of a bf16 tile pair, rows padded
+/// by 16 bytes, and with f32 storage the f32 stage of the tile pair in flight. At head dim 128
+/// 132 KB (f32) or 68 KB (bf16): more than the 48 KB a launch gets without the opt-in, so every
+/// launch sets the kernel's limit first.
+fn walk_smem(head_dim: usize, dkv: bool, io: FlashIo) -> u32 {
     let tile = WALK * (head_dim / 8 + 1) * 16;
-    let stage = WALK * head_dim * 4;
+    let stage = if io == FlashIo::F32 { WALK * head_dim * 4 } else { 0 };
     (4 * tile + 2 * stage + if dkv { 4 * WALK * 4 } else { 0 }) as u32
+}
+
+/// A flash kernel's entry point: `flash_{kind}_d{D}`, `_bf16` before the head dim for bf16
+/// storage.
+fn flash_kernel(kind: &str, io: FlashIo, head_dim: usize) -> String {
+    let io = if io == FlashIo::Bf16 { "_bf16" } else { "" };
+    format!("flash_{kind}{io}_d{head_dim}")
+}
+
+/// The storage a call reads: `preferred`, unless it is bf16 and a buffer holds more than twice
+/// the rows the spans read (`q_len` query rows of `q_width` values in a buffer of `q_elems`,
+/// likewise kv), when converting all of it would cost more than the kernels save.
+fn call_io(
+    preferred: FlashIo,
+    spans: &[AttnSpan],
+    (q_elems, q_width): (usize, usize),
+    (kv_elems, kv_width): (usize, usize),
+) -> FlashIo {
+    let q_rows: usize = spans.iter().map(|s| s.q_len).sum();
+    let kv_rows: usize = spans.iter().map(|s| s.kv_len).sum();
+    if preferred == FlashIo::Bf16
+        && q_elems <= 2 * q_rows * q_width
+        && kv_elems <= 2 * kv_rows * kv_width
+    {
+        FlashIo::Bf16
+    } else {
+        FlashIo::F32
+    }
 }
 
 /// Whether the flash kernels exist for this head dim.
@@ -272,8 +327,16 @@ impl<D: Device> CudaBackend<D> {
         }
         let d_items = self.upload_index_i32(&items);
         let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
+        let io = self.call_io(spans, shape, q, k);
+        // The forward walks K and V (every query tile re-reads them) but reads Q once: only
+        // K and V are worth a bf16 copy.
+        let copies = (io == FlashIo::Bf16).then(|| self.bf16_copies([k, v]));
+        let [k_, v_] = match &copies {
+            Some(c) => c.each_ref(),
+            None => [&k.mem, &v.mem],
+        };
         let (name, smem) =
-            (format!("flash_fwd_d{}", shape.head_dim), walk_smem(shape.head_dim, false));
+            (flash_kernel("fwd", io, shape.head_dim), walk_smem(shape.head_dim, false, io));
         self.dev.set_max_dynamic_shared(&name, smem);
         self.dev.launch(
             &name,
@@ -285,8 +348,8 @@ impl<D: Device> CudaBackend<D> {
                 super::opt_arg(out16),
                 Arg::Ptr(&lse.mem),
                 Arg::Ptr(&q.mem),
-                Arg::Ptr(&k.mem),
-                Arg::Ptr(&v.mem),
+                Arg::Ptr(k_),
+                Arg::Ptr(v_),
                 Arg::Ptr(&*d_items),
                 Arg::I32(shape.n_heads as i32),
                 Arg::I32(shape.n_kv_heads as i32),
@@ -313,10 +376,18 @@ impl<D: Device> CudaBackend<D> {
     ) {
         let (h, hkv, d) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
         let scale = (1.0 / (d as f64).sqrt()) as f32;
+        // Both kernels read the same bf16 copies of dO, Q, K, V: dQ walks K and V, dK/dV walks
+        // Q and dO, and each reads the other two once.
+        let io = self.call_io(spans, shape, q, k);
+        let copies = (io == FlashIo::Bf16).then(|| self.bf16_copies([dout, q, k, v]));
+        let [do_, q_, k_, v_] = match &copies {
+            Some(c) => c.each_ref(),
+            None => [&dout.mem, &q.mem, &k.mem, &v.mem],
+        };
         let qt = q_tiles(spans);
         if !qt.is_empty() {
             let d_qt = self.upload_i32(&qt);
-            let (name, smem) = (format!("flash_bwd_dq_d{d}"), walk_smem(d, false));
+            let (name, smem) = (flash_kernel("bwd_dq", io, d), walk_smem(d, false, io));
             self.dev.set_max_dynamic_shared(&name, smem);
             self.dev.launch(
                 &name,
@@ -325,10 +396,10 @@ impl<D: Device> CudaBackend<D> {
                 smem,
                 &[
                     Arg::Ptr(&dq.mem),
-                    Arg::Ptr(&dout.mem),
-                    Arg::Ptr(&q.mem),
-                    Arg::Ptr(&k.mem),
-                    Arg::Ptr(&v.mem),
+                    Arg::Ptr(do_),
+                    Arg::Ptr(q_),
+                    Arg::Ptr(k_),
+                    Arg::Ptr(v_),
                     Arg::Ptr(&lse.mem),
                     Arg::Ptr(dsum),
                     Arg::Ptr(&d_qt),
@@ -343,7 +414,7 @@ impl<D: Device> CudaBackend<D> {
             let d_kt = self.upload_i32(&kt);
             let tiles = kt.len() / 8;
             let parts = dkv_parts(tiles * hkv, h / hkv);
-            let (name, smem) = (format!("flash_bwd_dkv_d{d}"), walk_smem(d, true));
+            let (name, smem) = (flash_kernel("bwd_dkv", io, d), walk_smem(d, true, io));
             self.dev.set_max_dynamic_shared(&name, smem);
             // Split: slice z of the group's heads writes partials z; flash_dkv_sum adds them.
             let stride = if parts > 1 { dk.len } else { 0 };
@@ -361,10 +432,10 @@ impl<D: Device> CudaBackend<D> {
                 &[
                     Arg::Ptr(out_k),
                     Arg::Ptr(out_v),
-                    Arg::Ptr(&dout.mem),
-                    Arg::Ptr(&q.mem),
-                    Arg::Ptr(&k.mem),
-                    Arg::Ptr(&v.mem),
+                    Arg::Ptr(do_),
+                    Arg::Ptr(q_),
+                    Arg::Ptr(k_),
+                    Arg::Ptr(v_),
                     Arg::Ptr(&lse.mem),
                     Arg::Ptr(dsum),
                     Arg::Ptr(&d_kt),
@@ -395,6 +466,30 @@ impl<D: Device> CudaBackend<D> {
                 );
             }
         }
+    }
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// The storage this call's kernels read (`call_io` with the backend's `FlashIo`).
+    fn call_io(
+        &self,
+        spans: &[AttnSpan],
+        shape: AttnShape,
+        q: &DevBuf<D::Mem>,
+        k: &DevBuf<D::Mem>,
+    ) -> FlashIo {
+        let (q_width, kv_width) =
+            (shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim);
+        call_io(self.flash_io, spans, (q.len, q_width), (k.len, kv_width))
+    }
+
+    /// bf16 copies (round to nearest even) of whole f32 buffers, one conversion launch each.
+    fn bf16_copies<const N: usize>(&self, bufs: [&DevBuf<D::Mem>; N]) -> [D::Mem; N] {
+        bufs.map(|b| {
+            let m = self.dev.alloc(b.len.max(1) * 2);
+            launch_f32_to_bf16(&self.dev, &m, &b.mem, b.len);
+            m
+        })
     }
 }
 
@@ -431,7 +526,19 @@ mod tests {
         assert_eq!(&kv[..8], &[0, 128, 0, 0, 130, 0, 0, 0]);
         assert_eq!(&kv[8..16], &[128, 2, 128, 0, 130, 0, 0, 0]);
         assert_eq!(&kv[16..24], &[200, 65, 0, 130, 1, 64, 0, 0]);
-        assert_eq!(walk_smem(128, false), 4 * 64 * 17 * 16 + 2 * 64 * 128 * 4);
+        assert_eq!(walk_smem(128, false, FlashIo::F32), 4 * 64 * 17 * 16 + 2 * 64 * 128 * 4);
+        assert_eq!(walk_smem(128, false, FlashIo::Bf16), 4 * 64 * 17 * 16);
+        assert_eq!(walk_smem(64, true, FlashIo::Bf16), 4 * 64 * 9 * 16 + 4 * 64 * 4);
+        assert_eq!(flash_kernel("bwd_dkv", FlashIo::Bf16, 64), "flash_bwd_dkv_bf16_d64");
+        assert_eq!(flash_kernel("fwd", FlashIo::F32, 128), "flash_fwd_d128");
+        // bf16 copies when the buffers hold at most twice the rows read: the packed batch
+        // (130 + 1 query rows of 131, 195 kv rows of 265), not a short prefill in a big cache.
+        let (bf, f) = (FlashIo::Bf16, FlashIo::F32);
+        assert_eq!(call_io(bf, &spans, (131 * 8, 8), (265 * 4, 4)), bf);
+        assert_eq!(call_io(f, &spans, (131 * 8, 8), (265 * 4, 4)), f);
+        assert_eq!(call_io(bf, &spans, (131 * 8, 8), (391 * 4, 4)), f, "kv buffer too large");
+        assert_eq!(call_io(bf, &spans, (263 * 8, 8), (265 * 4, 4)), f, "q buffer too large");
+        assert_eq!(call_io(bf, &spans, (262 * 8, 8), (390 * 4, 4)), bf);
         // 2 warps x (K 32 x 132 + V 32 x 128 + Q 8 x 128 + P 8 x 32) floats
         assert_eq!(decode_staged_smem(128), 2 * (4224 + 4096 + 1024 + 256) * 4);
         assert_eq!((dkv_parts(64, 6), dkv_parts(64, 1), dkv_parts(1024, 6)), (6, 1, 1));

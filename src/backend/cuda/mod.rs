@@ -26,7 +26,7 @@ mod vision_ops;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
-pub use flash::{AttnKernel, DecodeKernel};
+pub use flash::{AttnKernel, DecodeKernel, FlashIo};
 use std::sync::Arc;
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
@@ -67,6 +67,8 @@ pub struct CudaBackend<D: Device> {
     dev: D,
     attn: AttnKernel,
     decode: DecodeKernel,
+    /// Where the flash kernels read Q, K, V and dO from (`MMR1_FLASH_IO`).
+    flash_io: FlashIo,
     /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
     /// reused while their contents repeat: see `upload_cache`.
     indices: upload_cache::UploadCache<D::Mem>,
@@ -100,17 +102,24 @@ impl<D: Device> CudaBackend<D> {
             dev,
             attn: AttnKernel::Reference,
             decode: DecodeKernel::default(),
+            flash_io: FlashIo::default(),
             indices: Default::default(),
             producer_shadows: producer_shadows::from_env(),
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
     /// an unknown value is an error naming the accepted ones.
-    /// The decode kernel likewise from `MMR1_DECODE` (`staged`, the default, or `split`).
+    /// The decode kernel likewise from `MMR1_DECODE` (`staged`, the default, or `split`), and
+    /// the flash kernels' input storage from `MMR1_FLASH_IO` (`bf16`, the default, or `f32`).
     pub fn attention_from_env(mut self) -> Result<Self, String> {
         self.attn = AttnKernel::from_env()?;
         self.decode = DecodeKernel::from_env()?;
+        self.flash_io = FlashIo::from_env()?;
         Ok(self)
+    }
+    /// Selects where the flash kernels read their inputs from (see `FlashIo`: same bits).
+    pub fn set_flash_io(&mut self, io: FlashIo) {
+        self.flash_io = io;
     }
     /// Selects the kernel of flash decode steps (see `DecodeKernel`).
     pub fn set_decode_kernel(&mut self, decode: DecodeKernel) {
