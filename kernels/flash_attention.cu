@@ -699,22 +699,30 @@ extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d128(real* 
 }
 
 // dK, dV of a split backward: the slices' partials summed in slice order (deterministic), on
-// the rows of the kv tiles only (rows in no span keep what they held).
+// the rows of the kv tiles only (rows in no span keep what they held). Block (tile, kv head,
+// z): 4 consecutive values of a row a thread (d is a multiple of 4: 16-byte loads and stores),
+// the tile's 128 x d values spread over gridDim.z blocks. (The first version gave a tile one
+// block walking 128 x d values one at a time: 64 blocks for 4 x 1024 tokens and 2 kv heads,
+// 1.6 ms of a 0.5B step for ~30 MB a layer.)
 extern "C" __global__ void __launch_bounds__(256) flash_dkv_sum(real* dk, real* dv, const float* pk, const float* pv,
                                                                 const int* items, int n_kv, int d,
                                                                 long long part_stride, int parts) {
     const int* it = items + 8 * blockIdx.x;
     const long long row0 = it[0];
     const int nk = it[1], kvh = blockIdx.y;
-    for (int c = threadIdx.x; c < nk * d; c += blockDim.x) {
+    const int step = 4 * blockDim.x * gridDim.z;
+    for (int c = 4 * (blockIdx.z * blockDim.x + threadIdx.x); c < nk * d; c += step) {
         const long long o = ((row0 + c / d) * n_kv + kvh) * d + c % d;
-        float a = 0.0f, b = 0.0f;
+        fa_f4 a = {0.0f, 0.0f, 0.0f, 0.0f}, b = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
         for (int z = 0; z < parts; z++) {
-            a += pk[z * part_stride + o];
-            b += pv[z * part_stride + o];
+            const fa_f4 x = *reinterpret_cast<const fa_f4*>(pk + z * part_stride + o);
+            const fa_f4 y = *reinterpret_cast<const fa_f4*>(pv + z * part_stride + o);
+            a.x += x.x, a.y += x.y, a.z += x.z, a.w += x.w;
+            b.x += y.x, b.y += y.y, b.z += y.z, b.w += y.w;
         }
-        dk[o] = a;
-        dv[o] = b;
+        *reinterpret_cast<fa_f4*>(dk + o) = a;
+        *reinterpret_cast<fa_f4*>(dv + o) = b;
     }
 }
 

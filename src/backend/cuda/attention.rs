@@ -134,6 +134,30 @@ impl<D: Device> CudaBackend<D> {
             return;
         }
         let (h, hkv, d) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
+        let nq = (items.len() / 4) as u32;
+        let d_items = self.upload_i32(&items);
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let dsum = self.dev.alloc(lse.len.max(1) * 4);
+        self.dev.launch(
+            "attn_bwd_dot_f32",
+            [nq.div_ceil(8), h as u32, 1],
+            [256, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&dsum),
+                Arg::Ptr(&dout.mem),
+                Arg::Ptr(&out.mem),
+                Arg::Ptr(&d_items),
+                Arg::I32(nq as i32),
+                Arg::I32(h as i32),
+                Arg::I32(d as i32),
+            ],
+        );
+        if causal && self.use_flash(shape) {
+            self.flash_backward(dq, dk, dv, dout, q, k, v, lse, &dsum, spans, shape);
+            return;
+        }
+        // The per-key items of the reference dK/dV kernel (the flash kernels build their own).
         let mut kv_items = Vec::new();
         for s in spans {
             // Keys every query sees (all of them without the causal mask).
@@ -147,29 +171,7 @@ impl<D: Device> CudaBackend<D> {
                 ]);
             }
         }
-        let nq = (items.len() / 4) as u32;
-        let d_items = self.upload_i32(&items);
         let d_kv = self.upload_i32(&kv_items);
-        let scale = (1.0 / (d as f64).sqrt()) as f32;
-        let dsum = self.dev.alloc(lse.len.max(1) * 4);
-        self.dev.launch(
-            "attn_bwd_dot_f32",
-            [nq, h as u32, 1],
-            [32, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&dsum),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&d_items),
-                Arg::I32(h as i32),
-                Arg::I32(d as i32),
-            ],
-        );
-        if causal && self.use_flash(shape) {
-            self.flash_backward(dq, dk, dv, dout, q, k, v, lse, &dsum, spans, shape);
-            return;
-        }
         let common = |a: &mut Vec<Arg<'_, D::Mem>>| {
             a.extend([
                 Arg::I32(h as i32),

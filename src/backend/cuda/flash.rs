@@ -447,9 +447,10 @@ impl<D: Device> CudaBackend<D> {
                 ],
             );
             if let Some([pk, pv]) = &partials {
+                // 4 values a thread, 1,024 a block: a tile's TILE x d values over d / 8 blocks.
                 self.dev.launch(
                     "flash_dkv_sum",
-                    [tiles as u32, hkv as u32, 1],
+                    [tiles as u32, hkv as u32, (TILE * d).div_ceil(4 * THREADS as usize) as u32],
                     [THREADS, 1, 1],
                     0,
                     &[
