@@ -11,7 +11,7 @@ mod gpu {
     use criterion::{Criterion, Throughput};
     use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::{
-        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashIo,
+        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo,
     };
     use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
     use rand::{Rng, SeedableRng};
@@ -349,9 +349,16 @@ mod gpu {
                 (b.zeros(tt * hh * hd), b.zeros(tt * hk * hd), b.zeros(tt * hk * hd));
             let dout = rand_buf(&b, &mut r, tt * hh * hd, 1.0);
             // The default storage (bf16 copies of the walked tensors, conversions timed with
-            // the kernels) under the ids PyTorch is compared with, then the f32 tile loads.
-            for (io, suffix) in [(FlashIo::Bf16, ""), (FlashIo::F32, "_f32io")] {
+            // the kernels) under the ids PyTorch is compared with, then the f32 tile loads,
+            // then the wide forward (its backward is the default's: not benched again).
+            let variants = [
+                (FlashIo::Bf16, FlashFwd::Narrow, ""),
+                (FlashIo::F32, FlashFwd::Narrow, "_f32io"),
+                (FlashIo::Bf16, FlashFwd::Wide, "_wide"),
+            ];
+            for (io, fwd, suffix) in variants {
                 b.set_flash_io(io);
+                b.set_flash_fwd(fwd);
                 let tag = format!("{ns}x{len}_h{hh}kv{hk}_d{hd}{suffix}");
                 let id = format!("flash_fwd_{tag}");
                 g.throughput(Throughput::Elements(fl as u64));
@@ -361,6 +368,9 @@ mod gpu {
                     })
                 });
                 meta.record(&id, 0.0, fl);
+                if fwd == FlashFwd::Wide {
+                    continue;
+                }
                 let id = format!("flash_bwd_{tag}");
                 g.throughput(Throughput::Elements((fl * 2.5) as u64));
                 g.bench_function(&id, |bch| {
@@ -376,6 +386,7 @@ mod gpu {
                 meta.record(&id, 0.0, fl * 2.5);
             }
             b.set_flash_io(FlashIo::default());
+            b.set_flash_fwd(FlashFwd::default());
         }
         // Decode: 32 sequences with 4096 cached keys each, one new query each; the bytes are
         // the K and V cache rows read (f32 storage).

@@ -120,12 +120,13 @@ __device__ __forceinline__ void fa_fetch(fa_tile_ptr<D>, float* stage, const rea
 
 // bf16 storage: a piece is 8 values (16 bytes) and lands in its place of the padded row, so a
 // warp still copies 512 contiguous bytes and the tile's layout is the converted one's. At
-// D = 16 the 256 threads cover 128 rows: the second half has nothing to copy.
-template <int D>
+// D = 16 the 256 threads cover 128 rows: the second half has nothing to copy. NT: threads
+// of the block (the wide forward below runs 128).
+template <int D, int NT = FA_THREADS>
 __device__ __forceinline__ void fa_fetch(fa_tile_ptr<D> s, float*, const fa_b16* src, long long row0, int nvalid,
                                          int heads, int h) {
-    constexpr int P = D / 8, R = FA_THREADS / P;
-    static_assert(R * P == FA_THREADS && (FA_ROWS % R == 0 || R > FA_ROWS), "tile pieces must split evenly");
+    constexpr int P = D / 8, R = NT / P;
+    static_assert(R * P == NT && (FA_ROWS % R == 0 || R > FA_ROWS), "tile pieces must split evenly");
     const int r0 = threadIdx.x / P, c8 = threadIdx.x % P;
     const fa_b16* p = src + ((row0 + r0) * heads + h) * D + 8 * c8;
 #pragma unroll 1
@@ -355,6 +356,191 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
             // values in one 4-byte store (`at` is even).
             if (out16) *reinterpret_cast<unsigned*>(out16 + at) = pack_bf16x2(y0, y1);
         }
+}
+
+// ---- forward, wide: a warp owns 32 rows (FlashAttention-2's layout) ------------------------
+// The forward above gives each of 8 warps 16 query rows, so every K/V fragment a warp reads
+// from shared memory by ldmatrix feeds one MMA row tile: per 64-key tile a block reads 8 x
+// (K + V) = 8 x 2 x 64 x D x 2 bytes, the kernel's largest traffic. Here 4 warps own 32 rows
+// each (two row tiles of 16), so each fragment feeds two MMAs: half the K/V fragment reads per
+// FLOP. Q (128 x D, bf16) lives in shared memory and its A fragments are read per k chunk
+// (a quarter of the K/V reads), which keeps the registers to the two row tiles' O, S and
+// fragments in flight. Same work items (128 rows a block), same arithmetic per row in the same
+// order: the same bits as flash_fwd (tested), a warp only walking key tiles that some of its
+// 32 rows see (its other rows add P = 0 and rescale by 1 there). bf16 K/V storage, f32 Q.
+#define FW_WARPS 4
+#define FW_THREADS (32 * FW_WARPS)
+static_assert(32 * FW_WARPS == FA_OWN, "the wide forward owns the same 128 rows a block");
+
+// The 128 owned rows of head h, f32 in global memory, into a bf16 tile in shared memory (4
+// values a thread and step, rows >= nvalid zeros). Same rounding as fa_frag_a_global.
+template <int D>
+__device__ __forceinline__ void fa_rows_to_smem(fa_tile_ptr<D> s, const real* src, long long row0, int nvalid,
+                                                int heads, int h) {
+    constexpr int P4 = D / 4;
+#pragma unroll 1
+    for (int i = threadIdx.x; i < FA_OWN * P4; i += FW_THREADS) {
+        const int row = i / P4, c4 = i % P4;
+        const fa_f4 x = row < nvalid ? *reinterpret_cast<const fa_f4*>(src + ((row0 + row) * heads + h) * D + 4 * c4)
+                                     : fa_f4{0.0f, 0.0f, 0.0f, 0.0f};
+        fa_put<D>(s, row, c4, x);
+    }
+}
+
+template <int D>
+__device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, const real* q, const fa_b16* k,
+                               const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
+    DYN_SMEM(unsigned char, smem);
+    constexpr int TB = fa_smem<D, fa_b16>::tile;
+    // K at tile 2b, V at tile 2b + 1 of buffer b; Q (two tiles' worth: 128 rows) after them.
+    auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * TB); };
+    auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * TB); };
+    const fa_tile_ptr<D> sq = reinterpret_cast<fa_tile_ptr<D>>(smem + 4 * TB);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
+    const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
+    const int nrows = items[4 * blockIdx.x + 1], pos0 = items[4 * blockIdx.x + 3];
+    const int nkeys = pos0 + nrows;
+    const int wrow = warp * 32; // the warp's first row in the block's tile
+    const bool active = wrow < nrows;
+    const int wlast = pos0 + fa_imin(wrow + 31, nrows - 1); // last key any of the warp's rows sees
+
+    fa_fetch<D, FW_THREADS>(tk(0), nullptr, k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fa_fetch<D, FW_THREADS>(tv(0), nullptr, v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    cp_async_commit();
+    fa_rows_to_smem<D>(sq, q, qrow0, nrows, n_heads, h);
+    cp_async_wait_all();
+    __syncthreads();
+
+    const float sl2 = scale * FA_LOG2E;
+    float o[2][D / 8][4];
+#pragma unroll
+    for (int rt = 0; rt < 2; rt++)
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[rt][nt][i] = 0.0f;
+    float m[2][2] = {{neg_inf(), neg_inf()}, {neg_inf(), neg_inf()}}, l[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    int buf = 0;
+    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS, buf ^= 1) {
+        const bool more = j0 + FA_ROWS < nkeys;
+        if (more) {
+            fa_fetch<D, FW_THREADS>(tk(buf ^ 1), nullptr, k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS),
+                                    n_kv, kvh);
+            fa_fetch<D, FW_THREADS>(tv(buf ^ 1), nullptr, v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS),
+                                    n_kv, kvh);
+            cp_async_commit();
+        }
+        if (active && j0 <= wlast) {
+            const fa_tile_ptr<D> K = tk(buf), V = tv(buf);
+            // S = Q K^T for both row tiles: each K fragment feeds two MMAs per n tile.
+            float s[2][8][4];
+#pragma unroll
+            for (int rt = 0; rt < 2; rt++)
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) s[rt][nt][i] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc++) {
+                unsigned a[2][4];
+#pragma unroll
+                for (int rt = 0; rt < 2; rt++)
+                    ldmatrix_x4(a[rt], &sq[wrow + 16 * rt + (lane & 7) + 8 * ((lane >> 3) & 1)][2 * kc + (lane >> 4)]);
+#pragma unroll
+                for (int np = 0; np < 4; np++) {
+                    unsigned b[4];
+                    ldmatrix_x4(b, &K[np * 16 + (lane & 7) + 8 * (lane >> 4)][2 * kc + ((lane >> 3) & 1)]);
+#pragma unroll
+                    for (int rt = 0; rt < 2; rt++) {
+                        mma_bf16_16816(s[rt][2 * np], a[rt], b);
+                        mma_bf16_16816(s[rt][2 * np + 1], a[rt], b + 2);
+                    }
+                }
+            }
+            // Online softmax per row, as flash_fwd.
+#pragma unroll
+            for (int rt = 0; rt < 2; rt++) {
+                float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int j = j0 + nt * 8 + 2 * t + (i & 1);
+                        const int pos = pos0 + wrow + 16 * rt + g + 8 * (i >> 1);
+                        if (j > pos || j >= nkeys) s[rt][nt][i] = neg_inf();
+                        mx[i >> 1] = fmaxf(mx[i >> 1], s[rt][nt][i]);
+                    }
+                float corr[2], mb[2];
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const float mnew = fmaxf(m[rt][r], fa_quad_max(mx[r]));
+                    mb[r] = mnew == neg_inf() ? 0.0f : mnew * sl2;
+                    corr[r] = exp2f(m[rt][r] * sl2 - mb[r]);
+                    m[rt][r] = mnew;
+                    l[rt][r] *= corr[r];
+                }
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float p = exp2f(s[rt][nt][i] * sl2 - mb[i >> 1]);
+                        s[rt][nt][i] = p;
+                        l[rt][i >> 1] += p;
+                    }
+#pragma unroll
+                for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) o[rt][nt][i] *= corr[i >> 1];
+            }
+            // O += P V: each V fragment feeds two MMAs per n tile.
+#pragma unroll
+            for (int kc = 0; kc < 4; kc++) {
+                unsigned a[2][4];
+#pragma unroll
+                for (int rt = 0; rt < 2; rt++) {
+                    a[rt][0] = pack_bf16x2(s[rt][2 * kc][0], s[rt][2 * kc][1]);
+                    a[rt][1] = pack_bf16x2(s[rt][2 * kc][2], s[rt][2 * kc][3]);
+                    a[rt][2] = pack_bf16x2(s[rt][2 * kc + 1][0], s[rt][2 * kc + 1][1]);
+                    a[rt][3] = pack_bf16x2(s[rt][2 * kc + 1][2], s[rt][2 * kc + 1][3]);
+                }
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    unsigned b[4];
+                    ldmatrix_x4_trans(b, &V[kc * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)][2 * dp + (lane >> 4)]);
+#pragma unroll
+                    for (int rt = 0; rt < 2; rt++) {
+                        mma_bf16_16816(o[rt][2 * dp], a[rt], b);
+                        mma_bf16_16816(o[rt][2 * dp + 1], a[rt], b + 2);
+                    }
+                }
+            }
+        }
+        if (more) cp_async_wait_all();
+        __syncthreads(); // the next tile is complete, and this one is no longer read
+    }
+    if (!active) return;
+#pragma unroll
+    for (int rt = 0; rt < 2; rt++) {
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            l[rt][r] = fa_quad_sum(l[rt][r]);
+            const int row = wrow + 16 * rt + g + 8 * r;
+            if (row < nrows && t == 0) lse[(qrow0 + row) * n_heads + h] = m[rt][r] * scale + logf(l[rt][r]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int row = wrow + 16 * rt + g + 8 * r;
+                if (row >= nrows) continue;
+                const long long at = ((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t;
+                const float y0 = o[rt][nt][2 * r] / l[rt][r], y1 = o[rt][nt][2 * r + 1] / l[rt][r];
+                out[at] = y0;
+                out[at + 1] = y1;
+                if (out16) *reinterpret_cast<unsigned*>(out16 + at) = pack_bf16x2(y0, y1);
+            }
+    }
 }
 
 // ---- backward: dQ (one block per q tile and head, walks the keys) -------------------------
@@ -696,6 +882,18 @@ extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d128(real* 
     const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
     flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
                        heads_per_block);
+}
+
+// The wide forward (bf16 K/V, f32 Q), for the model head dims.
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_wide_bf16_d64(real* out, unsigned short* out16,
+    float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
+    float scale) {
+    flash_fwd_wide<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_wide_bf16_d128(real* out, unsigned short* out16,
+    float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
+    float scale) {
+    flash_fwd_wide<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
 }
 
 // dK, dV of a split backward: the slices' partials summed in slice order (deterministic), on

@@ -186,9 +186,10 @@ grpo="--prompts ${GRPO_PROMPTS:-32} --group 8 --len 128 --new 128 --steps 2"
 if want steps && [ "${STEPS:-full}" = quick ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
-    # Flash attention reading f32 tiles (the storage before bf16 copies; docs/perf.md "Flash
-    # attention reads bf16 copies").
+    # Flash attention reading f32 tiles (the storage before bf16 copies), and the wide forward
+    # (docs/perf.md "Flash attention reads bf16 copies", "The wide flash forward").
     STEP_ENV=MMR1_FLASH_IO=f32 MMR1_FLASH_IO=f32 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_FWD=wide MMR1_FLASH_FWD=wide step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
     step torch 90 --arch qwen2.5-0.5b $tok --steps 6 --mode logprobs
@@ -210,6 +211,7 @@ elif want steps; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_FLASH_IO=f32 MMR1_FLASH_IO=f32 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_FWD=wide MMR1_FLASH_FWD=wide step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     # Where our step's time goes: device time per kernel and GEMM shape (CUDA events).
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 90 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6 --mode logprobs
@@ -554,7 +556,7 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
        f"Roofline: HBM {hbm/1e12:.2f} TB/s (datasheet), FP32 {f32_peak/1e12:.0f} TFLOP/s, bf16 dense {bf16_peak/1e12:.0f} TFLOP/s.",
        "Max error: largest relative L2 error against the CPU reference over the suite's shapes for that op, forward and backward together (f32 storage; '-': checked bit-exactly or by another test).",
        "Times: median per call, criterion, calls queued back to back between synchronizations; host-side id uploads included.", "",
-       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads); PyTorch's are bf16.",
+       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads; _wide: the forward with 4 warps of 32 rows); PyTorch's are bf16.",
        "", "| kernel | max error | time | rate | fraction of roofline | PyTorch | speed vs PyTorch |",
        "| --- | --- | --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in rows]

@@ -11,7 +11,7 @@
 
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
-use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel, FlashIo};
+use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo};
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -210,6 +210,36 @@ fn flash_io_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
     }
 }
 
+/// The wide forward (4 warps of 32 rows, Q in shared memory) gives the narrow one's bits: head
+/// dims 64 and 128, GQA groups 1, 2 and 7, ragged sequences whose last query tile leaves a
+/// warp's second row tile partly or wholly empty (37, 70, 130, 145 rows), a one-row
+/// sequence, and 300 rows (three query tiles, five key tiles).
+fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
+    let mut r = ChaCha8Rng::seed_from_u64(35);
+    let cases = [
+        packed(&[1, 37, 70], sh(4, 2, 64)),
+        packed(&[13, 130], sh(4, 1, 128)),
+        packed(&[145, 2], sh(14, 2, 64)),
+        packed(&[300], sh(2, 2, 128)),
+    ];
+    for c in cases {
+        let x = inputs(&mut r, &c);
+        let AttnShape { n_heads: h, head_dim: d, .. } = c.shape;
+        let (q, k, v) = (b.upload(&x[0]), b.upload(&x[1]), b.upload(&x[2]));
+        let mut fwd = |which: FlashFwd| {
+            b.set_flash_fwd(which);
+            let (mut o, mut lse) = (poisoned(&*b, c.q_rows * h * d), poisoned(&*b, c.q_rows * h));
+            b.attention(&mut o, &mut lse, &q, &k, &v, &c.spans, c.shape);
+            (b.download(&o), b.download(&lse))
+        };
+        let (narrow, wide) = (fwd(FlashFwd::Narrow), fwd(FlashFwd::Wide));
+        b.set_flash_fwd(FlashFwd::default());
+        assert!(wide.0.iter().all(|x| x.is_finite()), "wide forward {:?}: unwritten rows", c.shape);
+        assert_eq!(bits(&wide.0), bits(&narrow.0), "wide forward out {:?}", c.shape);
+        assert_eq!(bits(&wide.1), bits(&narrow.1), "wide forward lse {:?}", c.shape);
+    }
+}
+
 /// Decode steps (one query per sequence, the last position) go to the split kernel, which
 /// computes in f32: it is held to the f32 tolerance. GQA groups of 7 and 4, chunks of 128
 /// keys split and merged (129, 300 keys), a one-key sequence, and a query row in no span.
@@ -325,6 +355,18 @@ mod emu {
         assert_eq!((calls("flash_fwd_d64"), calls("flash_fwd_bf16_d64")), (5, 1));
     }
     #[test]
+    fn flash_fwd_wide_same_bits() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        super::flash_fwd_wide_same_bits(&mut b);
+        let ran = b.kernel_profile();
+        for name in ["flash_fwd_wide_bf16_d64", "flash_fwd_wide_bf16_d128", "flash_fwd_bf16_d128"] {
+            assert!(ran.iter().any(|k| k.name == name && k.calls > 0), "{name} never ran");
+        }
+    }
+    #[test]
     fn decode_vs_cpu() {
         for kernel in [DecodeKernel::Split, DecodeKernel::Staged] {
             let mut b = CudaBackend::emulator().with_attention(AttnKernel::Flash);
@@ -372,6 +414,11 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_io_same_bits() {
         with_gpu(super::flash_io_same_bits);
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_fwd_wide_same_bits() {
+        with_gpu(super::flash_fwd_wide_same_bits);
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

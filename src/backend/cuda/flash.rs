@@ -62,6 +62,39 @@ impl FlashIo {
     }
 }
 
+/// Which forward kernel runs with bf16 storage (`FlashIo::Bf16`) at head dims 64 and 128. Both
+/// compute the same bits from the same work items (128 query rows a block); they differ in how
+/// the block's warps share the K/V fragments (kernels/flash_attention.cu, "forward, wide").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashFwd {
+    /// `flash_fwd_bf16_d*`: 8 warps of 16 rows; each K/V fragment read from shared memory
+    /// feeds one MMA row tile.
+    #[default]
+    Narrow,
+    /// `flash_fwd_wide_bf16_d{64,128}`: 4 warps of 32 rows (FlashAttention-2's layout), Q in
+    /// shared memory; each K/V fragment feeds two MMAs. Not yet timed on a GPU: opt-in until
+    /// `scripts/gpu-check.sh` has compared them.
+    Wide,
+}
+
+impl FlashFwd {
+    /// From `MMR1_FLASH_FWD` (`narrow` or `wide`); unset means `Narrow`.
+    pub fn from_env() -> Result<Self, String> {
+        let choices = [("narrow", FlashFwd::Narrow), ("wide", FlashFwd::Wide)];
+        Ok(env_choice("MMR1_FLASH_FWD", &choices)?.unwrap_or_default())
+    }
+}
+
+/// Threads of the wide forward's block (4 warps of 32 rows), = FW_THREADS.
+const WIDE_THREADS: u32 = 128;
+
+/// Dynamic shared memory of the wide forward: two buffers of a K/V tile pair and the block's
+/// 128 query rows, all bf16 with rows padded by 16 bytes (104 KB at head dim 128).
+fn wide_smem(head_dim: usize) -> u32 {
+    let row = (head_dim / 8 + 1) * 16;
+    (4 * WALK * row + TILE * row) as u32
+}
+
 /// Which kernel serves decode steps (one query per sequence) under `AttnKernel::Flash`. Both
 /// compute the same bits from the same work items; they differ in how the K/V rows reach the
 /// warp (kernels/flash_attention.cu, "decode").
@@ -335,13 +368,21 @@ impl<D: Device> CudaBackend<D> {
             Some(c) => c.each_ref(),
             None => [&k.mem, &v.mem],
         };
-        let (name, smem) =
-            (flash_kernel("fwd", io, shape.head_dim), walk_smem(shape.head_dim, false, io));
+        let wide = io == FlashIo::Bf16
+            && self.flash_fwd == FlashFwd::Wide
+            && matches!(shape.head_dim, 64 | 128);
+        let (name, threads, smem) = if wide {
+            let d = shape.head_dim;
+            (format!("flash_fwd_wide_bf16_d{d}"), WIDE_THREADS, wide_smem(d))
+        } else {
+            let d = shape.head_dim;
+            (flash_kernel("fwd", io, d), THREADS, walk_smem(d, false, io))
+        };
         self.dev.set_max_dynamic_shared(&name, smem);
         self.dev.launch(
             &name,
             [(items.len() / 4) as u32, shape.n_heads as u32, 1],
-            [THREADS, 1, 1],
+            [threads, 1, 1],
             smem,
             &[
                 Arg::Ptr(&out.mem),
@@ -530,6 +571,7 @@ mod tests {
         assert_eq!(walk_smem(128, false, FlashIo::F32), 4 * 64 * 17 * 16 + 2 * 64 * 128 * 4);
         assert_eq!(walk_smem(128, false, FlashIo::Bf16), 4 * 64 * 17 * 16);
         assert_eq!(walk_smem(64, true, FlashIo::Bf16), 4 * 64 * 9 * 16 + 4 * 64 * 4);
+        assert_eq!(wide_smem(128), 6 * 64 * 17 * 16);
         assert_eq!(flash_kernel("bwd_dkv", FlashIo::Bf16, 64), "flash_bwd_dkv_bf16_d64");
         assert_eq!(flash_kernel("fwd", FlashIo::F32, 128), "flash_fwd_d128");
         // bf16 copies when the buffers hold at most twice the rows read: the packed batch

@@ -26,7 +26,7 @@ mod vision_ops;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
-pub use flash::{AttnKernel, DecodeKernel, FlashIo};
+pub use flash::{AttnKernel, DecodeKernel, FlashFwd, FlashIo};
 use std::sync::Arc;
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
@@ -69,6 +69,8 @@ pub struct CudaBackend<D: Device> {
     decode: DecodeKernel,
     /// Where the flash kernels read Q, K, V and dO from (`MMR1_FLASH_IO`).
     flash_io: FlashIo,
+    /// Which flash forward runs with bf16 storage (`MMR1_FLASH_FWD`).
+    flash_fwd: FlashFwd,
     /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
     /// reused while their contents repeat: see `upload_cache`.
     indices: upload_cache::UploadCache<D::Mem>,
@@ -103,6 +105,7 @@ impl<D: Device> CudaBackend<D> {
             attn: AttnKernel::Reference,
             decode: DecodeKernel::default(),
             flash_io: FlashIo::default(),
+            flash_fwd: FlashFwd::default(),
             indices: Default::default(),
             producer_shadows: producer_shadows::from_env(),
         }
@@ -110,12 +113,18 @@ impl<D: Device> CudaBackend<D> {
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
     /// an unknown value is an error naming the accepted ones.
     /// The decode kernel likewise from `MMR1_DECODE` (`staged`, the default, or `split`), and
-    /// the flash kernels' input storage from `MMR1_FLASH_IO` (`bf16`, the default, or `f32`).
+    /// the flash kernels' input storage from `MMR1_FLASH_IO` (`bf16`, the default, or `f32`)
+    /// and their forward from `MMR1_FLASH_FWD` (`narrow`, the default, or `wide`).
     pub fn attention_from_env(mut self) -> Result<Self, String> {
         self.attn = AttnKernel::from_env()?;
         self.decode = DecodeKernel::from_env()?;
         self.flash_io = FlashIo::from_env()?;
+        self.flash_fwd = FlashFwd::from_env()?;
         Ok(self)
+    }
+    /// Selects the flash forward kernel used with bf16 storage (see `FlashFwd`: same bits).
+    pub fn set_flash_fwd(&mut self, fwd: FlashFwd) {
+        self.flash_fwd = fwd;
     }
     /// Selects where the flash kernels read their inputs from (see `FlashIo`: same bits).
     pub fn set_flash_io(&mut self, io: FlashIo) {
