@@ -30,6 +30,7 @@ fn model_on<B: Backend>(be: &B, cfg: Qwen2Config) -> Qwen2<B> {
 
 /// Head dim 16: the flash kernels exist for it (the tiny config's 8 runs the reference
 /// prefill kernel beside the flash decode kernel).
+#[cfg(feature = "emu")]
 fn flash_config() -> Qwen2Config {
     let json = serde_json::json!({
         "hidden_size": 64, "intermediate_size": 67, "num_hidden_layers": 2,

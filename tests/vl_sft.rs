@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{cli_err, cli_ok, fixture, rel_l2};
+#[cfg(feature = "emu")]
+use common::rel_l2;
+use common::{cli_err, cli_ok, fixture};
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::Backend;
 use mmr1_fast::data::vl_sft_data::{load_vl_sft_dataset, VlSftExample};

@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::{cli_err, fixture, read_lines, rel_l2};
+#[cfg(feature = "emu")]
+use common::rel_l2;
+use common::{cli_err, fixture, read_lines};
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::rl_ops::RlOps;
 use mmr1_fast::backend::select::DeviceChoice;
