@@ -83,6 +83,9 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<String, CudaFunction>>,
+    /// The dynamic shared memory limit each kernel has been given (`set_max_dynamic_shared`
+    /// sets it once, not at every launch: a driver call per flash launch otherwise).
+    dyn_smem: Mutex<HashMap<String, u32>>,
     blas: Option<cudarc::cublas::CudaBlas>,
     /// Matmuls as bf16 tensor-core GEMMs (operands rounded to bf16, f32 accumulation and
     /// output) instead of f32 SGEMM. From `MMR1_GEMM=bf16`; `set_gemm_bf16` overrides.
@@ -307,6 +310,7 @@ impl CudaDevice {
             stream,
             module,
             funcs: Mutex::new(HashMap::new()),
+            dyn_smem: Mutex::new(HashMap::new()),
             blas,
             gemm_bf16,
             pool: Pool::new(alloc::caching_from_env()),
@@ -510,6 +514,11 @@ impl Device for CudaDevice {
     }
     fn set_max_dynamic_shared(&self, name: &str, bytes: u32) {
         use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        let mut set = self.dyn_smem.lock().unwrap();
+        if set.get(name).is_some_and(|&b| b >= bytes) {
+            return;
+        }
+        set.insert(name.to_string(), bytes);
         self.func(name)
             .set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
             .unwrap_or_else(|e| {
