@@ -360,10 +360,16 @@ mod emu {
         use mmr1_fast::backend::Backend;
         let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
         let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        let calls = |b: &CudaBackend<EmuDevice>, name: &str| {
+            b.kernel_profile().iter().find(|k| k.name == name).map_or(0, |k| k.calls)
+        };
+        // The narrow forward is the default: the wide one runs only when asked for.
+        super::flash_vs_cpu(&b);
+        let wide = ["flash_fwd_wide_bf16_d64", "flash_fwd_wide_bf16_d128"];
+        assert_eq!(wide.map(|n| calls(&b, n)), [0, 0], "the default ran the wide forward");
         super::flash_fwd_wide_same_bits(&mut b);
-        let ran = b.kernel_profile();
-        for name in ["flash_fwd_wide_bf16_d64", "flash_fwd_wide_bf16_d128", "flash_fwd_bf16_d128"] {
-            assert!(ran.iter().any(|k| k.name == name && k.calls > 0), "{name} never ran");
+        for name in wide.into_iter().chain(["flash_fwd_bf16_d128"]) {
+            assert!(calls(&b, name) > 0, "{name} never ran");
         }
     }
     #[test]
