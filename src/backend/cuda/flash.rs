@@ -368,14 +368,11 @@ impl<D: Device> CudaBackend<D> {
             Some(c) => c.each_ref(),
             None => [&k.mem, &v.mem],
         };
-        let wide = io == FlashIo::Bf16
-            && self.flash_fwd == FlashFwd::Wide
-            && matches!(shape.head_dim, 64 | 128);
+        let d = shape.head_dim;
+        let wide = io == FlashIo::Bf16 && self.flash_fwd == FlashFwd::Wide && matches!(d, 64 | 128);
         let (name, threads, smem) = if wide {
-            let d = shape.head_dim;
             (format!("flash_fwd_wide_bf16_d{d}"), WIDE_THREADS, wide_smem(d))
         } else {
-            let d = shape.head_dim;
             (flash_kernel("fwd", io, d), THREADS, walk_smem(d, false, io))
         };
         self.dev.set_max_dynamic_shared(&name, smem);
