@@ -193,6 +193,16 @@ fn flash_io_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
         q_rows: 43,
         kv_rows: 400,
     });
+    // K/V buffers 1.5x the rows read (60 rows, spans over 20 + 20): still the bf16 copies.
+    all.push(Case {
+        spans: vec![
+            AttnSpan { q_start: 0, q_len: 20, kv_start: 0, kv_len: 20 },
+            AttnSpan { q_start: 20, q_len: 20, kv_start: 40, kv_len: 20 },
+        ],
+        shape: sh(2, 2, 16),
+        q_rows: 40,
+        kv_rows: 60,
+    });
     for c in all {
         let x = inputs(&mut r, &c);
         b.set_flash_io(FlashIo::F32);
@@ -353,6 +363,8 @@ mod emu {
         // of its 176 kv rows; its one-query spans go to the decode kernel) and the prefill in
         // a large cache read f32 under both settings.
         assert_eq!((calls("flash_fwd_d64"), calls("flash_fwd_bf16_d64")), (5, 1));
+        // d16: the packed case and the 1.5x buffer, in each storage.
+        assert_eq!((calls("flash_fwd_d16"), calls("flash_fwd_bf16_d16")), (2, 2));
     }
     #[test]
     fn flash_fwd_wide_same_bits() {

@@ -451,12 +451,13 @@ impl<D: Device> CudaBackend<D> {
         if !kt.is_empty() {
             let d_kt = self.upload_i32(&kt);
             let tiles = kt.len() / 8;
-            let parts = dkv_parts(tiles * hkv, h / hkv);
+            let parts = dkv_parts(tiles, hkv, h);
             let (name, smem) = (flash_kernel("bwd_dkv", io, d), walk_smem(d, true, io));
             self.dev.set_max_dynamic_shared(&name, smem);
             // Split: slice z of the group's heads writes partials z; flash_dkv_sum adds them.
-            let stride = if parts > 1 { dk.len } else { 0 };
-            let partials = (parts > 1)
+            let split = parts > 1;
+            let stride = if split { dk.len } else { 0 };
+            let partials = split
                 .then(|| [self.dev.alloc(parts * stride * 4), self.dev.alloc(parts * stride * 4)]);
             let (out_k, out_v) = match &partials {
                 Some([pk, pv]) => (pk, pv),
@@ -485,10 +486,9 @@ impl<D: Device> CudaBackend<D> {
                 ],
             );
             if let Some([pk, pv]) = &partials {
-                // 4 values a thread, 1,024 a block: a tile's TILE x d values over d / 8 blocks.
                 self.dev.launch(
                     "flash_dkv_sum",
-                    [tiles as u32, hkv as u32, (TILE * d).div_ceil(4 * THREADS as usize) as u32],
+                    [tiles as u32, hkv as u32, dkv_sum_blocks(d)],
                     [THREADS, 1, 1],
                     0,
                     &[
@@ -537,12 +537,19 @@ impl<D: Device> CudaBackend<D> {
 /// tail; fewer leave SMs idle (4 x 1024 tokens with 2 kv heads: 64 blocks).
 const DKV_SPLIT_BELOW: usize = 512;
 
+/// Blocks of `flash_dkv_sum` per kv tile and head (its grid's z): 4 values a thread, 1,024 a
+/// block, a tile's TILE x d values over d / 8 blocks (the kernel strides over any count).
+fn dkv_sum_blocks(head_dim: usize) -> u32 {
+    (TILE * head_dim).div_ceil(4 * THREADS as usize) as u32
+}
+
 /// Slices of the group's heads for the dK/dV kernel: one per head (then summed by
-/// `flash_dkv_sum`) when the kv tiles alone give too few blocks, else 1 (no partials).
-/// The split costs `group` partial copies of dK and dV written and read once.
-fn dkv_parts(blocks: usize, group: usize) -> usize {
-    if blocks < DKV_SPLIT_BELOW {
-        group
+/// `flash_dkv_sum`) when the kv tiles alone (`kv_tiles x n_kv` blocks) give too few blocks,
+/// else 1 (no partials). The split costs `n_heads / n_kv` partial copies of dK and dV written
+/// and read once.
+fn dkv_parts(kv_tiles: usize, n_kv: usize, n_heads: usize) -> usize {
+    if kv_tiles * n_kv < DKV_SPLIT_BELOW {
+        n_heads / n_kv
     } else {
         1
     }
@@ -581,7 +588,11 @@ mod tests {
         assert_eq!(call_io(bf, &spans, (262 * 8, 8), (390 * 4, 4)), bf);
         // 2 warps x (K 32 x 132 + V 32 x 128 + Q 8 x 128 + P 8 x 32) floats
         assert_eq!(decode_staged_smem(128), 2 * (4224 + 4096 + 1024 + 256) * 4);
-        assert_eq!((dkv_parts(64, 6), dkv_parts(64, 1), dkv_parts(1024, 6)), (6, 1, 1));
+        // 32 tiles x 2 kv heads = 64 blocks: split over the group of 6; 256 x 2 = 512 blocks
+        // (or 1 kv head, group 1) need no split.
+        assert_eq!((dkv_parts(32, 2, 12), dkv_parts(64, 1, 1), dkv_parts(256, 2, 12)), (6, 1, 1));
+        assert_eq!(dkv_parts(255, 2, 14), 7);
+        assert_eq!([16, 64, 128].map(dkv_sum_blocks), [2, 8, 16]);
         let (split, comb) = decode_items(&spans[1..]);
         assert_eq!(split, vec![130, 200, 65, 0]);
         assert_eq!(comb, vec![130, 0, 1, 0]);
