@@ -365,6 +365,9 @@ mod emu {
         assert_eq!((calls("flash_fwd_d64"), calls("flash_fwd_bf16_d64")), (5, 1));
         // d16: the packed case and the 1.5x buffer, in each storage.
         assert_eq!((calls("flash_fwd_d16"), calls("flash_fwd_bf16_d16")), (2, 2));
+        // dK/dV partials are summed for the 5 grouped cases (x 2 storages), not for the 2 with
+        // one head a kv head, where the kernel writes dK and dV itself.
+        assert_eq!(calls("flash_dkv_sum"), 10);
     }
     #[test]
     fn flash_fwd_wide_same_bits() {
