@@ -223,8 +223,10 @@ fn flash_io_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
 /// The wide forward (4 warps of 32 rows, Q in shared memory) gives the narrow one's bits: head
 /// dims 64 and 128, GQA groups 1, 2 and 7, ragged sequences whose last query tile leaves a
 /// warp's second row tile partly or wholly empty (37, 70, 130, 145 rows), a one-row
-/// sequence, and 300 rows (three query tiles, five key tiles).
-fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
+/// sequence, and 300 rows (three query tiles, five key tiles). `exact`: bit for bit (the
+/// emulator); on a GPU within 1e-6 (the two kernels' softmax is the same source, but ptxas may
+/// contract it into FMAs differently), and whether the bits agree is printed.
+fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
     let mut r = ChaCha8Rng::seed_from_u64(35);
     let cases = [
         packed(&[1, 37, 70], sh(4, 2, 64)),
@@ -244,9 +246,17 @@ fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
         };
         let (narrow, wide) = (fwd(FlashFwd::Narrow), fwd(FlashFwd::Wide));
         b.set_flash_fwd(FlashFwd::default());
-        assert!(wide.0.iter().all(|x| x.is_finite()), "wide forward {:?}: unwritten rows", c.shape);
-        assert_eq!(bits(&wide.0), bits(&narrow.0), "wide forward out {:?}", c.shape);
-        assert_eq!(bits(&wide.1), bits(&narrow.1), "wide forward lse {:?}", c.shape);
+        let tag = format!("{:?}", c.shape);
+        assert!(wide.0.iter().all(|x| x.is_finite()), "wide forward {tag}: unwritten rows");
+        if exact {
+            assert_eq!(bits(&wide.0), bits(&narrow.0), "wide forward out {tag}");
+            assert_eq!(bits(&wide.1), bits(&narrow.1), "wide forward lse {tag}");
+        } else {
+            let same = bits(&wide.0) == bits(&narrow.0) && bits(&wide.1) == bits(&narrow.1);
+            eprintln!("wide vs narrow forward {tag}: bit-identical {same}");
+            assert!(rel_err(&format!("wide out {tag}"), &wide.0, &narrow.0) <= 1e-6, "{tag}");
+            assert!(rel_err(&format!("wide lse {tag}"), &wide.1, &narrow.1) <= 1e-6, "{tag}");
+        }
     }
 }
 
@@ -382,7 +392,7 @@ mod emu {
         super::flash_vs_cpu(&b);
         let wide = ["flash_fwd_wide_bf16_d64", "flash_fwd_wide_bf16_d128"];
         assert_eq!(wide.map(|n| calls(&b, n)), [0, 0], "the default ran the wide forward");
-        super::flash_fwd_wide_same_bits(&mut b);
+        super::flash_fwd_wide_same_bits(&mut b, true);
         for name in wide.into_iter().chain(["flash_fwd_bf16_d128"]) {
             assert!(calls(&b, name) > 0, "{name} never ran");
         }
@@ -439,7 +449,7 @@ mod gpu {
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_fwd_wide_same_bits() {
-        with_gpu(super::flash_fwd_wide_same_bits);
+        with_gpu(|b| super::flash_fwd_wide_same_bits(b, false));
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
