@@ -129,12 +129,13 @@ __device__ __forceinline__ void fa_fetch(fa_tile_ptr<D> s, float*, const fa_b16*
     static_assert(R * P == NT && (FA_ROWS % R == 0 || R > FA_ROWS), "tile pieces must split evenly");
     const int r0 = threadIdx.x / P, c8 = threadIdx.x % P;
     const fa_b16* p = src + ((row0 + r0) * heads + h) * D + 8 * c8;
+    bf16x8* dst = &s[r0][c8];
 #pragma unroll 1
-    for (int row = r0; row < FA_ROWS; row += R, p += (long long)R * heads * D) {
+    for (int row = r0; row < FA_ROWS; row += R, p += (long long)R * heads * D, dst += R * (D / 8 + 1)) {
         if (row < nvalid)
-            cp_async_16(&s[row][c8], p);
+            cp_async_16(dst, p);
         else
-            s[row][c8] = bf16x8{};
+            *dst = bf16x8{};
     }
 }
 
