@@ -100,6 +100,18 @@ fn unknown_attention_kernel_is_an_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !err.contains("panicked"), "{err}");
     assert!(err.contains("MMR1_ATTENTION") && err.contains("flash"), "{err}");
+    // The flash kernels' variant switches are read on the emulator too, and named when wrong.
+    for (var, choice) in [("MMR1_FLASH_FWD", "wide"), ("MMR1_FLASH_IO", "bf16")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast"))
+            .args(["generate", "--model", fixture("tiny-tied").to_str().unwrap(), "--prompt", "hi"])
+            .args(["--device", "emu"])
+            .env(var, "fast")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !err.contains("panicked"), "{var}: {err}");
+        assert!(err.contains(var) && err.contains(choice), "{var}: {err}");
+    }
 }
 
 #[test]
