@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
-use mmr1_fast::backend::cuda::CudaBackend;
+use mmr1_fast::backend::cuda::{CudaBackend, FlashFwd, FlashIo};
 use mmr1_fast::backend::precision::Precision;
 use mmr1_fast::backend::{Backend, Tr};
 use mmr1_fast::model::init::{init_params, Init};
@@ -286,7 +286,10 @@ struct Run {
 }
 
 fn sft_run<B: Backend>(be: &B, steps: usize) -> Run {
-    let cfg = config();
+    sft_run_of(be, config(), steps)
+}
+
+fn sft_run_of<B: Backend>(be: &B, cfg: Qwen2Config, steps: usize) -> Run {
     let layout = ParamLayout::new(&cfg);
     let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 9);
     let mut model = Qwen2::from_host(be, cfg, layout, &host);
@@ -326,6 +329,32 @@ fn assert_same_runs(a: &Run, b: &Run) {
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The flash kernels' variants train alike, bit for bit, through the whole model at head dim
+/// 64 (where the wide forward exists): f32 tile loads, bf16 copies, bf16 copies with the wide
+/// forward; losses, every gradient of 2 SFT steps, the parameters and an inference forward.
+#[test]
+fn flash_variants_train_alike() {
+    let mut cfg = config();
+    (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) = (128, 2, Some(1));
+    let run = |io: FlashIo, fwd: FlashFwd| {
+        let mut b = emu_act(true, true);
+        b.set_flash_io(io);
+        b.set_flash_fwd(fwd);
+        let r = sft_run_of(&b, cfg.clone(), 2);
+        let ran = b.kernel_profile();
+        let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
+        (r, [calls("flash_fwd_d64"), calls("flash_fwd_bf16_d64"), calls("flash_fwd_wide_bf16_d64")])
+    };
+    let (base, ran) = run(FlashIo::F32, FlashFwd::Narrow);
+    assert!(ran[0] > 0 && ran[1] + ran[2] == 0, "f32 tile loads: {ran:?}");
+    let (copies, ran) = run(FlashIo::Bf16, FlashFwd::Narrow);
+    assert!(ran[1] > 0 && ran[0] + ran[2] == 0, "bf16 copies: {ran:?}");
+    assert_same_runs(&copies, &base);
+    let (wide, ran) = run(FlashIo::Bf16, FlashFwd::Wide);
+    assert!(ran[2] > 0 && ran[0] + ran[1] == 0, "wide forward: {ran:?}");
+    assert_same_runs(&wide, &base);
 }
 
 #[test]
