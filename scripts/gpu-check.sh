@@ -427,7 +427,7 @@ for prec, rs in runs.items():
 PY
 set -e
 
-# ncu (GPU_CHECK_SECTIONS=ncu, only when named): the RL kernels' and the decode kernel's own
+# ncu (GPU_CHECK_SECTIONS=ncu, only when named): the RL kernels' and the flash forwards' own
 # time and DRAM throughput, without the launch, the partials' fold and the download around
 # them that the benches' wall-clock medians include (the GRPO loss's 27% of HBM was the whole
 # call). One kernel per run of the RL bench (NCU_KERNELS: names, space-separated).
@@ -443,6 +443,18 @@ if want ncu && enough 45 "ncu"; then
         timeout "$(cap 120)" "$ncu_bin" --kernel-name "$k" --launch-skip 2 --launch-count 1 --csv \
             --metrics gpu__time_duration.sum,dram__bytes.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
             "${exe[rl_bench]}" 2>> "$log/ncu.log" | grep -E '^"' >> "$log/ncu.csv"
+        set -e
+    done
+    # The flash forwards at 2x4096 d128 (default, wide, f32 tile loads): ncu's SpeedOfLight
+    # section (duration; SM, L1/shared, L2 and DRAM throughput as % of peak) names what bounds
+    # each (docs/perf.md predicts shared memory for the narrow one). NCU_FLASH: names.
+    for k in ${NCU_FLASH:-flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_d128}; do
+        [ -n "$ncu_bin" ] || break
+        enough 40 "ncu $k" || break
+        set +e
+        timeout "$(cap 120)" "$ncu_bin" --kernel-name "$k" --launch-skip 2 --launch-count 1 --csv \
+            --section SpeedOfLight "${exe[kernels]}" --bench flash_fwd_2x4096 2>> "$log/ncu.log" \
+            | grep -E '^"' >> "$log/ncu.csv"
         set -e
     done
     python3 - "$log/ncu.csv" <<'PY' || true
