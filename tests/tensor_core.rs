@@ -825,57 +825,49 @@ mod gpu {
         with_gpu(super::cp_async_copies);
     }
 
-    #[test]
-    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
-    fn adamw_writes_the_weight_shadow() {
+    /// The GPU backend with bf16 GEMMs, for the shadow tests: they need weight shadows on
+    /// (`MMR1_BF16_SHADOWS`) and, with `acts`, activation shadows too (`MMR1_ACT_SHADOWS`).
+    fn bf16_gpu(acts: bool) -> CudaBackend<mmr1_fast::backend::cuda::driver::CudaDevice> {
+        use mmr1_fast::backend::cuda::device::{act_shadows_from_env, shadows_from_env};
         let mut b = CudaBackend::new(0)
             .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
         b.device_mut().set_gemm_bf16(true);
-        assert!(
-            mmr1_fast::backend::cuda::device::shadows_from_env(),
-            "run with bf16 weight shadows on (MMR1_BF16_SHADOWS)"
-        );
+        if acts {
+            assert!(
+                shadows_from_env() && act_shadows_from_env(),
+                "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
+            );
+        } else {
+            assert!(shadows_from_env(), "run with bf16 weight shadows on (MMR1_BF16_SHADOWS)");
+        }
+        b
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn adamw_writes_the_weight_shadow() {
+        let mut b = bf16_gpu(false);
         super::adamw_writes_the_weight_shadow(&mut b);
     }
 
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn producers_write_the_gemm_operand() {
-        let mut b = CudaBackend::new(0)
-            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
-        b.device_mut().set_gemm_bf16(true);
-        assert!(
-            mmr1_fast::backend::cuda::device::shadows_from_env()
-                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
-            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
-        );
+        let mut b = bf16_gpu(true);
         super::producers_write_the_gemm_operand(&mut b);
     }
 
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn attention_writes_the_o_operand() {
-        let mut b = CudaBackend::new(0)
-            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
-        b.device_mut().set_gemm_bf16(true);
-        assert!(
-            mmr1_fast::backend::cuda::device::shadows_from_env()
-                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
-            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
-        );
+        let mut b = bf16_gpu(true);
         super::attention_writes_the_o_operand(&mut b);
     }
 
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn adamw_many_writes_the_weight_shadows() {
-        let mut b = CudaBackend::new(0)
-            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
-        b.device_mut().set_gemm_bf16(true);
-        assert!(
-            mmr1_fast::backend::cuda::device::shadows_from_env(),
-            "run with bf16 weight shadows on (MMR1_BF16_SHADOWS)"
-        );
+        let mut b = bf16_gpu(false);
         super::adamw_many_writes_the_weight_shadows(&mut b);
     }
 
@@ -884,15 +876,7 @@ mod gpu {
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn activation_shadows_end_when_written() {
-        let mut b = CudaBackend::new(0)
-            .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
-        b.device_mut().set_gemm_bf16(true);
-        assert!(
-            mmr1_fast::backend::cuda::device::shadows_from_env()
-                && mmr1_fast::backend::cuda::device::act_shadows_from_env(),
-            "run with bf16 weight and activation shadows on (MMR1_BF16_SHADOWS, MMR1_ACT_SHADOWS)"
-        );
-        super::activation_shadows_end_when_written(&b, false);
+        super::activation_shadows_end_when_written(&bf16_gpu(true), false);
     }
 
     /// `Backend::matmul` through cuBLAS GemmEx with bf16 operands (`MMR1_GEMM=bf16`) against
