@@ -243,6 +243,77 @@ __device__ __forceinline__ float fa_quad_sum(float v) {
     return v + __shfl_xor_sync(FULL_MASK, v, 2);
 }
 
+// The online-softmax step of one 16-row tile against a 64-key tile (both forwards): scores `s`
+// of keys j0.. for the rows at positions pos_first + g and + 8 of this lane, keys past a row's
+// position (or past nkeys) masked; the running max `m` and this lane's partial sum `l` updated,
+// `s` turned into probabilities and `o` rescaled. g, t: the lane's lane >> 2 and lane & 3, as
+// the kernel computed them (recomputed here, ptxas allocated the d64 forward 12 B of spills).
+template <int D>
+__device__ __forceinline__ void fa_softmax_step(float s[8][4], float o[D / 8][4], float m[2], float l[2], int j0,
+                                                int pos_first, int nkeys, float sl2, int g, int t) {
+    float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos_first + g + 8 * (i >> 1);
+            if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
+            mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
+        }
+    float corr[2], mb[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const float mnew = fmaxf(m[r], fa_quad_max(mx[r]));
+        mb[r] = mnew == neg_inf() ? 0.0f : mnew * sl2; // a row with nothing visible yet
+        corr[r] = exp2f(m[r] * sl2 - mb[r]);           // 0 on a row's first visible tile
+        m[r] = mnew;
+        l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float p = exp2f(s[nt][i] * sl2 - mb[i >> 1]);
+            s[nt][i] = p;
+            l[i >> 1] += p; // this lane's partial row sum; the quad is summed at the end
+        }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[nt][i] *= corr[i >> 1];
+}
+
+// The end of a 16-row tile (both forwards): the quad's row sums of the lanes' partial sums
+// `lpart`, lse, and O / l for the tile's rows row_first + g and + 8 below nrows (with out16,
+// their bf16 rounding too). g, t as in fa_softmax_step.
+template <int D>
+__device__ __forceinline__ void fa_write_rows(real* out, unsigned short* out16, float* lse, const float o[D / 8][4],
+                                              const float m[2], const float lpart[2], int row_first, int nrows,
+                                              long long qrow0, int n_heads, int h, float scale, int g, int t) {
+    float l[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] = fa_quad_sum(lpart[r]);
+        const int row = row_first + g + 8 * r;
+        if (row < nrows && t == 0) lse[(qrow0 + row) * n_heads + h] = m[r] * scale + logf(l[r]);
+    }
+    // Lane (g, t) holds columns 2t, 2t + 1 of each 8-column block nt, in rows g and g + 8.
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = row_first + g + 8 * r;
+            if (row >= nrows) continue;
+            const long long at = ((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t;
+            const float y0 = o[nt][2 * r] / l[r], y1 = o[nt][2 * r + 1] / l[r];
+            out[at] = y0;
+            out[at + 1] = y1;
+            // The o projection's bf16 operand (src/backend/cuda/producer_shadows.rs), both
+            // values in one 4-byte store (`at` is even).
+            if (out16) *reinterpret_cast<unsigned*>(out16 + at) = pack_bf16x2(y0, y1);
+        }
+}
+
 // ---- forward ------------------------------------------------------------------------------
 
 // out16: null, or where to write the bf16 rounding of `out` too (the o projection's operand).
@@ -296,36 +367,7 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
         if (active && j0 <= wlast) { // warp-uniform: something of this tile is visible
             float s[8][4];
             fa_mm_abt<D>(s, qf, tk(buf));
-            float mx[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
-                    if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
-                    mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
-                }
-            float corr[2], mb[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const float mnew = fmaxf(m[r], fa_quad_max(mx[r]));
-                mb[r] = mnew == neg_inf() ? 0.0f : mnew * sl2; // a row with nothing visible yet
-                corr[r] = exp2f(m[r] * sl2 - mb[r]);           // 0 on a row's first visible tile
-                m[r] = mnew;
-                l[r] *= corr[r];
-            }
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float p = exp2f(s[nt][i] * sl2 - mb[i >> 1]);
-                    s[nt][i] = p;
-                    l[i >> 1] += p; // this lane's partial row sum; the quad is summed at the end
-                }
-#pragma unroll
-            for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) o[nt][i] *= corr[i >> 1];
+            fa_softmax_step<D>(s, o, m, l, j0, pos0 + warp * 16, nkeys, sl2, g, t);
             fa_mm_pt<D>(o, s, tv(buf));
         }
         if (more) { // the other buffer was last read before the previous barrier
@@ -336,27 +378,7 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
         __syncthreads(); // the next tile is complete, and this one is no longer read
     }
     if (!active) return;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] = fa_quad_sum(l[r]);
-        const int row = warp * 16 + g + 8 * r;
-        if (row < nrows && t == 0) lse[(qrow0 + row) * n_heads + h] = m[r] * scale + logf(l[r]);
-    }
-    // Lane (g, t) holds columns 2t, 2t + 1 of each 8-column block nt, in rows g and g + 8.
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int row = warp * 16 + g + 8 * r;
-            if (row >= nrows) continue;
-            const long long at = ((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t;
-            const float y0 = o[nt][2 * r] / l[r], y1 = o[nt][2 * r + 1] / l[r];
-            out[at] = y0;
-            out[at + 1] = y1;
-            // The o projection's bf16 operand (src/backend/cuda/producer_shadows.rs), both
-            // values in one 4-byte store (`at` is even).
-            if (out16) *reinterpret_cast<unsigned*>(out16 + at) = pack_bf16x2(y0, y1);
-        }
+    fa_write_rows<D>(out, out16, lse, o, m, l, warp * 16, nrows, qrow0, n_heads, h, scale, g, t);
 }
 
 // ---- forward, wide: a warp owns 32 rows (FlashAttention-2's layout) ------------------------
@@ -367,8 +389,9 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
 // FLOP. Q (128 x D, bf16) lives in shared memory and its A fragments are read per k chunk
 // (a quarter of the K/V reads), which keeps the registers to the two row tiles' O, S and
 // fragments in flight. Same work items (128 rows a block), same arithmetic per row in the same
-// order: the same bits as flash_fwd (tested), a warp only walking key tiles that some of its
-// 32 rows see (its other rows add P = 0 and rescale by 1 there). bf16 K/V storage, f32 Q.
+// order (the softmax step and the output rows are flash_fwd's own helpers): the same bits as
+// flash_fwd (tested), a warp only walking key tiles that some of its 32 rows see (its other
+// rows add P = 0 and rescale by 1 there). bf16 K/V storage, f32 Q.
 #define FW_WARPS 4
 #define FW_THREADS (32 * FW_WARPS)
 static_assert(32 * FW_WARPS == FA_OWN, "the wide forward owns the same 128 rows a block");
@@ -459,41 +482,10 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
                     }
                 }
             }
-            // Online softmax per row, as flash_fwd.
+            // Online softmax per row tile, the narrow forward's step.
 #pragma unroll
-            for (int rt = 0; rt < 2; rt++) {
-                float mx[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int j = j0 + nt * 8 + 2 * t + (i & 1);
-                        const int pos = pos0 + wrow + 16 * rt + g + 8 * (i >> 1);
-                        if (j > pos || j >= nkeys) s[rt][nt][i] = neg_inf();
-                        mx[i >> 1] = fmaxf(mx[i >> 1], s[rt][nt][i]);
-                    }
-                float corr[2], mb[2];
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    const float mnew = fmaxf(m[rt][r], fa_quad_max(mx[r]));
-                    mb[r] = mnew == neg_inf() ? 0.0f : mnew * sl2;
-                    corr[r] = exp2f(m[rt][r] * sl2 - mb[r]);
-                    m[rt][r] = mnew;
-                    l[rt][r] *= corr[r];
-                }
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const float p = exp2f(s[rt][nt][i] * sl2 - mb[i >> 1]);
-                        s[rt][nt][i] = p;
-                        l[rt][i >> 1] += p;
-                    }
-#pragma unroll
-                for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) o[rt][nt][i] *= corr[i >> 1];
-            }
+            for (int rt = 0; rt < 2; rt++)
+                fa_softmax_step<D>(s[rt], o[rt], m[rt], l[rt], j0, pos0 + wrow + 16 * rt, nkeys, sl2, g, t);
             // O += P V: each V fragment feeds two MMAs per n tile.
 #pragma unroll
             for (int kc = 0; kc < 4; kc++) {
@@ -522,26 +514,8 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
     }
     if (!active) return;
 #pragma unroll
-    for (int rt = 0; rt < 2; rt++) {
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            l[rt][r] = fa_quad_sum(l[rt][r]);
-            const int row = wrow + 16 * rt + g + 8 * r;
-            if (row < nrows && t == 0) lse[(qrow0 + row) * n_heads + h] = m[rt][r] * scale + logf(l[rt][r]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int row = wrow + 16 * rt + g + 8 * r;
-                if (row >= nrows) continue;
-                const long long at = ((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t;
-                const float y0 = o[rt][nt][2 * r] / l[rt][r], y1 = o[rt][nt][2 * r + 1] / l[rt][r];
-                out[at] = y0;
-                out[at + 1] = y1;
-                if (out16) *reinterpret_cast<unsigned*>(out16 + at) = pack_bf16x2(y0, y1);
-            }
-    }
+    for (int rt = 0; rt < 2; rt++)
+        fa_write_rows<D>(out, out16, lse, o[rt], m[rt], l[rt], wrow + 16 * rt, nrows, qrow0, n_heads, h, scale, g, t);
 }
 
 // ---- backward: dQ (one block per q tile and head, walks the keys) -------------------------
