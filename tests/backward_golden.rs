@@ -86,6 +86,15 @@ fn grads_match_pytorch_tiny_gqa() {
     golden_grads(&Cpu, "tiny-gqa");
 }
 
+/// Scaled RoPE (linear, YaRN with its attention factor, llama3; scripts/make_golden_rope.py):
+/// the backward rotates the q/k gradients back through the scaled angle table and factor.
+#[test]
+fn grads_match_pytorch_scaled_rope() {
+    for name in ROPE_FIXTURES {
+        golden_grads(&Cpu, name);
+    }
+}
+
 /// The whole model (forward, chunked log-probs, backward) on the CUDA kernels, run by the
 /// emulator, against the same PyTorch goldens: every kernel in its real context.
 #[cfg(feature = "emu")]
@@ -94,6 +103,7 @@ fn grads_match_pytorch_on_the_cuda_emulator() {
     let be = mmr1_fast::backend::cuda::CudaBackend::emulator();
     golden_grads(&be, "tiny-tied");
     golden_grads(&be, "tiny-gqa");
+    golden_grads(&be, "tiny-rope/yarn");
 }
 
 /// The same on a real GPU: ignored unless asked for (`--include-ignored`, as
@@ -106,4 +116,7 @@ fn grads_match_pytorch_on_the_gpu() {
         .unwrap_or_else(|why| panic!("GPU test asked for, but there is no GPU: {why}"));
     golden_grads(&be, "tiny-tied");
     golden_grads(&be, "tiny-gqa");
+    for name in ROPE_FIXTURES {
+        golden_grads(&be, name);
+    }
 }

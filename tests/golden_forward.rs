@@ -71,15 +71,26 @@ fn gqa_bf16_sharded_model_matches_transformers() {
     check_model("tiny-gqa");
 }
 
+/// Scaled RoPE from the config (scripts/make_golden_rope.py): `rope_parameters` linear and
+/// llama3 as transformers 5 writes them, and YaRN in the older `rope_scaling` spelling that
+/// Qwen2.5's long-context instructions give (its attention factor included).
+#[test]
+fn scaled_rope_models_match_transformers() {
+    for name in ROPE_FIXTURES {
+        check_model(name);
+    }
+}
+
 #[test]
 fn kv_cache_decode_matches_transformers() {
-    for name in ["tiny-tied", "tiny-gqa"] {
+    for name in ["tiny-tied", "tiny-gqa"].into_iter().chain(ROPE_FIXTURES) {
         let dir = fixture(name);
         let g = Golden::open(&dir.join("golden.safetensors"));
         let model = Qwen2::load(&Cpu, &dir).unwrap();
         let v = model.cfg.vocab_size;
         let seqs = sequences(&g);
-        let mut cache = model.new_cache(&Cpu, seqs.len(), 32);
+        let cap = seqs.iter().map(Vec::len).max().unwrap();
+        let mut cache = model.new_cache(&Cpu, seqs.len(), cap);
         let want: Vec<Vec<f32>> = (0..seqs.len()).map(|i| g.f32(&format!("logits.{i}"))).collect();
         // Prefill two tokens, then one at a time; all sequences decode together.
         let mut pos = vec![0usize; seqs.len()];
@@ -120,6 +131,26 @@ fn broken_variants_fail_the_golden_test() {
     let e = worst_error("tiny-gqa", &model);
     println!("BROKEN rms_norm_eps: {e:.2e}");
     assert!(e > 3.0 * TOL, "rms_norm_eps 1e-3 only reached {e:.2e}");
+    // And YaRN without its attention factor, or with the pre-5.x default of
+    // original_max_position_embeddings (the factor taken from the two lengths): each misses.
+    for (edit, label) in [
+        (
+            serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                            "attention_factor": 1.0}),
+            "no attention factor",
+        ),
+        (
+            serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+            "another original length",
+        ),
+        (serde_json::json!({"type": "linear", "factor": 4.0}), "linear instead"),
+    ] {
+        let mut model = Qwen2::load(&Cpu, &fixture("tiny-rope/yarn")).unwrap();
+        model.cfg.extra.insert("rope_scaling".into(), edit);
+        let e = worst_error("tiny-rope/yarn", &model);
+        println!("BROKEN yarn, {label}: {e:.2e}");
+        assert!(e > 100.0 * TOL, "yarn with {label} only reached {e:.2e}");
+    }
 }
 
 #[test]

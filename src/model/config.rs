@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::path::Path;
 
 /// The fields of a Qwen2 config the engine uses. Unknown keys are kept in `extra` so a
@@ -105,6 +106,17 @@ impl Qwen2Config {
                 bail!("hidden_act is {act:?}; Qwen2 uses \"silu\"");
             }
         }
+        if let Some(v) = self.extra.get("head_dim").filter(|v| !v.is_null()) {
+            if v.as_u64() != Some((self.hidden_size / self.num_attention_heads) as u64) {
+                bail!(
+                    "head_dim {v} is not hidden_size / num_attention_heads = {}: projections \
+                     of another width than hidden_size are not supported",
+                    self.hidden_size / self.num_attention_heads
+                );
+            }
+        }
+        self.rope_scaling().context("rope settings")?;
+        self.sliding_window()?;
         let theta = self.rope_theta();
         if !(theta.is_finite() && theta > 0.0) {
             bail!("rope_theta {theta} must be a positive number");
@@ -121,11 +133,73 @@ impl Qwen2Config {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
-    /// `rope_theta` from the top level, else `rope_parameters.rope_theta`, else Qwen2's 10000.
+    /// `rope_theta` as transformers 5 resolves it: the rope settings' own (`rope_scaling` when
+    /// that is a non-empty object, else `rope_parameters`; see `rope_scaling::rope_dict`), else
+    /// the top level's, else Qwen2's 10000.
     pub fn rope_theta(&self) -> f64 {
-        self.rope_theta
-            .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
+        super::rope_scaling::rope_dict(self)
+            .and_then(|d| d.get("rope_theta")?.as_f64())
+            .or(self.rope_theta)
             .unwrap_or(10000.0)
+    }
+
+    /// The rotary embedding's scaling (`rope_scaling` / `rope_parameters`): `None` for plain
+    /// RoPE. An unsupported or malformed setting is an error naming it.
+    pub fn rope_scaling(&self) -> Result<Option<super::rope_scaling::RopeScaling>> {
+        super::rope_scaling::from_config(self)
+    }
+
+    /// The attention window of the layers that slide, as transformers' Qwen2 decides it:
+    /// `sliding_window` when `use_sliding_window` is true and some layer is a
+    /// "sliding_attention" one (`layer_types`, else the layers from `max_window_layers` on);
+    /// `None` when every layer attends to its whole sequence.
+    pub fn sliding_window(&self) -> Result<Option<usize>> {
+        let on = self.extra.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
+        let window = match self.extra.get("sliding_window") {
+            Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .with_context(|| format!("sliding_window is {v}, not a non-negative integer"))?
+                    as usize,
+            ),
+            None => Some(4096), // transformers' Qwen2Config default
+        };
+        let Some(window) = window.filter(|_| on) else { return Ok(None) };
+        let slides = match self.extra.get("layer_types") {
+            Some(Value::Array(types)) => types.iter().any(|t| t == "sliding_attention"),
+            _ => {
+                let first = match self.extra.get("max_window_layers") {
+                    None => 28, // transformers' default
+                    Some(v) => v.as_u64().with_context(|| {
+                        format!("max_window_layers is {v}, not a non-negative integer")
+                    })? as usize,
+                };
+                first < self.num_hidden_layers
+            }
+        };
+        if !slides {
+            return Ok(None);
+        }
+        if window == 0 {
+            bail!("sliding_window is 0 with use_sliding_window true");
+        }
+        Ok(Some(window))
+    }
+
+    /// A sliding-window model's sequences must fit the window: this engine attends to the whole
+    /// sequence, which equals transformers' windowed attention exactly while every span's keys
+    /// number at most the window. `kv_lens` are the spans' key counts.
+    pub fn check_window(&self, kv_lens: impl IntoIterator<Item = usize>) -> Result<()> {
+        if let Some(w) = self.sliding_window()? {
+            if let Some(len) = kv_lens.into_iter().find(|&n| n > w) {
+                bail!(
+                    "a sequence of {len} tokens is longer than the model's sliding_window {w} \
+                     (use_sliding_window is true): sliding-window attention is not supported; \
+                     keep sequences within {w} tokens"
+                );
+            }
+        }
+        Ok(())
     }
     /// Every id must index the vocabulary; the error names the offending id and position.
     pub fn check_ids(&self, ids: &[u32]) -> Result<()> {

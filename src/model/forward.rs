@@ -175,6 +175,7 @@ impl<B: Backend> Qwen2<B> {
         recompute: bool,
     ) -> Result<()> {
         self.check_ids(&batch.ids)?;
+        self.cfg.check_window(batch.spans.iter().map(|s| s.kv_len))?;
         let t = batch.tokens();
         if acts.as_ref().map(|a| (a.t, a.recomputes())) != Some((t, recompute)) {
             // Drop the old plan first, so that its memory can serve the new one.
@@ -242,9 +243,21 @@ impl<B: Backend> Qwen2<B> {
     ) {
         let hd = self.cfg.head_dim();
         match &batch.rope_angles {
-            None => {
-                be.rope(x, &batch.positions, n_heads, hd, self.cfg.rope_theta() as f32, inverse)
-            }
+            None => match self.cfg.rope_scaling().expect("rope settings checked at load") {
+                None => {
+                    be.rope(x, &batch.positions, n_heads, hd, self.cfg.rope_theta() as f32, inverse)
+                }
+                Some(sc) => {
+                    // Scaled RoPE (linear, YaRN, llama3): the scaled frequencies' angle table,
+                    // then transformers' factor on cos and sin (a scalar, so it commutes with
+                    // the rotation and the backward applies it the same way).
+                    let angles = be.upload(&sc.angles(&batch.positions));
+                    be.rope_table(x, &angles, batch.tokens(), n_heads, hd, inverse);
+                    if sc.attention_factor != 1.0 {
+                        be.scale(x, sc.attention_factor);
+                    }
+                }
+            },
             Some(angles) => {
                 assert_eq!(
                     angles.len(),

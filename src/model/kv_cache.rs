@@ -111,6 +111,7 @@ impl<B: Backend> Qwen2<B> {
             last_rows.push(batch.ids.len() - 1);
         }
         self.check_ids(&batch.ids)?;
+        self.cfg.check_window(batch.spans.iter().map(|s| s.kv_len))?;
         // No backward follows: one layer's activation buffers serve every layer in turn,
         // planned once for as long as the steps keep their token count.
         let t = batch.tokens();

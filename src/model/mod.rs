@@ -11,6 +11,7 @@ pub mod init;
 pub mod kv_cache;
 pub mod mrope;
 pub mod params;
+pub mod rope_scaling;
 pub mod rope_tables;
 pub mod safetensors_io;
 pub mod vision_backward;

@@ -94,6 +94,7 @@ impl<B: Backend> VlModel<B> {
     ) -> Result<Option<VisionActs<B>>> {
         let t = batch.packed.tokens();
         let d = self.cfg.text.hidden_size;
+        self.cfg.text.check_window(batch.packed.spans.iter().map(|s| s.kv_len))?;
         if acts.as_ref().map(|a| a.t) != Some(t) {
             *acts = Some(self.text.alloc_acts(be, t));
         }

@@ -21,6 +21,9 @@ pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// The scaled-RoPE golden models (scripts/make_golden_rope.py), as `fixture` names.
+pub const ROPE_FIXTURES: [&str; 3] = ["tiny-rope/linear", "tiny-rope/yarn", "tiny-rope/llama3"];
+
 /// A small GQA config with odd sizes.
 pub fn tiny_config(vocab: usize, tied: bool) -> Qwen2Config {
     let json = serde_json::json!({
