@@ -2,6 +2,7 @@
 //! Qwen2-family models. See `../shared/DESIGN.md` for the map; `docs/` for the details.
 
 pub mod backend;
+pub mod chat_template;
 pub mod commands;
 pub mod data;
 pub mod dist;

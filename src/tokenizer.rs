@@ -1,6 +1,7 @@
-//! `tokenizer.json` through the `tokenizers` crate, and the Qwen chat template (ChatML)
-//! applied in Rust, so no Python runtime is needed.
+//! `tokenizer.json` through the `tokenizers` crate, and the chat template: the checkpoint's
+//! own (Jinja, `chat_template.rs`) or the built-in Qwen ChatML, so no Python runtime is needed.
 
+use crate::chat_template::ChatTemplate;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -23,13 +24,72 @@ impl Message {
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The checkpoint's own chat template, read from the files beside `tokenizer.json`
+    /// (`chat_template::ChatTemplate::from_dir`); `None`: the built-in Qwen ChatML.
+    chat: Option<ChatTemplate>,
+}
+
+/// The files beside `tokenizer.json` that carry its chat template and special tokens; a
+/// checkpoint written from a model takes them along ([`copy_tokenizer_files`]).
+pub const TOKENIZER_SIDE_FILES: [&str; 3] =
+    ["tokenizer_config.json", "chat_template.jinja", "chat_template.json"];
+
+/// Writes `src` (a `tokenizer.json`) into `dir` with the [`TOKENIZER_SIDE_FILES`] found
+/// beside it, each atomically, so that transformers, vLLM and this engine render the
+/// written checkpoint's conversations as they rendered the source's.
+pub fn copy_tokenizer_files(src: &Path, dir: &Path) -> Result<()> {
+    let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+    crate::fs::write_atomic(&dir.join("tokenizer.json"), &data)?;
+    for name in TOKENIZER_SIDE_FILES {
+        let f = src.with_file_name(name);
+        if f.is_file() {
+            let data = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+            crate::fs::write_atomic(&dir.join(name), &data)?;
+        }
+    }
+    Ok(())
+}
+
+/// Which chat template renders conversations: `MMR1_CHAT_TEMPLATE=auto` (the default: the
+/// checkpoint's own when it has one, else the built-in Qwen ChatML) or `chatml` (always the
+/// built-in one).
+fn use_checkpoint_template() -> Result<bool> {
+    match std::env::var("MMR1_CHAT_TEMPLATE").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(true),
+        Ok("chatml") => Ok(false),
+        Ok(other) => anyhow::bail!("MMR1_CHAT_TEMPLATE={other:?}: expected auto or chatml"),
+    }
 }
 
 impl Tokenizer {
+    /// Loads `path` (a `tokenizer.json`) and the chat template beside it, if any.
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer ({e})", path.display()))?;
-        Ok(Tokenizer { inner })
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let chat = if use_checkpoint_template()? { ChatTemplate::from_dir(dir)? } else { None };
+        Ok(Tokenizer { inner, chat })
+    }
+
+    /// The checkpoint's chat template, when it has one (and `MMR1_CHAT_TEMPLATE` allows it).
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_ref()
+    }
+
+    /// A conversation as text, as transformers' `apply_chat_template` renders it: with the
+    /// checkpoint's template, or else the built-in Qwen ChatML ([`apply_chat_template`]), whose
+    /// `default_system` turn is inserted when the conversation has none (a checkpoint's
+    /// template decides that itself).
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        default_system: Option<&str>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        match &self.chat {
+            Some(t) => t.render(messages, add_generation_prompt),
+            None => Ok(apply_chat_template(messages, default_system, add_generation_prompt)),
+        }
     }
 
     /// Loads `dir/tokenizer.json`.
@@ -37,8 +97,9 @@ impl Tokenizer {
         Self::from_file(&dir.join("tokenizer.json"))
     }
 
+    /// A tokenizer made in code (the demos'): the built-in chat template.
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
-        Tokenizer { inner }
+        Tokenizer { inner, chat: None }
     }
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {

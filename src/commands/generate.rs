@@ -9,7 +9,7 @@ use crate::model::vl_prompt::{
 use crate::model::Qwen2;
 use crate::rl::rollout::{generate, Rollout, SamplingParams};
 use crate::rl::vl_rollout::generate_vl;
-use crate::tokenizer::{apply_chat_template, Message, Tokenizer, QWEN25_DEFAULT_SYSTEM};
+use crate::tokenizer::{Message, Tokenizer, QWEN25_DEFAULT_SYSTEM};
 use anyhow::{bail, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,7 +20,8 @@ pub struct GenerateArgs {
     /// Qwen2.5-VL checkpoint (the latter also reads preprocessor_config.json when given --image).
     #[arg(long)]
     pub model: PathBuf,
-    /// The user's message (wrapped in the Qwen chat template unless --raw). With --image the
+    /// The user's message (wrapped in the checkpoint's chat template, or the built-in Qwen
+    /// ChatML, unless --raw). With --image the
     /// template puts one <|vision_start|><|image_pad|><|vision_end|> per image before it; with
     /// --raw write those yourself, one per image, in the order of the images.
     #[arg(long)]
@@ -43,8 +44,10 @@ pub struct GenerateArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// System prompt (default: Qwen2.5's; for a Qwen2.5-VL checkpoint "You are a helpful
-    /// assistant.", as its chat template writes).
+    /// System prompt. Default: what the checkpoint's chat template writes without one (its
+    /// tokenizer_config.json / chat_template.jinja / chat_template.json); for a checkpoint
+    /// without a template, the built-in Qwen ChatML with Qwen2.5's system prompt (for a
+    /// Qwen2.5-VL checkpoint "You are a helpful assistant.").
     #[arg(long)]
     pub system: Option<String>,
     /// Feed the prompt text as is, without the chat template.
@@ -85,13 +88,24 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
 /// The prompt text: the chat template (system, user with `n_images` image blocks first,
 /// assistant header) unless --raw.
-fn prompt_text(args: &GenerateArgs, default_system: &str, n_images: usize) -> String {
+/// A checkpoint's own template (when it has one) decides the system turn unless --system
+/// gives one; the built-in ChatML uses `default_system`.
+fn prompt_text(
+    args: &GenerateArgs,
+    tok: &Tokenizer,
+    default_system: &str,
+    n_images: usize,
+) -> Result<String> {
     if args.raw {
-        return args.prompt.clone();
+        return Ok(args.prompt.clone());
     }
-    let sys = args.system.as_deref().unwrap_or(default_system);
-    let user = format!("{}{}", IMAGE_PLACEHOLDER.repeat(n_images), args.prompt);
-    apply_chat_template(&[Message::new("system", sys), Message::new("user", &user)], None, true)
+    let user =
+        Message::new("user", &format!("{}{}", IMAGE_PLACEHOLDER.repeat(n_images), args.prompt));
+    let msgs = match &args.system {
+        Some(sys) => vec![Message::new("system", sys), user],
+        None => vec![user],
+    };
+    tok.render_chat(&msgs, Some(default_system), true)
 }
 
 fn sampling(args: &GenerateArgs, tok: &Tokenizer, eos: Vec<u32>) -> SamplingParams {
@@ -121,7 +135,7 @@ fn run_on<B: RlOps>(be: &B, args: &GenerateArgs) -> Result<()> {
     let model = Qwen2::load(be, &args.model)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;
-    let ids = tok.encode(&prompt_text(args, QWEN25_DEFAULT_SYSTEM, 0))?;
+    let ids = tok.encode(&prompt_text(args, &tok, QWEN25_DEFAULT_SYSTEM, 0)?)?;
     let params = sampling(args, &tok, model.cfg.eos_ids());
     let out = generate(&model, be, &[ids], 1, &params, args.seed, Some(&tok), |_| {})?;
     print_response(&tok, &out[0], &params)
@@ -134,7 +148,7 @@ fn run_vl<B: RlOps>(be: &B, args: &GenerateArgs) -> Result<()> {
     let tok = Tokenizer::from_dir(&args.model)?;
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg.text)?;
     let images = VlImages::load(&args.images, &args.model, &model.cfg.vision)?;
-    let ids = tok.encode(&prompt_text(args, QWEN25_VL_DEFAULT_SYSTEM, args.images.len()))?;
+    let ids = tok.encode(&prompt_text(args, &tok, QWEN25_VL_DEFAULT_SYSTEM, args.images.len())?)?;
     let counts = images.token_counts(model.cfg.vision.spatial_merge_size);
     let mut e = expand_image_placeholders(&[ids], model.cfg.image_token_id, &counts)?;
     let ids = e.seqs.remove(0);

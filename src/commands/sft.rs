@@ -74,7 +74,9 @@ pub struct SftArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub save_dtype: SaveDtype,
     /// Do not insert the default system prompt (Qwen2.5's; Qwen2.5-VL's for a VL checkpoint)
-    /// into conversations without one.
+    /// into conversations without one. For the built-in Qwen ChatML only: a checkpoint with its
+    /// own chat template (tokenizer_config.json, chat_template.jinja) is rendered by it, which
+    /// decides the system turn as transformers does (MMR1_CHAT_TEMPLATE=chatml: the built-in).
     #[arg(long)]
     pub no_default_system: bool,
     /// Qwen2.5-VL checkpoints: train the language model only; the vision tower (and its

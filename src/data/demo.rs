@@ -2,7 +2,7 @@
 //! chain of thought in MMR1's `<think>`/`<answer>`/`\boxed{}` format), a character-level
 //! tokenizer built in code with the `tokenizers` crate, and a tiny Qwen2 config. No downloads.
 
-use super::prompt::{render_prompt, PromptStyle};
+use super::prompt::{render_prompt_chatml, PromptStyle};
 use super::rl_items::RlItem;
 use crate::model::Qwen2Config;
 use crate::tokenizer::Tokenizer;
@@ -162,7 +162,7 @@ pub fn teacher_solution(item: &RlItem, slip: f64, seed: u64) -> String {
 
 /// The prompt a demo item is asked with (no instruction and no system turn: short sequences).
 pub fn demo_prompt(item: &RlItem) -> String {
-    render_prompt(&item.problem, PromptStyle::Plain)
+    render_prompt_chatml(&item.problem, PromptStyle::Plain)
 }
 
 #[cfg(test)]

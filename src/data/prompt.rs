@@ -1,6 +1,7 @@
 //! How an RL item becomes a prompt: one place, shared by training, scoring and evaluation.
 
-use crate::tokenizer::{apply_chat_template, Message};
+use crate::tokenizer::{apply_chat_template, Message, Tokenizer};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 /// MMR1's training instruction, prepended to the user's text (not a system turn). Our
@@ -27,14 +28,27 @@ pub enum PromptStyle {
     Plain,
 }
 
-/// The chat-templated prompt text for `problem`, ending with the assistant's turn opening.
-pub fn render_prompt(problem: &str, style: PromptStyle) -> String {
+/// The chat-templated prompt text for `problem`, ending with the assistant's turn opening:
+/// one user turn, rendered by the checkpoint's chat template when `tok` has one (as verl's
+/// `apply_chat_template(..., add_generation_prompt=True)`; the template decides the system
+/// turn), else by the built-in ChatML with no system turn.
+pub fn render_prompt(tok: &Tokenizer, problem: &str, style: PromptStyle) -> Result<String> {
+    tok.render_chat(&user_turn(problem, style), None, true)
+}
+
+/// [`render_prompt`] with the built-in ChatML whatever the tokenizer (the demos' models,
+/// made in code, have no template of their own).
+pub fn render_prompt_chatml(problem: &str, style: PromptStyle) -> String {
+    apply_chat_template(&user_turn(problem, style), None, true)
+}
+
+fn user_turn(problem: &str, style: PromptStyle) -> [Message; 1] {
     let user = match style {
         PromptStyle::Mmr1 => format!("{MMR1_INSTRUCTION}\n\n{problem}"),
         PromptStyle::Mmr1Eval => format!("{MMR1_EVAL_INSTRUCTION}\n\n{problem}"),
         PromptStyle::Plain => problem.to_string(),
     };
-    apply_chat_template(&[Message::new("user", &user)], None, true)
+    [Message::new("user", &user)]
 }
 
 /// [`render_prompt`] for an item with `n_images` images (Qwen2.5-VL): each `<image>` marker of
@@ -42,6 +56,7 @@ pub fn render_prompt(problem: &str, style: PromptStyle) -> String {
 /// `<|vision_start|><|image_pad|><|vision_end|>` block; without markers the blocks go before
 /// the problem, in image order. Markers and images must be as many.
 pub fn render_prompt_with_images(
+    tok: &Tokenizer,
     problem: &str,
     style: PromptStyle,
     n_images: usize,
@@ -57,5 +72,5 @@ pub fn render_prompt_with_images(
             "the problem has {markers} <image> marker(s) but the item has {n_images} image(s)"
         );
     };
-    Ok(render_prompt(&problem, style))
+    render_prompt(tok, &problem, style)
 }

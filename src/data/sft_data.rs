@@ -219,14 +219,19 @@ pub fn render_with_spans(
 }
 
 /// Tokenizes a conversation and marks the trained tokens: a token is trained when its first
-/// byte lies in an assistant span. Truncates to `max_len` tokens (the tail goes).
+/// byte lies in an assistant span. Rendered by the checkpoint's chat template when the
+/// tokenizer has one (which then decides the system turn), else by the built-in ChatML with
+/// `default_system`. Truncates to `max_len` tokens (the tail goes).
 pub fn tokenize(
     tok: &Tokenizer,
     messages: &[Message],
     default_system: Option<&str>,
     max_len: usize,
 ) -> Result<SftExample> {
-    let (text, spans) = render_with_spans(messages, default_system);
+    let (text, spans) = match tok.chat_template() {
+        Some(t) => t.render_with_spans(messages)?,
+        None => render_with_spans(messages, default_system),
+    };
     let enc =
         tok.inner().encode(text.as_str(), false).map_err(|e| anyhow!("tokenizing failed: {e}"))?;
     let mut ids = enc.get_ids().to_vec();

@@ -303,13 +303,7 @@ pub fn write_model_files_from<'a>(
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&dir.join("model.safetensors"), &heads, dtype, Some(&meta), tensor)?;
     if let Some(src) = tokenizer {
-        let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
-        write_atomic(&dir.join("tokenizer.json"), &data)?;
-        // tokenizer_config.json carries the chat template for transformers; copy it if present.
-        let tc = src.with_file_name("tokenizer_config.json");
-        if tc.exists() {
-            write_atomic(&dir.join("tokenizer_config.json"), &std::fs::read(&tc)?)?;
-        }
+        crate::tokenizer::copy_tokenizer_files(src, dir)?;
     }
     Ok(())
 }

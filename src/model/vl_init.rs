@@ -85,12 +85,7 @@ pub fn write_random_vl_model(
     write_vl_model_files_from(dir, cfg, &text, &vision, tensor, dtype, None)?;
     write_atomic(&dir.join("preprocessor_config.json"), &serde_json::to_vec_pretty(preprocessor)?)?;
     if let Some(src) = tokenizer {
-        let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
-        write_atomic(&dir.join("tokenizer.json"), &data)?;
-        let tc = src.with_file_name("tokenizer_config.json");
-        if tc.is_file() {
-            write_atomic(&dir.join("tokenizer_config.json"), &std::fs::read(&tc)?)?;
-        }
+        crate::tokenizer::copy_tokenizer_files(src, dir)?;
     }
     Ok(n)
 }

@@ -23,10 +23,11 @@ use std::path::Path;
 
 /// Files of a model directory that are not weights or config but belong with them (the image
 /// processor's and the tokenizer's), copied verbatim when present in the source directory.
-pub const VL_ASSET_FILES: [&str; 5] = [
+pub const VL_ASSET_FILES: [&str; 6] = [
     "preprocessor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "chat_template.jinja",
     "chat_template.json",
     "generation_config.json",
 ];

@@ -135,7 +135,8 @@ impl<'a, B: RlOps> SftPhase<'a, B> {
         }
         let cfg = &self.inputs.cfg;
         let model_dir = &cfg.model.dir;
-        // No system turn, as the RL and eval prompts (`data::prompt`) have none.
+        // The same renderer as the RL and eval prompts (`data::prompt`): the checkpoint's own
+        // template, else the built-in ChatML with no system turn.
         let (data, dropped) = load_vl_sft_dataset(
             &cfg.data.sft,
             &self.inputs.tok,
