@@ -266,37 +266,28 @@ fn write_py_json(
                 .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
             out.push_str(&j.to_string());
         }
-        K::Map => {
-            let keys: Vec<Value> = v.try_iter()?.collect();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
-                newline(out, depth + 1);
-                out.push_str(&quoted(&k.to_string()));
-                out.push_str(": ");
-                write_py_json(&v.get_item(k)?, indent, depth + 1, out)?;
-            }
-            if !keys.is_empty() {
-                newline(out, depth);
-            }
-            out.push('}');
-        }
-        _ => {
+        kind => {
+            // A map writes `"key": value` items, a sequence its values; the layout is one.
+            let is_map = kind == K::Map;
             let items: Vec<Value> = v.try_iter()?.collect();
-            out.push('[');
+            out.push(if is_map { '{' } else { '[' });
             for (i, x) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(sep);
                 }
                 newline(out, depth + 1);
-                write_py_json(x, indent, depth + 1, out)?;
+                if is_map {
+                    out.push_str(&quoted(&x.to_string()));
+                    out.push_str(": ");
+                    write_py_json(&v.get_item(x)?, indent, depth + 1, out)?;
+                } else {
+                    write_py_json(x, indent, depth + 1, out)?;
+                }
             }
             if !items.is_empty() {
                 newline(out, depth);
             }
-            out.push(']');
+            out.push(if is_map { '}' } else { ']' });
         }
     }
     Ok(())
