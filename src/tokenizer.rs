@@ -92,6 +92,20 @@ impl Tokenizer {
         }
     }
 
+    /// The default system prompt a command gives the built-in ChatML: `dflt`, or none when
+    /// `off` (`--no-default-system`). A checkpoint's own template decides that itself, so `off`
+    /// then changes nothing, which is said once on stderr.
+    pub fn builtin_default_system(&self, dflt: &'static str, off: bool) -> Option<&'static str> {
+        if let (true, Some(t)) = (off, &self.chat) {
+            eprintln!(
+                "note: --no-default-system changes nothing: {} renders the conversations, with \
+                 the system turn it writes (MMR1_CHAT_TEMPLATE=chatml: the built-in ChatML)",
+                t.origin().display()
+            );
+        }
+        (!off).then_some(dflt)
+    }
+
     /// Loads `dir/tokenizer.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         Self::from_file(&dir.join("tokenizer.json"))

@@ -238,7 +238,7 @@ pub fn run_ranked<B: Backend>(be: &B, args: &SftArgs, comm: &dyn Collective<B>) 
         .filter(|p| p.exists())
         .unwrap_or_else(|| args.model.join("tokenizer.json"));
     let tok = Tokenizer::from_file(&tok_path)?;
-    let system = (!args.no_default_system).then_some(QWEN25_DEFAULT_SYSTEM);
+    let system = tok.builtin_default_system(QWEN25_DEFAULT_SYSTEM, args.no_default_system);
 
     let mut trainer = match &resume_dir {
         Some(dir) => {

@@ -32,7 +32,7 @@ pub fn run_on<B: Backend>(be: &B, args: &SftArgs) -> Result<()> {
     let tok_path = model_dir.join("tokenizer.json");
     let tok = Tokenizer::from_file(&tok_path)?;
     tok.check_matches(&tok_path, &vl_cfg.text)?;
-    let system = (!args.no_default_system).then_some(QWEN25_VL_DEFAULT_SYSTEM);
+    let system = tok.builtin_default_system(QWEN25_VL_DEFAULT_SYSTEM, args.no_default_system);
     let mut trainer = match &resume_dir {
         Some(dir) => {
             let st: VlSftState = read_trainer_state(dir)
