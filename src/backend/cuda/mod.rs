@@ -19,6 +19,8 @@ pub mod flash;
 mod multi;
 pub mod precision;
 mod producer_shadows;
+// Without a device (neither feature) only the replay counters are used (`replay_stats`).
+#[cfg_attr(not(any(feature = "cuda", feature = "emu")), allow(dead_code))]
 pub mod replay;
 pub mod rl;
 mod upload_cache;
