@@ -1,9 +1,18 @@
 //! The CPU reference against Hugging Face `transformers` (fixtures made by
 //! scripts/make_golden.py): full-forward logits and log-probs, KV-cache decode, and the
-//! tokenizer, on a tied model (f32 on disk) and a GQA-4 model with odd sizes (bf16, sharded).
+//! tokenizer, on a tied model (f32 on disk) and a GQA-4 model with odd sizes (bf16, sharded),
+//! and on three scaled-RoPE models (scripts/make_golden_rope.py). Its submodules: config
+//! settings of real checkpoints and chat templates (tests/transformers_parity/).
 
 mod common;
 use common::*;
+
+// More of the same judge, in this test binary to spare CI a link of its own each: config
+// settings of real checkpoints (rope, sliding windows, head_dim), and chat templates.
+#[path = "transformers_parity/chat_template.rs"]
+mod chat_template;
+#[path = "transformers_parity/config_variants.rs"]
+mod config_variants;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::model::{Packed, Qwen2};
 use mmr1_fast::tokenizer::Tokenizer;

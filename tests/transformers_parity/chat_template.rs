@@ -3,8 +3,7 @@
 //! engine finds them, and what they change downstream: RL prompts, SFT spans, the files a
 //! written checkpoint carries.
 
-mod common;
-use common::fixture;
+use crate::common::fixture;
 use mmr1_fast::chat_template::ChatTemplate;
 use mmr1_fast::data::prompt::{render_prompt, render_prompt_chatml, PromptStyle};
 use mmr1_fast::data::sft_data::{render_with_spans, tokenize};

@@ -4,8 +4,7 @@
 //! window) and a `head_dim` field. Scaled RoPE against transformers is in golden_forward.rs
 //! and backward_golden.rs (fixtures tests/fixtures/tiny-rope).
 
-mod common;
-use common::*;
+use crate::common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::model::{Packed, Qwen2, Qwen2Config};
 use serde_json::{json, Value};
