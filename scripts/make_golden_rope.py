@@ -9,7 +9,11 @@ What it makes, under tests/fixtures/tiny-rope/<type>/ (overwritten on every run)
             "original_max_position_embeddings": 64} (attention factor 0.1 ln 4 + 1 from it)
   llama3/   rope_parameters {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1,
             "high_freq_factor": 4, "original_max_position_embeddings": 64}
-Each: config.json, model.safetensors (f32), golden.safetensors in the format of
+And tests/fixtures/rope_frequencies.json: transformers' inverse frequencies and attention factor
+for twelve settings that reach every option (YaRN's beta_fast/beta_slow, truncate, mscale and
+mscale_all_dim, a given attention_factor, an inferred factor, the ramp's singular and clamped
+ends; llama3 with other frequency factors). Each model dir: config.json, model.safetensors (f32),
+golden.safetensors in the format of
 scripts/make_golden.py (tokens.{i}, logits.{i}, logprobs.{i}, logprobs_t07.{i}, lossw.{i}, loss,
 grad.<param>), for 3 random sequences of lengths 9, 23, 40.
 
@@ -111,7 +115,57 @@ def make(name, case, seqs, seed):
         assert freq_only > 1e-3 and factor_only > 1e-2
 
 
+# Frequency-level cases: transformers' own ROPE_INIT_FUNCTIONS on configs that reach every
+# option (tests/fixtures/rope_frequencies.json; the models above use one setting each).
+FREQ_CASES = [
+    # (head_dim, rope_theta, max_position_embeddings, rope settings)
+    (16, 100.0, 256, {"rope_type": "linear", "factor": 2.5}),
+    (64, 1e6, 32768, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}),
+    (128, 1e6, 131072, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
+    (64, 1e4, 16384, {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048,
+                      "beta_fast": 16, "beta_slow": 2, "truncate": False}),
+    (64, 1e4, 16384, {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048,
+                      "mscale": 0.707, "mscale_all_dim": 1.2}),
+    # mscale 0 counts as not given (Python truthiness): the plain factor.
+    (64, 1e4, 16384, {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048,
+                      "mscale": 0, "mscale_all_dim": 1.0}),
+    (64, 1e4, 16384, {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048,
+                      "attention_factor": 1.3}),
+    # No factor: transformers takes max_position_embeddings / original_max_position_embeddings.
+    (32, 5e5, 65536, {"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 4096}),
+    # beta_fast = beta_slow, not truncated: the ramp's two ends meet (transformers adds 0.001).
+    (32, 1e4, 4096, {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1024,
+                     "beta_fast": 4, "beta_slow": 4, "truncate": False}),
+    # The slow end (17) clamps at head_dim - 1 = 15 with the fast end at 3: the ramp is cut.
+    (16, 10.0, 1 << 20, {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 632}),
+    (64, 5e5, 131072, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    (32, 1e4, 8192, {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.5,
+                     "high_freq_factor": 6.0, "original_max_position_embeddings": 512}),
+]
+
+
+def make_frequencies():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    cases = []
+    for hd, theta, max_pos, rope in FREQ_CASES:
+        params = {k: v for k, v in rope.items()}
+        params["rope_theta"] = theta
+        cfg = Qwen2Config(hidden_size=hd * 4, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=max_pos, rope_parameters=dict(params))
+        inv, attn = ROPE_INIT_FUNCTIONS[params["rope_type"]](cfg, "cpu")
+        cases.append({"head_dim": hd, "max_position_embeddings": max_pos,
+                      "rope_parameters": params, "inv_freq": inv.tolist(),
+                      "attention_factor": float(attn)})
+    path = os.path.join(FIX, "rope_frequencies.json")
+    with open(path, "w") as f:
+        json.dump({"versions": VERSIONS, "cases": cases}, f, indent=1)
+        f.write("\n")
+    print(f"{path}: {len(cases)} cases")
+
+
 def main():
+    make_frequencies()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(77)
     seqs = [torch.randint(0, BASE["vocab_size"], (n,), generator=g) for n in SEQ_LENS]

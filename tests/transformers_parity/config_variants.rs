@@ -92,6 +92,43 @@ fn scaled_rope_frequencies_follow_their_definitions() {
     assert_eq!(a[hd / 2 + 1], 3.0 * lin.inv_freq[1]);
 }
 
+/// transformers' own `ROPE_INIT_FUNCTIONS` on settings that reach every option
+/// (tests/fixtures/rope_frequencies.json, scripts/make_golden_rope.py): YaRN's betas, truncate,
+/// mscale pair, given attention factor, inferred factor, singular and clamped ramp ends;
+/// llama3 with other frequency factors; linear.
+#[test]
+fn scaled_rope_frequencies_match_transformers() {
+    let f: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("rope_frequencies.json")).unwrap())
+            .unwrap();
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    for (i, c) in cases.iter().enumerate() {
+        let hd = c["head_dim"].as_u64().unwrap() as usize;
+        let cfg = config_with(|m| {
+            m.insert("hidden_size".into(), json!(hd * 4));
+            m.insert("num_attention_heads".into(), json!(4));
+            m.insert("num_key_value_heads".into(), json!(2));
+            m.insert("max_position_embeddings".into(), c["max_position_embeddings"].clone());
+            m.insert("rope_parameters".into(), c["rope_parameters"].clone());
+        })
+        .unwrap();
+        let sc = cfg.rope_scaling().unwrap().expect("a scaled case");
+        let want: Vec<f32> =
+            c["inv_freq"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert_eq!(sc.inv_freq.len(), want.len(), "case {i}");
+        for (j, (a, b)) in sc.inv_freq.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 2e-6 * b.abs(), "case {i} pair {j}: {a} vs {b}");
+        }
+        let af = c["attention_factor"].as_f64().unwrap() as f32;
+        assert!(
+            (sc.attention_factor - af).abs() <= 1e-6 * af,
+            "case {i}: {} vs {af}",
+            sc.attention_factor
+        );
+    }
+}
+
 #[test]
 fn unsupported_rope_settings_are_refused_by_name() {
     for (r, want) in [
@@ -101,6 +138,18 @@ fn unsupported_rope_settings_are_refused_by_name() {
         (json!({"type": "linear"}), "needs the field factor"),
         (json!({"type": "linear", "factor": "two"}), "factor"),
         (json!({"type": "linear", "factor": -1.0}), "must be positive"),
+        (json!({"type": "linear", "factor": 0.0}), "must be positive"),
+        (json!({"type": "yarn", "factor": 0.0}), "must be positive"),
+        (
+            json!({"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 0}),
+            "must be positive",
+        ),
+        (json!({"type": "yarn", "factor": 2.0, "truncate": "no"}), "truncate"),
+        (
+            json!({"type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 2.0,
+                "original_max_position_embeddings": 64}),
+            "both 2",
+        ),
         (json!({"type": "llama3", "factor": 8.0, "high_freq_factor": 4.0}), "low_freq_factor"),
         (json!({"type": "default", "partial_rotary_factor": 0.5}), "partial_rotary_factor"),
         (json!({"type": 3}), "rope_type"),
