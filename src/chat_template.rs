@@ -178,6 +178,12 @@ fn strftime_now(fmt: String) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0) as i64;
+    strftime_day(&fmt, days)
+}
+
+/// `fmt` with `%Y %m %d %b %B %%` of the day `days` after 1970-01-01; other codes kept as
+/// written.
+fn strftime_day(fmt: &str, days: i64) -> String {
     let (y, m, d) = civil_from_days(days);
     const MONTHS: [&str; 12] =
         ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -302,6 +308,42 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_819), (2027, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        // Python: (date(2026, 11, 27) - date(1970, 1, 1)).days, and 2024-02-29.
+        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        // Around March 1 (the algorithm's year start), a non-leap century, an era's ends.
+        for (days, ymd) in [
+            (11_017, (2000, 3, 1)),
+            (47_540, (2100, 2, 28)),
+            (47_541, (2100, 3, 1)),
+            (-135_080, (1600, 3, 1)),
+            (157_113, (2400, 2, 29)),
+        ] {
+            assert_eq!(civil_from_days(days), ymd, "{days}");
+        }
+    }
+
+    #[test]
+    fn strftime_formats_a_day() {
+        assert_eq!(
+            strftime_day("%Y-%m-%d|%d %b %Y|%B|100%%|%H|%", 20_784),
+            "2026-11-27|27 Nov 2026|November|100%|%H|%"
+        );
+        assert_eq!(strftime_day("%d %B", 19_782), "29 February");
+        // The template function: today's UTC date in the same format, a year of this century.
+        let t = ChatTemplate::new("{{ strftime_now('%Y-%m-%d') }}".into(), "t".into(), vec![])
+            .unwrap()
+            .render(&[], false)
+            .unwrap();
+        let (y, m, d) = (&t[..4], &t[5..7], &t[8..]);
+        assert!(
+            t.len() == 10
+                && ("2026".."2100").contains(&y)
+                && ("01".."13").contains(&m)
+                && ("01".."32").contains(&d),
+            "{t}"
+        );
     }
 
     #[test]
@@ -315,10 +357,13 @@ mod tests {
         let tmpl = t.env.get_template(NAME).unwrap();
         let ctx = minijinja::context! {
             x => Value::from_serialize(serde_json::json!({"b": [1, 2.5, "é<"], "a": {"x": null}, "e": []})),
-            y => Value::from_serialize(serde_json::json!({"k": [1, true]})),
+            y => Value::from_serialize(serde_json::json!({"k": [[1], {"a": 2}, []]})),
         };
         // Python: json.dumps(..., ensure_ascii=False): no escaping of é or <.
         let s = tmpl.render(ctx).unwrap();
-        assert_eq!(s, "{\"a\": {\"x\": null}, \"b\": [1, 2.5, \"é<\"], \"e\": []}|{\n  \"k\": [\n    1,\n    true\n  ]\n}");
+        assert_eq!(
+            s,
+            "{\"a\": {\"x\": null}, \"b\": [1, 2.5, \"é<\"], \"e\": []}|{\n  \"k\": [\n    [\n      1\n    ],\n    {\n      \"a\": 2\n    },\n    []\n  ]\n}"
+        );
     }
 }
