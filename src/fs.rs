@@ -100,6 +100,23 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     f.finish()
 }
 
+/// Copies each of `names` that is a file in `src` to `dir`, atomically each (the files that
+/// travel with a model directory: tokenizer, chat template, preprocessor settings).
+pub fn copy_present<'a>(
+    src: &Path,
+    dir: &Path,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    for name in names {
+        let p = src.join(name);
+        if p.is_file() {
+            let data = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            write_atomic(&dir.join(name), &data)?;
+        }
+    }
+    Ok(())
+}
+
 /// `std::fs::rename` with a fault point and an error that names both paths.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     rename_file(from, to)

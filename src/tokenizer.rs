@@ -40,14 +40,7 @@ pub const TOKENIZER_SIDE_FILES: [&str; 3] =
 pub fn copy_tokenizer_files(src: &Path, dir: &Path) -> Result<()> {
     let data = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
     crate::fs::write_atomic(&dir.join("tokenizer.json"), &data)?;
-    for name in TOKENIZER_SIDE_FILES {
-        let f = src.with_file_name(name);
-        if f.is_file() {
-            let data = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
-            crate::fs::write_atomic(&dir.join(name), &data)?;
-        }
-    }
-    Ok(())
+    crate::fs::copy_present(src.parent().unwrap_or(Path::new(".")), dir, TOKENIZER_SIDE_FILES)
 }
 
 /// Which chat template renders conversations: `MMR1_CHAT_TEMPLATE=auto` (the default: the

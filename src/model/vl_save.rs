@@ -22,15 +22,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Files of a model directory that are not weights or config but belong with them (the image
-/// processor's and the tokenizer's), copied verbatim when present in the source directory.
-pub const VL_ASSET_FILES: [&str; 6] = [
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-];
+/// processor's and the tokenizer's), copied verbatim when present in the source directory,
+/// with the tokenizer's side files (`tokenizer::TOKENIZER_SIDE_FILES`: its chat template).
+pub const VL_ASSET_FILES: [&str; 3] =
+    ["preprocessor_config.json", "tokenizer.json", "generation_config.json"];
 
 fn dtype_name(dtype: SaveDtype) -> &'static str {
     match dtype {
@@ -104,20 +99,15 @@ pub fn write_vl_model_files_from<'a>(
     Ok(())
 }
 
-/// Copies the `VL_ASSET_FILES` that exist in `src` into `dir` (atomically each). Copying a
+/// Copies the `VL_ASSET_FILES` and tokenizer side files that exist in `src` into `dir`
+/// (atomically each). Copying a
 /// directory onto itself does nothing.
 pub fn copy_assets(src: &Path, dir: &Path) -> Result<()> {
     if src.canonicalize().ok() == dir.canonicalize().ok() {
         return Ok(());
     }
-    for f in VL_ASSET_FILES {
-        let p = src.join(f);
-        if p.is_file() {
-            let data = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-            write_atomic(&dir.join(f), &data)?;
-        }
-    }
-    Ok(())
+    let side = crate::tokenizer::TOKENIZER_SIDE_FILES;
+    crate::fs::copy_present(src, dir, VL_ASSET_FILES.into_iter().chain(side))
 }
 
 impl<B: Backend> VlModel<B> {
