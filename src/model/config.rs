@@ -107,11 +107,11 @@ impl Qwen2Config {
             }
         }
         if let Some(v) = self.extra.get("head_dim").filter(|v| !v.is_null()) {
-            if v.as_u64() != Some((self.hidden_size / self.num_attention_heads) as u64) {
+            if v.as_u64() != Some(self.head_dim() as u64) {
                 bail!(
                     "head_dim {v} is not hidden_size / num_attention_heads = {}: projections \
                      of another width than hidden_size are not supported",
-                    self.hidden_size / self.num_attention_heads
+                    self.head_dim()
                 );
             }
         }

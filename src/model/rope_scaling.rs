@@ -76,6 +76,9 @@ pub fn from_config(cfg: &Qwen2Config) -> Result<Option<RopeScaling>> {
             bail!("partial_rotary_factor {p} is not supported (Qwen2 rotates the whole head)");
         }
     }
+    if rope_type == "default" {
+        return Ok(None); // before any frequency is computed: `rotate` asks at every rotation
+    }
     let hd = cfg.head_dim();
     let theta = cfg.rope_theta();
     // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in f32.
@@ -93,7 +96,6 @@ pub fn from_config(cfg: &Qwen2Config) -> Result<Option<RopeScaling>> {
         }
     };
     let (inv_freq, attention_factor) = match rope_type {
-        "default" => return Ok(None),
         "linear" => {
             // _compute_linear_scaling_rope_parameters: inv_freq /= factor.
             let f = positive("factor", required(d, "factor", rope_type)?)? as f32;
