@@ -149,7 +149,7 @@ def make_frequencies():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     cases = []
     for hd, theta, max_pos, rope in FREQ_CASES:
-        params = {k: v for k, v in rope.items()}
+        params = dict(rope)
         params["rope_theta"] = theta
         cfg = Qwen2Config(hidden_size=hd * 4, num_attention_heads=4, num_key_value_heads=2,
                           max_position_embeddings=max_pos, rope_parameters=dict(params))

@@ -1,8 +1,9 @@
 //! Config settings of real Qwen2 checkpoints beyond the released base models: the rope
 //! settings (where rope_theta is read from, which scaling types run and which are refused by
 //! name), sliding-window attention (run where it equals full attention, refused past the
-//! window) and a `head_dim` field. Scaled RoPE against transformers is in golden_forward.rs
-//! and backward_golden.rs (fixtures tests/fixtures/tiny-rope).
+//! window) and a `head_dim` field; the scaled frequencies against transformers' own
+//! (rope_frequencies.json). Whole scaled-RoPE models against transformers: golden_forward.rs
+//! (this binary's root) and backward_golden.rs (fixtures tests/fixtures/tiny-rope).
 
 use crate::common::*;
 use mmr1_fast::backend::cpu::Cpu;
