@@ -854,3 +854,58 @@ backend_suite!(
 fn cpu_row_move_errors() {
     row_move_errors(&Cpu);
 }
+
+/// A backend made on one thread and used from another that has made no CUDA call: a test
+/// harness's threads, a rank's worker. The raw driver and cuBLAS calls (uploads, launches,
+/// GEMMs) must make the context current themselves; before they did, the first upload on such
+/// a thread failed with CUDA_ERROR_INVALID_CONTEXT (22 GPU tests, H100 call of 2026-11-27).
+/// The emulator has no contexts: GPU only.
+#[cfg(feature = "cuda")]
+mod threads {
+    mod gpu {
+        use super::super::*;
+        use mmr1_fast::backend::cuda::driver::CudaDevice;
+
+        #[test]
+        #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+        fn backend_used_from_a_fresh_thread() {
+            let b: CudaBackend<CudaDevice> = CudaBackend::new(0)
+                .unwrap_or_else(|e| panic!("GPU test asked for, but there is no GPU: {e}"));
+            let mut r = rng(7);
+            let (m, n, k) = (33usize, 17usize, 45usize);
+            let (a, w, y) = (
+                rand_vec(&mut r, m * k, 1.0),
+                rand_vec(&mut r, n * k, 1.0),
+                rand_vec(&mut r, m * n, 1.0),
+            );
+            let mut want = vec![f32::NAN; m * n];
+            Cpu.matmul(&mut want, &a, Tr::N, &w, Tr::T, m, n, k, 0.0);
+            Cpu.add_assign(&mut want, &y);
+            Cpu.scale(&mut want, 0.5);
+            for round in 0..2 {
+                let got = std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let mut out = b.upload(&vec![f32::NAN; m * n]); // upload: a raw write
+                        b.matmul(
+                            &mut out,
+                            &b.upload(&a),
+                            Tr::N,
+                            &b.upload(&w),
+                            Tr::T,
+                            m,
+                            n,
+                            k,
+                            0.0,
+                        );
+                        b.add_assign(&mut out, &b.upload(&y)); // a kernel launch
+                        b.scale(&mut out, 0.5);
+                        b.download(&out)
+                    })
+                    .join()
+                    .unwrap_or_else(|_| panic!("round {round}: the fresh thread panicked"))
+                });
+                assert_close(&format!("round {round}: matmul + add + scale"), &got, &want, TOL);
+            }
+        }
+    }
+}

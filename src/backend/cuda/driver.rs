@@ -569,7 +569,10 @@ impl Device for CudaDevice {
             let mut vals: Vec<u64> = slots.map(|(_, v)| v).collect();
             self.timed(
                 || name.to_string(),
-                || launch_raw(func, grid, block, shared_bytes, &self.stream, &mut vals),
+                || {
+                    self.bind()?;
+                    launch_raw(func, grid, block, shared_bytes, &self.stream, &mut vals)
+                },
             )
         } else {
             let (key, vals) =
@@ -744,6 +747,16 @@ impl Drop for CudaDevice {
 }
 
 impl CudaDevice {
+    /// Makes this device's context current on the calling thread. cudarc's safe calls do this
+    /// themselves; the raw driver and cuBLAS calls here (launches, uploads, graphs, GEMMs) do
+    /// not, and fail with CUDA_ERROR_INVALID_CONTEXT on a thread that has made no safe call
+    /// yet (a backend made on one thread and used on another: every test harness thread, a
+    /// rank's worker). A driver query when already current: nanoseconds a call.
+    fn bind(&self) -> Result<(), String> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("cannot make the CUDA context current: {e:?}"))
+    }
     /// Device work is about to be read by the host: held units run first.
     fn flush(&self) {
         self.replay.flush(self).unwrap_or_else(|e| panic!("{e}"));
@@ -770,9 +783,11 @@ impl GraphHost for CudaDevice {
     type Stream = Arc<CudaStream>;
     type Graph = GpuGraph;
     fn run_now(&self, run: &Run<Arc<CudaStream>>) -> Result<(), String> {
+        self.bind()?;
         run(&self.stream)
     }
     fn write_now(&self, dst: u64, bytes: &[u8]) {
+        self.bind().unwrap_or_else(|e| panic!("cuda write: {e}"));
         // SAFETY: `write` checked the length against the buffer at `dst`; a pageable source is
         // copied out before the call returns.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, bytes, self.stream.cu_stream()) }
@@ -780,6 +795,7 @@ impl GraphHost for CudaDevice {
     }
     fn capture(&self, ops: &[Op<Arc<CudaStream>>]) -> Result<GpuGraph, String> {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.bind()?;
         let cs = self.capture_stream()?.clone();
         // The writes' bytes come from pinned memory at fixed offsets (16-byte aligned).
         let mut offsets = Vec::new();
@@ -836,6 +852,7 @@ impl GraphHost for CudaDevice {
             }
         }
         // On the device's own stream, in order with everything else it runs.
+        self.bind()?;
         // SAFETY: an instantiated graph of this context.
         unsafe {
             cudarc::driver::result::graph::launch(g.graph.cu_graph_exec(), self.stream.cu_stream())
