@@ -11,7 +11,7 @@ mod gpu {
     use criterion::{Criterion, Throughput};
     use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::{
-        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo,
+        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask,
     };
     use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
     use rand::{Rng, SeedableRng};
@@ -350,15 +350,18 @@ mod gpu {
             let dout = rand_buf(&b, &mut r, tt * hh * hd, 1.0);
             // The default storage (bf16 copies of the walked tensors, conversions timed with
             // the kernels) under the ids PyTorch is compared with, then the f32 tile loads,
-            // then the wide forward (its backward is the default's: not benched again).
+            // then the wide forward (its backward is the default's: not benched again), then
+            // every key tile masked (the kernels before the diagonal-only mask).
             let variants = [
-                (FlashIo::Bf16, FlashFwd::Narrow, ""),
-                (FlashIo::F32, FlashFwd::Narrow, "_f32io"),
-                (FlashIo::Bf16, FlashFwd::Wide, "_wide"),
+                (FlashIo::Bf16, FlashFwd::Narrow, FlashMask::Diagonal, ""),
+                (FlashIo::F32, FlashFwd::Narrow, FlashMask::Diagonal, "_f32io"),
+                (FlashIo::Bf16, FlashFwd::Wide, FlashMask::Diagonal, "_wide"),
+                (FlashIo::Bf16, FlashFwd::Narrow, FlashMask::Every, "_maskevery"),
             ];
-            for (io, fwd, suffix) in variants {
+            for (io, fwd, mask, suffix) in variants {
                 b.set_flash_io(io);
                 b.set_flash_fwd(fwd);
+                b.set_flash_mask(mask);
                 let tag = format!("{ns}x{len}_h{hh}kv{hk}_d{hd}{suffix}");
                 let id = format!("flash_fwd_{tag}");
                 g.throughput(Throughput::Elements(fl as u64));
@@ -387,6 +390,7 @@ mod gpu {
             }
             b.set_flash_io(FlashIo::default());
             b.set_flash_fwd(FlashFwd::default());
+            b.set_flash_mask(FlashMask::default());
         }
         // Decode: 32 sequences with 4096 cached keys each, one new query each; the bytes are
         // the K and V cache rows read (f32 storage).

@@ -243,23 +243,39 @@ __device__ __forceinline__ float fa_quad_sum(float v) {
     return v + __shfl_xor_sync(FULL_MASK, v, 2);
 }
 
+// Whether a warp's 16 rows, the first at position pos_first, need the causal mask against the
+// 64 keys from j0: only if the tile's last key lies past the first row's position (rows further
+// down see more). A tile wholly before the first row is visible to every row, and lies before
+// nkeys (pos_first < nkeys for a warp with rows). mask_all: every tile (the kernels before
+// this test; `FlashMask::Every`, same bits, kept to compare and time against).
+__device__ __forceinline__ bool fa_masked(int j0, int pos_first, bool mask_all) {
+    return mask_all || j0 + FA_ROWS - 1 > pos_first;
+}
+
 // The online-softmax step of one 16-row tile against a 64-key tile (both forwards): scores `s`
 // of keys j0.. for the rows at positions pos_first + g and + 8 of this lane, keys past a row's
 // position (or past nkeys) masked; the running max `m` and this lane's partial sum `l` updated,
 // `s` turned into probabilities and `o` rescaled. g, t: the lane's lane >> 2 and lane & 3, as
 // the kernel computed them (recomputed here, ptxas allocated the d64 forward 12 B of spills).
+// `mask`: false when no key of the tile lies past any row's position or past nkeys (fa_masked:
+// every tile of a long sequence but the diagonal's), which skips the per-score comparisons.
 template <int D>
 __device__ __forceinline__ void fa_softmax_step(float s[8][4], float o[D / 8][4], float m[2], float l[2], int j0,
-                                                int pos_first, int nkeys, float sl2, int g, int t) {
+                                                int pos_first, int nkeys, float sl2, int g, int t, bool mask) {
+    if (mask) {
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos_first + g + 8 * (i >> 1);
+                if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
+            }
+    }
     float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos_first + g + 8 * (i >> 1);
-            if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
-            mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
-        }
+        for (int i = 0; i < 4; i++) mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
     float corr[2], mb[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -322,7 +338,7 @@ __device__ __forceinline__ void fa_write_rows(real* out, unsigned short* out16, 
 // a conversion pass (6 bytes a value) to save 2 bytes of one read.
 template <int D, typename Own, typename In>
 __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Own* q, const In* k, const In* v, const int* items,
-                          int n_heads, int n_kv, float scale) {
+                          int n_heads, int n_kv, float scale, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
     using S = fa_smem<D, In>;
     // Buffer b: K at tile 2b, V at tile 2b + 1 (computed, not indexed: no local memory).
@@ -367,7 +383,8 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
         if (active && j0 <= wlast) { // warp-uniform: something of this tile is visible
             float s[8][4];
             fa_mm_abt<D>(s, qf, tk(buf));
-            fa_softmax_step<D>(s, o, m, l, j0, pos0 + warp * 16, nkeys, sl2, g, t);
+            fa_softmax_step<D>(s, o, m, l, j0, pos0 + warp * 16, nkeys, sl2, g, t,
+                               fa_masked(j0, pos0 + warp * 16, mask_all));
             fa_mm_pt<D>(o, s, tv(buf));
         }
         if (more) { // the other buffer was last read before the previous barrier
@@ -413,7 +430,7 @@ __device__ __forceinline__ void fa_rows_to_smem(fa_tile_ptr<D> s, const real* sr
 
 template <int D>
 __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, const real* q, const fa_b16* k,
-                               const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
+                               const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
     constexpr int TB = fa_smem<D, fa_b16>::tile;
     // K at tile 2b, V at tile 2b + 1 of buffer b; Q (two tiles' worth: 128 rows) after them.
@@ -485,7 +502,8 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
             // Online softmax per row tile, the narrow forward's step.
 #pragma unroll
             for (int rt = 0; rt < 2; rt++)
-                fa_softmax_step<D>(s[rt], o[rt], m[rt], l[rt], j0, pos0 + wrow + 16 * rt, nkeys, sl2, g, t);
+                fa_softmax_step<D>(s[rt], o[rt], m[rt], l[rt], j0, pos0 + wrow + 16 * rt, nkeys, sl2, g, t,
+                                   fa_masked(j0, pos0 + wrow + 16 * rt, mask_all));
             // O += P V: each V fragment feeds two MMAs per n tile.
 #pragma unroll
             for (int kc = 0; kc < 4; kc++) {
@@ -523,7 +541,7 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
 template <int D, typename In>
 __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k, const In* v,
                              const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-                             float scale) {
+                             float scale, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
     using S = fa_smem<D, In>;
     // Buffer b: K at tile 2b, V at tile 2b + 1 (computed, not indexed: no local memory).
@@ -576,14 +594,23 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
             float s[8][4], dp[8][4];
             fa_mm_abt<D>(s, qf, tk(buf));
             fa_mm_abt<D>(dp, df, tv(buf));
+            // Rows past the tile have L = +inf: P = 0 with or without the mask.
+            if (fa_masked(j0, pos0 + warp * 16, mask_all)) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
+                for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
-                    const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
-                    s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
-                }
+                    for (int i = 0; i < 4; i++) {
+                        const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
+                        const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
+                        s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        s[nt][i] = exp2f(s[nt][i] * sl2 - L2[i >> 1]) * (dp[nt][i] - Dd[i >> 1]) * scale;
+            }
             fa_mm_pt<D>(acc, s, tk(buf));
         }
         if (more) {
@@ -616,7 +643,7 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
 template <int D, typename In>
 __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, const In* k, const In* v,
                               const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
-                              float scale, long long part_stride, int heads_per_block) {
+                              float scale, long long part_stride, int heads_per_block, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
     using S = fa_smem<D, In>;
     // Buffer b: Q at tile 2b, dO at tile 2b + 1.
@@ -693,16 +720,31 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
             float s[8][4], dp[8][4];
             fa_mm_abt<D>(s, kf, tq(buf));  // S^T: keys x queries
             fa_mm_abt<D>(dp, vf, to(buf)); // dP^T
+            // Every score visible: a whole tile of queries, the warp's last key at or before the
+            // tile's first query. (Key rows past nk then get P > 0 from K = 0, but feed only
+            // their own dK/dV rows, which are never written.)
+            if (mask_all || nq < FA_ROWS || wfirst + 15 > qpos0 + i0) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
+                for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
-                    const bool vis = c < nq && row < nk && j0 + row <= qpos0 + i0 + c;
-                    const float p = vis ? exp2f(s[nt][i] * sl2 - L[c]) : 0.0f;
-                    s[nt][i] = p;
-                    dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
-                }
+                    for (int i = 0; i < 4; i++) {
+                        const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
+                        const bool vis = c < nq && row < nk && j0 + row <= qpos0 + i0 + c;
+                        const float p = vis ? exp2f(s[nt][i] * sl2 - L[c]) : 0.0f;
+                        s[nt][i] = p;
+                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int c = nt * 8 + 2 * t + (i & 1);
+                        const float p = exp2f(s[nt][i] * sl2 - L[c]);
+                        s[nt][i] = p;
+                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
+                    }
+            }
             fa_mm_pt<D>(gv, s, to(buf));  // dV += P^T dO
             fa_mm_pt<D>(gk, dp, tq(buf)); // dK += dS^T Q
         }
@@ -733,142 +775,142 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
 // `_bf16`: K, V (forward) or Q, K, V, dO (backward) in bf16 storage, outputs in f32; same
 // bits as the f32 ones.
 extern "C" __global__ void __launch_bounds__(256) flash_fwd_d16(real* out, unsigned short* out16, float* lse,
-    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<16>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<16>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d16(real* dq, const real* dout,
     const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d16(real* dk, real* dv,
     const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_fwd_bf16_d16(real* out, unsigned short* out16, float* lse,
-    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<16>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<16>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d16(real* dq, const fa_b16* dout,
     const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<16>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d16(real* dk, real* dv,
     const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<16>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 
 extern "C" __global__ void __launch_bounds__(256) flash_fwd_d32(real* out, unsigned short* out16, float* lse,
-    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<32>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<32>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d32(real* dq, const real* dout,
     const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d32(real* dk, real* dv,
     const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_fwd_bf16_d32(real* out, unsigned short* out16, float* lse,
-    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<32>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<32>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d32(real* dq, const fa_b16* dout,
     const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<32>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d32(real* dk, real* dv,
     const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<32>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 
 // (256, 2): two blocks an SM. Writing out16 took the sm_90 build from 128 to 135 registers,
 // which leaves room for one block of 256 threads; bounded, ptxas fits 128 with no spills
 // (scripts/cubin-check.py flash_fwd). The bf16-storage forward keeps the same bound.
 extern "C" __global__ void __launch_bounds__(256, 2) flash_fwd_d64(real* out, unsigned short* out16, float* lse,
-    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d64(real* dq, const real* dout,
     const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d64(real* dk, real* dv,
     const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) flash_fwd_bf16_d64(real* out, unsigned short* out16, float* lse,
-    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d64(real* dq, const fa_b16* dout,
     const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d64(real* dk, real* dv,
     const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 
 extern "C" __global__ void __launch_bounds__(256) flash_fwd_d128(real* out, unsigned short* out16, float* lse,
-    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const real* k, const real* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_d128(real* dq, const real* dout,
     const real* q, const real* k, const real* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_d128(real* dk, real* dv,
     const real* dout, const real* q, const real* k, const real* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_fwd_bf16_d128(real* out, unsigned short* out16, float* lse,
-    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale) {
-    flash_fwd<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, int mask_all) {
+    flash_fwd<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_bf16_d128(real* dq, const fa_b16* dout,
     const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
-    int n_heads, int n_kv, float scale) {
-    flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale);
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_bf16_d128(real* dk, real* dv,
     const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum,
-    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block) {
+    const int* items, int n_heads, int n_kv, float scale, long long part_stride, int heads_per_block, int mask_all) {
     flash_bwd_dkv<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
-                       heads_per_block);
+                       heads_per_block, mask_all != 0);
 }
 
 // The wide forward (bf16 K/V, f32 Q), for the model head dims.
 extern "C" __global__ void __launch_bounds__(128) flash_fwd_wide_bf16_d64(real* out, unsigned short* out16,
     float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
-    float scale) {
-    flash_fwd_wide<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    float scale, int mask_all) {
+    flash_fwd_wide<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 extern "C" __global__ void __launch_bounds__(128) flash_fwd_wide_bf16_d128(real* out, unsigned short* out16,
     float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
-    float scale) {
-    flash_fwd_wide<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale);
+    float scale, int mask_all) {
+    flash_fwd_wide<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 
 // dK, dV of a split backward: the slices' partials summed in slice order (deterministic), on

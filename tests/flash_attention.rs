@@ -11,7 +11,9 @@
 
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
-use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo};
+use mmr1_fast::backend::cuda::{
+    AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask,
+};
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -45,6 +47,21 @@ fn packed(lens: &[usize], shape: AttnShape) -> Case {
         })
         .collect();
     Case { spans, shape, q_rows: at, kv_rows: at }
+}
+
+/// Spans whose queries are the last `q_len` of `q_len + offset` keys (a prefill after cached
+/// tokens), packed one after another.
+fn offset(spans: &[(usize, usize)], shape: AttnShape) -> Case {
+    let (mut q_at, mut kv_at) = (0, 0);
+    let spans = spans
+        .iter()
+        .map(|&(q_len, off)| {
+            let s = AttnSpan { q_start: q_at, q_len, kv_start: kv_at, kv_len: q_len + off };
+            (q_at, kv_at) = (q_at + q_len, kv_at + q_len + off);
+            s
+        })
+        .collect();
+    Case { spans, shape, q_rows: q_at, kv_rows: kv_at }
 }
 
 fn cases() -> Vec<Case> {
@@ -218,6 +235,68 @@ fn flash_io_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
             );
         }
     }
+}
+
+/// Masking only the key tiles that cross a warp's diagonal (`FlashMask::Diagonal`, the default)
+/// gives the bits of masking every tile (`Every`), forward (narrow and wide), dQ and dK/dV, in
+/// both storages. The long sequences are what make the skip run: 300 and 200 rows give query
+/// tiles whose warps see whole 64-key tiles before their first row, and the dK/dV kernel's
+/// whole 64-query tiles after a warp's last key (its test is its own); the short ones cover
+/// tiles where the two agree by masking. Queries 62 and 14 keys into their span put a warp's
+/// first row one key before the end of a key tile (forward, dQ) and a warp's last key one past
+/// a query tile's first query (dK/dV), where a predicate off by one key lets a row see a
+/// future key: the bits move (planted by hand in each kernel: docs/testing.md). Packed
+/// sequences alone never meet that edge (their warps start at multiples of 16).
+/// `exact`: bit for bit (the emulator); on a GPU within 1e-6 (ptxas may contract the two
+/// branches' arithmetic differently), and whether the bits agree is printed.
+fn flash_mask_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
+    let mut r = ChaCha8Rng::seed_from_u64(36);
+    let mut all = cases();
+    all.push(packed(&[300, 45], sh(4, 2, 64)));
+    all.push(packed(&[200], sh(2, 1, 128)));
+    all.push(packed(&[3, 257], sh(2, 2, 16)));
+    all.push(offset(&[(150, 62), (90, 14), (70, 63)], sh(4, 2, 64)));
+    all.push(offset(&[(140, 62), (20, 30)], sh(2, 1, 128)));
+    for c in all {
+        let x = inputs(&mut r, &c);
+        let tag =
+            format!("{:?} {:?}", c.shape, c.spans.iter().map(|s| s.q_len).collect::<Vec<_>>());
+        for (io, fwd) in [
+            (FlashIo::Bf16, FlashFwd::Narrow),
+            (FlashIo::F32, FlashFwd::Narrow),
+            (FlashIo::Bf16, FlashFwd::Wide),
+        ] {
+            b.set_flash_io(io);
+            b.set_flash_fwd(fwd);
+            b.set_flash_mask(FlashMask::Every);
+            let every = run(&*b, &c, &x);
+            b.set_flash_mask(FlashMask::Diagonal);
+            let diag = run(&*b, &c, &x);
+            let (qc, kvc) = covered(&c);
+            let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
+            let rows = [(&qc, h * d), (&qc, h), (&qc, h * d), (&kvc, hkv * d), (&kvc, hkv * d)];
+            for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                let what = format!("flash {name} {tag} {io:?} {fwd:?}: diagonal-only mask");
+                let (mask, width) = rows[i];
+                let written = rows_of(&diag[i], mask, width);
+                assert!(written.iter().all(|x| x.is_finite()), "{what}: unwritten values");
+                if exact {
+                    assert_eq!(bits(&diag[i]), bits(&every[i]), "{what} changed the bits");
+                } else {
+                    // Rows in no span stay poisoned (NaN) under both: compare the written ones.
+                    let err = rel_err(&what, &written, &rows_of(&every[i], mask, width));
+                    eprintln!("{what}: bit-identical {}", bits(&diag[i]) == bits(&every[i]));
+                    assert!(
+                        err <= 1e-6,
+                        "{what}: relative error {err:.2e} against every tile masked"
+                    );
+                }
+            }
+        }
+    }
+    b.set_flash_io(FlashIo::default());
+    b.set_flash_fwd(FlashFwd::default());
+    b.set_flash_mask(FlashMask::default());
 }
 
 /// The wide forward (4 warps of 32 rows, Q in shared memory) gives the narrow one's bits: head
@@ -398,6 +477,11 @@ mod emu {
         }
     }
     #[test]
+    fn flash_mask_same_bits() {
+        let mut b = CudaBackend::emulator().with_attention(AttnKernel::Flash);
+        super::flash_mask_same_bits(&mut b, true);
+    }
+    #[test]
     fn decode_vs_cpu() {
         for kernel in [DecodeKernel::Split, DecodeKernel::Staged] {
             let mut b = CudaBackend::emulator().with_attention(AttnKernel::Flash);
@@ -450,6 +534,11 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_fwd_wide_same_bits() {
         with_gpu(|b| super::flash_fwd_wide_same_bits(b, false));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_mask_same_bits() {
+        with_gpu(|b| super::flash_mask_same_bits(b, false));
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

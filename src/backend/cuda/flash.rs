@@ -72,9 +72,36 @@ pub enum FlashFwd {
     #[default]
     Narrow,
     /// `flash_fwd_wide_bf16_d{64,128}`: 4 warps of 32 rows (FlashAttention-2's layout), Q in
-    /// shared memory; each K/V fragment feeds two MMAs. Not yet timed on a GPU: opt-in until
-    /// `scripts/gpu-check.sh` has compared them.
+    /// shared memory; each K/V fragment feeds two MMAs. Opt-in: faster alone at 2 x 4,096
+    /// tokens, 16 heads, d128 (921 vs 1,168 us), slower at the model's shapes (4 x 1,024, GQA
+    /// d128: 169 vs 160 us; the 0.5B step, d64: 62.3 vs 61.6 ms; H100, 2026-11-27).
     Wide,
+}
+
+/// Which key tiles the flash forward and backward kernels compare against the causal mask.
+/// Both compute the same bits (a tile with no masked score adds the same terms either way);
+/// they differ in the instructions spent per score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashMask {
+    /// Only the tiles that cross a warp's diagonal or the end of the keys (`fa_masked` in the
+    /// kernels): of a 4,096-token sequence's 64-key tiles, the last one or two of each row
+    /// tile. The others skip the comparison of each score with its row's position.
+    #[default]
+    Diagonal,
+    /// Every tile: the kernels as first written, kept to compare and time against.
+    Every,
+}
+
+impl FlashMask {
+    /// From `MMR1_FLASH_MASK` (`diagonal` or `every`); unset means `Diagonal`.
+    pub fn from_env() -> Result<Self, String> {
+        let choices = [("diagonal", FlashMask::Diagonal), ("every", FlashMask::Every)];
+        Ok(env_choice("MMR1_FLASH_MASK", &choices)?.unwrap_or_default())
+    }
+    /// The kernels' `mask_all` argument.
+    fn arg(self) -> i32 {
+        (self == FlashMask::Every) as i32
+    }
 }
 
 impl FlashFwd {
@@ -392,6 +419,7 @@ impl<D: Device> CudaBackend<D> {
                 Arg::I32(shape.n_heads as i32),
                 Arg::I32(shape.n_kv_heads as i32),
                 Arg::F32(scale),
+                Arg::I32(self.flash_mask.arg()),
             ],
         );
     }
@@ -444,6 +472,7 @@ impl<D: Device> CudaBackend<D> {
                     Arg::I32(h as i32),
                     Arg::I32(hkv as i32),
                     Arg::F32(scale),
+                    Arg::I32(self.flash_mask.arg()),
                 ],
             );
         }
@@ -483,6 +512,7 @@ impl<D: Device> CudaBackend<D> {
                     Arg::F32(scale),
                     Arg::I64(stride as i64),
                     Arg::I32((h / hkv / parts) as i32),
+                    Arg::I32(self.flash_mask.arg()),
                 ],
             );
             if let Some([pk, pv]) = &partials {

@@ -28,7 +28,7 @@ mod vision_ops;
 
 use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
-pub use flash::{AttnKernel, DecodeKernel, FlashFwd, FlashIo};
+pub use flash::{AttnKernel, DecodeKernel, FlashFwd, FlashIo, FlashMask};
 use std::sync::Arc;
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
@@ -73,6 +73,8 @@ pub struct CudaBackend<D: Device> {
     flash_io: FlashIo,
     /// Which flash forward runs with bf16 storage (`MMR1_FLASH_FWD`).
     flash_fwd: FlashFwd,
+    /// Which key tiles the flash kernels mask (`MMR1_FLASH_MASK`).
+    flash_mask: FlashMask,
     /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
     /// reused while their contents repeat: see `upload_cache`.
     indices: upload_cache::UploadCache<D::Mem>,
@@ -108,6 +110,7 @@ impl<D: Device> CudaBackend<D> {
             decode: DecodeKernel::default(),
             flash_io: FlashIo::default(),
             flash_fwd: FlashFwd::default(),
+            flash_mask: FlashMask::default(),
             indices: Default::default(),
             producer_shadows: producer_shadows::from_env(),
         }
@@ -116,13 +119,19 @@ impl<D: Device> CudaBackend<D> {
     /// an unknown value is an error naming the accepted ones.
     /// The decode kernel likewise from `MMR1_DECODE` (`staged`, the default, or `split`), and
     /// the flash kernels' input storage from `MMR1_FLASH_IO` (`bf16`, the default, or `f32`)
-    /// and their forward from `MMR1_FLASH_FWD` (`narrow`, the default, or `wide`).
+    /// and their forward from `MMR1_FLASH_FWD` (`narrow`, the default, or `wide`), their
+    /// masked tiles from `MMR1_FLASH_MASK` (`diagonal`, the default, or `every`).
     pub fn attention_from_env(mut self) -> Result<Self, String> {
         self.attn = AttnKernel::from_env()?;
         self.decode = DecodeKernel::from_env()?;
         self.flash_io = FlashIo::from_env()?;
         self.flash_fwd = FlashFwd::from_env()?;
+        self.flash_mask = FlashMask::from_env()?;
         Ok(self)
+    }
+    /// Selects which key tiles the flash kernels mask (see `FlashMask`: same bits).
+    pub fn set_flash_mask(&mut self, mask: FlashMask) {
+        self.flash_mask = mask;
     }
     /// Selects the flash forward kernel used with bf16 storage (see `FlashFwd`: same bits).
     pub fn set_flash_fwd(&mut self, fwd: FlashFwd) {

@@ -2,7 +2,7 @@
 //! kernels run. See `backend::precision` for what each choice means.
 
 use super::device::{env_choice, Device};
-use super::{AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo};
+use super::{AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask};
 use crate::backend::precision::Precision;
 
 /// `MMR1_GEMM` (`f32` or `bf16`) when set: bf16 GEMMs or not. Overrides the GEMM part of a
@@ -29,6 +29,7 @@ impl<D: Device> CudaBackend<D> {
         self.set_decode_kernel(DecodeKernel::from_env()?);
         self.set_flash_io(FlashIo::from_env()?);
         self.set_flash_fwd(FlashFwd::from_env()?);
+        self.set_flash_mask(FlashMask::from_env()?);
         Ok(self)
     }
 
