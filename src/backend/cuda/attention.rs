@@ -57,9 +57,8 @@ impl<D: Device> CudaBackend<D> {
         whole: bool,
     ) {
         attn_check(shape);
-        let out16 = || if whole { self.attention_out_shadow(spans, shape) } else { None };
         if causal && self.attn == AttnKernel::Flash && flash::decode_supports(spans, shape) {
-            let out16 = out16();
+            let out16 = if whole { self.attention_out_shadow(out, spans, shape) } else { None };
             self.flash_decode(out, out16.as_ref(), lse, q, k, v, spans, shape);
             self.adopt_attention_out_shadow(out, out16, spans, shape);
             return;
@@ -80,7 +79,7 @@ impl<D: Device> CudaBackend<D> {
             return;
         }
         if causal && self.use_flash(shape) {
-            let out16 = out16();
+            let out16 = if whole { self.attention_out_shadow(out, spans, shape) } else { None };
             self.flash_forward(out, out16.as_ref(), lse, q, k, v, spans, shape);
             self.adopt_attention_out_shadow(out, out16, spans, shape);
             return;

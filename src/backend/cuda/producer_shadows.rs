@@ -70,11 +70,16 @@ impl<D: Device> CudaBackend<D> {
         self
     }
 
-    /// Pooled memory for the bf16 rounding of an output of `n` values, when producers write
-    /// it and the device keeps activation shadows (else None: the producer writes f32 alone).
-    fn producer_shadow(&self, n: usize) -> Option<D::Mem> {
-        (n > 0 && self.producer_shadows && self.dev.wants_act_shadow())
-            .then(|| self.dev.alloc(n * 2))
+    /// Pooled memory for the bf16 rounding of `out` (`n` values), when producers write it and
+    /// the device keeps activation shadows (else None: the producer writes f32 alone). `out`'s
+    /// old shadow, which the launch would end anyway, is freed first, so the two never live at
+    /// once: a head chunk's d logits is rewritten chunk after chunk, and its two shadows side by
+    /// side were the 0.5B step's peak (+0.5 GiB at 1,766 x 151,936; H100, 2026-11-27).
+    fn producer_shadow(&self, out: &D::Mem, n: usize) -> Option<D::Mem> {
+        (n > 0 && self.producer_shadows && self.dev.wants_act_shadow()).then(|| {
+            self.dev.forget_bf16_shadow(out);
+            self.dev.alloc(n * 2)
+        })
     }
 
     /// Memory for the bf16 rounding of an attention output (`[rows, n_heads * head_dim]`)
@@ -83,6 +88,7 @@ impl<D: Device> CudaBackend<D> {
     /// keys gets no shadow: the flash-decode launcher has no work items for it.)
     pub(super) fn attention_out_shadow(
         &self,
+        out: &Buf<D>,
         spans: &[AttnSpan],
         shape: AttnShape,
     ) -> Option<D::Mem> {
@@ -90,7 +96,7 @@ impl<D: Device> CudaBackend<D> {
             return None;
         }
         let rows = covered_rows(spans)?;
-        self.producer_shadow(rows * shape.n_heads * shape.head_dim)
+        self.producer_shadow(&out.mem, rows * shape.n_heads * shape.head_dim)
     }
 
     /// Adopts `out16` (from `attention_out_shadow` for the same spans), after the launch
@@ -125,7 +131,7 @@ impl<D: Device> CudaBackend<D> {
             return;
         }
         let t = self.upload_u32(&targets[..rows]);
-        let shadow = self.producer_shadow(rows * vocab);
+        let shadow = self.producer_shadow(&dlogits.mem, rows * vocab);
         let (name, mut args) = match &shadow {
             Some(s) => ("logprobs_bwd_bf16shadow_f32", vec![Arg::Ptr(&dlogits.mem), Arg::Ptr(s)]),
             None => ("logprobs_bwd_f32", vec![Arg::Ptr(&dlogits.mem)]),
@@ -161,7 +167,7 @@ impl<D: Device> CudaBackend<D> {
         if rows == 0 {
             return;
         }
-        let shadow = self.producer_shadow(rows * dim);
+        let shadow = self.producer_shadow(&out.mem, rows * dim);
         let (name, mut args) = match &shadow {
             Some(s) => ("rmsnorm_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
             None => ("rmsnorm_f32", vec![Arg::Ptr(&out.mem)]),
@@ -184,7 +190,7 @@ impl<D: Device> CudaBackend<D> {
     /// `Backend::swiglu`: `swiglu_bf16shadow_f32` when activation shadows are kept.
     pub(super) fn swiglu_fwd(&self, out: &mut Buf<D>, gate: &Buf<D>, up: &Buf<D>) {
         let n = out.len;
-        let shadow = self.producer_shadow(n);
+        let shadow = self.producer_shadow(&out.mem, n);
         let (name, mut args) = match &shadow {
             Some(s) => ("swiglu_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
             None => ("swiglu_f32", vec![Arg::Ptr(&out.mem)]),
@@ -207,7 +213,10 @@ impl<D: Device> CudaBackend<D> {
         up: &Buf<D>,
     ) {
         let n = dgate.len;
-        let shadows = self.producer_shadow(n).map(|g| (g, self.dev.alloc(n * 2)));
+        let shadows = self.producer_shadow(&dgate.mem, n).map(|g| {
+            self.dev.forget_bf16_shadow(&dup.mem);
+            (g, self.dev.alloc(n * 2))
+        });
         let (name, mut args) = match &shadows {
             Some((g16, u16)) => (
                 "swiglu_bwd_bf16shadow_f32",
