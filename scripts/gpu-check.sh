@@ -27,7 +27,8 @@
 # GPU_CHECK_SECTIONS picks sections (suites steps benches torch rl demo sanitizers; default all;
 # `rollout`, continuous batching of a 512-response rollout, and `ncu`, the RL kernels' own
 # time and DRAM throughput, only when named),
-# STEPS=quick the short list of training steps, BENCH_FILTER a part of the kernel benches,
+# STEPS=quick the short list of training steps (STEPS=levers: each default against its switch;
+# STEPS=recheck: a short follow-up), BENCH_FILTER a part of the kernel benches,
 # SUITES the equivalence suites to run, SANITIZER_SUITES those under compute-sanitizer.
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them). STEP_SEQS x STEP_LEN
 # (default 4 x 1024 tokens) sizes the 0.5B steps. DEMO_PRECISIONS (default "bf16 f32") x DEMO_SEEDS
@@ -183,7 +184,33 @@ grpo="--prompts ${GRPO_PROMPTS:-32} --group 8 --len 128 --new 128 --steps 2"
 # STEPS=quick: the 0.5B train, log-prob, decode and GRPO-step pairs, the profiled step, and 3B
 # with recomputation at the full 4x1024 tokens.
 # shellcheck disable=SC2086
-if want steps && [ "${STEPS:-full}" = quick ]; then
+if want steps && [ "${STEPS:-full}" = levers ]; then
+    # STEPS=levers: each default against its switch turned the other way, in one short call
+    # (docs/perf.md's UNMEASURED sections), PyTorch beside the two defaults.
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_IO=f32 MMR1_FLASH_IO=f32 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_FWD=wide MMR1_FLASH_FWD=wide step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_MASK=every MMR1_FLASH_MASK=every step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    step torch 120 --arch qwen2.5-0.5b $dec --mode decode
+    step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+elif want steps && [ "${STEPS:-full}" = recheck ]; then
+    # STEPS=recheck: a short follow-up call: the default step, the diagonal-only flash mask's
+    # switch, PyTorch, and decode repeated around its switch (two rollouts a run are noisy).
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_MASK=every MMR1_FLASH_MASK=every step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+elif want steps && [ "${STEPS:-full}" = quick ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     # Flash attention reading f32 tiles (the storage before bf16 copies), and the wide forward
@@ -276,7 +303,8 @@ echo "== kernel benches"
 brc=0
 set +e
 # BENCH_FILTER (a criterion filter, e.g. "flash") runs part of them.
-if want benches && enough 150 "kernel benches"; then
+# A part of them (BENCH_FILTER) asks for less of the budget.
+if want benches && enough "$([ -n "${BENCH_FILTER:-}" ] && echo 60 || echo 150)" "kernel benches"; then
     # shellcheck disable=SC2086
     timeout "$(cap 240)" "${exe[kernels]}" --bench ${BENCH_FILTER:-} > "$log/bench.log" 2>&1
     brc=$?
@@ -445,15 +473,27 @@ if want ncu && enough 45 "ncu"; then
             "${exe[rl_bench]}" 2>> "$log/ncu.log" | grep -E '^"' >> "$log/ncu.csv"
         set -e
     done
-    # The flash forwards at 2x4096 d128 (default, wide, f32 tile loads): ncu's SpeedOfLight
-    # section (duration; SM, L1/shared, L2 and DRAM throughput as % of peak) names what bounds
-    # each (docs/perf.md predicts shared memory for the narrow one). NCU_FLASH: names.
+    # The flash kernels at 2x4096 d128 (default, wide, f32 tile loads; the backward's two):
+    # ncu's SpeedOfLight section (duration; SM, L1/shared, L2 and DRAM throughput as % of peak)
+    # names what bounds each (docs/perf.md predicts shared memory for the narrow forward).
+    # NCU_FLASH: names; NCU_SECTIONS: more sections (Occupancy, WarpStateStats, ...: why);
+    # NCU_METRICS: raw metrics too (the stall reasons, say).
     for k in ${NCU_FLASH:-flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_d128}; do
         [ -n "$ncu_bin" ] || break
         enough 40 "ncu $k" || break
+        # A backward kernel runs in the backward bench (which also runs a forward first).
+        case $k in *bwd*|*dkv*) filt=flash_bwd_2x4096 ;; *) filt=flash_fwd_2x4096 ;; esac
+        secs=()
+        for sec in ${NCU_SECTIONS:-SpeedOfLight}; do secs+=(--section "$sec"); done
+        # NCU_METRICS: metrics beside the sections (names or regex:..., comma-separated).
+        if [ -n "${NCU_METRICS:-}" ]; then secs+=(--metrics "$NCU_METRICS"); fi
+        # NCU_SET=full: every section (stall reasons, pipes, bank conflicts), ~40 passes a kernel;
+        # with NCU_PAGE=raw, one row of every metric, kept in ncu.csv for reading afterwards.
+        if [ -n "${NCU_SET:-}" ]; then secs+=(--set "$NCU_SET"); fi
+        if [ -n "${NCU_PAGE:-}" ]; then secs+=(--page "$NCU_PAGE"); fi
         set +e
         timeout "$(cap 120)" "$ncu_bin" --kernel-name "$k" --launch-skip 2 --launch-count 1 --csv \
-            --section SpeedOfLight "${exe[kernels]}" --bench flash_fwd_2x4096 2>> "$log/ncu.log" \
+            "${secs[@]}" "${exe[kernels]}" --bench "$filt" 2>> "$log/ncu.log" \
             | grep -E '^"' >> "$log/ncu.csv"
         set -e
     done
@@ -568,7 +608,7 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
        f"Roofline: HBM {hbm/1e12:.2f} TB/s (datasheet), FP32 {f32_peak/1e12:.0f} TFLOP/s, bf16 dense {bf16_peak/1e12:.0f} TFLOP/s.",
        "Max error: largest relative L2 error against the CPU reference over the suite's shapes for that op, forward and backward together (f32 storage; '-': checked bit-exactly or by another test).",
        "Times: median per call, criterion, calls queued back to back between synchronizations; host-side id uploads included.", "",
-       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads; _wide: the forward with 4 warps of 32 rows); PyTorch's are bf16.",
+       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads; _wide: the forward with 4 warps of 32 rows; _maskevery: every key tile compared with the causal mask, as before the diagonal-only mask); PyTorch's are bf16.",
        "", "| kernel | max error | time | rate | fraction of roofline | PyTorch | speed vs PyTorch |",
        "| --- | --- | --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in rows]
