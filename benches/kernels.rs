@@ -9,6 +9,7 @@
 #[cfg(feature = "cuda")]
 mod gpu {
     use criterion::{Criterion, Throughput};
+    use mmr1_fast::backend::cpu::rope_inv_freq;
     use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::{
         driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask,
@@ -231,7 +232,7 @@ mod gpu {
         let mut qx = rand_buf(&b, &mut r, t * h * hd, 1.0);
         let pos: Vec<u32> = (0..t as u32).collect();
         bench(&mut g, &mut meta, "rope", 8 * t * h * hd, &mut || {
-            b.rope(&mut qx, &pos, h, hd, 1e6, false)
+            b.rope(&mut qx, &pos, h, hd, &rope_inv_freq(hd, 1e6), false)
         });
 
         // logprobs over a real vocabulary: 1024 rows x 151936

@@ -6,7 +6,7 @@
 //! `RAYON_NUM_THREADS=2 cargo run --release --example step_phases [-- N]`
 
 use mmr1_fast::backend::chunked_logprob::RowGrads;
-use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::cpu::{rope_inv_freq, Cpu};
 use mmr1_fast::backend::{Backend, Tr};
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
@@ -215,7 +215,14 @@ fn ops(be: &Cpu, model: &Qwen2<Cpu>, batch: &Packed, n: usize) {
     });
     let mut qq = q.clone();
     total += time("rope (q; k is half)", 3 * l, &mut || {
-        be.rope(&mut qq, &batch.positions, c.num_attention_heads, c.head_dim(), 1e4, false)
+        be.rope(
+            &mut qq,
+            &batch.positions,
+            c.num_attention_heads,
+            c.head_dim(),
+            &rope_inv_freq(c.head_dim(), 1e4),
+            false,
+        )
     });
     let (mut act, mut dg, mut du) = (be.zeros(t * i), be.zeros(t * i), be.zeros(t * i));
     total += time("swiglu", l, &mut || be.swiglu(&mut act, &gate, &up));

@@ -8,7 +8,7 @@
 
 mod common;
 use common::rel_l2;
-use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::cpu::{rope_inv_freq, Cpu};
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend, Tr};
 use mmr1_fast::model::init::normal;
 use rand::SeedableRng;
@@ -167,16 +167,16 @@ fn rope_inverse_is_the_backward() {
     let c = randn(t * heads * hd, 16, 1.0);
     let f = |x: &[f32]| {
         let mut y = x.to_vec();
-        be.rope(&mut y, &positions, heads, hd, 10000.0, false);
+        be.rope(&mut y, &positions, heads, hd, &rope_inv_freq(hd, 10000.0), false);
         dot(&c, &y)
     };
     let mut dx = c.clone();
-    be.rope(&mut dx, &positions, heads, hd, 10000.0, true);
+    be.rope(&mut dx, &positions, heads, hd, &rope_inv_freq(hd, 10000.0), true);
     check("rope dx", &dx, &fd_grad(&x, 1e-2, f), TOL);
     // And it really inverts the forward.
     let mut y = x.clone();
-    be.rope(&mut y, &positions, heads, hd, 10000.0, false);
-    be.rope(&mut y, &positions, heads, hd, 10000.0, true);
+    be.rope(&mut y, &positions, heads, hd, &rope_inv_freq(hd, 10000.0), false);
+    be.rope(&mut y, &positions, heads, hd, &rope_inv_freq(hd, 10000.0), true);
     assert!(rel_l2(&y, &x) < 1e-6);
 }
 

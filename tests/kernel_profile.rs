@@ -88,19 +88,20 @@ fn nothing_is_recorded_without_profiling() {
 /// fills the upload cache with what repeats across steps: the rope frequencies, the rows the
 /// lm_head reads).
 fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64) {
-    let (launches, uploads, _) = decode_step_cost_in(slots, layers, attn, false, true);
+    let (launches, uploads, _) = decode_step_cost_in(slots, layers, attn, false, true, None);
     (launches, uploads)
 }
 
 /// `decode_step_cost` in f32 or bf16 (GEMMs in bf16, weight and activation shadows on), with
 /// `producers` writing the bf16 copies of their outputs or not, and the step's conversions
-/// (`f32_to_bf16_x8` launches, counted among the launches).
+/// (`f32_to_bf16_x8` launches, counted among the launches). `rope_scaling`: the config's.
 fn decode_step_cost_in(
     slots: usize,
     layers: usize,
     attn: AttnKernel,
     bf16: bool,
     producers: bool,
+    rope_scaling: Option<serde_json::Value>,
 ) -> (u64, u64, u64) {
     use mmr1_fast::backend::precision::Precision;
     // Op by op: a replayed step (tests/decode_replay.rs) uploads its index arrays again.
@@ -117,6 +118,9 @@ fn decode_step_cost_in(
         .with_producer_shadows(producers);
     let mut cfg = tiny_config(97, false);
     cfg.num_hidden_layers = layers;
+    if let Some(rs) = rope_scaling {
+        cfg.extra.insert("rope_scaling".into(), rs);
+    }
     let model = random_model_on(&be, cfg, 5);
     let mut cache = model.new_cache(&be, slots, 32);
     // Ragged prompts: the slots sit at different lengths, as in a rollout.
@@ -166,6 +170,31 @@ fn a_decode_step_launches_per_layer_not_per_sequence() {
             );
             assert_eq!(up, uploads, "{attn:?}, {slots} slots, {layers} layers: uploads per step");
         }
+    }
+}
+
+/// A model with scaled RoPE (linear, llama3: no attention factor; YaRN: one `scale` of q and
+/// of k a layer) decodes with the plain model's uploads: its scaled frequencies go through the
+/// upload cache like the plain ones, not an angle table uploaded per rotation (which cost two
+/// uploads a layer).
+#[test]
+fn scaled_rope_decodes_with_the_plain_uploads() {
+    use serde_json::json;
+    let plain = decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, None);
+    for (rs, extra_per_layer) in [
+        (json!({"rope_type": "linear", "factor": 2.0}), 0),
+        (
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+            0,
+        ),
+        (json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}), 2),
+    ] {
+        let what = rs.to_string();
+        let (launches, uploads, _) =
+            decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, Some(rs));
+        assert_eq!(uploads, plain.1, "{what}: uploads per decode step");
+        assert_eq!(launches, plain.0 + 2 * extra_per_layer, "{what}: launches per decode step");
     }
 }
 
@@ -237,12 +266,12 @@ fn a_bf16_decode_step_converts_only_what_no_producer_writes() {
             let what = format!("{attn:?}, {slots} slots, {layers} layers");
             let l = layers as u64;
             let (f32_launches, f32_uploads, none) =
-                decode_step_cost_in(slots, layers, attn, false, true);
+                decode_step_cost_in(slots, layers, attn, false, true, None);
             assert_eq!(none, 0, "{what}: an f32 step converts nothing");
             let with = if attn == AttnKernel::Flash { 1 } else { l + 1 };
             for (producers, want) in [(true, with), (false, 4 * l + 1)] {
                 let (launches, uploads, conversions) =
-                    decode_step_cost_in(slots, layers, attn, true, producers);
+                    decode_step_cost_in(slots, layers, attn, true, producers, None);
                 let what = format!("{what}, producer shadows {producers}");
                 println!("DECODE CONVERSIONS {what}: {conversions} of {launches} launches");
                 assert_eq!(conversions, want, "{what}: conversions per bf16 decode step");

@@ -8,7 +8,7 @@
 //! and scripts/gpu-check.sh runs them with `--include-ignored`.
 #![cfg(any(feature = "emu", feature = "cuda"))]
 
-use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::cpu::{rope_inv_freq, Cpu};
 use mmr1_fast::backend::cuda::device::Device;
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
@@ -436,12 +436,12 @@ fn rope<B: Backend>(b: &B) {
         let pos: Vec<u32> = (0..ntok).map(|_| r.gen_range(0..4096)).collect();
         for inverse in [false, true] {
             let mut xc = x.clone();
-            Cpu.rope(&mut xc, &pos, heads, hd, 1e6, inverse);
+            Cpu.rope(&mut xc, &pos, heads, hd, &rope_inv_freq(hd, 1e6), inverse);
             let mut xg = b.upload(&x);
-            b.rope(&mut xg, &pos, heads, hd, 1e6, inverse);
+            b.rope(&mut xg, &pos, heads, hd, &rope_inv_freq(hd, 1e6), inverse);
             assert_close(&format!("rope inverse={inverse}"), &b.download(&xg), &xc, TOL);
             if inverse {
-                b.rope(&mut xg, &pos, heads, hd, 1e6, false);
+                b.rope(&mut xg, &pos, heads, hd, &rope_inv_freq(hd, 1e6), false);
                 assert_close("rope round trip", &b.download(&xg), &x, TOL);
             }
         }

@@ -201,11 +201,11 @@ impl Backend for Cpu {
         positions: &[u32],
         n_heads: usize,
         head_dim: usize,
-        theta: f32,
+        inv: &[f32],
         inverse: bool,
     ) {
-        let inv = rope_inv_freq(head_dim, theta);
         let half = head_dim / 2;
+        assert_eq!(inv.len(), half, "rope: head_dim / 2 frequencies");
         let sign = if inverse { -1.0f32 } else { 1.0 };
         x[..positions.len() * n_heads * head_dim]
             .par_chunks_mut(n_heads * head_dim)

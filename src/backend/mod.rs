@@ -179,15 +179,16 @@ pub trait Backend {
 
     /// Rotary embedding in place on `x[t, head, head_dim]` (`n_heads` heads per row), the
     /// "rotate half" layout of Hugging Face Llama/Qwen2: pair `(i, i + head_dim/2)` turns by
-    /// `positions[t] * theta^(-2i/head_dim)`. `inverse` turns the other way, which is the
-    /// backward pass (the rotation is orthogonal).
+    /// `positions[t] as f32 * inv_freq[i]` (`head_dim / 2` frequencies: `cpu::rope_inv_freq`
+    /// for plain RoPE, `RopeScaling::inv_freq` for a scaled one). `inverse` turns the other
+    /// way, which is the backward pass (the rotation is orthogonal).
     fn rope(
         &self,
         x: &mut Self::Buf,
         positions: &[u32],
         n_heads: usize,
         head_dim: usize,
-        theta: f32,
+        inv_freq: &[f32],
         inverse: bool,
     );
 

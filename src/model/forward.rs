@@ -4,6 +4,7 @@
 //! layer's input (the backward re-runs the layer: `LayerStore::Recomputed`).
 
 use super::{KvCache, Qwen2};
+use crate::backend::cpu::rope_inv_freq;
 use crate::backend::{AttnSpan, Backend, Tr};
 use anyhow::Result;
 use std::cell::RefCell;
@@ -232,7 +233,8 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// Rotary embedding of `x` `[tokens, n_heads, head_dim]` for the batch's rows: 1D RoPE of
-    /// `batch.positions`, or the batch's own angle table (M-RoPE). `inverse` for the backward.
+    /// `batch.positions` at the config's frequencies (scaled ones included), or the batch's
+    /// own angle table (M-RoPE). `inverse` for the backward.
     pub(crate) fn rotate(
         &self,
         be: &B,
@@ -245,14 +247,14 @@ impl<B: Backend> Qwen2<B> {
         match &batch.rope_angles {
             None => match self.cfg.rope_scaling().expect("rope settings checked at load") {
                 None => {
-                    be.rope(x, &batch.positions, n_heads, hd, self.cfg.rope_theta() as f32, inverse)
+                    let inv = rope_inv_freq(hd, self.cfg.rope_theta() as f32);
+                    be.rope(x, &batch.positions, n_heads, hd, &inv, inverse)
                 }
                 Some(sc) => {
-                    // Scaled RoPE (linear, YaRN, llama3): the scaled frequencies' angle table,
-                    // then transformers' factor on cos and sin (a scalar, so it commutes with
-                    // the rotation and the backward applies it the same way).
-                    let angles = be.upload(&sc.angles(&batch.positions));
-                    be.rope_table(x, &angles, batch.tokens(), n_heads, hd, inverse);
+                    // Scaled RoPE (linear, YaRN, llama3): the scaled frequencies, then
+                    // transformers' factor on cos and sin (a scalar, so it commutes with the
+                    // rotation and the backward applies it the same way).
+                    be.rope(x, &batch.positions, n_heads, hd, &sc.inv_freq, inverse);
                     if sc.attention_factor != 1.0 {
                         be.scale(x, sc.attention_factor);
                     }

@@ -26,17 +26,7 @@ pub struct RopeScaling {
     pub attention_factor: f32,
 }
 
-impl RopeScaling {
-    /// `[positions.len(), head_dim / 2]` rotation angles, `position * inv_freq` in f32 as
-    /// transformers' `inv_freq @ position_ids` (the table `Backend::rope_table` reads).
-    pub fn angles(&self, positions: &[u32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(positions.len() * self.inv_freq.len());
-        for &p in positions {
-            out.extend(self.inv_freq.iter().map(|&f| p as f32 * f));
-        }
-        out
-    }
-}
+impl RopeScaling {}
 
 /// The rope settings transformers uses: `rope_scaling` when it is a non-empty object (it
 /// replaces `rope_parameters`), else `rope_parameters`; `None` when neither is an object.

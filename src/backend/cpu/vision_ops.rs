@@ -157,7 +157,7 @@ mod tests {
         let angles: Vec<f32> =
             pos.iter().flat_map(|&p| inv.iter().map(move |&f| p as f32 * f)).collect();
         let mut a = x.clone();
-        Cpu.rope(&mut a, &pos, heads, hd, 1e4, false);
+        Cpu.rope(&mut a, &pos, heads, hd, &crate::backend::cpu::rope_inv_freq(hd, 1e4), false);
         let mut b = x.clone();
         rope_table(&mut b, &angles, rows, heads, hd, false);
         assert_eq!(a, b);

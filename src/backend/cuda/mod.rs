@@ -26,7 +26,7 @@ pub mod rl;
 mod upload_cache;
 mod vision_ops;
 
-use super::{cpu, AdamwStep, AttnShape, AttnSpan, Backend, Tr};
+use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
 pub use flash::{AttnKernel, DecodeKernel, FlashFwd, FlashIo, FlashMask};
 use std::sync::Arc;
@@ -646,16 +646,16 @@ impl<D: Device> Backend for CudaBackend<D> {
         positions: &[u32],
         n_heads: usize,
         head_dim: usize,
-        theta: f32,
+        inv_freq: &[f32],
         inverse: bool,
     ) {
+        assert_eq!(inv_freq.len(), head_dim / 2, "rope: head_dim / 2 frequencies");
         if positions.is_empty() || head_dim < 2 {
             return;
         }
-        // Frequencies computed on the host exactly as the reference does. Both arrays come
-        // from the upload cache: every layer rotates q and k with the same ones.
-        let inv =
-            self.upload_index_bytes(bytemuck::cast_slice(&cpu::rope_inv_freq(head_dim, theta)));
+        // Both arrays come from the upload cache: every layer rotates q and k with the same
+        // ones, so a step uploads them once (a scaled model's frequencies too).
+        let inv = self.upload_index_bytes(bytemuck::cast_slice(inv_freq));
         let pos = self.upload_index_u32(positions);
         self.elementwise(
             "rope_f32",
