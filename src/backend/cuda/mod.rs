@@ -123,11 +123,17 @@ impl<D: Device> CudaBackend<D> {
     /// masked tiles from `MMR1_FLASH_MASK` (`diagonal`, the default, or `every`).
     pub fn attention_from_env(mut self) -> Result<Self, String> {
         self.attn = AttnKernel::from_env()?;
+        self.flash_variants_from_env()?;
+        Ok(self)
+    }
+    /// The flash kernels' variants from the environment: `MMR1_DECODE`, `MMR1_FLASH_IO`,
+    /// `MMR1_FLASH_FWD`, `MMR1_FLASH_MASK` (one list for every way a backend is made).
+    pub(super) fn flash_variants_from_env(&mut self) -> Result<(), String> {
         self.decode = DecodeKernel::from_env()?;
         self.flash_io = FlashIo::from_env()?;
         self.flash_fwd = FlashFwd::from_env()?;
         self.flash_mask = FlashMask::from_env()?;
-        Ok(self)
+        Ok(())
     }
     /// Selects which key tiles the flash kernels mask (see `FlashMask`: same bits).
     pub fn set_flash_mask(&mut self, mask: FlashMask) {

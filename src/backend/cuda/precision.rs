@@ -2,7 +2,7 @@
 //! kernels run. See `backend::precision` for what each choice means.
 
 use super::device::{env_choice, Device};
-use super::{AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask};
+use super::{AttnKernel, CudaBackend};
 use crate::backend::precision::Precision;
 
 /// `MMR1_GEMM` (`f32` or `bf16`) when set: bf16 GEMMs or not. Overrides the GEMM part of a
@@ -14,8 +14,8 @@ pub(super) fn gemm_override() -> Result<Option<bool>, String> {
 impl<D: Device> CudaBackend<D> {
     /// The backend at precision `p` (bf16: bf16 GEMM + flash attention; f32: SGEMM + the
     /// reference attention), with `MMR1_GEMM` / `MMR1_ATTENTION` overriding either part, and
-    /// the flash kernels' variants from `MMR1_DECODE`, `MMR1_FLASH_IO` and `MMR1_FLASH_FWD`
-    /// (on the emulator too, so `--device emu` runs whichever a GPU would).
+    /// the flash kernels' variants from the environment (`flash_variants_from_env`; on the
+    /// emulator too, so `--device emu` runs whichever a GPU would).
     pub fn with_precision(mut self, p: Precision) -> Result<Self, String> {
         let bf16 = p == Precision::Bf16;
         let gemm = gemm_override()?.unwrap_or(bf16);
@@ -26,10 +26,7 @@ impl<D: Device> CudaBackend<D> {
             AttnKernel::Reference
         });
         self.set_attention(attn);
-        self.set_decode_kernel(DecodeKernel::from_env()?);
-        self.set_flash_io(FlashIo::from_env()?);
-        self.set_flash_fwd(FlashFwd::from_env()?);
-        self.set_flash_mask(FlashMask::from_env()?);
+        self.flash_variants_from_env()?;
         Ok(self)
     }
 
