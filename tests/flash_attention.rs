@@ -36,17 +36,9 @@ fn sh(h: usize, hkv: usize, d: usize) -> AttnShape {
     AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d }
 }
 
+/// Whole sequences packed one after another (each query sees its own sequence's keys).
 fn packed(lens: &[usize], shape: AttnShape) -> Case {
-    let mut at = 0;
-    let spans = lens
-        .iter()
-        .map(|&l| {
-            let s = AttnSpan { q_start: at, q_len: l, kv_start: at, kv_len: l };
-            at += l;
-            s
-        })
-        .collect();
-    Case { spans, shape, q_rows: at, kv_rows: at }
+    offset(&lens.iter().map(|&l| (l, 0)).collect::<Vec<_>>(), shape)
 }
 
 /// Spans whose queries are the last `q_len` of `q_len + offset` keys (a prefill after cached

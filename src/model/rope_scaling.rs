@@ -26,8 +26,6 @@ pub struct RopeScaling {
     pub attention_factor: f32,
 }
 
-impl RopeScaling {}
-
 /// The rope settings transformers uses: `rope_scaling` when it is a non-empty object (it
 /// replaces `rope_parameters`), else `rope_parameters`; `None` when neither is an object.
 pub(crate) fn rope_dict(cfg: &Qwen2Config) -> Option<&Map<String, Value>> {

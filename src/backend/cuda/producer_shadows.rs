@@ -213,10 +213,8 @@ impl<D: Device> CudaBackend<D> {
         up: &Buf<D>,
     ) {
         let n = dgate.len;
-        let shadows = self.producer_shadow(&dgate.mem, n).map(|g| {
-            self.dev.forget_bf16_shadow(&dup.mem);
-            (g, self.dev.alloc(n * 2))
-        });
+        // Both or neither: the same conditions decide each.
+        let shadows = self.producer_shadow(&dgate.mem, n).zip(self.producer_shadow(&dup.mem, n));
         let (name, mut args) = match &shadows {
             Some((g16, u16)) => (
                 "swiglu_bwd_bf16shadow_f32",
