@@ -6,31 +6,39 @@
 // One row (blockIdx.x) of RMSNorm: out = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps).
 // With `shadow` (non-null) it also writes each output's bf16 rounding (round to nearest even,
 // the bits f32_to_bf16_x8 would make of `out`), computed from the value it stores: the copy
-// a bf16 GEMM reads (src/backend/cuda/producer_shadows.rs).
+// a bf16 GEMM reads (src/backend/cuda/producer_shadows.rs). With `y` (non-null) the row
+// normalised is x + y, written to `sum` first (a residual add: add_f32's bits), and each
+// thread reads back only what it wrote.
 __device__ __forceinline__ void rmsnorm_row(real* out, unsigned short* shadow, float* rstd, const real* x,
-                                            const real* w, int dim, float eps, float* scratch) {
+                                            const real* y, real* sum, const real* w, int dim, float eps,
+                                            float* scratch) {
     const long long r = blockIdx.x;
     const real* xr = x + r * dim;
     float ss = 0.0f;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         float v = xr[j];
+        if (y) {
+            v = v + y[r * dim + j];
+            sum[r * dim + j] = v;
+        }
         ss += v * v;
     }
+    if (y) xr = sum + r * dim;
     ss = block_sum(ss, scratch);
     // Precise sqrt and division (not rsqrtf): the CPU reference rounds 1/sqrt once.
     const float s = 1.0f / sqrtf(ss / (float)dim + eps);
     if (threadIdx.x == 0) rstd[r] = s;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-        const float y = xr[j] * s * w[j];
-        out[r * dim + j] = y;
-        if (shadow) shadow[r * dim + j] = bf16_bits(y);
+        const float o = xr[j] * s * w[j];
+        out[r * dim + j] = o;
+        if (shadow) shadow[r * dim + j] = bf16_bits(o);
     }
 }
 
 extern "C" __global__ void rmsnorm_f32(real* out, float* rstd, const real* x, const real* w, int rows, int dim,
                                        float eps) {
     SHARED(float, scratch, [32]);
-    rmsnorm_row(out, nullptr, rstd, x, w, dim, eps, scratch);
+    rmsnorm_row(out, nullptr, rstd, x, nullptr, nullptr, w, dim, eps, scratch);
 }
 
 // rmsnorm_f32 that also writes the bf16 operand of the GEMMs reading `out` (q, k, v or gate,
@@ -38,7 +46,15 @@ extern "C" __global__ void rmsnorm_f32(real* out, float* rstd, const real* x, co
 extern "C" __global__ void rmsnorm_bf16shadow_f32(real* out, unsigned short* shadow, float* rstd, const real* x,
                                                   const real* w, int rows, int dim, float eps) {
     SHARED(float, scratch, [32]);
-    rmsnorm_row(out, shadow, rstd, x, w, dim, eps, scratch);
+    rmsnorm_row(out, shadow, rstd, x, nullptr, nullptr, w, dim, eps, scratch);
+}
+
+// Backend::add_rmsnorm: sum = x + y, then RMSNorm of sum (shadow: as rmsnorm_bf16shadow_f32,
+// or null), in one launch where add_f32 and rmsnorm_f32 were two.
+extern "C" __global__ void add_rmsnorm_f32(real* sum, real* out, unsigned short* shadow, float* rstd, const real* x,
+                                           const real* y, const real* w, int rows, int dim, float eps) {
+    SHARED(float, scratch, [32]);
+    rmsnorm_row(out, shadow, rstd, x, y, sum, w, dim, eps, scratch);
 }
 
 // dx_j = s g_j w_j - x_j s^3 / dim * sum_i g_i w_i x_i. The two terms nearly cancel when

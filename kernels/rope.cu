@@ -2,6 +2,17 @@
 // frequencies come from the host (computed exactly as the CPU reference does).
 #include "common.cuh"
 
+// Turns the pair (a, b) by `ang` (`sign` -1: the other way). Shared by every kernel that
+// rotates, so that each rounds the same way (the fused kernel below must give rope_f32's bits).
+__device__ __forceinline__ void rope_turn(float& a, float& b, float ang, float sign) {
+    float s, c;
+    sincosf(ang, &s, &c);
+    s *= sign;
+    const float a0 = a, b0 = b;
+    a = a0 * c - b0 * s;
+    b = b0 * c + a0 * s;
+}
+
 extern "C" __global__ void rope_f32(real* x, const unsigned* positions, const float* inv_freq, int ntok,
                                     int n_heads, int head_dim, float sign) {
     const int half = head_dim / 2;
@@ -10,13 +21,55 @@ extern "C" __global__ void rope_f32(real* x, const unsigned* positions, const fl
         const int i = (int)(idx % half);
         const long long th = idx / half; // token * n_heads + head
         const long long t = th / n_heads;
-        const float ang = (float)positions[t] * inv_freq[i];
-        float s, c;
-        sincosf(ang, &s, &c);
-        s *= sign;
         real* p = x + th * head_dim;
-        const float a = p[i], b = p[i + half];
-        p[i] = a * c - b * s;
-        p[i + half] = b * c + a * s;
+        float a = p[i], b = p[i + half];
+        rope_turn(a, b, (float)positions[t] * inv_freq[i], sign);
+        p[i] = a;
+        p[i + half] = b;
+    }
+}
+
+// A layer's attention inputs from their projections in one pass (Backend::qkv_epilogue; the
+// reference is the ops one after another, src/backend/fused_ops.rs): the biases added, q and
+// k rotated as rope_f32 does and multiplied by `factor` unless it is 1 (scale_f32), and with
+// `cache_rows` (else null) k and v also written to rows cache_rows[t] of the caches
+// (copy_rows_f32). One thread per pair (i, i + half) of a head of a row: the row's q heads,
+// then its k heads, then its v heads. head_dim even (the caller falls back to the ops
+// otherwise).
+extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const real* bq, const real* bk,
+                                            const real* bv, const unsigned* positions, const float* inv_freq,
+                                            int ntok, int n_heads, int n_kv, int head_dim, float factor,
+                                            real* cache_k, real* cache_v, const unsigned* cache_rows) {
+    const int half = head_dim / 2;
+    const int heads = n_heads + 2 * n_kv;
+    const long long total = (long long)ntok * heads * half;
+    GRID_STRIDE(idx, total) {
+        const int i = (int)(idx % half);
+        const long long th = idx / half;
+        const int h = (int)(th % heads);
+        const long long t = th / heads;
+        // 0: q, 1: k, 2: v.
+        const int which = h < n_heads ? 0 : (h < n_heads + n_kv ? 1 : 2);
+        const int hh = which == 0 ? h : (which == 1 ? h - n_heads : h - n_heads - n_kv);
+        const int width = (which == 0 ? n_heads : n_kv) * head_dim;
+        real* x = which == 0 ? q : (which == 1 ? k : v);
+        const real* bias = which == 0 ? bq : (which == 1 ? bk : bv);
+        const int c = hh * head_dim + i;
+        real* p = x + t * width;
+        float a = p[c] + bias[c], b = p[c + half] + bias[c + half];
+        if (which != 2) {
+            rope_turn(a, b, (float)positions[t] * inv_freq[i], 1.0f);
+            if (factor != 1.0f) {
+                a *= factor;
+                b *= factor;
+            }
+        }
+        p[c] = a;
+        p[c + half] = b;
+        if (cache_rows && which != 0) {
+            real* r = (which == 1 ? cache_k : cache_v) + (long long)cache_rows[t] * width;
+            r[c] = a;
+            r[c + half] = b;
+        }
     }
 }

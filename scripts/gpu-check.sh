@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
-# (kernels_vs_cpu, tensor_core, flash_attention, rl_kernels, vision_ops, philox, sample_kernel,
+# (kernels_vs_cpu, tensor_core, flash_attention, fused_layer_ops, rl_kernels, vision_ops, philox, sample_kernel,
 # device_decode: decoding that samples on the device, against the host rule; nccl: the NCCL
 # collective in a world of one against the plain path, op by op and on short sft/train runs);
 # training steps at real
@@ -42,7 +42,7 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention rl_kernels vision_ops philox sample_kernel device_decode decode_replay nccl"
+suites="kernels_vs_cpu tensor_core flash_attention fused_layer_ops rl_kernels vision_ops philox sample_kernel device_decode decode_replay nccl"
 # compute-sanitizer runs the kernel suites, not NCCL's (its own kernels and proxy threads are
 # not ours to check, and slow under the tools).
 san_suites=${suites/ nccl/}

@@ -15,10 +15,11 @@ pub mod chunked_logprob;
 pub mod cpu;
 // The kernel backend; its GPU and emulator devices are behind the `cuda` and `emu` features.
 pub mod cuda;
-// The RL step's batch ops (GRPO loss, advantages, VAS scores) on either backend.
+pub mod fused_ops;
 pub mod memory;
 pub mod precision;
 pub mod profile;
+// The RL step's batch ops (GRPO loss, advantages, VAS scores) on either backend.
 pub mod rl_ops;
 pub mod row_moves;
 pub mod select;
@@ -315,6 +316,39 @@ pub trait Backend {
         vocab: usize,
         inv_temp: f32,
     );
+
+    // ---- a layer's back-to-back ops as one call (fused_ops) --------------------------------
+    // The defaults are the ops one after another (the CPU keeps them); the CUDA backend makes
+    // each one launch, with the same bits.
+
+    /// The attention inputs from their projections: `q += bq`, `k += bk`, `v += bv` per row,
+    /// q and k rotated as `rope` does (forward) and scaled by `rope.factor`, and, with
+    /// `cache`, the new rows of k and v scattered into the caches as `scatter_rows` does.
+    fn qkv_epilogue(
+        &self,
+        x: fused_ops::Qkv<'_, Self>,
+        rope: &fused_ops::Rope1d<'_>,
+        cache: Option<fused_ops::CacheRows<'_, Self>>,
+    ) {
+        fused_ops::qkv_epilogue_ops(self, x, rope, cache)
+    }
+    /// `sum = x + y`, then `rmsnorm(out, rstd, sum, w, ...)`: a residual add and the norm that
+    /// reads it (the add's output is kept: the backward reads it).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm(
+        &self,
+        sum: &mut Self::Buf,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        w: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        fused_ops::add_rmsnorm_ops(self, sum, out, rstd, x, y, w, rows, dim, eps)
+    }
 
     // ---- the optimizer side over every tensor at once (optfuse) --------------------------
     // One call for the whole parameter list where the optimizer used one per tensor; the

@@ -5,6 +5,7 @@
 
 use super::{KvCache, Qwen2};
 use crate::backend::cpu::rope_inv_freq;
+use crate::backend::fused_ops::{CacheRows, Qkv, Rope1d};
 use crate::backend::{AttnSpan, Backend, Tr};
 use anyhow::Result;
 use std::cell::RefCell;
@@ -232,6 +233,17 @@ impl<B: Backend> Qwen2<B> {
         );
     }
 
+    /// The batch's 1D RoPE: the config's inverse frequencies (scaled ones included) and
+    /// transformers' attention factor of scaled RoPE (1 for plain RoPE). Unused where the
+    /// batch carries its own angle table (M-RoPE).
+    fn rope_1d(&self) -> (Vec<f32>, f32) {
+        let hd = self.cfg.head_dim();
+        match self.cfg.rope_scaling().expect("rope settings checked at load") {
+            None => (rope_inv_freq(hd, self.cfg.rope_theta() as f32), 1.0),
+            Some(sc) => (sc.inv_freq, sc.attention_factor),
+        }
+    }
+
     /// Rotary embedding of `x` `[tokens, n_heads, head_dim]` for the batch's rows: 1D RoPE of
     /// `batch.positions` at the config's frequencies (scaled ones included), or the batch's
     /// own angle table (M-RoPE). `inverse` for the backward.
@@ -245,21 +257,15 @@ impl<B: Backend> Qwen2<B> {
     ) {
         let hd = self.cfg.head_dim();
         match &batch.rope_angles {
-            None => match self.cfg.rope_scaling().expect("rope settings checked at load") {
-                None => {
-                    let inv = rope_inv_freq(hd, self.cfg.rope_theta() as f32);
-                    be.rope(x, &batch.positions, n_heads, hd, &inv, inverse)
+            None => {
+                let (inv, factor) = self.rope_1d();
+                be.rope(x, &batch.positions, n_heads, hd, &inv, inverse);
+                // Scaled RoPE: transformers' factor on cos and sin (a scalar, so it commutes
+                // with the rotation and the backward applies it the same way).
+                if factor != 1.0 {
+                    be.scale(x, factor);
                 }
-                Some(sc) => {
-                    // Scaled RoPE (linear, YaRN, llama3): the scaled frequencies, then
-                    // transformers' factor on cos and sin (a scalar, so it commutes with the
-                    // rotation and the backward applies it the same way).
-                    be.rope(x, &batch.positions, n_heads, hd, &sc.inv_freq, inverse);
-                    if sc.attention_factor != 1.0 {
-                        be.scale(x, sc.attention_factor);
-                    }
-                }
-            },
+            }
             Some(angles) => {
                 assert_eq!(
                     angles.len(),
@@ -298,13 +304,49 @@ impl<B: Backend> Qwen2<B> {
 
         be.rmsnorm(&mut la.xn1, &mut la.rstd1, x_in, &p[w.input_norm], t, d, eps);
         be.matmul(&mut la.q, &la.xn1, Tr::N, &p[w.q_w], Tr::T, t, d, d, 0.0);
-        be.add_bias(&mut la.q, &p[w.q_b], t, d);
         be.matmul(&mut la.k, &la.xn1, Tr::N, &p[w.k_w], Tr::T, t, kvd, d, 0.0);
-        be.add_bias(&mut la.k, &p[w.k_b], t, kvd);
         be.matmul(&mut la.v, &la.xn1, Tr::N, &p[w.v_w], Tr::T, t, kvd, d, 0.0);
-        be.add_bias(&mut la.v, &p[w.v_b], t, kvd);
-        self.rotate(be, &mut la.q, batch, c.num_attention_heads, false);
-        self.rotate(be, &mut la.k, batch, c.n_kv_heads(), false);
+        let (nh, nkv) = (c.num_attention_heads, c.n_kv_heads());
+        let mut cache = cache;
+        match &batch.rope_angles {
+            // Biases, RoPE and the cache writes in one op where the backend fuses them.
+            None => {
+                let (inv_freq, factor) = self.rope_1d();
+                let qkv = Qkv {
+                    q: &mut la.q,
+                    k: &mut la.k,
+                    v: &mut la.v,
+                    bq: &p[w.q_b],
+                    bk: &p[w.k_b],
+                    bv: &p[w.v_b],
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                };
+                let rope = Rope1d { positions: &batch.positions, inv_freq: &inv_freq, factor };
+                let rows = cache.as_mut().map(|(ck, cv, rows)| CacheRows {
+                    k: &mut **ck,
+                    v: &mut **cv,
+                    rows,
+                });
+                be.qkv_epilogue(qkv, &rope, rows);
+            }
+            // An angle table per row (M-RoPE): op by op.
+            Some(_) => {
+                be.add_bias(&mut la.q, &p[w.q_b], t, d);
+                be.add_bias(&mut la.k, &p[w.k_b], t, kvd);
+                be.add_bias(&mut la.v, &p[w.v_b], t, kvd);
+                self.rotate(be, &mut la.q, batch, nh, false);
+                self.rotate(be, &mut la.k, batch, nkv, false);
+                if let Some((ck, cv, rows)) = cache.as_mut() {
+                    // One op per buffer whatever the rows: a decode step's rows are one per
+                    // slot, never contiguous across slots (a copy per run cost 2 x slots
+                    // launches a layer).
+                    be.scatter_rows(ck, rows, &la.k, kvd);
+                    be.scatter_rows(cv, rows, &la.v, kvd);
+                }
+            }
+        }
         match cache {
             None => be.attention(
                 &mut la.att,
@@ -315,26 +357,28 @@ impl<B: Backend> Qwen2<B> {
                 &batch.spans,
                 self.attn_shape(),
             ),
-            Some((ck, cv, rows)) => {
-                // One op per buffer whatever the rows: a decode step's rows are one per slot,
-                // never contiguous across slots (a copy per run cost 2 x slots launches a layer).
-                be.scatter_rows(ck, rows, &la.k, kvd);
-                be.scatter_rows(cv, rows, &la.v, kvd);
-                be.attention(
-                    &mut la.att,
-                    &mut la.lse,
-                    &la.q,
-                    ck,
-                    cv,
-                    &batch.spans,
-                    self.attn_shape(),
-                );
-            }
+            Some((ck, cv, _)) => be.attention(
+                &mut la.att,
+                &mut la.lse,
+                &la.q,
+                ck,
+                cv,
+                &batch.spans,
+                self.attn_shape(),
+            ),
         }
         be.matmul(tmp, &la.att, Tr::N, &p[w.o_w], Tr::T, t, d, d, 0.0);
-        be.add_into(&mut la.x_mid, x_in, tmp);
-
-        be.rmsnorm(&mut la.xn2, &mut la.rstd2, &la.x_mid, &p[w.post_norm], t, d, eps);
+        be.add_rmsnorm(
+            &mut la.x_mid,
+            &mut la.xn2,
+            &mut la.rstd2,
+            x_in,
+            tmp,
+            &p[w.post_norm],
+            t,
+            d,
+            eps,
+        );
         be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
         be.matmul(&mut la.up, &la.xn2, Tr::N, &p[w.up_w], Tr::T, t, i, d, 0.0);
         be.swiglu(&mut la.act, &la.gate, &la.up);

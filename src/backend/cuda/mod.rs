@@ -16,6 +16,7 @@ pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
 pub mod flash;
+mod fused_layer_ops;
 mod multi;
 pub mod precision;
 mod producer_shadows;
@@ -754,6 +755,28 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
         self.swiglu_fwd(out, gate, up)
+    }
+    fn qkv_epilogue(
+        &self,
+        x: crate::backend::fused_ops::Qkv<'_, Self>,
+        rope: &crate::backend::fused_ops::Rope1d<'_>,
+        cache: Option<crate::backend::fused_ops::CacheRows<'_, Self>>,
+    ) {
+        self.qkv_epilogue_fused(x, rope, cache)
+    }
+    fn add_rmsnorm(
+        &self,
+        sum: &mut Self::Buf,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        w: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        self.add_rmsnorm_fused(sum, out, rstd, x, y, w, rows, dim, eps)
     }
     fn swiglu_backward(
         &self,

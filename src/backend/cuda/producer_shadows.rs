@@ -75,7 +75,7 @@ impl<D: Device> CudaBackend<D> {
     /// old shadow, which the launch would end anyway, is freed first, so the two never live at
     /// once: a head chunk's d logits is rewritten chunk after chunk, and its two shadows side by
     /// side were the 0.5B step's peak (+0.5 GiB at 1,766 x 151,936; H100, 2026-11-27).
-    fn producer_shadow(&self, out: &D::Mem, n: usize) -> Option<D::Mem> {
+    pub(super) fn producer_shadow(&self, out: &D::Mem, n: usize) -> Option<D::Mem> {
         (n > 0 && self.producer_shadows && self.dev.wants_act_shadow()).then(|| {
             self.dev.forget_bf16_shadow(out);
             self.dev.alloc(n * 2)

@@ -1,0 +1,123 @@
+//! `Backend::qkv_epilogue` and `Backend::add_rmsnorm` as one launch each (src/backend/
+//! fused_ops.rs has the ops they replace, which they match bit for bit): a decode step of
+//! Qwen2.5-0.5B made 7 launches a layer for the biases, RoPE and the cache writes and 2 for
+//! the mid-layer residual add and norm, each a few microseconds of a ~5 ms step whatever its
+//! size (docs/perf.md).
+
+use super::device::{Arg, Device};
+use super::{opt_arg, CudaBackend, DevBuf};
+use crate::backend::fused_ops::{self, CacheRows, Qkv, Rope1d};
+use crate::backend::row_moves::check_rows;
+
+type Buf<D> = DevBuf<<D as Device>::Mem>;
+
+impl<D: Device> CudaBackend<D> {
+    /// `Backend::qkv_epilogue`: `qkv_epilogue_f32`, or the ops one after another where the
+    /// kernel does not apply (an odd head dimension leaves an unrotated last element per head,
+    /// which the kernel's pairs do not cover).
+    pub(super) fn qkv_epilogue_fused(
+        &self,
+        x: Qkv<'_, Self>,
+        rope: &Rope1d<'_>,
+        cache: Option<CacheRows<'_, Self>>,
+    ) {
+        let (rows, hd) = (rope.positions.len(), x.head_dim);
+        let (qd, kvd) = (x.n_heads * hd, x.n_kv_heads * hd);
+        assert_eq!(rope.inv_freq.len(), hd / 2, "qkv_epilogue: head_dim / 2 frequencies");
+        assert!(
+            x.q.len >= rows * qd && x.k.len >= rows * kvd && x.v.len >= rows * kvd,
+            "qkv_epilogue: q, k or v shorter than {rows} rows"
+        );
+        assert!(
+            x.bq.len >= qd && x.bk.len >= kvd && x.bv.len >= kvd,
+            "qkv_epilogue: bias too short"
+        );
+        if hd % 2 == 1 || hd < 2 {
+            return fused_ops::qkv_epilogue_ops(self, x, rope, cache);
+        }
+        if rows == 0 {
+            return;
+        }
+        let inv = self.upload_index_bytes(bytemuck::cast_slice(rope.inv_freq));
+        let pos = self.upload_index_u32(rope.positions);
+        let dest = cache.map(|c| {
+            check_rows("scatter_rows dst", c.rows, kvd, c.k.len, x.k.len, true);
+            check_rows("scatter_rows dst", c.rows, kvd, c.v.len, x.v.len, true);
+            assert_eq!(c.rows.len(), rows, "qkv_epilogue: one cache row per row");
+            let r: Vec<u32> = c.rows.iter().map(|&r| r as u32).collect();
+            (c.k, c.v, self.upload_index_u32(&r))
+        });
+        let pairs = rows * (x.n_heads + 2 * x.n_kv_heads) * (hd / 2);
+        self.elementwise(
+            "qkv_epilogue_f32",
+            pairs,
+            &[
+                Arg::Ptr(&x.q.mem),
+                Arg::Ptr(&x.k.mem),
+                Arg::Ptr(&x.v.mem),
+                Arg::Ptr(&x.bq.mem),
+                Arg::Ptr(&x.bk.mem),
+                Arg::Ptr(&x.bv.mem),
+                Arg::Ptr(&*pos),
+                Arg::Ptr(&*inv),
+                Arg::I32(rows as i32),
+                Arg::I32(x.n_heads as i32),
+                Arg::I32(x.n_kv_heads as i32),
+                Arg::I32(hd as i32),
+                Arg::F32(rope.factor),
+                opt_arg(dest.as_ref().map(|d| &d.0.mem)),
+                opt_arg(dest.as_ref().map(|d| &d.1.mem)),
+                opt_arg(dest.as_ref().map(|d| &*d.2)),
+            ],
+        );
+    }
+
+    /// `Backend::add_rmsnorm`: `add_rmsnorm_f32`, writing the norm's bf16 copy too when
+    /// producers write their GEMM operands (as `rmsnorm_fwd`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_rmsnorm_fused(
+        &self,
+        sum: &mut Buf<D>,
+        out: &mut Buf<D>,
+        rstd: &mut Buf<D>,
+        x: &Buf<D>,
+        y: &Buf<D>,
+        w: &Buf<D>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        assert!(x.len == y.len && sum.len == x.len, "add_rmsnorm: length mismatch");
+        assert!(x.len >= rows * dim && out.len >= rows * dim, "add_rmsnorm: buffer too small");
+        if rows == 0 {
+            return;
+        }
+        if x.len != rows * dim || dim == 0 {
+            // The add covers whole buffers (as add_into), the norm its rows: two ops.
+            return fused_ops::add_rmsnorm_ops(self, sum, out, rstd, x, y, w, rows, dim, eps);
+        }
+        let shadow = self.producer_shadow(&out.mem, rows * dim);
+        self.dev.launch(
+            "add_rmsnorm_f32",
+            [rows as u32, 1, 1],
+            [super::BLOCK, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&sum.mem),
+                Arg::Ptr(&out.mem),
+                opt_arg(shadow.as_ref()),
+                Arg::Ptr(&rstd.mem),
+                Arg::Ptr(&x.mem),
+                Arg::Ptr(&y.mem),
+                Arg::Ptr(&w.mem),
+                Arg::I32(rows as i32),
+                Arg::I32(dim as i32),
+                Arg::F32(eps),
+            ],
+        );
+        if let Some(s) = shadow {
+            // After the launch: a launch writing `out` ends its shadow.
+            self.dev.adopt_bf16_shadow(&out.mem, s, rows * dim);
+        }
+    }
+}

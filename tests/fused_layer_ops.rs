@@ -1,0 +1,241 @@
+//! The fused layer ops (`Backend::qkv_epilogue`, `Backend::add_rmsnorm`) against the ops they
+//! replace: the same bits as those ops run one after another on the same backend (that is the
+//! contract: the model's results do not depend on whether a backend fuses), and within the
+//! kernel tolerance of the CPU reference. Random inputs, ragged shapes, grouped heads, scaled
+//! RoPE's factor, a KV cache whose other rows must keep their bits, outputs poisoned.
+//!
+//! Runs on the CUDA emulator with `--features emu` (every CI schedule) and, `#[ignore]`d, on
+//! the GPU (scripts/gpu-check.sh).
+#![cfg(any(feature = "emu", feature = "cuda"))]
+
+use mmr1_fast::backend::cpu::{rope_inv_freq, Cpu};
+use mmr1_fast::backend::fused_ops::{self, CacheRows, Qkv, Rope1d};
+use mmr1_fast::backend::Backend;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+#[macro_use]
+#[path = "common/kernel_check.rs"]
+mod kernel_check;
+use kernel_check::*;
+
+const TOL: f64 = 1e-5;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// One case's host inputs.
+struct QkvCase {
+    rows: usize,
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    factor: f32,
+    /// Cache rows (distinct, unordered) in a cache of `cap` rows, or none.
+    cache: Option<(Vec<usize>, usize)>,
+}
+
+/// q, k, v, cache k, cache v after `qkv_epilogue` (fused: the backend's; else the ops one
+/// after another) on `b`.
+fn run_qkv<B: Backend>(
+    b: &B,
+    c: &QkvCase,
+    host: &[Vec<f32>],
+    pos: &[u32],
+    inv: &[f32],
+    fused: bool,
+) -> Vec<Vec<f32>> {
+    let (mut q, mut k, mut v) = (b.upload(&host[0]), b.upload(&host[1]), b.upload(&host[2]));
+    let (bq, bk, bv) = (b.upload(&host[3]), b.upload(&host[4]), b.upload(&host[5]));
+    let (mut ck, mut cv) = (b.upload(&host[6]), b.upload(&host[7]));
+    let x = Qkv {
+        q: &mut q,
+        k: &mut k,
+        v: &mut v,
+        bq: &bq,
+        bk: &bk,
+        bv: &bv,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+    };
+    let rope = Rope1d { positions: pos, inv_freq: inv, factor: c.factor };
+    let dest = c.cache.as_ref().map(|(rows, _)| CacheRows { k: &mut ck, v: &mut cv, rows });
+    if fused {
+        b.qkv_epilogue(x, &rope, dest);
+    } else {
+        fused_ops::qkv_epilogue_ops(b, x, &rope, dest);
+    }
+    [&q, &k, &v, &ck, &cv].iter().map(|x| b.download(x)).collect()
+}
+
+fn qkv_epilogue<B: Backend>(b: &B) {
+    let mut r = rng(41);
+    let mut cases = Vec::new();
+    for (rows, n_heads, n_kv, hd) in [
+        (1usize, 2usize, 1usize, 8usize),
+        (5, 4, 2, 16),
+        (13, 3, 3, 6),
+        (7, 14, 2, 64),
+        (3, 2, 1, 5),
+        (4, 2, 2, 2),
+    ] {
+        for factor in [1.0f32, 1.2247449] {
+            for cached in [false, true] {
+                let cache = cached.then(|| {
+                    let cap = rows * 3 + 2;
+                    let mut all: Vec<usize> = (0..cap).collect();
+                    all.shuffle(&mut r);
+                    (all[..rows].to_vec(), cap)
+                });
+                cases.push(QkvCase { rows, n_heads, n_kv, hd, factor, cache });
+            }
+        }
+    }
+    for c in &cases {
+        let (qd, kvd) = (c.n_heads * c.hd, c.n_kv * c.hd);
+        let cap = c.cache.as_ref().map_or(1, |x| x.1);
+        let host: Vec<Vec<f32>> =
+            [c.rows * qd, c.rows * kvd, c.rows * kvd, qd, kvd, kvd, cap * kvd, cap * kvd]
+                .iter()
+                .map(|&n| rand_vec(&mut r, n, 2.0))
+                .collect();
+        // Positions past a short context and unordered (packed sequences restart at 0).
+        let pos: Vec<u32> = (0..c.rows).map(|_| r.gen_range(0..5000)).collect();
+        // Plain frequencies, or scaled ones (any table of hd/2 values is valid).
+        let inv: Vec<f32> = if c.factor == 1.0 {
+            rope_inv_freq(c.hd, 10000.0)
+        } else {
+            (0..c.hd / 2).map(|_| r.gen_range(1e-4f32..1.0)).collect()
+        };
+        let tag = format!(
+            "{} rows, {}/{} heads, hd {}, factor {}, cache {:?}",
+            c.rows,
+            c.n_heads,
+            c.n_kv,
+            c.hd,
+            c.factor,
+            c.cache.as_ref().map(|x| x.1)
+        );
+        let fused = run_qkv(b, c, &host, &pos, &inv, true);
+        let ops = run_qkv(b, c, &host, &pos, &inv, false);
+        let want = run_qkv(&Cpu, c, &host, &pos, &inv, false);
+        for (i, name) in ["q", "k", "v", "cache k", "cache v"].iter().enumerate() {
+            assert_eq!(
+                bits(&fused[i]),
+                bits(&ops[i]),
+                "{tag}: {name} differs from the ops one by one"
+            );
+            assert_close(&format!("qkv_epilogue {name} {tag}"), &fused[i], &want[i], TOL);
+        }
+        // The cache rows not written keep their bits; written rows hold the new k and v.
+        let written: Vec<usize> = c.cache.as_ref().map_or(vec![], |x| x.0.clone());
+        for row in 0..cap {
+            let span = row * kvd..(row + 1) * kvd;
+            for (i, which) in [(3usize, 1usize), (4, 2)] {
+                let got = &fused[i][span.clone()];
+                match written.iter().position(|&w| w == row) {
+                    None => assert_eq!(
+                        bits(got),
+                        bits(&host[3 + i][span.clone()]),
+                        "{tag}: cache row {row} touched"
+                    ),
+                    Some(t) => assert_eq!(
+                        bits(got),
+                        bits(&fused[which][t * kvd..(t + 1) * kvd]),
+                        "{tag}: cache row {row} is not row {t} of the new k/v"
+                    ),
+                }
+            }
+        }
+        if c.hd >= 2 {
+            // The op did something: q moved (bias and rotation), v by its bias alone.
+            assert_ne!(bits(&fused[0]), bits(&host[0]), "{tag}: q unchanged");
+        }
+    }
+}
+
+fn add_rmsnorm<B: Backend>(b: &B) {
+    let mut r = rng(42);
+    for (rows, dim) in [(1usize, 7usize), (5, 129), (17, 896), (3, 1), (2, 1000)] {
+        let (x, y, w) = (
+            rand_vec(&mut r, rows * dim, 2.0),
+            rand_vec(&mut r, rows * dim, 2.0),
+            rand_vec(&mut r, dim, 1.0),
+        );
+        let run = |be: &dyn Fn(&mut [&mut B::Buf; 3], &B::Buf, &B::Buf, &B::Buf)| {
+            let (xg, yg, wg) = (b.upload(&x), b.upload(&y), b.upload(&w));
+            let mut outs = [
+                &mut poisoned(b, rows * dim),
+                &mut poisoned(b, rows * dim),
+                &mut poisoned(b, rows),
+            ];
+            be(&mut outs, &xg, &yg, &wg);
+            outs.iter().map(|o| b.download(o)).collect::<Vec<_>>()
+        };
+        let fused = run(&|o, x, y, w| {
+            let [s, n, rs] = o;
+            b.add_rmsnorm(s, n, rs, x, y, w, rows, dim, 1e-6)
+        });
+        let ops = run(&|o, x, y, w| {
+            let [s, n, rs] = o;
+            fused_ops::add_rmsnorm_ops(b, s, n, rs, x, y, w, rows, dim, 1e-6)
+        });
+        let (mut s, mut n, mut rs) =
+            (vec![f32::NAN; rows * dim], vec![f32::NAN; rows * dim], vec![f32::NAN; rows]);
+        fused_ops::add_rmsnorm_ops(&Cpu, &mut s, &mut n, &mut rs, &x, &y, &w, rows, dim, 1e-6);
+        for (i, (name, want)) in [("sum", &s), ("norm", &n), ("rstd", &rs)].iter().enumerate() {
+            let tag = format!("add_rmsnorm {name} {rows}x{dim}");
+            assert_eq!(bits(&fused[i]), bits(&ops[i]), "{tag}: differs from add_into + rmsnorm");
+            assert_close(&tag, &fused[i], want, TOL);
+        }
+    }
+}
+
+backend_suite!(qkv_epilogue, add_rmsnorm);
+
+/// On a device that keeps activation shadows (bf16 GEMMs), the fused norm writes the bf16 copy
+/// the GEMMs after it read, as `rmsnorm` does: the same shadow bits, no conversion launch.
+#[cfg(feature = "emu")]
+#[test]
+fn add_rmsnorm_writes_the_bf16_operand() {
+    use mmr1_fast::backend::cuda::device::Device;
+    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+    use mmr1_fast::backend::cuda::CudaBackend;
+    use mmr1_fast::backend::precision::Precision;
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+        .with_bf16_shadows(true)
+        .with_act_shadows(true);
+    let b = CudaBackend::with_device(dev)
+        .with_precision(Precision::Bf16)
+        .unwrap()
+        .with_producer_shadows(true);
+    let mut r = rng(43);
+    let (rows, dim) = (6usize, 96usize);
+    let (x, y, w) = (
+        b.upload(&rand_vec(&mut r, rows * dim, 2.0)),
+        b.upload(&rand_vec(&mut r, rows * dim, 2.0)),
+        b.upload(&rand_vec(&mut r, dim, 1.0)),
+    );
+    let (mut s1, mut n1, mut r1) =
+        (poisoned(&b, rows * dim), poisoned(&b, rows * dim), poisoned(&b, rows));
+    b.add_rmsnorm(&mut s1, &mut n1, &mut r1, &x, &y, &w, rows, dim, 1e-6);
+    let (mut s2, mut n2, mut r2) =
+        (poisoned(&b, rows * dim), poisoned(&b, rows * dim), poisoned(&b, rows));
+    fused_ops::add_rmsnorm_ops(&b, &mut s2, &mut n2, &mut r2, &x, &y, &w, rows, dim, 1e-6);
+    let fused = b
+        .device()
+        .bf16_shadow_bits(n1.mem(), rows * dim)
+        .expect("the fused norm wrote no bf16 copy");
+    let ops =
+        b.device().bf16_shadow_bits(n2.mem(), rows * dim).expect("rmsnorm wrote no bf16 copy");
+    assert_eq!(fused, ops, "bf16 copies differ");
+    let want: Vec<u16> =
+        b.download(&n1).iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect();
+    assert_eq!(fused, want, "the copy is not the rounding of the output");
+    assert!(
+        b.device().bf16_shadow_bits(s1.mem(), 1).is_none(),
+        "the sum has no copy (no GEMM reads it)"
+    );
+}
