@@ -278,7 +278,7 @@ impl<B: Backend> Qwen2<B> {
                     // same layer backward. `s.dxn` and `s.dnorm_in` are free until the
                     // layer backward writes them; the projection scratch is `s.dxn`.
                     let mut la = cell.borrow_mut();
-                    self.layer_forward(be, l, x_in, None, &mut la, &mut s.dxn, batch, None);
+                    self.layer_forward(be, l, x_in, false, None, &mut la, &mut s.dxn, batch, None);
                     self.layer_backward(be, l, batch, x_in, &la, grads, s);
                 }
             }

@@ -76,6 +76,18 @@ pub struct LayerActs<B: Backend> {
     pub act: B::Buf,
 }
 
+/// Where a layer's forward writes the RMSNorm of its output, made by the op that writes the
+/// output (`Backend::add_rmsnorm`: the residual add and the next norm in one launch).
+pub(crate) enum NextNorm<'a, B: Backend> {
+    /// The layer's own `xn1`/`rstd1`: one set of buffers serves every layer in turn
+    /// (`LayerStore::Recomputed`, a decode step), and the next layer's input norm goes there.
+    Own,
+    /// The next layer's `xn1`/`rstd1` (every layer's activations kept).
+    Layer(&'a mut LayerActs<B>),
+    /// The final norm's output and `rstd` (after the last layer).
+    Final(&'a mut B::Buf, &'a mut B::Buf),
+}
+
 /// Where the per-layer activations of a forward live.
 pub enum LayerStore<B: Backend> {
     /// Every layer's activations, kept from the forward for the backward.
@@ -211,26 +223,45 @@ impl<B: Backend> Qwen2<B> {
         mut cache: Option<(&mut KvCache<B>, &[usize])>,
     ) {
         let (t, d) = (batch.tokens(), self.cfg.hidden_size);
-        for l in 0..self.cfg.num_hidden_layers {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let n = self.cfg.num_hidden_layers;
+        if n == 0 {
+            let w = &self.params[self.layout.final_norm];
+            return be.rmsnorm(&mut a.xn_f, &mut a.rstd_f, &a.resid[0], w, t, d, eps);
+        }
+        // The first layer's input norm; every later norm (the final one too) is made by the
+        // residual add before it (`NextNorm`).
+        let la0 = match &mut a.layers {
+            LayerStore::Kept(v) => &mut v[0],
+            LayerStore::Recomputed(cell) => cell.get_mut(),
+        };
+        let w0 = &self.params[self.layout.layers[0].input_norm];
+        be.rmsnorm(&mut la0.xn1, &mut la0.rstd1, &a.resid[0], w0, t, d, eps);
+        for l in 0..n {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let kv = cache.as_mut().map(|(c, rows)| (&mut c.k[l], &mut c.v[l], *rows));
-            let la = match &mut a.layers {
-                LayerStore::Kept(v) => &mut v[l],
-                LayerStore::Recomputed(cell) => cell.get_mut(),
+            let last = l + 1 == n;
+            let (la, next) = match &mut a.layers {
+                LayerStore::Kept(v) => {
+                    let (la, rest) = v[l..].split_first_mut().expect("a layer's activations");
+                    let next = match rest.first_mut() {
+                        Some(nx) => NextNorm::Layer(nx),
+                        None => NextNorm::Final(&mut a.xn_f, &mut a.rstd_f),
+                    };
+                    (la, next)
+                }
+                LayerStore::Recomputed(cell) => {
+                    let next = if last {
+                        NextNorm::Final(&mut a.xn_f, &mut a.rstd_f)
+                    } else {
+                        NextNorm::Own
+                    };
+                    (cell.get_mut(), next)
+                }
             };
-            self.layer_forward(be, l, &before[l], Some(&mut after[0]), la, &mut a.tmp, batch, kv);
+            let out = Some((&mut after[0], next));
+            self.layer_forward(be, l, &before[l], true, out, la, &mut a.tmp, batch, kv);
         }
-        let eps = self.cfg.rms_norm_eps as f32;
-        let last = &a.resid[self.cfg.num_hidden_layers];
-        be.rmsnorm(
-            &mut a.xn_f,
-            &mut a.rstd_f,
-            last,
-            &self.params[self.layout.final_norm],
-            t,
-            d,
-            eps,
-        );
     }
 
     /// The batch's 1D RoPE: the config's inverse frequencies (scaled ones included) and
@@ -278,17 +309,21 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// One decoder layer: `x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(.))`.
+    /// `normed_in`: `la.xn1`/`la.rstd1` already hold the input norm (made by the op before:
+    /// `run_layers`); else the layer computes it.
     /// With `cache`, the new keys/values are written to the cache rows given and attention
     /// reads the cache (the spans then address cache rows); without, it reads `la.k`/`la.v`.
-    /// Without `x_out` (the backward's recomputation, which needs only `la`), the layer stops
-    /// after the MLP activation: the down projection and the residual add are skipped.
+    /// With `x_out`, the op that writes it also writes the norm that reads it next (see
+    /// [`NextNorm`]). Without (the backward's recomputation, which needs only `la`), the layer
+    /// stops after the MLP activation: the down projection and the residual add are skipped.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn layer_forward(
         &self,
         be: &B,
         l: usize,
         x_in: &B::Buf,
-        x_out: Option<&mut B::Buf>,
+        normed_in: bool,
+        x_out: Option<(&mut B::Buf, NextNorm<'_, B>)>,
         la: &mut LayerActs<B>,
         tmp: &mut B::Buf,
         batch: &Packed,
@@ -302,7 +337,9 @@ impl<B: Backend> Qwen2<B> {
         let w = &self.layout.layers[l];
         let p = &self.params;
 
-        be.rmsnorm(&mut la.xn1, &mut la.rstd1, x_in, &p[w.input_norm], t, d, eps);
+        if !normed_in {
+            be.rmsnorm(&mut la.xn1, &mut la.rstd1, x_in, &p[w.input_norm], t, d, eps);
+        }
         be.matmul(&mut la.q, &la.xn1, Tr::N, &p[w.q_w], Tr::T, t, d, d, 0.0);
         be.matmul(&mut la.k, &la.xn1, Tr::N, &p[w.k_w], Tr::T, t, kvd, d, 0.0);
         be.matmul(&mut la.v, &la.xn1, Tr::N, &p[w.v_w], Tr::T, t, kvd, d, 0.0);
@@ -382,9 +419,15 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
         be.matmul(&mut la.up, &la.xn2, Tr::N, &p[w.up_w], Tr::T, t, i, d, 0.0);
         be.swiglu(&mut la.act, &la.gate, &la.up);
-        let Some(x_out) = x_out else { return };
+        let Some((x_out, next)) = x_out else { return };
         be.matmul(tmp, &la.act, Tr::N, &p[w.down_w], Tr::T, t, d, i, 0.0);
-        be.add_into(x_out, &la.x_mid, tmp);
+        let next_input = || &p[self.layout.layers[l + 1].input_norm];
+        let (xn, rstd, next_w) = match next {
+            NextNorm::Own => (&mut la.xn1, &mut la.rstd1, next_input()),
+            NextNorm::Layer(nx) => (&mut nx.xn1, &mut nx.rstd1, next_input()),
+            NextNorm::Final(xn, rstd) => (xn, rstd, &p[self.layout.final_norm]),
+        };
+        be.add_rmsnorm(x_out, xn, rstd, &la.x_mid, tmp, next_w, t, d, eps);
     }
 
     /// Rows of the logit matrix per chunk, so that a chunk holds at most 256M floats (1 GiB)
