@@ -237,6 +237,69 @@ __device__ unsigned long long sample_threshold_radix(const float* x, long long v
     return prefix;
 }
 
+// The draw of row `row` from its lane sums `part` [SAMPLE_LANES] of the kept weights and their
+// tree fold `total`, by the first warp of a block (threads 0..31; `w` 32 doubles of shared
+// memory). Thread 0 walks the lanes, then the chosen lane's elements, subtracting in order; the
+// warp computes the weights of the next 32 elements of the lane at once (each an f64 exp) into
+// `w`, so thread 0's walk waits on no exp: the same values subtracted in the same order as a
+// walk by one thread, the same bits.
+__device__ void sample_draw(unsigned* tokens, float* logprobs, long long row, const float* x, long long vocab,
+                            double t, double lse, unsigned long long thr, const double* part, double total,
+                            const unsigned* draws, double* w) {
+    const int tid = threadIdx.x;
+    const unsigned* d = draws + row * 5;
+    int lane = -1;
+    double target = 0.0;
+    if (tid == 0) {
+        const double u =
+            philox_uniform(((unsigned long long)d[1] << 32) | d[0], ((unsigned long long)d[3] << 32) | d[2], d[4]);
+        target = __dmul_rn(u, total);
+        int last_lane = 0;
+        for (int l = 0; l < SAMPLE_LANES; l++) {
+            if (part[l] > 0.0) {
+                last_lane = l;
+                if (target < part[l]) {
+                    lane = l;
+                    break;
+                }
+                target = __dsub_rn(target, part[l]);
+            }
+        }
+        if (lane < 0) {
+            // Rounding left the target past the last weight: the last positive weight is drawn.
+            lane = last_lane;
+            target = __longlong_as_double(0x7ff0000000000000ll); // +inf: never below a weight
+        }
+    }
+    lane = __shfl_sync(FULL_MASK, lane, 0);
+    long long tok = lane;
+    int done = 0;
+    for (long long base = lane; base < vocab && !done; base += 32ll * SAMPLE_LANES) {
+        const long long i = base + (long long)tid * SAMPLE_LANES;
+        // 0 for tokens outside the kept set and past the row: the walk skips them.
+        w[tid] = (i < vocab && sample_rank_key(x[i], i) >= thr) ? sample_weight(x[i], t, lse) : 0.0;
+        __syncwarp();
+        if (tid == 0) {
+            for (int j = 0; j < 32; j++) {
+                if (w[j] > 0.0) {
+                    tok = base + (long long)j * SAMPLE_LANES;
+                    if (target < w[j]) {
+                        done = 1;
+                        break;
+                    }
+                    target = __dsub_rn(target, w[j]);
+                }
+            }
+        }
+        done = __shfl_sync(FULL_MASK, done, 0);
+        __syncwarp(); // w is rewritten by the next chunk
+    }
+    if (tid == 0) {
+        tokens[row] = (unsigned)tok;
+        logprobs[row] = (float)__dsub_rn((double)x[tok] / t, lse);
+    }
+}
+
 // The whole kernel; `search` picks the threshold search: 0 radix, 1 radix deciding every
 // mass by exact passes (slower; for tests), 2 the bisection.
 __device__ __forceinline__ void sample_tokens_impl(unsigned* tokens, float* logprobs, const float* logits,
@@ -329,62 +392,7 @@ __device__ __forceinline__ void sample_tokens_impl(unsigned* tokens, float* logp
     part[tid] = mine;
     const double total = sample_tree(mine, red);
     if (tid >= 32) return;
-    // The draw: thread 0 walks the lanes, then the chosen lane's elements, subtracting in
-    // order. The warp computes the weights of the next 32 elements of the lane at once (each
-    // an f64 exp) into shared memory, so thread 0's walk waits on no exp: the same values
-    // subtracted in the same order as a walk by one thread, the same bits.
-    const unsigned* d = draws + row * 5;
-    int lane = -1;
-    double target = 0.0;
-    if (tid == 0) {
-        const double u =
-            philox_uniform(((unsigned long long)d[1] << 32) | d[0], ((unsigned long long)d[3] << 32) | d[2], d[4]);
-        target = __dmul_rn(u, total);
-        int last_lane = 0;
-        for (int l = 0; l < SAMPLE_LANES; l++) {
-            if (part[l] > 0.0) {
-                last_lane = l;
-                if (target < part[l]) {
-                    lane = l;
-                    break;
-                }
-                target = __dsub_rn(target, part[l]);
-            }
-        }
-        if (lane < 0) {
-            // Rounding left the target past the last weight: the last positive weight is drawn.
-            lane = last_lane;
-            target = __longlong_as_double(0x7ff0000000000000ll); // +inf: never below a weight
-        }
-    }
-    lane = __shfl_sync(FULL_MASK, lane, 0);
-    double* w = red; // free again: the folds above are done
-    long long tok = lane;
-    int done = 0;
-    for (long long base = lane; base < vocab && !done; base += 32ll * SAMPLE_LANES) {
-        const long long i = base + (long long)tid * SAMPLE_LANES;
-        // 0 for tokens outside the kept set and past the row: the walk skips them.
-        w[tid] = (i < vocab && sample_rank_key(x[i], i) >= thr) ? sample_weight(x[i], t, lse) : 0.0;
-        __syncwarp();
-        if (tid == 0) {
-            for (int j = 0; j < 32; j++) {
-                if (w[j] > 0.0) {
-                    tok = base + (long long)j * SAMPLE_LANES;
-                    if (target < w[j]) {
-                        done = 1;
-                        break;
-                    }
-                    target = __dsub_rn(target, w[j]);
-                }
-            }
-        }
-        done = __shfl_sync(FULL_MASK, done, 0);
-        __syncwarp(); // w is rewritten by the next chunk
-    }
-    if (tid == 0) {
-        tokens[row] = (unsigned)tok;
-        logprobs[row] = (float)__dsub_rn((double)x[tok] / t, lse);
-    }
+    sample_draw(tokens, logprobs, row, x, vocab, t, lse, thr, part, total, draws, red);
 }
 
 // tokens, logprobs: [rows]. logits: [rows][vocab]. draws: [rows][5] = seed lo, seed hi,
@@ -403,4 +411,124 @@ extern "C" __global__ void __launch_bounds__(256)
     sample_tokens_bisect_f32(unsigned* tokens, float* logprobs, const float* logits, const unsigned* draws,
                              long long vocab, float temperature, long long top_k, float top_p) {
     sample_tokens_impl(tokens, logprobs, logits, draws, vocab, temperature, top_k, top_p, 2);
+}
+
+// ---- the split form: a row's lanes over several blocks -------------------------------------
+// With few rows (a decode step of 64 sequences) one block a row leaves half of an H100's 132
+// SMs idle, and the f64 divisions and exps of the passes are the kernel's bound (docs/perf.md).
+// For the rule without a kept-set search (temperature > 0, top_p 1, top_k off: MMR1's rollout
+// rule) the row's SAMPLE_LANES lanes are spread over `split` blocks of SAMPLE_LANES / split
+// threads; lane l is still summed by one thread in element order and the lane sums are folded
+// by the same tree, in the launch after: the same bits as sample_tokens_f32. Four launches:
+// max, lane sums of exp(x/t - m), lane sums of the weights, the draw (one warp a row).
+// Scratch: pmax, pbad [rows][split]; lanes1, lanes2 [rows][SAMPLE_LANES]; lse [rows].
+
+// This block's lane (SAMPLE_LANES / split threads a block, blockIdx.y the block of the row).
+__device__ __forceinline__ int sample_split_lane() { return blockIdx.y * blockDim.x + threadIdx.x; }
+
+// The row's maximum and whether it holds a NaN or +inf, from the max pass's block partials.
+__device__ __forceinline__ bool sample_split_row_ok(const float* pmax, const float* pbad, long long row, int split,
+                                                    float* mx) {
+    float m = neg_inf();
+    bool bad = false;
+    for (int b = 0; b < split; b++) {
+        m = fmaxf(m, pmax[row * split + b]);
+        bad = bad || pbad[row * split + b] > 0.0f;
+    }
+    *mx = m;
+    return !bad && m != neg_inf();
+}
+
+// The fixed tree of sample_tree over lane sums already in `red` [SAMPLE_LANES], by a block of
+// any size (the same pairs added: the same bits); every thread gets the sum.
+__device__ __forceinline__ double sample_fold_lanes(double* red) {
+    __syncthreads();
+    for (int stride = SAMPLE_LANES / 2; stride > 0; stride >>= 1) {
+        for (int j = threadIdx.x; j < stride; j += blockDim.x) red[j] = __dadd_rn(red[j], red[j + stride]);
+        __syncthreads();
+    }
+    const double s = red[0];
+    __syncthreads();
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    sample_split_max_f32(float* pmax, float* pbad, const float* logits, long long vocab) {
+    SHARED(float, fscratch, [32]);
+    DEVICE_CHECK(blockDim.x * gridDim.y == SAMPLE_LANES);
+    const long long row = blockIdx.x;
+    const float* x = logits + row * vocab;
+    float mx = neg_inf(), bad = 0.0f;
+#pragma unroll 8
+    for (long long i = sample_split_lane(); i < vocab; i += SAMPLE_LANES) {
+        const float v = x[i];
+        if (v != v || v == -neg_inf()) bad = 1.0f;
+        else mx = fmaxf(mx, v);
+    }
+    mx = block_max(mx, fscratch);
+    bad = block_sum(bad, fscratch);
+    if (threadIdx.x == 0) {
+        pmax[row * gridDim.y + blockIdx.y] = mx;
+        pbad[row * gridDim.y + blockIdx.y] = bad;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    sample_split_lse_f32(double* lanes1, const float* pmax, const float* pbad, const float* logits, long long vocab,
+                         float temperature) {
+    DEVICE_CHECK(blockDim.x * gridDim.y == SAMPLE_LANES);
+    const long long row = blockIdx.x;
+    float mx;
+    if (!sample_split_row_ok(pmax, pbad, row, gridDim.y, &mx)) return;
+    const float* x = logits + row * vocab;
+    const double t = (double)temperature;
+    const double m = (double)mx / t;
+    const int lane = sample_split_lane();
+    double s = 0.0;
+#pragma unroll 8
+    for (long long i = lane; i < vocab; i += SAMPLE_LANES) s = __dadd_rn(s, exp(__dsub_rn((double)x[i] / t, m)));
+    lanes1[row * SAMPLE_LANES + lane] = s;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    sample_split_weights_f32(double* lanes2, double* lse_out, const double* lanes1, const float* pmax,
+                             const float* pbad, const float* logits, long long vocab, float temperature) {
+    SHARED(double, red, [SAMPLE_LANES]);
+    DEVICE_CHECK(blockDim.x * gridDim.y == SAMPLE_LANES);
+    const long long row = blockIdx.x;
+    float mx;
+    if (!sample_split_row_ok(pmax, pbad, row, gridDim.y, &mx)) return;
+    for (int j = threadIdx.x; j < SAMPLE_LANES; j += blockDim.x) red[j] = lanes1[row * SAMPLE_LANES + j];
+    const double t = (double)temperature;
+    const double lse = __dadd_rn((double)mx / t, log(sample_fold_lanes(red)));
+    if (blockIdx.y == 0 && threadIdx.x == 0) lse_out[row] = lse;
+    const float* x = logits + row * vocab;
+    const int lane = sample_split_lane();
+    double mine = 0.0;
+#pragma unroll 8
+    for (long long i = lane; i < vocab; i += SAMPLE_LANES) mine = __dadd_rn(mine, sample_weight(x[i], t, lse));
+    lanes2[row * SAMPLE_LANES + lane] = mine;
+}
+
+// One warp a row: the total of the weights, then the draw of sample_tokens_f32.
+extern "C" __global__ void __launch_bounds__(32)
+    sample_split_draw_f32(unsigned* tokens, float* logprobs, const double* lanes2, const double* lse_in,
+                          const float* pmax, const float* pbad, const float* logits, const unsigned* draws,
+                          long long vocab, float temperature, int split) {
+    SHARED(double, part, [SAMPLE_LANES]);
+    SHARED(double, red, [SAMPLE_LANES]);
+    DEVICE_CHECK(blockDim.x == 32);
+    const long long row = blockIdx.x;
+    float mx;
+    if (!sample_split_row_ok(pmax, pbad, row, split, &mx)) {
+        if (threadIdx.x == 0) {
+            tokens[row] = SAMPLE_INVALID;
+            logprobs[row] = __int_as_float(0x7fc00000);
+        }
+        return;
+    }
+    for (int j = threadIdx.x; j < SAMPLE_LANES; j += 32) part[j] = red[j] = lanes2[row * SAMPLE_LANES + j];
+    const double total = sample_fold_lanes(red);
+    sample_draw(tokens, logprobs, row, logits + row * vocab, vocab, (double)temperature, lse_in[row], 0, part, total,
+                draws, red);
 }

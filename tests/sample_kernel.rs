@@ -238,6 +238,71 @@ fn unsampleable_rows_are_flagged<D: Device>(b: &CudaBackend<D>) {
     }
 }
 
+/// The split form (a row's lanes over 2, 4 or 8 blocks; kernels/sample.cu) for every rule it
+/// takes: the CPU's ids and log-probs, and exactly the single-block kernel's bits, over odd
+/// vocabularies, near-ties, masked tokens and unsampleable rows (NaN, +inf, all -inf), outputs
+/// poisoned; `sample_tokens_into` picks it for a few rows and such a rule, and not for a rule
+/// that searches a kept set or for greedy.
+fn split_form_matches_cpu_and_one_block<D: Device>(b: &CudaBackend<D>) {
+    use mmr1_fast::backend::cuda::rl::sample::{sample_split_for, splits};
+    for (c, &vocab) in [1usize, 2, 7, 255, 256, 257, 600, 1031, 5003].iter().enumerate() {
+        let rows = 9;
+        let mut x = logits(rows, vocab, 300 + c as u64);
+        x[6 * vocab + vocab / 2] = f32::NAN;
+        x[7 * vocab] = f32::INFINITY;
+        x[8 * vocab..].fill(f32::NEG_INFINITY);
+        let d = draws(rows, 17 + c as u64);
+        for (temperature, top_k) in [(1.0f32, 0usize), (0.6, 0), (2.5, vocab), (0.05, 0)] {
+            let rule = SampleRule { temperature, top_k, top_p: 1.0 };
+            assert!(splits(&rule, vocab));
+            let want = Cpu.rl_sample(&x, vocab, &d, &rule);
+            let one = device_sample(b, &x, vocab, &d, &rule);
+            for split in [1usize, 2, 4, 8] {
+                let ctx = format!("vocab {vocab}, T {temperature}, top_k {top_k}, split {split}");
+                let lg = b.upload(&x);
+                let (mut tok, mut lp) = (poisoned(b, rows), poisoned(b, rows));
+                b.sample_tokens_split_into(&lg, vocab, &d, &rule, &mut tok, &mut lp, split);
+                let ids = b.download(&tok).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let got: Vec<(u32, f32)> = ids.into_iter().zip(b.download(&lp)).collect();
+                assert_same(b, &got, &want, &ctx);
+                let bits =
+                    |v: &[(u32, f32)]| v.iter().map(|(t, l)| (*t, l.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&one), "{ctx}: differs from one block a row");
+                // The log-sum-exp itself, bit for bit (a fold in another order moves it by an
+                // ulp, which ids and f32 log-probs rarely show).
+                let lse = b.sample_split_lse(&lg, vocab, rows, temperature, split);
+                for (r, l) in lse.iter().enumerate().filter(|(r, _)| want[*r].0 != INVALID_TOKEN) {
+                    let row = &x[r * vocab..(r + 1) * vocab];
+                    let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let cpu = mmr1_fast::rl::sampling::tempered_lse(row, mx, temperature as f64);
+                    if on_emulator(b) {
+                        assert_eq!(
+                            l.to_bits(),
+                            cpu.to_bits(),
+                            "{ctx}, row {r}: lse {l} vs cpu {cpu}"
+                        );
+                    } else {
+                        assert!(
+                            (l - cpu).abs() <= 4.0 * f64::EPSILON * cpu.abs().max(1.0),
+                            "{ctx}, row {r}: lse"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!([1, 9, 64, 100, 128, 512].map(sample_split_for), [8, 8, 4, 2, 2, 1]);
+    let searching = [
+        SampleRule { temperature: 0.0, top_k: 0, top_p: 1.0 },
+        SampleRule { temperature: 1.0, top_k: 0, top_p: 0.9 },
+        SampleRule { temperature: 1.0, top_k: 5, top_p: 1.0 },
+    ];
+    assert!(
+        searching.iter().all(|r| !splits(r, 300)),
+        "greedy and kept-set rules take one block a row"
+    );
+}
+
 /// Rows built to put the threshold where the radix search has the most to resolve: inside a
 /// run of tied logits (decided by the index digits), among masked -inf tokens (top-k past the
 /// finite ones: zero weights kept), across -0 / +0, rows of one repeated value (every set's
@@ -329,6 +394,7 @@ backend_suite!(
     draws_deep_in_long_lanes_match_the_cpu,
     radix_search_resolves_ties_masks_and_odd_vocabularies,
     sample_matches_cpu,
+    split_form_matches_cpu_and_one_block,
     greedy_takes_the_first_maximum_and_sampling_varies_with_the_draw,
     unsampleable_rows_are_flagged
 );
@@ -370,6 +436,10 @@ mod real_vocab {
                     let got = device_sample_with(&b, &x, VOCAB, &d, rule, search);
                     assert_same(&b, &got, &want, &format!("{name} {search:?}"));
                 }
+                // The default path: the split form for the rules it takes (6 rows: 8 blocks a row).
+                let lg = b.upload(&x);
+                let via = b.rl_sample(&lg, VOCAB, &d, rule);
+                assert_same(&b, &via, &want, &format!("{name} default"));
             }
         }
     }
@@ -388,6 +458,23 @@ mod real_vocab {
             let (mut tok, mut lp) = (b.zeros(rows), b.zeros(rows));
             for (name, rule) in &rules() {
                 // The radix search (the default) and the bisection baseline, side by side.
+                // The split form where the rule takes it (the default below 128 rows).
+                let split = mmr1_fast::backend::cuda::rl::sample::sample_split_for(rows);
+                if mmr1_fast::backend::cuda::rl::sample::splits(rule, VOCAB) {
+                    let mut call = || {
+                        b.sample_tokens_split_into(&lg, VOCAB, &d, rule, &mut tok, &mut lp, split)
+                    };
+                    call(); // warm-up
+                    b.device().synchronize();
+                    let reps = 5;
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..reps {
+                        call();
+                    }
+                    b.device().synchronize();
+                    let us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                    println!("SAMPLE {name} split {split} rows {rows} vocab {VOCAB}: {us:.0} us per call");
+                }
                 for search in [ThresholdSearch::Radix, ThresholdSearch::Bisect] {
                     let mut call = || {
                         b.sample_tokens_into_with(&lg, VOCAB, &d, rule, &mut tok, &mut lp, search)

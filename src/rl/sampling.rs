@@ -101,6 +101,14 @@ pub fn rank_key(x: f32, i: usize) -> u64 {
     ((ord as u64) << 32) | (!(i as u32)) as u64
 }
 
+/// The log-sum-exp of `logits / t` whose maximum is `mx` (finite), in the fixed shape: `m +
+/// ln(sum exp(x / t - m))` with `m = mx / t`, the sum taken lane by lane and folded by the
+/// tree. Every sampler computes it so (the kernels' tests compare their value with this one).
+pub fn tempered_lse(logits: &[f32], mx: f32, t: f64) -> f64 {
+    let m = mx as f64 / t;
+    m + tree(&lane_partials(logits.len(), |i| (logits[i] as f64 / t - m).exp())).ln()
+}
+
 /// Samples one token from `logits` with uniform `u` in [0, 1): returns it with its log-prob
 /// under `softmax(logits / T)` (T = 1 when greedy), or ([`INVALID_TOKEN`], NaN) when the row
 /// has a NaN or +inf logit or no finite one.
@@ -114,8 +122,7 @@ pub fn sample_row(logits: &[f32], rule: &SampleRule, u: f64) -> (u32, f32) {
     }
     let greedy = rule.temperature == 0.0;
     let t = if greedy { 1.0 } else { rule.temperature as f64 };
-    let m = mx as f64 / t;
-    let lse = m + tree(&lane_partials(n, |i| (logits[i] as f64 / t - m).exp())).ln();
+    let lse = tempered_lse(logits, mx, t);
     let lp = |i: usize| (logits[i] as f64 / t - lse) as f32;
     if greedy {
         let best = logits.iter().position(|&x| x == mx).expect("the maximum is in the row");
@@ -136,8 +143,8 @@ pub fn sample_row(logits: &[f32], rule: &SampleRule, u: f64) -> (u32, f32) {
 pub fn kept_ids(logits: &[f32], rule: &SampleRule) -> Vec<usize> {
     let n = logits.len();
     let t = if rule.temperature > 0.0 { rule.temperature as f64 } else { 1.0 };
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
-    let lse = m + tree(&lane_partials(n, |i| (logits[i] as f64 / t - m).exp())).ln();
+    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = tempered_lse(logits, mx, t);
     let w: Vec<f64> = logits.iter().map(|&x| ((x as f64 / t - lse) as f32 as f64).exp()).collect();
     let keys: Vec<u64> = logits.iter().enumerate().map(|(i, &x)| rank_key(x, i)).collect();
     let thr = kept_threshold(&keys, &w, rule);
