@@ -186,20 +186,22 @@ grpo="--prompts ${GRPO_PROMPTS:-32} --group 8 --len 128 --new 128 --steps 2"
 # shellcheck disable=SC2086
 if want steps && [ "${STEPS:-full}" = levers ]; then
     # STEPS=levers: each default against its switch turned the other way, in one short call
-    # (docs/perf.md's UNMEASURED sections), PyTorch beside the two defaults.
+    # (docs/perf.md's UNMEASURED sections), PyTorch beside the two defaults. The switches the
+    # calls of 2026-11-27 settled are in STEPS=full (MMR1_FLASH_IO, MMR1_FLASH_FWD,
+    # MMR1_PRODUCER_SHADOWS) and STEPS=recheck (MMR1_FLASH_MASK).
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_IO=f32 MMR1_FLASH_IO=f32 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_FWD=wide MMR1_FLASH_FWD=wide step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_MASK=every MMR1_FLASH_MASK=every step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_SAMPLE_SPLIT=0 MMR1_SAMPLE_SPLIT=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
-    STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
-    STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
 elif want steps && [ "${STEPS:-full}" = recheck ]; then
     # STEPS=recheck: a short follow-up call: the default step, the diagonal-only flash mask's
     # switch, PyTorch, and decode repeated around its switch (two rollouts a run are noisy).
@@ -253,6 +255,10 @@ elif want steps; then
     # The split flash-decode kernel (the default before the staged one was measured), same rollout.
     STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # The fused layer ops and the sampler's split form off (docs/perf.md "Fewer launches a
+    # decode step").
+    STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_SAMPLE_SPLIT=0 MMR1_SAMPLE_SPLIT=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo

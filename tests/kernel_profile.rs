@@ -89,13 +89,14 @@ fn nothing_is_recorded_without_profiling() {
 /// fills the upload cache with what repeats across steps: the rope frequencies, the rows the
 /// lm_head reads).
 fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64) {
-    let (launches, uploads, _) = decode_step_cost_in(slots, layers, attn, false, true, None);
+    let (launches, uploads, _) = decode_step_cost_in(slots, layers, attn, false, true, None, true);
     (launches, uploads)
 }
 
 /// `decode_step_cost` in f32 or bf16 (GEMMs in bf16, weight and activation shadows on), with
 /// `producers` writing the bf16 copies of their outputs or not, and the step's conversions
 /// (`f32_to_bf16_x8` launches, counted among the launches). `rope_scaling`: the config's.
+/// `fused`: the fused layer ops (`MMR1_FUSED_LAYER_OPS`).
 fn decode_step_cost_in(
     slots: usize,
     layers: usize,
@@ -103,6 +104,7 @@ fn decode_step_cost_in(
     bf16: bool,
     producers: bool,
     rope_scaling: Option<serde_json::Value>,
+    fused: bool,
 ) -> (u64, u64, u64) {
     use mmr1_fast::backend::precision::Precision;
     // Op by op: a replayed step (tests/decode_replay.rs) uploads its index arrays again.
@@ -116,7 +118,8 @@ fn decode_step_cost_in(
         .with_precision(precision)
         .unwrap()
         .with_attention(attn)
-        .with_producer_shadows(producers);
+        .with_producer_shadows(producers)
+        .with_fused_layer_ops(fused);
     let mut cfg = tiny_config(97, false);
     cfg.num_hidden_layers = layers;
     if let Some(rs) = rope_scaling {
@@ -154,10 +157,11 @@ fn a_decode_step_launches_per_layer_not_per_sequence() {
         // norm, and the next layer's input norm or the final one), SwiGLU.
         let attention = if attn == AttnKernel::Flash { 2 } else { 1 };
         let per_layer = 7 + 1 + attention + 2 + 1;
-        // Per step: the embedding, the first layer's input norm, and the head: 2 zeroed
-        // buffers, one gather of the last rows, one projection. (The activations were planned
-        // and zeroed by the step before, of as many tokens, and are reused.)
-        let per_step = |_layers: u64| 1 + 1 + (2 + 1 + 1);
+        // Per step: the embedding, the first layer's input norm, and the head: one gather of
+        // the last rows, one projection (their outputs are not zeroed first: `output_buf`).
+        // (The activations were planned and zeroed by the step before, of as many tokens,
+        // and are reused.)
+        let per_step = |_layers: u64| 1 + 1 + (1 + 1);
         // Uploads: the token ids, the positions (shared by every rope call), the cache rows
         // (shared by every K and V write), the attention work items (shared by every layer;
         // flash decode's combine list repeats while no sequence crosses a key chunk).
@@ -175,6 +179,20 @@ fn a_decode_step_launches_per_layer_not_per_sequence() {
     }
 }
 
+/// `MMR1_FUSED_LAYER_OPS=0` (`with_fused_layer_ops(false)`) runs the ops the fused kernels
+/// replace: per layer 3 biases, 2 ropes and 2 cache writes instead of one `qkv_epilogue_f32`,
+/// and each of the 2 residual adds and its norm as two launches: 8 launches a layer more,
+/// the same uploads (the switch measures the fusion on a GPU).
+#[test]
+fn the_fused_layer_ops_switch_runs_the_ops_one_by_one() {
+    for layers in [2usize, 3] {
+        let on = decode_step_cost_in(3, layers, AttnKernel::Flash, false, true, None, true);
+        let off = decode_step_cost_in(3, layers, AttnKernel::Flash, false, true, None, false);
+        assert_eq!(off.0, on.0 + 8 * layers as u64, "{layers} layers: launches per decode step");
+        assert_eq!(off.1, on.1, "{layers} layers: uploads per decode step");
+    }
+}
+
 /// A model with scaled RoPE (linear, llama3; YaRN, whose attention factor multiplies q and k)
 /// decodes with the plain model's uploads and launches: its scaled frequencies go through the
 /// upload cache like the plain ones, not an angle table uploaded per rotation (which cost two
@@ -183,7 +201,7 @@ fn a_decode_step_launches_per_layer_not_per_sequence() {
 #[test]
 fn scaled_rope_decodes_with_the_plain_launches_and_uploads() {
     use serde_json::json;
-    let plain = decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, None);
+    let plain = decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, None, true);
     for rs in [
         json!({"rope_type": "linear", "factor": 2.0}),
         json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -192,7 +210,7 @@ fn scaled_rope_decodes_with_the_plain_launches_and_uploads() {
     ] {
         let what = rs.to_string();
         let (launches, uploads, _) =
-            decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, Some(rs));
+            decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, Some(rs), true);
         assert_eq!(uploads, plain.1, "{what}: uploads per decode step");
         assert_eq!(launches, plain.0, "{what}: launches per decode step");
     }
@@ -266,12 +284,12 @@ fn a_bf16_decode_step_converts_only_what_no_producer_writes() {
             let what = format!("{attn:?}, {slots} slots, {layers} layers");
             let l = layers as u64;
             let (f32_launches, f32_uploads, none) =
-                decode_step_cost_in(slots, layers, attn, false, true, None);
+                decode_step_cost_in(slots, layers, attn, false, true, None, true);
             assert_eq!(none, 0, "{what}: an f32 step converts nothing");
             let with = if attn == AttnKernel::Flash { 1 } else { l + 1 };
             for (producers, want) in [(true, with), (false, 4 * l + 1)] {
                 let (launches, uploads, conversions) =
-                    decode_step_cost_in(slots, layers, attn, true, producers, None);
+                    decode_step_cost_in(slots, layers, attn, true, producers, None, true);
                 let what = format!("{what}, producer shadows {producers}");
                 println!("DECODE CONVERSIONS {what}: {conversions} of {launches} launches");
                 assert_eq!(conversions, want, "{what}: conversions per bf16 decode step");

@@ -33,6 +33,7 @@ fn memory_ops<B: Backend>(b: &B) {
     for n in [1usize, 7, 257, 1000] {
         let z = b.zeros(n);
         assert_eq!(b.download(&z), vec![0.0; n], "zeros");
+        assert_eq!(b.len(&b.output_buf(n)), n, "output_buf: n values");
         let h = rand_vec(&mut r, n, 1.0);
         let x = b.upload(&h);
         assert_eq!(b.len(&x), n);

@@ -53,7 +53,8 @@ pub fn chunked_logprobs<B: Backend>(
     s.check(be, hidden, head, targets);
     let (d, v) = (s.dim, s.vocab);
     let c = s.chunk.min(s.rows.max(1));
-    let (mut h, mut logits) = (be.zeros(c * d), be.zeros(c * v));
+    // Overwritten chunk by chunk (no fill: at a real vocabulary `logits` is up to 1 GiB).
+    let (mut h, mut logits) = (be.output_buf(c * d), be.output_buf(c * v));
     let (mut lpc, mut entc) = (be.zeros(c), be.zeros(c));
     for r0 in (0..s.rows).step_by(c) {
         let n = c.min(s.rows - r0);
@@ -140,8 +141,10 @@ pub fn chunked_logprobs_backward_rows<B: Backend>(
         return;
     }
     let c = s.chunk.min(g.rows.len());
-    let (mut h, mut logits, mut dlogits) = (be.zeros(c * d), be.zeros(c * v), be.zeros(c * v));
-    let (mut dh, mut gl) = (be.zeros(c * d), be.zeros(c));
+    // Overwritten chunk by chunk (no fill: at a real vocabulary each logits buffer is up to 1 GiB).
+    let (mut h, mut logits, mut dlogits) =
+        (be.output_buf(c * d), be.output_buf(c * v), be.output_buf(c * v));
+    let (mut dh, mut gl) = (be.output_buf(c * d), be.zeros(c));
     // Without an entropy term the chunk's d entropy is 0 throughout.
     let mut ge = be.zeros(c);
     for rows in g.rows.chunks(c) {

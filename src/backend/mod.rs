@@ -90,6 +90,14 @@ pub trait Backend {
     // ---- memory -------------------------------------------------------------------------
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Self::Buf;
+    /// A buffer of `n` values for an op that overwrites all of them (a GEMM with `beta = 0`, a
+    /// gather): its contents are unspecified until then. The CPU gives zeros; the CUDA backend
+    /// skips the fill launch `zeros` makes (at a decode step's logits, 39 MB written for
+    /// nothing at 64 rows; the emulator hands out NaN there, so a reader of unwritten values
+    /// fails the tests).
+    fn output_buf(&self, n: usize) -> Self::Buf {
+        self.zeros(n)
+    }
     fn upload(&self, host: &[f32]) -> Self::Buf;
     /// [`Backend::upload`] of a host vector the caller gives up: the CPU backend keeps it as
     /// the buffer (no copy; loading a model then holds its weights once, not twice).

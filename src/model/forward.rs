@@ -449,9 +449,9 @@ impl<B: Backend> Qwen2<B> {
     /// device, so that only the sampled ids come back to the host).
     pub fn logits_of_rows_buf(&self, be: &B, hidden: &B::Buf, rows: &[usize]) -> B::Buf {
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        let mut h = be.zeros(rows.len() * d);
+        let mut h = be.output_buf(rows.len() * d);
         be.gather_rows(&mut h, hidden, rows, d);
-        let mut logits = be.zeros(rows.len() * v);
+        let mut logits = be.output_buf(rows.len() * v);
         be.matmul(
             &mut logits,
             &h,

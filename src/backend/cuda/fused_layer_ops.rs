@@ -11,7 +11,24 @@ use crate::backend::row_moves::check_rows;
 
 type Buf<D> = DevBuf<<D as Device>::Mem>;
 
+/// Whether the fused kernels run, from `MMR1_FUSED_LAYER_OPS` (`1`/unset: on, `0`: the ops
+/// one after another, to measure what the fusion saves). Panics on another value, naming it.
+pub(super) fn from_env() -> bool {
+    super::device::switch_from_env(
+        "MMR1_FUSED_LAYER_OPS",
+        true,
+        "a layer's biases, RoPE and cache writes, and each residual add with its norm, one launch each",
+    )
+}
+
 impl<D: Device> CudaBackend<D> {
+    /// The fused layer ops (on, the default from `MMR1_FUSED_LAYER_OPS`) or the ops they
+    /// replace (off): the same bits either way.
+    pub fn with_fused_layer_ops(mut self, on: bool) -> Self {
+        self.fused_layer_ops = on;
+        self
+    }
+
     /// `Backend::qkv_epilogue`: `qkv_epilogue_f32`, or the ops one after another where the
     /// kernel does not apply (an odd head dimension leaves an unrotated last element per head,
     /// which the kernel's pairs do not cover).
@@ -32,7 +49,7 @@ impl<D: Device> CudaBackend<D> {
             x.bq.len >= qd && x.bk.len >= kvd && x.bv.len >= kvd,
             "qkv_epilogue: bias too short"
         );
-        if hd % 2 == 1 || hd < 2 {
+        if hd % 2 == 1 || hd < 2 || !self.fused_layer_ops {
             return fused_ops::qkv_epilogue_ops(self, x, rope, cache);
         }
         if rows == 0 {
@@ -92,8 +109,9 @@ impl<D: Device> CudaBackend<D> {
         if rows == 0 {
             return;
         }
-        if x.len != rows * dim || dim == 0 {
-            // The add covers whole buffers (as add_into), the norm its rows: two ops.
+        if x.len != rows * dim || dim == 0 || !self.fused_layer_ops {
+            // The add covers whole buffers (as add_into), the norm its rows: two ops (and when
+            // the fusion is switched off).
             return fused_ops::add_rmsnorm_ops(self, sum, out, rstd, x, y, w, rows, dim, eps);
         }
         let shadow = self.producer_shadow(&out.mem, rows * dim);

@@ -82,6 +82,11 @@ pub struct CudaBackend<D: Device> {
     /// Producers of GEMM operands write their bf16 copy when the device keeps activation
     /// shadows (`producer_shadows`; `MMR1_PRODUCER_SHADOWS`).
     producer_shadows: bool,
+    /// `qkv_epilogue` and `add_rmsnorm` as one launch each, or the ops they replace
+    /// (`fused_layer_ops`; `MMR1_FUSED_LAYER_OPS`).
+    fused_layer_ops: bool,
+    /// The sampler's split form for few rows (`rl::sample`; `MMR1_SAMPLE_SPLIT`).
+    sample_split: bool,
 }
 
 const BLOCK: u32 = 256;
@@ -114,6 +119,8 @@ impl<D: Device> CudaBackend<D> {
             flash_mask: FlashMask::default(),
             indices: Default::default(),
             producer_shadows: producer_shadows::from_env(),
+            fused_layer_ops: fused_layer_ops::from_env(),
+            sample_split: rl::sample::split_from_env(),
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
@@ -384,6 +391,9 @@ impl<D: Device> Backend for CudaBackend<D> {
         let mut b = self.new_buf(n);
         self.fill(&mut b, 0.0);
         b
+    }
+    fn output_buf(&self, n: usize) -> Self::Buf {
+        self.new_buf(n)
     }
     fn upload(&self, host: &[f32]) -> Self::Buf {
         let mem =

@@ -31,6 +31,13 @@ impl ThresholdSearch {
 }
 
 impl<D: Device> CudaBackend<D> {
+    /// Whether `sample_tokens_into` takes the split form for few rows (on, the default from
+    /// `MMR1_SAMPLE_SPLIT`) or one block a row always (off): the same bits either way.
+    pub fn with_sample_split(mut self, on: bool) -> Self {
+        self.sample_split = on;
+        self
+    }
+
     /// Samples row `r` of `logits` ([draws.len() x vocab]) under `rule` with the uniform of
     /// `draws[r]`, writing the token id (as u32 bits) to `tokens[r]` and its log-prob to
     /// `logprobs[r]`; a row that cannot be sampled gets `INVALID_TOKEN` and NaN.
@@ -44,7 +51,7 @@ impl<D: Device> CudaBackend<D> {
         logprobs: &mut DevBuf<D::Mem>,
     ) {
         let split = sample_split_for(draws.len());
-        if split > 1 && splits(rule, vocab) {
+        if self.sample_split && split > 1 && splits(rule, vocab) {
             return self
                 .sample_tokens_split_into(logits, vocab, draws, rule, tokens, logprobs, split);
         }
@@ -213,6 +220,16 @@ impl<D: Device> CudaBackend<D> {
         let lps = crate::backend::cuda::f32s(&self.dev.download(&logprobs.mem, rows * 4));
         ids.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).zip(lps).collect()
     }
+}
+
+/// Whether `sample_tokens_into` may take the split form, from `MMR1_SAMPLE_SPLIT` (`1`/unset:
+/// on, `0`: one block a row always, to measure what the split saves). Panics on another value.
+pub(crate) fn split_from_env() -> bool {
+    crate::backend::cuda::device::switch_from_env(
+        "MMR1_SAMPLE_SPLIT",
+        true,
+        "a few rows' lanes spread over several blocks each",
+    )
 }
 
 /// Scratch of the split form: per-block maxima and NaN/+inf counts [rows][split], the lane sums
