@@ -59,10 +59,13 @@ extern "C" __global__ void add_rmsnorm_f32(real* sum, real* out, unsigned short*
 
 // dx_j = s g_j w_j - x_j s^3 / dim * sum_i g_i w_i x_i. The two terms nearly cancel when
 // one element dominates its row (exactly at dim 1), so the sum and the difference are formed
-// in f64, as the reference does; the kernel stays memory-bound.
-extern "C" __global__ void rmsnorm_bwd_dx_f32(real* dx, const real* dout, const real* x, const real* w,
-                                              const float* rstd, int rows, int dim) {
-    SHARED(double, scratch, [32]);
+// in f64, as the reference does; the kernel stays memory-bound. With `acc` (non-null) dx is
+// added to acc instead of written to dx (add_assign's f32 addition: the residual stream's
+// gradient), and with `acc16` also acc's new bf16 rounding written there (the GEMMs that read
+// the residual gradient next; producer_shadows.rs).
+__device__ __forceinline__ void rmsnorm_bwd_dx_row(real* dx, real* acc, unsigned short* acc16, const real* dout,
+                                                   const real* x, const real* w, const float* rstd, int dim,
+                                                   double* scratch) {
     const long long r = blockIdx.x;
     const real* xr = x + r * dim;
     const real* gr = dout + r * dim;
@@ -71,6 +74,27 @@ extern "C" __global__ void rmsnorm_bwd_dx_f32(real* dx, const real* dout, const 
     dot = block_sum_d(dot, scratch);
     const double s = rstd[r];
     const double c = s * s * s * dot / (double)dim;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x)
-        dx[r * dim + j] = (float)(s * (double)(gr[j] * w[j]) - (double)xr[j] * c);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        const float v = (float)(s * (double)(gr[j] * w[j]) - (double)xr[j] * c);
+        if (acc) {
+            const float a = acc[r * dim + j] + v;
+            acc[r * dim + j] = a;
+            if (acc16) acc16[r * dim + j] = bf16_bits(a);
+        } else {
+            dx[r * dim + j] = v;
+        }
+    }
+}
+
+extern "C" __global__ void rmsnorm_bwd_dx_f32(real* dx, const real* dout, const real* x, const real* w,
+                                              const float* rstd, int rows, int dim) {
+    SHARED(double, scratch, [32]);
+    rmsnorm_bwd_dx_row(dx, nullptr, nullptr, dout, x, w, rstd, dim, scratch);
+}
+
+// Backend::rmsnorm_backward_add's dx part: acc += dx (acc16: null, or acc's bf16 copy).
+extern "C" __global__ void rmsnorm_bwd_dx_add_f32(real* acc, unsigned short* acc16, const real* dout, const real* x,
+                                                  const real* w, const float* rstd, int rows, int dim) {
+    SHARED(double, scratch, [32]);
+    rmsnorm_bwd_dx_row(nullptr, acc, acc16, dout, x, w, rstd, dim, scratch);
 }

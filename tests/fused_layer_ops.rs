@@ -1,4 +1,5 @@
-//! The fused layer ops (`Backend::qkv_epilogue`, `Backend::add_rmsnorm`) against the ops they
+//! The fused layer ops (`Backend::qkv_epilogue`, `Backend::add_rmsnorm`,
+//! `Backend::rmsnorm_backward_add`) against the ops they
 //! replace: the same bits as those ops run one after another on the same backend (that is the
 //! contract: the model's results do not depend on whether a backend fuses), and within the
 //! kernel tolerance of the CPU reference. Random inputs, ragged shapes, grouped heads, scaled
@@ -196,7 +197,72 @@ fn add_rmsnorm<B: Backend>(b: &B) {
     }
 }
 
-backend_suite!(qkv_epilogue, add_rmsnorm);
+/// dacc, dw after `rmsnorm_backward_add` (fused: the backend's; else `rmsnorm_backward` then
+/// `add_assign`) from the same accumulators, scratch poisoned.
+fn run_norm_backward_add<B: Backend>(
+    b: &B,
+    host: &[Vec<f32>],
+    rows: usize,
+    dim: usize,
+    fused: bool,
+) -> Vec<Vec<f32>> {
+    let (mut acc, mut dw) = (b.upload(&host[0]), b.upload(&host[1]));
+    let (dout, x, w, rstd) =
+        (b.upload(&host[2]), b.upload(&host[3]), b.upload(&host[4]), b.upload(&host[5]));
+    let mut scratch = poisoned(b, rows * dim);
+    if fused {
+        b.rmsnorm_backward_add(&mut acc, &mut scratch, &mut dw, &dout, &x, &w, &rstd, rows, dim);
+    } else {
+        fused_ops::rmsnorm_backward_add_ops(
+            b,
+            &mut acc,
+            &mut scratch,
+            &mut dw,
+            &dout,
+            &x,
+            &w,
+            &rstd,
+            rows,
+            dim,
+        );
+    }
+    vec![b.download(&acc), b.download(&dw)]
+}
+
+fn rmsnorm_backward_add<B: Backend>(b: &B) {
+    let mut r = rng(44);
+    for (rows, dim) in [(1usize, 7usize), (5, 129), (17, 896), (3, 1), (40, 1000)] {
+        let x = rand_vec(&mut r, rows * dim, 2.0);
+        // rstd as the forward makes it, so that the two terms of dx are of the real sizes.
+        let rstd: Vec<f32> = x
+            .chunks(dim)
+            .map(|row| 1.0 / ((row.iter().map(|v| v * v).sum::<f32>() / dim as f32 + 1e-6).sqrt()))
+            .collect();
+        let host = vec![
+            rand_vec(&mut r, rows * dim, 1.0), // the residual gradient so far
+            rand_vec(&mut r, dim, 1.0),        // dw so far (accumulates)
+            rand_vec(&mut r, rows * dim, 1.0), // d out
+            x,
+            rand_vec(&mut r, dim, 1.0),
+            rstd,
+        ];
+        let fused = run_norm_backward_add(b, &host, rows, dim, true);
+        let ops = run_norm_backward_add(b, &host, rows, dim, false);
+        let want = run_norm_backward_add(&Cpu, &host, rows, dim, false);
+        for (i, name) in ["dacc", "dw"].iter().enumerate() {
+            let tag = format!("rmsnorm_backward_add {name} {rows}x{dim}");
+            assert_eq!(
+                bits(&fused[i]),
+                bits(&ops[i]),
+                "{tag}: differs from rmsnorm_backward + add_assign"
+            );
+            assert_close(&tag, &fused[i], &want[i], TOL);
+        }
+        assert_ne!(bits(&fused[0]), bits(&host[0]), "{rows}x{dim}: dacc unchanged");
+    }
+}
+
+backend_suite!(qkv_epilogue, add_rmsnorm, rmsnorm_backward_add);
 
 /// On a device that keeps activation shadows (bf16 GEMMs), the fused norm writes the bf16 copy
 /// the GEMMs after it read, as `rmsnorm` does: the same shadow bits, no conversion launch.
@@ -241,4 +307,43 @@ fn add_rmsnorm_writes_the_bf16_operand() {
         b.device().bf16_shadow_bits(s1.mem(), 1).is_none(),
         "the sum has no copy (no GEMM reads it)"
     );
+}
+
+/// Likewise the fused norm backward writes the bf16 copy of the residual gradient it updates
+/// (the o-projection's and the lower layer's down-projection's backward GEMMs read it), which
+/// `add_assign` never did: the copy is the rounding of the new f32 values.
+#[cfg(feature = "emu")]
+#[test]
+fn rmsnorm_backward_add_writes_the_bf16_operand() {
+    use mmr1_fast::backend::cuda::device::Device;
+    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+    use mmr1_fast::backend::cuda::CudaBackend;
+    use mmr1_fast::backend::precision::Precision;
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+        .with_bf16_shadows(true)
+        .with_act_shadows(true);
+    let b = CudaBackend::with_device(dev)
+        .with_precision(Precision::Bf16)
+        .unwrap()
+        .with_producer_shadows(true);
+    let mut r = rng(45);
+    let (rows, dim) = (6usize, 96usize);
+    let mut acc = b.upload(&rand_vec(&mut r, rows * dim, 1.0));
+    let mut dw = b.upload(&rand_vec(&mut r, dim, 1.0));
+    let (dout, x, w) = (
+        b.upload(&rand_vec(&mut r, rows * dim, 1.0)),
+        b.upload(&rand_vec(&mut r, rows * dim, 2.0)),
+        b.upload(&rand_vec(&mut r, dim, 1.0)),
+    );
+    let rstd =
+        b.upload(&rand_vec(&mut r, rows, 1.0).iter().map(|v| 0.5 + v.abs()).collect::<Vec<_>>());
+    let mut scratch = poisoned(&b, rows * dim);
+    b.rmsnorm_backward_add(&mut acc, &mut scratch, &mut dw, &dout, &x, &w, &rstd, rows, dim);
+    let got = b
+        .device()
+        .bf16_shadow_bits(acc.mem(), rows * dim)
+        .expect("no bf16 copy of the residual gradient");
+    let want: Vec<u16> =
+        b.download(&acc).iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect();
+    assert_eq!(got, want, "the copy is not the rounding of the updated gradient");
 }

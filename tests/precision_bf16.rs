@@ -445,7 +445,10 @@ fn conversions_of_a_steady_step(act_shadows: bool, producers: bool) -> (u64, usi
 ///   finds the dX GEMM's shadow) and no saved activation (their forward shadows survive:
 ///   nothing writes xn1, xn2, act between the forward and their last use, and att's last
 ///   use, o's dW GEMM, comes before the attention backward takes it as an argument): 7;
-///   with the producers, less dgate and dup (SwiGLU's backward writes their copies): 5;
+///   with the producers, less dgate and dup (SwiGLU's backward writes their copies) and
+///   both dresids (the norm backwards that add into it write its copy,
+///   `rmsnorm_backward_add`), but the top layer's first one, which the final norm's backward
+///   writes without a copy: 3 a layer and 1;
 /// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
 ///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy);
@@ -453,13 +456,13 @@ fn conversions_of_a_steady_step(act_shadows: bool, producers: bool) -> (u64, usi
 ///   (`FlashIo::Bf16`, src/backend/cuda/flash.rs): K and V in the forward, dO, Q, K and V in
 ///   the backward: 6.
 fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd: u64) -> u64 {
-    let (layer_fwd, layer_bwd, head_bwd) = match (act, producers) {
-        (false, _) => (7, 21, 4),
-        (true, false) => (4, 7, 2),
-        (true, true) => (0, 5, 1),
+    let (layer_fwd, layer_bwd, head_bwd, top) = match (act, producers) {
+        (false, _) => (7, 21, 4, 0),
+        (true, false) => (4, 7, 2, 0),
+        (true, true) => (0, 3, 1, 1),
     };
     let flash_copies = 2 + 4;
-    layers * (layer_fwd + layer_bwd + flash_copies) + fwd + head_bwd * bwd
+    layers * (layer_fwd + layer_bwd + flash_copies) + top + fwd + head_bwd * bwd
 }
 
 #[test]
@@ -479,9 +482,13 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
     assert_eq!(act_only, predicted_conversions(true, false, layers, 1, 1));
     assert_eq!(on, predicted_conversions(true, true, layers, 1, 1));
     // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward) and 2 a head
-    // chunk; the producers writing xn1, xn2, att, act, dgate and dup's copies 6 more a layer,
-    // d logits' 1 more a chunk.
-    assert_eq!((off - act_only, act_only - on), (layers * 17 + 2, layers * 6 + 1));
+    // chunk; the producers writing xn1, xn2, att, act, dgate, dup and the two dresids' copies
+    // 8 more a layer, less the top layer's first dresid, and d logits' 1 more a chunk.
+    let (top_dresid, d_logits) = (1, 1);
+    assert_eq!(
+        (off - act_only, act_only - on),
+        (layers * 17 + 2, layers * 8 - top_dresid + d_logits)
+    );
     assert_eq!(kept_act_only, kept_on, "the producers' shadows live as long as the GEMMs' did");
     // Between steps: every weight (AdamW wrote its shadow); with activation shadows also each
     // layer's xn1, xn2 and act (the workspace keeps the activations; the next forward's

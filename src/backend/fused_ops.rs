@@ -1,6 +1,7 @@
 //! Ops that a decoder layer runs back to back, as one call: `Backend::qkv_epilogue` (biases,
-//! RoPE and the KV-cache writes of the attention inputs) and `Backend::add_rmsnorm` (a
-//! residual add and the RMSNorm that reads it).
+//! RoPE and the KV-cache writes of the attention inputs), `Backend::add_rmsnorm` (a residual
+//! add and the RMSNorm that reads it) and, in the backward, `Backend::rmsnorm_backward_add`
+//! (an RMSNorm's input gradient added to the residual stream's).
 //!
 //! Why: a decode step is many small ops on a few rows each, and each launch costs a GPU
 //! several microseconds whatever its size (docs/perf.md, "Where a decode step goes": ~10 small
@@ -84,4 +85,23 @@ pub fn add_rmsnorm_ops<B: Backend + ?Sized>(
 ) {
     be.add_into(sum, x, y);
     be.rmsnorm(out, rstd, sum, w, rows, dim, eps);
+}
+
+/// `Backend::rmsnorm_backward_add` as the two ops: `rmsnorm_backward` into `scratch`, then
+/// `dacc += scratch`.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward_add_ops<B: Backend + ?Sized>(
+    be: &B,
+    dacc: &mut B::Buf,
+    scratch: &mut B::Buf,
+    dw: &mut B::Buf,
+    dout: &B::Buf,
+    x: &B::Buf,
+    w: &B::Buf,
+    rstd: &B::Buf,
+    rows: usize,
+    dim: usize,
+) {
+    be.rmsnorm_backward(scratch, dw, dout, x, w, rstd, rows, dim);
+    be.add_assign(dacc, scratch);
 }

@@ -357,6 +357,25 @@ pub trait Backend {
     ) {
         fused_ops::add_rmsnorm_ops(self, sum, out, rstd, x, y, w, rows, dim, eps)
     }
+    /// `rmsnorm_backward` with its `dx` added to `dacc` (the residual stream's gradient)
+    /// instead of written: the same bits as `rmsnorm_backward(scratch, ...)` then
+    /// `add_assign(dacc, scratch)`, which is the default (a backend that fuses leaves
+    /// `scratch` unspecified; `dacc` and `scratch` hold `rows * dim` values).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward_add(
+        &self,
+        dacc: &mut Self::Buf,
+        scratch: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        rows: usize,
+        dim: usize,
+    ) {
+        fused_ops::rmsnorm_backward_add_ops(self, dacc, scratch, dw, dout, x, w, rstd, rows, dim)
+    }
 
     // ---- the optimizer side over every tensor at once (optfuse) --------------------------
     // One call for the whole parameter list where the optimizer used one per tensor; the

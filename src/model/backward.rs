@@ -322,7 +322,9 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut s.dxn, &s.dup, Tr::N, &p[w.up_w], Tr::N, t, d, i, 1.0);
         be.matmul(&mut grads[w.gate_w], &s.dgate, Tr::T, &la.xn2, Tr::N, i, d, t, 1.0);
         be.matmul(&mut grads[w.up_w], &s.dup, Tr::T, &la.xn2, Tr::N, i, d, t, 1.0);
-        be.rmsnorm_backward(
+        // dresid += the norm's input gradient: now d(loss)/d(x_mid).
+        be.rmsnorm_backward_add(
+            &mut s.dresid,
             &mut s.dnorm_in,
             &mut grads[w.post_norm],
             &s.dxn,
@@ -332,7 +334,6 @@ impl<B: Backend> Qwen2<B> {
             t,
             d,
         );
-        be.add_assign(&mut s.dresid, &s.dnorm_in); // now d(loss)/d(x_mid)
 
         // ---- attention
         // o_proj: datt = dx_mid @ Wo ; dWo += dx_mid^T @ att.
@@ -366,7 +367,9 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut grads[w.q_w], &s.dq, Tr::T, &la.xn1, Tr::N, d, d, t, 1.0);
         be.matmul(&mut grads[w.k_w], &s.dk, Tr::T, &la.xn1, Tr::N, kvd, d, t, 1.0);
         be.matmul(&mut grads[w.v_w], &s.dv, Tr::T, &la.xn1, Tr::N, kvd, d, t, 1.0);
-        be.rmsnorm_backward(
+        // dresid += the norm's input gradient: now d(loss)/d(x_in).
+        be.rmsnorm_backward_add(
+            &mut s.dresid,
             &mut s.dnorm_in,
             &mut grads[w.input_norm],
             &s.dxn,
@@ -376,6 +379,5 @@ impl<B: Backend> Qwen2<B> {
             t,
             d,
         );
-        be.add_assign(&mut s.dresid, &s.dnorm_in); // now d(loss)/d(x_in)
     }
 }

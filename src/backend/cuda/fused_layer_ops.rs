@@ -1,8 +1,9 @@
-//! `Backend::qkv_epilogue` and `Backend::add_rmsnorm` as one launch each (src/backend/
-//! fused_ops.rs has the ops they replace, which they match bit for bit): a decode step of
-//! Qwen2.5-0.5B made 7 launches a layer for the biases, RoPE and the cache writes and 2 for
-//! the mid-layer residual add and norm, each a few microseconds of a ~5 ms step whatever its
-//! size (docs/perf.md).
+//! `Backend::qkv_epilogue`, `Backend::add_rmsnorm` and `Backend::rmsnorm_backward_add` as one
+//! launch each (src/backend/fused_ops.rs has the ops they replace, which they match bit for
+//! bit): a decode step of Qwen2.5-0.5B made 7 launches a layer for the biases, RoPE and the
+//! cache writes and 2 for each residual add and its norm, each a few microseconds of a ~5 ms
+//! step whatever its size; the backward wrote each norm's input gradient and read it back to
+//! add it to the residual gradient, which its GEMMs then converted to bf16 (docs/perf.md).
 
 use super::device::{Arg, Device};
 use super::{opt_arg, CudaBackend, DevBuf};
@@ -17,7 +18,7 @@ pub(super) fn from_env() -> bool {
     super::device::switch_from_env(
         "MMR1_FUSED_LAYER_OPS",
         true,
-        "a layer's biases, RoPE and cache writes, and each residual add with its norm, one launch each",
+        "a layer's biases, RoPE and cache writes, each residual add with its norm, and each norm backward with its add, one launch each",
     )
 }
 
@@ -137,5 +138,52 @@ impl<D: Device> CudaBackend<D> {
             // After the launch: a launch writing `out` ends its shadow.
             self.dev.adopt_bf16_shadow(&out.mem, s, rows * dim);
         }
+    }
+
+    /// `Backend::rmsnorm_backward_add`: `rmsnorm_bwd_dx_add_f32` (writing `dacc`'s bf16 copy
+    /// too when producers write their GEMM operands: the residual gradient is the next GEMMs'
+    /// operand), then the weight gradient as `rmsnorm_backward` makes it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rmsnorm_backward_add_fused(
+        &self,
+        dacc: &mut Buf<D>,
+        scratch: &mut Buf<D>,
+        dw: &mut Buf<D>,
+        dout: &Buf<D>,
+        x: &Buf<D>,
+        w: &Buf<D>,
+        rstd: &Buf<D>,
+        rows: usize,
+        dim: usize,
+    ) {
+        if !self.fused_layer_ops || dacc.len != rows * dim {
+            return fused_ops::rmsnorm_backward_add_ops(
+                self, dacc, scratch, dw, dout, x, w, rstd, rows, dim,
+            );
+        }
+        if rows == 0 {
+            return;
+        }
+        let shadow = self.producer_shadow(&dacc.mem, rows * dim);
+        self.dev.launch(
+            "rmsnorm_bwd_dx_add_f32",
+            [rows as u32, 1, 1],
+            [super::BLOCK, 1, 1],
+            0,
+            &[
+                Arg::Ptr(&dacc.mem),
+                opt_arg(shadow.as_ref()),
+                Arg::Ptr(&dout.mem),
+                Arg::Ptr(&x.mem),
+                Arg::Ptr(&w.mem),
+                Arg::Ptr(&rstd.mem),
+                Arg::I32(rows as i32),
+                Arg::I32(dim as i32),
+            ],
+        );
+        if let Some(s) = shadow {
+            self.dev.adopt_bf16_shadow(&dacc.mem, s, rows * dim);
+        }
+        self.col_reduce(dw, &dout.mem, Some(&x.mem), Some(&rstd.mem), rows, dim);
     }
 }

@@ -788,6 +788,20 @@ impl<D: Device> Backend for CudaBackend<D> {
     ) {
         self.add_rmsnorm_fused(sum, out, rstd, x, y, w, rows, dim, eps)
     }
+    fn rmsnorm_backward_add(
+        &self,
+        dacc: &mut Self::Buf,
+        scratch: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        rows: usize,
+        dim: usize,
+    ) {
+        self.rmsnorm_backward_add_fused(dacc, scratch, dw, dout, x, w, rstd, rows, dim)
+    }
     fn swiglu_backward(
         &self,
         dgate: &mut Self::Buf,

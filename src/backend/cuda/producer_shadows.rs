@@ -22,9 +22,11 @@
 //! log-prob backward (a head chunk's d logits, rows x vocab, for d hidden and d lm_head: at
 //! a real vocabulary the largest operand a step converts). A shadow ends as any other does:
 //! when a launch names its buffer as a possibly written argument, a GEMM writes it, or it is
-//! freed. Still converted by their GEMMs (docs/perf.md): dresid (`add_assign`, a generic op
-//! also used on gradients), dq/dk (rotated in place by RoPE, then read by the bias reduction,
-//! which ends a shadow), dv, and the head's gathered rows.
+//! freed. The residual gradient's copy is written by the RMSNorm backward that adds into it
+//! (`rmsnorm_backward_add`, in fused_layer_ops.rs), but for the top layer's, which the final
+//! norm's plain backward writes. Still converted by their GEMMs (docs/perf.md): that one,
+//! dq/dk (rotated in place by RoPE, then read by the bias reduction, which ends a shadow), dv,
+//! and the head's gathered rows.
 
 use super::device::{Arg, Device};
 use super::{CudaBackend, DevBuf};
