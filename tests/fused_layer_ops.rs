@@ -264,22 +264,27 @@ fn rmsnorm_backward_add<B: Backend>(b: &B) {
 
 backend_suite!(qkv_epilogue, add_rmsnorm, rmsnorm_backward_add);
 
+/// The emulator as a bf16 run sets it up: weight and activation shadows kept, producers
+/// writing their GEMM operands' bf16 copies.
+#[cfg(feature = "emu")]
+fn bf16_producers(
+) -> mmr1_fast::backend::cuda::CudaBackend<mmr1_fast::backend::cuda::emu::EmuDevice> {
+    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+    use mmr1_fast::backend::precision::Precision;
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+        .with_bf16_shadows(true)
+        .with_act_shadows(true);
+    let b = mmr1_fast::backend::cuda::CudaBackend::with_device(dev);
+    b.with_precision(Precision::Bf16).unwrap().with_producer_shadows(true)
+}
+
 /// On a device that keeps activation shadows (bf16 GEMMs), the fused norm writes the bf16 copy
 /// the GEMMs after it read, as `rmsnorm` does: the same shadow bits, no conversion launch.
 #[cfg(feature = "emu")]
 #[test]
 fn add_rmsnorm_writes_the_bf16_operand() {
     use mmr1_fast::backend::cuda::device::Device;
-    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
-    use mmr1_fast::backend::cuda::CudaBackend;
-    use mmr1_fast::backend::precision::Precision;
-    let dev = EmuDevice::with_schedules(&[Schedule::Forward])
-        .with_bf16_shadows(true)
-        .with_act_shadows(true);
-    let b = CudaBackend::with_device(dev)
-        .with_precision(Precision::Bf16)
-        .unwrap()
-        .with_producer_shadows(true);
+    let b = bf16_producers();
     let mut r = rng(43);
     let (rows, dim) = (6usize, 96usize);
     let (x, y, w) = (
@@ -316,16 +321,7 @@ fn add_rmsnorm_writes_the_bf16_operand() {
 #[test]
 fn rmsnorm_backward_add_writes_the_bf16_operand() {
     use mmr1_fast::backend::cuda::device::Device;
-    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
-    use mmr1_fast::backend::cuda::CudaBackend;
-    use mmr1_fast::backend::precision::Precision;
-    let dev = EmuDevice::with_schedules(&[Schedule::Forward])
-        .with_bf16_shadows(true)
-        .with_act_shadows(true);
-    let b = CudaBackend::with_device(dev)
-        .with_precision(Precision::Bf16)
-        .unwrap()
-        .with_producer_shadows(true);
+    let b = bf16_producers();
     let mut r = rng(45);
     let (rows, dim) = (6usize, 96usize);
     let mut acc = b.upload(&rand_vec(&mut r, rows * dim, 1.0));

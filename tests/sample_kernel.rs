@@ -449,7 +449,20 @@ mod real_vocab {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn speed() {
         use super::*;
+        use mmr1_fast::backend::cuda::rl::sample::{sample_split_for, splits};
         let b = gpu();
+        // Microseconds a call of `call`, after a warm-up, over 5 calls.
+        let time = |call: &mut dyn FnMut()| {
+            call();
+            b.device().synchronize();
+            let reps = 5;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                call();
+            }
+            b.device().synchronize();
+            t0.elapsed().as_secs_f64() * 1e6 / reps as f64
+        };
         for rows in [64usize, 512] {
             let mut r = rng(rows as u64);
             let x: Vec<f32> = rand_vec(&mut r, rows * VOCAB, 4.0);
@@ -457,37 +470,19 @@ mod real_vocab {
             let d = draws(rows, 5);
             let (mut tok, mut lp) = (b.zeros(rows), b.zeros(rows));
             for (name, rule) in &rules() {
-                // The radix search (the default) and the bisection baseline, side by side.
                 // The split form where the rule takes it (the default below 128 rows).
-                let split = mmr1_fast::backend::cuda::rl::sample::sample_split_for(rows);
-                if mmr1_fast::backend::cuda::rl::sample::splits(rule, VOCAB) {
-                    let mut call = || {
+                let split = sample_split_for(rows);
+                if splits(rule, VOCAB) {
+                    let us = time(&mut || {
                         b.sample_tokens_split_into(&lg, VOCAB, &d, rule, &mut tok, &mut lp, split)
-                    };
-                    call(); // warm-up
-                    b.device().synchronize();
-                    let reps = 5;
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..reps {
-                        call();
-                    }
-                    b.device().synchronize();
-                    let us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                    });
                     println!("SAMPLE {name} split {split} rows {rows} vocab {VOCAB}: {us:.0} us per call");
                 }
+                // One block a row: the radix search (the default) and the bisection baseline.
                 for search in [ThresholdSearch::Radix, ThresholdSearch::Bisect] {
-                    let mut call = || {
+                    let us = time(&mut || {
                         b.sample_tokens_into_with(&lg, VOCAB, &d, rule, &mut tok, &mut lp, search)
-                    };
-                    call(); // warm-up
-                    b.device().synchronize();
-                    let reps = 5;
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..reps {
-                        call();
-                    }
-                    b.device().synchronize();
-                    let us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                    });
                     let gbs = (rows * VOCAB * 4) as f64 / (us * 1e-6) / 1e9;
                     println!(
                         "SAMPLE {name} {search:?} rows {rows} vocab {VOCAB}: {us:.0} us per call ({gbs:.0} GB/s of logits read once)"

@@ -161,29 +161,12 @@ impl<D: Device> CudaBackend<D> {
                 self, dacc, scratch, dw, dout, x, w, rstd, rows, dim,
             );
         }
-        if rows == 0 {
-            return;
-        }
         let shadow = self.producer_shadow(&dacc.mem, rows * dim);
-        self.dev.launch(
-            "rmsnorm_bwd_dx_add_f32",
-            [rows as u32, 1, 1],
-            [super::BLOCK, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&dacc.mem),
-                opt_arg(shadow.as_ref()),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&w.mem),
-                Arg::Ptr(&rstd.mem),
-                Arg::I32(rows as i32),
-                Arg::I32(dim as i32),
-            ],
-        );
+        let out = vec![Arg::Ptr(&dacc.mem), opt_arg(shadow.as_ref())];
+        self.rmsnorm_bwd("rmsnorm_bwd_dx_add_f32", out, dw, dout, x, w, rstd, rows, dim);
         if let Some(s) = shadow {
+            // After the launch that wrote `dacc` (a launch writing a buffer ends its shadow).
             self.dev.adopt_bf16_shadow(&dacc.mem, s, rows * dim);
         }
-        self.col_reduce(dw, &dout.mem, Some(&x.mem), Some(&rstd.mem), rows, dim);
     }
 }

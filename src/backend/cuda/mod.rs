@@ -232,6 +232,36 @@ impl<D: Device> CudaBackend<D> {
             ],
         );
     }
+    /// An RMSNorm backward's two launches: `name` (`rmsnorm_bwd_dx_f32`, or the `_add` form of
+    /// `rmsnorm_backward_add`) with its output arguments `out` first, then dw += the column
+    /// reduction of dout * x * rstd.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd<'a>(
+        &self,
+        name: &str,
+        mut out: Vec<Arg<'a, D::Mem>>,
+        dw: &mut DevBuf<D::Mem>,
+        dout: &'a DevBuf<D::Mem>,
+        x: &'a DevBuf<D::Mem>,
+        w: &'a DevBuf<D::Mem>,
+        rstd: &'a DevBuf<D::Mem>,
+        rows: usize,
+        dim: usize,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        out.extend([
+            Arg::Ptr(&dout.mem),
+            Arg::Ptr(&x.mem),
+            Arg::Ptr(&w.mem),
+            Arg::Ptr(&rstd.mem),
+            Arg::I32(rows as i32),
+            Arg::I32(dim as i32),
+        ]);
+        self.dev.launch(name, [rows as u32, 1, 1], [BLOCK, 1, 1], 0, &out);
+        self.col_reduce(dw, &dout.mem, Some(&x.mem), Some(&rstd.mem), rows, dim);
+    }
     fn new_buf(&self, len: usize) -> DevBuf<D::Mem> {
         DevBuf { mem: self.dev.alloc(len.max(1) * 4), len }
     }
@@ -636,25 +666,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         rows: usize,
         dim: usize,
     ) {
-        if rows == 0 {
-            return;
-        }
-        self.dev.launch(
-            "rmsnorm_bwd_dx_f32",
-            [rows as u32, 1, 1],
-            [BLOCK, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&dx.mem),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&w.mem),
-                Arg::Ptr(&rstd.mem),
-                Arg::I32(rows as i32),
-                Arg::I32(dim as i32),
-            ],
-        );
-        self.col_reduce(dw, &dout.mem, Some(&x.mem), Some(&rstd.mem), rows, dim);
+        let out = vec![Arg::Ptr(&dx.mem)];
+        self.rmsnorm_bwd("rmsnorm_bwd_dx_f32", out, dw, dout, x, w, rstd, rows, dim);
     }
 
     fn rope(
