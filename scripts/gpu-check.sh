@@ -482,9 +482,9 @@ if want ncu && enough 45 "ncu"; then
     # The flash kernels at 2x4096 d128 (default, wide, f32 tile loads; the backward's two):
     # ncu's SpeedOfLight section (duration; SM, L1/shared, L2 and DRAM throughput as % of peak)
     # names what bounds each (docs/perf.md predicts shared memory for the narrow forward).
-    # NCU_FLASH: names; NCU_SECTIONS: more sections (Occupancy, WarpStateStats, ...: why);
-    # NCU_METRICS: raw metrics too (the stall reasons, say).
-    for k in ${NCU_FLASH:-flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_d128}; do
+    # NCU_FLASH: names (set and empty: none, the RL kernels alone); NCU_SECTIONS: more sections
+    # (Occupancy, WarpStateStats, ...: why); NCU_METRICS: raw metrics too (the stall reasons).
+    for k in ${NCU_FLASH-flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_d128}; do
         [ -n "$ncu_bin" ] || break
         enough 40 "ncu $k" || break
         # A backward kernel runs in the backward bench (which also runs a forward first).
