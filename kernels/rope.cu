@@ -3,14 +3,17 @@
 #include "common.cuh"
 
 // Turns the pair (a, b) by `ang` (`sign` -1: the other way). Shared by every kernel that
-// rotates, so that each rounds the same way (the fused kernel below must give rope_f32's bits).
+// rotates, and with every product and sum rounded explicitly (the _rn intrinsics are never
+// contracted into an FMA), so that each kernel rounds the same way whatever the compiler
+// makes of its surroundings (the fused kernel below must give rope_f32's bits), as the CPU
+// reference does.
 __device__ __forceinline__ void rope_turn(float& a, float& b, float ang, float sign) {
     float s, c;
     sincosf(ang, &s, &c);
     s *= sign;
     const float a0 = a, b0 = b;
-    a = a0 * c - b0 * s;
-    b = b0 * c + a0 * s;
+    a = __fsub_rn(__fmul_rn(a0, c), __fmul_rn(b0, s));
+    b = __fadd_rn(__fmul_rn(b0, c), __fmul_rn(a0, s));
 }
 
 extern "C" __global__ void rope_f32(real* x, const unsigned* positions, const float* inv_freq, int ntok,
