@@ -125,8 +125,7 @@ impl<D: Device> CudaBackend<D> {
             return vec![];
         }
         let p = self.split_passes(logits, vocab, rows, temperature, split);
-        let bytes = self.dev.download(&p.lse, rows * 8);
-        bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        super::f64s(&self.dev.download(&p.lse, rows * 8))
     }
 
     /// The split form's three passes over the rows (max, exp sums, weight sums); the draw
