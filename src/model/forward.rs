@@ -327,7 +327,7 @@ impl<B: Backend> Qwen2<B> {
         la: &mut LayerActs<B>,
         tmp: &mut B::Buf,
         batch: &Packed,
-        cache: Option<(&mut B::Buf, &mut B::Buf, &[usize])>,
+        mut cache: Option<(&mut B::Buf, &mut B::Buf, &[usize])>,
     ) {
         let c = &self.cfg;
         let t = batch.tokens();
@@ -344,7 +344,6 @@ impl<B: Backend> Qwen2<B> {
         be.matmul(&mut la.k, &la.xn1, Tr::N, &p[w.k_w], Tr::T, t, kvd, d, 0.0);
         be.matmul(&mut la.v, &la.xn1, Tr::N, &p[w.v_w], Tr::T, t, kvd, d, 0.0);
         let (nh, nkv) = (c.num_attention_heads, c.n_kv_heads());
-        let mut cache = cache;
         match &batch.rope_angles {
             // Biases, RoPE and the cache writes in one op where the backend fuses them.
             None => {

@@ -115,29 +115,26 @@ impl<D: Device> CudaBackend<D> {
             // the fusion is switched off).
             return fused_ops::add_rmsnorm_ops(self, sum, out, rstd, x, y, w, rows, dim, eps);
         }
-        let shadow = self.producer_shadow(&out.mem, rows * dim);
-        self.dev.launch(
-            "add_rmsnorm_f32",
-            [rows as u32, 1, 1],
-            [super::BLOCK, 1, 1],
-            0,
-            &[
-                Arg::Ptr(&sum.mem),
-                Arg::Ptr(&out.mem),
-                opt_arg(shadow.as_ref()),
-                Arg::Ptr(&rstd.mem),
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&y.mem),
-                Arg::Ptr(&w.mem),
-                Arg::I32(rows as i32),
-                Arg::I32(dim as i32),
-                Arg::F32(eps),
-            ],
-        );
-        if let Some(s) = shadow {
-            // After the launch: a launch writing `out` ends its shadow.
-            self.dev.adopt_bf16_shadow(&out.mem, s, rows * dim);
-        }
+        self.produce(&out.mem, rows * dim, |shadow| {
+            self.dev.launch(
+                "add_rmsnorm_f32",
+                [rows as u32, 1, 1],
+                [super::BLOCK, 1, 1],
+                0,
+                &[
+                    Arg::Ptr(&sum.mem),
+                    Arg::Ptr(&out.mem),
+                    opt_arg(shadow),
+                    Arg::Ptr(&rstd.mem),
+                    Arg::Ptr(&x.mem),
+                    Arg::Ptr(&y.mem),
+                    Arg::Ptr(&w.mem),
+                    Arg::I32(rows as i32),
+                    Arg::I32(dim as i32),
+                    Arg::F32(eps),
+                ],
+            )
+        });
     }
 
     /// `Backend::rmsnorm_backward_add`: `rmsnorm_bwd_dx_add_f32` (writing `dacc`'s bf16 copy
@@ -161,12 +158,9 @@ impl<D: Device> CudaBackend<D> {
                 self, dacc, scratch, dw, dout, x, w, rstd, rows, dim,
             );
         }
-        let shadow = self.producer_shadow(&dacc.mem, rows * dim);
-        let out = vec![Arg::Ptr(&dacc.mem), opt_arg(shadow.as_ref())];
-        self.rmsnorm_bwd("rmsnorm_bwd_dx_add_f32", out, dw, dout, x, w, rstd, rows, dim);
-        if let Some(s) = shadow {
-            // After the launch that wrote `dacc` (a launch writing a buffer ends its shadow).
-            self.dev.adopt_bf16_shadow(&dacc.mem, s, rows * dim);
-        }
+        self.produce(&dacc.mem, rows * dim, |shadow| {
+            let out = vec![Arg::Ptr(&dacc.mem), opt_arg(shadow)];
+            self.rmsnorm_bwd("rmsnorm_bwd_dx_add_f32", out, dw, dout, x, w, rstd, rows, dim);
+        });
     }
 }

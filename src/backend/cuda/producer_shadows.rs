@@ -84,6 +84,19 @@ impl<D: Device> CudaBackend<D> {
         })
     }
 
+    /// Runs `launch`, a launch that writes the first `n` values of `out`, with the memory for
+    /// their bf16 copy when producers write it (`producer_shadow`; None: the plain kernel),
+    /// then makes that copy `out`'s shadow: after the launch, which ends the old one. Every
+    /// single-output producer goes through here, so the order (old shadow freed, new memory,
+    /// launch, adoption) is written once.
+    pub(super) fn produce(&self, out: &D::Mem, n: usize, launch: impl FnOnce(Option<&D::Mem>)) {
+        let shadow = self.producer_shadow(out, n);
+        launch(shadow.as_ref());
+        if let Some(s) = shadow {
+            self.dev.adopt_bf16_shadow(out, s, n);
+        }
+    }
+
     /// Memory for the bf16 rounding of an attention output (`[rows, n_heads * head_dim]`)
     /// that one launch writes for `spans`, if it writes every row `0..rows` of it: the
     /// shadow must be the conversion of the whole buffer a GEMM then reads. (A span with no
@@ -133,25 +146,25 @@ impl<D: Device> CudaBackend<D> {
             return;
         }
         let t = self.upload_u32(&targets[..rows]);
-        let shadow = self.producer_shadow(&dlogits.mem, rows * vocab);
-        let (name, mut args) = match &shadow {
-            Some(s) => ("logprobs_bwd_bf16shadow_f32", vec![Arg::Ptr(&dlogits.mem), Arg::Ptr(s)]),
-            None => ("logprobs_bwd_f32", vec![Arg::Ptr(&dlogits.mem)]),
-        };
-        args.extend([
-            Arg::Ptr(&logits.mem),
-            Arg::Ptr(&t),
-            Arg::Ptr(&dlp.mem),
-            Arg::Ptr(&dent.mem),
-            Arg::I32(rows as i32),
-            Arg::I32(vocab as i32),
-            Arg::F32(inv_temp),
-        ]);
-        let block = super::logprob_block(vocab);
-        self.dev.launch(name, [rows as u32, 1, 1], [block, 1, 1], 0, &args);
-        if let Some(s) = shadow {
-            self.dev.adopt_bf16_shadow(&dlogits.mem, s, rows * vocab);
-        }
+        self.produce(&dlogits.mem, rows * vocab, |shadow| {
+            let (name, mut args) = match shadow {
+                Some(s) => {
+                    ("logprobs_bwd_bf16shadow_f32", vec![Arg::Ptr(&dlogits.mem), Arg::Ptr(s)])
+                }
+                None => ("logprobs_bwd_f32", vec![Arg::Ptr(&dlogits.mem)]),
+            };
+            args.extend([
+                Arg::Ptr(&logits.mem),
+                Arg::Ptr(&t),
+                Arg::Ptr(&dlp.mem),
+                Arg::Ptr(&dent.mem),
+                Arg::I32(rows as i32),
+                Arg::I32(vocab as i32),
+                Arg::F32(inv_temp),
+            ]);
+            let block = super::logprob_block(vocab);
+            self.dev.launch(name, [rows as u32, 1, 1], [block, 1, 1], 0, &args);
+        });
     }
 
     /// `Backend::rmsnorm`: `rmsnorm_bf16shadow_f32` when activation shadows are kept.
@@ -169,39 +182,34 @@ impl<D: Device> CudaBackend<D> {
         if rows == 0 {
             return;
         }
-        let shadow = self.producer_shadow(&out.mem, rows * dim);
-        let (name, mut args) = match &shadow {
-            Some(s) => ("rmsnorm_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
-            None => ("rmsnorm_f32", vec![Arg::Ptr(&out.mem)]),
-        };
-        args.extend([
-            Arg::Ptr(&rstd.mem),
-            Arg::Ptr(&x.mem),
-            Arg::Ptr(&w.mem),
-            Arg::I32(rows as i32),
-            Arg::I32(dim as i32),
-            Arg::F32(eps),
-        ]);
-        self.dev.launch(name, [rows as u32, 1, 1], [super::BLOCK, 1, 1], 0, &args);
-        if let Some(s) = shadow {
-            // After the launch: a launch writing `out` ends its shadow.
-            self.dev.adopt_bf16_shadow(&out.mem, s, rows * dim);
-        }
+        self.produce(&out.mem, rows * dim, |shadow| {
+            let (name, mut args) = match shadow {
+                Some(s) => ("rmsnorm_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
+                None => ("rmsnorm_f32", vec![Arg::Ptr(&out.mem)]),
+            };
+            args.extend([
+                Arg::Ptr(&rstd.mem),
+                Arg::Ptr(&x.mem),
+                Arg::Ptr(&w.mem),
+                Arg::I32(rows as i32),
+                Arg::I32(dim as i32),
+                Arg::F32(eps),
+            ]);
+            self.dev.launch(name, [rows as u32, 1, 1], [super::BLOCK, 1, 1], 0, &args);
+        });
     }
 
     /// `Backend::swiglu`: `swiglu_bf16shadow_f32` when activation shadows are kept.
     pub(super) fn swiglu_fwd(&self, out: &mut Buf<D>, gate: &Buf<D>, up: &Buf<D>) {
         let n = out.len;
-        let shadow = self.producer_shadow(&out.mem, n);
-        let (name, mut args) = match &shadow {
-            Some(s) => ("swiglu_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
-            None => ("swiglu_f32", vec![Arg::Ptr(&out.mem)]),
-        };
-        args.extend([Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(n as i64)]);
-        self.elementwise(name, n, &args);
-        if let Some(s) = shadow {
-            self.dev.adopt_bf16_shadow(&out.mem, s, n);
-        }
+        self.produce(&out.mem, n, |shadow| {
+            let (name, mut args) = match shadow {
+                Some(s) => ("swiglu_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
+                None => ("swiglu_f32", vec![Arg::Ptr(&out.mem)]),
+            };
+            args.extend([Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(n as i64)]);
+            self.elementwise(name, n, &args);
+        });
     }
 
     /// `Backend::swiglu_backward`: `swiglu_bwd_bf16shadow_f32` when activation shadows are
