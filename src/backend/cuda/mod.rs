@@ -82,8 +82,8 @@ pub struct CudaBackend<D: Device> {
     /// Producers of GEMM operands write their bf16 copy when the device keeps activation
     /// shadows (`producer_shadows`; `MMR1_PRODUCER_SHADOWS`).
     producer_shadows: bool,
-    /// `qkv_epilogue` and `add_rmsnorm` as one launch each, or the ops they replace
-    /// (`fused_layer_ops`; `MMR1_FUSED_LAYER_OPS`).
+    /// `qkv_epilogue`, `add_rmsnorm` and `rmsnorm_backward_add` as one launch each, or the
+    /// ops they replace (`fused_layer_ops`; `MMR1_FUSED_LAYER_OPS`).
     fused_layer_ops: bool,
     /// The sampler's split form for few rows (`rl::sample`; `MMR1_SAMPLE_SPLIT`).
     sample_split: bool,
