@@ -46,12 +46,13 @@ extern "C" __global__ void swiglu_f32(real* out, const real* gate, const real* u
 }
 
 // swiglu_f32 that also writes the bf16 rounding of `out` (the down projection's operand) into
-// `shadow`, in the pass that computes it (src/backend/cuda/producer_shadows.rs).
+// `shadow`, in the pass that computes it (src/backend/cuda/producer_shadows.rs); `out` null:
+// the bf16 values alone (an operand stored as bf16, bf16_operands.rs).
 extern "C" __global__ void swiglu_bf16shadow_f32(real* out, unsigned short* shadow, const real* gate, const real* up,
                                                  long long n) {
     GRID_STRIDE(i, n) {
         const float v = swiglu_elem(gate, up, i);
-        out[i] = v;
+        if (out) out[i] = v;
         shadow[i] = bf16_bits(v);
     }
 }

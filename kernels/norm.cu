@@ -6,7 +6,8 @@
 // One row (blockIdx.x) of RMSNorm: out = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps).
 // With `shadow` (non-null) it also writes each output's bf16 rounding (round to nearest even,
 // the bits f32_to_bf16_x8 would make of `out`), computed from the value it stores: the copy
-// a bf16 GEMM reads (src/backend/cuda/producer_shadows.rs). With `y` (non-null) the row
+// a bf16 GEMM reads (src/backend/cuda/producer_shadows.rs); `out` null (with `shadow`): the
+// bf16 values alone (an operand stored as bf16, bf16_operands.rs). With `y` (non-null) the row
 // normalised is x + y, written to `sum` first (a residual add: add_f32's bits), and each
 // thread reads back only what it wrote.
 __device__ __forceinline__ void rmsnorm_row(real* out, unsigned short* shadow, float* rstd, const real* x,
@@ -30,7 +31,7 @@ __device__ __forceinline__ void rmsnorm_row(real* out, unsigned short* shadow, f
     if (threadIdx.x == 0) rstd[r] = s;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         const float o = xr[j] * s * w[j];
-        out[r * dim + j] = o;
+        if (out) out[r * dim + j] = o;
         if (shadow) shadow[r * dim + j] = bf16_bits(o);
     }
 }

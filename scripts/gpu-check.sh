@@ -192,6 +192,8 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    # xn1, xn2, act stored as f32 with shadows (the peak and the writes bf16 storage saves).
+    STEP_ENV=MMR1_BF16_OPERANDS=0 MMR1_BF16_OPERANDS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
@@ -284,6 +286,8 @@ elif want steps; then
     # operand"): the training and decode steps with the conversions back, beside the defaults.
     STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # GEMM-only activations (xn1, xn2, act) stored as f32 with shadows instead of bf16 alone.
+    STEP_ENV=MMR1_BF16_OPERANDS=0 MMR1_BF16_OPERANDS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
 fi
 
 # Continuous batching of rollouts (rl::decode_scheduler): 64 prompts x 8 responses of up to

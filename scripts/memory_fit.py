@@ -4,8 +4,9 @@ Qwen2.5 shapes (init-model's table, src/commands/init_model.rs), with and withou
 recomputation, and the largest micro-batch (tokens) that fits a budget. An ESTIMATE: it counts
 the buffers the code plans (src/model/forward.rs `alloc_acts_with`, src/model/backward.rs
 `alloc_grad_scratch`, the optimizer), with the per-token activation bytes that
-tests/recompute.rs measures through the emulator's allocator (one layer: 4 * (5d + 2kvd + h
-+ 2 + 3i) bytes per token, asserted there exactly). Not modelled: the CUDA context and cuBLAS
+tests/recompute.rs measures through the emulator's allocator (one layer in f32: 4 * (5d +
+2kvd + h + 2 + 3i) bytes per token, asserted there exactly), as a bf16 step on a GPU stores
+them (xn1, xn2, act as bf16 alone; att and the backward's GEMM operands with a bf16 copy). Not modelled: the CUDA context and cuBLAS
 workspace, allocator rounding (size classes round up by at most 12.5%) and fragmentation;
 the budget keeps HEADROOM_GIB for them.
 
@@ -63,12 +64,20 @@ def step_bytes(shape, t, recompute):
     n = params(*shape)
     # f32 weights, f32 gradients, f32 AdamW m and v, bf16 weight shadows (GPU default).
     state = (4 + 4 + 8 + 2) * n
-    layer = 4 * (5 * d + 2 * kvd + h + 2 + 3 * i)  # LayerActs, per token
+    # LayerActs per token as a bf16 step on a GPU stores them (the default): f32 values, but
+    # xn1, xn2 and act as bf16 alone (`operand_buf`, src/backend/cuda/bf16_operands.rs) and
+    # att with its 2-byte shadow (the o projection's operand). The f32 layout tests/recompute.rs
+    # measures is 4 * (5d + 2kvd + h + 2 + 3i).
+    layer = 4 * (5 * d + 2 * kvd + h + 2 + 3 * i) - 2 * (2 * d + i) + 2 * d
     kept = 4 * d * (L + 1) + layer * (1 if recompute else L) + 4 * (2 * d + 1)
-    scratch = 4 * (5 * d + 2 * kvd + 3 * i)  # GradScratch's [t, .] buffers
+    # GradScratch's [t, .] buffers, and the bf16 copies dgate, dup, dq, dk, dv keep.
+    scratch = 4 * (5 * d + 2 * kvd + 3 * i) + 2 * (2 * i + d + 2 * kvd)
     transient = 2 * 2 * (i + d)  # bf16 copies of the two operands of a [t, i] x [i, d] GEMM
-    chunk = max(2**24 // v, 1)
-    fixed = 4 * chunk * (2 * v + 2 * d + 2) + 4 * chunk * (v + d + 2)  # head chunks
+    # Head chunks of at most 256M logits (src/model/forward.rs `logit_chunk_rows`): the
+    # backward's logits and d logits (with its bf16 copy) beside the forward's; an upper bound
+    # for batches shorter than one chunk.
+    chunk = max(2**28 // v, 1)
+    fixed = 4 * chunk * (2 * v + 2 * d + 2) + 4 * chunk * (v + d + 2) + 2 * chunk * v
     return state, kept + scratch + transient, fixed
 
 

@@ -11,6 +11,7 @@
 mod common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
+use mmr1_fast::backend::cuda::device::Device;
 use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
 use mmr1_fast::backend::cuda::{CudaBackend, FlashFwd, FlashIo};
 use mmr1_fast::backend::precision::Precision;
@@ -402,8 +403,11 @@ fn producer_shadows_give_the_bits_of_the_gemms_conversions() {
 /// forward, backward, AdamW) of `sft_run`'s model and batch, and how many buffers keep a
 /// shadow between steps.
 fn conversions_of_a_steady_step(act_shadows: bool, producers: bool) -> (u64, usize) {
+    conversions_of_a_steady_step_on(emu_producers(act_shadows, producers, true))
+}
+
+fn conversions_of_a_steady_step_on(be: CudaBackend<EmuDevice>) -> (u64, usize) {
     use mmr1_fast::backend::profile::since;
-    let be = emu_producers(act_shadows, producers, true);
     let cfg = config();
     let layout = ParamLayout::new(&cfg);
     let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 9);
@@ -489,11 +493,87 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
         (off - act_only, act_only - on),
         (layers * 17 + 2, layers * 8 - top_dresid + d_logits)
     );
-    assert_eq!(kept_act_only, kept_on, "the producers' shadows live as long as the GEMMs' did");
+    // Stored as f32 with shadows (`MMR1_BF16_OPERANDS=0`), xn1, xn2 and act convert alike.
+    let (f32_stored, kept_f32_stored) =
+        conversions_of_a_steady_step_on(emu_producers(true, true, true).with_bf16_operands(false));
+    assert_eq!(f32_stored, on, "bf16 storage changes no conversion");
+    assert_eq!(kept_act_only, kept_f32_stored, "the producers' shadows live as the GEMMs' did");
     // Between steps: every weight (AdamW wrote its shadow); with activation shadows also each
     // layer's xn1, xn2 and act (the workspace keeps the activations; the next forward's
     // writes end them) and the last layer backward's dgate, dup, dq, dk, dv (the scratch's
-    // next writes end them). No head buffer keeps one: the chunk buffers are freed.
-    assert_eq!(kept_off, params as usize);
-    assert_eq!(kept_on, params as usize + 3 * layers as usize + 5);
+    // next writes end them). No head buffer keeps one: the chunk buffers are freed. With the
+    // producers writing them, xn1, xn2 and act are stored as bf16 alone (`operand_buf`),
+    // with no f32 values to shadow.
+    let (params, layers) = (params as usize, layers as usize);
+    assert_eq!(kept_off, params);
+    assert_eq!(kept_f32_stored, params + 3 * layers + 5);
+    assert_eq!(kept_on, params + 5);
+}
+
+/// `operand_buf` storage (bf16 alone for xn1, xn2 and act) gives the bits of f32 storage with
+/// the producers' shadows: three SFT steps give the same losses, gradients, parameters and
+/// log-probs; and the peak in use falls by the f32 values that nothing read.
+#[test]
+fn bf16_operands_give_the_bits_of_f32_storage_and_lower_the_peak() {
+    let (on, off) = (
+        emu_producers(true, true, false).with_bf16_operands(true),
+        emu_producers(true, true, false).with_bf16_operands(false),
+    );
+    let (a, b) = (sft_run(&on, 3), sft_run(&off, 3));
+    assert_same_runs(&a, &b);
+    let (pa, pb) = (
+        on.memory_stats().unwrap().peak_in_use_bytes,
+        off.memory_stats().unwrap().peak_in_use_bytes,
+    );
+    // Each layer's three buffers keep 2 of their 4 bytes a value (by size class): the peak,
+    // which holds every layer's activations, falls by at least that.
+    let c = config();
+    let (t, d, i) = (99, c.hidden_size, c.intermediate_size);
+    let class = |bytes: usize| mmr1_fast::backend::cuda::alloc::size_class(bytes) as u64;
+    let per_layer = 2 * (class(4 * t * d) - class(2 * t * d)) + class(4 * t * i) - class(2 * t * i);
+    let want = c.num_hidden_layers as u64 * per_layer;
+    println!("MEM bf16 operands: peak {pa} B in use, f32 storage {pb} B (saving at least {want})");
+    assert!(pb >= pa + want, "peak {pa} B with bf16 operands, {pb} B without: saved < {want}");
+}
+
+/// A buffer stored as bf16 alone reads back as the bf16 rounding of what its producer
+/// computed, a GEMM reads it as the f32 buffer's shadow (same bits), and any other op that
+/// takes it panics instead of reading f32 values that do not exist.
+#[test]
+fn a_bf16_operand_reads_back_rounded_and_refuses_f32_ops() {
+    let be = emu_producers(true, true, false);
+    let (rows, dim, n) = (7, 24, 5);
+    let x = be.upload(&random_f32(rows * dim, 3));
+    let w = be.upload(&random_f32(dim, 4));
+    let wm = be.upload(&random_f32(n * dim, 5));
+    let (mut xn16, mut xn32) = (be.operand_buf(rows * dim), be.zeros(rows * dim));
+    assert!(xn16.is_bf16() && !xn32.is_bf16());
+    let (mut r1, mut r2) = (be.zeros(rows), be.zeros(rows));
+    be.rmsnorm(&mut xn16, &mut r1, &x, &w, rows, dim, 1e-6);
+    be.rmsnorm(&mut xn32, &mut r2, &x, &w, rows, dim, 1e-6);
+    let rounded: Vec<f32> =
+        be.download(&xn32).iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+    assert!(same_bits(&be.download(&xn16), &rounded), "download widens the bf16 bits");
+    let (mut y16, mut y32) = (be.zeros(rows * n), be.zeros(rows * n));
+    be.matmul(&mut y16, &xn16, Tr::N, &wm, Tr::T, rows, n, dim, 0.0);
+    be.matmul(&mut y32, &xn32, Tr::N, &wm, Tr::T, rows, n, dim, 0.0);
+    assert!(same_bits(&be.download(&y16), &be.download(&y32)), "GEMM reads the same bits");
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut acc = be.zeros(rows * dim);
+        be.add_assign(&mut acc, &xn16);
+    }));
+    let msg = refused.expect_err("an f32 op took a bf16-stored buffer");
+    let msg = msg.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+    assert!(msg.contains("stored as bf16 alone"), "{msg}");
+    // An f32 GEMM (the precision changed after the buffer was planned) refuses it too.
+    let f32_be = emu_producers(true, true, false);
+    let op = f32_be.operand_buf(rows * dim);
+    let mut f32_be = f32_be;
+    f32_be.device_mut().set_gemm_precision(false).unwrap();
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut y = f32_be.zeros(rows * n);
+        let wm = f32_be.upload(&random_f32(n * dim, 5));
+        f32_be.matmul(&mut y, &op, Tr::N, &wm, Tr::T, rows, n, dim, 0.0);
+    }));
+    assert!(refused.is_err(), "an f32 GEMM read a bf16-stored operand");
 }

@@ -98,6 +98,15 @@ pub trait Backend {
     fn output_buf(&self, n: usize) -> Self::Buf {
         self.zeros(n)
     }
+    /// A buffer of `n` values that only `matmul` reads (as either operand) and that one op
+    /// writes whole before each use (`rmsnorm`, `add_rmsnorm`'s `out`, `swiglu`): a layer's
+    /// RMSNorm outputs and SwiGLU activation. A backend whose GEMMs round their operands to
+    /// bf16 may store it as those bf16 values alone (the CUDA backend in bf16 mode: half the
+    /// memory, and no f32 values written that nothing reads); any other op given it then
+    /// panics, and `download` returns the bf16 values widened. Otherwise as `output_buf`.
+    fn operand_buf(&self, n: usize) -> Self::Buf {
+        self.output_buf(n)
+    }
     fn upload(&self, host: &[f32]) -> Self::Buf;
     /// [`Backend::upload`] of a host vector the caller gives up: the CPU backend keeps it as
     /// the buffer (no copy; loading a model then holds its weights once, not twice).

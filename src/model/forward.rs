@@ -60,6 +60,8 @@ impl Packed {
 }
 
 /// One layer's saved activations. `x_in` of layer l is the residual stream entering it.
+/// `xn1`, `xn2` and `act` are GEMM operands alone (`Backend::operand_buf`): only `matmul` may
+/// read them, and on a bf16 GPU they hold bf16 values.
 pub struct LayerActs<B: Backend> {
     pub rstd1: B::Buf,
     pub xn1: B::Buf,
@@ -155,9 +157,11 @@ impl<B: Backend> Qwen2<B> {
         let (d, i) = (c.hidden_size, c.intermediate_size);
         let kvd = c.n_kv_heads() * c.head_dim();
         let h = c.num_attention_heads;
+        // xn1, xn2 and act are read by the projections' GEMMs alone, forward and backward:
+        // `operand_buf` (bf16 alone where GEMMs read bf16).
         LayerActs {
             rstd1: be.zeros(t),
-            xn1: be.zeros(t * d),
+            xn1: be.operand_buf(t * d),
             q: be.zeros(t * d),
             k: be.zeros(t * kvd),
             v: be.zeros(t * kvd),
@@ -165,10 +169,10 @@ impl<B: Backend> Qwen2<B> {
             lse: be.zeros(t * h),
             x_mid: be.zeros(t * d),
             rstd2: be.zeros(t),
-            xn2: be.zeros(t * d),
+            xn2: be.operand_buf(t * d),
             gate: be.zeros(t * i),
             up: be.zeros(t * i),
-            act: be.zeros(t * i),
+            act: be.operand_buf(t * i),
         }
     }
 

@@ -202,7 +202,8 @@ impl<B: Backend> VisionTower<B> {
             let x_in = &resid[b];
             let mut a = VisionBlockActs {
                 rstd1: be.zeros(n),
-                xn1: be.zeros(n * d),
+                // xn1, xn2, act: GEMM operands alone, forward and backward (`operand_buf`).
+                xn1: be.operand_buf(n * d),
                 q: be.zeros(n * d),
                 k: be.zeros(n * d),
                 v: be.zeros(n * d),
@@ -210,10 +211,10 @@ impl<B: Backend> VisionTower<B> {
                 lse: be.zeros(n * nh),
                 x_mid: be.zeros(n * d),
                 rstd2: be.zeros(n),
-                xn2: be.zeros(n * d),
+                xn2: be.operand_buf(n * d),
                 gate: be.zeros(n * im),
                 up: be.zeros(n * im),
-                act: be.zeros(n * im),
+                act: be.operand_buf(n * im),
             };
             be.rmsnorm(&mut a.xn1, &mut a.rstd1, x_in, &p[w.norm1], n, d, VISION_EPS);
             for (j, out) in [&mut a.q, &mut a.k, &mut a.v].into_iter().enumerate() {

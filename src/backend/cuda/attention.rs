@@ -97,11 +97,11 @@ impl<D: Device> CudaBackend<D> {
             [128, 1, 1],
             0,
             &[
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&lse.mem),
-                Arg::Ptr(&q.mem),
-                Arg::Ptr(&k.mem),
-                Arg::Ptr(&v.mem),
+                Arg::Ptr(out.mem()),
+                Arg::Ptr(lse.mem()),
+                Arg::Ptr(q.mem()),
+                Arg::Ptr(k.mem()),
+                Arg::Ptr(v.mem()),
                 Arg::Ptr(&*d_items),
                 Arg::I32(shape.n_heads as i32),
                 Arg::I32(shape.n_kv_heads as i32),
@@ -144,8 +144,8 @@ impl<D: Device> CudaBackend<D> {
             0,
             &[
                 Arg::Ptr(&dsum),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&out.mem),
+                Arg::Ptr(dout.mem()),
+                Arg::Ptr(out.mem()),
                 Arg::Ptr(&d_items),
                 Arg::I32(nq as i32),
                 Arg::I32(h as i32),
@@ -180,12 +180,12 @@ impl<D: Device> CudaBackend<D> {
             ]);
         };
         let mut a = vec![
-            Arg::Ptr(&dq.mem),
-            Arg::Ptr(&dout.mem),
-            Arg::Ptr(&q.mem),
-            Arg::Ptr(&k.mem),
-            Arg::Ptr(&v.mem),
-            Arg::Ptr(&lse.mem),
+            Arg::Ptr(dq.mem()),
+            Arg::Ptr(dout.mem()),
+            Arg::Ptr(q.mem()),
+            Arg::Ptr(k.mem()),
+            Arg::Ptr(v.mem()),
+            Arg::Ptr(lse.mem()),
             Arg::Ptr(&dsum),
             Arg::Ptr(&d_items),
         ];
@@ -193,13 +193,13 @@ impl<D: Device> CudaBackend<D> {
         self.dev.launch("attn_bwd_dq_f32", [nq, h as u32, 1], [128, 1, 1], 0, &a);
         if !kv_items.is_empty() {
             let mut a = vec![
-                Arg::Ptr(&dk.mem),
-                Arg::Ptr(&dv.mem),
-                Arg::Ptr(&dout.mem),
-                Arg::Ptr(&q.mem),
-                Arg::Ptr(&k.mem),
-                Arg::Ptr(&v.mem),
-                Arg::Ptr(&lse.mem),
+                Arg::Ptr(dk.mem()),
+                Arg::Ptr(dv.mem()),
+                Arg::Ptr(dout.mem()),
+                Arg::Ptr(q.mem()),
+                Arg::Ptr(k.mem()),
+                Arg::Ptr(v.mem()),
+                Arg::Ptr(lse.mem()),
                 Arg::Ptr(&dsum),
                 Arg::Ptr(&d_kv),
             ];

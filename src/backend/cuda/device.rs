@@ -101,6 +101,42 @@ pub fn launch_f32_to_bf16<D: Device + ?Sized>(dev: &D, out: &D::Mem, x: &D::Mem,
     );
 }
 
+/// One operand of a library GEMM (`Device::gemm`).
+pub enum GemmIn<'a, M> {
+    /// f32 values: a bf16 GEMM reads their bf16 shadow or rounds them on the way in.
+    F32(&'a M),
+    /// bf16 bits stored as such (`DevBuf::is_bf16`), which only a bf16 GEMM can read.
+    Bf16(&'a M),
+}
+
+// By hand: a derive would ask `M: Copy` of the memory a reference points to.
+impl<M> Clone for GemmIn<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for GemmIn<'_, M> {}
+
+impl<'a, M> GemmIn<'a, M> {
+    /// The memory, whichever its element type.
+    pub fn mem(self) -> &'a M {
+        match self {
+            GemmIn::F32(m) | GemmIn::Bf16(m) => m,
+        }
+    }
+    /// Panics on a bf16 operand: an f32 GEMM (`set_gemm_precision(false)`) has no f32 values
+    /// to read there.
+    pub fn f32(self) -> &'a M {
+        match self {
+            GemmIn::F32(m) => m,
+            GemmIn::Bf16(_) => panic!(
+                "an f32 GEMM was given an operand stored as bf16 alone (Backend::operand_buf \
+                 allocated it while GEMMs were bf16; plan activations after choosing the precision)"
+            ),
+        }
+    }
+}
+
 /// One kernel argument, in the order of the kernel's parameters.
 pub enum Arg<'a, M> {
     /// Device memory (the kernel receives its base address).
@@ -160,15 +196,15 @@ pub trait Device {
         shared_bytes: u32,
         args: &[Arg<'_, Self::Mem>],
     );
-    /// A library GEMM (row-major, f32, see `Backend::matmul`); returns false when the device
-    /// has none, and the backend then runs its own kernel.
+    /// A library GEMM (row-major, f32 output, see `Backend::matmul`); returns false when the
+    /// device has none, and the backend then runs its own kernel (f32 operands only).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         out: &mut Self::Mem,
-        a: &Self::Mem,
+        a: GemmIn<'_, Self::Mem>,
         ta: Tr,
-        b: &Self::Mem,
+        b: GemmIn<'_, Self::Mem>,
         tb: Tr,
         m: usize,
         n: usize,

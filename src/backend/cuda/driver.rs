@@ -2,7 +2,7 @@
 //! or compiled at first use by NVRTC when the build had none), cuBLAS for GEMM.
 
 use super::alloc::{self, Bf16Operand, Pool};
-use super::device::{Arg, Device};
+use super::device::{Arg, Device, GemmIn};
 use super::replay::{self, GraphHost, Op, Replay, ReplayStats, Run};
 use super::CudaBackend;
 use crate::backend::memory::MemoryStats;
@@ -598,9 +598,9 @@ impl Device for CudaDevice {
     fn gemm(
         &self,
         out: &mut CudaMem,
-        a: &CudaMem,
+        a: GemmIn<'_, CudaMem>,
         ta: Tr,
-        b: &CudaMem,
+        b: GemmIn<'_, CudaMem>,
         tb: Tr,
         m: usize,
         n: usize,
@@ -612,10 +612,12 @@ impl Device for CudaDevice {
         if self.gemm_bf16 {
             // Operands rounded to bf16 on the way in (a pass each while storage is f32),
             // unless the operand has a bf16 shadow (a weight since the last optimizer step,
-            // an activation since a GEMM converted it); `Pool::bf16_operand` decides.
-            let keys = [(a.addr, m * k), (b.addr, k * n)];
+            // an activation since a GEMM converted it), `Pool::bf16_operand` decides, or is
+            // stored as bf16 (read as it is).
+            let keys = [(a.mem().addr, m * k), (b.mem().addr, k * n)];
             let mut temps = [None, None];
-            for (i, (mem, len)) in [(a, m * k), (b, k * n)].into_iter().enumerate() {
+            for (i, (x, len)) in [(a, m * k), (b, k * n)].into_iter().enumerate() {
+                let GemmIn::F32(mem) = x else { continue };
                 match self.pool.bf16_operand(mem.addr, len, self.bf16_shadows && self.act_shadows) {
                     Bf16Operand::Shadow => {}
                     Bf16Operand::ConvertAndKeep => self.make_bf16_shadow(mem, len),
@@ -625,13 +627,13 @@ impl Device for CudaDevice {
             let [a16, b16] = &temps;
             self.pool
                 .with_shadows(keys, |[ha, hb]| {
-                    let a = a16.as_deref().or(ha).expect("a converted or shadowed operand");
-                    let b = b16.as_deref().or(hb).expect("a converted or shadowed operand");
+                    let (a, b) = (pick_bf16(a, a16, ha), pick_bf16(b, b16, hb));
                     self.gemm_bf16(out, false, a, ta, b, tb, m, n, k, beta)
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
             return true;
         }
+        let (a, b) = (a.f32(), b.f32());
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
         let ((opa, lda_), (opb, ldb_)) = (blas_op(ta, k, m), blas_op(tb, n, k));
         let (pa, pb, pc) =
@@ -896,6 +898,19 @@ fn launch_raw(
 }
 
 /// The device address of `mem` (no event bookkeeping: one stream runs everything).
+/// Where a bf16 GEMM reads operand `x`: its own memory if it is stored as bf16, else its
+/// conversion `temp` or its shadow.
+fn pick_bf16<'a>(
+    x: GemmIn<'a, CudaMem>,
+    temp: &'a Option<CudaMem>,
+    shadow: Option<&'a CudaSlice<u8>>,
+) -> &'a CudaSlice<u8> {
+    match x {
+        GemmIn::Bf16(mem) => mem,
+        GemmIn::F32(_) => temp.as_deref().or(shadow).expect("a converted or shadowed operand"),
+    }
+}
+
 fn raw_addr(mem: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
     let (p, _sync) = mem.device_ptr(stream);
     p

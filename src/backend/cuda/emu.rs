@@ -10,7 +10,7 @@
 mod reach;
 
 use super::alloc::{self, Bf16Operand, Pool};
-use super::device::{Arg, Device};
+use super::device::{Arg, Device, GemmIn};
 use super::replay::{self, GraphHost, Op, Replay, ReplayStats, Run};
 use crate::backend::{cpu::Cpu, memory::MemoryStats, Backend, Tr};
 use std::collections::HashMap;
@@ -393,9 +393,9 @@ impl EmuDevice {
     fn gemm_untimed(
         &self,
         out: &mut EmuMem,
-        a: &EmuMem,
+        a: GemmIn<'_, EmuMem>,
         ta: Tr,
-        b: &EmuMem,
+        b: GemmIn<'_, EmuMem>,
         tb: Tr,
         m: usize,
         n: usize,
@@ -404,20 +404,29 @@ impl EmuDevice {
     ) -> bool {
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
         self.pool.shadow_forget(out.ptr as u64);
+        let bytes = |x: GemmIn<'_, EmuMem>, len: usize| match x {
+            GemmIn::F32(mem) => mem.bytes() >= len * 4,
+            GemmIn::Bf16(mem) => mem.bytes() >= len * 2,
+        };
         assert!(
-            a.bytes() >= m * k * 4 && b.bytes() >= k * n * 4 && out.bytes() >= m * n * 4,
+            bytes(a, m * k) && bytes(b, k * n) && out.bytes() >= m * n * 4,
             "emu gemm past the end of a buffer"
         );
         // Where each operand is read from: its f32 values, or bf16 bits (what GemmEx with bf16
-        // A and B reads: each operand converted by the GPU path's conversion kernel, run here
-        // on the emulator so the profile counts its launches as the GPU's does, or the
-        // operand's bf16 shadow as it is, as `Pool::bf16_operand` decides on both devices).
-        // Decided now (host bookkeeping); the memory is read when the unit runs.
+        // A and B reads: a bf16-stored operand as it is; an f32 one converted by the GPU
+        // path's conversion kernel, run here on the emulator so the profile counts its
+        // launches as the GPU's does, or its bf16 shadow as it is, as `Pool::bf16_operand`
+        // decides on both devices). Decided now (host bookkeeping); the memory is read when
+        // the unit runs.
         let mut temps = Vec::new();
-        let mut source = |mem: &EmuMem, len: usize| -> (u64, bool) {
+        let mut source = |x: GemmIn<'_, EmuMem>, len: usize| -> (u64, bool) {
             if !self.gemm_bf16 {
-                return (mem.ptr as u64, false);
+                return (x.f32().ptr as u64, false);
             }
+            let mem = match x {
+                GemmIn::Bf16(mem) => return (mem.ptr as u64, true),
+                GemmIn::F32(mem) => mem,
+            };
             let keep = self.bf16_shadows && self.act_shadows;
             match self.pool.bf16_operand(mem.ptr as u64, len, keep) {
                 Bf16Operand::Shadow => {}
@@ -630,9 +639,9 @@ impl Device for EmuDevice {
     fn gemm(
         &self,
         out: &mut EmuMem,
-        a: &EmuMem,
+        a: GemmIn<'_, EmuMem>,
         ta: Tr,
-        b: &EmuMem,
+        b: GemmIn<'_, EmuMem>,
         tb: Tr,
         m: usize,
         n: usize,

@@ -331,9 +331,9 @@ impl<D: Device> CudaBackend<D> {
         let mut args = vec![
             Arg::Ptr(&part_o),
             Arg::Ptr(&part_ml),
-            Arg::Ptr(&q.mem),
-            Arg::Ptr(&k.mem),
-            Arg::Ptr(&v.mem),
+            Arg::Ptr(q.mem()),
+            Arg::Ptr(k.mem()),
+            Arg::Ptr(v.mem()),
             Arg::Ptr(&*d_split),
             Arg::I32(n_items as i32),
             Arg::I32(h as i32),
@@ -356,9 +356,9 @@ impl<D: Device> CudaBackend<D> {
             [d.next_multiple_of(32).min(256) as u32, 1, 1],
             0,
             &[
-                Arg::Ptr(&out.mem),
+                Arg::Ptr(out.mem()),
                 super::opt_arg(out16),
-                Arg::Ptr(&lse.mem),
+                Arg::Ptr(lse.mem()),
                 Arg::Ptr(&part_o),
                 Arg::Ptr(&part_ml),
                 Arg::Ptr(&*d_comb),
@@ -393,7 +393,7 @@ impl<D: Device> CudaBackend<D> {
         let copies = (io == FlashIo::Bf16).then(|| self.bf16_copies([k, v]));
         let [k_, v_] = match &copies {
             Some(c) => c.each_ref(),
-            None => [&k.mem, &v.mem],
+            None => [k.mem(), v.mem()],
         };
         let d = shape.head_dim;
         let wide = io == FlashIo::Bf16 && self.flash_fwd == FlashFwd::Wide && matches!(d, 64 | 128);
@@ -409,10 +409,10 @@ impl<D: Device> CudaBackend<D> {
             [threads, 1, 1],
             smem,
             &[
-                Arg::Ptr(&out.mem),
+                Arg::Ptr(out.mem()),
                 super::opt_arg(out16),
-                Arg::Ptr(&lse.mem),
-                Arg::Ptr(&q.mem),
+                Arg::Ptr(lse.mem()),
+                Arg::Ptr(q.mem()),
                 Arg::Ptr(k_),
                 Arg::Ptr(v_),
                 Arg::Ptr(&*d_items),
@@ -448,7 +448,7 @@ impl<D: Device> CudaBackend<D> {
         let copies = (io == FlashIo::Bf16).then(|| self.bf16_copies([dout, q, k, v]));
         let [do_, q_, k_, v_] = match &copies {
             Some(c) => c.each_ref(),
-            None => [&dout.mem, &q.mem, &k.mem, &v.mem],
+            None => [dout.mem(), q.mem(), k.mem(), v.mem()],
         };
         let qt = q_tiles(spans);
         if !qt.is_empty() {
@@ -461,12 +461,12 @@ impl<D: Device> CudaBackend<D> {
                 [THREADS, 1, 1],
                 smem,
                 &[
-                    Arg::Ptr(&dq.mem),
+                    Arg::Ptr(dq.mem()),
                     Arg::Ptr(do_),
                     Arg::Ptr(q_),
                     Arg::Ptr(k_),
                     Arg::Ptr(v_),
-                    Arg::Ptr(&lse.mem),
+                    Arg::Ptr(lse.mem()),
                     Arg::Ptr(dsum),
                     Arg::Ptr(&d_qt),
                     Arg::I32(h as i32),
@@ -490,7 +490,7 @@ impl<D: Device> CudaBackend<D> {
                 .then(|| [self.dev.alloc(parts * stride * 4), self.dev.alloc(parts * stride * 4)]);
             let (out_k, out_v) = match &partials {
                 Some([pk, pv]) => (pk, pv),
-                None => (&dk.mem, &dv.mem),
+                None => (dk.mem(), dv.mem()),
             };
             self.dev.launch(
                 &name,
@@ -504,7 +504,7 @@ impl<D: Device> CudaBackend<D> {
                     Arg::Ptr(q_),
                     Arg::Ptr(k_),
                     Arg::Ptr(v_),
-                    Arg::Ptr(&lse.mem),
+                    Arg::Ptr(lse.mem()),
                     Arg::Ptr(dsum),
                     Arg::Ptr(&d_kt),
                     Arg::I32(h as i32),
@@ -522,8 +522,8 @@ impl<D: Device> CudaBackend<D> {
                     [THREADS, 1, 1],
                     0,
                     &[
-                        Arg::Ptr(&dk.mem),
-                        Arg::Ptr(&dv.mem),
+                        Arg::Ptr(dk.mem()),
+                        Arg::Ptr(dv.mem()),
                         Arg::Ptr(pk),
                         Arg::Ptr(pv),
                         Arg::Ptr(&d_kt),
@@ -556,7 +556,7 @@ impl<D: Device> CudaBackend<D> {
     fn bf16_copies<const N: usize>(&self, bufs: [&DevBuf<D::Mem>; N]) -> [D::Mem; N] {
         bufs.map(|b| {
             let m = self.dev.alloc(b.len.max(1) * 2);
-            launch_f32_to_bf16(&self.dev, &m, &b.mem, b.len);
+            launch_f32_to_bf16(&self.dev, &m, b.mem(), b.len);
             m
         })
     }

@@ -70,12 +70,12 @@ impl<D: Device> CudaBackend<D> {
             "qkv_epilogue_f32",
             pairs,
             &[
-                Arg::Ptr(&x.q.mem),
-                Arg::Ptr(&x.k.mem),
-                Arg::Ptr(&x.v.mem),
-                Arg::Ptr(&x.bq.mem),
-                Arg::Ptr(&x.bk.mem),
-                Arg::Ptr(&x.bv.mem),
+                Arg::Ptr(x.q.mem()),
+                Arg::Ptr(x.k.mem()),
+                Arg::Ptr(x.v.mem()),
+                Arg::Ptr(x.bq.mem()),
+                Arg::Ptr(x.bk.mem()),
+                Arg::Ptr(x.bv.mem()),
                 Arg::Ptr(&*pos),
                 Arg::Ptr(&*inv),
                 Arg::I32(rows as i32),
@@ -83,8 +83,8 @@ impl<D: Device> CudaBackend<D> {
                 Arg::I32(x.n_kv_heads as i32),
                 Arg::I32(hd as i32),
                 Arg::F32(rope.factor),
-                opt_arg(dest.as_ref().map(|d| &d.0.mem)),
-                opt_arg(dest.as_ref().map(|d| &d.1.mem)),
+                opt_arg(dest.as_ref().map(|d| d.0.mem())),
+                opt_arg(dest.as_ref().map(|d| d.1.mem())),
                 opt_arg(dest.as_ref().map(|d| &*d.2)),
             ],
         );
@@ -115,20 +115,20 @@ impl<D: Device> CudaBackend<D> {
             // the fusion is switched off).
             return fused_ops::add_rmsnorm_ops(self, sum, out, rstd, x, y, w, rows, dim, eps);
         }
-        self.produce(&out.mem, rows * dim, |shadow| {
+        self.produce(out, rows * dim, |out, shadow| {
             self.dev.launch(
                 "add_rmsnorm_f32",
                 [rows as u32, 1, 1],
                 [super::BLOCK, 1, 1],
                 0,
                 &[
-                    Arg::Ptr(&sum.mem),
-                    Arg::Ptr(&out.mem),
+                    Arg::Ptr(sum.mem()),
+                    out,
                     opt_arg(shadow),
-                    Arg::Ptr(&rstd.mem),
-                    Arg::Ptr(&x.mem),
-                    Arg::Ptr(&y.mem),
-                    Arg::Ptr(&w.mem),
+                    Arg::Ptr(rstd.mem()),
+                    Arg::Ptr(x.mem()),
+                    Arg::Ptr(y.mem()),
+                    Arg::Ptr(w.mem()),
                     Arg::I32(rows as i32),
                     Arg::I32(dim as i32),
                     Arg::F32(eps),
@@ -158,8 +158,10 @@ impl<D: Device> CudaBackend<D> {
                 self, dacc, scratch, dw, dout, x, w, rstd, rows, dim,
             );
         }
-        self.produce(&dacc.mem, rows * dim, |shadow| {
-            let out = vec![Arg::Ptr(&dacc.mem), opt_arg(shadow)];
+        // `dacc.mem()`, not the closure's f32 argument: the kernel reads and adds to it, so a
+        // bf16-stored `dacc` (never made by the model) must fail here, not write `scratch`.
+        self.produce(dacc, rows * dim, |_, shadow| {
+            let out = vec![Arg::Ptr(dacc.mem()), opt_arg(shadow)];
             self.rmsnorm_bwd("rmsnorm_bwd_dx_add_f32", out, dw, dout, x, w, rstd, rows, dim);
         });
     }

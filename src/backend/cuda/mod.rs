@@ -10,6 +10,7 @@
 
 pub mod alloc;
 mod attention;
+mod bf16_operands;
 pub mod device;
 #[cfg(feature = "cuda")]
 pub mod driver;
@@ -46,25 +47,49 @@ pub fn available(ordinal: usize) -> Result<String, String> {
     }
 }
 
-/// A buffer of `len` f32 values in device memory.
+/// A buffer of `len` values in device memory: f32, or bf16 bits alone for a GEMM operand
+/// (`Backend::operand_buf` on a device whose GEMMs read bf16; see `bf16_operands.rs`).
 pub struct DevBuf<M> {
-    mem: M,
+    stored: M,
     len: usize,
+    /// The memory holds the values' bf16 roundings (2 bytes each) and no f32 values.
+    bf16: bool,
 }
 
 impl<M> DevBuf<M> {
-    /// The device memory, for launching a kernel on it directly (kernel tests and benches).
-    pub fn mem(&self) -> &M {
-        &self.mem
+    /// An f32 buffer of `len` values in `mem`.
+    fn f32(stored: M, len: usize) -> Self {
+        DevBuf { stored, len, bf16: false }
     }
-    /// Number of f32 values (the memory may be larger: a size class of the allocator).
+    /// The f32 values' device memory, for a kernel launch (and kernel tests and benches).
+    /// Panics on a bf16-stored buffer: no f32 values exist to read or write, and a kernel
+    /// that took its memory for them would compute garbage silently.
+    #[track_caller]
+    pub fn mem(&self) -> &M {
+        assert!(!self.bf16, "{}", BF16_ONLY);
+        &self.stored
+    }
+    /// `mem`, mutably (a GEMM's output).
+    #[track_caller]
+    pub fn mem_mut(&mut self) -> &mut M {
+        assert!(!self.bf16, "{}", BF16_ONLY);
+        &mut self.stored
+    }
+    /// Number of values (the memory may be larger: a size class of the allocator).
     pub fn len(&self) -> usize {
         self.len
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Whether the buffer holds bf16 bits alone (`Backend::operand_buf`).
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
+    }
 }
+
+const BF16_ONLY: &str = "an op read or wrote the f32 values of a buffer stored as bf16 alone \
+    (Backend::operand_buf: only matmul may read it, only its producer write it)";
 
 pub struct CudaBackend<D: Device> {
     dev: D,
@@ -87,6 +112,9 @@ pub struct CudaBackend<D: Device> {
     fused_layer_ops: bool,
     /// The sampler's split form for few rows (`rl::sample`; `MMR1_SAMPLE_SPLIT`).
     sample_split: bool,
+    /// `operand_buf` stores bf16 alone when producers write bf16 copies (`bf16_operands`;
+    /// `MMR1_BF16_OPERANDS`).
+    bf16_operands: bool,
 }
 
 const BLOCK: u32 = 256;
@@ -121,6 +149,7 @@ impl<D: Device> CudaBackend<D> {
             producer_shadows: producer_shadows::from_env(),
             fused_layer_ops: fused_layer_ops::from_env(),
             sample_split: rl::sample::split_from_env(),
+            bf16_operands: bf16_operands::from_env(),
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
@@ -223,9 +252,9 @@ impl<D: Device> CudaBackend<D> {
             "copy_rows_f32",
             n_rows * width,
             &[
-                Arg::Ptr(&dst.mem),
+                Arg::Ptr(dst.mem()),
                 opt_arg(d_rows.as_deref()),
-                Arg::Ptr(&src.mem),
+                Arg::Ptr(src.mem()),
                 opt_arg(s_rows.as_deref()),
                 Arg::I32(n_rows as i32),
                 Arg::I32(width as i32),
@@ -252,18 +281,18 @@ impl<D: Device> CudaBackend<D> {
             return;
         }
         out.extend([
-            Arg::Ptr(&dout.mem),
-            Arg::Ptr(&x.mem),
-            Arg::Ptr(&w.mem),
-            Arg::Ptr(&rstd.mem),
+            Arg::Ptr(dout.mem()),
+            Arg::Ptr(x.mem()),
+            Arg::Ptr(w.mem()),
+            Arg::Ptr(rstd.mem()),
             Arg::I32(rows as i32),
             Arg::I32(dim as i32),
         ]);
         self.dev.launch(name, [rows as u32, 1, 1], [BLOCK, 1, 1], 0, &out);
-        self.col_reduce(dw, &dout.mem, Some(&x.mem), Some(&rstd.mem), rows, dim);
+        self.col_reduce(dw, dout.mem(), Some(x.mem()), Some(rstd.mem()), rows, dim);
     }
     fn new_buf(&self, len: usize) -> DevBuf<D::Mem> {
-        DevBuf { mem: self.dev.alloc(len.max(1) * 4), len }
+        DevBuf::f32(self.dev.alloc(len.max(1) * 4), len)
     }
 
     fn elementwise(&self, name: &str, n: usize, args: &[Arg<'_, D::Mem>]) {
@@ -295,7 +324,7 @@ impl<D: Device> CudaBackend<D> {
             [32, 32, 1],
             0,
             &[
-                Arg::Ptr(&out.mem),
+                Arg::Ptr(out.mem()),
                 opt_arg(part.as_ref()),
                 Arg::Ptr(a),
                 opt_arg(b),
@@ -309,7 +338,7 @@ impl<D: Device> CudaBackend<D> {
             self.elementwise(
                 "col_reduce_slices_f32",
                 n,
-                &[Arg::Ptr(&out.mem), Arg::Ptr(part), Arg::I32(slices as i32), Arg::I32(n as i32)],
+                &[Arg::Ptr(out.mem()), Arg::Ptr(part), Arg::I32(slices as i32), Arg::I32(n as i32)],
             );
         }
     }
@@ -346,9 +375,9 @@ impl<D: Device> CudaBackend<D> {
             [32, 8, 1],
             0,
             &[
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&a.mem),
-                Arg::Ptr(&b.mem),
+                Arg::Ptr(out.mem()),
+                Arg::Ptr(a.mem()),
+                Arg::Ptr(b.mem()),
                 Arg::I32(m as i32),
                 Arg::I32(n as i32),
                 Arg::I32(k as i32),
@@ -367,7 +396,7 @@ impl<D: Device> CudaBackend<D> {
         self.elementwise(
             name,
             x.len,
-            &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::I64(x.len as i64)],
+            &[Arg::Ptr(out.mem()), Arg::Ptr(x.mem()), Arg::I64(x.len as i64)],
         );
     }
 }
@@ -425,13 +454,19 @@ impl<D: Device> Backend for CudaBackend<D> {
     fn output_buf(&self, n: usize) -> Self::Buf {
         self.new_buf(n)
     }
+    fn operand_buf(&self, n: usize) -> Self::Buf {
+        self.new_operand_buf(n)
+    }
     fn upload(&self, host: &[f32]) -> Self::Buf {
         let mem =
             self.dev.upload(bytemuck::cast_slice(if host.is_empty() { &[0.0f32] } else { host }));
-        DevBuf { mem, len: host.len() }
+        DevBuf::f32(mem, host.len())
     }
     fn download(&self, buf: &Self::Buf) -> Vec<f32> {
-        f32s(&self.dev.download(&buf.mem, buf.len * 4))
+        if buf.bf16 {
+            return self.download_bf16(buf);
+        }
+        f32s(&self.dev.download(buf.mem(), buf.len * 4))
     }
     fn len(&self, buf: &Self::Buf) -> usize {
         buf.len
@@ -442,9 +477,9 @@ impl<D: Device> Backend for CudaBackend<D> {
             "copy_f32",
             n,
             &[
-                Arg::Ptr(&dst.mem),
+                Arg::Ptr(dst.mem()),
                 Arg::I64(dst_off as i64),
-                Arg::Ptr(&src.mem),
+                Arg::Ptr(src.mem()),
                 Arg::I64(src_off as i64),
                 Arg::I64(n as i64),
             ],
@@ -454,7 +489,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.elementwise(
             "fill_f32",
             dst.len,
-            &[Arg::Ptr(&dst.mem), Arg::I64(dst.len as i64), Arg::F32(value)],
+            &[Arg::Ptr(dst.mem()), Arg::I64(dst.len as i64), Arg::F32(value)],
         );
     }
     fn scatter_rows(&self, dst: &mut Self::Buf, rows: &[usize], src: &Self::Buf, width: usize) {
@@ -466,7 +501,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.elementwise(
             "add_f32",
             out.len,
-            &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::Ptr(&y.mem), Arg::I64(out.len as i64)],
+            &[Arg::Ptr(out.mem()), Arg::Ptr(x.mem()), Arg::Ptr(y.mem()), Arg::I64(out.len as i64)],
         );
     }
     fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[usize], width: usize) {
@@ -496,18 +531,18 @@ impl<D: Device> Backend for CudaBackend<D> {
                 self.elementwise(
                     "fill_f32",
                     m * n,
-                    &[Arg::Ptr(&out.mem), Arg::I64((m * n) as i64), Arg::F32(0.0)],
+                    &[Arg::Ptr(out.mem()), Arg::I64((m * n) as i64), Arg::F32(0.0)],
                 );
             } else {
                 self.elementwise(
                     "scale_f32",
                     m * n,
-                    &[Arg::Ptr(&out.mem), Arg::F32(beta), Arg::I64((m * n) as i64)],
+                    &[Arg::Ptr(out.mem()), Arg::F32(beta), Arg::I64((m * n) as i64)],
                 );
             }
             return;
         }
-        if !self.dev.gemm(&mut out.mem, &a.mem, ta, &b.mem, tb, m, n, k, beta) {
+        if !self.dev.gemm(out.mem_mut(), a.gemm_in(), ta, b.gemm_in(), tb, m, n, k, beta) {
             self.matmul_kernel(out, a, ta, b, tb, m, n, k, beta);
         }
     }
@@ -516,29 +551,29 @@ impl<D: Device> Backend for CudaBackend<D> {
             "add_bias_f32",
             rows * n,
             &[
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&bias.mem),
+                Arg::Ptr(x.mem()),
+                Arg::Ptr(bias.mem()),
                 Arg::I64((rows * n) as i64),
                 Arg::I32(n as i32),
             ],
         );
     }
     fn bias_backward(&self, dbias: &mut Self::Buf, dy: &Self::Buf, rows: usize, n: usize) {
-        self.col_reduce(dbias, &dy.mem, None, None, rows, n);
+        self.col_reduce(dbias, dy.mem(), None, None, rows, n);
     }
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) {
         assert_eq!(x.len, y.len, "add_assign: length mismatch");
         self.elementwise(
             "add_assign_f32",
             x.len,
-            &[Arg::Ptr(&x.mem), Arg::Ptr(&y.mem), Arg::I64(x.len as i64)],
+            &[Arg::Ptr(x.mem()), Arg::Ptr(y.mem()), Arg::I64(x.len as i64)],
         );
     }
     fn scale(&self, x: &mut Self::Buf, s: f32) {
         self.elementwise(
             "scale_f32",
             x.len,
-            &[Arg::Ptr(&x.mem), Arg::F32(s), Arg::I64(x.len as i64)],
+            &[Arg::Ptr(x.mem()), Arg::F32(s), Arg::I64(x.len as i64)],
         );
     }
     fn sum_squares(&self, x: &Self::Buf) -> f64 {
@@ -554,7 +589,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             [blocks as u32, 1, 1],
             [BLOCK, 1, 1],
             0,
-            &[Arg::Ptr(&x.mem), Arg::I64(x.len as i64), Arg::Ptr(&partial)],
+            &[Arg::Ptr(x.mem()), Arg::I64(x.len as i64), Arg::Ptr(&partial)],
         );
         self.dev.launch(
             "sum_partials_f64",
@@ -592,8 +627,8 @@ impl<D: Device> Backend for CudaBackend<D> {
             "embedding_f32",
             ids.len() * dim,
             &[
-                Arg::Ptr(&out.mem),
-                Arg::Ptr(&table.mem),
+                Arg::Ptr(out.mem()),
+                Arg::Ptr(table.mem()),
                 Arg::Ptr(&d_ids),
                 Arg::I32(ids.len() as i32),
                 Arg::I32(dim as i32),
@@ -632,8 +667,8 @@ impl<D: Device> Backend for CudaBackend<D> {
             [threads, 1, 1],
             0,
             &[
-                Arg::Ptr(&dtable.mem),
-                Arg::Ptr(&dout.mem),
+                Arg::Ptr(dtable.mem()),
+                Arg::Ptr(dout.mem()),
                 Arg::Ptr(&d_u),
                 Arg::Ptr(&d_o),
                 Arg::Ptr(&d_ord),
@@ -666,7 +701,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         rows: usize,
         dim: usize,
     ) {
-        let out = vec![Arg::Ptr(&dx.mem)];
+        let out = vec![Arg::Ptr(dx.mem())];
         self.rmsnorm_bwd("rmsnorm_bwd_dx_f32", out, dw, dout, x, w, rstd, rows, dim);
     }
 
@@ -691,7 +726,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             "rope_f32",
             positions.len() * n_heads * (head_dim / 2),
             &[
-                Arg::Ptr(&x.mem),
+                Arg::Ptr(x.mem()),
                 Arg::Ptr(&*pos),
                 Arg::Ptr(&*inv),
                 Arg::I32(positions.len() as i32),
@@ -846,9 +881,9 @@ impl<D: Device> Backend for CudaBackend<D> {
             [logprob_block(vocab), 1, 1],
             0,
             &[
-                Arg::Ptr(&lp.mem),
-                Arg::Ptr(&entropy.mem),
-                Arg::Ptr(&logits.mem),
+                Arg::Ptr(lp.mem()),
+                Arg::Ptr(entropy.mem()),
+                Arg::Ptr(logits.mem()),
                 Arg::Ptr(&t),
                 Arg::I32(rows as i32),
                 Arg::I32(vocab as i32),
@@ -878,7 +913,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         v: &mut Self::Buf,
         hp: AdamwStep,
     ) {
-        let [p_, g_, m_, v_] = [&p.mem, &g.mem, &m.mem, &v.mem].map(Arg::Ptr);
+        let [p_, g_, m_, v_] = [p.mem(), g.mem(), m.mem(), v.mem()].map(Arg::Ptr);
         let hyper = adamw_hyper_args(hp);
         let n = Arg::I64(p.len as i64);
         // Weights change only here: a bf16 GEMM reads their bf16 shadow until p is touched
@@ -888,7 +923,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             let mut args = vec![p_, g_, m_, v_, Arg::Ptr(&shadow), n];
             args.extend(hyper);
             self.elementwise("adamw_bf16shadow_f32", p.len, &args);
-            self.dev.adopt_bf16_shadow(&p.mem, shadow, p.len);
+            self.dev.adopt_bf16_shadow(p.mem(), shadow, p.len);
         } else {
             let mut args = vec![p_, g_, m_, v_, n];
             args.extend(hyper);

@@ -39,7 +39,7 @@ fn table<M, D: Device<Mem = M>>(
     let mut first = 0usize;
     for b in bufs.iter().filter(|b| b.len > 0) {
         let nb = blocks(b.len);
-        rows.push([dev.addr(&b.mem), b.len as u64, first as u64, nb as u64]);
+        rows.push([dev.addr(b.mem()), b.len as u64, first as u64, nb as u64]);
         first += nb;
     }
     (rows, first)
@@ -139,7 +139,7 @@ impl<D: Device> CudaBackend<D> {
         for (i, p) in p.iter().enumerate().filter(|(_, p)| p.len > 0) {
             let shadow = with_shadow.then(|| self.dev.alloc(p.len * 2));
             let nb = grid_for(p.len) as usize;
-            let a = |b: &DevBuf<D::Mem>| self.dev.addr(&b.mem);
+            let a = |b: &DevBuf<D::Mem>| self.dev.addr(b.mem());
             rows.push([
                 a(p),
                 a(&g[i]),
@@ -165,7 +165,7 @@ impl<D: Device> CudaBackend<D> {
         args.extend(adamw_hyper_args(hp));
         self.dev.launch("adamw_many_f32", [first as u32, 1, 1], [BLOCK, 1, 1], 0, &args);
         for (i, s) in shadows {
-            self.dev.adopt_bf16_shadow(&p[i].mem, s, p[i].len);
+            self.dev.adopt_bf16_shadow(p[i].mem(), s, p[i].len);
         }
     }
 
@@ -173,7 +173,7 @@ impl<D: Device> CudaBackend<D> {
     /// buffers it names as arguments, not those it reaches through a table).
     fn forget_shadows(&self, bufs: &[&DevBuf<D::Mem>]) {
         for b in bufs {
-            self.dev.forget_bf16_shadow(&b.mem);
+            self.dev.forget_bf16_shadow(b.mem());
         }
     }
 }

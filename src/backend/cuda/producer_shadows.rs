@@ -84,16 +84,26 @@ impl<D: Device> CudaBackend<D> {
         })
     }
 
-    /// Runs `launch`, a launch that writes the first `n` values of `out`, with the memory for
-    /// their bf16 copy when producers write it (`producer_shadow`; None: the plain kernel),
-    /// then makes that copy `out`'s shadow: after the launch, which ends the old one. Every
-    /// single-output producer goes through here, so the order (old shadow freed, new memory,
-    /// launch, adoption) is written once.
-    pub(super) fn produce(&self, out: &D::Mem, n: usize, launch: impl FnOnce(Option<&D::Mem>)) {
-        let shadow = self.producer_shadow(out, n);
-        launch(shadow.as_ref());
+    /// Runs `launch`, a launch that writes the first `n` values of `out`, given where to write
+    /// them: the f32 values (`out`'s memory, or null when `out` is stored as bf16 alone:
+    /// bf16_operands.rs) and their bf16 roundings (`out` itself then; else the memory for its
+    /// shadow when producers write it, `producer_shadow`; None: the plain kernel). A shadow
+    /// becomes `out`'s after the launch, which ends the old one. Every single-output producer
+    /// goes through here, so the order (old shadow freed, new memory, launch, adoption) is
+    /// written once.
+    pub(super) fn produce<'a>(
+        &self,
+        out: &'a Buf<D>,
+        n: usize,
+        launch: impl FnOnce(Arg<'a, D::Mem>, Option<&D::Mem>),
+    ) {
+        if let Some(bits) = out.bf16_mem() {
+            return launch(Arg::Null, Some(bits));
+        }
+        let shadow = self.producer_shadow(out.mem(), n);
+        launch(Arg::Ptr(out.mem()), shadow.as_ref());
         if let Some(s) = shadow {
-            self.dev.adopt_bf16_shadow(out, s, n);
+            self.dev.adopt_bf16_shadow(out.mem(), s, n);
         }
     }
 
@@ -111,7 +121,7 @@ impl<D: Device> CudaBackend<D> {
             return None;
         }
         let rows = covered_rows(spans)?;
-        self.producer_shadow(&out.mem, rows * shape.n_heads * shape.head_dim)
+        self.producer_shadow(out.mem(), rows * shape.n_heads * shape.head_dim)
     }
 
     /// Adopts `out16` (from `attention_out_shadow` for the same spans), after the launch
@@ -124,7 +134,7 @@ impl<D: Device> CudaBackend<D> {
         shape: AttnShape,
     ) {
         if let (Some(s), Some(rows)) = (out16, covered_rows(spans)) {
-            self.dev.adopt_bf16_shadow(&out.mem, s, rows * shape.n_heads * shape.head_dim);
+            self.dev.adopt_bf16_shadow(out.mem(), s, rows * shape.n_heads * shape.head_dim);
         }
     }
 
@@ -146,18 +156,18 @@ impl<D: Device> CudaBackend<D> {
             return;
         }
         let t = self.upload_u32(&targets[..rows]);
-        self.produce(&dlogits.mem, rows * vocab, |shadow| {
+        // The kernels write d logits' f32 values unconditionally: `dlogits.mem()` (f32 alone).
+        self.produce(dlogits, rows * vocab, |_, shadow| {
+            let y = Arg::Ptr(dlogits.mem());
             let (name, mut args) = match shadow {
-                Some(s) => {
-                    ("logprobs_bwd_bf16shadow_f32", vec![Arg::Ptr(&dlogits.mem), Arg::Ptr(s)])
-                }
-                None => ("logprobs_bwd_f32", vec![Arg::Ptr(&dlogits.mem)]),
+                Some(s) => ("logprobs_bwd_bf16shadow_f32", vec![y, Arg::Ptr(s)]),
+                None => ("logprobs_bwd_f32", vec![y]),
             };
             args.extend([
-                Arg::Ptr(&logits.mem),
+                Arg::Ptr(logits.mem()),
                 Arg::Ptr(&t),
-                Arg::Ptr(&dlp.mem),
-                Arg::Ptr(&dent.mem),
+                Arg::Ptr(dlp.mem()),
+                Arg::Ptr(dent.mem()),
                 Arg::I32(rows as i32),
                 Arg::I32(vocab as i32),
                 Arg::F32(inv_temp),
@@ -182,15 +192,15 @@ impl<D: Device> CudaBackend<D> {
         if rows == 0 {
             return;
         }
-        self.produce(&out.mem, rows * dim, |shadow| {
+        self.produce(out, rows * dim, |y, shadow| {
             let (name, mut args) = match shadow {
-                Some(s) => ("rmsnorm_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
-                None => ("rmsnorm_f32", vec![Arg::Ptr(&out.mem)]),
+                Some(s) => ("rmsnorm_bf16shadow_f32", vec![y, Arg::Ptr(s)]),
+                None => ("rmsnorm_f32", vec![y]),
             };
             args.extend([
-                Arg::Ptr(&rstd.mem),
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&w.mem),
+                Arg::Ptr(rstd.mem()),
+                Arg::Ptr(x.mem()),
+                Arg::Ptr(w.mem()),
                 Arg::I32(rows as i32),
                 Arg::I32(dim as i32),
                 Arg::F32(eps),
@@ -202,12 +212,12 @@ impl<D: Device> CudaBackend<D> {
     /// `Backend::swiglu`: `swiglu_bf16shadow_f32` when activation shadows are kept.
     pub(super) fn swiglu_fwd(&self, out: &mut Buf<D>, gate: &Buf<D>, up: &Buf<D>) {
         let n = out.len;
-        self.produce(&out.mem, n, |shadow| {
+        self.produce(out, n, |y, shadow| {
             let (name, mut args) = match shadow {
-                Some(s) => ("swiglu_bf16shadow_f32", vec![Arg::Ptr(&out.mem), Arg::Ptr(s)]),
-                None => ("swiglu_f32", vec![Arg::Ptr(&out.mem)]),
+                Some(s) => ("swiglu_bf16shadow_f32", vec![y, Arg::Ptr(s)]),
+                None => ("swiglu_f32", vec![y]),
             };
-            args.extend([Arg::Ptr(&gate.mem), Arg::Ptr(&up.mem), Arg::I64(n as i64)]);
+            args.extend([Arg::Ptr(gate.mem()), Arg::Ptr(up.mem()), Arg::I64(n as i64)]);
             self.elementwise(name, n, &args);
         });
     }
@@ -224,24 +234,24 @@ impl<D: Device> CudaBackend<D> {
     ) {
         let n = dgate.len;
         // Both or neither: the same conditions decide each.
-        let shadows = self.producer_shadow(&dgate.mem, n).zip(self.producer_shadow(&dup.mem, n));
+        let shadows = self.producer_shadow(dgate.mem(), n).zip(self.producer_shadow(dup.mem(), n));
         let (name, mut args) = match &shadows {
             Some((g16, u16)) => (
                 "swiglu_bwd_bf16shadow_f32",
-                vec![Arg::Ptr(&dgate.mem), Arg::Ptr(&dup.mem), Arg::Ptr(g16), Arg::Ptr(u16)],
+                vec![Arg::Ptr(dgate.mem()), Arg::Ptr(dup.mem()), Arg::Ptr(g16), Arg::Ptr(u16)],
             ),
-            None => ("swiglu_bwd_f32", vec![Arg::Ptr(&dgate.mem), Arg::Ptr(&dup.mem)]),
+            None => ("swiglu_bwd_f32", vec![Arg::Ptr(dgate.mem()), Arg::Ptr(dup.mem())]),
         };
         args.extend([
-            Arg::Ptr(&dout.mem),
-            Arg::Ptr(&gate.mem),
-            Arg::Ptr(&up.mem),
+            Arg::Ptr(dout.mem()),
+            Arg::Ptr(gate.mem()),
+            Arg::Ptr(up.mem()),
             Arg::I64(n as i64),
         ]);
         self.elementwise(name, n, &args);
         if let Some((g16, u16)) = shadows {
-            self.dev.adopt_bf16_shadow(&dgate.mem, g16, n);
-            self.dev.adopt_bf16_shadow(&dup.mem, u16, n);
+            self.dev.adopt_bf16_shadow(dgate.mem(), g16, n);
+            self.dev.adopt_bf16_shadow(dup.mem(), u16, n);
         }
     }
 }

@@ -33,8 +33,8 @@ impl<D: Device> CudaBackend<D> {
             "rope_table_f32",
             rows * n_heads * half,
             &[
-                Arg::Ptr(&x.mem),
-                Arg::Ptr(&angles.mem),
+                Arg::Ptr(x.mem()),
+                Arg::Ptr(angles.mem()),
                 Arg::I32(rows as i32),
                 Arg::I32(n_heads as i32),
                 Arg::I32(head_dim as i32),
@@ -49,7 +49,7 @@ impl<D: Device> CudaBackend<D> {
         self.elementwise(
             "gelu_f32",
             x.len,
-            &[Arg::Ptr(&out.mem), Arg::Ptr(&x.mem), Arg::I64(x.len as i64)],
+            &[Arg::Ptr(out.mem()), Arg::Ptr(x.mem()), Arg::I64(x.len as i64)],
         );
     }
 
@@ -59,7 +59,7 @@ impl<D: Device> CudaBackend<D> {
         self.elementwise(
             "gelu_bwd_f32",
             x.len,
-            &[Arg::Ptr(&dx.mem), Arg::Ptr(&dout.mem), Arg::Ptr(&x.mem), Arg::I64(x.len as i64)],
+            &[Arg::Ptr(dx.mem()), Arg::Ptr(dout.mem()), Arg::Ptr(x.mem()), Arg::I64(x.len as i64)],
         );
     }
 }

@@ -94,10 +94,10 @@ impl<D: Device> CudaBackend<D> {
                 [THREADS as u32, 1, 1],
                 0,
                 &[
-                    Arg::Ptr(&adv.mem),
+                    Arg::Ptr(adv.mem()),
                     adv64.as_ref().map_or(Arg::Null, Arg::Ptr),
                     Arg::Ptr(&part),
-                    Arg::Ptr(&rewards.mem),
+                    Arg::Ptr(rewards.mem()),
                     seg.offsets_arg(),
                     Arg::I64(groups as i64),
                     Arg::I64(seg.len_arg()),
@@ -135,7 +135,7 @@ impl<D: Device> CudaBackend<D> {
                 [1, 1, 1],
                 [256, 1, 1],
                 0,
-                &[Arg::Ptr(&adv.mem), Arg::Ptr(a64), Arg::Ptr(l), Arg::I64(n as i64)],
+                &[Arg::Ptr(adv.mem()), Arg::Ptr(a64), Arg::Ptr(l), Arg::I64(n as i64)],
             );
         }
         let f = super::f64s(&self.dev.download(&folded, FOLD_COLS * 8));

@@ -135,7 +135,7 @@ fn prm_args<'a, M>(cfg: &LossConfig, norm: &Normalizer) -> [Arg<'a, M>; 18] {
 }
 
 fn opt<M>(b: Option<&DevBuf<M>>) -> Arg<'_, M> {
-    b.map_or(Arg::Null, |b| Arg::Ptr(&b.mem))
+    b.map_or(Arg::Null, |b| Arg::Ptr(b.mem()))
 }
 
 /// Metrics from the reduced sums, as `policy_loss_f64` forms them.
@@ -243,16 +243,16 @@ impl<D: Device> CudaBackend<D> {
         let partials = self.dev.alloc(blocks * GS_COUNT * 8);
         // Both kernels: the buffers, then their shape, then the options.
         let mut args = vec![
-            Arg::Ptr(&dlogp.mem),
-            dentropy.as_ref().map_or(Arg::Null, |d| Arg::Ptr(&d.mem)),
+            Arg::Ptr(dlogp.mem()),
+            dentropy.as_ref().map_or(Arg::Null, |d| Arg::Ptr(d.mem())),
             Arg::Ptr(&partials),
-            Arg::Ptr(&inputs.logp.mem),
-            Arg::Ptr(&inputs.logp_old.mem),
+            Arg::Ptr(inputs.logp.mem()),
+            Arg::Ptr(inputs.logp_old.mem()),
             opt(inputs.ref_logp.filter(|_| cfg.kl.is_some())),
             opt(inputs.entropy),
-            Arg::Ptr(&adv.mem),
+            Arg::Ptr(adv.mem()),
             Arg::I32(per_token),
-            Arg::Ptr(&inputs.mask.mem),
+            Arg::Ptr(inputs.mask.mem()),
             opt(inputs.pg_mask),
             selected.as_ref().map_or(Arg::Null, Arg::Ptr),
             seg.offsets_arg(),

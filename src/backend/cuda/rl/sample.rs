@@ -91,13 +91,13 @@ impl<D: Device> CudaBackend<D> {
             [32, 1, 1],
             0,
             &[
-                Arg::Ptr(&tokens.mem),
-                Arg::Ptr(&logprobs.mem),
+                Arg::Ptr(tokens.mem()),
+                Arg::Ptr(logprobs.mem()),
                 Arg::Ptr(&p.lanes2),
                 Arg::Ptr(&p.lse),
                 Arg::Ptr(&p.pmax),
                 Arg::Ptr(&p.pbad),
-                Arg::Ptr(&logits.mem),
+                Arg::Ptr(logits.mem()),
                 Arg::Ptr(&d_draws),
                 Arg::I64(vocab as i64),
                 Arg::F32(rule.temperature),
@@ -147,7 +147,7 @@ impl<D: Device> CudaBackend<D> {
         };
         let (grid, block) = ([rows as u32, split as u32, 1], [(SAMPLE_LANES / split) as u32, 1, 1]);
         let (x, n, t) =
-            (|| Arg::Ptr(&logits.mem), || Arg::I64(vocab as i64), || Arg::F32(temperature));
+            (|| Arg::Ptr(logits.mem()), || Arg::I64(vocab as i64), || Arg::F32(temperature));
         let (pm, pb) = (|| Arg::Ptr(&p.pmax), || Arg::Ptr(&p.pbad));
         self.dev.launch("sample_split_max_f32", grid, block, 0, &[pm(), pb(), x(), n()]);
         let lanes1 = || Arg::Ptr(&p.lanes1);
@@ -182,9 +182,9 @@ impl<D: Device> CudaBackend<D> {
         }
         let d_draws = self.upload_u32(&packed_draws(draws));
         let mut args = vec![
-            Arg::Ptr(&tokens.mem),
-            Arg::Ptr(&logprobs.mem),
-            Arg::Ptr(&logits.mem),
+            Arg::Ptr(tokens.mem()),
+            Arg::Ptr(logprobs.mem()),
+            Arg::Ptr(logits.mem()),
             Arg::Ptr(&d_draws),
             Arg::I64(vocab as i64),
             Arg::F32(rule.temperature),
@@ -215,8 +215,8 @@ impl<D: Device> CudaBackend<D> {
         let mut tokens = self.new_buf(rows);
         let mut logprobs = self.new_buf(rows);
         self.sample_tokens_into(logits, vocab, draws, rule, &mut tokens, &mut logprobs);
-        let ids = self.dev.download(&tokens.mem, rows * 4);
-        let lps = crate::backend::cuda::f32s(&self.dev.download(&logprobs.mem, rows * 4));
+        let ids = self.dev.download(tokens.mem(), rows * 4);
+        let lps = crate::backend::cuda::f32s(&self.dev.download(logprobs.mem(), rows * 4));
         ids.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).zip(lps).collect()
     }
 }

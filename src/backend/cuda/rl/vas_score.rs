@@ -103,7 +103,7 @@ impl<D: Device> CudaBackend<D> {
                     Arg::Ptr(r.tokens),
                     Arg::Ptr(&d_roll),
                     Arg::Ptr(&d_items),
-                    Arg::Ptr(&r.correct.mem),
+                    Arg::Ptr(r.correct.mem()),
                     Arg::I32(code),
                     Arg::I32(max_n as i32),
                     Arg::F32(alpha),
