@@ -86,8 +86,8 @@ extern "C" __global__ void swiglu_bwd_bf16shadow_f32(real* dgate, real* dup, uns
     GRID_STRIDE(i, n) {
         float dg, du;
         swiglu_bwd_elem(dg, du, dout, gate, up, i);
-        dup[i] = du;
-        dgate[i] = dg;
+        if (dup) dup[i] = du;
+        if (dgate) dgate[i] = dg;
         dup16[i] = bf16_bits(du);
         dgate16[i] = bf16_bits(dg);
     }

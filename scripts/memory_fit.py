@@ -6,7 +6,8 @@ the buffers the code plans (src/model/forward.rs `alloc_acts_with`, src/model/ba
 `alloc_grad_scratch`, the optimizer), with the per-token activation bytes that
 tests/recompute.rs measures through the emulator's allocator (one layer in f32: 4 * (5d +
 2kvd + h + 2 + 3i) bytes per token, asserted there exactly), as a bf16 step on a GPU stores
-them (xn1, xn2, act as bf16 alone; att and the backward's GEMM operands with a bf16 copy). Not modelled: the CUDA context and cuBLAS
+them (xn1, xn2, act and the backward's dgate, dup as bf16 alone; att, dq, dk, dv with a bf16
+copy). Not modelled: the CUDA context and cuBLAS
 workspace, allocator rounding (size classes round up by at most 12.5%) and fragmentation;
 the budget keeps HEADROOM_GIB for them.
 
@@ -70,8 +71,8 @@ def step_bytes(shape, t, recompute):
     # measures is 4 * (5d + 2kvd + h + 2 + 3i).
     layer = 4 * (5 * d + 2 * kvd + h + 2 + 3 * i) - 2 * (2 * d + i) + 2 * d
     kept = 4 * d * (L + 1) + layer * (1 if recompute else L) + 4 * (2 * d + 1)
-    # GradScratch's [t, .] buffers, and the bf16 copies dgate, dup, dq, dk, dv keep.
-    scratch = 4 * (5 * d + 2 * kvd + 3 * i) + 2 * (2 * i + d + 2 * kvd)
+    # GradScratch's [t, .] buffers: dgate and dup bf16 alone, dq, dk, dv with a bf16 copy.
+    scratch = 4 * (5 * d + 2 * kvd + i) + 2 * (2 * i + d + 2 * kvd)
     transient = 2 * 2 * (i + d)  # bf16 copies of the two operands of a [t, i] x [i, d] GEMM
     # Head chunks of at most 256M logits (src/model/forward.rs `logit_chunk_rows`): the
     # backward's logits and d logits (with its bf16 copy) beside the forward's; an upper bound

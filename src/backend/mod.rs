@@ -99,8 +99,9 @@ pub trait Backend {
         self.zeros(n)
     }
     /// A buffer of `n` values that only `matmul` reads (as either operand) and that one op
-    /// writes whole before each use (`rmsnorm`, `add_rmsnorm`'s `out`, `swiglu`): a layer's
-    /// RMSNorm outputs and SwiGLU activation. A backend whose GEMMs round their operands to
+    /// writes whole before each use (`rmsnorm`, `add_rmsnorm`'s `out`, `swiglu`, both outputs
+    /// of `swiglu_backward`): a layer's RMSNorm outputs and SwiGLU activation, the backward's
+    /// d gate and d up. A backend whose GEMMs round their operands to
     /// bf16 may store it as those bf16 values alone (the CUDA backend in bf16 mode: half the
     /// memory, and no f32 values written that nothing reads); any other op given it then
     /// panics, and `download` returns the bf16 values widened. Otherwise as `output_buf`.

@@ -31,6 +31,7 @@ pub struct GradScratch<B: Backend> {
     dq: B::Buf,
     dk: B::Buf,
     dv: B::Buf,
+    /// GEMM operands alone (`Backend::operand_buf`): bf16 on a bf16 GPU.
     dgate: B::Buf,
     dup: B::Buf,
     dact: B::Buf,
@@ -66,8 +67,9 @@ impl<B: Backend> Qwen2<B> {
             dq: be.zeros(t * d),
             dk: be.zeros(t * kvd),
             dv: be.zeros(t * kvd),
-            dgate: be.zeros(t * i),
-            dup: be.zeros(t * i),
+            // Read by the gate and up projections' GEMMs alone (`operand_buf`).
+            dgate: be.operand_buf(t * i),
+            dup: be.operand_buf(t * i),
             dact: be.zeros(t * i),
         }
     }

@@ -5,6 +5,8 @@
 //! producer (RMSNorm, SwiGLU) writes beside the f32 values (producer_shadows.rs). The f32
 //! values were written and never read: at Qwen2.5-0.5B and 4,096 tokens 2.6 GB a step, and as
 //! much of the peak, since the workspace keeps every layer's activations for the backward.
+//! The same holds for the backward's `dgate` and `dup` (SwiGLU's backward writes them, the
+//! gate and up projections' dX and dW GEMMs read them): 3.8 GB a step at that shape.
 //! Here such a buffer holds the bf16 bits alone: the producer writes no f32 values (a null
 //! output pointer) and its roundings into the buffer itself, and `matmul` hands the memory
 //! to the GEMM as a bf16 operand. The bits the GEMMs read are those the shadow held, so a
@@ -25,7 +27,7 @@ pub(super) fn from_env() -> bool {
     super::device::switch_from_env(
         "MMR1_BF16_OPERANDS",
         true,
-        "activations that only GEMMs read (each layer's xn1, xn2, act) stored as bf16 alone",
+        "buffers that only GEMMs read (each layer's xn1, xn2, act; dgate, dup) stored as bf16 alone",
     )
 }
 

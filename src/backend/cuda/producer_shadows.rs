@@ -223,7 +223,8 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// `Backend::swiglu_backward`: `swiglu_bwd_bf16shadow_f32` when activation shadows are
-    /// kept (d gate and d up each get their shadow).
+    /// kept (d gate and d up each get their shadow), or when both outputs are stored as bf16
+    /// alone (bf16_operands.rs: the kernel writes their roundings into them and no f32 values).
     pub(super) fn swiglu_bwd(
         &self,
         dgate: &mut Buf<D>,
@@ -233,14 +234,23 @@ impl<D: Device> CudaBackend<D> {
         up: &Buf<D>,
     ) {
         let n = dgate.len;
-        // Both or neither: the same conditions decide each.
-        let shadows = self.producer_shadow(dgate.mem(), n).zip(self.producer_shadow(dup.mem(), n));
-        let (name, mut args) = match &shadows {
-            Some((g16, u16)) => (
+        // Both outputs bf16 alone (the model plans them together; one alone fails at `mem`).
+        let stored = dgate.bf16_mem().zip(dup.bf16_mem());
+        // Else both shadows or neither: the same conditions decide each.
+        let shadows = match stored {
+            Some(_) => None,
+            None => self.producer_shadow(dgate.mem(), n).zip(self.producer_shadow(dup.mem(), n)),
+        };
+        let (name, mut args) = match (stored, &shadows) {
+            (Some((g16, u16)), _) => (
+                "swiglu_bwd_bf16shadow_f32",
+                vec![Arg::Null, Arg::Null, Arg::Ptr(g16), Arg::Ptr(u16)],
+            ),
+            (None, Some((g16, u16))) => (
                 "swiglu_bwd_bf16shadow_f32",
                 vec![Arg::Ptr(dgate.mem()), Arg::Ptr(dup.mem()), Arg::Ptr(g16), Arg::Ptr(u16)],
             ),
-            None => ("swiglu_bwd_f32", vec![Arg::Ptr(dgate.mem()), Arg::Ptr(dup.mem())]),
+            (None, None) => ("swiglu_bwd_f32", vec![Arg::Ptr(dgate.mem()), Arg::Ptr(dup.mem())]),
         };
         args.extend([
             Arg::Ptr(dout.mem()),
