@@ -535,6 +535,100 @@ fn producers_write_the_gemm_operand<D: Device>(b: &mut CudaBackend<D>) {
     }
 }
 
+/// Outputs planned with `operand_buf` (bf16 alone: src/backend/cuda/bf16_operands.rs) of
+/// RMSNorm, `add_rmsnorm`, SwiGLU and SwiGLU's backward hold the bits of the shadow the same
+/// op leaves on an f32 output (the rounding a bf16 GEMM reads), and read back as those values
+/// widened; a bf16 GEMM gives the same bits on either, as the left operand and transposed (the
+/// dW GEMMs), on ragged shapes; the other outputs (rstd, add_rmsnorm's sum) are the f32 run's
+/// bits. Any other op given such a buffer panics, as does an f32 GEMM. `b` runs bf16 GEMMs
+/// with weight and activation shadows and producer shadows on; it ends in f32 GEMMs.
+fn bf16_operands_hold_the_shadow_bits<D: Device>(b: &mut CudaBackend<D>) {
+    use mmr1_fast::backend::Tr;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let rand = |n: usize, seed: u64| -> Vec<f32> {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| r.gen_range(-1.0f32..1.0)).collect()
+    };
+    assert!(b.operand_buf(1).is_bf16(), "run with MMR1_BF16_OPERANDS and producer shadows on");
+    // The stored output against the f32 one: values, shadow bits, and two GEMMs on each.
+    let same_operand =
+        |b: &CudaBackend<D>, f: &DevBuf<D::Mem>, s: &DevBuf<D::Mem>, rows, width, what: &str| {
+            assert!(s.is_bf16() && !f.is_bf16(), "{what}: storage");
+            let n = rows * width;
+            let shadow = b.device().bf16_shadow_bits(f.mem(), n);
+            let shadow = shadow.unwrap_or_else(|| panic!("{what}: the f32 output has no shadow"));
+            let got = b.download(s);
+            let want: Vec<f32> =
+                shadow.iter().map(|&h| half::bf16::from_bits(h).to_f32()).collect();
+            assert!(bits(&got[..n]) == bits(&want), "{what}: not the shadow's values");
+            let (w, g) = (b.upload(&rand(3 * width, 5)), b.upload(&rand(2 * rows, 6)));
+            for (tr, (m, nn, k), other, to) in
+                [(Tr::N, (rows, 3, width), &w, Tr::T), (Tr::T, (width, 2, rows), &g, Tr::N)]
+            {
+                let mut ys = [b.upload(&vec![f32::NAN; m * nn]), b.upload(&vec![f32::NAN; m * nn])];
+                for (y, a) in ys.iter_mut().zip([f, s]) {
+                    b.matmul(y, a, tr, other, to, m, nn, k, 0.0);
+                }
+                let (y0, y1) = (b.download(&ys[0]), b.download(&ys[1]));
+                assert!(bits(&y0) == bits(&y1), "{what}: GEMM {tr:?} reads other bits");
+            }
+        };
+    let shapes = [(1, 8), (3, 24), (17, 904), (3, 7), (17, 33)];
+    for (j, (rows, width)) in shapes.into_iter().enumerate() {
+        for p in [Producer::RmsNorm, Producer::Swiglu, Producer::SwigluBackward] {
+            let what = format!("{p:?} {rows}x{width}");
+            let (ins, lens, stored) = p.case(rows, width, 120 + j as u64);
+            let ins: Vec<_> = ins.iter().map(|x| b.upload(x)).collect();
+            let nan = |n: usize| b.upload(&vec![f32::NAN; n]);
+            let mut f32s: Vec<_> = lens.iter().map(|&n| nan(n)).collect();
+            let mut ops: Vec<_> = (lens.iter().enumerate())
+                .map(|(o, &n)| if o < stored { b.operand_buf(n) } else { nan(n) })
+                .collect();
+            p.run(b, &mut f32s, &ins, rows, width);
+            p.run(b, &mut ops, &ins, rows, width);
+            for o in 0..stored {
+                same_operand(b, &f32s[o], &ops[o], rows, width, &format!("{what} output {o}"));
+            }
+            for o in stored..lens.len() {
+                assert!(bits(&b.download(&f32s[o])) == bits(&b.download(&ops[o])), "{what}: {o}");
+            }
+        }
+        // add_rmsnorm: the sum stays f32, the norm goes to the operand.
+        let what = format!("add_rmsnorm {rows}x{width}");
+        let n = rows * width;
+        let (x, y, w) = (b.upload(&rand(n, 7)), b.upload(&rand(n, 8)), b.upload(&rand(width, 9)));
+        let nan = |n: usize| b.upload(&vec![f32::NAN; n]);
+        let (mut sum_f, mut out_f, mut rstd_f) = (nan(n), nan(n), nan(rows));
+        let (mut sum_s, mut out_s, mut rstd_s) = (nan(n), b.operand_buf(n), nan(rows));
+        b.add_rmsnorm(&mut sum_f, &mut out_f, &mut rstd_f, &x, &y, &w, rows, width, 1e-6);
+        b.add_rmsnorm(&mut sum_s, &mut out_s, &mut rstd_s, &x, &y, &w, rows, width, 1e-6);
+        same_operand(b, &out_f, &out_s, rows, width, &what);
+        assert!(bits(&b.download(&sum_f)) == bits(&b.download(&sum_s)), "{what}: sum");
+        assert!(bits(&b.download(&rstd_f)) == bits(&b.download(&rstd_s)), "{what}: rstd");
+    }
+    // Any other op, and an f32 GEMM, refuse a bf16-stored buffer (nothing launched).
+    let refused = |b: &mut CudaBackend<D>, f: &dyn Fn(&mut CudaBackend<D>)| {
+        let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(b)))
+            .expect_err("an op took a bf16-stored buffer as f32");
+        let msg = (e.downcast_ref::<String>().cloned())
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(msg.contains("stored as bf16 alone"), "unexpected panic: {msg}");
+    };
+    let (rows, width) = (5, 12);
+    let op = b.operand_buf(rows * width);
+    refused(b, &|b| b.scale(&mut b.operand_buf(4), 2.0));
+    refused(b, &|b| {
+        let mut acc = b.zeros(rows * width);
+        b.add_assign(&mut acc, &op);
+    });
+    b.device_mut().set_gemm_precision(false).unwrap();
+    refused(b, &|b| {
+        let (mut y, w) = (b.zeros(rows * 3), b.upload(&rand(3 * width, 5)));
+        b.matmul(&mut y, &op, Tr::N, &w, Tr::T, rows, 3, width, 0.0);
+    });
+}
+
 /// Causal flash attention, forward (packed prefills, the training kernel) and decode (one
 /// query per sequence: split or staged, then the combine kernel), with activation shadows on
 /// writes `out`'s bf16 rounding beside it (the o projection's operand): the shadow is the
@@ -771,6 +865,16 @@ mod emu {
         super::producers_write_the_gemm_operand(&mut b);
     }
     #[test]
+    fn bf16_operands_hold_the_shadow_bits() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::precision::Precision;
+        let dev =
+            EmuDevice::with_schedules(&Schedule::CI).with_bf16_shadows(true).with_act_shadows(true);
+        let b = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        let mut b = b.with_producer_shadows(true).with_bf16_operands(true);
+        super::bf16_operands_hold_the_shadow_bits(&mut b);
+    }
+    #[test]
     fn producers_rewrite_within_one_shadow() {
         use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
         use mmr1_fast::backend::precision::Precision;
@@ -897,6 +1001,13 @@ mod gpu {
     fn producers_write_the_gemm_operand() {
         let mut b = bf16_gpu(true);
         super::producers_write_the_gemm_operand(&mut b);
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn bf16_operands_hold_the_shadow_bits() {
+        let mut b = bf16_gpu(true);
+        super::bf16_operands_hold_the_shadow_bits(&mut b);
     }
 
     #[test]
