@@ -1,6 +1,7 @@
 // Rotary embedding, "rotate half" layout, in place. One thread per rotated pair. The inverse
 // frequencies come from the host (computed exactly as the CPU reference does).
 #include "common.cuh"
+#include "mma.cuh" // bf16_bits
 
 // Turns the pair (a, b) by `ang` (`sign` -1: the other way). Shared by every kernel that
 // rotates, and with every product and sum rounded explicitly (the _rn intrinsics are never
@@ -73,6 +74,53 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
             real* r = (which == 1 ? cache_k : cache_v) + (long long)cache_rows[t] * width;
             r[c] = a;
             r[c + half] = b;
+        }
+    }
+}
+
+// RoPE's backward of a layer's dq and dk in one pass (Backend::qkv_backward_epilogue; the
+// reference is rope_f32 with sign -1, then scale_f32 by `factor` unless it is 1, of dq then
+// dk, src/backend/fused_ops.rs), and with `dq16` (else null) the bf16 roundings of dq, dk and
+// dv written to dq16, dk16, dv16: the operands of the q/k/v projections' dX and dW GEMMs,
+// which converted each before (src/backend/cuda/producer_shadows.rs). One thread per pair
+// (i, i + half) of a head of a row: the row's dq heads, its dk heads, then (with dq16) its dv
+// heads, which it only reads. head_dim even (the caller falls back to the ops otherwise).
+extern "C" __global__ void qkv_bwd_epilogue_f32(real* dq, real* dk, const real* dv, unsigned short* dq16,
+                                                unsigned short* dk16, unsigned short* dv16,
+                                                const unsigned* positions, const float* inv_freq, int ntok,
+                                                int n_heads, int n_kv, int head_dim, float factor) {
+    const int half = head_dim / 2;
+    const int heads = n_heads + (dq16 ? 2 : 1) * n_kv;
+    const long long total = (long long)ntok * heads * half;
+    GRID_STRIDE(idx, total) {
+        const int i = (int)(idx % half);
+        const long long th = idx / half;
+        const int h = (int)(th % heads);
+        const long long t = th / heads;
+        // 0: dq, 1: dk, 2: dv.
+        const int which = h < n_heads ? 0 : (h < n_heads + n_kv ? 1 : 2);
+        const int hh = which == 0 ? h : (which == 1 ? h - n_heads : h - n_heads - n_kv);
+        const long long at = t * (which == 0 ? n_heads : n_kv) * head_dim + hh * head_dim + i;
+        float a, b;
+        if (which == 2) {
+            a = dv[at];
+            b = dv[at + half];
+        } else {
+            real* x = which == 0 ? dq : dk;
+            a = x[at];
+            b = x[at + half];
+            rope_turn(a, b, (float)positions[t] * inv_freq[i], -1.0f);
+            if (factor != 1.0f) {
+                a *= factor;
+                b *= factor;
+            }
+            x[at] = a;
+            x[at + half] = b;
+        }
+        if (dq16) {
+            unsigned short* y = which == 0 ? dq16 : (which == 1 ? dk16 : dv16);
+            y[at] = bf16_bits(a);
+            y[at + half] = bf16_bits(b);
         }
     }
 }

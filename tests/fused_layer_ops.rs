@@ -1,5 +1,5 @@
 //! The fused layer ops (`Backend::qkv_epilogue`, `Backend::add_rmsnorm`,
-//! `Backend::rmsnorm_backward_add`) against the ops they
+//! `Backend::rmsnorm_backward_add`, `Backend::qkv_backward_epilogue`) against the ops they
 //! replace: the same bits as those ops run one after another on the same backend (that is the
 //! contract: the model's results do not depend on whether a backend fuses), and within the
 //! kernel tolerance of the CPU reference. Random inputs, ragged shapes, grouped heads, scaled
@@ -10,7 +10,7 @@
 #![cfg(any(feature = "emu", feature = "cuda"))]
 
 use mmr1_fast::backend::cpu::{rope_inv_freq, Cpu};
-use mmr1_fast::backend::fused_ops::{self, CacheRows, Qkv, Rope1d};
+use mmr1_fast::backend::fused_ops::{self, CacheRows, Qkv, QkvGrads, Rope1d};
 use mmr1_fast::backend::Backend;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -262,7 +262,84 @@ fn rmsnorm_backward_add<B: Backend>(b: &B) {
     }
 }
 
-backend_suite!(qkv_epilogue, add_rmsnorm, rmsnorm_backward_add);
+/// dq, dk, dv after `qkv_backward_epilogue` (fused: the backend's; else the ops one after
+/// another) on `b`.
+fn run_qkv_backward<B: Backend>(
+    b: &B,
+    c: &QkvCase,
+    host: &[Vec<f32>],
+    pos: &[u32],
+    inv: &[f32],
+    fused: bool,
+) -> Vec<Vec<f32>> {
+    let (mut dq, mut dk, dv) = (b.upload(&host[0]), b.upload(&host[1]), b.upload(&host[2]));
+    let x = QkvGrads {
+        dq: &mut dq,
+        dk: &mut dk,
+        dv: &dv,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+    };
+    let rope = Rope1d { positions: pos, inv_freq: inv, factor: c.factor };
+    if fused {
+        b.qkv_backward_epilogue(x, &rope);
+    } else {
+        fused_ops::qkv_backward_epilogue_ops(b, x, &rope);
+    }
+    [&dq, &dk, &dv].iter().map(|x| b.download(x)).collect()
+}
+
+/// The same shapes as `qkv_epilogue` (one head, GQA, odd and tiny head dims that fall back to
+/// the ops), plain and scaled RoPE: dq and dk as the inverse rotations and the factor make
+/// them bit for bit, dv untouched; and the inverse turns the forward's rotation back (to the
+/// CPU's rounding).
+fn qkv_backward_epilogue<B: Backend>(b: &B) {
+    let mut r = rng(47);
+    for (rows, n_heads, n_kv, hd) in [
+        (1usize, 2usize, 1usize, 8usize),
+        (5, 4, 2, 16),
+        (13, 3, 3, 6),
+        (7, 14, 2, 64),
+        (3, 2, 1, 5),
+        (4, 2, 2, 2),
+    ] {
+        for factor in [1.0f32, 1.2247449] {
+            let c = QkvCase { rows, n_heads, n_kv, hd, factor, cache: None };
+            let (qd, kvd) = (n_heads * hd, n_kv * hd);
+            let host: Vec<Vec<f32>> = [rows * qd, rows * kvd, rows * kvd]
+                .iter()
+                .map(|&n| rand_vec(&mut r, n, 2.0))
+                .collect();
+            let pos: Vec<u32> = (0..rows).map(|_| r.gen_range(0..5000)).collect();
+            let inv: Vec<f32> = if factor == 1.0 {
+                rope_inv_freq(hd, 10000.0)
+            } else {
+                (0..hd / 2).map(|_| r.gen_range(1e-4f32..1.0)).collect()
+            };
+            let tag = format!("{rows} rows, {n_heads}/{n_kv} heads, hd {hd}, factor {factor}");
+            let fused = run_qkv_backward(b, &c, &host, &pos, &inv, true);
+            let ops = run_qkv_backward(b, &c, &host, &pos, &inv, false);
+            let want = run_qkv_backward(&Cpu, &c, &host, &pos, &inv, false);
+            for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                assert_eq!(bits(&fused[i]), bits(&ops[i]), "{tag}: {name} differs from the ops");
+                assert_close(
+                    &format!("qkv_backward_epilogue {name} {tag}"),
+                    &fused[i],
+                    &want[i],
+                    TOL,
+                );
+            }
+            assert_eq!(bits(&fused[2]), bits(&host[2]), "{tag}: dv changed");
+            if hd >= 2 {
+                assert_ne!(bits(&fused[0]), bits(&host[0]), "{tag}: dq unchanged");
+                assert_ne!(bits(&fused[1]), bits(&host[1]), "{tag}: dk unchanged");
+            }
+        }
+    }
+}
+
+backend_suite!(qkv_epilogue, add_rmsnorm, rmsnorm_backward_add, qkv_backward_epilogue);
 
 /// The emulator as a bf16 run sets it up: weight and activation shadows kept, producers
 /// writing their GEMM operands' bf16 copies.
@@ -342,4 +419,50 @@ fn rmsnorm_backward_add_writes_the_bf16_operand() {
     let want: Vec<u16> =
         b.download(&acc).iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect();
     assert_eq!(got, want, "the copy is not the rounding of the updated gradient");
+}
+
+/// With producers writing GEMM operands, the backward epilogue leaves on dq, dk and dv the bf16
+/// copies their GEMMs read (the rounding of each buffer's values after the op), and the bias
+/// gradients' column reductions between keep them (`READ_ONLY_ARGS`): each projection's dX
+/// GEMM then reads a copy instead of converting. Without the kernel (an odd head dim) no copy.
+#[cfg(feature = "emu")]
+#[test]
+fn qkv_backward_epilogue_writes_the_bf16_operands() {
+    use mmr1_fast::backend::cuda::device::Device;
+    use mmr1_fast::backend::Tr;
+    let b = bf16_producers();
+    let mut r = rng(49);
+    for (rows, n_heads, n_kv, hd) in [(9usize, 4usize, 2usize, 16usize), (5, 2, 1, 5)] {
+        let (qd, kvd) = (n_heads * hd, n_kv * hd);
+        let mut dq = b.upload(&rand_vec(&mut r, rows * qd, 2.0));
+        let mut dk = b.upload(&rand_vec(&mut r, rows * kvd, 2.0));
+        let dv = b.upload(&rand_vec(&mut r, rows * kvd, 2.0));
+        let pos: Vec<u32> = (0..rows).map(|_| r.gen_range(0..5000)).collect();
+        let inv = rope_inv_freq(hd, 10000.0);
+        let x =
+            QkvGrads { dq: &mut dq, dk: &mut dk, dv: &dv, n_heads, n_kv_heads: n_kv, head_dim: hd };
+        b.qkv_backward_epilogue(x, &Rope1d { positions: &pos, inv_freq: &inv, factor: 1.0 });
+        let (mut gq, mut gk) = (b.zeros(qd), b.zeros(kvd));
+        b.bias_backward(&mut gq, &dq, rows, qd);
+        b.bias_backward(&mut gk, &dk, rows, kvd);
+        let before = b.memory_stats().unwrap().shadow_hits;
+        for (buf, n) in [(&dq, qd), (&dk, kvd), (&dv, kvd)] {
+            let copy = b.device().bf16_shadow_bits(buf.mem(), rows * n);
+            if hd % 2 == 1 {
+                assert!(copy.is_none(), "hd {hd}: the ops write no copy");
+                continue;
+            }
+            let copy =
+                copy.unwrap_or_else(|| panic!("hd {hd}: no bf16 copy after the bias gradient"));
+            let want: Vec<u16> =
+                b.download(buf).iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect();
+            assert_eq!(copy, want, "hd {hd}: the copy is not the rounding of the values");
+            let (w, mut y) = (b.upload(&rand_vec(&mut r, 3 * n, 1.0)), b.zeros(rows * 3));
+            b.matmul(&mut y, buf, Tr::N, &w, Tr::T, rows, 3, n, 0.0);
+        }
+        if hd % 2 == 0 {
+            let hits = b.memory_stats().unwrap().shadow_hits - before;
+            assert_eq!(hits, 3, "hd {hd}: the three GEMMs read the copies");
+        }
+    }
 }

@@ -451,7 +451,9 @@ fn conversions_of_a_steady_step_on(be: CudaBackend<EmuDevice>) -> (u64, usize) {
 ///   with the producers, less dgate and dup (SwiGLU's backward writes their copies) and
 ///   both dresids (the norm backwards that add into it write its copy,
 ///   `rmsnorm_backward_add`), but the top layer's first one, which the final norm's backward
-///   writes without a copy: 3 a layer and 1;
+///   writes without a copy, and dq, dk, dv (RoPE's backward writes their copies,
+///   `qkv_backward_epilogue`, and the bias gradients between only read them): none a layer
+///   and 1;
 /// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
 ///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy);
@@ -462,7 +464,7 @@ fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd:
     let (layer_fwd, layer_bwd, head_bwd, top) = match (act, producers) {
         (false, _) => (7, 21, 4, 0),
         (true, false) => (4, 7, 2, 0),
-        (true, true) => (0, 3, 1, 1),
+        (true, true) => (0, 0, 1, 1),
     };
     let flash_copies = 2 + 4;
     layers * (layer_fwd + layer_bwd + flash_copies) + top + fwd + head_bwd * bwd
@@ -485,12 +487,13 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
     assert_eq!(act_only, predicted_conversions(true, false, layers, 1, 1));
     assert_eq!(on, predicted_conversions(true, true, layers, 1, 1));
     // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward) and 2 a head
-    // chunk; the producers writing xn1, xn2, att, act, dgate, dup and the two dresids' copies
-    // 8 more a layer, less the top layer's first dresid, and d logits' 1 more a chunk.
+    // chunk; the producers writing xn1, xn2, att, act, dgate, dup, the two dresids', dq's,
+    // dk's and dv's copies 11 more a layer, less the top layer's first dresid, and d logits'
+    // 1 more a chunk.
     let (top_dresid, d_logits) = (1, 1);
     assert_eq!(
         (off - act_only, act_only - on),
-        (layers * 17 + 2, layers * 8 - top_dresid + d_logits)
+        (layers * 17 + 2, layers * 11 - top_dresid + d_logits)
     );
     // Stored as f32 with shadows (`MMR1_BF16_OPERANDS=0`), xn1, xn2 and act convert alike.
     let (f32_stored, kept_f32_stored) =

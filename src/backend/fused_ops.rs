@@ -1,7 +1,8 @@
 //! Ops that a decoder layer runs back to back, as one call: `Backend::qkv_epilogue` (biases,
 //! RoPE and the KV-cache writes of the attention inputs), `Backend::add_rmsnorm` (a residual
 //! add and the RMSNorm that reads it) and, in the backward, `Backend::rmsnorm_backward_add`
-//! (an RMSNorm's input gradient added to the residual stream's).
+//! (an RMSNorm's input gradient added to the residual stream's) and
+//! `Backend::qkv_backward_epilogue` (RoPE's backward of the query and key gradients).
 //!
 //! Why: a decode step is many small ops on a few rows each, and each launch costs a GPU
 //! several microseconds whatever its size (docs/perf.md, "Where a decode step goes": ~10 small
@@ -66,6 +67,36 @@ pub fn qkv_epilogue_ops<B: Backend + ?Sized>(
         assert_eq!(c.rows.len(), rows, "qkv_epilogue: one cache row per row");
         be.scatter_rows(c.k, c.rows, x.k, kvd);
         be.scatter_rows(c.v, c.rows, x.v, kvd);
+    }
+}
+
+/// A layer's attention input gradients after the attention backward: `dq` is
+/// `[rows, n_heads, head_dim]`, `dk` and `dv` are `[rows, n_kv_heads, head_dim]`.
+pub struct QkvGrads<'a, B: Backend + ?Sized> {
+    pub dq: &'a mut B::Buf,
+    pub dk: &'a mut B::Buf,
+    pub dv: &'a B::Buf,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// `Backend::qkv_backward_epilogue` as the ops one after another: RoPE's backward (the
+/// inverse rotation, then the attention factor, which commutes with it) of dq then dk, as
+/// `Qwen2::rotate` with `inverse` makes it.
+pub fn qkv_backward_epilogue_ops<B: Backend + ?Sized>(
+    be: &B,
+    x: QkvGrads<'_, B>,
+    rope: &Rope1d<'_>,
+) {
+    let hd = x.head_dim;
+    be.rope(x.dq, rope.positions, x.n_heads, hd, rope.inv_freq, true);
+    if rope.factor != 1.0 {
+        be.scale(x.dq, rope.factor);
+    }
+    be.rope(x.dk, rope.positions, x.n_kv_heads, hd, rope.inv_freq, true);
+    if rope.factor != 1.0 {
+        be.scale(x.dk, rope.factor);
     }
 }
 

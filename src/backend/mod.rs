@@ -367,6 +367,17 @@ pub trait Backend {
     ) {
         fused_ops::add_rmsnorm_ops(self, sum, out, rstd, x, y, w, rows, dim, eps)
     }
+    /// RoPE's backward of a layer's query and key gradients, in place: each inverse-rotated
+    /// as `rope(.., inverse = true)` does, then scaled by `rope.factor` (the default, the
+    /// ops one after another). `dv` is not changed; a backend may prepare it, with dq and dk,
+    /// for the GEMMs that read the three next (the CUDA backend writes their bf16 copies).
+    fn qkv_backward_epilogue(
+        &self,
+        x: fused_ops::QkvGrads<'_, Self>,
+        rope: &fused_ops::Rope1d<'_>,
+    ) {
+        fused_ops::qkv_backward_epilogue_ops(self, x, rope)
+    }
     /// `rmsnorm_backward` with its `dx` added to `dacc` (the residual stream's gradient)
     /// instead of written: the same bits as `rmsnorm_backward(scratch, ...)` then
     /// `add_assign(dacc, scratch)`, which is the default (a backend that fuses leaves

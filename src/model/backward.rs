@@ -357,8 +357,7 @@ impl<B: Backend> Qwen2<B> {
             self.attn_shape(),
         );
         // Rope is an orthogonal rotation: its backward is the inverse rotation.
-        self.rotate(be, &mut s.dq, batch, c.num_attention_heads, true);
-        self.rotate(be, &mut s.dk, batch, c.n_kv_heads(), true);
+        self.rotate_back(be, &mut s.dq, &mut s.dk, &s.dv, batch);
         be.bias_backward(&mut grads[w.q_b], &s.dq, t, d);
         be.bias_backward(&mut grads[w.k_b], &s.dk, t, kvd);
         be.bias_backward(&mut grads[w.v_b], &s.dv, t, kvd);

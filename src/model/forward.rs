@@ -5,7 +5,7 @@
 
 use super::{KvCache, Qwen2};
 use crate::backend::cpu::rope_inv_freq;
-use crate::backend::fused_ops::{CacheRows, Qkv, Rope1d};
+use crate::backend::fused_ops::{CacheRows, Qkv, QkvGrads, Rope1d};
 use crate::backend::{AttnSpan, Backend, Tr};
 use anyhow::Result;
 use std::cell::RefCell;
@@ -310,6 +310,30 @@ impl<B: Backend> Qwen2<B> {
                 be.rope_table(x, &be.upload(angles), batch.tokens(), n_heads, hd, inverse)
             }
         }
+    }
+
+    /// RoPE's backward of a layer's query and key gradients (`rotate` with `inverse` of each),
+    /// for 1D RoPE as one `Backend::qkv_backward_epilogue`, which may also prepare `dv` for
+    /// the GEMMs that read the three next.
+    pub(crate) fn rotate_back(
+        &self,
+        be: &B,
+        dq: &mut B::Buf,
+        dk: &mut B::Buf,
+        dv: &B::Buf,
+        batch: &Packed,
+    ) {
+        let (n_heads, n_kv_heads) = (self.cfg.num_attention_heads, self.cfg.n_kv_heads());
+        if batch.rope_angles.is_some() {
+            self.rotate(be, dq, batch, n_heads, true);
+            return self.rotate(be, dk, batch, n_kv_heads, true);
+        }
+        let (inv_freq, factor) = self.rope_1d();
+        let grads = QkvGrads { dq, dk, dv, n_heads, n_kv_heads, head_dim: self.cfg.head_dim() };
+        be.qkv_backward_epilogue(
+            grads,
+            &Rope1d { positions: &batch.positions, inv_freq: &inv_freq, factor },
+        );
     }
 
     /// One decoder layer: `x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(.))`.

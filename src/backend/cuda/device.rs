@@ -4,12 +4,21 @@
 
 use crate::backend::{memory::MemoryStats, Tr};
 
-/// Kernel arguments that a kernel only reads although they may be weights (by kernel name
-/// and argument position, counting every argument, pointers or not): passing them does not
-/// end a bf16 shadow (`refresh_bf16_shadow`). Every other pointer argument is treated as
-/// possibly written.
-pub const READ_ONLY_ARGS: &[(&str, usize)] =
-    &[("embedding_f32", 1), ("f32_to_bf16", 1), ("f32_to_bf16_x8", 1)];
+/// Kernel arguments that a kernel only reads although they may have a bf16 shadow (weights,
+/// GEMM operands; by kernel name and argument position, counting every argument, pointers or
+/// not): passing them does not end the shadow (`refresh_bf16_shadow`). Every other pointer
+/// argument is treated as possibly written. Each must be a `const` parameter of the kernel
+/// (a unit test reads kernels/*.cu for it).
+pub const READ_ONLY_ARGS: &[(&str, usize)] = &[
+    ("embedding_f32", 1),
+    ("f32_to_bf16", 1),
+    ("f32_to_bf16_x8", 1),
+    // The column reduction's inputs: the bias gradients read dq, dk, dv between the
+    // backward epilogue that writes their bf16 copies and the GEMMs that read them.
+    ("col_reduce_f32", 2),
+    ("col_reduce_f32", 3),
+    ("col_reduce_f32", 4),
+];
 
 /// Whether argument `position` of kernel `name` may be written (see `READ_ONLY_ARGS`).
 pub fn may_write(name: &str, position: usize) -> bool {
@@ -300,7 +309,30 @@ pub fn gemm_name(bf16: bool, m: usize, n: usize, k: usize, ta: Tr, tb: Tr) -> St
 
 #[cfg(test)]
 mod tests {
-    use super::{env_choice, written_buffers, Arg};
+    use super::{env_choice, written_buffers, Arg, READ_ONLY_ARGS};
+
+    /// Every read-only entry names a `const` pointer parameter of a kernel in kernels/: a
+    /// launch keeps the shadows of those arguments, so a kernel that wrote one would leave a
+    /// stale bf16 copy for the next GEMM.
+    #[test]
+    fn read_only_args_are_const_parameters() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
+        let mut src = String::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cu") {
+                src += &std::fs::read_to_string(p).unwrap();
+            }
+        }
+        for &(name, pos) in READ_ONLY_ARGS {
+            let at = src.find(&format!(" {name}(")).unwrap_or_else(|| panic!("no kernel {name}"));
+            let params = &src[at + name.len() + 2..];
+            let params = &params[..params.find(')').unwrap()];
+            let p = params.split(',').nth(pos).unwrap_or_else(|| panic!("{name}: no arg {pos}"));
+            let p = p.trim();
+            assert!(p.starts_with("const ") && p.contains('*'), "{name} arg {pos}: `{p}`");
+        }
+    }
 
     #[test]
     fn env_choice_reads_a_named_choice_and_names_the_accepted_ones() {

@@ -3,11 +3,13 @@
 //! bit): a decode step of Qwen2.5-0.5B made 7 launches a layer for the biases, RoPE and the
 //! cache writes and 2 for each residual add and its norm, each a few microseconds of a ~5 ms
 //! step whatever its size; the backward wrote each norm's input gradient and read it back to
-//! add it to the residual gradient, which its GEMMs then converted to bf16 (docs/perf.md).
+//! add it to the residual gradient, which its GEMMs then converted to bf16 (docs/perf.md);
+//! RoPE's backward turned dq and dk in two launches (four with scaled RoPE), and the q/k/v
+//! projections' backward GEMMs then converted dq, dk and dv in three more.
 
 use super::device::{Arg, Device};
 use super::{opt_arg, CudaBackend, DevBuf};
-use crate::backend::fused_ops::{self, CacheRows, Qkv, Rope1d};
+use crate::backend::fused_ops::{self, CacheRows, Qkv, QkvGrads, Rope1d};
 use crate::backend::row_moves::check_rows;
 
 type Buf<D> = DevBuf<<D as Device>::Mem>;
@@ -18,7 +20,7 @@ pub(super) fn from_env() -> bool {
     super::device::switch_from_env(
         "MMR1_FUSED_LAYER_OPS",
         true,
-        "a layer's biases, RoPE and cache writes, each residual add with its norm, and each norm backward with its add, one launch each",
+        "a layer's biases, RoPE and cache writes, each residual add with its norm, each norm backward with its add, and RoPE's backward of dq and dk, one launch each",
     )
 }
 
@@ -164,5 +166,59 @@ impl<D: Device> CudaBackend<D> {
             let out = vec![Arg::Ptr(dacc.mem()), opt_arg(shadow)];
             self.rmsnorm_bwd("rmsnorm_bwd_dx_add_f32", out, dw, dout, x, w, rstd, rows, dim);
         });
+    }
+
+    /// `Backend::qkv_backward_epilogue`: `qkv_bwd_epilogue_f32`, which also writes the bf16
+    /// copies of dq, dk and dv when producers write their GEMM operands (the q/k/v
+    /// projections' dX and dW GEMMs read them; the bias gradients' column reductions between
+    /// only read the three, `device::READ_ONLY_ARGS`), or the ops one after another where the
+    /// kernel does not apply (an odd head dimension) or the switch is off.
+    pub(super) fn qkv_backward_epilogue_fused(&self, x: QkvGrads<'_, Self>, rope: &Rope1d<'_>) {
+        let (rows, hd) = (rope.positions.len(), x.head_dim);
+        let (qd, kvd) = (x.n_heads * hd, x.n_kv_heads * hd);
+        assert_eq!(rope.inv_freq.len(), hd / 2, "qkv_backward_epilogue: head_dim / 2 frequencies");
+        assert!(
+            x.dq.len >= rows * qd && x.dk.len >= rows * kvd && x.dv.len >= rows * kvd,
+            "qkv_backward_epilogue: dq, dk or dv shorter than {rows} rows"
+        );
+        if hd % 2 == 1 || hd < 2 || !self.fused_layer_ops {
+            return fused_ops::qkv_backward_epilogue_ops(self, x, rope);
+        }
+        if rows == 0 {
+            return;
+        }
+        let inv = self.upload_index_bytes(bytemuck::cast_slice(rope.inv_freq));
+        let pos = self.upload_index_u32(rope.positions);
+        // The same conditions decide all three: each or none.
+        let copies = self.producer_shadow(x.dq.mem(), rows * qd).map(|q16| {
+            let k16 = self.producer_shadow(x.dk.mem(), rows * kvd).expect("as dq's");
+            let v16 = self.producer_shadow(x.dv.mem(), rows * kvd).expect("as dq's");
+            (q16, k16, v16)
+        });
+        let heads = x.n_heads + if copies.is_some() { 2 } else { 1 } * x.n_kv_heads;
+        self.elementwise(
+            "qkv_bwd_epilogue_f32",
+            rows * heads * (hd / 2),
+            &[
+                Arg::Ptr(x.dq.mem()),
+                Arg::Ptr(x.dk.mem()),
+                Arg::Ptr(x.dv.mem()),
+                opt_arg(copies.as_ref().map(|c| &c.0)),
+                opt_arg(copies.as_ref().map(|c| &c.1)),
+                opt_arg(copies.as_ref().map(|c| &c.2)),
+                Arg::Ptr(&*pos),
+                Arg::Ptr(&*inv),
+                Arg::I32(rows as i32),
+                Arg::I32(x.n_heads as i32),
+                Arg::I32(x.n_kv_heads as i32),
+                Arg::I32(hd as i32),
+                Arg::F32(rope.factor),
+            ],
+        );
+        if let Some((q16, k16, v16)) = copies {
+            self.dev.adopt_bf16_shadow(x.dq.mem(), q16, rows * qd);
+            self.dev.adopt_bf16_shadow(x.dk.mem(), k16, rows * kvd);
+            self.dev.adopt_bf16_shadow(x.dv.mem(), v16, rows * kvd);
+        }
     }
 }

@@ -107,8 +107,8 @@ pub struct CudaBackend<D: Device> {
     /// Producers of GEMM operands write their bf16 copy when the device keeps activation
     /// shadows (`producer_shadows`; `MMR1_PRODUCER_SHADOWS`).
     producer_shadows: bool,
-    /// `qkv_epilogue`, `add_rmsnorm` and `rmsnorm_backward_add` as one launch each, or the
-    /// ops they replace (`fused_layer_ops`; `MMR1_FUSED_LAYER_OPS`).
+    /// `qkv_epilogue`, `add_rmsnorm`, `rmsnorm_backward_add` and `qkv_backward_epilogue` as
+    /// one launch each, or the ops they replace (`fused_layer_ops`; `MMR1_FUSED_LAYER_OPS`).
     fused_layer_ops: bool,
     /// The sampler's split form for few rows (`rl::sample`; `MMR1_SAMPLE_SPLIT`).
     sample_split: bool,
@@ -835,6 +835,13 @@ impl<D: Device> Backend for CudaBackend<D> {
         eps: f32,
     ) {
         self.add_rmsnorm_fused(sum, out, rstd, x, y, w, rows, dim, eps)
+    }
+    fn qkv_backward_epilogue(
+        &self,
+        x: crate::backend::fused_ops::QkvGrads<'_, Self>,
+        rope: &crate::backend::fused_ops::Rope1d<'_>,
+    ) {
+        self.qkv_backward_epilogue_fused(x, rope)
     }
     fn rmsnorm_backward_add(
         &self,
