@@ -7,6 +7,7 @@
 //   kv items (4 ints each): kv row, first query row of its span, span's q_len, first query index
 //                           (within the span) that sees this key
 #include "common.cuh"
+#include "mma.cuh" // bf16_bits
 
 #define ATT_TILE 128   // = blockDim.x
 #define ATT_MAXD 256
@@ -63,8 +64,11 @@ extern "C" __global__ void attn_fwd_f32(real* out, float* lse, const real* q, co
 
 // D[row, h] = dO . O, one warp per (query row, head), 8 warps (items) a block. (A block of one
 // warp each gave 57,344 blocks of 32 threads a layer at Qwen2.5-0.5B's 4,096 x 14 heads, half
-// an SM's threads at most: block scheduling, not the 29 MB read, set the time.)
-extern "C" __global__ void __launch_bounds__(256) attn_bwd_dot_f32(float* dsum, const real* dout, const real* out,
+// an SM's threads at most: block scheduling, not the 29 MB read, set the time.) With `dout16`
+// (else null) it also writes the bf16 rounding of the dO rows it reads there: the copy the
+// flash backward kernels read, which a conversion launch made by reading dO again.
+extern "C" __global__ void __launch_bounds__(256) attn_bwd_dot_f32(float* dsum, unsigned short* dout16,
+                                                                   const real* dout, const real* out,
                                                                    const int* items, int n_items, int n_heads, int d) {
     const int item = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (item >= n_items) return; // warp-uniform
@@ -73,7 +77,11 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dot_f32(float* dsum, 
     const long long base = (qrow * n_heads + h) * d;
     float s = 0.0f;
     const int lane = threadIdx.x & 31;
-    for (int c = lane; c < d; c += 32) s += dout[base + c] * out[base + c];
+    for (int c = lane; c < d; c += 32) {
+        const float g = dout[base + c];
+        s += g * out[base + c];
+        if (dout16) dout16[base + c] = bf16_bits(g);
+    }
     s = warp_sum(s);
     if (lane == 0) dsum[qrow * n_heads + h] = s;
 }

@@ -458,15 +458,16 @@ fn conversions_of_a_steady_step_on(be: CudaBackend<EmuDevice>) -> (u64, usize) {
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
 ///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy);
 /// - flash attention, per layer, in every mode: the bf16 copies its kernels read
-///   (`FlashIo::Bf16`, src/backend/cuda/flash.rs): K and V in the forward, dO, Q, K and V in
-///   the backward: 6.
+///   (`FlashIo::Bf16`, src/backend/cuda/flash.rs): K and V in the forward, Q, K and V in the
+///   backward (dO's is written by the kernel that reads dO for D = rowsum(dO * O), when the
+///   spans cover every row, as a packed batch's do): 5.
 fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd: u64) -> u64 {
     let (layer_fwd, layer_bwd, head_bwd, top) = match (act, producers) {
         (false, _) => (7, 21, 4, 0),
         (true, false) => (4, 7, 2, 0),
         (true, true) => (0, 0, 1, 1),
     };
-    let flash_copies = 2 + 4;
+    let flash_copies = 2 + 3;
     layers * (layer_fwd + layer_bwd + flash_copies) + top + fwd + head_bwd * bwd
 }
 

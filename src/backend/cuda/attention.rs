@@ -137,6 +137,15 @@ impl<D: Device> CudaBackend<D> {
         let d_items = self.upload_i32(&items);
         let scale = (1.0 / (d as f64).sqrt()) as f32;
         let dsum = self.dev.alloc(lse.len.max(1) * 4);
+        let flash = causal && self.use_flash(shape);
+        // The flash kernels' bf16 copy of dO, written by the dot kernel that reads dO anyway,
+        // when they read bf16 copies and the spans' query rows are every row of dO (the copy
+        // holds the rows the items name; the flash kernels' tiles may load others).
+        let rows = dout.len / (h * d).max(1);
+        let dout16 = (flash
+            && self.call_io(spans, shape, q, k) == flash::FlashIo::Bf16
+            && super::producer_shadows::covered_rows(spans) == Some(rows))
+        .then(|| self.dev.alloc(dout.len.max(1) * 2));
         self.dev.launch(
             "attn_bwd_dot_f32",
             [nq.div_ceil(8), h as u32, 1],
@@ -144,6 +153,7 @@ impl<D: Device> CudaBackend<D> {
             0,
             &[
                 Arg::Ptr(&dsum),
+                super::opt_arg(dout16.as_ref()),
                 Arg::Ptr(dout.mem()),
                 Arg::Ptr(out.mem()),
                 Arg::Ptr(&d_items),
@@ -152,8 +162,8 @@ impl<D: Device> CudaBackend<D> {
                 Arg::I32(d as i32),
             ],
         );
-        if causal && self.use_flash(shape) {
-            self.flash_backward(dq, dk, dv, dout, q, k, v, lse, &dsum, spans, shape);
+        if flash {
+            self.flash_backward(dq, dk, dv, dout, dout16, q, k, v, lse, &dsum, spans, shape);
             return;
         }
         // The per-key items of the reference dK/dV kernel (the flash kernels build their own).

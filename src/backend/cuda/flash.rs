@@ -424,7 +424,8 @@ impl<D: Device> CudaBackend<D> {
         );
     }
 
-    /// `dsum` is `D = rowsum(dO * O)` per (query row, head), computed by the caller.
+    /// `dsum` is `D = rowsum(dO * O)` per (query row, head), computed by the caller, which may
+    /// have written dO's bf16 copy too (`dout16`, for bf16 I/O: else it is converted here).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn flash_backward(
         &self,
@@ -432,6 +433,7 @@ impl<D: Device> CudaBackend<D> {
         dk: &mut DevBuf<D::Mem>,
         dv: &mut DevBuf<D::Mem>,
         dout: &DevBuf<D::Mem>,
+        dout16: Option<D::Mem>,
         q: &DevBuf<D::Mem>,
         k: &DevBuf<D::Mem>,
         v: &DevBuf<D::Mem>,
@@ -445,7 +447,14 @@ impl<D: Device> CudaBackend<D> {
         // Both kernels read the same bf16 copies of dO, Q, K, V: dQ walks K and V, dK/dV walks
         // Q and dO, and each reads the other two once.
         let io = self.call_io(spans, shape, q, k);
-        let copies = (io == FlashIo::Bf16).then(|| self.bf16_copies([dout, q, k, v]));
+        let copies = (io == FlashIo::Bf16).then(|| {
+            let [q_, k_, v_] = self.bf16_copies([q, k, v]);
+            let do_ = dout16.unwrap_or_else(|| {
+                let [m] = self.bf16_copies([dout]);
+                m
+            });
+            [do_, q_, k_, v_]
+        });
         let [do_, q_, k_, v_] = match &copies {
             Some(c) => c.each_ref(),
             None => [dout.mem(), q.mem(), k.mem(), v.mem()],
@@ -540,7 +549,7 @@ impl<D: Device> CudaBackend<D> {
 
 impl<D: Device> CudaBackend<D> {
     /// The storage this call's kernels read (`call_io` with the backend's `FlashIo`).
-    fn call_io(
+    pub(super) fn call_io(
         &self,
         spans: &[AttnSpan],
         shape: AttnShape,

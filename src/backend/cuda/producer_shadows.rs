@@ -36,7 +36,7 @@ type Buf<D> = DevBuf<<D as Device>::Mem>;
 
 /// The rows `0..rows` that the query rows of `spans` cover exactly once, or None if they
 /// leave a gap or overlap (then some rows of the output are not written by the launch).
-fn covered_rows(spans: &[AttnSpan]) -> Option<usize> {
+pub(super) fn covered_rows(spans: &[AttnSpan]) -> Option<usize> {
     let mut q: Vec<(usize, usize)> = spans.iter().map(|s| (s.q_start, s.q_len)).collect();
     q.sort_unstable();
     let mut next = 0;
