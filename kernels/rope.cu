@@ -37,13 +37,16 @@ extern "C" __global__ void rope_f32(real* x, const unsigned* positions, const fl
 // reference is the ops one after another, src/backend/fused_ops.rs): the biases added, q and
 // k rotated as rope_f32 does and multiplied by `factor` unless it is 1 (scale_f32), and with
 // `cache_rows` (else null) k and v also written to rows cache_rows[t] of the caches
-// (copy_rows_f32). One thread per pair (i, i + half) of a head of a row: the row's q heads,
-// then its k heads, then its v heads. head_dim even (the caller falls back to the ops
-// otherwise).
+// (copy_rows_f32). With `q16` (else null) the bf16 roundings of the new q, k and v written to
+// q16, k16, v16 too: the copies the flash kernels read, forward (K, V) and backward (Q, K, V),
+// which each call converted before (src/backend/cuda/flash.rs). One thread per pair
+// (i, i + half) of a head of a row: the row's q heads, then its k heads, then its v heads.
+// head_dim even (the caller falls back to the ops otherwise).
 extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const real* bq, const real* bk,
                                             const real* bv, const unsigned* positions, const float* inv_freq,
                                             int ntok, int n_heads, int n_kv, int head_dim, float factor,
-                                            real* cache_k, real* cache_v, const unsigned* cache_rows) {
+                                            real* cache_k, real* cache_v, const unsigned* cache_rows,
+                                            unsigned short* q16, unsigned short* k16, unsigned short* v16) {
     const int half = head_dim / 2;
     const int heads = n_heads + 2 * n_kv;
     const long long total = (long long)ntok * heads * half;
@@ -70,6 +73,11 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
         }
         p[c] = a;
         p[c + half] = b;
+        if (q16) {
+            unsigned short* y = (which == 0 ? q16 : (which == 1 ? k16 : v16)) + t * width;
+            y[c] = bf16_bits(a);
+            y[c + half] = bf16_bits(b);
+        }
         if (cache_rows && which != 0) {
             real* r = (which == 1 ? cache_k : cache_v) + (long long)cache_rows[t] * width;
             r[c] = a;

@@ -466,3 +466,56 @@ fn qkv_backward_epilogue_writes_the_bf16_operands() {
         }
     }
 }
+
+/// With producers writing GEMM operands, the forward epilogue without a cache (a training or
+/// log-prob forward) leaves on q, k and v the bf16 copies the flash kernels read (the rounding
+/// of each output); with a cache (attention reads the cache) and in f32 it leaves none.
+#[cfg(feature = "emu")]
+#[test]
+fn qkv_epilogue_writes_the_flash_copies() {
+    use mmr1_fast::backend::cuda::device::Device;
+    let b = bf16_producers();
+    let mut r = rng(51);
+    let (rows, n_heads, n_kv, hd) = (7usize, 4usize, 2usize, 16usize);
+    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    for cached in [false, true] {
+        let mut bufs: Vec<_> = [rows * qd, rows * kvd, rows * kvd]
+            .iter()
+            .map(|&n| b.upload(&rand_vec(&mut r, n, 2.0)))
+            .collect();
+        let bias: Vec<_> =
+            [qd, kvd, kvd].iter().map(|&n| b.upload(&rand_vec(&mut r, n, 1.0))).collect();
+        let (mut ck, mut cv) = (b.zeros(2 * rows * kvd), b.zeros(2 * rows * kvd));
+        let pos: Vec<u32> = (0..rows as u32).map(|p| 3 * p + 1).collect();
+        let cache_rows: Vec<usize> = (0..rows).map(|t| 2 * t).collect();
+        let inv = rope_inv_freq(hd, 10000.0);
+        let [q, k, v] = &mut bufs[..] else { unreachable!() };
+        let x = Qkv {
+            q,
+            k,
+            v,
+            bq: &bias[0],
+            bk: &bias[1],
+            bv: &bias[2],
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
+        let dest = cached.then(|| CacheRows { k: &mut ck, v: &mut cv, rows: &cache_rows });
+        b.qkv_epilogue(x, &Rope1d { positions: &pos, inv_freq: &inv, factor: 1.0 }, dest);
+        for (buf, name) in bufs.iter().zip(["q", "k", "v"]) {
+            let copy = b.device().bf16_shadow_bits(buf.mem(), b.len(buf));
+            if cached {
+                assert!(copy.is_none(), "{name}: a copy beside a cache write");
+                continue;
+            }
+            let want: Vec<u16> =
+                b.download(buf).iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect();
+            assert_eq!(
+                copy.unwrap_or_else(|| panic!("{name}: no copy")),
+                want,
+                "{name}: not the rounding"
+            );
+        }
+    }
+}

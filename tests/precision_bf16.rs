@@ -457,17 +457,17 @@ fn conversions_of_a_steady_step_on(be: CudaBackend<EmuDevice>) -> (u64, usize) {
 /// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
 ///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy);
-/// - flash attention, per layer, in every mode: the bf16 copies its kernels read
-///   (`FlashIo::Bf16`, src/backend/cuda/flash.rs): K and V in the forward, Q, K and V in the
-///   backward (dO's is written by the kernel that reads dO for D = rowsum(dO * O), when the
-///   spans cover every row, as a packed batch's do): 5.
+/// - flash attention, per layer: the bf16 copies its kernels read (`FlashIo::Bf16`,
+///   src/backend/cuda/flash.rs): K and V in the forward, Q, K and V in the backward (dO's is
+///   written by the kernel that reads dO for D = rowsum(dO * O), when the spans cover every
+///   row, as a packed batch's do): 5; with the producers, none (the q/k/v epilogue writes
+///   their copies, which the forward keeps: it passes Q read-only).
 fn predicted_conversions(act: bool, producers: bool, layers: u64, fwd: u64, bwd: u64) -> u64 {
-    let (layer_fwd, layer_bwd, head_bwd, top) = match (act, producers) {
-        (false, _) => (7, 21, 4, 0),
-        (true, false) => (4, 7, 2, 0),
-        (true, true) => (0, 0, 1, 1),
+    let (layer_fwd, layer_bwd, head_bwd, top, flash_copies) = match (act, producers) {
+        (false, _) => (7, 21, 4, 0, 5),
+        (true, false) => (4, 7, 2, 0, 5),
+        (true, true) => (0, 0, 1, 1, 0),
     };
-    let flash_copies = 2 + 3;
     layers * (layer_fwd + layer_bwd + flash_copies) + top + fwd + head_bwd * bwd
 }
 
@@ -489,28 +489,30 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
     assert_eq!(on, predicted_conversions(true, true, layers, 1, 1));
     // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward) and 2 a head
     // chunk; the producers writing xn1, xn2, att, act, dgate, dup, the two dresids', dq's,
-    // dk's and dv's copies 11 more a layer, less the top layer's first dresid, and d logits'
-    // 1 more a chunk.
+    // dk's, dv's and the flash kernels' q, k, v copies 16 more a layer, less the top layer's
+    // first dresid, and d logits' 1 more a chunk.
     let (top_dresid, d_logits) = (1, 1);
     assert_eq!(
         (off - act_only, act_only - on),
-        (layers * 17 + 2, layers * 11 - top_dresid + d_logits)
+        (layers * 17 + 2, layers * 16 - top_dresid + d_logits)
     );
     // Stored as f32 with shadows (`MMR1_BF16_OPERANDS=0`), xn1, xn2 and act convert alike.
     let (f32_stored, kept_f32_stored) =
         conversions_of_a_steady_step_on(emu_producers(true, true, true).with_bf16_operands(false));
     assert_eq!(f32_stored, on, "bf16 storage changes no conversion");
-    assert_eq!(kept_act_only, kept_f32_stored, "the producers' shadows live as the GEMMs' did");
     // Between steps: every weight (AdamW wrote its shadow); with activation shadows also each
     // layer's xn1, xn2 and act (the workspace keeps the activations; the next forward's
     // writes end them) and the last layer backward's dgate, dup, dq, dk, dv (the scratch's
     // next writes end them). No head buffer keeps one: the chunk buffers are freed. With the
-    // producers writing them, xn1, xn2, act, dgate and dup are stored as bf16 alone
-    // (`operand_buf`), with no f32 values to shadow: dq, dk and dv keep theirs.
+    // producers, also each layer's q, k, v (the epilogue's copies for the flash kernels,
+    // until the next forward's GEMMs write the buffers); and xn1, xn2, act, dgate and dup are
+    // stored as bf16 alone (`operand_buf`), with no f32 values to shadow, unless
+    // `MMR1_BF16_OPERANDS=0`.
     let (params, layers) = (params as usize, layers as usize);
     assert_eq!(kept_off, params);
-    assert_eq!(kept_f32_stored, params + 3 * layers + 5);
-    assert_eq!(kept_on, params + 3);
+    assert_eq!(kept_act_only, params + 3 * layers + 5);
+    assert_eq!(kept_f32_stored, params + 6 * layers + 5);
+    assert_eq!(kept_on, params + 3 * layers + 3);
 }
 
 /// `operand_buf` storage (bf16 alone for xn1, xn2, act, dgate and dup) gives the bits of f32

@@ -148,8 +148,15 @@ impl<'a, M> GemmIn<'a, M> {
 
 /// One kernel argument, in the order of the kernel's parameters.
 pub enum Arg<'a, M> {
-    /// Device memory (the kernel receives its base address).
+    /// Device memory (the kernel receives its base address), which the kernel may write: the
+    /// launch ends its bf16 shadow (unless `READ_ONLY_ARGS` names the position).
     Ptr(&'a M),
+    /// Device memory the kernel only reads (a `const` parameter): its bf16 shadow stays.
+    In(&'a M),
+    /// The bf16 shadow of this memory, covering its first `n` values: the kernel receives the
+    /// shadow's address (a bf16 input a producer wrote beside the f32 values; see
+    /// `Device::has_bf16_shadow`). A launch with no such shadow panics.
+    Bf16Of(&'a M, usize),
     /// A null pointer (optional inputs).
     Null,
     I32(i32),
@@ -159,14 +166,30 @@ pub enum Arg<'a, M> {
     F64(f64),
 }
 
+// By hand: a derive would ask `M: Copy` of the memory a reference points to.
+impl<M> Clone for Arg<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for Arg<'_, M> {}
+
 impl<M> Arg<'_, M> {
     /// The argument as a launch passes it: a type code (so that a u32 5 is not an i32 5 in a
     /// replay key, `replay`) and its bits in the low bytes of an 8-byte slot, from which
     /// cuLaunchKernel (and the emulator's thunk) reads the width of its parameter. `addr`
-    /// gives a buffer's device address.
-    pub fn slot(&self, addr: impl Fn(&M) -> u64) -> (u8, u64) {
+    /// gives a buffer's device address, `shadow` the address of its bf16 shadow covering `n`
+    /// values.
+    pub fn slot(
+        &self,
+        addr: impl Fn(&M) -> u64,
+        shadow: impl Fn(&M, usize) -> Option<u64>,
+    ) -> (u8, u64) {
         match self {
-            Arg::Ptr(m) => (0, addr(m)),
+            Arg::Ptr(m) | Arg::In(m) => (0, addr(m)),
+            Arg::Bf16Of(m, n) => {
+                (0, shadow(m, *n).expect("Arg::Bf16Of of a buffer with no bf16 shadow"))
+            }
             Arg::Null => (1, 0),
             Arg::I32(v) => (2, *v as u32 as u64),
             Arg::U32(v) => (3, *v as u64),
@@ -273,6 +296,12 @@ pub trait Device {
     /// naming it as an argument (through a device table, `multi`).
     fn forget_bf16_shadow(&self, mem: &Self::Mem) {
         let _ = mem;
+    }
+    /// Whether `mem` has a bf16 shadow covering its first `n` values (which a launch can pass
+    /// as `Arg::Bf16Of`).
+    fn has_bf16_shadow(&self, mem: &Self::Mem, n: usize) -> bool {
+        let _ = (mem, n);
+        false
     }
     /// The bf16 shadow of `mem` if one covers its first `n` values, as bits (tests).
     fn bf16_shadow_bits(&self, mem: &Self::Mem, n: usize) -> Option<Vec<u16>> {

@@ -563,7 +563,10 @@ impl Device for CudaDevice {
         // Each argument's bits in an 8-byte slot: cuLaunchKernel reads the width of each
         // parameter from the front of its slot (little-endian).
         let func = KernelFn(f.cu_function());
-        let slots = args.iter().map(|a| a.slot(|m| m.addr));
+        let shadow = |m: &CudaMem, n: usize| {
+            self.pool.with_shadows([(m.addr, n)], |[b]| b.map(|b| raw_addr(b, &self.stream)))
+        };
+        let slots = args.iter().map(|a| a.slot(|m| m.addr, shadow));
         let submitted = if !self.replay.in_stretch() {
             // The common case (training, prefill): straight to the driver, no unit built.
             let mut vals: Vec<u64> = slots.map(|(_, v)| v).collect();
@@ -724,6 +727,9 @@ impl Device for CudaDevice {
     }
     fn forget_bf16_shadow(&self, mem: &CudaMem) {
         self.pool.shadow_forget(mem.addr);
+    }
+    fn has_bf16_shadow(&self, mem: &CudaMem, n: usize) -> bool {
+        self.pool.with_shadows([(mem.addr, n)], |[b]| b.is_some())
     }
     fn bf16_shadow_bits(&self, mem: &CudaMem, n: usize) -> Option<Vec<u16>> {
         self.flush();

@@ -341,7 +341,10 @@ impl EmuDevice {
         }
         // Every value is stored in 8 little-endian bytes; the kernel thunk reads the width of
         // its parameter type from the front, as cuLaunchKernel's argument array is read.
-        let slots = args.iter().map(|a| a.slot(|m| m.ptr as u64));
+        let shadow = |m: &EmuMem, n: usize| {
+            self.pool.with_shadows([(m.ptr as u64, n)], |[b]| b.map(|b| b.ptr as u64))
+        };
+        let slots = args.iter().map(|a| a.slot(|m| m.ptr as u64, shadow));
         let (mut key, vals) =
             replay::kernel_key(replay::name_word(name), grid, block, shared_bytes, slots);
         let cname = CString::new(name).unwrap();
@@ -699,6 +702,9 @@ impl Device for EmuDevice {
     }
     fn forget_bf16_shadow(&self, mem: &EmuMem) {
         self.pool.shadow_forget(mem.ptr as u64);
+    }
+    fn has_bf16_shadow(&self, mem: &EmuMem, n: usize) -> bool {
+        self.pool.with_shadows([(mem.ptr as u64, n)], |[b]| b.is_some())
     }
     fn bf16_shadow_bits(&self, mem: &EmuMem, n: usize) -> Option<Vec<u16>> {
         self.flush();

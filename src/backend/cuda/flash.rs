@@ -389,11 +389,12 @@ impl<D: Device> CudaBackend<D> {
         let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
         let io = self.call_io(spans, shape, q, k);
         // The forward walks K and V (every query tile re-reads them) but reads Q once: only
-        // K and V are worth a bf16 copy.
-        let copies = (io == FlashIo::Bf16).then(|| self.bf16_copies([k, v]));
+        // K and V are worth a bf16 copy. Q is passed as read-only (`Arg::In`): its copy, if the
+        // q/k/v epilogue wrote one, stays for the backward.
+        let copies = (io == FlashIo::Bf16).then(|| self.bf16_inputs([k, v]));
         let [k_, v_] = match &copies {
-            Some(c) => c.each_ref(),
-            None => [k.mem(), v.mem()],
+            Some([k_, v_]) => [k_.arg(), v_.arg()],
+            None => [Arg::Ptr(k.mem()), Arg::Ptr(v.mem())],
         };
         let d = shape.head_dim;
         let wide = io == FlashIo::Bf16 && self.flash_fwd == FlashFwd::Wide && matches!(d, 64 | 128);
@@ -412,9 +413,9 @@ impl<D: Device> CudaBackend<D> {
                 Arg::Ptr(out.mem()),
                 super::opt_arg(out16),
                 Arg::Ptr(lse.mem()),
-                Arg::Ptr(q.mem()),
-                Arg::Ptr(k_),
-                Arg::Ptr(v_),
+                Arg::In(q.mem()),
+                k_,
+                v_,
                 Arg::Ptr(&*d_items),
                 Arg::I32(shape.n_heads as i32),
                 Arg::I32(shape.n_kv_heads as i32),
@@ -448,16 +449,19 @@ impl<D: Device> CudaBackend<D> {
         // Q and dO, and each reads the other two once.
         let io = self.call_io(spans, shape, q, k);
         let copies = (io == FlashIo::Bf16).then(|| {
-            let [q_, k_, v_] = self.bf16_copies([q, k, v]);
-            let do_ = dout16.unwrap_or_else(|| {
-                let [m] = self.bf16_copies([dout]);
-                m
-            });
+            let [q_, k_, v_] = self.bf16_inputs([q, k, v]);
+            let do_ = match dout16 {
+                Some(m) => Bf16Input::Copy(m),
+                None => {
+                    let [m] = self.bf16_inputs([dout]);
+                    m
+                }
+            };
             [do_, q_, k_, v_]
         });
         let [do_, q_, k_, v_] = match &copies {
-            Some(c) => c.each_ref(),
-            None => [dout.mem(), q.mem(), k.mem(), v.mem()],
+            Some([a, b, c, d]) => [a.arg(), b.arg(), c.arg(), d.arg()],
+            None => [dout, q, k, v].map(|x| Arg::Ptr(x.mem())),
         };
         let qt = q_tiles(spans);
         if !qt.is_empty() {
@@ -471,10 +475,10 @@ impl<D: Device> CudaBackend<D> {
                 smem,
                 &[
                     Arg::Ptr(dq.mem()),
-                    Arg::Ptr(do_),
-                    Arg::Ptr(q_),
-                    Arg::Ptr(k_),
-                    Arg::Ptr(v_),
+                    do_,
+                    q_,
+                    k_,
+                    v_,
                     Arg::Ptr(lse.mem()),
                     Arg::Ptr(dsum),
                     Arg::Ptr(&d_qt),
@@ -509,10 +513,10 @@ impl<D: Device> CudaBackend<D> {
                 &[
                     Arg::Ptr(out_k),
                     Arg::Ptr(out_v),
-                    Arg::Ptr(do_),
-                    Arg::Ptr(q_),
-                    Arg::Ptr(k_),
-                    Arg::Ptr(v_),
+                    do_,
+                    q_,
+                    k_,
+                    v_,
                     Arg::Ptr(lse.mem()),
                     Arg::Ptr(dsum),
                     Arg::Ptr(&d_kt),
@@ -561,13 +565,37 @@ impl<D: Device> CudaBackend<D> {
         call_io(self.flash_io, spans, (q.len, q_width), (k.len, kv_width))
     }
 
-    /// bf16 copies (round to nearest even) of whole f32 buffers, one conversion launch each.
-    fn bf16_copies<const N: usize>(&self, bufs: [&DevBuf<D::Mem>; N]) -> [D::Mem; N] {
+    /// The bf16 roundings (to nearest even) of whole f32 buffers for the flash kernels: each
+    /// buffer's bf16 shadow where it has one covering it (the q/k/v epilogue wrote it), else a
+    /// copy made by a conversion launch.
+    fn bf16_inputs<'a, const N: usize>(
+        &self,
+        bufs: [&'a DevBuf<D::Mem>; N],
+    ) -> [Bf16Input<'a, D::Mem>; N] {
         bufs.map(|b| {
+            if self.dev.has_bf16_shadow(b.mem(), b.len) {
+                return Bf16Input::Shadow(b.mem(), b.len);
+            }
             let m = self.dev.alloc(b.len.max(1) * 2);
             launch_f32_to_bf16(&self.dev, &m, b.mem(), b.len);
-            m
+            Bf16Input::Copy(m)
         })
+    }
+}
+
+/// Where a flash kernel reads a tensor's bf16 values: the buffer's shadow, or a copy made for
+/// the call (freed with it).
+enum Bf16Input<'a, M> {
+    Shadow(&'a M, usize),
+    Copy(M),
+}
+
+impl<M> Bf16Input<'_, M> {
+    fn arg(&self) -> Arg<'_, M> {
+        match self {
+            Bf16Input::Shadow(m, n) => Arg::Bf16Of(m, *n),
+            Bf16Input::Copy(m) => Arg::Ptr(m),
+        }
     }
 }
 

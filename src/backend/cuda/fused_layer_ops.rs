@@ -8,9 +8,10 @@
 //! projections' backward GEMMs then converted dq, dk and dv in three more.
 
 use super::device::{Arg, Device};
-use super::{opt_arg, CudaBackend, DevBuf};
+use super::{opt_arg, CudaBackend, DevBuf, FlashIo};
 use crate::backend::fused_ops::{self, CacheRows, Qkv, QkvGrads, Rope1d};
 use crate::backend::row_moves::check_rows;
+use crate::backend::AttnShape;
 
 type Buf<D> = DevBuf<<D as Device>::Mem>;
 
@@ -67,6 +68,21 @@ impl<D: Device> CudaBackend<D> {
             let r: Vec<u32> = c.rows.iter().map(|&r| r as u32).collect();
             (c.k, c.v, self.upload_index_u32(&r))
         });
+        // Without a cache (a training or log-prob forward) the flash kernels, with bf16 I/O,
+        // read bf16 copies of q, k and v, which the epilogue writes when producers write GEMM
+        // operands (the same conditions decide all three); with one, attention reads the
+        // cache instead.
+        let shape = AttnShape { n_heads: x.n_heads, n_kv_heads: x.n_kv_heads, head_dim: hd };
+        let flash_reads_copies = self.use_flash(shape) && self.flash_io == FlashIo::Bf16;
+        let copies = if dest.is_some() || !flash_reads_copies {
+            None
+        } else {
+            self.producer_shadow(x.q.mem(), rows * qd).map(|q16| {
+                let k16 = self.producer_shadow(x.k.mem(), rows * kvd).expect("as q's");
+                let v16 = self.producer_shadow(x.v.mem(), rows * kvd).expect("as q's");
+                (q16, k16, v16)
+            })
+        };
         let pairs = rows * (x.n_heads + 2 * x.n_kv_heads) * (hd / 2);
         self.elementwise(
             "qkv_epilogue_f32",
@@ -88,8 +104,16 @@ impl<D: Device> CudaBackend<D> {
                 opt_arg(dest.as_ref().map(|d| d.0.mem())),
                 opt_arg(dest.as_ref().map(|d| d.1.mem())),
                 opt_arg(dest.as_ref().map(|d| &*d.2)),
+                opt_arg(copies.as_ref().map(|c| &c.0)),
+                opt_arg(copies.as_ref().map(|c| &c.1)),
+                opt_arg(copies.as_ref().map(|c| &c.2)),
             ],
         );
+        if let Some((q16, k16, v16)) = copies {
+            self.dev.adopt_bf16_shadow(x.q.mem(), q16, rows * qd);
+            self.dev.adopt_bf16_shadow(x.k.mem(), k16, rows * kvd);
+            self.dev.adopt_bf16_shadow(x.v.mem(), v16, rows * kvd);
+        }
     }
 
     /// `Backend::add_rmsnorm`: `add_rmsnorm_f32`, writing the norm's bf16 copy too when

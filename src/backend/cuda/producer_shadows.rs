@@ -24,9 +24,11 @@
 //! when a launch names its buffer as a possibly written argument, a GEMM writes it, or it is
 //! freed. The residual gradient's copy is written by the RMSNorm backward that adds into it
 //! (`rmsnorm_backward_add`, in fused_layer_ops.rs), but for the top layer's, which the final
-//! norm's plain backward writes. Still converted by their GEMMs (docs/perf.md): that one,
-//! dq/dk (rotated in place by RoPE, then read by the bias reduction, which ends a shadow), dv,
-//! and the head's gathered rows.
+//! norm's plain backward writes; dq's, dk's and dv's by RoPE's backward
+//! (`qkv_backward_epilogue`); and q's, k's and v's, which the flash kernels read, by the
+//! forward's q/k/v epilogue. Still converted by their GEMMs (docs/perf.md): the top layer's
+//! residual gradient and the head's gathered rows. Buffers that only GEMMs read are stored as
+//! their bf16 values alone (bf16_operands.rs), with no f32 values beside them.
 
 use super::device::{Arg, Device};
 use super::{CudaBackend, DevBuf};
