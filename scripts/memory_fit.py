@@ -6,8 +6,8 @@ the buffers the code plans (src/model/forward.rs `alloc_acts_with`, src/model/ba
 `alloc_grad_scratch`, the optimizer), with the per-token activation bytes that
 tests/recompute.rs measures through the emulator's allocator (one layer in f32: 4 * (5d +
 2kvd + h + 2 + 3i) bytes per token, asserted there exactly), as a bf16 step on a GPU stores
-them (xn1, xn2, act and the backward's dgate, dup as bf16 alone; att, dq, dk, dv with a bf16
-copy). Not modelled: the CUDA context and cuBLAS
+them (xn1, xn2, act and the backward's dgate, dup as bf16 alone; att, q, k, v, dq, dk, dv
+with a bf16 copy). Not modelled: the CUDA context and cuBLAS
 workspace, allocator rounding (size classes round up by at most 12.5%) and fragmentation;
 the budget keeps HEADROOM_GIB for them.
 
@@ -66,10 +66,11 @@ def step_bytes(shape, t, recompute):
     # f32 weights, f32 gradients, f32 AdamW m and v, bf16 weight shadows (GPU default).
     state = (4 + 4 + 8 + 2) * n
     # LayerActs per token as a bf16 step on a GPU stores them (the default): f32 values, but
-    # xn1, xn2 and act as bf16 alone (`operand_buf`, src/backend/cuda/bf16_operands.rs) and
-    # att with its 2-byte shadow (the o projection's operand). The f32 layout tests/recompute.rs
-    # measures is 4 * (5d + 2kvd + h + 2 + 3i).
-    layer = 4 * (5 * d + 2 * kvd + h + 2 + 3 * i) - 2 * (2 * d + i) + 2 * d
+    # xn1, xn2 and act as bf16 alone (`operand_buf`, src/backend/cuda/bf16_operands.rs), att
+    # with its 2-byte shadow (the o projection's operand) and q, k, v with theirs (the flash
+    # kernels' inputs). The f32 layout tests/recompute.rs measures is
+    # 4 * (5d + 2kvd + h + 2 + 3i).
+    layer = 4 * (5 * d + 2 * kvd + h + 2 + 3 * i) - 2 * (2 * d + i) + 2 * (2 * d + 2 * kvd)
     kept = 4 * d * (L + 1) + layer * (1 if recompute else L) + 4 * (2 * d + 1)
     # GradScratch's [t, .] buffers: dgate and dup bf16 alone, dq, dk, dv with a bf16 copy.
     scratch = 4 * (5 * d + 2 * kvd + i) + 2 * (2 * i + d + 2 * kvd)
