@@ -33,6 +33,24 @@ extern "C" __global__ void rope_f32(real* x, const unsigned* positions, const fl
     }
 }
 
+// Thread `idx` of the q/k/v epilogues (one thread per rotated pair (i, i + half) of a head of
+// a row: the row's q heads, then its k heads, then its v heads): its pair, row, tensor
+// (`which`: 0 q, 1 k, 2 v) and head within that tensor.
+struct QkvPair {
+    int i, which, head;
+    long long t;
+};
+__device__ __forceinline__ QkvPair qkv_pair(long long idx, int half, int heads, int n_heads, int n_kv) {
+    QkvPair p;
+    p.i = (int)(idx % half);
+    const long long th = idx / half;
+    const int h = (int)(th % heads);
+    p.t = th / heads;
+    p.which = h < n_heads ? 0 : (h < n_heads + n_kv ? 1 : 2);
+    p.head = p.which == 0 ? h : (p.which == 1 ? h - n_heads : h - n_heads - n_kv);
+    return p;
+}
+
 // A layer's attention inputs from their projections in one pass (Backend::qkv_epilogue; the
 // reference is the ops one after another, src/backend/fused_ops.rs): the biases added, q and
 // k rotated as rope_f32 does and multiplied by `factor` unless it is 1 (scale_f32), and with
@@ -51,13 +69,9 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
     const int heads = n_heads + 2 * n_kv;
     const long long total = (long long)ntok * heads * half;
     GRID_STRIDE(idx, total) {
-        const int i = (int)(idx % half);
-        const long long th = idx / half;
-        const int h = (int)(th % heads);
-        const long long t = th / heads;
-        // 0: q, 1: k, 2: v.
-        const int which = h < n_heads ? 0 : (h < n_heads + n_kv ? 1 : 2);
-        const int hh = which == 0 ? h : (which == 1 ? h - n_heads : h - n_heads - n_kv);
+        const QkvPair pr = qkv_pair(idx, half, heads, n_heads, n_kv);
+        const int i = pr.i, which = pr.which, hh = pr.head;
+        const long long t = pr.t;
         const int width = (which == 0 ? n_heads : n_kv) * head_dim;
         real* x = which == 0 ? q : (which == 1 ? k : v);
         const real* bias = which == 0 ? bq : (which == 1 ? bk : bv);
@@ -101,14 +115,10 @@ extern "C" __global__ void qkv_bwd_epilogue_f32(real* dq, real* dk, const real* 
     const int heads = n_heads + (dq16 ? 2 : 1) * n_kv;
     const long long total = (long long)ntok * heads * half;
     GRID_STRIDE(idx, total) {
-        const int i = (int)(idx % half);
-        const long long th = idx / half;
-        const int h = (int)(th % heads);
-        const long long t = th / heads;
-        // 0: dq, 1: dk, 2: dv.
-        const int which = h < n_heads ? 0 : (h < n_heads + n_kv ? 1 : 2);
-        const int hh = which == 0 ? h : (which == 1 ? h - n_heads : h - n_heads - n_kv);
-        const long long at = t * (which == 0 ? n_heads : n_kv) * head_dim + hh * head_dim + i;
+        const QkvPair pr = qkv_pair(idx, half, heads, n_heads, n_kv);
+        const int i = pr.i, which = pr.which; // which 0: dq, 1: dk, 2: dv
+        const long long t = pr.t;
+        const long long at = t * (which == 0 ? n_heads : n_kv) * head_dim + pr.head * head_dim + i;
         float a, b;
         if (which == 2) {
             a = dv[at];

@@ -71,17 +71,15 @@ fn run_qkv<B: Backend>(
     [&q, &k, &v, &ck, &cv].iter().map(|x| b.download(x)).collect()
 }
 
+/// (rows, query heads, kv heads, head dim) of the q/k/v epilogue tests: one row, grouped
+/// heads, Qwen2.5-0.5B's 14/2 at 64, and odd (5) and tiny (2, 6) head dims.
+const QKV_SHAPES: [(usize, usize, usize, usize); 6] =
+    [(1, 2, 1, 8), (5, 4, 2, 16), (13, 3, 3, 6), (7, 14, 2, 64), (3, 2, 1, 5), (4, 2, 2, 2)];
+
 fn qkv_epilogue<B: Backend>(b: &B) {
     let mut r = rng(41);
     let mut cases = Vec::new();
-    for (rows, n_heads, n_kv, hd) in [
-        (1usize, 2usize, 1usize, 8usize),
-        (5, 4, 2, 16),
-        (13, 3, 3, 6),
-        (7, 14, 2, 64),
-        (3, 2, 1, 5),
-        (4, 2, 2, 2),
-    ] {
+    for (rows, n_heads, n_kv, hd) in QKV_SHAPES {
         for factor in [1.0f32, 1.2247449] {
             for cached in [false, true] {
                 let cache = cached.then(|| {
@@ -296,14 +294,7 @@ fn run_qkv_backward<B: Backend>(
 /// CPU's rounding).
 fn qkv_backward_epilogue<B: Backend>(b: &B) {
     let mut r = rng(47);
-    for (rows, n_heads, n_kv, hd) in [
-        (1usize, 2usize, 1usize, 8usize),
-        (5, 4, 2, 16),
-        (13, 3, 3, 6),
-        (7, 14, 2, 64),
-        (3, 2, 1, 5),
-        (4, 2, 2, 2),
-    ] {
+    for (rows, n_heads, n_kv, hd) in QKV_SHAPES {
         for factor in [1.0f32, 1.2247449] {
             let c = QkvCase { rows, n_heads, n_kv, hd, factor, cache: None };
             let (qd, kvd) = (n_heads * hd, n_kv * hd);

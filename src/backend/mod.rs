@@ -2,8 +2,9 @@
 //! reference (`cpu`), and, behind features, the CUDA backend.
 //!
 //! Conventions shared by every implementation:
-//! - Buffers hold logical f32 values, row-major. Both backends store f32 today; one that
-//!   stored another type would still take and return f32 values.
+//! - Buffers hold logical f32 values, row-major, and backends store f32, but for the GEMM
+//!   operands `operand_buf` makes, which the CUDA backend in bf16 mode stores as bf16 values
+//!   alone (only `matmul` reads them; `download` widens them).
 //! - An op writes every element of its output (never relies on it being zeroed) unless its
 //!   doc says it accumulates (`+=`). Tests poison outputs to hold every backend to this.
 //! - Token ids, positions and row lists are host slices: they are tiny next to the

@@ -74,15 +74,9 @@ impl<D: Device> CudaBackend<D> {
         // cache instead.
         let shape = AttnShape { n_heads: x.n_heads, n_kv_heads: x.n_kv_heads, head_dim: hd };
         let flash_reads_copies = self.use_flash(shape) && self.flash_io == FlashIo::Bf16;
-        let copies = if dest.is_some() || !flash_reads_copies {
-            None
-        } else {
-            self.producer_shadow(x.q.mem(), rows * qd).map(|q16| {
-                let k16 = self.producer_shadow(x.k.mem(), rows * kvd).expect("as q's");
-                let v16 = self.producer_shadow(x.v.mem(), rows * kvd).expect("as q's");
-                (q16, k16, v16)
-            })
-        };
+        let sizes = [(&*x.q, rows * qd), (&*x.k, rows * kvd), (&*x.v, rows * kvd)];
+        let copies =
+            if dest.is_some() || !flash_reads_copies { None } else { self.three_shadows(sizes) };
         let pairs = rows * (x.n_heads + 2 * x.n_kv_heads) * (hd / 2);
         self.elementwise(
             "qkv_epilogue_f32",
@@ -104,15 +98,27 @@ impl<D: Device> CudaBackend<D> {
                 opt_arg(dest.as_ref().map(|d| d.0.mem())),
                 opt_arg(dest.as_ref().map(|d| d.1.mem())),
                 opt_arg(dest.as_ref().map(|d| &*d.2)),
-                opt_arg(copies.as_ref().map(|c| &c.0)),
-                opt_arg(copies.as_ref().map(|c| &c.1)),
-                opt_arg(copies.as_ref().map(|c| &c.2)),
+                opt_arg(copies.as_ref().map(|c| &c[0])),
+                opt_arg(copies.as_ref().map(|c| &c[1])),
+                opt_arg(copies.as_ref().map(|c| &c[2])),
             ],
         );
-        if let Some((q16, k16, v16)) = copies {
-            self.dev.adopt_bf16_shadow(x.q.mem(), q16, rows * qd);
-            self.dev.adopt_bf16_shadow(x.k.mem(), k16, rows * kvd);
-            self.dev.adopt_bf16_shadow(x.v.mem(), v16, rows * kvd);
+        self.adopt_three(sizes, copies);
+    }
+
+    /// Memory for the bf16 copies of three buffers (`producer_shadow` of each, by their first
+    /// values): all three, or None when producers write none (the same conditions decide
+    /// each).
+    fn three_shadows(&self, bufs: [(&Buf<D>, usize); 3]) -> Option<[D::Mem; 3]> {
+        let [a, b, c] = bufs.map(|(buf, n)| self.producer_shadow(buf.mem(), n));
+        Some([a?, b.expect("as the first's"), c.expect("as the first's")])
+    }
+
+    /// Makes `copies` (from `three_shadows` of the same buffers) their shadows, after the
+    /// launch that wrote them.
+    fn adopt_three(&self, bufs: [(&Buf<D>, usize); 3], copies: Option<[D::Mem; 3]>) {
+        for ((buf, n), copy) in bufs.into_iter().zip(copies.into_iter().flatten()) {
+            self.dev.adopt_bf16_shadow(buf.mem(), copy, n);
         }
     }
 
@@ -214,11 +220,8 @@ impl<D: Device> CudaBackend<D> {
         let inv = self.upload_index_bytes(bytemuck::cast_slice(rope.inv_freq));
         let pos = self.upload_index_u32(rope.positions);
         // The same conditions decide all three: each or none.
-        let copies = self.producer_shadow(x.dq.mem(), rows * qd).map(|q16| {
-            let k16 = self.producer_shadow(x.dk.mem(), rows * kvd).expect("as dq's");
-            let v16 = self.producer_shadow(x.dv.mem(), rows * kvd).expect("as dq's");
-            (q16, k16, v16)
-        });
+        let sizes = [(&*x.dq, rows * qd), (&*x.dk, rows * kvd), (x.dv, rows * kvd)];
+        let copies = self.three_shadows(sizes);
         let heads = x.n_heads + if copies.is_some() { 2 } else { 1 } * x.n_kv_heads;
         self.elementwise(
             "qkv_bwd_epilogue_f32",
@@ -227,9 +230,9 @@ impl<D: Device> CudaBackend<D> {
                 Arg::Ptr(x.dq.mem()),
                 Arg::Ptr(x.dk.mem()),
                 Arg::Ptr(x.dv.mem()),
-                opt_arg(copies.as_ref().map(|c| &c.0)),
-                opt_arg(copies.as_ref().map(|c| &c.1)),
-                opt_arg(copies.as_ref().map(|c| &c.2)),
+                opt_arg(copies.as_ref().map(|c| &c[0])),
+                opt_arg(copies.as_ref().map(|c| &c[1])),
+                opt_arg(copies.as_ref().map(|c| &c[2])),
                 Arg::Ptr(&*pos),
                 Arg::Ptr(&*inv),
                 Arg::I32(rows as i32),
@@ -239,10 +242,6 @@ impl<D: Device> CudaBackend<D> {
                 Arg::F32(rope.factor),
             ],
         );
-        if let Some((q16, k16, v16)) = copies {
-            self.dev.adopt_bf16_shadow(x.dq.mem(), q16, rows * qd);
-            self.dev.adopt_bf16_shadow(x.dk.mem(), k16, rows * kvd);
-            self.dev.adopt_bf16_shadow(x.dv.mem(), v16, rows * kvd);
-        }
+        self.adopt_three(sizes, copies);
     }
 }
