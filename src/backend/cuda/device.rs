@@ -354,8 +354,14 @@ mod tests {
             }
         }
         for &(name, pos) in READ_ONLY_ARGS {
-            let at = src.find(&format!(" {name}(")).unwrap_or_else(|| panic!("no kernel {name}"));
-            let params = &src[at + name.len() + 2..];
+            // The definition (on a `__global__` line), not a device-side call of that name.
+            let head = format!(" {name}(");
+            let is_kernel = |at: usize| {
+                src[src[..at].rfind('\n').map_or(0, |l| l + 1)..at].contains("__global__")
+            };
+            let at = (src.match_indices(&head).map(|(at, _)| at).find(|&at| is_kernel(at)))
+                .unwrap_or_else(|| panic!("no kernel {name}"));
+            let params = &src[at + head.len()..];
             let params = &params[..params.find(')').unwrap()];
             let p = params.split(',').nth(pos).unwrap_or_else(|| panic!("{name}: no arg {pos}"));
             let p = p.trim();
