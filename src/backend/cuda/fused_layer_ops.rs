@@ -75,8 +75,11 @@ impl<D: Device> CudaBackend<D> {
         let shape = AttnShape { n_heads: x.n_heads, n_kv_heads: x.n_kv_heads, head_dim: hd };
         let flash_reads_copies = self.use_flash(shape) && self.flash_io == FlashIo::Bf16;
         let sizes = [(&*x.q, rows * qd), (&*x.k, rows * kvd), (&*x.v, rows * kvd)];
-        let copies =
-            if dest.is_some() || !flash_reads_copies { None } else { self.three_shadows(sizes) };
+        let copies = if dest.is_some() || !flash_reads_copies {
+            None
+        } else {
+            self.producer_shadows_of(sizes)
+        };
         let pairs = rows * (x.n_heads + 2 * x.n_kv_heads) * (hd / 2);
         self.elementwise(
             "qkv_epilogue_f32",
@@ -103,23 +106,7 @@ impl<D: Device> CudaBackend<D> {
                 opt_arg(copies.as_ref().map(|c| &c[2])),
             ],
         );
-        self.adopt_three(sizes, copies);
-    }
-
-    /// Memory for the bf16 copies of three buffers (`producer_shadow` of each, by their first
-    /// values): all three, or None when producers write none (the same conditions decide
-    /// each).
-    fn three_shadows(&self, bufs: [(&Buf<D>, usize); 3]) -> Option<[D::Mem; 3]> {
-        let [a, b, c] = bufs.map(|(buf, n)| self.producer_shadow(buf.mem(), n));
-        Some([a?, b.expect("as the first's"), c.expect("as the first's")])
-    }
-
-    /// Makes `copies` (from `three_shadows` of the same buffers) their shadows, after the
-    /// launch that wrote them.
-    fn adopt_three(&self, bufs: [(&Buf<D>, usize); 3], copies: Option<[D::Mem; 3]>) {
-        for ((buf, n), copy) in bufs.into_iter().zip(copies.into_iter().flatten()) {
-            self.dev.adopt_bf16_shadow(buf.mem(), copy, n);
-        }
+        self.adopt_shadows(sizes, copies);
     }
 
     /// `Backend::add_rmsnorm`: `add_rmsnorm_f32`, writing the norm's bf16 copy too when
@@ -221,7 +208,7 @@ impl<D: Device> CudaBackend<D> {
         let pos = self.upload_index_u32(rope.positions);
         // The same conditions decide all three: each or none.
         let sizes = [(&*x.dq, rows * qd), (&*x.dk, rows * kvd), (x.dv, rows * kvd)];
-        let copies = self.three_shadows(sizes);
+        let copies = self.producer_shadows_of(sizes);
         let heads = x.n_heads + if copies.is_some() { 2 } else { 1 } * x.n_kv_heads;
         self.elementwise(
             "qkv_bwd_epilogue_f32",
@@ -242,6 +229,6 @@ impl<D: Device> CudaBackend<D> {
                 Arg::F32(rope.factor),
             ],
         );
-        self.adopt_three(sizes, copies);
+        self.adopt_shadows(sizes, copies);
     }
 }

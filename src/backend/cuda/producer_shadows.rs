@@ -86,6 +86,28 @@ impl<D: Device> CudaBackend<D> {
         })
     }
 
+    /// `producer_shadow` of several outputs of one launch (each by its first `n` values): all
+    /// of them, or None when producers write none (the same conditions decide each).
+    pub(super) fn producer_shadows_of<const N: usize>(
+        &self,
+        outs: [(&Buf<D>, usize); N],
+    ) -> Option<[D::Mem; N]> {
+        let shadows = outs.map(|(out, n)| self.producer_shadow(out.mem(), n));
+        shadows.iter().all(Option::is_some).then(|| shadows.map(|s| s.expect("all are some")))
+    }
+
+    /// Makes `shadows` (from `producer_shadows_of` the same outputs) their shadows, after the
+    /// launch that wrote them (which ends the old ones).
+    pub(super) fn adopt_shadows<const N: usize>(
+        &self,
+        outs: [(&Buf<D>, usize); N],
+        shadows: Option<[D::Mem; N]>,
+    ) {
+        for ((out, n), s) in outs.into_iter().zip(shadows.into_iter().flatten()) {
+            self.dev.adopt_bf16_shadow(out.mem(), s, n);
+        }
+    }
+
     /// Runs `launch`, a launch that writes the first `n` values of `out`, given where to write
     /// them: the f32 values (`out`'s memory, or null when `out` is stored as bf16 alone:
     /// bf16_operands.rs) and their bf16 roundings (`out` itself then; else the memory for its
@@ -238,17 +260,18 @@ impl<D: Device> CudaBackend<D> {
         let n = dgate.len;
         // Both outputs bf16 alone (the model plans them together; one alone fails at `mem`).
         let stored = dgate.bf16_mem().zip(dup.bf16_mem());
-        // Else both shadows or neither: the same conditions decide each.
+        // Else both shadows or neither.
+        let outs = [(&*dgate, n), (&*dup, n)];
         let shadows = match stored {
             Some(_) => None,
-            None => self.producer_shadow(dgate.mem(), n).zip(self.producer_shadow(dup.mem(), n)),
+            None => self.producer_shadows_of(outs),
         };
         let (name, mut args) = match (stored, &shadows) {
             (Some((g16, u16)), _) => (
                 "swiglu_bwd_bf16shadow_f32",
                 vec![Arg::Null, Arg::Null, Arg::Ptr(g16), Arg::Ptr(u16)],
             ),
-            (None, Some((g16, u16))) => (
+            (None, Some([g16, u16])) => (
                 "swiglu_bwd_bf16shadow_f32",
                 vec![Arg::Ptr(dgate.mem()), Arg::Ptr(dup.mem()), Arg::Ptr(g16), Arg::Ptr(u16)],
             ),
@@ -261,10 +284,7 @@ impl<D: Device> CudaBackend<D> {
             Arg::I64(n as i64),
         ]);
         self.elementwise(name, n, &args);
-        if let Some((g16, u16)) = shadows {
-            self.dev.adopt_bf16_shadow(dgate.mem(), g16, n);
-            self.dev.adopt_bf16_shadow(dup.mem(), u16, n);
-        }
+        self.adopt_shadows(outs, shadows);
     }
 }
 
