@@ -394,7 +394,7 @@ mod gpu {
             b.set_flash_mask(FlashMask::default());
         }
         // Decode: 32 sequences with 4096 cached keys each, one new query each; the bytes are
-        // the K and V cache rows read (f32 storage).
+        // the K and V cache rows read (f32 storage, then bf16).
         let (ns, len) = (32usize, 4096usize);
         let spans: Vec<AttnSpan> = (0..ns)
             .map(|i| AttnSpan { q_start: i, q_len: 1, kv_start: i * len, kv_len: len })
@@ -406,18 +406,27 @@ mod gpu {
             rand_buf(&b, &mut r, ns * len * hkv * hd, 1.0),
         );
         let (mut ao, mut lse) = (b.zeros(ns * h * hd), b.zeros(ns * h));
-        let bytes = 2 * ns * len * hkv * hd * 4;
-        // Both decode kernels (DecodeKernel) on the same inputs, side by side.
+        // The same keys and values in a KV cache of bf16 storage (`Backend::kv_cache_buf`, the
+        // default under flash attention): half the bytes.
+        let rows: Vec<usize> = (0..ns * len).collect();
+        let (mut k16, mut v16) =
+            (b.kv_cache_buf(b.len(&k), shape), b.kv_cache_buf(b.len(&v), shape));
+        b.scatter_rows(&mut k16, &rows, &k, hkv * hd);
+        b.scatter_rows(&mut v16, &rows, &v, hkv * hd);
+        // Both decode kernels (DecodeKernel) on the same inputs, side by side, on each cache.
         for (kernel, tag) in [(DecodeKernel::Split, ""), (DecodeKernel::Staged, "staged_")] {
             b.set_decode_kernel(kernel);
-            let id = format!("flash_decode_{tag}{ns}x{len}_h{h}kv{hkv}_d{hd}");
-            g.throughput(Throughput::Bytes(bytes as u64));
-            g.bench_function(&id, |bch| {
-                bch.iter_custom(|it| {
-                    timed(&b, it, || b.attention(&mut ao, &mut lse, &q, &k, &v, &spans, shape))
-                })
-            });
-            meta.record(&id, bytes as f64, 0.0);
+            for (kc, vc, value_bytes, cache) in [(&k, &v, 4, ""), (&k16, &v16, 2, "bf16cache_")] {
+                let bytes = 2 * ns * len * hkv * hd * value_bytes;
+                let id = format!("flash_decode_{tag}{cache}{ns}x{len}_h{h}kv{hkv}_d{hd}");
+                g.throughput(Throughput::Bytes(bytes as u64));
+                g.bench_function(&id, |bch| {
+                    bch.iter_custom(|it| {
+                        timed(&b, it, || b.attention(&mut ao, &mut lse, &q, kc, vc, &spans, shape))
+                    })
+                });
+                meta.record(&id, bytes as f64, 0.0);
+            }
         }
         b.set_decode_kernel(DecodeKernel::default());
         g.finish();

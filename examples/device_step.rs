@@ -369,7 +369,8 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         "slots": (!o.host_sampling).then_some(slots.slots),
         "occupancy": (!o.host_sampling).then(|| slots.occupancy()),
         "decode_steps": decode_steps,
-        "kv_cache_bytes": (!o.host_sampling).then_some(slots.kv_values * 4),
+        "kv_cache_bytes": (!o.host_sampling)
+            .then(|| slots.kv_values * be.kv_cache_value_bytes(model.attn_shape())),
         "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
         "token_checksums": checksums,
         // Decode steps replayed as CUDA graphs (MMR1_GRAPHS=1), over all rollouts.

@@ -160,14 +160,19 @@ extern "C" __global__ void adamw_many_f32(const AdamwSpan* table, int count, flo
 // (t when null) gets source row src_rows[t] (t when null), t < n_rows. A scatter (the decode
 // step's KV-cache writes: one new row per slot, never contiguous across slots) or a gather
 // (the rows the lm_head reads). The host checks that the rows are in range and that
-// destination rows are distinct, so no two threads write one element.
-extern "C" __global__ void copy_rows_f32(real* dst, const unsigned* dst_rows, const real* src,
+// destination rows are distinct, so no two threads write one element. With `dst16` (else
+// null; `dst` null then) the destination is in bf16 storage and gets the roundings (a KV cache
+// of Backend::kv_cache_buf).
+extern "C" __global__ void copy_rows_f32(real* dst, unsigned short* dst16, const unsigned* dst_rows, const real* src,
                                          const unsigned* src_rows, int n_rows, int width) {
     const long long total = (long long)n_rows * width;
     GRID_STRIDE(i, total) {
         const long long t = i / width, c = i % width;
         const long long d = dst_rows ? (long long)dst_rows[t] : t;
         const long long s = src_rows ? (long long)src_rows[t] : t;
-        dst[d * width + c] = src[s * width + c];
+        if (dst16)
+            dst16[d * width + c] = bf16_bits(src[s * width + c]);
+        else
+            dst[d * width + c] = src[s * width + c];
     }
 }

@@ -960,6 +960,22 @@ struct __align__(16) dec_f4 {
     float x, y, z, w;
 };
 
+// The KV cache in f32 or bf16 storage (`Backend::kv_cache_buf`: bf16 where the flash kernels
+// read it, which round K and V to bf16 at their tensor cores anyway). The decode kernels widen
+// bf16 values as they read them and compute in f32 either way, so a bf16 cache gives the bits
+// of an f32 cache holding the same (rounded) values: tests/flash_attention.rs holds them to it.
+// Four consecutive values of a row (row 16-byte aligned for f32, 8-byte for bf16).
+__device__ __forceinline__ dec_f4 dec_piece(const float* row, int c4) {
+    return reinterpret_cast<const dec_f4*>(row)[c4];
+}
+__device__ __forceinline__ dec_f4 dec_piece(const fa_b16* row, int c4) {
+    const fa_u2 u = reinterpret_cast<const fa_u2*>(row)[c4]; // low half first
+    return {__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+            __uint_as_float(u.y & 0xffff0000u)};
+}
+__device__ __forceinline__ float dec_value(const float* row, int c) { return row[c]; }
+__device__ __forceinline__ float dec_value(const fa_b16* row, int c) { return __uint_as_float((unsigned)row[c] << 16); }
+
 // The two decode kernels below share their arithmetic through these helpers, so that they
 // compute the same bits and differ only in where the K and V rows are read from.
 // `m`, `l`: running max (log2 units) and sum per query head of the group; `o`: the
@@ -969,17 +985,16 @@ struct __align__(16) dec_f4 {
 // read in 16-byte pieces; `valid` false past the chunk's end) against the group's scaled
 // queries `qs` ([group][d]), then every head's max and sum are updated and its probabilities
 // written to `sP` ([DEC_MAXG][32]) for the value pass, and `o` rescaled.
-template <int E>
+template <int E, typename KT>
 __device__ __forceinline__ void dec_scores(float m[DEC_MAXG], float l[DEC_MAXG], float o[DEC_MAXG][E],
-                                           const float* qs, const float* krow, bool valid, float* sP,
+                                           const float* qs, const KT* krow, bool valid, float* sP,
                                            int group, int d, int lane) {
     float s[DEC_MAXG];
 #pragma unroll
     for (int g = 0; g < DEC_MAXG; g++) s[g] = 0.0f;
     if (valid) {
-        const dec_f4* kr = reinterpret_cast<const dec_f4*>(krow);
         for (int c4 = 0; c4 < d / 4; c4++) {
-            const dec_f4 kk = kr[c4];
+            const dec_f4 kk = dec_piece(krow, c4);
 #pragma unroll
             for (int g = 0; g < DEC_MAXG; g++)
                 if (g < group) {
@@ -1004,16 +1019,16 @@ __device__ __forceinline__ void dec_scores(float m[DEC_MAXG], float l[DEC_MAXG],
 
 // The value pass of a tile: lanes split the head dim, keys in order; key jj's V row at
 // `vbase + jj * vstride`. `sP` must be visible to the whole warp (a __syncwarp before).
-template <int E>
-__device__ __forceinline__ void dec_values(float o[DEC_MAXG][E], const real* vbase, long long vstride, const float* sP,
+template <int E, typename VT>
+__device__ __forceinline__ void dec_values(float o[DEC_MAXG][E], const VT* vbase, long long vstride, const float* sP,
                                            int nt, int group, int d, int lane) {
     for (int jj = 0; jj < nt; jj++) {
-        const real* vr = vbase + jj * vstride;
+        const VT* vr = vbase + jj * vstride;
 #pragma unroll
         for (int e = 0; e < E; e++) {
             const int c = lane + 32 * e;
             if (c < d) {
-                const float vv = vr[c];
+                const float vv = dec_value(vr, c);
 #pragma unroll
                 for (int g = 0; g < DEC_MAXG; g++)
                     if (g < group) o[g][e] += sP[g * 32 + jj] * vv;
@@ -1055,10 +1070,12 @@ __device__ __forceinline__ void dec_write_partials(float* part_o, float* part_ml
 
 // Version 1 (measured: 356 us for 32 x 4096 keys, h12 kv2 d128 on an H100, 22% of HBM): each
 // lane reads its key's K row and the warp each V row straight from global memory, about one
-// load per warp in flight. Any head dim that is a multiple of 4 up to DEC_MAXD.
-extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, const real* q, const real* k,
-                                              const real* v, const int* items, int n_items, int n_heads, int n_kv,
-                                              int d, float scale) {
+// load per warp in flight. Any head dim that is a multiple of 4 up to DEC_MAXD; K and V in f32
+// (`flash_decode_split`) or bf16 (`flash_decode_split_bf16`) storage.
+template <typename KV>
+__device__ __forceinline__ void flash_decode_split_t(float* part_o, float* part_ml, const real* q, const KV* k,
+                                                     const KV* v, const int* items, int n_items, int n_heads,
+                                                     int n_kv, int d, float scale) {
     SHARED(float, sQ, [DEC_WARPS][DEC_MAXG * DEC_MAXD]);
     SHARED(float, sP, [DEC_WARPS][DEC_MAXG * 32]);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1075,7 +1092,7 @@ extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, con
     const long long stride = (long long)n_kv * d; // between consecutive keys' rows of one kv head
     for (int t0 = 0; t0 < nkeys; t0 += 32) {
         const bool valid = t0 + lane < nkeys;
-        const real* krow = k + ((kv0 + t0 + lane) * n_kv + kvh) * d;
+        const KV* krow = k + ((kv0 + t0 + lane) * n_kv + kvh) * d;
         dec_scores<DEC_MAXD / 32>(m, l, o, qs, valid ? krow : nullptr, valid, sP[warp], group, d, lane);
         __syncwarp();
         dec_values<DEC_MAXD / 32>(o, v + ((kv0 + t0) * n_kv + kvh) * d, stride, sP[warp], fa_imin(32, nkeys - t0),
@@ -1084,56 +1101,68 @@ extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, con
     }
     dec_write_partials<DEC_MAXD / 32>(part_o, part_ml, m, l, o, it, n_heads, kvh, group, d, lane);
 }
+extern "C" __global__ void flash_decode_split(float* part_o, float* part_ml, const real* q, const real* k,
+                                              const real* v, const int* items, int n_items, int n_heads, int n_kv,
+                                              int d, float scale) {
+    flash_decode_split_t(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, d, scale);
+}
+extern "C" __global__ void flash_decode_split_bf16(float* part_o, float* part_ml, const real* q, const fa_b16* k,
+                                                   const fa_b16* v, const int* items, int n_items, int n_heads,
+                                                   int n_kv, int d, float scale) {
+    flash_decode_split_t(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, d, scale);
+}
 
-// Version 2, "staged" (head dims 64 and 128; UNMEASURED until a GPU runs the decode bench):
-// the same items, partials and arithmetic (the same bits), but each warp copies its tile's
-// K and V rows into shared memory with cp.async (16-byte pieces, consecutive lanes on
-// consecutive pieces of a row: every warp instruction moves whole rows), so a warp has a
-// whole tile's 2 x 32 x D x 4 bytes in flight instead of one load, without holding them in
-// registers (the register-batched attempt went 120 -> 153 registers and got slower). The
-// next tile's K is copied while this tile's values are summed, and its V while the next
-// scores are computed:
+// Version 2, "staged" (head dims 64 and 128; measured: 172 us = 47% of HBM on the bench
+// above, f32 storage): the same items, partials and arithmetic (the same bits), but each warp
+// copies its tile's K and V rows into shared memory with cp.async (16-byte pieces, consecutive
+// lanes on consecutive pieces of a row: every warp instruction moves whole rows), so a warp has
+// a whole tile's 2 x 32 rows in flight instead of one load, without holding them in registers
+// (the register-batched attempt went 120 -> 153 registers and got slower). The next tile's K
+// is copied while this tile's values are summed, and its V while the next scores are computed:
 //   K0 V0 | scores(K0) K1 values(V0) V1 | scores(K1) K2 values(V1) V2 | ...
 // each stage waiting (cp.async.wait_group 1) only for the group it reads. K rows are padded
-// by 16 bytes, so the lanes' row reads (one key per lane) fall on distinct banks.
+// by 16 bytes: the lanes' row reads (one key per lane) fall on distinct banks in f32, two lanes
+// a bank in bf16 (8-byte reads of rows 144 or 272 bytes apart), which keeps cp.async's 16-byte
+// alignment. bf16 storage (`_bf16_`): half the bytes from HBM and half the shared memory.
 #define DEC_ST_WARPS 2 // = the kernels' __launch_bounds__(64) / 32 (build.rs reads the bound as a number)
-template <int D>
+template <int D, typename KV>
 struct dec_st {
-    static constexpr int KPAD = D + 4;
-    // floats per warp: K tile, V tile, the group's queries, the probabilities
-    static constexpr int PER_WARP = 32 * KPAD + 32 * D + DEC_MAXG * D + DEC_MAXG * 32;
+    static constexpr int KPAD = D + 16 / (int)sizeof(KV);
+    // bytes per warp: K tile, V tile (storage type), the group's queries, the probabilities (f32)
+    static constexpr int PER_WARP = (32 * KPAD + 32 * D) * (int)sizeof(KV) + (DEC_MAXG * D + DEC_MAXG * 32) * 4;
 };
 
-// Copies keys t0 .. t0 + nt - 1 of the chunk (rows `base + key * stride`, D floats each) into
-// `dst` (rows `dpitch` floats apart), 16 bytes per cp.async.
-template <int D>
-__device__ __forceinline__ void dec_stage_rows(float* dst, int dpitch, const real* base, long long stride, int nt,
+// Copies keys t0 .. t0 + nt - 1 of the chunk (rows `base + key * stride`, D values each) into
+// `dst` (rows `dpitch` values apart), 16 bytes per cp.async.
+template <int D, typename KV>
+__device__ __forceinline__ void dec_stage_rows(KV* dst, int dpitch, const KV* base, long long stride, int nt,
                                                int lane) {
-    constexpr int P = D / 4; // pieces per row
+    constexpr int W = 16 / (int)sizeof(KV), P = D / W; // values a piece, pieces a row
     for (int p = lane; p < nt * P; p += 32) {
-        const int j = p / P, c4 = p % P;
-        cp_async_16(dst + j * dpitch + 4 * c4, base + j * stride + 4 * c4);
+        const int j = p / P, c = p % P;
+        cp_async_16(dst + j * dpitch + W * c, base + j * stride + W * c);
     }
 }
 
-template <int D>
-__device__ __forceinline__ void flash_decode_staged(float* part_o, float* part_ml, const real* q, const real* k,
-                                                    const real* v, const int* items, int n_items, int n_heads,
+template <int D, typename KV>
+__device__ __forceinline__ void flash_decode_staged(float* part_o, float* part_ml, const real* q, const KV* k,
+                                                    const KV* v, const int* items, int n_items, int n_heads,
                                                     int n_kv, float scale) {
-    constexpr int E = D / 32, KPAD = dec_st<D>::KPAD;
-    DYN_SMEM(float, smem);
+    using ST = dec_st<D, KV>;
+    constexpr int E = D / 32, KPAD = ST::KPAD;
+    DYN_SMEM(unsigned char, smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int it = blockIdx.x * DEC_ST_WARPS + warp, kvh = blockIdx.y, group = n_heads / n_kv;
     if (it >= n_items) return; // whole warp: no block-wide barrier below
-    float* sK = smem + warp * dec_st<D>::PER_WARP;
-    float* sV = sK + 32 * KPAD;
-    float* qs = sV + 32 * D;
+    KV* sK = reinterpret_cast<KV*>(smem + warp * ST::PER_WARP);
+    KV* sV = sK + 32 * KPAD;
+    float* qs = reinterpret_cast<float*>(sV + 32 * D);
     float* sP = qs + DEC_MAXG * D;
     const long long qrow = items[4 * it], kv0 = items[4 * it + 1];
     const int nkeys = items[4 * it + 2];
     const long long stride = (long long)n_kv * D;
-    const real* kb = k + (kv0 * n_kv + kvh) * D;
-    const real* vb = v + (kv0 * n_kv + kvh) * D;
+    const KV* kb = k + (kv0 * n_kv + kvh) * D;
+    const KV* vb = v + (kv0 * n_kv + kvh) * D;
     dec_stage_rows<D>(sK, KPAD, kb, stride, fa_imin(32, nkeys), lane);
     cp_async_commit();
     dec_stage_rows<D>(sV, D, vb, stride, fa_imin(32, nkeys), lane);
@@ -1169,6 +1198,16 @@ extern "C" __global__ void __launch_bounds__(64)
 extern "C" __global__ void __launch_bounds__(64)
     flash_decode_staged_d128(float* part_o, float* part_ml, const real* q, const real* k, const real* v,
                              const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_staged<128>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(64)
+    flash_decode_staged_bf16_d64(float* part_o, float* part_ml, const real* q, const fa_b16* k, const fa_b16* v,
+                                 const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_staged<64>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(64)
+    flash_decode_staged_bf16_d128(float* part_o, float* part_ml, const real* q, const fa_b16* k, const fa_b16* v,
+                                  const int* items, int n_items, int n_heads, int n_kv, float scale) {
     flash_decode_staged<128>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
 }
 

@@ -55,7 +55,8 @@ __device__ __forceinline__ QkvPair qkv_pair(long long idx, int half, int heads, 
 // reference is the ops one after another, src/backend/fused_ops.rs): the biases added, q and
 // k rotated as rope_f32 does and multiplied by `factor` unless it is 1 (scale_f32), and with
 // `cache_rows` (else null) k and v also written to rows cache_rows[t] of the caches
-// (copy_rows_f32). With `q16` (else null) the bf16 roundings of the new q, k and v written to
+// (copy_rows_f32): f32 `cache_k`/`cache_v`, or with `cache_k16`/`cache_v16` (else null) a
+// cache in bf16 storage, the roundings (Backend::kv_cache_buf). With `q16` (else null) the bf16 roundings of the new q, k and v written to
 // q16, k16, v16 too: the copies the flash kernels read, forward (K, V) and backward (Q, K, V),
 // which each call converted before (src/backend/cuda/flash.rs). One thread per pair
 // (i, i + half) of a head of a row: the row's q heads, then its k heads, then its v heads.
@@ -64,7 +65,8 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
                                             const real* bv, const unsigned* positions, const float* inv_freq,
                                             int ntok, int n_heads, int n_kv, int head_dim, float factor,
                                             real* cache_k, real* cache_v, const unsigned* cache_rows,
-                                            unsigned short* q16, unsigned short* k16, unsigned short* v16) {
+                                            unsigned short* q16, unsigned short* k16, unsigned short* v16,
+                                            unsigned short* cache_k16, unsigned short* cache_v16) {
     const int half = head_dim / 2;
     const int heads = n_heads + 2 * n_kv;
     const long long total = (long long)ntok * heads * half;
@@ -93,9 +95,16 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
             y[c + half] = bf16_bits(b);
         }
         if (cache_rows && which != 0) {
-            real* r = (which == 1 ? cache_k : cache_v) + (long long)cache_rows[t] * width;
-            r[c] = a;
-            r[c + half] = b;
+            const long long at = (long long)cache_rows[t] * width + c;
+            if (cache_k16) {
+                unsigned short* r = (which == 1 ? cache_k16 : cache_v16) + at;
+                r[0] = bf16_bits(a);
+                r[half] = bf16_bits(b);
+            } else {
+                real* r = (which == 1 ? cache_k : cache_v) + at;
+                r[0] = a;
+                r[half] = b;
+            }
         }
     }
 }

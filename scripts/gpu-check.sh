@@ -179,6 +179,9 @@ step() {
 tok="--seqs ${STEP_SEQS:-4} --len ${STEP_LEN:-1024}"
 # Decode runs: DECODE_SEQS prompts of 128 tokens, 64 new tokens each, 3 rollouts (1 warm-up).
 dec="--seqs ${DECODE_SEQS:-64} --len 128 --new 64 --steps 3"
+# Long decode runs, where the KV cache is most of a decode step's bytes: 64 prompts of 512
+# tokens x 8 responses of 256 new tokens (512 slots, up to 768 keys each), 2 rollouts.
+declong="--seqs 64 --group 8 --len 512 --new 256 --steps 2"
 # One whole GRPO step (issue 11): GRPO_PROMPTS prompts x 8 responses of 128 + 128 tokens.
 grpo="--prompts ${GRPO_PROMPTS:-32} --group 8 --len 128 --new 128 --steps 2"
 # STEPS=quick: the 0.5B train, log-prob, decode and GRPO-step pairs, the profiled step, and 3B
@@ -202,7 +205,13 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
+    # KV caches in f32 (before bf16 storage: docs/perf.md "KV caches in bf16"), at the short
+    # decode shape and at a long one where the cache is most of a step's bytes.
+    STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    step ours 150 --precision bf16 --shape qwen2.5-0.5b $declong --mode decode
+    STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours 150 --precision bf16 --shape qwen2.5-0.5b $declong --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
 elif want steps && [ "${STEPS:-full}" = recheck ]; then
     # STEPS=recheck: a short follow-up call: the default step, the diagonal-only flash mask's

@@ -332,12 +332,12 @@ fn automatic_slot_count_follows_the_memory_budget() {
     use mmr1_fast::rl::decode_scheduler::KV_BUDGET_BYTES;
     let model = model_on(&Cpu, tiny_config(VOCAB, false));
     let per_token = kv_values_per_token(&model) * 4;
-    assert_eq!(Schedule::new(&model, 0, 40, 18).slots, 40);
+    assert_eq!(Schedule::new(&Cpu, &model, 0, 40, 18).slots, 40);
     let cap = KV_BUDGET_BYTES / per_token / 8;
-    assert_eq!(Schedule::new(&model, 0, 40, cap).slots, 8);
-    assert_eq!(Schedule::new(&model, 0, 40, usize::MAX).slots, 1);
-    assert_eq!(Schedule::new(&model, 3, 40, 18).slots, 3);
-    assert_eq!(Schedule::new(&model, 64, 40, 18).slots, 40);
+    assert_eq!(Schedule::new(&Cpu, &model, 0, 40, cap).slots, 8);
+    assert_eq!(Schedule::new(&Cpu, &model, 0, 40, usize::MAX).slots, 1);
+    assert_eq!(Schedule::new(&Cpu, &model, 3, 40, 18).slots, 3);
+    assert_eq!(Schedule::new(&Cpu, &model, 64, 40, 18).slots, 40);
 }
 
 /// The device allocator sees the bound: on fresh emulators, a rollout on 2 slots peaks lower
@@ -360,4 +360,24 @@ fn fewer_slots_allocate_less_device_memory() {
     println!("peak in use: 20 slots {all} B (KV {kv_all} B), 2 slots {two} B (KV {kv_two} B)");
     assert_eq!(kv_all, 10 * kv_two);
     assert!(all >= two + (kv_all - kv_two) as u64, "20 slots {all} B vs 2 slots {two} B");
+}
+
+/// Where the backend keeps the KV cache in bf16 (the emulator under flash attention, at a head
+/// dim the flash kernels serve), the same budget holds twice the slots; asked for f32 caches,
+/// the f32 count.
+#[cfg(feature = "emu")]
+#[test]
+fn a_bf16_cache_doubles_the_automatic_slot_count() {
+    use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, KvCacheStorage};
+    use mmr1_fast::rl::decode_scheduler::KV_BUDGET_BYTES;
+    let slots = |storage: KvCacheStorage| {
+        let be = CudaBackend::emulator()
+            .with_attention(AttnKernel::Flash)
+            .with_kv_cache_storage(storage);
+        let model = model_on(&be, flash_config());
+        let cap = KV_BUDGET_BYTES / (kv_values_per_token(&model) * 4) / 8;
+        Schedule::new(&be, &model, 0, 40, cap).slots
+    };
+    assert_eq!(slots(KvCacheStorage::Bf16), 16);
+    assert_eq!(slots(KvCacheStorage::F32), 8);
 }

@@ -12,7 +12,7 @@
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
 use mmr1_fast::backend::cuda::{
-    AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask,
+    AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask, KvCacheStorage,
 };
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
 use rand::SeedableRng;
@@ -412,6 +412,140 @@ fn decode_staged_vs_split<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
     }
 }
 
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| half::bf16::from_f32(*x).to_f32()).collect()
+}
+
+/// KV caches in bf16 storage (`Backend::kv_cache_buf` under flash attention), as written: the
+/// q/k/v epilogue (fused, and op by op through `scatter_rows`) leaves in a bf16 cache the
+/// roundings of what it leaves in an f32 cache, rows it does not write stay zero, and q, k, v
+/// come out the same. The flash head dims get bf16 caches, others (the reference attention
+/// serves them) f32 ones; `KvCacheStorage::F32` keeps f32.
+fn kv_cache_bf16_writes<Dv: Device>(b: &mut CudaBackend<Dv>) {
+    use mmr1_fast::backend::cpu::rope_inv_freq;
+    use mmr1_fast::backend::fused_ops::{self, CacheRows, Qkv, Rope1d};
+    let mut r = ChaCha8Rng::seed_from_u64(34);
+    for (rows, shape) in
+        [(5, sh(14, 2, 64)), (3, sh(4, 1, 128)), (7, sh(4, 2, 16)), (4, sh(2, 1, 20))]
+    {
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+        let bf16 = d != 20;
+        assert_eq!(b.kv_cache_value_bytes(shape), if bf16 { 2 } else { 4 }, "{shape:?}");
+        b.set_kv_cache_storage(KvCacheStorage::F32);
+        assert_eq!(b.kv_cache_value_bytes(shape), 4, "{shape:?}: f32 asked for");
+        b.set_kv_cache_storage(KvCacheStorage::Bf16);
+        let cap = 3 * rows + 1;
+        let cache_rows: Vec<usize> = (0..rows).map(|t| (7 * t + 2) % cap).collect();
+        let host: Vec<Vec<f32>> =
+            [rows * h * d, rows * hkv * d, rows * hkv * d, h * d, hkv * d, hkv * d]
+                .iter()
+                .map(|&n| rand_vec(&mut r, n, 2.0))
+                .collect();
+        let pos: Vec<u32> = (0..rows as u32).map(|p| 11 * p + 3).collect();
+        let inv = rope_inv_freq(d, 10000.0);
+        for fused in [true, false] {
+            let run = |c16: bool| {
+                let mut x: Vec<_> = host.iter().map(|v| b.upload(v)).collect();
+                let (mut ck, mut cv) = if c16 {
+                    (b.kv_cache_buf(cap * hkv * d, shape), b.kv_cache_buf(cap * hkv * d, shape))
+                } else {
+                    (b.zeros(cap * hkv * d), b.zeros(cap * hkv * d))
+                };
+                let [q, k, v, bq, bk, bv] = &mut x[..] else { unreachable!() };
+                let qkv = Qkv { q, k, v, bq, bk, bv, n_heads: h, n_kv_heads: hkv, head_dim: d };
+                let rope = Rope1d { positions: &pos, inv_freq: &inv, factor: 1.0 };
+                let dest = Some(CacheRows { k: &mut ck, v: &mut cv, rows: &cache_rows });
+                if fused {
+                    b.qkv_epilogue(qkv, &rope, dest);
+                } else {
+                    fused_ops::qkv_epilogue_ops(&*b, qkv, &rope, dest);
+                }
+                [&x[0], &x[1], &x[2], &ck, &cv].map(|t| b.download(t))
+            };
+            let (f32c, bf16c) = (run(false), run(true));
+            let tag = format!("{shape:?} fused {fused}");
+            for i in 0..3 {
+                assert_eq!(bits(&bf16c[i]), bits(&f32c[i]), "{tag}: q/k/v {i}");
+            }
+            for i in 3..5 {
+                let want = if bf16 { round_bf16(&f32c[i]) } else { f32c[i].clone() };
+                assert_eq!(bits(&bf16c[i]), bits(&want), "{tag}: cache {i}");
+                let zero_rows = (0..cap).filter(|c| !cache_rows.contains(c)).count();
+                let zeros = bf16c[i].iter().filter(|x| x.to_bits() == 0).count();
+                assert!(zeros >= zero_rows * hkv * d, "{tag}: unwritten rows not zero");
+                if bf16 {
+                    assert_ne!(bits(&bf16c[i]), bits(&f32c[i]), "{tag}: cache {i} not rounded");
+                }
+            }
+        }
+    }
+}
+
+/// KV caches in bf16 storage, as read: decode steps (both decode kernels, head dims 16 to 128,
+/// GQA groups 1 to 7, keys across tile and chunk edges) and a step mixing prefills with decodes
+/// against a cache give over a bf16 cache the bits they give over an f32 cache holding the
+/// same rounded values (on the emulator; within 1e-6 on a GPU, whose compiler may contract the
+/// two instantiations differently), and the cache downloads as those values.
+fn kv_cache_bf16_reads<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
+    let mut r = ChaCha8Rng::seed_from_u64(35);
+    let lens = [1usize, 31, 32, 33, 129, 161];
+    let decodes = || -> Vec<(usize, usize)> { lens.iter().map(|&l| (1, l - 1)).collect() };
+    let mixed = vec![(1usize, 89usize), (3, 7), (1, 0), (70, 5), (1, 40)];
+    let cases = [
+        (decodes(), sh(14, 2, 64)),
+        (decodes(), sh(12, 2, 128)),
+        (decodes(), sh(4, 4, 16)),
+        (decodes(), sh(8, 1, 32)),
+        (mixed.clone(), sh(4, 2, 64)),
+        (mixed, sh(6, 2, 128)),
+    ];
+    for (spans, shape) in cases {
+        let c = offset(&spans, shape);
+        let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
+        let q = rand_vec(&mut r, c.q_rows * h * d, 3.0);
+        let (k, v) = (
+            rand_vec(&mut r, c.kv_rows * hkv * d, 1.0),
+            rand_vec(&mut r, c.kv_rows * hkv * d, 1.0),
+        );
+        let rows: Vec<usize> = (0..c.kv_rows).collect();
+        let qg = b.upload(&q);
+        for kernel in [DecodeKernel::Split, DecodeKernel::Staged] {
+            b.set_decode_kernel(kernel);
+            let run = |kg: &_, vg: &_| {
+                let (mut o, mut l) = (poisoned(&*b, c.q_rows * h * d), poisoned(&*b, c.q_rows * h));
+                b.attention(&mut o, &mut l, &qg, kg, vg, &c.spans, shape);
+                (b.download(&o), b.download(&l))
+            };
+            let (k32, v32) = (b.upload(&round_bf16(&k)), b.upload(&round_bf16(&v)));
+            let want = run(&k32, &v32);
+            let (mut k16, mut v16) =
+                (b.kv_cache_buf(k.len(), shape), b.kv_cache_buf(v.len(), shape));
+            b.scatter_rows(&mut k16, &rows, &b.upload(&k), hkv * d);
+            b.scatter_rows(&mut v16, &rows, &b.upload(&v), hkv * d);
+            assert_eq!(bits(&b.download(&k16)), bits(&round_bf16(&k)), "{shape:?}: K cache");
+            let got = run(&k16, &v16);
+            let tag = format!("{shape:?} {kernel:?} {spans:?}");
+            assert!(got.0.iter().chain(&got.1).all(|x| x.is_finite()), "{tag}: unwritten");
+            if exact {
+                assert_eq!(bits(&got.0), bits(&want.0), "{tag}: out");
+                assert_eq!(bits(&got.1), bits(&want.1), "{tag}: lse");
+            } else {
+                let same = bits(&got.0) == bits(&want.0);
+                eprintln!("kv cache bf16 vs f32 of the roundings {tag}: bit-identical {same}");
+                assert!(
+                    rel_err(&format!("bf16 cache out {tag}"), &got.0, &want.0) <= 1e-6,
+                    "{tag}"
+                );
+                assert!(
+                    rel_err(&format!("bf16 cache lse {tag}"), &got.1, &want.1) <= 1e-6,
+                    "{tag}"
+                );
+            }
+        }
+        b.set_decode_kernel(DecodeKernel::default());
+    }
+}
+
 #[cfg(feature = "emu")]
 mod emu {
     use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend, DecodeKernel};
@@ -482,6 +616,29 @@ mod emu {
         }
     }
     #[test]
+    fn kv_cache_bf16_writes() {
+        super::kv_cache_bf16_writes(&mut CudaBackend::emulator().with_attention(AttnKernel::Flash));
+    }
+    #[test]
+    fn kv_cache_bf16_reads() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        super::kv_cache_bf16_reads(&mut b, true);
+        // Every bf16 form ran (the prefills too), so the comparison compared something.
+        let ran = b.kernel_profile();
+        for name in [
+            "flash_decode_split_bf16",
+            "flash_decode_staged_bf16_d64",
+            "flash_decode_staged_bf16_d128",
+            "flash_fwd_bf16_d64",
+            "flash_fwd_bf16_d128",
+        ] {
+            assert!(ran.iter().any(|k| k.name == name && k.calls > 0), "{name} never ran");
+        }
+    }
+    #[test]
     fn decode_staged_vs_split() {
         use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
         use mmr1_fast::backend::Backend;
@@ -546,5 +703,15 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn decode_staged_vs_split() {
         with_gpu(|b| super::decode_staged_vs_split(b, false));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn kv_cache_bf16_writes() {
+        with_gpu(super::kv_cache_bf16_writes);
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn kv_cache_bf16_reads() {
+        with_gpu(|b| super::kv_cache_bf16_reads(b, false));
     }
 }

@@ -109,6 +109,22 @@ pub trait Backend {
     fn operand_buf(&self, n: usize) -> Self::Buf {
         self.output_buf(n)
     }
+    /// A key or value buffer of a KV cache, `n` values, for a model of attention shape `shape`,
+    /// zeroed. Written by `qkv_epilogue`'s cache rows and `scatter_rows`, read by `attention`
+    /// and `download`, and by no other op. A backend whose attention rounds K and V to bf16
+    /// before using them may store the roundings alone (the CUDA backend under flash
+    /// attention: half the memory and half the bytes a decode step reads; the same values reach
+    /// its tensor cores). Otherwise as `zeros`.
+    fn kv_cache_buf(&self, n: usize, shape: AttnShape) -> Self::Buf {
+        let _ = shape;
+        self.zeros(n)
+    }
+    /// Bytes a value of `kv_cache_buf(_, shape)` takes: 4, or 2 where it stores bf16 (what a
+    /// rollout's automatic slot count divides its memory budget by).
+    fn kv_cache_value_bytes(&self, shape: AttnShape) -> usize {
+        let _ = shape;
+        4
+    }
     fn upload(&self, host: &[f32]) -> Self::Buf;
     /// [`Backend::upload`] of a host vector the caller gives up: the CPU backend keeps it as
     /// the buffer (no copy; loading a model then holds its weights once, not twice).

@@ -32,8 +32,9 @@ impl<B: Backend> Qwen2<B> {
         let kvd = self.cfg.n_kv_heads() * self.cfg.head_dim();
         let n = self.cfg.num_hidden_layers;
         KvCache {
-            k: (0..n).map(|_| be.zeros(slots * cap * kvd)).collect(),
-            v: (0..n).map(|_| be.zeros(slots * cap * kvd)).collect(),
+            // bf16 values on a backend whose attention rounds K and V to bf16 anyway.
+            k: (0..n).map(|_| be.kv_cache_buf(slots * cap * kvd, self.attn_shape())).collect(),
+            v: (0..n).map(|_| be.kv_cache_buf(slots * cap * kvd, self.attn_shape())).collect(),
             cap,
             lens: vec![0; slots],
             scratch: None,

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 /// The KV cache's memory when the slot count is automatic (`SamplingParams::kv_slots` = 0):
 /// every response gets a slot when they all fit in this many bytes, else as many slots as fit
 /// (at least one). 8 GiB holds 512 responses of 680 tokens for Qwen2.5-0.5B (24 layers, 2 KV
-/// heads of 64, f32: 24.6 KB a token), or 14 of 5k tokens for a 7B model (115 KB a token).
+/// heads of 64, f32: 24.6 KB a token), or 14 of 5k tokens for a 7B model (115 KB a token);
+/// twice as many where the backend stores the cache in bf16 (`Backend::kv_cache_value_bytes`).
 pub const KV_BUDGET_BYTES: usize = 8 << 30;
 
 /// Prompt tokens prefilled in one decode step, at most (a single longer prompt still goes in,
@@ -49,19 +50,27 @@ pub struct Schedule {
 
 impl Schedule {
     /// `requested` slots (0: automatic, [`KV_BUDGET_BYTES`]), at most one per response, for
-    /// `responses` responses of up to `cap` tokens on `model`.
-    pub fn new<B: RlOps>(model: &Qwen2<B>, requested: usize, responses: usize, cap: usize) -> Self {
+    /// `responses` responses of up to `cap` tokens on `model`, whose cache `be` makes.
+    pub fn new<B: RlOps>(
+        be: &B,
+        model: &Qwen2<B>,
+        requested: usize,
+        responses: usize,
+        cap: usize,
+    ) -> Self {
         let want = if requested > 0 {
             requested
         } else {
-            let per_slot = cap.max(1).saturating_mul(kv_values_per_token(model)).saturating_mul(4);
+            let bytes = be.kv_cache_value_bytes(model.attn_shape());
+            let per_slot =
+                cap.max(1).saturating_mul(kv_values_per_token(model)).saturating_mul(bytes);
             KV_BUDGET_BYTES / per_slot.max(1)
         };
         Schedule { slots: want.clamp(1, responses.max(1)), prefill_tokens: PREFILL_TOKENS_PER_STEP }
     }
 }
 
-/// f32 values the KV cache holds per token: a key and a value row in every layer.
+/// Values the KV cache holds per token: a key and a value row in every layer.
 pub fn kv_values_per_token<B: RlOps>(model: &Qwen2<B>) -> usize {
     2 * model.cfg.num_hidden_layers * model.cfg.n_kv_heads() * model.cfg.head_dim()
 }
@@ -81,7 +90,8 @@ pub struct SlotStats {
     pub sampled: usize,
     /// Prompt tokens prefilled.
     pub prefilled: usize,
-    /// f32 values of the KV cache's key and value buffers, all layers.
+    /// Values of the KV cache's key and value buffers, all layers (f32 or bf16:
+    /// `Backend::kv_cache_value_bytes`).
     pub kv_values: usize,
     /// Wall time of the decode loop (the cache's allocation included).
     pub seconds: f64,

@@ -220,7 +220,7 @@ pub fn generate_scheduled<B: RlOps>(
     let batch = Batch { prompts: &views, group, seeds: &seeds };
     let longest = views.iter().map(|p| p.len()).max().unwrap_or(0);
     let schedule =
-        Schedule::new(model, params.kv_slots, n, longest.saturating_add(params.max_new_tokens));
+        Schedule::new(be, model, params.kv_slots, n, longest.saturating_add(params.max_new_tokens));
     let step = |cache: &mut KvCache<B>, feeds: &[Feed<'_>]| {
         let inputs: Vec<(usize, &[u32])> = feeds.iter().map(|f| (f.slot, f.tokens)).collect();
         model.decode_step_logits(be, cache, &inputs)

@@ -209,7 +209,7 @@ fn decode_vl<B: RlOps>(
     let batch = Batch { prompts: &views, group, seeds };
     let longest = views.iter().map(|p| p.len()).max().unwrap_or(0);
     let cap = longest.saturating_add(params.max_new_tokens);
-    let schedule = Schedule::new(&model.text, params.kv_slots, n, cap);
+    let schedule = Schedule::new(be, &model.text, params.kv_slots, n, cap);
     decode_scheduled(&model.text, be, &batch, params, schedule, None, step, |_| {})
 }
 

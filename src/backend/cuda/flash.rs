@@ -145,12 +145,14 @@ impl DecodeKernel {
 }
 
 /// Warps per block of the staged decode kernel (DEC_ST_WARPS) and its dynamic shared memory:
-/// per warp a K tile of 32 rows padded by 4 floats, a V tile, the group's queries (up to
-/// DEC_MAXG = 8 heads) and their probabilities (`dec_st<D>::PER_WARP` floats).
+/// per warp a K tile of 32 rows padded by 16 bytes and a V tile, in the cache's storage
+/// (`value_bytes` 4 or 2), and the group's queries (up to DEC_MAXG = 8 heads) and their
+/// probabilities in f32 (`dec_st<D, KV>::PER_WARP` bytes).
 const DEC_ST_WARPS: usize = 2;
-fn decode_staged_smem(head_dim: usize) -> u32 {
-    let per_warp = 32 * (head_dim + 4) + 32 * head_dim + 8 * head_dim + 8 * 32;
-    (DEC_ST_WARPS * per_warp * 4) as u32
+fn decode_staged_smem(head_dim: usize, value_bytes: usize) -> u32 {
+    let tiles = (32 * (head_dim + 16 / value_bytes) + 32 * head_dim) * value_bytes;
+    let per_warp = tiles + (8 * head_dim + 8 * 32) * 4;
+    (DEC_ST_WARPS * per_warp) as u32
 }
 
 /// Rows a block owns (queries in the forward and dQ kernels, keys in dK/dV), = FA_OWN.
@@ -293,8 +295,9 @@ fn decode_items(spans: &[AttnSpan]) -> (Vec<i32>, Vec<i32>) {
 }
 
 impl<D: Device> CudaBackend<D> {
-    /// Flash-decoding forward (f32): see `decode_supports`. With `out16`, the combine kernel
-    /// also writes `out`'s bf16 rounding there (`producer_shadows`).
+    /// Flash-decoding forward (f32 arithmetic on K and V of f32 or bf16 storage: a KV cache of
+    /// `kv_cache_buf`): see `decode_supports`. With `out16`, the combine kernel also writes
+    /// `out`'s bf16 rounding there (`producer_shadows`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn flash_decode(
         &self,
@@ -318,22 +321,24 @@ impl<D: Device> CudaBackend<D> {
         let part_o = self.dev.alloc(n_items * h * d * 4);
         let part_ml = self.dev.alloc(n_items * h * 2 * 4);
         let scale = (1.0 / (d as f64).sqrt()) as f32;
-        // The staged kernel is compiled per head dim (64, 128); the split one takes d.
+        // The staged kernel is compiled per head dim (64, 128); the split one takes d. Each
+        // has a form for K and V in bf16 storage (`_bf16`).
         let staged = self.decode == DecodeKernel::Staged && matches!(d, 64 | 128);
+        let (kv, value_bytes) = kv_storage(k, v);
         let (name, warps, smem) = if staged {
-            let name = format!("flash_decode_staged_d{d}");
-            let smem = decode_staged_smem(d);
+            let name = format!("flash_decode_staged{kv}_d{d}");
+            let smem = decode_staged_smem(d, value_bytes);
             self.dev.set_max_dynamic_shared(&name, smem);
             (name, DEC_ST_WARPS, smem)
         } else {
-            ("flash_decode_split".to_string(), DEC_WARPS, 0)
+            (format!("flash_decode_split{kv}"), DEC_WARPS, 0)
         };
         let mut args = vec![
             Arg::Ptr(&part_o),
             Arg::Ptr(&part_ml),
             Arg::Ptr(q.mem()),
-            Arg::Ptr(k.mem()),
-            Arg::Ptr(v.mem()),
+            kv_arg(k),
+            kv_arg(v),
             Arg::Ptr(&*d_split),
             Arg::I32(n_items as i32),
             Arg::I32(h as i32),
@@ -387,14 +392,16 @@ impl<D: Device> CudaBackend<D> {
         }
         let d_items = self.upload_index_i32(&items);
         let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
-        let io = self.call_io(spans, shape, q, k);
+        // A KV cache in bf16 storage (`kv_cache_buf`) is read as it is, by the bf16 kernels.
+        let cache16 = kv_storage(k, v).1 == 2;
+        let io = if cache16 { FlashIo::Bf16 } else { self.call_io(spans, shape, q, k) };
         // The forward walks K and V (every query tile re-reads them) but reads Q once: only
         // K and V are worth a bf16 copy. Q is passed as read-only (`Arg::In`): its copy, if the
         // q/k/v epilogue wrote one, stays for the backward.
-        let copies = (io == FlashIo::Bf16).then(|| self.bf16_inputs([k, v]));
+        let copies = (io == FlashIo::Bf16 && !cache16).then(|| self.bf16_inputs([k, v]));
         let [k_, v_] = match &copies {
             Some([k_, v_]) => [k_.arg(), v_.arg()],
-            None => [Arg::Ptr(k.mem()), Arg::Ptr(v.mem())],
+            None => [kv_arg(k), kv_arg(v)],
         };
         let d = shape.head_dim;
         let wide = io == FlashIo::Bf16 && self.flash_fwd == FlashFwd::Wide && matches!(d, 64 | 128);
@@ -583,6 +590,22 @@ impl<D: Device> CudaBackend<D> {
     }
 }
 
+/// The kernel-name infix (`""` or `"_bf16"`) and bytes a value of K and V's storage: f32, or
+/// bf16 for a KV cache of `kv_cache_buf`. Both of one storage.
+fn kv_storage<M>(k: &DevBuf<M>, v: &DevBuf<M>) -> (&'static str, usize) {
+    assert_eq!(k.is_bf16(), v.is_bf16(), "attention: K and V of one storage");
+    if k.is_bf16() {
+        ("_bf16", 2)
+    } else {
+        ("", 4)
+    }
+}
+
+/// K or V as the kernels take it: its memory in whichever storage it has (`kv_storage`).
+fn kv_arg<M>(x: &DevBuf<M>) -> Arg<'_, M> {
+    Arg::Ptr(x.bf16_mem().unwrap_or_else(|| x.mem()))
+}
+
 /// Where a flash kernel reads a tensor's bf16 values: the buffer's shadow, or a copy made for
 /// the call (freed with it).
 enum Bf16Input<'a, M> {
@@ -653,8 +676,10 @@ mod tests {
         assert_eq!(call_io(bf, &spans, (131 * 8, 8), (391 * 4, 4)), f, "kv buffer too large");
         assert_eq!(call_io(bf, &spans, (263 * 8, 8), (265 * 4, 4)), f, "q buffer too large");
         assert_eq!(call_io(bf, &spans, (262 * 8, 8), (390 * 4, 4)), bf);
-        // 2 warps x (K 32 x 132 + V 32 x 128 + Q 8 x 128 + P 8 x 32) floats
-        assert_eq!(decode_staged_smem(128), 2 * (4224 + 4096 + 1024 + 256) * 4);
+        // 2 warps x (K 32 x 132 + V 32 x 128 + Q 8 x 128 + P 8 x 32) floats; in bf16 storage
+        // K 32 x 136 and V 32 x 128 bf16 (the same 16-byte row padding), Q and P f32.
+        assert_eq!(decode_staged_smem(128, 4), 2 * (4224 + 4096 + 1024 + 256) * 4);
+        assert_eq!(decode_staged_smem(128, 2), 2 * ((4352 + 4096) * 2 + (1024 + 256) * 4));
         // 32 tiles x 2 kv heads = 64 blocks: split over the group of 6; 256 x 2 = 512 blocks
         // (or 1 kv head, group 1) need no split.
         assert_eq!((dkv_parts(32, 2, 12), dkv_parts(64, 1, 1), dkv_parts(256, 2, 12)), (6, 1, 1));

@@ -8,7 +8,7 @@
 //! projections' backward GEMMs then converted dq, dk and dv in three more.
 
 use super::device::{Arg, Device};
-use super::{opt_arg, CudaBackend, DevBuf, FlashIo};
+use super::{kv_cache16, opt_arg, CudaBackend, DevBuf, FlashIo};
 use crate::backend::fused_ops::{self, CacheRows, Qkv, QkvGrads, Rope1d};
 use crate::backend::row_moves::check_rows;
 use crate::backend::AttnShape;
@@ -65,6 +65,7 @@ impl<D: Device> CudaBackend<D> {
             check_rows("scatter_rows dst", c.rows, kvd, c.k.len, x.k.len, true);
             check_rows("scatter_rows dst", c.rows, kvd, c.v.len, x.v.len, true);
             assert_eq!(c.rows.len(), rows, "qkv_epilogue: one cache row per row");
+            assert_eq!(c.k.is_bf16(), c.v.is_bf16(), "qkv_epilogue: K and V caches of one storage");
             let r: Vec<u32> = c.rows.iter().map(|&r| r as u32).collect();
             (c.k, c.v, self.upload_index_u32(&r))
         });
@@ -80,6 +81,10 @@ impl<D: Device> CudaBackend<D> {
         } else {
             self.producer_shadows_of(sizes)
         };
+        // f32 caches take the first pointer of each pair, bf16 ones the second (`kv_cache16`).
+        let none = [Arg::Null, Arg::Null];
+        let [ck, ck16] = dest.as_ref().map_or(none, |d| kv_cache16::cache_dest(&*d.0));
+        let [cv, cv16] = dest.as_ref().map_or(none, |d| kv_cache16::cache_dest(&*d.1));
         let pairs = rows * (x.n_heads + 2 * x.n_kv_heads) * (hd / 2);
         self.elementwise(
             "qkv_epilogue_f32",
@@ -98,12 +103,14 @@ impl<D: Device> CudaBackend<D> {
                 Arg::I32(x.n_kv_heads as i32),
                 Arg::I32(hd as i32),
                 Arg::F32(rope.factor),
-                opt_arg(dest.as_ref().map(|d| d.0.mem())),
-                opt_arg(dest.as_ref().map(|d| d.1.mem())),
+                ck,
+                cv,
                 opt_arg(dest.as_ref().map(|d| &*d.2)),
                 opt_arg(copies.as_ref().map(|c| &c[0])),
                 opt_arg(copies.as_ref().map(|c| &c[1])),
                 opt_arg(copies.as_ref().map(|c| &c[2])),
+                ck16,
+                cv16,
             ],
         );
         self.adopt_shadows(sizes, copies);

@@ -18,6 +18,7 @@ pub mod driver;
 pub mod emu;
 pub mod flash;
 mod fused_layer_ops;
+mod kv_cache16;
 mod multi;
 pub mod precision;
 mod producer_shadows;
@@ -31,6 +32,7 @@ mod vision_ops;
 use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
 pub use flash::{AttnKernel, DecodeKernel, FlashFwd, FlashIo, FlashMask};
+pub use kv_cache16::KvCacheStorage;
 use std::sync::Arc;
 
 /// Whether a CUDA GPU can be used, as one line either way: `Ok("cuda:0 (NVIDIA H100 ...)")`
@@ -89,7 +91,8 @@ impl<M> DevBuf<M> {
 }
 
 const BF16_ONLY: &str = "an op read or wrote the f32 values of a buffer stored as bf16 alone \
-    (Backend::operand_buf: only matmul may read it, only its producer write it)";
+    (Backend::operand_buf: only matmul may read it, only its producer write it; \
+    Backend::kv_cache_buf: only flash attention may read it, only the cache writes write it)";
 
 pub struct CudaBackend<D: Device> {
     dev: D,
@@ -115,6 +118,8 @@ pub struct CudaBackend<D: Device> {
     /// `operand_buf` stores bf16 alone when producers write bf16 copies (`bf16_operands`;
     /// `MMR1_BF16_OPERANDS`).
     bf16_operands: bool,
+    /// How KV caches store their values under flash attention (`kv_cache16`; `MMR1_KV_CACHE`).
+    kv_cache: KvCacheStorage,
 }
 
 const BLOCK: u32 = 256;
@@ -150,6 +155,7 @@ impl<D: Device> CudaBackend<D> {
             fused_layer_ops: fused_layer_ops::from_env(),
             sample_split: rl::sample::split_from_env(),
             bf16_operands: bf16_operands::from_env(),
+            kv_cache: KvCacheStorage::default(),
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
@@ -164,12 +170,14 @@ impl<D: Device> CudaBackend<D> {
         Ok(self)
     }
     /// The flash kernels' variants from the environment: `MMR1_DECODE`, `MMR1_FLASH_IO`,
-    /// `MMR1_FLASH_FWD`, `MMR1_FLASH_MASK` (one list for every way a backend is made).
+    /// `MMR1_FLASH_FWD`, `MMR1_FLASH_MASK`, and the KV cache's storage, `MMR1_KV_CACHE` (one
+    /// list for every way a backend is made).
     pub(super) fn flash_variants_from_env(&mut self) -> Result<(), String> {
         self.decode = DecodeKernel::from_env()?;
         self.flash_io = FlashIo::from_env()?;
         self.flash_fwd = FlashFwd::from_env()?;
         self.flash_mask = FlashMask::from_env()?;
+        self.kv_cache = KvCacheStorage::from_env()?;
         Ok(())
     }
     /// Selects which key tiles the flash kernels mask (see `FlashMask`: same bits).
@@ -232,7 +240,8 @@ impl<D: Device> CudaBackend<D> {
         self.indices.get(bytes, |b| self.dev.upload(b))
     }
     /// One `copy_rows_f32` launch: `width`-wide rows from `src` (row `src_rows[t]`, or `t`)
-    /// to `dst` (row `dst_rows[t]`, or `t`), `n_rows` of them. Callers check the rows.
+    /// to `dst` (row `dst_rows[t]`, or `t`), `n_rows` of them, rounded to bf16 into a KV
+    /// cache of bf16 storage (`kv_cache16`). Callers check the rows.
     fn copy_rows(
         &self,
         dst: &mut DevBuf<D::Mem>,
@@ -248,11 +257,13 @@ impl<D: Device> CudaBackend<D> {
         let up =
             |r: &[usize]| self.upload_index_u32(&r.iter().map(|&x| x as u32).collect::<Vec<u32>>());
         let (d_rows, s_rows) = (dst_rows.map(up), src_rows.map(up));
+        let [dst32, dst16] = kv_cache16::cache_dest(dst);
         self.elementwise(
             "copy_rows_f32",
             n_rows * width,
             &[
-                Arg::Ptr(dst.mem()),
+                dst32,
+                dst16,
                 opt_arg(d_rows.as_deref()),
                 Arg::Ptr(src.mem()),
                 opt_arg(s_rows.as_deref()),
@@ -456,6 +467,16 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
     fn operand_buf(&self, n: usize) -> Self::Buf {
         self.new_operand_buf(n)
+    }
+    fn kv_cache_buf(&self, n: usize, shape: AttnShape) -> Self::Buf {
+        self.new_kv_cache_buf(n, shape)
+    }
+    fn kv_cache_value_bytes(&self, shape: AttnShape) -> usize {
+        if self.kv_cache_is_bf16(shape) {
+            2
+        } else {
+            4
+        }
     }
     fn upload(&self, host: &[f32]) -> Self::Buf {
         let mem =
