@@ -209,6 +209,71 @@ __device__ __forceinline__ void fa_mm_abt(float acc[8][4], const unsigned a[D / 
         }
 }
 
+// Where a warp's 16 owned rows (K and V in the dK/dV kernel) wait as A operands: registers
+// (`fa_areg`: every fragment loaded once, 4 x D / 16 registers), or shared memory (`fa_asmem`:
+// the rows copied once into the warp's part of a tile, each fragment read by ldmatrix where an
+// MMA needs it: 4 registers). The same bf16 values either way (a fragment holds the rows'
+// roundings; ldmatrix reads what was copied), so the same bits. At D = 128 the dK/dV kernel
+// holds K and V (64 registers) beside dK, dV (128) and the tile's S and dP (64): ptxas gave it
+// 255 registers and 412 bytes of spills, the spill traffic stalling it in the loop (ncu: local
+// load/store throttle); in shared memory its fragments cost 69.6 KB a block instead.
+template <int D>
+struct fa_areg {
+    unsigned f[D / 16][4];
+    template <typename In>
+    __device__ __forceinline__ void load(const In* src, long long row0, int nvalid, int heads, int h) {
+        fa_frag_a_global<D>(f, src, row0, nvalid, heads, h);
+    }
+    __device__ __forceinline__ void frag(int kc, unsigned a[4]) const {
+#pragma unroll
+        for (int i = 0; i < 4; i++) a[i] = f[kc][i];
+    }
+};
+template <int D>
+struct fa_asmem {
+    bf16x8 (*s)[D / 8 + 1]; // the warp's 16 rows, padded as the walked tiles
+    // bf16 storage: 16-byte pieces copied as they are (rows >= nvalid zeros); then the warp's
+    // lanes see each other's stores.
+    __device__ __forceinline__ void load(const fa_b16* src, long long row0, int nvalid, int heads, int h) {
+        const int lane = threadIdx.x & 31;
+        for (int p = lane; p < 16 * (D / 8); p += 32) {
+            const int row = p / (D / 8), c8 = p % (D / 8);
+            bf16x8 v = {};
+            if (row < nvalid) v = *reinterpret_cast<const bf16x8*>(src + ((row0 + row) * heads + h) * D + 8 * c8);
+            s[row][c8] = v;
+        }
+        __syncwarp();
+    }
+    // matrices: (rows 0..7, cols kc*16+0..7), (rows 8..15, same cols), (rows 0..7, +8 cols),
+    // (rows 8..15, +8 cols): the A fragment's registers in order.
+    __device__ __forceinline__ void frag(int kc, unsigned a[4]) const {
+        const int lane = threadIdx.x & 31;
+        ldmatrix_x4(a, &s[(lane & 7) + 8 * ((lane >> 3) & 1)][2 * kc + (lane >> 4)]);
+    }
+};
+
+// fa_mm_abt with the A operand from either source.
+template <int D, typename A>
+__device__ __forceinline__ void fa_mm_abt_of(float acc[8][4], const A& src, bf16x8 (*s)[D / 8 + 1]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc++) {
+        unsigned a[4];
+        src.frag(kc, a);
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            unsigned b[4];
+            ldmatrix_x4(b, &s[np * 16 + (lane & 7) + 8 * (lane >> 4)][2 * kc + ((lane >> 3) & 1)]);
+            mma_bf16_16816(acc[2 * np], a, b);
+            mma_bf16_16816(acc[2 * np + 1], a, b + 2);
+        }
+    }
+}
+
 // acc[D/8][4] (16 x D) += P (16 x 64, f32 accumulator layout) . T where T is a 64 x D tile
 // (V for O += P V, dO for dV += P^T dO, Q for dK += dS^T Q, K for dQ += dS K).
 template <int D>
@@ -640,6 +705,27 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
 // Bytes of dynamic shared memory after the walk buffers: lse and D of two query tiles.
 #define FA_DKV_EXTRA (4 * FA_ROWS * 4)
 
+// Whether the dK/dV kernel keeps its K and V rows in shared memory (`fa_asmem`): at D = 128 in
+// bf16 storage (the default), where registers ran out. f32 storage keeps them in registers:
+// its stage already takes 64 KB, and an A100's 163 KB would not hold both. flash.rs
+// (`walk_smem`) adds the two 128-row tiles after FA_DKV_EXTRA in the same case.
+template <int D, typename In>
+struct fa_dkv_asmem {
+    static constexpr bool on = false;
+};
+template <>
+struct fa_dkv_asmem<128, fa_b16> {
+    static constexpr bool on = true;
+};
+template <int D, bool SMEM>
+struct fa_dkv_a {
+    typedef fa_areg<D> type;
+};
+template <int D>
+struct fa_dkv_a<D, true> {
+    typedef fa_asmem<D> type;
+};
+
 template <int D, typename In>
 __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, const In* k, const In* v,
                               const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
@@ -692,9 +778,15 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
     };
 
     issue(g_lo, i_first, 0);
-    unsigned kf[D / 16][4], vf[D / 16][4];
-    fa_frag_a_global<D>(kf, k, kvrow0 + warp * 16, nk - warp * 16, n_kv, kvh);
-    fa_frag_a_global<D>(vf, v, kvrow0 + warp * 16, nk - warp * 16, n_kv, kvh);
+    typename fa_dkv_a<D, fa_dkv_asmem<D, In>::on>::type kf, vf;
+    if constexpr (fa_dkv_asmem<D, In>::on) {
+        // Two tiles of the block's 128 rows after the lse/D rows; this warp's 16 rows of each.
+        auto own = reinterpret_cast<bf16x8(*)[D / 8 + 1]>(smem + S::walk + FA_DKV_EXTRA);
+        kf.s = own + warp * 16;
+        vf.s = own + FA_OWN + warp * 16;
+    }
+    kf.load(k, kvrow0 + warp * 16, nk - warp * 16, n_kv, kvh);
+    vf.load(v, kvrow0 + warp * 16, nk - warp * 16, n_kv, kvh);
     land(0);
     __syncthreads();
 
@@ -718,8 +810,8 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
             const float* L = sL + buf * FA_ROWS;
             const float* Dv = sD + buf * FA_ROWS;
             float s[8][4], dp[8][4];
-            fa_mm_abt<D>(s, kf, tq(buf));  // S^T: keys x queries
-            fa_mm_abt<D>(dp, vf, to(buf)); // dP^T
+            fa_mm_abt_of<D>(s, kf, tq(buf));  // S^T: keys x queries
+            fa_mm_abt_of<D>(dp, vf, to(buf)); // dP^T
             // Every score visible: a whole tile of queries, the warp's last key at or before the
             // tile's first query. (Key rows past nk then get P > 0 from K = 0, but feed only
             // their own dK/dV rows, which are never written.)

@@ -166,11 +166,18 @@ const WALK: usize = 64;
 /// kernel source, plus `FA_DKV_EXTRA` for dK/dV): two buffers of a bf16 tile pair, rows padded
 /// by 16 bytes, and with f32 storage the f32 stage of the tile pair in flight. At head dim 128
 /// 132 KB (f32) or 68 KB (bf16): more than the 48 KB a launch gets without the opt-in, so every
-/// launch sets the kernel's limit first.
+/// launch sets the kernel's limit first. The dK/dV kernel at head dim 128 in bf16 storage keeps
+/// its block's K and V rows there too (`fa_dkv_asmem`: two 128-row tiles, 68 KB more).
 fn walk_smem(head_dim: usize, dkv: bool, io: FlashIo) -> u32 {
-    let tile = WALK * (head_dim / 8 + 1) * 16;
+    let row = (head_dim / 8 + 1) * 16;
+    let tile = WALK * row;
     let stage = if io == FlashIo::F32 { WALK * head_dim * 4 } else { 0 };
-    (4 * tile + 2 * stage + if dkv { 4 * WALK * 4 } else { 0 }) as u32
+    let extra = match (dkv, head_dim, io) {
+        (true, 128, FlashIo::Bf16) => 4 * WALK * 4 + 2 * TILE * row,
+        (true, ..) => 4 * WALK * 4,
+        _ => 0,
+    };
+    (4 * tile + 2 * stage + extra) as u32
 }
 
 /// A flash kernel's entry point: `flash_{kind}_d{D}`, `_bf16` before the head dim for bf16
@@ -665,6 +672,13 @@ mod tests {
         assert_eq!(walk_smem(128, false, FlashIo::F32), 4 * 64 * 17 * 16 + 2 * 64 * 128 * 4);
         assert_eq!(walk_smem(128, false, FlashIo::Bf16), 4 * 64 * 17 * 16);
         assert_eq!(walk_smem(64, true, FlashIo::Bf16), 4 * 64 * 9 * 16 + 4 * 64 * 4);
+        // dK/dV at 128 in bf16: its K and V rows (2 x 128 padded rows) after the lse/D rows.
+        let dkv128 = 4 * 64 * 17 * 16 + 4 * 64 * 4 + 2 * 128 * 17 * 16;
+        assert_eq!(walk_smem(128, true, FlashIo::Bf16), dkv128);
+        assert_eq!(
+            walk_smem(128, true, FlashIo::F32),
+            4 * 64 * 17 * 16 + 2 * 64 * 128 * 4 + 4 * 64 * 4
+        );
         assert_eq!(wide_smem(128), 6 * 64 * 17 * 16);
         assert_eq!(flash_kernel("bwd_dkv", FlashIo::Bf16, 64), "flash_bwd_dkv_bf16_d64");
         assert_eq!(flash_kernel("fwd", FlashIo::F32, 128), "flash_fwd_d128");
