@@ -369,6 +369,9 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
         "slots": (!o.host_sampling).then_some(slots.slots),
         "occupancy": (!o.host_sampling).then(|| slots.occupancy()),
         "decode_steps": decode_steps,
+        // Prompt tokens computed, and those copied from another slot's prefill of the prompt.
+        "prefilled": (!o.host_sampling).then_some(slots.prefilled),
+        "shared_prefill": (!o.host_sampling).then_some(slots.shared),
         "kv_cache_bytes": (!o.host_sampling)
             .then(|| slots.kv_values * be.kv_cache_value_bytes(model.attn_shape())),
         "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),

@@ -210,8 +210,11 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step ours 150 --precision bf16 --shape qwen2.5-0.5b $declong --mode decode
     STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours 150 --precision bf16 --shape qwen2.5-0.5b $declong --mode decode
+    # Each response prefilling its prompt (before a group's responses shared one prefill).
+    STEP_ENV=MMR1_SHARE_PROMPTS=0 MMR1_SHARE_PROMPTS=0 step ours 150 --precision bf16 --shape qwen2.5-0.5b $declong --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_SHARE_PROMPTS=0 MMR1_SHARE_PROMPTS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
 elif want steps && [ "${STEPS:-full}" = recheck ]; then
     # STEPS=recheck: a short follow-up call: the default step, the diagonal-only flash mask's

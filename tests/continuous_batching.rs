@@ -112,8 +112,11 @@ fn check_slot_counts<B: RlOps>(
                 assert_eq!(st.kv_values, s * cap * kv_values_per_token(model), "{what}: cache");
                 assert_eq!(st.busy_slot_steps, lens.iter().sum::<usize>(), "{what}: {s} slots");
                 assert_eq!(st.sampled, st.busy_slot_steps, "{what}");
+                // Each response's prompt prefilled, or shared from a slot prefilling it in the
+                // same step; every prompt computed at least once.
                 let prompt_tokens: usize = prompts.iter().map(|p| p.len() * group).sum();
-                assert_eq!(st.prefilled, prompt_tokens, "{what}: every prompt prefilled once");
+                assert_eq!(st.prefilled + st.shared, prompt_tokens, "{what}: every prompt once");
+                assert!(st.prefilled * group >= prompt_tokens, "{what}: a prompt never computed");
                 assert!(st.steps >= lens.iter().max().copied().unwrap(), "{what}");
             }
         }
@@ -292,8 +295,9 @@ fn a_small_prefill_budget_admits_one_prompt_a_step() {
         let r = decode_scheduled(&model, &Cpu, &batch, &p, schedule, None, step, |_| {}).unwrap();
         (r, widest_prefill)
     };
-    let (all, wide) = run(Schedule { slots: 10, prefill_tokens: 1 << 20 });
-    let (one, narrow) = run(Schedule { slots: 4, prefill_tokens: 1 });
+    // Each response prefills its own prompt here (no sharing), so that prefills count prompts.
+    let (all, wide) = run(Schedule { slots: 10, prefill_tokens: 1 << 20, share_prompts: false });
+    let (one, narrow) = run(Schedule { slots: 4, prefill_tokens: 1, share_prompts: false });
     assert_eq!((wide, narrow), (10, 1), "prefills per step");
     assert_eq!(bits(&one.rollouts), bits(&all.rollouts));
     assert!(one.stats.steps > all.stats.steps);
@@ -380,4 +384,57 @@ fn a_bf16_cache_doubles_the_automatic_slot_count() {
     };
     assert_eq!(slots(KvCacheStorage::Bf16), 16);
     assert_eq!(slots(KvCacheStorage::F32), 8);
+}
+
+/// Responses to one prompt that start together share its prefill (`Schedule::share_prompts`):
+/// the prompt is computed once, the other slots get copies of its cache rows and last-token
+/// logits, and every response keeps its bits (tokens and log-probs) against each response
+/// prefilling its own prompt.
+fn check_shared_prefills<B: RlOps>(be: &B, model: &Qwen2<B>, name: &str) {
+    let prompts = prompts();
+    let views: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let group = 4;
+    let seeds: Vec<u64> = (0..views.len() * group).map(|s| mix_seed(9, s as u64)).collect();
+    let batch = Batch { prompts: &views, group, seeds: &seeds };
+    let p = params(1.0, 1.0, vec![], 0);
+    let run = |share_prompts: bool| {
+        let step = |c: &mut KvCache<B>, feeds: &[Feed<'_>]| {
+            let inputs: Vec<(usize, &[u32])> = feeds.iter().map(|f| (f.slot, f.tokens)).collect();
+            model.decode_step_logits(be, c, &inputs)
+        };
+        let schedule = Schedule { slots: seeds.len(), prefill_tokens: 1 << 20, share_prompts };
+        decode_scheduled(model, be, &batch, &p, schedule, None, step, |_| {}).unwrap()
+    };
+    let (on, off) = (run(true), run(false));
+    assert_eq!(
+        bits(&on.rollouts),
+        bits(&off.rollouts),
+        "{name}: shared prefills changed a response"
+    );
+    let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
+    assert_eq!((off.stats.prefilled, off.stats.shared), (group * prompt_tokens, 0), "{name}");
+    assert_eq!(
+        (on.stats.prefilled, on.stats.shared),
+        (prompt_tokens, (group - 1) * prompt_tokens),
+        "{name}: each prompt computed once"
+    );
+    assert_eq!(on.stats.busy_slot_steps, off.stats.busy_slot_steps, "{name}");
+}
+
+#[test]
+fn cpu_shared_prefills_change_no_bit() {
+    check_shared_prefills(&Cpu, &model_on(&Cpu, tiny_config(VOCAB, false)), "cpu");
+}
+
+/// On the emulator: f32 (reference attention, f32 cache), and bf16 with flash attention at
+/// head dim 16, whose KV cache holds bf16 values (the copies move them as they are).
+#[cfg(feature = "emu")]
+#[test]
+fn emulator_shared_prefills_change_no_bit() {
+    use mmr1_fast::backend::cuda::CudaBackend;
+    use mmr1_fast::backend::precision::Precision;
+    let be = CudaBackend::emulator();
+    check_shared_prefills(&be, &model_on(&be, tiny_config(VOCAB, false)), "emu f32");
+    let be = CudaBackend::emulator().with_precision(Precision::Bf16).unwrap();
+    check_shared_prefills(&be, &model_on(&be, flash_config()), "emu bf16 flash");
 }

@@ -62,6 +62,12 @@ impl Backend for Cpu {
             dst[r * width..(r + 1) * width].copy_from_slice(&src[t * width..(t + 1) * width]);
         }
     }
+    fn copy_rows_within(&self, buf: &mut Vec<f32>, src: &[usize], dst: &[usize], width: usize) {
+        super::row_moves::check_rows_within(src, dst, width, buf.len());
+        for (&s, &d) in src.iter().zip(dst) {
+            buf.copy_within(s * width..(s + 1) * width, d * width);
+        }
+    }
     fn add_into(&self, out: &mut Vec<f32>, x: &Vec<f32>, y: &Vec<f32>) {
         assert!(out.len() == x.len() && x.len() == y.len(), "add_into: length mismatch");
         out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = a + b);

@@ -147,6 +147,17 @@ pub trait Backend {
     /// gathered into packed rows of `dst` (a row may be listed more than once). Rows must be
     /// inside `src` (else a panic naming the row).
     fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[usize], width: usize);
+    /// `buf[dst_rows[t]*width .. +width] = buf[src_rows[t]*width .. +width]` for every `t`:
+    /// rows copied within one buffer, exactly (a KV cache's prompt rows shared by the
+    /// responses of one prompt, `KvCache::share_prefixes`; any storage `kv_cache_buf` makes).
+    /// Destination rows must be distinct and none a source row (else a panic naming the row).
+    fn copy_rows_within(
+        &self,
+        buf: &mut Self::Buf,
+        src_rows: &[usize],
+        dst_rows: &[usize],
+        width: usize,
+    );
     /// `out = x + y` elementwise (all three of one length): a residual add in one op where a
     /// `copy` and an `add_assign` were two (same bits: one f32 addition per element).
     fn add_into(&self, out: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf);

@@ -1,5 +1,6 @@
-//! Input checks of the row moves (`Backend::scatter_rows`, `Backend::gather_rows`), shared by
-//! every backend so that both reject the same inputs with the same message.
+//! Input checks of the row moves (`Backend::scatter_rows`, `Backend::gather_rows`,
+//! `Backend::copy_rows_within`), shared by every backend so that both reject the same inputs
+//! with the same message.
 
 /// Panics unless `rows` index whole rows of width `width` inside a buffer of `buf_len` values
 /// and `src_len` holds `rows.len()` rows; `what` names the op and the buffer. With `distinct`
@@ -35,5 +36,42 @@ pub fn check_rows(
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
             panic!("{what}: row {} is listed twice (destination rows must be distinct)", w[0]);
         }
+    }
+}
+
+/// Panics unless `src_rows` and `dst_rows` pair up whole rows of width `width` inside a buffer
+/// of `buf_len` values, the destinations distinct and none of them a source (a row copied
+/// within one buffer must not be overwritten while another copy reads it).
+pub fn check_rows_within(src_rows: &[usize], dst_rows: &[usize], width: usize, buf_len: usize) {
+    assert_eq!(src_rows.len(), dst_rows.len(), "copy_rows_within: one source row per destination");
+    let n = src_rows.len() * width;
+    check_rows("copy_rows_within src", src_rows, width, buf_len, n, false);
+    check_rows("copy_rows_within dst", dst_rows, width, buf_len, n, true);
+    let sources: std::collections::HashSet<usize> = src_rows.iter().copied().collect();
+    if let Some(r) = dst_rows.iter().find(|r| sources.contains(r)) {
+        panic!("copy_rows_within: row {r} is both a source and a destination");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_rows_within;
+
+    fn panics(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        let e = std::panic::catch_unwind(f).expect_err("should panic");
+        e.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn rows_copied_within_a_buffer_are_checked() {
+        check_rows_within(&[0, 1], &[4, 5], 3, 18);
+        let e = panics(|| check_rows_within(&[0, 1], &[1, 5], 3, 18));
+        assert!(e.contains("row 1 is both a source and a destination"), "{e}");
+        let e = panics(|| check_rows_within(&[0, 1], &[4, 4], 3, 18));
+        assert!(e.contains("listed twice"), "{e}");
+        let e = panics(|| check_rows_within(&[0, 1], &[4, 6], 3, 18));
+        assert!(e.contains("out of range"), "{e}");
+        let e = panics(|| check_rows_within(&[0], &[4, 5], 3, 18));
+        assert!(e.contains("one source row per destination"), "{e}");
     }
 }

@@ -25,6 +25,37 @@ impl<B: Backend> KvCache<B> {
     pub fn reset(&mut self, slot: usize) {
         self.lens[slot] = 0;
     }
+
+    /// For each `(src, dst)` pair of slots, `dst` (empty) gets the tokens `src` holds: their key
+    /// and value rows copied exactly, every layer (one op a buffer for all pairs). The responses
+    /// to one prompt share its prefill this way instead of computing it again: a prefill's rows
+    /// depend on the prompt alone, so the copies are the bits a prefill of `dst` would write.
+    pub fn share_prefixes(&mut self, be: &B, pairs: &[(usize, usize)]) -> Result<()> {
+        let slots = self.lens.len();
+        for &(src, dst) in pairs {
+            if src >= slots || dst >= slots || src == dst {
+                bail!("KV cache share {src} -> {dst}: slots must differ and exist ({slots} slots)");
+            }
+            if self.lens[dst] != 0 {
+                bail!("KV cache share {src} -> {dst}: slot {dst} is not empty");
+            }
+        }
+        let (mut from, mut to) = (Vec::new(), Vec::new());
+        for &(src, dst) in pairs {
+            from.extend((0..self.lens[src]).map(|p| src * self.cap + p));
+            to.extend((0..self.lens[src]).map(|p| dst * self.cap + p));
+        }
+        if let Some(k0) = self.k.first() {
+            let width = be.len(k0) / (slots * self.cap).max(1);
+            for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+                be.copy_rows_within(buf, &from, &to, width);
+            }
+        }
+        for &(src, dst) in pairs {
+            self.lens[dst] = self.lens[src];
+        }
+        Ok(())
+    }
 }
 
 impl<B: Backend> Qwen2<B> {

@@ -46,6 +46,11 @@ pub struct Schedule {
     pub slots: usize,
     /// Prompt tokens a step may prefill (see [`PREFILL_TOKENS_PER_STEP`]).
     pub prefill_tokens: usize,
+    /// Responses to one prompt that start in the same step share its prefill: one slot
+    /// computes it, the others get copies of its cache rows and of its last token's logits
+    /// (`KvCache::share_prefixes`): the same bits, the prompt computed once instead of once a
+    /// response (GRPO's groups). Off: each response prefills its prompt.
+    pub share_prompts: bool,
 }
 
 impl Schedule {
@@ -66,8 +71,22 @@ impl Schedule {
                 cap.max(1).saturating_mul(kv_values_per_token(model)).saturating_mul(bytes);
             KV_BUDGET_BYTES / per_slot.max(1)
         };
-        Schedule { slots: want.clamp(1, responses.max(1)), prefill_tokens: PREFILL_TOKENS_PER_STEP }
+        Schedule {
+            slots: want.clamp(1, responses.max(1)),
+            prefill_tokens: PREFILL_TOKENS_PER_STEP,
+            share_prompts: share_prompts_from_env(),
+        }
     }
+}
+
+/// `Schedule::share_prompts` from `MMR1_SHARE_PROMPTS` (`1`/unset: on, `0`: each response
+/// prefills its prompt, to time what sharing saves). Panics on another value, naming it.
+pub fn share_prompts_from_env() -> bool {
+    crate::backend::cuda::device::switch_from_env(
+        "MMR1_SHARE_PROMPTS",
+        true,
+        "responses to one prompt starting together share its prefill",
+    )
 }
 
 /// Values the KV cache holds per token: a key and a value row in every layer.
@@ -90,6 +109,9 @@ pub struct SlotStats {
     pub sampled: usize,
     /// Prompt tokens prefilled.
     pub prefilled: usize,
+    /// Prompt tokens a response got as copies of another slot's prefill of its prompt
+    /// (`Schedule::share_prompts`) instead of prefilling them.
+    pub shared: usize,
     /// Values of the KV cache's key and value buffers, all layers (f32 or bf16:
     /// `Backend::kv_cache_value_bytes`).
     pub kv_values: usize,
@@ -121,6 +143,7 @@ impl SlotStats {
         self.busy_slot_steps += other.busy_slot_steps;
         self.sampled += other.sampled;
         self.prefilled += other.prefilled;
+        self.shared += other.shared;
         self.seconds += other.seconds;
     }
 
@@ -218,26 +241,39 @@ pub fn decode_scheduled<B: RlOps>(
     let mut next_waiting = 0;
     let vocab = model.cfg.vocab_size;
     loop {
-        // Free slots take waiting responses, in order, within the step's prefill budget.
+        // Free slots take waiting responses, in order, within the step's prefill budget; a
+        // response whose prompt a slot prefills in this step shares that prefill instead.
         let mut prefill = 0;
-        for h in held.iter_mut().filter(|h| h.is_none()) {
+        let mut prefilling: Vec<(usize, usize)> = Vec::new(); // (prompt, slot) this step
+        let mut shares: Vec<(usize, usize)> = Vec::new(); // (source slot, slot)
+        for (slot, h) in held.iter_mut().enumerate().filter(|(_, h)| h.is_none()) {
             let r = next_waiting;
             if r == n {
                 break;
             }
-            let len = batch.prompts[r / batch.group].len();
+            let prompt = r / batch.group;
+            let source = prefilling.iter().find(|(p, _)| *p == prompt).map(|&(_, s)| s);
+            if let Some(src) = source.filter(|_| schedule.share_prompts) {
+                next_waiting += 1;
+                *h = Some((r, None));
+                shares.push((src, slot));
+                continue;
+            }
+            let len = batch.prompts[prompt].len();
             if prefill > 0 && prefill + len > schedule.prefill_tokens {
                 break;
             }
             next_waiting += 1;
             prefill += len;
             *h = Some((r, None));
+            prefilling.push((prompt, slot));
         }
         let toks: Vec<[u32; 1]> =
             held.iter().map(|h| [h.and_then(|(_, t)| t).unwrap_or(0)]).collect();
         let feeds: Vec<Feed<'_>> = held
             .iter()
             .enumerate()
+            .filter(|(slot, _)| !shares.iter().any(|&(_, s)| s == *slot))
             .filter_map(|(slot, h)| {
                 let (r, next) = (*h)?;
                 Some(match next {
@@ -252,16 +288,30 @@ pub fn decode_scheduled<B: RlOps>(
         if feeds.is_empty() {
             break;
         }
-        let logits = step(&mut cache, &feeds)?;
+        let mut logits = step(&mut cache, &feeds)?;
+        // (slot, response) of each logits row: the feeds, then the slots sharing a prefill,
+        // whose cache rows and logits row are copies of their source's.
+        let mut order: Vec<(usize, usize)> = feeds.iter().map(|f| (f.slot, f.response)).collect();
+        if !shares.is_empty() {
+            cache.share_prefixes(be, &shares)?;
+            let mut rows: Vec<usize> = (0..feeds.len()).collect();
+            for &(src, slot) in &shares {
+                rows.push(feeds.iter().position(|f| f.slot == src).expect("a prefill feed"));
+                order.push((slot, held[slot].expect("a held response").0));
+                stats.shared += cache.lens[slot];
+            }
+            let mut all = be.output_buf(rows.len() * vocab);
+            be.gather_rows(&mut all, &logits, &rows, vocab);
+            logits = all;
+        }
         stats.steps += 1;
         stats.slot_steps += slots;
-        stats.busy_slot_steps += feeds.len();
+        stats.busy_slot_steps += order.len();
         stats.prefilled += prefill;
         let rows: Vec<(u64, usize)> =
-            feeds.iter().map(|f| (outs[f.response].seed, outs[f.response].tokens.len())).collect();
+            order.iter().map(|&(_, r)| (outs[r].seed, outs[r].tokens.len())).collect();
         let drawn = draw_tokens(be, &logits, vocab, params, &rows)?;
-        for (f, (tok, lp)) in feeds.iter().zip(drawn) {
-            let (slot, r) = (f.slot, f.response);
+        for (&(slot, r), (tok, lp)) in order.iter().zip(drawn) {
             let o = &mut outs[r];
             o.tokens.push(tok);
             o.logprobs.push(lp);

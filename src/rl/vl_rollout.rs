@@ -145,12 +145,17 @@ fn decode_vl<B: RlOps>(
         .filter(|&id| id < vocab)
         .collect();
     let neg_inf = be.upload(&[f32::NEG_INFINITY]);
-    // Per slot, its M-RoPE offset (set by the slot's prefill); per prompt being prefilled, its
-    // vision features.
+    // Per prompt, its M-RoPE offset (set by its prefill; a response that shares another slot's
+    // prefill of its prompt, `Schedule::share_prompts`, needs it too), handed to the model per
+    // slot; per prompt being prefilled, its vision features.
     let mut deltas: Vec<i64> = Vec::new();
+    let mut prompt_deltas: HashMap<usize, i64> = HashMap::new();
     let mut held: HashMap<usize, Option<B::Buf>> = HashMap::new();
     let step = |cache: &mut KvCache<B>, feeds: &[Feed<'_>]| -> Result<B::Buf> {
         deltas.resize(cache.lens.len(), 0);
+        for f in feeds.iter().filter(|f| !f.prefill) {
+            deltas[f.slot] = prompt_deltas[&(f.response / group)];
+        }
         let grids_of = |f: &Feed<'_>| -> &[[usize; 3]] {
             if f.prefill {
                 prompts[f.response / group].1
@@ -198,10 +203,17 @@ fn decode_vl<B: RlOps>(
                 be.copy(&mut logits, j * vocab + id, &neg_inf, 0, 1);
             }
         }
-        // A prompt's features go once its last response is prefilled (responses take slots
-        // in order).
+        for f in feeds.iter().filter(|f| f.prefill) {
+            prompt_deltas.insert(f.response / group, deltas[f.slot]);
+        }
+        // A prompt's features go once its last response is prefilled, or a later prompt's
+        // first is (responses take slots in order: every response of the earlier prompts has
+        // started, by its own prefill or by sharing one).
         for f in feeds.iter().filter(|f| f.prefill && f.response % group == group - 1) {
             held.remove(&(f.response / group));
+        }
+        if let Some(latest) = feeds.iter().filter(|f| f.prefill).map(|f| f.response / group).max() {
+            held.retain(|&prompt, _| prompt >= latest);
         }
         Ok(logits)
     };

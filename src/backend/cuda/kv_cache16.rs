@@ -80,3 +80,39 @@ impl<D: Device> CudaBackend<D> {
         DevBuf { stored: mem, len: n, bf16: true }
     }
 }
+
+/// `Backend::copy_rows_within` on either storage: `copy_rows_f32` moving 4-byte words (the
+/// bits as they are: an f32 value, or two bf16 ones), source and destination the same memory.
+/// The caller checked the rows (distinct destinations, none a source).
+pub(super) fn copy_rows_within<D: Device>(
+    be: &CudaBackend<D>,
+    buf: &DevBuf<D::Mem>,
+    src: &[usize],
+    dst: &[usize],
+    width: usize,
+) {
+    let words = if buf.bf16 {
+        assert!(width.is_multiple_of(2), "copy_rows_within: an odd row width in bf16 storage");
+        width / 2
+    } else {
+        width
+    };
+    if src.is_empty() || words == 0 {
+        return;
+    }
+    let up = |r: &[usize]| be.upload_u32(&r.iter().map(|&x| x as u32).collect::<Vec<u32>>());
+    let (s_rows, d_rows) = (up(src), up(dst));
+    be.elementwise(
+        "copy_rows_f32",
+        src.len() * words,
+        &[
+            Arg::Ptr(&buf.stored),
+            Arg::Null,
+            Arg::Ptr(&d_rows),
+            Arg::Ptr(&buf.stored),
+            Arg::Ptr(&s_rows),
+            Arg::I32(src.len() as i32),
+            Arg::I32(words as i32),
+        ],
+    );
+}

@@ -517,6 +517,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         super::row_moves::check_rows("scatter_rows dst", rows, width, dst.len, src.len, true);
         self.copy_rows(dst, Some(rows), src, None, rows.len(), width);
     }
+    fn copy_rows_within(&self, buf: &mut Self::Buf, src: &[usize], dst: &[usize], width: usize) {
+        super::row_moves::check_rows_within(src, dst, width, buf.len);
+        kv_cache16::copy_rows_within(self, buf, src, dst, width);
+    }
     fn add_into(&self, out: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf) {
         assert!(out.len == x.len && x.len == y.len, "add_into: length mismatch");
         self.elementwise(
