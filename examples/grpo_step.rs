@@ -4,8 +4,10 @@
 //! `--new` tokens, temperature 0.6, on the device's sampler with continuous batching), the
 //! rewards and group advantages, VAS scores of the step's rollouts (pass rate and
 //! 1 - self-BLEU-4; MMR1 scores separate rollouts every T_update steps, so this is the cost
-//! of one scoring of this size, at the paper's alpha and beta), then the update (old and reference log-prob passes, the
-//! GRPO loss with k3 KL 0.01, backward, clip, AdamW: MMR1's settings, one optimizer step).
+//! of one scoring of this size, at the paper's alpha and beta), then the update (the reference
+//! log-prob pass, the GRPO loss with k3 KL 0.01, backward, clip, AdamW: MMR1's settings, one
+//! optimizer step). On-policy the update takes the old log-probs from its own forward;
+//! `--old-logprob-pass` runs their pass as well, the work the PyTorch side does.
 //!
 //! The reward is a rule both sides compute from the token ids alone (1 when the response's
 //! id sum is even): random-weight responses have no answers to grade, and a rule that splits
@@ -71,6 +73,9 @@ struct Opts {
     /// Tokens per micro-batch of the update (rl.micro_batch_tokens).
     #[arg(long, default_value_t = 16384)]
     micro_tokens: usize,
+    /// Run the old log-probs' own forward pass (rl.old_logprob_pass), as the PyTorch side does.
+    #[arg(long)]
+    old_logprob_pass: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -106,6 +111,7 @@ fn run<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
     tc.rl.group_size = o.group;
     tc.rl.max_new_tokens = o.new;
     tc.rl.micro_batch_tokens = o.micro_tokens;
+    tc.rl.old_logprob_pass = o.old_logprob_pass;
     let s = grpo_settings(&tc, vec![]);
     let mut opt = AdamW::new(
         be,

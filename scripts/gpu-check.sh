@@ -215,6 +215,8 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_SHARE_PROMPTS=0 MMR1_SHARE_PROMPTS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    # The old log-probs' own pass, which on-policy updates skip (the PyTorch step runs it).
+    STEP_ENV=old-pass step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo --old-logprob-pass
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
 elif want steps && [ "${STEPS:-full}" = recheck ]; then
     # STEPS=recheck: a short follow-up call: the default step, the diagonal-only flash mask's

@@ -62,7 +62,9 @@ fn first_epoch_ratio_is_exactly_one_whatever_the_micro_batching() {
     let prompts = vec![random_ids(5, VOCAB, 1), random_ids(9, VOCAB, 2), random_ids(3, VOCAB, 3)];
     for budget in [1, 17, 10_000] {
         let mut model = random_model(tiny_config(VOCAB, true), 7);
-        let s = settings(budget);
+        let mut s = settings(budget);
+        // The old log-probs by their own pass (on-policy the update would take its own).
+        s.extras.old_logprob_pass = true;
         let exp = toy_experience(&model, &s, &prompts, 11);
         let mut opt = AdamW::new(&Cpu, &model.params, AdamwConfig::default());
         let mut st = Workspace::new(&model, &Cpu);
@@ -70,6 +72,69 @@ fn first_epoch_ratio_is_exactly_one_whatever_the_micro_batching() {
         assert_eq!(rep.first_epoch_max_ratio_dev, 0.0, "budget {budget}: ratio must be exactly 1");
         assert_eq!(rep.metrics.clip_frac, 0.0);
         assert!(rep.steps[0].grad_norm > 0.0 && !rep.steps[0].skipped);
+    }
+}
+
+/// On-policy (one PPO epoch of one mini-batch) the update takes the old log-probs from its own
+/// forward and skips their pass: the same loss, metrics and parameters, bit for bit, as with
+/// the pass (which the first-epoch ratio check above proves equal to the forward's), on the
+/// CPU and on the emulator (f32, and bf16 GEMMs), with and without a reference model's KL
+/// term and an entropy bonus, whatever the micro-batching.
+#[test]
+fn on_policy_updates_skip_the_old_pass_and_keep_their_bits() {
+    use mmr1_fast::rl::grpo::{KlConfig, KlEstimator};
+    fn check<B: mmr1_fast::backend::rl_ops::RlOps>(be: &B, what: &str) {
+        let prompts = vec![random_ids(5, VOCAB, 1), random_ids(9, VOCAB, 2)];
+        let host = random_model(tiny_config(VOCAB, true), 7).to_host(&Cpu);
+        let reference = random_model(tiny_config(VOCAB, true), 8);
+        let on = |m: &mmr1_fast::model::Qwen2<Cpu>| {
+            mmr1_fast::model::Qwen2::from_host(
+                be,
+                m.cfg.clone(),
+                m.layout.clone(),
+                &m.to_host(&Cpu),
+            )
+        };
+        let reference = on(&reference);
+        for (budget, kl) in [(17, false), (10_000, true)] {
+            let mut s = settings(budget);
+            if kl {
+                s.loss.kl = Some(KlConfig { estimator: KlEstimator::K3, coef: 0.05 });
+                s.loss.entropy_coef = 0.01;
+            }
+            let cpu_model = random_model(tiny_config(VOCAB, true), 7);
+            let exp = toy_experience(&cpu_model, &s, &prompts, 11);
+            let run = |pass: bool| {
+                let mut s = s.clone();
+                s.extras.old_logprob_pass = pass;
+                let mut model = mmr1_fast::model::Qwen2::from_host(
+                    be,
+                    cpu_model.cfg.clone(),
+                    cpu_model.layout.clone(),
+                    &host,
+                );
+                let mut opt = AdamW::new(be, &model.params, AdamwConfig::default());
+                let mut st = Workspace::new(&model, be);
+                let r = kl.then_some(&reference);
+                let rep = update(&mut model, r, &mut opt, be, &exp, &s, 1e-3, &mut st).unwrap();
+                let w: Vec<u32> = model.to_host(be).concat().iter().map(|x| x.to_bits()).collect();
+                (rep, w)
+            };
+            let ((skip, w_skip), (pass, w_pass)) = (run(false), run(true));
+            let tag = format!("{what}, budget {budget}, kl {kl}");
+            assert_eq!(skip.loss.to_bits(), pass.loss.to_bits(), "{tag}: loss");
+            assert_eq!(format!("{:?}", skip.metrics), format!("{:?}", pass.metrics), "{tag}");
+            assert_eq!(w_skip, w_pass, "{tag}: parameters after the update");
+            assert!(w_skip != host.concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        }
+    }
+    check(&Cpu, "cpu");
+    #[cfg(feature = "emu")]
+    {
+        use mmr1_fast::backend::cuda::CudaBackend;
+        use mmr1_fast::backend::precision::Precision;
+        check(&CudaBackend::emulator(), "emu f32");
+        check(&CudaBackend::emulator().with_precision(Precision::Bf16).unwrap(), "emu bf16");
     }
 }
 

@@ -43,6 +43,9 @@ fn run_phase(lambda: f32) -> (RlState, Vec<RlState>, Vec<serde_json::Value>) {
     cfg.rl.max_new_tokens = 4;
     cfg.rl.kl_coef = 0.0;
     cfg.rl.dynamic_filter = false;
+    // The old log-probs' own pass (skipped on-policy otherwise), so that the logged first-epoch
+    // ratio deviation checks it against the update's forward.
+    cfg.rl.old_logprob_pass = true;
     cfg.vas.enabled = true;
     cfg.vas.lambda = lambda;
     cfg.vas.t_update = T_UPDATE;

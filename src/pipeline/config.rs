@@ -190,6 +190,11 @@ pub struct RlSection {
     pub overlong_penalty_factor: f32,
     /// DAPO-style: drop groups whose accuracy is all 0 or all 1 and refill the batch.
     pub dynamic_filter: bool,
+    /// Compute the old log-probs by a forward pass of their own even when the update is
+    /// on-policy (one PPO epoch of one mini-batch), where the update's forward gives the same
+    /// bits and the pass is skipped (as TRL does at num_iterations 1); the first-epoch ratio
+    /// deviation then checks that identity (`first_epoch_max_ratio_dev`, 0 when it holds).
+    pub old_logprob_pass: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -300,6 +305,7 @@ impl Default for TrainConfig {
                 overlong_buffer_len: 0,
                 overlong_penalty_factor: 1.0,
                 dynamic_filter: false,
+                old_logprob_pass: false,
             },
             // VPS = 0.8 OVS + 0.2 TDS, lambda 0.5, T_update 14 (ablation best), N = 8.
             vas: VasSection {

@@ -102,6 +102,7 @@ pub fn grpo_settings(cfg: &TrainConfig, stop_ids: Vec<u32>) -> GrpoSettings {
         top_entropy_quantile: (r.top_entropy_quantile < 1.0).then_some(r.top_entropy_quantile),
         seed: mix_seed(cfg.seed, 0xc0f),
         grad_buckets: cfg.dist.grad_buckets,
+        old_logprob_pass: r.old_logprob_pass,
     };
     GrpoSettings {
         group_size: r.group_size,

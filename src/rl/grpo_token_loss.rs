@@ -9,7 +9,8 @@
 //! (kernels/grpo_loss.cu) on CUDA and the emulator, `rl::grpo::policy_loss` on the CPU. The
 //! gather, the loss and the scatter stay on the device; the per-token inputs (`logp_old`,
 //! advantages, mask, reference log-probs, TRL's entropy mask) are uploaded, and only the
-//! loss and its metrics come back.
+//! loss and its metrics come back. On-policy (`GrpoTokenLoss::on_policy`) the old log-probs
+//! are the forward's own, read where they are.
 
 use super::grpo::{LossConfig, LossInputs, LossMetrics, Normalizer};
 use crate::backend::rl_ops::{AdvBuf, LossBufs, RlOps};
@@ -26,6 +27,8 @@ pub struct GrpoTokenLoss<'a> {
     cfg: &'a LossConfig,
     norm: Normalizer,
     inv_temp: f32,
+    /// The old log-probs are this forward's own (`on_policy`): `inputs.logp_old` is empty.
+    old_from_forward: bool,
     track_ratio_dev: bool,
     /// After `eval`: the loss's diagnostics for this micro-batch.
     pub metrics: LossMetrics,
@@ -46,6 +49,32 @@ impl<'a> GrpoTokenLoss<'a> {
         inv_temp: f32,
     ) -> Self {
         assert_eq!(inputs.logp_old.len(), rows.len(), "GrpoTokenLoss: one row per response token");
+        Self::build(rows, inputs, cfg, norm, inv_temp, false)
+    }
+
+    /// [`GrpoTokenLoss::new`] for an on-policy update (one PPO epoch of one mini-batch): the
+    /// old log-probs are the ones `eval` gets from the model, the same bits their own forward
+    /// pass would give (`rl::trainer`, batch invariance), so `inputs.logp_old` is empty and
+    /// the ratio is exactly 1.
+    pub fn on_policy(
+        rows: &'a [usize],
+        inputs: LossInputs<'a>,
+        cfg: &'a LossConfig,
+        norm: Normalizer,
+        inv_temp: f32,
+    ) -> Self {
+        assert!(inputs.logp_old.is_empty(), "GrpoTokenLoss::on_policy: old log-probs given");
+        Self::build(rows, inputs, cfg, norm, inv_temp, true)
+    }
+
+    fn build(
+        rows: &'a [usize],
+        inputs: LossInputs<'a>,
+        cfg: &'a LossConfig,
+        norm: Normalizer,
+        inv_temp: f32,
+        old_from_forward: bool,
+    ) -> Self {
         assert!(rows.windows(2).all(|w| w[0] < w[1]), "GrpoTokenLoss: rows ascending");
         let mut runs: Vec<(usize, usize, usize)> = Vec::new();
         for (k, &r) in rows.iter().enumerate() {
@@ -61,6 +90,7 @@ impl<'a> GrpoTokenLoss<'a> {
             cfg,
             norm,
             inv_temp,
+            old_from_forward,
             track_ratio_dev: false,
             metrics: LossMetrics::default(),
             max_ratio_dev: 0.0,
@@ -99,12 +129,13 @@ impl<B: RlOps> TokenLoss<B> for GrpoTokenLoss<'_> {
         let with_entropy = self.cfg.entropy_coef != 0.0;
         let entropy = with_entropy.then(|| gather(ent));
         let x = &self.inputs;
-        let (old, adv, mask) = (be.upload(x.logp_old), be.upload(x.advantages), be.upload(x.mask));
+        let old = (!self.old_from_forward).then(|| be.upload(x.logp_old));
+        let (adv, mask) = (be.upload(x.advantages), be.upload(x.mask));
         let ref_logp = x.ref_logp.map(|v| be.upload(v));
         let pg_mask = x.pg_mask.map(|v| be.upload(v));
         let bufs = LossBufs {
             logp: &logp,
-            logp_old: &old,
+            logp_old: old.as_ref().unwrap_or(&logp),
             advantages: AdvBuf::PerToken(&adv),
             mask: &mask,
             ref_logp: ref_logp.as_ref(),
@@ -117,7 +148,7 @@ impl<B: RlOps> TokenLoss<B> for GrpoTokenLoss<'_> {
         let mut dentropy = entropy.as_ref().map(|_| be.zeros(n));
         let out = be.rl_loss(&bufs, self.cfg, self.norm, &mut dlogp, dentropy.as_mut());
         self.metrics = out.metrics;
-        if self.track_ratio_dev {
+        if self.track_ratio_dev && !self.old_from_forward {
             self.max_ratio_dev = be
                 .download(&logp)
                 .iter()

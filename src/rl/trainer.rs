@@ -61,6 +61,9 @@ pub struct GrpoExtras {
     /// backward (`dist::buckets`). The `train` pipeline sets it from `dist.grad_buckets`
     /// (on by default there); off, one reduce-scatter per optimizer step.
     pub grad_buckets: bool,
+    /// Run the old log-probs' own forward pass even on-policy, where `update` otherwise takes
+    /// them from the update's forward (`rl.old_logprob_pass`).
+    pub old_logprob_pass: bool,
 }
 
 /// The rollouts of one step: `G` responses for each of the batch's prompts, group-major.
@@ -424,8 +427,20 @@ pub fn update_with<B: RlOps, P: Policy<B>>(
     let micro_of = micro_of_rank(comm.rank());
     let all_micro: Vec<Range<usize>> = micro_of.iter().flatten().cloned().collect();
 
-    let (mut logp_old, mut ent_old) =
-        response_logprobs_entropy(policy, be, exp, &all_micro, inv_temp, ws)?;
+    // On-policy (one PPO epoch of one mini-batch: the defaults) the old log-probs are the
+    // update's own forward's, bit for bit (batch invariance, above), so the loss takes them
+    // from that forward and their pass is skipped, as TRL does at num_iterations 1; unless a
+    // batch-level selection reads them before the forward (Clip-Cov / KL-Cov, TRL's entropy
+    // quantile) or `old_logprob_pass` asks for the pass.
+    let top_quantile = s.extras.top_entropy_quantile.filter(|&q| q > 0.0 && q < 1.0);
+    let reads_old_first = s.loss.policy.needs_selection() || top_quantile.is_some();
+    let old_from_forward =
+        s.ppo_epochs == 1 && minis.len() == 1 && !reads_old_first && !s.extras.old_logprob_pass;
+    let (mut logp_old, mut ent_old) = if old_from_forward {
+        (Vec::new(), Vec::new())
+    } else {
+        response_logprobs_entropy(policy, be, exp, &all_micro, inv_temp, ws)?
+    };
     let mut ref_logp = match (reference, &s.loss.kl) {
         (Some(m), Some(_)) => Some(response_logprobs(m, be, exp, &all_micro, inv_temp, ws)?),
         _ => None,
@@ -433,14 +448,16 @@ pub fn update_with<B: RlOps, P: Policy<B>>(
     if world > 1 {
         let order: Vec<Vec<Range<usize>>> =
             (0..world).map(|q| micro_of_rank(q).into_iter().flatten().collect()).collect();
-        logp_old = gather_tokens(comm, &logp_old, &order, &offsets)?;
-        ent_old = gather_tokens(comm, &ent_old, &order, &offsets)?;
+        if !old_from_forward {
+            logp_old = gather_tokens(comm, &logp_old, &order, &offsets)?;
+            ent_old = gather_tokens(comm, &ent_old, &order, &offsets)?;
+        }
         if let Some(r) = ref_logp.as_mut() {
             *r = gather_tokens(comm, r, &order, &offsets)?;
         }
     }
     let adv_tok = broadcast_to_tokens(&exp.advantages, &offsets);
-    let mask = vec![1.0f32; logp_old.len()];
+    let mask = vec![1.0f32; offsets[n]];
     let max_len = s.sampling.max_new_tokens;
     let mut report = UpdateReport::default();
     let mut all_metrics = Vec::new();
@@ -482,25 +499,29 @@ pub fn update_with<B: RlOps, P: Policy<B>>(
                     cov_seed(s.extras.seed, epoch, minis.len(), mi),
                 )
             });
-            let pg_mask: Option<Vec<f32>> =
-                s.extras.top_entropy_quantile.filter(|&q| q > 0.0 && q < 1.0).map(|q| {
-                    high_entropy_mask(&f64s(&ent_old[t0..t1]), &f64s(&mask[t0..t1]), q as f64)
-                        .iter()
-                        .map(|&x| x as f32)
-                        .collect()
-                });
+            let pg_mask: Option<Vec<f32>> = top_quantile.map(|q| {
+                high_entropy_mask(&f64s(&ent_old[t0..t1]), &f64s(&mask[t0..t1]), q as f64)
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect()
+            });
             for rs in &micro_of[mi] {
                 let (micro, rows) = pack_responses(&*policy, be, exp, rs.clone())?;
                 let (a, b) = (offsets[rs.start], offsets[rs.end]);
                 let local_off = rebase(&offsets[rs.start..=rs.end]);
+                let old: &[f32] = if old_from_forward { &[] } else { &logp_old[a..b] };
                 let inputs = LossInputs {
                     ref_logp: ref_logp.as_ref().map(|r| &r[a..b]),
                     pg_mask: pg_mask.as_ref().map(|p| &p[a - t0..b - t0]),
                     selected: selected.as_ref().map(|p| &p[a - t0..b - t0]),
-                    ..LossInputs::new(&[], &logp_old[a..b], &adv_tok[a..b], &mask[a..b], &local_off)
+                    ..LossInputs::new(&[], old, &adv_tok[a..b], &mask[a..b], &local_off)
                 };
-                let mut lossfn = GrpoTokenLoss::new(&rows, inputs, &s.loss, norm, inv_temp);
-                if epoch == 0 && mi == 0 {
+                let mut lossfn = if old_from_forward {
+                    GrpoTokenLoss::on_policy(&rows, inputs, &s.loss, norm, inv_temp)
+                } else {
+                    GrpoTokenLoss::new(&rows, inputs, &s.loss, norm, inv_temp)
+                };
+                if epoch == 0 && mi == 0 && !old_from_forward {
                     lossfn = lossfn.tracking_ratio_dev();
                 }
                 let hook = buckets.as_mut().map(|b| b as &mut dyn GradHook<B>);
