@@ -386,39 +386,43 @@ fn a_bf16_cache_doubles_the_automatic_slot_count() {
     assert_eq!(slots(KvCacheStorage::F32), 8);
 }
 
-/// Responses to one prompt that start together share its prefill (`Schedule::share_prompts`):
-/// the prompt is computed once, the other slots get copies of its cache rows and last-token
-/// logits, and every response keeps its bits (tokens and log-probs) against each response
-/// prefilling its own prompt.
+/// Responses to one prompt share its prefill (`Schedule::share_prompts`): those that start in
+/// the step that prefills it, and, on fewer slots than responses, those that start later while
+/// a slot still decodes a response to it (its prompt rows copied, its logits row kept). The
+/// prompt is computed once a group where every response starts at once, and every response
+/// keeps its bits (tokens and log-probs) against each response prefilling its own prompt.
+/// Stop ids make the lengths ragged, so slots free at different steps.
 fn check_shared_prefills<B: RlOps>(be: &B, model: &Qwen2<B>, name: &str) {
     let prompts = prompts();
     let views: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
     let group = 4;
-    let seeds: Vec<u64> = (0..views.len() * group).map(|s| mix_seed(9, s as u64)).collect();
+    let n = views.len() * group;
+    let seeds: Vec<u64> = (0..n).map(|s| mix_seed(9, s as u64)).collect();
     let batch = Batch { prompts: &views, group, seeds: &seeds };
-    let p = params(1.0, 1.0, vec![], 0);
-    let run = |share_prompts: bool| {
+    let run = |slots: usize, share_prompts: bool, p: &SamplingParams| {
         let step = |c: &mut KvCache<B>, feeds: &[Feed<'_>]| {
             let inputs: Vec<(usize, &[u32])> = feeds.iter().map(|f| (f.slot, f.tokens)).collect();
             model.decode_step_logits(be, c, &inputs)
         };
-        let schedule = Schedule { slots: seeds.len(), prefill_tokens: 1 << 20, share_prompts };
-        decode_scheduled(model, be, &batch, &p, schedule, None, step, |_| {}).unwrap()
+        let schedule = Schedule { slots, prefill_tokens: 1 << 20, share_prompts };
+        decode_scheduled(model, be, &batch, p, schedule, None, step, |_| {}).unwrap()
     };
-    let (on, off) = (run(true), run(false));
-    assert_eq!(
-        bits(&on.rollouts),
-        bits(&off.rollouts),
-        "{name}: shared prefills changed a response"
-    );
+    let plain = run(n, false, &params(1.0, 1.0, vec![], 0));
+    let p = params(1.0, 1.0, stop_ids_for(&plain.rollouts), 0);
+    let off = run(n, false, &p);
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
     assert_eq!((off.stats.prefilled, off.stats.shared), (group * prompt_tokens, 0), "{name}");
-    assert_eq!(
-        (on.stats.prefilled, on.stats.shared),
-        (prompt_tokens, (group - 1) * prompt_tokens),
-        "{name}: each prompt computed once"
-    );
-    assert_eq!(on.stats.busy_slot_steps, off.stats.busy_slot_steps, "{name}");
+    for slots in [n, 3, 6] {
+        let on = run(slots, true, &p);
+        let what = format!("{name}, {slots} slots");
+        assert_eq!(bits(&on.rollouts), bits(&off.rollouts), "{what}: a response changed");
+        assert_eq!(on.stats.prefilled + on.stats.shared, group * prompt_tokens, "{what}");
+        assert!(on.stats.shared > 0, "{what}: nothing shared");
+        assert_eq!(on.stats.busy_slot_steps, off.stats.busy_slot_steps, "{what}");
+        if slots == n {
+            assert_eq!(on.stats.prefilled, prompt_tokens, "{what}: each prompt computed once");
+        }
+    }
 }
 
 #[test]

@@ -26,24 +26,31 @@ impl<B: Backend> KvCache<B> {
         self.lens[slot] = 0;
     }
 
-    /// For each `(src, dst)` pair of slots, `dst` (empty) gets the tokens `src` holds: their key
-    /// and value rows copied exactly, every layer (one op a buffer for all pairs). The responses
-    /// to one prompt share its prefill this way instead of computing it again: a prefill's rows
-    /// depend on the prompt alone, so the copies are the bits a prefill of `dst` would write.
-    pub fn share_prefixes(&mut self, be: &B, pairs: &[(usize, usize)]) -> Result<()> {
+    /// For each `(src, dst, len)`, slot `dst` (empty) gets the first `len` tokens slot `src`
+    /// holds: their key and value rows copied exactly, every layer (one op a buffer for all of
+    /// them). The responses to one prompt share its prefill this way instead of computing it
+    /// again: a prefill's rows depend on the prompt alone, so the copies are the bits a
+    /// prefill of `dst` would write.
+    pub fn share_prefixes(&mut self, be: &B, shares: &[(usize, usize, usize)]) -> Result<()> {
         let slots = self.lens.len();
-        for &(src, dst) in pairs {
+        for &(src, dst, len) in shares {
             if src >= slots || dst >= slots || src == dst {
                 bail!("KV cache share {src} -> {dst}: slots must differ and exist ({slots} slots)");
             }
             if self.lens[dst] != 0 {
                 bail!("KV cache share {src} -> {dst}: slot {dst} is not empty");
             }
+            if len > self.lens[src] {
+                bail!(
+                    "KV cache share {src} -> {dst}: {len} tokens, the source holds {}",
+                    self.lens[src]
+                );
+            }
         }
         let (mut from, mut to) = (Vec::new(), Vec::new());
-        for &(src, dst) in pairs {
-            from.extend((0..self.lens[src]).map(|p| src * self.cap + p));
-            to.extend((0..self.lens[src]).map(|p| dst * self.cap + p));
+        for &(src, dst, len) in shares {
+            from.extend((0..len).map(|p| src * self.cap + p));
+            to.extend((0..len).map(|p| dst * self.cap + p));
         }
         if let Some(k0) = self.k.first() {
             let width = be.len(k0) / (slots * self.cap).max(1);
@@ -51,8 +58,8 @@ impl<B: Backend> KvCache<B> {
                 be.copy_rows_within(buf, &from, &to, width);
             }
         }
-        for &(src, dst) in pairs {
-            self.lens[dst] = self.lens[src];
+        for &(_, dst, len) in shares {
+            self.lens[dst] = len;
         }
         Ok(())
     }

@@ -135,7 +135,8 @@ pub struct RlStepRecord {
     /// Largest |ratio - 1| over the first mini-batch of the first PPO epoch (before any
     /// optimizer step): 0 when `logp_old` and the update's log-probs are computed alike, as
     /// they must be; anything else means the log-prob pass is not batch-invariant on this
-    /// device (docs/perf.md, "The demo on the GPU in bf16").
+    /// device (docs/perf.md, "The demo on the GPU in bf16"). Not measured (0) when an
+    /// on-policy update takes `logp_old` from its own forward (`rl.old_logprob_pass` false).
     #[serde(deserialize_with = "nan_if_null")]
     pub first_epoch_max_ratio_dev: f64,
     #[serde(deserialize_with = "nan_if_null")]

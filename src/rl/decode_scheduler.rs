@@ -46,10 +46,11 @@ pub struct Schedule {
     pub slots: usize,
     /// Prompt tokens a step may prefill (see [`PREFILL_TOKENS_PER_STEP`]).
     pub prefill_tokens: usize,
-    /// Responses to one prompt that start in the same step share its prefill: one slot
-    /// computes it, the others get copies of its cache rows and of its last token's logits
-    /// (`KvCache::share_prefixes`): the same bits, the prompt computed once instead of once a
-    /// response (GRPO's groups). Off: each response prefills its prompt.
+    /// Responses to one prompt share its prefill: one slot computes it, the others get copies
+    /// of its cache rows and of its last token's logits (`KvCache::share_prefixes`): the same
+    /// bits, the prompt computed once instead of once a response (GRPO's groups). A response
+    /// starting in a later step shares too while a slot still decodes a response to its
+    /// prompt. Off: each response prefills its prompt.
     pub share_prompts: bool,
 }
 
@@ -240,24 +241,44 @@ pub fn decode_scheduled<B: RlOps>(
     let mut held: Vec<Option<(usize, Option<u32>)>> = vec![None; slots];
     let mut next_waiting = 0;
     let vocab = model.cfg.vocab_size;
+    // Prompts prefilled in an earlier step that a waiting response may still share, with their
+    // last token's logits row (kept until the prompt's last response has started).
+    let mut saved: Vec<(usize, B::Buf)> = Vec::new();
     loop {
-        // Free slots take waiting responses, in order, within the step's prefill budget; a
-        // response whose prompt a slot prefills in this step shares that prefill instead.
+        // Free slots take waiting responses, in order, within the step's prefill budget. A
+        // response shares its prompt's prefill (`Schedule::share_prompts`) when a slot
+        // prefills it in this step, or when an earlier step's prefill of it is saved and a
+        // slot still holds it: then its first token is drawn before the step (`late`).
         let mut prefill = 0;
         let mut prefilling: Vec<(usize, usize)> = Vec::new(); // (prompt, slot) this step
-        let mut shares: Vec<(usize, usize)> = Vec::new(); // (source slot, slot)
-        for (slot, h) in held.iter_mut().enumerate().filter(|(_, h)| h.is_none()) {
+        let mut shares: Vec<(usize, usize)> = Vec::new(); // (source slot, slot) this step
+        let mut late: Vec<(usize, usize, usize)> = Vec::new(); // (source slot, slot, prompt)
+        for slot in 0..slots {
+            if held[slot].is_some() {
+                continue;
+            }
             let r = next_waiting;
             if r == n {
                 break;
             }
             let prompt = r / batch.group;
-            let source = prefilling.iter().find(|(p, _)| *p == prompt).map(|&(_, s)| s);
-            if let Some(src) = source.filter(|_| schedule.share_prompts) {
-                next_waiting += 1;
-                *h = Some((r, None));
-                shares.push((src, slot));
-                continue;
+            if schedule.share_prompts {
+                if let Some(&(_, src)) = prefilling.iter().find(|(p, _)| *p == prompt) {
+                    next_waiting += 1;
+                    held[slot] = Some((r, None));
+                    shares.push((src, slot));
+                    continue;
+                }
+                // A slot decoding a response to this prompt holds its prompt rows.
+                let holder = held.iter().position(|h| {
+                    h.is_some_and(|(r2, next)| next.is_some() && r2 / batch.group == prompt)
+                });
+                if let Some(src) = holder.filter(|_| saved.iter().any(|(p, _)| *p == prompt)) {
+                    next_waiting += 1;
+                    held[slot] = Some((r, None));
+                    late.push((src, slot, prompt));
+                    continue;
+                }
             }
             let len = batch.prompts[prompt].len();
             if prefill > 0 && prefill + len > schedule.prefill_tokens {
@@ -265,8 +286,38 @@ pub fn decode_scheduled<B: RlOps>(
             }
             next_waiting += 1;
             prefill += len;
-            *h = Some((r, None));
+            held[slot] = Some((r, None));
             prefilling.push((prompt, slot));
+        }
+        if !late.is_empty() {
+            // The prompt's rows only: the holder has decoded past them.
+            let copies: Vec<(usize, usize, usize)> =
+                late.iter().map(|&(src, slot, p)| (src, slot, batch.prompts[p].len())).collect();
+            cache.share_prefixes(be, &copies)?;
+            let mut logits = be.output_buf(late.len() * vocab);
+            for (i, &(_, _, prompt)) in late.iter().enumerate() {
+                let row = &saved.iter().find(|(p, _)| *p == prompt).expect("a saved row").1;
+                be.copy(&mut logits, i * vocab, row, 0, vocab);
+            }
+            let order: Vec<(usize, usize)> =
+                late.iter().map(|&(_, slot, _)| (slot, held[slot].expect("held").0)).collect();
+            for &(slot, _) in &order {
+                stats.shared += cache.lens[slot];
+            }
+            stats.busy_slot_steps += order.len();
+            take_tokens(
+                be,
+                &logits,
+                &order,
+                &mut outs,
+                &mut held,
+                &mut cache,
+                &mut stats,
+                &mut on_token,
+                params,
+                tokenizer,
+                vocab,
+            )?;
         }
         let toks: Vec<[u32; 1]> =
             held.iter().map(|h| [h.and_then(|(_, t)| t).unwrap_or(0)]).collect();
@@ -286,14 +337,32 @@ pub fn decode_scheduled<B: RlOps>(
             })
             .collect();
         if feeds.is_empty() {
-            break;
+            if next_waiting == n && held.iter().all(|h| h.is_none()) {
+                break;
+            }
+            continue;
         }
         let mut logits = step(&mut cache, &feeds)?;
-        // (slot, response) of each logits row: the feeds, then the slots sharing a prefill,
-        // whose cache rows and logits row are copies of their source's.
+        // Prompts prefilled here whose later responses wait: their logits rows, for a slot
+        // that frees in a later step. Prompts whose responses have all started are dropped.
+        if schedule.share_prompts {
+            saved.retain(|(p, _)| next_waiting < (p + 1) * batch.group);
+            for (i, f) in feeds.iter().enumerate().filter(|(_, f)| f.prefill) {
+                let prompt = f.response / batch.group;
+                if next_waiting < (prompt + 1) * batch.group {
+                    let mut row = be.output_buf(vocab);
+                    be.copy(&mut row, 0, &logits, i * vocab, vocab);
+                    saved.push((prompt, row));
+                }
+            }
+        }
+        // (slot, response) of each logits row: the feeds, then the slots sharing a prefill of
+        // this step, whose cache rows and logits row are copies of their source's.
         let mut order: Vec<(usize, usize)> = feeds.iter().map(|f| (f.slot, f.response)).collect();
         if !shares.is_empty() {
-            cache.share_prefixes(be, &shares)?;
+            let copies: Vec<(usize, usize, usize)> =
+                shares.iter().map(|&(src, slot)| (src, slot, cache.lens[src])).collect();
+            cache.share_prefixes(be, &copies)?;
             let mut rows: Vec<usize> = (0..feeds.len()).collect();
             for &(src, slot) in &shares {
                 rows.push(feeds.iter().position(|f| f.slot == src).expect("a prefill feed"));
@@ -308,36 +377,69 @@ pub fn decode_scheduled<B: RlOps>(
         stats.slot_steps += slots;
         stats.busy_slot_steps += order.len();
         stats.prefilled += prefill;
-        let rows: Vec<(u64, usize)> =
-            order.iter().map(|&(_, r)| (outs[r].seed, outs[r].tokens.len())).collect();
-        let drawn = draw_tokens(be, &logits, vocab, params, &rows)?;
-        for (&(slot, r), (tok, lp)) in order.iter().zip(drawn) {
-            let o = &mut outs[r];
-            o.tokens.push(tok);
-            o.logprobs.push(lp);
-            stats.sampled += 1;
-            on_token(r);
-            let end = if params.stop_ids.contains(&tok) {
-                Some(StopReason::StopToken)
-            } else if hits_stop_string(o, params, tokenizer)? {
-                Some(StopReason::StopString)
-            } else if o.tokens.len() >= params.max_new_tokens {
-                Some(StopReason::MaxTokens)
-            } else {
-                None
-            };
-            match end {
-                Some(stop) => {
-                    o.stop = stop;
-                    cache.reset(slot);
-                    held[slot] = None;
-                }
-                None => held[slot] = Some((r, Some(tok))),
-            }
-        }
+        take_tokens(
+            be,
+            &logits,
+            &order,
+            &mut outs,
+            &mut held,
+            &mut cache,
+            &mut stats,
+            &mut on_token,
+            params,
+            tokenizer,
+            vocab,
+        )?;
     }
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(Rollouts { rollouts: outs, stats })
+}
+
+/// Draws a token for each `(slot, response)` of `order` from the matching row of `logits`
+/// and moves each response on: its token and log-prob kept, the slot freed (and its cache
+/// reset) when the response ends, else the token fed next.
+#[allow(clippy::too_many_arguments)]
+fn take_tokens<B: RlOps>(
+    be: &B,
+    logits: &B::Buf,
+    order: &[(usize, usize)],
+    outs: &mut [Rollout],
+    held: &mut [Option<(usize, Option<u32>)>],
+    cache: &mut KvCache<B>,
+    stats: &mut SlotStats,
+    on_token: &mut impl FnMut(usize),
+    params: &SamplingParams,
+    tokenizer: Option<&Tokenizer>,
+    vocab: usize,
+) -> Result<()> {
+    let rows: Vec<(u64, usize)> =
+        order.iter().map(|&(_, r)| (outs[r].seed, outs[r].tokens.len())).collect();
+    let drawn = draw_tokens(be, logits, vocab, params, &rows)?;
+    for (&(slot, r), (tok, lp)) in order.iter().zip(drawn) {
+        let o = &mut outs[r];
+        o.tokens.push(tok);
+        o.logprobs.push(lp);
+        stats.sampled += 1;
+        on_token(r);
+        let end = if params.stop_ids.contains(&tok) {
+            Some(StopReason::StopToken)
+        } else if hits_stop_string(o, params, tokenizer)? {
+            Some(StopReason::StopString)
+        } else if o.tokens.len() >= params.max_new_tokens {
+            Some(StopReason::MaxTokens)
+        } else {
+            None
+        };
+        match end {
+            Some(stop) => {
+                o.stop = stop;
+                cache.reset(slot);
+                held[slot] = None;
+            }
+            None => held[slot] = Some((r, Some(tok))),
+        }
+    }
+    Ok(())
 }
 
 /// Tokens a slot must hold: the longest prompt and `max_new_tokens` (any response may land in

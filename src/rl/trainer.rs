@@ -1,6 +1,6 @@
 //! One GRPO step, in two halves: `collect` (rollouts, rewards, group advantages) and
 //! `update` (old/reference log-probs, then PPO epochs of the clipped policy loss, backward and
-//! AdamW). The sampler, VPS refreshes, checkpoints and metrics live in the pipeline above.
+//! AdamW; on-policy the old log-probs are the update's own forward's). The sampler, VPS refreshes, checkpoints and metrics live in the pipeline above.
 //! The model is any [`Policy`]: a text `Qwen2`, or a Qwen2.5-VL model whose sequences carry
 //! their item's images (`rl::vl_policy`).
 //!
