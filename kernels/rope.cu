@@ -17,6 +17,16 @@ __device__ __forceinline__ void rope_turn(float& a, float& b, float ang, float s
     b = __fadd_rn(__fmul_rn(b0, c), __fmul_rn(a0, s));
 }
 
+// rope_turn, then the attention factor of scaled RoPE unless it is 1 (what rope_f32 and
+// scale_f32 do one after the other): both q/k/v epilogues, forward and backward.
+__device__ __forceinline__ void rope_turn_scaled(float& a, float& b, float ang, float sign, float factor) {
+    rope_turn(a, b, ang, sign);
+    if (factor != 1.0f) {
+        a *= factor;
+        b *= factor;
+    }
+}
+
 extern "C" __global__ void rope_f32(real* x, const unsigned* positions, const float* inv_freq, int ntok,
                                     int n_heads, int head_dim, float sign) {
     const int half = head_dim / 2;
@@ -80,13 +90,7 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
         const int c = hh * head_dim + i;
         real* p = x + t * width;
         float a = p[c] + bias[c], b = p[c + half] + bias[c + half];
-        if (which != 2) {
-            rope_turn(a, b, (float)positions[t] * inv_freq[i], 1.0f);
-            if (factor != 1.0f) {
-                a *= factor;
-                b *= factor;
-            }
-        }
+        if (which != 2) rope_turn_scaled(a, b, (float)positions[t] * inv_freq[i], 1.0f, factor);
         p[c] = a;
         p[c + half] = b;
         if (q16) {
@@ -136,11 +140,7 @@ extern "C" __global__ void qkv_bwd_epilogue_f32(real* dq, real* dk, const real* 
             real* x = which == 0 ? dq : dk;
             a = x[at];
             b = x[at + half];
-            rope_turn(a, b, (float)positions[t] * inv_freq[i], -1.0f);
-            if (factor != 1.0f) {
-                a *= factor;
-                b *= factor;
-            }
+            rope_turn_scaled(a, b, (float)positions[t] * inv_freq[i], -1.0f, factor);
             x[at] = a;
             x[at + half] = b;
         }

@@ -247,12 +247,13 @@ pub fn decode_scheduled<B: RlOps>(
     loop {
         // Free slots take waiting responses, in order, within the step's prefill budget. A
         // response shares its prompt's prefill (`Schedule::share_prompts`) when a slot
-        // prefills it in this step, or when an earlier step's prefill of it is saved and a
-        // slot still holds it: then its first token is drawn before the step (`late`).
+        // prefills it in this step (`shares`), or when an earlier step's prefill of it is
+        // saved and a slot still decodes a response to it (`late`). A sharing slot is not fed:
+        // after the step it gets the prompt's rows and draws from the prompt's logits row.
         let mut prefill = 0;
         let mut prefilling: Vec<(usize, usize)> = Vec::new(); // (prompt, slot) this step
         let mut shares: Vec<(usize, usize)> = Vec::new(); // (source slot, slot) this step
-        let mut late: Vec<(usize, usize, usize)> = Vec::new(); // (source slot, slot, prompt)
+        let mut late: Vec<(usize, usize)> = Vec::new(); // (holder slot, slot)
         for slot in 0..slots {
             if held[slot].is_some() {
                 continue;
@@ -276,7 +277,7 @@ pub fn decode_scheduled<B: RlOps>(
                 if let Some(src) = holder.filter(|_| saved.iter().any(|(p, _)| *p == prompt)) {
                     next_waiting += 1;
                     held[slot] = Some((r, None));
-                    late.push((src, slot, prompt));
+                    late.push((src, slot));
                     continue;
                 }
             }
@@ -289,42 +290,13 @@ pub fn decode_scheduled<B: RlOps>(
             held[slot] = Some((r, None));
             prefilling.push((prompt, slot));
         }
-        if !late.is_empty() {
-            // The prompt's rows only: the holder has decoded past them.
-            let copies: Vec<(usize, usize, usize)> =
-                late.iter().map(|&(src, slot, p)| (src, slot, batch.prompts[p].len())).collect();
-            cache.share_prefixes(be, &copies)?;
-            let mut logits = be.output_buf(late.len() * vocab);
-            for (i, &(_, _, prompt)) in late.iter().enumerate() {
-                let row = &saved.iter().find(|(p, _)| *p == prompt).expect("a saved row").1;
-                be.copy(&mut logits, i * vocab, row, 0, vocab);
-            }
-            let order: Vec<(usize, usize)> =
-                late.iter().map(|&(_, slot, _)| (slot, held[slot].expect("held").0)).collect();
-            for &(slot, _) in &order {
-                stats.shared += cache.lens[slot];
-            }
-            stats.busy_slot_steps += order.len();
-            take_tokens(
-                be,
-                &logits,
-                &order,
-                &mut outs,
-                &mut held,
-                &mut cache,
-                &mut stats,
-                &mut on_token,
-                params,
-                tokenizer,
-                vocab,
-            )?;
-        }
+        let sharing = |slot: usize| shares.iter().chain(&late).any(|&(_, s)| s == slot);
         let toks: Vec<[u32; 1]> =
             held.iter().map(|h| [h.and_then(|(_, t)| t).unwrap_or(0)]).collect();
         let feeds: Vec<Feed<'_>> = held
             .iter()
             .enumerate()
-            .filter(|(slot, _)| !shares.iter().any(|&(_, s)| s == *slot))
+            .filter(|&(slot, _)| !sharing(slot))
             .filter_map(|(slot, h)| {
                 let (r, next) = (*h)?;
                 Some(match next {
@@ -336,15 +308,42 @@ pub fn decode_scheduled<B: RlOps>(
                 })
             })
             .collect();
+        // A sharing slot's source is fed (a prefill, or a holder's decode).
         if feeds.is_empty() {
-            if next_waiting == n && held.iter().all(|h| h.is_none()) {
-                break;
-            }
-            continue;
+            break;
         }
         let mut logits = step(&mut cache, &feeds)?;
+        // (slot, response) of each logits row: the feeds, then the slots sharing a prefill,
+        // whose cache rows (the prompt's: a holder has decoded past them) are copies of their
+        // source's, and whose logits row is their source's in this step or the saved one.
+        let mut order: Vec<(usize, usize)> = feeds.iter().map(|f| (f.slot, f.response)).collect();
+        if !shares.is_empty() || !late.is_empty() {
+            let response = |slot: usize| held[slot].expect("a held response").0;
+            let copies: Vec<(usize, usize, usize)> = shares
+                .iter()
+                .chain(&late)
+                .map(|&(src, slot)| (src, slot, batch.prompts[response(slot) / batch.group].len()))
+                .collect();
+            cache.share_prefixes(be, &copies)?;
+            let mut rows: Vec<usize> = (0..feeds.len()).collect();
+            rows.extend(shares.iter().map(|&(src, _)| {
+                feeds.iter().position(|f| f.slot == src).expect("a prefill feed")
+            }));
+            let mut all = be.output_buf((rows.len() + late.len()) * vocab);
+            be.gather_rows(&mut all, &logits, &rows, vocab);
+            for (i, &(_, slot)) in late.iter().enumerate() {
+                let prompt = response(slot) / batch.group;
+                let row = &saved.iter().find(|(p, _)| *p == prompt).expect("a saved row").1;
+                be.copy(&mut all, (rows.len() + i) * vocab, row, 0, vocab);
+            }
+            for &(_, slot) in shares.iter().chain(&late) {
+                order.push((slot, response(slot)));
+                stats.shared += cache.lens[slot];
+            }
+            logits = all;
+        }
         // Prompts prefilled here whose later responses wait: their logits rows, for a slot
-        // that frees in a later step. Prompts whose responses have all started are dropped.
+        // that frees in a later step; prompts whose responses have all started dropped.
         if schedule.share_prompts {
             saved.retain(|(p, _)| next_waiting < (p + 1) * batch.group);
             for (i, f) in feeds.iter().enumerate().filter(|(_, f)| f.prefill) {
@@ -356,90 +355,40 @@ pub fn decode_scheduled<B: RlOps>(
                 }
             }
         }
-        // (slot, response) of each logits row: the feeds, then the slots sharing a prefill of
-        // this step, whose cache rows and logits row are copies of their source's.
-        let mut order: Vec<(usize, usize)> = feeds.iter().map(|f| (f.slot, f.response)).collect();
-        if !shares.is_empty() {
-            let copies: Vec<(usize, usize, usize)> =
-                shares.iter().map(|&(src, slot)| (src, slot, cache.lens[src])).collect();
-            cache.share_prefixes(be, &copies)?;
-            let mut rows: Vec<usize> = (0..feeds.len()).collect();
-            for &(src, slot) in &shares {
-                rows.push(feeds.iter().position(|f| f.slot == src).expect("a prefill feed"));
-                order.push((slot, held[slot].expect("a held response").0));
-                stats.shared += cache.lens[slot];
-            }
-            let mut all = be.output_buf(rows.len() * vocab);
-            be.gather_rows(&mut all, &logits, &rows, vocab);
-            logits = all;
-        }
         stats.steps += 1;
         stats.slot_steps += slots;
         stats.busy_slot_steps += order.len();
         stats.prefilled += prefill;
-        take_tokens(
-            be,
-            &logits,
-            &order,
-            &mut outs,
-            &mut held,
-            &mut cache,
-            &mut stats,
-            &mut on_token,
-            params,
-            tokenizer,
-            vocab,
-        )?;
+        let rows: Vec<(u64, usize)> =
+            order.iter().map(|&(_, r)| (outs[r].seed, outs[r].tokens.len())).collect();
+        let drawn = draw_tokens(be, &logits, vocab, params, &rows)?;
+        for (&(slot, r), (tok, lp)) in order.iter().zip(drawn) {
+            let o = &mut outs[r];
+            o.tokens.push(tok);
+            o.logprobs.push(lp);
+            stats.sampled += 1;
+            on_token(r);
+            let end = if params.stop_ids.contains(&tok) {
+                Some(StopReason::StopToken)
+            } else if hits_stop_string(o, params, tokenizer)? {
+                Some(StopReason::StopString)
+            } else if o.tokens.len() >= params.max_new_tokens {
+                Some(StopReason::MaxTokens)
+            } else {
+                None
+            };
+            match end {
+                Some(stop) => {
+                    o.stop = stop;
+                    cache.reset(slot);
+                    held[slot] = None;
+                }
+                None => held[slot] = Some((r, Some(tok))),
+            }
+        }
     }
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(Rollouts { rollouts: outs, stats })
-}
-
-/// Draws a token for each `(slot, response)` of `order` from the matching row of `logits`
-/// and moves each response on: its token and log-prob kept, the slot freed (and its cache
-/// reset) when the response ends, else the token fed next.
-#[allow(clippy::too_many_arguments)]
-fn take_tokens<B: RlOps>(
-    be: &B,
-    logits: &B::Buf,
-    order: &[(usize, usize)],
-    outs: &mut [Rollout],
-    held: &mut [Option<(usize, Option<u32>)>],
-    cache: &mut KvCache<B>,
-    stats: &mut SlotStats,
-    on_token: &mut impl FnMut(usize),
-    params: &SamplingParams,
-    tokenizer: Option<&Tokenizer>,
-    vocab: usize,
-) -> Result<()> {
-    let rows: Vec<(u64, usize)> =
-        order.iter().map(|&(_, r)| (outs[r].seed, outs[r].tokens.len())).collect();
-    let drawn = draw_tokens(be, logits, vocab, params, &rows)?;
-    for (&(slot, r), (tok, lp)) in order.iter().zip(drawn) {
-        let o = &mut outs[r];
-        o.tokens.push(tok);
-        o.logprobs.push(lp);
-        stats.sampled += 1;
-        on_token(r);
-        let end = if params.stop_ids.contains(&tok) {
-            Some(StopReason::StopToken)
-        } else if hits_stop_string(o, params, tokenizer)? {
-            Some(StopReason::StopString)
-        } else if o.tokens.len() >= params.max_new_tokens {
-            Some(StopReason::MaxTokens)
-        } else {
-            None
-        };
-        match end {
-            Some(stop) => {
-                o.stop = stop;
-                cache.reset(slot);
-                held[slot] = None;
-            }
-            None => held[slot] = Some((r, Some(tok))),
-        }
-    }
-    Ok(())
 }
 
 /// Tokens a slot must hold: the longest prompt and `max_new_tokens` (any response may land in

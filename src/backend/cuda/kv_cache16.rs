@@ -97,22 +97,6 @@ pub(super) fn copy_rows_within<D: Device>(
     } else {
         width
     };
-    if src.is_empty() || words == 0 {
-        return;
-    }
-    let up = |r: &[usize]| be.upload_u32(&r.iter().map(|&x| x as u32).collect::<Vec<u32>>());
-    let (s_rows, d_rows) = (up(src), up(dst));
-    be.elementwise(
-        "copy_rows_f32",
-        src.len() * words,
-        &[
-            Arg::Ptr(&buf.stored),
-            Arg::Null,
-            Arg::Ptr(&d_rows),
-            Arg::Ptr(&buf.stored),
-            Arg::Ptr(&s_rows),
-            Arg::I32(src.len() as i32),
-            Arg::I32(words as i32),
-        ],
-    );
+    let mem = Arg::Ptr(&buf.stored);
+    be.launch_copy_rows([mem, Arg::Null], Some(dst), mem, Some(src), src.len(), words);
 }

@@ -251,13 +251,27 @@ impl<D: Device> CudaBackend<D> {
         n_rows: usize,
         width: usize,
     ) {
+        let dst = kv_cache16::cache_dest(dst);
+        self.launch_copy_rows(dst, dst_rows, Arg::Ptr(src.mem()), src_rows, n_rows, width);
+    }
+    /// `copy_rows_f32` on its arguments as given: the (f32, bf16) destination pair (one of
+    /// them null), the source's memory, `width` 4-byte values a row (`copy_rows`; a row copy
+    /// within one buffer moves raw words, `kv_cache16::copy_rows_within`).
+    fn launch_copy_rows(
+        &self,
+        [dst32, dst16]: [Arg<'_, D::Mem>; 2],
+        dst_rows: Option<&[usize]>,
+        src: Arg<'_, D::Mem>,
+        src_rows: Option<&[usize]>,
+        n_rows: usize,
+        width: usize,
+    ) {
         if n_rows == 0 || width == 0 {
             return;
         }
         let up =
             |r: &[usize]| self.upload_index_u32(&r.iter().map(|&x| x as u32).collect::<Vec<u32>>());
         let (d_rows, s_rows) = (dst_rows.map(up), src_rows.map(up));
-        let [dst32, dst16] = kv_cache16::cache_dest(dst);
         self.elementwise(
             "copy_rows_f32",
             n_rows * width,
@@ -265,7 +279,7 @@ impl<D: Device> CudaBackend<D> {
                 dst32,
                 dst16,
                 opt_arg(d_rows.as_deref()),
-                Arg::Ptr(src.mem()),
+                src,
                 opt_arg(s_rows.as_deref()),
                 Arg::I32(n_rows as i32),
                 Arg::I32(width as i32),
