@@ -181,7 +181,7 @@ fn nvrtc_build(root: &Path, out: &Path, all: &str) {
 #[cfg(feature = "emu")]
 fn emu_build(root: &Path, out: &Path, files: &[PathBuf]) {
     let kdir = root.join("kernels");
-    // The kernels plus the emulator's own planted-bug kernels (tests/emu_strict.rs), which
+    // The kernels plus the emulator's own planted-bug kernels (tests/suite/emu_strict.rs), which
     // never reach the GPU build.
     let planted = kdir.join("emu/planted_bugs.cu");
     let mut cpp = String::new();

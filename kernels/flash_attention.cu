@@ -1055,7 +1055,7 @@ struct __align__(16) dec_f4 {
 // The KV cache in f32 or bf16 storage (`Backend::kv_cache_buf`: bf16 where the flash kernels
 // read it, which round K and V to bf16 at their tensor cores anyway). The decode kernels widen
 // bf16 values as they read them and compute in f32 either way, so a bf16 cache gives the bits
-// of an f32 cache holding the same (rounded) values: tests/flash_attention.rs holds them to it.
+// of an f32 cache holding the same (rounded) values: tests/suite/flash_attention.rs holds them to it.
 // Four consecutive values of a row (row 16-byte aligned for f32, 8-byte for bf16).
 __device__ __forceinline__ dec_f4 dec_piece(const float* row, int c4) {
     return reinterpret_cast<const dec_f4*>(row)[c4];

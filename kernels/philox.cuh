@@ -2,7 +2,7 @@
 // SC'11, doi:10.1145/2063384.2063405; round function and constants as in D. E. Shaw
 // Research's Random123 `philox.h`). The device twin of src/rl/philox.rs: the same bits for the
 // same (key, counter), held to Random123's known-answer vectors on both sides by
-// tests/philox.rs. Counter-based, so a thread computes any draw without state.
+// tests/suite/philox.rs. Counter-based, so a thread computes any draw without state.
 #pragma once
 
 #define PHILOX_M0 0xD2511F53u

@@ -1,4 +1,4 @@
-// Test kernels for kernels/philox.cuh (tests/philox.rs): the raw generator on given counters
+// Test kernels for kernels/philox.cuh (tests/suite/philox.rs): the raw generator on given counters
 // and keys (Random123's known-answer vectors), and the sampler's uniform for given
 // (seed, sequence, step), one thread per case.
 #include "common.cuh"

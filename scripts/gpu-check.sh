@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
-# (kernels_vs_cpu, tensor_core, flash_attention, fused_layer_ops, rl_kernels, vision_ops, philox, sample_kernel,
+# (files of tests/suite/, modules of the one test binary: kernels_vs_cpu, tensor_core,
+# flash_attention, fused_layer_ops, rl_kernels, vision_ops, philox, sample_kernel,
 # device_decode: decoding that samples on the device, against the host rule; nccl: the NCCL
 # collective in a world of one against the plain path, op by op and on short sft/train runs);
 # training steps at real
@@ -20,7 +21,7 @@
 #   scripts/gpu-check.sh --build-only DIR   # build release binaries into DIR/bin.tar.gz (no GPU
 #                                           # needed; stripped and packed to fit a device call)
 #   scripts/gpu-check.sh --prebuilt DIR     # run binaries built elsewhere (DIR/bin.tar.gz or
-#                                           # DIR/{kernels_vs_cpu,...,device_step,mmr1-fast})
+#                                           # DIR/{suite,kernels,...,device_step,mmr1-fast})
 #
 # GPU_CHECK_BUDGET (seconds, default 0 = none) bounds the whole run: each section is cut to the
 # time left, later sections are skipped and say so, and the tables are always written.
@@ -46,7 +47,7 @@ suites="kernels_vs_cpu tensor_core flash_attention fused_layer_ops rl_kernels vi
 # compute-sanitizer runs the kernel suites, not NCCL's (its own kernels and proxy threads are
 # not ours to check, and slow under the tools).
 san_suites=${suites/ nccl/}
-bins="$suites kernels rl_bench device_step grpo_step mmr1-fast"
+bins="suite kernels rl_bench device_step grpo_step mmr1-fast"
 budget=${GPU_CHECK_BUDGET:-0}
 t0=$SECONDS
 # Seconds left of the budget (a large number without one).
@@ -71,10 +72,10 @@ if [ "$mode" != "--prebuilt" ]; then
     [ -d .nvrtc ] || ./scripts/setup-nvrtc.sh >/dev/null
     eval "$(./scripts/setup-nvrtc.sh)"
     targets=(--bin mmr1-fast --example device_step --example grpo_step --bench kernels --bench rl_kernels)
-    for t in $suites; do targets+=(--test "$t"); done
+    targets+=(--test suite)
     cargo build --release --features cuda "${targets[@]}"
     msgs=$(cargo build --release --features cuda "${targets[@]}" --message-format=json 2>/dev/null)
-    for t in $suites; do exe[$t]=$(exe_of "$t" test <<< "$msgs"); done
+    exe[suite]=$(exe_of suite test <<< "$msgs")
     exe[kernels]=$(exe_of kernels bench <<< "$msgs")
     exe[rl_bench]=$(exe_of rl_kernels bench <<< "$msgs")
     exe[device_step]=$(exe_of device_step example <<< "$msgs")
@@ -111,7 +112,7 @@ echo "== GPU: $gpu (budget ${budget} s)"
 # Release binaries: wait for every launch, so a fault is reported with its kernel's name.
 export MMR1_SYNC_LAUNCHES=1
 
-# NCCL for tests/nccl.rs (NCCL in a world of one vs the plain path). cudarc opens libnccl.so
+# NCCL for tests/suite/nccl.rs (NCCL in a world of one vs the plain path). cudarc opens libnccl.so
 # (or .so.12 ...), while NCCL's packages and the pip wheels (nvidia-nccl-cu12/-cu13, which the
 # machine's PyTorch brings) install libnccl.so.2 only: link it under the plain name.
 nccl_dir=$( (python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null \
@@ -125,15 +126,28 @@ else
     echo "== NCCL: libnccl.so.2 not found (python3 nvidia.nccl, ldconfig): the nccl suite will fail by name"
 fi
 
+# The GPU tests of suite file $1 (tests/suite/$1.rs: the tests inside a `gpu` module), as the
+# command that runs them alone, in a process of their own (decode_replay sets an environment
+# variable the library reads), one test at a time; extra arguments go to the test binary.
+gpu_suite_cmd() {
+    local names
+    names=$("${exe[suite]}" --list --include-ignored 2>/dev/null \
+        | sed -n "s/^\($1::\(.*::\)\?gpu::.*\): test\$/\1/p" | tr '\n' ' ')
+    # No names would make --exact run every test: a suite without GPU tests is an error.
+    [ -n "$names" ] || { echo "echo 'NO GPU TESTS in tests/suite/$1.rs'; false"; return; }
+    echo "\"${exe[suite]}\" --exact $names--include-ignored --test-threads=1 ${*:2}"
+}
+
 echo "== equivalence suites on the GPU"
 : > "$log/tests.log"
 trc=0
 set +e
 for t in $(want suites && echo "${SUITES:-$suites}"); do
-    if [ ! -x "${exe[$t]}" ]; then
-        echo "MISSING: ${exe[$t]}" | tee -a "$log/tests.log"; trc=1
+    if [ ! -x "${exe[suite]}" ]; then
+        echo "MISSING: ${exe[suite]}" | tee -a "$log/tests.log"; trc=1
     elif enough 15 "suite $t"; then
-        timeout "$(cap 240)" "${exe[$t]}" gpu:: --include-ignored --test-threads=1 --nocapture >> "$log/tests.log" 2>&1 || trc=1
+        echo "-- tests/suite/$t.rs" >> "$log/tests.log"
+        timeout "$(cap 240)" bash -c "$(gpu_suite_cmd "$t" --nocapture)" >> "$log/tests.log" 2>&1 || trc=1
     else
         trc=1
     fi
@@ -319,8 +333,8 @@ if want rollout; then
 fi
 
 if want suites; then
-    echo "== sampling kernel at vocab 151,936 (tests/sample_kernel.rs real_vocab::speed)"
-    timeout "$(cap 60)" "${exe[sample_kernel]}" real_vocab::speed --include-ignored --nocapture 2>&1 | grep -E "^SAMPLE|panicked" | tee "$log/sample-speed.log" || true
+    echo "== sampling kernel at vocab 151,936 (tests/suite/sample_kernel.rs real_vocab::speed)"
+    timeout "$(cap 60)" "${exe[suite]}" sample_kernel::real_vocab::speed --include-ignored --nocapture 2>&1 | grep -E "^SAMPLE|panicked" | tee "$log/sample-speed.log" || true
 fi
 
 echo "== kernel benches"
@@ -558,8 +572,7 @@ for tool in $(want sanitizers && echo "${SANITIZERS-memcheck racecheck synccheck
     set +e
     # shellcheck disable=SC2086
     timeout "$(cap "${SANITIZER_TIMEOUT:-1200}")" "$san" --tool "$tool" $extra --error-exitcode 86 --target-processes all \
-        bash -c 'rc=0; for x in "$@"; do "$x" gpu:: --include-ignored --test-threads=1 || rc=$?; done; exit $rc' _ \
-        $(for s in ${SANITIZER_SUITES:-$san_suites}; do echo "${exe[$s]}"; done) > "$slog" 2>&1
+        bash -c "rc=0; $(for s in ${SANITIZER_SUITES:-$san_suites}; do echo "{ $(gpu_suite_cmd "$s"); } || rc=\$?;"; done) exit \$rc" > "$slog" 2>&1
     rc=$?
     set -e
     # racecheck ends with "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".

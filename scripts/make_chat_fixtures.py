@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Golden chat-template renderings from transformers' own `apply_chat_template`, for
-src/chat_template.rs (tests/transformers_parity/chat_template.rs, run in the golden_forward
+src/chat_template.rs (tests/suite/transformers_parity/chat_template.rs, run in the golden_forward
 test binary, reads them; no Python needed there).
 
 Writes tests/fixtures/chat_templates.json: {"versions", "specials", "templates": {name: source},

@@ -280,7 +280,7 @@ def _rust_string(m):
 
 def project_cases(path):
     """The project's own (prediction, reference, verdict) cases: `EQUIV` of
-    tests/reward_cases.rs (the prediction, an extracted answer, sent boxed) and the `GRADE`
+    tests/suite/reward_cases.rs (the prediction, an extracted answer, sent boxed) and the `GRADE`
     cases without options (whole responses, sent as they are)."""
     src = open(path).read()
     out = []

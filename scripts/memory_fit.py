@@ -4,7 +4,7 @@ Qwen2.5 shapes (init-model's table, src/commands/init_model.rs), with and withou
 recomputation, and the largest micro-batch (tokens) that fits a budget. An ESTIMATE: it counts
 the buffers the code plans (src/model/forward.rs `alloc_acts_with`, src/model/backward.rs
 `alloc_grad_scratch`, the optimizer), with the per-token activation bytes that
-tests/recompute.rs measures through the emulator's allocator (one layer in f32: 4 * (5d +
+tests/suite/recompute.rs measures through the emulator's allocator (one layer in f32: 4 * (5d +
 2kvd + h + 2 + 3i) bytes per token, asserted there exactly), as a bf16 step on a GPU stores
 them (xn1, xn2, act and the backward's dgate, dup as bf16 alone; att, q, k, v, dq, dk, dv
 with a bf16 copy). Not modelled: the CUDA context and cuBLAS
@@ -68,7 +68,7 @@ def step_bytes(shape, t, recompute):
     # LayerActs per token as a bf16 step on a GPU stores them (the default): f32 values, but
     # xn1, xn2 and act as bf16 alone (`operand_buf`, src/backend/cuda/bf16_operands.rs), att
     # with its 2-byte shadow (the o projection's operand) and q, k, v with theirs (the flash
-    # kernels' inputs). The f32 layout tests/recompute.rs measures is
+    # kernels' inputs). The f32 layout tests/suite/recompute.rs measures is
     # 4 * (5d + 2kvd + h + 2 + 3i).
     layer = 4 * (5 * d + 2 * kvd + h + 2 + 3 * i) - 2 * (2 * d + i) + 2 * (2 * d + 2 * kvd)
     kept = 4 * d * (L + 1) + layer * (1 if recompute else L) + 4 * (2 * d + 1)

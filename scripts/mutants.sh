@@ -58,11 +58,22 @@ tests_for() {
 }
 
 # The targets go to every cargo call (`--cargo-arg`), the build too: arguments after `--` reach
-# only `cargo test`, and cargo-mutants' `cargo test --no-run` then builds all ~40 test binaries
-# for every mutant (most of the old 3-5 minutes per mutant).
+# only `cargo test`, and cargo-mutants' `cargo test --no-run` would build every test target for
+# every mutant. The integration tests are one binary (tests/suite/), so a file's tests there are
+# picked by a filter (`rl_update::`), which reaches the test binaries after a second `--`
+# (`cargo mutants ... -- -- FILTER...`); libtest applies the filters to the unit tests too,
+# so `lib` adds `tests::`, which every unit test's path holds (`#[cfg(test)] mod tests`).
 target_args() {
+    local suite=0
     for t in $(tests_for "$1"); do
-        if [ "$t" = lib ]; then echo "--cargo-arg=--lib"; else echo "--cargo-arg=--test=$t"; fi
+        if [ "$t" = lib ]; then echo "--cargo-arg=--lib"; else suite=1; fi
+    done
+    if [ $suite = 1 ]; then echo "--cargo-arg=--test=suite"; fi
+}
+test_filters() {
+    echo "-- --"
+    for t in $(tests_for "$1"); do
+        if [ "$t" = lib ]; then echo "tests::"; else echo "$t::"; fi
     done
 }
 
@@ -81,7 +92,7 @@ for f in "${files[@]}"; do
     # nice: the machine is shared; mutation runs must never starve other builds.
     nice -n 19 cargo mutants --file "$f" --timeout "$timeout" --build-timeout 1800 \
         --baseline skip $where --no-shuffle --features emu --output "$o" \
-        $(target_args "$f") ${MUTANTS_ARGS:-} >"$o/log.txt" 2>&1 || true
+        $(target_args "$f") ${MUTANTS_ARGS:-} $(test_filters "$f") >"$o/log.txt" 2>&1 || true
     count() { [ -f "$o/mutants.out/$1.txt" ] && wc -l <"$o/mutants.out/$1.txt" || echo 0; }
     c=$(count caught) m=$(count missed) u=$(count unviable) t=$(count timeout)
     echo "$f: $c caught, $m missed, $u unviable, $t timeouts"

@@ -5,14 +5,14 @@
 #     (golden vs transformers, gradients vs PyTorch, RL math, upstream parity, CLI end to end),
 #     every CUDA kernel against the CPU reference on the CUDA emulator, and the kernels
 #     compiled to PTX by NVRTC from pip (a kernel that does not compile fails the build). The
-#     kernel suite (tests/kernels_vs_cpu.rs) runs every launch under four schedules (forward,
-#     reverse, random, a starved warp) and demands bit-identical results; tests/emu_strict.rs
+#     kernel suite (tests/suite/kernels_vs_cpu.rs) runs every launch under four schedules (forward,
+#     reverse, random, a starved warp) and demands bit-identical results; tests/suite/emu_strict.rs
 #     proves the emulator reports planted races, poison reads, bad shuffles and launch limits.
 #     The GPU tests of that build are #[ignore]d and show as "ignored" (scripts/gpu-check.sh
 #     runs them on a GPU with --include-ignored);
 #  3. NVRTC to CUBIN for sm_80/sm_90 (scripts/cubin-check.py), which assembles the inline PTX
 #     of kernels/mma.cuh as well.
-# The build has feature `mpi` too (Open MPI + libclang; .ci/run installs them): tests/dp_mpi.rs
+# The build has feature `mpi` too (Open MPI + libclang; .ci/run installs them): tests/suite/dp_mpi.rs
 # runs `mpirun -np 2` sft/train (and a kill + resume) against one process, and the MPI
 # collective on 3 ranks. MMR1_NO_MPI=1 builds without it where MPI is missing (and says so).
 # Extra arguments go to cargo test (e.g. a test name filter).
@@ -23,16 +23,16 @@ cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL=0
 t0=$SECONDS
 step() { echo "== $1 (at $((SECONDS - t0)) s)"; }
-# Feature `mpi` (data parallelism over MPI; tests/dp_mpi.rs runs `mpirun -np 2/3`) needs Open
+# Feature `mpi` (data parallelism over MPI; tests/suite/dp_mpi.rs runs `mpirun -np 2/3`) needs Open
 # MPI and libclang (.ci/run installs them). MMR1_NO_MPI=1 builds without it, and says so.
 mpi=",mpi"
 if [ "${MMR1_NO_MPI:-0}" = 1 ]; then
   mpi=""
-  echo "note: MMR1_NO_MPI=1: built without feature mpi; the MPI tests (tests/dp_mpi.rs) do not run"
+  echo "note: MMR1_NO_MPI=1: built without feature mpi; the MPI tests (tests/suite/dp_mpi.rs) do not run"
 elif ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
   # Everything else still builds and runs; the MPI tests are reported as not run, loudly.
   mpi=""
-  echo "WARNING: MPI not found (mpirun, mpicc): built without feature mpi, so tests/dp_mpi.rs" \
+  echo "WARNING: MPI not found (mpirun, mpicc): built without feature mpi, so tests/suite/dp_mpi.rs" \
     "DOES NOT RUN. Install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev" \
     "libclang-dev; .ci/run does this as root) to run it."
 fi

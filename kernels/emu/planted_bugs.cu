@@ -1,5 +1,5 @@
 // Kernels with planted bugs, compiled only into the emulator (build.rs), so that
-// tests/emu_strict.rs can prove the emulator reports each kind of bug a GPU would turn into
+// tests/suite/emu_strict.rs can prove the emulator reports each kind of bug a GPU would turn into
 // silent garbage. Every kernel takes `fixed`: 1 runs the correct variant, which must pass under
 // every schedule (so a report is about the bug, not about the emulator).
 #include "common.cuh"

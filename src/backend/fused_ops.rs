@@ -7,7 +7,7 @@
 //! Why: a decode step is many small ops on a few rows each, and each launch costs a GPU
 //! several microseconds whatever its size (docs/perf.md, "Where a decode step goes": ~10 small
 //! kernels a layer at 5-7 us). The defaults here are the ops one after another; a backend that
-//! fuses them must give the same bits (tests/fused_layer_ops.rs holds the CUDA kernels to that
+//! fuses them must give the same bits (tests/suite/fused_layer_ops.rs holds the CUDA kernels to that
 //! on the emulator).
 
 use super::Backend;

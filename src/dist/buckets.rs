@@ -18,7 +18,7 @@
 //! (each rank's sum over its micro-batches)`: the same terms added in another order. With ONE
 //! micro-batch round (every rank at most one micro-batch) the first round is copied, not added
 //! to zero, so the block holds exactly the unbucketed reduce-scatter's bits and the step is
-//! bit-identical. With several the difference is f32 rounding of the sums (tests/dp_sft.rs
+//! bit-identical. With several the difference is f32 rounding of the sums (tests/suite/dp_sft.rs
 //! states and checks the tolerance).
 
 use super::{block_in_piece, shard, Collective};

@@ -32,7 +32,7 @@
 //! factor `min(max_norm / (norm + 1e-6), 1)`, which rounds to the same f32 unless the two f64
 //! values straddle an f32 rounding boundary (a chance of about 1e-8 per clipped step); when
 //! the gradient is not clipped the factor is exactly 1. The updates are therefore the
-//! replicated path's bits (tests/dp_mpi.rs and the tests below check it on whole runs).
+//! replicated path's bits (tests/suite/dp_mpi.rs and the tests below check it on whole runs).
 //!
 //! Checkpoints stay in the consolidated format: [`consolidated`] gathers the ranks' blocks of
 //! the moments to rank 0's HOST memory (no device ever holds them whole) and rank 0 writes

@@ -8,7 +8,7 @@
 //! The resampler reproduces Pillow's fixed-point algorithm (libImaging/Resample.c: separable
 //! convolution, horizontal pass then vertical, a = -0.5 cubic kernel widened by the scale when
 //! shrinking, coefficients in 22-bit fixed point, clamped to 8 bits after each pass), so pixel
-//! values match transformers' PIL processor bit for bit (checked by tests/vl_preprocess.rs).
+//! values match transformers' PIL processor bit for bit (checked by tests/suite/vl_preprocess.rs).
 //! transformers' torchvision processor (`Qwen2VLImageProcessor`) differs from the PIL one by at
 //! most one 8-bit level per pixel (0.015 after normalization) on the fixture images.
 

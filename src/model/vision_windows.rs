@@ -2,7 +2,7 @@
 //! patch for the 2D rotary embedding, the per-image spans of full attention, and the window
 //! reordering of window attention with its inverse. Same results as transformers'
 //! `vision_utils.get_vision_position_ids` / `get_vision_cu_seqlens` /
-//! `get_vision_window_index` (checked by tests/vl_windows.rs).
+//! `get_vision_window_index` (checked by tests/suite/vl_windows.rs).
 //!
 //! Patches arrive in merger order (see `vision_preprocess`): each run of `merge^2` rows is one
 //! merged unit (one language-model token). Window attention permutes whole merged units so

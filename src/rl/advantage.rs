@@ -2,7 +2,7 @@
 //! baseline and GPG.
 //!
 //! One scalar reward per response; responses of one prompt form a *group* and are stored
-//! consecutively. Sources, pinned by `tests/parity_upstream.rs` against fixtures written by the
+//! consecutively. Sources, pinned by `tests/suite/parity_upstream.rs` against fixtures written by the
 //! upstream code: verl 0.9.1 `verl/trainer/ppo/core_algos.py` (`compute_grpo_outcome_advantage`,
 //! `compute_rloo_outcome_advantage`, `compute_reinforce_plus_plus_baseline_outcome_advantage`,
 //! `compute_gpg_outcome_advantage`, `verl_F.masked_whiten`); TRL 1.16.0

@@ -14,7 +14,7 @@
 //!
 //! A response is a function of its prompt, its seed and the model: its Philox draws are
 //! keyed by (seed, position) and a row of the forward does not depend on the rows beside it
-//! (the CPU's and the emulator's forward are batch-invariant: tests/continuous_batching.rs
+//! (the CPU's and the emulator's forward are batch-invariant: tests/suite/continuous_batching.rs
 //! checks mixed prefill + decode steps). So the slot count changes the speed and the memory,
 //! never a token, on those backends. A GPU's cuBLAS may pick GEMM kernels by the batch's row
 //! count, so there a response can differ in the last bits of a logit with the slot count, as

@@ -1,7 +1,7 @@
 //! GRPO-family policy losses on packed responses, with their analytic gradients.
 //!
 //! The host reference of these losses (the CUDA kernel in kernels/grpo_loss.cu, reached through
-//! `backend::rl_ops::RlOps`, is held to this code by tests/rl_kernels.rs): flat slices, one
+//! `backend::rl_ops::RlOps`, is held to this code by tests/suite/rl_kernels.rs): flat slices, one
 //! entry per token, responses packed back to back (`offsets[r]..offsets[r + 1]` are the tokens of response `r`), a 0/1 loss mask
 //! per token (used as a multiplicative weight), per-token values and reductions in f64.
 //!
@@ -9,7 +9,7 @@
 //! estimator ([`KlEstimator`]) and every verl `loss_agg_mode` ([`Aggregation`]), each with its
 //! gradient w.r.t. the log-probs and the metrics upstream logs. The formulas, their sources
 //! and the differences between verl, TRL and MMR1's released code are in `docs/algorithm.md`
-//! (sections 0 and 2); `tests/parity_upstream.rs` pins every loss, gradient and metric to
+//! (sections 0 and 2); `tests/suite/parity_upstream.rs` pins every loss, gradient and metric to
 //! fixtures written by the upstream functions themselves (`scripts/make_parity_fixtures.py`).
 //!
 //! Per active token, with `d = logp - logp_old`, `r = exp(d)`, weights `w_t` from

@@ -3,7 +3,7 @@
 //! (doi:10.1145/2063384.2063405), as specified by their Random123 library (D. E. Shaw Research,
 //! `include/Random123/philox.h`): a keyed bijection of a 128-bit counter, so any draw is a pure
 //! function of (key, counter) and a sampler needs no state per sequence. `kernels/philox.cuh`
-//! is the same function on the device; `tests/philox.rs` holds both to Random123's known-answer
+//! is the same function on the device; `tests/suite/philox.rs` holds both to Random123's known-answer
 //! vectors (`tests/kat_vectors`) and to each other.
 //!
 //! The sampler's draw for decode step `step` of sequence `seq` under run seed `seed` is

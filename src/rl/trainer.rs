@@ -308,7 +308,7 @@ fn sequence(exp: &Experience, r: usize) -> Vec<u32> {
 
 /// Tokens of response `r`'s sequence: the size the micro-batches are packed by. It changes
 /// only how the work is split (and the memory each forward takes), never the result: the
-/// update is invariant to the micro-batching (`tests/grpo_learns.rs`). Its mutants are
+/// update is invariant to the micro-batching (`tests/suite/grpo_learns.rs`). Its mutants are
 /// excluded in `.cargo/mutants.toml` for that reason.
 fn sequence_len(exp: &Experience, r: usize) -> usize {
     exp.prompts[r / exp.group_size].len() + exp.responses[r].len()

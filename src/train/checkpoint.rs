@@ -14,7 +14,7 @@
 //! name and renamed into place, and `latest` moves only after that. A kill at any point leaves
 //! the previous checkpoint and `latest` intact. Re-saving the step `latest` names moves the old
 //! directory aside first; a kill between that and the new one's rename is rolled back by
-//! [`latest_checkpoint`]. `tests/checkpoint_faults.rs` injects a failure at every step
+//! [`latest_checkpoint`]. `tests/suite/checkpoint_faults.rs` injects a failure at every step
 //! ([`crate::fs::fault`]) to prove it.
 
 use crate::backend::Backend;

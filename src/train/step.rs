@@ -33,7 +33,7 @@ pub struct Workspace<B: Backend> {
     grad_lens: Vec<usize>,
     /// Rows of the output head per chunk: its logits (and, in the backward, their gradient)
     /// take `logit_chunk x vocab` floats each. `Qwen2::logit_chunk_rows` by default; the
-    /// result does not depend on it (the CPU GEMM is batch-invariant, `tests/head_chunk.rs`).
+    /// result does not depend on it (the CPU GEMM is batch-invariant, `tests/suite/head_chunk.rs`).
     pub logit_chunk: usize,
 }
 
@@ -146,7 +146,7 @@ pub fn forward_logprobs<B: Backend>(
     let _r = crate::nvtx_ranges::range(c"forward");
     // No backward follows: one layer's buffers serve every layer (the recomputation plan),
     // unless the workspace already holds a plan for these tokens (a training step's, reused
-    // rather than replaced). The same bits either way (tests/recompute.rs); at Qwen2.5-0.5B
+    // rather than replaced). The same bits either way (tests/suite/recompute.rs); at Qwen2.5-0.5B
     // and 4,096 tokens the kept plan was 7.9 GB of the pass's 15.2 GiB peak (H100, 2026-11-27).
     let t = batch.tokens();
     let one_layer = ws.acts.as_ref().filter(|a| a.t == t).is_none_or(|a| a.recomputes());

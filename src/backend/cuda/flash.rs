@@ -5,7 +5,7 @@
 //! Precision: Q, K, V, P, dO and dS are rounded to bf16 as they enter the tensor cores (the
 //! backend's f32 buffers are converted once per call into bf16 copies, or in the kernels' tile
 //! loads: `FlashIo`); scores, softmax statistics and all accumulators are f32. Tested against
-//! the f32 CPU reference at relative L2 <= 1e-2 (tests/flash_attention.rs).
+//! the f32 CPU reference at relative L2 <= 1e-2 (tests/suite/flash_attention.rs).
 
 use super::device::{env_choice, launch_f32_to_bf16, Arg, Device};
 use super::{CudaBackend, DevBuf};

@@ -1,6 +1,6 @@
 //! Tests of the policy loss: hand-computed cases (the issue's examples among them), central
 //! finite differences and micro-batch split invariance for every mode. Agreement with the
-//! upstream code itself is `tests/parity_upstream.rs`. The random-batch tests are anchored to
+//! upstream code itself is `tests/suite/parity_upstream.rs`. The random-batch tests are anchored to
 //! `naive`, a padded-matrix restatement of the upstream formulas that shares no code with the
 //! loss.
 
@@ -273,7 +273,7 @@ fn conventions_differ_on_k3_inner_clamp() {
     assert_eq!(c.dlogp[0], 0.0);
 }
 
-/// The examples of issue 13, each checked against the upstream code (tests/parity_upstream.rs
+/// The examples of issue 13, each checked against the upstream code (tests/suite/parity_upstream.rs
 /// pins the same functions on many more inputs).
 #[test]
 fn issue_examples() {

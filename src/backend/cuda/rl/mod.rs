@@ -1,7 +1,7 @@
 //! The RL hot path as device kernels: the fused GRPO-family loss (`grpo_loss`), group
 //! advantages (`advantage`), batched VAS scores (`vas_score`) and token sampling (`sample`). Each is a method of
 //! [`CudaBackend`](super::CudaBackend), so it runs on the GPU and on the emulator, and each
-//! is held to its CPU reference in `src/rl/` by `tests/rl_kernels.rs`.
+//! is held to its CPU reference in `src/rl/` by `tests/suite/rl_kernels.rs`.
 //!
 //! The kernels know nothing of the trainer: they take flat device buffers plus the same
 //! configuration types the CPU code takes (`LossConfig`, `Normalizer`, `AdvantageConfig`), and

@@ -1,0 +1,231 @@
+//! `mmr1-fast reward`: exact verdicts for hand-made responses, and bad input named by line.
+
+use crate::common;
+use common::*;
+use serde_json::json;
+
+const ITEMS: &[&str] = &[
+    r#"{"id": "a", "problem": "1+1?", "answer": "2"}"#,
+    r#"{"id": "b", "problem": "Which is four? A. 3 B. 4", "answer": "B", "options": ["3", "4"]}"#,
+    r#"{"problem": "Half?", "answer": "\\frac{1}{2}"}"#,
+    r#"{"id": "d", "problem": "Never answered", "answer": "7"}"#,
+];
+
+const RESPONSES: &[&str] = &[
+    r#"{"id": "a", "response": "<think>one plus one</think><answer>\\boxed{2}</answer>"}"#,
+    r#"{"id": "a", "text": "the answer is \\boxed{3}"}"#,
+    r#"{"id": "b", "response": "<think>four</think><answer>\\boxed{4}</answer>"}"#,
+    r#"{"id": 2, "response": "<think>h</think><answer>\\boxed{0.5}</answer>"}"#,
+    r#"{"id": "a", "response": "<answer>\\boxed{2}</answer>"}"#,
+];
+
+#[test]
+fn exact_verdicts_and_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(tmp.path(), "items.jsonl", ITEMS);
+    let resp = write_lines(tmp.path(), "responses.jsonl", RESPONSES);
+    let out = tmp.path().join("verdicts.jsonl");
+    let stdout =
+        cli_ok(&["reward", "--data", &items, "--responses", &resp, "--out", out.to_str().unwrap()]);
+    let v = read_lines(&out);
+    let expect = [
+        json!({"id": "a", "index": 0, "extracted": "2", "accuracy": 1.0, "format": 1.0, "reward": 2.0}),
+        json!({"id": "a", "index": 1, "extracted": "3", "accuracy": 0.0, "format": 0.0, "reward": 0.0}),
+        json!({"id": "b", "index": 0, "extracted": "4", "accuracy": 1.0, "format": 1.0, "reward": 2.0}),
+        json!({"id": "2", "index": 0, "extracted": "0.5", "accuracy": 1.0, "format": 1.0, "reward": 2.0}),
+        json!({"id": "a", "index": 2, "extracted": "2", "accuracy": 1.0, "format": 0.0, "reward": 1.0}),
+    ];
+    assert_eq!(v, expect);
+    // a: 2 of 3 right (mixed); b and "2": all right; d: no responses.
+    assert!(
+        stdout.starts_with("5 responses: accuracy 0.8000, format 0.6000, reward 1.4000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 pass rate 0, 1 in (0, 1), 2 pass rate 1, 1 without responses"),
+        "{stdout}"
+    );
+
+    // Weights change the total only.
+    cli_ok(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        out.to_str().unwrap(),
+        "--format-weight",
+        "0.5",
+    ]);
+    let rewards: Vec<f64> =
+        read_lines(&out).iter().map(|l| l["reward"].as_f64().unwrap()).collect();
+    assert_eq!(rewards, vec![1.5, 0.0, 1.5, 1.5, 1.0]);
+}
+
+#[test]
+fn unknown_id_and_malformed_line_are_named_or_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(tmp.path(), "items.jsonl", ITEMS);
+    let out = tmp.path().join("verdicts.jsonl");
+    let out_s = out.to_str().unwrap();
+    let unknown = write_lines(
+        tmp.path(),
+        "unknown.jsonl",
+        &[RESPONSES[0], RESPONSES[1], r#"{"id": "zz", "response": "x"}"#],
+    );
+    let e = cli_err(&["reward", "--data", &items, "--responses", &unknown, "--out", out_s]);
+    assert!(e.contains("unknown.jsonl:3") && e.contains("unknown id \"zz\""), "{e}");
+    assert!(!out.exists(), "no output on error");
+
+    let broken = write_lines(
+        tmp.path(),
+        "broken.jsonl",
+        &[RESPONSES[0], r#"{"id": "a", "response": "#, RESPONSES[2]],
+    );
+    let e = cli_err(&["reward", "--data", &items, "--responses", &broken, "--out", out_s]);
+    assert!(e.contains("broken.jsonl:2"), "{e}");
+    let no_text = write_lines(tmp.path(), "no_text.jsonl", &[r#"{"id": "a"}"#]);
+    let e = cli_err(&["reward", "--data", &items, "--responses", &no_text, "--out", out_s]);
+    assert!(e.contains("no_text.jsonl:1") && e.contains("response"), "{e}");
+    let bad_id = write_lines(tmp.path(), "bad_id.jsonl", &[r#"{"id": [1], "response": "x"}"#]);
+    let e = cli_err(&["reward", "--data", &items, "--responses", &bad_id, "--out", out_s]);
+    assert!(
+        e.contains("bad_id.jsonl:1") && e.contains("\"id\" must be a string or an integer"),
+        "{e}"
+    );
+
+    let both = write_lines(
+        tmp.path(),
+        "both.jsonl",
+        &[RESPONSES[0], "not json", RESPONSES[2], r#"{"id": "zz", "response": "x"}"#],
+    );
+    let o = cli(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &both,
+        "--out",
+        out_s,
+        "--bad-lines",
+        "skip",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("2 responses") && stdout.contains("2 line(s) skipped"), "{stdout}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("skipped 2 bad line(s)"));
+    assert_eq!(read_lines(&out).len(), 2);
+}
+
+#[test]
+fn bad_files_and_flags_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(tmp.path(), "items.jsonl", ITEMS);
+    let resp = write_lines(tmp.path(), "responses.jsonl", RESPONSES);
+    let out = tmp.path().join("v.jsonl");
+    let out_s = out.to_str().unwrap();
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        "/nonexistent/items.jsonl",
+        "--responses",
+        &resp,
+        "--out",
+        out_s,
+    ]);
+    assert!(e.contains("/nonexistent/items.jsonl"), "{e}");
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        "/nonexistent/r.jsonl",
+        "--out",
+        out_s,
+    ]);
+    assert!(e.contains("/nonexistent/r.jsonl"), "{e}");
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        out_s,
+        "--accuracy-weight",
+        "nan",
+    ]);
+    assert!(e.contains("--accuracy-weight"), "{e}");
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        out_s,
+        "--bad-lines",
+        "ignore",
+    ]);
+    assert!(e.contains("--bad-lines"), "{e}");
+    let empty = write_lines(tmp.path(), "empty.jsonl", &[""]);
+    let e = cli_err(&["reward", "--data", &items, "--responses", &empty, "--out", out_s]);
+    assert!(e.contains("empty.jsonl") && e.contains("no responses"), "{e}");
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &resp,
+        "--out",
+        "/nonexistent/dir/v.jsonl",
+    ]);
+    assert!(e.contains("/nonexistent/dir"), "{e}");
+}
+
+/// Math-Verify-style answers through the command: a whole-solution reference (its box is the
+/// answer), several boxed solutions, a relation, an unboxed "answer is" line, and near misses.
+#[test]
+fn whole_solution_references_and_several_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(
+        tmp.path(),
+        "items.jsonl",
+        &[
+            r#"{"id": "sol", "problem": "p", "answer": "Thus $x-p=\\boxed{2-2p}$."}"#,
+            r#"{"id": "roots", "problem": "p", "answer": "x = 2 \\text{ or } x = 3"}"#,
+            r#"{"id": "rel", "problem": "p", "answer": "x \\leq 5"}"#,
+        ],
+    );
+    let resp = write_lines(
+        tmp.path(),
+        "responses.jsonl",
+        &[
+            r#"{"id": "sol", "response": "<think>r</think><answer>\\boxed{2-2p}</answer>"}"#,
+            r#"{"id": "sol", "response": "\\boxed{2+2p}"}"#,
+            r#"{"id": "roots", "response": "\\(\\boxed{3}\\) and \\(\\boxed{2}\\)"}"#,
+            r#"{"id": "roots", "response": "\\boxed{2}"}"#,
+            r#"{"id": "rel", "response": "so the answer is $5 \\geq x$."}"#,
+            r#"{"id": "rel", "response": "\\boxed{x < 5}"}"#,
+        ],
+    );
+    let out = tmp.path().join("verdicts.jsonl");
+    cli_ok(&["reward", "--data", &items, "--responses", &resp, "--out", out.to_str().unwrap()]);
+    let got: Vec<(String, f64)> = read_lines(&out)
+        .iter()
+        .map(|l| {
+            (l["extracted"].as_str().unwrap_or("").to_string(), l["accuracy"].as_f64().unwrap())
+        })
+        .collect();
+    let want = [
+        ("2-2p", 1.0),
+        ("2+2p", 0.0),
+        ("3, 2", 1.0),
+        ("2", 0.0),
+        (r"5 \geq x", 1.0),
+        ("x < 5", 0.0),
+    ];
+    let want: Vec<(String, f64)> = want.iter().map(|(x, a)| (x.to_string(), *a)).collect();
+    assert_eq!(got, want);
+}
