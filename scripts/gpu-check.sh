@@ -127,8 +127,8 @@ else
 fi
 
 # The GPU tests of suite file $1 (tests/suite/$1.rs: the tests inside a `gpu` module), as the
-# command that runs them alone, in a process of their own (decode_replay sets an environment
-# variable the library reads), one test at a time; extra arguments go to the test binary.
+# command that runs them in a process of their own (a crash names its file), one test at a
+# time; extra arguments go to the test binary.
 gpu_suite_cmd() {
     local names
     names=$("${exe[suite]}" --list --include-ignored 2>/dev/null \

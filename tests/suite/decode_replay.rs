@@ -174,8 +174,9 @@ mod gpu {
     use mmr1_fast::backend::cuda::driver::CudaDevice;
 
     fn gpu(replay: bool, attn: AttnKernel, p: Precision) -> CudaBackend<CudaDevice> {
-        std::env::set_var("MMR1_GRAPHS", if replay { "1" } else { "0" });
-        let mut be = CudaBackend::new(0).unwrap().with_precision(p).unwrap();
+        let dev = CudaDevice::with_replay(0, replay).unwrap();
+        let be = CudaBackend::with_device(dev).attention_from_env().unwrap();
+        let mut be = be.with_precision(p).unwrap();
         be.set_attention(attn);
         be
     }

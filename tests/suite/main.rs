@@ -2,8 +2,8 @@
 //! process whose two test threads share all the work (a binary per file left a core idle
 //! behind each file's slowest test). Each file is a module named as the file was; run one
 //! with a filter, e.g. `cargo test --features emu --test suite flash_attention::`.
-//! Tests in one process share its environment: a test that sets a variable the library reads
-//! must run alone (decode_replay's GPU test does; scripts/gpu-check.sh runs each file alone).
+//! Tests in one process share its environment, so none sets a variable the library reads
+//! (each switch has a setter for tests: `CudaDevice::with_replay`, `with_kv_cache_storage`...).
 
 #[macro_use]
 #[path = "common/kernel_check.rs"]

@@ -256,7 +256,16 @@ fn ptx_for(arch: &'static str) -> Result<String, String> {
 }
 
 impl CudaDevice {
+    /// GPU `ordinal`, replaying repeated decode steps as CUDA graphs when `MMR1_GRAPHS=1`
+    /// (off by default until an H100 run has checked it; never with `MMR1_PROFILE`, whose
+    /// events time each launch).
     pub fn new(ordinal: usize) -> Result<Self, String> {
+        let replay_on = replay::enabled_from_env(false) && !crate::backend::profile::enabled();
+        Self::with_replay(ordinal, replay_on)
+    }
+    /// GPU `ordinal` with graph replay on or off, whatever the environment says (a test
+    /// compares both in one process).
+    pub fn with_replay(ordinal: usize, replay_on: bool) -> Result<Self, String> {
         let name = probe(ordinal)?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| format!("cannot create a CUDA context: {e:?}"))?;
@@ -284,7 +293,6 @@ impl CudaDevice {
             None
         };
         let gemm_bf16 = super::precision::gemm_override()?.unwrap_or(false);
-        let replay_on = replay::enabled_from_env(false) && !crate::backend::profile::enabled();
         // With graphs, cuBLAS gets a workspace of its own up front (32 MiB, its default size
         // on Hopper), so that no call inside a capture allocates one.
         let blas_workspace = match (&blas, replay_on) {
@@ -321,8 +329,6 @@ impl CudaDevice {
                 pending: Mutex::new(Vec::new()),
                 totals: Default::default(),
             }),
-            // Off by default until an H100 run has checked it (`MMR1_GRAPHS=1` turns it on);
-            // never with the profile, whose events time each launch.
             replay: Replay::new(replay_on),
             _blas_workspace: blas_workspace,
             capture_stream: OnceLock::new(),
