@@ -42,6 +42,28 @@ __device__ __forceinline__ unsigned long long sample_rank_key(float x, long long
     return ((unsigned long long)ord << 32) | (unsigned long long)(~(unsigned)i);
 }
 
+// A temperature and its correctly rounded reciprocal. x / t is every pass's per-element f64
+// division; `sample_div` gives its bits in three operations where a division takes about ten
+// and a range check: q = x (1/t) is within an ulp of x / t, the residual x - q t is exact
+// under an FMA, and one correction by the correctly rounded reciprocal rounds to the
+// correctly rounded quotient (Markstein's theorem: P. Markstein, IBM J. Res. Dev. 34(1),
+// 1990; D. Russinoff, Formal Verification of Floating-Point Hardware Design, lemma
+// "markstein"). The host reference divides (src/rl/sampling.rs); src/rl/sampling.rs's
+// `markstein_quotient_is_the_division` checks the identity on many millions of pairs.
+struct SampleT {
+    double t, inv;
+};
+__device__ __forceinline__ SampleT sample_t(double t) { return {t, __ddiv_rn(1.0, t)}; }
+__device__ __forceinline__ double sample_div(float x, SampleT t) {
+    const double xd = (double)x;
+    const double q = __dmul_rn(xd, t.inv);
+    // An infinite or NaN logit (q is too; a finite one gives a finite q): the division.
+    if (!isfinite(q)) return __ddiv_rn(xd, t.t);
+    const double r = __fma_rn(-q, t.t, xd);
+    // r == 0: q is the quotient, with its sign (the correction would turn -0 into +0).
+    return r == 0.0 ? q : __fma_rn(r, t.inv, q);
+}
+
 // The fixed fold of one value per thread (stride 128, 64, ..., 1); every thread gets the sum.
 __device__ __forceinline__ double sample_tree(double mine, double* red) {
     const int tid = threadIdx.x;
@@ -58,8 +80,8 @@ __device__ __forceinline__ double sample_tree(double mine, double* red) {
 
 // The sampling weight of a token as the reference computes it: exp of its log-prob rounded to
 // f32 (what the rollout records).
-__device__ __forceinline__ double sample_weight(float x, double t, double lse) {
-    return exp((double)(float)__dsub_rn((double)x / t, lse));
+__device__ __forceinline__ double sample_weight(float x, SampleT t, double lse) {
+    return exp((double)(float)__dsub_rn(sample_div(x, t), lse));
 }
 
 // Bits of ~index that vary over the vocabulary: from this bit up (within the low word) every
@@ -87,16 +109,16 @@ __device__ __forceinline__ void sample_lane_max(const float* x, long long vocab,
 }
 
 // The lane's sum of exp(x / t - m): the log-sum-exp's terms.
-__device__ __forceinline__ double sample_lane_exp_sum(const float* x, long long vocab, int lane, double t, double m) {
+__device__ __forceinline__ double sample_lane_exp_sum(const float* x, long long vocab, int lane, SampleT t, double m) {
     double s = 0.0;
 #pragma unroll 8
-    for (long long i = lane; i < vocab; i += SAMPLE_LANES) s = __dadd_rn(s, exp(__dsub_rn((double)x[i] / t, m)));
+    for (long long i = lane; i < vocab; i += SAMPLE_LANES) s = __dadd_rn(s, exp(__dsub_rn(sample_div(x[i], t), m)));
     return s;
 }
 
 // The lane's sum of the weights of the tokens whose rank key is >= thr.
 __device__ __forceinline__ double sample_lane_kept_mass(const float* x, long long vocab, int lane,
-                                                        unsigned long long thr, double t, double lse) {
+                                                        unsigned long long thr, SampleT t, double lse) {
     double mass = 0.0;
 #pragma unroll 8
     for (long long i = lane; i < vocab; i += SAMPLE_LANES)
@@ -105,7 +127,7 @@ __device__ __forceinline__ double sample_lane_kept_mass(const float* x, long lon
 }
 
 // The fixed-shape mass of the set {key >= cand} (every thread calls it; every thread gets it).
-__device__ double sample_kept_mass(const float* x, long long vocab, unsigned long long cand, double t, double lse,
+__device__ double sample_kept_mass(const float* x, long long vocab, unsigned long long cand, SampleT t, double lse,
                                    double* red) {
     return sample_tree(sample_lane_kept_mass(x, vocab, threadIdx.x, cand, t, lse), red);
 }
@@ -113,7 +135,7 @@ __device__ double sample_kept_mass(const float* x, long long vocab, unsigned lon
 // The baseline search: the threshold bit by bit from the top. Invariant: the set at thr
 // satisfies the condition (at thr = 0 it is the whole row, and count >= k).
 __device__ unsigned long long sample_threshold_bisect(const float* x, long long vocab, long long k, float top_p,
-                                                      double t, double lse, double* red, double* part) {
+                                                      SampleT t, double lse, double* red, double* part) {
     const int tid = threadIdx.x;
     const int index_bits = sample_index_bits(vocab);
     unsigned long long thr = 0;
@@ -172,7 +194,7 @@ __device__ __forceinline__ void sample_radix_flush(const SampleRadixSmem& h, int
 // prefix (remaining bits 0) satisfies the rule, and `above` (the tokens whose key is above
 // every key with the prefix) does not.
 __device__ unsigned long long sample_threshold_radix(const float* x, long long vocab, long long k, float top_p,
-                                                     double t, double lse, double* red, const SampleRadixSmem& h,
+                                                     SampleT t, double lse, double* red, const SampleRadixSmem& h,
                                                      bool exact_only) {
     const int tid = threadIdx.x;
     const bool use_p = top_p < 1.0f;
@@ -275,7 +297,7 @@ __device__ unsigned long long sample_threshold_radix(const float* x, long long v
 // `w`, so thread 0's walk waits on no exp: the same values subtracted in the same order as a
 // walk by one thread, the same bits.
 __device__ void sample_draw(unsigned* tokens, float* logprobs, long long row, const float* x, long long vocab,
-                            double t, double lse, unsigned long long thr, const double* part, double total,
+                            SampleT t, double lse, unsigned long long thr, const double* part, double total,
                             const unsigned* draws, double* w) {
     const int tid = threadIdx.x;
     const unsigned* d = draws + row * 5;
@@ -327,7 +349,7 @@ __device__ void sample_draw(unsigned* tokens, float* logprobs, long long row, co
     }
     if (tid == 0) {
         tokens[row] = (unsigned)tok;
-        logprobs[row] = (float)__dsub_rn((double)x[tok] / t, lse);
+        logprobs[row] = (float)__dsub_rn(sample_div(x[tok], t), lse);
     }
 }
 
@@ -357,8 +379,8 @@ __device__ __forceinline__ void sample_tokens_impl(unsigned* tokens, float* logp
         return;
     }
     const bool greedy = temperature == 0.0f;
-    const double t = greedy ? 1.0 : (double)temperature;
-    const double m = (double)mx / t;
+    const SampleT t = sample_t(greedy ? 1.0 : (double)temperature);
+    const double m = sample_div(mx, t);
     const double lse = __dadd_rn(m, log(sample_tree(sample_lane_exp_sum(x, vocab, tid, t, m), red)));
 
     if (greedy) {
@@ -378,7 +400,7 @@ __device__ __forceinline__ void sample_tokens_impl(unsigned* tokens, float* logp
         if (tid == 0) {
             const long long b = (long long)red[0];
             tokens[row] = (unsigned)b;
-            logprobs[row] = (float)__dsub_rn((double)x[b] / t, lse);
+            logprobs[row] = (float)__dsub_rn(sample_div(x[b], t), lse);
         }
         return;
     }
@@ -491,8 +513,8 @@ extern "C" __global__ void __launch_bounds__(256)
     float mx;
     if (!sample_split_row_ok(pmax, pbad, row, gridDim.y, &mx)) return;
     const float* x = logits + row * vocab;
-    const double t = (double)temperature;
-    const double m = (double)mx / t;
+    const SampleT t = sample_t((double)temperature);
+    const double m = sample_div(mx, t);
     const int lane = sample_split_lane();
     lanes1[row * SAMPLE_LANES + lane] = sample_lane_exp_sum(x, vocab, lane, t, m);
 }
@@ -506,8 +528,8 @@ extern "C" __global__ void __launch_bounds__(256)
     float mx;
     if (!sample_split_row_ok(pmax, pbad, row, gridDim.y, &mx)) return;
     for (int j = threadIdx.x; j < SAMPLE_LANES; j += blockDim.x) red[j] = lanes1[row * SAMPLE_LANES + j];
-    const double t = (double)temperature;
-    const double lse = __dadd_rn((double)mx / t, log(sample_fold_lanes(red)));
+    const SampleT t = sample_t((double)temperature);
+    const double lse = __dadd_rn(sample_div(mx, t), log(sample_fold_lanes(red)));
     if (blockIdx.y == 0 && threadIdx.x == 0) lse_out[row] = lse;
     const float* x = logits + row * vocab;
     const int lane = sample_split_lane();
@@ -534,6 +556,6 @@ extern "C" __global__ void __launch_bounds__(32)
     }
     for (int j = threadIdx.x; j < SAMPLE_LANES; j += 32) part[j] = red[j] = lanes2[row * SAMPLE_LANES + j];
     const double total = sample_fold_lanes(red);
-    sample_draw(tokens, logprobs, row, logits + row * vocab, vocab, (double)temperature, lse_in[row], 0, part, total,
+    sample_draw(tokens, logprobs, row, logits + row * vocab, vocab, sample_t((double)temperature), lse_in[row], 0, part, total,
                 draws, red);
 }

@@ -686,6 +686,8 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
 // High 32 (64) bits of the full unsigned product (Philox, kernels/philox.cuh).
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
@@ -693,6 +695,7 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
 }
 using ::expf; using ::logf; using ::sqrtf; using ::fmaxf; using ::fminf; using ::fabsf; using ::sincosf;
 using ::tanhf; using ::powf; using ::exp2f; using ::log2f; using ::log1pf; using ::erff;
+using std::isfinite;
 
 // 16-bit floats with the device's round-to-nearest-even conversions.
 struct __nv_bfloat16 { unsigned short x; };

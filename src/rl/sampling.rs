@@ -217,3 +217,71 @@ fn draw(parts: &[f64; SAMPLE_LANES], target: f64, n: usize, wk: impl Fn(usize) -
     }
     within(last_lane, f64::INFINITY)
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    /// The device sampler's `sample_div` (kernels/sample.cu), step for step: x / t from the
+    /// reciprocal of t and one FMA correction (Markstein); the division for a non-finite x.
+    fn markstein_div(x: f32, t: f64) -> f64 {
+        let inv = 1.0 / t;
+        let xd = x as f64;
+        let q = xd * inv;
+        if !q.is_finite() {
+            return xd / t;
+        }
+        let r = (-q).mul_add(t, xd);
+        if r == 0.0 {
+            q
+        } else {
+            r.mul_add(inv, q)
+        }
+    }
+
+    /// The kernel replaces every `(double)x / t` of the rule by `sample_div`; the rule's bits
+    /// (and the host's) stay only if the two agree on every f32 logit and f32 temperature.
+    /// Random logits over the whole f32 range (subnormals, signs, both ends) against
+    /// temperatures of every mantissa between 1e-3 and 1e3, the usual ones, and those whose
+    /// reciprocal is hardest (mantissas of all ones, just above a power of two).
+    #[test]
+    fn markstein_quotient_is_the_division() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut temps: Vec<f32> = vec![0.6, 0.7, 0.9, 1.0, 1.1, 1.2, 0.3, 2.0, 1e-3, 1e3];
+        for e in -10..10 {
+            let p = 2f32.powi(e);
+            temps.extend([p * (2.0 - f32::EPSILON), p * (1.0 + f32::EPSILON), p * 1.5]);
+        }
+        while temps.len() < 400 {
+            let t = (r.gen_range(-6.9f64..6.9)).exp() as f32;
+            temps.push(t);
+        }
+        let specials = [0.0f32, -0.0, f32::MIN_POSITIVE, 1e-45, f32::MAX, -f32::MAX, 1.0, -1.0];
+        let mut checked = 0u64;
+        for &t32 in &temps {
+            let t = t32 as f64;
+            let mut check = |x: f32| {
+                let (got, want) = (markstein_div(x, t), x as f64 / t);
+                assert_eq!(got.to_bits(), want.to_bits(), "{x:e} / {t32:e}: {got:e} vs {want:e}");
+                checked += 1;
+            };
+            for &x in &specials {
+                check(x);
+            }
+            for _ in 0..10_000 {
+                let x = f32::from_bits(r.gen::<u32>());
+                if x.is_finite() {
+                    check(x);
+                }
+                // Logits as models write them, where most of the mass of the draws is.
+                check(r.gen_range(-40.0f32..40.0));
+            }
+        }
+        assert!(checked > 7_000_000, "{checked}");
+        // Non-finite logits take the division.
+        for x in [f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(markstein_div(x, 0.7), x as f64 / 0.7);
+        }
+        assert!(markstein_div(f32::NAN, 0.7).is_nan());
+    }
+}
