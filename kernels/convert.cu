@@ -23,6 +23,11 @@ extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* x, long
     GRID_STRIDE(i, n) out[i] = bf16_bits(x[i]);
 }
 
+// f32_to_bf16 into out[at ...]: one matrix's rows of a stack of several (`Backend::stack_rows`).
+extern "C" __global__ void f32_to_bf16_at(unsigned short* out, long long at, const float* x, long long n) {
+    GRID_STRIDE(i, n) out[at + i] = bf16_bits(x[i]);
+}
+
 // Version 2, what the GEMMs use (src/backend/cuda/device.rs `launch_f32_to_bf16`): eight
 // values a thread, two 16-byte loads and one 16-byte store (llm.c's x128 idea), so a warp
 // moves 1 KB in and 512 B out per instruction pair and the grid needs an eighth of the

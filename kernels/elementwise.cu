@@ -35,23 +35,29 @@ extern "C" __global__ void add_bias_f32(real* x, const real* bias, long long tot
 }
 
 // SwiGLU element i: silu(gate) * up. Shared by the plain kernel and the one that also writes
-// the bf16 rounding, so that both store the same f32 bits.
-__device__ __forceinline__ float swiglu_elem(const real* gate, const real* up, long long i) {
+// the bf16 rounding, so that both store the same f32 bits. `width` 0: gate and up are
+// buffers of their own; else `gate` is one GEMM's output of rows [gate columns | up columns],
+// `width` each (`up` unused), and element i is row i / width, column i % width.
+__device__ __forceinline__ float swiglu_elem(const real* gate, const real* up, long long i, int width) {
+    if (width) {
+        i = (i / width) * 2 * width + i % width;
+        up = gate + width;
+    }
     float g = gate[i];
     return g / (1.0f + expf(-g)) * up[i];
 }
 
-extern "C" __global__ void swiglu_f32(real* out, const real* gate, const real* up, long long n) {
-    GRID_STRIDE(i, n) out[i] = swiglu_elem(gate, up, i);
+extern "C" __global__ void swiglu_f32(real* out, const real* gate, const real* up, long long n, int width) {
+    GRID_STRIDE(i, n) out[i] = swiglu_elem(gate, up, i, width);
 }
 
 // swiglu_f32 that also writes the bf16 rounding of `out` (the down projection's operand) into
 // `shadow`, in the pass that computes it (src/backend/cuda/producer_shadows.rs); `out` null:
 // the bf16 values alone (an operand stored as bf16, bf16_operands.rs).
 extern "C" __global__ void swiglu_bf16shadow_f32(real* out, unsigned short* shadow, const real* gate, const real* up,
-                                                 long long n) {
+                                                 long long n, int width) {
     GRID_STRIDE(i, n) {
-        const float v = swiglu_elem(gate, up, i);
+        const float v = swiglu_elem(gate, up, i, width);
         if (out) out[i] = v;
         shadow[i] = bf16_bits(v);
     }

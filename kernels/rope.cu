@@ -76,7 +76,8 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
                                             int ntok, int n_heads, int n_kv, int head_dim, float factor,
                                             real* cache_k, real* cache_v, const unsigned* cache_rows,
                                             unsigned short* q16, unsigned short* k16, unsigned short* v16,
-                                            unsigned short* cache_k16, unsigned short* cache_v16) {
+                                            unsigned short* cache_k16, unsigned short* cache_v16,
+                                            const real* stacked) {
     const int half = head_dim / 2;
     const int heads = n_heads + 2 * n_kv;
     const long long total = (long long)ntok * heads * half;
@@ -89,7 +90,12 @@ extern "C" __global__ void qkv_epilogue_f32(real* q, real* k, real* v, const rea
         const real* bias = which == 0 ? bq : (which == 1 ? bk : bv);
         const int c = hh * head_dim + i;
         real* p = x + t * width;
-        float a = p[c] + bias[c], b = p[c + half] + bias[c + half];
+        // The projections in place, or (`stacked`, one GEMM's output) a row of q's columns,
+        // then k's, then v's, written out to q, k and v here.
+        const real* in = stacked ? stacked + t * heads * head_dim + (which == 0 ? 0 : n_heads * head_dim) +
+                                       (which == 2 ? n_kv * head_dim : 0)
+                                 : p;
+        float a = in[c] + bias[c], b = in[c + half] + bias[c + half];
         if (which != 2) rope_turn_scaled(a, b, (float)positions[t] * inv_freq[i], 1.0f, factor);
         p[c] = a;
         p[c + half] = b;

@@ -215,6 +215,8 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_SAMPLE_SPLIT=0 MMR1_SAMPLE_SPLIT=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # A GEMM per weight matrix (before q/k/v and gate/up were stacked: 7 GEMMs a layer, not 4).
+    STEP_ENV=MMR1_STACKED_GEMMS=0 MMR1_STACKED_GEMMS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
@@ -229,6 +231,7 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_SHARE_PROMPTS=0 MMR1_SHARE_PROMPTS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_STACKED_GEMMS=0 MMR1_STACKED_GEMMS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     # The old log-probs' own pass, which on-policy updates skip (the PyTorch step runs it).
     STEP_ENV=old-pass step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo --old-logprob-pass
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo

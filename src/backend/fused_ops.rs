@@ -24,6 +24,10 @@ pub struct Qkv<'a, B: Backend + ?Sized> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Where the projections are: `q`, `k` and `v` themselves (None), or one stacked GEMM's
+    /// output `[rows, q + 2 kv]` (a row's q columns, then k's, then v's;
+    /// `Backend::matmul_stacked`), from which the epilogue writes them.
+    pub stacked: Option<&'a B::Buf>,
 }
 
 /// One-dimensional RoPE of a batch: row `t` turns pair `(i, i + head_dim/2)` by
@@ -54,7 +58,16 @@ pub fn qkv_epilogue_ops<B: Backend + ?Sized>(
 ) {
     let rows = rope.positions.len();
     let (hd, kvd) = (x.head_dim, x.n_kv_heads * x.head_dim);
-    be.add_bias(x.q, x.bq, rows, x.n_heads * hd);
+    let qd = x.n_heads * hd;
+    if let Some(s) = x.stacked {
+        let w = qd + 2 * kvd;
+        for r in 0..rows {
+            be.copy(x.q, r * qd, s, r * w, qd);
+            be.copy(x.k, r * kvd, s, r * w + qd, kvd);
+            be.copy(x.v, r * kvd, s, r * w + qd + kvd, kvd);
+        }
+    }
+    be.add_bias(x.q, x.bq, rows, qd);
     be.add_bias(x.k, x.bk, rows, kvd);
     be.add_bias(x.v, x.bv, rows, kvd);
     be.rope(x.q, rope.positions, x.n_heads, hd, rope.inv_freq, false);

@@ -180,6 +180,30 @@ pub trait Backend {
         k: usize,
         beta: f32,
     );
+    /// The row-major matrices `parts` (`[n_j, k]` each, `Tr::T` weights) stacked row on row
+    /// into one GEMM operand `[sum n_j, k]` for [`Backend::matmul_stacked`]: one GEMM where a
+    /// layer ran one per matrix on the same input (q, k and v; gate and up), so a decode step
+    /// launches fewer. A copy, of the values of the moment it is made (in the form the
+    /// backend's GEMMs read: bf16 roundings in bf16 mode). None (the default) where the
+    /// backend gains nothing: the CPU has no launches to save.
+    fn stack_rows(&self, _parts: &[&Self::Buf]) -> Option<Self::Buf> {
+        None
+    }
+    /// `out [m, sum n_j] = x [m, k] @ stack^T` for a `stack` of [`Backend::stack_rows`] whose
+    /// parts have `ns` rows: columns `o_j .. o_j + n_j` of each row are what `matmul` with
+    /// part j alone writes (the same bits on the emulator; on a GPU the library may pick
+    /// another kernel for the wider product). Only backends whose `stack_rows` makes stacks.
+    fn matmul_stacked(
+        &self,
+        _out: &mut Self::Buf,
+        _x: &Self::Buf,
+        _stack: &Self::Buf,
+        _m: usize,
+        _ns: &[usize],
+        _k: usize,
+    ) {
+        unreachable!("matmul_stacked on a backend whose stack_rows makes no stacks")
+    }
     /// `x[r, :] += bias` for every row of `x` `[rows, n]`.
     fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
     /// `dbias += sum over rows of dy[rows, n]` (accumulates).
@@ -275,6 +299,19 @@ pub trait Backend {
 
     /// `out = silu(gate) * up`, elementwise.
     fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf);
+    /// `swiglu` of one stacked GEMM's output `gate_up` `[rows, 2 width]` (a row's gate
+    /// columns, then its up columns; `matmul_stacked`) into `out` `[rows, width]`. The
+    /// default copies the two halves out and runs `swiglu` (the reference a fused kernel
+    /// matches bit for bit).
+    fn swiglu_stacked(&self, out: &mut Self::Buf, gate_up: &Self::Buf, rows: usize, width: usize) {
+        let n = rows * width;
+        let (mut gate, mut up) = (self.output_buf(n), self.output_buf(n));
+        for r in 0..rows {
+            self.copy(&mut gate, r * width, gate_up, 2 * r * width, width);
+            self.copy(&mut up, r * width, gate_up, (2 * r + 1) * width, width);
+        }
+        self.swiglu(out, &gate, &up);
+    }
     /// Overwrites `dgate` and `dup`.
     fn swiglu_backward(
         &self,

@@ -3,6 +3,7 @@
 //! per token count and reused across steps, or, with activation recomputation, only each
 //! layer's input (the backward re-runs the layer: `LayerStore::Recomputed`).
 
+use super::kv_cache::CacheLayer;
 use super::{KvCache, Qwen2};
 use crate::backend::cpu::rope_inv_freq;
 use crate::backend::fused_ops::{CacheRows, Qkv, QkvGrads, Rope1d};
@@ -243,7 +244,7 @@ impl<B: Backend> Qwen2<B> {
         be.rmsnorm(&mut la0.xn1, &mut la0.rstd1, &a.resid[0], w0, t, d, eps);
         for l in 0..n {
             let (before, after) = a.resid.split_at_mut(l + 1);
-            let kv = cache.as_mut().map(|(c, rows)| (&mut c.k[l], &mut c.v[l], *rows));
+            let kv = cache.as_mut().map(|(c, rows)| c.layer(l, rows));
             let last = l + 1 == n;
             let (la, next) = match &mut a.layers {
                 LayerStore::Kept(v) => {
@@ -355,7 +356,7 @@ impl<B: Backend> Qwen2<B> {
         la: &mut LayerActs<B>,
         tmp: &mut B::Buf,
         batch: &Packed,
-        mut cache: Option<(&mut B::Buf, &mut B::Buf, &[usize])>,
+        mut cache: Option<CacheLayer<'_, B>>,
     ) {
         let c = &self.cfg;
         let t = batch.tokens();
@@ -368,9 +369,24 @@ impl<B: Backend> Qwen2<B> {
         if !normed_in {
             be.rmsnorm(&mut la.xn1, &mut la.rstd1, x_in, &p[w.input_norm], t, d, eps);
         }
-        be.matmul(&mut la.q, &la.xn1, Tr::N, &p[w.q_w], Tr::T, t, d, d, 0.0);
-        be.matmul(&mut la.k, &la.xn1, Tr::N, &p[w.k_w], Tr::T, t, kvd, d, 0.0);
-        be.matmul(&mut la.v, &la.xn1, Tr::N, &p[w.v_w], Tr::T, t, kvd, d, 0.0);
+        // Against a cache that holds the layer's weights stacked, q, k and v come from one
+        // GEMM (1D RoPE: the epilogue reads its output) and gate and up from another.
+        let (stack, mut stacked) = match cache.as_mut().and_then(|c| c.stacked.take()) {
+            Some((st, out)) => (Some(st), Some(out)),
+            None => (None, None),
+        };
+        let qkv_stacked = match (stack, stacked.as_deref_mut(), &batch.rope_angles) {
+            (Some(st), Some(out), None) => {
+                be.matmul_stacked(&mut out.qkv, &la.xn1, &st.qkv, t, &[d, kvd, kvd], d);
+                true
+            }
+            _ => {
+                be.matmul(&mut la.q, &la.xn1, Tr::N, &p[w.q_w], Tr::T, t, d, d, 0.0);
+                be.matmul(&mut la.k, &la.xn1, Tr::N, &p[w.k_w], Tr::T, t, kvd, d, 0.0);
+                be.matmul(&mut la.v, &la.xn1, Tr::N, &p[w.v_w], Tr::T, t, kvd, d, 0.0);
+                false
+            }
+        };
         let (nh, nkv) = (c.num_attention_heads, c.n_kv_heads());
         match &batch.rope_angles {
             // Biases, RoPE and the cache writes in one op where the backend fuses them.
@@ -386,13 +402,11 @@ impl<B: Backend> Qwen2<B> {
                     n_heads: nh,
                     n_kv_heads: nkv,
                     head_dim: hd,
+                    stacked: stacked.as_deref().filter(|_| qkv_stacked).map(|o| &o.qkv),
                 };
                 let rope = Rope1d { positions: &batch.positions, inv_freq: &inv_freq, factor };
-                let rows = cache.as_mut().map(|(ck, cv, rows)| CacheRows {
-                    k: &mut **ck,
-                    v: &mut **cv,
-                    rows,
-                });
+                let rows =
+                    cache.as_mut().map(|c| CacheRows { k: &mut *c.k, v: &mut *c.v, rows: c.rows });
                 be.qkv_epilogue(qkv, &rope, rows);
             }
             // An angle table per row (M-RoPE): op by op.
@@ -402,12 +416,12 @@ impl<B: Backend> Qwen2<B> {
                 be.add_bias(&mut la.v, &p[w.v_b], t, kvd);
                 self.rotate(be, &mut la.q, batch, nh, false);
                 self.rotate(be, &mut la.k, batch, nkv, false);
-                if let Some((ck, cv, rows)) = cache.as_mut() {
+                if let Some(c) = cache.as_mut() {
                     // One op per buffer whatever the rows: a decode step's rows are one per
                     // slot, never contiguous across slots (a copy per run cost 2 x slots
                     // launches a layer).
-                    be.scatter_rows(ck, rows, &la.k, kvd);
-                    be.scatter_rows(cv, rows, &la.v, kvd);
+                    be.scatter_rows(c.k, c.rows, &la.k, kvd);
+                    be.scatter_rows(c.v, c.rows, &la.v, kvd);
                 }
             }
         }
@@ -421,12 +435,12 @@ impl<B: Backend> Qwen2<B> {
                 &batch.spans,
                 self.attn_shape(),
             ),
-            Some((ck, cv, _)) => be.attention(
+            Some(c) => be.attention(
                 &mut la.att,
                 &mut la.lse,
                 &la.q,
-                ck,
-                cv,
+                c.k,
+                c.v,
                 &batch.spans,
                 self.attn_shape(),
             ),
@@ -443,9 +457,17 @@ impl<B: Backend> Qwen2<B> {
             d,
             eps,
         );
-        be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
-        be.matmul(&mut la.up, &la.xn2, Tr::N, &p[w.up_w], Tr::T, t, i, d, 0.0);
-        be.swiglu(&mut la.act, &la.gate, &la.up);
+        match (stack, stacked) {
+            (Some(st), Some(out)) => {
+                be.matmul_stacked(&mut out.gate_up, &la.xn2, &st.gate_up, t, &[i, i], d);
+                be.swiglu_stacked(&mut la.act, &out.gate_up, t, i);
+            }
+            _ => {
+                be.matmul(&mut la.gate, &la.xn2, Tr::N, &p[w.gate_w], Tr::T, t, i, d, 0.0);
+                be.matmul(&mut la.up, &la.xn2, Tr::N, &p[w.up_w], Tr::T, t, i, d, 0.0);
+                be.swiglu(&mut la.act, &la.gate, &la.up);
+            }
+        }
         let Some((x_out, next)) = x_out else { return };
         be.matmul(tmp, &la.act, Tr::N, &p[w.down_w], Tr::T, t, d, i, 0.0);
         let next_input = || &p[self.layout.layers[l + 1].input_norm];

@@ -9,6 +9,37 @@ use super::{Acts, Packed, Qwen2};
 use crate::backend::{AttnSpan, Backend};
 use anyhow::{bail, Result};
 
+/// Bytes of stacked weights a cache may hold (`KvCache::stacks`): every layer's q/k/v and
+/// gate/up weights once more, in bf16. Qwen2.5-0.5B needs 0.47 GB and 1.5B 1.7 GB; 3B (3.6
+/// GB) and larger decode with a GEMM per matrix, where the products are large enough that a
+/// launch less matters little and the memory more.
+pub const STACK_BUDGET_BYTES: usize = 2 << 30;
+
+/// A layer's weights stacked for the forwards against a cache (`Backend::stack_rows`): q, k
+/// and v's as one GEMM operand, gate and up's as another.
+pub(crate) struct LayerStack<B: Backend> {
+    pub qkv: B::Buf,
+    pub gate_up: B::Buf,
+}
+
+/// A step's outputs of the stacked GEMMs, `[t, q + 2 kv]` and `[t, 2 intermediate]`, kept
+/// for the next step of as many tokens (as `KvCache::scratch`).
+pub(crate) struct StackedOut<B: Backend> {
+    pub t: usize,
+    pub qkv: B::Buf,
+    pub gate_up: B::Buf,
+}
+
+/// A layer's part of a forward against a KV cache: its key and value buffers, the cache rows
+/// the step's tokens go to, and its stacked weights with the step's buffers for their
+/// products (None: a GEMM per matrix).
+pub(crate) struct CacheLayer<'a, B: Backend> {
+    pub k: &'a mut B::Buf,
+    pub v: &'a mut B::Buf,
+    pub rows: &'a [usize],
+    pub stacked: Option<(&'a LayerStack<B>, &'a mut StackedOut<B>)>,
+}
+
 pub struct KvCache<B: Backend> {
     pub k: Vec<B::Buf>,
     pub v: Vec<B::Buf>,
@@ -19,9 +50,25 @@ pub struct KvCache<B: Backend> {
     /// decode step then zeroes and allocates none of them: ~45 launches a step saved). Every op
     /// overwrites its output, so nothing carries over from one step to the next.
     scratch: Option<Acts<B>>,
+    /// Every layer's weights stacked (empty where the backend makes no stacks or they pass
+    /// [`STACK_BUDGET_BYTES`]): copies made with the cache, so a cache decodes with the
+    /// weights it was made with, as its keys and values were computed with them.
+    stacks: Vec<LayerStack<B>>,
+    /// The stacked GEMMs' outputs of the last step (see `scratch`).
+    stacked_out: Option<StackedOut<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
+    /// Layer `l`'s part of a step writing `rows` (see [`CacheLayer`]).
+    pub(crate) fn layer<'a>(&'a mut self, l: usize, rows: &'a [usize]) -> CacheLayer<'a, B> {
+        CacheLayer {
+            k: &mut self.k[l],
+            v: &mut self.v[l],
+            rows,
+            stacked: self.stacks.get(l).zip(self.stacked_out.as_mut()),
+        }
+    }
+
     pub fn reset(&mut self, slot: usize) {
         self.lens[slot] = 0;
     }
@@ -76,7 +123,30 @@ impl<B: Backend> Qwen2<B> {
             cap,
             lens: vec![0; slots],
             scratch: None,
+            stacks: self.stack_layers(be),
+            stacked_out: None,
         }
+    }
+
+    /// Every layer's q/k/v and gate/up weights stacked (`Backend::stack_rows`), or none.
+    fn stack_layers(&self, be: &B) -> Vec<LayerStack<B>> {
+        let (d, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+        let kvd = self.cfg.n_kv_heads() * self.cfg.head_dim();
+        let values = (d + 2 * kvd + 2 * i) * d * self.cfg.num_hidden_layers;
+        if values.saturating_mul(2) > STACK_BUDGET_BYTES {
+            return Vec::new();
+        }
+        let p = &self.params;
+        let mut stacks = Vec::with_capacity(self.cfg.num_hidden_layers);
+        for w in &self.layout.layers {
+            let qkv = be.stack_rows(&[&p[w.q_w], &p[w.k_w], &p[w.v_w]]);
+            let gate_up = be.stack_rows(&[&p[w.gate_w], &p[w.up_w]]);
+            match qkv.zip(gate_up) {
+                Some((qkv, gate_up)) => stacks.push(LayerStack { qkv, gate_up }),
+                None => return Vec::new(),
+            }
+        }
+        stacks
     }
 
     /// Appends `tokens` to each listed slot and returns the logits `[inputs.len(), vocab]`
@@ -161,6 +231,16 @@ impl<B: Backend> Qwen2<B> {
                 self.alloc_acts_with(be, t, true)
             }
         };
+        if !cache.stacks.is_empty() && cache.stacked_out.as_ref().is_none_or(|o| o.t != t) {
+            cache.stacked_out = None; // first, so that its memory can serve the new plan
+            let kvd = self.cfg.n_kv_heads() * self.cfg.head_dim();
+            let (d, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+            cache.stacked_out = Some(StackedOut {
+                t,
+                qkv: be.output_buf(t * (d + 2 * kvd)),
+                gate_up: be.output_buf(t * 2 * i),
+            });
+        }
         let d = self.cfg.hidden_size;
         // From the embedding to the logits a step of this shape does the same ops on the same
         // buffers as the last one, with new ids, positions and rows: the backend may replay it

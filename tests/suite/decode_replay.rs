@@ -125,6 +125,28 @@ fn replayed_steps_equal_op_by_op_steps_bf16_flash_decode_across_a_key_chunk() {
     assert_eq!((st.stretches, st.replays), (14, 11), "{st:?}");
 }
 
+/// Stacked weights (one GEMM for q, k and v, one for gate and up: `Backend::stack_rows`) give
+/// every step the logits of a GEMM per matrix, bit for bit on the emulator: the prefill,
+/// decode steps of two shapes, flash decode across a key chunk, with and without replay.
+/// (tests/suite/kernel_profile.rs counts the 3 GEMMs a layer they save.)
+#[cfg(feature = "emu")]
+#[test]
+fn stacked_weights_give_the_logits_of_a_gemm_per_matrix() {
+    for (cfg, prompt, attn) in [
+        (tiny_config(VOCAB, false), 5, AttnKernel::Reference),
+        (d64_config(), 120, AttnKernel::Flash),
+    ] {
+        for replay in [false, true] {
+            let make = |stacked| emu(replay, attn, Precision::Bf16).with_stacked_gemms(stacked);
+            let want = steps(&make(false), cfg.clone(), prompt, 8);
+            let got = steps(&make(true), cfg.clone(), prompt, 8);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(g == w, "{attn:?}, replay {replay}, step {i}: stacked weights changed it");
+            }
+        }
+    }
+}
+
 /// Replay is on by default on the emulator (so CI decodes through it), off with MMR1_GRAPHS=0.
 #[cfg(feature = "emu")]
 #[test]

@@ -450,7 +450,18 @@ fn kv_cache_bf16_writes<Dv: Device>(b: &mut CudaBackend<Dv>) {
                     (b.zeros(cap * hkv * d), b.zeros(cap * hkv * d))
                 };
                 let [q, k, v, bq, bk, bv] = &mut x[..] else { unreachable!() };
-                let qkv = Qkv { q, k, v, bq, bk, bv, n_heads: h, n_kv_heads: hkv, head_dim: d };
+                let qkv = Qkv {
+                    q,
+                    k,
+                    v,
+                    bq,
+                    bk,
+                    bv,
+                    n_heads: h,
+                    n_kv_heads: hkv,
+                    head_dim: d,
+                    stacked: None,
+                };
                 let rope = Rope1d { positions: &pos, inv_freq: &inv, factor: 1.0 };
                 let dest = Some(CacheRows { k: &mut ck, v: &mut cv, rows: &cache_rows });
                 if fused {

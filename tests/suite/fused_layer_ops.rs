@@ -36,7 +36,8 @@ struct QkvCase {
 }
 
 /// q, k, v, cache k, cache v after `qkv_epilogue` (fused: the backend's; else the ops one
-/// after another) on `b`.
+/// after another) on `b`. Stacked: the projections given as one stacked GEMM output (a row's
+/// q, then k, then v), q, k and v poisoned outputs.
 fn run_qkv<B: Backend>(
     b: &B,
     c: &QkvCase,
@@ -44,8 +45,20 @@ fn run_qkv<B: Backend>(
     pos: &[u32],
     inv: &[f32],
     fused: bool,
+    stacked: bool,
 ) -> Vec<Vec<f32>> {
-    let (mut q, mut k, mut v) = (b.upload(&host[0]), b.upload(&host[1]), b.upload(&host[2]));
+    let (qd, kvd) = (c.n_heads * c.hd, c.n_kv * c.hd);
+    let (mut q, mut k, mut v) = if stacked {
+        (poisoned(b, c.rows * qd), poisoned(b, c.rows * kvd), poisoned(b, c.rows * kvd))
+    } else {
+        (b.upload(&host[0]), b.upload(&host[1]), b.upload(&host[2]))
+    };
+    let row = |x: &[f32], w: usize, t: usize| x[t * w..(t + 1) * w].to_vec();
+    let stack: Vec<f32> = (0..c.rows)
+        .flat_map(|t| [row(&host[0], qd, t), row(&host[1], kvd, t), row(&host[2], kvd, t)])
+        .flatten()
+        .collect();
+    let stack = stacked.then(|| b.upload(&stack));
     let (bq, bk, bv) = (b.upload(&host[3]), b.upload(&host[4]), b.upload(&host[5]));
     let (mut ck, mut cv) = (b.upload(&host[6]), b.upload(&host[7]));
     let x = Qkv {
@@ -58,6 +71,7 @@ fn run_qkv<B: Backend>(
         n_heads: c.n_heads,
         n_kv_heads: c.n_kv,
         head_dim: c.hd,
+        stacked: stack.as_ref(),
     };
     let rope = Rope1d { positions: pos, inv_freq: inv, factor: c.factor };
     let dest = c.cache.as_ref().map(|(rows, _)| CacheRows { k: &mut ck, v: &mut cv, rows });
@@ -115,15 +129,20 @@ fn qkv_epilogue<B: Backend>(b: &B) {
             c.factor,
             c.cache.as_ref().map(|x| x.1)
         );
-        let fused = run_qkv(b, c, &host, &pos, &inv, true);
-        let ops = run_qkv(b, c, &host, &pos, &inv, false);
-        let want = run_qkv(&Cpu, c, &host, &pos, &inv, false);
+        let fused = run_qkv(b, c, &host, &pos, &inv, true, false);
+        let ops = run_qkv(b, c, &host, &pos, &inv, false, false);
+        let want = run_qkv(&Cpu, c, &host, &pos, &inv, false, false);
+        // From a stacked GEMM output: the fused kernel's reads, and the ops' copies.
+        let fused_stacked = run_qkv(b, c, &host, &pos, &inv, true, true);
+        let ops_stacked = run_qkv(&Cpu, c, &host, &pos, &inv, false, true);
         for (i, name) in ["q", "k", "v", "cache k", "cache v"].iter().enumerate() {
             assert_eq!(
                 bits(&fused[i]),
                 bits(&ops[i]),
                 "{tag}: {name} differs from the ops one by one"
             );
+            assert_eq!(bits(&fused_stacked[i]), bits(&fused[i]), "{tag}: {name} from a stack");
+            assert_eq!(bits(&ops_stacked[i]), bits(&want[i]), "{tag}: {name}: CPU ops, a stack");
             assert_close(&format!("qkv_epilogue {name} {tag}"), &fused[i], &want[i], TOL);
         }
         // The cache rows not written keep their bits; written rows hold the new k and v.
@@ -489,6 +508,7 @@ fn qkv_epilogue_writes_the_flash_copies() {
             n_heads,
             n_kv_heads: n_kv,
             head_dim: hd,
+            stacked: None,
         };
         let dest = cached.then(|| CacheRows { k: &mut ck, v: &mut cv, rows: &cache_rows });
         b.qkv_epilogue(x, &Rope1d { positions: &pos, inv_freq: &inv, factor: 1.0 }, dest);
@@ -505,6 +525,111 @@ fn qkv_epilogue_writes_the_flash_copies() {
                 want,
                 "{name}: not the rounding"
             );
+        }
+    }
+}
+
+/// `matmul_stacked` of a `stack_rows` stack against `matmul` with each part, and
+/// `swiglu_stacked` against `swiglu` of the two halves: the same bits on the emulator (its
+/// stacked product is each part's own), within the GEMM tolerance on a GPU (one wider
+/// library GEMM), SwiGLU bit for bit on both. Ragged rows (1 to 69) and parts (q/k/v-like
+/// with grouped heads, gate/up, odd sizes), outputs poisoned. A stack is made in bf16 GEMM
+/// mode only, and not when switched off.
+fn stacked_gemms<D: mmr1_fast::backend::cuda::device::Device>(
+    make: impl Fn(bool) -> mmr1_fast::backend::cuda::CudaBackend<D>,
+    exact: bool,
+) {
+    use mmr1_fast::backend::Tr;
+    let b = make(true);
+    let mut r = rng(77);
+    for (m, parts, k) in [
+        (1usize, vec![48usize, 16, 16], 48usize),
+        (3, vec![67, 67], 48),
+        (17, vec![5, 1, 9], 33),
+        (69, vec![128, 64, 64], 128),
+        (8, vec![40], 24),
+    ] {
+        let ws: Vec<_> = parts.iter().map(|&n| b.upload(&rand_vec(&mut r, n * k, 0.5))).collect();
+        let x = b.upload(&rand_vec(&mut r, m * k, 1.0));
+        let refs: Vec<_> = ws.iter().collect();
+        let stack = b.stack_rows(&refs).expect("bf16 mode stacks");
+        let n: usize = parts.iter().sum();
+        let mut out = poisoned(&b, m * n);
+        b.matmul_stacked(&mut out, &x, &stack, m, &parts, k);
+        let got = b.download(&out);
+        let mut at = 0;
+        for (w, &nj) in ws.iter().zip(&parts) {
+            let mut one = poisoned(&b, m * nj);
+            b.matmul(&mut one, &x, Tr::N, w, Tr::T, m, nj, k, 0.0);
+            let want = b.download(&one);
+            let cols: Vec<f32> = got.chunks(n).flat_map(|row| row[at..at + nj].to_vec()).collect();
+            let what = format!("{m} x {parts:?} x {k}: part at {at}");
+            if exact {
+                assert_eq!(bits(&cols), bits(&want), "{what}: stacked product");
+            } else {
+                assert_close(&what, &cols, &want, 1e-5);
+            }
+            at += nj;
+        }
+        if parts.len() == 2 && parts[0] == parts[1] {
+            let i = parts[0];
+            let mut act = poisoned(&b, m * i);
+            b.swiglu_stacked(&mut act, &out, m, i);
+            let (gate, up): (Vec<f32>, Vec<f32>) = (
+                got.chunks(n).flat_map(|row| row[..i].to_vec()).collect(),
+                got.chunks(n).flat_map(|row| row[i..].to_vec()).collect(),
+            );
+            let mut want = poisoned(&b, m * i);
+            b.swiglu(&mut want, &b.upload(&gate), &b.upload(&up));
+            assert_eq!(
+                bits(&b.download(&act)),
+                bits(&b.download(&want)),
+                "{m} rows: swiglu_stacked"
+            );
+        }
+    }
+    let w = b.upload(&rand_vec(&mut r, 8, 1.0));
+    assert!(make(false).stack_rows(&[&w]).is_none(), "stacking switched off");
+}
+
+#[cfg(feature = "emu")]
+mod stacked_emu {
+    use mmr1_fast::backend::cuda::{emu::Schedule, CudaBackend};
+    use mmr1_fast::backend::precision::Precision;
+    use mmr1_fast::backend::Backend;
+
+    #[test]
+    fn stacked_gemms() {
+        let make = |on| {
+            CudaBackend::emulator_with(&Schedule::CI)
+                .with_precision(Precision::Bf16)
+                .unwrap()
+                .with_stacked_gemms(on)
+        };
+        super::stacked_gemms(make, true);
+        let f32_mode = CudaBackend::emulator_with(&Schedule::CI).with_stacked_gemms(true);
+        let w = f32_mode.upload(&[1.0, 2.0]);
+        assert!(f32_mode.stack_rows(&[&w]).is_none(), "f32 GEMMs: no stacks");
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod stacked_gpu {
+    mod gpu {
+        use mmr1_fast::backend::cuda::CudaBackend;
+        use mmr1_fast::backend::precision::Precision;
+
+        #[test]
+        #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+        fn stacked_gemms() {
+            let make = |on| {
+                CudaBackend::new(0)
+                    .expect("GPU test asked for, but there is no GPU")
+                    .with_precision(Precision::Bf16)
+                    .unwrap()
+                    .with_stacked_gemms(on)
+            };
+            super::super::stacked_gemms(make, false);
         }
     }
 }

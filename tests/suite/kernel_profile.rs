@@ -89,7 +89,8 @@ fn nothing_is_recorded_without_profiling() {
 /// fills the upload cache with what repeats across steps: the rope frequencies, the rows the
 /// lm_head reads).
 fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64) {
-    let (launches, uploads, _) = decode_step_cost_in(slots, layers, attn, false, true, None, true);
+    let (launches, uploads, _) =
+        decode_step_cost_in(slots, layers, attn, false, true, None, true, false);
     (launches, uploads)
 }
 
@@ -97,6 +98,7 @@ fn decode_step_cost(slots: usize, layers: usize, attn: AttnKernel) -> (u64, u64)
 /// `producers` writing the bf16 copies of their outputs or not, and the step's conversions
 /// (`f32_to_bf16_x8` launches, counted among the launches). `rope_scaling`: the config's.
 /// `fused`: the fused layer ops (`MMR1_FUSED_LAYER_OPS`).
+#[allow(clippy::too_many_arguments)]
 fn decode_step_cost_in(
     slots: usize,
     layers: usize,
@@ -105,6 +107,7 @@ fn decode_step_cost_in(
     producers: bool,
     rope_scaling: Option<serde_json::Value>,
     fused: bool,
+    stacked: bool,
 ) -> (u64, u64, u64) {
     use mmr1_fast::backend::precision::Precision;
     // Op by op: a replayed step (tests/suite/decode_replay.rs) uploads its index arrays again.
@@ -119,7 +122,8 @@ fn decode_step_cost_in(
         .unwrap()
         .with_attention(attn)
         .with_producer_shadows(producers)
-        .with_fused_layer_ops(fused);
+        .with_fused_layer_ops(fused)
+        .with_stacked_gemms(stacked);
     let mut cfg = tiny_config(97, false);
     cfg.num_hidden_layers = layers;
     if let Some(rs) = rope_scaling {
@@ -186,8 +190,9 @@ fn a_decode_step_launches_per_layer_not_per_sequence() {
 #[test]
 fn the_fused_layer_ops_switch_runs_the_ops_one_by_one() {
     for layers in [2usize, 3] {
-        let on = decode_step_cost_in(3, layers, AttnKernel::Flash, false, true, None, true);
-        let off = decode_step_cost_in(3, layers, AttnKernel::Flash, false, true, None, false);
+        let on = decode_step_cost_in(3, layers, AttnKernel::Flash, false, true, None, true, false);
+        let off =
+            decode_step_cost_in(3, layers, AttnKernel::Flash, false, true, None, false, false);
         assert_eq!(off.0, on.0 + 8 * layers as u64, "{layers} layers: launches per decode step");
         assert_eq!(off.1, on.1, "{layers} layers: uploads per decode step");
     }
@@ -201,7 +206,7 @@ fn the_fused_layer_ops_switch_runs_the_ops_one_by_one() {
 #[test]
 fn scaled_rope_decodes_with_the_plain_launches_and_uploads() {
     use serde_json::json;
-    let plain = decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, None, true);
+    let plain = decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, None, true, false);
     for rs in [
         json!({"rope_type": "linear", "factor": 2.0}),
         json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -210,7 +215,7 @@ fn scaled_rope_decodes_with_the_plain_launches_and_uploads() {
     ] {
         let what = rs.to_string();
         let (launches, uploads, _) =
-            decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, Some(rs), true);
+            decode_step_cost_in(3, 2, AttnKernel::Flash, false, true, Some(rs), true, false);
         assert_eq!(uploads, plain.1, "{what}: uploads per decode step");
         assert_eq!(launches, plain.0, "{what}: launches per decode step");
     }
@@ -284,17 +289,22 @@ fn a_bf16_decode_step_converts_only_what_no_producer_writes() {
             let what = format!("{attn:?}, {slots} slots, {layers} layers");
             let l = layers as u64;
             let (f32_launches, f32_uploads, none) =
-                decode_step_cost_in(slots, layers, attn, false, true, None, true);
+                decode_step_cost_in(slots, layers, attn, false, true, None, true, false);
             assert_eq!(none, 0, "{what}: an f32 step converts nothing");
             let with = if attn == AttnKernel::Flash { 1 } else { l + 1 };
             for (producers, want) in [(true, with), (false, 4 * l + 1)] {
-                let (launches, uploads, conversions) =
-                    decode_step_cost_in(slots, layers, attn, true, producers, None, true);
-                let what = format!("{what}, producer shadows {producers}");
-                println!("DECODE CONVERSIONS {what}: {conversions} of {launches} launches");
-                assert_eq!(conversions, want, "{what}: conversions per bf16 decode step");
-                assert_eq!(launches, f32_launches + conversions, "{what}: launches per step");
-                assert_eq!(uploads, f32_uploads, "{what}: uploads per bf16 step");
+                for stacked in [false, true] {
+                    let (launches, uploads, conversions) = decode_step_cost_in(
+                        slots, layers, attn, true, producers, None, true, stacked,
+                    );
+                    let what = format!("{what}, producer shadows {producers}, stacked {stacked}");
+                    println!("DECODE CONVERSIONS {what}: {conversions} of {launches} launches");
+                    assert_eq!(conversions, want, "{what}: conversions per bf16 decode step");
+                    // Stacked weights: q/k/v and gate/up one GEMM each, 4 a layer where 7 were.
+                    let fewer = if stacked { 3 * l } else { 0 };
+                    assert_eq!(launches + fewer, f32_launches + conversions, "{what}: launches");
+                    assert_eq!(uploads, f32_uploads, "{what}: uploads per bf16 step");
+                }
             }
         }
     }

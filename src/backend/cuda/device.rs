@@ -243,6 +243,21 @@ pub trait Device {
         k: usize,
         beta: f32,
     ) -> bool;
+    /// `gemm` of `a [m, k]` by a stack of weights `b [sum ns, k]` (`Tr::T`; beta 0) into
+    /// `out [m, sum ns]` (`Backend::matmul_stacked`): one library GEMM. The emulator, whose
+    /// stand-in for the library is the CPU's GEMM, computes each part as its own product, so
+    /// that a stacked product has the bits of the separate ones there.
+    fn gemm_stacked(
+        &self,
+        out: &mut Self::Mem,
+        a: GemmIn<'_, Self::Mem>,
+        b: GemmIn<'_, Self::Mem>,
+        m: usize,
+        ns: &[usize],
+        k: usize,
+    ) -> bool {
+        self.gemm(out, a, Tr::N, b, Tr::T, m, ns.iter().sum(), k, 0.0)
+    }
     /// Waits for all queued work.
     fn synchronize(&self);
     /// Makes `gemm` a bf16 GEMM (operands rounded to bf16 round-to-nearest-even, f32

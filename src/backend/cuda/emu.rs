@@ -393,6 +393,9 @@ impl EmuDevice {
         self.submit(Op::Work { key, run: Arc::new(run) });
     }
     #[allow(clippy::too_many_arguments)]
+    /// `parts`: the output's column blocks, each computed as its own product with its rows of
+    /// `b` (`Tr::T`: a stack of weights, `Device::gemm_stacked`); `[n]` for a plain GEMM.
+    #[allow(clippy::too_many_arguments)]
     fn gemm_untimed(
         &self,
         out: &mut EmuMem,
@@ -401,10 +404,13 @@ impl EmuDevice {
         b: GemmIn<'_, EmuMem>,
         tb: Tr,
         m: usize,
-        n: usize,
+        parts: &[usize],
         k: usize,
         beta: f32,
     ) -> bool {
+        let n: usize = parts.iter().sum();
+        assert!(parts.len() == 1 || (tb == Tr::T && beta == 0.0), "emu gemm: a stack is Tr::T");
+        let parts = parts.to_vec();
         // The emulator has no cuBLAS: the CPU GEMM on host copies stands in for it.
         self.pool.shadow_forget(out.ptr as u64);
         let bytes = |x: GemmIn<'_, EmuMem>, len: usize| match x {
@@ -448,7 +454,7 @@ impl EmuDevice {
         };
         let (sa, sb) = (source(a, m * k), source(b, k * n));
         let o = out.ptr as u64;
-        let key = vec![
+        let key: Vec<u64> = vec![
             replay::KEY_GEMM,
             sa.0,
             sa.1 as u64,
@@ -461,7 +467,10 @@ impl EmuDevice {
             n as u64,
             k as u64,
             beta.to_bits() as u64,
-        ];
+        ]
+        .into_iter()
+        .chain(parts.iter().skip(1).map(|&p| p as u64))
+        .collect();
         let run = move |_: &()| {
             // SAFETY: the addresses are pool blocks of at least these many values (checked
             // above for f32 operands; a bf16 shadow or conversion covers `len` values), alive
@@ -478,7 +487,20 @@ impl EmuDevice {
             let outs = unsafe { std::slice::from_raw_parts_mut(o as *mut f32, m * n) };
             // The products and sums stay f32, as CUBLAS_COMPUTE_32F accumulates.
             let mut ov = if beta == 0.0 { vec![0.0; m * n] } else { outs.to_vec() };
-            Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
+            if parts.len() == 1 {
+                Cpu.matmul(&mut ov, &av, ta, &bv, tb, m, n, k, beta);
+            } else {
+                let mut at = 0;
+                for &nj in &parts {
+                    let mut oj = vec![0.0; m * nj];
+                    let bj = bv[at * k..(at + nj) * k].to_vec();
+                    Cpu.matmul(&mut oj, &av, ta, &bj, tb, m, nj, k, 0.0);
+                    for (row, part) in ov.chunks_mut(n).zip(oj.chunks(nj.max(1))) {
+                        row[at..at + nj].copy_from_slice(part);
+                    }
+                    at += nj;
+                }
+            }
             outs.copy_from_slice(&ov);
             Ok(())
         };
@@ -652,7 +674,20 @@ impl Device for EmuDevice {
         beta: f32,
     ) -> bool {
         let name = || super::device::gemm_name(self.gemm_bf16, m, n, k, ta, tb);
-        self.timed(name, || self.gemm_untimed(out, a, ta, b, tb, m, n, k, beta))
+        self.timed(name, || self.gemm_untimed(out, a, ta, b, tb, m, &[n], k, beta))
+    }
+    fn gemm_stacked(
+        &self,
+        out: &mut EmuMem,
+        a: GemmIn<'_, EmuMem>,
+        b: GemmIn<'_, EmuMem>,
+        m: usize,
+        ns: &[usize],
+        k: usize,
+    ) -> bool {
+        let n = ns.iter().sum();
+        let name = || super::device::gemm_name(self.gemm_bf16, m, n, k, Tr::N, Tr::T);
+        self.timed(name, || self.gemm_untimed(out, a, Tr::N, b, Tr::T, m, ns, k, 0.0))
     }
     fn synchronize(&self) {
         self.flush();

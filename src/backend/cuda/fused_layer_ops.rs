@@ -45,6 +45,12 @@ impl<D: Device> CudaBackend<D> {
         let (rows, hd) = (rope.positions.len(), x.head_dim);
         let (qd, kvd) = (x.n_heads * hd, x.n_kv_heads * hd);
         assert_eq!(rope.inv_freq.len(), hd / 2, "qkv_epilogue: head_dim / 2 frequencies");
+        if let Some(s) = x.stacked {
+            assert!(
+                s.len >= rows * (qd + 2 * kvd),
+                "qkv_epilogue: stacked shorter than {rows} rows"
+            );
+        }
         assert!(
             x.q.len >= rows * qd && x.k.len >= rows * kvd && x.v.len >= rows * kvd,
             "qkv_epilogue: q, k or v shorter than {rows} rows"
@@ -111,6 +117,7 @@ impl<D: Device> CudaBackend<D> {
                 opt_arg(copies.as_ref().map(|c| &c[2])),
                 ck16,
                 cv16,
+                opt_arg(x.stacked.map(|s| s.mem())),
             ],
         );
         self.adopt_shadows(sizes, copies);

@@ -22,6 +22,7 @@ mod kv_cache16;
 mod multi;
 pub mod precision;
 mod producer_shadows;
+mod stacked;
 // Without a device (neither feature) only the replay counters are used (`replay_stats`).
 #[cfg_attr(not(any(feature = "cuda", feature = "emu")), allow(dead_code))]
 pub mod replay;
@@ -120,6 +121,8 @@ pub struct CudaBackend<D: Device> {
     bf16_operands: bool,
     /// How KV caches store their values under flash attention (`kv_cache16`; `MMR1_KV_CACHE`).
     kv_cache: KvCacheStorage,
+    /// `stack_rows` makes stacks in bf16 GEMM mode (`stacked`; `MMR1_STACKED_GEMMS`).
+    stacked_gemms: bool,
 }
 
 const BLOCK: u32 = 256;
@@ -156,6 +159,7 @@ impl<D: Device> CudaBackend<D> {
             sample_split: rl::sample::split_from_env(),
             bf16_operands: bf16_operands::from_env(),
             kv_cache: KvCacheStorage::default(),
+            stacked_gemms: stacked::from_env(),
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
@@ -851,7 +855,26 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) {
-        self.swiglu_fwd(out, gate, up)
+        self.swiglu_fwd(out, gate, Some(up), 0)
+    }
+    fn swiglu_stacked(&self, out: &mut Self::Buf, gate_up: &Self::Buf, rows: usize, width: usize) {
+        assert!(gate_up.len >= 2 * rows * width, "swiglu_stacked: gate_up too short");
+        assert_eq!(out.len, rows * width, "swiglu_stacked: out of rows x width");
+        self.swiglu_fwd(out, gate_up, None, width)
+    }
+    fn stack_rows(&self, parts: &[&Self::Buf]) -> Option<Self::Buf> {
+        self.stack_rows_bf16(parts)
+    }
+    fn matmul_stacked(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        stack: &Self::Buf,
+        m: usize,
+        ns: &[usize],
+        k: usize,
+    ) {
+        self.matmul_stacked_bf16(out, x, stack, m, ns, k)
     }
     fn qkv_epilogue(
         &self,

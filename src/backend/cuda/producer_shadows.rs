@@ -234,14 +234,23 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// `Backend::swiglu`: `swiglu_bf16shadow_f32` when activation shadows are kept.
-    pub(super) fn swiglu_fwd(&self, out: &mut Buf<D>, gate: &Buf<D>, up: &Buf<D>) {
+    /// `up` None: `gate` is one stacked GEMM's output, rows of `width` gate columns then
+    /// `width` up columns (`Backend::swiglu_stacked`); else `width` is 0.
+    pub(super) fn swiglu_fwd(
+        &self,
+        out: &mut Buf<D>,
+        gate: &Buf<D>,
+        up: Option<&Buf<D>>,
+        width: usize,
+    ) {
         let n = out.len;
         self.produce(out, n, |y, shadow| {
             let (name, mut args) = match shadow {
                 Some(s) => ("swiglu_bf16shadow_f32", vec![y, Arg::Ptr(s)]),
                 None => ("swiglu_f32", vec![y]),
             };
-            args.extend([Arg::Ptr(gate.mem()), Arg::Ptr(up.mem()), Arg::I64(n as i64)]);
+            let up = up.map_or(Arg::Null, |u| Arg::Ptr(u.mem()));
+            args.extend([Arg::Ptr(gate.mem()), up, Arg::I64(n as i64), Arg::I32(width as i32)]);
             self.elementwise(name, n, &args);
         });
     }
