@@ -5,6 +5,7 @@
 //! buffer for the sampler on the backend or downloaded for a reader on the host; the same
 //! layer code as the full forward runs, so both give the same logits.
 
+use super::forward::LayerStore;
 use super::{Acts, Packed, Qwen2};
 use crate::backend::{AttnSpan, Backend};
 use anyhow::{bail, Result};
@@ -228,7 +229,17 @@ impl<B: Backend> Qwen2<B> {
             Some(a) if a.t == t => a,
             old => {
                 drop(old); // first, so that its memory can serve the new plan
-                self.alloc_acts_with(be, t, true)
+                let mut a = self.alloc_acts_with(be, t, true);
+                // A stacked step writes gate and up into `StackedOut::gate_up`: their own
+                // buffers would be memory nothing touches (1.3 GB at a 32k-token prefill of
+                // 0.5B).
+                if let (false, LayerStore::Recomputed(la)) =
+                    (cache.stacks.is_empty(), &mut a.layers)
+                {
+                    let la = la.get_mut();
+                    (la.gate, la.up) = (be.output_buf(0), be.output_buf(0));
+                }
+                a
             }
         };
         if !cache.stacks.is_empty() && cache.stacked_out.as_ref().is_none_or(|o| o.t != t) {
