@@ -23,10 +23,9 @@ pub(crate) struct LayerStack<B: Backend> {
     pub gate_up: B::Buf,
 }
 
-/// A step's outputs of the stacked GEMMs, `[t, q + 2 kv]` and `[t, 2 intermediate]`, kept
-/// for the next step of as many tokens (as `KvCache::scratch`).
+/// A step's outputs of the stacked GEMMs, `[t, q + 2 kv]` and `[t, 2 intermediate]`: planned
+/// with `KvCache::scratch`, for as many tokens, and kept with it.
 pub(crate) struct StackedOut<B: Backend> {
-    pub t: usize,
     pub qkv: B::Buf,
     pub gate_up: B::Buf,
 }
@@ -55,7 +54,7 @@ pub struct KvCache<B: Backend> {
     /// [`STACK_BUDGET_BYTES`]): copies made with the cache, so a cache decodes with the
     /// weights it was made with, as its keys and values were computed with them.
     stacks: Vec<LayerStack<B>>,
-    /// The stacked GEMMs' outputs of the last step (see `scratch`).
+    /// The stacked GEMMs' outputs of the last step (planned with `scratch`).
     stacked_out: Option<StackedOut<B>>,
 }
 
@@ -238,20 +237,17 @@ impl<B: Backend> Qwen2<B> {
                 {
                     let la = la.get_mut();
                     (la.gate, la.up) = (be.output_buf(0), be.output_buf(0));
+                    cache.stacked_out = None; // likewise
+                    let kvd = self.cfg.n_kv_heads() * self.cfg.head_dim();
+                    let (d, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+                    cache.stacked_out = Some(StackedOut {
+                        qkv: be.output_buf(t * (d + 2 * kvd)),
+                        gate_up: be.output_buf(t * 2 * i),
+                    });
                 }
                 a
             }
         };
-        if !cache.stacks.is_empty() && cache.stacked_out.as_ref().is_none_or(|o| o.t != t) {
-            cache.stacked_out = None; // first, so that its memory can serve the new plan
-            let kvd = self.cfg.n_kv_heads() * self.cfg.head_dim();
-            let (d, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
-            cache.stacked_out = Some(StackedOut {
-                t,
-                qkv: be.output_buf(t * (d + 2 * kvd)),
-                gate_up: be.output_buf(t * 2 * i),
-            });
-        }
         let d = self.cfg.hidden_size;
         // From the embedding to the logits a step of this shape does the same ops on the same
         // buffers as the last one, with new ids, positions and rows: the backend may replay it

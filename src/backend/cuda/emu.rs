@@ -392,7 +392,6 @@ impl EmuDevice {
         };
         self.submit(Op::Work { key, run: Arc::new(run) });
     }
-    #[allow(clippy::too_many_arguments)]
     /// `parts`: the output's column blocks, each computed as its own product with its rows of
     /// `b` (`Tr::T`: a stack of weights, `Device::gemm_stacked`); `[n]` for a plain GEMM.
     #[allow(clippy::too_many_arguments)]
