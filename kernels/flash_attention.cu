@@ -42,6 +42,22 @@
 __device__ __forceinline__ int fa_imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int fa_imax(int a, int b) { return a > b ? a : b; }
 
+// A block's work item and head. The grid is 1-D and item-major: block b runs item b / heads for
+// head b % heads, so the heads of one item are neighbouring blocks. The items come sorted by
+// work, longest first (flash.rs `q_tiles`, `kv_tiles`), and the GPU starts blocks in index
+// order as slots free up, so every head's longest blocks start first and the grid ends on the
+// short ones. (A grid of (items, heads) starts head 0's items longest to shortest, then head
+// 1's, ..., so the last heads' longest blocks start near the end: a list-scheduling model of
+// 132 slots puts that tail at +11% of the ideal time at 2 x 4096 tokens, 16 heads, and +31% at
+// 4 x 1024 tokens, 12 heads; this order +1% and +7%. flash.rs `launch_tail` is that model.)
+struct fa_block_ix {
+    int item, head;
+};
+__device__ __forceinline__ fa_block_ix fa_block(int heads) {
+    const int item = blockIdx.x / heads;
+    return {item, (int)blockIdx.x - item * heads};
+}
+
 // Tile loads. A piece is 4 consecutive f32 of a row (16 bytes). Consecutive threads take
 // consecutive pieces of a row (thread tid: row tid / (D/4), columns 4 * (tid % (D/4)) .. +3,
 // then the rows R = FA_THREADS / (D/4) further down), so a warp's copy covers 512 contiguous
@@ -412,9 +428,11 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
     float* const stk = reinterpret_cast<float*>(smem + 4 * S::tile);
     float* const stv = stk + FA_ROWS * D;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
-    const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
-    const int nrows = items[4 * blockIdx.x + 1], pos0 = items[4 * blockIdx.x + 3];
+    const fa_block_ix bi = fa_block(n_heads);
+    const int h = bi.head, kvh = h / (n_heads / n_kv);
+    const int* it = items + 4 * bi.item;
+    const long long qrow0 = it[0], kv0 = it[2];
+    const int nrows = it[1], pos0 = it[3];
     const int nkeys = pos0 + nrows; // keys the tile's last query sees
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
@@ -503,9 +521,11 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
     auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * TB); };
     const fa_tile_ptr<D> sq = reinterpret_cast<fa_tile_ptr<D>>(smem + 4 * TB);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
-    const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
-    const int nrows = items[4 * blockIdx.x + 1], pos0 = items[4 * blockIdx.x + 3];
+    const fa_block_ix bi = fa_block(n_heads);
+    const int h = bi.head, kvh = h / (n_heads / n_kv);
+    const int* it = items + 4 * bi.item;
+    const long long qrow0 = it[0], kv0 = it[2];
+    const int nrows = it[1], pos0 = it[3];
     const int nkeys = pos0 + nrows;
     const int wrow = warp * 32; // the warp's first row in the block's tile
     const bool active = wrow < nrows;
@@ -615,9 +635,11 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
     float* const stk = reinterpret_cast<float*>(smem + 4 * S::tile);
     float* const stv = stk + FA_ROWS * D;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
-    const long long qrow0 = items[4 * blockIdx.x], kv0 = items[4 * blockIdx.x + 2];
-    const int nrows = items[4 * blockIdx.x + 1], pos0 = items[4 * blockIdx.x + 3];
+    const fa_block_ix bi = fa_block(n_heads);
+    const int h = bi.head, kvh = h / (n_heads / n_kv);
+    const int* it = items + 4 * bi.item;
+    const long long qrow0 = it[0], kv0 = it[2];
+    const int nrows = it[1], pos0 = it[3];
     const int nkeys = pos0 + nrows;
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
@@ -740,11 +762,13 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
     float* const sL = reinterpret_cast<float*>(smem + S::walk); // [2][64], log2 units
     float* const sD = sL + 2 * FA_ROWS;                         // [2][64]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int kvh = blockIdx.y, group = n_heads / n_kv;
-    const int g_lo = blockIdx.z * heads_per_block, g_hi = fa_imin(group, g_lo + heads_per_block);
-    dk += blockIdx.z * part_stride;
-    dv += blockIdx.z * part_stride;
-    const int* it = items + 8 * blockIdx.x;
+    const int group = n_heads / n_kv, parts = (group + heads_per_block - 1) / heads_per_block;
+    const fa_block_ix bi = fa_block(n_kv * parts); // its head: kv head x slice of the group
+    const int kvh = bi.head / parts, part = bi.head % parts;
+    const int g_lo = part * heads_per_block, g_hi = fa_imin(group, g_lo + heads_per_block);
+    dk += part * part_stride;
+    dv += part * part_stride;
+    const int* it = items + 8 * bi.item;
     const long long kvrow0 = it[0], q_start = it[3];
     const int nk = it[1], j0 = it[2], q_len = it[4], qpos0 = it[5];
     const bool active = warp * 16 < nk;

@@ -233,6 +233,15 @@ fn q_tiles(spans: &[AttnSpan]) -> Vec<i32> {
     t.concat()
 }
 
+/// The grid of a flash kernel over `items` work items x `heads` heads (the dK/dV kernel: kv
+/// heads x slices of the group), 1-D and item-major: block b runs item b / heads for head
+/// b % heads (`fa_block` in kernels/flash_attention.cu). With the items longest first, every
+/// head's longest blocks start first (see `fa_block`; `tests::item_major_launch_ends_short`).
+fn item_major_grid(items: usize, heads: usize) -> [u32; 3] {
+    let blocks = u32::try_from(items * heads).expect("a flash grid of more than 2^32 blocks");
+    [blocks, 1, 1]
+}
+
 /// Key tiles: (first kv row, keys, index of the first key, span's q_start, q_len, position of
 /// its first query, 0, 0), the most queries first (see `q_tiles`).
 fn kv_tiles(spans: &[AttnSpan]) -> Vec<i32> {
@@ -420,7 +429,7 @@ impl<D: Device> CudaBackend<D> {
         self.dev.set_max_dynamic_shared(&name, smem);
         self.dev.launch(
             &name,
-            [(items.len() / 4) as u32, shape.n_heads as u32, 1],
+            item_major_grid(items.len() / 4, shape.n_heads),
             [threads, 1, 1],
             smem,
             &[
@@ -484,7 +493,7 @@ impl<D: Device> CudaBackend<D> {
             self.dev.set_max_dynamic_shared(&name, smem);
             self.dev.launch(
                 &name,
-                [(qt.len() / 4) as u32, h as u32, 1],
+                item_major_grid(qt.len() / 4, h),
                 [THREADS, 1, 1],
                 smem,
                 &[
@@ -510,7 +519,7 @@ impl<D: Device> CudaBackend<D> {
             let parts = dkv_parts(tiles, hkv, h);
             let (name, smem) = (flash_kernel("bwd_dkv", io, d), walk_smem(d, true, io));
             self.dev.set_max_dynamic_shared(&name, smem);
-            // Split: slice z of the group's heads writes partials z; flash_dkv_sum adds them.
+            // Split: slice p of the group's heads writes partials p; flash_dkv_sum adds them.
             let split = parts > 1;
             let stride = if split { dk.len } else { 0 };
             let partials = split
@@ -521,7 +530,7 @@ impl<D: Device> CudaBackend<D> {
             };
             self.dev.launch(
                 &name,
-                [tiles as u32, hkv as u32, parts as u32],
+                item_major_grid(tiles, hkv * parts),
                 [THREADS, 1, 1],
                 smem,
                 &[
@@ -655,6 +664,63 @@ fn dkv_parts(kv_tiles: usize, n_kv: usize, n_heads: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The time until the last of a grid's blocks ends, over the ideal (all work / slots), when
+    /// the GPU starts blocks in index order, each on the first of `slots` SMs to free up (list
+    /// scheduling), a block taking `work` units. The model behind `item_major_grid`.
+    fn launch_tail(work_in_block_order: impl Iterator<Item = usize>, slots: usize) -> f64 {
+        let mut free_at = vec![0usize; slots];
+        let mut total = 0;
+        for w in work_in_block_order {
+            let first = (0..slots).min_by_key(|&i| free_at[i]).unwrap();
+            free_at[first] += w;
+            total += w;
+        }
+        *free_at.iter().max().unwrap() as f64 / (total as f64 / slots as f64)
+    }
+
+    #[test]
+    fn item_major_launch_ends_short() {
+        // A block's work: the 64-row tiles it walks, plus one for its own rows' loads and stores.
+        let q_work = |spans: &[AttnSpan]| -> Vec<usize> {
+            let t = q_tiles(spans);
+            t.chunks(4).map(|x| (x[3] + x[1]) as usize / 64 + 2).collect()
+        };
+        let kv_work = |spans: &[AttnSpan]| -> Vec<usize> {
+            let t = kv_tiles(spans);
+            t.chunks(8).map(|x| (x[4] - (x[2] - x[5]).max(0)) as usize / 64 + 2).collect()
+        };
+        let packed = |lens: &[usize]| -> Vec<AttnSpan> {
+            let mut at = 0;
+            lens.iter()
+                .map(|&n| {
+                    at += n;
+                    AttnSpan { q_start: at - n, q_len: n, kv_start: at - n, kv_len: n }
+                })
+                .collect()
+        };
+        // The model's shapes (2 x 4096 tokens, 16 heads; 4 x 1024, 12 heads; the dK/dV kernel's
+        // 2 kv heads split 6 ways) and a ragged batch; 132 SMs, one block of 8 warps each.
+        for (lens, heads) in [
+            (vec![4096, 4096], 16),
+            (vec![1024; 4], 12),
+            (vec![1024; 4], 2 * 6),
+            (vec![3001, 37, 1000, 513, 129, 2048, 700], 14),
+        ] {
+            let spans = packed(&lens);
+            for work in [q_work(&spans), kv_work(&spans)] {
+                let n = work.len();
+                // Block b runs item b / heads (`fa_block`); the grid it replaced, item b % n.
+                let item_major = launch_tail((0..n * heads).map(|b| work[b / heads]), 132);
+                let head_major = launch_tail((0..n * heads).map(|b| work[b % n]), 132);
+                assert!(item_major <= 1.08, "{lens:?} x {heads}: tail {item_major:.3}");
+                assert!(
+                    item_major < head_major,
+                    "{lens:?} x {heads}: {item_major:.3} vs {head_major:.3}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn tiles_cover_each_span_once() {
