@@ -1059,15 +1059,15 @@ extern "C" __global__ void __launch_bounds__(256) flash_dkv_sum(real* dk, real* 
 
 // ---- decode: one query per sequence against its KV cache, split over the keys -------------
 // (flash-decoding: Dao et al. 2023, "Flash-Decoding for long-context inference"). Each warp
-// takes a chunk of DEC_CHUNK keys of one sequence and one kv head and serves all the query
-// heads of its group, so each K/V row is read once per group; a second kernel merges the
+// takes a chunk of keys of one sequence (32, 64 or 128 keys by the sequence's length: flash.rs
+// `decode_chunk`) and one kv head and serves all the query heads of its group, so each K/V
+// row is read once per group; a second kernel merges the
 // chunks of a sequence in order (deterministic). f32 throughout: decode is bound by reading
 // the cache, not by arithmetic.
 //   split items   (4 ints): query row, first kv row of the chunk, keys in the chunk, 0
 //   combine items (4 ints): query row, first split item of the sequence, number of splits, 0
 // Partials: part_ml[(item * n_heads + h) * 2 + {0, 1}] = running max (log2 units), sum;
 // part_o[(item * n_heads + h) * d + c] = unnormalized output.
-#define DEC_CHUNK 128
 #define DEC_MAXG 8
 #define DEC_MAXD 256
 #define DEC_WARPS 4

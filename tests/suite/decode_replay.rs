@@ -113,12 +113,12 @@ fn replayed_steps_equal_op_by_op_steps_f32_reference_attention() {
 #[cfg(feature = "emu")]
 #[test]
 fn replayed_steps_equal_op_by_op_steps_bf16_flash_decode_across_a_key_chunk() {
-    // Prompts of 120-126 tokens: the slots cross the 128-key chunk of flash decode at
-    // different steps, so the split items grow (padded: the grid stays) while the combine
-    // list changes its contents.
-    // As in the f32 test, with one more recording when the padded split items double (4 -> 8)
-    // as the third slot crosses its chunk.
-    let st = check(d64_config(), 120, 12, |r| emu(r, AttnKernel::Flash, Precision::Bf16));
+    // Prompts of 57-63 tokens: the slots cross the edge of flash decode's 32-key chunks at
+    // 64 keys at different steps (slot 2 at step 1, slot 1 at step 6, slot 0 at step 7), so
+    // the split items grow (padded: the grid stays) while the combine list changes its
+    // contents. As in the f32 test, with one more recording when the padded split items
+    // double (8 -> 16) at step 7 (9 items: 65, 66 and 71 keys), the first shape's capture.
+    let st = check(d64_config(), 57, 12, |r| emu(r, AttnKernel::Flash, Precision::Bf16));
     assert_eq!((st.stretches, st.replays), (10, 6), "{st:?}");
     let st =
         check(tiny_config(VOCAB, false), 3, 16, |r| emu(r, AttnKernel::Flash, Precision::Bf16));

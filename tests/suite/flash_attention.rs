@@ -330,12 +330,13 @@ fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
 }
 
 /// Decode steps (one query per sequence, the last position) go to the split kernel, which
-/// computes in f32: it is held to the f32 tolerance. GQA groups of 7 and 4, chunks of 128
-/// keys split and merged (129, 300 keys), a one-key sequence, and a query row in no span.
+/// computes in f32: it is held to the f32 tolerance. GQA groups of 7 and 4, chunks of each
+/// size split and merged (32 keys: 128, 129, 200; 64: 300; 128: 700), a one-key sequence,
+/// and a query row in no span.
 fn decode_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
     let mut r = ChaCha8Rng::seed_from_u64(32);
     for (lens, shape) in
-        [(vec![1usize, 5, 128, 129, 300], sh(14, 2, 64)), (vec![200, 3], sh(8, 2, 128))]
+        [(vec![1usize, 5, 128, 129, 300, 700], sh(14, 2, 64)), (vec![200, 3], sh(8, 2, 128))]
     {
         let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
         let (mut spans, mut at) = (Vec::new(), 0);
@@ -374,10 +375,11 @@ fn decode_vs_cpu<Dv: Device>(b: &CudaBackend<Dv>) {
 /// the same inputs: the same work items and arithmetic, so the same bits where the compiler
 /// contracts both alike (`exact`: the emulator, built with -ffp-contract=off); on a GPU within
 /// 1e-6 (each is also held to the CPU reference by `decode_vs_cpu`). Keys at and around the
-/// 32-key tile and 128-key chunk edges, GQA groups 1, 4, 6, 7 and 8, inputs of both signs.
+/// 32-key tile and chunk edges (chunks of 32, 64 and 128 keys), GQA groups 1, 4, 6, 7 and 8,
+/// inputs of both signs.
 fn decode_staged_vs_split<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
     let mut r = ChaCha8Rng::seed_from_u64(33);
-    let lens = vec![1usize, 2, 31, 32, 33, 63, 64, 65, 127, 128, 129, 161, 300];
+    let lens = vec![1usize, 2, 31, 32, 33, 63, 64, 65, 127, 128, 129, 161, 300, 577];
     for shape in [sh(14, 2, 64), sh(12, 2, 128), sh(4, 4, 64), sh(8, 2, 128), sh(8, 1, 64)] {
         let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
         let (mut spans, mut at) = (Vec::new(), 0);

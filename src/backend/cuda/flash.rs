@@ -265,9 +265,22 @@ fn kv_tiles(spans: &[AttnSpan]) -> Vec<i32> {
     v.concat()
 }
 
-/// Keys per decode split (= DEC_CHUNK), and the decode kernel's limits (DEC_MAXG, DEC_MAXD).
-const DEC_CHUNK: usize = 128;
+/// Warps a block of the split decode kernel (DEC_WARPS in kernels/flash_attention.cu).
 const DEC_WARPS: usize = 4;
+
+/// Keys per decode split item of a sequence with `kv_len` keys: the smallest of 32, 64 and 128
+/// that cuts it into at most 8 chunks, else 128. A warp walks its chunk 32 keys at a time, one
+/// dependent tile after another, and a decode step of a few dozen short sequences gives only a
+/// few warps an SM: at 64 sequences of ~160 keys a chunk of 128 left each warp 4 tiles in a
+/// row and the kernel took ~30 us a layer for a few us of bytes (sixth H100 call). Shorter chunks
+/// give short sequences more warps, each walking fewer tiles; long ones keep 128 keys, where
+/// each split's partials (f32, written and read once) stay small beside the keys it reads.
+/// A function of the sequence's own length, never of the batch: a sequence's attention sums
+/// its partials in the same order whatever decodes beside it (continuous batching's responses
+/// do not depend on the slot count).
+fn decode_chunk(kv_len: usize) -> usize {
+    [32, 64].into_iter().find(|c| kv_len <= 8 * c).unwrap_or(128)
+}
 
 /// Whether a call is a decode step the split kernel serves: one query per sequence (the last
 /// position), at most 8 query heads per kv head, head dim a multiple of 4 up to 256.
@@ -288,11 +301,12 @@ fn decode_items(spans: &[AttnSpan]) -> (Vec<i32>, Vec<i32>) {
     let (mut split, mut comb) = (Vec::new(), Vec::new());
     for s in spans {
         let first = split.len() / 4;
-        for c0 in (0..s.kv_len).step_by(DEC_CHUNK) {
+        let chunk = decode_chunk(s.kv_len);
+        for c0 in (0..s.kv_len).step_by(chunk) {
             split.extend_from_slice(&[
                 s.q_start as i32,
                 (s.kv_start + c0) as i32,
-                DEC_CHUNK.min(s.kv_len - c0) as i32,
+                chunk.min(s.kv_len - c0) as i32,
                 0,
             ]);
         }
@@ -765,21 +779,40 @@ mod tests {
         assert_eq!((dkv_parts(32, 2, 12), dkv_parts(64, 1, 1), dkv_parts(256, 2, 12)), (6, 1, 1));
         assert_eq!(dkv_parts(255, 2, 14), 7);
         assert_eq!([16, 64, 128].map(dkv_sum_blocks), [2, 8, 16]);
+        // Chunks by the sequence's own length: at most 8 of 32 or 64 keys, else 128 keys.
+        let chunks = [1, 256, 257, 512, 513, 1024, 4096].map(decode_chunk);
+        assert_eq!(chunks, [32, 32, 64, 64, 128, 128, 128]);
         let (split, comb) = decode_items(&spans[1..]);
-        assert_eq!(split, vec![130, 200, 65, 0]);
-        assert_eq!(comb, vec![130, 0, 1, 0]);
-        let long = [AttnSpan { q_start: 3, q_len: 1, kv_start: 10, kv_len: 300 }];
+        // 65 keys: two chunks of 32 and one key, padded to four items with an empty one.
+        assert_eq!(split, vec![130, 200, 32, 0, 130, 232, 32, 0, 130, 264, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(comb, vec![130, 0, 3, 0]);
+        let long = [
+            AttnSpan { q_start: 3, q_len: 1, kv_start: 10, kv_len: 600 },
+            AttnSpan { q_start: 4, q_len: 1, kv_start: 700, kv_len: 300 },
+        ];
         let (split, comb) = decode_items(&long);
-        // Three items, padded to four with an empty one.
-        assert_eq!(split, vec![3, 10, 128, 0, 3, 138, 128, 0, 3, 266, 44, 0, 0, 0, 0, 0]);
-        assert_eq!(comb, vec![3, 0, 3, 0]);
-        // Sequences growing inside their chunks keep the item count (and the grid).
+        // 600 keys: four chunks of 128 and one of 88; 300 keys: four of 64 and one of 44;
+        // ten items padded to sixteen.
+        let mut want = vec![];
+        for (row, start, n) in
+            [(3, 10, 128), (3, 138, 128), (3, 266, 128), (3, 394, 128), (3, 522, 88)]
+                .into_iter()
+                .chain([(4, 700, 64), (4, 764, 64), (4, 828, 64), (4, 892, 64), (4, 956, 44)])
+        {
+            want.extend([row, start, n, 0]);
+        }
+        want.resize(16 * 4, 0);
+        assert_eq!(split, want);
+        assert_eq!(comb, vec![3, 0, 5, 0, 4, 5, 5, 0]);
+        // Sequences growing by a chunk here and there keep the padded item count (and the
+        // grid): 5 sequences of 100-260 keys (4 + 5 + 6 + 7 + 5 items: 27), of 128-288
+        // (4 + 6 + 7 + 8 + 5: 30) and of 129-289 (31), 32 items each time.
         let at = |n: usize| {
             let s: Vec<AttnSpan> = (0..5)
                 .map(|i| AttnSpan { q_start: i, q_len: 1, kv_start: 1000 * i, kv_len: n + 40 * i })
                 .collect();
             decode_items(&s).0.len() / 4
         };
-        assert_eq!((at(130), at(131), at(200)), (16, 16, 16));
+        assert_eq!((at(100), at(128), at(129)), (32, 32, 32));
     }
 }
