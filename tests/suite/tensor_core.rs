@@ -636,8 +636,8 @@ fn bf16_operands_hold_the_shadow_bits<D: Device>(b: &mut CudaBackend<D>) {
 /// without the copy (`set_producer_shadows(false)`, which leaves no shadow), as is the lse.
 /// A step mixing decodes with prefills (a span of one query is a decode) writes `out` in two
 /// launches and keeps no shadow. Head dims 64 and 128, 4 query heads on 2 kv heads, ragged
-/// spans (one crossing a 64-row tile, one decode of 130 keys over five 32-key splits). `b` runs bf16 GEMMs with weight and
-/// activation shadows on.
+/// spans (one crossing a 64-row tile, one decode of 130 keys over five 32-key splits). `b`
+/// runs bf16 GEMMs with weight and activation shadows on.
 fn attention_writes_the_o_operand<D: Device>(b: &mut CudaBackend<D>) {
     use mmr1_fast::backend::cuda::{AttnKernel, DecodeKernel};
     use mmr1_fast::backend::{AttnShape, AttnSpan};
