@@ -2,7 +2,9 @@
 # GPU check, in one call of a lent GPU machine: the kernel equivalence suites on the real GPU
 # (files of tests/suite/, modules of the one test binary: kernels_vs_cpu, tensor_core,
 # flash_attention, fused_layer_ops, rl_kernels, vision_ops, philox, sample_kernel,
-# device_decode: decoding that samples on the device, against the host rule; nccl: the NCCL
+# device_decode: decoding that samples on the device, against the host rule; decode_replay;
+# kernels_real_vocab: log-probs at vocabulary 151,936; backward_golden: the whole model's
+# gradients against PyTorch's goldens; nccl: the NCCL
 # collective in a world of one against the plain path, op by op and on short sft/train runs);
 # training steps at real
 # Qwen2.5 shapes (examples/device_step.rs) side by side with PyTorch + transformers doing the same
@@ -43,10 +45,11 @@ case "${1:-}" in
 esac
 log=${GPU_CHECK_LOG:-target/gpu-check}
 mkdir -p "$log" docs target
-suites="kernels_vs_cpu tensor_core flash_attention fused_layer_ops rl_kernels vision_ops philox sample_kernel device_decode decode_replay nccl"
+suites="kernels_vs_cpu tensor_core flash_attention fused_layer_ops rl_kernels vision_ops philox sample_kernel device_decode decode_replay kernels_real_vocab backward_golden nccl"
 # compute-sanitizer runs the kernel suites, not NCCL's (its own kernels and proxy threads are
-# not ours to check, and slow under the tools).
-san_suites=${suites/ nccl/}
+# not ours to check, and slow under the tools) nor the whole-model ones (the same kernels, at
+# sizes the tools would take minutes over).
+san_suites=${suites/ kernels_real_vocab backward_golden nccl/}
 bins="suite kernels rl_bench device_step grpo_step mmr1-fast"
 budget=${GPU_CHECK_BUDGET:-0}
 t0=$SECONDS

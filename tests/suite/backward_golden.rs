@@ -107,16 +107,20 @@ fn grads_match_pytorch_on_the_cuda_emulator() {
 }
 
 /// The same on a real GPU: ignored unless asked for (`--include-ignored`, as
-/// scripts/gpu-check.sh does), and then a missing GPU fails.
+/// scripts/gpu-check.sh does for every file's `gpu` module), and then a missing GPU fails.
 #[cfg(feature = "cuda")]
-#[test]
-#[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
-fn grads_match_pytorch_on_the_gpu() {
-    let be = mmr1_fast::backend::cuda::CudaBackend::new(0)
-        .unwrap_or_else(|why| panic!("GPU test asked for, but there is no GPU: {why}"));
-    golden_grads(&be, "tiny-tied");
-    golden_grads(&be, "tiny-gqa");
-    for name in ROPE_FIXTURES {
-        golden_grads(&be, name);
+mod gpu {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn grads_match_pytorch_on_the_gpu() {
+        let be = mmr1_fast::backend::cuda::CudaBackend::new(0)
+            .unwrap_or_else(|why| panic!("GPU test asked for, but there is no GPU: {why}"));
+        golden_grads(&be, "tiny-tied");
+        golden_grads(&be, "tiny-gqa");
+        for name in ROPE_FIXTURES {
+            golden_grads(&be, name);
+        }
     }
 }

@@ -115,10 +115,13 @@ fn logprobs_at_vocab_151936_on_the_emulator() {
     check(&mmr1_fast::backend::cuda::CudaBackend::emulator());
 }
 
+/// On a GPU, in a `gpu` module: scripts/gpu-check.sh runs every file's (--include-ignored).
 #[cfg(feature = "cuda")]
-#[test]
-#[ignore = "needs a CUDA GPU: run with --ignored on a GPU machine (scripts/gpu-check.sh)"]
-fn logprobs_at_vocab_151936_on_the_gpu() {
-    let b = mmr1_fast::backend::cuda::CudaBackend::new(0).expect("a CUDA GPU");
-    check(&b);
+mod gpu {
+    #[test]
+    #[ignore = "needs a CUDA GPU: run with --ignored on a GPU machine (scripts/gpu-check.sh)"]
+    fn logprobs_at_vocab_151936_on_the_gpu() {
+        let b = mmr1_fast::backend::cuda::CudaBackend::new(0).expect("a CUDA GPU");
+        super::check(&b);
+    }
 }
