@@ -212,6 +212,9 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    # The wide flash forward, slower at these shapes before the flash grids went item-major
+    # (docs/perf.md "Flash grids item-major"): the longest blocks first may turn that around.
+    STEP_ENV=MMR1_FLASH_FWD=wide MMR1_FLASH_FWD=wide step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     # xn1, xn2, act stored as f32 with shadows (the peak and the writes bf16 storage saves).
     STEP_ENV=MMR1_BF16_OPERANDS=0 MMR1_BF16_OPERANDS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
@@ -220,6 +223,8 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=MMR1_SAMPLE_SPLIT=0 MMR1_SAMPLE_SPLIT=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     # A GEMM per weight matrix (before q/k/v and gate/up were stacked: 7 GEMMs a layer, not 4).
     STEP_ENV=MMR1_STACKED_GEMMS=0 MMR1_STACKED_GEMMS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # Flash decode's keys in 128-key chunks whatever the length (before chunks by length).
+    STEP_ENV=MMR1_DECODE_CHUNKS=128 MMR1_DECODE_CHUNKS=128 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
@@ -235,6 +240,7 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_SHARE_PROMPTS=0 MMR1_SHARE_PROMPTS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_STACKED_GEMMS=0 MMR1_STACKED_GEMMS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_DECODE_CHUNKS=128 MMR1_DECODE_CHUNKS=128 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     # The old log-probs' own pass, which on-policy updates skip (the PyTorch step runs it).
     STEP_ENV=old-pass step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo --old-logprob-pass
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo

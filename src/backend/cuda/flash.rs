@@ -144,6 +144,30 @@ impl DecodeKernel {
     }
 }
 
+/// How flash decode cuts a sequence's keys into split items (`decode_chunk`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeChunks {
+    /// 32, 64 or 128 keys by the sequence's length (`decode_chunk`).
+    #[default]
+    ByLength,
+    /// 128 keys whatever the length: the chunks before 2026-11-28, kept to time against.
+    Fixed128,
+}
+
+impl DecodeChunks {
+    /// From `MMR1_DECODE_CHUNKS` (`length` or `128`); unset means `ByLength`.
+    pub fn from_env() -> Result<Self, String> {
+        let choices = [("length", DecodeChunks::ByLength), ("128", DecodeChunks::Fixed128)];
+        Ok(env_choice("MMR1_DECODE_CHUNKS", &choices)?.unwrap_or_default())
+    }
+    fn keys(self, kv_len: usize) -> usize {
+        match self {
+            DecodeChunks::ByLength => decode_chunk(kv_len),
+            DecodeChunks::Fixed128 => 128,
+        }
+    }
+}
+
 /// Warps per block of the staged decode kernel (DEC_ST_WARPS) and its dynamic shared memory:
 /// per warp a K tile of 32 rows padded by 16 bytes and a V tile, in the cache's storage
 /// (`value_bytes` 4 or 2), and the group's queries (up to DEC_MAXG = 8 heads) and their
@@ -297,11 +321,11 @@ pub fn decode_supports(spans: &[AttnSpan], shape: AttnShape) -> bool {
 /// keys: their partials are written and never combined) to a power of two, so that the grid
 /// and the item count stay the same while sequences grow by a chunk here and there: a decode
 /// step then repeats its launches exactly (what a replayed CUDA graph needs, `cuda::replay`).
-fn decode_items(spans: &[AttnSpan]) -> (Vec<i32>, Vec<i32>) {
+fn decode_items(spans: &[AttnSpan], chunks: DecodeChunks) -> (Vec<i32>, Vec<i32>) {
     let (mut split, mut comb) = (Vec::new(), Vec::new());
     for s in spans {
         let first = split.len() / 4;
-        let chunk = decode_chunk(s.kv_len);
+        let chunk = chunks.keys(s.kv_len);
         for c0 in (0..s.kv_len).step_by(chunk) {
             split.extend_from_slice(&[
                 s.q_start as i32,
@@ -341,7 +365,7 @@ impl<D: Device> CudaBackend<D> {
         shape: AttnShape,
     ) {
         let (h, hkv, d) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
-        let (split, comb) = decode_items(spans);
+        let (split, comb) = decode_items(spans, self.decode_chunks);
         let n_items = split.len() / 4;
         if n_items == 0 {
             return;
@@ -782,7 +806,7 @@ mod tests {
         // Chunks by the sequence's own length: at most 8 of 32 or 64 keys, else 128 keys.
         let chunks = [1, 256, 257, 512, 513, 1024, 4096].map(decode_chunk);
         assert_eq!(chunks, [32, 32, 64, 64, 128, 128, 128]);
-        let (split, comb) = decode_items(&spans[1..]);
+        let (split, comb) = decode_items(&spans[1..], DecodeChunks::ByLength);
         // 65 keys: two chunks of 32 and one key, padded to four items with an empty one.
         assert_eq!(split, vec![130, 200, 32, 0, 130, 232, 32, 0, 130, 264, 1, 0, 0, 0, 0, 0]);
         assert_eq!(comb, vec![130, 0, 3, 0]);
@@ -790,7 +814,7 @@ mod tests {
             AttnSpan { q_start: 3, q_len: 1, kv_start: 10, kv_len: 600 },
             AttnSpan { q_start: 4, q_len: 1, kv_start: 700, kv_len: 300 },
         ];
-        let (split, comb) = decode_items(&long);
+        let (split, comb) = decode_items(&long, DecodeChunks::ByLength);
         // 600 keys: four chunks of 128 and one of 88; 300 keys: four of 64 and one of 44;
         // ten items padded to sixteen.
         let mut want = vec![];
@@ -811,8 +835,11 @@ mod tests {
             let s: Vec<AttnSpan> = (0..5)
                 .map(|i| AttnSpan { q_start: i, q_len: 1, kv_start: 1000 * i, kv_len: n + 40 * i })
                 .collect();
-            decode_items(&s).0.len() / 4
+            decode_items(&s, DecodeChunks::ByLength).0.len() / 4
         };
         assert_eq!((at(100), at(128), at(129)), (32, 32, 32));
+        // The old rule: 128 keys whatever the length.
+        let (split, _) = decode_items(&long[1..], DecodeChunks::Fixed128);
+        assert_eq!(split, vec![4, 700, 128, 0, 4, 828, 128, 0, 4, 956, 44, 0, 0, 0, 0, 0]);
     }
 }

@@ -32,7 +32,7 @@ mod vision_ops;
 
 use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
-pub use flash::{AttnKernel, DecodeKernel, FlashFwd, FlashIo, FlashMask};
+pub use flash::{AttnKernel, DecodeChunks, DecodeKernel, FlashFwd, FlashIo, FlashMask};
 pub use kv_cache16::KvCacheStorage;
 use std::sync::Arc;
 
@@ -99,6 +99,8 @@ pub struct CudaBackend<D: Device> {
     dev: D,
     attn: AttnKernel,
     decode: DecodeKernel,
+    /// How flash decode splits a sequence's keys (`MMR1_DECODE_CHUNKS`).
+    decode_chunks: DecodeChunks,
     /// Where the flash kernels read Q, K, V and dO from (`MMR1_FLASH_IO`).
     flash_io: FlashIo,
     /// Which flash forward runs with bf16 storage (`MMR1_FLASH_FWD`).
@@ -150,6 +152,7 @@ impl<D: Device> CudaBackend<D> {
             dev,
             attn: AttnKernel::Reference,
             decode: DecodeKernel::default(),
+            decode_chunks: DecodeChunks::default(),
             flash_io: FlashIo::default(),
             flash_fwd: FlashFwd::default(),
             flash_mask: FlashMask::default(),
@@ -173,11 +176,12 @@ impl<D: Device> CudaBackend<D> {
         self.flash_variants_from_env()?;
         Ok(self)
     }
-    /// The flash kernels' variants from the environment: `MMR1_DECODE`, `MMR1_FLASH_IO`,
+    /// The flash kernels' variants from the environment: `MMR1_DECODE`, `MMR1_DECODE_CHUNKS`, `MMR1_FLASH_IO`,
     /// `MMR1_FLASH_FWD`, `MMR1_FLASH_MASK`, and the KV cache's storage, `MMR1_KV_CACHE` (one
     /// list for every way a backend is made).
     pub(super) fn flash_variants_from_env(&mut self) -> Result<(), String> {
         self.decode = DecodeKernel::from_env()?;
+        self.decode_chunks = DecodeChunks::from_env()?;
         self.flash_io = FlashIo::from_env()?;
         self.flash_fwd = FlashFwd::from_env()?;
         self.flash_mask = FlashMask::from_env()?;
