@@ -719,8 +719,8 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
 
 // ---- backward: dK, dV (one block per kv tile, kv head and slice of the group's heads; walks
 // the queries of each head of its slice in a fixed order: deterministic, no atomics) -------
-// Unsplit (heads_per_block = group, part_stride = 0) a block writes dK, dV. Split, slice z
-// writes its partial sums at dk + z * part_stride (same for dv) and flash_dkv_sum adds the
+// Unsplit (heads_per_block = group, part_stride = 0) a block writes dK, dV. Split, slice p
+// writes its partial sums at dk + p * part_stride (same for dv) and flash_dkv_sum adds the
 // slices in order: with GQA and few sequences the kv tiles alone are too few blocks to fill
 // the GPU (4 x 1024 tokens, 2 kv heads: 64 blocks of 8 warps for 132 SMs).
 
