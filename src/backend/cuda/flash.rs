@@ -262,8 +262,9 @@ fn q_tiles(spans: &[AttnSpan]) -> Vec<i32> {
 /// b % heads (`fa_block` in kernels/flash_attention.cu). With the items longest first, every
 /// head's longest blocks start first (see `fa_block`; `tests::item_major_launch_ends_short`).
 fn item_major_grid(items: usize, heads: usize) -> [u32; 3] {
-    let blocks = u32::try_from(items * heads).expect("a flash grid of more than 2^32 blocks");
-    [blocks, 1, 1]
+    // gridDim.x is at most 2^31 - 1 (and the kernels index blocks with `int`).
+    let blocks = i32::try_from(items * heads).expect("a flash grid of 2^31 blocks or more");
+    [blocks as u32, 1, 1]
 }
 
 /// Key tiles: (first kv row, keys, index of the first key, span's q_start, q_len, position of
