@@ -376,7 +376,8 @@ fn run_decode<B: RlOps>(be: &B, o: &Opts) -> Result<()> {
             .then(|| slots.kv_values * be.kv_cache_value_bytes(model.attn_shape())),
         "peak_in_use_bytes": mem.map(|m| m.peak_in_use_bytes),
         "token_checksums": checksums,
-        // Decode steps replayed as CUDA graphs (MMR1_GRAPHS=1), over all rollouts.
+        // Decode steps replayed as CUDA graphs or run op by op by choice (MMR1_GRAPHS), over
+        // all rollouts.
         "replay": be.replay_stats(),
     });
     println!("{line}");

@@ -226,6 +226,7 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     # Flash decode's keys in 128-key chunks whatever the length (before chunks by length).
     STEP_ENV=MMR1_DECODE_CHUNKS=128 MMR1_DECODE_CHUNKS=128 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_GRAPHS=0 MMR1_GRAPHS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
@@ -268,14 +269,16 @@ elif want steps && [ "${STEPS:-full}" = quick ]; then
     # Launches and device time per decode step, by kernel (docs/perf.md "Decode step: launches
     # per step"): the JSON line's launches_per_decode_step, the table in steps.log.
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
-    # Decode steps replayed as CUDA graphs (cuda::replay; off by default until measured).
+    # Decode steps replayed as CUDA graphs (cuda::replay; MMR1_GRAPHS=auto by default: always and never beside it).
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_GRAPHS=0 MMR1_GRAPHS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     # The producers' bf16 copies off (docs/perf.md "Producers write the bf16 operand").
     STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PRODUCER_SHADOWS=0 MMR1_PRODUCER_SHADOWS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_GRAPHS=0 MMR1_GRAPHS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     step torch-grpo 180 --arch qwen2.5-0.5b $grpo
     step ours 120 --precision bf16 --shape qwen2.5-3b $tok --steps 3 --recompute on
 elif want steps; then
@@ -297,6 +300,7 @@ elif want steps; then
     # The split flash-decode kernel (the default before the staged one was measured), same rollout.
     STEP_ENV=MMR1_DECODE=split MMR1_DECODE=split step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_GRAPHS=0 MMR1_GRAPHS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     # The fused layer ops and the sampler's split form off (docs/perf.md "Fewer launches a
     # decode step").
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
@@ -304,6 +308,7 @@ elif want steps; then
     step torch 120 --arch qwen2.5-0.5b $dec --mode decode
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_GRAPHS=0 MMR1_GRAPHS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     step torch-grpo 180 --arch qwen2.5-0.5b $grpo
     step ours 150 --precision f32 --shape qwen2.5-0.5b $tok --steps 4
     # The largest published shape: 3B (7B needs ~122 GB for f32 weights, grads and moments).
@@ -738,12 +743,12 @@ if grpo:
             out += ["", f"GRPO step{' with ' + o['env'] if o.get('env') else ''}: ours **{t['step_s_median'] / o['step_s_median']:.2f}x** PyTorch's speed (issue 11 target 3x); "
                     f"rollout decoding {o['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x HF generate's tokens/s (target 10x); "
                     f"update {t['update_s'] / o['update_s']:.2f}x; replay {o.get('replay')}."]
-# Decode steps replayed as CUDA graphs (MMR1_GRAPHS=1) against the same rollout op by op.
+# Decode steps with CUDA graphs always (MMR1_GRAPHS=1) and never (=0) against the default (auto: where they measure faster).
 plain = next((r for r in steps if "error" not in r and r.get("mode") == "decode" and r.get("who") == "ours" and not r.get("env") and r.get("sampling") == "device"), None)
-for g in [r for r in steps if "error" not in r and r.get("mode") == "decode" and "MMR1_GRAPHS=1" in (r.get("env") or "")]:
+for g in [r for r in steps if "error" not in r and r.get("mode") == "decode" and "MMR1_GRAPHS=" in (r.get("env") or "")]:
     if plain:
         same = g.get("token_checksums") == plain.get("token_checksums")
-        out += ["", f"CUDA graphs (cuda::replay): decode {g['tokens_per_s']:.0f} tokens/s vs {plain['tokens_per_s']:.0f} op by op "
+        out += ["", f"CUDA graphs (cuda::replay), {g['env']}: decode {g['tokens_per_s']:.0f} tokens/s vs {plain['tokens_per_s']:.0f} by default (auto) "
                 f"(**{g['tokens_per_s'] / plain['tokens_per_s']:.2f}x**), rollout {g['step_s_median']*1e3:.0f} vs {plain['step_s_median']*1e3:.0f} ms; "
                 f"same tokens: {same}; replay counters {g.get('replay')}."]
 # Decode steps' cost structure: launches (profiled runs) and uploads per decode step.

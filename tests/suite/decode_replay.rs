@@ -125,6 +125,28 @@ fn replayed_steps_equal_op_by_op_steps_bf16_flash_decode_across_a_key_chunk() {
     assert_eq!((st.stretches, st.replays), (14, 11), "{st:?}");
 }
 
+/// `MMR1_GRAPHS=auto` (the GPU's default): steps with a graph at hand alternate graph and
+/// op-by-op runs, then keep the faster by their wall time (here the emulator's host time, so
+/// which way wins varies); every step's logits are still those of the op-by-op run.
+#[cfg(feature = "emu")]
+#[test]
+fn auto_mode_steps_equal_op_by_op_steps() {
+    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+    use mmr1_fast::backend::cuda::replay::ReplayMode;
+    let make = |replay: bool| {
+        let mode = if replay { ReplayMode::Auto } else { ReplayMode::Off };
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward])
+            .with_caching(true)
+            .with_replay_mode(mode);
+        let mut be = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
+        be.set_attention(AttnKernel::Flash);
+        be
+    };
+    let st = check(d64_config(), 57, 16, make);
+    // Captured once per shape as in `Always`; then the trial runs some steps op by op.
+    assert!(st.captures >= 1 && st.replays >= 1 && st.run_live >= 1, "{st:?}");
+}
+
 /// Stacked weights (one GEMM for q, k and v, one for gate and up: `Backend::stack_rows`) give
 /// every step the logits of a GEMM per matrix, bit for bit on the emulator: the prefill,
 /// decode steps of two shapes, flash decode across a key chunk, with and without replay.
@@ -214,5 +236,16 @@ mod gpu {
             let st = check(cfg, prompt, n, |r| gpu(r, attn, p));
             assert!(st.replays >= n as u64 - 7, "{attn:?} {p:?}: {st:?}");
         }
+        // MMR1_GRAPHS=auto, the GPU's default: graph and op-by-op steps mixed, the same logits.
+        use mmr1_fast::backend::cuda::replay::ReplayMode;
+        let auto = |replay: bool| {
+            let mode = if replay { ReplayMode::Auto } else { ReplayMode::Off };
+            let be = CudaBackend::with_device(CudaDevice::with_replay_mode(0, mode).unwrap());
+            let mut be = be.attention_from_env().unwrap().with_precision(Precision::Bf16).unwrap();
+            be.set_attention(AttnKernel::Flash);
+            be
+        };
+        let st = check(d64_config(), 57, 16, auto);
+        assert!(st.captures >= 1 && st.run_live >= 1, "auto: {st:?}");
     }
 }

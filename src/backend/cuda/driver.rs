@@ -256,16 +256,27 @@ fn ptx_for(arch: &'static str) -> Result<String, String> {
 }
 
 impl CudaDevice {
-    /// GPU `ordinal`, replaying repeated decode steps as CUDA graphs when `MMR1_GRAPHS=1`
-    /// (off by default until an H100 run has checked it; never with `MMR1_PROFILE`, whose
-    /// events time each launch).
+    /// GPU `ordinal`, replaying repeated decode steps as CUDA graphs where they measure
+    /// faster than op by op (`MMR1_GRAPHS=auto`, the default; `1` always, `0` never; never
+    /// with `MMR1_PROFILE`, whose events time each launch).
     pub fn new(ordinal: usize) -> Result<Self, String> {
-        let replay_on = replay::enabled_from_env(false) && !crate::backend::profile::enabled();
-        Self::with_replay(ordinal, replay_on)
+        // Graphs where they measure faster (`ReplayMode::Auto`); none while profiling, whose
+        // per-kernel events a graph would hide.
+        let mode = if crate::backend::profile::enabled() {
+            replay::ReplayMode::Off
+        } else {
+            replay::mode_from_env(replay::ReplayMode::Auto)
+        };
+        Self::with_replay_mode(ordinal, mode)
     }
-    /// GPU `ordinal` with graph replay on or off, whatever the environment says (a test
-    /// compares both in one process).
+    /// GPU `ordinal` with graph replay always on or off, whatever the environment says (a
+    /// test compares both in one process).
     pub fn with_replay(ordinal: usize, replay_on: bool) -> Result<Self, String> {
+        let mode = if replay_on { replay::ReplayMode::Always } else { replay::ReplayMode::Off };
+        Self::with_replay_mode(ordinal, mode)
+    }
+    /// GPU `ordinal` with graph replay in `mode`, whatever the environment says.
+    pub fn with_replay_mode(ordinal: usize, mode: replay::ReplayMode) -> Result<Self, String> {
         let name = probe(ordinal)?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| format!("cannot create a CUDA context: {e:?}"))?;
@@ -295,7 +306,7 @@ impl CudaDevice {
         let gemm_bf16 = super::precision::gemm_override()?.unwrap_or(false);
         // With graphs, cuBLAS gets a workspace of its own up front (32 MiB, its default size
         // on Hopper), so that no call inside a capture allocates one.
-        let blas_workspace = match (&blas, replay_on) {
+        let blas_workspace = match (&blas, mode != replay::ReplayMode::Off) {
             (Some(b), true) => {
                 const BYTES: usize = 32 << 20;
                 // SAFETY: scratch memory cuBLAS owns the contents of.
@@ -329,7 +340,7 @@ impl CudaDevice {
                 pending: Mutex::new(Vec::new()),
                 totals: Default::default(),
             }),
-            replay: Replay::new(replay_on),
+            replay: Replay::with_mode(mode),
             _blas_workspace: blas_workspace,
             capture_stream: OnceLock::new(),
             stretch: Default::default(),

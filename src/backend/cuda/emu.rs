@@ -244,7 +244,7 @@ impl EmuDevice {
             bf16_shadows: super::device::shadows_from_env(),
             act_shadows: super::device::act_shadows_from_env(),
             profile: crate::backend::profile::enabled().then(Default::default),
-            replay: Replay::new(replay::enabled_from_env(true)),
+            replay: Replay::with_mode(replay::mode_from_env(replay::ReplayMode::Always)),
             stretch: Default::default(),
         }
     }
@@ -279,6 +279,12 @@ impl EmuDevice {
     /// `MMR1_GRAPHS`, on).
     pub fn with_replay(mut self, on: bool) -> Self {
         self.replay = Replay::new(on);
+        self
+    }
+    /// With replay in `mode` (`ReplayMode::Auto` times the host's steps, so which steps run
+    /// as graphs varies from run to run; their results do not).
+    pub fn with_replay_mode(mut self, mode: replay::ReplayMode) -> Self {
+        self.replay = Replay::with_mode(mode);
         self
     }
     /// With per-kernel timing on (as `MMR1_PROFILE=1` turns it on); the emulator's times are
