@@ -351,12 +351,14 @@ mod gpu {
             let dout = rand_buf(&b, &mut r, tt * hh * hd, 1.0);
             // The default storage (bf16 copies of the walked tensors, conversions timed with
             // the kernels) under the ids PyTorch is compared with, then the f32 tile loads,
-            // then the wide forward (its backward is the default's: not benched again), then
+            // then the wide and the pipelined forwards (their backward is the default's: not
+            // benched again), then
             // every key tile masked (the kernels before the diagonal-only mask).
             let variants = [
                 (FlashIo::Bf16, FlashFwd::Narrow, FlashMask::Diagonal, ""),
                 (FlashIo::F32, FlashFwd::Narrow, FlashMask::Diagonal, "_f32io"),
                 (FlashIo::Bf16, FlashFwd::Wide, FlashMask::Diagonal, "_wide"),
+                (FlashIo::Bf16, FlashFwd::Pipe, FlashMask::Diagonal, "_pipe"),
                 (FlashIo::Bf16, FlashFwd::Narrow, FlashMask::Every, "_maskevery"),
             ];
             for (io, fwd, mask, suffix) in variants {
@@ -372,7 +374,7 @@ mod gpu {
                     })
                 });
                 meta.record(&id, 0.0, fl);
-                if fwd == FlashFwd::Wide {
+                if fwd != FlashFwd::Narrow {
                     continue;
                 }
                 let id = format!("flash_bwd_{tag}");

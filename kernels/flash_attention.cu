@@ -340,18 +340,27 @@ __device__ __forceinline__ bool fa_masked(int j0, int pos_first, bool mask_all) 
 // the kernel computed them (recomputed here, ptxas allocated the d64 forward 12 B of spills).
 // `mask`: false when no key of the tile lies past any row's position or past nkeys (fa_masked:
 // every tile of a long sequence but the diagonal's), which skips the per-score comparisons.
+// Its two halves: the mask (a branch: whole tiles skip it) and the rest (no branch: the
+// pipelined forward puts the next tile's MMAs in the same basic block, for ptxas to interleave).
+__device__ __forceinline__ void fa_mask_scores(float s[8][4], int j0, int pos_first, int nkeys, int g, int t) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos_first + g + 8 * (i >> 1);
+            if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
+        }
+}
+template <int D>
+__device__ __forceinline__ void fa_softmax_rest(float s[8][4], float o[D / 8][4], float m[2], float l[2], float sl2);
 template <int D>
 __device__ __forceinline__ void fa_softmax_step(float s[8][4], float o[D / 8][4], float m[2], float l[2], int j0,
                                                 int pos_first, int nkeys, float sl2, int g, int t, bool mask) {
-    if (mask) {
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos_first + g + 8 * (i >> 1);
-                if (j > pos || j >= nkeys) s[nt][i] = neg_inf();
-            }
-    }
+    if (mask) fa_mask_scores(s, j0, pos_first, nkeys, g, t);
+    fa_softmax_rest<D>(s, o, m, l, sl2);
+}
+template <int D>
+__device__ __forceinline__ void fa_softmax_rest(float s[8][4], float o[D / 8][4], float m[2], float l[2], float sl2) {
     float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
@@ -619,6 +628,98 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
 #pragma unroll
     for (int rt = 0; rt < 2; rt++)
         fa_write_rows<D>(out, out16, lse, o[rt], m[rt], l[rt], wrow + 16 * rt, nrows, qrow0, n_heads, h, scale, g, t);
+}
+
+// ---- forward, pipelined: the next key tile's S = Q K^T issued before this tile's softmax ----
+// The narrow forward runs each tile as one dependent chain: S = Q K^T, the row max (quad
+// shuffles), the exps, O += P V; with two warps a scheduler (one block of 8 warps an SM at
+// d128) both are often waiting on the same chain (ncu, sixth H100 call: short-scoreboard and
+// fixed-latency stalls ahead of everything else, the tensor pipe active 32% of the time).
+// Here a warp issues the next tile's S = Q K^T right after the barrier, before this tile's
+// softmax and P V, so the scheduler has independent MMAs to issue while the softmax's
+// shuffles and exps wait (FlashAttention-3's intra-warpgroup overlap of softmax with the next
+// GEMM, Shah et al. 2024, section 3.2, on mma.sync). The next tile's K must be in shared
+// memory one tile earlier, so there are three buffers of a K/V tile pair: while a warp reads
+// V of tile j and K of tile j + 1, tile j + 2 is in flight into the third (written after the
+// barrier at the top of iteration j, when every warp is done with tile j - 1's buffer). One
+// barrier a tile, as the narrow forward. Same work items, same arithmetic per tile in the same
+// order (its helpers are the narrow forward's): the same bits as flash_fwd (tested); 32 more
+// registers for the second S (bf16 K/V storage, f32 Q).
+template <int D>
+__device__ void flash_fwd_pipe(real* out, unsigned short* out16, float* lse, const real* q, const fa_b16* k,
+                               const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, bool mask_all) {
+    DYN_SMEM(unsigned char, smem);
+    constexpr int TB = fa_smem<D, fa_b16>::tile;
+    // Buffer b (0, 1, 2): K at tile 2b, V at tile 2b + 1.
+    auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * TB); };
+    auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * TB); };
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const fa_block_ix bi = fa_block(n_heads);
+    const int h = bi.head, kvh = h / (n_heads / n_kv);
+    const int* it = items + 4 * bi.item;
+    const long long qrow0 = it[0], kv0 = it[2];
+    const int nrows = it[1], pos0 = it[3];
+    const int nkeys = pos0 + nrows; // keys the tile's last query sees
+    const int ntiles = (nkeys + FA_ROWS - 1) / FA_ROWS;
+    const bool active = warp * 16 < nrows;
+    const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
+
+    // Key tile `j` into buffer j % 3 (committed by the caller).
+    auto fetch = [&](int j) {
+        const int j0 = j * FA_ROWS, b = j % 3;
+        fa_fetch<D>(tk(b), nullptr, k, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
+        fa_fetch<D>(tv(b), nullptr, v, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
+    };
+    // Groups stay one per tile (empty past the last) so that "all but the newest" counts right.
+    fetch(0);
+    cp_async_commit();
+    if (ntiles > 1) fetch(1);
+    cp_async_commit();
+    unsigned qf[D / 16][4];
+    fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+
+    const float sl2 = scale * FA_LOG2E;
+    float o[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[nt][i] = 0.0f;
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+    float sa[8][4], sb[8][4];
+
+    cp_async_wait<1>(); // tile 0 (tile 1 may be in flight)
+    __syncthreads();
+    if (active) fa_mm_abt<D>(sa, qf, tk(0)); // every active warp sees key 0
+
+    // Iteration j: `cur` holds S of tile j (computed one iteration earlier), `nxt` receives
+    // tile j + 1's. At the top, the newest group (tile j + 1) lands and the barrier makes it
+    // visible and frees tile j - 1's buffer for tile j + 2. After the mask (a branch), the next
+    // tile's S = Q K^T, this tile's softmax and its P V are one basic block, so ptxas can
+    // interleave the independent MMAs with the softmax's shuffles and exps: S of the next tile
+    // is computed whenever this one is visible, past a warp's last tile too (unused then; read
+    // from this tile's buffer when there is no next one, so only written memory is read).
+    auto step = [&](float(&cur)[8][4], float(&nxt)[8][4], int j) {
+        const int j0 = j * FA_ROWS;
+        cp_async_wait<0>();
+        __syncthreads();
+        if (j + 2 < ntiles) fetch(j + 2);
+        cp_async_commit();
+        if (active && j0 <= wlast) { // warp-uniform: something of this tile is visible
+            if (fa_masked(j0, pos0 + warp * 16, mask_all)) fa_mask_scores(cur, j0, pos0 + warp * 16, nkeys, g, t);
+            fa_mm_abt<D>(nxt, qf, tk((j + 1 < ntiles ? j + 1 : j) % 3));
+            fa_softmax_rest<D>(cur, o, m, l, sl2);
+            fa_mm_pt<D>(o, cur, tv(j % 3));
+        }
+    };
+    // Two tiles an iteration with the roles of sa and sb swapped: no register copies.
+    int j = 0;
+    for (; j + 1 < ntiles; j += 2) {
+        step(sa, sb, j);
+        step(sb, sa, j + 1);
+    }
+    if (j < ntiles) step(sa, sb, j);
+    if (!active) return;
+    fa_write_rows<D>(out, out16, lse, o, m, l, warp * 16, nrows, qrow0, n_heads, h, scale, g, t);
 }
 
 // ---- backward: dQ (one block per q tile and head, walks the keys) -------------------------
@@ -1027,6 +1128,18 @@ extern "C" __global__ void __launch_bounds__(128) flash_fwd_wide_bf16_d128(real*
     float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
     float scale, int mask_all) {
     flash_fwd_wide<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
+}
+
+// The pipelined forward (bf16 K/V, f32 Q), for the model head dims.
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_pipe_bf16_d64(real* out, unsigned short* out16,
+    float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
+    float scale, int mask_all) {
+    flash_fwd_pipe<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_pipe_bf16_d128(real* out, unsigned short* out16,
+    float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
+    float scale, int mask_all) {
+    flash_fwd_pipe<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
 }
 
 // dK, dV of a split backward: the slices' partials summed in slice order (deterministic), on

@@ -215,6 +215,8 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     # The wide flash forward, slower at these shapes before the flash grids went item-major
     # (docs/perf.md "Flash grids item-major"): the longest blocks first may turn that around.
     STEP_ENV=MMR1_FLASH_FWD=wide MMR1_FLASH_FWD=wide step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    # The pipelined flash forward (the next key tile's QK^T ahead of this tile's softmax).
+    STEP_ENV=MMR1_FLASH_FWD=pipe MMR1_FLASH_FWD=pipe step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     # xn1, xn2, act stored as f32 with shadows (the peak and the writes bf16 storage saves).
     STEP_ENV=MMR1_BF16_OPERANDS=0 MMR1_BF16_OPERANDS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
@@ -528,12 +530,12 @@ if want ncu && enough 45 "ncu"; then
             "${exe[rl_bench]}" 2>> "$log/ncu.log" | grep -E '^"' >> "$log/ncu.csv"
         set -e
     done
-    # The flash kernels at 2x4096 d128 (default, wide, f32 tile loads; the backward's two):
+    # The flash kernels at 2x4096 d128 (default, wide, pipelined, f32 tile loads; the backward's two):
     # ncu's SpeedOfLight section (duration; SM, L1/shared, L2 and DRAM throughput as % of peak)
     # names what bounds each (docs/perf.md predicts shared memory for the narrow forward).
     # NCU_FLASH: names (set and empty: none, the RL kernels alone); NCU_SECTIONS: more sections
     # (Occupancy, WarpStateStats, ...: why); NCU_METRICS: raw metrics too (the stall reasons).
-    for k in ${NCU_FLASH-flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_d128}; do
+    for k in ${NCU_FLASH-flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_pipe_bf16_d128 flash_fwd_d128}; do
         [ -n "$ncu_bin" ] || break
         enough 40 "ncu $k" || break
         # A backward kernel runs in the backward bench (which also runs a forward first).
@@ -662,7 +664,7 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
        f"Roofline: HBM {hbm/1e12:.2f} TB/s (datasheet), FP32 {f32_peak/1e12:.0f} TFLOP/s, bf16 dense {bf16_peak/1e12:.0f} TFLOP/s.",
        "Max error: largest relative L2 error against the CPU reference over the suite's shapes for that op, forward and backward together (f32 storage; '-': checked bit-exactly or by another test).",
        "Times: median per call, criterion, calls queued back to back between synchronizations; host-side id uploads included.", "",
-       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads; _wide: the forward with 4 warps of 32 rows; _maskevery: every key tile compared with the causal mask, as before the diagonal-only mask); PyTorch's are bf16.",
+       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads; _wide: the forward with 4 warps of 32 rows; _pipe: the forward issuing the next key tile's QK^T before this tile's softmax; _maskevery: every key tile compared with the causal mask, as before the diagonal-only mask); PyTorch's are bf16.",
        "", "| kernel | max error | time | rate | fraction of roofline | PyTorch | speed vs PyTorch |",
        "| --- | --- | --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in rows]

@@ -255,6 +255,7 @@ fn flash_mask_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
             (FlashIo::Bf16, FlashFwd::Narrow),
             (FlashIo::F32, FlashFwd::Narrow),
             (FlashIo::Bf16, FlashFwd::Wide),
+            (FlashIo::Bf16, FlashFwd::Pipe),
         ] {
             b.set_flash_io(io);
             b.set_flash_fwd(fwd);
@@ -289,12 +290,14 @@ fn flash_mask_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
     b.set_flash_mask(FlashMask::default());
 }
 
-/// The wide forward (4 warps of 32 rows, Q in shared memory) gives the narrow one's bits: head
-/// dims 64 and 128, GQA groups 1, 2 and 7, ragged sequences whose last query tile leaves a
-/// warp's second row tile partly or wholly empty (37, 70, 130, 145 rows), a one-row
-/// sequence, and 300 rows (three query tiles, five key tiles). `exact`: bit for bit (the
-/// emulator); on a GPU within 1e-6 (the two kernels' softmax is the same source, but ptxas may
-/// contract it into FMAs differently), and whether the bits agree is printed.
+/// The wide forward (4 warps of 32 rows, Q in shared memory) and the pipelined one (the next
+/// key tile's S = Q K^T ahead of the softmax, three K/V buffers) give the narrow one's bits:
+/// head dims 64 and 128, GQA groups 1, 2 and 7, ragged sequences whose last query tile leaves
+/// a warp's second row tile partly or wholly empty (37, 70, 130, 145 rows), a one-row
+/// sequence (one key tile: the pipeline's "next" S comes from the same tile), and 300 rows
+/// (three query tiles, five key tiles: buffers reused round the three). `exact`: bit for bit
+/// (the emulator); on a GPU within 1e-6 (the kernels' softmax is the same source, but ptxas
+/// may contract it into FMAs differently), and whether the bits agree is printed.
 fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
     let mut r = ChaCha8Rng::seed_from_u64(35);
     let cases = [
@@ -313,19 +316,22 @@ fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
             b.attention(&mut o, &mut lse, &q, &k, &v, &c.spans, c.shape);
             (b.download(&o), b.download(&lse))
         };
-        let (narrow, wide) = (fwd(FlashFwd::Narrow), fwd(FlashFwd::Wide));
-        b.set_flash_fwd(FlashFwd::default());
-        let tag = format!("{:?}", c.shape);
-        assert!(wide.0.iter().all(|x| x.is_finite()), "wide forward {tag}: unwritten rows");
-        if exact {
-            assert_eq!(bits(&wide.0), bits(&narrow.0), "wide forward out {tag}");
-            assert_eq!(bits(&wide.1), bits(&narrow.1), "wide forward lse {tag}");
-        } else {
-            let same = bits(&wide.0) == bits(&narrow.0) && bits(&wide.1) == bits(&narrow.1);
-            eprintln!("wide vs narrow forward {tag}: bit-identical {same}");
-            assert!(rel_err(&format!("wide out {tag}"), &wide.0, &narrow.0) <= 1e-6, "{tag}");
-            assert!(rel_err(&format!("wide lse {tag}"), &wide.1, &narrow.1) <= 1e-6, "{tag}");
+        let narrow = fwd(FlashFwd::Narrow);
+        for which in [FlashFwd::Wide, FlashFwd::Pipe] {
+            let got = fwd(which);
+            let tag = format!("{which:?} {:?}", c.shape);
+            assert!(got.0.iter().all(|x| x.is_finite()), "{tag} forward: unwritten rows");
+            if exact {
+                assert_eq!(bits(&got.0), bits(&narrow.0), "{tag} forward out");
+                assert_eq!(bits(&got.1), bits(&narrow.1), "{tag} forward lse");
+            } else {
+                let same = bits(&got.0) == bits(&narrow.0) && bits(&got.1) == bits(&narrow.1);
+                eprintln!("{tag} vs narrow forward: bit-identical {same}");
+                assert!(rel_err(&format!("{tag} out"), &got.0, &narrow.0) <= 1e-6, "{tag}");
+                assert!(rel_err(&format!("{tag} lse"), &got.1, &narrow.1) <= 1e-6, "{tag}");
+            }
         }
+        b.set_flash_fwd(FlashFwd::default());
     }
 }
 
@@ -604,12 +610,17 @@ mod emu {
         let calls = |b: &CudaBackend<EmuDevice>, name: &str| {
             b.kernel_profile().iter().find(|k| k.name == name).map_or(0, |k| k.calls)
         };
-        // The narrow forward is the default: the wide one runs only when asked for.
+        // The narrow forward is the default: the wide and pipelined ones run only when asked.
         super::flash_vs_cpu(&b);
-        let wide = ["flash_fwd_wide_bf16_d64", "flash_fwd_wide_bf16_d128"];
-        assert_eq!(wide.map(|n| calls(&b, n)), [0, 0], "the default ran the wide forward");
+        let others = [
+            "flash_fwd_wide_bf16_d64",
+            "flash_fwd_wide_bf16_d128",
+            "flash_fwd_pipe_bf16_d64",
+            "flash_fwd_pipe_bf16_d128",
+        ];
+        assert_eq!(others.map(|n| calls(&b, n)), [0; 4], "the default ran another forward");
         super::flash_fwd_wide_same_bits(&mut b, true);
-        for name in wide.into_iter().chain(["flash_fwd_bf16_d128"]) {
+        for name in others.into_iter().chain(["flash_fwd_bf16_d128"]) {
             assert!(calls(&b, name) > 0, "{name} never ran");
         }
     }

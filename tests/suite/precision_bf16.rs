@@ -332,8 +332,9 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 }
 
 /// The flash kernels' variants train alike, bit for bit, through the whole model at head dim
-/// 64 (where the wide forward exists): f32 tile loads, bf16 copies, bf16 copies with the wide
-/// forward; losses, every gradient of 2 SFT steps, the parameters and an inference forward.
+/// 64 (where the wide and pipelined forwards exist): f32 tile loads, bf16 copies, bf16 copies
+/// with the wide or the pipelined forward; losses, every gradient of 2 SFT steps, the
+/// parameters and an inference forward.
 #[test]
 fn flash_variants_train_alike() {
     let mut cfg = config();
@@ -345,16 +346,20 @@ fn flash_variants_train_alike() {
         let r = sft_run_of(&b, cfg.clone(), 2);
         let ran = b.kernel_profile();
         let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
-        (r, [calls("flash_fwd_d64"), calls("flash_fwd_bf16_d64"), calls("flash_fwd_wide_bf16_d64")])
+        let names = ["flash_fwd_d64", "flash_fwd_bf16_d64", "flash_fwd_wide_bf16_d64"];
+        (r, names.map(calls), calls("flash_fwd_pipe_bf16_d64"))
     };
-    let (base, ran) = run(FlashIo::F32, FlashFwd::Narrow);
+    let (base, ran, _) = run(FlashIo::F32, FlashFwd::Narrow);
     assert!(ran[0] > 0 && ran[1] + ran[2] == 0, "f32 tile loads: {ran:?}");
-    let (copies, ran) = run(FlashIo::Bf16, FlashFwd::Narrow);
+    let (copies, ran, _) = run(FlashIo::Bf16, FlashFwd::Narrow);
     assert!(ran[1] > 0 && ran[0] + ran[2] == 0, "bf16 copies: {ran:?}");
     assert_same_runs(&copies, &base);
-    let (wide, ran) = run(FlashIo::Bf16, FlashFwd::Wide);
+    let (wide, ran, _) = run(FlashIo::Bf16, FlashFwd::Wide);
     assert!(ran[2] > 0 && ran[0] + ran[1] == 0, "wide forward: {ran:?}");
     assert_same_runs(&wide, &base);
+    let (pipe, ran, piped) = run(FlashIo::Bf16, FlashFwd::Pipe);
+    assert!(piped > 0 && ran.iter().sum::<u64>() == 0, "pipelined forward: {ran:?} {piped}");
+    assert_same_runs(&pipe, &base);
 }
 
 #[test]

@@ -76,6 +76,9 @@ pub enum FlashFwd {
     /// tokens, 16 heads, d128 (921 vs 1,168 us), slower at the model's shapes (4 x 1,024, GQA
     /// d128: 169 vs 160 us; the 0.5B step, d64: 62.3 vs 61.6 ms; H100, 2026-11-27).
     Wide,
+    /// `flash_fwd_pipe_bf16_d{64,128}`: the narrow layout with each warp's next key tile's
+    /// S = Q K^T issued before this tile's softmax (three K/V buffers). Opt-in until measured.
+    Pipe,
 }
 
 /// Which key tiles the flash forward and backward kernels compare against the causal mask.
@@ -105,9 +108,10 @@ impl FlashMask {
 }
 
 impl FlashFwd {
-    /// From `MMR1_FLASH_FWD` (`narrow` or `wide`); unset means `Narrow`.
+    /// From `MMR1_FLASH_FWD` (`narrow`, `wide` or `pipe`); unset means `Narrow`.
     pub fn from_env() -> Result<Self, String> {
-        let choices = [("narrow", FlashFwd::Narrow), ("wide", FlashFwd::Wide)];
+        let choices =
+            [("narrow", FlashFwd::Narrow), ("wide", FlashFwd::Wide), ("pipe", FlashFwd::Pipe)];
         Ok(env_choice("MMR1_FLASH_FWD", &choices)?.unwrap_or_default())
     }
 }
@@ -166,6 +170,12 @@ impl DecodeChunks {
             DecodeChunks::Fixed128 => 128,
         }
     }
+}
+
+/// Dynamic shared memory of the pipelined forward: three buffers of a K/V tile pair, bf16 with
+/// rows padded by 16 bytes (104 KB at head dim 128).
+fn pipe_smem(head_dim: usize) -> u32 {
+    (6 * WALK * (head_dim / 8 + 1) * 16) as u32
 }
 
 /// Warps per block of the staged decode kernel (DEC_ST_WARPS) and its dynamic shared memory:
@@ -459,11 +469,15 @@ impl<D: Device> CudaBackend<D> {
             None => [kv_arg(k), kv_arg(v)],
         };
         let d = shape.head_dim;
-        let wide = io == FlashIo::Bf16 && self.flash_fwd == FlashFwd::Wide && matches!(d, 64 | 128);
-        let (name, threads, smem) = if wide {
-            (format!("flash_fwd_wide_bf16_d{d}"), WIDE_THREADS, wide_smem(d))
+        let variant = if io == FlashIo::Bf16 && matches!(d, 64 | 128) {
+            self.flash_fwd
         } else {
-            (flash_kernel("fwd", io, d), THREADS, walk_smem(d, false, io))
+            FlashFwd::Narrow
+        };
+        let (name, threads, smem) = match variant {
+            FlashFwd::Wide => (format!("flash_fwd_wide_bf16_d{d}"), WIDE_THREADS, wide_smem(d)),
+            FlashFwd::Pipe => (format!("flash_fwd_pipe_bf16_d{d}"), THREADS, pipe_smem(d)),
+            FlashFwd::Narrow => (flash_kernel("fwd", io, d), THREADS, walk_smem(d, false, io)),
         };
         self.dev.set_max_dynamic_shared(&name, smem);
         self.dev.launch(
@@ -785,6 +799,7 @@ mod tests {
             4 * 64 * 17 * 16 + 2 * 64 * 128 * 4 + 4 * 64 * 4
         );
         assert_eq!(wide_smem(128), 6 * 64 * 17 * 16);
+        assert_eq!((pipe_smem(128), pipe_smem(64)), (6 * 64 * 17 * 16, 6 * 64 * 9 * 16));
         assert_eq!(flash_kernel("bwd_dkv", FlashIo::Bf16, 64), "flash_bwd_dkv_bf16_d64");
         assert_eq!(flash_kernel("fwd", FlashIo::F32, 128), "flash_fwd_d128");
         // bf16 copies when the buffers hold at most twice the rows read: the packed batch
