@@ -415,8 +415,12 @@ mod gpu {
             (b.kv_cache_buf(b.len(&k), shape), b.kv_cache_buf(b.len(&v), shape));
         b.scatter_rows(&mut k16, &rows, &k, hkv * hd);
         b.scatter_rows(&mut v16, &rows, &v, hkv * hd);
-        // Both decode kernels (DecodeKernel) on the same inputs, side by side, on each cache.
-        for (kernel, tag) in [(DecodeKernel::Split, ""), (DecodeKernel::Staged, "staged_")] {
+        // Every decode kernel (DecodeKernel) on the same inputs, side by side, on each cache.
+        for (kernel, tag) in [
+            (DecodeKernel::Split, ""),
+            (DecodeKernel::Staged, "staged_"),
+            (DecodeKernel::Mma, "mma_"),
+        ] {
             b.set_decode_kernel(kernel);
             for (kc, vc, value_bytes, cache) in [(&k, &v, 4, ""), (&k16, &v16, 2, "bf16cache_")] {
                 let bytes = 2 * ns * len * hkv * hd * value_bytes;

@@ -1440,6 +1440,117 @@ extern "C" __global__ void __launch_bounds__(64)
     flash_decode_staged<128>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
 }
 
+// Version 3, "mma" (head dims 64 and 128; opt-in until measured): the same items and
+// partials, the arithmetic on the tensor cores. The staged kernel spends ~2,000 instructions a
+// lane on a 32-key tile (each lane a key's dot products with every head of the group, the
+// warp's max and sum per head by shuffles, then the values key by key), so at long contexts it
+// is bound by issue, not bytes (47% of HBM at 32 x 4,096 keys, f32 cache; the bf16 cache halves
+// the bytes, not the instructions). Here the group's heads are the rows of one 16-row MMA tile
+// (rows past the group are zeros; GQA packs the heads that share a K/V row, as FlashInfer's
+// decode does), and a 64-key tile is S = Q K^T, the forward's online softmax step, and
+// O += P V: 128 MMAs at d128 and a few dozen other instructions a lane. Q and P enter the
+// tensor cores rounded to bf16, like the flash forward's (held to its tolerance, not the f32
+// kernels'); scores, statistics and accumulators are f32. One warp a block, a K and a V tile
+// of 64 rows in shared memory (bf16, padded as the forward's): loaded, waited for, used;
+// several warps an SM overlap one's loads with another's MMAs. K/V in f32 storage are
+// rounded to bf16 as they are copied in (the same values the bf16 cache holds).
+template <int D>
+__device__ __forceinline__ void dec_mma_rows(fa_tile_ptr<D> s, const fa_b16* base, long long stride, int nt,
+                                             int lane) {
+    constexpr int P = D / 8;
+    for (int p = lane; p < FA_ROWS * P; p += 32) {
+        const int row = p / P, c8 = p % P;
+        if (row < nt)
+            cp_async_16(&s[row][c8], base + row * stride + 8 * c8);
+        else
+            s[row][c8] = bf16x8{};
+    }
+}
+template <int D>
+__device__ __forceinline__ void dec_mma_rows(fa_tile_ptr<D> s, const real* base, long long stride, int nt,
+                                             int lane) {
+    constexpr int P4 = D / 4;
+    for (int p = lane; p < FA_ROWS * P4; p += 32) {
+        const int row = p / P4, c4 = p % P4;
+        const fa_f4 x = row < nt ? *reinterpret_cast<const fa_f4*>(base + row * stride + 4 * c4)
+                                 : fa_f4{0.0f, 0.0f, 0.0f, 0.0f};
+        fa_put<D>(s, row, c4, x);
+    }
+}
+
+template <int D, typename KV>
+__device__ void flash_decode_mma(float* part_o, float* part_ml, const real* q, const KV* k, const KV* v,
+                                 const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    DYN_SMEM(unsigned char, smem);
+    constexpr int TB = fa_smem<D, fa_b16>::tile;
+    const fa_tile_ptr<D> sK = reinterpret_cast<fa_tile_ptr<D>>(smem);
+    const fa_tile_ptr<D> sV = reinterpret_cast<fa_tile_ptr<D>>(smem + TB);
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int it = blockIdx.x, kvh = blockIdx.y, group = n_heads / n_kv;
+    if (it >= n_items) return;
+    const long long qrow = items[4 * it], kv0 = items[4 * it + 1];
+    const int nkeys = items[4 * it + 2];
+    const long long stride = (long long)n_kv * D; // between consecutive keys' rows of one kv head
+    // Row r of the A tile: head kvh * group + r of the query row (rows >= group: zeros).
+    unsigned qf[D / 16][4];
+    fa_frag_a_global<D>(qf, q + (qrow * n_heads + (long long)kvh * group) * D, 0, group, 1, 0);
+    const float sl2 = scale * FA_LOG2E;
+    float o[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[nt][i] = 0.0f;
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+    for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS) {
+        const int nt = fa_imin(FA_ROWS, nkeys - j0);
+        dec_mma_rows<D>(sK, k + ((kv0 + j0) * n_kv + kvh) * D, stride, nt, lane);
+        dec_mma_rows<D>(sV, v + ((kv0 + j0) * n_kv + kvh) * D, stride, nt, lane);
+        cp_async_wait_all();
+        __syncwarp();
+        float s[8][4];
+        fa_mm_abt<D>(s, qf, sK);
+        // Every cached key is visible to the new query: only keys past the chunk are masked.
+        fa_softmax_step<D>(s, o, m, l, j0, 1 << 30, nkeys, sl2, g, t, j0 + FA_ROWS > nkeys);
+        fa_mm_pt<D>(o, s, sV);
+        __syncwarp(); // the tiles are rewritten by the next keys
+    }
+    // Partials as the other decode kernels write them: max in log2 units, the row's sum, and
+    // the unnormalized output, for the group's heads (lane rows g; rows g + 8 are past it).
+    const float lsum = fa_quad_sum(l[0]);
+    if (g >= group) return;
+    const long long ph = (long long)it * n_heads + (long long)kvh * group + g;
+    if (t == 0) {
+        part_ml[2 * ph] = m[0] * sl2;
+        part_ml[2 * ph + 1] = lsum;
+    }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        part_o[ph * D + nt * 8 + 2 * t] = o[nt][0];
+        part_o[ph * D + nt * 8 + 2 * t + 1] = o[nt][1];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32)
+    flash_decode_mma_d64(float* part_o, float* part_ml, const real* q, const real* k, const real* v,
+                         const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_mma<64>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(32)
+    flash_decode_mma_d128(float* part_o, float* part_ml, const real* q, const real* k, const real* v,
+                          const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_mma<128>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(32)
+    flash_decode_mma_bf16_d64(float* part_o, float* part_ml, const real* q, const fa_b16* k, const fa_b16* v,
+                              const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_mma<64>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
+}
+extern "C" __global__ void __launch_bounds__(32)
+    flash_decode_mma_bf16_d128(float* part_o, float* part_ml, const real* q, const fa_b16* k, const fa_b16* v,
+                               const int* items, int n_items, int n_heads, int n_kv, float scale) {
+    flash_decode_mma<128>(part_o, part_ml, q, k, v, items, n_items, n_heads, n_kv, scale);
+}
+
 // With `out16` (non-null) it also writes each output's bf16 rounding: the o projection's
 // operand (src/backend/cuda/producer_shadows.rs).
 extern "C" __global__ void flash_decode_combine(real* out, unsigned short* out16, float* lse, const float* part_o, const float* part_ml,

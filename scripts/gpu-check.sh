@@ -227,6 +227,9 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=MMR1_STACKED_GEMMS=0 MMR1_STACKED_GEMMS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     # Flash decode's keys in 128-key chunks whatever the length (before chunks by length).
     STEP_ENV=MMR1_DECODE_CHUNKS=128 MMR1_DECODE_CHUNKS=128 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    # The tensor-core decode kernel (the group's heads as MMA rows), at the short and long shapes.
+    STEP_ENV=MMR1_DECODE=mma MMR1_DECODE=mma step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
+    STEP_ENV=MMR1_DECODE=mma MMR1_DECODE=mma step ours 150 --precision bf16 --shape qwen2.5-0.5b $declong --mode decode
     STEP_ENV=MMR1_GRAPHS=1 MMR1_GRAPHS=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_GRAPHS=0 MMR1_GRAPHS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
@@ -244,6 +247,7 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=MMR1_SHARE_PROMPTS=0 MMR1_SHARE_PROMPTS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_STACKED_GEMMS=0 MMR1_STACKED_GEMMS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_DECODE_CHUNKS=128 MMR1_DECODE_CHUNKS=128 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=MMR1_DECODE=mma MMR1_DECODE=mma step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     # The old log-probs' own pass, which on-policy updates skip (the PyTorch step runs it).
     STEP_ENV=old-pass step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo --old-logprob-pass
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo

@@ -27,7 +27,10 @@ fn config() -> Qwen2Config {
 }
 
 fn model_on<B: Backend>(be: &B) -> Qwen2<B> {
-    let cfg = config();
+    model_of(be, config())
+}
+
+fn model_of<B: Backend>(be: &B, cfg: Qwen2Config) -> Qwen2<B> {
     let layout = ParamLayout::new(&cfg);
     let host = init_params(&layout, Init::Sensitive { std: 0.1 }, 7);
     Qwen2::from_host(be, cfg, layout, &host)
@@ -66,6 +69,50 @@ fn flash_model_matches_cpu() {
         assert!(e <= 3e-2, "grad of {n}: rel L2 {e:.3e}");
     }
     println!("ERR flash model worst gradient: {worst:.3e}");
+}
+
+/// Decoding at head dim 64 (the staged and mma decode kernels' size; GQA 7 as Qwen2.5-0.5B):
+/// a prefill of 70 tokens (two 64-key tiles) then decode steps, every decode kernel against
+/// the CPU's logits. Tolerance 2e-2: at this width the bf16 KV cache and the prefill's bf16
+/// attention alone put the logits ~1e-2 from the f32 CPU's (the f32 split kernel: 0.85-1.35e-2).
+#[test]
+fn decode_kernels_at_head_dim_64_match_cpu() {
+    use mmr1_fast::backend::cuda::DecodeKernel;
+    let mut cfg = config();
+    (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) = (448, 7, Some(1));
+    let seqs = [random_ids(74, 97, 4), random_ids(40, 97, 5)];
+    fn decode<B: Backend>(be: &B, cfg: &Qwen2Config, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let model = model_of(be, cfg.clone());
+        let mut cache = model.new_cache(be, 2, 80);
+        let pre: Vec<(usize, &[u32])> = vec![(0, &seqs[0][..70]), (1, &seqs[1][..36])];
+        let mut out = vec![model.decode_step(be, &mut cache, &pre).unwrap()];
+        for p in 0..4 {
+            let inputs: Vec<(usize, &[u32])> =
+                vec![(0, &seqs[0][70 + p..71 + p]), (1, &seqs[1][36 + p..37 + p])];
+            out.push(model.decode_step(be, &mut cache, &inputs).unwrap());
+        }
+        out
+    }
+    let want = decode(&Cpu, &cfg, &seqs);
+    for kernel in [DecodeKernel::Split, DecodeKernel::Staged, DecodeKernel::Mma] {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
+        let mut emu = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        emu.set_decode_kernel(kernel);
+        let got = decode(&emu, &cfg, &seqs);
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            let e = rel_l2(g, w);
+            assert!(e <= 2e-2, "{kernel:?} decode step {step}: logits rel L2 {e:.3e}");
+        }
+        let ran = emu.kernel_profile();
+        let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
+        let name = match kernel {
+            DecodeKernel::Split => "flash_decode_split_bf16",
+            DecodeKernel::Staged => "flash_decode_staged_bf16_d64",
+            DecodeKernel::Mma => "flash_decode_mma_bf16_d64",
+        };
+        assert!(calls(name) > 0, "{kernel:?}: {name} never ran");
+    }
 }
 
 #[test]

@@ -138,12 +138,20 @@ pub enum DecodeKernel {
     /// (172 us, 47% of HBM on the same bench: 2.4x the split kernel); other head dims use `Split`.
     #[default]
     Staged,
+    /// `flash_decode_mma_d{64,128}`: a group's heads as the rows of tensor-core tiles, 64 keys
+    /// a tile, Q and P rounded to bf16 (the flash forward's tolerance, not the f32 kernels').
+    /// Opt-in until measured; other head dims use `Split`.
+    Mma,
 }
 
 impl DecodeKernel {
-    /// From `MMR1_DECODE` (`split` or `staged`); unset means `Staged`.
+    /// From `MMR1_DECODE` (`split`, `staged` or `mma`); unset means `Staged`.
     pub fn from_env() -> Result<Self, String> {
-        let choices = [("split", DecodeKernel::Split), ("staged", DecodeKernel::Staged)];
+        let choices = [
+            ("split", DecodeKernel::Split),
+            ("staged", DecodeKernel::Staged),
+            ("mma", DecodeKernel::Mma),
+        ];
         Ok(env_choice("MMR1_DECODE", &choices)?.unwrap_or_default())
     }
 }
@@ -172,10 +180,16 @@ impl DecodeChunks {
     }
 }
 
-/// Dynamic shared memory of the pipelined forward: three buffers of a K/V tile pair, bf16 with
-/// rows padded by 16 bytes (104 KB at head dim 128).
+/// Bytes of a bf16 tile of `rows` rows of `head_dim` values, rows padded by 16 bytes (the
+/// flash kernels' shared-memory tiles, `fa_tile_ptr`).
+fn tile_bytes(rows: usize, head_dim: usize) -> u32 {
+    (rows * (head_dim / 8 + 1) * 16) as u32
+}
+
+/// Dynamic shared memory of the pipelined forward: three buffers of a K/V tile pair (104 KB
+/// at head dim 128).
 fn pipe_smem(head_dim: usize) -> u32 {
-    (6 * WALK * (head_dim / 8 + 1) * 16) as u32
+    6 * tile_bytes(WALK, head_dim)
 }
 
 /// Warps per block of the staged decode kernel (DEC_ST_WARPS) and its dynamic shared memory:
@@ -386,18 +400,25 @@ impl<D: Device> CudaBackend<D> {
         let part_o = self.dev.alloc(n_items * h * d * 4);
         let part_ml = self.dev.alloc(n_items * h * 2 * 4);
         let scale = (1.0 / (d as f64).sqrt()) as f32;
-        // The staged kernel is compiled per head dim (64, 128); the split one takes d. Each
-        // has a form for K and V in bf16 storage (`_bf16`).
-        let staged = self.decode == DecodeKernel::Staged && matches!(d, 64 | 128);
+        // The staged and mma kernels are compiled per head dim (64, 128); the split one takes
+        // d. Each has a form for K and V in bf16 storage (`_bf16`).
+        let kernel = if matches!(d, 64 | 128) { self.decode } else { DecodeKernel::Split };
         let (kv, value_bytes) = kv_storage(k, v);
-        let (name, warps, smem) = if staged {
-            let name = format!("flash_decode_staged{kv}_d{d}");
-            let smem = decode_staged_smem(d, value_bytes);
-            self.dev.set_max_dynamic_shared(&name, smem);
-            (name, DEC_ST_WARPS, smem)
-        } else {
-            (format!("flash_decode_split{kv}"), DEC_WARPS, 0)
+        let (name, warps, smem) = match kernel {
+            DecodeKernel::Staged => (
+                format!("flash_decode_staged{kv}_d{d}"),
+                DEC_ST_WARPS,
+                decode_staged_smem(d, value_bytes),
+            ),
+            // One warp a block, a K and a V tile of 64 bf16 rows.
+            DecodeKernel::Mma => (format!("flash_decode_mma{kv}_d{d}"), 1, 2 * tile_bytes(WALK, d)),
+            DecodeKernel::Split => (format!("flash_decode_split{kv}"), DEC_WARPS, 0),
         };
+        // The split kernel takes the head dim as an argument; the others are compiled per dim.
+        let per_dim = kernel != DecodeKernel::Split;
+        if smem > 0 {
+            self.dev.set_max_dynamic_shared(&name, smem);
+        }
         let mut args = vec![
             Arg::Ptr(&part_o),
             Arg::Ptr(&part_ml),
@@ -409,7 +430,7 @@ impl<D: Device> CudaBackend<D> {
             Arg::I32(h as i32),
             Arg::I32(hkv as i32),
         ];
-        if !staged {
+        if !per_dim {
             args.push(Arg::I32(d as i32));
         }
         args.push(Arg::F32(scale));
