@@ -12,7 +12,8 @@ mod gpu {
     use mmr1_fast::backend::cpu::rope_inv_freq;
     use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::{
-        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask,
+        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashDq, FlashFwd, FlashIo,
+        FlashMask,
     };
     use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
     use rand::{Rng, SeedableRng};
@@ -329,8 +330,14 @@ mod gpu {
         g.finish();
         b.set_attention(AttnKernel::Flash);
         let mut g = c.benchmark_group("tensor");
-        // (sequences, length, heads, kv heads): torch's comparison shape, then the model's.
-        for (ns, len, hh, hk) in [(2usize, 4096usize, 16usize, 16usize), (4, 1024, h, hkv)] {
+        // (sequences, length, heads, kv heads, head dim): torch's comparison shape, then the
+        // model's (Qwen2.5-1.5B's heads), then Qwen2.5-0.5B's (head dim 64: the pipelined dQ).
+        let shapes = [
+            (2usize, 4096usize, 16usize, 16usize, hd),
+            (4, 1024, h, hkv, hd),
+            (4, 1024, 14, 2, 64),
+        ];
+        for (ns, len, hh, hk, hd) in shapes {
             let tt = ns * len;
             let spans: Vec<AttnSpan> = (0..ns)
                 .map(|i| AttnSpan { q_start: i * len, q_len: len, kv_start: i * len, kv_len: len })
@@ -354,16 +361,22 @@ mod gpu {
             // then the wide and the pipelined forwards (their backward is the default's: not
             // benched again), then
             // every key tile masked (the kernels before the diagonal-only mask).
+            let (n, plain) = (FlashFwd::Narrow, FlashDq::Plain);
             let variants = [
-                (FlashIo::Bf16, FlashFwd::Narrow, FlashMask::Diagonal, ""),
-                (FlashIo::F32, FlashFwd::Narrow, FlashMask::Diagonal, "_f32io"),
-                (FlashIo::Bf16, FlashFwd::Wide, FlashMask::Diagonal, "_wide"),
-                (FlashIo::Bf16, FlashFwd::Pipe, FlashMask::Diagonal, "_pipe"),
-                (FlashIo::Bf16, FlashFwd::Narrow, FlashMask::Every, "_maskevery"),
+                (FlashIo::Bf16, n, plain, FlashMask::Diagonal, ""),
+                (FlashIo::F32, n, plain, FlashMask::Diagonal, "_f32io"),
+                (FlashIo::Bf16, FlashFwd::Wide, plain, FlashMask::Diagonal, "_wide"),
+                (FlashIo::Bf16, FlashFwd::Pipe, plain, FlashMask::Diagonal, "_pipe"),
+                (FlashIo::Bf16, n, FlashDq::Pipe, FlashMask::Diagonal, "_dqpipe"),
+                (FlashIo::Bf16, n, plain, FlashMask::Every, "_maskevery"),
             ];
-            for (io, fwd, mask, suffix) in variants {
+            for (io, fwd, dq_kernel, mask, suffix) in variants {
+                if dq_kernel == FlashDq::Pipe && hd != 64 {
+                    continue; // the pipelined dQ kernel exists at head dim 64 only
+                }
                 b.set_flash_io(io);
                 b.set_flash_fwd(fwd);
+                b.set_flash_dq(dq_kernel);
                 b.set_flash_mask(mask);
                 let tag = format!("{ns}x{len}_h{hh}kv{hk}_d{hd}{suffix}");
                 let id = format!("flash_fwd_{tag}");
@@ -393,6 +406,7 @@ mod gpu {
             }
             b.set_flash_io(FlashIo::default());
             b.set_flash_fwd(FlashFwd::default());
+            b.set_flash_dq(FlashDq::default());
             b.set_flash_mask(FlashMask::default());
         }
         // Decode: 32 sequences with 4096 cached keys each, one new query each; the bytes are

@@ -818,6 +818,105 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
         }
 }
 
+// ---- backward: dQ, pipelined (the next key tile's S and dP issued before this tile's dS) ----
+// The forward's pipelining (flash_fwd_pipe) in the dQ kernel: per key tile a warp computes
+// S = Q K^T and dP = dO V^T, then dS = P (dP - D) elementwise (an exp a score), then
+// dQ += dS K, one dependent chain; here the next tile's S and dP are issued after the barrier
+// in one basic block with this tile's dS and dQ MMAs (the mask, a branch only diagonal tiles
+// take, first sets masked scores to -inf: exp2 of them is the 0 the plain kernel writes, so
+// the same bits). Three K/V buffers as the pipelined forward. Head dim 64 only: the second
+// S and dP take 64 more registers, which d64's 173 leave room for (one block of 8 warps an SM
+// either way) and d128's 254 do not. bf16 storage of Q, K, V, dO.
+template <int D>
+__device__ void flash_bwd_dq_pipe(real* dq, const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v,
+                                  const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+                                  float scale, bool mask_all) {
+    DYN_SMEM(unsigned char, smem);
+    constexpr int TB = fa_smem<D, fa_b16>::tile;
+    auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * TB); };
+    auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * TB); };
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const fa_block_ix bi = fa_block(n_heads);
+    const int h = bi.head, kvh = h / (n_heads / n_kv);
+    const int* it = items + 4 * bi.item;
+    const long long qrow0 = it[0], kv0 = it[2];
+    const int nrows = it[1], pos0 = it[3];
+    const int nkeys = pos0 + nrows;
+    const int ntiles = (nkeys + FA_ROWS - 1) / FA_ROWS;
+    const bool active = warp * 16 < nrows;
+    const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
+
+    auto fetch = [&](int j) {
+        const int j0 = j * FA_ROWS, b = j % 3;
+        fa_fetch<D>(tk(b), nullptr, k, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
+        fa_fetch<D>(tv(b), nullptr, v, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
+    };
+    fetch(0);
+    cp_async_commit();
+    if (ntiles > 1) fetch(1);
+    cp_async_commit();
+    unsigned qf[D / 16][4], df[D / 16][4];
+    fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+    fa_frag_a_global<D>(df, dout, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+    float L2[2], Dd[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = warp * 16 + g + 8 * r;
+        // Rows outside the tile get P = 0: L = +inf.
+        L2[r] = row < nrows ? lse[(qrow0 + row) * n_heads + h] * FA_LOG2E : __int_as_float(0x7f800000);
+        Dd[r] = row < nrows ? dsum[(qrow0 + row) * n_heads + h] : 0.0f;
+    }
+    const float sl2 = scale * FA_LOG2E;
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    float sa[8][4], pa[8][4], sb[8][4], pb[8][4];
+
+    cp_async_wait<1>();
+    __syncthreads();
+    if (active) {
+        fa_mm_abt<D>(sa, qf, tk(0));
+        fa_mm_abt<D>(pa, df, tv(0));
+    }
+    // `s`, `dp`: tile j's S and dP (computed one iteration earlier); `ns`, `ndp` receive tile
+    // j + 1's (from tile j's buffer when there is none: unused, and only written memory read).
+    auto step = [&](float(&s)[8][4], float(&dp)[8][4], float(&ns)[8][4], float(&ndp)[8][4], int j) {
+        const int j0 = j * FA_ROWS;
+        cp_async_wait<0>();
+        __syncthreads();
+        if (j + 2 < ntiles) fetch(j + 2);
+        cp_async_commit();
+        if (active && j0 <= wlast) {
+            if (fa_masked(j0, pos0 + warp * 16, mask_all)) fa_mask_scores(s, j0, pos0 + warp * 16, nkeys, g, t);
+            const int nb = (j + 1 < ntiles ? j + 1 : j) % 3;
+            fa_mm_abt<D>(ns, qf, tk(nb));
+            fa_mm_abt<D>(ndp, df, tv(nb));
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    s[nt][i] = exp2f(s[nt][i] * sl2 - L2[i >> 1]) * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
+            fa_mm_pt<D>(acc, s, tk(j % 3));
+        }
+    };
+    int j = 0;
+    for (; j + 1 < ntiles; j += 2) {
+        step(sa, pa, sb, pb, j);
+        step(sb, pb, sa, pa, j + 1);
+    }
+    if (j < ntiles) step(sa, pa, sb, pb, j);
+    if (!active) return;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = warp * 16 + g + 8 * (i >> 1);
+            if (row < nrows) dq[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = acc[nt][i];
+        }
+}
+
 // ---- backward: dK, dV (one block per kv tile, kv head and slice of the group's heads; walks
 // the queries of each head of its slice in a fixed order: deterministic, no atomics) -------
 // Unsplit (heads_per_block = group, part_stride = 0) a block writes dK, dV. Split, slice p
@@ -1128,6 +1227,13 @@ extern "C" __global__ void __launch_bounds__(128) flash_fwd_wide_bf16_d128(real*
     float* lse, const real* q, const fa_b16* k, const fa_b16* v, const int* items, int n_heads, int n_kv,
     float scale, int mask_all) {
     flash_fwd_wide<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
+}
+
+// The pipelined dQ kernel (bf16 storage), at head dim 64.
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_pipe_bf16_d64(real* dq, const fa_b16* dout,
+    const fa_b16* q, const fa_b16* k, const fa_b16* v, const float* lse, const float* dsum, const int* items,
+    int n_heads, int n_kv, float scale, int mask_all) {
+    flash_bwd_dq_pipe<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
 
 // The pipelined forward (bf16 K/V, f32 Q), for the model head dims.

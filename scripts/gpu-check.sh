@@ -215,8 +215,10 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     # The wide flash forward, slower at these shapes before the flash grids went item-major
     # (docs/perf.md "Flash grids item-major"): the longest blocks first may turn that around.
     STEP_ENV=MMR1_FLASH_FWD=wide MMR1_FLASH_FWD=wide step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    # The pipelined flash forward (the next key tile's QK^T ahead of this tile's softmax).
+    # The pipelined flash forward (the next key tile's QK^T ahead of this tile's softmax) and
+    # dQ kernel (the next tile's S and dP ahead of this tile's dS; head dim 64: 0.5B's).
     STEP_ENV=MMR1_FLASH_FWD=pipe MMR1_FLASH_FWD=pipe step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_DQ=pipe MMR1_FLASH_DQ=pipe step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     # xn1, xn2, act stored as f32 with shadows (the peak and the writes bf16 storage saves).
     STEP_ENV=MMR1_BF16_OPERANDS=0 MMR1_BF16_OPERANDS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
@@ -405,10 +407,10 @@ for name, m, n, k, ta, tb in [("4096x4096x4096_NT", 4096, 4096, 4096, 0, 1), ("q
     a, b = (a.t() if ta else a), (b.t() if tb else b)
     res[f"gemm_bf16_{name}"] = bench(lambda: torch.matmul(a, b))
     del a, b
-for ns, ln, h, hk in [(2, 4096, 16, 16), (4, 1024, 12, 2)]:
-    q = torch.randn(ns, h, ln, 128, device=dev, dtype=bf, requires_grad=True)
-    k = torch.randn(ns, hk, ln, 128, device=dev, dtype=bf, requires_grad=True)
-    v = torch.randn(ns, hk, ln, 128, device=dev, dtype=bf, requires_grad=True)
+for ns, ln, h, hk, hd in [(2, 4096, 16, 16, 128), (4, 1024, 12, 2, 128), (4, 1024, 14, 2, 64)]:
+    q = torch.randn(ns, h, ln, hd, device=dev, dtype=bf, requires_grad=True)
+    k = torch.randn(ns, hk, ln, hd, device=dev, dtype=bf, requires_grad=True)
+    v = torch.randn(ns, hk, ln, hd, device=dev, dtype=bf, requires_grad=True)
     kw = {"is_causal": True}
     if hk != h: kw["enable_gqa"] = True  # torch >= 2.5
     try:
@@ -416,7 +418,7 @@ for ns, ln, h, hk in [(2, 4096, 16, 16), (4, 1024, 12, 2)]:
     except TypeError as e:
         print("skipping GQA sdpa:", e); continue
     do = torch.randn_like(o)
-    tag = f"{ns}x{ln}_h{h}kv{hk}_d128"
+    tag = f"{ns}x{ln}_h{h}kv{hk}_d{hd}"
     tf = bench(lambda: F.scaled_dot_product_attention(q, k, v, **kw))
     tfb = bench(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, **kw), (q, k, v), do))
     res[f"flash_fwd_{tag}"], res[f"flash_bwd_{tag}"] = tf, tfb - tf
@@ -668,7 +670,7 @@ out = [f"# GPU check", "", f"GPU: {gpu}. Suite exit code {trc}, bench exit code 
        f"Roofline: HBM {hbm/1e12:.2f} TB/s (datasheet), FP32 {f32_peak/1e12:.0f} TFLOP/s, bf16 dense {bf16_peak/1e12:.0f} TFLOP/s.",
        "Max error: largest relative L2 error against the CPU reference over the suite's shapes for that op, forward and backward together (f32 storage; '-': checked bit-exactly or by another test).",
        "Times: median per call, criterion, calls queued back to back between synchronizations; host-side id uploads included.", "",
-       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads; _wide: the forward with 4 warps of 32 rows; _pipe: the forward issuing the next key tile's QK^T before this tile's softmax; _maskevery: every key tile compared with the causal mask, as before the diagonal-only mask); PyTorch's are bf16.",
+       f"PyTorch: {torch_res.get('torch', torch_res.get('error', '?'))}, same shapes in bf16 (torch.matmul; scaled_dot_product_attention causal, backward = forward+backward minus forward); speed = PyTorch time / our time (> 1: faster than PyTorch). Our attention inputs are f32 activations: the flash kernels read bf16 copies of the tensors they walk, converted in the timed call (ids ending _f32io: f32 tiles converted in the kernels' loads; _wide: the forward with 4 warps of 32 rows; _pipe: the forward issuing the next key tile's QK^T before this tile's softmax; _dqpipe: the dQ kernel issuing the next tile's S and dP before this tile's dS; _maskevery: every key tile compared with the causal mask, as before the diagonal-only mask); PyTorch's are bf16.",
        "", "| kernel | max error | time | rate | fraction of roofline | PyTorch | speed vs PyTorch |",
        "| --- | --- | --- | --- | --- | --- | --- |"]
 out += [f"| {' | '.join(r)} |" for r in rows]

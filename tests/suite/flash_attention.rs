@@ -12,7 +12,7 @@
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
 use mmr1_fast::backend::cuda::{
-    AttnKernel, CudaBackend, DecodeKernel, FlashFwd, FlashIo, FlashMask, KvCacheStorage,
+    AttnKernel, CudaBackend, DecodeKernel, FlashDq, FlashFwd, FlashIo, FlashMask, KvCacheStorage,
 };
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
 use rand::SeedableRng;
@@ -335,6 +335,50 @@ fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
     }
 }
 
+/// The pipelined dQ kernel (the next key tile's S and dP ahead of this tile's dS; head dim 64,
+/// bf16 storage) gives the plain one's bits, in every output of the backward, under both masks:
+/// GQA groups 1, 2 and 7, ragged and offset spans (a warp's first row one key before a tile's
+/// end), a one-row sequence (one key tile), 300 rows (five key tiles round three buffers); a
+/// head dim 128 case runs the plain kernel either way. `exact` as in the tests above.
+fn flash_dq_pipe_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
+    let mut r = ChaCha8Rng::seed_from_u64(37);
+    let all = [
+        packed(&[1, 37, 70], sh(4, 2, 64)),
+        packed(&[300, 45], sh(14, 2, 64)),
+        packed(&[130], sh(2, 2, 64)),
+        offset(&[(150, 62), (90, 14), (70, 63)], sh(4, 2, 64)),
+        packed(&[100], sh(2, 1, 128)),
+    ];
+    for c in all {
+        let x = inputs(&mut r, &c);
+        for mask in [FlashMask::Diagonal, FlashMask::Every] {
+            b.set_flash_mask(mask);
+            b.set_flash_dq(FlashDq::Plain);
+            let plain = run(&*b, &c, &x);
+            b.set_flash_dq(FlashDq::Pipe);
+            let pipe = run(&*b, &c, &x);
+            b.set_flash_dq(FlashDq::default());
+            let (qc, kvc) = covered(&c);
+            let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
+            let rows = [(&qc, h * d), (&qc, h), (&qc, h * d), (&kvc, hkv * d), (&kvc, hkv * d)];
+            for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                let what = format!("flash {name} {:?} {mask:?}: pipelined dQ", c.shape);
+                let (m, width) = rows[i];
+                let written = rows_of(&pipe[i], m, width);
+                assert!(written.iter().all(|x| x.is_finite()), "{what}: unwritten values");
+                if exact {
+                    assert_eq!(bits(&pipe[i]), bits(&plain[i]), "{what} changed the bits");
+                } else {
+                    let err = rel_err(&what, &written, &rows_of(&plain[i], m, width));
+                    eprintln!("{what}: bit-identical {}", bits(&pipe[i]) == bits(&plain[i]));
+                    assert!(err <= 1e-6, "{what}: relative error {err:.2e}");
+                }
+            }
+        }
+    }
+    b.set_flash_mask(FlashMask::default());
+}
+
 /// Decode steps (one query per sequence, the last position) go to the decode kernels: the
 /// split and staged ones compute in f32 and are held to the f32 tolerance (`tol` 1e-5), the
 /// mma one rounds Q and P to bf16 for the tensor cores and is held to the flash kernels'
@@ -632,6 +676,17 @@ mod emu {
         super::flash_mask_same_bits(&mut b, true);
     }
     #[test]
+    fn flash_dq_pipe_same_bits() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        super::flash_dq_pipe_same_bits(&mut b, true);
+        let ran = b.kernel_profile();
+        let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
+        assert!(calls("flash_bwd_dq_pipe_bf16_d64") > 0, "the pipelined dQ never ran");
+    }
+    #[test]
     fn decode_vs_cpu() {
         for (kernel, tol) in [
             (DecodeKernel::Split, 1e-5),
@@ -716,6 +771,11 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_mask_same_bits() {
         with_gpu(|b| super::flash_mask_same_bits(b, false));
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_dq_pipe_same_bits() {
+        with_gpu(|b| super::flash_dq_pipe_same_bits(b, false));
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

@@ -332,9 +332,9 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 }
 
 /// The flash kernels' variants train alike, bit for bit, through the whole model at head dim
-/// 64 (where the wide and pipelined forwards exist): f32 tile loads, bf16 copies, bf16 copies
-/// with the wide or the pipelined forward; losses, every gradient of 2 SFT steps, the
-/// parameters and an inference forward.
+/// 64 (where the wide and pipelined forwards and the pipelined dQ exist): f32 tile loads, bf16
+/// copies, bf16 copies with the wide or the pipelined forward or the pipelined dQ kernel;
+/// losses, every gradient of 2 SFT steps, the parameters and an inference forward.
 #[test]
 fn flash_variants_train_alike() {
     let mut cfg = config();
@@ -360,6 +360,17 @@ fn flash_variants_train_alike() {
     let (pipe, ran, piped) = run(FlashIo::Bf16, FlashFwd::Pipe);
     assert!(piped > 0 && ran.iter().sum::<u64>() == 0, "pipelined forward: {ran:?} {piped}");
     assert_same_runs(&pipe, &base);
+    // The pipelined dQ kernel (head dim 64) in the backward, with the default forward.
+    let mut b = emu_act(true, true);
+    b.set_flash_dq(mmr1_fast::backend::cuda::FlashDq::Pipe);
+    let dq_pipe = sft_run_of(&b, cfg.clone(), 2);
+    let dq_ran = b
+        .kernel_profile()
+        .iter()
+        .find(|k| k.name == "flash_bwd_dq_pipe_bf16_d64")
+        .map_or(0, |k| k.calls);
+    assert!(dq_ran > 0, "the pipelined dQ never ran");
+    assert_same_runs(&dq_pipe, &base);
 }
 
 #[test]

@@ -81,6 +81,26 @@ pub enum FlashFwd {
     Pipe,
 }
 
+/// Which dQ kernel the flash backward runs with bf16 storage at head dim 64. Both compute the
+/// same bits from the same work items (kernels/flash_attention.cu, "backward: dQ, pipelined").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashDq {
+    /// `flash_bwd_dq_bf16_d*`: per key tile S and dP, then dS, then dQ += dS K.
+    #[default]
+    Plain,
+    /// `flash_bwd_dq_pipe_bf16_d64`: the next tile's S and dP issued before this tile's dS
+    /// (three K/V buffers). Opt-in until measured; other head dims run `Plain`.
+    Pipe,
+}
+
+impl FlashDq {
+    /// From `MMR1_FLASH_DQ` (`plain` or `pipe`); unset means `Plain`.
+    pub fn from_env() -> Result<Self, String> {
+        let choices = [("plain", FlashDq::Plain), ("pipe", FlashDq::Pipe)];
+        Ok(env_choice("MMR1_FLASH_DQ", &choices)?.unwrap_or_default())
+    }
+}
+
 /// Which key tiles the flash forward and backward kernels compare against the causal mask.
 /// Both compute the same bits (a tile with no masked score adds the same terms either way);
 /// they differ in the instructions spent per score.
@@ -563,7 +583,11 @@ impl<D: Device> CudaBackend<D> {
         let qt = q_tiles(spans);
         if !qt.is_empty() {
             let d_qt = self.upload_i32(&qt);
-            let (name, smem) = (flash_kernel("bwd_dq", io, d), walk_smem(d, false, io));
+            let (name, smem) = if io == FlashIo::Bf16 && d == 64 && self.flash_dq == FlashDq::Pipe {
+                ("flash_bwd_dq_pipe_bf16_d64".to_string(), pipe_smem(d))
+            } else {
+                (flash_kernel("bwd_dq", io, d), walk_smem(d, false, io))
+            };
             self.dev.set_max_dynamic_shared(&name, smem);
             self.dev.launch(
                 &name,

@@ -32,7 +32,7 @@ mod vision_ops;
 
 use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
-pub use flash::{AttnKernel, DecodeChunks, DecodeKernel, FlashFwd, FlashIo, FlashMask};
+pub use flash::{AttnKernel, DecodeChunks, DecodeKernel, FlashDq, FlashFwd, FlashIo, FlashMask};
 pub use kv_cache16::KvCacheStorage;
 use std::sync::Arc;
 
@@ -105,6 +105,8 @@ pub struct CudaBackend<D: Device> {
     flash_io: FlashIo,
     /// Which flash forward runs with bf16 storage (`MMR1_FLASH_FWD`).
     flash_fwd: FlashFwd,
+    /// Which dQ kernel the flash backward runs (`MMR1_FLASH_DQ`).
+    flash_dq: FlashDq,
     /// Which key tiles the flash kernels mask (`MMR1_FLASH_MASK`).
     flash_mask: FlashMask,
     /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
@@ -155,6 +157,7 @@ impl<D: Device> CudaBackend<D> {
             decode_chunks: DecodeChunks::default(),
             flash_io: FlashIo::default(),
             flash_fwd: FlashFwd::default(),
+            flash_dq: FlashDq::default(),
             flash_mask: FlashMask::default(),
             indices: Default::default(),
             producer_shadows: producer_shadows::from_env(),
@@ -166,24 +169,26 @@ impl<D: Device> CudaBackend<D> {
         }
     }
     /// Attention kernels as `MMR1_ATTENTION` says (`reference`, the default, or `flash`);
-    /// an unknown value is an error naming the accepted ones.
-    /// The decode kernel likewise from `MMR1_DECODE` (`staged`, the default, or `split`), and
-    /// the flash kernels' input storage from `MMR1_FLASH_IO` (`bf16`, the default, or `f32`)
-    /// and their forward from `MMR1_FLASH_FWD` (`narrow`, the default, or `wide`), their
-    /// masked tiles from `MMR1_FLASH_MASK` (`diagonal`, the default, or `every`).
+    /// an unknown value is an error naming the accepted ones. The flash kernels' variants
+    /// likewise (`flash_variants_from_env`).
     pub fn attention_from_env(mut self) -> Result<Self, String> {
         self.attn = AttnKernel::from_env()?;
         self.flash_variants_from_env()?;
         Ok(self)
     }
-    /// The flash kernels' variants from the environment: `MMR1_DECODE`, `MMR1_DECODE_CHUNKS`, `MMR1_FLASH_IO`,
-    /// `MMR1_FLASH_FWD`, `MMR1_FLASH_MASK`, and the KV cache's storage, `MMR1_KV_CACHE` (one
-    /// list for every way a backend is made).
+    /// The flash kernels' variants from the environment (one list for every way a backend is
+    /// made): the decode kernel `MMR1_DECODE` (`staged`, the default, `split` or `mma`) and its
+    /// chunks `MMR1_DECODE_CHUNKS` (`length`, the default, or `128`), the input storage
+    /// `MMR1_FLASH_IO` (`bf16`, the default, or `f32`), the forward `MMR1_FLASH_FWD` (`narrow`,
+    /// the default, `wide` or `pipe`), the dQ kernel `MMR1_FLASH_DQ` (`plain`, the default, or
+    /// `pipe`), the masked tiles `MMR1_FLASH_MASK` (`diagonal`, the default, or `every`), and
+    /// the KV cache's storage `MMR1_KV_CACHE`.
     pub(super) fn flash_variants_from_env(&mut self) -> Result<(), String> {
         self.decode = DecodeKernel::from_env()?;
         self.decode_chunks = DecodeChunks::from_env()?;
         self.flash_io = FlashIo::from_env()?;
         self.flash_fwd = FlashFwd::from_env()?;
+        self.flash_dq = FlashDq::from_env()?;
         self.flash_mask = FlashMask::from_env()?;
         self.kv_cache = KvCacheStorage::from_env()?;
         Ok(())
@@ -195,6 +200,10 @@ impl<D: Device> CudaBackend<D> {
     /// Selects the flash forward kernel used with bf16 storage (see `FlashFwd`: same bits).
     pub fn set_flash_fwd(&mut self, fwd: FlashFwd) {
         self.flash_fwd = fwd;
+    }
+    /// Selects the flash backward's dQ kernel (see `FlashDq`: same bits).
+    pub fn set_flash_dq(&mut self, dq: FlashDq) {
+        self.flash_dq = dq;
     }
     /// Selects where the flash kernels read their inputs from (see `FlashIo`: same bits).
     pub fn set_flash_io(&mut self, io: FlashIo) {
