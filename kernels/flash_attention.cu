@@ -643,8 +643,10 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
 // V of tile j and K of tile j + 1, tile j + 2 is in flight into the third (written after the
 // barrier at the top of iteration j, when every warp is done with tile j - 1's buffer). One
 // barrier a tile, as the narrow forward. Same work items, same arithmetic per tile in the same
-// order (its helpers are the narrow forward's): the same bits as flash_fwd (tested); 32 more
-// registers for the second S (bf16 K/V storage, f32 Q).
+// order (its helpers are the narrow forward's): the same bits as flash_fwd (tested). The
+// second S and the interleaving cost registers: 255 at d128 against the narrow kernel's 175
+// (no spills; one block an SM either way), 177 at d64 against 128 (one block an SM instead of
+// two). bf16 K/V storage, f32 Q.
 template <int D>
 __device__ void flash_fwd_pipe(real* out, unsigned short* out16, float* lse, const real* q, const fa_b16* k,
                                const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, bool mask_all) {
