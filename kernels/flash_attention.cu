@@ -505,14 +505,15 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
 #define FW_THREADS (32 * FW_WARPS)
 static_assert(32 * FW_WARPS == FA_OWN, "the wide forward owns the same 128 rows a block");
 
-// The 128 owned rows of head h, f32 in global memory, into a bf16 tile in shared memory (4
-// values a thread and step, rows >= nvalid zeros). Same rounding as fa_frag_a_global.
-template <int D>
+// ROWS rows of head h, f32 in global memory, into a bf16 tile in shared memory by NT threads
+// (4 values a thread and step, rows >= nvalid zeros): by default the wide forward's 128 owned
+// rows. Same rounding as fa_frag_a_global.
+template <int D, int ROWS = FA_OWN, int NT = FW_THREADS>
 __device__ __forceinline__ void fa_rows_to_smem(fa_tile_ptr<D> s, const real* src, long long row0, int nvalid,
                                                 int heads, int h) {
     constexpr int P4 = D / 4;
 #pragma unroll 1
-    for (int i = threadIdx.x; i < FA_OWN * P4; i += FW_THREADS) {
+    for (int i = threadIdx.x; i < ROWS * P4; i += NT) {
         const int row = i / P4, c4 = i % P4;
         const fa_f4 x = row < nvalid ? *reinterpret_cast<const fa_f4*>(src + ((row0 + row) * heads + h) * D + 4 * c4)
                                      : fa_f4{0.0f, 0.0f, 0.0f, 0.0f};
@@ -630,6 +631,55 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
         fa_write_rows<D>(out, out16, lse, o[rt], m[rt], l[rt], wrow + 16 * rt, nrows, qrow0, n_heads, h, scale, g, t);
 }
 
+// ---- the pipelined kernels' walk: three buffers of a bf16 K/V tile pair ------------------
+// Tile j lives in buffer j % 3. While the warps read tile j's V and tile j + 1's K, tile
+// j + 2 is in flight into the third buffer, written after the barrier at the top of tile j's
+// iteration, when every warp is done with tile j - 1's buffer. One cp.async group per tile
+// (empty past the last), so that "all but the newest group" counts tiles.
+template <int D>
+struct fa_kv3 {
+    static constexpr int TB = fa_smem<D, fa_b16>::tile;
+    unsigned char* smem;
+    const fa_b16 *k, *v;
+    long long kv0;
+    int nkeys, n_kv, kvh;
+    __device__ __forceinline__ int tiles() const { return (nkeys + FA_ROWS - 1) / FA_ROWS; }
+    // K and V of tile j.
+    __device__ __forceinline__ fa_tile_ptr<D> tk(int j) const {
+        return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * (j % 3) * TB);
+    }
+    __device__ __forceinline__ fa_tile_ptr<D> tv(int j) const {
+        return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * (j % 3) + 1) * TB);
+    }
+    __device__ __forceinline__ void fetch(int j) const {
+        const int j0 = j * FA_ROWS;
+        fa_fetch<D>(tk(j), nullptr, k, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
+        fa_fetch<D>(tv(j), nullptr, v, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
+    }
+    // Tiles 0 and 1 in flight (the caller loads its own rows meanwhile), then `first_landed`.
+    __device__ __forceinline__ void start() const {
+        fetch(0);
+        cp_async_commit();
+        if (tiles() > 1) fetch(1);
+        cp_async_commit();
+    }
+    // Tile 0 landed and visible to the block (tile 1 may be in flight).
+    __device__ __forceinline__ void first_landed() const {
+        cp_async_wait<1>();
+        __syncthreads();
+    }
+    // The top of tile j's iteration: tile j + 1 landed and visible, tile j + 2 in flight.
+    __device__ __forceinline__ void top(int j) const {
+        cp_async_wait<0>();
+        __syncthreads();
+        if (j + 2 < tiles()) fetch(j + 2);
+        cp_async_commit();
+    }
+    // The tile whose K (and V) a warp reads ahead during tile j: j + 1, or j itself past the
+    // last (whose products go unused; only written memory is read).
+    __device__ __forceinline__ int ahead(int j) const { return j + 1 < tiles() ? j + 1 : j; }
+};
+
 // ---- forward, pipelined: the next key tile's S = Q K^T issued before this tile's softmax ----
 // The narrow forward runs each tile as one dependent chain: S = Q K^T, the row max (quad
 // shuffles), the exps, O += P V; with two warps a scheduler (one block of 8 warps an SM at
@@ -639,10 +689,8 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
 // softmax and P V, so the scheduler has independent MMAs to issue while the softmax's
 // shuffles and exps wait (FlashAttention-3's intra-warpgroup overlap of softmax with the next
 // GEMM, Shah et al. 2024, section 3.2, on mma.sync). The next tile's K must be in shared
-// memory one tile earlier, so there are three buffers of a K/V tile pair: while a warp reads
-// V of tile j and K of tile j + 1, tile j + 2 is in flight into the third (written after the
-// barrier at the top of iteration j, when every warp is done with tile j - 1's buffer). One
-// barrier a tile, as the narrow forward. Same work items, same arithmetic per tile in the same
+// memory one tile earlier: the walk is fa_kv3's three buffers, one barrier a tile as the
+// narrow forward. Same work items, same arithmetic per tile in the same
 // order (its helpers are the narrow forward's): the same bits as flash_fwd (tested). The
 // second S and the interleaving cost registers: 255 at d128 against the narrow kernel's 175
 // (no spills; one block an SM either way), 177 at d64 against 128 (one block an SM instead of
@@ -651,10 +699,6 @@ template <int D>
 __device__ void flash_fwd_pipe(real* out, unsigned short* out16, float* lse, const real* q, const fa_b16* k,
                                const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
-    constexpr int TB = fa_smem<D, fa_b16>::tile;
-    // Buffer b (0, 1, 2): K at tile 2b, V at tile 2b + 1.
-    auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * TB); };
-    auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * TB); };
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const fa_block_ix bi = fa_block(n_heads);
     const int h = bi.head, kvh = h / (n_heads / n_kv);
@@ -662,24 +706,14 @@ __device__ void flash_fwd_pipe(real* out, unsigned short* out16, float* lse, con
     const long long qrow0 = it[0], kv0 = it[2];
     const int nrows = it[1], pos0 = it[3];
     const int nkeys = pos0 + nrows; // keys the tile's last query sees
-    const int ntiles = (nkeys + FA_ROWS - 1) / FA_ROWS;
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
+    const fa_kv3<D> kv{smem, k, v, kv0, nkeys, n_kv, kvh};
+    const int ntiles = kv.tiles();
 
-    // Key tile `j` into buffer j % 3 (committed by the caller).
-    auto fetch = [&](int j) {
-        const int j0 = j * FA_ROWS, b = j % 3;
-        fa_fetch<D>(tk(b), nullptr, k, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
-        fa_fetch<D>(tv(b), nullptr, v, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
-    };
-    // Groups stay one per tile (empty past the last) so that "all but the newest" counts right.
-    fetch(0);
-    cp_async_commit();
-    if (ntiles > 1) fetch(1);
-    cp_async_commit();
+    kv.start();
     unsigned qf[D / 16][4];
     fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
-
     const float sl2 = scale * FA_LOG2E;
     float o[D / 8][4];
 #pragma unroll
@@ -688,29 +722,22 @@ __device__ void flash_fwd_pipe(real* out, unsigned short* out16, float* lse, con
         for (int i = 0; i < 4; i++) o[nt][i] = 0.0f;
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
     float sa[8][4], sb[8][4];
+    kv.first_landed();
+    if (active) fa_mm_abt<D>(sa, qf, kv.tk(0)); // every active warp sees key 0
 
-    cp_async_wait<1>(); // tile 0 (tile 1 may be in flight)
-    __syncthreads();
-    if (active) fa_mm_abt<D>(sa, qf, tk(0)); // every active warp sees key 0
-
-    // Iteration j: `cur` holds S of tile j (computed one iteration earlier), `nxt` receives
-    // tile j + 1's. At the top, the newest group (tile j + 1) lands and the barrier makes it
-    // visible and frees tile j - 1's buffer for tile j + 2. After the mask (a branch), the next
-    // tile's S = Q K^T, this tile's softmax and its P V are one basic block, so ptxas can
-    // interleave the independent MMAs with the softmax's shuffles and exps: S of the next tile
-    // is computed whenever this one is visible, past a warp's last tile too (unused then; read
-    // from this tile's buffer when there is no next one, so only written memory is read).
+    // Tile j: `cur` holds its S (computed one iteration earlier), `nxt` receives tile j + 1's.
+    // After the mask (a branch), the next tile's S = Q K^T, this tile's softmax and its P V are
+    // one basic block, so ptxas can interleave the independent MMAs with the softmax's
+    // shuffles and exps; the next S is computed whenever this tile is visible, past a warp's
+    // last tile too (unused then).
     auto step = [&](float(&cur)[8][4], float(&nxt)[8][4], int j) {
         const int j0 = j * FA_ROWS;
-        cp_async_wait<0>();
-        __syncthreads();
-        if (j + 2 < ntiles) fetch(j + 2);
-        cp_async_commit();
+        kv.top(j);
         if (active && j0 <= wlast) { // warp-uniform: something of this tile is visible
             if (fa_masked(j0, pos0 + warp * 16, mask_all)) fa_mask_scores(cur, j0, pos0 + warp * 16, nkeys, g, t);
-            fa_mm_abt<D>(nxt, qf, tk((j + 1 < ntiles ? j + 1 : j) % 3));
+            fa_mm_abt<D>(nxt, qf, kv.tk(kv.ahead(j)));
             fa_softmax_rest<D>(cur, o, m, l, sl2);
-            fa_mm_pt<D>(o, cur, tv(j % 3));
+            fa_mm_pt<D>(o, cur, kv.tv(j));
         }
     };
     // Two tiles an iteration with the roles of sa and sb swapped: no register copies.
@@ -725,6 +752,29 @@ __device__ void flash_fwd_pipe(real* out, unsigned short* out16, float* lse, con
 }
 
 // ---- backward: dQ (one block per q tile and head, walks the keys) -------------------------
+
+// The statistics of this lane's two rows of a warp's 16 (warp rows g and g + 8) that both dQ
+// kernels read: lse in log2 units and D = rowsum(dO * O). Rows past the tile get L = +inf, so
+// P = 0 there with or without the mask.
+__device__ __forceinline__ void fa_dq_rows(float L2[2], float Dd[2], const float* lse, const float* dsum,
+                                           long long qrow0, int nrows, int n_heads, int h, int warp, int g) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = warp * 16 + g + 8 * r;
+        L2[r] = row < nrows ? lse[(qrow0 + row) * n_heads + h] * FA_LOG2E : __int_as_float(0x7f800000);
+        Dd[r] = row < nrows ? dsum[(qrow0 + row) * n_heads + h] : 0.0f;
+    }
+}
+
+// dS = P (dP - D) scale over a tile's scores `s` (in place), P = exp2(S log2e scale - L): a
+// masked score (-inf) gives P = 0.
+__device__ __forceinline__ void fa_dscores(float s[8][4], const float dp[8][4], const float L2[2],
+                                           const float Dd[2], float sl2, float scale) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) s[nt][i] = exp2f(s[nt][i] * sl2 - L2[i >> 1]) * (dp[nt][i] - Dd[i >> 1]) * scale;
+}
 
 template <int D, typename In>
 __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k, const In* v,
@@ -754,13 +804,7 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
     fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
     fa_frag_a_global<D>(df, dout, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
     float L2[2], Dd[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = warp * 16 + g + 8 * r;
-        // Rows outside the tile get P = 0: L = +inf.
-        L2[r] = row < nrows ? lse[(qrow0 + row) * n_heads + h] * FA_LOG2E : __int_as_float(0x7f800000);
-        Dd[r] = row < nrows ? dsum[(qrow0 + row) * n_heads + h] : 0.0f;
-    }
+    fa_dq_rows(L2, Dd, lse, dsum, qrow0, nrows, n_heads, h, warp, g);
     cp_async_wait_all();
     fa_land<D>(tk(0), stk, k);
     fa_land<D>(tv(0), stv, v);
@@ -795,11 +839,7 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
                         s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
                     }
             } else {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        s[nt][i] = exp2f(s[nt][i] * sl2 - L2[i >> 1]) * (dp[nt][i] - Dd[i >> 1]) * scale;
+                fa_dscores(s, dp, L2, Dd, sl2, scale);
             }
             fa_mm_pt<D>(acc, s, tk(buf));
         }
@@ -826,7 +866,7 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
 // dQ += dS K, one dependent chain; here the next tile's S and dP are issued after the barrier
 // in one basic block with this tile's dS and dQ MMAs (the mask, a branch only diagonal tiles
 // take, first sets masked scores to -inf: exp2 of them is the 0 the plain kernel writes, so
-// the same bits). Three K/V buffers as the pipelined forward. Head dim 64 only: the second
+// the same bits). The walk is fa_kv3's, as the pipelined forward's. Head dim 64 only: the second
 // S and dP take 64 more registers, which d64's 173 leave room for (one block of 8 warps an SM
 // either way) and d128's 254 do not. bf16 storage of Q, K, V, dO.
 template <int D>
@@ -834,9 +874,6 @@ __device__ void flash_bwd_dq_pipe(real* dq, const fa_b16* dout, const fa_b16* q,
                                   const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
                                   float scale, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
-    constexpr int TB = fa_smem<D, fa_b16>::tile;
-    auto tk = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + 2 * b * TB); };
-    auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * TB); };
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const fa_block_ix bi = fa_block(n_heads);
     const int h = bi.head, kvh = h / (n_heads / n_kv);
@@ -844,30 +881,17 @@ __device__ void flash_bwd_dq_pipe(real* dq, const fa_b16* dout, const fa_b16* q,
     const long long qrow0 = it[0], kv0 = it[2];
     const int nrows = it[1], pos0 = it[3];
     const int nkeys = pos0 + nrows;
-    const int ntiles = (nkeys + FA_ROWS - 1) / FA_ROWS;
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
+    const fa_kv3<D> kv{smem, k, v, kv0, nkeys, n_kv, kvh};
+    const int ntiles = kv.tiles();
 
-    auto fetch = [&](int j) {
-        const int j0 = j * FA_ROWS, b = j % 3;
-        fa_fetch<D>(tk(b), nullptr, k, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
-        fa_fetch<D>(tv(b), nullptr, v, kv0 + j0, fa_imin(FA_ROWS, nkeys - j0), n_kv, kvh);
-    };
-    fetch(0);
-    cp_async_commit();
-    if (ntiles > 1) fetch(1);
-    cp_async_commit();
+    kv.start();
     unsigned qf[D / 16][4], df[D / 16][4];
     fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
     fa_frag_a_global<D>(df, dout, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
     float L2[2], Dd[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = warp * 16 + g + 8 * r;
-        // Rows outside the tile get P = 0: L = +inf.
-        L2[r] = row < nrows ? lse[(qrow0 + row) * n_heads + h] * FA_LOG2E : __int_as_float(0x7f800000);
-        Dd[r] = row < nrows ? dsum[(qrow0 + row) * n_heads + h] : 0.0f;
-    }
+    fa_dq_rows(L2, Dd, lse, dsum, qrow0, nrows, n_heads, h, warp, g);
     const float sl2 = scale * FA_LOG2E;
     float acc[D / 8][4];
 #pragma unroll
@@ -875,32 +899,22 @@ __device__ void flash_bwd_dq_pipe(real* dq, const fa_b16* dout, const fa_b16* q,
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
     float sa[8][4], pa[8][4], sb[8][4], pb[8][4];
-
-    cp_async_wait<1>();
-    __syncthreads();
+    kv.first_landed();
     if (active) {
-        fa_mm_abt<D>(sa, qf, tk(0));
-        fa_mm_abt<D>(pa, df, tv(0));
+        fa_mm_abt<D>(sa, qf, kv.tk(0));
+        fa_mm_abt<D>(pa, df, kv.tv(0));
     }
-    // `s`, `dp`: tile j's S and dP (computed one iteration earlier); `ns`, `ndp` receive tile
-    // j + 1's (from tile j's buffer when there is none: unused, and only written memory read).
+    // `s`, `dp`: tile j's S and dP (computed one iteration earlier); `ns`, `ndp` receive the
+    // next tile's, as in flash_fwd_pipe.
     auto step = [&](float(&s)[8][4], float(&dp)[8][4], float(&ns)[8][4], float(&ndp)[8][4], int j) {
         const int j0 = j * FA_ROWS;
-        cp_async_wait<0>();
-        __syncthreads();
-        if (j + 2 < ntiles) fetch(j + 2);
-        cp_async_commit();
+        kv.top(j);
         if (active && j0 <= wlast) {
             if (fa_masked(j0, pos0 + warp * 16, mask_all)) fa_mask_scores(s, j0, pos0 + warp * 16, nkeys, g, t);
-            const int nb = (j + 1 < ntiles ? j + 1 : j) % 3;
-            fa_mm_abt<D>(ns, qf, tk(nb));
-            fa_mm_abt<D>(ndp, df, tv(nb));
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    s[nt][i] = exp2f(s[nt][i] * sl2 - L2[i >> 1]) * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
-            fa_mm_pt<D>(acc, s, tk(j % 3));
+            fa_mm_abt<D>(ns, qf, kv.tk(kv.ahead(j)));
+            fa_mm_abt<D>(ndp, df, kv.tv(kv.ahead(j)));
+            fa_dscores(s, dp, L2, Dd, sl2, scale);
+            fa_mm_pt<D>(acc, s, kv.tk(j));
         }
     };
     int j = 0;
@@ -1562,28 +1576,17 @@ extern "C" __global__ void __launch_bounds__(64)
 // of 64 rows in shared memory (bf16, padded as the forward's): loaded, waited for, used;
 // several warps an SM overlap one's loads with another's MMAs. K/V in f32 storage are
 // rounded to bf16 as they are copied in (the same values the bf16 cache holds).
+// A 64-row tile of keys or values by the block's one warp: the forward's loaders with 32
+// threads (bf16 storage by cp.async, f32 rounded to bf16 as copied).
 template <int D>
-__device__ __forceinline__ void dec_mma_rows(fa_tile_ptr<D> s, const fa_b16* base, long long stride, int nt,
-                                             int lane) {
-    constexpr int P = D / 8;
-    for (int p = lane; p < FA_ROWS * P; p += 32) {
-        const int row = p / P, c8 = p % P;
-        if (row < nt)
-            cp_async_16(&s[row][c8], base + row * stride + 8 * c8);
-        else
-            s[row][c8] = bf16x8{};
-    }
+__device__ __forceinline__ void dec_mma_rows(fa_tile_ptr<D> s, const fa_b16* src, long long row0, int nvalid,
+                                             int heads, int h) {
+    fa_fetch<D, 32>(s, nullptr, src, row0, nvalid, heads, h);
 }
 template <int D>
-__device__ __forceinline__ void dec_mma_rows(fa_tile_ptr<D> s, const real* base, long long stride, int nt,
-                                             int lane) {
-    constexpr int P4 = D / 4;
-    for (int p = lane; p < FA_ROWS * P4; p += 32) {
-        const int row = p / P4, c4 = p % P4;
-        const fa_f4 x = row < nt ? *reinterpret_cast<const fa_f4*>(base + row * stride + 4 * c4)
-                                 : fa_f4{0.0f, 0.0f, 0.0f, 0.0f};
-        fa_put<D>(s, row, c4, x);
-    }
+__device__ __forceinline__ void dec_mma_rows(fa_tile_ptr<D> s, const real* src, long long row0, int nvalid,
+                                             int heads, int h) {
+    fa_rows_to_smem<D, FA_ROWS, 32>(s, src, row0, nvalid, heads, h);
 }
 
 template <int D, typename KV>
@@ -1598,7 +1601,6 @@ __device__ void flash_decode_mma(float* part_o, float* part_ml, const real* q, c
     if (it >= n_items) return;
     const long long qrow = items[4 * it], kv0 = items[4 * it + 1];
     const int nkeys = items[4 * it + 2];
-    const long long stride = (long long)n_kv * D; // between consecutive keys' rows of one kv head
     // Row r of the A tile: head kvh * group + r of the query row (rows >= group: zeros).
     unsigned qf[D / 16][4];
     fa_frag_a_global<D>(qf, q + (qrow * n_heads + (long long)kvh * group) * D, 0, group, 1, 0);
@@ -1611,8 +1613,8 @@ __device__ void flash_decode_mma(float* part_o, float* part_ml, const real* q, c
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
     for (int j0 = 0; j0 < nkeys; j0 += FA_ROWS) {
         const int nt = fa_imin(FA_ROWS, nkeys - j0);
-        dec_mma_rows<D>(sK, k + ((kv0 + j0) * n_kv + kvh) * D, stride, nt, lane);
-        dec_mma_rows<D>(sV, v + ((kv0 + j0) * n_kv + kvh) * D, stride, nt, lane);
+        dec_mma_rows<D>(sK, k, kv0 + j0, nt, n_kv, kvh);
+        dec_mma_rows<D>(sV, v, kv0 + j0, nt, n_kv, kvh);
         cp_async_wait_all();
         __syncwarp();
         float s[8][4];
