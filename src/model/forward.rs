@@ -371,10 +371,7 @@ impl<B: Backend> Qwen2<B> {
         }
         // Against a cache that holds the layer's weights stacked, q, k and v come from one
         // GEMM (1D RoPE: the epilogue reads its output) and gate and up from another.
-        let (stack, mut stacked) = match cache.as_mut().and_then(|c| c.stacked.take()) {
-            Some((st, out)) => (Some(st), Some(out)),
-            None => (None, None),
-        };
+        let (stack, mut stacked) = cache.as_mut().and_then(|c| c.stacked.take()).unzip();
         let qkv_stacked = match (stack, stacked.as_deref_mut(), &batch.rope_angles) {
             (Some(st), Some(out), None) => {
                 be.matmul_stacked(&mut out.qkv, &la.xn1, &st.qkv, t, &[d, kvd, kvd], d);
