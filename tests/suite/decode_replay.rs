@@ -13,6 +13,7 @@
 use crate::common;
 use common::*;
 use mmr1_fast::backend::cuda::device::Device;
+use mmr1_fast::backend::cuda::replay::ReplayMode::{self, Always, Auto, Off};
 use mmr1_fast::backend::cuda::replay::ReplayStats;
 use mmr1_fast::backend::cuda::{AttnKernel, CudaBackend};
 use mmr1_fast::backend::precision::Precision;
@@ -64,16 +65,18 @@ fn argmax(v: &[f32]) -> u32 {
     (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as u32
 }
 
+/// The steps made by `make(Off)` and by `make(mode)`, compared; `mode`'s replay counters.
 fn check<D: Device>(
     cfg: Qwen2Config,
     prompt: usize,
     n: usize,
-    make: impl Fn(bool) -> CudaBackend<D>,
+    mode: ReplayMode,
+    make: impl Fn(ReplayMode) -> CudaBackend<D>,
 ) -> ReplayStats {
-    let plain = make(false);
+    let plain = make(ReplayMode::Off);
     assert_eq!(plain.replay_stats(), None, "replay off reports nothing");
     let want = steps(&plain, cfg.clone(), prompt, n);
-    let be = make(true);
+    let be = make(mode);
     let got = steps(&be, cfg, prompt, n);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(g == w, "step {i}: replayed logits differ from op-by-op logits");
@@ -83,13 +86,13 @@ fn check<D: Device>(
 
 #[cfg(feature = "emu")]
 fn emu(
-    replay: bool,
+    mode: ReplayMode,
     attn: AttnKernel,
     p: Precision,
 ) -> CudaBackend<mmr1_fast::backend::cuda::emu::EmuDevice> {
     use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
     let dev =
-        EmuDevice::with_schedules(&[Schedule::Forward]).with_caching(true).with_replay(replay);
+        EmuDevice::with_schedules(&[Schedule::Forward]).with_caching(true).with_replay_mode(mode);
     let mut be = CudaBackend::with_device(dev).with_precision(p).unwrap();
     be.set_attention(attn);
     be
@@ -99,8 +102,9 @@ fn emu(
 #[test]
 fn replayed_steps_equal_op_by_op_steps_f32_reference_attention() {
     let n = 12;
-    let st =
-        check(tiny_config(VOCAB, false), 5, n, |r| emu(r, AttnKernel::Reference, Precision::F32));
+    let st = check(tiny_config(VOCAB, false), 5, n, Always, |m| {
+        emu(m, AttnKernel::Reference, Precision::F32)
+    });
     // Steps 0-3 and 6-11 share a shape, 4-5 another. A shape's first step runs as plain work
     // (the prefill, steps 0 and 4: 10 stretches), its second is recorded (1, 5), its third
     // captured and replayed (2); step 6 finds the first shape's activations planned again at
@@ -118,10 +122,11 @@ fn replayed_steps_equal_op_by_op_steps_bf16_flash_decode_across_a_key_chunk() {
     // the split items grow (padded: the grid stays) while the combine list changes its
     // contents. As in the f32 test, with one more recording when the padded split items
     // double (8 -> 16) at step 7 (9 items: 65, 66 and 71 keys), the first shape's capture.
-    let st = check(d64_config(), 57, 12, |r| emu(r, AttnKernel::Flash, Precision::Bf16));
+    let st = check(d64_config(), 57, 12, Always, |m| emu(m, AttnKernel::Flash, Precision::Bf16));
     assert_eq!((st.stretches, st.replays), (10, 6), "{st:?}");
-    let st =
-        check(tiny_config(VOCAB, false), 3, 16, |r| emu(r, AttnKernel::Flash, Precision::Bf16));
+    let st = check(tiny_config(VOCAB, false), 3, 16, Always, |m| {
+        emu(m, AttnKernel::Flash, Precision::Bf16)
+    });
     assert_eq!((st.stretches, st.replays), (14, 11), "{st:?}");
 }
 
@@ -131,18 +136,7 @@ fn replayed_steps_equal_op_by_op_steps_bf16_flash_decode_across_a_key_chunk() {
 #[cfg(feature = "emu")]
 #[test]
 fn auto_mode_steps_equal_op_by_op_steps() {
-    use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
-    use mmr1_fast::backend::cuda::replay::ReplayMode;
-    let make = |replay: bool| {
-        let mode = if replay { ReplayMode::Auto } else { ReplayMode::Off };
-        let dev = EmuDevice::with_schedules(&[Schedule::Forward])
-            .with_caching(true)
-            .with_replay_mode(mode);
-        let mut be = CudaBackend::with_device(dev).with_precision(Precision::Bf16).unwrap();
-        be.set_attention(AttnKernel::Flash);
-        be
-    };
-    let st = check(d64_config(), 57, 16, make);
+    let st = check(d64_config(), 57, 16, Auto, |m| emu(m, AttnKernel::Flash, Precision::Bf16));
     // The steps `Always` replays (10 of these 16, after 2 captures and 2 fallbacks) either
     // replay or run op by op by choice: a step run op by op leaves the pools as a replayed one
     // does, so the next graph step still matches. Which of them run op by op is the clock's.
@@ -161,12 +155,15 @@ fn stacked_weights_give_the_logits_of_a_gemm_per_matrix() {
         (tiny_config(VOCAB, false), 5, AttnKernel::Reference),
         (d64_config(), 120, AttnKernel::Flash),
     ] {
-        for replay in [false, true] {
+        for replay in [Off, Always] {
             let make = |stacked| emu(replay, attn, Precision::Bf16).with_stacked_gemms(stacked);
             let want = steps(&make(false), cfg.clone(), prompt, 8);
             let got = steps(&make(true), cfg.clone(), prompt, 8);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(g == w, "{attn:?}, replay {replay}, step {i}: stacked weights changed it");
+                assert!(
+                    g == w,
+                    "{attn:?}, replay {replay:?}, step {i}: stacked weights changed it"
+                );
             }
         }
     }
@@ -220,8 +217,8 @@ mod gpu {
 
     use mmr1_fast::backend::cuda::driver::CudaDevice;
 
-    fn gpu(replay: bool, attn: AttnKernel, p: Precision) -> CudaBackend<CudaDevice> {
-        let dev = CudaDevice::with_replay(0, replay).unwrap();
+    fn gpu(mode: ReplayMode, attn: AttnKernel, p: Precision) -> CudaBackend<CudaDevice> {
+        let dev = CudaDevice::with_replay_mode(0, mode).unwrap();
         let be = CudaBackend::with_device(dev).attention_from_env().unwrap();
         let mut be = be.with_precision(p).unwrap();
         be.set_attention(attn);
@@ -236,19 +233,11 @@ mod gpu {
             (AttnKernel::Reference, Precision::F32, tiny_config(VOCAB, false), 5),
             (AttnKernel::Flash, Precision::Bf16, d64_config(), 57),
         ] {
-            let st = check(cfg, prompt, n, |r| gpu(r, attn, p));
+            let st = check(cfg, prompt, n, Always, |m| gpu(m, attn, p));
             assert!(st.replays >= n as u64 - 7, "{attn:?} {p:?}: {st:?}");
         }
         // MMR1_GRAPHS=auto, the GPU's default: graph and op-by-op steps mixed, the same logits.
-        use mmr1_fast::backend::cuda::replay::ReplayMode;
-        let auto = |replay: bool| {
-            let mode = if replay { ReplayMode::Auto } else { ReplayMode::Off };
-            let be = CudaBackend::with_device(CudaDevice::with_replay_mode(0, mode).unwrap());
-            let mut be = be.attention_from_env().unwrap().with_precision(Precision::Bf16).unwrap();
-            be.set_attention(AttnKernel::Flash);
-            be
-        };
-        let st = check(d64_config(), 57, 16, auto);
+        let st = check(d64_config(), 57, 16, Auto, |m| gpu(m, AttnKernel::Flash, Precision::Bf16));
         assert!(st.captures >= 1 && st.run_live >= 1, "auto: {st:?}");
     }
 }

@@ -227,6 +227,29 @@ fn flash_io_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
     }
 }
 
+/// `got` (a variant's forward and backward outputs: out, lse, dq, dk, dv) against `want` (the
+/// default's) on the rows the spans write, which must all be written: bit for bit when `exact`
+/// (the emulator), else within 1e-6 (ptxas may contract two kernels' arithmetic differently;
+/// whether the bits agree is printed). Rows in no span stay poisoned (NaN) under both.
+fn assert_same_outputs(c: &Case, got: &Out, want: &Out, what: &str, exact: bool) {
+    let (qc, kvc) = covered(c);
+    let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
+    let rows = [(&qc, h * d), (&qc, h), (&qc, h * d), (&kvc, hkv * d), (&kvc, hkv * d)];
+    for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+        let what = format!("flash {name} {what}");
+        let (mask, width) = rows[i];
+        let written = rows_of(&got[i], mask, width);
+        assert!(written.iter().all(|x| x.is_finite()), "{what}: unwritten values");
+        if exact {
+            assert_eq!(bits(&got[i]), bits(&want[i]), "{what} changed the bits");
+        } else {
+            let err = rel_err(&what, &written, &rows_of(&want[i], mask, width));
+            eprintln!("{what}: bit-identical {}", bits(&got[i]) == bits(&want[i]));
+            assert!(err <= 1e-6, "{what}: relative error {err:.2e}");
+        }
+    }
+}
+
 /// Masking only the key tiles that cross a warp's diagonal (`FlashMask::Diagonal`, the default)
 /// gives the bits of masking every tile (`Every`), forward (narrow and wide), dQ and dK/dV, in
 /// both storages. The long sequences are what make the skip run: 300 and 200 rows give query
@@ -263,26 +286,8 @@ fn flash_mask_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
             let every = run(&*b, &c, &x);
             b.set_flash_mask(FlashMask::Diagonal);
             let diag = run(&*b, &c, &x);
-            let (qc, kvc) = covered(&c);
-            let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
-            let rows = [(&qc, h * d), (&qc, h), (&qc, h * d), (&kvc, hkv * d), (&kvc, hkv * d)];
-            for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
-                let what = format!("flash {name} {tag} {io:?} {fwd:?}: diagonal-only mask");
-                let (mask, width) = rows[i];
-                let written = rows_of(&diag[i], mask, width);
-                assert!(written.iter().all(|x| x.is_finite()), "{what}: unwritten values");
-                if exact {
-                    assert_eq!(bits(&diag[i]), bits(&every[i]), "{what} changed the bits");
-                } else {
-                    // Rows in no span stay poisoned (NaN) under both: compare the written ones.
-                    let err = rel_err(&what, &written, &rows_of(&every[i], mask, width));
-                    eprintln!("{what}: bit-identical {}", bits(&diag[i]) == bits(&every[i]));
-                    assert!(
-                        err <= 1e-6,
-                        "{what}: relative error {err:.2e} against every tile masked"
-                    );
-                }
-            }
+            let what = format!("{tag} {io:?} {fwd:?}: diagonal-only mask");
+            assert_same_outputs(&c, &diag, &every, &what, exact);
         }
     }
     b.set_flash_io(FlashIo::default());
@@ -358,22 +363,13 @@ fn flash_dq_pipe_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
             b.set_flash_dq(FlashDq::Pipe);
             let pipe = run(&*b, &c, &x);
             b.set_flash_dq(FlashDq::default());
-            let (qc, kvc) = covered(&c);
-            let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
-            let rows = [(&qc, h * d), (&qc, h), (&qc, h * d), (&kvc, hkv * d), (&kvc, hkv * d)];
-            for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
-                let what = format!("flash {name} {:?} {mask:?}: pipelined dQ", c.shape);
-                let (m, width) = rows[i];
-                let written = rows_of(&pipe[i], m, width);
-                assert!(written.iter().all(|x| x.is_finite()), "{what}: unwritten values");
-                if exact {
-                    assert_eq!(bits(&pipe[i]), bits(&plain[i]), "{what} changed the bits");
-                } else {
-                    let err = rel_err(&what, &written, &rows_of(&plain[i], m, width));
-                    eprintln!("{what}: bit-identical {}", bits(&pipe[i]) == bits(&plain[i]));
-                    assert!(err <= 1e-6, "{what}: relative error {err:.2e}");
-                }
-            }
+            assert_same_outputs(
+                &c,
+                &pipe,
+                &plain,
+                &format!("{:?} {mask:?}: pipelined dQ", c.shape),
+                exact,
+            );
         }
     }
     b.set_flash_mask(FlashMask::default());

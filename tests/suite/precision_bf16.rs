@@ -12,7 +12,7 @@ use crate::common;
 use common::*;
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
-use mmr1_fast::backend::cuda::{CudaBackend, FlashFwd, FlashIo};
+use mmr1_fast::backend::cuda::{CudaBackend, FlashDq, FlashFwd, FlashIo};
 use mmr1_fast::backend::precision::Precision;
 use mmr1_fast::backend::{Backend, Tr};
 use mmr1_fast::model::init::{init_params, Init};
@@ -339,38 +339,38 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 fn flash_variants_train_alike() {
     let mut cfg = config();
     (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) = (128, 2, Some(1));
-    let run = |io: FlashIo, fwd: FlashFwd| {
+    // Calls of the forward's f32-tile, bf16, wide and pipelined kernels and of the pipelined dQ.
+    let run = |io: FlashIo, fwd: FlashFwd, dq: FlashDq| {
         let mut b = emu_act(true, true);
         b.set_flash_io(io);
         b.set_flash_fwd(fwd);
+        b.set_flash_dq(dq);
         let r = sft_run_of(&b, cfg.clone(), 2);
         let ran = b.kernel_profile();
         let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
-        let names = ["flash_fwd_d64", "flash_fwd_bf16_d64", "flash_fwd_wide_bf16_d64"];
-        (r, names.map(calls), calls("flash_fwd_pipe_bf16_d64"))
+        let names = [
+            "flash_fwd_d64",
+            "flash_fwd_bf16_d64",
+            "flash_fwd_wide_bf16_d64",
+            "flash_fwd_pipe_bf16_d64",
+            "flash_bwd_dq_pipe_bf16_d64",
+        ];
+        (r, names.map(calls))
     };
-    let (base, ran, _) = run(FlashIo::F32, FlashFwd::Narrow);
-    assert!(ran[0] > 0 && ran[1] + ran[2] == 0, "f32 tile loads: {ran:?}");
-    let (copies, ran, _) = run(FlashIo::Bf16, FlashFwd::Narrow);
-    assert!(ran[1] > 0 && ran[0] + ran[2] == 0, "bf16 copies: {ran:?}");
-    assert_same_runs(&copies, &base);
-    let (wide, ran, _) = run(FlashIo::Bf16, FlashFwd::Wide);
-    assert!(ran[2] > 0 && ran[0] + ran[1] == 0, "wide forward: {ran:?}");
-    assert_same_runs(&wide, &base);
-    let (pipe, ran, piped) = run(FlashIo::Bf16, FlashFwd::Pipe);
-    assert!(piped > 0 && ran.iter().sum::<u64>() == 0, "pipelined forward: {ran:?} {piped}");
-    assert_same_runs(&pipe, &base);
-    // The pipelined dQ kernel (head dim 64) in the backward, with the default forward.
-    let mut b = emu_act(true, true);
-    b.set_flash_dq(mmr1_fast::backend::cuda::FlashDq::Pipe);
-    let dq_pipe = sft_run_of(&b, cfg.clone(), 2);
-    let dq_ran = b
-        .kernel_profile()
-        .iter()
-        .find(|k| k.name == "flash_bwd_dq_pipe_bf16_d64")
-        .map_or(0, |k| k.calls);
-    assert!(dq_ran > 0, "the pipelined dQ never ran");
-    assert_same_runs(&dq_pipe, &base);
+    let (n, plain) = (FlashFwd::Narrow, FlashDq::Plain);
+    let (base, ran) = run(FlashIo::F32, n, plain);
+    assert!(ran[0] > 0 && ran[1..].iter().sum::<u64>() == 0, "f32 tile loads: {ran:?}");
+    // Each variant: the one forward kernel it names (and the pipelined dQ only when asked).
+    for (fwd, dq, k) in [(n, plain, 1), (FlashFwd::Wide, plain, 2), (FlashFwd::Pipe, plain, 3)] {
+        let (got, ran) = run(FlashIo::Bf16, fwd, dq);
+        let others: u64 = (0..4).filter(|&i| i != k).map(|i| ran[i]).sum();
+        assert!(ran[k] > 0 && others + ran[4] == 0, "{fwd:?}: {ran:?}");
+        assert_same_runs(&got, &base);
+    }
+    // The pipelined dQ kernel in the backward, with the default forward.
+    let (got, ran) = run(FlashIo::Bf16, n, FlashDq::Pipe);
+    assert!(ran[1] > 0 && ran[4] > 0, "pipelined dQ: {ran:?}");
+    assert_same_runs(&got, &base);
 }
 
 #[test]
