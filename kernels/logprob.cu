@@ -93,49 +93,57 @@ extern "C" __global__ void __launch_bounds__(1024) logprobs_f32(float* lp, float
 
 // d lp / d z_j = [j == target] - p_j ;  d H / d z_j = -p_j (log p_j + H) ; dz/dlogit = inv_temp.
 // For p_j = 0 (z_j = -inf) the entropy term is 0 (p log p -> 0), not 0 * -inf.
-// Row blockIdx.x; with `d16` (non-null) also the bf16 rounding of each d logit, the operand
-// of the head's two backward GEMMs (src/backend/cuda/producer_shadows.rs).
-__device__ __forceinline__ void logprobs_bwd_row(real* dlogits, unsigned short* d16, const real* logits,
-                                                 const unsigned* targets, const float* dlp, const float* dent,
-                                                 int vocab, float inv_temp) {
+// Row blockIdx.x. Each output may be null: `out` (the f32 d logits; null when the caller keeps
+// only the bf16 operand), `d16` (the bf16 rounding of each d logit, the operand of the head's
+// two backward GEMMs: src/backend/cuda/producer_shadows.rs), `lp` and `entropy` (the row's
+// log-prob and entropy as logprobs_f32 computes them, from the same statistics: a loss whose
+// gradient does not depend on them gets both from this one pass, Backend::logprobs_and_backward).
+__device__ __forceinline__ void logprobs_bwd_row(real* out, unsigned short* d16, float* lp, float* entropy,
+                                                 const real* logits, const unsigned* targets, const float* dlp,
+                                                 const float* dent, int vocab, float inv_temp) {
     const long long r = blockIdx.x;
     const real* row = logits + r * vocab;
     DEVICE_CHECK(targets[r] < (unsigned)vocab);
     const SoftStat a = row_stat(row, vocab, inv_temp);
-    real* out = dlogits + r * vocab;
-    unsigned short* out16 = d16 ? d16 + r * vocab : nullptr;
+    if (out) out += r * vocab;
+    if (d16) d16 += r * vocab;
     if (a.s == 0.0f) { // every logit is -inf: no distribution, no gradient
+        if (threadIdx.x == 0 && lp) { lp[r] = neg_inf(); entropy[r] = 0.0f; }
         for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-            out[j] = 0.0f;
-            if (out16) out16[j] = 0; // bf16 +0
+            if (out) out[j] = 0.0f;
+            if (d16) d16[j] = 0; // bf16 +0
         }
         return;
     }
     const float logs = logf(a.s);
     const float lse = a.m + logs, ent = logs - a.t / a.s;
-    const float g = dlp[r], ge = dent[r];
     const int tgt = (int)targets[r];
+    if (threadIdx.x == 0 && lp) { lp[r] = row[tgt] * inv_temp - lse; entropy[r] = ent; }
+    const float g = dlp[r], ge = dent[r];
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
         const float lpj = row[j] * inv_temp - lse;
         const float p = expf(lpj);
         const float dh = p > 0.0f ? ge * p * (lpj + ent) : 0.0f;
         const float dz = g * ((j == tgt ? 1.0f : 0.0f) - p) - dh;
         const float y = dz * inv_temp;
-        out[j] = y;
-        if (out16) out16[j] = bf16_bits(y);
+        if (out) out[j] = y;
+        if (d16) d16[j] = bf16_bits(y);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_f32(real* dlogits, const real* logits, const unsigned* targets,
-                                            const float* dlp, const float* dent, int rows, int vocab,
-                                            float inv_temp) {
-    logprobs_bwd_row(dlogits, nullptr, logits, targets, dlp, dent, vocab, inv_temp);
-}
-
-// logprobs_bwd_f32 that also writes d logits' bf16 rounding into `dlogits16` [rows * vocab]:
-// at a real vocabulary the largest operand a training step converts (a chunk's rows x vocab).
-extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_bf16shadow_f32(real* dlogits, unsigned short* dlogits16,
+// lp, entropy: [rows] or null (above).
+extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_f32(real* dlogits, float* lp, float* entropy,
                                             const real* logits, const unsigned* targets, const float* dlp,
                                             const float* dent, int rows, int vocab, float inv_temp) {
-    logprobs_bwd_row(dlogits, dlogits16, logits, targets, dlp, dent, vocab, inv_temp);
+    logprobs_bwd_row(dlogits, nullptr, lp, entropy, logits, targets, dlp, dent, vocab, inv_temp);
+}
+
+// logprobs_bwd_f32 that also writes d logits' bf16 rounding into `dlogits16` [rows * vocab]
+// (at a real vocabulary the largest operand a training step converts: a chunk's rows x vocab);
+// `dlogits` null writes the rounding alone (a bf16-stored operand buffer).
+extern "C" __global__ void __launch_bounds__(1024) logprobs_bwd_bf16shadow_f32(real* dlogits, unsigned short* dlogits16,
+                                            float* lp, float* entropy, const real* logits,
+                                            const unsigned* targets, const float* dlp, const float* dent,
+                                            int rows, int vocab, float inv_temp) {
+    logprobs_bwd_row(dlogits, dlogits16, lp, entropy, logits, targets, dlp, dent, vocab, inv_temp);
 }

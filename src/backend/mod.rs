@@ -399,6 +399,28 @@ pub trait Backend {
         vocab: usize,
         inv_temp: f32,
     );
+    /// `logprobs` and then `logprobs_backward` on the same logits, for a loss whose `dlp` and
+    /// `dent` do not depend on `lp` and `entropy` (SFT's cross-entropy): the head's backward
+    /// then yields the log-probs, and a training step runs the head's logits GEMM once, not
+    /// twice (`train::micro_step`). The same values as the two ops. The CUDA backend makes it
+    /// one launch (the backward's row statistics are the forward's).
+    #[allow(clippy::too_many_arguments)]
+    fn logprobs_and_backward(
+        &self,
+        dlogits: &mut Self::Buf,
+        lp: &mut Self::Buf,
+        entropy: &mut Self::Buf,
+        logits: &Self::Buf,
+        targets: &[u32],
+        dlp: &Self::Buf,
+        dent: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
+        self.logprobs(lp, entropy, logits, targets, rows, vocab, inv_temp);
+        self.logprobs_backward(dlogits, logits, targets, dlp, dent, rows, vocab, inv_temp);
+    }
 
     // ---- a layer's back-to-back ops as one call (fused_ops) --------------------------------
     // The defaults are the ops one after another (the CPU keeps them); the CUDA backend makes

@@ -634,7 +634,20 @@ fn logprobs_case<B: Backend>(
         vocab,
         inv_temp,
     );
-    [b.download(&lp), b.download(&ent), b.download(&dl)]
+    let out = [b.download(&lp), b.download(&ent), b.download(&dl)];
+    // The two as one call (a loss whose gradient is known before the log-probs): the same
+    // bits as the ops above, into outputs poisoned again.
+    let (mut lp1, mut ent1, mut dl1) =
+        (poisoned(b, rows), poisoned(b, rows), poisoned(b, rows * vocab));
+    let (g, ge) = (b.upload(dlp), b.upload(dent));
+    b.logprobs_and_backward(
+        &mut dl1, &mut lp1, &mut ent1, &lg, targets, &g, &ge, rows, vocab, inv_temp,
+    );
+    let one = [b.download(&lp1), b.download(&ent1), b.download(&dl1)];
+    for (name, (x, y)) in ["lp", "entropy", "d logits"].iter().zip(one.iter().zip(&out)) {
+        assert_eq!(bits(x), bits(y), "logprobs_and_backward's {name} differ from the two ops'");
+    }
+    out
 }
 
 fn logprobs<B: Backend>(b: &B) {

@@ -984,7 +984,23 @@ impl<D: Device> Backend for CudaBackend<D> {
         vocab: usize,
         inv_temp: f32,
     ) {
-        self.logprobs_bwd(dlogits, logits, targets, dlp, dent, rows, vocab, inv_temp)
+        self.logprobs_bwd(dlogits, None, logits, targets, dlp, dent, rows, vocab, inv_temp)
+    }
+    fn logprobs_and_backward(
+        &self,
+        dlogits: &mut Self::Buf,
+        lp: &mut Self::Buf,
+        entropy: &mut Self::Buf,
+        logits: &Self::Buf,
+        targets: &[u32],
+        dlp: &Self::Buf,
+        dent: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        inv_temp: f32,
+    ) {
+        let fwd = Some((lp, entropy));
+        self.logprobs_bwd(dlogits, fwd, logits, targets, dlp, dent, rows, vocab, inv_temp)
     }
 
     fn adamw(

@@ -163,11 +163,14 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// `Backend::logprobs_backward`: `logprobs_bwd_bf16shadow_f32` when activation shadows are
-    /// kept (d logits feeds the head's d hidden and d lm_head GEMMs).
+    /// kept (d logits feeds the head's d hidden and d lm_head GEMMs), writing the roundings
+    /// alone into a bf16-stored operand buffer; with `fwd` (`lp`, `entropy`) the same launch
+    /// writes each row's log-prob and entropy too (`Backend::logprobs_and_backward`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn logprobs_bwd(
         &self,
         dlogits: &mut Buf<D>,
+        fwd: Option<(&mut Buf<D>, &mut Buf<D>)>,
         logits: &Buf<D>,
         targets: &[u32],
         dlp: &Buf<D>,
@@ -179,15 +182,25 @@ impl<D: Device> CudaBackend<D> {
         if rows == 0 {
             return;
         }
+        if let Some((lp, ent)) = &fwd {
+            assert!(
+                lp.len >= rows && ent.len >= rows,
+                "logprobs_and_backward: lp, entropy: one a row"
+            );
+        }
         let t = self.upload_u32(&targets[..rows]);
-        // The kernels write d logits' f32 values unconditionally: `dlogits.mem()` (f32 alone).
-        self.produce(dlogits, rows * vocab, |_, shadow| {
-            let y = Arg::Ptr(dlogits.mem());
+        let (lp, ent) = match &fwd {
+            Some((lp, ent)) => (Arg::Ptr(lp.mem()), Arg::Ptr(ent.mem())),
+            None => (Arg::Null, Arg::Null),
+        };
+        self.produce(dlogits, rows * vocab, |y, shadow| {
             let (name, mut args) = match shadow {
                 Some(s) => ("logprobs_bwd_bf16shadow_f32", vec![y, Arg::Ptr(s)]),
                 None => ("logprobs_bwd_f32", vec![y]),
             };
             args.extend([
+                lp,
+                ent,
                 Arg::Ptr(logits.mem()),
                 Arg::Ptr(&t),
                 Arg::Ptr(dlp.mem()),
