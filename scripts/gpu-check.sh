@@ -221,6 +221,9 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=MMR1_FLASH_DQ=pipe MMR1_FLASH_DQ=pipe step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     # xn1, xn2, act stored as f32 with shadows (the peak and the writes bf16 storage saves).
     STEP_ENV=MMR1_BF16_OPERANDS=0 MMR1_BF16_OPERANDS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    # The head's forward pass before SFT's backward (before the head ran once for a loss whose
+    # gradient is known before its log-probs: one logits GEMM and one read of them a chunk more).
+    STEP_ENV=MMR1_HEAD_ONE_PASS=0 MMR1_HEAD_ONE_PASS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_PROFILE=1 MMR1_PROFILE=1 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $dec --mode decode

@@ -10,7 +10,13 @@
 //! No [tokens x vocab] buffer exists beyond one chunk: the forward keeps `chunk x vocab` logits,
 //! the backward recomputes them per chunk (as llm.c's fused classifier does) and keeps `chunk x
 //! vocab` logits and their gradient, giving d hidden (overwritten) and d lm_head (accumulated)
-//! directly. Peak extra memory: `chunk * (2 vocab + 2 dim + 4)` floats.
+//! directly. Peak extra memory: `chunk * (2 vocab + 2 dim + 4)` floats (the gradient is an
+//! operand buffer: bf16 alone where the GEMMs round to bf16, `Backend::operand_buf`).
+//!
+//! A loss whose gradient does not depend on the log-probs (SFT's cross-entropy: `-weight` a
+//! row) needs no forward pass here at all: [`chunked_logprobs_with_backward_rows`] writes the
+//! log-probs and entropies of the rows it visits from the backward's own logits, so a training
+//! step computes each chunk's logits once instead of twice.
 
 use super::{Backend, Tr};
 
@@ -128,6 +134,50 @@ pub fn chunked_logprobs_backward_rows<B: Backend>(
     g: RowGrads<'_, B>,
     s: HeadShape,
 ) {
+    backward_rows(be, None, dhidden, dhead, hidden, head, targets, g, s);
+}
+
+/// Per-row log-prob and entropy outputs of [`chunked_logprobs_with_backward_rows`]
+/// (`rows` values each).
+pub struct RowLogprobs<'a, B: Backend> {
+    pub lp: &'a mut B::Buf,
+    pub entropy: &'a mut B::Buf,
+}
+
+/// [`chunked_logprobs_backward_rows`] that also writes `lp[r]` and `entropy[r]` (as
+/// [`chunked_logprobs`] computes them) for every row `r` of `g.rows`, from the logits the
+/// backward computes anyway; other rows of `out` are left as they were. For a loss whose
+/// `g.dlp` and `g.dent` are known before the log-probs (SFT): the forward's chunked pass,
+/// a logits GEMM and a read of the logits per chunk, is then not needed.
+#[allow(clippy::too_many_arguments)]
+pub fn chunked_logprobs_with_backward_rows<B: Backend>(
+    be: &B,
+    out: RowLogprobs<'_, B>,
+    dhidden: &mut B::Buf,
+    dhead: &mut B::Buf,
+    hidden: &B::Buf,
+    head: &B::Buf,
+    targets: &[u32],
+    g: RowGrads<'_, B>,
+    s: HeadShape,
+) {
+    assert!(be.len(out.lp) >= s.rows, "lp: one value per row");
+    assert!(be.len(out.entropy) >= s.rows, "entropy: one value per row");
+    backward_rows(be, Some(out), dhidden, dhead, hidden, head, targets, g, s);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<B: Backend>(
+    be: &B,
+    mut out: Option<RowLogprobs<'_, B>>,
+    dhidden: &mut B::Buf,
+    dhead: &mut B::Buf,
+    hidden: &B::Buf,
+    head: &B::Buf,
+    targets: &[u32],
+    g: RowGrads<'_, B>,
+    s: HeadShape,
+) {
     s.check(be, hidden, head, targets);
     assert_eq!(be.len(dhead), s.vocab * s.dim, "dhead: vocab x dim values");
     assert!(be.len(dhidden) >= s.rows * s.dim, "dhidden: fewer than rows x dim values");
@@ -141,12 +191,15 @@ pub fn chunked_logprobs_backward_rows<B: Backend>(
         return;
     }
     let c = s.chunk.min(g.rows.len());
-    // Overwritten chunk by chunk (no fill: at a real vocabulary each logits buffer is up to 1 GiB).
+    // Overwritten chunk by chunk (no fill: at a real vocabulary each logits buffer is up to
+    // 1 GiB). Only the two GEMMs read d logits: an operand buffer (bf16 alone on a bf16 GPU,
+    // neither the f32 values' writes nor their memory).
     let (mut h, mut logits, mut dlogits) =
-        (be.output_buf(c * d), be.output_buf(c * v), be.output_buf(c * v));
+        (be.output_buf(c * d), be.output_buf(c * v), be.operand_buf(c * v));
     let (mut dh, mut gl) = (be.output_buf(c * d), be.zeros(c));
     // Without an entropy term the chunk's d entropy is 0 throughout.
     let mut ge = be.zeros(c);
+    let mut lpe = out.as_ref().map(|_| (be.output_buf(c), be.output_buf(c)));
     for rows in g.rows.chunks(c) {
         let n = rows.len();
         let rn = runs(rows);
@@ -159,13 +212,33 @@ pub fn chunked_logprobs_backward_rows<B: Backend>(
         }
         let tg: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
         be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
-        be.logprobs_backward(&mut dlogits, &logits, &tg, &gl, &ge, n, v, s.inv_temp);
+        match &mut lpe {
+            Some((lpc, entc)) => {
+                be.logprobs_and_backward(
+                    &mut dlogits,
+                    lpc,
+                    entc,
+                    &logits,
+                    &tg,
+                    &gl,
+                    &ge,
+                    n,
+                    v,
+                    s.inv_temp,
+                );
+            }
+            None => be.logprobs_backward(&mut dlogits, &logits, &tg, &gl, &ge, n, v, s.inv_temp),
+        }
         // d h [n, d] = d logits [n, v] @ W [v, d]
         be.matmul(&mut dh, &dlogits, Tr::N, head, Tr::N, n, d, v, 0.0);
         // d W [v, d] += d logits^T [v, n] @ h [n, d]
         be.matmul(dhead, &dlogits, Tr::T, &h, Tr::N, v, d, n, 1.0);
         for &(j, r, len) in &rn {
             be.copy(dhidden, r * d, &dh, j * d, len * d);
+            if let (Some(o), Some((lpc, entc))) = (out.as_mut(), &lpe) {
+                be.copy(o.lp, r, lpc, j, len);
+                be.copy(o.entropy, r, entc, j, len);
+            }
         }
     }
 }

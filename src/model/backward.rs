@@ -15,7 +15,7 @@
 use super::forward::{Acts, LayerActs, LayerStore, Packed};
 use super::grad_hook::GradHook;
 use super::Qwen2;
-use crate::backend::chunked_logprob::RowGrads;
+use crate::backend::chunked_logprob::{RowGrads, RowLogprobs};
 use crate::backend::{Backend, Tr};
 use anyhow::Result;
 
@@ -163,15 +163,19 @@ impl<B: Backend> Qwen2<B> {
         grads: &mut [B::Buf],
         scratch: &mut Option<GradScratch<B>>,
     ) {
-        self.backward_hooked(be, batch, acts, targets, g, inv_temp, chunk, grads, scratch, None)
-            .expect("a backward without a hook has nothing that can fail");
+        self.backward_hooked(
+            be, batch, acts, targets, g, None, inv_temp, chunk, grads, scratch, None,
+        )
+        .expect("a backward without a hook has nothing that can fail");
     }
 
     /// [`Qwen2::backward_with_buf`] that reports each finished bucket of gradients to `hook`
     /// (`model::grad_hook`: each decoder layer as its backward ends, then the end bucket after
     /// the embedding backward); `None` is `backward_with_buf`. Gradients the hook released
     /// are allocated again, zeroed, when the backward next reaches their tensors. An error is
-    /// the hook's.
+    /// the hook's. With `lp_out` the head's backward also writes the log-prob and entropy of
+    /// each row of `g.rows` there, from its own logits (`head_backward_buf`), for a loss whose
+    /// gradient did not need them.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_hooked(
         &self,
@@ -180,6 +184,7 @@ impl<B: Backend> Qwen2<B> {
         acts: &Acts<B>,
         targets: &[u32],
         g: RowGrads<'_, B>,
+        lp_out: Option<RowLogprobs<'_, B>>,
         inv_temp: f32,
         chunk: usize,
         grads: &mut [B::Buf],
@@ -187,7 +192,7 @@ impl<B: Backend> Qwen2<B> {
         mut hook: Option<&mut dyn GradHook<B>>,
     ) -> Result<()> {
         self.backward_layers(
-            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch, &mut hook,
+            be, batch, acts, targets, g, lp_out, inv_temp, chunk, grads, scratch, &mut hook,
         )?;
         let s = scratch.as_ref().expect("planned by backward_layers");
         let d = self.cfg.hidden_size;
@@ -216,7 +221,7 @@ impl<B: Backend> Qwen2<B> {
         scratch: &mut Option<GradScratch<B>>,
     ) {
         self.backward_layers(
-            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch, &mut None,
+            be, batch, acts, targets, g, None, inv_temp, chunk, grads, scratch, &mut None,
         )
         .expect("a backward without a hook has nothing that can fail");
     }
@@ -230,6 +235,7 @@ impl<B: Backend> Qwen2<B> {
         acts: &Acts<B>,
         targets: &[u32],
         g: RowGrads<'_, B>,
+        lp_out: Option<RowLogprobs<'_, B>>,
         inv_temp: f32,
         chunk: usize,
         grads: &mut [B::Buf],
@@ -250,7 +256,8 @@ impl<B: Backend> Qwen2<B> {
         // Output projection: fills s.dxn with d(loss)/d(xn_f).
         let head = self.layout.head();
         self.ready_grads(be, &[head, self.layout.final_norm], grads);
-        self.head_backward_buf(be, acts, targets, g, inv_temp, chunk, &mut s.dxn, &mut grads[head]);
+        let (dxn, dhead) = (&mut s.dxn, &mut grads[head]);
+        self.head_backward_buf(be, acts, targets, g, lp_out, inv_temp, chunk, dxn, dhead);
 
         // Final norm: xn_f = rmsnorm(resid[L]).
         let lf = &self.layout;

@@ -7,7 +7,8 @@
 use super::forward::Acts;
 use super::Qwen2;
 use crate::backend::chunked_logprob::{
-    chunked_logprobs, chunked_logprobs_backward_rows, HeadShape, RowGrads,
+    chunked_logprobs, chunked_logprobs_backward_rows, chunked_logprobs_with_backward_rows,
+    HeadShape, RowGrads, RowLogprobs,
 };
 use crate::backend::Backend;
 
@@ -44,7 +45,10 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// Head backward: overwrites `dxn` (`[t, hidden]`, d loss / d final-norm output; 0 on rows
-    /// outside `g.rows`) and accumulates the lm_head gradient into `dhead`.
+    /// outside `g.rows`) and accumulates the lm_head gradient into `dhead`. With `lp_out`, also
+    /// the log-prob and entropy of each row of `g.rows` (what `token_logprobs_buf` gives
+    /// there), from the same logits: one logits GEMM a chunk where a forward pass and this
+    /// backward take two.
     #[allow(clippy::too_many_arguments)]
     pub fn head_backward_buf(
         &self,
@@ -52,6 +56,7 @@ impl<B: Backend> Qwen2<B> {
         acts: &Acts<B>,
         targets: &[u32],
         g: RowGrads<'_, B>,
+        lp_out: Option<RowLogprobs<'_, B>>,
         inv_temp: f32,
         chunk: usize,
         dxn: &mut B::Buf,
@@ -59,6 +64,12 @@ impl<B: Backend> Qwen2<B> {
     ) {
         let s = self.head_shape(acts.t, chunk, inv_temp);
         let head = &self.params[self.layout.head()];
-        chunked_logprobs_backward_rows(be, dxn, dhead, &acts.xn_f, head, targets, g, s);
+        let h = &acts.xn_f;
+        match lp_out {
+            Some(o) => {
+                chunked_logprobs_with_backward_rows(be, o, dxn, dhead, h, head, targets, g, s)
+            }
+            None => chunked_logprobs_backward_rows(be, dxn, dhead, h, head, targets, g, s),
+        }
     }
 }

@@ -6,10 +6,12 @@
 //!
 //! The head runs through the chunked log-prob path (`model::head`): the log-probs and their
 //! gradient are backend buffers and no `[tokens x vocab]` buffer exists beyond one chunk of
-//! `Workspace::logit_chunk` rows.
+//! `Workspace::logit_chunk` rows. A loss whose gradient is known before the log-probs (SFT's
+//! cross-entropy) skips the forward's head pass: the head's backward computes the log-probs
+//! from its own logits (`Workspace::head_one_pass`).
 
-use super::TokenLoss;
-use crate::backend::chunked_logprob::RowGrads;
+use super::{LossGrad, TokenLoss};
+use crate::backend::chunked_logprob::{RowGrads, RowLogprobs};
 use crate::backend::Backend;
 use crate::model::{Acts, GradHook, GradScratch, Packed, Qwen2};
 use anyhow::Result;
@@ -35,6 +37,21 @@ pub struct Workspace<B: Backend> {
     /// take `logit_chunk x vocab` floats each. `Qwen2::logit_chunk_rows` by default; the
     /// result does not depend on it (the CPU GEMM is batch-invariant, `tests/suite/head_chunk.rs`).
     pub logit_chunk: usize,
+    /// A loss whose gradient is known before the log-probs (SFT: `TokenLoss::constant_dlp`)
+    /// gets them from the head's backward, on its trained rows only: no forward head pass (a
+    /// logits GEMM per chunk of every row, and a read of those logits). On by default;
+    /// `MMR1_HEAD_ONE_PASS=0` runs the forward's pass, to measure what this saves.
+    pub head_one_pass: bool,
+}
+
+/// `MMR1_HEAD_ONE_PASS`: `1`/unset on, `0` off (see `Workspace::head_one_pass`); panics on
+/// another value, naming it.
+fn head_one_pass_from_env() -> bool {
+    crate::backend::cuda::device::switch_from_env(
+        "MMR1_HEAD_ONE_PASS",
+        true,
+        "a loss known before the log-probs gets them from the head's backward",
+    )
 }
 
 impl<B: Backend> Workspace<B> {
@@ -46,6 +63,7 @@ impl<B: Backend> Workspace<B> {
             grads: model.zero_grads(be),
             grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
             logit_chunk: model.logit_chunk_rows(),
+            head_one_pass: head_one_pass_from_env(),
         }
     }
 
@@ -60,6 +78,7 @@ impl<B: Backend> Workspace<B> {
             grads: model.params.iter().map(|_| be.zeros(0)).collect(),
             grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
             logit_chunk: model.logit_chunk_rows(),
+            head_one_pass: head_one_pass_from_env(),
         }
     }
 
@@ -67,7 +86,15 @@ impl<B: Backend> Workspace<B> {
     /// not one `Qwen2`'s, e.g. a Qwen2.5-VL policy: decoder, then the tower unless frozen).
     pub fn with_grads(be: &B, grads: Vec<B::Buf>, logit_chunk: usize) -> Self {
         let grad_lens = grads.iter().map(|g| be.len(g)).collect();
-        Workspace { recompute: false, acts: None, scratch: None, grads, grad_lens, logit_chunk }
+        Workspace {
+            recompute: false,
+            acts: None,
+            scratch: None,
+            grads,
+            grad_lens,
+            logit_chunk,
+            head_one_pass: head_one_pass_from_env(),
+        }
     }
 
     /// The workspace with activation recomputation on or off (see `recompute`).
@@ -188,33 +215,49 @@ pub fn micro_step_hooked<B: Backend>(
         ws.scratch = Some(model.alloc_grad_scratch(be, batch.tokens()));
     }
     let inv_temp = loss.inv_temp();
+    let known = if ws.head_one_pass { loss.constant_dlp(be) } else { None };
     let forward = crate::nvtx_ranges::range(c"forward");
     model.forward_with(be, batch, &mut ws.acts, ws.recompute)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
-    let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
-    drop(forward);
-    let g = {
-        let _r = crate::nvtx_ranges::range(c"loss");
-        loss.eval(be, &lp, &ent)
-    };
-    drop((lp, ent));
-    let _r = crate::nvtx_ranges::range(c"backward");
-    let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
     let chunk = ws.logit_chunk;
+    // A known gradient: the head's backward writes the log-probs here (Workspace::head_one_pass).
+    let t = batch.tokens();
+    let mut head_lp = known.as_ref().map(|_| (be.zeros(t.max(1)), be.zeros(t.max(1))));
+    let g = match known {
+        Some(dlp) => {
+            drop(forward);
+            LossGrad { loss: f64::NAN, dlp, dent: None } // the value comes after the backward
+        }
+        None => {
+            let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, chunk);
+            drop(forward);
+            let _r = crate::nvtx_ranges::range(c"loss");
+            loss.eval(be, &lp, &ent)
+        }
+    };
+    let backward = crate::nvtx_ranges::range(c"backward");
+    let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
+    let out = head_lp.as_mut().map(|(lp, entropy)| RowLogprobs { lp, entropy });
     model.backward_hooked(
         be,
         batch,
         acts,
         &targets,
         rg,
+        out,
         inv_temp,
         chunk,
         &mut ws.grads,
         &mut ws.scratch,
         hook,
     )?;
-    Ok(g.loss)
+    drop(backward);
+    let Some((lp, ent)) = head_lp else { return Ok(g.loss) };
+    let _r = crate::nvtx_ranges::range(c"loss");
+    let after = loss.eval(be, &lp, &ent);
+    debug_assert!(after.dent.is_none(), "a loss with constant_dlp has no entropy term");
+    Ok(after.loss)
 }
 
 /// Contiguous runs of `range` whose lengths total at most `budget` tokens (a longer single

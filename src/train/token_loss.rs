@@ -35,6 +35,16 @@ pub trait TokenLoss<B: Backend> {
     /// get zero gradient). `&mut self`: a loss may keep what it saw for the caller's metrics
     /// (GRPO's clip fractions, KL, ratio deviation).
     fn eval(&mut self, be: &B, lp: &B::Buf, ent: &B::Buf) -> LossGrad<B>;
+    /// `Some(d loss / d lp)` per packed row when it is known before the log-probs: a constant,
+    /// with no entropy term (SFT's `-weights`). A training step then takes the log-probs from
+    /// the head's backward, which computes each chunk's logits once where a forward pass and
+    /// the backward compute them twice, and calls `eval` after it for the loss value alone;
+    /// `eval`'s `dlp` must equal this and its `dent` be `None`. `None` (the default, GRPO):
+    /// `eval` first, on the forward's log-probs.
+    fn constant_dlp(&self, be: &B) -> Option<B::Buf> {
+        let _ = be;
+        None
+    }
 }
 
 /// Supervised fine-tuning: cross-entropy on response tokens only. `weights[row]` is
@@ -71,7 +81,17 @@ impl<B: Backend> TokenLoss<B> for SftLoss {
         assert!(be.len(lp) >= n, "SftLoss: one weight per packed row");
         let lp = be.download(lp);
         let loss = -self.rows.iter().map(|&r| self.weights[r] as f64 * lp[r] as f64).sum::<f64>();
+        LossGrad { loss, dlp: self.neg_weights(be), dent: None }
+    }
+    fn constant_dlp(&self, be: &B) -> Option<B::Buf> {
+        Some(self.neg_weights(be))
+    }
+}
+
+impl SftLoss {
+    /// d loss / d lp: `-weights`, uploaded.
+    fn neg_weights<B: Backend>(&self, be: &B) -> B::Buf {
         let neg: Vec<f32> = self.weights.iter().map(|w| -w).collect();
-        LossGrad { loss, dlp: be.upload(&neg), dent: None }
+        be.upload(&neg)
     }
 }

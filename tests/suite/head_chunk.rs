@@ -114,3 +114,71 @@ fn head_memory_is_bounded_by_the_chunk() {
     assert!(full - small >= 2 * logits * 7 / 8 - logits / 8, "{full} - {small}");
     assert!(full - small <= 2 * logits + logits / 4, "{full} - {small}");
 }
+
+/// The loss and every gradient of one SFT micro-step (rows 0..3 of each sequence an untrained
+/// prompt) with the head in one pass or two (`Workspace::head_one_pass`), and what it launched.
+fn sft_step<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    batch: &Packed,
+    chunk: usize,
+    one_pass: bool,
+) -> (Vec<Vec<f32>>, Vec<mmr1_fast::backend::profile::KernelTime>) {
+    let mut ws = Workspace::new(model, be);
+    (ws.logit_chunk, ws.head_one_pass) = (chunk, one_pass);
+    let (_, mut trained) = batch.next_token_targets();
+    for sp in &batch.spans {
+        trained[sp.q_start..sp.q_start + 3.min(sp.q_len)].fill(false);
+    }
+    let mut loss = SftLoss::new(&trained, 50);
+    let before = be.kernel_profile();
+    let l = micro_step(be, model, batch, &mut loss, &mut ws).unwrap();
+    let ran = mmr1_fast::backend::profile::since(&before, &be.kernel_profile());
+    let mut out = vec![vec![l as f32]];
+    out.extend(ws.grads.iter().map(|g| be.download(g)));
+    (out, ran)
+}
+
+/// SFT's loss is known before its log-probs (`TokenLoss::constant_dlp`), so a step takes
+/// them from the head's backward instead of a forward pass over the head: the loss and every
+/// gradient are the bits of the two passes, on the CPU and on the emulator in f32 and bf16 (where
+/// d logits is stored as bf16 alone), in chunks of 5 trained rows (the last one ragged, the
+/// prompt rows between skipped), and the emulator's step launches no forward log-prob kernel
+/// and one logits GEMM a forward chunk fewer.
+#[test]
+fn sft_head_in_one_pass_gives_the_bits_of_two() {
+    use mmr1_fast::backend::precision::Precision;
+    let v = 53;
+    let seqs = [random_ids(9, v, 1), random_ids(14, v, 2), random_ids(4, v, 3)];
+    let batch = Packed::new(&seqs);
+    let chunk = 5;
+    let same = |a: &[Vec<f32>], b: &[Vec<f32>], tag: &str| {
+        assert_eq!(a.len(), b.len());
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            let eq = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(eq, "{tag}: output {k} (0: the loss) differs between one pass and two");
+        }
+    };
+    let cpu = model_on(&Cpu, v, 9);
+    let (one, _) = sft_step(&Cpu, &cpu, &batch, chunk, true);
+    let (two, _) = sft_step(&Cpu, &cpu, &batch, chunk, false);
+    same(&one, &two, "cpu");
+    assert!(one[0][0].is_finite() && one[0][0] > 0.0, "a cross-entropy: {}", one[0][0]);
+    for p in [Precision::F32, Precision::Bf16] {
+        let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
+        let emu = CudaBackend::with_device(dev).with_precision(p).unwrap();
+        let em = model_on(&emu, v, 9);
+        let (one, ran1) = sft_step(&emu, &em, &batch, chunk, true);
+        let (two, ran2) = sft_step(&emu, &em, &batch, chunk, false);
+        same(&one, &two, &format!("emulator {p}"));
+        let calls = |ran: &[mmr1_fast::backend::profile::KernelTime], pre: &str| -> u64 {
+            ran.iter().filter(|k| k.name.starts_with(pre)).map(|k| k.calls).sum()
+        };
+        let t = batch.tokens() as u64;
+        assert_eq!(calls(&ran1, "logprobs_f32"), 0, "{p}: a forward log-prob launch: {ran1:?}");
+        assert_eq!(calls(&ran2, "logprobs_f32"), t.div_ceil(chunk as u64), "{p}");
+        assert_eq!(calls(&ran1, "logprobs_bwd"), calls(&ran2, "logprobs_bwd"), "{p}");
+        let gemms_saved = calls(&ran2, "gemm_") - calls(&ran1, "gemm_");
+        assert_eq!(gemms_saved, t.div_ceil(chunk as u64), "{p}: one logits GEMM a forward chunk");
+    }
+}

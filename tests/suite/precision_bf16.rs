@@ -470,7 +470,8 @@ fn conversions_of_a_steady_step_on(be: CudaBackend<EmuDevice>) -> (u64, usize) {
 ///   writes without a copy, and dq, dk, dv (RoPE's backward writes their copies,
 ///   `qkv_backward_epilogue`, and the bias gradients between only read them): none a layer
 ///   and 1;
-/// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way); in
+/// - the head, per chunk: the gathered hidden rows `h` in the forward (1 either way; an SFT
+///   step has no forward chunk: its head runs in one pass, `Workspace::head_one_pass`); in
 ///   the backward `h` for the logits, d logits for d hidden, and both for d lm_head: 4
 ///   without, 2 with, 1 with the producers (the log-prob backward writes d logits' copy);
 /// - flash attention, per layer: the bf16 copies its kernels read (`FlashIo::Bf16`,
@@ -492,7 +493,7 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
     let cfg = config();
     let layers = cfg.num_hidden_layers as u64;
     let params = ParamLayout::new(&cfg).specs.len() as u64;
-    // 99 tokens and 96 trained rows fit one head chunk at this vocabulary.
+    // 96 trained rows fit one head chunk at this vocabulary; SFT's head has no forward chunk.
     let ((on, kept_on), (off, kept_off)) =
         (conversions_of_a_steady_step(true, true), conversions_of_a_steady_step(false, true));
     let (act_only, kept_act_only) = conversions_of_a_steady_step(true, false);
@@ -500,9 +501,9 @@ fn activation_shadows_remove_the_conversions_the_layer_structure_predicts() {
         "CONVERSIONS per steady step: {off} without activation shadows, {act_only} with them, \
          {on} with the producers writing theirs"
     );
-    assert_eq!(off, predicted_conversions(false, true, layers, 1, 1));
-    assert_eq!(act_only, predicted_conversions(true, false, layers, 1, 1));
-    assert_eq!(on, predicted_conversions(true, true, layers, 1, 1));
+    assert_eq!(off, predicted_conversions(false, true, layers, 0, 1));
+    assert_eq!(act_only, predicted_conversions(true, false, layers, 0, 1));
+    assert_eq!(on, predicted_conversions(true, true, layers, 0, 1));
     // Activation shadows save 17 a layer (7 - 4 forward, 21 - 7 backward) and 2 a head
     // chunk; the producers writing xn1, xn2, att, act, dgate, dup, the two dresids', dq's,
     // dk's, dv's and the flash kernels' q, k, v copies 16 more a layer, less the top layer's
