@@ -56,19 +56,51 @@ pub fn chunked_logprobs<B: Backend>(
     targets: &[u32],
     s: HeadShape,
 ) {
+    let rows: Vec<usize> = (0..s.rows).collect();
+    chunked_logprobs_rows(be, lp, entropy, hidden, head, targets, &rows, s);
+}
+
+/// [`chunked_logprobs`] of the rows of `rows` only (ascending, no repeats), in chunks of
+/// `s.chunk` of those rows, gathered as the backward gathers them: `lp[r]`, `entropy[r]` for
+/// each `r` in `rows`, other values left as they were. A loss that reads a response's rows
+/// (GRPO) pays no logits for its prompt's. Every row, one run: the same launches as a chunk
+/// loop over the rows in order.
+#[allow(clippy::too_many_arguments)]
+pub fn chunked_logprobs_rows<B: Backend>(
+    be: &B,
+    lp: &mut B::Buf,
+    entropy: &mut B::Buf,
+    hidden: &B::Buf,
+    head: &B::Buf,
+    targets: &[u32],
+    rows: &[usize],
+    s: HeadShape,
+) {
     s.check(be, hidden, head, targets);
+    assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows: ascending, no repeats");
+    assert!(rows.last().is_none_or(|&r| r < s.rows), "rows: a row >= {}", s.rows);
+    assert!(be.len(lp) >= s.rows && be.len(entropy) >= s.rows, "lp, entropy: one value a row");
+    if rows.is_empty() {
+        return;
+    }
     let (d, v) = (s.dim, s.vocab);
-    let c = s.chunk.min(s.rows.max(1));
+    let c = s.chunk.min(rows.len());
     // Overwritten chunk by chunk (no fill: at a real vocabulary `logits` is up to 1 GiB).
     let (mut h, mut logits) = (be.output_buf(c * d), be.output_buf(c * v));
     let (mut lpc, mut entc) = (be.zeros(c), be.zeros(c));
-    for r0 in (0..s.rows).step_by(c) {
-        let n = c.min(s.rows - r0);
-        be.copy(&mut h, 0, hidden, r0 * d, n * d);
+    for rows in rows.chunks(c) {
+        let n = rows.len();
+        let rn = runs(rows);
+        for &(j, r, len) in &rn {
+            be.copy(&mut h, j * d, hidden, r * d, len * d);
+        }
+        let tg: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
         be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
-        be.logprobs(&mut lpc, &mut entc, &logits, &targets[r0..r0 + n], n, v, s.inv_temp);
-        be.copy(lp, r0, &lpc, 0, n);
-        be.copy(entropy, r0, &entc, 0, n);
+        be.logprobs(&mut lpc, &mut entc, &logits, &tg, n, v, s.inv_temp);
+        for &(j, r, len) in &rn {
+            be.copy(lp, r, &lpc, j, len);
+            be.copy(entropy, r, &entc, j, len);
+        }
     }
 }
 

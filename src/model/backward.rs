@@ -144,7 +144,7 @@ impl<B: Backend> Qwen2<B> {
         let g = RowGrads { dlp: &dlp_b, dent: dent_b.as_ref(), rows: &rows };
         let chunk = self.logit_chunk_rows();
         self.backward_to_embeddings_buf(
-            be, batch, acts, targets, g, inv_temp, chunk, grads, scratch,
+            be, batch, acts, targets, g, None, inv_temp, chunk, grads, scratch,
         );
     }
 
@@ -206,7 +206,8 @@ impl<B: Backend> Qwen2<B> {
         Ok(())
     }
 
-    /// [`Qwen2::backward_to_embeddings`] with the upstream gradient in backend buffers.
+    /// [`Qwen2::backward_to_embeddings`] with the upstream gradient in backend buffers (and,
+    /// with `lp_out`, the log-probs of `g.rows` from the head's backward: `backward_hooked`).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_to_embeddings_buf(
         &self,
@@ -215,13 +216,14 @@ impl<B: Backend> Qwen2<B> {
         acts: &Acts<B>,
         targets: &[u32],
         g: RowGrads<'_, B>,
+        lp_out: Option<RowLogprobs<'_, B>>,
         inv_temp: f32,
         chunk: usize,
         grads: &mut [B::Buf],
         scratch: &mut Option<GradScratch<B>>,
     ) {
         self.backward_layers(
-            be, batch, acts, targets, g, None, inv_temp, chunk, grads, scratch, &mut None,
+            be, batch, acts, targets, g, lp_out, inv_temp, chunk, grads, scratch, &mut None,
         )
         .expect("a backward without a hook has nothing that can fail");
     }

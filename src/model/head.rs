@@ -7,8 +7,8 @@
 use super::forward::Acts;
 use super::Qwen2;
 use crate::backend::chunked_logprob::{
-    chunked_logprobs, chunked_logprobs_backward_rows, chunked_logprobs_with_backward_rows,
-    HeadShape, RowGrads, RowLogprobs,
+    chunked_logprobs, chunked_logprobs_backward_rows, chunked_logprobs_rows,
+    chunked_logprobs_with_backward_rows, HeadShape, RowGrads, RowLogprobs,
 };
 use crate::backend::Backend;
 
@@ -41,6 +41,27 @@ impl<B: Backend> Qwen2<B> {
         let s = self.head_shape(t, chunk, inv_temp);
         let head = &self.params[self.layout.head()];
         chunked_logprobs(be, &mut lp, &mut ent, &acts.xn_f, head, targets, s);
+        (lp, ent)
+    }
+
+    /// [`Qwen2::token_logprobs_buf`] on the packed rows of `rows` only (ascending): the other
+    /// rows hold junk, and cost no logits. The same bits on those rows whatever the other rows
+    /// (the rows are gathered as the head's backward gathers them); a GRPO update and its old
+    /// log-prob pass ask for the same rows, so their GEMMs see the same operands.
+    pub fn token_logprobs_of_rows_buf(
+        &self,
+        be: &B,
+        acts: &Acts<B>,
+        targets: &[u32],
+        rows: &[usize],
+        inv_temp: f32,
+        chunk: usize,
+    ) -> (B::Buf, B::Buf) {
+        let t = acts.t;
+        let (mut lp, mut ent) = (be.zeros(t.max(1)), be.zeros(t.max(1)));
+        let s = self.head_shape(t, chunk, inv_temp);
+        let head = &self.params[self.layout.head()];
+        chunked_logprobs_rows(be, &mut lp, &mut ent, &acts.xn_f, head, targets, rows, s);
         (lp, ent)
     }
 

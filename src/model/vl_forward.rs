@@ -10,7 +10,8 @@ use super::rope_tables::mrope_angles;
 use super::vision_config::Qwen2VlConfig;
 use super::vision_forward::{VisionActs, VisionPlan, VisionTower};
 use super::vl::VlHost;
-use super::Qwen2;
+use super::{GradScratch, Qwen2};
+use crate::backend::chunked_logprob::{RowGrads, RowLogprobs};
 use crate::backend::{AttnSpan, Backend};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -150,7 +151,6 @@ impl<B: Backend> VlModel<B> {
         text_grads: &mut [B::Buf],
         vision_grads: Option<&mut [B::Buf]>,
     ) -> Result<()> {
-        let d = self.cfg.text.hidden_size;
         let mut scratch = None;
         let p = &batch.packed;
         self.text.backward_to_embeddings(
@@ -164,6 +164,76 @@ impl<B: Backend> VlModel<B> {
             text_grads,
             &mut scratch,
         );
+        self.backward_from_embeddings(
+            be,
+            batch,
+            pixels,
+            vision_acts,
+            scratch,
+            text_grads,
+            vision_grads,
+        )
+    }
+
+    /// [`VlModel::backward`] with the upstream gradient in backend buffers (`g.rows`: the rows
+    /// it may be non-zero on), the head run in chunks of `chunk` rows and, with `lp_out`,
+    /// writing the log-probs of `g.rows` (`Qwen2::backward_hooked`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_buf(
+        &self,
+        be: &B,
+        batch: &VlBatch,
+        pixels: Option<&B::Buf>,
+        acts: &Acts<B>,
+        vision_acts: Option<&VisionActs<B>>,
+        targets: &[u32],
+        g: RowGrads<'_, B>,
+        lp_out: Option<RowLogprobs<'_, B>>,
+        inv_temp: f32,
+        chunk: usize,
+        text_grads: &mut [B::Buf],
+        vision_grads: Option<&mut [B::Buf]>,
+    ) -> Result<()> {
+        let mut scratch = None;
+        self.text.backward_to_embeddings_buf(
+            be,
+            &batch.packed,
+            acts,
+            targets,
+            g,
+            lp_out,
+            inv_temp,
+            chunk,
+            text_grads,
+            &mut scratch,
+        );
+        self.backward_from_embeddings(
+            be,
+            batch,
+            pixels,
+            vision_acts,
+            scratch,
+            text_grads,
+            vision_grads,
+        )
+    }
+
+    /// The backward's part after the decoder: the input embeddings' gradient (in `scratch`)
+    /// split into the image rows, which go to the vision tower, and the token rows, which go
+    /// to the embedding table.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_from_embeddings(
+        &self,
+        be: &B,
+        batch: &VlBatch,
+        pixels: Option<&B::Buf>,
+        vision_acts: Option<&VisionActs<B>>,
+        mut scratch: Option<GradScratch<B>>,
+        text_grads: &mut [B::Buf],
+        vision_grads: Option<&mut [B::Buf]>,
+    ) -> Result<()> {
+        let d = self.cfg.text.hidden_size;
+        let p = &batch.packed;
         let s = scratch.as_mut().expect("planned by backward_to_embeddings");
         let n_img: usize = batch.image_rows.iter().map(|r| r.1).sum();
         let mut dfeat = be.zeros(n_img * d);

@@ -14,7 +14,7 @@ use crate::model::GradHook;
 use crate::model::{Packed, Qwen2};
 use crate::optim::{AdamW, AdamwConfig, StepReport};
 use crate::tokenizer::Tokenizer;
-use crate::train::{forward_logprobs, micro_step_hooked, LossBatch, TokenLoss, Workspace};
+use crate::train::{forward_logprobs_of_rows, micro_step_hooked, LossBatch, TokenLoss, Workspace};
 use anyhow::Result;
 
 pub trait Policy<B: RlOps> {
@@ -75,12 +75,15 @@ pub trait Policy<B: RlOps> {
         trained: impl Fn(usize, usize) -> bool,
     ) -> Result<(Self::Micro, Vec<usize>)>;
 
-    /// Per packed row, the target's log-prob and the entropy at `inv_temp` (the same forward
-    /// as [`Policy::micro_step`]'s: the first PPO epoch's ratio is exactly 1).
+    /// Per packed row of `rows` (the rows `pack` returned), the target's log-prob and the
+    /// entropy at `inv_temp`; other rows may hold junk. The same forward and head as
+    /// [`Policy::micro_step`]'s with a loss on those rows: the first PPO epoch's ratio is
+    /// exactly 1.
     fn forward_logprobs(
         &self,
         be: &B,
         m: &Self::Micro,
+        rows: &[usize],
         inv_temp: f32,
         ws: &mut Workspace<B>,
     ) -> Result<(Vec<f32>, Vec<f32>)>;
@@ -176,10 +179,11 @@ impl<B: RlOps> Policy<B> for Qwen2<B> {
         &self,
         be: &B,
         m: &Packed,
+        rows: &[usize],
         inv_temp: f32,
         ws: &mut Workspace<B>,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (_, lp, ent) = forward_logprobs(be, self, m, inv_temp, ws)?;
+        let (_, lp, ent) = forward_logprobs_of_rows(be, self, m, Some(rows), inv_temp, ws)?;
         Ok((lp, ent))
     }
 

@@ -354,7 +354,7 @@ pub fn response_logprobs_entropy<B: RlOps, P: Policy<B>>(
     let mut ents = Vec::with_capacity(exp.response_tokens());
     for rs in micro {
         let (micro, rows) = pack_responses(model, be, exp, rs.clone())?;
-        let (lp, ent) = model.forward_logprobs(be, &micro, inv_temp, ws)?;
+        let (lp, ent) = model.forward_logprobs(be, &micro, &rows, inv_temp, ws)?;
         out.extend(rows.iter().map(|&r| lp[r]));
         ents.extend(rows.iter().map(|&r| ent[r]));
     }

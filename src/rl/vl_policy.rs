@@ -174,10 +174,11 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
         &self,
         be: &B,
         m: &VlMicro<B>,
+        rows: &[usize],
         inv_temp: f32,
         ws: &mut Workspace<B>,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let f = vl_forward_logprobs(be, &self.model, m, inv_temp, &mut ws.acts)?;
+        let f = vl_forward_logprobs(be, &self.model, m, Some(rows), inv_temp, &mut ws.acts)?;
         Ok((f.logp, f.entropy))
     }
 
@@ -194,7 +195,9 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
             return Err(refuse_zero(2).expect_err("stage 2 is refused"));
         }
         let train_vision = !self.freeze_vision;
-        vl_micro_step(be, &self.model, m, loss, &mut ws.acts, &mut ws.grads, train_vision)
+        let (chunk, one_pass) = (ws.logit_chunk, ws.head_one_pass);
+        let (acts, grads) = (&mut ws.acts, &mut ws.grads);
+        vl_micro_step(be, &self.model, m, loss, acts, grads, train_vision, chunk, one_pass)
     }
 
     fn optimizer_step(

@@ -11,6 +11,7 @@ pub mod vl_sft;
 pub mod vl_step;
 
 pub use step::{
-    forward_logprobs, micro_step, micro_step_hooked, pack_ranges, LossBatch, Workspace,
+    forward_logprobs, forward_logprobs_of_rows, micro_step, micro_step_hooked, pack_ranges,
+    LossBatch, Workspace,
 };
 pub use token_loss::{LossGrad, SftLoss, TokenLoss};

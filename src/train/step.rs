@@ -46,7 +46,7 @@ pub struct Workspace<B: Backend> {
 
 /// `MMR1_HEAD_ONE_PASS`: `1`/unset on, `0` off (see `Workspace::head_one_pass`); panics on
 /// another value, naming it.
-fn head_one_pass_from_env() -> bool {
+pub(crate) fn head_one_pass_from_env() -> bool {
     crate::backend::cuda::device::switch_from_env(
         "MMR1_HEAD_ONE_PASS",
         true,
@@ -170,6 +170,22 @@ pub fn forward_logprobs<B: Backend>(
     inv_temp: f32,
     ws: &mut Workspace<B>,
 ) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
+    forward_logprobs_of_rows(be, model, batch, None, inv_temp, ws)
+}
+
+/// [`forward_logprobs`] whose head computes the packed rows of `rows` only (ascending; `None`:
+/// every row), the rows a loss will read (GRPO's response tokens: its old and reference
+/// log-prob passes pay no logits for the prompts). The other rows hold junk. With the rows of
+/// a [`micro_step`]'s loss, the head's GEMMs see the operands of that step's forward: the same
+/// log-probs, bit for bit, on a device whose GEMM rows depend on the batch.
+pub fn forward_logprobs_of_rows<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    batch: &Packed,
+    rows: Option<&[usize]>,
+    inv_temp: f32,
+    ws: &mut Workspace<B>,
+) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
     let _r = crate::nvtx_ranges::range(c"forward");
     // No backward follows: one layer's buffers serve every layer (the recomputation plan),
     // unless the workspace already holds a plan for these tokens (a training step's, reused
@@ -180,7 +196,11 @@ pub fn forward_logprobs<B: Backend>(
     model.forward_with(be, batch, &mut ws.acts, one_layer)?;
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
-    let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, ws.logit_chunk);
+    let chunk = ws.logit_chunk;
+    let (lp, ent) = match rows {
+        Some(rows) => model.token_logprobs_of_rows_buf(be, acts, &targets, rows, inv_temp, chunk),
+        None => model.token_logprobs_buf(be, acts, &targets, inv_temp, chunk),
+    };
     let t = batch.tokens();
     Ok((targets, be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec()))
 }
@@ -215,44 +235,58 @@ pub fn micro_step_hooked<B: Backend>(
         ws.scratch = Some(model.alloc_grad_scratch(be, batch.tokens()));
     }
     let inv_temp = loss.inv_temp();
-    let known = if ws.head_one_pass { loss.constant_dlp(be) } else { None };
     let forward = crate::nvtx_ranges::range(c"forward");
     model.forward_with(be, batch, &mut ws.acts, ws.recompute)?;
+    drop(forward);
     let acts = ws.acts.as_ref().expect("forward planned the activations");
     let (targets, _) = batch.next_token_targets();
     let chunk = ws.logit_chunk;
-    // A known gradient: the head's backward writes the log-probs here (Workspace::head_one_pass).
-    let t = batch.tokens();
+    let (grads, scratch) = (&mut ws.grads, &mut ws.scratch);
+    loss_and_backward(
+        be,
+        loss,
+        batch.tokens(),
+        ws.head_one_pass,
+        |rows| model.token_logprobs_of_rows_buf(be, acts, &targets, rows, inv_temp, chunk),
+        |g, out| {
+            let t = &targets;
+            model.backward_hooked(be, batch, acts, t, g, out, inv_temp, chunk, grads, scratch, hook)
+        },
+    )
+}
+
+/// A micro-step's loss and backward after its forward (the text model's and the VL model's):
+/// `logprobs(rows)` gives the log-probs and entropies of the loss's rows (`TokenLoss::rows`;
+/// buffers of `t` values), `backward` runs the model's backward from their gradient, its head
+/// also writing the log-probs into the given outputs when asked. A loss whose gradient is known
+/// before its log-probs (`TokenLoss::constant_dlp`, with `one_pass`:
+/// `Workspace::head_one_pass`) skips `logprobs`: the head's backward computes them from the
+/// logits it computes anyway, and the loss's value is evaluated after the backward.
+pub(crate) fn loss_and_backward<B: Backend>(
+    be: &B,
+    loss: &mut dyn TokenLoss<B>,
+    t: usize,
+    one_pass: bool,
+    logprobs: impl FnOnce(&[usize]) -> (B::Buf, B::Buf),
+    backward: impl FnOnce(RowGrads<'_, B>, Option<RowLogprobs<'_, B>>) -> Result<()>,
+) -> Result<f64> {
+    let known = if one_pass { loss.constant_dlp(be) } else { None };
     let mut head_lp = known.as_ref().map(|_| (be.zeros(t.max(1)), be.zeros(t.max(1))));
     let g = match known {
-        Some(dlp) => {
-            drop(forward);
-            LossGrad { loss: f64::NAN, dlp, dent: None } // the value comes after the backward
-        }
+        // The value comes after the backward.
+        Some(dlp) => LossGrad { loss: f64::NAN, dlp, dent: None },
         None => {
-            let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, inv_temp, chunk);
+            let forward = crate::nvtx_ranges::range(c"forward");
+            let (lp, ent) = logprobs(loss.rows());
             drop(forward);
             let _r = crate::nvtx_ranges::range(c"loss");
             loss.eval(be, &lp, &ent)
         }
     };
-    let backward = crate::nvtx_ranges::range(c"backward");
+    let r = crate::nvtx_ranges::range(c"backward");
     let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
-    let out = head_lp.as_mut().map(|(lp, entropy)| RowLogprobs { lp, entropy });
-    model.backward_hooked(
-        be,
-        batch,
-        acts,
-        &targets,
-        rg,
-        out,
-        inv_temp,
-        chunk,
-        &mut ws.grads,
-        &mut ws.scratch,
-        hook,
-    )?;
-    drop(backward);
+    backward(rg, head_lp.as_mut().map(|(lp, entropy)| RowLogprobs { lp, entropy }))?;
+    drop(r);
     let Some((lp, ent)) = head_lp else { return Ok(g.loss) };
     let _r = crate::nvtx_ranges::range(c"loss");
     let after = loss.eval(be, &lp, &ent);

@@ -28,11 +28,11 @@ pub trait TokenLoss<B: Backend> {
     fn inv_temp(&self) -> f32 {
         1.0
     }
-    /// The packed rows whose gradient may be non-zero, ascending: the head's backward visits
-    /// only these (prompt rows cost nothing).
+    /// The packed rows whose gradient may be non-zero, ascending: the head computes the
+    /// log-probs of these rows only, forward and backward (prompt rows cost nothing).
     fn rows(&self) -> &[usize];
-    /// `lp[row]`, `ent[row]` for every packed row (rows without a target hold junk and must
-    /// get zero gradient). `&mut self`: a loss may keep what it saw for the caller's metrics
+    /// `lp[row]`, `ent[row]` for the packed rows of `rows()` (every other row holds junk and
+    /// must get zero gradient). `&mut self`: a loss may keep what it saw for the caller's metrics
     /// (GRPO's clip fractions, KL, ratio deviation).
     fn eval(&mut self, be: &B, lp: &B::Buf, ent: &B::Buf) -> LossGrad<B>;
     /// `Some(d loss / d lp)` per packed row when it is known before the log-probs: a constant,

@@ -250,5 +250,7 @@ fn micro_step<B: Backend>(
     let ids: Vec<&[u32]> = part.iter().map(|e| e.ex.ids.as_slice()).collect();
     let rows = LossBatch::pack(&ids, |j, pos| part[j].ex.trained[pos]);
     let mut lossfn = SftLoss::new(&rows.row_mask(), step_tokens);
-    vl_micro_step(be, m, &micro, &mut lossfn, acts_slot, grads, !freeze_vision)
+    let chunk = m.text.logit_chunk_rows();
+    let one_pass = super::step::head_one_pass_from_env();
+    vl_micro_step(be, m, &micro, &mut lossfn, acts_slot, grads, !freeze_vision, chunk, one_pass)
 }

@@ -77,26 +77,41 @@ pub struct VlForward<B: Backend> {
     pub vision: Option<VisionActs<B>>,
 }
 
-/// Forward of `m` (activations into `acts`) and the per-row target log-probs and entropies
-/// at `inv_temp`. GRPO's old/reference passes and its micro-steps both come here, which
-/// makes the first PPO epoch's ratio exactly 1.
+/// Forward of `m` (activations into `acts`) and the target log-probs and entropies at
+/// `inv_temp` of the packed rows of `rows` (`None`: every row; the others hold junk). GRPO's
+/// old/reference passes give the rows of the micro-step's loss, whose forward computes the
+/// same rows: the first PPO epoch's ratio is exactly 1.
 pub fn vl_forward_logprobs<B: Backend>(
     be: &B,
     model: &VlModel<B>,
     m: &VlMicro<B>,
+    rows: Option<&[usize]>,
     inv_temp: f32,
     acts: &mut Option<Acts<B>>,
 ) -> Result<VlForward<B>> {
     let vision = model.forward(be, &m.batch, m.pixels.as_ref(), acts)?;
     let a = acts.as_ref().expect("forward planned the activations");
     let (targets, _) = m.batch.packed.next_token_targets();
-    let (logp, entropy) = model.text.token_logprobs(be, a, &targets, inv_temp);
+    let (logp, entropy) = match rows {
+        Some(rows) => {
+            let chunk = model.text.logit_chunk_rows();
+            let (lp, ent) =
+                model.text.token_logprobs_of_rows_buf(be, a, &targets, rows, inv_temp, chunk);
+            let t = targets.len();
+            (be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec())
+        }
+        None => model.text.token_logprobs(be, a, &targets, inv_temp),
+    };
     Ok(VlForward { targets, logp, entropy, vision })
 }
 
 /// Forward, `loss`, and backward of one micro-batch; gradients ACCUMULATE into `grads`
 /// (the decoder's, then the vision tower's when `train_vision`). Returns the loss
-/// contribution (`LossGrad::loss`).
+/// contribution (`LossGrad::loss`). The head as the text step runs it
+/// (`train::step::loss_and_backward`): the loss's rows only, in chunks of `chunk` rows, and in
+/// one pass for a loss whose gradient is known before its log-probs when `one_pass`
+/// (`Workspace::head_one_pass`); the log-probs and their gradient stay on the device.
+#[allow(clippy::too_many_arguments)]
 pub fn vl_micro_step<B: Backend>(
     be: &B,
     model: &VlModel<B>,
@@ -105,30 +120,31 @@ pub fn vl_micro_step<B: Backend>(
     acts: &mut Option<Acts<B>>,
     grads: &mut [B::Buf],
     train_vision: bool,
+    chunk: usize,
+    one_pass: bool,
 ) -> Result<f64> {
     let inv_temp = loss.inv_temp();
-    let f = vl_forward_logprobs(be, model, m, inv_temp, acts)?;
+    let forward = crate::nvtx_ranges::range(c"forward");
+    let vision = model.forward(be, &m.batch, m.pixels.as_ref(), acts)?;
+    drop(forward);
     let a = acts.as_ref().expect("forward planned the activations");
-    // The VL backward takes host gradients per row; the loss works on backend buffers.
-    let g = loss.eval(be, &be.upload(&f.logp), &be.upload(&f.entropy));
-    let rows_n = f.targets.len();
-    let dlp = be.download(&g.dlp)[..rows_n].to_vec();
-    let dent = g.dent.as_ref().map(|d| be.download(d)[..rows_n].to_vec());
+    let (targets, _) = m.batch.packed.next_token_targets();
     let (text_grads, vision_grads) = grads.split_at_mut(model.text.params.len());
-    model.backward(
+    let text = &model.text;
+    super::step::loss_and_backward(
         be,
-        &m.batch,
-        m.pixels.as_ref(),
-        a,
-        f.vision.as_ref(),
-        &f.targets,
-        &dlp,
-        dent.as_deref(),
-        inv_temp,
-        text_grads,
-        train_vision.then_some(vision_grads),
-    )?;
-    Ok(g.loss)
+        loss,
+        targets.len(),
+        one_pass,
+        |rows| text.token_logprobs_of_rows_buf(be, a, &targets, rows, inv_temp, chunk),
+        |g, out| {
+            let (p, v) = (m.pixels.as_ref(), vision.as_ref());
+            let vg = train_vision.then_some(vision_grads);
+            model.backward_buf(
+                be, &m.batch, p, a, v, &targets, g, out, inv_temp, chunk, text_grads, vg,
+            )
+        },
+    )
 }
 
 /// Zeroed gradient accumulators in the optimizer's order: the decoder's, then the vision

@@ -12,6 +12,7 @@ use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
 use mmr1_fast::backend::cuda::CudaBackend;
 use mmr1_fast::backend::rl_ops::RlOps;
+use mmr1_fast::backend::Backend;
 use mmr1_fast::model::{ParamLayout, Qwen2};
 use mmr1_fast::optim::{AdamW, AdamwConfig};
 use mmr1_fast::rl::advantage::AdvantageConfig;
@@ -199,4 +200,37 @@ fn grpo_update_in_bf16_keeps_the_first_ratio_exactly_one() {
     let rel = (num / den).sqrt();
     println!("bf16 update vs f32 CPU update: |bf16 - cpu| / |cpu - start| = {rel:.2e}");
     assert!(den > 0.0 && rel < 5e-2, "bf16 update differs by {rel:.2e} of the update");
+}
+
+/// The head's logits GEMMs of an update (emulator profile: `[rows x vocab]` products, the old
+/// and reference log-prob passes', each micro-step's forward and backward) cover the response
+/// rows only, four times (old, reference, forward, backward), and no prompt row: the
+/// log-prob passes and the micro-steps' forward take the loss's rows (`forward_logprobs_of_rows`,
+/// `TokenLoss::rows`), so a pass and the step it feeds give their GEMMs the same operands.
+#[test]
+fn an_update_computes_logits_for_response_rows_only() {
+    let start = random_model(tiny_config(VOCAB, false), 31).to_host(&Cpu);
+    let reference = random_model(tiny_config(VOCAB, false), 32).to_host(&Cpu);
+    let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
+    let emu = CudaBackend::with_device(dev);
+    let s = settings(Aggregation::TokenMean);
+    let exp = experience(&random_model(tiny_config(VOCAB, false), 31), &s);
+    let before = emu.kernel_profile();
+    run(&emu, &start, &reference, &exp, &s);
+    let ran = mmr1_fast::backend::profile::since(&before, &emu.kernel_profile());
+    let hidden = tiny_config(VOCAB, false).hidden_size;
+    // "gemm_f32 {m}x{n}x{k} NT": the head's logits are m rows x n = vocab, k = hidden.
+    let logit_rows: u64 = ran
+        .iter()
+        .filter_map(|k| {
+            let shape = k.name.strip_prefix("gemm_f32 ")?.strip_suffix(" NT")?;
+            let dims: Vec<usize> = shape.split('x').map(|x| x.parse().unwrap()).collect();
+            (dims[1..] == [VOCAB, hidden]).then(|| dims[0] as u64 * k.calls)
+        })
+        .sum();
+    let responses = exp.response_tokens() as u64;
+    let prompts: u64 =
+        (0..exp.responses.len()).map(|r| exp.prompts[r / exp.group_size].len() as u64).sum();
+    println!("logit rows {logit_rows}: {responses} response tokens, {prompts} prompt tokens");
+    assert_eq!(logit_rows, 4 * responses, "old, reference, forward, backward: responses only");
 }

@@ -269,15 +269,16 @@ fn steps_lower_the_loss_and_equal_a_hand_rolled_loop() {
 
 /// The emulated CUDA backend (f32 GEMMs and attention: the emulator's default precision)
 /// trains as the CPU does: same losses and gradient norms, parameters within AdamW's
-/// amplification of rounding.
+/// amplification of rounding. Its steps run the head in one pass (SFT's gradient is known
+/// before its log-probs): no forward log-prob kernel ran.
 #[cfg(feature = "emu")]
 #[test]
 fn emulator_steps_equal_the_cpu() {
-    use mmr1_fast::backend::cuda::CudaBackend;
+    use mmr1_fast::backend::cuda::{emu::EmuDevice, CudaBackend};
     let d = tempfile::tempdir().unwrap();
     let data = load_data(d.path());
     let c = cfg(2, 1, 1e-2);
-    let emu = CudaBackend::emulator();
+    let emu = CudaBackend::with_device(EmuDevice::from_env().with_profile());
     let mut a = trainer(&Cpu, data.clone(), c.clone(), false);
     let mut b = trainer(&emu, data, c, false);
     while !a.done() {
@@ -287,6 +288,10 @@ fn emulator_steps_equal_the_cpu() {
         assert!(e < 1e-5, "loss differs: rel {e:.2e}");
         assert!((ma.grad_norm - mb.grad_norm).abs() < 1e-4 * ma.grad_norm);
     }
+    let ran = emu.kernel_profile();
+    let calls = |pre: &str| ran.iter().filter(|k| k.name.starts_with(pre)).map(|k| k.calls).sum();
+    let (fwd, bwd): (u64, u64) = (calls("logprobs_f32"), calls("logprobs_bwd"));
+    assert!(fwd == 0 && bwd > 0, "head launches: {fwd} forward, {bwd} backward");
     let ha = host(&Cpu, &a.model.text.params).into_iter().chain(host(&Cpu, &a.model.vision.params));
     let hb = host(&emu, &b.model.text.params).into_iter().chain(host(&emu, &b.model.vision.params));
     let (fa, fb): (Vec<f32>, Vec<f32>) = (ha.flatten().collect(), hb.flatten().collect());
