@@ -1,17 +1,18 @@
 //! Where the time of one SFT step goes, at the shape of `benches/train_step.rs`: forward,
-//! log-probs, backward and AdamW timed separately, then the step's GEMMs alone (the same
+//! backward (the head in one pass: the log-probs come from its logits, as `micro_step` runs
+//! an SFT loss), the loss value and AdamW timed separately, then the step's GEMMs alone (the same
 //! shapes through `Backend::matmul`), medians over N steps after 2 warm-up steps. A profiler
 //! stand-in for machines without `perf`.
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release --example step_phases [-- N]`
 
-use mmr1_fast::backend::chunked_logprob::RowGrads;
+use mmr1_fast::backend::chunked_logprob::{RowGrads, RowLogprobs};
 use mmr1_fast::backend::cpu::{rope_inv_freq, Cpu};
 use mmr1_fast::backend::{Backend, Tr};
 use mmr1_fast::model::init::{init_params, Init};
 use mmr1_fast::model::{Packed, ParamLayout, Qwen2, Qwen2Config};
 use mmr1_fast::optim::{AdamW, AdamwConfig};
-use mmr1_fast::train::{forward_logprobs, SftLoss, TokenLoss, Workspace};
+use mmr1_fast::train::{SftLoss, TokenLoss, Workspace};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
@@ -53,7 +54,7 @@ fn main() {
     let mut opt = AdamW::new(&be, &model.params, AdamwConfig::default());
     let mut ws = Workspace::new(&model, &be);
 
-    let names = ["zero grads", "forward", "log-probs", "backward", "AdamW", "step"];
+    let names = ["zero grads", "forward", "backward", "loss", "AdamW", "step"];
     let mut times: Vec<Vec<f64>> = vec![vec![]; names.len()];
     let mut cpu0 = 0.0;
     for it in 0..n + 2 {
@@ -65,24 +66,32 @@ fn main() {
         let t1 = Instant::now();
         model.forward(&be, &batch, &mut ws.acts).unwrap();
         let t2 = Instant::now();
-        let (targets, lp, ent) = forward_logprobs_only(&be, &model, &ws, &batch);
-        let t3 = Instant::now();
-        let g = TokenLoss::<Cpu>::eval(&mut loss, &be, &lp, &ent);
+        let (targets, _) = batch.next_token_targets();
+        let dlp = TokenLoss::<Cpu>::constant_dlp(&loss, &be).expect("SFT's gradient is known");
         let acts = ws.acts.as_ref().unwrap();
         let rows = TokenLoss::<Cpu>::rows(&loss);
-        let rg = RowGrads { dlp: &g.dlp, dent: None, rows };
+        let rg = RowGrads { dlp: &dlp, dent: None, rows };
+        let (mut lp, mut ent) = (be.zeros(batch.tokens()), be.zeros(batch.tokens()));
+        let out = RowLogprobs { lp: &mut lp, entropy: &mut ent };
         let chunk = ws.logit_chunk;
-        model.backward_with_buf(
-            &be,
-            &batch,
-            acts,
-            &targets,
-            rg,
-            1.0,
-            chunk,
-            &mut ws.grads,
-            &mut ws.scratch,
-        );
+        let (grads, scratch) = (&mut ws.grads, &mut ws.scratch);
+        model
+            .backward_hooked(
+                &be,
+                &batch,
+                acts,
+                &targets,
+                rg,
+                Some(out),
+                1.0,
+                chunk,
+                grads,
+                scratch,
+                None,
+            )
+            .unwrap();
+        let t3 = Instant::now();
+        TokenLoss::<Cpu>::eval(&mut loss, &be, &lp, &ent);
         let t4 = Instant::now();
         opt.step(&be, &mut model.params, &ws.grads, 1e-4);
         let t5 = Instant::now();
@@ -112,7 +121,7 @@ fn main() {
         ("fwd k,v", t, kvd, d, 2 * l),
         ("fwd gate,up", t, i, d, 2 * l),
         ("fwd down", t, d, i, l),
-        ("head (x2: fwd + recompute)", t, v, d, 2),
+        ("head logits (the backward's)", t, v, d, 1),
         ("head dh", t, d, v, 1),
         ("head dW", v, d, t, 1),
         ("bwd dx (N,N) d<-d", t, d, d, 2 * l),
@@ -258,19 +267,4 @@ fn ops(be: &Cpu, model: &Qwen2<Cpu>, batch: &Packed, n: usize) {
         std::hint::black_box(be.sum_squares(&g));
     });
     println!("{:>28}: {total:7.2} ms", "other ops of a step");
-}
-
-/// The log-probs half of `forward_logprobs` (the forward already ran), left in buffers as
-/// `micro_step` leaves them.
-fn forward_logprobs_only(
-    be: &Cpu,
-    model: &Qwen2<Cpu>,
-    ws: &Workspace<Cpu>,
-    batch: &Packed,
-) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
-    let (targets, _) = batch.next_token_targets();
-    let acts = ws.acts.as_ref().unwrap();
-    let (lp, ent) = model.token_logprobs_buf(be, acts, &targets, 1.0, ws.logit_chunk);
-    let _ = forward_logprobs::<Cpu>;
-    (targets, lp, ent)
 }

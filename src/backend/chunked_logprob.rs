@@ -77,30 +77,60 @@ pub fn chunked_logprobs_rows<B: Backend>(
     s: HeadShape,
 ) {
     s.check(be, hidden, head, targets);
-    assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows: ascending, no repeats");
-    assert!(rows.last().is_none_or(|&r| r < s.rows), "rows: a row >= {}", s.rows);
     assert!(be.len(lp) >= s.rows && be.len(entropy) >= s.rows, "lp, entropy: one value a row");
     if rows.is_empty() {
         return;
     }
+    let c = s.chunk.min(rows.len());
+    let (mut lpc, mut entc) = (be.zeros(c), be.zeros(c));
+    head_chunks(be, hidden, head, targets, rows, s, |k| {
+        be.logprobs(&mut lpc, &mut entc, k.logits, &k.targets, k.rows.len(), s.vocab, s.inv_temp);
+        for &(j, r, len) in &k.runs {
+            be.copy(lp, r, &lpc, j, len);
+            be.copy(entropy, r, &entc, j, len);
+        }
+    });
+}
+
+/// One chunk of the head's rows (`head_chunks`): the rows, their runs of consecutive rows as
+/// (position in the chunk, first row, length), their targets, and the gathered hidden rows and
+/// their logits (`rows.len()` rows of each).
+struct Chunk<'a, B: Backend> {
+    rows: &'a [usize],
+    runs: Vec<(usize, usize, usize)>,
+    targets: Vec<u32>,
+    h: &'a B::Buf,
+    logits: &'a B::Buf,
+}
+
+/// The head over `rows` (ascending, non-empty), `s.chunk` of them at a time: each chunk's
+/// hidden rows gathered (a copy a run of consecutive rows: a response is one), their logits
+/// `h W^T` computed, then `each(chunk)`. The forward and the backward walk the same chunks, so
+/// a pass and the backward over the same rows give their GEMMs the same operands.
+fn head_chunks<B: Backend>(
+    be: &B,
+    hidden: &B::Buf,
+    head: &B::Buf,
+    targets: &[u32],
+    rows: &[usize],
+    s: HeadShape,
+    mut each: impl FnMut(Chunk<'_, B>),
+) {
+    assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows: ascending, no repeats");
+    assert!(rows.last().is_none_or(|&r| r < s.rows), "rows: a row >= {}", s.rows);
     let (d, v) = (s.dim, s.vocab);
     let c = s.chunk.min(rows.len());
     // Overwritten chunk by chunk (no fill: at a real vocabulary `logits` is up to 1 GiB).
     let (mut h, mut logits) = (be.output_buf(c * d), be.output_buf(c * v));
-    let (mut lpc, mut entc) = (be.zeros(c), be.zeros(c));
     for rows in rows.chunks(c) {
         let n = rows.len();
-        let rn = runs(rows);
-        for &(j, r, len) in &rn {
+        let runs = runs(rows);
+        for &(j, r, len) in &runs {
             be.copy(&mut h, j * d, hidden, r * d, len * d);
         }
-        let tg: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
+        let targets = rows.iter().map(|&r| targets[r]).collect();
         be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
-        be.logprobs(&mut lpc, &mut entc, &logits, &tg, n, v, s.inv_temp);
-        for &(j, r, len) in &rn {
-            be.copy(lp, r, &lpc, j, len);
-            be.copy(entropy, r, &entc, j, len);
-        }
+        each(Chunk { rows, runs, targets, h: &h, logits: &logits });
     }
 }
 
@@ -215,62 +245,53 @@ fn backward_rows<B: Backend>(
     assert!(be.len(dhidden) >= s.rows * s.dim, "dhidden: fewer than rows x dim values");
     assert!(be.len(g.dlp) >= s.rows, "dlp: one value per row");
     assert!(g.dent.is_none_or(|e| be.len(e) >= s.rows), "dent: one value per row");
-    assert!(g.rows.windows(2).all(|w| w[0] < w[1]), "rows: ascending, no repeats");
-    assert!(g.rows.last().is_none_or(|&r| r < s.rows), "rows: a row >= {}", s.rows);
     let (d, v) = (s.dim, s.vocab);
     be.fill(dhidden, 0.0);
     if g.rows.is_empty() {
         return;
     }
     let c = s.chunk.min(g.rows.len());
-    // Overwritten chunk by chunk (no fill: at a real vocabulary each logits buffer is up to
-    // 1 GiB). Only the two GEMMs read d logits: an operand buffer (bf16 alone on a bf16 GPU,
-    // neither the f32 values' writes nor their memory).
-    let (mut h, mut logits, mut dlogits) =
-        (be.output_buf(c * d), be.output_buf(c * v), be.operand_buf(c * v));
-    let (mut dh, mut gl) = (be.output_buf(c * d), be.zeros(c));
+    // Overwritten chunk by chunk. Only the two GEMMs read d logits: an operand buffer (bf16
+    // alone on a bf16 GPU, neither the f32 values' writes nor their memory).
+    let (mut dlogits, mut dh) = (be.operand_buf(c * v), be.output_buf(c * d));
+    let mut gl = be.zeros(c);
     // Without an entropy term the chunk's d entropy is 0 throughout.
     let mut ge = be.zeros(c);
     let mut lpe = out.as_ref().map(|_| (be.output_buf(c), be.output_buf(c)));
-    for rows in g.rows.chunks(c) {
-        let n = rows.len();
-        let rn = runs(rows);
-        for &(j, r, len) in &rn {
-            be.copy(&mut h, j * d, hidden, r * d, len * d);
+    head_chunks(be, hidden, head, targets, g.rows, s, |k| {
+        let n = k.rows.len();
+        for &(j, r, len) in &k.runs {
             be.copy(&mut gl, j, g.dlp, r, len);
             if let Some(e) = g.dent {
                 be.copy(&mut ge, j, e, r, len);
             }
         }
-        let tg: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
-        be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
+        let (logits, tg, inv_temp) = (k.logits, &k.targets, s.inv_temp);
         match &mut lpe {
-            Some((lpc, entc)) => {
-                be.logprobs_and_backward(
-                    &mut dlogits,
-                    lpc,
-                    entc,
-                    &logits,
-                    &tg,
-                    &gl,
-                    &ge,
-                    n,
-                    v,
-                    s.inv_temp,
-                );
-            }
-            None => be.logprobs_backward(&mut dlogits, &logits, &tg, &gl, &ge, n, v, s.inv_temp),
+            Some((lpc, entc)) => be.logprobs_and_backward(
+                &mut dlogits,
+                lpc,
+                entc,
+                logits,
+                tg,
+                &gl,
+                &ge,
+                n,
+                v,
+                inv_temp,
+            ),
+            None => be.logprobs_backward(&mut dlogits, logits, tg, &gl, &ge, n, v, inv_temp),
         }
         // d h [n, d] = d logits [n, v] @ W [v, d]
         be.matmul(&mut dh, &dlogits, Tr::N, head, Tr::N, n, d, v, 0.0);
         // d W [v, d] += d logits^T [v, n] @ h [n, d]
-        be.matmul(dhead, &dlogits, Tr::T, &h, Tr::N, v, d, n, 1.0);
-        for &(j, r, len) in &rn {
+        be.matmul(dhead, &dlogits, Tr::T, k.h, Tr::N, v, d, n, 1.0);
+        for &(j, r, len) in &k.runs {
             be.copy(dhidden, r * d, &dh, j * d, len * d);
             if let (Some(o), Some((lpc, entc))) = (out.as_mut(), &lpe) {
                 be.copy(o.lp, r, lpc, j, len);
                 be.copy(o.entropy, r, entc, j, len);
             }
         }
-    }
+    });
 }

@@ -47,6 +47,30 @@ impl<B: Backend> GradScratch<B> {
     }
 }
 
+/// Host gradients per packed row (`dlp`, optional `dent`) in backend buffers, with the rows
+/// where either is non-zero: what the buffer backwards take (`RowGrads`).
+pub(crate) struct UploadedGrads<B: Backend> {
+    rows: Vec<usize>,
+    dlp: B::Buf,
+    dent: Option<B::Buf>,
+}
+
+impl<B: Backend> UploadedGrads<B> {
+    pub(crate) fn new(be: &B, t: usize, dlp: &[f32], dent: Option<&[f32]>) -> Self {
+        assert_eq!(dlp.len(), t, "backward: one dlp per packed row");
+        if let Some(de) = dent {
+            assert_eq!(de.len(), t, "backward: one dent per packed row");
+        }
+        let rows =
+            (0..t).filter(|&r| dlp[r] != 0.0 || dent.is_some_and(|de| de[r] != 0.0)).collect();
+        UploadedGrads { rows, dlp: be.upload(dlp), dent: dent.map(|de| be.upload(de)) }
+    }
+
+    pub(crate) fn row_grads(&self) -> RowGrads<'_, B> {
+        RowGrads { dlp: &self.dlp, dent: self.dent.as_ref(), rows: &self.rows }
+    }
+}
+
 impl<B: Backend> Qwen2<B> {
     /// One zeroed gradient buffer per parameter, in layout order.
     pub fn zero_grads(&self, be: &B) -> Vec<B::Buf> {
@@ -133,18 +157,19 @@ impl<B: Backend> Qwen2<B> {
         grads: &mut [B::Buf],
         scratch: &mut Option<GradScratch<B>>,
     ) {
-        let t = batch.tokens();
-        assert_eq!(dlp.len(), t, "backward: one dlp per packed row");
-        if let Some(de) = dent {
-            assert_eq!(de.len(), t, "backward: one dent per packed row");
-        }
-        let rows: Vec<usize> =
-            (0..t).filter(|&r| dlp[r] != 0.0 || dent.is_some_and(|de| de[r] != 0.0)).collect();
-        let (dlp_b, dent_b) = (be.upload(dlp), dent.map(|de| be.upload(de)));
-        let g = RowGrads { dlp: &dlp_b, dent: dent_b.as_ref(), rows: &rows };
+        let up = UploadedGrads::new(be, batch.tokens(), dlp, dent);
         let chunk = self.logit_chunk_rows();
         self.backward_to_embeddings_buf(
-            be, batch, acts, targets, g, None, inv_temp, chunk, grads, scratch,
+            be,
+            batch,
+            acts,
+            targets,
+            up.row_grads(),
+            None,
+            inv_temp,
+            chunk,
+            grads,
+            scratch,
         );
     }
 

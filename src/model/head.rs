@@ -7,8 +7,8 @@
 use super::forward::Acts;
 use super::Qwen2;
 use crate::backend::chunked_logprob::{
-    chunked_logprobs, chunked_logprobs_backward_rows, chunked_logprobs_rows,
-    chunked_logprobs_with_backward_rows, HeadShape, RowGrads, RowLogprobs,
+    chunked_logprobs_backward_rows, chunked_logprobs_rows, chunked_logprobs_with_backward_rows,
+    HeadShape, RowGrads, RowLogprobs,
 };
 use crate::backend::Backend;
 
@@ -36,12 +36,8 @@ impl<B: Backend> Qwen2<B> {
         inv_temp: f32,
         chunk: usize,
     ) -> (B::Buf, B::Buf) {
-        let t = acts.t;
-        let (mut lp, mut ent) = (be.zeros(t.max(1)), be.zeros(t.max(1)));
-        let s = self.head_shape(t, chunk, inv_temp);
-        let head = &self.params[self.layout.head()];
-        chunked_logprobs(be, &mut lp, &mut ent, &acts.xn_f, head, targets, s);
-        (lp, ent)
+        let rows: Vec<usize> = (0..acts.t).collect();
+        self.token_logprobs_of_rows_buf(be, acts, targets, &rows, inv_temp, chunk)
     }
 
     /// [`Qwen2::token_logprobs_buf`] on the packed rows of `rows` only (ascending): the other

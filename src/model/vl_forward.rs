@@ -4,13 +4,14 @@
 //! merged vision features (`masked_scatter`), and the decoder rotates by M-RoPE
 //! (`mrope::mrope_positions`, `rope_tables::mrope_angles`) instead of 1D positions.
 
+use super::backward::UploadedGrads;
 use super::forward::{Acts, Packed};
 use super::mrope::mrope_positions;
 use super::rope_tables::mrope_angles;
 use super::vision_config::Qwen2VlConfig;
 use super::vision_forward::{VisionActs, VisionPlan, VisionTower};
 use super::vl::VlHost;
-use super::{GradScratch, Qwen2};
+use super::Qwen2;
 use crate::backend::chunked_logprob::{RowGrads, RowLogprobs};
 use crate::backend::{AttnSpan, Backend};
 use anyhow::{Context, Result};
@@ -151,25 +152,20 @@ impl<B: Backend> VlModel<B> {
         text_grads: &mut [B::Buf],
         vision_grads: Option<&mut [B::Buf]>,
     ) -> Result<()> {
-        let mut scratch = None;
-        let p = &batch.packed;
-        self.text.backward_to_embeddings(
-            be,
-            p,
-            acts,
-            targets,
-            dlp,
-            dent,
-            inv_temp,
-            text_grads,
-            &mut scratch,
-        );
-        self.backward_from_embeddings(
+        let up = UploadedGrads::new(be, batch.packed.tokens(), dlp, dent);
+        let chunk = self.text.logit_chunk_rows();
+        let g = up.row_grads();
+        self.backward_buf(
             be,
             batch,
             pixels,
+            acts,
             vision_acts,
-            scratch,
+            targets,
+            g,
+            None,
+            inv_temp,
+            chunk,
             text_grads,
             vision_grads,
         )
@@ -207,31 +203,8 @@ impl<B: Backend> VlModel<B> {
             text_grads,
             &mut scratch,
         );
-        self.backward_from_embeddings(
-            be,
-            batch,
-            pixels,
-            vision_acts,
-            scratch,
-            text_grads,
-            vision_grads,
-        )
-    }
-
-    /// The backward's part after the decoder: the input embeddings' gradient (in `scratch`)
-    /// split into the image rows, which go to the vision tower, and the token rows, which go
-    /// to the embedding table.
-    #[allow(clippy::too_many_arguments)]
-    fn backward_from_embeddings(
-        &self,
-        be: &B,
-        batch: &VlBatch,
-        pixels: Option<&B::Buf>,
-        vision_acts: Option<&VisionActs<B>>,
-        mut scratch: Option<GradScratch<B>>,
-        text_grads: &mut [B::Buf],
-        vision_grads: Option<&mut [B::Buf]>,
-    ) -> Result<()> {
+        // The input embeddings' gradient: image rows to the vision tower, token rows to the
+        // embedding table.
         let d = self.cfg.text.hidden_size;
         let p = &batch.packed;
         let s = scratch.as_mut().expect("planned by backward_to_embeddings");
