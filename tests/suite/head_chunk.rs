@@ -142,47 +142,62 @@ fn sft_step<B: Backend>(
 /// SFT's loss is known before its log-probs (`TokenLoss::constant_dlp`), so a step takes
 /// them from the head's backward instead of a forward pass over the head: the loss and every
 /// gradient are the bits of the two passes, on the CPU and on the emulator in f32 and bf16 (where
-/// d logits is stored as bf16 alone), in chunks of 5 trained rows (the last one ragged, the
-/// prompt rows between skipped), and the emulator's step launches no forward log-prob kernel
-/// and one logits GEMM a forward chunk fewer.
+/// d logits is stored as bf16 alone: the bits of f32 storage with a bf16 copy too), in chunks of
+/// 5 trained rows (the last one ragged, the prompt rows between skipped), at a vocabulary the
+/// log-prob kernels walk a logit at a time (53) and one they walk in groups of 4 (64); the
+/// emulator's step launches no forward log-prob kernel and one logits GEMM a forward chunk
+/// fewer.
 #[test]
 fn sft_head_in_one_pass_gives_the_bits_of_two() {
     use mmr1_fast::backend::precision::Precision;
-    let v = 53;
-    let seqs = [random_ids(9, v, 1), random_ids(14, v, 2), random_ids(4, v, 3)];
-    let batch = Packed::new(&seqs);
-    let chunk = 5;
     let same = |a: &[Vec<f32>], b: &[Vec<f32>], tag: &str| {
         assert_eq!(a.len(), b.len());
         for (k, (x, y)) in a.iter().zip(b).enumerate() {
             let eq = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(eq, "{tag}: output {k} (0: the loss) differs between one pass and two");
+            assert!(eq, "{tag}: output {k} (0: the loss) differs");
         }
     };
-    let cpu = model_on(&Cpu, v, 9);
-    let (one, _) = sft_step(&Cpu, &cpu, &batch, chunk, true);
-    let (two, _) = sft_step(&Cpu, &cpu, &batch, chunk, false);
-    same(&one, &two, "cpu");
-    assert!(one[0][0].is_finite() && one[0][0] > 0.0, "a cross-entropy: {}", one[0][0]);
-    for p in [Precision::F32, Precision::Bf16] {
-        let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
-        let emu = CudaBackend::with_device(dev).with_precision(p).unwrap();
-        let em = model_on(&emu, v, 9);
-        let (one, ran1) = sft_step(&emu, &em, &batch, chunk, true);
-        let (two, ran2) = sft_step(&emu, &em, &batch, chunk, false);
-        same(&one, &two, &format!("emulator {p}"));
-        let calls = |ran: &[mmr1_fast::backend::profile::KernelTime], pre: &str| -> u64 {
-            ran.iter().filter(|k| k.name.starts_with(pre)).map(|k| k.calls).sum()
-        };
-        // The two-pass forward computes the trained rows only (`TokenLoss::rows`), in chunks
-        // of 5 as the backward does: 27 tokens less 3 prompt rows and 1 last row a sequence.
-        let trained = batch.tokens() as u64 - 4 * batch.spans.len() as u64;
-        let chunks = trained.div_ceil(chunk as u64);
-        assert_eq!(calls(&ran1, "logprobs_f32"), 0, "{p}: a forward log-prob launch: {ran1:?}");
-        assert_eq!(calls(&ran2, "logprobs_f32"), chunks, "{p}");
-        assert_eq!(calls(&ran1, "logprobs_bwd"), chunks, "{p}");
-        assert_eq!(calls(&ran2, "logprobs_bwd"), chunks, "{p}");
-        let gemms_saved = calls(&ran2, "gemm_") - calls(&ran1, "gemm_");
-        assert_eq!(gemms_saved, chunks, "{p}: one logits GEMM a forward chunk");
+    let chunk = 5;
+    for v in [53, 64] {
+        let seqs = [random_ids(9, v, 1), random_ids(14, v, 2), random_ids(4, v, 3)];
+        let batch = Packed::new(&seqs);
+        let cpu = model_on(&Cpu, v, 9);
+        let (one, _) = sft_step(&Cpu, &cpu, &batch, chunk, true);
+        let (two, _) = sft_step(&Cpu, &cpu, &batch, chunk, false);
+        same(&one, &two, &format!("vocab {v}, cpu: one pass vs two"));
+        assert!(one[0][0].is_finite() && one[0][0] > 0.0, "a cross-entropy: {}", one[0][0]);
+        for p in [Precision::F32, Precision::Bf16] {
+            let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
+            let emu = CudaBackend::with_device(dev).with_precision(p).unwrap();
+            let em = model_on(&emu, v, 9);
+            let (one, ran1) = sft_step(&emu, &em, &batch, chunk, true);
+            let (two, ran2) = sft_step(&emu, &em, &batch, chunk, false);
+            let tag = format!("vocab {v}, emulator {p}");
+            same(&one, &two, &format!("{tag}: one pass vs two"));
+            if p == Precision::Bf16 {
+                let dev = EmuDevice::with_schedules(&[Schedule::Forward]);
+                let f32_stored = CudaBackend::with_device(dev)
+                    .with_precision(p)
+                    .unwrap()
+                    .with_bf16_operands(false);
+                let em = model_on(&f32_stored, v, 9);
+                let (stored, _) = sft_step(&f32_stored, &em, &batch, chunk, true);
+                same(&one, &stored, &format!("{tag}: bf16 d logits vs f32 with a bf16 copy"));
+            }
+            let calls = |ran: &[mmr1_fast::backend::profile::KernelTime], pre: &str| -> u64 {
+                ran.iter().filter(|k| k.name.starts_with(pre)).map(|k| k.calls).sum()
+            };
+            // The two-pass forward computes the trained rows only (`TokenLoss::rows`), in
+            // chunks of 5 as the backward does: the tokens less 3 prompt rows and the last row
+            // of each sequence.
+            let trained = batch.tokens() as u64 - 4 * batch.spans.len() as u64;
+            let chunks = trained.div_ceil(chunk as u64);
+            assert_eq!(calls(&ran1, "logprobs_f32"), 0, "{tag}: a forward log-prob launch");
+            assert_eq!(calls(&ran2, "logprobs_f32"), chunks, "{tag}");
+            assert_eq!(calls(&ran1, "logprobs_bwd"), chunks, "{tag}");
+            assert_eq!(calls(&ran2, "logprobs_bwd"), chunks, "{tag}");
+            let gemms_saved = calls(&ran2, "gemm_") - calls(&ran1, "gemm_");
+            assert_eq!(gemms_saved, chunks, "{tag}: one logits GEMM a forward chunk");
+        }
     }
 }
