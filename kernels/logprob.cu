@@ -104,23 +104,36 @@ __device__ SoftStat row_stat(const real* row, int vocab, float inv_temp) {
     return b;
 }
 
+// The log-sum-exp and entropy of a row with statistics `a` (a.s > 0).
+struct LseEnt {
+    float lse, ent;
+};
+__device__ __forceinline__ LseEnt lse_entropy(SoftStat a) {
+    const float logs = logf(a.s);
+    return {a.m + logs, logs - a.t / a.s};
+}
+
+// Row r's log-prob of its target, whose tempered logit is `zt`, and its entropy, into lp[r] and
+// entropy[r]: -inf and 0 when every logit is -inf (a.s == 0). What logprobs_f32 writes, and the
+// backward kernel when asked (the same bits: the same statistics, the same arithmetic).
+__device__ __forceinline__ void put_lp_entropy(float* lp, float* entropy, long long r, SoftStat a, float zt) {
+    if (a.s == 0.0f) {
+        lp[r] = neg_inf();
+        entropy[r] = 0.0f;
+        return;
+    }
+    const LseEnt e = lse_entropy(a);
+    lp[r] = zt - e.lse;
+    entropy[r] = e.ent;
+}
+
 extern "C" __global__ void __launch_bounds__(1024) logprobs_f32(float* lp, float* entropy, const real* logits, const unsigned* targets,
                                         int rows, int vocab, float inv_temp) {
     const long long r = blockIdx.x;
     const real* row = logits + r * vocab;
     DEVICE_CHECK(targets[r] < (unsigned)vocab);
     const SoftStat a = row_stat(row, vocab, inv_temp);
-    if (threadIdx.x == 0) {
-        if (a.s == 0.0f) { // every logit is -inf
-            lp[r] = neg_inf();
-            entropy[r] = 0.0f;
-            return;
-        }
-        const float logs = logf(a.s);
-        const float lse = a.m + logs;
-        lp[r] = row[targets[r]] * inv_temp - lse;
-        entropy[r] = logs - a.t / a.s;
-    }
+    if (threadIdx.x == 0) put_lp_entropy(lp, entropy, r, a, row[targets[r]] * inv_temp);
 }
 
 // d lp / d z_j = [j == target] - p_j ;  d H / d z_j = -p_j (log p_j + H) ; dz/dlogit = inv_temp.
@@ -137,20 +150,19 @@ __device__ __forceinline__ void logprobs_bwd_row(real* out, unsigned short* d16,
     const real* row = logits + r * vocab;
     DEVICE_CHECK(targets[r] < (unsigned)vocab);
     const SoftStat a = row_stat(row, vocab, inv_temp);
+    const int tgt = (int)targets[r];
+    if (threadIdx.x == 0 && lp) put_lp_entropy(lp, entropy, r, a, row[tgt] * inv_temp);
     if (out) out += r * vocab;
     if (d16) d16 += r * vocab;
     if (a.s == 0.0f) { // every logit is -inf: no distribution, no gradient
-        if (threadIdx.x == 0 && lp) { lp[r] = neg_inf(); entropy[r] = 0.0f; }
         for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
             if (out) out[j] = 0.0f;
             if (d16) d16[j] = 0; // bf16 +0
         }
         return;
     }
-    const float logs = logf(a.s);
-    const float lse = a.m + logs, ent = logs - a.t / a.s;
-    const int tgt = (int)targets[r];
-    if (threadIdx.x == 0 && lp) { lp[r] = row[tgt] * inv_temp - lse; entropy[r] = ent; }
+    const LseEnt e = lse_entropy(a);
+    const float lse = e.lse, ent = e.ent;
     const float g = dlp[r], ge = dent[r];
     // d logit j from its logit (the same arithmetic grouped or not).
     auto dlogit = [&](int j, float x) {
