@@ -178,8 +178,8 @@ impl<B: RlOps> Policy<B> for VlPolicy<B> {
         inv_temp: f32,
         ws: &mut Workspace<B>,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let f = vl_forward_logprobs(be, &self.model, m, Some(rows), inv_temp, &mut ws.acts)?;
-        Ok((f.logp, f.entropy))
+        let chunk = ws.logit_chunk;
+        vl_forward_logprobs(be, &self.model, m, rows, inv_temp, chunk, &mut ws.acts)
     }
 
     fn micro_step(

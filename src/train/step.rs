@@ -56,30 +56,17 @@ pub(crate) fn head_one_pass_from_env() -> bool {
 
 impl<B: Backend> Workspace<B> {
     pub fn new(model: &Qwen2<B>, be: &B) -> Self {
-        Workspace {
-            recompute: false,
-            acts: None,
-            scratch: None,
-            grads: model.zero_grads(be),
-            grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
-            logit_chunk: model.logit_chunk_rows(),
-            head_one_pass: head_one_pass_from_env(),
-        }
+        Self::with_grads(be, model.zero_grads(be), model.logit_chunk_rows())
     }
 
     /// [`Workspace::new`] with every gradient buffer released (ZeRO 2: the backward or
     /// [`Workspace::zero_grads`] allocates them when needed), so the whole f32 gradient is
     /// never allocated up front.
     pub fn without_grads(model: &Qwen2<B>, be: &B) -> Self {
-        Workspace {
-            recompute: false,
-            acts: None,
-            scratch: None,
-            grads: model.params.iter().map(|_| be.zeros(0)).collect(),
-            grad_lens: model.params.iter().map(|p| be.len(p)).collect(),
-            logit_chunk: model.logit_chunk_rows(),
-            head_one_pass: head_one_pass_from_env(),
-        }
+        let released = model.params.iter().map(|_| be.zeros(0)).collect();
+        let mut ws = Self::with_grads(be, released, model.logit_chunk_rows());
+        ws.grad_lens = model.params.iter().map(|p| be.len(p)).collect();
+        ws
     }
 
     /// A workspace around given gradient accumulators (a model whose trained parameters are

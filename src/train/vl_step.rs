@@ -6,7 +6,6 @@
 
 use super::TokenLoss;
 use crate::backend::Backend;
-use crate::model::vision_forward::VisionActs;
 use crate::model::vl_forward::{VlBatch, VlModel};
 use crate::model::vl_prompt::VlImages;
 use crate::model::Acts;
@@ -67,42 +66,26 @@ impl<B: Backend> VlMicro<B> {
     }
 }
 
-/// What a VL forward leaves for its backward and its loss.
-pub struct VlForward<B: Backend> {
-    pub targets: Vec<u32>,
-    /// Per packed row: the target's log-prob and the entropy at `inv_temp` (rows without a
-    /// target hold junk).
-    pub logp: Vec<f32>,
-    pub entropy: Vec<f32>,
-    pub vision: Option<VisionActs<B>>,
-}
-
-/// Forward of `m` (activations into `acts`) and the target log-probs and entropies at
-/// `inv_temp` of the packed rows of `rows` (`None`: every row; the others hold junk). GRPO's
-/// old/reference passes give the rows of the micro-step's loss, whose forward computes the
-/// same rows: the first PPO epoch's ratio is exactly 1.
+/// Forward of `m` (activations into `acts`) and, per packed row of `rows` (the others hold
+/// junk), the target's log-prob and the entropy at `inv_temp`, the head in chunks of `chunk`
+/// rows. GRPO's old/reference passes give the rows and chunk of the micro-step's loss
+/// (`vl_micro_step`), whose head computes the same rows in the same chunks: the first PPO
+/// epoch's ratio is exactly 1.
 pub fn vl_forward_logprobs<B: Backend>(
     be: &B,
     model: &VlModel<B>,
     m: &VlMicro<B>,
-    rows: Option<&[usize]>,
+    rows: &[usize],
     inv_temp: f32,
+    chunk: usize,
     acts: &mut Option<Acts<B>>,
-) -> Result<VlForward<B>> {
-    let vision = model.forward(be, &m.batch, m.pixels.as_ref(), acts)?;
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    model.forward(be, &m.batch, m.pixels.as_ref(), acts)?;
     let a = acts.as_ref().expect("forward planned the activations");
     let (targets, _) = m.batch.packed.next_token_targets();
-    let (logp, entropy) = match rows {
-        Some(rows) => {
-            let chunk = model.text.logit_chunk_rows();
-            let (lp, ent) =
-                model.text.token_logprobs_of_rows_buf(be, a, &targets, rows, inv_temp, chunk);
-            let t = targets.len();
-            (be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec())
-        }
-        None => model.text.token_logprobs(be, a, &targets, inv_temp),
-    };
-    Ok(VlForward { targets, logp, entropy, vision })
+    let (lp, ent) = model.text.token_logprobs_of_rows_buf(be, a, &targets, rows, inv_temp, chunk);
+    let t = targets.len();
+    Ok((be.download(&lp)[..t].to_vec(), be.download(&ent)[..t].to_vec()))
 }
 
 /// Forward, `loss`, and backward of one micro-batch; gradients ACCUMULATE into `grads`
