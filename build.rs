@@ -1,7 +1,7 @@
 //! Kernel build.
 //!
 //! - feature `cuda`: every `kernels/*.cu` is compiled by NVRTC to PTX for compute_80 and
-//!   compute_90, and the PTX is embedded in the binary (`OUT_DIR/kernels.rs`). NVRTC is found
+//!   compute_90a, and the PTX is embedded in the binary (`OUT_DIR/kernels.rs`). NVRTC is found
 //!   through `NVRTC_LIB_DIR` (or `./.nvrtc`, where `scripts/setup-nvrtc.sh` installs it, or the
 //!   library search path). A kernel that fails to compile fails the build with NVRTC's log.
 //!   Without NVRTC the build warns and embeds the kernel sources instead; the binary then
@@ -93,7 +93,7 @@ fn write_kernels_rs(out: &Path, ptx: Option<&[(&str, String)]>) {
     rs.push_str(
         "pub const SOURCE: &str = include_str!(concat!(env!(\"OUT_DIR\"), \"/kernels_all.cu\"));\n",
     );
-    rs.push_str("/// Embedded PTX as (virtual architecture, text), e.g. (\"compute_90\", ...).\npub const PTX: &[(&str, &str)] = &[\n");
+    rs.push_str("/// Embedded PTX as (virtual architecture, text), e.g. (\"compute_90a\", ...).\npub const PTX: &[(&str, &str)] = &[\n");
     if let Some(ptx) = ptx {
         for (arch, text) in ptx {
             let file = format!("kernels_{arch}.ptx");
@@ -153,7 +153,9 @@ fn nvrtc_build(root: &Path, out: &Path, all: &str) {
         d.is_dir().then_some(d)
     });
     let mut ptx = Vec::new();
-    for arch in ["compute_80", "compute_90"] {
+    // compute_90a: sm_90's arch-specific PTX (wgmma, kernels/wgmma.cuh), loaded on sm_90 alone;
+    // compute_80 for every other GPU.
+    for arch in ["compute_80", "compute_90a"] {
         let opts = cudarc::nvrtc::CompileOptions {
             arch: Some(arch),
             include_paths: include.iter().map(|p| p.display().to_string()).collect(),

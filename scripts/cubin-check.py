@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compiles the kernels to CUBIN with NVRTC for real architectures (sm_80, sm_90), no GPU
+"""Compiles the kernels to CUBIN with NVRTC for real architectures (sm_80, sm_90a), no GPU
 needed: unlike the PTX build, this runs ptxas, so inline PTX (mma.sync, ldmatrix, cp.async in
 kernels/mma.cuh) is checked too. Prints registers / spills / shared memory of the kernels whose
 name contains FILTER (default: flash).
@@ -16,7 +16,7 @@ lib = ctypes.CDLL(os.path.join(os.environ["NVRTC_LIB_DIR"], "libnvrtc.so.12"))
 inc = os.environ["CUDA_INCLUDE_DIR"]
 flt = sys.argv[1] if len(sys.argv) > 1 else "flash"
 rc_all = 0
-for arch in ["sm_80", "sm_90"]:
+for arch in ["sm_80", "sm_90a"]:
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"kernels_all.cu", 0, None, None) == 0
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", f"-I{inc}".encode(), b"--ptxas-options=-v"]

@@ -111,6 +111,23 @@ struct Fiber {
     };
     std::vector<PendingCopy> cp_pending;
     unsigned cp_committed; // commit groups this thread has closed
+    // wgmma.mma_async operations this thread issued that no wait has completed yet (wgmma.h):
+    // computed at the covering wgmma.wait_group, from shared memory as it is then, into
+    // accumulators that hold NaN from the issue until that wait.
+    struct PendingWgmma {
+        float* acc;        // this lane's accumulators (n / 2 floats)
+        unsigned n;        // N of m64nNk16
+        bool trans_b;      // B N-major
+        uint64_t desc;     // B's matrix descriptor
+        float a[16][16];   // the warp's 16 x 16 A operand, as read at the issue
+        const unsigned* a_regs; // this lane's A registers, which must hold a_bits until the wait
+        unsigned a_bits[4];
+        float acc_in[128]; // the accumulators before the first pending op on `acc`
+        bool first;        // whether acc_in is this op's input (else the previous op's output)
+        unsigned group;    // commit groups closed before its issue
+    };
+    std::vector<PendingWgmma> wg_pending;
+    unsigned wg_committed;
 };
 
 // Per-launch choices made by the Rust side.
@@ -355,6 +372,8 @@ inline const char* run_block(Block& b) {
         f.wwidth = 0;
         f.cp_pending.clear(); // copies a thread of the last block never waited for die with it
         f.cp_committed = 0;
+        f.wg_pending.clear();
+        f.wg_committed = 0;
         char* top = b.stacks.data() + (size_t)(i + 1) * b.stack_size;
 #if defined(__x86_64__)
         // Initial frame popped by emu_switch: mxcsr/fpucw, r15..rbp, then "return" into
@@ -747,3 +766,4 @@ inline float __half2float(__half h) {
 }
 
 #include "tensor_core.h" // mma.sync / ldmatrix / cp.async as warp-collective operations
+#include "wgmma.h"       // wgmma.mma_async (sm_90a) with its asynchrony: results at the wait

@@ -134,3 +134,37 @@ extern "C" __global__ void planted_cp_async_wait(float* out, const float* in, in
     if (bug != 2) cp_async_wait<0>();
     for (int i = 0; i < 4; i++) out[4 * (n + t) + i] = s[4 * (n + t) + i];
 }
+
+// wgmma's asynchrony (kernels/emu/wgmma.h): one warpgroup computes D (64 x 64) = A B, A = 1 in
+// every element (registers), B (16 x 64, K-major, in dynamic shared memory) from `in`, so each
+// output is the column sum of B. bug = 0: correct (commit, wait, then read); 1: accumulators
+// read before the wait (NaN); 2: B overwritten with zeros between the issue and the wait (the
+// product of what is in shared memory at the wait: zeros); 3: never committed (wait_group 0
+// leaves the operation pending: NaN); 4: A's registers rewritten before the wait (an error).
+#include "wgmma.cuh"
+extern "C" __global__ void planted_wgmma_async(float* out, const float* in, int bug) {
+    DYN_SMEM(unsigned char, s);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    for (int e = tid; e < 16 * 64; e += 128) { // B[k][n]: core (n / 8, k / 8), LBO 128, SBO 256
+        const int k = e / 64, n = e % 64;
+        const unsigned short v = bf16_bits(in[e]);
+        memcpy(s + (n / 8) * 256 + (k / 8) * 128 + (n % 8) * 16 + (k % 8) * 2, &v, 2);
+    }
+    __syncthreads();
+    const unsigned one = pack_bf16x2(1.0f, 1.0f);
+    unsigned a[4] = {one, one, one, one};
+    float d[8][4] = {};
+    wgmma_fence();
+    wgmma_m64n64k16<0>(d, a, wg_desc(s, 128, 256));
+    if (bug != 3) wgmma_commit();
+    if (bug == 4) a[2] = 0u;
+    if (bug == 2) {
+        __syncthreads();
+        for (int e = tid; e < 16 * 64; e += 128) memset(s + 2 * e, 0, 2);
+        __syncthreads();
+    }
+    if (bug != 1) wgmma_wait<0>();
+    for (int j = 0; j < 8; j++)
+        for (int i = 0; i < 4; i++) out[(16 * warp + g + 8 * (i >> 1)) * 64 + 8 * j + 2 * t + (i & 1)] = d[j][i];
+    if (bug == 1) wgmma_wait<0>();
+}

@@ -354,6 +354,41 @@ fn cp_async_read_before_its_wait_sees_poison() {
     }
 }
 
+/// wgmma computes at the wait that covers its commit group, from shared memory as it is then:
+/// accumulators read before the wait are NaN, a B tile overwritten before it gives the new
+/// tile's product, an uncommitted operation is not waited for, and rewriting A's registers
+/// before the wait is an error; the correct order gives the column sums of B (every element
+/// of A is 1).
+#[test]
+fn wgmma_results_arrive_at_their_wait() {
+    for s in Schedule::CI {
+        let d = single(s);
+        let x: Vec<f32> = (0..16 * 64).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.25).collect();
+        let run = |bug: i32| {
+            let (input, out) = (up(&d, &x), d.alloc(64 * 64 * 4));
+            d.launch(
+                "planted_wgmma_async",
+                [1, 1, 1],
+                [128, 1, 1],
+                16 * 64 * 2,
+                &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(bug)],
+            );
+            down(&d, &out, 64 * 64)
+        };
+        let sums: Vec<f32> = (0..64).map(|n| (0..16).map(|k| x[k * 64 + n]).sum()).collect();
+        let want: Vec<f32> = (0..64 * 64).map(|i| sums[i % 64]).collect();
+        assert_eq!(run(0), want, "{s}: the correct order");
+        assert!(run(1).iter().all(|v| v.is_nan()), "{s}: accumulators read before the wait");
+        assert!(run(2).iter().all(|v| *v == 0.0), "{s}: B overwritten before the wait");
+        assert!(run(3).iter().all(|v| v.is_nan()), "{s}: never committed");
+        let err = panic_of(|| {
+            run(4);
+        })
+        .expect("A registers rewritten before the wait: no error");
+        assert!(err.contains("A registers"), "{s}: {err}");
+    }
+}
+
 #[test]
 fn sm90_launch_limits() {
     let d = single(Schedule::Forward);

@@ -101,6 +101,127 @@ fn mma_test_can_fail<D: Device>(b: &CudaBackend<D>) {
     assert_ne!(run(&bm), run(&swapped), "swapping two k rows of B did not change the product");
 }
 
+/// Core-matrix steps for `wgmma_test_n*` (kernels/wgmma_test.cu): `(lbo, sbo, bytes)` with the
+/// cores along K innermost (layout 0) or along N innermost (layout 1), each with a 128- or
+/// 256-byte gap between core rows, so a descriptor that swaps or misreads a step reads gaps
+/// or other cores.
+fn wgmma_steps(layout: usize, k: usize, n: usize) -> (usize, usize, usize) {
+    if layout == 0 {
+        let sbo = (k / 8) * 128 + 256;
+        (128, sbo, (n / 8) * sbo)
+    } else {
+        let lbo = (n / 8) * 128 + 128;
+        (lbo, 128, (k / 8) * lbo)
+    }
+}
+
+/// Runs `wgmma_test_n{n}`: C (64 x n) + A (64 x k) B (k x n), B N-major when `trans`, placed
+/// with `steps` and read by an instruction with `desc` (N-major, lbo, sbo).
+#[allow(clippy::too_many_arguments)]
+fn wgmma_run<D: Device>(
+    b: &CudaBackend<D>,
+    a: &[f32],
+    bm: &[f32],
+    c: &[f32],
+    k: usize,
+    n: usize,
+    trans: bool,
+    steps: (usize, usize, usize),
+    desc: (bool, usize, usize),
+) -> Vec<f32> {
+    let (ag, bg, cg) = (b.upload(a), b.upload(bm), b.upload(c));
+    b.device().launch(
+        &format!("wgmma_test_n{n}"),
+        [1, 1, 1],
+        [128, 1, 1],
+        steps.2 as u32,
+        &[
+            Arg::Ptr(cg.mem()),
+            Arg::Ptr(ag.mem()),
+            Arg::Ptr(bg.mem()),
+            Arg::I32(k as i32),
+            Arg::I32(trans as i32),
+            Arg::I32(steps.0 as i32),
+            Arg::I32(steps.1 as i32),
+            Arg::I32(desc.0 as i32),
+            Arg::I32(desc.1 as i32),
+            Arg::I32(desc.2 as i32),
+        ],
+    );
+    b.download(&cg)
+}
+
+/// Hopper's wgmma (kernels/wgmma.cuh) against a CPU matmul: N 64 and 128, K 16 to 64, B
+/// K-major and N-major, two core orders with gaps (`wgmma_steps`), C accumulated. On the
+/// emulator this checks the kernels' use of the layout as the emulator reads it; on an sm_90
+/// GPU it checks that reading against the hardware (the emulator's model of the descriptor
+/// is this project's reading of the PTX ISA, and the GPU is the judge of it).
+fn wgmma_layouts<D: Device>(b: &CudaBackend<D>) {
+    let mut r = ChaCha8Rng::seed_from_u64(23);
+    for n in [64usize, 128] {
+        for k in [16usize, 48, 64] {
+            let a: Vec<f32> = (0..64 * k).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+            let bm: Vec<f32> = (0..k * n).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+            let c: Vec<f32> = (0..64 * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+            let mut want = vec![0.0f32; 64 * n];
+            for i in 0..64 {
+                for j in 0..n {
+                    let mut s = c[i * n + j] as f64;
+                    for kk in 0..k {
+                        s += bf16_round(a[i * k + kk]) as f64 * bf16_round(bm[kk * n + j]) as f64;
+                    }
+                    want[i * n + j] = s as f32;
+                }
+            }
+            for trans in [false, true] {
+                for layout in 0..2 {
+                    let steps = wgmma_steps(layout, k, n);
+                    let got =
+                        wgmma_run(b, &a, &bm, &c, k, n, trans, steps, (trans, steps.0, steps.1));
+                    let (mut num, mut den) = (0.0f64, 0.0f64);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            g.is_finite(),
+                            "wgmma n{n} k{k} trans {trans} layout {layout}: non-finite"
+                        );
+                        num += (*g as f64 - *w as f64).powi(2);
+                        den += (*w as f64).powi(2);
+                    }
+                    let err = num.sqrt() / den.sqrt();
+                    println!("ERR wgmma n{n} k{k} trans {trans} layout {layout}: {err:.3e}");
+                    assert!(err < 1e-6, "wgmma n{n} k{k} trans {trans} layout {layout}: relative L2 error {err:.3e}");
+                }
+            }
+        }
+    }
+}
+
+/// The test above can fail: a descriptor with its two steps swapped (the data placed as
+/// before) gives another product, for both majors, and one whose start is a core further on
+/// too.
+fn wgmma_test_can_fail<D: Device>(b: &CudaBackend<D>) {
+    let (k, n) = (64usize, 64usize);
+    let a: Vec<f32> = (0..64 * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
+    let bm: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
+    let c = vec![0.0f32; 64 * n];
+    for trans in [false, true] {
+        // A square grid of cores (8 x 8) with a gap after each row of them, so that swapped
+        // steps stay inside the tile.
+        let steps = (128 * 9, 128, 128 * 9 * (k / 8));
+        let right = wgmma_run(b, &a, &bm, &c, k, n, trans, steps, (trans, steps.0, steps.1));
+        let swapped = wgmma_run(b, &a, &bm, &c, k, n, trans, steps, (trans, steps.1, steps.0));
+        assert_ne!(
+            right, swapped,
+            "trans {trans}: swapping LBO and SBO did not change the product"
+        );
+        let major = wgmma_run(b, &a, &bm, &c, k, n, trans, steps, (!trans, steps.0, steps.1));
+        assert_ne!(
+            right, major,
+            "trans {trans}: reading B with the other major did not change the product"
+        );
+    }
+}
+
 /// Values that test a rounding to bf16: ties both ways (1 + 2^-8 and 1 + 3 * 2^-8 are exact
 /// f32 values halfway between two bf16 values), a carry into the exponent, infinities,
 /// subnormals (kept, not flushed), the largest finite (rounds to infinity), signed zeros,
@@ -840,6 +961,14 @@ mod emu {
         super::mma_test_can_fail(&CudaBackend::emulator());
     }
     #[test]
+    fn wgmma_layouts() {
+        super::wgmma_layouts(&CudaBackend::emulator());
+    }
+    #[test]
+    fn wgmma_test_can_fail() {
+        super::wgmma_test_can_fail(&CudaBackend::emulator());
+    }
+    #[test]
     fn bf16_conversion() {
         super::bf16_conversion(&CudaBackend::emulator());
     }
@@ -943,6 +1072,7 @@ mod emu {
 /// GPU tests are #[ignore]d: reported as ignored where there is no GPU, run by
 /// scripts/gpu-check.sh with --include-ignored (then a missing GPU is a failure).
 mod gpu {
+    use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::CudaBackend;
     fn with_gpu(f: impl FnOnce(&CudaBackend<mmr1_fast::backend::cuda::driver::CudaDevice>)) {
         match CudaBackend::new(0) {
@@ -959,6 +1089,32 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn mma_test_can_fail() {
         with_gpu(super::mma_test_can_fail);
+    }
+    /// Needs sm_90 (H100/H200): skipped with a message on other GPUs.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn wgmma_layouts() {
+        with_gpu(|b| {
+            if b.device().has_wgmma() {
+                super::wgmma_layouts(b)
+            } else {
+                println!("SKIP wgmma_layouts: {} has no wgmma (sm_90 only)", b.device().name())
+            }
+        });
+    }
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn wgmma_test_can_fail() {
+        with_gpu(|b| {
+            if b.device().has_wgmma() {
+                super::wgmma_test_can_fail(b)
+            } else {
+                println!(
+                    "SKIP wgmma_test_can_fail: {} has no wgmma (sm_90 only)",
+                    b.device().name()
+                )
+            }
+        });
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

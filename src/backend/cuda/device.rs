@@ -260,6 +260,11 @@ pub trait Device {
     }
     /// Waits for all queued work.
     fn synchronize(&self);
+    /// Whether kernels may use Hopper's warpgroup MMA (kernels/wgmma.cuh): an sm_90 GPU (the
+    /// kernels' compute_90a PTX), or the emulator.
+    fn has_wgmma(&self) -> bool {
+        false
+    }
     /// Makes `gemm` a bf16 GEMM (operands rounded to bf16 round-to-nearest-even, f32
     /// accumulation and f32 output, as cuBLAS GemmEx with CUBLAS_COMPUTE_32F) or f32 again.
     /// Err when the device has no bf16 GEMM.

@@ -98,6 +98,9 @@ pub struct CudaDevice {
     /// `bf16_shadows`; see `device::act_shadows_from_env`).
     act_shadows: bool,
     name: String,
+    /// Compute capability 9.0 (H100, H200): the module is the compute_90a PTX, whose kernels
+    /// may use wgmma (`Device::has_wgmma`).
+    sm90: bool,
     /// Per-kernel times when `MMR1_PROFILE=1`.
     profile: Option<GpuProfile>,
     /// Repeated stretches (decode steps) replayed as CUDA graphs (`replay`): every kernel
@@ -291,7 +294,10 @@ impl CudaDevice {
                 "{name}: compute capability {major}.x is below the 8.0 the kernels need"
             ));
         }
-        let arch = if major >= 9 { "compute_90" } else { "compute_80" };
+        // compute_90a PTX (wgmma: kernels/wgmma.cuh) runs on sm_90 alone; every other
+        // architecture from 8.0 on (Blackwell included) JIT-compiles the compute_80 PTX.
+        let sm90 = major == 9;
+        let arch = if sm90 { "compute_90a" } else { "compute_80" };
         let ptx = ptx_for(arch)?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
@@ -336,6 +342,7 @@ impl CudaDevice {
             bf16_shadows: super::device::shadows_from_env(),
             act_shadows: super::device::act_shadows_from_env(),
             name,
+            sm90,
             profile: crate::backend::profile::enabled().then(|| GpuProfile {
                 pending: Mutex::new(Vec::new()),
                 totals: Default::default(),
@@ -477,6 +484,9 @@ impl Device for CudaDevice {
             (None, _) => "gemm_f32 kernel",
         };
         format!("{} [{blas}]", self.name)
+    }
+    fn has_wgmma(&self) -> bool {
+        self.sm90
     }
     fn alloc(&self, bytes: usize) -> CudaMem {
         let class = alloc::size_class(bytes);

@@ -599,6 +599,10 @@ impl Device for EmuDevice {
         let s: Vec<String> = self.schedules.iter().map(|s| s.to_string()).collect();
         format!("cuda-emu (kernels on the host; schedules {})", s.join(","))
     }
+    /// The emulator models wgmma (kernels/emu/wgmma.h).
+    fn has_wgmma(&self) -> bool {
+        true
+    }
     fn alloc(&self, bytes: usize) -> EmuMem {
         let prefer = self.replay.preferred_alloc();
         let pool = self.stretch.current().unwrap_or_else(|| self.pool.clone());
