@@ -358,8 +358,8 @@ mod gpu {
             let dout = rand_buf(&b, &mut r, tt * hh * hd, 1.0);
             // The default storage (bf16 copies of the walked tensors, conversions timed with
             // the kernels) under the ids PyTorch is compared with, then the f32 tile loads,
-            // then the wide and the pipelined forwards (their backward is the default's: not
-            // benched again), then
+            // then the wide, the pipelined and the wgmma (sm_90) forwards (their backward is the
+            // default's: not benched again), then
             // every key tile masked (the kernels before the diagonal-only mask).
             let (n, plain) = (FlashFwd::Narrow, FlashDq::Plain);
             let variants = [
@@ -367,12 +367,18 @@ mod gpu {
                 (FlashIo::F32, n, plain, FlashMask::Diagonal, "_f32io"),
                 (FlashIo::Bf16, FlashFwd::Wide, plain, FlashMask::Diagonal, "_wide"),
                 (FlashIo::Bf16, FlashFwd::Pipe, plain, FlashMask::Diagonal, "_pipe"),
+                (FlashIo::Bf16, FlashFwd::Wgmma, plain, FlashMask::Diagonal, "_wgmma"),
                 (FlashIo::Bf16, n, FlashDq::Pipe, FlashMask::Diagonal, "_dqpipe"),
+                (FlashIo::Bf16, n, FlashDq::Wgmma, FlashMask::Diagonal, "_dqwgmma"),
                 (FlashIo::Bf16, n, plain, FlashMask::Every, "_maskevery"),
             ];
             for (io, fwd, dq_kernel, mask, suffix) in variants {
                 if dq_kernel == FlashDq::Pipe && hd != 64 {
                     continue; // the pipelined dQ kernel exists at head dim 64 only
+                }
+                let wgmma = fwd == FlashFwd::Wgmma || dq_kernel == FlashDq::Wgmma;
+                if wgmma && !b.device().has_wgmma() {
+                    continue; // sm_90 only (it would time the mma.sync kernels again)
                 }
                 b.set_flash_io(io);
                 b.set_flash_fwd(fwd);

@@ -359,14 +359,16 @@ __device__ __forceinline__ void fa_softmax_step(float s[8][4], float o[D / 8][4]
     if (mask) fa_mask_scores(s, j0, pos_first, nkeys, g, t);
     fa_softmax_rest<D>(s, o, m, l, sl2);
 }
-template <int D>
-__device__ __forceinline__ void fa_softmax_rest(float s[8][4], float o[D / 8][4], float m[2], float l[2], float sl2) {
+// The softmax step without O: s turned into probabilities, m and l updated, and corr the
+// factor O's rows must be scaled by before this tile's P V is added (fa_rescale). The wgmma
+// forward does the two apart: it waits for the previous tile's P V between them.
+__device__ __forceinline__ void fa_softmax_p(float s[8][4], float m[2], float l[2], float sl2, float corr[2]) {
     float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
-    float corr[2], mb[2];
+    float mb[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float mnew = fmaxf(m[r], fa_quad_max(mx[r]));
@@ -383,10 +385,19 @@ __device__ __forceinline__ void fa_softmax_rest(float s[8][4], float o[D / 8][4]
             s[nt][i] = p;
             l[i >> 1] += p; // this lane's partial row sum; the quad is summed at the end
         }
+}
+template <int D>
+__device__ __forceinline__ void fa_rescale(float o[D / 8][4], const float corr[2]) {
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) o[nt][i] *= corr[i >> 1];
+}
+template <int D>
+__device__ __forceinline__ void fa_softmax_rest(float s[8][4], float o[D / 8][4], float m[2], float l[2], float sl2) {
+    float corr[2];
+    fa_softmax_p(s, m, l, sl2, corr);
+    fa_rescale<D>(o, corr);
 }
 
 // The end of a 16-row tile (both forwards): the quad's row sums of the lanes' partial sums

@@ -232,6 +232,12 @@ fn flash_io_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>) {
 /// (the emulator), else within 1e-6 (ptxas may contract two kernels' arithmetic differently;
 /// whether the bits agree is printed). Rows in no span stay poisoned (NaN) under both.
 fn assert_same_outputs(c: &Case, got: &Out, want: &Out, what: &str, exact: bool) {
+    assert_close_outputs(c, got, want, what, if exact { None } else { Some(1e-6) });
+}
+
+/// `assert_same_outputs` with the GPU's tolerance given: `None` bit for bit, `Some(tol)` within
+/// `tol` relative L2 (whether the bits agree is printed).
+fn assert_close_outputs(c: &Case, got: &Out, want: &Out, what: &str, tol: Option<f64>) {
     let (qc, kvc) = covered(c);
     let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = c.shape;
     let rows = [(&qc, h * d), (&qc, h), (&qc, h * d), (&kvc, hkv * d), (&kvc, hkv * d)];
@@ -240,12 +246,13 @@ fn assert_same_outputs(c: &Case, got: &Out, want: &Out, what: &str, exact: bool)
         let (mask, width) = rows[i];
         let written = rows_of(&got[i], mask, width);
         assert!(written.iter().all(|x| x.is_finite()), "{what}: unwritten values");
-        if exact {
-            assert_eq!(bits(&got[i]), bits(&want[i]), "{what} changed the bits");
-        } else {
-            let err = rel_err(&what, &written, &rows_of(&want[i], mask, width));
-            eprintln!("{what}: bit-identical {}", bits(&got[i]) == bits(&want[i]));
-            assert!(err <= 1e-6, "{what}: relative error {err:.2e}");
+        match tol {
+            None => assert_eq!(bits(&got[i]), bits(&want[i]), "{what} changed the bits"),
+            Some(tol) => {
+                let err = rel_err(&what, &written, &rows_of(&want[i], mask, width));
+                eprintln!("{what}: bit-identical {}", bits(&got[i]) == bits(&want[i]));
+                assert!(err <= tol, "{what}: relative error {err:.2e}");
+            }
         }
     }
 }
@@ -338,6 +345,83 @@ fn flash_fwd_wide_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
         }
         b.set_flash_fwd(FlashFwd::default());
     }
+}
+
+/// The wgmma forward (kernels/flash_wgmma.cu) gives the narrow one's results: the cases
+/// of `flash_fwd_wide_same_bits` (a warpgroup's 64 rows partly or wholly past a tile's rows, a
+/// one-row sequence, three query tiles of 300 rows) plus spans whose queries start 14 and 62
+/// keys in (a warp's rows see the first tile partly; a warpgroup walks tiles some of its
+/// warps see nothing of). `exact`: bit for bit (the emulator: the same products summed in the
+/// same order); on an sm_90 GPU within 1e-5 relative L2 (wgmma may round its internal sums
+/// otherwise than mma.sync; a layout slip is O(1)), and whether the bits agree is printed.
+fn flash_fwd_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
+    let mut r = ChaCha8Rng::seed_from_u64(36);
+    let cases = [
+        packed(&[1, 37, 70], sh(4, 2, 64)),
+        packed(&[13, 130], sh(4, 1, 128)),
+        packed(&[145, 2], sh(14, 2, 64)),
+        packed(&[300], sh(2, 2, 128)),
+        offset(&[(14, 90), (62, 140)], sh(4, 2, 128)),
+        // The last row of a warpgroup sees exactly one key of a tile (rows 64 and 128).
+        packed(&[65, 129], sh(2, 1, 64)),
+    ];
+    for c in cases {
+        let x = inputs(&mut r, &c);
+        let AttnShape { n_heads: h, head_dim: d, .. } = c.shape;
+        let (q, k, v) = (b.upload(&x[0]), b.upload(&x[1]), b.upload(&x[2]));
+        let mut fwd = |which: FlashFwd| {
+            b.set_flash_fwd(which);
+            let (mut o, mut lse) = (poisoned(&*b, c.q_rows * h * d), poisoned(&*b, c.q_rows * h));
+            b.attention(&mut o, &mut lse, &q, &k, &v, &c.spans, c.shape);
+            (b.download(&o), b.download(&lse))
+        };
+        let narrow = fwd(FlashFwd::Narrow);
+        let got = fwd(FlashFwd::Wgmma);
+        b.set_flash_fwd(FlashFwd::default());
+        let (rows, _) = covered(&c);
+        let tag = format!("wgmma {:?}", c.shape);
+        let out = |v: &[f32]| rows_of(v, &rows, h * d);
+        let lse = |v: &[f32]| rows_of(v, &rows, h);
+        assert!(out(&got.0).iter().all(|x| x.is_finite()), "{tag} forward: unwritten rows");
+        if exact {
+            assert_eq!(bits(&got.0), bits(&narrow.0), "{tag} forward out");
+            assert_eq!(bits(&got.1), bits(&narrow.1), "{tag} forward lse");
+        } else {
+            let same = bits(&got.0) == bits(&narrow.0) && bits(&got.1) == bits(&narrow.1);
+            eprintln!("{tag} vs narrow forward: bit-identical {same}");
+            assert!(rel_err(&format!("{tag} out"), &out(&got.0), &out(&narrow.0)) <= 1e-5, "{tag}");
+            assert!(rel_err(&format!("{tag} lse"), &lse(&got.1), &lse(&narrow.1)) <= 1e-5, "{tag}");
+        }
+    }
+}
+
+/// The wgmma dQ kernel (kernels/flash_wgmma.cu; bf16 storage, head dims 64 and 128) gives the
+/// plain one's results in every output of the backward, under both masks: the cases of
+/// `flash_dq_pipe_same_bits` at both head dims, and warpgroups whose last row sees one key of
+/// a tile. `exact`: bit for bit (the emulator); on an sm_90 GPU within 1e-5.
+fn flash_dq_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
+    let mut r = ChaCha8Rng::seed_from_u64(38);
+    let all = [
+        packed(&[1, 37, 70], sh(4, 2, 64)),
+        packed(&[300], sh(2, 1, 128)),
+        packed(&[130], sh(7, 1, 64)),
+        offset(&[(150, 62), (90, 14), (70, 63)], sh(2, 1, 128)),
+        packed(&[65, 129], sh(2, 2, 64)),
+    ];
+    for c in all {
+        let x = inputs(&mut r, &c);
+        for mask in [FlashMask::Diagonal, FlashMask::Every] {
+            b.set_flash_mask(mask);
+            b.set_flash_dq(FlashDq::Plain);
+            let plain = run(&*b, &c, &x);
+            b.set_flash_dq(FlashDq::Wgmma);
+            let wg = run(&*b, &c, &x);
+            b.set_flash_dq(FlashDq::default());
+            let what = format!("{:?} {mask:?}: wgmma dQ", c.shape);
+            assert_close_outputs(&c, &wg, &plain, &what, (!exact).then_some(1e-5));
+        }
+    }
+    b.set_flash_mask(FlashMask::default());
 }
 
 /// The pipelined dQ kernel (the next key tile's S and dP ahead of this tile's dS; head dim 64,
@@ -667,6 +751,20 @@ mod emu {
         }
     }
     #[test]
+    fn flash_fwd_wgmma_same_bits() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        let calls = |b: &CudaBackend<EmuDevice>, name: &str| {
+            b.kernel_profile().iter().find(|k| k.name == name).map_or(0, |k| k.calls)
+        };
+        super::flash_fwd_wgmma_same_bits(&mut b, true);
+        for name in ["flash_fwd_wg_bf16_d64", "flash_fwd_wg_bf16_d128"] {
+            assert!(calls(&b, name) > 0, "{name} never ran");
+        }
+    }
+    #[test]
     fn flash_mask_same_bits() {
         let mut b = CudaBackend::emulator().with_attention(AttnKernel::Flash);
         super::flash_mask_same_bits(&mut b, true);
@@ -681,6 +779,19 @@ mod emu {
         let ran = b.kernel_profile();
         let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
         assert!(calls("flash_bwd_dq_pipe_bf16_d64") > 0, "the pipelined dQ never ran");
+    }
+    #[test]
+    fn flash_dq_wgmma_same_bits() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        super::flash_dq_wgmma_same_bits(&mut b, true);
+        let ran = b.kernel_profile();
+        let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
+        for name in ["flash_bwd_dq_wg_bf16_d64", "flash_bwd_dq_wg_bf16_d128"] {
+            assert!(calls(name) > 0, "{name} never ran");
+        }
     }
     #[test]
     fn decode_vs_cpu() {
@@ -736,6 +847,7 @@ mod emu {
 /// GPU tests are #[ignore]d: reported as ignored where there is no GPU, run by
 /// scripts/gpu-check.sh with --include-ignored (then a missing GPU is a failure).
 mod gpu {
+    use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel};
     fn with_gpu(f: impl FnOnce(&mut CudaBackend<CudaDevice>)) {
         match CudaBackend::new(0) {
@@ -768,10 +880,40 @@ mod gpu {
     fn flash_mask_same_bits() {
         with_gpu(|b| super::flash_mask_same_bits(b, false));
     }
+    /// sm_90 only: skipped with a message on other GPUs.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_fwd_wgmma_same_bits() {
+        with_gpu(|b| {
+            if b.device().has_wgmma() {
+                super::flash_fwd_wgmma_same_bits(b, false)
+            } else {
+                println!(
+                    "SKIP flash_fwd_wgmma_same_bits: {} has no wgmma (sm_90 only)",
+                    b.device().name()
+                )
+            }
+        });
+    }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_dq_pipe_same_bits() {
         with_gpu(|b| super::flash_dq_pipe_same_bits(b, false));
+    }
+    /// sm_90 only: skipped with a message on other GPUs.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_dq_wgmma_same_bits() {
+        with_gpu(|b| {
+            if b.device().has_wgmma() {
+                super::flash_dq_wgmma_same_bits(b, false)
+            } else {
+                println!(
+                    "SKIP flash_dq_wgmma_same_bits: {} has no wgmma (sm_90 only)",
+                    b.device().name()
+                )
+            }
+        });
     }
     #[test]
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]

@@ -79,6 +79,11 @@ pub enum FlashFwd {
     /// `flash_fwd_pipe_bf16_d{64,128}`: the narrow layout with each warp's next key tile's
     /// S = Q K^T issued before this tile's softmax (three K/V buffers). Opt-in until measured.
     Pipe,
+    /// `flash_fwd_wg_bf16_d{64,128}` (kernels/flash_wgmma.cu): the narrow layout's rows
+    /// and softmax with both products as Hopper's wgmma, K and V read by the tensor cores
+    /// straight from shared memory. sm_90 only (`Device::has_wgmma`; elsewhere the narrow
+    /// forward runs). The emulator's bits are the narrow one's; opt-in until measured.
+    Wgmma,
 }
 
 /// Which dQ kernel the flash backward runs with bf16 storage at head dim 64. Both compute the
@@ -91,12 +96,17 @@ pub enum FlashDq {
     /// `flash_bwd_dq_pipe_bf16_d64`: the next tile's S and dP issued before this tile's dS
     /// (three K/V buffers). Opt-in until measured; other head dims run `Plain`.
     Pipe,
+    /// `flash_bwd_dq_wg_bf16_d{64,128}` (kernels/flash_wgmma.cu): the products as Hopper's
+    /// wgmma, the previous tile's dQ += dS K in flight during this tile's dS. sm_90 only
+    /// (elsewhere `Plain` runs); the emulator's bits are `Plain`'s; opt-in until measured.
+    Wgmma,
 }
 
 impl FlashDq {
-    /// From `MMR1_FLASH_DQ` (`plain` or `pipe`); unset means `Plain`.
+    /// From `MMR1_FLASH_DQ` (`plain`, `pipe` or `wgmma`); unset means `Plain`.
     pub fn from_env() -> Result<Self, String> {
-        let choices = [("plain", FlashDq::Plain), ("pipe", FlashDq::Pipe)];
+        let choices =
+            [("plain", FlashDq::Plain), ("pipe", FlashDq::Pipe), ("wgmma", FlashDq::Wgmma)];
         Ok(env_choice("MMR1_FLASH_DQ", &choices)?.unwrap_or_default())
     }
 }
@@ -128,10 +138,14 @@ impl FlashMask {
 }
 
 impl FlashFwd {
-    /// From `MMR1_FLASH_FWD` (`narrow`, `wide` or `pipe`); unset means `Narrow`.
+    /// From `MMR1_FLASH_FWD` (`narrow`, `wide`, `pipe` or `wgmma`); unset means `Narrow`.
     pub fn from_env() -> Result<Self, String> {
-        let choices =
-            [("narrow", FlashFwd::Narrow), ("wide", FlashFwd::Wide), ("pipe", FlashFwd::Pipe)];
+        let choices = [
+            ("narrow", FlashFwd::Narrow),
+            ("wide", FlashFwd::Wide),
+            ("pipe", FlashFwd::Pipe),
+            ("wgmma", FlashFwd::Wgmma),
+        ];
         Ok(env_choice("MMR1_FLASH_FWD", &choices)?.unwrap_or_default())
     }
 }
@@ -210,6 +224,13 @@ fn tile_bytes(rows: usize, head_dim: usize) -> u32 {
 /// at head dim 128).
 fn pipe_smem(head_dim: usize) -> u32 {
     6 * tile_bytes(WALK, head_dim)
+}
+
+/// Dynamic shared memory of the wgmma forward and dQ kernels (`fg_smem` in
+/// kernels/flash_wgmma.cu): three buffers of a K and a V tile of 64 bf16 rows, unpadded
+/// (wgmma's core-matrix layout).
+fn wgmma_smem(head_dim: usize) -> u32 {
+    (6 * WALK * head_dim * 2) as u32
 }
 
 /// Warps per block of the staged decode kernel (DEC_ST_WARPS) and its dynamic shared memory:
@@ -510,14 +531,15 @@ impl<D: Device> CudaBackend<D> {
             None => [kv_arg(k), kv_arg(v)],
         };
         let d = shape.head_dim;
-        let variant = if io == FlashIo::Bf16 && matches!(d, 64 | 128) {
-            self.flash_fwd
-        } else {
-            FlashFwd::Narrow
+        let variant = match self.flash_fwd {
+            _ if io != FlashIo::Bf16 || !matches!(d, 64 | 128) => FlashFwd::Narrow,
+            FlashFwd::Wgmma if !self.dev.has_wgmma() => FlashFwd::Narrow,
+            v => v,
         };
         let (name, threads, smem) = match variant {
             FlashFwd::Wide => (format!("flash_fwd_wide_bf16_d{d}"), WIDE_THREADS, wide_smem(d)),
             FlashFwd::Pipe => (format!("flash_fwd_pipe_bf16_d{d}"), THREADS, pipe_smem(d)),
+            FlashFwd::Wgmma => (format!("flash_fwd_wg_bf16_d{d}"), THREADS, wgmma_smem(d)),
             FlashFwd::Narrow => (flash_kernel("fwd", io, d), THREADS, walk_smem(d, false, io)),
         };
         self.dev.set_max_dynamic_shared(&name, smem);
@@ -583,10 +605,15 @@ impl<D: Device> CudaBackend<D> {
         let qt = q_tiles(spans);
         if !qt.is_empty() {
             let d_qt = self.upload_i32(&qt);
-            let (name, smem) = if io == FlashIo::Bf16 && d == 64 && self.flash_dq == FlashDq::Pipe {
-                ("flash_bwd_dq_pipe_bf16_d64".to_string(), pipe_smem(d))
-            } else {
-                (flash_kernel("bwd_dq", io, d), walk_smem(d, false, io))
+            let bf16_io = io == FlashIo::Bf16;
+            let (name, smem) = match self.flash_dq {
+                FlashDq::Pipe if bf16_io && d == 64 => {
+                    ("flash_bwd_dq_pipe_bf16_d64".to_string(), pipe_smem(d))
+                }
+                FlashDq::Wgmma if bf16_io && matches!(d, 64 | 128) && self.dev.has_wgmma() => {
+                    (format!("flash_bwd_dq_wg_bf16_d{d}"), wgmma_smem(d))
+                }
+                _ => (flash_kernel("bwd_dq", io, d), walk_smem(d, false, io)),
             };
             self.dev.set_max_dynamic_shared(&name, smem);
             self.dev.launch(

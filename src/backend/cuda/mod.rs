@@ -180,15 +180,28 @@ impl<D: Device> CudaBackend<D> {
     /// made): the decode kernel `MMR1_DECODE` (`staged`, the default, `split` or `mma`) and its
     /// chunks `MMR1_DECODE_CHUNKS` (`length`, the default, or `128`), the input storage
     /// `MMR1_FLASH_IO` (`bf16`, the default, or `f32`), the forward `MMR1_FLASH_FWD` (`narrow`,
-    /// the default, `wide` or `pipe`), the dQ kernel `MMR1_FLASH_DQ` (`plain`, the default, or
-    /// `pipe`), the masked tiles `MMR1_FLASH_MASK` (`diagonal`, the default, or `every`), and
-    /// the KV cache's storage `MMR1_KV_CACHE`.
+    /// the default, `wide`, `pipe` or `wgmma`), the dQ kernel `MMR1_FLASH_DQ` (`plain`, the
+    /// default, `pipe` or `wgmma`), the masked tiles `MMR1_FLASH_MASK` (`diagonal`, the
+    /// default, or `every`), and the KV cache's storage `MMR1_KV_CACHE`. The wgmma kernels need
+    /// an sm_90 GPU or the emulator: asking for them elsewhere is an error.
     pub(super) fn flash_variants_from_env(&mut self) -> Result<(), String> {
         self.decode = DecodeKernel::from_env()?;
         self.decode_chunks = DecodeChunks::from_env()?;
         self.flash_io = FlashIo::from_env()?;
         self.flash_fwd = FlashFwd::from_env()?;
+        if self.flash_fwd == FlashFwd::Wgmma && !self.dev.has_wgmma() {
+            return Err(format!(
+                "MMR1_FLASH_FWD=wgmma needs an sm_90 GPU (H100, H200) or the emulator; {} is neither",
+                self.dev.name()
+            ));
+        }
         self.flash_dq = FlashDq::from_env()?;
+        if self.flash_dq == FlashDq::Wgmma && !self.dev.has_wgmma() {
+            return Err(format!(
+                "MMR1_FLASH_DQ=wgmma needs an sm_90 GPU (H100, H200) or the emulator; {} is neither",
+                self.dev.name()
+            ));
+        }
         self.flash_mask = FlashMask::from_env()?;
         self.kv_cache = KvCacheStorage::from_env()?;
         Ok(())

@@ -1,0 +1,328 @@
+// Flash attention on Hopper's warpgroup MMA (kernels/wgmma.cuh, sm_90a): the forward and the
+// backward's dQ kernel with the work items, softmax and arithmetic of flash_fwd and
+// flash_bwd_dq (kernels/flash_attention.cu), each tile's products issued as wgmma instead of
+// mma.sync. (The dK/dV kernel stays on mma.sync: its K, V, dK and dV rows, 192 registers a
+// thread at d128 before any score, leave no room for a warpgroup's accumulators.)
+//
+// Why: the mma.sync forwards measured 149-186 TFLOP/s on an H100 (2 x 4,096, d128), latency
+// bound with two warps a scheduler (docs/perf.md, "Why the flash kernels are slow"), where
+// PyTorch's SDPA ran at ~450: a wgmma rate. A wgmma reads its B operand (the K or V tile)
+// straight from shared memory for the 4 warps of a warpgroup at once (no ldmatrix, no B
+// fragments in registers: 8 x 32 KB of fragment reads a tile and block in flash_fwd), and runs
+// asynchronously, so one warpgroup's softmax overlaps the other's products.
+//
+// Block: 2 warpgroups (8 warps, 256 threads), 128 query rows as flash_fwd (warp w owns rows
+// 16w..16w+15: the wgmma accumulator layout gives each warp the rows mma.sync gave it, so the
+// softmax and output helpers are flash_fwd's own). K/V tiles of 64 keys, bf16, two buffers,
+// in wgmma's no-swizzle layout: core matrix (key / 8, d / 8) at byte ((key / 8) * D / 8 +
+// d / 8) * 128, its 8 keys 16 bytes apart. The same tile serves S (K-major B: N = keys,
+// K = d; LBO = 128 between d chunks, SBO = 16 D between key groups) and O (V N-major: K = keys,
+// N = d; LBO = 16 D, SBO = 128).
+//
+// Bits: the same products summed in the same order as flash_fwd's mma.sync chains (k-steps of
+// 16 in order onto a zeroed S; P V's key steps in order onto O), the same softmax: the
+// emulator gives flash_fwd's bits (tested); a GPU's wgmma may round its internal sums
+// differently from mma.sync (tested within tolerance there). A warpgroup walks a key tile
+// when any of its 64 rows sees it (a wgmma is warpgroup-wide); a warp whose rows see none of
+// it adds P = 0 and rescales by 1, as flash_fwd_wide's rows do.
+#ifndef SHARED
+#define SHARED(T, name, dims) __shared__ T name dims
+#endif
+#include "common.cuh"
+#include "mma.cuh"
+#include "wgmma.cuh"
+
+#define FG_THREADS 256 // = the entry points' __launch_bounds__
+
+// Dynamic shared memory: three buffers of a K and a V tile (flash.rs `wgmma_smem` mirrors it):
+// tile j's, tile j + 1's in flight, and tile j - 1's V, which its P V reads during tile j's
+// softmax.
+template <int D>
+struct fg_smem {
+    static constexpr int tile = FA_ROWS * D * 2;
+    static constexpr int walk = 6 * tile;
+};
+
+// Starts copying rows [0, 64) of head h of a [rows, heads, D] bf16 tensor from row0 into a
+// tile in the core-matrix layout; rows >= nvalid are written as zeros at once. A thread's
+// piece is 16 bytes (8 values of one row): pieces p = tid + 256 i take row p % 8 of key group
+// p / (8 * D / 8), chunk (p / 8) % (D / 8), so 8 consecutive threads fill one 128-byte core
+// matrix (no bank conflict) and a warp reads 64 contiguous bytes of each of 8 rows.
+template <int D>
+__device__ __forceinline__ void fg_fetch(unsigned char* tile, const fa_b16* src, long long row0, int nvalid, int heads,
+                                         int h) {
+    constexpr int P = FA_ROWS * D / 8; // pieces a tile
+#pragma unroll 1
+    for (int p = threadIdx.x; p < P; p += FG_THREADS) {
+        const int row = (p / (8 * (D / 8))) * 8 + p % 8, c8 = (p / 8) % (D / 8);
+        bf16x8* dst = reinterpret_cast<bf16x8*>(tile + ((row / 8) * (D / 8) + c8) * 128 + (row % 8) * 16);
+        if (row < nvalid)
+            cp_async_16(dst, src + ((row0 + row) * heads + h) * D + 8 * c8);
+        else
+            *dst = bf16x8{};
+    }
+}
+
+template <int D>
+__device__ void flash_fwd_wg(real* out, unsigned short* out16, float* lse, const real* q, const fa_b16* k,
+                             const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, bool mask_all) {
+    DYN_SMEM(unsigned char, smem);
+    using S = fg_smem<D>;
+    // Buffer b (0..2): K at tile 2b, V at tile 2b + 1 (computed, not indexed).
+    auto tk = [&](int b) { return smem + 2 * b * S::tile; };
+    auto tv = [&](int b) { return smem + (2 * b + 1) * S::tile; };
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, wg = warp >> 2;
+    const fa_block_ix bi = fa_block(n_heads);
+    const int h = bi.head, kvh = h / (n_heads / n_kv);
+    const int* it = items + 4 * bi.item;
+    const long long qrow0 = it[0], kv0 = it[2];
+    const int nrows = it[1], pos0 = it[3];
+    const int nkeys = pos0 + nrows; // keys the tile's last query sees
+    // Warpgroup-uniform: whether any of its 64 rows exists, the last key any of them sees.
+    const bool wg_active = wg * 64 < nrows;
+    const int wg_last = pos0 + fa_imin(wg * 64 + 63, nrows - 1);
+
+    fg_fetch<D>(tk(0), k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fg_fetch<D>(tv(0), v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    cp_async_commit();
+    unsigned qf[D / 16][4];
+    fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+    cp_async_wait_all();
+    wgmma_fence_smem(); // this thread's copies and zero rows, visible to wgmma after the barrier
+    __syncthreads();
+
+    const float sl2 = scale * FA_LOG2E;
+    float o[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[nt][i] = 0.0f;
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+    // The previous tile's P (A fragments) and buffer: its O += P V is issued after this tile's
+    // S = Q K^T and runs on the tensor cores during this tile's softmax. Before a warpgroup's
+    // first tile P is 0 (any buffer: O += 0 leaves O's bits, +0), so every wgmma of the loop
+    // sits in one warpgroup-uniform branch with no branch inside: ptxas serializes wgmma
+    // issued on paths it cannot prove uniform ("WG.AR in divergent path").
+    unsigned pa[4][4] = {};
+    int pv = 0;
+    auto issue_pv = [&](int b) {
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) // keys 16 ks.. : two key groups in
+            wgmma_m64k16<D, 1>(o, pa[ks], wg_desc(tv(b) + 2 * ks * 16 * D, 16 * D, 128));
+        wgmma_commit();
+    };
+    for (int j0 = 0, cur = 0; j0 < nkeys; j0 += FA_ROWS, cur = cur == 2 ? 0 : cur + 1) {
+        const bool more = j0 + FA_ROWS < nkeys;
+        const int nxt = cur == 2 ? 0 : cur + 1;
+        if (more) { // tile j0 + 64 in flight during this tile's arithmetic; its buffer's last
+                    // reader, the P V of tile j0 - 128, finished before the last barrier
+            fg_fetch<D>(tk(nxt), k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fg_fetch<D>(tv(nxt), v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            cp_async_commit();
+        }
+        if (wg_active && j0 <= wg_last) {
+            float s[8][4];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) s[nt][i] = 0.0f;
+            wg_fence_acc<D / 8>(o);
+            wgmma_fence();
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc++) // d columns 16 kc.. : two chunks in
+                wgmma_m64k16<64, 0>(s, qf[kc], wg_desc(tk(cur) + 2 * kc * 128, 128, 16 * D));
+            wgmma_commit();
+            issue_pv(pv);
+            wgmma_wait<1>(); // groups complete in order: S is done, P V may still run
+            wg_fence_acc<8>(s);
+            if (fa_masked(j0, pos0 + warp * 16, mask_all)) fa_mask_scores(s, j0, pos0 + warp * 16, nkeys, g, t);
+            float corr[2];
+            fa_softmax_p(s, m, l, sl2, corr);
+            wgmma_wait<0>();
+            wg_fence_acc<D / 8>(o);
+            fa_rescale<D>(o, corr);
+            // The accumulator layout of two n-tiles is the A layout of one 16-key step.
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                pa[ks][0] = pack_bf16x2(s[2 * ks][0], s[2 * ks][1]);
+                pa[ks][1] = pack_bf16x2(s[2 * ks][2], s[2 * ks][3]);
+                pa[ks][2] = pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+                pa[ks][3] = pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+            }
+            pv = cur;
+        }
+        if (more) { // the next tile has landed; the barrier publishes it
+            cp_async_wait_all();
+            wgmma_fence_smem();
+        }
+        __syncthreads(); // the next tile is complete, and no warp reads tile j0 - 64's buffer
+    }
+    // The last walked tile's P V. Its buffer is intact: a warpgroup's last key lies at most one
+    // tile before the block's last (the two groups' last rows are 64 apart), so no fetch came
+    // after the one into the buffer that followed it. (An inactive warpgroup adds 0 to rows
+    // it never writes.)
+    wg_fence_acc<D / 8>(o);
+    wgmma_fence();
+    issue_pv(pv);
+    wgmma_wait<0>();
+    wg_fence_acc<D / 8>(o);
+    if (warp * 16 >= nrows) return;
+    fa_write_rows<D>(out, out16, lse, o, m, l, warp * 16, nrows, qrow0, n_heads, h, scale, g, t);
+}
+
+// Launched only where the device has wgmma (src/backend/cuda/flash.rs); bf16 K/V, f32 Q.
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_wg_bf16_d64(real* out, unsigned short* out16, float* lse,
+                                                                        const real* q, const fa_b16* k, const fa_b16* v,
+                                                                        const int* items, int n_heads, int n_kv,
+                                                                        float scale, int mask_all) {
+    flash_fwd_wg<64>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_fwd_wg_bf16_d128(real* out, unsigned short* out16, float* lse,
+                                                                         const real* q, const fa_b16* k, const fa_b16* v,
+                                                                         const int* items, int n_heads, int n_kv,
+                                                                         float scale, int mask_all) {
+    flash_fwd_wg<128>(out, out16, lse, q, k, v, items, n_heads, n_kv, scale, mask_all != 0);
+}
+
+// ---- backward: dQ ---------------------------------------------------------------------------
+// flash_bwd_dq's walk on wgmma: per key tile S = Q K^T and dP = dO V^T (both B operands
+// K-major: the tiles' keys are N, d is K), then dS = P (dP - D) scale (fa_dscores, or the masked
+// form), then dQ += dS K (K N-major). As in the forward, the previous tile's dQ += dS K is issued
+// after this tile's S and dP and runs during this tile's dS (three K/V buffers); dS goes into
+// the A registers only after that product's wait (its registers are read until then). Same
+// products in the same order as flash_bwd_dq: its bits on the emulator.
+template <int D>
+__device__ void flash_bwd_dq_wg(real* dq, const fa_b16* dout, const fa_b16* q, const fa_b16* k, const fa_b16* v,
+                                const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
+                                float scale, bool mask_all) {
+    DYN_SMEM(unsigned char, smem);
+    using S = fg_smem<D>;
+    auto tk = [&](int b) { return smem + 2 * b * S::tile; };
+    auto tv = [&](int b) { return smem + (2 * b + 1) * S::tile; };
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, wg = warp >> 2;
+    const fa_block_ix bi = fa_block(n_heads);
+    const int h = bi.head, kvh = h / (n_heads / n_kv);
+    const int* it = items + 4 * bi.item;
+    const long long qrow0 = it[0], kv0 = it[2];
+    const int nrows = it[1], pos0 = it[3];
+    const int nkeys = pos0 + nrows;
+    const bool wg_active = wg * 64 < nrows;
+    const int wg_last = pos0 + fa_imin(wg * 64 + 63, nrows - 1);
+
+    fg_fetch<D>(tk(0), k, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    fg_fetch<D>(tv(0), v, kv0, fa_imin(FA_ROWS, nkeys), n_kv, kvh);
+    cp_async_commit();
+    unsigned qf[D / 16][4], df[D / 16][4];
+    fa_frag_a_global<D>(qf, q, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+    fa_frag_a_global<D>(df, dout, qrow0 + warp * 16, nrows - warp * 16, n_heads, h);
+    float L2[2], Dd[2];
+    fa_dq_rows(L2, Dd, lse, dsum, qrow0, nrows, n_heads, h, warp, g);
+    cp_async_wait_all();
+    wgmma_fence_smem();
+    __syncthreads();
+
+    const float sl2 = scale * FA_LOG2E;
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    // The previous tile's dS (A fragments; 0 before the first) and buffer, as pa / pv in the
+    // forward: every wgmma of the loop in one warpgroup-uniform branch.
+    unsigned da[4][4] = {};
+    int prev = 0;
+    auto issue_dq = [&](int b) {
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            wgmma_m64k16<D, 1>(acc, da[ks], wg_desc(tk(b) + 2 * ks * 16 * D, 16 * D, 128));
+        wgmma_commit();
+    };
+    for (int j0 = 0, cur = 0; j0 < nkeys; j0 += FA_ROWS, cur = cur == 2 ? 0 : cur + 1) {
+        const bool more = j0 + FA_ROWS < nkeys;
+        const int nxt = cur == 2 ? 0 : cur + 1;
+        if (more) {
+            fg_fetch<D>(tk(nxt), k, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            fg_fetch<D>(tv(nxt), v, kv0 + j0 + FA_ROWS, fa_imin(FA_ROWS, nkeys - j0 - FA_ROWS), n_kv, kvh);
+            cp_async_commit();
+        }
+        if (wg_active && j0 <= wg_last) {
+            float s[8][4], dp[8][4];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.0f;
+            wg_fence_acc<D / 8>(acc);
+            wgmma_fence();
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc++)
+                wgmma_m64k16<64, 0>(s, qf[kc], wg_desc(tk(cur) + 2 * kc * 128, 128, 16 * D));
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc++)
+                wgmma_m64k16<64, 0>(dp, df[kc], wg_desc(tv(cur) + 2 * kc * 128, 128, 16 * D));
+            wgmma_commit();
+            issue_dq(prev);
+            wgmma_wait<1>(); // S and dP are done; the previous dQ += dS K may still run
+            wg_fence_acc<8>(s);
+            wg_fence_acc<8>(dp);
+            // Rows past the tile have L = +inf: P = 0 with or without the mask.
+            if (fa_masked(j0, pos0 + warp * 16, mask_all)) {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
+                        const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
+                        s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
+                    }
+            } else {
+                fa_dscores(s, dp, L2, Dd, sl2, scale);
+            }
+            wgmma_wait<0>();
+            wg_fence_acc<D / 8>(acc);
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                da[ks][0] = pack_bf16x2(s[2 * ks][0], s[2 * ks][1]);
+                da[ks][1] = pack_bf16x2(s[2 * ks][2], s[2 * ks][3]);
+                da[ks][2] = pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+                da[ks][3] = pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+            }
+            prev = cur;
+        }
+        if (more) {
+            cp_async_wait_all();
+            wgmma_fence_smem();
+        }
+        __syncthreads();
+    }
+    // The last walked tile's dQ += dS K (its buffer intact, as in the forward).
+    wg_fence_acc<D / 8>(acc);
+    wgmma_fence();
+    issue_dq(prev);
+    wgmma_wait<0>();
+    wg_fence_acc<D / 8>(acc);
+    if (warp * 16 >= nrows) return;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = warp * 16 + g + 8 * (i >> 1);
+            if (row < nrows) dq[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = acc[nt][i];
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_wg_bf16_d64(real* dq, const fa_b16* dout,
+                                                                           const fa_b16* q, const fa_b16* k,
+                                                                           const fa_b16* v, const float* lse,
+                                                                           const float* dsum, const int* items,
+                                                                           int n_heads, int n_kv, float scale,
+                                                                           int mask_all) {
+    flash_bwd_dq_wg<64>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_wg_bf16_d128(real* dq, const fa_b16* dout,
+                                                                            const fa_b16* q, const fa_b16* k,
+                                                                            const fa_b16* v, const float* lse,
+                                                                            const float* dsum, const int* items,
+                                                                            int n_heads, int n_kv, float scale,
+                                                                            int mask_all) {
+    flash_bwd_dq_wg<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
+}
