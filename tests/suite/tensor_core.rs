@@ -151,6 +151,55 @@ fn wgmma_run<D: Device>(
     b.download(&cg)
 }
 
+/// Relative L2 distance of `got` from `want` (NaN when `got` has a NaN).
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        num += (*g as f64 - *w as f64).powi(2);
+        den += (*w as f64).powi(2);
+    }
+    num.sqrt() / den.sqrt()
+}
+
+/// When a wgmma product is wrong on a GPU, prints what a next session needs to mend the layout
+/// model without more GPU time: the error with the descriptor's steps swapped and with the
+/// other major (in case the reading of LBO/SBO or of the transpose flag is what is wrong), and
+/// for the first wrong outputs where in the expected matrix their value sits (a fragment
+/// layout slip shows as a permutation).
+fn wgmma_diagnose<D: Device>(
+    b: &CudaBackend<D>,
+    tag: &str,
+    (a, bm, c): (&[f32], &[f32], &[f32]),
+    (k, n, trans): (usize, usize, bool),
+    steps: (usize, usize, usize),
+    got: &[f32],
+    want: &[f32],
+) {
+    // Room for any of the readings below (they may reach past the tile's own bytes).
+    let room = (k / 8 + n / 8 + 2) * steps.0.max(steps.1);
+    let roomy = (steps.0, steps.1, room);
+    b.device().set_max_dynamic_shared(&format!("wgmma_test_n{n}"), room as u32);
+    for (what, desc) in [
+        ("steps swapped", (trans, steps.1, steps.0)),
+        ("other major", (!trans, steps.0, steps.1)),
+        ("other major, steps swapped", (!trans, steps.1, steps.0)),
+    ] {
+        let alt = wgmma_run(b, a, bm, c, k, n, trans, roomy, desc);
+        println!("WGMMA-DIAG {tag}: read with {what}: relative L2 {:.3e}", rel_l2(&alt, want));
+    }
+    let close = |x: f32, y: f32| (x - y).abs() <= 1e-4 * y.abs().max(1.0);
+    let wrong = got.iter().zip(want).enumerate().filter(|(_, (g, w))| !close(**g, **w));
+    for (i, (g, w)) in wrong.take(8) {
+        let at = want.iter().position(|x| close(*g, *x));
+        let at = at.map_or("nowhere".to_string(), |j| format!("({}, {})", j / n, j % n));
+        println!(
+            "WGMMA-DIAG {tag}: out ({}, {}) = {g} (want {w}); that value is at {at}",
+            i / n,
+            i % n
+        );
+    }
+}
+
 /// Hopper's wgmma (kernels/wgmma.cuh) against a CPU matmul: N 64 and 128, K 16 to 64, B
 /// K-major and N-major, two core orders with gaps (`wgmma_steps`), C accumulated. On the
 /// emulator this checks the kernels' use of the layout as the emulator reads it; on an sm_90
@@ -178,18 +227,15 @@ fn wgmma_layouts<D: Device>(b: &CudaBackend<D>) {
                     let steps = wgmma_steps(layout, k, n);
                     let got =
                         wgmma_run(b, &a, &bm, &c, k, n, trans, steps, (trans, steps.0, steps.1));
-                    let (mut num, mut den) = (0.0f64, 0.0f64);
-                    for (g, w) in got.iter().zip(&want) {
-                        assert!(
-                            g.is_finite(),
-                            "wgmma n{n} k{k} trans {trans} layout {layout}: non-finite"
-                        );
-                        num += (*g as f64 - *w as f64).powi(2);
-                        den += (*w as f64).powi(2);
+                    let err = rel_l2(&got, &want);
+                    let tag = format!("wgmma n{n} k{k} trans {trans} layout {layout}");
+                    println!("ERR {tag}: {err:.3e}");
+                    // NaN (a non-finite output) fails too.
+                    if !(err < 1e-6) {
+                        let inputs = (&a[..], &bm[..], &c[..]);
+                        wgmma_diagnose(b, &tag, inputs, (k, n, trans), steps, &got, &want);
                     }
-                    let err = num.sqrt() / den.sqrt();
-                    println!("ERR wgmma n{n} k{k} trans {trans} layout {layout}: {err:.3e}");
-                    assert!(err < 1e-6, "wgmma n{n} k{k} trans {trans} layout {layout}: relative L2 error {err:.3e}");
+                    assert!(err < 1e-6, "{tag}: relative L2 error {err:.3e} (WGMMA-DIAG above)");
                 }
             }
         }
