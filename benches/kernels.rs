@@ -12,8 +12,8 @@ mod gpu {
     use mmr1_fast::backend::cpu::rope_inv_freq;
     use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::{
-        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashDq, FlashFwd, FlashIo,
-        FlashMask,
+        driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel, FlashDkv, FlashDq, FlashFwd,
+        FlashIo, FlashMask,
     };
     use mmr1_fast::backend::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
     use rand::{Rng, SeedableRng};
@@ -361,28 +361,33 @@ mod gpu {
             // then the wide, the pipelined and the wgmma (sm_90) forwards (their backward is the
             // default's: not benched again), then
             // every key tile masked (the kernels before the diagonal-only mask).
-            let (n, plain) = (FlashFwd::Narrow, FlashDq::Plain);
+            let (n, plain, kv) = (FlashFwd::Narrow, FlashDq::Plain, FlashDkv::Plain);
+            let (wq, wkv) = (FlashDq::Wgmma, FlashDkv::Wgmma);
+            let diag = FlashMask::Diagonal;
             let variants = [
-                (FlashIo::Bf16, n, plain, FlashMask::Diagonal, ""),
-                (FlashIo::F32, n, plain, FlashMask::Diagonal, "_f32io"),
-                (FlashIo::Bf16, FlashFwd::Wide, plain, FlashMask::Diagonal, "_wide"),
-                (FlashIo::Bf16, FlashFwd::Pipe, plain, FlashMask::Diagonal, "_pipe"),
-                (FlashIo::Bf16, FlashFwd::Wgmma, plain, FlashMask::Diagonal, "_wgmma"),
-                (FlashIo::Bf16, n, FlashDq::Pipe, FlashMask::Diagonal, "_dqpipe"),
-                (FlashIo::Bf16, n, FlashDq::Wgmma, FlashMask::Diagonal, "_dqwgmma"),
-                (FlashIo::Bf16, n, plain, FlashMask::Every, "_maskevery"),
+                (FlashIo::Bf16, n, plain, kv, diag, ""),
+                (FlashIo::F32, n, plain, kv, diag, "_f32io"),
+                (FlashIo::Bf16, FlashFwd::Wide, plain, kv, diag, "_wide"),
+                (FlashIo::Bf16, FlashFwd::Pipe, plain, kv, diag, "_pipe"),
+                (FlashIo::Bf16, FlashFwd::Wgmma, plain, kv, diag, "_wgmma"),
+                (FlashIo::Bf16, n, FlashDq::Pipe, kv, diag, "_dqpipe"),
+                (FlashIo::Bf16, n, wq, kv, diag, "_dqwgmma"),
+                (FlashIo::Bf16, n, plain, wkv, diag, "_dkvwgmma"),
+                (FlashIo::Bf16, n, wq, wkv, diag, "_bwdwgmma"),
+                (FlashIo::Bf16, n, plain, kv, FlashMask::Every, "_maskevery"),
             ];
-            for (io, fwd, dq_kernel, mask, suffix) in variants {
+            for (io, fwd, dq_kernel, dkv_kernel, mask, suffix) in variants {
                 if dq_kernel == FlashDq::Pipe && hd != 64 {
                     continue; // the pipelined dQ kernel exists at head dim 64 only
                 }
-                let wgmma = fwd == FlashFwd::Wgmma || dq_kernel == FlashDq::Wgmma;
+                let wgmma = fwd == FlashFwd::Wgmma || dq_kernel == wq || dkv_kernel == wkv;
                 if wgmma && !b.device().has_wgmma() {
                     continue; // sm_90 only (it would time the mma.sync kernels again)
                 }
                 b.set_flash_io(io);
                 b.set_flash_fwd(fwd);
                 b.set_flash_dq(dq_kernel);
+                b.set_flash_dkv(dkv_kernel);
                 b.set_flash_mask(mask);
                 let tag = format!("{ns}x{len}_h{hh}kv{hk}_d{hd}{suffix}");
                 let id = format!("flash_fwd_{tag}");
@@ -413,6 +418,7 @@ mod gpu {
             b.set_flash_io(FlashIo::default());
             b.set_flash_fwd(FlashFwd::default());
             b.set_flash_dq(FlashDq::default());
+            b.set_flash_dkv(FlashDkv::default());
             b.set_flash_mask(FlashMask::default());
         }
         // Decode: 32 sequences with 4096 cached keys each, one new query each; the bytes are

@@ -326,3 +326,204 @@ extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_wg_bf16_d128(real
                                                                             int mask_all) {
     flash_bwd_dq_wg<128>(dq, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, mask_all != 0);
 }
+
+// ---- backward: dK and dV --------------------------------------------------------------------
+// flash_bwd_dkv's walk on wgmma: the block's 128 key rows of K and V wait in shared memory in
+// the core layout and are the A operands of S^T = K Q^T and dP^T = V dO^T (the `_ss` form: no
+// registers for them, where the mma.sync kernel at d128 needed 192 a thread with dK and dV);
+// the Q and dO tiles are B, K-major for those two and N-major for dV += P^T dO and dK +=
+// dS^T Q, whose A operands P^T and dS^T come from the accumulators. No product waits across
+// the softmax here (dK and dV hold 128 registers at d128: with the previous tile's P^T and dS^T
+// kept for an overlap, ptxas needed 255 and spilled); the other warpgroup's products fill the
+// tensor pipe during one's softmax. A warpgroup walks the query tiles that some query of which
+// sees one of its keys (its rows that see none of such a tile add P = 0). Two Q/dO buffers. Same products in the same order as flash_bwd_dkv: its bits on the emulator.
+template <int D>
+__device__ void flash_bwd_dkv_wg(real* dk, real* dv, const fa_b16* dout, const fa_b16* q, const fa_b16* k,
+                                 const fa_b16* v, const float* lse, const float* dsum, const int* items, int n_heads,
+                                 int n_kv, float scale, long long part_stride, int heads_per_block, bool mask_all) {
+    DYN_SMEM(unsigned char, smem);
+    using S = fg_smem<D>;
+    // Buffer b (0, 1): Q at tile 2b, dO at tile 2b + 1; then the block's K and V rows (two tiles
+    // each), then lse (log2 units) and D of each buffer's queries.
+    auto tq = [&](int b) { return smem + 2 * b * S::tile; };
+    auto to = [&](int b) { return smem + (2 * b + 1) * S::tile; };
+    unsigned char* const kt = smem + 4 * S::tile;
+    unsigned char* const vt = kt + 2 * S::tile;
+    float* const sL = reinterpret_cast<float*>(vt + 2 * S::tile); // [2][64]
+    float* const sD = sL + 2 * FA_ROWS;                            // [2][64]
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, wg = warp >> 2;
+    const int group = n_heads / n_kv, parts = (group + heads_per_block - 1) / heads_per_block;
+    const fa_block_ix bi = fa_block(n_kv * parts); // its head: kv head x slice of the group
+    const int kvh = bi.head / parts, part = bi.head % parts;
+    const int g_lo = part * heads_per_block, g_hi = fa_imin(group, g_lo + heads_per_block);
+    dk += part * part_stride;
+    dv += part * part_stride;
+    const int* it = items + 8 * bi.item;
+    const long long kvrow0 = it[0], q_start = it[3];
+    const int nk = it[1], j0 = it[2], q_len = it[4], qpos0 = it[5];
+    const bool wg_active = wg * 64 < nk;
+    const int wfirst = j0 + warp * 16;          // first key of the warp
+    const int i_first = fa_imax(0, j0 - qpos0); // first query that sees key j0 (< q_len)
+
+    // Query tile i0 of head gi of the group into buffer b: Q and dO rows, and lse and D by
+    // 4-byte cp.async (threads 0..63, one row each; +inf and 0 past the span: P = 0).
+    auto issue = [&](int gi, int i0, int b) {
+        const int h = kvh * group + gi, nq = fa_imin(FA_ROWS, q_len - i0);
+        fg_fetch<D>(tq(b), q, q_start + i0, nq, n_heads, h);
+        fg_fetch<D>(to(b), dout, q_start + i0, nq, n_heads, h);
+        if (tid < FA_ROWS) {
+            if (tid < nq) {
+                const long long qi = (q_start + i0 + tid) * n_heads + h;
+                cp_async_4(sL + b * FA_ROWS + tid, lse + qi);
+                cp_async_4(sD + b * FA_ROWS + tid, dsum + qi);
+            } else {
+                sL[b * FA_ROWS + tid] = __int_as_float(0x7f800000);
+                sD[b * FA_ROWS + tid] = 0.0f;
+            }
+        }
+        cp_async_commit();
+    };
+    // After the wait: the thread that copied an lse turns it into log2 units; this thread's
+    // tile pieces published to wgmma (then the barrier).
+    auto land = [&](int b) {
+        cp_async_wait_all();
+        if (tid < FA_ROWS) sL[b * FA_ROWS + tid] *= FA_LOG2E; // +inf stays +inf
+        wgmma_fence_smem();
+    };
+
+    issue(g_lo, i_first, 0);
+    fg_fetch<D>(kt, k, kvrow0, fa_imin(FA_ROWS, nk), n_kv, kvh);
+    fg_fetch<D>(kt + S::tile, k, kvrow0 + FA_ROWS, nk - FA_ROWS, n_kv, kvh);
+    fg_fetch<D>(vt, v, kvrow0, fa_imin(FA_ROWS, nk), n_kv, kvh);
+    fg_fetch<D>(vt + S::tile, v, kvrow0 + FA_ROWS, nk - FA_ROWS, n_kv, kvh);
+    cp_async_commit();
+    land(0);
+    __syncthreads();
+
+    const float sl2 = scale * FA_LOG2E;
+    float gk[D / 8][4], gv[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) gk[nt][i] = gv[nt][i] = 0.0f;
+    // This warpgroup's 64 key rows of K and V (A, K-major: rows 64 wg.. are 8 wg row groups in).
+    unsigned char* const ka = kt + wg * 8 * 16 * D;
+    unsigned char* const va = vt + wg * 8 * 16 * D;
+    // The walk: query tiles i_first, + 64, ... of each head of the slice, heads in order.
+    const int per_head = (q_len - i_first + FA_ROWS - 1) / FA_ROWS, tiles = (g_hi - g_lo) * per_head;
+    for (int n = 0, cur = 0; n < tiles; n++, cur ^= 1) {
+        const int i0 = i_first + (n % per_head) * FA_ROWS;
+        const bool more = n + 1 < tiles;
+        if (more) issue(g_lo + (n + 1) / per_head, i_first + ((n + 1) % per_head) * FA_ROWS, cur ^ 1);
+        const int nq = fa_imin(FA_ROWS, q_len - i0);
+        if (wg_active && j0 + wg * 64 <= qpos0 + i0 + nq - 1) { // some query sees the group's keys
+            const float* L = sL + cur * FA_ROWS;
+            const float* Dv = sD + cur * FA_ROWS;
+            float s[8][4], dp[8][4];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0.0f;
+            // Every accumulator written before the fence (else ptxas may copy the zeros in
+            // after it and serialize the wgmma to protect them).
+            wg_fence_acc<8>(s);
+            wg_fence_acc<8>(dp);
+            wgmma_fence();
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc++) // S^T = K Q^T: keys x queries
+                wgmma_m64k16_ss<64, 0>(s, wg_desc(ka + 2 * kc * 128, 128, 16 * D),
+                                       wg_desc(tq(cur) + 2 * kc * 128, 128, 16 * D));
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc++) // dP^T = V dO^T
+                wgmma_m64k16_ss<64, 0>(dp, wg_desc(va + 2 * kc * 128, 128, 16 * D),
+                                       wg_desc(to(cur) + 2 * kc * 128, 128, 16 * D));
+            wgmma_commit();
+            wgmma_wait<0>();
+            wg_fence_acc<8>(s);
+            wg_fence_acc<8>(dp);
+            // flash_bwd_dkv's lines: every score visible, or the mask (a warp's keys past the
+            // tile's queries, a short tile, a diagonal): then invisible scores give P = 0.
+            if (mask_all || nq < FA_ROWS || wfirst + 15 > qpos0 + i0) {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
+                        const bool vis = c < nq && row < nk && j0 + row <= qpos0 + i0 + c;
+                        const float p = vis ? exp2f(s[nt][i] * sl2 - L[c]) : 0.0f;
+                        s[nt][i] = p;
+                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int c = nt * 8 + 2 * t + (i & 1);
+                        const float p = exp2f(s[nt][i] * sl2 - L[c]);
+                        s[nt][i] = p;
+                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
+                    }
+            }
+            unsigned pa[4][4], da[4][4]; // P^T and dS^T as A fragments
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                pa[ks][0] = pack_bf16x2(s[2 * ks][0], s[2 * ks][1]);
+                pa[ks][1] = pack_bf16x2(s[2 * ks][2], s[2 * ks][3]);
+                pa[ks][2] = pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+                pa[ks][3] = pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+                da[ks][0] = pack_bf16x2(dp[2 * ks][0], dp[2 * ks][1]);
+                da[ks][1] = pack_bf16x2(dp[2 * ks][2], dp[2 * ks][3]);
+                da[ks][2] = pack_bf16x2(dp[2 * ks + 1][0], dp[2 * ks + 1][1]);
+                da[ks][3] = pack_bf16x2(dp[2 * ks + 1][2], dp[2 * ks + 1][3]);
+            }
+            wg_fence_acc<D / 8>(gk);
+            wg_fence_acc<D / 8>(gv);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) { // queries 16 ks.. : two row groups in
+                wgmma_m64k16<D, 1>(gv, pa[ks], wg_desc(to(cur) + 2 * ks * 16 * D, 16 * D, 128));
+                wgmma_m64k16<D, 1>(gk, da[ks], wg_desc(tq(cur) + 2 * ks * 16 * D, 16 * D, 128));
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            wg_fence_acc<D / 8>(gk);
+            wg_fence_acc<D / 8>(gv);
+        }
+        if (more) land(cur ^ 1);
+        __syncthreads(); // the next tile is complete, and this one is no longer read
+    }
+    if (warp * 16 >= nk) return;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = warp * 16 + g + 8 * (i >> 1);
+            if (row < nk) {
+                const long long o = ((kvrow0 + row) * n_kv + kvh) * D + nt * 8 + 2 * t + (i & 1);
+                dk[o] = gk[nt][i];
+                dv[o] = gv[nt][i];
+            }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_wg_bf16_d64(real* dk, real* dv, const fa_b16* dout,
+                                                                            const fa_b16* q, const fa_b16* k,
+                                                                            const fa_b16* v, const float* lse,
+                                                                            const float* dsum, const int* items,
+                                                                            int n_heads, int n_kv, float scale,
+                                                                            long long part_stride,
+                                                                            int heads_per_block, int mask_all) {
+    flash_bwd_dkv_wg<64>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                         heads_per_block, mask_all != 0);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_wg_bf16_d128(real* dk, real* dv, const fa_b16* dout,
+                                                                             const fa_b16* q, const fa_b16* k,
+                                                                             const fa_b16* v, const float* lse,
+                                                                             const float* dsum, const int* items,
+                                                                             int n_heads, int n_kv, float scale,
+                                                                             long long part_stride,
+                                                                             int heads_per_block, int mask_all) {
+    flash_bwd_dkv_wg<128>(dk, dv, dout, q, k, v, lse, dsum, items, n_heads, n_kv, scale, part_stride,
+                          heads_per_block, mask_all != 0);
+}

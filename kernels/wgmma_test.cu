@@ -4,7 +4,8 @@
 // core matrices (lbo: along K, sbo: along N) chosen by the caller, so that a swap of the two
 // or a misread of either places B's values elsewhere than the instruction reads them. The
 // instruction's major and descriptor steps (dtrans, dlbo, dsbo) are passed apart from the
-// placement's, so a test can plant a wrong descriptor and see the product change.
+// placement's, so a test can plant a wrong descriptor and see the product change. a_at >= 0
+// reads A from shared memory too (the `_ss` form), placed from that byte on.
 // A, B, C row-major f32, rounded to bf16 on load; K a multiple of 16, at most 64. The k-steps go in two
 // commit groups (the first waited for with wait_group 1 while the second is pending), so the
 // group bookkeeping is exercised too. Built for sm_90a only in effect: elsewhere wgmma traps.
@@ -24,7 +25,7 @@ __device__ __forceinline__ int wt_offset(int k, int n, int trans, int lbo, int s
 
 template <int N>
 __device__ void wgmma_test(float* C, const float* A, const float* B, int K, int trans, int lbo, int sbo, int dtrans,
-                           int dlbo, int dsbo) {
+                           int dlbo, int dsbo, int a_at) {
     DYN_SMEM(unsigned char, smem);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     for (int e = tid; e < K * N; e += blockDim.x) {
@@ -32,6 +33,15 @@ __device__ void wgmma_test(float* C, const float* A, const float* B, int K, int 
         const unsigned short v = bf16_bits(B[e]);
         memcpy(smem + wt_offset(k, n, trans, lbo, sbo), &v, 2);
     }
+    // a_at >= 0: A in shared memory from byte a_at, K-major (as K-major B with M for N), cores
+    // 128 bytes apart along K and a 128-byte gap after each row of them.
+    const int a_lbo = 128, a_sbo = (K / 8) * 128 + 128;
+    if (a_at >= 0)
+        for (int e = tid; e < 64 * K; e += blockDim.x) {
+            const int m = e / K, k = e % K;
+            const unsigned short v = bf16_bits(A[e]);
+            memcpy(smem + a_at + wt_offset(k, m, 0, a_lbo, a_sbo), &v, 2);
+        }
     wgmma_fence_smem();
     __syncthreads();
     float d[N / 8][4];
@@ -50,10 +60,17 @@ __device__ void wgmma_test(float* C, const float* A, const float* B, int K, int 
     for (int ks = 0; ks < K / 16; ks++) {
         // k-step ks starts 2 cores along K in: 16 * ks / 8 * lbo bytes.
         const unsigned long long desc = wg_desc(smem + 2 * ks * dlbo, dlbo, dsbo);
-        if (dtrans)
+        if (a_at >= 0) {
+            const unsigned long long desc_a = wg_desc(smem + a_at + 2 * ks * a_lbo, a_lbo, a_sbo);
+            if (dtrans)
+                wgmma_m64k16_ss<N, 1>(d, desc_a, desc);
+            else
+                wgmma_m64k16_ss<N, 0>(d, desc_a, desc);
+        } else if (dtrans) {
             wgmma_m64k16<N, 1>(d, a[ks], desc);
-        else
+        } else {
             wgmma_m64k16<N, 0>(d, a[ks], desc);
+        }
         if (ks + 1 == half) wgmma_commit();
     }
     wgmma_commit();
@@ -66,11 +83,11 @@ __device__ void wgmma_test(float* C, const float* A, const float* B, int K, int 
 
 extern "C" __global__ void __launch_bounds__(128) wgmma_test_n64(float* C, const float* A, const float* B, int K,
                                                                  int trans, int lbo, int sbo, int dtrans, int dlbo,
-                                                                 int dsbo) {
-    wgmma_test<64>(C, A, B, K, trans, lbo, sbo, dtrans, dlbo, dsbo);
+                                                                 int dsbo, int a_at) {
+    wgmma_test<64>(C, A, B, K, trans, lbo, sbo, dtrans, dlbo, dsbo, a_at);
 }
 extern "C" __global__ void __launch_bounds__(128) wgmma_test_n128(float* C, const float* A, const float* B, int K,
                                                                   int trans, int lbo, int sbo, int dtrans, int dlbo,
-                                                                  int dsbo) {
-    wgmma_test<128>(C, A, B, K, trans, lbo, sbo, dtrans, dlbo, dsbo);
+                                                                  int dsbo, int a_at) {
+    wgmma_test<128>(C, A, B, K, trans, lbo, sbo, dtrans, dlbo, dsbo, a_at);
 }

@@ -211,11 +211,13 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     # MMR1_PRODUCER_SHADOWS) and STEPS=recheck (MMR1_FLASH_MASK).
     step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step torch 120 --arch qwen2.5-0.5b $tok --steps 6
-    # The wgmma flash forward and dQ (sm_90: Hopper's warpgroup MMA; kernels/flash_wgmma.cu),
+    # The wgmma flash forward, dQ and dK/dV (sm_90: Hopper's warpgroup MMA; kernels/flash_wgmma.cu),
     # first while the budget lasts: the SFT step, and the GRPO step (its rollout prefills and
     # log-prob passes run the forward alone).
     STEP_ENV=MMR1_FLASH_FWD=wgmma MMR1_FLASH_FWD=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_FLASH_DQ=wgmma MMR1_FLASH_DQ=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_DKV=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=all-wgmma MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     # The wide flash forward, slower at these shapes before the flash grids went item-major
     # (docs/perf.md "Flash grids item-major"): the longest blocks first may turn that around.
@@ -550,7 +552,7 @@ if want ncu && enough 45 "ncu"; then
     # names what bounds each (docs/perf.md predicts shared memory for the narrow forward).
     # NCU_FLASH: names (set and empty: none, the RL kernels alone); NCU_SECTIONS: more sections
     # (Occupancy, WarpStateStats, ...: why); NCU_METRICS: raw metrics too (the stall reasons).
-    for k in ${NCU_FLASH-flash_fwd_wg_bf16_d128 flash_bwd_dq_wg_bf16_d128 flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_pipe_bf16_d128 flash_fwd_d128}; do
+    for k in ${NCU_FLASH-flash_fwd_wg_bf16_d128 flash_bwd_dq_wg_bf16_d128 flash_bwd_dkv_wg_bf16_d128 flash_fwd_bf16_d128 flash_fwd_wide_bf16_d128 flash_fwd_pipe_bf16_d128 flash_fwd_d128}; do
         [ -n "$ncu_bin" ] || break
         enough 40 "ncu $k" || break
         # A backward kernel runs in the backward bench (which also runs a forward first).

@@ -29,7 +29,10 @@
 // - Divergent barriers (some threads exited or waiting elsewhere) are errors, not hangs.
 // - Asynchronous copies. cp.async writes its destination only at the cp.async.wait_group /
 //   wait_all that covers its commit group (kernels/emu/tensor_core.h), so a read before the
-//   right wait sees the poisoned shared memory.
+//   right wait sees the poisoned shared memory; under the reverse schedule it also writes at
+//   the issue, so a copy over data another thread (or a pending wgmma) still reads changes the
+//   results between schedules. wgmma (kernels/emu/wgmma.h) computes at its wait, from shared
+//   memory as it is then, with its accumulators NaN until then.
 // What it cannot see: races inside one segment between yields (fibers never interleave
 // there), stale values that a GPU would keep in registers or L1, and speed.
 #pragma once
@@ -121,7 +124,8 @@ struct Fiber {
         uint64_t desc;     // B's matrix descriptor
         float a[16][16];   // the warp's 16 x 16 A operand, as read at the issue
         const unsigned* a_regs; // this lane's A registers, which must hold a_bits until the wait
-        unsigned a_bits[4];
+        unsigned a_bits[4];     //   (null a_regs: A from shared memory at a_desc, read at the wait)
+        uint64_t a_desc;
         float acc_in[128]; // the accumulators before the first pending op on `acc`
         bool first;        // whether acc_in is this op's input (else the previous op's output)
         unsigned group;    // commit groups closed before its issue

@@ -168,3 +168,22 @@ extern "C" __global__ void planted_wgmma_async(float* out, const float* in, int 
         for (int i = 0; i < 4; i++) out[(16 * warp + g + 8 * (i >> 1)) * 64 + 8 * j + 2 * t + (i & 1)] = d[j][i];
     if (bug == 1) wgmma_wait<0>();
 }
+
+// A cp.async over a buffer another thread still reads: each thread reads its own 16-byte slot
+// (landed and published) and issues a copy of new data into its lower neighbour's slot. The
+// bug: no barrier between the neighbour's read and the copy (the GPU may land the copy at once;
+// the emulator lands it at the issue under the reverse schedule, at the wait under the others).
+// out: each thread's read, which must be the first data.
+extern "C" __global__ void planted_cp_async_over_a_read(float* out, const float* in, int fixed) {
+    DYN_SMEM(float, s);
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    cp_async_16(s + 4 * t, in + 4 * t);
+    cp_async_wait_all();
+    __syncthreads();
+    float mine[4];
+    for (int i = 0; i < 4; i++) mine[i] = s[4 * t + i];
+    if (fixed) __syncthreads();
+    cp_async_16(s + 4 * ((t + n - 1) % n), in + 4 * (n + t));
+    cp_async_wait_all();
+    for (int i = 0; i < 4; i++) out[4 * t + i] = mine[i];
+}

@@ -3,7 +3,8 @@
 //
 //   mma_bf16_16816   mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (D = A B + D)
 //   ldmatrix_x{1,2,4}[_trans]   ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
-//   cp_async_16, cp_async_4, cp_async_commit, cp_async_wait[_all]   cp.async.cg / .ca (written at the covering wait)
+//   cp_async_16, cp_async_4, cp_async_commit, cp_async_wait[_all]   cp.async.cg / .ca (written at the covering wait;
+//     under the reverse schedule at the issue too)
 //
 // Fragment layouts follow the PTX ISA, section "Warp-level matrix fragment mma.m16n8k16"
 // (floating point types) and "ldmatrix": with lane = 4 * group + tig (tig = thread in group),
@@ -134,6 +135,11 @@ inline unsigned short bf16_bits(float f) { return __float2bfloat16(f).x; }
 // the right wait (a missing wait, a wait_group N that leaves its group pending, a copy never
 // committed before wait_group) reads the poisoned shared memory instead, and its outputs show
 // NaN. Copies complete in issue order; they are the calling thread's own (emu::g_cur).
+//
+// Under the REVERSE schedule the destination is also written at the issue, as early as the
+// GPU may write it: a kernel that still reads the old contents after issuing a copy over them
+// (a buffer refilled while a reader, say an asynchronous wgmma, may not be done) gets other
+// bits under that schedule than under the others, which the multi-schedule runs report.
 inline void cp_async_issue(void* smem, const void* gmem, unsigned len) {
     emu::Fiber* f = emu::g_cur;
     emu::Fiber::PendingCopy c;
@@ -142,6 +148,7 @@ inline void cp_async_issue(void* smem, const void* gmem, unsigned len) {
     c.group = f->cp_committed;
     memcpy(c.data, gmem, len);
     f->cp_pending.push_back(c);
+    if (emu::g_block->sched == emu::REVERSE) memcpy(smem, gmem, len);
 }
 // Completes the copies of every commit group older than the newest `keep` committed ones
 // (uncommitted copies stay pending, as wait_group leaves them).

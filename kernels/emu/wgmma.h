@@ -2,7 +2,7 @@
 // inline PTX on sm_90a, with the asynchrony the PTX ISA allows a GPU
 // ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions"):
 // - wgmma_m64n{64,128}k16 reads the warp's A fragments at the issue (a warp meeting) and records
-//   the operation; the product is computed only at the wgmma_wait that covers its commit group,
+//   the operation (the `_ss` form reads A from shared memory at the wait, as it does B); the product is computed only at the wgmma_wait that covers its commit group,
 //   reading B from shared memory as it is then. Until that wait the lane's accumulators hold
 //   NaN. So a kernel that reads its accumulators before the right wait, overwrites a B tile
 //   before the wait, or never commits the group gets NaN or the wrong tile in its outputs; one
@@ -43,7 +43,9 @@ inline float b_at(uint64_t desc, bool trans_b, unsigned k, unsigned n) {
     return __uint_as_float((unsigned)v << 16);
 }
 
-inline void issue(float* acc, unsigned n, bool trans_b, uint64_t desc, const unsigned a[4]) {
+// A from registers (`a`), or from shared memory (`a` null, `desc_a`): then read at the wait,
+// rows 16 w.. of the K-major 64 x 16 matrix for warp w of the warpgroup.
+inline void issue(float* acc, unsigned n, bool trans_b, uint64_t desc, const unsigned a[4], uint64_t desc_a = 0) {
     emu::Fiber* f = emu::g_cur;
     emu::Fiber::PendingWgmma op;
     op.acc = acc;
@@ -52,19 +54,24 @@ inline void issue(float* acc, unsigned n, bool trans_b, uint64_t desc, const uns
     op.desc = desc;
     op.group = f->wg_committed;
     op.a_regs = a;
-    memcpy(op.a_bits, a, sizeof op.a_bits);
-    emu_tc::Slot s{};
-    for (int i = 0; i < 4; i++) s.w[i] = a[i];
-    // A (16 x 16) of the warp: lane 4g + t holds rows g, g + 8 and columns 2t, 2t + 1, + 8.
-    emu_tc::warp_collective(s, [&](const emu_tc::Slot* w, unsigned) {
-        for (unsigned g = 0; g < 8; g++)
-            for (unsigned t = 0; t < 4; t++)
-                for (unsigned r = 0; r < 4; r++) {
-                    const unsigned row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1), v = w[4 * g + t].w[r];
-                    op.a[row][col] = emu_tc::bf16_lo(v);
-                    op.a[row][col + 1] = emu_tc::bf16_hi(v);
-                }
-    });
+    op.a_desc = desc_a;
+    if (a) {
+        memcpy(op.a_bits, a, sizeof op.a_bits);
+        emu_tc::Slot s{};
+        for (int i = 0; i < 4; i++) s.w[i] = a[i];
+        // A (16 x 16) of the warp: lane 4g + t holds rows g, g + 8 and columns 2t, 2t + 1, + 8.
+        emu_tc::warp_collective(s, [&](const emu_tc::Slot* w, unsigned) {
+            for (unsigned g = 0; g < 8; g++)
+                for (unsigned t = 0; t < 4; t++)
+                    for (unsigned r = 0; r < 4; r++) {
+                        const unsigned row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1), v = w[4 * g + t].w[r];
+                        op.a[row][col] = emu_tc::bf16_lo(v);
+                        op.a[row][col + 1] = emu_tc::bf16_hi(v);
+                    }
+        });
+    } else {
+        __syncwarp(); // the warp meets at the issue, as with registers
+    }
     op.first = true;
     for (const emu::Fiber::PendingWgmma& p : f->wg_pending)
         if (p.acc == acc) op.first = false;
@@ -99,8 +106,13 @@ inline void complete(unsigned keep) {
         }
         // The GPU may read A's registers until the wait (PTX ISA: touching them before is
         // undefined): a kernel that rewrote them meanwhile is wrong on the GPU.
-        if (memcmp(op.a_regs, op.a_bits, sizeof op.a_bits) != 0)
+        if (op.a_regs && memcmp(op.a_regs, op.a_bits, sizeof op.a_bits) != 0)
             emu::fail("wgmma: the A registers of an operation were written before the wait that covers it");
+        if (!op.a_regs) { // K-major A read like K-major B, M in N's place: A[m][k] = B-reading (k, m)
+            const unsigned w = (f->linear >> 5) & 3;
+            for (unsigned r = 0; r < 16; r++)
+                for (unsigned k = 0; k < 16; k++) op.a[r][k] = b_at(op.a_desc, false, k, 16 * w + r);
+        }
         if (!val) {
             cur.push_back({op.acc, std::vector<float>(op.acc_in, op.acc_in + op.n / 2)});
             val = &cur.back().second;
@@ -139,6 +151,14 @@ inline void wgmma_m64n64k16(float d[8][4], const unsigned a[4], unsigned long lo
 template <int TRANS_B>
 inline void wgmma_m64n128k16(float d[16][4], const unsigned a[4], unsigned long long desc_b) {
     emu_wg::issue(&d[0][0], 128, TRANS_B != 0, desc_b, a);
+}
+template <int TRANS_B>
+inline void wgmma_m64n64k16_ss(float d[8][4], unsigned long long desc_a, unsigned long long desc_b) {
+    emu_wg::issue(&d[0][0], 64, TRANS_B != 0, desc_b, nullptr, desc_a);
+}
+template <int TRANS_B>
+inline void wgmma_m64n128k16_ss(float d[16][4], unsigned long long desc_a, unsigned long long desc_b) {
+    emu_wg::issue(&d[0][0], 128, TRANS_B != 0, desc_b, nullptr, desc_a);
 }
 template <int NT>
 inline void wg_fence_acc(float (*)[4]) {}

@@ -319,13 +319,35 @@ fn read_of_unwritten_shared_memory_is_poison() {
 }
 
 /// cp.async writes shared memory only at the wait that covers its commit group: a read before
-/// it sees the poison (NaN), under every schedule; the correct pipeline reads the inputs.
+/// it sees the poison (NaN), under every schedule but the reverse one (which lands copies at
+/// their issue too: `cp_async_over_a_pending_read_is_a_race`), so the multi-schedule run
+/// reports it as schedule-dependent; the correct pipeline reads the inputs under all.
 #[test]
 fn cp_async_read_before_its_wait_sees_poison() {
+    let n = 96usize; // three warps
+    let x: Vec<f32> = (0..8 * n).map(|i| i as f32 * 0.25 - 17.0).collect();
+    let run = |d: &EmuDevice, bug: i32| {
+        let (input, out) = (up(d, &x), d.alloc(8 * n * 4));
+        d.launch(
+            "planted_cp_async_wait",
+            [2, 1, 1],
+            [n as u32, 1, 1],
+            (8 * n * 4) as u32,
+            &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(bug)],
+        );
+        down(d, &out, 8 * n)
+    };
+    let all = EmuDevice::with_schedules(&Schedule::CI);
+    assert_eq!(run(&all, 0), x, "every schedule: the correct pipeline");
+    for bug in 1..=3 {
+        let msg = panic_of(|| {
+            run(&all, bug);
+        });
+        assert!(msg.is_some_and(|m| m.contains("schedule-dependent")), "bug {bug}: not reported");
+    }
     for s in Schedule::CI {
         let d = single(s);
-        let n = 96usize; // three warps
-        let x: Vec<f32> = (0..8 * n).map(|i| i as f32 * 0.25 - 17.0).collect();
+        let eager = s == Schedule::Reverse;
         let run = |bug: i32| {
             let (input, out) = (up(&d, &x), d.alloc(8 * n * 4));
             d.launch(
@@ -347,11 +369,32 @@ fn cp_async_read_before_its_wait_sees_poison() {
         ] {
             let o = run(bug);
             let (a, b) = o.split_at(4 * n);
-            assert_eq!(nan_in(a) == 4 * n, first_half_nan, "{s}: {what}: {a:?}");
-            assert_eq!(nan_in(b) == 4 * n, second_half_nan, "{s}: {what}: {b:?}");
+            assert_eq!(nan_in(a) == 4 * n, first_half_nan && !eager, "{s}: {what}: {a:?}");
+            assert_eq!(nan_in(b) == 4 * n, second_half_nan && !eager, "{s}: {what}: {b:?}");
             assert!(a.iter().chain(b).all(|v| v.is_nan() || x.contains(v)), "{s}: {what}");
         }
     }
+}
+
+/// A cp.async issued over shared memory another thread has not finished reading: the GPU may
+/// land it at once, the emulator lands it at the issue under the reverse schedule (at the wait
+/// under the others), so the read sees the new data there and the schedules disagree.
+#[test]
+fn cp_async_over_a_pending_read_is_a_race() {
+    check_race("cp.async over a pending read", &|d, fixed| {
+        let n = 64usize;
+        let x: Vec<f32> = (0..8 * n).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let (input, out) = (up(d, &x), d.alloc(4 * n * 4));
+        d.launch(
+            "planted_cp_async_over_a_read",
+            [1, 1, 1],
+            [n as u32, 1, 1],
+            (4 * n * 4) as u32,
+            &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(fixed)],
+        );
+        let o = down(d, &out, 4 * n);
+        o.iter().zip(&x).filter(|(g, w)| g != w).count()
+    });
 }
 
 /// wgmma computes at the wait that covers its commit group, from shared memory as it is then:

@@ -12,7 +12,8 @@
 use mmr1_fast::backend::cpu::Cpu;
 use mmr1_fast::backend::cuda::device::Device;
 use mmr1_fast::backend::cuda::{
-    AttnKernel, CudaBackend, DecodeKernel, FlashDq, FlashFwd, FlashIo, FlashMask, KvCacheStorage,
+    AttnKernel, CudaBackend, DecodeKernel, FlashDkv, FlashDq, FlashFwd, FlashIo, FlashMask,
+    KvCacheStorage,
 };
 use mmr1_fast::backend::{AttnShape, AttnSpan, Backend};
 use rand::SeedableRng;
@@ -424,6 +425,44 @@ fn flash_dq_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
     b.set_flash_mask(FlashMask::default());
 }
 
+/// The wgmma dK/dV kernel (kernels/flash_wgmma.cu; bf16 storage, head dims 64 and 128) gives
+/// the plain one's results in every output of the backward, under both masks: GQA groups 1, 2
+/// and 7 (7: the group split over blocks, partials summed), key tiles of under 64 rows (the
+/// second warpgroup idle) and between 64 and 128, query tiles of under 64 rows, offset spans
+/// whose first query tiles the second warpgroup's keys do not see (it walks them with P = 0),
+/// and a block walking every head of its group. `exact`: bit for bit (the emulator); on an sm_90 GPU within 1e-5.
+fn flash_dkv_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
+    let mut r = ChaCha8Rng::seed_from_u64(39);
+    let all = [
+        packed(&[1, 37, 70], sh(4, 2, 64)),
+        packed(&[300], sh(2, 1, 128)),
+        packed(&[130], sh(7, 1, 64)),
+        offset(&[(150, 62), (90, 14), (70, 63)], sh(2, 1, 128)),
+        packed(&[65, 129, 200], sh(4, 4, 64)),
+    ];
+    for c in all {
+        let x = inputs(&mut r, &c);
+        // The group split over blocks (the default at these sizes), and walked by one block
+        // (what long sequences do): a block then walks head after head, and a warpgroup whose
+        // keys a head's first query tile does not see walks it with P = 0.
+        for (mask, split_below) in
+            [(FlashMask::Diagonal, None), (FlashMask::Every, None), (FlashMask::Diagonal, Some(0))]
+        {
+            b.set_flash_mask(mask);
+            b.set_flash_dkv_split_below(split_below);
+            b.set_flash_dkv(FlashDkv::Plain);
+            let plain = run(&*b, &c, &x);
+            b.set_flash_dkv(FlashDkv::Wgmma);
+            let wg = run(&*b, &c, &x);
+            b.set_flash_dkv(FlashDkv::default());
+            b.set_flash_dkv_split_below(None);
+            let what = format!("{:?} {mask:?} split below {split_below:?}: wgmma dK/dV", c.shape);
+            assert_close_outputs(&c, &wg, &plain, &what, (!exact).then_some(1e-5));
+        }
+    }
+    b.set_flash_mask(FlashMask::default());
+}
+
 /// The pipelined dQ kernel (the next key tile's S and dP ahead of this tile's dS; head dim 64,
 /// bf16 storage) gives the plain one's bits, in every output of the backward, under both masks:
 /// GQA groups 2 and 7, ragged and offset spans (a warp's first row one key before a tile's
@@ -794,6 +833,19 @@ mod emu {
         }
     }
     #[test]
+    fn flash_dkv_wgmma_same_bits() {
+        use mmr1_fast::backend::cuda::emu::{EmuDevice, Schedule};
+        use mmr1_fast::backend::Backend;
+        let dev = EmuDevice::with_schedules(&Schedule::CI).with_profile();
+        let mut b = CudaBackend::with_device(dev).with_attention(AttnKernel::Flash);
+        super::flash_dkv_wgmma_same_bits(&mut b, true);
+        let ran = b.kernel_profile();
+        let calls = |n: &str| ran.iter().find(|k| k.name == n).map_or(0, |k| k.calls);
+        for name in ["flash_bwd_dkv_wg_bf16_d64", "flash_bwd_dkv_wg_bf16_d128", "flash_dkv_sum"] {
+            assert!(calls(name) > 0, "{name} never ran");
+        }
+    }
+    #[test]
     fn decode_vs_cpu() {
         for (kernel, tol) in [
             (DecodeKernel::Split, 1e-5),
@@ -910,6 +962,21 @@ mod gpu {
             } else {
                 println!(
                     "SKIP flash_dq_wgmma_same_bits: {} has no wgmma (sm_90 only)",
+                    b.device().name()
+                )
+            }
+        });
+    }
+    /// sm_90 only: skipped with a message on other GPUs.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+    fn flash_dkv_wgmma_same_bits() {
+        with_gpu(|b| {
+            if b.device().has_wgmma() {
+                super::flash_dkv_wgmma_same_bits(b, false)
+            } else {
+                println!(
+                    "SKIP flash_dkv_wgmma_same_bits: {} has no wgmma (sm_90 only)",
                     b.device().name()
                 )
             }

@@ -129,12 +129,32 @@ fn wgmma_run<D: Device>(
     steps: (usize, usize, usize),
     desc: (bool, usize, usize),
 ) -> Vec<f32> {
+    wgmma_run_a(b, a, bm, c, (k, n, trans), steps, desc, false)
+}
+
+/// `wgmma_run` with A from registers, or from shared memory after B (`a_smem`: the `_ss` form;
+/// the kernel places it K-major with a gap after each row of cores).
+#[allow(clippy::too_many_arguments)]
+fn wgmma_run_a<D: Device>(
+    b: &CudaBackend<D>,
+    a: &[f32],
+    bm: &[f32],
+    c: &[f32],
+    (k, n, trans): (usize, usize, bool),
+    steps: (usize, usize, usize),
+    desc: (bool, usize, usize),
+    a_smem: bool,
+) -> Vec<f32> {
     let (ag, bg, cg) = (b.upload(a), b.upload(bm), b.upload(c));
+    let a_at = steps.2.next_multiple_of(128);
+    let smem = if a_smem { a_at + 8 * ((k / 8) * 128 + 128) } else { steps.2 };
+    let name = format!("wgmma_test_n{n}");
+    b.device().set_max_dynamic_shared(&name, smem as u32);
     b.device().launch(
-        &format!("wgmma_test_n{n}"),
+        &name,
         [1, 1, 1],
         [128, 1, 1],
-        steps.2 as u32,
+        smem as u32,
         &[
             Arg::Ptr(cg.mem()),
             Arg::Ptr(ag.mem()),
@@ -146,6 +166,7 @@ fn wgmma_run<D: Device>(
             Arg::I32(desc.0 as i32),
             Arg::I32(desc.1 as i32),
             Arg::I32(desc.2 as i32),
+            Arg::I32(if a_smem { a_at as i32 } else { -1 }),
         ],
     );
     b.download(&cg)
@@ -201,7 +222,8 @@ fn wgmma_diagnose<D: Device>(
 }
 
 /// Hopper's wgmma (kernels/wgmma.cuh) against a CPU matmul: N 64 and 128, K 16 to 64, B
-/// K-major and N-major, two core orders with gaps (`wgmma_steps`), C accumulated. On the
+/// K-major and N-major, two core orders with gaps (`wgmma_steps`), C accumulated, A from
+/// registers and from shared memory. On the
 /// emulator this checks the kernels' use of the layout as the emulator reads it; on an sm_90
 /// GPU it checks that reading against the hardware (the emulator's model of the descriptor
 /// is this project's reading of the PTX ISA, and the GPU is the judge of it).
@@ -236,6 +258,12 @@ fn wgmma_layouts<D: Device>(b: &CudaBackend<D>) {
                         wgmma_diagnose(b, &tag, inputs, (k, n, trans), steps, &got, &want);
                     }
                     assert!(err < 1e-6, "{tag}: relative L2 error {err:.3e} (WGMMA-DIAG above)");
+                    // A from shared memory (the `_ss` form), B as above.
+                    let desc = (trans, steps.0, steps.1);
+                    let got = wgmma_run_a(b, &a, &bm, &c, (k, n, trans), steps, desc, true);
+                    let err = rel_l2(&got, &want);
+                    println!("ERR {tag} A in shared memory: {err:.3e}");
+                    assert!(err < 1e-6, "{tag}, A in shared memory: relative L2 error {err:.3e}");
                 }
             }
         }

@@ -102,6 +102,28 @@ pub enum FlashDq {
     Wgmma,
 }
 
+/// Which dK/dV kernel the flash backward runs with bf16 storage at head dims 64 and 128. Both
+/// compute the same bits from the same work items on the emulator (kernels/flash_wgmma.cu,
+/// "backward: dK and dV").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashDkv {
+    /// `flash_bwd_dkv[_bf16]_d*` (mma.sync).
+    #[default]
+    Plain,
+    /// `flash_bwd_dkv_wg_bf16_d{64,128}`: Hopper's wgmma, the block's K and V rows read by the
+    /// tensor cores from shared memory. sm_90 only (elsewhere `Plain` runs); opt-in until
+    /// measured.
+    Wgmma,
+}
+
+impl FlashDkv {
+    /// From `MMR1_FLASH_DKV` (`plain` or `wgmma`); unset means `Plain`.
+    pub fn from_env() -> Result<Self, String> {
+        let choices = [("plain", FlashDkv::Plain), ("wgmma", FlashDkv::Wgmma)];
+        Ok(env_choice("MMR1_FLASH_DKV", &choices)?.unwrap_or_default())
+    }
+}
+
 impl FlashDq {
     /// From `MMR1_FLASH_DQ` (`plain`, `pipe` or `wgmma`); unset means `Plain`.
     pub fn from_env() -> Result<Self, String> {
@@ -224,6 +246,12 @@ fn tile_bytes(rows: usize, head_dim: usize) -> u32 {
 /// at head dim 128).
 fn pipe_smem(head_dim: usize) -> u32 {
     6 * tile_bytes(WALK, head_dim)
+}
+
+/// Dynamic shared memory of the wgmma dK/dV kernel (`flash_bwd_dkv_wg`): two buffers of a Q
+/// and a dO tile, the block's 128 K and V rows, and lse and D of each buffer's 64 queries.
+fn wgmma_dkv_smem(head_dim: usize) -> u32 {
+    (8 * WALK * head_dim * 2 + 2 * 2 * WALK * 4) as u32
 }
 
 /// Dynamic shared memory of the wgmma forward and dQ kernels (`fg_smem` in
@@ -641,8 +669,16 @@ impl<D: Device> CudaBackend<D> {
         if !kt.is_empty() {
             let d_kt = self.upload_i32(&kt);
             let tiles = kt.len() / 8;
-            let parts = dkv_parts(tiles, hkv, h);
-            let (name, smem) = (flash_kernel("bwd_dkv", io, d), walk_smem(d, true, io));
+            let parts = dkv_parts(tiles, hkv, h, self.dkv_split_below.unwrap_or(DKV_SPLIT_BELOW));
+            let wgmma = self.flash_dkv == FlashDkv::Wgmma
+                && io == FlashIo::Bf16
+                && matches!(d, 64 | 128)
+                && self.dev.has_wgmma();
+            let (name, smem) = if wgmma {
+                (format!("flash_bwd_dkv_wg_bf16_d{d}"), wgmma_dkv_smem(d))
+            } else {
+                (flash_kernel("bwd_dkv", io, d), walk_smem(d, true, io))
+            };
             self.dev.set_max_dynamic_shared(&name, smem);
             // Split: slice p of the group's heads writes partials p; flash_dkv_sum adds them.
             let split = parts > 1;
@@ -778,8 +814,10 @@ fn dkv_sum_blocks(head_dim: usize) -> u32 {
 /// `flash_dkv_sum`) when the kv tiles alone (`kv_tiles x n_kv` blocks) give too few blocks,
 /// else 1 (no partials). The split costs `n_heads / n_kv` partial copies of dK and dV written
 /// and read once.
-fn dkv_parts(kv_tiles: usize, n_kv: usize, n_heads: usize) -> usize {
-    if kv_tiles * n_kv < DKV_SPLIT_BELOW {
+/// `split_below`: DKV_SPLIT_BELOW unless a test set another (`CudaBackend::
+/// set_flash_dkv_split_below`).
+fn dkv_parts(kv_tiles: usize, n_kv: usize, n_heads: usize, split_below: usize) -> usize {
+    if kv_tiles * n_kv < split_below {
         n_heads / n_kv
     } else {
         1
@@ -888,8 +926,10 @@ mod tests {
         assert_eq!(decode_staged_smem(128, 2), 2 * ((4352 + 4096) * 2 + (1024 + 256) * 4));
         // 32 tiles x 2 kv heads = 64 blocks: split over the group of 6; 256 x 2 = 512 blocks
         // (or 1 kv head, group 1) need no split.
-        assert_eq!((dkv_parts(32, 2, 12), dkv_parts(64, 1, 1), dkv_parts(256, 2, 12)), (6, 1, 1));
-        assert_eq!(dkv_parts(255, 2, 14), 7);
+        let parts = |tiles, n_kv, n_heads| dkv_parts(tiles, n_kv, n_heads, DKV_SPLIT_BELOW);
+        assert_eq!((parts(32, 2, 12), parts(64, 1, 1), parts(256, 2, 12)), (6, 1, 1));
+        assert_eq!(parts(255, 2, 14), 7);
+        assert_eq!(dkv_parts(32, 2, 12, 0), 1);
         assert_eq!([16, 64, 128].map(dkv_sum_blocks), [2, 8, 16]);
         // Chunks by the sequence's own length: at most 8 of 32 or 64 keys, else 128 keys.
         let chunks = [1, 256, 257, 512, 513, 1024, 4096].map(decode_chunk);

@@ -32,7 +32,9 @@ mod vision_ops;
 
 use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
 use device::{Arg, Device};
-pub use flash::{AttnKernel, DecodeChunks, DecodeKernel, FlashDq, FlashFwd, FlashIo, FlashMask};
+pub use flash::{
+    AttnKernel, DecodeChunks, DecodeKernel, FlashDkv, FlashDq, FlashFwd, FlashIo, FlashMask,
+};
 pub use kv_cache16::KvCacheStorage;
 use std::sync::Arc;
 
@@ -107,6 +109,11 @@ pub struct CudaBackend<D: Device> {
     flash_fwd: FlashFwd,
     /// Which dQ kernel the flash backward runs (`MMR1_FLASH_DQ`).
     flash_dq: FlashDq,
+    /// Which dK/dV kernel the flash backward runs (`MMR1_FLASH_DKV`).
+    flash_dkv: FlashDkv,
+    /// Blocks below which the dK/dV kernel splits a kv head's group of heads over blocks; None:
+    /// `flash::DKV_SPLIT_BELOW` (`set_flash_dkv_split_below`).
+    dkv_split_below: Option<usize>,
     /// Which key tiles the flash kernels mask (`MMR1_FLASH_MASK`).
     flash_mask: FlashMask,
     /// Read-only index arrays (positions, rope frequencies, row lists, attention work items)
@@ -158,6 +165,8 @@ impl<D: Device> CudaBackend<D> {
             flash_io: FlashIo::default(),
             flash_fwd: FlashFwd::default(),
             flash_dq: FlashDq::default(),
+            flash_dkv: FlashDkv::default(),
+            dkv_split_below: None,
             flash_mask: FlashMask::default(),
             indices: Default::default(),
             producer_shadows: producer_shadows::from_env(),
@@ -181,7 +190,8 @@ impl<D: Device> CudaBackend<D> {
     /// chunks `MMR1_DECODE_CHUNKS` (`length`, the default, or `128`), the input storage
     /// `MMR1_FLASH_IO` (`bf16`, the default, or `f32`), the forward `MMR1_FLASH_FWD` (`narrow`,
     /// the default, `wide`, `pipe` or `wgmma`), the dQ kernel `MMR1_FLASH_DQ` (`plain`, the
-    /// default, `pipe` or `wgmma`), the masked tiles `MMR1_FLASH_MASK` (`diagonal`, the
+    /// default, `pipe` or `wgmma`), the dK/dV kernel `MMR1_FLASH_DKV` (`plain`, the default, or
+    /// `wgmma`), the masked tiles `MMR1_FLASH_MASK` (`diagonal`, the
     /// default, or `every`), and the KV cache's storage `MMR1_KV_CACHE`. The wgmma kernels need
     /// an sm_90 GPU or the emulator: asking for them elsewhere is an error.
     pub(super) fn flash_variants_from_env(&mut self) -> Result<(), String> {
@@ -202,6 +212,13 @@ impl<D: Device> CudaBackend<D> {
                 self.dev.name()
             ));
         }
+        self.flash_dkv = FlashDkv::from_env()?;
+        if self.flash_dkv == FlashDkv::Wgmma && !self.dev.has_wgmma() {
+            return Err(format!(
+                "MMR1_FLASH_DKV=wgmma needs an sm_90 GPU (H100, H200) or the emulator; {} is neither",
+                self.dev.name()
+            ));
+        }
         self.flash_mask = FlashMask::from_env()?;
         self.kv_cache = KvCacheStorage::from_env()?;
         Ok(())
@@ -217,6 +234,19 @@ impl<D: Device> CudaBackend<D> {
     /// Selects the flash backward's dQ kernel (see `FlashDq`: same bits).
     pub fn set_flash_dq(&mut self, dq: FlashDq) {
         self.flash_dq = dq;
+    }
+    /// Selects the flash backward's dK/dV kernel (see `FlashDkv`: same bits on the emulator).
+    pub fn set_flash_dkv(&mut self, dkv: FlashDkv) {
+        self.flash_dkv = dkv;
+    }
+    /// Sets the block count below which the dK/dV kernel splits each kv head's group of query
+    /// heads over blocks (one per head, partials summed); 0 never splits, so that a block walks
+    /// every head of its group (what long sequences do; tests reach that path at small sizes).
+    /// The two sum a group's heads in different orders (partials then their sum, or one
+    /// accumulator), each deterministic.
+    /// None: the default again.
+    pub fn set_flash_dkv_split_below(&mut self, blocks: Option<usize>) {
+        self.dkv_split_below = blocks;
     }
     /// Selects where the flash kernels read their inputs from (see `FlashIo`: same bits).
     pub fn set_flash_io(&mut self, io: FlashIo) {
