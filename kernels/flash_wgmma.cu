@@ -1,8 +1,7 @@
-// Flash attention on Hopper's warpgroup MMA (kernels/wgmma.cuh, sm_90a): the forward and the
-// backward's dQ kernel with the work items, softmax and arithmetic of flash_fwd and
-// flash_bwd_dq (kernels/flash_attention.cu), each tile's products issued as wgmma instead of
-// mma.sync. (The dK/dV kernel stays on mma.sync: its K, V, dK and dV rows, 192 registers a
-// thread at d128 before any score, leave no room for a warpgroup's accumulators.)
+// Flash attention on Hopper's warpgroup MMA (kernels/wgmma.cuh, sm_90a): the forward, dQ and
+// dK/dV kernels with the work items, softmax and arithmetic of flash_fwd, flash_bwd_dq and
+// flash_bwd_dkv (kernels/flash_attention.cu), each tile's products issued as wgmma instead of
+// mma.sync.
 //
 // Why: the mma.sync forwards measured 149-186 TFLOP/s on an H100 (2 x 4,096, d128), latency
 // bound with two warps a scheduler (docs/perf.md, "Why the flash kernels are slow"), where
@@ -13,8 +12,8 @@
 //
 // Block: 2 warpgroups (8 warps, 256 threads), 128 query rows as flash_fwd (warp w owns rows
 // 16w..16w+15: the wgmma accumulator layout gives each warp the rows mma.sync gave it, so the
-// softmax and output helpers are flash_fwd's own). K/V tiles of 64 keys, bf16, two buffers,
-// in wgmma's no-swizzle layout: core matrix (key / 8, d / 8) at byte ((key / 8) * D / 8 +
+// softmax and output helpers are flash_fwd's own). K/V tiles of 64 keys, bf16, three buffers
+// (fg_smem), in wgmma's no-swizzle layout: core matrix (key / 8, d / 8) at byte ((key / 8) * D / 8 +
 // d / 8) * 128, its 8 keys 16 bytes apart. The same tile serves S (K-major B: N = keys,
 // K = d; LBO = 128 between d chunks, SBO = 16 D between key groups) and O (V N-major: K = keys,
 // N = d; LBO = 16 D, SBO = 128).

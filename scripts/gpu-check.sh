@@ -31,7 +31,8 @@
 # `rollout`, continuous batching of a 512-response rollout, and `ncu`, the RL kernels' own
 # time and DRAM throughput, only when named),
 # STEPS=quick the short list of training steps (STEPS=levers: each default against its switch;
-# STEPS=recheck: a short follow-up), BENCH_FILTER a part of the kernel benches,
+# STEPS=recheck: a short follow-up; STEPS=wgmma: the wgmma flash kernels against the defaults),
+# BENCH_FILTER a part of the kernel benches,
 # SUITES the equivalence suites to run, SANITIZER_SUITES those under compute-sanitizer.
 # SANITIZERS="memcheck racecheck" picks tools (SANITIZERS="" skips them). STEP_SEQS x STEP_LEN
 # (default 4 x 1024 tokens) sizes the 0.5B steps. DEMO_PRECISIONS (default "bf16 f32") x DEMO_SEEDS
@@ -264,6 +265,20 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     # The old log-probs' own pass, which on-policy updates skip (the PyTorch step runs it).
     STEP_ENV=old-pass step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo --old-logprob-pass
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+elif want steps && [ "${STEPS:-full}" = wgmma ]; then
+    # STEPS=wgmma: the wgmma flash kernels (kernels/flash_wgmma.cu; sm_90) against the mma.sync
+    # defaults, each alone and all three, in the SFT step, the profiled step and the GRPO step;
+    # PyTorch beside. Run the suites first (tensor_core's wgmma_layouts judges the layout model).
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_FWD=wgmma MMR1_FLASH_FWD=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_DQ=wgmma MMR1_FLASH_DQ=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_DKV=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=all-wgmma MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=all-wgmma-profile MMR1_PROFILE=1 MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
+    STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    STEP_ENV=all-wgmma MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
 elif want steps && [ "${STEPS:-full}" = recheck ]; then
     # STEPS=recheck: a short follow-up call: the default step, the diagonal-only flash mask's
     # switch, PyTorch, and decode repeated around its switch (two rollouts a run are noisy).
