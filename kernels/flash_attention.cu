@@ -292,17 +292,23 @@ __device__ __forceinline__ void fa_mm_abt_of(float acc[8][4], const A& src, bf16
 
 // acc[D/8][4] (16 x D) += P (16 x 64, f32 accumulator layout) . T where T is a 64 x D tile
 // (V for O += P V, dO for dV += P^T dO, Q for dK += dS^T Q, K for dQ += dS K).
+// The A fragment (bf16) of k chunk kc (columns 16 kc..) of a 16 x 64 f32 accumulator: the
+// accumulator layout of two n-tiles is the A layout of one 16-wide k chunk (mma.sync's and a
+// wgmma warp's alike).
+__device__ __forceinline__ void fa_frag_of_acc(unsigned a[4], const float p[8][4], int kc) {
+    a[0] = pack_bf16x2(p[2 * kc][0], p[2 * kc][1]);
+    a[1] = pack_bf16x2(p[2 * kc][2], p[2 * kc][3]);
+    a[2] = pack_bf16x2(p[2 * kc + 1][0], p[2 * kc + 1][1]);
+    a[3] = pack_bf16x2(p[2 * kc + 1][2], p[2 * kc + 1][3]);
+}
+
 template <int D>
 __device__ __forceinline__ void fa_mm_pt(float acc[D / 8][4], const float p[8][4], bf16x8 (*s)[D / 8 + 1]) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int kc = 0; kc < 4; kc++) {
-        // The accumulator layout of two n-tiles is the A layout of one 16-wide k chunk.
         unsigned a[4];
-        a[0] = pack_bf16x2(p[2 * kc][0], p[2 * kc][1]);
-        a[1] = pack_bf16x2(p[2 * kc][2], p[2 * kc][3]);
-        a[2] = pack_bf16x2(p[2 * kc + 1][0], p[2 * kc + 1][1]);
-        a[3] = pack_bf16x2(p[2 * kc + 1][2], p[2 * kc + 1][3]);
+        fa_frag_of_acc(a, p, kc);
 #pragma unroll
         for (int dp = 0; dp < D / 16; dp++) {
             // matrices (transposed): (rows kc*16+0..7, cols dp*16+0..7), (rows +8, cols +0),
@@ -787,6 +793,58 @@ __device__ __forceinline__ void fa_dscores(float s[8][4], const float dp[8][4], 
         for (int i = 0; i < 4; i++) s[nt][i] = exp2f(s[nt][i] * sl2 - L2[i >> 1]) * (dp[nt][i] - Dd[i >> 1]) * scale;
 }
 
+// dQ's dS over a 16-row tile against the 64 keys from j0 (rows at positions pos_first + g and
+// + 8 of this lane): with `masked` (fa_masked), a key past a row's position or past nkeys
+// gives P = 0; rows past the tile have L = +inf, P = 0 with or without the mask.
+__device__ __forceinline__ void fa_dq_dscores(float s[8][4], const float dp[8][4], const float L2[2],
+                                              const float Dd[2], float sl2, float scale, int j0, int pos_first,
+                                              int nkeys, int g, int t, bool masked) {
+    if (masked) {
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos_first + g + 8 * (i >> 1);
+                const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
+                s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
+            }
+    } else {
+        fa_dscores(s, dp, L2, Dd, sl2, scale);
+    }
+}
+
+// dK/dV's P^T (into s) and dS^T (into dp) over a warp's 16 key rows against a query tile of nq
+// rows from position qpos (columns c: L, Dv per query, L in log2 units), the key rows from
+// j0 + warp * 16 (nk in the block). With `masked`, a query before a key's position, past nq,
+// or a key row past nk gives P = 0. (Without, key rows past nk get P > 0 from K = 0, but feed
+// only their own dK/dV rows, which are never written.)
+__device__ __forceinline__ void fa_dkv_scores(float s[8][4], float dp[8][4], const float* L, const float* Dv,
+                                              float sl2, float scale, int j0, int qpos, int nq, int nk, int warp,
+                                              int g, int t, bool masked) {
+    if (masked) {
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
+                const bool vis = c < nq && row < nk && j0 + row <= qpos + c;
+                const float p = vis ? exp2f(s[nt][i] * sl2 - L[c]) : 0.0f;
+                s[nt][i] = p;
+                dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
+            }
+    } else {
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int c = nt * 8 + 2 * t + (i & 1);
+                const float p = exp2f(s[nt][i] * sl2 - L[c]);
+                s[nt][i] = p;
+                dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
+            }
+    }
+}
+
 template <int D, typename In>
 __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k, const In* v,
                              const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
@@ -839,19 +897,8 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
             float s[8][4], dp[8][4];
             fa_mm_abt<D>(s, qf, tk(buf));
             fa_mm_abt<D>(dp, df, tv(buf));
-            // Rows past the tile have L = +inf: P = 0 with or without the mask.
-            if (fa_masked(j0, pos0 + warp * 16, mask_all)) {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
-                        const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
-                        s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
-                    }
-            } else {
-                fa_dscores(s, dp, L2, Dd, sl2, scale);
-            }
+            fa_dq_dscores(s, dp, L2, Dd, sl2, scale, j0, pos0 + warp * 16, nkeys, g, t,
+                          fa_masked(j0, pos0 + warp * 16, mask_all));
             fa_mm_pt<D>(acc, s, tk(buf));
         }
         if (more) {
@@ -1063,31 +1110,10 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
             float s[8][4], dp[8][4];
             fa_mm_abt_of<D>(s, kf, tq(buf));  // S^T: keys x queries
             fa_mm_abt_of<D>(dp, vf, to(buf)); // dP^T
-            // Every score visible: a whole tile of queries, the warp's last key at or before the
-            // tile's first query. (Key rows past nk then get P > 0 from K = 0, but feed only
-            // their own dK/dV rows, which are never written.)
-            if (mask_all || nq < FA_ROWS || wfirst + 15 > qpos0 + i0) {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
-                        const bool vis = c < nq && row < nk && j0 + row <= qpos0 + i0 + c;
-                        const float p = vis ? exp2f(s[nt][i] * sl2 - L[c]) : 0.0f;
-                        s[nt][i] = p;
-                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
-                    }
-            } else {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int c = nt * 8 + 2 * t + (i & 1);
-                        const float p = exp2f(s[nt][i] * sl2 - L[c]);
-                        s[nt][i] = p;
-                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
-                    }
-            }
+            // Unmasked: every score visible (a whole tile of queries, the warp's last key at or
+            // before the tile's first query).
+            fa_dkv_scores(s, dp, L, Dv, sl2, scale, j0, qpos0 + i0, nq, nk, warp, g, t,
+                          mask_all || nq < FA_ROWS || wfirst + 15 > qpos0 + i0);
             fa_mm_pt<D>(gv, s, to(buf));  // dV += P^T dO
             fa_mm_pt<D>(gk, dp, tq(buf)); // dK += dS^T Q
         }

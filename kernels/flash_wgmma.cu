@@ -140,14 +140,8 @@ __device__ void flash_fwd_wg(real* out, unsigned short* out16, float* lse, const
             wgmma_wait<0>();
             wg_fence_acc<D / 8>(o);
             fa_rescale<D>(o, corr);
-            // The accumulator layout of two n-tiles is the A layout of one 16-key step.
 #pragma unroll
-            for (int ks = 0; ks < 4; ks++) {
-                pa[ks][0] = pack_bf16x2(s[2 * ks][0], s[2 * ks][1]);
-                pa[ks][1] = pack_bf16x2(s[2 * ks][2], s[2 * ks][3]);
-                pa[ks][2] = pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-                pa[ks][3] = pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-            }
+            for (int ks = 0; ks < 4; ks++) fa_frag_of_acc(pa[ks], s, ks);
             pv = cur;
         }
         if (more) { // the next tile has landed; the barrier publishes it
@@ -263,28 +257,12 @@ __device__ void flash_bwd_dq_wg(real* dq, const fa_b16* dout, const fa_b16* q, c
             wgmma_wait<1>(); // S and dP are done; the previous dQ += dS K may still run
             wg_fence_acc<8>(s);
             wg_fence_acc<8>(dp);
-            // Rows past the tile have L = +inf: P = 0 with or without the mask.
-            if (fa_masked(j0, pos0 + warp * 16, mask_all)) {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int j = j0 + nt * 8 + 2 * t + (i & 1), pos = pos0 + warp * 16 + g + 8 * (i >> 1);
-                        const float p = (j > pos || j >= nkeys) ? 0.0f : exp2f(s[nt][i] * sl2 - L2[i >> 1]);
-                        s[nt][i] = p * (dp[nt][i] - Dd[i >> 1]) * scale; // dS
-                    }
-            } else {
-                fa_dscores(s, dp, L2, Dd, sl2, scale);
-            }
+            fa_dq_dscores(s, dp, L2, Dd, sl2, scale, j0, pos0 + warp * 16, nkeys, g, t,
+                          fa_masked(j0, pos0 + warp * 16, mask_all));
             wgmma_wait<0>();
             wg_fence_acc<D / 8>(acc);
 #pragma unroll
-            for (int ks = 0; ks < 4; ks++) {
-                da[ks][0] = pack_bf16x2(s[2 * ks][0], s[2 * ks][1]);
-                da[ks][1] = pack_bf16x2(s[2 * ks][2], s[2 * ks][3]);
-                da[ks][2] = pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-                da[ks][3] = pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-            }
+            for (int ks = 0; ks < 4; ks++) fa_frag_of_acc(da[ks], s, ks);
             prev = cur;
         }
         if (more) {
@@ -440,41 +418,13 @@ __device__ void flash_bwd_dkv_wg(real* dk, real* dv, const fa_b16* dout, const f
             wgmma_wait<0>();
             wg_fence_acc<8>(s);
             wg_fence_acc<8>(dp);
-            // flash_bwd_dkv's lines: every score visible, or the mask (a warp's keys past the
-            // tile's queries, a short tile, a diagonal): then invisible scores give P = 0.
-            if (mask_all || nq < FA_ROWS || wfirst + 15 > qpos0 + i0) {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int c = nt * 8 + 2 * t + (i & 1), row = warp * 16 + g + 8 * (i >> 1);
-                        const bool vis = c < nq && row < nk && j0 + row <= qpos0 + i0 + c;
-                        const float p = vis ? exp2f(s[nt][i] * sl2 - L[c]) : 0.0f;
-                        s[nt][i] = p;
-                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
-                    }
-            } else {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int c = nt * 8 + 2 * t + (i & 1);
-                        const float p = exp2f(s[nt][i] * sl2 - L[c]);
-                        s[nt][i] = p;
-                        dp[nt][i] = p * (dp[nt][i] - Dv[c]) * scale; // dS^T
-                    }
-            }
+            fa_dkv_scores(s, dp, L, Dv, sl2, scale, j0, qpos0 + i0, nq, nk, warp, g, t,
+                          mask_all || nq < FA_ROWS || wfirst + 15 > qpos0 + i0);
             unsigned pa[4][4], da[4][4]; // P^T and dS^T as A fragments
 #pragma unroll
             for (int ks = 0; ks < 4; ks++) {
-                pa[ks][0] = pack_bf16x2(s[2 * ks][0], s[2 * ks][1]);
-                pa[ks][1] = pack_bf16x2(s[2 * ks][2], s[2 * ks][3]);
-                pa[ks][2] = pack_bf16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-                pa[ks][3] = pack_bf16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-                da[ks][0] = pack_bf16x2(dp[2 * ks][0], dp[2 * ks][1]);
-                da[ks][1] = pack_bf16x2(dp[2 * ks][2], dp[2 * ks][3]);
-                da[ks][2] = pack_bf16x2(dp[2 * ks + 1][0], dp[2 * ks + 1][1]);
-                da[ks][3] = pack_bf16x2(dp[2 * ks + 1][2], dp[2 * ks + 1][3]);
+                fa_frag_of_acc(pa[ks], s, ks);
+                fa_frag_of_acc(da[ks], dp, ks);
             }
             wg_fence_acc<D / 8>(gk);
             wg_fence_acc<D / 8>(gv);

@@ -401,28 +401,49 @@ fn flash_fwd_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
 /// `flash_dq_pipe_same_bits` at both head dims, and warpgroups whose last row sees one key of
 /// a tile. `exact`: bit for bit (the emulator); on an sm_90 GPU within 1e-5.
 fn flash_dq_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
-    let mut r = ChaCha8Rng::seed_from_u64(38);
-    let all = [
+    let cases = [
         packed(&[1, 37, 70], sh(4, 2, 64)),
         packed(&[200], sh(2, 1, 128)), // 4 key tiles: the 3 buffers reused
         packed(&[130], sh(7, 1, 64)),
         offset(&[(150, 62), (90, 14), (70, 63)], sh(2, 1, 128)),
         packed(&[65, 129], sh(2, 2, 64)),
     ];
-    for c in all {
-        let x = inputs(&mut r, &c);
-        for mask in [FlashMask::Diagonal, FlashMask::Every] {
+    let rounds = [(FlashMask::Diagonal, None), (FlashMask::Every, None)];
+    let set = |b: &mut CudaBackend<Dv>, on: bool| {
+        b.set_flash_dq(if on { FlashDq::Wgmma } else { FlashDq::Plain })
+    };
+    backward_variant_same_bits(b, 38, &cases, &rounds, "wgmma dQ", exact, set);
+}
+
+/// The backward with a variant (`set(b, true)`) against the default kernels (`set(b, false)`)
+/// on `cases`, each under `rounds` of (mask, dK/dV split threshold): every output within 1e-5
+/// (`exact`: bit for bit).
+fn backward_variant_same_bits<Dv: Device>(
+    b: &mut CudaBackend<Dv>,
+    seed: u64,
+    cases: &[Case],
+    rounds: &[(FlashMask, Option<usize>)],
+    what: &str,
+    exact: bool,
+    set: impl Fn(&mut CudaBackend<Dv>, bool),
+) {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    for c in cases {
+        let x = inputs(&mut r, c);
+        for &(mask, split_below) in rounds {
             b.set_flash_mask(mask);
-            b.set_flash_dq(FlashDq::Plain);
-            let plain = run(&*b, &c, &x);
-            b.set_flash_dq(FlashDq::Wgmma);
-            let wg = run(&*b, &c, &x);
-            b.set_flash_dq(FlashDq::default());
-            let what = format!("{:?} {mask:?}: wgmma dQ", c.shape);
-            assert_close_outputs(&c, &wg, &plain, &what, (!exact).then_some(1e-5));
+            b.set_flash_dkv_split_below(split_below);
+            set(b, false);
+            let plain = run(&*b, c, &x);
+            set(b, true);
+            let got = run(&*b, c, &x);
+            set(b, false);
+            let tag = format!("{:?} {mask:?} split below {split_below:?}: {what}", c.shape);
+            assert_close_outputs(c, &got, &plain, &tag, (!exact).then_some(1e-5));
         }
     }
     b.set_flash_mask(FlashMask::default());
+    b.set_flash_dkv_split_below(None);
 }
 
 /// The wgmma dK/dV kernel (kernels/flash_wgmma.cu; bf16 storage, head dims 64 and 128) gives
@@ -432,35 +453,22 @@ fn flash_dq_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
 /// whose first query tiles the second warpgroup's keys do not see (it walks them with P = 0),
 /// and a block walking every head of its group. `exact`: bit for bit (the emulator); on an sm_90 GPU within 1e-5.
 fn flash_dkv_wgmma_same_bits<Dv: Device>(b: &mut CudaBackend<Dv>, exact: bool) {
-    let mut r = ChaCha8Rng::seed_from_u64(39);
-    let all = [
+    let cases = [
         packed(&[1, 37, 70], sh(4, 2, 64)),
         packed(&[200], sh(2, 1, 128)), // up to 4 query tiles a block: buffers reused
         packed(&[130], sh(7, 1, 64)),
         offset(&[(150, 62), (90, 14), (70, 63)], sh(2, 1, 128)),
         packed(&[65, 129, 200], sh(4, 4, 64)),
     ];
-    for c in all {
-        let x = inputs(&mut r, &c);
-        // The group split over blocks (the default at these sizes), and walked by one block
-        // (what long sequences do): a block then walks head after head, and a warpgroup whose
-        // keys a head's first query tile does not see walks it with P = 0.
-        for (mask, split_below) in
-            [(FlashMask::Diagonal, None), (FlashMask::Every, None), (FlashMask::Diagonal, Some(0))]
-        {
-            b.set_flash_mask(mask);
-            b.set_flash_dkv_split_below(split_below);
-            b.set_flash_dkv(FlashDkv::Plain);
-            let plain = run(&*b, &c, &x);
-            b.set_flash_dkv(FlashDkv::Wgmma);
-            let wg = run(&*b, &c, &x);
-            b.set_flash_dkv(FlashDkv::default());
-            b.set_flash_dkv_split_below(None);
-            let what = format!("{:?} {mask:?} split below {split_below:?}: wgmma dK/dV", c.shape);
-            assert_close_outputs(&c, &wg, &plain, &what, (!exact).then_some(1e-5));
-        }
-    }
-    b.set_flash_mask(FlashMask::default());
+    // The group split over blocks (the default at these sizes), and walked by one block (what
+    // long sequences do): a block then walks head after head, and a warpgroup skips a head's
+    // first query tiles that none of its keys sees.
+    let rounds =
+        [(FlashMask::Diagonal, None), (FlashMask::Every, None), (FlashMask::Diagonal, Some(0))];
+    let set = |b: &mut CudaBackend<Dv>, on: bool| {
+        b.set_flash_dkv(if on { FlashDkv::Wgmma } else { FlashDkv::Plain })
+    };
+    backward_variant_same_bits(b, 39, &cases, &rounds, "wgmma dK/dV", exact, set);
 }
 
 /// The pipelined dQ kernel (the next key tile's S and dP ahead of this tile's dS; head dim 64,
