@@ -62,9 +62,10 @@ impl FlashIo {
     }
 }
 
-/// Which forward kernel runs with bf16 storage (`FlashIo::Bf16`) at head dims 64 and 128. Both
-/// compute the same bits from the same work items (128 query rows a block); they differ in how
-/// the block's warps share the K/V fragments (kernels/flash_attention.cu, "forward, wide").
+/// Which forward kernel runs with bf16 storage (`FlashIo::Bf16`) at head dims 64 and 128. All
+/// compute the same bits from the same work items (128 query rows a block; `Wgmma`'s on the
+/// emulator, a GPU's wgmma may round its sums otherwise); they differ in how the block's warps
+/// reach the K/V tiles (kernels/flash_attention.cu, "forward, wide"; kernels/flash_wgmma.cu).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FlashFwd {
     /// `flash_fwd_bf16_d*`: 8 warps of 16 rows; each K/V fragment read from shared memory
@@ -86,8 +87,9 @@ pub enum FlashFwd {
     Wgmma,
 }
 
-/// Which dQ kernel the flash backward runs with bf16 storage at head dim 64. Both compute the
-/// same bits from the same work items (kernels/flash_attention.cu, "backward: dQ, pipelined").
+/// Which dQ kernel the flash backward runs with bf16 storage (`Pipe` at head dim 64, `Wgmma`
+/// at 64 and 128). All compute the same bits from the same work items on the emulator
+/// (kernels/flash_attention.cu, "backward: dQ, pipelined"; kernels/flash_wgmma.cu).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FlashDq {
     /// `flash_bwd_dq_bf16_d*`: per key tile S and dP, then dS, then dQ += dS K.
@@ -813,9 +815,8 @@ fn dkv_sum_blocks(head_dim: usize) -> u32 {
 /// Slices of the group's heads for the dK/dV kernel: one per head (then summed by
 /// `flash_dkv_sum`) when the kv tiles alone (`kv_tiles x n_kv` blocks) give too few blocks,
 /// else 1 (no partials). The split costs `n_heads / n_kv` partial copies of dK and dV written
-/// and read once.
-/// `split_below`: DKV_SPLIT_BELOW unless a test set another (`CudaBackend::
-/// set_flash_dkv_split_below`).
+/// and read once. `split_below`: DKV_SPLIT_BELOW, or what a test set
+/// (`CudaBackend::set_flash_dkv_split_below`).
 fn dkv_parts(kv_tiles: usize, n_kv: usize, n_heads: usize, split_below: usize) -> usize {
     if kv_tiles * n_kv < split_below {
         n_heads / n_kv
