@@ -437,6 +437,21 @@ __device__ __forceinline__ void fa_write_rows(real* out, unsigned short* out16, 
         }
 }
 
+// A warp's 16 rows of a [rows, heads, D] f32 tensor from its accumulator (lane (g, t): columns
+// 2t, 2t + 1 of each 8-column block, rows g and g + 8 from row_first), rows below nrows only:
+// dQ of the query rows, dK and dV of the key rows.
+template <int D>
+__device__ __forceinline__ void fa_store_acc_rows(real* out, const float acc[D / 8][4], long long row0, int row_first,
+                                                  int nrows, int heads, int h, int g, int t) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = row_first + g + 8 * (i >> 1);
+            if (row < nrows) out[((row0 + row) * heads + h) * D + nt * 8 + 2 * t + (i & 1)] = acc[nt][i];
+        }
+}
+
 // ---- forward ------------------------------------------------------------------------------
 
 // out16: null, or where to write the bf16 rounding of `out` too (the o projection's operand).
@@ -909,13 +924,7 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
         __syncthreads();
     }
     if (!active) return;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = warp * 16 + g + 8 * (i >> 1);
-            if (row < nrows) dq[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = acc[nt][i];
-        }
+    fa_store_acc_rows<D>(dq, acc, qrow0, warp * 16, nrows, n_heads, h, g, t);
 }
 
 // ---- backward: dQ, pipelined (the next key tile's S and dP issued before this tile's dS) ----
@@ -982,13 +991,7 @@ __device__ void flash_bwd_dq_pipe(real* dq, const fa_b16* dout, const fa_b16* q,
     }
     if (j < ntiles) step(sa, pa, sb, pb, j);
     if (!active) return;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = warp * 16 + g + 8 * (i >> 1);
-            if (row < nrows) dq[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = acc[nt][i];
-        }
+    fa_store_acc_rows<D>(dq, acc, qrow0, warp * 16, nrows, n_heads, h, g, t);
 }
 
 // ---- backward: dK, dV (one block per kv tile, kv head and slice of the group's heads; walks
@@ -1022,6 +1025,49 @@ struct fa_dkv_a<D, true> {
     typedef fa_asmem<D> type;
 };
 
+// The dK/dV kernels' work item (flash.rs `kv_tiles`, 8 ints) and head: a tile of nk <= 128
+// keys from row kvrow0, j0 the first key's index in its sequence, and its span's queries
+// (q_len rows from q_start, the first at position qpos0); the block's kv head and its slice
+// [g_lo, g_hi) of the group's query heads, `part` of the group's slices (its partials' index).
+struct fa_kv_item {
+    long long kvrow0, q_start;
+    int nk, j0, q_len, qpos0, kvh, part, g_lo, g_hi;
+};
+__device__ __forceinline__ fa_kv_item fa_kv_item_of(const int* items, int n_heads, int n_kv, int heads_per_block) {
+    const int group = n_heads / n_kv, parts = (group + heads_per_block - 1) / heads_per_block;
+    const fa_block_ix bi = fa_block(n_kv * parts); // its head: kv head x slice of the group
+    const int* it = items + 8 * bi.item;
+    fa_kv_item w;
+    w.kvrow0 = it[0];
+    w.q_start = it[3];
+    w.nk = it[1];
+    w.j0 = it[2];
+    w.q_len = it[4];
+    w.qpos0 = it[5];
+    w.kvh = bi.head / parts;
+    w.part = bi.head % parts;
+    w.g_lo = w.part * heads_per_block;
+    w.g_hi = fa_imin(group, w.g_lo + heads_per_block);
+    return w;
+}
+
+// lse and D of nq query rows from row qrow0 of head h into a tile's 64-row buffers sL, sD by
+// 4-byte cp.async (threads 0..63, a row each; complete at the next wait); rows past nq get
+// L = +inf and D = 0, so P = 0 there.
+__device__ __forceinline__ void fa_fetch_lse_d(float* sL, float* sD, const float* lse, const float* dsum,
+                                               long long qrow0, int nq, int n_heads, int h) {
+    const int tid = threadIdx.x;
+    if (tid >= FA_ROWS) return;
+    if (tid < nq) {
+        const long long qi = (qrow0 + tid) * n_heads + h;
+        cp_async_4(sL + tid, lse + qi);
+        cp_async_4(sD + tid, dsum + qi);
+    } else {
+        sL[tid] = __int_as_float(0x7f800000);
+        sD[tid] = 0.0f;
+    }
+}
+
 template <int D, typename In>
 __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, const In* k, const In* v,
                               const float* lse, const float* dsum, const int* items, int n_heads, int n_kv,
@@ -1036,15 +1082,12 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
     float* const sL = reinterpret_cast<float*>(smem + S::walk); // [2][64], log2 units
     float* const sD = sL + 2 * FA_ROWS;                         // [2][64]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int group = n_heads / n_kv, parts = (group + heads_per_block - 1) / heads_per_block;
-    const fa_block_ix bi = fa_block(n_kv * parts); // its head: kv head x slice of the group
-    const int kvh = bi.head / parts, part = bi.head % parts;
-    const int g_lo = part * heads_per_block, g_hi = fa_imin(group, g_lo + heads_per_block);
-    dk += part * part_stride;
-    dv += part * part_stride;
-    const int* it = items + 8 * bi.item;
-    const long long kvrow0 = it[0], q_start = it[3];
-    const int nk = it[1], j0 = it[2], q_len = it[4], qpos0 = it[5];
+    const int group = n_heads / n_kv;
+    const fa_kv_item w = fa_kv_item_of(items, n_heads, n_kv, heads_per_block);
+    const long long kvrow0 = w.kvrow0, q_start = w.q_start;
+    const int nk = w.nk, j0 = w.j0, q_len = w.q_len, qpos0 = w.qpos0, kvh = w.kvh, g_lo = w.g_lo, g_hi = w.g_hi;
+    dk += w.part * part_stride;
+    dv += w.part * part_stride;
     const bool active = warp * 16 < nk;
     const int wfirst = j0 + warp * 16; // first key of the warp
     const int i_first = fa_imax(0, j0 - qpos0); // first query that sees key j0 (< q_len)
@@ -1056,16 +1099,7 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
         const int h = kvh * group + gi, nq = fa_imin(FA_ROWS, q_len - i0);
         fa_fetch<D>(tq(b), stq, q, q_start + i0, nq, n_heads, h);
         fa_fetch<D>(to(b), sto, dout, q_start + i0, nq, n_heads, h);
-        if (tid < FA_ROWS) {
-            if (tid < nq) {
-                const long long qi = (q_start + i0 + tid) * n_heads + h;
-                cp_async_4(sL + b * FA_ROWS + tid, lse + qi);
-                cp_async_4(sD + b * FA_ROWS + tid, dsum + qi);
-            } else {
-                sL[b * FA_ROWS + tid] = __int_as_float(0x7f800000); // P = 0 past the span
-                sD[b * FA_ROWS + tid] = 0.0f;
-            }
-        }
+        fa_fetch_lse_d(sL + b * FA_ROWS, sD + b * FA_ROWS, lse, dsum, q_start + i0, nq, n_heads, h);
         cp_async_commit();
     };
     auto land = [&](int b) {
@@ -1125,17 +1159,8 @@ __device__ void flash_bwd_dkv(real* dk, real* dv, const In* dout, const In* q, c
         buf ^= 1;
     }
     if (!active) return;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = warp * 16 + g + 8 * (i >> 1);
-            if (row < nk) {
-                const long long o = ((kvrow0 + row) * n_kv + kvh) * D + nt * 8 + 2 * t + (i & 1);
-                dk[o] = gk[nt][i];
-                dv[o] = gv[nt][i];
-            }
-        }
+    fa_store_acc_rows<D>(dk, gk, kvrow0, warp * 16, nk, n_kv, kvh, g, t);
+    fa_store_acc_rows<D>(dv, gv, kvrow0, warp * 16, nk, n_kv, kvh, g, t);
 }
 
 // ---- entry points, one per head dim and storage ------------------------------------------

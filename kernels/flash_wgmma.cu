@@ -278,13 +278,7 @@ __device__ void flash_bwd_dq_wg(real* dq, const fa_b16* dout, const fa_b16* q, c
     wgmma_wait<0>();
     wg_fence_acc<D / 8>(acc);
     if (warp * 16 >= nrows) return;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = warp * 16 + g + 8 * (i >> 1);
-            if (row < nrows) dq[((qrow0 + row) * n_heads + h) * D + nt * 8 + 2 * t + (i & 1)] = acc[nt][i];
-        }
+    fa_store_acc_rows<D>(dq, acc, qrow0, warp * 16, nrows, n_heads, h, g, t);
 }
 
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dq_wg_bf16_d64(real* dq, const fa_b16* dout,
@@ -329,35 +323,22 @@ __device__ void flash_bwd_dkv_wg(real* dk, real* dv, const fa_b16* dout, const f
     float* const sL = reinterpret_cast<float*>(vt + 2 * S::tile); // [2][64]
     float* const sD = sL + 2 * FA_ROWS;                            // [2][64]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, wg = warp >> 2;
-    const int group = n_heads / n_kv, parts = (group + heads_per_block - 1) / heads_per_block;
-    const fa_block_ix bi = fa_block(n_kv * parts); // its head: kv head x slice of the group
-    const int kvh = bi.head / parts, part = bi.head % parts;
-    const int g_lo = part * heads_per_block, g_hi = fa_imin(group, g_lo + heads_per_block);
-    dk += part * part_stride;
-    dv += part * part_stride;
-    const int* it = items + 8 * bi.item;
-    const long long kvrow0 = it[0], q_start = it[3];
-    const int nk = it[1], j0 = it[2], q_len = it[4], qpos0 = it[5];
+    const int group = n_heads / n_kv;
+    const fa_kv_item w = fa_kv_item_of(items, n_heads, n_kv, heads_per_block);
+    const long long kvrow0 = w.kvrow0, q_start = w.q_start;
+    const int nk = w.nk, j0 = w.j0, q_len = w.q_len, qpos0 = w.qpos0, kvh = w.kvh, g_lo = w.g_lo, g_hi = w.g_hi;
+    dk += w.part * part_stride;
+    dv += w.part * part_stride;
     const bool wg_active = wg * 64 < nk;
     const int wfirst = j0 + warp * 16;          // first key of the warp
     const int i_first = fa_imax(0, j0 - qpos0); // first query that sees key j0 (< q_len)
 
-    // Query tile i0 of head gi of the group into buffer b: Q and dO rows, and lse and D by
-    // 4-byte cp.async (threads 0..63, one row each; +inf and 0 past the span: P = 0).
+    // Query tile i0 of head gi of the group into buffer b: Q and dO rows, lse and D.
     auto issue = [&](int gi, int i0, int b) {
         const int h = kvh * group + gi, nq = fa_imin(FA_ROWS, q_len - i0);
         fg_fetch<D>(tq(b), q, q_start + i0, nq, n_heads, h);
         fg_fetch<D>(to(b), dout, q_start + i0, nq, n_heads, h);
-        if (tid < FA_ROWS) {
-            if (tid < nq) {
-                const long long qi = (q_start + i0 + tid) * n_heads + h;
-                cp_async_4(sL + b * FA_ROWS + tid, lse + qi);
-                cp_async_4(sD + b * FA_ROWS + tid, dsum + qi);
-            } else {
-                sL[b * FA_ROWS + tid] = __int_as_float(0x7f800000);
-                sD[b * FA_ROWS + tid] = 0.0f;
-            }
-        }
+        fa_fetch_lse_d(sL + b * FA_ROWS, sD + b * FA_ROWS, lse, dsum, q_start + i0, nq, n_heads, h);
         cp_async_commit();
     };
     // After the wait: the thread that copied an lse turns it into log2 units; this thread's
@@ -443,17 +424,8 @@ __device__ void flash_bwd_dkv_wg(real* dk, real* dv, const fa_b16* dout, const f
         __syncthreads(); // the next tile is complete, and this one is no longer read
     }
     if (warp * 16 >= nk) return;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = warp * 16 + g + 8 * (i >> 1);
-            if (row < nk) {
-                const long long o = ((kvrow0 + row) * n_kv + kvh) * D + nt * 8 + 2 * t + (i & 1);
-                dk[o] = gk[nt][i];
-                dv[o] = gv[nt][i];
-            }
-        }
+    fa_store_acc_rows<D>(dk, gk, kvrow0, warp * 16, nk, n_kv, kvh, g, t);
+    fa_store_acc_rows<D>(dv, gv, kvrow0, warp * 16, nk, n_kv, kvh, g, t);
 }
 
 extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkv_wg_bf16_d64(real* dk, real* dv, const fa_b16* dout,
