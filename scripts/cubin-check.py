@@ -8,15 +8,17 @@ name contains FILTER (default: flash).
     cargo check --features emu          # writes OUT_DIR/kernels_all.cu
     scripts/cubin-check.py [FILTER]
 """
-import ctypes, glob, os, re, sys
+import ctypes, glob, multiprocessing, os, re, sys
 
 src_path = max(glob.glob("target/*/build/mmr1-fast-*/out/kernels_all.cu"), key=os.path.getmtime)
-src = open(src_path, "rb").read()
-lib = ctypes.CDLL(os.path.join(os.environ["NVRTC_LIB_DIR"], "libnvrtc.so.12"))
-inc = os.environ["CUDA_INCLUDE_DIR"]
 flt = sys.argv[1] if len(sys.argv) > 1 else "flash"
-rc_all = 0
-for arch in ["sm_80", "sm_90a"]:
+
+
+def compile_for(arch):
+    """(return code, ptxas log) of one architecture; run in its own process."""
+    lib = ctypes.CDLL(os.path.join(os.environ["NVRTC_LIB_DIR"], "libnvrtc.so.12"))
+    inc = os.environ["CUDA_INCLUDE_DIR"]
+    src = open(src_path, "rb").read()
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"kernels_all.cu", 0, None, None) == 0
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", f"-I{inc}".encode(), b"--ptxas-options=-v"]
@@ -25,7 +27,15 @@ for arch in ["sm_80", "sm_90a"]:
     lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
     log = ctypes.create_string_buffer(n.value)
     lib.nvrtcGetProgramLog(prog, log)
-    text = log.value.decode(errors="replace")
+    return rc, log.value.decode(errors="replace")
+
+
+archs = ["sm_80", "sm_90a"]
+# One process per architecture: each compile is single-threaded (~20 s), CI has two cores.
+with multiprocessing.Pool(len(archs)) as pool:
+    results = pool.map(compile_for, archs)
+rc_all = 0
+for arch, (rc, text) in zip(archs, results):
     print(f"== {arch}: {'ok' if rc == 0 else 'FAILED'} ({src_path})")
     if rc != 0:
         print(text)
