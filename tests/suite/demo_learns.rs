@@ -65,10 +65,13 @@ fn demo_rl_beats_sft_and_survives_a_kill() {
         "eval accuracy: before SFT {before:.3}, after SFT {sft:.3}, after 16 RL steps {rl:.3}"
     );
     assert!(sft > before, "SFT must teach something: {before} -> {sft}");
-    // Measured (seed 1, 100 eval items): 0.000 -> 0.370 after SFT -> 0.930 after 16 RL steps.
-    // The teacher drops half the carries and most items have one or more, so SFT alone stays
-    // below one half; RL must close most of the rest.
-    assert!(rl > sft + 0.3, "RL must beat SFT clearly: after SFT {sft}, after RL {rl}");
+    // Measured (seed 1, 100 eval items, 2026-11-28): 0.000 -> 0.390 after SFT -> 0.720 after 16
+    // RL steps (0.930 before the rollouts drew from Philox: each seed's trajectory is one draw,
+    // 0.46-0.91 over seeds 1-18 after the full 40 steps). The teacher drops half the carries and
+    // most items have one or more, so SFT alone stays below one half. A gain of 0.2 is four
+    // standard errors of a 100-item accuracy: RL beating SFT, with room for the last bits of
+    // the arithmetic to move this one trajectory (measured +0.33 sat 0.03 over the old 0.3).
+    assert!(rl > sft + 0.2, "RL must beat SFT clearly: after SFT {sft}, after RL {rl}");
     // The saved policy is a Hugging Face directory the other commands load.
     let ck = std::fs::read_to_string(out.join("rl/latest")).unwrap();
     let ck_dir = out.join("rl").join(ck.trim());
