@@ -458,6 +458,28 @@ __device__ __forceinline__ void fa_store_acc_rows(real* out, const float acc[D /
 // Q (read once, into registers) and K/V (walked: re-read by every query tile) may be stored
 // differently: the `_bf16` forward reads f32 Q and bf16 K/V, since a bf16 copy of Q would cost
 // a conversion pass (6 bytes a value) to save 2 bytes of one read.
+// The query-tile kernels' work item (flash.rs `q_tiles`, 4 ints) and head: nrows query rows
+// from row qrow0, the first at position pos0 of its sequence, whose keys start at row kv0; nkeys
+// the keys the tile's last query sees; the block's head h and its kv head. Decoded here alone,
+// for the forward and dQ kernels and their twins (the dK/dV kernels': fa_kv_item_of).
+struct fa_q_item {
+    long long qrow0, kv0;
+    int nrows, pos0, nkeys, h, kvh;
+};
+__device__ __forceinline__ fa_q_item fa_q_item_of(const int* items, int n_heads, int n_kv) {
+    const fa_block_ix bi = fa_block(n_heads);
+    const int* it = items + 4 * bi.item;
+    fa_q_item qi;
+    qi.qrow0 = it[0];
+    qi.nrows = it[1];
+    qi.kv0 = it[2];
+    qi.pos0 = it[3];
+    qi.nkeys = qi.pos0 + qi.nrows;
+    qi.h = bi.head;
+    qi.kvh = bi.head / (n_heads / n_kv);
+    return qi;
+}
+
 template <int D, typename Own, typename In>
 __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Own* q, const In* k, const In* v, const int* items,
                           int n_heads, int n_kv, float scale, bool mask_all) {
@@ -469,12 +491,9 @@ __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Ow
     float* const stk = reinterpret_cast<float*>(smem + 4 * S::tile);
     float* const stv = stk + FA_ROWS * D;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const fa_block_ix bi = fa_block(n_heads);
-    const int h = bi.head, kvh = h / (n_heads / n_kv);
-    const int* it = items + 4 * bi.item;
-    const long long qrow0 = it[0], kv0 = it[2];
-    const int nrows = it[1], pos0 = it[3];
-    const int nkeys = pos0 + nrows; // keys the tile's last query sees
+    const fa_q_item qi = fa_q_item_of(items, n_heads, n_kv);
+    const long long qrow0 = qi.qrow0, kv0 = qi.kv0;
+    const int h = qi.h, kvh = qi.kvh, nrows = qi.nrows, pos0 = qi.pos0, nkeys = qi.nkeys;
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
 
@@ -563,12 +582,9 @@ __device__ void flash_fwd_wide(real* out, unsigned short* out16, float* lse, con
     auto tv = [&](int b) { return reinterpret_cast<fa_tile_ptr<D>>(smem + (2 * b + 1) * TB); };
     const fa_tile_ptr<D> sq = reinterpret_cast<fa_tile_ptr<D>>(smem + 4 * TB);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const fa_block_ix bi = fa_block(n_heads);
-    const int h = bi.head, kvh = h / (n_heads / n_kv);
-    const int* it = items + 4 * bi.item;
-    const long long qrow0 = it[0], kv0 = it[2];
-    const int nrows = it[1], pos0 = it[3];
-    const int nkeys = pos0 + nrows;
+    const fa_q_item qi = fa_q_item_of(items, n_heads, n_kv);
+    const long long qrow0 = qi.qrow0, kv0 = qi.kv0;
+    const int h = qi.h, kvh = qi.kvh, nrows = qi.nrows, pos0 = qi.pos0, nkeys = qi.nkeys;
     const int wrow = warp * 32; // the warp's first row in the block's tile
     const bool active = wrow < nrows;
     const int wlast = pos0 + fa_imin(wrow + 31, nrows - 1); // last key any of the warp's rows sees
@@ -732,12 +748,9 @@ __device__ void flash_fwd_pipe(real* out, unsigned short* out16, float* lse, con
                                const fa_b16* v, const int* items, int n_heads, int n_kv, float scale, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const fa_block_ix bi = fa_block(n_heads);
-    const int h = bi.head, kvh = h / (n_heads / n_kv);
-    const int* it = items + 4 * bi.item;
-    const long long qrow0 = it[0], kv0 = it[2];
-    const int nrows = it[1], pos0 = it[3];
-    const int nkeys = pos0 + nrows; // keys the tile's last query sees
+    const fa_q_item qi = fa_q_item_of(items, n_heads, n_kv);
+    const long long qrow0 = qi.qrow0, kv0 = qi.kv0;
+    const int h = qi.h, kvh = qi.kvh, nrows = qi.nrows, pos0 = qi.pos0, nkeys = qi.nkeys;
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1); // last key any of the warp's rows sees
     const fa_kv3<D> kv{smem, k, v, kv0, nkeys, n_kv, kvh};
@@ -872,12 +885,9 @@ __device__ void flash_bwd_dq(real* dq, const In* dout, const In* q, const In* k,
     float* const stk = reinterpret_cast<float*>(smem + 4 * S::tile);
     float* const stv = stk + FA_ROWS * D;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const fa_block_ix bi = fa_block(n_heads);
-    const int h = bi.head, kvh = h / (n_heads / n_kv);
-    const int* it = items + 4 * bi.item;
-    const long long qrow0 = it[0], kv0 = it[2];
-    const int nrows = it[1], pos0 = it[3];
-    const int nkeys = pos0 + nrows;
+    const fa_q_item qi = fa_q_item_of(items, n_heads, n_kv);
+    const long long qrow0 = qi.qrow0, kv0 = qi.kv0;
+    const int h = qi.h, kvh = qi.kvh, nrows = qi.nrows, pos0 = qi.pos0, nkeys = qi.nkeys;
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
 
@@ -942,12 +952,9 @@ __device__ void flash_bwd_dq_pipe(real* dq, const fa_b16* dout, const fa_b16* q,
                                   float scale, bool mask_all) {
     DYN_SMEM(unsigned char, smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const fa_block_ix bi = fa_block(n_heads);
-    const int h = bi.head, kvh = h / (n_heads / n_kv);
-    const int* it = items + 4 * bi.item;
-    const long long qrow0 = it[0], kv0 = it[2];
-    const int nrows = it[1], pos0 = it[3];
-    const int nkeys = pos0 + nrows;
+    const fa_q_item qi = fa_q_item_of(items, n_heads, n_kv);
+    const long long qrow0 = qi.qrow0, kv0 = qi.kv0;
+    const int h = qi.h, kvh = qi.kvh, nrows = qi.nrows, pos0 = qi.pos0, nkeys = qi.nkeys;
     const bool active = warp * 16 < nrows;
     const int wlast = pos0 + fa_imin(warp * 16 + 15, nrows - 1);
     const fa_kv3<D> kv{smem, k, v, kv0, nkeys, n_kv, kvh};

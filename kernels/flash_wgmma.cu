@@ -71,12 +71,9 @@ __device__ void flash_fwd_wg(real* out, unsigned short* out16, float* lse, const
     auto tk = [&](int b) { return smem + 2 * b * S::tile; };
     auto tv = [&](int b) { return smem + (2 * b + 1) * S::tile; };
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, wg = warp >> 2;
-    const fa_block_ix bi = fa_block(n_heads);
-    const int h = bi.head, kvh = h / (n_heads / n_kv);
-    const int* it = items + 4 * bi.item;
-    const long long qrow0 = it[0], kv0 = it[2];
-    const int nrows = it[1], pos0 = it[3];
-    const int nkeys = pos0 + nrows; // keys the tile's last query sees
+    const fa_q_item qi = fa_q_item_of(items, n_heads, n_kv);
+    const long long qrow0 = qi.qrow0, kv0 = qi.kv0;
+    const int h = qi.h, kvh = qi.kvh, nrows = qi.nrows, pos0 = qi.pos0, nkeys = qi.nkeys;
     // Warpgroup-uniform: whether any of its 64 rows exists, the last key any of them sees.
     const bool wg_active = wg * 64 < nrows;
     const int wg_last = pos0 + fa_imin(wg * 64 + 63, nrows - 1);
@@ -193,12 +190,9 @@ __device__ void flash_bwd_dq_wg(real* dq, const fa_b16* dout, const fa_b16* q, c
     auto tk = [&](int b) { return smem + 2 * b * S::tile; };
     auto tv = [&](int b) { return smem + (2 * b + 1) * S::tile; };
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, wg = warp >> 2;
-    const fa_block_ix bi = fa_block(n_heads);
-    const int h = bi.head, kvh = h / (n_heads / n_kv);
-    const int* it = items + 4 * bi.item;
-    const long long qrow0 = it[0], kv0 = it[2];
-    const int nrows = it[1], pos0 = it[3];
-    const int nkeys = pos0 + nrows;
+    const fa_q_item qi = fa_q_item_of(items, n_heads, n_kv);
+    const long long qrow0 = qi.qrow0, kv0 = qi.kv0;
+    const int h = qi.h, kvh = qi.kvh, nrows = qi.nrows, pos0 = qi.pos0, nkeys = qi.nkeys;
     const bool wg_active = wg * 64 < nrows;
     const int wg_last = pos0 + fa_imin(wg * 64 + 63, nrows - 1);
 
