@@ -76,7 +76,9 @@ enum Command {
     /// curves are drawn unlabelled and the panel order is printed.
     Plot(commands::plot::PlotArgs),
     /// Write a Qwen2.5- or Qwen2.5-VL-shaped model with random weights (published shapes, Hugging Face
-    /// layout): benchmarks and tests at real sizes without a download. Example:
+    /// layout): benchmarks and tests at real sizes without a download.
+    ///
+    /// Example:
     ///
     ///   mmr1-fast init-model --arch qwen2.5-0.5b --out models/q05
     ///
