@@ -15,10 +15,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Teacher-forced log-prob of every token of given token-id sequences.
+    ///
+    /// Example (seqs.json: [[151644, 872, 198, 9707], [9707, 11, 1879]]):
+    ///
+    ///   mmr1-fast logprobs --model models/qwen2.5-0.5b --tokens seqs.json --out lp.safetensors
     Logprobs(commands::logprobs::LogprobsArgs),
     /// Complete one prompt with the model (greedy with --temperature 0).
+    ///
+    /// The prompt goes through the checkpoint's chat template (--raw: as given). Example:
+    ///
+    ///   mmr1-fast generate --model models/qwen2.5-0.5b-instruct --prompt "What is 17 * 23?"
     Generate(commands::generate::GenerateArgs),
     /// Cold-start supervised fine-tuning on JSONL conversations (assistant tokens only).
+    ///
+    /// Example (a line of sft.jsonl: {"messages": [{"role": "user", "content": "2+3?"},
+    /// {"role": "assistant", "content": "<think>2+3=5</think><answer>\boxed{5}</answer>"}]}):
+    ///
+    ///   mmr1-fast sft --model models/qwen2.5-0.5b-instruct --data sft.jsonl --out runs/sft
+    ///
+    /// A killed run continues from its newest checkpoint with the same command and --resume;
+    /// the final model (config, safetensors, tokenizer) is written into OUT.
     Sft(commands::sft::SftArgs),
     /// The MMR1 pipeline: cold-start SFT, then GRPO with Variance-Aware Sampling. With no
     /// arguments: the built-in demo (a tiny model learns multi-digit sums, no downloads).

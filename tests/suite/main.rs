@@ -18,6 +18,7 @@ mod bad_input;
 mod checkpoint_faults;
 mod cli_device_emu;
 mod cli_eval;
+mod cli_help;
 mod cli_plot;
 mod cli_reward;
 mod cli_score;
