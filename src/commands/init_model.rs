@@ -7,6 +7,7 @@ use crate::model::safetensors_io::{write_model_files, SaveDtype};
 use crate::model::vl_init::{published_preprocessor_config, write_random_vl_model};
 use crate::model::{ParamLayout, Qwen2Config, Qwen2VlConfig};
 use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 use std::path::{Path, PathBuf};
 
 /// Published Qwen2.5 sizes (the `config.json` of Qwen/Qwen2.5-{0.5B,1.5B,3B,7B}-Instruct),
@@ -191,13 +192,15 @@ pub fn run(args: &InitModelArgs) -> Result<()> {
             (n, cfg.num_hidden_layers)
         }
     };
+    // The names the user types (`qwen2.5-0.5b`, `bf16`), not the enums' Rust names.
+    let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_string());
     println!(
-        "wrote {} ({:?}, {} layers, {:.3}B parameters, {:?})",
+        "wrote {} ({}, {layers} layer{}, {:.3}B parameters, {})",
         args.out.display(),
-        args.arch,
-        layers,
+        name(args.arch.to_possible_value()).unwrap_or_default(),
+        if layers == 1 { "" } else { "s" },
         n as f64 / 1e9,
-        args.dtype
+        name(args.dtype.to_possible_value()).unwrap_or_default()
     );
     Ok(())
 }
