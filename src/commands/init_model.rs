@@ -194,12 +194,16 @@ pub fn run(args: &InitModelArgs) -> Result<()> {
     };
     // The names the user types (`qwen2.5-0.5b`, `bf16`), not the enums' Rust names.
     let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_string());
+    let params = if n < 100_000_000 {
+        format!("{:.2}M", n as f64 / 1e6)
+    } else {
+        format!("{:.3}B", n as f64 / 1e9)
+    };
     println!(
-        "wrote {} ({}, {layers} layer{}, {:.3}B parameters, {})",
+        "wrote {} ({}, {layers} layer{}, {params} parameters, {})",
         args.out.display(),
         name(args.arch.to_possible_value()).unwrap_or_default(),
         if layers == 1 { "" } else { "s" },
-        n as f64 / 1e9,
         name(args.dtype.to_possible_value()).unwrap_or_default()
     );
     Ok(())

@@ -120,7 +120,7 @@ fn init_model_writes_a_tiny_qwen25_vl() {
     let dir = tmp.path().join("tiny-vl");
     let d = dir.to_str().unwrap();
     let stdout = cli_ok(&["init-model", "--arch", "qwen2.5-vl-tiny", "--out", d, "--dtype", "f32"]);
-    assert!(stdout.contains("Qwen25VlTiny"), "{stdout}");
+    assert!(stdout.contains("(qwen2.5-vl-tiny, 2 layers, 0.46M parameters, f32)"), "{stdout}");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"] {
         assert!(dir.join(f).is_file(), "{f}");
     }
