@@ -290,8 +290,6 @@ __device__ __forceinline__ void fa_mm_abt_of(float acc[8][4], const A& src, bf16
     }
 }
 
-// acc[D/8][4] (16 x D) += P (16 x 64, f32 accumulator layout) . T where T is a 64 x D tile
-// (V for O += P V, dO for dV += P^T dO, Q for dK += dS^T Q, K for dQ += dS K).
 // The A fragment (bf16) of k chunk kc (columns 16 kc..) of a 16 x 64 f32 accumulator: the
 // accumulator layout of two n-tiles is the A layout of one 16-wide k chunk (mma.sync's and a
 // wgmma warp's alike).
@@ -302,6 +300,8 @@ __device__ __forceinline__ void fa_frag_of_acc(unsigned a[4], const float p[8][4
     a[3] = pack_bf16x2(p[2 * kc + 1][2], p[2 * kc + 1][3]);
 }
 
+// acc[D/8][4] (16 x D) += P (16 x 64, f32 accumulator layout) . T where T is a 64 x D tile
+// (V for O += P V, dO for dV += P^T dO, Q for dK += dS^T Q, K for dQ += dS K).
 template <int D>
 __device__ __forceinline__ void fa_mm_pt(float acc[D / 8][4], const float p[8][4], bf16x8 (*s)[D / 8 + 1]) {
     const int lane = threadIdx.x & 31;
@@ -454,10 +454,6 @@ __device__ __forceinline__ void fa_store_acc_rows(real* out, const float acc[D /
 
 // ---- forward ------------------------------------------------------------------------------
 
-// out16: null, or where to write the bf16 rounding of `out` too (the o projection's operand).
-// Q (read once, into registers) and K/V (walked: re-read by every query tile) may be stored
-// differently: the `_bf16` forward reads f32 Q and bf16 K/V, since a bf16 copy of Q would cost
-// a conversion pass (6 bytes a value) to save 2 bytes of one read.
 // The query-tile kernels' work item (flash.rs `q_tiles`, 4 ints) and head: nrows query rows
 // from row qrow0, the first at position pos0 of its sequence, whose keys start at row kv0; nkeys
 // the keys the tile's last query sees; the block's head h and its kv head. Decoded here alone,
@@ -480,6 +476,10 @@ __device__ __forceinline__ fa_q_item fa_q_item_of(const int* items, int n_heads,
     return qi;
 }
 
+// out16: null, or where to write the bf16 rounding of `out` too (the o projection's operand).
+// Q (read once, into registers) and K/V (walked: re-read by every query tile) may be stored
+// differently: the `_bf16` forward reads f32 Q and bf16 K/V, since a bf16 copy of Q would cost
+// a conversion pass (6 bytes a value) to save 2 bytes of one read.
 template <int D, typename Own, typename In>
 __device__ void flash_fwd(real* out, unsigned short* out16, float* lse, const Own* q, const In* k, const In* v, const int* items,
                           int n_heads, int n_kv, float scale, bool mask_all) {
