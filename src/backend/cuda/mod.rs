@@ -199,28 +199,23 @@ impl<D: Device> CudaBackend<D> {
         self.decode_chunks = DecodeChunks::from_env()?;
         self.flash_io = FlashIo::from_env()?;
         self.flash_fwd = FlashFwd::from_env()?;
-        if self.flash_fwd == FlashFwd::Wgmma && !self.dev.has_wgmma() {
-            return Err(format!(
-                "MMR1_FLASH_FWD=wgmma needs an sm_90 GPU (H100, H200) or the emulator; {} is neither",
-                self.dev.name()
-            ));
-        }
+        self.require_wgmma("MMR1_FLASH_FWD", self.flash_fwd == FlashFwd::Wgmma)?;
         self.flash_dq = FlashDq::from_env()?;
-        if self.flash_dq == FlashDq::Wgmma && !self.dev.has_wgmma() {
-            return Err(format!(
-                "MMR1_FLASH_DQ=wgmma needs an sm_90 GPU (H100, H200) or the emulator; {} is neither",
-                self.dev.name()
-            ));
-        }
+        self.require_wgmma("MMR1_FLASH_DQ", self.flash_dq == FlashDq::Wgmma)?;
         self.flash_dkv = FlashDkv::from_env()?;
-        if self.flash_dkv == FlashDkv::Wgmma && !self.dev.has_wgmma() {
-            return Err(format!(
-                "MMR1_FLASH_DKV=wgmma needs an sm_90 GPU (H100, H200) or the emulator; {} is neither",
-                self.dev.name()
-            ));
-        }
+        self.require_wgmma("MMR1_FLASH_DKV", self.flash_dkv == FlashDkv::Wgmma)?;
         self.flash_mask = FlashMask::from_env()?;
         self.kv_cache = KvCacheStorage::from_env()?;
+        Ok(())
+    }
+    /// An error when `var` asked for a wgmma kernel (`asked`) and this device has no wgmma.
+    fn require_wgmma(&self, var: &str, asked: bool) -> Result<(), String> {
+        if asked && !self.dev.has_wgmma() {
+            return Err(format!(
+                "{var}=wgmma needs an sm_90 GPU (H100, H200) or the emulator; {} is neither",
+                self.dev.name()
+            ));
+        }
         Ok(())
     }
     /// Selects which key tiles the flash kernels mask (see `FlashMask`: same bits).
