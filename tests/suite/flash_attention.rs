@@ -918,7 +918,6 @@ mod emu {
 /// GPU tests are #[ignore]d: reported as ignored where there is no GPU, run by
 /// scripts/gpu-check.sh with --include-ignored (then a missing GPU is a failure).
 mod gpu {
-    use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::{driver::CudaDevice, AttnKernel, CudaBackend, DecodeKernel};
     fn with_gpu(f: impl FnOnce(&mut CudaBackend<CudaDevice>)) {
         match CudaBackend::new(0) {
@@ -956,13 +955,8 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_fwd_wgmma_same_bits() {
         with_gpu(|b| {
-            if b.device().has_wgmma() {
+            if crate::common::wgmma_or_skip(b.device(), "flash_fwd_wgmma_same_bits") {
                 super::flash_fwd_wgmma_same_bits(b, false)
-            } else {
-                println!(
-                    "SKIP flash_fwd_wgmma_same_bits: {} has no wgmma (sm_90 only)",
-                    b.device().name()
-                )
             }
         });
     }
@@ -976,13 +970,8 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_dq_wgmma_same_bits() {
         with_gpu(|b| {
-            if b.device().has_wgmma() {
+            if crate::common::wgmma_or_skip(b.device(), "flash_dq_wgmma_same_bits") {
                 super::flash_dq_wgmma_same_bits(b, false)
-            } else {
-                println!(
-                    "SKIP flash_dq_wgmma_same_bits: {} has no wgmma (sm_90 only)",
-                    b.device().name()
-                )
             }
         });
     }
@@ -991,13 +980,8 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn flash_dkv_wgmma_same_bits() {
         with_gpu(|b| {
-            if b.device().has_wgmma() {
+            if crate::common::wgmma_or_skip(b.device(), "flash_dkv_wgmma_same_bits") {
                 super::flash_dkv_wgmma_same_bits(b, false)
-            } else {
-                println!(
-                    "SKIP flash_dkv_wgmma_same_bits: {} has no wgmma (sm_90 only)",
-                    b.device().name()
-                )
             }
         });
     }

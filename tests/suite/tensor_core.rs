@@ -1146,7 +1146,6 @@ mod emu {
 /// GPU tests are #[ignore]d: reported as ignored where there is no GPU, run by
 /// scripts/gpu-check.sh with --include-ignored (then a missing GPU is a failure).
 mod gpu {
-    use mmr1_fast::backend::cuda::device::Device;
     use mmr1_fast::backend::cuda::CudaBackend;
     fn with_gpu(f: impl FnOnce(&CudaBackend<mmr1_fast::backend::cuda::driver::CudaDevice>)) {
         match CudaBackend::new(0) {
@@ -1169,10 +1168,8 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn wgmma_layouts() {
         with_gpu(|b| {
-            if b.device().has_wgmma() {
+            if crate::common::wgmma_or_skip(b.device(), "wgmma_layouts") {
                 super::wgmma_layouts(b)
-            } else {
-                println!("SKIP wgmma_layouts: {} has no wgmma (sm_90 only)", b.device().name())
             }
         });
     }
@@ -1180,13 +1177,8 @@ mod gpu {
     #[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
     fn wgmma_test_can_fail() {
         with_gpu(|b| {
-            if b.device().has_wgmma() {
+            if crate::common::wgmma_or_skip(b.device(), "wgmma_test_can_fail") {
                 super::wgmma_test_can_fail(b)
-            } else {
-                println!(
-                    "SKIP wgmma_test_can_fail: {} has no wgmma (sm_90 only)",
-                    b.device().name()
-                )
             }
         });
     }

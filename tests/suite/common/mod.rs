@@ -129,3 +129,14 @@ pub fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Whether `dev` runs wgmma (sm_90); if not, says that `test` is skipped (the GPU tests of the
+/// wgmma kernels pass with a SKIP line on other GPUs).
+#[cfg(feature = "cuda")]
+pub fn wgmma_or_skip(dev: &impl mmr1_fast::backend::cuda::device::Device, test: &str) -> bool {
+    let has = dev.has_wgmma();
+    if !has {
+        println!("SKIP {test}: {} has no wgmma (sm_90 only)", dev.name());
+    }
+    has
+}
