@@ -204,21 +204,27 @@ declong="--seqs 64 --group 8 --len 512 --new 256 --steps 2"
 grpo="--prompts ${GRPO_PROMPTS:-32} --group 8 --len 128 --new 128 --steps 2"
 # STEPS=quick: the 0.5B train, log-prob, decode and GRPO-step pairs, the profiled step, and 3B
 # with recomputation at the full 4x1024 tokens.
+# The default 0.5B SFT step, PyTorch's, and the wgmma flash forward, dQ and dK/dV (sm_90: Hopper's
+# warpgroup MMA; kernels/flash_wgmma.cu) each alone and all three: the head of STEPS=levers and
+# of STEPS=wgmma.
+# shellcheck disable=SC2086
+wgmma_sft_steps() {
+    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_FWD=wgmma MMR1_FLASH_FWD=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_DQ=wgmma MMR1_FLASH_DQ=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=MMR1_FLASH_DKV=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    STEP_ENV=all-wgmma MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+}
 # shellcheck disable=SC2086
 if want steps && [ "${STEPS:-full}" = levers ]; then
     # STEPS=levers: each default against its switch turned the other way, in one short call
     # (docs/perf.md's UNMEASURED sections), PyTorch beside the two defaults. The switches the
     # calls of 2026-11-27 settled are in STEPS=full (MMR1_FLASH_IO, MMR1_FLASH_FWD,
     # MMR1_PRODUCER_SHADOWS) and STEPS=recheck (MMR1_FLASH_MASK).
-    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
-    # The wgmma flash forward, dQ and dK/dV (sm_90: Hopper's warpgroup MMA; kernels/flash_wgmma.cu),
-    # first while the budget lasts: the SFT step, and the GRPO step (its rollout prefills and
-    # log-prob passes run the forward alone).
-    STEP_ENV=MMR1_FLASH_FWD=wgmma MMR1_FLASH_FWD=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_DQ=wgmma MMR1_FLASH_DQ=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_DKV=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=all-wgmma MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    # The wgmma flash kernels first while the budget lasts (the GRPO step's run is below: its
+    # rollout prefills and log-prob passes run the forward alone).
+    wgmma_sft_steps
     STEP_ENV=MMR1_FUSED_LAYER_OPS=0 MMR1_FUSED_LAYER_OPS=0 step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     # The wide flash forward, slower at these shapes before the flash grids went item-major
     # (docs/perf.md "Flash grids item-major"): the longest blocks first may turn that around.
@@ -269,12 +275,7 @@ elif want steps && [ "${STEPS:-full}" = wgmma ]; then
     # STEPS=wgmma: the wgmma flash kernels (kernels/flash_wgmma.cu; sm_90) against the mma.sync
     # defaults, each alone and all three, in the SFT step, the profiled step and the GRPO step;
     # PyTorch beside. Run the suites first (tensor_core's wgmma_layouts judges the layout model).
-    step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    step torch 120 --arch qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_FWD=wgmma MMR1_FLASH_FWD=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_DQ=wgmma MMR1_FLASH_DQ=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=MMR1_FLASH_DKV=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
-    STEP_ENV=all-wgmma MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
+    wgmma_sft_steps
     STEP_ENV=all-wgmma-profile MMR1_PROFILE=1 MMR1_FLASH_FWD=wgmma MMR1_FLASH_DQ=wgmma MMR1_FLASH_DKV=wgmma step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 4
     STEP_ENV=again step ours 120 --precision bf16 --shape qwen2.5-0.5b $tok --steps 6
     step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
