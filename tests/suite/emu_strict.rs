@@ -348,18 +348,7 @@ fn cp_async_read_before_its_wait_sees_poison() {
     for s in Schedule::CI {
         let d = single(s);
         let eager = s == Schedule::Reverse;
-        let run = |bug: i32| {
-            let (input, out) = (up(&d, &x), d.alloc(8 * n * 4));
-            d.launch(
-                "planted_cp_async_wait",
-                [2, 1, 1],
-                [n as u32, 1, 1],
-                (8 * n * 4) as u32,
-                &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(bug)],
-            );
-            down(&d, &out, 8 * n)
-        };
-        assert_eq!(run(0), x, "{s}: the correct pipeline");
+        assert_eq!(run(&d, 0), x, "{s}: the correct pipeline");
         let nan_in = |o: &[f32]| o.iter().filter(|v| v.is_nan()).count();
         for (bug, what, first_half_nan, second_half_nan) in [
             (1, "group A read before any wait", true, false),
@@ -367,7 +356,7 @@ fn cp_async_read_before_its_wait_sees_poison() {
             // with B uncommitted, A is the newest committed group: wait_group 1 leaves it pending too
             (3, "group B never committed", true, true),
         ] {
-            let o = run(bug);
+            let o = run(&d, bug);
             let (a, b) = o.split_at(4 * n);
             assert_eq!(nan_in(a) == 4 * n, first_half_nan && !eager, "{s}: {what}: {a:?}");
             assert_eq!(nan_in(b) == 4 * n, second_half_nan && !eager, "{s}: {what}: {b:?}");
