@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README: "Run the tests"). On a machine with no GPU:
-#  1. formatting (`cargo fmt --check`) and lints (`cargo clippy`, warnings are errors);
+#  1. formatting (`cargo fmt --all --check`) and lints (`cargo clippy --workspace`, warnings are
+#     errors), for this crate and crates/cpu-kernels;
 #  2. one build of the whole test suite with features `emu` and `cuda` together: every CPU test
 #     (golden vs transformers, gradients vs PyTorch, RL math, upstream parity, CLI end to end),
 #     every CUDA kernel against the CPU reference on the CUDA emulator, and the kernels
@@ -39,9 +40,9 @@ fi
 # As root (CI containers) mpirun refuses to start without these.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 step "format"
-cargo fmt --check
+cargo fmt --all --check
 step "clippy (all targets, features emu$mpi)"
-cargo clippy --all-targets --features "emu$mpi" -- -D warnings
+cargo clippy --workspace --all-targets --features "emu$mpi" -- -D warnings
 step "NVRTC from pip"
 eval "$(bash scripts/setup-nvrtc.sh)"
 step "tests: CPU reference, CUDA emulator, NVRTC compile, GPU suite (ignored without a GPU), MPI ranks"

@@ -1,32 +1,16 @@
 //! The CPU reference backend: f32 storage, f64 where a reduction needs it. Written to be
 //! obviously right (it is the oracle every kernel is checked against), with a SIMD GEMM
-//! (the `gemm` crate) and rayon threads so tests and the demo stay quick.
+//! (the `gemm` crate) and rayon threads so tests and the demo stay quick. Its loops are the
+//! `mmr1-cpu-kernels` crate (crates/cpu-kernels: built optimized even in test builds); this
+//! file maps the `Backend` op set onto them.
 
 use super::{AdamwStep, AttnShape, AttnSpan, Backend, Tr};
-use rayon::prelude::*;
+pub use mmr1_cpu_kernels::rope::rope_inv_freq;
+use mmr1_cpu_kernels::{adamw, attention, elementwise as ew, gemm, logprob, norm, rope};
+pub use mmr1_cpu_kernels::{attention_ref, softmax_row, vision_ops};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
-
-mod attention;
-pub mod attention_ref;
-pub mod softmax_row;
-pub mod vision_ops;
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// Inverse frequencies of rotary embedding, as Hugging Face computes them:
-/// `1 / theta^(2i/d)` with the exponent formed in f32 (`arange(0, d, 2).float() / d`).
-pub fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| {
-            let e = (2 * i) as f32 / head_dim as f32;
-            1.0 / (theta as f64).powf(e as f64) as f32
-        })
-        .collect()
-}
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
@@ -69,8 +53,7 @@ impl Backend for Cpu {
         }
     }
     fn add_into(&self, out: &mut Vec<f32>, x: &Vec<f32>, y: &Vec<f32>) {
-        assert!(out.len() == x.len() && x.len() == y.len(), "add_into: length mismatch");
-        out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = a + b);
+        ew::add_into(out, x, y)
     }
     fn gather_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, rows: &[usize], width: usize) {
         super::row_moves::check_rows("gather_rows src", rows, width, src.len(), dst.len(), false);
@@ -103,49 +86,30 @@ impl Backend for Cpu {
             Tr::N => (n, 1),
             Tr::T => (1, k),
         };
-        sgemm(out, n, beta, a, sa, b, sb, (m, n, k), rayon::current_num_threads());
+        gemm::sgemm(out, n, beta, a, sa, b, sb, (m, n, k), rayon::current_num_threads());
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, n: usize) {
-        for row in x[..rows * n].chunks_mut(n) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-        }
+        ew::add_bias(x, bias, rows, n)
     }
     fn bias_backward(&self, dbias: &mut Vec<f32>, dy: &Vec<f32>, rows: usize, n: usize) {
-        for j in 0..n {
-            let s: f64 = (0..rows).map(|r| dy[r * n + j] as f64).sum();
-            dbias[j] += s as f32;
-        }
+        ew::bias_backward(dbias, dy, rows, n)
     }
     fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
-        assert_eq!(x.len(), y.len(), "add_assign: length mismatch");
-        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        ew::add_assign(x, y)
     }
     fn scale(&self, x: &mut Vec<f32>, s: f32) {
-        x.iter_mut().for_each(|a| *a *= s);
+        ew::scale(x, s)
     }
     fn sum_squares(&self, x: &Vec<f32>) -> f64 {
-        // Fixed chunks, their sums added in chunk order: the result does not depend on the
-        // thread count (a rayon `sum` would add in whatever tree the work split into).
-        let parts: Vec<f64> = x.par_chunks(SUM_CHUNK).map(sum_squares_lanes).collect();
-        parts.iter().sum()
+        ew::sum_squares(x)
     }
 
     fn embedding(&self, out: &mut Vec<f32>, table: &Vec<f32>, ids: &[u32], dim: usize) {
-        for (t, &id) in ids.iter().enumerate() {
-            let id = id as usize;
-            out[t * dim..(t + 1) * dim].copy_from_slice(&table[id * dim..(id + 1) * dim]);
-        }
+        ew::embedding(out, table, ids, dim)
     }
     fn embedding_backward(&self, dtable: &mut Vec<f32>, dout: &Vec<f32>, ids: &[u32], dim: usize) {
-        for (t, &id) in ids.iter().enumerate() {
-            let id = id as usize;
-            for j in 0..dim {
-                dtable[id * dim + j] += dout[t * dim + j];
-            }
-        }
+        ew::embedding_backward(dtable, dout, ids, dim)
     }
 
     fn rmsnorm(
@@ -158,19 +122,7 @@ impl Backend for Cpu {
         dim: usize,
         eps: f32,
     ) {
-        out[..rows * dim]
-            .par_chunks_mut(dim)
-            .zip(rstd[..rows].par_iter_mut())
-            .enumerate()
-            .for_each(|(r, (o, rs))| {
-                let xr = &x[r * dim..(r + 1) * dim];
-                let ms = xr.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / dim as f64;
-                let s = (1.0 / (ms + eps as f64).sqrt()) as f32;
-                *rs = s;
-                for j in 0..dim {
-                    o[j] = xr[j] * s * w[j];
-                }
-            });
+        norm::rmsnorm(out, rstd, x, w, rows, dim, eps)
     }
     fn rmsnorm_backward(
         &self,
@@ -183,22 +135,7 @@ impl Backend for Cpu {
         rows: usize,
         dim: usize,
     ) {
-        // y_j = x_j s w_j with s = (mean x^2 + eps)^-1/2:
-        // dx_j = s (g_j w_j) - x_j s^3 / dim * sum_i g_i w_i x_i ;  dw_j += g_j x_j s.
-        let mut dwacc = vec![0.0f64; dim];
-        for r in 0..rows {
-            let (xr, gr) = (&x[r * dim..(r + 1) * dim], &dout[r * dim..(r + 1) * dim]);
-            let s = rstd[r] as f64;
-            let dot: f64 = (0..dim).map(|i| (gr[i] * w[i] * xr[i]) as f64).sum();
-            for j in 0..dim {
-                let gw = (gr[j] * w[j]) as f64;
-                dx[r * dim + j] = (s * gw - xr[j] as f64 * s * s * s * dot / dim as f64) as f32;
-                dwacc[j] += (gr[j] * xr[j]) as f64 * s;
-            }
-        }
-        for j in 0..dim {
-            dw[j] += dwacc[j] as f32;
-        }
+        norm::rmsnorm_backward(dx, dw, dout, x, w, rstd, rows, dim)
     }
 
     fn rope(
@@ -210,26 +147,7 @@ impl Backend for Cpu {
         inv: &[f32],
         inverse: bool,
     ) {
-        let half = head_dim / 2;
-        assert_eq!(inv.len(), half, "rope: head_dim / 2 frequencies");
-        let sign = if inverse { -1.0f32 } else { 1.0 };
-        x[..positions.len() * n_heads * head_dim]
-            .par_chunks_mut(n_heads * head_dim)
-            .zip(positions.par_iter())
-            .for_each(|(row, &pos)| {
-                for (i, &f) in inv.iter().enumerate() {
-                    // Angle in f32 like HF (positions.float() @ inv_freq), cos/sin of it.
-                    let ang = pos as f32 * f;
-                    let (s, c) = ang.sin_cos();
-                    let s = s * sign;
-                    for h in 0..n_heads {
-                        let base = h * head_dim;
-                        let (a, b) = (row[base + i], row[base + i + half]);
-                        row[base + i] = a * c - b * s;
-                        row[base + i + half] = b * c + a * s;
-                    }
-                }
-            });
+        rope::rope(x, positions, n_heads, head_dim, inv, inverse)
     }
 
     fn attention(
@@ -309,9 +227,7 @@ impl Backend for Cpu {
     }
 
     fn swiglu(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) {
-        out.par_iter_mut()
-            .zip(gate.par_iter().zip(up.par_iter()))
-            .for_each(|(o, (g, u))| *o = silu(*g) * u);
+        ew::swiglu(out, gate, up)
     }
     fn swiglu_backward(
         &self,
@@ -321,22 +237,7 @@ impl Backend for Cpu {
         gate: &Vec<f32>,
         up: &Vec<f32>,
     ) {
-        // Zipped chunks rather than indexing by element: no bounds check per value.
-        const TASK: usize = 1 << 14;
-        let n = dgate.len();
-        dgate
-            .par_chunks_mut(TASK)
-            .zip(dup[..n].par_chunks_mut(TASK))
-            .zip(dout[..n].par_chunks(TASK).zip(gate[..n].par_chunks(TASK)))
-            .zip(up[..n].par_chunks(TASK))
-            .for_each(|(((dg, du), (d, g)), u)| {
-                for ((((dg, du), &d), &g), &u) in dg.iter_mut().zip(du).zip(d).zip(g).zip(u) {
-                    let sig = 1.0 / (1.0 + (-g).exp());
-                    *du = d * g * sig;
-                    // d silu(g)/dg = sig * (1 + g (1 - sig))
-                    *dg = d * u * sig * (1.0 + g * (1.0 - sig));
-                }
-            });
+        ew::swiglu_backward(dgate, dup, dout, gate, up)
     }
 
     fn logprobs(
@@ -349,20 +250,7 @@ impl Backend for Cpu {
         vocab: usize,
         inv_temp: f32,
     ) {
-        // One row per task, each with its own scratch of exp(z - max) (one exp per logit).
-        lp[..rows].par_iter_mut().zip(entropy[..rows].par_iter_mut()).enumerate().for_each_init(
-            Vec::new,
-            |e, (r, (l, h))| {
-                let row = &logits[r * vocab..(r + 1) * vocab];
-                let sm = softmax_row::row_softmax(row, inv_temp, e);
-                let (lse, ent) = (sm.lse, sm.entropy);
-                (*l, *h) = if lse == f64::NEG_INFINITY {
-                    (f32::NEG_INFINITY, 0.0) // no token is possible
-                } else {
-                    (((row[targets[r] as usize] * inv_temp) as f64 - lse) as f32, ent as f32)
-                };
-            },
-        );
+        logprob::logprobs(lp, entropy, logits, targets, rows, vocab, inv_temp)
     }
     fn logprobs_backward(
         &self,
@@ -375,35 +263,7 @@ impl Backend for Cpu {
         vocab: usize,
         inv_temp: f32,
     ) {
-        dlogits[..rows * vocab].par_chunks_mut(vocab).enumerate().for_each_init(
-            Vec::new,
-            |e, (r, dl)| {
-                let row = &logits[r * vocab..(r + 1) * vocab];
-                let sm = softmax_row::row_softmax(row, inv_temp, e);
-                let (lse, ent, zsum) = (sm.lse, sm.entropy, sm.sum);
-                if lse == f64::NEG_INFINITY {
-                    dl.fill(0.0); // no distribution, no gradient
-                    return;
-                }
-                let (g, ge) = (dlp[r] as f64, dent[r] as f64);
-                let t = inv_temp as f64;
-                let inv_z = 1.0 / zsum;
-                for ((o, &x), &ej) in dl.iter_mut().zip(row).zip(e.iter()) {
-                    let zj = (x * inv_temp) as f64;
-                    let p = ej * inv_z;
-                    // d H / d z_j = -p_j (log p_j + H); p log p -> 0 as p -> 0: a -inf logit
-                    // adds nothing to dH (not 0 * -inf).
-                    let dh = if p > 0.0 { -p * ((zj - lse) + ent) } else { 0.0 };
-                    *o = ((ge * dh - g * p) * t) as f32;
-                }
-                // d lp / d z_j = [j == target] - p_j: the one-hot term, added once.
-                let j = targets[r] as usize;
-                let zj = (row[j] * inv_temp) as f64;
-                let p = e[j] * inv_z;
-                let dh = if p > 0.0 { -p * ((zj - lse) + ent) } else { 0.0 };
-                dl[j] = ((g * (1.0 - p) + ge * dh) * t) as f32;
-            },
-        );
+        logprob::logprobs_backward(dlogits, logits, targets, dlp, dent, rows, vocab, inv_temp)
     }
 
     fn adamw(
@@ -414,155 +274,8 @@ impl Backend for Cpu {
         v: &mut Vec<f32>,
         hp: AdamwStep,
     ) {
-        let bc1 = 1.0 - (hp.beta1 as f64).powi(hp.step as i32);
-        let bc2 = 1.0 - (hp.beta2 as f64).powi(hp.step as i32);
-        p.par_iter_mut().zip(g.par_iter()).zip(m.par_iter_mut().zip(v.par_iter_mut())).for_each(
-            |((p, &g), (m, v))| {
-                let g = g * hp.grad_scale;
-                *p -= hp.lr * hp.weight_decay * *p;
-                *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
-                *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
-                let mhat = *m as f64 / bc1;
-                let vhat = *v as f64 / bc2;
-                *p -= (hp.lr as f64 * mhat / (vhat.sqrt() + hp.eps as f64)) as f32;
-            },
-        );
+        adamw::adamw(p, g, m, v, hp)
     }
-}
-
-/// Elements per task of `sum_squares` (the clip norm reads every gradient once).
-const SUM_CHUNK: usize = 1 << 15;
-
-/// Sum of squares in f64 over 8 interleaved accumulators, so the loop is not one long chain
-/// of dependent adds and vectorizes; the lanes are then added in order.
-fn sum_squares_lanes(x: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut it = x.chunks_exact(8);
-    for c in &mut it {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += (v as f64) * (v as f64);
-        }
-    }
-    let mut s: f64 = acc.iter().sum();
-    for &v in it.remainder() {
-        s += (v as f64) * (v as f64);
-    }
-    s
-}
-
-/// Log-sum-exp and entropy of `softmax(row * inv_temp)`, in f64.
-///
-/// -inf logits (masked or banned tokens) have probability 0 and add nothing, with
-/// 0 log 0 = 0 in the entropy; a row of only -inf logits gives (-inf, 0). kernels/logprob.cu
-/// follows the same conventions.
-pub fn row_lse_entropy(row: &[f32], inv_temp: f32) -> (f64, f64) {
-    let r = softmax_row::row_softmax(row, inv_temp, &mut Vec::new());
-    (r.lse, r.entropy)
-}
-
-/// `dst[m, n] = alpha * dst + A @ B` with `dst` rows `dst_rs` apart, `A[i, p]` at
-/// `a[i * rsa + p * csa]` and `B[p, j]` at `b[p * rsb + j * csb]` (so a transpose is a swap of
-/// strides). With `alpha == 0` the old `dst` is never read: NaN poison does not leak. On more
-/// than one thread the `gemm` crate splits rows/columns of `dst`; its k loop stays sequential,
-/// so an element's sum order does not depend on the thread count.
-#[allow(clippy::too_many_arguments)]
-fn sgemm(
-    dst: &mut [f32],
-    dst_rs: usize,
-    alpha: f32,
-    a: &[f32],
-    (rsa, csa): (usize, usize),
-    b: &[f32],
-    (rsb, csb): (usize, usize),
-    (m, n, k): (usize, usize, usize),
-    threads: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!((m - 1) * dst_rs + n <= dst.len(), "sgemm: output too small");
-    if k == 0 {
-        for row in dst.chunks_mut(dst_rs).take(m) {
-            row[..n].iter_mut().for_each(|x| *x = if alpha == 0.0 { 0.0 } else { *x * alpha });
-        }
-        return;
-    }
-    assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "sgemm: A too small");
-    assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "sgemm: B too small");
-    // Batch invariance: the gemm crate sends small products (m * n <= 256, m and n <= 64, or
-    // a single row) to other kernels (horizontal dot products, gemv, another k blocking) that
-    // round differently from its main kernel, so a row's result would depend on how many rows
-    // came with it (a sequence's log-probs on its neighbours). Pad such products with zero rows
-    // up to a size the main kernel takes; they are small, so the copies cost nothing.
-    let min_rows = (256 / n + 1).max(if n <= 64 { 65 } else { 2 });
-    if m < min_rows {
-        let mp = min_rows;
-        let mut ap = vec![0.0f32; mp * k];
-        for (i, row) in ap.chunks_mut(k).take(m).enumerate() {
-            for (p, x) in row.iter_mut().enumerate() {
-                *x = a[i * rsa + p * csa];
-            }
-        }
-        let mut dp = vec![0.0f32; mp * n];
-        if alpha != 0.0 {
-            for i in 0..m {
-                dp[i * n..(i + 1) * n].copy_from_slice(&dst[i * dst_rs..i * dst_rs + n]);
-            }
-        }
-        sgemm(&mut dp, n, alpha, &ap, (k, 1), b, (rsb, csb), (mp, n, k), threads);
-        for i in 0..m {
-            dst[i * dst_rs..i * dst_rs + n].copy_from_slice(&dp[i * n..(i + 1) * n]);
-        }
-        return;
-    }
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the asserts above keep every addressed element inside its slice; `dst` is
-    // exclusively borrowed and does not overlap `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            alpha != 0.0,
-            a.as_ptr(),
-            csa as isize,
-            rsa as isize,
-            b.as_ptr(),
-            csb as isize,
-            rsb as isize,
-            alpha,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-}
-
-/// Single-threaded `sgemm` for work already split over rayon tasks: `dst = A @ B`, or
-/// `dst += A @ B` when `acc`. Arguments in the order dst, its row stride, acc, A and its
-/// (row, column) strides, B and its strides, then m, n, k.
-#[allow(clippy::too_many_arguments)]
-fn gemm_st(
-    dst: &mut [f32],
-    dst_rs: usize,
-    acc: bool,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-) {
-    let alpha = if acc { 1.0 } else { 0.0 };
-    sgemm(dst, dst_rs, alpha, a, (rsa, csa), b, (rsb, csb), (m, n, k), 1);
 }
 
 #[cfg(test)]
@@ -573,8 +286,9 @@ mod tests {
     /// order), and the exact sum to 1e-13 relative, over a length with a ragged last chunk.
     #[test]
     fn sum_squares_is_thread_count_invariant_and_accurate() {
-        let x: Vec<f32> =
-            (0..3 * SUM_CHUNK + 1001).map(|i| ((i * 7919) % 3001) as f32 * 1e-3 - 1.5).collect();
+        let x: Vec<f32> = (0..3 * mmr1_cpu_kernels::elementwise::SUM_CHUNK + 1001)
+            .map(|i| ((i * 7919) % 3001) as f32 * 1e-3 - 1.5)
+            .collect();
         // Kahan-compensated reference: a plain serial sum is itself off by ~1e-13 here.
         let (mut want, mut comp) = (0.0f64, 0.0f64);
         for &a in &x {

@@ -25,27 +25,8 @@ pub mod rl_ops;
 pub mod row_moves;
 pub mod select;
 
-/// One sequence of a packed batch, as attention sees it.
-///
-/// Queries are rows `q_start .. q_start + q_len` of `q`/`out`; keys and values are rows
-/// `kv_start .. kv_start + kv_len` of `k`/`v`. The queries are the LAST `q_len` positions of
-/// the sequence, so query `i` sits at position `kv_len - q_len + i` and sees keys `0..=` that.
-/// A full forward has `q_len == kv_len`; a decode step against a KV cache has `q_len == 1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnSpan {
-    pub q_start: usize,
-    pub q_len: usize,
-    pub kv_start: usize,
-    pub kv_len: usize,
-}
-
-/// Head geometry of grouped-query attention: query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnShape {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
+// The argument types of the CPU loops, shared by every backend.
+pub use mmr1_cpu_kernels::{AdamwStep, AttnShape, AttnSpan};
 
 /// How `matmul` reads an operand: as stored (`N`) or transposed (`T`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -539,16 +520,4 @@ pub fn check_adamw_lists(p: usize, g: usize, m: usize, v: usize) {
         g == p && m == p && v == p,
         "adamw_many: {p} parameters, {g} gradients, {m} first and {v} second moments"
     );
-}
-
-/// Hyper-parameters of one AdamW step; `step` counts from 1.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamwStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    pub step: u64,
-    pub grad_scale: f32,
 }

@@ -25,6 +25,7 @@ mod cli_score;
 mod cli_train_errors;
 mod cli_visual_demo;
 mod continuous_batching;
+mod cpu_kernels;
 mod decode_replay;
 mod demo_ablation;
 mod demo_learns;

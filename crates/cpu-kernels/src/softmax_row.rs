@@ -111,7 +111,7 @@ pub fn row_softmax(row: &[f32], inv_temp: f32, e: &mut Vec<f64>) -> RowSoftmax {
 }
 
 /// `v[j] = exp(v[j] - mx)`, on the widest vector unit the CPU has (same bits on every one).
-fn exp_shifted(v: &mut [f64], mx: f64) {
+pub fn exp_shifted(v: &mut [f64], mx: f64) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -169,79 +169,4 @@ pub fn sum8(v: &[f64]) -> f64 {
         }
     }
     acc.iter().sum::<f64>() + rest.iter().sum::<f64>()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Against the platform's `exp` over the range the head uses (z - max <= 0) and beyond:
-    /// within 4 ulp where the result is normal, exactly 0 below -708 and at -inf, inf above
-    /// 709, NaN for NaN.
-    #[test]
-    fn exp_is_within_a_few_ulp_of_libm() {
-        let mut worst = 0u64;
-        for i in 0..200_001 {
-            let x = -708.0 + i as f64 * (708.0 + 709.0) / 200_000.0;
-            let x = x + (i % 7) as f64 * 1e-7; // off the grid
-            let (got, want) = (exp(x), x.exp());
-            if !(-708.0..=709.0).contains(&x) {
-                continue;
-            }
-            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
-        }
-        for x in [0.0, -0.0, 1e-300, -1e-17, 0.5 * std::f64::consts::LN_2, -0.34657359] {
-            worst = worst.max(exp(x).to_bits().abs_diff(x.exp().to_bits()));
-        }
-        assert!(worst <= 4, "{worst} ulp");
-        assert_eq!(exp(-709.0), 0.0);
-        assert_eq!(exp(f64::NEG_INFINITY), 0.0);
-        assert_eq!(exp(710.0), f64::INFINITY);
-        assert!(exp(f64::NAN).is_nan());
-        // The dispatched slice version gives the scalar's bits.
-        let xs: Vec<f64> = (0..1003).map(|i| -(i as f64) * 0.731 + 3.0).collect();
-        let mut v = xs.clone();
-        exp_shifted(&mut v, 3.0);
-        for (x, y) in xs.iter().zip(&v) {
-            assert_eq!(y.to_bits(), exp(x - 3.0).to_bits());
-        }
-    }
-
-    /// The row statistics against a direct f64 evaluation with libm (two-pass, as the code
-    /// was before): a ragged row with masked logits and a temperature, an all-masked row.
-    #[test]
-    fn row_softmax_matches_the_two_pass_definition() {
-        let row: Vec<f32> = (0..1037)
-            .map(|i| {
-                if i % 97 == 5 {
-                    f32::NEG_INFINITY
-                } else {
-                    ((i * 7919) % 613) as f32 * 0.031 - 9.0
-                }
-            })
-            .collect();
-        for inv_temp in [1.0f32, 1.0 / 0.7] {
-            let z: Vec<f64> = row.iter().map(|&x| (x * inv_temp) as f64).collect();
-            let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = z.iter().map(|&v| (v - mx).exp()).sum();
-            let lse = mx + sum.ln();
-            let ent: f64 = -z
-                .iter()
-                .filter(|v| v.is_finite())
-                .map(|&v| (v - lse).exp() * (v - lse))
-                .sum::<f64>();
-            let mut e = Vec::new();
-            let got = row_softmax(&row, inv_temp, &mut e);
-            assert!((got.lse - lse).abs() <= 1e-13 * lse.abs(), "{} vs {lse}", got.lse);
-            assert!((got.entropy - ent).abs() <= 1e-12 * ent.abs(), "{} vs {ent}", got.entropy);
-            assert!((got.sum - sum).abs() <= 1e-13 * sum, "{} vs {sum}", got.sum);
-            assert_eq!(e.len(), row.len());
-            assert!(e.iter().zip(&z).all(|(&ej, &v)| (v == f64::NEG_INFINITY) == (ej == 0.0)));
-        }
-        let masked = vec![f32::NEG_INFINITY; 13];
-        let mut e = vec![7.0; 3];
-        let got = row_softmax(&masked, 1.0, &mut e);
-        assert_eq!((got.lse, got.entropy, got.sum), (f64::NEG_INFINITY, 0.0, 0.0));
-        assert_eq!(e, vec![0.0; 13]);
-    }
 }

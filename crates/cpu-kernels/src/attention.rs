@@ -7,8 +7,8 @@
 //!
 //! `attention_ref` holds the scalar f64 version this one is tested against.
 
-use super::gemm_st;
-use crate::backend::{AttnShape, AttnSpan};
+use crate::gemm::gemm_st;
+use crate::{AttnShape, AttnSpan};
 use rayon::prelude::*;
 
 /// Query rows per block: large enough that the GEMMs run at speed, small enough that the
@@ -203,105 +203,6 @@ pub fn backward_masked(
             let dst = ((sp.kv_start + j) * hkv + kvh) * d;
             dk[dst..dst + d].copy_from_slice(&g.dk[j * d..][..d]);
             dv[dst..dst + d].copy_from_slice(&g.dv[j * d..][..d]);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::attention_ref;
-    use crate::backend::{AttnShape, AttnSpan};
-    use rand::{Rng, SeedableRng};
-
-    fn rand_vec(r: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| r.gen_range(0.05f32..1.0) * if r.gen() { 1.0 } else { -1.0 }).collect()
-    }
-
-    fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-        assert!(got.iter().all(|x| x.is_finite()), "non-finite output");
-        let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
-        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-        num.sqrt() / den.sqrt()
-    }
-
-    /// Packed spans of the given (q_len, kv_len), laid out back to back like the model does.
-    fn spans_of(lens: &[(usize, usize)]) -> (Vec<AttnSpan>, usize, usize) {
-        let (mut qs, mut ks) = (0, 0);
-        let mut spans = Vec::new();
-        for &(q_len, kv_len) in lens {
-            spans.push(AttnSpan { q_start: qs, q_len, kv_start: ks, kv_len });
-            qs += q_len;
-            ks += kv_len;
-        }
-        (spans, qs, ks)
-    }
-
-    /// The blocked f32 attention against the scalar f64 oracle, forward and backward, on
-    /// ragged packed spans (lengths around the block size, a one-token span, decode-style
-    /// spans with fewer queries than keys) and grouped-query heads; outputs poisoned with NaN,
-    /// and a row no span covers must stay as it was.
-    #[test]
-    fn blocked_matches_f64_reference() {
-        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let cases: [(AttnShape, &[(usize, usize)]); 3] = [
-            (
-                AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 24 },
-                &[(1, 1), (63, 63), (130, 130), (5, 5)],
-            ),
-            (AttnShape { n_heads: 4, n_kv_heads: 4, head_dim: 8 }, &[(65, 65), (2, 2)]),
-            (AttnShape { n_heads: 4, n_kv_heads: 1, head_dim: 16 }, &[(1, 9), (70, 100), (3, 3)]),
-        ];
-        for (shape, lens) in cases {
-            let (spans, q_rows, kv_rows) = spans_of(lens);
-            let AttnShape { n_heads: h, n_kv_heads: hkv, head_dim: d } = shape;
-            // One extra query row no span covers.
-            let (q, k, v) = (
-                rand_vec(&mut r, (q_rows + 1) * h * d),
-                rand_vec(&mut r, kv_rows * hkv * d),
-                rand_vec(&mut r, kv_rows * hkv * d),
-            );
-            let dout = rand_vec(&mut r, (q_rows + 1) * h * d);
-            let mut want_o = vec![f32::NAN; q.len()];
-            let mut want_l = vec![f32::NAN; (q_rows + 1) * h];
-            attention_ref::forward(&mut want_o, &mut want_l, &q, &k, &v, &spans, shape);
-            let mut o = vec![f32::NAN; q.len()];
-            let mut l = vec![f32::NAN; (q_rows + 1) * h];
-            let tail = q_rows * h * d;
-            o[tail..].fill(3.0);
-            super::forward(&mut o, &mut l, &q, &k, &v, &spans, shape);
-            assert!(o[tail..].iter().all(|&x| x == 3.0), "a row outside every span was written");
-            let (o, l) = (&o[..tail], &l[..q_rows * h]);
-            let e = rel_l2(o, &want_o[..tail]);
-            assert!(e < 1e-5, "{shape:?}: out rel L2 {e:.2e}");
-            let e = rel_l2(l, &want_l[..q_rows * h]);
-            assert!(e < 1e-6, "{shape:?}: lse rel L2 {e:.2e}");
-
-            // Backward is only defined for full spans (every kv row belongs to one span's queries).
-            if lens.iter().any(|(a, b)| a != b) {
-                continue;
-            }
-            type Grads<'a> = &'a dyn Fn(&mut [f32], &mut [f32], &mut [f32]);
-            let grads = |f: Grads<'_>| {
-                let mut g =
-                    (vec![f32::NAN; q.len()], vec![f32::NAN; k.len()], vec![f32::NAN; v.len()]);
-                f(&mut g.0, &mut g.1, &mut g.2);
-                g
-            };
-            let want = grads(&|dq, dk, dv| {
-                attention_ref::backward(
-                    dq, dk, dv, &dout, &q, &k, &v, &want_o, &want_l, &spans, shape,
-                )
-            });
-            let got = grads(&|dq, dk, dv| {
-                super::backward(dq, dk, dv, &dout, &q, &k, &v, &want_o, &want_l, &spans, shape)
-            });
-            for (name, g, w) in
-                [("dq", &got.0, &want.0), ("dk", &got.1, &want.1), ("dv", &got.2, &want.2)]
-            {
-                let n = if name == "dq" { tail } else { w.len() };
-                let e = rel_l2(&g[..n], &w[..n]);
-                assert!(e < 1e-5, "{shape:?}: {name} rel L2 {e:.2e}");
-            }
         }
     }
 }

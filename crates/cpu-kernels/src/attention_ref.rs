@@ -2,7 +2,7 @@
 //! softmax sum in f64. Slow and obviously right; it is the oracle the blocked f32 version
 //! (`attention`) and the CUDA kernels are tested against.
 
-use crate::backend::{AttnShape, AttnSpan};
+use crate::{AttnShape, AttnSpan};
 use rayon::prelude::*;
 
 /// Rows of a span's queries/keys for one head, as (row, head) -> flat offset.
