@@ -50,7 +50,8 @@ pub struct Qwen2<B: Backend> {
 impl<B: Backend> Qwen2<B> {
     /// Loads `dir/config.json` and the safetensors weights onto `be`.
     pub fn load(be: &B, dir: &Path) -> Result<Self> {
-        let cfg = Qwen2Config::load(dir)?;
+        let mut cfg = Qwen2Config::load(dir)?;
+        safetensors_io::untie_if_the_head_differs(dir, &mut cfg)?;
         let layout = ParamLayout::new(&cfg);
         let host = safetensors_io::load_params(dir, &layout)?;
         Ok(Self::from_host_vecs(be, cfg, layout, host))

@@ -55,6 +55,14 @@ fn required(d: &Map<String, Value>, key: &str, rope_type: &str) -> Result<f64> {
 /// which the backends' `rope` kernels compute from `rope_theta` alone.
 pub fn from_config(cfg: &Qwen2Config) -> Result<Option<RopeScaling>> {
     let Some(d) = rope_dict(cfg) else { return Ok(None) };
+    // transformers 5 nests rope settings by layer type for models whose layers differ
+    // (`{"full_attention": {...}, "sliding_attention": {...}}`); Qwen2's layers share one.
+    if let Some((key, _)) = d.iter().find(|(_, v)| v.is_object()) {
+        bail!(
+            "rope settings nested by layer type ({key:?}) are not supported: a Qwen2 model has \
+             one rotary embedding for every layer (write its fields directly in rope_parameters)"
+        );
+    }
     let rope_type = match d.get("rope_type").or_else(|| d.get("type")) {
         None | Some(Value::Null) => "default",
         Some(v) => v.as_str().with_context(|| format!("rope_type is {v}, not a string"))?,
@@ -72,8 +80,12 @@ pub fn from_config(cfg: &Qwen2Config) -> Result<Option<RopeScaling>> {
     // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in f32.
     let plain = crate::backend::cpu::rope_inv_freq(hd, theta as f32);
     let orig_max = || -> Result<f64> {
-        // standardize_rope_params fills it in from max_position_embeddings.
-        Ok(num(d, "original_max_position_embeddings")?
+        // standardize_rope_params (llama3, yarn, longrope): a top-level
+        // original_max_position_embeddings (Phi3's place for it) wins over the rope dict's;
+        // without either, max_position_embeddings.
+        let top = num(&cfg.extra, "original_max_position_embeddings")?;
+        Ok(top
+            .or(num(d, "original_max_position_embeddings")?)
             .unwrap_or(cfg.max_position_embeddings as f64))
     };
     let positive = |name: &str, x: f64| -> Result<f64> {

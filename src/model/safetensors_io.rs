@@ -149,6 +149,52 @@ pub fn load_specs(dir: &Path, specs: &[super::params::ParamSpec]) -> Result<Vec<
     Ok(out)
 }
 
+/// Settles a config that ties the output head to the embedding (`tie_word_embeddings`) against
+/// the files, as transformers 5 does in `from_pretrained` (`PreTrainedModel.tie_weights`): when
+/// the files also hold an `lm_head.weight` that differs from `model.embed_tokens.weight`, the
+/// config is wrong about the checkpoint and the two stay separate (transformers warns, and so
+/// does this). `cfg` then says untied, so the layout loads the head and a save writes both
+/// tensors under a config every loader reads alike (vLLM, and transformers 4, would otherwise
+/// tie and drop the file's head). Equal tensors (`.bin` conversions often store both) stay
+/// tied. Returns whether it untied.
+pub fn untie_if_the_head_differs(dir: &Path, cfg: &mut Qwen2Config) -> Result<bool> {
+    if !cfg.tie_word_embeddings || !tensor_names(dir)?.iter().any(|n| n == "lm_head.weight") {
+        return Ok(false);
+    }
+    let layout = ParamLayout::new(cfg);
+    let embed = layout.specs[layout.embed].clone();
+    let head =
+        super::params::ParamSpec { name: "lm_head.weight".into(), shape: embed.shape.clone() };
+    let t = load_specs(dir, &[embed, head])?;
+    // torch.equal: values compared, so -0 equals 0 (both are finite: load_specs checked).
+    if t[0] == t[1] {
+        return Ok(false);
+    }
+    eprintln!(
+        "warning: {}: config.json sets tie_word_embeddings, but the files hold an lm_head.weight \
+         that differs from model.embed_tokens.weight: loading them as two tensors, as \
+         transformers 5 does (a saved copy says tie_word_embeddings false)",
+        dir.display()
+    );
+    cfg.tie_word_embeddings = false;
+    Ok(true)
+}
+
+/// The names of every tensor in `dir`'s weight files (headers only).
+fn tensor_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for f in weight_files(dir)? {
+        let file = File::open(&f).with_context(|| format!("cannot open {}", f.display()))?;
+        // SAFETY: the file is opened read-only and not modified while mapped by this process.
+        let mmap =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", f.display()))?;
+        let (_, meta) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", f.display()))?;
+        names.extend(meta.tensors().into_keys());
+    }
+    Ok(names)
+}
+
 /// Storage dtype of a written checkpoint.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,

@@ -20,7 +20,8 @@ impl VlHost {
     /// Loads `dir/config.json` (flat or nested layout) and every decoder and vision tensor,
     /// f32/f16/bf16, one file or shards; a missing or mis-shaped tensor is an error naming it.
     pub fn load(dir: &Path) -> Result<Self> {
-        let cfg = Qwen2VlConfig::load(dir)?;
+        let mut cfg = Qwen2VlConfig::load(dir)?;
+        super::safetensors_io::untie_if_the_head_differs(dir, &mut cfg.text)?;
         let text_layout = ParamLayout::new(&cfg.text);
         let vision_layout = VisionLayout::new(&cfg.vision);
         let text = load_specs(dir, &text_layout.specs).context("language model weights")?;

@@ -125,6 +125,56 @@ fn scaled_rope_frequencies_match_transformers() {
     }
 }
 
+/// `standardize_rope_params` (transformers 5.24): for llama3 and YaRN a top-level
+/// `original_max_position_embeddings` (Phi3's place for it) wins over the rope dict's, in
+/// either spelling of the settings; linear does not read it. Found by comparing against
+/// transformers on configs written both ways (the engine used the dict's value).
+#[test]
+fn a_top_level_original_max_position_embeddings_wins() {
+    let freqs = |top: Option<u64>, rope: Value, key: &str| {
+        config_with(|c| {
+            c.insert("max_position_embeddings".into(), json!(512));
+            if let Some(t) = top {
+                c.insert("original_max_position_embeddings".into(), json!(t));
+            }
+            c.insert(key.into(), rope);
+        })
+        .unwrap()
+        .rope_scaling()
+        .unwrap()
+        .unwrap()
+    };
+    let yarn = |orig: Option<u64>| {
+        let mut r = json!({"rope_type": "yarn", "factor": 4.0});
+        if let Some(o) = orig {
+            r["original_max_position_embeddings"] = json!(o);
+        }
+        r
+    };
+    let llama3 = |orig: Option<u64>| {
+        let mut r = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+        if let Some(o) = orig {
+            r["original_max_position_embeddings"] = json!(o);
+        }
+        r
+    };
+    for make in [&yarn as &dyn Fn(Option<u64>) -> Value, &llama3] {
+        for key in ["rope_parameters", "rope_scaling"] {
+            let want = freqs(None, make(Some(64)), key);
+            assert_eq!(freqs(Some(64), make(Some(16)), key), want, "{key}: the top level wins");
+            assert_eq!(freqs(Some(64), make(None), key), want, "{key}: the top level alone");
+            // Without either, max_position_embeddings; and the value matters at all.
+            assert_eq!(freqs(None, make(None), key), freqs(None, make(Some(512)), key));
+            assert_ne!(freqs(None, make(Some(16)), key).inv_freq, want.inv_freq, "{key}");
+        }
+    }
+    let lin = json!({"rope_type": "linear", "factor": 2.0});
+    assert_eq!(
+        freqs(Some(64), lin.clone(), "rope_parameters"),
+        freqs(None, lin, "rope_parameters")
+    );
+}
+
 #[test]
 fn unsupported_rope_settings_are_refused_by_name() {
     for (r, want) in [
@@ -149,6 +199,11 @@ fn unsupported_rope_settings_are_refused_by_name() {
         (json!({"type": "llama3", "factor": 8.0, "high_freq_factor": 4.0}), "low_freq_factor"),
         (json!({"type": "default", "partial_rotary_factor": 0.5}), "partial_rotary_factor"),
         (json!({"type": 3}), "rope_type"),
+        // transformers 5's per-layer-type nesting: Qwen2 has one rotary embedding.
+        (
+            json!({"full_attention": {"rope_type": "linear", "factor": 2.0}}),
+            "nested by layer type (\"full_attention\")",
+        ),
     ] {
         let e = err_of(config_with(|c| {
             c.insert("rope_scaling".into(), r.clone());
@@ -221,4 +276,69 @@ fn sliding_window_runs_within_the_window_and_is_refused_past_it() {
     model.decode_step(&Cpu, &mut cache, &[(0, &long[6..8])]).unwrap();
     let e = format!("{:#}", model.decode_step(&Cpu, &mut cache, &[(0, &long[8..9])]).unwrap_err());
     assert!(e.contains("sliding_window"), "{e}");
+}
+
+/// Log-probs of `seq` under the model saved in `dir`, loaded as a user's command loads it.
+fn logprobs_of_dir(dir: &std::path::Path, seq: &[u32]) -> (Qwen2<Cpu>, Vec<f32>) {
+    let model: Qwen2<Cpu> = Qwen2::load(&Cpu, dir).unwrap();
+    let batch = Packed::new(&[seq]);
+    let mut acts = None;
+    model.forward(&Cpu, &batch, &mut acts).unwrap();
+    let (targets, _) = batch.next_token_targets();
+    let lp = model.token_logprobs(&Cpu, acts.as_ref().unwrap(), &targets, 1.0).0;
+    (model, lp)
+}
+
+/// Sets `tie_word_embeddings` in `dir/config.json`, leaving the weight files as they are.
+fn set_tied(dir: &std::path::Path, tied: bool) {
+    let path = dir.join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c["tie_word_embeddings"] = json!(tied);
+    std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+}
+
+/// A config that ties the head while the files hold an `lm_head.weight` of their own, as
+/// transformers 5 loads it (`tie_weights` in `from_pretrained`): a head unlike the embedding
+/// is used (not tied: the engine used the embedding, 1.5 relative L2 off transformers' logits
+/// before), one equal to it is tied; a save of the untied model says so in its config.
+#[test]
+fn a_tied_config_beside_a_different_lm_head_loads_untied_as_transformers_does() {
+    use mmr1_fast::model::safetensors_io::SaveDtype;
+    let seq = random_ids(13, 40, 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (untied, wrong_flag) = (tmp.path().join("untied"), tmp.path().join("wrong_flag"));
+    let m = random_model(tiny_config(40, false), 7);
+    for d in [&untied, &wrong_flag] {
+        m.save_pretrained(&Cpu, d, SaveDtype::F32).unwrap();
+    }
+    set_tied(&wrong_flag, true);
+    let (want_model, want) = logprobs_of_dir(&untied, &seq);
+    let (got_model, got) = logprobs_of_dir(&wrong_flag, &seq);
+    assert!(!got_model.cfg.tie_word_embeddings && got_model.layout.lm_head.is_some());
+    assert_eq!(got, want, "the file's head, not the embedding");
+    let host = |m: &Qwen2<Cpu>| m.to_host(&Cpu);
+    assert_eq!(host(&got_model), host(&want_model));
+    // Saved again: the config now matches the files, for loaders that trust the flag (vLLM).
+    let resaved = tmp.path().join("resaved");
+    got_model.save_pretrained(&Cpu, &resaved, SaveDtype::F32).unwrap();
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(resaved.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(c["tie_word_embeddings"], json!(false));
+    assert_eq!(logprobs_of_dir(&resaved, &seq).1, want);
+
+    // A head equal to the embedding (`.bin` conversions store both): tied, the same numbers.
+    let mut h = host(&m);
+    let (embed, head) = (m.layout.embed, m.layout.lm_head.unwrap());
+    h[head] = h[embed].clone();
+    let equal = tmp.path().join("equal");
+    Qwen2::from_host(&Cpu, m.cfg.clone(), m.layout.clone(), &h)
+        .save_pretrained(&Cpu, &equal, SaveDtype::F32)
+        .unwrap();
+    let (_, untied_equal) = logprobs_of_dir(&equal, &seq);
+    set_tied(&equal, true);
+    let (tied_model, tied) = logprobs_of_dir(&equal, &seq);
+    assert!(tied_model.cfg.tie_word_embeddings && tied_model.layout.lm_head.is_none());
+    assert_eq!(tied, untied_equal);
+    assert_ne!(tied, want, "the two heads differ: the test can tell them apart");
 }
