@@ -118,8 +118,11 @@ fn bad_flags_and_files_fail_cleanly() {
     let (tmp, m, items) = setup();
     let out = tmp.path().join("r.jsonl");
     let o = out.to_str().unwrap();
-    let e = cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--temperature=-1"]);
-    assert!(e.contains("--temperature"), "{e}");
+    // Both spellings reach the command's own check (clap took a separate `-1` for a flag).
+    for t in [&["--temperature=-1"][..], &["--temperature", "-1"]] {
+        let e = cli_err(&[&["eval", "--model", &m, "--data", &items, "--out", o][..], t].concat());
+        assert!(e.contains("--temperature must be"), "{t:?}: {e}");
+    }
     let e = cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--k", "0"]);
     assert!(e.contains("--k"), "{e}");
     let e = cli_err(&["eval", "--model", &m, "--data", &items, "--out", o, "--k", "4"]);
