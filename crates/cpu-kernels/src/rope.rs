@@ -23,8 +23,7 @@ pub fn rope(
     inv: &[f32],
     inverse: bool,
 ) {
-    let half = head_dim / 2;
-    assert_eq!(inv.len(), half, "rope: head_dim / 2 frequencies");
+    assert_eq!(inv.len(), head_dim / 2, "rope: head_dim / 2 frequencies");
     let sign = if inverse { -1.0f32 } else { 1.0 };
     x[..positions.len() * n_heads * head_dim]
         .par_chunks_mut(n_heads * head_dim)
@@ -34,13 +33,27 @@ pub fn rope(
                 // Angle in f32 like HF (positions.float() @ inv_freq), cos/sin of it.
                 let ang = pos as f32 * f;
                 let (s, c) = ang.sin_cos();
-                let s = s * sign;
-                for h in 0..n_heads {
-                    let base = h * head_dim;
-                    let (a, b) = (row[base + i], row[base + i + half]);
-                    row[base + i] = a * c - b * s;
-                    row[base + i + half] = b * c + a * s;
-                }
+                rotate_pair(row, n_heads, head_dim, i, c, s * sign);
             }
         });
+}
+
+/// Turns pair `(i, i + head_dim / 2)` of every head of `row` by the angle of cosine `c` and
+/// sine `s` (transformers' "rotate half"); shared by `rope` and the vision tower's `rope_table`.
+#[inline]
+pub(crate) fn rotate_pair(
+    row: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    i: usize,
+    c: f32,
+    s: f32,
+) {
+    let half = head_dim / 2;
+    for h in 0..n_heads {
+        let base = h * head_dim;
+        let (a, b) = (row[base + i], row[base + i + half]);
+        row[base + i] = a * c - b * s;
+        row[base + i + half] = b * c + a * s;
+    }
 }

@@ -28,13 +28,7 @@ pub fn rope_table(
         |(t, row)| {
             for (i, &ang) in angles[t * half..(t + 1) * half].iter().enumerate() {
                 let (s, c) = ang.sin_cos();
-                let s = s * sign;
-                for h in 0..n_heads {
-                    let base = h * head_dim;
-                    let (a, b) = (row[base + i], row[base + i + half]);
-                    row[base + i] = a * c - b * s;
-                    row[base + i + half] = b * c + a * s;
-                }
+                crate::rope::rotate_pair(row, n_heads, head_dim, i, c, s * sign);
             }
         },
     );
