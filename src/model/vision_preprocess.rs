@@ -6,9 +6,10 @@
 //! `[channel, temporal, patch, patch]` ordered for the 2x2 merger.
 //!
 //! The resampler reproduces Pillow's fixed-point algorithm (libImaging/Resample.c: separable
-//! convolution, horizontal pass then vertical, a = -0.5 cubic kernel widened by the scale when
-//! shrinking, coefficients in 22-bit fixed point, clamped to 8 bits after each pass), so pixel
-//! values match transformers' PIL processor bit for bit (checked by tests/suite/vl_preprocess.rs).
+//! convolution, the two passes in Pillow 13's order (`resize_bicubic`), a = -0.5 cubic kernel
+//! widened by the scale when shrinking, coefficients in 22-bit fixed point, clamped to 8 bits
+//! after each pass), so pixel values match transformers' PIL processor bit for bit (checked by
+//! tests/suite/vl_preprocess.rs).
 //! transformers' torchvision processor (`Qwen2VLImageProcessor`) differs from the PIL one by at
 //! most one 8-bit level per pixel (0.015 after normalization) on the fixture images.
 
@@ -309,42 +310,60 @@ fn clip8(ss: i32) -> u8 {
     (ss >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// `PIL.Image.resize((new_w, new_h), Image.BICUBIC)` on an RGB image, bit for bit.
+/// `PIL.Image.resize((new_w, new_h), Image.BICUBIC)` on an RGB image, bit for bit. Each pass
+/// rounds to 8 bits, so the order of the two passes shows in the pixels: Pillow 13
+/// (`ImagingResampleInner`) runs the vertical one first when the height shrinks by more than
+/// twice what the width shrinks by (`dh > 0 && dh > 2 dw`, `dw` negative when the width grows),
+/// else the horizontal one (always, before 13).
 pub fn resize_bicubic(img: &Rgb8, new_w: usize, new_h: usize) -> Rgb8 {
-    let mut cur = img.clone();
-    if new_w != cur.width {
-        let k = coeffs(cur.width, new_w);
-        let mut out = vec![0u8; new_w * cur.height * 3];
-        for y in 0..cur.height {
-            let row = &cur.data[y * cur.width * 3..(y + 1) * cur.width * 3];
-            for (xx, (xmin, w)) in k.iter().enumerate() {
-                for c in 0..3 {
-                    let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-                    for (i, &wi) in w.iter().enumerate() {
-                        ss = ss.wrapping_add(row[(xmin + i) * 3 + c] as i32 * wi);
-                    }
-                    out[(y * new_w + xx) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        cur = Rgb8 { width: new_w, height: cur.height, data: out };
+    let (dw, dh) = (img.width as i64 - new_w as i64, img.height as i64 - new_h as i64);
+    if dh > 0 && dh > 2 * dw {
+        resize_horizontal(&resize_vertical(img, new_h), new_w)
+    } else {
+        resize_vertical(&resize_horizontal(img, new_w), new_h)
     }
-    if new_h != cur.height {
-        let k = coeffs(cur.height, new_h);
-        let stride = cur.width * 3;
-        let mut out = vec![0u8; new_h * stride];
-        for (yy, (ymin, w)) in k.iter().enumerate() {
-            for x in 0..stride {
+}
+
+/// Pillow's `ImagingResampleHorizontal_8bpc` (bicubic): every row to `new_w` pixels.
+fn resize_horizontal(img: &Rgb8, new_w: usize) -> Rgb8 {
+    if new_w == img.width {
+        return img.clone();
+    }
+    let k = coeffs(img.width, new_w);
+    let mut out = vec![0u8; new_w * img.height * 3];
+    for y in 0..img.height {
+        let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+        for (xx, (xmin, w)) in k.iter().enumerate() {
+            for c in 0..3 {
                 let mut ss: i32 = 1 << (PRECISION_BITS - 1);
                 for (i, &wi) in w.iter().enumerate() {
-                    ss = ss.wrapping_add(cur.data[(ymin + i) * stride + x] as i32 * wi);
+                    ss = ss.wrapping_add(row[(xmin + i) * 3 + c] as i32 * wi);
                 }
-                out[yy * stride + x] = clip8(ss);
+                out[(y * new_w + xx) * 3 + c] = clip8(ss);
             }
         }
-        cur = Rgb8 { width: cur.width, height: new_h, data: out };
     }
-    cur
+    Rgb8 { width: new_w, height: img.height, data: out }
+}
+
+/// Pillow's `ImagingResampleVertical_8bpc` (bicubic): every column to `new_h` pixels.
+fn resize_vertical(img: &Rgb8, new_h: usize) -> Rgb8 {
+    if new_h == img.height {
+        return img.clone();
+    }
+    let k = coeffs(img.height, new_h);
+    let stride = img.width * 3;
+    let mut out = vec![0u8; new_h * stride];
+    for (yy, (ymin, w)) in k.iter().enumerate() {
+        for x in 0..stride {
+            let mut ss: i32 = 1 << (PRECISION_BITS - 1);
+            for (i, &wi) in w.iter().enumerate() {
+                ss = ss.wrapping_add(img.data[(ymin + i) * stride + x] as i32 * wi);
+            }
+            out[yy * stride + x] = clip8(ss);
+        }
+    }
+    Rgb8 { width: img.width, height: new_h, data: out }
 }
 
 /// One image ready for the vision tower.
