@@ -38,6 +38,11 @@ pub struct Qwen2Config {
     pub eos_token_id: Option<serde_json::Value>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The `eos_token_id` of `generation_config.json` beside config.json (read by `load`):
+    /// transformers' `generate` stops on these, and so does this engine (`eos_ids`). Not part
+    /// of config.json; a saved checkpoint carries the file itself.
+    #[serde(skip)]
+    pub generation_eos: Vec<u32>,
 }
 
 fn default_arch() -> Vec<String> {
@@ -59,9 +64,10 @@ impl Qwen2Config {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let cfg: Qwen2Config = serde_json::from_str(&text)
+        let mut cfg: Qwen2Config = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid Qwen2 config", path.display()))?;
         cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        cfg.generation_eos = generation_eos_ids(dir)?;
         Ok(cfg)
     }
 
@@ -211,16 +217,38 @@ impl Qwen2Config {
         Ok(())
     }
 
-    /// End-of-sequence ids (the field may be a number or a list).
+    /// End-of-sequence ids: config.json's `eos_token_id` (a number or a list), then those of
+    /// generation_config.json it lacks (`generation_eos`).
     pub fn eos_ids(&self) -> Vec<u32> {
-        match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        let mut ids = ids_of(self.eos_token_id.as_ref());
+        for &id in &self.generation_eos {
+            if !ids.contains(&id) {
+                ids.push(id);
             }
-            Some(serde_json::Value::Array(a)) => {
-                a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
-            }
-            _ => vec![],
         }
+        ids
     }
+}
+
+/// Token ids of an `eos_token_id` field: a number, a list of numbers, or nothing.
+fn ids_of(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
+/// `eos_token_id` of `dir/generation_config.json`; none when the file is absent. A file that is
+/// not JSON is an error naming it (transformers would refuse it too).
+pub(crate) fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    Ok(ids_of(v.get("eos_token_id")))
 }

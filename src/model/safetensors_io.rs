@@ -305,8 +305,9 @@ pub fn save_tensors(
     write_safetensors(path, &heads, dtype, metadata.as_ref(), |i| Ok(Cow::Borrowed(tensors[i].2)))
 }
 
-/// Writes a Hugging Face model directory's files (config.json, model.safetensors,
-/// tokenizer.json when `tokenizer` is given) into `dir`, which must exist.
+/// Writes a Hugging Face model directory's files (config.json, model.safetensors; when
+/// `tokenizer` is given, tokenizer.json with its side files and the generation_config.json
+/// beside it) into `dir`, which must exist.
 pub fn write_model_files(
     dir: &Path,
     cfg: &Qwen2Config,
@@ -350,6 +351,10 @@ pub fn write_model_files_from<'a>(
     write_safetensors(&dir.join("model.safetensors"), &heads, dtype, Some(&meta), tensor)?;
     if let Some(src) = tokenizer {
         crate::tokenizer::copy_tokenizer_files(src, dir)?;
+        // The checkpoint's generation settings (its extra stop ids: `Qwen2Config::eos_ids`),
+        // from the source model directory, which holds the tokenizer.
+        let src_dir = src.parent().unwrap_or(Path::new("."));
+        crate::fs::copy_present(src_dir, dir, ["generation_config.json"])?;
     }
     Ok(())
 }

@@ -163,8 +163,10 @@ impl Qwen2VlConfig {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let root: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        Self::from_json(&root)
-            .with_context(|| format!("{}: invalid Qwen2.5-VL config", path.display()))
+        let mut cfg = Self::from_json(&root)
+            .with_context(|| format!("{}: invalid Qwen2.5-VL config", path.display()))?;
+        cfg.text.generation_eos = super::config::generation_eos_ids(dir)?;
+        Ok(cfg)
     }
 
     pub fn from_json(root: &Value) -> Result<Self> {

@@ -342,3 +342,38 @@ fn a_tied_config_beside_a_different_lm_head_loads_untied_as_transformers_does() 
     assert_eq!(tied, untied_equal);
     assert_ne!(tied, want, "the two heads differ: the test can tell them apart");
 }
+
+/// generation_config.json's `eos_token_id` ends a response too, as it ends transformers'
+/// `generate` (a probe found the engine running past it); a checkpoint saved with its
+/// tokenizer carries the file along, so the stop ids survive SFT.
+#[test]
+fn generation_config_eos_ids_are_stop_ids_and_travel_with_checkpoints() {
+    use mmr1_fast::model::safetensors_io::{write_model_files, SaveDtype};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let m = random_model(tiny_config(40, false), 2);
+    m.save_pretrained(&Cpu, &src, SaveDtype::F32).unwrap();
+    let load = || Qwen2Config::load(&src);
+    assert_eq!(load().unwrap().eos_ids(), Vec::<u32>::new());
+    std::fs::write(src.join("generation_config.json"), r#"{"eos_token_id": [7, 3]}"#).unwrap();
+    assert_eq!(load().unwrap().eos_ids(), vec![7, 3]);
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    c["eos_token_id"] = json!(3);
+    std::fs::write(src.join("config.json"), c.to_string()).unwrap();
+    let cfg = load().unwrap();
+    assert_eq!(cfg.eos_ids(), vec![3, 7], "config.json's first, then the rest");
+    // Not written into config.json: transformers reads each file for its own fields.
+    assert!(!serde_json::to_string(&cfg).unwrap().contains("generation_eos"));
+
+    std::fs::copy(fixture("tokenizer.json"), src.join("tokenizer.json")).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let tok = src.join("tokenizer.json");
+    write_model_files(&out, &cfg, &m.layout, &m.to_host(&Cpu), SaveDtype::F32, Some(&tok)).unwrap();
+    assert_eq!(Qwen2Config::load(&out).unwrap().eos_ids(), vec![3, 7]);
+
+    std::fs::write(src.join("generation_config.json"), "{eos").unwrap();
+    let e = format!("{:#}", load().unwrap_err());
+    assert!(e.contains("generation_config.json") && e.contains("not valid JSON"), "{e}");
+}
