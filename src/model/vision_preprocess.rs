@@ -228,7 +228,7 @@ pub fn decode_rgb_bytes(bytes: &[u8]) -> Result<Rgb8> {
     if reader.format().is_none() {
         bail!("unknown image format (PNG, JPEG and WebP are supported)");
     }
-    let img = reader.decode().context("not a valid PNG/JPEG/WebP image")?;
+    let img = eight_bit_as_pillow(reader.decode().context("not a valid PNG/JPEG/WebP image")?);
     let (width, height) = (img.width() as usize, img.height() as usize);
     let data = if img.color().has_alpha() {
         let rgba = img.to_rgba8();
@@ -244,6 +244,35 @@ pub fn decode_rgb_bytes(bytes: &[u8]) -> Result<Rgb8> {
         img.to_rgb8().into_raw()
     };
     Ok(Rgb8 { width, height, data })
+}
+
+/// 16-bit PNG samples as Pillow reads them: the high byte of each (its "LA;16B", "RGB;16B" and
+/// "RGBA;16B" rawmodes), except grayscale without alpha, which Pillow holds as "I;16" and clips
+/// to 255 when transformers converts it to RGB (most such images turn white). 8-bit images
+/// pass through.
+fn eight_bit_as_pillow(img: image::DynamicImage) -> image::DynamicImage {
+    use image::{DynamicImage as D, ImageBuffer};
+    let high = |v: Vec<u16>| v.into_iter().map(|x| (x >> 8) as u8).collect::<Vec<u8>>();
+    let (w, h) = (img.width(), img.height());
+    // from_raw cannot fail: the same dimensions and channel count as the decoded buffer.
+    match img {
+        D::ImageLuma16(b) => D::ImageLuma8(
+            ImageBuffer::from_raw(
+                w,
+                h,
+                b.into_raw().into_iter().map(|x| x.min(255) as u8).collect(),
+            )
+            .unwrap(),
+        ),
+        D::ImageLumaA16(b) => {
+            D::ImageLumaA8(ImageBuffer::from_raw(w, h, high(b.into_raw())).unwrap())
+        }
+        D::ImageRgb16(b) => D::ImageRgb8(ImageBuffer::from_raw(w, h, high(b.into_raw())).unwrap()),
+        D::ImageRgba16(b) => {
+            D::ImageRgba8(ImageBuffer::from_raw(w, h, high(b.into_raw())).unwrap())
+        }
+        other => other,
+    }
 }
 
 /// One channel of Pillow's `alpha_composite(white, src)` (libImaging/AlphaComposite.c with

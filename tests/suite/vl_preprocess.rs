@@ -137,3 +137,20 @@ fn bicubic_resize_matches_pillow_in_both_pass_orders() {
     }
     assert_eq!(cases, 10);
 }
+
+/// 16-bit PNGs (gray, gray + alpha, RGB, RGBA; tests/fixtures/png16 from
+/// scripts/make_golden_png16.py) decode to the 8-bit RGB transformers' processor gets from PIL:
+/// the high byte of each sample, grayscale clipped to 255 (scaled to 8 bits before: 0.27
+/// relative L2 off transformers' log-probs on a 16-bit grayscale image).
+#[test]
+fn sixteen_bit_pngs_decode_as_pillow_reads_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/png16");
+    let bytes = std::fs::read(dir.join("rgb.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for name in ["gray", "gray_alpha", "rgb", "rgba"] {
+        let want = st.tensor(name).unwrap();
+        let got = decode_rgb(&dir.join(format!("{name}.png"))).unwrap();
+        assert_eq!([got.height, got.width, 3], want.shape(), "{name}");
+        assert_eq!(got.data, want.data(), "{name}");
+    }
+}
