@@ -54,6 +54,9 @@ pub fn run(args: &LogprobsArgs) -> Result<()> {
     let seqs: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| {
         format!("{}: expected a JSON list of lists of token ids", args.tokens.display())
     })?;
+    if seqs.is_empty() {
+        bail!("{}: no sequences (expected e.g. [[151644, 872, 198]])", args.tokens.display());
+    }
     if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
         bail!("{}: sequence {i} is empty", args.tokens.display());
     }

@@ -219,6 +219,12 @@ fn absurd_settings_are_refused_by_name_before_any_work() {
         ]),
         &["--temperature"],
     );
+    // An empty list of sequences is a mistake, not an empty output file.
+    let none = tmp.path().join("none.json");
+    std::fs::write(&none, "[]").unwrap();
+    let (n, o) = (none.to_str().unwrap(), out.to_str().unwrap());
+    fails_with(&run(&["logprobs", "--model", m, "--tokens", n, "--out", o]), &["no sequences"]);
+    assert!(!out.exists(), "nothing written");
     // Sampling flags by name, before a model is loaded (here there is none to load).
     for (flag, bad) in [("--temperature", "NaN"), ("--top-p", "0"), ("--max-new-tokens", "0")] {
         let o = run(&["generate", "--model", t, "--prompt", "1+1", &format!("{flag}={bad}")]);
