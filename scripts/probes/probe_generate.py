@@ -62,26 +62,27 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probe_common.py, from any working directory
+from probe_common import (EMU_MISSING, REPO, add_emu_args, add_engine_work_args, add_filter_arg,  # noqa: E402
+                          config_from, edit_config_json, emu_required_error, fresh_case_dir, hf_qwen2,
+                          import_error, random_qwen2, random_rope_factors, resolve_engine, select_cases,
+                          to_dtype, work_dir, write_engine_log)
 
 try:
     import torch
     from tokenizers import Tokenizer
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: F401 - Qwen2* via probe_common
     _IMPORT_ERROR = None
 except ImportError as e:  # reported after argument parsing, so that --help works without them
     _IMPORT_ERROR = e
 
-DT = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 TOKENIZER_STOPS = [399, 397]
 SPECIAL_NAMES = {397: "<|endoftext|>", 398: "<|im_start|>", 399: "<|im_end|>"}
 TIE_MARGIN = 1e-4     # f32: a first difference at a top-2 margin below this is a tie
 BF16_MARGIN = 0.1     # emu_bf16: a first difference at a margin up to this is bf16 drift (measured up to 0.046)
-EMU_MISSING = "needs a build with `--features emu`"
 
 
 class Opts:
@@ -121,16 +122,6 @@ def parse_words(out):
     return [inv[w] if w in inv else int(w[1:]) for w in out.split()]
 
 
-def init_sensitive(model, seed, scale=0.2):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(scale * torch.randn(p.shape, generator=g))
-
-
 BASE = dict(vocab_size=400, hidden_size=48, intermediate_size=77, num_hidden_layers=2,
             num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=False,
             rms_norm_eps=1e-6, max_position_embeddings=256, use_sliding_window=False,
@@ -139,9 +130,7 @@ BASE = dict(vocab_size=400, hidden_size=48, intermediate_size=77, num_hidden_lay
 
 
 def B(**over):
-    c = json.loads(json.dumps(BASE))
-    c.update(over)
-    return c
+    return config_from(BASE, over)
 
 
 def text_of_len(n, seed):
@@ -158,22 +147,15 @@ def text_of_len(n, seed):
 
 
 def build(case):
-    d = os.path.join(Opts.cases_dir, case["name"])
-    if os.path.isdir(d):
-        shutil.rmtree(d)
-    md = os.path.join(d, "model")
-    os.makedirs(d)
+    d, md = fresh_case_dir(Opts.cases_dir, case["name"])
     kw = dict(case["cfg"])
     kw.setdefault("hidden_act", "silu")
-    cfg = Qwen2Config(**kw)
-    torch.manual_seed(case["seed"])
-    model = Qwen2ForCausalLM(cfg)
-    init_sensitive(model, case["seed"], case.get("scale", 0.2))
+    model = random_qwen2(kw, case["seed"], case.get("scale", 0.2))
     if case.get("eos_bias") is not None:  # make some token(s) likely: boost their lm_head rows
         with torch.no_grad():
             for t, b in case["eos_bias"].items():
                 model.lm_head.weight[int(t)] *= b
-    model = model.to(getattr(torch, DT[case.get("dtype", "f32")]))
+    model = to_dtype(model, case.get("dtype", "f32"))
     model.save_pretrained(md)
     if Opts.word:
         word_tokenizer(kw["vocab_size"], os.path.join(md, "tokenizer.json"))
@@ -187,14 +169,7 @@ def build(case):
         g.update(case["gen_edit"])
         json.dump(g, open(gp, "w"), indent=2)
     if case.get("cfg_edit"):
-        p = os.path.join(md, "config.json")
-        c = json.load(open(p))
-        for k, v in case["cfg_edit"].items():
-            if v == "__DELETE__":
-                c.pop(k, None)
-            else:
-                c[k] = v
-        json.dump(c, open(p, "w"), indent=2)
+        edit_config_json(md, case["cfg_edit"])
     return d, md
 
 
@@ -235,9 +210,7 @@ _hf_cache = {}
 def hf_model(md):
     if md not in _hf_cache:
         _hf_cache.clear()
-        m = Qwen2ForCausalLM.from_pretrained(md, dtype=torch.float32, attn_implementation="eager")
-        m.eval()
-        _hf_cache[md] = m
+        _hf_cache[md] = hf_qwen2(md)
     return _hf_cache[md]
 
 
@@ -322,8 +295,7 @@ def run_case(case):
 
 def compare(rr, d, md, prompt, n, extra, hf_toks, margins, stops, tag):
     cmd, rc, out, err, cnt, stop = run_engine(md, prompt, n, extra)
-    with open(os.path.join(d, f"engine{tag}.log"), "w") as f:
-        f.write(" ".join(repr(c) if " " in c else c for c in cmd) + f"\n--- rc {rc}\n--- stdout\n{out}\n--- stderr\n{err}\n")
+    write_engine_log(os.path.join(d, f"engine{tag}.log"), " ".join(repr(c) if " " in c else c for c in cmd), rc, out, err)
     if rc != 0 and EMU_MISSING in err:
         rr["emu_missing"] = True
         return
@@ -489,15 +461,7 @@ def random_case(i):
     heads = kv * ratio
     hd = rng.choice([2, 4, 6, 8, 10, 16])
     rope = rng.choice(["default", "linear", "yarn", "llama3"])
-    rp = {"rope_type": rope, "rope_theta": rng.choice([10.0, 1e3, 1e4, 1e6])}
-    if rope == "linear":
-        rp["factor"] = rng.choice([0.5, 2.0, 3.7])
-    elif rope == "yarn":
-        rp["factor"] = rng.choice([2.0, 4.0, 16.0])
-        rp["original_max_position_embeddings"] = rng.choice([8, 16, 64])
-    elif rope == "llama3":
-        rp.update(factor=rng.choice([2.0, 8.0]), low_freq_factor=1.0, high_freq_factor=rng.choice([2.0, 4.0]),
-                  original_max_position_embeddings=rng.choice([8, 16, 64]))
+    rp = random_rope_factors(rng, {"rope_type": rope, "rope_theta": rng.choice([10.0, 1e3, 1e4, 1e6])}, [8, 16, 64])
     cfg = B(hidden_size=heads * hd, num_attention_heads=heads, num_key_value_heads=kv,
             intermediate_size=rng.choice([17, 64, 101]), num_hidden_layers=rng.randint(1, 4),
             tie_word_embeddings=rng.random() < 0.5, vocab_size=rng.choice([400, 400, 417]),
@@ -538,8 +502,7 @@ def sampling_checks():
             e, _ = go("--temperature", str(t), "--seed", str(seed), "--device", "emu", "--precision", "f32")
             if isinstance(e, str) and EMU_MISSING in e:
                 if Opts.emu == "on":
-                    print(f"error: --emu given but {Opts.engine} was built without --features emu", file=sys.stderr)
-                    return 2
+                    return emu_required_error(Opts.engine)
                 emu, e = False, None
         o, _ = go("--temperature", str(t), "--seed", str(seed + 1), "--device", "cpu")
         rows.append((f"T={t} seed={seed}", a == b, (a == e) if e is not None else None, a != o, a != greedy, cmd))
@@ -561,11 +524,6 @@ def sampling_checks():
     return 1 if failed else 0
 
 
-def default_engine():
-    rel = REPO / "target" / "release" / "mmr1-fast"
-    return rel if rel.exists() else REPO / "target" / "debug" / "mmr1-fast"
-
-
 def parse_args(argv):
     env_emu = os.environ.get("PROBE_EMU", os.environ.get("EMU"))
     ap = argparse.ArgumentParser(
@@ -573,24 +531,15 @@ def parse_args(argv):
         epilog="Emulator default: $PROBE_EMU (or $EMU) =1 or unset: run emu_f32 and emu_bf16 when the engine was "
                "built with --features emu (detected on the first run); =0: CPU only. "
                "Exit status: 0 no FAIL, 1 some run FAILed, 2 usage or setup error.")
-    ap.add_argument("filters", nargs="*", metavar="FILTER",
-                    help="run only the cases whose name contains one of these substrings (default: all)")
-    ap.add_argument("--engine", type=Path, default=None,
-                    help="the mmr1-fast binary (default: REPO/target/release/mmr1-fast if it exists, "
-                         "else REPO/target/debug/mmr1-fast)")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="directory for the generated cases and results (default: a new temporary directory, printed)")
+    add_filter_arg(ap)
+    add_engine_work_args(ap, "results")
     ap.add_argument("--tokenizer", type=Path, default=REPO / "tests" / "fixtures" / "tokenizer.json",
                     help="the byte-level BPE tokenizer.json the prompts are made with (default: REPO/tests/fixtures/tokenizer.json)")
     ap.add_argument("--tokmode", choices=["word", "bpe"], default=os.environ.get("TOKMODE", "word"),
                     help="tokenizer written into each model: word (exact token ids; default, or $TOKMODE) or bpe")
     ap.add_argument("--nrand", type=int, default=int(os.environ.get("PROBE_NRAND", os.environ.get("NRAND", "12"))),
                     help="number of random cases rand00.. (default: $PROBE_NRAND, $NRAND or 12)")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--emu", dest="emu", action="store_const", const="on",
-                   help="also run emu_f32 and emu_bf16; an engine built without --features emu is then an error")
-    g.add_argument("--no-emu", dest="emu", action="store_const", const="off", help="CPU only")
-    ap.set_defaults(emu={"1": "auto", "0": "off"}.get(env_emu, "auto"))
+    add_emu_args(ap, env_emu, "also run emu_f32 and emu_bf16; an engine built without --features emu is then an error")
     ap.add_argument("--bf16-margin", type=float, default=BF16_MARGIN,
                     help=f"emu_bf16 differences whose first token has an HF top-2 margin up to this are DRIFT, "
                          f"not FAIL (default {BF16_MARGIN:g})")
@@ -604,31 +553,25 @@ def main(argv=None):
     global TOK
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if _IMPORT_ERROR is not None:
-        print(f"error: missing Python package: {_IMPORT_ERROR} (see scripts/requirements-golden.txt)", file=sys.stderr)
-        return 2
+        return import_error(_IMPORT_ERROR)
     if not args.tokenizer.is_file():
         print(f"error: tokenizer {args.tokenizer} not found (--tokenizer)", file=sys.stderr)
         return 2
     TOK = Tokenizer.from_file(str(args.tokenizer))
     Opts.tokj, Opts.word = str(args.tokenizer), args.tokmode == "word"
-    cases = [c for c in all_cases(args.nrand) if not args.filters or any(f in c["name"] for f in args.filters)]
+    cases = select_cases(all_cases(args.nrand), args.filters)
     if args.list:
         for c in cases:
             print(f"{c['name']:24s} runs {[(len(TOK.encode(p, add_special_tokens=False).ids), n) for p, n in c['runs']]} "
                   f"{'[refusal expected] ' if c.get('refuse') else ''}{'[known] ' if c.get('known') else ''}{c.get('desc', '')}")
         return 0
-    engine = (args.engine or default_engine()).resolve()
-    if not (engine.is_file() and os.access(engine, os.X_OK)):
-        print(f"error: engine binary {engine} not found (build it, or pass --engine)", file=sys.stderr)
+    engine = resolve_engine(args.engine)
+    if engine is None:
         return 2
     if not cases and not args.sampling:
         print("error: no case matches the filters (see --list)", file=sys.stderr)
         return 2
-    if args.work is None:
-        work = Path(tempfile.mkdtemp(prefix="mmr1-probe-generate-"))
-    else:
-        work = args.work.resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.work, "mmr1-probe-generate-")
     torch.set_num_threads(2)
     Opts.engine, Opts.emu, Opts.bf16_margin = engine, args.emu, args.bf16_margin
     Opts.cases_dir = str(work / "cases")
@@ -673,8 +616,7 @@ def main(argv=None):
                 bad.append(f"{rr['status']} {c['name']} {rr['variant']} p{rr['prompt_len']} n{rr['n']}: "
                            f"{rr['verdict']}{'; ' + rr['why'] if rr.get('why') else ''}")
         if Opts.emu == "on" and Opts.emu_available is False:
-            print(f"error: --emu given but {engine} was built without --features emu", file=sys.stderr)
-            return 2
+            return emu_required_error(engine)
     if Opts.emu == "auto" and Opts.emu_available is False:
         print(f"note: {engine} was built without --features emu: emulator variants skipped")
     print(f"\nsummary ({len(cases)} cases; results in {rpath}):")

@@ -47,28 +47,28 @@ import argparse
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probe_common.py, from any working directory
+from probe_common import (EMU_MISSING, add_emu_args, add_engine_work_args, add_filter_arg,  # noqa: E402
+                          config_from, edit_config_json, emu_required_error, fresh_case_dir, hf_qwen2,
+                          import_error, random_qwen2, random_rope_factors, rel_l2, resolve_engine,
+                          select_cases, to_dtype, work_dir, write_engine_log)
 
 try:
     import torch
     import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: F401 - used through probe_common
     _IMPORT_ERROR = None
 except ImportError as e:  # reported after argument parsing, so that --help works without them
     _IMPORT_ERROR = e
 
-DT = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 TOL = 1e-4             # CPU and emulator f32: max relative L2 of log-probs and last logits
 EMU_BF16_TOL = 0.2     # emulator bf16: sanity bound only (measured up to 0.055 on 90 accepted cases)
-EMU_MISSING = "needs a build with `--features emu`"
 
 
 class Opts:
@@ -80,39 +80,13 @@ class Opts:
     emu_bf16_tol = EMU_BF16_TOL
 
 
-def init_sensitive(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-
-
-def rel_l2(a, b):
-    a, b = a.double(), b.double()
-    n = b.norm().item()
-    if b.numel() == 0:
-        return 0.0
-    return (a - b).norm().item() / max(n, 1e-30)
-
-
 def build(case):
-    d = os.path.join(Opts.cases_dir, case["name"])
-    if os.path.isdir(d):
-        shutil.rmtree(d)
-    md = os.path.join(d, "model")
-    os.makedirs(d)
+    d, md = fresh_case_dir(Opts.cases_dir, case["name"])
     kw = dict(case["cfg"])
     kw.setdefault("hidden_act", "silu")
     kw.setdefault("bos_token_id", 0)
     kw.setdefault("eos_token_id", 1)
-    cfg = Qwen2Config(**kw)
-    torch.manual_seed(case["seed"])
-    model = Qwen2ForCausalLM(cfg)
-    init_sensitive(model, case["seed"])
-    model = model.to(getattr(torch, DT[case.get("dtype", "f32")]))
+    model = to_dtype(random_qwen2(kw, case["seed"]), case.get("dtype", "f32"))
     skw = {}
     if case.get("shard"):
         skw["max_shard_size"] = case["shard"]
@@ -123,14 +97,7 @@ def build(case):
             os.remove(p)
     edit = case.get("cfg_edit")
     if edit:
-        p = os.path.join(md, "config.json")
-        c = json.load(open(p))
-        for k, v in edit.items():
-            if v == "__DELETE__":
-                c.pop(k, None)
-            else:
-                c[k] = v
-        json.dump(c, open(p, "w"), indent=2)
+        edit_config_json(md, edit)
     post = case.get("post")
     if post:
         post(md)
@@ -142,8 +109,7 @@ def build(case):
 
 
 def hf_reference(md, seqs, temperature):
-    m = Qwen2ForCausalLM.from_pretrained(md, dtype=torch.float32, attn_implementation="eager")
-    m.eval()
+    m = hf_qwen2(md)
     out = []
     with torch.no_grad():
         for s in seqs:
@@ -163,8 +129,7 @@ def run_engine(d, md, temperature, device="cpu", extra=(), tag=""):
     if temperature != 1.0:
         cmd += ["--temperature", str(temperature)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    with open(os.path.join(d, f"engine{tag}.log"), "w") as f:
-        f.write(" ".join(cmd) + "\n--- rc %d\n--- stdout\n%s\n--- stderr\n%s\n" % (r.returncode, r.stdout, r.stderr))
+    write_engine_log(os.path.join(d, f"engine{tag}.log"), " ".join(cmd), r.returncode, r.stdout, r.stderr)
     return cmd, r, outp
 
 
@@ -296,16 +261,7 @@ def random_case(i):
     )
     theta = rng.choice([10.0, 100.0, 1e4, 1e6])
     rope = rng.choice(["default", "default", "linear", "yarn", "llama3"])
-    rp = {"rope_type": rope, "rope_theta": theta}
-    if rope == "linear":
-        rp["factor"] = rng.choice([0.5, 2.0, 3.7])
-    elif rope == "yarn":
-        rp["factor"] = rng.choice([2.0, 4.0, 16.0])
-        rp["original_max_position_embeddings"] = rng.choice([4, 16, 32])
-    elif rope == "llama3":
-        rp.update(factor=rng.choice([2.0, 8.0]), low_freq_factor=1.0, high_freq_factor=rng.choice([2.0, 4.0]),
-                  original_max_position_embeddings=rng.choice([8, 16, 64]))
-    cfg["rope_parameters"] = rp
+    cfg["rope_parameters"] = random_rope_factors(rng, {"rope_type": rope, "rope_theta": theta}, [4, 16, 32])
     n = rng.randint(2, 5)
     lens = [rng.choice([1, 2, 3, 5, 9, 17, 31, 44, 63, 70]) for _ in range(n)]
     return dict(name=f"rand{i:02d}", seed=500 + i, cfg=cfg, lens=lens,
@@ -323,9 +279,7 @@ LENS = [1, 2, 7, 33, 70]
 
 
 def B(**over):
-    c = json.loads(json.dumps(BASE))
-    c.update(over)
-    return c
+    return config_from(BASE, over)
 
 
 def del_tensor(name):
@@ -519,11 +473,6 @@ def all_cases(nrand):
 
 
 # ------------------------------------------------------------------------------------------ main
-def default_engine():
-    rel = REPO / "target" / "release" / "mmr1-fast"
-    return rel if rel.exists() else REPO / "target" / "debug" / "mmr1-fast"
-
-
 def parse_args(argv):
     env_emu = os.environ.get("PROBE_EMU")
     ap = argparse.ArgumentParser(
@@ -532,21 +481,12 @@ def parse_args(argv):
         epilog="Emulator default: $PROBE_EMU=1 or unset: run it when the engine was built with --features emu "
                "(detected on the first run); PROBE_EMU=0: CPU only.\n"
                "Exit status: 0 no FAIL, 1 some case FAILed, 2 usage or setup error.")
-    ap.add_argument("filters", nargs="*", metavar="FILTER",
-                    help="run only the cases whose name contains one of these substrings (default: all)")
-    ap.add_argument("--engine", type=Path, default=None,
-                    help="the mmr1-fast binary (default: REPO/target/release/mmr1-fast if it exists, "
-                         "else REPO/target/debug/mmr1-fast)")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="directory for the generated cases and results.json (default: a new temporary directory, printed)")
+    add_filter_arg(ap)
+    add_engine_work_args(ap, "results.json")
     ap.add_argument("--nrand", type=int, default=int(os.environ.get("PROBE_NRAND", "40")),
                     help="number of random configs rand00.. (default: $PROBE_NRAND or 40)")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--emu", dest="emu", action="store_const", const="on",
-                   help="also run every case on the emulator (--device emu, f32 and bf16); an engine built "
-                        "without --features emu is then an error")
-    g.add_argument("--no-emu", dest="emu", action="store_const", const="off", help="CPU only")
-    ap.set_defaults(emu={"1": "auto", "0": "off"}.get(env_emu, "auto"))
+    add_emu_args(ap, env_emu, "also run every case on the emulator (--device emu, f32 and bf16); an engine built "
+                              "without --features emu is then an error")
     ap.add_argument("--tol", type=float, default=TOL,
                     help=f"max relative L2 (log-probs and last logits) for CPU and emulator f32 (default {TOL:g})")
     ap.add_argument("--emu-bf16-tol", type=float, default=EMU_BF16_TOL,
@@ -557,26 +497,20 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cases = [c for c in all_cases(args.nrand) if not args.filters or any(f in c["name"] for f in args.filters)]
+    cases = select_cases(all_cases(args.nrand), args.filters)
     if args.list:
         for c in cases:
             print(f"{c['name']:32s} {'expect refusal ' if c.get('expect_error') else ''}{c.get('desc', '')}")
         return 0
     if _IMPORT_ERROR is not None:
-        print(f"error: missing Python package: {_IMPORT_ERROR} (see scripts/requirements-golden.txt)", file=sys.stderr)
-        return 2
-    engine = (args.engine or default_engine()).resolve()
-    if not (engine.is_file() and os.access(engine, os.X_OK)):
-        print(f"error: engine binary {engine} not found (build it, or pass --engine)", file=sys.stderr)
+        return import_error(_IMPORT_ERROR)
+    engine = resolve_engine(args.engine)
+    if engine is None:
         return 2
     if not cases:
         print("error: no case matches the filters (see --list)", file=sys.stderr)
         return 2
-    if args.work is None:
-        work = Path(tempfile.mkdtemp(prefix="mmr1-probe-logprobs-"))
-    else:
-        work = args.work.resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.work, "mmr1-probe-logprobs-")
     torch.set_num_threads(2)
     Opts.engine, Opts.emu, Opts.tol, Opts.emu_bf16_tol = engine, args.emu, args.tol, args.emu_bf16_tol
     Opts.cases_dir = str(work / "cases")
@@ -610,8 +544,7 @@ def main(argv=None):
               f"{(r.get('engine_err') or '').splitlines()[-1][:150] if r.get('engine_err') else ''}"
               f"{' HF:' + r['hf'][:120] if r.get('hf', 'ok') != 'ok' else ''}{emu}", flush=True)
         if Opts.emu == "on" and Opts.emu_available is False:
-            print(f"error: --emu given but {engine} was built without --features emu", file=sys.stderr)
-            return 2
+            return emu_required_error(engine)
         if r.get("emu_missing"):
             print(f"note: {engine} was built without --features emu: emulator runs skipped", flush=True)
 

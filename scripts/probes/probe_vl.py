@@ -51,12 +51,12 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probe_common.py, from any working directory
+from probe_common import add_engine_work_args, import_error, rel_l2, resolve_engine, work_dir  # noqa: E402
 
 try:
     import numpy as np
@@ -259,13 +259,6 @@ def hf_reference(mdir, case, image_paths, seqs_short):
         out[f"last_logits.{i}"] = logits[-1].float().contiguous()
         out[f"grid.{i}"] = grid.contiguous() if grid is not None else torch.zeros(0, 3, dtype=torch.long)
     return out, expanded
-
-
-def rel_l2(a, b):
-    a, b = a.double(), b.double()
-    d = (a - b).norm().item()
-    n = b.norm().item()
-    return d / max(n, 1e-30)
 
 
 # ----------------------------------------------------------------------------------- cases
@@ -796,11 +789,6 @@ def summary(c):
             f"imgs{[(i['w'], i['h'], i['mode'], i['fmt']) for i in c['images']]} seqs{len(c['seqs'])}")
 
 
-def default_engine():
-    rel = REPO / "target" / "release" / "mmr1-fast"
-    return rel if rel.exists() else REPO / "target" / "debug" / "mmr1-fast"
-
-
 def parse_args(argv):
     ap = argparse.ArgumentParser(
         description="Compare `mmr1-fast logprobs --image` with transformers on tiny random Qwen2.5-VL checkpoints.",
@@ -812,11 +800,7 @@ def parse_args(argv):
     ap.add_argument("--prenorm", action="store_true",
                     help="decode, convert and resize every image with PIL as transformers does and give the engine "
                          "those PNGs (isolates the model from image decoding and resizing); cases are named NAME_pn")
-    ap.add_argument("--engine", type=Path, default=None,
-                    help="the mmr1-fast binary (default: REPO/target/release/mmr1-fast if it exists, "
-                         "else REPO/target/debug/mmr1-fast)")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="directory for the generated cases and results.jsonl (default: a new temporary directory, printed)")
+    add_engine_work_args(ap, "results.jsonl")
     ap.add_argument("--tol", type=float, default=TOL,
                     help=f"max relative L2 of log-probs and of last logits per sequence (default {TOL:g})")
     ap.add_argument("--jpeg-tol", type=float, default=JPEG_TOL,
@@ -835,22 +819,15 @@ def main(argv=None):
                 print(n, ("[expect refusal] " if c.get("expect_error") else "") + summary(c))
         return 0
     if _IMPORT_ERROR is not None:
-        print(f"error: missing Python package: {_IMPORT_ERROR} (see scripts/requirements-golden.txt; and pillow)",
-              file=sys.stderr)
-        return 2
+        return import_error(_IMPORT_ERROR, "; and pillow")
     unknown = [n for n in args.names if n not in cases]
     if unknown:
         print(f"error: unknown case(s) {unknown} (see --list)", file=sys.stderr)
         return 2
-    engine = (args.engine or default_engine()).resolve()
-    if not (engine.is_file() and os.access(engine, os.X_OK)):
-        print(f"error: engine binary {engine} not found (build it, or pass --engine)", file=sys.stderr)
+    engine = resolve_engine(args.engine)
+    if engine is None:
         return 2
-    if args.work is None:
-        work = Path(tempfile.mkdtemp(prefix="mmr1-probe-vl-"))
-    else:
-        work = args.work.resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.work, "mmr1-probe-vl-")
     torch.set_num_threads(1)
     Opts.engine, Opts.work, Opts.prenorm, Opts.strict = engine, str(work), args.prenorm, args.strict
     Opts.tol, Opts.jpeg_tol = args.tol, args.jpeg_tol
