@@ -29,10 +29,15 @@ pub struct Tokenizer {
     chat: Option<ChatTemplate>,
 }
 
-/// The files beside `tokenizer.json` that carry its chat template and special tokens; a
-/// checkpoint written from a model takes them along ([`copy_tokenizer_files`]).
-pub const TOKENIZER_SIDE_FILES: [&str; 3] =
-    ["tokenizer_config.json", "chat_template.jinja", "chat_template.json"];
+/// The files beside `tokenizer.json` that carry its chat template and special tokens
+/// (`special_tokens_map.json`: transformers 4's place for them); a checkpoint written from a
+/// model takes them along ([`copy_tokenizer_files`]).
+pub const TOKENIZER_SIDE_FILES: [&str; 4] = [
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "special_tokens_map.json",
+];
 
 /// Writes `src` (a `tokenizer.json`) into `dir` with the [`TOKENIZER_SIDE_FILES`] found
 /// beside it, each atomically, so that transformers, vLLM and this engine render the

@@ -203,12 +203,17 @@ fn written_checkpoints_carry_the_template_files() {
         ("tokenizer_config.json", r#"{"chat_template": "X"}"#.to_string()),
         ("chat_template.jinja", "J".to_string()),
         ("chat_template.json", r#"{"chat_template": "P"}"#.to_string()),
+        ("special_tokens_map.json", r#"{"pad_token": "<|endoftext|>"}"#.to_string()),
     ]);
     let out = tempfile::tempdir().unwrap();
     copy_tokenizer_files(&src.path().join("tokenizer.json"), out.path()).unwrap();
-    for name in
-        ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json"]
-    {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "chat_template.json",
+        "special_tokens_map.json",
+    ] {
         assert_eq!(
             std::fs::read(out.path().join(name)).unwrap(),
             std::fs::read(src.path().join(name)).unwrap(),
