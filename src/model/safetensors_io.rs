@@ -103,15 +103,7 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
 /// Loads the named tensors (any parameter set: decoder, vision tower) from `dir`, as f32, in
 /// the order given, checking that each exists, has the expected shape and is finite.
 pub fn load_specs(dir: &Path, specs: &[super::params::ParamSpec]) -> Result<Vec<Vec<f32>>> {
-    let files = weight_files(dir)?;
-    let mut maps = Vec::with_capacity(files.len());
-    for f in &files {
-        let file = File::open(f).with_context(|| format!("cannot open {}", f.display()))?;
-        // SAFETY: the file is opened read-only and not modified while mapped by this process.
-        let mmap =
-            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", f.display()))?;
-        maps.push(mmap);
-    }
+    let (files, maps) = map_weight_files(dir)?;
     let mut parsed = Vec::with_capacity(files.len());
     for (f, m) in files.iter().zip(&maps) {
         let st = SafeTensors::deserialize(m)
@@ -183,16 +175,27 @@ pub fn untie_if_the_head_differs(dir: &Path, cfg: &mut Qwen2Config) -> Result<bo
 /// The names of every tensor in `dir`'s weight files (headers only).
 fn tensor_names(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for f in weight_files(dir)? {
-        let file = File::open(&f).with_context(|| format!("cannot open {}", f.display()))?;
-        // SAFETY: the file is opened read-only and not modified while mapped by this process.
-        let mmap =
-            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", f.display()))?;
-        let (_, meta) = SafeTensors::read_metadata(&mmap)
+    let (files, maps) = map_weight_files(dir)?;
+    for (f, mmap) in files.iter().zip(&maps) {
+        let (_, meta) = SafeTensors::read_metadata(mmap)
             .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", f.display()))?;
         names.extend(meta.tensors().into_keys());
     }
     Ok(names)
+}
+
+/// `dir`'s weight files (`weight_files`) and a read-only memory map of each, in that order.
+fn map_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Mmap>)> {
+    let files = weight_files(dir)?;
+    let mut maps = Vec::with_capacity(files.len());
+    for f in &files {
+        let file = File::open(f).with_context(|| format!("cannot open {}", f.display()))?;
+        // SAFETY: the file is opened read-only and not modified while mapped by this process.
+        let mmap =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", f.display()))?;
+        maps.push(mmap);
+    }
+    Ok((files, maps))
 }
 
 /// Storage dtype of a written checkpoint.
