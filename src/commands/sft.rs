@@ -22,10 +22,13 @@ pub struct SftArgs {
     /// Hugging Face model directory to start from (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// JSONL training data: `messages`, ShareGPT `conversations`, or `problem`/`solution` per line.
-    /// With a Qwen2.5-VL `--model`, a line may name images, relative to the JSONL file's
-    /// folder: "image": "a.png" or "images": ["a.png", "b.jpg"]; each <image> marker of a
-    /// user or system turn is one image (without markers they open the first user turn).
+    /// JSONL training data, per line: `messages` (a content is a string or a list of
+    /// {"type": "text"|"image"|"image_url", ...} parts), TRL's `prompt`/`completion` message
+    /// lists, ShareGPT `conversations`, or `problem`/`solution`. With a Qwen2.5-VL `--model`,
+    /// a line may name images, relative to the JSONL file's folder: "image": "a.png" or
+    /// "images": ["a.png", "b.jpg"] (or each image part names its file: "image", "path",
+    /// "url"); each <image> marker or image part of a user or system turn is one image (with
+    /// neither, the images open the first user turn).
     #[arg(long)]
     pub data: PathBuf,
     /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.

@@ -2,15 +2,23 @@
 //! and tokenized with a per-token mask of what is trained (assistant turns only).
 //!
 //! Accepted line forms (one JSON object per line, blank lines skipped):
-//! - `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`
+//! - `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`; a
+//!   `content` may also be a list of parts, as transformers' processors and TRL's vision
+//!   datasets write it: `{"type": "text", "text": "..."}` and `{"type": "image"}` (the file
+//!   named in the part by `image`, `path` or `url`, or else taken in order from `images`),
+//!   or `{"type": "image_url", "image_url": {"url": "..."}}`. Text parts are joined with
+//!   nothing between them and each image part stands where it is, as Qwen2.5-VL's chat
+//!   template renders a list (an `<image>` marker here; `data::vl_sft_data` places them).
+//! - TRL's conversational prompt-completion form: `{"prompt": [messages], "completion":
+//!   [assistant messages]}` (the prompt's turns are not trained, as TRL trains them).
 //! - ShareGPT, MMR1's cold-start form: `{"conversations": [{"from": "human"|"gpt"|"system",
 //!   "value": "..."}, ...]}`
+//! - `{"problem": "...", "solution": "..."}`: one user turn, one assistant turn.
 //!
 //! Any form may carry images, `"image": "a.png"` or `"images": [...]` (paths relative to the
 //! JSONL file): [`load_jsonl_with_images`] reads them for a Qwen2.5-VL model
 //! (`data::vl_sft_data`); [`load_jsonl`], the text path, refuses a record with images, naming
 //! the file and line. Other keys are ignored.
-//! - `{"problem": "...", "solution": "..."}`: one user turn, one assistant turn.
 
 use crate::tokenizer::{apply_chat_template, Message, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
@@ -54,24 +62,50 @@ fn kind(v: &Value) -> &'static str {
 
 /// The conversation of one JSON record, in any of the accepted forms.
 pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
+    Ok(parse_conversation(v)?.messages)
+}
+
+/// A record's conversation and what its messages say of images.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    /// Image parts of the messages' content lists (each an `<image>` marker in `messages`).
+    pub image_parts: usize,
+    /// The files those parts name, in order (empty when none names one).
+    pub inline_images: Vec<String>,
+}
+
+/// [`parse_record`] with the image parts of content lists counted and their files collected.
+pub fn parse_conversation(v: &Value) -> Result<Conversation> {
     if !v.is_object() {
         bail!("expected a JSON object, found {}", kind(v));
     }
+    let mut parts = ImageParts::default();
     let msgs: Vec<Message> = if let Some(list) = v.get("messages") {
-        let list = list.as_array().ok_or_else(|| anyhow!("\"messages\" must be a list"))?;
-        list.iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let role = str_field(m, "role").with_context(|| format!("messages[{i}]"))?;
-                if !matches!(role, "system" | "user" | "assistant") {
-                    bail!("messages[{i}]: role {role:?} is not system, user or assistant");
-                }
-                Ok(Message::new(
-                    role,
-                    str_field(m, "content").with_context(|| format!("messages[{i}]"))?,
-                ))
-            })
-            .collect::<Result<_>>()?
+        messages_of(list, "messages", &mut parts)?
+    } else if let (Some(p), Some(c)) = (v.get("prompt"), v.get("completion")) {
+        if p.is_string() || c.is_string() {
+            bail!(
+                "\"prompt\"/\"completion\" as strings is TRL's raw-text form (trained without a \
+                 chat template); this engine trains conversations: write \"problem\"/\"solution\" \
+                 or lists of messages"
+            );
+        }
+        let prompt = messages_of(p, "prompt", &mut parts)?;
+        let completion = messages_of(c, "completion", &mut parts)?;
+        if let Some(i) = prompt.iter().position(|m| m.role == "assistant") {
+            bail!(
+                "prompt[{i}] is an assistant turn, which TRL would not train and this engine \
+                 would: write the record as \"messages\""
+            );
+        }
+        if let Some(i) = completion.iter().position(|m| m.role != "assistant") {
+            bail!(
+                "completion[{i}] is a {} turn; the completion holds assistant turns only",
+                completion[i].role
+            );
+        }
+        prompt.into_iter().chain(completion).collect()
     } else if let Some(list) = v.get("conversations") {
         let list = list.as_array().ok_or_else(|| anyhow!("\"conversations\" must be a list"))?;
         list.iter()
@@ -98,12 +132,122 @@ pub fn parse_record(v: &Value) -> Result<Vec<Message>> {
             Message::new("assistant", str_field(v, "solution")?),
         ]
     } else {
-        bail!("expected a \"messages\", \"conversations\" or \"problem\"/\"solution\" record");
+        bail!(
+            "expected a \"messages\", \"prompt\"/\"completion\", \"conversations\" or \
+             \"problem\"/\"solution\" record"
+        );
     };
     if !msgs.iter().any(|m| m.role == "assistant") {
         bail!("the conversation has no assistant turn: nothing to train on");
     }
-    Ok(msgs)
+    let named = parts.names.iter().filter(|n| n.is_some()).count();
+    if named != 0 && named != parts.names.len() {
+        bail!(
+            "{named} of {} image parts name their file: name all of them, or none (and list \
+             the files in \"images\")",
+            parts.names.len()
+        );
+    }
+    Ok(Conversation {
+        messages: msgs,
+        image_parts: parts.names.len(),
+        inline_images: parts.names.into_iter().flatten().collect(),
+    })
+}
+
+/// The image parts met so far: the file each names, if any.
+#[derive(Default)]
+struct ImageParts {
+    names: Vec<Option<String>>,
+}
+
+/// A list of `{"role", "content"}` messages (`what` names it in errors).
+fn messages_of(list: &Value, what: &str, parts: &mut ImageParts) -> Result<Vec<Message>> {
+    let list = list.as_array().ok_or_else(|| anyhow!("{what:?} must be a list of messages"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = || format!("{what}[{i}]");
+            let role = str_field(m, "role").with_context(at)?;
+            if !matches!(role, "system" | "user" | "assistant") {
+                bail!("{}: role {role:?} is not system, user or assistant", at());
+            }
+            let before = parts.names.len();
+            let content = content_of(m.get("content"), parts).with_context(at)?;
+            if role == "assistant" && parts.names.len() > before {
+                bail!(
+                    "{}: an image in an assistant turn (images go in user or system turns)",
+                    at()
+                );
+            }
+            Ok(Message::new(role, &content))
+        })
+        .collect()
+}
+
+/// A message's `content`: a string, or a list of text and image parts joined as Qwen2.5-VL's
+/// chat template joins them (text as is, nothing between parts; an image part where it
+/// stands, written here as an `<image>` marker), with the file each image part names noted.
+fn content_of(content: Option<&Value>, parts: &mut ImageParts) -> Result<String> {
+    let list = match content {
+        Some(Value::String(s)) => return Ok(s.clone()),
+        Some(Value::Array(list)) => list,
+        None => bail!("missing field \"content\""),
+        Some(other) => {
+            bail!("field \"content\" must be a string or a list of parts, found {}", kind(other))
+        }
+    };
+    let mut text = String::new();
+    for (j, part) in list.iter().enumerate() {
+        if !part.is_object() {
+            bail!("content[{j}] must be a text or image part (an object), found {}", kind(part));
+        }
+        let ty = part.get("type").and_then(Value::as_str);
+        let has = |k: &str| part.get(k).is_some_and(|x| !x.is_null());
+        if matches!(ty, Some("image" | "image_url"))
+            || (ty.is_none() && (has("image") || has("image_url")))
+        {
+            parts.names.push(image_part_file(part).with_context(|| format!("content[{j}]"))?);
+            text.push_str("<image>");
+        } else if ty == Some("text") || (ty.is_none() && has("text")) {
+            match part.get("text") {
+                Some(Value::String(s)) => text.push_str(s),
+                _ => bail!("content[{j}]: a text part without a \"text\" string"),
+            }
+        } else {
+            let what = ty.map_or_else(|| "an untyped part".to_string(), |t| format!("type {t:?}"));
+            bail!("content[{j}]: {what} is not read (parts: text, image, image_url)");
+        }
+    }
+    Ok(text)
+}
+
+/// The file an image part names (`image`, `path`, `url`, or `image_url.url`, a path or a
+/// `file://` URL), or `None`. Remote and inline (`data:`) images are refused by name.
+fn image_part_file(part: &Value) -> Result<Option<String>> {
+    let url = part.get("image_url").map(|u| u.get("url").unwrap_or(u));
+    let found = ["image", "path", "url"].iter().map(|k| part.get(*k)).chain([url]);
+    for v in found.flatten() {
+        match v {
+            Value::Null => continue,
+            Value::String(s) => {
+                if let Some(path) = s.strip_prefix("file://") {
+                    return Ok(Some(path.to_string()));
+                }
+                let lower = s.to_ascii_lowercase();
+                if ["http://", "https://", "data:"].iter().any(|p| lower.starts_with(p)) {
+                    let shown: String = s.chars().take(40).collect();
+                    bail!(
+                        "image {shown:?}...: remote and inline (data:) images are not read; save \
+                         the image to a file and name its path"
+                    );
+                }
+                return Ok(Some(s.clone()));
+            }
+            other => bail!("an image part's file must be a path (a string), found {}", kind(other)),
+        }
+    }
+    Ok(None)
 }
 
 /// The image files a record names: `"image": "a.png"` or `"images": ["a.png", ...]` (null or
@@ -162,15 +306,27 @@ fn load_records(path: &Path, allow_images: bool) -> Result<Vec<SftRecord>> {
         let line = line.map_err(|e| anyhow!("{}:{n}: {e}", path.display()))?;
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| anyhow!("{}:{n}: not valid JSON ({e})", path.display()))?;
-        let messages = parse_record(&v).map_err(|e| anyhow!("{}:{n}: {e:#}", path.display()))?;
-        let names = record_images(&v).map_err(|e| anyhow!("{}:{n}: {e:#}", path.display()))?;
-        if !names.is_empty() && !allow_images {
+        let at = |e: anyhow::Error| anyhow!("{}:{n}: {e:#}", path.display());
+        let conv = parse_conversation(&v).map_err(at)?;
+        let listed = record_images(&v).map_err(at)?;
+        let names = match (conv.inline_images.is_empty(), listed.is_empty()) {
+            (true, _) => listed,
+            (false, true) => conv.inline_images,
+            (false, false) => {
+                return Err(at(anyhow!(
+                    "images are named both in the messages' image parts and in \"images\": \
+                     name them in one place"
+                )))
+            }
+        };
+        if (!names.is_empty() || conv.image_parts > 0) && !allow_images {
+            let what = if names.is_empty() { "image parts".to_string() } else { names.join(", ") };
             bail!(
-                "{}:{n}: the example has images ({}); a text model cannot train on them (give a Qwen2.5-VL checkpoint, model_type \"qwen2_5_vl\")",
+                "{}:{n}: the example has images ({what}); a text model cannot train on them (give a Qwen2.5-VL checkpoint, model_type \"qwen2_5_vl\")",
                 path.display(),
-                names.join(", ")
             );
         }
+        let messages = conv.messages;
         let mut images = Vec::with_capacity(names.len());
         for im in &names {
             let p = folder.join(im);

@@ -22,6 +22,103 @@ fn three_forms_give_the_same_conversation() {
     assert_eq!(s[0], Message::new("system", "S"));
 }
 
+/// Content lists (transformers' and TRL's form) and TRL's conversational prompt-completion
+/// records read as the string forms do; image parts stand where they are as `<image>` markers.
+#[test]
+fn content_parts_and_prompt_completion_read_as_messages() {
+    use mmr1_fast::data::sft_data::parse_conversation;
+    let strings = parse_record(&serde_json::json!({"messages": [
+        {"role": "system", "content": "S"}, {"role": "user", "content": "What is 2+2? Think."},
+        {"role": "assistant", "content": "4"}]}))
+    .unwrap();
+    let parts = parse_record(&serde_json::json!({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "S"}]},
+        {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"},
+            {"text": " Think."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "4", "index": null}]}]}))
+    .unwrap();
+    assert_eq!(parts, strings);
+    let pc = parse_record(&serde_json::json!({
+        "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 2+2? Think."}],
+        "completion": [{"role": "assistant", "content": "4"}]}))
+    .unwrap();
+    assert_eq!(pc, strings);
+
+    // TRL's vision rows: image parts without files (the files come from "images", in order).
+    let trl = parse_conversation(&serde_json::json!({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Compare ", "index": null},
+            {"type": "image", "text": null, "index": 0}, {"type": "text", "text": " and "},
+            {"type": "image", "text": null, "index": 1}, {"type": "text", "text": "."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "same"}]}],
+        "images": ["a.png", "b.png"]}))
+    .unwrap();
+    assert_eq!(trl.messages[0].content, "Compare <image> and <image>.");
+    assert_eq!((trl.image_parts, trl.inline_images.len()), (2, 0));
+    // Qwen's and transformers' inline forms: the part names its file.
+    let inline = parse_conversation(&serde_json::json!({"messages": [
+        {"role": "user", "content": [{"type": "image", "image": "file:///data/a.png"},
+            {"type": "image_url", "image_url": {"url": "b.jpg"}}, {"type": "image", "path": "c.png"},
+            {"image": "d.png"}, {"type": "text", "text": "Which?"}]},
+        {"role": "assistant", "content": "a"}]}))
+    .unwrap();
+    assert_eq!(inline.messages[0].content, "<image><image><image><image>Which?");
+    assert_eq!(inline.inline_images, vec!["/data/a.png", "b.jpg", "c.png", "d.png"]);
+
+    let err = |v: serde_json::Value| format!("{:#}", parse_conversation(&v).unwrap_err());
+    let user = |content: serde_json::Value| {
+        serde_json::json!({"messages": [{"role": "user", "content": content},
+            {"role": "assistant", "content": "x"}]})
+    };
+    let e = err(user(serde_json::json!([{"type": "image", "image": "a.png"}, {"type": "image"}])));
+    assert!(e.contains("1 of 2 image parts name their file"), "{e}");
+    let e = err(user(serde_json::json!([{"type": "image", "url": "https://x.org/a.png"}])));
+    assert!(e.contains("messages[0]: content[0]") && e.contains("remote and inline"), "{e}");
+    let e = err(user(
+        serde_json::json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]),
+    ));
+    assert!(e.contains("remote and inline"), "{e}");
+    let e = err(user(serde_json::json!([{"type": "video", "video": "v.mp4"}])));
+    assert!(e.contains("content[0]: type \"video\" is not read"), "{e}");
+    let e = err(user(serde_json::json!([{"type": "text", "text": null}])));
+    assert!(e.contains("a text part without a \"text\" string"), "{e}");
+    let e = err(serde_json::json!({"messages": [{"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "image"}]}]}));
+    assert!(e.contains("messages[1]: an image in an assistant turn"), "{e}");
+    let e = err(serde_json::json!({"prompt": "Q", "completion": "A"}));
+    assert!(e.contains("TRL's raw-text form"), "{e}");
+    let e = err(serde_json::json!({"prompt": [{"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}],
+        "completion": [{"role": "assistant", "content": "a2"}]}));
+    assert!(e.contains("prompt[1] is an assistant turn"), "{e}");
+    let e = err(serde_json::json!({"prompt": [{"role": "user", "content": "q"}],
+        "completion": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}]}));
+    assert!(e.contains("completion[1] is a user turn"), "{e}");
+}
+
+/// The text path refuses image parts as it refuses listed images; the image path refuses
+/// files named twice (in parts and in "images").
+#[test]
+fn image_parts_are_refused_where_images_are() {
+    use mmr1_fast::data::sft_data::load_jsonl_with_images;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.jsonl");
+    std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+    let parts = r#"{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}, {"role": "assistant", "content": "a"}]}"#;
+    std::fs::write(&p, format!("{parts}\n")).unwrap();
+    let e = format!("{:#}", load_jsonl(&p).unwrap_err());
+    assert!(e.contains(":1: the example has images (image parts); a text model"), "{e}");
+    let named = r#"{"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}]}, {"role": "assistant", "content": "a"}]}"#;
+    std::fs::write(&p, format!("{named}\n")).unwrap();
+    let e = format!("{:#}", load_jsonl(&p).unwrap_err());
+    assert!(e.contains("the example has images (a.png)"), "{e}");
+    let recs = load_jsonl_with_images(&p).unwrap();
+    assert_eq!(recs[0].images, vec![dir.path().join("a.png")]);
+    let twice = r#"{"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}]}, {"role": "assistant", "content": "a"}], "images": ["a.png"]}"#;
+    std::fs::write(&p, format!("{named}\n{twice}\n")).unwrap();
+    let e = format!("{:#}", load_jsonl_with_images(&p).unwrap_err());
+    assert!(e.contains(":2: images are named both"), "{e}");
+}
+
 #[test]
 fn only_assistant_turns_are_trained() {
     let t = tok();
@@ -67,7 +164,8 @@ fn bad_lines_are_reported_with_file_and_line() {
         ("{\"problem\": \"a\", \"solution\": \"b\"}\n\n{not json}\n", ":3: not valid JSON"),
         ("{\"problem\": \"a\", \"solution\": \"b\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n", ":2: the conversation has no assistant turn"),
         ("{\"conversations\": [{\"from\": \"bot\", \"value\": \"q\"}]}\n", ":1: conversations[0]: \"from\" is \"bot\""),
-        ("{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}\n", ":1: messages[0]: field \"content\" must be a string"),
+        ("{\"messages\": [{\"role\": \"user\", \"content\": 1}]}\n", ":1: messages[0]: field \"content\" must be a string or a list of parts, found a number"),
+        ("{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}\n", ":1: messages[0]: content[0] must be a text or image part (an object), found a number"),
         ("{\"text\": \"x\"}\n", ":1: expected a \"messages\""),
         ("[1, 2]\n", ":1: expected a JSON object"),
     ];

@@ -143,6 +143,44 @@ fn data_places_and_expands_images() {
     assert_eq!((e.ex.ids.len(), e.images.len()), (second + 1, 2), "a whole run stays");
 }
 
+/// Content lists, TRL's (parts without files, files in "images") and Qwen's (each part names
+/// its file), give the example the ShareGPT form with `<image>` markers gives.
+#[test]
+fn content_parts_give_the_marker_forms_example() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (img("img3.jpg"), img("img4.png"));
+    let reply = "the left one is brighter";
+    let lines = [
+        serde_json::json!({"conversations": [{"from": "human", "value": "Compare <image> and <image>."},
+            {"from": "gpt", "value": reply}], "images": [a, b]}),
+        serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Compare ", "index": null}, {"type": "image", "text": null, "index": 0},
+            {"type": "text", "text": " and "}, {"type": "image", "text": null, "index": 1},
+            {"type": "text", "text": "."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": reply}]}], "images": [a, b]}),
+        serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Compare "}, {"type": "image", "image": a},
+            {"type": "text", "text": " and "},
+            {"type": "image_url", "image_url": {"url": format!("file://{b}")}},
+            {"type": "text", "text": "."}]}, {"role": "assistant", "content": reply}]}),
+    ];
+    let p = d.path().join("parts.jsonl");
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&p, text.join("\n") + "\n").unwrap();
+    let model = fixture("tiny-vl");
+    let vl = Qwen2VlConfig::load(&model).unwrap();
+    let tok = Tokenizer::from_dir(&model).unwrap();
+    let sys = Some(QWEN25_VL_DEFAULT_SYSTEM);
+    let (data, dropped) = load_vl_sft_dataset(&p, &tok, sys, 256, &model, &vl).unwrap();
+    assert_eq!((data.len(), dropped), (3, 0));
+    assert_eq!(data[0].images.len(), 2);
+    assert_eq!(data[0].ex.ids.iter().filter(|&&t| t == IMAGE).count(), {
+        data[0].grids.iter().map(|g| g.iter().product::<usize>() / 4).sum::<usize>()
+    });
+    assert_eq!(data[1], data[0], "TRL's parts");
+    assert_eq!(data[2], data[0], "parts naming their files");
+}
+
 /// Full-data mean token cross-entropy of a model (one forward).
 fn data_loss(m: &VlModel<Cpu>, data: &[VlSftExample]) -> f64 {
     let (mut sum, mut n) = (0.0, 0usize);
