@@ -93,6 +93,31 @@ pub fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<
     }
 }
 
+/// [`id_string`] for a field that may be absent or null.
+pub fn opt_id_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Id(#[serde(deserialize_with = "id_string")] String);
+    Ok(Option::<Id>::deserialize(d)?.map(|Id(s)| s))
+}
+
+/// An answer written as a string or as a JSON number (`"answer": 72`, `"answer": 3.5`, as
+/// datasets converted from GSM8K-style tables have it): the number's shortest decimal text.
+pub fn opt_answer_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => {
+            Err(D::Error::custom(format!("\"answer\" must be a string or a number, not {other}")))
+        }
+    }
+}
+
 /// Writes one JSON object per line, atomically (a reader never sees half a file).
 pub fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
     let mut s = String::new();

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RlItem {
     /// Defaults to the 0-based index of the item in its file.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::jsonl::opt_id_string")]
     pub id: Option<String>,
     #[serde(alias = "question", alias = "prompt")]
     pub problem: String,
-    #[serde(default)]
+    /// A string, or a number (its decimal text).
+    #[serde(default, deserialize_with = "super::jsonl::opt_answer_string")]
     pub answer: Option<String>,
     /// Image files; `load_rl_items_with_images` resolves them relative to the JSONL file.
     #[serde(default, alias = "image", deserialize_with = "one_or_many")]

@@ -229,3 +229,61 @@ fn whole_solution_references_and_several_answers() {
     let want: Vec<(String, f64)> = want.iter().map(|(x, a)| (x.to_string(), *a)).collect();
     assert_eq!(got, want);
 }
+
+/// Items with integer ids and numeric answers (GSM8K-style tables converted to JSONL) grade as
+/// their string forms do; responses name them by the same integers.
+#[test]
+fn numeric_ids_and_answers_read_as_their_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(
+        tmp.path(),
+        "items.jsonl",
+        &[
+            r#"{"id": 7, "problem": "p", "answer": 72}"#,
+            r#"{"id": 8, "problem": "p", "answer": 3.5}"#,
+            r#"{"id": "9", "problem": "p", "answer": -0.25}"#,
+        ],
+    );
+    let responses = write_lines(
+        tmp.path(),
+        "r.jsonl",
+        &[
+            r#"{"id": 7, "response": "\\boxed{72}"}"#,
+            r#"{"id": "8", "response": "\\boxed{\\frac{7}{2}}"}"#,
+            r#"{"id": 9, "response": "\\boxed{-1/4}"}"#,
+            r#"{"id": 7, "response": "\\boxed{73}"}"#,
+        ],
+    );
+    let out = tmp.path().join("v.jsonl");
+    let o = cli(&[
+        "reward",
+        "--data",
+        &items,
+        "--responses",
+        &responses,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let acc: Vec<(String, f64)> = read_lines(&out)
+        .iter()
+        .map(|l| (l["id"].as_str().unwrap().to_string(), l["accuracy"].as_f64().unwrap()))
+        .collect();
+    let want = [("7", 1.0), ("8", 1.0), ("9", 1.0), ("7", 0.0)];
+    assert_eq!(acc, want.map(|(i, a)| (i.to_string(), a)));
+    let bad =
+        write_lines(tmp.path(), "bad.jsonl", &[r#"{"id": 1, "problem": "p", "answer": true}"#]);
+    let e = cli_err(&[
+        "reward",
+        "--data",
+        &bad,
+        "--responses",
+        &responses,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("bad.jsonl:1") && e.contains("\"answer\" must be a string or a number"),
+        "{e}"
+    );
+}
