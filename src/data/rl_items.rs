@@ -1,5 +1,6 @@
 //! RL items in the MMR1 schema: `problem` (or `question`), `answer`, optional `images` (or
-//! `image`: one path or a list), `id` and multiple-choice `options`.
+//! `image`: one path or a list), `id` and multiple-choice `options` (or `choices`: a list, or
+//! an object keyed by the letters A, B, C...).
 
 use super::jsonl::{read_jsonl, BadLines};
 use anyhow::{bail, Result};
@@ -19,7 +20,8 @@ pub struct RlItem {
     /// Image files; `load_rl_items_with_images` resolves them relative to the JSONL file.
     #[serde(default, alias = "image", deserialize_with = "one_or_many")]
     pub images: Vec<String>,
-    #[serde(default)]
+    /// Option texts in letter order (A first).
+    #[serde(default, alias = "choices", deserialize_with = "options_list")]
     pub options: Option<Vec<String>>,
 }
 
@@ -44,6 +46,56 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(
         Some(OneOrMany::One(s)) => vec![s],
         Some(OneOrMany::Many(v)) => v,
     })
+}
+
+/// `options`: null, a list of texts (or numbers), or an object keyed by letters (`"A"`,
+/// `"(b)"`, `"C."`) running from A without a gap, as MathVista- and MMMU-style tables have it.
+fn options_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<String>>, D::Error> {
+    use serde::de::Error;
+    use serde_json::Value;
+    let text = |v: &Value| match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        other => {
+            Err(D::Error::custom(format!("an option must be a text or a number, not {other}")))
+        }
+    };
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(list)) => list.iter().map(text).collect::<Result<_, _>>().map(Some),
+        Some(Value::Object(map)) => {
+            let mut keyed = Vec::with_capacity(map.len());
+            for (k, v) in &map {
+                let letter = k.trim().trim_start_matches('(').trim_end_matches([')', '.', ':']);
+                let mut cs = letter.chars();
+                match (cs.next(), cs.next()) {
+                    (Some(c), None) if c.is_ascii_alphabetic() => {
+                        keyed.push((c.to_ascii_uppercase(), text(v)?))
+                    }
+                    _ => {
+                        return Err(D::Error::custom(format!(
+                            "options keyed by {k:?}: an object of options is keyed by the letters A, B, C..."
+                        )))
+                    }
+                }
+            }
+            keyed.sort();
+            for (i, (c, _)) in keyed.iter().enumerate() {
+                if *c as usize != 'A' as usize + i {
+                    return Err(D::Error::custom(format!(
+                        "options keyed by {:?}: the letters must run from A without a gap or repeat",
+                        keyed.iter().map(|(c, _)| *c).collect::<String>()
+                    )));
+                }
+            }
+            Ok(Some(keyed.into_iter().map(|(_, t)| t).collect()))
+        }
+        Some(other) => Err(D::Error::custom(format!(
+            "\"options\" must be a list of texts or an object keyed by letters, not {other}"
+        ))),
+    }
 }
 
 /// Loads RL items; an item without an answer (or with an empty one) is an error naming

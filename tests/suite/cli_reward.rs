@@ -287,3 +287,45 @@ fn numeric_ids_and_answers_read_as_their_text() {
         "{e}"
     );
 }
+
+/// Multiple-choice options as a list under `choices` (MathVista's name) or as an object keyed
+/// by letters grade as the `options` list does: a letter reference accepts its option's text.
+#[test]
+fn options_as_choices_or_keyed_by_letters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(
+        tmp.path(),
+        "items.jsonl",
+        &[
+            r#"{"id": "a", "problem": "p", "answer": "B", "choices": ["3 cm", "5 cm", "7 cm"]}"#,
+            r#"{"id": "b", "problem": "p", "answer": "B", "options": {"B": "5 cm", "A": "3 cm", "C": 7}}"#,
+            r#"{"id": "c", "problem": "p", "answer": "C", "options": {"(a)": "3", "(b)": "5", "(c)": "7"}}"#,
+        ],
+    );
+    let responses = write_lines(
+        tmp.path(),
+        "r.jsonl",
+        &[
+            r#"{"id": "a", "response": "\\boxed{5 cm}"}"#,
+            r#"{"id": "b", "response": "\\boxed{5 cm}"}"#,
+            r#"{"id": "b", "response": "\\boxed{7}"}"#,
+            r#"{"id": "c", "response": "\\boxed{7}"}"#,
+        ],
+    );
+    let out = tmp.path().join("v.jsonl");
+    let out_s = out.to_str().unwrap();
+    let o = cli(&["reward", "--data", &items, "--responses", &responses, "--out", out_s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let acc: Vec<f64> = read_lines(&out).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
+    assert_eq!(acc, vec![1.0, 1.0, 0.0, 1.0]);
+    for (line, want) in [
+        (r#"{"problem": "p", "answer": "A", "options": {"A": "x", "C": "y"}}"#, "without a gap"),
+        (r#"{"problem": "p", "answer": "A", "options": {"first": "x"}}"#, "keyed by \"first\""),
+        (r#"{"problem": "p", "answer": "A", "options": "A. x B. y"}"#, "must be a list of texts"),
+        (r#"{"problem": "p", "answer": "A", "options": [["x"]]}"#, "an option must be a text"),
+    ] {
+        let bad = write_lines(tmp.path(), "bad.jsonl", &[line]);
+        let e = cli_err(&["reward", "--data", &bad, "--responses", &responses, "--out", out_s]);
+        assert!(e.contains("bad.jsonl:1") && e.contains(want), "{e}");
+    }
+}
