@@ -22,7 +22,7 @@ pub struct SftArgs {
     /// Hugging Face model directory to start from (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// JSONL training data, per line: `messages` (a content is a string or a list of
+    /// JSONL training data (or one JSON array of records, LLaMA-Factory's `.json`), per record: `messages` (a content is a string or a list of
     /// {"type": "text"|"image"|"image_url", ...} parts), TRL's `prompt`/`completion` message
     /// lists, ShareGPT `conversations`, or `problem`/`solution`. With a Qwen2.5-VL `--model`,
     /// a line may name images, relative to the JSONL file's folder: "image": "a.png" or

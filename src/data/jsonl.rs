@@ -1,9 +1,11 @@
-//! Reading JSONL files line by line with errors that name the file and the line.
+//! Reading JSONL files line by line with errors that name the file and the line. A file whose
+//! first character is `[` is read as one JSON array of records instead (LLaMA-Factory's and
+//! MMR1's cold-start `.json` files), each record named by the line it starts on.
 
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 /// What to do with a line that does not parse.
@@ -33,27 +35,114 @@ pub struct Lines<T> {
     pub skipped: usize,
 }
 
-/// The non-blank lines of a text file with their 1-based numbers; a line that is not UTF-8
-/// is an `Err` saying where it breaks (so `--bad-lines skip` can skip it like any bad line).
-/// A UTF-8 byte-order mark at the start of the file (as some Windows editors write) is dropped.
+/// The records of a JSONL file, as text, with the 1-based line each starts on: its non-blank
+/// lines, or, when the file's first character is `[`, the elements of that JSON array. A
+/// record that is not UTF-8 is an `Err` saying where it breaks (so `--bad-lines skip` can skip
+/// it like any bad line). A UTF-8 byte-order mark at the start of the file (as some Windows
+/// editors write) is dropped.
 pub fn text_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String, String>)>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader = BufReader::new(f);
+    let head = reader.fill_buf().with_context(|| format!("cannot read {}", path.display()))?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        return array_elements(body).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
+    for (i, line) in reader.split(b'\n').enumerate() {
         let n = i + 1;
         let mut line = line.with_context(|| format!("{}:{n}: cannot read line", path.display()))?;
         if n == 1 && line.starts_with(b"\xEF\xBB\xBF") {
             line.drain(..3);
         }
-        let text = String::from_utf8(line).map_err(|e| {
-            format!("not valid UTF-8 (at byte {} of the line)", e.utf8_error().valid_up_to())
-        });
-        if text.as_ref().is_ok_and(|t| t.trim().is_empty()) {
-            continue;
+        if let Some(t) = utf8_record(line, "line") {
+            out.push((n, t));
         }
-        out.push((n, text));
     }
     Ok(out)
+}
+
+/// A record's text, or where it is not UTF-8; `None` when it is blank.
+fn utf8_record(bytes: Vec<u8>, what: &str) -> Option<std::result::Result<String, String>> {
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!("not valid UTF-8 (at byte {} of the {what})", e.utf8_error().valid_up_to())
+    });
+    (!text.as_ref().is_ok_and(|t| t.trim().is_empty())).then_some(text)
+}
+
+/// The top-level elements of a JSON array, as text with the 1-based line each starts on. A
+/// byte scan that tracks strings and nesting (UTF-8 continuation bytes never equal the ASCII
+/// bytes it looks for); each element is parsed later, so a malformed one is reported at its
+/// own line and `--bad-lines skip` can skip it.
+fn array_elements(body: &[u8]) -> Result<Vec<(usize, std::result::Result<String, String>)>> {
+    let mut out = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut line, mut start, mut start_line) = (1usize, 0usize, 1usize);
+    let mut closed = false;
+    for (i, &b) in body.iter().enumerate() {
+        if closed {
+            if b == b'\n' {
+                line += 1;
+            } else if !b.is_ascii_whitespace() {
+                bail!("line {line}: text after the closing ] of the JSON array");
+            }
+            continue;
+        }
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                b'\n' => line += 1,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'\n' => line += 1,
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth == 1 {
+                    (start, start_line) = (i + 1, line);
+                }
+            }
+            b']' | b'}' if depth == 1 => {
+                if b == b'}' {
+                    bail!("line {line}: a }} closes the JSON array");
+                }
+                if let Some(t) = utf8_record(body[start..i].to_vec(), "record") {
+                    out.push((element_line(&body[start..i], start_line), t));
+                }
+                closed = true;
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => {
+                let el = &body[start..i];
+                match utf8_record(el.to_vec(), "record") {
+                    Some(t) => out.push((element_line(el, start_line), t)),
+                    None => bail!("line {line}: an empty element in the JSON array"),
+                }
+                (start, start_line) = (i + 1, line);
+            }
+            _ => {}
+        }
+    }
+    if !closed {
+        bail!("the JSON array is not closed (no ] at the end of the file)");
+    }
+    Ok(out)
+}
+
+/// The line an element's first non-blank character is on (`from`: the line its slice starts).
+fn element_line(el: &[u8], from: usize) -> usize {
+    let lead = el.iter().take_while(|b| b.is_ascii_whitespace()).filter(|&&b| b == b'\n').count();
+    from + lead
 }
 
 /// Reads every non-blank line of `path` as a `T`; `check` may reject a parsed record.

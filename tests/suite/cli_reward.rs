@@ -329,3 +329,40 @@ fn options_as_choices_or_keyed_by_letters() {
         assert!(e.contains("bad.jsonl:1") && e.contains(want), "{e}");
     }
 }
+
+/// Items and responses as JSON array files; `--bad-lines skip` skips a bad element.
+#[test]
+fn json_array_files_are_read_element_by_element() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = tmp.path().join("items.json");
+    std::fs::write(
+        &items,
+        "[\n  {\"id\": 1, \"problem\": \"p\", \"answer\": \"2\"},\n  {\"id\": 2, \"problem\": \"p\",\n   \"answer\": {}},\n  {\"id\": 3, \"problem\": \"p\", \"answer\": \"[3]\"}\n]\n",
+    )
+    .unwrap();
+    let responses = tmp.path().join("r.json");
+    std::fs::write(
+        &responses,
+        r#"[{"id": 1, "response": "\\boxed{2}"}, {"id": 3, "response": "\\boxed{[3]}"}]"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("v.jsonl");
+    let (items, responses, out_s) =
+        (items.to_str().unwrap(), responses.to_str().unwrap(), out.to_str().unwrap());
+    let e = cli_err(&["reward", "--data", items, "--responses", responses, "--out", out_s]);
+    assert!(e.contains("items.json:3") && e.contains("\"answer\" must be"), "{e}");
+    let o = cli(&[
+        "reward",
+        "--data",
+        items,
+        "--responses",
+        responses,
+        "--out",
+        out_s,
+        "--bad-lines",
+        "skip",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let acc: Vec<f64> = read_lines(&out).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
+    assert_eq!(acc, vec![1.0, 1.0]);
+}

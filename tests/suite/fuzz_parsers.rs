@@ -77,6 +77,9 @@ proptest! {
                 Just(br#"{"problem": "1+1", "answer": "2"}"#.to_vec()),
                 Just(br#"{"problem": "x", "answer": ""}"#.to_vec()),
                 Just(b"\xEF\xBB\xBF{\"problem\": 1}".to_vec()),
+                // A file opening with [ is read as a JSON array: its scanner is fuzzed too.
+                Just(b"[".to_vec()),
+                Just(b"],".to_vec()),
                 prop::collection::vec(any::<u8>(), 0..40)
                     .prop_filter("no newline inside a line", |l| !l.contains(&b'\n')),
             ],

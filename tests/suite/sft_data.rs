@@ -199,3 +199,45 @@ fn micro_batches_pack_greedily_in_order() {
     assert_eq!(pack_micro_batches(&[20], 8), vec![0..1], "a long sequence goes alone");
     assert!(pack_micro_batches(&[], 8).is_empty());
 }
+
+/// A `.json` file holding one array of records (LLaMA-Factory's and MMR1's cold-start files)
+/// reads as the same records written one per line; errors name the line a record starts on.
+#[test]
+fn a_json_array_file_reads_as_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = [
+        serde_json::json!({"conversations": [{"from": "human", "value": "Q1 [x], {y}"},
+            {"from": "gpt", "value": "A \"quoted\" ]},"}]}),
+        serde_json::json!({"problem": "2+2?\n", "solution": "4"}),
+        serde_json::json!({"messages": [{"role": "user", "content": "é ü 中"},
+            {"role": "assistant", "content": "ok"}]}),
+    ];
+    let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    let jsonl = dir.path().join("d.jsonl");
+    std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
+    let want = load_jsonl(&jsonl).unwrap();
+    assert_eq!(want.len(), 3);
+    let pretty = dir.path().join("pretty.json");
+    let text = serde_json::to_string_pretty(&records).unwrap();
+    std::fs::write(&pretty, format!("\u{feff}\n  {text}\n")).unwrap();
+    assert_eq!(load_jsonl(&pretty).unwrap(), want);
+    let compact = dir.path().join("compact.json");
+    std::fs::write(&compact, serde_json::to_string(&records).unwrap()).unwrap();
+    assert_eq!(load_jsonl(&compact).unwrap(), want);
+
+    let bad = dir.path().join("bad.json");
+    let err = |text: &str| {
+        std::fs::write(&bad, text).unwrap();
+        format!("{:#}", load_jsonl(&bad).unwrap_err())
+    };
+    let ok = r#"{"problem": "a", "solution": "b"}"#;
+    let e = err(&format!("[\n  {ok},\n\n  {{\"problem\": \"a\"\n  }}\n]"));
+    assert!(e.contains("bad.json:4: missing field \"solution\""), "{e}");
+    let e = err(&format!("[{ok},\n{ok}"));
+    assert!(e.contains("bad.json: the JSON array is not closed"), "{e}");
+    let e = err(&format!("[{ok}]\n{ok}"));
+    assert!(e.contains("bad.json: line 2: text after the closing ]"), "{e}");
+    let e = err(&format!("[{ok},\n , {ok}]"));
+    assert!(e.contains("line 2: an empty element"), "{e}");
+    assert!(err("[]").contains("no examples"));
+}
