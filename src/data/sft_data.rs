@@ -14,6 +14,10 @@
 //! - ShareGPT, MMR1's cold-start form: `{"conversations": [{"from": "human"|"gpt"|"system",
 //!   "value": "..."}, ...]}`
 //! - `{"problem": "...", "solution": "..."}`: one user turn, one assistant turn.
+//! - LLaMA-Factory's alpaca form: `{"instruction", "input", "output", "history": [[q, a]...]}`.
+//!
+//! A record-level `"system"` string (LLaMA-Factory's system column) is the system turn when
+//! the conversation does not open with one of its own.
 //!
 //! Any form may carry images, `"image": "a.png"` or `"images": [...]` (paths relative to the
 //! JSONL file): [`load_jsonl_with_images`] reads them for a Qwen2.5-VL model
@@ -131,12 +135,26 @@ pub fn parse_conversation(v: &Value) -> Result<Conversation> {
             Message::new("user", str_field(v, "problem")?),
             Message::new("assistant", str_field(v, "solution")?),
         ]
+    } else if v.get("instruction").is_some() || v.get("output").is_some() {
+        alpaca(v)?
     } else {
         bail!(
-            "expected a \"messages\", \"prompt\"/\"completion\", \"conversations\" or \
-             \"problem\"/\"solution\" record"
+            "expected a \"messages\", \"prompt\"/\"completion\", \"conversations\", \
+             \"problem\"/\"solution\" or \"instruction\"/\"output\" record"
         );
     };
+    // A record-level system prompt (LLaMA-Factory's `system` column) opens the conversation
+    // unless the conversation has its own system turn first, which wins, as there.
+    let mut msgs = msgs;
+    match v.get("system") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            if !s.is_empty() && msgs.first().is_none_or(|m| m.role != "system") {
+                msgs.insert(0, Message::new("system", s));
+            }
+        }
+        Some(other) => bail!("field \"system\" must be a string, found {}", kind(other)),
+    }
     if !msgs.iter().any(|m| m.role == "assistant") {
         bail!("the conversation has no assistant turn: nothing to train on");
     }
@@ -153,6 +171,43 @@ pub fn parse_conversation(v: &Value) -> Result<Conversation> {
         image_parts: parts.names.len(),
         inline_images: parts.names.into_iter().flatten().collect(),
     })
+}
+
+/// LLaMA-Factory's alpaca record (its `AlpacaDatasetConverter`): the `history` pairs as
+/// user/assistant turns, then one user turn of `instruction` and `input` joined by a newline
+/// (the empty ones left out), then `output`.
+fn alpaca(v: &Value) -> Result<Vec<Message>> {
+    let mut msgs = Vec::new();
+    match v.get("history") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(pairs)) => {
+            for (i, pair) in pairs.iter().enumerate() {
+                match pair.as_array().map(Vec::as_slice) {
+                    Some([Value::String(q), Value::String(a)]) => {
+                        msgs.push(Message::new("user", q));
+                        msgs.push(Message::new("assistant", a));
+                    }
+                    _ => bail!("history[{i}] must be a [question, answer] pair of strings"),
+                }
+            }
+        }
+        Some(other) => bail!("field \"history\" must be a list of pairs, found {}", kind(other)),
+    }
+    let mut query = Vec::new();
+    for key in ["instruction", "input"] {
+        match v.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(Value::String(s)) => query.push(s.as_str()),
+            Some(other) => bail!("field {key:?} must be a string, found {}", kind(other)),
+        }
+    }
+    if query.is_empty() {
+        bail!("the record has neither an \"instruction\" nor an \"input\"");
+    }
+    msgs.push(Message::new("user", &query.join("\n")));
+    msgs.push(Message::new("assistant", str_field(v, "output")?));
+    Ok(msgs)
 }
 
 /// The image parts met so far: the file each names, if any.

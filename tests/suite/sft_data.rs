@@ -241,3 +241,41 @@ fn a_json_array_file_reads_as_its_records() {
     assert!(e.contains("line 2: an empty element"), "{e}");
     assert!(err("[]").contains("no examples"));
 }
+
+/// LLaMA-Factory's alpaca records read as its converter reads them (history pairs, then
+/// instruction and input joined by a newline, then output); a record-level `system` opens the
+/// conversation unless the conversation has its own system turn.
+#[test]
+fn alpaca_records_and_a_record_level_system() {
+    let m = |r: &str, c: &str| Message::new(r, c);
+    let a = parse_record(&serde_json::json!({"instruction": "Add.", "input": "2 and 3",
+        "output": "5", "history": [["hi", "hello"]], "system": "Be brief."}))
+    .unwrap();
+    assert_eq!(
+        a,
+        vec![
+            m("system", "Be brief."),
+            m("user", "hi"),
+            m("assistant", "hello"),
+            m("user", "Add.\n2 and 3"),
+            m("assistant", "5")
+        ]
+    );
+    let b = parse_record(&serde_json::json!({"instruction": "Add 2 and 3.", "input": "",
+        "output": "5"}))
+    .unwrap();
+    assert_eq!(b, vec![m("user", "Add 2 and 3."), m("assistant", "5")]);
+    let own = parse_record(&serde_json::json!({"system": "ignored", "conversations": [
+        {"from": "system", "value": "S"}, {"from": "human", "value": "q"},
+        {"from": "gpt", "value": "a"}]}))
+    .unwrap();
+    assert_eq!(own[0], m("system", "S"));
+    assert_eq!(own.len(), 3);
+    let err = |v: serde_json::Value| format!("{:#}", parse_record(&v).unwrap_err());
+    assert!(err(serde_json::json!({"instruction": "q"})).contains("missing field \"output\""));
+    assert!(err(serde_json::json!({"input": "", "output": "a"})).contains("neither"));
+    let e = err(serde_json::json!({"instruction": "q", "output": "a", "history": [["q"]]}));
+    assert!(e.contains("history[0] must be a [question, answer] pair"), "{e}");
+    let e = err(serde_json::json!({"problem": "q", "solution": "a", "system": 3}));
+    assert!(e.contains("field \"system\" must be a string"), "{e}");
+}
