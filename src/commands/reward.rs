@@ -2,7 +2,7 @@
 //! with the MMR1 verifiable rewards, one verdict per response.
 
 use crate::data::jsonl::{id_string, read_jsonl, write_jsonl, BadLines};
-use crate::data::rl_items::load_rl_items;
+use crate::data::rl_items::load_rl_items_to_grade;
 use crate::rl::graded::reward_item;
 use crate::rl::reward::RewardConfig;
 use anyhow::{bail, Result};
@@ -64,7 +64,7 @@ pub fn run(args: &RewardArgs) -> Result<()> {
     }
     let cfg =
         RewardConfig { accuracy_weight: args.accuracy_weight, format_weight: args.format_weight };
-    let items = load_rl_items(&args.data, args.bad_lines)?;
+    let items = load_rl_items_to_grade(&args.data, args.bad_lines)?;
     let by_id: HashMap<String, usize> =
         items.iter().enumerate().map(|(i, it)| (it.id_or(i), i)).collect();
     let data = args.data.display().to_string();

@@ -5,10 +5,13 @@
 use crate::backend::rl_ops::RlOps;
 use crate::data::jsonl::{id_string, read_jsonl, write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
-use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
+use crate::data::rl_items::{
+    load_rl_items, load_rl_items_to_grade, load_rl_items_with_images, RlItem,
+};
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::is_vl_checkpoint;
 use crate::model::Qwen2;
+use crate::rl::graded::reward_item;
 use crate::rl::graded::GradeParams;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
@@ -18,6 +21,7 @@ use crate::rl::scoring::{
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -27,15 +31,25 @@ pub struct ScoreArgs {
     pub model: Option<PathBuf>,
     /// RL items to score (JSONL, MMR1 schema). With a Qwen2.5-VL --model, items may name
     /// images ("image": "a.png" or "images": [...], relative to the JSONL file); each <image>
-    /// marker of the problem is one image (without markers the images go before it).
-    #[arg(long, requires = "model")]
+    /// marker of the problem is one image (without markers the images go before it). With
+    /// --from-rollouts: the items the rollouts answer, to grade each "response" that has no
+    /// "accuracy" (the accuracy reward of `reward`).
+    #[arg(long)]
     pub data: Option<PathBuf>,
     /// Score rollouts made elsewhere instead (no model): JSONL lines {"id": .., "tokens":
-    /// [ids], "reward": r} or with "accuracy" (0..1). Without "accuracy", a rollout counts as
-    /// correct when reward >= 0.5, which suits a 0/1 accuracy reward; give "accuracy" when the
-    /// reward also holds a format term.
-    #[arg(long, conflicts_with_all = ["model", "data", "rollouts_out"])]
+    /// [ids], "reward": r} or with "accuracy" (0..1). Without "accuracy", a rollout is graded
+    /// against --data when given, else counts as correct when reward >= 0.5 (which suits a 0/1
+    /// accuracy reward; give "accuracy" when the reward also holds a format term). A line may
+    /// give its "response" text instead of "tokens" (vLLM's or transformers' outputs) with
+    /// --tokenizer. Example: score --from-rollouts vllm.jsonl --data items.jsonl --tokenizer
+    /// MODEL_DIR --out scores.jsonl, with lines {"id": "q1", "response": "..."}.
+    #[arg(long, conflicts_with_all = ["model", "rollouts_out"])]
     pub from_rollouts: Option<PathBuf>,
+    /// With --from-rollouts: the tokenizer (a model directory or a tokenizer.json) that turns
+    /// each "response" without "tokens" into the token ids TDS is computed on (the text's ids
+    /// as the tokenizer encodes them; a stop token the generator dropped is not added back).
+    #[arg(long, requires = "from_rollouts")]
+    pub tokenizer: Option<PathBuf>,
     /// Scores (JSONL), one line per item: id, n, pass_rate, ovs, tds, vps.
     #[arg(long)]
     pub out: PathBuf,
@@ -85,14 +99,65 @@ pub struct ScoreArgs {
 struct RolloutLine {
     #[serde(deserialize_with = "id_string")]
     id: String,
-    tokens: Vec<u32>,
+    #[serde(default)]
+    tokens: Option<Vec<u32>>,
+    #[serde(default, alias = "text")]
+    response: Option<String>,
     #[serde(default)]
     reward: Option<f32>,
     #[serde(default)]
     accuracy: Option<f32>,
 }
 
+/// What a rollouts file is read with: a tokenizer for lines given as text, items to grade
+/// lines without an accuracy.
+struct RolloutSources {
+    tokenizer: Option<Tokenizer>,
+    items: Option<(Vec<RlItem>, HashMap<String, usize>, PathBuf)>,
+}
+
 impl RolloutLine {
+    /// Checks a line against what it can be resolved with (before any is resolved, so that
+    /// `--bad-lines skip` skips it like a malformed one).
+    fn check_with(&self, src: &RolloutSources) -> Result<()> {
+        if self.tokens.is_none() {
+            match (&self.response, &src.tokenizer) {
+                (None, _) => bail!("rollout has no \"tokens\" (nor a \"response\" to tokenize)"),
+                (Some(_), None) => bail!(
+                    "rollout has no \"tokens\": give --tokenizer (the model directory) to tokenize its \"response\""
+                ),
+                (Some(_), Some(_)) => {}
+            }
+        }
+        if let (None, Some((_, ids, path))) = (self.accuracy, &src.items) {
+            if !ids.contains_key(&self.id) {
+                bail!("unknown id {:?} (no such item in {})", self.id, path.display());
+            }
+            if self.response.is_none() {
+                bail!("rollout has no \"response\" to grade against --data (nor an \"accuracy\")");
+            }
+            return Ok(()); // graded: a "reward" is not used
+        }
+        self.check()
+    }
+
+    /// The id, correctness and token ids of a checked line.
+    fn resolve(&self, src: &RolloutSources) -> Result<(String, f32, Vec<u32>)> {
+        let tokens = match (&self.tokens, &self.response, &src.tokenizer) {
+            (Some(t), _, _) => t.clone(),
+            (None, Some(text), Some(tok)) => tok.encode(text)?,
+            _ => unreachable!("check_with requires tokens or a response and a tokenizer"),
+        };
+        let correct = match (self.accuracy, &src.items, &self.response) {
+            (None, Some((items, ids, _)), Some(text)) => {
+                let item = reward_item(&items[ids[&self.id]]);
+                RewardConfig::default().grade(text, &item).accuracy
+            }
+            _ => self.correctness(),
+        };
+        Ok((self.id.clone(), correct, tokens))
+    }
+
     fn check(&self) -> Result<()> {
         match (self.accuracy, self.reward) {
             (Some(a), _) if !(0.0..=1.0).contains(&a) => {
@@ -101,7 +166,9 @@ impl RolloutLine {
             (None, Some(r)) if !r.is_finite() => {
                 bail!("\"reward\" must be a finite number (got {r})")
             }
-            (None, None) => bail!("rollout has neither \"accuracy\" nor \"reward\""),
+            (None, None) => bail!(
+                "rollout has neither \"accuracy\" nor \"reward\" (give --data to grade its \"response\")"
+            ),
             _ => Ok(()),
         }
     }
@@ -119,7 +186,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     }
     let vps = VpsParams { alpha: args.alpha, beta: args.beta, ..VpsParams::default() };
     let scores = match (&args.from_rollouts, &args.model, &args.data) {
-        (Some(path), _, _) => from_rollouts(path, args, vps)?,
+        (Some(path), _, data) => from_rollouts(path, data.as_deref(), args, vps)?,
         (None, Some(model), Some(data)) => with_model(args, model, data, vps)?,
         _ => bail!("give --model and --data, or --from-rollouts"),
     };
@@ -138,14 +205,38 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// Scores a rollouts file on `--device` (cuda / emu: the VAS scoring kernel).
-fn from_rollouts(path: &Path, args: &ScoreArgs, vps: VpsParams) -> Result<Vec<ScoreRecord>> {
-    let lines = read_jsonl::<RolloutLine>(path, args.bad_lines, RolloutLine::check)?;
+/// Scores a rollouts file on `--device` (cuda / emu: the VAS scoring kernel); lines given as
+/// text are tokenized by --tokenizer, lines without an accuracy graded against `data`.
+fn from_rollouts(
+    path: &Path,
+    data: Option<&Path>,
+    args: &ScoreArgs,
+    vps: VpsParams,
+) -> Result<Vec<ScoreRecord>> {
+    let tokenizer = match &args.tokenizer {
+        Some(p) if p.is_dir() => Some(Tokenizer::from_dir(p)?),
+        Some(p) => Some(Tokenizer::from_file(p)?),
+        None => None,
+    };
+    let items = match data {
+        Some(d) => {
+            let items = load_rl_items_to_grade(d, args.bad_lines)?;
+            let ids = items.iter().enumerate().map(|(i, it)| (it.id_or(i), i)).collect();
+            Some((items, ids, d.to_path_buf()))
+        }
+        None => None,
+    };
+    let src = RolloutSources { tokenizer, items };
+    let lines = read_jsonl::<RolloutLine>(path, args.bad_lines, |r| r.check_with(&src))?;
     if lines.records.is_empty() {
         bail!("{}: no rollouts", path.display());
     }
-    let rollouts =
-        || lines.records.iter().map(|(_, r)| (r.id.as_str(), r.correctness(), r.tokens.as_slice()));
+    let resolved = lines
+        .records
+        .iter()
+        .map(|(n, r)| r.resolve(&src).map_err(|e| anyhow::anyhow!("{}:{n}: {e:#}", path.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let rollouts = || resolved.iter().map(|(id, c, t)| (id.as_str(), *c, t.as_slice()));
     let scores = crate::with_backend!(args.device, be => score_rollouts_on(be, rollouts(), vps))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let single = scores.iter().filter(|s| s.n < 2).count();

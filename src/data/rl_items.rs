@@ -103,7 +103,21 @@ fn options_list<'de, D: serde::Deserializer<'de>>(
 /// text-only paths (training, scoring); `eval` of a Qwen2.5-VL checkpoint uses
 /// [`load_rl_items_with_images`].
 pub fn load_rl_items(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
-    load(path, bad, false)
+    load(path, bad, Images::Refuse)
+}
+
+/// [`load_rl_items`] for grading alone (`reward`, `score --from-rollouts`): items may name
+/// images, which are resolved but not opened (grading reads the answer only).
+pub fn load_rl_items_to_grade(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
+    load(path, bad, Images::Unread)
+}
+
+/// What a loader does with an item's images.
+#[derive(Clone, Copy, PartialEq)]
+enum Images {
+    Refuse,
+    Check,
+    Unread,
 }
 
 /// [`load_rl_items`] accepting `images`: each path is resolved relative to the JSONL file's
@@ -111,14 +125,14 @@ pub fn load_rl_items(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
 /// or unreadable one is an error naming the line, the item id and the path, before any model
 /// time is spent (with `BadLines::Skip`, the item is skipped and counted).
 pub fn load_rl_items_with_images(path: &Path, bad: BadLines) -> Result<Vec<RlItem>> {
-    load(path, bad, true)
+    load(path, bad, Images::Check)
 }
 
 fn resolve_image(jsonl: &Path, image: &str) -> PathBuf {
     jsonl.parent().unwrap_or(Path::new("")).join(image)
 }
 
-fn load(path: &Path, bad: BadLines, allow_images: bool) -> Result<Vec<RlItem>> {
+fn load(path: &Path, bad: BadLines, images: Images) -> Result<Vec<RlItem>> {
     let lines = read_jsonl::<RlItem>(path, bad, |it| {
         match &it.answer {
             None => bail!("item has no \"answer\""),
@@ -128,8 +142,11 @@ fn load(path: &Path, bad: BadLines, allow_images: bool) -> Result<Vec<RlItem>> {
         if it.problem.trim().is_empty() {
             bail!("item has an empty \"problem\"");
         }
-        if !it.images.is_empty() && !allow_images {
+        if !it.images.is_empty() && images == Images::Refuse {
             bail!("item has images; this command runs text-only here (items with images need a Qwen2.5-VL checkpoint)");
+        }
+        if images == Images::Unread {
+            return Ok(());
         }
         let who = it.id.as_ref().map(|id| format!("item {id:?}: ")).unwrap_or_default();
         for im in &it.images {

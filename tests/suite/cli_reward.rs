@@ -231,7 +231,7 @@ fn whole_solution_references_and_several_answers() {
 }
 
 /// Items with integer ids and numeric answers (GSM8K-style tables converted to JSONL) grade as
-/// their string forms do; responses name them by the same integers.
+/// their string forms do; responses name them by the same integers. Items with images grade.
 #[test]
 fn numeric_ids_and_answers_read_as_their_text() {
     let tmp = tempfile::tempdir().unwrap();
@@ -241,7 +241,8 @@ fn numeric_ids_and_answers_read_as_their_text() {
         &[
             r#"{"id": 7, "problem": "p", "answer": 72}"#,
             r#"{"id": 8, "problem": "p", "answer": 3.5}"#,
-            r#"{"id": "9", "problem": "p", "answer": -0.25}"#,
+            // Images of items are not opened to grade (the file is absent).
+            r#"{"id": "9", "problem": "<image>p", "answer": -0.25, "image": "gone.png"}"#,
         ],
     );
     let responses = write_lines(

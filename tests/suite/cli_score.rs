@@ -444,3 +444,62 @@ fn with_model_on_emu_scores_like_the_cpu() {
         }
     }
 }
+
+/// Rollouts made elsewhere as text ({"id", "response"}, vLLM's outputs): --tokenizer gives
+/// the token ids and --data grades them, and the scores equal those of the same rollouts
+/// written with their ids and accuracies. Items may name images (not opened: grading only).
+#[test]
+fn from_rollouts_as_text_tokenized_and_graded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok_path = fixture("tokenizer.json");
+    let tok = mmr1_fast::tokenizer::Tokenizer::from_file(&tok_path).unwrap();
+    let items = write_lines(
+        tmp.path(),
+        "items.jsonl",
+        &[
+            r#"{"id": "p0", "problem": "<image>Add 1+2", "answer": "3", "image": "not-here.png"}"#,
+            r#"{"id": 1, "problem": "Add 4+5", "answer": 9}"#,
+        ],
+    );
+    let texts = [
+        ("p0", "So \\boxed{3}.", 1.0),
+        ("p0", "I think it is \\boxed{4}", 0.0),
+        ("p0", "<think>1+2</think> \\boxed{3}", 1.0),
+        ("1", "\\boxed{9}", 1.0),
+        ("1", "It is \\boxed{nine}? no, \\boxed{9}", 1.0),
+        ("1", "\\boxed{10}", 0.0),
+    ];
+    let explicit: Vec<String> = texts
+        .iter()
+        .map(|(id, t, a)| {
+            json!({"id": id, "tokens": tok.encode(t).unwrap(), "accuracy": a}).to_string()
+        })
+        .collect();
+    let explicit: Vec<&str> = explicit.iter().map(String::as_str).collect();
+    let explicit = write_lines(tmp.path(), "explicit.jsonl", &explicit);
+    let as_text: Vec<String> =
+        texts.iter().map(|(id, t, _)| json!({"id": id, "response": t}).to_string()).collect();
+    let as_text: Vec<&str> = as_text.iter().map(String::as_str).collect();
+    let as_text = write_lines(tmp.path(), "text.jsonl", &as_text);
+    let (a, b) = (tmp.path().join("a.jsonl"), tmp.path().join("b.jsonl"));
+    cli_ok(&["score", "--from-rollouts", &explicit, "--out", a.to_str().unwrap()]);
+    let t = tok_path.to_str().unwrap();
+    #[rustfmt::skip]
+    cli_ok(&["score", "--from-rollouts", &as_text, "--tokenizer", t, "--data", &items, "--out", b.to_str().unwrap()]);
+    let s = read_lines(&a);
+    assert_eq!(s.len(), 2);
+    assert!((f(&s[0], "pass_rate") - 2.0 / 3.0).abs() < 1e-6 && f(&s[0], "tds") > 0.0, "{s:?}");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "text and ids score alike");
+
+    let o = b.to_str().unwrap();
+    let e = cli_err(&["score", "--from-rollouts", &as_text, "--data", &items, "--out", o]);
+    assert!(e.contains("text.jsonl:1") && e.contains("give --tokenizer"), "{e}");
+    let e = cli_err(&["score", "--from-rollouts", &as_text, "--tokenizer", t, "--out", o]);
+    assert!(e.contains("text.jsonl:1") && e.contains("give --data"), "{e}");
+    let stray = write_lines(tmp.path(), "stray.jsonl", &[r#"{"id": "zz", "response": "1"}"#]);
+    #[rustfmt::skip]
+    let e = cli_err(&["score", "--from-rollouts", &stray, "--tokenizer", t, "--data", &items, "--out", o]);
+    assert!(e.contains("stray.jsonl:1") && e.contains("unknown id \"zz\""), "{e}");
+    let e = cli_err(&["score", "--data", &items, "--tokenizer", t, "--out", o]);
+    assert!(e.contains("--from-rollouts"), "{e}");
+}
