@@ -1,6 +1,7 @@
 //! Datasets: RL items in the MMR1 schema, SFT conversations, the built-in demo tasks (text and visual).
 
 pub mod demo;
+pub mod image_ref;
 pub mod jsonl;
 pub mod prompt;
 pub mod rl_items;

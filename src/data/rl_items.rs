@@ -31,21 +31,13 @@ impl RlItem {
     }
 }
 
-/// `"image": "a.png"` or `"images": ["a.png", "b.png"]` (or null).
+/// `"image": "a.png"` or `"images": ["a.png", "b.png"]` (or null); entries as
+/// `data::image_ref` reads them (paths, `file://` URLs, `{"path": ...}` objects).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Option::<OneOrMany>::deserialize(d)? {
-        None => vec![],
-        Some(OneOrMany::One(s)) => vec![s],
-        Some(OneOrMany::Many(v)) => v,
-    })
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    super::image_ref::image_paths(v.as_ref(), "images").map_err(serde::de::Error::custom)
 }
 
 /// `options`: null, a list of texts (or numbers), or an object keyed by letters (`"A"`,

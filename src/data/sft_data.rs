@@ -285,20 +285,7 @@ fn image_part_file(part: &Value) -> Result<Option<String>> {
     for v in found.flatten() {
         match v {
             Value::Null => continue,
-            Value::String(s) => {
-                if let Some(path) = s.strip_prefix("file://") {
-                    return Ok(Some(path.to_string()));
-                }
-                let lower = s.to_ascii_lowercase();
-                if ["http://", "https://", "data:"].iter().any(|p| lower.starts_with(p)) {
-                    let shown: String = s.chars().take(40).collect();
-                    bail!(
-                        "image {shown:?}...: remote and inline (data:) images are not read; save \
-                         the image to a file and name its path"
-                    );
-                }
-                return Ok(Some(s.clone()));
-            }
+            Value::String(s) => return super::image_ref::path_of(s).map(Some),
             other => bail!("an image part's file must be a path (a string), found {}", kind(other)),
         }
     }
@@ -306,28 +293,10 @@ fn image_part_file(part: &Value) -> Result<Option<String>> {
 }
 
 /// The image files a record names: `"image": "a.png"` or `"images": ["a.png", ...]` (null or
-/// absent: none), as written (not yet resolved).
+/// absent: none; entries as `data::image_ref` reads them), not yet resolved.
 pub fn record_images(v: &Value) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for key in ["image", "images"] {
-        match v.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => out.push(s.clone()),
-            Some(Value::Array(list)) => {
-                for (i, x) in list.iter().enumerate() {
-                    match x {
-                        Value::String(s) => out.push(s.clone()),
-                        other => {
-                            bail!("{key}[{i}] must be a path (a string), found {}", kind(other))
-                        }
-                    }
-                }
-            }
-            Some(other) => {
-                bail!("{key:?} must be a path or a list of paths, found {}", kind(other))
-            }
-        }
-    }
+    let mut out = super::image_ref::image_paths(v.get("image"), "image")?;
+    out.extend(super::image_ref::image_paths(v.get("images"), "images")?);
     Ok(out)
 }
 

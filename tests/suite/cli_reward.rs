@@ -242,7 +242,7 @@ fn numeric_ids_and_answers_read_as_their_text() {
             r#"{"id": 7, "problem": "p", "answer": 72}"#,
             r#"{"id": 8, "problem": "p", "answer": 3.5}"#,
             // Images of items are not opened to grade (the file is absent).
-            r#"{"id": "9", "problem": "<image>p", "answer": -0.25, "image": "gone.png"}"#,
+            r#"{"id": "9", "problem": "<image>p", "answer": -0.25, "image": {"bytes": null, "path": "gone.png"}}"#,
         ],
     );
     let responses = write_lines(

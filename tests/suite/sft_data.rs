@@ -279,3 +279,27 @@ fn alpaca_records_and_a_record_level_system() {
     let e = err(serde_json::json!({"problem": "q", "solution": "a", "system": 3}));
     assert!(e.contains("field \"system\" must be a string"), "{e}");
 }
+
+/// Image entries: paths, `file://` URLs and `{"path"}` objects (Hugging Face datasets' Image
+/// feature in JSON) name files; remote URLs, embedded bytes and empty paths are refused by name.
+#[test]
+fn image_entries_name_files_or_are_refused_by_name() {
+    use mmr1_fast::data::sft_data::record_images;
+    let r = |v: serde_json::Value| record_images(&v);
+    let got = r(serde_json::json!({"image": {"bytes": null, "path": "a.png"},
+        "images": ["b.png", "file:///abs/c.jpg", {"path": "d.webp", "bytes": null}]}))
+    .unwrap();
+    assert_eq!(got, vec!["a.png", "b.png", "/abs/c.jpg", "d.webp"]);
+    assert!(r(serde_json::json!({"images": null})).unwrap().is_empty());
+    let err = |v: serde_json::Value| format!("{:#}", r(v).unwrap_err());
+    let e = err(serde_json::json!({"images": ["a.png", {"bytes": "iVBORw0", "path": null}]}));
+    assert!(e.contains("images[1]: an image given as embedded bytes"), "{e}");
+    let e = err(serde_json::json!({"image": "https://example.org/a.png"}));
+    assert!(e.contains("image: image \"https://example.org/a.png\"...: remote"), "{e}");
+    let e = err(serde_json::json!({"images": [3]}));
+    assert!(e.contains("images[0]: an image must be a path"), "{e}");
+    let e = err(serde_json::json!({"images": [""]}));
+    assert!(e.contains("images[0]: an image path is empty"), "{e}");
+    let e = err(serde_json::json!({"image": {"url": "a.png"}}));
+    assert!(e.contains("must name its file"), "{e}");
+}
