@@ -1,6 +1,8 @@
 //! RL items in the MMR1 schema: `problem` (or `question`), `answer`, optional `images` (or
 //! `image`: one path or a list), `id` and multiple-choice `options` (or `choices`: a list, or
-//! an object keyed by the letters A, B, C...).
+//! an object keyed by the letters A, B, C...). verl's rows read too: `prompt` as a list of
+//! chat messages (one user turn, whose text, or text and image parts, is the problem) and
+//! `reward_model.ground_truth` as the answer.
 
 use super::jsonl::{read_jsonl, BadLines};
 use anyhow::{bail, Result};
@@ -8,21 +10,73 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "RawRlItem")]
 pub struct RlItem {
     /// Defaults to the 0-based index of the item in its file.
-    #[serde(default, deserialize_with = "super::jsonl::opt_id_string")]
     pub id: Option<String>,
-    #[serde(alias = "question", alias = "prompt")]
     pub problem: String,
     /// A string, or a number (its decimal text).
-    #[serde(default, deserialize_with = "super::jsonl::opt_answer_string")]
     pub answer: Option<String>,
     /// Image files; `load_rl_items_with_images` resolves them relative to the JSONL file.
-    #[serde(default, alias = "image", deserialize_with = "one_or_many")]
     pub images: Vec<String>,
     /// Option texts in letter order (A first).
-    #[serde(default, alias = "choices", deserialize_with = "options_list")]
     pub options: Option<Vec<String>>,
+}
+
+/// An item as written: the MMR1 fields and verl's (`prompt` messages, `reward_model`).
+#[derive(Deserialize)]
+struct RawRlItem {
+    #[serde(default, deserialize_with = "super::jsonl::opt_id_string")]
+    id: Option<String>,
+    #[serde(alias = "question", alias = "prompt", deserialize_with = "problem_text")]
+    problem: String,
+    #[serde(default, deserialize_with = "super::jsonl::opt_answer_string")]
+    answer: Option<String>,
+    #[serde(default)]
+    reward_model: Option<RewardModel>,
+    #[serde(default, alias = "image", deserialize_with = "one_or_many")]
+    images: Vec<String>,
+    #[serde(default, alias = "choices", deserialize_with = "options_list")]
+    options: Option<Vec<String>>,
+}
+
+/// verl's `reward_model` column: the reference is its `ground_truth`.
+#[derive(Deserialize)]
+struct RewardModel {
+    #[serde(default, deserialize_with = "super::jsonl::opt_answer_string")]
+    ground_truth: Option<String>,
+}
+
+impl TryFrom<RawRlItem> for RlItem {
+    type Error = String;
+
+    fn try_from(r: RawRlItem) -> std::result::Result<Self, String> {
+        let truth = r.reward_model.and_then(|m| m.ground_truth);
+        let answer = match (r.answer, truth) {
+            (Some(a), Some(t)) if a != t => {
+                return Err(format!(
+                    "\"answer\" {a:?} and reward_model.ground_truth {t:?} differ: keep one"
+                ))
+            }
+            (a, t) => a.or(t),
+        };
+        Ok(RlItem { id: r.id, problem: r.problem, answer, images: r.images, options: r.options })
+    }
+}
+
+/// The problem: a string, or verl's `prompt` messages (one user turn; its text and image
+/// parts as `sft_data` reads a message, each image part an `<image>` marker).
+fn problem_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        v @ serde_json::Value::Array(_) => {
+            super::sft_data::single_user_prompt(&v).map_err(|e| D::Error::custom(format!("{e:#}")))
+        }
+        other => Err(D::Error::custom(format!(
+            "the problem must be a string or a list of chat messages, not {other}"
+        ))),
+    }
 }
 
 impl RlItem {

@@ -210,6 +210,27 @@ fn alpaca(v: &Value) -> Result<Vec<Message>> {
     Ok(msgs)
 }
 
+/// The text of a prompt given as chat messages (verl's RL `prompt` column): exactly one user
+/// turn and no other, its image parts as `<image>` markers; parts that name their file are
+/// refused (an item lists its files in `images`).
+pub fn single_user_prompt(list: &Value) -> Result<String> {
+    let mut parts = ImageParts::default();
+    let msgs = messages_of(list, "prompt", &mut parts)?;
+    if parts.names.iter().any(Option::is_some) {
+        bail!("prompt: image parts name their files; list the files in \"images\" instead");
+    }
+    match msgs.as_slice() {
+        [m] if m.role == "user" => Ok(m.content.clone()),
+        _ => {
+            let roles: Vec<&str> = msgs.iter().map(|m| m.role.as_str()).collect();
+            bail!(
+                "prompt: a list of messages must be one user turn (got {roles:?}); the chat \
+                 template writes the system turn, and --prompt-style plain keeps the text as is"
+            )
+        }
+    }
+}
+
 /// The image parts met so far: the file each names, if any.
 #[derive(Default)]
 struct ImageParts {

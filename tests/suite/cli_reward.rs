@@ -367,3 +367,54 @@ fn json_array_files_are_read_element_by_element() {
     let acc: Vec<f64> = read_lines(&out).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
     assert_eq!(acc, vec![1.0, 1.0]);
 }
+
+/// verl's rows (`prompt` as chat messages, `reward_model.ground_truth`, extra columns) read as
+/// MMR1 items; a prompt that is not one user turn, or two different references, are errors.
+#[test]
+fn verl_rows_read_as_items() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = write_lines(
+        tmp.path(),
+        "verl.jsonl",
+        &[
+            r#"{"data_source": "gsm8k", "prompt": [{"role": "user", "content": "2+2?"}], "ability": "math", "reward_model": {"style": "rule", "ground_truth": 4}, "extra_info": {"index": 0}}"#,
+            r#"{"id": "v", "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}], "images": [{"bytes": null, "path": "a.png"}], "reward_model": {"ground_truth": "3"}, "answer": "3"}"#,
+        ],
+    );
+    let responses = write_lines(
+        tmp.path(),
+        "r.jsonl",
+        &[r#"{"id": 0, "response": "\\boxed{4}"}"#, r#"{"id": "v", "response": "\\boxed{3}"}"#],
+    );
+    let out = tmp.path().join("v.jsonl");
+    let out_s = out.to_str().unwrap();
+    let o = cli(&["reward", "--data", &items, "--responses", &responses, "--out", out_s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let acc: Vec<f64> = read_lines(&out).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
+    assert_eq!(acc, vec![1.0, 1.0]);
+    let items = mmr1_fast::data::rl_items::load_rl_items_to_grade(
+        std::path::Path::new(&items),
+        mmr1_fast::data::jsonl::BadLines::Stop,
+    )
+    .unwrap();
+    assert_eq!(items[1].problem, "<image>How many?");
+    assert_eq!(items[0].answer.as_deref(), Some("4"));
+    for (line, want) in [
+        (
+            r#"{"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], "answer": "1"}"#,
+            "must be one user turn (got [\"system\", \"user\"])",
+        ),
+        (
+            r#"{"prompt": [{"role": "user", "content": "q"}], "answer": "1", "reward_model": {"ground_truth": "2"}}"#,
+            "differ: keep one",
+        ),
+        (
+            r#"{"prompt": [{"role": "user", "content": [{"type": "image", "image": "a.png"}]}], "answer": "1"}"#,
+            "list the files in \"images\"",
+        ),
+    ] {
+        let bad = write_lines(tmp.path(), "bad.jsonl", &[line]);
+        let e = cli_err(&["reward", "--data", &bad, "--responses", &responses, "--out", out_s]);
+        assert!(e.contains("bad.jsonl:1") && e.contains(want), "{e}");
+    }
+}
