@@ -162,17 +162,28 @@ pub fn load_vl_sft_dataset(
             );
         }
     }
-    let mut out = Vec::with_capacity(records.len());
-    let mut dropped = 0;
-    for r in &records {
-        let at = || format!("{}:{}", path.display(), r.line);
-        let grids = match &pc {
-            Some(pc) => r.images.iter().map(|p| image_file_grid(p, pc)).collect::<Result<Vec<_>>>(),
-            None => Ok(vec![]),
-        }
-        .with_context(at)?;
-        let ex = tokenize_vl(tok, &r.messages, &r.images, &grids, default_system, max_len, cfg)
+    // Image headers, rendering and tokenizing on all cores (see `load_sft_dataset`); the
+    // result and the first error in file order are a sequential pass's.
+    use rayon::prelude::*;
+    let examples: Vec<Result<VlSftExample>> = records
+        .par_iter()
+        .map(|r| {
+            let at = || format!("{}:{}", path.display(), r.line);
+            let grids = match &pc {
+                Some(pc) => {
+                    r.images.iter().map(|p| image_file_grid(p, pc)).collect::<Result<Vec<_>>>()
+                }
+                None => Ok(vec![]),
+            }
             .with_context(at)?;
+            tokenize_vl(tok, &r.messages, &r.images, &grids, default_system, max_len, cfg)
+                .with_context(at)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(examples.len());
+    let mut dropped = 0;
+    for ex in examples {
+        let ex = ex?;
         if ex.ex.trained_targets() == 0 {
             dropped += 1;
         } else {
