@@ -27,6 +27,8 @@ pub struct EvalArgs {
     /// {"problem": "<image>How many cats?", "answer": "3", "image": "imgs/cats.png"} or
     /// "images": ["a.png", "b.jpg"]; each <image> marker of the problem is one image (without
     /// markers the images go before the problem). A missing image is an error naming its line.
+    /// verl's rows (prompt messages, reward_model.ground_truth) and JSON arrays read too:
+    /// every accepted form is in docs/data.md.
     #[arg(long)]
     pub data: PathBuf,
     /// Per-item results (JSONL): id, answer, responses, extracted, correct, format_ok, pass.

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct RewardArgs {
     /// RL items (JSONL, MMR1 schema: problem, answer, optional id and options; an id may be an
-    /// integer, an answer a number; options, or choices, a list or an object keyed A, B, ...).
+    /// integer, an answer a number; options, or choices, a list or an object keyed A, B, ...;
+    /// verl's rows too: docs/data.md).
     #[arg(long)]
     pub data: PathBuf,
     /// Responses (JSONL): {"id": <item id>, "response": "<text>"} ("text" is accepted too);

@@ -31,7 +31,8 @@ pub struct ScoreArgs {
     pub model: Option<PathBuf>,
     /// RL items to score (JSONL, MMR1 schema). With a Qwen2.5-VL --model, items may name
     /// images ("image": "a.png" or "images": [...], relative to the JSONL file); each <image>
-    /// marker of the problem is one image (without markers the images go before it). With
+    /// marker of the problem is one image (without markers the images go before it); other
+    /// accepted forms (verl's rows, JSON arrays): docs/data.md. With
     /// --from-rollouts: the items the rollouts answer, to grade each "response" that has no
     /// "accuracy" (the accuracy reward of `reward`).
     #[arg(long)]

@@ -76,9 +76,11 @@ pub struct ModelSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// Cold-start SFT data (JSONL: messages, conversations, or problem/solution). Empty: no SFT phase.
+    /// Cold-start SFT data (JSONL or a JSON array: messages, prompt/completion, conversations,
+    /// problem/solution or alpaca records; docs/data.md). Empty: no SFT phase.
     pub sft: PathBuf,
-    /// RL items (JSONL, MMR1 schema: problem/question, answer, optional id). Empty: no RL phase.
+    /// RL items (JSONL, MMR1 schema: problem/question, answer, optional id; verl's rows and
+    /// JSON arrays too, docs/data.md). Empty: no RL phase.
     pub rl: PathBuf,
     /// Held-out items for evaluation (same schema as `rl`). Empty: no evaluation.
     pub eval: PathBuf,
