@@ -22,15 +22,15 @@ pub struct SftArgs {
     /// Hugging Face model directory to start from (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// JSONL training data (or one JSON array of records, LLaMA-Factory's `.json`), per record: `messages` (a content is a string or a list of
-    /// {"type": "text"|"image"|"image_url", ...} parts), TRL's `prompt`/`completion` message
-    /// lists, ShareGPT `conversations`, `problem`/`solution`, or alpaca `instruction`/`input`/
-    /// `output`/`history`; a record-level "system" string is the system turn (unless the
-    /// conversation opens with its own). With a Qwen2.5-VL `--model`,
-    /// a line may name images, relative to the JSONL file's folder: "image": "a.png" or
-    /// "images": ["a.png", "b.jpg"] (or each image part names its file: "image", "path",
-    /// "url"); each <image> marker or image part of a user or system turn is one image (with
-    /// neither, the images open the first user turn).
+    /// JSONL training data (or one JSON array of records, LLaMA-Factory's `.json`), per record:
+    /// `messages` (a content is a string or a list of {"type": "text"|"image"|"image_url", ...}
+    /// parts), TRL's `prompt`/`completion` message lists, ShareGPT `conversations`,
+    /// `problem`/`solution`, or alpaca `instruction`/`input`/`output`/`history`; a record-level
+    /// "system" string is the system turn (unless the conversation opens with its own). With a
+    /// Qwen2.5-VL `--model`, a record may name images, relative to the data file's folder:
+    /// "image": "a.png" or "images": ["a.png", "b.jpg"] (or each image part names its file:
+    /// "image", "path", "url"); each <image> marker or image part of a user or system turn is
+    /// one image (with neither, the images open the first user turn). All forms: docs/data.md.
     #[arg(long)]
     pub data: PathBuf,
     /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.
