@@ -19,13 +19,7 @@ pub fn image_path(v: &Value) -> Result<String> {
         },
         other => bail!(
             "an image must be a path (a string) or {{\"path\": ...}}, found {}",
-            match other {
-                Value::Null => "null",
-                Value::Bool(_) => "a boolean",
-                Value::Number(_) => "a number",
-                Value::Array(_) => "a list",
-                _ => "something else",
-            }
+            super::jsonl::json_kind(other)
         ),
     }
 }

@@ -112,24 +112,19 @@ fn array_elements(body: &[u8]) -> Result<Vec<(usize, std::result::Result<String,
                     (start, start_line) = (i + 1, line);
                 }
             }
-            b']' | b'}' if depth == 1 => {
-                if b == b'}' {
-                    bail!("line {line}: a }} closes the JSON array");
-                }
-                if let Some(t) = utf8_record(body[start..i].to_vec(), "record") {
-                    out.push((element_line(&body[start..i], start_line), t));
-                }
-                closed = true;
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 => {
+            b'}' if depth == 1 => bail!("line {line}: a }} closes the JSON array"),
+            b']' | b',' if depth == 1 => {
                 let el = &body[start..i];
                 match utf8_record(el.to_vec(), "record") {
                     Some(t) => out.push((element_line(el, start_line), t)),
+                    // A blank after the last comma (`[a, b, ]`) is let pass, as before.
+                    None if b == b']' => {}
                     None => bail!("line {line}: an empty element in the JSON array"),
                 }
                 (start, start_line) = (i + 1, line);
+                closed = b == b']';
             }
+            b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
@@ -143,6 +138,19 @@ fn array_elements(body: &[u8]) -> Result<Vec<(usize, std::result::Result<String,
 fn element_line(el: &[u8], from: usize) -> usize {
     let lead = el.iter().take_while(|b| b.is_ascii_whitespace()).filter(|&&b| b == b'\n').count();
     from + lead
+}
+
+/// What a JSON value is, for error messages ("found a list").
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// Reads every non-blank line of `path` as a `T`; `check` may reject a parsed record.

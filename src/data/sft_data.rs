@@ -24,6 +24,7 @@
 //! (`data::vl_sft_data`); [`load_jsonl`], the text path, refuses a record with images, naming
 //! the file and line. Other keys are ignored.
 
+use super::jsonl::json_kind;
 use crate::tokenizer::{apply_chat_template, Message, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -48,19 +49,8 @@ impl SftExample {
 fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
     match v.get(key) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => bail!("field {key:?} must be a string, found {}", kind(other)),
+        Some(other) => bail!("field {key:?} must be a string, found {}", json_kind(other)),
         None => bail!("missing field {key:?}"),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -82,10 +72,10 @@ pub struct Conversation {
 /// [`parse_record`] with the image parts of content lists counted and their files collected.
 pub fn parse_conversation(v: &Value) -> Result<Conversation> {
     if !v.is_object() {
-        bail!("expected a JSON object, found {}", kind(v));
+        bail!("expected a JSON object, found {}", json_kind(v));
     }
     let mut parts = ImageParts::default();
-    let msgs: Vec<Message> = if let Some(list) = v.get("messages") {
+    let mut msgs: Vec<Message> = if let Some(list) = v.get("messages") {
         messages_of(list, "messages", &mut parts)?
     } else if let (Some(p), Some(c)) = (v.get("prompt"), v.get("completion")) {
         if p.is_string() || c.is_string() {
@@ -145,7 +135,6 @@ pub fn parse_conversation(v: &Value) -> Result<Conversation> {
     };
     // A record-level system prompt (LLaMA-Factory's `system` column) opens the conversation
     // unless the conversation has its own system turn first, which wins, as there.
-    let mut msgs = msgs;
     match v.get("system") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => {
@@ -153,7 +142,7 @@ pub fn parse_conversation(v: &Value) -> Result<Conversation> {
                 msgs.insert(0, Message::new("system", s));
             }
         }
-        Some(other) => bail!("field \"system\" must be a string, found {}", kind(other)),
+        Some(other) => bail!("field \"system\" must be a string, found {}", json_kind(other)),
     }
     if !msgs.iter().any(|m| m.role == "assistant") {
         bail!("the conversation has no assistant turn: nothing to train on");
@@ -191,7 +180,9 @@ fn alpaca(v: &Value) -> Result<Vec<Message>> {
                 }
             }
         }
-        Some(other) => bail!("field \"history\" must be a list of pairs, found {}", kind(other)),
+        Some(other) => {
+            bail!("field \"history\" must be a list of pairs, found {}", json_kind(other))
+        }
     }
     let mut query = Vec::new();
     for key in ["instruction", "input"] {
@@ -199,7 +190,7 @@ fn alpaca(v: &Value) -> Result<Vec<Message>> {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s.is_empty() => {}
             Some(Value::String(s)) => query.push(s.as_str()),
-            Some(other) => bail!("field {key:?} must be a string, found {}", kind(other)),
+            Some(other) => bail!("field {key:?} must be a string, found {}", json_kind(other)),
         }
     }
     if query.is_empty() {
@@ -270,13 +261,19 @@ fn content_of(content: Option<&Value>, parts: &mut ImageParts) -> Result<String>
         Some(Value::Array(list)) => list,
         None => bail!("missing field \"content\""),
         Some(other) => {
-            bail!("field \"content\" must be a string or a list of parts, found {}", kind(other))
+            bail!(
+                "field \"content\" must be a string or a list of parts, found {}",
+                json_kind(other)
+            )
         }
     };
     let mut text = String::new();
     for (j, part) in list.iter().enumerate() {
         if !part.is_object() {
-            bail!("content[{j}] must be a text or image part (an object), found {}", kind(part));
+            bail!(
+                "content[{j}] must be a text or image part (an object), found {}",
+                json_kind(part)
+            );
         }
         let ty = part.get("type").and_then(Value::as_str);
         let has = |k: &str| part.get(k).is_some_and(|x| !x.is_null());
@@ -307,7 +304,9 @@ fn image_part_file(part: &Value) -> Result<Option<String>> {
         match v {
             Value::Null => continue,
             Value::String(s) => return super::image_ref::path_of(s).map(Some),
-            other => bail!("an image part's file must be a path (a string), found {}", kind(other)),
+            other => {
+                bail!("an image part's file must be a path (a string), found {}", json_kind(other))
+            }
         }
     }
     Ok(None)
