@@ -172,9 +172,12 @@ inline thread_local Fiber* g_cur = nullptr;
 inline thread_local dim3 g_blockIdx, g_blockDim, g_gridDim;
 
 #if defined(__x86_64__)
-// Minimal context switch: save callee-saved registers and the FP control words on the old
-// stack, swap stack pointers. swapcontext would make a sigprocmask syscall per switch, and a
-// block reduction switches thousands of times.
+// Minimal context switch: save the callee-saved registers on the old stack, swap stack
+// pointers. swapcontext would make a sigprocmask syscall per switch, and a block reduction
+// switches thousands of times. The FP control words (MXCSR, x87) are callee-saved too, but no
+// kernel changes a rounding mode, so every fiber runs with the launching thread's: saving and
+// reloading them (ldmxcsr serializes) took 9% of a tensor-core test's time. The 8-byte slot
+// where they were stays, so the initial frame below keeps its layout.
 extern "C" void emu_switch(void** save_sp, void* new_sp);
 asm(R"(
 .text
@@ -188,12 +191,8 @@ emu_switch:
     pushq %r14
     pushq %r15
     subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
     addq $8, %rsp
     popq %r15
     popq %r14
@@ -380,16 +379,14 @@ inline const char* run_block(Block& b) {
         f.wg_committed = 0;
         char* top = b.stacks.data() + (size_t)(i + 1) * b.stack_size;
 #if defined(__x86_64__)
-        // Initial frame popped by emu_switch: mxcsr/fpucw, r15..rbp, then "return" into
-        // fiber_entry with the stack aligned as the ABI wants at a function's entry.
+        // Initial frame popped by emu_switch: an unused 8-byte slot, r15..rbp, then "return"
+        // into fiber_entry with the stack aligned as the ABI wants at a function's entry.
         uintptr_t t = (uintptr_t)top & ~(uintptr_t)15;
         uint64_t* s = (uint64_t*)t;
         s[-1] = 0;                          // fake return address of fiber_entry
         s[-2] = (uint64_t)(void*)&fiber_entry;
         for (int r = 3; r <= 8; r++) s[-r] = 0; // rbp rbx r12 r13 r14 r15
-        uint32_t* ctl = (uint32_t*)&s[-9];
-        ctl[0] = 0x1F80;                    // default MXCSR
-        ctl[1] = 0x037F;                    // default x87 control word
+        s[-9] = 0;                          // the slot emu_switch skips
         f.sp = &s[-9];
 #else
         getcontext(&f.ctx);
