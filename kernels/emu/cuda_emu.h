@@ -78,6 +78,7 @@ enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
 // Orders in which the ready fibers of a block run between yields (see the top of the file).
 enum Order { FORWARD = 0, REVERSE = 1, RANDOM = 2, STARVE = 3 };
 // Warp-synchronous operations; the lanes that meet must agree on the op, mask and width.
+enum XchgKind { XCHG_NONE, XCHG_SHFL, XCHG_BALLOT };
 enum WarpOp { OP_OTHER, OP_SHFL, OP_SHFL_XOR, OP_SHFL_UP, OP_SHFL_DOWN, OP_BALLOT, OP_SYNCWARP };
 inline const char* op_name(int op) {
     static const char* names[] = {"warp op", "__shfl_sync", "__shfl_xor_sync", "__shfl_up_sync",
@@ -103,6 +104,15 @@ struct Fiber {
     int wop;
     unsigned wmask;
     int wwidth;
+    // A shuffle or vote in flight: the value this lane publishes, what it asks of the others
+    // (XCHG_SHFL: lane xsrc's value; XCHG_BALLOT: every named lane's predicate) and the answer,
+    // which the scheduler fills in when it releases the meeting (release_warps).
+    int xkind;
+    unsigned xsrc;
+    uint64_t xval, xgot;
+    // Tensor-core collectives (tensor_core.h) this lane has made in this block: every lane of a
+    // warp makes the same ones, so its parity picks the same exchange buffer in every lane.
+    unsigned tc_seq;
     // cp.async copies this thread issued that no wait has completed yet (tensor_core.h): the
     // source bytes as read at the issue, written to shared memory only at the wait that covers
     // them, so a read of the destination before its wait sees the old (poisoned) bytes.
@@ -152,7 +162,6 @@ struct Block {
 #else
     ucontext_t sched;
 #endif
-    std::vector<uint64_t> xchg;     // one slot per thread for shuffles and votes
     std::vector<unsigned char> dyn; // dynamic shared memory
     size_t dyn_bytes = 0;
     std::vector<std::pair<void*, size_t>> statics; // static shared arrays seen in this block
@@ -230,6 +239,7 @@ inline void barrier(State s) {
         g_cur->wop = OP_OTHER;
         g_cur->wmask = 0xffffffffu;
         g_cur->wwidth = 32;
+        g_cur->xkind = XCHG_NONE;
     }
     yield_to_scheduler();
 }
@@ -321,8 +331,25 @@ inline const char* release_warps(Block& b, unsigned n, bool& released) {
                 ok = ok && g.st == WAIT_WARP && g.wop == f.wop && g.wmask == f.wmask && g.wwidth == f.wwidth;
             }
             if (!ok) continue;
-            for (unsigned j = 0; j < 32; j++)
-                if (m >> j & 1) b.th[lo + j].st = READY;
+            // Answer the shuffles and votes of the meeting from the values published before
+            // it, so that a lane may publish its next value as soon as it runs again (no
+            // second meeting to protect the slots). A source outside the block or not named
+            // in the mask gives poison (NaN for floats).
+            const unsigned xmask = f.wmask;
+            auto named = [&](unsigned l) { return (xmask >> l & 1) && lo + l < n; };
+            for (unsigned j = 0; j < 32; j++) {
+                if (!(m >> j & 1)) continue;
+                Fiber& g = b.th[lo + j];
+                if (g.xkind == XCHG_SHFL) {
+                    g.xgot = g.xsrc < 32 && named(g.xsrc) ? b.th[lo + g.xsrc].xval : ~0ull;
+                } else if (g.xkind == XCHG_BALLOT) {
+                    unsigned bits = 0;
+                    for (unsigned l = 0; l < 32; l++)
+                        if (named(l) && b.th[lo + l].xval) bits |= 1u << l;
+                    g.xgot = bits;
+                }
+                g.st = READY;
+            }
             released = true;
         }
     }
@@ -373,6 +400,8 @@ inline const char* run_block(Block& b) {
         f.wop = OP_OTHER;
         f.wmask = 0;
         f.wwidth = 0;
+        f.xkind = XCHG_NONE;
+        f.tc_seq = 0;
         f.cp_pending.clear(); // copies a thread of the last block never waited for die with it
         f.cp_committed = 0;
         f.wg_pending.clear();
@@ -495,7 +524,6 @@ inline int launch(void (*thunk)(void**), dim3 grid, dim3 block, size_t shmem, vo
     const size_t stack_size = 64 * 1024;
     if (b.stacks.size() < (size_t)n * stack_size) b.stacks.resize((size_t)n * stack_size);
     b.stack_size = stack_size;
-    b.xchg.assign(n, 0);
     b.thunk = thunk;
     b.args = args;
     b.sched = o.order;
@@ -535,35 +563,31 @@ inline void check_warp_op(unsigned mask, int width) {
     if (!(mask >> (g_cur->linear & 31) & 1)) fail("warp op with a mask that does not name the calling lane");
     if (width < 1 || width > 32 || (width & (width - 1))) fail("warp op width is not a power of two in 1..32");
 }
-// Meets the lanes named in `mask` at warp op `op`.
-inline void warp_meet(int op, unsigned mask, int width) {
+// Meets the lanes named in `mask` at warp op `op`; `xkind`: what the lane asks of the others
+// (Fiber::xkind), answered in Fiber::xgot when the meeting is released.
+inline void warp_meet(int op, unsigned mask, int width, int xkind = XCHG_NONE) {
+    g_cur->xkind = xkind;
     g_cur->wop = op;
     g_cur->wmask = mask;
     g_cur->wwidth = width;
     g_cur->st = WAIT_WARP;
     yield_to_scheduler();
 }
-// Whether lane `src` of the caller's warp exists and is named in `mask`.
-inline bool lane_ok(unsigned mask, unsigned src_lane) {
-    const unsigned base = g_cur->linear & ~31u;
-    return src_lane < 32 && (mask >> src_lane & 1) && base + src_lane < nthreads();
-}
 
-// Warp exchange: every lane publishes a value, the lanes of the mask meet, each reads its
-// source lane's value (poison when that lane is outside the block or the mask), and all meet
-// again before a slot may be overwritten.
+// Warp exchange: every lane publishes a value, the lanes of the mask meet, and the release of
+// the meeting gives each its source lane's value (poison when that lane is outside the block or
+// the mask). One meeting, as the hardware's one instruction: a second one only kept the slots
+// from being overwritten, and halved the speed of shuffle-heavy kernels.
 template <class T>
 inline T exchange(T v, unsigned src_lane, int op, unsigned mask, int width) {
     static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof(T));
-    g_block->xchg[g_cur->linear] = bits;
-    warp_meet(op, mask, width);
-    uint64_t got = ~0ull; // poison: NaN for floats
-    if (lane_ok(mask, src_lane)) got = g_block->xchg[(g_cur->linear & ~31u) + src_lane];
+    g_cur->xval = bits;
+    g_cur->xsrc = src_lane;
+    warp_meet(op, mask, width, XCHG_SHFL);
     T r;
-    memcpy(&r, &got, sizeof(T));
-    warp_meet(op, mask, width);
+    memcpy(&r, &g_cur->xgot, sizeof(T));
     return r;
 }
 // Full-warp exchange by linear thread index (for other emulation headers).
@@ -646,14 +670,9 @@ inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 // Votes count the lanes named in the mask that exist.
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     emu::check_warp_op(mask, 32);
-    const unsigned me = emu::g_cur->linear, base = me & ~31u;
-    emu::g_block->xchg[me] = pred ? 1 : 0;
-    emu::warp_meet(emu::OP_BALLOT, mask, 32);
-    unsigned bits = 0;
-    for (unsigned l = 0; l < 32; l++)
-        if (emu::lane_ok(mask, l) && emu::g_block->xchg[base + l]) bits |= 1u << l;
-    emu::warp_meet(emu::OP_BALLOT, mask, 32);
-    return bits;
+    emu::g_cur->xval = pred ? 1 : 0;
+    emu::warp_meet(emu::OP_BALLOT, mask, 32, emu::XCHG_BALLOT);
+    return (unsigned)emu::g_cur->xgot;
 }
 inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 inline int __all_sync(unsigned mask, int pred) {

@@ -187,3 +187,25 @@ extern "C" __global__ void planted_cp_async_over_a_read(float* out, const float*
     cp_async_wait_all();
     for (int i = 0; i < 4; i++) out[4 * t + i] = mine[i];
 }
+
+// ldmatrix of rows that other lanes of the warp wrote: lane t writes row (t + 1) % 8 of an 8 x 8
+// bf16 tile (`in`: 64 bf16-exact floats), then the warp loads it with ldmatrix_x1 (lanes 0-7
+// give the row addresses). The bug: no __syncwarp between the writes and the ldmatrix. After
+// it, each of lanes 0-7 overwrites the row whose address it gave, which is correct code (the
+// warp-wide load is done for every lane once the instruction is), so the fixed kernel must
+// give the tile under every schedule. out: each lane's two bf16 of the fragment, as floats.
+extern "C" __global__ void planted_ldmatrix_rows(float* out, const float* in, int fixed) {
+    SHARED(unsigned short, tile, [64]);
+    const unsigned t = threadIdx.x; // one warp
+    if (t < 8) {
+        const unsigned r = (t + 1) % 8;
+        for (int c = 0; c < 8; c++) tile[8 * r + c] = (unsigned short)(__float_as_uint(in[8 * r + c]) >> 16);
+    }
+    if (fixed) __syncwarp();
+    unsigned frag[1];
+    ldmatrix_x1(frag, tile + 8 * (t % 8));
+    if (t < 8)
+        for (int c = 0; c < 8; c++) tile[8 * t + c] = 0;
+    out[2 * t] = __uint_as_float(frag[0] << 16);
+    out[2 * t + 1] = __uint_as_float(frag[0] & 0xffff0000u);
+}

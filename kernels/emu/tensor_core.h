@@ -15,10 +15,11 @@
 //     row l/4, cols 2*(l%4), +1 of matrix m (.trans: rows 2*(l%4), +1 of col l/4).
 // Each 32-bit register holds two bf16, the lower-numbered column in the low half.
 //
-// Written against the public CUDA surface only (threadIdx, blockDim, __syncwarp), so it does
-// not depend on the scheduler's internals, except cp.async, whose pending copies belong to the
-// issuing thread (its fiber, emu::g_cur). The exchange slots are per OS thread, like
-// __shared__: the threads of a block are fibers of one OS thread.
+// Written against the public CUDA surface (threadIdx, blockDim, __syncwarp), so it depends on
+// the scheduler's internals only where a thread's own state is kept in its fiber (emu::g_cur):
+// cp.async's pending copies and the count of collectives that picks the exchange buffer. The
+// exchange slots are per OS thread, like __shared__: the threads of a block are fibers of one
+// OS thread.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -27,11 +28,11 @@ namespace emu_tc {
 
 struct Slot {
     unsigned w[8];
-    const void* p;
 };
-inline Slot* slots() {
-    static thread_local Slot s[1024];
-    return s;
+// Two sets of slots, used by alternate collectives (see warp_collective).
+inline Slot* slots(unsigned parity) {
+    static thread_local Slot s[2][1024];
+    return s[parity];
 }
 inline unsigned linear_tid() {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
@@ -44,32 +45,40 @@ inline uint16_t read_b16(const void* row, unsigned col) {
     return v;
 }
 
-// Every lane publishes its slot, the warp meets, each lane reads what it needs, the warp meets
-// again before any slot may be overwritten.
+// Every lane publishes its slot, the warp meets, each lane reads what it needs. One meeting:
+// collectives alternate between two sets of slots, and a lane writes this set again only two
+// collectives on, after the warp has met at the one between, which no lane reaches before it
+// has read this one. (A second meeting after the read, to protect the slots, doubled the fiber
+// switches of every mma and ldmatrix.)
 template <class F>
 inline void warp_collective(const Slot& mine, F&& read) {
     const unsigned me = linear_tid(), base = me & ~31u;
-    slots()[me] = mine;
+    Slot* set = slots(emu::g_cur->tc_seq++ & 1u);
+    set[me] = mine;
     __syncwarp();
-    read(slots() + base, me & 31u);
-    __syncwarp();
+    read(set + base, me & 31u);
 }
 
+// Each lane that gives a row (lanes 8m..8m+7 for matrix m) reads its row's 8 b16 when it
+// reaches the instruction and publishes them: a lane may go on and overwrite shared memory as
+// soon as the warp has met, as after the one warp-wide instruction on the GPU. A row that
+// another lane of the warp writes without a __syncwarp before the ldmatrix is read before or
+// after that write depending on the schedule, as the race it is.
 template <int N, bool TRANS>
 inline void ldmatrix(unsigned* r, const void* row_addr) {
     Slot s{};
-    s.p = row_addr;
+    if ((linear_tid() & 31u) < 8u * N) memcpy(s.w, row_addr, 16);
     warp_collective(s, [&](const Slot* w, unsigned lane) {
         const unsigned g = lane >> 2, t = lane & 3;
         for (int m = 0; m < N; m++) {
             uint16_t lo, hi;
             if (!TRANS) {
-                const void* row = w[8 * m + g].p;
+                const unsigned* row = w[8 * m + g].w;
                 lo = read_b16(row, 2 * t);
                 hi = read_b16(row, 2 * t + 1);
             } else {
-                lo = read_b16(w[8 * m + 2 * t].p, g);
-                hi = read_b16(w[8 * m + 2 * t + 1].p, g);
+                lo = read_b16(w[8 * m + 2 * t].w, g);
+                hi = read_b16(w[8 * m + 2 * t + 1].w, g);
             }
             r[m] = (unsigned)lo | ((unsigned)hi << 16);
         }

@@ -386,6 +386,30 @@ fn cp_async_over_a_pending_read_is_a_race() {
     });
 }
 
+/// ldmatrix reads rows that other lanes of the warp write: without a __syncwarp between, the
+/// schedules disagree on whether a row is read before or after its write. With it, the
+/// rows the lanes overwrite right after the ldmatrix do not change what it loaded: the warp's
+/// load completes as one instruction on the GPU, and on the emulator each lane reads its row
+/// when it reaches the instruction (a lane that runs on past the warp's meeting cannot change
+/// another lane's fragment).
+#[test]
+fn ldmatrix_of_rows_written_without_syncwarp_is_a_race() {
+    let x: Vec<f32> = (0..64).map(|i| (i + 1) as f32).collect();
+    check_race("ldmatrix of rows written without __syncwarp", &|d, fixed| {
+        let (input, out) = (up(d, &x), d.alloc(64 * 4));
+        d.launch(
+            "planted_ldmatrix_rows",
+            [1, 1, 1],
+            [32, 1, 1],
+            0,
+            &[Arg::Ptr(&out), Arg::Ptr(&input), Arg::I32(fixed)],
+        );
+        let o = down(d, &out, 64);
+        // Lane l holds row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 (PTX ISA, ldmatrix).
+        (0..64).filter(|&i| o[i] != x[8 * (i / 8) + 2 * (i / 2 % 4) + i % 2]).count()
+    });
+}
+
 /// wgmma computes at the wait that covers its commit group, from shared memory as it is then:
 /// accumulators read before the wait are NaN, a B tile overwritten before it gives the new
 /// tile's product, an uncommitted operation is not waited for, and rewriting A's registers
