@@ -49,7 +49,8 @@ eval "$(bash scripts/setup-nvrtc.sh)"
 # crates (RUSTC_WORKSPACE_WRAPPER) and its options in CLIPPY_ARGS; clippy-driver is rustc plus
 # the lints, so the same two variables make the test build itself lint. One compile instead of
 # a check of every dependency and a second front end of ours: on CI's 2 cores clippy alone took
-# 258 s (docs/testing.md, "CI time"). The builds of dependencies are unchanged (plain rustc).
+# 258 s (docs/testing.md, "CI time"). The builds of dependencies are unchanged (plain rustc),
+# so a plain `cargo test` afterwards recompiles only our two crates.
 clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
 [ -x "$clippy_driver" ] || {
   echo "clippy-driver not found at $clippy_driver: install clippy (rustup component add clippy)"
