@@ -51,9 +51,11 @@ eval "$(bash scripts/setup-nvrtc.sh)"
 # a check of every dependency and a second front end of ours: on CI's 2 cores clippy alone took
 # 258 s (docs/testing.md, "CI time"). The builds of dependencies are unchanged (plain rustc),
 # so a plain `cargo test` afterwards recompiles only our two crates.
+# rustup puts clippy-driver in the toolchain's sysroot; a distribution's Rust may put it on PATH.
 clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
-[ -x "$clippy_driver" ] || {
-  echo "clippy-driver not found at $clippy_driver: install clippy (rustup component add clippy)"
+[ -x "$clippy_driver" ] || clippy_driver="$(command -v clippy-driver || true)"
+[ -n "$clippy_driver" ] || {
+  echo "clippy-driver not found (toolchain sysroot or PATH): install clippy (rustup component add clippy)"
   exit 1
 }
 export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
