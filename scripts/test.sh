@@ -51,6 +51,7 @@ eval "$(bash scripts/setup-nvrtc.sh)"
 # a check of every dependency and a second front end of ours: on CI's 2 cores clippy alone took
 # 258 s (docs/testing.md, "CI time"). The builds of dependencies are unchanged (plain rustc),
 # so a plain `cargo test` afterwards recompiles only our two crates.
+#
 # rustup puts clippy-driver in the toolchain's sysroot; a distribution's Rust may put it on PATH.
 clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
 [ -x "$clippy_driver" ] || clippy_driver="$(command -v clippy-driver || true)"
@@ -72,7 +73,8 @@ lint_check() {
 }
 if lint_check lint || ! lint_check clean; then
   echo "clippy-driver no longer turns a clippy warning (needless_return) into an error through"
-  echo "CLIPPY_ARGS: lint with 'cargo clippy --workspace --all-targets -- -D warnings' instead"
+  echo "CLIPPY_ARGS: lint with 'cargo clippy --workspace --all-targets --features emu,cuda$mpi -- -D warnings'"
+  echo "and run 'cargo test --features emu,cuda$mpi' without RUSTC_WORKSPACE_WRAPPER instead"
   exit 1
 fi
 

@@ -78,8 +78,9 @@ enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
 // Orders in which the ready fibers of a block run between yields (see the top of the file).
 enum Order { FORWARD = 0, REVERSE = 1, RANDOM = 2, STARVE = 3 };
 // Warp-synchronous operations; the lanes that meet must agree on the op, mask and width.
-enum XchgKind { XCHG_NONE, XCHG_SHFL, XCHG_BALLOT };
 enum WarpOp { OP_OTHER, OP_SHFL, OP_SHFL_XOR, OP_SHFL_UP, OP_SHFL_DOWN, OP_BALLOT, OP_SYNCWARP };
+// What a lane at a warp op asks of the others (Fiber::xkind).
+enum XchgKind { XCHG_NONE, XCHG_SHFL, XCHG_BALLOT };
 inline const char* op_name(int op) {
     static const char* names[] = {"warp op", "__shfl_sync", "__shfl_xor_sync", "__shfl_up_sync",
                                   "__shfl_down_sync", "__ballot/__any/__all_sync", "__syncwarp"};
@@ -232,15 +233,9 @@ inline void yield_to_scheduler() {
 inline void fiber_entry_uc() { fiber_entry(); }
 #endif
 
-inline void barrier(State s) {
-    g_cur->st = s;
-    if (s == WAIT_WARP) {
-        // A bare warp barrier (e.g. from another emulation header): a full-warp meeting.
-        g_cur->wop = OP_OTHER;
-        g_cur->wmask = 0xffffffffu;
-        g_cur->wwidth = 32;
-        g_cur->xkind = XCHG_NONE;
-    }
+// __syncthreads: waits until every live thread of the block is here (warp ops: warp_meet).
+inline void block_barrier() {
+    g_cur->st = WAIT_BLOCK;
     yield_to_scheduler();
 }
 
@@ -334,18 +329,16 @@ inline const char* release_warps(Block& b, unsigned n, bool& released) {
             // Answer the shuffles and votes of the meeting from the values published before
             // it, so that a lane may publish its next value as soon as it runs again (no
             // second meeting to protect the slots). A source outside the block or not named
-            // in the mask gives poison (NaN for floats).
-            const unsigned xmask = f.wmask;
-            auto named = [&](unsigned l) { return (xmask >> l & 1) && lo + l < n; };
+            // in the mask (a bit of m = mask & live) gives poison (NaN for floats).
             for (unsigned j = 0; j < 32; j++) {
                 if (!(m >> j & 1)) continue;
                 Fiber& g = b.th[lo + j];
                 if (g.xkind == XCHG_SHFL) {
-                    g.xgot = g.xsrc < 32 && named(g.xsrc) ? b.th[lo + g.xsrc].xval : ~0ull;
+                    g.xgot = g.xsrc < 32 && (m >> g.xsrc & 1) ? b.th[lo + g.xsrc].xval : ~0ull;
                 } else if (g.xkind == XCHG_BALLOT) {
                     unsigned bits = 0;
                     for (unsigned l = 0; l < 32; l++)
-                        if (named(l) && b.th[lo + l].xval) bits |= 1u << l;
+                        if ((m >> l & 1) && b.th[lo + l].xval) bits |= 1u << l;
                     g.xgot = bits;
                 }
                 g.st = READY;
@@ -590,11 +583,6 @@ inline T exchange(T v, unsigned src_lane, int op, unsigned mask, int width) {
     memcpy(&r, &g_cur->xgot, sizeof(T));
     return r;
 }
-// Full-warp exchange by linear thread index (for other emulation headers).
-template <class T>
-inline T exchange(T v, unsigned src_linear) {
-    return exchange(v, src_linear & 31u, OP_OTHER, 0xffffffffu, 32);
-}
 
 template <class T>
 inline T invoke_arg(void** args, size_t i) {
@@ -626,7 +614,7 @@ inline void invoke(void (*f)(A...), void** args) {
         if (!(cond)) ::emu::fail_check(#cond, __FILE__, __LINE__); \
     } while (0)
 
-inline void __syncthreads() { emu::barrier(emu::WAIT_BLOCK); }
+inline void __syncthreads() { emu::block_barrier(); }
 inline void __trap() { emu::fail("__trap()"); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     emu::check_warp_op(mask, 32);
