@@ -11,6 +11,23 @@ const ITEMS: &[&str] = &[
     r#"{"id": "d", "problem": "Never answered", "answer": "7"}"#,
 ];
 
+/// `reward --data items --responses responses --out out` and `extra` flags, which must succeed:
+/// the accuracy of each verdict line, in order.
+fn accuracies(items: &str, responses: &str, out: &std::path::Path, extra: &[&str]) -> Vec<f64> {
+    let out = out.to_str().unwrap();
+    let mut args = vec!["reward", "--data", items, "--responses", responses, "--out", out];
+    args.extend_from_slice(extra);
+    let o = cli(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    read_lines(std::path::Path::new(out)).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect()
+}
+
+/// The error of a `reward` run over `items` that must fail.
+fn reward_error(items: &str, responses: &str, out: &std::path::Path) -> String {
+    let out = out.to_str().unwrap();
+    cli_err(&["reward", "--data", items, "--responses", responses, "--out", out])
+}
+
 const RESPONSES: &[&str] = &[
     r#"{"id": "a", "response": "<think>one plus one</think><answer>\\boxed{2}</answer>"}"#,
     r#"{"id": "a", "text": "the answer is \\boxed{3}"}"#,
@@ -74,7 +91,7 @@ fn unknown_id_and_malformed_line_are_named_or_skipped() {
         "unknown.jsonl",
         &[RESPONSES[0], RESPONSES[1], r#"{"id": "zz", "response": "x"}"#],
     );
-    let e = cli_err(&["reward", "--data", &items, "--responses", &unknown, "--out", out_s]);
+    let e = reward_error(&items, &unknown, &out);
     assert!(e.contains("unknown.jsonl:3") && e.contains("unknown id \"zz\""), "{e}");
     assert!(!out.exists(), "no output on error");
 
@@ -83,13 +100,13 @@ fn unknown_id_and_malformed_line_are_named_or_skipped() {
         "broken.jsonl",
         &[RESPONSES[0], r#"{"id": "a", "response": "#, RESPONSES[2]],
     );
-    let e = cli_err(&["reward", "--data", &items, "--responses", &broken, "--out", out_s]);
+    let e = reward_error(&items, &broken, &out);
     assert!(e.contains("broken.jsonl:2"), "{e}");
     let no_text = write_lines(tmp.path(), "no_text.jsonl", &[r#"{"id": "a"}"#]);
-    let e = cli_err(&["reward", "--data", &items, "--responses", &no_text, "--out", out_s]);
+    let e = reward_error(&items, &no_text, &out);
     assert!(e.contains("no_text.jsonl:1") && e.contains("response"), "{e}");
     let bad_id = write_lines(tmp.path(), "bad_id.jsonl", &[r#"{"id": [1], "response": "x"}"#]);
-    let e = cli_err(&["reward", "--data", &items, "--responses", &bad_id, "--out", out_s]);
+    let e = reward_error(&items, &bad_id, &out);
     assert!(
         e.contains("bad_id.jsonl:1") && e.contains("\"id\" must be a string or an integer"),
         "{e}"
@@ -170,7 +187,7 @@ fn bad_files_and_flags_fail_cleanly() {
     ]);
     assert!(e.contains("--bad-lines"), "{e}");
     let empty = write_lines(tmp.path(), "empty.jsonl", &[""]);
-    let e = cli_err(&["reward", "--data", &items, "--responses", &empty, "--out", out_s]);
+    let e = reward_error(&items, &empty, &out);
     assert!(e.contains("empty.jsonl") && e.contains("no responses"), "{e}");
     let e = cli_err(&[
         "reward",
@@ -274,15 +291,7 @@ fn numeric_ids_and_answers_read_as_their_text() {
     assert_eq!(acc, want.map(|(i, a)| (i.to_string(), a)));
     let bad =
         write_lines(tmp.path(), "bad.jsonl", &[r#"{"id": 1, "problem": "p", "answer": true}"#]);
-    let e = cli_err(&[
-        "reward",
-        "--data",
-        &bad,
-        "--responses",
-        &responses,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let e = reward_error(&bad, &responses, &out);
     assert!(
         e.contains("bad.jsonl:1") && e.contains("\"answer\" must be a string or a number"),
         "{e}"
@@ -314,11 +323,7 @@ fn options_as_choices_or_keyed_by_letters() {
         ],
     );
     let out = tmp.path().join("v.jsonl");
-    let out_s = out.to_str().unwrap();
-    let o = cli(&["reward", "--data", &items, "--responses", &responses, "--out", out_s]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let acc: Vec<f64> = read_lines(&out).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
-    assert_eq!(acc, vec![1.0, 1.0, 0.0, 1.0]);
+    assert_eq!(accuracies(&items, &responses, &out, &[]), vec![1.0, 1.0, 0.0, 1.0]);
     for (line, want) in [
         (r#"{"problem": "p", "answer": "A", "options": {"A": "x", "C": "y"}}"#, "without a gap"),
         (r#"{"problem": "p", "answer": "A", "options": {"first": "x"}}"#, "keyed by \"first\""),
@@ -326,7 +331,7 @@ fn options_as_choices_or_keyed_by_letters() {
         (r#"{"problem": "p", "answer": "A", "options": [["x"]]}"#, "an option must be a text"),
     ] {
         let bad = write_lines(tmp.path(), "bad.jsonl", &[line]);
-        let e = cli_err(&["reward", "--data", &bad, "--responses", &responses, "--out", out_s]);
+        let e = reward_error(&bad, &responses, &out);
         assert!(e.contains("bad.jsonl:1") && e.contains(want), "{e}");
     }
 }
@@ -348,23 +353,10 @@ fn json_array_files_are_read_element_by_element() {
     )
     .unwrap();
     let out = tmp.path().join("v.jsonl");
-    let (items, responses, out_s) =
-        (items.to_str().unwrap(), responses.to_str().unwrap(), out.to_str().unwrap());
-    let e = cli_err(&["reward", "--data", items, "--responses", responses, "--out", out_s]);
+    let (items, responses) = (items.to_str().unwrap(), responses.to_str().unwrap());
+    let e = reward_error(items, responses, &out);
     assert!(e.contains("items.json:3") && e.contains("\"answer\" must be"), "{e}");
-    let o = cli(&[
-        "reward",
-        "--data",
-        items,
-        "--responses",
-        responses,
-        "--out",
-        out_s,
-        "--bad-lines",
-        "skip",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let acc: Vec<f64> = read_lines(&out).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
+    let acc = accuracies(items, responses, &out, &["--bad-lines", "skip"]);
     assert_eq!(acc, vec![1.0, 1.0]);
 }
 
@@ -387,11 +379,7 @@ fn verl_rows_read_as_items() {
         &[r#"{"id": 0, "response": "\\boxed{4}"}"#, r#"{"id": "v", "response": "\\boxed{3}"}"#],
     );
     let out = tmp.path().join("v.jsonl");
-    let out_s = out.to_str().unwrap();
-    let o = cli(&["reward", "--data", &items, "--responses", &responses, "--out", out_s]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let acc: Vec<f64> = read_lines(&out).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
-    assert_eq!(acc, vec![1.0, 1.0]);
+    assert_eq!(accuracies(&items, &responses, &out, &[]), vec![1.0, 1.0]);
     let items = mmr1_fast::data::rl_items::load_rl_items_to_grade(
         std::path::Path::new(&items),
         mmr1_fast::data::jsonl::BadLines::Stop,
@@ -414,7 +402,7 @@ fn verl_rows_read_as_items() {
         ),
     ] {
         let bad = write_lines(tmp.path(), "bad.jsonl", &[line]);
-        let e = cli_err(&["reward", "--data", &bad, "--responses", &responses, "--out", out_s]);
+        let e = reward_error(&bad, &responses, &out);
         assert!(e.contains("bad.jsonl:1") && e.contains(want), "{e}");
     }
 }
