@@ -352,7 +352,7 @@ def main():
     r.add_argument("--cross", type=int, default=0, help="also grade this many mismatched pairs (false-positive stress)")
     r.add_argument("--show-misses", action="store_true", help="print every case mmr1-fast gets wrong")
     q = sub.add_parser("project", help="grade the project's own reward cases with both graders")
-    q.add_argument("--cases-rs", default=os.path.join(ROOT, "tests", "reward_cases.rs"))
+    q.add_argument("--cases-rs", default=os.path.join(ROOT, "tests", "suite", "reward_cases.rs"))
     q.add_argument("--bin", default=os.path.join(ROOT, "target", "debug", "mmr1-fast"))
     q.add_argument("--repeat", type=int, default=20)
     q.add_argument("--timeout", type=int, default=5)

@@ -243,6 +243,30 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     // list elements may assign one name an expression (`y_1 = ..`)
     ("labelled_expressions_in_list", r"-2(x - 1)^2 + 5, 3(x + 2)^2 - 2", r"y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10", true),
     ("labelled_expressions_one_wrong", r"-2(x - 1)^2 + 5, 3(x + 2)^2", r"y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10", false),
+    // prose nouns in a text wrapper after a quantity (GSM8K-style answers)
+    ("text_noun_after_number", r"10 \text{ apples}", "10", true),
+    ("text_nouns_after_spacing", r"4\,\text{red apples}", "4", true),
+    ("text_noun_mbox_tilde", r"12~\mbox{students}", "12", true),
+    ("text_number_and_noun", r"\text{12 students}", "12", true),
+    ("text_noun_after_fraction", r"\frac{3}{4} \text{ cups}", "0.75", true),
+    ("text_noun_wrong_number", r"11 \text{ apples}", "10", false),
+    ("text_million_changes_the_number", r"2 \text{ million}", "2", false),
+    ("text_or_more_is_not_the_number", r"5 \text{ or more}", "5", false),
+    ("text_of_is_not_the_number", r"\frac{1}{2} \text{ of the pie}", r"\frac12", false),
+    ("text_after_variable_kept", r"x \text{ apples}", "x", false),
+    // factorials, binomials, floors, logarithms to a base
+    ("factorial_value", "5!", "120", true),
+    ("factorial_of_group", "(2+1)!", "6", true),
+    ("factorial_is_not_its_argument", "4!", "4", false),
+    ("binomial_value", r"\binom{5}{2}", "10", true),
+    ("dbinom_value", r"\dbinom{6}{3}", "20", true),
+    ("binomial_wrong", r"\binom{5}{3}", "5", false),
+    ("floor_value", r"\lfloor 3.7 \rfloor", "3", true),
+    ("ceil_value", r"\left\lceil \frac{7}{2} \right\rceil", "4", true),
+    ("floor_is_not_ceil", r"\lceil 3.2 \rceil", "3", false),
+    ("log_base_value", r"\log_2 8", "3", true),
+    ("log_braced_base_value", r"\log_{3} 81", "4", true),
+    ("log_base_wrong", r"\log_2 9", "3", false),
 ];
 
 /// (name, response, extracted answer)

@@ -34,6 +34,8 @@ pub(crate) enum Op {
     Mul,
     Div,
     Pow,
+    /// `\binom{n}{k}`: defined for integers `0 <= k <= n` (else NaN).
+    Binom,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +56,11 @@ pub(crate) enum Func {
     Log,
     Exp,
     Abs,
+    Floor,
+    Ceil,
+    /// `n!`: defined for the integers 0..=170 (else NaN: no gamma function, as a sampled
+    /// variable is never an integer and such points are skipped).
+    Fact,
 }
 
 struct Parser {
@@ -135,7 +142,11 @@ impl Parser {
             Some('\\') => {
                 let name: String =
                     self.c[self.pos + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
-                !name.is_empty() && !matches!(name.as_str(), "le" | "ge" | "ne" | "in" | "to")
+                !name.is_empty()
+                    && !matches!(
+                        name.as_str(),
+                        "le" | "ge" | "ne" | "in" | "to" | "rfloor" | "rceil"
+                    )
             }
             _ => false,
         }
@@ -155,7 +166,12 @@ impl Parser {
     }
 
     fn power(&mut self) -> P<Expr> {
-        let base = self.atom()?;
+        let mut base = self.atom()?;
+        // `5!`, `(n+1)!`; never the `!` of `!=`.
+        while self.peek() == Some('!') && self.c.get(self.pos + 1) != Some(&'=') {
+            self.pos += 1;
+            base = Expr::Func(Func::Fact, Box::new(base));
+        }
         if self.eat('^') {
             self.enter()?;
             let exp = if self.eat('-') { Expr::Neg(Box::new(self.arg()?)) } else { self.arg()? };
@@ -271,6 +287,30 @@ impl Parser {
                 };
                 return Some(Expr::Sqrt(Box::new(self.arg()?), index));
             }
+            "binom" => {
+                let n = self.arg()?;
+                let k = self.arg()?;
+                return Some(Expr::Bin(Op::Binom, Box::new(n), Box::new(k)));
+            }
+            "lfloor" | "lceil" => {
+                let e = self.expr()?;
+                let (close, f) =
+                    if name == "lfloor" { ("rfloor", Func::Floor) } else { ("rceil", Func::Ceil) };
+                self.skip_ws();
+                let closing: String = self.c[self.pos..].iter().take(close.len() + 1).collect();
+                if closing != format!("\\{close}") {
+                    return None;
+                }
+                self.pos += close.len() + 1;
+                return Some(Expr::Func(f, Box::new(e)));
+            }
+            // `\log_b x` is `\ln x / \ln b`.
+            "log" if self.eat('_') => {
+                let base = self.arg()?;
+                let x = self.power()?;
+                let ln = |e| Box::new(Expr::Func(Func::Ln, Box::new(e)));
+                return Some(Expr::Bin(Op::Div, ln(x), ln(base)));
+            }
             "pi" => return Some(Expr::Pi),
             "infty" => return Some(Expr::Inf),
             "sin" => Some(Func::Sin),
@@ -363,6 +403,7 @@ impl Expr {
                     Op::Div if y == 0.0 => f64::NAN,
                     Op::Div => x / y,
                     Op::Pow => x.powf(y),
+                    Op::Binom => binomial(x, y),
                 };
                 // Overflow (`10^{1000}`) is not `\infty`: all overflows would compare equal.
                 if r.is_infinite() && x.is_finite() && y.is_finite() {
@@ -400,6 +441,9 @@ impl Expr {
                     Func::Log => x.log10(),
                     Func::Exp => x.exp(),
                     Func::Abs => x.abs(),
+                    Func::Floor => x.floor(),
+                    Func::Ceil => x.ceil(),
+                    Func::Fact => factorial(x),
                 }
             }
         }
@@ -435,6 +479,24 @@ impl Expr {
             _ => {}
         }
     }
+}
+
+/// `x!` for the integers 0..=170 (170! is the largest finite f64); NaN elsewhere.
+fn factorial(x: f64) -> f64 {
+    if x.fract() != 0.0 || !(0.0..=170.0).contains(&x) {
+        return f64::NAN;
+    }
+    (1..=x as u32).map(f64::from).product()
+}
+
+/// `n` choose `k` for integers `0 <= k <= n`, NaN elsewhere; exact while the value fits
+/// 2^53 (each partial product `C(n, i)` is an integer).
+fn binomial(n: f64, k: f64) -> f64 {
+    if n.fract() != 0.0 || k.fract() != 0.0 || k < 0.0 || k > n || n > 1e6 {
+        return f64::NAN;
+    }
+    let k = k.min(n - k) as u32;
+    (0..k).fold(1.0, |c, i| c * (n - f64::from(i)) / f64::from(i + 1))
 }
 
 /// 1e-6 relative or 1e-9 absolute (near zero); infinities only equal themselves; NaN (from
@@ -579,5 +641,18 @@ mod tests {
         assert!(parse("2 3").is_none());
         assert!(parse(r"x \le 3").is_none());
         assert!(parse(&"(".repeat(10_000)).is_none());
+        assert_eq!(val("5!"), 120.0);
+        assert_eq!(val("(1+2)!^2"), 36.0);
+        assert!(val("(-1)!").is_nan() && val("2.5!").is_nan());
+        assert!(parse("3 != 4").is_none());
+        assert_eq!(val(r"\binom{5}{2}"), 10.0);
+        assert_eq!(val(r"\binom{52}{5}"), 2_598_960.0);
+        assert!(val(r"\binom{2}{3}").is_nan());
+        assert_eq!(val(r"\lfloor 3.5 \rfloor + \lceil 0.2 \rceil"), 4.0);
+        assert_eq!(val(r"\lfloor -3.5 \rfloor"), -4.0);
+        assert!(parse(r"\lfloor 3.5").is_none());
+        assert!((val(r"\log_2 8") - 3.0).abs() < 1e-12);
+        assert!((val(r"\log_{3} 81") - 4.0).abs() < 1e-12);
+        assert!((val(r"\log 1000") - 3.0).abs() < 1e-12);
     }
 }

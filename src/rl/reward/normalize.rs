@@ -137,6 +137,126 @@ const UNITS: &[&str] = &[
     "times",
 ];
 
+/// Text wrappers whose words are prose: a quantity followed by one (`10 \text{ apples}`) is
+/// the quantity.
+const PROSE_WRAPPERS: &[&str] =
+    &["text", "textrm", "textnormal", "textit", "textup", "textsf", "mbox", "hbox", "mathrm"];
+
+/// Words that change the quantity before them or make it something else than a value (`2
+/// \text{ million}`, `5 \text{ or more}`, `3 \text{ less than } x`): a wrapper holding one is
+/// kept.
+const CHANGING_WORDS: &[&str] = &[
+    "or",
+    "and",
+    "not",
+    "no",
+    "more",
+    "less",
+    "fewer",
+    "than",
+    "least",
+    "most",
+    "over",
+    "under",
+    "above",
+    "below",
+    "plus",
+    "minus",
+    "of",
+    "per",
+    "if",
+    "but",
+    "except",
+    "only",
+    "to",
+    "hundred",
+    "hundreds",
+    "thousand",
+    "thousands",
+    "million",
+    "millions",
+    "billion",
+    "billions",
+    "trillion",
+    "trillions",
+    "dozen",
+    "dozens",
+    "squared",
+    "cubed",
+    "half",
+    "halves",
+    "quarter",
+    "quarters",
+    "third",
+    "thirds",
+    "percent",
+    "pi",
+    "root",
+    "roots",
+];
+
+/// `words` is a few prose words (`apples`, `red apples`, `students'`), none of which changes a
+/// quantity ([`CHANGING_WORDS`]); the first has two letters or more, so a lone variable
+/// (`\text{ x}`) is not a word.
+fn prose_words(words: &str) -> bool {
+    let ws: Vec<&str> = words.split_whitespace().collect();
+    let word = |w: &&str| {
+        let w = w.trim_end_matches(['.', ',']);
+        w.starts_with(|c: char| c.is_ascii_alphabetic())
+            && w.chars().all(|c| c.is_ascii_alphabetic() || c == '-' || c == '\'')
+            && !CHANGING_WORDS.contains(&w.to_ascii_lowercase().as_str())
+    };
+    !ws.is_empty()
+        && ws.len() <= 4
+        && ws[0].chars().filter(char::is_ascii_alphabetic).count() >= 2
+        && ws.iter().all(word)
+}
+
+/// Drops prose nouns after a quantity, as a person reads `10 \text{ apples}` (Math-Verify reads
+/// the letters as a product of variables): a trailing text wrapper of [`prose_words`] after
+/// something that ends like a quantity (a digit, `}`, `)`, `\pi`), spacing between them
+/// (`\,`, `~`, `\ `) ignored; or a whole answer `\text{12 students}`, a number then such
+/// words. Runs before the wrappers are dropped: only a wrapper says the letters are words.
+fn strip_prose_nouns(s: &str) -> String {
+    let t = s.trim().trim_end_matches('.').trim_end();
+    let Some(inner) = t.strip_suffix('}') else { return s.to_string() };
+    let Some(open) = inner.rfind('{') else { return s.to_string() };
+    let words = &inner[open + 1..];
+    let before = &inner[..open];
+    let cmd_len = before.bytes().rev().take_while(u8::is_ascii_alphabetic).count();
+    let cmd = &before[before.len() - cmd_len..];
+    let Some(rest) = before[..before.len() - cmd_len].strip_suffix('\\') else {
+        return s.to_string();
+    };
+    if !PROSE_WRAPPERS.contains(&cmd) || words.contains('\\') {
+        return s.to_string();
+    }
+    // `\text{12 students}`: the number alone.
+    if rest.trim().is_empty() {
+        let words = words.trim();
+        let (num, tail) = words.split_once(' ').unwrap_or((words, ""));
+        let number = num.starts_with(|c: char| c.is_ascii_digit())
+            && num.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',');
+        return if number && prose_words(tail) { num.to_string() } else { s.to_string() };
+    }
+    if !prose_words(words) {
+        return s.to_string();
+    }
+    let mut q = rest.trim_end();
+    while let Some(r) =
+        ["\\,", "\\;", "\\:", "\\ ", "\\quad", "~"].iter().find_map(|sp| q.strip_suffix(sp))
+    {
+        q = r.trim_end();
+    }
+    let quantity =
+        q.ends_with(|c: char| c.is_ascii_digit() || c == '}' || c == ')') || q.ends_with("\\pi");
+    if quantity && !q.ends_with("\\}") {
+        q.to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 /// Replaces characters that have an ASCII / LaTeX spelling, so "−3" (U+2212) equals "-3".
 fn map_unicode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -417,7 +537,7 @@ fn trim_periods(s: &str) -> &str {
 /// `\text{ cm}` becomes a unit word) and before the assignment strip.
 pub(crate) fn normalize(s: &str) -> Norm {
     let s = map_unicode(&undouble_backslashes(s));
-    let s = unwrap_styles(&s);
+    let s = unwrap_styles(&strip_prose_nouns(&s));
     let mut s = map_commands(&s);
     s = s.replace("{,}", ",").replace("{, }", ",");
     // A removed `\circ` leaves `90^{}` or `90^`.
@@ -464,6 +584,18 @@ mod tests {
         assert_eq!(n(r"5\text{ cm}"), "5");
         assert_eq!(n("5cm"), "5");
         assert_eq!(n("12 square meters"), "12");
+        assert_eq!(n(r"10 \text{ apples}"), "10");
+        assert_eq!(n(r"4\,\text{red apples}."), "4");
+        assert_eq!(n(r"4~\mbox{ apples}"), "4");
+        assert_eq!(n(r"\frac{1}{2}\text{ pies}"), r"\frac{1}{2}");
+        assert_eq!(n(r"\text{12 students}"), "12");
+        // Words that change the quantity, a variable, a set, no quantity: kept.
+        assert_eq!(n(r"2 \text{ million}"), "2 million");
+        assert_eq!(n(r"5 \text{ or more}"), "5 or more");
+        assert_eq!(n(r"5\text{ x}"), "5 x");
+        assert_eq!(n(r"\{1, 2\} \text{ apples}"), r"\{1, 2\} apples");
+        assert_eq!(n(r"\text{Yes}"), "Yes");
+        assert_eq!(n(r"x \text{ apples}"), "x apples");
         assert_eq!(n("3 m^2"), "3");
         assert_eq!(n("60 km/h"), "60");
         assert_eq!(n(r"\$5.00"), "5.00");
