@@ -321,7 +321,8 @@ mod tests {
                     .unwrap();
             assert_eq!(imgs.grids, vec![[1, 6, 6]], "84 px: 6 x 6 patches");
             let prompt =
-                render_prompt_with_images(&tok, &it.item.problem, PromptStyle::Plain, 1).unwrap();
+                render_prompt_with_images(&tok, &it.item.problem, None, PromptStyle::Plain, 1)
+                    .unwrap();
             let ids = tok.encode(&prompt).unwrap();
             let e = expand_image_placeholders(&[ids], cfg.image_token_id, &imgs.token_counts(2))
                 .unwrap();

@@ -124,6 +124,7 @@ impl DemoTask {
                     answer: Some(terms.iter().sum::<u32>().to_string()),
                     images: vec![],
                     options: None,
+                    system: None,
                 }
             })
             .collect()

@@ -29,26 +29,37 @@ pub enum PromptStyle {
 }
 
 /// The chat-templated prompt text for `problem`, ending with the assistant's turn opening:
-/// one user turn, rendered by the checkpoint's chat template when `tok` has one (as verl's
-/// `apply_chat_template(..., add_generation_prompt=True)`; the template decides the system
-/// turn), else by the built-in ChatML with no system turn.
-pub fn render_prompt(tok: &Tokenizer, problem: &str, style: PromptStyle) -> Result<String> {
-    tok.render_chat(&user_turn(problem, style), None, true)
+/// the item's `system` turn if it has one, then one user turn, rendered by the checkpoint's
+/// chat template when `tok` has one (as verl's `apply_chat_template(..., add_generation_prompt=
+/// True)`; without a system turn of the item's the template decides it), else by the built-in
+/// ChatML.
+pub fn render_prompt(
+    tok: &Tokenizer,
+    problem: &str,
+    system: Option<&str>,
+    style: PromptStyle,
+) -> Result<String> {
+    tok.render_chat(&turns(problem, system, style), None, true)
 }
 
 /// [`render_prompt`] with the built-in ChatML whatever the tokenizer (the demos' models,
 /// made in code, have no template of their own).
 pub fn render_prompt_chatml(problem: &str, style: PromptStyle) -> String {
-    apply_chat_template(&user_turn(problem, style), None, true)
+    apply_chat_template(&turns(problem, None, style), None, true)
 }
 
-fn user_turn(problem: &str, style: PromptStyle) -> [Message; 1] {
+/// The optional system turn, then the user turn: the style's instruction and the problem.
+fn turns(problem: &str, system: Option<&str>, style: PromptStyle) -> Vec<Message> {
     let user = match style {
         PromptStyle::Mmr1 => format!("{MMR1_INSTRUCTION}\n\n{problem}"),
         PromptStyle::Mmr1Eval => format!("{MMR1_EVAL_INSTRUCTION}\n\n{problem}"),
         PromptStyle::Plain => problem.to_string(),
     };
-    [Message::new("user", &user)]
+    system
+        .map(|s| Message::new("system", s))
+        .into_iter()
+        .chain([Message::new("user", &user)])
+        .collect()
 }
 
 /// [`render_prompt`] for an item with `n_images` images (Qwen2.5-VL): each `<image>` marker of
@@ -58,6 +69,7 @@ fn user_turn(problem: &str, style: PromptStyle) -> [Message; 1] {
 pub fn render_prompt_with_images(
     tok: &Tokenizer,
     problem: &str,
+    system: Option<&str>,
     style: PromptStyle,
     n_images: usize,
 ) -> anyhow::Result<String> {
@@ -72,5 +84,5 @@ pub fn render_prompt_with_images(
             "the problem has {markers} <image> marker(s) but the item has {n_images} image(s)"
         );
     };
-    render_prompt(tok, &problem, style)
+    render_prompt(tok, &problem, system, style)
 }

@@ -1,8 +1,9 @@
 //! RL items in the MMR1 schema: `problem` (or `question`), `answer`, optional `images` (or
 //! `image`: one path or a list), `id` and multiple-choice `options` (or `choices`: a list, or
 //! an object keyed by the letters A, B, C...). verl's rows read too: `prompt` as a list of
-//! chat messages (one user turn, whose text, or text and image parts, is the problem) and
-//! `reward_model.ground_truth` as the answer.
+//! chat messages (one user turn, whose text, or text and image parts, is the problem, after an
+//! optional system turn) and `reward_model.ground_truth` as the answer. A record-level
+//! `system` string is the system turn unless the prompt has its own (as in SFT data).
 
 use super::jsonl::{read_jsonl, BadLines};
 use anyhow::{bail, Result};
@@ -21,6 +22,10 @@ pub struct RlItem {
     pub images: Vec<String>,
     /// Option texts in letter order (A first).
     pub options: Option<Vec<String>>,
+    /// The prompt's system turn, replacing the chat template's default one (`None`: the
+    /// template's own, Qwen2.5's "You are Qwen, ..."; verl's `apply_chat_template` does the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
 }
 
 /// An item as written: the MMR1 fields and verl's (`prompt` messages, `reward_model`).
@@ -29,7 +34,9 @@ struct RawRlItem {
     #[serde(default, deserialize_with = "super::jsonl::opt_id_string")]
     id: Option<String>,
     #[serde(alias = "question", alias = "prompt", deserialize_with = "problem_text")]
-    problem: String,
+    problem: (Option<String>, String),
+    #[serde(default, deserialize_with = "system_text")]
+    system: Option<String>,
     #[serde(default, deserialize_with = "super::jsonl::opt_answer_string")]
     answer: Option<String>,
     #[serde(default)]
@@ -60,21 +67,41 @@ impl TryFrom<RawRlItem> for RlItem {
             }
             (a, t) => a.or(t),
         };
-        Ok(RlItem { id: r.id, problem: r.problem, answer, images: r.images, options: r.options })
+        // The prompt's own system turn wins over a record-level one, as in SFT data.
+        let (own_system, problem) = r.problem;
+        let system = own_system.or(r.system.filter(|s| !s.is_empty()));
+        Ok(RlItem { id: r.id, problem, answer, images: r.images, options: r.options, system })
     }
 }
 
 /// The problem: a string, or verl's `prompt` messages (one user turn; its text and image
 /// parts as `sft_data` reads a message, each image part an `<image>` marker).
-fn problem_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+fn problem_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<(Option<String>, String), D::Error> {
     use serde::de::Error;
     match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Ok(s),
-        v @ serde_json::Value::Array(_) => {
-            super::sft_data::single_user_prompt(&v).map_err(|e| D::Error::custom(format!("{e:#}")))
-        }
+        serde_json::Value::String(s) => Ok((None, s)),
+        v @ serde_json::Value::Array(_) => super::sft_data::system_and_user_prompt(&v)
+            .map_err(|e| D::Error::custom(format!("{e:#}"))),
         other => Err(D::Error::custom(format!(
-            "the problem must be a string or a list of chat messages, not {other}"
+            "the problem must be a string or a list of chat messages, not {}",
+            super::jsonl::json_kind(&other)
+        ))),
+    }
+}
+
+/// A record-level `system` string (LLaMA-Factory's system column), or null.
+fn system_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(D::Error::custom(format!(
+            "\"system\" must be a string, not {}",
+            super::jsonl::json_kind(&other)
         ))),
     }
 }

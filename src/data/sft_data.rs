@@ -201,22 +201,29 @@ fn alpaca(v: &Value) -> Result<Vec<Message>> {
     Ok(msgs)
 }
 
-/// The text of a prompt given as chat messages (verl's RL `prompt` column): exactly one user
-/// turn and no other, its image parts as `<image>` markers; parts that name their file are
-/// refused (an item lists its files in `images`).
-pub fn single_user_prompt(list: &Value) -> Result<String> {
+/// A prompt given as chat messages (verl's RL `prompt` column): one user turn, after an
+/// optional system turn; returns the system text, if any, and the user text, image parts as
+/// `<image>` markers. Parts that name their file are refused (an item lists its files in
+/// `images`), and so is any other shape (an assistant turn: RL prompts end before the reply).
+pub fn system_and_user_prompt(list: &Value) -> Result<(Option<String>, String)> {
     let mut parts = ImageParts::default();
     let msgs = messages_of(list, "prompt", &mut parts)?;
     if parts.names.iter().any(Option::is_some) {
         bail!("prompt: image parts name their files; list the files in \"images\" instead");
     }
     match msgs.as_slice() {
-        [m] if m.role == "user" => Ok(m.content.clone()),
+        [m] if m.role == "user" => Ok((None, m.content.clone())),
+        [s, m] if s.role == "system" && m.role == "user" => {
+            if s.content.contains("<image>") {
+                bail!("prompt: an image in the system turn (images go in the user turn)");
+            }
+            Ok((Some(s.content.clone()), m.content.clone()))
+        }
         _ => {
             let roles: Vec<&str> = msgs.iter().map(|m| m.role.as_str()).collect();
             bail!(
-                "prompt: a list of messages must be one user turn (got {roles:?}); the chat \
-                 template writes the system turn, and --prompt-style plain keeps the text as is"
+                "prompt: a list of messages must be one user turn, after an optional system \
+                 turn (got {roles:?})"
             )
         }
     }

@@ -340,6 +340,7 @@ impl VisualTask {
                     problem: question.text(),
                     answer: Some(question.answer(&scene)),
                     options,
+                    system: None,
                 };
                 VisualItem {
                     item,

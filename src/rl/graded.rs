@@ -72,7 +72,7 @@ pub fn encode_prompts(
         .enumerate()
         .map(|(i, it)| {
             let id = it.id_or(i);
-            let ids = tok.encode(&render_prompt(tok, &it.problem, style)?).with_context(|| format!("item {id:?}"))?;
+            let ids = tok.encode(&render_prompt(tok, &it.problem, it.system.as_deref(), style)?).with_context(|| format!("item {id:?}"))?;
             model.check_ids(&ids).with_context(|| format!("item {id:?}: the tokenizer does not match the model"))?;
             if ids.len() + max_new_tokens > limit {
                 bail!(

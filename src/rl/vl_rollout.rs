@@ -299,7 +299,13 @@ pub fn encode_vl_prompt(
     counts: &[usize],
     image_token_id: u32,
 ) -> Result<Vec<u32>> {
-    let text = render_prompt_with_images(tok, &item.problem, style, item.images.len())?;
+    let text = render_prompt_with_images(
+        tok,
+        &item.problem,
+        item.system.as_deref(),
+        style,
+        item.images.len(),
+    )?;
     let ids = tok.encode(&text)?;
     let mut e = expand_image_placeholders(&[ids], image_token_id, counts)?;
     Ok(e.seqs.remove(0))

@@ -361,7 +361,9 @@ fn json_array_files_are_read_element_by_element() {
 }
 
 /// verl's rows (`prompt` as chat messages, `reward_model.ground_truth`, extra columns) read as
-/// MMR1 items; a prompt that is not one user turn, or two different references, are errors.
+/// MMR1 items, a system turn before the user's kept as the item's (a record-level `system`
+/// too, unless the prompt has its own); a prompt that is not one user turn after an optional
+/// system turn, or two different references, are errors.
 #[test]
 fn verl_rows_read_as_items() {
     let tmp = tempfile::tempdir().unwrap();
@@ -371,15 +373,21 @@ fn verl_rows_read_as_items() {
         &[
             r#"{"data_source": "gsm8k", "prompt": [{"role": "user", "content": "2+2?"}], "ability": "math", "reward_model": {"style": "rule", "ground_truth": 4}, "extra_info": {"index": 0}}"#,
             r#"{"id": "v", "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}], "images": [{"bytes": null, "path": "a.png"}], "reward_model": {"ground_truth": "3"}, "answer": "3"}"#,
+            r#"{"id": "s", "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], "system": "ignored", "answer": "1"}"#,
+            r#"{"id": "r", "problem": "q", "system": "R", "answer": "1"}"#,
         ],
     );
     let responses = write_lines(
         tmp.path(),
         "r.jsonl",
-        &[r#"{"id": 0, "response": "\\boxed{4}"}"#, r#"{"id": "v", "response": "\\boxed{3}"}"#],
+        &[
+            r#"{"id": 0, "response": "\\boxed{4}"}"#,
+            r#"{"id": "v", "response": "\\boxed{3}"}"#,
+            r#"{"id": "s", "response": "\\boxed{1}"}"#,
+        ],
     );
     let out = tmp.path().join("v.jsonl");
-    assert_eq!(accuracies(&items, &responses, &out, &[]), vec![1.0, 1.0]);
+    assert_eq!(accuracies(&items, &responses, &out, &[]), vec![1.0, 1.0, 1.0]);
     let items = mmr1_fast::data::rl_items::load_rl_items_to_grade(
         std::path::Path::new(&items),
         mmr1_fast::data::jsonl::BadLines::Stop,
@@ -387,11 +395,23 @@ fn verl_rows_read_as_items() {
     .unwrap();
     assert_eq!(items[1].problem, "<image>How many?");
     assert_eq!(items[0].answer.as_deref(), Some("4"));
+    let systems: Vec<_> = items.iter().map(|it| it.system.as_deref()).collect();
+    assert_eq!(systems, [None, None, Some("S"), Some("R")]);
+    assert_eq!(items[2].problem, "q");
     for (line, want) in [
         (
-            r#"{"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], "answer": "1"}"#,
-            "must be one user turn (got [\"system\", \"user\"])",
+            r#"{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"}"#,
+            "must be one user turn, after an optional system turn (got [\"user\", \"assistant\"])",
         ),
+        (
+            r#"{"prompt": [{"role": "system", "content": [{"type": "image"}]}, {"role": "user", "content": "q"}], "answer": "1"}"#,
+            "an image in the system turn",
+        ),
+        (
+            r#"{"problem": "q", "system": 3, "answer": "1"}"#,
+            "\"system\" must be a string, not a number",
+        ),
+        (r#"{"problem": 7, "answer": "1"}"#, "not a number"),
         (
             r#"{"prompt": [{"role": "user", "content": "q"}], "answer": "1", "reward_model": {"ground_truth": "2"}}"#,
             "differ: keep one",

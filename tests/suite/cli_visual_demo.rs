@@ -70,7 +70,8 @@ fn prepare_only_materializes_the_visual_demo() {
     // Every prompt, its image expanded to 9 tokens, fits rl.max_prompt_len with room for
     // rl.max_new_tokens in the model's positions.
     for it in rl.iter().chain(&eval) {
-        let p = render_prompt_with_images(&tok, &it.problem, cfg.data.prompt_style, 1).unwrap();
+        let p =
+            render_prompt_with_images(&tok, &it.problem, None, cfg.data.prompt_style, 1).unwrap();
         let n = tok.encode(&p).unwrap().len() + 8;
         assert!(n <= cfg.rl.max_prompt_len, "{n} prompt tokens: {}", it.problem);
         assert!(n + cfg.rl.max_new_tokens <= vl.text.max_position_embeddings);

@@ -211,6 +211,7 @@ fn sharded_rollouts_are_the_whole_batchs_on_every_rank() {
             answer: Some("3".into()),
             images: vec![],
             options: None,
+            system: None,
         })
         .collect();
     let prompt_ids: Vec<Vec<u32>> =

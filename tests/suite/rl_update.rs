@@ -424,6 +424,7 @@ fn collect_grades_shapes_and_groups_the_rollouts() {
             answer: Some("3".into()),
             images: vec![],
             options: None,
+            system: None,
         })
         .collect();
     let prompt_ids: Vec<Vec<u32>> =

@@ -129,16 +129,22 @@ fn rl_prompts_use_the_checkpoints_template() {
         f["templates"]["chatml_default_system"].as_str().unwrap().to_string(),
     )]);
     let tok = tok_of(d.path());
-    let p = render_prompt(&tok, "1+1?", PromptStyle::Plain).unwrap();
+    let p = render_prompt(&tok, "1+1?", None, PromptStyle::Plain).unwrap();
     // As verl renders it: the template's own default system turn, then the user turn.
     assert_eq!(
         p,
         "<|im_start|>system\nYou are a careful solver.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
     );
     assert_ne!(p, render_prompt_chatml("1+1?", PromptStyle::Plain));
+    // An item's own system turn replaces the template's default one (the template's
+    // `messages[0].role == 'system'` branch, as transformers renders it).
+    assert_eq!(
+        render_prompt(&tok, "1+1?", Some("Be brief."), PromptStyle::Plain).unwrap(),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+    );
     let plain = tok_of(model_dir(&[]).path());
     assert_eq!(
-        render_prompt(&plain, "1+1?", PromptStyle::Mmr1).unwrap(),
+        render_prompt(&plain, "1+1?", None, PromptStyle::Mmr1).unwrap(),
         render_prompt_chatml("1+1?", PromptStyle::Mmr1)
     );
 }
