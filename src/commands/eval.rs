@@ -41,14 +41,19 @@ pub struct EvalArgs {
     /// 0 is greedy (MMR1 validates at 0.5 when sampling).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Nucleus sampling: draw from the smallest set of most likely tokens whose probability
+    /// reaches p (1 = the whole vocabulary).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Tokens a response may take before it is cut (an unfinished response has no answer).
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// mmr1 (the training prompt: the format rate is meaningful), mmr1-eval (the paper's
     /// benchmark prompt: boxed answer only) or plain.
     #[arg(long, value_enum, default_value_t = PromptStyle::Mmr1)]
     pub prompt_style: PromptStyle,
+    /// Sampling seed: every response draws from its own Philox stream of this seed, so the
+    /// same seed, model and items give the same responses (on the CPU and the GPU alike).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Evaluate only the first N items (0: all).

@@ -37,11 +37,14 @@ pub struct GenerateArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Nucleus sampling: draw from the smallest set of most likely tokens whose probability
+    /// reaches p (1 = the whole vocabulary).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Sampling seed (a Philox stream: the same seed, model and prompt give the same text).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// System prompt. Default: what the checkpoint's chat template writes without one (its

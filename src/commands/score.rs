@@ -64,10 +64,15 @@ pub struct ScoreArgs {
     /// Rollout temperature (MMR1: 0.6). Must be positive: greedy rollouts are identical.
     #[arg(long, default_value_t = 0.6)]
     pub temperature: f32,
+    /// Nucleus sampling: draw from the smallest set of most likely tokens whose probability
+    /// reaches p (1 = the whole vocabulary).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Tokens a rollout may take before it is cut (an unfinished rollout has no answer).
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
+    /// Sampling seed: every response draws from its own Philox stream of this seed, so the
+    /// same seed, model and items give the same responses (on the CPU and the GPU alike).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = PromptStyle::Mmr1)]

@@ -36,6 +36,7 @@ pub struct SftArgs {
     /// Output directory: checkpoints, `latest`, metrics.jsonl and the final model.
     #[arg(long)]
     pub out: PathBuf,
+    /// Passes over the data (MMR1 cold start: 1).
     #[arg(long, default_value_t = SftConfig::default().epochs)]
     pub epochs: usize,
     /// Peak learning rate (MMR1 cold start: 1e-5).
@@ -56,17 +57,23 @@ pub struct SftArgs {
     /// Sequences are cut to this many tokens (MMR1 cold start: 16384).
     #[arg(long, default_value_t = SftConfig::default().max_len)]
     pub max_len: usize,
+    /// Fraction of the optimizer steps over which the learning rate rises linearly from 0 to
+    /// --lr (in [0, 1)).
     #[arg(long, default_value_t = SftConfig::default().warmup_ratio)]
     pub warmup_ratio: f64,
+    /// AdamW's decoupled weight decay (applied to every parameter).
     #[arg(long, default_value_t = SftConfig::default().adamw.weight_decay)]
     pub weight_decay: f32,
     /// Global gradient-norm bound (0 disables clipping).
     #[arg(long, default_value_t = SftConfig::default().adamw.max_grad_norm.unwrap_or(0.0))]
     pub grad_clip: f32,
+    /// AdamW's first-moment decay.
     #[arg(long, default_value_t = AdamwConfig::default().beta1)]
     pub beta1: f32,
+    /// AdamW's second-moment decay.
     #[arg(long, default_value_t = AdamwConfig::default().beta2)]
     pub beta2: f32,
+    /// AdamW's epsilon, added to the root of the second moment.
     #[arg(long, default_value_t = AdamwConfig::default().eps)]
     pub eps: f32,
     /// Data-order seed.

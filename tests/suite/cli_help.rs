@@ -45,3 +45,32 @@ fn command_summaries_are_whole() {
         assert!(!summary.ends_with(':'), "{c}: the summary is cut at its example: {summary:?}");
     }
 }
+
+/// Every option of every command says what it does: in `--help`'s long form clap prints an
+/// option's doc on the lines after it, so an option followed directly by the next option, a
+/// blank line or a `[default: ..]` has none.
+#[test]
+fn every_option_is_explained() {
+    let mut bare = Vec::new();
+    for (c, _) in command_list() {
+        let o = cli(&[&c, "--help"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let options = text.split("Options:").nth(1).unwrap_or("");
+        let lines: Vec<&str> = options.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            // An option's line: `-x, --name <V>` or `--name <V>`, indented by 2 or 6.
+            if !(l.starts_with("  -") || l.starts_with("      --")) || !t.starts_with('-') {
+                continue;
+            }
+            if t.starts_with("-h, --help") || t.starts_with("-V, --version") {
+                continue;
+            }
+            let doc = lines.get(i + 1).map(|n| n.trim()).unwrap_or("");
+            if doc.is_empty() || doc.starts_with('-') || doc.starts_with("[default") {
+                bare.push(format!("{c}: {t}"));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "options without a description:\n{}", bare.join("\n"));
+}
