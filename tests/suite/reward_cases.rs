@@ -250,6 +250,7 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     ("text_number_and_noun", r"\text{12 students}", "12", true),
     ("text_noun_after_fraction", r"\frac{3}{4} \text{ cups}", "0.75", true),
     ("text_noun_wrong_number", r"11 \text{ apples}", "10", false),
+    ("text_noun_in_parentheses", r"2 \text{ (apples)}", "2", true),
     ("text_million_changes_the_number", r"2 \text{ million}", "2", false),
     ("text_or_more_is_not_the_number", r"5 \text{ or more}", "5", false),
     ("text_of_is_not_the_number", r"\frac{1}{2} \text{ of the pie}", r"\frac12", false),
@@ -267,6 +268,15 @@ const EQUIV: &[(&str, &str, &str, bool)] = &[
     ("log_base_value", r"\log_2 8", "3", true),
     ("log_braced_base_value", r"\log_{3} 81", "4", true),
     ("log_base_wrong", r"\log_2 9", "3", false),
+    // mixed numbers, Euler's number inside a function
+    ("mixed_number", r"2\frac{1}{2}", r"\frac{5}{2}", true),
+    ("mixed_number_negative", r"-3\frac{3}{4}", "-3.75", true),
+    ("mixed_number_is_not_a_product", r"2\frac{1}{2}", "1", false),
+    ("number_times_symbolic_fraction", r"2\frac{\pi}{4}", r"\frac{\pi}{2}", true),
+    ("ln_of_e", r"\ln e", "1", true),
+    ("ln_of_e_squared", r"\ln(e^{2})", "2", true),
+    ("decimal_is_not_e", "2.718281828", "e", false),
+    ("decimal_is_not_expression_in_e", "0.6321205588", r"1 - \frac{1}{e}", false),
 ];
 
 /// (name, response, extracted answer)

@@ -123,6 +123,10 @@ impl Parser {
                 (Op::Mul, self.unary()?)
             } else if self.eat('/') {
                 (Op::Div, self.unary()?)
+            } else if let Some(frac) = self.mixed_fraction(&lhs) {
+                // `2\frac{1}{2}` is two and a half, as Math-Verify reads it.
+                let whole = lhs.literal().unwrap_or(0.0);
+                (if whole < 0.0 { Op::Sub } else { Op::Add }, frac)
             } else if self.implicit_next() {
                 (Op::Mul, self.power()?)
             } else {
@@ -131,6 +135,31 @@ impl Parser {
             lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs));
         }
         Some(lhs)
+    }
+
+    /// The fraction of a mixed number: `lhs` a whole number as written (`2`, `-3`) and next a
+    /// `\frac` of two whole numbers (`\frac{1}{2}`, `\frac34`). Anything else (`2\frac{x}{3}`,
+    /// `2\frac{\pi}{3}`, `0.5\frac12`) is left for implicit multiplication.
+    fn mixed_fraction(&mut self, lhs: &Expr) -> Option<Expr> {
+        let whole = |e: &Expr| e.literal().is_some_and(|x| x.fract() == 0.0);
+        let plain = |e: &Expr| matches!(e, Expr::Num(x) if x.fract() == 0.0);
+        if !whole(lhs) {
+            return None;
+        }
+        self.skip_ws();
+        let start = self.pos;
+        if !self.c[start..].starts_with(&['\\', 'f', 'r', 'a', 'c']) {
+            return None;
+        }
+        self.pos += 5;
+        let frac = (|| {
+            let (num, den) = (self.arg()?, self.arg()?);
+            (plain(&num) && plain(&den)).then(|| Expr::Bin(Op::Div, Box::new(num), Box::new(den)))
+        })();
+        if frac.is_none() {
+            self.pos = start;
+        }
+        frac
     }
 
     /// Implicit multiplication (`2\sqrt{3}`, `3\pi`, `2(x+1)`), but never number-number
@@ -449,6 +478,19 @@ impl Expr {
         }
     }
 
+    /// Whether the variable `name` occurs outside a function argument (in `\ln e` it does not).
+    fn has_free_var(&self, name: &str) -> bool {
+        match self {
+            Expr::Var(v) => v == name,
+            Expr::Neg(a) => a.has_free_var(name),
+            Expr::Bin(_, a, b) => a.has_free_var(name) || b.has_free_var(name),
+            Expr::Sqrt(a, n) => {
+                a.has_free_var(name) || n.as_ref().is_some_and(|n| n.has_free_var(name))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `\pi` occurs outside a function argument (`\cos\pi` is the plain number -1).
     fn has_free_pi(&self) -> bool {
         match self {
@@ -543,19 +585,36 @@ fn shared_vars(a: &Expr, b: &Expr) -> Option<Vec<String>> {
     (va == vb).then(|| va.into_iter().collect())
 }
 
+/// Euler's number where one side names `e` and the other does not (`\ln e` = `1`, `\ln(e^2)`
+/// = `2`, as SymPy reads `e`): the variables of both without `e`. Only inside function
+/// arguments, on the rule of `\pi` ([`expr_equal`]): a decimal is never taken for an exact
+/// answer in `e` (`2.718` != `e`, `0.632` != `1 - 1/e`).
+fn euler_vars(a: &Expr, b: &Expr) -> Option<Vec<String>> {
+    let (mut va, mut vb) = (BTreeSet::new(), BTreeSet::new());
+    a.vars(&mut va);
+    b.vars(&mut vb);
+    let named = va.remove("e") != vb.remove("e");
+    let bound = !a.has_free_var("e") && !b.has_free_var("e");
+    (named && bound && va == vb).then(|| va.into_iter().collect())
+}
+
 /// `(a, b)` at each sample point where both are finite, and how many of those are positive
 /// points. Stops at the first point where `stop` holds (then the values are incomplete).
+/// `consts` are fixed values of other names (Euler's `e`), the same at every point.
 fn sampled(
     a: &Expr,
     b: &Expr,
     vars: &[String],
+    consts: &[(String, f64)],
     stop: impl Fn(f64, f64) -> bool,
 ) -> (Vec<(f64, f64)>, usize) {
     let mut env: Vec<(String, f64)> = vars.iter().map(|v| (v.clone(), 0.0)).collect();
+    let nv = env.len();
+    env.extend(consts.iter().cloned());
     let mut values = Vec::with_capacity(POINTS + NEGATIVE_POINTS);
     let mut positive = 0;
     for k in 0..POINTS + NEGATIVE_POINTS {
-        for (j, e) in env.iter_mut().enumerate() {
+        for (j, e) in env[..nv].iter_mut().enumerate() {
             e.1 = sample(k, j);
         }
         let (x, y) = (a.eval(&env), b.eval(&env));
@@ -586,11 +645,17 @@ pub(crate) fn expr_equal(a: &Expr, b: &Expr) -> bool {
     if a.has_free_pi() != b.has_free_pi() {
         return false;
     }
-    let Some(vars) = shared_vars(a, b) else { return false };
+    let (vars, consts) = match shared_vars(a, b) {
+        Some(vars) => (vars, vec![]),
+        None => match euler_vars(a, b) {
+            Some(vars) => (vars, vec![("e".to_string(), std::f64::consts::E)]),
+            None => return false,
+        },
+    };
     if vars.is_empty() {
-        return close(a.eval(&[]), b.eval(&[]));
+        return close(a.eval(&consts), b.eval(&consts));
     }
-    let (values, positive) = sampled(a, b, &vars, |x, y| !close(x, y));
+    let (values, positive) = sampled(a, b, &vars, &consts, |x, y| !close(x, y));
     positive >= MIN_VALID && values.iter().all(|&(x, y)| close(x, y))
 }
 
@@ -602,7 +667,7 @@ pub(crate) fn proportional(a: &Expr, b: &Expr, positive: bool) -> bool {
     if vars.is_empty() {
         return false;
     }
-    let (values, valid) = sampled(a, b, &vars, |_, _| false);
+    let (values, valid) = sampled(a, b, &vars, &[], |_, _| false);
     if valid < MIN_VALID {
         return false;
     }
@@ -642,6 +707,16 @@ mod tests {
         assert!(parse(r"x \le 3").is_none());
         assert!(parse(&"(".repeat(10_000)).is_none());
         assert_eq!(val("5!"), 120.0);
+        assert_eq!(val(r"2\frac{1}{2}"), 2.5);
+        assert_eq!(val(r"-3\frac34"), -3.75);
+        assert!((val(r"2\frac{\pi}{2}") - std::f64::consts::PI).abs() < 1e-12);
+        assert_eq!(val(r"0.5\frac12"), 0.25);
+        let (a, b) = (parse(r"2\frac{1}{2}x").unwrap(), parse(r"\frac{5x}{2}").unwrap());
+        assert!(expr_equal(&a, &b));
+        let eq = |x: &str, y: &str| expr_equal(&parse(x).unwrap(), &parse(y).unwrap());
+        assert!(eq(r"\ln e", "1") && eq(r"\ln(e^2)", "2") && eq(r"x \ln e", "x"));
+        assert!(!eq("e", "2.718281828") && !eq("1 - 1/e", "0.6321205588") && !eq(r"\ln e", "2"));
+        assert!(eq("e^2", "e e") && !eq("e", "x"));
         assert_eq!(val("(1+2)!^2"), 36.0);
         assert!(val("(-1)!").is_nan() && val("2.5!").is_nan());
         assert!(parse("3 != 4").is_none());

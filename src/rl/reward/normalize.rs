@@ -195,13 +195,13 @@ const CHANGING_WORDS: &[&str] = &[
     "roots",
 ];
 
-/// `words` is a few prose words (`apples`, `red apples`, `students'`), none of which changes a
+/// `words` is a few prose words (`apples`, `red apples`, `students'`, `(apples)`), none of which changes a
 /// quantity ([`CHANGING_WORDS`]); the first has two letters or more, so a lone variable
 /// (`\text{ x}`) is not a word.
 fn prose_words(words: &str) -> bool {
     let ws: Vec<&str> = words.split_whitespace().collect();
     let word = |w: &&str| {
-        let w = w.trim_end_matches(['.', ',']);
+        let w = w.trim_end_matches(['.', ',']).trim_start_matches('(').trim_end_matches(')');
         w.starts_with(|c: char| c.is_ascii_alphabetic())
             && w.chars().all(|c| c.is_ascii_alphabetic() || c == '-' || c == '\'')
             && !CHANGING_WORDS.contains(&w.to_ascii_lowercase().as_str())
@@ -589,6 +589,7 @@ mod tests {
         assert_eq!(n(r"4~\mbox{ apples}"), "4");
         assert_eq!(n(r"\frac{1}{2}\text{ pies}"), r"\frac{1}{2}");
         assert_eq!(n(r"\text{12 students}"), "12");
+        assert_eq!(n(r"2 \text{ (apples)}"), "2");
         // Words that change the quantity, a variable, a set, no quantity: kept.
         assert_eq!(n(r"2 \text{ million}"), "2 million");
         assert_eq!(n(r"5 \text{ or more}"), "5 or more");
