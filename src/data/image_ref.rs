@@ -1,7 +1,8 @@
 //! How data files name an image: a path (relative to the data file, or absolute), a
 //! `file://` URL, or an object with a `path`, as Hugging Face datasets' `Image` feature is
-//! written to JSON (`{"bytes": ..., "path": ...}`). Remote URLs and embedded bytes are
-//! refused by name: the engine reads image files.
+//! written to JSON (`{"bytes": ..., "path": ...}`). Remote URLs and bytes embedded in JSON
+//! are refused by name: the engine reads image files (a Parquet file's embedded images are
+//! written to files as it is read, `data::parquet_rows`).
 
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -13,7 +14,8 @@ pub fn image_path(v: &Value) -> Result<String> {
         Value::Object(o) => match (o.get("path"), o.get("bytes")) {
             (Some(Value::String(s)), _) => path_of(s),
             (_, Some(b)) if !b.is_null() => bail!(
-                "an image given as embedded bytes is not read; save it to a file and name its path"
+                "an image given as bytes embedded in JSON is not read; save it to a file and \
+                 name its path, or save the dataset as Parquet (whose images are read)"
             ),
             _ => bail!("an image object must name its file: {{\"path\": \"a.png\"}}"),
         },

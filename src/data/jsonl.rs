@@ -1,6 +1,8 @@
 //! Reading JSONL files line by line with errors that name the file and the line. A file whose
 //! first character is `[` is read as one JSON array of records instead (LLaMA-Factory's and
-//! MMR1's cold-start `.json` files), each record named by the line it starts on.
+//! MMR1's cold-start `.json` files), each record named by the line it starts on; a parquet file
+//! (verl's and Hugging Face datasets' format) as its rows, each named by its row number
+//! (`parquet_rows`).
 
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
@@ -44,6 +46,10 @@ pub fn text_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String,
     let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut reader = BufReader::new(f);
     let head = reader.fill_buf().with_context(|| format!("cannot read {}", path.display()))?;
+    if super::parquet_rows::is_parquet(head) {
+        let images = super::parquet_rows::image_cache_dir();
+        return super::parquet_rows::parquet_records(path, &images);
+    }
     let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         let mut bytes = Vec::new();

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod image_ref;
 pub mod jsonl;
+pub mod parquet_rows;
 pub mod prompt;
 pub mod rl_items;
 pub mod sft_data;

@@ -51,6 +51,7 @@ mod kv_cache;
 mod nccl;
 mod optim_adamw;
 mod parity_upstream;
+mod parquet_data;
 mod philox;
 mod precision_bf16;
 mod recompute;

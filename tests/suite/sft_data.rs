@@ -293,7 +293,7 @@ fn image_entries_name_files_or_are_refused_by_name() {
     assert!(r(serde_json::json!({"images": null})).unwrap().is_empty());
     let err = |v: serde_json::Value| format!("{:#}", r(v).unwrap_err());
     let e = err(serde_json::json!({"images": ["a.png", {"bytes": "iVBORw0", "path": null}]}));
-    assert!(e.contains("images[1]: an image given as embedded bytes"), "{e}");
+    assert!(e.contains("images[1]: an image given as bytes embedded in JSON"), "{e}");
     let e = err(serde_json::json!({"image": "https://example.org/a.png"}));
     assert!(e.contains("image: image \"https://example.org/a.png\"...: remote"), "{e}");
     let e = err(serde_json::json!({"images": [3]}));
