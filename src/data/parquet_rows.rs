@@ -50,14 +50,17 @@ pub fn parquet_records(
     let mut out = Vec::new();
     for (i, row) in rows.enumerate() {
         let n = i + 1;
-        // A row that does not decode stops the file (the reader cannot go past it), with
-        // the codec's name when that is why (a file written with zstd or brotli).
+        // A row that does not decode stops the file (the reader cannot go past it); a codec
+        // this build leaves out (zstd, brotli) says how to rewrite the file.
         let row = row.map_err(|e| {
-            anyhow!(
-                "{}: row {n}: {e}; files compressed with zstd or brotli are not read: rewrite \
-                 with snappy (pyarrow.parquet.write_table(table, path, compression=\"snappy\"))",
-                path.display()
-            )
+            let e = e.to_string();
+            let hint = if e.contains("Disabled feature") {
+                "; rewrite the file with a codec read here (snappy, gzip, lz4, none): \
+                 pyarrow.parquet.write_table(table, path, compression=\"snappy\")"
+            } else {
+                ""
+            };
+            anyhow!("{}: row {n}: {e}{hint}", path.display())
         })?;
         let value =
             row_json(&row, images).with_context(|| format!("{}: row {n}", path.display()))?;
