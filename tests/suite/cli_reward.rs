@@ -14,10 +14,21 @@ const ITEMS: &[&str] = &[
 /// `reward --data items --responses responses --out out` and `extra` flags, which must succeed:
 /// the accuracy of each verdict line, in order.
 fn accuracies(items: &str, responses: &str, out: &std::path::Path, extra: &[&str]) -> Vec<f64> {
+    accuracies_env(items, responses, out, extra, &[])
+}
+
+/// [`accuracies`] with environment variables set for the run.
+pub(crate) fn accuracies_env(
+    items: &str,
+    responses: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> Vec<f64> {
     let out = out.to_str().unwrap();
     let mut args = vec!["reward", "--data", items, "--responses", responses, "--out", out];
     args.extend_from_slice(extra);
-    let o = cli(&args);
+    let o = cli_env(&args, env);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     read_lines(std::path::Path::new(out)).iter().map(|l| l["accuracy"].as_f64().unwrap()).collect()
 }

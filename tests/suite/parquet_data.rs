@@ -3,7 +3,8 @@
 //! conversations; embedded images written once to the image cache; codecs the engine does not
 //! read, and broken files, refused by name.
 
-use crate::common::cli;
+use crate::cli_reward::accuracies_env;
+use crate::common::write_lines;
 use mmr1_fast::data::jsonl::BadLines;
 use mmr1_fast::data::parquet_rows::parquet_records;
 use mmr1_fast::data::rl_items::{load_rl_items_to_grade, RlItem};
@@ -128,44 +129,24 @@ fn unread_codecs_and_broken_files_are_named() {
 fn reward_reads_a_parquet_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("images");
-    let responses = tmp.path().join("r.jsonl");
-    std::fs::write(
-        &responses,
-        "{\"id\": 0, \"response\": \"\\\\boxed{4}\"}\n{\"id\": 1, \"response\": \"\\\\boxed{5}\"}\n\
-         {\"id\": 2, \"response\": \"\\\\boxed{yes}\"}\n",
-    )
-    .unwrap();
+    let responses = write_lines(
+        tmp.path(),
+        "r.jsonl",
+        &[
+            r#"{"id": 0, "response": "\\boxed{4}"}"#,
+            r#"{"id": 1, "response": "\\boxed{5}"}"#,
+            r#"{"id": 2, "response": "\\boxed{yes}"}"#,
+        ],
+    );
     let out = tmp.path().join("v.jsonl");
     let data = fixture("rl_verl.parquet");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast"))
-        .args(["reward", "--data", data.to_str().unwrap()])
-        .args(["--responses", responses.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .env("MMR1_IMAGE_CACHE", &cache)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let acc: Vec<f64> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["accuracy"].as_f64().unwrap()
-        })
-        .collect();
+    let env = [("MMR1_IMAGE_CACHE", cache.as_path())];
+    let acc = accuracies_env(data.to_str().unwrap(), &responses, &out, &[], &env);
     assert_eq!(acc, vec![1.0, 0.0, 1.0]);
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1, "the embedded image, cached once");
     // Parquet is told by its first bytes, not the name: JSONL named .parquet reads as JSONL.
-    let named = tmp.path().join("items.parquet");
-    std::fs::write(&named, "{\"problem\": \"2+2?\", \"answer\": \"4\"}\n").unwrap();
-    let one = tmp.path().join("one.jsonl");
-    std::fs::write(&one, "{\"id\": 0, \"response\": \"\\\\boxed{4}\"}\n").unwrap();
-    let o = cli(&[
-        "reward",
-        "--data",
-        named.to_str().unwrap(),
-        "--responses",
-        one.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let named =
+        write_lines(tmp.path(), "items.parquet", &[r#"{"problem": "2+2?", "answer": "4"}"#]);
+    let one = write_lines(tmp.path(), "one.jsonl", &[r#"{"id": 0, "response": "\\boxed{4}"}"#]);
+    assert_eq!(accuracies_env(&named, &one, &out, &[], &env), vec![1.0]);
 }

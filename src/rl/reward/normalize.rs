@@ -142,69 +142,26 @@ const UNITS: &[&str] = &[
 const PROSE_WRAPPERS: &[&str] =
     &["text", "textrm", "textnormal", "textit", "textup", "textsf", "mbox", "hbox", "mathrm"];
 
-/// Words that change the quantity before them or make it something else than a value (`2
-/// \text{ million}`, `5 \text{ or more}`, `3 \text{ less than } x`): a wrapper holding one is
-/// kept.
-const CHANGING_WORDS: &[&str] = &[
-    "or",
-    "and",
-    "not",
-    "no",
-    "more",
-    "less",
-    "fewer",
-    "than",
-    "least",
-    "most",
-    "over",
-    "under",
-    "above",
-    "below",
-    "plus",
-    "minus",
-    "of",
-    "per",
-    "if",
-    "but",
-    "except",
-    "only",
-    "to",
-    "hundred",
-    "hundreds",
-    "thousand",
-    "thousands",
-    "million",
-    "millions",
-    "billion",
-    "billions",
-    "trillion",
-    "trillions",
-    "dozen",
-    "dozens",
-    "squared",
-    "cubed",
-    "half",
-    "halves",
-    "quarter",
-    "quarters",
-    "third",
-    "thirds",
-    "percent",
-    "pi",
-    "root",
-    "roots",
+/// Words after a quantity that make the answer something else than that value (`5 \text{ or
+/// more}`, `\frac12 \text{ of the pie}`, `3 \text{ less than } x`): a wrapper holding one is
+/// kept. Words that change the number itself (`2 \text{ million}`, `3 \text{ dozen}`) are
+/// `prose::MODIFIERS`.
+const NOT_A_VALUE: &[&str] = &[
+    "or", "and", "not", "no", "more", "less", "fewer", "than", "least", "most", "under", "above",
+    "below", "of", "per", "if", "but", "except", "only", "to", "percent",
 ];
 
-/// `words` is a few prose words (`apples`, `red apples`, `students'`, `(apples)`), none of which changes a
-/// quantity ([`CHANGING_WORDS`]); the first has two letters or more, so a lone variable
-/// (`\text{ x}`) is not a word.
+/// `words` is a few prose words (`apples`, `red apples`, `students'`, `(apples)`), none of
+/// which changes a quantity ([`NOT_A_VALUE`], `prose::MODIFIERS`); the first has two letters
+/// or more, so a lone variable (`\text{ x}`) is not a word.
 fn prose_words(words: &str) -> bool {
     let ws: Vec<&str> = words.split_whitespace().collect();
     let word = |w: &&str| {
         let w = w.trim_end_matches(['.', ',']).trim_start_matches('(').trim_end_matches(')');
         w.starts_with(|c: char| c.is_ascii_alphabetic())
             && w.chars().all(|c| c.is_ascii_alphabetic() || c == '-' || c == '\'')
-            && !CHANGING_WORDS.contains(&w.to_ascii_lowercase().as_str())
+            && !NOT_A_VALUE.contains(&w.to_ascii_lowercase().as_str())
+            && !super::prose::MODIFIERS.contains(&w.to_ascii_lowercase().as_str())
     };
     !ws.is_empty()
         && ws.len() <= 4

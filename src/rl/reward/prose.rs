@@ -132,8 +132,9 @@ fn expression_end(s: &str, i: usize) -> Option<usize> {
     (has_op && suffix_ok && body.ends_with(|c: char| c.is_ascii_digit() || c == ')')).then_some(end)
 }
 
-/// Words that change the value of the number they stand next to.
-const MODIFIERS: &[&str] = &[
+/// Words that change the value of the number they stand next to (also read by
+/// `normalize::prose_words`: such a word after a quantity is not a noun to drop).
+pub(crate) const MODIFIERS: &[&str] = &[
     "root",
     "roots",
     "sqrt",
@@ -172,6 +173,9 @@ const MODIFIERS: &[&str] = &[
     "millions",
     "billion",
     "billions",
+    "trillion",
+    "trillions",
+    "dozens",
     "factorial",
     "e",
 ];

@@ -86,7 +86,13 @@ impl Golden {
 
 /// Runs the `mmr1-fast` binary.
 pub fn cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast")).args(args).output().unwrap()
+    cli_env(args, &[])
+}
+
+/// [`cli`] with environment variables set for the run.
+pub fn cli_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mmr1-fast"));
+    c.args(args).envs(env.iter().copied()).output().unwrap()
 }
 
 /// stderr of a run that must fail cleanly: non-zero exit and no panic.
