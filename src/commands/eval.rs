@@ -2,18 +2,20 @@
 //! sampling), with per-item results for inspection.
 
 use crate::backend::rl_ops::RlOps;
-use crate::data::jsonl::{write_jsonl, BadLines};
+use crate::data::jsonl::BadLines;
 use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::is_vl_checkpoint;
 use crate::model::Qwen2;
+use crate::rl::eval_resume::Partial;
 use crate::rl::evaluate::{
-    evaluate_vl_with_progress, evaluate_with_progress, EvalParams, EvalReport,
+    evaluate_resumable, evaluate_vl_resumable, evaluate_vl_with_progress, evaluate_with_progress,
+    EvalParams, EvalReport,
 };
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Result};
-use std::path::PathBuf;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -32,6 +34,9 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Per-item results (JSONL): id, answer, responses, extracted, correct, format_ok, pass.
+    /// Finished batches are kept in OUT.partial as they finish: run the same command again
+    /// after a crash or a kill and it continues from there, with the results an uninterrupted
+    /// run writes.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Responses per item; an item passes when any is correct (pass@k). k > 1 needs a
@@ -119,9 +124,25 @@ fn run_vl<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalPara
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg.text)?;
     let n = if args.max_items > 0 { args.max_items.min(items.len()) } else { items.len() };
     let pb = crate::progress::bar(n as u64, "evaluating");
-    let report = evaluate_vl_with_progress(&model, &args.model, be, &tok, items, params, |done| {
-        pb.set_position(done as u64)
-    })?;
+    let progress = |done: usize| pb.set_position(done as u64);
+    let report = match &args.out {
+        Some(out) => {
+            let mut partial = open_partial(be, args, out, items, n)?;
+            let r = evaluate_vl_resumable(
+                &model,
+                &args.model,
+                be,
+                &tok,
+                items,
+                params,
+                &mut partial,
+                progress,
+            )?;
+            partial.finish(out)?;
+            r
+        }
+        None => evaluate_vl_with_progress(&model, &args.model, be, &tok, items, params, progress)?,
+    };
     pb.finish_and_clear();
     report_out(args, &report)
 }
@@ -132,17 +153,67 @@ fn run_on<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalPara
     tok.check_matches(&args.model.join("tokenizer.json"), &model.cfg)?;
     let n = if args.max_items > 0 { args.max_items.min(items.len()) } else { items.len() };
     let pb = crate::progress::bar(n as u64, "evaluating");
-    let report = evaluate_with_progress(&model, be, &tok, items, params, |done| {
-        pb.set_position(done as u64)
-    })?;
+    let progress = |done: usize| pb.set_position(done as u64);
+    let report = match &args.out {
+        Some(out) => {
+            let mut partial = open_partial(be, args, out, items, n)?;
+            let r = evaluate_resumable(&model, be, &tok, items, params, &mut partial, progress)?;
+            partial.finish(out)?;
+            r
+        }
+        None => evaluate_with_progress(&model, be, &tok, items, params, progress)?,
+    };
     pb.finish_and_clear();
     report_out(args, &report)
 }
 
-fn report_out(args: &EvalArgs, report: &EvalReport) -> Result<()> {
-    if let Some(out) = &args.out {
-        write_jsonl(out, &report.results)?;
+/// The partial results of this evaluation (`rl::eval_resume`), saying so when it continues one.
+fn open_partial<B: RlOps>(
+    be: &B,
+    args: &EvalArgs,
+    out: &Path,
+    items: &[RlItem],
+    n: usize,
+) -> Result<Partial> {
+    let p = Partial::open(out, &fingerprint(be, args, &items[..n])?, n, args.batch_items)?;
+    if !p.done().is_empty() {
+        eprintln!(
+            "continuing the evaluation in {}: {} of {n} items done",
+            Partial::path_for(out).display(),
+            p.done().len()
+        );
     }
+    Ok(p)
+}
+
+/// What an evaluation's responses depend on: the model directory's files (names, sizes and
+/// modification times: a retrained model in the same place is another model), the items, the
+/// backend and every flag that changes a response or its grading.
+fn fingerprint<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem]) -> Result<String> {
+    let mut files: Vec<(String, u64, Option<std::time::SystemTime>)> = Vec::new();
+    let dir = std::fs::read_dir(&args.model)
+        .with_context(|| format!("cannot read {}", args.model.display()))?;
+    for e in dir {
+        let e = e?;
+        let m = e.metadata()?;
+        if m.is_file() {
+            files.push((e.file_name().to_string_lossy().into_owned(), m.len(), m.modified().ok()));
+        }
+    }
+    files.sort();
+    let flags = (args.k, args.temperature, args.top_p, args.max_new_tokens, args.prompt_style);
+    let what = format!(
+        "{files:?}|{}|{flags:?}|seed {}|batch {}|{}|{:?}",
+        serde_json::to_string(items)?,
+        args.seed,
+        args.batch_items,
+        be.name(),
+        args.precision
+    );
+    Ok(format!("{:032x}", twox_hash::XxHash3_128::oneshot(what.as_bytes())))
+}
+
+fn report_out(args: &EvalArgs, report: &EvalReport) -> Result<()> {
     let what = if report.k == 1 { "accuracy".to_string() } else { format!("pass@{}", report.k) };
     println!(
         "{what} {:.4}, response accuracy {:.4}, format {:.4}, {} items x {} responses, {:.1}s{}",

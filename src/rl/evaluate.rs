@@ -8,10 +8,11 @@ use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::RlItem;
 use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
-use crate::rl::graded::{sample_and_grade, GradeParams, GradedRollout};
+use crate::rl::eval_resume::Partial;
+use crate::rl::graded::{sample_and_grade, sample_and_grade_batches, GradeParams, GradedRollout};
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
-use crate::rl::vl_rollout::sample_and_grade_vl;
+use crate::rl::vl_rollout::{sample_and_grade_vl, sample_and_grade_vl_batches};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -175,24 +176,32 @@ fn summarize(
     k: usize,
     t0: Instant,
 ) -> EvalReport {
-    let mut results = Vec::with_capacity(items.len());
-    let (mut correct, mut formatted, mut responses) = (0usize, 0usize, 0usize);
-    for (i, (item, rs)) in items.iter().zip(graded).enumerate() {
-        let c: Vec<bool> = rs.iter().map(|r| r.verdict.accuracy >= 1.0).collect();
-        let f: Vec<bool> = rs.iter().map(|r| r.verdict.format >= 1.0).collect();
-        correct += c.iter().filter(|&&x| x).count();
-        formatted += f.iter().filter(|&&x| x).count();
-        responses += rs.len();
-        results.push(ItemResult {
-            id: item.id_or(i),
-            answer: item.answer.clone().unwrap_or_default(),
-            extracted: rs.iter().map(|r| r.verdict.extracted.clone()).collect(),
-            responses: rs.into_iter().map(|r| r.text).collect(),
-            pass: c.iter().any(|&x| x),
-            correct: c,
-            format_ok: f,
-        });
+    let results =
+        items.iter().zip(graded).enumerate().map(|(i, (it, rs))| item_result(i, it, rs)).collect();
+    report(results, k, t0.elapsed().as_secs_f64())
+}
+
+/// The result of item `i` from its graded responses.
+fn item_result(i: usize, item: &RlItem, rs: Vec<GradedRollout>) -> ItemResult {
+    let c: Vec<bool> = rs.iter().map(|r| r.verdict.accuracy >= 1.0).collect();
+    ItemResult {
+        id: item.id_or(i),
+        answer: item.answer.clone().unwrap_or_default(),
+        extracted: rs.iter().map(|r| r.verdict.extracted.clone()).collect(),
+        format_ok: rs.iter().map(|r| r.verdict.format >= 1.0).collect(),
+        responses: rs.into_iter().map(|r| r.text).collect(),
+        pass: c.iter().any(|&x| x),
+        correct: c,
     }
+}
+
+/// The report of per-item results (the figures are counts over them, so results read back from
+/// a file give the report of the run that wrote them).
+pub fn report(results: Vec<ItemResult>, k: usize, seconds: f64) -> EvalReport {
+    let count = |f: fn(&ItemResult) -> usize| results.iter().map(f).sum::<usize>();
+    let responses = count(|r| r.correct.len());
+    let correct = count(|r| r.correct.iter().filter(|&&x| x).count());
+    let formatted = count(|r| r.format_ok.iter().filter(|&&x| x).count());
     let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     EvalReport {
         items: results.len(),
@@ -200,7 +209,74 @@ fn summarize(
         accuracy: frac(results.iter().filter(|r| r.pass).count(), results.len()),
         response_accuracy: frac(correct, responses),
         format_rate: frac(formatted, responses),
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds,
         results,
     }
+}
+
+/// [`evaluate_with_progress`] that keeps each finished batch's results in `partial` (see
+/// `rl::eval_resume`), starting after the batches already there: an evaluation stopped by a
+/// crash or a kill continues where it stopped, with the results an uninterrupted run gives.
+pub fn evaluate_resumable<B: RlOps>(
+    model: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &EvalParams,
+    partial: &mut Partial,
+    mut on_progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    params.validate()?;
+    let t0 = Instant::now();
+    let items =
+        if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
+    let first = partial.done().len();
+    on_progress(first);
+    sample_and_grade_batches(model, be, tok, items, &params.grade(), first, |start, graded| {
+        keep_batch(partial, items, start, graded, &mut on_progress)
+    })?;
+    Ok(report(partial.done().to_vec(), params.k, t0.elapsed().as_secs_f64()))
+}
+
+/// [`evaluate_resumable`] for a Qwen2.5-VL model (see [`evaluate_vl_with_progress`]).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_vl_resumable<B: RlOps>(
+    model: &VlModel<B>,
+    model_dir: &Path,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &EvalParams,
+    partial: &mut Partial,
+    mut on_progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    params.validate()?;
+    let t0 = Instant::now();
+    let items =
+        if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
+    let first = partial.done().len();
+    on_progress(first);
+    let grade = params.grade();
+    sample_and_grade_vl_batches(model, model_dir, be, tok, items, &grade, first, |start, g| {
+        keep_batch(partial, items, start, g, &mut on_progress)
+    })?;
+    Ok(report(partial.done().to_vec(), params.k, t0.elapsed().as_secs_f64()))
+}
+
+/// A finished batch's results, appended to the partial file, then reported as progress.
+fn keep_batch(
+    partial: &mut Partial,
+    items: &[RlItem],
+    start: usize,
+    graded: Vec<Vec<GradedRollout>>,
+    on_progress: &mut impl FnMut(usize),
+) -> Result<()> {
+    let results: Vec<ItemResult> = graded
+        .into_iter()
+        .enumerate()
+        .map(|(k, rs)| item_result(start + k, &items[start + k], rs))
+        .collect();
+    partial.append(&results)?;
+    on_progress(start + results.len());
+    Ok(())
 }

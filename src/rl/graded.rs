@@ -113,8 +113,32 @@ pub fn sample_and_grade<B: RlOps>(
     params: &GradeParams,
     mut on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<GradedRollout>>> {
+    let mut out = Vec::with_capacity(items.len());
+    sample_and_grade_batches(model, be, tok, items, params, 0, |start, graded| {
+        out.extend(graded);
+        on_progress(start + params.batch_items.min(items.len() - start));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`sample_and_grade`] from item `first` on (a multiple of `params.batch_items`: each batch,
+/// and so each rollout's seed, is the one a whole run has, so a run resumed there continues
+/// it exactly), handing each batch to `on_batch(first item, graded rollouts)` as it finishes.
+pub fn sample_and_grade_batches<B: RlOps>(
+    model: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &GradeParams,
+    first: usize,
+    mut on_batch: impl FnMut(usize, Vec<Vec<GradedRollout>>) -> Result<()>,
+) -> Result<()> {
     if params.per_item == 0 || params.batch_items == 0 {
         bail!("responses per item and items per batch must be positive");
+    }
+    if !first.is_multiple_of(params.batch_items) && first < items.len() {
+        bail!("resuming at item {first}: not the start of a batch of {}", params.batch_items);
     }
     let mut sampling = params.sampling.clone();
     if sampling.stop_ids.is_empty() {
@@ -123,8 +147,7 @@ pub fn sample_and_grade<B: RlOps>(
     sampling.validate()?;
     let prompts =
         encode_prompts(&model.cfg, tok, items, params.prompt_style, sampling.max_new_tokens)?;
-    let mut out = Vec::with_capacity(items.len());
-    for start in (0..items.len()).step_by(params.batch_items) {
+    for start in (first..items.len()).step_by(params.batch_items) {
         let end = (start + params.batch_items).min(items.len());
         let rollouts = generate(
             model,
@@ -137,6 +160,7 @@ pub fn sample_and_grade<B: RlOps>(
             |_| {},
         )?;
         let mut it = rollouts.into_iter();
+        let mut batch = Vec::with_capacity(end - start);
         for (k, item) in items[start..end].iter().enumerate() {
             let reference = reward_item(item);
             let mut graded = Vec::with_capacity(params.per_item);
@@ -152,9 +176,9 @@ pub fn sample_and_grade<B: RlOps>(
                     stop: r.stop,
                 });
             }
-            out.push(graded);
+            batch.push(graded);
         }
-        on_progress(end);
+        on_batch(start, batch)?;
     }
-    Ok(out)
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod advantage;
 pub mod decode_scheduler;
+pub mod eval_resume;
 pub mod evaluate;
 pub mod graded;
 pub mod grpo;

@@ -240,8 +240,34 @@ pub fn sample_and_grade_vl<B: RlOps>(
     params: &GradeParams,
     mut on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<GradedRollout>>> {
+    let mut out = Vec::with_capacity(items.len());
+    let batch = params.batch_items.max(1);
+    sample_and_grade_vl_batches(model, model_dir, be, tok, items, params, 0, |start, graded| {
+        out.extend(graded);
+        on_progress(start + batch.min(items.len() - start));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`sample_and_grade_vl`] from item `first` on, a batch at a time (as
+/// `graded::sample_and_grade_batches`: the batches and seeds of a whole run).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_and_grade_vl_batches<B: RlOps>(
+    model: &VlModel<B>,
+    model_dir: &Path,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    params: &GradeParams,
+    first: usize,
+    mut on_batch: impl FnMut(usize, Vec<Vec<GradedRollout>>) -> Result<()>,
+) -> Result<()> {
     if params.per_item == 0 {
         bail!("responses per item must be positive");
+    }
+    if !first.is_multiple_of(params.batch_items.max(1)) && first < items.len() {
+        bail!("resuming at item {first}: not the start of a batch of {}", params.batch_items);
     }
     let mut sampling = params.sampling.clone();
     if sampling.stop_ids.is_empty() {
@@ -250,8 +276,7 @@ pub fn sample_and_grade_vl<B: RlOps>(
     sampling.validate()?;
     let merge = model.cfg.vision.spatial_merge_size;
     let per = params.per_item;
-    let mut out = Vec::with_capacity(items.len());
-    for start in (0..items.len()).step_by(params.batch_items.max(1)) {
+    for start in (first..items.len()).step_by(params.batch_items.max(1)) {
         let end = (start + params.batch_items.max(1)).min(items.len());
         let mut prompts = Vec::with_capacity(end - start);
         for (i, item) in items.iter().enumerate().take(end).skip(start) {
@@ -272,6 +297,7 @@ pub fn sample_and_grade_vl<B: RlOps>(
             prompts.iter().map(|(ids, im)| (ids.as_slice(), im)).collect();
         let rollouts = generate_vl_batch(model, be, &batch, per, &sampling, &seeds)
             .with_context(|| format!("items {start}..{end}"))?;
+        let mut graded_batch = Vec::with_capacity(end - start);
         for (k, ro_group) in rollouts.chunks(per).enumerate() {
             let reference = reward_item(&items[start + k]);
             let mut graded = Vec::with_capacity(per);
@@ -281,11 +307,11 @@ pub fn sample_and_grade_vl<B: RlOps>(
                 let tokens = ro.tokens.clone();
                 graded.push(GradedRollout { tokens, text, verdict, reward, stop: ro.stop });
             }
-            out.push(graded);
+            graded_batch.push(graded);
         }
-        on_progress(end);
+        on_batch(start, graded_batch)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The token ids of `item`'s prompt for a Qwen2.5-VL model: rendered with one image block per

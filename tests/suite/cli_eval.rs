@@ -219,3 +219,99 @@ fn eval_accuracy_equals_an_independent_count() {
         .unwrap();
     assert_eq!(acc, 3.0 / 5.0, "{stdout}");
 }
+
+/// An evaluation stopped after its first batch (a fault injected at the second batch's append)
+/// continues from the partial file: the same results as an uninterrupted run, the first batch
+/// not decoded again; a torn last line is dropped with its batch; another evaluation's partial
+/// file is refused, not overwritten.
+#[test]
+fn an_interrupted_evaluation_continues_where_it_stopped() {
+    use mmr1_fast::fs::fault;
+    use mmr1_fast::rl::eval_resume::Partial;
+    use mmr1_fast::rl::evaluate::evaluate_resumable;
+    let (tmp, m, _) = setup();
+    let dir = std::path::Path::new(&m);
+    let model = Qwen2::load(&Cpu, dir).unwrap();
+    let tok = Tokenizer::from_dir(dir).unwrap();
+    let mut lines = ITEMS.to_vec();
+    lines.push(r#"{"id": "e3", "problem": "Add 2+2", "answer": "4"}"#);
+    lines.push(r#"{"id": "e4", "problem": "Add 3+3", "answer": "6"}"#);
+    let items: Vec<RlItem> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let p = EvalParams {
+        k: 2,
+        temperature: 1.0,
+        max_new_tokens: 8,
+        prompt_style: PromptStyle::Plain,
+        seed: 5,
+        batch_items: 2,
+        ..EvalParams::default()
+    };
+    let whole = evaluate(&model, &Cpu, &tok, &items, &p).unwrap();
+    let out = tmp.path().join("results.jsonl");
+    let partial_path = Partial::path_for(&out);
+    // `fail_at`: the append (counted from 0) that fails; armed after the partial file is opened,
+    // so that its own writes are not counted.
+    let run = |progress: &mut Vec<usize>, fail_at: Option<u64>| {
+        let mut partial = Partial::open(&out, "fp", items.len(), 2)?;
+        if let Some(n) = fail_at {
+            fault::fail_at(n);
+        }
+        let r =
+            evaluate_resumable(&model, &Cpu, &tok, &items, &p, &mut partial, |d| progress.push(d))?;
+        partial.finish(&out)?;
+        anyhow::Ok(r)
+    };
+    // Stopped at the second batch's append: the first batch is on disk.
+    let e = run(&mut vec![], Some(1)).unwrap_err();
+    fault::disarm();
+    assert!(format!("{e:#}").contains("injected fault"), "{e:#}");
+    assert_eq!(read_lines(&partial_path).len(), 1 + 2, "the header and the first batch");
+    assert!(!out.exists());
+    // A batch the crash cut (one whole line of it, then a torn one) is dropped, whole.
+    let mut text = std::fs::read_to_string(&partial_path).unwrap();
+    text += &(serde_json::to_string(&whole.results[2]).unwrap() + "\n");
+    text += "{\"id\": \"e3\", \"answ";
+    std::fs::write(&partial_path, &text).unwrap();
+    let mut progress = vec![];
+    let resumed = run(&mut progress, None).unwrap();
+    assert_eq!(progress.first(), Some(&2), "started after the first batch");
+    assert_eq!(progress.last(), Some(&5));
+    assert_eq!(resumed.results, whole.results, "the results of an uninterrupted run");
+    assert_eq!(
+        (resumed.accuracy, resumed.response_accuracy, resumed.format_rate),
+        (whole.accuracy, whole.response_accuracy, whole.format_rate)
+    );
+    assert!(!partial_path.exists(), "the partial file goes when the evaluation ends");
+    let written: Vec<serde_json::Value> = read_lines(&out);
+    assert_eq!(written.len(), 5);
+    // Another evaluation's partial file is an error, and is left as it was.
+    let other = "{\"mmr1_eval_partial\": \"other\", \"items\": 5, \"batch_items\": 2}\n";
+    std::fs::write(&partial_path, other).unwrap();
+    let e = Partial::open(&out, "fp", 5, 2).err().unwrap();
+    assert!(format!("{e:#}").contains("another evaluation"), "{e:#}");
+    assert!(std::fs::read_to_string(&partial_path).unwrap().contains("other"));
+}
+
+/// `eval --out`: no partial file is left after a run that ends, a rerun writes the same file,
+/// and a partial file of another evaluation stops the command, untouched (the continuation
+/// itself: `an_interrupted_evaluation_continues_where_it_stopped`).
+#[test]
+fn eval_command_keeps_and_guards_its_partial_file() {
+    let (tmp, m, items) = setup();
+    let out = tmp.path().join("r.jsonl");
+    let o = out.to_str().unwrap();
+    #[rustfmt::skip]
+    let args = ["eval", "--model", &m, "--data", &items, "--out", o, "--max-new-tokens", "8",
+        "--prompt-style", "plain", "--batch-items", "1", "--device", "cpu"];
+    cli_ok(&args);
+    let partial = tmp.path().join("r.jsonl.partial");
+    assert!(!partial.exists(), "the partial file goes when the evaluation ends");
+    let first = std::fs::read(&out).unwrap();
+    cli_ok(&args);
+    assert_eq!(std::fs::read(&out).unwrap(), first);
+    let planted = "{\"mmr1_eval_partial\": \"x\", \"items\": 3, \"batch_items\": 1}\n";
+    std::fs::write(&partial, planted).unwrap();
+    let e = cli_err(&args);
+    assert!(e.contains("r.jsonl.partial") && e.contains("another evaluation"), "{e}");
+    assert_eq!(std::fs::read_to_string(&partial).unwrap(), planted);
+}
