@@ -2,19 +2,19 @@
 //! sampling), with per-item results for inspection.
 
 use crate::backend::rl_ops::RlOps;
-use crate::data::jsonl::BadLines;
+use crate::data::jsonl::{write_jsonl, BadLines};
 use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::{load_rl_items, load_rl_items_with_images, RlItem};
 use crate::model::vl_forward::VlModel;
 use crate::model::vl_prompt::is_vl_checkpoint;
 use crate::model::Qwen2;
-use crate::rl::eval_resume::Partial;
 use crate::rl::evaluate::{
     evaluate_resumable, evaluate_vl_resumable, evaluate_vl_with_progress, evaluate_with_progress,
-    EvalParams, EvalReport,
+    EvalParams, EvalReport, ItemResult,
 };
+use crate::rl::partial_results::{fingerprint, Partial};
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -138,7 +138,8 @@ fn run_vl<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalPara
                 &mut partial,
                 progress,
             )?;
-            partial.finish(out)?;
+            write_jsonl(out, &r.results)?;
+            partial.finish()?;
             r
         }
         None => evaluate_vl_with_progress(&model, &args.model, be, &tok, items, params, progress)?,
@@ -158,7 +159,8 @@ fn run_on<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalPara
         Some(out) => {
             let mut partial = open_partial(be, args, out, items, n)?;
             let r = evaluate_resumable(&model, be, &tok, items, params, &mut partial, progress)?;
-            partial.finish(out)?;
+            write_jsonl(out, &r.results)?;
+            partial.finish()?;
             r
         }
         None => evaluate_with_progress(&model, be, &tok, items, params, progress)?,
@@ -167,50 +169,32 @@ fn run_on<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalPara
     report_out(args, &report)
 }
 
-/// The partial results of this evaluation (`rl::eval_resume`), saying so when it continues one.
+/// The partial results of this evaluation (`rl::partial_results`), saying so when it continues one.
 fn open_partial<B: RlOps>(
     be: &B,
     args: &EvalArgs,
     out: &Path,
     items: &[RlItem],
     n: usize,
-) -> Result<Partial> {
-    let p = Partial::open(out, &fingerprint(be, args, &items[..n])?, n, args.batch_items)?;
-    if !p.done().is_empty() {
-        eprintln!(
-            "continuing the evaluation in {}: {} of {n} items done",
-            Partial::path_for(out).display(),
-            p.done().len()
-        );
-    }
-    Ok(p)
-}
-
-/// What an evaluation's responses depend on: the model directory's files (names, sizes and
-/// modification times: a retrained model in the same place is another model), the items, the
-/// backend and every flag that changes a response or its grading.
-fn fingerprint<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem]) -> Result<String> {
-    let mut files: Vec<(String, u64, Option<std::time::SystemTime>)> = Vec::new();
-    let dir = std::fs::read_dir(&args.model)
-        .with_context(|| format!("cannot read {}", args.model.display()))?;
-    for e in dir {
-        let e = e?;
-        let m = e.metadata()?;
-        if m.is_file() {
-            files.push((e.file_name().to_string_lossy().into_owned(), m.len(), m.modified().ok()));
-        }
-    }
-    files.sort();
+) -> Result<Partial<ItemResult>> {
     let flags = (args.k, args.temperature, args.top_p, args.max_new_tokens, args.prompt_style);
-    let what = format!(
-        "{files:?}|{}|{flags:?}|seed {}|batch {}|{}|{:?}",
-        serde_json::to_string(items)?,
+    let settings = format!(
+        "{flags:?}|seed {}|batch {}|{}|{:?}",
         args.seed,
         args.batch_items,
         be.name(),
         args.precision
     );
-    Ok(format!("{:032x}", twox_hash::XxHash3_128::oneshot(what.as_bytes())))
+    let fp = fingerprint(&args.model, &items[..n], &settings)?;
+    let p = Partial::open(out, &fp, n, args.batch_items)?;
+    if !p.done().is_empty() {
+        eprintln!(
+            "continuing the evaluation in {}: {} of {n} items done",
+            p.path().display(),
+            p.done().len()
+        );
+    }
+    Ok(p)
 }
 
 fn report_out(args: &EvalArgs, report: &EvalReport) -> Result<()> {

@@ -13,10 +13,12 @@ use crate::model::vl_prompt::is_vl_checkpoint;
 use crate::model::Qwen2;
 use crate::rl::graded::reward_item;
 use crate::rl::graded::GradeParams;
+use crate::rl::partial_results::{fingerprint, Partial};
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
 use crate::rl::scoring::{
-    score_rollouts_on, score_with_model, score_with_vl_model, ScoreRecord, VpsParams,
+    score_rollouts_on, score_with_model_resumable, score_with_vl_model_resumable, ScoreRecord,
+    VpsParams,
 };
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
@@ -51,7 +53,9 @@ pub struct ScoreArgs {
     /// as the tokenizer encodes them; a stop token the generator dropped is not added back).
     #[arg(long, requires = "from_rollouts")]
     pub tokenizer: Option<PathBuf>,
-    /// Scores (JSONL), one line per item: id, n, pass_rate, ovs, tds, vps.
+    /// Scores (JSONL), one line per item: id, n, pass_rate, ovs, tds, vps. Scoring with a
+    /// model keeps its finished batches in OUT.partial: run the same command again after a
+    /// crash or a kill and it continues from there, with the scores of an uninterrupted pass.
     #[arg(long)]
     pub out: PathBuf,
     /// Also write every rollout (JSONL: id, response, tokens, reward, accuracy), to re-score
@@ -192,11 +196,15 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     }
     let vps = VpsParams { alpha: args.alpha, beta: args.beta, ..VpsParams::default() };
     let scores = match (&args.from_rollouts, &args.model, &args.data) {
-        (Some(path), _, data) => from_rollouts(path, data.as_deref(), args, vps)?,
+        (Some(path), _, data) => {
+            let scores = from_rollouts(path, data.as_deref(), args, vps)?;
+            write_jsonl(&args.out, &scores)?;
+            scores
+        }
+        // Writes --out (and --rollouts-out) itself, before it lets its partial file go.
         (None, Some(model), Some(data)) => with_model(args, model, data, vps)?,
         _ => bail!("give --model and --data, or --from-rollouts"),
     };
-    write_jsonl(&args.out, &scores)?;
     let n = scores.len() as f64;
     let mean = |f: fn(&ScoreRecord) -> f32| scores.iter().map(|s| f(s) as f64).sum::<f64>() / n;
     println!(
@@ -308,21 +316,43 @@ fn score_on<B: RlOps>(
         seed: args.seed,
         reward: RewardConfig::default(),
     };
+    // Finished batches are kept in OUT.partial (rl::partial_results): a rerun of the same
+    // command continues an interrupted pass.
+    let flags = (args.rollouts_per_item, args.temperature, args.top_p, args.max_new_tokens);
+    let settings = format!(
+        "{flags:?}|{:?}|seed {}|batch {}|{}|{:?}",
+        args.prompt_style,
+        args.seed,
+        args.batch_items,
+        be.name(),
+        args.precision
+    );
+    let fp = fingerprint(model_dir, items, &settings)?;
+    let mut partial = Partial::open(&args.out, &fp, items.len(), args.batch_items)?;
+    if !partial.done().is_empty() {
+        let (done, n) = (partial.done().len(), items.len());
+        eprintln!(
+            "continuing the scoring pass in {}: {done} of {n} items done",
+            partial.path().display()
+        );
+    }
     let pb = crate::progress::bar(items.len() as u64, "scoring");
     let progress = |done: usize| pb.set_position(done as u64);
+    let p = &mut partial;
     let (scores, rollouts) = if vl {
-        // Items with images decode one at a time (rl::vl_rollout); --batch-items is not used.
         let model = VlModel::load(be, model_dir)?;
         tok.check_matches(&model_dir.join("tokenizer.json"), &model.cfg.text)?;
-        score_with_vl_model(&model, model_dir, be, &tok, items, &grade, vps, progress)?
+        score_with_vl_model_resumable(&model, model_dir, be, &tok, items, &grade, vps, p, progress)?
     } else {
         let model = Qwen2::load(be, model_dir)?;
         tok.check_matches(&model_dir.join("tokenizer.json"), &model.cfg)?;
-        score_with_model(&model, be, &tok, items, &grade, vps, progress)?
+        score_with_model_resumable(&model, be, &tok, items, &grade, vps, p, progress)?
     };
     pb.finish_and_clear();
     if let Some(p) = &args.rollouts_out {
         write_jsonl(p, &rollouts)?;
     }
+    write_jsonl(&args.out, &scores)?;
+    partial.finish()?;
     Ok(scores)
 }

@@ -8,8 +8,8 @@ use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::RlItem;
 use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
-use crate::rl::eval_resume::Partial;
 use crate::rl::graded::{sample_and_grade, sample_and_grade_batches, GradeParams, GradedRollout};
+use crate::rl::partial_results::Partial;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
 use crate::rl::vl_rollout::{sample_and_grade_vl, sample_and_grade_vl_batches};
@@ -215,15 +215,15 @@ pub fn report(results: Vec<ItemResult>, k: usize, seconds: f64) -> EvalReport {
 }
 
 /// [`evaluate_with_progress`] that keeps each finished batch's results in `partial` (see
-/// `rl::eval_resume`), starting after the batches already there: an evaluation stopped by a
-/// crash or a kill continues where it stopped, with the results an uninterrupted run gives.
+/// `rl::partial_results`), starting after the batches already there: an evaluation stopped by
+/// a crash or a kill continues where it stopped, with the results an uninterrupted run gives.
 pub fn evaluate_resumable<B: RlOps>(
     model: &Qwen2<B>,
     be: &B,
     tok: &Tokenizer,
     items: &[RlItem],
     params: &EvalParams,
-    partial: &mut Partial,
+    partial: &mut Partial<ItemResult>,
     mut on_progress: impl FnMut(usize),
 ) -> Result<EvalReport> {
     params.validate()?;
@@ -247,7 +247,7 @@ pub fn evaluate_vl_resumable<B: RlOps>(
     tok: &Tokenizer,
     items: &[RlItem],
     params: &EvalParams,
-    partial: &mut Partial,
+    partial: &mut Partial<ItemResult>,
     mut on_progress: impl FnMut(usize),
 ) -> Result<EvalReport> {
     params.validate()?;
@@ -265,7 +265,7 @@ pub fn evaluate_vl_resumable<B: RlOps>(
 
 /// A finished batch's results, appended to the partial file, then reported as progress.
 fn keep_batch(
-    partial: &mut Partial,
+    partial: &mut Partial<ItemResult>,
     items: &[RlItem],
     start: usize,
     graded: Vec<Vec<GradedRollout>>,

@@ -11,8 +11,9 @@ use crate::rl::rollout::{generate, mix_seed, SamplingParams, StopReason};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 
-/// One response to an item, with its grading.
-#[derive(Clone, Debug)]
+/// One response to an item, with its grading (serializable: a scoring pass keeps finished
+/// batches of them on disk, `rl::partial_results`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GradedRollout {
     /// The generated ids, exact length, the stop token included (as verl keeps the EOS).
     pub tokens: Vec<u32>,

@@ -2,12 +2,12 @@
 
 pub mod advantage;
 pub mod decode_scheduler;
-pub mod eval_resume;
 pub mod evaluate;
 pub mod graded;
 pub mod grpo;
 pub mod grpo_token_loss;
 pub mod overlong;
+pub mod partial_results;
 pub mod philox;
 pub mod policy;
 pub mod reward;

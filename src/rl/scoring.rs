@@ -6,9 +6,10 @@ use crate::backend::rl_ops::{RlOps, RolloutBatch};
 use crate::data::rl_items::RlItem;
 use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
-use crate::rl::graded::{sample_and_grade, GradeParams, GradedRollout};
+use crate::rl::graded::{sample_and_grade, sample_and_grade_batches, GradeParams, GradedRollout};
+use crate::rl::partial_results::Partial;
 use crate::rl::vas::{RolloutScores, TdsMetric};
-use crate::rl::vl_rollout::sample_and_grade_vl;
+use crate::rl::vl_rollout::{sample_and_grade_vl, sample_and_grade_vl_batches};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,62 @@ pub fn score_with_vl_model<B: RlOps>(
 ) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
     let graded = sample_and_grade_vl(model, model_dir, be, tok, items, grade, on_progress)?;
     score_graded(be, items, graded, vps)
+}
+
+/// [`score_with_model`] that keeps each finished batch's graded rollouts in `partial`
+/// (`rl::partial_results`), starting after the batches already there: a scoring pass stopped by
+/// a crash or a kill continues where it stopped, with the scores an uninterrupted pass gives.
+#[allow(clippy::too_many_arguments)]
+pub fn score_with_model_resumable<B: RlOps>(
+    model: &Qwen2<B>,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    grade: &GradeParams,
+    vps: VpsParams,
+    partial: &mut Partial<Vec<GradedRollout>>,
+    mut on_progress: impl FnMut(usize),
+) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
+    let first = partial.done().len();
+    on_progress(first);
+    sample_and_grade_batches(model, be, tok, items, grade, first, |start, graded| {
+        partial.append(&graded)?;
+        on_progress(start + graded.len());
+        Ok(())
+    })?;
+    score_graded(be, items, partial.done().to_vec(), vps)
+}
+
+/// [`score_with_model_resumable`] for a Qwen2.5-VL model (see [`score_with_vl_model`]).
+#[allow(clippy::too_many_arguments)]
+pub fn score_with_vl_model_resumable<B: RlOps>(
+    model: &VlModel<B>,
+    model_dir: &Path,
+    be: &B,
+    tok: &Tokenizer,
+    items: &[RlItem],
+    grade: &GradeParams,
+    vps: VpsParams,
+    partial: &mut Partial<Vec<GradedRollout>>,
+    mut on_progress: impl FnMut(usize),
+) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
+    let first = partial.done().len();
+    on_progress(first);
+    sample_and_grade_vl_batches(
+        model,
+        model_dir,
+        be,
+        tok,
+        items,
+        grade,
+        first,
+        |start, graded| {
+            partial.append(&graded)?;
+            on_progress(start + graded.len());
+            Ok(())
+        },
+    )?;
+    score_graded(be, items, partial.done().to_vec(), vps)
 }
 
 /// Scores and rollout records of graded rollouts (one group per item, in item order).

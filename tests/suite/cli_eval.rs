@@ -227,8 +227,8 @@ fn eval_accuracy_equals_an_independent_count() {
 #[test]
 fn an_interrupted_evaluation_continues_where_it_stopped() {
     use mmr1_fast::fs::fault;
-    use mmr1_fast::rl::eval_resume::Partial;
-    use mmr1_fast::rl::evaluate::evaluate_resumable;
+    use mmr1_fast::rl::evaluate::{evaluate_resumable, ItemResult};
+    use mmr1_fast::rl::partial_results::{partial_path, Partial};
     let (tmp, m, _) = setup();
     let dir = std::path::Path::new(&m);
     let model = Qwen2::load(&Cpu, dir).unwrap();
@@ -248,7 +248,7 @@ fn an_interrupted_evaluation_continues_where_it_stopped() {
     };
     let whole = evaluate(&model, &Cpu, &tok, &items, &p).unwrap();
     let out = tmp.path().join("results.jsonl");
-    let partial_path = Partial::path_for(&out);
+    let partial_path = partial_path(&out);
     // `fail_at`: the append (counted from 0) that fails; armed after the partial file is opened,
     // so that its own writes are not counted.
     let run = |progress: &mut Vec<usize>, fail_at: Option<u64>| {
@@ -258,7 +258,8 @@ fn an_interrupted_evaluation_continues_where_it_stopped() {
         }
         let r =
             evaluate_resumable(&model, &Cpu, &tok, &items, &p, &mut partial, |d| progress.push(d))?;
-        partial.finish(&out)?;
+        mmr1_fast::data::jsonl::write_jsonl(&out, &r.results)?;
+        partial.finish()?;
         anyhow::Ok(r)
     };
     // Stopped at the second batch's append: the first batch is on disk.
@@ -285,10 +286,10 @@ fn an_interrupted_evaluation_continues_where_it_stopped() {
     let written: Vec<serde_json::Value> = read_lines(&out);
     assert_eq!(written.len(), 5);
     // Another evaluation's partial file is an error, and is left as it was.
-    let other = "{\"mmr1_eval_partial\": \"other\", \"items\": 5, \"batch_items\": 2}\n";
+    let other = "{\"mmr1_partial\": \"other\", \"items\": 5, \"batch_items\": 2}\n{}\n";
     std::fs::write(&partial_path, other).unwrap();
-    let e = Partial::open(&out, "fp", 5, 2).err().unwrap();
-    assert!(format!("{e:#}").contains("another evaluation"), "{e:#}");
+    let e = Partial::<ItemResult>::open(&out, "fp", 5, 2).err().unwrap();
+    assert!(format!("{e:#}").contains("another run"), "{e:#}");
     assert!(std::fs::read_to_string(&partial_path).unwrap().contains("other"));
 }
 
@@ -309,9 +310,9 @@ fn eval_command_keeps_and_guards_its_partial_file() {
     let first = std::fs::read(&out).unwrap();
     cli_ok(&args);
     assert_eq!(std::fs::read(&out).unwrap(), first);
-    let planted = "{\"mmr1_eval_partial\": \"x\", \"items\": 3, \"batch_items\": 1}\n";
+    let planted = "{\"mmr1_partial\": \"x\", \"items\": 3, \"batch_items\": 1}\n{}\n";
     std::fs::write(&partial, planted).unwrap();
     let e = cli_err(&args);
-    assert!(e.contains("r.jsonl.partial") && e.contains("another evaluation"), "{e}");
+    assert!(e.contains("r.jsonl.partial") && e.contains("another run"), "{e}");
     assert_eq!(std::fs::read_to_string(&partial).unwrap(), planted);
 }

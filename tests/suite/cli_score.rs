@@ -503,3 +503,86 @@ fn from_rollouts_as_text_tokenized_and_graded() {
     let e = cli_err(&["score", "--data", &items, "--tokenizer", t, "--out", o]);
     assert!(e.contains("--from-rollouts"), "{e}");
 }
+
+/// A scoring pass stopped at its second batch (a fault injected at the append) continues from
+/// its partial file: the scores and rollouts of an uninterrupted pass. The command leaves no
+/// partial file after a pass that ends, and refuses one of another run, untouched.
+#[test]
+fn an_interrupted_scoring_pass_continues_where_it_stopped() {
+    use mmr1_fast::backend::cpu::Cpu;
+    use mmr1_fast::data::prompt::PromptStyle;
+    use mmr1_fast::data::rl_items::RlItem;
+    use mmr1_fast::fs::fault;
+    use mmr1_fast::model::Qwen2;
+    use mmr1_fast::rl::graded::{GradeParams, GradedRollout};
+    use mmr1_fast::rl::partial_results::{partial_path, Partial};
+    use mmr1_fast::rl::reward::RewardConfig;
+    use mmr1_fast::rl::rollout::SamplingParams;
+    use mmr1_fast::rl::scoring::{score_with_model, score_with_model_resumable, VpsParams};
+    use mmr1_fast::tokenizer::Tokenizer;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    demo_model_dir(&dir, 7);
+    let model = Qwen2::load(&Cpu, &dir).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let items: Vec<RlItem> = ITEMS.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let sampling = SamplingParams { temperature: 1.0, max_new_tokens: 10, ..Default::default() };
+    let grade = GradeParams {
+        sampling,
+        per_item: 3,
+        prompt_style: PromptStyle::Plain,
+        batch_items: 2,
+        seed: 9,
+        reward: RewardConfig::default(),
+    };
+    let vps = VpsParams::default();
+    let whole = score_with_model(&model, &Cpu, &tok, &items, &grade, vps, |_| {}).unwrap();
+    let out = tmp.path().join("scores.jsonl");
+    let run = |fail_at: Option<u64>, progress: &mut Vec<usize>| {
+        let mut partial = Partial::<Vec<GradedRollout>>::open(&out, "fp", items.len(), 2)?;
+        if let Some(n) = fail_at {
+            fault::fail_at(n);
+        }
+        let on = |d| progress.push(d);
+        let r =
+            score_with_model_resumable(&model, &Cpu, &tok, &items, &grade, vps, &mut partial, on);
+        fault::disarm();
+        let r = r?;
+        partial.finish()?;
+        anyhow::Ok(r)
+    };
+    let e = run(Some(1), &mut vec![]).unwrap_err();
+    assert!(format!("{e:#}").contains("injected fault"), "{e:#}");
+    assert_eq!(read_lines(&partial_path(&out)).len(), 1 + 2, "the header and the first batch");
+    let mut progress = vec![];
+    let resumed = run(None, &mut progress).unwrap();
+    assert_eq!(progress, vec![2, 3], "the first batch is not decoded again");
+    assert_eq!(
+        serde_json::to_string(&resumed).unwrap(),
+        serde_json::to_string(&whole).unwrap(),
+        "the scores and rollouts of an uninterrupted pass"
+    );
+    assert!(!partial_path(&out).exists());
+
+    // The command: no partial file left behind; another run's partial file refused, untouched.
+    let items_file = write_lines(tmp.path(), "items.jsonl", ITEMS);
+    #[rustfmt::skip]
+    let args = ["score", "--model", dir.to_str().unwrap(), "--data", &items_file, "--rollouts-per-item", "2",
+        "--out", out.to_str().unwrap(), "--temperature", "1", "--max-new-tokens", "6", "--device", "cpu",
+        "--prompt-style", "plain"];
+    cli_ok(&args);
+    assert!(out.exists() && !partial_path(&out).exists());
+    // A partial file without results is started over whatever run it names.
+    std::fs::write(
+        partial_path(&out),
+        "{\"mmr1_partial\": \"x\", \"items\": 3, \"batch_items\": 8}\n",
+    )
+    .unwrap();
+    cli_ok(&args);
+    assert!(!partial_path(&out).exists());
+    let planted = "{\"mmr1_partial\": \"x\", \"items\": 3, \"batch_items\": 8}\n[]\n";
+    std::fs::write(partial_path(&out), planted).unwrap();
+    let e = cli_err(&args);
+    assert!(e.contains("scores.jsonl.partial") && e.contains("another run"), "{e}");
+    assert_eq!(std::fs::read_to_string(partial_path(&out)).unwrap(), planted);
+}
