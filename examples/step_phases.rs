@@ -6,7 +6,7 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release --example step_phases [-- N]`
 
-use mmr1_fast::backend::chunked_logprob::{RowGrads, RowLogprobs};
+use mmr1_fast::backend::chunked_logprob::{Dlp, RowGrads, RowLogprobs};
 use mmr1_fast::backend::cpu::{rope_inv_freq, Cpu};
 use mmr1_fast::backend::{Backend, Tr};
 use mmr1_fast::model::init::{init_params, Init};
@@ -70,7 +70,7 @@ fn main() {
         let dlp = TokenLoss::<Cpu>::constant_dlp(&loss, &be).expect("SFT's gradient is known");
         let acts = ws.acts.as_ref().unwrap();
         let rows = TokenLoss::<Cpu>::rows(&loss);
-        let rg = RowGrads { dlp: &dlp, dent: None, rows };
+        let rg = RowGrads { dlp: Dlp::Given(&dlp), dent: None, rows };
         let (mut lp, mut ent) = (be.zeros(batch.tokens()), be.zeros(batch.tokens()));
         let out = RowLogprobs { lp: &mut lp, entropy: &mut ent };
         let chunk = ws.logit_chunk;

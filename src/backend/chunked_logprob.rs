@@ -16,7 +16,10 @@
 //! A loss whose gradient does not depend on the log-probs (SFT's cross-entropy: `-weight` a
 //! row) needs no forward pass here at all: [`chunked_logprobs_with_backward_rows`] writes the
 //! log-probs and entropies of the rows it visits from the backward's own logits, so a training
-//! step computes each chunk's logits once instead of twice.
+//! step computes each chunk's logits once instead of twice. Nor does a loss whose gradient at a
+//! row depends on that row's log-prob and entropy alone (GRPO's token-level losses,
+//! [`Dlp::FromLogprobs`]): the backward computes a chunk's log-probs from its logits, asks the
+//! loss for their gradient, and goes on.
 
 use super::{Backend, Tr};
 
@@ -96,11 +99,15 @@ pub fn chunked_logprobs_rows<B: Backend>(
 /// (position in the chunk, first row, length), their targets, and the gathered hidden rows and
 /// their logits (`rows.len()` rows of each).
 struct Chunk<'a, B: Backend> {
+    /// The position of the chunk's first row in the rows walked.
+    first: usize,
     rows: &'a [usize],
     runs: Vec<(usize, usize, usize)>,
     targets: Vec<u32>,
     h: &'a B::Buf,
     logits: &'a B::Buf,
+    /// The lm_head weight.
+    head: &'a B::Buf,
 }
 
 /// The head over `rows` (ascending, non-empty), `s.chunk` of them at a time: each chunk's
@@ -122,7 +129,7 @@ fn head_chunks<B: Backend>(
     let c = s.chunk.min(rows.len());
     // Overwritten chunk by chunk (no fill: at a real vocabulary `logits` is up to 1 GiB).
     let (mut h, mut logits) = (be.output_buf(c * d), be.output_buf(c * v));
-    for rows in rows.chunks(c) {
+    for (i, rows) in rows.chunks(c).enumerate() {
         let n = rows.len();
         let runs = runs(rows);
         for &(j, r, len) in &runs {
@@ -130,7 +137,7 @@ fn head_chunks<B: Backend>(
         }
         let targets = rows.iter().map(|&r| targets[r]).collect();
         be.matmul(&mut logits, &h, Tr::N, head, Tr::T, n, v, d, 0.0);
-        each(Chunk { rows, runs, targets, h: &h, logits: &logits });
+        each(Chunk { first: i * c, rows, runs, targets, h: &h, logits: &logits, head });
     }
 }
 
@@ -150,15 +157,42 @@ pub fn chunked_logprobs_backward<B: Backend>(
     s: HeadShape,
 ) {
     let rows: Vec<usize> = (0..s.rows).collect();
-    let g = RowGrads { dlp, dent: Some(dent), rows: &rows };
+    let g = RowGrads { dlp: Dlp::Given(dlp), dent: Some(dent), rows: &rows };
     chunked_logprobs_backward_rows(be, dhidden, dhead, hidden, head, targets, g, s);
+}
+
+/// A loss's gradient at a row from that row's log-prob and entropy alone (GRPO's token-level
+/// losses: `TokenLoss::rowwise`).
+pub trait RowwiseGrad<B: Backend> {
+    /// d loss / d lp and, when the loss has an entropy term, d loss / d entropy, of the `n`
+    /// rows at positions `first..first + n` of `RowGrads::rows`, whose log-probs and entropies
+    /// are `lp[..n]` and `entropy[..n]`: `n` values each.
+    fn grad(
+        &self,
+        be: &B,
+        first: usize,
+        n: usize,
+        lp: &B::Buf,
+        entropy: &B::Buf,
+    ) -> (B::Buf, Option<B::Buf>);
+}
+
+/// Where the head's backward gets d loss / d lp.
+#[derive(Clone, Copy)]
+pub enum Dlp<'a, B: Backend> {
+    /// One value per row (`RowGrads::dent` the entropies' gradient).
+    Given(&'a B::Buf),
+    /// From each chunk's log-probs, computed by the backward from its logits (then
+    /// `RowGrads::dent` is unused: the rule gives it). Needs the log-prob outputs
+    /// ([`chunked_logprobs_with_backward_rows`]), which the loss's value is taken from.
+    FromLogprobs(&'a dyn RowwiseGrad<B>),
 }
 
 /// The gradient that reaches the head: d loss / d lp and (optionally) d loss / d entropy per
 /// row, in backend buffers, and the rows where either may be non-zero.
 #[derive(Clone, Copy)]
 pub struct RowGrads<'a, B: Backend> {
-    pub dlp: &'a B::Buf,
+    pub dlp: Dlp<'a, B>,
     pub dent: Option<&'a B::Buf>,
     /// Ascending rows whose gradient may be non-zero; every other row is skipped (its d hidden
     /// is 0). SFT's prompt rows and a response's last row cost nothing this way.
@@ -243,7 +277,10 @@ fn backward_rows<B: Backend>(
     s.check(be, hidden, head, targets);
     assert_eq!(be.len(dhead), s.vocab * s.dim, "dhead: vocab x dim values");
     assert!(be.len(dhidden) >= s.rows * s.dim, "dhidden: fewer than rows x dim values");
-    assert!(be.len(g.dlp) >= s.rows, "dlp: one value per row");
+    match g.dlp {
+        Dlp::Given(dlp) => assert!(be.len(dlp) >= s.rows, "dlp: one value per row"),
+        Dlp::FromLogprobs(_) => assert!(out.is_some(), "a rowwise gradient needs lp outputs"),
+    }
     assert!(g.dent.is_none_or(|e| be.len(e) >= s.rows), "dent: one value per row");
     let (d, v) = (s.dim, s.vocab);
     be.fill(dhidden, 0.0);
@@ -260,13 +297,28 @@ fn backward_rows<B: Backend>(
     let mut lpe = out.as_ref().map(|_| (be.output_buf(c), be.output_buf(c)));
     head_chunks(be, hidden, head, targets, g.rows, s, |k| {
         let n = k.rows.len();
+        let (logits, tg, inv_temp) = (k.logits, &k.targets, s.inv_temp);
+        let given = match g.dlp {
+            Dlp::Given(dlp) => dlp,
+            Dlp::FromLogprobs(rule) => {
+                // The forward's log-probs of these rows (the same kernel on the same logits),
+                // their gradient, then the gradient's backward.
+                let (lpc, entc) = lpe.as_mut().expect("asserted above");
+                be.logprobs(lpc, entc, logits, tg, n, v, inv_temp);
+                let (dl, de) = rule.grad(be, k.first, n, lpc, entc);
+                let de = de.as_ref().unwrap_or(&ge);
+                be.logprobs_backward(&mut dlogits, logits, tg, &dl, de, n, v, inv_temp);
+                finish_chunk(be, &k, &dlogits, &mut dh, dhead, dhidden, s);
+                copy_logprobs(be, &k, out.as_mut(), lpe.as_ref());
+                return;
+            }
+        };
         for &(j, r, len) in &k.runs {
-            be.copy(&mut gl, j, g.dlp, r, len);
+            be.copy(&mut gl, j, given, r, len);
             if let Some(e) = g.dent {
                 be.copy(&mut ge, j, e, r, len);
             }
         }
-        let (logits, tg, inv_temp) = (k.logits, &k.targets, s.inv_temp);
         match &mut lpe {
             Some((lpc, entc)) => be.logprobs_and_backward(
                 &mut dlogits,
@@ -282,16 +334,43 @@ fn backward_rows<B: Backend>(
             ),
             None => be.logprobs_backward(&mut dlogits, logits, tg, &gl, &ge, n, v, inv_temp),
         }
-        // d h [n, d] = d logits [n, v] @ W [v, d]
-        be.matmul(&mut dh, &dlogits, Tr::N, head, Tr::N, n, d, v, 0.0);
-        // d W [v, d] += d logits^T [v, n] @ h [n, d]
-        be.matmul(dhead, &dlogits, Tr::T, k.h, Tr::N, v, d, n, 1.0);
-        for &(j, r, len) in &k.runs {
-            be.copy(dhidden, r * d, &dh, j * d, len * d);
-            if let (Some(o), Some((lpc, entc))) = (out.as_mut(), &lpe) {
-                be.copy(o.lp, r, lpc, j, len);
-                be.copy(o.entropy, r, entc, j, len);
-            }
-        }
+        finish_chunk(be, &k, &dlogits, &mut dh, dhead, dhidden, s);
+        copy_logprobs(be, &k, out.as_mut(), lpe.as_ref());
     });
+}
+
+/// A chunk's d hidden rows (scattered to their packed rows) and its share of d lm_head, from
+/// its d logits.
+fn finish_chunk<B: Backend>(
+    be: &B,
+    k: &Chunk<'_, B>,
+    dlogits: &B::Buf,
+    dh: &mut B::Buf,
+    dhead: &mut B::Buf,
+    dhidden: &mut B::Buf,
+    s: HeadShape,
+) {
+    let (n, d, v) = (k.rows.len(), s.dim, s.vocab);
+    // d h [n, d] = d logits [n, v] @ W [v, d]
+    be.matmul(dh, dlogits, Tr::N, k.head, Tr::N, n, d, v, 0.0);
+    // d W [v, d] += d logits^T [v, n] @ h [n, d]
+    be.matmul(dhead, dlogits, Tr::T, k.h, Tr::N, v, d, n, 1.0);
+    for &(j, r, len) in &k.runs {
+        be.copy(dhidden, r * d, dh, j * d, len * d);
+    }
+}
+
+/// A chunk's log-probs and entropies to their packed rows of `out`, when asked for.
+fn copy_logprobs<B: Backend>(
+    be: &B,
+    k: &Chunk<'_, B>,
+    out: Option<&mut RowLogprobs<'_, B>>,
+    lpe: Option<&(B::Buf, B::Buf)>,
+) {
+    if let (Some(o), Some((lpc, entc))) = (out, lpe) {
+        for &(j, r, len) in &k.runs {
+            be.copy(o.lp, r, lpc, j, len);
+            be.copy(o.entropy, r, entc, j, len);
+        }
+    }
 }

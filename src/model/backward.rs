@@ -15,7 +15,7 @@
 use super::forward::{Acts, LayerActs, LayerStore, Packed};
 use super::grad_hook::GradHook;
 use super::Qwen2;
-use crate::backend::chunked_logprob::{RowGrads, RowLogprobs};
+use crate::backend::chunked_logprob::{Dlp, RowGrads, RowLogprobs};
 use crate::backend::{Backend, Tr};
 use anyhow::Result;
 
@@ -67,7 +67,7 @@ impl<B: Backend> UploadedGrads<B> {
     }
 
     pub(crate) fn row_grads(&self) -> RowGrads<'_, B> {
-        RowGrads { dlp: &self.dlp, dent: self.dent.as_ref(), rows: &self.rows }
+        RowGrads { dlp: Dlp::Given(&self.dlp), dent: self.dent.as_ref(), rows: &self.rows }
     }
 }
 

@@ -12,7 +12,8 @@
 //! loss and its metrics come back. On-policy (`GrpoTokenLoss::on_policy`) the old log-probs
 //! are the forward's own, read where they are.
 
-use super::grpo::{LossConfig, LossInputs, LossMetrics, Normalizer};
+use super::grpo::{Aggregation, LossConfig, LossInputs, LossMetrics, Normalizer, PolicyLoss};
+use crate::backend::chunked_logprob::RowwiseGrad;
 use crate::backend::rl_ops::{AdvBuf, LossBufs, RlOps};
 use crate::train::{LossGrad, TokenLoss};
 
@@ -105,9 +106,70 @@ impl<'a> GrpoTokenLoss<'a> {
     }
 }
 
+impl GrpoTokenLoss<'_> {
+    /// Whether a token's gradient depends on its own log-prob (and entropy) alone: not GSPO's
+    /// or GMPO's sequence ratios, nor seq-mean-token-mean's per-response token count (every
+    /// other weight comes from the step's global counts, `Normalizer`). Such a loss gives
+    /// each chunk of the head's backward its gradient there ([`RowwiseGrad`]).
+    fn token_level(&self) -> bool {
+        let per_response = |a: Aggregation| a == Aggregation::SeqMeanTokenMean;
+        !matches!(self.cfg.policy, PolicyLoss::Gspo | PolicyLoss::GeoMean)
+            && !per_response(self.cfg.agg)
+            && !per_response(self.cfg.pg_aggregation())
+    }
+}
+
+/// The token-level loss of a chunk of response tokens: the same `rl_loss` call as `eval`'s, on
+/// the chunk's tokens as one response (their weights do not depend on the response,
+/// [`GrpoTokenLoss::token_level`]), so each token's gradient has the bits `eval` gives it.
+impl<B: RlOps> RowwiseGrad<B> for GrpoTokenLoss<'_> {
+    fn grad(
+        &self,
+        be: &B,
+        first: usize,
+        n: usize,
+        lp: &B::Buf,
+        entropy: &B::Buf,
+    ) -> (B::Buf, Option<B::Buf>) {
+        let r = first..first + n;
+        let exact = |src: &B::Buf| {
+            let mut out = be.zeros(n);
+            be.copy(&mut out, 0, src, 0, n);
+            out
+        };
+        let logp = exact(lp);
+        let with_entropy = self.cfg.entropy_coef != 0.0;
+        let entropy = with_entropy.then(|| exact(entropy));
+        let x = &self.inputs;
+        let old = (!self.old_from_forward).then(|| be.upload(&x.logp_old[r.clone()]));
+        let (adv, mask) = (be.upload(&x.advantages[r.clone()]), be.upload(&x.mask[r.clone()]));
+        let ref_logp = x.ref_logp.map(|v| be.upload(&v[r.clone()]));
+        let pg_mask = x.pg_mask.map(|v| be.upload(&v[r.clone()]));
+        let bufs = LossBufs {
+            logp: &logp,
+            logp_old: old.as_ref().unwrap_or(&logp),
+            advantages: AdvBuf::PerToken(&adv),
+            mask: &mask,
+            ref_logp: ref_logp.as_ref(),
+            entropy: entropy.as_ref(),
+            pg_mask: pg_mask.as_ref(),
+            selected: x.selected.map(|s| &s[r.clone()]),
+            offsets: &[0, n],
+        };
+        let mut dlogp = be.zeros(n);
+        let mut dentropy = entropy.as_ref().map(|_| be.zeros(n));
+        be.rl_loss(&bufs, self.cfg, self.norm, &mut dlogp, dentropy.as_mut());
+        (dlogp, dentropy)
+    }
+}
+
 impl<B: RlOps> TokenLoss<B> for GrpoTokenLoss<'_> {
     fn inv_temp(&self) -> f32 {
         self.inv_temp
+    }
+
+    fn rowwise(&self) -> Option<&dyn RowwiseGrad<B>> {
+        self.token_level().then_some(self as &dyn RowwiseGrad<B>)
     }
 
     fn rows(&self) -> &[usize] {

@@ -7,11 +7,12 @@
 //! The head runs through the chunked log-prob path (`model::head`): the log-probs and their
 //! gradient are backend buffers and no `[tokens x vocab]` buffer exists beyond one chunk of
 //! `Workspace::logit_chunk` rows. A loss whose gradient is known before the log-probs (SFT's
-//! cross-entropy) skips the forward's head pass: the head's backward computes the log-probs
-//! from its own logits (`Workspace::head_one_pass`).
+//! cross-entropy), or follows from each row's own log-prob (GRPO's token-level losses), skips
+//! the forward's head pass: the head's backward computes the log-probs from its own logits
+//! (`Workspace::head_one_pass`).
 
 use super::{LossGrad, TokenLoss};
-use crate::backend::chunked_logprob::{RowGrads, RowLogprobs};
+use crate::backend::chunked_logprob::{Dlp, RowGrads, RowLogprobs};
 use crate::backend::Backend;
 use crate::model::{Acts, GradHook, GradScratch, Packed, Qwen2};
 use anyhow::Result;
@@ -37,10 +38,11 @@ pub struct Workspace<B: Backend> {
     /// take `logit_chunk x vocab` floats each. `Qwen2::logit_chunk_rows` by default; the
     /// result does not depend on it (the CPU GEMM is batch-invariant, `tests/suite/head_chunk.rs`).
     pub logit_chunk: usize,
-    /// A loss whose gradient is known before the log-probs (SFT: `TokenLoss::constant_dlp`)
+    /// A loss whose gradient is known before the log-probs (SFT: `TokenLoss::constant_dlp`) or
+    /// follows from each row's own log-prob (GRPO's token-level losses: `TokenLoss::rowwise`)
     /// gets them from the head's backward, on its trained rows only: no forward head pass (a
-    /// logits GEMM per chunk of every row, and a read of those logits). On by default;
-    /// `MMR1_HEAD_ONE_PASS=0` runs the forward's pass, to measure what this saves.
+    /// logits GEMM per chunk of every row, and, for SFT, a read of those logits). On by
+    /// default; `MMR1_HEAD_ONE_PASS=0` runs the forward's pass, to measure what this saves.
     pub head_one_pass: bool,
 }
 
@@ -246,8 +248,9 @@ pub fn micro_step_hooked<B: Backend>(
 /// `logprobs(rows)` gives the log-probs and entropies of the loss's rows (`TokenLoss::rows`;
 /// buffers of `t` values), `backward` runs the model's backward from their gradient, its head
 /// also writing the log-probs into the given outputs when asked. A loss whose gradient is known
-/// before its log-probs (`TokenLoss::constant_dlp`, with `one_pass`:
-/// `Workspace::head_one_pass`) skips `logprobs`: the head's backward computes them from the
+/// before its log-probs (`TokenLoss::constant_dlp`) or comes from each row's own log-prob
+/// (`TokenLoss::rowwise`: the backward asks it chunk by chunk), with `one_pass`
+/// (`Workspace::head_one_pass`), skips `logprobs`: the head's backward computes them from the
 /// logits it computes anyway, and the loss's value is evaluated after the backward.
 pub(crate) fn loss_and_backward<B: Backend>(
     be: &B,
@@ -258,26 +261,39 @@ pub(crate) fn loss_and_backward<B: Backend>(
     backward: impl FnOnce(RowGrads<'_, B>, Option<RowLogprobs<'_, B>>) -> Result<()>,
 ) -> Result<f64> {
     let known = if one_pass { loss.constant_dlp(be) } else { None };
-    let mut head_lp = known.as_ref().map(|_| (be.zeros(t.max(1)), be.zeros(t.max(1))));
+    let rowwise = one_pass && known.is_none() && loss.rowwise().is_some();
+    let mut head_lp =
+        (known.is_some() || rowwise).then(|| (be.zeros(t.max(1)), be.zeros(t.max(1))));
     let g = match known {
         // The value comes after the backward.
-        Some(dlp) => LossGrad { loss: f64::NAN, dlp, dent: None },
+        Some(dlp) => Some(LossGrad { loss: f64::NAN, dlp, dent: None }),
+        None if rowwise => None,
         None => {
             let forward = crate::nvtx_ranges::range(c"forward");
             let (lp, ent) = logprobs(loss.rows());
             drop(forward);
             let _r = crate::nvtx_ranges::range(c"loss");
-            loss.eval(be, &lp, &ent)
+            Some(loss.eval(be, &lp, &ent))
         }
     };
     let r = crate::nvtx_ranges::range(c"backward");
-    let rg = RowGrads { dlp: &g.dlp, dent: g.dent.as_ref(), rows: loss.rows() };
+    let rg = match (&g, loss.rowwise()) {
+        (Some(g), _) => {
+            RowGrads { dlp: Dlp::Given(&g.dlp), dent: g.dent.as_ref(), rows: loss.rows() }
+        }
+        (None, Some(rule)) => {
+            RowGrads { dlp: Dlp::FromLogprobs(rule), dent: None, rows: loss.rows() }
+        }
+        (None, None) => unreachable!("rowwise was checked"),
+    };
     backward(rg, head_lp.as_mut().map(|(lp, entropy)| RowLogprobs { lp, entropy }))?;
     drop(r);
-    let Some((lp, ent)) = head_lp else { return Ok(g.loss) };
+    let Some((lp, ent)) = head_lp else {
+        return Ok(g.expect("evaluated before the backward").loss);
+    };
     let _r = crate::nvtx_ranges::range(c"loss");
     let after = loss.eval(be, &lp, &ent);
-    debug_assert!(after.dent.is_none(), "a loss with constant_dlp has no entropy term");
+    debug_assert!(rowwise || after.dent.is_none(), "a loss with constant_dlp has no entropy term");
     Ok(after.loss)
 }
 

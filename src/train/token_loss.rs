@@ -8,6 +8,7 @@
 //! `rl::grpo_token_loss` (through `RlOps::rl_loss`: the fused kernel on CUDA, the `rl/`
 //! reference on the CPU).
 
+use crate::backend::chunked_logprob::RowwiseGrad;
 use crate::backend::Backend;
 
 /// A loss's value on one micro-batch and its gradient per packed row, in backend buffers.
@@ -43,6 +44,14 @@ pub trait TokenLoss<B: Backend> {
     /// `eval` first, on the forward's log-probs.
     fn constant_dlp(&self, be: &B) -> Option<B::Buf> {
         let _ = be;
+        None
+    }
+    /// `Some` when the gradient at a row depends on nothing but that row's log-prob and
+    /// entropy (GRPO's token-level losses): a training step then gets each chunk's log-probs
+    /// from the head's backward, asks this for their gradient there, and calls `eval` after the
+    /// backward for the value and metrics alone (its `dlp` and `dent` must equal what this
+    /// gave). No forward head pass, as for `constant_dlp`. `None` (the default): `eval` first.
+    fn rowwise(&self) -> Option<&dyn RowwiseGrad<B>> {
         None
     }
 }

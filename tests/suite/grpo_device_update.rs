@@ -204,16 +204,24 @@ fn grpo_update_in_bf16_keeps_the_first_ratio_exactly_one() {
 
 /// The head's logits GEMMs of an update (emulator profile: `[rows x vocab]` products, the old
 /// and reference log-prob passes', each micro-step's forward and backward) cover the response
-/// rows only, four times (old, reference, forward, backward), and no prompt row: the
-/// log-prob passes and the micro-steps' forward take the loss's rows (`forward_logprobs_of_rows`,
-/// `TokenLoss::rows`), so a pass and the step it feeds give their GEMMs the same operands.
+/// rows only, and no prompt row: the log-prob passes and the micro-steps take the loss's rows
+/// (`forward_logprobs_of_rows`, `TokenLoss::rows`), so a pass and the step it feeds give their
+/// GEMMs the same operands. Three times with a token-level loss (old, reference, the backward:
+/// the head's backward gives the log-probs, `TokenLoss::rowwise`), four with seq-mean-token-mean
+/// (the micro-step's forward pass too).
 #[test]
 fn an_update_computes_logits_for_response_rows_only() {
+    for (agg, passes) in [(Aggregation::TokenMean, 3), (Aggregation::SeqMeanTokenMean, 4)] {
+        logit_rows_of_an_update(agg, passes);
+    }
+}
+
+fn logit_rows_of_an_update(agg: Aggregation, passes: u64) {
     let start = random_model(tiny_config(VOCAB, false), 31).to_host(&Cpu);
     let reference = random_model(tiny_config(VOCAB, false), 32).to_host(&Cpu);
     let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
     let emu = CudaBackend::with_device(dev);
-    let s = settings(Aggregation::TokenMean);
+    let s = settings(agg);
     let exp = experience(&random_model(tiny_config(VOCAB, false), 31), &s);
     let before = emu.kernel_profile();
     run(&emu, &start, &reference, &exp, &s);
@@ -232,5 +240,5 @@ fn an_update_computes_logits_for_response_rows_only() {
     let prompts: u64 =
         (0..exp.responses.len()).map(|r| exp.prompts[r / exp.group_size].len() as u64).sum();
     println!("logit rows {logit_rows}: {responses} response tokens, {prompts} prompt tokens");
-    assert_eq!(logit_rows, 4 * responses, "old, reference, forward, backward: responses only");
+    assert_eq!(logit_rows, passes * responses, "{agg:?}: {passes} passes over the responses only");
 }

@@ -201,3 +201,111 @@ fn sft_head_in_one_pass_gives_the_bits_of_two() {
         }
     }
 }
+
+/// One GRPO micro-step of `model` on `seqs` (responses after 3 prompt tokens each), the head in
+/// chunks of `chunk` rows, in one pass or two: the loss, the metrics' clip fraction, KL and
+/// entropy, and every gradient; and the kernels it ran.
+#[allow(clippy::too_many_arguments)]
+fn grpo_step<B: mmr1_fast::backend::rl_ops::RlOps>(
+    be: &B,
+    model: &Qwen2<B>,
+    seqs: &[Vec<u32>],
+    cfg: &mmr1_fast::rl::grpo::LossConfig,
+    chunk: usize,
+    one_pass: bool,
+) -> (Vec<Vec<f32>>, Vec<mmr1_fast::backend::profile::KernelTime>) {
+    use mmr1_fast::rl::grpo::{LossInputs, Normalizer};
+    use mmr1_fast::rl::grpo_token_loss::GrpoTokenLoss;
+    use mmr1_fast::train::LossBatch;
+    let lb = LossBatch::pack(seqs, |_, pos| pos >= 3);
+    let n = lb.rows.len();
+    // Response boundaries in the loss's token order, and per-token inputs that reach every
+    // branch: advantages of both signs per response, a masked token, old and reference
+    // log-probs spread around the policy's.
+    let mut offsets = vec![0];
+    for s in seqs {
+        offsets.push(offsets.last().unwrap() + s.len() - 3);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    use rand::{Rng, SeedableRng};
+    let old: Vec<f32> = (0..n).map(|_| rng.gen_range(-6.0..-1.0)).collect();
+    let reference: Vec<f32> = (0..n).map(|_| rng.gen_range(-6.0..-1.0)).collect();
+    let adv_of = [1.3f32, -0.8, 0.5];
+    let adv: Vec<f32> =
+        (0..n).map(|t| adv_of[offsets.iter().rposition(|&o| o <= t).unwrap() % 3]).collect();
+    let mut mask = vec![1.0f32; n];
+    mask[2] = 0.0;
+    let mut inputs = LossInputs::new(&[], &old, &adv, &mask, &offsets);
+    inputs.ref_logp = Some(&reference);
+    let norm = Normalizer::count(&mask, &offsets, 16);
+    let mut loss = GrpoTokenLoss::new(&lb.rows, inputs, cfg, norm, 1.0 / 0.7);
+    let mut ws = Workspace::new(model, be);
+    (ws.logit_chunk, ws.head_one_pass) = (chunk, one_pass);
+    let before = be.kernel_profile();
+    let l = micro_step(be, model, &lb.batch, &mut loss, &mut ws).unwrap();
+    let ran = mmr1_fast::backend::profile::since(&before, &be.kernel_profile());
+    let m = &loss.metrics;
+    let mut out = vec![vec![l as f32, m.clip_frac as f32, m.kl as f32]];
+    out.push(vec![m.entropy.unwrap_or(-1.0) as f32]);
+    out.extend(ws.grads.iter().map(|g| be.download(g)));
+    (out, ran)
+}
+
+/// GRPO's token-level losses give a row's gradient from its own log-prob and entropy
+/// (`TokenLoss::rowwise`), so a step takes them from the head's backward, chunk by chunk, as
+/// SFT does: the loss, its metrics and every gradient are the bits of the two passes, on the
+/// CPU and the emulator (f32 and bf16), for the vanilla clip with a KL and an entropy term
+/// (MMR1's loss plus an entropy bonus), CISPO with seq-mean-token-sum, and SAPO; GSPO's and
+/// seq-mean-token-mean's per-response terms keep the forward's pass (the same bits,
+/// trivially). The emulator's one-pass step runs one logits GEMM a chunk fewer.
+#[test]
+fn grpo_head_in_one_pass_gives_the_bits_of_two() {
+    use mmr1_fast::backend::precision::Precision;
+    use mmr1_fast::rl::grpo::{Aggregation, KlConfig, KlEstimator, LossConfig, PolicyLoss};
+    let same = |a: &[Vec<f32>], b: &[Vec<f32>], tag: &str| {
+        assert_eq!(a.len(), b.len());
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            let eq = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(eq, "{tag}: output {k} (0: loss, clip fraction, KL; 1: entropy) differs");
+        }
+    };
+    let vanilla = LossConfig {
+        entropy_coef: 0.02,
+        kl: Some(KlConfig { estimator: KlEstimator::K3, coef: 0.05 }),
+        ..LossConfig::mmr1()
+    };
+    let cispo = LossConfig {
+        policy: PolicyLoss::Cispo,
+        agg: Aggregation::SeqMeanTokenSum,
+        ..LossConfig::verl()
+    };
+    let sapo = LossConfig { policy: PolicyLoss::Sapo, ..LossConfig::mmr1() };
+    let gspo = LossConfig { policy: PolicyLoss::Gspo, ..LossConfig::verl() };
+    let seq_mean = LossConfig { agg: Aggregation::SeqMeanTokenMean, ..vanilla };
+    let cases = [(vanilla, true), (cispo, true), (sapo, true), (gspo, false), (seq_mean, false)];
+    let (v, chunk) = (64, 5);
+    let seqs = [random_ids(9, v, 1), random_ids(14, v, 2), random_ids(6, v, 3)];
+    let cpu = model_on(&Cpu, v, 9);
+    for (k, (cfg, rowwise)) in cases.iter().enumerate() {
+        let (one, _) = grpo_step(&Cpu, &cpu, &seqs, cfg, chunk, true);
+        let (two, _) = grpo_step(&Cpu, &cpu, &seqs, cfg, chunk, false);
+        same(&one, &two, &format!("case {k}, cpu: one pass vs two"));
+        assert!(one[0].iter().all(|x| x.is_finite()) && one[0][0] != 0.0, "{:?}", one[0]);
+        for p in [Precision::F32, Precision::Bf16] {
+            let dev = EmuDevice::with_schedules(&[Schedule::Forward]).with_profile();
+            let emu = CudaBackend::with_device(dev).with_precision(p).unwrap();
+            let em = model_on(&emu, v, 9);
+            let (one, ran1) = grpo_step(&emu, &em, &seqs, cfg, chunk, true);
+            let (two, ran2) = grpo_step(&emu, &em, &seqs, cfg, chunk, false);
+            let tag = format!("case {k}, emulator {p}");
+            same(&one, &two, &format!("{tag}: one pass vs two"));
+            let gemms = |ran: &[mmr1_fast::backend::profile::KernelTime]| -> u64 {
+                ran.iter().filter(|k| k.name.starts_with("gemm_")).map(|k| k.calls).sum()
+            };
+            let responses: usize = seqs.iter().map(|s| s.len() - 3).sum();
+            let chunks = responses.div_ceil(chunk) as u64;
+            let saved = gemms(&ran2) - gemms(&ran1);
+            assert_eq!(saved, if *rowwise { chunks } else { 0 }, "{tag}: logits GEMMs saved");
+        }
+    }
+}
