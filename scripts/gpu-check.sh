@@ -266,6 +266,9 @@ if want steps && [ "${STEPS:-full}" = levers ]; then
     STEP_ENV=MMR1_KV_CACHE=f32 MMR1_KV_CACHE=f32 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_SHARE_PROMPTS=0 MMR1_SHARE_PROMPTS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_STACKED_GEMMS=0 MMR1_STACKED_GEMMS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
+    # The forward's head pass in each GRPO micro-step (before the token-level loss took its
+    # log-probs from the head's backward: one logits GEMM a chunk more; the update ~+17 ms).
+    STEP_ENV=MMR1_HEAD_ONE_PASS=0 MMR1_HEAD_ONE_PASS=0 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_DECODE_CHUNKS=128 MMR1_DECODE_CHUNKS=128 step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     STEP_ENV=MMR1_DECODE=mma MMR1_DECODE=mma step ours-grpo 150 --precision bf16 --shape qwen2.5-0.5b $grpo
     # The old log-probs' own pass, which on-policy updates skip (the PyTorch step runs it).
