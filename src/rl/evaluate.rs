@@ -8,7 +8,9 @@ use crate::data::prompt::PromptStyle;
 use crate::data::rl_items::RlItem;
 use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
-use crate::rl::graded::{sample_and_grade, sample_and_grade_batches, GradeParams, GradedRollout};
+use crate::rl::graded::{
+    sample_and_grade, sample_and_grade_batches, BatchSink, GradeParams, GradedRollout,
+};
 use crate::rl::partial_results::Partial;
 use crate::rl::reward::RewardConfig;
 use crate::rl::rollout::SamplingParams;
@@ -224,18 +226,11 @@ pub fn evaluate_resumable<B: RlOps>(
     items: &[RlItem],
     params: &EvalParams,
     partial: &mut Partial<ItemResult>,
-    mut on_progress: impl FnMut(usize),
+    on_progress: impl FnMut(usize),
 ) -> Result<EvalReport> {
-    params.validate()?;
-    let t0 = Instant::now();
-    let items =
-        if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
-    let first = partial.done().len();
-    on_progress(first);
-    sample_and_grade_batches(model, be, tok, items, &params.grade(), first, |start, graded| {
-        keep_batch(partial, items, start, graded, &mut on_progress)
-    })?;
-    Ok(report(partial.done().to_vec(), params.k, t0.elapsed().as_secs_f64()))
+    resumable(items, params, partial, on_progress, |items, grade, first, sink| {
+        sample_and_grade_batches(model, be, tok, items, grade, first, sink)
+    })
 }
 
 /// [`evaluate_resumable`] for a Qwen2.5-VL model (see [`evaluate_vl_with_progress`]).
@@ -248,7 +243,21 @@ pub fn evaluate_vl_resumable<B: RlOps>(
     items: &[RlItem],
     params: &EvalParams,
     partial: &mut Partial<ItemResult>,
+    on_progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    resumable(items, params, partial, on_progress, |items, grade, first, sink| {
+        sample_and_grade_vl_batches(model, model_dir, be, tok, items, grade, first, sink)
+    })
+}
+
+/// Both resumable evaluations: `run(items, grade, first, sink)` decodes the items from `first`
+/// on, a batch at a time, into `sink`.
+fn resumable(
+    items: &[RlItem],
+    params: &EvalParams,
+    partial: &mut Partial<ItemResult>,
     mut on_progress: impl FnMut(usize),
+    run: impl FnOnce(&[RlItem], &GradeParams, usize, BatchSink<'_>) -> Result<()>,
 ) -> Result<EvalReport> {
     params.validate()?;
     let t0 = Instant::now();
@@ -256,9 +265,8 @@ pub fn evaluate_vl_resumable<B: RlOps>(
         if params.max_items > 0 { &items[..params.max_items.min(items.len())] } else { items };
     let first = partial.done().len();
     on_progress(first);
-    let grade = params.grade();
-    sample_and_grade_vl_batches(model, model_dir, be, tok, items, &grade, first, |start, g| {
-        keep_batch(partial, items, start, g, &mut on_progress)
+    run(items, &params.grade(), first, &mut |start, graded| {
+        keep_batch(partial, items, start, graded, &mut on_progress)
     })?;
     Ok(report(partial.done().to_vec(), params.k, t0.elapsed().as_secs_f64()))
 }

@@ -112,12 +112,27 @@ pub fn sample_and_grade<B: RlOps>(
     tok: &Tokenizer,
     items: &[RlItem],
     params: &GradeParams,
-    mut on_progress: impl FnMut(usize),
+    on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<GradedRollout>>> {
-    let mut out = Vec::with_capacity(items.len());
-    sample_and_grade_batches(model, be, tok, items, params, 0, |start, graded| {
+    collect_batches(items.len(), on_progress, |sink| {
+        sample_and_grade_batches(model, be, tok, items, params, 0, sink)
+    })
+}
+
+/// Where a pass hands each finished batch: `(its first item, its graded rollouts)`.
+pub type BatchSink<'a> = &'a mut dyn FnMut(usize, Vec<Vec<GradedRollout>>) -> Result<()>;
+
+/// Every batch of a pass from item 0 (`run(sink)`, a `*_batches` function), collected in item
+/// order, with `on_progress(items done)` after each: the form that keeps nothing on disk.
+pub(crate) fn collect_batches(
+    n: usize,
+    mut on_progress: impl FnMut(usize),
+    run: impl FnOnce(BatchSink<'_>) -> Result<()>,
+) -> Result<Vec<Vec<GradedRollout>>> {
+    let mut out = Vec::with_capacity(n);
+    run(&mut |_, graded| {
         out.extend(graded);
-        on_progress(start + params.batch_items.min(items.len() - start));
+        on_progress(out.len());
         Ok(())
     })?;
     Ok(out)

@@ -14,7 +14,7 @@
 
 use super::grpo::{Aggregation, LossConfig, LossInputs, LossMetrics, Normalizer, PolicyLoss};
 use crate::backend::chunked_logprob::RowwiseGrad;
-use crate::backend::rl_ops::{AdvBuf, LossBufs, RlOps};
+use crate::backend::rl_ops::{AdvBuf, LossBufs, LossSummary, RlOps};
 use crate::train::{LossGrad, TokenLoss};
 
 pub struct GrpoTokenLoss<'a> {
@@ -119,6 +119,42 @@ impl GrpoTokenLoss<'_> {
     }
 }
 
+impl GrpoTokenLoss<'_> {
+    /// `rl_loss` on the response tokens `r` of this micro-batch, whose log-probs (and
+    /// entropies, with an entropy term) are `logp` (`entropy`) and whose responses are
+    /// `offsets` (within `r`): the call's summary, d loss / d logp, d loss / d entropy. The
+    /// per-token inputs are uploaded from the host; on-policy the old log-probs are `logp`.
+    fn call<B: RlOps>(
+        &self,
+        be: &B,
+        r: std::ops::Range<usize>,
+        logp: &B::Buf,
+        entropy: Option<&B::Buf>,
+        offsets: &[usize],
+    ) -> (LossSummary, B::Buf, Option<B::Buf>) {
+        let x = &self.inputs;
+        let up = |v: &[f32]| be.upload(&v[r.clone()]);
+        let old = (!self.old_from_forward).then(|| up(x.logp_old));
+        let (adv, mask) = (up(x.advantages), up(x.mask));
+        let (ref_logp, pg_mask) = (x.ref_logp.map(up), x.pg_mask.map(up));
+        let bufs = LossBufs {
+            logp,
+            logp_old: old.as_ref().unwrap_or(logp),
+            advantages: AdvBuf::PerToken(&adv),
+            mask: &mask,
+            ref_logp: ref_logp.as_ref(),
+            entropy,
+            pg_mask: pg_mask.as_ref(),
+            selected: x.selected.map(|s| &s[r.clone()]),
+            offsets,
+        };
+        let mut dlogp = be.zeros(r.len());
+        let mut dentropy = entropy.map(|_| be.zeros(r.len()));
+        let out = be.rl_loss(&bufs, self.cfg, self.norm, &mut dlogp, dentropy.as_mut());
+        (out, dlogp, dentropy)
+    }
+}
+
 /// The token-level loss of a chunk of response tokens: the same `rl_loss` call as `eval`'s, on
 /// the chunk's tokens as one response (their weights do not depend on the response,
 /// [`GrpoTokenLoss::token_level`]), so each token's gradient has the bits `eval` gives it.
@@ -131,34 +167,15 @@ impl<B: RlOps> RowwiseGrad<B> for GrpoTokenLoss<'_> {
         lp: &B::Buf,
         entropy: &B::Buf,
     ) -> (B::Buf, Option<B::Buf>) {
-        let r = first..first + n;
         let exact = |src: &B::Buf| {
             let mut out = be.zeros(n);
             be.copy(&mut out, 0, src, 0, n);
             out
         };
         let logp = exact(lp);
-        let with_entropy = self.cfg.entropy_coef != 0.0;
-        let entropy = with_entropy.then(|| exact(entropy));
-        let x = &self.inputs;
-        let old = (!self.old_from_forward).then(|| be.upload(&x.logp_old[r.clone()]));
-        let (adv, mask) = (be.upload(&x.advantages[r.clone()]), be.upload(&x.mask[r.clone()]));
-        let ref_logp = x.ref_logp.map(|v| be.upload(&v[r.clone()]));
-        let pg_mask = x.pg_mask.map(|v| be.upload(&v[r.clone()]));
-        let bufs = LossBufs {
-            logp: &logp,
-            logp_old: old.as_ref().unwrap_or(&logp),
-            advantages: AdvBuf::PerToken(&adv),
-            mask: &mask,
-            ref_logp: ref_logp.as_ref(),
-            entropy: entropy.as_ref(),
-            pg_mask: pg_mask.as_ref(),
-            selected: x.selected.map(|s| &s[r.clone()]),
-            offsets: &[0, n],
-        };
-        let mut dlogp = be.zeros(n);
-        let mut dentropy = entropy.as_ref().map(|_| be.zeros(n));
-        be.rl_loss(&bufs, self.cfg, self.norm, &mut dlogp, dentropy.as_mut());
+        let entropy = (self.cfg.entropy_coef != 0.0).then(|| exact(entropy));
+        let (_, dlogp, dentropy) =
+            self.call(be, first..first + n, &logp, entropy.as_ref(), &[0, n]);
         (dlogp, dentropy)
     }
 }
@@ -188,27 +205,9 @@ impl<B: RlOps> TokenLoss<B> for GrpoTokenLoss<'_> {
             out
         };
         let logp = gather(lp);
-        let with_entropy = self.cfg.entropy_coef != 0.0;
-        let entropy = with_entropy.then(|| gather(ent));
+        let entropy = (self.cfg.entropy_coef != 0.0).then(|| gather(ent));
         let x = &self.inputs;
-        let old = (!self.old_from_forward).then(|| be.upload(x.logp_old));
-        let (adv, mask) = (be.upload(x.advantages), be.upload(x.mask));
-        let ref_logp = x.ref_logp.map(|v| be.upload(v));
-        let pg_mask = x.pg_mask.map(|v| be.upload(v));
-        let bufs = LossBufs {
-            logp: &logp,
-            logp_old: old.as_ref().unwrap_or(&logp),
-            advantages: AdvBuf::PerToken(&adv),
-            mask: &mask,
-            ref_logp: ref_logp.as_ref(),
-            entropy: entropy.as_ref(),
-            pg_mask: pg_mask.as_ref(),
-            selected: x.selected,
-            offsets: x.offsets,
-        };
-        let mut dlogp = be.zeros(n);
-        let mut dentropy = entropy.as_ref().map(|_| be.zeros(n));
-        let out = be.rl_loss(&bufs, self.cfg, self.norm, &mut dlogp, dentropy.as_mut());
+        let (out, dlogp, dentropy) = self.call(be, 0..n, &logp, entropy.as_ref(), x.offsets);
         self.metrics = out.metrics;
         if self.track_ratio_dev && !self.old_from_forward {
             self.max_ratio_dev = be

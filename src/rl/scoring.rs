@@ -6,7 +6,9 @@ use crate::backend::rl_ops::{RlOps, RolloutBatch};
 use crate::data::rl_items::RlItem;
 use crate::model::vl_forward::VlModel;
 use crate::model::Qwen2;
-use crate::rl::graded::{sample_and_grade, sample_and_grade_batches, GradeParams, GradedRollout};
+use crate::rl::graded::{
+    sample_and_grade, sample_and_grade_batches, BatchSink, GradeParams, GradedRollout,
+};
 use crate::rl::partial_results::Partial;
 use crate::rl::vas::{RolloutScores, TdsMetric};
 use crate::rl::vl_rollout::{sample_and_grade_vl, sample_and_grade_vl_batches};
@@ -110,16 +112,11 @@ pub fn score_with_model_resumable<B: RlOps>(
     grade: &GradeParams,
     vps: VpsParams,
     partial: &mut Partial<Vec<GradedRollout>>,
-    mut on_progress: impl FnMut(usize),
+    on_progress: impl FnMut(usize),
 ) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
-    let first = partial.done().len();
-    on_progress(first);
-    sample_and_grade_batches(model, be, tok, items, grade, first, |start, graded| {
-        partial.append(&graded)?;
-        on_progress(start + graded.len());
-        Ok(())
-    })?;
-    score_graded(be, items, partial.done().to_vec(), vps)
+    resumable(be, items, vps, partial, on_progress, |first, sink| {
+        sample_and_grade_batches(model, be, tok, items, grade, first, sink)
+    })
 }
 
 /// [`score_with_model_resumable`] for a Qwen2.5-VL model (see [`score_with_vl_model`]).
@@ -133,24 +130,30 @@ pub fn score_with_vl_model_resumable<B: RlOps>(
     grade: &GradeParams,
     vps: VpsParams,
     partial: &mut Partial<Vec<GradedRollout>>,
+    on_progress: impl FnMut(usize),
+) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
+    resumable(be, items, vps, partial, on_progress, |first, sink| {
+        sample_and_grade_vl_batches(model, model_dir, be, tok, items, grade, first, sink)
+    })
+}
+
+/// Both resumable scoring passes: `run(first, sink)` decodes the items from `first` on, a
+/// batch at a time, into `sink`; each batch is kept, then the whole is scored.
+fn resumable<B: RlOps>(
+    be: &B,
+    items: &[RlItem],
+    vps: VpsParams,
+    partial: &mut Partial<Vec<GradedRollout>>,
     mut on_progress: impl FnMut(usize),
+    run: impl FnOnce(usize, BatchSink<'_>) -> Result<()>,
 ) -> Result<(Vec<ScoreRecord>, Vec<RolloutRecord>)> {
     let first = partial.done().len();
     on_progress(first);
-    sample_and_grade_vl_batches(
-        model,
-        model_dir,
-        be,
-        tok,
-        items,
-        grade,
-        first,
-        |start, graded| {
-            partial.append(&graded)?;
-            on_progress(start + graded.len());
-            Ok(())
-        },
-    )?;
+    run(first, &mut |start, graded| {
+        partial.append(&graded)?;
+        on_progress(start + graded.len());
+        Ok(())
+    })?;
     score_graded(be, items, partial.done().to_vec(), vps)
 }
 

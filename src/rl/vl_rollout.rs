@@ -6,7 +6,9 @@
 //! rollouts' scheduler (`rl::decode_scheduler`), with the vision features fed at each prefill.
 
 use super::decode_scheduler::{decode_scheduled, Batch, Feed, Rollouts, Schedule};
-use super::graded::{grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout};
+use super::graded::{
+    collect_batches, grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout,
+};
 use super::rollout::{mix_seed, Rollout, SamplingParams};
 use crate::backend::rl_ops::RlOps;
 use crate::data::prompt::{render_prompt_with_images, PromptStyle};
@@ -238,16 +240,11 @@ pub fn sample_and_grade_vl<B: RlOps>(
     tok: &Tokenizer,
     items: &[RlItem],
     params: &GradeParams,
-    mut on_progress: impl FnMut(usize),
+    on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<GradedRollout>>> {
-    let mut out = Vec::with_capacity(items.len());
-    let batch = params.batch_items.max(1);
-    sample_and_grade_vl_batches(model, model_dir, be, tok, items, params, 0, |start, graded| {
-        out.extend(graded);
-        on_progress(start + batch.min(items.len() - start));
-        Ok(())
-    })?;
-    Ok(out)
+    collect_batches(items.len(), on_progress, |sink| {
+        sample_and_grade_vl_batches(model, model_dir, be, tok, items, params, 0, sink)
+    })
 }
 
 /// [`sample_and_grade_vl`] from item `first` on, a batch at a time (as
