@@ -58,7 +58,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = PromptStyle::Mmr1)]
     pub prompt_style: PromptStyle,
     /// Sampling seed: every response draws from its own Philox stream of this seed, so the
-    /// same seed, model and items give the same responses (on the CPU and the GPU alike).
+    /// same seed, model, items and device give the same responses.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Evaluate only the first N items (0: all).

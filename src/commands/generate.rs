@@ -44,7 +44,8 @@ pub struct GenerateArgs {
     /// Keep only the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Sampling seed (a Philox stream: the same seed, model and prompt give the same text).
+    /// Sampling seed (a Philox stream: the same seed, model, prompt and device give the same
+    /// text).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// System prompt. Default: what the checkpoint's chat template writes without one (its

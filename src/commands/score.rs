@@ -76,7 +76,7 @@ pub struct ScoreArgs {
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// Sampling seed: every response draws from its own Philox stream of this seed, so the
-    /// same seed, model and items give the same responses (on the CPU and the GPU alike).
+    /// same seed, model, items and device give the same responses.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = PromptStyle::Mmr1)]
