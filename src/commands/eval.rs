@@ -126,22 +126,10 @@ fn run_vl<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalPara
     let pb = crate::progress::bar(n as u64, "evaluating");
     let progress = |done: usize| pb.set_position(done as u64);
     let report = match &args.out {
-        Some(out) => {
-            let mut partial = open_partial(be, args, out, items, n)?;
-            let r = evaluate_vl_resumable(
-                &model,
-                &args.model,
-                be,
-                &tok,
-                items,
-                params,
-                &mut partial,
-                progress,
-            )?;
-            write_jsonl(out, &r.results)?;
-            partial.finish()?;
-            r
-        }
+        Some(out) => evaluate_to_file(be, args, out, items, n, |partial| {
+            let m = &args.model;
+            evaluate_vl_resumable(&model, m, be, &tok, items, params, partial, progress)
+        })?,
         None => evaluate_vl_with_progress(&model, &args.model, be, &tok, items, params, progress)?,
     };
     pb.finish_and_clear();
@@ -156,27 +144,25 @@ fn run_on<B: RlOps>(be: &B, args: &EvalArgs, items: &[RlItem], params: &EvalPara
     let pb = crate::progress::bar(n as u64, "evaluating");
     let progress = |done: usize| pb.set_position(done as u64);
     let report = match &args.out {
-        Some(out) => {
-            let mut partial = open_partial(be, args, out, items, n)?;
-            let r = evaluate_resumable(&model, be, &tok, items, params, &mut partial, progress)?;
-            write_jsonl(out, &r.results)?;
-            partial.finish()?;
-            r
-        }
+        Some(out) => evaluate_to_file(be, args, out, items, n, |partial| {
+            evaluate_resumable(&model, be, &tok, items, params, partial, progress)
+        })?,
         None => evaluate_with_progress(&model, be, &tok, items, params, progress)?,
     };
     pb.finish_and_clear();
     report_out(args, &report)
 }
 
-/// The partial results of this evaluation (`rl::partial_results`), saying so when it continues one.
-fn open_partial<B: RlOps>(
+/// `run(partial)` with this evaluation's partial results (`rl::partial_results`; saying so when
+/// it continues a run), then its results written to `out` and the partial file removed.
+fn evaluate_to_file<B: RlOps>(
     be: &B,
     args: &EvalArgs,
     out: &Path,
     items: &[RlItem],
     n: usize,
-) -> Result<Partial<ItemResult>> {
+    run: impl FnOnce(&mut Partial<ItemResult>) -> Result<EvalReport>,
+) -> Result<EvalReport> {
     let flags = (args.k, args.temperature, args.top_p, args.max_new_tokens, args.prompt_style);
     let settings = format!(
         "{flags:?}|seed {}|batch {}|{}|{:?}",
@@ -186,7 +172,7 @@ fn open_partial<B: RlOps>(
         args.precision
     );
     let fp = fingerprint(&args.model, &items[..n], &settings)?;
-    let p = Partial::open(out, &fp, n, args.batch_items)?;
+    let mut p = Partial::open(out, &fp, n, args.batch_items)?;
     if !p.done().is_empty() {
         eprintln!(
             "continuing the evaluation in {}: {} of {n} items done",
@@ -194,7 +180,10 @@ fn open_partial<B: RlOps>(
             p.done().len()
         );
     }
-    Ok(p)
+    let report = run(&mut p)?;
+    write_jsonl(out, &report.results)?;
+    p.finish()?;
+    Ok(report)
 }
 
 fn report_out(args: &EvalArgs, report: &EvalReport) -> Result<()> {

@@ -119,6 +119,15 @@ pub fn sample_and_grade<B: RlOps>(
     })
 }
 
+/// A pass over `n` items in batches of `batch` may start at `first` only where a batch starts
+/// (or past the end): elsewhere its batches, and their seeds, would not be a whole run's.
+pub(crate) fn check_resume_point(first: usize, batch: usize, n: usize) -> Result<()> {
+    if !first.is_multiple_of(batch.max(1)) && first < n {
+        bail!("resuming at item {first}: not the start of a batch of {batch}");
+    }
+    Ok(())
+}
+
 /// Where a pass hands each finished batch: `(its first item, its graded rollouts)`.
 pub type BatchSink<'a> = &'a mut dyn FnMut(usize, Vec<Vec<GradedRollout>>) -> Result<()>;
 
@@ -153,9 +162,7 @@ pub fn sample_and_grade_batches<B: RlOps>(
     if params.per_item == 0 || params.batch_items == 0 {
         bail!("responses per item and items per batch must be positive");
     }
-    if !first.is_multiple_of(params.batch_items) && first < items.len() {
-        bail!("resuming at item {first}: not the start of a batch of {}", params.batch_items);
-    }
+    check_resume_point(first, params.batch_items, items.len())?;
     let mut sampling = params.sampling.clone();
     if sampling.stop_ids.is_empty() {
         sampling.stop_ids = stop_ids(model, tok);

@@ -7,7 +7,8 @@
 
 use super::decode_scheduler::{decode_scheduled, Batch, Feed, Rollouts, Schedule};
 use super::graded::{
-    collect_batches, grade_tokens, reward_item, stop_ids, GradeParams, GradedRollout,
+    check_resume_point, collect_batches, grade_tokens, reward_item, stop_ids, GradeParams,
+    GradedRollout,
 };
 use super::rollout::{mix_seed, Rollout, SamplingParams};
 use crate::backend::rl_ops::RlOps;
@@ -263,9 +264,7 @@ pub fn sample_and_grade_vl_batches<B: RlOps>(
     if params.per_item == 0 {
         bail!("responses per item must be positive");
     }
-    if !first.is_multiple_of(params.batch_items.max(1)) && first < items.len() {
-        bail!("resuming at item {first}: not the start of a batch of {}", params.batch_items);
-    }
+    check_resume_point(first, params.batch_items, items.len())?;
     let mut sampling = params.sampling.clone();
     if sampling.stop_ids.is_empty() {
         sampling.stop_ids = stop_ids(&model.text, tok);

@@ -139,6 +139,20 @@ fn sft_step<B: Backend>(
     (out, ran)
 }
 
+/// Two steps' outputs (`outputs`: what their first vectors hold) agree bit for bit.
+fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>], tag: &str, outputs: &str) {
+    assert_eq!(a.len(), b.len());
+    for (k, (x, y)) in a.iter().zip(b).enumerate() {
+        let eq = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(eq, "{tag}: output {k} ({outputs}) differs");
+    }
+}
+
+/// Launches of the kernels whose names start with `pre` in a profile.
+fn calls(ran: &[mmr1_fast::backend::profile::KernelTime], pre: &str) -> u64 {
+    ran.iter().filter(|k| k.name.starts_with(pre)).map(|k| k.calls).sum()
+}
+
 /// SFT's loss is known before its log-probs (`TokenLoss::constant_dlp`), so a step takes
 /// them from the head's backward instead of a forward pass over the head: the loss and every
 /// gradient are the bits of the two passes, on the CPU and on the emulator in f32 and bf16 (where
@@ -150,13 +164,7 @@ fn sft_step<B: Backend>(
 #[test]
 fn sft_head_in_one_pass_gives_the_bits_of_two() {
     use mmr1_fast::backend::precision::Precision;
-    let same = |a: &[Vec<f32>], b: &[Vec<f32>], tag: &str| {
-        assert_eq!(a.len(), b.len());
-        for (k, (x, y)) in a.iter().zip(b).enumerate() {
-            let eq = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(eq, "{tag}: output {k} (0: the loss) differs");
-        }
-    };
+    let same = |a: &[Vec<f32>], b: &[Vec<f32>], tag: &str| same_bits(a, b, tag, "0: the loss");
     let chunk = 5;
     for v in [53, 64] {
         let seqs = [random_ids(9, v, 1), random_ids(14, v, 2), random_ids(4, v, 3)];
@@ -184,9 +192,6 @@ fn sft_head_in_one_pass_gives_the_bits_of_two() {
                 let (stored, _) = sft_step(&f32_stored, &em, &batch, chunk, true);
                 same(&one, &stored, &format!("{tag}: bf16 d logits vs f32 with a bf16 copy"));
             }
-            let calls = |ran: &[mmr1_fast::backend::profile::KernelTime], pre: &str| -> u64 {
-                ran.iter().filter(|k| k.name.starts_with(pre)).map(|k| k.calls).sum()
-            };
             // The two-pass forward computes the trained rows only (`TokenLoss::rows`), in
             // chunks of 5 as the backward does: the tokens less 3 prompt rows and the last row
             // of each sequence.
@@ -263,11 +268,7 @@ fn grpo_head_in_one_pass_gives_the_bits_of_two() {
     use mmr1_fast::backend::precision::Precision;
     use mmr1_fast::rl::grpo::{Aggregation, KlConfig, KlEstimator, LossConfig, PolicyLoss};
     let same = |a: &[Vec<f32>], b: &[Vec<f32>], tag: &str| {
-        assert_eq!(a.len(), b.len());
-        for (k, (x, y)) in a.iter().zip(b).enumerate() {
-            let eq = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(eq, "{tag}: output {k} (0: loss, clip fraction, KL; 1: entropy) differs");
-        }
+        same_bits(a, b, tag, "0: loss, clip fraction, KL; 1: entropy")
     };
     let vanilla = LossConfig {
         entropy_coef: 0.02,
@@ -299,12 +300,9 @@ fn grpo_head_in_one_pass_gives_the_bits_of_two() {
             let (two, ran2) = grpo_step(&emu, &em, &seqs, cfg, chunk, false);
             let tag = format!("case {k}, emulator {p}");
             same(&one, &two, &format!("{tag}: one pass vs two"));
-            let gemms = |ran: &[mmr1_fast::backend::profile::KernelTime]| -> u64 {
-                ran.iter().filter(|k| k.name.starts_with("gemm_")).map(|k| k.calls).sum()
-            };
             let responses: usize = seqs.iter().map(|s| s.len() - 3).sum();
             let chunks = responses.div_ceil(chunk) as u64;
-            let saved = gemms(&ran2) - gemms(&ran1);
+            let saved = calls(&ran2, "gemm_") - calls(&ran1, "gemm_");
             assert_eq!(saved, if *rowwise { chunks } else { 0 }, "{tag}: logits GEMMs saved");
         }
     }
